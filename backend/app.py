@@ -1,0 +1,57 @@
+"""The FastAPI application: ``create_app(settings)`` and its lifespan.
+
+The lifespan owns all state: it opens the symbol index, starts the hub (and with it the
+provider processes), and stops them in order on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, WebSocket
+from fastapi.staticfiles import StaticFiles
+
+from backend import __version__
+from backend.connection import serve_connection
+from backend.hub import Hub
+from backend.metrics import Metrics
+from backend.rest import router
+from backend.symbols import SymbolIndex
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; nothing starts until the lifespan runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        symbols = await SymbolIndex.open(settings.DB)
+        hub = Hub(settings, symbols, Metrics())
+        app.state.hub = hub
+        await hub.start()
+        logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await symbols.close()
+            logger.info("hub stopped")
+
+    app = FastAPI(title="Candlewire", version=__version__, lifespan=lifespan)
+    app.include_router(router)
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await serve_connection(websocket, websocket.app.state.hub)
+
+    app.add_api_websocket_route("/websocket/", websocket_endpoint)
+    app.add_api_websocket_route("/websocket", websocket_endpoint)
+    if (FRONTEND / "index.html").exists():
+        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+    return app

@@ -1,0 +1,111 @@
+"""One WebSocket connection at ``/websocket/``: its reader loop and its writer task.
+
+The reader parses frames and hands them to the hub in order. The writer drains the client's
+outbox to the socket; it is the only code that awaits this client's socket, so a slow
+client slows nobody else. The hub closes a client that cannot keep up with code 1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backend import protocol
+
+if TYPE_CHECKING:
+    from backend.hub import Client, Hub
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 2.0
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
+    """Serve one client until it disconnects or is closed by the hub."""
+    await websocket.accept()
+    peer = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+    connection = _Connection(websocket, hub)
+    client = hub.add_client(peer, connection.kick)
+    if client is None:
+        await websocket.send_text(
+            protocol.error_message("limit_reached", "Error: Max simultaneous connections reached")
+        )
+        await websocket.close(1013, "server full")
+        return
+    connection.client = client
+    connection.writer = asyncio.get_running_loop().create_task(connection.write_loop())
+    try:
+        await connection.read_loop()
+    finally:
+        hub.remove_client(client)
+        await connection.stop_writer()
+
+
+class _Connection:
+    def __init__(self, websocket: WebSocket, hub: Hub) -> None:
+        self.websocket = websocket
+        self.hub = hub
+        self.client: Client | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+
+    async def read_loop(self) -> None:
+        assert self.client is not None
+        max_bytes = self.hub.settings.MAX_FRAME_BYTES
+        while not self.closing:
+            try:
+                message = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                text = message.get("bytes") or b""
+            if len(text) > max_bytes:
+                await self._close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+                return
+            await self.hub.handle_frame(self.client, text)
+
+    async def write_loop(self) -> None:
+        assert self.client is not None
+        outbox = self.client.outbox
+        send = self.websocket.send_text
+        try:
+            while True:
+                await outbox.wait()
+                for frame in outbox.drain():
+                    await send(frame)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            logger.debug("client %s: writer stopped: %r", self.client.id, exc)
+
+    def kick(self, code: int, reason: str) -> None:
+        """Close this client from the hub (it could not keep up)."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.writer is not None:
+            self.writer.cancel()
+        task = asyncio.get_running_loop().create_task(self._close(code, reason))
+        task.add_done_callback(_log_failure)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.closing = True
+        with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
+
+    async def stop_writer(self) -> None:
+        if self.writer is not None and not self.writer.done():
+            self.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.writer
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("closing a client failed", exc_info=task.exception())

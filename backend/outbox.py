@@ -1,0 +1,83 @@
+"""A client's bounded outbox: frames waiting for that client's writer.
+
+The hub pushes frames without awaiting; the client's writer task drains them. A forming-bar
+update replaces an unsent update of the same bar of the same key in place (only the newest
+matters). Other frames are never dropped: when the outbox stays over its soft limit longer
+than the slow-client timeout, or reaches the hard limit, the hub closes the client with
+1013 and counts it. Memory per client is bounded either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Hashable
+
+HARD_LIMIT_FACTOR = 4
+
+
+class Outbox:
+    """Pending frames of one client, with conflation of forming-bar updates."""
+
+    __slots__ = (
+        "_frames",
+        "_hard_limit",
+        "_order",
+        "_ready",
+        "_seq",
+        "conflations",
+        "over_limit_since",
+        "soft_limit",
+    )
+
+    def __init__(self, soft_limit: int) -> None:
+        self.soft_limit = soft_limit
+        self._hard_limit = soft_limit * HARD_LIMIT_FACTOR
+        self._order: deque[Hashable] = deque()
+        self._frames: dict[Hashable, str] = {}
+        self._ready = asyncio.Event()
+        self._seq = 0
+        self.over_limit_since: float | None = None
+        self.conflations = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def push(self, frame: str, slot: Hashable | None = None) -> bool:
+        """Queue ``frame``; a frame with the ``slot`` of a pending one replaces it in place.
+
+        Returns False when the hard limit is reached: the caller must close the client.
+        """
+        if slot is not None and slot in self._frames:
+            self._frames[slot] = frame
+            self.conflations += 1
+            return True
+        if len(self._order) >= self._hard_limit:
+            return False
+        if slot is None:
+            self._seq += 1
+            slot = self._seq
+        self._order.append(slot)
+        self._frames[slot] = frame
+        if len(self._order) > self.soft_limit and self.over_limit_since is None:
+            self.over_limit_since = time.monotonic()
+        self._ready.set()
+        return True
+
+    def drain(self) -> list[str]:
+        """Take every pending frame, oldest first."""
+        frames = [self._frames[slot] for slot in self._order]
+        self._order.clear()
+        self._frames.clear()
+        self._ready.clear()
+        self.over_limit_since = None
+        return frames
+
+    async def wait(self) -> None:
+        """Wait until at least one frame is pending."""
+        await self._ready.wait()
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the outbox has been over its soft limit (0 when it is not)."""
+        return 0.0 if self.over_limit_since is None else now - self.over_limit_since

@@ -1,0 +1,1 @@
+"""Candlewire test suite."""

@@ -1,0 +1,187 @@
+"""End-to-end harness: run populate.py and the real server.py on an ephemeral port.
+
+``ServerProcess`` starts ``python server.py --port 0`` with a given environment, reads the
+URL it prints, and stops it with SIGTERM (then SIGKILL) at the end. ``WsClient`` is a thin
+real WebSocket client that keeps every message and waits for the ones a test expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTOR = float(os.environ.get("CANDLEWIRE_TEST_TIMEOUT_FACTOR", "1"))
+URL_LINE = re.compile(r"listening on (http://\S+)")
+
+
+def seconds(value: float) -> float:
+    """A timeout scaled for slow machines."""
+    return value * FACTOR
+
+
+def base_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CSV_", "PROVIDERS"))}
+    env.update({
+        "DB": str(tmp / "candlewire.sqlite3"),
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        "EXTRA_PROVIDERS": "my_provider=tests.providers:SeedProvider,"
+                           "counting=tests.providers:CountingProvider",
+        "CANDLEWIRE_TEST_LOG": str(tmp / "provider.log"),
+    })
+    env.update(extra)
+    return env
+
+
+def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "populate.py", *args], cwd=ROOT, env=env, text=True,
+        capture_output=True, timeout=seconds(120), check=False)
+
+
+class ServerProcess:
+    """The real server in a child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + seconds(timeout)
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            match = URL_LINE.search(line)
+            if match:
+                self.url = match.group(1)
+                break
+        if not self.url:
+            self.stop()
+            raise RuntimeError(f"server did not start; log:\n{self.log_path.read_text()}")
+        self.wait_healthy(timeout)
+        return self
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/websocket/"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=seconds(10)) as response:
+            body = response.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+    def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds(timeout)
+        while True:
+            try:
+                health: dict[str, Any] = self.get("/health")
+                states = {p["state"] for p in health["providers"].values()}
+                if states <= {"running"}:
+                    return health
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy; log:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(seconds(15))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WsClient:
+    """A real WebSocket client that records every message it receives."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.messages: list[dict[str, Any]] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> WsClient:
+        return cls(await connect(url, open_timeout=seconds(10), **kwargs))
+
+    async def _read(self) -> None:
+        async for raw in self.connection:
+            self.messages.append(json.loads(raw))
+            self._new.set()
+
+    async def send(self, *requests: Any) -> None:
+        await self.connection.send(json.dumps(list(requests)))
+
+    async def send_raw(self, text: str | bytes) -> None:
+        await self.connection.send(text)
+
+    async def wait_for(
+        self,
+        kind: str,
+        predicate: Callable[[dict[str, Any]], bool] = lambda m: True,
+        timeout: float = 10.0,
+        after: int = 0,
+    ) -> dict[str, Any]:
+        """The first message of ``kind`` (from index ``after``) that satisfies ``predicate``."""
+        deadline = time.monotonic() + seconds(timeout)
+        while True:
+            for message in self.messages[after:]:
+                if message.get("type") == kind and predicate(message):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._reader.done():
+                seen = [m.get("type") for m in self.messages[-20:]]
+                raise AssertionError(f"no {kind!r} message within {timeout} s; last: {seen}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def of_type(self, kind: str, after: int = 0) -> list[dict[str, Any]]:
+        return [m for m in self.messages[after:] if m.get("type") == kind]
+
+    async def close(self) -> None:
+        await self.connection.close()
+        self._reader.cancel()
+        try:
+            await self._reader
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+            pass

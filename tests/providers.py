@@ -1,0 +1,202 @@
+"""Providers used by the end-to-end tests, registered through ``EXTRA_PROVIDERS``.
+
+``SeedProvider`` is written from the seed how-to (shared/seeds/001) with only its import
+line changed: it tracks ``ws_clients`` itself and sends the seed's ``write_message``.
+``CountingProvider`` uses the base class bookkeeping and logs every hook call to the file
+named by ``CANDLEWIRE_TEST_LOG`` so tests can count upstream starts and history calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+
+from backend.provider import Provider
+
+INTERVALS = ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"]
+STEP = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200,
+        "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400}
+
+
+def price(minute: int, seed: int = 0) -> float:
+    """A deterministic price for a minute (epoch seconds, multiple of 60)."""
+    x = minute / 60
+    return round(100 + 10 * math.sin(x / 97 + seed) + 3 * math.sin(x / 7.3 + 2 * seed), 4)
+
+
+def bar(t: int, interval: str, now: int, seed: int = 0) -> list[float]:
+    """``[t_ms, o, h, l, c, v]`` of the bar opening at ``t``, as of ``now``."""
+    step = STEP[interval]
+    minutes = range(t, min(t + step, now + 1), 60) or range(t, t + 60, 60)
+    prices = [price(m, seed) for m in minutes]
+    return [t * 1000, prices[0], max(prices), min(prices), prices[-1], float(len(prices))]
+
+
+def dataset_row(source: str, name: str) -> dict[str, object]:
+    return {
+        "source": source,
+        "name": name,
+        "name_label": f"{name} test instrument",
+        "type": "candlestick",
+        "categories": ["Test"],
+        "intervals": INTERVALS,
+        "outputs": [{"name": f, "y_axis": "price"} for f in ("open", "high", "low", "close")]
+        + [{"name": "volume", "y_axis": "volume"}],
+    }
+
+
+def parse(text: str) -> int:
+    if text == "now UTC":
+        return int(time.time())
+    d = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    return int(d.timestamp())
+
+
+class SeedProvider(Provider):
+    """A provider exactly as the seed tells users to write one."""
+
+    def init(self):
+        self.ws_clients = {}
+        self.threads = {}
+        self.stops = {}
+
+    def get_dataset(self):
+        return [dataset_row("my_provider", "BTCUSDT"), dataset_row("my_provider", "ETHUSDT")]
+
+    def start_streaming(self, ws_client, symbol, interval):
+        key = (symbol, interval)
+        self.ws_clients.setdefault(key, set()).add(ws_client)
+        if key not in self.threads:
+            stop = threading.Event()
+            thread = threading.Thread(target=self.stream, args=(symbol, interval, stop),
+                                      daemon=True)
+            self.stops[key] = stop
+            self.threads[key] = thread
+            thread.start()
+
+    def stream(self, symbol, interval, stop):
+        while not stop.wait(0.2):
+            now = int(time.time())
+            step = STEP[interval]
+            k = bar(now - now % step, interval, now)
+            ws_clients = list(self.ws_clients.get((symbol, interval), ()))
+            data = self.format_datapoint(symbol, interval, k)
+            self.send_from({
+                "action": "write_message",
+                "ws_clients": ws_clients,
+                "source": "my_provider",
+                "name": symbol,
+                "interval": interval,
+                "args": [json.dumps({
+                    "type": "data_update",
+                    "source": "my_provider",
+                    "name": symbol,
+                    "interval": interval,
+                    "data": data,
+                })],
+            })
+
+    def format_datapoint(self, symbol, interval, k):
+        date_str = datetime.fromtimestamp(k[0] / 1000, timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S")
+        return {
+            "date": date_str,
+            f"my_provider-{symbol}-{interval}-open": k[1],
+            f"my_provider-{symbol}-{interval}-high": k[2],
+            f"my_provider-{symbol}-{interval}-low": k[3],
+            f"my_provider-{symbol}-{interval}-close": k[4],
+            f"my_provider-{symbol}-{interval}-volume": k[5],
+        }
+
+    def no_update(self, symbol, interval):
+        key = (symbol, interval)
+        clients = self.ws_clients.get(key, set())
+        self.stop_stream(key)
+        for ws_client in list(clients):
+            self.start_streaming(ws_client, symbol, interval)
+
+    def get_history(self, symbol, interval, start_time_query, end_time_query, count):
+        step = STEP[interval]
+        start, end = parse(start_time_query), parse(end_time_query)
+        now = int(time.time())
+        end = min(end, now)
+        first = start - start % step + (step if start % step else 0)
+        return [self.format_datapoint(symbol, interval, bar(t, interval, now))
+                for t in range(first, end + 1, step)]
+
+    def on_close(self, ws_client, symbol, interval):
+        key = (symbol, interval)
+        self.ws_clients.get(key, set()).discard(ws_client)
+        if not self.ws_clients.get(key):
+            self.stop_stream(key)
+
+    def stop_stream(self, key):
+        stop = self.stops.pop(key, None)
+        if stop is not None:
+            stop.set()
+        self.threads.pop(key, None)
+
+
+class CountingProvider(Provider):
+    """Base-class style provider that logs its hook calls; symbol ``HANG`` never answers."""
+
+    def init(self) -> None:
+        self.log_path = os.environ.get("CANDLEWIRE_TEST_LOG", "")
+        self.period = float(os.environ.get("CANDLEWIRE_TEST_PERIOD", "0.1"))
+        self.streams: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.stream, daemon=True)
+        self.thread.start()
+        # Listed 30 days ago (a stable time across restarts): nothing exists before.
+        self.listed = (int(time.time()) // 86400 - 30) * 86400
+        self.log(f"init {os.getpid()}")
+
+    def log(self, line: str) -> None:
+        if self.log_path:
+            with open(self.log_path, "a", encoding="utf-8") as out:
+                out.write(line + "\n")
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("counting", name) for name in ("AAA", "BBB", "CCC", "HANG")]
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        self.log(f"first {symbol} {interval}")
+        with self.lock:
+            self.streams.add((symbol, interval))
+
+    def on_last_subscriber(self, symbol: str, interval: str) -> None:
+        self.log(f"last {symbol} {interval}")
+        with self.lock:
+            self.streams.discard((symbol, interval))
+
+    def get_history(self, symbol: str, interval: str, start_time_query: str,
+                    end_time_query: str, count: int) -> list[list[float]]:
+        self.log(f"history {symbol} {interval}")
+        if symbol == "HANG":
+            self.stop.wait(3600)
+            return []
+        step = STEP[interval]
+        now = int(time.time())
+        start, end = parse(start_time_query), min(parse(end_time_query), now)
+        start = max(start, self.listed)
+        first = start - start % step + (step if start % step else 0)
+        seed = sum(map(ord, symbol)) % 7
+        return [bar(t, interval, now, seed) for t in range(first, end + 1, step)]
+
+    def stream(self) -> None:
+        while not self.stop.wait(self.period):
+            now = int(time.time())
+            with self.lock:
+                keys = list(self.streams)
+            for symbol, interval in keys:
+                step = STEP[interval]
+                self.publish(symbol, interval,
+                             tuple(bar(now - now % step, interval, now, sum(map(ord, symbol)) % 7)))
+
+    def shutdown(self) -> None:
+        self.stop.set()

@@ -1,0 +1,312 @@
+"""End to end: the real server.py, real provider processes, a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+
+DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+FIELDS = ("open", "high", "low", "close", "volume")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("hub")
+    env = base_env(tmp, PROVIDERS="counting,my_provider", HISTORY_TIMEOUT="3",
+                   STREAM_LINGER_SECONDS="0.5")
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
+    ws = await WsClient.open(server.ws_url)
+    yield ws
+    await ws.close()
+
+
+def data(name: str, interval: str = "1m", source: str = "counting", **extra: object) -> dict:
+    return {"type": "data", "source": source, "name": name, "interval": interval, **extra}
+
+
+def same_key(name: str, interval: str = "1m"):
+    return lambda m: m.get("name") == name and m.get("interval") == interval
+
+
+def provider_log(server: ServerProcess) -> list[str]:
+    path = Path(server.env["CANDLEWIRE_TEST_LOG"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_search_ranks_the_exact_symbol_first(client: WsClient) -> None:
+    await client.send({"type": "search_data", "search": "aaa"})
+    message = await client.wait_for("search_data_done")
+    first = message["results"][0]
+    assert first["name"] == "AAA"
+    assert first["id"] == "counting-AAA"
+    assert first["type"] == "data"
+    assert first["details"]["type"] == "candlestick"
+
+
+async def test_data_init_has_exactly_count_ascending_bars_with_protocol_keys(
+    client: WsClient,
+) -> None:
+    await client.send(data("AAA", count=300))
+    init = await client.wait_for("data_init", same_key("AAA"))
+    bars = init["data"]
+    assert len(bars) == 300
+    assert init["metadata"]["name"] == "AAA"
+    dates = [bar["date"] for bar in bars]
+    assert all(DATE.match(d) for d in dates)
+    assert dates == sorted(dates)
+    assert len(set(dates)) == 300
+    keys = {"date", *(f"counting-AAA-1m-{f}" for f in FIELDS)}
+    assert all(set(bar) == keys for bar in bars)
+    assert all(isinstance(bar["counting-AAA-1m-close"], float) for bar in bars)
+
+
+async def test_live_updates_only_touch_the_forming_bar_or_newer(client: WsClient) -> None:
+    await client.send(data("BBB", "1m", count=10))
+    init = await client.wait_for("data_init", same_key("BBB"))
+    last = init["data"][-1]["date"]
+    start = len(client.messages)
+    await client.wait_for("data_update", same_key("BBB"), timeout=2, after=start)
+    await asyncio.sleep(1.0)
+    dates = [m["data"]["date"] for m in client.of_type("data_update", start)
+             if m["name"] == "BBB"]
+    assert dates
+    assert dates[0] >= last
+    assert dates == sorted(dates)
+    update = client.of_type("data_update", start)[0]
+    assert set(update["data"]) == {"date", *(f"counting-BBB-1m-{f}" for f in FIELDS)}
+
+
+async def test_history_pages_back_with_exact_counts_and_ends_empty(client: WsClient) -> None:
+    await client.send(data("CCC", "1h", count=50, stream=False))
+    init = await client.wait_for("data_init", same_key("CCC", "1h"))
+    end = init["data"][0]["date"]
+    await client.send({"type": "data_history", "source": "counting", "name": "CCC",
+                       "interval": "1h", "end": end, "count": 120})
+    page = await client.wait_for("data_history", same_key("CCC", "1h"))
+    dates = [bar["date"] for bar in page["data"]]
+    assert len(dates) == 120
+    assert dates == sorted(dates)
+    assert dates[-1] == end  # inclusive end: the client de-duplicates
+    after = len(client.messages)
+    await client.send({"type": "data_history", "source": "counting", "name": "CCC",
+                       "interval": "1h", "end": "1990-01-01 00:00:00", "count": 100})
+    empty = await client.wait_for("data_history", same_key("CCC", "1h"), timeout=30,
+                                  after=after)
+    assert empty["data"] == []
+
+
+async def test_unsubscribe_stops_updates(client: WsClient) -> None:
+    await client.send(data("AAA", "3m", count=5))
+    await client.wait_for("data_update", same_key("AAA", "3m"))
+    await client.send({"type": "unsubscribe", "source": "counting", "name": "AAA",
+                       "interval": "3m"})
+    await client.wait_for("unsubscribed", same_key("AAA", "3m"))
+    mark = len(client.messages)
+    await asyncio.sleep(0.6)
+    assert not [m for m in client.of_type("data_update", mark) if same_key("AAA", "3m")(m)]
+
+
+async def test_unknown_symbol_gets_an_empty_data_init_and_an_error(client: WsClient) -> None:
+    await client.send(data("NOPE"))
+    init = await client.wait_for("data_init", same_key("NOPE"))
+    assert init["data"] == []
+    error = await client.wait_for("error")
+    assert error["code"] == "unknown_symbol"
+    assert error["request"]["name"] == "NOPE"
+
+
+BAD_FRAMES = [
+    ("not json at all", "bad_json"),
+    ("42", "bad_request"),
+    ('[{"type":"dance"}]', "unknown_type"),
+    ('[{"type":"data","source":"counting","interval":"1m"}]', "missing_field"),
+    ('[{"type":"data","source":"counting","name":7,"interval":"1m"}]', "invalid_field"),
+    ('[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":-1}]',
+     "count_out_of_range"),
+    ('[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":1000000000}]',
+     "count_out_of_range"),
+    ('[{"type":"data","source":"counting","name":"AAA","interval":"7m"}]', "unknown_interval"),
+    (json.dumps([{"type": "ping"}] * 1000), "limit_reached"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES)
+async def test_bad_input_is_answered_with_an_error_and_the_socket_stays_usable(
+    server: ServerProcess, client: WsClient, frame: str, code: str
+) -> None:
+    await client.send_raw(frame)
+    error = await client.wait_for("error")
+    assert error["code"] == code
+    assert error["message"]
+    await client.send({"type": "ping", "id": 1})
+    await client.wait_for("pong")
+    assert server.get("/health")["status"] == "ok"
+
+
+async def test_a_frame_over_one_mebibyte_closes_only_that_socket(
+    server: ServerProcess, client: WsClient
+) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await client.send_raw("[" + " " * (1024 * 1024 + 10) + "]")
+    await asyncio.wait_for(client.connection.wait_closed(), seconds(10))
+    assert client.connection.close_code == 1009
+    other = await WsClient.open(server.ws_url)
+    await other.send({"type": "ping"})
+    await other.wait_for("pong")
+    await other.close()
+
+
+async def test_two_clients_on_one_key_share_one_upstream_start_and_stop(
+    server: ServerProcess,
+) -> None:
+    first = await WsClient.open(server.ws_url)
+    second = await WsClient.open(server.ws_url)
+    for ws in (first, second):
+        await ws.send(data("AAA", "15m", count=3))
+        await ws.wait_for("data_init", same_key("AAA", "15m"))
+    await first.close()
+    await second.close()
+    await asyncio.sleep(seconds(1.5))
+    log = provider_log(server)
+    assert log.count("first AAA 15m") == 1
+    assert log.count("last AAA 15m") == 1
+
+
+async def test_a_provider_written_from_the_seed_streams_unchanged(client: WsClient) -> None:
+    await client.send(data("BTCUSDT", "1m", source="my_provider", count=20))
+    init = await client.wait_for("data_init", same_key("BTCUSDT"))
+    assert len(init["data"]) == 20
+    update = await client.wait_for("data_update", same_key("BTCUSDT"), timeout=3)
+    assert update["data"]["date"] >= init["data"][-1]["date"]
+    assert "my_provider-BTCUSDT-1m-close" in update["data"]
+
+
+async def test_health_and_metrics_describe_the_running_server(server: ServerProcess) -> None:
+    health = server.get("/health")
+    assert health["providers"]["counting"]["state"] == "running"
+    assert health["providers"]["counting"]["pid"] > 0
+    assert "version" in health
+    metrics = server.get("/metrics")
+    assert "candlewire_clients" in metrics
+
+
+# ---------------------------------------------------------------- faults: own servers
+
+
+@pytest.fixture
+def fault_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    env = base_env(tmp_path, PROVIDERS="counting", HISTORY_TIMEOUT="2",
+                   OUTBOX_MAX_MESSAGES="50", SLOW_CLIENT_TIMEOUT="3",
+                   CANDLEWIRE_TEST_PERIOD="0.02")
+    assert populate(env).returncode == 0
+    with ServerProcess(env, tmp_path / "server.log") as running:
+        yield running
+
+
+async def test_killing_a_provider_resumes_updates_without_resubscribing(
+    fault_server: ServerProcess,
+) -> None:
+    ws = await WsClient.open(fault_server.ws_url)
+    await ws.send(data("AAA", "1m", count=5))
+    await ws.wait_for("data_update", same_key("AAA"))
+    pid = fault_server.get("/health")["providers"]["counting"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    mark = len(ws.messages)
+    await ws.wait_for("data_update", same_key("AAA"), timeout=5, after=mark)
+    health = fault_server.get("/health")["providers"]["counting"]
+    assert health["restarts"] == 1
+    assert health["pid"] != pid
+    await ws.close()
+
+
+async def test_a_hanging_history_call_errors_in_time_and_others_keep_streaming(
+    fault_server: ServerProcess,
+) -> None:
+    ws = await WsClient.open(fault_server.ws_url)
+    await ws.send(data("AAA", "1m", count=5))
+    await ws.wait_for("data_update", same_key("AAA"))
+    started = time.monotonic()
+    await ws.send(data("HANG", "1m", count=5))
+    mark = len(ws.messages)
+    await asyncio.sleep(1.0)
+    assert [m for m in ws.of_type("data_update", mark) if m["name"] == "AAA"]
+    init = await ws.wait_for("data_init", same_key("HANG"), timeout=5)
+    assert len(init["data"]) <= 1  # at most the live bar that arrived meanwhile
+    error = await ws.wait_for("error", lambda m: m["code"] == "provider_unavailable")
+    assert "did not answer" in error["message"]
+    assert time.monotonic() - started < seconds(4)
+    await ws.close()
+
+
+async def test_a_client_that_never_reads_does_not_delay_a_fast_one(
+    fault_server: ServerProcess,
+) -> None:
+    host, port = fault_server.url.removeprefix("http://").split(":")
+    slow = socket.create_connection((host, int(port)))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(
+        b"GET /websocket/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    names = ["AAA", "BBB", "CCC"]
+    frame = json.dumps([data(n, i, count=2000) for n in names for i in ("1m", "3m", "5m")])
+    payload = frame.encode()
+    mask = b"\x00\x00\x00\x00"
+    header = b"\x81\xfe" + len(payload).to_bytes(2, "big") if len(payload) < 65536 else (
+        b"\x81\xff" + len(payload).to_bytes(8, "big"))
+    slow.sendall(header + mask + payload)
+    server_proc = psutil.Process(fault_server.proc.pid)  # type: ignore[union-attr]
+    fast = await WsClient.open(fault_server.ws_url)
+    await fast.send(data("AAA", "1m", count=5))
+    await fast.wait_for("data_update", same_key("AAA"))
+    rss_before = server_proc.memory_info().rss
+    gaps = []
+    last = time.monotonic()
+    mark = len(fast.messages)
+    deadline = time.monotonic() + seconds(6)
+    while time.monotonic() < deadline:
+        await fast.wait_for("data_update", same_key("AAA"), after=mark)
+        mark = len(fast.messages)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    assert max(gaps) < 0.5
+    assert server_proc.memory_info().rss - rss_before < 50 * 1024 * 1024
+    metrics = fault_server.get("/metrics")
+    outbox = float(re.search(r"^candlewire_outbox_frames (\S+)$", metrics, re.M).group(1))
+    assert outbox <= 4 * 50 * 2
+    slow.close()
+    await fast.close()
+
+
+async def test_sigterm_stops_the_server_and_every_provider_process(tmp_path: Path) -> None:
+    env = base_env(tmp_path, PROVIDERS="counting,my_provider")
+    assert populate(env).returncode == 0
+    running = ServerProcess(env, tmp_path / "server.log").start()
+    pids = [p["pid"] for p in running.get("/health")["providers"].values()]
+    assert running.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert "hub stopped" in (tmp_path / "server.log").read_text()
+    await asyncio.sleep(0.5)
+    assert not [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,122 @@
+"""The history planner against a fake provider with gaps: exact counts, no refetching."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backend import intervals
+from backend.bars import Bar, SeriesId
+from backend.cache import BarCache
+from backend.clocks import Clocks
+from backend.errors import ProviderUnavailable
+from backend.history import HistoryPlanner
+from backend.ipc import Clock
+
+KEY = SeriesId("fake", "ACME", "1h")
+NOW = intervals.parse_date("2026-03-06 15:30:00")  # a Friday afternoon
+LISTED = intervals.parse_date("2026-01-05 00:00:00")
+
+
+def session_bar(t: int) -> Bar | None:
+    """Hourly bars from 09:00 to 16:00 UTC on weekdays only, after listing."""
+    weekday = (t // 86400 + 3) % 7  # 0 = Monday
+    hour = t % 86400 // 3600
+    if t < LISTED or weekday >= 5 or not 9 <= hour <= 16:
+        return None
+    return (t, 1.0, 2.0, 0.5, 1.5, 10.0)
+
+
+class FakeProvider:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[int, int | None]] = []
+        self.fail = fail
+
+    async def fetch(self, key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
+        self.calls.append((start, end))
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise ProviderUnavailable("upstream down")
+        stop = NOW if end is None else min(end, NOW)
+        first = intervals.floor(start, "1h")
+        if first < start:
+            first += 3600
+        bars = [session_bar(t) for t in range(first, stop + 1, 3600)]
+        return [bar for bar in bars if bar is not None]
+
+
+def planner(provider: FakeProvider) -> HistoryPlanner:
+    clocks = Clocks()
+    clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=NOW, speed=0.0))
+    return HistoryPlanner(BarCache(), provider.fetch, clocks)
+
+
+async def test_latest_returns_exactly_count_bars_across_nights_and_weekends() -> None:
+    provider = FakeProvider()
+    answer = await planner(provider).latest(KEY, 100, streaming=False)
+    times = [bar[0] for bar in answer.bars]
+    assert len(times) == 100
+    assert times == sorted(times)
+    assert times[-1] == intervals.parse_date("2026-03-06 15:00:00")
+    assert all(session_bar(t) is not None for t in times)
+
+
+async def test_a_repeated_history_request_is_answered_from_the_cache() -> None:
+    provider = FakeProvider()
+    plan = planner(provider)
+    end = intervals.parse_date("2026-03-02 12:00:00")
+    first = await plan.before(KEY, end, 50)
+    calls = len(provider.calls)
+    second = await plan.before(KEY, end, 50)
+    assert second.bars == first.bars
+    assert len(provider.calls) == calls
+
+
+async def test_empty_spans_are_not_fetched_twice() -> None:
+    provider = FakeProvider()
+    plan = planner(provider)
+    end = intervals.parse_date("2026-01-10 00:00:00")  # the first week after listing
+    answer = await plan.before(KEY, end, 500)
+    assert len(answer.bars) == 40  # five days of eight bars: all there is
+    calls = len(provider.calls)
+    again = await plan.before(KEY, end, 500)
+    assert again.bars == answer.bars
+    assert len(provider.calls) == calls
+
+
+async def test_history_before_the_first_bar_is_empty() -> None:
+    provider = FakeProvider()
+    answer = await planner(provider).before(KEY, LISTED - 86400, 10)
+    assert answer.bars == []
+    assert answer.error is None
+
+
+async def test_fifty_concurrent_identical_requests_make_one_provider_call() -> None:
+    provider = FakeProvider()
+    plan = planner(provider)
+    answers = await asyncio.gather(*(plan.latest(KEY, 6, streaming=True) for _ in range(50)))
+    assert len(provider.calls) == 1
+    assert all(answer.bars == answers[0].bars for answer in answers)
+
+
+async def test_concurrent_requests_across_gaps_share_the_calls_of_one_request() -> None:
+    alone = FakeProvider()
+    await planner(alone).latest(KEY, 60, streaming=True)
+    shared = FakeProvider()
+    plan = planner(shared)
+    await asyncio.gather(*(plan.latest(KEY, 60, streaming=True) for _ in range(50)))
+    assert len(shared.calls) == len(alone.calls)
+
+
+async def test_a_failing_provider_gives_an_error_and_what_the_cache_has() -> None:
+    provider = FakeProvider(fail=True)
+    answer = await planner(provider).latest(KEY, 20, streaming=False)
+    assert answer.bars == []
+    assert isinstance(answer.error, ProviderUnavailable)
+
+
+@pytest.mark.parametrize("count", [1, 8, 9, 300])
+async def test_counts_are_exact_for_any_size(count: int) -> None:
+    answer = await planner(FakeProvider()).latest(KEY, count, streaming=False)
+    assert len(answer.bars) == count

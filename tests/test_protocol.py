@@ -1,0 +1,97 @@
+"""Parsing client frames: every malformed request becomes a clear, addressable error."""
+
+from __future__ import annotations
+
+import orjson
+
+from backend import protocol
+from backend.bars import SeriesId
+
+MAX_REQUESTS = 100
+MAX_COUNT = 10_000
+
+
+def parse(text: str | bytes) -> list[protocol.Request]:
+    return protocol.parse_frame(text, MAX_REQUESTS, MAX_COUNT)
+
+
+def test_an_array_of_data_requests_is_parsed_with_defaults() -> None:
+    [request] = parse('[{"type":"data","source":"csv","name":"BTCUSD","interval":"1m"}]')
+    assert isinstance(request, protocol.DataRequest)
+    assert request.series == SeriesId("csv", "BTCUSD", "1m")
+    assert request.count == 300
+    assert request.stream is True
+
+
+def test_a_bare_object_is_accepted_as_one_request() -> None:
+    [request] = parse('{"type":"search_data","search":"btc"}')
+    assert isinstance(request, protocol.SearchRequest)
+    assert request.search == "btc"
+
+
+def test_an_empty_array_is_no_request() -> None:
+    assert parse("[]") == []
+
+
+def test_non_json_and_scalars_are_bad_requests() -> None:
+    [bad] = parse("not json")
+    assert isinstance(bad, protocol.BadRequest)
+    assert bad.code == "bad_json"
+    [scalar] = parse("42")
+    assert isinstance(scalar, protocol.BadRequest)
+    assert scalar.code == "bad_request"
+
+
+def test_unknown_type_and_missing_type_are_named() -> None:
+    unknown, missing = parse('[{"type":"dance"},{"name":"x"}]')
+    assert isinstance(unknown, protocol.BadRequest)
+    assert unknown.code == "unknown_type"
+    assert isinstance(missing, protocol.BadRequest)
+    assert missing.code == "missing_field"
+
+
+def test_count_out_of_range_still_names_the_series_for_an_empty_reply() -> None:
+    for count in (-1, 0, 10**9):
+        frame = orjson.dumps(
+            [{"type": "data", "source": "csv", "name": "X", "interval": "1m", "count": count}]
+        )
+        [bad] = parse(frame)
+        assert isinstance(bad, protocol.BadRequest)
+        assert bad.code == "count_out_of_range"
+        assert bad.reply_type == "data_init"
+        assert bad.series == SeriesId("csv", "X", "1m")
+
+
+def test_wrong_field_types_are_invalid_fields() -> None:
+    frame = '[{"type":"data","source":"csv","name":"X","interval":"1m","count":"ten"},' \
+        '{"type":"data","source":5,"name":"X","interval":"1m"},' \
+        '{"type":"data","source":"csv","name":"X","interval":"1m","stream":"yes"}]'
+    codes = [r.code for r in parse(frame) if isinstance(r, protocol.BadRequest)]
+    assert codes == ["invalid_field", "invalid_field", "invalid_field"]
+
+
+def test_unknown_interval_lists_the_known_ones() -> None:
+    [bad] = parse('[{"type":"data","source":"csv","name":"X","interval":"7m"}]')
+    assert isinstance(bad, protocol.BadRequest)
+    assert bad.code == "unknown_interval"
+    assert "1m, 3m" in bad.message
+
+
+def test_history_without_end_gets_an_empty_reply_and_an_error() -> None:
+    [bad] = parse('[{"type":"data_history","source":"csv","name":"X","interval":"1m",'
+                  '"count":10}]')
+    assert isinstance(bad, protocol.BadRequest)
+    assert bad.reply_type == "data_history"
+    assert bad.code == "missing_field"
+
+
+def test_too_many_requests_in_one_frame_is_refused_as_a_whole() -> None:
+    [bad] = parse(orjson.dumps([{"type": "ping"}] * 1000))
+    assert isinstance(bad, protocol.BadRequest)
+    assert bad.code == "limit_reached"
+
+
+def test_encoded_messages_never_contain_nan() -> None:
+    text = protocol.update_message(SeriesId("a", "b", "1m"), {"date": "x", "v": float("nan")})
+    assert "NaN" not in text
+    assert orjson.loads(text)["data"]["v"] is None

@@ -1,0 +1,53 @@
+"""The subscription registry, driven without an event loop or sockets."""
+
+from __future__ import annotations
+
+from backend.bars import SeriesId
+from backend.subscriptions import Change, Subscriptions
+
+BTC = SeriesId("csv", "BTCUSD", "1m")
+ETH = SeriesId("csv", "ETHUSD", "1m")
+
+
+def test_first_subscriber_then_second_then_duplicate() -> None:
+    subs = Subscriptions()
+    assert subs.add(1, BTC) is Change.FIRST
+    assert subs.add(2, BTC) is Change.ADDED
+    assert subs.add(1, BTC) is Change.ALREADY
+    assert subs.subscribers(BTC) == {1, 2}
+
+
+def test_last_subscriber_leaving_is_reported_once() -> None:
+    subs = Subscriptions()
+    subs.add(1, BTC)
+    subs.add(2, BTC)
+    assert subs.remove(1, BTC) is Change.REMOVED
+    assert subs.remove(2, BTC) is Change.LAST
+    assert subs.remove(2, BTC) is Change.ABSENT
+    assert not subs.has(BTC)
+
+
+def test_dropping_a_client_releases_all_its_keys() -> None:
+    subs = Subscriptions()
+    subs.add(1, BTC)
+    subs.add(1, ETH)
+    subs.add(2, ETH)
+    changes = dict(subs.drop_client(1))
+    assert changes == {BTC: Change.LAST, ETH: Change.REMOVED}
+    assert subs.keys_of(1) == frozenset()
+    assert subs.subscribers(ETH) == {2}
+
+
+def test_a_reconnect_resubscribing_everything_is_harmless() -> None:
+    subs = Subscriptions()
+    for _ in range(3):
+        subs.add(7, BTC)
+        subs.add(7, ETH)
+    assert len(subs) == 2
+
+
+def test_pairs_for_a_source_are_what_a_restarted_provider_needs() -> None:
+    subs = Subscriptions()
+    subs.add(1, BTC)
+    subs.add(2, SeriesId("binance", "BTCUSDT", "1m"))
+    assert subs.pairs_for_source("csv") == [(1, BTC)]
