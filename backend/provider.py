@@ -156,10 +156,18 @@ class Provider:
         """Send an ``error`` message to the clients subscribed to ``(symbol, interval)``."""
         self._emit(Notice(symbol, interval, code, message))
 
-    def set_clock(self, symbol: str | None, origin_data: float, speed: float) -> None:
+    def set_clock(
+        self,
+        symbol: str | None,
+        origin_data: float,
+        speed: float,
+        origin_wall: float | None = None,
+    ) -> None:
         """Declare that ``symbol``'s data time was ``origin_data`` (UTC seconds) at wall time
-        ``self.clock_origin_wall`` and runs at ``speed`` data seconds per wall second."""
-        origin_wall = getattr(self, "clock_origin_wall", None) or time.time()
+        ``origin_wall`` (default: :attr:`clock_origin_wall`, else now) and runs at ``speed``
+        data seconds per wall second."""
+        if origin_wall is None:
+            origin_wall = getattr(self, "clock_origin_wall", None) or time.time()
         self._emit(Clock(symbol, origin_wall, origin_data, speed))
 
     def now(self) -> datetime:
@@ -187,8 +195,8 @@ class Provider:
             self.source = source
         self.settings = settings
         # Wall time at which replay clocks start: the hub's start, so that a restarted
-        # provider process continues its replay where the previous one was.
-        self.clock_origin_wall = time.time() if clock_origin_wall is None else clock_origin_wall
+        # provider process continues its replay where the previous one was (None: now).
+        self.clock_origin_wall: float | None = clock_origin_wall
         self._emitter = emit
         self._subscribers: dict[StreamKey, set[int]] = {}
         self._last_publish: dict[StreamKey, float] = {}

@@ -1,0 +1,1 @@
+"""The built-in providers: one module per provider (csv, binance, polygon)."""

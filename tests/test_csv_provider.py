@@ -1,0 +1,424 @@
+"""Tests of the CSV provider, instantiated directly on small files written in tmp_path.
+
+The replay is driven by hand: the provider's wall clock is a list the test moves, and
+``_tick()`` is called instead of starting the replay thread (except in one test).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import config
+from backend import csvdata, intervals
+from backend.bars import Bar
+from backend.data_providers import csv as csv_module
+from backend.data_providers.csv import CSVProvider
+from backend.errors import UnknownSymbol
+from backend.ipc import BarUpdate, Clock, Event
+
+T0 = intervals.parse_date("2026-03-02 00:00:00")  # a Monday
+WALL = 1_000_000.0
+HEADER = "date,open,high,low,close,volume"
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def fmt(t: int) -> str:
+    return intervals.format_date(t)
+
+
+def candle(i: int) -> tuple[float, float, float, float, float]:
+    """Row i of the test candles: open 100+i, high +2, low -1, close +1, volume 10+i."""
+    o = 100.0 + i
+    return (o, o + 2, o - 1, o + 1, 10.0 + i)
+
+
+def write_candles(path: Path, n: int, step: int = 60, start: int = T0) -> None:
+    lines = [HEADER]
+    for i in range(n):
+        o, h, lo, c, v = candle(i)
+        lines.append(f"{fmt(start + i * step)},{o},{h},{lo},{c},{v}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Harness:
+    """A provider on ``folder`` with a fake wall clock and recorded events."""
+
+    def __init__(self, folder: Path, speed: float = 0.0, date_column: str = "") -> None:
+        self.events: list[Event] = []
+        self.now = WALL
+        self.provider = CSVProvider()
+        settings = config.load_settings(
+            CSV_FOLDER_PATH=folder, CSV_REPLAY_SPEED=speed, CSV_DATE_COLUMN=date_column
+        )
+        self.provider._attach("csv", settings, self.events.append)
+        self.provider._wall = lambda: self.now
+        self.provider._start_replay = lambda: None  # type: ignore[method-assign]
+        self.provider.init()
+
+    def history(
+        self, symbol: str, interval: str, start: str = "", end: str = "now UTC"
+    ) -> list[Bar]:
+        return self.provider.get_history(symbol, interval, start, end, 0)
+
+    def updates(self) -> list[BarUpdate]:
+        found = [e for e in self.events if isinstance(e, BarUpdate)]
+        self.events.clear()
+        return found
+
+    def clocks(self) -> dict[str | None, Clock]:
+        return {e.symbol: e for e in self.events if isinstance(e, Clock)}
+
+
+@pytest.fixture
+def minutes(tmp_path: Path) -> Path:
+    write_candles(tmp_path / "ACME.csv", 60)  # 60 one-minute rows: T0 ... T0 + 59 min
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def test_ohlc_files_are_candlesticks_and_other_numeric_columns_are_lines(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "FX.csv").write_text(
+        "Time,Open,High,Low,Close,Volume,vwap,venue\n"
+        + "".join(f"{fmt(T0 + 3600 * i)},1,2,0.5,1.5,7,1.2,XNYS\n" for i in range(5))
+    )
+    (tmp_path / "macro.csv").write_text(
+        "timestamp,rate,gdp\n" + "".join(f"{T0 + 86400 * i},4.5,{i}\n" for i in range(5))
+    )
+    rows = {row["name"]: row for row in Harness(tmp_path).provider.get_dataset()}
+    assert sorted(rows) == ["FX", "FX__vwap", "macro__gdp", "macro__rate"]
+    fx = rows["FX"]
+    assert fx["type"] == "candlestick" and fx["source"] == "csv" and fx["categories"] == ["CSV"]
+    assert fx["path"] == "sub/FX.csv"
+    assert fx["intervals"] == ["1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w", "1M"]
+    assert [(o["name"], o["y_axis"]) for o in fx["outputs"]] == [
+        ("open", "price"), ("high", "price"), ("low", "price"), ("close", "price"),
+        ("volume", "volume"),
+    ]  # fmt: skip
+    rate = rows["macro__rate"]
+    assert rate["type"] == "line" and rate["intervals"] == ["1d", "1w", "1M"]
+    assert rate["outputs"] == [{"name": "macro__rate", "y_axis": "macro__rate"}]
+
+
+def test_every_symbol_gets_a_replay_clock_from_the_middle_of_its_file(minutes: Path) -> None:
+    clock = Harness(minutes, speed=60).clocks()["ACME"]
+    assert clock.speed == 60
+    assert clock.origin_data == T0 + 29 * 60  # midpoint of T0 .. T0+59min, floored to 1m
+
+
+def test_with_zero_speed_the_clock_is_frozen_at_the_last_row(minutes: Path) -> None:
+    clock = Harness(minutes, speed=0).clocks()["ACME"]
+    assert (clock.origin_data, clock.speed) == (T0 + 59 * 60, 0.0)
+
+
+def test_broken_files_are_logged_and_skipped_without_harming_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_candles(tmp_path / "GOOD.csv", 10)
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "nodate.csv").write_text("a,b\n1,2\n3,4\n")
+    write_candles(tmp_path / "sevens.csv", 10, step=7 * 60)  # 7 minutes is no interval
+    (tmp_path / "notes.txt").write_text("not a csv")
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+    assert [row["name"] for row in harness.provider.get_dataset()] == ["GOOD"]
+    for name in ("binary.csv", "empty.csv", "nodate.csv", "sevens.csv"):
+        assert any(name in record.getMessage() for record in caplog.records), name
+    assert len(harness.history("GOOD", "1m")) == 10
+
+
+def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "X.csv"
+    path.write_text(
+        f"{HEADER}\n"  # line 1
+        f"{fmt(T0)},1,2,0,1,5\n"  # 2
+        f"{fmt(T0 + 60)},1,2,0,1,5\n"  # 3
+        "not a date,1,2,0,1,5\n"  # 4
+        f"{fmt(T0 + 180)},1,x,0,1,5\n"  # 5
+        f"{fmt(T0 + 240)},1,2,0,1,5,99\n"  # 6: one field too many
+        "\n"  # 7: blank, ignored
+        f"{fmt(T0 + 300)},1,2,0,1,5\n"  # 8
+        f"{fmt(T0 + 360)},1,2,0\n"  # 9: fields missing
+        f"{fmt(T0 + 420)},1,2,0,1,5\n"  # 10
+    )
+    harness = Harness(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        bars = harness.history("X", "1m")
+    assert [b[0] for b in bars] == [T0, T0 + 60, T0 + 300, T0 + 420]
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    for line in (4, 5, 6, 9):
+        assert f"{path}:{line}:" in messages
+    for line in (2, 3, 7, 8, 10):
+        assert f"{path}:{line}:" not in messages
+
+
+def test_the_date_column_can_be_named_by_csv_date_column(tmp_path: Path) -> None:
+    (tmp_path / "W.csv").write_text(
+        "When,close\n" + "".join(f"{fmt(T0 + 60 * i)},{i}\n" for i in range(3))
+    )
+    assert list(Harness(tmp_path).provider.get_dataset()) == []
+    harness = Harness(tmp_path, date_column="when")
+    assert harness.history("W__close", "1m") == [
+        (T0 + 60 * i, float(i), float(i), float(i), float(i), None) for i in range(3)
+    ]
+
+
+def test_epoch_milliseconds_and_rows_newest_first_are_understood(tmp_path: Path) -> None:
+    rows = [f"{(T0 + 60 * i) * 1000},{i},{i + 1},{i - 1},{i},{i}" for i in range(5)]
+    (tmp_path / "MS.csv").write_text(
+        "timestamp,open,high,low,close,volume\n" + "\n".join(rows[::-1])
+    )
+    bars = Harness(tmp_path).history("MS", "1m")
+    assert [b[0] for b in bars] == [T0 + 60 * i for i in range(5)]
+    assert bars[2] == (T0 + 120, 2.0, 3.0, 1.0, 2.0, 2.0)
+
+
+def test_a_second_file_with_the_same_name_is_skipped(tmp_path: Path) -> None:
+    write_candles(tmp_path / "a" / "DUP.csv", 5)
+    write_candles(tmp_path / "b" / "DUP.csv", 5)
+    rows = list(Harness(tmp_path).provider.get_dataset())
+    assert [(row["name"], row["path"]) for row in rows] == [("DUP", "a/DUP.csv")]
+
+
+# ---------------------------------------------------------------------------- history
+
+
+def test_with_zero_speed_the_whole_file_is_history(minutes: Path) -> None:
+    bars = Harness(minutes).history("ACME", "1m", fmt(T0 - 3600), "now UTC")
+    assert bars == [(T0 + 60 * i, *candle(i)) for i in range(60)]
+
+
+def test_coarser_intervals_are_aggregated_and_utc_aligned(minutes: Path) -> None:
+    harness = Harness(minutes)
+    bars = harness.history("ACME", "15m")
+    assert [b[0] for b in bars] == [T0, T0 + 900, T0 + 1800, T0 + 2700]
+    first = [candle(i) for i in range(15)]
+    assert bars[0] == (
+        T0,
+        first[0][0],
+        max(c[1] for c in first),
+        min(c[2] for c in first),
+        first[-1][3],
+        sum(c[4] for c in first),
+    )
+    assert harness.history("ACME", "1d") == [
+        (T0, 100.0, 161.0, 99.0, 160.0, sum(10.0 + i for i in range(60)))
+    ]
+
+
+def test_weeks_open_on_monday_and_months_on_the_first(tmp_path: Path) -> None:
+    start = intervals.parse_date("2026-01-14 00:00:00")  # a Wednesday
+    write_candles(tmp_path / "D.csv", 70, step=86_400, start=start)
+    harness = Harness(tmp_path)
+    weeks = harness.history("D", "1w")
+    assert weeks[0][0] == intervals.parse_date("2026-01-12 00:00:00")
+    assert all((b[0] - weeks[0][0]) % (7 * 86_400) == 0 for b in weeks)
+    months = [fmt(b[0]) for b in harness.history("D", "1M")]
+    assert months == ["2026-01-01 00:00:00", "2026-02-01 00:00:00", "2026-03-01 00:00:00"]
+
+
+def test_unknown_symbols_and_unservable_intervals_raise_unknown_symbol(tmp_path: Path) -> None:
+    write_candles(tmp_path / "H.csv", 10, step=3 * 60)
+    harness = Harness(tmp_path)
+    for symbol, interval in [("NOPE", "1m"), ("H", "1m"), ("H", "5m"), ("H", "2d")]:
+        with pytest.raises(UnknownSymbol):
+            harness.provider.get_history(symbol, interval, "", "now UTC", 0)
+    assert len(harness.history("H", "15m")) == 2
+
+
+def test_the_whole_window_is_returned_even_when_count_is_smaller(minutes: Path) -> None:
+    harness = Harness(minutes)
+    bars = harness.provider.get_history("ACME", "1m", fmt(T0), fmt(T0 + 1200), 5)
+    assert len(bars) == 21
+
+
+def test_without_a_start_count_bars_up_to_the_end_are_returned(minutes: Path) -> None:
+    bars = Harness(minutes).provider.get_history("ACME", "5m", "", fmt(T0 + 1800), 3)
+    assert [b[0] for b in bars] == [T0 + 1200, T0 + 1500, T0 + 1800]
+
+
+def test_history_never_shows_rows_past_the_replay_clock(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.now = WALL + 5.3  # 5.3 data minutes after the midpoint
+    clock = T0 + 29 * 60 + 318
+    for end in ("now UTC", "2100-01-01 00:00:00"):
+        bars = harness.history("ACME", "1m", fmt(T0), end)
+        assert bars[-1][0] == T0 + 34 * 60 <= clock
+        assert bars[-1][1:5] == (134.0, 134.0, 133.0, 133.0)  # open, then down to the low
+        assert bars[-1][5] == pytest.approx(44.0 / 2)
+    # the hour bar so far: row 33 (high 135) is complete, row 34 has not reached its high 136
+    assert harness.history("ACME", "1h", fmt(T0), "now UTC")[-1][2] == 135.0
+
+
+def test_after_the_last_row_the_file_repeats_with_later_dates(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.now = WALL + 31 + 60 * 2  # two files' spans and a minute after the last row
+    bars = harness.history("ACME", "1m", fmt(T0 + 59 * 60), "now UTC")
+    assert [b[0] for b in bars[:3]] == [T0 + 59 * 60, T0 + 60 * 60, T0 + 61 * 60]
+    assert bars[1][1:] == candle(0) and bars[2][1:] == candle(1)
+    assert bars[-1][0] == T0 + 3 * 3600
+    assert harness.history("ACME", "1m", "", fmt(T0 - 1)) == []
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+def test_the_forming_bar_moves_in_steps_then_closes(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.provider._subscribe(1, "ACME", "1m")
+    seen = []
+    for k in range(6):  # a quarter of a row per step
+        harness.now = WALL + 0.25 * k + 0.01
+        harness.provider._tick()
+        seen += [(u.bar, u.final) for u in harness.updates()]
+    o, h, lo, c, v = candle(29)
+    assert seen == [
+        ((T0 + 29 * 60, o, o, o, o, v / 4), False),
+        ((T0 + 29 * 60, o, o, lo, lo, v / 2), False),
+        ((T0 + 29 * 60, o, h, lo, h, v * 3 / 4), False),
+        ((T0 + 29 * 60, o, h, lo, c, v), False),
+        ((T0 + 29 * 60, o, h, lo, c, v), True),
+        ((T0 + 30 * 60, *candle(30)[:1] * 4, candle(30)[4] / 4), False),
+        ((T0 + 30 * 60, 130.0, 130.0, 129.0, 129.0, 20.0), False),
+    ]
+
+
+def test_streamed_bars_match_history_at_the_same_clock(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.provider._subscribe(1, "ACME", "5m")
+    last: dict[int, Bar] = {}
+    for k in range(40):
+        harness.now = WALL + 0.4 * k
+        harness.provider._tick()
+        for update in harness.updates():
+            assert not last or update.bar[0] >= max(last)  # never an older bar
+            last[update.bar[0]] = update.bar
+        history = harness.history("ACME", "5m", fmt(T0), "now UTC")
+        assert history[-1] == last[max(last)]
+        assert all(last[b[0]] == b for b in history if b[0] in last)
+
+
+def test_bars_skipped_between_ticks_are_published_as_final(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.provider._subscribe(1, "ACME", "1m")
+    harness.provider._tick()
+    harness.updates()
+    harness.now = WALL + 3.5
+    harness.provider._tick()
+    updates = harness.updates()
+    assert [(u.bar[0] - T0) // 60 for u in updates if u.final] == [29, 30, 31]
+    assert [u.bar[1:] for u in updates if u.final] == [candle(i) for i in (29, 30, 31)]
+    assert [(u.bar[0] - T0) // 60 for u in updates if not u.final] == [32]
+
+
+def test_line_series_stream_their_new_values(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "date,rate\n" + "".join(f"{fmt(T0 + 3600 * i)},{i}\n" for i in range(10))
+    )
+    harness = Harness(tmp_path, speed=3600)  # one row per wall second
+    harness.provider._subscribe(1, "m__rate", "1h")
+    harness.provider._subscribe(1, "m__rate", "4h")
+    harness.provider._tick()
+    harness.now += 1
+    harness.provider._tick()
+    updates = [(u.interval, u.bar, u.final) for u in harness.updates()]
+    assert updates == [
+        ("1h", (T0 + 4 * 3600, 4.0, 4.0, 4.0, 4.0, None), False),
+        ("4h", (T0 + 4 * 3600, 4.0, 4.0, 4.0, 4.0, None), False),
+        ("1h", (T0 + 4 * 3600, 4.0, 4.0, 4.0, 4.0, None), True),
+        ("1h", (T0 + 5 * 3600, 5.0, 5.0, 5.0, 5.0, None), False),
+        ("4h", (T0 + 4 * 3600, 5.0, 5.0, 5.0, 5.0, None), False),
+    ]
+
+
+def test_the_last_subscriber_leaving_stops_the_key(minutes: Path) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.provider._subscribe(1, "ACME", "1m")
+    harness.provider._subscribe(2, "ACME", "1m")
+    harness.provider._unsubscribe(1, "ACME", "1m")
+    harness.provider._tick()
+    assert harness.updates()
+    harness.provider._unsubscribe(2, "ACME", "1m")
+    harness.now += 5
+    harness.provider._tick()
+    assert harness.updates() == []
+
+
+def test_zero_speed_streams_nothing_and_is_never_stale(minutes: Path) -> None:
+    harness = Harness(minutes, speed=0)
+    harness.provider._subscribe(1, "ACME", "1m")
+    harness.provider._tick()
+    assert harness.updates() == []
+    assert harness.provider.staleness_limit("ACME", "1m") is None
+    assert Harness(minutes, speed=60).provider.staleness_limit("ACME", "1m") == 30.0
+    assert Harness(minutes, speed=1).provider.staleness_limit("ACME", "1h") == 300.0
+
+
+def test_the_replay_thread_publishes_by_itself_and_stops_on_shutdown(minutes: Path) -> None:
+    events: list[Event] = []
+    provider = CSVProvider()
+    settings = config.load_settings(CSV_FOLDER_PATH=minutes, CSV_REPLAY_SPEED=600)
+    provider._attach("csv", settings, events.append)
+    provider.init()
+    provider._subscribe(1, "ACME", "1m")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        isinstance(e, BarUpdate) and e.final for e in events
+    ):
+        time.sleep(0.05)
+    assert any(isinstance(e, BarUpdate) and e.final for e in events)
+    provider.shutdown()
+    assert provider._thread is not None and not provider._thread.is_alive()
+
+
+def test_a_file_is_loaded_once_under_concurrent_history_requests(
+    minutes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_load = csvdata.load
+
+    def counting_load(layout: csvdata.Layout) -> tuple[dict[str, csvdata.Rows], int, int]:
+        calls.append(layout.path)
+        time.sleep(0.05)
+        return real_load(layout)
+
+    monkeypatch.setattr(csv_module, "load", counting_load)
+    harness = Harness(minutes, speed=60)
+    results: list[int] = []
+    run: Callable[[], None] = lambda: results.append(len(harness.history("ACME", "5m")))  # noqa: E731
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [minutes / "ACME.csv"]
+    assert results == [6] * 8
+
+
+def test_the_sample_data_serves_every_symbol_and_interval() -> None:
+    harness = Harness(DATA)
+    rows = list(harness.provider.get_dataset())
+    kinds = {row["type"] for row in rows}
+    assert kinds == {"candlestick", "line"}
+    candles = [row["name"] for row in rows if row["type"] == "candlestick"]
+    assert len(candles) >= 2
+    for name in candles:
+        bars = harness.history(name, "1m")
+        assert bars[-1][0] - bars[0][0] >= 30 * 86_400
+        assert all(lo <= min(o, c) and h >= max(o, c) for _, o, h, lo, c, _ in bars)  # type: ignore[operator,type-var]
+    for row in rows:
+        for interval in row["intervals"]:
+            assert harness.history(row["name"], interval), (row["name"], interval)
+    assert sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file()) <= 10_000_000

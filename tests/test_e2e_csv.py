@@ -1,0 +1,149 @@
+"""End to end with the CSV provider and the bundled sample data, as `make run` serves it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from backend import intervals
+from tests.harness import ROOT, ServerProcess, WsClient, base_env, populate
+
+FIRST_BTCUSD_ROW = (ROOT / "data" / "BTCUSD.csv").read_text().splitlines()[1].split(",")[0]
+DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("csv")
+    env = base_env(tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(ROOT / "data"), CSV_REPLAY_SPEED="60")
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
+    ws = await WsClient.open(server.ws_url)
+    yield ws
+    await ws.close()
+
+
+def key(name: str, interval: str):
+    return lambda m: m.get("name") == name and m.get("interval") == interval
+
+
+async def test_the_sample_symbols_are_searchable_with_the_exact_one_first(
+    client: WsClient,
+) -> None:
+    await client.send({"type": "search_data", "search": "BTCUSD"})
+    found = await client.wait_for("search_data_done")
+    assert found["results"][0]["name"] == "BTCUSD"
+    await client.send({"type": "search_data", "search": ""})
+    listing = await client.wait_for("search_data_done", after=len(client.messages))
+    names = {row["name"] for row in listing["results"]}
+    assert {"BTCUSD", "ACME"} <= names
+    assert any(name.startswith("macro__") for name in names)
+
+
+@pytest.mark.parametrize("interval", ["1m", "15m", "1h", "1d"])
+async def test_data_init_serves_exact_counts_for_the_file_and_coarser_intervals(
+    client: WsClient, interval: str
+) -> None:
+    count = 10 if interval == "1d" else 300  # half of the 35-day file is history
+    await client.send(
+        {
+            "type": "data",
+            "source": "csv",
+            "name": "BTCUSD",
+            "interval": interval,
+            "count": count,
+            "stream": False,
+        }
+    )
+    init = await client.wait_for("data_init", key("BTCUSD", interval))
+    bars = init["data"]
+    assert len(bars) == count
+    dates = [bar["date"] for bar in bars]
+    assert dates == sorted(dates) and all(DATE.match(d) for d in dates)
+    times = [intervals.parse_date(d) for d in dates]
+    assert all(intervals.floor(t, interval) == t for t in times)
+    for bar in bars:
+        o, h, lo, c = (bar[f"csv-BTCUSD-{interval}-{f}"] for f in ("open", "high", "low", "close"))
+        assert lo <= min(o, c) <= max(o, c) <= h
+
+
+async def test_the_replay_streams_forming_bars_within_two_seconds(client: WsClient) -> None:
+    await client.send(
+        {"type": "data", "source": "csv", "name": "ACME", "interval": "1m", "count": 10}
+    )
+    init = await client.wait_for("data_init", key("ACME", "1m"))
+    mark = len(client.messages)
+    update = await client.wait_for("data_update", key("ACME", "1m"), timeout=2, after=mark)
+    assert update["data"]["date"] >= init["data"][-1]["date"]
+
+
+async def test_line_series_use_the_bare_key(client: WsClient) -> None:
+    await client.send({"type": "search_data", "search": "macro"})
+    found = await client.wait_for("search_data_done")
+    line = next(r for r in found["results"] if r["details"]["type"] == "line")
+    name = line["name"]
+    await client.send(
+        {
+            "type": "data",
+            "source": "csv",
+            "name": name,
+            "interval": "1d",
+            "count": 30,
+            "stream": False,
+        }
+    )
+    init = await client.wait_for("data_init", key(name, "1d"))
+    assert len(init["data"]) == 30
+    assert set(init["data"][0]) == {"date", f"csv-{name}-1d"}
+
+
+async def test_history_pages_back_to_the_start_of_the_file_and_then_is_empty(
+    client: WsClient,
+) -> None:
+    first_row = FIRST_BTCUSD_ROW
+    end = intervals.format_date(intervals.parse_date(first_row) + 3600 * 5)
+    await client.send(
+        {
+            "type": "data_history",
+            "source": "csv",
+            "name": "BTCUSD",
+            "interval": "1h",
+            "end": end,
+            "count": 100,
+        }
+    )
+    page = await client.wait_for("data_history", key("BTCUSD", "1h"))
+    assert page["data"][0]["date"] == first_row
+    assert len(page["data"]) == 6
+    mark = len(client.messages)
+    await client.send(
+        {
+            "type": "data_history",
+            "source": "csv",
+            "name": "BTCUSD",
+            "interval": "1h",
+            "end": "2020-01-01 00:00:00",
+            "count": 100,
+        }
+    )
+    empty = await client.wait_for("data_history", key("BTCUSD", "1h"), after=mark)
+    assert empty["data"] == []
+
+
+async def test_rest_history_as_json_and_csv_agree(server: ServerProcess) -> None:
+    query = "/api/history?source=csv&name=BTCUSD&interval=1h&count=5&end=2026-10-20%2000:00:00"
+    body = server.get(query)
+    text = server.get(query + "&format=csv")
+    lines = text.strip().splitlines()
+    assert lines[0] == "date,open,high,low,close,volume"
+    assert len(lines) == 6
+    assert [line.split(",")[0] for line in lines[1:]] == [b["date"] for b in body["data"]]
+    assert float(lines[-1].split(",")[4]) == body["data"][-1]["csv-BTCUSD-1h-close"]
