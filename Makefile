@@ -6,9 +6,17 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup run populate test check format bench clean
+CHROMIUM ?= /usr/bin/chromium
 
-setup: $(STAMP)
+.PHONY: setup browser run populate test check format bench clean
+
+setup: $(STAMP) node_modules/.installed
+
+# The web page's only dependency (lightweight-charts), pinned in package-lock.json.
+node_modules/.installed: package.json $(wildcard package-lock.json)
+	@command -v npm >/dev/null || { echo "npm (Node.js) is required for the web page"; exit 1; }
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	touch $@
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -24,7 +32,14 @@ populate: setup
 run: populate
 	$(BIN)/python server.py --host $(HOST) --port $(PORT)
 
-test: setup
+# Browser tests drive Debian's chromium through Playwright (it cannot download browsers here).
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install chromium (e.g. sudo apt-get install chromium) for the browser tests"; fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 check: setup

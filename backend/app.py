@@ -18,13 +18,18 @@ from backend import __version__
 from backend.connection import serve_connection
 from backend.hub import Hub
 from backend.metrics import Metrics
+from backend.openbb import add_cors
+from backend.openbb import router as openbb_router
 from backend.rest import router
 from backend.symbols import SymbolIndex
+from backend.udf import router as udf_router
 from config import Settings
 
 logger = logging.getLogger(__name__)
 
-FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+ROOT = Path(__file__).resolve().parent.parent
+FRONTEND = ROOT / "frontend"
+CHARTS_DIST = ROOT / "node_modules" / "lightweight-charts" / "dist"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -46,12 +51,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Candlewire", version=__version__, lifespan=lifespan)
     app.include_router(router)
+    app.include_router(openbb_router)
+    app.include_router(udf_router)
+    add_cors(app, settings)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await serve_connection(websocket, websocket.app.state.hub)
 
     app.add_api_websocket_route("/websocket/", websocket_endpoint)
     app.add_api_websocket_route("/websocket", websocket_endpoint)
+    if CHARTS_DIST.is_dir():
+        app.mount(
+            "/vendor/lightweight-charts",
+            StaticFiles(directory=CHARTS_DIST),
+            name="lightweight-charts",
+        )
     if (FRONTEND / "index.html").exists():
         app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
     return app

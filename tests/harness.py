@@ -8,6 +8,7 @@ real WebSocket client that keeps every message and waits for the ones a test exp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -34,39 +35,54 @@ def seconds(value: float) -> float:
 
 def base_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSV_", "PROVIDERS"))}
-    env.update({
-        "DB": str(tmp / "candlewire.sqlite3"),
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-        "EXTRA_PROVIDERS": "my_provider=tests.providers:SeedProvider,"
-                           "counting=tests.providers:CountingProvider",
-        "CANDLEWIRE_TEST_LOG": str(tmp / "provider.log"),
-    })
+    env.update(
+        {
+            "DB": str(tmp / "candlewire.sqlite3"),
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "EXTRA_PROVIDERS": "my_provider=tests.providers:SeedProvider,"
+            "counting=tests.providers:CountingProvider",
+            "CANDLEWIRE_TEST_LOG": str(tmp / "provider.log"),
+        }
+    )
     env.update(extra)
     return env
 
 
 def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "populate.py", *args], cwd=ROOT, env=env, text=True,
-        capture_output=True, timeout=seconds(120), check=False)
+        [sys.executable, "populate.py", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=seconds(120),
+        check=False,
+    )
 
 
 class ServerProcess:
     """The real server in a child process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int = 0) -> None:
         self.env = env
         self.log_path = log_path
+        self.port = port  # 0: any free port; a fixed port lets a restarted server keep its URL
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self._log = log
+        self.url = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True)
+            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + seconds(timeout)
         while time.monotonic() < deadline:
@@ -170,10 +186,8 @@ class WsClient:
                 seen = [m.get("type") for m in self.messages[-20:]]
                 raise AssertionError(f"no {kind!r} message within {timeout} s; last: {seen}")
             self._new.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def of_type(self, kind: str, after: int = 0) -> list[dict[str, Any]]:
         return [m for m in self.messages[after:] if m.get("type") == kind]
@@ -181,7 +195,5 @@ class WsClient:
     async def close(self) -> None:
         await self.connection.close()
         self._reader.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
-            pass

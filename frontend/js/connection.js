@@ -1,0 +1,127 @@
+// The WebSocket to the hub: connect, reconnect with backoff, keep alive, report the state.
+// It knows nothing about charts: it emits "open", "message" (one parsed server frame) and
+// "state" events; Feed (feed.js) decides what to send.
+
+const PING_EVERY_MS = 15000;
+const SILENCE_LIMIT_MS = 40000; // no frame at all (not even a pong) for this long: reconnect
+const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
+
+export function hubUrl(loc = window.location) {
+  return (loc.protocol === "https:" ? "wss:" : "ws:") + "//" + loc.host + "/websocket/";
+}
+
+export class Connection extends EventTarget {
+  constructor(url, { minDelay = 500, maxDelay = 10000 } = {}) {
+    super();
+    this.url = url;
+    this.minDelay = minDelay;
+    this.maxDelay = maxDelay;
+    this.delay = minDelay;
+    this.failures = 0;
+    this.state = "connecting";
+    this.ws = null;
+    this.retryTimer = null;
+    this.retryAt = 0;
+    this.lastFrameAt = 0;
+    this.keepalive = null;
+    window.addEventListener("online", () => this.reconnectNow());
+    window.addEventListener("offline", () => this.setState("offline"));
+  }
+
+  start() {
+    this.open();
+    this.keepalive = setInterval(() => this.checkAlive(), PING_EVERY_MS);
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Send a list of requests as one frame; false when the socket is not open. */
+  send(requests) {
+    if (!this.isOpen) return false;
+    this.ws.send(JSON.stringify(requests));
+    return true;
+  }
+
+  open() {
+    this.retryTimer = null;
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.delay = this.minDelay;
+      this.failures = 0;
+      this.lastFrameAt = Date.now();
+      this.setState("live");
+      this.dispatchEvent(new Event("open"));
+    };
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.dispatchEvent(new Event("close"));
+      this.scheduleRetry();
+    };
+    ws.onerror = () => {}; // onclose follows and handles it
+  }
+
+  receive(text) {
+    this.lastFrameAt = Date.now();
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    for (const message of Array.isArray(frame) ? frame : [frame]) {
+      if (message && typeof message.type === "string") {
+        this.dispatchEvent(new CustomEvent("message", { detail: message }));
+      }
+    }
+  }
+
+  scheduleRetry() {
+    if (this.retryTimer !== null) return;
+    this.failures += 1;
+    const offline = !navigator.onLine || this.failures > OFFLINE_AFTER_FAILURES;
+    this.setState(offline ? "offline" : "reconnecting");
+    const wait = this.delay;
+    this.delay = Math.min(this.delay * 2, this.maxDelay);
+    this.retryAt = Date.now() + wait;
+    this.retryTimer = setTimeout(() => this.open(), wait);
+  }
+
+  reconnectNow() {
+    if (this.isOpen) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.delay = this.minDelay;
+    if (this.ws === null) this.open();
+  }
+
+  checkAlive() {
+    if (!this.isOpen) return;
+    if (Date.now() - this.lastFrameAt > SILENCE_LIMIT_MS) {
+      // A half-open socket may take minutes to report its close: drop it now.
+      const ws = this.ws;
+      this.ws = null;
+      ws.close();
+      this.dispatchEvent(new Event("close"));
+      this.scheduleRetry();
+      return;
+    }
+    this.send([{ type: "ping" }]);
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  }
+}

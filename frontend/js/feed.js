@@ -1,0 +1,143 @@
+// Feed: the hub protocol over one Connection, shared by every chart and the watchlist.
+// Consumers subscribe to a series key (source, name, interval); the feed sends `data`,
+// routes data_init / data_update / data_history / error to the consumers of that key,
+// unsubscribes when the last consumer leaves, and re-sends every subscription after a
+// reconnect (the hub answers with the latest bars, which the consumers merge).
+
+export function seriesKey(source, name, interval) {
+  return `${source}\u0000${name}\u0000${interval}`;
+}
+
+const MAX_PER_FRAME = 50; // below the hub's MAX_REQUESTS_PER_FRAME
+
+export class Feed extends EventTarget {
+  constructor(connection) {
+    super();
+    this.connection = connection;
+    this.subs = new Map(); // key -> {source, name, interval, count, consumers: Set}
+    this.searches = []; // FIFO of pending search callbacks (replies come in request order)
+    this.queuedSearch = null; // a search asked for while disconnected
+    this.lastError = null;
+    this.outgoing = []; // requests of this task, sent together in one frame
+    connection.addEventListener("open", () => this.onOpen());
+    connection.addEventListener("close", () => this.onClose());
+    connection.addEventListener("message", (e) => this.onMessage(e.detail));
+  }
+
+  /** Subscribe `consumer` ({onInit, onUpdate, onHistory, onError, onLost}) to a key. */
+  subscribe(source, name, interval, consumer, count = 300) {
+    const key = seriesKey(source, name, interval);
+    let sub = this.subs.get(key);
+    if (!sub) {
+      sub = { source, name, interval, count, consumers: new Set() };
+      this.subs.set(key, sub);
+    }
+    sub.count = Math.max(sub.count, count);
+    sub.consumers.add(consumer);
+    this.enqueue({ type: "data", source, name, interval, count });
+  }
+
+  // Requests made in one task (e.g. four charts opening) go out as one frame: the hub
+  // answers the `data` requests of a frame concurrently, but one frame after another.
+  enqueue(request) {
+    if (!this.connection.isOpen) return; // sent again on open
+    this.outgoing.push(request);
+    if (this.outgoing.length === 1) queueMicrotask(() => this.flush());
+  }
+
+  flush() {
+    const requests = this.outgoing.splice(0);
+    for (let i = 0; i < requests.length; i += MAX_PER_FRAME) {
+      this.connection.send(requests.slice(i, i + MAX_PER_FRAME));
+    }
+  }
+
+  unsubscribe(source, name, interval, consumer) {
+    const key = seriesKey(source, name, interval);
+    const sub = this.subs.get(key);
+    if (!sub) return;
+    sub.consumers.delete(consumer);
+    if (sub.consumers.size > 0) return;
+    this.subs.delete(key);
+    this.enqueue({ type: "unsubscribe", source, name, interval });
+  }
+
+  /** Ask for older bars; false when disconnected (the caller retries after the resubscribe). */
+  history(source, name, interval, end, count) {
+    return this.connection.send([{ type: "data_history", source, name, interval, end, count }]);
+  }
+
+  /** Search the symbol database; resolves with the result rows. */
+  search(text) {
+    return new Promise((resolve) => {
+      if (this.connection.send([{ type: "search_data", search: text }])) {
+        this.searches.push(resolve);
+      } else {
+        if (this.queuedSearch) this.queuedSearch.resolve(null);
+        this.queuedSearch = { text, resolve };
+      }
+    });
+  }
+
+  onOpen() {
+    for (const s of this.subs.values()) {
+      this.enqueue({
+        type: "data", source: s.source, name: s.name, interval: s.interval, count: s.count,
+      });
+    }
+    if (this.queuedSearch) {
+      const { text, resolve } = this.queuedSearch;
+      this.queuedSearch = null;
+      this.search(text).then(resolve);
+    }
+  }
+
+  onClose() {
+    for (const resolve of this.searches.splice(0)) resolve(null);
+    for (const sub of this.subs.values()) {
+      for (const consumer of sub.consumers) consumer.onLost?.();
+    }
+  }
+
+  consumersOf(message) {
+    const sub = this.subs.get(seriesKey(message.source, message.name, message.interval));
+    return sub ? [...sub.consumers] : [];
+  }
+
+  onMessage(message) {
+    switch (message.type) {
+      case "data_init":
+        for (const c of this.consumersOf(message)) c.onInit?.(message);
+        break;
+      case "data_update":
+        for (const c of this.consumersOf(message)) c.onUpdate?.(message);
+        break;
+      case "data_history":
+        for (const c of this.consumersOf(message)) c.onHistory?.(message);
+        break;
+      case "search_data_done": {
+        const resolve = this.searches.shift();
+        if (resolve) resolve(Array.isArray(message.results) ? message.results : []);
+        break;
+      }
+      case "error":
+        this.onError(message);
+        break;
+      default:
+        break; // pong, unsubscribed, search_indicators_done: nothing to do
+    }
+  }
+
+  onError(message) {
+    this.lastError = message;
+    const request = message.request;
+    if (request && typeof request === "object" && !Array.isArray(request) && request.name) {
+      for (const c of this.consumersOf(request)) c.onError?.(message);
+    }
+    if (request && request.type === "search_data") {
+      const resolve = this.searches.shift(); // a refused search gets no search_data_done
+      if (resolve) resolve([]);
+    }
+    this.dispatchEvent(new CustomEvent("error", { detail: message }));
+  }
+}

@@ -1,0 +1,202 @@
+// main: builds the page from the URL state and wires the parts together: the connection and
+// feed, the workspace of charts, the search box, interval picker, watchlist, toggles, badge,
+// toasts, the page title, and the URL (history.replaceState on every change).
+
+import { Connection, hubUrl } from "./connection.js";
+import { Feed } from "./feed.js";
+import { sentence } from "./format.js";
+import { nearest } from "./intervals.js";
+import { SymbolSearch } from "./search.js";
+import { installTestHook } from "./test-hook.js";
+import { applyPageTheme } from "./theme.js";
+import { Toasts } from "./toast.js";
+import { Badge, IntervalPicker } from "./toolbar.js";
+import { readState, writeState } from "./url-state.js";
+import { Watchlist } from "./watchlist.js";
+import { Workspace } from "./workspace.js";
+
+const DEFAULT_INTERVAL = "1h";
+const $ = (selector) => document.querySelector(selector);
+
+const state = readState();
+applyPageTheme(state.theme);
+
+const connection = new Connection(hubUrl());
+const feed = new Feed(connection);
+const toasts = new Toasts($("#toasts"));
+const badge = new Badge($("#badge"));
+const workspace = new Workspace({ grid: $("#grid"), feed, ...state });
+
+const search = new SymbolSearch({
+  input: $("#search-input"),
+  list: $("#search-results"),
+  feed,
+  onPick: (row) => openSymbol(row.details?.source, row.details?.name ?? row.name, row.details),
+});
+const picker = new IntervalPicker($("#intervals"), (iv) => {
+  const panel = workspace.active;
+  if (panel.source) panel.open(panel.source, panel.name, iv, panel.details);
+});
+const watchlist = new Watchlist({
+  list: $("#watchlist-items"),
+  feed,
+  onPick: (source, name, details) => openSymbol(source, name, details),
+});
+
+/** Open a symbol in the active chart, keeping its interval when the symbol offers it. */
+function openSymbol(source, name, details = null) {
+  if (!source || !name) return;
+  const panel = workspace.active;
+  const interval = nearest(panel.interval || DEFAULT_INTERVAL, details?.intervals);
+  panel.open(source, name, interval, details);
+}
+
+// ------------------------------------------------------------------ first symbols
+
+/** Fill charts that have nothing to show: a bare `?s=NAME` by search, else a default. */
+async function fillEmptyPanels() {
+  const empty = workspace.emptyPanels();
+  if (!empty.length) return;
+  const byName = empty.filter((p) => workspace.wanted[p.index]?.name);
+  for (const panel of byName) {
+    const wanted = workspace.wanted[panel.index];
+    const rows = await feed.search(wanted.name);
+    if (rows === null || panel.source) continue;
+    const row = rows.find((r) => r.name === wanted.name
+      && (!wanted.source || r.details?.source === wanted.source));
+    if (row) {
+      const iv = nearest(wanted.interval || DEFAULT_INTERVAL, row.details?.intervals);
+      panel.open(row.details.source, row.details.name, iv, row.details);
+    } else {
+      panel.showMessage(`Unknown symbol ${wanted.name}`, "error",
+        "Pick another symbol with the search box above.");
+    }
+  }
+  const rest = workspace.emptyPanels().filter((p) => !workspace.wanted[p.index]?.name);
+  if (!rest.length) return;
+  const rows = await feed.search("");
+  if (rows === null) return;
+  if (!rows.length) {
+    for (const panel of rest) {
+      panel.showMessage("No symbols yet: run `python populate.py`",
+        "empty", "The server has no symbols in its database. Populate it, then reload.");
+    }
+    return;
+  }
+  rest.forEach((panel, i) => {
+    if (panel.source) return;
+    const row = rows[panel.index % rows.length] || rows[i % rows.length];
+    const iv = nearest(DEFAULT_INTERVAL, row.details?.intervals);
+    panel.open(row.details.source, row.details.name, iv, row.details);
+  });
+}
+
+// ------------------------------------------------------------------ what the page shows
+
+function refreshToolbar() {
+  const panel = workspace.active;
+  picker.show(panel.interval, panel.details?.intervals);
+  watchlist.setCurrent(panel.source, panel.name);
+  for (const button of document.querySelectorAll("[data-layout]")) {
+    button.setAttribute("aria-pressed", String(Number(button.dataset.layout) === workspace.layout));
+  }
+  $("#zone").textContent = state.zone === "local" ? "Local" : "UTC";
+  $("#zone").title = state.zone === "local"
+    ? "Times in your time zone (click for UTC)" : "Times in UTC (click for local time)";
+  $("#theme").title = state.theme === "dark" ? "Light theme" : "Dark theme";
+}
+
+function refreshTitle() {
+  const panel = workspace.active;
+  if (!panel.source) {
+    document.title = "Candlewire";
+    return;
+  }
+  const q = panel.quote;
+  const price = q ? ` ${q.price}${q.change.pct ? ` ${q.change.pct}` : ""}` : "";
+  document.title = `${panel.name}${price} · ${panel.interval} — Candlewire`;
+}
+
+function saveUrl() {
+  writeState({
+    layout: workspace.layout,
+    active: workspace.activeIndex,
+    theme: state.theme,
+    zone: state.zone,
+    charts: workspace.charts,
+  });
+}
+
+workspace.addEventListener("change", () => {
+  refreshToolbar();
+  refreshTitle();
+  saveUrl();
+});
+workspace.addEventListener("panel-change", (e) => {
+  if (e.detail === workspace.active) {
+    refreshToolbar();
+    refreshTitle();
+  }
+  saveUrl();
+});
+workspace.addEventListener("panel-tick", (e) => {
+  if (e.detail === workspace.active) refreshTitle();
+});
+workspace.addEventListener("panel-data", (e) => {
+  const panel = e.detail;
+  watchlist.add(panel.source, panel.name, panel.details);
+  watchlist.setCurrent(workspace.active.source, workspace.active.name);
+});
+
+// ------------------------------------------------------------------ controls
+
+for (const button of document.querySelectorAll("[data-layout]")) {
+  button.addEventListener("click", () => {
+    workspace.setLayout(Number(button.dataset.layout));
+    fillEmptyPanels();
+  });
+}
+$("#theme").addEventListener("click", () => {
+  state.theme = state.theme === "dark" ? "light" : "dark";
+  applyPageTheme(state.theme);
+  workspace.setTheme(state.theme);
+  refreshToolbar();
+  saveUrl();
+});
+$("#zone").addEventListener("click", () => {
+  state.zone = state.zone === "utc" ? "local" : "utc";
+  workspace.setZone(state.zone);
+  refreshToolbar();
+  saveUrl();
+});
+$("#watchlist-toggle").addEventListener("click", () => {
+  const hidden = document.body.classList.toggle("no-watchlist");
+  $("#watchlist-toggle").setAttribute("aria-pressed", String(!hidden));
+});
+
+document.addEventListener("keydown", (event) => {
+  const typing = event.target.closest?.("input, textarea, select, [contenteditable]");
+  if (typing) return;
+  if (event.key === "/" || (event.key === "k" && (event.ctrlKey || event.metaKey))) {
+    event.preventDefault();
+    search.focus();
+  } else if (/^[a-z0-9]$/i.test(event.key) && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    search.focus(); // start typing a symbol anywhere, as on trading terminals
+  }
+});
+
+// ------------------------------------------------------------------ connection
+
+connection.addEventListener("state", (e) => badge.show(e.detail, connection));
+connection.addEventListener("open", () => fillEmptyPanels());
+feed.addEventListener("error", (e) => {
+  const m = e.detail;
+  toasts.show(sentence(m.message || m.code || "server error"));
+});
+
+installTestHook({ workspace, connection, feed, watchlist });
+watchlist.load();
+refreshToolbar();
+saveUrl();
+badge.show(connection.state, connection);
+connection.start();

@@ -1,0 +1,155 @@
+// SymbolSearch: the search box. Sends search_data as the user types (debounced), lists
+// symbol, label, category and source, and is driven by the keyboard (up, down, enter,
+// escape) or the mouse. Picking a row calls onPick(row).
+
+import { element, span } from "./dom.js";
+
+const DEBOUNCE_MS = 150;
+const LIMIT = 100; // the hub returns at most this many rows
+
+export class SymbolSearch {
+  constructor({ input, list, feed, onPick }) {
+    this.input = input;
+    this.list = list;
+    this.feed = feed;
+    this.onPick = onPick;
+    this.results = [];
+    this.selected = -1;
+    this.seq = 0;
+    this.timer = null;
+    this.shown = null; // the query whose results are listed
+    input.setAttribute("role", "combobox");
+    input.setAttribute("aria-autocomplete", "list");
+    input.setAttribute("aria-expanded", "false");
+    input.setAttribute("aria-controls", list.id);
+    list.setAttribute("role", "listbox");
+    input.addEventListener("input", () => this.schedule());
+    input.addEventListener("focus", () => { input.select(); this.run(input.value); });
+    input.addEventListener("blur", () => setTimeout(() => this.close(), 120));
+    input.addEventListener("keydown", (e) => this.onKey(e));
+    list.addEventListener("mousedown", (e) => e.preventDefault()); // keep focus in the input
+    list.addEventListener("click", (e) => {
+      const li = e.target.closest("li[data-i]");
+      if (li) this.pick(Number(li.dataset.i));
+    });
+  }
+
+  focus() {
+    this.input.focus();
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.run(this.input.value), DEBOUNCE_MS);
+  }
+
+  async run(text) {
+    const seq = ++this.seq;
+    const results = await this.feed.search(text.trim());
+    if (seq !== this.seq || document.activeElement !== this.input) return;
+    this.results = results || [];
+    this.shown = text.trim();
+    this.selected = this.results.length ? 0 : -1;
+    this.render(text.trim(), results === null);
+  }
+
+  render(text, offline) {
+    const items = this.results.map((row, i) => this.row(row, i));
+    if (offline) {
+      items.push(this.note("Not connected to the server; retrying…"));
+    } else if (!this.results.length) {
+      items.push(text
+        ? this.note(`No symbol matches “${text}”`)
+        : this.note("No symbols yet: run ", "python populate.py"));
+    } else if (this.results.length >= LIMIT) {
+      items.push(this.note(`Showing the first ${LIMIT} matches; type more to narrow`));
+    }
+    this.list.replaceChildren(...items);
+    this.list.hidden = false;
+    this.input.setAttribute("aria-expanded", "true");
+    this.highlight();
+  }
+
+  row(row, i) {
+    const d = row.details || {};
+    const li = document.createElement("li");
+    li.dataset.i = String(i);
+    li.id = `search-opt-${i}`;
+    li.setAttribute("role", "option");
+    li.append(
+      span("sr-symbol", row.name || d.name || row.id),
+      span("sr-label", d.name_label || ""),
+      span("sr-category", (d.categories || []).join(", ")),
+      span("sr-type", d.type === "line" ? "line" : ""),
+      span("sr-source", d.source_label || d.source || ""),
+    );
+    return li;
+  }
+
+  note(text, code = "") {
+    const li = element("li", "sr-note", null, text);
+    if (code) element("code", "", li, code);
+    return li;
+  }
+
+  highlight() {
+    for (const li of this.list.querySelectorAll("li[data-i]")) {
+      const on = Number(li.dataset.i) === this.selected;
+      li.classList.toggle("selected", on);
+      li.setAttribute("aria-selected", String(on));
+      if (on) li.scrollIntoView({ block: "nearest" });
+    }
+    this.input.setAttribute("aria-activedescendant",
+      this.selected >= 0 ? `search-opt-${this.selected}` : "");
+  }
+
+  onKey(event) {
+    const n = this.results.length;
+    switch (event.key) {
+      case "ArrowDown":
+        event.preventDefault();
+        if (this.list.hidden) this.run(this.input.value);
+        else if (n) this.selected = (this.selected + 1) % n;
+        break;
+      case "ArrowUp":
+        event.preventDefault();
+        if (n) this.selected = (this.selected - 1 + n) % n;
+        break;
+      case "Enter":
+        event.preventDefault();
+        if (this.input.value.trim() !== this.shown) {
+          // Enter before the results of what was typed arrived: search now, then open.
+          clearTimeout(this.timer);
+          this.run(this.input.value).then(() => this.pick(this.selected));
+          return;
+        }
+        this.pick(this.selected);
+        return;
+      case "Escape":
+        event.preventDefault();
+        this.close();
+        this.input.blur();
+        return;
+      default:
+        return;
+    }
+    this.highlight();
+  }
+
+  pick(i) {
+    const row = this.results[i];
+    if (!row) return;
+    this.close();
+    this.input.value = "";
+    this.input.blur();
+    this.onPick(row);
+  }
+
+  close() {
+    clearTimeout(this.timer);
+    this.seq += 1; // drop replies still on their way
+    this.shown = null;
+    this.list.hidden = true;
+    this.input.setAttribute("aria-expanded", "false");
+  }
+}

@@ -1,0 +1,46 @@
+// window.candlewire: a read-only view of the page for browser tests and the console.
+//   candlewire.charts[i].bars()   bars in chart i's series: {time, open, high, low, close}
+//                                  ({time, value} for a line series)
+//   candlewire.charts[i].chart     the lightweight-charts IChartApi (e.g. timeScale())
+//   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
+//   candlewire.lastError           the last server error message, or null
+
+function chartView(panel) {
+  return {
+    get source() { return panel.source; },
+    get name() { return panel.name; },
+    get interval() { return panel.interval; },
+    get kind() { return panel.kind; },
+    get details() { return panel.details; },
+    get message() { return panel.message; },
+    get updates() { return panel.updates; },
+    get historyPending() { return panel.historyPending; },
+    get historyDone() { return panel.historyDone; },
+    get precision() { return panel.precision; },
+    get chart() { return panel.chart; },
+    get series() { return panel.series; },
+    get volume() { return panel.volume; },
+    bars() {
+      return panel.series ? panel.series.data().map((b) => ({ ...b })) : [];
+    },
+  };
+}
+
+export function installTestHook({ workspace, connection, feed, watchlist }) {
+  const errors = [];
+  feed.addEventListener("error", (e) => errors.push(e.detail));
+  window.candlewire = {
+    get charts() { return workspace.panels.map(chartView); },
+    get active() { return workspace.activeIndex; },
+    get layout() { return workspace.layout; },
+    get connection() { return connection.state; },
+    get lastError() { return feed.lastError; },
+    get watchlist() {
+      return [...watchlist.entries.values()].map((e) => ({
+        source: e.source, name: e.name, interval: e.interval,
+        last: e.bars.length ? e.bars[e.bars.length - 1] : null,
+      }));
+    },
+    errors,
+  };
+}

@@ -1,0 +1,63 @@
+// Toolbar controls: the interval picker (14 intervals, only the symbol's own enabled) and
+// the connection badge. The layout, theme and time-zone buttons are plain buttons in
+// index.html wired by main.js.
+
+import { INTERVALS, label, title } from "./intervals.js";
+
+export class IntervalPicker {
+  constructor(root, onPick) {
+    this.root = root;
+    this.buttons = new Map();
+    for (const iv of INTERVALS) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "iv";
+      button.textContent = label(iv);
+      button.dataset.interval = iv;
+      button.title = title(iv);
+      button.setAttribute("aria-pressed", "false");
+      button.addEventListener("click", () => onPick(iv));
+      this.buttons.set(iv, button);
+      root.append(button);
+    }
+  }
+
+  /** Mark `current` and enable only `offered` (all when the symbol is not known yet). */
+  show(current, offered) {
+    for (const [iv, button] of this.buttons) {
+      const enabled = !offered || offered.includes(iv);
+      button.disabled = !enabled;
+      button.title = enabled ? title(iv) : `${title(iv)}: not offered for this symbol`;
+      const on = iv === current;
+      button.classList.toggle("on", on);
+      button.setAttribute("aria-pressed", String(on));
+    }
+  }
+}
+
+const BADGE_TEXT = {
+  connecting: "Connecting",
+  live: "Live",
+  reconnecting: "Reconnecting",
+  offline: "Offline",
+};
+
+export class Badge {
+  constructor(el) {
+    this.el = el;
+    this.textEl = el.querySelector(".badge-text") || el;
+  }
+
+  show(state, connection) {
+    this.el.dataset.state = state;
+    this.textEl.textContent = BADGE_TEXT[state] || state;
+    if (state === "live") {
+      this.el.title = "Connected to the server; charts update live";
+    } else if (connection && connection.retryAt) {
+      const secs = Math.max(0, Math.round((connection.retryAt - Date.now()) / 1000));
+      this.el.title = `Connection lost; next attempt in ${secs} s (charts resume by themselves)`;
+    } else {
+      this.el.title = "Connecting to the server";
+    }
+  }
+}

@@ -1,0 +1,87 @@
+// Workspace: the chart grid. One chart or a 2x2 grid of independent ChartPanels (each with
+// its own symbol and interval, all on the one shared Feed), which one is active, and what
+// each shows; it remembers the symbols of hidden charts for when the grid comes back.
+
+import { ChartPanel } from "./chart.js";
+
+export class Workspace extends EventTarget {
+  constructor({ grid, feed, theme, zone, layout, active, charts }) {
+    super();
+    this.grid = grid;
+    this.feed = feed;
+    this.theme = theme;
+    this.zone = zone;
+    this.layout = layout;
+    this.wanted = charts.slice(); // per chart: {source, name, interval} | null
+    this.panels = [];
+    this.activeIndex = 0;
+    this.setLayout(layout);
+    this.activate(active);
+  }
+
+  get active() {
+    return this.panels[this.activeIndex];
+  }
+
+  /** What each chart shows (hidden charts keep what they showed). */
+  get charts() {
+    return this.wanted.map((w, i) => {
+      const p = this.panels[i];
+      return p && p.source ? { source: p.source, name: p.name, interval: p.interval } : w;
+    });
+  }
+
+  setLayout(layout) {
+    this.wanted = this.charts;
+    this.layout = layout === 4 ? 4 : 1;
+    while (this.panels.length > this.layout) this.panels.pop().destroy();
+    while (this.panels.length < this.layout) this.addPanel();
+    this.grid.dataset.layout = String(this.layout);
+    if (this.activeIndex >= this.layout) this.activate(0);
+    this.emit("change");
+  }
+
+  addPanel() {
+    const index = this.panels.length;
+    const panel = new ChartPanel({ index, feed: this.feed, theme: this.theme, zone: this.zone });
+    panel.addEventListener("activate", () => this.activate(panel.index));
+    for (const type of ["change", "tick", "data"]) {
+      panel.addEventListener(type, () => this.dispatchEvent(
+        new CustomEvent(`panel-${type}`, { detail: panel })));
+    }
+    this.panels.push(panel);
+    this.grid.append(panel.el);
+    const wanted = this.wanted[index];
+    if (wanted && wanted.source && wanted.interval) {
+      panel.open(wanted.source, wanted.name, wanted.interval);
+    }
+  }
+
+  activate(index) {
+    const i = Math.min(Math.max(index, 0), this.panels.length - 1);
+    const changed = i !== this.activeIndex;
+    this.activeIndex = i;
+    this.panels.forEach((p) => p.setActive(this.layout > 1 && p.index === i));
+    if (changed) this.emit("active");
+    this.emit("change");
+  }
+
+  setTheme(theme) {
+    this.theme = theme;
+    for (const p of this.panels) p.setTheme(theme);
+  }
+
+  setZone(zone) {
+    this.zone = zone;
+    for (const p of this.panels) p.setZone(zone);
+  }
+
+  /** Panels with nothing to show (no usable symbol in the URL). */
+  emptyPanels() {
+    return this.panels.filter((p) => !p.source);
+  }
+
+  emit(type) {
+    this.dispatchEvent(new Event(type));
+  }
+}

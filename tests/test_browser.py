@@ -1,0 +1,321 @@
+"""The web page in a real headless Chromium (Playwright), against the real server.
+
+The server runs the ``counting`` test provider, here with a forming bar that moves on every
+tick (``TickingProvider``) so that a live update visibly changes the last bar. It listens on
+a fixed free port, so that the restart test can bring a new server up at the URL the page
+already has. ``window.candlewire`` (frontend/js/test-hook.js) exposes the bars of each chart,
+the connection state and the last error. A screenshot is kept in ``test-artifacts/``.
+
+Chromium comes from the system (``make browser``); Playwright never downloads one. Without
+it these tests are skipped, except under ``CI=true`` where they fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.harness import ROOT, ServerProcess, base_env, populate, seconds
+from tests.providers import STEP, CountingProvider, bar
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+MS = 1000  # Playwright timeouts are in milliseconds
+
+
+class TickingProvider(CountingProvider):
+    """``counting`` whose forming bar moves on every tick (its close follows the clock)."""
+
+    def stream(self) -> None:
+        while not self.stop.wait(self.period):
+            now = time.time()
+            with self.lock:
+                keys = list(self.streams)
+            for symbol, interval in keys:
+                step = STEP[interval]
+                start = int(now) - int(now) % step
+                t, o, h, low, c, v = bar(start, interval, int(now), sum(map(ord, symbol)) % 7)
+                c = round(c + 0.5 * math.sin(now * 3), 4)
+                self.publish(symbol, interval, (t, o, max(h, c), min(low, c), c, v))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("browser")
+    env = base_env(
+        tmp,
+        PROVIDERS="counting",
+        EXTRA_PROVIDERS="counting=tests.test_browser:TickingProvider",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+        STREAM_LINGER_SECONDS="0.5",
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 820})
+    context.set_default_timeout(seconds(10) * MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console(page: Page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+def open_page(page: Page, server: ServerProcess, query: str = "") -> None:
+    page.goto(f"{server.url}/{query}")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+
+
+def bars(page: Page, chart: int = 0) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = page.evaluate(f"window.candlewire.charts[{chart}].bars()")
+    return result
+
+
+def wait_for_bars(page: Page, chart: int = 0, more_than: int = 0) -> None:
+    page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > {more_than}")
+
+
+def assert_ascending_unique(rows: list[dict[str, Any]]) -> None:
+    times = [row["time"] for row in rows]
+    assert times == sorted(times)
+    assert len(set(times)) == len(times), "duplicate bar times"
+
+
+def test_search_opens_a_symbol_and_draws_its_bars_without_console_errors(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=CCC&i=1h")
+    wait_for_bars(page)
+    search = page.locator("#search-input")
+    search.click()
+    search.press_sequentially("AAA", delay=30)
+    results = page.locator("#search-results")
+    first = results.locator("li[data-i]").first
+    first.wait_for()
+    assert "AAA" in first.inner_text()
+    assert "AAA test instrument" in first.inner_text()
+    assert "counting" in first.inner_text().lower()
+    search.press("ArrowDown")
+    search.press("ArrowUp")
+    search.press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].name === 'AAA'")
+    wait_for_bars(page)
+    rows = bars(page)
+    assert len(rows) == 300
+    assert_ascending_unique(rows)
+    assert set(rows[-1]) >= {"time", "open", "high", "low", "close"}
+    assert all(r["low"] <= min(r["open"], r["close"]) for r in rows)
+    assert results.is_hidden()
+    assert "s=AAA" in page.url and "i=1h" in page.url
+    page.wait_for_function("document.title.startsWith('AAA ')")
+    assert "O" in page.locator(".legend").inner_text()
+    assert page.locator("#badge").get_attribute("data-state") == "live"
+    page.locator(".wl-items li[data-id='counting:AAA']").wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-chart.png"))
+    assert console == []
+
+
+def test_a_live_update_changes_the_last_bar_within_3_seconds(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=BBB&i=1m")
+    wait_for_bars(page)
+    last = bars(page)[-1]
+    page.wait_for_function(
+        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
+        " return b.time !== last.time || b.close !== last.close; }",
+        arg=last,
+        timeout=seconds(3) * MS,
+    )
+    rows = bars(page)
+    assert rows[-1]["time"] >= last["time"]
+    assert_ascending_unique(rows)
+    assert console == []
+
+
+def test_scrolling_to_the_left_edge_prepends_older_bars_without_duplicates(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=CCC&i=1h")
+    wait_for_bars(page)
+    before = bars(page)
+    assert len(before) == 300
+    box = page.locator(".chart-host").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    for _ in range(8):  # drag the chart to the right, towards older bars
+        page.mouse.move(box["x"] + 150, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 150, y, steps=8)
+        page.mouse.up()
+        if len(bars(page)) > 300:
+            break
+        time.sleep(0.2)
+    wait_for_bars(page, more_than=300)
+    after = bars(page)
+    assert_ascending_unique(after)
+    assert after[0]["time"] < before[0]["time"]
+    by_time = {row["time"]: row for row in after}
+    assert all(by_time[row["time"]] == row for row in before[:-1])  # old bars untouched
+    visible = page.evaluate(
+        "window.candlewire.charts[0].chart.timeScale().getVisibleLogicalRange()"
+    )
+    assert visible["from"] > 100, "the view jumped to the new bars"
+    # Keep going to the very first bar: the source then has nothing older.
+    scroll = "window.candlewire.charts[0].chart.timeScale().scrollToPosition(-100000, false)"
+    deadline = time.monotonic() + seconds(15)
+    while not page.evaluate("window.candlewire.charts[0].historyDone"):
+        assert time.monotonic() < deadline, "history never ran out"
+        page.evaluate(scroll)
+        time.sleep(0.2)
+    assert_ascending_unique(bars(page))
+    assert console == []
+
+
+def test_an_unknown_symbol_in_the_url_shows_a_message(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=NOPE&i=1m")
+    message = page.locator(".panel-message")
+    message.wait_for()
+    assert "NOPE" in message.inner_text()
+    assert "unknown symbol" in message.inner_text().lower()
+    page.locator(".toast").first.wait_for()
+    assert page.evaluate("window.candlewire.lastError.code") == "unknown_symbol"
+    assert bars(page) == []
+    assert console == []
+
+
+def test_the_grid_layout_theme_and_time_zone_live_in_the_url(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    open_page(
+        page,
+        server,
+        "?source=counting&s=AAA&i=1h&layout=4&c2=counting:BBB:5m&c3=counting:CCC:1d&c4=counting:AAA:1m",
+    )
+    for chart in range(4):
+        wait_for_bars(page, chart)
+    charts = page.evaluate("window.candlewire.charts.map(c => [c.name, c.interval])")
+    assert charts[:2] == [["AAA", "1h"], ["BBB", "5m"]]
+    page.locator(".panel[data-index='1']").click()
+    page.locator("#intervals button[data-interval='15m']").click()
+    page.wait_for_function("window.candlewire.charts[1].interval === '15m'")
+    wait_for_bars(page, 1)
+    assert page.evaluate("window.candlewire.charts[1].name") == "BBB"
+    page.locator("#theme").click()
+    page.locator("#zone").click()
+    url = page.url
+    assert "layout=4" in url and "c2=counting:BBB:15m" in url
+    assert "t=light" in url and "tz=local" in url
+    page.goto(url)  # a shared link shows the same view
+    page.wait_for_function("window.candlewire.charts.length === 4")
+    wait_for_bars(page, 1)
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert page.evaluate("window.candlewire.charts[1].interval") == "15m"
+    page.locator("[data-layout='1']").click()
+    page.wait_for_function("window.candlewire.charts.length === 1")
+    assert "layout=4" not in page.url
+    assert console == []
+
+
+def test_an_empty_symbol_database_says_how_to_fill_it(
+    tmp_path: Path, page: Page, console: list[str]
+) -> None:
+    env = base_env(tmp_path, PROVIDERS="counting")  # populate.py never ran
+    with ServerProcess(env, tmp_path / "server.log") as empty:
+        page.goto(f"{empty.url}/")
+        message = page.locator(".panel-message")
+        page.wait_for_function(
+            "(window.candlewire.charts[0].message || '').startsWith('No symbols yet')"
+        )
+        assert "python populate.py" in message.inner_text()
+        page.locator("#search-input").click()
+        page.locator("#search-results .sr-note").wait_for()
+        assert "python populate.py" in page.locator("#search-results").inner_text()
+        assert console == []  # checked before the server goes away
+
+
+def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
+    server: ServerProcess, page: Page
+) -> None:
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    wait_for_bars(page)
+    page.evaluate("window.notReloaded = true")
+    count = len(bars(page))
+    badge = page.locator("#badge")
+    server.stop()
+    page.wait_for_function("window.candlewire.connection === 'reconnecting'")
+    assert badge.get_attribute("data-state") == "reconnecting"
+    assert "Reconnecting" in badge.inner_text()
+    server.start()
+    page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
+    assert "Live" in badge.inner_text()
+    last = bars(page)[-1]
+    page.wait_for_function(
+        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
+        " return b.time !== last.time || b.close !== last.close; }",
+        arg=last,
+        timeout=seconds(5) * MS,
+    )
+    assert page.evaluate("window.notReloaded") is True
+    rows = bars(page)
+    assert len(rows) >= count
+    assert_ascending_unique(rows)
