@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     POLYGON_WS_URL: str = "wss://delayed.polygon.io"
     POLYGON_MARKETS: CommaList = ("stocks", "crypto", "fx", "indices")
 
+    # OpenBB Workspace origins (credentials allowed) and TradingView UDF page origins.
+    CORS_ORIGINS: CommaList = (
+        "https://pro.openbb.co",
+        "https://pro.openbb.dev",
+        "https://excel.openbb.co",
+        "http://localhost:1420",
+    )
+    UDF_CORS_ORIGINS: CommaList = ("*",)
+
     # Hub limits (README, "Configuration").
     HISTORY_TIMEOUT: float = Field(30.0, gt=0)
     MAX_COUNT: int = Field(10_000, ge=1)
@@ -70,7 +79,14 @@ class Settings(BaseSettings):
     HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)
     HISTORY_THREADS: int = Field(4, ge=1, le=64)
 
-    @field_validator("PROVIDERS", "POLYGON_MARKETS", "EXTRA_PROVIDERS", mode="before")
+    @field_validator(
+        "PROVIDERS",
+        "POLYGON_MARKETS",
+        "EXTRA_PROVIDERS",
+        "CORS_ORIGINS",
+        "UDF_CORS_ORIGINS",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)

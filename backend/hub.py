@@ -23,6 +23,7 @@ from backend.clocks import Clocks
 from backend.errors import ProviderUnavailable
 from backend.history import HistoryPlanner
 from backend.ipc import BarUpdate, Clock, Event, Notice, StartStreaming, Status, StopStreaming
+from backend.listeners import BarListener, Listeners
 from backend.metrics import Metrics
 from backend.outbox import Outbox
 from backend.subscriptions import Change, Subscriptions
@@ -64,6 +65,7 @@ class Hub:
         self.subs = Subscriptions()
         self.clients: dict[int, Client] = {}
         self.deliver: dict[SeriesId, dict[int, Client]] = {}
+        self.listeners = Listeners()
         self.cache = BarCache()
         self.clocks = Clocks()
         self.supervisor = Supervisor(settings, self.on_provider_events, self.on_provider_ready)
@@ -117,6 +119,7 @@ class Hub:
     def remove_client(self, client: Client) -> None:
         if self.clients.pop(client.id, None) is None:
             return
+        self.listeners.drop(client.id)
         for key, change in self.subs.drop_client(client.id):
             self._forget_delivery(client.id, key)
             self._release(client.id, key, change)
@@ -285,6 +288,18 @@ class Hub:
             handle.cancel()
             provider.send(StopStreaming(old_client, key.name, key.interval))
 
+    def watch(self, client: Client, key: SeriesId, listener: BarListener) -> None:
+        """Stream ``key`` to ``listener`` (not as frames); upstream starts as for ``data``."""
+        self._subscribe(client, key)
+        self.listeners.add(client.id, key, listener)
+
+    def unwatch(self, client: Client, key: SeriesId) -> None:
+        """Undo ``watch``; the upstream stops after the linger when nobody is left."""
+        self.listeners.remove(client.id, key)
+        change = self.subs.remove(client.id, key)
+        if change is not Change.ABSENT:
+            self._release(client.id, key, change)
+
     def _unsubscribe(self, client: Client, key: SeriesId, raw: Any) -> None:
         change = self.subs.remove(client.id, key)
         if change is Change.ABSENT:
@@ -406,6 +421,7 @@ class Hub:
             series.coverage.add(previous, t - 1)
         if not newest:
             return
+        self.listeners.notify(key, bar)
         targets = self.deliver.get(key)
         if not targets:
             return

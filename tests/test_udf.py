@@ -1,0 +1,299 @@
+"""TradingView UDF under /udf: pure helpers, then the real server driven like the adapter."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from backend import udf
+from backend.bars import Bar
+from tests.harness import ServerProcess, base_env, populate, seconds
+
+DAY = 86_400
+ROW = {
+    "source": "binance",
+    "name": "BTCUSDT",
+    "name_label": "Bitcoin - TetherUS",
+    "type": "candlestick",
+    "categories": ["Crypto"],
+    "intervals": ["1m", "5m", "1h", "1d", "1w", "1M"],
+    "outputs": [],
+}
+
+# ---------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("resolution", "interval"),
+    [
+        ("1", "1m"), ("3", "3m"), ("5", "5m"), ("15", "15m"), ("30", "30m"), ("60", "1h"),
+        ("120", "2h"), ("240", "4h"), ("360", "6h"), ("480", "8h"), ("720", "12h"),
+        ("1D", "1d"), ("D", "1d"), ("1W", "1w"), ("W", "1w"), ("1M", "1M"), ("M", "1M"),
+    ],
+)  # fmt: skip
+def test_every_resolution_maps_to_our_interval(resolution: str, interval: str) -> None:
+    assert udf.to_interval(resolution) == interval
+
+
+@pytest.mark.parametrize("resolution", ["", "2", "90", "1S", "2D", "1h", "d", "m"])
+def test_other_resolutions_are_not_served(resolution: str) -> None:
+    assert udf.to_interval(resolution) is None
+
+
+def test_config_resolutions_round_trip() -> None:
+    assert len(udf.SUPPORTED_RESOLUTIONS) == 14
+    assert all(udf.to_interval(r) is not None for r in udf.SUPPORTED_RESOLUTIONS)
+
+
+def test_daily_bars_are_stamped_at_utc_midnight_of_their_trading_day() -> None:
+    midnight = 20_000 * DAY
+    assert udf.align_time(midnight, "1d") == midnight
+    assert udf.align_time(midnight + 4 * 3600, "1d") == midnight  # New York midnight (EDT)
+    assert udf.align_time(midnight - 9 * 3600, "1d") == midnight  # Tokyo midnight
+    assert udf.align_time(midnight + 4 * 3600, "1h") == midnight + 4 * 3600
+
+
+def test_history_body_is_column_wise_and_fills_missing_prices_from_close() -> None:
+    bars: list[Bar] = [
+        (60, 1.0, 2.0, 0.5, 1.5, 10.0),
+        (120, None, None, None, 1.7, None),
+        (180, 1.0, 1.0, 1.0, None, 3.0),  # no close: skipped
+    ]
+    body = udf.history_body(bars, "1m", "candlestick")
+    assert body == {
+        "s": "ok",
+        "t": [60, 120],
+        "o": [1.0, 1.7],
+        "h": [2.0, 1.7],
+        "l": [0.5, 1.7],
+        "c": [1.5, 1.7],
+        "v": [10.0, 0.0],
+    }
+    line = udf.history_body([(60, 3.0, 3.0, 3.0, 3.0, None)], "1m", "line")
+    assert "v" not in line
+
+
+def test_no_data_names_the_next_older_bar_in_milliseconds() -> None:
+    assert udf.no_data(None) == {"s": "no_data"}
+    assert udf.no_data((1_700_000_000, 1.0, 1.0, 1.0, 1.0, 1.0)) == {
+        "s": "no_data",
+        "nextTime": 1_700_000_000_000,
+    }
+
+
+def test_range_count_covers_the_range_within_limits() -> None:
+    assert udf.range_count(0, 3600, "1m", 10_000) == 61
+    assert udf.range_count(0, 10 * DAY, "1m", 500) == 500
+    assert udf.range_count(100, 50, "1h", 500) == 1
+
+
+def test_pricescale_keeps_about_six_significant_digits() -> None:
+    assert udf.pricescale(84_000.0) == 100
+    assert udf.pricescale(1.2345) == 10_000
+    assert udf.pricescale(0.000123) == 10**8
+    assert udf.pricescale(None) == udf.DEFAULT_PRICESCALE
+
+
+def test_symbol_info_describes_the_row() -> None:
+    info = udf.symbol_info(ROW, 84_000.0)
+    assert info["ticker"] == "binance:BTCUSDT"
+    assert info["name"] == "BTCUSDT"
+    assert info["description"] == "Bitcoin - TetherUS"
+    assert info["type"] == "crypto"
+    assert info["supported_resolutions"] == ["1", "5", "60", "1D", "1W", "1M"]
+    assert info["intraday_multipliers"] == ["1", "5", "60"]
+    assert info["has_intraday"] and info["has_daily"] and info["has_weekly_and_monthly"]
+    assert info["timezone"] == "Etc/UTC"
+    assert info["pricescale"] == 100
+
+
+def test_pick_exact_prefers_same_case_then_enabled_providers() -> None:
+    def result(source: str, name: str) -> dict[str, Any]:
+        return {"id": f"{source}-{name}", "name": name, "details": {"source": source, "name": name}}
+
+    results = [result("old", "AAA"), result("counting", "AAA"), result("x", "aaa")]
+    assert udf.pick_exact("AAA", results, ["counting"]) == {"source": "counting", "name": "AAA"}
+    assert udf.pick_exact("aaa", results, ["counting"]) == {"source": "x", "name": "aaa"}
+    assert udf.pick_exact("Aaa", results, ["counting"]) == {"source": "counting", "name": "AAA"}
+    assert udf.pick_exact("AA", results, ["counting"]) is None
+
+
+def test_canonical_source_ignores_case() -> None:
+    assert udf.canonical_source("COUNTING", ["csv", "counting"]) == "counting"
+    assert udf.canonical_source("NYSE", ["csv"]) == "NYSE"
+
+
+# ---------------------------------------------------------------- the real server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("udf")
+    env = base_env(tmp, PROVIDERS="counting", HISTORY_TIMEOUT="5", STREAM_LINGER_SECONDS="0.5")
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
+
+
+def fetch(
+    server: ServerProcess, path: str, origin: str | None = None, **params: object
+) -> tuple[int, dict[str, str], Any]:
+    """GET like the adapter: ``fetch(url + "?" + params)``, body parsed whatever the status."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    url = server.url + path + ("?" + query if query else "")
+    request = urllib.request.Request(url, headers={"Origin": origin} if origin else {})
+    try:
+        with urllib.request.urlopen(request, timeout=seconds(30)) as response:
+            status, headers, body = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, body = exc.code, dict(exc.headers), exc.read()
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+
+def udf_get(server: ServerProcess, endpoint: str, **params: object) -> Any:
+    status, _, body = fetch(server, f"/udf/{endpoint}", **params)
+    assert status == 200, body
+    return body
+
+
+def test_config_turns_search_on_and_group_requests_off(server: ServerProcess) -> None:
+    config = udf_get(server, "config")
+    assert config["supports_search"] is True
+    assert config["supports_group_request"] is False
+    assert config["supports_time"] is True
+    assert config["supported_resolutions"][:3] == ["1", "3", "5"]
+    assert {"value": "counting", "name": "counting", "desc": "counting"} in config["exchanges"]
+    assert config["symbols_types"][0]["value"] == ""
+
+
+def test_search_with_the_adapters_upper_cased_query(server: ServerProcess) -> None:
+    found = udf_get(server, "search", query="AA", type="", exchange="", limit=30)
+    assert found[0]["symbol"] == "AAA"
+    assert found[0]["ticker"] == "counting:AAA"
+    assert found[0]["full_name"] == "counting:AAA"
+    assert set(found[0]) == {"symbol", "full_name", "description", "exchange", "ticker", "type"}
+    assert len(udf_get(server, "search", query="", limit=2)) == 2
+    assert udf_get(server, "search", query="COUNTING:BBB", limit=30)[0]["symbol"] == "BBB"
+    assert udf_get(server, "search", query="ZZZNOTHING", limit=30) == []
+    assert udf_get(server, "search", query="AAA", exchange="nowhere", limit=30) == []
+
+
+@pytest.mark.parametrize("symbol", ["counting:AAA", "AAA", "COUNTING:AAA", "aaa"])
+def test_symbols_resolves_source_name_and_bare_names(server: ServerProcess, symbol: str) -> None:
+    info = udf_get(server, "symbols", symbol=symbol)
+    assert "s" not in info
+    assert info["ticker"] == "counting:AAA"
+    assert info["name"] == "AAA"
+    assert info["session"] == "24x7"
+    assert "1D" in info["supported_resolutions"]
+    assert "1W" not in info["supported_resolutions"]  # the test provider stops at 1d
+    assert info["has_weekly_and_monthly"] is False
+    assert isinstance(info["pricescale"], int)
+
+
+def test_unknown_symbols_and_bad_requests_are_json_errors(server: ServerProcess) -> None:
+    assert udf_get(server, "symbols", symbol="counting:NOPE")["s"] == "error"
+    now = int(time.time())
+    for params in (
+        {"symbol": "NOPE", "resolution": "60", "to": now, "countback": 5},
+        {"symbol": "AAA", "resolution": "7", "to": now, "countback": 5},
+        {"symbol": "AAA", "resolution": "1W", "to": now, "countback": 5},  # not offered
+        {"symbol": "AAA", "resolution": "60", "to": "soon", "countback": 5},
+    ):
+        body = udf_get(server, "history", **params)
+        assert body["s"] == "error", params
+        assert body["errmsg"]
+
+
+def test_history_countback_returns_that_many_bars_before_to(server: ServerProcess) -> None:
+    now = int(time.time())
+    to = now - now % 3600  # exclusive: the bar opening at `to` is left out
+    body = udf_get(server, "history", symbol="counting:AAA", resolution="60",
+                   **{"from": to - 3 * 3600}, to=to, countback=48)  # fmt: skip
+    assert body["s"] == "ok"
+    assert len(body["t"]) == 48  # countback wins over from
+    assert body["t"] == sorted(body["t"])
+    assert body["t"][-1] == to - 3600
+    assert all(t % 3600 == 0 for t in body["t"])
+    assert all(len(body[k]) == 48 for k in "ohlcv")
+    assert all(isinstance(c, float) for c in body["c"])
+
+
+def test_history_range_without_countback(server: ServerProcess) -> None:
+    now = int(time.time())
+    to = now - now % 3600
+    body = udf_get(server, "history", symbol="AAA", resolution="60",
+                   **{"from": to - 10 * 3600}, to=to)  # fmt: skip
+    assert body["t"] == [to - 10 * 3600 + i * 3600 for i in range(10)]
+
+
+def test_history_daily_bars_are_at_midnight(server: ServerProcess) -> None:
+    body = udf_get(server, "history", symbol="AAA", resolution="1D",
+                   to=int(time.time()) + 1, countback=5)  # fmt: skip
+    assert len(body["t"]) == 5
+    assert all(t % DAY == 0 for t in body["t"])
+
+
+def test_history_before_the_first_bar_is_no_data_without_next_time(
+    server: ServerProcess,
+) -> None:
+    long_ago = int(time.time()) - 60 * DAY  # the test provider starts 30 days ago
+    for params in ({"countback": 10}, {"from": long_ago - 10 * 3600}):
+        body = udf_get(server, "history", symbol="AAA", resolution="60", to=long_ago, **params)
+        assert body == {"s": "no_data"}
+
+
+def test_history_of_an_empty_range_with_older_data_names_next_time(
+    server: ServerProcess,
+) -> None:
+    now = int(time.time())
+    body = udf_get(server, "history", symbol="AAA", resolution="60",
+                   **{"from": now + 2 * DAY}, to=now + 3 * DAY)  # fmt: skip
+    assert body["s"] == "no_data"
+    assert body["nextTime"] == (now - now % 3600) * 1000  # the forming bar, in ms
+
+
+def test_time_is_a_bare_number_of_seconds(server: ServerProcess) -> None:
+    value = udf_get(server, "time")
+    assert isinstance(value, int)
+    assert abs(value - time.time()) < 5
+
+
+def test_udf_answers_cors_for_any_page_and_for_workspace(server: ServerProcess) -> None:
+    _, headers, _ = fetch(server, "/udf/config", origin="https://charts.example.com")
+    assert headers["access-control-allow-origin"] == "*"
+    _, headers, _ = fetch(server, "/udf/time", origin="https://pro.openbb.co")
+    assert headers["access-control-allow-origin"] == "https://pro.openbb.co"
+    assert headers["access-control-allow-credentials"] == "true"
+
+
+@pytest.mark.slow
+def test_polling_sees_the_forming_bar_move(server: ServerProcess) -> None:
+    """The adapter's DataPulse polls `to = now`, `from = to - 10 bars`; bars must move."""
+
+    def poll(resolution: str, step: int) -> dict[str, Any]:
+        to = int(time.time())
+        body: dict[str, Any] = udf_get(
+            server, "history", symbol="AAA", resolution=resolution,
+            **{"from": to - 10 * step}, to=to)  # fmt: skip
+        assert body["s"] == "ok"
+        last = to - 1  # `to` is exclusive
+        assert body["t"][-1] == last - last % step  # the forming bar is included
+        return body
+
+    for resolution, step in (("1", 60), ("60", 3600)):
+        before = poll(resolution, step)
+        time.sleep(1.5)  # past the planner's one-second tail freshness
+        after = poll(resolution, step)
+        if after["t"][-1] == before["t"][-1]:  # the same forming bar: it grew
+            assert after["v"][-1] > before["v"][-1]
+        else:  # a new bar opened
+            assert after["t"][-1] == before["t"][-1] + step
