@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0
 CLOSE_MESSAGE_TOO_BIG = 1009
+# Frames of one client are answered concurrently (a slow history request must not hold up
+# a search or another chart); beyond this many in flight, reading waits.
+MAX_FRAMES_IN_FLIGHT = 16
 
 
 async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
@@ -53,6 +56,8 @@ class _Connection:
         self.client: Client | None = None
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_FRAMES_IN_FLIGHT)
 
     async def read_loop(self) -> None:
         assert self.client is not None
@@ -70,7 +75,35 @@ class _Connection:
             if len(text) > max_bytes:
                 await self._close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                 return
+            await self.slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._handle(text))
+            self.in_flight.add(task)
+            task.add_done_callback(self._frame_done)
+
+    async def _handle(self, text: str | bytes) -> None:
+        assert self.client is not None
+        try:
             await self.hub.handle_frame(self.client, text)
+        except Exception:  # a bug must cost one answer, not the connection: log, tell, go on
+            logger.exception("client %s: request failed: %.200r", self.client.id, text)
+            self.hub.metrics.inc("candlewire_internal_errors_total")
+            self.hub.send(
+                self.client,
+                protocol.error_message(
+                    "internal_error", "the server failed to answer this request; it was logged"
+                ),
+            )
+        finally:
+            self.slots.release()
+
+    def _frame_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "client %s: a request failed",
+                self.client.id if self.client else "?",
+                exc_info=task.exception(),
+            )
 
     async def write_loop(self) -> None:
         assert self.client is not None
@@ -100,6 +133,8 @@ class _Connection:
             await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
 
     async def stop_writer(self) -> None:
+        for task in list(self.in_flight):
+            task.cancel()
         if self.writer is not None and not self.writer.done():
             self.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

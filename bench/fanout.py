@@ -28,13 +28,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
+import psutil
 
-from tests.harness import ServerProcess, base_env, populate  # noqa: E402
+from tests.harness import ServerProcess, base_env, populate
 
 
-def run_clients(url: str, clients: int, keys: int, per_client: int, duration: float,
-                result: Any) -> None:
+def run_clients(
+    url: str, clients: int, keys: int, per_client: int, duration: float, result: Any
+) -> None:
     try:
         import uvloop
 
@@ -44,8 +45,9 @@ def run_clients(url: str, clients: int, keys: int, per_client: int, duration: fl
     result.update(asyncio.run(_load(url, clients, keys, per_client, duration)))
 
 
-async def _load(url: str, clients: int, keys: int, per_client: int,
-                duration: float) -> dict[str, Any]:
+async def _load(
+    url: str, clients: int, keys: int, per_client: int, duration: float
+) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     from bench.synthetic import symbol_names
@@ -59,8 +61,20 @@ async def _load(url: str, clients: int, keys: int, per_client: int,
     async def one(i: int) -> None:
         async with connect(url, max_queue=None, compression=None, open_timeout=60) as ws:
             wanted = [names[(i * per_client + j) % keys] for j in range(per_client)]
-            await ws.send(json.dumps([{"type": "data", "source": "synthetic", "name": n,
-                                       "interval": "1m", "count": 1} for n in wanted]))
+            await ws.send(
+                json.dumps(
+                    [
+                        {
+                            "type": "data",
+                            "source": "synthetic",
+                            "name": n,
+                            "interval": "1m",
+                            "count": 1,
+                        }
+                        for n in wanted
+                    ]
+                )
+            )
             async for raw in ws:
                 if done.is_set():
                     return
@@ -97,18 +111,27 @@ async def _load(url: str, clients: int, keys: int, per_client: int,
 
 def pin(pid: int, core: int) -> bool:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)],
-                              capture_output=True, check=False).returncode == 0
+        return (
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", str(core), str(pid)], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
     return False
 
 
 def measure(args: argparse.Namespace, clients: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        env = base_env(tmp, PROVIDERS="synthetic", LOG_LEVEL="WARNING",
-                       EXTRA_PROVIDERS="synthetic=bench.synthetic:SyntheticProvider",
-                       BENCH_KEYS=str(args.keys), BENCH_RATE=str(args.rate),
-                       MAX_CLIENTS=str(clients + 100))
+        env = base_env(
+            tmp,
+            PROVIDERS="synthetic",
+            LOG_LEVEL="WARNING",
+            EXTRA_PROVIDERS="synthetic=bench.synthetic:SyntheticProvider",
+            BENCH_KEYS=str(args.keys),
+            BENCH_RATE=str(args.rate),
+            MAX_CLIENTS=str(clients + 100),
+        )
         populate(env)
         with ServerProcess(env, tmp / "server.log") as server:
             assert server.proc is not None
@@ -117,8 +140,15 @@ def measure(args: argparse.Namespace, clients: int) -> dict[str, Any]:
             result = manager.dict()
             loader = multiprocessing.get_context("spawn").Process(
                 target=run_clients,
-                args=(server.ws_url, clients, args.keys, args.keys_per_client, args.duration,
-                      result))
+                args=(
+                    server.ws_url,
+                    clients,
+                    args.keys,
+                    args.keys_per_client,
+                    args.duration,
+                    result,
+                ),
+            )
             loader.start()
             pinned = pin(loader.pid or 0, 1) and pinned
             time.sleep(3 + args.duration / 2)
@@ -127,10 +157,17 @@ def measure(args: argparse.Namespace, clients: int) -> dict[str, Any]:
             figures = dict(result)
             manager.shutdown()
     ideal = clients * args.keys_per_client * args.rate
-    return {"clients": clients, "keys": args.keys, "keys_per_client": args.keys_per_client,
-            "rate_per_key": args.rate, "ideal_per_s": ideal, **figures,
-            "delivered_ratio": figures.get("delivered_per_s", 0) / ideal,
-            "server_rss_mb": rss / 2**20, "pinned": pinned}
+    return {
+        "clients": clients,
+        "keys": args.keys,
+        "keys_per_client": args.keys_per_client,
+        "rate_per_key": args.rate,
+        "ideal_per_s": ideal,
+        **figures,
+        "delivered_ratio": figures.get("delivered_per_s", 0) / ideal,
+        "server_rss_mb": rss / 2**20,
+        "pinned": pinned,
+    }
 
 
 def main() -> None:
@@ -142,13 +179,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
     rows = [measure(args, int(n)) for n in args.clients.split(",")]
-    print(f"{'clients':>8} {'ideal/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'max ms':>8} {'RSS MB':>7}")
+    print(
+        f"{'clients':>8} {'ideal/s':>10} {'delivered/s':>12} {'ratio':>6} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8} {'RSS MB':>7}"
+    )
     for r in rows:
-        print(f"{r['clients']:>8} {r['ideal_per_s']:>10.0f} {r.get('delivered_per_s', 0):>12.0f} "
-              f"{r['delivered_ratio']:>6.3f} {r.get('latency_p50_ms') or 0:>8.1f} "
-              f"{r.get('latency_p99_ms') or 0:>8.1f} {r.get('latency_max_ms') or 0:>8.1f} "
-              f"{r['server_rss_mb']:>7.1f}")
+        print(
+            f"{r['clients']:>8} {r['ideal_per_s']:>10.0f} {r.get('delivered_per_s', 0):>12.0f} "
+            f"{r['delivered_ratio']:>6.3f} {r.get('latency_p50_ms') or 0:>8.1f} "
+            f"{r.get('latency_p99_ms') or 0:>8.1f} {r.get('latency_max_ms') or 0:>8.1f} "
+            f"{r['server_rss_mb']:>7.1f}"
+        )
     print(json.dumps({"bench": "fanout", "results": rows}))
 
 

@@ -30,16 +30,21 @@ class SyntheticProvider(Provider):
     def get_dataset(self) -> Iterator[dict[str, Any]]:
         for name in symbol_names(int(os.environ.get("BENCH_KEYS", "100"))):
             yield {
-                "source": self.source, "name": name, "name_label": f"Synthetic {name}",
-                "type": "candlestick", "categories": ["Bench"], "intervals": ["1m"],
-                "outputs": [{"name": f, "y_axis": "price"} for f in ("open", "high", "low",
-                                                                      "close")]
+                "source": self.source,
+                "name": name,
+                "name_label": f"Synthetic {name}",
+                "type": "candlestick",
+                "categories": ["Bench"],
+                "intervals": ["1m"],
+                "outputs": [
+                    {"name": f, "y_axis": "price"} for f in ("open", "high", "low", "close")
+                ]
                 + [{"name": "volume", "y_axis": "volume"}],
             }
 
-    def get_history(self, symbol: str, interval: str, start_time_query: str,
-                    end_time_query: str, count: int) -> list[tuple[int, float, float, float,
-                                                                  float, float]]:
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[tuple[int, float, float, float, float, float]]:
         now = int(time.time()) // 60 * 60
         return [(t, 100.0, 101.0, 99.0, 100.5, 0.0) for t in range(now - 60 * 10, now + 1, 60)]
 

@@ -18,8 +18,20 @@ from datetime import datetime, timezone
 from backend.provider import Provider
 
 INTERVALS = ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"]
-STEP = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200,
-        "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400}
+STEP = {
+    "1m": 60,
+    "3m": 180,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "4h": 14400,
+    "6h": 21600,
+    "8h": 28800,
+    "12h": 43200,
+    "1d": 86400,
+}
 
 
 def price(minute: int, seed: int = 0) -> float:
@@ -31,9 +43,11 @@ def price(minute: int, seed: int = 0) -> float:
 def bar(t: int, interval: str, now: int, seed: int = 0) -> list[float]:
     """``[t_ms, o, h, l, c, v]`` of the bar opening at ``t``, as of ``now``."""
     step = STEP[interval]
-    minutes = range(t, min(t + step, now + 1), 60) or range(t, t + 60, 60)
+    end = min(t + step, now + 1)
+    minutes = range(t, end, 60) or range(t, t + 60, 60)
     prices = [price(m, seed) for m in minutes]
-    return [t * 1000, prices[0], max(prices), min(prices), prices[-1], float(len(prices))]
+    volume = max(1, end - t) / 60  # grows every second while the bar forms
+    return [t * 1000, prices[0], max(prices), min(prices), prices[-1], volume]
 
 
 def dataset_row(source: str, name: str) -> dict[str, object]:
@@ -72,8 +86,9 @@ class SeedProvider(Provider):
         self.ws_clients.setdefault(key, set()).add(ws_client)
         if key not in self.threads:
             stop = threading.Event()
-            thread = threading.Thread(target=self.stream, args=(symbol, interval, stop),
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self.stream, args=(symbol, interval, stop), daemon=True
+            )
             self.stops[key] = stop
             self.threads[key] = thread
             thread.start()
@@ -85,24 +100,29 @@ class SeedProvider(Provider):
             k = bar(now - now % step, interval, now)
             ws_clients = list(self.ws_clients.get((symbol, interval), ()))
             data = self.format_datapoint(symbol, interval, k)
-            self.send_from({
-                "action": "write_message",
-                "ws_clients": ws_clients,
-                "source": "my_provider",
-                "name": symbol,
-                "interval": interval,
-                "args": [json.dumps({
-                    "type": "data_update",
+            self.send_from(
+                {
+                    "action": "write_message",
+                    "ws_clients": ws_clients,
                     "source": "my_provider",
                     "name": symbol,
                     "interval": interval,
-                    "data": data,
-                })],
-            })
+                    "args": [
+                        json.dumps(
+                            {
+                                "type": "data_update",
+                                "source": "my_provider",
+                                "name": symbol,
+                                "interval": interval,
+                                "data": data,
+                            }
+                        )
+                    ],
+                }
+            )
 
     def format_datapoint(self, symbol, interval, k):
-        date_str = datetime.fromtimestamp(k[0] / 1000, timezone.utc).strftime(
-            "%Y-%m-%d %H:%M:%S")
+        date_str = datetime.fromtimestamp(k[0] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         return {
             "date": date_str,
             f"my_provider-{symbol}-{interval}-open": k[1],
@@ -125,8 +145,10 @@ class SeedProvider(Provider):
         now = int(time.time())
         end = min(end, now)
         first = start - start % step + (step if start % step else 0)
-        return [self.format_datapoint(symbol, interval, bar(t, interval, now))
-                for t in range(first, end + 1, step)]
+        return [
+            self.format_datapoint(symbol, interval, bar(t, interval, now))
+            for t in range(first, end + 1, step)
+        ]
 
     def on_close(self, ws_client, symbol, interval):
         key = (symbol, interval)
@@ -174,8 +196,9 @@ class CountingProvider(Provider):
         with self.lock:
             self.streams.discard((symbol, interval))
 
-    def get_history(self, symbol: str, interval: str, start_time_query: str,
-                    end_time_query: str, count: int) -> list[list[float]]:
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
         self.log(f"history {symbol} {interval}")
         if symbol == "HANG":
             self.stop.wait(3600)
@@ -195,8 +218,11 @@ class CountingProvider(Provider):
                 keys = list(self.streams)
             for symbol, interval in keys:
                 step = STEP[interval]
-                self.publish(symbol, interval,
-                             tuple(bar(now - now % step, interval, now, sum(map(ord, symbol)) % 7)))
+                self.publish(
+                    symbol,
+                    interval,
+                    tuple(bar(now - now % step, interval, now, sum(map(ord, symbol)) % 7)),
+                )
 
     def shutdown(self) -> None:
         self.stop.set()

@@ -26,8 +26,9 @@ FIELDS = ("open", "high", "low", "close", "volume")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("hub")
-    env = base_env(tmp, PROVIDERS="counting,my_provider", HISTORY_TIMEOUT="3",
-                   STREAM_LINGER_SECONDS="0.5")
+    env = base_env(
+        tmp, PROVIDERS="counting,my_provider", HISTORY_TIMEOUT="3", STREAM_LINGER_SECONDS="0.5"
+    )
     result = populate(env)
     assert result.returncode == 0, result.stderr
     with ServerProcess(env, tmp / "server.log") as running:
@@ -88,8 +89,7 @@ async def test_live_updates_only_touch_the_forming_bar_or_newer(client: WsClient
     start = len(client.messages)
     await client.wait_for("data_update", same_key("BBB"), timeout=2, after=start)
     await asyncio.sleep(1.0)
-    dates = [m["data"]["date"] for m in client.of_type("data_update", start)
-             if m["name"] == "BBB"]
+    dates = [m["data"]["date"] for m in client.of_type("data_update", start) if m["name"] == "BBB"]
     assert dates
     assert dates[0] >= last
     assert dates == sorted(dates)
@@ -101,26 +101,42 @@ async def test_history_pages_back_with_exact_counts_and_ends_empty(client: WsCli
     await client.send(data("CCC", "1h", count=50, stream=False))
     init = await client.wait_for("data_init", same_key("CCC", "1h"))
     end = init["data"][0]["date"]
-    await client.send({"type": "data_history", "source": "counting", "name": "CCC",
-                       "interval": "1h", "end": end, "count": 120})
+    await client.send(
+        {
+            "type": "data_history",
+            "source": "counting",
+            "name": "CCC",
+            "interval": "1h",
+            "end": end,
+            "count": 120,
+        }
+    )
     page = await client.wait_for("data_history", same_key("CCC", "1h"))
     dates = [bar["date"] for bar in page["data"]]
     assert len(dates) == 120
     assert dates == sorted(dates)
     assert dates[-1] == end  # inclusive end: the client de-duplicates
     after = len(client.messages)
-    await client.send({"type": "data_history", "source": "counting", "name": "CCC",
-                       "interval": "1h", "end": "1990-01-01 00:00:00", "count": 100})
-    empty = await client.wait_for("data_history", same_key("CCC", "1h"), timeout=30,
-                                  after=after)
+    await client.send(
+        {
+            "type": "data_history",
+            "source": "counting",
+            "name": "CCC",
+            "interval": "1h",
+            "end": "1990-01-01 00:00:00",
+            "count": 100,
+        }
+    )
+    empty = await client.wait_for("data_history", same_key("CCC", "1h"), timeout=30, after=after)
     assert empty["data"] == []
 
 
 async def test_unsubscribe_stops_updates(client: WsClient) -> None:
     await client.send(data("AAA", "3m", count=5))
     await client.wait_for("data_update", same_key("AAA", "3m"))
-    await client.send({"type": "unsubscribe", "source": "counting", "name": "AAA",
-                       "interval": "3m"})
+    await client.send(
+        {"type": "unsubscribe", "source": "counting", "name": "AAA", "interval": "3m"}
+    )
     await client.wait_for("unsubscribed", same_key("AAA", "3m"))
     mark = len(client.messages)
     await asyncio.sleep(0.6)
@@ -142,10 +158,14 @@ BAD_FRAMES = [
     ('[{"type":"dance"}]', "unknown_type"),
     ('[{"type":"data","source":"counting","interval":"1m"}]', "missing_field"),
     ('[{"type":"data","source":"counting","name":7,"interval":"1m"}]', "invalid_field"),
-    ('[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":-1}]',
-     "count_out_of_range"),
-    ('[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":1000000000}]',
-     "count_out_of_range"),
+    (
+        '[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":-1}]',
+        "count_out_of_range",
+    ),
+    (
+        '[{"type":"data","source":"counting","name":"AAA","interval":"1m","count":1000000000}]',
+        "count_out_of_range",
+    ),
     ('[{"type":"data","source":"counting","name":"AAA","interval":"7m"}]', "unknown_interval"),
     (json.dumps([{"type": "ping"}] * 1000), "limit_reached"),
 ]
@@ -216,9 +236,14 @@ async def test_health_and_metrics_describe_the_running_server(server: ServerProc
 
 @pytest.fixture
 def fault_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    env = base_env(tmp_path, PROVIDERS="counting", HISTORY_TIMEOUT="2",
-                   OUTBOX_MAX_MESSAGES="50", SLOW_CLIENT_TIMEOUT="3",
-                   CANDLEWIRE_TEST_PERIOD="0.02")
+    env = base_env(
+        tmp_path,
+        PROVIDERS="counting",
+        HISTORY_TIMEOUT="2",
+        OUTBOX_MAX_MESSAGES="50",
+        SLOW_CLIENT_TIMEOUT="3",
+        CANDLEWIRE_TEST_PERIOD="0.02",
+    )
     assert populate(env).returncode == 0
     with ServerProcess(env, tmp_path / "server.log") as running:
         yield running
@@ -268,13 +293,17 @@ async def test_a_client_that_never_reads_does_not_delay_a_fast_one(
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.sendall(
         b"GET /websocket/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     names = ["AAA", "BBB", "CCC"]
     frame = json.dumps([data(n, i, count=2000) for n in names for i in ("1m", "3m", "5m")])
     payload = frame.encode()
     mask = b"\x00\x00\x00\x00"
-    header = b"\x81\xfe" + len(payload).to_bytes(2, "big") if len(payload) < 65536 else (
-        b"\x81\xff" + len(payload).to_bytes(8, "big"))
+    header = (
+        b"\x81\xfe" + len(payload).to_bytes(2, "big")
+        if len(payload) < 65536
+        else (b"\x81\xff" + len(payload).to_bytes(8, "big"))
+    )
     slow.sendall(header + mask + payload)
     server_proc = psutil.Process(fault_server.proc.pid)  # type: ignore[union-attr]
     fast = await WsClient.open(fault_server.ws_url)
@@ -308,5 +337,8 @@ async def test_sigterm_stops_the_server_and_every_provider_process(tmp_path: Pat
     assert running.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert "hub stopped" in (tmp_path / "server.log").read_text()
     await asyncio.sleep(0.5)
-    assert not [pid for pid in pids if psutil.pid_exists(pid)
-                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]

@@ -63,9 +63,11 @@ def test_count_out_of_range_still_names_the_series_for_an_empty_reply() -> None:
 
 
 def test_wrong_field_types_are_invalid_fields() -> None:
-    frame = '[{"type":"data","source":"csv","name":"X","interval":"1m","count":"ten"},' \
-        '{"type":"data","source":5,"name":"X","interval":"1m"},' \
+    frame = (
+        '[{"type":"data","source":"csv","name":"X","interval":"1m","count":"ten"},'
+        '{"type":"data","source":5,"name":"X","interval":"1m"},'
         '{"type":"data","source":"csv","name":"X","interval":"1m","stream":"yes"}]'
+    )
     codes = [r.code for r in parse(frame) if isinstance(r, protocol.BadRequest)]
     assert codes == ["invalid_field", "invalid_field", "invalid_field"]
 
@@ -78,8 +80,7 @@ def test_unknown_interval_lists_the_known_ones() -> None:
 
 
 def test_history_without_end_gets_an_empty_reply_and_an_error() -> None:
-    [bad] = parse('[{"type":"data_history","source":"csv","name":"X","interval":"1m",'
-                  '"count":10}]')
+    [bad] = parse('[{"type":"data_history","source":"csv","name":"X","interval":"1m","count":10}]')
     assert isinstance(bad, protocol.BadRequest)
     assert bad.reply_type == "data_history"
     assert bad.code == "missing_field"
