@@ -1,0 +1,129 @@
+"""The Provider base class without a process: bookkeeping, seed messages, publish formats."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from backend.ipc import BarUpdate, Event
+from backend.provider import Provider
+from config import load_settings
+
+
+class Recorder(Provider):
+    def init(self) -> None:
+        self.calls: list[str] = []
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        self.calls.append(f"first {symbol} {interval}")
+
+    def on_last_subscriber(self, symbol: str, interval: str) -> None:
+        self.calls.append(f"last {symbol} {interval}")
+
+    def staleness_limit(self, symbol: str, interval: str) -> float | None:
+        return 5.0
+
+
+@pytest.fixture
+def provider() -> tuple[Recorder, list[Event]]:
+    events: list[Event] = []
+    p = Recorder()
+    p._attach("rec", load_settings(PROVIDERS="csv"), events.append)
+    p.init()
+    return p, events
+
+
+def test_first_and_last_subscriber_hooks_run_once_per_key(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, _ = provider
+    p._subscribe(1, "BTC", "1m")
+    p._subscribe(2, "BTC", "1m")
+    p._subscribe(2, "BTC", "1m")
+    p._unsubscribe(1, "BTC", "1m")
+    p._unsubscribe(2, "BTC", "1m")
+    p._unsubscribe(2, "BTC", "1m")
+    assert p.calls == ["first BTC 1m", "last BTC 1m"]
+    assert p.streaming_keys() == []
+
+
+def test_the_seed_write_message_becomes_a_bar_update(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, events = provider
+    point = {
+        "date": "2026-03-01 13:00:00",
+        "rec-BTC-1h-open": 1,
+        "rec-BTC-1h-high": "2.5",
+        "rec-BTC-1h-low": 0.5,
+        "rec-BTC-1h-close": 2,
+        "rec-BTC-1h-volume": 10,
+    }
+    p.send_from(
+        {
+            "action": "write_message",
+            "ws_clients": [1],
+            "source": "rec",
+            "name": "BTC",
+            "interval": "1h",
+            "args": [
+                json.dumps(
+                    {
+                        "type": "data_update",
+                        "source": "rec",
+                        "name": "BTC",
+                        "interval": "1h",
+                        "data": point,
+                    }
+                )
+            ],
+        }
+    )
+    [event] = events
+    assert isinstance(event, BarUpdate)
+    assert event.bar == (1772370000, 1.0, 2.5, 0.5, 2.0, 10.0)
+
+
+def test_publish_accepts_klines_tuples_and_datapoints(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, events = provider
+    p.publish("BTC", "1m", [1772370000000, "1", "2", "0.5", "1.5", "3"])
+    p.publish("BTC", "1m", (1772370060, 1.5, 2.0, 1.0, 1.8, None))
+    p.publish("BTC", "1m", p.format_datapoint("BTC", "1m", [1772370120000, 1, 2, 0, 1, 5]))
+    bars = [e.bar for e in events if isinstance(e, BarUpdate)]
+    assert bars == [
+        (1772370000, 1.0, 2.0, 0.5, 1.5, 3.0),
+        (1772370060, 1.5, 2.0, 1.0, 1.8, None),
+        (1772370120, 1.0, 2.0, 0.0, 1.0, 5.0),
+    ]
+
+
+def test_non_finite_values_become_none(provider: tuple[Recorder, list[Event]]) -> None:
+    p, events = provider
+    p.publish("BTC", "1m", [1772370000000, "nan", "inf", 1, 1, 1])
+    [event] = events
+    assert isinstance(event, BarUpdate)
+    assert event.bar[1] is None and event.bar[2] is None
+
+
+def test_a_key_without_updates_past_its_limit_is_stale_once(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, _ = provider
+    p._subscribe(1, "BTC", "1m")
+    now = time.monotonic()
+    assert p._stale_keys(now + 1) == []
+    assert p._stale_keys(now + 6) == [("BTC", "1m")]
+    assert p._stale_keys(now + 7) == []
+
+
+def test_an_unknown_action_is_ignored_with_a_log(
+    provider: tuple[Recorder, list[Event]], caplog: pytest.LogCaptureFixture
+) -> None:
+    p, events = provider
+    p.send_from({"action": "dance"})
+    assert events == []
+    assert "unknown action" in caplog.text
