@@ -1,0 +1,134 @@
+"""The ``populate.py`` command, with test providers registered through ``EXTRA_PROVIDERS``."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import populate
+from backend.symbols import SymbolIndex
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA = (
+    "tiny=tests.providers_for_populate:TinyProvider,"
+    "tiny2=tests.providers_for_populate:TinyProvider,"
+    "broken=tests.providers_for_populate:BrokenProvider"
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A database path in a folder that does not exist yet; tiny and tiny2 enabled."""
+    db = tmp_path / "new" / "folder" / "candlewire.sqlite3"
+    monkeypatch.chdir(tmp_path)  # no .env file is read
+    monkeypatch.setenv("DB", str(db))
+    monkeypatch.setenv("EXTRA_PROVIDERS", EXTRA)
+    monkeypatch.setenv("PROVIDERS", "tiny,tiny2")
+    monkeypatch.setenv("POPULATE_TEST_LOG", str(tmp_path / "hooks.log"))
+    monkeypatch.syspath_prepend(str(ROOT))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield db
+    root.handlers[:], root.level = handlers, level  # populate configures logging
+
+
+async def ids(db: Path) -> list[str]:
+    index = await SymbolIndex.open(db)
+    try:
+        return [row["id"] for row in await index.search("", 1000)]
+    finally:
+        await index.close()
+
+
+async def test_every_enabled_provider_is_stored_and_summarized(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert populate.main([]) == 0
+    assert await ids(env) == [f"{key}-TINY{n}" for key in ("tiny", "tiny2") for n in range(3)]
+    out = capsys.readouterr().out
+    assert "tiny: 3 rows in " in out
+    assert "tiny2: 3 rows in " in out
+
+
+async def test_the_provider_option_populates_only_that_provider(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert populate.main([]) == 0
+    monkeypatch.setenv("POPULATE_TEST_PREFIX", "NEW")
+    assert populate.main(["--provider", "tiny2"]) == 0
+    assert await ids(env) == [f"tiny-TINY{n}" for n in range(3)] + [
+        f"tiny2-NEW{n}" for n in range(3)
+    ]
+
+
+@pytest.mark.parametrize("key", ["nope", "broken"])
+def test_a_provider_that_is_not_enabled_is_a_usage_error_naming_the_enabled_ones(
+    env: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    assert populate.main(["--provider", key]) == 2
+    err = capsys.readouterr().err
+    assert f"--provider {key!r}" in err
+    assert "enabled providers: tiny, tiny2" in err
+    assert not env.exists()
+
+
+def test_a_configuration_error_is_one_line_and_exit_status_2(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PROVIDERS", "tiny,bogus")
+    assert populate.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "PROVIDERS" in err and "bogus" in err
+
+
+async def test_a_failing_provider_does_not_stop_the_others_and_exits_1(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PROVIDERS", "broken,tiny")
+    assert populate.main([]) == 1
+    assert await ids(env) == [f"tiny-TINY{n}" for n in range(3)]
+    out = capsys.readouterr().out
+    assert "broken: FAILED" in out and "cannot reach the upstream" in out
+    assert "tiny: 3 rows" in out
+
+
+async def test_a_provider_failing_mid_stream_keeps_its_previous_rows(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert populate.main(["--provider", "tiny"]) == 0
+    monkeypatch.setenv("POPULATE_TEST_ROWS", "30000")
+    monkeypatch.setenv("POPULATE_TEST_FAIL_AFTER", "25000")
+    monkeypatch.setenv("POPULATE_TEST_PREFIX", "NEW")
+    assert populate.main(["--provider", "tiny"]) == 1
+    assert await ids(env) == [f"tiny-TINY{n}" for n in range(3)]
+
+
+def test_init_and_shutdown_run_around_the_dataset_even_when_it_fails(
+    env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("POPULATE_TEST_FAIL_AFTER", "1")
+    assert populate.main(["--provider", "tiny"]) == 1
+    hooks = (tmp_path / "hooks.log").read_text().split()
+    assert hooks == ["init", "get_dataset", "shutdown"]
+
+
+def test_the_command_line_logs_to_stderr_and_prints_the_summary_to_stdout(
+    env: Path, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "populate.py"), "--provider", "tiny"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("tiny: 3 rows in ")
+    assert "tiny: 3 symbols stored" in result.stderr  # a log line, not a live progress bar

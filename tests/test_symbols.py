@@ -1,0 +1,425 @@
+"""The symbol database (backend.symbols): populate-side replace, and search/details reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend import symbols
+from backend.errors import StorageError
+from backend.symbols import MAX_SEARCH_LIMIT, SymbolIndex, replace_provider_rows, search_words
+
+CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
+    {"name": "volume", "y_axis": "volume"}
+]
+FILLERS = 3000
+
+
+def row(name: str, label: str, source: str = "test", **fields: Any) -> dict[str, Any]:
+    """A valid candlestick dataset row; ``fields`` override or add keys."""
+    base: dict[str, Any] = {
+        "source": source,
+        "name": name,
+        "name_label": label,
+        "type": "candlestick",
+        "categories": ["Stocks"],
+        "intervals": ["1m", "1h", "1d"],
+        "outputs": CANDLE,
+    }
+    return base | fields
+
+
+def main_rows() -> list[dict[str, Any]]:
+    """The main source's rows: real-looking symbols, then many fillers that start with A."""
+    rows = [
+        row("A", "Agilent Technologies Inc", source_label="XNYS"),
+        row("AA", "Alcoa Corp", source_label="XNYS"),
+        row("AAL", "American Airlines Group Inc", source_label="XNAS"),
+        row("AAPL", "Apple Inc", source_label="XNAS"),
+        row("AAPB", "GraniteShares 2x Long AAPL Daily ETF", source_label="XNAS"),
+        row("BRK.A", "Berkshire Hathaway Inc Class A", source_label="XNYS"),
+        row("BRK.B", "Berkshire Hathaway Inc Class B", source_label="XNYS"),
+        row("SPY", "SPDR S&P 500 ETF Trust", source_label="ARCX"),
+        row("^GSPC", "S&P 500 Index", categories=["Indices"]),
+        row("X:BTCUSD", "Bitcoin - United States Dollar", categories=["Crypto"]),
+        row("EUR/USD", "Euro - United States Dollar", categories=["Forex"]),
+        row("O:SPY251219C00450000", "SPY Dec 19 2025 450 Call", categories=["Options"]),
+        row("GLE.PA", "Société Générale", source_label="XPAR"),
+        row(
+            "macro__cpi",
+            "macro cpi",
+            type="line",
+            categories=["CSV"],
+            outputs=[{"name": "macro__cpi", "y_axis": "macro__cpi"}],
+            path="macro.csv",
+        ),
+    ]
+    rows += [
+        row(f"A{n:04d}", f"Apple Alpha Fund {n}", categories=["Funds"]) for n in range(FILLERS)
+    ]
+    return rows
+
+
+OTHER_ROWS = [
+    row("AAPL", "Apple Inc", source="other", source_label="OTHERX"),
+    row("ETHUSDT", "Ethereum - TetherUS", source="other", categories=["Crypto"]),
+]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("symbols") / "db" / "candlewire.sqlite3"
+    assert replace_provider_rows(path, "test", main_rows()) == FILLERS + 14
+    assert replace_provider_rows(path, "other", OTHER_ROWS) == 2
+    return path
+
+
+@pytest.fixture
+async def index(db: Path) -> AsyncIterator[SymbolIndex]:
+    opened = await SymbolIndex.open(db)
+    yield opened
+    await opened.close()
+
+
+async def names(index: SymbolIndex, query: str, **kwargs: Any) -> list[str]:
+    return [result["name"] for result in await index.search(query, **kwargs)]
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+@pytest.mark.parametrize("query", ["A", "a", " A ", "AAPL", "aapl", "BRK.B", "X:BTCUSD"])
+async def test_an_exact_symbol_query_returns_that_symbol_first(
+    index: SymbolIndex, query: str
+) -> None:
+    found = await names(index, query)
+    assert found[0].lower() == query.strip().lower()
+
+
+async def test_symbols_that_start_with_the_query_follow_shortest_first(
+    index: SymbolIndex,
+) -> None:
+    assert (await names(index, "AA"))[:5] == ["AA", "AAL", "AAPB", "AAPL", "AAPL"]
+    assert (await names(index, "brk"))[:2] == ["BRK.A", "BRK.B"]
+
+
+async def test_name_words_find_symbols_shortest_symbol_first(index: SymbolIndex) -> None:
+    assert (await names(index, "apple"))[:3] == ["AAPL", "AAPL", "A0000"]
+    assert (await names(index, "appl inc"))[:2] == ["AAPL", "AAPL"]
+    assert await names(index, "inc appl") == await names(index, "appl inc")
+    assert await names(index, "berkshire class b") == ["BRK.B"]
+
+
+async def test_every_term_must_match(index: SymbolIndex) -> None:
+    assert await names(index, "apple zebra") == []
+    assert await names(index, "hathaway") == ["BRK.A", "BRK.B"]
+
+
+async def test_categories_source_and_source_label_words_match(index: SymbolIndex) -> None:
+    assert await names(index, "crypto") == ["ETHUSDT", "X:BTCUSD"]  # shortest first
+    assert await names(index, "xnas") == ["AAL", "AAPL", "AAPB"]  # then in populate order
+    assert await names(index, "otherx apple") == ["AAPL"]  # source_label
+    assert [r["id"] for r in await index.search("other")] == ["other-AAPL", "other-ETHUSDT"]
+    assert (await names(index, "funds", limit=2)) == ["A0000", "A0001"]
+
+
+async def test_accents_and_case_do_not_matter(index: SymbolIndex) -> None:
+    assert await names(index, "societe GENERALE") == ["GLE.PA"]
+    assert await names(index, "Société") == ["GLE.PA"]
+
+
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("X:BTCUSD", "X:BTCUSD"),
+        ("btcusd", "X:BTCUSD"),
+        ("BRK.B", "BRK.B"),
+        ("O:SPY251219C00450000", "O:SPY251219C00450000"),
+        ("spy 251219", "O:SPY251219C00450000"),
+        ("macro__cpi", "macro__cpi"),
+        ("^GSPC", "^GSPC"),
+        ("EUR/USD", "EUR/USD"),
+        ("s&p 500", "SPY"),
+    ],
+)
+async def test_symbols_with_punctuation_are_found(
+    index: SymbolIndex, query: str, first: str
+) -> None:
+    assert (await names(index, query))[0] == first
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"', "'", "(", ")", "*", "-", "^", ":", "AND", "OR NOT", "NEAR(a b)", "{words}: x",
+     'a" OR "b', "col:val", "\\", "%", "_", "a*b", "\u0000", "🚀"],
+)  # fmt: skip
+async def test_queries_with_query_syntax_characters_do_not_fail(
+    index: SymbolIndex, query: str
+) -> None:
+    assert isinstance(await index.search(query), list)
+
+
+async def test_a_very_long_query_is_cut_short(index: SymbolIndex) -> None:
+    assert await names(index, "apple " + "zzz " * 10_000) == []
+    assert (await names(index, "apple " * 1000))[0] == "AAPL"
+
+
+# ----------------------------------------------------------------------------- listing, filters
+
+
+async def test_an_empty_query_lists_the_first_rows_by_id(index: SymbolIndex) -> None:
+    listed = await index.search("", 10)
+    assert [r["id"] for r in listed] == sorted(r["id"] for r in listed)
+    assert listed[0]["id"] == "other-AAPL"
+    assert [r["id"] for r in await index.search("   ", 10)] == [r["id"] for r in listed]
+    assert len(await index.search("")) == 100
+
+
+async def test_the_source_filter_keeps_only_that_source(index: SymbolIndex) -> None:
+    assert [r["id"] for r in await index.search("aapl", source="other")] == ["other-AAPL"]
+    assert [r["id"] for r in await index.search("apple", source="other")] == ["other-AAPL"]
+    assert [r["id"] for r in await index.search("", source="other")] == [
+        "other-AAPL",
+        "other-ETHUSDT",
+    ]
+    assert await index.search("apple", source="nope") == []
+    assert await index.search("", source="nope") == []
+
+
+async def test_the_limit_caps_the_results(index: SymbolIndex) -> None:
+    assert len(await index.search("apple", 3)) == 3
+    assert len(await index.search("a", 5)) == 5
+    assert await index.search("a", 0) == []
+    assert len(await index.search("funds", 10_000)) == MAX_SEARCH_LIMIT
+
+
+async def test_search_rows_carry_the_dataset_row(index: SymbolIndex) -> None:
+    found = (await index.search("macro__cpi"))[0]
+    assert found == {
+        "id": "test-macro__cpi",
+        "name": "macro__cpi",
+        "type": "data",
+        "details": row(
+            "macro__cpi",
+            "macro cpi",
+            type="line",
+            categories=["CSV"],
+            outputs=[{"name": "macro__cpi", "y_axis": "macro__cpi"}],
+            path="macro.csv",
+        ),
+    }
+
+
+async def test_details_returns_a_row_or_none(index: SymbolIndex) -> None:
+    assert await index.details("test", "AAPL") == row("AAPL", "Apple Inc", source_label="XNAS")
+    assert await index.details("other", "ETHUSDT") == OTHER_ROWS[1]
+    assert await index.details("test", "ETHUSDT") is None
+    assert await index.details("nope", "AAPL") is None
+
+
+async def test_count_is_the_number_of_symbols(index: SymbolIndex) -> None:
+    assert await index.count() == FILLERS + 16
+
+
+def test_search_words_split_letters_from_digits_and_drop_accents() -> None:
+    assert search_words("O:SPY251219C00450000") == ["o", "spy", "251219", "c", "00450000"]
+    assert search_words("Société Générale") == ["societe", "generale"]
+    assert search_words("macro__cpi BRK.B") == ["macro", "cpi", "brk", "b"]
+
+
+# ----------------------------------------------------------------------------- the writer
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Path:
+    return tmp_path / "fresh.sqlite3"
+
+
+async def search(db: Path, query: str, limit: int = 100) -> list[str]:
+    index = await SymbolIndex.open(db)
+    try:
+        return [r["id"] for r in await index.search(query, limit)]
+    finally:
+        await index.close()
+
+
+async def test_replacing_a_source_swaps_its_rows_and_keeps_the_others(fresh: Path) -> None:
+    replace_provider_rows(fresh, "a", [row("OLD", "Walrus Holdings", source="a")])
+    replace_provider_rows(fresh, "b", [row("KEEP", "Walrus Partners", source="b")])
+    replace_provider_rows(fresh, "a", [row("NEW", "Narwhal Holdings", source="a")])
+    assert await search(fresh, "walrus") == ["b-KEEP"]
+    assert await search(fresh, "holdings") == ["a-NEW"]
+    assert await search(fresh, "OLD") == []
+    assert await search(fresh, "") == ["a-NEW", "b-KEEP"]
+
+
+def failing_rows(source: str, count: int) -> Iterator[dict[str, Any]]:
+    for n in range(count):
+        yield row(f"NEW{n}", "Narwhal Holdings", source=source)
+    raise RuntimeError("the upstream went away")
+
+
+@pytest.fixture(params=["held back", "written"])
+def written_at_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test with the first batches held back (the default), then written at once."""
+    if request.param == "written":
+        monkeypatch.setattr(symbols, "ROWS_BEFORE_BEGIN", 0)
+
+
+@pytest.mark.usefixtures("written_at_once")
+async def test_a_failing_iterator_leaves_the_old_rows_intact(fresh: Path) -> None:
+    replace_provider_rows(
+        fresh, "a", [row(f"OLD{n}", "Walrus Holdings", source="a") for n in range(50)]
+    )
+    with pytest.raises(RuntimeError, match="upstream went away"):
+        replace_provider_rows(fresh, "a", failing_rows("a", 25_000))
+    assert len(await search(fresh, "walrus")) == 50
+    assert await search(fresh, "narwhal") == []
+    index = await SymbolIndex.open(fresh)
+    assert await index.count() == 50
+    await index.close()
+
+
+def test_invalid_rows_are_logged_and_skipped(fresh: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = row("GOOD", "Good Inc", source="a")
+    bad: list[Any] = [
+        "not a mapping",
+        row("WRONG", "Wrong source", source="b"),
+        row("", "No name", source="a"),
+        row("QUO'TE", "Quote", source="a"),
+        {k: v for k, v in row("NOLABEL", "x", source="a").items() if k != "name_label"},
+        row("TYPE", "Bad type", source="a", type="bars"),
+        row("CATS", "Bad categories", source="a", categories="Stocks"),
+        row("IV", "Bad interval", source="a", intervals=["1m", "2m"]),
+        row("NOIV", "No interval", source="a", intervals=[]),
+        row("OUT", "No volume axis", source="a", outputs=CANDLE[:4]),
+        row("OUT2", "Bad output", source="a", outputs=[{"name": "x"}]),
+        row("EXTRA", "Unstorable extra", source="a", extra=object()),
+    ]
+    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+        stored = replace_provider_rows(fresh, "a", [good, *bad, good])
+    assert stored == 1
+    assert "12 invalid rows skipped" in caplog.text
+    assert "1 rows skipped: their id was already taken" in caplog.text
+    assert "y_axis 'price' and 'volume'" in caplog.text
+
+
+async def test_a_shape_first_seen_on_an_invalid_row_serves_the_valid_rows(fresh: Path) -> None:
+    rows = [
+        row("", "invalid name, new shape", source="a", categories=["One"]),
+        row("", "invalid name, another new shape", source="a", categories=["Two"]),
+        *(row(f"F{n}", "Filler", source="a") for n in range(10_000)),  # a batch of its own
+        row("ONE", "First", source="a", categories=["One"]),
+        row("TWO", "Second", source="a", categories=["Two"]),
+    ]
+    assert replace_provider_rows(fresh, "a", rows) == 10_002
+    assert await search(fresh, "one") == ["a-ONE"]
+    assert await search(fresh, "two") == ["a-TWO"]
+
+
+async def test_a_populate_that_raced_another_fails_and_keeps_the_old_rows(fresh: Path) -> None:
+    replace_provider_rows(fresh, "a", [row("OLD", "Walrus", source="a")])
+
+    def rows() -> Iterator[dict[str, Any]]:
+        yield row("NEW", "Narwhal", source="a")
+        replace_provider_rows(fresh, "b", [row("OTHER", "Beluga", source="b")])
+
+    with pytest.raises(StorageError, match="another populate"):
+        replace_provider_rows(fresh, "a", rows())
+    assert await search(fresh, "") == ["a-OLD", "b-OTHER"]
+
+
+def test_progress_reports_the_rows_read(fresh: Path) -> None:
+    seen: list[int] = []
+    rows = (row(f"S{n}", "Series", source="a") for n in range(25_000))
+    assert replace_provider_rows(fresh, "a", rows, seen.append) == 25_000
+    assert seen[-1] == 25_000
+    assert seen == sorted(seen) and len(seen) >= 3
+
+
+def test_a_database_that_cannot_be_written_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StorageError):
+        replace_provider_rows(tmp_path / "file" / "db.sqlite3", "a", [row("X", "x", source="a")])
+
+
+# ----------------------------------------------------------------------------- no database yet
+
+
+async def test_a_missing_database_reads_as_empty_and_hints_at_populate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "missing.sqlite3"
+    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+        index = await SymbolIndex.open(path)
+    try:
+        assert await index.search("") == []
+        assert await index.search("AAPL") == []
+        assert await index.details("test", "AAPL") is None
+        assert await index.count() == 0
+    finally:
+        await index.close()
+    assert "populate.py" in caplog.text
+    assert not path.exists()
+
+
+async def test_a_database_without_symbol_tables_reads_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "bars-only.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE bars (t INTEGER)")
+    conn.close()
+    index = await SymbolIndex.open(path)
+    try:
+        assert await index.search("AAPL") == []
+        assert await index.count() == 0
+    finally:
+        await index.close()
+
+
+async def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(b"definitely not SQLite " * 100)
+    index = SymbolIndex(path)
+    try:
+        with pytest.raises(StorageError):
+            await index.search("AAPL")
+    finally:
+        await index.close()
+
+
+@pytest.mark.usefixtures("written_at_once")
+async def test_readers_see_the_old_rows_until_the_new_ones_are_committed(fresh: Path) -> None:
+    replace_provider_rows(fresh, "a", [row("OLD", "Walrus", source="a")])
+    reached, gate = threading.Event(), threading.Event()
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for n in range(25_000):
+            if n == 20_000:  # two batches are on their way to the database
+                reached.set()
+                gate.wait(30)
+            yield row(f"NEW{n}", "Narwhal", source="a")
+
+    replacing = asyncio.create_task(asyncio.to_thread(replace_provider_rows, fresh, "a", rows()))
+    assert await asyncio.to_thread(reached.wait, 30)
+    await asyncio.sleep(0.5)
+    assert await search(fresh, "") == ["a-OLD"]
+    gate.set()
+    assert await replacing == 25_000
+    assert (await search(fresh, "", 1)) == ["a-NEW0"]
+
+
+async def test_the_index_sees_rows_populated_after_it_opened(fresh: Path) -> None:
+    index = await SymbolIndex.open(fresh)
+    try:
+        assert await index.search("") == []
+        replace_provider_rows(fresh, "a", [row("LATE", "Late Arrival", source="a")])
+        assert [r["id"] for r in await index.search("late")] == ["a-LATE"]
+    finally:
+        await index.close()
