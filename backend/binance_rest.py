@@ -1,0 +1,310 @@
+"""The REST gate to Binance: one request budget for the whole provider process.
+
+Every REST call of the Binance provider (history threads, gap fills, populate) goes through
+one :class:`RestGate`. It owns:
+
+* the **weight budget**: ``X-MBX-USED-WEIGHT-1M`` is read after every call; once the weight
+  used plus the weight in flight would pass the budget (80 % of Binance's 6000 per minute),
+  callers wait for the minute to roll instead of sending;
+* **Retry-After**: a 429 (``rate_limited``) or 418 (``banned``) stops every REST request
+  until the time Binance named has passed, then the status goes back to ``ok``;
+* **deadlines**: a caller that would have to wait past its deadline gets
+  :class:`RateLimited` with ``retry_after`` at once, instead of hanging;
+* **error translation**: python-binance exceptions become Candlewire errors, chained;
+* **kline paging**: ``GET /api/v3/klines`` 1000 rows at a time (python-binance's
+  ``get_historical_klines`` sleeps between pages and breaks on empty answers).
+
+python-binance's sync ``Client`` keeps the last response on the instance, so each thread
+gets its own client; the budget itself is shared under one lock. It does not own sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+from backend.errors import (
+    AuthFailed,
+    ProviderError,
+    ProviderFatal,
+    ProviderUnavailable,
+    RateLimited,
+    UnknownSymbol,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+StatusSink = Callable[[str, str], None]
+
+WEIGHT_LIMIT = 6000  # Binance REQUEST_WEIGHT per minute
+BUDGET = int(WEIGHT_LIMIT * 0.8)
+KLINES_WEIGHT = 2
+EXCHANGE_INFO_WEIGHT = 20
+PAGE_LIMIT = 1000
+MAX_PAGES = 500
+MAX_ATTEMPTS = 5
+REQUEST_TIMEOUT = 10.0
+DEFAULT_RETRY_AFTER = {429: 10.0, 418: 120.0}
+_STATE_OF = {429: "rate_limited", 418: "banned"}
+_POLL = 0.05
+
+
+class RestGate:
+    """Thread-safe access to Binance REST under one weight budget and Retry-After."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str = "",
+        api_secret: str = "",
+        *,
+        report: StatusSink | None = None,
+        budget: int = BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._key, self._secret = api_key or None, api_secret or None
+        self._report = report or (lambda state, detail: None)
+        self.budget = budget
+        self._clock, self._wall = clock, wall
+        self._cond = threading.Condition()
+        self._used = 0  # X-MBX-USED-WEIGHT-1M last seen
+        self._known = False  # whether ``_used`` was read in the current minute
+        self._window_end = 0.0  # (monotonic) when that weight is expected to reset
+        self._in_flight = 0
+        self._blocked_until = 0.0  # (monotonic) Retry-After of the last 429/418
+        self._state = "ok"
+        self._local = threading.local()
+        self._clients: list[Any] = []
+
+    # ------------------------------------------------------------------ public calls
+
+    def exchange_info(self, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /api/v3/exchangeInfo`` (weight 20)."""
+        info = self._call(
+            "exchangeInfo", EXCHANGE_INFO_WEIGHT, deadline, lambda c: c.get_exchange_info()
+        )
+        if not isinstance(info, dict):
+            raise ProviderUnavailable(f"binance: exchangeInfo answered {type(info).__name__}")
+        return info
+
+    def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int | None, deadline: float
+    ) -> list[list[Any]]:
+        """Every kline row with open time in ``[start_ms, end_ms]`` (``None``: up to now),
+        oldest first, paged 1000 at a time."""
+        rows: list[list[Any]] = []
+        cursor = max(0, start_ms)
+        for pages in range(MAX_PAGES):
+            if pages and self._clock() > deadline:
+                raise ProviderUnavailable(
+                    f"binance: klines of {symbol!r} {interval}: gave up after {pages} pages"
+                )
+            page = self._page(symbol, interval, cursor, end_ms, deadline)
+            rows.extend(page)
+            if len(page) < PAGE_LIMIT:
+                return rows
+            cursor = int(page[-1][0]) + 1
+            if end_ms is not None and cursor > end_ms:
+                return rows
+        logger.warning("binance: %s %s: stopped after %d pages", symbol, interval, MAX_PAGES)
+        return rows
+
+    def close(self) -> None:
+        """Close the HTTP sessions of every client."""
+        with self._cond:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close_connection()
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``rate_limited`` or ``banned``."""
+        with self._cond:
+            return self._state
+
+    # ------------------------------------------------------------------ one request
+
+    def _page(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int | None, deadline: float
+    ) -> list[list[Any]]:
+        params: dict[str, Any] = {
+            "symbol": symbol,
+            "interval": interval,
+            "startTime": start_ms,
+            "limit": PAGE_LIMIT,
+        }
+        if end_ms is not None:
+            params["endTime"] = end_ms
+        what = f"klines of {symbol!r} {interval}"
+        page = self._call(what, KLINES_WEIGHT, deadline, lambda c: c.get_klines(**params), symbol)
+        if not isinstance(page, list):
+            raise ProviderUnavailable(f"binance: {what} answered {type(page).__name__}")
+        return cast("list[list[Any]]", page)
+
+    def _call(
+        self,
+        what: str,
+        weight: int,
+        deadline: float | None,
+        request: Callable[[Any], T],
+        symbol: str = "",
+    ) -> T:
+        """Run ``request(client)`` once the budget allows; retry after a 429/418."""
+        for _ in range(MAX_ATTEMPTS):
+            client = self._client()
+            self._admit(weight, deadline, what)
+            client.response = None
+            try:
+                return request(client)
+            except BinanceAPIException as exc:
+                if exc.status_code not in (429, 418):
+                    raise translate(exc, what, symbol) from exc
+                self._limited(exc.status_code, exc.response, what)
+            except BinanceRequestException as exc:
+                raise ProviderUnavailable(f"binance: {what}: {exc.message}") from exc
+            except requests.RequestException as exc:
+                raise ProviderUnavailable(
+                    f"binance: {what}: cannot reach {self.api_url} ({type(exc).__name__})"
+                ) from exc
+            finally:
+                self._settle(client, weight)
+        raise RateLimited(f"binance: {what}: still rate limited after {MAX_ATTEMPTS} tries")
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = Client(
+                self._key, self._secret, requests_params={"timeout": REQUEST_TIMEOUT}, ping=False
+            )
+            client.API_URL = self.api_url  # per instance: the class attribute stays untouched
+            self._local.client = client
+            with self._cond:
+                self._clients.append(client)
+        return client
+
+    # ------------------------------------------------------------------ the budget
+
+    def _admit(self, weight: int, deadline: float | None, what: str) -> None:
+        """Block until ``weight`` fits; raise ``RateLimited`` if that is after ``deadline``."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                wait = self._wait_needed(now, weight)
+                if wait <= 0:
+                    self._in_flight += weight
+                    return
+                if deadline is not None and now + wait > deadline and wait > _POLL:
+                    raise RateLimited(self._limit_message(what, wait), retry_after=wait)
+                self._cond.wait(wait)
+
+    def _wait_needed(self, now: float, weight: int) -> float:
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if now >= self._window_end and self._known:
+            self._used, self._known = 0, False  # the minute rolled: the next answer tells
+        if self._in_flight and (
+            not self._known or self._used + self._in_flight + weight > self.budget
+        ):
+            return _POLL  # one request probes the new minute; the rest wait for its answer
+        if self._used + weight > self.budget:
+            return max(_POLL, self._window_end - now)
+        return 0.0
+
+    def _limit_message(self, what: str, wait: float) -> str:
+        if self._clock() < self._blocked_until:
+            reason = "banned by" if self._state == "banned" else "rate limited by"
+            return f"binance: {what}: {reason} Binance for another {wait:.0f} s"
+        return f"binance: {what}: request weight budget used up; retry in {wait:.0f} s"
+
+    def _settle(self, client: Any, weight: int) -> None:
+        """Return the in-flight weight and read ``X-MBX-USED-WEIGHT-1M``."""
+        response = client.response
+        used = _used_weight(response.headers) if response is not None else None
+        recovered = False
+        with self._cond:
+            self._in_flight -= weight
+            now = self._clock()
+            if used is not None:
+                self._used, self._known = used, True
+                self._window_end = now + 60.0 - self._wall() % 60.0 + 0.5
+                if used > self.budget:
+                    logger.warning("binance: request weight %d of %d used", used, WEIGHT_LIMIT)
+            if response is not None and response.status_code < 400 and self._recover(now):
+                recovered = True
+            self._cond.notify_all()
+        if recovered:
+            self._report("ok", "")
+
+    def _limited(self, status: int, response: Any, what: str) -> None:
+        retry_after = _retry_after(response, DEFAULT_RETRY_AFTER[status])
+        state = _STATE_OF[status]
+        detail = f"HTTP {status} on {what}; no REST request for {retry_after:g} s"
+        with self._cond:
+            self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
+            self._state = state
+            self._cond.notify_all()
+        logger.warning("binance: %s", detail)
+        self._report(state, detail)
+        timer = threading.Timer(retry_after, self._recover_later)
+        timer.daemon = True
+        timer.start()
+
+    def _recover(self, now: float) -> bool:
+        """Back to ``ok`` once the Retry-After has passed (lock held); True if it changed."""
+        if self._state == "ok" or now < self._blocked_until:
+            return False
+        self._state = "ok"
+        logger.info("binance: REST rate limit over; requests resumed")
+        return True
+
+    def _recover_later(self) -> None:
+        with self._cond:
+            recovered = self._recover(self._clock())
+        if recovered:
+            self._report("ok", "")
+
+
+def translate(exc: Any, what: str, symbol: str = "") -> ProviderError:
+    """The Candlewire error for a ``BinanceAPIException`` (not a 429/418)."""
+    code, message, status = exc.code, exc.message, exc.status_code
+    detail = f"({code} {message})"
+    if code == -1121:
+        return UnknownSymbol(f"binance: unknown symbol {symbol!r} {detail}")
+    if code == -1120:
+        return UnknownSymbol(f"binance: unknown interval in {what} {detail}")
+    if status == 401 or code in (-2014, -2015):
+        return AuthFailed(
+            f"binance: API key rejected {detail}; check BINANCE_API_KEY and BINANCE_API_SECRET"
+        )
+    if status >= 500:
+        return ProviderUnavailable(f"binance: {what}: server error HTTP {status} {detail}")
+    if status == 403:
+        return ProviderUnavailable(f"binance: {what}: blocked by Binance's firewall (HTTP 403)")
+    return ProviderFatal(f"binance: {what} rejected: HTTP {status} {detail}")
+
+
+def _used_weight(headers: Any) -> int | None:
+    raw = headers.get("X-MBX-USED-WEIGHT-1M") if headers is not None else None
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after(response: Any, default: float) -> float:
+    headers = getattr(response, "headers", None)
+    raw = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(raw)) if raw is not None else default
+    except ValueError:
+        return default

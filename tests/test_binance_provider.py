@@ -1,0 +1,453 @@
+"""The Binance provider end to end: the real server with ``PROVIDERS=binance`` against the fake
+exchange (tests/fakes/binance.py) on loopback, plus its stream and REST parts in-process.
+
+The fake's clock is frozen a few minutes behind the real time, so every bar can be compared
+exactly with ``fake.klines(...)``; the reconnect test moves it forward while the connection is
+down (never past the hub's own clock, which does not serve bars from its future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import config
+from backend import intervals
+from backend.binance_pacing import RollingLimiter, StreamTuning, backoff_delay
+from backend.binance_parse import stream_name
+from backend.binance_rest import RestGate
+from backend.binance_stream import StreamManager
+from backend.data_providers.binance import BinanceProvider
+from backend.errors import RateLimited, UnknownSymbol
+from tests.fakes.binance import FakeBinance, thread_event_loop
+from tests.fakes.binance_data import DEFAULT_LISTED_AT
+from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+
+FIELDS = ("open", "high", "low", "close", "volume")
+MINUTE_MS = 60_000
+HISTORY_TIMEOUT = 6.0  # so the provider's longest REST wait is 4 s
+
+
+def frozen_ms(minutes_ago: int) -> int:
+    """A frozen exchange time 20 s into a minute, ``minutes_ago`` minutes before now."""
+    return (int(time.time()) // 60 - minutes_ago) * MINUTE_MS + 20_000
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeBinance]:
+    with FakeBinance(now_ms=frozen_ms(6), push_interval=0.2) as exchange:
+        yield exchange
+        assert exchange.violations == []
+        assert exchange.errors == []
+
+
+@pytest.fixture(scope="module")
+def env(fake: FakeBinance, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return base_env(
+        tmp_path_factory.mktemp("binance"),
+        PROVIDERS="binance",
+        BINANCE_API_URL=fake.api_url,
+        BINANCE_STREAM_URL=fake.stream_url,
+        HISTORY_TIMEOUT=str(HISTORY_TIMEOUT),
+        STREAM_LINGER_SECONDS="0.3",
+    )
+
+
+@pytest.fixture(scope="module")
+def populated(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def server(
+    env: dict[str, str], populated: subprocess.CompletedProcess[str]
+) -> Iterator[ServerProcess]:
+    with ServerProcess(env, Path(env["DB"]).parent / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
+    ws = await WsClient.open(server.ws_url)
+    yield ws
+    await ws.close()
+
+
+def data(name: str, interval: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "data", "source": "binance", "name": name, "interval": interval, **extra}
+
+
+def key_of(name: str, interval: str) -> Any:
+    return lambda m: m.get("name") == name and m.get("interval") == interval
+
+
+def points(rows: list[list[Any]], name: str, interval: str) -> list[dict[str, Any]]:
+    """What the wire should carry for these REST rows."""
+    base = f"binance-{name}-{interval}"
+    return [
+        {"date": intervals.format_date(row[0] // 1000)}
+        | {f"{base}-{f}": float(v) for f, v in zip(FIELDS, row[1:6], strict=True)}
+        for row in rows
+    ]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """``fake.wait_for`` without blocking the event loop (and the clients' readers)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def status(server: ServerProcess) -> str:
+    return str(server.get("/health")["providers"]["binance"]["status"])
+
+
+async def watch_status(server: ServerProcess, seen: set[str], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        seen.add(await asyncio.to_thread(status, server))
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ symbols and history
+
+
+async def test_populate_lists_the_trading_symbols_with_labels_and_search_finds_them(
+    populated: subprocess.CompletedProcess[str], client: WsClient
+) -> None:
+    assert "binance: 4 rows" in populated.stdout  # BTCUSDT ETHUSDT ETHBTC BNBUSDT, no LUNAUSDT
+    await client.send({"type": "search_data", "search": "bitcoin"})
+    found = await client.wait_for("search_data_done")
+    names = {r["name"]: r["details"] for r in found["results"]}
+    assert set(names) == {"BTCUSDT", "ETHBTC"}
+    assert names["BTCUSDT"]["name_label"] == "Bitcoin / TetherUS"
+    assert names["BTCUSDT"]["source_label"] == "Binance"
+    assert "Crypto" in names["BTCUSDT"]["categories"]
+    assert names["BTCUSDT"]["price_precision"] == 2
+    assert names["ETHBTC"]["price_precision"] == 5
+    after = len(client.messages)
+    await client.send({"type": "search_data", "search": "LUNAUSDT"})
+    none = await client.wait_for("search_data_done", after=after)
+    assert [r["name"] for r in none["results"]] == []  # status BREAK: not listed
+
+
+@pytest.mark.parametrize(
+    ("name", "interval", "count"),
+    [("BTCUSDT", "1m", 1500), ("ETHUSDT", "1h", 300), ("ETHBTC", "1d", 200),
+     ("BTCUSDT", "1w", 40), ("ETHUSDT", "1M", 12)],
+)  # fmt: skip
+async def test_data_init_equals_the_exchange_klines_exactly(
+    fake: FakeBinance, client: WsClient, name: str, interval: str, count: int
+) -> None:
+    await client.send(data(name, interval, count=count, stream=False))
+    init = await client.wait_for("data_init", key_of(name, interval), timeout=HISTORY_TIMEOUT)
+    rows = fake.klines(name, interval, limit=min(count, 1000))
+    if count > 1000:
+        rows = fake.klines(name, interval, end_time=rows[0][0] - 1, limit=count - 1000) + rows
+    assert init["data"] == points(rows, name, interval)
+    assert client.of_type("error") == []
+
+
+# ------------------------------------------------------------------ live updates
+
+
+async def test_live_updates_reach_every_client_over_one_upstream_connection(
+    fake: FakeBinance, server: ServerProcess
+) -> None:
+    first, second = await WsClient.open(server.ws_url), await WsClient.open(server.ws_url)
+    keys = [("BTCUSDT", "1m"), ("ETHUSDT", "1m"), ("ETHBTC", "5m"), ("BNBUSDT", "1h")]
+    try:
+        await first.send(*(data(n, i, count=5) for n, i in keys))
+        await second.send(*(data(n, i, count=5) for n, i in keys[1:]))
+        for ws, wanted in ((first, keys), (second, keys[1:])):
+            for name, interval in wanted:
+                update = await ws.wait_for("data_update", key_of(name, interval))
+                assert [update["data"]] == points(
+                    fake.klines(name, interval, limit=1), *(name, interval)
+                )
+        assert fake.open_connections == 1
+        assert sorted(fake.streams_per_connection().values()) == [4]
+        subscribes = [f.text for f in fake.ws_frames if '"SUBSCRIBE"' in f.text]
+        assert len(subscribes) < len(keys)  # batched: several streams per frame
+    finally:
+        await first.close()
+        await second.close()
+    assert fake.violations == []
+
+
+async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
+    fake: FakeBinance, server: ServerProcess
+) -> None:
+    keys = [(s, i) for s in ("BTCUSDT", "ETHUSDT", "ETHBTC", "BNBUSDT") for i in ("3m", "5m")]
+    keys += [(s, i) for s in ("BTCUSDT", "ETHUSDT") for i in ("15m", "30m", "2h", "6h", "8h")]
+    assert await eventually(lambda: fake.open_connections == 0)  # earlier tests' streams left
+    holder, burst = await WsClient.open(server.ws_url), await WsClient.open(server.ws_url)
+    try:
+        await holder.send(data("BTCUSDT", "12h", count=2))  # keeps the connection open
+        await holder.wait_for("data_update", key_of("BTCUSDT", "12h"))
+        mark = len(fake.ws_frames)
+        for name, interval in keys:  # one client frame each: a burst of subscriptions
+            await burst.send(data(name, interval, count=2))
+        for name, interval in keys:
+            await burst.wait_for("data_update", key_of(name, interval))
+        await burst.close()  # after the linger: a burst of unsubscriptions
+        assert await eventually(lambda: list(fake.streams_per_connection().values()) == [1])
+    finally:
+        await holder.close()
+    frames = [json.loads(f.text) for f in fake.ws_frames[mark:]]
+    subscribed = [p for f in frames if f["method"] == "SUBSCRIBE" for p in f["params"]]
+    unsubscribed = [p for f in frames if f["method"] == "UNSUBSCRIBE" for p in f["params"]]
+    assert sorted(subscribed) == sorted(unsubscribed) == sorted(stream_name(*k) for k in keys)
+    assert len(frames) < len(keys)  # several streams per frame
+    times: dict[int, list[float]] = {}
+    for frame in fake.ws_frames:
+        times.setdefault(frame.conn_id, []).append(frame.monotonic)
+    for sent in times.values():  # any six frames of a connection span more than a second
+        assert all(b - a > 1.0 for a, b in zip(sent, sent[5:], strict=False))
+    assert fake.violations == []
+
+
+async def test_a_dropped_connection_is_refilled_so_store_and_client_have_every_bar(
+    fake: FakeBinance, server: ServerProcess, client: WsClient
+) -> None:
+    name, interval = "BNBUSDT", "1m"
+    await client.send(data(name, interval, count=5))
+    init = await client.wait_for("data_init", key_of(name, interval))
+    m0 = init["data"][-1]["date"]
+    await client.wait_for("data_update", key_of(name, interval))
+    opened = fake.connections_opened
+    mark = len(client.messages)
+    assert fake.drop_connections() == 1
+    fake.advance(5 * 60)  # the exchange trades on: five bars close while we are away
+    m0_ms = intervals.parse_date(m0) * 1000
+    expected = points(fake.klines(name, interval, start_time=m0_ms, limit=6), name, interval)
+    assert expected[0]["date"] == m0
+    assert len(expected) == 6
+    await client.wait_for(
+        "data_update", lambda m: m["data"]["date"] == expected[-1]["date"], after=mark
+    )
+    assert fake.connections_opened == opened + 1
+    latest: dict[str, dict[str, Any]] = {}
+    for message in client.of_type("data_update", mark):
+        latest[message["data"]["date"]] = message["data"]
+    assert [latest[p["date"]] for p in expected] == expected  # every bar, final values
+    store = await WsClient.open(server.ws_url)
+    try:
+        await store.send(data(name, interval, count=10, stream=False))
+        answer = await store.wait_for("data_init", key_of(name, interval))
+        assert answer["data"] == points(fake.klines(name, interval, limit=10), name, interval)
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------ rate limits
+
+
+async def test_a_429_stops_every_rest_request_until_retry_after_and_the_data_still_comes(
+    fake: FakeBinance, server: ServerProcess, client: WsClient
+) -> None:
+    seen: set[str] = set()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_status(server, seen, stop))
+    before = len(fake.requests)
+    fake.rate_limit(429, retry_after=2)
+    await client.send(data("ETHUSDT", "4h", count=50, stream=False))
+    init = await client.wait_for("data_init", key_of("ETHUSDT", "4h"), timeout=HISTORY_TIMEOUT)
+    assert init["data"] == points(fake.klines("ETHUSDT", "4h", limit=50), "ETHUSDT", "4h")
+    await asyncio.sleep(0.3)
+    stop.set()
+    await watcher
+    requests = fake.requests[before:]
+    assert requests[0].status == 429
+    assert requests[1].monotonic - requests[0].monotonic >= 2.0 - 0.05
+    assert "rate_limited" in seen
+    assert status(server) == "ok"
+
+
+async def test_a_418_ban_is_obeyed_reported_and_clients_get_an_error_instead_of_hanging(
+    fake: FakeBinance, server: ServerProcess, client: WsClient
+) -> None:
+    ban = 5.0  # longer than the provider's longest wait (2/3 of HISTORY_TIMEOUT)
+    before = len(fake.requests)
+    fake.rate_limit(418, retry_after=ban)
+    started = time.monotonic()
+    await client.send(data("ETHBTC", "12h", count=30, stream=False))
+    init = await client.wait_for("data_init", key_of("ETHBTC", "12h"), timeout=HISTORY_TIMEOUT)
+    error = await client.wait_for("error")
+    assert init["data"] == []
+    assert error["code"] == "rate_limited"
+    assert "banned" in error["message"]
+    assert time.monotonic() - started < seconds(2.0)  # told at once, not after a timeout
+    assert status(server) == "banned"
+    mark = len(client.messages)
+    await client.send(data("ETHBTC", "8h", count=30, stream=False))
+    await client.wait_for("error", after=mark, timeout=HISTORY_TIMEOUT)
+    assert await eventually(lambda: status(server) == "ok", timeout=ban + seconds(5))
+    assert time.monotonic() - started >= ban - 0.1
+    assert len(fake.requests) == before + 1  # nothing was sent during the ban
+    mark = len(client.messages)
+    await client.send(data("ETHBTC", "12h", count=30, stream=False))
+    again = await client.wait_for("data_init", key_of("ETHBTC", "12h"), after=mark)
+    assert again["data"] == points(fake.klines("ETHBTC", "12h", limit=30), "ETHBTC", "12h")
+    assert fake.requests[before + 1].monotonic - fake.requests[before].monotonic >= ban
+
+
+# ------------------------------------------------------------------ the parts in-process
+
+
+class Recorder:
+    """Callbacks of a StreamManager, recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.resumed: list[list[str]] = []
+
+    def manager(self, fake: FakeBinance, **tuning: Any) -> StreamManager:
+        manager = StreamManager(
+            fake.stream_url, self.events.append, self.resumed.append, None, StreamTuning(**tuning)
+        )
+        manager.start()
+        return manager
+
+
+@contextlib.contextmanager
+def running(manager: StreamManager) -> Iterator[StreamManager]:
+    try:
+        yield manager
+    finally:
+        manager.stop()
+
+
+def test_streams_beyond_the_per_connection_cap_go_to_another_connection() -> None:
+    names = [f"{s}@kline_{i}" for s in ("btcusdt", "ethusdt") for i in ("1m", "5m", "1h")]
+    with FakeBinance(push_interval=0.1) as fake:
+        recorder = Recorder()
+        with running(recorder.manager(fake, max_streams=4)) as manager:
+            manager.subscribe(names)
+            assert fake.wait_for(lambda: sorted(fake.streams_per_connection().values()) == [2, 4])
+            manager.unsubscribe(names[:4])
+            assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [2])
+        assert fake.violations == []
+
+
+def test_a_silent_connection_is_replaced_and_its_streams_reported_as_resumed() -> None:
+    with FakeBinance(push_interval=0.1) as fake:
+        recorder = Recorder()
+        with running(recorder.manager(fake, silence=0.5)) as manager:
+            manager.subscribe(["btcusdt@kline_1m"])
+            assert fake.wait_for(lambda: len(recorder.events) > 0)
+            fake.go_silent(0.8)
+            assert fake.wait_for(lambda: recorder.resumed != [], timeout=5)
+            assert recorder.resumed[0] == ["btcusdt@kline_1m"]
+            assert fake.connections_opened >= 2
+            assert fake.connections[0].closed_at is not None
+            count = len(recorder.events)
+            assert fake.wait_for(lambda: len(recorder.events) > count, timeout=5)
+
+
+@pytest.mark.parametrize("trigger", ["renewal", "serverShutdown"])
+def test_a_renewed_or_shut_down_connection_opens_the_new_socket_before_closing_the_old(
+    trigger: str,
+) -> None:
+    renew = 1.5 if trigger == "renewal" else 3600.0
+    with FakeBinance(push_interval=0.1) as fake:
+        recorder = Recorder()
+        with running(recorder.manager(fake, renew_after=renew)) as manager:
+            manager.subscribe(["ethusdt@kline_1m", "ethusdt@kline_1h"])
+            assert fake.wait_for(lambda: fake.streams_per_connection() == {1: 2})
+            if trigger == "serverShutdown":
+                assert fake.send_server_shutdown() == 1
+            assert fake.wait_for(lambda: fake.streams_per_connection() == {2: 2}, timeout=5)
+            old, new = fake.connections[:2]
+            subscribed = next(f.at for f in fake.ws_frames if f.conn_id == new.id)
+            assert old.closed_at is not None and subscribed < old.closed_at  # no gap
+        assert (recorder.resumed != []) == (trigger == "serverShutdown")  # a gap is possible
+
+
+def test_the_rolling_limiter_never_allows_more_than_its_limit_in_any_window() -> None:
+    now = [0.0]
+    limiter = RollingLimiter(4, 1.1, clock=lambda: now[0])
+    sent = []
+    for _ in range(12):
+        now[0] += limiter.delay()
+        limiter.record()
+        sent.append(now[0])
+        now[0] += 0.01
+    assert all(b - a >= 1.1 - 1e-9 for a, b in zip(sent, sent[4:], strict=False))
+    assert sent[3] < 0.1  # the first four go at once; no burst-then-refill drift afterwards
+
+
+def test_reconnect_delays_double_from_one_second_to_a_minute_with_jitter() -> None:
+    tuning = StreamTuning()
+    assert [backoff_delay(n, tuning, rand=0.5) for n in range(8)] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0,
+    ]  # fmt: skip
+    assert 0.75 <= backoff_delay(0, tuning, rand=0.0) < backoff_delay(0, tuning, rand=1.0) <= 1.25
+    assert backoff_delay(40, tuning, rand=1.0) == 60.0
+
+
+def test_the_rest_gate_translates_unknown_symbols_and_stops_at_its_weight_budget() -> None:
+    with FakeBinance() as fake, thread_event_loop():
+        gate = RestGate(fake.api_url, budget=10)
+        try:
+            with pytest.raises(UnknownSymbol, match=r"unknown symbol 'FOOBAR' \(-1121 Invalid"):
+                gate.klines("FOOBAR", "1h", 0, None, time.monotonic() + 5)
+            recent = int(time.time() * 1000) - 10 * 3_600_000
+            with pytest.raises(RateLimited) as limited:  # 2 per request, budget 10
+                for _ in range(10):
+                    sent = len(fake.requests)
+                    gate.klines("BTCUSDT", "1h", recent, None, time.monotonic() + 1)
+            assert limited.value.retry_after is not None and limited.value.retry_after <= 61
+            assert len(fake.requests) == sent  # refused before sending
+            assert 8 <= fake.used_weight() <= 10
+        finally:
+            gate.close()
+
+
+def test_history_pages_are_exact_across_the_thousand_row_limit() -> None:
+    now = frozen_ms(0)
+    with FakeBinance(now_ms=now) as fake, thread_event_loop():
+        gate = RestGate(fake.api_url)
+        try:
+            start = now - now % MINUTE_MS - 2500 * MINUTE_MS
+            rows = gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+        finally:
+            gate.close()
+        assert len(rows) == 2501
+        assert [r[0] for r in rows] == [start + i * MINUTE_MS for i in range(2501)]
+        assert rows[-1] == fake.klines("ETHUSDT", "1m", limit=1)[0]
+        assert [r.params["limit"] for r in fake.requests] == ["1000"] * 3
+
+
+def test_provider_history_is_empty_before_the_listing_and_names_unknown_symbols() -> None:
+    with FakeBinance(now_ms=frozen_ms(0)) as fake, thread_event_loop():
+        provider = BinanceProvider()
+        settings = config.load_settings(
+            PROVIDERS="binance", BINANCE_API_URL=fake.api_url, BINANCE_STREAM_URL=fake.stream_url
+        )
+        provider._attach("binance", settings, lambda event: None)
+        listed = intervals.format_date(DEFAULT_LISTED_AT // 1000)
+        try:
+            before = provider.get_history(
+                "BTCUSDT", "1h", "2023-06-01 00:00:00", "2023-12-31 23:00:00", 10
+            )
+            first = provider.get_history("BTCUSDT", "1h", "2023-12-31 22:00:00", listed, 10)
+            with pytest.raises(UnknownSymbol) as unknown:
+                provider.get_history("FOOBAR", "1h", listed, "now UTC", 10)
+        finally:
+            provider.shutdown()
+        assert before == []
+        assert [intervals.format_date(bar[0]) for bar in first] == [listed]  # end inclusive
+        assert str(unknown.value) == "binance: unknown symbol 'FOOBAR' (-1121 Invalid symbol.)"
