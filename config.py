@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     )
     UDF_CORS_ORIGINS: CommaList = ("*",)
 
+    # The bar store: hot bars in memory, everything in SQLite (README, "History and the store").
+    CACHE_MAX_BARS: int = Field(500_000, ge=100)
+    CACHE_IDLE_SECONDS: float = Field(1800.0, gt=0)
+    # Retention per interval in days, off by default: "30" for every interval, or
+    # "1m=30,5m=90" per interval (intervals not listed are kept forever).
+    BAR_RETENTION_DAYS: str = ""
+
     # Hub limits (README, "Configuration").
     HISTORY_TIMEOUT: float = Field(30.0, gt=0)
     MAX_COUNT: int = Field(10_000, ge=1)
@@ -99,6 +106,16 @@ class Settings(BaseSettings):
             if not sep or not key.strip() or ":" not in path:
                 raise ValueError(f"{entry!r} must look like 'key=module:Class'")
         return value
+
+    @field_validator("BAR_RETENTION_DAYS")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_retention(value)
+        return value
+
+    def retention(self) -> dict[str, float]:
+        """Days of bars to keep per interval (intervals not in the dict: forever)."""
+        return parse_retention(self.BAR_RETENTION_DAYS)
 
     @model_validator(mode="after")
     def _known_providers(self) -> Settings:
@@ -141,6 +158,34 @@ class Settings(BaseSettings):
         if "polygon" in self.PROVIDERS and not self.POLYGON_API_KEY.get_secret_value():
             raise ValueError("POLYGON_API_KEY is required when the polygon provider is enabled")
         return self
+
+
+def parse_retention(value: str) -> dict[str, float]:
+    """``"30"`` -> 30 days for every interval; ``"1m=30,1h=365"`` -> per interval."""
+    from backend.intervals import INTERVALS
+
+    value = value.strip()
+    if not value:
+        return {}
+    if "=" not in value:
+        return dict.fromkeys(INTERVALS, _positive_days(value))
+    days: dict[str, float] = {}
+    for part in value.split(","):
+        interval, _, amount = part.strip().partition("=")
+        if interval not in INTERVALS:
+            raise ValueError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
+        days[interval] = _positive_days(amount)
+    return days
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of days") from None
+    if days <= 0:
+        raise ValueError(f"{text!r}: days must be positive")
+    return days
 
 
 def load_settings(**overrides: Any) -> Settings:

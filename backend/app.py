@@ -21,6 +21,7 @@ from backend.metrics import Metrics
 from backend.openbb import add_cors
 from backend.openbb import router as openbb_router
 from backend.rest import router
+from backend.store import BarStore
 from backend.symbols import SymbolIndex
 from backend.udf import router as udf_router
 from config import Settings
@@ -38,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         symbols = await SymbolIndex.open(settings.DB)
-        hub = Hub(settings, symbols, Metrics())
+        store = await BarStore.open(settings.DB)
+        hub = Hub(settings, symbols, Metrics(), store)
         app.state.hub = hub
         await hub.start()
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))
@@ -46,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await hub.stop()
+            await store.close()
             await symbols.close()
             logger.info("hub stopped")
 

@@ -1,8 +1,11 @@
-"""The bar cache: bars per series key in memory, with their coverage and live state.
+"""The bar cache: the hot bars per series key in memory, with coverage and live state.
 
-It owns no I/O. :mod:`backend.history` plans requests against it and asks providers for
-what is missing; the hub merges live bars into it. A series is *live* while an upstream
-stream feeds it continuously since its tail was fetched: then its newest bars need no fetch.
+It owns no I/O. :mod:`backend.history` loads series from the :mod:`backend.store`, plans
+requests against them and asks providers for what is missing; the hub merges live bars into
+them. A series is *live* while an upstream stream feeds it continuously since its tail was
+fetched: then its newest bars need no fetch. Memory is bounded by ``CACHE_MAX_BARS``: the
+least recently used series are evicted (or, while streamed, trimmed to their newest bars);
+evicted bars stay in the store and are read back on demand.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass, field
 
 from backend.bars import Bar, SeriesId
 from backend.coverage import Coverage
+
+MIN_TIME = -(2**62)
+KEEP_WHEN_TRIMMED = 2  # a streamed series keeps its forming bar and the one before
 
 
 @dataclass(slots=True)
@@ -29,6 +35,9 @@ class Series:
     tail_fetched_at: float = 0.0
     exhausted_before: int | None = None  # nothing older than this exists upstream
     last_used: float = field(default_factory=time.monotonic)
+    loaded: bool = False  # coverage and newest bars were read from the store
+    persist: bool = True  # the provider's bars are worth keeping in the store
+    floor: int = MIN_TIME  # every stored bar with t >= floor is in memory
 
     @property
     def newest(self) -> int | None:
@@ -49,8 +58,13 @@ class Series:
             self.bars.insert(i, bar)
         return i == len(self.times) - 1
 
-    def merge(self, bars: list[Bar], keep_newer_than_seq: int | None = None) -> None:
-        """Merge sorted history bars; the live forming bar wins if it changed meanwhile."""
+    def merge(
+        self, bars: list[Bar], keep_newer_than_seq: int | None = None, keep_existing: bool = False
+    ) -> None:
+        """Merge sorted history bars; the live forming bar wins if it changed meanwhile.
+
+        With ``keep_existing`` (bars read back from the store) bars in memory win.
+        """
         if not bars:
             return
         keep_live = keep_newer_than_seq is not None and self.live_seq > keep_newer_than_seq
@@ -65,7 +79,7 @@ class Series:
             return
         merged = dict(zip(self.times, self.bars, strict=True))
         for bar in bars:
-            if keep_live and bar[0] == newest:
+            if (keep_live and bar[0] == newest) or (keep_existing and bar[0] in merged):
                 continue
             merged[bar[0]] = bar
         self.times = sorted(merged)
@@ -85,6 +99,28 @@ class Series:
     def touch(self) -> None:
         self.last_used = time.monotonic()
 
+    def drop_before(self, cutoff: int) -> None:
+        """Retention: forget bars and coverage older than ``cutoff``."""
+        i = bisect.bisect_left(self.times, cutoff)
+        del self.times[:i], self.bars[:i]
+        self.coverage.remove_before(cutoff)
+        if self.exhausted_before is not None and self.exhausted_before < cutoff:
+            self.exhausted_before = None
+        self.floor = max(self.floor, cutoff)
+
+    def trim(self, keep: int) -> int:
+        """Keep only the newest ``keep`` bars; returns how many were dropped."""
+        drop = len(self.times) - keep
+        if drop <= 0:
+            return 0
+        del self.times[:drop], self.bars[:drop]
+        if self.persist:
+            self.floor = self.times[0] if self.times else MIN_TIME
+        else:  # nothing to read back: forget that the dropped span was known
+            self.coverage.remove_before(self.times[0] if self.times else 2**62)
+            self.exhausted_before = None
+        return drop
+
 
 class BarCache:
     """Every cached series, by key."""
@@ -101,6 +137,9 @@ class BarCache:
     def peek(self, key: SeriesId) -> Series | None:
         return self._series.get(key)
 
+    def all(self) -> list[Series]:
+        return list(self._series.values())
+
     def for_source(self, source: str) -> list[Series]:
         return [s for key, s in self._series.items() if key.source == source]
 
@@ -109,8 +148,26 @@ class BarCache:
         cutoff = time.monotonic() - idle_seconds
         stale = [k for k, s in self._series.items() if s.last_used < cutoff and k not in keep]
         for key in stale:
-            del self._series[key]
+            self._evict(key)
         return stale
+
+    def enforce(self, max_bars: int, streamed: set[SeriesId]) -> list[SeriesId]:
+        """Evict least recently used series (trim streamed ones) until under ``max_bars``."""
+        evicted: list[SeriesId] = []
+        total = self.bar_count()
+        for series in sorted(self._series.values(), key=lambda s: s.last_used):
+            if total <= max_bars:
+                break
+            if series.key in streamed:
+                total -= series.trim(KEEP_WHEN_TRIMMED)
+            else:
+                total -= len(series.times)
+                self._evict(series.key)
+                evicted.append(series.key)
+        return evicted
+
+    def _evict(self, key: SeriesId) -> None:
+        del self._series[key]
 
     def bar_count(self) -> int:
         return sum(len(s.times) for s in self._series.values())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend import intervals, protocol
 from backend.bars import Bar, SeriesId, WireKeys
-from backend.cache import BarCache
+from backend.cache import BarCache, Series
 from backend.clocks import Clocks
 from backend.errors import ProviderUnavailable
 from backend.history import HistoryPlanner
@@ -30,6 +30,7 @@ from backend.subscriptions import Change, Subscriptions
 from backend.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from backend.store import BarStore
     from backend.symbols import SymbolIndex
     from config import Settings
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
 TICK_SECONDS = 1.0
-CACHE_IDLE_SECONDS = 1800.0
+RETENTION_EVERY = 3600.0
 DETAILS_CACHE_SIZE = 10_000
 
 
@@ -58,10 +59,17 @@ class Client:
 class Hub:
     """The state of one hub process; created by the app's lifespan."""
 
-    def __init__(self, settings: Settings, symbols: SymbolIndex, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        symbols: SymbolIndex,
+        metrics: Metrics,
+        store: BarStore | None = None,
+    ) -> None:
         self.settings = settings
         self.symbols = symbols
         self.metrics = metrics
+        self.store = store
         self.subs = Subscriptions()
         self.clients: dict[int, Client] = {}
         self.deliver: dict[SeriesId, dict[int, Client]] = {}
@@ -69,7 +77,8 @@ class Hub:
         self.cache = BarCache()
         self.clocks = Clocks()
         self.supervisor = Supervisor(settings, self.on_provider_events, self.on_provider_ready)
-        self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks)
+        self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
+        self.planner.after_request = self.enforce_memory
         self.started_at = time.time()
         self._ids = itertools.count(1)
         self._lingering: dict[SeriesId, tuple[int, asyncio.TimerHandle]] = {}
@@ -95,13 +104,48 @@ class Hub:
         await self.supervisor.stop()
 
     async def _tick(self) -> None:
+        last_retention = 0.0
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self._close_slow_clients()
             keep = set(self.subs.keys())
-            for key in self.cache.evict_idle(CACHE_IDLE_SECONDS, keep):
-                self.planner.forget(key)
-                self._wire.pop(key, None)
+            evicted = self.cache.evict_idle(self.settings.CACHE_IDLE_SECONDS, keep)
+            self._forget(evicted + self.cache.enforce(self.settings.CACHE_MAX_BARS, keep))
+            if time.monotonic() - last_retention > RETENTION_EVERY:
+                last_retention = time.monotonic()
+                await self._apply_retention()
+
+    def _forget(self, keys: list[SeriesId]) -> None:
+        for key in keys:
+            self.planner.forget(key)
+            self._wire.pop(key, None)
+
+    def enforce_memory(self) -> None:
+        """Keep the cache under ``CACHE_MAX_BARS`` (after a request that loaded many bars)."""
+        keep = set(self.subs.keys())
+        self._forget(self.cache.enforce(self.settings.CACHE_MAX_BARS, keep))
+
+    async def _apply_retention(self) -> None:
+        retention = self.settings.retention()
+        if not retention:
+            return
+        now = time.time()
+        cutoffs = {interval: int(now - days * 86400) for interval, days in retention.items()}
+        for series in self.cache.all():
+            cutoff = cutoffs.get(series.key.interval)
+            if cutoff is not None:
+                series.drop_before(cutoff)
+        if self.store is not None:
+            removed = await self.store.apply_retention(cutoffs)
+            if removed:
+                logger.info("retention: removed %d bars older than their interval's limit", removed)
+
+    async def _persists(self, source: str) -> bool:
+        provider = self.supervisor.get(source)
+        if provider is None:
+            return False
+        await provider.wait_ready(self.settings.HISTORY_TIMEOUT)
+        return provider.persist
 
     # ------------------------------------------------------------------ clients
 
@@ -434,6 +478,19 @@ class Hub:
             if not client.outbox.push(frame, slot):
                 self._kick(client, "outbox hard limit reached")
         self.metrics.inc("candlewire_updates_delivered_total", len(targets))
+
+    def _store_live(self, series: Series, bar: Bar, newest: bool, previous: int | None) -> None:
+        """Persist a live bar (as forming when it is the newest); the bar it superseded as
+        newest is closed now and is stored as such."""
+        provider = self.supervisor.get(series.key.source)
+        if self.store is None or provider is None or not provider.persist:
+            return
+        bars = [bar]
+        if newest and previous is not None and bar[0] > previous and len(series.bars) > 1:
+            bars.insert(0, series.bars[-2])
+        self.store.put_bars(series.key, bars, forming_t=bar[0] if newest else None)
+        if len(bars) > 1 and series.live:
+            self.store.put_coverage(series.key, series.coverage.spans(), series.exhausted_before)
 
     def _notify(self, key: SeriesId, code: str, message: str) -> None:
         frame = protocol.error_message(

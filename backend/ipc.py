@@ -68,9 +68,14 @@ Command = StartStreaming | StopStreaming | NoUpdate | GetHistory | Ping | Shutdo
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The provider process finished ``init()`` and accepts commands."""
+    """The provider process finished ``init()`` and accepts commands.
+
+    ``persist`` is the provider's ``persist_history``: whether the hub keeps its bars in the
+    store (a provider that reads local files need not).
+    """
 
     pid: int
+    persist: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ class Provider:
     settings: Settings
     #: Intervals this provider serves (used by the default ``get_dataset`` rows of subclasses).
     intervals: Sequence[str] = intervals.INTERVALS
+    #: Whether the hub keeps this provider's bars in its SQLite store across restarts.
+    #: A provider that reads local files (CSV) sets it to False.
+    persist_history: bool = True
 
     # ------------------------------------------------------------------ hooks to override
 

@@ -128,7 +128,7 @@ class ProviderRunner:
         except Exception:  # a broken init() must restart the process, with its traceback
             logger.exception("provider %s: init() failed", self.key)
             return self._finish(1)
-        self.outbox.put(Ready(os.getpid()))
+        self.outbox.put(Ready(os.getpid(), bool(getattr(provider, "persist_history", True))))
         logger.info("provider %s ready (pid %d)", self.key, os.getpid())
         self._control_loop(provider)
         self._shutdown(provider)

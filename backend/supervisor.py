@@ -87,6 +87,7 @@ class ProviderProcess:
         self.last_update: float | None = None
         self.last_error: str | None = None
         self.status = Status("unknown")
+        self.persist = True
         self.clock_origin_wall = time.time()
         self.started_at = 0.0
         self.last_seen = 0.0
@@ -247,8 +248,9 @@ class ProviderProcess:
                     self._resolve(request_id, bars, error)
                 case Heartbeat() | Pong():
                     pass
-                case Ready(pid):
+                case Ready(pid, persist):
                     self.pid = pid
+                    self.persist = persist
                     self.last_error = None
                     self._transition(ProviderState.RUNNING)
                     self._ready.set()
@@ -260,6 +262,14 @@ class ProviderProcess:
                     forward.append(event)
         if forward:
             self.on_events(self.key, forward)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the process reported ``Ready``; False on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ history
 

@@ -66,6 +66,8 @@ class _Stream:
 class CSVProvider(Provider):
     """Serves the CSV files of ``CSV_FOLDER_PATH`` (source key ``csv``)."""
 
+    persist_history = False  # the files are the store; replay clocks restart with the hub
+
     def __init__(self) -> None:
         super().__init__()
         self._files: list[_File] = []

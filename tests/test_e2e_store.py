@@ -1,0 +1,169 @@
+"""End to end: the bar store across server restarts, crashes and a small memory bound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+from pathlib import Path
+
+import psutil
+
+from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+
+
+def history_calls(env: dict[str, str], symbol: str, interval: str) -> int:
+    path = Path(env["CANDLEWIRE_TEST_LOG"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return lines.count(f"history {symbol} {interval}")
+
+
+def data(name: str, interval: str, count: int, stream: bool = True) -> dict[str, object]:
+    return {
+        "type": "data",
+        "source": "counting",
+        "name": name,
+        "interval": interval,
+        "count": count,
+        "stream": stream,
+    }
+
+
+def same_key(name: str, interval: str):
+    return lambda m: m.get("name") == name and m.get("interval") == interval
+
+
+def setup(tmp: Path, **extra: str) -> dict[str, str]:
+    env = base_env(tmp, PROVIDERS="counting", **extra)
+    assert populate(env).returncode == 0
+    return env
+
+
+async def test_a_restarted_server_answers_stored_history_without_the_provider(
+    tmp_path: Path,
+) -> None:
+    env = setup(tmp_path)
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("AAA", "1d", 20))
+        first = await ws.wait_for("data_init", same_key("AAA", "1d"))
+        await ws.send(
+            {
+                "type": "data_history",
+                "source": "counting",
+                "name": "AAA",
+                "interval": "1h",
+                "end": first["data"][5]["date"],
+                "count": 100,
+            }
+        )
+        page = await ws.wait_for("data_history", same_key("AAA", "1h"))
+        await ws.close()
+        await asyncio.sleep(0.6)  # the store flushes every 0.25 s
+    calls = history_calls(env, "AAA", "1d") + history_calls(env, "AAA", "1h")
+    assert calls >= 2
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("AAA", "1d", 20))
+        again = await ws.wait_for("data_init", same_key("AAA", "1d"))
+        await ws.send(
+            {
+                "type": "data_history",
+                "source": "counting",
+                "name": "AAA",
+                "interval": "1h",
+                "end": first["data"][5]["date"],
+                "count": 100,
+            }
+        )
+        page_again = await ws.wait_for("data_history", same_key("AAA", "1h"))
+        await ws.close()
+    assert history_calls(env, "AAA", "1d") + history_calls(env, "AAA", "1h") == calls
+    assert [b["date"] for b in again["data"]] == [b["date"] for b in first["data"]]
+    assert page_again["data"] == page["data"]
+
+
+async def test_fifty_concurrent_cold_requests_make_one_provider_call(tmp_path: Path) -> None:
+    env = setup(tmp_path)
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        clients = await asyncio.gather(*(WsClient.open(server.ws_url) for _ in range(50)))
+        await asyncio.gather(*(ws.send(data("CCC", "5m", 300)) for ws in clients))
+        inits = await asyncio.gather(
+            *(ws.wait_for("data_init", same_key("CCC", "5m")) for ws in clients)
+        )
+        await asyncio.gather(*(ws.close() for ws in clients))
+    assert all(len(init["data"]) == 300 for init in inits)
+    assert history_calls(env, "CCC", "5m") == 1
+
+
+async def test_a_small_memory_bound_holds_and_answers_stay_correct(tmp_path: Path) -> None:
+    env = setup(tmp_path, CACHE_MAX_BARS="500")
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        ws = await WsClient.open(server.ws_url)
+        keys = [(n, i) for n in ("AAA", "BBB", "CCC") for i in ("1m", "5m", "15m", "1h")]
+        answers = {}
+        for name, interval in keys:
+            mark = len(ws.messages)
+            await ws.send(data(name, interval, 200, stream=False))
+            init = await ws.wait_for("data_init", same_key(name, interval), after=mark)
+            answers[(name, interval)] = init["data"]
+            assert cached_bars(server) <= 500
+        for name, interval in keys:  # again: from the store, the provider or memory
+            mark = len(ws.messages)
+            await ws.send(
+                {
+                    "type": "data_history",
+                    "source": "counting",
+                    "name": name,
+                    "interval": interval,
+                    "end": answers[(name, interval)][-2]["date"],
+                    "count": 150,
+                }
+            )
+            page = await ws.wait_for("data_history", same_key(name, interval), after=mark)
+            assert page["data"] == answers[(name, interval)][-151:-1]
+            assert cached_bars(server) <= 500
+        await ws.close()
+
+
+def cached_bars(server: ServerProcess) -> float:
+    metrics = server.get("/metrics")
+    return float(re.search(r"^candlewire_cached_bars (\S+)$", metrics, re.M).group(1))
+
+
+async def test_kill_9_of_the_server_loses_no_answered_bar(tmp_path: Path) -> None:
+    env = setup(tmp_path, CANDLEWIRE_TEST_PERIOD="0.05")
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    provider_pid = server.get("/health")["providers"]["counting"]["pid"]
+    ws = await WsClient.open(server.ws_url)
+    await ws.send(data("BBB", "1m", 50))
+    init = await ws.wait_for("data_init", same_key("BBB", "1m"))
+    await asyncio.sleep(seconds(2.5))
+    updates = [m["data"] for m in ws.of_type("data_update") if m["name"] == "BBB"]
+    await asyncio.sleep(1.0)  # "on disk within one second"
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    server.stop()
+    await ws.close()
+    for _ in range(50):  # the provider dies with its hub
+        if not psutil.pid_exists(provider_pid):
+            break
+        await asyncio.sleep(0.1)
+    db = sqlite3.connect(env["DB"])
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = {
+        row[0]: row[1:]
+        for row in db.execute(
+            "SELECT datetime(t, 'unixepoch'), o, h, l, c, v FROM bars JOIN bar_series s "
+            "ON s.id = bars.series WHERE s.name = 'BBB' AND s.interval = '1m'"
+        )
+    }
+    db.close()
+    answered = {bar["date"]: bar for bar in init["data"][:-1]}  # closed when answered
+    assert set(answered) <= set(stored)
+    for date, bar in answered.items():
+        assert stored[date][3] == bar["counting-BBB-1m-close"]
+    assert updates and updates[-1]["date"] in stored

@@ -1,0 +1,177 @@
+"""The bar store and the planner over it: persistence, read-back, retention, gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from backend import intervals
+from backend.bars import Bar, SeriesId
+from backend.cache import BarCache
+from backend.clocks import Clocks
+from backend.errors import StorageError
+from backend.history import HistoryPlanner
+from backend.ipc import Clock
+from backend.store import BarStore
+from tests.test_history import KEY, NOW, FakeProvider, session_bar
+
+BTC = SeriesId("x", "BTC", "1m")
+
+Opener = Callable[[], Awaitable[BarStore]]
+
+
+@pytest.fixture
+async def open_store(tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens the test's store (again after a close); closes whatever is open at the end."""
+    opened: list[BarStore] = []
+
+    async def opener() -> BarStore:
+        opened.append(await BarStore.open(tmp_path / "db.sqlite3"))
+        return opened[-1]
+
+    yield opener
+    for store in opened:
+        await store.close()
+
+
+def bar(t: int, close: float = 1.0) -> Bar:
+    return (t, close, close, close, close, 1.0)
+
+
+async def test_bars_and_coverage_survive_a_reopen(tmp_path: Path, open_store: Opener) -> None:
+    store = await open_store()
+    store.put_bars(BTC, [bar(60), bar(120), bar(180, 2.0)], forming_t=180)
+    store.put_coverage(BTC, [(0, 179)], exhausted_before=0)
+    await store.close()
+    store = await open_store()
+    snapshot = await store.load(BTC, 10)
+    assert snapshot.bars == [bar(60), bar(120), bar(180, 2.0)]
+    assert snapshot.coverage == [(0, 179)]
+    assert snapshot.exhausted_before == 0
+    assert snapshot.complete
+    await store.close()
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT t, forming FROM bars ORDER BY t").fetchall() == [
+            (60, 0),
+            (120, 0),
+            (180, 1),
+        ]
+
+
+async def test_a_queued_bar_reaches_disk_within_a_second(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    store.put_bars(BTC, [bar(60)])
+    await asyncio.sleep(0.6)
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM bars").fetchone() == (1,)
+    await store.close()
+
+
+async def test_load_gives_the_newest_bars_and_read_gives_older_ones(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    store.put_bars(BTC, [bar(60 * i) for i in range(1, 101)])
+    snapshot = await store.load(BTC, 10)
+    assert [b[0] for b in snapshot.bars] == [60 * i for i in range(91, 101)]
+    assert not snapshot.complete
+    older = await store.read(BTC, 0, 60 * 90, 5)
+    assert [b[0] for b in older] == [60 * i for i in range(86, 91)]
+    await store.close()
+
+
+async def test_retention_prunes_bars_and_coverage_together(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    store.put_bars(BTC, [bar(60 * i) for i in range(1, 11)])
+    store.put_coverage(BTC, [(0, 240), (300, 600)], exhausted_before=0)
+    removed = await store.apply_retention({"1m": 330})
+    assert removed == 5
+    snapshot = await store.load(BTC, 100)
+    assert [b[0] for b in snapshot.bars] == [360, 420, 480, 540, 600]
+    assert snapshot.coverage == [(330, 600)]
+    assert snapshot.exhausted_before is None
+    await store.close()
+
+
+def planner_over(store: BarStore, provider: FakeProvider) -> HistoryPlanner:
+    clocks = Clocks()
+    clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=NOW, speed=0.0))
+    return HistoryPlanner(BarCache(), provider.fetch, clocks, store)
+
+
+async def test_after_a_restart_stored_history_needs_no_provider_call(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    first = FakeProvider()
+    end = intervals.parse_date("2026-02-20 12:00:00")
+    answer = await planner_over(store, first).before(KEY, end, 200)
+    assert len(answer.bars) == 200
+    await store.close()
+    store = await open_store()
+    second = FakeProvider()
+    again = await planner_over(store, second).before(KEY, end, 200)
+    assert again.bars == answer.bars
+    assert second.calls == []
+    await store.close()
+
+
+async def test_gaps_give_exact_counts_and_empty_spans_are_not_fetched_again(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    provider = FakeProvider()
+    end = intervals.parse_date("2026-01-12 00:00:00")  # a week and a weekend after listing
+    answer = await planner_over(store, provider).before(KEY, end, 1000)
+    assert len(answer.bars) == 40  # everything there is: 5 days x 8 session hours
+    assert all(session_bar(b[0]) is not None for b in answer.bars)
+    await store.close()
+    store = await open_store()
+    later = FakeProvider()
+    again = await planner_over(store, later).before(KEY, end, 1000)
+    assert again.bars == answer.bars
+    assert later.calls == []
+    await store.close()
+
+
+async def test_bars_evicted_from_memory_are_read_back_from_the_store(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    provider = FakeProvider()
+    plan = planner_over(store, provider)
+    end = intervals.parse_date("2026-03-02 12:00:00")
+    answer = await plan.before(KEY, end, 150)
+    plan.cache.enforce(0, set())
+    assert plan.cache.bar_count() == 0
+    calls = len(provider.calls)
+    again = await plan.before(KEY, end, 150)
+    assert again.bars == answer.bars
+    assert len(provider.calls) == calls
+    await store.close()
+
+
+async def test_a_locked_file_keeps_writes_queued_and_readable(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    store = await open_store()
+    locker = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # what a long populate does to the file
+    store.put_bars(BTC, [bar(60), bar(120)])
+    with pytest.raises(StorageError, match="locked"):
+        await store.flush()
+    assert [b[0] for b in (await store.load(BTC, 10)).bars] == [60, 120]
+    assert [b[0] for b in await store.read(BTC, 0, 100, 10)] == [60]
+    locker.execute("ROLLBACK")
+    locker.close()
+    await store.flush()
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM bars").fetchone() == (2,)
