@@ -63,15 +63,9 @@ class _Connection:
         assert self.client is not None
         max_bytes = self.hub.settings.MAX_FRAME_BYTES
         while not self.closing:
-            try:
-                message = await self.websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
+            text = await receive_frame(self.websocket)
             if text is None:
-                text = message.get("bytes") or b""
+                return
             if len(text) > max_bytes:
                 await self._close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                 return
@@ -139,6 +133,20 @@ class _Connection:
             self.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.writer
+
+
+async def receive_frame(websocket: WebSocket) -> str | bytes | None:
+    """The next text (or binary) frame of ``websocket``; None when the client is gone."""
+    try:
+        message = await websocket.receive()
+    except (WebSocketDisconnect, RuntimeError):
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    text: str | bytes | None = message.get("text")
+    if text is None:
+        text = message.get("bytes") or b""
+    return text
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -41,6 +41,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from backend import intervals
 from backend.bars import Bar, SeriesId
+from backend.connection import receive_frame
 from backend.errors import CandlewireError
 from backend.udf import full_name, int_param, json_response, resolve_symbol
 
@@ -606,15 +607,9 @@ class LiveGridSession:
     async def read_loop(self) -> None:
         limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
         while not self.closing:
-            try:
-                message = await self.websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
+            text = await receive_frame(self.websocket)
             if text is None:
-                text = message.get("bytes") or b""
+                return
             wanted = parse_params_message(text, limit)
             if wanted is None:
                 logger.debug("live grid: ignored a message that is not params: %.200r", text)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,21 @@ def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         timeout=seconds(120),
         check=False,
     )
+
+
+@contextlib.contextmanager
+def populated_server(tmp: Path, **env: str) -> Iterator[ServerProcess]:
+    """``populate.py`` then ``server.py`` with ``base_env(tmp, **env)``; stopped at the end."""
+    full_env = base_env(tmp, **env)
+    result = populate(full_env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(full_env, tmp / "server.log") as running:
+        yield running
+
+
+def same_key(name: str, interval: str) -> Callable[[dict[str, Any]], bool]:
+    """A ``WsClient.wait_for`` predicate: a message about ``(name, interval)``."""
+    return lambda m: m.get("name") == name and m.get("interval") == interval
 
 
 class ServerProcess:

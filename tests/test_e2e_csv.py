@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from backend import intervals
-from tests.harness import ROOT, ServerProcess, WsClient, base_env, populate
+from tests.harness import ROOT, ServerProcess, WsClient, populated_server, same_key
 
 FIRST_BTCUSD_ROW = (ROOT / "data" / "BTCUSD.csv").read_text().splitlines()[1].split(",")[0]
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -17,10 +17,10 @@ DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("csv")
-    env = base_env(tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(ROOT / "data"), CSV_REPLAY_SPEED="60")
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
+    data_dir = str(ROOT / "data")
+    with populated_server(
+        tmp, PROVIDERS="csv", CSV_FOLDER_PATH=data_dir, CSV_REPLAY_SPEED="60"
+    ) as running:
         yield running
 
 
@@ -31,8 +31,7 @@ async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
     await ws.close()
 
 
-def key(name: str, interval: str):
-    return lambda m: m.get("name") == name and m.get("interval") == interval
+key = same_key
 
 
 async def test_the_sample_symbols_are_searchable_with_the_exact_one_first(

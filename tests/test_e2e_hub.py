@@ -10,14 +10,16 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+from tests import harness
+from tests.harness import ServerProcess, WsClient, base_env, populate, populated_server, seconds
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 FIELDS = ("open", "high", "low", "close", "volume")
@@ -26,12 +28,9 @@ FIELDS = ("open", "high", "low", "close", "volume")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("hub")
-    env = base_env(
+    with populated_server(
         tmp, PROVIDERS="counting,my_provider", HISTORY_TIMEOUT="3", STREAM_LINGER_SECONDS="0.5"
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
+    ) as running:
         yield running
 
 
@@ -46,8 +45,8 @@ def data(name: str, interval: str = "1m", source: str = "counting", **extra: obj
     return {"type": "data", "source": source, "name": name, "interval": interval, **extra}
 
 
-def same_key(name: str, interval: str = "1m"):
-    return lambda m: m.get("name") == name and m.get("interval") == interval
+def same_key(name: str, interval: str = "1m") -> Callable[[dict[str, Any]], bool]:
+    return harness.same_key(name, interval)
 
 
 def provider_log(server: ServerProcess) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+from tests.harness import ServerProcess, WsClient, base_env, populate, same_key, seconds
 
 
 def history_calls(env: dict[str, str], symbol: str, interval: str) -> int:
@@ -29,10 +29,6 @@ def data(name: str, interval: str, count: int, stream: bool = True) -> dict[str,
         "count": count,
         "stream": stream,
     }
-
-
-def same_key(name: str, interval: str):
-    return lambda m: m.get("name") == name and m.get("interval") == interval
 
 
 def setup(tmp: Path, **extra: str) -> dict[str, str]:
