@@ -279,9 +279,12 @@ class Hub:
         self, client: Client, key: SeriesId, raw: Any, reply_type: str
     ) -> dict[str, Any] | None:
         """The symbol's dataset row, or None after answering with an error."""
-        details = await self._lookup(key.source, key.name)
         problem: tuple[str, str] | None = None
-        if details is None:
+        details = None
+        if self.supervisor.get(key.source) is None:
+            enabled = ", ".join(self.supervisor.providers)
+            problem = ("unknown_source", f"unknown source {key.source!r}; enabled: {enabled}")
+        elif (details := await self._lookup(key.source, key.name)) is None:
             problem = ("unknown_symbol", f"unknown symbol {key.source}:{key.name}")
         elif key.interval not in details.get("intervals", intervals.INTERVALS):
             known = ", ".join(details.get("intervals", ()))
@@ -289,8 +292,6 @@ class Hub:
                 "unknown_interval",
                 f"unknown interval {key.interval!r} for {key.source}:{key.name}; known: {known}",
             )
-        elif self.supervisor.get(key.source) is None:
-            problem = ("provider_unavailable", f"provider {key.source!r} is not enabled")
         if problem is None:
             return details
         self._bad_request(client, protocol.BadRequest(*problem, raw, key, reply_type))
@@ -301,6 +302,8 @@ class Hub:
         if cache_key in self._details:
             return self._details[cache_key]
         details: dict[str, Any] | None = await self.symbols.details(source, name)
+        if details is None:
+            return None  # not cached: a populate may add it while the server runs
         if len(self._details) >= DETAILS_CACHE_SIZE:
             self._details.clear()
         self._details[cache_key] = details

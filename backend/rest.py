@@ -81,11 +81,12 @@ async def history(
         end_t = intervals.parse_date(end) if end else None
     except ValueError:
         return _error(400, "invalid_field", f"end {end!r} is not YYYY-MM-DD HH:MM:SS")
+    if hub.supervisor.get(source) is None:
+        enabled = ", ".join(hub.supervisor.providers)
+        return _error(404, "unknown_source", f"unknown source {source!r}; enabled: {enabled}")
     details = await hub.symbols.details(source, name)
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {source}:{name}")
-    if hub.supervisor.get(source) is None:
-        return _error(503, "provider_unavailable", f"provider {source!r} is not enabled")
     key = SeriesId(source, name, interval)
     answer = await hub.planner.before(key, end_t, count)
     if answer.error is not None and not answer.bars:

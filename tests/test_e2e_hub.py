@@ -151,6 +151,15 @@ async def test_unknown_symbol_gets_an_empty_data_init_and_an_error(client: WsCli
     assert error["request"]["name"] == "NOPE"
 
 
+async def test_an_unknown_source_is_named_with_the_enabled_ones(client: WsClient) -> None:
+    await client.send(data("AAA", source="nope"))
+    init = await client.wait_for("data_init", same_key("AAA"))
+    assert init["data"] == []
+    error = await client.wait_for("error")
+    assert error["code"] == "unknown_source"
+    assert "counting" in error["message"]
+
+
 BAD_FRAMES = [
     ("not json at all", "bad_json"),
     ("42", "bad_request"),
