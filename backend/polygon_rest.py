@@ -1,10 +1,16 @@
-"""Polygon REST through ``polygon-api-client``: tickers, aggregates, and error translation.
+"""Polygon REST through ``polygon-api-client``: tickers, option contracts, aggregates, and
+error translation.
 
 Owns one ``RESTClient`` per provider process (its urllib3 pool is thread-safe, so history
 threads and seed workers share it) and the edge where vendor exceptions become Candlewire
 errors, chained with ``from``: a rejected key is :class:`AuthFailed`, a 429 is
 :class:`RateLimited` (with ``Retry-After``), anything else that fails is
-:class:`ProviderUnavailable`. Also turns a ticker into its dataset row. Owns no sockets.
+:class:`ProviderUnavailable`. Also turns a ticker (or an option contract) into its dataset
+row. Owns no sockets.
+
+Polygon lists the tickers of stocks, crypto, fx and indices with ``/v3/reference/tickers``
+(``market`` takes no ``options``); option contracts come from
+``/v3/reference/options/contracts``, a million and more of them, 1,000 a page.
 
 The client's own pool sends no timeouts and would sleep out any ``Retry-After`` inside a
 request; it is replaced by one with timeouts whose retries give up (as :class:`RateLimited`)
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self, cast
@@ -36,7 +43,7 @@ from backend.polygon_bars import CATEGORIES, Market, agg_bar
 
 logger = logging.getLogger(__name__)
 
-PAGE_LIMIT = 1000  # tickers per page, Polygon's maximum
+PAGE_LIMIT = 1000  # tickers or option contracts per page, Polygon's maximum
 AGGS_LIMIT = 50_000  # base aggregates per page, Polygon's maximum
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
@@ -107,7 +114,14 @@ class PolygonRest:
         )
 
     def tickers(self, market: Market) -> Iterator[Any]:
-        """Every active ticker of ``market`` (``polygon.rest.models.Ticker``), page by page."""
+        """Every active ticker of ``market``, page by page: ``polygon.rest.models.Ticker``, or
+        for options every unexpired contract (``polygon.rest.models.OptionsContract``)."""
+        if market == "options":
+            with translated("option contracts"):
+                yield from self._client.list_options_contracts(
+                    expired=False, limit=PAGE_LIMIT, sort="ticker", order="asc"
+                )
+            return
         with translated(f"tickers of {market}"):
             yield from self._client.list_tickers(market=market, active=True, limit=PAGE_LIMIT)
 
@@ -172,24 +186,66 @@ def _bad_response(what: str, body: str) -> Exception:
 
 
 def dataset_row(source: str, market: Market, ticker: Any) -> dict[str, Any] | None:
-    """The dataset row (DESIGN 5.4) of a ``Ticker``; ``None`` when it has no symbol.
+    """The dataset row (DESIGN 5.4) of a ``Ticker`` or, for options, an ``OptionsContract``;
+    ``None`` when it has no symbol.
 
-    Rows share their constant lists (the symbol database copies what it stores).
+    A ticker is labelled with its name, a contract as ``SPY 2026-12-18 600 Call``; the source
+    label is the primary exchange, else the market (``OPRA`` for options, whose trades all
+    reach Polygon through OPRA). Rows share their constant lists (the symbol database copies
+    what it stores).
     """
     symbol = getattr(ticker, "ticker", None)
     if not symbol:
         return None
+    if market == "options":
+        label = contract_label(ticker, symbol)
+        fallback = "OPRA"
+    else:
+        label = getattr(ticker, "name", None) or symbol
+        fallback = market
     return {
         "source": source,
         "name": symbol,
-        "name_label": getattr(ticker, "name", None) or symbol,
+        "name_label": label,
         "type": "candlestick",
         "categories": _CATEGORY_LISTS[market],
         "intervals": _INTERVAL_LIST,
         "outputs": OUTPUTS,
-        "source_label": getattr(ticker, "primary_exchange", None) or market,
+        "source_label": getattr(ticker, "primary_exchange", None) or fallback,
     }
+
+
+def contract_label(contract: Any, symbol: str) -> str:
+    """``SPY 2026-12-18 600 Call`` from an ``OptionsContract``'s underlying, expiration date,
+    strike and type; a field it lacks is read from the OCC ticker ``symbol``
+    (``O:SPY261218C00600000``), and ``symbol`` itself is the label when neither has them."""
+    underlying = getattr(contract, "underlying_ticker", None)
+    expiration = getattr(contract, "expiration_date", None)
+    strike = getattr(contract, "strike_price", None)
+    kind = getattr(contract, "contract_type", None)
+    if not (underlying and expiration and strike is not None and kind):
+        match = _OCC.fullmatch(symbol)
+        if match is None:
+            return symbol
+        root, yy, mm, dd, cp, milli = match.groups()
+        underlying = underlying or root
+        expiration = expiration or f"20{yy}-{mm}-{dd}"
+        strike = int(milli) / 1000 if strike is None else strike
+        kind = kind or ("call" if cp == "C" else "put")
+    return f"{underlying} {expiration} {_strike_text(strike)} {str(kind).capitalize()}"
+
+
+def _strike_text(strike: Any) -> str:
+    """A strike without trailing zeros: ``600``, ``182.5``, ``2.125``."""
+    try:
+        value = float(strike)
+    except (TypeError, ValueError):
+        return str(strike)
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0")
 
 
 _CATEGORY_LISTS: dict[Market, list[str]] = {m: [c] for m, c in CATEGORIES.items()}
 _INTERVAL_LIST = list(INTERVALS)
+_OCC = re.compile(r"O:([A-Z0-9.]+)(\d{2})(\d{2})(\d{2})([CP])(\d{8})")

@@ -1,13 +1,14 @@
-"""Populate benchmark: ``populate.py`` reading N option tickers from the fake Polygon.
+"""Populate benchmark: ``populate.py`` reading N option contracts from the fake Polygon.
 
     python bench/polygon_populate.py [--count 1000000] [--markets options]
 
 Starts the fake Polygon (``tests/fakes/polygon.py``) in this process with ``--count``
-generated option contracts, runs the real ``populate.py`` against it with
-``PROVIDERS=polygon`` in a child process, and samples the resident memory of that process
-and its children (the SQLite writer) every 0.1 s. Prints the rows stored, the wall time, the
-rate and the peak RSS (largest single process and the process tree), as a table and one JSON
-line.
+generated option contracts (listed, as on Polygon, by ``/v3/reference/options/contracts``,
+1,000 a page), runs the real ``populate.py`` against it with ``PROVIDERS=polygon`` in a
+child process, and samples the resident memory of that process and its children (the SQLite
+writer) every 0.1 s. Prints the rows stored, the REST pages served per endpoint, the wall
+time, the rate and the peak RSS (largest single process and the process tree), as a table
+and one JSON line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class Figures:
 
     tickers: int
     rows: int
+    requests: dict[str, int]  # REST requests the fake answered, per path
     seconds: float
     rows_per_second: float
     peak_rss_mb: float  # the largest single process (populate.py or its SQLite writer)
@@ -48,7 +51,7 @@ class Figures:
 
 
 def measure(count: int, workdir: Path, markets: str = "options") -> Figures:
-    """Populate ``count`` fake option tickers into a fresh database under ``workdir``."""
+    """Populate ``count`` fake option contracts into a fresh database under ``workdir``."""
     db = workdir / "polygon-bench.sqlite3"
     with FakePolygon(option_count=count, frozen=True) as fake:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CSV_", "POLYGON_"))}
@@ -74,10 +77,12 @@ def measure(count: int, workdir: Path, markets: str = "options") -> Figures:
             peak, peak_tree = _sample_rss(process)
             output = process.stdout.read() if process.stdout else ""
         seconds = time.monotonic() - started
+        requests = Counter(r.path for r in fake.rest_requests)
     rows = _rows_stored(output)
     return Figures(
         tickers=count,
         rows=rows,
+        requests=dict(sorted(requests.items())),
         seconds=round(seconds, 2),
         rows_per_second=round(rows / seconds) if seconds else 0,
         peak_rss_mb=round(peak / MB, 1),
@@ -113,13 +118,15 @@ def _rows_stored(output: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=1_000_000, help="option tickers")
+    parser.add_argument("--count", type=int, default=1_000_000, help="option contracts")
     parser.add_argument("--markets", default="options", help="POLYGON_MARKETS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="candlewire-bench-") as tmp:
         figures = measure(args.count, Path(tmp), args.markets)
-    print(f"tickers listed     {figures.tickers:,}")
+    print(f"contracts listed   {figures.tickers:,}")
     print(f"rows stored        {figures.rows:,}")
+    for path, pages in figures.requests.items():
+        print(f"REST requests      {pages:,} {path}")
     print(f"wall time          {figures.seconds:.1f} s ({figures.rows_per_second:,} rows/s)")
     print(f"peak RSS           {figures.peak_rss_mb:.0f} MB (largest process)")
     print(f"peak RSS, tree     {figures.peak_tree_rss_mb:.0f} MB (populate.py + SQLite writer)")

@@ -1,9 +1,10 @@
 """The fake Polygon.io server, driven by the real polygon-api-client 1.16.3.
 
-These tests pin what the rest of the suite relies on: ticker listing with cursor paging,
-aggregates that are exact folds of minute bars with Polygon's New York alignment, the
-WebSocket handshake, live per-second events that fold into the REST minute bar, and the
-fault-injection hooks.
+These tests pin what the rest of the suite relies on: ticker listing with cursor paging (and
+a 400 for ``market=options``, as on Polygon), the option chain of
+``/v3/reference/options/contracts`` in Polygon's shape, aggregates that are exact folds of
+minute bars with Polygon's New York alignment, the WebSocket handshake, live per-second
+events that fold into the REST minute bar, and the fault-injection hooks.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -32,6 +34,7 @@ from polygon.websocket.models import CurrencyAgg, EquityAgg, WebSocketMessage
 from websockets.exceptions import ConnectionClosedError
 
 from tests.fakes.polygon import FakePolygon
+from tests.fakes.polygon_data import occ_ticker
 
 TIMEOUT = 10.0  # seconds; every wait in this module scales with it
 NEW_YORK = ZoneInfo("America/New_York")
@@ -165,24 +168,174 @@ def test_list_tickers_follows_cursor_next_urls_across_pages_and_markets(
     assert found == ["AMD", "MSFT"]
 
 
-def test_option_contracts_page_a_thousand_at_a_time_in_ticker_order(
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    """Status and decoded JSON body of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return response.status, json.load(response)
+    except HTTPError as error:
+        with error:
+            return error.code, json.load(error)
+
+
+def test_tickers_reject_the_options_market_with_a_400_and_never_list_contracts(
     fake: FakePolygon, rest: RESTClient
 ) -> None:
-    options = [t.ticker for t in rest.list_tickers(market="options", limit=1000)]
-    assert len(options) == len(set(options)) == 2500
-    assert options == sorted(options)
-    assert all(re.fullmatch(r"O:[A-Z]+\d{6}[CP]\d{8}", t) for t in options)
-    descending = [t.ticker for t in rest.list_tickers(market="options", limit=1000, order="desc")]
-    assert descending == options[::-1]
+    status, body = get_json(f"{fake.base_url}/v3/reference/tickers?market=options&apiKey=k")
+    assert status == 400
+    assert (
+        body.pop("request_id")
+        and body.pop("status") == "ERROR"
+        and body
+        == {"error": "invalid market 'options': must be one of stocks, crypto, fx, otc, indices"}
+    )
+    with pytest.raises(BadResponse, match="invalid market 'options'"):
+        list(rest.list_tickers(market="options"))
+    every = [t.ticker or "" for t in rest.list_tickers(limit=1000)]
+    assert len(every) == 14 + 6 + 6 + 5 and not any(t.startswith("O:") for t in every)
+    assert list(rest.list_tickers(market="otc")) == []
+    status, body = get_json(f"{fake.base_url}/v3/reference/tickers/O:SPY260320C00280000?apiKey=k")
+    assert (status, body["status"]) == (404, "NOT_FOUND")
 
 
-def test_a_million_generated_options_page_lazily_without_building_the_chain() -> None:
+def test_option_contracts_page_a_thousand_at_a_time_in_ticker_order_with_polygons_fields(
+    fake: FakePolygon, rest: RESTClient
+) -> None:
+    fake.clear_logs()
+    contracts = list(rest.list_options_contracts(expired=False, limit=1000))
+    tickers = [c.ticker or "" for c in contracts]
+    assert len(tickers) == len(set(tickers)) == 2500 and tickers == sorted(tickers)
+    pages = fake.rest_requests
+    assert [p.path for p in pages] == ["/v3/reference/options/contracts"] * 3
+    assert pages[0].query == {"expired": "false", "limit": "1000"}
+    assert all(set(p.query) == {"cursor"} for p in pages[1:])
+    for contract, ticker in zip(contracts, tickers, strict=True):
+        occ = re.fullmatch(r"O:([A-Z]+)(\d\d)(\d\d)(\d\d)([CP])(\d{8})", ticker)
+        assert occ is not None, ticker
+        root, yy, mm, dd, kind, strike = occ.groups()
+        assert (contract.underlying_ticker, contract.expiration_date) == (root, f"20{yy}-{mm}-{dd}")
+        assert contract.contract_type == {"C": "call", "P": "put"}[kind]
+        assert contract.strike_price == int(strike) / 1000
+        assert contract.cfi == f"O{kind}ASPS" and contract.exercise_style == "american"
+        assert contract.shares_per_contract == 100 and contract.additional_underlyings is None
+    expiries = sorted({date.fromisoformat(c.expiration_date or "") for c in contracts})
+    assert len(expiries) == 12 and expiries[0] == date(2026, 3, 20)  # the first after NOW
+    assert all(d.weekday() == 4 and 15 <= d.day <= 21 for d in expiries)  # third Fridays
+    exchanges = Counter(c.primary_exchange for c in contracts)
+    assert exchanges.most_common(1)[0][0] == "BATO" and 0 < exchanges[None] < 250
+    descending = [c.ticker for c in rest.list_options_contracts(limit=1000, order="desc")]
+    assert descending == tickers[::-1]
+    assert rest.get_options_contract(tickers[7]) == contracts[7]
+
+
+def test_a_contract_page_is_polygons_json_with_a_cursor_only_next_url(fake: FakePolygon) -> None:
+    url = f"{fake.base_url}/v3/reference/options/contracts?underlying_ticker=SPY&apiKey=k"
+    status, body = get_json(url)
+    assert status == 200 and set(body) == {"results", "status", "request_id", "next_url"}
+    assert body["status"] == "OK" and len(body["results"]) == 10  # Polygon's default limit
+    assert body["results"][0] == {
+        "cfi": "OCASPS",
+        "contract_type": "call",
+        "exercise_style": "american",
+        "expiration_date": "2026-03-20",
+        "primary_exchange": "BATO",
+        "shares_per_contract": 100,
+        "strike_price": 280,
+        "ticker": "O:SPY260320C00280000",
+        "underlying_ticker": "SPY",
+    }
+    assert re.fullmatch(
+        re.escape(f"{fake.base_url}/v3/reference/options/contracts?cursor=") + r"[\w-]+",
+        body["next_url"],
+    )
+    status, second = get_json(f"{body['next_url']}&apiKey=k")
+    assert status == 200 and second["results"][0]["ticker"] == "O:SPY260320P00280000"
+
+
+def test_contract_filters_sorts_and_bad_parameters(fake: FakePolygon, rest: RESTClient) -> None:
+    puts = list(
+        rest.list_options_contracts(
+            underlying_ticker="SPY",
+            contract_type="put",
+            expiration_date_gte="2026-05-01",
+            expiration_date_lt="2026-07-01",
+            strike_price_gte=300,
+            strike_price_lte=310,
+            limit=2,
+        )
+    )
+    assert [(p.ticker, p.strike_price) for p in puts] == [
+        ("O:SPY260515P00300000", 300),
+        ("O:SPY260515P00305000", 305),
+        ("O:SPY260515P00310000", 310),
+        ("O:SPY260619P00300000", 300),
+        ("O:SPY260619P00305000", 305),
+        ("O:SPY260619P00310000", 310),
+    ]
+    by_strike = list(
+        rest.list_options_contracts(
+            underlying_ticker="AAPL", sort="strike_price", order="desc", limit=100
+        )
+    )
+    strikes = [c.strike_price or 0 for c in by_strike]
+    assert len(by_strike) == 228 and strikes == sorted(strikes, reverse=True)
+    assert {c.underlying_ticker for c in by_strike} == {"AAPL"}
+    assert list(rest.list_options_contracts(underlying_ticker="SPYG")) == []
+    for query, error in (
+        ("sort=volume", "invalid sort 'volume'"),
+        ("contract_type=both", "invalid contract_type 'both'"),
+        ("expired=maybe", "expired must be true or false"),
+        ("strike_price.gt=x", "strike_price.gt must be a number"),
+    ):
+        status, body = get_json(f"{fake.base_url}/v3/reference/options/contracts?{query}&apiKey=k")
+        assert (status, body["status"]) == (400, "ERROR") and body["error"].startswith(error)
+
+
+def test_contracts_expire_with_the_fake_clock_and_expired_true_lists_them() -> None:
+    with FakePolygon(now=NOW, frozen=True, option_count=240) as fp:
+        client = RESTClient(api_key="k", base=fp.base_url)
+        active = [c.ticker for c in client.list_options_contracts(limit=1000)]
+        assert len(active) == 240 and list(client.list_options_contracts(expired=True)) == []
+        fp.set_time(datetime(2026, 3, 20, 21, tzinfo=UTC))  # expiry day, after the close
+        assert len(list(client.list_options_contracts(limit=1000))) == 240
+        fp.set_time(datetime(2026, 3, 21, 14, tzinfo=UTC))
+        left = [c.ticker for c in client.list_options_contracts(limit=1000)]
+        gone = [c.ticker for c in client.list_options_contracts(expired=True, limit=1000)]
+        as_of = list(client.list_options_contracts(as_of="2026-03-20", limit=1000))
+        client.client.clear()
+    assert len(gone) == 22 and all(t[-15:-9] == "260320" for t in gone)  # a call, a put a root
+    assert sorted(left + gone) == active and len(as_of) == 240
+
+
+def test_explicit_option_rows_are_completed_from_their_occ_ticker() -> None:
+    adjusted = occ_ticker("AAPL1", date(2026, 4, 17), "C", 150_000)
+    rows: list[dict[str, Any]] = [
+        {"ticker": "O:SPY261218P00182500", "primary_exchange": None},
+        {
+            "ticker": adjusted,
+            "underlying_ticker": "AAPL",
+            "additional_underlyings": [{"type": "equity", "underlying": "AAPL", "amount": 100}],
+            "correction": "1",
+        },
+    ]
+    with FakePolygon(now=NOW, frozen=True, tickers={"options": rows}) as fp:
+        client = RESTClient(api_key="k", base=fp.base_url)
+        split, half = client.list_options_contracts()
+        client.client.clear()
+    assert (split.ticker, half.ticker) == (adjusted, "O:SPY261218P00182500")
+    assert (half.strike_price, half.contract_type, half.primary_exchange) == (182.5, "put", None)
+    assert (split.underlying_ticker, split.strike_price, split.correction) == ("AAPL", 150, "1")
+    assert split.additional_underlyings is not None
+    assert split.additional_underlyings[0].underlying == "AAPL"
+
+
+def test_a_million_generated_contracts_page_lazily_without_building_the_chain() -> None:
     started = time.monotonic()
     with FakePolygon(option_count=1_000_000) as fp:
         client = RESTClient(api_key="k", base=fp.base_url)
-        pages = client.list_tickers(market="options", limit=1000)
-        first = [t.ticker for t in itertools.islice(pages, 3000)]
-        last = next(iter(client.list_tickers(market="options", limit=1, order="desc")))
+        pages = client.list_options_contracts(limit=1000)
+        first = [c.ticker or "" for c in itertools.islice(pages, 3000)]
+        last = next(iter(client.list_options_contracts(limit=1, order="desc")))
         client.client.clear()
     assert first == sorted(set(first)) and len(first) == 3000
     assert last.ticker is not None and last.ticker > first[-1]

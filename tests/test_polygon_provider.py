@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polygon.rest.models import OptionsContract
 
 import config
 from backend import intervals
@@ -24,10 +25,11 @@ from backend.data_providers.polygon import PolygonProvider
 from backend.errors import AuthFailed, RateLimited
 from backend.ipc import BarUpdate, Event, Notice, Status
 from backend.polygon_bars import timespan
+from backend.polygon_rest import dataset_row
 from backend.polygon_stream import Backoff, combined_status
 from bench.polygon_populate import measure
 from tests.fakes.polygon import FakePolygon
-from tests.fakes.polygon_data import minute_bar
+from tests.fakes.polygon_data import contract_row, minute_bar
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 
 FIELDS = ("open", "high", "low", "close", "volume")
@@ -114,7 +116,7 @@ def test_dataset_rows_stream_every_page_of_every_market_with_labels_and_categori
     assert isinstance(rows, Iterator)  # a generator: populate streams it
     by_name = {row["name"]: row for row in rows}
     pages = [r for r in tuesday.rest_requests if r.path == "/v3/reference/tickers"]
-    assert len(pages) == 3 + 1 + 1 + 1 + 3  # stocks and options take three pages each
+    assert len(pages) == 3 + 1 + 1 + 1  # stocks take three pages
     assert pages[0].query == {
         "market": "stocks",
         "active": "true",
@@ -122,6 +124,18 @@ def test_dataset_rows_stream_every_page_of_every_market_with_labels_and_categori
         "sort": "ticker",
         "order": "asc",
     }
+    markets = [p.query["market"] for p in pages if "market" in p.query]
+    assert markets == ["stocks", "crypto", "fx", "indices"]  # options are not tickers
+    contracts = [r for r in tuesday.rest_requests if r.path == "/v3/reference/options/contracts"]
+    assert len(contracts) == 3  # 2,500 contracts, 1,000 a page
+    assert contracts[0].query == {
+        "expired": "false",
+        "limit": "1000",
+        "sort": "ticker",
+        "order": "asc",
+    }
+    assert all(set(p.query) == {"cursor"} for p in contracts[1:])
+    assert [r.status for r in tuesday.rest_requests] == [200] * (len(pages) + len(contracts))
     assert len(by_name) == 14 + 2500 + 6 + 6 + 5 + 2500 and "TWTR" not in by_name
     assert by_name["AAPL"] == {
         "source": "polygon",
@@ -141,8 +155,73 @@ def test_dataset_rows_stream_every_page_of_every_market_with_labels_and_categori
     )
     assert (eur["source_label"], eur["categories"]) == ("fx", ["FX"])
     assert (spx["name_label"], spx["categories"]) == ("Standard & Poor's 500", ["Indices"])
-    option = next(row for name, row in by_name.items() if name.startswith("O:SPY"))
-    assert option["categories"] == ["Options"] and option["name_label"].endswith("option")
+    assert by_name["O:SPY260320C00280000"] == {
+        "source": "polygon",
+        "name": "O:SPY260320C00280000",
+        "name_label": "SPY 2026-03-20 280 Call",
+        "type": "candlestick",
+        "categories": ["Options"],
+        "intervals": list(intervals.INTERVALS),
+        "outputs": [{"name": f, "y_axis": "volume" if f == "volume" else "price"} for f in FIELDS],
+        "source_label": "BATO",
+    }
+    options = {name: row for name, row in by_name.items() if name.startswith("O:")}
+    assert len(options) == 2500
+    for name, row in options.items():  # the fake's contract rows are a function of the ticker
+        contract = contract_row(name)
+        kind = str(contract["contract_type"]).capitalize()
+        assert row["name_label"] == (
+            f"{contract['underlying_ticker']} {contract['expiration_date']} "
+            f"{contract['strike_price']} {kind}"
+        )
+        assert row["source_label"] == contract.get("primary_exchange", "OPRA")
+        assert row["categories"] == ["Options"]
+    assert "OPRA" in {row["source_label"] for row in options.values()}
+
+
+def test_option_rows_are_the_unexpired_contracts_labelled_from_the_contract_fields() -> None:
+    contracts: list[str | dict[str, Any]] = [
+        "O:SPY260220C00600000",  # expired on 2026-02-20, before TUESDAY (2026-03-10)
+        "O:SPY260310P00550000",  # expires today: still listed
+        {"ticker": "O:SPY261218C00600000", "primary_exchange": "XCBO"},
+        {"ticker": "O:SPY261218P00182500", "primary_exchange": None},
+        {
+            "ticker": "O:AAPL1260417C00150000",  # adjusted after a corporate action
+            "underlying_ticker": "AAPL",
+            "primary_exchange": "BATO",
+            "additional_underlyings": [{"type": "equity", "underlying": "AAPL", "amount": 100}],
+        },
+    ]
+    with FakePolygon(now=TUESDAY, frozen=True, tickers={"options": contracts}) as fake:
+        direct = Direct(fake, markets="options")
+        try:
+            rows = list(direct.provider.get_dataset())
+        finally:
+            direct.close()
+        assert {r.path for r in fake.rest_requests} == {"/v3/reference/options/contracts"}
+    labels = {row["name"]: (row["name_label"], row["source_label"]) for row in rows}
+    assert labels == {
+        "O:AAPL1260417C00150000": ("AAPL 2026-04-17 150 Call", "BATO"),
+        "O:SPY260310P00550000": ("SPY 2026-03-10 550 Put", "BATO"),
+        "O:SPY261218C00600000": ("SPY 2026-12-18 600 Call", "XCBO"),
+        "O:SPY261218P00182500": ("SPY 2026-12-18 182.5 Put", "OPRA"),
+    }
+    assert [row["name"] for row in rows] == sorted(labels)
+
+
+def test_a_contract_missing_fields_is_labelled_from_its_occ_ticker() -> None:
+    def label(**fields: Any) -> tuple[str, str]:
+        row = dataset_row("polygon", "options", OptionsContract(**fields))
+        assert row is not None and row["categories"] == ["Options"]
+        return row["name_label"], row["source_label"]
+
+    assert label(ticker="O:SPY261218C00600000") == ("SPY 2026-12-18 600 Call", "OPRA")
+    assert label(ticker="O:QQQ270115P00412125", underlying_ticker="QQQ") == (
+        "QQQ 2027-01-15 412.125 Put",
+        "OPRA",
+    )
+    assert label(ticker="O:NOT-OCC", primary_exchange="XCBO") == ("O:NOT-OCC", "XCBO")
+    assert dataset_row("polygon", "options", OptionsContract()) is None
 
 
 def test_history_of_every_interval_is_the_rest_aggregates_with_polygon_dates(
@@ -487,11 +566,12 @@ POPULATE_PEAK_MB = 400.0  # measured: populate.py about 60 MB, its SQLite writer
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_million_option_tickers_populate_in_minutes_within_bounded_memory(
+def test_a_million_option_contracts_populate_in_minutes_within_bounded_memory(
     tmp_path: Path,
 ) -> None:
     figures = measure(POPULATE_TICKERS, tmp_path)
     assert figures.exit_code == 0, figures.output
     assert figures.rows == POPULATE_TICKERS
+    assert figures.requests == {"/v3/reference/options/contracts": POPULATE_TICKERS // 1000}
     assert figures.seconds < POPULATE_SECONDS, figures
     assert figures.peak_rss_mb < POPULATE_PEAK_MB, figures

@@ -1,8 +1,9 @@
 """The Polygon.io provider (source key ``polygon``): wires the ``polygon_*`` modules together.
 
-* Symbols (``populate.py``): the active tickers of every market in ``POLYGON_MARKETS``, read
-  from REST page by page and yielded one at a time, so millions of option contracts stream
-  into the database in bounded memory.
+* Symbols (``populate.py``): the active tickers of every market in ``POLYGON_MARKETS``
+  (``/v3/reference/tickers``; for options the unexpired contracts of
+  ``/v3/reference/options/contracts``), read from REST page by page and yielded one at a
+  time, so millions of option contracts stream into the database in bounded memory.
 * History: REST aggregates, with Polygon's own bar dates and values (US markets open their
   days at New York midnight, weeks on Sunday; crypto and fx at 00:00 UTC).
 * Live bars: the per-second aggregates of one WebSocket connection per cluster
@@ -69,7 +70,12 @@ class PolygonProvider(Provider):
                 if row is not None:
                     count += 1
                     yield row
-            logger.info("polygon: %d %s tickers", count, market)
+            logger.info(
+                "polygon: %d %s %s",
+                count,
+                market,
+                "contracts" if market == "options" else "tickers",
+            )
 
     def get_history(
         self,

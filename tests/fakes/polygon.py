@@ -8,7 +8,11 @@ The market data itself is :mod:`polygon_data` (pure functions of ticker and time
         rest = RESTClient(api_key="k", base=fake.base_url)
         ws = WebSocketClient(api_key="k", feed=fake.ws_feed, market="stocks", secure=False)
 
-REST: ``/v3/reference/tickers`` (keyset ``cursor`` paging), ``/v3/reference/tickers/{T}`` and
+REST: ``/v3/reference/tickers`` (keyset ``cursor`` paging; ``market`` is one of stocks, crypto,
+fx, otc and indices, as on Polygon: options are not tickers there, any other value is a 400),
+``/v3/reference/tickers/{T}``, ``/v3/reference/options/contracts`` (the option chain, keyset
+``cursor`` paging, ``expired``/``as_of`` against the fake clock's New York date),
+``/v3/reference/options/contracts/{O:T}`` and
 ``/v2/aggs/ticker/{T}/range/{n}/{span}/{from}/{to}``. WebSocket: ``/stocks``, ``/options``,
 ``/indices`` (``A``/``AM``), ``/crypto`` (``XAS``/``XA``, pair ``BTC-USD``) and ``/forex``
 (``CAS``/``CA``, pair ``EUR/USD``). Every server frame is a JSON array. Live events are emitted
@@ -33,6 +37,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
+from operator import eq, ge, gt, le, lt
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -42,6 +47,7 @@ from .polygon_data import (
     DEFAULT_TICKERS,
     MARKETS,
     MINUTE_MS,
+    NEW_YORK,
     SECOND_MS,
     TIMESPANS,
     Bar,
@@ -51,6 +57,7 @@ from .polygon_data import (
     Market,
     day_zone,
     decimals_of,
+    local_date,
     local_midnight_ms,
     market_of,
     merged_rows,
@@ -65,6 +72,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Payload = dict[str, Any]
 Response = tuple[int, Payload, list[tuple[bytes, bytes]]]
 
+#: The ``market`` values ``/v3/reference/tickers`` accepts (Polygon lists no options there).
+TICKER_MARKETS = ("stocks", "crypto", "fx", "otc", "indices")
+#: The ``sort`` values of ``/v3/reference/options/contracts``.
+CONTRACT_SORTS = ("ticker", "underlying_ticker", "expiration_date", "strike_price")
+_RANGES = {"": eq, ".lt": lt, ".lte": le, ".gt": gt, ".gte": ge}
 MAX_CONNECTIONS_MESSAGE = (
     "Maximum number of websocket connections exceeded. You have reached the connection limit "
     "for your account. Please contact support at https://polygon.io/contact to increase your "
@@ -306,6 +318,10 @@ class _Rest:
                     return 200, self.tickers(query), []
                 case ["v3", "reference", "tickers", ticker]:
                     return self.ticker_details(ticker)
+                case ["v3", "reference", "options", "contracts"]:
+                    return 200, self.contracts(query), []
+                case ["v3", "reference", "options", "contracts", ticker]:
+                    return self.contract_details(ticker)
                 case ["v2", "aggs", "ticker", ticker, "range", mult, timespan, frm, to]:
                     return 200, self.aggs(ticker, mult, timespan, frm, to, query), []
         except _BadRequest as exc:
@@ -319,11 +335,19 @@ class _Rest:
         params: dict[str, str] = state["params"]
         limit = min(max(_int(params.get("limit", "100"), "limit"), 1), 1000)
         descending = params.get("order", "asc") == "desc"
+        market = params.get("market")
+        if market is not None and market not in TICKER_MARKETS:
+            raise _BadRequest(
+                f"invalid market {market!r}: must be one of {', '.join(TICKER_MARKETS)}"
+            )
+        catalogs = (
+            self.fake._catalogs_for(market)
+            if market is not None
+            else [c for c in self.fake._catalogs_for(None) if c.market != "options"]
+        )
         rows = (
             r
-            for r in merged_rows(
-                self.fake._catalogs_for(params.get("market")), state.get("after"), descending
-            )
+            for r in merged_rows(catalogs, state.get("after"), descending)
             if _row_matches(r, params)
         )
         page = list(itertools.islice(rows, limit + 1))
@@ -339,12 +363,73 @@ class _Rest:
         return body
 
     def ticker_details(self, ticker: str) -> Response:
-        for catalog in self.fake._catalogs_for(market_of(ticker)):
+        if market_of(ticker) != "options":  # contracts are under /v3/reference/options
+            for catalog in self.fake._catalogs_for(market_of(ticker)):
+                if (i := catalog.index_of(ticker)) is not None:
+                    body = {"results": catalog.row_at(i), "status": "OK", "request_id": _rid()}
+                    return 200, body, []
+        return (
+            404,
+            {"status": "NOT_FOUND", "request_id": _rid(), "message": "Ticker not found."},
+            [],
+        )
+
+    def contracts(self, query: dict[str, str]) -> Payload:
+        """``/v3/reference/options/contracts``: the chain in ``sort`` order, one page.
+
+        ``sort=ticker`` (the default) pages lazily by keyset (a million contracts are never
+        built); the other sorts order every matching contract, so they suit small chains.
+        ``expired`` (default false) keeps contracts expiring before (true) or on or after
+        (false) ``as_of``, by default the fake clock's New York date when paging began.
+        """
+        state: dict[str, Any] = (
+            _decode_cursor(query["cursor"]) if "cursor" in query else {"params": query}
+        )
+        params: dict[str, str] = state["params"]
+        limit = min(max(_int(params.get("limit", "10"), "limit"), 1), 1000)
+        sort, order = params.get("sort", "ticker"), params.get("order", "asc")
+        if sort not in CONTRACT_SORTS:
+            raise _BadRequest(f"invalid sort {sort!r}: must be one of {', '.join(CONTRACT_SORTS)}")
+        if order not in ("asc", "desc"):
+            raise _BadRequest(f"invalid order {order!r}: must be one of asc, desc")
+        today = local_date(self.fake.clock.now_ms(), NEW_YORK).isoformat()
+        state.setdefault("as_of", _iso_date(params.get("as_of", today), "as_of"))
+        keep = _contract_filter(params, state["as_of"])
+        low = high = None
+        if root := params.get("underlying_ticker"):  # OCC tickers: O:{root}{yymmdd}...
+            low, high = f"O:{root}0", f"O:{root}:"
+        descending = order == "desc"
+        catalogs = self.fake._catalogs_for("options")
+        if sort == "ticker":
+            after = state.get("after")
+            rows = (r for r in merged_rows(catalogs, after, descending, low, high) if keep(r))
+            page = list(itertools.islice(rows, limit + 1))
+            resume: dict[str, Any] = {"after": page[-2]["ticker"]} if len(page) > limit else {}
+        else:
+            ordered = sorted(
+                (r for r in merged_rows(catalogs, None, False, low, high) if keep(r)),
+                key=lambda r: (r[sort], r["ticker"]),
+                reverse=descending,
+            )
+            offset = int(state.get("offset", 0))
+            page = ordered[offset : offset + limit + 1]
+            resume = {"offset": offset + limit}
+        body: Payload = {"results": page[:limit], "status": "OK", "request_id": _rid()}
+        if len(page) > limit:
+            cursor = _encode_cursor({"params": params, "as_of": state["as_of"]} | resume)
+            body["next_url"] = (
+                f"{self.fake.base_url}/v3/reference/options/contracts?cursor={cursor}"
+            )
+        return body
+
+    def contract_details(self, ticker: str) -> Response:
+        """``/v3/reference/options/contracts/{options_ticker}``."""
+        for catalog in self.fake._catalogs_for("options"):
             if (i := catalog.index_of(ticker)) is not None:
                 return 200, {"results": catalog.row_at(i), "status": "OK", "request_id": _rid()}, []
         return (
             404,
-            {"status": "NOT_FOUND", "request_id": _rid(), "message": "Ticker not found."},
+            {"status": "NOT_FOUND", "request_id": _rid(), "message": "Contract not found."},
             [],
         )
 
@@ -425,6 +510,52 @@ def _parse_time(text: str, zone: tzinfo, end: bool) -> int:
     return local_midnight_ms(day, zone)
 
 
+def _iso_date(text: str, name: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise _BadRequest(f"{name} must be a date YYYY-MM-DD, got {text!r}") from exc
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise _BadRequest(f"{name} must be a number, got {text!r}") from exc
+
+
+def _contract_filter(params: Mapping[str, str], as_of: str) -> Callable[[Payload], bool]:
+    """The predicate of the contract query ``params`` (parsed once, applied per row)."""
+    expired = params.get("expired", "false").lower()
+    if expired not in ("true", "false"):
+        raise _BadRequest(f"expired must be true or false, got {params['expired']!r}")
+    kind = params.get("contract_type")
+    if kind is not None and kind not in ("call", "put"):
+        raise _BadRequest(f"invalid contract_type {kind!r}: must be one of call, put")
+    checks: list[tuple[str, Callable[[Any, Any], bool], Any]] = [
+        ("expiration_date", lt if expired == "true" else ge, as_of)
+    ]
+    if kind is not None:
+        checks.append(("contract_type", eq, kind))
+    if "ticker" in params:
+        checks.append(("ticker", eq, params["ticker"]))
+    for name, parse in (
+        ("underlying_ticker", lambda text, _: text),
+        ("expiration_date", _iso_date),
+        ("strike_price", _number),
+    ):
+        for suffix, op in _RANGES.items():
+            if (text := params.get(name + suffix)) is not None:
+                checks.append((name, op, parse(text, name + suffix)))
+
+    def keep(row: Payload) -> bool:
+        return all(
+            (value := row.get(key)) is not None and op(value, bound) for key, op, bound in checks
+        )
+
+    return keep
+
+
 def _row_matches(row: Mapping[str, Any], params: Mapping[str, str]) -> bool:
     ticker = str(row["ticker"])
     checks = (
@@ -454,7 +585,8 @@ class FakePolygon:
         tickers: per market (``stocks``, ``options``, ``indices``, ``crypto``, ``fx``) a list of
             tickers or partial ticker rows, replacing that market's default list.
         stock_count: add this many generated stocks (``AAAAA``, ``AAAAB``, ...).
-        option_count: size of the generated option chain, built lazily page by page.
+        option_count: size of the generated option chain (``/v3/reference/options/contracts``),
+            built lazily page by page; its 12 monthly expiries start at the clock's start.
         now: start of the fake clock (aware datetime or epoch ms); default the real time.
         speed: fake seconds per real second; ``frozen`` stops time until :meth:`advance`.
         always_open: every market trades around the clock (REST and stream alike).
@@ -722,7 +854,8 @@ class FakePolygon:
             rows = given.get(market, DEFAULT_TICKERS.get(market))
             catalogs[market] = [] if rows is None else [Catalog.from_rows(market, rows)]
         if "options" not in given:
-            catalogs["options"] = [Catalog.option_chain(option_count)]
+            first_day = local_date(self.clock.now_ms(), NEW_YORK)
+            catalogs["options"] = [Catalog.option_chain(option_count, first_day)]
         if stock_count:
             catalogs["stocks"].append(Catalog.synthetic_stocks(stock_count))
         return catalogs

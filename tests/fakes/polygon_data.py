@@ -1,8 +1,9 @@
 """Deterministic market data behind the fake Polygon.io server.
 
 Owns the trading calendar, the pure ``(ticker, minute) -> bar`` function, its exact per-second
-breakdown, Polygon-aligned aggregation (with ``limit`` paging) and the ticker catalogs. Owns no
-sockets, no clock and no threads: every function takes ``now_ms`` explicitly.
+breakdown, Polygon-aligned aggregation (with ``limit`` paging), the ticker catalogs and the
+option contract chain. Owns no sockets, no clock and no threads: every function takes
+``now_ms`` (or the day) explicitly.
 
 Prices are integers in ticks (``10**decimals`` per unit) and volume-weighted sums are integers
 too, so every coarser bar is an *exact* fold of finer ones: first open, max high, min low, last
@@ -23,6 +24,8 @@ import heapq
 import itertools
 import math
 import random
+import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -560,8 +563,11 @@ def _code(seed: int, length: int, alphabet: str) -> str:
 
 
 def default_row(ticker: str, market: Market | None = None) -> dict[str, Any]:
-    """A complete ``/v3/reference/tickers`` row for ``ticker`` with plausible values."""
+    """A complete row for ``ticker`` with plausible values: a ``/v3/reference/tickers`` row,
+    or for an option a ``/v3/reference/options/contracts`` row (:func:`contract_row`)."""
     market = market or market_of(ticker)
+    if market == "options":
+        return contract_row(ticker)
     seed = profile(ticker).seed
     row: dict[str, Any] = {
         "ticker": ticker,
@@ -593,6 +599,54 @@ def default_row(ticker: str, market: Market | None = None) -> dict[str, Any]:
         }
     elif market == "indices":
         row |= {"type": "INDEX", "source_feed": "CBOE"}
+    return row
+
+
+#: Exchanges (MIC) named as an option contract's ``primary_exchange``; ``None``: left out.
+OPTION_EXCHANGES: tuple[str | None, ...] = (
+    "BATO", "XCBO", "XPHO", "XISX", "ARCO", "BATO", "XCBO", "BATO",
+    "XPHO", "BATO", "XCBO", "BATO", "AMXO", "BATO", "XCBO", None,
+)  # fmt: skip
+_OCC = re.compile(r"O:([A-Z0-9.]+)(\d{2})(\d{2})(\d{2})([CP])(\d{8})")
+
+
+def occ_ticker(root: str, expiry: date, kind: str, strike_milli: int) -> str:
+    """The Polygon spelling of an OCC option symbol: ``O:SPY261218C00600000``."""
+    return f"O:{root}{expiry:%y%m%d}{kind}{strike_milli:08d}"
+
+
+def contract_row(ticker: str) -> dict[str, Any]:
+    """The ``/v3/reference/options/contracts`` row of an OCC option ticker (``O:...``).
+
+    Fields as Polygon sends them, in its (alphabetical) order: ``cfi``, ``contract_type``
+    (``call``/``put``), ``exercise_style``, ``expiration_date`` (``YYYY-MM-DD``),
+    ``primary_exchange`` (left out for about one contract in 16), ``shares_per_contract``,
+    ``strike_price`` (an integer when whole), ``ticker``, ``underlying_ticker``.
+    """
+    match = _OCC.fullmatch(ticker)
+    if match is None:
+        raise ValueError(f"not an OCC option ticker: {ticker!r}")
+    root, yy, mm, dd, kind, strike = match.groups()
+    return _contract(
+        ticker, root, date(2000 + int(yy), int(mm), int(dd)).isoformat(), kind, int(strike)
+    )
+
+
+def _contract(ticker: str, root: str, expiry: str, kind: str, strike_milli: int) -> dict[str, Any]:
+    whole, milli = divmod(strike_milli, 1000)
+    row: dict[str, Any] = {
+        "cfi": f"O{kind}ASPS",  # option, call/put, American, stock underlying, physical, standard
+        "contract_type": "call" if kind == "C" else "put",
+        "exercise_style": "american",
+        "expiration_date": expiry,
+        "primary_exchange": OPTION_EXCHANGES[zlib.crc32(ticker.encode()) % 16],
+        "shares_per_contract": 100,
+        "strike_price": strike_milli / 1000 if milli else whole,
+        "ticker": ticker,
+        "underlying_ticker": root,
+    }
+    if row["primary_exchange"] is None:
+        del row["primary_exchange"]
     return row
 
 
@@ -639,11 +693,16 @@ class Catalog:
 
     @classmethod
     def from_rows(cls, market: Market, rows: Iterable[str | Mapping[str, Any]]) -> Catalog:
-        """A catalog of explicit rows (ticker strings or partial row dicts)."""
+        """A catalog of explicit rows: ticker strings or partial row dicts completed by
+        :func:`default_row` (a ``None`` value leaves that field out)."""
         full = [
             default_row(r, market)
             if isinstance(r, str)
-            else default_row(str(r["ticker"]), market) | dict(r)
+            else {
+                k: v
+                for k, v in (default_row(str(r["ticker"]), market) | dict(r)).items()
+                if v is not None
+            }
             for r in rows
         ]
         full.sort(key=lambda r: str(r["ticker"]))
@@ -659,22 +718,32 @@ class Catalog:
         return cls("stocks", count, ticker_at, lambda i: default_row(ticker_at(i), "stocks"))
 
     @classmethod
-    def option_chain(cls, count: int, roots: Sequence[str] = OPTION_ROOTS) -> Catalog:
-        """``count`` OCC option tickers over ``roots``: 12 monthly expiries from 2026-01."""
+    def option_chain(
+        cls, count: int, first_day: date, roots: Sequence[str] = OPTION_ROOTS
+    ) -> Catalog:
+        """``count`` option contracts over ``roots``: 12 monthly expiries (third Fridays), the
+        first on or after ``first_day``; per expiry calls then puts, strikes from half the
+        root's price upward. Rows (``/v3/reference/options/contracts``) are built on demand."""
         roots = sorted(roots)
         per_root = max(1, -(-count // len(roots)))
         strikes = max(1, -(-per_root // 24))
+        expiries = [_expiry(first_day, i).isoformat() for i in range(12)]
+        codes = [f"{_expiry(first_day, i):%y%m%d}" for i in range(12)]
 
-        def ticker_at(i: int) -> str:
+        def parts(i: int) -> tuple[str, int, str, int]:
             root, j = divmod(i, per_root)
             expiry, rest = divmod(j, 2 * strikes)
             kind, strike = divmod(rest, strikes)
-            strike_milli = _strike(roots[root], strike)
-            return f"O:{roots[root]}{_expiry(expiry):%y%m%d}{'CP'[kind]}{strike_milli:08d}"
+            return roots[root], expiry, "CP"[kind], _strike(roots[root], strike)
+
+        def ticker_at(i: int) -> str:
+            root, expiry, kind, strike = parts(i)
+            return f"O:{root}{codes[expiry]}{kind}{strike:08d}"
 
         def row_at(i: int) -> dict[str, Any]:
-            t = ticker_at(i)
-            return default_row(t, "options") | {"name": f"{t[2:]} option", "type": "OPTION"}
+            root, expiry, kind, strike = parts(i)
+            ticker = f"O:{root}{codes[expiry]}{kind}{strike:08d}"
+            return _contract(ticker, root, expiries[expiry], kind, strike)
 
         return cls("options", count, ticker_at, row_at)
 
@@ -687,14 +756,23 @@ class Catalog:
         i = bisect.bisect_left(self.tickers(), ticker)
         return i if i < self.size and self.ticker_at(i) == ticker else None
 
-    def rows_after(self, after: str | None, descending: bool) -> Iterator[dict[str, Any]]:
-        """Rows strictly after ``after`` in the requested order (keyset paging)."""
+    def rows_after(
+        self,
+        after: str | None,
+        descending: bool,
+        low: str | None = None,
+        high: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Rows strictly after ``after`` in the requested order (keyset paging), optionally
+        only those whose ticker lies in ``[low, high)``."""
         view = self.tickers()
+        first = 0 if low is None else bisect.bisect_left(view, low)
+        end = self.size if high is None else bisect.bisect_left(view, high)
         if descending:
-            stop = self.size if after is None else bisect.bisect_left(view, after)
-            return (self.row_at(i) for i in range(stop - 1, -1, -1))
-        start = 0 if after is None else bisect.bisect_right(view, after)
-        return (self.row_at(i) for i in range(start, self.size))
+            stop = end if after is None else min(end, bisect.bisect_left(view, after))
+            return (self.row_at(i) for i in range(stop - 1, first - 1, -1))
+        start = first if after is None else max(first, bisect.bisect_right(view, after))
+        return (self.row_at(i) for i in range(start, end))
 
 
 class _TickerView(Sequence[str]):
@@ -708,10 +786,18 @@ class _TickerView(Sequence[str]):
         return self._catalog.ticker_at(i)
 
 
-def _expiry(index: int) -> date:
-    """Third Friday of the month ``index`` months after 2026-01."""
-    first = date(2026 + index // 12, index % 12 + 1, 1)
+def _third_friday(year: int, month: int) -> date:
+    first = date(year, month, 1)
     return first + timedelta(days=(4 - first.weekday()) % 7 + 14)
+
+
+def _expiry(first_day: date, index: int) -> date:
+    """The ``index``-th monthly expiry (third Friday) on or after ``first_day``."""
+    months = first_day.year * 12 + first_day.month - 1
+    if _third_friday(first_day.year, first_day.month) < first_day:
+        months += 1
+    months += index
+    return _third_friday(months // 12, months % 12 + 1)
 
 
 def _strike(root: str, index: int) -> int:
@@ -722,8 +808,13 @@ def _strike(root: str, index: int) -> int:
 
 
 def merged_rows(
-    catalogs: Iterable[Catalog], after: str | None, descending: bool
+    catalogs: Iterable[Catalog],
+    after: str | None,
+    descending: bool,
+    low: str | None = None,
+    high: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Rows of several catalogs merged in ticker order, strictly after ``after``."""
-    streams = [c.rows_after(after, descending) for c in catalogs]
+    """Rows of several catalogs merged in ticker order, strictly after ``after`` (and with
+    tickers in ``[low, high)`` when given)."""
+    streams = [c.rows_after(after, descending, low, high) for c in catalogs]
     return heapq.merge(*streams, key=lambda r: str(r["ticker"]), reverse=descending)
