@@ -8,7 +8,7 @@ PORT   ?= 8000
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser run populate test check format bench clean
+.PHONY: setup browser run populate test check format bench bench-profile clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -51,9 +51,16 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The benchmark suite (about 8 minutes, 2+ cores): every figure next to its ceiling.
 bench: setup
-	$(BIN)/python bench/fanout.py
-	$(BIN)/python bench/search.py
+	$(BIN)/python bench/run_all.py
+
+# Where the time goes at saturation (py-spy on the hub and provider processes).
+bench-profile: setup
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python bench/fanout.py --clients 1000 --profile 10
+	$(BIN)/python bench/ingest.py --profile 8
+	$(BIN)/python bench/history.py --keys 50 --profile 6
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
