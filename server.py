@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -77,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"Candlewire listening on http://{shown}:{port}", flush=True)
     server = uvicorn.Server(uvicorn_config(settings))
-    asyncio.run(server.serve(sockets=[sock]))
+    # asyncio.run would bypass uvicorn's loop selection: use uvloop ourselves when installed.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(server.serve(sockets=[sock]))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ times (DESIGN 5.1); this module only aligns what we aggregate ourselves.
 from __future__ import annotations
 
 import calendar
+import functools
 from datetime import UTC, datetime
 
 INTERVALS: tuple[str, ...] = (
@@ -93,8 +94,10 @@ def can_aggregate(base: str, target: str) -> bool:
     return _FIXED_SECONDS[target] % _FIXED_SECONDS[base] == 0
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def format_date(t: int) -> str:
-    """``YYYY-MM-DD HH:MM:SS`` in UTC, the wire format of a bar's ``date``."""
+    """``YYYY-MM-DD HH:MM:SS`` in UTC, the wire format of a bar's ``date`` (memoized: the
+    same bar times are formatted again and again for history answers and live updates)."""
     return datetime.fromtimestamp(t, UTC).strftime(DATE_FORMAT)
 
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_BATCH_MAX = 10_000
+_BATCH_MAX = 500  # events per pipe write: batches amortize pickling, small ones keep latency
 _IDLE_HEARTBEAT = 1.0
 _PR_SET_PDEATHSIG = 1
 

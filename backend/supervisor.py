@@ -51,7 +51,8 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 STARTUP_TIMEOUT = 60.0
 PING_EVERY = 1.0
-MAX_BATCHES_PER_WAKEUP = 64
+# Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
+MAX_BATCHES_PER_WAKEUP = 8
 
 EventSink = Callable[[str, list[Event]], None]
 ReadySink = Callable[[str], None]
@@ -231,13 +232,18 @@ class ProviderProcess:
         events = self._events
         if events is None:
             return
+        loop = asyncio.get_running_loop()
         try:
             for _ in range(limit):
                 if not events.poll():
-                    break
+                    return
                 self._dispatch(pickle.loads(events.recv_bytes()))
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(events.fileno())
+            loop.remove_reader(events.fileno())
+            return
+        # More may be waiting. Come back after the client writers had their turn: an event
+        # loop need not signal the pipe again for data that was already there (uvloop).
+        loop.call_soon(self._drain)
 
     def _dispatch(self, batch: list[Event]) -> None:
         self.last_seen = time.monotonic()
