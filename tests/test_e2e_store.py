@@ -37,45 +37,31 @@ def setup(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+async def init_then_history(env: dict[str, str], log: Path, end: str | None) -> tuple[dict, dict]:
+    """On a fresh server: ``data_init`` AAA 1d, then ``data_history`` AAA 1h up to ``end``
+    (default: the sixth daily bar); the store is flushed before the server stops."""
+    with ServerProcess(env, log) as server:
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("AAA", "1d", 20))
+        init = await ws.wait_for("data_init", same_key("AAA", "1d"))
+        end = end or init["data"][5]["date"]
+        await ws.send({"type": "data_history", "source": "counting", "name": "AAA",
+                       "interval": "1h", "end": end, "count": 100})  # fmt: skip
+        page = await ws.wait_for("data_history", same_key("AAA", "1h"))
+        await ws.close()
+        await asyncio.sleep(0.6)  # the store flushes every 0.25 s
+    return init, page
+
+
 async def test_a_restarted_server_answers_stored_history_without_the_provider(
     tmp_path: Path,
 ) -> None:
     env = setup(tmp_path)
-    with ServerProcess(env, tmp_path / "server.log") as server:
-        ws = await WsClient.open(server.ws_url)
-        await ws.send(data("AAA", "1d", 20))
-        first = await ws.wait_for("data_init", same_key("AAA", "1d"))
-        await ws.send(
-            {
-                "type": "data_history",
-                "source": "counting",
-                "name": "AAA",
-                "interval": "1h",
-                "end": first["data"][5]["date"],
-                "count": 100,
-            }
-        )
-        page = await ws.wait_for("data_history", same_key("AAA", "1h"))
-        await ws.close()
-        await asyncio.sleep(0.6)  # the store flushes every 0.25 s
+    first, page = await init_then_history(env, tmp_path / "server.log", None)
     calls = history_calls(env, "AAA", "1d") + history_calls(env, "AAA", "1h")
     assert calls >= 2
-    with ServerProcess(env, tmp_path / "server.log") as server:
-        ws = await WsClient.open(server.ws_url)
-        await ws.send(data("AAA", "1d", 20))
-        again = await ws.wait_for("data_init", same_key("AAA", "1d"))
-        await ws.send(
-            {
-                "type": "data_history",
-                "source": "counting",
-                "name": "AAA",
-                "interval": "1h",
-                "end": first["data"][5]["date"],
-                "count": 100,
-            }
-        )
-        page_again = await ws.wait_for("data_history", same_key("AAA", "1h"))
-        await ws.close()
+    end = first["data"][5]["date"]
+    again, page_again = await init_then_history(env, tmp_path / "server.log", end)
     assert history_calls(env, "AAA", "1d") + history_calls(env, "AAA", "1h") == calls
     assert [b["date"] for b in again["data"]] == [b["date"] for b in first["data"]]
     assert page_again["data"] == page["data"]
