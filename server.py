@@ -13,7 +13,6 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Callable
 
 import uvicorn
 
@@ -78,19 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"Candlewire listening on http://{shown}:{port}", flush=True)
     server = uvicorn.Server(uvicorn_config(settings))
-    # asyncio.run would bypass uvicorn's loop selection: use uvloop ourselves when installed.
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(server.serve(sockets=[sock]))
+    # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
+    # add_reader stalled now and then (a provider killed for "no heartbeat").
+    asyncio.run(server.serve(sockets=[sock]))
     return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 if __name__ == "__main__":
