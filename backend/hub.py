@@ -248,7 +248,7 @@ class Hub:
         answer = await self.planner.latest(key, request.count, self.subs.has(key))
         if client.id not in self.clients:
             return
-        wire = self._wire_keys(key, details)
+        wire = self.wire_keys(key, details)
         self.send(
             client, protocol.series_message("data_init", key, wire.datapoints(answer.bars), details)
         )
@@ -263,7 +263,7 @@ class Hub:
         if details is None:
             return
         answer = await self.planner.before(key, request.end, request.count)
-        wire = self._wire_keys(key, details)
+        wire = self.wire_keys(key, details)
         self.send(
             client, protocol.series_message("data_history", key, wire.datapoints(answer.bars))
         )
@@ -309,7 +309,8 @@ class Hub:
         self._details[cache_key] = details
         return details
 
-    def _wire_keys(self, key: SeriesId, details: dict[str, Any]) -> WireKeys:
+    def wire_keys(self, key: SeriesId, details: dict[str, Any]) -> WireKeys:
+        """The wire column names of ``key`` (computed once per key)."""
         wire = self._wire.get(key)
         if wire is None:
             wire = self._wire[key] = WireKeys(key, str(details.get("type", "candlestick")))

@@ -94,7 +94,7 @@ async def history(
     kind = str(details.get("type", "candlestick"))
     if format == "csv":
         return _csv_response(key, kind, answer.bars)
-    points = hub._wire_keys(key, details).datapoints(answer.bars)
+    points = hub.wire_keys(key, details).datapoints(answer.bars)
     body: dict[str, Any] = {
         "source": source,
         "name": name,
