@@ -467,6 +467,8 @@ class Hub:
             and series.coverage.span_at(previous - 1) is not None
         ):
             series.coverage.add(previous, t - 1)
+        if series.loaded and series.persist and self.store is not None:
+            self._store_live(series, bar, newest, previous)
         if not newest:
             return
         self.listeners.notify(key, bar)
@@ -486,9 +488,7 @@ class Hub:
     def _store_live(self, series: Series, bar: Bar, newest: bool, previous: int | None) -> None:
         """Persist a live bar (as forming when it is the newest); the bar it superseded as
         newest is closed now and is stored as such."""
-        provider = self.supervisor.get(series.key.source)
-        if self.store is None or provider is None or not provider.persist:
-            return
+        assert self.store is not None
         bars = [bar]
         if newest and previous is not None and bar[0] > previous and len(series.bars) > 1:
             bars.insert(0, series.bars[-2])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -250,6 +251,35 @@ async def test_a_dropped_connection_is_refilled_so_store_and_client_have_every_b
         assert answer["data"] == points(fake.klines(name, interval, limit=10), name, interval)
     finally:
         await store.close()
+
+
+async def test_live_bars_are_written_to_the_store_with_their_final_values(
+    fake: FakeBinance, server: ServerProcess, client: WsClient, env: dict[str, str]
+) -> None:
+    name, interval = "ETHBTC", "1m"
+    await client.send(data(name, interval, count=3))
+    init = await client.wait_for("data_init", key_of(name, interval))
+    forming = init["data"][-1]["date"]  # stored as forming by the history answer
+    await client.wait_for("data_update", key_of(name, interval))
+    fake.advance(45)  # the forming bar closes on the live stream
+    await client.wait_for(
+        "data_update", lambda m: key_of(name, interval)(m) and m["data"]["date"] > forming
+    )
+    forming_ms = intervals.parse_date(forming) * 1000
+    [final] = points(fake.klines(name, interval, start_time=forming_ms, limit=1), name, interval)
+    base = f"binance-{name}-{interval}"
+    expected = (*(final[f"{base}-{f}"] for f in FIELDS), 0)
+
+    def stored() -> tuple[Any, ...] | None:
+        with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+            row: tuple[Any, ...] | None = db.execute(
+                "SELECT o, h, l, c, v, forming FROM bars JOIN bar_series s ON s.id = bars.series"
+                " WHERE s.source = 'binance' AND s.name = ? AND s.interval = ? AND t = ?",
+                (name, interval, forming_ms // 1000),
+            ).fetchone()
+            return row
+
+    assert await eventually(lambda: stored() == expected), (stored(), expected)
 
 
 # ------------------------------------------------------------------ rate limits
