@@ -47,7 +47,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         create_app(settings),
         loop="auto",
         http="auto",
-        ws="auto",
+        ws="websockets-sansio",  # backend/socket_writer.py writes to it directly
         ws_max_size=settings.MAX_FRAME_BYTES,
         lifespan="on",
         log_level=settings.LOG_LEVEL.lower(),

@@ -21,6 +21,7 @@ from backend.metrics import Metrics
 from backend.openbb import add_cors
 from backend.openbb import router as openbb_router
 from backend.rest import router
+from backend.socket_writer import ExposeProtocol
 from backend.store import BarStore
 from backend.symbols import SymbolIndex
 from backend.udf import router as udf_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openbb_router)
     app.include_router(udf_router)
     add_cors(app, settings)
+    app.add_middleware(ExposeProtocol)  # outermost of ours: it must see the server's send
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await serve_connection(websocket, websocket.app.state.hub)

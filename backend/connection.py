@@ -1,8 +1,8 @@
-"""One WebSocket connection at ``/websocket/``: its reader loop and its writer task.
+"""One WebSocket connection at ``/websocket/``: its reader loop and its writer.
 
-The reader parses frames and hands them to the hub in order. The writer drains the client's
-outbox to the socket; it is the only code that awaits this client's socket, so a slow
-client slows nobody else. The hub closes a client that cannot keep up with code 1013.
+The reader parses frames and hands them to the hub. The writer (``backend.socket_writer``)
+moves the client's outbox to the socket; nothing else writes to it, so a slow client slows
+nobody else. The hub closes a client that cannot keep up with code 1013.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backend import protocol
+from backend.socket_writer import SocketWriter, writer_for
 
 if TYPE_CHECKING:
     from backend.hub import Client, Hub
@@ -36,17 +37,19 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
     client = hub.add_client(peer, connection.kick)
     if client is None:
         await websocket.send_text(
-            protocol.error_message("limit_reached", "Error: Max simultaneous connections reached")
+            protocol.error_message(
+                "limit_reached", "Error: Max simultaneous connections reached"
+            ).decode()
         )
         await websocket.close(1013, "server full")
         return
     connection.client = client
-    connection.writer = asyncio.get_running_loop().create_task(connection.write_loop())
+    connection.writer = writer_for(websocket, client.outbox, f"client {client.id}")
     try:
         await connection.read_loop()
     finally:
         hub.remove_client(client)
-        await connection.stop_writer()
+        connection.stop()
 
 
 class _Connection:
@@ -54,7 +57,7 @@ class _Connection:
         self.websocket = websocket
         self.hub = hub
         self.client: Client | None = None
-        self.writer: asyncio.Task[None] | None = None
+        self.writer: SocketWriter | None = None
         self.closing = False
         self.in_flight: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_FRAMES_IN_FLIGHT)
@@ -99,25 +102,13 @@ class _Connection:
                 exc_info=task.exception(),
             )
 
-    async def write_loop(self) -> None:
-        assert self.client is not None
-        outbox = self.client.outbox
-        send = self.websocket.send_text
-        try:
-            while True:
-                await outbox.wait()
-                for frame in outbox.drain():
-                    await send(frame)
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            logger.debug("client %s: writer stopped: %r", self.client.id, exc)
-
     def kick(self, code: int, reason: str) -> None:
         """Close this client from the hub (it could not keep up)."""
         if self.closing:
             return
         self.closing = True
         if self.writer is not None:
-            self.writer.cancel()
+            self.writer.stop()
         task = asyncio.get_running_loop().create_task(self._close(code, reason))
         task.add_done_callback(_log_failure)
 
@@ -126,13 +117,11 @@ class _Connection:
         with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
             await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
 
-    async def stop_writer(self) -> None:
+    def stop(self) -> None:
         for task in list(self.in_flight):
             task.cancel()
-        if self.writer is not None and not self.writer.done():
-            self.writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.writer
+        if self.writer is not None:
+            self.writer.stop()
 
 
 async def receive_frame(websocket: WebSocket) -> str | bytes | None:

@@ -28,6 +28,7 @@ from backend.metrics import Metrics
 from backend.outbox import Outbox
 from backend.subscriptions import Change, Subscriptions
 from backend.supervisor import Supervisor
+from backend.wsframe import text_frame
 
 if TYPE_CHECKING:
     from backend.store import BarStore
@@ -169,8 +170,9 @@ class Hub:
             self._release(client.id, key, change)
         logger.info("client %d disconnected (%d clients)", client.id, len(self.clients))
 
-    def send(self, client: Client, frame: str, slot: Any = None) -> None:
-        if not client.outbox.push(frame, slot):
+    def send(self, client: Client, message: bytes, slot: Any = None) -> None:
+        """Queue one encoded message (``protocol.*``) for ``client``."""
+        if not client.outbox.push(text_frame(message), slot):
             self._kick(client, "outbox hard limit reached")
 
     def _kick(self, client: Client, why: str) -> None:
@@ -478,7 +480,7 @@ class Hub:
         wire = self._wire.get(key)
         if wire is None:
             return
-        frame = protocol.update_message(key, wire.datapoint(bar))
+        frame = text_frame(protocol.update_message(key, wire.datapoint(bar)))
         slot = (key, t)
         for client in list(targets.values()):
             if not client.outbox.push(frame, slot):
@@ -497,11 +499,14 @@ class Hub:
             self.store.put_coverage(series.key, series.coverage.spans(), series.exhausted_before)
 
     def _notify(self, key: SeriesId, code: str, message: str) -> None:
-        frame = protocol.error_message(
-            code, message, {"source": key.source, "name": key.name, "interval": key.interval}
+        frame = text_frame(
+            protocol.error_message(
+                code, message, {"source": key.source, "name": key.name, "interval": key.interval}
+            )
         )
         for client in list(self.deliver.get(key, {}).values()):
-            self.send(client, frame)
+            if not client.outbox.push(frame):
+                self._kick(client, "outbox hard limit reached")
 
     # ------------------------------------------------------------------ introspection
 

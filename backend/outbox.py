@@ -1,18 +1,18 @@
 """A client's bounded outbox: frames waiting for that client's writer.
 
-The hub pushes frames without awaiting; the client's writer task drains them. A forming-bar
-update replaces an unsent update of the same bar of the same key in place (only the newest
-matters). Other frames are never dropped: when the outbox stays over its soft limit longer
-than the slow-client timeout, or reaches the hard limit, the hub closes the client with
-1013 and counts it. Memory per client is bounded either way.
+The hub pushes frames (complete WebSocket frames, ``bytes``) without awaiting; the outbox
+calls its ``wake`` callback when it stops being empty, and the client's writer drains it.
+A forming-bar update replaces an unsent update of the same bar of the same key in place
+(only the newest matters). Other frames are never dropped: when the outbox stays over its
+soft limit longer than the slow-client timeout, or reaches the hard limit, the hub closes
+the client with 1013 and counts it. Memory per client is bounded either way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 HARD_LIMIT_FACTOR = 4
 
@@ -24,19 +24,19 @@ class Outbox:
         "_frames",
         "_hard_limit",
         "_order",
-        "_ready",
         "_seq",
+        "_wake",
         "conflations",
         "over_limit_since",
         "soft_limit",
     )
 
-    def __init__(self, soft_limit: int) -> None:
+    def __init__(self, soft_limit: int, wake: Callable[[], None] | None = None) -> None:
         self.soft_limit = soft_limit
         self._hard_limit = soft_limit * HARD_LIMIT_FACTOR
         self._order: deque[Hashable] = deque()
-        self._frames: dict[Hashable, str] = {}
-        self._ready = asyncio.Event()
+        self._frames: dict[Hashable, bytes] = {}
+        self._wake = wake
         self._seq = 0
         self.over_limit_since: float | None = None
         self.conflations = 0
@@ -44,7 +44,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._order)
 
-    def push(self, frame: str, slot: Hashable | None = None) -> bool:
+    def set_wake(self, wake: Callable[[], None] | None) -> None:
+        """Call ``wake`` (no arguments, must not block) whenever the outbox stops being empty."""
+        self._wake = wake
+
+    def push(self, frame: bytes, slot: Hashable | None = None) -> bool:
         """Queue ``frame``; a frame with the ``slot`` of a pending one replaces it in place.
 
         Returns False when the hard limit is reached: the caller must close the client.
@@ -58,25 +62,25 @@ class Outbox:
         if slot is None:
             self._seq += 1
             slot = self._seq
-        self._order.append(slot)
+        order = self._order
+        order.append(slot)
         self._frames[slot] = frame
-        if len(self._order) > self.soft_limit and self.over_limit_since is None:
+        pending = len(order)
+        if pending == 1:
+            if self._wake is not None:
+                self._wake()
+        elif pending > self.soft_limit and self.over_limit_since is None:
             self.over_limit_since = time.monotonic()
-        self._ready.set()
         return True
 
-    def drain(self) -> list[str]:
+    def drain(self) -> list[bytes]:
         """Take every pending frame, oldest first."""
-        frames = [self._frames[slot] for slot in self._order]
+        frames = self._frames
+        taken = [frames[slot] for slot in self._order]
         self._order.clear()
-        self._frames.clear()
-        self._ready.clear()
+        frames.clear()
         self.over_limit_since = None
-        return frames
-
-    async def wait(self) -> None:
-        """Wait until at least one frame is pending."""
-        await self._ready.wait()
+        return taken
 
     def stalled_for(self, now: float) -> float:
         """Seconds the outbox has been over its soft limit (0 when it is not)."""

@@ -241,14 +241,14 @@ def _count(item: dict[str, Any], max_count: int) -> int:
 # ---------------------------------------------------------------- server messages
 
 
-def encode(message: dict[str, Any]) -> str:
-    """One server frame as text."""
-    return orjson.dumps(message).decode()
+def encode(message: dict[str, Any]) -> bytes:
+    """One server message as UTF-8 JSON (the payload of one text frame)."""
+    return orjson.dumps(message)
 
 
 def series_message(
     kind: str, series: SeriesId, data: list[dict[str, Any]], metadata: Any = None
-) -> str:
+) -> bytes:
     """``data_init`` or ``data_history``."""
     return encode(
         {
@@ -262,7 +262,7 @@ def series_message(
     )
 
 
-def update_message(series: SeriesId, point: dict[str, Any]) -> str:
+def update_message(series: SeriesId, point: dict[str, Any]) -> bytes:
     return encode(
         {
             "type": "data_update",
@@ -274,5 +274,5 @@ def update_message(series: SeriesId, point: dict[str, Any]) -> str:
     )
 
 
-def error_message(code: str, message: str, request: Any = None) -> str:
+def error_message(code: str, message: str, request: Any = None) -> bytes:
     return encode({"type": "error", "code": code, "message": message, "request": request})

@@ -37,6 +37,7 @@ import orjson
 
 from backend import protocol
 from backend.bars import SeriesId, WireKeys
+from backend.wsframe import text_frame
 from bench.synthetic import TICK_SECONDS, RateFile, Schedule, dataset_row, history_bar
 
 SOURCE = "synthetic"
@@ -74,7 +75,7 @@ class Keys:
                 SeriesId(source, name, interval),
                 wire.datapoints(bars),
                 dataset_row(source, name, "Ceiling"),
-            )
+            ).decode()
         return frame
 
 
@@ -139,7 +140,7 @@ async def run_broadcast(args: argparse.Namespace) -> None:
                 for name in due:
                     wire = keys.wire_keys(SOURCE, name, "1m")
                     bar = (t, 100.0, price + 1, 99.0, price, wall())
-                    frame = protocol.update_message(keys.series(name), wire.datapoint(bar))
+                    frame = protocol.update_message(keys.series(name), wire.datapoint(bar)).decode()
                     broadcast(subscribers.get(name, ()), frame)
             await asyncio.sleep(TICK_SECONDS)
 
@@ -155,15 +156,6 @@ async def run_broadcast(args: argparse.Namespace) -> None:
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 KEY = re.compile(rb"sec-websocket-key:\s*(\S+)", re.IGNORECASE)
-
-
-def server_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 class Blaster:
@@ -183,7 +175,7 @@ class Blaster:
     def rebuild(self) -> None:
         now = time.time()
         bar = (int(now) // 60 * 60, 100.0, 101.0, 99.0, 100.5, now)
-        frame = server_frame(protocol.update_message(self.key, self.wire.datapoint(bar)).encode())
+        frame = text_frame(protocol.update_message(self.key, self.wire.datapoint(bar)))
         self.chunk = frame * self.FRAMES_PER_CHUNK
 
     async def run(self) -> None:
@@ -235,7 +227,7 @@ class BlastProtocol(asyncio.Protocol):
         # The bench client masks with an all-zero key: its requests can be counted as they are.
         requests = data.count(b'"type":"data"')
         if requests:
-            init = server_frame(b'{"type":"data_init","data":[]}')
+            init = text_frame(b'{"type":"data_init","data":[]}')
             self.transport.write(init * requests)
         if b"\x88" in data[:1]:  # a close frame
             self.transport.close()

@@ -93,6 +93,8 @@ def test_too_many_requests_in_one_frame_is_refused_as_a_whole() -> None:
 
 
 def test_encoded_messages_never_contain_nan() -> None:
-    text = protocol.update_message(SeriesId("a", "b", "1m"), {"date": "x", "v": float("nan")})
+    text = protocol.update_message(
+        SeriesId("a", "b", "1m"), {"date": "x", "v": float("nan")}
+    ).decode()
     assert "NaN" not in text
     assert orjson.loads(text)["data"]["v"] is None

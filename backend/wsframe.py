@@ -1,0 +1,32 @@
+"""WebSocket text frames built once and written as they are (RFC 6455, section 5.2).
+
+A server frame is never masked, so when no extension (compression) is negotiated the bytes
+of a ``data_update`` frame are the same for every subscriber: the hub builds the frame once
+per update and every client's writer hands those bytes to its transport unchanged.
+"""
+
+from __future__ import annotations
+
+_FIN_TEXT = 0x81
+_LEN_16 = 126
+_LEN_64 = 127
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unfragmented, unmasked text frame carrying ``payload`` (UTF-8)."""
+    n = len(payload)
+    if n < _LEN_16:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 1 << 16:
+        return bytes((_FIN_TEXT, _LEN_16)) + n.to_bytes(2, "big") + payload
+    return bytes((_FIN_TEXT, _LEN_64)) + n.to_bytes(8, "big") + payload
+
+
+def payload_of(frame: bytes) -> bytes:
+    """The payload of a frame made by :func:`text_frame`."""
+    marker = frame[1]
+    if marker < _LEN_16:
+        return frame[2:]
+    if marker == _LEN_16:
+        return frame[4:]
+    return frame[10:]
