@@ -22,7 +22,7 @@ from backend.cache import BarCache, Series
 from backend.clocks import Clocks
 from backend.errors import ProviderUnavailable
 from backend.history import HistoryPlanner
-from backend.ipc import BarUpdate, Clock, Event, Notice, StartStreaming, Status, StopStreaming
+from backend.ipc import Clock, Notice, StartStreaming, Status, StopStreaming, WireEvent
 from backend.listeners import BarListener, Listeners
 from backend.metrics import Metrics
 from backend.outbox import Outbox
@@ -432,14 +432,15 @@ class Hub:
         if pairs:
             logger.info("provider %s: resubscribed %d client streams", source, len(pairs))
 
-    def on_provider_events(self, source: str, events: list[Event]) -> None:
+    def on_provider_events(self, source: str, events: list[WireEvent]) -> None:
         """Events from a provider process, in batches; the hot path of the hub."""
         bars = 0
         for event in events:
+            if type(event) is tuple:  # a bar update (ipc.WireBar)
+                self._on_bar(SeriesId(source, event[0], event[1]), event[2])
+                bars += 1
+                continue
             match event:
-                case BarUpdate(symbol, interval, bar):
-                    self._on_bar(SeriesId(source, symbol, interval), bar)
-                    bars += 1
                 case Clock():
                     self.clocks.set(source, event)
                 case Notice(symbol, interval, code, message):

@@ -1,12 +1,17 @@
 """Typed messages between the hub and a provider process.
 
 Commands go hub -> provider over a ``multiprocessing`` queue; events go provider -> hub over
-a pipe, pickled in batches (a list of events per write). Both sides dispatch with ``match``.
+a pipe, pickled in batches (a list of events per write, :func:`encode_batch`). Both sides
+dispatch with ``match``, except for bar updates: they are nearly all of the traffic, so they
+cross the pipe as plain tuples (a plain tuple unpickles about 40 times faster than a
+dataclass instance) and the hub takes them first.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from backend.bars import Bar
 
@@ -90,9 +95,11 @@ class Heartbeat:
     busy_history: int
 
 
-@dataclass(frozen=True, slots=True)
-class BarUpdate:
-    """One bar of ``(symbol, interval)``: the forming bar, a new bar, or a correction."""
+class BarUpdate(NamedTuple):
+    """One bar of ``(symbol, interval)``: the forming bar, a new bar, or a correction.
+
+    On the pipe it is a plain ``(symbol, interval, bar, final)`` tuple (:data:`WireBar`).
+    """
 
     symbol: str
     interval: str
@@ -142,3 +149,19 @@ class Notice:
 
 
 Event = Ready | Pong | Heartbeat | BarUpdate | HistoryReply | Clock | Status | Notice
+
+# A BarUpdate as it crosses the pipe.
+WireBar = tuple[str, str, Bar, bool]
+WireEvent = Event | WireBar
+
+
+def encode_batch(batch: list[Event]) -> bytes:
+    """A batch of events as one pipe message (bar updates as plain tuples)."""
+    wire = [tuple(event) if type(event) is BarUpdate else event for event in batch]
+    return pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_batch(data: bytes) -> list[WireEvent]:
+    """The events of one pipe message; a plain tuple is a bar update (:data:`WireBar`)."""
+    batch: list[WireEvent] = pickle.loads(data)
+    return batch

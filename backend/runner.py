@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -43,6 +42,7 @@ from backend.ipc import (
     Shutdown,
     StartStreaming,
     StopStreaming,
+    encode_batch,
 )
 from backend.providers import load_provider_class
 
@@ -219,7 +219,7 @@ class ProviderRunner:
                 except queue.Empty:
                     break
             try:
-                self.events.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+                self.events.send_bytes(encode_batch(batch))
             except (BrokenPipeError, OSError):
                 os._exit(1)  # the hub closed our pipe: nobody is left to serve
 

@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
-import pickle
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -27,7 +26,6 @@ from backend.bars import Bar
 from backend.errors import ProviderError, ProviderUnavailable
 from backend.ipc import (
     Command,
-    Event,
     GetHistory,
     Heartbeat,
     HistoryReply,
@@ -36,6 +34,8 @@ from backend.ipc import (
     Ready,
     Shutdown,
     Status,
+    WireEvent,
+    decode_batch,
 )
 from backend.runner import run_provider
 
@@ -54,7 +54,7 @@ PING_EVERY = 1.0
 # Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
 MAX_BATCHES_PER_WAKEUP = 8
 
-EventSink = Callable[[str, list[Event]], None]
+EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
 
 
@@ -237,7 +237,7 @@ class ProviderProcess:
             for _ in range(limit):
                 if not events.poll():
                     return
-                self._dispatch(pickle.loads(events.recv_bytes()))
+                self._dispatch(decode_batch(events.recv_bytes()))
         except (EOFError, OSError):
             loop.remove_reader(events.fileno())
             return
@@ -245,10 +245,13 @@ class ProviderProcess:
         # loop need not signal the pipe again for data that was already there (uvloop).
         loop.call_soon(self._drain)
 
-    def _dispatch(self, batch: list[Event]) -> None:
+    def _dispatch(self, batch: list[WireEvent]) -> None:
         self.last_seen = time.monotonic()
-        forward: list[Event] = []
+        forward: list[WireEvent] = []
         for event in batch:
+            if type(event) is tuple:  # a bar update: most of the traffic, straight through
+                forward.append(event)
+                continue
             match event:
                 case HistoryReply(request_id, bars, error):
                     self._resolve(request_id, bars, error)
