@@ -62,6 +62,21 @@ class WireKeys:
             point[v] = _finite(bar[5])
         return point
 
+    def raw_datapoint(self, bar: Bar) -> dict[str, Any]:
+        """:meth:`datapoint` without replacing non-finite values: only for orjson, which
+        writes NaN and infinities as ``null`` itself (the hot path of live updates)."""
+        if self.kind == LINE:
+            return {"date": intervals.format_date(bar[0]), self.line_key: bar[4]}
+        o, h, lo, c, v = self.candle_keys
+        return {
+            "date": intervals.format_date(bar[0]),
+            o: bar[1],
+            h: bar[2],
+            lo: bar[3],
+            c: bar[4],
+            v: bar[5],
+        }
+
     def datapoints(self, bars: Iterable[Bar]) -> list[dict[str, Any]]:
         return [self.datapoint(bar) for bar in bars]
 

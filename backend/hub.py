@@ -84,6 +84,8 @@ class Hub:
         self._ids = itertools.count(1)
         self._lingering: dict[SeriesId, tuple[int, asyncio.TimerHandle]] = {}
         self._wire: dict[SeriesId, WireKeys] = {}
+        self._updates: dict[SeriesId, protocol.UpdateEncoder] = {}
+        self._delivered = 0  # updates handed to outboxes in the current provider batch
         self._details: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._register_gauges()
@@ -120,6 +122,7 @@ class Hub:
         for key in keys:
             self.planner.forget(key)
             self._wire.pop(key, None)
+            self._updates.pop(key, None)
 
     def enforce_memory(self) -> None:
         """Keep the cache under ``CACHE_MAX_BARS`` (after a request that loaded many bars)."""
@@ -449,6 +452,8 @@ class Hub:
                     logger.info("provider %s status: %s %s", source, state, detail)
         if bars:
             self.metrics.inc("candlewire_bar_updates_total", bars, source=source)
+            self.metrics.inc("candlewire_updates_delivered_total", self._delivered)
+            self._delivered = 0
             provider = self.supervisor.get(source)
             if provider is not None:
                 provider.last_update = time.time()
@@ -478,26 +483,32 @@ class Hub:
         targets = self.deliver.get(key)
         if not targets:
             return
-        wire = self._wire.get(key)
-        if wire is None:
-            return
-        frame = text_frame(protocol.update_message(key, wire.datapoint(bar)))
+        encoder = self._updates.get(key)
+        if encoder is None:
+            wire = self._wire.get(key)
+            if wire is None:
+                return
+            encoder = self._updates[key] = protocol.UpdateEncoder(key, wire)
+        frame = encoder.frame(bar)
         slot = (key, t)
         for client in list(targets.values()):
             if not client.outbox.push(frame, slot):
                 self._kick(client, "outbox hard limit reached")
-        self.metrics.inc("candlewire_updates_delivered_total", len(targets))
+        self._delivered += len(targets)
 
     def _store_live(self, series: Series, bar: Bar, newest: bool, previous: int | None) -> None:
-        """Persist a live bar (as forming when it is the newest); the bar it superseded as
-        newest is closed now and is stored as such."""
+        """Persist what a live bar settled: the bar it superseded as newest (closed now),
+        or an older bar it corrected. The forming bar itself is not written on every
+        update: after a restart it comes from the provider with the tail anyway."""
         assert self.store is not None
-        bars = [bar]
-        if newest and previous is not None and bar[0] > previous and len(series.bars) > 1:
-            bars.insert(0, series.bars[-2])
-        self.store.put_bars(series.key, bars, forming_t=bar[0] if newest else None)
-        if len(bars) > 1 and series.live:
-            self.store.put_coverage(series.key, series.coverage.spans(), series.exhausted_before)
+        if not newest:
+            self.store.put_bars(series.key, [bar])
+        elif previous is not None and bar[0] > previous and len(series.bars) > 1:
+            self.store.put_bars(series.key, [series.bars[-2]])
+            if series.live:
+                self.store.put_coverage(
+                    series.key, series.coverage.spans(), series.exhausted_before
+                )
 
     def _notify(self, key: SeriesId, code: str, message: str) -> None:
         frame = text_frame(

@@ -155,6 +155,19 @@ WireBar = tuple[str, str, Bar, bool]
 WireEvent = Event | WireBar
 
 
+def conflate(events: list[Event]) -> list[Event]:
+    """Only the newest state of each bar (same symbol, interval and open time), at the place
+    of its first state; every other event kept, in order. Bars of one key keep their order
+    (an older bar's last state still comes before a newer bar's first)."""
+    slots: dict[object, Event] = {}
+    for index, event in enumerate(events):
+        if type(event) is BarUpdate:
+            slots[(event.symbol, event.interval, event.bar[0])] = event
+        else:
+            slots[index] = event
+    return list(slots.values())
+
+
 def encode_batch(batch: list[Event]) -> bytes:
     """A batch of events as one pipe message (bar updates as plain tuples)."""
     wire = [tuple(event) if type(event) is BarUpdate else event for event in batch]

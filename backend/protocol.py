@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from backend import intervals
-from backend.bars import SeriesId
+from backend.bars import Bar, SeriesId, WireKeys
+from backend.wsframe import text_frame
 
 DEFAULT_COUNT = 300
 
@@ -272,6 +273,29 @@ def update_message(series: SeriesId, point: dict[str, Any]) -> bytes:
             "data": point,
         }
     )
+
+
+class UpdateEncoder:
+    """The ``data_update`` frames of one series: everything but the datapoint is encoded
+    once, and each frame is a complete WebSocket frame shared by every subscriber."""
+
+    __slots__ = ("_prefix", "_wire")
+
+    def __init__(self, series: SeriesId, wire: WireKeys) -> None:
+        head = encode(
+            {
+                "type": "data_update",
+                "source": series.source,
+                "name": series.name,
+                "interval": series.interval,
+            }
+        )
+        self._prefix = head[:-1] + b',"data":'
+        self._wire = wire
+
+    def frame(self, bar: Bar) -> bytes:
+        """The frame of ``update_message(series, datapoint(bar))``."""
+        return text_frame(self._prefix + orjson.dumps(self._wire.raw_datapoint(bar)) + b"}")
 
 
 def error_message(code: str, message: str, request: Any = None) -> bytes:

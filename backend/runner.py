@@ -7,7 +7,8 @@ Threads inside a provider process:
 * **control** (the main thread): calls ``init`` and then the streaming hooks one at a time,
   in the order the hub sent them; checks staleness every second.
 * **writer**: drains the outgoing events, pickles them in batches and writes them to the
-  hub's pipe; sends a heartbeat when idle; exits the process if the hub is gone.
+  hub's pipe (merging superseded states of a forming bar when the hub is behind); sends a
+  heartbeat when idle; exits the process if the hub is gone.
 * **history pool**: ``HISTORY_THREADS`` workers calling ``get_history``.
 """
 
@@ -42,6 +43,7 @@ from backend.ipc import (
     Shutdown,
     StartStreaming,
     StopStreaming,
+    conflate,
     encode_batch,
 )
 from backend.providers import load_provider_class
@@ -55,6 +57,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _BATCH_MAX = 500  # events per pipe write: batches amortize pickling, small ones keep latency
+# Events taken from the queue at once; when more than a batch is waiting (the hub is behind),
+# superseded states of the same bar are merged, so the backlog is bounded by the number of
+# forming bars rather than by how long the hub stays behind.
+_BACKLOG_MAX = 200_000
+_REPORT_EVERY = 60.0
 _IDLE_HEARTBEAT = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -205,21 +212,35 @@ class ProviderRunner:
         self.outbox.put(reply)
 
     def _write_loop(self) -> None:
+        conflated = 0
+        reported = time.monotonic() - _REPORT_EVERY  # the first merge is reported at once
         while True:
             try:
-                batch = [self.outbox.get(timeout=_IDLE_HEARTBEAT)]
+                events = [self.outbox.get(timeout=_IDLE_HEARTBEAT)]
             except queue.Empty:
                 if os.getppid() != self.parent:
                     logger.error("provider %s: the hub is gone; exiting", self.key)
                     os._exit(1)
-                batch = [Heartbeat(self.busy_history)]
-            while len(batch) < _BATCH_MAX:
+                events = [Heartbeat(self.busy_history)]
+            while len(events) < _BACKLOG_MAX:
                 try:
-                    batch.append(self.outbox.get_nowait())
+                    events.append(self.outbox.get_nowait())
                 except queue.Empty:
                     break
+            if len(events) > _BATCH_MAX:  # the hub is behind: only the newest state of a bar
+                before = len(events)
+                events = conflate(events)
+                conflated += before - len(events)
+            if conflated and time.monotonic() - reported > _REPORT_EVERY:
+                logger.warning(
+                    "provider %s: the hub fell behind; %d superseded bar updates merged",
+                    self.key,
+                    conflated,
+                )
+                conflated, reported = 0, time.monotonic()
             try:
-                self.events.send_bytes(encode_batch(batch))
+                for start in range(0, len(events), _BATCH_MAX):
+                    self.events.send_bytes(encode_batch(events[start : start + _BATCH_MAX]))
             except (BrokenPipeError, OSError):
                 os._exit(1)  # the hub closed our pipe: nobody is left to serve
 

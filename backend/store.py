@@ -90,7 +90,7 @@ class BarStore:
 
     def put_bars(self, key: SeriesId, bars: list[Bar], forming_t: int | None = None) -> None:
         """Queue bars; the bar at ``forming_t`` (if any) is stored as forming."""
-        pending = self._pending.setdefault(key, _Pending())
+        pending = self._pending_of(key)
         for bar in bars:
             pending.bars[bar[0]] = (bar, bar[0] == forming_t)
 
@@ -98,13 +98,19 @@ class BarStore:
         self, key: SeriesId, spans: list[tuple[int, int]], exhausted_before: int | None
     ) -> None:
         """Queue the full coverage of a series (it replaces the stored one)."""
-        pending = self._pending.setdefault(key, _Pending())
+        pending = self._pending_of(key)
         pending.coverage = spans
         pending.exhausted_before = exhausted_before
 
     def prune(self, key: SeriesId, cutoff: int) -> None:
         """Queue the deletion of bars older than ``cutoff`` (coverage is put separately)."""
-        self._pending.setdefault(key, _Pending()).before_cutoff = cutoff
+        self._pending_of(key).before_cutoff = cutoff
+
+    def _pending_of(self, key: SeriesId) -> _Pending:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        return pending
 
     async def flush(self) -> None:
         """Write everything queued, in one transaction; on failure it stays queued."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from backend import protocol
-from backend.bars import SeriesId
+from backend.bars import SeriesId, WireKeys
+from backend.wsframe import text_frame
 
 MAX_REQUESTS = 100
 MAX_COUNT = 10_000
@@ -98,3 +100,16 @@ def test_encoded_messages_never_contain_nan() -> None:
     ).decode()
     assert "NaN" not in text
     assert orjson.loads(text)["data"]["v"] is None
+
+
+@pytest.mark.parametrize("kind", ["candlestick", "line"])
+def test_the_update_encoder_writes_the_same_bytes_as_update_message(kind: str) -> None:
+    series = SeriesId("binance", "BTCUSDT", "1m")
+    wire = WireKeys(series, kind)
+    encoder = protocol.UpdateEncoder(series, wire)
+    for bar in [
+        (1_700_000_040, 100.0, 101.5, 99.25, 100.5, 12.0),
+        (1_700_000_100, float("nan"), None, float("inf"), 3.0, None),
+    ]:
+        expected = text_frame(protocol.update_message(series, wire.datapoint(bar)))
+        assert encoder.frame(bar) == expected
