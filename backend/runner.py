@@ -62,6 +62,9 @@ _BATCH_MAX = 500  # events per pipe write: batches amortize pickling, small ones
 # forming bars rather than by how long the hub stays behind.
 _BACKLOG_MAX = 200_000
 _REPORT_EVERY = 60.0
+# A provider's threads are I/O multiplexers: the writer must get the GIL soon after its pipe
+# write returns, not after CPython's default 5 ms, or a busy provider thread throttles it.
+_SWITCH_INTERVAL = 0.001
 _IDLE_HEARTBEAT = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -78,6 +81,7 @@ def run_provider(
     logs.configure(settings.LOG_LEVEL, process_name=f"provider:{key}")
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     runner = ProviderRunner(key, path, settings, commands, events, clock_origin_wall)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     sys.exit(runner.run())

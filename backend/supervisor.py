@@ -52,7 +52,7 @@ STABLE_AFTER = 60.0
 STARTUP_TIMEOUT = 60.0
 PING_EVERY = 1.0
 # Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
-MAX_BATCHES_PER_WAKEUP = 8
+MAX_BATCHES_PER_WAKEUP = 2
 
 EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
