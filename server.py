@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import socket
 import sys
@@ -21,6 +22,8 @@ from backend.errors import ConfigError
 from config import Settings, load_settings
 
 logger = logging.getLogger("candlewire.server")
+
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,9 +45,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     from backend.app import create_app
+    from backend.entrance import Entrance
 
     return uvicorn.Config(
-        create_app(settings),
+        Entrance(create_app(settings)),
         loop="auto",
         http="auto",
         ws="websockets-sansio",  # backend/socket_writer.py writes to it directly
@@ -55,6 +59,16 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections in the hub: a full collection of a process holding
+    a large bar cache took 25-70 ms of CPU, stalling every client at once (the p99 latency).
+    Objects that exist at startup (modules, the app) are frozen out of collections, and
+    young collections run every 20,000 net allocations instead of 700. The hub makes few
+    reference cycles (collections found 0-5 objects), so memory does not suffer."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"Candlewire listening on http://{shown}:{port}", flush=True)
     server = uvicorn.Server(uvicorn_config(settings))
+    tune_gc()
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
     # add_reader stalled now and then (a provider killed for "no heartbeat").
     asyncio.run(server.serve(sockets=[sock]))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, WebSocket
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import WebSocketRoute
 
 from backend import __version__
 from backend.connection import serve_connection
@@ -21,7 +22,6 @@ from backend.metrics import Metrics
 from backend.openbb import add_cors
 from backend.openbb import router as openbb_router
 from backend.rest import router
-from backend.socket_writer import ExposeProtocol
 from backend.store import BarStore
 from backend.symbols import SymbolIndex
 from backend.udf import router as udf_router
@@ -58,13 +58,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openbb_router)
     app.include_router(udf_router)
     add_cors(app, settings)
-    app.add_middleware(ExposeProtocol)  # outermost of ours: it must see the server's send
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await serve_connection(websocket, websocket.app.state.hub)
 
-    app.add_api_websocket_route("/websocket/", websocket_endpoint)
-    app.add_api_websocket_route("/websocket", websocket_endpoint)
+    # Plain Starlette routes: FastAPI's websocket wrapper keeps two exit stacks and a scope
+    # copy alive for the whole connection (about 4 KB per idle client) for dependencies we
+    # do not use.
+    for path in ("/websocket/", "/websocket"):
+        app.router.routes.append(WebSocketRoute(path, websocket_endpoint))
     if CHARTS_DIST.is_dir():
         app.mount(
             "/vendor/lightweight-charts",

@@ -53,6 +53,8 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
 
 
 class _Connection:
+    __slots__ = ("client", "closing", "hub", "in_flight", "slots", "websocket", "writer")
+
     def __init__(self, websocket: WebSocket, hub: Hub) -> None:
         self.websocket = websocket
         self.hub = hub

@@ -11,7 +11,6 @@ the client with 1013 and counts it. Memory per client is bounded either way.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
 
 HARD_LIMIT_FACTOR = 4
@@ -23,7 +22,6 @@ class Outbox:
     __slots__ = (
         "_frames",
         "_hard_limit",
-        "_order",
         "_seq",
         "_wake",
         "conflations",
@@ -34,7 +32,7 @@ class Outbox:
     def __init__(self, soft_limit: int, wake: Callable[[], None] | None = None) -> None:
         self.soft_limit = soft_limit
         self._hard_limit = soft_limit * HARD_LIMIT_FACTOR
-        self._order: deque[Hashable] = deque()
+        # slot -> frame, in arrival order; replacing a value keeps its place (dicts do).
         self._frames: dict[Hashable, bytes] = {}
         self._wake = wake
         self._seq = 0
@@ -42,7 +40,7 @@ class Outbox:
         self.conflations = 0
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._frames)
 
     def set_wake(self, wake: Callable[[], None] | None) -> None:
         """Call ``wake`` (no arguments, must not block) whenever the outbox stops being empty."""
@@ -57,15 +55,14 @@ class Outbox:
             self._frames[slot] = frame
             self.conflations += 1
             return True
-        if len(self._order) >= self._hard_limit:
+        frames = self._frames
+        pending = len(frames) + 1
+        if pending > self._hard_limit:
             return False
         if slot is None:
             self._seq += 1
             slot = self._seq
-        order = self._order
-        order.append(slot)
-        self._frames[slot] = frame
-        pending = len(order)
+        frames[slot] = frame
         if pending == 1:
             if self._wake is not None:
                 self._wake()
@@ -75,10 +72,8 @@ class Outbox:
 
     def drain(self) -> list[bytes]:
         """Take every pending frame, oldest first."""
-        frames = self._frames
-        taken = [frames[slot] for slot in self._order]
-        self._order.clear()
-        frames.clear()
+        taken = list(self._frames.values())
+        self._frames.clear()
         self.over_limit_since = None
         return taken
 

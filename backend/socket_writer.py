@@ -17,8 +17,8 @@ with one ``transport.write``. Nothing is awaited per frame and idle clients have
   for the transport to drain and then writes.
 
 Any other ASGI server gets the :class:`AsgiWriter`: one task per client awaiting
-``send_text`` per frame, the portable path. :class:`ExposeProtocol` is the middleware
-that lets the endpoint find uvicorn's protocol object (the owner of the ASGI ``send``).
+``send_text`` per frame, the portable path. :func:`expose_protocol`, called by the ASGI
+entry point (``backend.entrance``), lets the endpoint find uvicorn's protocol object.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import asyncio
 import logging
 from typing import Protocol as Interface
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -51,19 +51,13 @@ class SocketWriter(Interface):
         """Write nothing more (the connection is closing or gone)."""
 
 
-class ExposeProtocol:
-    """ASGI middleware: puts uvicorn's websockets-sansio protocol object of a WebSocket
-    connection in its scope under :data:`SCOPE_KEY` (absent under any other server)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            owner = getattr(send, "__self__", None)
-            if isinstance(owner, WebSocketsSansIOProtocol):
-                scope[SCOPE_KEY] = owner
-        await self.app(scope, receive, send)
+def expose_protocol(scope: Scope, send: Send) -> None:
+    """Put uvicorn's websockets-sansio protocol object of a WebSocket connection (the owner
+    of the server's ``send``) in its scope under :data:`SCOPE_KEY`; nothing under any other
+    server. Call it with the ``send`` the server gave, before any middleware wraps it."""
+    owner = getattr(send, "__self__", None)
+    if isinstance(owner, WebSocketsSansIOProtocol):
+        scope[SCOPE_KEY] = owner
 
 
 def writer_for(websocket: WebSocket, outbox: Outbox, label: str) -> SocketWriter:
