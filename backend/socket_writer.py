@@ -39,6 +39,9 @@ from backend.wsframe import payload_of
 logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "candlewire.ws_protocol"
+# What DirectWriter uses of uvicorn's protocol object (uvicorn 0.54); without them, the
+# portable writer is used.
+_PROTOCOL_ATTRIBUTES = ("transport", "writable", "conn", "close_sent", "disconnected")
 
 
 class SocketWriter(Interface):
@@ -64,7 +67,9 @@ def writer_for(websocket: WebSocket, outbox: Outbox, label: str) -> SocketWriter
     """The fastest writer that is correct for this connection; it is woken by ``outbox``."""
     protocol = websocket.scope.get(SCOPE_KEY)
     writer: SocketWriter
-    if isinstance(protocol, WebSocketsSansIOProtocol):
+    if isinstance(protocol, WebSocketsSansIOProtocol) and all(
+        hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES
+    ):
         writer = DirectWriter(protocol, outbox, label)
     else:
         writer = AsgiWriter(websocket, outbox, label)
