@@ -19,7 +19,7 @@ import uvicorn
 
 from backend import logs
 from backend.errors import ConfigError
-from config import Settings, load_settings
+from backend.settings import Settings, load_settings
 
 logger = logging.getLogger("candlewire.server")
 
@@ -45,7 +45,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     from backend.app import create_app
-    from backend.entrance import Entrance
+    from backend.ws.entrance import Entrance
 
     return uvicorn.Config(
         Entrance(create_app(settings)),

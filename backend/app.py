@@ -16,20 +16,28 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import WebSocketRoute
 
 from backend import __version__
-from backend.connection import serve_connection
-from backend.hub import Hub
-from backend.metrics import Metrics
-from backend.openbb import add_cors
-from backend.openbb import router as openbb_router
-from backend.rest import router
-from backend.store import BarStore
-from backend.symbols import SymbolIndex
-from backend.udf import router as udf_router
-from config import Settings
+from backend.api.openbb import add_cors
+from backend.api.openbb import router as openbb_router
+from backend.api.rest import router
+from backend.api.udf import router as udf_router
+from backend.history.store import BarStore
+from backend.hub.hub import Hub
+from backend.hub.metrics import Metrics
+from backend.settings import Settings
+from backend.symbols.index import SymbolIndex
+from backend.ws.endpoint import serve_connection
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def _project_root() -> Path:
+    """The folder holding ``frontend/``: the source tree, or the working folder when the
+    package was installed (``pip install .``) and is run from a checkout."""
+    source_tree = Path(__file__).resolve().parent.parent
+    return source_tree if (source_tree / "frontend").is_dir() else Path.cwd()
+
+
+ROOT = _project_root()
 FRONTEND = ROOT / "frontend"
 CHARTS_DIST = ROOT / "node_modules" / "lightweight-charts" / "dist"
 

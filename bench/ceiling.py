@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 
-from backend import protocol
-from backend.bars import SeriesId, WireKeys
-from backend.wsframe import text_frame
+from backend.model.bars import SeriesId, WireKeys
+from backend.wire import protocol
+from backend.wire.frames import text_frame
 from bench.synthetic import TICK_SECONDS, RateFile, Schedule, dataset_row, history_bar
 
 SOURCE = "synthetic"

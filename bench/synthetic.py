@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from backend.provider import Provider
+from backend.runtime.provider import Provider
 
 TICK_SECONDS = 0.005
 MAX_LAG = 0.1  # seconds of updates a late source may still send in one tick

@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from backend.provider import Provider
+from backend.runtime.provider import Provider
 
 INTERVALS = ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"]
 STEP = {

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from backend.provider import Provider
+from backend.runtime.provider import Provider
 
 OUTPUTS = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
     {"name": "volume", "y_axis": "volume"}

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend import intervals
-from backend.binance_parse import (
+from backend.data_providers.binance.parse import (
     ControlReply,
     ServerShutdown,
     StreamData,
@@ -24,6 +23,7 @@ from backend.binance_parse import (
     stream_message,
     stream_name,
 )
+from backend.model import intervals
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-import config
-from backend import intervals
-from backend.binance_pacing import RollingLimiter, StreamTuning, backoff_delay
-from backend.binance_parse import stream_name
-from backend.binance_rest import RestGate
-from backend.binance_stream import StreamManager
+from backend import settings as config
 from backend.data_providers.binance import BinanceProvider
+from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
+from backend.data_providers.binance.parse import stream_name
+from backend.data_providers.binance.rest import RestGate
+from backend.data_providers.binance.stream import StreamManager
 from backend.errors import RateLimited, UnknownSymbol
+from backend.model import intervals
 from tests.fakes.binance import FakeBinance, thread_event_loop
 from tests.fakes.binance_data import DEFAULT_LISTED_AT
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.coverage import Coverage
+from backend.model.coverage import Coverage
 
 
 def test_touching_and_overlapping_spans_merge() -> None:

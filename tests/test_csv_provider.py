@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-import config
-from backend import csvdata, intervals
-from backend.bars import Bar
+from backend import settings as config
 from backend.data_providers import csv as csv_module
 from backend.data_providers.csv import CSVProvider
+from backend.data_providers.csv import files as csvdata
 from backend.errors import UnknownSymbol
-from backend.ipc import BarUpdate, Clock, Event
+from backend.model import intervals
+from backend.model.bars import Bar
+from backend.runtime.messages import BarUpdate, Clock, Event
 
 T0 = intervals.parse_date("2026-03-02 00:00:00")  # a Monday
 WALL = 1_000_000.0

@@ -1,4 +1,4 @@
-"""Unit tests of backend.csvdata: parsing, interval inference, aggregation, replay arithmetic."""
+"""Unit tests of the CSV files module: parsing, interval inference, aggregation, replay."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend import intervals
-from backend.csvdata import (
+from backend.data_providers.csv.files import (
     Rows,
     aggregate,
     bucket,
@@ -15,7 +14,8 @@ from backend.csvdata import (
     parse_times,
     partial,
 )
-from backend.replay import ReplayClock, ReplaySeries
+from backend.data_providers.csv.replay import ReplayClock, ReplaySeries
+from backend.model import intervals
 
 T0 = intervals.parse_date("2026-03-02 00:00:00")  # a Monday
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from backend import intervals
+from backend.model import intervals
 from tests.harness import ROOT, ServerProcess, WsClient, populated_server, same_key
 
 FIRST_BTCUSD_ROW = (ROOT / "data" / "BTCUSD.csv").read_text().splitlines()[1].split(",")[0]

@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from backend import intervals
-from backend.bars import Bar, SeriesId
-from backend.cache import BarCache
-from backend.clocks import Clocks
 from backend.errors import ProviderUnavailable
-from backend.history import HistoryPlanner
-from backend.ipc import Clock
+from backend.history.cache import BarCache
+from backend.history.planner import HistoryPlanner
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from backend.runtime.clocks import Clocks
+from backend.runtime.messages import Clock
 
 KEY = SeriesId("fake", "ACME", "1h")
 NOW = intervals.parse_date("2026-03-06 15:30:00")  # a Friday afternoon

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import intervals
+from backend.model import intervals
 
 
 def t(text: str) -> int:

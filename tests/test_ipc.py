@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from backend.ipc import BarUpdate, Clock, Heartbeat, Status, conflate, decode_batch, encode_batch
+from backend.runtime.messages import (
+    BarUpdate,
+    Clock,
+    Heartbeat,
+    Status,
+    conflate,
+    decode_batch,
+    encode_batch,
+)
 
 
 def bar(t: int, close: float) -> tuple[int, float, float, float, float, float]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from backend import openbb
-from backend.bars import Bar, SeriesId
-from backend.listeners import Listeners
+from backend.api import openbb
+from backend.hub.listeners import Listeners
+from backend.model.bars import Bar, SeriesId
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 
 WORKSPACE = "https://pro.openbb.co"

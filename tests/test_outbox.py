@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.outbox import HARD_LIMIT_FACTOR, Outbox
+from backend.wire.outbox import HARD_LIMIT_FACTOR, Outbox
 
 
 def test_a_newer_state_of_the_same_bar_replaces_the_unsent_one_in_place() -> None:

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from polygon.rest.models import Agg
 
-from backend import intervals
-from backend.errors import ConfigError
-from backend.polygon_bars import (
+from backend.data_providers.polygon.bars import (
     Piece,
     advance,
     agg_bar,
@@ -28,7 +26,7 @@ from backend.polygon_bars import (
     seed_pieces,
     timespan,
 )
-from backend.polygon_wire import (
+from backend.data_providers.polygon.wire import (
     LiveAgg,
     StatusEvent,
     parse_frame,
@@ -38,6 +36,8 @@ from backend.polygon_wire import (
     topic,
     ws_symbol,
 )
+from backend.errors import ConfigError
+from backend.model import intervals
 from tests.fakes.polygon_data import Bucketing
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "polygon"

@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from polygon.rest.models import OptionsContract
 
-import config
-from backend import intervals
-from backend.bars import Bar
+from backend import settings as config
 from backend.data_providers.polygon import PolygonProvider
+from backend.data_providers.polygon.bars import timespan
+from backend.data_providers.polygon.rest import dataset_row
+from backend.data_providers.polygon.stream import Backoff, combined_status
 from backend.errors import AuthFailed, RateLimited
-from backend.ipc import BarUpdate, Event, Notice, Status
-from backend.polygon_bars import timespan
-from backend.polygon_rest import dataset_row
-from backend.polygon_stream import Backoff, combined_status
+from backend.model import intervals
+from backend.model.bars import Bar
+from backend.runtime.messages import BarUpdate, Event, Notice, Status
 from bench.polygon_populate import measure
 from tests.fakes.polygon import FakePolygon
 from tests.fakes.polygon_data import contract_row, minute_bar

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import populate
-from backend.symbols import SymbolIndex
+from backend.symbols.index import SymbolIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = (

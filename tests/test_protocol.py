@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from backend import protocol
-from backend.bars import SeriesId, WireKeys
-from backend.wsframe import text_frame
+from backend.model.bars import SeriesId, WireKeys
+from backend.wire import protocol
+from backend.wire.frames import text_frame
 
 MAX_REQUESTS = 100
 MAX_COUNT = 10_000

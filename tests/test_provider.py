@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from backend.ipc import BarUpdate, Event
-from backend.provider import Provider
-from config import load_settings
+from backend.runtime.messages import BarUpdate, Event
+from backend.runtime.provider import Provider
+from backend.settings import load_settings
 
 
 class Recorder(Provider):

@@ -16,9 +16,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from backend.outbox import Outbox
-from backend.socket_writer import AsgiWriter, writer_for
-from backend.wsframe import payload_of, text_frame
+from backend.wire.frames import payload_of, text_frame
+from backend.wire.outbox import Outbox
+from backend.ws.writers import AsgiWriter, writer_for
 from tests.harness import ServerProcess, WsClient, populated_server, same_key
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from backend import intervals
-from backend.bars import Bar, SeriesId
-from backend.cache import BarCache
-from backend.clocks import Clocks
 from backend.errors import StorageError
-from backend.history import HistoryPlanner
-from backend.ipc import Clock
-from backend.store import BarStore
+from backend.history.cache import BarCache
+from backend.history.planner import HistoryPlanner
+from backend.history.store import BarStore
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from backend.runtime.clocks import Clocks
+from backend.runtime.messages import Clock
 from tests.test_history import KEY, NOW, FakeProvider, session_bar
 
 BTC = SeriesId("x", "BTC", "1m")

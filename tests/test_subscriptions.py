@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backend.bars import SeriesId
-from backend.subscriptions import Change, Subscriptions
+from backend.hub.subscriptions import Change, Subscriptions
+from backend.model.bars import SeriesId
 
 BTC = SeriesId("csv", "BTCUSD", "1m")
 ETH = SeriesId("csv", "ETHUSD", "1m")

@@ -1,4 +1,4 @@
-"""The symbol database (backend.symbols): populate-side replace, and search/details reads."""
+"""The symbol database (backend.symbols.index): populate-side replace, and search/details reads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from backend import symbols
 from backend.errors import StorageError
-from backend.symbols import MAX_SEARCH_LIMIT, SymbolIndex, replace_provider_rows, search_words
+from backend.symbols import index as symbols
+from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex, replace_provider_rows, search_words
 
 CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
     {"name": "volume", "y_axis": "volume"}
@@ -303,7 +303,7 @@ def test_invalid_rows_are_logged_and_skipped(fresh: Path, caplog: pytest.LogCapt
         row("OUT2", "Bad output", source="a", outputs=[{"name": "x"}]),
         row("EXTRA", "Unstorable extra", source="a", extra=object()),
     ]
-    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+    with caplog.at_level(logging.WARNING, logger="backend.symbols.index"):
         stored = replace_provider_rows(fresh, "a", [good, *bad, good])
     assert stored == 1
     assert "12 invalid rows skipped" in caplog.text
@@ -357,7 +357,7 @@ async def test_a_missing_database_reads_as_empty_and_hints_at_populate(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "missing.sqlite3"
-    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+    with caplog.at_level(logging.WARNING, logger="backend.symbols.index"):
         index = await SymbolIndex.open(path)
     try:
         assert await index.search("") == []

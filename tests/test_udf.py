@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from backend import udf
-from backend.bars import Bar
+from backend.api import udf
+from backend.model.bars import Bar
 from tests.harness import ServerProcess, base_env, populate, seconds
 
 DAY = 86_400

@@ -1,0 +1,420 @@
+"""TradingView UDF under ``/udf``: the HTTP datafeed of the Charting Library (DESIGN 5.3).
+
+``config``, ``symbols``, ``search``, ``history`` and ``time``, answered from the same symbol
+database and bar cache as ``/websocket/``. The adapter never looks at HTTP status codes, so
+every answer is a JSON body (``{"s": "error", "errmsg": ...}`` for errors, with status 200).
+
+- Symbols are ``SOURCE:NAME`` (our ``ticker`` and ``full_name``) or a bare name, resolved
+  through the database (exact name, providers that are enabled first).
+- Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``.
+- The forming bar is included, so the adapter's polling (``DataPulseProvider``) sees it
+  move; daily and longer bars are stamped at 00:00 UTC of their trading day.
+- ``no_data`` carries ``nextTime`` (milliseconds) only when older data exists.
+
+:func:`resolve_symbol` is shared with the OpenBB endpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from backend.model import intervals
+from backend.model.bars import LINE, Bar, SeriesId
+
+if TYPE_CHECKING:
+    from backend.hub.hub import Hub
+
+router = APIRouter(prefix="/udf", tags=["udf"])
+
+# UDF resolution -> our interval. The short D/W/M spellings are those of older configs.
+RESOLUTIONS: dict[str, str] = {
+    "1": "1m",
+    "3": "3m",
+    "5": "5m",
+    "15": "15m",
+    "30": "30m",
+    "60": "1h",
+    "120": "2h",
+    "240": "4h",
+    "360": "6h",
+    "480": "8h",
+    "720": "12h",
+    "1D": "1d",
+    "D": "1d",
+    "1W": "1w",
+    "W": "1w",
+    "1M": "1M",
+    "M": "1M",
+}
+# Our interval -> the canonical UDF resolution.
+UDF_RESOLUTION: dict[str, str] = {
+    "1m": "1",
+    "3m": "3",
+    "5m": "5",
+    "15m": "15",
+    "30m": "30",
+    "1h": "60",
+    "2h": "120",
+    "4h": "240",
+    "6h": "360",
+    "8h": "480",
+    "12h": "720",
+    "1d": "1D",
+    "1w": "1W",
+    "1M": "1M",
+}
+SUPPORTED_RESOLUTIONS = [UDF_RESOLUTION[i] for i in intervals.INTERVALS]
+DAY_OR_LONGER = frozenset({"1d", "1w", "1M"})
+SEARCH_LIMIT_MAX = 100
+DEFAULT_PRICESCALE = 10_000
+LOOKUP_LIMIT = 20
+_DAY = 86_400
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def to_interval(resolution: str) -> str | None:
+    """Our interval for a UDF resolution string, or None if we do not serve it."""
+    return RESOLUTIONS.get(resolution.strip())
+
+
+def resolutions_of(details: dict[str, Any]) -> list[str]:
+    """The UDF resolutions of a dataset row's intervals, in our interval order."""
+    offered = set(details.get("intervals") or intervals.INTERVALS)
+    return [UDF_RESOLUTION[i] for i in intervals.INTERVALS if i in offered]
+
+
+def align_time(t: int, interval: str) -> int:
+    """A bar's UDF time: daily and longer bars at 00:00 UTC of their trading day.
+
+    Upstreams with their own calendar open daily bars at local midnight (New York: 04:00 or
+    05:00 UTC); rounding to the nearest UTC midnight names the right day for any offset
+    within 12 hours. Intraday bars keep their open time.
+    """
+    if interval not in DAY_OR_LONGER:
+        return t
+    return (t + _DAY // 2) // _DAY * _DAY
+
+
+def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any]:
+    """The ``s: ok`` answer, column-wise and ascending; bars without a close are skipped."""
+    rows = [bar for bar in bars if _finite(bar[4])]
+    body: dict[str, Any] = {
+        "s": "ok",
+        "t": [align_time(bar[0], interval) for bar in rows],
+        "o": [_or(bar[1], bar[4]) for bar in rows],
+        "h": [_or(bar[2], bar[4]) for bar in rows],
+        "l": [_or(bar[3], bar[4]) for bar in rows],
+        "c": [bar[4] for bar in rows],
+    }
+    if kind != LINE and any(_finite(bar[5]) for bar in rows):
+        body["v"] = [bar[5] if _finite(bar[5]) else 0.0 for bar in rows]
+    return body
+
+
+def no_data(older: Bar | None) -> dict[str, Any]:
+    """``no_data``; ``nextTime`` (ms) names the newest older bar when there is one."""
+    body: dict[str, Any] = {"s": "no_data"}
+    if older is not None:
+        body["nextTime"] = older[0] * 1000
+    return body
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"s": "error", "errmsg": message}
+
+
+def range_count(start: int, end: int, interval: str, limit: int) -> int:
+    """How many bars ``[start, end)`` can hold, at least 1 and at most ``limit``."""
+    if end <= start:
+        return 1
+    step = intervals.nominal_seconds(interval)
+    return max(1, min(limit, math.ceil((end - start) / step) + 1))
+
+
+def pricescale(price: float | None) -> int:
+    """``10 ** decimals`` for a price: at least 2 decimals, about 6 significant digits."""
+    if price is None or not math.isfinite(price) or price == 0:
+        return DEFAULT_PRICESCALE
+    decimals = max(2, min(10, 4 - math.floor(math.log10(abs(price)))))
+    return int(10**decimals)
+
+
+def symbol_type(details: dict[str, Any]) -> str:
+    """The UDF ``type``: the first category, lower-cased (``crypto``, ``stocks``, ...)."""
+    categories = details.get("categories") or []
+    if categories and isinstance(categories[0], str) and categories[0]:
+        return categories[0].lower()
+    return str(details.get("type") or "")
+
+
+def full_name(details: dict[str, Any]) -> str:
+    return f"{details['source']}:{details['name']}"
+
+
+def symbol_info(details: dict[str, Any], price: float | None) -> dict[str, Any]:
+    """A LibrarySymbolInfo for one dataset row (``price`` sets ``pricescale``)."""
+    offered = set(details.get("intervals") or intervals.INTERVALS)
+    resolutions = resolutions_of(details)
+    intraday = [UDF_RESOLUTION[i] for i in intervals.INTERVALS[:11] if i in offered]
+    exchange = str(details.get("source_label") or details["source"])
+    weekly_and_monthly = "1w" in offered and "1M" in offered
+    return {
+        "name": details["name"],
+        "ticker": full_name(details),
+        "full_name": full_name(details),
+        "description": str(details.get("name_label") or details["name"]),
+        "type": symbol_type(details),
+        "session": "24x7",
+        "timezone": "Etc/UTC",
+        "exchange": exchange,
+        "listed_exchange": exchange,
+        "format": "price",
+        "pricescale": pricescale(price),
+        "minmov": 1,
+        "has_intraday": bool(intraday),
+        "intraday_multipliers": intraday,
+        "has_seconds": False,
+        "has_daily": "1d" in offered,
+        "daily_multipliers": ["1"],
+        "has_weekly_and_monthly": weekly_and_monthly,
+        "weekly_multipliers": ["1"],
+        "monthly_multipliers": ["1"],
+        "has_empty_bars": False,
+        "visible_plots_set": "c" if details.get("type") == LINE else "ohlcv",
+        "volume_precision": 8,
+        "data_status": "streaming",
+        "supported_resolutions": resolutions,
+    }
+
+
+def search_item(details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "symbol": details["name"],
+        "full_name": full_name(details),
+        "description": str(details.get("name_label") or details["name"]),
+        "exchange": str(details.get("source_label") or details["source"]),
+        "ticker": full_name(details),
+        "type": symbol_type(details),
+    }
+
+
+def pick_exact(
+    text: str, results: Sequence[dict[str, Any]], enabled: Iterable[str]
+) -> dict[str, Any] | None:
+    """The dataset row of the first search result named exactly ``text``.
+
+    Case-sensitive matches beat case-insensitive ones; within each, rows of enabled
+    providers come first, then the search order.
+    """
+    active = set(enabled)
+    rows: list[dict[str, Any]] = [
+        r["details"] for r in results if isinstance(r.get("details"), dict)
+    ]
+    folded = text.casefold()
+    exact = [row for row in rows if row.get("name") == text]
+    loose = [row for row in rows if str(row.get("name", "")).casefold() == folded]
+    for matches in (exact, loose):
+        matches.sort(key=lambda row: row.get("source") not in active)
+        if matches:
+            return matches[0]
+    return None
+
+
+def canonical_source(text: str, enabled: Iterable[str]) -> str:
+    """An enabled provider key matching ``text`` case-insensitively, else ``text``."""
+    folded = text.strip().casefold()
+    for source in enabled:
+        if source.casefold() == folded:
+            return source
+    return text.strip()
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _or(value: float | None, default: float | None) -> float | None:
+    return value if _finite(value) else default
+
+
+# ---------------------------------------------------------------- hub-backed helpers
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+def _enabled(hub: Hub) -> list[str]:
+    return list(hub.supervisor.providers)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """JSON via orjson: non-finite floats become ``null`` instead of failing."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
+    """The dataset row for ``SOURCE:NAME`` or a bare name (exact match), or None."""
+    text = text.strip()
+    if not text:
+        return None
+    enabled = _enabled(hub)
+    source, sep, name = text.partition(":")
+    if sep and name:
+        details: dict[str, Any] | None = await hub.symbols.details(
+            canonical_source(source, enabled), name
+        )
+        if details is not None:
+            return details
+    # A bare name; it may contain ':' itself (Polygon's "X:BTCUSD").
+    results = await hub.symbols.search(text, LOOKUP_LIMIT)
+    return pick_exact(text, results, enabled)
+
+
+async def latest_close(hub: Hub, details: dict[str, Any]) -> float | None:
+    """The newest close of the symbol: from the cache, else one bar of its coarsest interval."""
+    source, name = str(details["source"]), str(details["name"])
+    offered = [i for i in intervals.INTERVALS if i in (details.get("intervals") or ())]
+    for interval in offered:
+        series = hub.cache.peek(SeriesId(source, name, interval))
+        if series is not None and series.bars:
+            return series.bars[-1][4]
+    if not offered or hub.supervisor.get(source) is None:
+        return None
+    key = SeriesId(source, name, "1d" if "1d" in offered else offered[-1])
+    answer = await hub.planner.latest(key, 1, hub.subs.has(key))
+    return answer.bars[-1][4] if answer.bars else None
+
+
+def int_param(request: Request, name: str) -> tuple[int | None, str | None]:
+    """An optional integer query parameter: ``(value, None)`` or ``(None, problem)``."""
+    raw = request.query_params.get(name)
+    if raw is None or not raw.strip():
+        return None, None
+    try:
+        number = float(raw)
+    except ValueError:
+        return None, f"{name!r} must be a number, not {raw!r}"
+    if not math.isfinite(number):
+        return None, f"{name!r} must be a finite number"
+    return int(number), None
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+@router.get("/config")
+async def config(request: Request) -> Response:
+    """DatafeedConfiguration: search on, group requests off, server time on."""
+    exchanges = [{"value": "", "name": "All Exchanges", "desc": ""}]
+    exchanges += [{"value": s, "name": s, "desc": s} for s in _enabled(_hub(request))]
+    return json_response(
+        {
+            "supported_resolutions": SUPPORTED_RESOLUTIONS,
+            "supports_search": True,
+            "supports_group_request": False,
+            "supports_marks": False,
+            "supports_timescale_marks": False,
+            "supports_time": True,
+            "exchanges": exchanges,
+            "symbols_types": [{"name": "All types", "value": ""}],
+        }
+    )
+
+
+@router.get("/symbols")
+async def symbols(request: Request, symbol: str = "") -> Response:
+    """LibrarySymbolInfo for ``SOURCE:NAME`` or a bare name."""
+    hub = _hub(request)
+    details = await resolve_symbol(hub, symbol)
+    if details is None:
+        return json_response(error(f"unknown symbol {symbol!r}"))
+    return json_response(symbol_info(details, await latest_close(hub, details)))
+
+
+@router.get("/search")
+async def search(request: Request, query: str = "", type: str = "", exchange: str = "") -> Response:
+    """Up to ``limit`` symbols; the adapter upper-cases ``query``, so matching ignores case."""
+    hub = _hub(request)
+    limit, problem = int_param(request, "limit")
+    if problem is not None:
+        return json_response(error(problem))
+    limit = max(1, min(limit or 30, SEARCH_LIMIT_MAX))
+    enabled = _enabled(hub)
+    source = canonical_source(exchange, enabled) if exchange else None
+    prefix, sep, rest = query.partition(":")
+    if sep and rest and canonical_source(prefix, enabled) in enabled:
+        source, query = canonical_source(prefix, enabled), rest
+    results = await hub.symbols.search(query.strip(), SEARCH_LIMIT_MAX, source)
+    items = []
+    for result in results:
+        details = result.get("details")
+        if not isinstance(details, dict):
+            continue
+        if type and symbol_type(details) != type.lower():
+            continue
+        items.append(search_item(details))
+        if len(items) >= limit:
+            break
+    return json_response(items)
+
+
+@router.get("/history")
+async def history(request: Request, symbol: str = "", resolution: str = "") -> Response:
+    """Bars with ``from <= t < to`` (or the ``countback`` bars before ``to``), ascending."""
+    hub = _hub(request)
+    params = {name: int_param(request, name) for name in ("from", "to", "countback")}
+    for _, problem in params.values():
+        if problem is not None:
+            return json_response(error(problem))
+    start, to, countback = (params[name][0] for name in ("from", "to", "countback"))
+    interval = to_interval(resolution)
+    if interval is None:
+        return json_response(error(f"unsupported resolution {resolution!r}"))
+    details = await resolve_symbol(hub, symbol)
+    if details is None:
+        return json_response(error(f"unknown symbol {symbol!r}"))
+    if interval not in (details.get("intervals") or intervals.INTERVALS):
+        return json_response(
+            error(f"resolution {resolution!r} is not offered for {full_name(details)}")
+        )
+    source = str(details["source"])
+    if hub.supervisor.get(source) is None:
+        return json_response(error(f"provider {source!r} is not enabled"))
+    key = SeriesId(source, str(details["name"]), interval)
+    end = int(time.time()) + 1 if to is None else to
+    limit = hub.settings.MAX_COUNT
+    since: int | None = None
+    if countback is not None and countback > 0:
+        count = min(countback, limit)
+    else:
+        since = max(0, start or 0)
+        count = range_count(since, end, interval, limit)
+    streaming = hub.subs.has(key)
+    answer = await hub.planner.before(key, end - 1, count, streaming)
+    bars = [bar for bar in answer.bars if since is None or bar[0] >= since]
+    if bars:
+        return json_response(history_body(bars, interval, str(details.get("type"))))
+    if answer.error is not None:
+        return json_response(error(str(answer.error)))
+    older: Bar | None = None
+    if since:
+        probe = await hub.planner.before(key, since - 1, 1, streaming)
+        older = probe.bars[-1] if probe.bars else None
+    return json_response(no_data(older))
+
+
+@router.get("/time")
+async def server_time() -> Response:
+    """Unix seconds as a bare JSON number."""
+    return json_response(int(time.time()))

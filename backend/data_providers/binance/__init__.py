@@ -1,0 +1,287 @@
+"""The Binance spot provider (``PROVIDERS=binance``): symbols, kline history, live klines.
+
+REST (``exchangeInfo``, ``klines``) goes through python-binance behind one
+:class:`.rest.RestGate` (weight budget, Retry-After, error translation).
+Live klines come from combined streams run by :class:`.stream.StreamManager`
+on the ``websockets`` library: python-binance's socket managers cannot send live SUBSCRIBE
+frames, so this is a deliberate departure from "python-binance for streams".
+
+This module ties the two together. It remembers the last bar seen on every streamed key;
+after a reconnect it fetches the bars missed since then by REST and publishes them (closed
+ones with ``final=True``, oldest first) before any newer live update of that key, so that
+neither the store nor a chart misses a bar. Configuration: ``BINANCE_API_URL``,
+``BINANCE_STREAM_URL``, optional ``BINANCE_API_KEY``/``BINANCE_API_SECRET``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.data_providers.binance.pacing import StreamTuning
+from backend.data_providers.binance.parse import (
+    KlineUpdate,
+    dataset_row,
+    kline_update,
+    parse_query_time,
+    row_to_bar,
+    rows_to_bars,
+    stream_name,
+)
+from backend.data_providers.binance.rest import RestGate
+from backend.data_providers.binance.stream import StreamManager
+from backend.errors import ProviderError, ProviderFatal, UnknownSymbol
+from backend.model import intervals
+from backend.model.bars import Bar
+from backend.runtime.provider import Provider, StreamKey
+
+logger = logging.getLogger(__name__)
+
+MAX_HISTORY_WAIT = 20.0  # a history call never waits longer than this for the REST budget
+GAP_MAX_WAIT = 120.0  # a gap fill after a reconnect may wait this long
+GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
+POPULATE_MAX_WAIT = 120.0
+_SEVERITY = {"ok": 0, "reconnecting": 1, "rate_limited": 2, "banned": 3}
+
+
+@dataclass
+class _Key:
+    """What the provider knows about one streamed ``(symbol, interval)``."""
+
+    stream: str
+    subscribed_ms: int
+    last_open_ms: int | None = None  # open time of the newest bar seen
+    resuming: bool = False  # a gap fill is running: live updates wait in ``pending``
+    pending: dict[int, KlineUpdate] = field(default_factory=dict)  # by open time
+
+
+class BinanceProvider(Provider):
+    """Binance spot market data: every ``TRADING`` symbol, 14 intervals, live klines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tuning = StreamTuning()
+        self._rest: RestGate | None = None
+        self._rest_lock = threading.Lock()
+        self._streams: StreamManager | None = None
+        self._gaps: ThreadPoolExecutor | None = None
+        self._keys: dict[StreamKey, _Key] = {}
+        self._by_stream: dict[str, StreamKey] = {}
+        self._keys_lock = threading.Lock()  # guards _keys and orders every publish
+        self._status = {"rest": ("ok", ""), "stream": ("ok", "")}
+        self._reported = ("", "")
+        self._status_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ hooks
+
+    def init(self) -> None:
+        settings = self.settings
+        self._gate()
+        self._gaps = ThreadPoolExecutor(GAP_THREADS, thread_name_prefix="binance-gaps")
+        self._streams = StreamManager(
+            settings.BINANCE_STREAM_URL,
+            self._on_event,
+            self._on_resume,
+            lambda state, detail: self._set_status("stream", state, detail),
+            self.tuning,
+        )
+        self._streams.start()
+        self._set_status("stream", "ok", "")
+
+    def get_dataset(self) -> Iterable[Mapping[str, Any]]:
+        info = self._gate().exchange_info(deadline=time.monotonic() + POPULATE_MAX_WAIT)
+        source = self.source or "binance"
+        rows = (dataset_row(symbol, source) for symbol in info.get("symbols") or ())
+        return [row for row in rows if row is not None]
+
+    def get_history(
+        self,
+        symbol: str,
+        interval: str,
+        start_time_query: str,
+        end_time_query: str,
+        count: int,
+    ) -> list[Bar]:
+        if not intervals.is_interval(interval):
+            known = ", ".join(intervals.INTERVALS)
+            raise UnknownSymbol(
+                f"binance: unknown interval {interval!r} for {symbol}; known: {known}"
+            )
+        start, end = _time(start_time_query), _time(end_time_query)
+        if start is None:
+            start = int(time.time()) - intervals.nominal_seconds(interval) * max(count, 1)
+        if end is not None and end < start:
+            return []
+        deadline = time.monotonic() + self._max_wait()
+        end_ms = None if end is None else end * 1000
+        rows = self._gate().klines(symbol, interval, start * 1000, end_ms, deadline)
+        return rows_to_bars(rows, start, end)
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        name = stream_name(symbol, interval)
+        with self._keys_lock:
+            self._keys[(symbol, interval)] = _Key(name, int(time.time() * 1000))
+            self._by_stream[name] = (symbol, interval)
+        self._stream_manager().subscribe([name])
+
+    def on_last_subscriber(self, symbol: str, interval: str) -> None:
+        with self._keys_lock:
+            key = self._keys.pop((symbol, interval), None)
+            if key is not None:
+                self._by_stream.pop(key.stream, None)
+        if key is not None:
+            self._stream_manager().unsubscribe([key.stream])
+
+    def no_update(self, symbol: str, interval: str) -> None:
+        """Restart the quiet stream and fetch what it may have missed."""
+        with self._keys_lock:
+            key = self._keys.get((symbol, interval))
+        if key is None:
+            return
+        self._stream_manager().restart([key.stream])
+        self._start_gap_fill([(symbol, interval)])
+
+    def shutdown(self) -> None:
+        if self._streams is not None:
+            self._streams.stop()
+        if self._gaps is not None:
+            self._gaps.shutdown(wait=False, cancel_futures=True)
+        if self._rest is not None:
+            self._rest.close()
+
+    # ------------------------------------------------------------------ live updates
+
+    def _on_event(self, data: Mapping[str, Any]) -> None:
+        """A stream payload (stream thread)."""
+        update = kline_update(data)
+        if update is None:
+            return
+        with self._keys_lock:
+            key = self._by_stream.get(stream_name(update.symbol, update.interval))
+            state = self._keys.get(key) if key is not None else None
+            if key is None or state is None:
+                return
+            if state.resuming:
+                held = state.pending.get(update.bar[0])
+                if held is None or not held.final:
+                    state.pending[update.bar[0]] = update
+                return
+            self._publish_update(key, state, update)
+
+    def _publish_update(self, key: StreamKey, state: _Key, update: KlineUpdate) -> None:
+        t_ms = update.bar[0] * 1000
+        state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
+        self.publish(key[0], key[1], update.bar, final=update.final)
+
+    # ------------------------------------------------------------------ gaps
+
+    def _on_resume(self, streams: list[str]) -> None:
+        """A connection came back (stream thread): hold its keys' updates, fill the gaps."""
+        with self._keys_lock:
+            keys = [self._by_stream[s] for s in streams if s in self._by_stream]
+        self._start_gap_fill(keys)
+
+    def _start_gap_fill(self, keys: Sequence[StreamKey]) -> None:
+        todo = []
+        with self._keys_lock:
+            for key in keys:
+                state = self._keys.get(key)
+                if state is not None and not state.resuming:
+                    state.resuming = True
+                    todo.append(key)
+        for key in todo:
+            if self._gaps is not None:
+                self._gaps.submit(self._fill_gap, key)
+
+    def _fill_gap(self, key: StreamKey) -> None:
+        """Gap thread: fetch and publish what ``key`` missed, then release its updates."""
+        try:
+            rows = self._missed_rows(key)
+        except Exception:  # never leave a key holding its updates: log and release it
+            logger.exception("binance: gap fill of %s %s failed", *key)
+            rows = []
+        self._finish_gap(key, rows)
+
+    def _missed_rows(self, key: StreamKey) -> list[list[Any]]:
+        symbol, interval = key
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None:
+                return []
+            since = state.last_open_ms
+            if since is None:
+                since = intervals.floor(state.subscribed_ms // 1000, interval) * 1000
+        try:
+            rows = self._gate().klines(
+                symbol, interval, since, None, time.monotonic() + GAP_MAX_WAIT
+            )
+        except ProviderError as exc:
+            logger.warning("binance: bars missed on %s %s not fetched: %s", symbol, interval, exc)
+            self.notify(symbol, interval, exc.code, f"bars missed during a reconnect: {exc}")
+            return []
+        logger.info(
+            "binance: %s %s: %d bars fetched after a reconnect", symbol, interval, len(rows)
+        )
+        return rows
+
+    def _finish_gap(self, key: StreamKey, rows: list[list[Any]]) -> None:
+        """Publish the fetched bars, then the live updates held meanwhile; release the key."""
+        now_ms = time.time() * 1000
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None:
+                return
+            for i, row in enumerate(rows):
+                final = i < len(rows) - 1 or int(row[6]) < now_ms
+                self.publish(key[0], key[1], row_to_bar(row), final=final)
+                state.last_open_ms = max(state.last_open_ms or 0, int(row[0]))
+            newest = state.last_open_ms
+            for t in sorted(state.pending):
+                if newest is None or t * 1000 >= newest:
+                    self._publish_update(key, state, state.pending[t])
+            state.pending.clear()
+            state.resuming = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _gate(self) -> RestGate:
+        with self._rest_lock:
+            if self._rest is None:
+                settings = self.settings
+                self._rest = RestGate(
+                    settings.BINANCE_API_URL,
+                    settings.BINANCE_API_KEY.get_secret_value(),
+                    settings.BINANCE_API_SECRET.get_secret_value(),
+                    report=lambda state, detail: self._set_status("rest", state, detail),
+                )
+            return self._rest
+
+    def _stream_manager(self) -> StreamManager:
+        if self._streams is None:
+            raise ProviderFatal("binance: streaming before init()")
+        return self._streams
+
+    def _max_wait(self) -> float:
+        return min(MAX_HISTORY_WAIT, self.settings.HISTORY_TIMEOUT * 2 / 3)
+
+    def _set_status(self, part: str, state: str, detail: str) -> None:
+        """Report the worst of the REST and stream states (shown in ``/health``)."""
+        with self._status_lock:
+            self._status[part] = (state, detail)
+            worst = max(self._status.values(), key=lambda s: _SEVERITY.get(s[0], 1))
+            if worst == self._reported:
+                return
+            self._reported = worst
+        self.report_status(*worst)
+
+
+def _time(text: str) -> int | None:
+    try:
+        return parse_query_time(text)
+    except ValueError as exc:
+        raise ProviderFatal(f"binance: cannot read the time {text!r}") from exc

@@ -1,0 +1,317 @@
+"""One Binance combined-stream connection: its socket(s), pacing, reconnects and renewal.
+
+A :class:`Connection` carries up to ``max_streams`` kline streams on
+``{BINANCE_STREAM_URL}stream`` (the ``websockets`` library: python-binance's socket managers
+cannot send live SUBSCRIBE frames). It
+
+* sends SUBSCRIBE/UNSUBSCRIBE frames with many streams each, paced by a rolling-window
+  limiter (Binance closes a connection that receives more than 5 messages in a second);
+* reconnects after a drop or a silence with exponential backoff and jitter, and hands the
+  streams it resumed to its owner (``resume``) before reading the first event, so that the
+  provider can fetch the bars it missed;
+* on ``serverShutdown`` and before Binance's 24-hour cut, opens the new socket and
+  subscribes it before closing the old one.
+
+It runs on the owner's asyncio loop and does not know about bars, REST or other connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from backend.data_providers.binance import parse
+from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
+
+__all__ = ["Connection", "Outcome", "Owner"]
+
+logger = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 0.05  # a burst of subscriptions becomes one frame
+
+
+class Owner(Protocol):
+    """What a connection needs from the manager that owns it."""
+
+    url: str
+    tuning: StreamTuning
+    ids: Iterator[int]
+    connect_limiter: RollingLimiter
+
+    def deliver(self, data: Mapping[str, Any]) -> None: ...
+    def resume(self, names: list[str]) -> None: ...
+    def state_changed(self) -> None: ...
+
+
+class Outcome(enum.Enum):
+    """Why a socket stopped being the one a connection reads."""
+
+    DROPPED = "dropped"
+    SILENT = "silent"
+    SHUTDOWN = "serverShutdown"
+    RENEW = "renewal"
+
+
+class _Socket:
+    """One WebSocket of a connection: what it was told, its pacing, why it ended."""
+
+    def __init__(self, ws: ClientConnection, tuning: StreamTuning) -> None:
+        self.ws = ws
+        self.sent: set[str] = set()
+        self.restart: set[str] = set()
+        self.limiter = RollingLimiter(tuning.messages, tuning.message_window)
+        self.dirty = asyncio.Event()
+        self.synced = asyncio.Event()
+        self.ended: asyncio.Future[tuple[Outcome, str]] = asyncio.get_running_loop().create_future()
+        self.opened = self.last_message = time.monotonic()
+        self.renew_at = self.opened + tuning.renew_after
+        self.got_data = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def end(self, outcome: Outcome, detail: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result((outcome, detail))
+
+
+class Connection:
+    """One combined stream: the streams it should carry and the socket(s) carrying them."""
+
+    def __init__(self, manager: Owner, number: int) -> None:
+        self.manager, self.number, self.tuning = manager, number, manager.tuning
+        self.wanted: dict[str, None] = {}  # insertion-ordered set
+        self.sockets: list[_Socket] = []  # two while a renewal hands over
+        self.up = self.was_up = False
+        self.failures = 0
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("binance stream #%d ended", self.number, exc_info=task.exception())
+
+    def room(self) -> bool:
+        return len(self.wanted) < self.tuning.max_streams
+
+    def add(self, name: str) -> None:
+        self.wanted[name] = None
+        self._mark_dirty()
+
+    def remove(self, name: str) -> None:
+        self.wanted.pop(name, None)
+        self._mark_dirty()
+
+    def restart(self, name: str) -> None:
+        for sock in self.sockets:
+            if name in sock.sent:
+                sock.restart.add(name)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        for sock in self.sockets:
+            sock.synced.clear()
+            sock.dirty.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _run(self) -> None:
+        try:
+            sock = await self._open(resume=False)
+            while True:
+                try:
+                    sock = await self._cycle(sock)
+                except Exception:  # a bug here must not end the stream: log, start afresh
+                    logger.exception("binance stream #%d failed; reconnecting", self.number)
+                    await self._close(sock)
+                    sock = await self._open(resume=True)
+        finally:
+            for sock in list(self.sockets):
+                await self._close(sock)
+            self._set_up(False)
+            logger.info("binance stream #%d closed", self.number)
+
+    async def _cycle(self, sock: _Socket) -> _Socket:
+        """Serve ``sock`` until it must be replaced; return its replacement."""
+        outcome, detail = await self._watch(sock)
+        if outcome in (Outcome.RENEW, Outcome.SHUTDOWN):
+            new = await self._open_once(resume=outcome is Outcome.SHUTDOWN)
+            if new is not None:
+                logger.info("binance stream #%d: %s; new socket opened", self.number, detail)
+                await self._handover(sock, new)
+                return new
+            if outcome is Outcome.RENEW:
+                sock.renew_at = time.monotonic() + self.tuning.backoff_max
+                return sock
+        self.failures = 0 if sock.got_data else self.failures + 1
+        await self._close(sock)
+        delay = backoff_delay(self.failures, self.tuning)
+        logger.info(
+            "binance stream #%d disconnected: %s; reconnecting in %.1f s",
+            self.number,
+            detail,
+            delay,
+        )
+        self._set_up(False)
+        await asyncio.sleep(delay)
+        return await self._open(resume=True)
+
+    async def _watch(self, sock: _Socket) -> tuple[Outcome, str]:
+        while True:
+            now = time.monotonic()
+            if now >= sock.renew_at:
+                return Outcome.RENEW, f"renewal after {now - sock.opened:.0f} s"
+            quiet = now - sock.last_message
+            if sock.sent and quiet >= self.tuning.silence:
+                return Outcome.SILENT, f"no message for {quiet:.0f} s"
+            timeout = min(sock.renew_at - now, self.tuning.silence - quiet)
+            await asyncio.wait({sock.ended}, timeout=max(0.05, timeout))
+            if sock.ended.done():
+                return sock.ended.result()
+
+    async def _handover(self, old: _Socket, new: _Socket) -> None:
+        """Close ``old`` once ``new`` carries every stream (or after a timeout)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.synced.wait(), self.tuning.handover_timeout)
+        await self._close(old)
+
+    async def _open(self, resume: bool) -> _Socket:
+        """A connected socket, retrying with backoff until one opens."""
+        while True:
+            sock = await self._open_once(resume)
+            if sock is not None:
+                return sock
+            self.failures += 1
+            await asyncio.sleep(backoff_delay(self.failures, self.tuning))
+
+    async def _open_once(self, resume: bool) -> _Socket | None:
+        await self.manager.connect_limiter.wait()
+        self.manager.connect_limiter.record()
+        try:
+            ws = await connect(
+                self.manager.url,
+                open_timeout=self.tuning.open_timeout,
+                ping_interval=None,  # Binance pings us; our pings would count as messages
+                close_timeout=2,
+                max_size=2**22,
+            )
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)
+            return None
+        sock = _Socket(ws, self.tuning)
+        if resume and self.wanted:
+            self.manager.resume(list(self.wanted))  # before the first event is read
+        sock.tasks = [
+            asyncio.create_task(self._read(sock)),
+            asyncio.create_task(self._write(sock)),
+        ]
+        self.sockets.append(sock)
+        sock.dirty.set()
+        logger.info(
+            "binance stream #%d connected to %s (%d streams)",
+            self.number,
+            self.manager.url,
+            len(self.wanted),
+        )
+        self._set_up(True)
+        return sock
+
+    async def _close(self, sock: _Socket) -> None:
+        if sock in self.sockets:
+            self.sockets.remove(sock)
+        for task in sock.tasks:
+            task.cancel()
+        await asyncio.gather(*sock.tasks, return_exceptions=True)
+        with contextlib.suppress(OSError, WebSocketException, TimeoutError):
+            await asyncio.wait_for(sock.ws.close(), 3)
+
+    def _set_up(self, up: bool) -> None:
+        if self.up != up:
+            self.up = up
+            self.was_up = self.was_up or up
+            self.manager.state_changed()
+
+    # ------------------------------------------------------------------ per socket
+
+    async def _read(self, sock: _Socket) -> None:
+        try:
+            async for raw in sock.ws:
+                sock.last_message = time.monotonic()
+                self._dispatch(sock, raw)
+        except ConnectionClosed as exc:
+            sock.end(Outcome.DROPPED, f"connection closed ({exc})")
+        except Exception:  # the reader's top: log the bug and replace the socket
+            logger.exception("binance stream #%d: reader failed", self.number)
+            sock.end(Outcome.DROPPED, "reader failed")
+        else:
+            sock.end(Outcome.DROPPED, f"connection closed ({sock.ws.close_code})")
+
+    def _dispatch(self, sock: _Socket, raw: str | bytes) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            logger.warning("binance stream #%d: not JSON: %.200r", self.number, raw)
+            return
+        match parse.stream_message(message):
+            case parse.StreamData(stream, data):
+                sock.got_data = True
+                if stream in self.wanted:
+                    self.manager.deliver(data)
+            case parse.ControlReply(error=str() as error):
+                logger.warning("binance stream #%d: control frame refused: %s", self.number, error)
+            case parse.ServerShutdown():
+                sock.end(Outcome.SHUTDOWN, "serverShutdown received")
+            case _:
+                pass
+
+    async def _write(self, sock: _Socket) -> None:
+        try:
+            await self._write_forever(sock)
+        except ConnectionClosed as exc:
+            sock.end(Outcome.DROPPED, f"connection closed while sending ({exc})")
+        except Exception:  # the writer's top: log the bug and replace the socket
+            logger.exception("binance stream #%d: writer failed", self.number)
+            sock.end(Outcome.DROPPED, "writer failed")
+
+    async def _write_forever(self, sock: _Socket) -> None:
+        while True:
+            await sock.dirty.wait()
+            await asyncio.sleep(COALESCE_SECONDS)
+            sock.dirty.clear()
+            while self._pending(sock):
+                await sock.limiter.wait()
+                frame = self._take_frame(sock)
+                if frame is None:
+                    break
+                sock.limiter.record()
+                method, params = frame
+                message = {"method": method, "params": params, "id": next(self.manager.ids)}
+                await sock.ws.send(json.dumps(message, separators=(",", ":")))
+                logger.debug("binance stream #%d: %s %d streams", self.number, method, len(params))
+            if not sock.dirty.is_set():
+                sock.synced.set()
+
+    def _pending(self, sock: _Socket) -> bool:
+        return bool(sock.restart) or sock.sent != self.wanted.keys()
+
+    def _take_frame(self, sock: _Socket) -> tuple[str, list[str]] | None:
+        """The next frame to send on ``sock``, applied to its ``sent`` set."""
+        drop = [n for n in sock.sent if n not in self.wanted or n in sock.restart]
+        if drop:
+            batch = drop[: self.tuning.batch]
+            sock.sent.difference_update(batch)
+            sock.restart.difference_update(batch)
+            return "UNSUBSCRIBE", batch
+        sock.restart.clear()
+        add = [n for n in self.wanted if n not in sock.sent][: self.tuning.batch]
+        if add:
+            sock.sent.update(add)
+            return "SUBSCRIBE", add
+        return None

@@ -1,0 +1,388 @@
+"""CSV market data: reading one file into numpy arrays, and serving its bars at a replay clock.
+
+This module owns the pure part of the CSV provider (``backend.data_providers.csv``):
+
+* :func:`scan` reads a file's header, a sample of its first rows and its last bytes: the
+  columns (:class:`Layout`), the file's own interval and its first and last timestamps.
+* :func:`load` reads the whole file once into one :class:`Rows` per symbol, logging every
+  malformed row with its path and line.
+* :func:`aggregate` builds coarser bars (first open, max high, min low, last close, summed
+  volume; the last value for lines); :func:`bucket` aligns times with ``intervals.floor``.
+Replaying a file at a clock lives in :mod:`backend.data_providers.csv.replay`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from backend.model import intervals
+from backend.model.bars import Bar
+
+logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+DATE_NAMES = ("date", "timestamp", "time", "datetime")
+CANDLE_NAMES = ("open", "high", "low", "close")
+VOLUME_NAMES = ("volume", "vol")
+SAMPLE_ROWS = 5_000
+TAIL_BYTES = 64 * 1024
+STAGES = 4
+CACHE_ENTRIES = 64
+MAX_LOGGED_ROWS = 5
+DECIMALS = 9  # summed volumes are rounded to hide float noise
+_DAY = 86_400
+_WEEK = 7 * _DAY
+_MONDAY = intervals.floor(0, "1w") % _WEEK  # the first Monday 00:00 UTC after the epoch
+_WARNINGS_LOCK = threading.Lock()
+
+
+class CSVFormatError(Exception):
+    """A file that cannot be served (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What :func:`scan` learned about a file without reading all of it."""
+
+    path: Path
+    date_column: str
+    candle: tuple[str, str, str, str] | None  # the open, high, low, close column names
+    volume: str | None
+    lines: tuple[str, ...]
+    interval: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Bars of one symbol, oldest first; a line keeps its value in all four price arrays."""
+
+    times: IntArray
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray | None
+    line: bool
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def take(self, i: int, j: int) -> Rows:
+        v = None if self.volume is None else self.volume[i:j]
+        t = self.times[i:j]
+        return Rows(t, self.open[i:j], self.high[i:j], self.low[i:j], self.close[i:j], v, self.line)
+
+    def between(self, lo: int, hi: int) -> Rows:
+        """The rows with ``lo <= t <= hi``."""
+        i, j = np.searchsorted(self.times, [lo, hi + 1], side="left")
+        return self.take(int(i), int(j))
+
+    def shifted(self, dt: int) -> Rows:
+        if dt == 0:
+            return self
+        return Rows(self.times + dt, *self._values(), self.line)
+
+    def _values(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        return self.open, self.high, self.low, self.close, self.volume
+
+    def bars(self) -> list[Bar]:
+        """The rows as bar tuples (NaN volume becomes ``None``)."""
+        n = len(self.times)
+        vols: list[float | None] = [None] * n
+        if self.volume is not None:
+            vols = [None if math.isnan(v) else v for v in self.volume.tolist()]
+        t, o, h, lo, c = (a.tolist() for a in (self.times, *self._values()[:4]))
+        return list(zip(t, o, h, lo, c, vols, strict=True))
+
+
+def concat(parts: list[Rows], like: Rows) -> Rows:
+    """Rows of ``parts`` one after the other (``like`` gives the shape when empty)."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return like.take(0, 0)
+    vols = [p.volume for p in parts if p.volume is not None]
+    vol = np.concatenate(vols) if like.volume is not None else None
+    o, h, lo, c = (
+        np.concatenate([getattr(p, f) for p in parts]) for f in ("open", "high", "low", "close")
+    )
+    return Rows(np.concatenate([p.times for p in parts]), o, h, lo, c, vol, like.line)
+
+
+def aggregate(rows: Rows, keys: IntArray) -> Rows:
+    """One bar per run of equal ``keys`` (sorted): the bar's time is the key."""
+    if len(rows) == 0:
+        return rows
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    last = np.r_[starts[1:], len(keys)] - 1
+    close = rows.close[last]
+    if rows.line:
+        return Rows(keys[starts], close, close, close, close, None, True)
+    vol = None
+    if rows.volume is not None:
+        vol = np.add.reduceat(np.nan_to_num(rows.volume), starts).round(DECIMALS)
+    high = np.maximum.reduceat(rows.high, starts)
+    low = np.minimum.reduceat(rows.low, starts)
+    return Rows(keys[starts], rows.open[starts], high, low, close, vol, False)
+
+
+def bucket(times: IntArray, interval: str) -> IntArray:
+    """``intervals.floor`` of every time (UTC-aligned; weeks on Monday, months on the 1st)."""
+    if interval == "1M":
+        months = times.astype("datetime64[s]").astype("datetime64[M]")
+        return months.astype("datetime64[s]").astype(np.int64)
+    if interval == "1w":
+        return (times - _MONDAY) // _WEEK * _WEEK + _MONDAY
+    step = intervals.nominal_seconds(interval)
+    return times - times % step
+
+
+def row_end(t: int, interval: str) -> int:
+    """When a row of ``interval`` opening at ``t`` is complete."""
+    if interval == "1M":
+        return intervals.next_open(t, "1M")
+    return t + intervals.nominal_seconds(interval)
+
+
+def infer_interval(times: IntArray) -> str | None:
+    """The interval of the most common positive difference between sorted times, if any."""
+    diffs = np.diff(np.unique(times))
+    if len(diffs) == 0:
+        return None
+    values, counts = np.unique(diffs, return_counts=True)
+    step = int(values[int(np.argmax(counts))])
+    if 28 * _DAY <= step <= 31 * _DAY:
+        return "1M"
+    for name in intervals.INTERVALS[:-1]:
+        if intervals.nominal_seconds(name) == step:
+            return name
+    return None
+
+
+def partial(t: int, row: tuple[float, float, float, float, float], fraction: float) -> Bar:
+    """A row's ``(o, h, l, c, v)`` as revealed after ``fraction`` of its span, dated ``t``."""
+    o, h, lo, c, v = row
+    stage = min(STAGES - 1, max(0, int(fraction * STAGES)))
+    vol = None if v is None or math.isnan(v) else round(v * (stage + 1) / STAGES, DECIMALS)
+    first, second = (lo, h) if c >= o else (h, lo)  # rising bars dip first, falling ones peak
+    path = [o, first, second, c][: stage + 1]
+    return (t, o, max(path), min(path), path[-1], vol)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def parse_times(values: pd.Series) -> tuple[IntArray, BoolArray]:
+    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity."""
+    present = values.notna().to_numpy()
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if present.any() and np.isfinite(numeric[present]).mean() >= 0.9:
+        secs = np.where(np.abs(numeric) >= 1e11, numeric / 1000, numeric)
+        valid = np.isfinite(secs)
+        return np.floor(np.where(valid, secs, 0)).astype(np.int64), valid
+    stamps = pd.to_datetime(values.astype(str), utc=True, format="ISO8601", errors="coerce")
+    raw = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
+    valid = ~np.isnat(raw)
+    return np.where(valid, raw.astype(np.int64), 0), valid
+
+
+def _numeric_columns(frame: pd.DataFrame, skip: str) -> list[str]:
+    found = []
+    for name in frame.columns:
+        if name == skip or str(name).startswith("Unnamed:"):
+            continue
+        raw = frame[name]
+        parsed = pd.to_numeric(raw, errors="coerce")
+        if parsed.notna().any() and parsed.notna().sum() >= 0.5 * raw.notna().sum():
+            found.append(name)
+    return found
+
+
+def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
+    """The date, candle, volume and line columns of a sample (interval and times unset)."""
+    by_lower = {name.lower(): name for name in frame.columns}
+    wanted = (date_column.lower(), *DATE_NAMES) if date_column else DATE_NAMES
+    date = next((by_lower[n] for n in wanted if n in by_lower), None)
+    if date is None:
+        raise CSVFormatError(f"no date column (looked for {', '.join(wanted)})")
+    numeric = _numeric_columns(frame, date)
+    lower = {name.lower(): name for name in numeric}
+    candle = None
+    if all(n in lower for n in CANDLE_NAMES):
+        o, h, lo, c = (lower[n] for n in CANDLE_NAMES)
+        candle = (o, h, lo, c)
+    volume = next((lower[n] for n in VOLUME_NAMES if n in lower), None) if candle else None
+    used = {*(candle or ()), volume}
+    lines = tuple(name for name in numeric if name not in used)
+    if candle is None and not lines:
+        raise CSVFormatError("no numeric column")
+    return Layout(Path(), date, candle, volume, lines, "", 0, 0)
+
+
+def _read(
+    path: Path, nrows: int | None, bad_lines: Literal["error", "warn", "skip"]
+) -> pd.DataFrame:
+    frame = pd.read_csv(
+        path,
+        nrows=nrows,
+        on_bad_lines=bad_lines,
+        skip_blank_lines=False,
+        skipinitialspace=True,
+    )
+    frame.columns = pd.Index([str(name).strip() for name in frame.columns])
+    return frame
+
+
+def _read_all(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The whole file, and the line numbers of rows skipped for a wrong number of fields."""
+    try:
+        return _read(path, None, "error"), []
+    except pd.errors.ParserError:
+        pass
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        frame = _read(path, None, "warn")
+    found = re.findall(r"Skipping line (\d+)", " ".join(str(w.message) for w in caught))
+    return frame, sorted(int(n) for n in found)
+
+
+def scan(path: Path, date_column: str = "") -> Layout:
+    """Columns, interval and time range of ``path`` from its head and tail only."""
+    try:
+        head = _read(path, SAMPLE_ROWS, "skip")
+        layout = detect_columns(head, date_column)
+        times, valid = parse_times(head[layout.date_column])
+        tail = _tail_times(path, list(head.columns).index(layout.date_column))
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise CSVFormatError(f"cannot read: {exc}") from exc
+    sample = np.sort(times[valid])
+    if not len(sample):
+        raise CSVFormatError("no readable date in the first rows")
+    interval = infer_interval(sample)
+    if interval is None:
+        raise CSVFormatError("rows are not spaced by a standard interval (1m ... 1M)")
+    ends = np.concatenate([sample[[0, -1]], tail])
+    candle, volume, lines = layout.candle, layout.volume, layout.lines
+    return Layout(path, layout.date_column, candle, volume, lines, interval, *_range(ends))
+
+
+def _range(times: IntArray) -> tuple[int, int]:
+    return int(times.min()), int(times.max())
+
+
+def _tail_times(path: Path, date_index: int) -> IntArray:
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - TAIL_BYTES))
+        text = handle.read().decode("utf-8", "replace")
+    lines = text.splitlines()[1:]  # the header, or a line cut in the middle
+    values = [row[date_index] for row in csv.reader(lines) if len(row) > date_index]
+    times, valid = parse_times(pd.Series(values, dtype=object))
+    return times[valid]
+
+
+def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
+    """Every symbol's rows (key ``""`` for the candlestick, the column for a line), and the
+    first and last valid row time. Malformed rows are logged and skipped."""
+    try:
+        frame, skipped = _read_all(layout.path)
+        problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
+        times, valid = parse_times(frame[layout.date_column])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
+        raise CSVFormatError(f"cannot read: {exc!r}") from exc
+    problems.add(~valid, "unreadable date")
+    columns = {name: _column(frame, name, valid, problems) for name in _names(layout)}
+    out: dict[str, Rows] = {}
+    if layout.candle:
+        o, h, lo, c = (columns[name][0] for name in layout.candle)
+        finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
+        problems.add(valid & ~finite, "missing price")
+        ok, vol = valid & finite, None
+        if layout.volume:
+            vol, bad_volume = columns[layout.volume]
+            ok &= ~bad_volume
+        out[""] = _rows(times, ok, (o, h, lo, c), vol, line=False)
+    for name in layout.lines:
+        value = columns[name][0]
+        out[name] = _rows(times, valid & np.isfinite(value), (value,) * 4, None, line=True)
+    problems.log()
+    used = [rows.times for rows in out.values() if len(rows)]
+    if not used:
+        raise CSVFormatError("no valid row")
+    first, last = _range(np.concatenate(used))
+    return out, first, last
+
+
+def _names(layout: Layout) -> list[str]:
+    return [*(layout.candle or ()), *([layout.volume] if layout.volume else []), *layout.lines]
+
+
+def _column(
+    frame: pd.DataFrame, name: str, valid: BoolArray, problems: _Problems
+) -> tuple[FloatArray, BoolArray]:
+    """A column's numbers (NaN where missing), and where it held something else."""
+    raw = frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = valid & raw.notna().to_numpy() & ~np.isfinite(values)
+    return values, problems.add(bad, f"bad value in {name!r}")
+
+
+def _rows(
+    times: IntArray, ok: BoolArray, prices: tuple[FloatArray, ...], v: FloatArray | None, line: bool
+) -> Rows:
+    """The rows where ``ok``, sorted by time; of duplicate times the last row wins."""
+    index = np.flatnonzero(ok)
+    index = index[np.argsort(times[index], kind="stable")]
+    t = times[index]
+    index = index[np.r_[t[1:] != t[:-1], True]] if len(t) else index
+    o, h, lo, c = (p[index] for p in prices)
+    return Rows(times[index], o, h, lo, c, None if v is None else v[index], line)
+
+
+class _Problems:
+    """Malformed rows of one file, logged (the first few) with their path and line."""
+
+    def __init__(self, path: Path, skipped: list[int], blank: BoolArray) -> None:
+        self.path, self.skipped, self.blank = path, skipped, blank
+        self.masks: list[tuple[str, BoolArray]] = []
+
+    def add(self, mask: BoolArray, reason: str) -> BoolArray:
+        """Record the rows of ``mask`` (blank lines aside) as malformed; return the mask."""
+        mask = mask & ~self.blank
+        self.masks.append((reason, mask))
+        return mask
+
+    def _line(self, index: int) -> int:
+        line = index + 2  # the header is line 1
+        for skipped in self.skipped:  # rows pandas dropped do not count in the index
+            line += skipped <= line
+        return line
+
+    def log(self) -> None:
+        bad = np.logical_or.reduce([mask for _, mask in self.masks])
+        shown = [(line, "wrong number of fields") for line in self.skipped[:MAX_LOGGED_ROWS]]
+        for i in np.flatnonzero(bad)[:MAX_LOGGED_ROWS].tolist():
+            reason = next(reason for reason, mask in self.masks if mask[i])
+            shown.append((self._line(i), reason))
+        for line, reason in sorted(shown)[:MAX_LOGGED_ROWS]:
+            logger.warning("%s:%d: malformed row skipped (%s)", self.path, line, reason)
+        total = len(self.skipped) + int(bad.sum())
+        if total > MAX_LOGGED_ROWS:
+            logger.warning("%s: %d malformed rows skipped in all", self.path, total)

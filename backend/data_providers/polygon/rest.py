@@ -1,0 +1,251 @@
+"""Polygon REST through ``polygon-api-client``: tickers, option contracts, aggregates, and
+error translation.
+
+Owns one ``RESTClient`` per provider process (its urllib3 pool is thread-safe, so history
+threads and seed workers share it) and the edge where vendor exceptions become Candlewire
+errors, chained with ``from``: a rejected key is :class:`AuthFailed`, a 429 is
+:class:`RateLimited` (with ``Retry-After``), anything else that fails is
+:class:`ProviderUnavailable`. Also turns a ticker (or an option contract) into its dataset
+row. Owns no sockets.
+
+Polygon lists the tickers of stocks, crypto, fx and indices with ``/v3/reference/tickers``
+(``market`` takes no ``options``); option contracts come from
+``/v3/reference/options/contracts``, a million and more of them, 1,000 a page.
+
+The client's own pool sends no timeouts and would sleep out any ``Retry-After`` inside a
+request; it is replaced by one with timeouts whose retries give up (as :class:`RateLimited`)
+when the server asks to wait longer than :data:`MAX_INLINE_WAIT` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Self, cast
+
+import certifi
+import urllib3
+from polygon import RESTClient
+from polygon.exceptions import AuthError, BadResponse
+from urllib3.connectionpool import ConnectionPool
+from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
+
+from backend.data_providers.polygon.bars import CATEGORIES, Market, agg_bar
+from backend.errors import AuthFailed, ProviderUnavailable, RateLimited, UnknownSymbol
+from backend.model.bars import Bar
+from backend.model.intervals import INTERVALS
+
+logger = logging.getLogger(__name__)
+
+PAGE_LIMIT = 1000  # tickers or option contracts per page, Polygon's maximum
+AGGS_LIMIT = 50_000  # base aggregates per page, Polygon's maximum
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+RETRIES = 3
+MAX_INLINE_WAIT = 2.0  # seconds of Retry-After still waited inside a request
+POOL_SIZE = 8
+OUTPUTS = [
+    {"name": name, "y_axis": "volume" if name == "volume" else "price"}
+    for name in ("open", "high", "low", "close", "volume")
+]
+_RATE_STATUSES = frozenset((413, 429, 503))
+_AUTH_WORDS = ("api key", "not_authorized", "not authorized", "unauthorized", "entitle")
+
+
+class RetryLater(MaxRetryError):
+    """The server asked us to wait ``retry_after`` seconds (``None``: it did not say)."""
+
+    def __init__(
+        self, pool: ConnectionPool | None, url: str | None, retry_after: float | None
+    ) -> None:
+        super().__init__(cast("ConnectionPool", pool), url or "", None)
+        self.retry_after = retry_after
+
+
+class _Retry(Retry):
+    """urllib3 retries that hand long ``Retry-After`` waits back to the caller."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        rate_limited = response is not None and response.status in _RATE_STATUSES
+        wait = self.get_retry_after(response) if response is not None and rate_limited else None
+        try:
+            retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        except MaxRetryError as exc:
+            if rate_limited:
+                raise RetryLater(_pool, url, wait) from exc
+            raise
+        if wait is not None and wait > MAX_INLINE_WAIT:
+            raise RetryLater(_pool, url, wait)
+        return retry
+
+
+class PolygonRest:
+    """Tickers and aggregates from ``base_url`` with ``api_key``; thread-safe."""
+
+    def __init__(self, api_key: str, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client: Any = RESTClient(api_key=api_key, base=self.base_url, retries=RETRIES)
+        self._client.client = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=POOL_SIZE,
+            headers=self._client.headers,
+            ca_certs=certifi.where(),
+            cert_reqs="CERT_REQUIRED",
+            retries=_Retry(
+                total=RETRIES,
+                status_forcelist=[413, 429, 499, 500, 502, 503, 504],
+                backoff_factor=0.2,
+            ),
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+        )
+
+    def tickers(self, market: Market) -> Iterator[Any]:
+        """Every active ticker of ``market``, page by page: ``polygon.rest.models.Ticker``, or
+        for options every unexpired contract (``polygon.rest.models.OptionsContract``)."""
+        if market == "options":
+            with translated("option contracts"):
+                yield from self._client.list_options_contracts(
+                    expired=False, limit=PAGE_LIMIT, sort="ticker", order="asc"
+                )
+            return
+        with translated(f"tickers of {market}"):
+            yield from self._client.list_tickers(market=market, active=True, limit=PAGE_LIMIT)
+
+    def aggregates(
+        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+    ) -> list[Bar]:
+        """Bars of ``multiplier``/``timespan`` opening in ``[start, end]`` (UTC seconds),
+        oldest first, every page. A ticker Polygon does not know has no bars."""
+        what = f"{multiplier} {timespan} aggregates of {ticker}"
+        with translated(what):
+            aggs = self._client.list_aggs(
+                ticker,
+                multiplier,
+                timespan,
+                start * 1000,
+                end * 1000 + 999,
+                adjusted=True,
+                sort="asc",
+                limit=AGGS_LIMIT,
+            )
+            bars = [bar for agg in aggs if (bar := agg_bar(agg)) is not None]
+        logger.debug("polygon: %s from %d to %d: %d bars", what, start, end, len(bars))
+        return [bar for bar in bars if start <= bar[0] <= end]
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self._client.client.clear()
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn polygon-api-client and urllib3 exceptions raised inside into Candlewire errors."""
+    try:
+        yield
+    except RetryLater as exc:
+        wait = "" if exc.retry_after is None else f"; retry after {exc.retry_after:g} s"
+        raise RateLimited(f"polygon: {what}: rate limited{wait}", exc.retry_after) from exc
+    except BadResponse as exc:
+        raise _bad_response(what, str(exc)) from exc
+    except AuthError as exc:
+        raise AuthFailed(f"polygon: {what}: {exc}") from exc
+    except HTTPError as exc:
+        raise ProviderUnavailable(f"polygon: {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _bad_response(what: str, body: str) -> Exception:
+    """The Candlewire error for a non-200 answer (the client gives us only its body)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = {}
+    if not isinstance(decoded, dict):
+        decoded = {}
+    status = str(decoded.get("status", ""))
+    text = str(decoded.get("error") or decoded.get("message") or body[:200])
+    message = f"polygon: {what}: {text}"
+    if any(word in f"{status} {text}".lower() for word in _AUTH_WORDS):
+        return AuthFailed(message)
+    if status == "NOT_FOUND":
+        return UnknownSymbol(message)
+    return ProviderUnavailable(message)
+
+
+def dataset_row(source: str, market: Market, ticker: Any) -> dict[str, Any] | None:
+    """The dataset row (DESIGN 5.4) of a ``Ticker`` or, for options, an ``OptionsContract``;
+    ``None`` when it has no symbol.
+
+    A ticker is labelled with its name, a contract as ``SPY 2026-12-18 600 Call``; the source
+    label is the primary exchange, else the market (``OPRA`` for options, whose trades all
+    reach Polygon through OPRA). Rows share their constant lists (the symbol database copies
+    what it stores).
+    """
+    symbol = getattr(ticker, "ticker", None)
+    if not symbol:
+        return None
+    if market == "options":
+        label = contract_label(ticker, symbol)
+        fallback = "OPRA"
+    else:
+        label = getattr(ticker, "name", None) or symbol
+        fallback = market
+    return {
+        "source": source,
+        "name": symbol,
+        "name_label": label,
+        "type": "candlestick",
+        "categories": _CATEGORY_LISTS[market],
+        "intervals": _INTERVAL_LIST,
+        "outputs": OUTPUTS,
+        "source_label": getattr(ticker, "primary_exchange", None) or fallback,
+    }
+
+
+def contract_label(contract: Any, symbol: str) -> str:
+    """``SPY 2026-12-18 600 Call`` from an ``OptionsContract``'s underlying, expiration date,
+    strike and type; a field it lacks is read from the OCC ticker ``symbol``
+    (``O:SPY261218C00600000``), and ``symbol`` itself is the label when neither has them."""
+    underlying = getattr(contract, "underlying_ticker", None)
+    expiration = getattr(contract, "expiration_date", None)
+    strike = getattr(contract, "strike_price", None)
+    kind = getattr(contract, "contract_type", None)
+    if not (underlying and expiration and strike is not None and kind):
+        match = _OCC.fullmatch(symbol)
+        if match is None:
+            return symbol
+        root, yy, mm, dd, cp, milli = match.groups()
+        underlying = underlying or root
+        expiration = expiration or f"20{yy}-{mm}-{dd}"
+        strike = int(milli) / 1000 if strike is None else strike
+        kind = kind or ("call" if cp == "C" else "put")
+    return f"{underlying} {expiration} {_strike_text(strike)} {str(kind).capitalize()}"
+
+
+def _strike_text(strike: Any) -> str:
+    """A strike without trailing zeros: ``600``, ``182.5``, ``2.125``."""
+    try:
+        value = float(strike)
+    except (TypeError, ValueError):
+        return str(strike)
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0")
+
+
+_CATEGORY_LISTS: dict[Market, list[str]] = {m: [c] for m, c in CATEGORIES.items()}
+_INTERVAL_LIST = list(INTERVALS)
+_OCC = re.compile(r"O:([A-Z0-9.]+)(\d{2})(\d{2})(\d{2})([CP])(\d{8})")

@@ -1,0 +1,176 @@
+"""The bar cache: the hot bars per series key in memory, with coverage and live state.
+
+It owns no I/O. :mod:`.planner` loads series from the :mod:`.store`, plans
+requests against them and asks providers for what is missing; the hub merges live bars into
+them. A series is *live* while an upstream stream feeds it continuously since its tail was
+fetched: then its newest bars need no fetch. Memory is bounded by ``CACHE_MAX_BARS``: the
+least recently used series are evicted (or, while streamed, trimmed to their newest bars);
+evicted bars stay in the store and are read back on demand.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+from backend.model.bars import Bar, SeriesId
+from backend.model.coverage import Coverage
+
+MIN_TIME = -(2**62)
+KEEP_WHEN_TRIMMED = 2  # a streamed series keeps its forming bar and the one before
+
+
+@dataclass(slots=True)
+class Series:
+    """The bars of one key, sorted by open time, and what is known about them."""
+
+    key: SeriesId
+    times: list[int] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    coverage: Coverage = field(default_factory=Coverage)
+    live: bool = False
+    epoch: int = 0  # bumped whenever the stream may have missed bars (restart, stop)
+    live_seq: int = 0  # bumped by every live update
+    tail_fetched_at: float = 0.0
+    exhausted_before: int | None = None  # nothing older than this exists upstream
+    last_used: float = field(default_factory=time.monotonic)
+    loaded: bool = False  # coverage and newest bars were read from the store
+    persist: bool = True  # the provider's bars are worth keeping in the store
+    floor: int = MIN_TIME  # every stored bar with t >= floor is in memory
+
+    @property
+    def newest(self) -> int | None:
+        return self.times[-1] if self.times else None
+
+    def upsert(self, bar: Bar) -> bool:
+        """Insert or replace one bar; True if it is the newest bar (or newer)."""
+        t = bar[0]
+        if not self.times or t > self.times[-1]:
+            self.times.append(t)
+            self.bars.append(bar)
+            return True
+        i = bisect.bisect_left(self.times, t)
+        if self.times[i] == t:
+            self.bars[i] = bar
+        else:
+            self.times.insert(i, t)
+            self.bars.insert(i, bar)
+        return i == len(self.times) - 1
+
+    def merge(
+        self, bars: list[Bar], keep_newer_than_seq: int | None = None, keep_existing: bool = False
+    ) -> None:
+        """Merge sorted history bars; the live forming bar wins if it changed meanwhile.
+
+        With ``keep_existing`` (bars read back from the store) bars in memory win.
+        """
+        if not bars:
+            return
+        keep_live = keep_newer_than_seq is not None and self.live_seq > keep_newer_than_seq
+        newest = self.newest
+        if not self.times or bars[0][0] > self.times[-1]:
+            self.times.extend(bar[0] for bar in bars)
+            self.bars.extend(bars)
+            return
+        if bars[-1][0] < self.times[0]:
+            self.times[:0] = [bar[0] for bar in bars]
+            self.bars[:0] = bars
+            return
+        merged = dict(zip(self.times, self.bars, strict=True))
+        for bar in bars:
+            if (keep_live and bar[0] == newest) or (keep_existing and bar[0] in merged):
+                continue
+            merged[bar[0]] = bar
+        self.times = sorted(merged)
+        self.bars = [merged[t] for t in self.times]
+
+    def last_before(self, end: int, count: int, since: int | None = None) -> list[Bar]:
+        """The last ``count`` bars with open time <= ``end`` (and >= ``since``)."""
+        j = bisect.bisect_right(self.times, end)
+        i = max(0, j - count)
+        if since is not None:
+            i = max(i, bisect.bisect_left(self.times, since))
+        return self.bars[i:j]
+
+    def count_between(self, a: int, b: int) -> int:
+        return bisect.bisect_right(self.times, b) - bisect.bisect_left(self.times, a)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def drop_before(self, cutoff: int) -> None:
+        """Retention: forget bars and coverage older than ``cutoff``."""
+        i = bisect.bisect_left(self.times, cutoff)
+        del self.times[:i], self.bars[:i]
+        self.coverage.remove_before(cutoff)
+        if self.exhausted_before is not None and self.exhausted_before < cutoff:
+            self.exhausted_before = None
+        self.floor = max(self.floor, cutoff)
+
+    def trim(self, keep: int) -> int:
+        """Keep only the newest ``keep`` bars; returns how many were dropped."""
+        drop = len(self.times) - keep
+        if drop <= 0:
+            return 0
+        del self.times[:drop], self.bars[:drop]
+        if self.persist:
+            self.floor = self.times[0] if self.times else MIN_TIME
+        else:  # nothing to read back: forget that the dropped span was known
+            self.coverage.remove_before(self.times[0] if self.times else 2**62)
+            self.exhausted_before = None
+        return drop
+
+
+class BarCache:
+    """Every cached series, by key."""
+
+    def __init__(self) -> None:
+        self._series: dict[SeriesId, Series] = {}
+
+    def get(self, key: SeriesId) -> Series:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = Series(key)
+        return series
+
+    def peek(self, key: SeriesId) -> Series | None:
+        return self._series.get(key)
+
+    def all(self) -> list[Series]:
+        return list(self._series.values())
+
+    def for_source(self, source: str) -> list[Series]:
+        return [s for key, s in self._series.items() if key.source == source]
+
+    def evict_idle(self, idle_seconds: float, keep: set[SeriesId]) -> list[SeriesId]:
+        """Drop series unused for ``idle_seconds`` that nobody streams; returns their keys."""
+        cutoff = time.monotonic() - idle_seconds
+        stale = [k for k, s in self._series.items() if s.last_used < cutoff and k not in keep]
+        for key in stale:
+            self._evict(key)
+        return stale
+
+    def enforce(self, max_bars: int, streamed: set[SeriesId]) -> list[SeriesId]:
+        """Evict least recently used series (trim streamed ones) until under ``max_bars``."""
+        evicted: list[SeriesId] = []
+        total = self.bar_count()
+        for series in sorted(self._series.values(), key=lambda s: s.last_used):
+            if total <= max_bars:
+                break
+            if series.key in streamed:
+                total -= series.trim(KEEP_WHEN_TRIMMED)
+            else:
+                total -= len(series.times)
+                self._evict(series.key)
+                evicted.append(series.key)
+        return evicted
+
+    def _evict(self, key: SeriesId) -> None:
+        del self._series[key]
+
+    def bar_count(self) -> int:
+        return sum(len(s.times) for s in self._series.values())
+
+    def __len__(self) -> int:
+        return len(self._series)

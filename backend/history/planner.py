@@ -1,0 +1,225 @@
+"""History planning: answer "the last N bars up to T" from memory, the store, or a provider.
+
+For each request the planner walks back from the end through the covered spans of the
+series (loaded from the :class:`BarStore` on first use); covered bars come from memory or are
+read back from the store; where a span is missing it asks the provider for just that window,
+records what the provider answered (also when it answered nothing), persists it, and goes on
+until it has ``count`` bars or the provider has no older data. Requests on one key are
+serialized, so identical concurrent misses share one provider call. A provider failure
+returns what is known plus the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from backend.errors import ProviderError, StorageError
+from backend.history.cache import MIN_TIME, BarCache, Series
+from backend.history.store import BarStore
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from backend.model.coverage import Coverage
+from backend.runtime.clocks import Clocks
+
+logger = logging.getLogger(__name__)
+
+# fetch(key, start, end or None for "now", count) -> bars oldest first
+Fetch = Callable[[SeriesId, int, int | None, int], Awaitable[list[Bar]]]
+# persists(source) -> whether that provider's bars are kept in the store
+Persists = Callable[[str], Awaitable[bool]]
+
+TAIL_FRESH_SECONDS = 1.0
+MAX_EMPTY_WINDOWS = 7
+WIDEN_FACTOR = 4
+MAX_FETCHES_PER_REQUEST = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    bars: list[Bar]
+    error: ProviderError | StorageError | None = None
+
+
+class HistoryPlanner:
+    """Plans and runs history requests against one :class:`BarCache` and its store."""
+
+    def __init__(
+        self,
+        cache: BarCache,
+        fetch: Fetch,
+        clocks: Clocks,
+        store: BarStore | None = None,
+        persists: Persists | None = None,
+    ) -> None:
+        self.cache = cache
+        self.fetch = fetch
+        self.clocks = clocks
+        self.store = store
+        self.persists = persists
+        self.after_request: Callable[[], None] | None = None  # e.g. the cache's memory bound
+        self._locks: dict[SeriesId, asyncio.Lock] = {}
+
+    async def latest(self, key: SeriesId, count: int, streaming: bool) -> Answer:
+        """The latest ``count`` bars including the forming one (``data_init``)."""
+        return await self.before(key, None, count, streaming)
+
+    async def before(
+        self, key: SeriesId, end: int | None, count: int, streaming: bool = False
+    ) -> Answer:
+        """The last ``count`` bars with open time <= ``end`` (None: now)."""
+        try:
+            return await self._before(key, end, count, streaming)
+        finally:
+            if self.after_request is not None:
+                self.after_request()
+
+    async def _before(self, key: SeriesId, end: int | None, count: int, streaming: bool) -> Answer:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            error: ProviderError | StorageError | None = None
+            now = self.clocks.now(key.source, key.name)
+            end_t = now if end is None else end
+            series = self.cache.get(key)
+            try:
+                await self._load(series, count)
+                series.touch()
+                if self._needs_tail(series, now, end_t, streaming):
+                    await self._fetch_tail(series, now, count, streaming)
+                await self._fill_back(series, min(end_t, now), count, now)
+            except (ProviderError, StorageError) as exc:
+                error = exc
+            # "now" includes a bar the provider already opened a little ahead of our clock.
+            limit = max(now, series.newest or now) if end is None else end_t
+            return Answer(series.last_before(limit, count), error)
+
+    def forget(self, key: SeriesId) -> None:
+        """Drop the lock of an evicted series."""
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
+    # ------------------------------------------------------------------ loading
+
+    async def _load(self, series: Series, count: int) -> None:
+        if series.loaded:
+            return
+        series.persist = self.store is not None and (
+            self.persists is None or await self.persists(series.key.source)
+        )
+        if self.store is not None and series.persist:
+            snapshot = await self.store.load(series.key, count)
+            series.coverage = Coverage(snapshot.coverage)
+            series.exhausted_before = snapshot.exhausted_before
+            series.merge(snapshot.bars, keep_existing=True)
+            if not snapshot.complete and snapshot.bars:
+                series.floor = snapshot.bars[0][0]
+        series.loaded = True
+
+    async def _read_back(self, series: Series, low: int, cursor: int, need: int) -> None:
+        """Bring the newest ``need`` stored bars of ``[low, cursor]`` below the floor to memory."""
+        if self.store is None or cursor < low or need <= 0:
+            return
+        top = min(cursor, series.floor - 1)
+        bars = await self.store.read(series.key, low, top, need)
+        series.merge(bars, keep_existing=True)
+        series.floor = bars[0][0] if len(bars) == need else low
+
+    # ------------------------------------------------------------------ the tail
+
+    def _needs_tail(self, series: Series, now: int, end_t: int, streaming: bool) -> bool:
+        step = intervals.nominal_seconds(series.key.interval)
+        if end_t < now - step or _fresh(series):
+            return False
+        newest = series.newest
+        if (
+            streaming
+            and newest is not None
+            and newest + step > now
+            and series.coverage.span_at(newest - 1) is not None
+        ):
+            # The stored newest bar is still the current one and the stream that starts now
+            # will update it: known up to it, no fetch (also right after a restart).
+            series.tail_fetched_at = time.monotonic()
+            return False
+        return True
+
+    async def _fetch_tail(self, series: Series, now: int, count: int, streaming: bool) -> None:
+        step = intervals.nominal_seconds(series.key.interval)
+        start = max(0, now - step * count)
+        closed_end = series.coverage.end_before(now + 1)
+        if closed_end is not None and closed_end + 1 > start:
+            start = closed_end + 1
+        epoch, seq = series.epoch, series.live_seq
+        bars = await self.fetch(series.key, start, None, count)
+        series.merge(bars, keep_newer_than_seq=seq)
+        # The newest bar of a window that reaches "now" may still change: not covered.
+        covered_to = bars[-1][0] - 1 if bars else now - step
+        series.coverage.add(start, covered_to)
+        series.tail_fetched_at = time.monotonic()
+        series.live = streaming and series.epoch == epoch
+        self._persist(series, bars, forming_t=bars[-1][0] if bars else None)
+
+    # ------------------------------------------------------------------ walking back
+
+    async def _fill_back(self, series: Series, cursor: int, count: int, now: int) -> None:
+        step = intervals.nominal_seconds(series.key.interval)
+        collected, widen, empties, fetches = 0, 1, 0, 0
+        while collected < count and cursor >= 0:
+            if series.exhausted_before is not None and cursor < series.exhausted_before:
+                return
+            newest = series.newest
+            if newest is not None and cursor >= newest and _fresh(series):
+                collected += series.count_between(newest, cursor)
+                cursor = newest - 1
+                continue
+            span = series.coverage.span_at(cursor)
+            if span is not None:
+                if span[0] < series.floor:
+                    in_memory = series.count_between(max(span[0], series.floor), cursor)
+                    await self._read_back(series, span[0], cursor, count - collected - in_memory)
+                collected += series.count_between(span[0], cursor)
+                if series.exhausted_before is not None and span[0] <= series.exhausted_before:
+                    return
+                cursor = span[0] - 1
+                continue
+            if fetches >= MAX_FETCHES_PER_REQUEST:
+                logger.warning("%s: gave up after %d history fetches", series.key, fetches)
+                return
+            need = count - collected
+            start = max(0, cursor - step * need * widen + 1)
+            lower = series.coverage.end_before(cursor)
+            if lower is not None:
+                start = max(start, lower + 1)
+            bars = await self.fetch(series.key, start, cursor, need)
+            fetches += 1
+            series.merge(bars)
+            # A window that reaches the present ends in a bar that may still change.
+            reaches_now = cursor > now - step and bool(bars)
+            series.coverage.add(start, bars[-1][0] - 1 if reaches_now else cursor)
+            if series.count_between(start, cursor) == 0:
+                empties += 1
+                widen *= WIDEN_FACTOR
+                if empties >= MAX_EMPTY_WINDOWS or start == 0:
+                    series.exhausted_before = start
+                    self._persist(series, [])
+                    return
+            else:
+                empties = 0
+            self._persist(series, bars)
+
+    def _persist(self, series: Series, bars: list[Bar], forming_t: int | None = None) -> None:
+        if self.store is None or not series.persist:
+            return
+        self.store.put_bars(series.key, bars, forming_t)
+        self.store.put_coverage(series.key, series.coverage.spans(), series.exhausted_before)
+
+
+def _fresh(series: Series) -> bool:
+    return series.live or time.monotonic() - series.tail_fetched_at < TAIL_FRESH_SECONDS
+
+
+__all__ = ["MIN_TIME", "Answer", "HistoryPlanner"]

@@ -1,0 +1,301 @@
+"""The bar store: bars and their coverage persisted in SQLite, written behind the cache.
+
+Writes are queued without awaiting (the newest state of a bar replaces an older queued one)
+and flushed in one transaction every ``FLUSH_SECONDS``, so a bar answered to a client is on
+disk within a second. Reads load a series' coverage and its newest bars, or a range of older
+bars on demand. SQLite runs in WAL mode through aiosqlite: the event loop never blocks on
+disk, and a killed server leaves a database that opens cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from backend.errors import StorageError
+from backend.model.bars import Bar, SeriesId
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = Path(__file__).resolve().parent / "bars.sql"
+FLUSH_SECONDS = 0.25
+# A populate may hold the file's write lock for a while: wait a little, then keep the batch
+# queued and try again at the next flush (reads never wait for writes in WAL mode).
+PRAGMAS = ("journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 1000")
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the store knows of one series when it is loaded into memory."""
+
+    coverage: list[tuple[int, int]]
+    exhausted_before: int | None
+    bars: list[Bar]  # the newest ``limit`` bars, ascending
+    complete: bool  # True when ``bars`` is every stored bar of the series
+
+
+@dataclass(slots=True)
+class _Pending:
+    bars: dict[int, tuple[Bar, bool]] = field(default_factory=dict)
+    coverage: list[tuple[int, int]] | None = None
+    exhausted_before: int | None = None
+    before_cutoff: int | None = None  # retention: delete what is older
+
+
+class BarStore:
+    """Persistence of bars and coverage for every series, in one SQLite file."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._ids: dict[SeriesId, int] = {}
+        self._pending: dict[SeriesId, _Pending] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.flushes = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> BarStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path)
+            for pragma in PRAGMAS:
+                await db.execute(f"PRAGMA {pragma}")
+            await db.executescript(SCHEMA.read_text())
+            await db.commit()
+        except (aiosqlite.Error, OSError) as exc:
+            raise StorageError(f"cannot open the bar store {path}: {exc}") from exc
+        store = cls(db)
+        store._flusher = asyncio.get_running_loop().create_task(store._flush_loop())
+        return store
+
+    async def close(self) -> None:
+        """Write what is queued and close the database (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        await self._db.close()
+
+    # ------------------------------------------------------------------ writes (queued)
+
+    def put_bars(self, key: SeriesId, bars: list[Bar], forming_t: int | None = None) -> None:
+        """Queue bars; the bar at ``forming_t`` (if any) is stored as forming."""
+        pending = self._pending_of(key)
+        for bar in bars:
+            pending.bars[bar[0]] = (bar, bar[0] == forming_t)
+
+    def put_coverage(
+        self, key: SeriesId, spans: list[tuple[int, int]], exhausted_before: int | None
+    ) -> None:
+        """Queue the full coverage of a series (it replaces the stored one)."""
+        pending = self._pending_of(key)
+        pending.coverage = spans
+        pending.exhausted_before = exhausted_before
+
+    def prune(self, key: SeriesId, cutoff: int) -> None:
+        """Queue the deletion of bars older than ``cutoff`` (coverage is put separately)."""
+        self._pending_of(key).before_cutoff = cutoff
+
+    def _pending_of(self, key: SeriesId) -> _Pending:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        return pending
+
+    async def flush(self) -> None:
+        """Write everything queued, in one transaction; on failure it stays queued."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            try:
+                for key, pending in batch.items():
+                    await self._write(key, pending)
+                await self._db.commit()
+                self.flushes += 1
+            except aiosqlite.Error as exc:
+                with contextlib.suppress(aiosqlite.Error):
+                    await self._db.rollback()
+                self._requeue(batch)
+                logger.warning(
+                    "bar store: flush of %d series failed, will retry: %s", len(batch), exc
+                )
+                raise StorageError(f"bar store write failed: {exc}") from exc
+
+    def _requeue(self, batch: dict[SeriesId, _Pending]) -> None:
+        """Put a failed batch back under what was queued meanwhile (newer writes win)."""
+        for key, old in batch.items():
+            new = self._pending.get(key)
+            if new is None:
+                self._pending[key] = old
+                continue
+            new.bars = {**old.bars, **new.bars}
+            if new.coverage is None:
+                new.coverage, new.exhausted_before = old.coverage, old.exhausted_before
+            if new.before_cutoff is None:
+                new.before_cutoff = old.before_cutoff
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except StorageError:
+                await asyncio.sleep(1.0)  # logged in flush(); try again, never spin
+
+    async def _write(self, key: SeriesId, pending: _Pending) -> None:
+        series = await self._series_id(key)
+        if pending.before_cutoff is not None:
+            await self._db.execute(
+                "DELETE FROM bars WHERE series = ? AND t < ?", (series, pending.before_cutoff)
+            )
+        if pending.bars:
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO bars (series, t, o, h, l, c, v, forming) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(series, *bar, int(forming)) for bar, forming in pending.bars.values()],
+            )
+        if pending.coverage is not None:
+            await self._db.execute("DELETE FROM bar_coverage WHERE series = ?", (series,))
+            await self._db.executemany(
+                "INSERT INTO bar_coverage (series, a, b) VALUES (?, ?, ?)",
+                [(series, a, b) for a, b in pending.coverage],
+            )
+            await self._db.execute(
+                "UPDATE bar_series SET exhausted_before = ? WHERE id = ?",
+                (pending.exhausted_before, series),
+            )
+
+    async def _series_id(self, key: SeriesId) -> int:
+        series = self._ids.get(key)
+        if series is None:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO bar_series (source, name, interval) VALUES (?, ?, ?)", key
+            )
+            async with self._db.execute(
+                "SELECT id FROM bar_series WHERE source = ? AND name = ? AND interval = ?", key
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            series = self._ids[key] = int(row[0])
+        return series
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self, key: SeriesId, limit: int) -> Snapshot:
+        """The coverage of ``key`` and its newest ``limit`` bars (queued writes included)."""
+        snapshot = await self._load_stored(key, limit)
+        return self._overlay(key, snapshot, limit)
+
+    async def _load_stored(self, key: SeriesId, limit: int) -> Snapshot:
+        try:
+            async with self._db.execute(
+                "SELECT id, exhausted_before FROM bar_series "
+                "WHERE source = ? AND name = ? AND interval = ?",
+                key,
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return Snapshot([], None, [], True)
+            series, exhausted = int(row[0]), row[1]
+            self._ids[key] = series
+            async with self._db.execute(
+                "SELECT a, b FROM bar_coverage WHERE series = ? ORDER BY a", (series,)
+            ) as cursor:
+                coverage = [(int(a), int(b)) for a, b in await cursor.fetchall()]
+            bars = await self._select(series, None, None, limit + 1)
+        except aiosqlite.Error as exc:
+            raise StorageError(f"cannot read {key} from the bar store: {exc}") from exc
+        complete = len(bars) <= limit
+        return Snapshot(coverage, exhausted, bars[-limit:] if limit else [], complete)
+
+    async def read(self, key: SeriesId, a: int, b: int, limit: int) -> list[Bar]:
+        """The newest ``limit`` bars with ``a <= t <= b``, ascending (queued ones included)."""
+        series = self._ids.get(key)
+        stored: list[Bar] = []
+        if series is not None:
+            try:
+                stored = await self._select(series, a, b, limit)
+            except aiosqlite.Error as exc:
+                raise StorageError(f"cannot read {key} from the bar store: {exc}") from exc
+        pending = self._pending.get(key)
+        if pending is None:
+            return stored
+        queued = [bar for bar, _ in pending.bars.values() if a <= bar[0] <= b]
+        return _merge(stored, queued)[-limit:]
+
+    def _overlay(self, key: SeriesId, snapshot: Snapshot, limit: int) -> Snapshot:
+        pending = self._pending.get(key)
+        if pending is None:
+            return snapshot
+        if pending.coverage is not None:
+            snapshot.coverage = list(pending.coverage)
+            snapshot.exhausted_before = pending.exhausted_before
+        queued = [bar for bar, _ in pending.bars.values()]
+        merged = _merge(snapshot.bars, queued)
+        snapshot.complete = snapshot.complete and len(merged) <= limit
+        snapshot.bars = merged[-limit:] if limit else []
+        return snapshot
+
+    async def _select(self, series: int, a: int | None, b: int | None, limit: int) -> list[Bar]:
+        low = -(2**62) if a is None else a
+        high = 2**62 if b is None else b
+        async with self._db.execute(
+            "SELECT t, o, h, l, c, v FROM bars WHERE series = ? AND t BETWEEN ? AND ? "
+            "ORDER BY t DESC LIMIT ?",
+            (series, low, high, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in reversed(list(rows))]
+
+    async def apply_retention(self, cutoffs: dict[str, int]) -> int:
+        """Delete bars and coverage older than each interval's cutoff; returns bars deleted."""
+        with contextlib.suppress(StorageError):
+            await self.flush()  # a locked file: the queue stays, retention runs anyway
+        removed = 0
+        async with self._lock:
+            try:
+                for interval, cutoff in cutoffs.items():
+                    removed += await self._prune_interval(interval, cutoff)
+                await self._db.commit()
+            except aiosqlite.Error as exc:
+                with contextlib.suppress(aiosqlite.Error):
+                    await self._db.rollback()
+                raise StorageError(f"bar store retention failed: {exc}") from exc
+        return removed
+
+    async def _prune_interval(self, interval: str, cutoff: int) -> int:
+        of_interval = "series IN (SELECT id FROM bar_series WHERE interval = ?)"
+        cursor = await self._db.execute(
+            f"DELETE FROM bars WHERE t < ? AND {of_interval}", (cutoff, interval)
+        )
+        await self._db.execute(
+            f"DELETE FROM bar_coverage WHERE b < ? AND {of_interval}", (cutoff, interval)
+        )
+        await self._db.execute(
+            f"UPDATE bar_coverage SET a = ? WHERE a < ? AND {of_interval}",
+            (cutoff, cutoff, interval),
+        )
+        await self._db.execute(
+            "UPDATE bar_series SET exhausted_before = NULL "
+            "WHERE interval = ? AND exhausted_before < ?",
+            (interval, cutoff),
+        )
+        return max(0, cursor.rowcount)
+
+
+def _merge(stored: list[Bar], queued: list[Bar]) -> list[Bar]:
+    """Stored bars with queued ones on top (a queued bar replaces the stored one)."""
+    by_time = {bar[0]: bar for bar in stored}
+    by_time.update((bar[0], bar) for bar in queued)
+    return [by_time[t] for t in sorted(by_time)]

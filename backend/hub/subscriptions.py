@@ -1,0 +1,80 @@
+"""Who is subscribed to what: a sans-I/O registry of clients and series keys.
+
+It answers "who gets this update" and "is this the first/last subscriber of a key" without
+awaiting anything or touching a socket; the hub turns its answers into provider commands.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from backend.model.bars import SeriesId
+
+
+class Change(Enum):
+    FIRST = "first"  # the key had no subscriber before
+    ADDED = "added"
+    ALREADY = "already"  # idempotent: re-subscribing changes nothing
+    LAST = "last"  # the key has no subscriber any more
+    REMOVED = "removed"
+    ABSENT = "absent"  # was not subscribed
+
+
+class Subscriptions:
+    """Clients (integer ids) subscribed to series keys, indexed both ways."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[SeriesId, set[int]] = {}
+        self._by_client: dict[int, set[SeriesId]] = {}
+
+    def add(self, client: int, key: SeriesId) -> Change:
+        clients = self._by_key.setdefault(key, set())
+        if client in clients:
+            return Change.ALREADY
+        first = not clients
+        clients.add(client)
+        self._by_client.setdefault(client, set()).add(key)
+        return Change.FIRST if first else Change.ADDED
+
+    def remove(self, client: int, key: SeriesId) -> Change:
+        clients = self._by_key.get(key)
+        if not clients or client not in clients:
+            return Change.ABSENT
+        clients.discard(client)
+        keys = self._by_client.get(client)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_client[client]
+        if clients:
+            return Change.REMOVED
+        del self._by_key[key]
+        return Change.LAST
+
+    def drop_client(self, client: int) -> list[tuple[SeriesId, Change]]:
+        """Remove every subscription of ``client``; says for each key whether it was last."""
+        return [(key, self.remove(client, key)) for key in list(self._by_client.get(client, ()))]
+
+    def subscribers(self, key: SeriesId) -> frozenset[int]:
+        return frozenset(self._by_key.get(key, ()))
+
+    def keys_of(self, client: int) -> frozenset[SeriesId]:
+        return frozenset(self._by_client.get(client, ()))
+
+    def keys(self) -> list[SeriesId]:
+        return list(self._by_key)
+
+    def pairs_for_source(self, source: str) -> list[tuple[int, SeriesId]]:
+        """Every (client, key) of one provider, to replay into a restarted process."""
+        return [
+            (client, key)
+            for key, clients in self._by_key.items()
+            if key.source == source
+            for client in clients
+        ]
+
+    def has(self, key: SeriesId) -> bool:
+        return key in self._by_key
+
+    def __len__(self) -> int:
+        return sum(len(clients) for clients in self._by_key.values())

@@ -1,0 +1,299 @@
+"""The ``Provider`` base class: what a provider author subclasses (DESIGN section 3).
+
+A provider runs in its own OS process. Its author writes plain synchronous hooks; the runner
+(:mod:`.runner`) calls them: ``init`` once, ``start_streaming``/``on_close`` per client
+subscription, ``no_update`` when a key went stale, ``get_history`` on a bounded thread pool.
+``get_dataset`` is called by ``populate.py``.
+
+The base class keeps the bookkeeping once for every provider: which keys are streaming and
+which clients are subscribed. Providers that prefer it implement ``on_first_subscriber`` and
+``on_last_subscriber`` instead of tracking clients. Bars are sent with :meth:`publish`, or with
+the seed's ``send_from``/``respond`` ``write_message`` format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from backend.errors import ConfigError
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId, from_datapoint, to_epoch, to_number
+from backend.runtime.messages import BarUpdate, Clock, Event, Notice, Status
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Datapoint = dict[str, Any]
+StreamKey = tuple[str, str]  # (symbol, interval)
+
+
+class Provider:
+    """Base class of every data provider. Override the hooks; call the helpers.
+
+    Set by the runner before ``init()``: ``source`` (the registry key) and ``settings`` (the
+    validated :class:`backend.settings.Settings`, one object passed down from the hub;
+    providers never read the environment themselves).
+    """
+
+    source: str = ""
+    #: Intervals this provider serves (used by the default ``get_dataset`` rows of subclasses).
+    intervals: Sequence[str] = intervals.INTERVALS
+    #: Whether the hub keeps this provider's bars in its SQLite store across restarts.
+    #: A provider that reads local files (CSV) sets it to False.
+    persist_history: bool = True
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        # Wall time at which replay clocks start: the hub's start, so that a restarted
+        # provider process continues its replay where the previous one was (None: now).
+        self.clock_origin_wall: float | None = None
+        self._emitter: Callable[[Event], None] | None = None
+        # Guards the bookkeeping below: the runner changes it, provider threads read it.
+        self._bookkeeping = threading.Lock()
+        self._subscribers: dict[StreamKey, set[int]] = {}
+        self._last_publish: dict[StreamKey, float] = {}
+
+    @property
+    def settings(self) -> Settings:
+        """The server's settings; available from ``init()`` on (and to ``get_dataset``)."""
+        if self._settings is None:
+            raise ConfigError(f"{type(self).__name__}: settings are attached by the runner")
+        return self._settings
+
+    # ------------------------------------------------------------------ hooks to override
+
+    def init(self) -> None:
+        """Called once in the provider process before any other hook: open clients, threads."""
+
+    def get_dataset(self) -> Iterable[Mapping[str, Any]]:
+        """Return (or yield) the symbol rows of this provider (DESIGN 5.4); used by populate."""
+        return []
+
+    def start_streaming(self, ws_client: int, symbol: str, interval: str) -> None:
+        """A client (an integer id) subscribed to ``(symbol, interval)``: start sending bars.
+
+        The default does nothing: the base class already called ``on_first_subscriber`` when
+        this was the first client of the key.
+        """
+
+    def on_close(self, ws_client: int, symbol: str, interval: str) -> None:
+        """A client left ``(symbol, interval)``. The default does nothing (see
+        ``on_last_subscriber``)."""
+
+    def no_update(self, symbol: str, interval: str) -> None:
+        """The key got no update for longer than ``staleness_limit``: restart its stream.
+
+        The default calls ``on_last_subscriber`` and then ``on_first_subscriber``.
+        """
+        self.on_last_subscriber(symbol, interval)
+        self.on_first_subscriber(symbol, interval)
+
+    def get_history(
+        self,
+        symbol: str,
+        interval: str,
+        start_time_query: str,
+        end_time_query: str,
+        count: int,
+    ) -> Sequence[Mapping[str, Any]] | Sequence[Bar]:
+        """Return bars of ``(symbol, interval)`` with open times in ``[start, end]``, oldest
+        first. Times are ``%Y-%m-%d %H:%M:%S`` UTC strings; ``end_time_query`` may be
+        ``"now UTC"``. Bars are datapoint dicts (see ``format_datapoint``) or bar tuples.
+        Raise :class:`backend.errors.UnknownSymbol` for a symbol the upstream does not know.
+        """
+        return []
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        """The first client subscribed to ``(symbol, interval)``: start the upstream stream."""
+
+    def on_last_subscriber(self, symbol: str, interval: str) -> None:
+        """The last client left ``(symbol, interval)``: stop the upstream stream."""
+
+    def staleness_limit(self, symbol: str, interval: str) -> float | None:
+        """Seconds without an update after which ``no_update`` is called; ``None``: never."""
+        return 120.0
+
+    def shutdown(self) -> None:
+        """Called once when the process stops: close clients and threads."""
+
+    # ------------------------------------------------------------------ helpers to call
+
+    def publish(
+        self,
+        symbol: str,
+        interval: str,
+        bar: Bar | Mapping[str, Any] | Sequence[Any],
+        *,
+        final: bool = False,
+    ) -> None:
+        """Send one bar of ``(symbol, interval)`` to every subscriber of that key.
+
+        ``bar`` is a bar tuple ``(t, open, high, low, close, volume)`` (``t`` in UTC seconds
+        or milliseconds), a datapoint dict, or a kline-like sequence. ``final`` marks a bar
+        that will not change any more.
+        """
+        parsed = self._to_bar(symbol, interval, bar)
+        with self._bookkeeping:
+            self._last_publish[(symbol, interval)] = time.monotonic()
+        self._emit(BarUpdate(symbol, interval, parsed, final))
+
+    def send_from(self, message: Mapping[str, Any] | Event) -> None:
+        """Send a message to the hub: a typed event, or the seed's ``write_message`` dict."""
+        if not isinstance(message, Mapping):
+            self._emit(message)
+            return
+        action = message.get("action")
+        if action == "write_message":
+            self._write_message(message)
+        else:
+            logger.error("%s: send_from() got an unknown action %r; ignored", self.source, action)
+
+    respond = send_from
+
+    def format_datapoint(self, symbol: str, interval: str, k: Sequence[Any]) -> Datapoint:
+        """The seed's datapoint from a kline-like ``[open_time_ms, o, h, l, c, v]``."""
+        t = to_epoch(k[0])
+        base = f"{self.source}-{symbol}-{interval}"
+        return {
+            "date": intervals.format_date(t),
+            f"{base}-open": to_number(k[1]),
+            f"{base}-high": to_number(k[2]),
+            f"{base}-low": to_number(k[3]),
+            f"{base}-close": to_number(k[4]),
+            f"{base}-volume": to_number(k[5]) if len(k) > 5 else None,
+        }
+
+    def report_status(self, state: str, detail: str = "") -> None:
+        """Tell the hub about the provider's own state (shown in ``/health``)."""
+        self._emit(Status(state, detail))
+
+    def notify(self, symbol: str, interval: str, code: str, message: str) -> None:
+        """Send an ``error`` message to the clients subscribed to ``(symbol, interval)``."""
+        self._emit(Notice(symbol, interval, code, message))
+
+    def set_clock(
+        self,
+        symbol: str | None,
+        origin_data: float,
+        speed: float,
+        origin_wall: float | None = None,
+    ) -> None:
+        """Declare that ``symbol``'s data time was ``origin_data`` (UTC seconds) at wall time
+        ``origin_wall`` (default: :attr:`clock_origin_wall`, else now) and runs at ``speed``
+        data seconds per wall second."""
+        if origin_wall is None:
+            origin_wall = self.clock_origin_wall or time.time()
+        self._emit(Clock(symbol, origin_wall, origin_data, speed))
+
+    def now(self) -> datetime:
+        """The current UTC time."""
+        return datetime.now(UTC)
+
+    def subscribers(self, symbol: str, interval: str) -> frozenset[int]:
+        """The client ids currently subscribed to ``(symbol, interval)`` (any thread)."""
+        with self._bookkeeping:
+            return frozenset(self._subscribers.get((symbol, interval), ()))
+
+    def streaming_keys(self) -> list[StreamKey]:
+        """The ``(symbol, interval)`` keys that have at least one subscriber (any thread)."""
+        with self._bookkeeping:
+            return [key for key, clients in self._subscribers.items() if clients]
+
+    # ------------------------------------------------------------------ runner plumbing
+
+    def _attach(
+        self,
+        source: str,
+        settings: Settings,
+        emit: Callable[[Event], None],
+        clock_origin_wall: float | None = None,
+    ) -> None:
+        if not self.source:
+            self.source = source
+        self._settings = settings
+        self.clock_origin_wall = clock_origin_wall
+        self._emitter = emit
+
+    def _emit(self, event: Event) -> None:
+        if self._emitter is None:
+            logger.warning("%s: event sent outside a provider process: %r", self.source, event)
+            return
+        self._emitter(event)
+
+    def _subscribe(self, client: int, symbol: str, interval: str) -> None:
+        key = (symbol, interval)
+        with self._bookkeeping:
+            clients = self._subscribers.setdefault(key, set())
+            if client in clients:
+                return
+            first = not clients
+            clients.add(client)
+            if first:
+                self._last_publish[key] = time.monotonic()
+        if first:
+            self.on_first_subscriber(symbol, interval)
+        self.start_streaming(client, symbol, interval)
+
+    def _unsubscribe(self, client: int, symbol: str, interval: str) -> None:
+        key = (symbol, interval)
+        with self._bookkeeping:
+            clients = self._subscribers.get(key)
+            if not clients or client not in clients:
+                return
+            clients.discard(client)
+            last = not clients
+            if last:
+                del self._subscribers[key]
+                self._last_publish.pop(key, None)
+        self.on_close(client, symbol, interval)
+        if last:
+            self.on_last_subscriber(symbol, interval)
+
+    def _stale_keys(self, now: float) -> list[StreamKey]:
+        stale = []
+        for key in self.streaming_keys():
+            limit = self.staleness_limit(*key)
+            with self._bookkeeping:
+                last = self._last_publish.get(key, now)
+                if limit is not None and now - last > limit:
+                    stale.append(key)
+                    self._last_publish[key] = now
+        return stale
+
+    def _to_bar(self, symbol: str, interval: str, bar: Any) -> Bar:
+        if isinstance(bar, Mapping):
+            return from_datapoint(bar, SeriesId(self.source, symbol, interval))
+        if isinstance(bar, tuple) and len(bar) == 6 and isinstance(bar[0], int):
+            t = bar[0] // 1000 if bar[0] >= 100_000_000_000 else bar[0]
+            return (t, *(to_number(v) for v in bar[1:]))  # type: ignore[return-value]
+        if isinstance(bar, Sequence) and len(bar) >= 5:
+            v = to_number(bar[5]) if len(bar) > 5 else None
+            o, h, lo, c = (to_number(x) for x in bar[1:5])
+            return (to_epoch(bar[0]), o, h, lo, c, v)
+        raise ValueError(f"cannot read a bar from {bar!r}")
+
+    def _write_message(self, message: Mapping[str, Any]) -> None:
+        symbol = str(message.get("name", ""))
+        interval = str(message.get("interval", ""))
+        for raw in message.get("args") or ():
+            payload = json.loads(raw) if isinstance(raw, str | bytes) else raw
+            if not isinstance(payload, Mapping) or payload.get("type") != "data_update":
+                logger.warning("%s: write_message without a data_update: %.200r", self.source, raw)
+                continue
+            data = payload.get("data")
+            points = data if isinstance(data, list) else [data]
+            for point in points:
+                if isinstance(point, Mapping):
+                    self.publish(
+                        str(payload.get("name", symbol)),
+                        str(payload.get("interval", interval)),
+                        point,
+                    )

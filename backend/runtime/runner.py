@@ -1,0 +1,285 @@
+"""The provider process: runs one ``Provider`` and talks to the hub.
+
+Threads inside a provider process:
+
+* **commands**: blocks on the command queue; answers ``Ping`` at once, hands ``GetHistory``
+  to a bounded thread pool and every other command to the control thread.
+* **control** (the main thread): calls ``init`` and then the streaming hooks one at a time,
+  in the order the hub sent them; checks staleness every second.
+* **writer**: drains the outgoing events, pickles them in batches and writes them to the
+  hub's pipe (merging superseded states of a forming bar when the hub is behind); sends a
+  heartbeat when idle; exits the process if the hub is gone.
+* **history pool**: ``HISTORY_THREADS`` workers calling ``get_history``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from backend import logs
+from backend.errors import CandlewireError, ProviderUnavailable
+from backend.model.bars import Bar, SeriesId, from_datapoint
+from backend.runtime.messages import (
+    Command,
+    Event,
+    GetHistory,
+    Heartbeat,
+    HistoryReply,
+    NoUpdate,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    StartStreaming,
+    StopStreaming,
+    conflate,
+    encode_batch,
+)
+from backend.runtime.registry import load_provider_class
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from backend.runtime.provider import Provider
+    from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_BATCH_MAX = 500  # events per pipe write: batches amortize pickling, small ones keep latency
+# Events taken from the queue at once; when more than a batch is waiting (the hub is behind),
+# superseded states of the same bar are merged, so the backlog is bounded by the number of
+# forming bars rather than by how long the hub stays behind.
+_BACKLOG_MAX = 200_000
+_REPORT_EVERY = 60.0
+# A provider's threads are I/O multiplexers: the writer must get the GIL soon after its pipe
+# write returns, not after CPython's default 5 ms, or a busy provider thread throttles it.
+_SWITCH_INTERVAL = 0.001
+_IDLE_HEARTBEAT = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def run_provider(
+    key: str,
+    path: str,
+    settings: Settings,
+    commands: Queue[Command],
+    events: Connection,
+    clock_origin_wall: float,
+) -> None:
+    """Entry point of a provider process (target of ``multiprocessing.Process``)."""
+    logs.configure(settings.LOG_LEVEL, process_name=f"provider:{key}")
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
+    sys.setswitchinterval(_SWITCH_INTERVAL)
+    runner = ProviderRunner(key, path, settings, commands, events, clock_origin_wall)
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    sys.exit(runner.run())
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when the hub dies, even by ``kill -9``."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ProviderRunner:
+    """Owns one provider instance and the threads that serve it."""
+
+    def __init__(
+        self,
+        key: str,
+        path: str,
+        settings: Settings,
+        commands: Queue[Command],
+        events: Connection,
+        clock_origin_wall: float,
+    ) -> None:
+        self.key = key
+        self.clock_origin_wall = clock_origin_wall
+        self.path = path
+        self.settings = settings
+        self.commands = commands
+        self.events = events
+        self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.control: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(settings.HISTORY_THREADS, thread_name_prefix="history")
+        self.busy_history = 0
+        self.busy_lock = threading.Lock()
+        self.parent = os.getppid()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.control.put(Shutdown())
+
+    def run(self) -> int:
+        """Load the provider, serve commands until told to stop; return the exit code."""
+        threading.Thread(target=self._write_loop, name="writer", daemon=True).start()
+        try:
+            provider = load_provider_class(self.path)()
+            provider._attach(self.key, self.settings, self.outbox.put, self.clock_origin_wall)
+        except CandlewireError:
+            logger.exception("provider %s could not be loaded", self.key)
+            return self._finish(1)
+        threading.Thread(target=self._command_loop, args=(provider,), daemon=True).start()
+        try:
+            provider.init()
+        except Exception:  # a broken init() must restart the process, with its traceback
+            logger.exception("provider %s: init() failed", self.key)
+            return self._finish(1)
+        self.outbox.put(Ready(os.getpid(), bool(getattr(provider, "persist_history", True))))
+        logger.info("provider %s ready (pid %d)", self.key, os.getpid())
+        self._control_loop(provider)
+        self._shutdown(provider)
+        return self._finish(0)
+
+    # ------------------------------------------------------------------ threads
+
+    def _command_loop(self, provider: Provider) -> None:
+        while not self.stopping.is_set():
+            try:
+                command = self.commands.get()
+            except (EOFError, OSError):
+                self.stop()
+                return
+            match command:
+                case Ping(seq):
+                    self.outbox.put(Pong(seq))
+                case GetHistory():
+                    with self.busy_lock:
+                        self.busy_history += 1
+                    self.pool.submit(self._answer_history, provider, command)
+                case Shutdown():
+                    self.stop()
+                    return
+                case _:
+                    self.control.put(command)
+
+    def _control_loop(self, provider: Provider) -> None:
+        while not self.stopping.is_set():
+            try:
+                command = self.control.get(timeout=1.0)
+            except queue.Empty:
+                self._check_staleness(provider)
+                continue
+            self._check_staleness(provider)
+            self._run_hook(provider, command)
+
+    def _run_hook(self, provider: Provider, command: Command) -> None:
+        try:
+            match command:
+                case StartStreaming(client, symbol, interval):
+                    provider._subscribe(client, symbol, interval)
+                case StopStreaming(client, symbol, interval):
+                    provider._unsubscribe(client, symbol, interval)
+                case NoUpdate(symbol, interval):
+                    logger.info("provider %s: no update on %s %s", self.key, symbol, interval)
+                    provider.no_update(symbol, interval)
+                case Shutdown():
+                    self.stopping.set()
+        except Exception:  # a hook's bug must not stop the provider; the traceback is logged
+            logger.exception("provider %s: hook failed for %r", self.key, command)
+
+    def _check_staleness(self, provider: Provider) -> None:
+        for symbol, interval in provider._stale_keys(time.monotonic()):
+            self._run_hook(provider, NoUpdate(symbol, interval))
+
+    def _answer_history(self, provider: Provider, request: GetHistory) -> None:
+        try:
+            raw = provider.get_history(
+                request.symbol, request.interval, request.start, request.end, request.count
+            )
+            bars = _to_bars(raw, SeriesId(provider.source, request.symbol, request.interval))
+            reply = HistoryReply(request.request_id, bars)
+        except CandlewireError as exc:
+            logger.warning("provider %s: get_history(%s): %s", self.key, request.symbol, exc)
+            reply = HistoryReply(request.request_id, error=exc)
+        except Exception as exc:  # vendor errors: log the traceback, send a picklable error
+            logger.exception("provider %s: get_history failed for %r", self.key, request)
+            error = ProviderUnavailable(f"{self.key} history failed: {type(exc).__name__}: {exc}")
+            reply = HistoryReply(request.request_id, error=error)
+        finally:
+            with self.busy_lock:
+                self.busy_history -= 1
+        self.outbox.put(reply)
+
+    def _write_loop(self) -> None:
+        conflated = 0
+        reported = time.monotonic() - _REPORT_EVERY  # the first merge is reported at once
+        while True:
+            try:
+                events = [self.outbox.get(timeout=_IDLE_HEARTBEAT)]
+            except queue.Empty:
+                if os.getppid() != self.parent:
+                    logger.error("provider %s: the hub is gone; exiting", self.key)
+                    os._exit(1)
+                events = [Heartbeat(self.busy_history)]
+            while len(events) < _BACKLOG_MAX:
+                try:
+                    events.append(self.outbox.get_nowait())
+                except queue.Empty:
+                    break
+            if len(events) > _BATCH_MAX:  # the hub is behind: only the newest state of a bar
+                before = len(events)
+                events = conflate(events)
+                conflated += before - len(events)
+            if conflated and time.monotonic() - reported > _REPORT_EVERY:
+                logger.warning(
+                    "provider %s: the hub fell behind; %d superseded bar updates merged",
+                    self.key,
+                    conflated,
+                )
+                conflated, reported = 0, time.monotonic()
+            try:
+                for start in range(0, len(events), _BATCH_MAX):
+                    self.events.send_bytes(encode_batch(events[start : start + _BATCH_MAX]))
+            except (BrokenPipeError, OSError):
+                os._exit(1)  # the hub closed our pipe: nobody is left to serve
+
+    # ------------------------------------------------------------------ stopping
+
+    def _shutdown(self, provider: Provider) -> None:
+        try:
+            provider.shutdown()
+        except Exception:  # a failing cleanup is logged; the process exits anyway
+            logger.exception("provider %s: shutdown() failed", self.key)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _finish(self, code: int) -> int:
+        deadline = time.monotonic() + 2.0
+        while not self.outbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return code
+
+
+def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
+    """Bars from what ``get_history`` returned, sorted by time with duplicates removed."""
+    if raw is None:
+        return []
+    if hasattr(raw, "to_dict"):  # a pandas DataFrame
+        raw = raw.to_dict("records")
+    by_time: dict[int, Bar] = {}
+    for item in raw:
+        bar = from_datapoint(item, series) if isinstance(item, dict) else _tuple_bar(item)
+        by_time[bar[0]] = bar
+    return [by_time[t] for t in sorted(by_time)]
+
+
+def _tuple_bar(item: Any) -> Bar:
+    from backend.model.bars import to_epoch, to_number
+
+    values = [to_number(v) for v in item[1:6]]
+    values += [None] * (5 - len(values))
+    return (to_epoch(item[0]), values[0], values[1], values[2], values[3], values[4])

@@ -1,0 +1,373 @@
+"""The supervisor: starts one process per enabled provider, watches it, restarts it.
+
+Each provider process gets a command queue (hub -> provider) and a pipe (provider -> hub).
+The hub's event loop reads the pipe with ``add_reader``: no thread hop, no polling. The
+process sentinel is watched the same way, so a death is seen at once. A process that stops
+answering pings for ``HEARTBEAT_TIMEOUT`` is killed. Restarts back off from 1 s to 30 s and
+the backoff resets after a minute of stable running. When a (re)started process reports
+``Ready``, the hub replays every open subscription into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from enum import Enum
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING, Any
+
+from backend.errors import ProviderError, ProviderUnavailable
+from backend.model.bars import Bar
+from backend.runtime.messages import (
+    Command,
+    GetHistory,
+    Heartbeat,
+    HistoryReply,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    Status,
+    WireEvent,
+    decode_batch,
+)
+from backend.runtime.runner import run_provider
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+STARTUP_TIMEOUT = 60.0
+PING_EVERY = 1.0
+# Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
+MAX_BATCHES_PER_WAKEUP = 2
+
+EventSink = Callable[[str, list[WireEvent]], None]
+ReadySink = Callable[[str], None]
+
+
+class ProviderState(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ProviderProcess:
+    """One provider: its OS process, its channels, its state and its pending requests."""
+
+    def __init__(
+        self,
+        key: str,
+        path: str,
+        settings: Settings,
+        on_events: EventSink,
+        on_ready: ReadySink,
+    ) -> None:
+        self.key = key
+        self.path = path
+        self.settings = settings
+        self.on_events = on_events
+        self.on_ready = on_ready
+        self.state = ProviderState.STOPPED
+        self.pid: int | None = None
+        self.restarts = 0
+        self.last_update: float | None = None
+        self.last_error: str | None = None
+        self.status = Status("unknown")
+        self.persist = True
+        self.clock_origin_wall = time.time()
+        self.started_at = 0.0
+        self.last_seen = 0.0
+        self._ctx = multiprocessing.get_context("spawn")
+        self._process: SpawnProcess | None = None
+        self._commands: Queue[Command] | None = None
+        self._events: Connection | None = None
+        self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
+        self._ids = itertools.count(1)
+        self._ready = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._backoff = BACKOFF_INITIAL
+        self._restart: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _transition(self, state: ProviderState, why: str = "") -> None:
+        if state is not self.state:
+            logger.info("provider %s: %s -> %s %s", self.key, self.state.value, state.value, why)
+            self.state = state
+
+    async def start(self) -> None:
+        """Spawn the process and start watching it."""
+        loop = asyncio.get_running_loop()
+        self._ready.clear()
+        self._exited.clear()
+        commands: Queue[Command] = self._ctx.Queue()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=run_provider,
+            args=(self.key, self.path, self.settings, commands, writer, self.clock_origin_wall),
+            name=f"candlewire-{self.key}",
+        )
+        self._transition(ProviderState.STARTING)
+        await asyncio.to_thread(process.start)
+        writer.close()
+        self._process, self._commands, self._events = process, commands, reader
+        self.pid = process.pid
+        self.started_at = self.last_seen = time.monotonic()
+        loop.add_reader(reader.fileno(), self._on_readable)
+        loop.add_reader(process.sentinel, self._on_exit)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the process to stop; terminate, then kill it if it does not."""
+        self._transition(ProviderState.STOPPING)
+        if self._restart is not None:
+            self._restart.cancel()
+        process = self._process
+        if process is None or self._exited.is_set():
+            self._transition(ProviderState.STOPPED)
+            return
+        self.send(Shutdown())
+        for signal_it in (None, process.terminate, process.kill):
+            if signal_it is not None:
+                signal_it()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), timeout / 2)
+                break
+        self._transition(ProviderState.STOPPED)
+
+    def kill(self, why: str) -> None:
+        """Kill a process that stopped answering; the exit handler restarts it."""
+        if self._process is not None and self._process.is_alive():
+            logger.error("provider %s (pid %s): %s; killing it", self.key, self.pid, why)
+            self.last_error = why
+            self._process.kill()
+
+    def check(self, heartbeat_timeout: float) -> None:
+        """Called every second by the supervisor: ping, and kill if unresponsive."""
+        if self.state not in (ProviderState.STARTING, ProviderState.RUNNING):
+            return
+        now = time.monotonic()
+        if now - self.last_seen > heartbeat_timeout:
+            self.kill(f"no heartbeat for {now - self.last_seen:.0f} s")
+        elif self.state is ProviderState.STARTING and now - self.started_at > STARTUP_TIMEOUT:
+            self.kill(f"init() did not finish within {STARTUP_TIMEOUT:.0f} s")
+        else:
+            self.send(Ping(int(now)))
+
+    def _on_exit(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._drain(limit=1_000_000)  # what the process wrote before it exited
+        loop.remove_reader(process.sentinel)
+        if self._events is not None:
+            loop.remove_reader(self._events.fileno())
+            self._events.close()
+            self._events = None
+        process.join(0)
+        code = process.exitcode
+        self._process = None
+        if self._commands is not None:
+            self._commands.close()
+            self._commands.cancel_join_thread()
+            self._commands = None
+        self._exited.set()
+        self._fail_pending(ProviderUnavailable(f"provider {self.key} exited (code {code})"))
+        if self.state is ProviderState.STOPPING:
+            return
+        self.last_error = self.last_error or f"process exited with code {code}"
+        self._schedule_restart(code)
+
+    def _schedule_restart(self, code: int | None) -> None:
+        if time.monotonic() - self.started_at > STABLE_AFTER:
+            self._backoff = BACKOFF_INITIAL
+        delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+        self._transition(ProviderState.BACKOFF, f"(exit code {code}; restart in {delay:.0f} s)")
+        loop = asyncio.get_running_loop()
+        self._restart = loop.call_later(delay, self._spawn_restart)
+
+    def _spawn_restart(self) -> None:
+        self._restart = None
+        if self.state is not ProviderState.BACKOFF:
+            return
+        self.restarts += 1
+        task = asyncio.get_running_loop().create_task(self.start())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("provider %s: restart failed", self.key, exc_info=task.exception())
+            self._schedule_restart(None)
+
+    # ------------------------------------------------------------------ channels
+
+    def send(self, command: Command) -> None:
+        """Queue a command for the process (never blocks the event loop)."""
+        if self._commands is not None and self._process is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._commands.put_nowait(command)
+
+    def _on_readable(self) -> None:
+        self._drain()
+
+    def _drain(self, limit: int = MAX_BATCHES_PER_WAKEUP) -> None:
+        events = self._events
+        if events is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(limit):
+                if not events.poll():
+                    return
+                self._dispatch(decode_batch(events.recv_bytes()))
+        except (EOFError, OSError):
+            loop.remove_reader(events.fileno())
+            return
+        # More may be waiting. Come back after the client writers had their turn: an event
+        # loop need not signal the pipe again for data that was already there (uvloop).
+        loop.call_soon(self._drain)
+
+    def _dispatch(self, batch: list[WireEvent]) -> None:
+        self.last_seen = time.monotonic()
+        forward: list[WireEvent] = []
+        for event in batch:
+            if type(event) is tuple:  # a bar update: most of the traffic, straight through
+                forward.append(event)
+                continue
+            match event:
+                case HistoryReply(request_id, bars, error):
+                    self._resolve(request_id, bars, error)
+                case Heartbeat() | Pong():
+                    pass
+                case Ready(pid, persist):
+                    self.pid = pid
+                    self.persist = persist
+                    self.last_error = None
+                    self._transition(ProviderState.RUNNING)
+                    self._ready.set()
+                    self.on_ready(self.key)
+                case Status():
+                    self.status = event
+                    forward.append(event)
+                case _:
+                    forward.append(event)
+        if forward:
+            self.on_events(self.key, forward)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the process reported ``Ready``; False on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ history
+
+    async def get_history(
+        self, symbol: str, interval: str, start: str, end: str, count: int, timeout: float
+    ) -> list[Bar]:
+        """Ask the process for history; raises ``ProviderError`` on failure or timeout."""
+        deadline = time.monotonic() + timeout
+        if self.state is not ProviderState.RUNNING:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                raise ProviderUnavailable(
+                    f"provider {self.key} is {self.state.value}; try again shortly"
+                ) from None
+        request_id = next(self._ids)
+        future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self.send(GetHistory(request_id, symbol, interval, start, end, count))
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ProviderUnavailable(
+                f"provider {self.key} did not answer history of {symbol} {interval} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _resolve(self, request_id: int, bars: list[Bar], error: BaseException | None) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(bars)
+        elif isinstance(error, ProviderError):
+            future.set_exception(error)
+        else:
+            future.set_exception(ProviderUnavailable(f"{self.key}: {error}"))
+
+    def _fail_pending(self, error: ProviderError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "pid": self.pid if self._process is not None else None,
+            "restarts": self.restarts,
+            "last_update": self.last_update,
+            "last_error": self.last_error,
+            "status": self.status.state,
+            "status_detail": self.status.detail,
+        }
+
+
+class Supervisor:
+    """All provider processes of the hub."""
+
+    def __init__(self, settings: Settings, on_events: EventSink, on_ready: ReadySink) -> None:
+        self.settings = settings
+        registry = settings.provider_registry()
+        self.providers = {
+            key: ProviderProcess(key, registry[key], settings, on_events, on_ready)
+            for key in settings.PROVIDERS
+        }
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(p.start() for p in self.providers.values()))
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await asyncio.gather(*(p.stop() for p in self.providers.values()))
+
+    def get(self, key: str) -> ProviderProcess | None:
+        return self.providers.get(key)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            for provider in self.providers.values():
+                try:
+                    provider.check(self.settings.HEARTBEAT_TIMEOUT)
+                except ProviderError:
+                    logger.exception("provider %s: watchdog check failed", provider.key)

@@ -1,0 +1,201 @@
+"""Candlewire settings: environment variables and ``.env``, validated once at startup.
+
+``load_settings()`` builds one frozen :class:`Settings`. A bad value raises
+:class:`backend.errors.ConfigError` naming the variable; secrets are ``SecretStr`` and are
+masked in ``repr`` and logs. The names are those of DESIGN section 4, plus the hub's limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from backend.errors import ConfigError
+from backend.runtime.registry import PROVIDER_REGISTRY
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_POLYGON_MARKETS = ("stocks", "crypto", "fx", "indices", "options")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the server, the provider processes and ``populate.py``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=0, le=65535)
+    DB: Path = Path("db/candlewire.sqlite3")
+    PROVIDERS: CommaList = ("csv",)
+    # Providers registered without editing the registry: "key=module:Class,..." (tests, plugins).
+    EXTRA_PROVIDERS: CommaList = ()
+    LOG_LEVEL: str = "INFO"
+
+    CSV_FOLDER_PATH: Path = Path("data")
+    CSV_REPLAY_SPEED: float = Field(60.0, ge=0)
+    CSV_DATE_COLUMN: str = ""
+
+    BINANCE_API_KEY: SecretStr = SecretStr("")
+    BINANCE_API_SECRET: SecretStr = SecretStr("")
+    BINANCE_API_URL: str = "https://api.binance.com/api"
+    BINANCE_STREAM_URL: str = "wss://stream.binance.com:9443/"
+
+    POLYGON_API_KEY: SecretStr = SecretStr("")
+    POLYGON_API_URL: str = "https://api.polygon.io"
+    POLYGON_WS_URL: str = "wss://delayed.polygon.io"
+    POLYGON_MARKETS: CommaList = ("stocks", "crypto", "fx", "indices")
+
+    # OpenBB Workspace origins (credentials allowed) and TradingView UDF page origins.
+    CORS_ORIGINS: CommaList = (
+        "https://pro.openbb.co",
+        "https://pro.openbb.dev",
+        "https://excel.openbb.co",
+        "http://localhost:1420",
+    )
+    UDF_CORS_ORIGINS: CommaList = ("*",)
+
+    # The bar store: hot bars in memory, everything in SQLite (README, "History and the store").
+    CACHE_MAX_BARS: int = Field(500_000, ge=100)
+    CACHE_IDLE_SECONDS: float = Field(1800.0, gt=0)
+    # Retention per interval in days, off by default: "30" for every interval, or
+    # "1m=30,5m=90" per interval (intervals not listed are kept forever).
+    BAR_RETENTION_DAYS: str = ""
+
+    # Hub limits (README, "Configuration").
+    HISTORY_TIMEOUT: float = Field(30.0, gt=0)
+    MAX_COUNT: int = Field(10_000, ge=1)
+    MAX_CLIENTS: int = Field(10_000, ge=1)
+    MAX_SUBSCRIPTIONS_PER_CLIENT: int = Field(500, ge=1)
+    MAX_REQUESTS_PER_FRAME: int = Field(100, ge=1)
+    MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
+    OUTBOX_MAX_MESSAGES: int = Field(1_000, ge=10)
+    SLOW_CLIENT_TIMEOUT: float = Field(10.0, gt=0)
+    STREAM_LINGER_SECONDS: float = Field(5.0, ge=0)
+    HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)
+    HISTORY_THREADS: int = Field(4, ge=1, le=64)
+
+    @field_validator(
+        "PROVIDERS",
+        "POLYGON_MARKETS",
+        "EXTRA_PROVIDERS",
+        "CORS_ORIGINS",
+        "UDF_CORS_ORIGINS",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("EXTRA_PROVIDERS")
+    @classmethod
+    def _extra_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            key, sep, path = entry.partition("=")
+            if not sep or not key.strip() or ":" not in path:
+                raise ValueError(f"{entry!r} must look like 'key=module:Class'")
+        return value
+
+    @field_validator("BAR_RETENTION_DAYS")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_retention(value)
+        return value
+
+    def retention(self) -> dict[str, float]:
+        """Days of bars to keep per interval (intervals not in the dict: forever)."""
+        return parse_retention(self.BAR_RETENTION_DAYS)
+
+    @model_validator(mode="after")
+    def _known_providers(self) -> Settings:
+        registry = self.provider_registry()
+        unknown = [key for key in self.PROVIDERS if key not in registry]
+        if unknown:
+            raise ValueError(
+                f"PROVIDERS: unknown provider {unknown[0]!r}; known: {', '.join(sorted(registry))}"
+            )
+        if len(set(self.PROVIDERS)) != len(self.PROVIDERS):
+            raise ValueError("PROVIDERS: a provider is listed twice")
+        return self
+
+    def provider_registry(self) -> dict[str, str]:
+        """The registry (:mod:`backend.runtime.registry`) plus ``EXTRA_PROVIDERS``."""
+        registry = dict(PROVIDER_REGISTRY)
+        for entry in self.EXTRA_PROVIDERS:
+            key, _, path = entry.partition("=")
+            registry[key.strip()] = path.strip()
+        return registry
+
+    @field_validator("POLYGON_MARKETS")
+    @classmethod
+    def _known_markets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for market in value:
+            if market not in _POLYGON_MARKETS:
+                raise ValueError(f"unknown market {market!r}; known: {', '.join(_POLYGON_MARKETS)}")
+        return value
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        level = str(value).upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _provider_requirements(self) -> Settings:
+        if "polygon" in self.PROVIDERS and not self.POLYGON_API_KEY.get_secret_value():
+            raise ValueError("POLYGON_API_KEY is required when the polygon provider is enabled")
+        return self
+
+
+def parse_retention(value: str) -> dict[str, float]:
+    """``"30"`` -> 30 days for every interval; ``"1m=30,1h=365"`` -> per interval."""
+    from backend.model.intervals import INTERVALS
+
+    value = value.strip()
+    if not value:
+        return {}
+    if "=" not in value:
+        return dict.fromkeys(INTERVALS, _positive_days(value))
+    days: dict[str, float] = {}
+    for part in value.split(","):
+        interval, _, amount = part.strip().partition("=")
+        if interval not in INTERVALS:
+            raise ValueError(f"unknown interval {interval!r}; known: {', '.join(INTERVALS)}")
+        days[interval] = _positive_days(amount)
+    return days
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of days") from None
+    if days <= 0:
+        raise ValueError(f"{text!r}: days must be positive")
+    return days
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and ``.env``) once; raise ``ConfigError`` naming a bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

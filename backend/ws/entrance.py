@@ -1,0 +1,37 @@
+"""The hub's ASGI entry point: ``/websocket/`` goes straight to the connection handler,
+everything else to the FastAPI application.
+
+A subscribed client stays connected for hours, and every layer between the server and the
+handler keeps a coroutine frame (and some keep exit stacks and scope copies) alive for all
+that time: about 6 KB per idle client through FastAPI's middleware stack and router. The
+Tradiny socket needs none of it (no CORS for WebSockets, no dependencies, its own error
+handling), so this small dispatcher serves it directly. It also sees the server's own
+``send``, which is how :mod:`backend.ws.writers` finds uvicorn's protocol object. The
+FastAPI app still routes ``/websocket/`` itself, for use under another entry point.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from backend.ws.endpoint import serve_connection
+from backend.ws.writers import expose_protocol
+
+WEBSOCKET_PATHS = frozenset({"/websocket/", "/websocket"})
+
+
+class Entrance:
+    """ASGI app: the Tradiny WebSocket directly, the rest through ``app``."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
+            expose_protocol(scope, send)
+            scope["app"] = self.app
+            await serve_connection(WebSocket(scope, receive, send), self.app.state.hub)
+            return
+        await self.app(scope, receive, send)
