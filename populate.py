@@ -4,7 +4,7 @@
     python populate.py --provider KEY   only that one (it must be enabled)
 
 Owns the populate command: for each provider it imports the registered class, calls
-``init()``, streams ``get_dataset()`` into :func:`backend.symbols.index.replace_provider_rows`
+``init()``, streams ``get_dataset()`` into :func:`backend.symbols.writer.replace_provider_rows`
 (which replaces that provider's rows atomically) and calls ``shutdown()``. Progress goes to
 stderr (a live line on a terminal, log lines otherwise); a summary per provider goes to
 stdout. One provider failing does not stop the others. Exit status: 0 when every provider
@@ -28,7 +28,7 @@ from backend import logs
 from backend.errors import ConfigError
 from backend.runtime.registry import load_provider_class
 from backend.settings import Settings, load_settings
-from backend.symbols.index import replace_provider_rows
+from backend.symbols.writer import replace_provider_rows
 
 logger = logging.getLogger(__name__)
 

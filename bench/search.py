@@ -3,7 +3,7 @@
     python bench/search.py [--rows 1500000] [--queries 300] [--replace]
 
 Fills a temporary database with synthetic symbols through
-:func:`backend.symbols.index.replace_provider_rows` (a realistic mix: US stock tickers such as AAPL
+:func:`backend.symbols.writer.replace_provider_rows` (a realistic mix: US stock tickers such as AAPL
 and BRK.B, index, forex and crypto pairs such as X:BTCUSD, and a long tail of option
 tickers such as O:SPY251219C00450000, with company names built from word lists), then
 times :meth:`backend.symbols.index.SymbolIndex.search` for exact symbols, symbol prefixes and
@@ -31,7 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.symbols.index import SymbolIndex, replace_provider_rows
+from backend.symbols.index import SymbolIndex
+from backend.symbols.writer import replace_provider_rows
 
 SEED = 20251219
 

@@ -1,4 +1,4 @@
-"""The symbol database (backend.symbols.index): populate-side replace, and search/details reads."""
+"""The symbol database (backend.symbols): populate-side replace, and search/details reads."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from backend.errors import StorageError
-from backend.symbols import index as symbols
-from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex, replace_provider_rows, search_words
+from backend.symbols import writer
+from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
+from backend.symbols.rows import search_words
+from backend.symbols.writer import replace_provider_rows
 
 CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
     {"name": "volume", "y_axis": "volume"}
@@ -270,7 +272,7 @@ def failing_rows(source: str, count: int) -> Iterator[dict[str, Any]]:
 def written_at_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a test with the first batches held back (the default), then written at once."""
     if request.param == "written":
-        monkeypatch.setattr(symbols, "ROWS_BEFORE_BEGIN", 0)
+        monkeypatch.setattr(writer, "ROWS_BEFORE_BEGIN", 0)
 
 
 @pytest.mark.usefixtures("written_at_once")
@@ -303,7 +305,7 @@ def test_invalid_rows_are_logged_and_skipped(fresh: Path, caplog: pytest.LogCapt
         row("OUT2", "Bad output", source="a", outputs=[{"name": "x"}]),
         row("EXTRA", "Unstorable extra", source="a", extra=object()),
     ]
-    with caplog.at_level(logging.WARNING, logger="backend.symbols.index"):
+    with caplog.at_level(logging.WARNING, logger="backend.symbols.writer"):
         stored = replace_provider_rows(fresh, "a", [good, *bad, good])
     assert stored == 1
     assert "12 invalid rows skipped" in caplog.text

@@ -44,7 +44,6 @@ class _Pending:
     bars: dict[int, tuple[Bar, bool]] = field(default_factory=dict)
     coverage: list[tuple[int, int]] | None = None
     exhausted_before: int | None = None
-    before_cutoff: int | None = None  # retention: delete what is older
 
 
 class BarStore:
@@ -102,10 +101,6 @@ class BarStore:
         pending.coverage = spans
         pending.exhausted_before = exhausted_before
 
-    def prune(self, key: SeriesId, cutoff: int) -> None:
-        """Queue the deletion of bars older than ``cutoff`` (coverage is put separately)."""
-        self._pending_of(key).before_cutoff = cutoff
-
     def _pending_of(self, key: SeriesId) -> _Pending:
         pending = self._pending.get(key)
         if pending is None:
@@ -142,8 +137,6 @@ class BarStore:
             new.bars = {**old.bars, **new.bars}
             if new.coverage is None:
                 new.coverage, new.exhausted_before = old.coverage, old.exhausted_before
-            if new.before_cutoff is None:
-                new.before_cutoff = old.before_cutoff
 
     async def _flush_loop(self) -> None:
         while True:
@@ -155,10 +148,6 @@ class BarStore:
 
     async def _write(self, key: SeriesId, pending: _Pending) -> None:
         series = await self._series_id(key)
-        if pending.before_cutoff is not None:
-            await self._db.execute(
-                "DELETE FROM bars WHERE series = ? AND t < ?", (series, pending.before_cutoff)
-            )
         if pending.bars:
             await self._db.executemany(
                 "INSERT OR REPLACE INTO bars (series, t, o, h, l, c, v, forming) "

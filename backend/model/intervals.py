@@ -76,11 +76,6 @@ def next_open(t: int, interval: str) -> int:
     return floor(t, interval) + _FIXED_SECONDS[interval]
 
 
-def prev_open(t: int, interval: str) -> int:
-    """Open time of the UTC-aligned bar before the one that contains ``t``."""
-    return floor(floor(t, interval) - 1, interval)
-
-
 def can_aggregate(base: str, target: str) -> bool:
     """Whether bars of ``target`` can be built exactly from UTC-aligned bars of ``base``."""
     if base == target:

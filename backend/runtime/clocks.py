@@ -21,10 +21,6 @@ class Clocks:
     def set(self, source: str, clock: Clock) -> None:
         self._clocks[(source, clock.symbol)] = clock
 
-    def forget(self, source: str) -> None:
-        for key in [key for key in self._clocks if key[0] == source]:
-            del self._clocks[key]
-
     def now(self, source: str, symbol: str) -> int:
         """The provider's current time for ``symbol`` in UTC seconds."""
         clock = self._clocks.get((source, symbol)) or self._clocks.get((source, None))

@@ -26,16 +26,6 @@ def known_keys() -> list[str]:
     return sorted(PROVIDER_REGISTRY)
 
 
-def import_path(key: str) -> str:
-    """The ``module:Class`` path registered for ``key``; raises ``ConfigError`` if unknown."""
-    try:
-        return PROVIDER_REGISTRY[key]
-    except KeyError:
-        raise ConfigError(
-            f"unknown provider {key!r} in PROVIDERS; known: {', '.join(known_keys())}"
-        ) from None
-
-
 def load_provider_class(path: str) -> type[Provider]:
     """Import ``module:Class`` and check that it is a ``Provider`` subclass."""
     from backend.runtime.provider import Provider

@@ -369,5 +369,5 @@ class Supervisor:
             for provider in self.providers.values():
                 try:
                     provider.check(self.settings.HEARTBEAT_TIMEOUT)
-                except ProviderError:
+                except OSError:  # the pipe or the process went away under us
                     logger.exception("provider %s: watchdog check failed", provider.key)

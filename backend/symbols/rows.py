@@ -1,0 +1,172 @@
+"""Dataset rows (DESIGN 5.4): the checks a row passes before it is stored, and search words.
+
+Pure functions and constants shared by the writer (``populate.py``) and the reader (search):
+no SQLite here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Mapping
+from os import PathLike
+from typing import Any, TypeVar
+
+import orjson
+
+from backend.model import intervals
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ROW_TYPES = ("candlestick", "line")
+MAX_NAME_LENGTH = 256
+
+
+ASCII_WORD = re.compile(r"[a-z]+|[0-9]+")
+_WORD = re.compile(r"[^\W\d_]+|\d+")
+_BAD_NAME_CHARACTER = re.compile(r"['\x00-\x1f]")
+
+# The fields of a dataset row that many rows repeat, stored once per shape (details order).
+_SHARED_FIELDS = ("source", "type", "categories", "intervals", "outputs", "source_label")
+ROW_FIELDS = frozenset((*_SHARED_FIELDS, "name", "name_label"))
+
+# A prepared row: (key, id, source, name, name_lower, nlen, name_label, shape, words, extra).
+# A prepared shape: (shape, source, details JSON, tag, words).
+# A found row: (key, id, name, name_label, extra JSON, shape details JSON).
+
+
+# --------------------------------------------------------------------------- search words
+
+
+def search_words(text: str) -> list[str]:
+    """The search words of ``text``: lower-cased runs of letters or of digits, no accents."""
+    if text.isascii():
+        return ASCII_WORD.findall(text.lower())
+    decomposed = unicodedata.normalize("NFKD", text)
+    return _WORD.findall("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
+
+
+def shape_tag(source: str, words: str) -> str:
+    """The full-text token standing for a source and the words of a shape."""
+    digest = hashlib.blake2b(f"{source}\0{words}".encode(), digest_size=8).hexdigest()
+    return "t" + digest
+
+
+def id_range(source: str) -> tuple[str, str]:
+    """Bounds of the ids ``source-...`` (other sources may fall inside: filter on source)."""
+    return source + "-", source + "."
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+class InvalidRow(ValueError):
+    """A dataset row that cannot be stored; the message says why."""
+
+
+def shared_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that many rows repeat (one shape), in the order details list them."""
+    get = row.get
+    shared = {
+        "source": get("source"),
+        "type": get("type"),
+        "categories": get("categories"),
+        "intervals": get("intervals"),
+        "outputs": get("outputs"),
+    }
+    label = get("source_label")
+    if label is not None:
+        shared["source_label"] = label
+    return shared
+
+
+def check_shared(shared: dict[str, Any], source: str) -> dict[str, Any]:
+    """Checked copies of the shared fields."""
+    if shared["source"] != source:
+        raise InvalidRow(f"source must be {source!r}, not {shared['source']!r}")
+    if shared["type"] not in ROW_TYPES:
+        raise InvalidRow(f"type must be one of {', '.join(ROW_TYPES)}, not {shared['type']!r}")
+    if not isinstance(shared.get("source_label", ""), str):
+        raise InvalidRow(f"source_label must be a string, not {shared['source_label']!r}")
+    checked = dict(shared)
+    checked["categories"] = _string_list(shared["categories"], "categories")
+    checked["intervals"] = _interval_list(shared["intervals"])
+    checked["outputs"] = _outputs(shared["outputs"], shared["type"])
+    return checked
+
+
+def _check_name(name: object) -> str:
+    if type(name) is str and name.strip() and len(name) <= MAX_NAME_LENGTH:
+        if _BAD_NAME_CHARACTER.search(name) is None:
+            return name
+        raise InvalidRow(f"name {name!r} contains a quote or a control character")
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise InvalidRow(f"name is longer than {MAX_NAME_LENGTH} characters")
+    raise InvalidRow(f"name must be a non-empty string, not {name!r}")
+
+
+def name_and_label(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The row's checked name and name_label."""
+    name, label = row.get("name"), row.get("name_label")
+    if (
+        type(name) is str
+        and type(label) is str
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and name.strip()
+        and _BAD_NAME_CHARACTER.search(name) is None
+    ):
+        return name, label
+    return _check_name(name), _check_label(label)
+
+
+def _check_label(label: object) -> str:
+    if not isinstance(label, str):
+        raise InvalidRow(f"name_label must be a string, not {label!r}")
+    return label
+
+
+def _string_list(value: object, field: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidRow(f"{field} must be a list of strings, not {value!r}")
+    return list(value)
+
+
+def _interval_list(value: object) -> list[str]:
+    values = _string_list(value, "intervals")
+    if not values or not all(intervals.is_interval(v) for v in values):
+        raise InvalidRow(f"intervals must be a non-empty list of interval names, not {values!r}")
+    return values
+
+
+def _outputs(value: object, row_type: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list | tuple) or not value:
+        raise InvalidRow(f"outputs must be a non-empty list, not {value!r}")
+    outputs = [_output(item) for item in value]
+    axes = {output["y_axis"] for output in outputs}
+    if row_type == "candlestick" and not {"price", "volume"} <= axes:
+        raise InvalidRow("a candlestick row needs outputs on the y_axis 'price' and 'volume'")
+    return outputs
+
+
+def _output(item: object) -> dict[str, Any]:
+    if not isinstance(item, Mapping):
+        raise InvalidRow(f"an output must be a mapping, not {item!r}")
+    if not isinstance(item.get("name"), str) or not isinstance(item.get("y_axis"), str):
+        raise InvalidRow(f"an output needs a string name and y_axis, not {dict(item)!r}")
+    return dict(item)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, PathLike):
+        return str(value.__fspath__())
+    raise TypeError(f"cannot store a {type(value).__name__} in a dataset row")
+
+
+def extra_json(row: Mapping[str, Any]) -> str | None:
+    """The row's keys beyond DESIGN 5.4 as a JSON object, or ``None`` if there are none."""
+    extra = {key: value for key, value in row.items() if key not in ROW_FIELDS}
+    return orjson.dumps(extra, default=_json_default).decode() if extra else None

@@ -1,0 +1,464 @@
+"""The symbol database writer: one provider's rows swapped in atomically (``populate.py``).
+
+:func:`replace_provider_rows` checks one provider's rows and swaps them in atomically. Rows are
+prepared in batches in the calling process (:class:`_Batcher`) while a child process runs the
+one SQLite transaction (:class:`_Writer`), so both use a core.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import queue
+import signal
+import sqlite3
+import threading
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from backend.errors import StorageError
+from backend.symbols.rows import (
+    ASCII_WORD,
+    ROW_FIELDS,
+    InvalidRow,
+    check_shared,
+    extra_json,
+    id_range,
+    name_and_label,
+    search_words,
+    shape_tag,
+    shared_fields,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
+BATCH_ROWS = 10_000
+ROWS_BEFORE_BEGIN = 50_000
+_SEQ_BITS = 40
+_BATCHES_IN_FLIGHT = 3
+_LOGGED_INVALID_ROWS = 20
+_SPAWN = multiprocessing.get_context("spawn")
+Prepared = tuple[int, str, str, str, str, int, str, int, str, str | None]
+Shape = tuple[int, str, str, str, str]
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- writer: batches
+
+
+class _Batcher:
+    """Turns provider rows into prepared rows and shapes, in batches; counts the words.
+
+    A shape is checked once: a row whose shared fields serialize like a known shape's only
+    has its name and name_label checked.
+    """
+
+    def __init__(self, source: str, first_seq: int) -> None:
+        self.source = source
+        self.first_seq = first_seq
+        self.next_seq = first_seq
+        self.seen = 0
+        self.invalid = 0
+        self.words: Counter[str] = Counter()
+        self._shapes: dict[bytes, int] = {}
+        self._bad_shapes: dict[bytes, str] = {}
+        self._new_shapes: list[Shape] = []
+        self._batch: defaultdict[int, list[Prepared]] = defaultdict(list)  # by nlen
+        self._rows = 0
+
+    def add(self, raw: object) -> None:
+        """Check and prepare one provider row; log and skip it when invalid."""
+        self.seen += 1
+        try:
+            if not isinstance(raw, dict | Mapping):
+                raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
+            shape = self._shape(raw)
+            name, label = name_and_label(raw)
+            extra = None if raw.keys() <= ROW_FIELDS else extra_json(raw)
+        except (InvalidRow, TypeError) as exc:
+            self._skip(raw, exc)
+            return
+        prepared = self._prepare(name, label, shape, extra)
+        self._batch[prepared[5]].append(prepared)
+        self._rows += 1
+
+    def _prepare(self, name: str, label: str, shape: int, extra: str | None) -> Prepared:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        name_lower = name.lower()
+        nlen = len(name_lower)
+        text = f"{name} {label}"
+        words = ASCII_WORD.findall(text.lower()) if text.isascii() else search_words(text)
+        self.words.update(words)
+        source = self.source
+        return ((nlen << _SEQ_BITS) | seq, f"{source}-{name}", source, name, name_lower, nlen,
+                label, shape, " ".join(words), extra)  # fmt: skip
+
+    def _shape(self, row: Mapping[str, Any]) -> int:
+        """The id of the row's shape: checked when new; a new shape takes the next seq."""
+        get = row.get
+        fields = (get("source"), get("type"), get("categories"), get("intervals"))
+        key = orjson.dumps((*fields, get("outputs"), get("source_label")))
+        shape = self._shapes.get(key)
+        return self._new_shape(shared_fields(row), key) if shape is None else shape
+
+    def _new_shape(self, shared: dict[str, Any], key: bytes) -> int:
+        if key in self._bad_shapes:
+            raise InvalidRow(self._bad_shapes[key])
+        try:
+            checked = check_shared(shared, self.source)
+        except InvalidRow as exc:
+            self._bad_shapes[key] = str(exc)
+            raise
+        shape = self._shapes[key] = self.next_seq  # a seq of its own: ids stay unique
+        self.next_seq += 1
+        parts = [self.source, checked.get("source_label", ""), *checked["categories"]]
+        words = " ".join(search_words(" ".join(parts)))
+        details = orjson.dumps(checked).decode()
+        self._new_shapes.append((shape, self.source, details, shape_tag(self.source, words), words))
+        return shape
+
+    def _skip(self, raw: object, exc: Exception) -> None:
+        self.invalid += 1
+        if self.invalid <= _LOGGED_INVALID_ROWS:
+            name = raw.get("name") if isinstance(raw, Mapping) else None
+            logger.warning("%s: skipped invalid row %r: %s", self.source, name, exc)
+        elif self.invalid == _LOGGED_INVALID_ROWS + 1:
+            logger.warning("%s: more invalid rows; only their count is logged", self.source)
+
+    def full(self) -> bool:
+        """Whether the current batch should be written now."""
+        return self._rows >= BATCH_ROWS
+
+    def take(self) -> tuple[list[Shape], list[Prepared]]:
+        """The new shapes and the rows of the batch, in ascending keys (by length, then seq)."""
+        shapes, self._new_shapes = self._new_shapes, []
+        batch = [row for nlen in sorted(self._batch) for row in self._batch[nlen]]
+        self._batch.clear()
+        self._rows = 0
+        return shapes, batch
+
+
+# --------------------------------------------------------------------------- writer: SQLite
+
+
+def _connect_writer(db_path: Path) -> sqlite3.Connection:
+    """The populate connection: WAL mode, the schema applied, a large page cache."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, isolation_level=None, timeout=60.0)
+    for pragma in (
+        "page_size = 8192",  # only takes effect on a new, empty database file
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+        "cache_size = -131072",
+        "secure_delete = OFF",
+        "journal_size_limit = 67108864",
+    ):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.executescript(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return conn
+
+
+class _Session:
+    """The populate transaction, inside the writer process: one method per request."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.stored = 0
+        self._conn: sqlite3.Connection | None = None
+
+    def run(self, command: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+        """Run one request; reply ``("ok", value)`` or ``("error", message)``."""
+        try:
+            if self._conn is None:
+                self._conn = _connect_writer(self.db_path)
+            return "ok", getattr(self, f"do_{command}")(self._conn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            return "error", str(exc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def do_first_seq(self, conn: sqlite3.Connection) -> int:
+        """The first seq no stored row has (read before the transaction starts)."""
+        sql = "SELECT coalesce(max(seq_last), 0) + 1 FROM symbol_sources"
+        return int(conn.execute(sql).fetchone()[0])
+
+    def do_begin(self, conn: sqlite3.Connection, source: str, first_seq: int) -> None:
+        """Start the transaction and delete the source's rows.
+
+        Fails if another populate stored rows since ``first_seq`` was read: their keys
+        could collide with the rows prepared meanwhile.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        if self.do_first_seq(conn) > first_seq:
+            conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("another populate wrote symbols meanwhile; run again")
+        # Ascending keys: the full-text index flushes whenever its rowids go backwards.
+        conn.execute(
+            "DELETE FROM symbols WHERE key IN (SELECT key FROM symbols"
+            " WHERE id >= ? AND id < ? AND source = ? ORDER BY key)",
+            (*id_range(source), source),
+        )
+        for table in ("symbol_shapes", "symbol_tags", "symbol_words"):
+            conn.execute(f"DELETE FROM {table} WHERE source = ?", (source,))
+
+    def do_insert(self, conn: sqlite3.Connection, shapes: list[Shape], rows: list[Prepared]) -> int:
+        """Insert one batch (a taken id keeps its first row); return the rows stored so far."""
+        conn.executemany("INSERT INTO symbol_shapes VALUES (?, ?, ?, ?)", [s[:4] for s in shapes])
+        tags = [(tag, source, words) for _, source, _, tag, words in shapes]
+        conn.executemany("INSERT OR IGNORE INTO symbol_tags VALUES (?, ?, ?)", tags)
+        sql = "INSERT OR IGNORE INTO symbols VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        self.stored += max(conn.executemany(sql, rows).rowcount, 0)
+        # One statement, in ascending keys, and only the rows that were stored.
+        conn.execute(
+            "INSERT INTO symbols_fts (rowid, words, tag)"
+            " SELECT s.key, s.words, h.tag"
+            " FROM symbols AS s CROSS JOIN symbol_shapes AS h ON h.shape = s.shape"
+            " WHERE s.key IN (SELECT value FROM json_each(?)) ORDER BY s.key",
+            (orjson.dumps([row[0] for row in rows]).decode(),),
+        )
+        return self.stored
+
+    def do_commit(
+        self, conn: sqlite3.Connection, source: str, words: Counter[str], seqs: range
+    ) -> None:
+        """Record the source's words and row count, and commit."""
+        conn.executemany(
+            "INSERT INTO symbol_words (word, source, rows) VALUES (?, ?, ?)",
+            ((word, source, rows) for word, rows in words.items()),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO symbol_sources VALUES (?, ?, ?, ?, ?)",
+            (source, self.stored, seqs.start, seqs.stop - 1, datetime.now(UTC).isoformat()),
+        )
+        conn.execute("COMMIT")
+
+    def do_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database and truncate it (readers may hold it up)."""
+        conn.execute("PRAGMA busy_timeout = 2000")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def do_rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _serve(requests: Connection, replies: Connection, db_path: Path) -> None:
+    """The writer process: run each request and reply, until "close" or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    session = _Session(db_path)
+    try:
+        while True:
+            try:
+                command, args = pickle.loads(requests.recv_bytes())
+            except EOFError:
+                return
+            if command == "close":
+                return
+            replies.send(session.run(command, args))
+    finally:
+        session.close()
+
+
+class _Writer:
+    """The parent's end of the writer process, for one source.
+
+    Requests go out through a sender thread (so that preparing the next batch never waits
+    on the pipe), one reply per request. The first batches are held back until there are
+    ``ROWS_BEFORE_BEGIN`` rows: a provider that has fewer takes the database's write lock
+    only for the time of its final write.
+    """
+
+    def __init__(self, db_path: Path, source: str) -> None:
+        self._path = db_path
+        self._source = source
+        requests_in, self._requests = _SPAWN.Pipe(duplex=False)
+        self._replies, replies_out = _SPAWN.Pipe(duplex=False)
+        self._process = _SPAWN.Process(
+            target=_serve, args=(requests_in, replies_out, db_path), daemon=True
+        )
+        self._process.start()
+        requests_in.close()
+        replies_out.close()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, name="symbols-sender")
+        self._sender.start()
+        self._waiting: deque[str] = deque()
+        self._held: list[tuple[list[Shape], list[Prepared]]] | None = []
+        self.first_seq = 0
+        self.stored = 0
+
+    def open(self) -> int:
+        """Apply the schema; return the first free seq."""
+        self.first_seq = self.call("first_seq")
+        return self.first_seq
+
+    def insert(self, shapes: list[Shape], rows: list[Prepared]) -> None:
+        """Send one batch (or hold it back); wait while a few batches are in flight."""
+        if self._held is not None:
+            self._held.append((shapes, rows))
+            if sum(len(held) for _, held in self._held) < ROWS_BEFORE_BEGIN:
+                return
+            self._begin()
+        elif rows or shapes:
+            self._request("insert", shapes, rows)
+        self._wait(_BATCHES_IN_FLIGHT)
+
+    def commit(self, words: Counter[str], seqs: range) -> None:
+        if self._held is not None:
+            self._begin()
+        self.call("commit", self._source, words, seqs)
+
+    def abort(self) -> None:
+        """Roll back, once the replies still due have come (their errors are moot)."""
+        if self._held is not None:
+            return  # nothing was written
+        try:
+            while self._waiting:
+                self._wait_quietly()
+            self.call("rollback")
+        except StorageError as exc:
+            logger.warning("symbol database %s: rollback failed: %s", self._path, exc)
+
+    def checkpoint(self) -> None:
+        """Shrink the WAL file after a commit; a failure only costs disk space."""
+        try:
+            self.call("checkpoint")
+        except StorageError as exc:
+            logger.warning("%s; the WAL file keeps its size until the next checkpoint", exc)
+
+    def close(self) -> None:
+        """Stop the writer process (a transaction still open is rolled back)."""
+        self._outbox.put(pickle.dumps(("close", ())))
+        self._outbox.put(None)
+        self._sender.join()
+        self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._requests.close()
+        self._replies.close()
+
+    def call(self, command: str, *args: Any) -> Any:
+        """Send a request and wait for its reply (and for those of earlier requests)."""
+        self._request(command, *args)
+        return self._wait(0)
+
+    def _begin(self) -> None:
+        held, self._held = self._held or [], None
+        self._request("begin", self._source, self.first_seq)
+        for shapes, rows in held:
+            self._request("insert", shapes, rows)
+
+    def _request(self, command: str, *args: Any) -> None:
+        self._outbox.put(pickle.dumps((command, args), protocol=pickle.HIGHEST_PROTOCOL))
+        self._waiting.append(command)
+
+    def _wait(self, in_flight: int) -> Any:
+        value = None
+        while len(self._waiting) > in_flight:
+            value = self._reply()
+        return value
+
+    def _wait_quietly(self) -> None:
+        try:
+            self._reply()
+        except StorageError as exc:
+            logger.debug("ignored while aborting: %s", exc)
+
+    def _reply(self) -> Any:
+        try:
+            status, value = self._replies.recv()
+        except (EOFError, OSError) as exc:
+            self._waiting.clear()
+            raise StorageError(f"symbol database {self._path}: the writer stopped") from exc
+        command = self._waiting.popleft()
+        if status == "error":
+            raise StorageError(f"symbol database {self._path}: {value}")
+        if command == "insert":
+            self.stored = value
+        return value
+
+    def _send_all(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self._requests.send_bytes(data)
+            except OSError as exc:
+                logger.debug("symbol writer is gone: %s", exc)
+
+
+def replace_provider_rows(
+    db_path: str | Path,
+    source: str,
+    rows: Iterable[Mapping[str, Any]],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Replace every row of ``source`` by ``rows``, atomically; return the rows stored.
+
+    ``rows`` is streamed in batches into one transaction: if it raises, the old rows stay
+    and the exception propagates. Invalid rows are logged and skipped; a name given twice
+    keeps its first row. ``progress(n)`` is called with the number of rows read so far.
+    Raises :class:`StorageError` when SQLite fails.
+
+    The transaction runs in a child process (``spawn``), so a script that calls this must
+    do so under ``if __name__ == "__main__":``.
+    """
+    writer = _Writer(Path(db_path).absolute(), source)
+    try:
+        return _replace(writer, source, rows, progress)
+    finally:
+        writer.close()
+
+
+def _replace(
+    writer: _Writer,
+    source: str,
+    rows: Iterable[Mapping[str, Any]],
+    progress: Callable[[int], None] | None,
+) -> int:
+    batcher = _Batcher(source, writer.open())
+    try:
+        _stream(writer, batcher, rows, progress)
+        writer.commit(batcher.words, range(batcher.first_seq, batcher.next_seq))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.checkpoint()
+    _log_summary(batcher, writer.stored)
+    return writer.stored
+
+
+def _stream(
+    writer: _Writer,
+    batcher: _Batcher,
+    rows: Iterable[Mapping[str, Any]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    for raw in rows:
+        batcher.add(raw)
+        if batcher.full():
+            writer.insert(*batcher.take())
+            if progress is not None:
+                progress(batcher.seen)
+    writer.insert(*batcher.take())
+    if progress is not None:
+        progress(batcher.seen)
+
+
+def _log_summary(batcher: _Batcher, stored: int) -> None:
+    taken = batcher.seen - batcher.invalid - stored
+    if batcher.invalid:
+        logger.warning("%s: %d invalid rows skipped", batcher.source, batcher.invalid)
+    if taken:
+        logger.warning("%s: %d rows skipped: their id was already taken", batcher.source, taken)
+    logger.info("%s: %d symbols stored", batcher.source, stored)
