@@ -12,7 +12,7 @@ A *datapoint* is the wire form (DESIGN 5.1): ``{"date": "YYYY-MM-DD HH:MM:SS",
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -148,6 +148,31 @@ def from_datapoint(point: Mapping[str, Any], series: SeriesId | None = None) -> 
         close,
         found.get("volume"),
     )
+
+
+def to_bar(value: object, series: SeriesId | None = None) -> Bar:
+    """The one bar conversion: a bar from whatever a provider publishes or returns.
+
+    Accepts a ``Bar`` tuple (returned as it is when already clean, so bars parsed by a
+    provider are not converted twice), a datapoint dict (:func:`from_datapoint`), or a
+    kline-like sequence ``[time, open, high, low, close(, volume)]`` with the time as a date
+    string, a datetime, or epoch seconds or milliseconds. Raises ``ValueError``.
+    """
+    if (
+        type(value) is tuple
+        and len(value) == 6
+        and type(value[0]) is int
+        and all(v is None or (type(v) is float and math.isfinite(v)) for v in value[1:])
+    ):
+        t = value[0]
+        return value if t < 100_000_000_000 else (t // 1000, *value[1:])
+    if isinstance(value, Mapping):
+        return from_datapoint(value, series)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and len(value) >= 5:
+        o, h, lo, c = (to_number(x) for x in value[1:5])
+        v = to_number(value[5]) if len(value) > 5 else None
+        return (to_epoch(value[0]), o, h, lo, c, v)
+    raise ValueError(f"cannot read a bar from {value!r:.200}")
 
 
 def fold(current: Bar | None, t: int, update: Bar) -> Bar:

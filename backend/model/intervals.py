@@ -108,4 +108,15 @@ def parse_date(text: str) -> int:
     return int(d.timestamp())
 
 
+NOW_WORDS = frozenset(("now utc", "now", ""))
+
+
+def parse_query_time(text: str | None) -> int | None:
+    """UTC seconds of a provider hook's query time (``%Y-%m-%d %H:%M:%S``, or ISO-8601);
+    ``None`` for ``"now UTC"`` (or empty). Raises ``ValueError`` for anything else."""
+    if text is None or text.strip().lower() in NOW_WORDS:
+        return None
+    return parse_date(text)
+
+
 _INDEX: dict[str, int] = {name: i for i, name in enumerate(INTERVALS)}

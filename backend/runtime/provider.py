@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend.errors import ConfigError
 from backend.model import intervals
-from backend.model.bars import Bar, SeriesId, from_datapoint, to_epoch, to_number
+from backend.model.bars import Bar, SeriesId, to_bar, to_epoch, to_number
 from backend.runtime.messages import BarUpdate, Clock, Event, Notice, Status
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class Provider:
         or milliseconds), a datapoint dict, or a kline-like sequence. ``final`` marks a bar
         that will not change any more.
         """
-        parsed = self._to_bar(symbol, interval, bar)
+        parsed = to_bar(bar, SeriesId(self.source, symbol, interval))
         with self._bookkeeping:
             self._last_publish[(symbol, interval)] = time.monotonic()
         self._emit(BarUpdate(symbol, interval, parsed, final))
@@ -267,18 +267,6 @@ class Provider:
                     stale.append(key)
                     self._last_publish[key] = now
         return stale
-
-    def _to_bar(self, symbol: str, interval: str, bar: Any) -> Bar:
-        if isinstance(bar, Mapping):
-            return from_datapoint(bar, SeriesId(self.source, symbol, interval))
-        if isinstance(bar, tuple) and len(bar) == 6 and isinstance(bar[0], int):
-            t = bar[0] // 1000 if bar[0] >= 100_000_000_000 else bar[0]
-            return (t, *(to_number(v) for v in bar[1:]))  # type: ignore[return-value]
-        if isinstance(bar, Sequence) and len(bar) >= 5:
-            v = to_number(bar[5]) if len(bar) > 5 else None
-            o, h, lo, c = (to_number(x) for x in bar[1:5])
-            return (to_epoch(bar[0]), o, h, lo, c, v)
-        raise ValueError(f"cannot read a bar from {bar!r}")
 
     def _write_message(self, message: Mapping[str, Any]) -> None:
         symbol = str(message.get("name", ""))

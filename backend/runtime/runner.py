@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend import logs
 from backend.errors import CandlewireError, ProviderUnavailable
-from backend.model.bars import Bar, SeriesId, from_datapoint
+from backend.model.bars import Bar, SeriesId, to_bar
 from backend.runtime.messages import (
     Command,
     Event,
@@ -272,14 +272,6 @@ def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
         raw = raw.to_dict("records")
     by_time: dict[int, Bar] = {}
     for item in raw:
-        bar = from_datapoint(item, series) if isinstance(item, dict) else _tuple_bar(item)
+        bar = to_bar(item, series)
         by_time[bar[0]] = bar
     return [by_time[t] for t in sorted(by_time)]
-
-
-def _tuple_bar(item: Any) -> Bar:
-    from backend.model.bars import to_epoch, to_number
-
-    values = [to_number(v) for v in item[1:6]]
-    values += [None] * (5 - len(values))
-    return (to_epoch(item[0]), values[0], values[1], values[2], values[3], values[4])

@@ -16,6 +16,7 @@ from typing import Any
 
 from backend.model import intervals
 from backend.model.bars import Bar, to_number
+from backend.model.intervals import parse_query_time
 
 __all__ = [
     "ASSET_NAMES",
@@ -43,7 +44,6 @@ CANDLE_OUTPUTS: tuple[dict[str, str], ...] = (
     {"name": "close", "y_axis": "price"},
     {"name": "volume", "y_axis": "volume"},
 )
-_NOW = ("", "now", "now utc")
 
 #: Readable names of common assets, for ``name_label`` (no extra web call). Others keep their
 #: ticker.
@@ -233,13 +233,3 @@ def parse_stream_name(name: str) -> tuple[str, str] | None:
     if not sep or not symbol or not intervals.is_interval(interval):
         return None
     return symbol.upper(), interval
-
-
-# ---------------------------------------------------------------------------- times
-
-
-def parse_query_time(text: str) -> int | None:
-    """UTC seconds of a hook time string; ``None`` for ``"now UTC"``. Raises ``ValueError``."""
-    if text.strip().lower() in _NOW:
-        return None
-    return intervals.parse_date(text)

@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 MAX_FINAL_BARS_PER_TICK = 1_000
 _EARLIEST = -(2**53)
-_NOW = ("", "now", "now utc")
 
 
 @dataclass
@@ -310,9 +309,7 @@ class CSVProvider(Provider):
 
 def _parse_time(text: str | None) -> int | None:
     """UTC seconds of a ``%Y-%m-%d %H:%M:%S`` query time; ``None`` for empty or "now UTC"."""
-    if text is None or text.strip().lower() in _NOW:
-        return None
     try:
-        return intervals.parse_date(text)
+        return intervals.parse_query_time(text)
     except ValueError:
         raise ProtocolError("bad_time", f"csv: cannot read the time {text!r}") from None

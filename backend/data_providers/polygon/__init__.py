@@ -36,7 +36,6 @@ from backend.runtime.provider import Provider
 logger = logging.getLogger(__name__)
 
 SEED_THREADS = 4
-_NOW = ("", "now", "now utc")
 
 
 class PolygonProvider(Provider):
@@ -93,8 +92,8 @@ class PolygonProvider(Provider):
                 f"unknown interval {interval!r} for polygon:{symbol}; known: {known}"
             ) from None
         market = market_of(symbol)
-        end = _parse_time(end_time_query)
-        start = _parse_time(start_time_query)
+        end = intervals.parse_query_time(end_time_query)
+        start = intervals.parse_query_time(start_time_query)
         if start is None:  # no window: the last `count` bars up to `end`
             anchor = int(time.time()) if end is None else end
             start = anchor - intervals.nominal_seconds(interval) * 2 * max(count, 1)
@@ -102,7 +101,7 @@ class PolygonProvider(Provider):
         first = bucket_start(market, interval, start)
         bars = self._rest_client().aggregates(symbol, multiplier, span, first, last)
         bars = [bar for bar in bars if bar[0] >= start]
-        if _parse_time(start_time_query) is None and count > 0:
+        if intervals.parse_query_time(start_time_query) is None and count > 0:
             bars = bars[-count:]
         return bars
 
@@ -167,10 +166,3 @@ def _market(name: str) -> Market:
         if market == name:
             return market
     raise ConfigError(f"POLYGON_MARKETS: unknown market {name!r}; known: {', '.join(MARKETS)}")
-
-
-def _parse_time(text: str) -> int | None:
-    """UTC seconds of a ``%Y-%m-%d %H:%M:%S`` query time; ``None`` for ``now UTC``."""
-    if text.strip().lower() in _NOW:
-        return None
-    return intervals.parse_date(text)
