@@ -33,6 +33,29 @@ def seconds(value: float) -> float:
     return value * FACTOR
 
 
+async def eventually(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Poll ``predicate`` until it is true (a synchronisation, never a fixed sleep); the
+    timeout is scaled by ``seconds``. Fails the test naming ``what``."""
+    deadline = time.monotonic() + seconds(timeout)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds(timeout):.1f} s")
+        await asyncio.sleep(0.02)
+
+
+def until(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """The blocking twin of :func:`eventually`, for code outside an event loop."""
+    deadline = time.monotonic() + seconds(timeout)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds(timeout):.1f} s")
+        time.sleep(0.02)
+
+
 def base_env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSV_", "PROVIDERS"))}
     env.update(

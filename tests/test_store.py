@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import Clock
+from tests.harness import eventually
 from tests.test_history import KEY, NOW, FakeProvider, session_bar
 
 BTC = SeriesId("x", "BTC", "1m")
@@ -67,9 +67,12 @@ async def test_a_queued_bar_reaches_disk_within_a_second(
 ) -> None:
     store = await open_store()
     store.put_bars(BTC, [bar(60)])
-    await asyncio.sleep(0.6)
-    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM bars").fetchone() == (1,)
+
+    def on_disk() -> bool:
+        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+            return db.execute("SELECT count(*) FROM bars").fetchone() == (1,)
+
+    await eventually(on_disk, timeout=1.0, what="the queued bar reaching disk")
     await store.close()
 
 
