@@ -222,6 +222,8 @@ class ProviderRunner:
             try:
                 events = [self.outbox.get(timeout=_IDLE_HEARTBEAT)]
             except queue.Empty:
+                if self.stopping.is_set():
+                    return  # everything was written; the process is exiting
                 if os.getppid() != self.parent:
                     logger.error("provider %s: the hub is gone; exiting", self.key)
                     os._exit(1)

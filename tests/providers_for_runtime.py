@@ -1,0 +1,62 @@
+"""Small providers for the runner and supervisor unit tests (imported by provider processes).
+
+``ScriptedProvider`` records its hook calls on the instance and can be told, through the
+symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``, ``GONE`` is
+an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from backend.errors import UnknownSymbol
+from backend.runtime.provider import Provider
+
+T0 = 1_700_000_000 - 1_700_000_000 % 3600
+
+
+class ScriptedProvider(Provider):
+    def init(self) -> None:
+        self.calls: list[str] = []
+        self.hang = threading.Event()
+        if os.environ.get("CANDLEWIRE_TEST_INIT_FAILS"):
+            raise RuntimeError("init failed on purpose")
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        self.calls.append(f"first {symbol} {interval}")
+        if symbol == "BOOM":
+            raise RuntimeError("a hook failed on purpose")
+        if symbol == "DIE":
+            os._exit(3)
+
+    def start_streaming(self, ws_client: int, symbol: str, interval: str) -> None:
+        self.calls.append(f"start {ws_client} {symbol} {interval}")
+
+    def on_close(self, ws_client: int, symbol: str, interval: str) -> None:
+        self.calls.append(f"close {ws_client} {symbol} {interval}")
+
+    def on_last_subscriber(self, symbol: str, interval: str) -> None:
+        self.calls.append(f"last {symbol} {interval}")
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[object]:
+        if symbol == "GONE":
+            raise UnknownSymbol(f"unknown symbol {symbol!r}")
+        if symbol == "BOOM":
+            raise RuntimeError("vendor exploded")
+        if symbol == "HANG":
+            self.hang.wait(60)
+            return []
+        # Out of order, with a duplicate, mixed shapes: the runner sorts and converts.
+        return [
+            [(T0 + 3600) * 1000, "2", "3", "1", "2.5", "10"],
+            (T0, 1.0, 2.0, 0.5, 1.5, 5.0),
+            {"date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(T0)), "close": 9.0},
+        ]
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+        self.hang.set()

@@ -1,0 +1,298 @@
+"""Unit tests of the provider runtime: the runner (in-process) and the supervisor (real
+spawned provider processes), without the hub or any socket."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+import pytest
+
+from backend.errors import ProviderUnavailable, UnknownSymbol
+from backend.runtime import supervisor as supervisor_module
+from backend.runtime.messages import (
+    Command,
+    GetHistory,
+    HistoryReply,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    StartStreaming,
+    StopStreaming,
+    WireEvent,
+    decode_batch,
+)
+from backend.runtime.runner import ProviderRunner
+from backend.runtime.supervisor import ProviderProcess, ProviderState
+from backend.settings import Settings, load_settings
+from tests.harness import eventually, seconds, until
+from tests.providers_for_runtime import T0, ScriptedProvider
+
+PATH = "tests.providers_for_runtime:ScriptedProvider"
+
+
+def settings(**extra: Any) -> Settings:
+    return load_settings(PROVIDERS="csv", HISTORY_THREADS=2, **extra)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class RunnerHarness:
+    """A ``ProviderRunner`` on a thread of this process, fed through a plain queue."""
+
+    commands: queue.Queue[Command] = field(default_factory=queue.Queue)
+    events: list[WireEvent] = field(default_factory=list)
+    runner: ProviderRunner | None = None
+    thread: threading.Thread | None = None
+    code: list[int] = field(default_factory=list)
+    _reader: Connection | None = None
+
+    def start(self) -> None:
+        self._reader, writer = multiprocessing.Pipe(duplex=False)
+        # A runner exits its process when the hub's end of the pipe closes; here the
+        # "process" is pytest, so the hub's end stays open until the session ends.
+        _HUB_ENDS.append(self._reader)
+        self.runner = ProviderRunner(
+            "scripted",
+            PATH,
+            settings(),
+            self.commands,
+            writer,
+            0.0,  # type: ignore[arg-type]
+        )
+        self.thread = threading.Thread(target=lambda: self.code.append(self.runner.run()))
+        self.thread.start()
+
+    def collect(self) -> list[WireEvent]:
+        assert self._reader is not None
+        while self._reader.poll():
+            self.events.extend(decode_batch(self._reader.recv_bytes()))
+        return self.events
+
+    def wait_for(self, predicate: Any, what: str) -> Any:
+        found: list[Any] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.collect() if predicate(e)]
+            return bool(found)
+
+        until(seen, what=what)
+        return found[0]
+
+    @property
+    def provider(self) -> ScriptedProvider:
+        # The runner keeps the instance local to run(); find it through the hook thread.
+        return _instance(self.runner)
+
+    def stop(self) -> None:
+        self.commands.put(Shutdown())
+        assert self.thread is not None
+        self.thread.join(seconds(10))
+
+
+_INSTANCES: dict[int, ScriptedProvider] = {}
+_HUB_ENDS: list[Connection] = []
+
+
+def _instance(runner: ProviderRunner | None) -> ScriptedProvider:
+    assert runner is not None
+    return _INSTANCES[id(runner)]
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunnerHarness]:
+    h = RunnerHarness()
+    original = ScriptedProvider._attach
+
+    def attach(self: ScriptedProvider, *args: Any) -> None:
+        original(self, *args)
+        _INSTANCES[id(h.runner)] = self
+
+    monkeypatch.setattr(ScriptedProvider, "_attach", attach)
+    h.start()
+    h.wait_for(lambda e: isinstance(e, Ready), "Ready")
+    yield h
+    if h.thread is not None and h.thread.is_alive():
+        h.stop()
+
+
+def test_the_runner_reports_ready_with_its_pid(harness: RunnerHarness) -> None:
+    ready = next(e for e in harness.collect() if isinstance(e, Ready))
+    assert ready.pid == os.getpid()
+    assert ready.persist is True
+
+
+def test_a_ping_is_answered_with_a_pong(harness: RunnerHarness) -> None:
+    harness.commands.put(Ping(42))
+    assert harness.wait_for(lambda e: isinstance(e, Pong), "Pong").seq == 42
+
+
+def test_streaming_hooks_run_in_the_order_sent_with_first_and_last_once(
+    harness: RunnerHarness,
+) -> None:
+    for command in (
+        StartStreaming(1, "AAA", "1h"),
+        StartStreaming(2, "AAA", "1h"),
+        StartStreaming(2, "AAA", "1h"),  # a duplicate changes nothing
+        StopStreaming(1, "AAA", "1h"),
+        StopStreaming(2, "AAA", "1h"),
+    ):
+        harness.commands.put(command)
+    expected = [
+        "first AAA 1h",
+        "start 1 AAA 1h",
+        "start 2 AAA 1h",
+        "close 1 AAA 1h",
+        "close 2 AAA 1h",
+        "last AAA 1h",
+    ]
+    until(lambda: harness.provider.calls == expected, what="the hook calls in order")
+    assert harness.provider.streaming_keys() == []
+
+
+def test_a_failing_hook_is_logged_and_the_runner_carries_on(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.commands.put(StartStreaming(1, "BOOM", "1h"))
+    harness.commands.put(StartStreaming(1, "AAA", "1h"))
+    until(lambda: "start 1 AAA 1h" in harness.provider.calls, what="the next hook")
+    assert "hook failed" in caplog.text
+    harness.commands.put(Ping(7))
+    harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 7, "a Pong after the failure")
+
+
+def test_history_is_sorted_deduplicated_and_converted(harness: RunnerHarness) -> None:
+    harness.commands.put(GetHistory(5, "AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.request_id == 5 and reply.error is None
+    # The dict for T0 came last: it replaced the tuple of the same time.
+    assert reply.bars == [(T0, 9.0, 9.0, 9.0, 9.0, None), (T0 + 3600, 2.0, 3.0, 1.0, 2.5, 10.0)]
+
+
+@pytest.mark.parametrize(
+    ("symbol", "error_type"), [("GONE", UnknownSymbol), ("BOOM", ProviderUnavailable)]
+)
+def test_a_history_failure_is_a_reply_with_a_typed_error(
+    harness: RunnerHarness, symbol: str, error_type: type[Exception]
+) -> None:
+    harness.commands.put(GetHistory(9, symbol, "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.bars == [] and isinstance(reply.error, error_type)
+
+
+def test_a_hanging_history_call_does_not_hold_up_pings(harness: RunnerHarness) -> None:
+    harness.commands.put(GetHistory(1, "HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    harness.commands.put(Ping(3))
+    harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 3, "a Pong while history hangs")
+
+
+def test_shutdown_calls_the_hook_and_ends_with_code_zero(harness: RunnerHarness) -> None:
+    provider = harness.provider
+    harness.stop()
+    assert harness.code == [0]
+    assert provider.calls[-1] == "shutdown"
+
+
+# --------------------------------------------------------------------------- the supervisor
+
+
+@dataclass
+class Sinks:
+    events: list[tuple[str, list[WireEvent]]] = field(default_factory=list)
+    ready: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def process(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[ProviderProcess, Sinks]]:
+    monkeypatch.setattr(supervisor_module, "BACKOFF_INITIAL", 0.2)
+    sinks = Sinks()
+    proc = ProviderProcess(
+        "scripted",
+        PATH,
+        settings(),
+        lambda key, events: sinks.events.append((key, events)),
+        sinks.ready.append,
+    )
+    proc._backoff = 0.2
+    await proc.start()
+    assert await proc.wait_ready(seconds(30))
+    yield proc, sinks
+    await proc.stop()
+
+
+async def test_a_started_process_is_running_and_healthy(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    proc, sinks = process
+    assert proc.state is ProviderState.RUNNING
+    assert sinks.ready == ["scripted"]
+    health = proc.health()
+    assert health["state"] == "running" and health["pid"] == proc.pid
+    assert psutil.pid_exists(proc.pid or -1)
+
+
+async def test_history_crosses_the_process_boundary(process: tuple[ProviderProcess, Sinks]) -> None:
+    proc, _ = process
+    bars = await proc.get_history("AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(10))
+    assert [b[0] for b in bars] == [T0, T0 + 3600]
+    with pytest.raises(UnknownSymbol):
+        await proc.get_history("GONE", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(10))
+
+
+async def test_a_history_call_that_never_answers_times_out(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    proc, _ = process
+    with pytest.raises(ProviderUnavailable, match="did not answer"):
+        await proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, 0.3)
+
+
+async def test_a_killed_process_is_restarted_and_reports_ready_again(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    proc, sinks = process
+    old_pid = proc.pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    await eventually(lambda: proc.state is ProviderState.BACKOFF, what="the backoff state")
+    await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
+    assert proc.state is ProviderState.RUNNING
+    assert proc.pid != old_pid and proc.restarts == 1
+
+
+async def test_a_process_that_exits_in_a_hook_fails_pending_history_and_restarts(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    proc, sinks = process
+    pending = asyncio.ensure_future(
+        proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
+    )
+    await asyncio.sleep(0)  # the request is queued before the process dies
+    proc.send(StartStreaming(1, "DIE", "1h"))
+    with pytest.raises(ProviderUnavailable):
+        await pending
+    await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
+
+
+async def test_a_silent_process_is_killed_by_the_heartbeat_check(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    proc, sinks = process
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGSTOP)  # alive, but silent
+    proc.last_seen -= 100
+    proc.check(heartbeat_timeout=15)
+    await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the replacement process")
+    assert proc.last_error is None and proc.restarts == 1
