@@ -19,6 +19,7 @@ import aiosqlite
 
 from backend.errors import StorageError
 from backend.model.bars import Bar, SeriesId
+from backend.tasks import Tasks, cancel_owned, start_owned
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class BarStore:
         self._db = db
         self._ids: dict[SeriesId, int] = {}
         self._pending: dict[SeriesId, _Pending] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: Tasks = set()
         self._lock = asyncio.Lock()
         self._closed = False
         self.flushes = 0
@@ -70,7 +71,7 @@ class BarStore:
         except (aiosqlite.Error, OSError) as exc:
             raise StorageError(f"cannot open the bar store {path}: {exc}") from exc
         store = cls(db)
-        store._flusher = asyncio.get_running_loop().create_task(store._flush_loop())
+        start_owned(store._tasks, store._flush_loop(), "bar-store-flush", store._flusher_died)
         return store
 
     async def close(self) -> None:
@@ -78,10 +79,7 @@ class BarStore:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await cancel_owned(self._tasks)
         await self.flush()
         await self._db.close()
 
@@ -137,6 +135,11 @@ class BarStore:
             new.bars = {**old.bars, **new.bars}
             if new.coverage is None:
                 new.coverage, new.exhausted_before = old.coverage, old.exhausted_before
+
+    def _flusher_died(self, error: BaseException) -> None:
+        # Bars stay queued (and readable) while nothing writes them: start writing again.
+        if not self._closed:
+            start_owned(self._tasks, self._flush_loop(), "bar-store-flush", self._flusher_died)
 
     async def _flush_loop(self) -> None:
         while True:

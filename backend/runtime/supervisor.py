@@ -38,6 +38,7 @@ from backend.runtime.messages import (
     decode_batch,
 )
 from backend.runtime.runner import run_provider
+from backend.tasks import Tasks, cancel_owned, start_owned
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -347,17 +348,22 @@ class Supervisor:
             key: ProviderProcess(key, registry[key], settings, on_events, on_ready)
             for key in settings.PROVIDERS
         }
-        self._watchdog: asyncio.Task[None] | None = None
+        self._tasks: Tasks = set()
+        self._stopping = False
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        self._start_watchdog()
+
+    def _start_watchdog(self, error: BaseException | None = None) -> None:
+        # A watchdog that died (logged by start_owned) is started again: without it no
+        # provider would be pinged, killed when silent, or restarted.
+        if not self._stopping:
+            start_owned(self._tasks, self._watch(), "provider-watchdog", self._start_watchdog)
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        self._stopping = True
+        await cancel_owned(self._tasks)
         await asyncio.gather(*(p.stop() for p in self.providers.values()))
 
     def get(self, key: str) -> ProviderProcess | None:
