@@ -7,7 +7,9 @@
   ``***`` in the message, its arguments and its traceback, at every level;
 - :class:`RateLimitTracebacks` lets a traceback from one place through at most once per
   interval and counts the repeats it held back, so a client that triggers a bug in a loop
-  cannot flood the log.
+  cannot flood the log;
+- :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
+  logs a traceback for invalid UTF-8 in a text frame) into one INFO line.
 
 It also keeps third-party loggers that dump whole frames or requests (``websockets`` logs
 every frame it sends at DEBUG, the Polygon auth frame among them) at INFO or above.
@@ -32,6 +34,8 @@ SECRET_ENV_SUFFIXES = ("_KEY", "_KEYS", "_SECRET", "_TOKEN", "_PASSWORD")
 # Loggers that log frame or request payloads at DEBUG.
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
+# Records of libraries that log a client's fault with a traceback: (logger, message).
+CLIENT_FAULTS = frozenset({("uvicorn.error", "Invalid UTF-8 sequence received from client.")})
 
 
 def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()) -> None:
@@ -40,6 +44,7 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s [{process_name}] %(name)s: %(message)s")
     )
+    handler.addFilter(ClientFaults())
     handler.addFilter(RateLimitTracebacks())
     handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
     root = logging.getLogger()
@@ -137,4 +142,14 @@ class RateLimitTracebacks(logging.Filter):
         if held:
             note = f" ({held} more like this in the last {now - last:.0f} s were not logged)"
             record.msg = str(record.msg) + note.replace("%", "%%")
+        return True
+
+
+class ClientFaults(logging.Filter):
+    """A library's record of a client's fault (``CLIENT_FAULTS``): INFO, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name, record.msg) in CLIENT_FAULTS:
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
         return True
