@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend import logs
 from backend.api import openbb
+from backend.errors import ProtocolError
 from backend.wire import protocol
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 
@@ -127,7 +128,7 @@ def test_nesting_up_to_the_limit_and_brackets_inside_strings_are_fine() -> None:
 
 @pytest.mark.parametrize("text", [b"\xff\xfe", "NaN", "[Infinity]", "[1e400]", '"\\ud800"', ""])
 def test_what_is_not_strict_json_is_bad_json(text: str | bytes) -> None:
-    with pytest.raises(protocol.ProtocolError) as caught:
+    with pytest.raises(ProtocolError) as caught:
         protocol.load_frame(text)
     assert caught.value.code == "bad_json"
 
@@ -191,7 +192,7 @@ def test_repeated_tracebacks_from_one_place_are_logged_once_per_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
     limiter = logs.RateLimitTracebacks(interval=60)
     assert len(records(limiter, 500)) == 1
     assert len(records(limiter, 1, line=2)) == 1  # another place is not held back

@@ -103,7 +103,7 @@ async def http(hub: FakeHub) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def history(**params: object) -> dict[str, object]:
+def history(**params: str | int) -> dict[str, str | int]:
     return {"source": "csv", "name": "BTCUSD", "interval": "1h", **params}
 
 
@@ -157,7 +157,7 @@ async def test_a_symbol_with_no_interval_list_offers_every_interval(
 async def test_a_history_request_that_cannot_be_served_gets_a_json_error(
     http: httpx.AsyncClient,
     hub: FakeHub,
-    params: dict[str, object],
+    params: dict[str, str | int],
     status: int,
     code: str,
     says: str,

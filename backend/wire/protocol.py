@@ -29,7 +29,7 @@ DEFAULT_COUNT = 300
 MAX_DEPTH = 32
 # Most bytes of a request echoed in an ``error`` reply, and characters of its message.
 ECHO_LIMIT = 1024
-MESSAGE_LIMIT = 1000
+MESSAGE_LIMIT = 400
 MAX_ID_CHARS = 256
 
 
@@ -119,8 +119,9 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
         item, depth = stack.pop()
         if depth > limit:
             return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        for child in item.values() if type(item) is dict else item:
+            if type(child) is dict or type(child) is list:  # orjson makes exact types
+                stack.append((child, depth + 1))
     return False
 
 
