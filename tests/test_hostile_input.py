@@ -150,7 +150,14 @@ def test_a_small_request_is_echoed_unchanged() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [["x" * 5000] * 3, "y" * 5000, {f"k{i}": "v" * 200 for i in range(50)}, 10**30]
+    "raw",
+    [
+        ["x" * 5000] * 3,
+        "y" * 5000,
+        {f"k{i}": "v" * 200 for i in range(50)},
+        {"big": 10**30, "x": "y" * 5000},
+        10**30,
+    ],
 )
 def test_every_shape_of_large_request_is_shortened(raw: Any) -> None:
     assert len(protocol.error_message("bad_request", "m" * 5000, raw)) <= REPLY_LIMIT

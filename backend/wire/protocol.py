@@ -403,4 +403,10 @@ def _short_value(value: Any) -> Any:
         return "{\u2026}"
     if isinstance(value, list):
         return "[\u2026]"
-    return value
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and -(1 << 63) <= value < 1 << 64)
+    ):
+        return value
+    return clip(repr(value), _SHORT_STRING)  # what orjson cannot encode (a huge int, ...)
