@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"populate: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.LOG_LEVEL, "populate")
+    logs.configure(settings.LOG_LEVEL, "populate", logs.secrets_of(settings))
     if not _database_folder(settings):
         return 1
     try:

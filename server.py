@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.LOG_LEVEL)
+    logs.configure(settings.LOG_LEVEL, secrets=logs.secrets_of(settings))
     try:
         sock = bind(settings.HOST, settings.PORT)
     except OSError as exc:

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import WebSocketRoute
 
 from backend import __version__
-from backend.api.openbb import add_cors
+from backend.api.cors import add_cors
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
 from backend.api.udf import router as udf_router

@@ -1,17 +1,155 @@
-"""Logging setup, once per process (the hub and every provider process)."""
+"""Logging setup, once per process (the hub, every provider process, ``populate.py``).
+
+:func:`configure` installs one stderr handler on the root logger with two filters:
+
+- :class:`RedactSecrets` replaces every configured secret value (the settings' ``SecretStr``
+  fields, and environment variables named like keys, secrets, tokens and passwords) with
+  ``***`` in the message, its arguments and its traceback, at every level;
+- :class:`RateLimitTracebacks` lets a traceback from one place through at most once per
+  interval and counts the repeats it held back, so a client that triggers a bug in a loop
+  cannot flood the log;
+- :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
+  logs a traceback for invalid UTF-8 in a text frame) into one INFO line.
+
+It also keeps third-party loggers that dump whole frames or requests (``websockets`` logs
+every frame it sends at DEBUG, the Polygon auth frame among them) at INFO or above.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import SecretStr
+
+MASK = "***"
+# Secrets shorter than this are not redacted: replacing every "1" or "ab" would garble logs.
+MIN_SECRET_CHARS = 4
+# Environment variables whose values are secrets, by the end of their name.
+SECRET_ENV_SUFFIXES = ("_KEY", "_KEYS", "_SECRET", "_TOKEN", "_PASSWORD")
+# Loggers that log frame or request payloads at DEBUG.
+NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
+TRACEBACK_INTERVAL = 60.0
+# Records of libraries that log a client's fault with a traceback: (logger, message).
+CLIENT_FAULTS = frozenset({("uvicorn.error", "Invalid UTF-8 sequence received from client.")})
 
 
-def configure(level: str, process_name: str = "hub") -> None:
-    """Log to stderr with time, level, process and logger name."""
+def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()) -> None:
+    """Log to stderr with time, level, process and logger name; redact ``secrets``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s [{process_name}] %(name)s: %(message)s")
     )
+    handler.addFilter(ClientFaults())
+    handler.addFilter(RateLimitTracebacks())
+    handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet = max(logging.INFO, root.level)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
+
+
+def secrets_of(settings: Any) -> list[str]:
+    """The values of every ``SecretStr`` field of a settings object (comma lists split)."""
+    values: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr):
+            values.extend(_parts(value.get_secret_value()))
+    return values
+
+
+def environment_secrets() -> list[str]:
+    """Values of environment variables named like secrets (``*_KEY``, ``*_TOKEN``, ...)."""
+    values: list[str] = []
+    for name, value in os.environ.items():
+        if name.upper().endswith(SECRET_ENV_SUFFIXES):
+            values.extend(_parts(value))
+    return values
+
+
+def _parts(value: str) -> list[str]:
+    parts = [value.strip(), *(part.strip() for part in value.split(","))]
+    return [part for part in parts if len(part) >= MIN_SECRET_CHARS]
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces secret values in a record's message, arguments, traceback and stack."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted(
+            {s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True
+        )
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # bad %-arguments: the handler reports those itself
+            record.msg = self.redact(str(record.msg))
+        else:
+            redacted = self.redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+class RateLimitTracebacks(logging.Filter):
+    """At most one record with a traceback per place (logger, file, line, message template,
+    exception type) per ``interval`` seconds; the next one that passes says how many were
+    held back. Records without a traceback always pass."""
+
+    def __init__(self, interval: float = TRACEBACK_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._places: dict[tuple[Any, ...], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        exc_type = record.exc_info[0]
+        place = (record.name, record.pathname, record.lineno, str(record.msg), exc_type)
+        now = time.monotonic()
+        last, held = self._places.get(place, (-self.interval, 0))
+        if now - last < self.interval:
+            self._places[place] = (last, held + 1)
+            return False
+        if len(self._places) > 1000:
+            self._places.clear()
+        self._places[place] = (now, 0)
+        if held:
+            note = f" ({held} more like this in the last {now - last:.0f} s were not logged)"
+            record.msg = str(record.msg) + note.replace("%", "%%")
+        return True
+
+
+class ClientFaults(logging.Filter):
+    """A library's record of a client's fault (``CLIENT_FAULTS``): INFO, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.name, record.msg) in CLIENT_FAULTS:
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backend.api import openbb
+from backend.api import cors, openbb
 from backend.hub.listeners import Listeners
 from backend.model.bars import Bar, SeriesId
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
@@ -152,12 +152,12 @@ def test_defaults_skip_providers_that_are_not_enabled() -> None:
 
 
 def test_origins_come_from_a_comma_list_or_a_sequence() -> None:
-    assert openbb.origins_of("https://a.example, http://b:1/ ,") == (
+    assert cors.origins_of("https://a.example, http://b:1/ ,") == (
         "https://a.example",
         "http://b:1",
     )
-    assert openbb.origins_of(("https://a.example",)) == ("https://a.example",)
-    assert openbb.origins_of(None) == ()
+    assert cors.origins_of(("https://a.example",)) == ("https://a.example",)
+    assert cors.origins_of(None) == ()
 
 
 # ---------------------------------------------------------------- the listener registry

@@ -1,4 +1,4 @@
-"""OpenBB Workspace custom backend: ``widgets.json``, ``apps.json``, widget endpoints, CORS.
+"""OpenBB Workspace custom backend: ``widgets.json``, ``apps.json`` and the widget endpoints.
 
 Workspace is pointed at the server's base URL (DESIGN 5.2, protocols.md section 2). It reads
 ``/widgets.json`` (an object keyed by widget id) and ``/apps.json`` (an array of app
@@ -26,34 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from backend.api.udf import PREFIX as UDF_PREFIX
 from backend.api.udf import full_name, int_param, json_response, resolve_symbol
-from backend.errors import CandlewireError
+from backend.errors import CandlewireError, ProtocolError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
+from backend.wire import protocol, requests
 from backend.ws.endpoint import receive_frame
 
 if TYPE_CHECKING:
     from backend.hub.hub import Client, Hub
-    from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["openbb"])
-
-UDF_PREFIX = "/udf"
 
 LIVE_GRID = "candlewire_live_grid"
 BARS_TABLE = "candlewire_bars"
@@ -72,81 +68,9 @@ MAX_OPTIONS = 1000  # the symbol index caps a search at 1000 rows
 MAX_SYMBOL_CHARS = 200
 CHART_UPDATE_MS = 5000
 CLOSE_TIMEOUT = 2.0
+CLOSE_MESSAGE_TOO_BIG = 1009
 # Fields of a row that never change over the socket.
 STATIC_FIELDS = frozenset({"symbol", "name", "error"})
-
-
-# ---------------------------------------------------------------- CORS
-
-
-def origins_of(value: object) -> tuple[str, ...]:
-    """An origin list from a setting: a comma-separated string or a sequence of strings."""
-    if isinstance(value, str):
-        items: Iterable[object] = value.split(",")
-    elif isinstance(value, Iterable):
-        items = value
-    else:
-        return ()
-    return tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
-
-
-class ScopedCORS:
-    """CORS for Workspace everywhere, plus open CORS for the UDF datafeed.
-
-    Every path allows the Workspace origins (``CORS_ORIGINS``) with credentials, any method
-    and any header, and answers preflights, also Chrome's private-network ones. Under
-    ``/udf``, a request from another origin is answered by a second policy,
-    ``UDF_CORS_ORIGINS`` (default ``*``) without credentials, since a Charting Library page
-    may be served from anywhere and its adapter sends no credentials cross-origin.
-    """
-
-    def __init__(
-        self, app: ASGIApp, origins: Collection[str], udf_origins: Collection[str]
-    ) -> None:
-        self.origins = frozenset(origins)
-        self.workspace = CORSMiddleware(
-            app,
-            allow_origins=list(origins),
-            allow_methods=["*"],
-            allow_headers=["*"],
-            allow_credentials=True,
-            allow_private_network=True,
-        )
-        self.udf = CORSMiddleware(
-            app,
-            allow_origins=list(udf_origins),
-            allow_methods=["GET", "HEAD", "OPTIONS"],
-            allow_headers=["*"],
-            allow_credentials=False,
-            allow_private_network=True,
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_udf(scope.get("path", "")):
-            origin = _header(scope, b"origin")
-            if origin is not None and origin not in self.origins and "*" not in self.origins:
-                await self.udf(scope, receive, send)
-                return
-        await self.workspace(scope, receive, send)
-
-
-def add_cors(app: FastAPI, settings: Settings) -> None:
-    """Install :class:`ScopedCORS` on ``app`` (call before the app starts)."""
-    origins = origins_of(settings.CORS_ORIGINS)
-    udf_origins = origins_of(settings.UDF_CORS_ORIGINS)
-    app.add_middleware(ScopedCORS, origins=origins, udf_origins=udf_origins)
-
-
-def _is_udf(path: str) -> bool:
-    return path == UDF_PREFIX or path.startswith(UDF_PREFIX + "/")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
 
 
 # ---------------------------------------------------------------- widgets.json, apps.json
@@ -348,10 +272,12 @@ def parse_params_message(text: str | bytes, limit: int | None = None) -> list[st
 
     Both shapes are accepted: ``{"params": {...}}`` and ``{"type": "params", "params":
     {...}}``. A params message without symbols yields ``[]`` (the set becomes empty).
+    Frames are decoded as on ``/websocket/`` (:func:`backend.wire.protocol.load_frame`), so
+    invalid UTF-8 or deep nesting is just not a params message.
     """
     try:
-        message = json.loads(text)
-    except ValueError:
+        message = protocol.load_frame(text)
+    except ProtocolError:
         return None
     if not isinstance(message, dict):
         return None
@@ -518,24 +444,18 @@ async def bars_table(request: Request, symbol: str = "", interval: str = "1h") -
     if problem is not None:
         return _error(400, "invalid_field", problem)
     count = DEFAULT_BARS if count is None else count
-    if not 1 <= count <= hub.settings.MAX_COUNT:
-        return _error(
-            400, "count_out_of_range", f"count {count} out of range 1..{hub.settings.MAX_COUNT}"
-        )
-    if not intervals.is_interval(interval):
-        known = ", ".join(intervals.INTERVALS)
-        return _error(400, "unknown_interval", f"unknown interval {interval!r}; known: {known}")
     details = await resolve_symbol(hub, symbol)
     if details is None:
-        return _error(404, "unknown_symbol", f"unknown symbol {symbol!r}")
-    if interval not in (details.get("intervals") or intervals.INTERVALS):
-        return _error(
-            400, "unknown_interval", f"{full_name(details)} does not offer interval {interval}"
-        )
-    source = str(details["source"])
-    if hub.supervisor.get(source) is None:
-        return _error(503, "provider_unavailable", f"provider {source!r} is not enabled")
-    key = SeriesId(source, str(details["name"]), interval)
+        return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")
+    key = SeriesId(str(details["source"]), str(details["name"]), interval)
+    limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT)
+    try:
+        await requests.validate_series(key, count, limits, requests.known(details))
+    except ProtocolError as exc:
+        # The row exists but its provider is not running here: unavailable, not unknown.
+        status = 503 if exc.code == "unknown_source" else requests.HTTP_STATUS[exc.code]
+        code = "provider_unavailable" if status == 503 else exc.code
+        return _error(status, code, exc.message)
     answer = await hub.planner.latest(key, count, hub.subs.has(key))
     if answer.error is not None and not answer.bars:
         code = getattr(answer.error, "code", "provider_error")
@@ -606,18 +526,29 @@ class LiveGridSession:
 
     async def read_loop(self) -> None:
         limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
+        max_bytes = self.hub.settings.MAX_FRAME_BYTES
         while not self.closing:
             text = await receive_frame(self.websocket)
             if text is None:
+                return
+            if len(text) > max_bytes:
+                await self.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                 return
             wanted = parse_params_message(text, limit)
             if wanted is None:
                 logger.debug("live grid: ignored a message that is not params: %.200r", text)
                 continue
-            try:
-                await self.apply(wanted)
-            except CandlewireError:  # e.g. the symbol database failed: keep the socket
-                logger.exception("live grid: could not apply the symbols %s", wanted)
+            await self.apply_logged(wanted)
+
+    async def apply_logged(self, wanted: list[str]) -> None:
+        """:meth:`apply`; a failure costs this message, never the socket."""
+        try:
+            await self.apply(wanted)
+        except CandlewireError:  # e.g. the symbol database failed
+            logger.exception("live grid: could not apply %d symbols", len(wanted))
+        except Exception:  # a bug: logged (rate-limited by backend.logs) and counted
+            logger.exception("live grid: applying %d symbols failed", len(wanted))
+            self.hub.metrics.inc("candlewire_internal_errors_total")
 
     async def apply(self, wanted: list[str]) -> None:
         """Replace the symbol set: watch new keys, unwatch dropped ones, send fresh rows."""

@@ -1,6 +1,9 @@
 """HTTP endpoints: ``/health``, ``/metrics``, ``/api/symbols`` and ``/api/history``.
 
-Errors are JSON ``{"error": code, "message": text}`` with a fitting status code.
+Errors are JSON ``{"error": code, "message": text}`` with a fitting status code; query
+parameters are parsed here (not by FastAPI, whose 422 body has another shape and echoes
+the input), and a history request is validated as on ``/websocket/``
+(:func:`backend.wire.requests.validate_series`).
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ import csv
 import io
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from backend.api.udf import int_param
+from backend.errors import ProtocolError
 from backend.hub.hub import Hub
 from backend.model import intervals
 from backend.model.bars import FIELDS, LINE, SeriesId
+from backend.wire.protocol import DEFAULT_COUNT
+from backend.wire.requests import HTTP_STATUS, Limits, quote, validate_series
 
 router = APIRouter()
+
+DEFAULT_SYMBOLS = 100
+MAX_SYMBOLS = 1000
 
 
 def _hub(request: Request) -> Hub:
@@ -43,12 +53,15 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 @router.get("/api/symbols", response_model=None)
 async def symbols(
-    request: Request,
-    q: str = "",
-    source: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-) -> dict[str, Any]:
+    request: Request, q: str = "", source: str | None = None
+) -> dict[str, Any] | Response:
     """Search the symbol database (the same search as ``search_data``)."""
+    limit, problem = int_param(request, "limit")
+    if problem is not None:
+        return _error(400, "invalid_field", problem)
+    limit = DEFAULT_SYMBOLS if limit is None else limit
+    if not 1 <= limit <= MAX_SYMBOLS:
+        return _error(400, "invalid_field", f"'limit' {limit} out of range 1..{MAX_SYMBOLS}")
     results = await _hub(request).symbols.search(q, limit, source)
     return {"query": q, "results": results}
 
@@ -56,51 +69,43 @@ async def symbols(
 @router.get("/api/history", response_model=None)
 async def history(
     request: Request,
-    source: str,
-    name: str,
-    interval: str,
-    count: int = 300,
+    source: str = "",
+    name: str = "",
+    interval: str = "",
     end: str | None = None,
     format: str = "json",
 ) -> Response:
     """The last ``count`` bars up to ``end`` (default: now) as JSON, or CSV with a header."""
     hub = _hub(request)
-    if not intervals.is_interval(interval):
-        return _error(
-            400,
-            "unknown_interval",
-            f"unknown interval {interval!r}; known: " + ", ".join(intervals.INTERVALS),
-        )
-    if not 1 <= count <= hub.settings.MAX_COUNT:
-        return _error(
-            400, "count_out_of_range", f"count {count} out of range 1..{hub.settings.MAX_COUNT}"
-        )
+    if not (source and name and interval):
+        return _error(400, "missing_field", "history needs 'source', 'name' and 'interval'")
+    count, problem = int_param(request, "count")
+    if problem is not None:
+        return _error(400, "invalid_field", problem)
     if format not in ("json", "csv"):
         return _error(400, "invalid_field", "format must be 'json' or 'csv'")
     try:
         end_t = intervals.parse_date(end) if end else None
     except ValueError:
-        return _error(400, "invalid_field", f"end {end!r} is not YYYY-MM-DD HH:MM:SS")
-    if hub.supervisor.get(source) is None:
-        enabled = ", ".join(hub.supervisor.providers)
-        return _error(404, "unknown_source", f"unknown source {source!r}; enabled: {enabled}")
-    details = await hub.symbols.details(source, name)
-    if details is None:
-        return _error(404, "unknown_symbol", f"unknown symbol {source}:{name}")
+        return _error(400, "invalid_field", f"end {quote(end)} is not YYYY-MM-DD HH:MM:SS")
     key = SeriesId(source, name, interval)
+    count = DEFAULT_COUNT if count is None else count
+    limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT)
+    try:
+        details = await validate_series(key, count, limits, hub.symbols.details)
+    except ProtocolError as exc:
+        return _error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
     answer = await hub.planner.before(key, end_t, count)
     if answer.error is not None and not answer.bars:
         return _error(503, getattr(answer.error, "code", "provider_error"), str(answer.error))
-    kind = str(details.get("type", "candlestick"))
     if format == "csv":
-        return _csv_response(key, kind, answer.bars)
-    points = hub.wire_keys(key, details).datapoints(answer.bars)
+        return _csv_response(key, str(details.get("type", "candlestick")), answer.bars)
     body: dict[str, Any] = {
         "source": source,
         "name": name,
         "interval": interval,
         "metadata": details,
-        "data": points,
+        "data": hub.wire_keys(key, details).datapoints(answer.bars),
     }
     if answer.error is not None:
         body["error"] = {

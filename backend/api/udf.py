@@ -11,7 +11,8 @@ every answer is a JSON body (``{"s": "error", "errmsg": ...}`` for errors, with 
   move; daily and longer bars are stamped at 00:00 UTC of their trading day.
 - ``no_data`` carries ``nextTime`` (milliseconds) only when older data exists.
 
-:func:`resolve_symbol` is shared with the OpenBB endpoints.
+:func:`resolve_symbol` is shared with the OpenBB endpoints; a resolved symbol is checked as on
+``/websocket/`` (:func:`backend.wire.requests.validate_series`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import LINE, Bar, SeriesId
+from backend.wire.requests import Limits, known, quote, validate_series
 
 if TYPE_CHECKING:
     from backend.hub.hub import Hub
 
-router = APIRouter(prefix="/udf", tags=["udf"])
+PREFIX = "/udf"
+router = APIRouter(prefix=PREFIX, tags=["udf"])
 
 # UDF resolution -> our interval. The short D/W/M spellings are those of older configs.
 RESOLUTIONS: dict[str, str] = {
@@ -304,7 +308,7 @@ def int_param(request: Request, name: str) -> tuple[int | None, str | None]:
     try:
         number = float(raw)
     except ValueError:
-        return None, f"{name!r} must be a number, not {raw!r}"
+        return None, f"{name!r} must be a number, not {quote(raw)}"
     if not math.isfinite(number):
         return None, f"{name!r} must be a finite number"
     return int(number), None
@@ -338,7 +342,7 @@ async def symbols(request: Request, symbol: str = "") -> Response:
     hub = _hub(request)
     details = await resolve_symbol(hub, symbol)
     if details is None:
-        return json_response(error(f"unknown symbol {symbol!r}"))
+        return json_response(error(f"unknown symbol {quote(symbol)}"))
     return json_response(symbol_info(details, await latest_close(hub, details)))
 
 
@@ -380,18 +384,16 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     start, to, countback = (params[name][0] for name in ("from", "to", "countback"))
     interval = to_interval(resolution)
     if interval is None:
-        return json_response(error(f"unsupported resolution {resolution!r}"))
+        return json_response(error(f"unsupported resolution {quote(resolution)}"))
     details = await resolve_symbol(hub, symbol)
     if details is None:
-        return json_response(error(f"unknown symbol {symbol!r}"))
-    if interval not in (details.get("intervals") or intervals.INTERVALS):
-        return json_response(
-            error(f"resolution {resolution!r} is not offered for {full_name(details)}")
-        )
-    source = str(details["source"])
-    if hub.supervisor.get(source) is None:
-        return json_response(error(f"provider {source!r} is not enabled"))
-    key = SeriesId(source, str(details["name"]), interval)
+        return json_response(error(f"unknown symbol {quote(symbol)}"))
+    key = SeriesId(str(details["source"]), str(details["name"]), interval)
+    limits = Limits(_enabled(hub), hub.settings.MAX_COUNT)
+    try:
+        await validate_series(key, None, limits, known(details))
+    except ProtocolError as exc:
+        return json_response(error(exc.message))
     end = int(time.time()) + 1 if to is None else to
     limit = hub.settings.MAX_COUNT
     since: int | None = None

@@ -78,7 +78,7 @@ def run_provider(
     clock_origin_wall: float,
 ) -> None:
     """Entry point of a provider process (target of ``multiprocessing.Process``)."""
-    logs.configure(settings.LOG_LEVEL, process_name=f"provider:{key}")
+    logs.configure(settings.LOG_LEVEL, f"provider:{key}", logs.secrets_of(settings))
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
     sys.setswitchinterval(_SWITCH_INTERVAL)

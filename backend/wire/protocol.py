@@ -4,21 +4,33 @@ Client frames are parsed once, here, into typed requests; anything malformed bec
 :class:`BadRequest` that the endpoint answers with an ``error`` message (and, where the
 request names a series, the empty ``data_init``/``data_history`` the protocol requires).
 Server messages are encoded with orjson, which writes NaN and infinities as ``null``.
+
+Hostile input is bounded here: :func:`load_frame` (shared by every socket endpoint) turns
+invalid JSON and nesting deeper than :data:`MAX_DEPTH` into a :class:`ProtocolError`, and an
+``error`` reply never echoes more than about :data:`ECHO_LIMIT` bytes of the request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.wire.frames import text_frame
+from backend.wire.requests import check_count, check_interval, clip, quote
 
 DEFAULT_COUNT = 300
+# Deepest JSON nesting accepted in a frame (the frame's array counts as one level).
+MAX_DEPTH = 32
+# Most bytes of a request echoed in an ``error`` reply, and characters of its message.
+ECHO_LIMIT = 1024
+MESSAGE_LIMIT = 400
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +93,55 @@ Request = (
 )
 
 
-class _Invalid(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+def load_frame(text: str | bytes) -> Any:
+    """The JSON value of one client frame, for every socket endpoint.
+
+    Raises :class:`ProtocolError`: ``bad_json`` for anything that is not JSON (invalid
+    UTF-8, NaN, infinities included), ``bad_request`` for nesting deeper than ``MAX_DEPTH``.
+    """
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit (1024 levels)
+            raise _too_deep() from None
+        raise ProtocolError(
+            "bad_json", f"frame is not valid JSON: {clip(str(exc), MESSAGE_LIMIT // 2)}"
+        ) from None
+    if _bracket_count(text) > MAX_DEPTH and nesting_exceeds(payload, MAX_DEPTH):
+        raise _too_deep()
+    return payload
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if type(item) is dict else item:
+            if type(child) is dict or type(child) is list:  # orjson makes exact types
+                stack.append((child, depth + 1))
+    return False
+
+
+def _bracket_count(text: str | bytes) -> int:
+    """An upper bound of the nesting depth, cheap to compute: most frames stop here."""
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{")
+    return text.count("[") + text.count("{")
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError("bad_request", f"JSON nested deeper than {MAX_DEPTH} levels")
 
 
 def parse_frame(text: str | bytes, max_requests: int, max_count: int) -> list[Request]:
     """Parse one client frame: a JSON array of requests (a bare object is accepted)."""
     try:
-        payload = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        return [BadRequest("bad_json", f"frame is not valid JSON: {exc}", None)]
+        payload = load_frame(text)
+    except ProtocolError as exc:
+        return [BadRequest(exc.code, exc.message, None)]
     if isinstance(payload, dict):
         payload = [payload]
     if not isinstance(payload, list):
@@ -125,7 +173,7 @@ def parse_request(item: Any, max_count: int) -> Request:
             return BadRequest("missing_field", "request has no 'type'", item)
         return BadRequest(
             "unknown_type",
-            f"unknown request type {kind!r}; known: " + ", ".join(sorted(_PARSERS)),
+            f"unknown request type {quote(kind)}; known: " + ", ".join(sorted(_PARSERS)),
             item,
         )
     return parser(item, max_count)
@@ -134,7 +182,7 @@ def parse_request(item: Any, max_count: int) -> Request:
 def _parse_data(item: dict[str, Any], max_count: int) -> Request:
     try:
         series = _series(item)
-    except _Invalid as exc:
+    except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item)
     try:
         count = _count(item, max_count)
@@ -142,9 +190,9 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
         if stream is None:
             stream = True
         if not isinstance(stream, bool):
-            raise _Invalid("invalid_field", "'stream' must be true or false")
-        _check_interval(series)
-    except _Invalid as exc:
+            raise ProtocolError("invalid_field", "'stream' must be true or false")
+        check_interval(series)
+    except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, series, "data_init")
     return DataRequest(series, count, stream, item)
 
@@ -152,21 +200,23 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
 def _parse_history(item: dict[str, Any], max_count: int) -> Request:
     try:
         series = _series(item)
-    except _Invalid as exc:
+    except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item)
     try:
         count = _count(item, max_count)
-        _check_interval(series)
+        check_interval(series)
         end = item.get("end")
         if end is None or end == "":
-            raise _Invalid("missing_field", "data_history needs 'end' (YYYY-MM-DD HH:MM:SS)")
+            raise ProtocolError("missing_field", "data_history needs 'end' (YYYY-MM-DD HH:MM:SS)")
         if not isinstance(end, str):
-            raise _Invalid("invalid_field", "'end' must be a date string YYYY-MM-DD HH:MM:SS")
+            raise ProtocolError("invalid_field", "'end' must be a date string YYYY-MM-DD HH:MM:SS")
         try:
             end_t = intervals.parse_date(end)
         except ValueError:
-            raise _Invalid("invalid_field", f"'end' {end!r} is not YYYY-MM-DD HH:MM:SS") from None
-    except _Invalid as exc:
+            raise ProtocolError(
+                "invalid_field", f"'end' {quote(end)} is not YYYY-MM-DD HH:MM:SS"
+            ) from None
+    except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, series, "data_history")
     return HistoryRequest(series, end_t, count, item)
 
@@ -183,7 +233,7 @@ def _parse_search(item: dict[str, Any], max_count: int) -> Request:
 def _parse_unsubscribe(item: dict[str, Any], max_count: int) -> Request:
     try:
         return UnsubscribeRequest(_series(item), item)
-    except _Invalid as exc:
+    except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item)
 
 
@@ -192,6 +242,15 @@ def _parse_search_indicators(item: dict[str, Any], max_count: int) -> Request:
 
 
 def _parse_ping(item: dict[str, Any], max_count: int) -> Request:
+    ping_id = item.get("id")
+    if isinstance(ping_id, dict | list) or (
+        isinstance(ping_id, str) and len(ping_id) > MAX_ID_CHARS
+    ):
+        return BadRequest(
+            "invalid_field",
+            f"'id' must be a number or a string of at most {MAX_ID_CHARS} chars",
+            item,
+        )
     return PingRequest(item)
 
 
@@ -210,20 +269,11 @@ def _series(item: dict[str, Any]) -> SeriesId:
     for field in ("source", "name", "interval"):
         value = item.get(field)
         if value is None:
-            raise _Invalid("missing_field", f"request needs {field!r}")
+            raise ProtocolError("missing_field", f"request needs {field!r}")
         if not isinstance(value, str) or not value or len(value) > 200:
-            raise _Invalid("invalid_field", f"{field!r} must be a non-empty string")
+            raise ProtocolError("invalid_field", f"{field!r} must be a non-empty string")
         values.append(value)
     return SeriesId(*values)
-
-
-def _check_interval(series: SeriesId) -> None:
-    if not intervals.is_interval(series.interval):
-        raise _Invalid(
-            "unknown_interval",
-            f"unknown interval {series.interval!r} for {series.source}:{series.name}; "
-            f"known: {', '.join(intervals.INTERVALS)}",
-        )
 
 
 def _count(item: dict[str, Any], max_count: int) -> int:
@@ -233,9 +283,8 @@ def _count(item: dict[str, Any], max_count: int) -> int:
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool):
-        raise _Invalid("invalid_field", "'count' must be an integer")
-    if not 1 <= count <= max_count:
-        raise _Invalid("count_out_of_range", f"'count' {count} out of range 1..{max_count}")
+        raise ProtocolError("invalid_field", "'count' must be an integer")
+    check_count(count, max_count)
     return count
 
 
@@ -299,4 +348,65 @@ class UpdateEncoder:
 
 
 def error_message(code: str, message: str, request: Any = None) -> bytes:
-    return encode({"type": "error", "code": code, "message": message, "request": request})
+    """An ``error`` reply; the message and the echoed request are shortened when long."""
+    return encode(
+        {
+            "type": "error",
+            "code": code,
+            "message": clip(message, MESSAGE_LIMIT),
+            "request": echo(request),
+        }
+    )
+
+
+# ---------------------------------------------------------------- bounding echoes
+
+_SHORT_STRING = 96
+_SHORT_KEY = 32
+
+
+def echo(request: Any) -> Any:
+    """``request`` as echoed in an ``error`` reply: itself when it encodes in at most
+    ``ECHO_LIMIT`` bytes, else its first scalar fields, shortened, within that budget."""
+    try:
+        if len(orjson.dumps(request)) <= ECHO_LIMIT:
+            return request
+    except orjson.JSONEncodeError:
+        pass  # nested too deep to encode: shortened below, which never recurses
+    if isinstance(request, dict):
+        return _shorten_fields(request.items())
+    if isinstance(request, list):
+        return f"<array of {len(request)} items>"
+    if isinstance(request, str):
+        return clip(request, _SHORT_STRING)
+    return None
+
+
+def _shorten_fields(items: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    shortened: dict[str, Any] = {}
+    budget = ECHO_LIMIT - 2
+    for key, value in items:
+        name = clip(str(key), _SHORT_KEY)
+        short = _short_value(value)
+        cost = len(orjson.dumps(name)) + len(orjson.dumps(short)) + 2
+        if cost > budget:
+            break
+        shortened[name] = short
+        budget -= cost
+    return shortened
+
+
+def _short_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clip(value, _SHORT_STRING)
+    if isinstance(value, dict):
+        return "{\u2026}"
+    if isinstance(value, list):
+        return "[\u2026]"
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and -(1 << 63) <= value < 1 << 64)
+    ):
+        return value
+    return clip(repr(value), _SHORT_STRING)  # what orjson cannot encode (a huge int, ...)

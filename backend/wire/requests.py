@@ -1,0 +1,117 @@
+"""Validation of a series request, the same for ``/websocket/``, REST, UDF and OpenBB.
+
+A request for bars names a series (source, symbol, interval) and usually a count. It can be
+served when the interval is one we know, the count is in range, the source is an enabled
+provider, the symbol is in the symbol database, and that symbol offers the interval.
+:func:`validate_series` checks exactly that, in that order, and either returns the
+symbol's dataset row or raises :class:`ProtocolError` with the wire code and a message that
+names the value (:func:`quote` keeps a hostile value short). Each caller maps the code to
+its own reply (an ``error`` message, an HTTP status, a UDF ``s: error``).
+
+The symbol lookup is passed in, so the hub can use its cache and the HTTP endpoints that
+resolve bare names first can hand over the row they found (:func:`known`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import ProtocolError
+from backend.model import intervals
+from backend.model.bars import SeriesId
+
+Details = dict[str, Any]
+Lookup = Callable[[str, str], Awaitable[Details | None]]
+
+# Characters of a client value quoted in a message.
+QUOTE_LIMIT = 64
+# HTTP status of each validation code (REST and OpenBB answers).
+HTTP_STATUS = {
+    "unknown_source": 404,
+    "unknown_symbol": 404,
+    "unknown_interval": 400,
+    "count_out_of_range": 400,
+    "invalid_field": 400,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a request is checked against: the enabled providers and the largest count."""
+
+    enabled: Collection[str]
+    max_count: int
+
+
+async def validate_series(
+    series: SeriesId, count: int | None, limits: Limits, lookup: Lookup
+) -> Details:
+    """The dataset row of ``series``; ``ProtocolError`` when it cannot be served.
+
+    ``count`` None skips the count check (a caller that clamps instead of refusing).
+    """
+    check_interval(series)
+    if count is not None:
+        check_count(count, limits.max_count)
+    if series.source not in limits.enabled:
+        enabled = ", ".join(limits.enabled)
+        raise ProtocolError(
+            "unknown_source", f"unknown source {quote(series.source)}; enabled: {enabled}"
+        )
+    details = await lookup(series.source, series.name)
+    if details is None:
+        raise ProtocolError("unknown_symbol", f"unknown symbol {_where(series)}")
+    offered = details.get("intervals") or intervals.INTERVALS
+    if series.interval not in offered:
+        raise ProtocolError(
+            "unknown_interval",
+            f"unknown interval {quote(series.interval)} for {_where(series)}; "
+            f"known: {', '.join(offered)}",
+        )
+    return details
+
+
+def check_interval(series: SeriesId) -> None:
+    """``unknown_interval`` unless the interval is one of ``intervals.INTERVALS``."""
+    if not intervals.is_interval(series.interval):
+        raise ProtocolError(
+            "unknown_interval",
+            f"unknown interval {quote(series.interval)} for {_where(series)}; "
+            f"known: {', '.join(intervals.INTERVALS)}",
+        )
+
+
+def check_count(count: int, max_count: int) -> None:
+    if not 1 <= count <= max_count:
+        raise ProtocolError(
+            "count_out_of_range", f"'count' {quote(count)} out of range 1..{max_count}"
+        )
+
+
+def known(details: Details) -> Lookup:
+    """A lookup that answers with a row the caller already resolved (and None otherwise)."""
+
+    async def lookup(source: str, name: str) -> Details | None:
+        if details.get("source") == source and details.get("name") == name:
+            return details
+        return None
+
+    return lookup
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def quote(value: Any) -> str:
+    """A client value for a message: its ``repr``, at most about ``QUOTE_LIMIT`` characters."""
+    if isinstance(value, str):
+        return repr(clip(value, QUOTE_LIMIT))
+    return clip(repr(value), QUOTE_LIMIT)
+
+
+def _where(series: SeriesId) -> str:
+    return clip(f"{series.source}:{series.name}", 2 * QUOTE_LIMIT)
