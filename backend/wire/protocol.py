@@ -298,5 +298,10 @@ class UpdateEncoder:
         return text_frame(self._prefix + orjson.dumps(self._wire.raw_datapoint(bar)) + b"}")
 
 
+def search_done(search: str, results: list[dict[str, Any]]) -> bytes:
+    """``search_data_done``: the rows found for ``search``, which it echoes."""
+    return encode({"type": "search_data_done", "search": search, "results": results})
+
+
 def error_message(code: str, message: str, request: Any = None) -> bytes:
     return encode({"type": "error", "code": code, "message": message, "request": request})
