@@ -67,8 +67,13 @@ class FakeProvider:
                 self.inner._unsubscribe(client, symbol, interval)
 
     def die(self) -> None:
-        """The process died: a new one starts with empty bookkeeping."""
+        """The process died: commands are lost until a new one is spawned."""
         self.alive = False
+
+    def spawn(self) -> None:
+        """A new process, not ready yet: empty bookkeeping; commands queue up for it (a real
+        process runs them after ``init``, before or after the hub sees ``Ready``)."""
+        self.alive = True
         self.inner = RecordingProvider()
 
     def believes(self, key: SeriesId) -> frozenset[int]:

@@ -111,7 +111,7 @@ async def test_a_provider_restart_replays_every_open_subscription() -> None:
     await send(hub, b, request("data", K1))
     provider.die()
     await send(hub, b, request("unsubscribe", K1), request("data", K2))  # while it is down
-    provider.alive = True
+    provider.spawn()
     hub.on_provider_ready(SOURCE)
     assert provider.believes(K1) == {a.id}
     assert provider.believes(K2) == {a.id, b.id}
@@ -126,7 +126,7 @@ async def test_a_key_lingering_when_the_provider_restarts_is_not_restarted() -> 
     await send(hub, client, request("data", K1))
     await send(hub, client, request("unsubscribe", K1))
     provider.die()
-    provider.alive = True
+    provider.spawn()
     hub.on_provider_ready(SOURCE)
     assert provider.streaming() == set()
     assert clock.pending() == 0
@@ -177,3 +177,16 @@ async def test_a_live_grid_watching_a_then_b_then_a_keeps_a_streaming() -> None:
     assert provider.streaming() == {K1}
     hub.on_provider_events(SOURCE, [bar_of(K1), bar_of(K2)])
     assert seen == [K1]
+
+
+async def test_commands_queued_for_a_starting_provider_do_not_outlive_the_replay() -> None:
+    clock = FakeClock()
+    hub, provider = make_hub(clock)
+    client = connect(hub)
+    provider.die()
+    provider.spawn()  # not ready yet: what the hub sends now still reaches the new process
+    await send(hub, client, request("data", K1))
+    await send(hub, client, request("unsubscribe", K1))
+    hub.on_provider_ready(SOURCE)
+    clock.advance(10)
+    assert provider.streaming() == set()

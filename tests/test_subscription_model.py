@@ -73,6 +73,7 @@ class HubAgainstModel(RuleBasedStateMachine):
         self.held: dict[int, set[SeriesId]] = {}  # the model: client id -> keys held
         self.linger_until: dict[SeriesId, float] = {}
         self.bar_time = 1_700_000_000
+        self.ready = True  # the provider process reported Ready (False: dead or starting)
 
     def teardown(self) -> None:
         for client in list(self.hub.clients.values()):
@@ -146,16 +147,22 @@ class HubAgainstModel(RuleBasedStateMachine):
             if until <= self.clock.now:
                 del self.linger_until[key]
 
-    @precondition(lambda self: self.provider.alive)
+    @precondition(lambda self: self.ready)
     @rule()
     def provider_dies(self) -> None:
         self.provider.die()
+        self.ready = False
 
     @precondition(lambda self: not self.provider.alive)
     @rule()
-    def provider_restarts(self) -> None:
-        self.provider.alive = True
+    def provider_spawns(self) -> None:
+        self.provider.spawn()
+
+    @precondition(lambda self: self.provider.alive and not self.ready)
+    @rule()
+    def provider_is_ready(self) -> None:
         self.hub.on_provider_ready(SOURCE)
+        self.ready = True
         self.linger_until.clear()  # a restarted process does not resume lingering keys
 
     @rule()
@@ -183,7 +190,7 @@ class HubAgainstModel(RuleBasedStateMachine):
 
     @invariant()
     def the_provider_streams_exactly_what_is_held_or_lingering(self) -> None:
-        if not self.provider.alive:
+        if not self.ready:
             return
         expected = {k for k in KEYS if self.holders(k)} | set(self.linger_until)
         assert self.provider.streaming() == expected

@@ -9,8 +9,9 @@ subscribed again, a resubscribe within the linger cancels the linger without any
 and two clients on one key never make the provider see zero subscribers in between.
 
 While a key lingers, the provider keeps believing in the last id that left; when the linger
-expires that id is stopped. A restarted provider process knows nothing: :meth:`replay`
-forgets the belief of its keys (and their lingers) and starts every registered id again.
+expires that id is stopped. A restarted provider process may know nothing, or only what
+was queued for it while it started: :meth:`replay` stops what nobody holds any more (the
+lingering keys included) and starts every registered id again.
 
 Owns: the belief and the timers. Not: the registry (``subscriptions``), the processes
 (``runtime.supervisor``), or the event loop (timers come from an injected ``call_later``).
@@ -84,10 +85,15 @@ class Upstream:
         return list(self._told)
 
     def replay(self, source: str) -> int:
-        """A provider process (re)started empty: start every registered id of its keys."""
+        """A provider process (re)started: what it believes is unknown (nothing, or what
+        was queued for it before it was ready). Stop every id told that no longer holds its
+        key (lingering keys too), then start every registered id of its keys."""
+        provider = self.provider(source)
         for key in [k for k in self._told if k.source == source]:
             self._cancel_linger(key)
-            del self._told[key]
+            for client in self._told.pop(key) - self.subs.subscribers(key):
+                if provider is not None:
+                    provider.send(StopStreaming(client, key.name, key.interval))
         pairs = self.subs.pairs_for_source(source)
         for key in {key for _, key in pairs}:
             self.sync(key)
