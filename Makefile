@@ -8,7 +8,7 @@ PORT   ?= 8000
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser run populate test check format bench bench-profile clean
+.PHONY: setup browser run populate test fuzz check format bench bench-profile clean
 
 setup: $(STAMP) node_modules/.installed
 
@@ -41,6 +41,10 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+# The subscription model with many more random interleavings than `make test` runs.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_subscription_model.py --timeout=1800
 
 check: setup
 	$(BIN)/ruff check .

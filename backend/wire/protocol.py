@@ -347,6 +347,11 @@ class UpdateEncoder:
         return text_frame(self._prefix + orjson.dumps(self._wire.raw_datapoint(bar)) + b"}")
 
 
+def search_done(search: str, results: list[dict[str, Any]]) -> bytes:
+    """``search_data_done``: the rows found for ``search``, which it echoes."""
+    return encode({"type": "search_data_done", "search": search, "results": results})
+
+
 def error_message(code: str, message: str, request: Any = None) -> bytes:
     """An ``error`` reply; the message and the echoed request are shortened when long."""
     return encode(

@@ -1,8 +1,11 @@
 """One WebSocket connection at ``/websocket/``: its reader loop and its writer.
 
-The reader parses frames and hands them to the hub. The writer (``backend.ws.writers``)
-moves the client's outbox to the socket; nothing else writes to it, so a slow client slows
-nobody else. The hub closes a client that cannot keep up with code 1013.
+The reader hands frames to the hub one at a time, in the order received: the hub applies
+a frame's subscription effects before the next frame is read, and runs the replies that
+need I/O as the client's reply jobs (a slow history does not hold up other charts; when
+too many are pending, reading waits). The writer (``backend.ws.writers``) moves the
+client's outbox to the socket; nothing else writes to it, so a slow client slows nobody
+else. The hub closes a client that cannot keep up with code 1013.
 """
 
 from __future__ import annotations
@@ -24,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0
 CLOSE_MESSAGE_TOO_BIG = 1009
-# Frames of one client are answered concurrently (a slow history request must not hold up
-# a search or another chart); beyond this many in flight, reading waits.
-MAX_FRAMES_IN_FLIGHT = 16
 
 
 async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
@@ -53,7 +53,7 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
 
 
 class _Connection:
-    __slots__ = ("client", "closing", "hub", "in_flight", "slots", "websocket", "writer")
+    __slots__ = ("client", "closing", "hub", "websocket", "writer")
 
     def __init__(self, websocket: WebSocket, hub: Hub) -> None:
         self.websocket = websocket
@@ -61,8 +61,6 @@ class _Connection:
         self.client: Client | None = None
         self.writer: SocketWriter | None = None
         self.closing = False
-        self.in_flight: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(MAX_FRAMES_IN_FLIGHT)
 
     async def read_loop(self) -> None:
         assert self.client is not None
@@ -74,10 +72,7 @@ class _Connection:
             if len(text) > max_bytes:
                 await self._close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
                 return
-            await self.slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._handle(text))
-            self.in_flight.add(task)
-            task.add_done_callback(self._frame_done)
+            await self._handle(text)
 
     async def _handle(self, text: str | bytes) -> None:
         assert self.client is not None
@@ -91,17 +86,6 @@ class _Connection:
                 protocol.error_message(
                     "internal_error", "the server failed to answer this request; it was logged"
                 ),
-            )
-        finally:
-            self.slots.release()
-
-    def _frame_done(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "client %s: a request failed",
-                self.client.id if self.client else "?",
-                exc_info=task.exception(),
             )
 
     def kick(self, code: int, reason: str) -> None:
@@ -120,8 +104,7 @@ class _Connection:
             await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
 
     def stop(self) -> None:
-        for task in list(self.in_flight):
-            task.cancel()
+        """The connection ended (its reply jobs were cancelled by ``hub.remove_client``)."""
         if self.writer is not None:
             self.writer.stop()
 

@@ -1,0 +1,99 @@
+"""A connected client as the hub sees it, and its reply jobs.
+
+A client's requests take effect in the order it sent them (``requests``); what needs I/O to
+answer (history, search) runs as a *reply job*. :class:`Replies` owns those jobs: jobs of one
+lane (one series key, or the searches) run one after another, so replies of one kind come
+in the order of their requests, while other lanes go on (a slow history of one key does not
+hold up another chart). At most ``limit`` jobs are pending per client; submitting more waits,
+which stops reading that client's frames until one finishes. A job that fails is logged and
+reported through ``on_failure``; removing the client cancels its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+from backend.wire.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Replies:
+    """The pending reply jobs of one client: ordered per lane, bounded, owned."""
+
+    __slots__ = ("_slots", "_tails", "_tasks", "on_failure", "owner")
+
+    def __init__(
+        self, limit: int, owner: str, on_failure: Callable[[BaseException], None] | None = None
+    ) -> None:
+        self.owner = owner
+        self.on_failure = on_failure
+        self._slots = asyncio.Semaphore(limit)
+        self._tails: dict[Hashable, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, lane: Hashable, job: Job) -> None:
+        """Run ``job`` after the jobs already in ``lane``; waits while ``limit`` are pending."""
+        await self._slots.acquire()
+        previous = self._tails.get(lane)
+        task = asyncio.get_running_loop().create_task(self._run(previous, job))
+        self._tails[lane] = task
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, lane))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def idle(self) -> None:
+        """Wait until no job is pending (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _run(self, previous: asyncio.Task[None] | None, job: Job) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait({previous})  # its outcome is its own; only the turn matters
+            await job()
+        finally:
+            self._slots.release()
+
+    def _done(self, lane: Hashable, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._tails.get(lane) is task:
+            del self._tails[lane]
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error("%s: a reply failed", self.owner, exc_info=error)
+            if self.on_failure is not None:
+                self.on_failure(error)
+
+
+class Client:
+    """One connected client: its outbox, how to close it, and its pending replies."""
+
+    __slots__ = ("id", "kick", "outbox", "peer", "replies")
+
+    def __init__(
+        self,
+        client_id: int,
+        peer: str,
+        outbox: Outbox,
+        kick: Callable[[int, str], None],
+        replies: Replies,
+    ) -> None:
+        self.id = client_id
+        self.peer = peer
+        self.outbox = outbox
+        self.kick = kick
+        self.replies = replies

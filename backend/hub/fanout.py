@@ -1,0 +1,175 @@
+"""Fan-out of live bars: merge each update into the cache, persist what it settled, encode it
+once, and push it into the outbox of every client it is delivered to.
+
+Owns the delivery map (which clients get ``data_update`` frames of a key: a subscriber
+starts getting them once its ``data_init`` was sent) and the per-key wire names and update
+encoders. Never awaits a client's socket. Not owned: who is subscribed (``subscriptions``),
+the processes (``runtime.supervisor``), the cache itself (``history.cache``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from backend.history.cache import BarCache, Series
+from backend.hub.clients import Client
+from backend.hub.handles import ProviderSet
+from backend.hub.listeners import Listeners
+from backend.hub.metrics import Metrics
+from backend.hub.subscriptions import Subscriptions
+from backend.model.bars import Bar, SeriesId, WireKeys
+from backend.runtime.clocks import Clocks
+from backend.runtime.messages import Clock, Notice, Status, WireEvent
+from backend.wire import protocol
+from backend.wire.frames import text_frame
+
+if TYPE_CHECKING:
+    from backend.history.store import BarStore
+
+logger = logging.getLogger(__name__)
+
+Kick = Callable[[Client, str], None]
+
+
+class Fanout:
+    """Provider events in, client frames and listener calls out."""
+
+    def __init__(
+        self,
+        cache: BarCache,
+        subs: Subscriptions,
+        listeners: Listeners,
+        clocks: Clocks,
+        metrics: Metrics,
+        store: BarStore | None,
+        kick: Kick,
+    ) -> None:
+        self.cache = cache
+        self.subs = subs
+        self.listeners = listeners
+        self.clocks = clocks
+        self.metrics = metrics
+        self.store = store
+        self.kick = kick
+        self.providers: ProviderSet | None = None  # set by the hub once it has them
+        self.deliver: dict[SeriesId, dict[int, Client]] = {}
+        self._wire: dict[SeriesId, WireKeys] = {}
+        self._updates: dict[SeriesId, protocol.UpdateEncoder] = {}
+        self._delivered = 0  # updates handed to outboxes in the current provider batch
+
+    # ------------------------------------------------------------------ delivery
+
+    def start_delivery(self, client: Client, key: SeriesId) -> None:
+        """``client`` got its ``data_init`` of ``key``: from now on it gets the updates."""
+        self.deliver.setdefault(key, {})[client.id] = client
+
+    def stop_delivery(self, client_id: int, key: SeriesId) -> None:
+        targets = self.deliver.get(key)
+        if targets is not None:
+            targets.pop(client_id, None)
+            if not targets:
+                del self.deliver[key]
+
+    def wire_keys(self, key: SeriesId, details: dict[str, Any]) -> WireKeys:
+        """The wire column names of ``key`` (computed once per key)."""
+        wire = self._wire.get(key)
+        if wire is None:
+            wire = self._wire[key] = WireKeys(key, str(details.get("type", "candlestick")))
+        return wire
+
+    def forget(self, key: SeriesId) -> None:
+        """``key`` left the cache: drop its names and encoder."""
+        self._wire.pop(key, None)
+        self._updates.pop(key, None)
+
+    # ------------------------------------------------------------------ provider events
+
+    def on_provider_events(self, source: str, events: list[WireEvent]) -> None:
+        """Events from a provider process, in batches; the hot path of the hub."""
+        bars = 0
+        for event in events:
+            if type(event) is tuple:  # a bar update (ipc.WireBar)
+                self._on_bar(SeriesId(source, event[0], event[1]), event[2])
+                bars += 1
+                continue
+            match event:
+                case Clock():
+                    self.clocks.set(source, event)
+                case Notice(symbol, interval, code, message):
+                    self._notify(SeriesId(source, symbol, interval), code, message)
+                case Status(state, detail):
+                    logger.info("provider %s status: %s %s", source, state, detail)
+        if bars:
+            self.metrics.inc("candlewire_bar_updates_total", bars, source=source)
+            self.metrics.inc("candlewire_updates_delivered_total", self._delivered)
+            self._delivered = 0
+            provider = self.providers.get(source) if self.providers is not None else None
+            if provider is not None:
+                provider.last_update = time.time()
+
+    def _on_bar(self, key: SeriesId, bar: Bar) -> None:
+        series = self.cache.peek(key)
+        if series is None:
+            if not self.subs.has(key):
+                return
+            series = self.cache.get(key)
+        previous = series.newest
+        newest = series.upsert(bar)
+        series.live_seq += 1
+        t = bar[0]
+        if (
+            series.live
+            and previous is not None
+            and t > previous
+            and series.coverage.span_at(previous - 1) is not None
+        ):
+            series.coverage.add(previous, t - 1)
+        if series.loaded and series.persist and self.store is not None:
+            self._store_live(series, bar, newest, previous)
+        if newest:
+            self.listeners.notify(key, bar)
+            self._push_update(key, bar)
+
+    def _push_update(self, key: SeriesId, bar: Bar) -> None:
+        targets = self.deliver.get(key)
+        if not targets:
+            return
+        encoder = self._updates.get(key)
+        if encoder is None:
+            wire = self._wire.get(key)
+            if wire is None:
+                return
+            encoder = self._updates[key] = protocol.UpdateEncoder(key, wire)
+        frame = encoder.frame(bar)
+        slot = (key, bar[0])
+        for client in list(targets.values()):
+            if not client.outbox.push(frame, slot):
+                self.kick(client, "outbox hard limit reached")
+        self._delivered += len(targets)
+
+    def _store_live(self, series: Series, bar: Bar, newest: bool, previous: int | None) -> None:
+        """Persist what a live bar settled: the bar it superseded as newest (closed now),
+        or an older bar it corrected. The forming bar itself is not written on every
+        update: after a restart it comes from the provider with the tail anyway."""
+        assert self.store is not None
+        if not newest:
+            self.store.put_bars(series.key, [bar])
+        elif previous is not None and bar[0] > previous and len(series.bars) > 1:
+            self.store.put_bars(series.key, [series.bars[-2]])
+            if series.live:
+                self.store.put_coverage(
+                    series.key, series.coverage.spans(), series.exhausted_before
+                )
+
+    def _notify(self, key: SeriesId, code: str, message: str) -> None:
+        frame = text_frame(
+            protocol.error_message(
+                code, message, {"source": key.source, "name": key.name, "interval": key.interval}
+            )
+        )
+        for client in list(self.deliver.get(key, {}).values()):
+            if not client.outbox.push(frame):
+                self.kick(client, "outbox hard limit reached")

@@ -1,0 +1,233 @@
+"""Client requests at ``/websocket/``: their effects in order, their replies as jobs.
+
+:meth:`Requests.take_frame` goes through a frame's requests one after another and applies
+what each changes at once, in the order sent: a ``data`` request subscribes (after its
+symbol is validated), an ``unsubscribe`` unsubscribes. The endpoint calls it for one frame
+at a time, so the subscriptions of a client are what processing its requests in order
+gives. Replies that need I/O run as the client's reply jobs (:class:`~.clients.Replies`):
+everything about one series key (``data_init``, ``data_history``, ``unsubscribed`` and the
+errors of those requests) in one lane, searches in another, so replies of one kind come in
+the order of their requests. ``pong``, ``search_indicators_done`` and the errors of requests
+that do not name a key are sent at once.
+
+Owns request semantics. Not: who is subscribed (``subscriptions``), the provider commands
+(``upstream``), fan-out (``fanout``), history (``history.planner``), the socket (``ws``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from backend.errors import ProviderError, StorageError
+from backend.hub.clients import Client
+from backend.hub.subscriptions import Change
+from backend.model import intervals
+from backend.model.bars import SeriesId
+from backend.wire import protocol
+
+if TYPE_CHECKING:
+    from backend.hub.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+SEARCH_LIMIT = 100
+SEARCH_LANE = ("search",)
+DETAILS_CACHE_SIZE = 10_000
+
+Details = dict[str, Any]
+
+
+def key_lane(key: SeriesId) -> tuple[str, SeriesId]:
+    return ("series", key)
+
+
+class Requests:
+    """Answers the requests of every client of one hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._details: dict[tuple[str, str], Details | None] = {}
+
+    async def take_frame(self, client: Client, text: str | bytes) -> None:
+        """Apply one frame's requests in order; their I/O replies follow as jobs."""
+        settings = self.hub.settings
+        for request in protocol.parse_frame(
+            text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT
+        ):
+            if client.id not in self.hub.clients:
+                return
+            await self._take(client, request)
+
+    async def _take(self, client: Client, request: protocol.Request) -> None:
+        hub = self.hub
+        match request:
+            case protocol.DataRequest():
+                await self._data(client, request)
+            case protocol.HistoryRequest(key):
+                await client.replies.submit(key_lane(key), lambda: self._history(client, request))
+            case protocol.SearchRequest(search):
+                await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
+            case protocol.SearchIndicatorsRequest():
+                hub.send(client, protocol.encode({"type": "search_indicators_done", "results": []}))
+            case protocol.UnsubscribeRequest(key, raw):
+                reply = self._unsubscribe(client, key, raw)
+                await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
+            case protocol.PingRequest(raw):
+                hub.send(client, protocol.encode({"type": "pong", "id": raw.get("id")}))
+            case protocol.BadRequest():
+                await self._refuse(client, request)
+
+    # ------------------------------------------------------------------ data
+
+    async def _data(self, client: Client, request: protocol.DataRequest) -> None:
+        key = request.series
+        found = await self._validate(key, request.raw, "data_init")
+        if isinstance(found, protocol.BadRequest):
+            await self._refuse(client, found)
+            return
+        notes: list[bytes] = []
+        if request.stream and self._over_subscription_limit(client, key):
+            limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
+            notes.append(
+                protocol.error_message(
+                    "limit_reached",
+                    f"at most {limit} subscriptions per connection; this one is not streamed",
+                    request.raw,
+                )
+            )
+        elif request.stream:
+            self.hub.subscribe(client, key)
+        await client.replies.submit(
+            key_lane(key), lambda: self._data_init(client, request, found, notes)
+        )
+
+    async def _data_init(
+        self, client: Client, request: protocol.DataRequest, details: Details, notes: list[bytes]
+    ) -> None:
+        hub = self.hub
+        key = request.series
+        for note in notes:
+            hub.send(client, note)
+        answer = await hub.planner.latest(key, request.count, hub.subs.has(key))
+        if client.id not in hub.clients:
+            return
+        wire = hub.fanout.wire_keys(key, details)
+        hub.send(
+            client, protocol.series_message("data_init", key, wire.datapoints(answer.bars), details)
+        )
+        if answer.error is not None:
+            self._provider_error(client, answer.error, request.raw)
+        if client.id in hub.subs.subscribers(key):
+            hub.fanout.start_delivery(client, key)
+
+    async def _history(self, client: Client, request: protocol.HistoryRequest) -> None:
+        hub = self.hub
+        key = request.series
+        found = await self._validate(key, request.raw, "data_history")
+        if isinstance(found, protocol.BadRequest):
+            self._bad_request(client, found)
+            return
+        answer = await hub.planner.before(key, request.end, request.count)
+        if client.id not in hub.clients:
+            return
+        wire = hub.fanout.wire_keys(key, found)
+        hub.send(client, protocol.series_message("data_history", key, wire.datapoints(answer.bars)))
+        if answer.error is not None:
+            self._provider_error(client, answer.error, request.raw)
+
+    async def _search(self, client: Client, search: str) -> None:
+        results = await self.hub.symbols.search(search, SEARCH_LIMIT)
+        self.hub.send(client, protocol.search_done(search, results))
+
+    # ------------------------------------------------------------------ unsubscribe
+
+    def _unsubscribe(self, client: Client, key: SeriesId, raw: Any) -> bytes:
+        """Unsubscribe now; returns the reply to send in the key's turn."""
+        if self.hub.unsubscribe(client, key) is Change.ABSENT:
+            return protocol.error_message("not_subscribed", f"not subscribed to {key}", raw)
+        return protocol.encode(
+            {
+                "type": "unsubscribed",
+                "source": key.source,
+                "name": key.name,
+                "interval": key.interval,
+            }
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    async def _send(self, client: Client, message: bytes) -> None:
+        self.hub.send(client, message)
+
+    async def _refuse(self, client: Client, bad: protocol.BadRequest) -> None:
+        """Answer a bad request: at once, or in its key's turn when it names a key."""
+        if bad.series is None:
+            self._bad_request(client, bad)
+            return
+
+        async def reply() -> None:
+            self._bad_request(client, bad)
+
+        await client.replies.submit(key_lane(bad.series), reply)
+
+    def _bad_request(self, client: Client, bad: protocol.BadRequest) -> None:
+        self.hub.metrics.inc("candlewire_request_errors_total", code=bad.code)
+        self.hub.send(client, protocol.error_message(bad.code, bad.message, bad.raw))
+        if bad.series is not None and bad.reply_type is not None:
+            self.hub.send(client, protocol.series_message(bad.reply_type, bad.series, []))
+
+    def _provider_error(
+        self, client: Client, error: ProviderError | StorageError, raw: Any
+    ) -> None:
+        code = getattr(error, "code", "provider_error")
+        self.hub.metrics.inc("candlewire_request_errors_total", code=code)
+        self.hub.send(client, protocol.error_message(code, str(error), raw))
+
+    # ------------------------------------------------------------------ validation
+
+    async def _validate(
+        self, key: SeriesId, raw: Any, reply_type: str
+    ) -> Details | protocol.BadRequest:
+        """The symbol's dataset row, or the bad request to answer instead."""
+        providers = self.hub.supervisor
+        if providers.get(key.source) is None:
+            enabled = ", ".join(providers.providers)
+            return protocol.BadRequest(
+                "unknown_source",
+                f"unknown source {key.source!r}; enabled: {enabled}",
+                raw,
+                key,
+                reply_type,
+            )
+        details = await self._lookup(key.source, key.name)
+        if details is None:
+            return protocol.BadRequest(
+                "unknown_symbol", f"unknown symbol {key.source}:{key.name}", raw, key, reply_type
+            )
+        if key.interval not in details.get("intervals", intervals.INTERVALS):
+            known = ", ".join(details.get("intervals", ()))
+            return protocol.BadRequest(
+                "unknown_interval",
+                f"unknown interval {key.interval!r} for {key.source}:{key.name}; known: {known}",
+                raw,
+                key,
+                reply_type,
+            )
+        return details
+
+    async def _lookup(self, source: str, name: str) -> Details | None:
+        cache_key = (source, name)
+        if cache_key in self._details:
+            return self._details[cache_key]
+        details: Details | None = await self.hub.symbols.details(source, name)
+        if details is None:
+            return None  # not cached: a populate may add it while the server runs
+        if len(self._details) >= DETAILS_CACHE_SIZE:
+            self._details.clear()
+        self._details[cache_key] = details
+        return details
+
+    def _over_subscription_limit(self, client: Client, key: SeriesId) -> bool:
+        keys = self.hub.subs.keys_of(client.id)
+        return key not in keys and len(keys) >= self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT

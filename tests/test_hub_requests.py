@@ -1,0 +1,152 @@
+"""Client requests through the real Hub (fake provider, no sockets): effects in the order
+sent, replies of one kind in order, searches that say what they answer, bounded work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+import pytest
+
+from backend.model.bars import SeriesId
+from tests.hub_fakes import (
+    SOURCE,
+    FakeClock,
+    FakeSymbols,
+    about,
+    connect,
+    make_hub,
+    request,
+    send,
+    taken,
+)
+
+K1 = SeriesId(SOURCE, "AAA", "1m")
+K2 = SeriesId(SOURCE, "BBB", "1m")
+
+
+async def test_a_data_request_does_not_jump_ahead_of_the_unsubscribe_before_it() -> None:
+    hub, _ = make_hub(FakeClock())
+    client = connect(hub)
+    await send(hub, client, request("data", K1))
+    await send(hub, client, request("unsubscribe", K1), request("data", K2))
+    await send(hub, client, request("unsubscribe", K2), request("data", K1))
+    assert hub.subs.keys_of(client.id) == {K1}
+    await send(hub, client, request("data", K2), request("unsubscribe", K2))
+    assert hub.subs.keys_of(client.id) == {K1}
+
+
+async def test_replies_about_one_key_come_in_the_order_of_the_requests() -> None:
+    hub, _ = make_hub(FakeClock())
+    client = connect(hub)
+    await send(
+        hub,
+        client,
+        request("data", K1),
+        request("unsubscribe", K1),
+        request("unsubscribe", K1),
+        request("data", K1, stream=False),
+    )
+    kinds = [(m["type"], m.get("code")) for m in taken(client)]
+    assert kinds == [
+        ("data_init", None),
+        ("unsubscribed", None),
+        ("error", "not_subscribed"),
+        ("data_init", None),
+    ]
+
+
+async def test_frames_take_effect_in_order_even_when_sent_back_to_back() -> None:
+    hub, _ = make_hub(FakeClock())
+    client = connect(hub)
+    for _ in range(20):
+        await send(hub, client, request("data", K1), settle=False)
+        await send(hub, client, request("unsubscribe", K1), settle=False)
+    await client.replies.idle()
+    assert hub.subs.keys_of(client.id) == frozenset()
+    assert [m["type"] for m in taken(client)] == ["data_init", "unsubscribed"] * 20
+
+
+async def test_search_replies_come_in_order_and_echo_their_search() -> None:
+    hub, _ = make_hub(FakeClock())
+    symbols = hub.symbols
+    assert isinstance(symbols, FakeSymbols)
+    symbols.search_gates["A"] = asyncio.Event()
+    client = connect(hub)
+    await send(
+        hub,
+        client,
+        {"type": "search_data", "search": "A"},
+        {"type": "search_data", "search": "B"},
+        settle=False,
+    )
+    await asyncio.sleep(0.01)
+    assert taken(client) == []  # "B" is ready but waits for "A"
+    symbols.search_gates["A"].set()
+    await client.replies.idle()
+    replies = taken(client)
+    assert [(m["type"], m["search"]) for m in replies] == [
+        ("search_data_done", "A"),
+        ("search_data_done", "B"),
+    ]
+    assert [r["name"] for r in replies[1]["results"]] == ["BBB"]
+
+
+async def test_a_slow_history_of_one_key_lets_other_keys_and_pings_through() -> None:
+    hub, provider = make_hub(FakeClock())
+    provider.gates["AAA"] = asyncio.Event()
+    client = connect(hub)
+    await send(
+        hub, client, request("data", K1), request("data", K2), {"type": "ping"}, settle=False
+    )
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert [(m["type"], about(m)) for m in taken(client)] == [
+        ("pong", None),
+        ("data_init", K2),
+    ]
+    provider.gates["AAA"].set()
+    await client.replies.idle()
+    assert [(m["type"], about(m)) for m in taken(client)] == [("data_init", K1)]
+
+
+async def test_history_requests_in_flight_per_client_are_bounded_and_none_is_dropped() -> None:
+    hub, provider = make_hub(FakeClock())
+    gate = provider.gates["AAA"] = asyncio.Event()
+    client = connect(hub)
+    page = request("data_history", K1, end="2024-01-01 00:00:00", count=10)
+    frame = orjson.dumps([page] * 30)
+    intake = asyncio.get_running_loop().create_task(hub.handle_frame(client, frame))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not intake.done()  # reading waits: at most the bound is pending
+    assert len(client.replies) == 8
+    gate.set()
+    await intake
+    await client.replies.idle()
+    assert [m["type"] for m in taken(client)] == ["data_history"] * 30
+
+
+async def test_a_failing_reply_costs_one_answer_not_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub, _ = make_hub(FakeClock())
+    symbols = hub.symbols
+    assert isinstance(symbols, FakeSymbols)
+
+    async def broken(
+        query: str, limit: int = 100, source: str | None = None
+    ) -> list[dict[str, object]]:
+        raise RuntimeError("index exploded")
+
+    symbols.search = broken  # type: ignore[method-assign]
+    client = connect(hub)
+    with caplog.at_level(logging.ERROR):
+        await send(hub, client, {"type": "search_data", "search": "A"}, {"type": "ping"})
+    assert [(m["type"], m.get("code")) for m in taken(client)] == [
+        ("pong", None),
+        ("error", "internal_error"),
+    ]
+    assert hub.metrics.value("candlewire_internal_errors_total") == 1
+    assert "index exploded" in caplog.text
