@@ -92,7 +92,7 @@ class Fanout:
         bars = 0
         for event in events:
             if type(event) is tuple:  # a bar update (ipc.WireBar)
-                self._on_bar(SeriesId(source, event[0], event[1]), event[2])
+                self._on_bar(SeriesId(source, event[0], event[1]), event[2], event[3])
                 bars += 1
                 continue
             match event:
@@ -110,7 +110,7 @@ class Fanout:
             if provider is not None:
                 provider.last_update = time.time()
 
-    def _on_bar(self, key: SeriesId, bar: Bar) -> None:
+    def _on_bar(self, key: SeriesId, bar: Bar, final: bool = False) -> None:
         series = self.cache.peek(key)
         if series is None:
             if not self.subs.has(key):
@@ -128,7 +128,7 @@ class Fanout:
         ):
             series.coverage.add(previous, t - 1)
         if series.loaded and series.persist and self.store is not None:
-            self._store_live(series, bar, newest, previous)
+            self._store_live(series, bar, newest, previous, final)
         if newest:
             self.listeners.notify(key, bar)
             self._push_update(key, bar)
@@ -150,14 +150,20 @@ class Fanout:
                 self.kick(client, "outbox hard limit reached")
         self._delivered += len(targets)
 
-    def _store_live(self, series: Series, bar: Bar, newest: bool, previous: int | None) -> None:
-        """Persist what a live bar settled: the bar it superseded as newest (closed now),
-        or an older bar it corrected. The forming bar itself is not written on every
-        update: after a restart it comes from the provider with the tail anyway."""
+    def _store_live(
+        self, series: Series, bar: Bar, newest: bool, previous: int | None, final: bool
+    ) -> None:
+        """Persist what a live bar settled: a bar its provider says is closed (``final``),
+        the bar it superseded as newest (closed now), or an older bar it corrected. The
+        forming bar itself is not written on every update: after a restart it comes from
+        the provider with the tail anyway."""
         assert self.store is not None
         if not newest:
             self.store.put_bars(series.key, [bar])
-        elif previous is not None and bar[0] > previous and len(series.bars) > 1:
+            return
+        if final:
+            self.store.put_bars(series.key, [bar])
+        if previous is not None and bar[0] > previous and len(series.bars) > 1:
             self.store.put_bars(series.key, [series.bars[-2]])
             if series.live:
                 self.store.put_coverage(

@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from backend.errors import ProviderError, StorageError
+from backend.errors import ProtocolError, ProviderError, StorageError
 from backend.hub.clients import Client
 from backend.hub.subscriptions import Change
-from backend.model import intervals
 from backend.model.bars import SeriesId
-from backend.wire import protocol
+from backend.wire import protocol, requests
 
 if TYPE_CHECKING:
     from backend.hub.hub import Hub
@@ -189,32 +188,13 @@ class Requests:
     async def _validate(
         self, key: SeriesId, raw: Any, reply_type: str
     ) -> Details | protocol.BadRequest:
-        """The symbol's dataset row, or the bad request to answer instead."""
-        providers = self.hub.supervisor
-        if providers.get(key.source) is None:
-            enabled = ", ".join(providers.providers)
-            return protocol.BadRequest(
-                "unknown_source",
-                f"unknown source {key.source!r}; enabled: {enabled}",
-                raw,
-                key,
-                reply_type,
-            )
-        details = await self._lookup(key.source, key.name)
-        if details is None:
-            return protocol.BadRequest(
-                "unknown_symbol", f"unknown symbol {key.source}:{key.name}", raw, key, reply_type
-            )
-        if key.interval not in details.get("intervals", intervals.INTERVALS):
-            known = ", ".join(details.get("intervals", ()))
-            return protocol.BadRequest(
-                "unknown_interval",
-                f"unknown interval {key.interval!r} for {key.source}:{key.name}; known: {known}",
-                raw,
-                key,
-                reply_type,
-            )
-        return details
+        """The symbol's dataset row, or the bad request to answer instead (the same checks
+        as REST, UDF and OpenBB: :func:`backend.wire.requests.validate_series`)."""
+        limits = requests.Limits(self.hub.supervisor.providers, self.hub.settings.MAX_COUNT)
+        try:
+            return await requests.validate_series(key, None, limits, self._lookup)
+        except ProtocolError as exc:
+            return protocol.BadRequest(exc.code, exc.message, raw, key, reply_type)
 
     async def _lookup(self, source: str, name: str) -> Details | None:
         cache_key = (source, name)

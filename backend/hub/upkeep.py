@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from backend.tasks import Tasks, cancel_owned, start_owned
+
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
@@ -38,21 +40,18 @@ class Upkeep:
         self.every = every
         self.on_failure = on_failure
         self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: Tasks = set()
+        self._stopped = False
         self._last_hourly: float | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="hub upkeep")
-        self._task.add_done_callback(_log_end)
+    def start(self, error: BaseException | None = None) -> None:
+        """Start ticking; a task that died (logged by its owner) is started again."""
+        if not self._stopped:
+            start_owned(self._tasks, self._run(), "hub upkeep", self.start)
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            logger.error("hub upkeep did not stop within %g s; left behind", timeout)
+        self._stopped = True
+        await cancel_owned(self._tasks, timeout)
 
     async def _run(self) -> None:
         while True:
@@ -80,8 +79,3 @@ class Upkeep:
         logger.exception("hub upkeep: %s failed; carrying on", name)
         if self.on_failure is not None:
             self.on_failure()
-
-
-def _log_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("hub upkeep stopped by an error", exc_info=task.exception())
