@@ -88,10 +88,9 @@ def _field(column: str, series: SeriesId, entry: Mapping[str, Any]) -> str:
     value = entry.get("value")
     if value == base:
         return "close"
+    field: object = entry.get("dataKey")
     if isinstance(value, str) and value.startswith(base + "-"):
         field = value[len(base) + 1 :]
-    else:
-        field = entry.get("dataKey")
     if field not in FIELDS:
         raise IndicatorError(
             "missing_columns",

@@ -169,9 +169,8 @@ def _operator(op: object) -> str:
 def _rule(index: int, rule: object, indicators: Mapping[Any, Any]) -> Rule:
     if not isinstance(rule, dict):
         raise RuleError("bad_rule", f"rule {index + 1} must be an object")
-    comparator = (
-        COMPARATORS.get(rule.get("comparator")) if _is_text(rule.get("comparator")) else None
-    )
+    raw = rule.get("comparator")
+    comparator = COMPARATORS.get(raw) if isinstance(raw, str) else None
     if comparator is None:
         raise RuleError(
             "bad_rule",
@@ -236,10 +235,6 @@ def _rebound(operand: Operand, old: tuple[str, str], new: tuple[str, str]) -> Op
     if isinstance(operand, IndicatorOperand):
         return replace(operand, config=operand.config.rebound(old, new))
     return operand
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= MAX_TEXT
 
 
 def _text(value: object, what: str) -> str:

@@ -1,5 +1,5 @@
 """The built-in indicators: one :class:`TalibIndicator` per TA-Lib function, generated from
-TA-Lib's own metadata (``talib.abstract.Function(name).info``), never written by hand.
+TA-Lib's own metadata (``talib.talib.abstract.Function(name).info``), never written by hand.
 
 Owns the mapping from TA-Lib's metadata to our declaration: group -> category, input names
 -> columns, parameters -> inputs with ranges (``matype`` -> the ``mamode`` select), output
@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 import talib
-from talib import abstract
+import talib.abstract
 
 from backend.errors import IndicatorError
 from backend.indicators.base import FloatArray, Indicator, Input, Memory, Output
@@ -33,6 +33,9 @@ CATEGORIES = {
     "Math Transform": "math transform",
     "Math Operators": "math operators",
 }
+# Their values are positions in the array passed in, which depend on how many bars happen to
+# be cached: meaningless on a chart, and different for every tail.
+EXCLUDED = {"MAXINDEX", "MININDEX", "MINMAXINDEX"}
 PRICE_GROUPS = {"Overlap Studies", "Price Transform"}
 SAME_SCALE = "Output scale same as input"
 NOT_ON_PRICE = {"AVGDEV"}  # same unit as the price, but a distance, not a level
@@ -40,7 +43,8 @@ NOT_ON_PRICE = {"AVGDEV"}  # same unit as the price, but a distance, not a level
 ADDITIVE = {"AD", "OBV", "CUMSUM", "PVT", "WAD"}
 # Path-dependent, but a tail converges: ADOSC is a difference of EMAs of AD (the offset cancels).
 CONVERGENT_PATHS = {"ADOSC"}
-MA_TYPES = ("SMA", "EMA", "WMA", "DEMA", "TEMA", "TRIMA", "KAMA", "MAMA", "T3")
+# TA-Lib's own MA_Type labels, in index order (the option value of the mamode select).
+MA_TYPES: tuple[str, ...] = tuple(talib.MA_Type[index] for index in range(14))
 MAMODE = "mamode"
 INT_MAX = 100_000
 REAL_LIMIT = 1e9
@@ -52,7 +56,7 @@ class TalibIndicator(Indicator):
     """A TA-Lib function behind the :class:`~.base.Indicator` interface."""
 
     def __init__(self, function_name: str) -> None:
-        info = abstract.Function(function_name).info
+        info = talib.abstract.Function(function_name).info
         self.function_name = function_name
         self.name = f"{info['display_name']} ({function_name})"
         self.categories = (CATEGORIES.get(info["group"], info["group"].lower()),)
@@ -89,6 +93,8 @@ def talib_indicators() -> dict[str, TalibIndicator]:
     """Every TA-Lib function, keyed by its registry id ``talib.<category>.<NAME>``."""
     found: dict[str, TalibIndicator] = {}
     for function_name in talib.get_functions():
+        if function_name in EXCLUDED:
+            continue
         indicator = TalibIndicator(function_name)
         category = indicator.categories[0].replace(" ", "_")
         found[f"talib.{category}.{function_name}"] = indicator
@@ -97,12 +103,15 @@ def talib_indicators() -> dict[str, TalibIndicator]:
 
 @functools.lru_cache(maxsize=4096)
 def _lookback(function_name: str, params: tuple[tuple[str, float | int], ...]) -> int:
-    function = abstract.Function(function_name)
+    function = talib.abstract.Function(function_name)
     try:
         function.parameters = dict(params)
-        return int(function.lookback)
+        lookback = int(function.lookback)
     except Exception as exc:  # TA-Lib reports a bad parameter as a bare Exception
         raise IndicatorError("bad_input", f"{function_name}: {exc}") from exc
+    if lookback < 0:  # TA-Lib's answer for parameters outside its own ranges
+        raise IndicatorError("bad_input", f"{function_name}: inputs {dict(params)} out of range")
+    return lookback
 
 
 def _typed(spec: Input, inputs: Mapping[str, float]) -> float | int:
