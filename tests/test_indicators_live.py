@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import pytest
 
 from backend.errors import IndicatorError
-
 from backend.indicators.engine import Binding, bind, compute
 from backend.indicators.live import LiveIndicators
 from backend.indicators.registry import Indicators, build_indicators

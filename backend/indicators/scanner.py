@@ -108,9 +108,17 @@ async def run_scan(
             task.cancel()
         await asyncio.gather(*workers, stopper, return_exceptions=True)
         _finish(emit, outcome)
-    if everyone.done() and not everyone.cancelled() and everyone.exception() is not None:
-        raise everyone.exception()  # type: ignore[misc]  # a bug: the owning task logs it
+    failure = _failure(everyone)
+    if failure is not None:
+        raise failure  # a bug, not a symbol's failure: the task that owns the scan logs it
     return outcome
+
+
+def _failure(everyone: asyncio.Future[Any]) -> BaseException | None:
+    if not everyone.done() or everyone.cancelled():
+        return None
+    error = everyone.exception()
+    return None if isinstance(error, asyncio.CancelledError) else error
 
 
 def _finish(emit: Emit, outcome: ScanOutcome) -> None:
@@ -138,7 +146,7 @@ async def _scan_symbol(
         outcome.skipped.append(f"{symbol.source}:{symbol.name}")
         return
     outcome.scanned += 1
-    verdict = evaluate(bound, lambda operand: values.get(operand, (None, None)))
+    verdict = evaluate(bound, lambda operand: values.get(id(operand), (None, None)))
     if verdict.matched:
         outcome.matched += 1
         emit(messages.scan_result(symbol.row, verdict.values))
@@ -146,10 +154,11 @@ async def _scan_symbol(
 
 async def symbol_values(
     rules: RuleSet, fetch: AsyncFetch, indicators: Indicators
-) -> dict[Operand, Pair]:
-    """(previous, newest) value of every operand of ``rules``, from as few fetches as can be."""
+) -> dict[int, Pair]:
+    """(previous, newest) value of every operand of ``rules`` (by ``id(operand)``: operands
+    hold client dicts and are not hashable), from one fetch per series."""
     bound = {
-        operand: bind(
+        id(operand): bind(
             indicators, operand.config.indicator_id, operand.config.inputs, operand.config.bindings
         )
         for operand in rules.operands()
@@ -157,26 +166,26 @@ async def symbol_values(
     }
     needed = _bars_needed(rules.operands(), bound)
     bars = {series: await fetch(series, count) for series, count in needed.items()}
-    values: dict[Operand, Pair] = {}
+    values: dict[int, Pair] = {}
     for operand in rules.operands():
         if isinstance(operand, ValueOperand):
-            values[operand] = (operand.value, operand.value)
+            values[id(operand)] = (operand.value, operand.value)
         elif isinstance(operand, DataOperand):
-            values[operand] = _last_two(bars[operand.series], _FIELD_INDEX[operand.field])
+            values[id(operand)] = _last_two(bars[operand.series], _FIELD_INDEX[operand.field])
         else:
-            values[operand] = _indicator_pair(operand, bound[operand], bars)
+            values[id(operand)] = _indicator_pair(operand, bound[id(operand)], bars)
     return values
 
 
 def _bars_needed(
-    operands: Sequence[Operand], bound: Mapping[IndicatorOperand, BoundIndicator]
+    operands: Sequence[Operand], bound: Mapping[int, BoundIndicator]
 ) -> dict[SeriesId, int]:
     needed: dict[SeriesId, int] = {}
     for operand in operands:
         if isinstance(operand, DataOperand):
             needed[operand.series] = max(needed.get(operand.series, 0), 2)
         elif isinstance(operand, IndicatorOperand):
-            indicator = bound[operand]
+            indicator = bound[id(operand)]
             count = (indicator.tail_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
             for series in indicator.series:
                 needed[series] = max(needed.get(series, 0), count)
