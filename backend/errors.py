@@ -3,6 +3,8 @@
     CandlewireError
     ├── ConfigError                 a setting is missing or invalid (names the variable)
     ├── ProtocolError               a client request cannot be served (carries a wire `code`)
+    │   ├── IndicatorError          an indicator request cannot be computed
+    │   └── RuleError               a scanner or alert rule is malformed
     ├── StorageError                the SQLite databases failed
     └── ProviderError               a provider could not answer
         ├── ProviderUnavailable     retryable: process down, upstream unreachable, timeout
@@ -43,6 +45,16 @@ class ProtocolError(CandlewireError):
 
     def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, str]]:
         return (type(self), (self.code, self.message))
+
+
+class IndicatorError(ProtocolError):
+    """An indicator request that cannot be computed: unknown indicator, bad inputs, missing
+    columns, too little history. The hub answers ``error`` and the empty reply the front end
+    waits for (``indicator_init`` / ``indicator_history`` with ``data: []``)."""
+
+
+class RuleError(ProtocolError):
+    """A scanner or alert rule that is malformed or names an unknown operator."""
 
 
 class ProviderError(CandlewireError):

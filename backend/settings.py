@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     PROVIDERS: CommaList = ("csv",)
     # Providers registered without editing the registry: "key=module:Class,..." (tests, plugins).
     EXTRA_PROVIDERS: CommaList = ()
+    # User indicators without editing the registry: "id=module:Class,..." (README).
+    EXTRA_INDICATORS: CommaList = ()
     LOG_LEVEL: str = "INFO"
 
     CSV_FOLDER_PATH: Path = Path("data")
@@ -90,6 +92,7 @@ class Settings(BaseSettings):
         "PROVIDERS",
         "POLYGON_MARKETS",
         "EXTRA_PROVIDERS",
+        "EXTRA_INDICATORS",
         "CORS_ORIGINS",
         "UDF_CORS_ORIGINS",
         mode="before",
@@ -97,6 +100,15 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("EXTRA_INDICATORS")
+    @classmethod
+    def _extra_indicators(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            key, sep, path = entry.partition("=")
+            if not sep or not key.strip() or ":" not in path:
+                raise ValueError(f"{entry!r} must look like 'id=module:Class'")
+        return value
 
     @field_validator("EXTRA_PROVIDERS")
     @classmethod

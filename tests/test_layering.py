@@ -29,7 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "history": {"model", "runtime"},
     # Settings check provider keys against the registry.
     "settings": {"model", "runtime"},
-    "hub": {"model", "runtime", "wire", "history", "symbols", "settings"},
+    # Indicators read settings only for types (EXTRA_INDICATORS is passed in by the app).
+    "indicators": {"model"},
+    "hub": {"model", "runtime", "wire", "history", "symbols", "settings", "indicators"},
     "ws": {"model", "runtime", "wire", "hub", "settings"},
     "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings"},
     "data_providers": {"model", "runtime"},

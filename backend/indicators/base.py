@@ -1,0 +1,121 @@
+"""The indicator base class: what an indicator declares (name, categories, columns, inputs,
+outputs) and how it computes (``calc``), for the TA-Lib built-ins and user-written ones alike.
+
+It owns input validation (type and range of every input) and the lookback that sizes the
+live tail. It does not own the data: the engine (:mod:`.engine`) aligns the bars and calls
+``calc``; the catalogue (:mod:`.catalogue`) turns the declaration into a search row.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from backend.errors import IndicatorError
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Memory(enum.Enum):
+    """How far back a value depends on the bars, which decides the live tail (see engine)."""
+
+    WINDOW = "window"  # only the last `lookback` bars: a short tail is exact
+    DECAYING = "decaying"  # exponential smoothing: a long tail agrees to ~1e-10
+    ADDITIVE = "additive"  # a running total: a tail shifted onto a known value is exact
+    FULL = "full"  # every bar since the first (VWAP, SAR, ...): no bounded tail exists
+
+
+@dataclass(frozen=True)
+class Input:
+    """One numeric input: its default and the inclusive range a client may ask for.
+
+    ``choices`` are option labels when the input is an index (the ``mamode`` select).
+    """
+
+    name: str
+    default: float
+    min: float
+    max: float
+    integer: bool = True
+    choices: tuple[str, ...] = ()
+
+    def read(self, raw: object) -> float:
+        """The value of ``raw`` (a number or a numeric string from the form), checked."""
+        value = _number(raw)
+        if value is None:
+            raise IndicatorError("bad_input", f"input {self.name!r}: {raw!r} is not a number")
+        if self.integer:
+            if value != int(value):
+                raise IndicatorError("bad_input", f"input {self.name!r}: {raw!r} is not an integer")
+            value = float(int(value))
+        if not self.min <= value <= self.max:
+            raise IndicatorError(
+                "bad_input",
+                f"input {self.name!r}: {raw!r} is out of range [{self.min:g}, {self.max:g}]",
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output line; ``y_axis`` groups outputs onto axes (``"price"`` overlays the bars)."""
+
+    name: str
+    y_axis: str
+
+
+class Indicator:
+    """Subclass this to write your own indicator (see README, "Write your own indicator").
+
+    Declare the class attributes and implement :meth:`calc`. ``columns`` are the bar fields
+    (or, with a ``dataMap`` over several series, the roles) ``calc`` receives, in order;
+    ``inputs`` are the numbers it takes; ``outputs`` the arrays it returns, in order.
+    Override :meth:`lookback` when the default (the largest integer input, minus one) is not
+    the number of bars consumed before the first value, and set ``memory`` to
+    :attr:`Memory.DECAYING` for exponential smoothing.
+    """
+
+    name: str = ""
+    categories: Sequence[str] = ()
+    columns: Sequence[str] = ("close",)
+    inputs: Sequence[Input] = ()
+    outputs: Sequence[Output] = ()
+    memory: Memory = Memory.WINDOW
+
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        """One array per output, each as long as the inputs; NaN during warm-up."""
+        raise NotImplementedError
+
+    def lookback(self, inputs: Mapping[str, float]) -> int:
+        """Bars consumed before the first value (TA-Lib's ``lookback``)."""
+        periods = [int(inputs[spec.name]) for spec in self.inputs if spec.integer]
+        return max(0, max(periods, default=1) - 1)
+
+    def read_inputs(self, raw: Mapping[str, object]) -> dict[str, float]:
+        """Every declared input, from ``raw`` or its default; unknown names are an error."""
+        known = {spec.name for spec in self.inputs}
+        unknown = sorted(str(name) for name in raw if name not in known)
+        if unknown:
+            raise IndicatorError(
+                "bad_input",
+                f"{self.name}: unknown input {unknown[0]!r}; known: {', '.join(sorted(known))}",
+            )
+        return {
+            spec.name: spec.read(raw[spec.name]) if spec.name in raw else spec.default
+            for spec in self.inputs
+        }
+
+
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None

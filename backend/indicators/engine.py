@@ -1,0 +1,276 @@
+"""The indicator engine: bind a request to an indicator, compute its values over bars, turn
+them into wire rows, and compute the live value of the forming bar from a bounded tail.
+
+* :func:`bind` checks the indicator id, the inputs and the columns once, at the edge, and
+  returns a :class:`BoundIndicator` whose ``key`` identifies one shared computation
+  (indicator, inputs, dataMap).
+* :func:`compute` aligns the series of a dataMap on their bar times (inner join, as Tradiny
+  does), calls ``calc`` and checks what it returns.
+* :func:`rows` makes one row per bar, every output key in every row, ``null`` for NaN.
+* :class:`LiveComputation` computes the newest row from the last ``tail_size`` bars
+  (lookback + margin + the forming bar), never from the whole history; see :class:`Memory`.
+
+It owns no bars and no subscriptions: the caller passes bars in (the hub's cache), and
+:mod:`.live` keeps who holds what.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from backend.errors import IndicatorError
+from backend.indicators.base import FloatArray, Indicator, Memory
+from backend.indicators.registry import Indicators
+from backend.model import intervals
+from backend.model.bars import FIELDS, Bar, SeriesId
+
+logger = logging.getLogger(__name__)
+
+TimeArray = npt.NDArray[np.int64]
+Fetch = Callable[[SeriesId, int | None], Sequence[Bar]]
+"""``fetch(series, n)``: the last ``n`` cached bars of ``series`` (all of them for None)."""
+
+WINDOW_MARGIN = 2
+# Exponential smoothing forgets at (1 - alpha) per bar: 30 lookbacks leave < 1e-10 of the
+# start (EMA(20): 0.905**600; Wilder's RSI(14): (13/14)**450).
+DECAYING_LOOKBACKS = 30
+DECAYING_MIN_TAIL = 300
+_FIELD_INDEX = {name: index + 1 for index, name in enumerate(FIELDS)}
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One ``dataMap`` entry: the column ``calc`` sees, read from ``field`` of ``series``."""
+
+    column: str
+    series: SeriesId
+    field: str
+
+
+@dataclass(frozen=True)
+class BoundIndicator:
+    """An indicator with checked inputs and columns bound to series."""
+
+    indicator_id: str
+    inputs: tuple[tuple[str, float], ...]
+    bindings: tuple[Binding, ...]
+    indicator: Indicator = field(compare=False, hash=False)
+    lookback: int = field(compare=False, hash=False, default=0)
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, float], ...], tuple[Binding, ...]]:
+        """What makes two requests one computation: id, inputs and dataMap."""
+        return (self.indicator_id, self.inputs, self.bindings)
+
+    @property
+    def series(self) -> tuple[SeriesId, ...]:
+        return tuple(dict.fromkeys(binding.series for binding in self.bindings))
+
+    def tail_size(self) -> int | None:
+        """Bars per series that the live value needs; ``None``: the whole history."""
+        memory = self.indicator.memory
+        if memory is Memory.FULL:
+            return None
+        if memory is Memory.DECAYING:
+            margin = max(DECAYING_LOOKBACKS * (self.lookback + 1), DECAYING_MIN_TAIL)
+            return self.lookback + margin + 1
+        return self.lookback + WINDOW_MARGIN + 1
+
+
+@dataclass
+class Computed:
+    """Values of every output at every aligned bar time."""
+
+    times: TimeArray
+    values: list[FloatArray]
+
+
+def bind(
+    indicators: Indicators,
+    indicator_id: str,
+    raw_inputs: Mapping[str, object],
+    bindings: Sequence[Binding],
+) -> BoundIndicator:
+    """Check everything a request names; raises :class:`IndicatorError` with its code."""
+    indicator = indicators.get(indicator_id)
+    inputs = indicator.read_inputs(raw_inputs)
+    by_column = {binding.column: binding for binding in bindings}
+    missing = [column for column in indicator.columns if column not in by_column]
+    if missing:
+        raise IndicatorError(
+            "missing_columns",
+            f"{indicator.name}: dataMap has no {', '.join(repr(c) for c in missing)}",
+        )
+    used = tuple(by_column[column] for column in indicator.columns)
+    lookback = indicator.lookback(inputs)
+    return BoundIndicator(indicator_id, tuple(inputs.items()), used, indicator, lookback)
+
+
+def align(
+    bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]
+) -> tuple[TimeArray, dict[str, FloatArray]]:
+    """The bar times common to every series, and each column's values at those times."""
+    tables = {series: _table(bars.get(series, ())) for series in bound.series}
+    times = None
+    for table in tables.values():
+        column = table[:, 0].astype(np.int64)
+        times = column if times is None else np.intersect1d(times, column)
+    assert times is not None  # a bound indicator has at least one column
+    data: dict[str, FloatArray] = {}
+    for binding in bound.bindings:
+        table = tables[binding.series]
+        rows = np.searchsorted(table[:, 0], times) if len(tables) > 1 else slice(None)
+        data[binding.column] = np.ascontiguousarray(table[rows, _FIELD_INDEX[binding.field]])
+    return times, data
+
+
+def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]) -> Computed:
+    """Every output of ``bound`` over ``bars``; NaN during warm-up."""
+    times, data = align(bound, bars)
+    inputs = dict(bound.inputs)
+    try:
+        values = bound.indicator.calc(data, **inputs)
+    except IndicatorError:
+        raise
+    except Exception as exc:  # a user's calc: report it to the client, keep serving
+        logger.exception("indicator %s failed", bound.indicator_id)
+        raise IndicatorError("indicator_failed", f"{bound.indicator.name}: {exc}") from exc
+    _check_outputs(bound, values, len(times))
+    return Computed(times, [np.asarray(v, dtype=np.float64) for v in values])
+
+
+def compute_history(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]) -> Computed:
+    """:func:`compute` for ``indicator_init``: no bars or too few is an error."""
+    computed = compute(bound, bars)
+    if len(computed.times) == 0:
+        names = ", ".join(str(series) for series in bound.series)
+        raise IndicatorError("no_data", f"{bound.indicator.name}: no bars cached for {names}")
+    if len(computed.times) <= bound.lookback:
+        raise IndicatorError(
+            "not_enough_history",
+            f"{bound.indicator.name} needs more than {bound.lookback} bars; "
+            f"{len(computed.times)} available",
+        )
+    return computed
+
+
+def output_keys(bound: BoundIndicator, chart_id: str) -> list[str]:
+    """``<chart id>-<output name>`` per output (spec section 2.3)."""
+    return [f"{chart_id}-{output.name}" for output in bound.indicator.outputs]
+
+
+def rows(
+    computed: Computed,
+    keys: Sequence[str],
+    since: int | None = None,
+    count: int | None = None,
+) -> list[dict[str, object]]:
+    """Wire rows from ``since`` (a bar time) to the end, else the last ``count`` rows."""
+    n = len(computed.times)
+    if since is not None:
+        start = int(np.searchsorted(computed.times, since))
+    else:
+        start = max(0, n - count) if count is not None else 0
+    dates = [intervals.format_date(int(t)) for t in computed.times[start:]]
+    columns = [_nullable(values[start:]) for values in computed.values]
+    names = ("date", *keys)
+    return [dict(zip(names, row, strict=True)) for row in zip(dates, *columns, strict=True)]
+
+
+def last_dates(bars: Mapping[SeriesId, Sequence[Bar]]) -> dict[str, str]:
+    """``{"<source>-<name>-<interval>": last bar date}`` (spec section 2.3)."""
+    return {
+        f"{s.source}-{s.name}-{s.interval}": intervals.format_date(series_bars[-1][0])
+        for s, series_bars in bars.items()
+        if series_bars
+    }
+
+
+class LiveComputation:
+    """The newest row of one shared computation, recomputed from a bounded tail.
+
+    ``WINDOW`` and ``DECAYING`` indicators are computed over :meth:`BoundIndicator.tail_size`
+    bars. An ``ADDITIVE`` one (OBV, AD, ...) is computed over a short tail and shifted so that
+    its value at an already closed bar equals the one known from before (the anchor).
+    ``FULL`` indicators (VWAP, SAR, ...) have no bounded tail and are recomputed in full.
+    """
+
+    def __init__(self, bound: BoundIndicator, seed: Computed | None = None) -> None:
+        self.bound = bound
+        self._anchor: tuple[int, FloatArray] | None = None
+        if seed is not None:
+            self._remember(seed, offset=None)
+
+    def reset(self) -> None:
+        """Forget the anchor (the series was reloaded): the next step computes in full."""
+        self._anchor = None
+
+    def step(self, fetch: Fetch) -> tuple[int, list[float | None]] | None:
+        """The time and output values of the newest aligned bar; ``None`` without bars."""
+        additive = self.bound.indicator.memory is Memory.ADDITIVE
+        size = self.bound.tail_size() if not additive or self._anchor else None
+        computed = compute(self.bound, {s: fetch(s, size) for s in self.bound.series})
+        if len(computed.times) == 0:
+            return None
+        if additive:
+            computed = self._shifted(computed, fetch)
+        last = [float(values[-1]) for values in computed.values]
+        return int(computed.times[-1]), [v if np.isfinite(v) else None for v in last]
+
+    def _shifted(self, computed: Computed, fetch: Fetch) -> Computed:
+        offset = self._offset(computed)
+        if offset is None and self._anchor is not None:  # the anchor left the tail: go full
+            self._anchor = None
+            computed = compute(self.bound, {s: fetch(s, None) for s in self.bound.series})
+        self._remember(computed, offset)
+        if offset is not None:
+            computed.values = [v + o for v, o in zip(computed.values, offset, strict=True)]
+        return computed
+
+    def _offset(self, computed: Computed) -> FloatArray | None:
+        if self._anchor is None:
+            return None
+        anchor_time, anchor_values = self._anchor
+        index = int(np.searchsorted(computed.times, anchor_time))
+        if index >= len(computed.times) - 1 or computed.times[index] != anchor_time:
+            return None
+        here = np.array([values[index] for values in computed.values])
+        return np.asarray(anchor_values - here, dtype=np.float64)
+
+    def _remember(self, computed: Computed, offset: FloatArray | None) -> None:
+        """Anchor at the newest closed bar (the one before the forming bar)."""
+        if len(computed.times) < 2:
+            return
+        values = np.array([values[-2] for values in computed.values], dtype=np.float64)
+        if offset is not None:
+            values = values + offset
+        if np.all(np.isfinite(values)):
+            self._anchor = (int(computed.times[-2]), values)
+
+
+def _table(bars: Sequence[Bar]) -> FloatArray:
+    if not bars:
+        return np.empty((0, 6), dtype=np.float64)
+    return np.array(bars, dtype=np.float64)
+
+
+def _nullable(values: FloatArray) -> list[float | None]:
+    column: npt.NDArray[np.object_] = values.astype(object)
+    column[~np.isfinite(values)] = None
+    return column.tolist()  # type: ignore[no-any-return]
+
+
+def _check_outputs(bound: BoundIndicator, values: Sequence[FloatArray], n: int) -> None:
+    expected = len(bound.indicator.outputs)
+    lengths = [len(v) for v in values]
+    if len(values) != expected or any(length != n for length in lengths):
+        raise IndicatorError(
+            "indicator_failed",
+            f"{bound.indicator.name}: calc returned {len(values)} arrays of lengths "
+            f"{lengths}; expected {expected} of {n}",
+        )

@@ -1,0 +1,211 @@
+"""A scan: evaluate a rule set over every symbol of a universe (spec section 4).
+
+:func:`run_scan` rebinds the rules from the template symbol to each symbol (structurally, by
+(source, name), never by substring), fetches the bars each rule needs through the caller's
+``fetch`` (the hub reads its cache and store and goes through the provider's normal budget
+for the rest), computes the indicators, evaluates, and emits ``scan_progress`` before each
+symbol, ``scan_result`` per match, a final ``scan_progress`` ("Done: 3 of 412 matched") and
+``scan_done``. At most ``per_scan`` symbols run at once, and each holds the server-wide
+``limit`` semaphore while it runs. A symbol that fails (no data, provider error, timeout) is
+skipped, never the whole scan. Setting ``stop`` cancels the symbols in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.errors import CandlewireError
+from backend.indicators import messages
+from backend.indicators.engine import BoundIndicator, bind, compute
+from backend.indicators.registry import Indicators
+from backend.indicators.rules import (
+    DataOperand,
+    IndicatorOperand,
+    Operand,
+    Pair,
+    RuleSet,
+    ValueOperand,
+    evaluate,
+)
+from backend.model.bars import FIELDS, Bar, SeriesId
+
+logger = logging.getLogger(__name__)
+
+AsyncFetch = Callable[[SeriesId, int], Awaitable[Sequence[Bar]]]
+"""``fetch(series, n)``: the last ``n`` bars of ``series`` (fewer if there are not)."""
+Emit = Callable[[dict[str, Any]], None]
+FULL_HISTORY_BARS = 1000  # for indicators without a bounded tail (VWAP, SAR, ...)
+_FIELD_INDEX = {name: index + 1 for index, name in enumerate(FIELDS)}
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A symbol of the universe and its ``search_data_done`` row (sent in ``scan_result``)."""
+
+    source: str
+    name: str
+    row: Mapping[str, Any]
+
+
+@dataclass
+class ScanOutcome:
+    total: int
+    scanned: int = 0
+    matched: int = 0
+    stopped: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    per_scan: int = 4
+    symbol_timeout: float = 10.0
+    max_symbols: int = 5000
+
+
+async def run_scan(
+    rules: RuleSet,
+    template: tuple[str, str] | None,
+    symbols: Sequence[Symbol],
+    fetch: AsyncFetch,
+    indicators: Indicators,
+    emit: Emit,
+    stop: asyncio.Event,
+    limit: asyncio.Semaphore,
+    limits: ScanLimits = ScanLimits(),
+) -> ScanOutcome:
+    """Scan ``symbols``; always ends with the final ``scan_progress`` and ``scan_done``."""
+    universe = list(symbols[: limits.max_symbols])
+    outcome = ScanOutcome(total=len(universe))
+    queue = iter(enumerate(universe, start=1))
+    width = len(str(len(universe)))
+
+    async def worker() -> None:
+        for index, symbol in queue:
+            if stop.is_set():
+                return
+            emit(messages.scan_progress(f"Scanning {index:0{width}d}/{len(universe)}"))
+            async with limit:
+                await _scan_symbol(
+                    rules, template, symbol, fetch, indicators, emit, outcome, limits
+                )
+
+    workers = [
+        asyncio.create_task(worker()) for _ in range(max(1, min(limits.per_scan, len(universe))))
+    ]
+    stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    everyone: asyncio.Future[Any] = asyncio.gather(*workers)
+    try:
+        await asyncio.wait([stopper, everyone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        outcome.stopped = stop.is_set()
+        for task in (*workers, stopper):
+            task.cancel()
+        await asyncio.gather(*workers, stopper, return_exceptions=True)
+        _finish(emit, outcome)
+    failure = _failure(everyone)
+    if failure is not None:
+        raise failure  # a bug, not a symbol's failure: the task that owns the scan logs it
+    return outcome
+
+
+def _failure(everyone: asyncio.Future[Any]) -> BaseException | None:
+    if not everyone.done() or everyone.cancelled():
+        return None
+    error = everyone.exception()
+    return None if isinstance(error, asyncio.CancelledError) else error
+
+
+def _finish(emit: Emit, outcome: ScanOutcome) -> None:
+    verb = "Stopped" if outcome.stopped else "Done"
+    emit(messages.scan_progress(f"{verb}: {outcome.matched} of {outcome.total} matched"))
+    emit(messages.scan_done(outcome.scanned, outcome.matched, outcome.total, outcome.stopped))
+
+
+async def _scan_symbol(
+    rules: RuleSet,
+    template: tuple[str, str] | None,
+    symbol: Symbol,
+    fetch: AsyncFetch,
+    indicators: Indicators,
+    emit: Emit,
+    outcome: ScanOutcome,
+    limits: ScanLimits,
+) -> None:
+    bound = rules.rebound(template, (symbol.source, symbol.name)) if template else rules
+    try:
+        async with asyncio.timeout(limits.symbol_timeout):
+            values = await symbol_values(bound, fetch, indicators)
+    except (CandlewireError, TimeoutError) as exc:
+        logger.debug("scan: skipped %s:%s: %s", symbol.source, symbol.name, exc)
+        outcome.skipped.append(f"{symbol.source}:{symbol.name}")
+        return
+    outcome.scanned += 1
+    verdict = evaluate(bound, lambda operand: values.get(id(operand), (None, None)))
+    if verdict.matched:
+        outcome.matched += 1
+        emit(messages.scan_result(symbol.row, verdict.values))
+
+
+async def symbol_values(
+    rules: RuleSet, fetch: AsyncFetch, indicators: Indicators
+) -> dict[int, Pair]:
+    """(previous, newest) value of every operand of ``rules`` (by ``id(operand)``: operands
+    hold client dicts and are not hashable), from one fetch per series."""
+    bound = {
+        id(operand): bind(
+            indicators, operand.config.indicator_id, operand.config.inputs, operand.config.bindings
+        )
+        for operand in rules.operands()
+        if isinstance(operand, IndicatorOperand)
+    }
+    needed = _bars_needed(rules.operands(), bound)
+    bars = {series: await fetch(series, count) for series, count in needed.items()}
+    values: dict[int, Pair] = {}
+    for operand in rules.operands():
+        if isinstance(operand, ValueOperand):
+            values[id(operand)] = (operand.value, operand.value)
+        elif isinstance(operand, DataOperand):
+            values[id(operand)] = _last_two(bars[operand.series], _FIELD_INDEX[operand.field])
+        else:
+            values[id(operand)] = _indicator_pair(operand, bound[id(operand)], bars)
+    return values
+
+
+def _bars_needed(
+    operands: Sequence[Operand], bound: Mapping[int, BoundIndicator]
+) -> dict[SeriesId, int]:
+    needed: dict[SeriesId, int] = {}
+    for operand in operands:
+        if isinstance(operand, DataOperand):
+            needed[operand.series] = max(needed.get(operand.series, 0), 2)
+        elif isinstance(operand, IndicatorOperand):
+            indicator = bound[id(operand)]
+            count = (indicator.tail_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
+            for series in indicator.series:
+                needed[series] = max(needed.get(series, 0), count)
+    return needed
+
+
+def _last_two(bars: Sequence[Bar], index: int) -> Pair:
+    newest = bars[-1][index] if bars else None
+    previous = bars[-2][index] if len(bars) > 1 else None
+    return previous, newest
+
+
+def _indicator_pair(
+    operand: IndicatorOperand, indicator: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]
+) -> Pair:
+    names = [output.name for output in indicator.indicator.outputs]
+    if operand.output not in names:
+        return (None, None)
+    computed = compute(indicator, {series: bars[series] for series in indicator.series})
+    column = computed.values[names.index(operand.output)]
+    finite = [float(v) if math.isfinite(v) else None for v in column[-2:]]
+    padded = [None, None, *finite][-2:]
+    return padded[0], padded[1]

@@ -1,0 +1,168 @@
+"""The built-in indicators: one :class:`TalibIndicator` per TA-Lib function, generated from
+TA-Lib's own metadata (``talib.talib.abstract.Function(name).info``), never written by hand.
+
+Owns the mapping from TA-Lib's metadata to our declaration: group -> category, input names
+-> columns, parameters -> inputs with ranges (``matype`` -> the ``mamode`` select), output
+names -> outputs (overlaps on the ``price`` axis, the rest on an axis of their own), flags
+-> :class:`~.base.Memory`. TA-Lib's C code checks exact parameter ranges itself; its failures
+become :class:`~backend.errors.IndicatorError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import numpy as np
+import talib
+import talib.abstract
+
+from backend.errors import IndicatorError
+from backend.indicators.base import FloatArray, Indicator, Input, Memory, Output
+
+CATEGORIES = {
+    "Overlap Studies": "overlap",
+    "Momentum Indicators": "momentum",
+    "Volume Indicators": "volume",
+    "Volatility Indicators": "volatility",
+    "Cycle Indicators": "cycle",
+    "Pattern Recognition": "pattern",
+    "Statistic Functions": "statistics",
+    "Price Transform": "price transform",
+    "Math Transform": "math transform",
+    "Math Operators": "math operators",
+}
+# Their values are positions in the array passed in, which depend on how many bars happen to
+# be cached: meaningless on a chart, and different for every tail.
+EXCLUDED = {"MAXINDEX", "MININDEX", "MINMAXINDEX"}
+PRICE_GROUPS = {"Overlap Studies", "Price Transform"}
+SAME_SCALE = "Output scale same as input"
+NOT_ON_PRICE = {"AVGDEV"}  # same unit as the price, but a distance, not a level
+# Running totals: a tail computation differs from the full one by a constant.
+ADDITIVE = {"AD", "OBV", "CUMSUM", "PVT", "WAD"}
+# Path-dependent, but a tail converges: ADOSC is a difference of EMAs of AD (the offset cancels).
+CONVERGENT_PATHS = {"ADOSC"}
+# TA-Lib's own MA_Type labels, in index order (the option value of the mamode select).
+MA_TYPES: tuple[str, ...] = tuple(talib.MA_Type[index] for index in range(14))
+MAMODE = "mamode"
+INT_MAX = 100_000
+REAL_LIMIT = 1e9
+_INTEGER_TYPE = 2  # TA_OptInput_IntegerRange / IntegerList in TA-Lib's metadata
+_SINGLE_OUTPUTS = {"real", "integer"}
+
+
+class TalibIndicator(Indicator):
+    """A TA-Lib function behind the :class:`~.base.Indicator` interface."""
+
+    def __init__(self, function_name: str) -> None:
+        info = talib.abstract.Function(function_name).info
+        self.function_name = function_name
+        self.name = f"{info['display_name']} ({function_name})"
+        self.categories = (CATEGORIES.get(info["group"], info["group"].lower()),)
+        self.columns = _columns(info["input_names"])
+        self._talib_names = {
+            _wire_name(name): name for name in info["parameters"]
+        }  # wire input name -> TA-Lib parameter name
+        self.inputs = tuple(
+            _input(function_name, index, name) for index, name in enumerate(info["parameters"])
+        )
+        self.outputs = _outputs(function_name, info)
+        self.memory = _memory(function_name, info["function_flags"] or [])
+        self._function = cast(Callable[..., Any], getattr(talib, function_name))
+
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        arrays = [data[column] for column in self.columns]
+        params = {self._talib_names[name]: _typed(spec, inputs) for name, spec in self._specs()}
+        try:
+            result = self._function(*arrays, **params)
+        except Exception as exc:  # TA-Lib raises bare Exception("... TA_BAD_PARAM")
+            raise IndicatorError("bad_input", f"{self.name}: {exc}") from exc
+        results = result if isinstance(result, tuple) else (result,)
+        return [np.asarray(values, dtype=np.float64) for values in results]
+
+    def lookback(self, inputs: Mapping[str, float]) -> int:
+        params = tuple((self._talib_names[n], _typed(s, inputs)) for n, s in self._specs())
+        return _lookback(self.function_name, params)
+
+    def _specs(self) -> list[tuple[str, Input]]:
+        return [(spec.name, spec) for spec in self.inputs]
+
+
+def talib_indicators() -> dict[str, TalibIndicator]:
+    """Every TA-Lib function, keyed by its registry id ``talib.<category>.<NAME>``."""
+    found: dict[str, TalibIndicator] = {}
+    for function_name in talib.get_functions():
+        if function_name in EXCLUDED:
+            continue
+        indicator = TalibIndicator(function_name)
+        category = indicator.categories[0].replace(" ", "_")
+        found[f"talib.{category}.{function_name}"] = indicator
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookback(function_name: str, params: tuple[tuple[str, float | int], ...]) -> int:
+    function = talib.abstract.Function(function_name)
+    try:
+        function.parameters = dict(params)
+        lookback = int(function.lookback)
+    except Exception as exc:  # TA-Lib reports a bad parameter as a bare Exception
+        raise IndicatorError("bad_input", f"{function_name}: {exc}") from exc
+    if lookback < 0:  # TA-Lib's answer for parameters outside its own ranges
+        raise IndicatorError("bad_input", f"{function_name}: inputs {dict(params)} out of range")
+    return lookback
+
+
+def _typed(spec: Input, inputs: Mapping[str, float]) -> float | int:
+    value = inputs[spec.name]
+    return int(value) if spec.integer else float(value)
+
+
+def _wire_name(talib_name: str) -> str:
+    return MAMODE if talib_name == "matype" else talib_name
+
+
+def _columns(input_names: Mapping[str, str | list[str]]) -> tuple[str, ...]:
+    columns: list[str] = []
+    for value in input_names.values():
+        for column in [value] if isinstance(value, str) else value:
+            name = column
+            while name in columns:  # the same field twice: a second series' role
+                name = f"{name}2"
+            columns.append(name)
+    return tuple(columns)
+
+
+def _input(function_name: str, index: int, talib_name: str) -> Input:
+    info = talib._ta_lib._ta_getOptInputParameterInfo(function_name.encode(), index)
+    default = float(info["default_value"])
+    if talib_name.endswith("matype"):
+        choices = MA_TYPES if talib_name == "matype" else ()
+        return Input(_wire_name(talib_name), default, 0, len(MA_TYPES) - 1, True, choices)
+    if info["type"] == _INTEGER_TYPE:
+        return Input(talib_name, default, 1 if default >= 1 else -INT_MAX, INT_MAX, True)
+    return Input(talib_name, default, -REAL_LIMIT, REAL_LIMIT, False)
+
+
+def _outputs(function_name: str, info: Mapping[str, Any]) -> tuple[Output, ...]:
+    flags = info["function_flags"] or []
+    on_price = info["group"] in PRICE_GROUPS or (
+        SAME_SCALE in flags and function_name not in NOT_ON_PRICE
+    )
+    axis = "price" if on_price else function_name.lower()
+    names: list[str] = list(info["output_names"])
+    if len(names) == 1 and names[0] in _SINGLE_OUTPUTS:
+        names = [function_name]
+    return tuple(Output(name, axis) for name in names)
+
+
+def _memory(function_name: str, flags: Sequence[str]) -> Memory:
+    # TA-Lib flags only the functions whose unstable period is configurable; MACD, TEMA,
+    # TRIX, or any function with ``matype`` = EMA also smooth exponentially. So every
+    # function that is not a running total or path-dependent gets the long, safe tail.
+    if function_name in ADDITIVE:
+        return Memory.ADDITIVE
+    if "Output is path-dependent" in flags and function_name not in CONVERGENT_PATHS:
+        return Memory.FULL
+    return Memory.DECAYING

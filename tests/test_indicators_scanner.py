@@ -1,0 +1,132 @@
+"""A scan over many symbols: results per match, progress, a completion message even with no
+match, one symbol's failure never aborts the scan, bounded concurrency, stop at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from backend.errors import UnknownSymbol
+from backend.indicators.registry import Indicators, build_indicators
+from backend.indicators.rules import RuleSet, parse_rule_set
+from backend.indicators.scanner import ScanLimits, Symbol, run_scan
+from backend.model.bars import Bar, SeriesId
+from tests.harness import eventually
+from tests.test_indicators_engine import make_bars
+
+RSI_LABEL = "RSI timeperiod=14"
+
+
+@pytest.fixture(scope="module")
+def indicators() -> Indicators:
+    return build_indicators()
+
+
+def close_above(level: float) -> RuleSet:
+    rule = {"type1": "data", "source1": "csv", "name1": "T", "interval1": "1h", "key1": "close",
+            "comparator": ">", "type2": "value", "value2": str(level)}  # fmt: skip
+    return parse_rule_set([rule], [], {})
+
+
+def rsi_rule() -> RuleSet:
+    config = {"indicator": {"id": "rsi", "indicator": {"id": "talib.momentum.RSI", "name": "RSI"},
+              "inputs": {"timeperiod": 14},
+              "dataMap": {"close": {"source": "csv", "name": "T", "interval": "1h",
+                                    "value": "csv-T-1h-close"}}}}  # fmt: skip
+    rule = {"type1": "indicator", "indicator1": RSI_LABEL, "output1": "RSI",
+            "comparator": ">", "type2": "value", "value2": "0"}  # fmt: skip
+    return parse_rule_set([rule], [], {RSI_LABEL: config})
+
+
+def universe(n: int) -> list[Symbol]:
+    return [Symbol("csv", f"S{i}", {"id": f"csv-S{i}", "name": f"S{i}"}) for i in range(n)]
+
+
+class Store:
+    """Symbol S<i> closes at i; S13 is unknown upstream."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.running = 0
+        self.most = 0
+        self.asked: list[tuple[SeriesId, int]] = []
+
+    async def fetch(self, series: SeriesId, n: int) -> Sequence[Bar]:
+        self.asked.append((series, n))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            if series.name == "S13":
+                raise UnknownSymbol("no such symbol")
+            level = float(series.name[1:])
+            return [(t, level, level, level, level, 1.0) for t, *_ in make_bars(n)]
+        finally:
+            self.running -= 1
+
+
+async def scan(
+    rules: RuleSet,
+    symbols: list[Symbol],
+    store: Store,
+    indicators: Indicators,
+    stop: asyncio.Event | None = None,
+    **limits: Any,
+) -> tuple[Any, list[dict[str, Any]]]:
+    sent: list[dict[str, Any]] = []
+    stop = stop or asyncio.Event()
+    limit = asyncio.Semaphore(8)
+    outcome = await run_scan(
+        rules, ("csv", "T"), symbols, store.fetch, indicators, sent.append, stop, limit,
+        ScanLimits(**limits),
+    )  # fmt: skip
+    return outcome, sent
+
+
+async def test_a_scan_sends_a_result_per_match_then_completes(indicators: Indicators) -> None:
+    outcome, sent = await scan(close_above(16.5), universe(20), Store(), indicators)
+    results = [m for m in sent if m["type"] == "scan_result"]
+    assert sorted(m["data"]["name"] for m in results) == ["S17", "S18", "S19"]
+    assert results[0]["data_values"] == {"close": float(results[0]["data"]["name"][1:])}
+    assert [m["message"] for m in sent if m["type"] == "scan_progress"][-1] == (
+        "Done: 3 of 20 matched"
+    )
+    assert sent[-1] == {"type": "scan_done", "scanned": 19, "matched": 3, "total": 20,
+                        "stopped": False}  # fmt: skip
+    assert outcome.skipped == ["csv:S13"]
+
+
+async def test_a_scan_without_matches_still_says_it_is_done(indicators: Indicators) -> None:
+    _, sent = await scan(close_above(1e9), universe(5), Store(), indicators)
+    assert [m["type"] for m in sent].count("scan_result") == 0
+    assert sent[-1]["type"] == "scan_done" and sent[-1]["matched"] == 0
+    progress = [m["message"] for m in sent if m["type"] == "scan_progress"]
+    assert progress[:5] == [f"Scanning {i}/5" for i in range(1, 6)]
+
+
+async def test_an_indicator_rule_fetches_only_the_bounded_tail_it_needs(
+    indicators: Indicators,
+) -> None:
+    store = Store()
+    _, sent = await scan(rsi_rule(), universe(3), store, indicators)
+    assert {n for _, n in store.asked} == {466}  # RSI(14) tail 465 + the previous bar
+    assert sent[-1]["scanned"] == 3
+
+
+async def test_a_scan_runs_a_bounded_number_of_symbols_at_once(indicators: Indicators) -> None:
+    store = Store(delay=0.01)
+    await scan(close_above(0), universe(30), store, indicators, per_scan=3)
+    assert store.most == 3
+
+
+async def test_scan_stop_ends_the_scan_at_once(indicators: Indicators) -> None:
+    store, stop = Store(delay=30.0), asyncio.Event()
+    task = asyncio.create_task(scan(close_above(0), universe(100), store, indicators, stop))
+    await eventually(lambda: store.running == 4, what="four symbols in flight")
+    stop.set()
+    outcome, sent = await asyncio.wait_for(task, timeout=5)
+    assert outcome.stopped and sent[-1]["stopped"] is True and store.running == 0
+    assert sent[-2]["message"] == "Stopped: 0 of 100 matched"
