@@ -35,8 +35,11 @@ from backend.model.bars import Bar, fold
 
 __all__ = ["REPLAY_EPOCH", "STAGES", "ReplayClock", "ReplaySeries"]
 
-#: Wall time (UTC seconds) at which every replay stands at its file's midpoint: 2026-01-01.
-REPLAY_EPOCH = 1_767_225_600
+#: Wall time (UTC seconds) at which every replay stood at its file's midpoint: 2026-12-01
+#: 00:00 UTC. Fixed (never the start time) so that every process agrees on the data time;
+#: recent, so that the data time is not yet far ahead of the file (at speed 60 it gains 60
+#: days a day).
+REPLAY_EPOCH = 1_796_083_200
 
 
 @dataclass(frozen=True)
