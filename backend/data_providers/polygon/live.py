@@ -22,9 +22,10 @@ folded is dropped: REST or the stream has counted it already.
 REST may trail the stream (its index catches up a moment after the feed). When REST has not
 reached ``x`` yet, the seconds between ``r`` and ``x`` are missing from both, so the key is
 TRAILING: its bar is published from the seed up to ``x`` and the stream (provisional), its
-aggregates are still kept, and the seed is fetched again every :data:`RECHECK_SECONDS` until
-REST has reached ``x`` (at most :data:`MAX_RECHECKS` times); then the bars since the bucket
-before ``x`` are published again from REST and the key is LIVE.
+aggregates are still kept, and the seed is fetched again, on the first aggregate at least
+:data:`RECHECK_SECONDS` later, until REST has reached ``x`` (at most :data:`MAX_RECHECKS`
+times); then the bars since the bucket before ``x`` are published again from REST and the
+key is LIVE.
 
 After a reconnect, every key of that market goes back to PENDING with its current bar as the
 resume point: the bars since then are fetched at once (:meth:`LiveBars._refresh`, so charts
