@@ -445,7 +445,7 @@ def test_the_bar_spanning_a_stream_drop_mid_minute_is_the_rest_bar(fault: str) -
         FAULTS[fault](fake)
         direct = Direct(fake, markets="stocks,crypto")
         try:
-            symbols = ("AAPL", "X:ETHUSD")
+            symbols = ("AAPL", "MSFT", "X:ETHUSD", "X:BTCUSD")
             for symbol in symbols:
                 direct.subscribe(symbol, "1m")
             wait_until(lambda: len(fake.connections()) == 2, "both clusters connected")
