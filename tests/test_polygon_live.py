@@ -104,8 +104,8 @@ def test_seconds_streamed_after_rest_already_had_them_are_not_counted_twice() ->
     setup = Setup(horizon=MINUTE + 15)  # REST is ahead of the stream
     setup.stream(MINUTE + 10, MINUTE + 10)
     assert setup.jobs.run() == 1
-    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 14)
-    setup.stream(MINUTE + 11, MINUTE + 59)  # 11..14 again, as the stream catches up
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 13)  # REST's last second (14) is
+    setup.stream(MINUTE + 11, MINUTE + 59)  # the stream's: 11..13 arrive again, 14.. anew
     setup.stream(MINUTE + 60, MINUTE + 60)
     assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
     assert setup.jobs.run() == 0  # nothing to recheck
@@ -126,7 +126,7 @@ def test_while_rest_trails_the_stream_the_bar_is_provisional_then_rest_s_own() -
     setup.stream(MINUTE + 14, MINUTE + 14)
     setup.stream(MINUTE + 15, MINUTE + 20)  # streamed while the seed is in flight
     assert setup.jobs.run() == 1
-    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 29)
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 28)  # REST's, but its last second
     setup.stream(MINUTE + 21, MINUTE + 60)
     assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
     setup.stream(MINUTE + 61, MINUTE + 62)

@@ -13,11 +13,12 @@ A bar built live must equal the bar REST returns later, with no second lost or c
 twice. The stream is subscribed first (``add`` watches the ticker) and only carries what
 happens after that, so its aggregates, from the first one (second ``x``) on, are buffered
 while a worker thread fetches the seed from REST: the seconds REST has from ``x``'s minute
-on, whose last one (second ``r``) is how far REST has got. Everything up to ``r`` comes from
-REST (whole days, minutes and seconds: :func:`.bars.seed_pieces` of ``r + 1``, and the closed
-bars since the key's resume point); the buffered aggregates after ``r`` are folded on top,
-and every later aggregate folds in as it comes. An aggregate at or before the last second
-folded is dropped: REST or the stream has counted it already.
+on, whose last one (second ``r``) is how far REST has got. Everything before ``r`` comes from
+REST (whole days, minutes and seconds: :func:`.bars.seed_pieces` of ``r``, and the closed
+bars since the key's resume point). Second ``r`` itself may still be forming in REST's
+answer, and the stream has it whole (``r >= x``), so the buffered aggregates from ``r`` on
+are folded on top, and every later aggregate folds in as it comes. An aggregate at or before
+the last second folded is dropped: REST or the stream has counted it already.
 
 REST may trail the stream (its index catches up a moment after the feed). When REST has not
 reached ``x`` yet, the seconds between ``r`` and ``x`` are missing from both, so the key is
@@ -269,7 +270,7 @@ class LiveBars:
             key.ticker, 1, "second", first - first % 60, max(int(self._wall()), first) + OPEN_END
         )
         caught_up = bool(recent) and recent[-1][0] >= first
-        cut = recent[-1][0] + 1 if caught_up else first
+        cut = recent[-1][0] if caught_up else first  # REST's last second may be forming
         return _Seed(cut, caught_up, self._missed(key, cut), self._seed_bar(key, cut, recent))
 
     def _missed(self, key: _Key, cut: int) -> list[Bar]:
