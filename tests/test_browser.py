@@ -4,7 +4,9 @@ The server runs the ``counting`` test provider, here with a forming bar that mov
 tick (``TickingProvider``) so that a live update visibly changes the last bar. It listens on
 a fixed free port, so that the restart test can bring a new server up at the URL the page
 already has. ``window.candlewire`` (frontend/js/test-hook.js) exposes the bars of each chart,
-the connection state and the last error. A screenshot is kept in ``test-artifacts/``.
+the connection state and the last error. A screenshot is kept in ``test-artifacts/``. One
+test runs its own server with ``ShiftedProvider``, whose clock runs behind the wall clock by
+an amount read at start, to restart a source with older bars than the page holds.
 
 Chromium comes from the system (``make browser``); Playwright never downloads one. Without
 it these tests are skipped, except under ``CI=true`` where they fail.
