@@ -1,13 +1,15 @@
 // ChartPanel: one chart (header, legend, lightweight-charts canvas, message overlay) showing
 // one series key. It consumes the Feed: data_init (first load, or the latest bars after a
-// reconnect, merged in), data_update (series.update: the forming bar or a new one), and
-// data_history (older bars prepended while scrolling left, without moving the view).
+// reconnect: merged in when they continue the series, else replacing it), data_update
+// (series.update: the forming bar or a new one), and data_history (older bars prepended
+// while scrolling left, without moving the view).
 
 import {
   CandlestickSeries, HistogramSeries, LineSeries, createChart,
 } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import {
-  convertAll, converter, formatDate, indexOfTime, isWhitespace, mergeBars, previousReal,
+  continues, convertAll, converter, formatDate, indexOfTime, isWhitespace, mergeBars,
+  previousReal,
 } from "./bars.js";
 import { element, richText } from "./dom.js";
 import { decimalsOf, formatTime, precisionFor, sentence, tickMark } from "./format.js";
@@ -256,13 +258,17 @@ export class ChartPanel extends EventTarget {
 
   // ---------------------------------------------------------------- merging and the view
 
-  /** After a reconnect: merge the latest bars so the gap is filled. */
+  /**
+   * After a reconnect: merge the latest bars so the gap is filled, when they continue the
+   * series. Otherwise (a gap longer than one data_init, or a source whose newest bar is older
+   * than ours, as after a restarted replay) start again from them: merging would keep bars
+   * the source no longer has, and every update older than those would be ignored.
+   */
   mergeLatest(incoming) {
-    const last = this.bars[this.bars.length - 1];
-    if (incoming[0].time > last.time) {
-      // More bars were missed than one data_init holds: start again from the latest ones.
+    if (!continues(this.bars, incoming)) {
       this.bars = incoming;
       this.historyDone = false;
+      this.historyPending = false;
       this.setSeriesData();
       this.initialView();
       return;
