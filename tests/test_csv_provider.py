@@ -19,7 +19,7 @@ from backend.data_providers import csv as csv_module
 from backend.data_providers.csv import CSVProvider
 from backend.data_providers.csv import files as csvdata
 from backend.data_providers.csv.replay import REPLAY_EPOCH
-from backend.errors import UnknownSymbol
+from backend.errors import ConfigError, UnknownSymbol
 from backend.model import intervals
 from backend.model.bars import Bar
 from backend.runtime.messages import BarUpdate, Clock, Event
@@ -53,13 +53,18 @@ class Harness:
     """A provider on ``folder`` with a fake wall clock and recorded events."""
 
     def __init__(
-        self, folder: Path, speed: float = 0.0, date_column: str = "", now: float = WALL
+        self,
+        folder: Path,
+        speed: float = 0.0,
+        date_column: str = "",
+        now: float = WALL,
+        **extra: str,
     ) -> None:
         self.events: list[Event] = []
         self.now = now
         self.provider = CSVProvider()
         settings = config.load_settings(
-            CSV_FOLDER_PATH=folder, CSV_REPLAY_SPEED=speed, CSV_DATE_COLUMN=date_column
+            CSV_FOLDER_PATH=folder, CSV_REPLAY_SPEED=speed, CSV_DATE_COLUMN=date_column, **extra
         )
         self.provider._attach("csv", settings, self.events.append)
         self.provider._wall = lambda: self.now
@@ -142,6 +147,17 @@ def test_the_replay_time_is_continuous_across_a_restart(minutes: Path) -> None:
     after = Harness(minutes, speed=60, now=before.now + 1)  # a new process, a second later
     first = after.history("ACME", "5m", "", "now UTC")[-1]
     assert sent <= first[0] <= sent + 300
+
+
+def test_csv_replay_epoch_moves_the_clock(minutes: Path) -> None:
+    moved = Harness(minutes, speed=60, now=WALL + 86_400, CSV_REPLAY_EPOCH="2026-12-02")
+    assert moved.clocks()["ACME"].origin_wall == WALL + 86_400
+    assert moved.history("ACME", "1m")[-1][0] == T0 + 29 * 60  # at its midpoint again
+
+
+def test_a_bad_csv_replay_epoch_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="CSV_REPLAY_EPOCH"):
+        config.load_settings(CSV_REPLAY_EPOCH="yesterday")
 
 
 def test_with_zero_speed_the_clock_is_frozen_at_the_last_row(minutes: Path) -> None:

@@ -199,7 +199,8 @@ class CSVProvider(Provider):
             logger.exception("%s: skipped: unexpected error while scanning", path)
             return
         speed = self.settings.CSV_REPLAY_SPEED
-        clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed)
+        epoch = self.settings.replay_epoch()
+        clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed, epoch)
         file = _File(layout, path.relative_to(folder).as_posix(), clock)
         keys = ([""] if layout.candle else []) + list(layout.lines)
         for key in keys:
