@@ -384,7 +384,9 @@ export class ChartPanel extends EventTarget {
 
   /** Show the newest bars (the jump-to-latest button, a layout change). */
   toLatest() {
-    this.chart.timeScale().scrollToRealTime();
+    if (!this.bars.length) return;
+    const ts = this.chart.timeScale();
+    ts.scrollToPosition(ts.options().rightOffset, false); // at once: scrollToRealTime animates
   }
 
   requestHistory() {

@@ -134,7 +134,7 @@ function refreshToolbar() {
   scaleMenu.show(panel.scale);
   $("#compare-button").classList.toggle("on", Boolean(panel.compareWanted));
   watchlist.setCurrent(panel.source, panel.name);
-  for (const button of document.querySelectorAll("[data-layout]")) {
+  for (const button of document.querySelectorAll("button[data-layout]")) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.layout) === workspace.layout));
   }
   $("#zone").textContent = state.zone === "local" ? "Local" : "UTC";
@@ -188,7 +188,7 @@ workspace.addEventListener("panel-data", (e) => {
 
 // ------------------------------------------------------------------ controls
 
-for (const button of document.querySelectorAll("[data-layout]")) {
+for (const button of document.querySelectorAll("button[data-layout]")) {
   button.addEventListener("click", () => {
     workspace.setLayout(Number(button.dataset.layout));
     fillEmptyPanels();
