@@ -18,20 +18,18 @@ import {
 import { CompareLine } from "./compare.js";
 import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
-import { ViewEdges } from "./edges.js";
-import {
-  decimalsOf, displayName, formatTime, precisionFor, sentence, tickMark,
-} from "./format.js";
-import { isIntraday, label as intervalLabel, seconds as intervalSeconds } from "./intervals.js";
-import { renderLegend, renderQuote } from "./legend.js";
-import { REFERENCE_TEXT, quoteId } from "./quotes.js";
+import { ViewEdges, clampRange } from "./edges.js";
+import { decimalsOf, formatTime, precisionFor, sentence, tickMark } from "./format.js";
+import { isIntraday, seconds as intervalSeconds } from "./intervals.js";
+import { renderLegend } from "./legend.js";
+import { PanelHead } from "./panel-head.js";
+import { quoteId } from "./quotes.js";
 import { chartOptions, volumeColor } from "./theme.js";
 
 const INIT_COUNT = 300;
 const HISTORY_COUNT = 300;
 const EDGE = 10; // request older bars when fewer than this many are left of the view
 const INITIAL_BARS = 150; // bars shown after the first load
-const KEEP_SHOWN = 0.35; // a drag stops when less than this part of the view has bars
 
 export class ChartPanel extends EventTarget {
   constructor({ index, feed, quotes, theme, zone }) {
@@ -99,14 +97,7 @@ export class ChartPanel extends EventTarget {
   build() {
     this.el = element("section", "panel");
     this.el.dataset.index = String(this.index);
-    const head = element("header", "panel-head", this.el);
-    this.symbolEl = element("span", "panel-symbol", head);
-    this.intervalEl = element("span", "panel-interval", head);
-    this.labelEl = element("span", "panel-label", head);
-    this.compareEl = element("span", "panel-compare", head);
-    this.countdownEl = element("span", "countdown", head);
-    this.countdownEl.title = "Time left until this bar closes";
-    this.quoteEl = element("span", "quote", head);
+    this.head = new PanelHead(this.el);
     const body = element("div", "panel-body", this.el);
     this.legendEl = element("div", "legend", body);
     const area = element("div", "chart-area", body);
@@ -187,8 +178,7 @@ export class ChartPanel extends EventTarget {
     this.quote = null;
     this.precisionApplied = false;
     this.legendEl.replaceChildren();
-    this.quoteEl.replaceChildren();
-    this.countdownEl.textContent = "";
+    this.head.clear();
   }
 
   unsubscribe() {
@@ -365,17 +355,9 @@ export class ChartPanel extends EventTarget {
   clampView() {
     const ts = this.chart.timeScale();
     const range = ts.getVisibleLogicalRange();
-    const n = this.bars.length;
-    if (!range || n < 2) return false;
-    const span = range.to - range.from;
-    const keep = Math.max(2, span * KEEP_SHOWN);
-    const lowest = keep - span; // the oldest bar still `keep` bars inside the right edge
-    const highest = n - 1 - keep; // the newest bar still `keep` bars inside the left edge
-    if (lowest > highest) return false;
-    const from = Math.min(Math.max(range.from, lowest), highest);
-    if (Math.abs(from - range.from) < 1e-6) return false;
-    ts.setVisibleLogicalRange({ from, to: from + span });
-    return true;
+    const clamped = range ? clampRange(range, this.bars.length) : null;
+    if (clamped) ts.setVisibleLogicalRange(clamped);
+    return clamped !== null;
   }
 
   placeEdges() {
@@ -438,14 +420,11 @@ export class ChartPanel extends EventTarget {
 
   /** The header quote: the shared quote (as in the watchlist), else the last close alone. */
   refreshQuote() {
-    const shared = this.source ? this.quotes.get(this.source, this.name) : null;
-    const last = previousReal(this.bars, this.bars.length - 1);
-    if (shared?.price) {
-      this.quote = renderQuote(this.quoteEl, { price: shared.price, change: shared.change });
-    } else {
-      this.quote = renderQuote(this.quoteEl, { last, precision: this.precision });
-    }
-    this.quoteEl.title = `Last price; ${REFERENCE_TEXT.toLowerCase()}`;
+    this.quote = this.head.showQuote({
+      shared: this.source ? this.quotes.get(this.source, this.name) : null,
+      last: previousReal(this.bars, this.bars.length - 1),
+      precision: this.precision,
+    });
     this.emit("tick");
   }
 
@@ -453,22 +432,11 @@ export class ChartPanel extends EventTarget {
   tickClock(now) {
     const last = this.bars[this.bars.length - 1];
     const left = last ? secondsLeft(last.time, this.interval, now) : null;
-    const text = left === null ? "" : formatLeft(left);
-    if (this.countdownEl.textContent !== text) this.countdownEl.textContent = text;
+    this.head.showCountdown(left === null ? "" : formatLeft(left));
   }
 
   renderHead() {
-    const shown = displayName(this.name, this.details);
-    this.symbolEl.textContent = shown || "No symbol";
-    this.symbolEl.title = shown !== this.name ? this.name : "";
-    const d = this.details;
-    const label = d?.name_label && d.name_label !== this.name && d.name_label !== shown
-      ? d.name_label : null;
-    const parts = [label, d?.source_label || this.source].filter(Boolean);
-    this.labelEl.textContent = parts.join(" · ");
-    this.labelEl.title = [label && `Description: ${label}`,
-      `Exchange / source: ${d?.source_label || this.source}`].filter(Boolean).join("\n");
-    this.intervalEl.textContent = this.interval ? intervalLabel(this.interval) : "";
+    this.head.show(this);
   }
 
   showMessage(text, kind = "info", hint = "") {
@@ -555,20 +523,6 @@ export class ChartPanel extends EventTarget {
   }
 
   renderCompareChip() {
-    const c = this.compareWanted;
-    if (!c) {
-      this.compareEl.replaceChildren();
-      return;
-    }
-    const remove = element("button", "compare-remove", null, "×");
-    remove.type = "button";
-    remove.title = `Stop comparing with ${c.name}`;
-    remove.setAttribute("aria-label", remove.title);
-    remove.addEventListener("click", (e) => {
-      e.stopPropagation();
-      this.setCompare(null);
-    });
-    const name = element("span", "compare-name", null, `vs ${displayName(c.name, c.details)}`);
-    this.compareEl.replaceChildren(element("span", "compare-swatch"), name, remove);
+    this.head.showCompare(this.compareWanted, () => this.setCompare(null));
   }
 }

@@ -1,8 +1,23 @@
 // ViewEdges: what a chart shows at the edges of its data: "Loading older bars…" while
 // scroll-back history is on its way, a "Start of data" mark at the first bar once the source
-// has nothing older, and a "jump to latest" button while the newest bar is off screen.
+// has nothing older, and a "jump to latest" button while the newest bar is off screen; and
+// clampRange, the limit that keeps a dragged view from leaving its bars.
 
 import { element } from "./dom.js";
+
+const KEEP_SHOWN = 0.35; // a drag stops when less than this part of the view has bars
+
+/** The logical range to show instead of `range` over `count` bars, or null when it is fine. */
+export function clampRange(range, count) {
+  if (count < 2) return null;
+  const span = range.to - range.from;
+  const keep = Math.max(2, span * KEEP_SHOWN);
+  const lowest = keep - span; // the oldest bar still `keep` bars inside the right edge
+  const highest = count - 1 - keep; // the newest bar still `keep` bars inside the left edge
+  if (lowest > highest) return null;
+  const from = Math.min(Math.max(range.from, lowest), highest);
+  return Math.abs(from - range.from) < 1e-6 ? null : { from, to: from + span };
+}
 
 const SVG = "http://www.w3.org/2000/svg";
 
