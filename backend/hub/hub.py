@@ -275,9 +275,13 @@ class Hub:
         if client.id not in self.clients:
             return
         wire = self.wire_keys(key, details)
-        self.send(
-            client, protocol.series_message("data_init", key, wire.datapoints(answer.bars), details)
-        )
+        async with client.outbox.room():  # paced by the client's reading
+            if client.id not in self.clients:
+                return
+            self.send(
+                client,
+                protocol.series_message("data_init", key, wire.datapoints(answer.bars), details),
+            )
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
         if subscribe and client.id in self.subs.subscribers(key):
@@ -290,9 +294,12 @@ class Hub:
             return
         answer = await self.planner.before(key, request.end, request.count)
         wire = self.wire_keys(key, details)
-        self.send(
-            client, protocol.series_message("data_history", key, wire.datapoints(answer.bars))
-        )
+        async with client.outbox.room():  # paced by the client's reading
+            if client.id not in self.clients:
+                return
+            self.send(
+                client, protocol.series_message("data_history", key, wire.datapoints(answer.bars))
+            )
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
 

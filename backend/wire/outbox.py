@@ -11,12 +11,20 @@ transport's write buffer, reported by the writer). When that stays over the soft
 longer than the slow-client timeout, or reaches ``HARD_LIMIT_FACTOR`` times them at any
 moment, the hub closes the client with 1013 and counts it. Memory per client is bounded
 either way; one large reply (a 10,000-bar ``data_init`` is about 1 MB) counts in full.
+
+Replies the client asked for are paced by its reading instead: :meth:`Outbox.room` lets
+one reply at a time through, once what is pending is under half the byte limit, so a
+client asking for a hundred 10,000-bar series gets them all as fast as it reads them. A
+reply kept waiting for room counts as a stall too, so one that never reads holds about
+half the limit until the slow-client timeout closes it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
 HARD_LIMIT_FACTOR = 4
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -24,6 +32,10 @@ DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
 def _nothing_buffered() -> int:
     return 0
+
+
+async def _no_wait(limit: int) -> None:
+    return None
 
 
 class Outbox:
@@ -37,12 +49,15 @@ class Outbox:
         "_hard_bytes",
         "_hard_limit",
         "_in_transport",
+        "_replying",
         "_seq",
+        "_until_below",
         "_wake",
         "conflations",
         "max_bytes",
         "over_limit_since",
         "soft_limit",
+        "waiting_since",
     )
 
     def __init__(
@@ -62,10 +77,13 @@ class Outbox:
         # ``_buffered`` reads the current figure (asked only when a limit is at stake).
         self._in_transport = 0
         self._buffered: Callable[[], int] = _nothing_buffered
+        self._until_below: Callable[[int], Awaitable[None]] = _no_wait
+        self._replying: asyncio.Lock | None = None  # made on the first reply
         self._wake = wake
         self._seq = 0
         self._closed = False
         self.over_limit_since: float | None = None
+        self.waiting_since: float | None = None  # a reply waits for room since then
         self.conflations = 0
 
     def __len__(self) -> int:
@@ -77,12 +95,34 @@ class Outbox:
         return self._bytes
 
     def set_wake(
-        self, wake: Callable[[], None] | None, buffered: Callable[[], int] | None = None
+        self,
+        wake: Callable[[], None] | None,
+        buffered: Callable[[], int] | None = None,
+        until_below: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """Call ``wake`` (no arguments, must not block) whenever the outbox stops being empty;
-        ``buffered()`` tells how many bytes the writer handed on that are not sent yet."""
+        ``buffered()`` tells how many bytes the writer handed on that are not sent yet, and
+        ``await until_below(n)`` returns once at most ``n`` bytes are pending (or the client
+        is gone)."""
         self._wake = wake
         self._buffered = buffered or _nothing_buffered
+        self._until_below = until_below or _no_wait
+
+    @contextlib.asynccontextmanager
+    async def room(self) -> AsyncIterator[None]:
+        """Hold this while building and pushing a reply: replies go one at a time, each
+        once the client has under half the byte limit pending."""
+        if self._replying is None:
+            self._replying = asyncio.Lock()
+        async with self._replying:
+            limit = self.max_bytes // 2
+            if self._bytes + self._refresh_in_transport() > limit:
+                self.waiting_since = time.monotonic()
+                try:
+                    await self._until_below(limit)
+                finally:
+                    self.waiting_since = None
+            yield
 
     def pending_bytes(self) -> int:
         """Bytes the client has yet to receive: this outbox plus the writer's buffer."""
@@ -141,14 +181,16 @@ class Outbox:
             self.over_limit_since = None
 
     def stalled_for(self, now: float) -> float:
-        """Seconds the client has been over a soft limit without a break (0 when it is not)."""
+        """Seconds the client has been over a soft limit without a break, or has kept a
+        reply waiting for room (0 when neither)."""
+        waiting = 0.0 if self.waiting_since is None else now - self.waiting_since
         self.pending_bytes()
         if not self._over_soft():
             self.over_limit_since = None
-            return 0.0
+            return waiting
         if self.over_limit_since is None:
             self.over_limit_since = now
-        return now - self.over_limit_since
+        return max(waiting, now - self.over_limit_since)
 
     def over_hard_limit(self) -> bool:
         """Whether what the client has not received is over a hard limit now."""
@@ -162,6 +204,7 @@ class Outbox:
         self._in_transport = 0
         self._wake = None
         self._buffered = _nothing_buffered
+        self._until_below = _no_wait
         self.over_limit_since = None
 
     def _refresh_in_transport(self) -> int:

@@ -63,6 +63,7 @@ UVICORN_PROTOCOL_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
 _PROTOCOL_ATTRIBUTES = ("transport", "writable", "conn", "close_sent", "disconnected")
 CLOSE_TIMEOUT = 2.0  # the portable writer's wait for its close to be sent
 CLOSE_GRACE = 5.0  # after a close, the client has this long to go before it is cut off
+PAUSE_POLL = 0.01  # transports whose high-water mark exceeds the reply pacing limit
 
 
 class SocketWriter(Interface):
@@ -73,6 +74,10 @@ class SocketWriter(Interface):
 
     def buffered(self) -> int:
         """Bytes handed on towards the client that it has not received yet."""
+
+    async def until_below(self, limit: int) -> None:
+        """Return once at most ``limit`` bytes are pending (outbox and :meth:`buffered`),
+        or the writer is stopped."""
 
     def stop(self) -> None:
         """Write nothing more (the connection is closing or gone)."""
@@ -126,7 +131,7 @@ def writer_for(websocket: WebSocket, outbox: Outbox, label: str) -> SocketWriter
     else:
         writer = AsgiWriter(websocket, outbox, label)
     logger.debug("%s: %s", label, type(writer).__name__)
-    outbox.set_wake(writer.wake, writer.buffered)
+    outbox.set_wake(writer.wake, writer.buffered, writer.until_below)
     return writer
 
 
@@ -160,6 +165,21 @@ class DirectWriter:
 
     def buffered(self) -> int:
         return self._protocol.transport.get_write_buffer_size()
+
+    async def until_below(self, limit: int) -> None:
+        protocol = self._protocol
+        while (
+            not self._stopped
+            and not protocol.disconnected
+            and self._outbox.nbytes + self.buffered() > limit
+        ):
+            if not protocol.writable.is_set():
+                # paused: resumed once the buffer is under the transport's low-water mark
+                await protocol.writable.wait()
+            elif self._outbox.nbytes:
+                await asyncio.sleep(0)  # the flush is due this loop turn
+            else:  # a buffer over ``limit`` yet under the high-water mark: wait a little
+                await asyncio.sleep(PAUSE_POLL)
 
     def stop(self) -> None:
         self._stopped = True
@@ -237,7 +257,17 @@ class DirectWriter:
 class AsgiWriter:
     """The portable writer: a task awaiting the ASGI ``send_text`` for every frame."""
 
-    __slots__ = ("_closing", "_label", "_outbox", "_ready", "_task", "_unsent", "_websocket")
+    __slots__ = (
+        "_closing",
+        "_label",
+        "_outbox",
+        "_progress",
+        "_ready",
+        "_stopped",
+        "_task",
+        "_unsent",
+        "_websocket",
+    )
 
     def __init__(self, websocket: WebSocket, outbox: Outbox, label: str) -> None:
         self._websocket = websocket
@@ -247,6 +277,8 @@ class AsgiWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._unsent = 0  # bytes taken from the outbox and not yet sent
+        self._progress = asyncio.Event()  # set after every frame sent
+        self._stopped = False
 
     def wake(self) -> None:
         self._ready.set()
@@ -256,10 +288,17 @@ class AsgiWriter:
     def buffered(self) -> int:
         return self._unsent
 
+    async def until_below(self, limit: int) -> None:
+        while not self._stopped and self._outbox.nbytes + self._unsent > limit:
+            self._progress.clear()
+            await self._progress.wait()
+
     def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
         self._unsent = 0
+        self._progress.set()
 
     def close(self, code: int, reason: str) -> None:
         self.stop()
@@ -286,5 +325,8 @@ class AsgiWriter:
                 for frame in frames:
                     await send(payload_of(frame).decode())
                     self._unsent -= len(frame)
+                    self._progress.set()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             logger.debug("%s: writer stopped: %r", self._label, exc)
+            self._stopped = True
+            self._progress.set()
