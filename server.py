@@ -6,9 +6,10 @@
 SIGINT/SIGTERM stop the hub and every provider process cleanly.
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
-:class:`GcPauses`): rare young collections, and a full collection shortly after clients
-left (or at least every few minutes), so what departed clients leave in reference cycles
-is freed. Every collection's pause is recorded; the figures are logged at shutdown.
+:class:`GcPauses`): rare young collections; a collection of the objects made since the
+last one shortly after clients left, so what departed clients leave in reference cycles is
+freed, with survivors frozen so that no collection walks the bar cache; and a full
+collection every few minutes. Every pause is recorded; the figures are logged at shutdown.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ logger = logging.getLogger("candlewire.server")
 
 GC_YOUNG_THRESHOLD = 20_000
 GC_CHECK_SECONDS = 1.0
-# A full collection at most this often after clients left, and at least this often anyway.
-# Its pause grows with the bars in the cache (every cached bar is visited: ~50 ms for 500,000
-# bars), and what departed clients leave for it is small (their frames, outbox and socket
-# buffers are freed as they go): a few KB of uvicorn and asyncio objects per client.
-FULL_GC_MIN_SECONDS = 30.0
+# What survives a collection is frozen (gc.freeze) out of later ones: the bar cache alone is
+# hundreds of thousands of tuples that every collection including it would visit (~50-300 ms
+# for 500,000 bars). After clients left, a collection of what is not frozen runs, at most
+# every FULL_GC_MIN_SECONDS; every FULL_GC_MAX_SECONDS everything is unfrozen and collected,
+# for cycles that were frozen while still alive.
+FULL_GC_MIN_SECONDS = 5.0
 FULL_GC_MAX_SECONDS = 600.0
 GC_PAUSES_KEPT = 10_000  # per generation, for the percentiles logged at shutdown
 
@@ -94,8 +96,9 @@ def tune_gc() -> None:
     a large bar cache took 25-70 ms of CPU, stalling every client at once (the p99 latency).
     Objects that exist at startup (modules, the app) are frozen out of collections, and
     young collections run every 20,000 net allocations instead of 700. With these
-    thresholds a full collection almost never comes by itself: :class:`Collector` runs one
-    after clients left, whose objects uvicorn and asyncio keep in reference cycles."""
+    thresholds an old-generation collection almost never comes by itself:
+    :class:`Collector` runs them, after clients left (whose objects uvicorn and asyncio
+    keep in reference cycles) and every few minutes."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     gc.freeze()
 
@@ -132,13 +135,14 @@ class GcPauses:
 
 
 class Collector:
-    """Full collections of the hub: ``FULL_GC_MIN_SECONDS`` after clients left (at most
-    that often), and at least every ``FULL_GC_MAX_SECONDS``; each timed, logged at DEBUG."""
+    """The hub's old-generation collections, each timed and logged at DEBUG: what is not
+    frozen, ``FULL_GC_MIN_SECONDS`` after clients left (at most that often); everything,
+    every ``FULL_GC_MAX_SECONDS``. Survivors are frozen each time."""
 
     def __init__(self, entrance: Entrance) -> None:
         self.entrance = entrance  # counts the WebSocket clients that left (``departures``)
         self.seen = 0
-        self.last = time.monotonic()
+        self.last = self.last_full = time.monotonic()
 
     async def run(self) -> None:
         while True:
@@ -147,19 +151,25 @@ class Collector:
 
     def check(self, now: float) -> None:
         departures = self.entrance.departures
-        since = now - self.last
-        if since < FULL_GC_MIN_SECONDS or (departures == self.seen and since < FULL_GC_MAX_SECONDS):
+        full = now - self.last_full >= FULL_GC_MAX_SECONDS
+        if not full and (departures == self.seen or now - self.last < FULL_GC_MIN_SECONDS):
             return
         started = time.perf_counter()
+        if full:
+            gc.unfreeze()
         found = gc.collect()
+        gc.freeze()
         logger.debug(
-            "gc: full collection after %d clients left: %d unreachable objects, %.1f ms",
+            "gc: %s collection (%d clients left since the last): %d unreachable, %.1f ms",
+            "full" if full else "unfrozen objects'",
             departures - self.seen,
             found,
             (time.perf_counter() - started) * 1000,
         )
         self.seen = departures
         self.last = time.monotonic()
+        if full:
+            self.last_full = self.last
 
 
 class HubServer(uvicorn.Server):
