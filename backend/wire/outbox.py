@@ -133,14 +133,16 @@ class Outbox:
 
         Returns False when a hard limit is reached: the caller must close the client.
         """
+        frames = self._frames
+        if slot is not None:
+            replaced = frames.get(slot)
+            if replaced is not None:
+                self._bytes += len(frame) - len(replaced)
+                frames[slot] = frame
+                self.conflations += 1
+                return True
         if self._closed:
             return True  # the client is gone: nobody will read it
-        frames = self._frames
-        if slot is not None and slot in frames:
-            self._bytes += len(frame) - len(frames[slot])
-            frames[slot] = frame
-            self.conflations += 1
-            return True
         pending = len(frames) + 1
         size = self._bytes + len(frame)
         if pending > self._hard_limit or (
@@ -167,7 +169,7 @@ class Outbox:
         taken = list(self._frames.values())
         self._frames.clear()
         self._bytes = 0
-        if not self._over_soft():
+        if self._in_transport <= self.max_bytes:
             self.over_limit_since = None
         return taken
 
