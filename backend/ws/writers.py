@@ -26,11 +26,14 @@ or with a protocol object that lacks what the direct writer uses, every connecti
 the portable writer and the server works as before, only slower.
 
 Both writers report the bytes they handed on that the client has not received yet, which
-count against the client's byte limit (``backend.wire.outbox``), and both close a client
-that is too slow in bounded time: the direct writer queues the close frame behind what the
+count against the client's byte limit (``backend.wire.outbox``), let replies wait until
+the client has room (:meth:`SocketWriter.until_below`), and close a client that is too
+slow without waiting on it. The direct writer queues the close frame behind what the
 socket holds even while the transport is paused, and aborts the connection if the client
 has not gone ``CLOSE_GRACE`` seconds later (a client that never reads never answers a
-close, and a transport being closed keeps its whole write buffer until it is sent).
+close, and a transport being closed keeps its whole write buffer until it is sent). The
+portable one asks the server to close and stops waiting after ``CLOSE_TIMEOUT``: only the
+server can cut a connection off there.
 """
 
 from __future__ import annotations
