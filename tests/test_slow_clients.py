@@ -146,8 +146,10 @@ async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_st
     kicked_before = slow_disconnects(server)
 
     stalled = never_reading_client(server)
-    # 90 replies of about 1 MB each: 90 MB if the hub queued them all.
-    request = [data(n, i, 10_000) for _ in range(10) for n, i in KEYS]
+    # Subscribed to the fast client's key, then 90 replies of about 1 MB each: 90 MB if the
+    # hub queued them all.
+    request = [data("AAA", "1m", 10_000, stream=True)]
+    request += [data(n, i, 10_000) for _ in range(10) for n, i in KEYS]
     stalled.sendall(client_frame(json.dumps(request).encode()))
     asked_at = time.monotonic()
     gaps, peak_rss = [], 0
