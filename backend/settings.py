@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     MAX_REQUESTS_PER_FRAME: int = Field(100, ge=1)
     MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
     OUTBOX_MAX_MESSAGES: int = Field(1_000, ge=10)
+    # Bytes a client may have pending (outbox plus socket buffer) before it counts as slow;
+    # 4x this at any moment closes it at once (DESIGN section 4; backend/wire/outbox.py).
+    OUTBOX_MAX_BYTES: int = Field(4 * 1024 * 1024, ge=65_536)
     SLOW_CLIENT_TIMEOUT: float = Field(10.0, gt=0)
     STREAM_LINGER_SECONDS: float = Field(5.0, ge=0)
     HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)

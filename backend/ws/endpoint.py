@@ -90,7 +90,8 @@ class _Connection:
             return
         self.closing = True
         if self.writer is not None:
-            self.writer.stop()
+            self.writer.close(code, reason)  # bounded, even when the client never reads
+            return
         task = asyncio.get_running_loop().create_task(self._close(code, reason))
         task.add_done_callback(_log_failure)
 
