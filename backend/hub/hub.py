@@ -182,6 +182,7 @@ class Hub:
         if self.clients.pop(client.id, None) is None:
             return
         client.replies.cancel()
+        client.replies.on_failure = None  # its closure refers to the client
         # What it had not received is dropped now, and the client's objects no longer refer
         # to each other (outbox <-> writer, client <-> connection): they are freed at once.
         client.outbox.close()
