@@ -169,15 +169,19 @@ def rows(
     keys: Sequence[str],
     since: int | None = None,
     count: int | None = None,
+    until: int | None = None,
 ) -> list[dict[str, object]]:
-    """Wire rows from ``since`` (a bar time) to the end, else the last ``count`` rows."""
+    """Wire rows from ``since`` (a bar time) to ``until`` (inclusive; None: the end), else
+    the last ``count`` rows up to ``until``."""
     n = len(computed.times)
+    stop = n if until is None else int(np.searchsorted(computed.times, until, side="right"))
     if since is not None:
         start = int(np.searchsorted(computed.times, since))
     else:
-        start = max(0, n - count) if count is not None else 0
-    dates = [intervals.format_date(int(t)) for t in computed.times[start:]]
-    columns = [_nullable(values[start:]) for values in computed.values]
+        start = max(0, stop - count) if count is not None else 0
+    start = min(start, stop)
+    dates = [intervals.format_date(int(t)) for t in computed.times[start:stop]]
+    columns = [_nullable(values[start:stop]) for values in computed.values]
     names = ("date", *keys)
     return [dict(zip(names, row, strict=True)) for row in zip(dates, *columns, strict=True)]
 
