@@ -16,7 +16,7 @@ the maths (``backend.indicators``), scans (``scanning``), request order (``reque
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import ProtocolError
@@ -24,6 +24,7 @@ from backend.hub.clients import Client
 from backend.hub.fanout import Kick
 from backend.indicators import messages
 from backend.indicators.engine import (
+    Bars,
     BoundIndicator,
     bind,
     compute_history,
@@ -33,6 +34,7 @@ from backend.indicators.engine import (
 )
 from backend.indicators.live import IndicatorUpdate, LiveIndicators
 from backend.indicators.registry import Indicators
+from backend.indicators.tails import Tails
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.wire import protocol
@@ -54,6 +56,7 @@ class Indicating:
         self.indicators = indicators
         self.kick = kick
         self.live = LiveIndicators()
+        self.tails = Tails()
         self.delivered = 0  # indicator_update frames queued to clients
 
     @property
@@ -135,10 +138,12 @@ class Indicating:
 
     def drop_client(self, client_id: int) -> None:
         self.live.drop_client(client_id)
+        self.tails.keep_only(self.live.watches)
 
     def drop_series(self, client_id: int, key: SeriesId) -> None:
         """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop."""
         self.live.drop_series(client_id, key)
+        self.tails.keep_only(self.live.watches)
 
     def reset_source(self, source: str) -> None:
         """A provider restarted: running totals are recomputed in full next time."""
@@ -160,11 +165,12 @@ class Indicating:
             for update in updates:
                 self._push(update)
 
-    def _tail(self, series: SeriesId, count: int | None) -> Sequence[Bar]:
+    def _tail(self, series: SeriesId, count: int | None) -> Bars:
+        """The last ``count`` cached bars (all for None), as a table kept up to date."""
         cached = self.hub.cache.peek(series)
         if cached is None:
             return ()
-        return cached.bars if count is None else cached.bars[-count:]
+        return cached.bars if count is None else self.tails.get(series, cached.bars, count)
 
     def _push(self, update: IndicatorUpdate) -> None:
         hub = self.hub

@@ -32,7 +32,9 @@ from backend.model.bars import FIELDS, Bar, SeriesId
 logger = logging.getLogger(__name__)
 
 TimeArray = npt.NDArray[np.int64]
-Fetch = Callable[[SeriesId, int | None], Sequence[Bar]]
+Bars = Sequence[Bar] | FloatArray
+"""Bars oldest first: tuples, or a table with one row per bar (:mod:`.tails`)."""
+Fetch = Callable[[SeriesId, int | None], Bars]
 """``fetch(series, n)``: the last ``n`` cached bars of ``series`` (all of them for None)."""
 
 WINDOW_MARGIN = 2
@@ -112,7 +114,7 @@ def bind(
 
 
 def align(
-    bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]
+    bound: BoundIndicator, bars: Mapping[SeriesId, Bars]
 ) -> tuple[TimeArray, dict[str, FloatArray]]:
     """The bar times common to every series, and each column's values at those times."""
     tables = {series: _table(bars.get(series, ())) for series in bound.series}
@@ -129,7 +131,7 @@ def align(
     return times, data
 
 
-def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]) -> Computed:
+def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Bars]) -> Computed:
     """Every output of ``bound`` over ``bars``; NaN during warm-up."""
     times, data = align(bound, bars)
     inputs = dict(bound.inputs)
@@ -257,9 +259,11 @@ class LiveComputation:
             self._anchor = (int(computed.times[-2]), values)
 
 
-def _table(bars: Sequence[Bar]) -> FloatArray:
-    if not bars:
+def _table(bars: Bars) -> FloatArray:
+    if len(bars) == 0:
         return np.empty((0, 6), dtype=np.float64)
+    if isinstance(bars, np.ndarray):
+        return bars  # already a table (the hub's incremental tails)
     return np.array(bars, dtype=np.float64)
 
 

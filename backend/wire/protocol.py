@@ -182,11 +182,15 @@ def parse_request(item: Any, max_count: int) -> Request:
             return BadRequest("missing_field", "request has no 'type'", item)
         return BadRequest(
             "unknown_type",
-            f"unknown request type {quote(clip(kind, MAX_TYPE_ECHO) if isinstance(kind, str) else kind)}; known: "
-            + ", ".join(sorted(_PARSERS)),
+            f"unknown request type {_quote_type(kind)}; known: " + ", ".join(sorted(_PARSERS)),
             item,
         )
     return parser(item, max_count)
+
+
+def _quote_type(kind: Any) -> str:
+    """An unknown ``type``, quoted short: the list of known types that follows is long."""
+    return quote(clip(kind, MAX_TYPE_ECHO) if isinstance(kind, str) else kind)
 
 
 def _parse_data(item: dict[str, Any], max_count: int) -> Request:
