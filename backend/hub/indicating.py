@@ -16,6 +16,7 @@ the maths (``backend.indicators``), scans (``scanning``), request order (``reque
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,8 @@ class Indicating:
         self.live = LiveIndicators()
         self.tails = Tails()
         self.delivered = 0  # indicator_update frames queued to clients
+        self.seconds = 0.0  # spent computing, encoding and queueing live updates
+        self._register_gauges()
 
     @property
     def computed(self) -> int:
@@ -155,6 +158,7 @@ class Indicating:
     def on_updates(self, keys: Iterable[SeriesId]) -> None:
         """After a provider batch: one computation per shared indicator on ``keys``, one
         ``indicator_update`` frame per chart id, pushed after the ``data_update``s."""
+        started = time.perf_counter()
         for key in keys:
             try:
                 updates = self.live.on_bar(key, self._tail)
@@ -164,6 +168,7 @@ class Indicating:
                 continue
             for update in updates:
                 self._push(update)
+        self.seconds += time.perf_counter() - started
 
     def _tail(self, series: SeriesId, count: int | None) -> Bars:
         """The last ``count`` cached bars (all for None), as a table kept up to date."""
@@ -197,3 +202,25 @@ class Indicating:
                 key = f"{series.source}-{series.name}-{series.interval}"
                 dates[key] = intervals.format_date(cached.newest)
         return dates
+
+    def _register_gauges(self) -> None:
+        m = self.hub.metrics
+        m.gauge(
+            "candlewire_indicators", lambda: len(self.indicators), "indicators in the catalogue"
+        )
+        m.gauge(
+            "candlewire_indicator_computations",
+            lambda: self.computed,
+            "live indicator computations run since start (one per shared indicator per update)",
+        )
+        m.gauge(
+            "candlewire_indicator_updates_delivered",
+            lambda: self.delivered,
+            "indicator_update frames queued to clients since start",
+        )
+        m.gauge(
+            "candlewire_indicator_seconds",
+            lambda: self.seconds,
+            "seconds spent computing and queueing live indicator updates since start",
+        )
+        m.gauge("candlewire_indicator_shared", lambda: len(self.live), "shared live computations")
