@@ -116,6 +116,7 @@ class Scanning:
     async def _fetch(self, series: SeriesId, count: int) -> Sequence[Bar]:
         """The last ``count`` bars of ``series``: cache, store, then the provider."""
         hub = self.hub
+        await asyncio.sleep(0)  # cached bars never wait: give streaming its turn anyway
         answer = await hub.planner.latest(series, count, hub.subs.has(series))
         if answer.error is not None and not answer.bars:
             raise answer.error
