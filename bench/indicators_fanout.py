@@ -295,8 +295,8 @@ class IndicatorLoadGen:
 # ---------------------------------------------------------------------------- the run
 
 
-def server(keys: int, clients: int, label: str) -> OurServer:
-    ours = OurServer(providers=SOURCE, BENCH_KEYS=str(keys), MAX_CLIENTS=str(clients + 100))
+def server(keys: int, clients: int, label: str, **env: str) -> OurServer:
+    ours = OurServer(providers=SOURCE, BENCH_KEYS=str(keys), MAX_CLIENTS=str(clients + 100), **env)
     ours.env["EXTRA_PROVIDERS"] += f",{SOURCE}=bench.indicators_fanout:LongHistorySynthetic"
     ours.label = label
     return ours
@@ -361,7 +361,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with (
         IndicatorLoadGen() as gen,
         server(args.keys, n, "plain") as plain,
-        server(args.keys, n, "indicators") as rich,
+        server(
+            args.keys, n, "indicators", INDICATOR_UPDATE_SECONDS=str(args.update_seconds)
+        ) as rich,
     ):
         for target, indicators in ((plain, False), (rich, True)):
             result = gen.call(
@@ -391,6 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "keys": args.keys,
         "keys_per_client": k,
         "indicators_per_client": k * len(INDICATORS),
+        "update_seconds": args.update_seconds,
         "plain_per_s": found_plain["saturation_per_s"],
         "indicators_per_s": found_rich["saturation_per_s"],
         "ratio": ratio(found_rich["saturation_per_s"], found_plain["saturation_per_s"]),
@@ -406,7 +409,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_report(f: dict[str, Any]) -> None:
     print(
         f"\nindicator fan-out: {f['clients']} clients x {f['keys_per_client']} keys of "
-        f"{f['keys']}, {f['indicators_per_client']} streamed indicators per client"
+        f"{f['keys']}, {f['indicators_per_client']} streamed indicators per client, "
+        f"INDICATOR_UPDATE_SECONDS={f['update_seconds']:g}"
     )
     rows = [
         {
@@ -459,6 +463,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--precision", type=float, default=1.25)
+    parser.add_argument(
+        "--update-seconds",
+        type=float,
+        default=0.0,
+        help="INDICATOR_UPDATE_SECONDS of the indicator server (0: after every batch)",
+    )
     parser.add_argument("--init-bars", type=int, default=5000)
     parser.add_argument("--init-runs", type=int, default=40)
     args = parser.parse_args()

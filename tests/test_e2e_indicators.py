@@ -364,3 +364,42 @@ async def test_a_failing_indicator_request_gets_an_error_and_the_empty_reply(
     assert empty["data"] == [] and empty["annotations"] is None
     await client.send({"type": "ping", "id": 1})
     await client.wait_for("pong")
+
+
+# ---------------------------------------------------------------- INDICATOR_UPDATE_SECONDS
+
+
+@pytest.fixture(scope="module")
+def throttled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("throttled")
+    with populated_server(
+        tmp, PROVIDERS="counting", INDICATOR_UPDATE_SECONDS="0.5", CANDLEWIRE_TEST_PERIOD="0.05"
+    ) as running:
+        yield running
+
+
+async def test_indicator_update_seconds_bounds_the_update_rate_per_series(
+    throttled: ServerProcess,
+) -> None:
+    chart_id = "sma_throttled_AAA"
+    ws = await WsClient.open(throttled.ws_url)
+    try:
+        await ws.send(
+            data("AAA", "1m", count=50),
+            indicator(
+                "talib.overlap.SMA", chart_id, {"timeperiod": 3}, {"close": column("AAA", "1m")}
+            ),
+        )
+        await ws.wait_for("indicator_init", same_id(chart_id))
+        start = len(ws.messages)
+        await ws.wait_for("indicator_update", same_id(chart_id), after=start)
+        first = len(ws.messages)
+        # About 2 s of updates (20/s): at most one indicator_update per 0.5 s, plus edges.
+        for _ in range(40):
+            await ws.wait_for("data_update", same_key("AAA", "1m"), after=len(ws.messages))
+        data_updates = len(ws.of_type("data_update", first))
+        indicator_updates = len(ws.of_type("indicator_update", first))
+        assert data_updates >= 40
+        assert 1 <= indicator_updates <= 7, (data_updates, indicator_updates)
+    finally:
+        await ws.close()

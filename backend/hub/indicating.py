@@ -15,6 +15,7 @@ the maths (``backend.indicators``), scans (``scanning``), request order (``reque
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -60,6 +61,8 @@ class Indicating:
         self.tails = Tails()
         self.delivered = 0  # indicator_update frames queued to clients
         self.seconds = 0.0  # spent computing, encoding and queueing live updates
+        self._next_at: dict[SeriesId, float] = {}  # with INDICATOR_UPDATE_SECONDS
+        self._scheduled: set[SeriesId] = set()
         self._register_gauges()
 
     @property
@@ -141,12 +144,18 @@ class Indicating:
 
     def drop_client(self, client_id: int) -> None:
         self.live.drop_client(client_id)
-        self.tails.keep_only(self.live.watches)
+        self._prune()
 
     def drop_series(self, client_id: int, key: SeriesId) -> None:
         """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop."""
         self.live.drop_series(client_id, key)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget the tails and update times of series no indicator reads any more."""
         self.tails.keep_only(self.live.watches)
+        for key in [k for k in self._next_at if not self.live.watches(k)]:
+            del self._next_at[key]
 
     def reset_source(self, source: str) -> None:
         """A provider restarted: running totals are recomputed in full next time."""
@@ -156,8 +165,37 @@ class Indicating:
     # ------------------------------------------------------------------ live updates
 
     def on_updates(self, keys: Iterable[SeriesId]) -> None:
-        """After a provider batch: one computation per shared indicator on ``keys``, one
-        ``indicator_update`` frame per chart id, pushed after the ``data_update``s."""
+        """After a provider batch: the live indicators of ``keys``, now, or with
+        ``INDICATOR_UPDATE_SECONDS`` at most once per that time per key (the trailing update
+        is scheduled, so the newest bar always gets its ``indicator_update``)."""
+        every = self.hub.settings.INDICATOR_UPDATE_SECONDS
+        if every <= 0:
+            self._compute(keys)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = []
+        for key in keys:
+            next_at = self._next_at.get(key, 0.0)
+            if now >= next_at:
+                due.append(key)
+                self._next_at[key] = now + every
+            elif key not in self._scheduled:
+                self._scheduled.add(key)
+                loop.call_at(next_at, self._trailing, key)
+        self._compute(due)
+
+    def _trailing(self, key: SeriesId) -> None:
+        self._scheduled.discard(key)
+        self._next_at[key] = asyncio.get_running_loop().time() + (
+            self.hub.settings.INDICATOR_UPDATE_SECONDS
+        )
+        if self.live.watches(key):
+            self._compute([key])
+
+    def _compute(self, keys: Iterable[SeriesId]) -> None:
+        """One computation per shared indicator on ``keys``, one ``indicator_update`` frame
+        per chart id, queued after the ``data_update``s of the batch."""
         started = time.perf_counter()
         for key in keys:
             try:
