@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import talib
 
-from tests.harness import ServerProcess, WsClient, populated_server, same_key
+from tests.harness import ServerProcess, WsClient, eventually, populated_server, same_key
 
 USER_INDICATOR = textwrap.dedent(
     """
@@ -323,6 +323,26 @@ async def test_indicators_resume_after_a_reconnect_and_resubscribe(server: Serve
             await ws.wait_for("indicator_update", same_id(chart_id))
         finally:
             await ws.close()
+
+
+def shared_computations(server: ServerProcess) -> float:
+    text = server.get("/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("candlewire_indicator_shared "))
+    return float(line.split()[1])
+
+
+async def test_a_client_that_leaves_drops_its_live_indicators(server: ServerProcess) -> None:
+    ws = await WsClient.open(server.ws_url)
+    await ws.send(
+        data("BBB", "1m", count=50),
+        indicator(
+            "talib.overlap.WMA", "wma_leave", {"timeperiod": 4}, {"close": column("BBB", "1m")}
+        ),
+    )
+    await ws.wait_for("indicator_update", same_id("wma_leave"))
+    assert shared_computations(server) >= 1
+    await ws.close()
+    await eventually(lambda: shared_computations(server) == 0, what="indicators dropped")
 
 
 # ---------------------------------------------------------------- errors

@@ -11,6 +11,7 @@ Nothing here awaits a client's socket.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -56,6 +57,13 @@ CLOSE_TRY_AGAIN_LATER = 1013
 MAX_REPLIES_IN_FLIGHT = 8
 
 
+@functools.cache
+def _indicators(extra: tuple[str, ...]) -> Indicators:
+    """The registry for hubs built without one (tests): built once per process, it holds no
+    state of a hub."""
+    return build_indicators(extra)
+
+
 class Hub:
     """The state of one hub process; created by the app's lifespan."""
 
@@ -98,7 +106,7 @@ class Hub:
         self.planner.after_request = self.enforce_memory
         self.requests = Requests(self)
         if indicators is None:
-            indicators = build_indicators(settings.EXTRA_INDICATORS)
+            indicators = _indicators(tuple(settings.EXTRA_INDICATORS))
         self.indicating = Indicating(self, indicators, self._kick)
         self.scanning = Scanning(self, self.indicating)
         self.fanout.watches = self.indicating.live.watches

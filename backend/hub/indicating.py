@@ -28,6 +28,7 @@ from backend.indicators import messages
 from backend.indicators.engine import (
     Bars,
     BoundIndicator,
+    Computed,
     bind,
     compute_history,
     last_dates,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
+MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
 
 
 class Indicating:
@@ -102,7 +104,23 @@ class Indicating:
         reply = messages.indicator_rows(request, data, last_dates(bars))
         hub.send(client, protocol.encode(reply))
         if request.stream:
-            self.live.subscribe(client.id, request.chart_id, bound, seed=computed)
+            self._stream(client, request, bound, computed, raw)
+
+    def _stream(
+        self,
+        client: Client,
+        request: messages.IndicatorRequest,
+        bound: BoundIndicator,
+        computed: Computed,
+        raw: Any,
+    ) -> None:
+        held = self.live.held_by(client.id)
+        if request.chart_id not in held and len(held) >= MAX_LIVE_PER_CLIENT:
+            message = f"at most {MAX_LIVE_PER_CLIENT} live indicators per connection; not streamed"
+            self.hub.metrics.inc("candlewire_request_errors_total", code="limit_reached")
+            self.hub.send(client, protocol.error_message("limit_reached", message, raw))
+            return
+        self.live.subscribe(client.id, request.chart_id, bound, seed=computed)
 
     def refuse(self, client: Client, raw: Any, exc: ProtocolError) -> None:
         """``error`` (its echo bounded like every other) and the empty reply, if any."""
