@@ -4,16 +4,26 @@
 
 ``--port 0`` picks a free port; the URL actually listened on is printed either way.
 SIGINT/SIGTERM stop the hub and every provider process cleanly.
+
+It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
+:class:`GcPauses`): rare young collections; a collection of the objects made since the
+last one shortly after clients left, so what departed clients leave in reference cycles is
+freed, with survivors frozen so that no collection walks the bar cache; and a full
+collection every few minutes. Every pause is recorded; the figures are logged at shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
 import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -21,9 +31,21 @@ from backend import logs
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from backend.ws.entrance import Entrance
+
 logger = logging.getLogger("candlewire.server")
 
 GC_YOUNG_THRESHOLD = 20_000
+GC_CHECK_SECONDS = 1.0
+# What survives a collection is frozen (gc.freeze) out of later ones: the bar cache alone is
+# hundreds of thousands of tuples that every collection including it would visit (~50-300 ms
+# for 500,000 bars). After clients left, a collection of what is not frozen runs, at most
+# every FULL_GC_MIN_SECONDS; every FULL_GC_MAX_SECONDS everything is unfrozen and collected,
+# for cycles that were frozen while still alive.
+FULL_GC_MIN_SECONDS = 5.0
+FULL_GC_MAX_SECONDS = 600.0
+GC_PAUSES_KEPT = 10_000  # per generation, for the percentiles logged at shutdown
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,15 +65,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
-    from backend.app import create_app
-    from backend.ws.entrance import Entrance
-
+def uvicorn_config(settings: Settings, entrance: Entrance | None = None) -> uvicorn.Config:
+    """uvicorn's configuration of the hub; ``entrance``: the ASGI app (``Entrance``) to serve,
+    made here when not given."""
+    if entrance is None:
+        entrance = make_entrance(settings)
     return uvicorn.Config(
-        Entrance(create_app(settings)),
+        entrance,
         loop="auto",
         http="auto",
-        ws="websockets-sansio",  # backend/socket_writer.py writes to it directly
+        ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
         ws_max_size=settings.MAX_FRAME_BYTES,
         lifespan="on",
         log_level=settings.LOG_LEVEL.lower(),
@@ -61,14 +84,122 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def make_entrance(settings: Settings) -> Entrance:
+    from backend.app import create_app
+    from backend.ws.entrance import Entrance
+
+    return Entrance(create_app(settings))
+
+
 def tune_gc() -> None:
     """Fewer, cheaper garbage collections in the hub: a full collection of a process holding
     a large bar cache took 25-70 ms of CPU, stalling every client at once (the p99 latency).
     Objects that exist at startup (modules, the app) are frozen out of collections, and
-    young collections run every 20,000 net allocations instead of 700. The hub makes few
-    reference cycles (collections found 0-5 objects), so memory does not suffer."""
+    young collections run every 20,000 net allocations instead of 700. With these
+    thresholds an old-generation collection almost never comes by itself:
+    :class:`Collector` runs them, after clients left (whose objects uvicorn and asyncio
+    keep in reference cycles) and every few minutes."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     gc.freeze()
+
+
+class GcPauses:
+    """The pause of every collection, by generation (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, deque[float]] = {g: deque(maxlen=GC_PAUSES_KEPT) for g in range(3)}
+        self.counts = dict.fromkeys(range(3), 0)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.pauses[generation].append(time.perf_counter() - self._started)
+        self.counts[generation] += 1
+
+    def summary(self) -> str:
+        """``gen0 n=.. p50=..ms max=..ms; ...`` (p50 and max of the last pauses kept)."""
+        parts = []
+        for generation, kept in self.pauses.items():
+            if not kept:
+                parts.append(f"gen{generation} n=0")
+                continue
+            ordered = sorted(kept)
+            p50, top = ordered[(len(ordered) - 1) // 2] * 1000, ordered[-1] * 1000
+            parts.append(
+                f"gen{generation} n={self.counts[generation]} p50={p50:.2f}ms max={top:.2f}ms"
+            )
+        return "; ".join(parts)
+
+
+class Collector:
+    """The hub's old-generation collections, each timed and logged at DEBUG: what is not
+    frozen, ``FULL_GC_MIN_SECONDS`` after clients left (at most that often); everything,
+    every ``FULL_GC_MAX_SECONDS``. Survivors are frozen each time."""
+
+    def __init__(self, entrance: Entrance) -> None:
+        self.entrance = entrance  # counts the WebSocket clients that left (``departures``)
+        self.seen = 0
+        self.last = self.last_full = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(GC_CHECK_SECONDS)
+            self.check(time.monotonic())
+
+    def check(self, now: float) -> None:
+        departures = self.entrance.departures
+        full = now - self.last_full >= FULL_GC_MAX_SECONDS
+        if not full and (departures == self.seen or now - self.last < FULL_GC_MIN_SECONDS):
+            return
+        started = time.perf_counter()
+        if full:
+            gc.unfreeze()
+        found = gc.collect()
+        gc.freeze()
+        logger.debug(
+            "gc: %s collection (%d clients left since the last): %d unreachable, %.1f ms",
+            "full" if full else "unfrozen objects'",
+            departures - self.seen,
+            found,
+            (time.perf_counter() - started) * 1000,
+        )
+        self.seen = departures
+        self.last = time.monotonic()
+        if full:
+            self.last_full = self.last
+
+
+class HubServer(uvicorn.Server):
+    """uvicorn's server with the hub's collector running beside it; it logs the collection
+    pauses as it shuts down (uvicorn then re-raises the signal that stopped it, so nothing
+    after ``serve()`` runs)."""
+
+    def __init__(self, config: uvicorn.Config, collector: Collector, pauses: GcPauses) -> None:
+        super().__init__(config)
+        self.collector = collector
+        self.pauses = pauses
+        self._collecting: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self._collecting = asyncio.get_running_loop().create_task(self.collector.run())
+        self._collecting.add_done_callback(_log_failure)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._collecting is not None:
+            self._collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collecting
+        await super().shutdown(sockets)
+        logger.info("gc pauses: %s", self.pauses.summary())
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the garbage collector task failed", exc_info=task.exception())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"Candlewire listening on http://{shown}:{port}", flush=True)
-    server = uvicorn.Server(uvicorn_config(settings))
+    entrance = make_entrance(settings)
+    pauses = GcPauses()
+    server = HubServer(uvicorn_config(settings, entrance), Collector(entrance), pauses)
     tune_gc()
+    gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
     # add_reader stalled now and then (a provider killed for "no heartbeat").
     asyncio.run(server.serve(sockets=[sock]))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     CSV_FOLDER_PATH: Path = Path("data")
     CSV_REPLAY_SPEED: float = Field(60.0, ge=0)
+    # The wall time at which every CSV file's replay stood at its midpoint (UTC). Fixed, so
+    # that a restarted server continues the replay; move it to start the replay afresh.
+    CSV_REPLAY_EPOCH: str = "2026-12-01 00:00:00"
     CSV_DATE_COLUMN: str = ""
 
     BINANCE_API_KEY: SecretStr = SecretStr("")
@@ -83,6 +86,9 @@ class Settings(BaseSettings):
     MAX_REQUESTS_PER_FRAME: int = Field(100, ge=1)
     MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
     OUTBOX_MAX_MESSAGES: int = Field(1_000, ge=10)
+    # Bytes a client may have pending (outbox plus socket buffer) before it counts as slow;
+    # 4x this at any moment closes it at once (DESIGN section 4; backend/wire/outbox.py).
+    OUTBOX_MAX_BYTES: int = Field(4 * 1024 * 1024, ge=65_536)
     SLOW_CLIENT_TIMEOUT: float = Field(10.0, gt=0)
     STREAM_LINGER_SECONDS: float = Field(5.0, ge=0)
     HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)
@@ -121,6 +127,23 @@ class Settings(BaseSettings):
             if not sep or not key.strip() or ":" not in path:
                 raise ValueError(f"{entry!r} must look like 'key=module:Class'")
         return value
+
+    @field_validator("CSV_REPLAY_EPOCH")
+    @classmethod
+    def _replay_epoch(cls, value: str) -> str:
+        from backend.model.intervals import parse_date
+
+        try:
+            parse_date(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a UTC date like 2026-12-01 00:00:00") from None
+        return value
+
+    def replay_epoch(self) -> int:
+        """``CSV_REPLAY_EPOCH`` in UTC seconds."""
+        from backend.model.intervals import parse_date
+
+        return parse_date(self.CSV_REPLAY_EPOCH)
 
     @field_validator("BAR_RETENTION_DAYS")
     @classmethod

@@ -4,7 +4,9 @@ The server runs the ``counting`` test provider, here with a forming bar that mov
 tick (``TickingProvider``) so that a live update visibly changes the last bar. It listens on
 a fixed free port, so that the restart test can bring a new server up at the URL the page
 already has. ``window.candlewire`` (frontend/js/test-hook.js) exposes the bars of each chart,
-the connection state and the last error. A screenshot is kept in ``test-artifacts/``.
+the connection state and the last error. A screenshot is kept in ``test-artifacts/``. One
+test runs its own server with ``ShiftedProvider``, whose clock runs behind the wall clock by
+an amount read at start, to restart a source with older bars than the page holds.
 
 Chromium comes from the system (``make browser``); Playwright never downloads one. Without
 it these tests are skipped, except under ``CI=true`` where they fail.
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.harness import ROOT, ServerProcess, base_env, populate, seconds
-from tests.providers import STEP, CountingProvider, bar
+from tests.providers import STEP, CountingProvider, bar, parse
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -48,9 +50,11 @@ MS = 1000  # Playwright timeouts are in milliseconds
 class TickingProvider(CountingProvider):
     """``counting`` whose forming bar moves on every tick (its close follows the clock)."""
 
+    shift = 0  # seconds the provider's clock runs behind the wall clock
+
     def stream(self) -> None:
         while not self.stop.wait(self.period):
-            now = time.time()
+            now = time.time() - self.shift
             with self.lock:
                 keys = list(self.streams)
             for symbol, interval in keys:
@@ -59,6 +63,31 @@ class TickingProvider(CountingProvider):
                 t, o, h, low, c, v = bar(start, interval, int(now), sum(map(ord, symbol)) % 7)
                 c = round(c + 0.5 * math.sin(now * 3), 4)
                 self.publish(symbol, interval, (t, o, max(h, c), min(low, c), c, v))
+
+
+class ShiftedProvider(TickingProvider):
+    """``TickingProvider`` whose clock runs ``CANDLEWIRE_TEST_SHIFT`` seconds behind the wall
+    clock (as a replay can), kept in memory only: a restart with a larger shift serves a
+    series whose newest bar is older than the one a page holds."""
+
+    persist_history = False
+
+    def init(self) -> None:
+        self.shift = int(os.environ.get("CANDLEWIRE_TEST_SHIFT", "0"))
+        super().init()
+        wall = time.time()
+        self.set_clock(None, wall - self.shift, 1.0, origin_wall=wall)
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        step = STEP[interval]
+        now = int(time.time()) - self.shift
+        start = max(parse(start_time_query), self.listed)
+        end = min(parse(end_time_query), now)
+        first = start - start % step + (step if start % step else 0)
+        seed = sum(map(ord, symbol)) % 7
+        return [bar(t, interval, now, seed) for t in range(first, end + 1, step)]
 
 
 def free_port() -> int:
@@ -319,3 +348,68 @@ def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
     rows = bars(page)
     assert len(rows) >= count
     assert_ascending_unique(rows)
+
+
+def test_latest_bars_continue_a_series_only_from_its_newest_bar_onwards(
+    server: ServerProcess, page: Page
+) -> None:
+    open_page(page, server)
+    verdicts = page.evaluate(
+        """async () => {
+          const { continues } = await import("/js/bars.js");
+          const bars = (...times) => times.map((time) => ({ time }));
+          const held = bars(1, 2, 3);
+          return [
+            continues(held, bars(2, 3, 4)), continues(held, bars(3)),
+            continues(held, bars(1, 2, 3)), continues(held, bars(5, 6)),
+            continues(held, bars(0, 1, 2)), continues([], bars(1)),
+          ];
+        }"""
+    )
+    assert verdicts == [True, True, True, False, False, False]
+
+
+SHIFT = 7200  # after the restart the source is two hours behind the bars the page holds
+
+
+def test_a_restarted_source_with_older_bars_replaces_the_chart_and_keeps_it_updating(
+    tmp_path: Path, page: Page
+) -> None:
+    env = base_env(
+        tmp_path,
+        PROVIDERS="counting",
+        EXTRA_PROVIDERS="counting=tests.test_browser:ShiftedProvider",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+        STREAM_LINGER_SECONDS="0.5",
+    )
+    assert populate(env).returncode == 0
+    server = ServerProcess(env, tmp_path / "server.log", free_port()).start()
+    try:
+        open_page(page, server, "?source=counting&s=AAA&i=1m")
+        wait_for_bars(page)
+        held = bars(page)[-1]["time"]
+        server.stop()
+        page.wait_for_function("window.candlewire.connection === 'reconnecting'")
+        server.env["CANDLEWIRE_TEST_SHIFT"] = str(SHIFT)
+        server.start()
+        page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
+        page.wait_for_function(
+            "held => window.candlewire.charts[0].bars().at(-1).time < held",
+            arg=held,
+            timeout=seconds(5) * MS,
+        )
+        rows = bars(page)
+        newest = int(time.time()) - SHIFT
+        assert newest - 120 <= rows[-1]["time"] <= newest, "the chart shows the source's bars"
+        assert all(row["time"] <= rows[-1]["time"] for row in rows), "no bar of the old series"
+        assert_ascending_unique(rows)
+        last = rows[-1]
+        page.wait_for_function(  # and the live updates of the new series are drawn
+            "last => { const b = window.candlewire.charts[0].bars().at(-1);"
+            " return b.time !== last.time || b.close !== last.close; }",
+            arg=last,
+            timeout=seconds(5) * MS,
+        )
+        assert page.evaluate("window.candlewire.charts[0].bars().at(-1).time") < held
+    finally:
+        server.stop()

@@ -18,13 +18,14 @@ from backend import settings as config
 from backend.data_providers import csv as csv_module
 from backend.data_providers.csv import CSVProvider
 from backend.data_providers.csv import files as csvdata
-from backend.errors import UnknownSymbol
+from backend.data_providers.csv.replay import REPLAY_EPOCH
+from backend.errors import ConfigError, UnknownSymbol
 from backend.model import intervals
 from backend.model.bars import Bar
 from backend.runtime.messages import BarUpdate, Clock, Event
 
 T0 = intervals.parse_date("2026-03-02 00:00:00")  # a Monday
-WALL = 1_000_000.0
+WALL = float(REPLAY_EPOCH)  # where every replay stands at its file's midpoint
 HEADER = "date,open,high,low,close,volume"
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -51,12 +52,19 @@ def write_candles(path: Path, n: int, step: int = 60, start: int = T0) -> None:
 class Harness:
     """A provider on ``folder`` with a fake wall clock and recorded events."""
 
-    def __init__(self, folder: Path, speed: float = 0.0, date_column: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        speed: float = 0.0,
+        date_column: str = "",
+        now: float = WALL,
+        **extra: str,
+    ) -> None:
         self.events: list[Event] = []
-        self.now = WALL
+        self.now = now
         self.provider = CSVProvider()
         settings = config.load_settings(
-            CSV_FOLDER_PATH=folder, CSV_REPLAY_SPEED=speed, CSV_DATE_COLUMN=date_column
+            CSV_FOLDER_PATH=folder, CSV_REPLAY_SPEED=speed, CSV_DATE_COLUMN=date_column, **extra
         )
         self.provider._attach("csv", settings, self.events.append)
         self.provider._wall = lambda: self.now
@@ -114,6 +122,42 @@ def test_every_symbol_gets_a_replay_clock_from_the_middle_of_its_file(minutes: P
     clock = Harness(minutes, speed=60).clocks()["ACME"]
     assert clock.speed == 60
     assert clock.origin_data == T0 + 29 * 60  # midpoint of T0 .. T0+59min, floored to 1m
+
+
+def test_providers_started_at_different_wall_times_agree_on_the_data_time(
+    minutes: Path,
+) -> None:
+    early = Harness(minutes, speed=60, now=WALL + 100)
+    late = Harness(minutes, speed=60, now=WALL + 100 + 3 * 86_400)  # "restarted" 3 days on
+    assert early.clocks()["ACME"] == late.clocks()["ACME"]
+    early.now = late.now = WALL + 100 + 3 * 86_400 + 7.3
+    assert early.history("ACME", "1m", "", "now UTC") == late.history("ACME", "1m", "", "now UTC")
+    last = late.history("ACME", "1m", "", "now UTC")[-1]
+    expected = T0 + 29 * 60 + (3 * 86_400 + 107.3) * 60  # the midpoint plus the elapsed time
+    assert last[0] == intervals.floor(int(expected), "1m")
+
+
+def test_the_replay_time_is_continuous_across_a_restart(minutes: Path) -> None:
+    before = Harness(minutes, speed=60, now=WALL + 50_000)
+    before.provider._subscribe(1, "ACME", "5m")
+    before.now += 3600  # an hour of uptime: 60 hours of data
+    before.provider._tick()
+    sent = max(u.bar[0] for u in before.updates())
+    before.provider.shutdown()
+    after = Harness(minutes, speed=60, now=before.now + 1)  # a new process, a second later
+    first = after.history("ACME", "5m", "", "now UTC")[-1]
+    assert sent <= first[0] <= sent + 300
+
+
+def test_csv_replay_epoch_moves_the_clock(minutes: Path) -> None:
+    moved = Harness(minutes, speed=60, now=WALL + 86_400, CSV_REPLAY_EPOCH="2026-12-02")
+    assert moved.clocks()["ACME"].origin_wall == WALL + 86_400
+    assert moved.history("ACME", "1m")[-1][0] == T0 + 29 * 60  # at its midpoint again
+
+
+def test_a_bad_csv_replay_epoch_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="CSV_REPLAY_EPOCH"):
+        config.load_settings(CSV_REPLAY_EPOCH="yesterday")
 
 
 def test_with_zero_speed_the_clock_is_frozen_at_the_last_row(minutes: Path) -> None:

@@ -95,13 +95,13 @@ def test_a_falling_row_reaches_its_high_before_its_low() -> None:
 
 
 def test_the_replay_clock_starts_at_the_files_midpoint_floored_to_its_interval() -> None:
-    clock = ReplayClock.for_file(T0, T0 + 3600 * 5, "1h", 60.0, wall=1000.0)
+    clock = ReplayClock.for_file(T0, T0 + 3600 * 5, "1h", 60.0, epoch=1000.0)
     assert clock.origin_data == T0 + 7200
     assert clock.at(1010.0) == T0 + 7200 + 600
 
 
 def test_a_zero_speed_clock_is_frozen_at_the_last_row() -> None:
-    clock = ReplayClock.for_file(T0, T0 + 600, "1m", 0.0, wall=1000.0)
+    clock = ReplayClock.for_file(T0, T0 + 600, "1m", 0.0, epoch=1000.0)
     assert clock.at(5000.0) == T0 + 600
 
 

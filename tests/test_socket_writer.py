@@ -2,24 +2,40 @@
 
 The frames are checked by the websockets library's own parser; the direct writer is checked
 end to end with clients that do and do not negotiate compression (both must receive the same
-messages); the portable ASGI writer is checked with a stand-in WebSocket.
+messages); the portable ASGI writer is checked with a stand-in WebSocket. Which writer a
+connection gets is checked with the app served in-process under server.py's own uvicorn
+configuration: the direct one, or the portable one when uvicorn's internals are missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from backend.settings import load_settings
 from backend.wire.frames import payload_of, text_frame
 from backend.wire.outbox import Outbox
-from backend.ws.writers import AsgiWriter, writer_for
-from tests.harness import ServerProcess, WsClient, populated_server, same_key
+from backend.ws import endpoint, writers
+from backend.ws.writers import AsgiWriter, DirectWriter, SocketWriter, writer_for
+from tests.harness import (
+    ServerProcess,
+    WsClient,
+    base_env,
+    populate,
+    populated_server,
+    same_key,
+    seconds,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 300_000])
@@ -98,3 +114,79 @@ async def test_clients_with_and_without_compression_get_whole_messages(
         assert pong["id"] == 7
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_in_process(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """The app served in this process (real provider processes, a real socket) with
+    server.py's uvicorn configuration; yields its WebSocket URL."""
+    import server as entry
+
+    env = base_env(tmp, PROVIDERS="counting", LOG_LEVEL="WARNING")
+    assert populate(env).returncode == 0
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sock = entry.bind("127.0.0.1", 0)
+    hub = uvicorn.Server(entry.uvicorn_config(load_settings()))
+    serving = asyncio.get_running_loop().create_task(hub.serve(sockets=[sock]))
+    try:
+        deadline = time.monotonic() + seconds(30)
+        while not hub.started:
+            assert time.monotonic() < deadline and not serving.done(), "no server"
+            await asyncio.sleep(0.05)
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/websocket/"
+    finally:
+        hub.should_exit = True
+        await asyncio.wait_for(serving, seconds(30))
+        sock.close()
+
+
+async def _writer_chosen_in_process(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> SocketWriter:
+    """Open one real connection to the app served in-process, check that it is answered,
+    and return the writer its endpoint chose."""
+    chosen: list[SocketWriter] = []
+
+    def spy(websocket: Any, outbox: Outbox, label: str) -> SocketWriter:
+        chosen.append(writer_for(websocket, outbox, label))
+        return chosen[-1]
+
+    monkeypatch.setattr(endpoint, "writer_for", spy)
+    async with serving_in_process(tmp, monkeypatch) as url:
+        client = await WsClient.open(url)
+        await client.send(_request("AAA", 3000))
+        init = await client.wait_for("data_init", same_key("AAA", "1m"), timeout=30)
+        assert len(init["data"]) == 3000
+        await client.close()
+    assert len(chosen) == 1
+    return chosen[0]
+
+
+async def test_under_server_py_uvicorn_config_the_direct_writer_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = await _writer_chosen_in_process(tmp_path, monkeypatch)
+    assert isinstance(writer, DirectWriter)
+
+
+async def test_when_uvicorns_protocol_module_cannot_be_imported_the_portable_writer_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers.sansio_protocol_class.cache_clear()
+    # A uvicorn whose protocol module is not where this code looks (uvicorn itself still
+    # finds its own): the guarded import fails.
+    monkeypatch.setattr(writers, "UVICORN_PROTOCOL_MODULE", "uvicorn.protocols.websockets.gone")
+    try:
+        assert writers.sansio_protocol_class() is None
+        writer = await _writer_chosen_in_process(tmp_path, monkeypatch)
+    finally:
+        writers.sansio_protocol_class.cache_clear()
+    assert isinstance(writer, AsgiWriter)
+
+
+def test_a_protocol_object_without_what_the_direct_writer_uses_gets_the_portable_one() -> None:
+    protocol_class = writers.sansio_protocol_class()
+    assert protocol_class is not None
+    bare = object.__new__(protocol_class)  # an uvicorn whose protocol lacks those attributes
+    socket = _StandInSocket()
+    socket.scope[writers.SCOPE_KEY] = bare
+    assert isinstance(writer_for(socket, Outbox(10), "test"), AsgiWriter)  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from backend.errors import CandlewireError, ProtocolError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.wire import protocol, requests
-from backend.ws.endpoint import receive_frame
+from backend.ws.endpoint import frames
 
 if TYPE_CHECKING:
     from backend.hub.hub import Client, Hub
@@ -68,7 +68,6 @@ MAX_OPTIONS = 1000  # the symbol index caps a search at 1000 rows
 MAX_SYMBOL_CHARS = 200
 CHART_UPDATE_MS = 5000
 CLOSE_TIMEOUT = 2.0
-CLOSE_MESSAGE_TOO_BIG = 1009
 # Fields of a row that never change over the socket.
 STATIC_FIELDS = frozenset({"symbol", "name", "error"})
 
@@ -526,13 +525,8 @@ class LiveGridSession:
 
     async def read_loop(self) -> None:
         limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
-        max_bytes = self.hub.settings.MAX_FRAME_BYTES
-        while not self.closing:
-            text = await receive_frame(self.websocket)
-            if text is None:
-                return
-            if len(text) > max_bytes:
-                await self.close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+        async for text in frames(self.websocket, self.hub.settings.MAX_FRAME_BYTES, self.close):
+            if self.closing:
                 return
             wanted = parse_params_message(text, limit)
             if wanted is None:

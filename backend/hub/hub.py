@@ -64,6 +64,10 @@ def _indicators(extra: tuple[str, ...]) -> Indicators:
     return build_indicators(extra)
 
 
+def _departed(code: int, reason: str) -> None:
+    """The ``kick`` of a client that is gone already."""
+
+
 class Hub:
     """The state of one hub process; created by the app's lifespan."""
 
@@ -186,7 +190,8 @@ class Hub:
             return None
         client_id = next(self._ids)
         replies = Replies(MAX_REPLIES_IN_FLIGHT, f"client {client_id}")
-        client = Client(client_id, peer, Outbox(self.settings.OUTBOX_MAX_MESSAGES), kick, replies)
+        outbox = Outbox(self.settings.OUTBOX_MAX_MESSAGES, max_bytes=self.settings.OUTBOX_MAX_BYTES)
+        client = Client(client_id, peer, outbox, kick, replies)
         replies.on_failure = lambda error: self._reply_failed(client)
         self.clients[client.id] = client
         self.metrics.inc("candlewire_connections_total")
@@ -197,6 +202,10 @@ class Hub:
         if self.clients.pop(client.id, None) is None:
             return
         client.replies.cancel()
+        # What it had not received is dropped now, and the client's objects no longer refer
+        # to each other (outbox <-> writer, client <-> connection): they are freed at once.
+        client.outbox.close()
+        client.kick = _departed
         self.listeners.drop(client.id)
         self.indicating.drop_client(client.id)
         self.scanning.stop(client.id)
@@ -222,18 +231,29 @@ class Hub:
             )
 
     def _kick(self, client: Client, why: str) -> None:
+        if client.id not in self.clients:
+            return  # already closed: logged and counted once
         logger.warning(
             "client %d (%s) too slow: %s; closing with 1013", client.id, client.peer, why
         )
         self.metrics.inc("candlewire_slow_client_disconnects_total")
+        kick = client.kick
         self.remove_client(client)
-        client.kick(CLOSE_TRY_AGAIN_LATER, "client too slow")
+        kick(CLOSE_TRY_AGAIN_LATER, "client too slow")
 
     def _close_slow_clients(self) -> None:
         now = time.monotonic()
         limit = self.settings.SLOW_CLIENT_TIMEOUT
-        for client in [c for c in self.clients.values() if c.outbox.stalled_for(now) > limit]:
-            self._kick(client, f"outbox over {client.outbox.soft_limit} frames for {limit:g} s")
+        for client in list(self.clients.values()):
+            outbox = client.outbox
+            if outbox.over_hard_limit():
+                self._kick(client, f"{outbox.pending_bytes()} bytes pending")
+            elif outbox.stalled_for(now) > limit:
+                self._kick(
+                    client,
+                    f"over {outbox.soft_limit} frames or {outbox.max_bytes} bytes pending "
+                    f"for {limit:g} s",
+                )
 
     # ------------------------------------------------------------------ requests
 

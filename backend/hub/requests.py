@@ -85,6 +85,8 @@ class Requests:
     async def _data(self, client: Client, request: protocol.DataRequest) -> None:
         key = request.series
         found = await self._validate(key, request.raw, "data_init")
+        if client.id not in self.hub.clients:
+            return  # left (or was closed) while the symbol was looked up
         if isinstance(found, protocol.BadRequest):
             await self._refuse(client, found)
             return
@@ -115,9 +117,13 @@ class Requests:
         if client.id not in hub.clients:
             return
         wire = hub.fanout.wire_keys(key, details)
-        hub.send(
-            client, protocol.series_message("data_init", key, wire.datapoints(answer.bars), details)
-        )
+        async with client.outbox.room():  # paced by the client's reading
+            if client.id not in hub.clients:
+                return
+            hub.send(
+                client,
+                protocol.series_message("data_init", key, wire.datapoints(answer.bars), details),
+            )
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
         if client.id in hub.subs.subscribers(key):
@@ -134,7 +140,12 @@ class Requests:
         if client.id not in hub.clients:
             return
         wire = hub.fanout.wire_keys(key, found)
-        hub.send(client, protocol.series_message("data_history", key, wire.datapoints(answer.bars)))
+        async with client.outbox.room():  # paced by the client's reading
+            if client.id not in hub.clients:
+                return
+            hub.send(
+                client, protocol.series_message("data_history", key, wire.datapoints(answer.bars))
+            )
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
 

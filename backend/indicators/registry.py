@@ -9,13 +9,13 @@ imported, is not an :class:`~.base.Indicator`, or declares nothing is a
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping
 
 from backend.errors import ConfigError, IndicatorError
 from backend.indicators.base import Indicator
 from backend.indicators.catalogue import Catalogue, is_valid_id
 from backend.indicators.talib_functions import talib_indicators
+from backend.plugins import load_class
 
 # Your own indicators: id -> "module:Class" (see README, "Write your own indicator").
 INDICATOR_REGISTRY: dict[str, str] = {
@@ -62,16 +62,7 @@ def build_indicators(extra: Iterable[str] = ()) -> Indicators:
 
 def load_indicator_class(path: str) -> type[Indicator]:
     """Import ``module:Class`` and check that it is a complete ``Indicator`` subclass."""
-    module_name, sep, class_name = path.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ConfigError(f"indicator import path {path!r} must look like 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import indicator module {module_name!r}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, Indicator):
-        raise ConfigError(f"{path!r} is not an Indicator subclass")
+    cls = load_class(path, Indicator, "indicator")
     if not cls.name or not cls.outputs or not cls.columns:
         raise ConfigError(f"{path!r} must declare name, columns and outputs")
     if cls.calc is Indicator.calc:

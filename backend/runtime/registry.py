@@ -6,10 +6,9 @@ To add your own provider, add one line here (see README, "Write your own provide
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from backend.errors import ConfigError
+from backend.plugins import load_class
 
 if TYPE_CHECKING:
     from backend.runtime.provider import Provider
@@ -30,14 +29,4 @@ def load_provider_class(path: str) -> type[Provider]:
     """Import ``module:Class`` and check that it is a ``Provider`` subclass."""
     from backend.runtime.provider import Provider
 
-    module_name, sep, class_name = path.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ConfigError(f"provider import path {path!r} must look like 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import provider module {module_name!r}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, Provider):
-        raise ConfigError(f"{path!r} is not a Provider subclass")
-    return cls
+    return load_class(path, Provider, "provider")

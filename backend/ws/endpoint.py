@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -64,15 +65,10 @@ class _Connection:
 
     async def read_loop(self) -> None:
         assert self.client is not None
-        max_bytes = self.hub.settings.MAX_FRAME_BYTES
-        while not self.closing:
-            text = await receive_frame(self.websocket)
-            if text is None:
-                return
-            if len(text) > max_bytes:
-                await self._close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
-                return
+        async for text in frames(self.websocket, self.hub.settings.MAX_FRAME_BYTES, self._close):
             await self._handle(text)
+            if self.closing:
+                return
 
     async def _handle(self, text: str | bytes) -> None:
         assert self.client is not None
@@ -94,7 +90,8 @@ class _Connection:
             return
         self.closing = True
         if self.writer is not None:
-            self.writer.stop()
+            self.writer.close(code, reason)  # bounded, even when the client never reads
+            return
         task = asyncio.get_running_loop().create_task(self._close(code, reason))
         task.add_done_callback(_log_failure)
 
@@ -107,6 +104,21 @@ class _Connection:
         """The connection ended (its reply jobs were cancelled by ``hub.remove_client``)."""
         if self.writer is not None:
             self.writer.stop()
+
+
+async def frames(
+    websocket: WebSocket, max_bytes: int, close: Callable[[int, str], Awaitable[None]]
+) -> AsyncIterator[str | bytes]:
+    """The client's frames until it leaves; a frame over ``max_bytes`` closes the socket
+    with 1009 (``close``) and ends them. Every socket route reads its frames here."""
+    while True:
+        text = await receive_frame(websocket)
+        if text is None:
+            return
+        if len(text) > max_bytes:
+            await close(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+            return
+        yield text
 
 
 async def receive_frame(websocket: WebSocket) -> str | bytes | None:

@@ -8,6 +8,9 @@ Tradiny socket needs none of it (no CORS for WebSockets, no dependencies, its ow
 handling), so this small dispatcher serves it directly. It also sees the server's own
 ``send``, which is how :mod:`backend.ws.writers` finds uvicorn's protocol object. The
 FastAPI app still routes ``/websocket/`` itself, for use under another entry point.
+
+It counts the WebSocket connections that ended (``departures``): the server's garbage
+collection policy (``server.py``) runs a full collection after clients left.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from backend.ws.endpoint import serve_connection
-from backend.ws.writers import expose_protocol
+from backend.ws.writers import expose_protocol, forget_protocol
 
 WEBSOCKET_PATHS = frozenset({"/websocket/", "/websocket"})
 
@@ -27,11 +30,16 @@ class Entrance:
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
+        self.departures = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
             expose_protocol(scope, send)
             scope["app"] = self.app
-            await serve_connection(WebSocket(scope, receive, send), self.app.state.hub)
+            try:
+                await serve_connection(WebSocket(scope, receive, send), self.app.state.hub)
+            finally:
+                forget_protocol(scope)
+                self.departures += 1
             return
         await self.app(scope, receive, send)

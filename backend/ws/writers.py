@@ -19,29 +19,54 @@ with one ``transport.write``. Nothing is awaited per frame and idle clients have
 Any other ASGI server gets the :class:`AsgiWriter`: one task per client awaiting
 ``send_text`` per frame, the portable path. :func:`expose_protocol`, called by the ASGI
 entry point (``backend.ws.entrance``), lets the endpoint find uvicorn's protocol object.
+
+This module is the only one that knows uvicorn's internals. It imports uvicorn's protocol
+module lazily, the first time a connection is exposed, and guarded: without that module,
+or with a protocol object that lacks what the direct writer uses, every connection gets
+the portable writer and the server works as before, only slower.
+
+Both writers report the bytes they handed on that the client has not received yet, which
+count against the client's byte limit (``backend.wire.outbox``), let replies wait until
+the client has room (:meth:`SocketWriter.until_below`), and close a client that is too
+slow without waiting on it. The direct writer queues the close frame behind what the
+socket holds even while the transport is paused, and aborts the connection if the client
+has not gone ``CLOSE_GRACE`` seconds later (a client that never reads never answers a
+close, and a transport being closed keeps its whole write buffer until it is sent). The
+portable one asks the server to close and stops waiting after ``CLOSE_TIMEOUT``: only the
+server can cut a connection off there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
 
 from starlette.types import Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
 from backend.wire.frames import payload_of
 from backend.wire.outbox import Outbox
 
+if TYPE_CHECKING:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
 logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "candlewire.ws_protocol"
+UVICORN_PROTOCOL_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
 # What DirectWriter uses of uvicorn's protocol object (uvicorn 0.54); without them, the
 # portable writer is used.
 _PROTOCOL_ATTRIBUTES = ("transport", "writable", "conn", "close_sent", "disconnected")
+CLOSE_TIMEOUT = 2.0  # the portable writer's wait for its close to be sent
+CLOSE_GRACE = 5.0  # after a close, the client has this long to go before it is cut off
+PAUSE_POLL = 0.01  # transports whose high-water mark exceeds the reply pacing limit
 
 
 class SocketWriter(Interface):
@@ -50,8 +75,31 @@ class SocketWriter(Interface):
     def wake(self) -> None:
         """The outbox has frames (called by the outbox; must not block)."""
 
+    def buffered(self) -> int:
+        """Bytes handed on towards the client that it has not received yet."""
+
+    async def until_below(self, limit: int) -> None:
+        """Return once at most ``limit`` bytes are pending (outbox and :meth:`buffered`),
+        or the writer is stopped."""
+
     def stop(self) -> None:
         """Write nothing more (the connection is closing or gone)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Stop writing and close the connection with ``code``, in bounded time."""
+
+
+@functools.cache
+def sansio_protocol_class() -> type[Any] | None:
+    """uvicorn's websockets-sansio protocol class, imported on first use; None (logged once)
+    when this environment has no such module or class."""
+    try:
+        module = importlib.import_module(UVICORN_PROTOCOL_MODULE)
+        protocol_class: type[Any] = module.WebSocketsSansIOProtocol
+    except (ImportError, AttributeError) as exc:
+        logger.info("uvicorn's websockets-sansio protocol unavailable (%r): portable writer", exc)
+        return None
+    return protocol_class
 
 
 def expose_protocol(scope: Scope, send: Send) -> None:
@@ -59,21 +107,34 @@ def expose_protocol(scope: Scope, send: Send) -> None:
     of the server's ``send``) in its scope under :data:`SCOPE_KEY`; nothing under any other
     server. Call it with the ``send`` the server gave, before any middleware wraps it."""
     owner = getattr(send, "__self__", None)
-    if isinstance(owner, WebSocketsSansIOProtocol):
+    if owner is None:
+        return
+    protocol_class = sansio_protocol_class()
+    if protocol_class is not None and isinstance(owner, protocol_class):
         scope[SCOPE_KEY] = owner
+
+
+def forget_protocol(scope: Scope) -> None:
+    """Undo :func:`expose_protocol` when the connection ends: the protocol object holds the
+    scope, so the scope must not hold it (a reference cycle only a full collection frees)."""
+    scope.pop(SCOPE_KEY, None)
 
 
 def writer_for(websocket: WebSocket, outbox: Outbox, label: str) -> SocketWriter:
     """The fastest writer that is correct for this connection; it is woken by ``outbox``."""
     protocol = websocket.scope.get(SCOPE_KEY)
+    protocol_class = sansio_protocol_class() if protocol is not None else None
     writer: SocketWriter
-    if isinstance(protocol, WebSocketsSansIOProtocol) and all(
-        hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES
+    if (
+        protocol_class is not None
+        and isinstance(protocol, protocol_class)
+        and all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES)
     ):
         writer = DirectWriter(protocol, outbox, label)
     else:
         writer = AsgiWriter(websocket, outbox, label)
-    outbox.set_wake(writer.wake)
+    logger.debug("%s: %s", label, type(writer).__name__)
+    outbox.set_wake(writer.wake, writer.buffered, writer.until_below)
     return writer
 
 
@@ -105,11 +166,54 @@ class DirectWriter:
         self._scheduled = True
         asyncio.get_running_loop().call_soon(self._flush)
 
+    def buffered(self) -> int:
+        return self._protocol.transport.get_write_buffer_size()
+
+    async def until_below(self, limit: int) -> None:
+        protocol = self._protocol
+        while (
+            not self._stopped
+            and not protocol.disconnected
+            and self._outbox.nbytes + self.buffered() > limit
+        ):
+            if not protocol.writable.is_set():
+                # paused: resumed once the buffer is under the transport's low-water mark
+                await protocol.writable.wait()
+            elif self._outbox.nbytes:
+                await asyncio.sleep(0)  # the flush is due this loop turn
+            else:  # a buffer over ``limit`` yet under the high-water mark: wait a little
+                await asyncio.sleep(PAUSE_POLL)
+
     def stop(self) -> None:
         self._stopped = True
         if self._waiter is not None:
             self._waiter.cancel()
             self._waiter = None
+
+    def close(self, code: int, reason: str) -> None:
+        self.stop()
+        self._outbox.drain()  # never sent: the close goes right behind what the socket holds
+        protocol = self._protocol
+        transport = protocol.transport
+        if protocol.disconnected or transport.is_closing():
+            return
+        if not protocol.close_sent and protocol.conn.state is State.OPEN:
+            protocol.conn.send_close(code, reason)
+            transport.write(b"".join(protocol.conn.data_to_send()))
+            protocol.close_sent = True  # uvicorn closes the transport when the client answers
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut_off)
+
+    def _cut_off(self) -> None:
+        protocol = self._protocol
+        if protocol.disconnected:
+            return
+        logger.info(
+            "%s: gone %g s after its close with %d bytes unsent; connection aborted",
+            self._label,
+            CLOSE_GRACE,
+            protocol.transport.get_write_buffer_size(),
+        )
+        protocol.transport.abort()
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -143,6 +247,7 @@ class DirectWriter:
             transport.write(frames[0])
         else:
             transport.write(b"".join(frames))
+        self._outbox.handed_on(transport.get_write_buffer_size())
 
     async def _when_writable(self) -> None:
         try:
@@ -155,7 +260,17 @@ class DirectWriter:
 class AsgiWriter:
     """The portable writer: a task awaiting the ASGI ``send_text`` for every frame."""
 
-    __slots__ = ("_label", "_outbox", "_ready", "_task", "_websocket")
+    __slots__ = (
+        "_closing",
+        "_label",
+        "_outbox",
+        "_progress",
+        "_ready",
+        "_stopped",
+        "_task",
+        "_unsent",
+        "_websocket",
+    )
 
     def __init__(self, websocket: WebSocket, outbox: Outbox, label: str) -> None:
         self._websocket = websocket
@@ -163,15 +278,44 @@ class AsgiWriter:
         self._label = label
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._unsent = 0  # bytes taken from the outbox and not yet sent
+        self._progress = asyncio.Event()  # set after every frame sent
+        self._stopped = False
 
     def wake(self) -> None:
         self._ready.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def buffered(self) -> int:
+        return self._unsent
+
+    async def until_below(self, limit: int) -> None:
+        while not self._stopped and self._outbox.nbytes + self._unsent > limit:
+            self._progress.clear()
+            await self._progress.wait()
+
     def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
+        self._unsent = 0
+        self._progress.set()
+
+    def close(self, code: int, reason: str) -> None:
+        self.stop()
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(code, reason))
+            self._closing.add_done_callback(self._closed)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+            await asyncio.wait_for(self._websocket.close(code, reason), CLOSE_TIMEOUT)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s: closing failed", self._label, exc_info=task.exception())
 
     async def _run(self) -> None:
         send = self._websocket.send_text
@@ -179,7 +323,13 @@ class AsgiWriter:
             while True:
                 await self._ready.wait()
                 self._ready.clear()
-                for frame in self._outbox.drain():
+                frames = self._outbox.drain()
+                self._unsent = sum(map(len, frames))
+                for frame in frames:
                     await send(payload_of(frame).decode())
+                    self._unsent -= len(frame)
+                    self._progress.set()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             logger.debug("%s: writer stopped: %r", self._label, exc)
+            self._stopped = True
+            self._progress.set()

@@ -86,6 +86,18 @@ export function mergeBars(existing, incoming) {
   return out;
 }
 
+/**
+ * Whether `incoming` (the latest bars, as a reconnect's data_init brings them) continues
+ * `existing`: it reaches back to the newest bar held and no further forward than a gap-free
+ * merge allows. It does not when it starts after that bar (a gap: more bars were missed than
+ * one data_init holds) or ends before it (the source went back, e.g. a restarted replay).
+ */
+export function continues(existing, incoming) {
+  if (!existing.length || !incoming.length) return false;
+  const last = existing[existing.length - 1].time;
+  return incoming[0].time <= last && incoming[incoming.length - 1].time >= last;
+}
+
 export const isWhitespace = (bar) => bar.close === undefined && bar.value === undefined;
 
 /** The closing value of a bar (candle close or line value), or null for whitespace. */

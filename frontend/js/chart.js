@@ -1,19 +1,32 @@
 // ChartPanel: one chart (header, legend, lightweight-charts canvas, message overlay) showing
 // one series key. It consumes the Feed: data_init (first load, or the latest bars after a
-// reconnect, merged in), data_update (series.update: the forming bar or a new one), and
-// data_history (older bars prepended while scrolling left, without moving the view).
+// reconnect: merged in when they continue the series, else replacing it), data_update
+// (series.update: the forming bar or a new one), and data_history (older bars prepended
+// while scrolling left, without moving the view).
+// It draws its bars as the chosen chart type on the chosen price scale, optionally with a
+// compared symbol, keeps the view on its data (ViewEdges, the drag limits), and shows the
+// shared quote and the countdown to the bar close in its header.
 
 import {
-  CandlestickSeries, HistogramSeries, LineSeries, createChart,
+  HistogramSeries, createChart,
 } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import {
-  convertAll, converter, formatDate, indexOfTime, isWhitespace, mergeBars, previousReal,
+  continues, convertAll, converter, formatDate, indexOfTime, isWhitespace, mergeBars,
+  previousReal,
 } from "./bars.js";
+import {
+  addTypeSeries, drawnType, lastPointOf, pointsOf, scaleMode, typeOptions,
+} from "./chart-types.js";
+import { CompareLine } from "./compare.js";
+import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
+import { ViewEdges, clampRange } from "./edges.js";
 import { decimalsOf, formatTime, precisionFor, sentence, tickMark } from "./format.js";
-import { isIntraday, label as intervalLabel, seconds as intervalSeconds } from "./intervals.js";
-import { renderLegend, renderQuote } from "./legend.js";
-import { candleOptions, chartOptions, lineOptions, volumeColor } from "./theme.js";
+import { isIntraday, seconds as intervalSeconds } from "./intervals.js";
+import { renderLegend } from "./legend.js";
+import { PanelHead } from "./panel-head.js";
+import { quoteId } from "./quotes.js";
+import { chartOptions, volumeColor } from "./theme.js";
 
 const INIT_COUNT = 300;
 const HISTORY_COUNT = 300;
@@ -21,10 +34,16 @@ const EDGE = 10; // request older bars when fewer than this many are left of the
 const INITIAL_BARS = 150; // bars shown after the first load
 
 export class ChartPanel extends EventTarget {
-  constructor({ index, feed, theme, zone }) {
+  constructor({ index, feed, quotes, theme, zone }) {
     super();
     this.index = index;
     this.feed = feed;
+    this.quotes = quotes;
+    this.chartType = "candles";
+    this.drawn = "candles";
+    this.scale = "normal";
+    this.compareWanted = null; // {source, name, details}
+    this.compare = null;
     this.theme = theme;
     this.zone = zone;
     this.source = null;
@@ -35,8 +54,8 @@ export class ChartPanel extends EventTarget {
     this.series = null;
     this.volume = null;
     this.precision = 2;
-    this.historyPending = false;
-    this.historyDone = false;
+    this.pending = false;
+    this.done = false;
     this.hovering = false;
     this.message = null;
     this.errorText = null;
@@ -50,25 +69,51 @@ export class ChartPanel extends EventTarget {
       onError: (m) => this.onError(m),
       onLost: () => { this.historyPending = false; },
     };
+    this.onQuote = (e) => {
+      if (this.source && e.detail === quoteId(this.source, this.name)) this.refreshQuote();
+    };
+    quotes.addEventListener("quote", this.onQuote);
     this.build();
+  }
+
+  // Scroll-back state, shown by ViewEdges as it changes.
+  get historyPending() {
+    return this.pending;
+  }
+
+  set historyPending(on) {
+    this.pending = on;
+    this.edges?.setLoading(on);
+  }
+
+  get historyDone() {
+    return this.done;
+  }
+
+  set historyDone(on) {
+    this.done = on;
+    this.chart?.applyOptions({ timeScale: { fixLeftEdge: on } });
+    this.placeEdges();
   }
 
   build() {
     this.el = element("section", "panel");
     this.el.dataset.index = String(this.index);
-    const head = element("header", "panel-head", this.el);
-    this.symbolEl = element("span", "panel-symbol", head);
-    this.labelEl = element("span", "panel-label", head);
-    this.intervalEl = element("span", "panel-interval", head);
-    this.quoteEl = element("span", "quote", head);
+    this.head = new PanelHead(this.el);
     const body = element("div", "panel-body", this.el);
     this.legendEl = element("div", "legend", body);
-    this.host = element("div", "chart-host", body);
+    const area = element("div", "chart-area", body);
+    this.host = element("div", "chart-host", area);
     this.messageEl = element("div", "panel-message", body);
     this.messageEl.hidden = true;
     this.chart = createChart(this.host, {
       ...chartOptions(this.theme),
       autoSize: true,
+      // Touch: drag to pan, pinch to zoom; a vertical swipe is left to the page.
+      handleScroll: {
+        mouseWheel: true, pressedMouseMove: true, horzTouchDrag: true, vertTouchDrag: false,
+      },
+      handleScale: { mouseWheel: true, pinch: true, axisPressedMouseMove: true },
       localization: { timeFormatter: (t) => this.timeText(t) },
       timeScale: {
         ...chartOptions(this.theme).timeScale,
@@ -80,7 +125,9 @@ export class ChartPanel extends EventTarget {
       },
     });
     this.chart.timeScale().subscribeVisibleLogicalRangeChange(() => this.onRange());
+    this.chart.timeScale().subscribeSizeChange(() => this.placeEdges());
     this.chart.subscribeCrosshairMove((param) => this.onCrosshair(param));
+    this.edges = new ViewEdges(area, this.chart, () => this.toLatest());
     this.el.addEventListener("pointerdown", () => this.emit("activate"), { capture: true });
   }
 
@@ -113,11 +160,15 @@ export class ChartPanel extends EventTarget {
     this.showMessage("Loading…", "loading");
     this.chart.applyOptions({ timeScale: { timeVisible: isIntraday(interval) } });
     this.renderHead();
+    this.quotes.watch(source, name, this.details);
     this.feed.subscribe(source, name, interval, this.consumer, INIT_COUNT);
+    this.openCompare();
     this.emit("change");
   }
 
   reset() {
+    this.compare?.destroy();
+    this.compare = null;
     for (const s of [this.series, this.volume]) if (s) this.chart.removeSeries(s);
     this.series = null;
     this.volume = null;
@@ -129,15 +180,19 @@ export class ChartPanel extends EventTarget {
     this.quote = null;
     this.precisionApplied = false;
     this.legendEl.replaceChildren();
-    this.quoteEl.replaceChildren();
+    this.head.clear();
   }
 
   unsubscribe() {
-    if (this.source) this.feed.unsubscribe(this.source, this.name, this.interval, this.consumer);
+    if (!this.source) return;
+    this.feed.unsubscribe(this.source, this.name, this.interval, this.consumer);
+    this.quotes.unwatch(this.source, this.name);
   }
 
   destroy() {
     this.unsubscribe();
+    this.compare?.destroy();
+    this.quotes.removeEventListener("quote", this.onQuote);
     this.chart.remove();
     this.el.remove();
   }
@@ -147,15 +202,11 @@ export class ChartPanel extends EventTarget {
   }
 
   createSeries() {
-    if (this.kind === "line") {
-      this.series = this.chart.addSeries(LineSeries, {
-        ...lineOptions(this.theme), lineWidth: 2, priceLineVisible: true,
-      });
-      this.series.priceScale().applyOptions({ scaleMargins: { top: 0.1, bottom: 0.1 } });
-      return;
-    }
-    this.series = this.chart.addSeries(CandlestickSeries, candleOptions(this.theme));
-    this.series.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.24 } });
+    this.drawn = drawnType(this.chartType, this.kind);
+    this.series = addTypeSeries(this.chart, this.drawn, this.theme);
+    const margins = this.kind === "line" ? { top: 0.1, bottom: 0.1 } : { top: 0.08, bottom: 0.24 };
+    this.series.priceScale().applyOptions({ mode: scaleMode(this.scale), scaleMargins: margins });
+    if (this.kind === "line" || this.volume) return;
     this.volume = this.chart.addSeries(HistogramSeries, {
       priceScaleId: "volume",
       priceFormat: { type: "volume" },
@@ -165,20 +216,16 @@ export class ChartPanel extends EventTarget {
     this.chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
   }
 
-  seriesBar(bar) {
-    if (isWhitespace(bar)) return { time: bar.time };
-    if (this.kind === "line") return { time: bar.time, value: bar.value };
-    return { time: bar.time, open: bar.open, high: bar.high, low: bar.low, close: bar.close };
-  }
-
   volumeBar(bar) {
     if (isWhitespace(bar)) return { time: bar.time };
     return { time: bar.time, value: bar.volume, color: volumeColor(bar, this.theme) };
   }
 
   setSeriesData() {
-    this.series.setData(this.bars.map((b) => this.seriesBar(b)));
+    this.series.setData(pointsOf(this.bars, this.drawn));
     if (this.volume) this.volume.setData(this.bars.map((b) => this.volumeBar(b)));
+    this.compare?.follow(this.bars);
+    this.placeEdges();
   }
 
   // ---------------------------------------------------------------- feed messages
@@ -219,10 +266,12 @@ export class ChartPanel extends EventTarget {
     const bar = this.convert()(message.data);
     const last = this.bars[this.bars.length - 1];
     if (!bar || bar.time < last.time) return; // never move back in time
-    if (bar.time === last.time) this.bars[this.bars.length - 1] = bar;
-    else this.bars.push(bar);
-    this.series.update(this.seriesBar(bar));
+    const appended = bar.time !== last.time;
+    if (appended) this.bars.push(bar);
+    else this.bars[this.bars.length - 1] = bar;
+    this.series.update(lastPointOf(this.bars, this.drawn));
     if (this.volume) this.volume.update(this.volumeBar(bar));
+    if (appended) this.compare?.follow(this.bars);
     this.updates += 1;
     const close = bar.close ?? bar.value;
     if (close !== undefined && decimalsOf(close) > this.precision) this.applyPrecision();
@@ -256,13 +305,17 @@ export class ChartPanel extends EventTarget {
 
   // ---------------------------------------------------------------- merging and the view
 
-  /** After a reconnect: merge the latest bars so the gap is filled. */
+  /**
+   * After a reconnect: merge the latest bars so the gap is filled, when they continue the
+   * series. Otherwise (a gap longer than one data_init, or a source whose newest bar is older
+   * than ours, as after a restarted replay) start again from them: merging would keep bars
+   * the source no longer has, and every update older than those would be ignored.
+   */
   mergeLatest(incoming) {
-    const last = this.bars[this.bars.length - 1];
-    if (incoming[0].time > last.time) {
-      // More bars were missed than one data_init holds: start again from the latest ones.
+    if (!continues(this.bars, incoming)) {
       this.bars = incoming;
       this.historyDone = false;
+      this.historyPending = false;
       this.setSeriesData();
       this.initialView();
       return;
@@ -297,9 +350,31 @@ export class ChartPanel extends EventTarget {
   }
 
   onRange() {
+    if (this.clampView()) return; // the clamped range comes back here
+    this.placeEdges();
     if (this.historyPending || this.historyDone || !this.bars.length) return;
     const range = this.chart.timeScale().getVisibleLogicalRange();
     if (range && range.from < EDGE) this.requestHistory();
+  }
+
+  /** Keep a part of the view on bars: a drag stops before the chart is almost empty. */
+  clampView() {
+    const ts = this.chart.timeScale();
+    const range = ts.getVisibleLogicalRange();
+    const clamped = range ? clampRange(range, this.bars.length) : null;
+    if (clamped) ts.setVisibleLogicalRange(clamped);
+    return clamped !== null;
+  }
+
+  placeEdges() {
+    this.edges?.place(this.bars.length, this.historyDone);
+  }
+
+  /** Show the newest bars (the jump-to-latest button, a layout change). */
+  toLatest() {
+    if (!this.bars.length) return;
+    const ts = this.chart.timeScale();
+    ts.scrollToPosition(ts.options().rightOffset, false); // at once: scrollToRealTime animates
   }
 
   requestHistory() {
@@ -344,23 +419,30 @@ export class ChartPanel extends EventTarget {
   }
 
   refreshText() {
-    const n = this.bars.length;
-    const last = previousReal(this.bars, n - 1);
-    const at = last ? indexOfTime(this.bars, last.time) : -1;
-    this.quote = renderQuote(this.quoteEl, {
-      last, previous: at > 0 ? previousReal(this.bars, at - 1) : null, precision: this.precision,
+    this.refreshQuote();
+    if (!this.hovering) this.renderLegendAt(this.bars.length - 1);
+    this.tickClock(Date.now() / 1000);
+  }
+
+  /** The header quote: the shared quote (as in the watchlist), else the last close alone. */
+  refreshQuote() {
+    this.quote = this.head.showQuote({
+      shared: this.source ? this.quotes.get(this.source, this.name) : null,
+      last: previousReal(this.bars, this.bars.length - 1),
+      precision: this.precision,
     });
-    if (!this.hovering) this.renderLegendAt(n - 1);
+    this.emit("tick");
+  }
+
+  /** The countdown to the close of the forming bar (`now` in UTC seconds). */
+  tickClock(now) {
+    const last = this.bars[this.bars.length - 1];
+    const left = last ? secondsLeft(last.time, this.interval, now) : null;
+    this.head.showCountdown(left === null ? "" : formatLeft(left));
   }
 
   renderHead() {
-    this.symbolEl.textContent = this.name || "No symbol";
-    const d = this.details;
-    const label = d?.name_label !== this.name ? d?.name_label : null;
-    const parts = [label, d?.source_label || this.source].filter(Boolean);
-    this.labelEl.textContent = parts.join(" · ");
-    this.labelEl.title = parts.join(" · ");
-    this.intervalEl.textContent = this.interval ? intervalLabel(this.interval) : "";
+    this.head.show(this);
   }
 
   showMessage(text, kind = "info", hint = "") {
@@ -388,9 +470,7 @@ export class ChartPanel extends EventTarget {
   setTheme(theme) {
     this.theme = theme;
     this.chart.applyOptions(chartOptions(theme));
-    if (this.series) {
-      this.series.applyOptions(this.kind === "line" ? lineOptions(theme) : candleOptions(theme));
-    }
+    if (this.series) this.series.applyOptions(typeOptions(this.drawn, theme));
     if (this.volume) this.volume.setData(this.bars.map((b) => this.volumeBar(b)));
   }
 
@@ -405,5 +485,50 @@ export class ChartPanel extends EventTarget {
 
   setActive(active) {
     this.el.classList.toggle("active", active);
+  }
+
+  /** Draw the bars as `type` (see chart-types.js). */
+  setChartType(type) {
+    this.chartType = type;
+    if (this.series && drawnType(type, this.kind) !== this.drawn) {
+      this.chart.removeSeries(this.series);
+      this.createSeries();
+      this.setSeriesData();
+      this.precisionApplied = false;
+      this.applyPrecision();
+    }
+    this.emit("change");
+  }
+
+  /** The price scale: "normal", "log" or "percent". */
+  setScale(scale) {
+    this.scale = scale;
+    this.chart.priceScale("right").applyOptions({ mode: scaleMode(scale) });
+    this.emit("change");
+  }
+
+  /** Compare with another symbol ({source, name, details}) drawn as a line, or null. */
+  setCompare(target) {
+    this.compareWanted = target && target.source && target.name ? target : null;
+    this.openCompare();
+    if (this.compareWanted && this.scale === "normal") this.setScale("percent");
+    this.emit("change");
+  }
+
+  openCompare() {
+    this.compare?.destroy();
+    this.compare = null;
+    const c = this.compareWanted;
+    this.renderCompareChip();
+    if (!c || !this.source || !this.interval) return;
+    this.compare = new CompareLine({
+      chart: this.chart, feed: this.feed, source: c.source, name: c.name, details: c.details,
+      interval: this.interval, count: INIT_COUNT,
+    });
+    this.compare.follow(this.bars);
+  }
+
+  renderCompareChip() {
+    this.head.showCompare(this.compareWanted, () => this.setCompare(null));
   }
 }

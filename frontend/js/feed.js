@@ -2,7 +2,8 @@
 // Consumers subscribe to a series key (source, name, interval); the feed sends `data`,
 // routes data_init / data_update / data_history / error to the consumers of that key,
 // unsubscribes when the last consumer leaves, and re-sends every subscription after a
-// reconnect (the hub answers with the latest bars, which the consumers merge).
+// reconnect (the hub answers with the latest bars, which the consumers merge, or show
+// instead of theirs when they do not continue them).
 
 export function seriesKey(source, name, interval) {
   return `${source}\u0000${name}\u0000${interval}`;

@@ -106,3 +106,8 @@ export function tickMark(seconds, type, zone, intervalSeconds) {
     default: return `${pad(p.h)}:${pad(p.mi)}`;
   }
 }
+
+/** The name a person reads: a line series' label (`macro dollar_index`), else the symbol. */
+export function displayName(name, details) {
+  return details?.type === "line" && details.name_label ? details.name_label : name;
+}

@@ -47,23 +47,27 @@ export function renderLegend(el, { bar, previous, kind, precision, timeText }) {
   el.title = "Change vs the previous bar's close";
 }
 
-/** The quote of a panel header: last price and change vs the previous bar's close. */
-export function renderQuote(el, { last, previous, precision }) {
-  const price = closeOf(last);
-  if (price === null) {
+/**
+ * The quote of a panel header: a price text and its change ({text, pct, direction}), or the
+ * last bar's close alone (`last`, `precision`) while the change is not known.
+ */
+export function renderQuote(el, { price, change: ch = null, last = null, precision = 2 }) {
+  const text = price ?? (closeOf(last) === null ? null : formatPrice(closeOf(last), precision));
+  if (text === null) {
     el.replaceChildren();
     el.className = "quote";
     return null;
   }
-  const ch = change(price, closeOf(previous), precision);
   const priceEl = document.createElement("span");
   priceEl.className = "quote-price";
-  priceEl.textContent = formatPrice(price, precision);
+  priceEl.textContent = text;
   const changeEl = document.createElement("span");
   changeEl.className = "quote-change";
-  changeEl.textContent = ch.text ? `${ch.text} (${ch.pct})` : "";
-  el.replaceChildren(priceEl, changeEl);
-  el.className = `quote dir-${ch.direction}`;
-  el.title = "Last price; change vs the previous bar's close";
-  return { price: priceEl.textContent, change: ch };
+  changeEl.textContent = ch?.text ? `${ch.text} (${ch.pct})` : "";
+  const refEl = document.createElement("span");
+  refEl.className = "quote-ref";
+  refEl.textContent = ch?.text ? "1D" : "";
+  el.replaceChildren(priceEl, changeEl, refEl);
+  el.className = `quote dir-${ch?.direction ?? "flat"}`;
+  return { price: text, change: ch ?? { text: "", pct: "", direction: "flat" } };
 }

@@ -1,16 +1,21 @@
 // main: builds the page from the URL state and wires the parts together: the connection and
-// feed, the workspace of charts, the search box, interval picker, watchlist, toggles, badge,
-// toasts, the page title, and the URL (history.replaceState on every change).
+// feed, the shared quotes, the workspace of charts, the search box, interval, chart type and
+// price scale menus, compare, watchlist, toggles, badge, toasts, the page title, and the URL
+// (history.replaceState on every change).
 
+import { CHART_TYPES, PRICE_SCALES, drawnType, typesFor } from "./chart-types.js";
+import { ComparePicker } from "./compare-picker.js";
 import { Connection, hubUrl } from "./connection.js";
+import { WatchlistPanel } from "./drawer.js";
 import { Feed } from "./feed.js";
-import { sentence } from "./format.js";
+import { displayName, sentence } from "./format.js";
 import { nearest } from "./intervals.js";
+import { Quotes } from "./quotes.js";
 import { SymbolSearch } from "./search.js";
 import { installTestHook } from "./test-hook.js";
 import { applyPageTheme } from "./theme.js";
 import { Toasts } from "./toast.js";
-import { Badge, IntervalPicker } from "./toolbar.js";
+import { Badge, ChoiceMenu, IntervalPicker } from "./toolbar.js";
 import { readState, writeState } from "./url-state.js";
 import { Watchlist } from "./watchlist.js";
 import { Workspace } from "./workspace.js";
@@ -23,9 +28,10 @@ applyPageTheme(state.theme);
 
 const connection = new Connection(hubUrl());
 const feed = new Feed(connection);
+const quotes = new Quotes(feed);
 const toasts = new Toasts($("#toasts"));
 const badge = new Badge($("#badge"));
-const workspace = new Workspace({ grid: $("#grid"), feed, ...state });
+const workspace = new Workspace({ grid: $("#grid"), feed, quotes, ...state });
 
 const search = new SymbolSearch({
   input: $("#search-input"),
@@ -33,14 +39,34 @@ const search = new SymbolSearch({
   feed,
   onPick: (row) => openSymbol(row.details?.source, row.details?.name ?? row.name, row.details),
 });
-const picker = new IntervalPicker($("#intervals"), (iv) => {
+const picker = new IntervalPicker($("#intervals"), $("#interval-menu"), (iv) => {
   const panel = workspace.active;
   if (panel.source) panel.open(panel.source, panel.name, iv, panel.details);
 });
+const typeMenu = new ChoiceMenu($("#chart-type"), CHART_TYPES,
+  (type) => workspace.active.setChartType(type));
+const scaleMenu = new ChoiceMenu($("#price-scale"), PRICE_SCALES,
+  (scale) => workspace.active.setScale(scale));
+new ComparePicker({
+  button: $("#compare-button"),
+  box: $("#compare-box"),
+  input: $("#compare-input"),
+  list: $("#compare-results"),
+  feed,
+  onPick: (row) => workspace.active.setCompare({
+    source: row.details?.source, name: row.details?.name ?? row.name, details: row.details,
+  }),
+});
+const watchlistPanel = new WatchlistPanel({
+  toggle: $("#watchlist-toggle"), close: $("#watchlist-close"), backdrop: $("#drawer-backdrop"),
+});
 const watchlist = new Watchlist({
   list: $("#watchlist-items"),
-  feed,
-  onPick: (source, name, details) => openSymbol(source, name, details),
+  quotes,
+  onPick: (source, name, details) => {
+    openSymbol(source, name, details);
+    watchlistPanel.picked();
+  },
 });
 
 /** Open a symbol in the active chart, keeping its interval when the symbol offers it. */
@@ -52,6 +78,14 @@ function openSymbol(source, name, details = null) {
 }
 
 // ------------------------------------------------------------------ first symbols
+
+/** The first of `rows` that no chart shows yet (else the first row), for an empty chart. */
+function unshownRow(rows, index) {
+  const shown = new Set(workspace.panels.filter((p) => p.source)
+    .map((p) => `${p.source}:${p.name}`));
+  const fresh = rows.filter((r) => !shown.has(`${r.details?.source}:${r.details?.name}`));
+  return fresh[0] || rows[index % rows.length];
+}
 
 /** Fill charts that have nothing to show: a bare `?s=NAME` by search, else a default. */
 async function fillEmptyPanels() {
@@ -83,12 +117,12 @@ async function fillEmptyPanels() {
     }
     return;
   }
-  rest.forEach((panel, i) => {
-    if (panel.source) return;
-    const row = rows[panel.index % rows.length] || rows[i % rows.length];
+  for (const panel of rest) {
+    if (panel.source) continue;
+    const row = unshownRow(rows, panel.index);
     const iv = nearest(DEFAULT_INTERVAL, row.details?.intervals);
     panel.open(row.details.source, row.details.name, iv, row.details);
-  });
+  }
 }
 
 // ------------------------------------------------------------------ what the page shows
@@ -96,8 +130,11 @@ async function fillEmptyPanels() {
 function refreshToolbar() {
   const panel = workspace.active;
   picker.show(panel.interval, panel.details?.intervals);
+  typeMenu.show(drawnType(panel.chartType, panel.kind), typesFor(panel.kind));
+  scaleMenu.show(panel.scale);
+  $("#compare-button").classList.toggle("on", Boolean(panel.compareWanted));
   watchlist.setCurrent(panel.source, panel.name);
-  for (const button of document.querySelectorAll("[data-layout]")) {
+  for (const button of document.querySelectorAll("button[data-layout]")) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.layout) === workspace.layout));
   }
   $("#zone").textContent = state.zone === "local" ? "Local" : "UTC";
@@ -114,7 +151,8 @@ function refreshTitle() {
   }
   const q = panel.quote;
   const price = q ? ` ${q.price}${q.change.pct ? ` ${q.change.pct}` : ""}` : "";
-  document.title = `${panel.name}${price} · ${panel.interval} — Candlewire`;
+  document.title = `${displayName(panel.name, panel.details)}${price} · ${panel.interval}`
+    + " — Candlewire";
 }
 
 function saveUrl() {
@@ -150,7 +188,7 @@ workspace.addEventListener("panel-data", (e) => {
 
 // ------------------------------------------------------------------ controls
 
-for (const button of document.querySelectorAll("[data-layout]")) {
+for (const button of document.querySelectorAll("button[data-layout]")) {
   button.addEventListener("click", () => {
     workspace.setLayout(Number(button.dataset.layout));
     fillEmptyPanels();
@@ -168,10 +206,6 @@ $("#zone").addEventListener("click", () => {
   workspace.setZone(state.zone);
   refreshToolbar();
   saveUrl();
-});
-$("#watchlist-toggle").addEventListener("click", () => {
-  const hidden = document.body.classList.toggle("no-watchlist");
-  $("#watchlist-toggle").setAttribute("aria-pressed", String(!hidden));
 });
 
 document.addEventListener("keydown", (event) => {
@@ -194,7 +228,7 @@ feed.addEventListener("error", (e) => {
   toasts.show(sentence(m.message || m.code || "server error"));
 });
 
-installTestHook({ workspace, connection, feed, watchlist });
+installTestHook({ workspace, connection, feed, watchlist, quotes });
 watchlist.load();
 refreshToolbar();
 saveUrl();

@@ -1,11 +1,37 @@
-// SymbolSearch: the search box. Sends search_data as the user types (debounced), lists
-// symbol, label, category and source, and is driven by the keyboard (up, down, enter,
-// escape) or the mouse. Picking a row calls onPick(row).
+// SymbolSearch: a search box (the symbol search, the compare box). Sends search_data as the
+// user types (debounced), lists symbol, description, category and source, each once (see
+// rowText), and is driven by the keyboard (up, down, enter, escape) or the mouse. Picking a
+// row calls onPick(row).
 
 import { element, span } from "./dom.js";
+import { displayName } from "./format.js";
 
 const DEBOUNCE_MS = 150;
 const LIMIT = 100; // the hub returns at most this many rows
+
+const same = (a, b) => String(a ?? "").toLowerCase() === String(b ?? "").toLowerCase();
+
+/**
+ * The texts of a result row, none repeating another: a line series is listed by its label
+ * (`macro dollar_index`) with its symbol beside it; a label equal to the symbol and a
+ * category equal to the source are left out ("BTCUSD · CSV", not "BTCUSD BTCUSD CSV CSV").
+ */
+export function rowText(row) {
+  const d = row.details || {};
+  const name = d.name || row.name || row.id || "";
+  const symbol = displayName(name, d);
+  const source = d.source_label || d.source || "";
+  const labels = [d.name_label, name].filter((t) => t && !same(t, symbol));
+  const categories = (d.categories || [])
+    .filter((c) => !same(c, source) && !same(c, d.source) && !same(c, symbol));
+  return {
+    symbol,
+    label: labels[0] || "",
+    category: categories.join(", "),
+    type: d.type === "line" ? "line" : "",
+    source,
+  };
+}
 
 export class SymbolSearch {
   constructor({ input, list, feed, onPick }) {
@@ -71,17 +97,17 @@ export class SymbolSearch {
   }
 
   row(row, i) {
-    const d = row.details || {};
     const li = document.createElement("li");
     li.dataset.i = String(i);
-    li.id = `search-opt-${i}`;
+    li.id = `${this.list.id}-opt-${i}`;
     li.setAttribute("role", "option");
+    const text = rowText(row);
     li.append(
-      span("sr-symbol", row.name || d.name || row.id),
-      span("sr-label", d.name_label || ""),
-      span("sr-category", (d.categories || []).join(", ")),
-      span("sr-type", d.type === "line" ? "line" : ""),
-      span("sr-source", d.source_label || d.source || ""),
+      span("sr-symbol", text.symbol),
+      span("sr-label", text.label),
+      span("sr-category", text.category),
+      span("sr-type", text.type),
+      span("sr-source", text.source),
     );
     return li;
   }
@@ -100,7 +126,7 @@ export class SymbolSearch {
       if (on) li.scrollIntoView({ block: "nearest" });
     }
     this.input.setAttribute("aria-activedescendant",
-      this.selected >= 0 ? `search-opt-${this.selected}` : "");
+      this.selected >= 0 ? `${this.list.id}-opt-${this.selected}` : "");
   }
 
   onKey(event) {

@@ -2,6 +2,9 @@
 //   candlewire.charts[i].bars()   bars in chart i's series: {time, open, high, low, close}
 //                                  ({time, value} for a line series)
 //   candlewire.charts[i].chart     the lightweight-charts IChartApi (e.g. timeScale())
+//   candlewire.charts[i].ownBars() the panel's own bars (real OHLC whatever the chart type)
+//   candlewire.charts[i].type      the chart type drawn; .scale the price scale;
+//                                  .compare {name, bars()} of the compared symbol or null
 //   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
 //   candlewire.lastError           the last server error message, or null
 
@@ -20,13 +23,23 @@ function chartView(panel) {
     get chart() { return panel.chart; },
     get series() { return panel.series; },
     get volume() { return panel.volume; },
+    get type() { return panel.drawn; },
+    get scale() { return panel.scale; },
+    get compare() {
+      const c = panel.compare;
+      return c ? { source: c.source, name: c.name, bars: () => c.series.data().map((b) => ({ ...b })) }
+        : null;
+    },
+    ownBars() {
+      return panel.bars.map((b) => ({ ...b }));
+    },
     bars() {
       return panel.series ? panel.series.data().map((b) => ({ ...b })) : [];
     },
   };
 }
 
-export function installTestHook({ workspace, connection, feed, watchlist }) {
+export function installTestHook({ workspace, connection, feed, watchlist, quotes }) {
   const errors = [];
   feed.addEventListener("error", (e) => errors.push(e.detail));
   window.candlewire = {
@@ -37,8 +50,7 @@ export function installTestHook({ workspace, connection, feed, watchlist }) {
     get lastError() { return feed.lastError; },
     get watchlist() {
       return [...watchlist.entries.values()].map((e) => ({
-        source: e.source, name: e.name, interval: e.interval,
-        last: e.bars.length ? e.bars[e.bars.length - 1] : null,
+        source: e.source, name: e.name, quote: quotes.get(e.source, e.name),
       }));
     },
     errors,

@@ -1,12 +1,37 @@
-// Toolbar controls: the interval picker (14 intervals, only the symbol's own enabled) and
-// the connection badge. The layout, theme and time-zone buttons are plain buttons in
+// Toolbar controls: the interval picker (14 intervals, only the symbol's own enabled; a row
+// of buttons, and a menu on small screens), the chart type and price scale menus, and the
+// connection badge. The layout, theme, time-zone and compare buttons are plain buttons in
 // index.html wired by main.js.
 
 import { INTERVALS, label, title } from "./intervals.js";
 
+/** A <select> of `choices` ({value: label}); onPick(value) when the user picks one. */
+export class ChoiceMenu {
+  constructor(select, choices, onPick) {
+    this.select = select;
+    for (const [value, text] of Object.entries(choices)) {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = text;
+      select.append(option);
+    }
+    select.addEventListener("change", () => onPick(select.value));
+  }
+
+  /** Select `current`; enable only `offered` (all when not given). */
+  show(current, offered = null) {
+    for (const option of this.select.options) {
+      option.disabled = offered !== null && !offered.includes(option.value);
+    }
+    this.select.value = current;
+  }
+}
+
 export class IntervalPicker {
-  constructor(root, onPick) {
+  constructor(root, menu, onPick) {
     this.root = root;
+    this.menu = new ChoiceMenu(menu, Object.fromEntries(INTERVALS.map((iv) => [iv, label(iv)])),
+      onPick);
     this.buttons = new Map();
     for (const iv of INTERVALS) {
       const button = document.createElement("button");
@@ -32,6 +57,7 @@ export class IntervalPicker {
       button.classList.toggle("on", on);
       button.setAttribute("aria-pressed", String(on));
     }
+    this.menu.show(current || "", offered || null);
   }
 }
 

@@ -2,8 +2,14 @@
 //   ?source=counting&s=AAA&i=1h     chart 1 (`s` alone: the first search match of that name)
 //   &layout=4&c2=csv:BTCUSD:1d     layout (1 or 4) and charts 2..4 as source:name:interval
 //   &a=2&t=light&tz=local          active chart, theme (dark|light), time zone (utc|local)
+//   &ct=heikin&ps=log&cmp=csv:ACME chart 1's chart type, price scale and compared symbol;
+//   &ct2=... &ps3=... &cmp4=...    the same for charts 2..4 (defaults are left out)
+
+import { isChartType, isPriceScale } from "./chart-types.js";
 
 export const MAX_CHARTS = 4;
+
+const suffix = (i) => (i === 0 ? "" : String(i + 1));
 
 function parseChart(text) {
   if (!text) return null;
@@ -16,6 +22,23 @@ function parseChart(text) {
   return source && name ? { source, name, interval: interval || null } : null;
 }
 
+function parseSymbol(text) {
+  const at = text ? text.indexOf(":") : -1;
+  if (at <= 0 || at === text.length - 1) return null;
+  return { source: text.slice(0, at), name: text.slice(at + 1) };
+}
+
+/** Chart type, price scale and compared symbol of chart `i` (null: the defaults). */
+function readLook(q, i) {
+  const type = q.get(`ct${suffix(i)}`);
+  const scale = q.get(`ps${suffix(i)}`);
+  return {
+    type: isChartType(type) ? type : null,
+    scale: isPriceScale(scale) ? scale : null,
+    compare: parseSymbol(q.get(`cmp${suffix(i)}`)),
+  };
+}
+
 export function readState(search = window.location.search) {
   const q = new URLSearchParams(search);
   const charts = Array.from({ length: MAX_CHARTS }, () => null);
@@ -23,6 +46,10 @@ export function readState(search = window.location.search) {
     charts[0] = { source: q.get("source") || null, name: q.get("s"), interval: q.get("i") };
   }
   for (let i = 1; i < MAX_CHARTS; i += 1) charts[i] = parseChart(q.get(`c${i + 1}`));
+  for (let i = 0; i < MAX_CHARTS; i += 1) {
+    const look = readLook(q, i);
+    if (look.type || look.scale || look.compare) charts[i] = { ...(charts[i] || {}), ...look };
+  }
   const layout = q.get("layout") === "4" ? 4 : 1;
   const active = Math.min(Math.max(Number(q.get("a") || 1) - 1, 0), layout - 1);
   return {
@@ -34,19 +61,26 @@ export function readState(search = window.location.search) {
   };
 }
 
-/** The query string of a state (charts: [{source, name, interval} | null]). */
+function writeLook(q, chart, i) {
+  if (chart.type && chart.type !== "candles") q.set(`ct${suffix(i)}`, chart.type);
+  if (chart.scale && chart.scale !== "normal") q.set(`ps${suffix(i)}`, chart.scale);
+  if (chart.compare) q.set(`cmp${suffix(i)}`, `${chart.compare.source}:${chart.compare.name}`);
+}
+
+/** The query string of a state (charts: [{source, name, interval, type, scale, compare}]). */
 export function encodeState({ layout, active, theme, zone, charts }) {
   const q = new URLSearchParams();
   const [first, ...rest] = charts;
-  if (first) {
+  if (first?.name) {
     if (first.source) q.set("source", first.source);
     q.set("s", first.name);
     if (first.interval) q.set("i", first.interval);
   }
   if (layout === 4) q.set("layout", "4");
   rest.forEach((c, i) => {
-    if (c) q.set(`c${i + 2}`, `${c.source}:${c.name}:${c.interval}`);
+    if (c?.name) q.set(`c${i + 2}`, `${c.source}:${c.name}:${c.interval}`);
   });
+  charts.forEach((c, i) => { if (c) writeLook(q, c, i); });
   if (layout === 4 && active > 0) q.set("a", String(active + 1));
   q.set("t", theme === "light" ? "light" : "dark");
   if (zone === "local") q.set("tz", "local");

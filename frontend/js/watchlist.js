@@ -1,27 +1,28 @@
 // Watchlist: the symbols opened in any chart (kept in localStorage), each with its last price
-// and its change vs the previous daily close, updating live. The quote comes from the 1d
-// series (or the offered interval closest to a day): last = the forming bar's close,
-// change = vs the close of the bar before it (or vs the forming bar's open when the source
-// has no previous bar). Clicking a row opens the symbol in the active chart.
+// and its change vs the previous daily close, updating live from the shared Quotes (the same
+// figures as the chart headers). Clicking a row opens the symbol in the active chart.
 
-import { closeOf, convertAll, converter } from "./bars.js";
 import { span } from "./dom.js";
-import { change, formatPrice, precisionFor } from "./format.js";
-import { nearest } from "./intervals.js";
+import { displayName } from "./format.js";
+import { quoteId } from "./quotes.js";
 
 const STORAGE_KEY = "candlewire.watchlist";
 const MAX_ENTRIES = 30;
 
-const idOf = (source, name) => `${source}:${name}`;
+const idOf = quoteId;
 
 export class Watchlist {
-  constructor({ list, feed, onPick }) {
+  constructor({ list, quotes, onPick }) {
     this.list = list;
-    this.feed = feed;
+    this.quotes = quotes;
     this.onPick = onPick;
     this.entries = new Map();
     this.current = null;
     list.addEventListener("click", (e) => this.onClick(e));
+    quotes.addEventListener("quote", (e) => {
+      const entry = this.entries.get(e.detail);
+      if (entry) this.renderEntry(entry);
+    });
   }
 
   load() {
@@ -56,18 +57,9 @@ export class Watchlist {
     const id = idOf(source, name);
     if (this.entries.has(id)) return;
     if (this.entries.size >= MAX_ENTRIES) this.remove(this.entries.keys().next().value);
-    const interval = nearest("1d", details?.intervals);
-    const entry = {
-      id, source, name, details, interval, bars: [], unavailable: false, el: null, shown: null,
-    };
-    entry.convert = converter(source, name, interval, details?.type || "candlestick");
-    entry.consumer = {
-      onInit: (m) => this.onInit(entry, m),
-      onUpdate: (m) => this.onUpdate(entry, m),
-      onError: () => { entry.unavailable = true; this.renderEntry(entry); },
-    };
+    const entry = { id, source, name, details, el: null, shown: null };
     this.entries.set(id, entry);
-    this.feed.subscribe(source, name, interval, entry.consumer, 2);
+    this.quotes.watch(source, name, details);
     if (persist) {
       this.save();
       this.render();
@@ -77,7 +69,7 @@ export class Watchlist {
   remove(id) {
     const entry = this.entries.get(id);
     if (!entry) return;
-    this.feed.unsubscribe(entry.source, entry.name, entry.interval, entry.consumer);
+    this.quotes.unwatch(entry.source, entry.name);
     this.entries.delete(id);
     this.save();
     this.render();
@@ -88,24 +80,6 @@ export class Watchlist {
     for (const entry of this.entries.values()) {
       entry.el?.classList.toggle("current", entry.id === this.current);
     }
-  }
-
-  onInit(entry, message) {
-    const bars = convertAll(message.data, entry.convert).filter((b) => closeOf(b) !== null);
-    if (!bars.length) return;
-    entry.unavailable = false;
-    entry.bars = bars.slice(-2);
-    this.renderEntry(entry);
-  }
-
-  onUpdate(entry, message) {
-    const bar = entry.convert(message.data);
-    const last = entry.bars[entry.bars.length - 1];
-    if (!bar || closeOf(bar) === null || (last && bar.time < last.time)) return;
-    entry.unavailable = false;
-    if (last && bar.time === last.time) entry.bars[entry.bars.length - 1] = bar;
-    else entry.bars = [...entry.bars, bar].slice(-2);
-    this.renderEntry(entry);
   }
 
   onClick(event) {
@@ -136,8 +110,9 @@ export class Watchlist {
       remove.title = `Remove ${entry.name} from the watchlist`;
       remove.setAttribute("aria-label", remove.title);
       remove.textContent = "×";
-      li.append(span("wl-symbol", entry.name), entry.lastEl,
-        span("wl-label", label && label !== entry.name ? `${label} · ${source}` : source),
+      li.append(span("wl-symbol", displayName(entry.name, entry.details)), entry.lastEl,
+        span("wl-label", label && label !== displayName(entry.name, entry.details)
+          && label !== entry.name ? `${label} · ${source}` : source),
         entry.changeEl, remove);
       li.classList.toggle("current", entry.id === this.current);
       entry.el = li;
@@ -157,25 +132,21 @@ export class Watchlist {
   renderEntry(entry) {
     if (!entry.el) return;
     const { lastEl, changeEl } = entry;
-    const last = entry.bars[entry.bars.length - 1];
-    if (entry.unavailable || !last) {
-      lastEl.textContent = entry.unavailable ? "n/a" : "…";
+    const quote = this.quotes.get(entry.source, entry.name);
+    if (!quote || quote.price === null) {
+      lastEl.textContent = quote?.unavailable ? "n/a" : "…";
       changeEl.textContent = "";
       return;
     }
-    const base = entry.bars.length > 1 ? closeOf(entry.bars[0]) : last.open ?? null;
-    const precision = precisionFor(entry.details, entry.bars);
-    const ch = change(closeOf(last), base, precision);
-    const text = formatPrice(closeOf(last), precision);
-    if (entry.shown !== null && entry.shown !== closeOf(last)) {
-      const flash = closeOf(last) > entry.shown ? "flash-up" : "flash-down";
+    if (entry.shown !== null && entry.shown !== quote.value) {
+      const flash = quote.value > entry.shown ? "flash-up" : "flash-down";
       entry.el.classList.remove("flash-up", "flash-down");
       void entry.el.offsetWidth; // restart the animation
       entry.el.classList.add(flash);
     }
-    entry.shown = closeOf(last);
-    lastEl.textContent = text;
-    changeEl.textContent = ch.pct || "0.00%";
-    changeEl.className = `wl-change dir-${ch.direction}`;
+    entry.shown = quote.value;
+    lastEl.textContent = quote.price;
+    changeEl.textContent = quote.change.pct || "0.00%";
+    changeEl.className = `wl-change dir-${quote.change.direction}`;
   }
 }

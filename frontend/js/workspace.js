@@ -1,14 +1,28 @@
 // Workspace: the chart grid. One chart or a 2x2 grid of independent ChartPanels (each with
-// its own symbol and interval, all on the one shared Feed), which one is active, and what
-// each shows; it remembers the symbols of hidden charts for when the grid comes back.
+// its own symbol, interval, chart type, price scale and compared symbol, all on the one
+// shared Feed), which one is active, and what each shows; it remembers the charts hidden by
+// the one-chart layout for when the grid comes back. It owns the clock that moves the
+// countdowns of the chart headers.
 
 import { ChartPanel } from "./chart.js";
 
+const CLOCK_MS = 1000;
+
+const viewOf = (p) => ({
+  source: p.source,
+  name: p.name,
+  interval: p.interval,
+  type: p.chartType,
+  scale: p.scale,
+  compare: p.compareWanted ? { source: p.compareWanted.source, name: p.compareWanted.name } : null,
+});
+
 export class Workspace extends EventTarget {
-  constructor({ grid, feed, theme, zone, layout, active, charts }) {
+  constructor({ grid, feed, quotes, theme, zone, layout, active, charts }) {
     super();
     this.grid = grid;
     this.feed = feed;
+    this.quotes = quotes;
     this.theme = theme;
     this.zone = zone;
     this.layout = layout;
@@ -17,6 +31,12 @@ export class Workspace extends EventTarget {
     this.activeIndex = 0;
     this.setLayout(layout);
     this.activate(active);
+    this.clock = setInterval(() => this.tick(), CLOCK_MS);
+  }
+
+  tick() {
+    const now = Date.now() / 1000;
+    for (const p of this.panels) p.tickClock(now);
   }
 
   get active() {
@@ -27,7 +47,7 @@ export class Workspace extends EventTarget {
   get charts() {
     return this.wanted.map((w, i) => {
       const p = this.panels[i];
-      return p && p.source ? { source: p.source, name: p.name, interval: p.interval } : w;
+      return p && p.source ? viewOf(p) : w;
     });
   }
 
@@ -38,12 +58,15 @@ export class Workspace extends EventTarget {
     while (this.panels.length < this.layout) this.addPanel();
     this.grid.dataset.layout = String(this.layout);
     if (this.activeIndex >= this.layout) this.activate(0);
+    for (const p of this.panels) p.toLatest(); // a new layout starts at the newest bars
     this.emit("change");
   }
 
   addPanel() {
     const index = this.panels.length;
-    const panel = new ChartPanel({ index, feed: this.feed, theme: this.theme, zone: this.zone });
+    const panel = new ChartPanel({
+      index, feed: this.feed, quotes: this.quotes, theme: this.theme, zone: this.zone,
+    });
     panel.addEventListener("activate", () => this.activate(panel.index));
     for (const type of ["change", "tick", "data"]) {
       panel.addEventListener(type, () => this.dispatchEvent(
@@ -52,6 +75,9 @@ export class Workspace extends EventTarget {
     this.panels.push(panel);
     this.grid.append(panel.el);
     const wanted = this.wanted[index];
+    if (wanted?.type) panel.chartType = wanted.type;
+    if (wanted?.scale) panel.setScale(wanted.scale);
+    if (wanted?.compare) panel.compareWanted = { ...wanted.compare, details: null };
     if (wanted && wanted.source && wanted.interval) {
       panel.open(wanted.source, wanted.name, wanted.interval);
     }

@@ -458,6 +458,7 @@ class _Rest:
             "status": "OK",
             "request_id": _rid(),
         }
+        self.fake._rest_wait()
         if end < start or not self.fake._known(ticker):
             return body
         bucketing = Bucketing(market_of(ticker), multiplier, timespan, state.get("anchor", start))
@@ -469,7 +470,7 @@ class _Rest:
             ticker,
             bucketing,
             (span[0], span[1]),
-            self.fake.clock.now_ms(),
+            self.fake._rest_now_ms(),
             descending,
             state["limit"],
         )
@@ -625,6 +626,8 @@ class FakePolygon:
         self._opened: Counter[str] = Counter()
         self._auths: Counter[str] = Counter()
         self._rest_failures: list[Response] = []
+        self._rest_lag_ms = 0
+        self._rest_delay = 0.0
         self._auth_fails = False
         self._silent_until = 0.0
         self._conns: dict[int, _Conn] = {}
@@ -786,6 +789,17 @@ class FakePolygon:
         with self._lock:
             self._rest_failures.extend([(status, body, headers)] * times)
 
+    def lag_rest(self, seconds: float) -> None:
+        """Make REST aggregates trail the stream: they show the market as of ``seconds`` (fake
+        time) ago, as a REST index that has not yet caught up with the feed does."""
+        with self._lock:
+            self._rest_lag_ms = int(seconds * SECOND_MS)
+
+    def delay_rest(self, seconds: float) -> None:
+        """Answer every aggregates request ``seconds`` (real time) late."""
+        with self._lock:
+            self._rest_delay = seconds
+
     # -- observation
 
     @property
@@ -837,6 +851,18 @@ class FakePolygon:
     def _take_rest_failure(self) -> Response | None:
         with self._lock:
             return self._rest_failures.pop(0) if self._rest_failures else None
+
+    def _rest_now_ms(self) -> int:
+        """'Now' as REST aggregates see it (the clock, less any injected lag)."""
+        with self._lock:
+            lag = self._rest_lag_ms
+        return self.clock.now_ms() - lag
+
+    def _rest_wait(self) -> None:
+        with self._lock:
+            delay = self._rest_delay
+        if delay > 0:
+            time.sleep(delay)  # a slow REST answer (this runs on a worker thread)
 
     def _log_rest(self, request: RestRequest) -> None:
         with self._lock:

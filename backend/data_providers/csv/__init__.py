@@ -6,10 +6,12 @@ symbol named after the file; every other numeric column is the line symbol
 ``{file}__{column}``. A file is read in full once, on its first history request or stream,
 and kept as numpy arrays (:mod:`backend.data_providers.csv.files`).
 
-Each file has a replay clock (``CSV_REPLAY_SPEED`` data seconds per wall second) starting at
-its midpoint, reported to the hub with ``set_clock``; past the last row the file repeats,
-shifted by its span. One background thread publishes the forming bar of every streamed key
-and the bars that closed since its last tick. Speed 0 freezes the clock at the last row.
+Each file has a replay clock (``CSV_REPLAY_SPEED`` data seconds per wall second) that stood at
+its midpoint at a fixed wall time (:data:`.replay.REPLAY_EPOCH`), so every process, started
+whenever, agrees on the data time and a restart continues the replay; it is reported to the
+hub with ``set_clock``. Past the last row the file repeats, shifted by its span. One
+background thread publishes the forming bar of every streamed key and the bars that closed
+since its last tick. Speed 0 freezes the clock at the last row.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,7 @@ class _Stream:
 class CSVProvider(Provider):
     """Serves the CSV files of ``CSV_FOLDER_PATH`` (source key ``csv``)."""
 
-    persist_history = False  # the files are the store; replay clocks restart with the hub
+    persist_history = False  # the files are the store
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,14 +85,11 @@ class CSVProvider(Provider):
 
     def init(self) -> None:
         self._scan()
-        # Every clock starts at the hub's start (so a restarted process continues the replay
-        # where it was), or now when run outside the hub.
-        origin = self.clock_origin_wall
-        wall = origin if origin is not None else self._wall()
-        for file in self._files:
-            file.clock = replace(file.clock, origin_wall=wall)
+        # The clocks are anchored to a fixed wall time, not to the hub's start: a restarted
+        # server continues every replay where the previous one was.
         for symbol, (file, _) in self._symbols.items():
-            self.set_clock(symbol, file.clock.origin_data, file.clock.speed, origin_wall=wall)
+            clock = file.clock
+            self.set_clock(symbol, clock.origin_data, clock.speed, origin_wall=clock.origin_wall)
         self.report_status("ready", f"{len(self._symbols)} symbols in {len(self._files)} files")
 
     def get_dataset(self) -> Iterable[Mapping[str, Any]]:
@@ -186,12 +185,11 @@ class CSVProvider(Provider):
                 logger.error("CSV_FOLDER_PATH %s is not a folder: no CSV symbols", folder)
                 return
             paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".csv")
-            wall = self._wall()
             for path in paths:
                 if path.is_file():
-                    self._add_file(path, folder, wall)
+                    self._add_file(path, folder)
 
-    def _add_file(self, path: Path, folder: Path, wall: float) -> None:
+    def _add_file(self, path: Path, folder: Path) -> None:
         try:
             layout = scan(path, self.settings.CSV_DATE_COLUMN)
         except CSVFormatError as exc:
@@ -201,7 +199,8 @@ class CSVProvider(Provider):
             logger.exception("%s: skipped: unexpected error while scanning", path)
             return
         speed = self.settings.CSV_REPLAY_SPEED
-        clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed, wall)
+        epoch = self.settings.replay_epoch()
+        clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed, epoch)
         file = _File(layout, path.relative_to(folder).as_posix(), clock)
         keys = ([""] if layout.candle else []) + list(layout.lines)
         for key in keys:

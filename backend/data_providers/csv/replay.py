@@ -1,6 +1,9 @@
 """Replaying a CSV file: a replay clock, and the bars that exist at a data time.
 
-:class:`ReplayClock` maps wall time to data time; :class:`ReplaySeries` extends a file's rows
+:class:`ReplayClock` maps wall time to data time, the same way in every process and across
+restarts: each file's replay stood at its midpoint at :data:`REPLAY_EPOCH` and has run at the
+replay speed since, so the data time is a function of the wall time alone and never goes
+back when the server restarts. :class:`ReplaySeries` extends a file's rows
 periodically (period = last - first + one step) and answers "which bars exist at data time
 T": complete bars, and the forming bar whose last row is revealed in :data:`STAGES` steps
 (open, first extreme, second extreme, close). The rows themselves come from
@@ -30,7 +33,13 @@ from backend.data_providers.csv.files import (
 from backend.model import intervals
 from backend.model.bars import Bar, fold
 
-__all__ = ["STAGES", "ReplayClock", "ReplaySeries"]
+__all__ = ["REPLAY_EPOCH", "STAGES", "ReplayClock", "ReplaySeries"]
+
+#: Wall time (UTC seconds) at which every replay stood at its file's midpoint: 2026-12-01
+#: 00:00 UTC. Fixed (never the start time) so that every process agrees on the data time;
+#: recent, so that the data time is not yet far ahead of the file (at speed 60 it gains 60
+#: days a day).
+REPLAY_EPOCH = 1_796_083_200
 
 
 @dataclass(frozen=True)
@@ -43,12 +52,13 @@ class ReplayClock:
 
     @classmethod
     def for_file(
-        cls, first: int, last: int, interval: str, speed: float, wall: float
+        cls, first: int, last: int, interval: str, speed: float, epoch: float = REPLAY_EPOCH
     ) -> ReplayClock:
-        """Half the file is history at ``wall``; frozen at the last row when speed is 0."""
+        """Half the file is history at ``epoch`` (a fixed wall time, never the start time);
+        frozen at the last row when speed is 0."""
         if speed <= 0:
-            return cls(wall, float(last), 0.0)
-        return cls(wall, float(intervals.floor((first + last) // 2, interval)), speed)
+            return cls(epoch, float(last), 0.0)
+        return cls(epoch, float(intervals.floor((first + last) // 2, interval)), speed)
 
     def at(self, wall: float) -> float:
         return self.origin_data + (wall - self.origin_wall) * self.speed

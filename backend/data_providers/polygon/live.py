@@ -1,21 +1,38 @@
-"""Forming bars of the streamed Polygon keys: a REST seed plus the live per-second aggregates.
+"""Forming bars of the streamed Polygon keys: a REST seed merged with the live per-second
+aggregates.
 
 Owns, per subscribed key ``(ticker, interval)``, the bar being formed and its lifecycle::
 
-    PENDING --first aggregate, second x--> SEEDING --seed fetched--> LIVE
-       ^                                      |                        |
-       +---- reconnect, seed failure ---------+------------------------+
+    PENDING --first aggregate x--> SEEDING --REST has reached x--------------> LIVE
+       ^                            |    ^                                       |
+       |                            |    +-- recheck --+                         |
+       |                            +--REST trails x--> TRAILING                 |
+       +---- reconnect, seed failure ---------------------------------------------+
 
-A bar built live must equal the bar REST returns later. The WebSocket only carries what
-happens after we subscribe, so when the first aggregate of a key arrives (second ``x``), a
-worker thread fetches from REST the part of ``x``'s bucket before ``x`` (whole days, minutes
-and seconds, all closed by then: :func:`.bars.seed_pieces`) and the closed bars
-since the key's resume point, while later aggregates wait in a buffer. The bar is the fold of
-the seed and the buffer; every later aggregate folds into it, and a new bucket starts fresh.
+A bar built live must equal the bar REST returns later, with no second lost or counted
+twice. The stream is subscribed first (``add`` watches the ticker) and only carries what
+happens after that, so its aggregates, from the first one (second ``x``) on, are buffered
+while a worker thread fetches the seed from REST: the seconds REST has from ``x``'s minute
+on, whose last one (second ``r``) is how far REST has got. Everything before ``r`` comes from
+REST (whole days, minutes and seconds: :func:`.bars.seed_pieces` of ``r``, and the closed
+bars since the key's resume point). Second ``r`` itself may still be forming in REST's
+answer, and the stream has it whole (``r >= x``), so the buffered aggregates from ``r`` on
+are folded on top, and every later aggregate folds in as it comes. An aggregate at or before
+the last second folded is dropped: REST or the stream has counted it already.
+
+REST may trail the stream (its index catches up a moment after the feed). When REST has not
+reached ``x`` yet, the seconds between ``r`` and ``x`` are missing from both, so the key is
+TRAILING: its bar is published from the seed up to ``x`` and the stream (provisional), its
+aggregates are still kept, and the seed is fetched again, on the first aggregate at least
+:data:`RECHECK_SECONDS` later, until REST has reached ``x`` (at most :data:`MAX_RECHECKS`
+times); then the bars since the bucket before ``x`` are published again from REST and the
+key is LIVE.
 
 After a reconnect, every key of that market goes back to PENDING with its current bar as the
-resume point: the bars missed meanwhile are fetched at once and again when the key is
-seeded, and published oldest first (``final=True`` for the closed ones).
+resume point: the bars since then are fetched at once (:meth:`LiveBars._refresh`, so charts
+see the gap filled), and the next seed fetches them again and replaces the bar in progress
+with REST's once REST has caught up with the stream; closed bars are published
+``final=True``.
 
 Also counts keys per ticker: the first key of a ticker watches it on the stream, the last one
 unwatches it. Thread-safe: hooks (control thread), aggregates (stream thread) and workers
@@ -31,7 +48,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from backend.data_providers.polygon.bars import (
     Market,
@@ -51,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 OPEN_END = 7 * 86_400  # "up to now": REST windows end this far past the wall clock
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0  # seconds between failed seeds of one key
+RECHECK_SECONDS = 1.0  # between seeds of a key while REST trails the stream
+MAX_RECHECKS = 30  # then the key goes live with what REST has
 
 
 class Fetch(Protocol):
@@ -78,6 +97,7 @@ class Watcher(Protocol):
 class _State(enum.Enum):
     PENDING = "pending"
     SEEDING = "seeding"
+    TRAILING = "trailing"
     LIVE = "live"
 
 
@@ -89,10 +109,22 @@ class _Key:
     state: _State = _State.PENDING
     generation: int = 0  # bumped whenever in-flight work about this key must be dropped
     bar: Bar | None = None
+    folded: int | None = None  # the last second folded into the bars
     resume_from: int | None = None
-    buffer: list[Bar] = field(default_factory=list)
+    first: int | None = None  # the first streamed second REST has not been seen to cover
+    buffer: list[Bar] = field(default_factory=list)  # streamed seconds from `first` on
+    rechecks: int = 0
     failures: int = 0
     retry_at: float = 0.0
+
+
+class _Seed(NamedTuple):
+    """What REST said: the closed bars since the resume point, the bar up to ``cut``."""
+
+    cut: int  # the first second not taken from REST
+    caught_up: bool  # REST reached the stream's first second
+    missed: list[Bar]
+    bar: Bar | None
 
 
 class LiveBars:
@@ -169,22 +201,41 @@ class LiveBars:
             keys = [k for ks in self._tickers.values() for k in ks.values() if k.market == market]
             for key in keys:
                 if key.bar is not None:
-                    key.resume_from = key.bar[0]
+                    key.resume_from = min(key.bar[0], key.resume_from or key.bar[0])
                 key.generation += 1
-                key.state, key.bar, key.buffer, key.retry_at = _State.PENDING, None, [], 0.0
+                key.state, key.bar, key.folded, key.retry_at = _State.PENDING, None, None, 0.0
+                key.first, key.buffer = None, []
                 if key.resume_from is not None:
                     self._executor.submit(self._refresh, key, key.generation)
 
     def _take(self, key: _Key, bars: list[Bar]) -> None:
         match key.state:
             case _State.LIVE:
-                closed, bar = advance(key.market, key.interval, key.bar, bars)
-                self._publish(key, closed, bar)
+                self._fold(key, bars)
+            case _State.TRAILING:
+                key.buffer.extend(bars)
+                self._fold(key, bars)
+                if self._clock() >= key.retry_at:
+                    self._start_seed(key)
             case _State.SEEDING:
                 key.buffer.extend(bars)
             case _State.PENDING if self._clock() >= key.retry_at:
-                key.state, key.buffer = _State.SEEDING, list(bars)
-                self._executor.submit(self._seed, key, key.generation, bars[0][0])
+                key.first, key.buffer, key.rechecks = bars[0][0], list(bars), 0
+                self._start_seed(key)
+
+    def _start_seed(self, key: _Key) -> None:
+        assert key.first is not None
+        key.state = _State.SEEDING
+        self._executor.submit(self._seed, key, key.generation, key.first)
+
+    def _fold(self, key: _Key, bars: list[Bar]) -> None:
+        """Fold the streamed seconds after the last one folded; publish what changed."""
+        fresh = [bar for bar in bars if key.folded is None or bar[0] > key.folded]
+        if not fresh:
+            return
+        closed, bar = advance(key.market, key.interval, key.bar, fresh)
+        key.folded = fresh[-1][0]
+        self._publish(key, closed, bar)
 
     def _publish(self, key: _Key, closed: list[Bar], bar: Bar | None) -> None:
         for done in closed:
@@ -195,11 +246,10 @@ class LiveBars:
 
     # ------------------------------------------------------------------ workers
 
-    def _seed(self, key: _Key, generation: int, x: int) -> None:
-        """Worker: fetch the seed of ``x``'s bucket and the closed bars before it; go LIVE."""
+    def _seed(self, key: _Key, generation: int, first: int) -> None:
+        """Worker: fetch the seed from REST and merge it with the buffered aggregates."""
         try:
-            missed = self._missed(key, x)
-            seed = self._seed_bar(key, x)
+            seed = self._fetch_seed(key, first)
         except CandlewireError as exc:
             self._seed_failed(key, generation, exc)
             return
@@ -210,17 +260,22 @@ class LiveBars:
         with self._lock:
             if key.generation != generation:
                 return
-            for done in missed:
-                self._sink.publish_bar(key.ticker, key.interval, done, True)
-            closed, forming = advance(key.market, key.interval, seed, key.buffer)
-            key.bar = None
-            self._publish(key, closed, forming)
-            key.state, key.buffer, key.failures, key.resume_from = _State.LIVE, [], 0, None
-        logger.debug("polygon: %s %s is live from %d", key.ticker, key.interval, x)
+            self._merge(key, seed)
+        logger.debug("polygon: %s %s is %s from %d", key.ticker, key.interval,
+                     key.state.value, seed.cut)  # fmt: skip
 
-    def _missed(self, key: _Key, x: int) -> list[Bar]:
-        """Closed bars from the resume point (default: the bucket before) to ``x``'s bucket."""
-        start = bucket_start(key.market, key.interval, x)
+    def _fetch_seed(self, key: _Key, first: int) -> _Seed:
+        """REST's part of the key's bars: everything up to the last second REST has."""
+        recent = self._fetch(
+            key.ticker, 1, "second", first - first % 60, max(int(self._wall()), first) + OPEN_END
+        )
+        caught_up = bool(recent) and recent[-1][0] >= first
+        cut = recent[-1][0] if caught_up else first  # REST's last second may be forming
+        return _Seed(cut, caught_up, self._missed(key, cut), self._seed_bar(key, cut, recent))
+
+    def _missed(self, key: _Key, cut: int) -> list[Bar]:
+        """Closed bars from the resume point (default: the bucket before) to ``cut``'s bucket."""
+        start = bucket_start(key.market, key.interval, cut)
         since = key.resume_from
         if since is None:
             since = previous_bucket(key.market, key.interval, start)
@@ -229,13 +284,42 @@ class LiveBars:
         multiplier, span = timespan(key.interval)
         return self._fetch(key.ticker, multiplier, span, since, start - 1)
 
-    def _seed_bar(self, key: _Key, x: int) -> Bar | None:
-        """The bar of ``x``'s bucket up to (not including) second ``x``, from REST."""
+    def _seed_bar(self, key: _Key, cut: int, recent: list[Bar]) -> Bar | None:
+        """The bar of ``cut``'s bucket up to (not including) second ``cut``, from REST;
+        ``recent`` holds REST's seconds of ``cut``'s minute already."""
         parts: list[Bar] = []
-        for piece in seed_pieces(key.market, key.interval, x):
-            bars = self._fetch(key.ticker, 1, piece.timespan, piece.start, piece.end - 1)
+        for piece in seed_pieces(key.market, key.interval, cut):
+            if piece.timespan == "second":
+                bars = recent
+            else:
+                bars = self._fetch(key.ticker, 1, piece.timespan, piece.start, piece.end - 1)
             parts.extend(bar for bar in bars if piece.start <= bar[0] < piece.end)
-        return fold_bars(bucket_start(key.market, key.interval, x), parts)
+        return fold_bars(bucket_start(key.market, key.interval, cut), parts)
+
+    def _merge(self, key: _Key, seed: _Seed) -> None:
+        """Publish REST's bars and the buffered seconds after them; LIVE or TRAILING next."""
+        assert key.first is not None
+        for done in seed.missed:
+            self._sink.publish_bar(key.ticker, key.interval, done, True)
+        key.bar, key.folded, key.failures = None, seed.cut - 1, 0
+        self._publish(key, [], seed.bar)
+        self._fold(key, key.buffer)
+        if seed.caught_up or key.rechecks >= MAX_RECHECKS:
+            if not seed.caught_up:
+                logger.warning(
+                    "polygon: REST never reached second %d of %s %s; live from what it has",
+                    key.first,
+                    key.ticker,
+                    key.interval,
+                )
+            key.state, key.buffer, key.first, key.resume_from = _State.LIVE, [], None, None
+            return
+        # Redo from the bucket before `first`: REST may have had only part of it.
+        bucket = bucket_start(key.market, key.interval, key.first)
+        before = previous_bucket(key.market, key.interval, bucket)
+        key.resume_from = min(before, key.resume_from or before)
+        key.rechecks += 1
+        key.state, key.retry_at = _State.TRAILING, self._clock() + RECHECK_SECONDS
 
     def _seed_failed(self, key: _Key, generation: int, exc: Exception) -> None:
         with self._lock:
@@ -243,7 +327,8 @@ class LiveBars:
                 return
             key.failures += 1
             wait = min(RETRY_MAX, RETRY_FIRST * 2 ** (key.failures - 1))
-            key.state, key.buffer, key.retry_at = _State.PENDING, [], self._clock() + wait
+            key.state, key.retry_at = _State.PENDING, self._clock() + wait
+            key.buffer, key.first = [], None
         logger.warning("polygon: cannot seed %s %s: %s", key.ticker, key.interval, exc)
         code = getattr(exc, "code", "provider_unavailable")
         message = f"polygon: live bars of {key.ticker} {key.interval} are late: {exc}"
@@ -264,9 +349,9 @@ class LiveBars:
             logger.exception("polygon: refreshing %s %s failed", key.ticker, key.interval)
             return
         with self._lock:
-            if key.generation != generation or key.state is _State.LIVE or not bars:
+            seeded = key.state in (_State.LIVE, _State.TRAILING) or key.bar is not None
+            if key.generation != generation or seeded or not bars:
                 return
             for bar in bars[:-1]:
                 self._sink.publish_bar(key.ticker, key.interval, bar, True)
             self._sink.publish_bar(key.ticker, key.interval, bars[-1], False)
-            key.resume_from = bars[-1][0]

@@ -1,0 +1,37 @@
+// ComparePicker: the toolbar's Compare button and its search box; picking a symbol there
+// draws it as a line on the active chart (ChartPanel.setCompare).
+
+import { SymbolSearch } from "./search.js";
+
+const CLOSE_DELAY_MS = 150; // let a click on a result land before the box closes
+
+export class ComparePicker {
+  constructor({ button, box, input, list, feed, onPick }) {
+    this.button = button;
+    this.box = box;
+    this.input = input;
+    this.search = new SymbolSearch({
+      input,
+      list,
+      feed,
+      onPick: (row) => {
+        this.close();
+        onPick(row);
+      },
+    });
+    button.addEventListener("click", () => (this.box.hidden ? this.open() : this.close()));
+    input.addEventListener("blur", () => setTimeout(() => this.close(), CLOSE_DELAY_MS));
+  }
+
+  open() {
+    this.box.hidden = false;
+    this.button.setAttribute("aria-expanded", "true");
+    this.input.value = "";
+    this.search.focus();
+  }
+
+  close() {
+    this.box.hidden = true;
+    this.button.setAttribute("aria-expanded", "false");
+  }
+}

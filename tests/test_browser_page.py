@@ -1,0 +1,549 @@
+"""The web page as a trader uses it, in headless Chromium at 1440x900 and at 390x844.
+
+One server (the bundled CSV sample data, replayed at 60x, plus the ``counting`` test provider
+whose bars follow the wall clock) and one browser serve every test of the module; each test
+runs once per viewport in a fresh browser context. Every test fails on a console error or an
+uncaught exception, and keeps a screenshot in ``test-artifacts/`` named after the test and
+the viewport.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MS, free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.browser
+
+VIEWPORTS = {
+    "desktop": {"width": 1440, "height": 900},
+    "phone": {"width": 390, "height": 844},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("browser-page")
+    env = base_env(
+        tmp,
+        PROVIDERS="csv,counting",
+        CSV_FOLDER_PATH=str(ROOT / "data"),
+        CSV_REPLAY_SPEED="60",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+        STREAM_LINGER_SECONDS="0.5",
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(params=sorted(VIEWPORTS))
+def viewport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def page(browser: Browser, viewport: str) -> Iterator[Page]:
+    phone = viewport == "phone"
+    size = VIEWPORTS[viewport]
+    context = browser.new_context(
+        viewport={"width": size["width"], "height": size["height"]},
+        is_mobile=phone,
+        has_touch=phone,
+        device_scale_factor=1,
+    )
+    context.set_default_timeout(seconds(10) * MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console(page: Page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def open_page(page: Page, server: ServerProcess, query: str, charts: int = 1) -> None:
+    page.goto(f"{server.url}/{query}")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    for chart in range(charts):
+        page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > 0")
+
+
+def shot(page: Page, name: str, viewport: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"page-{name}-{viewport}.png"))
+
+
+def js(page: Page, expression: str, arg: Any = None) -> Any:
+    return page.evaluate(expression, arg)
+
+
+def visible_range(page: Page, chart: int = 0) -> dict[str, float]:
+    result: dict[str, float] = js(
+        page, f"window.candlewire.charts[{chart}].chart.timeScale().getVisibleLogicalRange()"
+    )
+    return result
+
+
+def bar_count(page: Page, chart: int = 0) -> int:
+    count: int = js(page, f"window.candlewire.charts[{chart}].bars().length")
+    return count
+
+
+def on_screen(page: Page, selector: str) -> bool:
+    """The element is displayed and lies entirely inside the viewport."""
+    inside: bool = js(
+        page,
+        """sel => { const el = document.querySelector(sel);
+            if (!el || !el.checkVisibility()) return false;
+            const r = el.getBoundingClientRect();
+            return r.width > 0 && r.left >= 0 && r.top >= 0
+                && r.right <= innerWidth && r.bottom <= innerHeight; }""",
+        selector,
+    )
+    return inside
+
+
+def assert_no_horizontal_scroll(page: Page) -> None:
+    sizes = js(page, "[document.scrollingElement.scrollWidth, innerWidth]")
+    assert sizes[0] <= sizes[1], f"the page is {sizes[0]} px wide in a {sizes[1]} px window"
+
+
+def pick_interval(page: Page, viewport: str, interval: str) -> None:
+    if viewport == "phone":
+        page.locator("#interval-menu").select_option(interval)
+    else:
+        page.locator(f"#intervals button[data-interval='{interval}']").click()
+
+
+def scroll_back(page: Page, bars: int) -> None:
+    """Scroll chart 1 `bars` bars back in time (the chart applies it on its next frame)."""
+    js(page, f"window.candlewire.charts[0].chart.timeScale().scrollToPosition(-{bars}, false)")
+    until(lambda: visible_range(page)["to"] < bar_count(page) - 1, what="the scroll back")
+
+
+def scroll_to_start(page: Page) -> None:
+    """Scroll chart 1 left until the source has nothing older."""
+    scroll = "window.candlewire.charts[0].chart.timeScale().scrollToPosition(-100000, false)"
+
+    def done() -> bool:
+        page.evaluate(scroll)
+        finished: bool = js(page, "window.candlewire.charts[0].historyDone")
+        return finished
+
+    until(done, timeout=20, what="the start of the data")
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+def test_the_page_fits_the_screen_and_keeps_its_controls_on_it(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    assert_no_horizontal_scroll(page)
+    for control in ("#theme", "#badge", "#watchlist-toggle", "#search-input", "#chart-type"):
+        assert on_screen(page, control), f"{control} is not on screen"
+    if viewport == "phone":
+        assert on_screen(page, "#interval-menu"), "no interval menu on a phone"
+        assert not on_screen(page, "#intervals"), "the interval buttons should be in a menu"
+        assert not on_screen(page, "[data-layout='4']"), "a phone shows one chart"
+    else:
+        assert on_screen(page, "#intervals button[data-interval='4h']")
+    pick_interval(page, viewport, "4h")
+    page.wait_for_function("window.candlewire.charts[0].interval === '4h'")
+    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+    assert "i=4h" in page.url
+    assert_no_horizontal_scroll(page)
+    shot(page, "layout", viewport)
+    assert console == []
+
+
+def test_the_watchlist_opens_and_closes(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=ACME&i=1h")
+    row = ".wl-items li[data-id='csv:ACME']"
+    page.locator(row).wait_for(state="attached")
+    toggle = page.locator("#watchlist-toggle")
+    if viewport == "phone":
+        assert not on_screen(page, ".watchlist"), "the drawer starts closed on a phone"
+        toggle.click()
+        until(lambda: on_screen(page, ".watchlist"), what="the drawer to open")
+        assert toggle.get_attribute("aria-expanded") == "true"
+        shot(page, "watchlist-open", viewport)
+        page.locator("#watchlist-close").click()
+        until(lambda: not on_screen(page, ".watchlist"), what="the drawer to close")
+        toggle.click()
+        until(lambda: on_screen(page, ".watchlist"), what="the drawer to open again")
+        page.locator(row).click()  # picking a symbol gets the drawer out of the way
+        until(lambda: not on_screen(page, ".watchlist"), what="the drawer to close on a pick")
+    else:
+        assert on_screen(page, ".watchlist")
+        toggle.click()
+        until(lambda: not on_screen(page, ".watchlist"), what="the watchlist to hide")
+        assert toggle.get_attribute("aria-pressed") == "false"
+        toggle.click()
+        until(lambda: on_screen(page, ".watchlist"), what="the watchlist to come back")
+        shot(page, "watchlist-open", viewport)
+    assert_no_horizontal_scroll(page)
+    assert console == []
+
+
+def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    if viewport == "phone":
+        # A phone shows one chart: a shared grid link shows only its active chart.
+        open_page(page, server, "?source=csv&s=BTCUSD&i=1h&layout=4&c2=csv:ACME:1h&a=2", 2)
+        shown = js(page, "[...document.querySelectorAll('.panel')].map(p => p.checkVisibility())")
+        assert shown.count(True) == 1 and shown[1] is True
+    else:
+        page.locator("[data-layout='4']").click()
+        for chart in range(4):
+            page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > 0")
+        names = js(page, "window.candlewire.charts.map(c => c.name)")
+        assert names[0] == "BTCUSD"
+        assert "BTCUSD" not in names[1:], f"the grid repeats chart 1's symbol: {names}"
+        assert len(set(names)) == 4
+    overlaps = js(
+        page,
+        """() => window.candlewire.charts.map((c, i) => {
+            const panel = document.querySelector(`.panel[data-index="${i}"]`);
+            if (!panel.checkVisibility()) return null;
+            const legend = panel.querySelector('.legend').getBoundingClientRect();
+            const area = panel.querySelector('.chart-area').getBoundingClientRect();
+            const range = c.chart.timeScale().getVisibleLogicalRange();
+            const bars = c.bars().slice(Math.max(0, Math.floor(range.from)),
+                                        Math.ceil(range.to) + 1);
+            const top = Math.max(...bars.map(b => b.high ?? b.value));
+            const y = area.top + c.series.priceToCoordinate(top);
+            return legend.bottom > y ? `${c.name}: legend ${legend.bottom} > candle ${y}` : '';
+        })""",
+    )
+    assert [o for o in overlaps if o] == []
+    assert_no_horizontal_scroll(page)
+    shot(page, "grid", viewport)
+    assert console == []
+
+
+# ------------------------------------------------------------------------------ scroll-back
+
+
+def test_scroll_back_shows_loading_then_the_start_of_data_and_stops_at_it(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    js(
+        page,
+        """() => { window.sawLoading = false;
+            const el = document.querySelector('.history-loading');
+            new MutationObserver(() => { if (!el.hidden) window.sawLoading = true; })
+                .observe(el, { attributes: true }); }""",
+    )
+    assert page.locator(".start-mark").is_hidden()
+    scroll_to_start(page)
+    assert js(page, "window.sawLoading"), "no loading indicator while history loaded"
+    page.locator(".history-loading").wait_for(state="hidden")
+    mark = page.locator(".start-mark")
+    mark.wait_for()
+    assert "Start of data" in mark.inner_text()
+    # The first bar stays at the left edge: dragging further shows no empty space.
+    box = page.locator(".chart-area").bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 50, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 80, y, steps=6)
+    page.mouse.up()
+    assert visible_range(page)["from"] > -1.5
+    shot(page, "start-of-data", viewport)
+    assert console == []
+
+
+def test_the_view_cannot_be_dragged_off_its_bars_and_jump_to_latest_returns(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=ACME&i=1h")
+    ts = "window.candlewire.charts[0].chart.timeScale()"
+    js(page, f"{ts}.scrollToPosition(100000, false)")  # far into the future
+    page.wait_for_function(f"{ts}.getVisibleLogicalRange().to > 320")
+
+    def shown() -> float:
+        """The part of the view that has bars."""
+        view = visible_range(page)
+        return (bar_count(page) - 1 - view["from"]) / (view["to"] - view["from"])
+
+    until(lambda: shown() >= 0.3, what="the view to come back to the bars")
+    js(page, "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert shown() >= 0.3
+    jump = page.locator(".jump-latest")
+    scroll_back(page, 120)
+    jump.wait_for()
+    assert on_screen(page, ".jump-latest")
+    shot(page, "jump-to-latest", viewport)
+    jump.click()
+    page.wait_for_function(
+        f"{ts}.getVisibleLogicalRange().to >= window.candlewire.charts[0].bars().length - 1"
+    )
+    jump.wait_for(state="hidden")
+    assert console == []
+
+
+def test_after_switching_layouts_the_charts_show_their_latest_bars(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    if viewport == "phone":
+        pytest.skip("a phone has one layout: the layout buttons are hidden (checked above)")
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    scroll_back(page, 150)
+    page.locator("[data-layout='4']").click()
+    page.wait_for_function("window.candlewire.charts.length === 4")
+    until(lambda: visible_range(page)["to"] >= bar_count(page) - 1, what="chart 1 at the latest")
+    scroll_back(page, 150)
+    page.locator("[data-layout='1']").click()
+    page.wait_for_function("window.candlewire.charts.length === 1")
+    until(lambda: visible_range(page)["to"] >= bar_count(page) - 1, what="back at the latest")
+    assert console == []
+
+
+# ------------------------------------------------------------------------------ figures and names
+
+
+def test_the_header_and_the_watchlist_show_the_same_change_for_a_symbol(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    figures = """() => {
+        const head = document.querySelector('.panel .quote-change').textContent;
+        const row = document.querySelector(".wl-items li[data-id='csv:BTCUSD'] .wl-change");
+        return [head, row ? row.textContent : ''];
+    }"""
+    page.wait_for_function(f"(({figures})()).every(t => t !== '')")
+    head, row = js(page, figures)
+    assert re.search(r"\(([^)]*%)\)", head)
+    assert re.search(r"\(([^)]*%)\)", head).group(1) == row  # type: ignore[union-attr]
+    assert "previous daily close" in (page.locator(".panel .quote").get_attribute("title") or "")
+    assert "prev. daily close" in page.locator(".wl-note").text_content()  # type: ignore[operator]
+    shot(page, "change", viewport)
+    assert console == []
+
+
+def test_search_rows_say_each_thing_once_and_line_series_have_readable_names(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=ACME&i=1h")
+    search = page.locator("#search-input")
+    search.click()
+    search.press_sequentially("BTCUSD", delay=20)
+    first = page.locator("#search-results li[data-i]").first
+    page.wait_for_function(
+        "document.querySelector('#search-results .sr-symbol')?.textContent === 'BTCUSD'"
+    )
+    text = first.text_content() or ""
+    assert text.count("BTCUSD") == 1, text
+    assert text.lower().count("csv") == 1, text
+    search.fill("")
+    search.press_sequentially("dollar", delay=20)
+    page.wait_for_function(
+        "document.querySelector('#search-results .sr-symbol')?.textContent === 'macro dollar_index'"
+    )
+    shot(page, "search", viewport)
+    search.press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].name === 'macro__dollar_index'")
+    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+    assert page.locator(".panel-symbol").inner_text() == "macro dollar_index"
+    assert "macro__" not in page.locator(".panel-head").inner_text()
+    page.wait_for_function("document.title.startsWith('macro dollar_index')")
+    page.locator(".wl-items li[data-id='csv:macro__dollar_index']").wait_for(state="attached")
+    wl = page.locator(".wl-items li[data-id='csv:macro__dollar_index'] .wl-symbol")
+    assert wl.text_content() == "macro dollar_index"
+    assert console == []
+
+
+def test_the_header_shows_a_countdown_the_source_and_the_description(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    countdown = page.locator(".panel .countdown")
+    page.wait_for_function(
+        "/^\\d\\d:\\d\\d$/.test(document.querySelector('.panel .countdown').textContent)"
+    )
+    first = countdown.text_content()
+    page.wait_for_function(
+        "t => document.querySelector('.panel .countdown').textContent !== t",
+        arg=first,
+        timeout=seconds(5) * MS,
+    )
+    label = page.locator(".panel-label").inner_text()
+    assert "AAA test instrument" in label and "counting" in label
+    assert on_screen(page, ".panel .countdown")
+    shot(page, "countdown", viewport)
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    assert "csv" in page.locator(".panel-label").inner_text().lower()
+    assert console == []
+
+
+# ------------------------------------------------------------------------------ chart types
+
+
+SERIES_TYPE = {
+    "candles": "Candlestick",
+    "hollow": "Candlestick",
+    "bars": "Bar",
+    "line": "Line",
+    "area": "Area",
+    "heikin": "Candlestick",
+}
+
+
+def test_chart_types_and_price_scales_live_in_the_url_and_survive_a_reload(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    chart = "window.candlewire.charts[0]"
+    for kind, series_type in SERIES_TYPE.items():
+        page.locator("#chart-type").select_option(kind)
+        page.wait_for_function(f"{chart}.type === '{kind}'")
+        assert js(page, f"{chart}.series.seriesType()") == series_type
+        assert js(page, f"{chart}.bars().length") == js(page, f"{chart}.ownBars().length")
+    hollow = "(() => { const o = window.candlewire.charts[0].series.options(); return o; })()"
+    page.locator("#chart-type").select_option("hollow")
+    assert js(page, hollow)["upColor"] == "rgba(0, 0, 0, 0)"
+    page.locator("#chart-type").select_option("heikin")
+    page.wait_for_function(f"{chart}.type === 'heikin'")
+    drawn, own = js(page, f"[{chart}.bars().slice(-3, -1), {chart}.ownBars().slice(-3, -1)]")
+    for ha, bar in zip(drawn, own, strict=True):
+        assert ha["time"] == bar["time"]
+        ohlc = (bar["open"] + bar["high"] + bar["low"] + bar["close"]) / 4
+        assert ha["close"] == pytest.approx(ohlc)
+    assert drawn[1]["open"] == pytest.approx((drawn[0]["open"] + drawn[0]["close"]) / 2)
+    for scale, mode in (("log", 1), ("percent", 2)):
+        page.locator("#price-scale").select_option(scale)
+        assert js(page, f"{chart}.chart.priceScale('right').options().mode") == mode
+    page.locator("#price-scale").select_option("log")
+    assert "ct=heikin" in page.url and "ps=log" in page.url
+    shot(page, "heikin-log", viewport)
+    page.reload()
+    page.wait_for_function(f"window.candlewire && {chart}.bars().length > 0")
+    page.wait_for_function(f"{chart}.type === 'heikin'")
+    assert js(page, f"{chart}.chart.priceScale('right').options().mode") == 1
+    assert page.locator("#chart-type").input_value() == "heikin"
+    assert page.locator("#price-scale").input_value() == "log"
+    assert console == []
+
+
+def test_compare_draws_another_symbol_as_a_line_on_the_same_pane(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    page.locator("#compare-button").click()
+    box = page.locator("#compare-input")
+    box.press_sequentially("ACME", delay=20)
+    page.wait_for_function(
+        "document.querySelector('#compare-results .sr-symbol')?.textContent === 'ACME'"
+    )
+    box.press("Enter")
+    chart = "window.candlewire.charts[0]"
+    page.wait_for_function(f"{chart}.compare && {chart}.compare.bars().length > 0")
+    assert js(page, f"{chart}.compare.name") == "ACME"
+    assert js(page, f"{chart}.chart.panes().length") == 1
+    assert js(page, f"{chart}.scale") == "percent"  # prices of two symbols meet in percent
+    assert "cmp=csv:ACME" in page.url
+    assert "vs ACME" in page.locator(".panel-compare").inner_text()
+    assert_no_horizontal_scroll(page)
+    shot(page, "compare", viewport)
+    page.reload()
+    page.wait_for_function(f"window.candlewire && {chart}.compare?.bars().length > 0")
+    page.locator(".compare-remove").click()
+    page.wait_for_function(f"{chart}.compare === null")
+    assert "cmp=" not in page.url
+    assert console == []
+
+
+# ------------------------------------------------------------------------------ touch and mouse
+
+
+def test_the_chart_pans_and_zooms_by_touch_on_a_phone_and_by_mouse_on_a_desktop(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    scroll_back(page, 60)
+    box = page.locator(".chart-area").bounding_box()
+    assert box is not None
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    before = visible_range(page)
+    if viewport == "phone":
+        cdp = page.context.new_cdp_session(page)
+
+        def touch(kind: str, *points: tuple[float, float]) -> None:
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": kind, "touchPoints": [{"x": x, "y": y} for x, y in points]},
+            )
+
+        touch("touchStart", (cx - 80, cy))
+        for step in range(1, 9):
+            touch("touchMove", (cx - 80 + step * 20, cy))
+        touch("touchEnd")
+        panned = visible_range(page)
+        touch("touchStart", (cx - 30, cy), (cx + 30, cy))
+        for step in range(1, 9):
+            touch("touchMove", (cx - 30 - step * 12, cy), (cx + 30 + step * 12, cy))
+        touch("touchEnd")
+    else:
+        page.mouse.move(cx - 200, cy)
+        page.mouse.down()
+        page.mouse.move(cx + 200, cy, steps=8)
+        page.mouse.up()
+        panned = visible_range(page)
+        page.mouse.move(cx, cy)
+        for _ in range(4):
+            page.mouse.wheel(0, -300)
+    until(
+        lambda: (
+            visible_range(page)["to"] - visible_range(page)["from"]
+            < 0.9 * (panned["to"] - panned["from"])
+        ),
+        what="the chart to zoom in",
+    )
+    assert panned["from"] < before["from"] - 5, f"no pan: {before} -> {panned}"
+    assert panned["to"] - panned["from"] == pytest.approx(before["to"] - before["from"], rel=0.05)
+    shot(page, "zoomed", viewport)
+    assert console == []

@@ -1,0 +1,158 @@
+"""``LiveBars`` merging a REST seed with streamed seconds, without threads or sockets.
+
+REST is a table of true per-second bars that it knows up to a movable horizon (a REST that
+trails the feed, or one that is ahead of it); worker jobs run when the test says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backend.data_providers.polygon.bars import fold_bars
+from backend.data_providers.polygon.live import MAX_RECHECKS, RECHECK_SECONDS, LiveBars
+from backend.data_providers.polygon.wire import LiveAgg
+from backend.model.bars import Bar
+
+MINUTE = 1_773_158_280  # a minute's open time (2026-03-10 15:58 UTC)
+
+
+def second(t: int) -> Bar:
+    """The true aggregate of second ``t``: prices wander, volume varies."""
+    base = 100 + (t * 7919 % 13) / 10
+    return (t, base, base + 0.3, base - 0.2, base + 0.1, float(1 + t % 5))
+
+
+def truth(first: int, last: int) -> Bar | None:
+    """The true 1m bar of ``first``'s minute from its seconds up to ``last``."""
+    start = first - first % 60
+    return fold_bars(start, [second(t) for t in range(start, last + 1)])
+
+
+class Rest:
+    """REST aggregates of the true seconds before ``horizon``."""
+
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+
+    def __call__(
+        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+    ) -> list[Bar]:
+        assert multiplier == 1 and timespan in ("second", "minute"), (multiplier, timespan)
+        known = [second(t) for t in range(start, min(end + 1, self.horizon))]
+        if timespan == "second":
+            return known
+        minutes = sorted({bar[0] - bar[0] % 60 for bar in known})
+        return [b for m in minutes if (b := fold_bars(m, [x for x in known if m <= x[0] < m + 60]))]
+
+
+class Jobs:
+    """An executor that queues jobs until ``run`` (jobs are submitted under the lock)."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.queued.append((fn, args))
+
+    def run(self) -> int:
+        jobs, self.queued = self.queued, []
+        for fn, args in jobs:
+            fn(*args)
+        return len(jobs)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.bars: dict[int, tuple[Bar, bool]] = {}  # open time -> last (bar, final)
+
+    def publish_bar(self, ticker: str, interval: str, bar: Bar, final: bool) -> None:
+        self.bars[bar[0]] = (bar, final)
+
+    def notify(self, symbol: str, interval: str, code: str, message: str) -> None:
+        raise AssertionError(f"unexpected notice {code}: {message}")
+
+    def watch(self, ticker: str) -> None:
+        pass
+
+    def unwatch(self, ticker: str) -> None:
+        pass
+
+
+class Setup:
+    def __init__(self, horizon: int) -> None:
+        self.rest, self.jobs, self.sink = Rest(horizon), Jobs(), Recorder()
+        self.now = 0.0
+        self.live = LiveBars(
+            self.rest,
+            self.sink,
+            self.sink,
+            self.jobs,  # type: ignore[arg-type]
+            wall=lambda: MINUTE + 60.0,
+            clock=lambda: self.now,
+        )
+        self.live.add("AAPL", "1m")
+
+    def stream(self, first: int, last: int) -> None:
+        self.live.on_aggregates(LiveAgg("AAPL", second(t)) for t in range(first, last + 1))
+
+    def bar(self, t: int) -> Bar:
+        return self.sink.bars[t][0]
+
+
+def test_seconds_streamed_after_rest_already_had_them_are_not_counted_twice() -> None:
+    setup = Setup(horizon=MINUTE + 15)  # REST is ahead of the stream
+    setup.stream(MINUTE + 10, MINUTE + 10)
+    assert setup.jobs.run() == 1
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 13)  # REST's last second (14) is
+    setup.stream(MINUTE + 11, MINUTE + 59)  # the stream's: 11..13 arrive again, 14.. anew
+    setup.stream(MINUTE + 60, MINUTE + 60)
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
+    assert setup.jobs.run() == 0  # nothing to recheck
+
+
+def test_while_rest_trails_the_stream_the_bar_is_provisional_then_rest_s_own() -> None:
+    setup = Setup(horizon=MINUTE + 5)  # REST knows nothing after second 4 yet
+    setup.stream(MINUTE + 10, MINUTE + 12)
+    setup.jobs.run()
+    provisional = fold_bars(
+        MINUTE, [second(t) for t in (*range(MINUTE, MINUTE + 5), *range(MINUTE + 10, MINUTE + 13))]
+    )
+    assert setup.bar(MINUTE) == provisional  # seconds 5..9 are in neither yet
+    setup.stream(MINUTE + 13, MINUTE + 13)
+    assert setup.jobs.run() == 0  # not before RECHECK_SECONDS
+    setup.rest.horizon = MINUTE + 30  # REST catches up
+    setup.now += RECHECK_SECONDS
+    setup.stream(MINUTE + 14, MINUTE + 14)
+    setup.stream(MINUTE + 15, MINUTE + 20)  # streamed while the seed is in flight
+    assert setup.jobs.run() == 1
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 28)  # REST's, but its last second
+    setup.stream(MINUTE + 21, MINUTE + 60)
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
+    setup.stream(MINUTE + 61, MINUTE + 62)
+    assert setup.jobs.run() == 0  # live: no more seeds
+
+
+def test_a_minute_that_closes_while_rest_trails_is_republished_from_rest() -> None:
+    setup = Setup(horizon=MINUTE + 50)
+    setup.stream(MINUTE + 55, MINUTE + 59)
+    setup.jobs.run()
+    setup.stream(MINUTE + 60, MINUTE + 61)  # the provisional minute closes
+    assert setup.sink.bars[MINUTE] != (truth(MINUTE, MINUTE + 59), True)
+    setup.rest.horizon = MINUTE + 62
+    setup.now += RECHECK_SECONDS
+    setup.stream(MINUTE + 62, MINUTE + 62)
+    setup.jobs.run()
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
+    assert setup.bar(MINUTE + 60) == truth(MINUTE + 60, MINUTE + 62)
+
+
+def test_a_rest_that_never_catches_up_is_given_up_on_after_the_last_recheck() -> None:
+    setup = Setup(horizon=MINUTE + 5)
+    setup.stream(MINUTE + 10, MINUTE + 10)
+    runs = setup.jobs.run()
+    for t in range(MINUTE + 11, MINUTE + 11 + 2 * MAX_RECHECKS):
+        setup.now += RECHECK_SECONDS
+        setup.stream(t, t)
+        runs += setup.jobs.run()
+    assert runs == MAX_RECHECKS + 1
