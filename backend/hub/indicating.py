@@ -64,7 +64,8 @@ class Indicating:
         self.delivered = 0  # indicator_update frames queued to clients
         self.seconds = 0.0  # spent computing, encoding and queueing live updates
         self._next_at: dict[SeriesId, float] = {}  # with INDICATOR_UPDATE_SECONDS
-        self._scheduled: set[SeriesId] = set()
+        self._scheduled: set[SeriesId] = set()  # keys with a trailing timer
+        self._waiting: set[SeriesId] = set()  # keys with an update not computed yet
         self._register_gauges()
 
     @property
@@ -184,8 +185,10 @@ class Indicating:
 
     def on_updates(self, keys: Iterable[SeriesId]) -> None:
         """After a provider batch: the live indicators of ``keys``, now, or with
-        ``INDICATOR_UPDATE_SECONDS`` at most once per that time per key (the trailing update
-        is scheduled, so the newest bar always gets its ``indicator_update``)."""
+        ``INDICATOR_UPDATE_SECONDS`` at most once per that time per key. An update that had
+        to wait is computed with the key's next batch once the time is up (in the same turn
+        as its ``data_update``s, so in the same socket writes), or by a timer half a period
+        later if no batch comes: the newest bar always gets its ``indicator_update``."""
         every = self.hub.settings.INDICATOR_UPDATE_SECONDS
         if every <= 0:
             self._compute(keys)
@@ -194,20 +197,25 @@ class Indicating:
         now = loop.time()
         due = []
         for key in keys:
-            next_at = self._next_at.get(key, 0.0)
-            if now >= next_at:
+            if now >= self._next_at.get(key, 0.0):
                 due.append(key)
                 self._next_at[key] = now + every
-            elif key not in self._scheduled:
+                self._waiting.discard(key)
+                continue
+            self._waiting.add(key)
+            if key not in self._scheduled:
                 self._scheduled.add(key)
-                loop.call_at(next_at, self._trailing, key)
+                loop.call_at(self._next_at[key] + every / 2, self._trailing, key)
         self._compute(due)
 
     def _trailing(self, key: SeriesId) -> None:
+        """No batch of ``key`` came since its update had to wait: compute it now."""
         self._scheduled.discard(key)
-        self._next_at[key] = asyncio.get_running_loop().time() + (
-            self.hub.settings.INDICATOR_UPDATE_SECONDS
-        )
+        if key not in self._waiting:
+            return
+        self._waiting.discard(key)
+        every = self.hub.settings.INDICATOR_UPDATE_SECONDS
+        self._next_at[key] = asyncio.get_running_loop().time() + every
         if self.live.watches(key):
             self._compute([key])
 
