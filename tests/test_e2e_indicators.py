@@ -280,7 +280,7 @@ async def test_every_data_update_is_followed_by_an_indicator_update(client: WsCl
     update = await client.wait_for(
         "indicator_update", same_id(chart_id), after=len(client.messages)
     )
-    at = client.messages.index(update)
+    at = next(i for i, m in enumerate(client.messages) if m is update)  # equal ones repeat
     before = [
         m for m in client.messages[start:at] if m["type"] == "data_update" and m["name"] == "CCC"
     ]
@@ -303,7 +303,7 @@ async def test_unsubscribing_the_key_stops_its_indicator_updates(client: WsClien
         {"type": "unsubscribe", "source": "counting", "name": "BBB", "interval": "1m"}
     )
     gone = await client.wait_for("unsubscribed", same_key("BBB", "1m"))
-    after = client.messages.index(gone)
+    after = next(i for i, m in enumerate(client.messages) if m is gone)
     await client.send(data("AAA", "1m", count=1))
     for _ in range(3):  # updates of another key keep coming meanwhile
         await client.wait_for("data_update", same_key("AAA", "1m"), after=len(client.messages))
