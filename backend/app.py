@@ -1,7 +1,9 @@
 """The FastAPI application: ``create_app(settings)`` and its lifespan.
 
-The lifespan owns all state: it opens the symbol index, starts the hub (and with it the
-provider processes), and stops them in order on shutdown.
+The lifespan owns all state: it opens the symbol index and the bar store, builds the
+indicator registry (built-ins, ``INDICATOR_REGISTRY`` and ``EXTRA_INDICATORS``: a broken
+entry stops the start-up), starts the hub (and with it the provider processes), and stops
+them in order on shutdown.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from backend.api.udf import router as udf_router
 from backend.history.store import BarStore
 from backend.hub.hub import Hub
 from backend.hub.metrics import Metrics
+from backend.indicators.registry import build_indicators
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
 from backend.ws.endpoint import serve_connection
@@ -49,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         symbols = await SymbolIndex.open(settings.DB)
         store = await BarStore.open(settings.DB)
-        hub = Hub(settings, symbols, Metrics(), store)
+        indicators = build_indicators(settings.EXTRA_INDICATORS)
+        logger.info("%d indicators", len(indicators))
+        hub = Hub(settings, symbols, Metrics(), store, indicators)
         app.state.hub = hub
         await hub.start()
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))

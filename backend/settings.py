@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     STREAM_LINGER_SECONDS: float = Field(5.0, ge=0)
     HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)
     HISTORY_THREADS: int = Field(4, ge=1, le=64)
+    # Live indicators: 0 computes after every provider batch; > 0 at most once per this many
+    # seconds per series, the newest bar always included (README, "Indicators and the scanner").
+    INDICATOR_UPDATE_SECONDS: float = Field(0.0, ge=0, le=60)
 
     @field_validator(
         "PROVIDERS",

@@ -59,6 +59,11 @@ class Fanout:
         self._wire: dict[SeriesId, WireKeys] = {}
         self._updates: dict[SeriesId, protocol.UpdateEncoder] = {}
         self._delivered = 0  # updates handed to outboxes in the current provider batch
+        # Keys with live indicators (``watches``) that got a newest bar in this batch; the
+        # hub's ``after_updates`` computes their indicators once, after the data_updates.
+        self.watches: Callable[[SeriesId], bool] = lambda key: False
+        self.after_updates: Callable[[set[SeriesId]], None] | None = None
+        self._touched: set[SeriesId] = set()
 
     # ------------------------------------------------------------------ delivery
 
@@ -109,6 +114,10 @@ class Fanout:
             provider = self.providers.get(source) if self.providers is not None else None
             if provider is not None:
                 provider.last_update = time.time()
+            if self._touched:
+                touched, self._touched = self._touched, set()
+                if self.after_updates is not None:
+                    self.after_updates(touched)
 
     def _on_bar(self, key: SeriesId, bar: Bar, final: bool = False) -> None:
         series = self.cache.peek(key)
@@ -132,6 +141,8 @@ class Fanout:
         if newest:
             self.listeners.notify(key, bar)
             self._push_update(key, bar)
+            if self.watches(key):
+                self._touched.add(key)
 
     def _push_update(self, key: SeriesId, bar: Bar) -> None:
         targets = self.deliver.get(key)

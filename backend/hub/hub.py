@@ -4,12 +4,14 @@ It holds the parts and wires them together: the :class:`Subscriptions` registry 
 subscribed to what), :class:`Upstream` (what the providers were told to stream, with the
 linger), :class:`Fanout` (live bars to outboxes and listeners), :class:`Requests` (client
 requests, in order), :class:`Upkeep` (the once-a-second housekeeping), the providers
-(:class:`Supervisor`) and history (:class:`HistoryPlanner` over the :class:`BarCache`).
+(:class:`Supervisor`), history (:class:`HistoryPlanner` over the :class:`BarCache`), and
+the indicators and scans (:class:`Indicating`, :class:`Scanning`).
 Nothing here awaits a client's socket.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -22,12 +24,15 @@ from backend.history.planner import HistoryPlanner
 from backend.hub.clients import Client, Replies
 from backend.hub.fanout import Fanout
 from backend.hub.handles import ProviderSet, ProviderSetFactory
+from backend.hub.indicating import Indicating
 from backend.hub.listeners import BarListener, Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.requests import Requests
+from backend.hub.scanning import Scanning
 from backend.hub.subscriptions import Change, Subscriptions
 from backend.hub.upkeep import TICK_SECONDS, Upkeep
 from backend.hub.upstream import CallLater, Upstream, loop_call_later
+from backend.indicators.registry import Indicators, build_indicators
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.runtime.clocks import Clocks
@@ -52,6 +57,13 @@ CLOSE_TRY_AGAIN_LATER = 1013
 MAX_REPLIES_IN_FLIGHT = 8
 
 
+@functools.cache
+def _indicators(extra: tuple[str, ...]) -> Indicators:
+    """The registry for hubs built without one (tests): built once per process, it holds no
+    state of a hub."""
+    return build_indicators(extra)
+
+
 def _departed(code: int, reason: str) -> None:
     """The ``kick`` of a client that is gone already."""
 
@@ -65,6 +77,7 @@ class Hub:
         symbols: SymbolIndex,
         metrics: Metrics,
         store: BarStore | None = None,
+        indicators: Indicators | None = None,
         *,
         providers: ProviderSetFactory = Supervisor,
         call_later: CallLater = loop_call_later,
@@ -96,6 +109,12 @@ class Hub:
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.requests = Requests(self)
+        if indicators is None:
+            indicators = _indicators(tuple(settings.EXTRA_INDICATORS))
+        self.indicating = Indicating(self, indicators, self._kick)
+        self.scanning = Scanning(self, self.indicating)
+        self.fanout.watches = self.indicating.live.watches
+        self.fanout.after_updates = self.indicating.on_updates
         self.upkeep = Upkeep(
             [self._close_slow_clients, self._bound_cache],
             [self._apply_retention],
@@ -118,6 +137,7 @@ class Hub:
         self.upkeep.start()
 
     async def stop(self) -> None:
+        await self.scanning.stop_all()
         await self.upkeep.stop()
         self.upstream.stop()
         for client in self.clients.values():
@@ -188,6 +208,8 @@ class Hub:
         client.outbox.close()
         client.kick = _departed
         self.listeners.drop(client.id)
+        self.indicating.drop_client(client.id)
+        self.scanning.stop(client.id)
         for key, _ in self.subs.drop_client(client.id):
             self.fanout.stop_delivery(client.id, key)
             self.upstream.sync(key)
@@ -258,6 +280,7 @@ class Hub:
         change = self.subs.remove(client.id, key)
         if change is not Change.ABSENT:
             self.fanout.stop_delivery(client.id, key)
+            self.indicating.drop_series(client.id, key)
             self.upstream.sync(key)
         return change
 
@@ -299,6 +322,7 @@ class Hub:
         for series in self.cache.for_source(source):
             series.live = False
             series.epoch += 1
+        self.indicating.reset_source(source)
         replayed = self.upstream.replay(source)
         if replayed:
             logger.info("provider %s: resubscribed %d client streams", source, replayed)

@@ -8,7 +8,9 @@ gives. Replies that need I/O run as the client's reply jobs (:class:`~.clients.R
 everything about one series key (``data_init``, ``data_history``, ``unsubscribed`` and the
 errors of those requests) in one lane, searches in another, so replies of one kind come in
 the order of their requests. ``pong``, ``search_indicators_done`` and the errors of requests
-that do not name a key are sent at once.
+that do not name a key are sent at once. Indicator requests are parsed by
+:mod:`backend.indicators.messages` and answered by ``indicating`` (``indicator`` in the lane
+of its first series, so after that key's ``data_init``) and ``scanning``.
 
 Owns request semantics. Not: who is subscribed (``subscriptions``), the provider commands
 (``upstream``), fan-out (``fanout``), history (``history.planner``), the socket (``ws``).
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import ProtocolError, ProviderError, StorageError
 from backend.hub.clients import Client
 from backend.hub.subscriptions import Change
+from backend.indicators import messages
 from backend.model.bars import SeriesId
 from backend.wire import protocol, requests
 
@@ -67,8 +70,8 @@ class Requests:
                 await client.replies.submit(key_lane(key), lambda: self._history(client, request))
             case protocol.SearchRequest(search):
                 await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
-            case protocol.SearchIndicatorsRequest():
-                hub.send(client, protocol.encode({"type": "search_indicators_done", "results": []}))
+            case protocol.IndicatorsRequest(raw):
+                await self._indicators(client, raw)
             case protocol.UnsubscribeRequest(key, raw):
                 reply = self._unsubscribe(client, key, raw)
                 await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
@@ -149,6 +152,31 @@ class Requests:
     async def _search(self, client: Client, search: str) -> None:
         results = await self.hub.symbols.search(search, SEARCH_LIMIT)
         self.hub.send(client, protocol.search_done(search, results))
+
+    # ------------------------------------------------------------------ indicators, scans
+
+    async def _indicators(self, client: Client, raw: dict[str, Any]) -> None:
+        """``search_indicators`` at once; ``indicator`` and ``indicator_history`` in the lane
+        of their first series (after that key's ``data_init`` / ``data_history``); ``scan``
+        and ``scan_stop`` at once (a scan runs as its own task)."""
+        hub = self.hub
+        try:
+            request = messages.parse_request(raw)
+        except ProtocolError as exc:
+            hub.indicating.refuse(client, raw, exc)
+            return
+        match request:
+            case messages.SearchIndicators(search):
+                hub.send(client, hub.indicating.search(search))
+            case messages.IndicatorRequest():
+                lane = key_lane(request.config.bindings[0].series)
+                await client.replies.submit(
+                    lane, lambda: hub.indicating.answer(client, request, raw)
+                )
+            case messages.ScanRequest():
+                await hub.scanning.start(client, request, raw)
+            case messages.ScanStop():
+                hub.scanning.stop(client.id)
 
     # ------------------------------------------------------------------ unsubscribe
 

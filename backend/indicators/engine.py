@@ -32,7 +32,9 @@ from backend.model.bars import FIELDS, Bar, SeriesId
 logger = logging.getLogger(__name__)
 
 TimeArray = npt.NDArray[np.int64]
-Fetch = Callable[[SeriesId, int | None], Sequence[Bar]]
+Bars = Sequence[Bar] | FloatArray
+"""Bars oldest first: tuples, or a table with one row per bar (:mod:`.tails`)."""
+Fetch = Callable[[SeriesId, int | None], Bars]
 """``fetch(series, n)``: the last ``n`` cached bars of ``series`` (all of them for None)."""
 
 WINDOW_MARGIN = 2
@@ -112,7 +114,7 @@ def bind(
 
 
 def align(
-    bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]
+    bound: BoundIndicator, bars: Mapping[SeriesId, Bars]
 ) -> tuple[TimeArray, dict[str, FloatArray]]:
     """The bar times common to every series, and each column's values at those times."""
     tables = {series: _table(bars.get(series, ())) for series in bound.series}
@@ -129,7 +131,7 @@ def align(
     return times, data
 
 
-def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]) -> Computed:
+def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Bars]) -> Computed:
     """Every output of ``bound`` over ``bars``; NaN during warm-up."""
     times, data = align(bound, bars)
     inputs = dict(bound.inputs)
@@ -169,15 +171,19 @@ def rows(
     keys: Sequence[str],
     since: int | None = None,
     count: int | None = None,
+    until: int | None = None,
 ) -> list[dict[str, object]]:
-    """Wire rows from ``since`` (a bar time) to the end, else the last ``count`` rows."""
+    """Wire rows from ``since`` (a bar time) to ``until`` (inclusive; None: the end), else
+    the last ``count`` rows up to ``until``."""
     n = len(computed.times)
+    stop = n if until is None else int(np.searchsorted(computed.times, until, side="right"))
     if since is not None:
         start = int(np.searchsorted(computed.times, since))
     else:
-        start = max(0, n - count) if count is not None else 0
-    dates = [intervals.format_date(int(t)) for t in computed.times[start:]]
-    columns = [_nullable(values[start:]) for values in computed.values]
+        start = max(0, stop - count) if count is not None else 0
+    start = min(start, stop)
+    dates = [intervals.format_date(int(t)) for t in computed.times[start:stop]]
+    columns = [_nullable(values[start:stop]) for values in computed.values]
     names = ("date", *keys)
     return [dict(zip(names, row, strict=True)) for row in zip(dates, *columns, strict=True)]
 
@@ -253,9 +259,11 @@ class LiveComputation:
             self._anchor = (int(computed.times[-2]), values)
 
 
-def _table(bars: Sequence[Bar]) -> FloatArray:
-    if not bars:
+def _table(bars: Bars) -> FloatArray:
+    if len(bars) == 0:
         return np.empty((0, 6), dtype=np.float64)
+    if isinstance(bars, np.ndarray):
+        return bars  # already a table (the hub's incremental tails)
     return np.array(bars, dtype=np.float64)
 
 

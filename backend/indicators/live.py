@@ -32,6 +32,7 @@ class IndicatorUpdate:
     chart_id: str
     row: dict[str, object]
     clients: frozenset[Hashable]
+    series: tuple[SeriesId, ...] = ()  # what it reads, for ``last_dates``
 
 
 @dataclass
@@ -47,6 +48,7 @@ class LiveIndicators:
         self._shared: dict[Key, _Shared] = {}
         self._by_series: dict[SeriesId, set[Key]] = {}
         self._by_client: dict[Hashable, dict[str, Key]] = {}
+        self.computations = 0  # shared computations run by on_bar (for the metrics)
 
     def __len__(self) -> int:
         """The number of shared computations."""
@@ -86,6 +88,12 @@ class LiveIndicators:
         for chart_id in list(self._by_client.get(client, {})):
             self.unsubscribe(client, chart_id)
 
+    def drop_series(self, client: Hashable, series: SeriesId) -> None:
+        """Forget the indicators of ``client`` that read ``series`` (it unsubscribed)."""
+        for chart_id, key in list(self._by_client.get(client, {}).items()):
+            if series in self._shared[key].computation.bound.series:
+                self.unsubscribe(client, chart_id)
+
     def held_by(self, client: Hashable) -> list[str]:
         return sorted(self._by_client.get(client, {}))
 
@@ -103,6 +111,7 @@ class LiveIndicators:
         updates: list[IndicatorUpdate] = []
         for key in list(self._by_series.get(series, ())):
             shared = self._shared[key]
+            self.computations += 1
             try:
                 newest = shared.computation.step(fetch)
             except IndicatorError as exc:
@@ -124,10 +133,11 @@ class LiveIndicators:
 
 def _fan_out(shared: _Shared, time: int, values: list[float | None]) -> list[IndicatorUpdate]:
     date = intervals.format_date(time)
-    outputs = [output.name for output in shared.computation.bound.indicator.outputs]
+    bound = shared.computation.bound
+    outputs = [output.name for output in bound.indicator.outputs]
     updates = []
     for chart_id, clients in shared.charts.items():
         row: dict[str, object] = {"date": date}
         row.update(zip((f"{chart_id}-{name}" for name in outputs), values, strict=True))
-        updates.append(IndicatorUpdate(chart_id, row, frozenset(clients)))
+        updates.append(IndicatorUpdate(chart_id, row, frozenset(clients), bound.series))
     return updates

@@ -39,6 +39,7 @@ class IndicatorRequest:
     since: int | None  # range[0] as a bar time; None: the last ``count`` rows
     count: int
     stream: bool
+    until: int | None = None  # ``indicator_history``: its ``end`` (the page's last row)
 
     @property
     def chart_id(self) -> str:
@@ -79,7 +80,20 @@ def parse_request(item: Mapping[str, Any]) -> Request:
 def _indicator(item: Mapping[str, Any], history: bool) -> IndicatorRequest:
     config = parse_indicator_config(item)
     stream = item.get("stream", True) is not False and not history
-    return IndicatorRequest(config, history, _since(item), _count(item), stream)
+    until = _until(item) if history else None
+    return IndicatorRequest(config, history, _since(item), _count(item), stream, until)
+
+
+def _until(item: Mapping[str, Any]) -> int | None:
+    """``indicator_history``'s ``end``: the oldest row the chart already holds a value for,
+    so the page ends there (like ``data_history``). Unreadable or absent: up to the latest."""
+    end = item.get("end")
+    if not isinstance(end, str):
+        return None
+    try:
+        return intervals.parse_date(end[:64])
+    except ValueError:
+        return None
 
 
 def _since(item: Mapping[str, Any]) -> int | None:

@@ -31,6 +31,9 @@ MAX_DEPTH = 32
 ECHO_LIMIT = 1024
 MESSAGE_LIMIT = 400
 MAX_ID_CHARS = 256
+MAX_TYPE_ECHO = 32  # characters of an unknown type quoted back (the known list is long)
+# Request types of the indicators and the scanner (backend.indicators.messages.TYPES).
+INDICATOR_TYPES = ("search_indicators", "indicator", "indicator_history", "scan", "scan_stop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,13 @@ class SearchRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SearchIndicatorsRequest:
+class IndicatorsRequest:
+    """``search_indicators``, ``indicator``, ``indicator_history``, ``scan`` or ``scan_stop``.
+
+    Routed here, parsed by the hub with :mod:`backend.indicators.messages` (a layer the
+    wire may not import), which answers a malformed one with ``error`` and the empty reply.
+    """
+
     raw: dict[str, Any]
 
 
@@ -86,7 +95,7 @@ Request = (
     DataRequest
     | HistoryRequest
     | SearchRequest
-    | SearchIndicatorsRequest
+    | IndicatorsRequest
     | UnsubscribeRequest
     | PingRequest
     | BadRequest
@@ -173,10 +182,15 @@ def parse_request(item: Any, max_count: int) -> Request:
             return BadRequest("missing_field", "request has no 'type'", item)
         return BadRequest(
             "unknown_type",
-            f"unknown request type {quote(kind)}; known: " + ", ".join(sorted(_PARSERS)),
+            f"unknown request type {_quote_type(kind)}; known: " + ", ".join(sorted(_PARSERS)),
             item,
         )
     return parser(item, max_count)
+
+
+def _quote_type(kind: Any) -> str:
+    """An unknown ``type``, quoted short: the list of known types that follows is long."""
+    return quote(clip(kind, MAX_TYPE_ECHO) if isinstance(kind, str) else kind)
 
 
 def _parse_data(item: dict[str, Any], max_count: int) -> Request:
@@ -237,8 +251,8 @@ def _parse_unsubscribe(item: dict[str, Any], max_count: int) -> Request:
         return BadRequest(exc.code, exc.message, item)
 
 
-def _parse_search_indicators(item: dict[str, Any], max_count: int) -> Request:
-    return SearchIndicatorsRequest(item)
+def _parse_indicators(item: dict[str, Any], max_count: int) -> Request:
+    return IndicatorsRequest(item)
 
 
 def _parse_ping(item: dict[str, Any], max_count: int) -> Request:
@@ -258,7 +272,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Request]] = {
     "data": _parse_data,
     "data_history": _parse_history,
     "search_data": _parse_search,
-    "search_indicators": _parse_search_indicators,
+    **dict.fromkeys(INDICATOR_TYPES, _parse_indicators),
     "unsubscribe": _parse_unsubscribe,
     "ping": _parse_ping,
 }

@@ -1,0 +1,290 @@
+"""Indicators at the hub: ``indicator`` / ``indicator_history`` replies from the bar cache,
+and the live ``indicator_update`` fan-out after the ``data_update``s of a provider batch.
+
+An ``indicator`` request loads the bars its rows need plus the indicator's warm-up through
+the history planner (cache, then store, then the provider's normal path, exactly like
+``data``), computes, answers with ``indicator_init`` and, when streamed, subscribes the
+client in :class:`~backend.indicators.live.LiveIndicators`. After each provider batch the
+fan-out calls :meth:`Indicating.on_updates` with the keys that got a newest bar: each shared
+computation (indicator, inputs, dataMap) runs once from a bounded tail of the cache, and its
+row is encoded once per chart id and pushed to every client holding it.
+
+Owns the live subscriptions of the hub and the counters of indicator work. Not: parsing and
+the maths (``backend.indicators``), scans (``scanning``), request order (``requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from backend.errors import ProtocolError
+from backend.hub.clients import Client
+from backend.hub.fanout import Kick
+from backend.indicators import messages
+from backend.indicators.engine import (
+    Bars,
+    BoundIndicator,
+    Computed,
+    bind,
+    compute_history,
+    last_dates,
+    output_keys,
+    rows,
+)
+from backend.indicators.live import IndicatorUpdate, LiveIndicators
+from backend.indicators.registry import Indicators
+from backend.indicators.tails import Tails
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from backend.wire import protocol
+from backend.wire.frames import text_frame
+
+if TYPE_CHECKING:
+    from backend.hub.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
+MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
+
+
+class Indicating:
+    """The indicator requests and live indicator updates of one hub."""
+
+    def __init__(self, hub: Hub, indicators: Indicators, kick: Kick) -> None:
+        self.hub = hub
+        self.indicators = indicators
+        self.kick = kick
+        self.live = LiveIndicators()
+        self.tails = Tails()
+        self.delivered = 0  # indicator_update frames queued to clients
+        self.seconds = 0.0  # spent computing, encoding and queueing live updates
+        self._next_at: dict[SeriesId, float] = {}  # with INDICATOR_UPDATE_SECONDS
+        self._scheduled: set[SeriesId] = set()  # keys with a trailing timer
+        self._waiting: set[SeriesId] = set()  # keys with an update not computed yet
+        self._register_gauges()
+
+    @property
+    def computed(self) -> int:
+        """Live computations run (one per shared indicator per updated key and batch)."""
+        return self.live.computations
+
+    # ------------------------------------------------------------------ requests
+
+    def search(self, text: str) -> bytes:
+        """``search_indicators_done`` for ``text``."""
+        found = self.indicators.catalogue.search(text)
+        return protocol.encode(messages.search_indicators_done(found))
+
+    async def answer(self, client: Client, request: messages.IndicatorRequest, raw: Any) -> None:
+        """``indicator_init`` / ``indicator_history``, or the error and the empty reply."""
+        hub = self.hub
+        try:
+            bound = bind(
+                self.indicators,
+                request.config.indicator_id,
+                request.config.inputs,
+                request.config.bindings,
+            )
+            bars = await self._bars(bound, request)
+            computed = compute_history(bound, bars)
+        except ProtocolError as exc:
+            if client.id in hub.clients:
+                self.refuse(client, raw, exc)
+            return
+        if client.id not in hub.clients:
+            return
+        count = None if request.since is not None else request.count
+        data = rows(
+            computed, output_keys(bound, request.chart_id), request.since, count, request.until
+        )
+        reply = messages.indicator_rows(request, data, last_dates(bars))
+        hub.send(client, protocol.encode(reply))
+        if request.stream:
+            self._stream(client, request, bound, computed, raw)
+
+    def _stream(
+        self,
+        client: Client,
+        request: messages.IndicatorRequest,
+        bound: BoundIndicator,
+        computed: Computed,
+        raw: Any,
+    ) -> None:
+        held = self.live.held_by(client.id)
+        if request.chart_id not in held and len(held) >= MAX_LIVE_PER_CLIENT:
+            message = f"at most {MAX_LIVE_PER_CLIENT} live indicators per connection; not streamed"
+            self.hub.metrics.inc("candlewire_request_errors_total", code="limit_reached")
+            self.hub.send(client, protocol.error_message("limit_reached", message, raw))
+            return
+        self.live.subscribe(client.id, request.chart_id, bound, seed=computed)
+
+    def refuse(self, client: Client, raw: Any, exc: ProtocolError) -> None:
+        """``error`` (its echo bounded like every other) and the empty reply, if any."""
+        self.hub.metrics.inc("candlewire_request_errors_total", code=exc.code)
+        replies = messages.failure_replies(raw if isinstance(raw, dict) else {}, exc)
+        self.hub.send(client, protocol.error_message(exc.code, exc.message, raw))
+        for reply in replies[1:]:
+            self.hub.send(client, protocol.encode(reply))
+
+    async def _bars(
+        self, bound: BoundIndicator, request: messages.IndicatorRequest
+    ) -> dict[SeriesId, list[Bar]]:
+        """The bars of every series of ``bound``: the rows asked for plus the warm-up."""
+        hub = self.hub
+        bars: dict[SeriesId, list[Bar]] = {}
+        for series in bound.series:
+            count = min(self._bars_needed(bound, series, request), hub.settings.MAX_COUNT)
+            answer = await hub.planner.before(series, request.until, count, hub.subs.has(series))
+            if answer.error is not None and not answer.bars:
+                raise ProtocolError(
+                    getattr(answer.error, "code", "provider_error"), str(answer.error)
+                )
+            bars[series] = answer.bars
+        return bars
+
+    def _bars_needed(
+        self, bound: BoundIndicator, series: SeriesId, request: messages.IndicatorRequest
+    ) -> int:
+        warmup = bound.tail_size() or FULL_WARMUP_BARS
+        if request.since is None:
+            return request.count + warmup
+        end = request.until
+        if end is None:
+            end = self.hub.clocks.now(series.source, series.name)
+        span = max(0, end - request.since) // intervals.nominal_seconds(series.interval) + 1
+        return span + warmup
+
+    # ------------------------------------------------------------------ clients
+
+    def drop_client(self, client_id: int) -> None:
+        self.live.drop_client(client_id)
+        self._prune()
+
+    def drop_series(self, client_id: int, key: SeriesId) -> None:
+        """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop."""
+        self.live.drop_series(client_id, key)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget the tails and update times of series no indicator reads any more."""
+        self.tails.keep_only(self.live.watches)
+        for key in [k for k in self._next_at if not self.live.watches(k)]:
+            del self._next_at[key]
+
+    def reset_source(self, source: str) -> None:
+        """A provider restarted: running totals are recomputed in full next time."""
+        for series in self.hub.cache.for_source(source):
+            self.live.reset_series(series.key)
+
+    # ------------------------------------------------------------------ live updates
+
+    def on_updates(self, keys: Iterable[SeriesId]) -> None:
+        """After a provider batch: the live indicators of ``keys``, now, or with
+        ``INDICATOR_UPDATE_SECONDS`` at most once per that time per key. An update that had
+        to wait is computed with the key's next batch once the time is up (in the same turn
+        as its ``data_update``s, so in the same socket writes), or by a timer half a period
+        later if no batch comes: the newest bar always gets its ``indicator_update``."""
+        every = self.hub.settings.INDICATOR_UPDATE_SECONDS
+        if every <= 0:
+            self._compute(keys)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = []
+        for key in keys:
+            if now >= self._next_at.get(key, 0.0):
+                due.append(key)
+                self._next_at[key] = now + every
+                self._waiting.discard(key)
+                continue
+            self._waiting.add(key)
+            if key not in self._scheduled:
+                self._scheduled.add(key)
+                loop.call_at(self._next_at[key] + every / 2, self._trailing, key)
+        self._compute(due)
+
+    def _trailing(self, key: SeriesId) -> None:
+        """No batch of ``key`` came since its update had to wait: compute it now."""
+        self._scheduled.discard(key)
+        if key not in self._waiting:
+            return
+        self._waiting.discard(key)
+        every = self.hub.settings.INDICATOR_UPDATE_SECONDS
+        self._next_at[key] = asyncio.get_running_loop().time() + every
+        if self.live.watches(key):
+            self._compute([key])
+
+    def _compute(self, keys: Iterable[SeriesId]) -> None:
+        """One computation per shared indicator on ``keys``, one ``indicator_update`` frame
+        per chart id, queued after the ``data_update``s of the batch."""
+        started = time.perf_counter()
+        for key in keys:
+            try:
+                updates = self.live.on_bar(key, self._tail)
+            except Exception:  # a bug in one computation must not stop the fan-out
+                logger.exception("live indicators of %s failed", key)
+                self.hub.metrics.inc("candlewire_internal_errors_total")
+                continue
+            for update in updates:
+                self._push(update)
+        self.seconds += time.perf_counter() - started
+
+    def _tail(self, series: SeriesId, count: int | None) -> Bars:
+        """The last ``count`` cached bars (all for None), as a table kept up to date."""
+        cached = self.hub.cache.peek(series)
+        if cached is None:
+            return ()
+        return cached.bars if count is None else self.tails.get(series, cached.bars, count)
+
+    def _push(self, update: IndicatorUpdate) -> None:
+        hub = self.hub
+        dates = self._last_dates(update)
+        frame = text_frame(
+            protocol.encode(messages.indicator_update(update.chart_id, update.row, dates))
+        )
+        slot = ("indicator", update.chart_id, update.row.get("date"))
+        for client_id in update.clients:
+            client = hub.clients.get(client_id) if isinstance(client_id, int) else None
+            if client is None:
+                continue
+            if client.outbox.push(frame, slot):
+                self.delivered += 1
+            else:
+                self.kick(client, "outbox hard limit reached")
+
+    def _last_dates(self, update: IndicatorUpdate) -> dict[str, str]:
+        """``{"<source>-<name>-<interval>": newest bar date}`` of what the update read."""
+        dates = {}
+        for series in update.series:
+            cached = self.hub.cache.peek(series)
+            if cached is not None and cached.newest is not None:
+                key = f"{series.source}-{series.name}-{series.interval}"
+                dates[key] = intervals.format_date(cached.newest)
+        return dates
+
+    def _register_gauges(self) -> None:
+        m = self.hub.metrics
+        m.gauge(
+            "candlewire_indicators", lambda: len(self.indicators), "indicators in the catalogue"
+        )
+        m.gauge(
+            "candlewire_indicator_computations",
+            lambda: self.computed,
+            "live indicator computations run since start (one per shared indicator per update)",
+        )
+        m.gauge(
+            "candlewire_indicator_updates_delivered",
+            lambda: self.delivered,
+            "indicator_update frames queued to clients since start",
+        )
+        m.gauge(
+            "candlewire_indicator_seconds",
+            lambda: self.seconds,
+            "seconds spent computing and queueing live indicator updates since start",
+        )
+        m.gauge("candlewire_indicator_shared", lambda: len(self.live), "shared live computations")

@@ -1,0 +1,135 @@
+"""Scans at the hub: ``scan`` starts one per client, ``scan_stop`` (or leaving) stops it.
+
+The universe is the symbol index's answer to the scan's ``search`` (at most
+:data:`~backend.symbols.index.MAX_SEARCH_LIMIT` rows). Bars come through the history planner
+(cache, then store, then the provider's normal path and budget), so a scan shares what charts
+already loaded and never opens a socket to itself. A client runs one scan at a time (a new
+``scan`` stops its previous one); at most ``MAX_SCANS`` run on the server, and all of them
+together evaluate at most ``SYMBOLS_AT_ONCE`` symbols at once, so streaming keeps the loop.
+
+Owns the running scans and their tasks. Not: rules and evaluation
+(``backend.indicators.scanner``), parsing (``backend.indicators.messages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from backend import tasks
+from backend.errors import ProtocolError
+from backend.hub.clients import Client
+from backend.indicators import messages
+from backend.indicators.scanner import ScanLimits, Symbol, run_scan
+from backend.model.bars import Bar, SeriesId
+from backend.symbols.index import MAX_SEARCH_LIMIT
+from backend.wire import protocol
+
+if TYPE_CHECKING:
+    from backend.hub.hub import Hub
+    from backend.hub.indicating import Indicating
+
+logger = logging.getLogger(__name__)
+
+MAX_SCANS = 8  # scans running at once on the server (one per client at most)
+SYMBOLS_AT_ONCE = 8  # symbols evaluated at once by all scans together
+PER_SCAN = 4  # symbols one scan evaluates at once
+
+
+class Scanning:
+    """The running scans of one hub, one per client at most."""
+
+    def __init__(self, hub: Hub, indicating: Indicating) -> None:
+        self.hub = hub
+        self.indicating = indicating
+        self.limit = asyncio.Semaphore(SYMBOLS_AT_ONCE)
+        self.limits = ScanLimits(per_scan=PER_SCAN)
+        self.running: dict[int, asyncio.Event] = {}
+        self._tasks: tasks.Tasks = set()
+
+    async def start(self, client: Client, request: messages.ScanRequest, raw: Any) -> None:
+        """Stop the client's running scan, then scan ``request.search``'s universe."""
+        self.stop(client.id)
+        if len(self.running) >= MAX_SCANS:
+            error = ProtocolError("limit_reached", f"{MAX_SCANS} scans are running; try later")
+            self.indicating.refuse(client, raw, error)
+            return
+        stop = asyncio.Event()
+        self.running[client.id] = stop
+        tasks.start_owned(
+            self._tasks,
+            self._run(client, request, stop),
+            f"scan of client {client.id}",
+            lambda error: self._failed(client),
+        )
+
+    def stop(self, client_id: int) -> None:
+        """Stop the scan of ``client_id`` at once (``scan_stop``, a new scan, leaving)."""
+        stop = self.running.pop(client_id, None)
+        if stop is not None:
+            stop.set()
+
+    async def stop_all(self) -> None:
+        for client_id in list(self.running):
+            self.stop(client_id)
+        await tasks.cancel_owned(self._tasks)
+
+    async def _run(
+        self, client: Client, request: messages.ScanRequest, stop: asyncio.Event
+    ) -> None:
+        try:
+            universe = await self._universe(request.search)
+            outcome = await run_scan(
+                request.rules,
+                request.template,
+                universe,
+                self._fetch,
+                self.indicating.indicators,
+                lambda message: self._emit(client, message),
+                stop,
+                self.limit,
+                self.limits,
+            )
+            logger.info(
+                "client %d: scan %r: %d of %d matched (%d skipped%s)",
+                client.id,
+                request.search,
+                outcome.matched,
+                outcome.total,
+                len(outcome.skipped),
+                ", stopped" if outcome.stopped else "",
+            )
+        finally:
+            if self.running.get(client.id) is stop:
+                del self.running[client.id]
+
+    async def _universe(self, search: str) -> list[Symbol]:
+        found = await self.hub.symbols.search(search, MAX_SEARCH_LIMIT)
+        return [
+            Symbol(row["details"]["source"], row["details"]["name"], row)
+            for row in found
+            if isinstance(row.get("details"), dict)
+        ]
+
+    async def _fetch(self, series: SeriesId, count: int) -> Sequence[Bar]:
+        """The last ``count`` bars of ``series``: cache, store, then the provider."""
+        hub = self.hub
+        await asyncio.sleep(0)  # cached bars never wait: give streaming its turn anyway
+        answer = await hub.planner.latest(series, count, hub.subs.has(series))
+        if answer.error is not None and not answer.bars:
+            raise answer.error
+        return answer.bars
+
+    def _emit(self, client: Client, message: dict[str, Any]) -> None:
+        if client.id in self.hub.clients:
+            self.hub.send(client, protocol.encode(message))
+
+    def _failed(self, client: Client) -> None:
+        """The scan task raised (a bug, logged by its owner; ``run_scan`` already sent the
+        final ``scan_progress`` and ``scan_done``): the client is told."""
+        self.hub.metrics.inc("candlewire_internal_errors_total")
+        if client.id in self.hub.clients:
+            message = "the scan failed; it was logged"
+            self.hub.send(client, protocol.error_message("internal_error", message))

@@ -1,0 +1,425 @@
+"""End to end: indicators over the Tradiny wire format (spec tradiny-extensions.md 1-2).
+
+The real server.py with the ``counting`` provider process and a user-written indicator
+loaded through ``EXTRA_INDICATORS``; a real WebSocket client. Values are checked against
+TA-Lib's own batch functions on the bars the same server sent in ``data_init``.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import talib
+
+from tests.harness import ServerProcess, WsClient, eventually, populated_server, same_key
+
+USER_INDICATOR = textwrap.dedent(
+    """
+    from backend.indicators.base import Indicator, Input, Output
+
+
+    class Midpoint(Indicator):
+        name = "Bar Midpoint"
+        categories = ("custom",)
+        columns = ("high", "low")
+        inputs = (Input("scale", default=1, min=1, max=10),)
+        outputs = (Output("mid", y_axis="price"),)
+
+        def calc(self, data, **inputs):
+            return [(data["high"] + data["low"]) / 2 * inputs["scale"]]
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("indicators")
+    (tmp / "my_indicators.py").write_text(USER_INDICATOR)
+    with populated_server(
+        tmp,
+        PROVIDERS="counting",
+        HISTORY_TIMEOUT="3",
+        STREAM_LINGER_SECONDS="0.5",
+        EXTRA_INDICATORS="mine.Midpoint=my_indicators:Midpoint",
+        PYTHONPATH=str(tmp),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
+    ws = await WsClient.open(server.ws_url)
+    yield ws
+    await ws.close()
+
+
+def data(name: str, interval: str = "1h", **extra: object) -> dict[str, Any]:
+    return {"type": "data", "source": "counting", "name": name, "interval": interval, **extra}
+
+
+def column(name: str, interval: str, field: str = "close") -> dict[str, str]:
+    base = f"counting-{name}-{interval}"
+    return {
+        "source": "counting",
+        "name": name,
+        "interval": interval,
+        "value": f"{base}-{field}",
+        "dataKey": field,
+    }
+
+
+def indicator(
+    indicator_id: str,
+    chart_id: str,
+    inputs: dict[str, object] | None = None,
+    data_map: dict[str, dict[str, str]] | None = None,
+    kind: str = "indicator",
+    **extra: object,
+) -> dict[str, Any]:
+    """An ``indicator`` request as the front end builds it (spec 2.1)."""
+    return {
+        "type": kind,
+        "id": chart_id,
+        "indicator": {"id": indicator_id, "type": "indicator"},
+        "inputs": inputs or {},
+        "dataMap": data_map or {"close": column("AAA", "1h")},
+        **extra,
+    }
+
+
+def closes(init: dict[str, Any], key: str, field: str = "close") -> dict[str, float]:
+    return {row["date"]: row[f"{key}-{field}"] for row in init["data"]}
+
+
+def values(reply: dict[str, Any], name: str) -> dict[str, float | None]:
+    return {row["date"]: row[f"{reply['id']}-{name}"] for row in reply["data"]}
+
+
+def same_id(chart_id: str) -> Any:
+    return lambda m: m.get("id") == chart_id
+
+
+# ---------------------------------------------------------------- the catalogue
+
+
+async def test_the_catalogue_lists_over_150_indicators_and_finds_the_common_ones(
+    client: WsClient,
+) -> None:
+    queries = [*string.ascii_lowercase, "rsi", "moving average", "bollinger"]
+    await client.send(
+        *({"type": "search_indicators", "search": q} for q in queries),
+        {"type": "ping", "id": "catalogue"},
+    )
+    await client.wait_for("pong", lambda m: m.get("id") == "catalogue")
+    replies = client.of_type("search_indicators_done")
+    assert len(replies) == 29
+    ids: set[str] = set()
+    for reply in replies[:26]:
+        ids.update(row["id"] for row in reply["results"])
+    assert len(ids) >= 150
+    rsi, moving, bollinger = (reply["results"] for reply in replies[26:])
+    assert rsi[0]["id"] == "talib.momentum.RSI"
+    assert {"talib.overlap.EMA", "talib.overlap.SMA"} <= {row["id"] for row in moving}
+    assert bollinger[0]["id"] == "talib.overlap.BBANDS"
+    entry = rsi[0]
+    assert entry["type"] == "indicator" and entry["details"]["categories"]
+    assert entry["details"]["inputs"][0]["default"] == [14]
+    assert entry["details"]["outputs"][0]["y_axis"]
+    assert all(len(reply["results"]) <= 100 for reply in replies)
+
+
+async def test_a_user_indicator_from_extra_indicators_is_searchable_and_computes(
+    client: WsClient,
+) -> None:
+    await client.send({"type": "search_indicators", "search": "midpoint"})
+    found = await client.wait_for("search_indicators_done")
+    assert found["results"][0]["id"] == "mine.Midpoint"
+    data_map = {"high": column("AAA", "1h", "high"), "low": column("AAA", "1h", "low")}
+    await client.send(
+        data("AAA", count=50, stream=False),
+        indicator("mine.Midpoint", "mid", {"scale": "2"}, data_map, count=50),
+    )
+    init = await client.wait_for("data_init", same_key("AAA", "1h"))
+    reply = await client.wait_for("indicator_init", same_id("mid"))
+    mid = values(reply, "mid")
+    bars = {row["date"]: row for row in init["data"]}
+    shared = sorted(set(mid) & set(bars))[:-1]  # the forming bar may have moved on
+    assert len(shared) >= 40
+    for date in shared:
+        row = bars[date]
+        expected = row["counting-AAA-1h-high"] + row["counting-AAA-1h-low"]
+        assert mid[date] == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    ("indicator_id", "inputs", "reference"),
+    [
+        ("talib.overlap.EMA", {"timeperiod": "20"}, lambda c: {"EMA": talib.EMA(c, 20)}),
+        ("talib.momentum.RSI", {"timeperiod": 14}, lambda c: {"RSI": talib.RSI(c, 14)}),
+        (
+            "talib.momentum.MACD",
+            {},
+            lambda c: dict(zip(("macd", "macdsignal", "macdhist"), talib.MACD(c), strict=True)),
+        ),
+        (
+            "talib.overlap.BBANDS",
+            {"timeperiod": 20},
+            lambda c: dict(
+                zip(("upperband", "middleband", "lowerband"), talib.BBANDS(c, 20), strict=True)
+            ),
+        ),
+    ],
+)
+async def test_indicator_init_equals_talib_batch_values_on_the_same_bars(
+    client: WsClient, indicator_id: str, inputs: dict[str, object], reference: Any
+) -> None:
+    # The counting source was listed 30 days ago: 1h has ~720 bars, all of them fit.
+    chart_id = indicator_id.replace(".", "-") + "_AAA"
+    await client.send(
+        data("AAA", count=5000, stream=False),
+        indicator(indicator_id, chart_id, inputs, count=5000),
+    )
+    init = await client.wait_for("data_init", same_key("AAA", "1h"))
+    reply = await client.wait_for("indicator_init", same_id(chart_id), timeout=20)
+    price = closes(init, "counting-AAA-1h")
+    dates = sorted(price)
+    assert 700 <= len(dates) < 5000
+    assert [row["date"] for row in reply["data"]] == dates
+    assert reply["annotations"] is None
+    assert reply["last_dates"] == {"counting-AAA-1h": dates[-1]}
+    expected = reference(np.array([price[d] for d in dates], dtype=np.float64))
+    for output, batch in expected.items():
+        got = values(reply, output)
+        assert all(set(row) == set(reply["data"][0]) for row in reply["data"])
+        for date, want in zip(dates[:-1], batch[:-1], strict=True):  # the forming bar moves
+            if math.isnan(want):
+                assert got[date] is None
+            else:
+                assert got[date] == pytest.approx(float(want), rel=1e-9, abs=1e-12)
+
+
+async def test_an_indicator_over_two_symbols_aligns_their_bars(client: WsClient) -> None:
+    data_map = {"high": column("AAA", "1h"), "low": column("BBB", "1h")}
+    await client.send(
+        data("AAA", count=400, stream=False),
+        data("BBB", count=400, stream=False),
+        indicator("talib.statistics.CORREL", "correl", {"timeperiod": 30}, data_map, count=200),
+    )
+    aaa = await client.wait_for("data_init", same_key("AAA", "1h"))
+    bbb = await client.wait_for("data_init", same_key("BBB", "1h"))
+    reply = await client.wait_for("indicator_init", same_id("correl"))
+    a, b = closes(aaa, "counting-AAA-1h"), closes(bbb, "counting-BBB-1h")
+    dates = sorted(set(a) & set(b))
+    got = values(reply, "CORREL")
+    assert len(got) == 200 and set(reply["last_dates"]) == {"counting-AAA-1h", "counting-BBB-1h"}
+    batch = talib.CORREL(np.array([a[d] for d in dates]), np.array([b[d] for d in dates]), 30)
+    want = dict(zip(dates, batch, strict=True))
+    for date in sorted(got)[:-1]:
+        assert got[date] == pytest.approx(float(want[date]), rel=1e-9, abs=1e-12)
+
+
+async def test_indicator_history_pages_back_like_data_history(client: WsClient) -> None:
+    chart_id = "sma10_AAA_1m"
+    sma = {"timeperiod": 10}
+    data_map = {"close": column("AAA", "1m")}
+    await client.send(data("AAA", "1m", count=100, stream=False))
+    init = await client.wait_for("data_init", same_key("AAA", "1m"))
+    first, last = init["data"][0]["date"], init["data"][-1]["date"]
+    await client.send(
+        indicator("talib.overlap.SMA", chart_id, sma, data_map, range=[first, last], stream=False)
+    )
+    shown = await client.wait_for("indicator_init", same_id(chart_id))
+    assert shown["data"][0]["date"] == first and len(shown["data"]) >= 100
+    assert all(v is not None for v in values(shown, "SMA").values())
+    # The chart pages back, then asks for the indicator over the new rows.
+    await client.send(
+        {"type": "data_history", "source": "counting", "name": "AAA", "interval": "1m"}
+        | {"end": first, "count": 200}
+    )
+    older = await client.wait_for("data_history", same_key("AAA", "1m"))
+    start = older["data"][0]["date"]
+    page = indicator(
+        "talib.overlap.SMA", chart_id, sma, data_map, "indicator_history", range=[start, last]
+    )
+    await client.send(page | {"end": first})
+    reply = await client.wait_for("indicator_history", same_id(chart_id))
+    got = values(reply, "SMA")
+    dates = sorted(got)
+    assert dates[0] == start and dates[-1] == first  # the page, not everything since
+    price = closes(older, "counting-AAA-1m") | closes(init, "counting-AAA-1m")
+    series = sorted(price)
+    batch = dict(zip(series, talib.SMA(np.array([price[d] for d in series]), 10), strict=True))
+    assert all(got[date] is not None for date in dates)  # warmed up on older bars
+    for date in dates[9:]:  # the batch over these bars alone needs 9 bars of warm-up
+        assert got[date] == pytest.approx(float(batch[date]), rel=1e-9)
+    assert got[first] == pytest.approx(values(shown, "SMA")[first], rel=1e-12)
+
+
+# ---------------------------------------------------------------- live
+
+
+async def test_every_data_update_is_followed_by_an_indicator_update(client: WsClient) -> None:
+    chart_id = "rsi_live_CCC"
+    data_map = {"close": column("CCC", "1m")}
+    await client.send(
+        data("CCC", "1m", count=300),
+        indicator("talib.momentum.RSI", chart_id, {"timeperiod": 14}, data_map),
+    )
+    await client.wait_for("indicator_init", same_id(chart_id))
+    start = len(client.messages)
+    await client.wait_for("indicator_update", same_id(chart_id), after=start)
+    update = await client.wait_for(
+        "indicator_update", same_id(chart_id), after=len(client.messages)
+    )
+    at = next(i for i, m in enumerate(client.messages) if m is update)  # equal ones repeat
+    before = [
+        m for m in client.messages[start:at] if m["type"] == "data_update" and m["name"] == "CCC"
+    ]
+    assert before and before[-1]["data"]["date"] == update["data"]["date"]
+    value = update["data"][f"{chart_id}-RSI"]
+    assert isinstance(value, float) and 0 <= value <= 100
+    assert set(update["data"]) == {"date", f"{chart_id}-RSI"}
+    assert update["last_dates"] == {"counting-CCC-1m": update["data"]["date"]}
+
+
+async def test_unsubscribing_the_key_stops_its_indicator_updates(client: WsClient) -> None:
+    chart_id = "ema_stop_BBB"
+    data_map = {"close": column("BBB", "1m")}
+    await client.send(
+        data("BBB", "1m", count=100),
+        indicator("talib.overlap.EMA", chart_id, {"timeperiod": 5}, data_map),
+    )
+    await client.wait_for("indicator_update", same_id(chart_id))
+    await client.send(
+        {"type": "unsubscribe", "source": "counting", "name": "BBB", "interval": "1m"}
+    )
+    gone = await client.wait_for("unsubscribed", same_key("BBB", "1m"))
+    after = next(i for i, m in enumerate(client.messages) if m is gone)
+    await client.send(data("AAA", "1m", count=1))
+    for _ in range(3):  # updates of another key keep coming meanwhile
+        await client.wait_for("data_update", same_key("AAA", "1m"), after=len(client.messages))
+    assert not [m for m in client.of_type("indicator_update", after) if m["id"] == chart_id]
+
+
+async def test_indicators_resume_after_a_reconnect_and_resubscribe(server: ServerProcess) -> None:
+    chart_id = "sma_again_AAA"
+    requests = (
+        data("AAA", "1m", count=50),
+        indicator("talib.overlap.SMA", chart_id, {"timeperiod": 3}, {"close": column("AAA", "1m")}),
+    )
+    for _ in range(2):
+        ws = await WsClient.open(server.ws_url)
+        try:
+            await ws.send(*requests)
+            await ws.wait_for("indicator_update", same_id(chart_id))
+        finally:
+            await ws.close()
+
+
+def shared_computations(server: ServerProcess) -> float:
+    text = server.get("/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("candlewire_indicator_shared "))
+    return float(line.split()[1])
+
+
+async def test_a_client_that_leaves_drops_its_live_indicators(server: ServerProcess) -> None:
+    ws = await WsClient.open(server.ws_url)
+    await ws.send(
+        data("BBB", "1m", count=50),
+        indicator(
+            "talib.overlap.WMA", "wma_leave", {"timeperiod": 4}, {"close": column("BBB", "1m")}
+        ),
+    )
+    await ws.wait_for("indicator_update", same_id("wma_leave"))
+    assert shared_computations(server) >= 1
+    await ws.close()
+    await eventually(lambda: shared_computations(server) == 0, what="indicators dropped")
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (indicator("talib.nope.NOPE", "x1"), "unknown_indicator"),
+        (indicator("talib.overlap.SMA", "x2", {"timeperiod": 0}), "bad_input"),
+        (indicator("talib.overlap.SMA", "x3", {"timeperiod": "ten"}), "bad_input"),
+        (indicator("talib.overlap.SMA", "x4", {"speed": 3}), "bad_input"),
+        (
+            indicator("talib.volatility.ATR", "x5", data_map={"close": column("AAA", "1h")}),
+            "missing_columns",
+        ),
+        (
+            indicator(
+                "talib.overlap.SMA", "x6", {"timeperiod": 500}, {"close": column("AAA", "1d")}
+            ),
+            "not_enough_history",
+        ),
+        (indicator("talib.overlap.SMA", "x7", kind="indicator_history"), None),
+    ],
+)
+async def test_a_failing_indicator_request_gets_an_error_and_the_empty_reply(
+    client: WsClient, request_: dict[str, Any], code: str | None
+) -> None:
+    if code is None:  # a history request whose series is fine answers; make it fail
+        request_ = request_ | {"inputs": {"timeperiod": -1}}
+        code = "bad_input"
+    await client.send(request_)
+    error = await client.wait_for("error")
+    assert error["code"] == code, error
+    reply_type = (
+        "indicator_history" if request_["type"] == "indicator_history" else "indicator_init"
+    )
+    empty = await client.wait_for(reply_type, same_id(request_["id"]))
+    assert empty["data"] == [] and empty["annotations"] is None
+    await client.send({"type": "ping", "id": 1})
+    await client.wait_for("pong")
+
+
+# ---------------------------------------------------------------- INDICATOR_UPDATE_SECONDS
+
+
+@pytest.fixture(scope="module")
+def throttled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("throttled")
+    with populated_server(
+        tmp, PROVIDERS="counting", INDICATOR_UPDATE_SECONDS="0.5", CANDLEWIRE_TEST_PERIOD="0.05"
+    ) as running:
+        yield running
+
+
+async def test_indicator_update_seconds_bounds_the_update_rate_per_series(
+    throttled: ServerProcess,
+) -> None:
+    chart_id = "sma_throttled_AAA"
+    ws = await WsClient.open(throttled.ws_url)
+    try:
+        await ws.send(
+            data("AAA", "1m", count=50),
+            indicator(
+                "talib.overlap.SMA", chart_id, {"timeperiod": 3}, {"close": column("AAA", "1m")}
+            ),
+        )
+        await ws.wait_for("indicator_init", same_id(chart_id))
+        start = len(ws.messages)
+        await ws.wait_for("indicator_update", same_id(chart_id), after=start)
+        first = len(ws.messages)
+        # About 2 s of updates (20/s): at most one indicator_update per 0.5 s, plus edges.
+        for _ in range(40):
+            await ws.wait_for("data_update", same_key("AAA", "1m"), after=len(ws.messages))
+        data_updates = len(ws.of_type("data_update", first))
+        indicator_updates = len(ws.of_type("indicator_update", first))
+        assert data_updates >= 40
+        assert 1 <= indicator_updates <= 7, (data_updates, indicator_updates)
+    finally:
+        await ws.close()
