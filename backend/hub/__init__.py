@@ -8,5 +8,6 @@ such as the OpenBB live grid), ``upkeep`` (the once-a-second housekeeping), ``ha
 (what the hub needs of the provider processes), ``indicating`` and ``scanning`` (indicators
 and scans on the hub's bars) and ``metrics``.
 May import: ``model``, ``runtime``, ``wire``, ``history``, ``symbols``, ``indicators``,
-``settings``, ``errors``, ``logs``, ``tasks``. Never a socket type: transports (``ws``, ``api``) drive it.
+``settings``, ``errors``, ``logs``, ``tasks``. Never a socket type: transports (``ws``,
+``api``) drive it.
 """
