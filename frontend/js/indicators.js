@@ -193,7 +193,9 @@ export class IndicatorLayer {
   chartKey(instance) {
     const { source, name, interval } = this.panel;
     const inputs = Object.entries(instance.inputs).map(([k, v]) => `${k}-${v}`).join("_");
-    return `${instance.id.replace(/\./g, "-")}_${inputs}_${source}-${name}-${interval}`;
+    // The chart's index keeps two charts of the grid with the same indicator apart.
+    return `${instance.id.replace(/\./g, "-")}_${inputs}_${source}-${name}-${interval}`
+      + `_chart-${this.panel.index + 1}`;
   }
 
   request(instance) {
