@@ -35,7 +35,7 @@ async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
         await sender.close()
     assert outcome is Outcome.SENT
     assert fake.titles("ok") == ["BTC above 90k"]
-    push = [p for p in fake.pushes if p.token == "ok"][0]
+    push = next(p for p in fake.pushes if p.token == "ok")
     assert push.vapid_key.rstrip("=") == VapidKeys.load_or_create(tmp_path).public_key().rstrip("=")
 
 
