@@ -203,7 +203,8 @@ def parse_request(item: Any, max_count: int) -> Request:
             return BadRequest("missing_field", "request has no 'type'", item)
         return BadRequest(
             "unknown_type",
-            f"unknown request type {_quote_type(kind)}; known: " + ", ".join(sorted(_PARSERS)),
+            f"unknown request type {_quote_type(kind)}; known: {', '.join(_CORE_TYPES)} "
+            "and the indicator, scanner, alert and chat types of the README",
             item,
         )
     return parser(item, max_count)
@@ -302,6 +303,7 @@ def _parse_ping(item: dict[str, Any], max_count: int) -> Request:
     return PingRequest(item)
 
 
+_CORE_TYPES = ("data", "data_history", "search_data", "unsubscribe", "ping")
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Request]] = {
     "data": _parse_data,
     "data_history": _parse_history,
