@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backend.alerts.evaluate import LatestBars, Step, step
-from backend.alerts.model import Alert, parse_alert, series_of
+from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
 from backend.alerts.store import AlertStore
 from backend.errors import ProtocolError
 from backend.model.bars import SeriesId
@@ -124,7 +124,7 @@ def test_hostile_alert_requests_are_refused_with_a_clear_code(
     assert caught.value.code == code
 
 
-def test_an_alert_on_an_indicator_value_is_refused_as_unsupported() -> None:
+def test_an_alert_on_an_indicator_reads_the_series_of_its_data_map() -> None:
     label = "RSI length=14"
     indicator = {
         "type": "indicator",
@@ -143,9 +143,11 @@ def test_an_alert_on_an_indicator_value_is_refused_as_unsupported() -> None:
         "type2": "value",
         "value2": "70",
     }
-    with pytest.raises(ProtocolError) as caught:
-        parse_alert(request(rules=[rule], indicators={label: {"indicator": indicator}}), 10)
-    assert caught.value.code == "unsupported"
+    _, rule_set = parse_alert(
+        request(rules=[rule], indicators={label: {"indicator": indicator}}), 10
+    )
+    assert reads_indicators(rule_set)
+    assert series_of(rule_set) == (KEY,)
 
 
 def test_the_store_keeps_alerts_and_their_state_across_a_reopen(tmp_path: Path) -> None:

@@ -112,16 +112,51 @@ async def test_an_alert_delivers_push_webhook_and_notification_and_again_after_a
     assert fired == sorted(set(fired)), "one webhook call per false -> true transition"
 
 
-async def test_expiry_limits_removal_on_410_and_delete(tmp_path: Path, fake: FakePush) -> None:
-    env = env_for(tmp_path, fake, ALERT_EXPIRE_MINUTES="0.05", MAX_ALERTS_PER_DAY="3")
+def rsi_alert(message: str, indicator_id: str, **extra: Any) -> dict[str, Any]:
+    """``RSI(14) of the 1m closes > 0``: true on every bar once the warm-up is over."""
+    label = "RSI timeperiod=14"
+    config = {
+        "type": "indicator",
+        "id": "rsi-csv-1m",
+        "indicator": {"id": indicator_id, "name": "RSI", "type": "indicator"},
+        "inputs": {"timeperiod": "14"},
+        "dataMap": {"close": {**SERIES, "value": "csv-BTCUSD-1m-close", "dataKey": "close"}},
+    }
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "indicator_interval1": "1m",
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    return {
+        **alert(message, None, **extra),
+        "rules": [rule],
+        "indicators": {label: {"indicator": config, "outputs": [{"name": "RSI"}]}},
+    }
+
+
+async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_EXPIRE_MINUTES="0.05", MAX_ALERTS_PER_DAY="4")
     with ServerProcess(env, tmp_path / "server.log") as server:
         client = await WsClient.open(server.ws_url)
         fake.gone("dead")
+        await client.send(rsi_alert("no such", "talib.nothing.NOPE"))
+        await client.wait_for("error", lambda m: m.get("code") == "unknown_indicator")
         await client.send(alert("short", fake.subscription("short"), owner="o2"))
         await client.send(alert("to a dead browser", fake.subscription("dead"), owner="o2"))
         await client.send(alert("deleted", None, owner="o2"))
-        await eventually(lambda: len(client.of_type("alert_created")) == 3, 10, "three alerts")
+        await client.send(
+            rsi_alert("RSI above 0", "talib.momentum.RSI", webhook=f"{fake.url}/hook/rsi")
+        )
+        await eventually(lambda: len(client.of_type("alert_created")) == 4, 10, "four alerts")
         created = client.of_type("alert_created")
+        await eventually(lambda: fake.hook_bodies("rsi"), 10, "the indicator alert's webhook")
+        assert fake.hook_bodies("rsi")[0]["alert"]["message"] == "RSI above 0"
         await client.send(alert("one too many", None, owner="o2"))
         error = await client.wait_for("error", lambda m: m.get("code") == "limit_reached")
         assert "Max alerts reached" in error["message"]

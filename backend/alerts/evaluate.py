@@ -11,7 +11,14 @@ from __future__ import annotations
 import enum
 
 from backend.alerts.model import Alert
-from backend.indicators.rules import DataOperand, Operand, Pair, ValueOperand, evaluate
+from backend.indicators.rules import (
+    DataOperand,
+    Operand,
+    Pair,
+    ValueOperand,
+    Verdict,
+    evaluate,
+)
 from backend.model.bars import FIELDS, Bar, SeriesId
 
 
@@ -62,7 +69,11 @@ class LatestBars:
 
 def step(alert: Alert, bars: LatestBars) -> Step:
     """Evaluate ``alert`` on ``bars`` and move its armed state (spec 3.4 steps 4 to 6)."""
-    verdict = evaluate(alert.rule_set, bars.lookup)
+    return advance(alert, evaluate(alert.rule_set, bars.lookup))
+
+
+def advance(alert: Alert, verdict: Verdict) -> Step:
+    """Move ``alert``'s armed state by one evaluation's ``verdict``."""
     if verdict.matched and alert.armed:
         alert.armed = False
         alert.fired += 1

@@ -91,11 +91,6 @@ def parse_alert(raw: dict[str, Any], max_rules: int) -> tuple[dict[str, Any], Ru
     if isinstance(rules, list) and len(rules) > max_rules:
         raise ProtocolError("limit_reached", f"at most {max_rules} rules per alert")
     rule_set = parse_rule_set(rules, raw.get("operators"), raw.get("indicators"))
-    for operand in rule_set.operands():
-        if isinstance(operand, IndicatorOperand):
-            raise ProtocolError(
-                "unsupported", "alerts on indicator values are not supported yet; use data"
-            )
     subscription = raw.get("subscription")
     if subscription is not None:
         parse_subscription(subscription, strict=True)
@@ -118,9 +113,18 @@ def parse_alert(raw: dict[str, Any], max_rules: int) -> tuple[dict[str, Any], Ru
 
 
 def series_of(rule_set: RuleSet) -> tuple[SeriesId, ...]:
-    """The series keys the rules read, in order, without repeats."""
-    keys = [op.series for op in rule_set.operands() if isinstance(op, DataOperand)]
+    """The series keys the rules read (indicators: their ``dataMap``), in order, once each."""
+    keys: list[SeriesId] = []
+    for operand in rule_set.operands():
+        if isinstance(operand, DataOperand):
+            keys.append(operand.series)
+        elif isinstance(operand, IndicatorOperand):
+            keys.extend(binding.series for binding in operand.config.bindings)
     return tuple(dict.fromkeys(keys))
+
+
+def reads_indicators(rule_set: RuleSet) -> bool:
+    return any(isinstance(operand, IndicatorOperand) for operand in rule_set.operands())
 
 
 def parse_subscription(value: object, strict: bool = False) -> Subscription | None:

@@ -17,18 +17,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend import tasks
 from backend.alerts.delivery import Delivery, Outcome
-from backend.alerts.evaluate import LatestBars, Step, step
-from backend.alerts.model import Alert, parse_alert, series_of
+from backend.alerts.evaluate import LatestBars, Step, advance, step
+from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
 from backend.alerts.store import AlertStore, Row
 from backend.alerts.vapid import VapidKeys
-from backend.errors import ProtocolError
+from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
 from backend.hub.clients import Client
-from backend.indicators.rules import parse_rule_set
+from backend.indicators.engine import bind
+from backend.indicators.rules import (
+    IndicatorOperand,
+    Operand,
+    Pair,
+    RuleSet,
+    evaluate,
+    parse_rule_set,
+)
+from backend.indicators.scanner import symbol_values
 from backend.model import intervals
 from backend.model.bars import FIELDS, Bar, SeriesId
 from backend.wire import protocol
@@ -42,6 +52,7 @@ OWNER = 0  # the subscriber id of the alerts (hub clients count from 1)
 LANE = ("alerts",)
 SWEEP_SECONDS = 1.0
 DELIVERIES_AT_ONCE = 32
+COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
 MAX_LISTED = 1_000
 
 
@@ -69,6 +80,8 @@ class Alerting:
         self._dirty: dict[int, tuple[bool, int]] = {}
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(DELIVERIES_AT_ONCE)
+        self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
+        self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,7 +130,7 @@ class Alerting:
         elif kind == "alert_delete":
             await client.replies.submit(LANE, lambda: self._delete_request(client, raw))
 
-    def list(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
+    def listed(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
         """The live alerts of a push endpoint or an owner key (``alerts``, ``/api/alerts``)."""
         if not endpoint and not owner:
             raise ProtocolError("missing_field", "name an 'endpoint' or an 'owner'")
@@ -135,7 +148,7 @@ class Alerting:
         logger.info("alert %d deleted", alert.id)
 
     def _list(self, raw: dict[str, Any]) -> dict[str, Any]:
-        alerts = self.list(_text(raw.get("endpoint")), _text(raw.get("owner")))
+        alerts = self.listed(_text(raw.get("endpoint")), _text(raw.get("owner")))
         return {"type": "alerts", "alerts": alerts}
 
     async def _delete_request(self, client: Client, raw: dict[str, Any]) -> None:
@@ -164,6 +177,7 @@ class Alerting:
                 raise ProtocolError("bad_rule", "an alert must read at least one series")
             for key in series:
                 await self.hub.requests.validate(key)
+            self._bind(rule_set)
         except ProtocolError as exc:
             self._refuse(client, raw, exc, notify=True)
             return
@@ -210,12 +224,61 @@ class Alerting:
             alert = self.alerts[alert_id]
             if alert.expires_at <= now:
                 continue  # the sweeper removes it and says so
-            moved = step(alert, self.bars)
-            if moved is Step.FIRED:
-                self._fire(alert, key, bar)
-            if moved is not Step.NONE:
-                self._dirty[alert.id] = (alert.armed, alert.fired)
-                self._wake.set()
+            if reads_indicators(alert.rule_set):
+                self._compute(alert, key, bar)
+            else:
+                self._moved(alert, step(alert, self.bars), key, bar)
+
+    def _moved(self, alert: Alert, moved: Step, key: SeriesId, bar: Bar) -> None:
+        if moved is Step.FIRED:
+            self._fire(alert, key, bar)
+        if moved is not Step.NONE:
+            self._dirty[alert.id] = (alert.armed, alert.fired)
+            self._wake.set()
+
+    def _compute(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
+        """An alert on indicators is computed in a task of its own, one at a time per alert:
+        updates that arrive meanwhile are folded into one more run with the newest bar."""
+        if alert.id in self._computing:
+            self._computing[alert.id] = (key, bar)
+            return
+        self._computing[alert.id] = None
+        self._start(self._computed(alert, key, bar), f"alert {alert.id} indicators")
+
+    async def _computed(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
+        try:
+            while alert.id in self.alerts:
+                async with self._compute_limit:
+                    try:
+                        values = await symbol_values(
+                            alert.rule_set, self._fetch, self.hub.indicating.indicators
+                        )
+                    except (ProviderError, StorageError, IndicatorError) as exc:
+                        logger.warning("alert %d: no values (%s)", alert.id, exc)
+                        return
+                verdict = evaluate(alert.rule_set, _by_operand(values))
+                self._moved(alert, advance(alert, verdict), key, bar)
+                pending = self._computing.get(alert.id)
+                if pending is None:
+                    break
+                key, bar = pending
+                self._computing[alert.id] = None
+        finally:
+            self._computing.pop(alert.id, None)
+
+    async def _fetch(self, series: SeriesId, count: int) -> list[Bar]:
+        answer = await self.hub.planner.latest(series, count, True)
+        if answer.error is not None and not answer.bars:
+            raise answer.error
+        return list(answer.bars)
+
+    def _bind(self, rule_set: RuleSet) -> None:
+        """Check the indicators an alert names (``IndicatorError`` with its code)."""
+        indicators = self.hub.indicating.indicators
+        for operand in rule_set.operands():
+            if isinstance(operand, IndicatorOperand):
+                config = operand.config
+                bind(indicators, config.indicator_id, config.inputs, config.bindings)
 
     async def _seed(self, key: SeriesId) -> None:
         """Evaluate ``key``'s alerts on its newest cached or stored bars (a new or resumed
@@ -353,6 +416,11 @@ class Alerting:
             row["armed"],
             row["fired"],
         )
+
+
+def _by_operand(values: dict[int, Pair]) -> Callable[[Operand], Pair]:
+    """The lookup of ``symbol_values``' answer (keyed by ``id(operand)``)."""
+    return lambda operand: values[id(operand)]
 
 
 def _belongs(alert: Alert, endpoint: str | None, owner: str | None) -> bool:
