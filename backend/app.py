@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         hub = Hub(settings, symbols, Metrics(), store, indicators)
         app.state.hub = hub
         await hub.start()
+        await hub.alerting.open(settings.DB)
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))
         try:
             yield
