@@ -99,9 +99,12 @@ class Settings(BaseSettings):
 
     # Alerts (README, "Alerts"): lifetime, per-address daily quota, webhook for every alert.
     ALERT_EXPIRE_MINUTES: float = Field(1440.0, gt=0)
-    MAX_ALERTS_PER_DAY: int = Field(10, ge=0)
+    MAX_ALERTS_PER_DAY: int = Field(100, ge=0)
     MAX_RULES_PER_ALERT: int = Field(10, ge=1, le=50)
     ALERT_WEBHOOK_URL: str = ""
+    # A client may name its own webhook URL per alert (an extension). Off by default: the
+    # server would POST wherever a client says, internal addresses included.
+    ALERT_CLIENT_WEBHOOKS: bool = False
     # The VAPID "sub" claim: a contact for push services (mailto: or https: URL).
     ALERT_CONTACT: str = "mailto:admin@localhost"
     # First delay between delivery attempts (doubled after each, five attempts in all).

@@ -63,7 +63,7 @@ def env_for(tmp: Path, fake: FakePush, **extra: str) -> dict[str, str]:
         CSV_REPLAY_SPEED="60",
         ALERT_WEBHOOK_URL=f"{fake.url}/hook/all",
         ALERT_RETRY_SECONDS="0.05",
-        **extra,
+        **{"ALERT_CLIENT_WEBHOOKS": "true", **extra},
     )
     assert populate(env).returncode == 0
     return env
@@ -182,6 +182,24 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         unsupported = await client.wait_for("error", lambda m: m.get("code") == "unsupported")
         assert "optimize_indicator_params" in unsupported["message"]
         await client.close()
+
+
+async def test_a_client_chosen_webhook_is_refused_unless_the_operator_allows_it(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_CLIENT_WEBHOOKS="false")
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            internal = "http://127.0.0.1:1/admin"
+            await client.send(
+                rsi_alert("to an internal URL", "talib.momentum.RSI", webhook=internal)
+            )
+            error = await client.wait_for("error", lambda m: m.get("code") == "unsupported")
+            assert "ALERT_CLIENT_WEBHOOKS" in error["message"]
+            assert client.of_type("alert_created") == []
+        finally:
+            await client.close()
 
 
 def _get(server: ServerProcess, path: str) -> Any:

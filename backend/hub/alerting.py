@@ -172,6 +172,11 @@ class Alerting:
         settings = self.hub.settings
         try:
             spec, rule_set = parse_alert(raw, settings.MAX_RULES_PER_ALERT)
+            if spec.get("webhook") and not settings.ALERT_CLIENT_WEBHOOKS:
+                raise ProtocolError(
+                    "unsupported",
+                    "per-alert webhooks are turned off on this server (ALERT_CLIENT_WEBHOOKS)",
+                )
             series = series_of(rule_set)
             if not series:
                 raise ProtocolError("bad_rule", "an alert must read at least one series")
