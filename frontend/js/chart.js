@@ -96,6 +96,8 @@ export class ChartPanel extends EventTarget {
     this.done = on;
     this.chart?.applyOptions({ timeScale: { fixLeftEdge: on } });
     this.placeEdges();
+    // fixLeftEdge moves the view on the chart's next frame, not always with a range event.
+    requestAnimationFrame(() => this.placeEdges());
   }
 
   build() {
