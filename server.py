@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from backend import logs
+from backend.access.frontdoor import AcceptErrors, guarded_http
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
 
@@ -73,9 +74,15 @@ def uvicorn_config(settings: Settings, entrance: Entrance | None = None) -> uvic
     return uvicorn.Config(
         entrance,
         loop="auto",
-        http="auto",
         ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
         ws_max_size=settings.MAX_FRAME_BYTES,
+        # The front door (README, "Security"): heads complete within a timeout and below a
+        # size (frontdoor.GuardedHttp, what uvicorn lacks), idle keep-alives closed, and at
+        # most so many connections and tasks at once (503 beyond).
+        http=guarded_http(settings.HTTP_HEADER_TIMEOUT, settings.HTTP_MAX_HEADER_BYTES),
+        h11_max_incomplete_event_size=settings.HTTP_MAX_HEADER_BYTES,
+        timeout_keep_alive=settings.HTTP_KEEP_ALIVE_SECONDS,
+        limit_concurrency=settings.HTTP_LIMIT_CONCURRENCY or settings.MAX_CLIENTS + 2_000,
         lifespan="on",
         log_level=settings.LOG_LEVEL.lower(),
         log_config=None,
@@ -184,6 +191,8 @@ class HubServer(uvicorn.Server):
         self._collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors())  # out of descriptors: one line, not a flood
         await super().startup(sockets)
         self._collecting = asyncio.get_running_loop().create_task(self.collector.run())
         self._collecting.add_done_callback(_log_failure)
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.LOG_LEVEL, secrets=logs.secrets_of(settings))
+    secrets = [*logs.secrets_of(settings), *settings.api_keys()]
+    logs.configure(settings.LOG_LEVEL, secrets=secrets)
     try:
         sock = bind(settings.HOST, settings.PORT)
     except OSError as exc:

@@ -33,8 +33,10 @@ ALLOWED: dict[str, set[str]] = {
     # Indicators read settings only for types (EXTRA_INDICATORS is passed in by the app).
     "indicators": {"model"},
     "hub": {"model", "runtime", "wire", "history", "symbols", "settings", "indicators"},
-    "ws": {"model", "runtime", "wire", "hub", "settings"},
-    "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings"},
+    # Access control: who the caller is and what it may cost (the hub gets hooks, set by app).
+    "access": {"model", "settings"},
+    "ws": {"model", "runtime", "wire", "hub", "settings", "access"},
+    "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings", "access"},
     "data_providers": {"model", "runtime"},
     # Compatibility re-exports of moved public names.
     "provider": {"runtime"},

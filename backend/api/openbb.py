@@ -447,7 +447,7 @@ async def bars_table(request: Request, symbol: str = "", interval: str = "1h") -
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")
     key = SeriesId(str(details["source"]), str(details["name"]), interval)
-    limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT)
+    limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, hub.may_read)
     try:
         await requests.validate_series(key, count, limits, requests.known(details))
     except ProtocolError as exc:

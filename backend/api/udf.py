@@ -389,7 +389,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     if details is None:
         return json_response(error(f"unknown symbol {quote(symbol)}"))
     key = SeriesId(str(details["source"]), str(details["name"]), interval)
-    limits = Limits(_enabled(hub), hub.settings.MAX_COUNT)
+    limits = Limits(_enabled(hub), hub.settings.MAX_COUNT, hub.may_read)
     try:
         await validate_series(key, None, limits, known(details))
     except ProtocolError as exc:
