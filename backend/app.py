@@ -27,6 +27,7 @@ from starlette.routing import WebSocketRoute
 
 from backend import __version__
 from backend.access.guard import Access, AccessMiddleware
+from backend.access.identity import may_read
 from backend.api.cors import add_cors
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
@@ -65,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         logger.info("%d indicators", len(indicators))
         hub = Hub(settings, symbols, Metrics(), store, indicators)
         hub.admit_fetch = access.fair.admit_fetch
-        hub.may_read = access.may_read
+        hub.may_read = may_read
         app.state.hub = hub
         await hub.start()
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     REQUESTS_PER_SECOND: float = Field(50.0, gt=0)
     REQUESTS_BURST: int = Field(200, ge=1)
     UPSTREAM_CALLS_PER_SECOND: float = Field(5.0, gt=0)
-    UPSTREAM_BURST: int = Field(20, ge=1)
+    UPSTREAM_BURST: int = Field(60, ge=1)
     # A provider's history budget, shared fairly between the clients using it.
     PROVIDER_CALLS_PER_SECOND: float = Field(20.0, gt=0)
     # The HTTP front door (server.py): uvicorn's limits plus what it lacks.

@@ -168,21 +168,21 @@ class FairUse:
     def admit_fetch(self, key: SeriesId) -> None:
         """Charge one upstream history call to the current caller, or raise ``RateLimited``."""
         caller = current.get()
-        if not self.limiter.test(self.upstream, caller.client):
-            wait = self._reset_in(self.upstream, caller.client)
+        if not self.limiter.test(self.upstream, caller.budget_key):
+            wait = self._reset_in(self.upstream, caller.budget_key)
             self._refuse(caller, key, wait, "its upstream budget")
         share = self.shares.setdefault(key.source, ProviderShare(self.provider_rate))
-        wait_share = share.admit(caller.client, self.clock())
+        wait_share = share.admit(caller.budget_key, self.clock())
         if wait_share is not None:
             self._refuse(caller, key, wait_share, f"its fair share of {key.source}")
-        self.limiter.hit(self.upstream, caller.client)
+        self.limiter.hit(self.upstream, caller.budget_key)
 
     def _refuse(self, caller: Identity, key: SeriesId, wait: float, what: str) -> None:
         self.refused += 1
         self.log.warning(
-            "upstream:" + caller.client,
+            "upstream:" + caller.budget_key,
             "client %s used up %s (%s): history calls refused for %.1f s",
-            caller.client,
+            caller.budget_key,
             what,
             key,
             wait,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,7 +28,6 @@ from backend.access.fairuse import FairUse
 from backend.access.identity import ANONYMOUS, Identity, current
 from backend.access.origins import OriginPolicy
 from backend.errors import AccessDenied
-from backend.model.bars import SeriesId
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,10 +47,7 @@ class Access:
         self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS)
         self.fair = FairUse(settings)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
-
-    def may_read(self, key: SeriesId) -> bool:
-        """Whether the current caller may read ``key`` (JWT ``sources`` / ``symbols``)."""
-        return current.get().allows(key.source, key.name)
+        self.sockets = 0  # sockets accepted so far (names each one's upstream budget)
 
     def identify(self, scope: Scope) -> Identity:
         """The caller of ``scope``; raise ``AccessDenied`` (401) without valid credentials."""
@@ -95,7 +91,8 @@ class Access:
             )
             await deny_socket(scope, send, denied)
             return
-        token = current.set(identity)
+        self.sockets += 1
+        token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
         expiry = self._watch_expiry(identity, send)
         try:
             await app(scope, self._paced(identity, receive), send)
@@ -215,6 +212,3 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
         finally:
             current.reset(token)
-
-
-SocketApp = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -17,6 +17,7 @@ from urllib.parse import quote as quote_url
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from backend.access.identity import may_read
 from backend.api.udf import int_param
 from backend.errors import ProtocolError
 from backend.hub.hub import Hub
@@ -48,7 +49,7 @@ async def health(request: Request) -> dict[str, Any]:
     identity = getattr(request.state, "identity", None)
     if identity is not None and identity.authenticated:
         return detail
-    return {"status": detail["status"], "version": detail["version"]}
+    return {"status": detail.get("status"), "version": detail.get("version")}
 
 
 @router.get("/metrics")
@@ -97,7 +98,7 @@ async def history(
         return _error(400, "invalid_field", f"end {quote(end)} is not YYYY-MM-DD HH:MM:SS")
     key = SeriesId(source, name, interval)
     count = DEFAULT_COUNT if count is None else count
-    limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, hub.may_read)
+    limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, may_read)
     try:
         details = await validate_series(key, count, limits, hub.symbols.details)
     except ProtocolError as exc:

@@ -162,7 +162,7 @@ def translated(what: str) -> Iterator[None]:
     except BadResponse as exc:
         raise _bad_response(what, str(exc)) from exc
     except AuthError as exc:
-        raise AuthFailed(f"polygon: {what}: the API key was rejected") from exc
+        raise AuthFailed(f"polygon: {what}: {exc}") from exc
     except HTTPError as exc:
         # urllib3's text names the pool's host, port and the request URL (with its query):
         # the client hears the kind of failure, the log has the chained exception.
