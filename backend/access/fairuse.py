@@ -54,7 +54,7 @@ class ThrottledLog:
         self.interval = interval
         self._last: dict[str, tuple[float, int]] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> None:
+    def report(self, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         last, skipped = self._last.get(key, (-math.inf, 0))
         if now - last < self.interval:
@@ -153,7 +153,7 @@ class FairUse:
         """0 when ``identity`` may make a request now (it is counted), else seconds to wait."""
         if keyed_by_address(identity) or self.limiter.hit(self.requests, identity.client):
             return 0.0
-        self.log.warning(
+        self.log.report(
             "requests:" + identity.client, "client %s: over the request rate", identity.client
         )
         return self._reset_in(self.requests, identity.client)
@@ -179,7 +179,7 @@ class FairUse:
 
     def _refuse(self, caller: Identity, key: SeriesId, wait: float, what: str) -> None:
         self.refused += 1
-        self.log.warning(
+        self.log.report(
             "upstream:" + caller.budget_key,
             "client %s used up %s (%s): history calls refused for %.1f s",
             caller.budget_key,

@@ -86,7 +86,7 @@ class Access:
         try:
             identity = self.check_socket(scope)
         except AccessDenied as denied:
-            self.fair.log.warning(
+            self.fair.log.report(
                 "denied:" + _address(scope), "socket from %s refused: %s", _address(scope), denied
             )
             await deny_socket(scope, send, denied)
