@@ -10,7 +10,9 @@ itself provides the keep-alive timeout and ``limit_concurrency`` (``server.py``)
 
 :class:`AcceptErrors` is the event loop's exception handler: when accepting fails because
 the process is out of file descriptors (EMFILE), asyncio reports it with a traceback on
-every try; this logs one line per interval with the count instead.
+every try of every burst (tens of thousands a second: it retries up to the backlog per
+wake-up and schedules a retry for each); this logs one line per interval with the count
+instead, and keeps quiet about the retries that outlive the listening socket.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class AcceptErrors:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if _stale_accept_retry(context):
+            self.held += 1
+            return
         if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
             loop.default_exception_handler(context)
             return
@@ -121,3 +126,13 @@ class AcceptErrors:
         )
         self.held = 0
         self.last = now
+
+
+def _stale_accept_retry(context: dict[str, Any]) -> bool:
+    """asyncio schedules a retry of accepting for every failed accept of a burst (up to the
+    backlog, thousands); those still pending when the listening socket closes fail with
+    "Invalid file descriptor". Nothing is lost: they are counted, not logged."""
+    exc = context.get("exception")
+    return isinstance(exc, (ValueError, OSError)) and "_start_serving" in repr(
+        context.get("handle")
+    )
