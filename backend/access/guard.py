@@ -44,7 +44,7 @@ class Access:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.auth = Authenticator(settings)
-        self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS)
+        self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, settings.CORS_ORIGINS)
         self.fair = FairUse(settings)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
         self.sockets = 0  # sockets accepted so far (names each one's upstream budget)
