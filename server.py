@@ -1,6 +1,6 @@
 """Start Candlewire: the provider processes and the FastAPI WebSocket hub (uvicorn).
 
-    python server.py [--host HOST] [--port PORT]
+    python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
 
 ``--port 0`` picks a free port; the URL actually listened on is printed either way.
 SIGINT/SIGTERM stop the hub and every provider process cleanly.
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the Candlewire market-data server.")
     parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000; 0 = any free)")
+    parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM); uvicorn's")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     return parser.parse_args(argv)
 
 
@@ -66,9 +68,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(settings: Settings, entrance: Entrance | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, entrance: Entrance | None = None, **tls: str | None
+) -> uvicorn.Config:
     """uvicorn's configuration of the hub; ``entrance``: the ASGI app (``Entrance``) to serve,
-    made here when not given."""
+    made here when not given; ``tls``: uvicorn's ``ssl_certfile`` / ``ssl_keyfile``."""
     if entrance is None:
         entrance = make_entrance(settings)
     return uvicorn.Config(
@@ -88,6 +92,7 @@ def uvicorn_config(settings: Settings, entrance: Entrance | None = None) -> uvic
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **tls,  # type: ignore[arg-type]
     )
 
 
@@ -230,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"Candlewire listening on http://{shown}:{port}", flush=True)
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
     entrance = make_entrance(settings)
     pauses = GcPauses()
-    server = HubServer(uvicorn_config(settings, entrance), Collector(entrance), pauses)
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    server = HubServer(uvicorn_config(settings, entrance, **tls), Collector(entrance), pauses)
     tune_gc()
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
