@@ -131,6 +131,9 @@ def test_the_default_origin_policy_allows_the_own_origin_and_localhost_only() ->
     assert listed.allows("https://app.example.com/", "x:1")
     assert not listed.allows("http://localhost:5173", "x:1")
     assert OriginPolicy(("*",)).allows("https://anything.example", "x:1")
+    workspace = OriginPolicy((), ("https://pro.openbb.co",))
+    assert workspace.allows("https://pro.openbb.co", "x:1")
+    assert workspace.allows("http://localhost:5173", "x:1")
 
 
 # ---------------------------------------------------------------------- fair use
