@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         hub.may_read = may_read
         app.state.hub = hub
         await hub.start()
+        await hub.alerting.open(settings.DB)
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))
         try:
             yield

@@ -97,6 +97,24 @@ class Settings(BaseSettings):
     # seconds per series, the newest bar always included (README, "Indicators and the scanner").
     INDICATOR_UPDATE_SECONDS: float = Field(0.0, ge=0, le=60)
 
+    # Alerts (README, "Alerts"): lifetime, per-address daily quota, webhook for every alert.
+    ALERT_EXPIRE_MINUTES: float = Field(1440.0, gt=0)
+    MAX_ALERTS_PER_DAY: int = Field(100, ge=0)
+    MAX_RULES_PER_ALERT: int = Field(10, ge=1, le=50)
+    ALERT_WEBHOOK_URL: str = ""
+    # A client may name its own webhook URL per alert (an extension). Off by default: the
+    # server would POST wherever a client says, internal addresses included.
+    ALERT_CLIENT_WEBHOOKS: bool = False
+    # The VAPID "sub" claim: a contact for push services (mailto: or https: URL).
+    ALERT_CONTACT: str = "mailto:admin@localhost"
+    # First delay between delivery attempts (doubled after each, five attempts in all).
+    ALERT_RETRY_SECONDS: float = Field(1.0, gt=0, le=300)
+
+    # AI chat (README, "AI chat"): any OpenAI-compatible Chat Completions endpoint.
+    LLM_BASE_URL: str = ""
+    LLM_API_KEY: SecretStr = SecretStr("")
+    LLM_MODEL: str = ""
+
     # Access control and fair use (README, "Security"; backend/access).
     AUTH: str = "none"
     API_KEYS: Annotated[tuple[SecretStr, ...], NoDecode] = ()
@@ -253,6 +271,13 @@ class Settings(BaseSettings):
         if level not in _LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
         return level
+
+    @field_validator("ALERT_WEBHOOK_URL", "LLM_BASE_URL")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must be an http(s) URL")
+        return value
 
     @model_validator(mode="after")
     def _provider_requirements(self) -> Settings:

@@ -32,7 +32,20 @@ ALLOWED: dict[str, set[str]] = {
     "settings": {"model", "runtime"},
     # Indicators read settings only for types (EXTRA_INDICATORS is passed in by the app).
     "indicators": {"model"},
-    "hub": {"model", "runtime", "wire", "history", "symbols", "settings", "indicators"},
+    # Alerts read rules (indicators); the chat stands alone.
+    "alerts": {"model", "indicators"},
+    "chat": set(),
+    "hub": {
+        "model",
+        "runtime",
+        "wire",
+        "history",
+        "symbols",
+        "settings",
+        "indicators",
+        "alerts",
+        "chat",
+    },
     # Access control: who the caller is and what it may cost (the hub gets hooks, set by app).
     "access": {"model", "settings"},
     "ws": {"model", "runtime", "wire", "hub", "settings", "access"},

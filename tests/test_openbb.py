@@ -128,7 +128,9 @@ def test_every_widget_has_the_required_fields_and_every_column_its_ws_flag() -> 
     columns = grid["data"]["table"]["columnsDefs"]
     assert all(isinstance(c["enableCellChangeWs"], bool) for c in columns)
     live = {c["field"] for c in columns if c["enableCellChangeWs"]}
-    assert live == {"price", "change", "change_percent", "volume", "date"}
+    assert live == {"price", "change", "change_percent", "volume", "date", "error"}
+    percent = next(c for c in columns if c["field"] == "change_percent")
+    assert percent["formatterFn"] == "percent"  # shown as "25.00%": the value is in percent
     row = openbb.build_row("AAA", None, [])
     assert {c["field"] for c in columns} == set(row)
     symbol = grid["params"][0]
@@ -138,6 +140,35 @@ def test_every_widget_has_the_required_fields_and_every_column_its_ws_flag() -> 
     assert chart["type"] == "advanced_charting"
     assert chart["endpoint"] == "/udf"
     assert chart["data"] == {"defaultSymbol": "counting:AAA", "updateFrequency": 5000}
+
+
+# The columnsDefs fields of the widgets.json reference (protocols.md 2.2).
+DOCUMENTED_COLUMN_FIELDS = {
+    "field", "headerName", "cellDataType", "chartDataType", "formatterFn", "decimalPlaces",
+    "renderFn", "renderFnParams", "width", "minWidth", "maxWidth", "hide", "pinned",
+    "headerTooltip", "prefix", "suffix", "sparkline", "enableCellChangeWs",
+}  # fmt: skip
+DOCUMENTED_FORMATTERS = {"none", "int", "percent", "normalized", "normalizedPercent", "dateToYear"}
+DOCUMENTED_RENDERERS = {"greenRed", "titleCase", "hoverCard", "cellOnClick", "columnColor",
+                        "showCellChange"}  # fmt: skip
+
+
+def test_columns_use_only_documented_fields_and_values() -> None:
+    for widget in openbb.widgets(openbb.Defaults()).values():
+        for column in widget.get("data", {}).get("table", {}).get("columnsDefs", []):
+            assert set(column) <= DOCUMENTED_COLUMN_FIELDS, column
+            assert column.get("formatterFn", "none") in DOCUMENTED_FORMATTERS
+            assert column.get("renderFn", "greenRed") in DOCUMENTED_RENDERERS
+            assert column.get("cellDataType", "text") in {"text", "number", "date", "dateString"}
+
+
+def test_the_app_carries_its_thumbnails_for_both_themes() -> None:
+    (app,) = openbb.apps("http://127.0.0.1:8000/")
+    assert app["img_dark"] == "http://127.0.0.1:8000/openbb/thumbnail-dark.svg"
+    assert app["img_light"] == "http://127.0.0.1:8000/openbb/thumbnail-light.svg"
+    assert app["img"] == app["img_dark"]
+    assert (openbb.thumbnail("dark") or "").startswith("<svg")
+    assert openbb.thumbnail("pink") is None
 
 
 def test_the_app_lays_out_existing_widgets() -> None:
@@ -260,6 +291,10 @@ def test_workspace_reads_widgets_and_apps_with_cors(server: ServerProcess) -> No
     assert isinstance(apps, list) and apps[0]["name"] == "Candlewire"
     layout = apps[0]["tabs"]["markets"]["layout"]
     assert {item["i"] for item in layout} <= set(widgets)
+    for key in ("img", "img_dark", "img_light"):
+        with urllib.request.urlopen(apps[0][key], timeout=seconds(30)) as response:
+            assert response.headers["content-type"] == "image/svg+xml"
+            assert response.read().startswith(b"<svg")
 
 
 def test_preflight_with_a_custom_header_succeeds(server: ServerProcess) -> None:
@@ -313,6 +348,13 @@ def test_live_grid_rows_one_per_symbol_with_row_errors(server: ServerProcess) ->
     assert all(set(row) == set(rows[0]) for row in rows)
     _, _, empty = call(server, "/openbb/live_grid", symbol="")
     assert empty == []
+
+
+def test_repeated_symbol_parameters_are_all_honoured(server: ServerProcess) -> None:
+    url = server.url + "/openbb/live_grid?symbol=AAA&symbol=counting:BBB,CCC&symbol=AAA"
+    with urllib.request.urlopen(url, timeout=seconds(30)) as response:
+        rows = json.loads(response.read())
+    assert [row["symbol"] for row in rows] == ["AAA", "counting:BBB", "CCC"]
 
 
 def test_bars_table_and_its_json_errors(server: ServerProcess) -> None:
@@ -384,8 +426,9 @@ async def test_an_empty_set_stops_updates_and_closing_stops_upstream(
     server: ServerProcess, grid: WsClient
 ) -> None:
     await grid.send_raw(json.dumps({"params": {"symbol": "counting:BBB,ZZZ"}}))
-    await rows_for(grid, {"counting:BBB"})
-    assert "ZZZ" not in {m["symbol"] for m in grid.messages}
+    await rows_for(grid, {"counting:BBB", "ZZZ"})
+    (unknown,) = [m for m in grid.messages if m["symbol"] == "ZZZ"]  # its error row, once
+    assert "unknown symbol" in unknown["error"] and unknown["price"] is None
     await grid.send_raw(json.dumps({"params": {"symbol": []}}))
     await asyncio.sleep(seconds(0.5))
     mark = len(grid.messages)

@@ -68,9 +68,8 @@ class RunnerHarness:
             "scripted",
             PATH,
             settings(),
-            self.commands,
+            self.commands,  # type: ignore[arg-type]
             writer,
-            0.0,  # type: ignore[arg-type]
         )
         self.thread = threading.Thread(target=lambda: self.code.append(self.runner.run()))
         self.thread.start()

@@ -102,7 +102,7 @@ def test_pricescale_keeps_about_six_significant_digits() -> None:
 
 
 def test_symbol_info_describes_the_row() -> None:
-    info = udf.symbol_info(ROW, 84_000.0)
+    info = udf.symbol_info(ROW, [(0, 83_000.0, 84_500.0, 82_000.0, 84_000.0, 12.5)])
     assert info["ticker"] == "binance:BTCUSDT"
     assert info["name"] == "BTCUSDT"
     assert info["description"] == "Bitcoin - TetherUS"
@@ -112,6 +112,37 @@ def test_symbol_info_describes_the_row() -> None:
     assert info["has_intraday"] and info["has_daily"] and info["has_weekly_and_monthly"]
     assert info["timezone"] == "Etc/UTC"
     assert info["pricescale"] == 100
+    assert info["volume_precision"] == 1
+
+
+@pytest.mark.parametrize(
+    ("categories", "kind", "expected"),
+    [
+        (["Crypto", "USDT"], "candlestick", "crypto"),
+        (["Stocks"], "candlestick", "stock"),
+        (["FX"], "candlestick", "forex"),
+        (["Indices"], "candlestick", "index"),
+        (["Options"], "candlestick", "option"),
+        (["CSV"], "line", "economic"),
+        (["CSV"], "candlestick", "undefined"),
+        ([], "candlestick", "undefined"),
+    ],
+)
+def test_the_udf_type_is_the_instrument_type_never_the_source(
+    categories: list[str], kind: str, expected: str
+) -> None:
+    assert udf.symbol_type({**ROW, "categories": categories, "type": kind}) == expected
+
+
+@pytest.mark.parametrize(
+    ("volumes", "precision"),
+    [([1.0, 250.0, 3e6], 0), ([1.5, 2.0], 1), ([0.001, 12.25], 3), ([1 / 3], 8), ([], 0),
+     ([None, float("nan")], 0)],
+)  # fmt: skip
+def test_volume_precision_is_the_decimals_the_volumes_use(
+    volumes: list[float | None], precision: int
+) -> None:
+    assert udf.volume_precision(volumes) == precision
 
 
 def test_pick_exact_prefers_same_case_then_enabled_providers() -> None:
@@ -171,7 +202,9 @@ def test_config_turns_search_on_and_group_requests_off(server: ServerProcess) ->
     assert config["supports_time"] is True
     assert config["supported_resolutions"][:3] == ["1", "3", "5"]
     assert {"value": "counting", "name": "counting", "desc": "counting"} in config["exchanges"]
-    assert config["symbols_types"][0]["value"] == ""
+    assert config["symbols_types"][0] == {"name": "All types", "value": ""}
+    # The test provider's rows carry no instrument category: the one real type is "undefined".
+    assert [t["value"] for t in config["symbols_types"][1:]] == ["undefined"]
 
 
 def test_search_with_the_adapters_upper_cased_query(server: ServerProcess) -> None:
@@ -184,6 +217,32 @@ def test_search_with_the_adapters_upper_cased_query(server: ServerProcess) -> No
     assert udf_get(server, "search", query="COUNTING:BBB", limit=30)[0]["symbol"] == "BBB"
     assert udf_get(server, "search", query="ZZZNOTHING", limit=30) == []
     assert udf_get(server, "search", query="AAA", exchange="nowhere", limit=30) == []
+    assert found[0]["type"] == "undefined"  # not the source name "counting"
+
+
+def test_search_filters_by_the_types_config_lists(server: ServerProcess) -> None:
+    for entry in udf_get(server, "config")["symbols_types"][1:]:
+        found = udf_get(server, "search", query="", type=entry["value"], limit=30)
+        assert found, entry
+        assert {item["type"] for item in found} == {entry["value"]}
+    assert udf_get(server, "search", query="", type="stock", limit=30) == []
+
+
+def test_symbols_gives_a_volume_precision_from_the_data(server: ServerProcess) -> None:
+    # The test provider's forming bar has (seconds so far) / 60 as its volume, so its
+    # decimals change every second; the closed daily bars hold whole numbers.
+    bars = udf_get(server, "history", symbol="AAA", resolution="1D",
+                   to=int(time.time()) + 1, countback=50)  # fmt: skip
+    assert udf.volume_precision(bars["v"][:-1]) == 0
+    precision = udf_get(server, "symbols", symbol="counting:AAA")["volume_precision"]
+    assert isinstance(precision, int) and 0 <= precision <= udf.MAX_VOLUME_PRECISION
+
+
+def test_history_without_from_or_countback_or_to_is_an_error(server: ServerProcess) -> None:
+    now = int(time.time())
+    for params in ({}, {"to": now}, {"from": now - 3600}, {"countback": 5}):
+        body = udf_get(server, "history", symbol="AAA", resolution="60", **params)
+        assert body["s"] == "error", params
 
 
 @pytest.mark.parametrize("symbol", ["counting:AAA", "AAA", "COUNTING:AAA", "aaa"])

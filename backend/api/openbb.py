@@ -13,6 +13,12 @@ string. Three widgets are offered:
 - ``candlewire_bars`` (``table``): the last ``count`` bars of one symbol and interval.
 - ``candlewire_chart`` (``advanced_charting``): the TradingView chart on ``/udf``.
 
+``change_percent`` is in percent and shown with a ``%`` sign (``formatterFn: "percent"``);
+columns use only the fields of the ``columnsDefs`` reference. ``apps.json`` names its
+thumbnails (``img``, ``img_dark``, ``img_light``), served as SVG under ``/openbb/``. The live
+grid's ``symbol`` may come comma-joined or as repeated ``symbol=`` parameters; on the socket,
+a symbol that cannot be streamed gets its row with ``error`` once, like in the snapshot.
+
 A symbol is ``source:name`` or a bare name resolved through the symbol database
 (:func:`backend.api.udf.resolve_symbol`); the row id stays the text Workspace sent, so rows and
 updates match. Unknown symbols give a row with ``error`` set, or a JSON error; never a 500.
@@ -61,6 +67,7 @@ GRID_WS_PATH = "/openbb/live_grid_ws"
 BARS_PATH = "/openbb/bars"
 SYMBOL_OPTIONS_PATH = "/openbb/symbol_options"
 INTERVAL_OPTIONS_PATH = "/openbb/interval_options"
+THUMBNAIL_PATH = "/openbb/thumbnail-{theme}.svg"
 
 DEFAULT_GRID_SYMBOLS = 3
 DEFAULT_BARS = 100
@@ -136,12 +143,13 @@ def widgets(defaults: Defaults) -> dict[str, dict[str, Any]]:
                             "Change %",
                             True,
                             renderFn="greenRed",
+                            formatterFn="percent",
                             decimalPlaces=2,
                             **number,
                         ),
                         _column("volume", "Volume", True, **number),
                         _column("date", "Bar (UTC)", True, **text),
-                        _column("error", "Error", False, **text),
+                        _column("error", "Error", True, **text),
                     ],
                 },
             },
@@ -200,8 +208,34 @@ def widgets(defaults: Defaults) -> dict[str, dict[str, Any]]:
     }
 
 
-def apps() -> list[dict[str, Any]]:
-    """The ``apps.json`` array: one "Candlewire" app laying out the three widgets."""
+def thumbnail(theme: str) -> str | None:
+    """The app's thumbnail, a candle chart drawn for a ``dark`` or ``light`` background."""
+    colors = {"dark": ("#131722", "#d1d4dc"), "light": ("#ffffff", "#131722")}.get(theme)
+    if colors is None:
+        return None
+    background, text = colors
+    candles = [(40, 90, 60, 70, 1), (80, 70, 45, 80, 1), (120, 60, 75, 55, 0), (160, 40, 50, 65, 1),
+               (200, 30, 35, 55, 1), (240, 45, 40, 50, 0), (280, 20, 25, 45, 1)]  # fmt: skip
+    shapes = []
+    for x, top, body_top, body_height, up in candles:
+        color = "#26a69a" if up else "#ef5350"
+        shapes.append(
+            f'<rect x="{x + 9}" y="{top}" width="2" height="{body_top + body_height - top + 20}" '
+            f'fill="{color}"/><rect x="{x}" y="{body_top}" width="20" height="{body_height}" '
+            f'rx="2" fill="{color}"/>'
+        )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 340 200" width="340" height="200">'
+        f'<rect width="340" height="200" fill="{background}"/>{"".join(shapes)}'
+        f'<text x="20" y="188" font-family="sans-serif" font-size="18" fill="{text}">'
+        "Candlewire</text></svg>"
+    )
+
+
+def apps(base_url: str = "") -> list[dict[str, Any]]:
+    """The ``apps.json`` array: one "Candlewire" app laying out the three widgets; its
+    thumbnails are absolute URLs under ``base_url``."""
+    base = base_url.rstrip("/")
     layout = [
         {"i": LIVE_GRID, "x": 0, "y": 2, "w": 16, "h": 12, "groups": []},
         {"i": CHART, "x": 16, "y": 2, "w": 24, "h": 24, "groups": []},
@@ -211,6 +245,9 @@ def apps() -> list[dict[str, Any]]:
         {
             "name": "Candlewire",
             "description": "Live prices, a TradingView chart and recent bars from Candlewire.",
+            "img": base + THUMBNAIL_PATH.format(theme="dark"),
+            "img_dark": base + THUMBNAIL_PATH.format(theme="dark"),
+            "img_light": base + THUMBNAIL_PATH.format(theme="light"),
             "allowCustomization": True,
             "tabs": {"markets": {"id": "markets", "name": "Markets", "layout": layout}},
             "groups": [],
@@ -398,8 +435,17 @@ async def widgets_json(request: Request) -> Response:
 
 
 @router.get("/apps.json")
-async def apps_json() -> Response:
-    return json_response(apps())
+async def apps_json(request: Request) -> Response:
+    return json_response(apps(str(request.base_url)))
+
+
+@router.get(THUMBNAIL_PATH)
+async def thumbnail_svg(theme: str) -> Response:
+    """The app's thumbnail image (``apps.json`` ``img``)."""
+    svg = thumbnail(theme)
+    if svg is None:
+        return _error(404, "not_found", f"no thumbnail {requests.quote(theme)}")
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get(SYMBOL_OPTIONS_PATH)
@@ -427,10 +473,12 @@ async def interval_options(request: Request, symbol: str = "") -> Response:
 
 
 @router.get(GRID_PATH)
-async def live_grid(request: Request, symbol: str = "") -> Response:
-    """The live grid's initial rows: one per requested symbol, in request order."""
+async def live_grid(request: Request) -> Response:
+    """The live grid's initial rows: one per requested symbol, in request order; every
+    ``symbol=`` parameter counts, each may be comma-joined."""
     hub = _hub(request)
-    wanted = split_symbols(symbol, hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT)
+    given = request.query_params.getlist("symbol")
+    wanted = split_symbols(given, hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT)
     items = await asyncio.gather(*(resolve_grid_symbol(hub, s) for s in wanted))
     rows = await asyncio.gather(*(grid_row(hub, item) for item in items))
     return json_response(list(rows))
@@ -571,6 +619,7 @@ class LiveGridSession:
                 logger.info("live grid: %s: %s", key, answer.error)
         for symbols in self.by_key.values():
             self.pending.update(dict.fromkeys(symbols))
+        self.pending.update(dict.fromkeys(i.symbol for i in items if i.key is None))
         self.wake.set()
 
     async def write_loop(self) -> None:
@@ -590,8 +639,10 @@ class LiveGridSession:
     def frame(self, symbol: str) -> str | None:
         """The update frame of ``symbol`` from the cache; None if it left the set."""
         item = self.symbols.get(symbol)
-        if item is None or item.key is None:
+        if item is None:
             return None
+        if item.key is None:  # sent once per params message, like the snapshot's row
+            return orjson.dumps(build_row(symbol, item.label, [], item.error)).decode()
         series = self.hub.cache.peek(item.key)
         if series is None or not series.bars:
             return None

@@ -1,4 +1,5 @@
-"""HTTP endpoints: ``/health``, ``/metrics``, ``/api/symbols`` and ``/api/history``.
+"""HTTP endpoints: ``/health``, ``/metrics``, ``/api/symbols``, ``/api/history`` and
+``/api/alerts``.
 
 Errors are JSON ``{"error": code, "message": text}`` with a fitting status code; query
 parameters are parsed here (not by FastAPI, whose 422 body has another shape and echoes
@@ -149,3 +150,25 @@ def content_disposition(key: SeriesId) -> str:
 
 def _cell(value: float | None) -> str:
     return "" if value is None else repr(value)
+
+
+@router.get("/api/alerts", response_model=None)
+async def alerts(request: Request) -> dict[str, Any] | Response:
+    """The live alerts of a push ``endpoint`` or an ``owner`` key (the ``alerts`` extension)."""
+    params = request.query_params
+    try:
+        found = _hub(request).alerting.listed(params.get("endpoint"), params.get("owner"))
+    except ProtocolError as exc:
+        return _error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+    return {"alerts": found}
+
+
+@router.delete("/api/alerts/{alert_id}", response_model=None)
+async def delete_alert(request: Request, alert_id: int) -> dict[str, Any] | Response:
+    """Remove an alert of that ``endpoint`` or ``owner`` (the ``alert_delete`` extension)."""
+    params = request.query_params
+    try:
+        await _hub(request).alerting.delete(alert_id, params.get("endpoint"), params.get("owner"))
+    except ProtocolError as exc:
+        return _error(404 if exc.code == "not_found" else 400, exc.code, exc.message)
+    return {"deleted": alert_id}

@@ -9,7 +9,13 @@ every answer is a JSON body (``{"s": "error", "errmsg": ...}`` for errors, with 
 - Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``.
 - The forming bar is included, so the adapter's polling (``DataPulseProvider``) sees it
   move; daily and longer bars are stamped at 00:00 UTC of their trading day.
-- ``no_data`` carries ``nextTime`` (milliseconds) only when older data exists.
+- ``no_data`` carries ``nextTime`` only when older data exists, in milliseconds: the unit of
+  the documentation's response example and of ``HistoryMetadata.nextTime``, which the
+  adapter fills with the value unchanged.
+- ``history`` needs ``to`` and one of ``from`` / ``countback``; without them it is an error,
+  never "everything".
+- ``type`` is the instrument type (:func:`symbol_type`), and ``volume_precision`` the
+  decimals the symbol's recent volumes use.
 
 :func:`resolve_symbol` is shared with the OpenBB endpoints; a resolved symbol is checked as on
 ``/websocket/`` (:func:`backend.wire.requests.validate_series`).
@@ -17,6 +23,7 @@ every answer is a JSON body (``{"s": "error", "errmsg": ...}`` for errors, with 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -80,6 +87,9 @@ DAY_OR_LONGER = frozenset({"1d", "1w", "1M"})
 SEARCH_LIMIT_MAX = 100
 DEFAULT_PRICESCALE = 10_000
 LOOKUP_LIMIT = 20
+RECENT_BARS = 50  # bars read for pricescale and volume_precision
+TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
+TYPE_SAMPLE = 200  # rows per source sampled for /config's symbols_types
 _DAY = 86_400
 
 
@@ -153,20 +163,80 @@ def pricescale(price: float | None) -> int:
     return int(10**decimals)
 
 
+# Category words of the dataset rows -> the Charting Library's instrument ``type``.
+CATEGORY_TYPES: dict[str, str] = {
+    "crypto": "crypto",
+    "stock": "stock",
+    "stocks": "stock",
+    "equity": "stock",
+    "equities": "stock",
+    "fx": "forex",
+    "forex": "forex",
+    "index": "index",
+    "indices": "index",
+    "futures": "futures",
+    "future": "futures",
+    "options": "option",
+    "option": "option",
+    "bond": "bond",
+    "bonds": "bond",
+    "fund": "fund",
+    "funds": "fund",
+    "etf": "fund",
+    "commodity": "commodity",
+    "commodities": "commodity",
+    "economic": "economic",
+}
+TYPE_NAMES: dict[str, str] = {
+    "crypto": "Crypto",
+    "stock": "Stock",
+    "forex": "Forex",
+    "index": "Index",
+    "futures": "Futures",
+    "option": "Option",
+    "bond": "Bond",
+    "fund": "Fund",
+    "commodity": "Commodity",
+    "economic": "Economic",
+    "undefined": "Other",
+}
+UNDEFINED_TYPE = "undefined"
+MAX_VOLUME_PRECISION = 8
+
+
 def symbol_type(details: dict[str, Any]) -> str:
-    """The UDF ``type``: the first category, lower-cased (``crypto``, ``stocks``, ...)."""
-    categories = details.get("categories") or []
-    if categories and isinstance(categories[0], str) and categories[0]:
-        return categories[0].lower()
-    return str(details.get("type") or "")
+    """The UDF ``type``: the instrument type named by a category (``Crypto`` -> ``crypto``,
+    ``Stocks`` -> ``stock``, ``FX`` -> ``forex``), ``economic`` for a line series (a
+    dataset column such as a rate), else ``undefined``; never the source's name."""
+    for category in details.get("categories") or []:
+        found = CATEGORY_TYPES.get(str(category).strip().lower())
+        if found is not None:
+            return found
+    return "economic" if details.get("type") == LINE else UNDEFINED_TYPE
+
+
+def volume_precision(volumes: Iterable[float | None]) -> int:
+    """Decimals the volumes need: 0 for whole numbers, at most 8."""
+    precision = 0
+    for volume in volumes:
+        if volume is None or not math.isfinite(volume):
+            continue
+        tolerance = 1e-12 * max(1.0, abs(volume))  # float noise of decimal fractions
+        while precision < MAX_VOLUME_PRECISION:
+            if abs(round(volume, precision) - volume) <= tolerance:
+                break
+            precision += 1
+    return precision
 
 
 def full_name(details: dict[str, Any]) -> str:
     return f"{details['source']}:{details['name']}"
 
 
-def symbol_info(details: dict[str, Any], price: float | None) -> dict[str, Any]:
-    """A LibrarySymbolInfo for one dataset row (``price`` sets ``pricescale``)."""
+def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any]:
+    """A LibrarySymbolInfo for one dataset row; its ``recent`` bars set ``pricescale`` and
+    ``volume_precision``."""
+    price = recent[-1][4] if recent else None
     offered = set(details.get("intervals") or intervals.INTERVALS)
     resolutions = resolutions_of(details)
     intraday = [UDF_RESOLUTION[i] for i in intervals.INTERVALS[:11] if i in offered]
@@ -195,7 +265,7 @@ def symbol_info(details: dict[str, Any], price: float | None) -> dict[str, Any]:
         "monthly_multipliers": ["1"],
         "has_empty_bars": False,
         "visible_plots_set": "c" if details.get("type") == LINE else "ohlcv",
-        "volume_precision": 8,
+        "volume_precision": volume_precision(bar[5] for bar in recent),
         "data_status": "streaming",
         "supported_resolutions": resolutions,
     }
@@ -286,19 +356,43 @@ async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
     return pick_exact(text, results, enabled)
 
 
-async def latest_close(hub: Hub, details: dict[str, Any]) -> float | None:
-    """The newest close of the symbol: from the cache, else one bar of its coarsest interval."""
+async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
+    """The symbol's newest bars (up to :data:`RECENT_BARS`): from the cache, else fetched
+    from its daily (or coarsest) interval."""
     source, name = str(details["source"]), str(details["name"])
     offered = [i for i in intervals.INTERVALS if i in (details.get("intervals") or ())]
     for interval in offered:
         series = hub.cache.peek(SeriesId(source, name, interval))
         if series is not None and series.bars:
-            return series.bars[-1][4]
+            return list(series.bars[-RECENT_BARS:])
     if not offered or hub.supervisor.get(source) is None:
-        return None
+        return []
     key = SeriesId(source, name, "1d" if "1d" in offered else offered[-1])
-    answer = await hub.planner.latest(key, 1, hub.subs.has(key))
-    return answer.bars[-1][4] if answer.bars else None
+    answer = await hub.planner.latest(key, RECENT_BARS, hub.subs.has(key))
+    return list(answer.bars)
+
+
+async def latest_close(hub: Hub, details: dict[str, Any]) -> float | None:
+    """The newest close of the symbol (see :func:`recent_bars`)."""
+    bars = await recent_bars(hub, details)
+    return bars[-1][4] if bars else None
+
+
+async def symbol_types(hub: Hub) -> list[dict[str, str]]:
+    """``symbols_types`` of ``/config``: "All types" and each type the database holds,
+    found from a sample of every enabled source and a search for each category word."""
+    samples = [hub.symbols.search("", TYPE_SAMPLE, source) for source in _enabled(hub)]
+    samples += [hub.symbols.search(word, 1) for word in CATEGORY_TYPES]
+    found: dict[str, None] = {}
+    for results in await asyncio.gather(*samples):
+        for result in results:
+            details = result.get("details")
+            if isinstance(details, dict):
+                found[symbol_type(details)] = None
+    ordered = [t for t in TYPE_NAMES if t in found]
+    return [{"name": "All types", "value": ""}] + [
+        {"name": TYPE_NAMES[t], "value": t} for t in ordered
+    ]
 
 
 def int_param(request: Request, name: str) -> tuple[int | None, str | None]:
@@ -332,7 +426,7 @@ async def config(request: Request) -> Response:
             "supports_timescale_marks": False,
             "supports_time": True,
             "exchanges": exchanges,
-            "symbols_types": [{"name": "All types", "value": ""}],
+            "symbols_types": await symbol_types(_hub(request)),
         }
     )
 
@@ -344,7 +438,7 @@ async def symbols(request: Request, symbol: str = "") -> Response:
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return json_response(error(f"unknown symbol {quote(symbol)}"))
-    return json_response(symbol_info(details, await latest_close(hub, details)))
+    return json_response(symbol_info(details, await recent_bars(hub, details)))
 
 
 @router.get("/search")
@@ -360,7 +454,9 @@ async def search(request: Request, query: str = "", type: str = "", exchange: st
     prefix, sep, rest = query.partition(":")
     if sep and rest and canonical_source(prefix, enabled) in enabled:
         source, query = canonical_source(prefix, enabled), rest
-    results = await hub.symbols.search(query.strip(), SEARCH_LIMIT_MAX, source)
+    # A type filter drops rows after the search, so it searches deeper.
+    depth = TYPE_SEARCH_DEPTH if type else SEARCH_LIMIT_MAX
+    results = await hub.symbols.search(query.strip(), depth, source)
     items = []
     for result in results:
         details = result.get("details")
@@ -383,6 +479,8 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         if problem is not None:
             return json_response(error(problem))
     start, to, countback = (params[name][0] for name in ("from", "to", "countback"))
+    if to is None or (start is None and countback is None):
+        return json_response(error("history needs 'to' and 'from' or 'countback'"))
     interval = to_interval(resolution)
     if interval is None:
         return json_response(error(f"unsupported resolution {quote(resolution)}"))
@@ -395,7 +493,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         await validate_series(key, None, limits, known(details))
     except ProtocolError as exc:
         return json_response(error(exc.message))
-    end = int(time.time()) + 1 if to is None else to
+    end = to
     limit = hub.settings.MAX_COUNT
     since: int | None = None
     if countback is not None and countback > 0:

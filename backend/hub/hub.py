@@ -5,7 +5,8 @@ subscribed to what), :class:`Upstream` (what the providers were told to stream, 
 linger), :class:`Fanout` (live bars to outboxes and listeners), :class:`Requests` (client
 requests, in order), :class:`Upkeep` (the once-a-second housekeeping), the providers
 (:class:`Supervisor`), history (:class:`HistoryPlanner` over the :class:`BarCache`), and
-the indicators and scans (:class:`Indicating`, :class:`Scanning`).
+the indicators and scans (:class:`Indicating`, :class:`Scanning`), alerts and the AI chat
+(:class:`Alerting`, :class:`Chatting`).
 Nothing here awaits a client's socket.
 """
 
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import ProviderUnavailable
 from backend.history.cache import BarCache
 from backend.history.planner import HistoryPlanner
+from backend.hub.alerting import Alerting
+from backend.hub.chatting import Chatting
 from backend.hub.clients import Client, Replies
 from backend.hub.fanout import Fanout
 from backend.hub.handles import ProviderSet, ProviderSetFactory
@@ -117,6 +120,8 @@ class Hub:
             indicators = _indicators(tuple(settings.EXTRA_INDICATORS))
         self.indicating = Indicating(self, indicators, self._kick)
         self.scanning = Scanning(self, self.indicating)
+        self.alerting = Alerting(self)  # opened by the app (it needs the DB file)
+        self.chatting = Chatting(self)
         self.fanout.watches = self.indicating.live.watches
         self.fanout.after_updates = self.indicating.on_updates
         self.upkeep = Upkeep(
@@ -142,6 +147,8 @@ class Hub:
 
     async def stop(self) -> None:
         await self.scanning.stop_all()
+        await self.alerting.close()
+        await self.chatting.close()
         await self.upkeep.stop()
         self.upstream.stop()
         for client in self.clients.values():

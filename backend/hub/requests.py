@@ -72,6 +72,10 @@ class Requests:
                 await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
             case protocol.IndicatorsRequest(raw):
                 await self._indicators(client, raw)
+            case protocol.AlertRequest(raw):
+                await hub.alerting.take(client, raw)
+            case protocol.ChatRequest(raw):
+                await hub.chatting.take(client, raw)
             case protocol.UnsubscribeRequest(key, raw):
                 reply = self._unsubscribe(client, key, raw)
                 await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
@@ -223,6 +227,11 @@ class Requests:
         self.hub.send(client, protocol.error_message(code, str(error), raw))
 
     # ------------------------------------------------------------------ validation
+
+    async def validate(self, key: SeriesId) -> Details:
+        """The symbol's dataset row; ``ProtocolError`` when ``key`` cannot be served."""
+        limits = requests.Limits(self.hub.supervisor.providers, self.hub.settings.MAX_COUNT)
+        return await requests.validate_series(key, None, limits, self._lookup)
 
     async def _validate(
         self, key: SeriesId, raw: Any, reply_type: str

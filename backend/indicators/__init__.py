@@ -5,4 +5,5 @@ TA-Lib's metadata), ``registry`` and ``catalogue`` (ids and search), ``engine`` 
 bars, the live tail), ``live`` (who holds which indicator; one computation per update),
 ``messages`` (typed requests and reply builders), ``rules`` (scanner and alert rules, parsed
 without ``eval``) and ``scanner`` (a scan over many symbols). The hub wires them to sockets.
+May import: ``model``, ``errors``, ``logs``, ``tasks``, ``plugins``.
 """

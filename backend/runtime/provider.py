@@ -52,9 +52,6 @@ class Provider:
 
     def __init__(self) -> None:
         self._settings: Settings | None = None
-        # Wall time at which replay clocks start: the hub's start, so that a restarted
-        # provider process continues its replay where the previous one was (None: now).
-        self.clock_origin_wall: float | None = None
         self._emitter: Callable[[Event], None] | None = None
         # Guards the bookkeeping below: the runner changes it, provider threads read it.
         self._bookkeeping = threading.Lock()
@@ -187,10 +184,10 @@ class Provider:
         origin_wall: float | None = None,
     ) -> None:
         """Declare that ``symbol``'s data time was ``origin_data`` (UTC seconds) at wall time
-        ``origin_wall`` (default: :attr:`clock_origin_wall`, else now) and runs at ``speed``
+        ``origin_wall`` (default: now) and runs at ``speed``
         data seconds per wall second."""
         if origin_wall is None:
-            origin_wall = self.clock_origin_wall or time.time()
+            origin_wall = time.time()
         self._emit(Clock(symbol, origin_wall, origin_data, speed))
 
     def now(self) -> datetime:
@@ -214,12 +211,10 @@ class Provider:
         source: str,
         settings: Settings,
         emit: Callable[[Event], None],
-        clock_origin_wall: float | None = None,
     ) -> None:
         if not self.source:
             self.source = source
         self._settings = settings
-        self.clock_origin_wall = clock_origin_wall
         self._emitter = emit
 
     def _emit(self, event: Event) -> None:

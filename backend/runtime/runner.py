@@ -75,14 +75,13 @@ def run_provider(
     settings: Settings,
     commands: Queue[Command],
     events: Connection,
-    clock_origin_wall: float,
 ) -> None:
     """Entry point of a provider process (target of ``multiprocessing.Process``)."""
     logs.configure(settings.LOG_LEVEL, f"provider:{key}", logs.secrets_of(settings))
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
     sys.setswitchinterval(_SWITCH_INTERVAL)
-    runner = ProviderRunner(key, path, settings, commands, events, clock_origin_wall)
+    runner = ProviderRunner(key, path, settings, commands, events)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     sys.exit(runner.run())
 
@@ -104,10 +103,8 @@ class ProviderRunner:
         settings: Settings,
         commands: Queue[Command],
         events: Connection,
-        clock_origin_wall: float,
     ) -> None:
         self.key = key
-        self.clock_origin_wall = clock_origin_wall
         self.path = path
         self.settings = settings
         self.commands = commands
@@ -129,7 +126,7 @@ class ProviderRunner:
         threading.Thread(target=self._write_loop, name="writer", daemon=True).start()
         try:
             provider = load_provider_class(self.path)()
-            provider._attach(self.key, self.settings, self.outbox.put, self.clock_origin_wall)
+            provider._attach(self.key, self.settings, self.outbox.put)
         except CandlewireError:
             logger.exception("provider %s could not be loaded", self.key)
             return self._finish(1)

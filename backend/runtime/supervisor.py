@@ -90,7 +90,6 @@ class ProviderProcess:
         self.last_error: str | None = None
         self.status = Status("unknown")
         self.persist = True
-        self.clock_origin_wall = time.time()
         self.started_at = 0.0
         self.last_seen = 0.0
         self._ctx = multiprocessing.get_context("spawn")
@@ -121,7 +120,7 @@ class ProviderProcess:
         reader, writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=run_provider,
-            args=(self.key, self.path, self.settings, commands, writer, self.clock_origin_wall),
+            args=(self.key, self.path, self.settings, commands, writer),
             name=f"candlewire-{self.key}",
         )
         self._transition(ProviderState.STARTING)

@@ -34,6 +34,11 @@ MAX_ID_CHARS = 256
 MAX_TYPE_ECHO = 32  # characters of an unknown type quoted back (the known list is long)
 # Request types of the indicators and the scanner (backend.indicators.messages.TYPES).
 INDICATOR_TYPES = ("search_indicators", "indicator", "indicator_history", "scan", "scan_stop")
+# Alerts (spec section 3 and the ``alerts`` / ``alert_delete`` extensions) and the AI chat.
+ALERT_TYPES = ("vapid_public_key", "alert", "alerts", "alert_delete")
+CHAT_TYPES = ("prompt", "prompt_reply")
+# Tradiny features this server answers with ``error`` ``unsupported``.
+UNSUPPORTED_TYPES = ("optimize_indicator_params",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,20 @@ class IndicatorsRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRequest:
+    """``vapid_public_key``, ``alert``, ``alerts`` or ``alert_delete`` (``hub.alerting``)."""
+
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """``prompt`` or ``prompt_reply`` (``hub.chatting``)."""
+
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class UnsubscribeRequest:
     series: SeriesId
     raw: dict[str, Any]
@@ -96,6 +115,8 @@ Request = (
     | HistoryRequest
     | SearchRequest
     | IndicatorsRequest
+    | AlertRequest
+    | ChatRequest
     | UnsubscribeRequest
     | PingRequest
     | BadRequest
@@ -182,7 +203,8 @@ def parse_request(item: Any, max_count: int) -> Request:
             return BadRequest("missing_field", "request has no 'type'", item)
         return BadRequest(
             "unknown_type",
-            f"unknown request type {_quote_type(kind)}; known: " + ", ".join(sorted(_PARSERS)),
+            f"unknown request type {_quote_type(kind)}; known: {', '.join(_CORE_TYPES)} "
+            "and the indicator, scanner, alert and chat types of the README",
             item,
         )
     return parser(item, max_count)
@@ -255,6 +277,19 @@ def _parse_indicators(item: dict[str, Any], max_count: int) -> Request:
     return IndicatorsRequest(item)
 
 
+def _parse_alert(item: dict[str, Any], max_count: int) -> Request:
+    return AlertRequest(item)
+
+
+def _parse_chat(item: dict[str, Any], max_count: int) -> Request:
+    return ChatRequest(item)
+
+
+def _parse_unsupported(item: dict[str, Any], max_count: int) -> Request:
+    kind = _quote_type(item.get("type"))
+    return BadRequest("unsupported", f"{kind} is not supported by this server", item)
+
+
 def _parse_ping(item: dict[str, Any], max_count: int) -> Request:
     ping_id = item.get("id")
     if isinstance(ping_id, dict | list) or (
@@ -268,11 +303,15 @@ def _parse_ping(item: dict[str, Any], max_count: int) -> Request:
     return PingRequest(item)
 
 
+_CORE_TYPES = ("data", "data_history", "search_data", "unsubscribe", "ping")
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Request]] = {
     "data": _parse_data,
     "data_history": _parse_history,
     "search_data": _parse_search,
     **dict.fromkeys(INDICATOR_TYPES, _parse_indicators),
+    **dict.fromkeys(ALERT_TYPES, _parse_alert),
+    **dict.fromkeys(CHAT_TYPES, _parse_chat),
+    **dict.fromkeys(UNSUPPORTED_TYPES, _parse_unsupported),
     "unsubscribe": _parse_unsubscribe,
     "ping": _parse_ping,
 }

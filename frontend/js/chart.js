@@ -5,7 +5,8 @@
 // while scrolling left, without moving the view).
 // It draws its bars as the chosen chart type on the chosen price scale, optionally with a
 // compared symbol, keeps the view on its data (ViewEdges, the drag limits), and shows the
-// shared quote and the countdown to the bar close in its header.
+// shared quote and the countdown to the bar close in its header. Its indicators
+// (IndicatorLayer) are asked for after each data_init and follow scroll-back.
 
 import {
   HistogramSeries, createChart,
@@ -18,6 +19,7 @@ import {
   addTypeSeries, drawnType, lastPointOf, pointsOf, scaleMode, typeOptions,
 } from "./chart-types.js";
 import { CompareLine } from "./compare.js";
+import { IndicatorLayer } from "./indicators.js";
 import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
 import { ViewEdges, clampRange } from "./edges.js";
@@ -102,6 +104,14 @@ export class ChartPanel extends EventTarget {
     this.head = new PanelHead(this.el);
     const body = element("div", "panel-body", this.el);
     this.legendEl = element("div", "legend", body);
+    this.indicators = new IndicatorLayer({
+      panel: this,
+      feed: this.feed,
+      host: body,
+      onChange: () => this.emit("change"),
+      onEdit: (instance) => this.dispatchEvent(
+        new CustomEvent("indicator-edit", { detail: instance })),
+    });
     const area = element("div", "chart-area", body);
     this.host = element("div", "chart-host", area);
     this.messageEl = element("div", "panel-message", body);
@@ -167,6 +177,7 @@ export class ChartPanel extends EventTarget {
   }
 
   reset() {
+    this.indicators.clear();
     this.compare?.destroy();
     this.compare = null;
     for (const s of [this.series, this.volume]) if (s) this.chart.removeSeries(s);
@@ -192,6 +203,7 @@ export class ChartPanel extends EventTarget {
   destroy() {
     this.unsubscribe();
     this.compare?.destroy();
+    this.indicators.destroy();
     this.quotes.removeEventListener("quote", this.onQuote);
     this.chart.remove();
     this.el.remove();
@@ -257,6 +269,7 @@ export class ChartPanel extends EventTarget {
     }
     this.applyPrecision();
     this.refreshText();
+    this.indicators.requestAll(); // a first load, a new symbol or a reconnect: ask again
     this.emit("data");
     this.emit("change");
   }
@@ -290,6 +303,7 @@ export class ChartPanel extends EventTarget {
       return;
     }
     this.replaceBars(older.concat(this.bars));
+    this.indicators.requestHistory(oldest);
     this.emit("history");
   }
 

@@ -4,6 +4,11 @@
 // unsubscribes when the last consumer leaves, and re-sends every subscription after a
 // reconnect (the hub answers with the latest bars, which the consumers merge, or show
 // instead of theirs when they do not continue them).
+// It also carries the indicator messages: search_indicators (replies in request order, like
+// search_data) and indicator / indicator_history, whose replies (indicator_init,
+// indicator_update, indicator_history, and errors about them) go to the consumer registered
+// under the request's chart id. Indicators are not re-sent here after a reconnect: their
+// owner asks again once its series' data_init came back (it needs the bars' range).
 
 export function seriesKey(source, name, interval) {
   return `${source}\u0000${name}\u0000${interval}`;
@@ -17,6 +22,8 @@ export class Feed extends EventTarget {
     this.connection = connection;
     this.subs = new Map(); // key -> {source, name, interval, count, consumers: Set}
     this.searches = []; // FIFO of pending search callbacks (replies come in request order)
+    this.indicatorSearches = []; // the same for search_indicators
+    this.indicators = new Map(); // chart id -> {onInit, onUpdate, onHistory, onError}
     this.queuedSearch = null; // a search asked for while disconnected
     this.lastError = null;
     this.outgoing = []; // requests of this task, sent together in one frame
@@ -80,6 +87,28 @@ export class Feed extends EventTarget {
     });
   }
 
+  /** Search the indicator catalogue; resolves with its rows (null when disconnected). */
+  searchIndicators(text) {
+    return new Promise((resolve) => {
+      if (this.connection.send([{ type: "search_indicators", search: text }])) {
+        this.indicatorSearches.push(resolve);
+      } else {
+        resolve(null);
+      }
+    });
+  }
+
+  /** Ask for an indicator (`request.id` is its chart id); replies go to `consumer`. */
+  indicator(request, consumer) {
+    this.indicators.set(request.id, consumer);
+    this.enqueue(request);
+  }
+
+  /** Stop routing replies of chart id `id` (the hub stops it when its series is left). */
+  dropIndicator(id) {
+    this.indicators.delete(id);
+  }
+
   onOpen() {
     for (const s of this.subs.values()) {
       this.enqueue({
@@ -95,6 +124,7 @@ export class Feed extends EventTarget {
 
   onClose() {
     for (const resolve of this.searches.splice(0)) resolve(null);
+    for (const resolve of this.indicatorSearches.splice(0)) resolve(null);
     for (const sub of this.subs.values()) {
       for (const consumer of sub.consumers) consumer.onLost?.();
     }
@@ -121,11 +151,25 @@ export class Feed extends EventTarget {
         if (resolve) resolve(Array.isArray(message.results) ? message.results : []);
         break;
       }
+      case "search_indicators_done": {
+        const resolve = this.indicatorSearches.shift();
+        if (resolve) resolve(Array.isArray(message.results) ? message.results : []);
+        break;
+      }
+      case "indicator_init":
+        this.indicators.get(message.id)?.onInit?.(message);
+        break;
+      case "indicator_update":
+        this.indicators.get(message.id)?.onUpdate?.(message);
+        break;
+      case "indicator_history":
+        this.indicators.get(message.id)?.onHistory?.(message);
+        break;
       case "error":
         this.onError(message);
         break;
       default:
-        break; // pong, unsubscribed, search_indicators_done: nothing to do
+        break; // pong, unsubscribed, no_data: nothing to do
     }
   }
 
@@ -138,6 +182,9 @@ export class Feed extends EventTarget {
     if (request && request.type === "search_data") {
       const resolve = this.searches.shift(); // a refused search gets no search_data_done
       if (resolve) resolve([]);
+    }
+    if (request && typeof request.id === "string" && /^indicator/.test(request.type)) {
+      this.indicators.get(request.id)?.onError?.(message);
     }
     this.dispatchEvent(new CustomEvent("error", { detail: message }));
   }

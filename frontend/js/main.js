@@ -1,7 +1,7 @@
 // main: builds the page from the URL state and wires the parts together: the connection and
 // feed, the shared quotes, the workspace of charts, the search box, interval, chart type and
-// price scale menus, compare, watchlist, toggles, badge, toasts, the page title, and the URL
-// (history.replaceState on every change).
+// price scale menus, compare, indicators, watchlist, toggles, badge, toasts, the page title,
+// and the URL (history.replaceState on every change).
 
 import { CHART_TYPES, PRICE_SCALES, drawnType, typesFor } from "./chart-types.js";
 import { ComparePicker } from "./compare-picker.js";
@@ -9,6 +9,7 @@ import { Connection, hubUrl } from "./connection.js";
 import { WatchlistPanel } from "./drawer.js";
 import { Feed } from "./feed.js";
 import { displayName, sentence } from "./format.js";
+import { IndicatorDialog, IndicatorPicker } from "./indicator-picker.js";
 import { nearest } from "./intervals.js";
 import { Quotes } from "./quotes.js";
 import { SymbolSearch } from "./search.js";
@@ -56,6 +57,19 @@ new ComparePicker({
   onPick: (row) => workspace.active.setCompare({
     source: row.details?.source, name: row.details?.name ?? row.name, details: row.details,
   }),
+});
+new IndicatorPicker({
+  button: $("#indicator-button"),
+  box: $("#indicator-box"),
+  input: $("#indicator-input"),
+  list: $("#indicator-results"),
+  feed,
+  onPick: (def) => workspace.active.indicators.add(def),
+});
+const indicatorDialog = new IndicatorDialog($("#indicator-dialog"));
+workspace.addEventListener("indicator-edit", (e) => {
+  const { panel, instance } = e.detail;
+  indicatorDialog.open(instance, (inputs) => panel.indicators.edit(instance, inputs));
 });
 const watchlistPanel = new WatchlistPanel({
   toggle: $("#watchlist-toggle"), close: $("#watchlist-close"), backdrop: $("#drawer-backdrop"),

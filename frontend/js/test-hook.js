@@ -5,8 +5,12 @@
 //   candlewire.charts[i].ownBars() the panel's own bars (real OHLC whatever the chart type)
 //   candlewire.charts[i].type      the chart type drawn; .scale the price scale;
 //                                  .compare {name, bars()} of the compared symbol or null
+//   candlewire.charts[i].indicators [{id, key, label, inputs, overlay, pane, error, received,
+//                                  outputs: {name: points()}}]; .panes the chart's pane count
 //   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
 //   candlewire.lastError           the last server error message, or null
+
+import { isOverlay } from "./indicators.js";
 
 function chartView(panel) {
   return {
@@ -29,6 +33,24 @@ function chartView(panel) {
       const c = panel.compare;
       return c ? { source: c.source, name: c.name, bars: () => c.series.data().map((b) => ({ ...b })) }
         : null;
+    },
+    get panes() { return panel.chart.panes().length; },
+    get indicators() {
+      return panel.indicators.list.map((ind) => ({
+        id: ind.id,
+        key: ind.key,
+        label: ind.label,
+        inputs: { ...ind.inputs },
+        overlay: ind.def ? isOverlay(ind.def) : null,
+        pane: ind.series.size ? ind.series.values().next().value.getPane().paneIndex() : null,
+        error: ind.error,
+        received: ind.received,
+        outputs: Object.fromEntries([...ind.series].map(([name, s]) => [name, s.data().length])),
+        last: Object.fromEntries([...ind.series].map(([name, s]) => {
+          const data = s.data();
+          return [name, data.length ? { ...data[data.length - 1] } : null];
+        })),
+      }));
     },
     ownBars() {
       return panel.bars.map((b) => ({ ...b }));

@@ -36,6 +36,8 @@ export function chartOptions(theme) {
       fontSize: 11,
       fontFamily: "Inter, system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif",
       attributionLogo: true,
+      // The line between the price pane and the indicator panes, as quiet as the grid.
+      panes: { separatorColor: p.grid, separatorHoverColor: p.grid, enableResize: true },
     },
     grid: { vertLines: { color: p.grid }, horzLines: { color: p.grid } },
     crosshair: {

@@ -4,6 +4,9 @@
 //   &a=2&t=light&tz=local          active chart, theme (dark|light), time zone (utc|local)
 //   &ct=heikin&ps=log&cmp=csv:ACME chart 1's chart type, price scale and compared symbol;
 //   &ct2=... &ps3=... &cmp4=...    the same for charts 2..4 (defaults are left out)
+//   &ind=talib.momentum.RSI:timeperiod:14&ind=talib.overlap.SMA:timeperiod:50
+//                                  chart 1's indicators (catalogue id, then input name:value
+//                                  pairs), one `ind` per indicator; ind2..ind4 for the others
 
 import { isChartType, isPriceScale } from "./chart-types.js";
 
@@ -28,7 +31,27 @@ function parseSymbol(text) {
   return { source: text.slice(0, at), name: text.slice(at + 1) };
 }
 
-/** Chart type, price scale and compared symbol of chart `i` (null: the defaults). */
+const INDICATOR_ID = /^[A-Za-z0-9_.]{1,200}$/;
+const INPUT_NAME = /^[A-Za-z0-9_]{1,60}$/;
+
+/** `id:name:value:name:value` -> {id, inputs} (numbers as numbers), or null. */
+export function parseIndicator(text) {
+  const [id, ...pairs] = String(text || "").split(":");
+  if (!INDICATOR_ID.test(id) || pairs.length % 2) return null;
+  const inputs = {};
+  for (let k = 0; k < pairs.length; k += 2) {
+    if (!INPUT_NAME.test(pairs[k])) return null;
+    const n = Number(pairs[k + 1]);
+    inputs[pairs[k]] = pairs[k + 1] !== "" && Number.isFinite(n) ? n : pairs[k + 1];
+  }
+  return { id, inputs };
+}
+
+export function encodeIndicator({ id, inputs }) {
+  return [id, ...Object.entries(inputs || {}).flat()].join(":");
+}
+
+/** Chart type, price scale, compared symbol and indicators of chart `i` (null: defaults). */
 function readLook(q, i) {
   const type = q.get(`ct${suffix(i)}`);
   const scale = q.get(`ps${suffix(i)}`);
@@ -36,6 +59,7 @@ function readLook(q, i) {
     type: isChartType(type) ? type : null,
     scale: isPriceScale(scale) ? scale : null,
     compare: parseSymbol(q.get(`cmp${suffix(i)}`)),
+    indicators: q.getAll(`ind${suffix(i)}`).map(parseIndicator).filter(Boolean),
   };
 }
 
@@ -48,7 +72,8 @@ export function readState(search = window.location.search) {
   for (let i = 1; i < MAX_CHARTS; i += 1) charts[i] = parseChart(q.get(`c${i + 1}`));
   for (let i = 0; i < MAX_CHARTS; i += 1) {
     const look = readLook(q, i);
-    if (look.type || look.scale || look.compare) charts[i] = { ...(charts[i] || {}), ...look };
+    const any = look.type || look.scale || look.compare || look.indicators.length;
+    if (any) charts[i] = { ...(charts[i] || {}), ...look };
   }
   const layout = q.get("layout") === "4" ? 4 : 1;
   const active = Math.min(Math.max(Number(q.get("a") || 1) - 1, 0), layout - 1);
@@ -65,6 +90,7 @@ function writeLook(q, chart, i) {
   if (chart.type && chart.type !== "candles") q.set(`ct${suffix(i)}`, chart.type);
   if (chart.scale && chart.scale !== "normal") q.set(`ps${suffix(i)}`, chart.scale);
   if (chart.compare) q.set(`cmp${suffix(i)}`, `${chart.compare.source}:${chart.compare.name}`);
+  for (const ind of chart.indicators || []) q.append(`ind${suffix(i)}`, encodeIndicator(ind));
 }
 
 /** The query string of a state (charts: [{source, name, interval, type, scale, compare}]). */

@@ -1,7 +1,7 @@
 // Workspace: the chart grid. One chart or a 2x2 grid of independent ChartPanels (each with
 // its own symbol, interval, chart type, price scale and compared symbol, all on the one
 // shared Feed), which one is active, and what each shows; it remembers the charts hidden by
-// the one-chart layout for when the grid comes back. It owns the clock that moves the
+// the one-chart layout for when the grid comes back (indicators included). It owns the clock that moves the
 // countdowns of the chart headers.
 
 import { ChartPanel } from "./chart.js";
@@ -15,6 +15,7 @@ const viewOf = (p) => ({
   type: p.chartType,
   scale: p.scale,
   compare: p.compareWanted ? { source: p.compareWanted.source, name: p.compareWanted.name } : null,
+  indicators: p.indicators.saved(),
 });
 
 export class Workspace extends EventTarget {
@@ -68,6 +69,8 @@ export class Workspace extends EventTarget {
       index, feed: this.feed, quotes: this.quotes, theme: this.theme, zone: this.zone,
     });
     panel.addEventListener("activate", () => this.activate(panel.index));
+    panel.addEventListener("indicator-edit", (e) => this.dispatchEvent(
+      new CustomEvent("indicator-edit", { detail: { panel, instance: e.detail } })));
     for (const type of ["change", "tick", "data"]) {
       panel.addEventListener(type, () => this.dispatchEvent(
         new CustomEvent(`panel-${type}`, { detail: panel })));
@@ -78,6 +81,7 @@ export class Workspace extends EventTarget {
     if (wanted?.type) panel.chartType = wanted.type;
     if (wanted?.scale) panel.setScale(wanted.scale);
     if (wanted?.compare) panel.compareWanted = { ...wanted.compare, details: null };
+    for (const ind of wanted?.indicators || []) panel.indicators.add(ind.id, ind.inputs);
     if (wanted && wanted.source && wanted.interval) {
       panel.open(wanted.source, wanted.name, wanted.interval);
     }

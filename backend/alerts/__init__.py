@@ -1,0 +1,6 @@
+"""Alerts (issue 13): rules on live bars that reach people by Web Push, webhook and socket.
+
+``model`` parses and holds an alert, ``evaluate`` applies the spec's edge-trigger semantics,
+``store`` keeps alerts in SQLite, ``vapid`` the server's push key pair, ``delivery`` sends
+pushes and webhook calls with retries. The hub glue is ``backend.hub.alerting``.
+"""

@@ -1,0 +1,129 @@
+"""Alerts in SQLite (the ``DB`` file): they survive a restart with their armed state.
+
+A small synchronous store (one connection, a lock); the hub calls it through
+``asyncio.to_thread`` so no query runs on the event loop. ``alert_quota`` counts the alerts
+each client address created per UTC day (``MAX_ALERTS_PER_DAY``); deleting an alert does
+not give its slot back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.errors import StorageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    endpoint TEXT,
+    owner TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    armed INTEGER NOT NULL DEFAULT 1,
+    fired INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_endpoint ON alerts(endpoint);
+CREATE INDEX IF NOT EXISTS alerts_owner ON alerts(owner);
+CREATE TABLE IF NOT EXISTS alert_quota (
+    peer TEXT NOT NULL,
+    day TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (peer, day)
+);
+"""
+
+Row = dict[str, Any]
+
+
+class AlertStore:
+    """The ``alerts`` and ``alert_quota`` tables."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"alert store {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(
+        self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int
+    ) -> Row | None:
+        """Store a new alert; None when ``peer`` created ``per_day`` alerts today (UTC)."""
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        subscription = spec.get("subscription")
+        endpoint = subscription.get("endpoint") if isinstance(subscription, dict) else None
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            found = self._db.execute(
+                "SELECT count FROM alert_quota WHERE peer = ? AND day = ?", (peer, day)
+            ).fetchone()
+            if found is not None and found[0] >= per_day:
+                return None
+            self._db.execute(
+                "INSERT INTO alert_quota(peer, day, count) VALUES (?, ?, 1) "
+                "ON CONFLICT(peer, day) DO UPDATE SET count = count + 1",
+                (peer, day),
+            )
+            self._db.execute("DELETE FROM alert_quota WHERE day < ?", (day,))
+            cursor = self._db.execute(
+                "INSERT INTO alerts(spec, peer, endpoint, owner, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (json.dumps(spec), peer, endpoint, spec.get("owner"), now, expires_at),
+            )
+            alert_id = cursor.lastrowid
+        return self.get(int(alert_id or 0))
+
+    def get(self, alert_id: int) -> Row | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def active(self, now: float) -> list[Row]:
+        """Every alert that has not expired, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM alerts WHERE expires_at > ? ORDER BY id", (now,)
+            ).fetchall()
+        return [_row(row) for row in rows]
+
+    def save_state(self, alert_id: int, armed: bool, fired: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE alerts SET armed = ?, fired = ? WHERE id = ?", (int(armed), fired, alert_id)
+            )
+
+    def drop_subscription(self, alert_id: int, spec: dict[str, Any]) -> None:
+        """The push service said the subscription is gone (404/410): forget it."""
+        spec = {**spec, "subscription": None}
+        with self._lock:
+            self._db.execute(
+                "UPDATE alerts SET spec = ?, endpoint = NULL WHERE id = ?",
+                (json.dumps(spec), alert_id),
+            )
+
+    def delete(self, alert_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in alert_ids])
+
+
+def _row(row: sqlite3.Row) -> Row:
+    found = dict(row)
+    found["spec"] = json.loads(found["spec"])
+    found["armed"] = bool(found["armed"])
+    return found

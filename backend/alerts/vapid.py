@@ -1,0 +1,55 @@
+"""The server's VAPID key pair: created once on first start, stored as PEM, never rotated.
+
+Browsers keep their push subscriptions across visits; a new key would make every push to
+them fail, so the PEM file is the one source of the key (next to the ``DB`` file).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from backend.errors import ConfigError
+
+KEY_FILE = "vapid_private_key.pem"
+
+
+class VapidKeys:
+    """The P-256 key pair that signs pushes (RFC 8292)."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        self.private_key = private_key
+        self.path = path
+
+    @classmethod
+    def load_or_create(cls, folder: Path) -> VapidKeys:
+        """The stored pair in ``folder``, or a new one stored there (mode 0600)."""
+        path = folder / KEY_FILE
+        if path.exists():
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not a PEM private key ({exc})") from None
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ConfigError(f"{path}: not an EC private key")
+            return cls(key, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.touch(mode=0o600)
+        path.write_bytes(pem)
+        return cls(key, path)
+
+    def public_key(self) -> str:
+        """Base64url of the 65-byte uncompressed point, with padding (as Tradiny sends)."""
+        point = self.private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return base64.urlsafe_b64encode(point).decode()

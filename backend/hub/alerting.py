@@ -1,0 +1,452 @@
+"""Alerts at the hub: ``vapid_public_key``, ``alert``, ``alerts``, ``alert_delete``, and the
+evaluation of every live alert on the bars the hub receives.
+
+The alerts hold their series as hub subscriber :data:`OWNER` (client ids start at 1) with a
+bar listener, so a key nobody charts is streamed for them and a charted key is not streamed
+twice. Every update of a key's newest bar evaluates that key's alerts (spec 3.4); a firing
+sends a ``notification`` to the creating socket while it is connected and starts the Web
+Push and webhook deliveries as owned tasks, so no delivery ever delays streaming. Armed
+state changes are written to SQLite by one writer task, in order.
+
+Owns the live alerts, their subscriptions and delivery tasks. Not: parsing
+(``backend.alerts.model``), semantics (``backend.alerts.evaluate``), storage, delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backend import tasks
+from backend.alerts.delivery import Delivery, Outcome
+from backend.alerts.evaluate import LatestBars, Step, advance, step
+from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
+from backend.alerts.store import AlertStore, Row
+from backend.alerts.vapid import VapidKeys
+from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
+from backend.hub.clients import Client
+from backend.indicators.engine import bind
+from backend.indicators.rules import (
+    IndicatorOperand,
+    Operand,
+    Pair,
+    RuleSet,
+    evaluate,
+    parse_rule_set,
+)
+from backend.indicators.scanner import symbol_values
+from backend.model import intervals
+from backend.model.bars import FIELDS, Bar, SeriesId
+from backend.wire import protocol
+
+if TYPE_CHECKING:
+    from backend.hub.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+OWNER = 0  # the subscriber id of the alerts (hub clients count from 1)
+LANE = ("alerts",)
+SWEEP_SECONDS = 1.0
+DELIVERIES_AT_ONCE = 32
+COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
+MAX_LISTED = 1_000
+
+
+class _Listener:
+    def __init__(self, alerting: Alerting) -> None:
+        self.alerting = alerting
+
+    def on_bar(self, key: SeriesId, bar: Bar) -> None:
+        self.alerting.on_bar(key, bar)
+
+
+class Alerting:
+    """The live alerts of one hub; :meth:`open` loads them, :meth:`close` stops them."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.alerts: dict[int, Alert] = {}
+        self.by_key: dict[SeriesId, set[int]] = {}
+        self.bars = LatestBars()
+        self.store: AlertStore | None = None
+        self.keys: VapidKeys | None = None
+        self.delivery: Delivery | None = None
+        self._listener = _Listener(self)
+        self._tasks: tasks.Tasks = set()
+        self._dirty: dict[int, tuple[bool, int]] = {}
+        self._wake = asyncio.Event()
+        self._limit = asyncio.Semaphore(DELIVERIES_AT_ONCE)
+        self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
+        self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, db: Path) -> None:
+        """Load (or create) the VAPID keys and the store; resume every unexpired alert."""
+        settings = self.hub.settings
+        self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
+        self.store = await asyncio.to_thread(AlertStore, db)
+        self.delivery = Delivery(
+            self.keys, settings.ALERT_CONTACT, backoff=settings.ALERT_RETRY_SECONDS
+        )
+        rows = await asyncio.to_thread(self.store.active, time.time())
+        for row in rows:
+            alert = self._from_row(row)
+            if alert is not None:
+                self._add(alert)
+        for name, job in (("writer", self._writer()), ("expiry", self._sweeper())):
+            tasks.start_owned(self._tasks, job, f"alerts {name}", self._failed)
+        for key in list(self.by_key):
+            self._start(self._seed(key), f"alerts seed {key}")
+        logger.info("alerts: %d resumed on %d series", len(self.alerts), len(self.by_key))
+
+    async def close(self) -> None:
+        await tasks.cancel_owned(self._tasks)
+        if self.store is not None:
+            self._write_dirty()
+            self.store.close()
+            self.store = None
+        if self.delivery is not None:
+            await self.delivery.close()
+
+    # ------------------------------------------------------------------ requests
+
+    async def take(self, client: Client, raw: dict[str, Any]) -> None:
+        """One of the alert requests (routed by ``protocol.AlertRequest``)."""
+        kind = raw.get("type")
+        if self.store is None or self.keys is None:
+            self._refuse(client, raw, ProtocolError("unavailable", "alerts are not enabled"))
+        elif kind == "vapid_public_key":
+            key = {"publicKey": self.keys.public_key()}
+            self.hub.send(client, protocol.encode({"type": kind, "vapid_public_key": key}))
+        elif kind == "alert":
+            await client.replies.submit(LANE, lambda: self._create(client, raw))
+        elif kind == "alerts":
+            self._answer(client, raw, lambda: self._list(raw))
+        elif kind == "alert_delete":
+            await client.replies.submit(LANE, lambda: self._delete_request(client, raw))
+
+    def listed(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
+        """The live alerts of a push endpoint or an owner key (``alerts``, ``/api/alerts``)."""
+        if not endpoint and not owner:
+            raise ProtocolError("missing_field", "name an 'endpoint' or an 'owner'")
+        found = [a for a in self.alerts.values() if _belongs(a, endpoint, owner)]
+        return [alert.public() for alert in found[:MAX_LISTED]]
+
+    async def delete(self, alert_id: object, endpoint: str | None, owner: str | None) -> None:
+        """Remove the alert ``alert_id`` of that endpoint or owner (else ``not_found``)."""
+        alert = self.alerts.get(alert_id) if isinstance(alert_id, int) else None
+        if alert is None or not (endpoint or owner) or not _belongs(alert, endpoint, owner):
+            raise ProtocolError("not_found", f"no alert {str(alert_id)[:40]} of yours")
+        self._remove(alert)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.delete, [alert.id])
+        logger.info("alert %d deleted", alert.id)
+
+    def _list(self, raw: dict[str, Any]) -> dict[str, Any]:
+        alerts = self.listed(_text(raw.get("endpoint")), _text(raw.get("owner")))
+        return {"type": "alerts", "alerts": alerts}
+
+    async def _delete_request(self, client: Client, raw: dict[str, Any]) -> None:
+        try:
+            await self.delete(raw.get("id"), _text(raw.get("endpoint")), _text(raw.get("owner")))
+        except ProtocolError as exc:
+            self._refuse(client, raw, exc)
+            return
+        self.hub.send(client, protocol.encode({"type": "alert_deleted", "id": raw.get("id")}))
+
+    def _answer(self, client: Client, raw: dict[str, Any], make: Any) -> None:
+        try:
+            message = make()
+        except ProtocolError as exc:
+            self._refuse(client, raw, exc)
+            return
+        self.hub.send(client, protocol.encode(message))
+
+    async def _create(self, client: Client, raw: dict[str, Any]) -> None:
+        assert self.store is not None
+        settings = self.hub.settings
+        try:
+            spec, rule_set = parse_alert(raw, settings.MAX_RULES_PER_ALERT)
+            if spec.get("webhook") and not settings.ALERT_CLIENT_WEBHOOKS:
+                raise ProtocolError(
+                    "unsupported",
+                    "per-alert webhooks are turned off on this server (ALERT_CLIENT_WEBHOOKS)",
+                )
+            series = series_of(rule_set)
+            if not series:
+                raise ProtocolError("bad_rule", "an alert must read at least one series")
+            for key in series:
+                await self.hub.requests.validate(key)
+            self._bind(rule_set)
+        except ProtocolError as exc:
+            self._refuse(client, raw, exc, notify=True)
+            return
+        expires = time.time() + settings.ALERT_EXPIRE_MINUTES * 60
+        peer = client.peer.rsplit(":", 1)[0]
+        row = await asyncio.to_thread(
+            self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
+        )
+        if row is None:
+            error = ProtocolError("limit_reached", "Max alerts reached")
+            self._refuse(client, raw, error, notify=True)
+            return
+        alert = Alert(row["id"], spec, rule_set, peer, row["created_at"], expires)
+        alert.creator = client.id
+        self._add(alert)
+        logger.info("alert %d created by client %d on %s", alert.id, client.id, alert.series)
+        if client.id in self.hub.clients:
+            message = {"type": "alert_created", "id": alert.id, "expires_at": int(expires)}
+            self.hub.send(client, protocol.encode(message))
+        self._deliver_push(alert, f"Alert added: {alert.message}")
+        for key in alert.series:
+            self._start(self._seed(key), f"alerts seed {key}")
+
+    def _refuse(self, client: Client, raw: Any, error: ProtocolError, notify: bool = False) -> None:
+        if client.id not in self.hub.clients:
+            return
+        self.hub.metrics.inc("candlewire_request_errors_total", code=error.code)
+        self.hub.send(client, protocol.error_message(error.code, error.message, raw))
+        if notify:  # the stock dialog has closed already: its modal shows this text
+            note = {"type": "notification", "message": f"Error: {error.message}"}
+            self.hub.send(client, protocol.encode(note))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def on_bar(self, key: SeriesId, bar: Bar) -> None:
+        """A new state of ``key``'s newest bar: evaluate its alerts (the hot path)."""
+        if not self.bars.update(key, bar):
+            return
+        self._evaluate(key, bar)
+
+    def _evaluate(self, key: SeriesId, bar: Bar) -> None:
+        now = time.time()
+        for alert_id in list(self.by_key.get(key, ())):
+            alert = self.alerts[alert_id]
+            if alert.expires_at <= now:
+                continue  # the sweeper removes it and says so
+            if reads_indicators(alert.rule_set):
+                self._compute(alert, key, bar)
+            else:
+                self._moved(alert, step(alert, self.bars), key, bar)
+
+    def _moved(self, alert: Alert, moved: Step, key: SeriesId, bar: Bar) -> None:
+        if moved is Step.FIRED:
+            self._fire(alert, key, bar)
+        if moved is not Step.NONE:
+            self._dirty[alert.id] = (alert.armed, alert.fired)
+            self._wake.set()
+
+    def _compute(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
+        """An alert on indicators is computed in a task of its own, one at a time per alert:
+        updates that arrive meanwhile are folded into one more run with the newest bar."""
+        if alert.id in self._computing:
+            self._computing[alert.id] = (key, bar)
+            return
+        self._computing[alert.id] = None
+        self._start(self._computed(alert, key, bar), f"alert {alert.id} indicators")
+
+    async def _computed(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
+        try:
+            while alert.id in self.alerts:
+                async with self._compute_limit:
+                    try:
+                        values = await symbol_values(
+                            alert.rule_set, self._fetch, self.hub.indicating.indicators
+                        )
+                    except (ProviderError, StorageError, IndicatorError) as exc:
+                        logger.warning("alert %d: no values (%s)", alert.id, exc)
+                        return
+                verdict = evaluate(alert.rule_set, _by_operand(values))
+                self._moved(alert, advance(alert, verdict), key, bar)
+                pending = self._computing.get(alert.id)
+                if pending is None:
+                    break
+                key, bar = pending
+                self._computing[alert.id] = None
+        finally:
+            self._computing.pop(alert.id, None)
+
+    async def _fetch(self, series: SeriesId, count: int) -> list[Bar]:
+        answer = await self.hub.planner.latest(series, count, True)
+        if answer.error is not None and not answer.bars:
+            raise answer.error
+        return list(answer.bars)
+
+    def _bind(self, rule_set: RuleSet) -> None:
+        """Check the indicators an alert names (``IndicatorError`` with its code)."""
+        indicators = self.hub.indicating.indicators
+        for operand in rule_set.operands():
+            if isinstance(operand, IndicatorOperand):
+                config = operand.config
+                bind(indicators, config.indicator_id, config.inputs, config.bindings)
+
+    async def _seed(self, key: SeriesId) -> None:
+        """Evaluate ``key``'s alerts on its newest cached or stored bars (a new or resumed
+        alert whose condition is true already fires at once, as in Tradiny)."""
+        hub = self.hub
+        answer = await hub.planner.latest(key, 2, True)
+        if key not in self.by_key or not answer.bars:
+            return
+        newest = self.bars.newest(key)
+        if newest is not None and newest[0] >= answer.bars[-1][0]:
+            self._evaluate(key, newest)
+            return
+        for bar in answer.bars:
+            self.bars.update(key, bar)
+        self._evaluate(key, answer.bars[-1])
+
+    def _fire(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
+        logger.info("alert %d fired (%d times) on %s", alert.id, alert.fired, key)
+        self.hub.metrics.inc("candlewire_alerts_fired_total")
+        creator = self.hub.clients.get(alert.creator) if alert.creator is not None else None
+        if creator is not None:
+            note = {"type": "notification", "message": alert.message, "alert_id": alert.id}
+            self.hub.send(creator, protocol.encode(note))
+        self._deliver_push(alert, alert.message)
+        body = _webhook_body(alert, key, bar)
+        for url in (self.hub.settings.ALERT_WEBHOOK_URL, alert.webhook):
+            if url:
+                self._start(self._webhook(url, body), f"alert {alert.id} webhook")
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deliver_push(self, alert: Alert, title: str) -> None:
+        if alert.subscription is not None:
+            self._start(self._push(alert, title), f"alert {alert.id} push")
+
+    async def _push(self, alert: Alert, title: str) -> None:
+        subscription = alert.subscription
+        if subscription is None or self.delivery is None:
+            return
+        async with self._limit:
+            outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
+        if outcome is Outcome.GONE:
+            await self._forget_endpoint(subscription.endpoint)
+
+    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+        if self.delivery is not None:
+            async with self._limit:
+                await self.delivery.webhook(url, body)
+
+    async def _forget_endpoint(self, endpoint: str) -> None:
+        """A push service said the subscription is gone: no alert pushes to it again."""
+        for alert in list(self.alerts.values()):
+            subscription = alert.subscription
+            if subscription is not None and subscription.endpoint == endpoint:
+                alert.spec = {**alert.spec, "subscription": None}
+                if self.store is not None:
+                    await asyncio.to_thread(self.store.drop_subscription, alert.id, alert.spec)
+                logger.info("alert %d: push subscription removed", alert.id)
+
+    def _start(self, job: Any, name: str) -> None:
+        tasks.start_owned(self._tasks, job, name, self._failed)
+
+    def _failed(self, error: BaseException) -> None:
+        self.hub.metrics.inc("candlewire_internal_errors_total")
+
+    # ------------------------------------------------------------------ background
+
+    async def _writer(self) -> None:
+        """Write armed-state changes, in order, off the event loop."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.to_thread(self._write_dirty)
+
+    def _write_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        if self.store is not None:
+            for alert_id, (armed, fired) in dirty.items():
+                self.store.save_state(alert_id, armed, fired)
+
+    async def _sweeper(self) -> None:
+        """Remove expired alerts (with the "Alert expired" push) once a second."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.time()
+            expired = [a for a in self.alerts.values() if a.expires_at <= now]
+            for alert in expired:
+                self._remove(alert)
+                self._deliver_push(alert, f"Alert expired: {alert.message}")
+                logger.info("alert %d expired", alert.id)
+            if expired and self.store is not None:
+                await asyncio.to_thread(self.store.delete, [a.id for a in expired])
+
+    # ------------------------------------------------------------------ registry
+
+    def _add(self, alert: Alert) -> None:
+        alert.series = series_of(alert.rule_set)
+        self.alerts[alert.id] = alert
+        for key in alert.series:
+            if key not in self.by_key:
+                self.by_key[key] = set()
+                self.hub.subs.add(OWNER, key)
+                self.hub.listeners.add(OWNER, key, self._listener)
+                self.hub.upstream.sync(key)
+            self.by_key[key].add(alert.id)
+
+    def _remove(self, alert: Alert) -> None:
+        self.alerts.pop(alert.id, None)
+        for key in alert.series:
+            ids = self.by_key.get(key)
+            if ids is None:
+                continue
+            ids.discard(alert.id)
+            if not ids:
+                del self.by_key[key]
+                self.bars.forget(key)
+                self.hub.listeners.remove(OWNER, key)
+                self.hub.subs.remove(OWNER, key)
+                self.hub.upstream.sync(key)
+
+    def _from_row(self, row: Row) -> Alert | None:
+        spec = row["spec"]
+        try:
+            rule_set = parse_rule_set(spec["rules"], spec["operators"], spec["indicators"])
+        except (ProtocolError, KeyError) as exc:
+            logger.warning("alert %d: stored rules no longer parse (%s); skipped", row["id"], exc)
+            return None
+        return Alert(
+            row["id"],
+            spec,
+            rule_set,
+            row["peer"],
+            row["created_at"],
+            row["expires_at"],
+            row["armed"],
+            row["fired"],
+        )
+
+
+def _by_operand(values: dict[int, Pair]) -> Callable[[Operand], Pair]:
+    """The lookup of ``symbol_values``' answer (keyed by ``id(operand)``)."""
+    return lambda operand: values[id(operand)]
+
+
+def _belongs(alert: Alert, endpoint: str | None, owner: str | None) -> bool:
+    subscription = alert.subscription
+    if endpoint and subscription is not None and subscription.endpoint == endpoint:
+        return True
+    return bool(owner) and alert.owner == owner
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _webhook_body(alert: Alert, key: SeriesId, bar: Bar) -> dict[str, Any]:
+    """What a webhook receives: the alert, its rules, the bar that fired it, the time."""
+    return {
+        "alert": {"id": alert.id, "message": alert.message, "owner": alert.owner},
+        "rules": alert.spec["rules"],
+        "operators": alert.spec["operators"],
+        "series": {"source": key.source, "name": key.name, "interval": key.interval},
+        "bar": {"date": intervals.format_date(bar[0]), **dict(zip(FIELDS, bar[1:], strict=True))},
+        "fired": alert.fired,
+        "time": intervals.format_date(int(time.time())),
+    }

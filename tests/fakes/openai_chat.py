@@ -1,0 +1,69 @@
+"""A fake OpenAI-compatible Chat Completions endpoint on loopback that streams chunks.
+
+``POST /v1/chat/completions`` with ``stream: true`` answers Server-Sent Events: one
+``chat.completion.chunk`` per entry of :attr:`FakeChat.chunks` (``delay`` seconds apart),
+then ``data: [DONE]``. Requests are kept in :attr:`FakeChat.requests`; ``status`` makes it
+answer that HTTP error instead. The API key seen is checked against ``api_key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
+
+
+class FakeChat:
+    def __init__(self, chunks: list[str], delay: float = 0.0, api_key: str = "test-key") -> None:
+        self.chunks = chunks
+        self.delay = delay
+        self.api_key = api_key
+        self.status = 200
+        self.requests: list[dict[str, Any]] = []
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._server = LoopbackServer(app)
+
+    def __enter__(self) -> FakeChat:
+        self._server.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.__exit__(*exc)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self._server.url}/v1"
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        self.requests.append(body)
+        if self.status != 200:
+            return web.json_response({"error": {"message": "failed"}}, status=self.status)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index, text in enumerate(self.chunks):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            await response.write(_event(body.get("model", "m"), index, {"content": text}, None))
+        await response.write(_event(body.get("model", "m"), len(self.chunks), {}, "stop"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _event(model: str, index: int, delta: dict[str, Any], finish: str | None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()

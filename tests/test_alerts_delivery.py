@@ -1,0 +1,95 @@
+"""Alert delivery against the fake push service: decryptable pushes, retries, 410 and 404."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.alerts.delivery import Delivery, Outcome
+from backend.alerts.model import parse_subscription
+from backend.alerts.vapid import VapidKeys
+from tests.fakes.webpush import FakePush
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakePush]:
+    with FakePush() as running:
+        yield running
+
+
+def delivery(tmp_path: Path) -> Delivery:
+    return Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01)
+
+
+async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    sender = delivery(tmp_path)
+    subscription = parse_subscription(fake.subscription("ok"), strict=True)
+    assert subscription is not None
+    try:
+        outcome = await sender.push(subscription, {"notification": {"title": "BTC above 90k"}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.SENT
+    assert fake.titles("ok") == ["BTC above 90k"]
+    push = next(p for p in fake.pushes if p.token == "ok")
+    assert push.vapid_key.rstrip("=") == VapidKeys.load_or_create(tmp_path).public_key().rstrip("=")
+
+
+async def test_a_push_is_retried_on_5xx_then_delivered(fake: FakePush, tmp_path: Path) -> None:
+    sender = delivery(tmp_path)
+    subscription = parse_subscription(fake.subscription("flaky"))
+    assert subscription is not None
+    fake.script("/push/flaky", [503, 500])
+    try:
+        outcome = await sender.push(subscription, {"notification": {"title": "again"}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.SENT
+    assert [s for p, s in fake.attempts if p == "/push/flaky"] == [503, 500, 201]
+    assert fake.titles("flaky") == ["again"]
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_a_push_to_a_removed_subscription_gives_up_at_once(
+    fake: FakePush, tmp_path: Path, status: int
+) -> None:
+    sender = delivery(tmp_path)
+    token = f"gone{status}"
+    subscription = parse_subscription(fake.subscription(token))
+    assert subscription is not None
+    fake.script(f"/push/{token}", [status] * 5)
+    try:
+        outcome = await sender.push(subscription, {"notification": {"title": "x"}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.GONE
+    assert len([p for p, _ in fake.attempts if p == f"/push/{token}"]) == 1
+
+
+async def test_a_webhook_is_retried_with_backoff_and_given_up_after_the_last_attempt(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    sender = delivery(tmp_path)
+    fake.script("/hook/retry", [502, 503])
+    fake.script("/hook/dead", [500] * 10)
+    try:
+        assert await sender.webhook(f"{fake.url}/hook/retry", {"n": 1}) is Outcome.SENT
+        assert await sender.webhook(f"{fake.url}/hook/dead", {"n": 2}) is Outcome.FAILED
+        closed = "http://127.0.0.1:9/hook"  # nothing listens: a network error, retried
+        assert await sender.webhook(closed, {"n": 3}) is Outcome.FAILED
+    finally:
+        await sender.close()
+    assert fake.hook_bodies("retry") == [{"n": 1}]
+    assert len([p for p, _ in fake.attempts if p == "/hook/dead"]) == sender.attempts
+
+
+def test_the_vapid_key_pair_is_created_once_and_kept(tmp_path: Path) -> None:
+    first = VapidKeys.load_or_create(tmp_path).public_key()
+    again = VapidKeys.load_or_create(tmp_path).public_key()
+    assert first == again
+    assert len(first) == 88 and first.endswith("=")  # 65 bytes, base64url with padding
+    assert (tmp_path / "vapid_private_key.pem").stat().st_mode & 0o077 == 0

@@ -1,0 +1,176 @@
+"""Alert parsing, the spec 3.4 semantics (fire on false -> true, re-arm on false) and the store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.alerts.evaluate import LatestBars, Step, step
+from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
+from backend.alerts.store import AlertStore
+from backend.errors import ProtocolError
+from backend.model.bars import SeriesId
+
+KEY = SeriesId("csv", "BTCUSD", "1m")
+
+
+def close_rule(comparator: str, value: float) -> dict[str, str]:
+    return {
+        "type1": "data",
+        "source1": "csv",
+        "name1": "BTCUSD",
+        "interval1": "1m",
+        "key1": "close",
+        "comparator": comparator,
+        "type2": "value",
+        "value2": str(value),
+    }
+
+
+def request(**extra: Any) -> dict[str, Any]:
+    return {"type": "alert", "message": "above 100", "rules": [close_rule(">", 100)], **extra}
+
+
+def alert_of(raw: dict[str, Any]) -> Alert:
+    spec, rule_set = parse_alert(raw, max_rules=10)
+    alert = Alert(1, spec, rule_set, "127.0.0.1", time.time(), time.time() + 60)
+    alert.series = series_of(rule_set)
+    return alert
+
+
+def bar(t: int, close: float) -> tuple[int, float, float, float, float, float]:
+    return (t, close, close, close, close, 1.0)
+
+
+def test_an_alert_fires_once_per_false_to_true_transition_on_forming_bar_updates() -> None:
+    alert = alert_of(request())
+    bars = LatestBars()
+    steps = []
+    # the same forming bar updated: 90, 101 (fires), 105 (still true), 99 (re-arms), 120
+    for close in (90, 101, 105, 99, 120):
+        bars.update(KEY, bar(60, close))
+        steps.append(step(alert, bars))
+    assert steps == [Step.NONE, Step.FIRED, Step.NONE, Step.REARMED, Step.FIRED]
+    assert alert.fired == 2 and not alert.armed
+
+
+def test_a_condition_true_at_creation_fires_at_once() -> None:
+    alert = alert_of(request())
+    bars = LatestBars()
+    bars.update(KEY, bar(60, 150))
+    assert step(alert, bars) is Step.FIRED
+
+
+def test_an_unknown_value_neither_fires_nor_re_arms() -> None:
+    alert = alert_of(request())
+    alert.armed = False
+    assert step(alert, LatestBars()) is Step.NONE
+    assert not alert.armed
+
+
+def test_an_older_bar_is_ignored() -> None:
+    bars = LatestBars()
+    assert bars.update(KEY, bar(120, 1))
+    assert not bars.update(KEY, bar(60, 2))
+    assert bars.newest(KEY) == bar(120, 1)
+
+
+def test_and_binds_before_or_in_alert_rules() -> None:
+    # false and false or true -> true
+    raw = request(
+        rules=[close_rule(">", 1000), close_rule("<", 0), close_rule(">", 10)],
+        operators=["and", "or"],
+    )
+    bars = LatestBars()
+    bars.update(KEY, bar(60, 50))
+    assert step(alert_of(raw), bars) is Step.FIRED
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (
+            request(rules=[close_rule(">", 1), close_rule("<", 2)], operators=["__import__('os')"]),
+            "bad_rule",
+        ),
+        (request(rules=[{**close_rule(">", 1), "comparator": "=="}]), "bad_rule"),
+        (request(rules=[{**close_rule(">", 1), "value2": "1e999"}]), "bad_rule"),
+        (request(rules=[close_rule(">", 1)] * 11, operators=["and"] * 10), "limit_reached"),
+        (request(message=""), "invalid_field"),
+        (request(message="x" * 5000), "invalid_field"),
+        (
+            request(
+                subscription={
+                    "endpoint": "file:///etc/passwd",
+                    "keys": {"p256dh": "a", "auth": "b"},
+                }
+            ),
+            "invalid_field",
+        ),
+        (request(subscription="yes"), "invalid_field"),
+        (request(webhook="gopher://x"), "invalid_field"),
+        (request(owner=["list"]), "invalid_field"),
+        (request(rules="close > 1"), "bad_rule"),
+    ],
+)
+def test_hostile_alert_requests_are_refused_with_a_clear_code(
+    raw: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_alert(raw, max_rules=10)
+    assert caught.value.code == code
+
+
+def test_an_alert_on_an_indicator_reads_the_series_of_its_data_map() -> None:
+    label = "RSI length=14"
+    indicator = {
+        "type": "indicator",
+        "id": "rsi-1",
+        "indicator": {"id": "indicators.pandas_ta.momentum.rsi.RSI", "name": "RSI"},
+        "inputs": {"length": "14"},
+        "dataMap": {
+            "close": {"source": "csv", "name": "BTCUSD", "interval": "1m", "dataKey": "close"}
+        },
+    }
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "70",
+    }
+    _, rule_set = parse_alert(
+        request(rules=[rule], indicators={label: {"indicator": indicator}}), 10
+    )
+    assert reads_indicators(rule_set)
+    assert series_of(rule_set) == (KEY,)
+
+
+def test_the_store_keeps_alerts_and_their_state_across_a_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite3"
+    store = AlertStore(db)
+    spec, _ = parse_alert(request(owner="me"), 10)
+    row = store.create(spec, "10.0.0.1", time.time() + 60, per_day=5)
+    assert row is not None
+    store.save_state(row["id"], armed=False, fired=3)
+    store.close()
+    reopened = AlertStore(db)
+    [found] = reopened.active(time.time())
+    assert (found["armed"], found["fired"], found["spec"]["owner"]) == (False, 3, "me")
+    assert reopened.active(time.time() + 120) == []  # expired
+    reopened.close()
+
+
+def test_the_store_counts_alerts_per_address_per_day(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "db.sqlite3")
+    spec, _ = parse_alert(request(), 10)
+    made = [store.create(spec, "10.0.0.1", time.time() + 60, per_day=2) for _ in range(3)]
+    assert [row is not None for row in made] == [True, True, False]
+    assert store.create(spec, "10.0.0.2", time.time() + 60, per_day=2) is not None
+    store.delete([made[0]["id"]])  # type: ignore[index]
+    assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=2) is None
+    store.close()

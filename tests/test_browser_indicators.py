@@ -1,0 +1,170 @@
+"""Indicators on the web page, in headless Chromium at 1440x900 and at 390x844.
+
+The server's catalogue is searched from the toolbar; an overlay (SMA) is drawn on the price
+pane and an oscillator (RSI) in a pane of its own; inputs are edited in a dialog; indicators
+are removed with their chip's x; they live (indicator_update), stay in the URL, survive a
+reload and are asked for again after a server restart. One server (the ``counting`` test
+provider, whose bars follow the wall clock, on a fixed port so it can be restarted) and one
+browser serve the module; every test fails on a console error and keeps a screenshot in
+``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from tests import test_browser_page as shared
+from tests.harness import ServerProcess, base_env, populate, seconds, until
+from tests.test_browser import ARTIFACTS, MS, free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.browser
+
+# The page module's fixtures: one browser per module, each test at both viewports.
+browser, viewport, page, console = shared.browser, shared.viewport, shared.page, shared.console
+
+RSI = "talib.momentum.RSI"
+SMA = "talib.overlap.SMA"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("browser-indicators")
+    env = base_env(
+        tmp, PROVIDERS="counting", CANDLEWIRE_TEST_PERIOD="0.25", STREAM_LINGER_SECONDS="0.5"
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+def open_page(page: Page, server: ServerProcess, query: str) -> None:
+    page.goto(f"{server.url}/{query}")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+
+
+def shot(page: Page, name: str, viewport: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"indicators-{name}-{viewport}.png"))
+
+
+def indicators(page: Page) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = page.evaluate("window.candlewire.charts[0].indicators")
+    return found
+
+
+def panes(page: Page) -> int:
+    count: int = page.evaluate("window.candlewire.charts[0].panes")
+    return count
+
+
+def drawn(page: Page, count: int) -> list[dict[str, Any]]:
+    """Wait until `count` indicators have values on the chart; return them."""
+
+    def ready() -> bool:
+        shown = indicators(page)
+        return len(shown) == count and all(
+            i["outputs"] and min(i["outputs"].values()) > 0 for i in shown
+        )
+
+    until(ready, what=f"{count} indicators drawn")
+    return indicators(page)
+
+
+def url_indicators(page: Page) -> list[str]:
+    return parse_qs(urlparse(page.url).query).get("ind", [])
+
+
+def add(page: Page, text: str) -> None:
+    page.locator("#indicator-button").click()
+    box = page.locator("#indicator-input")
+    box.fill(text)
+    symbol = page.locator(".sr-symbol", has_text=re.compile(f"^{text.upper()}$"))
+    page.locator("#indicator-results li[data-i]", has=symbol).first.click()
+
+
+def live_point(page: Page, index: int, output: str) -> Any:
+    return page.evaluate(
+        "([i, o]) => window.candlewire.charts[0].indicators[i].last[o]", [index, output]
+    )
+
+
+def test_indicators_from_the_catalogue_overlay_the_price_or_get_their_own_pane(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    add(page, "rsi")
+    add(page, "sma")
+    rsi, sma = drawn(page, 2)
+    assert (rsi["id"], sma["id"]) == (RSI, SMA)
+    assert rsi["overlay"] is False and rsi["pane"] == 1  # an oscillator: its own pane
+    assert sma["overlay"] is True and sma["pane"] == 0  # on the price pane
+    assert panes(page) == 2
+    assert rsi["inputs"] == {"timeperiod": 14}
+    assert url_indicators(page) == [f"{RSI}:timeperiod:14", f"{SMA}:timeperiod:30"]
+    chips = page.locator(".indicator-chip .indicator-name")
+    assert chips.all_inner_texts() == ["RSI 14", "SMA 30"]
+    # Live: the values follow the forming bar.
+    updates = indicators(page)[0]["received"]
+    until(lambda: indicators(page)[0]["received"] > updates + 2, what="live RSI updates")
+    value = live_point(page, 0, "RSI")["value"]
+    assert 0 <= value <= 100
+    sizes = page.evaluate("[document.scrollingElement.scrollWidth, innerWidth]")
+    assert sizes[0] <= sizes[1]
+    shot(page, "added", viewport)
+    assert console == []
+
+
+def test_inputs_are_edited_in_a_dialog_and_an_indicator_is_removed_with_its_chip(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    query = f"?source=counting&s=BBB&i=1m&ind={SMA}:timeperiod:5&ind={RSI}:timeperiod:14"
+    open_page(page, server, query)
+    drawn(page, 2)
+    page.locator(".indicator-chip[data-id='talib.momentum.RSI'] .indicator-edit").click()
+    field = page.locator("#indicator-dialog input[name='timeperiod']")
+    assert field.input_value() == "14"
+    field.fill("7")
+    shot(page, "edit", viewport)
+    page.locator("#indicator-dialog-ok").click()
+    until(lambda: indicators(page)[1]["inputs"] == {"timeperiod": 7}, what="the new inputs")
+    until(lambda: "_timeperiod-7_" in (indicators(page)[1]["key"] or ""), what="the new key")
+    drawn(page, 2)
+    assert url_indicators(page) == [f"{SMA}:timeperiod:5", f"{RSI}:timeperiod:7"]
+    page.locator(".indicator-chip[data-id='talib.momentum.RSI'] .indicator-remove").click()
+    until(lambda: len(indicators(page)) == 1, what="the RSI removed")
+    assert panes(page) == 1  # its pane went with it
+    assert url_indicators(page) == [f"{SMA}:timeperiod:5"]
+    shot(page, "removed", viewport)
+    assert console == []
+
+
+def test_indicators_survive_a_reload_and_are_asked_again_after_a_server_restart(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, f"?source=counting&s=CCC&i=1m&ind={RSI}:timeperiod:9")
+    drawn(page, 1)
+    page.reload()
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    (rsi,) = drawn(page, 1)
+    assert rsi["inputs"] == {"timeperiod": 9}
+    server.stop()
+    page.wait_for_function("window.candlewire.connection === 'reconnecting'")
+    received = indicators(page)[0]["received"]
+    server.start()
+    page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
+    # A new indicator_init, then live updates again.
+    until(lambda: indicators(page)[0]["received"] > received + 2, what="updates after restart")
+    assert live_point(page, 0, "RSI")["value"] is not None
+    errors = [e for e in console if "WebSocket" not in e]  # the refused reconnect attempts
+    assert errors == []

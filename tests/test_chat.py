@@ -1,0 +1,130 @@
+"""AI chat end to end against a fake OpenAI-compatible server on loopback: streamed
+``prompt_response`` chunks with an end marker, conversations, a chart image up to the frame
+limit, other requests answered meanwhile, errors as chunks, and an unconfigured server."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.openai_chat import FakeChat
+from tests.harness import ServerProcess, WsClient, base_env
+
+CHUNKS = ["The 1h chart ", "shows higher lows", "; the uptrend holds."]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeChat]:
+    with FakeChat(CHUNKS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeChat) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("chat")
+    env = base_env(
+        tmp, PROVIDERS="csv", LLM_BASE_URL=fake.base_url, LLM_API_KEY="test-key", LLM_MODEL="m1"
+    )
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
+
+
+@pytest.fixture
+async def client(server: ServerProcess, fake: FakeChat) -> AsyncIterator[WsClient]:
+    fake.delay, fake.status = 0.0, 200
+    ws = await WsClient.open(server.ws_url)
+    yield ws
+    await ws.close()
+
+
+def prompt(conversation: str, text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "prompt", "conversation_id": conversation, "prompt": text, **extra}
+
+
+async def answer(client: WsClient, after: int = 0) -> tuple[str, list[dict[str, Any]]]:
+    """The text of the next turn (until its end marker) and its chunks."""
+    await client.wait_for("prompt_response", lambda m: m.get("done") is True, after=after)
+    chunks = []
+    for message in client.of_type("prompt_response", after):
+        chunks.append(message)
+        if message.get("done"):
+            break
+    return "".join(m["response"] for m in chunks), chunks
+
+
+async def test_a_prompt_with_a_chart_image_streams_chunks_then_an_end_marker(
+    client: WsClient, fake: FakeChat
+) -> None:
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * 600_000).decode()
+    before = len(fake.requests)
+    await client.send(
+        prompt("c1", "Is the uptrend intact?", description="1h chart of BTCUSDT", img=image)
+    )
+    text, chunks = await answer(client)
+    assert [m["response"] for m in chunks] == [*CHUNKS, ""]
+    assert text == "".join(CHUNKS)
+    sent = fake.requests[before]
+    assert sent["model"] == "m1" and sent["stream"] is True
+    assert "1h chart of BTCUSDT" in sent["messages"][0]["content"]
+    assert sent["messages"][1]["content"][1]["image_url"]["url"] == image
+
+
+async def test_a_prompt_reply_continues_the_conversation(client: WsClient, fake: FakeChat) -> None:
+    await client.send(prompt("c2", "First?", description="d"))
+    await answer(client)
+    mark = len(client.messages)
+    await client.send({"type": "prompt_reply", "conversation_id": "c2", "prompt": "And daily?"})
+    text, _ = await answer(client, after=mark)
+    assert text == "".join(CHUNKS)
+    roles = [m["role"] for m in fake.requests[-1]["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert fake.requests[-1]["messages"][2]["content"] == "".join(CHUNKS)
+
+
+async def test_a_slow_chat_does_not_hold_up_the_sockets_other_requests(
+    client: WsClient, fake: FakeChat
+) -> None:
+    fake.delay = 0.5
+    await client.send(prompt("c3", "Slow?"), {"type": "ping", "id": 7})
+    await client.wait_for("pong")
+    pong = next(i for i, m in enumerate(client.messages) if m.get("type") == "pong")
+    await answer(client)
+    done = next(i for i, m in enumerate(client.messages) if m.get("done"))
+    assert pong < done
+
+
+async def test_an_unknown_conversation_and_an_upstream_failure_answer_an_error_chunk(
+    client: WsClient, fake: FakeChat
+) -> None:
+    await client.send({"type": "prompt_reply", "conversation_id": "nope", "prompt": "?"})
+    error = await client.wait_for("error")
+    assert error["code"] == "not_found"
+    text, _ = await answer(client)
+    assert text.startswith("Error: ")
+    fake.status = 500
+    mark = len(client.messages)
+    await client.send(prompt("c4", "Fail?"))
+    text, _ = await answer(client, after=mark)
+    assert text.startswith("Error: ") and "500" in text
+    await client.wait_for("error", lambda m: m["code"] == "upstream_error", after=mark)
+
+
+async def test_without_a_configured_model_the_chat_says_so_and_the_socket_stays(
+    tmp_path: Path,
+) -> None:
+    env = base_env(tmp_path, PROVIDERS="csv")
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        await client.send(prompt("c5", "Hello?", img="data:image/png;base64,AAAA"))
+        error = await client.wait_for("error")
+        assert error["code"] == "unavailable" and "LLM_MODEL" in error["message"]
+        assert "img" not in error["request"]
+        text, _ = await answer(client)
+        assert "not configured" in text
+        await client.send({"type": "ping", "id": 1})
+        await client.wait_for("pong")
+        await client.close()

@@ -1,0 +1,212 @@
+"""End to end: an alert made through the Tradiny wire format on a streaming CSV symbol is
+delivered as a decryptable Web Push, a webhook call and a socket ``notification``, again after
+a restart; expiry, the daily limit, 410 removal and the ``alerts`` / ``alert_delete``
+extensions (socket and ``/api/alerts``)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.webpush import FakePush
+from tests.harness import ROOT, ServerProcess, WsClient, base_env, eventually, populate
+
+SERIES = {"source": "csv", "name": "BTCUSD", "interval": "1m"}
+
+
+def flip_rule() -> dict[str, str]:
+    """``close > open`` of the forming 1m bar: true and false in turn as the replay runs."""
+    return {
+        "type1": "data",
+        "source1": "csv",
+        "name1": "BTCUSD",
+        "interval1": "1m",
+        "key1": "close",
+        "comparator": ">",
+        "type2": "data",
+        "source2": "csv",
+        "name2": "BTCUSD",
+        "interval2": "1m",
+        "key2": "open",
+    }
+
+
+def alert(message: str, subscription: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "alert",
+        "message": message,
+        "rules": [flip_rule()],
+        "operators": [],
+        "indicators": {},
+        "dataProviderConfig": {"full_url": "wss://elsewhere.invalid/websocket/", "data": []},
+        "subscription": subscription,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakePush]:
+    with FakePush() as running:
+        yield running
+
+
+def env_for(tmp: Path, fake: FakePush, **extra: str) -> dict[str, str]:
+    env = base_env(
+        tmp,
+        PROVIDERS="csv",
+        CSV_FOLDER_PATH=str(ROOT / "data"),
+        CSV_REPLAY_SPEED="60",
+        ALERT_WEBHOOK_URL=f"{fake.url}/hook/all",
+        ALERT_RETRY_SECONDS="0.05",
+        **{"ALERT_CLIENT_WEBHOOKS": "true", **extra},
+    )
+    assert populate(env).returncode == 0
+    return env
+
+
+async def test_an_alert_delivers_push_webhook_and_notification_and_again_after_a_restart(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    server = ServerProcess(env_for(tmp_path, fake), tmp_path / "server.log").start()
+    try:
+        client = await WsClient.open(server.ws_url)
+        await client.send({"type": "vapid_public_key"})
+        key = (await client.wait_for("vapid_public_key"))["vapid_public_key"]["publicKey"]
+        await client.send(alert("BTC green bar", fake.subscription("main"), owner="o1"))
+        created = await client.wait_for("alert_created")
+        await eventually(lambda: "BTC green bar" in fake.titles("main"), 20, "the push")
+        await eventually(lambda: fake.hook_bodies("all"), 10, "the webhook call")
+        note = await client.wait_for("notification", lambda m: m.get("alert_id") == created["id"])
+        assert note["message"] == "BTC green bar"
+        assert "Alert added: BTC green bar" in fake.titles("main")
+        assert {p.vapid_key.rstrip("=") for p in fake.pushes} == {key.rstrip("=")}
+        body = fake.hook_bodies("all")[0]
+        assert body["alert"]["id"] == created["id"] and body["series"] == SERIES
+        assert body["bar"]["close"] > body["bar"]["open"] and body["rules"] == [flip_rule()]
+        await client.close()
+
+        server.stop()
+        fired_before = len(fake.hook_bodies("all"))
+        server.start()
+        client = await WsClient.open(server.ws_url)
+        await client.send({"type": "vapid_public_key"})
+        again = (await client.wait_for("vapid_public_key"))["vapid_public_key"]["publicKey"]
+        assert again == key  # stored, not regenerated
+        await eventually(
+            lambda: len(fake.hook_bodies("all")) > fired_before, 20, "a webhook after restart"
+        )
+        pushes = fake.titles("main")
+        await eventually(lambda: len(fake.titles("main")) > len(pushes), 20, "a push after restart")
+        await client.send({"type": "alerts", "owner": "o1"})
+        [listed] = (await client.wait_for("alerts"))["alerts"]
+        assert listed["id"] == created["id"] and listed["fired"] >= 2
+        await client.close()
+    finally:
+        server.stop()
+    fired = [body["fired"] for body in fake.hook_bodies("all")]
+    assert fired == sorted(set(fired)), "one webhook call per false -> true transition"
+
+
+def rsi_alert(message: str, indicator_id: str, **extra: Any) -> dict[str, Any]:
+    """``RSI(14) of the 1m closes > 0``: true on every bar once the warm-up is over."""
+    label = "RSI timeperiod=14"
+    config = {
+        "type": "indicator",
+        "id": "rsi-csv-1m",
+        "indicator": {"id": indicator_id, "name": "RSI", "type": "indicator"},
+        "inputs": {"timeperiod": "14"},
+        "dataMap": {"close": {**SERIES, "value": "csv-BTCUSD-1m-close", "dataKey": "close"}},
+    }
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "indicator_interval1": "1m",
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    return {
+        **alert(message, None, **extra),
+        "rules": [rule],
+        "indicators": {label: {"indicator": config, "outputs": [{"name": "RSI"}]}},
+    }
+
+
+async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_EXPIRE_MINUTES="0.05", MAX_ALERTS_PER_DAY="4")
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        fake.gone("dead")
+        await client.send(rsi_alert("no such", "talib.nothing.NOPE"))
+        await client.wait_for("error", lambda m: m.get("code") == "unknown_indicator")
+        await client.send(alert("short", fake.subscription("short"), owner="o2"))
+        await client.send(alert("to a dead browser", fake.subscription("dead"), owner="o2"))
+        await client.send(alert("deleted", None, owner="o2"))
+        await client.send(
+            rsi_alert("RSI above 0", "talib.momentum.RSI", webhook=f"{fake.url}/hook/rsi")
+        )
+        await eventually(lambda: len(client.of_type("alert_created")) == 4, 10, "four alerts")
+        created = client.of_type("alert_created")
+        await eventually(lambda: fake.hook_bodies("rsi"), 10, "the indicator alert's webhook")
+        assert fake.hook_bodies("rsi")[0]["alert"]["message"] == "RSI above 0"
+        await client.send(alert("one too many", None, owner="o2"))
+        error = await client.wait_for("error", lambda m: m.get("code") == "limit_reached")
+        assert "Max alerts reached" in error["message"]
+        note = await client.wait_for("notification", lambda m: "Max alerts" in m["message"])
+        assert note["message"] == "Error: Max alerts reached"
+
+        listing = _get(server, "/api/alerts?owner=o2")
+        assert len(listing["alerts"]) == 3
+        dead = next(a for a in listing["alerts"] if a["message"] == "to a dead browser")
+        await eventually(
+            lambda: not _alert(server, "o2", dead["id"]).get("push", True), 20, "410 removal"
+        )
+        await client.send({"type": "alert_delete", "id": created[2]["id"], "owner": "o2"})
+        await client.wait_for("alert_deleted")
+        await client.send({"type": "alert_delete", "id": created[2]["id"], "owner": "o2"})
+        await client.wait_for("error", lambda m: m.get("code") == "not_found")
+        await client.send({"type": "alert_delete", "id": created[0]["id"], "owner": "someone"})
+        await client.wait_for("error", lambda m: m.get("code") == "not_found", after=0)
+
+        await eventually(lambda: "Alert expired: short" in fake.titles("short"), 20, "expiry")
+        assert _get(server, "/api/alerts?owner=o2")["alerts"] == []
+        await client.send({"type": "optimize_indicator_params"})
+        unsupported = await client.wait_for("error", lambda m: m.get("code") == "unsupported")
+        assert "optimize_indicator_params" in unsupported["message"]
+        await client.close()
+
+
+async def test_a_client_chosen_webhook_is_refused_unless_the_operator_allows_it(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_CLIENT_WEBHOOKS="false")
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            internal = "http://127.0.0.1:1/admin"
+            await client.send(
+                rsi_alert("to an internal URL", "talib.momentum.RSI", webhook=internal)
+            )
+            error = await client.wait_for("error", lambda m: m.get("code") == "unsupported")
+            assert "ALERT_CLIENT_WEBHOOKS" in error["message"]
+            assert client.of_type("alert_created") == []
+        finally:
+            await client.close()
+
+
+def _get(server: ServerProcess, path: str) -> Any:
+    with urllib.request.urlopen(server.url + path, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _alert(server: ServerProcess, owner: str, alert_id: int) -> dict[str, Any]:
+    found = [a for a in _get(server, f"/api/alerts?owner={owner}")["alerts"] if a["id"] == alert_id]
+    return found[0] if found else {}
