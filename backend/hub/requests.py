@@ -230,7 +230,8 @@ class Requests:
 
     async def validate(self, key: SeriesId) -> Details:
         """The symbol's dataset row; ``ProtocolError`` when ``key`` cannot be served."""
-        limits = requests.Limits(self.hub.supervisor.providers, self.hub.settings.MAX_COUNT)
+        hub = self.hub
+        limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, hub.may_read)
         return await requests.validate_series(key, None, limits, self._lookup)
 
     async def _validate(
