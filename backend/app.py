@@ -67,6 +67,11 @@ def create_app(settings: Settings) -> FastAPI:
         hub = Hub(settings, symbols, Metrics(), store, indicators)
         hub.admit_fetch = access.fair.admit_fetch
         hub.may_read = may_read
+        hub.metrics.gauge(
+            "candlewire_upstream_refusals",
+            lambda: access.fair.refused,
+            "history calls refused by the fair-use budget since the start",
+        )
         app.state.hub = hub
         await hub.start()
         await hub.alerting.open(settings.DB)

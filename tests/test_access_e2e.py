@@ -234,6 +234,8 @@ async def test_one_client_exhausting_its_upstream_budget_does_not_starve_a_secon
     assert limited and "retry after" in limited[0]["message"]
     caused = fetches(server, "AAA", "1m") - before
     assert caused <= UPSTREAM_BURST + UPSTREAM_RATE * elapsed + 2, (caused, elapsed)
+    _, metrics, _ = http(server, "/metrics", **bearer())
+    assert "candlewire_upstream_refusals" in metrics
     await bob.close()
     await mallory.close()
 
