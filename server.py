@@ -1,6 +1,6 @@
 """Start Candlewire: the provider processes and the FastAPI WebSocket hub (uvicorn).
 
-    python server.py [--host HOST] [--port PORT]
+    python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
 
 ``--port 0`` picks a free port; the URL actually listened on is printed either way.
 SIGINT/SIGTERM stop the hub and every provider process cleanly.
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from backend import logs
+from backend.access.frontdoor import AcceptErrors, guarded_http
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the Candlewire market-data server.")
     parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000; 0 = any free)")
+    parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM); uvicorn's")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     return parser.parse_args(argv)
 
 
@@ -65,22 +68,31 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(settings: Settings, entrance: Entrance | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, entrance: Entrance | None = None, **tls: str | None
+) -> uvicorn.Config:
     """uvicorn's configuration of the hub; ``entrance``: the ASGI app (``Entrance``) to serve,
-    made here when not given."""
+    made here when not given; ``tls``: uvicorn's ``ssl_certfile`` / ``ssl_keyfile``."""
     if entrance is None:
         entrance = make_entrance(settings)
     return uvicorn.Config(
         entrance,
         loop="auto",
-        http="auto",
         ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
         ws_max_size=settings.MAX_FRAME_BYTES,
+        # The front door (README, "Security"): heads complete within a timeout and below a
+        # size (frontdoor.GuardedHttp, what uvicorn lacks), idle keep-alives closed, and at
+        # most so many connections and tasks at once (503 beyond).
+        http=guarded_http(settings.HTTP_HEADER_TIMEOUT, settings.HTTP_MAX_HEADER_BYTES),
+        h11_max_incomplete_event_size=settings.HTTP_MAX_HEADER_BYTES,
+        timeout_keep_alive=settings.HTTP_KEEP_ALIVE_SECONDS,
+        limit_concurrency=settings.HTTP_LIMIT_CONCURRENCY or settings.MAX_CLIENTS + 2_000,
         lifespan="on",
         log_level=settings.LOG_LEVEL.lower(),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **tls,  # type: ignore[arg-type]
     )
 
 
@@ -184,6 +196,8 @@ class HubServer(uvicorn.Server):
         self._collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors())  # out of descriptors: one line, not a flood
         await super().startup(sockets)
         self._collecting = asyncio.get_running_loop().create_task(self.collector.run())
         self._collecting.add_done_callback(_log_failure)
@@ -210,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.LOG_LEVEL, secrets=logs.secrets_of(settings))
+    secrets = [*logs.secrets_of(settings), *settings.api_keys()]
+    logs.configure(settings.LOG_LEVEL, secrets=secrets)
     try:
         sock = bind(settings.HOST, settings.PORT)
     except OSError as exc:
@@ -220,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"Candlewire listening on http://{shown}:{port}", flush=True)
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
     entrance = make_entrance(settings)
     pauses = GcPauses()
-    server = HubServer(uvicorn_config(settings, entrance), Collector(entrance), pauses)
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    server = HubServer(uvicorn_config(settings, entrance, **tls), Collector(entrance), pauses)
     tune_gc()
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with

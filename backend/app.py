@@ -4,6 +4,12 @@ The lifespan owns all state: it opens the symbol index and the bar store, builds
 indicator registry (built-ins, ``INDICATOR_REGISTRY`` and ``EXTRA_INDICATORS``: a broken
 entry stops the start-up), starts the hub (and with it the provider processes), and stops
 them in order on shutdown.
+
+Access control (``backend.access``) wraps every route: :class:`AccessMiddleware` inside the
+CORS policy (so a refusal still carries CORS headers), the hub's hooks charge upstream
+history calls to their caller and check what a caller may read. FastAPI's validation
+errors get the documented shape (400 ``{"error", "message"}``); ``API_DOCS=false`` turns
+off ``/docs``, ``/redoc`` and ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import WebSocketRoute
 
 from backend import __version__
+from backend.access.guard import Access, AccessMiddleware
+from backend.access.identity import may_read
 from backend.api.cors import add_cors
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
@@ -55,6 +65,13 @@ def create_app(settings: Settings) -> FastAPI:
         indicators = build_indicators(settings.EXTRA_INDICATORS)
         logger.info("%d indicators", len(indicators))
         hub = Hub(settings, symbols, Metrics(), store, indicators)
+        hub.admit_fetch = access.fair.admit_fetch
+        hub.may_read = may_read
+        hub.metrics.gauge(
+            "candlewire_upstream_refusals",
+            lambda: access.fair.refused,
+            "history calls refused by the fair-use budget since the start",
+        )
         app.state.hub = hub
         await hub.start()
         await hub.alerting.open(settings.DB)
@@ -67,11 +84,24 @@ def create_app(settings: Settings) -> FastAPI:
             await symbols.close()
             logger.info("hub stopped")
 
-    app = FastAPI(title="Candlewire", version=__version__, lifespan=lifespan)
+    access = Access(settings)
+    docs = settings.API_DOCS
+    app = FastAPI(
+        title="Candlewire",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.access = access
     app.include_router(router)
     app.include_router(openbb_router)
     app.include_router(udf_router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(AccessMiddleware, access=access)
     add_cors(app, settings)
+    _warn_if_open(settings)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await serve_connection(websocket, websocket.app.state.hub)
@@ -90,3 +120,24 @@ def create_app(settings: Settings) -> FastAPI:
     if (FRONTEND / "index.html").exists():
         app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
     return app
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 as the documented error: 400 ``{"error", "message"}``, no echo of the
+    input."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = [
+        f"{'.'.join(str(part) for part in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+        for e in errors[:5]
+    ]
+    message = "; ".join(problems) or "invalid request"
+    return JSONResponse({"error": "invalid_field", "message": message}, status_code=400)
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if settings.AUTH == "none" and settings.HOST not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "AUTH=none while listening on %s: anyone who can reach it may use it "
+            "(README, Security)",
+            settings.HOST,
+        )

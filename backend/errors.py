@@ -6,6 +6,7 @@
     │   ├── IndicatorError          an indicator request cannot be computed
     │   └── RuleError               a scanner or alert rule is malformed
     ├── StorageError                the SQLite databases failed
+    ├── AccessDenied                a caller without (enough) credentials (HTTP 401/403)
     └── ProviderError               a provider could not answer
         ├── ProviderUnavailable     retryable: process down, upstream unreachable, timeout
         │   └── RateLimited         retryable after `retry_after` seconds
@@ -30,6 +31,19 @@ class ConfigError(CandlewireError):
 
 class StorageError(CandlewireError):
     """Reading or writing one of the SQLite databases failed."""
+
+
+class AccessDenied(CandlewireError):
+    """A caller that may not do this: 401 without valid credentials, 403 without permission
+    (or from a foreign ``Origin``). The message never contains the credential."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[AccessDenied], tuple[int, str]]:
+        return (type(self), (self.status, self.message))
 
 
 class ProtocolError(CandlewireError):

@@ -115,6 +115,67 @@ class Settings(BaseSettings):
     LLM_API_KEY: SecretStr = SecretStr("")
     LLM_MODEL: str = ""
 
+    # Access control and fair use (README, "Security"; backend/access).
+    AUTH: str = "none"
+    API_KEYS: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    API_KEYS_FILE: Path | None = None
+    JWT_SECRET: SecretStr = SecretStr("")
+    JWT_PUBLIC_KEY: str = ""  # PEM text, or a path to a PEM or JWKS (.json) file
+    JWT_ALGORITHMS: CommaList = ("HS256", "RS256", "ES256", "EdDSA")
+    JWT_AUDIENCE: str = ""
+    JWT_ISSUER: str = ""
+    TOKEN_EXPIRY_GRACE_SECONDS: float = Field(30.0, ge=0)
+    # Origins allowed on every socket route; empty: the page's own origin plus localhost.
+    WS_ALLOWED_ORIGINS: CommaList = ()
+    METRICS_PUBLIC: bool = False  # with AUTH on, /metrics needs a key unless this is true
+    API_DOCS: bool = True
+    # Fair use, per client (a key's subject, else the address) and per address.
+    MAX_CONNECTIONS_PER_ADDRESS: int = Field(50, ge=1)
+    MAX_CONNECTIONS_PER_CLIENT: int = Field(20, ge=1)
+    REQUESTS_PER_SECOND: float = Field(50.0, gt=0)
+    REQUESTS_BURST: int = Field(200, ge=1)
+    UPSTREAM_CALLS_PER_SECOND: float = Field(5.0, gt=0)
+    UPSTREAM_BURST: int = Field(60, ge=1)
+    # A provider's history budget, shared fairly between the clients using it.
+    PROVIDER_CALLS_PER_SECOND: float = Field(20.0, gt=0)
+    # The HTTP front door (server.py): uvicorn's limits plus what it lacks.
+    HTTP_HEADER_TIMEOUT: float = Field(10.0, gt=0)
+    HTTP_MAX_HEADER_BYTES: int = Field(65_536, ge=1024)
+    HTTP_KEEP_ALIVE_SECONDS: int = Field(5, ge=1)
+    HTTP_LIMIT_CONCURRENCY: int = Field(0, ge=0)  # 0: MAX_CLIENTS + 2,000
+
+    @field_validator("AUTH", mode="before")
+    @classmethod
+    def _auth(cls, value: Any) -> Any:
+        mode = str(value).strip().lower()
+        if mode not in ("none", "token", "jwt"):
+            raise ValueError("must be one of none, token, jwt")
+        return mode
+
+    @field_validator("API_KEYS", mode="before")
+    @classmethod
+    def _api_keys(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _auth_requirements(self) -> Settings:
+        if self.AUTH == "token" and not self.api_keys():
+            raise ValueError("AUTH=token needs API_KEYS or API_KEYS_FILE")
+        if self.AUTH == "jwt" and not (self.JWT_SECRET.get_secret_value() or self.JWT_PUBLIC_KEY):
+            raise ValueError("AUTH=jwt needs JWT_SECRET or JWT_PUBLIC_KEY")
+        return self
+
+    def api_keys(self) -> tuple[str, ...]:
+        """``API_KEYS`` plus the keys of ``API_KEYS_FILE`` (one a line, ``#`` comments)."""
+        keys = [key.get_secret_value() for key in self.API_KEYS]
+        if self.API_KEYS_FILE is not None:
+            try:
+                text = self.API_KEYS_FILE.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"API_KEYS_FILE: cannot read it ({exc.strerror})") from None
+            keys += [line.split("#")[0].strip() for line in text.splitlines()]
+        return tuple(key for key in keys if key)
+
     @field_validator(
         "PROVIDERS",
         "POLYGON_MARKETS",
@@ -122,6 +183,8 @@ class Settings(BaseSettings):
         "EXTRA_INDICATORS",
         "CORS_ORIGINS",
         "UDF_CORS_ORIGINS",
+        "WS_ALLOWED_ORIGINS",
+        "JWT_ALGORITHMS",
         mode="before",
     )
     @classmethod

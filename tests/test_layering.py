@@ -46,8 +46,10 @@ ALLOWED: dict[str, set[str]] = {
         "alerts",
         "chat",
     },
-    "ws": {"model", "runtime", "wire", "hub", "settings"},
-    "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings"},
+    # Access control: who the caller is and what it may cost (the hub gets hooks, set by app).
+    "access": {"model", "settings"},
+    "ws": {"model", "runtime", "wire", "hub", "settings", "access"},
+    "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings", "access"},
     "data_providers": {"model", "runtime"},
     # Compatibility re-exports of moved public names.
     "provider": {"runtime"},

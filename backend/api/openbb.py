@@ -42,6 +42,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
 
+from backend.access.identity import may_read
 from backend.api.udf import PREFIX as UDF_PREFIX
 from backend.api.udf import full_name, int_param, json_response, resolve_symbol
 from backend.errors import CandlewireError, ProtocolError
@@ -495,7 +496,7 @@ async def bars_table(request: Request, symbol: str = "", interval: str = "1h") -
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")
     key = SeriesId(str(details["source"]), str(details["name"]), interval)
-    limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT)
+    limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, may_read)
     try:
         await requests.validate_series(key, count, limits, requests.known(details))
     except ProtocolError as exc:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
+from urllib.parse import quote as quote_url
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from backend.access.identity import may_read
 from backend.api.udf import int_param
 from backend.errors import ProtocolError
 from backend.hub.hub import Hub
@@ -39,10 +42,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> dict[str, Any]:
-    """Process state per provider (pid, restarts, last update), clients, version."""
-    return _hub(request).health()
+    """Liveness for anyone; for an authenticated caller (anyone with ``AUTH=none``) also the
+    process state per provider (pid, restarts, last update), clients and cache figures."""
+    detail = _hub(request).health()
+    identity = getattr(request.state, "identity", None)
+    if identity is not None and identity.authenticated:
+        return detail
+    return {"status": detail.get("status"), "version": detail.get("version")}
 
 
 @router.get("/metrics")
@@ -91,7 +99,7 @@ async def history(
         return _error(400, "invalid_field", f"end {quote(end)} is not YYYY-MM-DD HH:MM:SS")
     key = SeriesId(source, name, interval)
     count = DEFAULT_COUNT if count is None else count
-    limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT)
+    limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, may_read)
     try:
         details = await validate_series(key, count, limits, hub.symbols.details)
     except ProtocolError as exc:
@@ -125,12 +133,19 @@ def _csv_response(key: SeriesId, kind: str, bars: list[Any]) -> Response:
     else:
         writer.writerow(["date", *FIELDS])
         writer.writerows([intervals.format_date(b[0]), *(_cell(v) for v in b[1:6])] for b in bars)
-    filename = f"{key.source}-{key.name}-{key.interval}.csv".replace("/", "_")
     return Response(
         out.getvalue(),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": content_disposition(key)},
     )
+
+
+def content_disposition(key: SeriesId) -> str:
+    """``attachment`` with a file name that cannot break the header: an ASCII fallback of
+    safe characters, and the exact name percent-encoded (RFC 6266 ``filename*``)."""
+    name = f"{key.source}-{key.name}-{key.interval}.csv"
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote_url(name, safe='')}"
 
 
 def _cell(value: float | None) -> str:

@@ -33,6 +33,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from backend.access.identity import may_read
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import LINE, Bar, SeriesId
@@ -487,7 +488,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     if details is None:
         return json_response(error(f"unknown symbol {quote(symbol)}"))
     key = SeriesId(str(details["source"]), str(details["name"]), interval)
-    limits = Limits(_enabled(hub), hub.settings.MAX_COUNT)
+    limits = Limits(_enabled(hub), hub.settings.MAX_COUNT, may_read)
     try:
         await validate_series(key, None, limits, known(details))
     except ProtocolError as exc:

@@ -109,6 +109,10 @@ class Hub:
             call_later,
             self._stream_stopped,
         )
+        # Access control (backend.access, set by the app): charge a history call that reaches
+        # a provider to the current caller (raises RateLimited), and may it read a key.
+        self.admit_fetch: Callable[[SeriesId], None] | None = None
+        self.may_read: Callable[[SeriesId], bool] | None = None
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.requests = Requests(self)
@@ -313,6 +317,8 @@ class Hub:
         provider = self.supervisor.get(key.source)
         if provider is None:
             raise ProviderUnavailable(f"provider {key.source!r} is not enabled")
+        if self.admit_fetch is not None:
+            self.admit_fetch(key)
         self.metrics.inc("candlewire_history_fetches_total", source=key.source)
         end_text = "now UTC" if end is None else intervals.format_date(end)
         return await provider.get_history(

@@ -230,7 +230,8 @@ class Requests:
 
     async def validate(self, key: SeriesId) -> Details:
         """The symbol's dataset row; ``ProtocolError`` when ``key`` cannot be served."""
-        limits = requests.Limits(self.hub.supervisor.providers, self.hub.settings.MAX_COUNT)
+        hub = self.hub
+        limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, hub.may_read)
         return await requests.validate_series(key, None, limits, self._lookup)
 
     async def _validate(
@@ -238,7 +239,8 @@ class Requests:
     ) -> Details | protocol.BadRequest:
         """The symbol's dataset row, or the bad request to answer instead (the same checks
         as REST, UDF and OpenBB: :func:`backend.wire.requests.validate_series`)."""
-        limits = requests.Limits(self.hub.supervisor.providers, self.hub.settings.MAX_COUNT)
+        hub = self.hub
+        limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, hub.may_read)
         try:
             return await requests.validate_series(key, None, limits, self._lookup)
         except ProtocolError as exc:

@@ -205,7 +205,8 @@ class ProviderRunner:
             reply = HistoryReply(request.request_id, error=exc)
         except Exception as exc:  # vendor errors: log the traceback, send a picklable error
             logger.exception("provider %s: get_history failed for %r", self.key, request)
-            error = ProviderUnavailable(f"{self.key} history failed: {type(exc).__name__}: {exc}")
+            # The vendor's text may carry internal URLs and hosts: it stays in the log above.
+            error = ProviderUnavailable(f"{self.key}: history failed ({type(exc).__name__})")
             reply = HistoryReply(request.request_id, error=error)
         finally:
             with self.busy_lock:

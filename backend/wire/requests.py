@@ -34,15 +34,18 @@ HTTP_STATUS = {
     "unknown_interval": 400,
     "count_out_of_range": 400,
     "invalid_field": 400,
+    "forbidden": 403,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What a request is checked against: the enabled providers and the largest count."""
+    """What a request is checked against: the enabled providers, the largest count, and
+    whether the caller may read a series (``backend.access``: a JWT's sources / symbols)."""
 
     enabled: Collection[str]
     max_count: int
+    may_read: Callable[[SeriesId], bool] | None = None
 
 
 async def validate_series(
@@ -60,6 +63,8 @@ async def validate_series(
         raise ProtocolError(
             "unknown_source", f"unknown source {quote(series.source)}; enabled: {enabled}"
         )
+    if limits.may_read is not None and not limits.may_read(series):
+        raise ProtocolError("forbidden", f"no permission to read {_where(series)}")
     details = await lookup(series.source, series.name)
     if details is None:
         raise ProtocolError("unknown_symbol", f"unknown symbol {_where(series)}")

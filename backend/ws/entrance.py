@@ -9,6 +9,12 @@ handling), so this small dispatcher serves it directly. It also sees the server'
 ``send``, which is how :mod:`backend.ws.writers` finds uvicorn's protocol object. The
 FastAPI app still routes ``/websocket/`` itself, for use under another entry point.
 
+Access control comes first (:class:`backend.access.guard.Access`): an upgrade from a foreign
+``Origin`` is refused with 403, one without valid credentials with 401, one over its
+connection limit with 429, all before the WebSocket opens; an accepted socket runs as its
+caller (the upstream budget), its frames paced, and is closed with 1008 when its token
+expired (after the grace period).
+
 It counts the WebSocket connections that ended (``departures``): the server's garbage
 collection policy (``server.py``) runs a full collection after clients left.
 """
@@ -19,6 +25,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from backend.access.guard import Access
 from backend.ws.endpoint import serve_connection
 from backend.ws.writers import expose_protocol, forget_protocol
 
@@ -34,12 +41,16 @@ class Entrance:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
-            expose_protocol(scope, send)
-            scope["app"] = self.app
-            try:
-                await serve_connection(WebSocket(scope, receive, send), self.app.state.hub)
-            finally:
-                forget_protocol(scope)
-                self.departures += 1
+            access: Access = self.app.state.access
+            await access.serve_socket(scope, receive, send, self._serve)
             return
         await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        expose_protocol(scope, send)
+        scope["app"] = self.app
+        try:
+            await serve_connection(WebSocket(scope, receive, send), self.app.state.hub)
+        finally:
+            forget_protocol(scope)
+            self.departures += 1

@@ -171,10 +171,10 @@ class RestGate:
                     raise translate(exc, what, symbol) from exc
                 self._limited(exc.status_code, exc.response, what)
             except BinanceRequestException as exc:
-                raise ProviderUnavailable(f"binance: {what}: {exc.message}") from exc
+                raise ProviderUnavailable(f"binance: {what}: invalid response") from exc
             except requests.RequestException as exc:
-                raise ProviderUnavailable(
-                    f"binance: {what}: cannot reach {self.api_url} ({type(exc).__name__})"
+                raise ProviderUnavailable(  # no URL: this text reaches clients
+                    f"binance: {what}: upstream unreachable ({type(exc).__name__})"
                 ) from exc
             finally:
                 self._settle(client, weight)

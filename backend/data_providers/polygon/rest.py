@@ -164,7 +164,11 @@ def translated(what: str) -> Iterator[None]:
     except AuthError as exc:
         raise AuthFailed(f"polygon: {what}: {exc}") from exc
     except HTTPError as exc:
-        raise ProviderUnavailable(f"polygon: {what}: {type(exc).__name__}: {exc}") from exc
+        # urllib3's text names the pool's host, port and the request URL (with its query):
+        # the client hears the kind of failure, the log has the chained exception.
+        raise ProviderUnavailable(
+            f"polygon: {what}: upstream unreachable ({type(exc).__name__})"
+        ) from exc
 
 
 def _bad_response(what: str, body: str) -> Exception:

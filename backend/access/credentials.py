@@ -1,0 +1,161 @@
+"""Credentials: find the token a caller sent and turn it into an :class:`Identity`.
+
+``AUTH=none``: everyone is an anonymous caller keyed by address. ``AUTH=token``: a key of
+``API_KEYS`` / ``API_KEYS_FILE``, compared in constant time with every key. ``AUTH=jwt``: a
+token signed with ``JWT_SECRET`` (HMAC) or ``JWT_PUBLIC_KEY`` (a PEM, or a JWKS file picked by
+``kid``), with expiry, and audience / issuer when set (PyJWT). Claims: ``sub`` (the client),
+``sources`` and ``symbols`` (lists: what it may read), ``tier`` (its quota tier).
+
+A token comes as ``Authorization: Bearer``, an ``X-API-Key`` header (OpenBB Workspace), or
+a ``token`` query parameter (browsers cannot set headers on a WebSocket). Tokens are never
+logged; errors say what is wrong, not the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+
+from backend.access.identity import Identity
+from backend.errors import AccessDenied
+from backend.settings import Settings
+
+UNAUTHORIZED = 401
+
+
+def token_of(headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> str | None:
+    """The token of an ASGI request: the Authorization bearer, X-API-Key, or ``?token=``."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credential = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return credential.strip()
+        elif name == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
+    if b"token=" in query_string:
+        values = parse_qs(query_string.decode("latin-1")).get("token")
+        if values and values[0]:
+            return values[0]
+    return None
+
+
+class Authenticator:
+    """Checks a token according to ``AUTH``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.AUTH
+        self._keys = [key.encode() for key in settings.api_keys()]
+        self._jwt = JwtVerifier(settings) if self.mode == "jwt" else None
+
+    @property
+    def required(self) -> bool:
+        return self.mode != "none"
+
+    def identify(self, token: str | None, address: str) -> Identity:
+        """The caller with ``token`` from ``address``; raise ``AccessDenied`` (401)."""
+        if self.mode == "none":
+            return Identity(client=address, address=address, authenticated=True)
+        if not token:
+            raise AccessDenied(UNAUTHORIZED, "authentication required: send a bearer token")
+        if self._jwt is not None:
+            return self._jwt.identify(token, address)
+        return self._key_identity(token, address)
+
+    def _key_identity(self, token: str, address: str) -> Identity:
+        given = token.encode()
+        matched = b""
+        for key in self._keys:  # every key is compared: the time says nothing about which
+            if hmac.compare_digest(given, key):
+                matched = key
+        if not matched:
+            raise AccessDenied(UNAUTHORIZED, "invalid API key")
+        # The client is named by a digest: a key must not show up in logs or metrics.
+        client = "key-" + hashlib.sha256(matched).hexdigest()[:12]
+        return Identity(client=client, address=address, authenticated=True)
+
+
+class JwtVerifier:
+    """JWT checks with PyJWT: signature, ``exp`` (required), ``aud`` and ``iss`` when set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.algorithms = list(settings.JWT_ALGORITHMS)
+        self.audience = settings.JWT_AUDIENCE or None
+        self.issuer = settings.JWT_ISSUER or None
+        self.secret = settings.JWT_SECRET.get_secret_value()
+        self.keys = _public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else {}
+
+    def identify(self, token: str, address: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key_for(token),
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AccessDenied(UNAUTHORIZED, "token expired") from None
+        except jwt.PyJWTError as exc:
+            raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
+        return identity_of(claims, address)
+
+    def _key_for(self, token: str) -> Any:
+        if not self.keys:
+            return self.secret
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
+        key = self.keys.get(kid) or self.keys.get(None)
+        if key is None:
+            raise AccessDenied(UNAUTHORIZED, "token signed with an unknown key id")
+        return key
+
+
+def identity_of(claims: Mapping[str, Any], address: str) -> Identity:
+    """The identity a verified token's claims describe."""
+    return Identity(
+        client=f"sub-{claims.get('sub', 'anonymous')}",
+        address=address,
+        tier=str(claims.get("tier", "default")),
+        sources=_claim_set(claims, "sources"),
+        symbols=_claim_set(claims, "symbols"),
+        expires_at=float(claims["exp"]),
+        authenticated=True,
+    )
+
+
+def _claim_set(claims: Mapping[str, Any], name: str) -> frozenset[str] | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    return frozenset(str(item).strip() for item in value if str(item).strip())
+
+
+def _public_keys(value: str) -> dict[str | None, Any]:
+    """Verification keys by ``kid``: a PEM text, a PEM file, or a JWKS file (``keys``)."""
+    text = value
+    if not value.lstrip().startswith("-----"):
+        text = Path(value).read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        jwks = jwt.PyJWKSet.from_dict(json.loads(text))
+        return {key.key_id: key.key for key in jwks.keys}
+    return {None: text}
+
+
+def expired(identity: Identity, grace: float, now: float | None = None) -> bool:
+    """Whether ``identity``'s token ran out more than ``grace`` seconds ago."""
+    if identity.expires_at is None:
+        return False
+    return (time.time() if now is None else now) > identity.expires_at + grace

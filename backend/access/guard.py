@@ -1,0 +1,214 @@
+"""Where access control is applied: :class:`Access` (the checks, built once per app) and
+:class:`AccessMiddleware` (every HTTP request and socket route of the FastAPI app).
+
+A socket upgrade is checked before the WebSocket opens: a foreign ``Origin`` gets 403, a
+missing or bad token 401, a client over its connection limit 429 (ASGI's WebSocket denial
+response). An accepted socket whose token expires is closed with 1008 (policy violation)
+``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out, and its frames are read no faster than
+the request rate allows. An HTTP request is authenticated unless it is public (the web
+page's static files, ``/health`` liveness, CORS preflights) and counted against the request
+rate. The caller becomes :data:`~backend.access.identity.current` for the request or the
+connection (and the reply jobs it starts), and ``scope["state"]["identity"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.access.credentials import Authenticator, token_of
+from backend.access.fairuse import FairUse
+from backend.access.identity import ANONYMOUS, Identity, current
+from backend.access.origins import OriginPolicy
+from backend.errors import AccessDenied
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLOSE_POLICY_VIOLATION = 1008
+FORBIDDEN = 403
+STATIC_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".map", ".woff2")
+ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
+
+
+class Access:
+    """The access checks of one app (state of its lifespan's settings)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.auth = Authenticator(settings)
+        self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, settings.CORS_ORIGINS)
+        self.fair = FairUse(settings)
+        self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
+        self.sockets = 0  # sockets accepted so far (names each one's upstream budget)
+
+    def identify(self, scope: Scope) -> Identity:
+        """The caller of ``scope``; raise ``AccessDenied`` (401) without valid credentials."""
+        address = scope["client"][0] if scope.get("client") else "?"
+        token = token_of(scope.get("headers", ()), scope.get("query_string", b""))
+        return self.auth.identify(token, address)
+
+    def check_socket(self, scope: Scope) -> Identity:
+        """Origin, credentials and connection limits of a socket upgrade (counted: call
+        ``socket_closed`` when it ends)."""
+        headers = dict(scope.get("headers", ()))
+        origin = headers.get(b"origin")
+        host = headers.get(b"host")
+        if not self.origins.allows(
+            None if origin is None else origin.decode("latin-1"),
+            None if host is None else host.decode("latin-1"),
+        ):
+            raise AccessDenied(FORBIDDEN, "this Origin may not open sockets here")
+        identity = self.identify(scope)
+        self.fair.connections.open(identity)
+        return identity
+
+    def socket_closed(self, identity: Identity) -> None:
+        self.fair.connections.close(identity)
+
+    def public(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        if scope.get("method") == "OPTIONS" or path in {"/health", "/"}:
+            return True
+        if path == "/metrics":
+            return self.settings.METRICS_PUBLIC
+        return path.startswith("/vendor/") or path.endswith(STATIC_SUFFIXES)
+
+    async def serve_socket(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """Check a socket upgrade, then run ``app`` as the caller, paced and with expiry."""
+        try:
+            identity = self.check_socket(scope)
+        except AccessDenied as denied:
+            self.fair.log.report(
+                "denied:" + _address(scope), "socket from %s refused: %s", _address(scope), denied
+            )
+            await deny_socket(scope, send, denied)
+            return
+        self.sockets += 1
+        token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
+        expiry = self._watch_expiry(identity, send)
+        try:
+            await app(scope, self._paced(identity, receive), send)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            current.reset(token)
+            self.socket_closed(identity)
+
+    def _paced(self, identity: Identity, receive: Receive) -> Receive:
+        async def paced() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                await self.fair.pace(identity)
+            return message
+
+        return paced
+
+    def _watch_expiry(self, identity: Identity, send: Send) -> asyncio.Task[None] | None:
+        if identity.expires_at is None:
+            return None
+        delay = identity.expires_at + self.grace - time.time()
+        task = asyncio.get_running_loop().create_task(_close_later(max(0.0, delay), send))
+        task.add_done_callback(_log_failure)
+        return task
+
+
+async def _close_later(delay: float, send: Send) -> None:
+    await asyncio.sleep(delay)
+    logger.info("closing a socket whose token expired")
+    with contextlib.suppress(RuntimeError, OSError):
+        await send(
+            {"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": "token expired"}
+        )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("closing an expired socket failed", exc_info=task.exception())
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
+def error_body(status: int, message: str, **extra: Any) -> bytes:
+    """The documented error shape: ``{"error": code, "message": text}``."""
+    return orjson.dumps({"error": ERROR_CODES.get(status, "error"), "message": message, **extra})
+
+
+async def deny_socket(scope: Scope, send: Send, denied: AccessDenied) -> None:
+    """Refuse an upgrade with ``denied.status`` before the WebSocket opens (or 403 where
+    the server lacks ASGI's denial-response extension)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
+        return
+    body = error_body(denied.status, denied.message)
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": denied.status,
+            "headers": _error_headers(denied.status, len(body)),
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def deny_http(send: Send, status: int, message: str, retry_after: float = 0.0) -> None:
+    extra = {"retry_after": retry_after} if retry_after else {}
+    body = error_body(status, message, **extra)
+    headers = _error_headers(status, len(body))
+    if retry_after:
+        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="candlewire"'))
+    return headers
+
+
+class AccessMiddleware:
+    """Applies :class:`Access` to every request of the wrapped app."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.access.serve_socket(scope, receive, send, self.app)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        access = self.access
+        try:
+            identity = access.identify(scope)
+        except AccessDenied as denied:
+            if not access.public(scope):
+                await deny_http(send, denied.status, denied.message)
+                return
+            identity = ANONYMOUS
+        wait = access.fair.request_wait(identity)
+        if wait > 0 and not access.public(scope):
+            await deny_http(send, 429, f"too many requests; retry after {wait:.1f} s", wait)
+            return
+        scope.setdefault("state", {})["identity"] = identity
+        token = current.set(identity)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current.reset(token)

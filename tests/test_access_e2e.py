@@ -1,0 +1,278 @@
+"""Each attack of issue 15 against the real server with ``AUTH=jwt``: it is refused, or
+it costs the attacker and nobody else.
+
+One server (counting provider, small fair-use budgets, a one-second header timeout) serves
+every test here; each test names its own JWT subject, so budgets do not mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+AUDIENCE = "candlewire-tests"
+UPSTREAM_RATE, UPSTREAM_BURST = 2, 4
+HEADER_TIMEOUT = 1.0
+MAX_HEADER_BYTES = 8192
+
+
+class KeyedServer(ServerProcess):
+    """The harness's server, its own requests (health checks) carrying a token."""
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.url + path, headers=bearer("harness"))
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            body = response.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("access")
+    env = base_env(
+        tmp,
+        PROVIDERS="counting",
+        AUTH="jwt",
+        JWT_SECRET=SECRET,
+        JWT_AUDIENCE=AUDIENCE,
+        TOKEN_EXPIRY_GRACE_SECONDS="1",
+        UPSTREAM_CALLS_PER_SECOND=str(UPSTREAM_RATE),
+        UPSTREAM_BURST=str(UPSTREAM_BURST),
+        PROVIDER_CALLS_PER_SECOND="4",
+        HTTP_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        CANDLEWIRE_TEST_PERIOD="0.5",
+    )
+    assert populate(env).returncode == 0
+    with KeyedServer(env, tmp / "server.log") as running:
+        yield running
+
+
+def token(sub: str, seconds_left: float = 3600, **claims: Any) -> str:
+    payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time() + seconds_left), **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def http(server: ServerProcess, path: str, method: str = "GET", **headers: str) -> Any:
+    """(status, decoded JSON body or text, headers) of one request."""
+    request = urllib.request.Request(server.url + path, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            status, body, got = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        status, body, got = error.code, error.read(), error.headers
+    text = body.decode()
+    return status, (json.loads(text) if text[:1] in ("{", "[") else text), got
+
+
+def bearer(sub: str = "reader", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(sub, **claims)}"}
+
+
+async def open_socket(server: ServerProcess, sub: str, **kwargs: Any) -> WsClient:
+    return await WsClient.open(f"{server.ws_url}?token={token(sub, **kwargs)}")
+
+
+async def refused_status(url: str, **kwargs: Any) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        await WsClient.open(url, **kwargs)
+    return refused.value.response.status_code
+
+
+def history(name: str, interval: str, end: str, count: int = 10) -> dict[str, Any]:
+    return {
+        "type": "data_history",
+        "source": "counting",
+        "name": name,
+        "interval": interval,
+        "end": end,
+        "count": count,
+    }
+
+
+def hour_ago(hours: int) -> str:
+    t = int(time.time()) // 3600 * 3600 - hours * 3600
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def fetches(server: ServerProcess, name: str, interval: str) -> int:
+    path = Path(server.env["CANDLEWIRE_TEST_LOG"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return lines.count(f"history {name} {interval}")
+
+
+# ---------------------------------------------------------------------- who may connect
+
+
+async def test_a_socket_without_or_with_a_wrong_token_is_refused_with_401_before_it_opens(
+    server: ServerProcess,
+) -> None:
+    assert await refused_status(server.ws_url) == 401
+    assert await refused_status(server.ws_url + "?token=not-a-jwt") == 401
+    forged = jwt.encode({"sub": "x", "aud": AUDIENCE, "exp": time.time() + 60}, SECRET[::-1])
+    assert await refused_status(server.ws_url + "?token=" + forged) == 401
+    wrong_audience = jwt.encode({"sub": "x", "aud": "else", "exp": time.time() + 60}, SECRET)
+    assert await refused_status(server.ws_url + "?token=" + wrong_audience) == 401
+
+
+async def test_a_socket_from_a_foreign_origin_is_refused_with_403_even_with_a_token(
+    server: ServerProcess,
+) -> None:
+    url = f"{server.ws_url}?token={token('origin')}"
+    assert await refused_status(url, origin="https://evil.example") == 403
+    grid = url.replace("/websocket/", "/openbb/live_grid_ws")
+    assert await refused_status(grid, origin="https://evil.example") == 403
+    local = await WsClient.open(url, origin="http://localhost:5173")
+    await local.send({"type": "ping", "id": 1})
+    assert (await local.wait_for("pong"))["id"] == 1
+    await local.close()
+
+
+async def test_a_bearer_header_on_the_upgrade_is_accepted(server: ServerProcess) -> None:
+    client = await WsClient.open(server.ws_url, additional_headers=bearer("header"))
+    await client.send({"type": "ping", "id": 2})
+    await client.wait_for("pong")
+    await client.close()
+
+
+async def test_a_token_that_expires_on_an_open_socket_closes_it_with_1008_after_the_grace(
+    server: ServerProcess,
+) -> None:
+    client = await open_socket(server, "expiring", seconds_left=2)
+    await client.send({"type": "ping", "id": 3})
+    await client.wait_for("pong")
+    await eventually(lambda: client.connection.close_code is not None, 10, "the close")
+    assert client.connection.close_code == 1008
+    await client.close()
+
+
+async def test_a_jwt_limited_to_some_symbols_cannot_read_others_anywhere(
+    server: ServerProcess,
+) -> None:
+    client = await open_socket(server, "limited", symbols=["AAA"])
+    await client.send(history("BBB", "1h", hour_ago(5)), history("AAA", "1h", hour_ago(5)))
+    error = await client.wait_for("error", lambda m: m.get("code") == "forbidden")
+    assert "counting:BBB" in error["message"]
+    allowed = await client.wait_for("data_history", lambda m: m["name"] == "AAA")
+    assert len(allowed["data"]) == 10
+    assert not client.of_type("data_history", 0) or all(
+        m["data"] == [] for m in client.of_type("data_history") if m["name"] == "BBB"
+    )
+    await client.close()
+    query = "/api/history?source=counting&name=BBB&interval=1h&count=5"
+    status, body, _ = http(server, query, **bearer("limited", symbols=["AAA"]))
+    assert (status, body["error"]) == (403, "forbidden")
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+def test_http_routes_need_a_key_and_say_so_in_the_documented_shape(server: ServerProcess) -> None:
+    for path in ("/api/symbols?q=A", "/udf/config", "/widgets.json", "/metrics"):
+        status, body, headers = http(server, path)
+        assert status == 401, path
+        assert body["error"] == "unauthorized" and body["message"]
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert http(server, "/api/symbols?q=AAA", **bearer())[0] == 200
+    assert http(server, "/api/symbols?q=AAA", **{"X-API-Key": token("openbb")})[0] == 200
+    assert http(server, f"/udf/config?token={token('udf')}")[0] == 200
+
+
+def test_health_is_a_public_liveness_answer_and_details_need_a_key(server: ServerProcess) -> None:
+    status, public, _ = http(server, "/health")
+    assert status == 200 and public["status"] == "ok"
+    assert "providers" not in public and "pid" not in json.dumps(public)
+    _, detail, _ = http(server, "/health", **bearer())
+    assert detail["providers"]["counting"]["pid"] > 0
+    assert http(server, "/health", method="HEAD")[0] == 200
+
+
+def test_the_web_page_itself_needs_no_token(server: ServerProcess) -> None:
+    status, body, _ = http(server, "/")
+    assert status == 200 and "<html" in body.lower()
+
+
+# ---------------------------------------------------------------------- fair use
+
+
+async def test_one_client_exhausting_its_upstream_budget_does_not_starve_a_second_one(
+    server: ServerProcess,
+) -> None:
+    bob = await open_socket(server, "bob")
+    await bob.send(history("CCC", "1h", hour_ago(400)))  # cached before the attack
+    first = await bob.wait_for("data_history", lambda m: m["name"] == "CCC")
+    assert len(first["data"]) == 10
+    mallory = await open_socket(server, "mallory")
+    before = fetches(server, "AAA", "1m")
+    started = time.monotonic()
+    frames = [[history("AAA", "1m", hour_ago(h), 1) for h in range(k, k + 50)] for k in (1, 51)]
+    for frame in frames:
+        await mallory.send(*frame)
+    await mallory.wait_for("error", lambda m: m.get("code") == "rate_limited")
+    mine = len(bob.messages)
+    await bob.send(history("CCC", "1h", hour_ago(400)), history("BBB", "1h", hour_ago(300)))
+    cached = await bob.wait_for("data_history", lambda m: m["name"] == "CCC", after=mine)
+    uncached = await bob.wait_for("data_history", lambda m: m["name"] == "BBB", after=mine)
+    assert len(cached["data"]) == 10 and len(uncached["data"]) == 10
+    assert not bob.of_type("error", mine)
+    await eventually(lambda: len(mallory.of_type("data_history")) == 100, 30, "every answer")
+    elapsed = time.monotonic() - started
+    limited = [m for m in mallory.of_type("error") if m["code"] == "rate_limited"]
+    assert limited and "retry after" in limited[0]["message"]
+    caused = fetches(server, "AAA", "1m") - before
+    assert caused <= UPSTREAM_BURST + UPSTREAM_RATE * elapsed + 2, (caused, elapsed)
+    _, metrics, _ = http(server, "/metrics", **bearer())
+    assert "candlewire_upstream_refusals" in metrics
+    await bob.close()
+    await mallory.close()
+
+
+# ---------------------------------------------------------------------- the front door
+
+
+async def raw_exchange(server: ServerProcess, data: bytes, wait: float) -> bytes:
+    """Send ``data`` and read until the server closes (or ``wait`` seconds pass)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answer = b""
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(seconds(wait)):
+            while chunk := await reader.read(65536):
+                answer += chunk
+    except ConnectionResetError:
+        pass  # the server closed with our bytes unread: closed, as it should
+    finally:
+        writer.close()
+    return answer
+
+
+async def test_unfinished_request_heads_are_closed_after_the_header_timeout(
+    server: ServerProcess,
+) -> None:
+    started = time.monotonic()
+    half = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n"
+    answers = await asyncio.gather(*(raw_exchange(server, half, 10) for _ in range(20)))
+    assert answers == [b""] * 20  # closed, no response, well before the 10 s wait
+    assert time.monotonic() - started < seconds(HEADER_TIMEOUT + 4)
+
+
+async def test_oversized_headers_get_431_and_the_connection_closes(server: ServerProcess) -> None:
+    big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    answer = await raw_exchange(server, big, 10)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
+    assert http(server, "/health")[0] == 200
