@@ -7,7 +7,11 @@ const SILENCE_LIMIT_MS = 40000; // no frame at all (not even a pong) for this lo
 const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
 
 export function hubUrl(loc = window.location) {
-  return (loc.protocol === "https:" ? "wss:" : "ws:") + "//" + loc.host + "/websocket/";
+  // With AUTH=token or jwt the page is opened as /?token=...: browsers cannot set headers
+  // on a WebSocket, so the token goes with the upgrade as a query parameter.
+  const token = new URLSearchParams(loc.search).get("token");
+  const query = token ? `?token=${encodeURIComponent(token)}` : "";
+  return (loc.protocol === "https:" ? "wss:" : "ws:") + "//" + loc.host + "/websocket/" + query;
 }
 
 export class Connection extends EventTarget {
