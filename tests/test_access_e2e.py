@@ -18,13 +18,9 @@ from typing import Any
 
 import jwt
 import pytest
-from playwright.sync_api import Browser
 from websockets.exceptions import InvalidStatus
 
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
-from tests.test_browser import browser, wait_for_bars
-
-__all__ = ["browser"]  # the module-scoped Chromium fixture, shared
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 AUDIENCE = "candlewire-tests"
@@ -202,28 +198,6 @@ def test_health_is_a_public_liveness_answer_and_details_need_a_key(server: Serve
     _, detail, _ = http(server, "/health", **bearer())
     assert detail["providers"]["counting"]["pid"] > 0
     assert http(server, "/health", method="HEAD")[0] == 200
-
-
-def test_the_page_opened_with_a_token_streams_and_without_one_cannot(
-    server: ServerProcess, browser: Browser
-) -> None:
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    try:
-        page = context.new_page()
-        page.goto(f"{server.url}/?token={token('browser')}&source=counting&s=AAA&i=1m")
-        wait_for_bars(page)
-        page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
-        badge = page.locator("#badge")
-        badge.wait_for()
-        page.wait_for_function("document.querySelector('#badge').textContent.includes('Live')")
-        refused = context.new_page()
-        refused.goto(f"{server.url}/?source=counting&s=AAA&i=1m")
-        refused.wait_for_function(  # the upgrade was refused: the page retries
-            "/Reconnecting|Offline/.test(document.querySelector('#badge').textContent)"
-        )
-        assert refused.evaluate("window.candlewire.charts[0].bars().length") == 0
-    finally:
-        context.close()
 
 
 def test_the_web_page_itself_needs_no_token(server: ServerProcess) -> None:
