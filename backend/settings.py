@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     LLM_BASE_URL: str = ""
     LLM_API_KEY: SecretStr = SecretStr("")
     LLM_MODEL: str = ""
+    # Chat turns one client address may start per rolling hour (Tradiny's rule: 100).
+    MAX_LLM_REQUESTS_PER_HOUR: int = Field(100, ge=0)
 
     # Access control and fair use (README, "Security"; backend/access).
     AUTH: str = "none"

@@ -128,3 +128,31 @@ async def test_without_a_configured_model_the_chat_says_so_and_the_socket_stays(
         await client.send({"type": "ping", "id": 1})
         await client.wait_for("pong")
         await client.close()
+
+
+async def test_chat_turns_per_address_are_limited_per_hour(tmp_path: Path, fake: FakeChat) -> None:
+    env = base_env(
+        tmp_path,
+        PROVIDERS="csv",
+        LLM_BASE_URL=fake.base_url,
+        LLM_API_KEY="test-key",
+        LLM_MODEL="m1",
+        MAX_LLM_REQUESTS_PER_HOUR="2",
+    )
+    fake.delay, fake.status = 0.0, 200
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            for n in range(2):
+                mark = len(client.messages)
+                await client.send(prompt(f"limit{n}", "Hello?"))
+                text, _ = await answer(client, mark)
+                assert "Error" not in text
+            mark = len(client.messages)
+            await client.send(prompt("limit3", "Once more?"))
+            error = await client.wait_for("error", after=mark)
+            assert error["code"] == "rate_limited" and "2 chats an hour" in error["message"]
+            text, _ = await answer(client, mark)
+            assert "Too many requests" in text
+        finally:
+            await client.close()

@@ -16,6 +16,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from limits import RateLimitItemPerHour
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
 from backend.chat.conversations import Conversations, Message
 from backend.chat.llm import ChatError, Llm, configured
 from backend.errors import ProtocolError
@@ -43,6 +47,8 @@ class Chatting:
         self.hub = hub
         self.conversations = Conversations()
         s = hub.settings
+        self._turns = MovingWindowRateLimiter(MemoryStorage())
+        self._per_hour = RateLimitItemPerHour(s.MAX_LLM_REQUESTS_PER_HOUR)
         key = s.LLM_API_KEY.get_secret_value()
         self.llm = (
             Llm(s.LLM_BASE_URL, key, s.LLM_MODEL)
@@ -66,6 +72,11 @@ class Chatting:
             return
         if self.llm is None:
             self._fail(client, raw, "unavailable", NOT_CONFIGURED)
+            return
+        address = client.peer.rsplit(":", 1)[0]
+        if not self._turns.hit(self._per_hour, "chat", address):
+            limit = self.hub.settings.MAX_LLM_REQUESTS_PER_HOUR
+            self._fail(client, raw, "rate_limited", f"Too many requests: {limit} chats an hour")
             return
         parts: list[str] = []
         try:
