@@ -14,7 +14,7 @@ import json
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,6 @@ def server(
 ) -> Iterator[ServerProcess]:
     with ServerProcess(env, Path(env["DB"]).parent / "server.log") as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 def data(name: str, interval: str, **extra: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,13 +22,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         tmp, PROVIDERS="csv", CSV_FOLDER_PATH=data_dir, CSV_REPLAY_SPEED="60"
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 key = same_key

@@ -10,7 +10,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         tmp, PROVIDERS="counting,my_provider", HISTORY_TIMEOUT="3", STREAM_LINGER_SECONDS="0.5"
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 def data(name: str, interval: str = "1m", source: str = "counting", **extra: object) -> dict:

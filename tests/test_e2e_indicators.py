@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import string
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,13 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         PYTHONPATH=str(tmp),
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 def data(name: str, interval: str = "1h", **extra: object) -> dict[str, Any]:

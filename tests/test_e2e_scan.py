@@ -7,7 +7,7 @@ whose history never comes: the scan skips it after ``HISTORY_TIMEOUT``); a real 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +22,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("scan")
     with populated_server(tmp, PROVIDERS="counting", HISTORY_TIMEOUT="2") as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 def close_rule(comparator: str, value: float, interval: str = "1h") -> dict[str, str]:

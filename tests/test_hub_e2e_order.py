@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,13 +27,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         CANDLEWIRE_TEST_PERIOD="0.05",
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 def req(kind: str, name: str, interval: str = "1m", **extra: Any) -> dict[str, Any]:

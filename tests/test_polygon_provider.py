@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -493,13 +493,6 @@ def server(fake: FakePolygon, tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert "polygon: 4,031 rows" in result.stdout, result.stdout
     with ServerProcess(env, tmp / "server.log") as running:
         yield running
-
-
-@pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[WsClient]:
-    ws = await WsClient.open(server.ws_url)
-    yield ws
-    await ws.close()
 
 
 @pytest.fixture
