@@ -483,12 +483,13 @@ class Generator:
         return {"answers": sum(counts), "per_s": sum(counts) / elapsed, **summary(latencies)}
 
 
-def loadgen_main(conn: Any, core: int | None) -> None:
-    """The load generator process: run the commands received on ``conn`` until ``stop``."""
+def loadgen_main(conn: Any, core: int | None, factory: Callable[[], Any] | None = None) -> None:
+    """The load generator process: run the commands received on ``conn`` until ``stop`` on
+    a ``Generator`` (or what ``factory`` makes: another benchmark's generator)."""
     if core is not None:
         os.sched_setaffinity(0, {core})
     raise_nofile()
-    run_loop(_serve(conn))
+    run_loop(_serve(conn, factory or Generator))
 
 
 def run_loop(main: Any, loop: str = "uvloop") -> None:
@@ -504,9 +505,9 @@ def run_loop(main: Any, loop: str = "uvloop") -> None:
         asyncio.run(main)
 
 
-async def _serve(conn: Any) -> None:
+async def _serve(conn: Any, factory: Callable[[], Any]) -> None:
     loop = asyncio.get_running_loop()
-    generator = Generator()
+    generator = factory()
     while True:
         # A blocking read in a helper thread: the pipe stays blocking (uvloop's add_reader
         # would make it non-blocking, and a large command would then be read in part).
@@ -525,10 +526,12 @@ async def _serve(conn: Any) -> None:
 class LoadGen:
     """The parent's handle of the load generator process (pinned to the client core)."""
 
-    def __init__(self) -> None:
+    def __init__(self, factory: Callable[[], Any] | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.proc = context.Process(target=loadgen_main, args=(child, CLIENT_CORE), daemon=True)
+        self.proc = context.Process(
+            target=loadgen_main, args=(child, CLIENT_CORE, factory), daemon=True
+        )
         self.proc.start()
         child.close()
         assert self.proc.pid is not None

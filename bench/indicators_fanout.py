@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson
 
 from bench.common import (
-    CLIENT_CORE,
     Generator,
+    LoadGen,
     OurServer,
     Search,
     Stats,
@@ -49,14 +46,10 @@ from bench.common import (
     loadavg,
     log,
     machine,
-    pin_tree,
-    raise_nofile,
     ratio,
-    run_loop,
     subscriptions,
     summary,
     table,
-    tree_cpu,
 )
 from bench.common import emit as emit_json
 from bench.synthetic import SyntheticProvider, _parse, history_bar, symbol_names
@@ -232,66 +225,6 @@ class IndicatorGenerator(Generator):
         return out
 
 
-def generator_main(conn: Any, core: int | None) -> None:
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-    raise_nofile()
-    run_loop(_serve(conn))
-
-
-async def _serve(conn: Any) -> None:
-    loop = asyncio.get_running_loop()
-    generator = IndicatorGenerator()
-    while True:
-        command, kwargs = await loop.run_in_executor(None, conn.recv)
-        if command == "stop":
-            await generator.close()
-            conn.send({})
-            return
-        try:
-            result = await getattr(generator, command)(**kwargs)
-        except Exception as exc:  # reported to the caller, which raises it
-            result = {"failure": f"{command}: {exc!r}"}
-        conn.send(result)
-
-
-class IndicatorLoadGen:
-    """The parent's handle of the generator process (same calls as ``common.LoadGen``)."""
-
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.proc = context.Process(target=generator_main, args=(child, CLIENT_CORE), daemon=True)
-        self.proc.start()
-        child.close()
-        assert self.proc.pid is not None
-        self.pid = self.proc.pid
-        pin_tree(self.pid, CLIENT_CORE)
-
-    def call(self, command: str, timeout: float = 600, **kwargs: Any) -> dict[str, Any]:
-        self.conn.send((command, kwargs))
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"load generator: {command} took over {timeout} s")
-        result: dict[str, Any] = self.conn.recv()
-        if "failure" in result:
-            raise RuntimeError(f"load generator failed: {result['failure']}")
-        return result
-
-    def cpu(self) -> float:
-        t = tree_cpu(self.pid)
-        return t["main"] + t["children"]
-
-    def __enter__(self) -> IndicatorLoadGen:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.call("stop", timeout=30)
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
 # ---------------------------------------------------------------------------- the run
 
 
@@ -317,9 +250,7 @@ def counters(target: OurServer) -> dict[str, float]:
     return out
 
 
-def indicator_rate(
-    target: OurServer, gen: IndicatorLoadGen, rate: float, seconds: float
-) -> dict[str, Any]:
+def indicator_rate(target: OurServer, gen: LoadGen, rate: float, seconds: float) -> dict[str, Any]:
     """At ``rate``: indicator work per second, from the hub's counters and the clients."""
     target.set_rate(rate)
     time.sleep(1.0)
@@ -359,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "log": log,
     }
     with (
-        IndicatorLoadGen() as gen,
+        LoadGen(IndicatorGenerator) as gen,
         server(args.keys, n, "plain") as plain,
         server(
             args.keys, n, "indicators", INDICATOR_UPDATE_SECONDS=str(args.update_seconds)
