@@ -202,6 +202,40 @@ async def test_a_client_chosen_webhook_is_refused_unless_the_operator_allows_it(
             await client.close()
 
 
+async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """ "Within one update": the webhook names exactly the first bar, among those the hub had
+    when the alert was made and the updates after it, on which ``close > open`` holds."""
+    env = env_for(tmp_path, fake)
+    before = len(fake.hook_bodies("all"))
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            await client.send({"type": "data", **SERIES, "count": 5})
+            init = await client.wait_for("data_init")
+            await client.wait_for("data_update")
+            await client.send(alert("first green bar", None))
+            await client.wait_for("alert_created")
+            await eventually(lambda: len(fake.hook_bodies("all")) > before, 20, "the webhook call")
+        finally:
+            await client.close()
+    # Server frames of one client keep their order: what came before ``alert_created`` is
+    # what the hub had when it made the alert.
+    seen: list[dict[str, Any]] = [init["data"][-1]]
+    created_at = next(i for i, m in enumerate(client.messages) if m["type"] == "alert_created")
+    for i, message in enumerate(client.messages):
+        if message["type"] == "data_update":
+            if i < created_at:
+                seen = [message["data"]]
+            else:
+                seen.append(message["data"])
+    prefix = "csv-BTCUSD-1m-"
+    first_true = next(b for b in seen if b[prefix + "close"] > b[prefix + "open"])
+    fired = fake.hook_bodies("all")[before]["bar"]
+    assert (fired["date"], fired["close"]) == (first_true["date"], first_true[prefix + "close"])
+
+
 def _get(server: ServerProcess, path: str) -> Any:
     with urllib.request.urlopen(server.url + path, timeout=10) as response:
         return json.loads(response.read())
