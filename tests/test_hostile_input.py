@@ -24,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from backend import logs
-from backend.api import openbb
+from backend.api import openbb_grid, openbb_widgets
 from backend.errors import ProtocolError
 from backend.wire import protocol
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
@@ -171,7 +171,7 @@ def test_a_ping_id_must_be_a_scalar() -> None:
 
 def test_the_live_grid_reads_deep_or_broken_frames_as_no_params_message() -> None:
     for text in (nested(300), '{"params":{"symbol":' + nested(5000) + "}}", b"\xff", "[" * 99_999):
-        assert openbb.parse_params_message(text) is None
+        assert openbb_grid.parse_params_message(text) is None
 
 
 def records(handler_filter: logging.Filter, count: int, line: int = 1) -> list[str]:
@@ -223,7 +223,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 def url_of(server: ServerProcess, endpoint: str) -> str:
     base = server.url.replace("http://", "ws://")
-    return server.ws_url if endpoint == "hub" else base + openbb.GRID_WS_PATH
+    return server.ws_url if endpoint == "hub" else base + openbb_widgets.GRID_WS_PATH
 
 
 @pytest.fixture(params=["hub", "grid"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backend.api import cors, openbb
+from backend.api import cors, openbb_grid, openbb_widgets
 from backend.hub.listeners import Listeners
 from backend.model.bars import Bar, SeriesId
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
@@ -45,25 +45,25 @@ ROW = {
     ],
 )
 def test_both_message_shapes_and_both_value_forms_give_the_set(message: dict[str, Any]) -> None:
-    assert openbb.parse_params_message(json.dumps(message)) == ["AAA", "counting:BBB"]
+    assert openbb_grid.parse_params_message(json.dumps(message)) == ["AAA", "counting:BBB"]
 
 
 def test_params_without_symbols_empty_the_set() -> None:
-    assert openbb.parse_params_message('{"params": {}}') == []
-    assert openbb.parse_params_message('{"type": "params", "params": {"symbol": ""}}') == []
+    assert openbb_grid.parse_params_message('{"params": {}}') == []
+    assert openbb_grid.parse_params_message('{"type": "params", "params": {"symbol": ""}}') == []
 
 
 @pytest.mark.parametrize(
     "text", ["not json", "[1, 2]", '"params"', '{"type": "ping"}', '{"params": "AAA"}']
 )
 def test_other_messages_are_not_params(text: str) -> None:
-    assert openbb.parse_params_message(text) is None
+    assert openbb_grid.parse_params_message(text) is None
 
 
 def test_symbol_lists_are_capped() -> None:
-    assert openbb.split_symbols("A,B,C,D", limit=2) == ["A", "B"]
-    assert openbb.split_symbols(None) == []
-    assert openbb.split_symbols("x" * 500) == ["x" * openbb.MAX_SYMBOL_CHARS]
+    assert openbb_grid.split_symbols("A,B,C,D", limit=2) == ["A", "B"]
+    assert openbb_grid.split_symbols(None) == []
+    assert openbb_grid.split_symbols("x" * 500) == ["x" * openbb_grid.MAX_SYMBOL_CHARS]
 
 
 # ---------------------------------------------------------------- rows
@@ -71,7 +71,7 @@ def test_symbol_lists_are_capped() -> None:
 
 def test_a_row_compares_the_forming_bar_with_the_previous_close() -> None:
     bars: list[Bar] = [(86_400, 10.0, 11.0, 9.0, 10.0, 5.0), (172_800, 10.0, 12.5, 10.0, 12.5, 7.0)]
-    row = openbb.build_row("AAA", "AAA test", bars)
+    row = openbb_grid.build_row("AAA", "AAA test", bars)
     assert row == {
         "symbol": "AAA",
         "name": "AAA test",
@@ -85,29 +85,33 @@ def test_a_row_compares_the_forming_bar_with_the_previous_close() -> None:
 
 
 def test_a_row_without_history_or_with_an_error_keeps_every_column() -> None:
-    only = openbb.build_row("AAA", None, [(60, 1.0, 1.0, 1.0, 2.0, None)])
+    only = openbb_grid.build_row("AAA", None, [(60, 1.0, 1.0, 1.0, 2.0, None)])
     assert (only["price"], only["change"], only["change_percent"]) == (2.0, None, None)
-    unknown = openbb.build_row("ZZZ", None, [], "unknown symbol ZZZ")
+    unknown = openbb_grid.build_row("ZZZ", None, [], "unknown symbol ZZZ")
     assert set(unknown) == set(only)
     assert unknown["error"] == "unknown symbol ZZZ"
-    zero = openbb.build_row("Z", None, [(0, 0, 0, 0, 0.0, 0), (60, 0, 0, 0, 1.0, 0)])
+    zero = openbb_grid.build_row("Z", None, [(0, 0, 0, 0, 0.0, 0), (60, 0, 0, 0, 1.0, 0)])
     assert zero["change"] == 1.0
     assert zero["change_percent"] is None
 
 
 def test_socket_updates_carry_the_id_and_live_values_only() -> None:
-    row = openbb.build_row("AAA", "label", [(60, 1.0, 1.0, 1.0, 2.0, None)])
-    assert openbb.update_of(row) == {"symbol": "AAA", "price": 2.0, "date": "1970-01-01 00:01:00"}
+    row = openbb_grid.build_row("AAA", "label", [(60, 1.0, 1.0, 1.0, 2.0, None)])
+    assert openbb_grid.update_of(row) == {
+        "symbol": "AAA",
+        "price": 2.0,
+        "date": "1970-01-01 00:01:00",
+    }
 
 
 def test_the_grid_follows_the_daily_interval_or_the_coarsest() -> None:
-    assert openbb.grid_interval(ROW) == "1d"
-    assert openbb.grid_interval({**ROW, "intervals": ["1m", "4h"]}) == "4h"
-    assert openbb.grid_interval({**ROW, "intervals": []}) is None
+    assert openbb_grid.grid_interval(ROW) == "1d"
+    assert openbb_grid.grid_interval({**ROW, "intervals": ["1m", "4h"]}) == "4h"
+    assert openbb_grid.grid_interval({**ROW, "intervals": []}) is None
 
 
 def test_options_are_labelled_and_valued_source_name() -> None:
-    assert openbb.option(ROW) == {
+    assert openbb_grid.option(ROW) == {
         "label": "AAA - AAA test instrument (counting)",
         "value": "counting:AAA",
     }
@@ -117,12 +121,14 @@ def test_options_are_labelled_and_valued_source_name() -> None:
 
 
 def test_every_widget_has_the_required_fields_and_every_column_its_ws_flag() -> None:
-    defaults = openbb.pick_defaults([ROW, {**ROW, "name": "BBB"}], {"counting"})
-    assert defaults == openbb.Defaults(("counting:AAA", "counting:BBB"), "counting:AAA", "1h")
-    widgets = openbb.widgets(defaults)
+    defaults = openbb_widgets.pick_defaults([ROW, {**ROW, "name": "BBB"}], {"counting"})
+    assert defaults == openbb_widgets.Defaults(
+        ("counting:AAA", "counting:BBB"), "counting:AAA", "1h"
+    )
+    widgets = openbb_widgets.widgets(defaults)
     for widget in widgets.values():
         assert {"name", "description", "endpoint", "type", "gridData"} <= set(widget)
-    grid = widgets[openbb.LIVE_GRID]
+    grid = widgets[openbb_widgets.LIVE_GRID]
     assert grid["type"] == "live_grid"
     assert grid["wsEndpoint"] and grid["data"]["wsRowIdColumn"] == "symbol"
     columns = grid["data"]["table"]["columnsDefs"]
@@ -131,12 +137,12 @@ def test_every_widget_has_the_required_fields_and_every_column_its_ws_flag() -> 
     assert live == {"price", "change", "change_percent", "volume", "date", "error"}
     percent = next(c for c in columns if c["field"] == "change_percent")
     assert percent["formatterFn"] == "percent"  # shown as "25.00%": the value is in percent
-    row = openbb.build_row("AAA", None, [])
+    row = openbb_grid.build_row("AAA", None, [])
     assert {c["field"] for c in columns} == set(row)
     symbol = grid["params"][0]
     assert symbol["multiSelect"] is True and symbol["optionsEndpoint"]
     assert symbol["value"] == ["counting:AAA", "counting:BBB"]
-    chart = widgets[openbb.CHART]
+    chart = widgets[openbb_widgets.CHART]
     assert chart["type"] == "advanced_charting"
     assert chart["endpoint"] == "/udf"
     assert chart["data"] == {"defaultSymbol": "counting:AAA", "updateFrequency": 5000}
@@ -154,7 +160,7 @@ DOCUMENTED_RENDERERS = {"greenRed", "titleCase", "hoverCard", "cellOnClick", "co
 
 
 def test_columns_use_only_documented_fields_and_values() -> None:
-    for widget in openbb.widgets(openbb.Defaults()).values():
+    for widget in openbb_widgets.widgets(openbb_widgets.Defaults()).values():
         for column in widget.get("data", {}).get("table", {}).get("columnsDefs", []):
             assert set(column) <= DOCUMENTED_COLUMN_FIELDS, column
             assert column.get("formatterFn", "none") in DOCUMENTED_FORMATTERS
@@ -163,23 +169,23 @@ def test_columns_use_only_documented_fields_and_values() -> None:
 
 
 def test_the_app_carries_its_thumbnails_for_both_themes() -> None:
-    (app,) = openbb.apps("http://127.0.0.1:8000/")
+    (app,) = openbb_widgets.apps("http://127.0.0.1:8000/")
     assert app["img_dark"] == "http://127.0.0.1:8000/openbb/thumbnail-dark.svg"
     assert app["img_light"] == "http://127.0.0.1:8000/openbb/thumbnail-light.svg"
     assert app["img"] == app["img_dark"]
-    assert (openbb.thumbnail("dark") or "").startswith("<svg")
-    assert openbb.thumbnail("pink") is None
+    assert (openbb_widgets.thumbnail("dark") or "").startswith("<svg")
+    assert openbb_widgets.thumbnail("pink") is None
 
 
 def test_the_app_lays_out_existing_widgets() -> None:
-    (app,) = openbb.apps()
+    (app,) = openbb_widgets.apps()
     assert app["name"] == "Candlewire"
     ids = {item["i"] for tab in app["tabs"].values() for item in tab["layout"]}
-    assert ids == set(openbb.widgets(openbb.Defaults()))
+    assert ids == set(openbb_widgets.widgets(openbb_widgets.Defaults()))
 
 
 def test_defaults_skip_providers_that_are_not_enabled() -> None:
-    assert openbb.pick_defaults([ROW], {"csv"}) == openbb.Defaults()
+    assert openbb_widgets.pick_defaults([ROW], {"csv"}) == openbb_widgets.Defaults()
 
 
 def test_origins_come_from_a_comma_list_or_a_sequence() -> None:
@@ -278,13 +284,17 @@ def test_workspace_reads_widgets_and_apps_with_cors(server: ServerProcess) -> No
     assert headers["access-control-allow-origin"] == WORKSPACE
     assert headers["access-control-allow-credentials"] == "true"
     assert isinstance(widgets, dict)
-    assert set(widgets) == {openbb.LIVE_GRID, openbb.BARS_TABLE, openbb.CHART}
-    assert widgets[openbb.LIVE_GRID]["params"][0]["value"] == [
+    assert set(widgets) == {
+        openbb_widgets.LIVE_GRID,
+        openbb_widgets.BARS_TABLE,
+        openbb_widgets.CHART,
+    }
+    assert widgets[openbb_widgets.LIVE_GRID]["params"][0]["value"] == [
         "counting:AAA",
         "counting:BBB",
         "counting:CCC",
     ]
-    assert widgets[openbb.CHART]["data"]["defaultSymbol"] == "counting:AAA"
+    assert widgets[openbb_widgets.CHART]["data"]["defaultSymbol"] == "counting:AAA"
     status, headers, apps = call(server, "/apps.json")
     assert status == 200
     assert headers["access-control-allow-origin"] == WORKSPACE
@@ -378,7 +388,7 @@ def test_bars_table_and_its_json_errors(server: ServerProcess) -> None:
 @pytest.fixture
 async def grid(server: ServerProcess) -> AsyncIterator[WsClient]:
     _, _, widgets = call(server, "/widgets.json")
-    path = widgets[openbb.LIVE_GRID]["wsEndpoint"]
+    path = widgets[openbb_widgets.LIVE_GRID]["wsEndpoint"]
     socket = await WsClient.open(server.url.replace("http://", "ws://") + "/" + path)
     yield socket
     await socket.close()
