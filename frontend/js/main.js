@@ -1,8 +1,12 @@
 // main: builds the page from the URL state and wires the parts together: the connection and
 // feed, the shared quotes, the workspace of charts, the search box, interval, chart type and
-// price scale menus, compare, indicators, watchlist, toggles, badge, toasts, the page title,
-// and the URL (history.replaceState on every change).
+// price scale menus, compare, indicators, alerts (list, right-click menu, price lines, a
+// toast per notification), watchlist, toggles, badge, toasts, the page title, and the URL
+// (history.replaceState on every change).
 
+import { AlertLines } from "./alert-lines.js";
+import { AlertMenu, AlertPanel } from "./alert-panel.js";
+import { AlertBook } from "./alerts.js";
 import { CHART_TYPES, PRICE_SCALES, drawnType, typesFor } from "./chart-types.js";
 import { ComparePicker } from "./compare-picker.js";
 import { Connection, hubUrl } from "./connection.js";
@@ -65,6 +69,26 @@ new IndicatorPicker({
   list: $("#indicator-results"),
   feed,
   onPick: (def) => workspace.active.indicators.add(def),
+});
+const alertBook = new AlertBook(connection);
+const alertPanel = new AlertPanel({
+  button: $("#alert-button"),
+  box: $("#alert-box"),
+  form: $("#alert-form"),
+  level: $("#alert-level"),
+  list: $("#alert-items"),
+  count: $("#alert-count"),
+  book: alertBook,
+  workspace,
+});
+new AlertMenu({
+  grid: $("#grid"), workspace, onPick: (panel, level) => alertPanel.createFor(panel, level),
+});
+const alertLines = new AlertLines(alertBook, workspace);
+alertBook.addEventListener("notification", (e) => {
+  const text = String(e.detail.message || "");
+  // "Error: …" notifications repeat an `error` the feed already shows as a toast.
+  if (text && !text.startsWith("Error:")) toasts.show(`Alert: ${text}`, "info");
 });
 const indicatorDialog = new IndicatorDialog($("#indicator-dialog"));
 workspace.addEventListener("indicator-edit", (e) => {
@@ -242,7 +266,7 @@ feed.addEventListener("error", (e) => {
   toasts.show(sentence(m.message || m.code || "server error"));
 });
 
-installTestHook({ workspace, connection, feed, watchlist, quotes });
+installTestHook({ workspace, connection, feed, watchlist, quotes, alertBook, alertLines });
 watchlist.load();
 refreshToolbar();
 saveUrl();

@@ -9,6 +9,10 @@
 //                                  outputs: {name: points()}}]; .panes the chart's pane count
 //   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
 //   candlewire.lastError           the last server error message, or null
+//   candlewire.alerts              {items (the `alerts` list), owner, vapidAsked, vapidKey,
+//                                  push (the subscription JSON, null without push, undefined
+//                                  before the first alert), lines(i) levels drawn on chart i,
+//                                  notifications (every `notification` received)}
 
 import { isOverlay } from "./indicators.js";
 
@@ -61,9 +65,26 @@ function chartView(panel) {
   };
 }
 
-export function installTestHook({ workspace, connection, feed, watchlist, quotes }) {
+function alertsView(book, lines, workspace) {
+  const notifications = [];
+  book.addEventListener("notification", (e) => notifications.push(e.detail));
+  return {
+    get items() { return book.items.map((a) => ({ ...a })); },
+    get owner() { return book.owner; },
+    get vapidAsked() { return book.vapidAsked; },
+    get vapidKey() { return book.vapidKey; },
+    get push() { return book.subscription; },
+    lines: (i) => lines.levels(workspace.panels[i]),
+    notifications,
+  };
+}
+
+export function installTestHook({
+  workspace, connection, feed, watchlist, quotes, alertBook, alertLines,
+}) {
   const errors = [];
   feed.addEventListener("error", (e) => errors.push(e.detail));
+  const alerts = alertsView(alertBook, alertLines, workspace);
   window.candlewire = {
     get charts() { return workspace.panels.map(chartView); },
     get active() { return workspace.activeIndex; },
@@ -75,6 +96,7 @@ export function installTestHook({ workspace, connection, feed, watchlist, quotes
         source: e.source, name: e.name, quote: quotes.get(e.source, e.name),
       }));
     },
+    alerts,
     errors,
   };
 }

@@ -1,0 +1,235 @@
+"""Alerts from the web page, in headless Chromium at 1440x900 and at 390x844.
+
+One server (the bundled CSV sample data, replayed at 60x) and one browser serve the module;
+each test runs once per viewport in a fresh browser context (so with a fresh owner key in
+localStorage). Headless Chromium cannot grant the push permission reliably, so the tests
+check that the page asks for the VAPID key and that an alert is still created without a
+subscription; every test fails on a console error or an uncaught exception and keeps a
+screenshot in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MS, free_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.browser
+
+VIEWPORTS = {
+    "desktop": {"width": 1440, "height": 900},
+    "phone": {"width": 390, "height": 844},
+}
+QUERY = "?source=csv&s=BTCUSD&i=1h"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("browser-alerts")
+    env = base_env(
+        tmp,
+        PROVIDERS="csv",
+        CSV_FOLDER_PATH=str(ROOT / "data"),
+        CSV_REPLAY_SPEED="60",
+        STREAM_LINGER_SECONDS="0.5",
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(params=sorted(VIEWPORTS))
+def viewport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def page(browser: Browser, viewport: str) -> Iterator[Page]:
+    phone = viewport == "phone"
+    size = VIEWPORTS[viewport]
+    context = browser.new_context(
+        viewport={"width": size["width"], "height": size["height"]},
+        is_mobile=phone,
+        has_touch=phone,
+        device_scale_factor=1,
+    )
+    context.set_default_timeout(seconds(10) * MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console(page: Page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def js(page: Page, expression: str, arg: Any = None) -> Any:
+    return page.evaluate(expression, arg)
+
+
+def open_page(page: Page, server: ServerProcess) -> None:
+    page.goto(f"{server.url}/{QUERY}")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+
+
+def shot(page: Page, name: str, viewport: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"alerts-{name}-{viewport}.png"))
+
+
+def alerts(page: Page) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = js(page, "window.candlewire.alerts.items")
+    return items
+
+
+def lines(page: Page) -> list[dict[str, Any]]:
+    drawn: list[dict[str, Any]] = js(page, "window.candlewire.alerts.lines(0)")
+    return drawn
+
+
+def add_alert_at(page: Page, level: float) -> None:
+    if page.locator("#alert-box").is_hidden():
+        page.locator("#alert-button").click()
+    page.locator("#alert-level").fill(str(level))
+    page.locator("#alert-add").click()
+
+
+def assert_no_horizontal_scroll(page: Page) -> None:
+    sizes = js(page, "[document.scrollingElement.scrollWidth, innerWidth]")
+    assert sizes[0] <= sizes[1], f"the page is {sizes[0]} px wide in a {sizes[1]} px window"
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_the_service_worker_is_served_at_the_site_root(server: ServerProcess) -> None:
+    with urllib.request.urlopen(f"{server.url}/service-worker.js", timeout=10) as answer:
+        assert answer.status == 200
+        assert "javascript" in answer.headers["content-type"]
+        assert "showNotification" in answer.read().decode()
+
+
+def test_the_page_asks_for_the_vapid_key_and_creates_an_alert_without_push_permission(
+    page: Page, server: ServerProcess, console: list[str], viewport: str
+) -> None:
+    open_page(page, server)
+    page.locator("#alert-button").click()
+    page.wait_for_function("window.candlewire.alerts.vapidKey !== null")
+    assert js(page, "window.candlewire.alerts.vapidAsked")
+    assert page.locator("#alert-level").input_value() != "", "the level starts at the last price"
+    last = js(page, "window.candlewire.charts[0].ownBars().at(-1).close")
+    level = round(last * 1.5, 2)  # far away: it does not fire during the test
+    add_alert_at(page, level)
+    until(lambda: len(alerts(page)) == 1, timeout=20, what="the alert in the list")
+    created = alerts(page)[0]
+    assert created["push"] is False, "no push permission: the alert has no subscription"
+    assert js(page, "window.candlewire.alerts.push") is None
+    assert created["rules"] == [
+        {
+            "type1": "data",
+            "source1": "csv",
+            "name1": "BTCUSD",
+            "interval1": "1h",
+            "key1": "close",
+            "comparator": "crosses",
+            "type2": "value",
+            "value2": str(level),
+        }
+    ]
+    assert created["owner"] == js(page, "window.candlewire.alerts.owner")
+    assert_no_horizontal_scroll(page)
+    shot(page, "created", viewport)
+    assert console == []
+
+
+def test_an_alert_made_by_right_click_is_listed_with_its_line_and_deleted_from_the_list(
+    page: Page, server: ServerProcess, console: list[str], viewport: str
+) -> None:
+    open_page(page, server)
+    box = page.locator(".panel .chart-host").first.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.3
+    page.mouse.click(x, y, button="right")
+    item = page.locator(".alert-menu-item")
+    item.wait_for(state="visible")
+    assert "Alert when BTCUSD crosses" in item.inner_text()
+    item.click()
+    until(lambda: len(alerts(page)) == 1, timeout=20, what="the alert in the list")
+    level_text = alerts(page)[0]["rules"][0]["value2"]
+    level = float(level_text)
+    until(lambda: [line["level"] for line in lines(page)] == [level], what="the price line")
+    assert lines(page)[0]["price"] == level
+    page.locator("#alert-button").click()
+    rows = page.locator("#alert-items .alert-item")
+    rows.first.wait_for(state="visible")
+    assert rows.count() == 1
+    assert f"BTCUSD crosses {level_text}" in rows.first.inner_text()
+    assert page.locator("#alert-count").inner_text() == "1"
+    shot(page, "listed", viewport)
+    rows.first.locator(".alert-delete").click()
+    until(lambda: alerts(page) == [], timeout=20, what="the deletion")
+    until(lambda: lines(page) == [], what="the line removed")
+    page.locator("#alert-items .alert-empty").wait_for(state="visible")
+    assert page.locator("#alert-count").is_hidden()
+    assert_no_horizontal_scroll(page)
+    assert console == []
+
+
+def test_a_notification_from_an_alert_shows_a_toast(
+    page: Page, server: ServerProcess, console: list[str], viewport: str
+) -> None:
+    open_page(page, server)
+    bars = "window.candlewire.charts[0].ownBars()"
+
+    def closes_differ() -> bool:
+        moved: bool = js(page, f"{bars}.at(-1).close !== {bars}.at(-2).close")
+        return moved
+
+    until(closes_differ, timeout=30, what="a forming bar away from the previous close")
+    previous, last = js(page, f"[{bars}.at(-2).close, {bars}.at(-1).close]")
+    # Between the previous bar's close and the forming bar's: true at creation, so it fires.
+    level = round((previous + last) / 2, 6)
+    add_alert_at(page, level)
+    toast = page.locator(".toast-info", has_text="crosses")
+    toast.first.wait_for(state="visible", timeout=seconds(30) * MS)
+    assert "BTCUSD crosses" in toast.first.inner_text()
+    notes = js(page, "window.candlewire.alerts.notifications")
+    assert any(n.get("alert_id") is not None for n in notes)
+    shot(page, "toast", viewport)
+    assert console == []
