@@ -54,6 +54,11 @@ class Requests:
     async def take_frame(self, client: Client, text: str | bytes) -> None:
         """Apply one frame's requests in order; their I/O replies follow as jobs."""
         settings = self.hub.settings
+        wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
+        if wait > 0:  # over the caller's request rate: refused unread, the socket stays
+            self.hub.metrics.inc("candlewire_request_errors_total", code="rate_limited")
+            self.hub.send(client, protocol.rate_limited_message(wait))
+            return
         for request in protocol.parse_frame(
             text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT
         ):
@@ -104,6 +109,8 @@ class Requests:
                     request.raw,
                 )
             )
+        elif request.stream and (refusal := self._over_caller_limit(client, key)):
+            notes.append(protocol.error_message("limit_reached", refusal, request.raw))
         elif request.stream:
             self.hub.subscribe(client, key)
         await client.replies.submit(
@@ -257,6 +264,13 @@ class Requests:
             self._details.clear()
         self._details[cache_key] = details
         return details
+
+    def _over_caller_limit(self, client: Client, key: SeriesId) -> str | None:
+        """Why the caller (over all its connections) may not add ``key``, or None."""
+        admit = self.hub.admit_subscription
+        if admit is None or key in self.hub.subs.keys_of(client.id):
+            return None
+        return admit(client.id)
 
     def _over_subscription_limit(self, client: Client, key: SeriesId) -> bool:
         keys = self.hub.subs.keys_of(client.id)

@@ -417,6 +417,20 @@ def error_message(code: str, message: str, request: Any = None) -> bytes:
     )
 
 
+def rate_limited_message(retry_after: float) -> bytes:
+    """The ``error rate_limited`` answer to a frame over the client's request rate."""
+    wait = round(retry_after, 1)
+    return encode(
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": f"too many requests; retry after {wait:g} s",
+            "request": None,
+            "retry_after": wait,
+        }
+    )
+
+
 # ---------------------------------------------------------------- bounding echoes
 
 _SHORT_STRING = 96
