@@ -137,13 +137,18 @@ async def test_frames_over_the_request_rate_get_rate_limited_with_a_retry_time_a
 ) -> None:
     client = await open_socket(server, "chatty")
     for n in range(20):
-        await client.send({"type": "ping", "id": n})
-    await eventually(lambda: len(client.messages) >= 20, 10, "an answer to every frame")
+        await client.send({"type": "ping", "id": n}, history("AAA", "1h", 100 + n))
+    await eventually(lambda: len(client.of_type("data_history")) == 20, 10, "every answer")
     pongs = client.of_type("pong")
     refused = rate_errors(client)
     assert REQUESTS_BURST <= len(pongs) <= REQUESTS_BURST + 2, len(pongs)
-    assert len(pongs) + len(refused) == 20
+    assert len(pongs) + len(refused) / 2 == 20  # a refused frame: both its requests refused
     assert all(0 < m["retry_after"] <= 4 and "retry after" in m["message"] for m in refused)
+    refused_pings = {m["request"]["id"] for m in refused if m["request"]["type"] == "ping"}
+    assert refused_pings == set(range(20)) - {m["id"] for m in pongs}
+    # A refused history request still gets its (empty) data_history, as every refusal.
+    empty = [m for m in client.of_type("data_history") if m["data"] == []]
+    assert len(empty) == len(refused_pings)
     assert client.connection.close_code is None  # refused, never closed
     await eventually(lambda: log_lines(server, "sub-chatty: over the request rate"), 10, "a log")
     assert log_lines(server, "sub-chatty: over the request rate") == 1
