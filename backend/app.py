@@ -67,6 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
         hub = Hub(settings, symbols, Metrics(), store, indicators)
         hub.admit_fetch = access.fair.admit_fetch
         hub.may_read = may_read
+        hub.admit_frame = access.fair.frame_wait
+        hub.admit_subscription = access.subscriptions.admit
+        access.subscriptions.count = lambda connection: len(hub.subs.keys_of(connection))
         hub.metrics.gauge(
             "candlewire_upstream_refusals",
             lambda: access.fair.refused,

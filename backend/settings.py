@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.errors import ConfigError
@@ -26,6 +26,17 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+class AccessTier(BaseModel):
+    """One quota tier of ``ACCESS_TIERS`` (a JWT's ``tier`` claim picks it); a field left
+    out keeps the global setting of the same name."""
+
+    upstream_calls_per_second: float | None = Field(default=None, gt=0)
+    upstream_burst: int | None = Field(default=None, ge=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_burst: int | None = Field(default=None, ge=1)
+    max_subscriptions: int | None = Field(default=None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -138,6 +149,11 @@ class Settings(BaseSettings):
     REQUESTS_BURST: int = Field(200, ge=1)
     UPSTREAM_CALLS_PER_SECOND: float = Field(5.0, gt=0)
     UPSTREAM_BURST: int = Field(60, ge=1)
+    # Subscriptions per client across all its connections (a key's or token's subject,
+    # else the address); MAX_SUBSCRIPTIONS_PER_CLIENT is per connection.
+    MAX_SUBSCRIPTIONS_PER_CALLER: int = Field(2000, ge=1)
+    # Quota tiers by name (JSON): {"free": {"upstream_calls_per_second": 1, ...}}.
+    ACCESS_TIERS: dict[str, AccessTier] = Field(default_factory=dict)
     # A provider's history budget, shared fairly between the clients using it.
     PROVIDER_CALLS_PER_SECOND: float = Field(20.0, gt=0)
     # The HTTP front door (server.py): uvicorn's limits plus what it lacks.

@@ -22,6 +22,8 @@ from backend.access.fairuse import FairUse, ProviderShare, ThrottledLog
 from backend.access.frontdoor import AcceptErrors
 from backend.access.identity import Identity, current
 from backend.access.origins import OriginPolicy
+from backend.access.subscriptions import SubscriptionQuota
+from backend.access.tiers import Tiers
 from backend.api.rest import content_disposition
 from backend.app import create_app
 from backend.data_providers.polygon.rest import translated
@@ -171,6 +173,44 @@ def test_the_upstream_budget_refuses_with_a_retry_time_and_logs_once(
     finally:
         current.reset(token)
     fair.admit_fetch(KEY)  # another caller has its own budget
+
+
+def test_a_tier_sets_the_limits_it_names_and_keeps_the_global_ones_it_leaves_out() -> None:
+    tiers = Tiers(
+        settings(
+            REQUESTS_PER_SECOND=10,
+            REQUESTS_BURST=40,
+            MAX_SUBSCRIPTIONS_PER_CALLER=30,
+            ACCESS_TIERS={"free": {"upstream_burst": 3, "max_subscriptions": 5}},
+        )
+    )
+    free = tiers.of("free")
+    assert (free.upstream.amount, free.subscriptions, free.requests.amount) == (3, 5, 40)
+    assert tiers.of("unknown") == tiers.of("default")
+    assert tiers.of("default").subscriptions == 30
+
+
+def test_subscriptions_count_over_a_clients_connections_but_not_for_the_local_user() -> None:
+    quota = SubscriptionQuota(Tiers(settings(MAX_SUBSCRIPTIONS_PER_CALLER=3)))
+    held = {1: 2, 2: 0}
+    quota.count = lambda connection: held.get(connection, 0)
+    remote = Identity(client="203.0.113.9", address="203.0.113.9")
+    token = current.set(remote)
+    try:
+        assert quota.admit(1) is None  # 2 held on connection 1
+        held[1] = 3
+        assert quota.admit(2) is not None  # 3 held on another connection of the address
+        held[1] = 0  # connection 1 closed
+        assert quota.admit(2) is None
+    finally:
+        current.reset(token)
+    local = Identity(client="127.0.0.1", address="127.0.0.1")
+    token = current.set(local)
+    try:
+        held[1] = 99
+        assert quota.admit(1) is None
+    finally:
+        current.reset(token)
 
 
 def test_a_throttled_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,8 +2,11 @@
 
 * connections per client and per address (counters; over the limit the upgrade gets 429);
 * requests per second per client, with bursts (the ``limits`` library's moving window):
-  an HTTP request over it gets 429 ``rate_limited`` with ``Retry-After``; a WebSocket
-  client's frames are read more slowly instead;
+  an HTTP request over it gets 429 ``rate_limited`` with ``Retry-After``; a Tradiny socket's
+  frame over it is answered ``error rate_limited`` with ``retry_after`` and not served
+  (``frame_wait``, the hub's ``admit_frame``), other sockets' frames are read more slowly;
+  logged once per interval per client;
+* each client's limits are those of its quota tier (``tiers``);
 * the **upstream budget**: every history call that reaches a provider is charged to the
   client whose request caused it (:data:`backend.access.identity.current`). A client may
   make ``UPSTREAM_CALLS_PER_SECOND`` on average (``UPSTREAM_BURST`` at once), and a
@@ -26,11 +29,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from limits import RateLimitItem, RateLimitItemPerSecond
+from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from backend.access.identity import Identity, current
+from backend.access.tiers import Tiers
 from backend.errors import AccessDenied, RateLimited
 from backend.model.bars import SeriesId
 from backend.settings import Settings
@@ -40,11 +44,6 @@ logger = logging.getLogger(__name__)
 TOO_MANY = 429
 SHARE_WINDOW_SECONDS = 5.0
 LOG_INTERVAL_SECONDS = 10.0
-
-
-def burst_item(rate: float, burst: int, namespace: str) -> RateLimitItem:
-    """``burst`` hits per the window in which ``rate`` per second adds up to ``burst``."""
-    return RateLimitItemPerSecond(burst, max(1, math.ceil(burst / rate)), namespace)
 
 
 class ThrottledLog:
@@ -137,10 +136,7 @@ class FairUse:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.requests = burst_item(settings.REQUESTS_PER_SECOND, settings.REQUESTS_BURST, "req")
-        self.upstream = burst_item(
-            settings.UPSTREAM_CALLS_PER_SECOND, settings.UPSTREAM_BURST, "upstream"
-        )
+        self.tiers = Tiers(settings)
         self.provider_rate = settings.PROVIDER_CALLS_PER_SECOND
         self.shares: dict[str, ProviderShare] = {}
         self.connections = Connections(
@@ -151,12 +147,17 @@ class FairUse:
 
     def request_wait(self, identity: Identity) -> float:
         """0 when ``identity`` may make a request now (it is counted), else seconds to wait."""
-        if keyed_by_address(identity) or self.limiter.hit(self.requests, identity.client):
+        requests = self.tiers.of(identity.tier).requests
+        if keyed_by_address(identity) or self.limiter.hit(requests, identity.client):
             return 0.0
         self.log.report(
             "requests:" + identity.client, "client %s: over the request rate", identity.client
         )
-        return self._reset_in(self.requests, identity.client)
+        return self._reset_in(requests, identity.client)
+
+    def frame_wait(self) -> float:
+        """``request_wait`` of the current caller (a socket's frame: ``hub.admit_frame``)."""
+        return self.request_wait(current.get())
 
     async def pace(self, identity: Identity) -> None:
         """Wait until ``identity`` may make its next request (a socket's next frame)."""
@@ -168,14 +169,15 @@ class FairUse:
     def admit_fetch(self, key: SeriesId) -> None:
         """Charge one upstream history call to the current caller, or raise ``RateLimited``."""
         caller = current.get()
-        if not self.limiter.test(self.upstream, caller.budget_key):
-            wait = self._reset_in(self.upstream, caller.budget_key)
+        upstream = self.tiers.of(caller.tier).upstream
+        if not self.limiter.test(upstream, caller.budget_key):
+            wait = self._reset_in(upstream, caller.budget_key)
             self._refuse(caller, key, wait, "its upstream budget")
         share = self.shares.setdefault(key.source, ProviderShare(self.provider_rate))
         wait_share = share.admit(caller.budget_key, self.clock())
         if wait_share is not None:
             self._refuse(caller, key, wait_share, f"its fair share of {key.source}")
-        self.limiter.hit(self.upstream, caller.budget_key)
+        self.limiter.hit(upstream, caller.budget_key)
 
     def _refuse(self, caller: Identity, key: SeriesId, wait: float, what: str) -> None:
         self.refused += 1

@@ -4,8 +4,9 @@
 A socket upgrade is checked before the WebSocket opens: a foreign ``Origin`` gets 403, a
 missing or bad token 401, a client over its connection limit 429 (ASGI's WebSocket denial
 response). An accepted socket whose token expires is closed with 1008 (policy violation)
-``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out, and its frames are read no faster than
-the request rate allows. An HTTP request is authenticated unless it is public (the web
+``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out; over the request rate, its frames are
+answered ``error rate_limited`` (the Tradiny socket, by the hub) or read more slowly (the
+others). An HTTP request is authenticated unless it is public (the web
 page's static files, ``/health`` liveness, CORS preflights) and counted against the request
 rate. The caller becomes :data:`~backend.access.identity.current` for the request or the
 connection (and the reply jobs it starts), and ``scope["state"]["identity"]``.
@@ -27,6 +28,7 @@ from backend.access.credentials import Authenticator, token_of
 from backend.access.fairuse import FairUse
 from backend.access.identity import ANONYMOUS, Identity, current
 from backend.access.origins import OriginPolicy
+from backend.access.subscriptions import SubscriptionQuota
 from backend.errors import AccessDenied
 from backend.settings import Settings
 
@@ -46,6 +48,7 @@ class Access:
         self.auth = Authenticator(settings)
         self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, settings.CORS_ORIGINS)
         self.fair = FairUse(settings)
+        self.subscriptions = SubscriptionQuota(self.fair.tiers)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
         self.sockets = 0  # sockets accepted so far (names each one's upstream budget)
 
@@ -81,8 +84,12 @@ class Access:
             return self.settings.METRICS_PUBLIC
         return path.startswith("/vendor/") or path.endswith(STATIC_SUFFIXES)
 
-    async def serve_socket(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
-        """Check a socket upgrade, then run ``app`` as the caller, paced and with expiry."""
+    async def serve_socket(
+        self, scope: Scope, receive: Receive, send: Send, app: ASGIApp, paced: bool = True
+    ) -> None:
+        """Check a socket upgrade, then run ``app`` as the caller, with expiry, its frames
+        paced to the request rate unless ``app`` answers over-limit frames itself (the
+        Tradiny socket: ``error rate_limited``, :meth:`FairUse.frame_wait`)."""
         try:
             identity = self.check_socket(scope)
         except AccessDenied as denied:
@@ -95,7 +102,7 @@ class Access:
         token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
         expiry = self._watch_expiry(identity, send)
         try:
-            await app(scope, self._paced(identity, receive), send)
+            await app(scope, self._paced(identity, receive) if paced else receive, send)
         finally:
             if expiry is not None:
                 expiry.cancel()

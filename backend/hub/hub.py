@@ -113,6 +113,10 @@ class Hub:
         # a provider to the current caller (raises RateLimited), and may it read a key.
         self.admit_fetch: Callable[[SeriesId], None] | None = None
         self.may_read: Callable[[SeriesId], bool] | None = None
+        # Access control (backend/access): seconds until the caller may send another frame
+        # (0: now), and why the caller may not add a subscription (None: it may).
+        self.admit_frame: Callable[[], float] | None = None
+        self.admit_subscription: Callable[[int], str | None] | None = None
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.requests = Requests(self)

@@ -38,6 +38,11 @@ SEARCH_LANE = ("search",)
 DETAILS_CACHE_SIZE = 10_000
 
 Details = dict[str, Any]
+# The empty reply a refused request still gets.
+EMPTY_REPLIES: dict[type, str] = {
+    protocol.DataRequest: "data_init",
+    protocol.HistoryRequest: "data_history",
+}
 
 
 def key_lane(key: SeriesId) -> tuple[str, SeriesId]:
@@ -54,12 +59,33 @@ class Requests:
     async def take_frame(self, client: Client, text: str | bytes) -> None:
         """Apply one frame's requests in order; their I/O replies follow as jobs."""
         settings = self.hub.settings
+        wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
         for request in protocol.parse_frame(
             text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT
         ):
             if client.id not in self.hub.clients:
                 return
-            await self._take(client, request)
+            if wait > 0:  # over the caller's request rate: refused, the socket stays open
+                await self._over_rate(client, request, wait)
+            else:
+                await self._take(client, request)
+
+    async def _over_rate(self, client: Client, request: protocol.Request, wait: float) -> None:
+        """Answer ``rate_limited`` (and the empty reply a series request asked for) in the
+        request's turn, as every refusal."""
+        series: SeriesId | None = getattr(request, "series", None)
+        reply_type = EMPTY_REPLIES.get(type(request), getattr(request, "reply_type", None))
+        self.hub.metrics.inc("candlewire_request_errors_total", code="rate_limited")
+
+        async def reply() -> None:
+            self.hub.send(client, protocol.rate_limited_message(wait, request.raw))
+            if series is not None and reply_type is not None:
+                self.hub.send(client, protocol.series_message(reply_type, series, []))
+
+        if series is None:
+            await reply()
+        else:
+            await client.replies.submit(key_lane(series), reply)
 
     async def _take(self, client: Client, request: protocol.Request) -> None:
         hub = self.hub
@@ -104,6 +130,8 @@ class Requests:
                     request.raw,
                 )
             )
+        elif request.stream and (refusal := self._over_caller_limit(client, key)):
+            notes.append(protocol.error_message("limit_reached", refusal, request.raw))
         elif request.stream:
             self.hub.subscribe(client, key)
         await client.replies.submit(
@@ -257,6 +285,13 @@ class Requests:
             self._details.clear()
         self._details[cache_key] = details
         return details
+
+    def _over_caller_limit(self, client: Client, key: SeriesId) -> str | None:
+        """Why the caller (over all its connections) may not add ``key``, or None."""
+        admit = self.hub.admit_subscription
+        if admit is None or key in self.hub.subs.keys_of(client.id):
+            return None
+        return admit(client.id)
 
     def _over_subscription_limit(self, client: Client, key: SeriesId) -> bool:
         keys = self.hub.subs.keys_of(client.id)

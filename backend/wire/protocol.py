@@ -417,6 +417,20 @@ def error_message(code: str, message: str, request: Any = None) -> bytes:
     )
 
 
+def rate_limited_message(retry_after: float, request: Any = None) -> bytes:
+    """The ``error rate_limited`` answer to a request over the client's request rate."""
+    wait = round(retry_after, 1)
+    return encode(
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": f"too many requests; retry after {wait:g} s",
+            "request": echo(request),
+            "retry_after": wait,
+        }
+    )
+
+
 # ---------------------------------------------------------------- bounding echoes
 
 _SHORT_STRING = 96

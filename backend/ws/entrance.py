@@ -12,8 +12,9 @@ FastAPI app still routes ``/websocket/`` itself, for use under another entry poi
 Access control comes first (:class:`backend.access.guard.Access`): an upgrade from a foreign
 ``Origin`` is refused with 403, one without valid credentials with 401, one over its
 connection limit with 429, all before the WebSocket opens; an accepted socket runs as its
-caller (the upstream budget), its frames paced, and is closed with 1008 when its token
-expired (after the grace period).
+caller (the upstream budget and the subscriptions of its client), a frame over the request
+rate is answered ``error rate_limited`` by the hub (``admit_frame``) instead of being read
+more slowly, and it is closed with 1008 when its token expired (after the grace period).
 
 It counts the WebSocket connections that ended (``departures``): the server's garbage
 collection policy (``server.py``) runs a full collection after clients left.
@@ -42,7 +43,7 @@ class Entrance:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
             access: Access = self.app.state.access
-            await access.serve_socket(scope, receive, send, self._serve)
+            await access.serve_socket(scope, receive, send, self._serve, paced=False)
             return
         await self.app(scope, receive, send)
 

@@ -1,0 +1,232 @@
+"""Per-client limits of issue 15 against the real server (``AUTH=jwt``): the request rate
+on the socket (answered ``rate_limited``, never closing it), subscriptions across a
+client's connections (``limit_reached``), and quota tiers (``ACCESS_TIERS``) chosen by the
+JWT ``tier`` claim.
+
+One server serves every test; each test names its own JWT subject, so limits do not mix.
+The default tier is tight (a burst of 6 frames per 3 s, 3 subscriptions per client); tier
+``pro`` is generous, tier ``meagre`` has a small upstream budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+AUDIENCE = "candlewire-tests"
+REQUESTS_BURST = 6
+MAX_SUBSCRIPTIONS = 3
+MEAGRE_RATE, MEAGRE_BURST = 1, 2
+TIERS = {
+    "pro": {"requests_per_second": 100, "requests_burst": 500, "max_subscriptions": 6},
+    "meagre": {
+        "requests_per_second": 100,
+        "requests_burst": 500,
+        "upstream_calls_per_second": MEAGRE_RATE,
+        "upstream_burst": MEAGRE_BURST,
+    },
+}
+
+
+class KeyedServer(ServerProcess):
+    """The harness's server, its own requests (health checks) carrying a token."""
+
+    def get(self, path: str) -> Any:
+        headers = {"Authorization": f"Bearer {token('harness')}"}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            body = response.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("access-limits")
+    env = base_env(
+        tmp,
+        PROVIDERS="counting",
+        AUTH="jwt",
+        JWT_SECRET=SECRET,
+        JWT_AUDIENCE=AUDIENCE,
+        REQUESTS_PER_SECOND="2",
+        REQUESTS_BURST=str(REQUESTS_BURST),
+        MAX_SUBSCRIPTIONS_PER_CALLER=str(MAX_SUBSCRIPTIONS),
+        UPSTREAM_CALLS_PER_SECOND="50",
+        UPSTREAM_BURST="200",
+        PROVIDER_CALLS_PER_SECOND="100",
+        ACCESS_TIERS=json.dumps(TIERS),
+        CANDLEWIRE_TEST_PERIOD="0.5",
+    )
+    assert populate(env).returncode == 0
+    with KeyedServer(env, tmp / "server.log") as running:
+        yield running
+
+
+def token(sub: str, **claims: Any) -> str:
+    payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time() + 3600), **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+async def open_socket(server: ServerProcess, sub: str, **claims: Any) -> WsClient:
+    return await WsClient.open(f"{server.ws_url}?token={token(sub, **claims)}")
+
+
+def data(name: str, interval: str) -> dict[str, Any]:
+    return {"type": "data", "source": "counting", "name": name, "interval": interval, "count": 1}
+
+
+def unsubscribe(name: str, interval: str) -> dict[str, Any]:
+    return {"type": "unsubscribe", "source": "counting", "name": name, "interval": interval}
+
+
+def history(name: str, interval: str, hours_ago: int) -> dict[str, Any]:
+    t = int(time.time()) // 3600 * 3600 - hours_ago * 3600
+    end = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    return {
+        "type": "data_history",
+        "source": "counting",
+        "name": name,
+        "interval": interval,
+        "end": end,
+        "count": 1,
+    }
+
+
+def limit_errors(client: WsClient, after: int = 0) -> list[dict[str, Any]]:
+    return [m for m in client.of_type("error", after) if m.get("code") == "limit_reached"]
+
+
+def rate_errors(client: WsClient) -> list[dict[str, Any]]:
+    return [m for m in client.of_type("error") if m.get("code") == "rate_limited"]
+
+
+def log_lines(server: ServerProcess, text: str) -> int:
+    return sum(text in line for line in Path(server.log_path).read_text().splitlines())
+
+
+def fetches(server: ServerProcess, name: str, interval: str) -> int:
+    path = Path(server.env["CANDLEWIRE_TEST_LOG"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return lines.count(f"history {name} {interval}")
+
+
+async def answered_ping(client: WsClient, ping_id: int) -> dict[str, Any]:
+    """Send one ping; the pong, or the ``rate_limited`` error that answered it instead."""
+    mark = len(client.messages)
+    await client.send({"type": "ping", "id": ping_id})
+    await eventually(lambda: len(client.messages) > mark, 10, f"an answer to ping {ping_id}")
+    return client.messages[mark]
+
+
+# ---------------------------------------------------------------------- request rate
+
+
+async def test_frames_over_the_request_rate_get_rate_limited_with_a_retry_time_and_one_log_line(
+    server: ServerProcess,
+) -> None:
+    client = await open_socket(server, "chatty")
+    for n in range(20):
+        await client.send({"type": "ping", "id": n}, history("AAA", "1h", 100 + n))
+    await eventually(lambda: len(client.of_type("data_history")) == 20, 10, "every answer")
+    pongs = client.of_type("pong")
+    refused = rate_errors(client)
+    assert REQUESTS_BURST <= len(pongs) <= REQUESTS_BURST + 2, len(pongs)
+    assert len(pongs) + len(refused) / 2 == 20  # a refused frame: both its requests refused
+    assert all(0 < m["retry_after"] <= 4 and "retry after" in m["message"] for m in refused)
+    refused_pings = {m["request"]["id"] for m in refused if m["request"]["type"] == "ping"}
+    assert refused_pings == set(range(20)) - {m["id"] for m in pongs}
+    # A refused history request still gets its (empty) data_history, as every refusal.
+    empty = [m for m in client.of_type("data_history") if m["data"] == []]
+    assert len(empty) == len(refused_pings)
+    assert client.connection.close_code is None  # refused, never closed
+    await eventually(lambda: log_lines(server, "sub-chatty: over the request rate"), 10, "a log")
+    assert log_lines(server, "sub-chatty: over the request rate") == 1
+    # After the retry time the same socket is served again.
+    deadline = time.monotonic() + seconds(15)
+    answer = await answered_ping(client, 100)
+    while answer["type"] != "pong" and time.monotonic() < deadline:
+        await asyncio.sleep(min(answer["retry_after"], 0.5))
+        answer = await answered_ping(client, 100)
+    assert answer["type"] == "pong"
+    await client.close()
+
+
+# ---------------------------------------------------------------------- subscriptions
+
+
+async def test_subscriptions_are_limited_per_client_across_its_connections(
+    server: ServerProcess,
+) -> None:
+    first = await open_socket(server, "collector")
+    second = await open_socket(server, "collector")
+    await first.send(data("AAA", "1m"), data("AAA", "5m"))
+    await first.wait_for("data_init", lambda m: m["interval"] == "5m")
+    await second.send(data("BBB", "1m"), data("BBB", "5m"))
+    refused = await second.wait_for("error", lambda m: m.get("code") == "limit_reached")
+    assert refused["request"]["name"] == "BBB" and refused["request"]["interval"] == "5m"
+    assert f"at most {MAX_SUBSCRIPTIONS} subscriptions" in refused["message"]
+    await second.wait_for("data_init", lambda m: m["name"] == "BBB" and m["interval"] == "5m")
+    assert not limit_errors(first)
+    # Someone else is not affected; an unsubscribe frees a slot for the client.
+    other = await open_socket(server, "bystander")
+    await other.send(data("BBB", "5m"))
+    await other.wait_for("data_init")
+    assert not limit_errors(other)
+    await first.send(unsubscribe("AAA", "1m"))
+    await first.wait_for("unsubscribed")
+    mark = len(second.messages)
+    await second.send(data("BBB", "5m"))
+    await second.wait_for("data_init", after=mark)
+    assert not limit_errors(second, mark)
+    for client in (first, second, other):
+        await client.close()
+
+
+# ---------------------------------------------------------------------- tiers
+
+
+async def test_the_jwt_tier_claim_sets_the_request_rate_and_subscription_limit(
+    server: ServerProcess,
+) -> None:
+    client = await open_socket(server, "subscriber", tier="pro")
+    for n in range(20):
+        await client.send({"type": "ping", "id": n})
+    await client.send(*(data(name, "1h") for name in ("AAA", "BBB", "CCC")))
+    await client.send(*(data(name, "1d") for name in ("AAA", "BBB", "CCC")))
+    await eventually(lambda: len(client.of_type("data_init")) == 6, 10, "six data_init")
+    assert len(client.of_type("pong")) == 20 and not rate_errors(client)
+    assert not limit_errors(client)
+    await client.send(data("AAA", "4h"))
+    refused = await client.wait_for("error", lambda m: m.get("code") == "limit_reached")
+    assert "at most 6 subscriptions" in refused["message"]
+    await client.close()
+
+
+async def test_the_jwt_tier_claim_sets_the_upstream_budget(server: ServerProcess) -> None:
+    meagre = await open_socket(server, "meagre-client", tier="meagre")
+    before = fetches(server, "CCC", "15m")
+    started = time.monotonic()
+    await meagre.send(*(history("CCC", "15m", hours) for hours in range(10, 30)))
+    await eventually(lambda: len(meagre.of_type("data_history")) == 20, 20, "every answer")
+    elapsed = time.monotonic() - started
+    caused = fetches(server, "CCC", "15m") - before
+    assert caused <= MEAGRE_BURST + MEAGRE_RATE * elapsed + 2, (caused, elapsed)
+    assert rate_errors(meagre)
+    # The default tier's budget (200 at once) serves the same kind of burst in full.
+    plain = await open_socket(server, "plain-client")
+    await plain.send(*(history("CCC", "30m", hours) for hours in range(10, 30)))
+    await eventually(lambda: len(plain.of_type("data_history")) == 20, 20, "every answer")
+    assert not rate_errors(plain)
+    await meagre.close()
+    await plain.close()
