@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,27 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness import ROOT, ServerProcess, base_env, populate, seconds
+from tests.browsing import ARTIFACTS, MS, browser, console, free_port
+from tests.harness import ServerProcess, base_env, populate, seconds
 from tests.providers import STEP, CountingProvider, bar, parse
+
+__all__ = ["browser", "console"]  # the shared fixtures
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
-MS = 1000  # Playwright timeouts are in milliseconds
 
 
 class TickingProvider(CountingProvider):
@@ -90,13 +78,6 @@ class ShiftedProvider(TickingProvider):
         return [bar(t, interval, now, seed) for t in range(first, end + 1, step)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser")
@@ -114,36 +95,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 820})
     context.set_default_timeout(seconds(10) * MS)
     yield context.new_page()
     context.close()
-
-
-@pytest.fixture
-def console(page: Page) -> list[str]:
-    """The page's console errors and uncaught exceptions, as they happen."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    return errors
 
 
 def open_page(page: Page, server: ServerProcess, query: str = "") -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from playwright.sync_api import Browser
 
+from tests.browsing import browser
 from tests.harness import ServerProcess
 from tests.test_access_e2e import server, token
-from tests.test_browser import browser, wait_for_bars
+from tests.test_browser import wait_for_bars
 
 __all__ = ["browser", "server"]  # module-scoped fixtures, shared
 

@@ -18,17 +18,17 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests import test_browser_page as shared
+from tests import browsing
+from tests.browsing import MS, browser, console, free_port, page, viewport
 from tests.harness import ServerProcess, base_env, populate, seconds, until
-from tests.test_browser import ARTIFACTS, MS, free_port
+
+__all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
 
-# The page module's fixtures: one browser per module, each test at both viewports.
-browser, viewport, page, console = shared.browser, shared.viewport, shared.page, shared.console
 
 RSI = "talib.momentum.RSI"
 SMA = "talib.overlap.SMA"
@@ -48,14 +48,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def open_page(page: Page, server: ServerProcess, query: str) -> None:
-    page.goto(f"{server.url}/{query}")
-    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
-    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+    browsing.open_page(page, server, query)
 
 
 def shot(page: Page, name: str, viewport: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"indicators-{name}-{viewport}.png"))
+    browsing.shot(page, f"indicators-{name}-{viewport}")
 
 
 def indicators(page: Page) -> list[dict[str, Any]]:

@@ -9,19 +9,20 @@ the viewport.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests import browsing
+from tests.browsing import MS, browser, console, free_port, js, open_page, page, viewport
 from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, MS, free_port
+
+__all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
 
@@ -49,68 +50,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(params=sorted(VIEWPORTS))
-def viewport(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def page(browser: Browser, viewport: str) -> Iterator[Page]:
-    phone = viewport == "phone"
-    size = VIEWPORTS[viewport]
-    context = browser.new_context(
-        viewport={"width": size["width"], "height": size["height"]},
-        is_mobile=phone,
-        has_touch=phone,
-        device_scale_factor=1,
-    )
-    context.set_default_timeout(seconds(10) * MS)
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture
-def console(page: Page) -> list[str]:
-    """The page's console errors and uncaught exceptions, as they happen."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-    return errors
-
-
 # ------------------------------------------------------------------------------ helpers
 
 
-def open_page(page: Page, server: ServerProcess, query: str, charts: int = 1) -> None:
-    page.goto(f"{server.url}/{query}")
-    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
-    for chart in range(charts):
-        page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > 0")
-
-
 def shot(page: Page, name: str, viewport: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"page-{name}-{viewport}.png"))
-
-
-def js(page: Page, expression: str, arg: Any = None) -> Any:
-    return page.evaluate(expression, arg)
+    browsing.shot(page, f"page-{name}-{viewport}")
 
 
 def visible_range(page: Page, chart: int = 0) -> dict[str, float]:

@@ -1,0 +1,113 @@
+"""What every browser test module shares: headless Chromium (Debian's, through Playwright),
+pages at desktop and phone sizes, console error collection, screenshots and a JS helper.
+
+A module uses the fixtures by importing them (``from tests.browsing import browser, ...``)
+and names them in ``__all__``; one browser runs per module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.harness import ROOT, seconds
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+    from tests.harness import ServerProcess
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+MS = 1000  # Playwright timeouts are in milliseconds
+VIEWPORTS = {
+    "desktop": {"width": 1440, "height": 900},
+    "phone": {"width": 390, "height": 844},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(params=sorted(VIEWPORTS))
+def viewport(request: pytest.FixtureRequest) -> str:
+    """Each test that asks for a ``page`` runs at desktop and at phone size."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def page(browser: Browser, viewport: str) -> Iterator[Page]:
+    phone = viewport == "phone"
+    size = VIEWPORTS[viewport]
+    context = browser.new_context(
+        viewport={"width": size["width"], "height": size["height"]},
+        is_mobile=phone,
+        has_touch=phone,
+        device_scale_factor=1,
+    )
+    context.set_default_timeout(seconds(10) * MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console(page: Page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+def js(page: Page, expression: str, arg: Any = None) -> Any:
+    """Evaluate ``expression`` in the page (a function source takes ``arg``)."""
+    return page.evaluate(expression, arg)
+
+
+def shot(page: Page, name: str) -> None:
+    """Save a screenshot under test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def open_page(page: Page, server: ServerProcess, query: str = "", charts: int = 1) -> None:
+    """Open the page at ``query`` and wait until it is live with bars on ``charts`` charts."""
+    page.goto(f"{server.url}/{query}")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    for chart in range(charts):
+        page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > 0")
