@@ -81,8 +81,14 @@ async def test_live_updates_only_touch_the_forming_bar_or_newer(client: WsClient
     last = init["data"][-1]["date"]
     start = len(client.messages)
     await client.wait_for("data_update", same_key("BBB"), timeout=2, after=start)
-    await asyncio.sleep(1.0)
-    dates = [m["data"]["date"] for m in client.of_type("data_update", start) if m["name"] == "BBB"]
+
+    def bbb_dates() -> list[str]:
+        return [
+            m["data"]["date"] for m in client.of_type("data_update", start) if m["name"] == "BBB"
+        ]
+
+    await harness.eventually(lambda: len(bbb_dates()) >= 5, what="5 updates of BBB")
+    dates = bbb_dates()
     assert dates
     assert dates[0] >= last
     assert dates == sorted(dates)
@@ -209,7 +215,9 @@ async def test_two_clients_on_one_key_share_one_upstream_start_and_stop(
         await ws.wait_for("data_init", same_key("AAA", "15m"))
     await first.close()
     await second.close()
-    await asyncio.sleep(seconds(1.5))
+    await harness.eventually(
+        lambda: "last AAA 15m" in provider_log(server), what="the upstream stop after the linger"
+    )
     log = provider_log(server)
     assert log.count("first AAA 15m") == 1
     assert log.count("last AAA 15m") == 1
@@ -259,7 +267,10 @@ async def test_killing_a_provider_resumes_updates_without_resubscribing(
     await ws.wait_for("data_update", same_key("AAA"))
     pid = fault_server.get("/health")["providers"]["counting"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    await asyncio.sleep(0.3)
+    await harness.eventually(
+        lambda: fault_server.get("/health")["providers"]["counting"]["pid"] != pid,
+        what="a new provider process",
+    )
     mark = len(ws.messages)
     await ws.wait_for("data_update", same_key("AAA"), timeout=5, after=mark)
     health = fault_server.get("/health")["providers"]["counting"]
@@ -342,7 +353,15 @@ async def test_sigterm_stops_the_server_and_every_provider_process(tmp_path: Pat
     pids = [p["pid"] for p in running.get("/health")["providers"].values()]
     assert running.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     assert "hub stopped" in (tmp_path / "server.log").read_text()
-    await asyncio.sleep(0.5)
+
+    def alive() -> list[int]:
+        return [
+            pid
+            for pid in pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
+
+    await harness.eventually(lambda: not alive(), timeout=5, what="the providers to exit")
     assert not [
         pid
         for pid in pids
