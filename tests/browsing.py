@@ -18,7 +18,7 @@ import pytest
 from tests.harness import ROOT, seconds
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Locator, Page
 
     from tests.harness import ServerProcess
 
@@ -111,3 +111,16 @@ def open_page(page: Page, server: ServerProcess, query: str = "", charts: int = 
     page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
     for chart in range(charts):
         page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > 0")
+
+
+def text_once(locator: Locator, *parts: str) -> str:
+    """The locator's text once it contains every one of ``parts`` (case-insensitive).
+
+    An element can appear before its final text (a panel shows "Loading…" first), so reading
+    ``inner_text()`` right after ``wait_for()`` races the page; this polls instead.
+    """
+    from playwright.sync_api import expect
+
+    for part in parts:
+        expect(locator).to_contain_text(part, ignore_case=True, timeout=seconds(10) * MS)
+    return locator.inner_text()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browsing import ARTIFACTS, MS, browser, console, free_port
+from tests.browsing import ARTIFACTS, MS, browser, console, free_port, text_once
 from tests.harness import ServerProcess, base_env, populate, seconds
 from tests.providers import STEP, CountingProvider, bar, parse
 
@@ -133,10 +133,7 @@ def test_search_opens_a_symbol_and_draws_its_bars_without_console_errors(
     search.press_sequentially("AAA", delay=30)
     results = page.locator("#search-results")
     first = results.locator("li[data-i]").first
-    first.wait_for()
-    assert "AAA" in first.inner_text()
-    assert "AAA test instrument" in first.inner_text()
-    assert "counting" in first.inner_text().lower()
+    text_once(first, "AAA", "AAA test instrument", "counting")
     search.press("ArrowDown")
     search.press("ArrowUp")
     search.press("Enter")
@@ -150,7 +147,7 @@ def test_search_opens_a_symbol_and_draws_its_bars_without_console_errors(
     assert results.is_hidden()
     assert "s=AAA" in page.url and "i=1h" in page.url
     page.wait_for_function("document.title.startsWith('AAA ')")
-    assert "O" in page.locator(".legend").inner_text()
+    text_once(page.locator(".legend"), "O")
     assert page.locator("#badge").get_attribute("data-state") == "live"
     page.locator(".wl-items li[data-id='counting:AAA']").wait_for()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -220,9 +217,7 @@ def test_an_unknown_symbol_in_the_url_shows_a_message(
 ) -> None:
     open_page(page, server, "?source=counting&s=NOPE&i=1m")
     message = page.locator(".panel-message")
-    message.wait_for()
-    assert "NOPE" in message.inner_text()
-    assert "unknown symbol" in message.inner_text().lower()
+    text_once(message, "NOPE", "unknown symbol")
     page.locator(".toast").first.wait_for()
     assert page.evaluate("window.candlewire.lastError.code") == "unknown_symbol"
     assert bars(page) == []
@@ -272,10 +267,10 @@ def test_an_empty_symbol_database_says_how_to_fill_it(
         page.wait_for_function(
             "(window.candlewire.charts[0].message || '').startsWith('No symbols yet')"
         )
-        assert "python populate.py" in message.inner_text()
+        text_once(message, "python populate.py")
         page.locator("#search-input").click()
         page.locator("#search-results .sr-note").wait_for()
-        assert "python populate.py" in page.locator("#search-results").inner_text()
+        text_once(page.locator("#search-results"), "python populate.py")
         assert console == []  # checked before the server goes away
 
 
@@ -290,10 +285,10 @@ def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
     server.stop()
     page.wait_for_function("window.candlewire.connection === 'reconnecting'")
     assert badge.get_attribute("data-state") == "reconnecting"
-    assert "Reconnecting" in badge.inner_text()
+    text_once(badge, "Reconnecting")
     server.start()
     page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
-    assert "Live" in badge.inner_text()
+    text_once(badge, "Live")
     last = bars(page)[-1]
     page.wait_for_function(
         "last => { const b = window.candlewire.charts[0].bars().at(-1);"

@@ -139,7 +139,7 @@ def test_an_alert_made_by_right_click_is_listed_with_its_line_and_deleted_from_t
     page.mouse.click(x, y, button="right")
     item = page.locator(".alert-menu-item")
     item.wait_for(state="visible")
-    assert "Alert when BTCUSD crosses" in item.inner_text()
+    browsing.text_once(item, "Alert when BTCUSD crosses")
     item.click()
     until(lambda: len(alerts(page)) == 1, timeout=20, what="the alert in the list")
     level_text = alerts(page)[0]["rules"][0]["value2"]
@@ -150,8 +150,8 @@ def test_an_alert_made_by_right_click_is_listed_with_its_line_and_deleted_from_t
     rows = page.locator("#alert-items .alert-item")
     rows.first.wait_for(state="visible")
     assert rows.count() == 1
-    assert f"BTCUSD crosses {level_text}" in rows.first.inner_text()
-    assert page.locator("#alert-count").inner_text() == "1"
+    browsing.text_once(rows.first, f"BTCUSD crosses {level_text}")
+    assert browsing.text_once(page.locator("#alert-count"), "1") == "1"
     shot(page, "listed", viewport)
     rows.first.locator(".alert-delete").click()
     until(lambda: alerts(page) == [], timeout=20, what="the deletion")
@@ -188,7 +188,7 @@ def test_a_notification_from_an_alert_shows_a_toast(
         return True
 
     assert any(alert_at_previous_close() for _ in range(3)), "no toast for a firing alert"
-    assert "BTCUSD crosses" in toast.first.inner_text()
+    browsing.text_once(toast.first, "BTCUSD crosses")
     notes = js(page, "window.candlewire.alerts.notifications")
     assert any(n.get("alert_id") is not None for n in notes)
     shot(page, "toast", viewport)

@@ -227,7 +227,7 @@ def test_scroll_back_shows_loading_then_the_start_of_data_and_stops_at_it(
     page.locator(".history-loading").wait_for(state="hidden")
     mark = page.locator(".start-mark")
     mark.wait_for()
-    assert "Start of data" in mark.inner_text()
+    browsing.text_once(mark, "Start of data")
     # The first bar stays at the left edge: dragging further shows no empty space.
     box = page.locator(".chart-area").bounding_box()
     assert box is not None
@@ -331,7 +331,9 @@ def test_search_rows_say_each_thing_once_and_line_series_have_readable_names(
     search.press("Enter")
     page.wait_for_function("window.candlewire.charts[0].name === 'macro__dollar_index'")
     page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
-    assert page.locator(".panel-symbol").inner_text() == "macro dollar_index"
+    assert browsing.text_once(page.locator(".panel-symbol"), "macro dollar_index") == (
+        "macro dollar_index"
+    )
     assert "macro__" not in page.locator(".panel-head").inner_text()
     page.wait_for_function("document.title.startsWith('macro dollar_index')")
     page.locator(".wl-items li[data-id='csv:macro__dollar_index']").wait_for(state="attached")
@@ -354,12 +356,11 @@ def test_the_header_shows_a_countdown_the_source_and_the_description(
         arg=first,
         timeout=seconds(5) * MS,
     )
-    label = page.locator(".panel-label").inner_text()
-    assert "AAA test instrument" in label and "counting" in label
+    browsing.text_once(page.locator(".panel-label"), "AAA test instrument", "counting")
     assert on_screen(page, ".panel .countdown")
     shot(page, "countdown", viewport)
     open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
-    assert "csv" in page.locator(".panel-label").inner_text().lower()
+    browsing.text_once(page.locator(".panel-label"), "csv")
     assert console == []
 
 
@@ -429,7 +430,7 @@ def test_compare_draws_another_symbol_as_a_line_on_the_same_pane(
     assert js(page, f"{chart}.chart.panes().length") == 1
     assert js(page, f"{chart}.scale") == "percent"  # prices of two symbols meet in percent
     assert "cmp=csv:ACME" in page.url
-    assert "vs ACME" in page.locator(".panel-compare").inner_text()
+    browsing.text_once(page.locator(".panel-compare"), "vs ACME")
     assert_no_horizontal_scroll(page)
     shot(page, "compare", viewport)
     page.reload()
