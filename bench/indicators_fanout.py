@@ -229,7 +229,18 @@ class IndicatorGenerator(Generator):
 
 
 def server(keys: int, clients: int, label: str, **env: str) -> OurServer:
-    ours = OurServer(providers=SOURCE, BENCH_KEYS=str(keys), MAX_CLIENTS=str(clients + 100), **env)
+    """A server with the ``indsyn`` source; every load generator client shares one address,
+    so the per-client history budget of fair use is raised to let each load its warm-up."""
+    budget = str(10 * keys)
+    ours = OurServer(
+        providers=SOURCE,
+        BENCH_KEYS=str(keys),
+        MAX_CLIENTS=str(clients + 100),
+        UPSTREAM_CALLS_PER_SECOND=budget,
+        UPSTREAM_BURST=budget,
+        PROVIDER_CALLS_PER_SECOND=budget,
+        **env,
+    )
     ours.env["EXTRA_PROVIDERS"] += f",{SOURCE}=bench.indicators_fanout:LongHistorySynthetic"
     ours.label = label
     return ours

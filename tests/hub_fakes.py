@@ -23,7 +23,7 @@ from backend.model.bars import Bar, SeriesId
 from backend.runtime.messages import Command, StartStreaming, StopStreaming
 from backend.runtime.provider import Provider
 from backend.settings import Settings, load_settings
-from backend.wire.frames import payload_of
+from backend.wire.frames import payloads_of
 
 SOURCE = "fake"
 INTERVALS = ("1m", "5m")
@@ -216,7 +216,7 @@ async def send(hub: Hub, client: Client, *requests: dict[str, Any], settle: bool
 
 def taken(client: Client) -> list[dict[str, Any]]:
     """The messages queued for ``client`` since the last call, oldest first."""
-    return [orjson.loads(payload_of(frame)) for frame in client.outbox.drain()]
+    return [orjson.loads(p) for entry in client.outbox.drain() for p in payloads_of(entry)]
 
 
 def about(message: dict[str, Any]) -> SeriesId | None:

@@ -284,6 +284,35 @@ async def test_every_data_update_is_followed_by_an_indicator_update(client: WsCl
     assert update["last_dates"] == {"counting-CCC-1m": update["data"]["date"]}
 
 
+async def test_indicators_held_on_one_key_each_get_their_update_after_the_data_update(
+    client: WsClient,
+) -> None:
+    """Updates shared by every client holding the same charts still arrive one message per
+    chart id, with the fields of the spec in their order, after the ``data_update``."""
+    data_map = {"close": column("AAA", "1m")}
+    charts = {
+        "ema_two_AAA": ("talib.overlap.EMA", ["EMA"]),
+        "bb_two_AAA": ("talib.overlap.BBANDS", ["upperband", "middleband", "lowerband"]),
+    }
+    await client.send(
+        data("AAA", "1m", count=300),
+        *(indicator(iid, chart_id, {}, data_map) for chart_id, (iid, _) in charts.items()),
+    )
+    for chart_id in charts:
+        await client.wait_for("indicator_init", same_id(chart_id))
+    start = len(client.messages)
+    for chart_id in charts:  # the newest data_update of AAA has both after it
+        await client.wait_for("indicator_update", same_id(chart_id), after=start)
+    last = await client.wait_for("data_update", same_key("AAA", "1m"), after=start)
+    at = next(i for i, m in enumerate(client.messages) if m is last)
+    for chart_id, (_, outputs) in charts.items():
+        update = await client.wait_for("indicator_update", same_id(chart_id), after=at + 1)
+        assert list(update) == ["type", "id", "data", "annotations", "last_dates"]
+        assert update["annotations"] is None
+        assert list(update["data"]) == ["date", *(f"{chart_id}-{name}" for name in outputs)]
+        assert update["data"]["date"] >= last["data"]["date"]
+
+
 async def test_unsubscribing_the_key_stops_its_indicator_updates(client: WsClient) -> None:
     chart_id = "ema_stop_BBB"
     data_map = {"close": column("BBB", "1m")}

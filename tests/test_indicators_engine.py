@@ -239,3 +239,50 @@ def test_too_little_history_or_none_is_a_typed_error(indicators: Indicators) -> 
     with pytest.raises(IndicatorError) as empty:
         compute_history(bound, {})
     assert (short.value.code, empty.value.code) == ("not_enough_history", "no_data")
+
+
+def test_window_moving_average_types_make_a_short_tail_and_others_a_long_one(
+    indicators: Indicators,
+) -> None:
+    sma = bind(indicators, "talib.overlap.BBANDS", {"timeperiod": 20}, on(BTC, "close"))
+    ema = bind(
+        indicators, "talib.overlap.BBANDS", {"timeperiod": 20, "mamode": 1}, on(BTC, "close")
+    )
+    assert sma.tail_size() == sma.lookback + 3
+    size = ema.tail_size()
+    assert size is not None and size > 10 * ema.lookback
+    bars = make_bars(2000)
+    for bound in (sma, ema):
+        _, values = LiveComputation(bound).step(Tail({BTC: bars})) or (0, [])
+        batch = compute(bound, {BTC: bars})
+        assert values == pytest.approx([v[-1] for v in batch.values], rel=1e-9)
+
+
+def test_live_values_from_the_incremental_tails_equal_the_batch_over_all_bars(
+    indicators: Indicators,
+) -> None:
+    """The hub's path: column-major tail tables, the forming bar changing and bars opening."""
+    from backend.indicators.tails import Tails
+
+    tails = Tails()
+    bounds = [
+        bind(indicators, "talib.overlap.EMA", {"timeperiod": 20}, on(BTC, "close")),
+        bind(indicators, "talib.momentum.RSI", {"timeperiod": 14}, on(BTC, "close")),
+        bind(indicators, "talib.momentum.MACD", {}, on(BTC, "close")),
+        bind(indicators, "talib.overlap.BBANDS", {"timeperiod": 20}, on(BTC, "close")),
+        bind(indicators, "talib.volatility.ATR", {}, on(BTC, "high", "low", "close")),
+    ]
+    lives = [LiveComputation(bound) for bound in bounds]
+    bars = make_bars(2500)
+    for step in range(12):
+        if step % 3 == 0:  # a bar opens
+            t = bars[-1][0] + 3600
+            bars.append((t, bars[-1][4], bars[-1][4] + 1, bars[-1][4] - 1, bars[-1][4], 1.0))
+        else:  # the forming bar changes
+            t, o, h, low, c, v = bars[-1]
+            bars[-1] = (t, o, h + 0.5, low, c + 0.25 * step, v + 1)
+        for bound, live in zip(bounds, lives, strict=True):
+            time, values = live.step(lambda s, n: tails.get(s, bars, n or len(bars))) or (0, [])
+            batch = compute(bound, {BTC: bars})
+            assert time == bars[-1][0]
+            assert values == pytest.approx([v[-1] for v in batch.values], rel=1e-9)

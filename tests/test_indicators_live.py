@@ -3,11 +3,12 @@ per update however many clients hold it, deduplicated by chart id, dropped on di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from backend.errors import IndicatorError
+from backend.indicators.base import FloatArray, Indicator, Output
 from backend.indicators.engine import Binding, bind, compute
 from backend.indicators.live import LiveIndicators
 from backend.indicators.registry import Indicators, build_indicators
@@ -81,17 +82,44 @@ def test_a_chart_id_is_held_once_and_a_closed_client_holds_nothing(
     assert len(live) == 0 and not live.watches(BTC) and live.held_by("a") == []
 
 
+class Broken(Indicator):
+    name = "Broken"
+    outputs = (Output("x", "broken"),)
+
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        raise ZeroDivisionError("a bug in a user's calc")
+
+
 def test_a_failing_computation_is_skipped_and_the_others_still_run(
     indicators: Indicators,
 ) -> None:
+    mixed = Indicators(
+        {"talib.momentum.RSI": indicators.get("talib.momentum.RSI"), "test.Broken": Broken()}
+    )
+    live = LiveIndicators()
+    live.subscribe("a", "rsi", rsi(mixed))  # type: ignore[arg-type]
+    live.subscribe("a", "bad", bind(mixed, "test.Broken", {}, [Binding("close", BTC, "close")]))
+    live.subscribe("a", "eth", rsi(mixed, ETH))  # type: ignore[arg-type]
+    fetch = CountingFetch({BTC: make_bars(500), ETH: make_bars(500, seed=2)})
+    assert [u.chart_id for u in live.on_bar(BTC, fetch)] == ["rsi"]
+
+    def failing(series: SeriesId, n: int | None) -> Sequence[Bar]:
+        raise IndicatorError("no_data", "the store failed")
+
+    assert live.on_bar(ETH, failing) == []  # logged, not raised
+    assert [u.chart_id for u in live.on_bar(ETH, fetch)] == ["eth"]
+
+
+def test_the_clients_of_a_chart_are_one_object_until_they_change(indicators: Indicators) -> None:
+    """The hub groups updates by their clients: the same set must not be rebuilt per update."""
     live = LiveIndicators()
     live.subscribe("a", "rsi", rsi(indicators))  # type: ignore[arg-type]
-    live.subscribe("a", "bad", bind(indicators, "talib.overlap.SMA", {"timeperiod": 5},
-                                   [Binding("close", BTC, "close")]))  # fmt: skip
-
-    def fetch(series: SeriesId, n: int | None) -> Sequence[Bar]:
-        if n is not None and n < 400:  # the SMA's short tail: pretend the store failed
-            raise IndicatorError("no_data", "boom")
-        return make_bars(500)
-
-    assert [u.chart_id for u in live.on_bar(BTC, fetch)] == ["rsi"]
+    live.subscribe("a", "rsi2", rsi(indicators, period=15))  # type: ignore[arg-type]
+    fetch = CountingFetch({BTC: make_bars(300)})
+    first = {u.chart_id: u.clients for u in live.on_bar(BTC, fetch)}
+    again = {u.chart_id: u.clients for u in live.on_bar(BTC, fetch)}
+    assert first == {"rsi": {"a"}, "rsi2": {"a"}}
+    assert all(again[chart] is first[chart] for chart in first)
+    live.subscribe("b", "rsi", rsi(indicators))  # type: ignore[arg-type]
+    changed = {u.chart_id: u.clients for u in live.on_bar(BTC, fetch)}
+    assert changed["rsi"] == {"a", "b"} and changed["rsi2"] is first["rsi2"]

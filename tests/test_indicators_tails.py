@@ -51,3 +51,13 @@ def test_an_empty_series_gives_an_empty_table_and_forgotten_series_are_dropped()
     assert len(tails) == 1
     tails.keep_only(lambda series: False)
     assert len(tails) == 0
+
+
+def test_each_field_of_a_tail_is_contiguous_and_read_only() -> None:
+    rng = random.Random(5)
+    bars = [random_bar(60 * i, rng) for i in range(200)]
+    table = Tails().get(SERIES, bars, 120)
+    closes = table[:, 4]
+    assert closes.flags.c_contiguous and np.shares_memory(np.ascontiguousarray(closes), table)
+    assert closes.tolist() == [bar[4] for bar in bars[-120:]]
+    assert not table.flags.writeable

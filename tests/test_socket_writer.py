@@ -23,7 +23,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from backend.settings import load_settings
-from backend.wire.frames import payload_of, text_frame
+from backend.wire.frames import payload_of, payloads_of, text_frame
 from backend.wire.outbox import Outbox
 from backend.ws import endpoint, writers
 from backend.ws.writers import AsgiWriter, DirectWriter, SocketWriter, writer_for
@@ -53,6 +53,13 @@ def test_a_prebuilt_frame_is_one_text_frame_to_a_real_parser(size: int) -> None:
     assert event.fin
     assert event.data == payload
     assert payload_of(frame) == payload
+
+
+def test_frames_joined_in_one_entry_split_back_into_their_payloads() -> None:
+    payloads = [b"", b"a" * 125, b"b" * 126, b"c" * 70_000, b'{"type":"indicator_update"}']
+    joined = b"".join(text_frame(payload) for payload in payloads)
+    assert payloads_of(joined) == payloads
+    assert payloads_of(text_frame(b"x")) == [b"x"]
 
 
 class _StandInSocket:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
@@ -223,6 +225,7 @@ class Indicating:
         """One computation per shared indicator on ``keys``, one ``indicator_update`` frame
         per chart id, queued after the ``data_update``s of the batch."""
         started = time.perf_counter()
+        dates: dict[tuple[SeriesId, ...], bytes] = {}  # last_dates, once per batch
         for key in keys:
             try:
                 updates = self.live.on_bar(key, self._tail)
@@ -230,8 +233,7 @@ class Indicating:
                 logger.exception("live indicators of %s failed", key)
                 self.hub.metrics.inc("candlewire_internal_errors_total")
                 continue
-            for update in updates:
-                self._push(update)
+            self._push(updates, dates)
         self.seconds += time.perf_counter() - started
 
     def _tail(self, series: SeriesId, count: int | None) -> Bars:
@@ -241,30 +243,61 @@ class Indicating:
             return ()
         return cached.bars if count is None else self.tails.get(series, cached.bars, count)
 
-    def _push(self, update: IndicatorUpdate) -> None:
-        hub = self.hub
-        dates = self._last_dates(update)
-        frame = text_frame(
-            protocol.encode(messages.indicator_update(update.chart_id, update.row, dates))
-        )
-        slot = ("indicator", update.chart_id, update.row.get("date"))
-        for client_id in update.clients:
-            client = hub.clients.get(client_id) if isinstance(client_id, int) else None
-            if client is None:
-                continue
-            if client.outbox.push(frame, slot):
-                self.delivered += 1
-            else:
-                self.kick(client, "outbox hard limit reached")
+    def _push(
+        self, updates: list[IndicatorUpdate], dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> None:
+        """Encode each update once, then queue, to each client, the frames of all the
+        updates it holds as one outbox entry: the clients holding the same chart ids of a
+        key (the usual case: one chart's indicators) share one joined entry. Its slot names
+        the chart ids and bar times, so an unsent entry is replaced by the next one of the
+        same forming bars, like a ``data_update``."""
+        groups: dict[frozenset[Hashable], list[IndicatorUpdate]] = {}
+        for update in updates:
+            groups.setdefault(update.clients, []).append(update)
+        clients = self.hub.clients
+        for holders, held in groups.items():
+            frames = [text_frame(self._encode(update, dates)) for update in held]
+            entry = frames[0] if len(frames) == 1 else b"".join(frames)
+            slot = (
+                "indicator_update",
+                "\n".join(u.chart_id for u in held),
+                *(u.time for u in held),
+            )
+            for client_id in holders:
+                client = clients.get(client_id) if isinstance(client_id, int) else None
+                if client is None:
+                    continue
+                if client.outbox.push(entry, slot):
+                    self.delivered += len(frames)
+                else:
+                    self.kick(client, "outbox hard limit reached")
 
-    def _last_dates(self, update: IndicatorUpdate) -> dict[str, str]:
-        """``{"<source>-<name>-<interval>": newest bar date}`` of what the update read."""
+    def _encode(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
+        """``protocol.encode(messages.indicator_update(...))``, from parts encoded once."""
+        last_dates = dates.get(update.series)
+        if last_dates is None:
+            last_dates = dates[update.series] = orjson.dumps(self._last_dates(update.series))
+        return b"".join(
+            (
+                b'{"type":"indicator_update","id":',
+                orjson.dumps(update.chart_id),
+                b',"data":',
+                orjson.dumps(update.row),
+                b',"annotations":null,"last_dates":',
+                last_dates,
+                b"}",
+            )
+        )
+
+    def _last_dates(self, series: tuple[SeriesId, ...]) -> dict[str, str]:
+        """``{"<source>-<name>-<interval>": newest bar date}`` of what an update read."""
         dates = {}
-        for series in update.series:
-            cached = self.hub.cache.peek(series)
+        for key in series:
+            cached = self.hub.cache.peek(key)
             if cached is not None and cached.newest is not None:
-                key = f"{series.source}-{series.name}-{series.interval}"
-                dates[key] = intervals.format_date(cached.newest)
+                dates[f"{key.source}-{key.name}-{key.interval}"] = intervals.format_date(
+                    cached.newest
+                )
         return dates
 
     def _register_gauges(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,8 @@ import numpy.typing as npt
 from backend.errors import IndicatorError
 
 FloatArray = npt.NDArray[np.float64]
+Calc = Callable[[Mapping[str, FloatArray]], Sequence[FloatArray]]
+"""``calc`` with its inputs bound: columns in, one array per output out."""
 
 
 class Memory(enum.Enum):
@@ -90,6 +92,22 @@ class Indicator:
     def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
         """One array per output, each as long as the inputs; NaN during warm-up."""
         raise NotImplementedError
+
+    def prepare(self, inputs: Mapping[str, float]) -> Calc:
+        """:meth:`calc` with ``inputs`` (already read by :meth:`read_inputs`) bound, for the
+        live path, which computes the same inputs on every update; an override may do once
+        here what ``calc`` would do on every call."""
+        bound = dict(inputs)
+
+        def calc(data: Mapping[str, FloatArray]) -> Sequence[FloatArray]:
+            return self.calc(data, **bound)
+
+        return calc
+
+    def memory_for(self, inputs: Mapping[str, float]) -> Memory:
+        """:attr:`memory` with these inputs (an override may find a window where some
+        inputs, e.g. an exponential moving average type, would smooth exponentially)."""
+        return self.memory
 
     def lookback(self, inputs: Mapping[str, float]) -> int:
         """Bars consumed before the first value (TA-Lib's ``lookback``)."""

@@ -16,7 +16,9 @@ It owns no bars and no subscriptions: the caller passes bars in (the hub's cache
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backend.errors import IndicatorError
-from backend.indicators.base import FloatArray, Indicator, Memory
+from backend.indicators.base import Calc, FloatArray, Indicator, Memory
 from backend.indicators.registry import Indicators
 from backend.model import intervals
 from backend.model.bars import FIELDS, Bar, SeriesId
@@ -69,13 +71,13 @@ class BoundIndicator:
         """What makes two requests one computation: id, inputs and dataMap."""
         return (self.indicator_id, self.inputs, self.bindings)
 
-    @property
+    @functools.cached_property
     def series(self) -> tuple[SeriesId, ...]:
         return tuple(dict.fromkeys(binding.series for binding in self.bindings))
 
     def tail_size(self) -> int | None:
         """Bars per series that the live value needs; ``None``: the whole history."""
-        memory = self.indicator.memory
+        memory = self.indicator.memory_for(dict(self.inputs))
         if memory is Memory.FULL:
             return None
         if memory is Memory.DECAYING:
@@ -134,16 +136,19 @@ def align(
 def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Bars]) -> Computed:
     """Every output of ``bound`` over ``bars``; NaN during warm-up."""
     times, data = align(bound, bars)
-    inputs = dict(bound.inputs)
+    values = _run(bound, Indicator.prepare(bound.indicator, dict(bound.inputs)), data)
+    _check_outputs(bound, values, len(times))
+    return Computed(times, [np.asarray(v, dtype=np.float64) for v in values])
+
+
+def _run(bound: BoundIndicator, calc: Calc, data: Mapping[str, FloatArray]) -> Sequence[FloatArray]:
     try:
-        values = bound.indicator.calc(data, **inputs)
+        return calc(data)
     except IndicatorError:
         raise
     except Exception as exc:  # a user's calc: report it to the client, keep serving
         logger.exception("indicator %s failed", bound.indicator_id)
         raise IndicatorError("indicator_failed", f"{bound.indicator.name}: {exc}") from exc
-    _check_outputs(bound, values, len(times))
-    return Computed(times, [np.asarray(v, dtype=np.float64) for v in values])
 
 
 def compute_history(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]]) -> Computed:
@@ -209,6 +214,13 @@ class LiveComputation:
     def __init__(self, bound: BoundIndicator, seed: Computed | None = None) -> None:
         self.bound = bound
         self._anchor: tuple[int, FloatArray] | None = None
+        self._size = bound.tail_size()
+        # One series and no anchor to keep: the newest row straight from the tail's columns.
+        self._direct: SeriesId | None = None
+        if len(bound.series) == 1 and bound.indicator.memory is not Memory.ADDITIVE:
+            self._direct = bound.series[0]
+        self._columns = tuple((b.column, _FIELD_INDEX[b.field]) for b in bound.bindings)
+        self._calc = bound.indicator.prepare(dict(bound.inputs))
         if seed is not None:
             self._remember(seed, offset=None)
 
@@ -216,8 +228,31 @@ class LiveComputation:
         """Forget the anchor (the series was reloaded): the next step computes in full."""
         self._anchor = None
 
+    @property
+    def tail(self) -> tuple[SeriesId, int] | None:
+        """``(series, bars)`` when the newest row needs only the last ``bars`` of one series
+        (no anchor, no alignment): then :meth:`newest` computes it from a shared tail."""
+        if self._direct is None or self._size is None:
+            return None
+        return self._direct, self._size
+
+    def newest(self, columns: Columns) -> list[float | None]:
+        """The output values at the last bar of ``columns`` (a tail of this computation's
+        series, at least as long as its own): the values of :func:`compute`, bit for bit."""
+        n = len(columns) if self._size is None else min(self._size, len(columns))
+        data = {column: columns.field(index)[-n:] for column, index in self._columns}
+        values = _run(self.bound, self._calc, data)
+        _check_outputs(self.bound, values, n)
+        newest: list[float | None] = []
+        for output in values:
+            value = float(output[-1])
+            newest.append(value if math.isfinite(value) else None)
+        return newest
+
     def step(self, fetch: Fetch) -> tuple[int, list[float | None]] | None:
         """The time and output values of the newest aligned bar; ``None`` without bars."""
+        if self._direct is not None:
+            return self._step_direct(fetch, self._direct)
         additive = self.bound.indicator.memory is Memory.ADDITIVE
         size = self.bound.tail_size() if not additive or self._anchor else None
         computed = compute(self.bound, {s: fetch(s, size) for s in self.bound.series})
@@ -227,6 +262,14 @@ class LiveComputation:
             computed = self._shifted(computed, fetch)
         last = [float(values[-1]) for values in computed.values]
         return int(computed.times[-1]), [v if np.isfinite(v) else None for v in last]
+
+    def _step_direct(self, fetch: Fetch, series: SeriesId) -> tuple[int, list[float | None]] | None:
+        """:meth:`step` over one series: the calc prepared once, no alignment, and only the
+        newest value of each output read."""
+        columns = Columns(fetch(series, self._size))
+        if len(columns) == 0:
+            return None
+        return columns.time, self.newest(columns)
 
     def _shifted(self, computed: Computed, fetch: Fetch) -> Computed:
         offset = self._offset(computed)
@@ -259,6 +302,32 @@ class LiveComputation:
             self._anchor = (int(computed.times[-2]), values)
 
 
+class Columns:
+    """The fields of one series' tail as contiguous arrays, each made once however many
+    computations read it (a view when the tail is a table of :mod:`.tails`)."""
+
+    __slots__ = ("_made", "_table")
+
+    def __init__(self, bars: Bars) -> None:
+        self._table = _table(bars)
+        self._made: dict[int, FloatArray] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def time(self) -> int:
+        """The open time of the last bar."""
+        return int(self._table[-1, 0])
+
+    def field(self, index: int) -> FloatArray:
+        """Column ``index`` of ``(t, o, h, l, c, v)``."""
+        column = self._made.get(index)
+        if column is None:
+            column = self._made[index] = np.ascontiguousarray(self._table[:, index])
+        return column
+
+
 def _table(bars: Bars) -> FloatArray:
     if len(bars) == 0:
         return np.empty((0, 6), dtype=np.float64)
@@ -275,10 +344,9 @@ def _nullable(values: FloatArray) -> list[float | None]:
 
 def _check_outputs(bound: BoundIndicator, values: Sequence[FloatArray], n: int) -> None:
     expected = len(bound.indicator.outputs)
-    lengths = [len(v) for v in values]
-    if len(values) != expected or any(length != n for length in lengths):
+    if len(values) != expected or any(len(v) != n for v in values):
         raise IndicatorError(
             "indicator_failed",
             f"{bound.indicator.name}: calc returned {len(values)} arrays of lengths "
-            f"{lengths}; expected {expected} of {n}",
+            f"{[len(v) for v in values]}; expected {expected} of {n}",
         )

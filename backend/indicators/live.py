@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from backend.errors import IndicatorError
-from backend.indicators.engine import BoundIndicator, Computed, Fetch, LiveComputation
+from backend.indicators.engine import BoundIndicator, Columns, Computed, Fetch, LiveComputation
 from backend.model import intervals
 from backend.model.bars import SeriesId
 
@@ -25,20 +26,43 @@ logger = logging.getLogger(__name__)
 Key = tuple[object, ...]
 
 
-@dataclass(frozen=True)
-class IndicatorUpdate:
+class IndicatorUpdate(NamedTuple):
     """The newest row of one chart id, for every client that holds it."""
 
     chart_id: str
     row: dict[str, object]
-    clients: frozenset[Hashable]
+    clients: frozenset[Hashable]  # the same object from one update to the next while they hold it
     series: tuple[SeriesId, ...] = ()  # what it reads, for ``last_dates``
+    time: int = 0  # the bar time of ``row``
+
+
+@dataclass
+class _Chart:
+    """One chart id of a shared computation: its row's keys and the clients holding it."""
+
+    names: tuple[str, ...]  # "date", then "<chart id>-<output name>" per output
+    clients: set[Hashable] = field(default_factory=set)
+    _holders: frozenset[Hashable] | None = None
+
+    def holders(self) -> frozenset[Hashable]:
+        """The clients, as a frozenset made once per change of them (its hash is cached)."""
+        if self._holders is None:
+            self._holders = frozenset(self.clients)
+        return self._holders
+
+    def add(self, client: Hashable) -> None:
+        self.clients.add(client)
+        self._holders = None
+
+    def discard(self, client: Hashable) -> None:
+        self.clients.discard(client)
+        self._holders = None
 
 
 @dataclass
 class _Shared:
     computation: LiveComputation
-    charts: dict[str, set[Hashable]]  # chart id -> clients
+    charts: dict[str, _Chart]  # chart id -> its keys and clients
 
 
 class LiveIndicators:
@@ -46,7 +70,7 @@ class LiveIndicators:
 
     def __init__(self) -> None:
         self._shared: dict[Key, _Shared] = {}
-        self._by_series: dict[SeriesId, set[Key]] = {}
+        self._by_series: dict[SeriesId, dict[Key, _Shared]] = {}
         self._by_client: dict[Hashable, dict[str, Key]] = {}
         self.computations = 0  # shared computations run by on_bar (for the metrics)
 
@@ -64,8 +88,12 @@ class LiveIndicators:
         if shared is None:
             shared = self._shared[key] = _Shared(LiveComputation(bound, seed), {})
             for series in bound.series:
-                self._by_series.setdefault(series, set()).add(key)
-        shared.charts.setdefault(chart_id, set()).add(client)
+                self._by_series.setdefault(series, {})[key] = shared
+        chart = shared.charts.get(chart_id)
+        if chart is None:
+            names = ("date", *(f"{chart_id}-{o.name}" for o in bound.indicator.outputs))
+            chart = shared.charts[chart_id] = _Chart(names)
+        chart.add(client)
         self._by_client.setdefault(client, {})[chart_id] = key
 
     def unsubscribe(self, client: Hashable, chart_id: str) -> None:
@@ -76,9 +104,9 @@ class LiveIndicators:
         if key is None:
             return
         shared = self._shared[key]
-        clients = shared.charts[chart_id]
-        clients.discard(client)
-        if not clients:
+        chart = shared.charts[chart_id]
+        chart.discard(client)
+        if not chart.clients:
             del shared.charts[chart_id]
         if not shared.charts:
             self._forget(key)
@@ -102,23 +130,57 @@ class LiveIndicators:
 
     def reset_series(self, series: SeriesId) -> None:
         """The series was reloaded (provider restart): recompute running totals in full."""
-        for key in self._by_series.get(series, ()):
-            self._shared[key].computation.reset()
+        for shared in self._by_series.get(series, {}).values():
+            shared.computation.reset()
 
     def on_bar(self, series: SeriesId, fetch: Fetch) -> list[IndicatorUpdate]:
         """After a ``data_update`` of ``series``: one computation per key, one update per
-        chart id. A computation that fails is logged and skipped; the others still run."""
+        chart id. A computation that fails is logged and skipped; the others still run.
+        The computations that read only a bounded tail of ``series`` share one fetch of the
+        longest tail and its columns."""
         updates: list[IndicatorUpdate] = []
-        for key in list(self._by_series.get(series, ())):
-            shared = self._shared[key]
+        on_tail: list[_Shared] = []
+        size = 0
+        for shared in list(self._by_series.get(series, {}).values()):
+            tail = shared.computation.tail
+            if tail is not None and tail[0] == series:
+                on_tail.append(shared)
+                size = max(size, tail[1])
+                continue
             self.computations += 1
             try:
                 newest = shared.computation.step(fetch)
             except IndicatorError as exc:
-                logger.warning("live indicator %s: %s", key[0], exc.message)
+                _failed(shared, exc)
                 continue
             if newest is not None:
                 updates.extend(_fan_out(shared, *newest))
+        if on_tail:
+            updates.extend(self._on_tail(series, fetch, on_tail, size))
+        return updates
+
+    def _on_tail(
+        self, series: SeriesId, fetch: Fetch, on_tail: list[_Shared], size: int
+    ) -> list[IndicatorUpdate]:
+        self.computations += len(on_tail)
+        try:
+            columns = Columns(fetch(series, size))
+        except IndicatorError as exc:
+            for shared in on_tail:
+                _failed(shared, exc)
+            return []
+        if len(columns) == 0:
+            return []
+        time = columns.time
+        date = intervals.format_date(time)
+        updates: list[IndicatorUpdate] = []
+        for shared in on_tail:
+            try:
+                values = shared.computation.newest(columns)
+            except IndicatorError as exc:
+                _failed(shared, exc)
+                continue
+            updates.extend(_fan_out(shared, time, values, date))
         return updates
 
     def _forget(self, key: Key) -> None:
@@ -126,18 +188,23 @@ class LiveIndicators:
         for series in shared.computation.bound.series:
             keys = self._by_series.get(series)
             if keys is not None:
-                keys.discard(key)
+                keys.pop(key, None)
                 if not keys:
                     del self._by_series[series]
 
 
-def _fan_out(shared: _Shared, time: int, values: list[float | None]) -> list[IndicatorUpdate]:
-    date = intervals.format_date(time)
-    bound = shared.computation.bound
-    outputs = [output.name for output in bound.indicator.outputs]
-    updates = []
-    for chart_id, clients in shared.charts.items():
-        row: dict[str, object] = {"date": date}
-        row.update(zip((f"{chart_id}-{name}" for name in outputs), values, strict=True))
-        updates.append(IndicatorUpdate(chart_id, row, frozenset(clients), bound.series))
-    return updates
+def _failed(shared: _Shared, exc: IndicatorError) -> None:
+    logger.warning("live indicator %s: %s", shared.computation.bound.indicator_id, exc.message)
+
+
+def _fan_out(
+    shared: _Shared, time: int, values: list[float | None], date: str | None = None
+) -> list[IndicatorUpdate]:
+    row = (date or intervals.format_date(time), *values)
+    series = shared.computation.bound.series
+    return [
+        IndicatorUpdate(
+            chart_id, dict(zip(chart.names, row, strict=True)), chart.holders(), series, time
+        )
+        for chart_id, chart in shared.charts.items()
+    ]

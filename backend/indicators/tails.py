@@ -6,6 +6,8 @@ needs one. :class:`Tails` keeps one table per series and, on each update, only r
 forming bar or appends the bar that opened; anything else (the two newest bars replaced, a
 reload, a longer tail asked for) rebuilds the table from the bars, and so does a full table,
 so a bar corrected deeper in the tail is read again within one tail's length of updates.
+The table is stored by column and handed out transposed, so that each field of the tail
+(``table[:, 4]``, the closes) is a contiguous array TA-Lib reads without a copy.
 Sans-I/O: the caller passes the series' bars (the hub's cache), oldest first.
 """
 
@@ -24,7 +26,7 @@ SPARE = 2  # a table holds this many times the rows asked for, so appends rarely
 
 @dataclass
 class _Tail:
-    buffer: FloatArray  # rows [:stop] are the newest bars, oldest first
+    buffer: FloatArray  # one row per field; columns [:stop] are the newest bars, oldest first
     stop: int
     newest: Bar  # the bar objects of the last two rows, to see what changed
     previous: Bar | None
@@ -40,7 +42,8 @@ class Tails:
         return len(self._tails)
 
     def get(self, series: SeriesId, bars: Sequence[Bar], count: int) -> FloatArray:
-        """The last ``count`` of ``bars`` as rows ``(t, o, h, l, c, v)`` (a view: read only)."""
+        """The last ``count`` of ``bars`` as rows ``(t, o, h, l, c, v)`` (a view: read only;
+        each column of it is contiguous)."""
         if not bars:
             self._tails.pop(series, None)
             return np.empty((0, 6), dtype=np.float64)
@@ -48,7 +51,9 @@ class Tails:
         tail = self._tails.get(series)
         if tail is None or not self._update(tail, bars, want):
             tail = self._tails[series] = _build(bars, want)
-        return tail.buffer[tail.stop - want : tail.stop]
+        table = tail.buffer[:, tail.stop - want : tail.stop].T
+        table.flags.writeable = False  # calc gets its columns without a copy
+        return table
 
     def keep_only(self, keep: Callable[[SeriesId], bool]) -> None:
         """Forget the tables of the series ``keep`` rejects (no indicator reads them now)."""
@@ -64,11 +69,11 @@ class Tails:
         if newest is tail.newest and previous is tail.previous:
             return True
         if previous is tail.previous and newest[0] == tail.newest[0]:
-            tail.buffer[tail.stop - 1] = newest  # the forming bar changed
+            tail.buffer[:, tail.stop - 1] = newest  # the forming bar changed
         elif previous is tail.newest and newest[0] > tail.newest[0]:
-            if tail.stop == len(tail.buffer):
+            if tail.stop == tail.buffer.shape[1]:
                 return False  # full: rebuilt (which also re-reads the whole tail)
-            tail.buffer[tail.stop] = newest  # a bar opened
+            tail.buffer[:, tail.stop] = newest  # a bar opened
             tail.stop += 1
         else:
             return False
@@ -78,7 +83,7 @@ class Tails:
 
 def _build(bars: Sequence[Bar], want: int) -> _Tail:
     rows = np.array(bars[-want:], dtype=np.float64)
-    buffer = np.empty((SPARE * want + 1, 6), dtype=np.float64)
-    buffer[:want] = rows
+    buffer = np.empty((6, SPARE * want + 1), dtype=np.float64)
+    buffer[:, :want] = rows.T
     previous = bars[-2] if len(bars) > 1 else None
     return _Tail(buffer, want, bars[-1], previous)

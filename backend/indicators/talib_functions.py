@@ -19,7 +19,7 @@ import talib
 import talib.abstract
 
 from backend.errors import IndicatorError
-from backend.indicators.base import FloatArray, Indicator, Input, Memory, Output
+from backend.indicators.base import Calc, FloatArray, Indicator, Input, Memory, Output
 
 CATEGORIES = {
     "Overlap Studies": "overlap",
@@ -43,6 +43,10 @@ NOT_ON_PRICE = {"AVGDEV"}  # same unit as the price, but a distance, not a level
 ADDITIVE = {"AD", "OBV", "CUMSUM", "PVT", "WAD"}
 # Path-dependent, but a tail converges: ADOSC is a difference of EMAs of AD (the offset cancels).
 CONVERGENT_PATHS = {"ADOSC"}
+# Made only of windows and of moving averages of a type given by inputs (``*matype``): with
+# window averages (SMA, WMA, TRIMA) for all of them, a value depends on a window of bars only.
+WINDOW_WITH_WINDOW_AVERAGES = {"APO", "BBANDS", "MA", "MACDEXT", "PPO", "STOCH", "STOCHF"}
+WINDOW_MA_TYPES = {0, 2, 5}  # talib.MA_Type.SMA, WMA, TRIMA
 # TA-Lib's own MA_Type labels, in index order (the option value of the mamode select).
 MA_TYPES: tuple[str, ...] = tuple(talib.MA_Type[index] for index in range(14))
 MAMODE = "mamode"
@@ -80,6 +84,31 @@ class TalibIndicator(Indicator):
             raise IndicatorError("bad_input", f"{self.name}: {exc}") from exc
         results = result if isinstance(result, tuple) else (result,)
         return [np.asarray(values, dtype=np.float64) for values in results]
+
+    def prepare(self, inputs: Mapping[str, float]) -> Calc:
+        """The C function itself (``__wrapped__``: without the python wrapper's pandas and
+        polars checks) with the parameters typed once; what it returns, as it returns it."""
+        function = getattr(self._function, "__wrapped__", self._function)
+        params = {self._talib_names[name]: _typed(spec, inputs) for name, spec in self._specs()}
+        columns, name = self.columns, self.name
+
+        def calc(data: Mapping[str, FloatArray]) -> Sequence[FloatArray]:
+            try:
+                result = function(*[data[column] for column in columns], **params)
+            except Exception as exc:  # TA-Lib raises bare Exception("... TA_BAD_PARAM")
+                raise IndicatorError("bad_input", f"{name}: {exc}") from exc
+            return result if isinstance(result, tuple) else (result,)
+
+        return calc
+
+    def memory_for(self, inputs: Mapping[str, float]) -> Memory:
+        if self.function_name in WINDOW_WITH_WINDOW_AVERAGES and all(
+            int(inputs[spec.name]) in WINDOW_MA_TYPES
+            for spec in self.inputs
+            if spec.name == MAMODE or spec.name.endswith("matype")
+        ):
+            return Memory.WINDOW
+        return self.memory
 
     def lookback(self, inputs: Mapping[str, float]) -> int:
         params = tuple((self._talib_names[n], _typed(s, inputs)) for n, s in self._specs())

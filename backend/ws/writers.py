@@ -51,7 +51,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
 
-from backend.wire.frames import payload_of
+from backend.wire.frames import payloads_of
 from backend.wire.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -239,7 +239,8 @@ class DirectWriter:
             conn = protocol.conn
             try:
                 for frame in frames:
-                    conn.send_text(payload_of(frame))
+                    for payload in payloads_of(frame):  # an entry may join several frames
+                        conn.send_text(payload)
             except InvalidState:
                 return
             transport.write(b"".join(conn.data_to_send()))
@@ -326,7 +327,8 @@ class AsgiWriter:
                 frames = self._outbox.drain()
                 self._unsent = sum(map(len, frames))
                 for frame in frames:
-                    await send(payload_of(frame).decode())
+                    for payload in payloads_of(frame):  # an entry may join several frames
+                        await send(payload.decode())
                     self._unsent -= len(frame)
                     self._progress.set()
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
