@@ -13,8 +13,12 @@ indicators on each key (streamed). Both saturation searches (``bench/common.py``
 run step by step in turn, so both meet the same background load. The figure is the ratio of
 the two saturation rates (target: >= 0.8). At the indicator server's best rate the hub's own
 counters (``/metrics``) give indicator updates computed and delivered per second and the
-cost per computation. Then ``indicator_init`` of ``--init-bars`` bars (the cache warm) is
-timed ``--init-runs`` times over one connection: p50 (target <= 20 ms).
+cost per computation. Then both servers run the same rate (``--cost-share`` of that best
+rate) in alternating windows, and the server's CPU time per delivered ``data_update`` gives
+a second ratio, plain / indicators (its capacity ratio when CPU-bound), which moves much less
+than saturation rates with the load of a shared machine. Then ``indicator_init`` of
+``--init-bars`` bars (the cache warm) is timed ``--init-runs`` times over one connection: p50
+(target <= 20 ms).
 
 Prints a table, then one JSON line.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,6 +47,7 @@ from bench.common import (
     WsClient,
     client_frame,
     data_requests,
+    drain,
     interleave,
     loadavg,
     log,
@@ -50,6 +56,7 @@ from bench.common import (
     subscriptions,
     summary,
     table,
+    window,
 )
 from bench.common import emit as emit_json
 from bench.synthetic import SyntheticProvider, _parse, history_bar, symbol_names
@@ -290,6 +297,32 @@ def indicator_rate(target: OurServer, gen: LoadGen, rate: float, seconds: float)
     }
 
 
+def cpu_cost(
+    targets: tuple[OurServer, OurServer], gen: LoadGen, rate: float, seconds: float, rounds: int
+) -> dict[str, Any]:
+    """Server CPU (user + system, its main process) per delivered data_update of each target
+    at the same ``rate``, in alternating windows; the median of ``rounds`` each. On a busy
+    shared core the saturation rates move with the other work; CPU time per update moves
+    much less, and a CPU-bound hub's capacity is its inverse."""
+    costs: dict[str, list[float]] = {target.label: [] for target in targets}
+    for _ in range(rounds):
+        for target in targets:
+            target.set_rate(rate)
+            time.sleep(1.0)
+            m = window(target, gen, seconds)
+            drain(target, gen)
+            if m["per_s"]:
+                costs[target.label].append(1e6 * m["server_cpu"] / m["per_s"])
+    medians = {label: statistics.median(v) if v else None for label, v in costs.items()}
+    plain, rich = (medians[target.label] for target in targets)
+    return {
+        "rate": round(rate, 3),
+        "us_per_data_update": {k: round(v, 2) if v else None for k, v in medians.items()},
+        "samples": {k: [round(x, 2) for x in v] for k, v in costs.items()},
+        "ratio": round(plain / rich, 3) if plain and rich else None,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     names = symbol_names(args.keys)
     n, k = args.clients, args.keys_per_client
@@ -326,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         found_plain, found_rich = interleave(searches, gen)  # type: ignore[arg-type]
         best = (found_rich["best"] or {}).get("rate") or searches[1].rate
         work = indicator_rate(rich, gen, best, args.seconds)
+        cost = cpu_cost((plain, rich), gen, best * args.cost_share, args.seconds, args.cost_rounds)
         gen.call("close")
         init = gen.call(
             "init_latency", url=rich.ws_url, name=names[0], bars=args.init_bars, runs=args.init_runs
@@ -342,6 +376,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plain": found_plain,
         "indicators": found_rich,
         "indicator_work": work,
+        "cpu_cost": cost,
         "init": init,
         "machine": machine(),
         "loadavg_end": loadavg(),
@@ -372,6 +407,13 @@ def print_report(f: dict[str, Any]) -> None:
         )
     )
     print(f"ratio: {f['ratio']} (target >= 0.80)")
+    c = f["cpu_cost"]
+    us, n = c["us_per_data_update"], len(c["samples"]["plain"])
+    print(
+        f"server CPU per data_update at {c['rate']}/s per key (median of {n}"
+        f" alternating windows): without indicators {us['plain']} us, with {us['indicators']} us;"
+        f" capacity ratio {c['ratio']} (target >= 0.80)"
+    )
     w = f["indicator_work"]
     print(
         f"at {w['rate']}/s per key: {w['data_updates_per_s']:,} data_update/s, indicator updates "
@@ -411,6 +453,13 @@ def main() -> None:
         default=0.0,
         help="INDICATOR_UPDATE_SECONDS of the indicator server (0: after every batch)",
     )
+    parser.add_argument(
+        "--cost-share",
+        type=float,
+        default=0.7,
+        help="CPU cost windows at this share of the indicator server's saturation rate",
+    )
+    parser.add_argument("--cost-rounds", type=int, default=5)
     parser.add_argument("--init-bars", type=int, default=5000)
     parser.add_argument("--init-runs", type=int, default=40)
     args = parser.parse_args()
