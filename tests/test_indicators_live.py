@@ -123,3 +123,22 @@ def test_the_clients_of_a_chart_are_one_object_until_they_change(indicators: Ind
     live.subscribe("b", "rsi", rsi(indicators))  # type: ignore[arg-type]
     changed = {u.chart_id: u.clients for u in live.on_bar(BTC, fetch)}
     assert changed["rsi"] == {"a", "b"} and changed["rsi2"] is first["rsi2"]
+
+
+def test_a_bar_that_closed_within_the_batch_gets_its_final_row_before_the_newest(
+    indicators: Indicators,
+) -> None:
+    """Its last update and the next bar's first came in one provider batch: the hub computes
+    once, but the closed bar's final value is sent too, then the newest bar's."""
+    live = LiveIndicators()
+    live.subscribe("a", "rsi", rsi(indicators))  # type: ignore[arg-type]
+    bars = make_bars(600)
+    closed, newest = bars[-2][0], bars[-1][0]
+    fetch = CountingFetch({BTC: bars})
+    only_forming = live.on_bar(BTC, fetch, since=newest)
+    assert [u.time for u in only_forming] == [newest]
+    both = live.on_bar(BTC, fetch, since=closed)
+    assert [u.time for u in both] == [closed, newest]
+    expected = compute(rsi(indicators), {BTC: bars[:-1]}).values[0][-1]  # type: ignore[arg-type]
+    assert both[0].row == {"date": format_date(closed), "rsi-RSI": pytest.approx(expected)}
+    assert both[1].row == only_forming[0].row

@@ -59,11 +59,12 @@ class Fanout:
         self._wire: dict[SeriesId, WireKeys] = {}
         self._updates: dict[SeriesId, protocol.UpdateEncoder] = {}
         self._delivered = 0  # updates handed to outboxes in the current provider batch
-        # Keys with live indicators (``watches``) that got a newest bar in this batch; the
-        # hub's ``after_updates`` computes their indicators once, after the data_updates.
+        # Keys with live indicators (``watches``) that got a newest bar in this batch, with
+        # the time of the first such bar; the hub's ``after_updates`` computes their
+        # indicators once, after the data_updates (and the bar that closed meanwhile, if any).
         self.watches: Callable[[SeriesId], bool] = lambda key: False
-        self.after_updates: Callable[[set[SeriesId]], None] | None = None
-        self._touched: set[SeriesId] = set()
+        self.after_updates: Callable[[dict[SeriesId, int]], None] | None = None
+        self._touched: dict[SeriesId, int] = {}
 
     # ------------------------------------------------------------------ delivery
 
@@ -115,7 +116,7 @@ class Fanout:
             if provider is not None:
                 provider.last_update = time.time()
             if self._touched:
-                touched, self._touched = self._touched, set()
+                touched, self._touched = self._touched, {}
                 if self.after_updates is not None:
                     self.after_updates(touched)
 
@@ -142,7 +143,7 @@ class Fanout:
             self.listeners.notify(key, bar)
             self._push_update(key, bar)
             if self.watches(key):
-                self._touched.add(key)
+                self._touched.setdefault(key, t)
 
     def _push_update(self, key: SeriesId, bar: Bar) -> None:
         targets = self.deliver.get(key)

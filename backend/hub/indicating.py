@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -185,15 +185,18 @@ class Indicating:
 
     # ------------------------------------------------------------------ live updates
 
-    def on_updates(self, keys: Iterable[SeriesId]) -> None:
-        """After a provider batch: the live indicators of ``keys``, now, or with
-        ``INDICATOR_UPDATE_SECONDS`` at most once per that time per key. An update that had
-        to wait is computed with the key's next batch once the time is up (in the same turn
-        as its ``data_update``s, so in the same socket writes), or by a timer half a period
-        later if no batch comes: the newest bar always gets its ``indicator_update``."""
+    def on_updates(self, keys: Mapping[SeriesId, int]) -> None:
+        """After a provider batch: the live indicators of ``keys`` (each with the time of
+        the first newest bar the batch brought), now, or with ``INDICATOR_UPDATE_SECONDS``
+        at most once per that time per key. Now, a bar that closed within the batch (its
+        last update and the next bar's first in one batch) gets its final row too, before
+        the newest. An update that had to wait is computed with the key's next batch once
+        the time is up (in the same turn as its ``data_update``s, so in the same socket
+        writes), or by a timer half a period later if no batch comes: the newest bar
+        always gets its ``indicator_update``."""
         every = self.hub.settings.INDICATOR_UPDATE_SECONDS
         if every <= 0:
-            self._compute(keys)
+            self._compute(keys.items())
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -208,7 +211,7 @@ class Indicating:
             if key not in self._scheduled:
                 self._scheduled.add(key)
                 loop.call_at(self._next_at[key] + every / 2, self._trailing, key)
-        self._compute(due)
+        self._compute((key, None) for key in due)
 
     def _trailing(self, key: SeriesId) -> None:
         """No batch of ``key`` came since its update had to wait: compute it now."""
@@ -219,16 +222,17 @@ class Indicating:
         every = self.hub.settings.INDICATOR_UPDATE_SECONDS
         self._next_at[key] = asyncio.get_running_loop().time() + every
         if self.live.watches(key):
-            self._compute([key])
+            self._compute([(key, None)])
 
-    def _compute(self, keys: Iterable[SeriesId]) -> None:
-        """One computation per shared indicator on ``keys``, one ``indicator_update`` frame
-        per chart id, queued after the ``data_update``s of the batch."""
+    def _compute(self, keys: Iterable[tuple[SeriesId, int | None]]) -> None:
+        """One computation per shared indicator on each key, one ``indicator_update`` frame
+        per chart id, queued after the ``data_update``s of the batch; with the time of the
+        first bar the batch brought, the row of a bar that closed since too."""
         started = time.perf_counter()
         dates: dict[tuple[SeriesId, ...], bytes] = {}  # last_dates, once per batch
-        for key in keys:
+        for key, since in keys:
             try:
-                updates = self.live.on_bar(key, self._tail)
+                updates = self.live.on_bar(key, self._tail, since)
             except Exception:  # a bug in one computation must not stop the fan-out
                 logger.exception("live indicators of %s failed", key)
                 self.hub.metrics.inc("candlewire_internal_errors_total")

@@ -320,6 +320,10 @@ class Columns:
         """The open time of the last bar."""
         return int(self._table[-1, 0])
 
+    def before_last(self) -> Columns:
+        """The same tail without its last bar."""
+        return Columns(self._table[:-1])
+
     def field(self, index: int) -> FloatArray:
         """Column ``index`` of ``(t, o, h, l, c, v)``."""
         column = self._made.get(index)

@@ -133,11 +133,15 @@ class LiveIndicators:
         for shared in self._by_series.get(series, {}).values():
             shared.computation.reset()
 
-    def on_bar(self, series: SeriesId, fetch: Fetch) -> list[IndicatorUpdate]:
+    def on_bar(
+        self, series: SeriesId, fetch: Fetch, since: int | None = None
+    ) -> list[IndicatorUpdate]:
         """After a ``data_update`` of ``series``: one computation per key, one update per
         chart id. A computation that fails is logged and skipped; the others still run.
         The computations that read only a bounded tail of ``series`` share one fetch of the
-        longest tail and its columns."""
+        longest tail and its columns; when the updates began at ``since``, a bar older than
+        the newest (it closed since: its last update was never computed), they also give
+        the row of the bar before the newest, first."""
         updates: list[IndicatorUpdate] = []
         on_tail: list[_Shared] = []
         size = 0
@@ -156,31 +160,42 @@ class LiveIndicators:
             if newest is not None:
                 updates.extend(_fan_out(shared, *newest))
         if on_tail:
-            updates.extend(self._on_tail(series, fetch, on_tail, size))
+            updates.extend(self._on_tail(series, fetch, on_tail, size, since))
         return updates
 
     def _on_tail(
-        self, series: SeriesId, fetch: Fetch, on_tail: list[_Shared], size: int
+        self,
+        series: SeriesId,
+        fetch: Fetch,
+        on_tail: list[_Shared],
+        size: int,
+        since: int | None,
     ) -> list[IndicatorUpdate]:
-        self.computations += len(on_tail)
         try:
-            columns = Columns(fetch(series, size))
+            columns = Columns(fetch(series, size if since is None else size + 1))
         except IndicatorError as exc:
             for shared in on_tail:
                 _failed(shared, exc)
             return []
         if len(columns) == 0:
             return []
-        time = columns.time
-        date = intervals.format_date(time)
+        tails = [columns]
+        if since is not None and len(columns) > 1:
+            closed = columns.before_last()
+            if since <= closed.time:
+                tails.insert(0, closed)
         updates: list[IndicatorUpdate] = []
-        for shared in on_tail:
-            try:
-                values = shared.computation.newest(columns)
-            except IndicatorError as exc:
-                _failed(shared, exc)
-                continue
-            updates.extend(_fan_out(shared, time, values, date))
+        for tail in tails:
+            time = tail.time
+            date = intervals.format_date(time)
+            for shared in on_tail:
+                self.computations += 1
+                try:
+                    values = shared.computation.newest(tail)
+                except IndicatorError as exc:
+                    _failed(shared, exc)
+                    continue
+                updates.extend(_fan_out(shared, time, values, date))
         return updates
 
     def _forget(self, key: Key) -> None:
