@@ -6,8 +6,9 @@ the history planner (cache, then store, then the provider's normal path, exactly
 ``data``), computes, answers with ``indicator_init`` and, when streamed, subscribes the
 client in :class:`~backend.indicators.live.LiveIndicators`. After each provider batch the
 fan-out calls :meth:`Indicating.on_updates` with the keys that got a newest bar: each shared
-computation (indicator, inputs, dataMap) runs once from a bounded tail of the cache, and its
-row is encoded once per chart id and pushed to every client holding it.
+computation (indicator, inputs, dataMap) runs once from a bounded tail of the cache, its
+row is encoded once per chart id, and each client gets the frames of all the chart ids it
+holds on that key as one outbox entry (one push per client, not per frame).
 
 Owns the live subscriptions of the hub and the counters of indicator work. Not: parsing and
 the maths (``backend.indicators``), scans (``scanning``), request order (``requests``).
