@@ -268,14 +268,16 @@ class Indicating:
                 "\n".join(u.chart_id for u in held),
                 *(u.time for u in held),
             )
+            queued = 0
             for client_id in holders:
-                client = clients.get(client_id) if isinstance(client_id, int) else None
+                client = clients.get(client_id)  # type: ignore[call-overload]
                 if client is None:
                     continue
                 if client.outbox.push(entry, slot):
-                    self.delivered += len(frames)
+                    queued += 1
                 else:
                     self.kick(client, "outbox hard limit reached")
+            self.delivered += queued * len(frames)
 
     def _encode(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
         """``protocol.encode(messages.indicator_update(...))``, from parts encoded once."""

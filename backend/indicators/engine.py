@@ -348,9 +348,14 @@ def _nullable(values: FloatArray) -> list[float | None]:
 
 def _check_outputs(bound: BoundIndicator, values: Sequence[FloatArray], n: int) -> None:
     expected = len(bound.indicator.outputs)
-    if len(values) != expected or any(len(v) != n for v in values):
-        raise IndicatorError(
-            "indicator_failed",
-            f"{bound.indicator.name}: calc returned {len(values)} arrays of lengths "
-            f"{[len(v) for v in values]}; expected {expected} of {n}",
-        )
+    if len(values) == expected:
+        for v in values:
+            if len(v) != n:
+                break
+        else:
+            return
+    raise IndicatorError(
+        "indicator_failed",
+        f"{bound.indicator.name}: calc returned {len(values)} arrays of lengths "
+        f"{[len(v) for v in values]}; expected {expected} of {n}",
+    )
