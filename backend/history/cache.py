@@ -5,7 +5,12 @@ requests against them and asks providers for what is missing; the hub merges liv
 them. A series is *live* while an upstream stream feeds it continuously since its tail was
 fetched: then its newest bars need no fetch. Memory is bounded by ``CACHE_MAX_BARS``: the
 least recently used series are evicted (or, while streamed, trimmed to their newest bars);
-evicted bars stay in the store and are read back on demand.
+evicted bars stay in the store and are read back on demand. The encoded frames a series keeps
+(:mod:`.encoded`) count against the same bound, in bars of :data:`~.encoded.BYTES_PER_BAR`.
+
+A series' ``version`` changes with every change to its bars except an in-place update of its
+newest bar: a frame encoded at one version holds the same closed bars as the series while the
+version stays (``upsert``, ``merge``, ``trim`` and ``drop_before`` are the only writers).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import bisect
 import time
 from dataclasses import dataclass, field
 
+from backend.history.encoded import EncodedWindows
 from backend.model.bars import Bar, SeriesId
 from backend.model.coverage import Coverage
 
@@ -38,6 +44,8 @@ class Series:
     loaded: bool = False  # coverage and newest bars were read from the store
     persist: bool = True  # the provider's bars are worth keeping in the store
     floor: int = MIN_TIME  # every stored bar with t >= floor is in memory
+    version: int = 0  # bumped by every change to the bars but one to the newest bar in place
+    encoded: EncodedWindows = field(default_factory=EncodedWindows)
 
     @property
     def newest(self) -> int | None:
@@ -49,14 +57,19 @@ class Series:
         if not self.times or t > self.times[-1]:
             self.times.append(t)
             self.bars.append(bar)
+            self.version += 1
             return True
         i = bisect.bisect_left(self.times, t)
-        if self.times[i] == t:
-            self.bars[i] = bar
-        else:
+        if self.times[i] != t:  # an older bar that was missing
             self.times.insert(i, t)
             self.bars.insert(i, bar)
-        return i == len(self.times) - 1
+            self.version += 1
+            return False
+        newest = i == len(self.times) - 1
+        if not newest and self.bars[i] != bar:
+            self.version += 1
+        self.bars[i] = bar
+        return newest
 
     def merge(
         self, bars: list[Bar], keep_newer_than_seq: int | None = None, keep_existing: bool = False
@@ -72,18 +85,32 @@ class Series:
         if not self.times or bars[0][0] > self.times[-1]:
             self.times.extend(bar[0] for bar in bars)
             self.bars.extend(bars)
+            self.version += 1
             return
         if bars[-1][0] < self.times[0]:
             self.times[:0] = [bar[0] for bar in bars]
             self.bars[:0] = bars
+            self.version += 1
             return
         merged = dict(zip(self.times, self.bars, strict=True))
+        closed_changed = newest_changed = False
         for bar in bars:
-            if (keep_live and bar[0] == newest) or (keep_existing and bar[0] in merged):
+            t = bar[0]
+            if (keep_live and t == newest) or (keep_existing and t in merged):
                 continue
-            merged[bar[0]] = bar
-        self.times = sorted(merged)
-        self.bars = [merged[t] for t in self.times]
+            if merged.get(t) == bar:
+                continue  # the same bar again (a repeated tail fetch): nothing to re-encode
+            merged[t] = bar
+            if t == newest:
+                newest_changed = True
+            else:
+                closed_changed = True
+        if closed_changed:
+            self.times = sorted(merged)
+            self.bars = [merged[t] for t in self.times]
+            self.version += 1
+        elif newest_changed:
+            self.bars[-1] = merged[self.times[-1]]
 
     def last_before(self, end: int, count: int, since: int | None = None) -> list[Bar]:
         """The last ``count`` bars with open time <= ``end`` (and >= ``since``)."""
@@ -102,7 +129,9 @@ class Series:
     def drop_before(self, cutoff: int) -> None:
         """Retention: forget bars and coverage older than ``cutoff``."""
         i = bisect.bisect_left(self.times, cutoff)
-        del self.times[:i], self.bars[:i]
+        if i:
+            del self.times[:i], self.bars[:i]
+            self.version += 1
         self.coverage.remove_before(cutoff)
         if self.exhausted_before is not None and self.exhausted_before < cutoff:
             self.exhausted_before = None
@@ -114,6 +143,8 @@ class Series:
         if drop <= 0:
             return 0
         del self.times[:drop], self.bars[:drop]
+        self.version += 1
+        self.encoded.clear()
         if self.persist:
             self.floor = self.times[0] if self.times else MIN_TIME
         else:  # nothing to read back: forget that the dropped span was known
@@ -152,14 +183,19 @@ class BarCache:
         return stale
 
     def enforce(self, max_bars: int, streamed: set[SeriesId]) -> list[SeriesId]:
-        """Evict least recently used series (trim streamed ones) until under ``max_bars``."""
+        """Evict least recently used series (trim streamed ones, dropping their encoded
+        frames) until bars and frames (:meth:`memory`) are under ``max_bars``."""
         evicted: list[SeriesId] = []
-        total = self.bar_count()
+        total = self.memory()
+        if total <= max_bars:
+            return evicted
         for series in sorted(self._series.values(), key=lambda s: s.last_used):
             if total <= max_bars:
                 break
+            total -= series.encoded.bar_equivalents()
             if series.key in streamed:
                 total -= series.trim(KEEP_WHEN_TRIMMED)
+                series.encoded.clear()
             else:
                 total -= len(series.times)
                 self._evict(series.key)
@@ -171,6 +207,14 @@ class BarCache:
 
     def bar_count(self) -> int:
         return sum(len(s.times) for s in self._series.values())
+
+    def encoded_bytes(self) -> int:
+        """Bytes of the encoded frames kept (:mod:`.encoded`)."""
+        return sum(s.encoded.nbytes for s in self._series.values())
+
+    def memory(self) -> int:
+        """What the bound counts: bars, plus the encoded frames in bars of ``BYTES_PER_BAR``."""
+        return sum(len(s.times) + s.encoded.bar_equivalents() for s in self._series.values())
 
     def __len__(self) -> int:
         return len(self._series)
