@@ -19,7 +19,7 @@ import bisect
 import time
 from dataclasses import dataclass, field
 
-from backend.history.encoded import EncodedWindows
+from backend.history.encoded import BYTES_PER_BAR, EncodedWindows
 from backend.model.bars import Bar, SeriesId
 from backend.model.coverage import Coverage
 
@@ -213,8 +213,13 @@ class BarCache:
         return sum(s.encoded.nbytes for s in self._series.values())
 
     def memory(self) -> int:
-        """What the bound counts: bars, plus the encoded frames in bars of ``BYTES_PER_BAR``."""
-        return sum(len(s.times) + s.encoded.bar_equivalents() for s in self._series.values())
+        """What the bound counts: bars, plus the encoded frames in bars of ``BYTES_PER_BAR``
+        (asked after every history request: one plain loop)."""
+        bars = nbytes = 0
+        for series in self._series.values():
+            bars += len(series.times)
+            nbytes += series.encoded.nbytes
+        return bars + -(-nbytes // BYTES_PER_BAR)
 
     def __len__(self) -> int:
         return len(self._series)

@@ -49,11 +49,11 @@ class Encoded:
 class EncodedWindows:
     """The encoded frames of one series, least recently used first."""
 
-    __slots__ = ("_entries", "_nbytes")
+    __slots__ = ("_entries", "nbytes")
 
     def __init__(self) -> None:
         self._entries: dict[Hashable, Encoded] = {}
-        self._nbytes = 0
+        self.nbytes = 0  # the frames' and window keys' bytes (read, never set, outside)
 
     def get(self, window: Hashable, version: int, bars: list[Bar]) -> Encoded | None:
         """The entry of ``window`` if it encodes the closed bars of ``bars`` at ``version``."""
@@ -71,26 +71,22 @@ class EncodedWindows:
         while len(self._entries) >= MAX_WINDOWS:
             self._drop(next(iter(self._entries)))
         self._entries[window] = entry
-        self._nbytes += _cost(window, entry)
+        self.nbytes += _cost(window, entry)
 
     def replace_frame(self, window: Hashable, entry: Encoded, last: Bar, frame: bytes) -> None:
         """``entry`` now holds ``frame``, the same closed bars with ``last`` after them."""
         if self._entries.get(window) is not entry:
             return  # dropped meanwhile: nothing to account for
-        self._nbytes += len(frame) - len(entry.frame)
+        self.nbytes += len(frame) - len(entry.frame)
         entry.last, entry.frame = last, frame
 
     def clear(self) -> None:
         self._entries.clear()
-        self._nbytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
+        self.nbytes = 0
 
     def bar_equivalents(self) -> int:
         """The memory of the frames in the bound's unit (bars)."""
-        return -(-self._nbytes // BYTES_PER_BAR)
+        return -(-self.nbytes // BYTES_PER_BAR)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,7 +94,7 @@ class EncodedWindows:
     def _drop(self, window: Hashable) -> None:
         entry = self._entries.pop(window, None)
         if entry is not None:
-            self._nbytes -= _cost(window, entry)
+            self.nbytes -= _cost(window, entry)
 
 
 def _cost(window: Hashable, entry: Encoded) -> int:
