@@ -19,7 +19,7 @@ import bisect
 import time
 from dataclasses import dataclass, field
 
-from backend.history.encoded import BYTES_PER_BAR, EncodedWindows
+from backend.history.encoded import BYTES_PER_BAR, EncodedWindows, Ledger
 from backend.model.bars import Bar, SeriesId
 from backend.model.coverage import Coverage
 
@@ -45,7 +45,11 @@ class Series:
     persist: bool = True  # the provider's bars are worth keeping in the store
     floor: int = MIN_TIME  # every stored bar with t >= floor is in memory
     version: int = 0  # bumped by every change to the bars but one to the newest bar in place
-    encoded: EncodedWindows = field(default_factory=EncodedWindows)
+    ledger: Ledger = field(default_factory=Ledger)  # its cache's totals (its own once evicted)
+    encoded: EncodedWindows = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encoded = EncodedWindows(self.ledger)
 
     @property
     def newest(self) -> int | None:
@@ -58,12 +62,14 @@ class Series:
             self.times.append(t)
             self.bars.append(bar)
             self.version += 1
+            self.ledger.bars += 1
             return True
         i = bisect.bisect_left(self.times, t)
         if self.times[i] != t:  # an older bar that was missing
             self.times.insert(i, t)
             self.bars.insert(i, bar)
             self.version += 1
+            self.ledger.bars += 1
             return False
         newest = i == len(self.times) - 1
         if not newest and self.bars[i] != bar:
@@ -86,11 +92,13 @@ class Series:
             self.times.extend(bar[0] for bar in bars)
             self.bars.extend(bars)
             self.version += 1
+            self.ledger.bars += len(bars)
             return
         if bars[-1][0] < self.times[0]:
             self.times[:0] = [bar[0] for bar in bars]
             self.bars[:0] = bars
             self.version += 1
+            self.ledger.bars += len(bars)
             return
         merged = dict(zip(self.times, self.bars, strict=True))
         closed_changed = newest_changed = False
@@ -106,6 +114,7 @@ class Series:
             else:
                 closed_changed = True
         if closed_changed:
+            self.ledger.bars += len(merged) - len(self.times)
             self.times = sorted(merged)
             self.bars = [merged[t] for t in self.times]
             self.version += 1
@@ -123,6 +132,11 @@ class Series:
     def count_between(self, a: int, b: int) -> int:
         return bisect.bisect_right(self.times, b) - bisect.bisect_left(self.times, a)
 
+    def detach(self) -> None:
+        """Leave the cache's totals (evicted: an answer in flight may still write to it)."""
+        self.ledger = Ledger(len(self.times), self.encoded.nbytes)
+        self.encoded.ledger = self.ledger
+
     def touch(self) -> None:
         self.last_used = time.monotonic()
 
@@ -132,6 +146,7 @@ class Series:
         if i:
             del self.times[:i], self.bars[:i]
             self.version += 1
+            self.ledger.bars -= i
         self.coverage.remove_before(cutoff)
         if self.exhausted_before is not None and self.exhausted_before < cutoff:
             self.exhausted_before = None
@@ -144,6 +159,7 @@ class Series:
             return 0
         del self.times[:drop], self.bars[:drop]
         self.version += 1
+        self.ledger.bars -= drop
         self.encoded.clear()
         if self.persist:
             self.floor = self.times[0] if self.times else MIN_TIME
@@ -158,11 +174,12 @@ class BarCache:
 
     def __init__(self) -> None:
         self._series: dict[SeriesId, Series] = {}
+        self._ledger = Ledger()
 
     def get(self, key: SeriesId) -> Series:
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = Series(key)
+            series = self._series[key] = Series(key, ledger=self._ledger)
         return series
 
     def peek(self, key: SeriesId) -> Series | None:
@@ -176,6 +193,7 @@ class BarCache:
 
     def evict_idle(self, idle_seconds: float, keep: set[SeriesId]) -> list[SeriesId]:
         """Drop series unused for ``idle_seconds`` that nobody streams; returns their keys."""
+        self.recount()  # the upkeep tick's walk over every series
         cutoff = time.monotonic() - idle_seconds
         stale = [k for k, s in self._series.items() if s.last_used < cutoff and k not in keep]
         for key in stale:
@@ -203,23 +221,28 @@ class BarCache:
         return evicted
 
     def _evict(self, key: SeriesId) -> None:
-        del self._series[key]
+        series = self._series.pop(key)
+        self._ledger.bars -= len(series.times)
+        self._ledger.nbytes -= series.encoded.nbytes
+        series.detach()
 
     def bar_count(self) -> int:
         return sum(len(s.times) for s in self._series.values())
 
     def encoded_bytes(self) -> int:
         """Bytes of the encoded frames kept (:mod:`.encoded`)."""
-        return sum(s.encoded.nbytes for s in self._series.values())
+        return self._ledger.nbytes
 
     def memory(self) -> int:
         """What the bound counts: bars, plus the encoded frames in bars of ``BYTES_PER_BAR``
-        (asked after every history request: one plain loop)."""
-        bars = nbytes = 0
-        for series in self._series.values():
-            bars += len(series.times)
-            nbytes += series.encoded.nbytes
-        return bars + -(-nbytes // BYTES_PER_BAR)
+        (asked after every history request: the running totals)."""
+        return self._ledger.bars + -(-self._ledger.nbytes // BYTES_PER_BAR)
+
+    def recount(self) -> None:
+        """Count the totals again from the series (they are kept exact by the writers;
+        this bounds the damage of any writer that would not be)."""
+        self._ledger.bars = sum(len(s.times) for s in self._series.values())
+        self._ledger.nbytes = sum(s.encoded.nbytes for s in self._series.values())
 
     def __len__(self) -> int:
         return len(self._series)

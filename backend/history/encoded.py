@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from backend.model.bars import Bar
 
 MAX_WINDOWS = 4  # frames kept per series (the least recently used one goes first)
-BYTES_PER_BAR = 256  # about what one cached bar costs in memory: the unit of the bound
+BYTES_PER_BAR = 280  # about what one cached bar costs in memory (README): the bound's unit
+
+
+@dataclass(slots=True)
+class Ledger:
+    """Running totals of one :class:`~.cache.BarCache`: its bars and encoded bytes, kept by
+    the writers of its series so the bound is checked after every request in O(1)."""
+
+    bars: int = 0
+    nbytes: int = 0
 
 
 @dataclass(slots=True)
@@ -49,11 +58,12 @@ class Encoded:
 class EncodedWindows:
     """The encoded frames of one series, least recently used first."""
 
-    __slots__ = ("_entries", "nbytes")
+    __slots__ = ("_entries", "ledger", "nbytes")
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: Ledger | None = None) -> None:
         self._entries: dict[Hashable, Encoded] = {}
         self.nbytes = 0  # the frames' and window keys' bytes (read, never set, outside)
+        self.ledger = ledger if ledger is not None else Ledger()  # the cache's totals
 
     def get(self, window: Hashable, version: int, bars: list[Bar]) -> Encoded | None:
         """The entry of ``window`` if it encodes the closed bars of ``bars`` at ``version``."""
@@ -71,18 +81,18 @@ class EncodedWindows:
         while len(self._entries) >= MAX_WINDOWS:
             self._drop(next(iter(self._entries)))
         self._entries[window] = entry
-        self.nbytes += _cost(window, entry)
+        self._count(_cost(window, entry))
 
     def replace_frame(self, window: Hashable, entry: Encoded, last: Bar, frame: bytes) -> None:
         """``entry`` now holds ``frame``, the same closed bars with ``last`` after them."""
         if self._entries.get(window) is not entry:
             return  # dropped meanwhile: nothing to account for
-        self.nbytes += len(frame) - len(entry.frame)
+        self._count(len(frame) - len(entry.frame))
         entry.last, entry.frame = last, frame
 
     def clear(self) -> None:
         self._entries.clear()
-        self.nbytes = 0
+        self._count(-self.nbytes)
 
     def bar_equivalents(self) -> int:
         """The memory of the frames in the bound's unit (bars)."""
@@ -94,7 +104,11 @@ class EncodedWindows:
     def _drop(self, window: Hashable) -> None:
         entry = self._entries.pop(window, None)
         if entry is not None:
-            self.nbytes -= _cost(window, entry)
+            self._count(-_cost(window, entry))
+
+    def _count(self, delta: int) -> None:
+        self.nbytes += delta
+        self.ledger.nbytes += delta
 
 
 def _cost(window: Hashable, entry: Encoded) -> int:
@@ -106,4 +120,4 @@ def _cost(window: Hashable, entry: Encoded) -> int:
     return len(entry.frame) + head
 
 
-__all__ = ["BYTES_PER_BAR", "MAX_WINDOWS", "Encoded", "EncodedWindows"]
+__all__ = ["BYTES_PER_BAR", "MAX_WINDOWS", "Encoded", "EncodedWindows", "Ledger"]
