@@ -302,3 +302,20 @@ def test_the_running_totals_stay_exact_through_every_writer() -> None:
         bars, nbytes = exact()
         assert cache.memory() == bars + -(-nbytes // BYTES_PER_BAR)
         assert cache.encoded_bytes() == nbytes
+
+
+def test_merging_anywhere_gives_what_a_merge_of_everything_gives() -> None:
+    rng = random.Random(11)
+    series = series_of(30)
+    reference = dict(zip(series.times, series.bars, strict=True))
+    for _ in range(300):
+        start = 60 * rng.randrange(0, 60)
+        bars = [bar(start + 60 * i, rng.uniform(1, 2)) for i in range(rng.randrange(1, 8))]
+        keep = rng.random() < 0.3
+        series.merge(bars, keep_existing=keep)
+        for b in bars:
+            if not (keep and b[0] in reference):
+                reference[b[0]] = b
+        assert series.times == sorted(reference)
+        assert series.bars == [reference[t] for t in series.times]
+        assert series.ledger.bars == len(series.times)

@@ -100,7 +100,9 @@ class Series:
             self.version += 1
             self.ledger.bars += len(bars)
             return
-        merged = dict(zip(self.times, self.bars, strict=True))
+        # Only the bars from the first one merged on can change: a tail fetch touches a few.
+        i = bisect.bisect_left(self.times, min(bar[0] for bar in bars))
+        merged = dict(zip(self.times[i:], self.bars[i:], strict=True))
         closed_changed = newest_changed = False
         for bar in bars:
             t = bar[0]
@@ -114,9 +116,10 @@ class Series:
             else:
                 closed_changed = True
         if closed_changed:
-            self.ledger.bars += len(merged) - len(self.times)
-            self.times = sorted(merged)
-            self.bars = [merged[t] for t in self.times]
+            self.ledger.bars += len(merged) - (len(self.times) - i)
+            times = sorted(merged)
+            self.times[i:] = times
+            self.bars[i:] = [merged[t] for t in times]
             self.version += 1
         elif newest_changed:
             self.bars[-1] = merged[self.times[-1]]
