@@ -40,8 +40,13 @@ MAX_FETCHES_PER_REQUEST = 16
 
 @dataclass(frozen=True, slots=True)
 class Answer:
+    """The bars of a request; ``series`` and its ``version`` when they were taken, so the
+    encoded frame of the same bars can be reused (:mod:`.encoded`)."""
+
     bars: list[Bar]
     error: ProviderError | StorageError | None = None
+    series: Series | None = None
+    version: int = 0
 
 
 class HistoryPlanner:
@@ -94,7 +99,7 @@ class HistoryPlanner:
                 error = exc
             # "now" includes a bar the provider already opened a little ahead of our clock.
             limit = max(now, series.newest or now) if end is None else end_t
-            return Answer(series.last_before(limit, count), error)
+            return Answer(series.last_before(limit, count), error, series, series.version)
 
     def forget(self, key: SeriesId) -> None:
         """Drop the lock of an evicted series."""

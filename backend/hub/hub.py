@@ -235,6 +235,11 @@ class Hub:
         if not client.outbox.push(text_frame(message), slot):
             self._kick(client, "outbox hard limit reached")
 
+    def send_frame(self, client: Client, frame: bytes) -> None:
+        """Queue one complete text frame (built once, maybe shared) for ``client``."""
+        if not client.outbox.push(frame):
+            self._kick(client, "outbox hard limit reached")
+
     def _reply_failed(self, client: Client) -> None:
         """A reply job raised (a bug): it costs one answer, not the connection."""
         self.metrics.inc("candlewire_internal_errors_total")

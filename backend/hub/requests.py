@@ -22,10 +22,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import ProtocolError, ProviderError, StorageError
+from backend.history.encoded import Encoded
+from backend.history.planner import Answer
 from backend.hub.clients import Client
 from backend.hub.subscriptions import Change
 from backend.indicators import messages
-from backend.model.bars import SeriesId
+from backend.model.bars import SeriesId, WireKeys
 from backend.wire import protocol, requests
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 SEARCH_LIMIT = 100
 SEARCH_LANE = ("search",)
 DETAILS_CACHE_SIZE = 10_000
+FRAMES_METRIC = "candlewire_history_frames_total"
 
 Details = dict[str, Any]
 # The empty reply a refused request still gets.
@@ -55,6 +58,16 @@ class Requests:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self._details: dict[tuple[str, str], Details | None] = {}
+        hub.metrics.describe(
+            FRAMES_METRIC,
+            "data_init/data_history frames: cached (sent as built), spliced (cached closed "
+            "bars, newest bar encoded) or encoded (built from the bars)",
+        )
+        hub.metrics.gauge(
+            "candlewire_history_frame_bytes",
+            hub.cache.encoded_bytes,
+            "bytes of encoded history frames kept (counted in CACHE_MAX_BARS)",
+        )
 
     async def take_frame(self, client: Client, text: str | bytes) -> None:
         """Apply one frame's requests in order; their I/O replies follow as jobs."""
@@ -152,10 +165,7 @@ class Requests:
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
-            hub.send(
-                client,
-                protocol.series_message("data_init", key, wire.datapoints(answer.bars), details),
-            )
+            hub.send_frame(client, self.series_frame("data_init", answer, wire, details, key))
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
         if client.id in hub.subs.subscribers(key):
@@ -175,11 +185,57 @@ class Requests:
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
-            hub.send(
-                client, protocol.series_message("data_history", key, wire.datapoints(answer.bars))
+            hub.send_frame(
+                client, self.series_frame("data_history", answer, wire, None, key, request.end)
             )
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
+
+    def series_frame(
+        self,
+        kind: str,
+        answer: Answer,
+        wire: WireKeys,
+        metadata: Details | None,
+        key: SeriesId,
+        end: int | None = None,
+    ) -> bytes:
+        """The frame of ``protocol.series_message(kind, key, bars, metadata)`` for the
+        answer's bars: the cached frame of the same window when the series has not changed
+        since it was built, the cached closed bars with the newest bar spliced in when only
+        that bar changed, else built and cached (:mod:`backend.history.encoded`)."""
+        bars, series = answer.bars, answer.series
+        head = protocol.series_head(kind, key, metadata)
+        window = (head, wire.kind, len(bars), end)
+        entry = series.encoded.get(window, answer.version, bars) if series is not None else None
+        metrics = self.hub.metrics
+        if entry is not None and (not bars or entry.last == bars[-1]):
+            metrics.inc(FRAMES_METRIC, frame="cached")
+            return entry.frame
+        last = protocol.datapoints_json(wire, bars[-1:])
+        if entry is not None and series is not None:
+            start = memoryview(entry.frame)[entry.body_start : entry.closed_stop]
+            frame = protocol.series_frame((start,), len(bars) > 1, last)[0]
+            series.encoded.replace_frame(window, entry, bars[-1], frame)
+            metrics.inc(FRAMES_METRIC, frame="spliced")
+            return frame
+        metrics.inc(FRAMES_METRIC, frame="encoded")
+        closed = protocol.datapoints_json(wire, bars[:-1])
+        frame, body_start, closed_stop = protocol.series_frame((head, closed), len(bars) > 1, last)
+        if series is not None and series.version == answer.version:  # not an older answer's
+            first_t = bars[0][0] if bars else None
+            built = Encoded(
+                answer.version,
+                len(bars),
+                first_t,
+                bars[-1] if bars else None,
+                frame,
+                body_start,
+                closed_stop,
+            )
+            series.encoded.put(window, built)
+            self.hub.enforce_memory()
+        return frame
 
     async def _search(self, client: Client, search: str) -> None:
         results = await self.hub.symbols.search(search, SEARCH_LIMIT)

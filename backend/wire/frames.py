@@ -16,12 +16,16 @@ _LEN_64 = 127
 
 def text_frame(payload: bytes) -> bytes:
     """A complete, unfragmented, unmasked text frame carrying ``payload`` (UTF-8)."""
-    n = len(payload)
+    return text_frame_header(len(payload)) + payload
+
+
+def text_frame_header(n: int) -> bytes:
+    """The header of a text frame made by :func:`text_frame` for a payload of ``n`` bytes."""
     if n < _LEN_16:
-        return bytes((_FIN_TEXT, n)) + payload
+        return bytes((_FIN_TEXT, n))
     if n < 1 << 16:
-        return bytes((_FIN_TEXT, _LEN_16)) + n.to_bytes(2, "big") + payload
-    return bytes((_FIN_TEXT, _LEN_64)) + n.to_bytes(8, "big") + payload
+        return bytes((_FIN_TEXT, _LEN_16)) + n.to_bytes(2, "big")
+    return bytes((_FIN_TEXT, _LEN_64)) + n.to_bytes(8, "big")
 
 
 def payloads_of(frames: bytes) -> list[bytes]:

@@ -12,7 +12,7 @@ invalid JSON and nesting deeper than :data:`MAX_DEPTH` into a :class:`ProtocolEr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import orjson
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
-from backend.wire.frames import text_frame
+from backend.wire.frames import text_frame, text_frame_header
 from backend.wire.requests import check_count, check_interval, clip, quote
 
 DEFAULT_COUNT = 300
@@ -363,6 +363,46 @@ def series_message(
             "data": data,
         }
     )
+
+
+# The pieces of ``series_message`` for a frame cached in parts (``backend.history.encoded``):
+# series_head() + datapoints_json(closed bars) + "," + datapoints_json([last bar]) + SERIES_END
+# is byte for byte the message ``series_message`` encodes for the same bars.
+SERIES_END = b"]}"
+
+
+def series_head(kind: str, series: SeriesId, metadata: Any = None) -> bytes:
+    """``series_message(kind, series, data, metadata)`` up to its first datapoint."""
+    head = encode(
+        {
+            "type": kind,
+            "source": series.source,
+            "name": series.name,
+            "interval": series.interval,
+            "metadata": metadata,
+        }
+    )
+    return head[:-1] + b',"data":['
+
+
+def datapoints_json(wire: WireKeys, bars: Sequence[Bar]) -> bytes:
+    """The datapoints of ``bars`` as ``series_message`` writes them, without the brackets."""
+    if not bars:
+        return b""
+    return orjson.dumps([wire.raw_datapoint(bar) for bar in bars])[1:-1]
+
+
+def series_frame(
+    start: Sequence[bytes | memoryview], has_closed: bool, last: bytes
+) -> tuple[bytes, int, int]:
+    """The text frame of ``start`` (the head and the closed bars' datapoints, in pieces),
+    then ``last`` (the last datapoint, or nothing). Returns the frame, where its payload
+    starts and where ``start`` ends in it (the part a later frame can reuse)."""
+    separator = b"," if has_closed and last else b""
+    size = sum(len(part) for part in start)
+    header = text_frame_header(size + len(separator) + len(last) + len(SERIES_END))
+    frame = b"".join((header, *start, separator, last, SERIES_END))
+    return frame, len(header), len(header) + size
 
 
 def update_message(series: SeriesId, point: dict[str, Any]) -> bytes:
