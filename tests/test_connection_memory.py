@@ -18,6 +18,10 @@ from typing import Any
 import pytest
 
 from backend.access import frontdoor
+from backend.access.identity import Identity, current
+from backend.access.subscriptions import SubscriptionQuota
+from backend.access.tiers import Tiers
+from backend.settings import Settings
 from backend.wire.outbox import Outbox
 from backend.ws import endpoint, writers
 from backend.ws.writers import DirectWriter, LeanQueue, SocketWriter, writer_for
@@ -97,3 +101,32 @@ async def test_after_the_upgrade_uvicorns_leftovers_are_given_back_and_the_socke
         while not (protocol.disconnected and writer._stopped):
             assert asyncio.get_running_loop().time() < deadline, "the connection never ended"
             await asyncio.sleep(0.02)
+
+
+def test_subscription_quota_counts_linearly_with_connections_behind_one_address() -> None:
+    quota = SubscriptionQuota(Tiers(Settings(MAX_SUBSCRIPTIONS_PER_CALLER=6_000)))
+    held: dict[int, int] = {}
+    calls = 0
+
+    def count(connection: int) -> int:
+        nonlocal calls
+        calls += 1
+        return held.get(connection, 0)
+
+    quota.count = count
+    token = current.set(Identity(client="203.0.113.9", address="203.0.113.9"))
+    try:
+        for connection in range(5_000):  # 5,000 sockets behind one NAT, one key each
+            assert quota.admit(connection) is None
+            held[connection] = 1
+        assert calls < 10 * 5_000  # linear (a sum over all connections per admission: 12.5M)
+        for connection in range(4_000):  # most of them leave
+            del held[connection]
+        for connection in range(5_000, 10_000):  # others come: within the limit again
+            assert quota.admit(connection) is None
+            held[connection] = 1
+        assert len(quota.connections["203.0.113.9"]) < 2 * 6_000  # the closed are forgotten
+        refused = quota.admit(10_000)  # 6,000 held: the limit holds exactly
+        assert refused is not None and "6000" in refused
+    finally:
+        current.reset(token)
