@@ -24,7 +24,7 @@ from backend.access.tiers import Tiers
 from backend.settings import Settings
 from backend.wire.outbox import Outbox
 from backend.ws import endpoint, writers
-from backend.ws.writers import DirectWriter, LeanQueue, SocketWriter, writer_for
+from backend.ws.writers import DirectWriter, LeanEvent, LeanQueue, SocketWriter, writer_for
 from tests.harness import WsClient, same_key, seconds
 from tests.test_socket_writer import serving_in_process
 
@@ -52,6 +52,28 @@ async def test_lean_queue_is_a_fifo_whose_get_waits_and_survives_cancellation() 
         await cancelled
     queue.put_nowait("c")  # nobody waits: kept for the next reader
     assert queue.get_nowait() == "c" and queue.empty()
+
+
+async def test_lean_event_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
+    event = LeanEvent()
+    assert not event.is_set()
+    loop = asyncio.get_running_loop()
+    waiters = [loop.create_task(event.wait()) for _ in range(3)]
+    gone = loop.create_task(event.wait())
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert not any(w.done() for w in waiters)
+    event.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), seconds(5)) == [True] * 3
+    assert await event.wait()  # set: returns at once
+    event.clear()
+    again = loop.create_task(event.wait())
+    await asyncio.sleep(0)
+    assert not again.done()
+    event.set()
+    assert await asyncio.wait_for(again, seconds(5))
 
 
 async def test_after_the_upgrade_uvicorns_leftovers_are_given_back_and_the_socket_works(
@@ -87,6 +109,7 @@ async def test_after_the_upgrade_uvicorns_leftovers_are_given_back_and_the_socke
         (protocol,) = protocols
         assert protocol.request is None and protocol.response is None
         assert isinstance(protocol.queue, LeanQueue)
+        assert isinstance(protocol.writable, LeanEvent) and protocol.writable.is_set()
         # frames still arrive through the lean queue, in order, and are answered
         await client.send(_request("BBB", 7))
         await client.send(_request("CCC", 9))

@@ -145,9 +145,10 @@ def release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
     """Give back what uvicorn's protocol holds for a connection's whole life but no longer
     uses once the handshake is complete, about 5 KB per idle connection: the handshake's
     request headers and response (``websockets`` objects; the ASGI scope keeps its own
-    copy of the headers), and its receive queue, an ``asyncio.Queue`` (four deques)
-    replaced by a :class:`LeanQueue` with the same behaviour. Any part whose shape is not
-    the expected one is left as it is."""
+    copy of the headers), its receive queue, an ``asyncio.Queue`` (four deques) replaced by
+    a :class:`LeanQueue`, and its ``writable`` ``asyncio.Event`` (a deque) replaced by a
+    :class:`LeanEvent`, each with the same behaviour. Any part whose shape is not the
+    expected one is left as it is."""
     if not getattr(protocol, "handshake_complete", False):
         return
     request = getattr(protocol, "request", None)
@@ -163,6 +164,9 @@ def release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
         while not queue.empty():
             lean.put_nowait(queue.get_nowait())
         protocol.queue = lean  # type: ignore[assignment]
+    writable = getattr(protocol, "writable", None)
+    if type(writable) is asyncio.Event and not getattr(writable, "_waiters", True):
+        protocol.writable = LeanEvent(writable.is_set())  # type: ignore[assignment]
 
 
 class LeanQueue:
@@ -202,6 +206,44 @@ class LeanQueue:
 
     def qsize(self) -> int:
         return len(self._items)
+
+
+class LeanEvent:
+    """``asyncio.Event`` (``set``, ``clear``, ``is_set``, ``await wait()``) whose list of
+    waiters exists only while someone waits: an idle connection's ``writable`` event."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self, is_set: bool = False) -> None:
+        self._set = is_set
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
 
 
 class DirectWriter:
