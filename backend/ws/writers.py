@@ -7,6 +7,8 @@ does, so when the server is uvicorn's ``websockets-sansio`` protocol the
 :class:`DirectWriter` skips that chain: the outbox wakes it, it runs once per event-loop
 turn, and it writes everything pending, frames the hub built once for all subscribers,
 with one ``transport.write``. Nothing is awaited per frame and idle clients have no task.
+Once it is chosen, what uvicorn keeps per connection but no longer needs is given back
+(:func:`release_handshake`).
 
 * No extension negotiated (the usual case for trading clients and scripts): the frames
   are written as they are.
@@ -131,11 +133,117 @@ def writer_for(websocket: WebSocket, outbox: Outbox, label: str) -> SocketWriter
         and all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES)
     ):
         writer = DirectWriter(protocol, outbox, label)
+        release_handshake(protocol)
     else:
         writer = AsgiWriter(websocket, outbox, label)
     logger.debug("%s: %s", label, type(writer).__name__)
     outbox.set_wake(writer.wake, writer.buffered, writer.until_below)
     return writer
+
+
+def release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
+    """Give back what uvicorn's protocol holds for a connection's whole life but no longer
+    uses once the handshake is complete, about 5 KB per idle connection: the handshake's
+    request headers and response (``websockets`` objects; the ASGI scope keeps its own
+    copy of the headers), its receive queue, an ``asyncio.Queue`` (four deques) replaced by
+    a :class:`LeanQueue`, and its ``writable`` ``asyncio.Event`` (a deque) replaced by a
+    :class:`LeanEvent`, each with the same behaviour. Any part whose shape is not the
+    expected one is left as it is."""
+    if not getattr(protocol, "handshake_complete", False):
+        return
+    request = getattr(protocol, "request", None)
+    headers = getattr(request, "headers", None)
+    if headers is not None and callable(getattr(headers, "clear", None)):
+        headers.clear()  # the request also stays in websockets' parser (a generator's local)
+    for name in ("request", "response"):
+        if hasattr(protocol, name):
+            setattr(protocol, name, None)
+    queue = getattr(protocol, "queue", None)
+    if type(queue) is asyncio.Queue and not getattr(queue, "_getters", True):
+        lean: LeanQueue = LeanQueue()
+        while not queue.empty():
+            lean.put_nowait(queue.get_nowait())
+        protocol.queue = lean  # type: ignore[assignment]
+    writable = getattr(protocol, "writable", None)
+    if type(writable) is asyncio.Event and not getattr(writable, "_waiters", True):
+        protocol.writable = LeanEvent(writable.is_set())  # type: ignore[assignment]
+
+
+class LeanQueue:
+    """An unbounded FIFO with uvicorn's use of ``asyncio.Queue``: ``put_nowait``, ``await
+    get()``, ``empty()``, ``qsize()``; one reader at a time (the connection's receive).
+    Empty and idle, it is two slots and an empty list instead of four deques and an
+    event."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+class LeanEvent:
+    """``asyncio.Event`` (``set``, ``clear``, ``is_set``, ``await wait()``) whose list of
+    waiters exists only while someone waits: an idle connection's ``writable`` event."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self, is_set: bool = False) -> None:
+        self._set = is_set
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
 
 
 class DirectWriter:
