@@ -48,6 +48,7 @@ ROWS_BEFORE_BEGIN = 50_000
 _SEQ_BITS = 40
 _BATCHES_IN_FLIGHT = 3
 _CHUNK_ROWS = 1_000
+_MAPPINGS = (dict, Mapping)
 _IN_TRANSACTION = frozenset(("insert", "commit"))  # requests that only run after "begin"
 _CHUNKS_AHEAD = 8
 _LOGGED_INVALID_ROWS = 20
@@ -57,6 +58,9 @@ _ASCII_TOKEN = re.compile(r"[a-z]+|[0-9]+|\n")  # ASCII_WORD, and the text separ
 # adds id, source and nlen (the key's high bits).
 Prepared = tuple[int, str, str, str, int, str, str | None]
 Shape = tuple[int, str, str, str, str]
+# A batch being gathered, one list per field: key, name, name_lower, name_label, shape,
+# extra, and the text of the search words ("name name_label").
+_Columns = tuple[list[int], list[str], list[str], list[str], list[int], list[str | None], list[str]]
 
 T = TypeVar("T")
 
@@ -66,9 +70,10 @@ T = TypeVar("T")
 class _Batcher:
     """Turns provider rows into prepared rows and shapes, in batches; counts the words.
 
-    A row is checked as it comes; its search words are found for the whole batch at once
-    (:func:`_batch_words`). A shape is checked once: a row whose shared fields serialize like
-    a known shape's only has its name and name_label checked.
+    Rows are checked as they come (a chunk at a time); their search words are found for the
+    whole batch at once (:func:`_batch_words`). A shape is checked once: a row whose shared
+    fields serialize like a known shape's only has its name and name_label checked. A new
+    shape takes the next seq, so shape ids and row keys never collide.
     """
 
     def __init__(self, source: str, first_seq: int) -> None:
@@ -81,34 +86,44 @@ class _Batcher:
         self._shapes: dict[bytes, int] = {}
         self._bad_shapes: dict[bytes, str] = {}
         self._new_shapes: list[Shape] = []
-        self._rows: list[tuple[int, str, str, str, int, str | None]] = []
-        self._texts: list[str] = []
+        self._columns: _Columns = ([], [], [], [], [], [], [])
 
-    def add(self, raw: object) -> None:
-        """Check one provider row and keep it for the batch; log and skip it when invalid."""
-        self.seen += 1
-        try:
-            if not isinstance(raw, dict | Mapping):
-                raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
-            shape = self._shape(raw)
-            name, label = name_and_label(raw)
-            extra = None if raw.keys() <= ROW_FIELDS else extra_json(raw)
-        except (InvalidRow, TypeError) as exc:
-            self._skip(raw, exc)
-            return
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        lower = name.lower()
-        self._rows.append(((len(lower) << _SEQ_BITS) | seq, name, lower, label, shape, extra))
-        self._texts.append(f"{name} {label}")
+    def add(self, rows: list[object]) -> None:
+        """Check provider rows and keep them for the batch; log and skip the invalid ones.
 
-    def _shape(self, row: Mapping[str, Any]) -> int:
-        """The id of the row's shape: checked when new; a new shape takes the next seq."""
-        get = row.get
-        fields = (get("source"), get("type"), get("categories"), get("intervals"))
-        key = orjson.dumps((*fields, get("outputs"), get("source_label")))
-        shape = self._shapes.get(key)
-        return self._new_shape(shared_fields(row), key) if shape is None else shape
+        One loop over many rows, with the lookups it repeats bound once.
+        """
+        self.seen += len(rows)
+        shapes = self._shapes
+        c = self._columns
+        keys, names, lowers, labels = c[0].append, c[1].append, c[2].append, c[3].append
+        row_shapes, extras, texts = c[4].append, c[5].append, c[6].append
+        dumps, fields = orjson.dumps, ROW_FIELDS
+        for raw in rows:
+            try:
+                if not isinstance(raw, _MAPPINGS):
+                    raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
+                get = raw.get
+                key = dumps((get("source"), get("type"), get("categories"), get("intervals"),
+                             get("outputs"), get("source_label")))  # fmt: skip
+                shape = shapes.get(key)
+                if shape is None:
+                    shape = self._new_shape(shared_fields(raw), key)
+                name, label = name_and_label(raw)
+                extra = None if raw.keys() <= fields else extra_json(raw)
+            except (InvalidRow, TypeError) as exc:
+                self._skip(raw, exc)
+                continue
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            lower = name.lower()
+            keys((len(lower) << _SEQ_BITS) | seq)
+            names(name)
+            lowers(lower)
+            labels(label)
+            row_shapes(shape)
+            extras(extra)
+            texts(f"{name} {label}")
 
     def _new_shape(self, shared: dict[str, Any], key: bytes) -> int:
         if key in self._bad_shapes:
@@ -136,20 +151,17 @@ class _Batcher:
 
     def full(self) -> bool:
         """Whether the current batch should be written now."""
-        return len(self._rows) >= BATCH_ROWS
+        return len(self._columns[0]) >= BATCH_ROWS
 
     def take(self) -> tuple[list[Shape], list[Prepared]]:
         """The new shapes and the rows of the batch, in ascending keys (by length, then seq)."""
         shapes, self._new_shapes = self._new_shapes, []
-        words = _batch_words(self._texts, self.words)
-        batch = [(*row[:4], row[4], w, row[5]) for row, w in zip(self._rows, words, strict=True)]
-        batch.sort(key=_first)
-        self._rows, self._texts = [], []
+        keys, names, lowers, labels, row_shapes, extras, texts = self._columns
+        words = _batch_words(texts, self.words)
+        batch = list(zip(keys, names, lowers, labels, row_shapes, words, extras, strict=True))
+        batch.sort()  # the keys are unique: only they are compared
+        self._columns = ([], [], [], [], [], [], [])
         return shapes, batch
-
-
-def _first(row: Prepared) -> int:
-    return row[0]
 
 
 def _batch_words(texts: list[str], counts: Counter[str]) -> list[str]:
@@ -564,10 +576,9 @@ class _Preparer:
         while (chunk := self._chunks.get()) is not None:
             if self._stopping:
                 continue
-            for raw in chunk:
-                batcher.add(raw)
-                if batcher.full():
-                    writer.insert(*batcher.take())
+            batcher.add(chunk)
+            if batcher.full():
+                writer.insert(*batcher.take())
         self._all_taken = True
         if not self._stopping:
             writer.insert(*batcher.take())
