@@ -262,6 +262,23 @@ async def test_replacing_a_source_swaps_its_rows_and_keeps_the_others(fresh: Pat
     assert await search(fresh, "") == ["a-NEW", "b-KEEP"]
 
 
+async def test_replacing_the_only_source_empties_it_at_once_and_keeps_the_delete_trigger(
+    fresh: Path,
+) -> None:
+    replace_provider_rows(fresh, "a", [row(f"OLD{n}", "Walrus", source="a") for n in range(3)])
+    replace_provider_rows(fresh, "a", [row("NEW", "Narwhal Holdings", source="a")])
+    assert await search(fresh, "walrus") == []
+    assert await search(fresh, "") == ["a-NEW"]
+    with sqlite3.connect(fresh) as conn:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        assert conn.execute(sql).fetchall() == [("symbols_fts_delete",)]
+    replace_provider_rows(fresh, "b", [row("KEEP", "Beluga Holdings", source="b")])
+    replace_provider_rows(fresh, "a", [row("OTTER", "Otter", source="a")])  # row by row
+    assert await search(fresh, "narwhal") == []
+    assert await search(fresh, "holdings") == ["b-KEEP"]
+    assert await search(fresh, "") == ["a-OTTER", "b-KEEP"]
+
+
 def failing_rows(source: str, count: int) -> Iterator[dict[str, Any]]:
     for n in range(count):
         yield row(f"NEW{n}", "Narwhal Holdings", source=source)

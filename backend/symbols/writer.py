@@ -215,6 +215,31 @@ def _insert_sql(source: str) -> str:
     )
 
 
+def _only_source(conn: sqlite3.Connection, source: str) -> bool:
+    """Whether every stored symbol is ``source``'s (ids outside its range first: cheap)."""
+    low, high = id_range(source)
+    outside = "SELECT 1 FROM symbols WHERE id < ? OR id >= ? LIMIT 1"
+    if conn.execute(outside, (low, high)).fetchone() is not None:
+        return False
+    inside = "SELECT 1 FROM symbols WHERE id >= ? AND id < ? AND source != ? LIMIT 1"
+    return conn.execute(inside, (low, high, source)).fetchone() is None
+
+
+def _delete_all_symbols(conn: sqlite3.Connection) -> None:
+    """Empty ``symbols`` and its full-text index at once, inside the open transaction.
+
+    The delete trigger would remove each row from the full-text index one at a time: it is
+    dropped, the index emptied by FTS5's ``delete-all``, the table truncated, and the trigger
+    created again. A rollback restores all of it.
+    """
+    sql = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'symbols_fts_delete'"
+    (trigger,) = conn.execute(sql).fetchone()
+    conn.execute("DROP TRIGGER symbols_fts_delete")
+    conn.execute("INSERT INTO symbols_fts (symbols_fts) VALUES ('delete-all')")
+    conn.execute("DELETE FROM symbols")
+    conn.execute(trigger)
+
+
 class _Session:
     """The populate transaction, inside the writer process: one method per request."""
 
@@ -257,12 +282,15 @@ class _Session:
         if self.do_first_seq(conn) > first_seq:
             conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("another populate wrote symbols meanwhile; run again")
-        # Ascending keys: the full-text index flushes whenever its rowids go backwards.
-        conn.execute(
-            "DELETE FROM symbols WHERE key IN (SELECT key FROM symbols"
-            " WHERE id >= ? AND id < ? AND source = ? ORDER BY key)",
-            (*id_range(source), source),
-        )
+        if _only_source(conn, source):
+            _delete_all_symbols(conn)
+        else:
+            # Ascending keys: the full-text index flushes whenever its rowids go backwards.
+            conn.execute(
+                "DELETE FROM symbols WHERE key IN (SELECT key FROM symbols"
+                " WHERE id >= ? AND id < ? AND source = ? ORDER BY key)",
+                (*id_range(source), source),
+            )
         for table in ("symbol_shapes", "symbol_tags", "symbol_words"):
             conn.execute(f"DELETE FROM {table} WHERE source = ?", (source,))
 
