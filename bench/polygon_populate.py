@@ -17,7 +17,8 @@ Beside it, measured in the same run (the machine is shared: compare ratios, not 
 - the SQLite ceiling: prepared rows (up to ``SQLITE_ROWS``) inserted in one transaction by
   the writer's own statements in this process (no row checks, no second process);
 - the writer from memory: :func:`replace_provider_rows` fed ``--count`` generated option
-  rows (no REST), beside the rate of that generator alone.
+  rows (no REST), beside the rate of that generator alone, then the same rows again (a
+  replace: the old rows are deleted in the same transaction).
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ def main() -> int:
     generator = generator_ceiling(args.count)
     with tempfile.TemporaryDirectory(prefix="candlewire-bench-") as tmp:
         memory = from_memory(args.count, Path(tmp))
+        replace = from_memory(args.count, Path(tmp))  # the same rows again: a replace
     with tempfile.TemporaryDirectory(prefix="candlewire-bench-") as tmp:
         sqlite = sqlite_ceiling(min(args.count, SQLITE_ROWS), Path(tmp))
     rate = figures.rows_per_second
@@ -309,6 +311,10 @@ def main() -> int:
         f" rows; the generator alone: {generator['rows_per_second']:,} rows/s)"
     )
     print(
+        f"replace from memory {replace['rows_per_second']:,} rows/s (the same rows again:"
+        f" {_ratio(replace['rows_per_second'], memory)} the first populate)"
+    )
+    print(
         f"SQLite ceiling     {sqlite['rows_per_second']:,} rows/s ({sqlite['rows']:,} prepared"
         f" rows, one process): from memory is {_ratio(memory['rows_per_second'], sqlite)}"
     )
@@ -321,6 +327,7 @@ def main() -> int:
         dataset_ceiling=dataset,
         generator=generator,
         from_memory=memory,
+        replace_from_memory=replace,
         sqlite_ceiling=sqlite,
         loadavg=loads,
     )
