@@ -262,6 +262,23 @@ async def test_replacing_a_source_swaps_its_rows_and_keeps_the_others(fresh: Pat
     assert await search(fresh, "") == ["a-NEW", "b-KEEP"]
 
 
+async def test_replacing_the_only_source_empties_it_at_once_and_keeps_the_delete_trigger(
+    fresh: Path,
+) -> None:
+    replace_provider_rows(fresh, "a", [row(f"OLD{n}", "Walrus", source="a") for n in range(3)])
+    replace_provider_rows(fresh, "a", [row("NEW", "Narwhal Holdings", source="a")])
+    assert await search(fresh, "walrus") == []
+    assert await search(fresh, "") == ["a-NEW"]
+    with sqlite3.connect(fresh) as conn:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        assert conn.execute(sql).fetchall() == [("symbols_fts_delete",)]
+    replace_provider_rows(fresh, "b", [row("KEEP", "Beluga Holdings", source="b")])
+    replace_provider_rows(fresh, "a", [row("OTTER", "Otter", source="a")])  # row by row
+    assert await search(fresh, "narwhal") == []
+    assert await search(fresh, "holdings") == ["b-KEEP"]
+    assert await search(fresh, "") == ["a-OTTER", "b-KEEP"]
+
+
 def failing_rows(source: str, count: int) -> Iterator[dict[str, Any]]:
     for n in range(count):
         yield row(f"NEW{n}", "Narwhal Holdings", source=source)
@@ -335,6 +352,26 @@ async def test_a_populate_that_raced_another_fails_and_keeps_the_old_rows(fresh:
 
     with pytest.raises(StorageError, match="another populate"):
         replace_provider_rows(fresh, "a", rows())
+    assert await search(fresh, "") == ["a-OLD", "b-OTHER"]
+
+
+async def test_a_database_error_while_rows_stream_stops_the_reading_and_keeps_the_old_rows(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "ROWS_BEFORE_BEGIN", 0)  # the error comes while rows stream
+    replace_provider_rows(fresh, "a", [row("OLD", "Walrus", source="a")])
+    read = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal read
+        yield row("NEW", "Narwhal", source="a")
+        replace_provider_rows(fresh, "b", [row("OTHER", "Beluga", source="b")])
+        for read in range(1, 200_000):
+            yield row(f"NEW{read}", "Narwhal", source="a")
+
+    with pytest.raises(StorageError, match="another populate"):
+        replace_provider_rows(fresh, "a", rows())
+    assert read < 100_000  # a few batches, the chunks waiting, and no more
     assert await search(fresh, "") == ["a-OLD", "b-OTHER"]
 
 
@@ -425,3 +462,79 @@ async def test_the_index_sees_rows_populated_after_it_opened(fresh: Path) -> Non
         assert [r["id"] for r in await index.search("late")] == ["a-LATE"]
     finally:
         await index.close()
+
+
+# ----------------------------------------------------------------------------- bulk populate
+
+CHAIN_ROOTS = ("SPY", "QQQ", "GLE")
+
+
+def option_chain() -> list[Any]:
+    """25,000 option rows (three batches) with what the batch path must handle like a row at
+    a time: accented labels, a label with a line break, extra keys, other shapes, invalid
+    rows and a name given twice."""
+    rows: list[Any] = []
+    for n in range(25_000):
+        root = CHAIN_ROOTS[n % 3]
+        strike, kind, day = 1 + n // 3, "Call" if n % 2 else "Put", 1 + n // 3 % 10
+        label = f"{root} 2026-12-{day:02d} {strike} {kind}"
+        if root == "GLE" and n % 9 == 2:
+            label = f"Société Générale 2026-12-{day:02d} {strike} {kind}"
+        fields: dict[str, Any] = {"source_label": "OPRA"}
+        if n % 7 == 0:
+            fields["categories"] = ["Options", "Weekly"]
+        if n % 1000 == 5:
+            fields["expiry"] = f"2026-12-{day:02d}"
+        name = f"O:{root}2612{day:02d}{kind[0]}{strike * 1000:08d}"
+        rows.append(row(name, label, source="chain", **fields))
+    rows[12_345]["name_label"] = "SPY\ntwo lines Call"
+    rows[20_000] = row("", "no name", source="chain")
+    rows[20_001] = "not a row"
+    rows.append(row(rows[3]["name"], "a name given twice", source="chain"))
+    return rows
+
+
+def expected_search(rows: list[Any], query: str) -> list[str]:
+    """What search must answer for a query of words only (no symbol starts with it): every
+    word in the row's or its shape's words (the last as a prefix), shortest symbol first,
+    then in populate order."""
+    terms = search_words(query)
+    found: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    for n, raw in enumerate(rows):
+        if not isinstance(raw, dict) or not raw["name"] or raw["name"] in seen:
+            continue
+        seen.add(raw["name"])
+        shared = [raw["source"], raw.get("source_label", ""), *raw["categories"]]
+        words = set(search_words(f"{raw['name']} {raw['name_label']} {' '.join(shared)}"))
+        last = terms[-1]
+        if set(terms[:-1]) <= words and any(word.startswith(last) for word in words):
+            found[raw["name"]] = (len(raw["name"].lower()), n)
+    return [f"chain-{name}" for name in sorted(found, key=found.__getitem__)][:MAX_SEARCH_LIMIT]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    db, rows = tmp_path_factory.mktemp("chain") / "chain.sqlite3", option_chain()
+    assert replace_provider_rows(db, "chain", rows) == 24_998
+    return db, rows
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "spy call",
+        "qqq 12 put",
+        "societe generale call",
+        "weekly call 100",
+        "two lines",
+        "opra 8334",
+    ],
+)
+async def test_search_on_a_bulk_populated_chain_answers_like_a_row_by_row_model(
+    chain: tuple[Path, list[Any]], query: str
+) -> None:
+    db, rows = chain
+    expected = expected_search(rows, query)
+    assert expected
+    assert await search(db, query, MAX_SEARCH_LIMIT) == expected

@@ -1,8 +1,11 @@
 """The symbol database writer: one provider's rows swapped in atomically (``populate.py``).
 
-:func:`replace_provider_rows` checks one provider's rows and swaps them in atomically. Rows are
-prepared in batches in the calling process (:class:`_Batcher`) while a child process runs the
-one SQLite transaction (:class:`_Writer`), so both use a core.
+:func:`replace_provider_rows` checks one provider's rows and swaps them in atomically. The
+calling thread only reads the provider's rows; a thread of the calling process
+(:class:`_Preparer`) checks them and prepares them in batches (:class:`_Batcher`: the search
+words of a whole batch are found at once), while a child process runs the one SQLite
+transaction (:class:`_Writer`), so both processes use a core and a provider waiting on its
+upstream does not hold up the checks.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import logging
 import multiprocessing
 import pickle
 import queue
+import re
 import signal
 import sqlite3
 import threading
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -25,7 +29,6 @@ import orjson
 
 from backend.errors import StorageError
 from backend.symbols.rows import (
-    ASCII_WORD,
     ROW_FIELDS,
     InvalidRow,
     check_shared,
@@ -44,10 +47,20 @@ BATCH_ROWS = 10_000
 ROWS_BEFORE_BEGIN = 50_000
 _SEQ_BITS = 40
 _BATCHES_IN_FLIGHT = 3
+_CHUNK_ROWS = 1_000
+_MAPPINGS = (dict, Mapping)
+_IN_TRANSACTION = frozenset(("insert", "commit"))  # requests that only run after "begin"
+_CHUNKS_AHEAD = 8
 _LOGGED_INVALID_ROWS = 20
 _SPAWN = multiprocessing.get_context("spawn")
-Prepared = tuple[int, str, str, str, str, int, str, int, str, str | None]
+_ASCII_TOKEN = re.compile(r"[a-z]+|[0-9]+|\n")  # ASCII_WORD, and the text separator
+# A prepared row: (key, name, name_lower, name_label, shape, words, extra); the writer
+# adds id, source and nlen (the key's high bits).
+Prepared = tuple[int, str, str, str, int, str, str | None]
 Shape = tuple[int, str, str, str, str]
+# A batch being gathered, one list per field: key, name, name_lower, name_label, shape,
+# extra, and the text of the search words ("name name_label").
+_Columns = tuple[list[int], list[str], list[str], list[str], list[int], list[str | None], list[str]]
 
 T = TypeVar("T")
 
@@ -57,8 +70,10 @@ T = TypeVar("T")
 class _Batcher:
     """Turns provider rows into prepared rows and shapes, in batches; counts the words.
 
-    A shape is checked once: a row whose shared fields serialize like a known shape's only
-    has its name and name_label checked.
+    Rows are checked as they come (a chunk at a time); their search words are found for the
+    whole batch at once (:func:`_batch_words`). A shape is checked once: a row whose shared
+    fields serialize like a known shape's only has its name and name_label checked. A new
+    shape takes the next seq, so shape ids and row keys never collide.
     """
 
     def __init__(self, source: str, first_seq: int) -> None:
@@ -71,44 +86,44 @@ class _Batcher:
         self._shapes: dict[bytes, int] = {}
         self._bad_shapes: dict[bytes, str] = {}
         self._new_shapes: list[Shape] = []
-        self._batch: defaultdict[int, list[Prepared]] = defaultdict(list)  # by nlen
-        self._rows = 0
+        self._columns: _Columns = ([], [], [], [], [], [], [])
 
-    def add(self, raw: object) -> None:
-        """Check and prepare one provider row; log and skip it when invalid."""
-        self.seen += 1
-        try:
-            if not isinstance(raw, dict | Mapping):
-                raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
-            shape = self._shape(raw)
-            name, label = name_and_label(raw)
-            extra = None if raw.keys() <= ROW_FIELDS else extra_json(raw)
-        except (InvalidRow, TypeError) as exc:
-            self._skip(raw, exc)
-            return
-        prepared = self._prepare(name, label, shape, extra)
-        self._batch[prepared[5]].append(prepared)
-        self._rows += 1
+    def add(self, rows: list[object]) -> None:
+        """Check provider rows and keep them for the batch; log and skip the invalid ones.
 
-    def _prepare(self, name: str, label: str, shape: int, extra: str | None) -> Prepared:
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        name_lower = name.lower()
-        nlen = len(name_lower)
-        text = f"{name} {label}"
-        words = ASCII_WORD.findall(text.lower()) if text.isascii() else search_words(text)
-        self.words.update(words)
-        source = self.source
-        return ((nlen << _SEQ_BITS) | seq, f"{source}-{name}", source, name, name_lower, nlen,
-                label, shape, " ".join(words), extra)  # fmt: skip
-
-    def _shape(self, row: Mapping[str, Any]) -> int:
-        """The id of the row's shape: checked when new; a new shape takes the next seq."""
-        get = row.get
-        fields = (get("source"), get("type"), get("categories"), get("intervals"))
-        key = orjson.dumps((*fields, get("outputs"), get("source_label")))
-        shape = self._shapes.get(key)
-        return self._new_shape(shared_fields(row), key) if shape is None else shape
+        One loop over many rows, with the lookups it repeats bound once.
+        """
+        self.seen += len(rows)
+        shapes = self._shapes
+        c = self._columns
+        keys, names, lowers, labels = c[0].append, c[1].append, c[2].append, c[3].append
+        row_shapes, extras, texts = c[4].append, c[5].append, c[6].append
+        dumps, fields = orjson.dumps, ROW_FIELDS
+        for raw in rows:
+            try:
+                if not isinstance(raw, _MAPPINGS):
+                    raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
+                get = raw.get
+                key = dumps((get("source"), get("type"), get("categories"), get("intervals"),
+                             get("outputs"), get("source_label")))  # fmt: skip
+                shape = shapes.get(key)
+                if shape is None:
+                    shape = self._new_shape(shared_fields(raw), key)
+                name, label = name_and_label(raw)
+                extra = None if raw.keys() <= fields else extra_json(raw)
+            except (InvalidRow, TypeError) as exc:
+                self._skip(raw, exc)
+                continue
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            lower = name.lower()
+            keys((len(lower) << _SEQ_BITS) | seq)
+            names(name)
+            lowers(lower)
+            labels(label)
+            row_shapes(shape)
+            extras(extra)
+            texts(f"{name} {label}")
 
     def _new_shape(self, shared: dict[str, Any], key: bytes) -> int:
         if key in self._bad_shapes:
@@ -136,15 +151,37 @@ class _Batcher:
 
     def full(self) -> bool:
         """Whether the current batch should be written now."""
-        return self._rows >= BATCH_ROWS
+        return len(self._columns[0]) >= BATCH_ROWS
 
     def take(self) -> tuple[list[Shape], list[Prepared]]:
         """The new shapes and the rows of the batch, in ascending keys (by length, then seq)."""
         shapes, self._new_shapes = self._new_shapes, []
-        batch = [row for nlen in sorted(self._batch) for row in self._batch[nlen]]
-        self._batch.clear()
-        self._rows = 0
+        keys, names, lowers, labels, row_shapes, extras, texts = self._columns
+        words = _batch_words(texts, self.words)
+        batch = list(zip(keys, names, lowers, labels, row_shapes, words, extras, strict=True))
+        batch.sort()  # the keys are unique: only they are compared
+        self._columns = ([], [], [], [], [], [], [])
         return shapes, batch
+
+
+def _batch_words(texts: list[str], counts: Counter[str]) -> list[str]:
+    """The search words of each text, space-separated; ``counts`` counts them.
+
+    An ASCII batch is read by one regular expression over all its texts (a newline between
+    two texts is a word of its own, counted then removed); others one text at a time.
+    """
+    if not texts:
+        return []
+    joined = "\n".join(texts).lower()
+    if not joined.isascii() or joined.count("\n") != len(texts) - 1:
+        found = [search_words(text) for text in texts]
+        for words in found:
+            counts.update(words)
+        return [" ".join(words) for words in found]
+    tokens = _ASCII_TOKEN.findall(joined)
+    counts.update(tokens)
+    counts.pop("\n", None)
+    return [line.strip(" ") for line in " ".join(tokens).split("\n")]
 
 
 # --------------------------------------------------------------------------- writer: SQLite
@@ -167,6 +204,42 @@ def _connect_writer(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _insert_sql(source: str) -> str:
+    """The INSERT of prepared rows: id, source and nlen (the key's high bits) are derived."""
+    literal = "'" + source.replace("'", "''") + "'"
+    return (
+        "INSERT OR IGNORE INTO symbols"
+        " (key, id, source, name, name_lower, nlen, name_label, shape, words, extra)"
+        f" VALUES (?1, {literal} || '-' || ?2, {literal}, ?2, ?3, ?1 >> {_SEQ_BITS},"
+        " ?4, ?5, ?6, ?7)"
+    )
+
+
+def _only_source(conn: sqlite3.Connection, source: str) -> bool:
+    """Whether every stored symbol is ``source``'s (ids outside its range first: cheap)."""
+    low, high = id_range(source)
+    outside = "SELECT 1 FROM symbols WHERE id < ? OR id >= ? LIMIT 1"
+    if conn.execute(outside, (low, high)).fetchone() is not None:
+        return False
+    inside = "SELECT 1 FROM symbols WHERE id >= ? AND id < ? AND source != ? LIMIT 1"
+    return conn.execute(inside, (low, high, source)).fetchone() is None
+
+
+def _delete_all_symbols(conn: sqlite3.Connection) -> None:
+    """Empty ``symbols`` and its full-text index at once, inside the open transaction.
+
+    The delete trigger would remove each row from the full-text index one at a time: it is
+    dropped, the index emptied by FTS5's ``delete-all``, the table truncated, and the trigger
+    created again. A rollback restores all of it.
+    """
+    sql = "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'symbols_fts_delete'"
+    (trigger,) = conn.execute(sql).fetchone()
+    conn.execute("DROP TRIGGER symbols_fts_delete")
+    conn.execute("INSERT INTO symbols_fts (symbols_fts) VALUES ('delete-all')")
+    conn.execute("DELETE FROM symbols")
+    conn.execute(trigger)
+
+
 class _Session:
     """The populate transaction, inside the writer process: one method per request."""
 
@@ -174,12 +247,17 @@ class _Session:
         self.db_path = db_path
         self.stored = 0
         self._conn: sqlite3.Connection | None = None
+        self._insert = ""
 
     def run(self, command: str, args: tuple[Any, ...]) -> tuple[str, Any]:
         """Run one request; reply ``("ok", value)`` or ``("error", message)``."""
         try:
             if self._conn is None:
                 self._conn = _connect_writer(self.db_path)
+            if command in _IN_TRANSACTION and not self._conn.in_transaction:
+                # The BEGIN failed, or SQLite rolled back after an error: the requests sent
+                # meanwhile must not run on their own (each would commit at once).
+                return "error", f"{command}: the populate transaction is not open"
             return "ok", getattr(self, f"do_{command}")(self._conn, *args)
         except (sqlite3.Error, OSError) as exc:
             return "error", str(exc)
@@ -199,16 +277,20 @@ class _Session:
         Fails if another populate stored rows since ``first_seq`` was read: their keys
         could collide with the rows prepared meanwhile.
         """
+        self._insert = _insert_sql(source)
         conn.execute("BEGIN IMMEDIATE")
         if self.do_first_seq(conn) > first_seq:
             conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("another populate wrote symbols meanwhile; run again")
-        # Ascending keys: the full-text index flushes whenever its rowids go backwards.
-        conn.execute(
-            "DELETE FROM symbols WHERE key IN (SELECT key FROM symbols"
-            " WHERE id >= ? AND id < ? AND source = ? ORDER BY key)",
-            (*id_range(source), source),
-        )
+        if _only_source(conn, source):
+            _delete_all_symbols(conn)
+        else:
+            # Ascending keys: the full-text index flushes whenever its rowids go backwards.
+            conn.execute(
+                "DELETE FROM symbols WHERE key IN (SELECT key FROM symbols"
+                " WHERE id >= ? AND id < ? AND source = ? ORDER BY key)",
+                (*id_range(source), source),
+            )
         for table in ("symbol_shapes", "symbol_tags", "symbol_words"):
             conn.execute(f"DELETE FROM {table} WHERE source = ?", (source,))
 
@@ -217,8 +299,7 @@ class _Session:
         conn.executemany("INSERT INTO symbol_shapes VALUES (?, ?, ?, ?)", [s[:4] for s in shapes])
         tags = [(tag, source, words) for _, source, _, tag, words in shapes]
         conn.executemany("INSERT OR IGNORE INTO symbol_tags VALUES (?, ?, ?)", tags)
-        sql = "INSERT OR IGNORE INTO symbols VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        self.stored += max(conn.executemany(sql, rows).rowcount, 0)
+        self.stored += max(conn.executemany(self._insert, rows).rowcount, 0)
         # One statement, in ascending keys, and only the rows that were stored.
         conn.execute(
             "INSERT INTO symbols_fts (rowid, words, tag)"
@@ -406,8 +487,10 @@ def replace_provider_rows(
     """Replace every row of ``source`` by ``rows``, atomically; return the rows stored.
 
     ``rows`` is streamed in batches into one transaction: if it raises, the old rows stay
-    and the exception propagates. Invalid rows are logged and skipped; a name given twice
-    keeps its first row. ``progress(n)`` is called with the number of rows read so far.
+    and the exception propagates. Rows are read a few thousand ahead of their checks, so a
+    row (and what it holds) must not change after it was yielded. Invalid rows are logged
+    and skipped; a name given twice keeps its first row. ``progress(n)`` is called with the
+    number of rows read so far.
     Raises :class:`StorageError` when SQLite fails.
 
     The transaction runs in a child process (``spawn``), so a script that calls this must
@@ -444,15 +527,89 @@ def _stream(
     rows: Iterable[Mapping[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    for raw in rows:
-        batcher.add(raw)
-        if batcher.full():
-            writer.insert(*batcher.take())
-            if progress is not None:
-                progress(batcher.seen)
-    writer.insert(*batcher.take())
+    """Read ``rows`` here, in chunks; a :class:`_Preparer` thread checks and sends them."""
+    preparer = _Preparer(writer, batcher)
+    read = reported = 0
+    try:
+        chunk: list[object] = []
+        for raw in rows:
+            chunk.append(raw)
+            if len(chunk) == _CHUNK_ROWS:
+                preparer.put(chunk)
+                chunk = []
+                read += _CHUNK_ROWS
+                if progress is not None and read - reported >= BATCH_ROWS:
+                    progress(reported := read)
+        preparer.put(chunk)
+        preparer.finish()
+    finally:
+        preparer.stop()
     if progress is not None:
-        progress(batcher.seen)
+        progress(read + len(chunk))
+
+
+class _Preparer:
+    """The thread that checks and prepares rows and sends their batches to the writer.
+
+    The calling thread only reads the provider's rows, so a provider that waits on its
+    upstream (a REST page) lets this thread work meanwhile. At most ``_CHUNKS_AHEAD`` chunks
+    wait. After a failure here, the chunks still coming are dropped and the error is raised
+    in the calling thread at its next :meth:`put` or at :meth:`finish`.
+    """
+
+    def __init__(self, writer: _Writer, batcher: _Batcher) -> None:
+        self._writer = writer
+        self._batcher = batcher
+        self._chunks: queue.Queue[list[object] | None] = queue.Queue(_CHUNKS_AHEAD)
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._ended = False
+        self._all_taken = False  # the end of the chunks was read
+        self._thread = threading.Thread(target=self._run, name="symbols-preparer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: list[object]) -> None:
+        """Queue one chunk of rows (waits while the thread is ``_CHUNKS_AHEAD`` behind)."""
+        if self._error is not None:
+            raise self._error
+        self._chunks.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every row is prepared and sent; raise the thread's error if it failed."""
+        self._end()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Drop the chunks not prepared yet and wait for the thread (after a failure)."""
+        self._stopping = True
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._chunks.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._prepare_all()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            self._error = exc
+            while not self._all_taken and self._chunks.get() is not None:
+                pass
+
+    def _prepare_all(self) -> None:
+        batcher, writer = self._batcher, self._writer
+        while (chunk := self._chunks.get()) is not None:
+            if self._stopping:
+                continue
+            batcher.add(chunk)
+            if batcher.full():
+                writer.insert(*batcher.take())
+        self._all_taken = True
+        if not self._stopping:
+            writer.insert(*batcher.take())
 
 
 def _log_summary(batcher: _Batcher, stored: int) -> None:
