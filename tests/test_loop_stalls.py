@@ -13,7 +13,7 @@ import pytest
 
 from backend.hub.metrics import Metrics
 from backend.hub.stalls import StallProbe, verdict
-from server import bind
+from server import GcPauses, bind
 from tests.harness import eventually
 
 
@@ -84,3 +84,17 @@ def test_own_stalls_leave_out_the_time_spent_waiting_for_a_cpu() -> None:
     assert probe.max_ever == pytest.approx(0.045)
     assert probe.own_max_ever == pytest.approx(0.005)
     assert probe.counts == {5: 1, 10: 1, 20: 1, 50: 0, 100: 0}
+
+
+def test_with_stall_logging_on_long_collections_are_logged_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pauses = GcPauses(log_over=1e-9)  # every pause is "long"
+    with caplog.at_level(logging.WARNING, logger="candlewire.server"):
+        pauses("start", {"generation": 2})
+        pauses("stop", {"generation": 2, "collected": 7})
+        GcPauses()("start", {"generation": 0})  # logging off: nothing
+        GcPauses()("stop", {"generation": 0, "collected": 1})
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1
+    assert "generation 2 collection" in logged[0] and "(7 unreachable)" in logged[0]
