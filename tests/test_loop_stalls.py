@@ -1,10 +1,12 @@
-"""Latency stalls (issue 17): the hub's sockets disable Nagle's algorithm, and the loop-stall
-probe measures, counts, exposes and explains a stalled event loop."""
+"""Latency stalls (issue 17): the hub's sockets disable Nagle's algorithm, a provider's batch
+is dispatched in slices within a time budget, and the loop-stall probe measures, counts,
+exposes and explains a stalled event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import re
 import socket
 import time
@@ -13,6 +15,10 @@ import pytest
 
 from backend.hub.metrics import Metrics
 from backend.hub.stalls import StallProbe, verdict
+from backend.runtime import supervisor
+from backend.runtime.messages import encode_batch
+from backend.runtime.supervisor import ProviderProcess
+from backend.settings import load_settings
 from server import GcPauses, bind
 from tests.harness import eventually
 
@@ -98,3 +104,36 @@ def test_with_stall_logging_on_long_collections_are_logged_too(
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 1
     assert "generation 2 collection" in logged[0] and "(7 unreachable)" in logged[0]
+
+
+async def test_a_large_batch_is_dispatched_in_slices_with_the_writers_in_between() -> None:
+    """A backlogged provider writes 500 bar updates at once; dispatching them all in one
+    callback would hold the loop (and every client) for tens of ms when each one fans out."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    def slow_sink(key: str, events: list[object]) -> None:
+        order.append(f"events {events[0][2][0]}..{events[-1][2][0]}")  # type: ignore[index]
+        loop.call_soon(order.append, "writers")  # what queueing frames to clients schedules
+        until = time.perf_counter() + 0.002  # fan-out work: 2 ms per slice
+        while time.perf_counter() < until:
+            pass
+
+    proc = ProviderProcess("p", "x:Y", load_settings(PROVIDERS="csv"), slow_sink, lambda k: None)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    bars = [("S", "1m", (t, 1.0, 1.0, 1.0, 1.0, float(t)), False) for t in range(500)]
+    writer.send_bytes(encode_batch(bars))  # type: ignore[arg-type]
+    proc._events = reader
+    try:
+        proc._drain()
+        first_call = [o for o in order if o.startswith("events")]
+        assert 1 <= len(first_call) <= 4  # 5 ms of budget, 2 ms per slice: not all ten
+        await eventually(lambda: order.count("writers") == 10, 5, "every slice dispatched")
+    finally:
+        reader.close()
+        writer.close()
+    slices = [o for o in order if o.startswith("events")]
+    size = supervisor.DISPATCH_SLICE
+    assert slices == [f"events {a}..{a + size - 1}" for a in range(0, 500, size)]
+    # the writers queued by a slice ran before the slices of a later wakeup
+    assert order.index("writers") < order.index(slices[len(first_call)])
