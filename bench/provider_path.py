@@ -17,14 +17,16 @@ Each of ``--clients`` clients subscribes to ``--keys-per-client`` keys; the rate
 ``--rate`` / subscriptions, so the three servers deliver the same ``--rate`` messages/s:
 ours through Binance, ours through the synthetic source (a provider process that publishes
 by itself: no upstream socket, no parsing), and ``bench/ceiling.py`` (``websockets``
-broadcast, no provider process). Prints a table (p50/p99/max latency and CPU), then one
-JSON line.
+broadcast, no provider process). Prints a table (p50/p99/max latency, CPU, and the
+share of the window the server's and its providers' threads waited for a CPU: on a shared
+core that waiting is part of the latency), then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -33,6 +35,8 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -165,6 +169,22 @@ class Upstream:
         self._tmp.cleanup()
 
 
+def run_queue_wait(pid: int) -> dict[str, float]:
+    """Seconds the threads of ``pid`` ("main") and of its descendants ("children") have
+    spent runnable but waiting for a CPU (Linux ``schedstat``; 0 elsewhere)."""
+    out = {"main": 0.0, "children": 0.0}
+    try:
+        procs = [(psutil.Process(pid), "main")]
+        procs += [(child, "children") for child in procs[0][0].children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc, part in procs:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out[part] += int(task.read_text().split()[1]) / 1e9
+    return out
+
+
 def connect(
     gen: LoadGen, target: Target, clients: int, names: list[str], per_client: int, source: str
 ) -> None:
@@ -191,9 +211,11 @@ def measure(
     target.set_rate(rate)
     time.sleep(2.0)
     u0, s0 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
+    w0 = run_queue_wait(target.pid)
     t0 = time.perf_counter()
     m = window(target, gen, seconds)
     elapsed = time.perf_counter() - t0
+    w1 = run_queue_wait(target.pid)
     u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
     drain(target, gen)
     return {
@@ -206,6 +228,10 @@ def measure(
         "provider_cpu": m["provider_cpu"],
         "client_cpu": m["client_cpu"],
         "upstream_cpu": round((u1 - u0) / elapsed, 2) if upstream else None,
+        # the share of the window the server's and the providers' threads spent waiting for
+        # the (shared) server core: the part of the latency that is the machine's
+        "server_wait": round((w1["main"] - w0["main"]) / elapsed, 2),
+        "provider_wait": round((w1["children"] - w0["children"]) / elapsed, 2),
         "upstream_per_s": round((s1 - s0) / elapsed) if upstream else None,
         "loadavg": loadavg(),
     }
@@ -264,6 +290,8 @@ COLUMNS = [
     ("provider cpu", "provider_cpu", ".2f"),
     ("client cpu", "client_cpu", ".2f"),
     ("upstream cpu", "upstream_cpu", ".2f"),
+    ("hub waited", "server_wait", ".2f"),
+    ("provider waited", "provider_wait", ".2f"),
 ]
 
 
