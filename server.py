@@ -59,8 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """The hub's listening socket. It names its protocol (TCP): asyncio disables Nagle's
+    algorithm (``TCP_NODELAY``) only on sockets whose ``proto`` is ``IPPROTO_TCP``, and an
+    accepted socket inherits it. Without it every client socket kept Nagle on, and a frame
+    written while an earlier one was unacknowledged waited for the client's delayed ACK:
+    up to 40 ms, the latency floor of issue 17."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -116,11 +121,14 @@ def tune_gc() -> None:
 
 
 class GcPauses:
-    """The pause of every collection, by generation (a ``gc.callbacks`` entry)."""
+    """The pause of every collection, by generation (a ``gc.callbacks`` entry); with
+    ``log_over`` > 0 (``LOOP_STALL_LOG_MS``), each pause that long is logged, so that a stall
+    the loop-stall probe logs can be told from a collection."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_over: float = 0.0) -> None:
         self.pauses: dict[int, deque[float]] = {g: deque(maxlen=GC_PAUSES_KEPT) for g in range(3)}
         self.counts = dict.fromkeys(range(3), 0)
+        self.log_over = log_over
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -128,8 +136,16 @@ class GcPauses:
             self._started = time.perf_counter()
             return
         generation = info["generation"]
-        self.pauses[generation].append(time.perf_counter() - self._started)
+        pause = time.perf_counter() - self._started
+        self.pauses[generation].append(pause)
         self.counts[generation] += 1
+        if self.log_over and pause >= self.log_over:
+            logger.warning(
+                "gc: a generation %d collection paused the hub %.1f ms (%d unreachable)",
+                generation,
+                pause * 1000,
+                info.get("collected", 0),
+            )
 
     def summary(self) -> str:
         """``gen0 n=.. p50=..ms max=..ms; ...`` (p50 and max of the last pauses kept)."""
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
     entrance = make_entrance(settings)
-    pauses = GcPauses()
+    pauses = GcPauses(settings.LOOP_STALL_LOG_MS / 1000)
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
     server = HubServer(uvicorn_config(settings, entrance, **tls), Collector(entrance), pauses)
     tune_gc()

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     # Live indicators: 0 computes after every provider batch; > 0 at most once per this many
     # seconds per series, the newest bar always included (README, "Indicators and the scanner").
     INDICATOR_UPDATE_SECONDS: float = Field(0.0, ge=0, le=60)
+    # The event-loop stall probe (README, "Performance"): a timer every LOOP_PROBE_SECONDS
+    # (0: off) measures how late it fires; stalls over LOOP_STALL_LOG_MS are logged (0: not
+    # logged); LOOP_DEBUG adds asyncio's debug mode, naming callbacks slower than that.
+    LOOP_PROBE_SECONDS: float = Field(0.01, ge=0, le=10)
+    LOOP_STALL_LOG_MS: float = Field(0.0, ge=0)
+    LOOP_DEBUG: bool = False
 
     # Alerts (README, "Alerts"): lifetime, per-address daily quota, webhook for every alert.
     ALERT_EXPIRE_MINUTES: float = Field(1440.0, gt=0)

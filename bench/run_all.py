@@ -3,7 +3,8 @@
     python bench/run_all.py [--skip search,history] [--search-rows 1000000]
 
 Runs, one after the other, each in its own process: ``bench/fanout.py`` (N = 100, 1,000,
-5,000; latency at half of our saturation), ``bench/ingest.py``, ``bench/connections.py``,
+5,000; latency at half of our saturation), ``bench/ingest.py``, ``bench/provider_path.py``
+(latency through the Binance provider), ``bench/connections.py``,
 ``bench/history.py`` and ``bench/search.py``. Each prints its own table as it finishes
 (progress goes to stderr); then a summary of every figure next to its ceiling, the ratio,
 the target and whether it is met, the machine and the load average, and one JSON line.
@@ -129,6 +130,25 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             ingest["target_met"],
             note=f"ours limited by {ingest['ours_limit']}",
         )
+    path = results.get("provider_path", {})
+    path_rows = path.get("rows", [])
+    if len(path_rows) == 3:
+        binance, synthetic, ceiling = path_rows
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+            met = binance[key] <= 20 if key == "p99_ms" and binance[key] is not None else None
+            add(
+                f"latency {label} ms via the Binance provider",
+                binance[key],
+                ceiling[key],
+                binance[key] / ceiling[key] if binance[key] and ceiling[key] else None,
+                "<= 20 ms" if key == "p99_ms" else "",
+                met,
+                ".2f",
+                note=f"synthetic source {synthetic[key]:.2f} ms; "
+                f"{path['rate_per_s']:,.0f} msg/s, N={path['clients']:,}"
+                if synthetic[key] is not None
+                else "",
+            )
     conn = results.get("connections", {}).get("row")
     if conn:
         add(
@@ -206,6 +226,7 @@ def main() -> None:
     plan: list[tuple[str, list[str]]] = [
         ("fanout", ["--seconds", "2.5"]),
         ("ingest", ["--seconds", "2.5"]),
+        ("provider_path", ["--seconds", "5"]),
         ("connections", []),
         ("history", ["--keys", "50", "--seconds", "3"]),
         ("search", ["--rows", str(args.search_rows), "--queries", "200"]),

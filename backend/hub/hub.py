@@ -12,6 +12,7 @@ Nothing here awaits a client's socket.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -32,6 +33,7 @@ from backend.hub.listeners import BarListener, Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.requests import Requests
 from backend.hub.scanning import Scanning
+from backend.hub.stalls import StallProbe, enable_debug
 from backend.hub.subscriptions import Change, Subscriptions
 from backend.hub.upkeep import TICK_SECONDS, Upkeep
 from backend.hub.upstream import CallLater, Upstream, loop_call_later
@@ -134,6 +136,8 @@ class Hub:
             tick_seconds,
             lambda: metrics.inc("candlewire_internal_errors_total"),
         )
+        self.stalls = StallProbe(settings.LOOP_PROBE_SECONDS, settings.LOOP_STALL_LOG_MS / 1000)
+        self.stalls.register(metrics)
         self.started_at = time.time()
         self._ids = itertools.count(1)
         self._register_gauges()
@@ -146,14 +150,19 @@ class Hub:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.settings.LOOP_DEBUG:
+            slow = self.settings.LOOP_STALL_LOG_MS / 1000 or 0.01
+            enable_debug(asyncio.get_running_loop(), slow)
         await self.supervisor.start()
         self.upkeep.start()
+        self.stalls.start()
 
     async def stop(self) -> None:
         await self.scanning.stop_all()
         await self.alerting.close()
         await self.chatting.close()
         await self.upkeep.stop()
+        await self.stalls.stop()
         self.upstream.stop()
         for client in self.clients.values():
             client.replies.cancel()

@@ -54,6 +54,14 @@ STARTUP_TIMEOUT = 60.0
 PING_EVERY = 1.0
 # Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
 MAX_BATCHES_PER_WAKEUP = 2
+# ... and at most this long dispatching them: a batch of 500 bar updates to 50 subscribers
+# each is 25,000 frames queued, 30-50 ms of one callback holding the event loop (seen by the
+# stall probe once the hub fell behind and its provider's batches grew). Events are
+# dispatched DISPATCH_SLICE at a time (a 5 ms tick of a source is one slice) until the
+# budget is spent; the rest of the batch waits for the next wakeup, after the writers have
+# sent what was queued so far.
+DISPATCH_BUDGET = 0.005
+DISPATCH_SLICE = 50
 
 EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
@@ -97,6 +105,8 @@ class ProviderProcess:
         self._commands: Queue[Command] | None = None
         self._events: Connection | None = None
         self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
+        self._backlog: list[WireEvent] = []  # the undispatched rest of the current batch
+        self._next = 0  # its first undispatched event
         self._ids = itertools.count(1)
         self._ready = asyncio.Event()
         self._exited = asyncio.Event()
@@ -174,7 +184,7 @@ class ProviderProcess:
         if process is None:
             return
         loop = asyncio.get_running_loop()
-        self._drain(limit=1_000_000)  # what the process wrote before it exited
+        self._drain(limit=1_000_000, budget=float("inf"))  # what it wrote before it exited
         loop.remove_reader(process.sentinel)
         if self._events is not None:
             loop.remove_reader(self._events.fileno())
@@ -228,16 +238,29 @@ class ProviderProcess:
     def _on_readable(self) -> None:
         self._drain()
 
-    def _drain(self, limit: int = MAX_BATCHES_PER_WAKEUP) -> None:
+    def _drain(self, limit: int = MAX_BATCHES_PER_WAKEUP, budget: float = DISPATCH_BUDGET) -> None:
         events = self._events
         if events is None:
             return
         loop = asyncio.get_running_loop()
+        deadline = time.perf_counter() + budget
+        batches = 0
         try:
-            for _ in range(limit):
+            while True:
+                if self._next < len(self._backlog):
+                    if time.perf_counter() >= deadline:
+                        break
+                    start = self._next
+                    self._next = start + DISPATCH_SLICE
+                    self._dispatch(self._backlog[start : self._next])
+                    continue
+                self._backlog, self._next = [], 0
+                if batches >= limit:
+                    break
                 if not events.poll():
                     return
-                self._dispatch(decode_batch(events.recv_bytes()))
+                self._backlog = decode_batch(events.recv_bytes())
+                batches += 1
         except (EOFError, OSError):
             loop.remove_reader(events.fileno())
             return

@@ -268,7 +268,9 @@ class FakeBinance:
         """Bind the port and start serving in a background thread."""
         if self._thread is not None:
             raise RuntimeError("FakeBinance already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # TCP named, so that asyncio turns Nagle's algorithm off on the accepted sockets (as
+        # a real exchange's feed does): otherwise pushes wait for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self._requested_port))

@@ -1,0 +1,321 @@
+"""The provider path: a fake Binance upstream -> the real Binance provider process -> hub ->
+clients, beside the synthetic source and the ``websockets`` ceiling in the same run.
+
+    python bench/provider_path.py [--clients 1000] [--keys 100] [--keys-per-client 5]
+                                  [--rate 50000] [--seconds 8]
+
+The upstream is ``tests/fakes/binance.py`` (the real wire format: REST ``exchangeInfo`` and
+``klines``, combined kline streams with live SUBSCRIBE frames) listing ``--keys`` symbols, in
+its own process on the client core. Its kline pushes are replaced by the benchmarks'
+:class:`bench.synthetic.Schedule`: every subscribed stream is pushed at the same rate,
+spread evenly over time, and each kline carries its send time (wall clock) as its volume
+``v``. The Binance provider parses it like any kline, the hub sends it as the bar's volume,
+and the load generator reads it as the publish time: the latency is upstream send ->
+client, through the provider process and the hub.
+
+Each of ``--clients`` clients subscribes to ``--keys-per-client`` keys; the rate per key is
+``--rate`` / subscriptions, so the three servers deliver the same ``--rate`` messages/s:
+ours through Binance, ours through the synthetic source (a provider process that publishes
+by itself: no upstream socket, no parsing), and ``bench/ceiling.py`` (``websockets``
+broadcast, no provider process). Prints a table (p50/p99/max latency, CPU, and the
+share of the window the server's and its providers' threads waited for a CPU: on a shared
+core that waiting is part of the latency), then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    CLIENT_CORE,
+    CeilingServer,
+    LoadGen,
+    OurServer,
+    Target,
+    drain,
+    emit,
+    loadavg,
+    log,
+    machine,
+    pin_tree,
+    table,
+    tree_cpu,
+    window,
+)
+from bench.synthetic import TICK_SECONDS, RateFile, Schedule, symbol_names
+from tests.fakes.binance import FakeBinance, SymbolSpec, _Conn
+
+INTERVAL = "1m"
+
+
+def binance_symbols(count: int) -> list[str]:
+    """``B00000USDT``...: upper-case alphanumeric, as the fake requires."""
+    return [f"B{i:05d}USDT" for i in range(count)]
+
+
+class TimedBinance(FakeBinance):
+    """The fake exchange pushing every subscribed kline stream at the rate read from a
+    :class:`RateFile`, evenly spread, each kline's volume its send time."""
+
+    def __init__(self, count: int, rate_file: str) -> None:
+        symbols = [SymbolSpec(name, name[:-4], "USDT", "100") for name in binance_symbols(count)]
+        super().__init__(symbols, push_interval=TICK_SECONDS, ping_interval=None)
+        self.rate_file = rate_file
+        self.sent = 0
+
+    async def _push_events(self, conn: _Conn) -> None:
+        schedule = Schedule(RateFile(self.rate_file, 0.0))
+        events: dict[str, tuple[int, dict[str, Any]]] = {}  # stream -> (open time, payload)
+        dumps, wall = json.dumps, time.time
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            due = schedule.take(list(conn.streams), wall())
+            if not due:
+                continue
+            now = self.now_ms()
+            for stream in due:
+                event = self._event(events, stream, now)
+                if event is None:
+                    continue
+                event["E"] = now
+                event["k"]["v"] = repr(wall())
+                payload = {"stream": stream, "data": event} if conn.combined else event
+                await conn.ws.send(dumps(payload, separators=(",", ":")))
+                self.sent += 1
+
+    def _event(
+        self, events: dict[str, tuple[int, dict[str, Any]]], stream: str, now: int
+    ) -> dict[str, Any] | None:
+        """The payload of ``stream``'s forming bar, computed once per bar."""
+        cached = events.get(stream)
+        symbol = stream.split("@", 1)[0].upper()
+        open_time = now - now % 60_000
+        if cached is None or cached[0] != open_time:
+            if symbol not in self.data.symbols:
+                return None
+            cached = events[stream] = (
+                open_time,
+                self.data.kline_event(symbol, INTERVAL, open_time, now=now),
+            )
+        return cached[1]
+
+
+def upstream_main(conn: Connection, count: int, rate_file: str) -> None:
+    """The fake exchange's process: serve until told to stop; report URLs and the count of
+    klines sent."""
+    with TimedBinance(count, rate_file) as fake:
+        conn.send({"api_url": fake.api_url, "stream_url": fake.stream_url})
+        while conn.recv() != "stop":
+            conn.send({"sent": fake.sent})
+        conn.send({"sent": fake.sent})
+
+
+class Upstream:
+    """The fake exchange in its own process, pinned to the client core."""
+
+    def __init__(self, count: int) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="candlewire-upstream-")
+        self.rate_file = str(Path(self._tmp.name) / "rate")
+        RateFile.write(self.rate_file, 0)
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(
+            target=upstream_main, args=(child, count, self.rate_file), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        assert self.proc.pid is not None
+        self.pid = self.proc.pid
+        pin_tree(self.pid, CLIENT_CORE)
+        if not self.conn.poll(60):
+            raise RuntimeError("the fake exchange did not start")
+        urls = self.conn.recv()
+        self.api_url, self.stream_url = urls["api_url"], urls["stream_url"]
+
+    def sent(self) -> int:
+        self.conn.send("count")
+        return int(self.conn.recv()["sent"])
+
+    def cpu(self) -> float:
+        t = tree_cpu(self.pid)
+        return t["main"] + t["children"]
+
+    def __enter__(self) -> Upstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.conn.send("stop")
+            self.conn.poll(10)
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self._tmp.cleanup()
+
+
+def run_queue_wait(pid: int) -> dict[str, float]:
+    """Seconds the threads of ``pid`` ("main") and of its descendants ("children") have
+    spent runnable but waiting for a CPU (Linux ``schedstat``; 0 elsewhere)."""
+    out = {"main": 0.0, "children": 0.0}
+    try:
+        procs = [(psutil.Process(pid), "main")]
+        procs += [(child, "children") for child in procs[0][0].children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc, part in procs:
+        for task in Path(f"/proc/{proc.pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out[part] += int(task.read_text().split()[1]) / 1e9
+    return out
+
+
+def connect(
+    gen: LoadGen, target: Target, clients: int, names: list[str], per_client: int, source: str
+) -> None:
+    result = gen.call(
+        "connect",
+        url=target.ws_url,
+        clients=clients,
+        names=names,
+        per_client=per_client,
+        source=source,
+    )
+    log(f"  {target.label}: {result['connected']} clients connected in {result['seconds']} s")
+    if result["connected"] != clients:
+        raise RuntimeError(
+            f"{target.label}: only {result['connected']} of {clients} connected: "
+            f"{result['first_failure']} {result['error_samples']}"
+        )
+
+
+def measure(
+    target: Target, gen: LoadGen, rate: float, seconds: float, upstream: Upstream | None = None
+) -> dict[str, Any]:
+    """Latency at ``rate`` updates/s per key over one window of ``seconds``."""
+    target.set_rate(rate)
+    time.sleep(2.0)
+    u0, s0 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
+    w0 = run_queue_wait(target.pid)
+    t0 = time.perf_counter()
+    m = window(target, gen, seconds)
+    elapsed = time.perf_counter() - t0
+    w1 = run_queue_wait(target.pid)
+    u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
+    drain(target, gen)
+    return {
+        "delivered_per_s": round(m["per_s"]),
+        "p50_ms": m["p50_ms"],
+        "p99_ms": m["p99_ms"],
+        "max_ms": m["max_ms"],
+        "n": m["n"],
+        "server_cpu": m["server_cpu"],
+        "provider_cpu": m["provider_cpu"],
+        "client_cpu": m["client_cpu"],
+        "upstream_cpu": round((u1 - u0) / elapsed, 2) if upstream else None,
+        # the share of the window the server's and the providers' threads spent waiting for
+        # the (shared) server core: the part of the latency that is the machine's
+        "server_wait": round((w1["main"] - w0["main"]) / elapsed, 2),
+        "provider_wait": round((w1["children"] - w0["children"]) / elapsed, 2),
+        "upstream_per_s": round((s1 - s0) / elapsed) if upstream else None,
+        "loadavg": loadavg(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    k, n = args.keys_per_client, args.clients
+    rate = args.rate / (n * k)  # updates/s per key: every server delivers --rate messages/s
+    rows: list[dict[str, Any]] = []
+    log(f"provider path: {n} clients x {k} keys of {args.keys}, {args.rate:,.0f} msg/s")
+    with LoadGen() as gen:
+        with Upstream(args.keys) as upstream:
+            names = binance_symbols(args.keys)
+            with OurServer(
+                providers="binance",
+                MAX_CLIENTS=str(n + 100),
+                BINANCE_API_URL=upstream.api_url,
+                BINANCE_STREAM_URL=upstream.stream_url,
+            ) as ours:
+                ours.label = "binance"
+                ours.rate_file = upstream.rate_file  # the upstream's rate, not a provider's
+                connect(gen, ours, n, names, k, "binance")
+                row = measure(ours, gen, rate, args.seconds, upstream)
+                rows.append({"path": "fake Binance -> provider -> hub", **row})
+                gen.call("close")
+        names = symbol_names(args.keys)
+        with OurServer(BENCH_KEYS=str(args.keys), MAX_CLIENTS=str(n + 100)) as ours:
+            connect(gen, ours, n, names, k, "synthetic")
+            row = measure(ours, gen, rate, args.seconds)
+            rows.append({"path": "synthetic provider -> hub", **row})
+            gen.call("close")
+        with CeilingServer("broadcast", args.keys) as ceiling:
+            connect(gen, ceiling, n, names, k, "synthetic")
+            row = measure(ceiling, gen, rate, args.seconds)
+            rows.append({"path": "ceiling (websockets)", **row})
+            gen.call("close")
+    return {
+        "clients": n,
+        "keys": args.keys,
+        "keys_per_client": k,
+        "rate_per_s": args.rate,
+        "rate_per_key": round(rate, 3),
+        "rows": rows,
+        "machine": machine(),
+        "loadavg_end": loadavg(),
+    }
+
+
+COLUMNS = [
+    ("path", "path", ""),
+    ("msg/s", "delivered_per_s", ",d"),
+    ("p50 ms", "p50_ms", ".2f"),
+    ("p99 ms", "p99_ms", ".2f"),
+    ("max ms", "max_ms", ".1f"),
+    ("hub cpu", "server_cpu", ".2f"),
+    ("provider cpu", "provider_cpu", ".2f"),
+    ("client cpu", "client_cpu", ".2f"),
+    ("upstream cpu", "upstream_cpu", ".2f"),
+    ("hub waited", "server_wait", ".2f"),
+    ("provider waited", "provider_wait", ".2f"),
+]
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    print(
+        f"provider path: {figures['clients']} clients x {figures['keys_per_client']} keys of "
+        f"{figures['keys']}, {figures['rate_per_s']:,.0f} msg/s "
+        f"({figures['rate_per_key']} updates/s per key)"
+    )
+    print(table(COLUMNS, figures["rows"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--keys", type=int, default=100)
+    parser.add_argument("--keys-per-client", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=50_000.0, help="messages/s delivered")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measurement window")
+    args = parser.parse_args()
+    figures = run(args)
+    print_report(figures)
+    emit("provider_path", figures)
+
+
+if __name__ == "__main__":
+    main()
