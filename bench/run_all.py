@@ -156,7 +156,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             conn["ours_kb"],
             conn["ceiling_kb"],
             conn["ratio"],
-            "<= 30 KB",
+            "<= 16 KB",
             conn["target_met"],
             ".1f",
             note=f"{conn['ours_connected']:,} connected; RSS {conn['ours_rss_mb']:.0f} MB",
