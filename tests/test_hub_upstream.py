@@ -190,3 +190,28 @@ async def test_commands_queued_for_a_starting_provider_do_not_outlive_the_replay
     hub.on_provider_ready(SOURCE)
     clock.advance(10)
     assert provider.streaming() == set()
+
+
+async def test_many_clients_on_one_key_each_cost_one_comparison_not_a_copy_of_all() -> None:
+    clock = FakeClock()
+    hub, provider = make_hub(clock)
+    clients = [connect(hub) for _ in range(300)]
+    copies = 0
+    subscribers = hub.subs.subscribers
+
+    def counted(key: SeriesId) -> frozenset[int]:
+        nonlocal copies
+        copies += 1
+        return subscribers(key)
+
+    hub.subs.subscribers = counted  # type: ignore[method-assign]
+    for client in clients:
+        await send(hub, client, request("data", K1))
+    for client in clients[::2]:
+        await send(hub, client, request("unsubscribe", K1))
+    for client in clients[1::4]:
+        hub.remove_client(client)
+    assert copies <= 2  # the first subscriber; none per later change
+    held = {c.id for c in clients[1::2]} - {c.id for c in clients[1::4]}
+    assert provider.believes(K1) == held == set(hub.subs.subscribers(K1))
+    assert len([c for c in provider.commands if isinstance(c, StartStreaming)]) == 300

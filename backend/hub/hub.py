@@ -236,7 +236,7 @@ class Hub:
         self.scanning.stop(client.id)
         for key, _ in self.subs.drop_client(client.id):
             self.fanout.stop_delivery(client.id, key)
-            self.upstream.sync(key)
+            self.upstream.sync(key, client.id)
         logger.info("client %d disconnected (%d clients)", client.id, len(self.clients))
 
     def send(self, client: Client, message: bytes, slot: Any = None) -> None:
@@ -301,7 +301,7 @@ class Hub:
     def subscribe(self, client: Client, key: SeriesId) -> Change:
         """Subscribe ``client`` to ``key``; the upstream stream starts (or keeps going)."""
         change = self.subs.add(client.id, key)
-        self.upstream.sync(key)
+        self.upstream.sync(key, client.id)
         return change
 
     def unsubscribe(self, client: Client, key: SeriesId) -> Change:
@@ -310,7 +310,7 @@ class Hub:
         if change is not Change.ABSENT:
             self.fanout.stop_delivery(client.id, key)
             self.indicating.drop_series(client.id, key)
-            self.upstream.sync(key)
+            self.upstream.sync(key, client.id)
         return change
 
     def watch(self, client: Client, key: SeriesId, listener: BarListener) -> None:

@@ -168,7 +168,7 @@ class Requests:
             hub.send_frame(client, self.series_frame("data_init", answer, wire, details, key))
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
-        if client.id in hub.subs.subscribers(key):
+        if hub.subs.holds(client.id, key):
             hub.fanout.start_delivery(client, key)
 
     async def _history(self, client: Client, request: protocol.HistoryRequest) -> None:

@@ -58,6 +58,14 @@ class Subscriptions:
     def subscribers(self, key: SeriesId) -> frozenset[int]:
         return frozenset(self._by_key.get(key, ()))
 
+    def holds(self, client: int, key: SeriesId) -> bool:
+        """Is ``client`` subscribed to ``key`` (without copying the key's subscribers)."""
+        return client in self._by_key.get(key, ())
+
+    def count(self, key: SeriesId) -> int:
+        """How many clients hold ``key``."""
+        return len(self._by_key.get(key, ()))
+
     def keys_of(self, client: int) -> frozenset[SeriesId]:
         return frozenset(self._by_client.get(client, ()))
 

@@ -63,10 +63,23 @@ class Upstream:
         self._told: dict[SeriesId, set[int]] = {}
         self._lingering: dict[SeriesId, Cancellable] = {}
 
-    def sync(self, key: SeriesId) -> None:
-        """Bring the provider's belief about ``key`` in line with the registry."""
-        wanted = self.subs.subscribers(key)
+    def sync(self, key: SeriesId, client: int | None = None) -> None:
+        """Bring the provider's belief about ``key`` in line with the registry.
+
+        ``client``: the one client whose subscription to ``key`` changed, when the caller
+        knows. While the key is streamed and not lingering, the provider's belief matched
+        the registry before that change, so only that client is compared (the full diff
+        copies every subscriber: quadratic when thousands subscribe to one key)."""
         told = self._told.get(key)
+        if (
+            client is not None
+            and told is not None
+            and key not in self._lingering
+            and self.subs.count(key)
+        ):
+            self._sync_one(key, client, told)
+            return
+        wanted = self.subs.subscribers(key)
         if wanted:
             self._cancel_linger(key)
             self._send_diff(key, told if told is not None else set(), wanted)
@@ -104,6 +117,18 @@ class Upstream:
         for handle in self._lingering.values():
             handle.cancel()
         self._lingering.clear()
+
+    def _sync_one(self, key: SeriesId, client: int, told: set[int]) -> None:
+        provider = self.provider(key.source)
+        holds = self.subs.holds(client, key)
+        if holds and client not in told:
+            told.add(client)
+            if provider is not None:
+                provider.send(StartStreaming(client, key.name, key.interval))
+        elif not holds and client in told:
+            told.discard(client)
+            if provider is not None:
+                provider.send(StopStreaming(client, key.name, key.interval))
 
     def _send_diff(self, key: SeriesId, told: set[int], wanted: frozenset[int]) -> None:
         provider = self.provider(key.source)
