@@ -1,9 +1,15 @@
 """Start Candlewire: the provider processes and the FastAPI WebSocket hub (uvicorn).
 
     python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
+                     [--role all|hub|providers] [--workers N]
 
 ``--port 0`` picks a free port; the URL actually listened on is printed either way.
-SIGINT/SIGTERM stop the hub and every provider process cleanly.
+SIGINT/SIGTERM stop the hub and every provider process cleanly. ``--role`` (README,
+"Scale-out"): ``all`` (default) is the hub with its providers; with ``BUS_URL`` set,
+``hub`` is a hub reaching provider nodes over Redis and ``providers`` a provider node
+(``/health`` and ``/metrics`` only). ``--workers N`` (``--role hub``) runs N hub processes
+on one port (``SO_REUSEPORT``): this process is worker 1 and starts the others
+(:func:`start_workers`), which stop when it stops or dies.
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
 :class:`GcPauses`): rare young collections; a collection of the objects made since the
@@ -19,8 +25,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -55,13 +65,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000; 0 = any free)")
     parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM); uvicorn's")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--role",
+        choices=("all", "hub", "providers"),
+        default="all",
+        help="all (default): hub and providers; hub or providers need BUS_URL (Scale-out)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="hub processes sharing the port (--role hub)"
+    )
+    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # the parent's pid
     return parser.parse_args(argv)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # hub workers share the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -96,11 +118,11 @@ def uvicorn_config(
     )
 
 
-def make_entrance(settings: Settings) -> Entrance:
+def make_entrance(settings: Settings, role: str = "all") -> Entrance:
     from backend.app import create_app
     from backend.ws.entrance import Entrance
 
-    return Entrance(create_app(settings))
+    return Entrance(create_app(settings, role))
 
 
 def tune_gc() -> None:
@@ -189,10 +211,17 @@ class HubServer(uvicorn.Server):
     pauses as it shuts down (uvicorn then re-raises the signal that stopped it, so nothing
     after ``serve()`` runs)."""
 
-    def __init__(self, config: uvicorn.Config, collector: Collector, pauses: GcPauses) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        collector: Collector,
+        pauses: GcPauses,
+        workers: list[subprocess.Popen[bytes]] | None = None,
+    ) -> None:
         super().__init__(config)
         self.collector = collector
         self.pauses = pauses
+        self.workers = workers or []  # the other hub workers (--workers), stopped with us
         self._collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -208,6 +237,7 @@ class HubServer(uvicorn.Server):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collecting
         await super().shutdown(sockets)
+        await asyncio.to_thread(stop_workers, self.workers)
         logger.info("gc pauses: %s", self.pauses.summary())
 
 
@@ -216,18 +246,83 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("the garbage collector task failed", exc_info=task.exception())
 
 
+def start_workers(args: argparse.Namespace, port: int, count: int) -> list[subprocess.Popen[bytes]]:
+    """Workers 2..N of ``--workers N``: this same command on the port already bound, each
+    binding it again with ``SO_REUSEPORT``; they share the DB file (SQLite in WAL mode)."""
+    command = [sys.executable, os.path.abspath(__file__), "--role", "hub"]
+    command += ["--port", str(port), "--worker-of", str(os.getpid())]
+    if args.host:
+        command += ["--host", args.host]
+    for option in ("ssl_certfile", "ssl_keyfile"):
+        value = getattr(args, option)
+        if value:
+            command += [f"--{option.replace('_', '-')}", value]
+    return [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        for _ in range(count - 1)
+    ]
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        try:
+            worker.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def follow_parent(parent: int) -> None:
+    """A worker stops (SIGTERM to itself) when the worker that started it is gone, even if
+    that one was killed with SIGKILL."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def serve_node(settings: Settings, sock: socket.socket) -> int:
+    """``--role providers``: the provider node's small app (``/health``, ``/metrics``)."""
+    from backend.app import create_node_app
+
+    config = uvicorn.Config(
+        create_node_app(settings),
+        loop="asyncio",
+        lifespan="on",
+        log_level=settings.LOG_LEVEL.lower(),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
+        from backend.app import check_role
+
+        check_role(settings, args.role)
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1 or (args.workers > 1 and args.role != "hub"):
+        print("candlewire: --workers N (N >= 1) is for --role hub", file=sys.stderr)
         return 2
     secrets = [*logs.secrets_of(settings), *settings.api_keys()]
     logs.configure(settings.LOG_LEVEL, secrets=secrets)
     try:
-        sock = bind(settings.HOST, settings.PORT)
+        sock = bind(settings.HOST, settings.PORT, reuse_port=args.role == "hub")
     except OSError as exc:
         print(
             f"candlewire: cannot listen on {settings.HOST}:{settings.PORT}: {exc}", file=sys.stderr
@@ -236,11 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if args.ssl_certfile else "http"
-    print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
-    entrance = make_entrance(settings)
+    if args.worker_of is not None:
+        follow_parent(args.worker_of)
+    else:
+        print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
+    if args.role == "providers":
+        return serve_node(settings, sock)
+    workers = start_workers(args, port, args.workers) if args.workers > 1 else []
+    entrance = make_entrance(settings, args.role)
     pauses = GcPauses()
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
-    server = HubServer(uvicorn_config(settings, entrance, **tls), Collector(entrance), pauses)
+    config = uvicorn_config(settings, entrance, **tls)
+    server = HubServer(config, Collector(entrance), pauses, workers)
     tune_gc()
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with

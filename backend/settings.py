@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     HTTP_KEEP_ALIVE_SECONDS: int = Field(5, ge=1)
     HTTP_LIMIT_CONCURRENCY: int = Field(0, ge=0)  # 0: MAX_CLIENTS + 2,000
 
+    # Scale-out over Redis (README, "Scale-out"; backend/bus): empty is one process tree.
+    BUS_URL: str = ""
+    BUS_PREFIX: str = Field("cw", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    BUS_LEASE_SECONDS: float = Field(5.0, ge=0.5, le=300)
+
     @field_validator("AUTH", mode="before")
     @classmethod
     def _auth(cls, value: Any) -> Any:
@@ -289,6 +294,14 @@ class Settings(BaseSettings):
         if level not in _LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
         return level
+
+    @field_validator("BUS_URL")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} must be a redis://host:port/db URL (or empty)")
+        return value
 
     @field_validator("ALERT_WEBHOOK_URL", "LLM_BASE_URL")
     @classmethod
