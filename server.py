@@ -8,8 +8,8 @@ SIGINT/SIGTERM stop the hub and every provider process cleanly. ``--role`` (READ
 "Scale-out"): ``all`` (default) is the hub with its providers; with ``BUS_URL`` set,
 ``hub`` is a hub reaching provider nodes over Redis and ``providers`` a provider node
 (``/health`` and ``/metrics`` only). ``--workers N`` (``--role hub``) runs N hub processes
-on one port (``SO_REUSEPORT``): this process is worker 1 and starts the others
-(:func:`start_workers`), which stop when it stops or dies.
+on one port (``SO_REUSEPORT``): this process is worker 1 and forks the others
+(:func:`fork_workers`), which stop when it stops or dies.
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
 :class:`GcPauses`): rare young collections; a collection of the objects made since the
@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -74,7 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="hub processes sharing the port (--role hub)"
     )
-    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # the parent's pid
     return parser.parse_args(argv)
 
 
@@ -216,7 +214,7 @@ class HubServer(uvicorn.Server):
         config: uvicorn.Config,
         collector: Collector,
         pauses: GcPauses,
-        workers: list[subprocess.Popen[bytes]] | None = None,
+        workers: list[int] | None = None,
     ) -> None:
         super().__init__(config)
         self.collector = collector
@@ -246,34 +244,43 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("the garbage collector task failed", exc_info=task.exception())
 
 
-def start_workers(args: argparse.Namespace, port: int, count: int) -> list[subprocess.Popen[bytes]]:
-    """Workers 2..N of ``--workers N``: this same command on the port already bound, each
-    binding it again with ``SO_REUSEPORT``; they share the DB file (SQLite in WAL mode)."""
-    command = [sys.executable, os.path.abspath(__file__), "--role", "hub"]
-    command += ["--port", str(port), "--worker-of", str(os.getpid())]
-    if args.host:
-        command += ["--host", args.host]
-    for option in ("ssl_certfile", "ssl_keyfile"):
-        value = getattr(args, option)
-        if value:
-            command += [f"--{option.replace('_', '-')}", value]
-    return [
-        subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        for _ in range(count - 1)
-    ]
+def fork_workers(count: int) -> tuple[int | None, list[int]]:
+    """Workers 2..N of ``--workers N``: forks of this process, made after the app's modules
+    were imported (so a worker starts in a moment) and before any thread or event loop.
+    Returns ``(parent, [])`` in a worker (``parent``: the pid to follow), ``(None, pids)``
+    in the first. Each worker binds the port again with ``SO_REUSEPORT``; they share the DB
+    file (SQLite in WAL mode)."""
+    import backend.app  # noqa: F401 - imported once, before the forks
+
+    parent, pids = os.getpid(), []
+    for _ in range(count - 1):
+        pid = os.fork()
+        if pid == 0:
+            return parent, []
+        pids.append(pid)
+    return None, pids
 
 
-def stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+def stop_workers(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM to each worker, SIGKILL to those still running after ``timeout``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for worker in workers:
-        try:
-            worker.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    waiting = set(pids)
+    while waiting:
+        for pid in list(waiting):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            waiting.discard(pid)
+        if waiting and time.monotonic() > deadline:
+            for pid in waiting:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        elif waiting:
+            time.sleep(0.05)
 
 
 def follow_parent(parent: int) -> None:
@@ -331,13 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if args.ssl_certfile else "http"
-    if args.worker_of is not None:
-        follow_parent(args.worker_of)
-    else:
-        print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
+    print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
     if args.role == "providers":
         return serve_node(settings, sock)
-    workers = start_workers(args, port, args.workers) if args.workers > 1 else []
+    parent, workers = fork_workers(args.workers) if args.workers > 1 else (None, [])
+    if parent is not None:  # a worker: its own socket on the same port
+        sock.close()
+        sock = bind(settings.HOST, port, reuse_port=True)
+        follow_parent(parent)
     entrance = make_entrance(settings, args.role)
     pauses = GcPauses()
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}

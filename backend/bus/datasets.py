@@ -80,7 +80,7 @@ async def serve(node: ProviderNode) -> None:
         pipe.rpush(reply, codec.encode(end))
         pipe.pexpire(reply, REPLY_TTL_MS)
         try:
-            await link.call(pipe.execute())
+            await link.execute(pipe)
         except link.BusDown:
             logger.warning("bus: could not send the dataset of %s", key)
         logger.info("bus: sent the dataset of %s (%d rows)", key, end.rows)

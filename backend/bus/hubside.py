@@ -182,7 +182,7 @@ class BusProviderSet:
             if members:
                 pipe.zrem(self.names.demand(source), *members)
                 pipe.publish(self.names.demand_changed(source), b"")
-        await pipe.execute()
+        await link.execute(pipe)
 
     def bus_health(self) -> dict[str, Any]:
         return {
@@ -262,7 +262,7 @@ class BusProviderSet:
         if renew:
             for source in self.providers:
                 pipe.get(self.names.active(source))
-        results = await link.call(pipe.execute())
+        results = await link.execute(pipe)
         if renew:
             announcements = results[-len(self.providers) :]
             for source, raw in zip(self.providers, announcements, strict=True):
@@ -302,7 +302,7 @@ class BusProviderSet:
         self.up, self.reason = True, ""
 
     def _down(self, reason: str) -> None:
-        if self.up or self.reason != reason:
+        if self.up or self.reason == "connecting":
             logger.warning("bus: Redis unavailable (%s); serving from caches, retrying", reason)
         self.up, self.reason = False, reason
 
@@ -387,7 +387,7 @@ class BusProviderSet:
             pipe = self._redis.pipeline(transaction=False)
             pipe.rpush(queue, codec.encode(request))
             pipe.pexpire(queue, int(timeout * 2000))
-            await link.call(pipe.execute())
+            await link.execute(pipe)
             return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
         except link.BusDown as exc:
             raise ProviderUnavailable(f"provider {source}: the bus is down ({exc})") from None

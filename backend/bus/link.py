@@ -8,6 +8,7 @@ and try again; nothing loops hot.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -101,6 +103,16 @@ async def call(awaitable: Any) -> Any:
         return await awaitable
     except (RedisError, OSError, TimeoutError) as exc:
         raise BusDown(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+async def execute(pipe: Pipeline) -> list[Any]:
+    """Run a pipeline (``BusDown`` on failure) and release its connection either way."""
+    try:
+        result: list[Any] = await call(pipe.execute())
+        return result
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pipe.reset()  # type: ignore[no-untyped-call]
 
 
 def as_str(values: Sequence[Any]) -> list[str]:

@@ -298,7 +298,7 @@ class ProviderNode:
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self.names.active(lease.source), data, px=int(self.lease_seconds * 1000))
         pipe.publish(self.names.updates(lease.source), data)
-        await link.call(pipe.execute())
+        await link.execute(pipe)
         lease.announce = False
 
     async def _notify_loop(self) -> None:
@@ -379,7 +379,7 @@ class ProviderNode:
             for channel, data in batch:
                 pipe.publish(channel, data)
             try:
-                await link.call(pipe.execute())
+                await link.execute(pipe)
             except link.BusDown as exc:
                 self.counters["batches_dropped"] += len(batch)
                 self._down(str(exc))
@@ -450,7 +450,7 @@ class ProviderNode:
             answer = codec.HistoryAnswer(request_id, bars, error)
             pipe.publish(self.names.reply(hub), codec.encode(answer))
         with contextlib.suppress(link.BusDown):
-            await link.call(pipe.execute())
+            await link.execute(pipe)
 
     # ------------------------------------------------------------------ introspection
 
@@ -460,7 +460,7 @@ class ProviderNode:
         self.up, self.reason = True, ""
 
     def _down(self, reason: str) -> None:
-        if self.up or self.reason != reason:
+        if self.up or self.reason == "connecting":
             logger.warning("bus: node %s: Redis unavailable (%s); retrying", self.node_id, reason)
         self.up, self.reason = False, reason
 
