@@ -207,12 +207,23 @@ async def test_the_standby_takes_over_when_the_active_node_is_killed(
         active = deployment.active()
         standby = next(n for n in deployment.nodes if n is not active)
         assert active.proc is not None
-        mark_a, mark_b = len(a.messages), len(b.messages)
         active.proc.kill()
         killed = time.monotonic()
         await harness.eventually(
             lambda: bus_deploy.holds_lease(standby), LEASE + 10, "the standby's lease"
         )
+        new_node = standby.get("/health")["node"]
+        for server in deployment.hubs:
+            await harness.eventually(
+                lambda server=server: (
+                    server.get("/health")["providers"]["counting"]["node"] == new_node
+                ),
+                10,
+                "the hubs to see the new holder",
+            )
+        # From here on an update comes from the new holder (not one the killed node
+        # published just before it died).
+        mark_a, mark_b = len(a.messages), len(b.messages)
         for client, mark in ((a, mark_a), (b, mark_b)):
             await client.wait_for("data_update", same_key("CCC", "1m"), LEASE + 10, mark)
         took = time.monotonic() - killed
