@@ -7,7 +7,8 @@ renewed every third of ``BUS_LEASE_SECONDS`` while its process runs); only the h
 streams. It reads the hubs' demand (at once when a hub says it changed, else every tick),
 starts each demanded key once, stops a key whose hubs withdrew at once and one whose hub
 died (its entry expired) after ``STREAM_LINGER_SECONDS``. It publishes each event batch
-once on ``{p}:updates:{source}`` and answers history requests, one provider call per
+once on ``{p}:updates:{source}`` (what arrived while the previous publish was in flight
+goes as one message) and answers history requests, one provider call per
 distinct window whatever the number of hubs asking (single flight).
 
 A holder that cannot renew (Redis lost) stops its streams when its lease would have
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 NODE_CLIENT = 1  # the one client id the node's provider process sees per key
 HISTORY_POLL_SECONDS = 1.0
+MAX_PENDING_EVENTS = 200_000  # per provider, waiting for Redis; more are dropped (counted)
 
 Key = tuple[str, str]
 
@@ -87,6 +88,7 @@ class ProviderNode:
         self.counters: dict[str, int] = {
             "batches_published": 0,
             "batches_dropped": 0,
+            "events_dropped": 0,
             "history_requests": 0,
             "history_calls": 0,
             "leases_acquired": 0,
@@ -95,7 +97,7 @@ class ProviderNode:
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None
         self._scripts: link.Scripts | None = None
-        self._out: deque[tuple[str, bytes]] = deque()
+        self._out: dict[str, list[WireEvent]] = {}  # channel -> events not yet published
         self._out_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._inflight: dict[tuple[str, str, str, str, str, int], list[tuple[str, int]]] = {}
@@ -351,7 +353,11 @@ class ProviderNode:
             elif isinstance(event, Status):
                 lease.state["status"] = event
         if lease.active:
-            self._out.append((self.names.updates(source), codec.encode(events)))
+            pending = self._out.setdefault(self.names.updates(source), [])
+            if len(pending) >= MAX_PENDING_EVENTS:  # Redis is not keeping up: shed, count
+                self.counters["events_dropped"] += len(events)
+            else:
+                pending.extend(events)
             self._out_ready.set()
             process = self.supervisor.get(source)
             if process is not None:
@@ -373,11 +379,12 @@ class ProviderNode:
             if not self._out:
                 continue
             assert self._redis is not None
-            batch = list(self._out)
-            self._out.clear()
+            # Everything that came while the last publish was in flight goes as one message
+            # per provider: fewer, larger messages when busy, one per batch when not.
+            batch, self._out = self._out, {}
             pipe = self._redis.pipeline(transaction=False)
-            for channel, data in batch:
-                pipe.publish(channel, data)
+            for channel, events in batch.items():
+                pipe.publish(channel, codec.encode(events))
             try:
                 await link.execute(pipe)
             except link.BusDown as exc:
