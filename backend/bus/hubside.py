@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RENEW_CHUNK = 2_000  # demand members per script call
+# Update messages handled per event-loop turn (as the pipe reader's batches per wakeup).
+MESSAGES_PER_TURN = 2
 
 
 class BusHandle:
@@ -318,10 +320,13 @@ class BusProviderSet:
                 self._resync = True  # missed updates: every provider counts as restarted
                 self._wake.set()
                 backoff.reset()
-                while True:
+                for count in itertools.count(1):
                     message = await link.call(pubsub.get_message(timeout=1.0))
                     if message is not None:
                         self._on_message(message)
+                    if count % MESSAGES_PER_TURN == 0:
+                        # Buffered messages do not suspend: let the client writers run.
+                        await asyncio.sleep(0)
             except link.BusDown as exc:
                 self._down(str(exc))
                 await asyncio.sleep(backoff.next())
