@@ -75,6 +75,10 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError(f"--role {role!r}: must be one of {', '.join(ROLES)}")
     if role != "all" and not settings.BUS_URL:
         raise ConfigError(f"--role {role} needs BUS_URL (redis://host:port/db)")
+    runs_providers = role == "providers" or (role == "all" and bool(settings.BUS_URL))
+    no_key = not settings.POLYGON_API_KEY.get_secret_value()
+    if runs_providers and "polygon" in settings.PROVIDERS and no_key:
+        raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
 
 
 def create_app(settings: Settings, role: str = "all") -> FastAPI:

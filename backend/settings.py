@@ -312,6 +312,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _provider_requirements(self) -> Settings:
+        # A hub on the bus (--role hub) holds no provider credentials; the provider nodes
+        # check theirs at start (backend.app.check_role).
+        if self.BUS_URL:
+            return self
         if "polygon" in self.PROVIDERS and not self.POLYGON_API_KEY.get_secret_value():
             raise ValueError("POLYGON_API_KEY is required when the polygon provider is enabled")
         return self
