@@ -15,9 +15,11 @@ import calendar
 import itertools
 import json
 import os
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,12 +40,11 @@ class Deployment:
     prefix: str
     nodes: list[ServerProcess] = field(default_factory=list)
     hubs: list[ServerProcess] = field(default_factory=list)
-    populate_output: str = ""
 
     @property
     def symbols(self) -> Path:
-        """The symbol database ``populate.py --from-bus`` filled (hub A's)."""
-        return self.tmp / "hubA.sqlite3"
+        """The symbol database the hubs start with (filled by ``populate.py``)."""
+        return self.tmp / "symbols.sqlite3"
 
     def env(self, name: str) -> dict[str, str]:
         return bus_deploy.bus_env(self.tmp, SHARED_REDIS, self.prefix, name)
@@ -60,12 +61,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     tmp = tmp_path_factory.mktemp("bus")
     deploy = Deployment(tmp, bus_deploy.new_prefix())
     try:
-        deploy.nodes = bus_deploy.start_all(
-            *(partial(bus_deploy.node, deploy.env(name), tmp, name) for name in ("node1", "node2"))
-        )
-        populated = harness.populate(deploy.env("hubA"), "--from-bus")
-        assert populated.returncode == 0, populated.stderr
-        deploy.populate_output = populated.stdout
+        with ThreadPoolExecutor(1) as pool:  # the hubs' symbols, while the nodes start
+            symbols = pool.submit(harness.populate, deploy.env("symbols"))
+            deploy.nodes = bus_deploy.start_all(
+                *(partial(bus_deploy.node, deploy.env(n), tmp, n) for n in ("node1", "node2"))
+            )
+            assert symbols.result().returncode == 0
         deploy.hubs = bus_deploy.start_all(
             *(
                 partial(bus_deploy.hub, deploy.env(name), tmp, name, symbols=deploy.symbols)
@@ -96,9 +97,15 @@ def distinct(seen: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def test_populate_from_bus_fills_the_hub_symbol_database(deployment: Deployment) -> None:
-    assert "counting: 4 rows" in deployment.populate_output
-    hits = deployment.hubs[0].get("/api/symbols?q=AAA")
-    assert [r["name"] for r in hits["results"]][:1] == ["AAA"]
+    env = deployment.env("frombus")
+    result = harness.populate(env, "--from-bus")
+    assert result.returncode == 0, result.stderr
+    assert "counting: 4 rows" in result.stdout
+    with sqlite3.connect(env["DB"]) as db:
+        names = sorted(name for (name,) in db.execute("SELECT name FROM symbols"))
+    assert names == ["AAA", "BBB", "CCC", "HANG"]
+    # Only a node ran the provider: nothing here has its credentials or its code running.
+    assert not bus_deploy.lines(env)
 
 
 async def test_two_hubs_get_identical_updates_from_one_upstream_stream(
