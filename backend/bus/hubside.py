@@ -141,10 +141,12 @@ class BusProviderSet:
         self._removed: dict[str, set[tuple[str, str]]] = {}
         self._forwards: list[tuple[str, NoUpdate]] = []
         self._wake = asyncio.Event()
+        self._listening = asyncio.Event()  # subscribed to the updates and replies
         self._resync = True  # register everything at the first successful round
         self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
         self._ids = itertools.count(1)
         self._tasks: Tasks = set()
+        self._stopping = False
         self._updates = {self.names.updates(key): key for key in settings.PROVIDERS}
         self._reply = self.names.reply(self.hub_id)
 
@@ -156,8 +158,7 @@ class BusProviderSet:
     async def start(self) -> None:
         self._redis = link.client(self.settings.BUS_URL, max(0.5, self.lease / 2))
         self._scripts = link.Scripts(self._redis)
-        start_owned(self._tasks, self._write_loop(), "bus-hub-writer")
-        start_owned(self._tasks, self._read_loop(), "bus-hub-reader")
+        self._start_loops()
         logger.info(
             "bus: hub %s on %s (prefix %s)",
             self.hub_id,
@@ -165,7 +166,22 @@ class BusProviderSet:
             self.names.prefix,
         )
 
+    def _start_loops(self, error: BaseException | None = None) -> None:
+        """The writer and the reader; one that died of a bug (logged by ``start_owned``)
+        is started again, or the hub would lose the bus for good."""
+        running = {task.get_name() for task in self._tasks}
+        if self._stopping:
+            return
+        if "bus-hub-writer" not in running:
+            start_owned(self._tasks, self._write_loop(), "bus-hub-writer", self._restart)
+        if "bus-hub-reader" not in running:
+            start_owned(self._tasks, self._read_loop(), "bus-hub-reader", self._restart)
+
+    def _restart(self, error: BaseException) -> None:
+        asyncio.get_running_loop().call_later(1.0, self._start_loops)
+
     async def stop(self) -> None:
+        self._stopping = True
         await cancel_owned(self._tasks)
         if self._redis is not None:
             with contextlib.suppress(link.BusDown):
@@ -317,17 +333,19 @@ class BusProviderSet:
             pubsub: PubSub = sub.pubsub(ignore_subscribe_messages=True)
             try:
                 await link.call(pubsub.subscribe(*self._updates, self._reply))
+                self._listening.set()
                 self._resync = True  # missed updates: every provider counts as restarted
                 self._wake.set()
                 backoff.reset()
                 for count in itertools.count(1):
                     message = await link.call(pubsub.get_message(timeout=1.0))
                     if message is not None:
-                        self._on_message(message)
+                        self._take(message)
                     if count % MESSAGES_PER_TURN == 0:
                         # Buffered messages do not suspend: let the client writers run.
                         await asyncio.sleep(0)
             except link.BusDown as exc:
+                self._listening.clear()
                 self._down(str(exc))
                 await asyncio.sleep(backoff.next())
             finally:
@@ -335,6 +353,14 @@ class BusProviderSet:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 with contextlib.suppress(RedisError, OSError):
                     await sub.aclose()
+
+    def _take(self, message: dict[str, Any]) -> None:
+        try:
+            self._on_message(message)
+        except (IndexError, TypeError, ValueError, AttributeError) as exc:
+            # Not what a node sends (another program on this prefix?): dropped, logged.
+            where = message.get("channel")
+            logger.warning("bus: dropped a malformed message on %s: %r", where, exc)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
@@ -381,6 +407,11 @@ class BusProviderSet:
         if self._redis is None:
             raise ProviderUnavailable(f"provider {source}: the bus is not started")
         deadline = time.monotonic() + timeout
+        try:  # an answer needs this hub's reply channel subscribed
+            await asyncio.wait_for(self._listening.wait(), timeout)
+        except TimeoutError:
+            why = self.reason or "not subscribed"
+            raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
         request_id = next(self._ids)
         future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

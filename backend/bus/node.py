@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -112,16 +114,33 @@ class ProviderNode:
         self._blocking = link.client(self.settings.BUS_URL, HISTORY_POLL_SECONDS + tick + 1)
         self._scripts = link.Scripts(self._redis)
         await self.supervisor.start()
-        for name, loop in (
-            ("lease", self._lease_loop()),
-            ("demand", self._demand_loop()),
-            ("notify", self._notify_loop()),
-            ("publish", self._publish_loop()),
-            ("datasets", datasets.serve(self)),
-            *((f"history-{key}", self._history_loop(key)) for key in self.leases),
-        ):
-            start_owned(self._tasks, loop, f"bus-node-{name}")
+        self._start_loops()
         logger.info("bus: provider node %s (prefix %s)", self.node_id, self.names.prefix)
+
+    def _loops(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "lease": self._lease_loop,
+            "demand": self._demand_loop,
+            "notify": self._notify_loop,
+            "publish": self._publish_loop,
+            "datasets": lambda: datasets.serve(self),
+        }
+        for key in self.leases:
+            loops[f"history-{key}"] = partial(self._history_loop, key)
+        return loops
+
+    def _start_loops(self, error: BaseException | None = None) -> None:
+        """Every loop of the node; one that died of a bug (logged by ``start_owned``) is
+        started again a second later, or the node would stop renewing or serving."""
+        if self._stopping:
+            return
+        running = {task.get_name() for task in self._tasks}
+        for name, loop in self._loops().items():
+            if f"bus-node-{name}" not in running:
+                start_owned(self._tasks, loop(), f"bus-node-{name}", self._restart)
+
+    def _restart(self, error: BaseException) -> None:
+        asyncio.get_running_loop().call_later(1.0, self._start_loops)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -179,6 +198,12 @@ class ProviderNode:
             )
             if renewed:
                 self._extend(lease, sent)
+                return
+            # Not ours any more: taken by another node, or Redis lost it (restarted empty).
+            if await link.call(self._redis.set(keys[0], self.node_id, nx=True, px=lease_ms)):
+                self._extend(lease, sent)  # nobody held it: keep streaming, tell the hubs
+                lease.announce = True
+                self._wake.set()
             else:
                 self._deactivate(lease, "another node holds the lease")
             return
