@@ -141,6 +141,7 @@ async def test_two_hubs_get_identical_updates_from_one_upstream_stream(
         assert "first AAA 1m" not in log_of(standby)
         health = deployment.hubs[0].get("/health")
         assert health["bus"]["state"] == "up"
+        assert health["bus"]["holders"] == {"counting": active.get("/health")["node"]}
         assert health["providers"]["counting"]["node"] == active.get("/health")["node"]
         assert "AAA 1m" in active.get("/health")["providers"]["counting"]["streams"]
     finally:

@@ -77,5 +77,6 @@ def test_a_key_is_one_demand_entry_whatever_its_clients() -> None:
     assert bus._removed == {"csv": {("AAA", "1m")}}
     handle.send(NoUpdate("AAA", "1m"))
     assert bus._forwards == [("csv", NoUpdate("AAA", "1m"))]
-    assert handle.health()["state"] == "waiting"
+    assert handle.health()["state"] == "unreachable"  # not started: no Redis yet
+    assert handle.health()["node"] is None
     assert bus.bus_health()["state"] == "down"

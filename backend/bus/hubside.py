@@ -105,10 +105,11 @@ class BusHandle:
         return await self.owner.history(self.source, symbol, interval, start, end, count, timeout)
 
     def health(self) -> dict[str, Any]:
+        # The hub's link to the provider: up whether or not a node holds it yet (``node``
+        # says which does: a hub may start before any node).
         up = self.owner.up
-        state = "waiting" if self.holder is None else "running" if up else "unreachable"
         return {
-            "state": state,
+            "state": "running" if up else "unreachable",
             "node": self.holder,
             "pid": self.pid,
             "restarts": 0,
