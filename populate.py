@@ -2,6 +2,8 @@
 
     python populate.py                  every provider in PROVIDERS
     python populate.py --provider KEY   only that one (it must be enabled)
+    python populate.py --from-bus       from the provider nodes over Redis (BUS_URL; a hub
+                                        needs no provider credentials; README "Scale-out")
 
 Owns the populate command: for each provider it imports the registered class, calls
 ``init()``, streams ``get_dataset()`` into :func:`backend.symbols.writer.replace_provider_rows`
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from backend import logs
+from backend.bus.datasets import fetch_dataset
 from backend.errors import ConfigError
 from backend.runtime.registry import load_provider_class
 from backend.settings import Settings, load_settings
@@ -33,6 +36,7 @@ from backend.symbols.writer import replace_provider_rows
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_SECONDS = 5.0
+BUS_TIMEOUT_SECONDS = 60.0  # --from-bus: until a node starts sending (and between chunks)
 
 ProgressCallback = Callable[[int], None]
 
@@ -60,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if not _database_folder(settings):
         return 1
     try:
-        outcomes = [_populate(settings, key) for key in keys]
+        if args.from_bus and not settings.BUS_URL:
+            raise ConfigError("--from-bus needs BUS_URL (redis://host:port/db)")
+        outcomes = [_populate(settings, key, args.from_bus) for key in keys]
+    except ConfigError as exc:
+        print(f"populate: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("populate: interrupted; that provider keeps its previous rows", file=sys.stderr)
         return 130
@@ -73,6 +82,11 @@ def _arguments() -> argparse.ArgumentParser:
         prog="populate.py", description="Fill the symbol database from the enabled providers."
     )
     parser.add_argument("--provider", metavar="KEY", help="populate only this enabled provider")
+    parser.add_argument(
+        "--from-bus",
+        action="store_true",
+        help="ask the provider nodes over the bus (BUS_URL) instead of running the providers",
+    )
     return parser
 
 
@@ -101,12 +115,17 @@ def _database_folder(settings: Settings) -> bool:
     return True
 
 
-def _populate(settings: Settings, key: str) -> Outcome:
+def _populate(settings: Settings, key: str, from_bus: bool = False) -> Outcome:
     """Store one provider's dataset; a failure is logged and returned, not raised."""
     started = time.monotonic()
     try:
         with _progress(key) as progress:
-            rows = _store(settings, key, progress)
+            if from_bus:
+                rows = replace_provider_rows(
+                    settings.DB, key, fetch_dataset(settings, key, BUS_TIMEOUT_SECONDS), progress
+                )
+            else:
+                rows = _store(settings, key, progress)
     except Exception as exc:  # a provider's own code may raise anything; the others go on
         logger.exception("%s: populate failed", key)
         return Outcome(key, 0, time.monotonic() - started, f"{type(exc).__name__}: {exc}")

@@ -1,9 +1,15 @@
 """Start Candlewire: the provider processes and the FastAPI WebSocket hub (uvicorn).
 
     python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
+                     [--role all|hub|providers] [--workers N]
 
 ``--port 0`` picks a free port; the URL actually listened on is printed either way.
-SIGINT/SIGTERM stop the hub and every provider process cleanly.
+SIGINT/SIGTERM stop the hub and every provider process cleanly. ``--role`` (README,
+"Scale-out"): ``all`` (default) is the hub with its providers; with ``BUS_URL`` set,
+``hub`` is a hub reaching provider nodes over Redis and ``providers`` a provider node
+(``/health`` and ``/metrics`` only). ``--workers N`` (``--role hub``) runs N hub processes
+on one port (``SO_REUSEPORT``): this process is worker 1 and forks the others
+(:func:`fork_workers`), which stop when it stops or dies.
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
 :class:`GcPauses`): rare young collections; a collection of the objects made since the
@@ -19,8 +25,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -55,10 +64,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000; 0 = any free)")
     parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM); uvicorn's")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--role",
+        choices=("all", "hub", "providers"),
+        default="all",
+        help="all (default): hub and providers; hub or providers need BUS_URL (Scale-out)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="hub processes sharing the port (--role hub)"
+    )
     return parser.parse_args(argv)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The hub's listening socket. It names its protocol (TCP): asyncio disables Nagle's
     algorithm (``TCP_NODELAY``) only on sockets whose ``proto`` is ``IPPROTO_TCP``, and an
     accepted socket inherits it. Without it every client socket kept Nagle on, and a frame
@@ -67,6 +85,8 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # hub workers share the port; the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -101,11 +121,11 @@ def uvicorn_config(
     )
 
 
-def make_entrance(settings: Settings) -> Entrance:
+def make_entrance(settings: Settings, role: str = "all") -> Entrance:
     from backend.app import create_app
     from backend.ws.entrance import Entrance
 
-    return Entrance(create_app(settings))
+    return Entrance(create_app(settings, role))
 
 
 def tune_gc() -> None:
@@ -205,10 +225,17 @@ class HubServer(uvicorn.Server):
     pauses as it shuts down (uvicorn then re-raises the signal that stopped it, so nothing
     after ``serve()`` runs)."""
 
-    def __init__(self, config: uvicorn.Config, collector: Collector, pauses: GcPauses) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        collector: Collector,
+        pauses: GcPauses,
+        workers: list[int] | None = None,
+    ) -> None:
         super().__init__(config)
         self.collector = collector
         self.pauses = pauses
+        self.workers = workers or []  # the other hub workers (--workers), stopped with us
         self._collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -224,6 +251,7 @@ class HubServer(uvicorn.Server):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collecting
         await super().shutdown(sockets)
+        await asyncio.to_thread(stop_workers, self.workers)
         logger.info("gc pauses: %s", self.pauses.summary())
 
 
@@ -232,18 +260,92 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("the garbage collector task failed", exc_info=task.exception())
 
 
+def fork_workers(count: int) -> tuple[int | None, list[int]]:
+    """Workers 2..N of ``--workers N``: forks of this process, made after the app's modules
+    were imported (so a worker starts in a moment) and before any thread or event loop.
+    Returns ``(parent, [])`` in a worker (``parent``: the pid to follow), ``(None, pids)``
+    in the first. Each worker binds the port again with ``SO_REUSEPORT``; they share the DB
+    file (SQLite in WAL mode)."""
+    import backend.app  # noqa: F401 - imported once, before the forks
+
+    parent, pids = os.getpid(), []
+    for _ in range(count - 1):
+        pid = os.fork()
+        if pid == 0:
+            return parent, []
+        pids.append(pid)
+    return None, pids
+
+
+def stop_workers(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM to each worker, SIGKILL to those still running after ``timeout``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    waiting = set(pids)
+    while waiting:
+        for pid in list(waiting):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            waiting.discard(pid)
+        if waiting and time.monotonic() > deadline:
+            for pid in waiting:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        elif waiting:
+            time.sleep(0.05)
+
+
+def follow_parent(parent: int) -> None:
+    """A worker stops (SIGTERM to itself) when the worker that started it is gone, even if
+    that one was killed with SIGKILL."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def serve_node(settings: Settings, sock: socket.socket) -> int:
+    """``--role providers``: the provider node's small app (``/health``, ``/metrics``)."""
+    from backend.app import create_node_app
+
+    config = uvicorn.Config(
+        create_node_app(settings),
+        loop="asyncio",
+        lifespan="on",
+        log_level=settings.LOG_LEVEL.lower(),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
+        from backend.app import check_role
+
+        check_role(settings, args.role)
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1 or (args.workers > 1 and args.role != "hub"):
+        print("candlewire: --workers N (N >= 1) is for --role hub", file=sys.stderr)
         return 2
     secrets = [*logs.secrets_of(settings), *settings.api_keys()]
     logs.configure(settings.LOG_LEVEL, secrets=secrets)
     try:
-        sock = bind(settings.HOST, settings.PORT)
+        sock = bind(settings.HOST, settings.PORT, reuse_port=args.role == "hub")
     except OSError as exc:
         print(
             f"candlewire: cannot listen on {settings.HOST}:{settings.PORT}: {exc}", file=sys.stderr
@@ -253,10 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if args.ssl_certfile else "http"
     print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
-    entrance = make_entrance(settings)
+    if args.role == "providers":
+        return serve_node(settings, sock)
+    parent, workers = fork_workers(args.workers) if args.workers > 1 else (None, [])
+    if parent is not None:  # a worker: its own socket on the same port
+        sock.close()
+        sock = bind(settings.HOST, port, reuse_port=True)
+        follow_parent(parent)
+    entrance = make_entrance(settings, args.role)
     pauses = GcPauses(settings.LOOP_STALL_LOG_MS / 1000)
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
-    server = HubServer(uvicorn_config(settings, entrance, **tls), Collector(entrance), pauses)
+    config = uvicorn_config(settings, entrance, **tls)
+    server = HubServer(config, Collector(entrance), pauses, workers)
     tune_gc()
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with

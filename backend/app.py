@@ -10,6 +10,12 @@ CORS policy (so a refusal still carries CORS headers), the hub's hooks charge up
 history calls to their caller and check what a caller may read. FastAPI's validation
 errors get the documented shape (400 ``{"error", "message"}``); ``API_DOCS=false`` turns
 off ``/docs``, ``/redoc`` and ``/openapi.json``.
+
+Roles (``server.py --role``, README "Scale-out"): ``all`` without ``BUS_URL`` is one process
+tree (the hub supervises the provider processes); with ``BUS_URL`` the hub reaches its
+providers over Redis (``backend.bus.hubside``) and, for ``all``, a provider node
+(``backend.bus.node``) runs beside it. ``hub`` is the hub alone; ``providers`` is
+:func:`create_node_app`: a provider node serving ``/health`` and ``/metrics`` only.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import WebSocketRoute
 
@@ -32,10 +39,14 @@ from backend.api.cors import add_cors
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
 from backend.api.udf import router as udf_router
+from backend.bus.hubside import factory as bus_providers
+from backend.bus.node import ProviderNode
+from backend.errors import ConfigError
 from backend.history.store import BarStore
 from backend.hub.hub import Hub
 from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
+from backend.runtime.supervisor import Supervisor
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
 from backend.ws.endpoint import serve_connection
@@ -55,16 +66,36 @@ FRONTEND = ROOT / "frontend"
 CHARTS_DIST = ROOT / "node_modules" / "lightweight-charts" / "dist"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app; nothing starts until the lifespan runs."""
+ROLES = ("all", "hub", "providers")
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """``ConfigError`` for a role that cannot run with these settings."""
+    if role not in ROLES:
+        raise ConfigError(f"--role {role!r}: must be one of {', '.join(ROLES)}")
+    if role != "all" and not settings.BUS_URL:
+        raise ConfigError(f"--role {role} needs BUS_URL (redis://host:port/db)")
+    runs_providers = role == "providers" or (role == "all" and bool(settings.BUS_URL))
+    no_key = not settings.POLYGON_API_KEY.get_secret_value()
+    if runs_providers and "polygon" in settings.PROVIDERS and no_key:
+        raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
+
+
+def create_app(settings: Settings, role: str = "all") -> FastAPI:
+    """Build the hub's app (``role`` ``all`` or ``hub``); nothing starts until the lifespan
+    runs."""
+    check_role(settings, role)
+    bus = bool(settings.BUS_URL)  # the hub reaches its providers over Redis
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        node = await _start_node(settings) if bus and role == "all" else None
         symbols = await SymbolIndex.open(settings.DB)
         store = await BarStore.open(settings.DB)
         indicators = build_indicators(settings.EXTRA_INDICATORS)
         logger.info("%d indicators", len(indicators))
-        hub = Hub(settings, symbols, Metrics(), store, indicators)
+        providers = bus_providers if bus else Supervisor
+        hub = Hub(settings, symbols, Metrics(), store, indicators, providers=providers)
         hub.admit_fetch = access.fair.admit_fetch
         hub.may_read = may_read
         hub.admit_frame = access.fair.frame_wait
@@ -85,6 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
             await hub.stop()
             await store.close()
             await symbols.close()
+            if node is not None:
+                await node.stop()
             logger.info("hub stopped")
 
     access = Access(settings)
@@ -122,6 +155,52 @@ def create_app(settings: Settings) -> FastAPI:
         )
     if (FRONTEND / "index.html").exists():
         app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+    return app
+
+
+async def _start_node(settings: Settings) -> ProviderNode:
+    """The provider node of ``--role all`` with ``BUS_URL``: it runs beside the hub."""
+    node = ProviderNode(settings)
+    await node.start()
+    return node
+
+
+def create_node_app(settings: Settings) -> FastAPI:
+    """A provider node (``--role providers``): its lifespan runs :class:`ProviderNode`; it
+    serves ``/health`` (leases, streamed keys, processes) and ``/metrics`` only."""
+    check_role(settings, "providers")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        node = ProviderNode(settings)
+        app.state.node = node
+        await node.start()
+        logger.info("provider node started with providers: %s", ", ".join(settings.PROVIDERS))
+        try:
+            yield
+        finally:
+            await node.stop()
+            logger.info("provider node stopped")
+
+    app = FastAPI(
+        title="Candlewire provider node",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health(request: Request) -> dict[str, Any]:
+        node: ProviderNode = request.app.state.node
+        return {"version": __version__, **node.health()}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> PlainTextResponse:
+        node: ProviderNode = request.app.state.node
+        return PlainTextResponse(node.metrics(), media_type="text/plain; version=0.0.4")
+
     return app
 
 

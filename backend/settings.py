@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     HTTP_KEEP_ALIVE_SECONDS: int = Field(5, ge=1)
     HTTP_LIMIT_CONCURRENCY: int = Field(0, ge=0)  # 0: MAX_CLIENTS + 2,000
 
+    # Scale-out over Redis (README, "Scale-out"; backend/bus): empty is one process tree.
+    BUS_URL: str = ""
+    BUS_PREFIX: str = Field("cw", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    BUS_LEASE_SECONDS: float = Field(5.0, ge=0.5, le=300)
+
     @field_validator("AUTH", mode="before")
     @classmethod
     def _auth(cls, value: Any) -> Any:
@@ -296,6 +301,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
         return level
 
+    @field_validator("BUS_URL")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} must be a redis://host:port/db URL (or empty)")
+        return value
+
     @field_validator("ALERT_WEBHOOK_URL", "LLM_BASE_URL")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -305,6 +318,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _provider_requirements(self) -> Settings:
+        # A hub on the bus (--role hub) holds no provider credentials; the provider nodes
+        # check theirs at start (backend.app.check_role).
+        if self.BUS_URL:
+            return self
         if "polygon" in self.PROVIDERS and not self.POLYGON_API_KEY.get_secret_value():
             raise ValueError("POLYGON_API_KEY is required when the polygon provider is enabled")
         return self

@@ -102,10 +102,13 @@ def same_key(name: str, interval: str) -> Callable[[dict[str, Any]], bool]:
 class ServerProcess:
     """The real server in a child process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int = 0) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, port: int = 0, args: tuple[str, ...] = ()
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.port = port  # 0: any free port; a fixed port lets a restarted server keep its URL
+        self.args = args  # more command-line arguments (``--role hub``, ``--workers 2``)
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
 
@@ -114,7 +117,15 @@ class ServerProcess:
         self._log = log
         self.url = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "server.py",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,

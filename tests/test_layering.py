@@ -51,6 +51,9 @@ ALLOWED: dict[str, set[str]] = {
     "ws": {"model", "runtime", "wire", "hub", "settings", "access"},
     "api": {"model", "runtime", "wire", "history", "symbols", "hub", "ws", "settings", "access"},
     "data_providers": {"model", "runtime"},
+    # The Redis bus (DESIGN 6): runs the supervisor on provider nodes, speaks the runtime's
+    # messages over Redis, reads the settings; the hub never imports it (app chooses it).
+    "bus": {"model", "runtime", "settings"},
     # Compatibility re-exports of moved public names.
     "provider": {"runtime"},
 }

@@ -8,7 +8,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from backend.model.bars import Bar
 from backend.runtime.messages import Command, WireEvent
@@ -46,6 +46,14 @@ class ProviderSet(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsBus(Protocol):
+    """A provider set reached over the Redis bus (``backend.bus``): its state for
+    ``/health`` (``state`` is ``up`` or ``down``, ``reason`` says why it is down)."""
+
+    def bus_health(self) -> dict[str, Any]: ...
 
 
 EventSink = Callable[[str, list[WireEvent]], None]

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from backend.hub.alerting import Alerting
 from backend.hub.chatting import Chatting
 from backend.hub.clients import Client, Replies
 from backend.hub.fanout import Fanout
-from backend.hub.handles import ProviderSet, ProviderSetFactory
+from backend.hub.handles import ProviderSet, ProviderSetFactory, ReportsBus
 from backend.hub.indicating import Indicating
 from backend.hub.listeners import BarListener, Listeners
 from backend.hub.metrics import Metrics
@@ -367,7 +368,7 @@ class Hub:
     def health(self) -> dict[str, Any]:
         from backend import __version__
 
-        return {
+        health: dict[str, Any] = {
             "status": "ok",
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -376,6 +377,14 @@ class Hub:
             "cached_series": len(self.cache),
             "providers": {key: p.health() for key, p in self.supervisor.providers.items()},
         }
+        if isinstance(self.supervisor, ReportsBus):
+            bus = self.supervisor.bus_health()
+            health["pid"] = os.getpid()
+            health["bus"] = bus
+            if bus.get("state") != "up":
+                health["status"] = "degraded"
+                health["reason"] = f"bus: {bus.get('reason') or 'down'}"
+        return health
 
     def _register_gauges(self) -> None:
         m = self.metrics

@@ -1,0 +1,135 @@
+"""The Redis side of the bus: clients, the Lua scripts, and the reconnect backoff.
+
+The scripts read Redis's own clock (``TIME``), so hubs and nodes on machines whose clocks
+disagree still agree on when a demand entry expires. A command that fails raises
+``BusDown`` (a ``redis`` connection or timeout error, wrapped): callers degrade, back off
+and try again; nothing loops hot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from backend.errors import CandlewireError
+
+CONNECT_TIMEOUT = 2.0
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 5.0
+
+
+class BusDown(CandlewireError):
+    """Redis did not answer (down, restarting, unreachable, or too slow)."""
+
+
+# KEYS[1] demand set; ARGV[1] lease (ms); ARGV[2..] members: renew (or add) them.
+RENEW_DEMAND = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expiry, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 4)
+return #ARGV - 1
+"""
+
+# KEYS[1] demand set: {live members, members that expired now (removed)}.
+READ_DEMAND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+return {redis.call('ZRANGE', KEYS[1], 0, -1), expired}
+"""
+
+# KEYS[1] lease, KEYS[2] announcement; ARGV[1] node, ARGV[2] lease (ms): 1 if still ours.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease, KEYS[2] announcement; ARGV[1] node: give it up if it is ours.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
+
+def new_id(role: str) -> str:
+    """A node or hub id: readable in ``/health`` and unique across restarts."""
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def client(url: str, timeout: float | None) -> aioredis.Redis:
+    """A client that fails fast (``timeout`` per command, no retries of its own): the
+    callers own the backoff."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
+class Scripts:
+    """The Lua scripts, registered on one client."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.renew_demand = redis.register_script(RENEW_DEMAND)
+        self.read_demand = redis.register_script(READ_DEMAND)
+        self.renew_lease = redis.register_script(RENEW_LEASE)
+        self.release_lease = redis.register_script(RELEASE_LEASE)
+
+
+async def call(awaitable: Any) -> Any:
+    """Await a Redis command; ``BusDown`` for any Redis or socket failure."""
+    try:
+        return await awaitable
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise BusDown(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+async def execute(pipe: Pipeline) -> list[Any]:
+    """Run a pipeline (``BusDown`` on failure) and release its connection either way."""
+    try:
+        result: list[Any] = await call(pipe.execute())
+        return result
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pipe.reset()  # type: ignore[no-untyped-call]
+
+
+def as_str(values: Sequence[Any]) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+class Backoff:
+    """Delays that double from ``BACKOFF_INITIAL`` to ``BACKOFF_MAX``; ``reset`` on success."""
+
+    def __init__(self, initial: float = BACKOFF_INITIAL, maximum: float = BACKOFF_MAX) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.delay = initial
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.initial

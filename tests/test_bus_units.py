@@ -1,0 +1,82 @@
+"""The bus's pure parts (no Redis, no processes): role checks, names, decoding of foreign
+bytes, and the hub handle turning per-client commands into one demand entry per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.app import check_role
+from backend.bus import codec
+from backend.bus.hubside import BusProviderSet
+from backend.bus.names import demand_member, parse_member
+from backend.errors import ConfigError
+from backend.runtime.messages import NoUpdate, StartStreaming, StopStreaming
+from backend.settings import load_settings
+
+BUS = "redis://127.0.0.1:6379/0"
+
+
+def test_roles_other_than_all_need_bus_url() -> None:
+    settings = load_settings(PROVIDERS="csv")
+    check_role(settings, "all")
+    for role in ("hub", "providers"):
+        with pytest.raises(ConfigError, match="BUS_URL"):
+            check_role(settings, role)
+    with pytest.raises(ConfigError, match="--role"):
+        check_role(settings, "everything")
+
+
+def test_a_hub_needs_no_provider_credentials_but_a_node_does() -> None:
+    settings = load_settings(PROVIDERS="polygon", BUS_URL=BUS, POLYGON_API_KEY="")
+    check_role(settings, "hub")
+    for role in ("providers", "all"):
+        with pytest.raises(ConfigError, match="POLYGON_API_KEY"):
+            check_role(settings, role)
+    with pytest.raises(ConfigError, match="POLYGON_API_KEY"):
+        load_settings(PROVIDERS="polygon", POLYGON_API_KEY="")
+
+
+@pytest.mark.parametrize("url", ["http://x", "localhost:6379", "redis:/x"])
+def test_a_bus_url_must_be_a_redis_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="BUS_URL"):
+        load_settings(BUS_URL=url)
+
+
+def test_bad_prefix_and_lease_are_refused() -> None:
+    with pytest.raises(ConfigError, match="BUS_PREFIX"):
+        load_settings(BUS_PREFIX="has space")
+    with pytest.raises(ConfigError, match="BUS_LEASE_SECONDS"):
+        load_settings(BUS_LEASE_SECONDS="0.1")
+
+
+def test_demand_members_round_trip_and_garbage_is_none() -> None:
+    assert parse_member(demand_member("hub-1", "AAA", "1m").encode()) == ("hub-1", "AAA", "1m")
+    for garbage in (b"", b"no separators", "a\x1fb", b"\x1f\x1f", b"\xff\xfe\x1fx\x1fy\x1fz"):
+        assert parse_member(garbage) is None
+
+
+def test_foreign_bytes_decode_to_none() -> None:
+    assert codec.decode(b"\x80\x05not a pickle", "test") is None
+    assert codec.decode("text", "test") is None
+    assert codec.decode(codec.encode(codec.DatasetEnd(3)), "test") == codec.DatasetEnd(3)
+
+
+def test_a_key_is_one_demand_entry_whatever_its_clients() -> None:
+    settings = load_settings(PROVIDERS="csv", BUS_URL=BUS)
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    handle = bus.providers["csv"]
+    handle.send(StartStreaming(1, "AAA", "1m"))
+    handle.send(StartStreaming(2, "AAA", "1m"))
+    assert bus._added == {"csv": {("AAA", "1m")}}
+    handle.send(StopStreaming(1, "AAA", "1m"))
+    assert bus._removed == {}
+    handle.send(StopStreaming(2, "AAA", "1m"))
+    assert bus._removed == {"csv": {("AAA", "1m")}}
+    assert bus._added == {"csv": set()}
+    handle.send(StopStreaming(3, "BBB", "1m"))  # never started: nothing to withdraw
+    assert bus._removed == {"csv": {("AAA", "1m")}}
+    handle.send(NoUpdate("AAA", "1m"))
+    assert bus._forwards == [("csv", NoUpdate("AAA", "1m"))]
+    assert handle.health()["state"] == "unreachable"  # not started: no Redis yet
+    assert handle.health()["node"] is None
+    assert bus.bus_health()["state"] == "down"
