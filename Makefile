@@ -39,8 +39,12 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install chromium (e.g. sudo apt-get install chromium) for the browser tests"; fi; }
 
+# Two test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
+# most tests wait on real servers and sockets, so two workers halve the wall time on 2 cores.
+TEST_WORKERS ?= 2
+
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The subscription model with many more random interleavings than `make test` runs.
 fuzz: setup
