@@ -289,7 +289,8 @@ async def test_a_429_stops_every_rest_request_until_retry_after_and_the_data_sti
     await client.send(data("ETHUSDT", "4h", count=50, stream=False))
     init = await client.wait_for("data_init", key_of("ETHUSDT", "4h"), timeout=HISTORY_TIMEOUT)
     assert init["data"] == points(fake.klines("ETHUSDT", "4h", limit=50), "ETHUSDT", "4h")
-    await asyncio.sleep(0.3)
+    # The watcher has seen the limit and the provider is back to ok (polled, not slept).
+    assert await eventually(lambda: "rate_limited" in seen and status(server) == "ok")
     stop.set()
     await watcher
     requests = fake.requests[before:]
