@@ -312,12 +312,17 @@ def follow_parent(parent: int) -> None:
 
 
 def serve_node(settings: Settings, sock: socket.socket) -> int:
-    """``--role providers``: the provider node's small app (``/health``, ``/metrics``)."""
+    """``--role providers``: the provider node's small app (``/health``, ``/metrics``), behind
+    the same access rules and front door as the hub."""
     from backend.app import create_node_app
 
     config = uvicorn.Config(
         create_node_app(settings),
         loop="asyncio",
+        # The hub's front door (README, "Security"): heads in time and below a size.
+        http=guarded_http(settings.HTTP_HEADER_TIMEOUT, settings.HTTP_MAX_HEADER_BYTES),
+        h11_max_incomplete_event_size=settings.HTTP_MAX_HEADER_BYTES,
+        timeout_keep_alive=settings.HTTP_KEEP_ALIVE_SECONDS,
         lifespan="on",
         log_level=settings.LOG_LEVEL.lower(),
         log_config=None,

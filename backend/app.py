@@ -15,7 +15,8 @@ Roles (``server.py --role``, README "Scale-out"): ``all`` without ``BUS_URL`` is
 tree (the hub supervises the provider processes); with ``BUS_URL`` the hub reaches its
 providers over Redis (``backend.bus.hubside``) and, for ``all``, a provider node
 (``backend.bus.node``) runs beside it. ``hub`` is the hub alone; ``providers`` is
-:func:`create_node_app`: a provider node serving ``/health`` and ``/metrics`` only.
+:func:`create_node_app`: a provider node serving ``/health`` and ``/metrics`` only, behind the
+same access rules as the hub's (``AUTH``, ``METRICS_PUBLIC``, the request rate).
 """
 
 from __future__ import annotations
@@ -190,11 +191,16 @@ def create_node_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    # The hub's rules (README "Security"): /health is a public liveness answer whose
+    # details need a key, /metrics needs one unless METRICS_PUBLIC, requests are rate-limited.
+    app.add_middleware(AccessMiddleware, access=Access(settings))
+    _warn_if_open(settings)
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health(request: Request) -> dict[str, Any]:
         node: ProviderNode = request.app.state.node
-        return {"version": __version__, **node.health()}
+        detail = {"version": __version__, **node.health()}
+        return detail if _authenticated(request) else _liveness(detail)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
@@ -202,6 +208,17 @@ def create_node_app(settings: Settings) -> FastAPI:
         return PlainTextResponse(node.metrics(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _authenticated(request: Request) -> bool:
+    """Whether the caller showed a valid key (anyone does with ``AUTH=none``)."""
+    identity = getattr(request.state, "identity", None)
+    return identity is not None and bool(identity.authenticated)
+
+
+def _liveness(detail: dict[str, Any]) -> dict[str, Any]:
+    """What ``/health`` tells a caller without a key: no pids, hosts or node ids."""
+    return {"status": detail.get("status"), "version": detail.get("version")}
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
