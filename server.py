@@ -121,11 +121,16 @@ def uvicorn_config(
     )
 
 
-def make_entrance(settings: Settings, role: str = "all") -> Entrance:
+def make_entrance(
+    settings: Settings, role: str = "all", worker: int = 1, workers: int = 1
+) -> Entrance:
+    """The hub's ASGI app; ``worker`` of ``workers``: which hub process of ``--workers`` this
+    is (each evaluates its share of the stored alerts)."""
     from backend.app import create_app
+    from backend.hub.alerting import Worker
     from backend.ws.entrance import Entrance
 
-    return Entrance(create_app(settings, role))
+    return Entrance(create_app(settings, role, Worker(worker, workers)))
 
 
 def tune_gc() -> None:
@@ -260,21 +265,21 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("the garbage collector task failed", exc_info=task.exception())
 
 
-def fork_workers(count: int) -> tuple[int | None, list[int]]:
+def fork_workers(count: int) -> tuple[int | None, list[int], int]:
     """Workers 2..N of ``--workers N``: forks of this process, made after the app's modules
     were imported (so a worker starts in a moment) and before any thread or event loop.
-    Returns ``(parent, [])`` in a worker (``parent``: the pid to follow), ``(None, pids)``
-    in the first. Each worker binds the port again with ``SO_REUSEPORT``; they share the DB
-    file (SQLite in WAL mode)."""
+    Returns ``(parent, [], index)`` in a worker (``parent``: the pid to follow; ``index``:
+    2..N), ``(None, pids, 1)`` in the first. Each worker binds the port again with
+    ``SO_REUSEPORT``; they share the DB file (SQLite in WAL mode)."""
     import backend.app  # noqa: F401 - imported once, before the forks
 
     parent, pids = os.getpid(), []
-    for _ in range(count - 1):
+    for index in range(2, count + 1):
         pid = os.fork()
         if pid == 0:
-            return parent, []
+            return parent, [], index
         pids.append(pid)
-    return None, pids
+    return None, pids, 1
 
 
 def stop_workers(pids: list[int], timeout: float = 10.0) -> None:
@@ -362,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
     if args.role == "providers":
         return serve_node(settings, sock)
-    parent, workers = fork_workers(args.workers) if args.workers > 1 else (None, [])
+    parent, workers, index = fork_workers(args.workers) if args.workers > 1 else (None, [], 1)
     if parent is not None:  # a worker: its own socket on the same port
         sock.close()
         sock = bind(settings.HOST, port, reuse_port=True)
         follow_parent(parent)
-    entrance = make_entrance(settings, args.role)
+    entrance = make_entrance(settings, args.role, index, args.workers)
     pauses = GcPauses(settings.LOOP_STALL_LOG_MS / 1000)
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
     config = uvicorn_config(settings, entrance, **tls)

@@ -44,6 +44,7 @@ from backend.bus.hubside import factory as bus_providers
 from backend.bus.node import ProviderNode
 from backend.errors import ConfigError
 from backend.history.store import BarStore
+from backend.hub.alerting import Worker
 from backend.hub.hub import Hub
 from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
@@ -82,8 +83,9 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
 
 
-def create_app(settings: Settings, role: str = "all") -> FastAPI:
-    """Build the hub's app (``role`` ``all`` or ``hub``); nothing starts until the lifespan
+def create_app(settings: Settings, role: str = "all", worker: Worker | None = None) -> FastAPI:
+    """Build the hub's app (``role`` ``all`` or ``hub``; ``worker``: which of the hub
+    workers of ``--workers N`` this is, for the alerts); nothing starts until the lifespan
     runs."""
     check_role(settings, role)
     bus = bool(settings.BUS_URL)  # the hub reaches its providers over Redis
@@ -109,7 +111,7 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
         )
         app.state.hub = hub
         await hub.start()
-        await hub.alerting.open(settings.DB)
+        await hub.alerting.open(settings.DB, worker)
         logger.info("hub started with providers: %s", ", ".join(settings.PROVIDERS))
         try:
             yield

@@ -226,3 +226,43 @@ class CountingProvider(Provider):
 
     def shutdown(self) -> None:
         self.stop.set()
+
+
+class SteeredProvider(CountingProvider):
+    """A counting provider whose bars, history and live, are flat at the price written in
+    the file ``CANDLEWIRE_TEST_PRICE`` (the test turns alert rules true and false with it;
+    write it atomically). An unreadable file keeps the last price."""
+
+    def init(self) -> None:
+        self.price_path = os.environ.get("CANDLEWIRE_TEST_PRICE", "")
+        self.last_price = 1.0
+        super().init()
+
+    def price(self) -> float:
+        try:
+            with open(self.price_path, encoding="utf-8") as source:
+                self.last_price = float(source.read())
+        except (OSError, ValueError):
+            pass
+        return self.last_price
+
+    def flat(self, k: list[float]) -> list[float]:
+        p = self.price()
+        return [k[0], p, p, p, p, k[5]]
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
+        return [self.flat(k) for k in bars]
+
+    def stream(self) -> None:
+        while not self.stop.wait(self.period):
+            now = int(time.time())
+            with self.lock:
+                keys = list(self.streams)
+            for symbol, interval in keys:
+                step = STEP[interval]
+                self.publish(
+                    symbol, interval, tuple(self.flat(bar(now - now % step, interval, now)))
+                )

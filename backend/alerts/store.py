@@ -4,6 +4,11 @@ A small synchronous store (one connection, a lock); the hub calls it through
 ``asyncio.to_thread`` so no query runs on the event loop. ``alert_quota`` counts the alerts
 each client address created per UTC day (``MAX_ALERTS_PER_DAY``); deleting an alert does
 not give its slot back.
+
+Hub workers (``--workers N``) share the file, each with its own connection: the quota is
+counted in one transaction, listing and deletion read and write the table, and
+``alert_deleted`` holds, for a few seconds, the ids one worker deleted while another
+evaluates them (that worker drops them at its next sweep).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_endpoint ON alerts(endpoint);
 CREATE INDEX IF NOT EXISTS alerts_owner ON alerts(owner);
+CREATE TABLE IF NOT EXISTS alert_deleted (
+    id INTEGER PRIMARY KEY,
+    deleted_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_quota (
     peer TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -94,11 +103,24 @@ class AlertStore:
             row = self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
         return None if row is None else _row(row)
 
-    def active(self, now: float) -> list[Row]:
-        """Every alert that has not expired, oldest first."""
+    def active(self, now: float, share: tuple[int, int] = (0, 1)) -> list[Row]:
+        """Every alert that has not expired, oldest first; ``share`` ``(k, n)``: only those
+        whose ``id % n == k`` (the share of hub worker ``k + 1`` of ``n``)."""
+        remainder, modulus = share
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM alerts WHERE expires_at > ? ORDER BY id", (now,)
+                "SELECT * FROM alerts WHERE expires_at > ? AND id % ? = ? ORDER BY id",
+                (now, modulus, remainder),
+            ).fetchall()
+        return [_row(row) for row in rows]
+
+    def of(self, endpoint: str | None, owner: str | None, now: float, limit: int) -> list[Row]:
+        """The unexpired alerts of a push endpoint or an owner key, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM alerts WHERE (endpoint = ? OR owner = ?) AND expires_at > ? "
+                "ORDER BY id LIMIT ?",
+                (endpoint, owner, now, limit),
             ).fetchall()
         return [_row(row) for row in rows]
 
@@ -120,6 +142,38 @@ class AlertStore:
     def delete(self, alert_ids: list[int]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in alert_ids])
+
+    def delete_of(
+        self, alert_id: int, endpoint: str | None, owner: str | None, tombstone: bool
+    ) -> bool:
+        """Delete ``alert_id`` if it belongs to that endpoint or owner; ``tombstone``: note
+        it in ``alert_deleted`` for the worker that evaluates it. False: no such alert."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = self._db.execute(
+                "DELETE FROM alerts WHERE id = ? AND (endpoint = ? OR owner = ?)",
+                (alert_id, endpoint, owner),
+            ).rowcount
+            if deleted and tombstone:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO alert_deleted(id, deleted_at) VALUES (?, ?)",
+                    (alert_id, time.time()),
+                )
+        return deleted > 0
+
+    def tombstones(self) -> list[int]:
+        """The ids in ``alert_deleted`` (usually none)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT id FROM alert_deleted")]
+
+    def forget_tombstones(self, alert_ids: list[int], older_than: float) -> None:
+        """Remove these ids from ``alert_deleted``, and every entry older than ``older_than``
+        (a worker that would have taken it is gone)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            ids = [(alert_id,) for alert_id in alert_ids]
+            self._db.executemany("DELETE FROM alert_deleted WHERE id = ?", ids)
+            self._db.execute("DELETE FROM alert_deleted WHERE deleted_at < ?", (older_than,))
 
 
 def _row(row: sqlite3.Row) -> Row:

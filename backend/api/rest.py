@@ -157,7 +157,7 @@ async def alerts(request: Request) -> dict[str, Any] | Response:
     """The live alerts of a push ``endpoint`` or an ``owner`` key (the ``alerts`` extension)."""
     params = request.query_params
     try:
-        found = _hub(request).alerting.listed(params.get("endpoint"), params.get("owner"))
+        found = await _hub(request).alerting.listed(params.get("endpoint"), params.get("owner"))
     except ProtocolError as exc:
         return _error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
     return {"alerts": found}

@@ -8,6 +8,13 @@ sends a ``notification`` to the creating socket while it is connected and starts
 Push and webhook deliveries as owned tasks, so no delivery ever delays streaming. Armed
 state changes are written to SQLite by one writer task, in order.
 
+Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
+one worker (:class:`Worker`): the one that created it, until the next start, when worker
+``k`` resumes the stored alerts with ``id % N == k - 1``. With N > 1, ``alerts`` and
+``/api/alerts`` read the store, and a deletion answered by one worker is done in the store
+and noted for the worker evaluating the alert, which drops it at its next sweep (within
+``SWEEP_SECONDS``). The daily quota is counted in the store, so it holds across workers.
+
 Owns the live alerts, their subscriptions and delivery tasks. Not: parsing
 (``backend.alerts.model``), semantics (``backend.alerts.evaluate``), storage, delivery.
 """
@@ -18,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +62,24 @@ SWEEP_SECONDS = 1.0
 DELIVERIES_AT_ONCE = 32
 COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
 MAX_LISTED = 1_000
+TOMBSTONE_SECONDS = 60.0  # a deletion note nobody took by then is dropped (its worker is gone)
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """Which hub worker this process is: ``index`` (1..``count``) of ``count``."""
+
+    index: int = 1
+    count: int = 1
+
+    def resumes(self, alert_id: int) -> bool:
+        """Whether this worker evaluates the stored alert ``alert_id`` after a start."""
+        return alert_id % self.count == self.index - 1
+
+    @property
+    def share(self) -> tuple[int, int]:
+        """``(remainder, modulus)`` of the ids this worker resumes (``AlertStore.active``)."""
+        return self.index - 1, self.count
 
 
 class _Listener:
@@ -75,6 +101,7 @@ class Alerting:
         self.store: AlertStore | None = None
         self.keys: VapidKeys | None = None
         self.delivery: Delivery | None = None
+        self.worker = Worker()
         self._listener = _Listener(self)
         self._tasks: tasks.Tasks = set()
         self._dirty: dict[int, tuple[bool, int]] = {}
@@ -85,15 +112,17 @@ class Alerting:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self, db: Path) -> None:
-        """Load (or create) the VAPID keys and the store; resume every unexpired alert."""
+    async def open(self, db: Path, worker: Worker | None = None) -> None:
+        """Load (or create) the VAPID keys and the store; resume every unexpired alert (of
+        this ``worker``'s share)."""
         settings = self.hub.settings
+        self.worker = worker or Worker()
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
         self.delivery = Delivery(
             self.keys, settings.ALERT_CONTACT, backoff=settings.ALERT_RETRY_SECONDS
         )
-        rows = await asyncio.to_thread(self.store.active, time.time())
+        rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
             alert = self._from_row(row)
             if alert is not None:
@@ -102,7 +131,13 @@ class Alerting:
             tasks.start_owned(self._tasks, job, f"alerts {name}", self._failed)
         for key in list(self.by_key):
             self._start(self._seed(key), f"alerts seed {key}")
-        logger.info("alerts: %d resumed on %d series", len(self.alerts), len(self.by_key))
+        logger.info(
+            "alerts: %d resumed on %d series (worker %d of %d)",
+            len(self.alerts),
+            len(self.by_key),
+            self.worker.index,
+            self.worker.count,
+        )
 
     async def close(self) -> None:
         await tasks.cancel_owned(self._tasks)
@@ -126,30 +161,48 @@ class Alerting:
         elif kind == "alert":
             await client.replies.submit(LANE, lambda: self._create(client, raw))
         elif kind == "alerts":
-            self._answer(client, raw, lambda: self._list(raw))
+            await client.replies.submit(LANE, lambda: self._list_request(client, raw))
         elif kind == "alert_delete":
             await client.replies.submit(LANE, lambda: self._delete_request(client, raw))
 
-    def listed(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
-        """The live alerts of a push endpoint or an owner key (``alerts``, ``/api/alerts``)."""
+    async def listed(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
+        """The live alerts of a push endpoint or an owner key (``alerts``, ``/api/alerts``):
+        this worker's own, or with several workers the store's."""
         if not endpoint and not owner:
             raise ProtocolError("missing_field", "name an 'endpoint' or an 'owner'")
-        found = [a for a in self.alerts.values() if _belongs(a, endpoint, owner)]
-        return [alert.public() for alert in found[:MAX_LISTED]]
+        if self.worker.count == 1 or self.store is None:
+            found = [a for a in self.alerts.values() if _belongs(a, endpoint, owner)]
+            return [alert.public() for alert in found[:MAX_LISTED]]
+        rows = await asyncio.to_thread(self.store.of, endpoint, owner, time.time(), MAX_LISTED)
+        listed = []
+        for row in rows:  # the state of an alert evaluated here is fresher in memory
+            alert = self.alerts.get(row["id"]) or self._from_row(row)
+            if alert is not None:
+                listed.append(alert.public())
+        return listed
 
     async def delete(self, alert_id: object, endpoint: str | None, owner: str | None) -> None:
-        """Remove the alert ``alert_id`` of that endpoint or owner (else ``not_found``)."""
-        alert = self.alerts.get(alert_id) if isinstance(alert_id, int) else None
-        if alert is None or not (endpoint or owner) or not _belongs(alert, endpoint, owner):
-            raise ProtocolError("not_found", f"no alert {str(alert_id)[:40]} of yours")
-        self._remove(alert)
-        if self.store is not None:
-            await asyncio.to_thread(self.store.delete, [alert.id])
-        logger.info("alert %d deleted", alert.id)
+        """Remove the alert ``alert_id`` of that endpoint or owner (else ``not_found``),
+        wherever it is evaluated."""
+        missing = ProtocolError("not_found", f"no alert {str(alert_id)[:40]} of yours")
+        if not isinstance(alert_id, int) or not (endpoint or owner) or self.store is None:
+            raise missing
+        alert = self.alerts.get(alert_id)
+        elsewhere = alert is None and self.worker.count > 1  # another worker evaluates it
+        store = self.store
+        if not await asyncio.to_thread(store.delete_of, alert_id, endpoint, owner, elsewhere):
+            raise missing
+        if alert is not None:
+            self._remove(alert)
+        logger.info("alert %d deleted", alert_id)
 
-    def _list(self, raw: dict[str, Any]) -> dict[str, Any]:
-        alerts = self.listed(_text(raw.get("endpoint")), _text(raw.get("owner")))
-        return {"type": "alerts", "alerts": alerts}
+    async def _list_request(self, client: Client, raw: dict[str, Any]) -> None:
+        try:
+            alerts = await self.listed(_text(raw.get("endpoint")), _text(raw.get("owner")))
+        except ProtocolError as exc:
+            self._refuse(client, raw, exc)
+            return
+        self.hub.send(client, protocol.encode({"type": "alerts", "alerts": alerts}))
 
     async def _delete_request(self, client: Client, raw: dict[str, Any]) -> None:
         try:
@@ -158,14 +211,6 @@ class Alerting:
             self._refuse(client, raw, exc)
             return
         self.hub.send(client, protocol.encode({"type": "alert_deleted", "id": raw.get("id")}))
-
-    def _answer(self, client: Client, raw: dict[str, Any], make: Any) -> None:
-        try:
-            message = make()
-        except ProtocolError as exc:
-            self._refuse(client, raw, exc)
-            return
-        self.hub.send(client, protocol.encode(message))
 
     async def _create(self, client: Client, raw: dict[str, Any]) -> None:
         assert self.store is not None
@@ -365,9 +410,12 @@ class Alerting:
                 self.store.save_state(alert_id, armed, fired)
 
     async def _sweeper(self) -> None:
-        """Remove expired alerts (with the "Alert expired" push) once a second."""
+        """Remove expired alerts (with the "Alert expired" push) once a second; with several
+        workers, first those another worker deleted."""
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
+            if self.worker.count > 1:
+                await self._drop_deleted_elsewhere()
             now = time.time()
             expired = [a for a in self.alerts.values() if a.expires_at <= now]
             for alert in expired:
@@ -376,6 +424,18 @@ class Alerting:
                 logger.info("alert %d expired", alert.id)
             if expired and self.store is not None:
                 await asyncio.to_thread(self.store.delete, [a.id for a in expired])
+
+    async def _drop_deleted_elsewhere(self) -> None:
+        if self.store is None:
+            return
+        deleted = await asyncio.to_thread(self.store.tombstones)
+        mine = [alert_id for alert_id in deleted if alert_id in self.alerts]
+        for alert_id in mine:
+            self._remove(self.alerts[alert_id])
+            logger.info("alert %d deleted (through another worker)", alert_id)
+        if deleted:
+            older = time.time() - TOMBSTONE_SECONDS
+            await asyncio.to_thread(self.store.forget_tombstones, mine, older)
 
     # ------------------------------------------------------------------ registry
 
