@@ -266,3 +266,16 @@ class SteeredProvider(CountingProvider):
                 self.publish(
                     symbol, interval, tuple(self.flat(bar(now - now % step, interval, now)))
                 )
+
+
+class SlowHistoryProvider(CountingProvider):
+    """A counting provider whose ``get_history`` logs its window (``window SYMBOL INTERVAL
+    start|end|count``) and then takes ``CANDLEWIRE_TEST_HISTORY_DELAY`` seconds, so that
+    requests from several hubs meet while it is in flight."""
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        self.log(f"window {symbol} {interval} {start_time_query}|{end_time_query}|{count}")
+        self.stop.wait(float(os.environ.get("CANDLEWIRE_TEST_HISTORY_DELAY", "0")))
+        return super().get_history(symbol, interval, start_time_query, end_time_query, count)

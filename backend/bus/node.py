@@ -9,7 +9,9 @@ starts each demanded key once, stops a key whose hubs withdrew at once and one w
 died (its entry expired) after ``STREAM_LINGER_SECONDS``. It publishes each event batch
 once on ``{p}:updates:{source}`` (what arrived while the previous publish was in flight
 goes as one message) and answers history requests, one provider call per
-distinct window whatever the number of hubs asking (single flight).
+distinct window whatever the number of hubs asking (single flight; a window that ends now
+also joins a call in flight for the same count of bars of the series that started less
+than one bar interval earlier, and gets its answer cut at its own start).
 
 A holder that cannot renew (Redis lost) stops its streams when its lease would have
 expired, so two nodes never stream one provider longer than one lease; a holder whose
@@ -33,6 +35,7 @@ from redis.exceptions import RedisError
 from backend.bus import codec, datasets, link
 from backend.bus.names import Names, parse_member
 from backend.errors import ProviderError
+from backend.model import intervals
 from backend.model.bars import Bar
 from backend.runtime.messages import (
     Clock,
@@ -57,6 +60,11 @@ HISTORY_POLL_SECONDS = 1.0
 MAX_PENDING_EVENTS = 200_000  # per provider, waiting for Redis; more are dropped (counted)
 
 Key = tuple[str, str]
+# A history window: (source, symbol, interval, start, end, count), and who waits for it:
+# (hub, request id, the first bar time it wants; None: all).
+Window = tuple[str, str, str, str, str, int]
+Waiter = tuple[str, int, int | None]
+NOW = "now UTC"  # the end of a window that reaches the present
 
 
 @dataclass
@@ -102,7 +110,7 @@ class ProviderNode:
         self._out: dict[str, list[WireEvent]] = {}  # channel -> events not yet published
         self._out_ready = asyncio.Event()
         self._wake = asyncio.Event()
-        self._inflight: dict[tuple[str, str, str, str, str, int], list[tuple[str, int]]] = {}
+        self._inflight: dict[Window, list[Waiter]] = {}
         self._tasks: Tasks = set()
         self._stopping = False
 
@@ -448,18 +456,42 @@ class ProviderNode:
         self.counters["history_requests"] += 1
         if request.deadline <= time.time():
             return  # the hub gave up on it already
-        window = (source, request.symbol, request.interval, request.start, request.end)
-        key = (*window, request.count)
+        key = (source, request.symbol, request.interval, request.start, request.end, request.count)
         waiters = self._inflight.get(key)
         if waiters is not None:
-            waiters.append((request.hub, request.request_id))
+            waiters.append((request.hub, request.request_id, None))
             return
-        self._inflight[key] = [(request.hub, request.request_id)]
+        joined = self._containing(key)
+        if joined is not None:
+            waiters, cut = joined
+            waiters.append((request.hub, request.request_id, cut))
+            return
+        self._inflight[key] = [(request.hub, request.request_id, None)]
         start_owned(self._tasks, self._serve_history(key, request), f"bus-history-{source}")
 
-    async def _serve_history(
-        self, key: tuple[str, str, str, str, str, int], request: codec.HistoryRequest
-    ) -> None:
+    def _containing(self, key: Window) -> tuple[list[Waiter], int] | None:
+        """The waiters of a call in flight whose answer serves this window, and where to cut
+        it. Two hubs asking for "the latest N bars" at about the same moment count back from
+        their own clocks, so their starts differ by the time between them: a window that
+        ends now joins a call in flight for the same series, end and count whose start is at
+        most one bar interval earlier. The only bar it can miss is the one that opened
+        since: the forming bar, which a hub never stores as final (as when a request waits
+        for the hub's own single flight)."""
+        source, symbol, interval, start, end, count = key
+        if end != NOW:
+            return None
+        step = intervals.nominal_seconds(interval)
+        try:
+            first = intervals.parse_date(start)
+            for (s, sym, iv, other, e, n), waiters in self._inflight.items():
+                same = (s, sym, iv, e, n) == (source, symbol, interval, NOW, count)
+                if same and 0 <= first - intervals.parse_date(other) < step:
+                    return waiters, first
+        except ValueError:
+            return None  # not a window a hub asks for
+        return None
+
+    async def _serve_history(self, key: Window, request: codec.HistoryRequest) -> None:
         source = key[0]
         bars: list[Bar] = []
         error: BaseException | None = None
@@ -478,8 +510,9 @@ class ProviderNode:
             waiters = self._inflight.pop(key, [])
         assert self._redis is not None
         pipe = self._redis.pipeline(transaction=False)
-        for hub, request_id in waiters:
-            answer = codec.HistoryAnswer(request_id, bars, error)
+        for hub, request_id, cut in waiters:
+            mine = bars if cut is None else [bar for bar in bars if bar[0] >= cut]
+            answer = codec.HistoryAnswer(request_id, mine, error)
             pipe.publish(self.names.reply(hub), codec.encode(answer))
         with contextlib.suppress(link.BusDown):
             await link.execute(pipe)
