@@ -6,7 +6,8 @@ and takes a few seconds, so that requests of two hubs meet while it is in flight
 asking for the same window at once cause one provider call and get the same bars; so do
 two hubs asking for the latest bars a second apart (their windows start a second apart).
 A node that holds the lease but never answers: the hub answers with an error when
-``HISTORY_TIMEOUT`` has passed, and the socket stays served.
+``HISTORY_TIMEOUT`` has passed, and the socket stays served. The joining rule is also
+checked on its own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import redis
 
 from backend.bus import codec
 from backend.bus.names import Names
+from backend.bus.node import ProviderNode, Waiter
 from backend.model import intervals
+from backend.settings import load_settings
 from tests import bus_deploy, harness
 from tests.bus_deploy import SHARED_REDIS
 from tests.harness import ServerProcess, WsClient, same_key
@@ -190,3 +193,26 @@ async def test_a_node_that_never_answers_gets_the_hub_an_error_within_history_ti
         hub.stop()
         store.delete(*keys)
         store.close()
+
+
+def test_which_window_joins_a_call_in_flight() -> None:
+    """The rule on its own: same series, both ending now, same count, a start at most one
+    bar interval later; identical windows always share."""
+    node = ProviderNode(load_settings(PROVIDERS="csv", BUS_URL=SHARED_REDIS))
+    in_flight = ("csv", "AAA", "1m", "2026-12-03 07:00:30", "now UTC", 5)
+    waiters: list[Waiter] = [("hubA", 1, None)]
+    node._inflight[in_flight] = waiters
+    cut = intervals.parse_date("2026-12-03 07:01:29")
+    assert node._containing(("csv", "AAA", "1m", "2026-12-03 07:01:29", "now UTC", 5)) == (
+        waiters,
+        cut,
+    )
+    for other in (
+        ("csv", "AAA", "1m", "2026-12-03 07:01:30", "now UTC", 5),  # a whole bar later
+        ("csv", "AAA", "1m", "2026-12-03 07:00:29", "now UTC", 5),  # earlier
+        ("csv", "AAA", "1m", "2026-12-03 07:00:31", "now UTC", 6),  # another count
+        ("csv", "AAA", "5m", "2026-12-03 07:00:31", "now UTC", 5),  # another interval
+        ("csv", "AAA", "1m", "2026-12-03 07:00:31", "2026-12-03 07:05:00", 5),  # not now
+        ("csv", "AAA", "1m", "yesterday", "now UTC", 5),  # not a hub's window
+    ):
+        assert node._containing(other) is None, other
