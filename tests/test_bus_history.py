@@ -32,7 +32,7 @@ from tests import bus_deploy, harness
 from tests.bus_deploy import SHARED_REDIS
 from tests.harness import ServerProcess, WsClient, same_key
 
-DELAY = 3.0  # seconds each provider history call takes
+DELAY = harness.seconds(3.0)  # each provider history call takes this long
 TIMEOUT = 2.0  # HISTORY_TIMEOUT of the silent-node test
 
 
@@ -59,7 +59,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     prefix = bus_deploy.new_prefix()
 
     def env(name: str) -> dict[str, str]:
-        return bus_deploy.bus_env(
+        values = bus_deploy.bus_env(
             tmp,
             SHARED_REDIS,
             prefix,
@@ -67,6 +67,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             EXTRA_PROVIDERS="counting=tests.providers:SlowHistoryProvider",
             CANDLEWIRE_TEST_HISTORY_DELAY=str(DELAY),
         )
+        return {**values, "HISTORY_TIMEOUT": str(3 * DELAY)}
 
     assert harness.populate(env("symbols")).returncode == 0
     node = bus_deploy.node(env("node"), tmp, "node")

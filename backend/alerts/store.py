@@ -162,18 +162,24 @@ class AlertStore:
         return deleted > 0
 
     def tombstones(self) -> list[int]:
-        """The ids in ``alert_deleted`` (usually none)."""
-        with self._lock:
-            return [row[0] for row in self._db.execute("SELECT id FROM alert_deleted")]
+        """The ids in ``alert_deleted`` (usually none); ``StorageError`` when unreadable."""
+        try:
+            with self._lock:
+                return [row[0] for row in self._db.execute("SELECT id FROM alert_deleted")]
+        except sqlite3.Error as exc:
+            raise StorageError(f"alert store: reading deletion notes: {exc}") from exc
 
     def forget_tombstones(self, alert_ids: list[int], older_than: float) -> None:
         """Remove these ids from ``alert_deleted``, and every entry older than ``older_than``
-        (a worker that would have taken it is gone)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            ids = [(alert_id,) for alert_id in alert_ids]
-            self._db.executemany("DELETE FROM alert_deleted WHERE id = ?", ids)
-            self._db.execute("DELETE FROM alert_deleted WHERE deleted_at < ?", (older_than,))
+        (a worker that would have taken it is gone); ``StorageError`` when it cannot."""
+        ids = [(alert_id,) for alert_id in alert_ids]
+        try:
+            with self._lock, self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM alert_deleted WHERE id = ?", ids)
+                self._db.execute("DELETE FROM alert_deleted WHERE deleted_at < ?", (older_than,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"alert store: removing deletion notes: {exc}") from exc
 
 
 def _row(row: sqlite3.Row) -> Row:

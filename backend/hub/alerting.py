@@ -426,16 +426,21 @@ class Alerting:
                 await asyncio.to_thread(self.store.delete, [a.id for a in expired])
 
     async def _drop_deleted_elsewhere(self) -> None:
+        """Drop the alerts of this worker that another one deleted (``alert_deleted``); a
+        store that does not answer (locked too long) is tried again at the next sweep."""
         if self.store is None:
             return
-        deleted = await asyncio.to_thread(self.store.tombstones)
-        mine = [alert_id for alert_id in deleted if alert_id in self.alerts]
-        for alert_id in mine:
-            self._remove(self.alerts[alert_id])
-            logger.info("alert %d deleted (through another worker)", alert_id)
-        if deleted:
-            older = time.time() - TOMBSTONE_SECONDS
-            await asyncio.to_thread(self.store.forget_tombstones, mine, older)
+        try:
+            deleted = await asyncio.to_thread(self.store.tombstones)
+            mine = [alert_id for alert_id in deleted if alert_id in self.alerts]
+            for alert_id in mine:
+                self._remove(self.alerts[alert_id])
+                logger.info("alert %d deleted (through another worker)", alert_id)
+            if deleted:
+                older = time.time() - TOMBSTONE_SECONDS
+                await asyncio.to_thread(self.store.forget_tombstones, mine, older)
+        except StorageError as exc:
+            logger.warning("alerts: deletions by other workers not read (%s); retrying", exc)
 
     # ------------------------------------------------------------------ registry
 
