@@ -39,6 +39,7 @@ from backend.runtime.messages import (
     StopStreaming,
     WireEvent,
 )
+from backend.runtime.supervisor import DISPATCH_BUDGET, DISPATCH_SLICE
 from backend.tasks import Tasks, cancel_owned, start_owned
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RENEW_CHUNK = 2_000  # demand members per script call
-# Update messages handled per event-loop turn (as the pipe reader's batches per wakeup).
-MESSAGES_PER_TURN = 2
 
 
 class BusHandle:
@@ -338,13 +337,7 @@ class BusProviderSet:
                 self._resync = True  # missed updates: every provider counts as restarted
                 self._wake.set()
                 backoff.reset()
-                for count in itertools.count(1):
-                    message = await link.call(pubsub.get_message(timeout=1.0))
-                    if message is not None:
-                        self._take(message)
-                    if count % MESSAGES_PER_TURN == 0:
-                        # Buffered messages do not suspend: let the client writers run.
-                        await asyncio.sleep(0)
+                await self._read(pubsub)
             except link.BusDown as exc:
                 self._listening.clear()
                 self._down(str(exc))
@@ -355,15 +348,39 @@ class BusProviderSet:
                 with contextlib.suppress(RedisError, OSError):
                     await sub.aclose()
 
-    def _take(self, message: dict[str, Any]) -> None:
+    async def _read(self, pubsub: PubSub) -> None:
+        """Dispatch what arrives, as the pipe reader does: a node's batch (everything that
+        came while its previous publish was in flight: large once the hub is behind) goes to
+        the fan-out ``DISPATCH_SLICE`` events at a time, and after ``DISPATCH_BUDGET`` of
+        dispatching the client writers get their turn before the next slice. A read of an
+        already buffered message does not suspend, so the budget is the only yield then."""
+        deadline = time.perf_counter() + DISPATCH_BUDGET
+        while True:
+            message = await link.call(pubsub.get_message(timeout=1.0))
+            if message is None:
+                deadline = time.perf_counter() + DISPATCH_BUDGET
+                continue
+            taken = self._take(message)
+            if taken is None:
+                continue
+            source, events = taken
+            for start in range(0, len(events), DISPATCH_SLICE):
+                if time.perf_counter() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = time.perf_counter() + DISPATCH_BUDGET
+                self.on_events(source, events[start : start + DISPATCH_SLICE])
+
+    def _take(self, message: dict[str, Any]) -> tuple[str, list[WireEvent]] | None:
+        """``(source, events)`` of an update batch; other messages are handled here."""
         try:
-            self._on_message(message)
+            return self._on_message(message)
         except (IndexError, TypeError, ValueError, AttributeError) as exc:
             # Not what a node sends (another program on this prefix?): dropped, logged.
             where = message.get("channel")
             logger.warning("bus: dropped a malformed message on %s: %r", where, exc)
+            return None
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(self, message: dict[str, Any]) -> tuple[str, list[WireEvent]] | None:
         channel = message.get("channel")
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
         data = codec.decode(message.get("data"), name)
@@ -373,15 +390,15 @@ class BusProviderSet:
             if type(data) is list:
                 handle.last_update = time.time()
                 for event in data:
-                    if isinstance(event, Status):
+                    if type(event) is not tuple and isinstance(event, Status):
                         handle.status = event
-                self.on_events(source, data)
-            elif isinstance(data, codec.Active):
+                return source, data
+            if isinstance(data, codec.Active):
                 self._activate(source, data)
         elif isinstance(data, codec.HistoryAnswer):
             future = self._pending.get(data.request_id)
             if future is None or future.done():
-                return
+                return None
             if data.error is None:
                 future.set_result(data.bars)
             elif isinstance(data.error, ProviderUnavailable) or not isinstance(
@@ -390,6 +407,7 @@ class BusProviderSet:
                 future.set_exception(ProviderUnavailable(str(data.error)))
             else:
                 future.set_exception(data.error)
+        return None
 
     # ------------------------------------------------------------------ history
 
