@@ -91,6 +91,50 @@ async def test_without_uvicorn_the_portable_writer_sends_every_frame_in_order() 
     assert socket.sent == ['{"n":1}', '{"n":3}', '{"n":4}']
 
 
+class _StandInWriter:
+    """What FlushTurn uses of a DirectWriter: ``_flush`` and ``_label``."""
+
+    def __init__(self, label: str, log: list[str], fail: bool = False) -> None:
+        self._label = label
+        self.log = log
+        self.fail = fail
+
+    def _flush(self) -> None:
+        self.log.append(self._label)
+        if self.fail:
+            raise OSError("the socket went away")
+
+
+async def test_writers_woken_in_one_turn_are_flushed_by_one_callback_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    turn = writers.FlushTurn.of(loop)
+    assert writers.FlushTurn.of(loop) is turn  # one per loop
+    log: list[str] = []
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+
+    loop.call_soon = counting_call_soon  # type: ignore[method-assign]
+    try:
+        for name in ("a", "b", "c"):
+            turn.add(_StandInWriter(name, log, fail=name == "b"))  # type: ignore[arg-type]
+    finally:
+        loop.call_soon = real_call_soon  # type: ignore[method-assign]
+    assert len(scheduled) == 1 and log == []  # nothing written before the loop's next turn
+    with caplog.at_level("ERROR", logger="backend.ws.writers"):
+        await asyncio.sleep(0)
+    assert log == ["a", "b", "c"]  # a failing writer is logged; the others still write
+    assert "b: writing to the socket failed" in caplog.text
+    turn.add(_StandInWriter("d", log))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert log[-1] == "d"  # a later turn gets a callback of its own
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with populated_server(tmp_path_factory.mktemp("writer"), PROVIDERS="counting") as running:
