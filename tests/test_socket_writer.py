@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,16 @@ async def test_writers_woken_in_one_turn_are_flushed_by_one_callback_in_order(
     turn.add(_StandInWriter("d", log))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert log[-1] == "d"  # a later turn gets a callback of its own
+
+
+def test_a_loops_flush_queue_goes_with_the_loop() -> None:
+    loop = asyncio.new_event_loop()
+    writers.FlushTurn.of(loop)
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.fixture(scope="module")

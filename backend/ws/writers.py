@@ -258,26 +258,27 @@ class FlushTurn:
     One per event loop (:meth:`of`): the queue is the loop's, like its ready queue, shared by
     every connection served on it and gone with it."""
 
-    __slots__ = ("__weakref__", "_due", "_loop")
+    __slots__ = ("_due",)
 
+    # Weak keys: an entry goes with its loop (the value must not refer to the loop).
     _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushTurn] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._due: list[DirectWriter] = []
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> FlushTurn:
         turn = cls._per_loop.get(loop)
         if turn is None:
-            turn = cls._per_loop[loop] = cls(loop)
+            turn = cls._per_loop[loop] = cls()
         return turn
 
     def add(self, writer: DirectWriter) -> None:
+        """Flush ``writer`` at the loop's next turn (called on the loop's thread)."""
         if not self._due:
-            self._loop.call_soon(self._run)
+            asyncio.get_running_loop().call_soon(self._run)
         self._due.append(writer)
 
     def _run(self) -> None:
