@@ -3,15 +3,23 @@ clients, beside the synthetic source and the ``websockets`` ceiling in the same 
 
     python bench/provider_path.py [--clients 1000] [--keys 100] [--keys-per-client 5]
                                   [--rate 50000] [--seconds 8]
+                                  [--upstream-tick 0.005] [--paths binance,synthetic,ceiling]
+                                  [--profile DIR [--profiler py-spy|perf]]
 
 The upstream is ``tests/fakes/binance.py`` (the real wire format: REST ``exchangeInfo`` and
 ``klines``, combined kline streams with live SUBSCRIBE frames) listing ``--keys`` symbols, in
 its own process on the client core. Its kline pushes are replaced by the benchmarks'
 :class:`bench.synthetic.Schedule`: every subscribed stream is pushed at the same rate,
-spread evenly over time, and each kline carries its send time (wall clock) as its volume
-``v``. The Binance provider parses it like any kline, the hub sends it as the bar's volume,
-and the load generator reads it as the publish time: the latency is upstream send ->
-client, through the provider process and the hub.
+spread evenly over time (every ``--upstream-tick`` seconds, by default the synthetic
+source's 5 ms tick), in the synthetic source's order (sorted by name), and each kline
+carries its send time (wall clock) as its volume ``v``. The Binance provider parses it like
+any kline, the hub sends it as the bar's volume, and the load generator reads it as the
+publish time: the latency is upstream send -> client, through the provider process and the
+hub. The order matters: a client subscribes to consecutive names, so when the streams are
+pushed in name order a client often gets several updates of one tick together, in one
+socket write; pushed in the order they were subscribed (as this benchmark did before), they
+reached each client one at a time, which cost the hub about 2.5 times the socket writes for
+the same messages and made the Binance path look far dearer than the synthetic one.
 
 Each of ``--clients`` clients subscribes to ``--keys-per-client`` keys; the rate per key is
 ``--rate`` / subscriptions, so the three servers deliver the same ``--rate`` messages/s:
@@ -19,7 +27,11 @@ ours through Binance, ours through the synthetic source (a provider process that
 by itself: no upstream socket, no parsing), and ``bench/ceiling.py`` (``websockets``
 broadcast, no provider process). Prints a table (p50/p99/max latency, CPU, and the
 share of the window the server's and its providers' threads waited for a CPU: on a shared
-core that waiting is part of the latency), then one JSON line.
+core that waiting is part of the latency), then one JSON line. ``--paths`` runs only some of
+the three; ``--profile DIR`` adds, after each measured window, a second window at the same
+rate under py-spy (the server and its provider processes, every thread; raw collapsed
+stacks in ``DIR/<path>.txt``) or ``perf record -g`` (native and kernel frames, in
+``DIR/<path>.perf.data``; ``perf report -i``).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +69,7 @@ from bench.common import (
     tree_cpu,
     window,
 )
+from bench.hotspots import pyspy_binary
 from bench.synthetic import TICK_SECONDS, RateFile, Schedule, symbol_names
 from tests.fakes.binance import FakeBinance, SymbolSpec, _Conn
 
@@ -71,10 +85,11 @@ class TimedBinance(FakeBinance):
     """The fake exchange pushing every subscribed kline stream at the rate read from a
     :class:`RateFile`, evenly spread, each kline's volume its send time."""
 
-    def __init__(self, count: int, rate_file: str) -> None:
+    def __init__(self, count: int, rate_file: str, tick: float = TICK_SECONDS) -> None:
         symbols = [SymbolSpec(name, name[:-4], "USDT", "100") for name in binance_symbols(count)]
-        super().__init__(symbols, push_interval=TICK_SECONDS, ping_interval=None)
+        super().__init__(symbols, push_interval=tick, ping_interval=None)
         self.rate_file = rate_file
+        self.tick = tick
         self.sent = 0
 
     async def _push_events(self, conn: _Conn) -> None:
@@ -82,8 +97,8 @@ class TimedBinance(FakeBinance):
         events: dict[str, tuple[int, dict[str, Any]]] = {}  # stream -> (open time, payload)
         dumps, wall = json.dumps, time.time
         while True:
-            await asyncio.sleep(TICK_SECONDS)
-            due = schedule.take(list(conn.streams), wall())
+            await asyncio.sleep(self.tick)
+            due = schedule.take(sorted(conn.streams), wall())
             if not due:
                 continue
             now = self.now_ms()
@@ -114,10 +129,10 @@ class TimedBinance(FakeBinance):
         return cached[1]
 
 
-def upstream_main(conn: Connection, count: int, rate_file: str) -> None:
+def upstream_main(conn: Connection, count: int, rate_file: str, tick: float) -> None:
     """The fake exchange's process: serve until told to stop; report URLs and the count of
     klines sent."""
-    with TimedBinance(count, rate_file) as fake:
+    with TimedBinance(count, rate_file, tick) as fake:
         conn.send({"api_url": fake.api_url, "stream_url": fake.stream_url})
         while conn.recv() != "stop":
             conn.send({"sent": fake.sent})
@@ -127,14 +142,14 @@ def upstream_main(conn: Connection, count: int, rate_file: str) -> None:
 class Upstream:
     """The fake exchange in its own process, pinned to the client core."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, tick: float = TICK_SECONDS) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="candlewire-upstream-")
         self.rate_file = str(Path(self._tmp.name) / "rate")
         RateFile.write(self.rate_file, 0)
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.proc = context.Process(
-            target=upstream_main, args=(child, count, self.rate_file), daemon=True
+            target=upstream_main, args=(child, count, self.rate_file, tick), daemon=True
         )
         self.proc.start()
         child.close()
@@ -205,9 +220,16 @@ def connect(
 
 
 def measure(
-    target: Target, gen: LoadGen, rate: float, seconds: float, upstream: Upstream | None = None
+    target: Target,
+    gen: LoadGen,
+    rate: float,
+    seconds: float,
+    upstream: Upstream | None = None,
+    profile: Path | None = None,
+    profiler: str = "py-spy",
 ) -> dict[str, Any]:
-    """Latency at ``rate`` updates/s per key over one window of ``seconds``."""
+    """Latency at ``rate`` updates/s per key over one window of ``seconds``; with
+    ``profile``, then py-spy stacks of another window at the same rate in that file."""
     target.set_rate(rate)
     time.sleep(2.0)
     u0, s0 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
@@ -217,6 +239,8 @@ def measure(
     elapsed = time.perf_counter() - t0
     w1 = run_queue_wait(target.pid)
     u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
+    if profile is not None:
+        record_stacks(target.pid, seconds, profile, profiler)
     drain(target, gen)
     return {
         "delivered_per_s": round(m["per_s"]),
@@ -237,43 +261,84 @@ def measure(
     }
 
 
+def record_stacks(pid: int, seconds: float, out: Path, profiler: str = "py-spy") -> None:
+    """Stacks of ``pid`` and its children, every thread, in ``out``: py-spy's raw
+    collapsed stacks, or a ``perf record -g`` file (native and kernel frames)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    duration = str(max(1, int(seconds)))
+    if profiler == "perf":
+        pids = ",".join(str(p) for p in [pid, *(c.pid for c in psutil.Process(pid).children())])
+        command = ["perf", "record", "-F", "999", "-g", "-p", pids, "-o", str(out)]
+        command += ["--", "sleep", duration]
+    else:
+        binary = pyspy_binary()
+        if binary is None:
+            log("  py-spy is not installed (.venv/bin/pip install py-spy): no profile")
+            return
+        command = [binary, "record", "--pid", str(pid), "--duration", duration]
+        command += ["--rate", "200", "--format", "raw", "--nolineno", "--threads"]
+        command += ["--subprocesses", "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    log(f"  profile: {out}" if done.returncode == 0 else f"  {profiler}: {done.stderr[-300:]}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     k, n = args.keys_per_client, args.clients
     rate = args.rate / (n * k)  # updates/s per key: every server delivers --rate messages/s
     rows: list[dict[str, Any]] = []
+    paths = set(args.paths.split(","))
+    folder = Path(args.profile) if args.profile else None
+
+    def profile(name: str) -> Path | None:
+        suffix = "perf.data" if args.profiler == "perf" else "txt"
+        return folder / f"{name}.{suffix}" if folder is not None else None
+
     log(f"provider path: {n} clients x {k} keys of {args.keys}, {args.rate:,.0f} msg/s")
     with LoadGen() as gen:
-        with Upstream(args.keys) as upstream:
-            names = binance_symbols(args.keys)
-            with OurServer(
-                providers="binance",
-                MAX_CLIENTS=str(n + 100),
-                BINANCE_API_URL=upstream.api_url,
-                BINANCE_STREAM_URL=upstream.stream_url,
-            ) as ours:
-                ours.label = "binance"
-                ours.rate_file = upstream.rate_file  # the upstream's rate, not a provider's
-                connect(gen, ours, n, names, k, "binance")
-                row = measure(ours, gen, rate, args.seconds, upstream)
-                rows.append({"path": "fake Binance -> provider -> hub", **row})
-                gen.call("close")
+        if "binance" in paths:
+            with Upstream(args.keys, args.upstream_tick) as upstream:
+                names = binance_symbols(args.keys)
+                with OurServer(
+                    providers="binance",
+                    MAX_CLIENTS=str(n + 100),
+                    BINANCE_API_URL=upstream.api_url,
+                    BINANCE_STREAM_URL=upstream.stream_url,
+                ) as ours:
+                    ours.label = "binance"
+                    ours.rate_file = upstream.rate_file  # the upstream's rate, not a provider's
+                    connect(gen, ours, n, names, k, "binance")
+                    row = measure(
+                        ours, gen, rate, args.seconds, upstream, profile("binance"), args.profiler
+                    )
+                    rows.append({"path": "fake Binance -> provider -> hub", **row})
+                    gen.call("close")
         names = symbol_names(args.keys)
-        with OurServer(BENCH_KEYS=str(args.keys), MAX_CLIENTS=str(n + 100)) as ours:
-            connect(gen, ours, n, names, k, "synthetic")
-            row = measure(ours, gen, rate, args.seconds)
-            rows.append({"path": "synthetic provider -> hub", **row})
-            gen.call("close")
-        with CeilingServer("broadcast", args.keys) as ceiling:
-            connect(gen, ceiling, n, names, k, "synthetic")
-            row = measure(ceiling, gen, rate, args.seconds)
-            rows.append({"path": "ceiling (websockets)", **row})
-            gen.call("close")
+        if "synthetic" in paths:
+            with OurServer(BENCH_KEYS=str(args.keys), MAX_CLIENTS=str(n + 100)) as ours:
+                connect(gen, ours, n, names, k, "synthetic")
+                row = measure(
+                    ours,
+                    gen,
+                    rate,
+                    args.seconds,
+                    profile=profile("synthetic"),
+                    profiler=args.profiler,
+                )
+                rows.append({"path": "synthetic provider -> hub", **row})
+                gen.call("close")
+        if "ceiling" in paths:
+            with CeilingServer("broadcast", args.keys) as ceiling:
+                connect(gen, ceiling, n, names, k, "synthetic")
+                row = measure(ceiling, gen, rate, args.seconds)
+                rows.append({"path": "ceiling (websockets)", **row})
+                gen.call("close")
     return {
         "clients": n,
         "keys": args.keys,
         "keys_per_client": k,
         "rate_per_s": args.rate,
         "rate_per_key": round(rate, 3),
+        "upstream_tick": args.upstream_tick,
         "rows": rows,
         "machine": machine(),
         "loadavg_end": loadavg(),
@@ -311,6 +376,17 @@ def main() -> None:
     parser.add_argument("--keys-per-client", type=int, default=5)
     parser.add_argument("--rate", type=float, default=50_000.0, help="messages/s delivered")
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window")
+    parser.add_argument(
+        "--paths", default="binance,synthetic,ceiling", help="which paths, comma-separated"
+    )
+    parser.add_argument(
+        "--upstream-tick",
+        type=float,
+        default=TICK_SECONDS,
+        help="seconds between the fake exchange's pushes (the synthetic source's tick)",
+    )
+    parser.add_argument("--profile", default="", help="a folder for profiles")
+    parser.add_argument("--profiler", choices=("py-spy", "perf"), default="py-spy")
     args = parser.parse_args()
     figures = run(args)
     print_report(figures)

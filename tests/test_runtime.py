@@ -31,6 +31,7 @@ from backend.runtime.messages import (
     StopStreaming,
     WireEvent,
     decode_batch,
+    encode_batch,
 )
 from backend.runtime.runner import ProviderRunner
 from backend.runtime.supervisor import ProviderProcess, ProviderState
@@ -295,3 +296,59 @@ async def test_a_silent_process_is_killed_by_the_heartbeat_check(
     proc.check(heartbeat_timeout=15)
     await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the replacement process")
     assert proc.last_error is None and proc.restarts == 1
+
+
+# --------------------------------------------------------------------------- the pipe reader
+
+
+def _bar_update(t: int) -> tuple[str, str, tuple[int, float, float, float, float, float], bool]:
+    return ("S", "1m", (t, 1.0, 1.0, 1.0, 1.0, float(t)), False)
+
+
+async def test_updates_written_one_per_message_while_the_hub_was_busy_are_dispatched_together() -> (
+    None
+):
+    """A provider that writes each update as it arrives upstream: once several messages are
+    waiting, the hub hands them on in one slice (one socket write per client for all of
+    them), in order; a wakeup with one message waiting dispatches just that one."""
+    calls: list[list[WireEvent]] = []
+    proc = ProviderProcess(
+        "p", PATH, settings(), lambda key, events: calls.append(events), lambda key: None
+    )
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    proc._events = reader
+    try:
+        writer.send_bytes(encode_batch([_bar_update(0)]))  # type: ignore[list-item]
+        proc._drain()
+        assert [[e[2][0] for e in c] for c in calls] == [[0]]  # type: ignore[index]
+        calls.clear()
+        for t in range(1, 121):  # 120 messages of one update each, waiting at once
+            writer.send_bytes(encode_batch([_bar_update(t)]))  # type: ignore[list-item]
+        proc._drain()
+        await eventually(lambda: sum(map(len, calls)) == 120, what="every update dispatched")
+    finally:
+        reader.close()
+        writer.close()
+    sizes = [len(c) for c in calls]
+    assert sizes == [supervisor_module.DISPATCH_SLICE] * 2 + [120 - 2 * sizes[0]]
+    assert [e[2][0] for c in calls for e in c] == list(range(1, 121))  # type: ignore[index]
+
+
+async def test_a_wakeup_takes_at_most_its_limit_of_events_from_the_pipe() -> None:
+    calls: list[list[WireEvent]] = []
+    proc = ProviderProcess(
+        "p", PATH, settings(), lambda key, events: calls.append(events), lambda key: None
+    )
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    proc._events = reader
+    try:
+        for t in range(0, 300, 100):
+            writer.send_bytes(encode_batch([_bar_update(t + i) for i in range(100)]))  # type: ignore[misc]
+        proc._drain(limit=150, budget=float("inf"))
+        # whole messages are read, a slice's worth at a time: 100, then (still under the
+        # limit) 100 more; the third waits for the next wakeup
+        assert sum(map(len, calls)) == 200
+        await eventually(lambda: sum(map(len, calls)) == 300, what="the rest, next wakeup")
+    finally:
+        reader.close()
+        writer.close()

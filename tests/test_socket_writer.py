@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,60 @@ async def test_without_uvicorn_the_portable_writer_sends_every_frame_in_order() 
         await asyncio.sleep(0)
     writer.stop()
     assert socket.sent == ['{"n":1}', '{"n":3}', '{"n":4}']
+
+
+class _StandInWriter:
+    """What FlushTurn uses of a DirectWriter: ``_flush`` and ``_label``."""
+
+    def __init__(self, label: str, log: list[str], fail: bool = False) -> None:
+        self._label = label
+        self.log = log
+        self.fail = fail
+
+    def _flush(self) -> None:
+        self.log.append(self._label)
+        if self.fail:
+            raise OSError("the socket went away")
+
+
+async def test_writers_woken_in_one_turn_are_flushed_by_one_callback_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    turn = writers.FlushTurn.of(loop)
+    assert writers.FlushTurn.of(loop) is turn  # one per loop
+    log: list[str] = []
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def counting_call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+
+    loop.call_soon = counting_call_soon  # type: ignore[method-assign]
+    try:
+        for name in ("a", "b", "c"):
+            turn.add(_StandInWriter(name, log, fail=name == "b"))  # type: ignore[arg-type]
+    finally:
+        loop.call_soon = real_call_soon  # type: ignore[method-assign]
+    assert len(scheduled) == 1 and log == []  # nothing written before the loop's next turn
+    with caplog.at_level("ERROR", logger="backend.ws.writers"):
+        await asyncio.sleep(0)
+    assert log == ["a", "b", "c"]  # a failing writer is logged; the others still write
+    assert "b: writing to the socket failed" in caplog.text
+    turn.add(_StandInWriter("d", log))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert log[-1] == "d"  # a later turn gets a callback of its own
+
+
+def test_a_loops_flush_queue_goes_with_the_loop() -> None:
+    loop = asyncio.new_event_loop()
+    writers.FlushTurn.of(loop)
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.fixture(scope="module")

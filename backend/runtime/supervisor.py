@@ -52,14 +52,18 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 STARTUP_TIMEOUT = 60.0
 PING_EVERY = 1.0
-# Per wakeup of the pipe reader: a few batches, then the client writers get their turn.
-MAX_BATCHES_PER_WAKEUP = 2
+# Per wakeup of the pipe reader, at most this many events are taken from the pipe; then
+# the client writers get their turn.
+MAX_EVENTS_PER_WAKEUP = 1_000
 # ... and at most this long dispatching them: a batch of 500 bar updates to 50 subscribers
 # each is 25,000 frames queued, 30-50 ms of one callback holding the event loop (seen by the
 # stall probe once the hub fell behind and its provider's batches grew). Events are
-# dispatched DISPATCH_SLICE at a time (a 5 ms tick of a source is one slice) until the
-# budget is spent; the rest of the batch waits for the next wakeup, after the writers have
-# sent what was queued so far.
+# dispatched DISPATCH_SLICE at a time until the budget is spent; the rest waits for the next
+# wakeup, after the writers have sent what was queued so far. A slice is filled from as many
+# pipe messages as are waiting: a provider that writes its updates one by one (each as it
+# arrived upstream) gets them dispatched together once the hub is behind, so a client with
+# several of them gets one socket write instead of one each; a hub that keeps up sees one
+# message per wakeup, and nothing waits for more.
 DISPATCH_BUDGET = 0.005
 DISPATCH_SLICE = 50
 
@@ -238,35 +242,45 @@ class ProviderProcess:
     def _on_readable(self) -> None:
         self._drain()
 
-    def _drain(self, limit: int = MAX_BATCHES_PER_WAKEUP, budget: float = DISPATCH_BUDGET) -> None:
+    def _drain(self, limit: int = MAX_EVENTS_PER_WAKEUP, budget: float = DISPATCH_BUDGET) -> None:
         events = self._events
         if events is None:
             return
         loop = asyncio.get_running_loop()
         deadline = time.perf_counter() + budget
-        batches = 0
+        taken = 0
         try:
             while True:
-                if self._next < len(self._backlog):
-                    if time.perf_counter() >= deadline:
+                if self._next >= len(self._backlog):
+                    if taken >= limit:
                         break
-                    start = self._next
-                    self._next = start + DISPATCH_SLICE
-                    self._dispatch(self._backlog[start : self._next])
-                    continue
-                self._backlog, self._next = [], 0
-                if batches >= limit:
+                    taken += self._refill(events)
+                    if not self._backlog:
+                        return
+                elif time.perf_counter() >= deadline:
                     break
-                if not events.poll():
-                    return
-                self._backlog = decode_batch(events.recv_bytes())
-                batches += 1
+                start = self._next
+                self._next = start + DISPATCH_SLICE
+                self._dispatch(self._backlog[start : self._next])
         except (EOFError, OSError):
             loop.remove_reader(events.fileno())
             return
         # More may be waiting. Come back after the client writers had their turn: an event
         # loop need not signal the pipe again for data that was already there (uvloop).
         loop.call_soon(self._drain)
+
+    def _refill(self, events: Connection) -> int:
+        """Read pipe messages while they are waiting, until a slice is full; the count
+        read. The backlog must be fully dispatched before."""
+        backlog: list[WireEvent] = []
+        while len(backlog) < DISPATCH_SLICE and events.poll():
+            batch = decode_batch(events.recv_bytes())
+            if backlog:
+                backlog += batch
+            else:
+                backlog = batch
+        self._backlog, self._next = backlog, 0
+        return len(backlog)
 
     def _dispatch(self, batch: list[WireEvent]) -> None:
         self.last_seen = time.monotonic()

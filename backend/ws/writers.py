@@ -7,6 +7,8 @@ does, so when the server is uvicorn's ``websockets-sansio`` protocol the
 :class:`DirectWriter` skips that chain: the outbox wakes it, it runs once per event-loop
 turn, and it writes everything pending, frames the hub built once for all subscribers,
 with one ``transport.write``. Nothing is awaited per frame and idle clients have no task.
+The writers woken during one loop turn are flushed by one callback (:class:`FlushTurn`),
+not one loop callback each: an update to 50 subscribers schedules one.
 Once it is chosen, what uvicorn keeps per connection but no longer needs is given back
 (:func:`release_handshake`).
 
@@ -45,6 +47,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
 
@@ -246,6 +249,47 @@ class LeanEvent:
         return True
 
 
+class FlushTurn:
+    """The direct writers of one event loop woken since its last turn, flushed by a single
+    loop callback, in the order they were woken. Scheduling a callback per writer costs the
+    loop about a microsecond each (an ``asyncio.Handle`` made, queued and run); a fan-out
+    wakes one writer per subscriber.
+
+    One per event loop (:meth:`of`): the queue is the loop's, like its ready queue, shared by
+    every connection served on it and gone with it."""
+
+    __slots__ = ("_due",)
+
+    # Weak keys: an entry goes with its loop (the value must not refer to the loop).
+    _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushTurn] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self._due: list[DirectWriter] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> FlushTurn:
+        turn = cls._per_loop.get(loop)
+        if turn is None:
+            turn = cls._per_loop[loop] = cls()
+        return turn
+
+    def add(self, writer: DirectWriter) -> None:
+        """Flush ``writer`` at the loop's next turn (called on the loop's thread)."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._due.append(writer)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for writer in due:
+            try:
+                writer._flush()
+            except Exception:  # as asyncio does for a callback: log it, flush the others
+                logger.exception("%s: writing to the socket failed", writer._label)
+
+
 class DirectWriter:
     """Writes pending frames straight to uvicorn's transport, once per loop turn."""
 
@@ -256,6 +300,7 @@ class DirectWriter:
         "_protocol",
         "_scheduled",
         "_stopped",
+        "_turn",
         "_waiter",
     )
 
@@ -267,12 +312,13 @@ class DirectWriter:
         self._scheduled = False
         self._stopped = False
         self._waiter: asyncio.Task[None] | None = None
+        self._turn = FlushTurn.of(asyncio.get_running_loop())
 
     def wake(self) -> None:
         if self._scheduled or self._waiter is not None or self._stopped:
             return
         self._scheduled = True
-        asyncio.get_running_loop().call_soon(self._flush)
+        self._turn.add(self)
 
     def buffered(self) -> int:
         return self._protocol.transport.get_write_buffer_size()
