@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    CLIENT_CORE,
     SERVER_CORE,
     LoadGen,
     OurServer,
@@ -62,28 +63,33 @@ INGEST_TARGET_PER_S = 20_000
 
 
 class BusServer(OurServer):
-    """A provider node and a hub (two ``server.py`` processes) on the server core, talking
-    through Redis; the rate file reaches the node's synthetic provider."""
+    """A provider node and a hub (two ``server.py`` processes) talking through Redis, the
+    hub on the server core, the node on ``node_core`` (by default the server core too);
+    the rate file reaches the node's synthetic provider."""
 
     label = "bus"
 
-    def __init__(self, redis: str, **env: str) -> None:
+    def __init__(self, redis: str, node_core: int | None = SERVER_CORE, **env: str) -> None:
         super().__init__(BUS_URL=redis, BUS_PREFIX=f"cwbench-{uuid.uuid4().hex[:8]}", **env)
         self.node: Any = None
+        self.node_core = node_core
 
     def start(self) -> None:
         from tests.harness import ServerProcess
 
-        with affinity(SERVER_CORE):
+        with affinity(self.node_core):
             self.node = ServerProcess(
                 self.env, self.tmp / "node.log", args=("--role", "providers")
             ).start(timeout=60)
+        with affinity(SERVER_CORE):
             self.server = ServerProcess(
                 self.env, self.tmp / "server.log", args=("--role", "hub")
             ).start(timeout=60)
         self.pid = self.server.proc.pid
         self.ws_url = self.server.ws_url
-        self.pinned = pin_tree(self.pid, SERVER_CORE) and pin_tree(self.node.proc.pid, SERVER_CORE)
+        self.pinned = pin_tree(self.pid, SERVER_CORE) and pin_tree(
+            self.node.proc.pid, self.node_core
+        )
 
     def stop(self) -> None:
         super().stop()
@@ -112,7 +118,8 @@ def fanout(args: argparse.Namespace, gen: LoadGen) -> dict[str, Any]:
     n, k = args.clients, args.keys_per_client
     log(f"fan-out: {n} clients x {k} keys of {args.keys}, single process vs through Redis")
     env = {"BENCH_KEYS": str(args.keys), "MAX_CLIENTS": str(n + 100)}
-    with OurServer(**env) as ours, BusServer(args.redis, **env) as bus:
+    node_core = CLIENT_CORE if args.node_core == "client" else SERVER_CORE
+    with OurServer(**env) as ours, BusServer(args.redis, node_core, **env) as bus:
         connect(gen, ours, n, names, k)
         connect(gen, bus, n, names, k)
         found, bus_found = searches(args, gen, ours, bus, n * k)
@@ -126,6 +133,7 @@ def fanout(args: argparse.Namespace, gen: LoadGen) -> dict[str, Any]:
     return {
         "clients": n,
         "subscriptions": n * k,
+        "node_core": args.node_core,
         "ours_per_s": found["saturation_per_s"],
         "bus_per_s": bus_found["saturation_per_s"],
         "saturation_ratio": ratio(bus_found["saturation_per_s"], found["saturation_per_s"]),
@@ -248,6 +256,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--latency-seconds", type=float, default=6.0)
     parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument(
+        "--node-core",
+        choices=("server", "client"),
+        default="server",
+        help="the provider node's core in the fan-out part: the hub's (all on one core, as"
+        " the single process and its provider) or the load generator's (a node elsewhere)",
+    )
     parser.add_argument("--skip", default="", help="comma list of parts to skip: fanout,ingest")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -269,7 +284,10 @@ def print_report(figures: dict[str, Any]) -> None:
     if "fanout" in figures:
         f = figures["fanout"]
         lat = f["latency"]
-        print(f"fan-out, {f['clients']} clients ({f['subscriptions']} subscriptions)")
+        print(
+            f"fan-out, {f['clients']} clients ({f['subscriptions']} subscriptions), provider"
+            f" node on the {f.get('node_core', 'server')} core"
+        )
         print(
             table(
                 [
