@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,9 @@ async def test_an_idle_connection_waits_in_few_frames_and_keeps_no_handshake_hea
         # the handshake's headers, subprotocols and denial extension were given back
         assert scope["headers"] == () and scope["subprotocols"] == ()
         assert "extensions" not in scope
+        # uvicorn's protocol object keeps its attributes in a dict sized to fit
+        attributes = vars(scope[writers.SCOPE_KEY])
+        assert sys.getsizeof(attributes) <= sys.getsizeof(dict(attributes))
         # uvicorn's proxy headers still applied (127.0.0.1 is a trusted proxy by default)
         assert scope["client"][0] == "203.0.113.7"
 

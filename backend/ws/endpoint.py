@@ -20,7 +20,7 @@ from starlette.types import Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from backend.wire import protocol
-from backend.ws.writers import SocketWriter, writer_for
+from backend.ws.writers import SCOPE_KEY, SocketWriter, writer_for
 
 if TYPE_CHECKING:
     from backend.hub.hub import Client, Hub
@@ -49,6 +49,7 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
         return
     connection.client = client
     connection.writer = writer_for(websocket, client.outbox, f"client {client.id}")
+    compact_attributes(websocket.scope.get(SCOPE_KEY))
     try:
         # The read loop is here, not in a method: one coroutine frame less per connection.
         async for text in frames(websocket, hub.settings.MAX_FRAME_BYTES, connection.close):
@@ -59,6 +60,14 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
     finally:
         hub.remove_client(client)
         connection.stop()
+
+
+def compact_attributes(owner: object) -> None:
+    """Copy the attribute dict of uvicorn's protocol object once it is set up: it grew to
+    hold its 37 attributes in a table of 1.6 KB, and a copy sized to fit is 0.8 KB (the
+    same attributes; any later assignment replaces a value)."""
+    if owner is not None and type(getattr(owner, "__dict__", None)) is dict:
+        owner.__dict__ = dict(owner.__dict__)
 
 
 def release_scope(scope: Scope) -> None:
