@@ -161,8 +161,10 @@ class Frames:
         websocket = self.websocket
         message: Message = _DISCONNECT
         if websocket.client_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            try:  # not contextlib.suppress: its object would be kept while the socket idles
                 message = await websocket._receive()
+            except (WebSocketDisconnect, RuntimeError):
+                message = _DISCONNECT  # the connection is gone
         if message["type"] != "websocket.receive":  # a disconnect, or what cannot follow
             websocket.client_state = WebSocketState.DISCONNECTED
             self.done = True
