@@ -100,7 +100,7 @@ def uvicorn_config(
     made here when not given; ``tls``: uvicorn's ``ssl_certfile`` / ``ssl_keyfile``."""
     if entrance is None:
         entrance = make_entrance(settings)
-    return uvicorn.Config(
+    config = uvicorn.Config(
         entrance,
         loop="auto",
         ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
@@ -117,8 +117,13 @@ def uvicorn_config(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # X-Forwarded-* from FORWARDED_ALLOW_IPS (uvicorn's default: 127.0.0.1) are applied
+        # by the entrance, with uvicorn's own code but no coroutine kept per connection.
+        proxy_headers=False,
         **tls,  # type: ignore[arg-type]
     )
+    entrance.trust_proxies(config.forwarded_allow_ips)
+    return config
 
 
 def make_entrance(

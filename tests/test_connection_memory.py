@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from backend.settings import Settings
 from backend.wire.outbox import Outbox
 from backend.ws import endpoint, writers
 from backend.ws.writers import DirectWriter, LeanEvent, LeanQueue, SocketWriter, writer_for
-from tests.harness import WsClient, same_key, seconds
+from tests.harness import WsClient, eventually, same_key, seconds
 from tests.test_socket_writer import serving_in_process
 
 
@@ -153,3 +154,62 @@ def test_subscription_quota_counts_linearly_with_connections_behind_one_address(
         assert refused is not None and "6000" in refused
     finally:
         current.reset(token)
+
+
+def _waiting_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The coroutines a task is suspended in, outermost first (each one a frame kept)."""
+    chain: list[str] = []
+    awaited: Any = task.get_coro()
+    while hasattr(awaited, "cr_code"):
+        chain.append(awaited.cr_code.co_qualname)
+        awaited = awaited.cr_await
+    return chain
+
+
+async def test_an_idle_connection_waits_in_few_frames_and_keeps_no_handshake_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scopes: list[dict[str, Any]] = []
+
+    def spy(websocket: Any, outbox: Outbox, label: str) -> SocketWriter:
+        scopes.append(websocket.scope)
+        return writer_for(websocket, outbox, label)
+
+    monkeypatch.setattr(endpoint, "writer_for", spy)
+    async with serving_in_process(tmp_path, monkeypatch) as url:
+        client = await WsClient.open(url, additional_headers={"X-Forwarded-For": "203.0.113.7"})
+        await client.send(_request("AAA", 5))
+        await client.wait_for("data_init", same_key("AAA", "1m"), timeout=30)
+        (scope,) = scopes
+        # the handshake's headers, subprotocols and denial extension were given back
+        assert scope["headers"] == () and scope["subprotocols"] == ()
+        assert "extensions" not in scope
+        # uvicorn's protocol object keeps its attributes in a dict sized to fit
+        attributes = vars(scope[writers.SCOPE_KEY])
+        assert sys.getsizeof(attributes) <= sys.getsizeof(dict(attributes))
+        # uvicorn's proxy headers still applied (127.0.0.1 is a trusted proxy by default)
+        assert scope["client"][0] == "203.0.113.7"
+
+        def connection_chain() -> list[str]:
+            for task in asyncio.all_tasks():
+                chain = _waiting_chain(task)
+                if chain and chain[0].endswith(".run_asgi"):
+                    return chain
+            return []
+
+        await eventually(lambda: "Frames.__anext__" in connection_chain(), 10, "an idle read")
+        chain = connection_chain()
+        # the server's task, the entrance, the endpoint, its frame reader, uvicorn's receive
+        assert chain[:5] == [
+            "WebSocketsSansIOProtocol.run_asgi",
+            "Entrance.__call__",
+            "serve_connection",
+            "Frames.__anext__",
+            "WebSocketsSansIOProtocol.receive",
+        ]
+        # frames still arrive and are answered; the close still ends the connection
+        await client.send(_request("BBB", 7))
+        second = await client.wait_for("data_init", same_key("BBB", "1m"), timeout=30)
+        assert len(second["data"]) == 7
+        await client.close()
+        await eventually(lambda: not connection_chain(), 10, "the connection's end")

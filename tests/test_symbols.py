@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import sqlite3
 import threading
@@ -538,3 +539,51 @@ async def test_search_on_a_bulk_populated_chain_answers_like_a_row_by_row_model(
     expected = expected_search(rows, query)
     assert expected
     assert await search(db, query, MAX_SEARCH_LIMIT) == expected
+
+
+def shared_list_rows() -> list[Any]:
+    """Rows built the way providers build them, on constant lists shared by every row, with
+    what must still tell their shapes apart: another source label (or none, or None), another
+    type, an invalid shape on the same lists, and extra keys."""
+    categories, intervals = ["Options"], ["1m", "1d"]
+    rows: list[Any] = []
+    for n in range(12_000):
+        fields: dict[str, Any] = {"categories": categories, "intervals": intervals}
+        if n % 5:
+            fields["source_label"] = "OPRA" if n % 5 < 3 else "XNAS"
+        if n % 11 == 0:
+            fields["source_label"] = None
+        if n % 13 == 0:
+            fields["expiry"] = f"2026-12-{n % 28 + 1:02d}"
+        if n % 17 == 0:
+            fields["type"] = "bars"  # invalid: rows on the same lists after it are not
+        rows.append(row(f"O:SPY2612{n:08d}", f"SPY {n} 2026 Call", source="s", **fields))
+    return rows
+
+
+def stored_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        symbols = conn.execute(
+            "SELECT s.id, s.name, s.name_label, s.extra, h.details, s.words"
+            " FROM symbols AS s JOIN symbol_shapes AS h ON h.shape = s.shape ORDER BY s.id"
+        ).fetchall()
+        words = conn.execute("SELECT * FROM symbol_words ORDER BY word").fetchall()
+    return [(*r[:5], sorted(r[5].split())) for r in symbols] + words
+
+
+def test_rows_sharing_their_lists_are_stored_like_rows_with_lists_of_their_own(
+    tmp_path: Path,
+) -> None:
+    rows = shared_list_rows()
+    copies = [{key: copy.deepcopy(value) for key, value in raw.items()} for raw in rows]
+    assert replace_provider_rows(tmp_path / "shared.sqlite3", "s", rows) == 12_000 - 706
+    assert replace_provider_rows(tmp_path / "copied.sqlite3", "s", copies) == 12_000 - 706
+    stored = stored_rows(tmp_path / "shared.sqlite3")
+    assert stored == stored_rows(tmp_path / "copied.sqlite3")
+    by_id = {r[0]: r for r in stored if len(r) == 6}
+    assert by_id["s-O:SPY261200000013"][3] == '{"expiry":"2026-12-14"}'
+    assert by_id["s-O:SPY261200000011"][3] is None  # source_label None is no extra key
+    assert by_id["s-O:SPY261200000011"][4] == by_id["s-O:SPY261200000010"][4]
+    assert "s-O:SPY261200000017" not in by_id
+    words = search_words("O:SPY261200000001 SPY 1 2026 Call")
+    assert by_id["s-O:SPY261200000001"][5] == sorted(words)

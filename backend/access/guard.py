@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,6 +39,14 @@ CLOSE_POLICY_VIOLATION = 1008
 FORBIDDEN = 403
 STATIC_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".map", ".woff2")
 ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
+
+
+class Admitted(NamedTuple):
+    """An accepted socket's caller, what restores the caller before it, and its expiry."""
+
+    identity: Identity
+    token: contextvars.Token[Identity]
+    expiry: asyncio.Task[None] | None
 
 
 class Access:
@@ -90,6 +99,20 @@ class Access:
         """Check a socket upgrade, then run ``app`` as the caller, with expiry, its frames
         paced to the request rate unless ``app`` answers over-limit frames itself (the
         Tradiny socket: ``error rate_limited``, :meth:`FairUse.frame_wait`)."""
+        admitted = await self.admit_socket(scope, send)
+        if admitted is None:
+            return
+        try:
+            await app(scope, self._paced(admitted.identity, receive) if paced else receive, send)
+        finally:
+            self.release_socket(admitted)
+
+    async def admit_socket(self, scope: Scope, send: Send) -> Admitted | None:
+        """Check a socket upgrade: ``None`` once it was refused (the refusal is sent), else
+        the socket runs as its caller (:data:`current`, in the calling task) until
+        :meth:`release_socket`, and is closed when its token expires. The Tradiny socket's
+        entrance calls this pair itself, so that no coroutine of the guard stays
+        suspended for the connection's life (one frame per idle connection)."""
         try:
             identity = self.check_socket(scope)
         except AccessDenied as denied:
@@ -97,17 +120,17 @@ class Access:
                 "denied:" + _address(scope), "socket from %s refused: %s", _address(scope), denied
             )
             await deny_socket(scope, send, denied)
-            return
+            return None
         self.sockets += 1
         token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
-        expiry = self._watch_expiry(identity, send)
-        try:
-            await app(scope, self._paced(identity, receive) if paced else receive, send)
-        finally:
-            if expiry is not None:
-                expiry.cancel()
-            current.reset(token)
-            self.socket_closed(identity)
+        return Admitted(identity, token, self._watch_expiry(identity, send))
+
+    def release_socket(self, admitted: Admitted) -> None:
+        """The socket of :meth:`admit_socket` ended (call it in the task that admitted it)."""
+        if admitted.expiry is not None:
+            admitted.expiry.cancel()
+        current.reset(admitted.token)
+        self.socket_closed(admitted.identity)
 
     def _paced(self, identity: Identity, receive: Receive) -> Receive:
         async def paced() -> Message:

@@ -13,7 +13,8 @@
 --               come out shortest symbol first without sorting; seq grows across populates
 --   id          "source-name", unique: the Tradiny search row id and the listing order
 --   name_lower  the symbol lower-cased, for exact and prefix lookups (nlen is its length)
---   words       the search words of name and name_label, as indexed in symbols_fts
+--   words       the search words of name and name_label, as indexed in symbols_fts (a
+--               batch of ASCII rows lists the letter words, then the digit words)
 --   extra       the row's keys beyond DESIGN 5.4 as a JSON object (a CSV row's path), or NULL
 CREATE TABLE IF NOT EXISTS symbols (
     key        INTEGER PRIMARY KEY,

@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import pickle
 import queue
-import re
 import signal
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+from string import ascii_lowercase, digits
 from typing import Any, TypeVar
 
 import orjson
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
 BATCH_ROWS = 10_000
+FTS_ROWS = 100_000  # rows added to the full-text index per statement
 ROWS_BEFORE_BEGIN = 50_000
 _SEQ_BITS = 40
 _BATCHES_IN_FLIGHT = 3
@@ -53,7 +54,11 @@ _IN_TRANSACTION = frozenset(("insert", "commit"))  # requests that only run afte
 _CHUNKS_AHEAD = 8
 _LOGGED_INVALID_ROWS = 20
 _SPAWN = multiprocessing.get_context("spawn")
-_ASCII_TOKEN = re.compile(r"[a-z]+|[0-9]+|\n")  # ASCII_WORD, and the text separator
+# ASCII text with only its letters (or only its digits) and line ends; spaces elsewhere.
+_LETTERS_ONLY = str.maketrans({n: " " for n in range(128) if chr(n) not in ascii_lowercase + "\n"})
+_DIGITS_ONLY = str.maketrans({n: " " for n in range(128) if chr(n) not in digits + "\n"})
+_REQUIRED_FIELDS = len(ROW_FIELDS) - 1  # all but source_label
+_NOTHING = object()
 # A prepared row: (key, name, name_lower, name_label, shape, words, extra); the writer
 # adds id, source and nlen (the key's high bits).
 Prepared = tuple[int, str, str, str, int, str, str | None]
@@ -86,31 +91,42 @@ class _Batcher:
         self._shapes: dict[bytes, int] = {}
         self._bad_shapes: dict[bytes, str] = {}
         self._new_shapes: list[Shape] = []
+        self._last_parts: tuple[object, ...] = (_NOTHING,) * 6
+        self._last_shape = 0
         self._columns: _Columns = ([], [], [], [], [], [], [])
 
     def add(self, rows: list[object]) -> None:
         """Check provider rows and keep them for the batch; log and skip the invalid ones.
 
-        One loop over many rows, with the lookups it repeats bound once.
+        One loop over many rows, with the lookups it repeats bound once. A row whose shared
+        fields are the very objects of the previous row's (a provider's constant lists) has
+        its shape without serializing them: rows do not change once yielded, and the last
+        parts are held, so their ids cannot be reused meanwhile.
         """
         self.seen += len(rows)
-        shapes = self._shapes
+        last, shape = self._last_parts, self._last_shape
         c = self._columns
         keys, names, lowers, labels = c[0].append, c[1].append, c[2].append, c[3].append
         row_shapes, extras, texts = c[4].append, c[5].append, c[6].append
-        dumps, fields = orjson.dumps, ROW_FIELDS
         for raw in rows:
             try:
                 if not isinstance(raw, _MAPPINGS):
                     raise InvalidRow(f"a row must be a mapping, not {type(raw).__name__}")
                 get = raw.get
-                key = dumps((get("source"), get("type"), get("categories"), get("intervals"),
-                             get("outputs"), get("source_label")))  # fmt: skip
-                shape = shapes.get(key)
-                if shape is None:
-                    shape = self._new_shape(shared_fields(raw), key)
+                parts = (get("source"), get("type"), get("categories"), get("intervals"),
+                         get("outputs"), get("source_label"))  # fmt: skip
+                if not (parts[2] is last[2] and parts[3] is last[3] and parts[4] is last[4]
+                        and parts[0] is last[0] and parts[1] is last[1]
+                        and parts[5] is last[5]):  # fmt: skip
+                    shape = self._shape(parts, raw)
+                    last = parts
                 name, label = name_and_label(raw)
-                extra = None if raw.keys() <= fields else extra_json(raw)
+                # A valid shape means its required fields are there: more keys are extra.
+                extra = (
+                    None
+                    if len(raw) <= _REQUIRED_FIELDS + (parts[5] is not None)
+                    else extra_json(raw)
+                )
             except (InvalidRow, TypeError) as exc:
                 self._skip(raw, exc)
                 continue
@@ -124,6 +140,15 @@ class _Batcher:
             row_shapes(shape)
             extras(extra)
             texts(f"{name} {label}")
+
+    def _shape(self, parts: tuple[object, ...], raw: Mapping[str, Any]) -> int:
+        """The shape of a row's shared fields (checked if new); they become the last parts."""
+        key = orjson.dumps(parts)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._new_shape(shared_fields(raw), key)
+        self._last_parts, self._last_shape = parts, shape
+        return shape
 
     def _new_shape(self, shared: dict[str, Any], key: bytes) -> int:
         if key in self._bad_shapes:
@@ -167,8 +192,10 @@ class _Batcher:
 def _batch_words(texts: list[str], counts: Counter[str]) -> list[str]:
     """The search words of each text, space-separated; ``counts`` counts them.
 
-    An ASCII batch is read by one regular expression over all its texts (a newline between
-    two texts is a word of its own, counted then removed); others one text at a time.
+    An ASCII batch is read whole: one copy keeps only its letters, another only its digits
+    (each word is a run in one of them), and each text's words are its letter words then
+    its digit words (the order does not matter to the full-text index). Others are read one
+    text at a time.
     """
     if not texts:
         return []
@@ -178,10 +205,13 @@ def _batch_words(texts: list[str], counts: Counter[str]) -> list[str]:
         for words in found:
             counts.update(words)
         return [" ".join(words) for words in found]
-    tokens = _ASCII_TOKEN.findall(joined)
-    counts.update(tokens)
-    counts.pop("\n", None)
-    return [line.strip(" ") for line in " ".join(tokens).split("\n")]
+    letters, digits = joined.translate(_LETTERS_ONLY), joined.translate(_DIGITS_ONLY)
+    counts.update(letters.split())
+    counts.update(digits.split())
+    return [
+        " ".join(f"{a} {d}".split())
+        for a, d in zip(letters.split("\n"), digits.split("\n"), strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------- writer: SQLite
@@ -248,6 +278,7 @@ class _Session:
         self.stored = 0
         self._conn: sqlite3.Connection | None = None
         self._insert = ""
+        self._unindexed: list[int] = []
 
     def run(self, command: str, args: tuple[Any, ...]) -> tuple[str, Any]:
         """Run one request; reply ``("ok", value)`` or ``("error", message)``."""
@@ -278,6 +309,7 @@ class _Session:
         could collide with the rows prepared meanwhile.
         """
         self._insert = _insert_sql(source)
+        self._unindexed = []
         conn.execute("BEGIN IMMEDIATE")
         if self.do_first_seq(conn) > first_seq:
             conn.execute("ROLLBACK")
@@ -300,20 +332,32 @@ class _Session:
         tags = [(tag, source, words) for _, source, _, tag, words in shapes]
         conn.executemany("INSERT OR IGNORE INTO symbol_tags VALUES (?, ?, ?)", tags)
         self.stored += max(conn.executemany(self._insert, rows).rowcount, 0)
-        # One statement, in ascending keys, and only the rows that were stored.
+        self._unindexed += [row[0] for row in rows]
+        if len(self._unindexed) >= FTS_ROWS:
+            self._index_words(conn)
+        return self.stored
+
+    def _index_words(self, conn: sqlite3.Connection) -> None:
+        """Add the rows inserted since the last call to the full-text index.
+
+        One statement, in ascending keys, and only the rows that were stored. Many batches
+        at a time: their keys interleave, and the index writes a segment whenever its
+        rowids go backwards, so fewer statements leave fewer segments to merge.
+        """
+        keys, self._unindexed = self._unindexed, []
         conn.execute(
             "INSERT INTO symbols_fts (rowid, words, tag)"
             " SELECT s.key, s.words, h.tag"
             " FROM symbols AS s CROSS JOIN symbol_shapes AS h ON h.shape = s.shape"
             " WHERE s.key IN (SELECT value FROM json_each(?)) ORDER BY s.key",
-            (orjson.dumps([row[0] for row in rows]).decode(),),
+            (orjson.dumps(keys).decode(),),
         )
-        return self.stored
 
     def do_commit(
         self, conn: sqlite3.Connection, source: str, words: Counter[str], seqs: range
     ) -> None:
-        """Record the source's words and row count, and commit."""
+        """Index the last rows, record the source's words and row count, and commit."""
+        self._index_words(conn)
         conn.executemany(
             "INSERT INTO symbol_words (word, source, rows) VALUES (?, ?, ?)",
             ((word, source, rows) for word, rows in words.items()),

@@ -22,9 +22,14 @@ collection policy (``server.py``) runs a full collection after clients left.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
+from uvicorn._types import ASGI3Application
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backend.access.guard import Access
 from backend.ws.endpoint import serve_connection
@@ -39,15 +44,28 @@ class Entrance:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.departures = 0
+        self._proxies: Callable[..., Coroutine[Any, Any, None]] | None = None
+
+    def trust_proxies(self, trusted_hosts: list[str] | str) -> None:
+        """Apply uvicorn's ``X-Forwarded-For`` / ``-Proto`` rewrite of the scope here, for
+        a server whose uvicorn ``proxy_headers`` is off (``server.py``): uvicorn's
+        middleware stays suspended in a coroutine for a socket's whole life (a frame per
+        idle connection); here its rewrite runs to completion before the app is called."""
+        self._proxies = ProxyHeadersMiddleware(cast(ASGI3Application, _rewritten), trusted_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] in WEBSOCKET_PATHS:
-            access: Access = self.app.state.access
-            await access.serve_socket(scope, receive, send, self._serve, paced=False)
+        if self._proxies is not None:
+            _run_at_once(self._proxies(scope, receive, send))
+        if scope["type"] != "websocket" or scope["path"] not in WEBSOCKET_PATHS:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The socket is served in this coroutine, with access control's admit/release pair
+        # rather than its serve_socket: each coroutine suspended for the connection's life
+        # is a frame per idle connection.
+        access: Access = self.app.state.access
+        admitted = await access.admit_socket(scope, send)
+        if admitted is None:
+            return
         expose_protocol(scope, send)
         scope["app"] = self.app
         try:
@@ -55,3 +73,19 @@ class Entrance:
         finally:
             forget_protocol(scope)
             self.departures += 1
+            access.release_socket(admitted)
+
+
+async def _rewritten(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app behind :meth:`Entrance.trust_proxies`' middleware: the scope is rewritten."""
+
+
+def _run_at_once(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (uvicorn's proxy-header middleware calling
+    :func:`_rewritten`) to its end, now."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("uvicorn's proxy headers middleware suspended")
