@@ -8,6 +8,7 @@ and try again; nothing loops hot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -22,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from backend.errors import CandlewireError
+from backend.tasks import Tasks, cancel_owned, start_owned
 
 CONNECT_TIMEOUT = 2.0
 BACKOFF_INITIAL = 0.2
@@ -120,34 +122,77 @@ async def execute(pipe: Pipeline) -> list[Any]:
 
 
 class Publisher:
-    """``PUBLISH`` on a connection of its own, one command in flight: the node's live
-    batches. Half the CPU of ``Redis.publish`` (no pool checkout, no retry wrapper), which
-    was most of what a node spends per batch. ``BusDown`` on failure; the next call
-    connects again."""
+    """``PUBLISH`` on a connection of its own, pipelined: the node's live batches go out as
+    soon as they are there, without waiting for Redis's answer to the one before (a wait
+    that, on a busy machine, also waited for the node's turn on a CPU), and a task of the
+    publisher's reads the answers. At most ``MAX_UNANSWERED`` are outstanding; an answer
+    later than ``timeout``, an error, or a closed socket makes the next call raise
+    ``BusDown``, and the call after that connects again. No pool checkout and no retry
+    wrapper per message: a third of the CPU of ``Redis.publish``."""
+
+    MAX_UNANSWERED = 64
 
     def __init__(self, url: str, timeout: float) -> None:
         self._pool = aioredis.ConnectionPool.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=timeout
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None
         )
+        self._timeout = timeout
         self._connection: aioredis.Connection | None = None
+        self._unanswered = 0
+        self._waiting = asyncio.Event()  # set while answers are outstanding
+        self._room = asyncio.Event()  # set while fewer than MAX_UNANSWERED are
+        self._failed: BaseException | None = None
+        self._tasks: Tasks = set()
 
     async def publish(self, channel: str, data: bytes) -> None:
+        if self._failed is not None:
+            failed = self._failed
+            await self.close()
+            raise BusDown(_why(failed))
         connection = self._connection
         try:
             if connection is None:
-                connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-                await connection.connect()
-                self._connection = connection
-            await connection.send_command("PUBLISH", channel, data)
-            await connection.read_response()
-        except BaseException as exc:  # cancelled too: a reply may be pending, never reuse it
+                connection = await self._connect()
+            if not self._room.is_set():
+                await asyncio.wait_for(self._room.wait(), self._timeout)
+            command = connection.pack_command("PUBLISH", channel, data)
+            await connection.send_packed_command(command, check_health=False)
+        except BaseException as exc:  # cancelled too: a command may be half written
             await self.close()
             if isinstance(exc, RedisError | OSError | TimeoutError):
                 raise BusDown(_why(exc)) from exc
             raise
+        self._unanswered += 1
+        self._waiting.set()
+        if self._unanswered >= self.MAX_UNANSWERED:
+            self._room.clear()
+
+    async def _connect(self) -> aioredis.Connection:
+        connection: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        await connection.connect()  # type: ignore[no-untyped-call]
+        self._connection, self._unanswered, self._failed = connection, 0, None
+        self._waiting.clear()
+        self._room.set()
+        start_owned(self._tasks, self._answers(connection), "bus-publisher-answers")
+        return connection
+
+    async def _answers(self, connection: aioredis.Connection) -> None:
+        try:
+            while True:
+                await self._waiting.wait()
+                if await connection.read_response(timeout=self._timeout) is None:
+                    raise TimeoutError(f"no answer to PUBLISH within {self._timeout:g} s")
+                self._unanswered -= 1
+                if self._unanswered == 0:
+                    self._waiting.clear()
+                self._room.set()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed = exc  # the next publish raises BusDown and reconnects
 
     async def close(self) -> None:
+        await cancel_owned(self._tasks)
         connection, self._connection = self._connection, None
+        self._failed = None
         if connection is not None:
             with contextlib.suppress(RedisError, OSError):
                 await connection.disconnect()
