@@ -164,6 +164,18 @@ class Outbox:
             self.over_limit_since = time.monotonic()
         return True
 
+    def extend(self, slot: Hashable, frames: bytes) -> bool:
+        """Append ``frames`` to the pending frame of ``slot`` (they go out right behind it,
+        in the same write, and are replaced with it); False when none is pending. A frame
+        that follows another always (an ``indicator_update`` after its ``data_update``)
+        costs no entry of its own this way."""
+        pending = self._frames.get(slot)
+        if pending is None or self._closed:
+            return False
+        self._frames[slot] = pending + frames
+        self._bytes += len(frames)
+        return True
+
     def drain(self) -> list[bytes]:
         """Take every pending frame, oldest first."""
         taken = list(self._frames.values())
