@@ -9,7 +9,8 @@ synthetic source (one forming-bar update per key, a new bar every ``--bar-every`
 go through ``Fanout.on_provider_events`` as in the server, and the outboxes are drained after
 each block. Blocks with and without the indicators alternate (the same hub; the indicators
 are detached for the plain blocks), so both meet the same background load; each figure is
-the median of its blocks. What it leaves out (socket writes, the event loop) the plain run
+the median of its blocks. The garbage collector is tuned as in the server (the bars frozen
+out of collections, young collections every 20,000 allocations). What it leaves out (socket writes, the event loop) the plain run
 pays in full in the server, so the figures here are the indicator path's own cost, not a
 capacity ratio: ``bench/indicators_fanout.py`` gives that.
 
@@ -53,6 +54,7 @@ INDICATORS = [
     ("bbands", "talib.overlap.BBANDS", {"timeperiod": 20}),
 ]
 HISTORY = 7200
+GC_THRESHOLDS = (20_000, 20, 100)  # server.GC_YOUNG_THRESHOLD and the rest of tune_gc
 
 
 class Bench:
@@ -131,12 +133,14 @@ def _gone(code: int, reason: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(args.keys, args.holders)
+    gc.set_threshold(*GC_THRESHOLDS)  # as the server runs (server.tune_gc): the bars frozen
+    gc.collect()
+    gc.freeze()
     costs: dict[str, list[float]] = {"plain": [], "indicators": []}
     for i in range(args.blocks + 2):
         for label in ("plain", "indicators"):
             bench.attach(label == "indicators")
             events = bench.batch(args.updates, args.bar_every)
-            gc.collect()
             spent = bench.block(events, args.per_batch)
             if i >= 2:  # the first blocks warm up (tails, streams, caches)
                 costs[label].append(1e6 * spent / args.updates)

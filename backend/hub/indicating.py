@@ -256,9 +256,9 @@ class Indicating:
         self.seconds += time.perf_counter() - started
 
     def _check_closed_bars(self, key: SeriesId) -> None:
-        """Running computations of ``key`` open again when its closed bars changed since
-        its last computation other than by bars appended (the cache's ``version`` counts
-        every change but an update of the newest bar in place)."""
+        """Running computations of ``key`` open again, and its tail table is rebuilt, when
+        its closed bars changed since its last computation other than by bars appended (the
+        cache's ``version`` counts every change but an update of the newest bar in place)."""
         cached = self.hub.cache.peek(key)
         if cached is None:
             return
@@ -269,6 +269,7 @@ class Indicating:
             before, count, newest = mark
             grown = n - count
             if version - before != grown or (grown and (count == 0 or times[-grown - 1] != newest)):
+                self.tails.drop(key)
                 self.live.resync_series(key)
         self._marks[key] = (version, n, times[-1] if n else None)
 
@@ -300,13 +301,14 @@ class Indicating:
         for update in updates:
             groups.setdefault(update.clients, []).append(update)
         for holders, held in groups.items():
+            frames = [self._frame(update, dates) for update in held]
             time = held[0].time
-            if all(update.time == time for update in held):
-                self._queue(holders, key, time, held, dates)
+            if not any(update.time != time for update in held):
+                self._queue(holders, key, time, held, frames)
                 continue
             for time in dict.fromkeys(update.time for update in held):  # a closed bar first
-                part = [update for update in held if update.time == time]
-                self._queue(holders, key, time, part, dates)
+                part = [i for i, update in enumerate(held) if update.time == time]
+                self._queue(holders, key, time, [held[i] for i in part], [frames[i] for i in part])
 
     def _queue(
         self,
@@ -314,10 +316,9 @@ class Indicating:
         key: SeriesId,
         time: int,
         held: list[IndicatorUpdate],
-        dates: dict[tuple[SeriesId, ...], bytes],
+        frames: list[bytes],
     ) -> None:
-        """Queue the frames of ``held`` (all of bar ``time``) to each of ``holders``."""
-        frames = [self._frame(update, dates) for update in held]
+        """Queue ``frames`` (those of ``held``, all of bar ``time``) to each of ``holders``."""
         entry = frames[0] if len(frames) == 1 else b"".join(frames)
         data_slot = (key, time)  # the slot of that bar's data_update (Fanout._push_update)
         slot: tuple[object, ...] | None = None
@@ -340,30 +341,27 @@ class Indicating:
         self.delivered += queued * len(frames)
 
     def _frame(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
-        """The text frame of :meth:`_encode`."""
-        payload = self._encode(update, dates)
-        n = len(payload)
-        if _LEN_16 <= n < _LEN_64:  # the usual size: the header without a call
-            return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
-        return text_frame(payload)
-
-    def _encode(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
-        """``protocol.encode(messages.indicator_update(...))``, from parts encoded once: the
-        bytes around the values are the same for every update of a chart id, and the values
-        (floats or None) are encoded in one call."""
+        """The text frame of ``protocol.encode(messages.indicator_update(...))``, from parts
+        encoded once: the bytes around the values are the same for every update of a chart
+        id, and the values (floats or None) are encoded in one call."""
         last_dates = dates.get(update.series)
         if last_dates is None:
             last_dates = dates[update.series] = self._last_dates_json(update.series)
         template = self._templates.get(update.chart_id)
         if template is None or template[0] is not update.names:
             template = self._template(update.chart_id, update.names)
+        values = update.values
         date = self._dates.get(update.time)
         if date is None:
             if len(self._dates) >= MAX_ENCODED:
                 self._dates.clear()
-            date = self._dates[update.time] = orjson.dumps(update.values[0])
-        values = orjson.dumps(update.values[1:])[1:-1].split(b",")  # no comma in a number
-        return template[1] % (date, *values, last_dates)
+            date = self._dates[update.time] = orjson.dumps(values[0])
+        encoded = orjson.dumps(values[1:])[1:-1].split(b",")  # no comma in a number
+        payload = template[1] % (date, *encoded, last_dates)
+        n = len(payload)
+        if _LEN_16 <= n < _LEN_64:  # the usual size: the header without a call
+            return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
+        return text_frame(payload)
 
     def _template(self, chart_id: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
         """The message of an update of ``chart_id`` with a ``%b`` for the date, each value

@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +123,8 @@ def align(
     bound: BoundIndicator, bars: Mapping[SeriesId, Bars]
 ) -> tuple[TimeArray, dict[str, FloatArray]]:
     """The bar times common to every series, and each column's values at those times."""
+    if len(bound.series) == 1 and not isinstance(one := bars.get(bound.series[0], ()), np.ndarray):
+        return _columns(bound, one)
     tables = {series: _table(bars.get(series, ())) for series in bound.series}
     times = None
     for table in tables.values():
@@ -133,6 +136,20 @@ def align(
         table = tables[binding.series]
         rows = np.searchsorted(table[:, 0], times) if len(tables) > 1 else slice(None)
         data[binding.column] = np.ascontiguousarray(table[rows, _FIELD_INDEX[binding.field]])
+    return times, data
+
+
+def _columns(bound: BoundIndicator, bars: Sequence[Bar]) -> tuple[TimeArray, dict[str, FloatArray]]:
+    """:func:`align` over one series of bar tuples: only the fields it reads, each read
+    straight into its array (a tenth of the cost of a table of every field)."""
+    n = len(bars)
+    times = np.fromiter(map(itemgetter(0), bars), np.int64, n)
+    data = {
+        binding.column: np.fromiter(
+            map(itemgetter(_FIELD_INDEX[binding.field]), bars), np.float64, n
+        )
+        for binding in bound.bindings
+    }
     return times, data
 
 
@@ -190,10 +207,13 @@ def rows(
     else:
         start = max(0, stop - count) if count is not None else 0
     start = min(start, stop)
-    dates = [intervals.format_date(int(t)) for t in computed.times[start:stop]]
-    columns = [_nullable(values[start:stop]) for values in computed.values]
-    names = ("date", *keys)
-    return [dict(zip(names, row, strict=True)) for row in zip(dates, *columns, strict=True)]
+    out: list[dict[str, object]] = [
+        {"date": intervals.format_date(t)} for t in computed.times[start:stop].tolist()
+    ]
+    for key, values in zip(keys, computed.values, strict=True):  # a column at a time
+        for row, value in zip(out, _nullable(values[start:stop]), strict=True):
+            row[key] = value
+    return out
 
 
 def last_dates(bars: Mapping[SeriesId, Sequence[Bar]]) -> dict[str, str]:
@@ -276,10 +296,19 @@ class LiveComputation:
         if self._incremental is None or self._direct is None:
             raise IndicatorError("indicator_failed", "no running computation")
         rows = self._incremental.advance(recent, fetch, self._direct, since, tail)
-        if rows is None:
-            newest = self._step_direct(fetch, self._direct)
-            return [] if newest is None else [newest]
-        return rows
+        return self.batch_rows(fetch) if rows is None else rows
+
+    @property
+    def incremental(self) -> Incremental | None:
+        """The running computation, if there is one (:meth:`advance` calls it; the hub's
+        updates call it directly, then :meth:`batch_rows` when it returns ``None``)."""
+        return self._incremental
+
+    def batch_rows(self, fetch: Fetch) -> list[Row]:
+        """The newest row over one series the batch way, from the tail."""
+        assert self._direct is not None
+        newest = self._step_direct(fetch, self._direct)
+        return [] if newest is None else [newest]
 
     @property
     def tail(self) -> tuple[SeriesId, int] | None:
@@ -399,9 +428,10 @@ def _table(bars: Bars) -> FloatArray:
 
 
 def _nullable(values: FloatArray) -> list[float | None]:
-    column: npt.NDArray[np.object_] = values.astype(object)
-    column[~np.isfinite(values)] = None
-    return column.tolist()  # type: ignore[no-any-return]
+    column: list[float | None] = values.tolist()
+    for index in np.flatnonzero(~np.isfinite(values)).tolist():
+        column[index] = None
+    return column
 
 
 def _check_outputs(bound: BoundIndicator, values: Sequence[FloatArray], n: int) -> None:

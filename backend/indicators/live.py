@@ -259,13 +259,17 @@ class LiveIndicators:
             return
         self.computations += len(running)
         tail = recent if opening else None
+        format_date = intervals.format_date
         for shared in running:
+            computation = shared.computation
             try:
-                rows = shared.computation.advance(recent, fetch, since, tail)
+                rows = computation.incremental.advance(recent, fetch, series, since, tail)  # type: ignore[union-attr]
+                if rows is None:
+                    rows = computation.batch_rows(fetch)
             except IndicatorError as exc:
                 _failed(shared, exc)
                 continue
-            shared.rows = [_row(time, values) for time, values in rows]
+            shared.rows = [(time, (format_date(time), *values)) for time, values in rows]
         if opening and all(not shared.computation.opening[0] for shared in running):
             self._opening.discard(series)
 
