@@ -10,9 +10,10 @@ go through ``Fanout.on_provider_events`` as in the server, and the outboxes are 
 each block. Blocks with and without the indicators alternate (the same hub; the indicators
 are detached for the plain blocks), so both meet the same background load; each figure is
 the median of its blocks. The garbage collector is tuned as in the server (the bars frozen
-out of collections, young collections every 20,000 allocations). What it leaves out (socket writes, the event loop) the plain run
-pays in full in the server, so the figures here are the indicator path's own cost, not a
-capacity ratio: ``bench/indicators_fanout.py`` gives that.
+out of collections, young collections every 20,000 allocations). What it leaves out
+(socket writes, the event loop) the plain run pays in full in the server, so the figures
+here are the indicator path's own cost, not a capacity ratio (``bench/indicators_fanout.py``
+gives that).
 
 Prints a table, then one JSON line.
 """

@@ -20,7 +20,7 @@ from backend.indicators import messages
 from backend.indicators.engine import Binding, bind, compute
 from backend.indicators.live import IndicatorUpdate
 from backend.indicators.registry import Indicators, build_indicators
-from backend.model.bars import Bar, SeriesId, WireKeys
+from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
 from backend.wire import protocol
 from backend.wire.frames import payloads_of, text_frame
