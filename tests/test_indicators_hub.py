@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from backend.history.cache import BarCache
@@ -87,8 +88,6 @@ def py_bars(n: int) -> list[Bar]:
 
 
 def messages_of(client: Client) -> list[dict[str, Any]]:
-    import orjson
-
     return [orjson.loads(p) for entry in client.outbox.drain() for p in payloads_of(entry)]
 
 
@@ -121,10 +120,13 @@ def test_indicator_frames_follow_the_data_update_in_its_entry_or_come_alone(
     bars = py_bars(300)
     hub = Hub(indicators, bars)
     streaming, waiting = hub.client(1), hub.client(2, data=False)  # 2: no data_init yet
+    other = hub.client(3)
     bars[-1] = forming(bars, 150.0)
     hub.send(bars[-1])
     assert len(streaming.outbox) == 1 and len(waiting.outbox) == 1  # one entry each
-    data, update = messages_of(streaming)
+    (entry,) = streaming.outbox.drain()
+    assert other.outbox.drain()[0] is entry  # the holders share one joined copy
+    data, update = (orjson.loads(p) for p in payloads_of(entry))
     assert data["type"] == "data_update" and update["type"] == "indicator_update"
     ema = compute(hub.bound, {KEY: bars[-hub.bound.tail_size() :]}).values[0][-1]
     assert update["data"]["ema-EMA"] == ema

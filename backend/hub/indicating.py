@@ -323,13 +323,14 @@ class Indicating:
         data_slot = (key, time)  # the slot of that bar's data_update (Fanout._push_update)
         slot: tuple[object, ...] | None = None
         clients = self.hub.clients
+        joined: dict[bytes, bytes] = {}  # the holders' data_update frame is one object
         queued = 0
         for client_id in holders:
             client = clients.get(client_id)  # type: ignore[call-overload]
             if client is None:
                 continue
             outbox = client.outbox
-            if outbox.extend(data_slot, entry):
+            if outbox.extend(data_slot, entry, joined):
                 queued += 1
                 continue
             if slot is None:
