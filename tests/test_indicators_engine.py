@@ -22,6 +22,7 @@ from backend.indicators.engine import (
     output_keys,
     rows,
 )
+from backend.indicators.incremental import RECENT
 from backend.indicators.registry import Indicators, build_indicators
 from backend.model.bars import FIELDS, Bar, SeriesId
 
@@ -142,7 +143,7 @@ def _live_matches_batch(indicators: Indicators, indicator_id: str) -> None:
     seed = compute(bound, {BTC: bars[:-1]})  # what indicator_init computed a bar earlier
     live = LiveComputation(bound, seed)
     forming = list(bars[-1])
-    for close in (forming[4] + 0.5, forming[4] - 0.25):  # two ticks of the forming bar
+    for tick, close in enumerate((forming[4] + 0.5, forming[4] - 0.25)):  # two ticks
         forming[4] = close
         now = [*bars[:-1], tuple(forming)]
         tail = Tail({BTC: now})  # type: ignore[dict-item]
@@ -153,7 +154,9 @@ def _live_matches_batch(indicators: Indicators, indicator_id: str) -> None:
         got = [np.nan if v is None else v for v in values]
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-9, nan_ok=True), indicator_id
         size = bound.tail_size()
-        if bound.indicator.memory is not Memory.FULL:
+        if live.running is not None and tick:  # opened on the first tick: the newest bars now
+            assert tail.asked == [RECENT]
+        elif bound.indicator.memory is not Memory.FULL:
             assert size is not None and all(n == size for n in tail.asked)
 
 

@@ -38,6 +38,7 @@ from backend.indicators.engine import (
     output_keys,
     rows,
 )
+from backend.indicators.incremental import RECENT
 from backend.indicators.live import IndicatorUpdate, LiveIndicators
 from backend.indicators.registry import Indicators
 from backend.indicators.tails import Tails
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
 MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
+MAX_ENCODED = 10_000  # chart templates and dates kept encoded (all dropped past that)
+_LEN_16, _LEN_64 = 126, 1 << 16  # payload sizes with a 16-bit length in the frame header
 
 
 class Indicating:
@@ -69,6 +72,14 @@ class Indicating:
         self._next_at: dict[SeriesId, float] = {}  # with INDICATOR_UPDATE_SECONDS
         self._scheduled: set[SeriesId] = set()  # keys with a trailing timer
         self._waiting: set[SeriesId] = set()  # keys with an update not computed yet
+        # (version, bars, newest time) of each key's cache at its last computation
+        self._marks: dict[SeriesId, tuple[int, int, int | None]] = {}
+        # chart id -> (its row keys, its update message with a %b per value: ``_template``)
+        self._templates: dict[str, tuple[tuple[str, ...], bytes]] = {}
+        self._dates: dict[int, bytes] = {}  # bar time -> its date as a JSON string
+        # series an update read -> (their newest bar times, ``last_dates`` encoded)
+        self._last_dates_encoded: dict[tuple[SeriesId, ...], tuple[tuple[int | None, ...], bytes]]
+        self._last_dates_encoded = {}
         self._register_gauges()
 
     @property
@@ -178,6 +189,8 @@ class Indicating:
         self.tails.keep_only(self.live.watches)
         for key in [k for k in self._next_at if not self.live.watches(k)]:
             del self._next_at[key]
+        for key in [k for k in self._marks if not self.live.watches(k)]:
+            del self._marks[key]
 
     def reset_source(self, source: str) -> None:
         """A provider restarted: running totals are recomputed in full next time."""
@@ -233,68 +246,152 @@ class Indicating:
         dates: dict[tuple[SeriesId, ...], bytes] = {}  # last_dates, once per batch
         for key, since in keys:
             try:
+                self._check_closed_bars(key)
                 updates = self.live.on_bar(key, self._tail, since)
             except Exception:  # a bug in one computation must not stop the fan-out
                 logger.exception("live indicators of %s failed", key)
                 self.hub.metrics.inc("candlewire_internal_errors_total")
                 continue
-            self._push(updates, dates)
+            self._push(key, updates, dates)
         self.seconds += time.perf_counter() - started
 
+    def _check_closed_bars(self, key: SeriesId) -> None:
+        """Running computations of ``key`` open again, and its tail table is rebuilt, when
+        its closed bars changed since its last computation other than by bars appended (the
+        cache's ``version`` counts every change but an update of the newest bar in place)."""
+        cached = self.hub.cache.peek(key)
+        if cached is None:
+            return
+        times, version = cached.times, cached.version
+        n = len(times)
+        mark = self._marks.get(key)
+        if mark is not None:
+            before, count, newest = mark
+            grown = n - count
+            if version - before != grown or (grown and (count == 0 or times[-grown - 1] != newest)):
+                self.tails.drop(key)
+                self.live.resync_series(key)
+        self._marks[key] = (version, n, times[-1] if n else None)
+
     def _tail(self, series: SeriesId, count: int | None) -> Bars:
-        """The last ``count`` cached bars (all for None), as a table kept up to date."""
+        """The last ``count`` cached bars (all for None): the newest few as they are, a
+        longer tail as a table kept up to date."""
         cached = self.hub.cache.peek(series)
         if cached is None:
             return ()
-        return cached.bars if count is None else self.tails.get(series, cached.bars, count)
+        if count is None:
+            return cached.bars
+        if count <= RECENT:
+            return cached.bars[-count:]
+        return self.tails.get(series, cached.bars, count)
 
     def _push(
-        self, updates: list[IndicatorUpdate], dates: dict[tuple[SeriesId, ...], bytes]
+        self,
+        key: SeriesId,
+        updates: list[IndicatorUpdate],
+        dates: dict[tuple[SeriesId, ...], bytes],
     ) -> None:
         """Encode each update once, then queue, to each client, the frames of all the
-        updates it holds as one outbox entry: the clients holding the same chart ids of a
-        key (the usual case: one chart's indicators) share one joined entry. Its slot names
-        the chart ids and bar times, so an unsent entry is replaced by the next one of the
-        same forming bars, like a ``data_update``."""
+        updates of ``key`` it holds: appended to its pending ``data_update`` of the same bar
+        (one entry, written together), or else as one entry of their own whose slot names
+        the chart ids and the bar time, so that an unsent one is replaced by the next one
+        of the same forming bar, like a ``data_update``. The clients holding the same chart
+        ids of a key (the usual case: one chart's indicators) share the joined frames."""
         groups: dict[frozenset[Hashable], list[IndicatorUpdate]] = {}
         for update in updates:
             groups.setdefault(update.clients, []).append(update)
-        clients = self.hub.clients
         for holders, held in groups.items():
-            frames = [text_frame(self._encode(update, dates)) for update in held]
-            entry = frames[0] if len(frames) == 1 else b"".join(frames)
-            slot = (
-                "indicator_update",
-                "\n".join(u.chart_id for u in held),
-                *(u.time for u in held),
-            )
-            queued = 0
-            for client_id in holders:
-                client = clients.get(client_id)  # type: ignore[call-overload]
-                if client is None:
-                    continue
-                if client.outbox.push(entry, slot):
-                    queued += 1
-                else:
-                    self.kick(client, "outbox hard limit reached")
-            self.delivered += queued * len(frames)
+            frames = [self._frame(update, dates) for update in held]
+            time = held[0].time
+            if not any(update.time != time for update in held):
+                self._queue(holders, key, time, held, frames)
+                continue
+            for time in dict.fromkeys(update.time for update in held):  # a closed bar first
+                part = [i for i, update in enumerate(held) if update.time == time]
+                self._queue(holders, key, time, [held[i] for i in part], [frames[i] for i in part])
 
-    def _encode(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
-        """``protocol.encode(messages.indicator_update(...))``, from parts encoded once."""
+    def _queue(
+        self,
+        holders: frozenset[Hashable],
+        key: SeriesId,
+        time: int,
+        held: list[IndicatorUpdate],
+        frames: list[bytes],
+    ) -> None:
+        """Queue ``frames`` (those of ``held``, all of bar ``time``) to each of ``holders``."""
+        entry = frames[0] if len(frames) == 1 else b"".join(frames)
+        data_slot = (key, time)  # the slot of that bar's data_update (Fanout._push_update)
+        slot: tuple[object, ...] | None = None
+        clients = self.hub.clients
+        joined: dict[bytes, bytes] = {}  # the holders' data_update frame is one object
+        queued = 0
+        for client_id in holders:
+            client = clients.get(client_id)  # type: ignore[call-overload]
+            if client is None:
+                continue
+            outbox = client.outbox
+            if outbox.extend(data_slot, entry, joined):
+                queued += 1
+                continue
+            if slot is None:
+                slot = ("indicator_update", "\n".join(u.chart_id for u in held), time)
+            if outbox.push(entry, slot):
+                queued += 1
+            else:
+                self.kick(client, "outbox hard limit reached")
+        self.delivered += queued * len(frames)
+
+    def _frame(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
+        """The text frame of ``protocol.encode(messages.indicator_update(...))``, from parts
+        encoded once: the bytes around the values are the same for every update of a chart
+        id, and the values (floats or None) are encoded in one call."""
         last_dates = dates.get(update.series)
         if last_dates is None:
-            last_dates = dates[update.series] = orjson.dumps(self._last_dates(update.series))
-        return b"".join(
-            (
-                b'{"type":"indicator_update","id":',
-                orjson.dumps(update.chart_id),
-                b',"data":',
-                orjson.dumps(update.row),
-                b',"annotations":null,"last_dates":',
-                last_dates,
-                b"}",
-            )
+            last_dates = dates[update.series] = self._last_dates_json(update.series)
+        template = self._templates.get(update.chart_id)
+        if template is None or template[0] is not update.names:
+            template = self._template(update.chart_id, update.names)
+        values = update.values
+        date = self._dates.get(update.time)
+        if date is None:
+            if len(self._dates) >= MAX_ENCODED:
+                self._dates.clear()
+            date = self._dates[update.time] = orjson.dumps(values[0])
+        encoded = orjson.dumps(values[1:])[1:-1].split(b",")  # no comma in a number
+        payload = template[1] % (date, *encoded, last_dates)
+        n = len(payload)
+        if _LEN_16 <= n < _LEN_64:  # the usual size: the header without a call
+            return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
+        return text_frame(payload)
+
+    def _template(self, chart_id: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
+        """The message of an update of ``chart_id`` with a ``%b`` for the date, each value
+        and ``last_dates``."""
+        if len(self._templates) >= MAX_ENCODED:
+            self._templates.clear()
+        keys = [orjson.dumps(name).replace(b"%", b"%%") for name in (chart_id, *names)]
+        data = b",".join(b"%b:%%b" % key for key in keys[1:])
+        message = b'{"type":"indicator_update","id":%b,"data":{%b},"annotations":null,' % (
+            keys[0],
+            data,
         )
+        template = self._templates[chart_id] = (names, message + b'"last_dates":%b}')
+        return template
+
+    def _last_dates_json(self, series: tuple[SeriesId, ...]) -> bytes:
+        """:meth:`_last_dates` encoded, again only when a newest bar time changed."""
+        cache = self.hub.cache
+        newest = tuple(
+            None if (cached := cache.peek(key)) is None else cached.newest for key in series
+        )
+        known = self._last_dates_encoded.get(series)
+        if known is not None and known[0] == newest:
+            return known[1]
+        if len(self._last_dates_encoded) >= MAX_ENCODED:
+            self._last_dates_encoded.clear()
+        encoded = orjson.dumps(self._last_dates(series))
+        self._last_dates_encoded[series] = (newest, encoded)
+        return encoded
 
     def _last_dates(self, series: tuple[SeriesId, ...]) -> dict[str, str]:
         """``{"<source>-<name>-<interval>": newest bar date}`` of what an update read."""

@@ -12,6 +12,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,29 @@ from backend.errors import IndicatorError
 FloatArray = npt.NDArray[np.float64]
 Calc = Callable[[Mapping[str, FloatArray]], Sequence[FloatArray]]
 """``calc`` with its inputs bound: columns in, one array per output out."""
+
+
+class Running(Protocol):
+    """An exact running computation of one indicator over one series (see
+    :meth:`Indicator.incremental`): the values of the newest bar it was fed, and what the
+    values would be with one more bar. Each call takes the bar's columns in the order of
+    :attr:`Indicator.columns` and gives one value per output (a bare number for one
+    output, a tuple for several), bit for bit what ``calc`` gives at that bar."""
+
+    @property
+    def value(self) -> Any:
+        """The values at the last bar fed (or opened on)."""
+
+    def update(self, *columns: float) -> Any:
+        """Feed one closed bar; returns its values."""
+
+    def peek(self, *columns: float) -> Any:
+        """The values a next bar with these columns would have; commits nothing."""
+
+
+Open = Callable[[Sequence[FloatArray]], Running]
+"""Opens a :class:`Running` computation on closed bars (one array per column, oldest first);
+raises :class:`~backend.errors.IndicatorError` (``not_enough_history``) when too few."""
 
 
 class Memory(enum.Enum):
@@ -103,6 +127,13 @@ class Indicator:
             return self.calc(data, **bound)
 
         return calc
+
+    def incremental(self, inputs: Mapping[str, float]) -> Open | None:
+        """Optional: how to open an exact running computation with these ``inputs``, which
+        the live path then feeds one closed bar at a time and asks for the forming bar's
+        values in constant time (TA-Lib's functions have one). ``None`` (the default): the
+        live path recomputes ``calc`` over a bounded tail on every update."""
+        return None
 
     def memory_for(self, inputs: Mapping[str, float]) -> Memory:
         """:attr:`memory` with these inputs (an override may find a window where some

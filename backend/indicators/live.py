@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from backend.errors import IndicatorError
 from backend.indicators.engine import BoundIndicator, Columns, Computed, Fetch, LiveComputation
+from backend.indicators.incremental import RECENT
 from backend.model import intervals
 from backend.model.bars import SeriesId
 
@@ -30,10 +31,16 @@ class IndicatorUpdate(NamedTuple):
     """The newest row of one chart id, for every client that holds it."""
 
     chart_id: str
-    row: dict[str, object]
+    names: tuple[str, ...]  # the row's keys: "date", then "<chart id>-<output>" per output
+    values: tuple[object, ...]  # the row's values: the date, then one per output
     clients: frozenset[Hashable]  # the same object from one update to the next while they hold it
     series: tuple[SeriesId, ...] = ()  # what it reads, for ``last_dates``
-    time: int = 0  # the bar time of ``row``
+    time: int = 0  # the bar time of the row
+
+    @property
+    def row(self) -> dict[str, object]:
+        """``{"date": ..., "<chart id>-<output>": value or None, ...}``."""
+        return dict(zip(self.names, self.values, strict=True))
 
 
 @dataclass
@@ -58,11 +65,33 @@ class _Chart:
         self.clients.discard(client)
         self._holders = None
 
+    def adopt(self, holders: frozenset[Hashable]) -> None:
+        """Use ``holders``, an equal set, as :meth:`holders` (one object per group)."""
+        if holders == self.clients:
+            self._holders = holders
+
+
+Row = tuple[int, tuple[object, ...]]  # a bar time, and the date then the value of each output
+_NO_ROWS: list[Row] = []
+
 
 @dataclass
 class _Shared:
     computation: LiveComputation
     charts: dict[str, _Chart]  # chart id -> its keys and clients
+    rows: list[Row] = field(default_factory=list)  # what the update in progress computed
+
+
+@dataclass
+class _Plan:
+    """The shared computations over one series, by how an update computes them, and their
+    chart ids grouped by the clients that hold them (the order of :meth:`on_bar`'s updates)."""
+
+    running: list[_Shared] = field(default_factory=list)  # running computations over it
+    on_tail: list[_Shared] = field(default_factory=list)  # recomputed over its tail
+    size: int = 0  # the longest tail of ``on_tail``
+    others: list[_Shared] = field(default_factory=list)  # each the batch way (``step``)
+    groups: list[list[tuple[_Shared, str, _Chart]]] = field(default_factory=list)
 
 
 class LiveIndicators:
@@ -72,6 +101,9 @@ class LiveIndicators:
         self._shared: dict[Key, _Shared] = {}
         self._by_series: dict[SeriesId, dict[Key, _Shared]] = {}
         self._by_client: dict[Hashable, dict[str, Key]] = {}
+        self._plans: dict[SeriesId, _Plan] = {}  # made on the first update after a change
+        # series whose running computations may have to open (all open: newest bars only)
+        self._opening: set[SeriesId] = set()
         self.computations = 0  # shared computations run by on_bar (for the metrics)
 
     def __len__(self) -> int:
@@ -95,6 +127,7 @@ class LiveIndicators:
             chart = shared.charts[chart_id] = _Chart(names)
         chart.add(client)
         self._by_client.setdefault(client, {})[chart_id] = key
+        self._replan(bound.series)
 
     def unsubscribe(self, client: Hashable, chart_id: str) -> None:
         held = self._by_client.get(client)
@@ -108,8 +141,14 @@ class LiveIndicators:
         chart.discard(client)
         if not chart.clients:
             del shared.charts[chart_id]
+        self._replan(shared.computation.bound.series)
         if not shared.charts:
             self._forget(key)
+
+    def _replan(self, series: tuple[SeriesId, ...]) -> None:
+        for one in series:
+            self._plans.pop(one, None)
+            self._opening.add(one)
 
     def drop_client(self, client: Hashable) -> None:
         """Forget every indicator of a closed socket."""
@@ -130,8 +169,16 @@ class LiveIndicators:
 
     def reset_series(self, series: SeriesId) -> None:
         """The series was reloaded (provider restart): recompute running totals in full."""
+        self._opening.add(series)
         for shared in self._by_series.get(series, {}).values():
             shared.computation.reset()
+
+    def resync_series(self, series: SeriesId) -> None:
+        """Closed bars of ``series`` changed other than by a bar appended (a correction, a
+        merge, a trim): running computations open again from the tail."""
+        self._opening.add(series)
+        for shared in self._by_series.get(series, {}).values():
+            shared.computation.resync()
 
     def on_bar(
         self, series: SeriesId, fetch: Fetch, since: int | None = None
@@ -142,15 +189,15 @@ class LiveIndicators:
         longest tail and its columns; when the updates began at ``since``, a bar older than
         the newest (it closed since: its last update was never computed), they also give
         the row of the bar before the newest, first."""
-        updates: list[IndicatorUpdate] = []
-        on_tail: list[_Shared] = []
-        size = 0
-        for shared in list(self._by_series.get(series, {}).values()):
-            tail = shared.computation.tail
-            if tail is not None and tail[0] == series:
-                on_tail.append(shared)
-                size = max(size, tail[1])
-                continue
+        plan = self._plans.get(series)
+        if plan is None:
+            if series not in self._by_series:
+                return []
+            plan = self._plans[series] = self._plan(series)
+        for group in plan.groups:
+            for shared, _, _ in group:
+                shared.rows = _NO_ROWS
+        for shared in plan.others:
             self.computations += 1
             try:
                 newest = shared.computation.step(fetch)
@@ -158,10 +205,73 @@ class LiveIndicators:
                 _failed(shared, exc)
                 continue
             if newest is not None:
-                updates.extend(_fan_out(shared, *newest))
-        if on_tail:
-            updates.extend(self._on_tail(series, fetch, on_tail, size, since))
-        return updates
+                shared.rows = [_row(*newest)]
+        if plan.running:
+            self._on_running(series, fetch, plan.running, since)
+        if plan.on_tail:
+            self._on_tail(series, fetch, plan.on_tail, plan.size, since)
+        return _updates(plan, series)
+
+    def _plan(self, series: SeriesId) -> _Plan:
+        plan = _Plan()
+        groups: dict[frozenset[Hashable], list[tuple[_Shared, str, _Chart]]] = {}
+        for shared in self._by_series[series].values():
+            computation = shared.computation
+            tail = computation.tail
+            if computation.running == series:
+                plan.running.append(shared)
+            elif tail is not None and tail[0] == series:
+                plan.on_tail.append(shared)
+                plan.size = max(plan.size, tail[1])
+            else:
+                plan.others.append(shared)
+            for chart_id, chart in shared.charts.items():
+                holders = chart.holders()
+                group = groups.get(holders)
+                if group is None:
+                    group = groups[holders] = []
+                else:  # one frozenset object per group: the hub joins by identity
+                    chart.adopt(group[0][2].holders())
+                group.append((shared, chart_id, chart))
+        plan.groups = list(groups.values())
+        return plan
+
+    def _on_running(
+        self, series: SeriesId, fetch: Fetch, running: list[_Shared], since: int | None
+    ) -> None:
+        """The computations kept by a running computation share one read of the newest bars
+        (of the longest tail any of them opens on, if one must open)."""
+        size: int | None = RECENT
+        opening = False
+        if series in self._opening:
+            for shared in running:
+                opens, bars = shared.computation.opening
+                if opens:
+                    opening = True
+                    size = None if bars is None or size is None else max(size, bars)
+            if not opening:
+                self._opening.discard(series)
+        try:
+            recent = fetch(series, size)
+        except IndicatorError as exc:
+            for shared in running:
+                _failed(shared, exc)
+            return
+        self.computations += len(running)
+        tail = recent if opening else None
+        format_date = intervals.format_date
+        for shared in running:
+            computation = shared.computation
+            try:
+                rows = computation.incremental.advance(recent, fetch, series, since, tail)  # type: ignore[union-attr]
+                if rows is None:
+                    rows = computation.batch_rows(fetch)
+            except IndicatorError as exc:
+                _failed(shared, exc)
+                continue
+            shared.rows = [(time, (format_date(time), *values)) for time, values in rows]
+        if opening and all(not shared.computation.opening[0] for shared in running):
+            self._opening.discard(series)
 
     def _on_tail(
         self,
@@ -170,24 +280,24 @@ class LiveIndicators:
         on_tail: list[_Shared],
         size: int,
         since: int | None,
-    ) -> list[IndicatorUpdate]:
+    ) -> None:
         try:
             columns = Columns(fetch(series, size if since is None else size + 1))
         except IndicatorError as exc:
             for shared in on_tail:
                 _failed(shared, exc)
-            return []
+            return
         if len(columns) == 0:
-            return []
+            return
         tails = [columns]
         if since is not None and len(columns) > 1:
             closed = columns.before_last()
             if since <= closed.time:
                 tails.insert(0, closed)
-        updates: list[IndicatorUpdate] = []
+        for shared in on_tail:
+            shared.rows = []
         for tail in tails:
             time = tail.time
-            date = intervals.format_date(time)
             for shared in on_tail:
                 self.computations += 1
                 try:
@@ -195,31 +305,38 @@ class LiveIndicators:
                 except IndicatorError as exc:
                     _failed(shared, exc)
                     continue
-                updates.extend(_fan_out(shared, time, values, date))
-        return updates
+                shared.rows.append(_row(time, values))
 
     def _forget(self, key: Key) -> None:
         shared = self._shared.pop(key)
         for series in shared.computation.bound.series:
+            self._plans.pop(series, None)
             keys = self._by_series.get(series)
             if keys is not None:
                 keys.pop(key, None)
                 if not keys:
                     del self._by_series[series]
+                    self._opening.discard(series)
 
 
 def _failed(shared: _Shared, exc: IndicatorError) -> None:
     logger.warning("live indicator %s: %s", shared.computation.bound.indicator_id, exc.message)
 
 
-def _fan_out(
-    shared: _Shared, time: int, values: list[float | None], date: str | None = None
-) -> list[IndicatorUpdate]:
-    row = (date or intervals.format_date(time), *values)
-    series = shared.computation.bound.series
-    return [
-        IndicatorUpdate(
-            chart_id, dict(zip(chart.names, row, strict=True)), chart.holders(), series, time
-        )
-        for chart_id, chart in shared.charts.items()
-    ]
+def _row(time: int, values: list[float | None]) -> Row:
+    return time, (intervals.format_date(time), *values)
+
+
+def _updates(plan: _Plan, series: SeriesId) -> list[IndicatorUpdate]:
+    """The rows computed, one update per chart id and row, the chart ids held by the same
+    clients next to each other (each with the same ``clients`` object)."""
+    updates = []
+    new = tuple.__new__  # IndicatorUpdate(...) without the Python-level __new__
+    for group in plan.groups:
+        for shared, chart_id, chart in group:
+            holders = chart.holders()
+            reads = shared.computation.bound.series
+            for time, row in shared.rows:
+                update = (chart_id, chart.names, row, holders, reads, time)
+                updates.append(new(IndicatorUpdate, update))
+    return updates

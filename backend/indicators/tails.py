@@ -55,6 +55,10 @@ class Tails:
         table.flags.writeable = False  # calc gets its columns without a copy
         return table
 
+    def drop(self, series: SeriesId) -> None:
+        """Forget the table of ``series`` (its closed bars changed): rebuilt on the next get."""
+        self._tails.pop(series, None)
+
     def keep_only(self, keep: Callable[[SeriesId], bool]) -> None:
         """Forget the tables of the series ``keep`` rejects (no indicator reads them now)."""
         for series in [s for s in self._tails if not keep(s)]:

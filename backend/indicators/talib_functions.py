@@ -5,7 +5,9 @@ Owns the mapping from TA-Lib's metadata to our declaration: group -> category, i
 -> columns, parameters -> inputs with ranges (``matype`` -> the ``mamode`` select), output
 names -> outputs (overlaps on the ``price`` axis, the rest on an axis of their own), flags
 -> :class:`~.base.Memory`. TA-Lib's C code checks exact parameter ranges itself; its failures
-become :class:`~backend.errors.IndicatorError`.
+become :class:`~backend.errors.IndicatorError`. The live path uses TA-Lib's streaming handles
+(``talib.stream``, ta-lib >= 0.8: opened on history, fed one closed bar at a time, peeked for
+the forming bar, bit for bit the batch values) where the installed version has them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,19 @@ from typing import Any, cast
 import numpy as np
 import talib
 import talib.abstract
+from talib import _ta_lib
 
 from backend.errors import IndicatorError
-from backend.indicators.base import Calc, FloatArray, Indicator, Input, Memory, Output
+from backend.indicators.base import (
+    Calc,
+    FloatArray,
+    Indicator,
+    Input,
+    Memory,
+    Open,
+    Output,
+    Running,
+)
 
 CATEGORIES = {
     "Overlap Studies": "overlap",
@@ -54,6 +66,8 @@ INT_MAX = 100_000
 REAL_LIMIT = 1e9
 _INTEGER_TYPE = 2  # TA_OptInput_IntegerRange / IntegerList in TA-Lib's metadata
 _SINGLE_OUTPUTS = {"real", "integer"}
+# Raised by a streaming handle opened on fewer bars than its warm-up (ta-lib >= 0.8).
+_INSUFFICIENT: type[Exception] = getattr(_ta_lib, "InsufficientHistory", IndicatorError)
 
 
 class TalibIndicator(Indicator):
@@ -100,6 +114,25 @@ class TalibIndicator(Indicator):
             return result if isinstance(result, tuple) else (result,)
 
         return calc
+
+    def incremental(self, inputs: Mapping[str, float]) -> Open | None:
+        """TA-Lib's streaming handle of this function (``talib.stream.<NAME>``) with the
+        parameters typed once; ``None`` when this version of TA-Lib has none."""
+        handle = getattr(_ta_lib, f"{self.function_name}_Stream", None)
+        if not isinstance(handle, type):
+            return None
+        params = {self._talib_names[name]: _typed(spec, inputs) for name, spec in self._specs()}
+        name = self.name
+
+        def open_running(columns: Sequence[FloatArray]) -> Running:
+            try:
+                return cast(Running, handle(*columns, **params))
+            except _INSUFFICIENT as exc:
+                raise IndicatorError("not_enough_history", f"{name}: {exc}") from exc
+            except Exception as exc:  # TA-Lib raises bare Exception("... TA_BAD_PARAM")
+                raise IndicatorError("bad_input", f"{name}: {exc}") from exc
+
+        return open_running
 
     def memory_for(self, inputs: Mapping[str, float]) -> Memory:
         if self.function_name in WINDOW_WITH_WINDOW_AVERAGES and all(

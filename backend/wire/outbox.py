@@ -164,6 +164,27 @@ class Outbox:
             self.over_limit_since = time.monotonic()
         return True
 
+    def extend(
+        self, slot: Hashable, frames: bytes, joined: dict[bytes, bytes] | None = None
+    ) -> bool:
+        """Append ``frames`` to the pending frame of ``slot`` (they go out right behind it,
+        in the same write, and are replaced with it); False when none is pending. A frame
+        that follows another always (an ``indicator_update`` after its ``data_update``)
+        costs no entry of its own this way. ``joined`` (pending frame -> it with ``frames``)
+        lets the outboxes that hold the same frame share one joined copy."""
+        pending = self._frames.get(slot)
+        if pending is None or self._closed:
+            return False
+        if joined is None:
+            self._frames[slot] = pending + frames
+        else:
+            combined = joined.get(pending)
+            if combined is None:
+                combined = joined[pending] = pending + frames
+            self._frames[slot] = combined
+        self._bytes += len(frames)
+        return True
+
     def drain(self) -> list[bytes]:
         """Take every pending frame, oldest first."""
         taken = list(self._frames.values())

@@ -1,0 +1,210 @@
+"""The live value of an indicator over one series in constant time, from an exact running
+computation (:meth:`~.base.Indicator.incremental`; TA-Lib's streaming handles).
+
+:class:`Incremental` opens the running computation on the closed bars of a tail (the
+indicator's bounded tail, or every cached bar when no bounded tail exists), peeks at the
+forming bar on each update, and feeds each bar that closes, once. It reads only the newest
+bars on an update: it checks that the closed bar it fed last is still the one before the
+bar that formed then (the same object, or equal), and otherwise opens again from the tail,
+as it does after :meth:`Incremental.reset` (the owner's call when older closed bars change).
+The values are those of the batch computation over the same bars, bit for bit: the bars
+since the opening tail, with the forming bar last.
+
+Sans-I/O: the caller passes the newest bars in, and a callable for the tail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from backend.errors import IndicatorError
+from backend.indicators.base import FloatArray, Open, Running
+from backend.model.bars import Bar, SeriesId
+
+isfinite = math.isfinite
+
+RECENT = 3
+"""Newest bars an update reads: the forming bar, the one that may have closed since, and the
+one fed before it (to check it is still there)."""
+
+Row = tuple[int, list[float | None]]
+"""A bar time and the value of every output there (``None``: not a finite number)."""
+Recent = Sequence[Bar] | FloatArray
+Fetch = Callable[[SeriesId, int | None], Recent]
+"""``fetch(series, n)``: the last ``n`` cached bars of ``series`` (all of them for None)."""
+
+
+class Incremental:
+    """One live computation kept by a running computation; see the module docstring."""
+
+    __slots__ = (
+        "_failed_at",
+        "_fed",
+        "_fields",
+        "_forming",
+        "_handle",
+        "_one_column",
+        "_one_output",
+        "_open",
+        "_pick",
+        "_size",
+    )
+
+    def __init__(self, open_running: Open, fields: Sequence[int], outputs: int, size: int | None):
+        self._open = open_running
+        self._fields = tuple(fields)  # the bar fields of the indicator's columns, in order
+        self._pick = itemgetter(*self._fields)  # a bare value for one field, else a tuple
+        self._one_column = len(self._fields) == 1
+        self._one_output = outputs == 1
+        self._size = size  # bars to open on, the forming one included; None: all of them
+        self._handle: Running | None = None
+        self._fed: Bar | None = None  # the last closed bar the handle holds
+        self._forming = 0  # the time of the bar after it
+        self._failed_at: int | None = None  # forming bar time of the last failed opening
+
+    def reset(self) -> None:
+        """Open again at the next update (closed bars changed)."""
+        self._handle = None
+
+    @property
+    def opened(self) -> bool:
+        return self._handle is not None
+
+    @property
+    def size(self) -> int | None:
+        """The bars it opens on, the forming one included (``None``: every cached bar)."""
+        return self._size
+
+    def advance(
+        self,
+        recent: Recent,
+        fetch: Fetch,
+        series: SeriesId,
+        since: int | None = None,
+        tail: Recent | None = None,
+    ) -> list[Row] | None:
+        """The row of the newest bar of ``recent`` (at least the :data:`RECENT` newest bars)
+        and, first, that of the bar before it when it closed since the last update and
+        ``since`` (the first bar time of the updates) is not after it. To open, it reads
+        ``tail`` (at least :attr:`size` bars; all of them for None) when given, else
+        ``fetch(series, size)``. ``None`` when no running computation can give the rows now
+        (too little history, a bar that is not a finite number): the caller computes the
+        batch way."""
+        handle = self._handle
+        if handle is not None and type(recent) is list and len(recent) > 1:
+            newest = recent[-1]  # the usual update: the forming bar changed, nothing else
+            fed = self._fed
+            if (
+                newest[0] == self._forming
+                and recent[-2] is fed
+                and (since is None or since > fed[0])
+            ):
+                picked = self._pick(newest)
+                try:
+                    out = handle.peek(picked) if self._one_column else handle.peek(*picked)
+                except Exception:  # noqa: BLE001 - TA-Lib's bare Exception: the batch way
+                    return None
+                if self._one_output:
+                    value = float(out)
+                    return [(self._forming, [value if isfinite(value) else None])]
+                return [(self._forming, [float(v) if isfinite(v) else None for v in out])]
+        bars = _bars(recent)
+        if not bars:
+            return []
+        newest = bars[-1]
+        time = int(newest[0])
+        if handle is not None:
+            handle = self._catch_up(handle, bars, time)
+        if handle is None:
+            if tail is None:
+                tail = fetch(series, self._size) if self._failed_at != time else ()
+            handle = self._reopen(tail, bars, time)
+            if handle is None:
+                return None
+        return self._rows(handle, newest, since)
+
+    def _rows(self, handle: Running, newest: Bar, since: int | None) -> list[Row] | None:
+        picked = self._pick(newest)
+        try:
+            out = handle.peek(picked) if self._one_column else handle.peek(*picked)
+        except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not
+            return None  # finite: the batch way gives its NaN
+        row = (self._forming, self._values(out))
+        if since is None or since > self._fed[0]:  # type: ignore[index]
+            return [row]
+        return [(int(self._fed[0]), self._values(handle.value)), row]  # type: ignore[index]
+
+    def _catch_up(self, handle: Running, bars: list[Bar], time: int) -> Running | None:
+        """Feed the bar that closed since the last update, if one did; ``None`` when what
+        was fed is no longer there."""
+        if time == self._forming:
+            if len(bars) < 2 or not _same(bars[-2], self._fed):
+                return None
+            self._fed = bars[-2]  # an equal bar: this object is checked faster next time
+            return handle
+        if (
+            len(bars) < RECENT
+            or int(bars[-2][0]) != self._forming
+            or not _same(bars[-3], self._fed)
+        ):
+            return None
+        closing = bars[-2]
+        try:
+            handle.update(*self._columns(closing))
+        except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not
+            return None  # finite: open again from the tail
+        self._fed, self._forming = closing, time
+        return handle
+
+    def _reopen(self, tail: Recent, bars: list[Bar], time: int) -> Running | None:
+        self._handle = None
+        if self._failed_at == time:  # too little history for this bar already
+            return None
+        table = _table(tail if self._size is None else tail[-self._size :])
+        if len(table) < 2 or int(table[-1, 0]) != time:
+            return None
+        history = table[:-1]
+        try:
+            handle = self._open([history[:, i] for i in self._fields])
+        except IndicatorError:
+            self._failed_at = time
+            return None
+        last = history[-1]
+        fed = bars[-2] if len(bars) > 1 and int(bars[-2][0]) == int(last[0]) else None
+        self._handle, self._failed_at = handle, None
+        self._fed = fed if fed is not None else tuple(last.tolist())
+        self._forming = time
+        return handle
+
+    def _columns(self, bar: Bar) -> tuple[Any, ...]:
+        picked = self._pick(bar)
+        return (picked,) if self._one_column else picked
+
+    def _values(self, out: Any) -> list[float | None]:
+        if self._one_output:
+            value = float(out)
+            return [value if math.isfinite(value) else None]
+        return [float(v) if math.isfinite(v) else None for v in out]
+
+
+def _same(bar: Bar, fed: Bar | None) -> bool:
+    return bar is fed or bar == fed
+
+
+def _bars(recent: Recent) -> list[Bar]:
+    if isinstance(recent, np.ndarray):
+        return [tuple(row) for row in recent[-RECENT:].tolist()]
+    return recent if isinstance(recent, list) else list(recent)
+
+
+def _table(bars: Recent) -> FloatArray:
+    if isinstance(bars, np.ndarray):
+        return bars
+    if len(bars) == 0:
+        return np.empty((0, 6), dtype=np.float64)
+    return np.array(bars, dtype=np.float64)

@@ -1,0 +1,150 @@
+"""Live values from running computations (TA-Lib's streaming handles): bit for bit the batch
+values over the bars since the handle opened, through forming-bar ticks and bars that close,
+opened again when closed bars change, and the batch way where a handle cannot answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from backend.indicators.base import Memory
+from backend.indicators.engine import Binding, LiveComputation, bind, compute
+from backend.indicators.incremental import RECENT
+from backend.indicators.live import LiveIndicators
+from backend.indicators.registry import Indicators, build_indicators
+from backend.model.bars import FIELDS, Bar, SeriesId
+from tests.test_indicators_engine import make_bars
+
+BTC = SeriesId("csv", "BTCUSDT", "1h")
+CASES = [
+    ("talib.overlap.EMA", {"timeperiod": 20}),
+    ("talib.momentum.RSI", {"timeperiod": 14}),
+    ("talib.momentum.MACD", {}),
+    ("talib.overlap.BBANDS", {"timeperiod": 20}),
+    ("talib.volatility.ATR", {}),
+    ("talib.overlap.SAR", {}),  # path-dependent: opened on every bar
+    ("talib.pattern.CDLENGULFING", {}),  # integer outputs
+]
+
+
+@pytest.fixture(scope="module")
+def indicators() -> Indicators:
+    return build_indicators()
+
+
+class Fetch:
+    """The cache's bars, recording the sizes asked for."""
+
+    def __init__(self, bars: list[Bar]) -> None:
+        self.bars = bars
+        self.asked: list[int | None] = []
+
+    def __call__(self, series: SeriesId, n: int | None) -> Sequence[Bar]:
+        self.asked.append(n)
+        return self.bars if n is None else self.bars[-n:]
+
+
+def bound_of(indicators: Indicators, indicator_id: str, inputs: dict[str, object]) -> object:
+    columns = indicators.get(indicator_id).columns
+    bindings = [Binding(c, BTC, c if c in FIELDS else "close") for c in columns]
+    return bind(indicators, indicator_id, inputs, bindings)
+
+
+def batch_newest(bound: object, bars: list[Bar]) -> list[float | None]:
+    values = compute(bound, {BTC: bars}).values  # type: ignore[arg-type]
+    return [float(v[-1]) if np.isfinite(v[-1]) else None for v in values]
+
+
+def tick(bars: list[Bar], step: int) -> None:
+    """The forming bar changes (two steps in three) or a new bar opens."""
+    t, o, h, low, c, v = bars[-1]
+    if step % 3 == 2:
+        bars.append((t + 3600, c, c + 1, c - 1, c + 0.1 * step, 1.0))
+    else:
+        bars[-1] = (t, o, h + 0.5, low - 0.1, c + 0.25 * (step % 5 - 2), v + 1)
+
+
+@pytest.mark.parametrize(("indicator_id", "inputs"), CASES)
+def test_live_values_are_the_batch_values_over_the_bars_since_opening_bit_for_bit(
+    indicators: Indicators, indicator_id: str, inputs: dict[str, object]
+) -> None:
+    bound = bound_of(indicators, indicator_id, inputs)
+    live = LiveComputation(bound)  # type: ignore[arg-type]
+    assert live.running == BTC
+    bars = make_bars(2000)
+    size = bound.tail_size()  # type: ignore[attr-defined]
+    opened_at = len(bars) - (size or len(bars))  # the first bar of the opening tail
+    for step in range(30):
+        tick(bars, step)
+        fetch = Fetch(bars)
+        time, values = live.step(fetch) or (0, [])
+        assert time == bars[-1][0]
+        assert values == batch_newest(bound, bars[opened_at:])  # exact, not approx
+        if step:
+            assert fetch.asked == [RECENT]  # constant work: only the newest bars read
+
+
+def test_a_bar_that_closes_is_fed_once_and_its_final_row_comes_first(
+    indicators: Indicators,
+) -> None:
+    live = LiveIndicators()
+    live.subscribe("a", "ema", bound_of(indicators, "talib.overlap.EMA", {"timeperiod": 20}))  # type: ignore[arg-type]
+    bars = make_bars(700)
+    fetch = Fetch(bars)
+    live.on_bar(BTC, fetch, since=bars[-1][0])
+    closing = bars[-1][0]
+    bars[-1] = (*bars[-1][:4], bars[-1][4] + 1.0, bars[-1][5])  # its last update...
+    tick(bars, 2)  # ...and the next bar, in one batch
+    updates = live.on_bar(BTC, fetch, since=closing)
+    assert [u.time for u in updates] == [closing, bars[-1][0]]
+    size = bound_of(indicators, "talib.overlap.EMA", {"timeperiod": 20}).tail_size()  # type: ignore[attr-defined]
+    start = len(bars) - 1 - size
+    bound = bound_of(indicators, "talib.overlap.EMA", {"timeperiod": 20})
+    assert updates[0].values[1:] == tuple(batch_newest(bound, bars[start:-1]))
+    assert updates[1].values[1:] == tuple(batch_newest(bound, bars[start:]))
+
+
+def test_a_changed_closed_bar_or_a_resync_opens_it_again_from_the_tail(
+    indicators: Indicators,
+) -> None:
+    bound = bound_of(indicators, "talib.momentum.RSI", {"timeperiod": 14})
+    live = LiveComputation(bound)  # type: ignore[arg-type]
+    bars = make_bars(1000)
+    size = bound.tail_size()  # type: ignore[attr-defined]
+    live.step(Fetch(bars))
+    bars[-2] = (*bars[-2][:4], bars[-2][4] + 3.0, bars[-2][5])  # the closed bar corrected
+    fetch = Fetch(bars)
+    assert live.step(fetch) == (bars[-1][0], batch_newest(bound, bars[-size:]))
+    assert fetch.asked == [RECENT, size]
+    bars[-50] = (*bars[-50][:4], bars[-50][4] - 2.0, bars[-50][5])  # deeper: the owner says so
+    live.resync()
+    fetch = Fetch(bars)
+    assert live.step(fetch) == (bars[-1][0], batch_newest(bound, bars[-size:]))
+    assert fetch.asked == [size]
+
+
+def test_too_little_history_or_a_forming_bar_that_is_not_finite_is_computed_the_batch_way(
+    indicators: Indicators,
+) -> None:
+    bound = bound_of(indicators, "talib.overlap.EMA", {"timeperiod": 20})
+    live = LiveComputation(bound)  # type: ignore[arg-type]
+    bars = make_bars(10)
+    assert live.step(Fetch(bars)) == (bars[-1][0], [None])  # warm-up: null, not an error
+    bars = make_bars(300)
+    assert live.step(Fetch(bars)) == (bars[-1][0], batch_newest(bound, bars[-bound.tail_size() :]))  # type: ignore[attr-defined]
+    bars[-1] = (*bars[-1][:4], float("nan"), bars[-1][5])
+    assert live.step(Fetch(bars)) == (bars[-1][0], [None])
+    bars[-1] = (*bars[-1][:4], 101.0, bars[-1][5])
+    assert live.step(Fetch(bars)) == (bars[-1][0], batch_newest(bound, bars[-bound.tail_size() :]))  # type: ignore[attr-defined]
+
+
+def test_running_totals_and_indicators_without_a_handle_keep_the_tail_computation(
+    indicators: Indicators,
+) -> None:
+    obv = bound_of(indicators, "talib.volume.OBV", {})
+    user = bound_of(indicators, "candlewire.performance.PercentChange", {})
+    assert obv.indicator.memory is Memory.ADDITIVE  # type: ignore[attr-defined]
+    assert LiveComputation(obv).running is None  # type: ignore[arg-type]
+    assert LiveComputation(user).running is None  # type: ignore[arg-type]
