@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import select
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -108,6 +109,9 @@ class ProviderProcess:
         self._process: SpawnProcess | None = None
         self._commands: Queue[Command] | None = None
         self._events: Connection | None = None
+        # ``Connection.poll()`` builds a selector per call (an eighth of a provider node's
+        # time); one ``poll`` object registered once answers the same question.
+        self._waiting: select.poll | None = None
         self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
         self._backlog: list[WireEvent] = []  # the undispatched rest of the current batch
         self._next = 0  # its first undispatched event
@@ -141,6 +145,8 @@ class ProviderProcess:
         await asyncio.to_thread(process.start)
         writer.close()
         self._process, self._commands, self._events = process, commands, reader
+        self._waiting = select.poll()
+        self._waiting.register(reader.fileno(), select.POLLIN)
         self.pid = process.pid
         self.started_at = self.last_seen = time.monotonic()
         loop.add_reader(reader.fileno(), self._on_readable)
@@ -194,6 +200,7 @@ class ProviderProcess:
             loop.remove_reader(self._events.fileno())
             self._events.close()
             self._events = None
+            self._waiting = None
         process.join(0)
         code = process.exitcode
         self._process = None
@@ -273,7 +280,10 @@ class ProviderProcess:
         """Read pipe messages while they are waiting, until a slice is full; the count
         read. The backlog must be fully dispatched before."""
         backlog: list[WireEvent] = []
-        while len(backlog) < DISPATCH_SLICE and events.poll():
+        waiting = self._waiting
+        while len(backlog) < DISPATCH_SLICE and (
+            waiting.poll(0) if waiting is not None else events.poll()
+        ):
             batch = decode_batch(events.recv_bytes())
             if backlog:
                 backlog += batch
