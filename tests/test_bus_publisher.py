@@ -1,0 +1,95 @@
+"""The provider node's pipelined publisher (``backend.bus.link.Publisher``) on a private
+``redis-server`` of this test (the shared one is never stopped): every batch arrives, in
+order, although it never waits for Redis's answer to the one before; when Redis goes away a
+publish raises ``BusDown`` (never hangs), and once Redis is back the publisher connects
+again by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from backend.bus.link import BusDown, Publisher
+from tests import harness
+from tests.bus_deploy import PrivateRedis
+
+CHANNEL = "cwtest:publisher"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
+async def _received(url: str, count: int, publish: asyncio.Future[None]) -> list[bytes]:
+    """Subscribe, let ``publish`` start, and collect ``count`` messages."""
+    client = aioredis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(CHANNEL)
+    publish.set_result(None)
+    got: list[bytes] = []
+    deadline = time.monotonic() + harness.seconds(10)
+    while len(got) < count and time.monotonic() < deadline:
+        message = await pubsub.get_message(timeout=0.5)
+        if message is not None:
+            got.append(message["data"])
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await client.aclose()
+    return got
+
+
+async def test_pipelined_batches_all_arrive_in_order(private_redis: PrivateRedis) -> None:
+    publisher = Publisher(private_redis.url, timeout=harness.seconds(2))
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    count = 3 * Publisher.MAX_UNANSWERED + 7  # more than may be unanswered at once
+    receiving = asyncio.create_task(_received(private_redis.url, count, ready))
+    await ready
+    try:
+        for i in range(count):
+            await publisher.publish(CHANNEL, f"batch {i}".encode())
+        got = await receiving
+    finally:
+        await publisher.close()
+    assert got == [f"batch {i}".encode() for i in range(count)]
+
+
+async def test_a_dead_redis_raises_bus_down_and_a_restarted_one_is_used_again(
+    private_redis: PrivateRedis,
+) -> None:
+    publisher = Publisher(private_redis.url, timeout=harness.seconds(1))
+    try:
+        await publisher.publish(CHANNEL, b"before")
+        private_redis.stop()
+        # The first publish after the stop may still be written into the closing socket;
+        # within a few the publisher must notice and raise, never hang.
+        with pytest.raises(BusDown):
+            for _ in range(Publisher.MAX_UNANSWERED + 2):
+                await asyncio.wait_for(
+                    publisher.publish(CHANNEL, b"while down"), harness.seconds(5)
+                )
+                await asyncio.sleep(0.05)  # let the answers task see the closed socket
+        private_redis.start()
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        receiving = asyncio.create_task(_received(private_redis.url, 1, ready))
+        await ready
+
+        async def publish_until_it_works() -> None:
+            while True:
+                try:
+                    await publisher.publish(CHANNEL, b"after")
+                    return
+                except BusDown:
+                    await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(publish_until_it_works(), harness.seconds(10))
+        assert await receiving == [b"after"]
+    finally:
+        await publisher.close()
