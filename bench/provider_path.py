@@ -41,10 +41,12 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -58,9 +60,11 @@ from bench.common import (
     CeilingServer,
     LoadGen,
     OurServer,
+    Search,
     Target,
     drain,
     emit,
+    interleave,
     loadavg,
     log,
     machine,
@@ -282,11 +286,78 @@ def record_stacks(pid: int, seconds: float, out: Path, profiler: str = "py-spy")
     log(f"  profile: {out}" if done.returncode == 0 else f"  {profiler}: {done.stderr[-300:]}")
 
 
+PATH_LABELS = {
+    "binance": "fake Binance -> provider -> hub",
+    "synthetic": "synthetic provider -> hub",
+    "ceiling": "ceiling (websockets)",
+}
+
+
+class Route:
+    """One of the compared routes: its server, and the fake exchange feeding it (Binance)."""
+
+    def __init__(self, name: str, target: Target, upstream: Upstream | None = None) -> None:
+        self.name, self.target, self.upstream = name, target, upstream
+        self.label = PATH_LABELS[name]
+
+
+def windows_at(
+    routes: list[Route],
+    gen: LoadGen,
+    rates: dict[str, float],
+    args: argparse.Namespace,
+    profile: Callable[[str], Path | None] | None = None,
+) -> list[dict[str, Any]]:
+    """``--windows`` windows of every path at its rate (updates/s per key), the routes
+    alternating; per path the median of the windows' p50, p99 and max (one window's tail is
+    one stall of a shared machine away from twice its usual value), the worst max, and the
+    mean CPU."""
+    measured: dict[str, list[dict[str, Any]]] = {r.name: [] for r in routes}
+    for i in range(args.windows):
+        for r in routes:
+            stacks = profile(r.name) if profile is not None and i == 0 else None
+            measured[r.name].append(
+                measure(
+                    r.target, gen, rates[r.name], args.seconds, r.upstream, stacks, args.profiler
+                )
+            )
+    return [{"path": r.label, **combine(measured[r.name])} for r in routes]
+
+
+def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several windows of one path (see :func:`windows_at`)."""
+    if len(windows) == 1:
+        return {**windows[0], "windows": 1, "worst_max_ms": windows[0]["max_ms"]}
+    row: dict[str, Any] = dict(windows[-1])
+    for key in ("delivered_per_s", "p50_ms", "p99_ms", "max_ms"):
+        row[key] = statistics.median(w[key] for w in windows)
+    for key in ("server_cpu", "provider_cpu", "client_cpu", "server_wait", "provider_wait"):
+        row[key] = round(statistics.fmean(w[key] for w in windows), 2)
+    row["delivered_per_s"] = round(row["delivered_per_s"])
+    row["windows"] = len(windows)
+    row["worst_max_ms"] = max(w["max_ms"] for w in windows)
+    row["max_windows"] = [w["max_ms"] for w in windows]
+    row["p99_windows"] = [w["p99_ms"] for w in windows]
+    row["below_half_cpu"] = all(w["server_cpu"] + w["provider_cpu"] < 0.5 for w in windows)
+    return row
+
+
+def saturations(
+    routes: list[Route], gen: LoadGen, subscriptions: int, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Each path's saturation (``bench/common.py`` ``Search``: delivered/ideal >= 0.95 and
+    p99 <= 100 ms), the searches' steps alternating."""
+    options: dict[str, Any] = {"seconds": 3.0, "settle": 1.0, "precision": 1.2, "log": log}
+    start = args.rate / subscriptions
+    found = interleave([Search(r.target, subscriptions, start, **options) for r in routes], gen)
+    return {r.name: result for r, result in zip(routes, found, strict=True)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     k, n = args.keys_per_client, args.clients
-    rate = args.rate / (n * k)  # updates/s per key: every server delivers --rate messages/s
-    rows: list[dict[str, Any]] = []
-    paths = set(args.paths.split(","))
+    subscriptions = n * k
+    rate = args.rate / subscriptions  # updates/s per key: every server delivers --rate msg/s
+    wanted = args.paths.split(",")
     folder = Path(args.profile) if args.profile else None
 
     def profile(name: str) -> Path | None:
@@ -294,55 +365,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return folder / f"{name}.{suffix}" if folder is not None else None
 
     log(f"provider path: {n} clients x {k} keys of {args.keys}, {args.rate:,.0f} msg/s")
-    with LoadGen() as gen:
-        if "binance" in paths:
-            with Upstream(args.keys, args.upstream_tick) as upstream:
-                names = binance_symbols(args.keys)
-                with OurServer(
-                    providers="binance",
-                    MAX_CLIENTS=str(n + 100),
-                    BINANCE_API_URL=upstream.api_url,
-                    BINANCE_STREAM_URL=upstream.stream_url,
-                ) as ours:
-                    ours.label = "binance"
-                    ours.rate_file = upstream.rate_file  # the upstream's rate, not a provider's
-                    connect(gen, ours, n, names, k, "binance")
-                    row = measure(
-                        ours, gen, rate, args.seconds, upstream, profile("binance"), args.profiler
-                    )
-                    rows.append({"path": "fake Binance -> provider -> hub", **row})
-                    gen.call("close")
-        names = symbol_names(args.keys)
-        if "synthetic" in paths:
-            with OurServer(BENCH_KEYS=str(args.keys), MAX_CLIENTS=str(n + 100)) as ours:
-                connect(gen, ours, n, names, k, "synthetic")
-                row = measure(
-                    ours,
-                    gen,
-                    rate,
-                    args.seconds,
-                    profile=profile("synthetic"),
-                    profiler=args.profiler,
-                )
-                rows.append({"path": "synthetic provider -> hub", **row})
-                gen.call("close")
-        if "ceiling" in paths:
-            with CeilingServer("broadcast", args.keys) as ceiling:
-                connect(gen, ceiling, n, names, k, "synthetic")
-                row = measure(ceiling, gen, rate, args.seconds)
-                rows.append({"path": "ceiling (websockets)", **row})
-                gen.call("close")
-    return {
+    figures: dict[str, Any] = {
         "clients": n,
         "keys": args.keys,
         "keys_per_client": k,
         "rate_per_s": args.rate,
         "rate_per_key": round(rate, 3),
         "upstream_tick": args.upstream_tick,
-        "rows": rows,
-        "machine": machine(),
-        "loadavg_end": loadavg(),
+        "windows": args.windows,
     }
+    with LoadGen() as gen, contextlib.ExitStack() as stack:
+        routes: list[Route] = []
+        names = symbol_names(args.keys)
+        if "binance" in wanted:
+            upstream = stack.enter_context(Upstream(args.keys, args.upstream_tick))
+            binance = stack.enter_context(
+                OurServer(
+                    providers="binance",
+                    MAX_CLIENTS=str(n + 100),
+                    BINANCE_API_URL=upstream.api_url,
+                    BINANCE_STREAM_URL=upstream.stream_url,
+                )
+            )
+            binance.label = "binance"
+            binance.rate_file = upstream.rate_file  # the upstream's rate, not a provider's
+            connect(gen, binance, n, binance_symbols(args.keys), k, "binance")
+            routes.append(Route("binance", binance, upstream))
+        if "synthetic" in wanted:
+            synthetic = stack.enter_context(
+                OurServer(BENCH_KEYS=str(args.keys), MAX_CLIENTS=str(n + 100))
+            )
+            connect(gen, synthetic, n, names, k, "synthetic")
+            routes.append(Route("synthetic", synthetic))
+        if "ceiling" in wanted:
+            ceiling = stack.enter_context(CeilingServer("broadcast", args.keys))
+            connect(gen, ceiling, n, names, k, "synthetic")
+            routes.append(Route("ceiling", ceiling))
+        figures["rows"] = windows_at(routes, gen, {r.name: rate for r in routes}, args, profile)
+        if args.rates:
+            figures["sweep"] = []
+            for per_s in (float(r) for r in args.rates.split(",")):
+                log(f"  sweep: {per_s:,.0f} msg/s")
+                rows = windows_at(
+                    routes, gen, {r.name: per_s / subscriptions for r in routes}, args
+                )
+                figures["sweep"] += [{"rate_per_s": per_s, **row} for row in rows]
+        if args.saturation:
+            found = saturations(routes, gen, subscriptions, args)
+            figures["saturation"] = {
+                name: {k: v for k, v in result.items() if k != "steps"}
+                for name, result in found.items()
+            }
+            half = {
+                name: (result["best"]["rate"] if result["best"] else rate) / 2
+                for name, result in found.items()
+            }
+            log("  latency at half of each path's saturation")
+            figures["half_saturation"] = [
+                {"saturation_per_s": found[r.name]["saturation_per_s"], **row}
+                for r, row in zip(routes, windows_at(routes, gen, half, args), strict=True)
+            ]
+        gen.call("close")
+    figures["machine"] = machine()
+    figures["loadavg_end"] = loadavg()
+    return figures
 
 
 COLUMNS = [
@@ -360,13 +446,29 @@ COLUMNS = [
 ]
 
 
+WINDOW_COLUMNS = [("windows", "windows", "d"), ("worst max ms", "worst_max_ms", ".1f")]
+
+
 def print_report(figures: dict[str, Any]) -> None:
+    windows = figures["windows"]
+    median = f", median of {windows} windows" if windows > 1 else ""
     print(
         f"provider path: {figures['clients']} clients x {figures['keys_per_client']} keys of "
         f"{figures['keys']}, {figures['rate_per_s']:,.0f} msg/s "
-        f"({figures['rate_per_key']} updates/s per key)"
+        f"({figures['rate_per_key']} updates/s per key{median})"
     )
-    print(table(COLUMNS, figures["rows"]))
+    columns = COLUMNS + (WINDOW_COLUMNS if windows > 1 else [])
+    print(table(columns, figures["rows"]))
+    if "sweep" in figures:
+        print("rate sweep (hub + provider cpu < 0.5 in every window: below_half_cpu)")
+        sweep = [("rate msg/s", "rate_per_s", ",.0f"), *columns]
+        if windows > 1:
+            sweep.append(("< 50% cpu", "below_half_cpu", ""))
+        print(table(sweep, figures["sweep"]))
+    if "half_saturation" in figures:
+        print("latency at half of each path's own saturation")
+        half = [("saturation msg/s", "saturation_per_s", ",d"), *columns]
+        print(table(half, figures["half_saturation"]))
 
 
 def main() -> None:
@@ -384,6 +486,17 @@ def main() -> None:
         type=float,
         default=TICK_SECONDS,
         help="seconds between the fake exchange's pushes (the synthetic source's tick)",
+    )
+    parser.add_argument(
+        "--windows", type=int, default=1, help="windows per path, alternating; medians"
+    )
+    parser.add_argument(
+        "--rates", default="", help="also a sweep over these msg/s rates, comma-separated"
+    )
+    parser.add_argument(
+        "--saturation",
+        action="store_true",
+        help="also each path's saturation, then latency at half of it",
     )
     parser.add_argument("--profile", default="", help="a folder for profiles")
     parser.add_argument("--profiler", choices=("py-spy", "perf"), default="py-spy")

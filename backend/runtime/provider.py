@@ -53,6 +53,10 @@ class Provider:
     def __init__(self) -> None:
         self._settings: Settings | None = None
         self._emitter: Callable[[Event], None] | None = None
+        self._emit_many: Callable[[list[Event]], None] | None = None
+        # What the thread that called hold_updates() published since (see there).
+        self._holder: int | None = None
+        self._held: list[Event] = []
         # Guards the bookkeeping below: the runner changes it, provider threads read it.
         self._bookkeeping = threading.Lock()
         self._subscribers: dict[StreamKey, set[int]] = {}
@@ -176,6 +180,34 @@ class Provider:
         """Send an ``error`` message to the clients subscribed to ``(symbol, interval)``."""
         self._emit(Notice(symbol, interval, code, message))
 
+    def hold_updates(self) -> None:
+        """Hold what this thread publishes until it calls :meth:`release_updates`.
+
+        For a provider thread that handles bursts (an event loop reading a socket that
+        carries many streams): hold at the start of a burst, release at its end (for an
+        asyncio loop, ``loop.call_soon(self.release_updates)`` on the first update of a
+        turn), and the burst reaches the hub in one pipe write, and each client in one
+        socket write, instead of one at a time. Other threads publish as usual meanwhile.
+        """
+        with self._bookkeeping:
+            if self._holder is not None and self._holder != threading.get_ident():
+                raise ConfigError(f"{self.source}: hold_updates() is held by another thread")
+            self._holder = threading.get_ident()
+
+    def release_updates(self) -> None:
+        """Send what was held since :meth:`hold_updates` (in order) and stop holding."""
+        with self._bookkeeping:
+            if self._holder != threading.get_ident():
+                return
+            held, self._held, self._holder = self._held, [], None
+        if not held:
+            return
+        if self._emit_many is not None:
+            self._emit_many(held)
+        else:
+            for event in held:
+                self._emit(event)
+
     def set_clock(
         self,
         symbol: str | None,
@@ -211,13 +243,18 @@ class Provider:
         source: str,
         settings: Settings,
         emit: Callable[[Event], None],
+        emit_many: Callable[[list[Event]], None] | None = None,
     ) -> None:
         if not self.source:
             self.source = source
         self._settings = settings
         self._emitter = emit
+        self._emit_many = emit_many
 
     def _emit(self, event: Event) -> None:
+        if self._holder is not None and self._holder == threading.get_ident():
+            self._held.append(event)
+            return
         if self._emitter is None:
             logger.warning("%s: event sent outside a provider process: %r", self.source, event)
             return

@@ -6,9 +6,10 @@ Threads inside a provider process:
   to a bounded thread pool and every other command to the control thread.
 * **control** (the main thread): calls ``init`` and then the streaming hooks one at a time,
   in the order the hub sent them; checks staleness every second.
-* **writer**: drains the outgoing events, pickles them in batches and writes them to the
-  hub's pipe (merging superseded states of a forming bar when the hub is behind); sends a
-  heartbeat when idle; exits the process if the hub is gone.
+* **writer**: writes the events that had to wait to the hub's pipe in batches (merging
+  superseded states of a forming bar when the hub is behind); sends a heartbeat when idle;
+  exits the process if the hub is gone. A thread that publishes while nothing waits writes
+  its events itself (:mod:`.pipe_out`).
 * **history pool**: ``HISTORY_THREADS`` workers calling ``get_history``.
 """
 
@@ -32,7 +33,6 @@ from backend.errors import CandlewireError, ProviderUnavailable
 from backend.model.bars import Bar, SeriesId, to_bar
 from backend.runtime.messages import (
     Command,
-    Event,
     GetHistory,
     Heartbeat,
     HistoryReply,
@@ -43,9 +43,8 @@ from backend.runtime.messages import (
     Shutdown,
     StartStreaming,
     StopStreaming,
-    conflate,
-    encode_batch,
 )
+from backend.runtime.pipe_out import EventPipe
 from backend.runtime.registry import load_provider_class
 
 if TYPE_CHECKING:
@@ -56,16 +55,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_BATCH_MAX = 500  # events per pipe write: batches amortize pickling, small ones keep latency
-# Events taken from the queue at once; when more than a batch is waiting (the hub is behind),
-# superseded states of the same bar are merged, so the backlog is bounded by the number of
-# forming bars rather than by how long the hub stays behind.
-_BACKLOG_MAX = 200_000
-_REPORT_EVERY = 60.0
 # A provider's threads are I/O multiplexers: the writer must get the GIL soon after its pipe
 # write returns, not after CPython's default 5 ms, or a busy provider thread throttles it.
 _SWITCH_INTERVAL = 0.001
-_IDLE_HEARTBEAT = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -109,24 +101,25 @@ class ProviderRunner:
         self.settings = settings
         self.commands = commands
         self.events = events
-        self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.parent = os.getppid()
+        self.pipe = EventPipe(key, events, lambda: Heartbeat(self.busy_history), self.parent)
         self.control: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(settings.HISTORY_THREADS, thread_name_prefix="history")
         self.busy_history = 0
         self.busy_lock = threading.Lock()
-        self.parent = os.getppid()
 
     def stop(self) -> None:
         self.stopping.set()
+        self.pipe.stop()
         self.control.put(Shutdown())
 
     def run(self) -> int:
         """Load the provider, serve commands until told to stop; return the exit code."""
-        threading.Thread(target=self._write_loop, name="writer", daemon=True).start()
+        threading.Thread(target=self.pipe.write_loop, name="writer", daemon=True).start()
         try:
             provider = load_provider_class(self.path)()
-            provider._attach(self.key, self.settings, self.outbox.put)
+            provider._attach(self.key, self.settings, self.pipe.put, self.pipe.put_many)
         except CandlewireError:
             logger.exception("provider %s could not be loaded", self.key)
             return self._finish(1)
@@ -136,7 +129,7 @@ class ProviderRunner:
         except Exception:  # a broken init() must restart the process, with its traceback
             logger.exception("provider %s: init() failed", self.key)
             return self._finish(1)
-        self.outbox.put(Ready(os.getpid(), bool(getattr(provider, "persist_history", True))))
+        self.pipe.put(Ready(os.getpid(), bool(getattr(provider, "persist_history", True))))
         logger.info("provider %s ready (pid %d)", self.key, os.getpid())
         self._control_loop(provider)
         self._shutdown(provider)
@@ -153,7 +146,7 @@ class ProviderRunner:
                 return
             match command:
                 case Ping(seq):
-                    self.outbox.put(Pong(seq))
+                    self.pipe.put(Pong(seq))
                 case GetHistory():
                     with self.busy_lock:
                         self.busy_history += 1
@@ -211,42 +204,7 @@ class ProviderRunner:
         finally:
             with self.busy_lock:
                 self.busy_history -= 1
-        self.outbox.put(reply)
-
-    def _write_loop(self) -> None:
-        conflated = 0
-        reported = time.monotonic() - _REPORT_EVERY  # the first merge is reported at once
-        while True:
-            try:
-                events = [self.outbox.get(timeout=_IDLE_HEARTBEAT)]
-            except queue.Empty:
-                if self.stopping.is_set():
-                    return  # everything was written; the process is exiting
-                if os.getppid() != self.parent:
-                    logger.error("provider %s: the hub is gone; exiting", self.key)
-                    os._exit(1)
-                events = [Heartbeat(self.busy_history)]
-            while len(events) < _BACKLOG_MAX:
-                try:
-                    events.append(self.outbox.get_nowait())
-                except queue.Empty:
-                    break
-            if len(events) > _BATCH_MAX:  # the hub is behind: only the newest state of a bar
-                before = len(events)
-                events = conflate(events)
-                conflated += before - len(events)
-            if conflated and time.monotonic() - reported > _REPORT_EVERY:
-                logger.warning(
-                    "provider %s: the hub fell behind; %d superseded bar updates merged",
-                    self.key,
-                    conflated,
-                )
-                conflated, reported = 0, time.monotonic()
-            try:
-                for start in range(0, len(events), _BATCH_MAX):
-                    self.events.send_bytes(encode_batch(events[start : start + _BATCH_MAX]))
-            except (BrokenPipeError, OSError):
-                os._exit(1)  # the hub closed our pipe: nobody is left to serve
+        self.pipe.put(reply)
 
     # ------------------------------------------------------------------ stopping
 
@@ -259,7 +217,7 @@ class ProviderRunner:
 
     def _finish(self, code: int) -> int:
         deadline = time.monotonic() + 2.0
-        while not self.outbox.empty() and time.monotonic() < deadline:
+        while not self.pipe.idle() and time.monotonic() < deadline:
             time.sleep(0.01)
         return code
 

@@ -89,6 +89,7 @@ class BinanceProvider(Provider):
             self._on_resume,
             lambda state, detail: self._set_status("stream", state, detail),
             self.tuning,
+            bursts=(self.hold_updates, self.release_updates),
         )
         self._streams.start()
         self._set_status("stream", "ok", "")

@@ -37,6 +37,7 @@ __all__ = ["Connection", "Outcome", "Owner"]
 logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.05  # a burst of subscriptions becomes one frame
+MAX_QUEUE = 1024
 
 
 class Owner(Protocol):
@@ -201,6 +202,10 @@ class Connection:
                 ping_interval=None,  # Binance pings us; our pings would count as messages
                 close_timeout=2,
                 max_size=2**22,
+                # Messages buffered before reading pauses (websockets' default is 16): a
+                # socket carrying hundreds of streams gets bursts larger than that, and each
+                # pause and resume of reading costs the loop two epoll_ctl calls.
+                max_queue=MAX_QUEUE,
             )
         except (OSError, TimeoutError, WebSocketException) as exc:
             logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)

@@ -46,6 +46,7 @@ class StreamManager:
         on_resume: ResumeSink,
         on_state: StateSink | None = None,
         tuning: StreamTuning | None = None,
+        bursts: tuple[Callable[[], None], Callable[[], None]] | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/stream"
         self.tuning = tuning or StreamTuning()
@@ -61,6 +62,10 @@ class StreamManager:
         self._stopped: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # (hold, release): called around the events delivered in one turn of the loop, so
+        # that the provider hands them to the hub together (Provider.hold_updates).
+        self._bursts = bursts
+        self._in_burst = False
 
     # ------------------------------------------------------------------ any thread
 
@@ -144,10 +149,19 @@ class StreamManager:
                 conn.restart(name)
 
     def deliver(self, data: Mapping[str, Any]) -> None:
+        if self._bursts is not None and not self._in_burst:
+            self._in_burst = True
+            self._bursts[0]()
+            asyncio.get_running_loop().call_soon(self._end_burst)
         try:
             self.on_event(data)
         except Exception:  # a handler bug must not end the socket: log it, drop the event
             logger.exception("binance stream: event handler failed on %.200r", data)
+
+    def _end_burst(self) -> None:
+        self._in_burst = False
+        if self._bursts is not None:
+            self._bursts[1]()
 
     def resume(self, names: list[str]) -> None:
         try:

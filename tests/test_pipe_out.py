@@ -1,0 +1,166 @@
+"""The provider process's pipe to the hub (backend/runtime/pipe_out.py): events arrive in
+order and whole from any number of threads, a publisher never blocks on a full pipe, an
+idle pipe is written by the publishing thread itself, and a held burst is one write."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+import pytest
+
+from backend.runtime.messages import BarUpdate, Heartbeat, decode_batch
+from backend.runtime.pipe_out import BATCH_MAX, EventPipe
+from backend.runtime.provider import Provider
+from backend.settings import load_settings
+from tests.harness import seconds
+
+
+WRITERS: list[tuple[EventPipe, threading.Thread]] = []
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[Connection, Connection]]:
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    yield reader, writer
+    while WRITERS:  # a writer thread left running would write to a closed pipe and exit
+        out, thread = WRITERS.pop()
+        out.stop()
+        while thread.is_alive() and reader.poll(0.1):
+            reader.recv_bytes()  # let it finish what waits
+        thread.join(seconds(10))
+        assert not thread.is_alive()
+    reader.close()
+    writer.close()
+
+
+def bar(symbol: str, n: int) -> BarUpdate:
+    return BarUpdate(symbol, "1m", (60 * n, 1.0, 2.0, 0.5, 1.5, float(n)), True)
+
+
+def read_all(reader: Connection, until: int, timeout: float = 20.0) -> list[list[object]]:
+    """Pipe messages until ``until`` events arrived (heartbeats not counted)."""
+    messages: list[list[object]] = []
+    deadline = time.monotonic() + seconds(timeout)
+    got = 0
+    while got < until:
+        assert reader.poll(max(0.0, deadline - time.monotonic())), f"only {got} of {until}"
+        batch = [e for e in decode_batch(reader.recv_bytes()) if not isinstance(e, Heartbeat)]
+        messages.append(batch)
+        got += len(batch)
+    return messages
+
+
+def make(writer: Connection) -> EventPipe:
+    return EventPipe("test", writer, lambda: Heartbeat(0), os.getppid())
+
+
+def start_writer(out: EventPipe) -> threading.Thread:
+    thread = threading.Thread(target=out.write_loop, name="writer", daemon=True)
+    thread.start()
+    WRITERS.append((out, thread))
+    return thread
+
+
+def test_an_idle_pipe_is_written_by_the_publishing_thread(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    reader, writer = pipe
+    out = make(writer)  # no writer thread at all: only a direct write can deliver
+    out.put(bar("A", 1))
+    out.put_many([bar("A", 2), bar("A", 3)])
+    messages = read_all(reader, 3)
+    assert messages == [[tuple(bar("A", 1))], [tuple(bar("A", 2)), tuple(bar("A", 3))]]
+    assert out.idle()
+
+
+def test_many_threads_against_a_full_pipe_lose_nothing_and_keep_their_order(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    start_writer(out)
+    threads, per_thread = 4, 3000
+    publish_seconds: list[float] = []
+
+    def publish(symbol: str) -> None:
+        # final bars of distinct open times: nothing may be merged away
+        started = time.monotonic()
+        for n in range(per_thread):
+            out.put(bar(symbol, n))
+        publish_seconds.append(time.monotonic() - started)
+
+    workers = [threading.Thread(target=publish, args=(f"S{i}",)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(seconds(30))
+    # nobody read the pipe yet: it filled up, and still no publisher blocked on it
+    assert len(publish_seconds) == threads
+    events = [event for batch in read_all(reader, threads * per_thread) for event in batch]
+    assert len(events) == threads * per_thread
+    for i in range(threads):
+        mine = [e[2][5] for e in events if isinstance(e, tuple) and e[0] == f"S{i}"]
+        assert mine == [float(n) for n in range(per_thread)]
+
+
+def test_a_backlog_keeps_only_the_newest_state_of_a_forming_bar(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    forming = [BarUpdate("F", "1m", (60, 1.0, 2.0, 0.5, float(n), 1.0), False) for n in range(5)]
+    out.put_many(forming * (BATCH_MAX // 5 + 1))  # more than a batch: queued, then merged
+    start_writer(out)
+    (batch,) = read_all(reader, 1)
+    assert batch == [tuple(forming[-1])]
+
+
+def test_an_idle_writer_sends_heartbeats(pipe: tuple[Connection, Connection]) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    start_writer(out)
+    assert reader.poll(seconds(5))
+    assert any(isinstance(e, Heartbeat) for e in decode_batch(reader.recv_bytes()))
+
+
+def test_stop_ends_the_writer_after_what_waits(pipe: tuple[Connection, Connection]) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    out.put_many([bar("Z", n) for n in range(BATCH_MAX + 1)])  # waits for the writer
+    thread = start_writer(out)
+    out.stop()
+    thread.join(seconds(10))
+    assert not thread.is_alive()
+    assert sum(len(b) for b in read_all(reader, BATCH_MAX + 1)) == BATCH_MAX + 1
+
+
+class Recorder(Provider):
+    pass
+
+
+def test_a_held_burst_reaches_the_pipe_as_one_message_in_order(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    provider = Recorder()
+    provider._attach("rec", load_settings(PROVIDERS="csv"), out.put, out.put_many)
+    provider.hold_updates()
+    for n in range(5):
+        provider.publish("H", "1m", (60 * n, 1, 2, 0.5, 1.5, n), final=True)
+    # another thread publishes meanwhile: not held
+    other = threading.Thread(target=provider.publish, args=("O", "1m", (60, 1, 2, 0.5, 1.5, 9)))
+    other.start()
+    other.join()
+    assert [e[0] for b in read_all(reader, 1) for e in b] == ["O"]
+    provider.release_updates()
+    (burst,) = read_all(reader, 5)
+    assert [(e[0], e[2][5]) for e in burst] == [("H", float(n)) for n in range(5)]
+    provider.release_updates()  # nothing held: nothing sent
+    provider.publish("H", "1m", (600, 1, 2, 0.5, 1.5, 7))
+    assert [e[0] for b in read_all(reader, 1) for e in b] == ["H"]
