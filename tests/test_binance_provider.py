@@ -475,3 +475,41 @@ def test_provider_history_is_empty_before_the_listing_and_names_unknown_symbols(
         assert before == []
         assert [intervals.format_date(bar[0]) for bar in first] == [listed]  # end inclusive
         assert str(unknown.value) == "binance: unknown symbol 'FOOBAR' (-1121 Invalid symbol.)"
+
+
+def test_the_events_of_one_loop_turn_are_delivered_between_one_hold_and_one_release() -> None:
+    """The provider holds what it publishes in a turn of the stream loop and hands the burst
+    to the hub in one write (Provider.hold_updates/release_updates)."""
+    log: list[Any] = []
+    names = [f"{s}@kline_1m" for s in ("btcusdt", "ethusdt", "bnbusdt", "xrpusdt")]
+
+    def bursts() -> list[list[Any]]:
+        done, current = [], None
+        for entry in list(log):
+            if entry == "hold":
+                assert current is None, "a hold inside a burst"
+                current = []
+            elif entry == "release":
+                assert current is not None, "a release outside a burst"
+                done.append(current)
+                current = None
+            else:
+                assert current is not None, "an event outside a burst"
+                current.append(entry)
+        return done
+
+    with FakeBinance(push_interval=0.1) as fake:
+        manager = StreamManager(
+            fake.stream_url,
+            log.append,
+            lambda names: None,
+            None,
+            StreamTuning(),
+            bursts=(lambda: log.append("hold"), lambda: log.append("release")),
+        )
+        manager.start()
+        with running(manager):
+            manager.subscribe(names)
+            # the fake pushes all four streams at once: some turn reads several of them
+            assert fake.wait_for(lambda: any(len(b) > 1 for b in bursts()), timeout=10)
+    assert all(burst for burst in bursts())
