@@ -19,7 +19,6 @@ from backend.runtime.provider import Provider
 from backend.settings import load_settings
 from tests.harness import seconds
 
-
 WRITERS: list[tuple[EventPipe, threading.Thread]] = []
 
 
