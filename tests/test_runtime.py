@@ -4,6 +4,7 @@ spawned provider processes), without the hub or any socket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import queue
@@ -132,6 +133,19 @@ def test_the_runner_reports_ready_with_its_pid(harness: RunnerHarness) -> None:
     ready = next(e for e in harness.collect() if isinstance(e, Ready))
     assert ready.pid == os.getpid()
     assert ready.persist is True
+
+
+def test_what_exists_after_init_is_frozen_out_of_garbage_collection() -> None:
+    gc.unfreeze()
+    h = RunnerHarness()
+    h.start()
+    try:
+        h.wait_for(lambda e: isinstance(e, Ready), "Ready")
+        # the runner froze the objects of the imports and of init(): a full collection of
+        # the provider process no longer scans them (tens of ms for an exchange client)
+        assert gc.get_freeze_count() > 1000
+    finally:
+        h.stop()
 
 
 def test_a_ping_is_answered_with_a_pong(harness: RunnerHarness) -> None:
