@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import multiprocessing
@@ -520,6 +521,11 @@ async def _serve(conn: Any, factory: Callable[[], Any]) -> None:
             result = await getattr(generator, command)(**kwargs)
         except Exception as exc:  # reported to the caller, which raises it
             result = {"failure": f"{command}: {exc!r}"}
+        if command == "connect":
+            # The clients (and everything before them) are frozen out of garbage collection:
+            # a full collection of the load generator would hold every frame arriving
+            # meanwhile, and its pause would be counted as the server's latency.
+            gc.freeze()
         conn.send(result)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
 import statistics
@@ -137,6 +138,7 @@ def upstream_main(conn: Connection, count: int, rate_file: str, tick: float) -> 
     """The fake exchange's process: serve until told to stop; report URLs and the count of
     klines sent."""
     with TimedBinance(count, rate_file, tick) as fake:
+        gc.freeze()  # as the load generator does: its pauses are not the server's latency
         conn.send({"api_url": fake.api_url, "stream_url": fake.stream_url})
         while conn.recv() != "stop":
             conn.send({"sent": fake.sent})
