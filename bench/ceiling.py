@@ -1,7 +1,7 @@
 """Ceiling servers: what the benchmarks compare Candlewire with on the same machine.
 
     python bench/ceiling.py --mode broadcast|blast --keys 100 --rate-file PATH [--port 0]
-                            [--reuse-port]
+                            [--reuse-port] [--ping-interval 20]
 
 ``broadcast``: a minimal server on the ``websockets`` library (asyncio implementation,
 uvloop). A ``data`` request gets a ``data_init`` (with ``count`` bars of the same shape as
@@ -155,6 +155,8 @@ async def run_broadcast(args: argparse.Namespace) -> None:
         max_size=2**20,
         backlog=4096,
         reuse_port=args.reuse_port or None,
+        ping_interval=args.ping_interval or None,
+        ping_timeout=args.ping_interval or None,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"listening on ws://{args.host}:{port}/websocket/", flush=True)
@@ -293,6 +295,12 @@ def main() -> None:
     parser.add_argument("--rate-file", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="broadcast: keep-alive ping every this many seconds, 0 = none (websockets: 20)",
+    )
     parser.add_argument(
         "--reuse-port",
         action="store_true",

@@ -658,8 +658,10 @@ class CeilingServer(Target):
         loop: str = "uvloop",
         port: int = 0,
         reuse_port: bool = False,
+        ping_interval: float = 20.0,
     ) -> None:
         self.mode = mode
+        self.ping_interval = ping_interval  # seconds between keep-alive pings; 0: none
         self.loop = loop
         self.port = port  # 0: any free port; with ``reuse_port``, another ceiling's port
         self.reuse_port = reuse_port
@@ -686,6 +688,8 @@ class CeilingServer(Target):
             "--port",
             str(self.port),
             *(["--reuse-port"] if self.reuse_port else []),
+            "--ping-interval",
+            str(self.ping_interval),
         ]
         with affinity(SERVER_CORE):
             self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -4,6 +4,7 @@ cost each, how fast it accepts them and how fast one update reaches all of them.
     python bench/connections.py [--connections 10000] [--keys 1] [--sources 4]
                                 [--per-process 10000] [--breakdown 2000] [--no-ceiling]
                                 [--workers 1] [--redis redis://127.0.0.1:6379/0]
+                                [--ping-interval 20]
 
 **Limits first.** The open-file limit of every process is raised to its hard limit
 (``resource.setrlimit``; a process can go no higher without ``CAP_SYS_RESOURCE``). One
@@ -19,6 +20,13 @@ per-address limits of the server under test (``MAX_CONNECTIONS_PER_ADDRESS``, th
 rate, ``MAX_SUBSCRIPTIONS_PER_CALLER``). It prints the kernel settings that bound the run
 (``net.core.somaxconn``, ``net.ipv4.tcp_max_syn_backlog``, ``ip_local_port_range``,
 ``fs.file-max``, ``fs.nr_open``) and changes none of them.
+
+**Keep-alive pings**: both servers ping every socket every ``--ping-interval`` seconds (20,
+both servers' default; 0: none), the Candlewire server through ``WS_PING_INTERVAL``. At
+100,000 sockets the default is 5,000 pings and pongs a second, on a server core that the
+machine's other work shares: in a first run at 100,000 they took most of what the six
+workers got of the core, and the accept rate fell from hundreds to tens of connections a
+second. A run at that scale turns them off (``--ping-interval 0``) and says so.
 
 **``--workers N``**: one server of N hub processes on one port, because one process may open
 no more files than the hard limit: ``server.py --role hub --workers N`` (``SO_REUSEPORT``;
@@ -577,19 +585,25 @@ class CeilingGroup(Target):
 
     label = "ceiling"
 
-    def __init__(self, count: int, keys: int) -> None:
+    def __init__(self, count: int, keys: int, ping_interval: float) -> None:
         self.count = count
         self.keys = keys
+        self.ping_interval = ping_interval
         self.members: list[CeilingServer] = []
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> CeilingGroup:
         with self._stack as stack:
-            first = stack.enter_context(CeilingServer("broadcast", self.keys, reuse_port=True))
+            pings = self.ping_interval
+            first = stack.enter_context(
+                CeilingServer("broadcast", self.keys, reuse_port=True, ping_interval=pings)
+            )
             port = urlsplit(first.ws_url).port or 0
             self.members = [first]
             for _ in range(self.count - 1):
-                member = CeilingServer("broadcast", self.keys, port=port, reuse_port=True)
+                member = CeilingServer(
+                    "broadcast", self.keys, port=port, reuse_port=True, ping_interval=pings
+                )
                 self.members.append(stack.enter_context(member))
             self._stack = stack.pop_all()
         self.ws_url, self.pid, self.rate_file = first.ws_url, first.pid, first.rate_file
@@ -990,7 +1004,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"  {kernel_line(limits)}")
     if layout["short_because"]:
         log(f"  fewer than requested because of {layout['short_because']}")
-    env = server_env(args.keys, count)
+    env = {**server_env(args.keys, count), "WS_PING_INTERVAL": str(args.ping_interval)}
     ceiling = None
     breakdown = None
     load = {"start": loadavg()}
@@ -1002,7 +1016,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ours = measure(gens, server, count, sources, names)
         load["after_ours"] = loadavg()
         if not args.no_ceiling:
-            with ceiling_target(args.workers, args.keys) as c:
+            with ceiling_target(args.workers, args.keys, args.ping_interval) as c:
                 ceiling = measure(gens, c, count, sources, names)
             load["after_ceiling"] = loadavg()
         if args.breakdown:
@@ -1014,6 +1028,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     row = {
         "connections": count,
         "workers": args.workers,
+        "ping_interval_s": args.ping_interval,
         "requested": args.connections,
         "ours_connected": ours["connected"],
         "ours_kb": ours["kb_per_connection"],
@@ -1044,10 +1059,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def ceiling_target(workers: int, keys: int) -> CeilingServer | CeilingGroup:
+def ceiling_target(workers: int, keys: int, pings: float) -> CeilingServer | CeilingGroup:
     if workers == 1:
-        return CeilingServer("broadcast", keys)
-    return CeilingGroup(workers, keys)
+        return CeilingServer("broadcast", keys, ping_interval=pings)
+    return CeilingGroup(workers, keys, pings)
 
 
 COLUMNS = [
@@ -1089,7 +1104,9 @@ def report(figures: dict[str, Any]) -> None:
     print(kernel_line(limits))
     print(
         f"from {len(layout['sources'])} source addresses ({', '.join(layout['sources'])}) in "
-        f"{layout['processes']} load generator processes; load average "
+        f"{layout['processes']} load generator processes; keep-alive pings "
+        + (f"every {row['ping_interval_s']:g} s" if row["ping_interval_s"] else "off")
+        + "; load average "
         + ", ".join(f"{k} {' '.join(map(str, v))}" for k, v in figures["loadavg"].items())
     )
     if row["workers"] > 1:
@@ -1171,6 +1188,12 @@ def main() -> None:
         help="server processes on one port (SO_REUSEPORT; > 1: hub workers fed through Redis)",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers > 1")
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="keep-alive ping to every socket every this many seconds, both servers; 0: none",
+    )
     args = parser.parse_args()
     figures = run(args)
     report(figures)
