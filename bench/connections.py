@@ -121,6 +121,8 @@ FANOUT_PERIOD = 2.0  # seconds between two updates of a key while measuring fan-
 FANOUT_PERIOD_PER_CONNECTION = 1e-4  # and this much per connection (10 s for 100,000)
 REUSEPORT_MARGIN = 0.95  # of N workers' room: SO_REUSEPORT hashes, it does not balance
 WARM_UP_PER_WORKER = 20  # connections per worker that check every worker answers
+WARM_UP_ATTEMPTS = 3
+WARM_UP_TIMEOUT = 15.0  # seconds a warm-up connection may take to be upgraded and answered
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 PROJECTED = 100_000
 
@@ -360,6 +362,7 @@ class IdleGenerator:
         sources: list[str],
         names: list[str],
         started: float,
+        timeout: float = 120.0,
     ) -> dict[str, Any]:
         """Open connection ``i`` for each of ``indices`` from ``sources[i % len(sources)]``,
         subscribed to ``names[i % len(names)]``. Times are seconds since ``started`` (wall);
@@ -394,10 +397,10 @@ class IdleGenerator:
                     lambda: IdleClient(self.seen, handshake, key), sock=sock
                 )
                 self.clients.append(client)
-                opened[i] = await asyncio.wait_for(client.opened, 120)
+                opened[i] = await asyncio.wait_for(client.opened, timeout)
                 assert client.transport is not None
                 client.transport.write(requests[names[key]])
-                subscribed[i] = await asyncio.wait_for(client.subscribed, 120)
+                subscribed[i] = await asyncio.wait_for(client.subscribed, timeout)
                 self.by_index[i] = client
                 return client
 
@@ -631,7 +634,12 @@ class CeilingGroup(Target):
 
 
 def connect(
-    gens: Generators, target: Target, count: int, sources: list[str], names: list[str]
+    gens: Generators,
+    target: Target,
+    count: int,
+    sources: list[str],
+    names: list[str],
+    timeout: float = 120.0,
 ) -> tuple[dict[str, Any], list[tuple[str, int] | None], list[float | None]]:
     """Open ``count`` connections over every generator; accept times and failures; per
     connection index, its local address (``None``: failed) and when it was upgraded."""
@@ -646,6 +654,7 @@ def connect(
                 "sources": sources,
                 "names": names,
                 "started": started,
+                "timeout": timeout,
             }
             for s in share
         ],
@@ -698,8 +707,9 @@ def warm_up(gens: Generators, target: Target, sources: list[str], names: list[st
     and the others would then take its share."""
     pids = serving_pids(target)
     count = WARM_UP_PER_WORKER * len(pids)
-    for attempt in range(10):
-        accepted, socknames, _ = connect(gens, target, count, sources, names)
+    held: list[int] = []
+    for attempt in range(WARM_UP_ATTEMPTS):
+        accepted, socknames, _ = connect(gens, target, count, sources, names, WARM_UP_TIMEOUT)
         where = locate(gens, target, socknames)
         gens.same("close")
         held = [where.count(w) for w in range(len(pids))]
@@ -708,7 +718,11 @@ def warm_up(gens: Generators, target: Target, sources: list[str], names: list[st
             return
         log(f"  {target.label}: warm-up {attempt + 1}: per worker {held}, {accepted}")
         time.sleep(2.0)
-    raise RuntimeError(f"{target.label}: not every worker answered the warm-up connections")
+    raise RuntimeError(
+        f"{target.label}: a worker got no warm-up connection or did not answer them (per "
+        f"worker {held}, pids {pids}); one that failed to start may still hold its listening "
+        "socket, and the kernel gives it its share of the connections"
+    )
 
 
 def merged_arrivals(gens: Generators) -> dict[tuple[float, int], list[float]]:
