@@ -25,7 +25,7 @@ rate, ``MAX_SUBSCRIPTIONS_PER_CALLER``). It prints the kernel settings that boun
 both servers' default; 0: none), the Candlewire server through ``WS_PING_INTERVAL``. At
 100,000 sockets the default is 5,000 pings and pongs a second, on a server core that the
 machine's other work shares: in a first run at 100,000 they took most of what the six
-workers got of the core, and the accept rate fell from hundreds to tens of connections a
+workers got of the core, and the accept rate fell from about 280 to about 10 connections a
 second. A run at that scale turns them off (``--ping-interval 0``) and says so.
 
 **``--workers N``**: one server of N hub processes on one port, because one process may open
