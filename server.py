@@ -105,6 +105,10 @@ def uvicorn_config(
         loop="auto",
         ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
         ws_max_size=settings.MAX_FRAME_BYTES,
+        # Keep-alive pings cost the hub CPU per socket: at 100,000 sockets the 20 s default
+        # is 5,000 pings (and pongs) a second (README, "Connections per hub").
+        ws_ping_interval=settings.WS_PING_INTERVAL or None,
+        ws_ping_timeout=settings.WS_PING_TIMEOUT or None,
         # The front door (README, "Security"): heads complete within a timeout and below a
         # size (frontdoor.GuardedHttp, what uvicorn lacks), idle keep-alives closed, and at
         # most so many connections and tasks at once (503 beyond).

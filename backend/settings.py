@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # 4x this at any moment closes it at once (DESIGN section 4; backend/wire/outbox.py).
     OUTBOX_MAX_BYTES: int = Field(4 * 1024 * 1024, ge=65_536)
     SLOW_CLIENT_TIMEOUT: float = Field(10.0, gt=0)
+    # WebSocket keep-alive (uvicorn's): a ping to every socket this often, closed when its
+    # pong is later than the timeout; 0 turns either off (server.py, uvicorn_config).
+    WS_PING_INTERVAL: float = Field(20.0, ge=0)
+    WS_PING_TIMEOUT: float = Field(20.0, ge=0)
     STREAM_LINGER_SECONDS: float = Field(5.0, ge=0)
     HEARTBEAT_TIMEOUT: float = Field(15.0, gt=0)
     HISTORY_THREADS: int = Field(4, ge=1, le=64)

@@ -1,6 +1,7 @@
 """Ceiling servers: what the benchmarks compare Candlewire with on the same machine.
 
     python bench/ceiling.py --mode broadcast|blast --keys 100 --rate-file PATH [--port 0]
+                            [--reuse-port] [--ping-interval 20]
 
 ``broadcast``: a minimal server on the ``websockets`` library (asyncio implementation,
 uvloop). A ``data`` request gets a ``data_init`` (with ``count`` bars of the same shape as
@@ -15,7 +16,9 @@ evenly spread, publish time in the volume) produces each update; the update is e
 handshake and each ``data`` request, then, while the rate file holds a rate > 0, writes
 pre-built ``data_update`` frames to every connection as fast as the connection takes them.
 
-Both run on uvloop (``--loop asyncio``: the standard library's loop). Prints ``listening on
+Both run on uvloop (``--loop asyncio``: the standard library's loop). ``--reuse-port``
+listens with ``SO_REUSEPORT``, so several ceiling processes can share one port (each with
+its own source and subscribers; ``bench/connections.py --workers N``). Prints ``listening on
 ws://HOST:PORT/websocket/`` when ready; stops on SIGTERM.
 """
 
@@ -145,7 +148,15 @@ async def run_broadcast(args: argparse.Namespace) -> None:
             await asyncio.sleep(TICK_SECONDS)
 
     async with serve(
-        handler, args.host, args.port, compression=None, max_size=2**20, backlog=4096
+        handler,
+        args.host,
+        args.port,
+        compression=None,
+        max_size=2**20,
+        backlog=4096,
+        reuse_port=args.reuse_port or None,
+        ping_interval=args.ping_interval or None,
+        ping_timeout=args.ping_interval or None,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(f"listening on ws://{args.host}:{port}/websocket/", flush=True)
@@ -255,7 +266,11 @@ async def run_blast(args: argparse.Namespace) -> None:
     blaster = Blaster(args.rate_file)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: BlastProtocol(blaster), args.host, args.port, backlog=4096
+        lambda: BlastProtocol(blaster),
+        args.host,
+        args.port,
+        backlog=4096,
+        reuse_port=args.reuse_port or None,
     )
     port = server.sockets[0].getsockname()[1]
     print(f"listening on ws://{args.host}:{port}/websocket/", flush=True)
@@ -280,6 +295,18 @@ def main() -> None:
     parser.add_argument("--rate-file", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="broadcast: keep-alive ping every this many seconds, 0 = none (websockets: 20)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT: several processes on one port, the kernel spreads "
+        "connections (bench/connections.py --workers N)",
+    )
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (uvloop)"
     )

@@ -654,11 +654,23 @@ class OurServer(Target):
 
 
 class CeilingServer(Target):
-    """``bench/ceiling.py`` in a process on the server core: ``broadcast`` or ``blast``."""
+    """``bench/ceiling.py`` in a process on the server core: ``broadcast`` or ``blast``;
+    ``reuse_port``: listening with ``SO_REUSEPORT`` (several on one ``port``)."""
 
-    def __init__(self, mode: str = "broadcast", keys: int = 100, loop: str = "uvloop") -> None:
+    def __init__(
+        self,
+        mode: str = "broadcast",
+        keys: int = 100,
+        loop: str = "uvloop",
+        port: int = 0,
+        reuse_port: bool = False,
+        ping_interval: float = 20.0,
+    ) -> None:
         self.mode = mode
+        self.ping_interval = ping_interval  # seconds between keep-alive pings; 0: none
         self.loop = loop
+        self.port = port  # 0: any free port; with ``reuse_port``, another ceiling's port
+        self.reuse_port = reuse_port
         self.label = "ceiling" if mode == "broadcast" else "blaster"
         self._tmp = tempfile.TemporaryDirectory(prefix="candlewire-ceiling-")
         self.rate_file = str(Path(self._tmp.name) / "rate")
@@ -679,6 +691,11 @@ class CeilingServer(Target):
             self.rate_file,
             "--loop",
             self.loop,
+            "--port",
+            str(self.port),
+            *(["--reuse-port"] if self.reuse_port else []),
+            "--ping-interval",
+            str(self.ping_interval),
         ]
         with affinity(SERVER_CORE):
             self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)

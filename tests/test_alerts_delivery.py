@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,20 @@ def test_the_vapid_key_pair_is_created_once_and_kept(tmp_path: Path) -> None:
     assert first == again
     assert len(first) == 88 and first.endswith("=")  # 65 bytes, base64url with padding
     assert (tmp_path / "vapid_private_key.pem").stat().st_mode & 0o077 == 0
+
+
+def test_hub_workers_starting_together_share_one_vapid_key(tmp_path: Path) -> None:
+    # server.py --workers N: every worker loads or creates the key at once in a fresh folder;
+    # none may read a half-written file, and all must sign with the same key.
+    for attempt in range(20):
+        folder = tmp_path / str(attempt)
+        start = threading.Barrier(8)
+
+        def load(_: int, folder: Path = folder, start: threading.Barrier = start) -> str:
+            start.wait()
+            return VapidKeys.load_or_create(folder).public_key()
+
+        with ThreadPoolExecutor(8) as pool:
+            keys = list(pool.map(load, range(8)))
+        assert len(set(keys)) == 1, keys
+        assert [p.name for p in folder.iterdir()] == ["vapid_private_key.pem"]

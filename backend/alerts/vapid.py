@@ -7,6 +7,8 @@ them fail, so the PEM file is the one source of the key (next to the ``DB`` file
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -43,8 +45,18 @@ class VapidKeys:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.touch(mode=0o600)
-        path.write_bytes(pem)
+        # Written whole under a name of its own (mkstemp: mode 0600), then linked into place,
+        # which fails if the file exists: hub workers starting together (server.py
+        # --workers N) never read a half-written file, and the first one's key is everybody's.
+        fd, staged = tempfile.mkstemp(dir=folder, prefix=f".{KEY_FILE}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+            os.link(staged, path)
+        except FileExistsError:
+            return cls.load_or_create(folder)
+        finally:
+            os.unlink(staged)
         return cls(key, path)
 
     def public_key(self) -> str:
