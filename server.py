@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("candlewire.server")
 
+STARTUP_FAILED = 3  # the exit code of a server whose app did not start
 GC_YOUNG_THRESHOLD = 20_000
 GC_CHECK_SECONDS = 1.0
 # What survives a collection is frozen (gc.freeze) out of later ones: the bar cache alone is
@@ -390,8 +391,27 @@ def main(argv: list[str] | None = None) -> int:
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
     # add_reader stalled now and then (a provider killed for "no heartbeat").
-    asyncio.run(server.serve(sockets=[sock]))
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except SystemExit:  # uvicorn's way to say the app's startup failed
+        if server.started:
+            raise
+        startup_failed(sock, workers)
     return 0
+
+
+def startup_failed(sock: socket.socket, workers: list[int]) -> NoReturn:
+    """The app's startup failed (uvicorn logged why): exit now, non-zero. Leaving it to the
+    interpreter would keep the process running, held by threads the startup had opened (the
+    database's), and
+    a hub worker would keep its listening socket, so the kernel would go on giving it its
+    share of new connections, which nobody answers. The provider processes it started exit
+    with it (they follow their parent)."""
+    logger.error("the hub did not start; exiting")
+    sock.close()
+    stop_workers(workers)
+    logging.shutdown()
+    os._exit(STARTUP_FAILED)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""A server whose app cannot start exits at once with code 3, leaving no process behind:
+not the hub (held by the database thread its startup had opened), not a hub worker holding
+its share of the port, not the provider processes it had started."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests import bus_deploy
+from tests.harness import ROOT, base_env, seconds
+
+STARTUP_FAILED = 3
+
+
+def start_broken(env: dict[str, str], tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+    # A key file that is not a key: the alerts' startup fails after the database opened.
+    (tmp / "vapid_private_key.pem").write_text("not a key\n")
+    with (tmp / "server.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "server.py", "--port", "0", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def ends_with_everything(proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    parent = psutil.Process(proc.pid)
+    started: set[int] = set()
+    deadline = time.monotonic() + seconds(60)
+    code = None
+    while code is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):  # every process it started, while it runs
+            started |= {child.pid for child in parent.children(recursive=True)}
+        code = proc.poll()
+        time.sleep(0.05)  # a polling interval, not a synchronisation
+    if code is None:
+        proc.kill()
+    text = (tmp / "server.log").read_text(errors="replace")
+    assert code == STARTUP_FAILED, text[-2000:]
+    assert "the hub did not start" in text
+
+    def gone() -> bool:
+        return not [p for p in started if psutil.pid_exists(p) and not _zombie(p)]
+
+    deadline = time.monotonic() + seconds(20)
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(), f"left running: {[p for p in started if psutil.pid_exists(p)]}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def test_a_server_whose_startup_fails_exits_with_its_providers(tmp_path: Path) -> None:
+    env = base_env(tmp_path, PROVIDERS="csv")
+    ends_with_everything(start_broken(env, tmp_path), tmp_path)
+
+
+def test_hub_workers_whose_startup_fails_all_exit(tmp_path: Path) -> None:
+    env = bus_deploy.bus_env(tmp_path, bus_deploy.SHARED_REDIS, bus_deploy.new_prefix(), "hub")
+    ends_with_everything(start_broken(env, tmp_path, "--role", "hub", "--workers", "2"), tmp_path)
