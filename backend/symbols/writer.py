@@ -6,7 +6,7 @@ calling thread only reads the provider's rows; a thread of the calling process
 words of a whole batch are found at once), while a child process runs the one SQLite
 transaction (:class:`_Writer`), so both processes use a core and a provider waiting on its
 upstream does not hold up the checks. Requests reach the writer as JSON (``orjson``: a
-batch's values are one flat list, which encodes far faster than pickling rows); a batch is
+batch's values are one flat list, cheaper to encode and decode than pickled rows); a batch is
 inserted a hundred rows per statement.
 """
 
