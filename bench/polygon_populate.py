@@ -253,7 +253,7 @@ def sqlite_ceiling(count: int, workdir: Path) -> dict[str, float]:
             ("first_seq", ()),
             ("begin", ("bench", 1)),
             *(("insert", batch) for batch in batches),
-            ("commit", ("bench", batcher.words, range(1, batcher.next_seq))),
+            ("commit", ("bench", batcher.words, 1, batcher.next_seq - 1)),
             ("checkpoint", ()),
         ):
             status, value = session.run(command, args)
