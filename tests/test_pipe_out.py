@@ -1,6 +1,7 @@
 """The provider process's pipe to the hub (backend/runtime/pipe_out.py): events arrive in
-order and whole from any number of threads, a publisher never blocks on a full pipe, an
-idle pipe is written by the publishing thread itself, and a held burst is one write."""
+order and whole from any number of threads, a publisher never blocks on a full pipe, single
+events are batched by the writer thread, and a held burst is one write, made by its own
+thread when nothing waits."""
 
 from __future__ import annotations
 
@@ -65,16 +66,33 @@ def start_writer(out: EventPipe) -> threading.Thread:
     return thread
 
 
-def test_an_idle_pipe_is_written_by_the_publishing_thread(
+def test_an_idle_pipe_is_written_by_the_thread_that_hands_over_a_burst(
     pipe: tuple[Connection, Connection],
 ) -> None:
     reader, writer = pipe
     out = make(writer)  # no writer thread at all: only a direct write can deliver
-    out.put(bar("A", 1))
+    out.put_many([bar("A", 1)])
     out.put_many([bar("A", 2), bar("A", 3)])
     messages = read_all(reader, 3)
     assert messages == [[tuple(bar("A", 1))], [tuple(bar("A", 2)), tuple(bar("A", 3))]]
     assert out.idle()
+    out.put(bar("A", 4))  # a single event waits for the writer thread, which batches
+    assert not reader.poll(0.2)
+    start_writer(out)
+    assert read_all(reader, 1) == [[tuple(bar("A", 4))]]
+
+
+def test_events_put_one_by_one_reach_the_hub_in_batches(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    reader, writer = pipe
+    out = make(writer)
+    start_writer(out)
+    for n in range(2000):
+        out.put(bar("B", n))
+    messages = read_all(reader, 2000)
+    assert [e[2][5] for m in messages for e in m] == [float(n) for n in range(2000)]
+    assert len(messages) < 500  # gathered while the writer was busy, not one message each
 
 
 def test_many_threads_against_a_full_pipe_lose_nothing_and_keep_their_order(
@@ -149,6 +167,7 @@ def test_a_held_burst_reaches_the_pipe_as_one_message_in_order(
     out = make(writer)
     provider = Recorder()
     provider._attach("rec", load_settings(PROVIDERS="csv"), out.put, out.put_many)
+    start_writer(out)
     provider.hold_updates()
     for n in range(5):
         provider.publish("H", "1m", (60 * n, 1, 2, 0.5, 1.5, n), final=True)

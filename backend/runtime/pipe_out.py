@@ -1,12 +1,14 @@
 """The provider process's side of its pipe to the hub: events out, in order, in batches.
 
-A thread that publishes writes its events to the pipe itself when nothing else is being
-written or waiting and the pipe has room for them: no other thread is woken on the way (on
-a busy core, waking a writer thread costs two context switches and a wait for the GIL per
-burst, about as much as the rest of the provider's work on an update). Everything else (the
-pipe is full because the hub is behind, another thread is writing, events are already
-waiting) is appended to a list that the writer thread sends in batches, merging superseded
-states of a forming bar when more than a batch is waiting. Order is kept: a thread writes
+A thread that hands over a burst of events it gathered (``put_many``: a provider's
+``hold_updates``/``release_updates``) writes them to the pipe itself when nothing else is
+being written or waiting and the pipe has room for them: no other thread is woken on the
+way (on a busy core, waking a writer thread costs two context switches and a wait for the
+GIL per burst, about as much as the rest of the provider's work on an update). Everything
+else (single events, which the writer gathers into batches; the pipe is full because the
+hub is behind; another thread is writing; events are already waiting) is appended to a list
+that the writer thread sends in batches, merging superseded states of a forming bar when
+more than a batch is waiting. Order is kept: a thread writes
 directly only when no event is waiting and no write is in progress, and events that arrive
 while a write is in progress wait for it.
 
@@ -66,10 +68,18 @@ class EventPipe:
     # ------------------------------------------------------------------ any thread
 
     def put(self, event: Event) -> None:
-        self.put_many([event])
+        """Send ``event`` through the writer thread, after everything put before it.
+
+        One event at a time goes to the writer thread, which sends what gathered meanwhile
+        in one batch: a thread that publishes many updates one by one must not cost the hub
+        one pipe message each."""
+        with self._lock:
+            self._waiting.append(event)
+            self._wake.set()
 
     def put_many(self, events: list[Event]) -> None:
-        """Send ``events`` (in this order, after everything put before them)."""
+        """Send ``events`` (in this order, after everything put before them), from this
+        thread when nothing waits: a burst that its thread gathered (``hold_updates``)."""
         with self._lock:
             if self._writing or self._waiting or len(events) > BATCH_MAX:
                 self._waiting.extend(events)
