@@ -52,8 +52,7 @@ class Hub:
             self.cache, Subscriptions(), Listeners(), Clocks(), hub.metrics, None, _kick
         )
         self.indicating = Indicating(hub, indicators, _kick)
-        self.fanout.watches = self.indicating.live.watches
-        self.fanout.after_updates = self.indicating.on_updates
+        self.indicating.attach(self.fanout)
         self.cache.get(KEY).merge(bars)
         self.fanout.wire_keys(KEY, {})
         self.bound = bind(
@@ -247,3 +246,23 @@ def test_a_client_that_stops_holding_an_indicator_gets_no_more_of_its_frames(
     assert [m["type"] for m in messages_of(leaving)] == ["data_update"]
     update = messages_of(staying)[-1]
     assert update["data"]["ema-EMA"] == _expected(hub, "ema", hub.bound, bars)["data"]["ema-EMA"]
+
+
+def test_the_data_update_and_the_indicator_frames_of_the_same_clients_go_as_one_entry(
+    indicators: Indicators,
+) -> None:
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    clients = [hub.client(1), hub.client(2)]  # the key's data clients hold the same chart ids
+    hub.send(bars[-1])
+    entries = [client.outbox.drain() for client in clients]
+    assert len(entries[0]) == 1 and entries[1][0] is entries[0][0]  # one object for both
+    bars[-1] = forming(bars, 140.0)
+    hub.send(bars[-1])
+    bars[-1] = forming(bars, 141.0)  # the next batch, before the writers ran
+    hub.send(bars[-1])
+    (entry,) = clients[0].outbox.drain()  # replaced in place: only the newest of the bar
+    data, update = (orjson.loads(p) for p in payloads_of(entry))
+    assert data["type"] == "data_update" and data["data"]["csv-BTCUSDT-1h-close"] == 141.0
+    assert update["data"]["ema-EMA"] == _expected(hub, "ema", hub.bound, bars)["data"]["ema-EMA"]
+    assert hub.indicating.delivered == 2 * 3

@@ -26,7 +26,7 @@ import orjson
 
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
-from backend.hub.fanout import Kick
+from backend.hub.fanout import Fanout, Kick
 from backend.hub.indicator_frames import GroupFrames, chart_template, frame_of
 from backend.indicators import messages
 from backend.indicators.engine import (
@@ -65,6 +65,7 @@ class Indicating:
         self.indicators = indicators
         self.kick = kick
         self.live = LiveIndicators()
+        self.fanout: Fanout | None = None  # set by ``attach``
         self.tails = Tails()
         self.delivered = 0  # indicator_update frames queued to clients
         self.seconds = 0.0  # spent computing, encoding and queueing live updates
@@ -87,6 +88,14 @@ class Indicating:
     def computed(self) -> int:
         """Live computations run (one per shared indicator per updated key and batch)."""
         return self.live.computations
+
+    def attach(self, fanout: Fanout) -> None:
+        """Get the keys with live indicators from ``fanout`` after each provider batch, their
+        data_updates held back to go out with the indicator frames."""
+        self.fanout = fanout
+        fanout.watches = self.live.watches
+        fanout.after_updates = self.on_updates
+        fanout.hold_back = True
 
     # ------------------------------------------------------------------ requests
 
@@ -294,24 +303,72 @@ class Indicating:
     ) -> None:
         """Queue the rows just computed over ``key``, a group of chart ids (held by the same
         clients) at a time: the frames of the group made in one go (:class:`GroupFrames`)
-        when its rows are all of one bar, else one update at a time (:meth:`_push`)."""
+        when its rows are all of one bar, else one update at a time (:meth:`_push`). When
+        one group's clients are exactly the clients of the key's data_update held back
+        by the fan-out, each gets the data_update and the group's frames as one entry
+        (:meth:`_push_with_data`); else the held data_updates go out first."""
         known = self._group_frames.get(key)
         if known is None or known[0] is not groups:
             known = self._group_frames[key] = (groups, [GroupFrames(group) for group in groups])
-        for encoder in known[1]:
-            reads = encoder.reads
-            made = None
-            if reads is not None:
-                last_dates = dates.get(reads)
-                if last_dates is None:
-                    last_dates = dates[reads] = self._last_dates_json(reads)
-                made = encoder.frames(self._date, last_dates)
+        encoders = known[1]
+        fanout = self.fanout
+        if fanout is not None:
+            if len(encoders) == 1 and self._push_with_data(key, encoders[0], dates, fanout):
+                return
+            fanout.release_held(key)
+        for encoder in encoders:
+            made = self._group_frames_of(encoder, dates)
             if made is None:
                 self._push(key, updates_of(encoder.group), dates)
                 continue
             bar_time, entry = made
             holders = encoder.group[0][2].holders()
             self._queue(holders, key, bar_time, entry, encoder.count, encoder.chart_ids)
+
+    def _push_with_data(
+        self,
+        key: SeriesId,
+        encoder: GroupFrames,
+        dates: dict[tuple[SeriesId, ...], bytes],
+        fanout: Fanout,
+    ) -> bool:
+        """The held data_update of ``key`` and the frames of ``encoder``'s group, one entry
+        to each client (the data_update's slot: a later update of the bar replaces it all),
+        when the group's holders are the key's data_update clients and the held update and
+        the rows are of one bar; False (nothing done) otherwise."""
+        held = fanout.held(key)
+        targets = fanout.deliver.get(key)
+        if held is None or len(held) != 1 or not targets:
+            return False
+        if targets.keys() != encoder.group[0][2].holders():
+            return False
+        made = self._group_frames_of(encoder, dates)
+        if made is None:
+            return False
+        bar_time, entry = made
+        frame = held.get(bar_time)
+        if frame is None:
+            return False
+        fanout.take_held(key)
+        entry = frame + entry
+        slot = (key, bar_time)
+        for client in list(targets.values()):
+            if not client.outbox.push(entry, slot):
+                self.kick(client, "outbox hard limit reached")
+        self.delivered += len(targets) * encoder.count
+        return True
+
+    def _group_frames_of(
+        self, encoder: GroupFrames, dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> tuple[int, bytes] | None:
+        """:meth:`GroupFrames.frames` with the ``last_dates`` of what the group reads."""
+        reads = encoder.reads
+        if reads is None:
+            return None
+        last_dates = dates.get(reads)
+        if last_dates is None:
+            last_dates = dates[reads] = self._last_dates_json(reads)
+        return encoder.frames(self._date, last_dates)
 
     def _push(
         self,
