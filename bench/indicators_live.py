@@ -98,8 +98,12 @@ class Bench:
                 self.indicating.live.subscribe(i, f"{label}_{key.name}", bound)
 
     def attach(self, on: bool) -> None:
-        self.fanout.watches = self.indicating.live.watches if on else (lambda key: False)
-        self.fanout.after_updates = self.indicating.on_updates if on else None
+        """The indicators wired to the fan-out as the hub does, or detached."""
+        if on:
+            self.indicating.attach(self.fanout)
+            return
+        self.fanout.watches = lambda key: False
+        self.fanout.after_updates = None
 
     def batch(self, updates: int, bar_every: int) -> list[WireEvent]:
         """``updates`` forming-bar updates, round-robin over the keys."""

@@ -52,8 +52,7 @@ class Hub:
             self.cache, Subscriptions(), Listeners(), Clocks(), hub.metrics, None, _kick
         )
         self.indicating = Indicating(hub, indicators, _kick)
-        self.fanout.watches = self.indicating.live.watches
-        self.fanout.after_updates = self.indicating.on_updates
+        self.indicating.attach(self.fanout)
         self.cache.get(KEY).merge(bars)
         self.fanout.wire_keys(KEY, {})
         self.bound = bind(
@@ -171,3 +170,99 @@ def test_a_closed_bar_changed_in_the_cache_opens_the_running_computation_again(
     update = messages_of(client)[-1]
     ema = compute(hub.bound, {KEY: bars[-hub.bound.tail_size() :]}).values[0][-1]
     assert update["data"]["ema-EMA"] == ema
+
+
+def _expected(hub: Hub, chart_id: str, bound: Any, bars: list[Bar]) -> dict[str, Any]:
+    """The ``indicator_update`` of ``chart_id`` over ``bars`` (the batch computation over its
+    tail, the values of the running computation bit for bit)."""
+    computed = compute(bound, {KEY: bars[-bound.tail_size() :]})
+    row: dict[str, object] = {"date": protocol.intervals.format_date(bars[-1][0])}
+    for output, values in zip(bound.indicator.outputs, computed.values, strict=True):
+        row[f"{chart_id}-{output.name}"] = float(values[-1])
+    dates = {"csv-BTCUSDT-1h": protocol.intervals.format_date(bars[-1][0])}
+    return messages.indicator_update(chart_id, row, dates)
+
+
+def test_clients_with_different_chart_ids_and_inputs_on_one_key_get_their_own_frames(
+    indicators: Indicators, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    slow = bind(
+        indicators, "talib.overlap.EMA", {"timeperiod": 9}, [Binding("close", KEY, "close")]
+    )
+    macd = bind(indicators, "talib.momentum.MACD", {}, [Binding("close", KEY, "close")])
+    first, second, third = hub.client(1), hub.client(2), hub.client(3)  # each holds "ema"
+    live = hub.indicating.live
+    live.subscribe(1, "macd", macd)  # 1: ema + macd
+    live.subscribe(2, "slow", slow)  # 2: ema + slow (other inputs, other chart id)
+    live.subscribe(3, "macd", macd)  # 3: like 1, and one more
+    live.subscribe(3, 'we"ird%b', slow)  # ... and a chart id to escape
+    hub.send(bars[-1])
+    for client in (first, second, third):
+        client.outbox.drain()
+    bars[-1] = forming(bars, 131.0)
+    monkeypatch.setattr(hub.indicating, "_push", None)  # every group's frames made in one go
+    hub.send(bars[-1])
+    wanted = {
+        1: [("ema", hub.bound), ("macd", macd)],
+        2: [("ema", hub.bound), ("slow", slow)],
+        3: [("ema", hub.bound), ("macd", macd), ('we"ird%b', slow)],
+    }
+    for client in (first, second, third):
+        (entry,) = client.outbox.drain()  # data_update and the indicator frames: one entry
+        payloads = payloads_of(entry)
+        assert orjson.loads(payloads[0])["type"] == "data_update"
+        got = sorted((orjson.loads(p) for p in payloads[1:]), key=lambda m: m["id"])
+        expected = sorted(
+            (_expected(hub, chart_id, bound, bars) for chart_id, bound in wanted[client.id]),
+            key=lambda m: m["id"],
+        )
+        assert got == expected
+        for payload in payloads[1:]:  # the encoder's bytes, byte for byte
+            assert text_frame(payload) == text_frame(protocol.encode(orjson.loads(payload)))
+    assert hub.indicating.delivered == 2 * (2 + 2 + 3)
+
+
+def test_a_client_that_stops_holding_an_indicator_gets_no_more_of_its_frames(
+    indicators: Indicators,
+) -> None:
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    staying, leaving, closing = hub.client(1), hub.client(2), hub.client(3)
+    hub.send(bars[-1])
+    for client in (staying, leaving, closing):
+        assert [m["type"] for m in messages_of(client)] == ["data_update", "indicator_update"]
+    hub.indicating.drop_series(2, KEY)  # it unsubscribed the key's indicators
+    del hub.clients[3]  # its socket closed; the hub drops its indicators after
+    bars[-1] = forming(bars, 77.0)
+    hub.send(bars[-1])
+    assert [m["type"] for m in messages_of(staying)] == ["data_update", "indicator_update"]
+    assert [m["type"] for m in messages_of(leaving)] == ["data_update"]
+    assert [m["type"] for m in messages_of(closing)] == ["data_update"]  # from the fan-out
+    hub.indicating.drop_client(3)
+    bars[-1] = forming(bars, 78.0)
+    hub.send(bars[-1])
+    assert [m["type"] for m in messages_of(leaving)] == ["data_update"]
+    update = messages_of(staying)[-1]
+    assert update["data"]["ema-EMA"] == _expected(hub, "ema", hub.bound, bars)["data"]["ema-EMA"]
+
+
+def test_the_data_update_and_the_indicator_frames_of_the_same_clients_go_as_one_entry(
+    indicators: Indicators,
+) -> None:
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    clients = [hub.client(1), hub.client(2)]  # the key's data clients hold the same chart ids
+    hub.send(bars[-1])
+    entries = [client.outbox.drain() for client in clients]
+    assert len(entries[0]) == 1 and entries[1][0] is entries[0][0]  # one object for both
+    bars[-1] = forming(bars, 140.0)
+    hub.send(bars[-1])
+    bars[-1] = forming(bars, 141.0)  # the next batch, before the writers ran
+    hub.send(bars[-1])
+    (entry,) = clients[0].outbox.drain()  # replaced in place: only the newest of the bar
+    data, update = (orjson.loads(p) for p in payloads_of(entry))
+    assert data["type"] == "data_update" and data["data"]["csv-BTCUSDT-1h-close"] == 141.0
+    assert update["data"]["ema-EMA"] == _expected(hub, "ema", hub.bound, bars)["data"]["ema-EMA"]
+    assert hub.indicating.delivered == 2 * 3

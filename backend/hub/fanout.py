@@ -65,6 +65,12 @@ class Fanout:
         self.watches: Callable[[SeriesId], bool] = lambda key: False
         self.after_updates: Callable[[dict[SeriesId, int]], None] | None = None
         self._touched: dict[SeriesId, int] = {}
+        # With ``hold_back`` (set with ``after_updates``), the data_update frames of those
+        # keys wait for the end of the batch (key -> bar time -> the newest frame of that
+        # bar): ``after_updates`` takes those it sends together with the indicator frames
+        # (``take_held``) or sends them first (``release_held``); the rest go out after it.
+        self.hold_back = False
+        self._held: dict[SeriesId, dict[int, bytes]] = {}
 
     # ------------------------------------------------------------------ delivery
 
@@ -117,8 +123,12 @@ class Fanout:
                 provider.last_update = time.time()
             if self._touched:
                 touched, self._touched = self._touched, {}
-                if self.after_updates is not None:
-                    self.after_updates(touched)
+                try:
+                    if self.after_updates is not None:
+                        self.after_updates(touched)
+                finally:
+                    for key in list(self._held):
+                        self.release_held(key)
 
     def _on_bar(self, key: SeriesId, bar: Bar, final: bool = False) -> None:
         series = self.cache.peek(key)
@@ -141,26 +151,73 @@ class Fanout:
             self._store_live(series, bar, newest, previous, final)
         if newest:
             self.listeners.notify(key, bar)
-            self._push_update(key, bar)
             if self.watches(key):
                 self._touched.setdefault(key, t)
+                if self.hold_back:
+                    self._hold_update(key, bar)
+                    return
+            self._push_update(key, bar)
+
+    def _encoder(self, key: SeriesId) -> protocol.UpdateEncoder | None:
+        encoder = self._updates.get(key)
+        if encoder is None:
+            wire = self._wire.get(key)
+            if wire is None:
+                return None
+            encoder = self._updates[key] = protocol.UpdateEncoder(key, wire)
+        return encoder
 
     def _push_update(self, key: SeriesId, bar: Bar) -> None:
         targets = self.deliver.get(key)
         if not targets:
             return
-        encoder = self._updates.get(key)
+        encoder = self._encoder(key)
         if encoder is None:
-            wire = self._wire.get(key)
-            if wire is None:
-                return
-            encoder = self._updates[key] = protocol.UpdateEncoder(key, wire)
-        frame = encoder.frame(bar)
-        slot = (key, bar[0])
+            return
+        self._push_frame(key, bar[0], encoder.frame(bar), targets)
+        self._delivered += len(targets)
+
+    def _push_frame(
+        self, key: SeriesId, bar_time: int, frame: bytes, targets: dict[int, Client]
+    ) -> None:
+        slot = (key, bar_time)
         for client in list(targets.values()):
             if not client.outbox.push(frame, slot):
                 self.kick(client, "outbox hard limit reached")
+
+    def _hold_update(self, key: SeriesId, bar: Bar) -> None:
+        """:meth:`_push_update` at the end of the batch (see ``hold_back``); a later update
+        of the same bar in the batch replaces it, as it would in the outboxes."""
+        targets = self.deliver.get(key)
+        if not targets:
+            return
+        encoder = self._encoder(key)
+        if encoder is None:
+            return
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = {}
+        held[bar[0]] = encoder.frame(bar)
         self._delivered += len(targets)
+
+    def held(self, key: SeriesId) -> dict[int, bytes] | None:
+        """The held data_update frames of ``key`` (bar time -> frame, oldest first)."""
+        return self._held.get(key)
+
+    def take_held(self, key: SeriesId) -> dict[int, bytes] | None:
+        """The held data_update frames of ``key`` (bar time -> frame, oldest first), which
+        the caller now sends to :attr:`deliver`'s clients of ``key``; None if none."""
+        return self._held.pop(key, None)
+
+    def release_held(self, key: SeriesId) -> None:
+        """Send the held data_update frames of ``key`` now, as :meth:`_push_update` would
+        have."""
+        held = self._held.pop(key, None)
+        targets = self.deliver.get(key)
+        if held is None or not targets:
+            return
+        for bar_time, frame in held.items():
+            self._push_frame(key, bar_time, frame, targets)
 
     def _store_live(
         self, series: Series, bar: Bar, newest: bool, previous: int | None, final: bool

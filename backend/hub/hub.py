@@ -129,8 +129,7 @@ class Hub:
         self.scanning = Scanning(self, self.indicating)
         self.alerting = Alerting(self)  # opened by the app (it needs the DB file)
         self.chatting = Chatting(self)
-        self.fanout.watches = self.indicating.live.watches
-        self.fanout.after_updates = self.indicating.on_updates
+        self.indicating.attach(self.fanout)
         self.upkeep = Upkeep(
             [self._close_slow_clients, self._bound_cache],
             [self._apply_retention],

@@ -26,7 +26,8 @@ import orjson
 
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
-from backend.hub.fanout import Kick
+from backend.hub.fanout import Fanout, Kick
+from backend.hub.indicator_frames import GroupFrames, chart_template, frame_of
 from backend.indicators import messages
 from backend.indicators.engine import (
     Bars,
@@ -39,13 +40,12 @@ from backend.indicators.engine import (
     rows,
 )
 from backend.indicators.incremental import RECENT
-from backend.indicators.live import IndicatorUpdate, LiveIndicators
+from backend.indicators.live import Group, IndicatorUpdate, LiveIndicators, updates_of
 from backend.indicators.registry import Indicators
 from backend.indicators.tails import Tails
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.wire import protocol
-from backend.wire.frames import text_frame
 
 if TYPE_CHECKING:
     from backend.hub.hub import Hub
@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
 MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
 MAX_ENCODED = 10_000  # chart templates and dates kept encoded (all dropped past that)
-_LEN_16, _LEN_64 = 126, 1 << 16  # payload sizes with a 16-bit length in the frame header
 
 
 class Indicating:
@@ -66,6 +65,7 @@ class Indicating:
         self.indicators = indicators
         self.kick = kick
         self.live = LiveIndicators()
+        self.fanout: Fanout | None = None  # set by ``attach``
         self.tails = Tails()
         self.delivered = 0  # indicator_update frames queued to clients
         self.seconds = 0.0  # spent computing, encoding and queueing live updates
@@ -74,18 +74,28 @@ class Indicating:
         self._waiting: set[SeriesId] = set()  # keys with an update not computed yet
         # (version, bars, newest time) of each key's cache at its last computation
         self._marks: dict[SeriesId, tuple[int, int, int | None]] = {}
-        # chart id -> (its row keys, its update message with a %b per value: ``_template``)
+        # chart id -> (its row keys, its update message with a %b per value: ``chart_template``)
         self._templates: dict[str, tuple[tuple[str, ...], bytes]] = {}
         self._dates: dict[int, bytes] = {}  # bar time -> its date as a JSON string
         # series an update read -> (their newest bar times, ``last_dates`` encoded)
         self._last_dates_encoded: dict[tuple[SeriesId, ...], tuple[tuple[int | None, ...], bytes]]
         self._last_dates_encoded = {}
+        # series -> its groups of chart ids (``LiveIndicators.compute``) and their encoders
+        self._group_frames: dict[SeriesId, tuple[list[Group], list[GroupFrames]]] = {}
         self._register_gauges()
 
     @property
     def computed(self) -> int:
         """Live computations run (one per shared indicator per updated key and batch)."""
         return self.live.computations
+
+    def attach(self, fanout: Fanout) -> None:
+        """Get the keys with live indicators from ``fanout`` after each provider batch, their
+        data_updates held back to go out with the indicator frames."""
+        self.fanout = fanout
+        fanout.watches = self.live.watches
+        fanout.after_updates = self.on_updates
+        fanout.hold_back = True
 
     # ------------------------------------------------------------------ requests
 
@@ -191,6 +201,8 @@ class Indicating:
             del self._next_at[key]
         for key in [k for k in self._marks if not self.live.watches(k)]:
             del self._marks[key]
+        for key in [k for k in self._group_frames if not self.live.watches(k)]:
+            del self._group_frames[key]
 
     def reset_source(self, source: str) -> None:
         """A provider restarted: running totals are recomputed in full next time."""
@@ -247,12 +259,13 @@ class Indicating:
         for key, since in keys:
             try:
                 self._check_closed_bars(key)
-                updates = self.live.on_bar(key, self._tail, since)
+                groups = self.live.compute(key, self._tail, since)
             except Exception:  # a bug in one computation must not stop the fan-out
                 logger.exception("live indicators of %s failed", key)
                 self.hub.metrics.inc("candlewire_internal_errors_total")
                 continue
-            self._push(key, updates, dates)
+            if groups:
+                self._push_groups(key, groups, dates)
         self.seconds += time.perf_counter() - started
 
     def _check_closed_bars(self, key: SeriesId) -> None:
@@ -285,6 +298,78 @@ class Indicating:
             return cached.bars[-count:]
         return self.tails.get(series, cached.bars, count)
 
+    def _push_groups(
+        self, key: SeriesId, groups: list[Group], dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> None:
+        """Queue the rows just computed over ``key``, a group of chart ids (held by the same
+        clients) at a time: the frames of the group made in one go (:class:`GroupFrames`)
+        when its rows are all of one bar, else one update at a time (:meth:`_push`). When
+        one group's clients are exactly the clients of the key's data_update held back
+        by the fan-out, each gets the data_update and the group's frames as one entry
+        (:meth:`_push_with_data`); else the held data_updates go out first."""
+        known = self._group_frames.get(key)
+        if known is None or known[0] is not groups:
+            known = self._group_frames[key] = (groups, [GroupFrames(group) for group in groups])
+        encoders = known[1]
+        fanout = self.fanout
+        if fanout is not None:
+            if len(encoders) == 1 and self._push_with_data(key, encoders[0], dates, fanout):
+                return
+            fanout.release_held(key)
+        for encoder in encoders:
+            made = self._group_frames_of(encoder, dates)
+            if made is None:
+                self._push(key, updates_of(encoder.group), dates)
+                continue
+            bar_time, entry = made
+            holders = encoder.group[0][2].holders()
+            self._queue(holders, key, bar_time, entry, encoder.count, encoder.chart_ids)
+
+    def _push_with_data(
+        self,
+        key: SeriesId,
+        encoder: GroupFrames,
+        dates: dict[tuple[SeriesId, ...], bytes],
+        fanout: Fanout,
+    ) -> bool:
+        """The held data_update of ``key`` and the frames of ``encoder``'s group, one entry
+        to each client (the data_update's slot: a later update of the bar replaces it all),
+        when the group's holders are the key's data_update clients and the held update and
+        the rows are of one bar; False (nothing done) otherwise."""
+        held = fanout.held(key)
+        targets = fanout.deliver.get(key)
+        if held is None or len(held) != 1 or not targets:
+            return False
+        if targets.keys() != encoder.group[0][2].holders():
+            return False
+        made = self._group_frames_of(encoder, dates)
+        if made is None:
+            return False
+        bar_time, entry = made
+        frame = held.get(bar_time)
+        if frame is None:
+            return False
+        fanout.take_held(key)
+        entry = frame + entry
+        slot = (key, bar_time)
+        for client in list(targets.values()):
+            if not client.outbox.push(entry, slot):
+                self.kick(client, "outbox hard limit reached")
+        self.delivered += len(targets) * encoder.count
+        return True
+
+    def _group_frames_of(
+        self, encoder: GroupFrames, dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> tuple[int, bytes] | None:
+        """:meth:`GroupFrames.frames` with the ``last_dates`` of what the group reads."""
+        reads = encoder.reads
+        if reads is None:
+            return None
+        last_dates = dates.get(reads)
+        if last_dates is None:
+            last_dates = dates[reads] = self._last_dates_json(reads)
+        return encoder.frames(self._date, last_dates)
+
     def _push(
         self,
         key: SeriesId,
@@ -292,36 +377,36 @@ class Indicating:
         dates: dict[tuple[SeriesId, ...], bytes],
     ) -> None:
         """Encode each update once, then queue, to each client, the frames of all the
-        updates of ``key`` it holds: appended to its pending ``data_update`` of the same bar
-        (one entry, written together), or else as one entry of their own whose slot names
-        the chart ids and the bar time, so that an unsent one is replaced by the next one
-        of the same forming bar, like a ``data_update``. The clients holding the same chart
-        ids of a key (the usual case: one chart's indicators) share the joined frames."""
+        updates of ``key`` it holds, one entry per bar (see :meth:`_queue`). The clients
+        holding the same chart ids of a key (the usual case: one chart's indicators) share
+        the joined frames."""
         groups: dict[frozenset[Hashable], list[IndicatorUpdate]] = {}
         for update in updates:
             groups.setdefault(update.clients, []).append(update)
         for holders, held in groups.items():
             frames = [self._frame(update, dates) for update in held]
-            time = held[0].time
-            if not any(update.time != time for update in held):
-                self._queue(holders, key, time, held, frames)
-                continue
-            for time in dict.fromkeys(update.time for update in held):  # a closed bar first
-                part = [i for i, update in enumerate(held) if update.time == time]
-                self._queue(holders, key, time, [held[i] for i in part], [frames[i] for i in part])
+            for bar_time in dict.fromkeys(update.time for update in held):  # a closed bar first
+                part = [i for i, update in enumerate(held) if update.time == bar_time]
+                entry = b"".join(frames[i] for i in part)
+                chart_ids = "\n".join(held[i].chart_id for i in part)
+                self._queue(holders, key, bar_time, entry, len(part), chart_ids)
 
     def _queue(
         self,
         holders: frozenset[Hashable],
         key: SeriesId,
         time: int,
-        held: list[IndicatorUpdate],
-        frames: list[bytes],
+        entry: bytes,
+        frames: int,
+        chart_ids: str,
     ) -> None:
-        """Queue ``frames`` (those of ``held``, all of bar ``time``) to each of ``holders``."""
-        entry = frames[0] if len(frames) == 1 else b"".join(frames)
+        """Queue ``entry`` (``frames`` frames of bar ``time``, those of ``chart_ids``, one a
+        line) to each of ``holders``: appended to its pending ``data_update`` of the same
+        bar (one entry, written together), or else as one entry of its own whose slot names
+        the chart ids and the bar time, so that an unsent one is replaced by the next one
+        of the same forming bar, like a ``data_update``."""
         data_slot = (key, time)  # the slot of that bar's data_update (Fanout._push_update)
-        slot: tuple[object, ...] | None = None
+        slot = ("indicator_update", chart_ids, time)
         clients = self.hub.clients
         joined: dict[bytes, bytes] = {}  # the holders' data_update frame is one object
         queued = 0
@@ -330,16 +415,20 @@ class Indicating:
             if client is None:
                 continue
             outbox = client.outbox
-            if outbox.extend(data_slot, entry, joined):
-                queued += 1
-                continue
-            if slot is None:
-                slot = ("indicator_update", "\n".join(u.chart_id for u in held), time)
-            if outbox.push(entry, slot):
+            if outbox.extend(data_slot, entry, joined) or outbox.push(entry, slot):
                 queued += 1
             else:
                 self.kick(client, "outbox hard limit reached")
-        self.delivered += queued * len(frames)
+        self.delivered += queued * frames
+
+    def _date(self, time: int) -> bytes:
+        """The date of bar ``time`` as a JSON string."""
+        date = self._dates.get(time)
+        if date is None:
+            if len(self._dates) >= MAX_ENCODED:
+                self._dates.clear()
+            date = self._dates[time] = orjson.dumps(intervals.format_date(time))
+        return date
 
     def _frame(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
         """The text frame of ``protocol.encode(messages.indicator_update(...))``, from parts
@@ -350,7 +439,10 @@ class Indicating:
             last_dates = dates[update.series] = self._last_dates_json(update.series)
         template = self._templates.get(update.chart_id)
         if template is None or template[0] is not update.names:
-            template = self._template(update.chart_id, update.names)
+            if len(self._templates) >= MAX_ENCODED:
+                self._templates.clear()
+            template = (update.names, chart_template(update.chart_id, update.names))
+            self._templates[update.chart_id] = template
         values = update.values
         date = self._dates.get(update.time)
         if date is None:
@@ -358,25 +450,7 @@ class Indicating:
                 self._dates.clear()
             date = self._dates[update.time] = orjson.dumps(values[0])
         encoded = orjson.dumps(values[1:])[1:-1].split(b",")  # no comma in a number
-        payload = template[1] % (date, *encoded, last_dates)
-        n = len(payload)
-        if _LEN_16 <= n < _LEN_64:  # the usual size: the header without a call
-            return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
-        return text_frame(payload)
-
-    def _template(self, chart_id: str, names: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
-        """The message of an update of ``chart_id`` with a ``%b`` for the date, each value
-        and ``last_dates``."""
-        if len(self._templates) >= MAX_ENCODED:
-            self._templates.clear()
-        keys = [orjson.dumps(name).replace(b"%", b"%%") for name in (chart_id, *names)]
-        data = b",".join(b"%b:%%b" % key for key in keys[1:])
-        message = b'{"type":"indicator_update","id":%b,"data":{%b},"annotations":null,' % (
-            keys[0],
-            data,
-        )
-        template = self._templates[chart_id] = (names, message + b'"last_dates":%b}')
-        return template
+        return frame_of(template[1] % (date, *encoded, last_dates))
 
     def _last_dates_json(self, series: tuple[SeriesId, ...]) -> bytes:
         """:meth:`_last_dates` encoded, again only when a newest bar time changed."""

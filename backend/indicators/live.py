@@ -5,8 +5,10 @@ The hub calls :meth:`LiveIndicators.subscribe` after answering an ``indicator`` 
 :meth:`~LiveIndicators.on_bar` after fanning out a ``data_update``, :meth:`~LiveIndicators.
 drop_client` when a socket closes and :meth:`~LiveIndicators.reset_series` when a provider
 restarts. :meth:`~LiveIndicators.on_bar` returns one :class:`IndicatorUpdate` per chart id
-(each with its clients) for the hub to encode once and send; this module never awaits or
-touches a socket. A client is any hashable handle the hub chooses.
+(each with its clients) for the hub to encode once and send; :meth:`~LiveIndicators.compute`
+gives the same rows without an object per update: the chart ids grouped by the clients that
+hold them (:data:`Group`), each with the rows of its :class:`Shared` computation. This
+module never awaits or touches a socket. A client is any hashable handle the hub chooses.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import NamedTuple
 
 from backend.errors import IndicatorError
 from backend.indicators.engine import BoundIndicator, Columns, Computed, Fetch, LiveComputation
-from backend.indicators.incremental import RECENT
+from backend.indicators.incremental import RECENT, Row
 from backend.model import intervals
 from backend.model.bars import SeriesId
 
@@ -44,7 +46,7 @@ class IndicatorUpdate(NamedTuple):
 
 
 @dataclass
-class _Chart:
+class Chart:
     """One chart id of a shared computation: its row's keys and the clients holding it."""
 
     names: tuple[str, ...]  # "date", then "<chart id>-<output name>" per output
@@ -71,15 +73,23 @@ class _Chart:
             self._holders = holders
 
 
-Row = tuple[int, tuple[object, ...]]  # a bar time, and the date then the value of each output
 _NO_ROWS: list[Row] = []
 
 
 @dataclass
-class _Shared:
+class Shared:
+    """One computation (indicator, inputs, dataMap) and the chart ids that show it."""
+
     computation: LiveComputation
-    charts: dict[str, _Chart]  # chart id -> its keys and clients
-    rows: list[Row] = field(default_factory=list)  # what the update in progress computed
+    charts: dict[str, Chart]  # chart id -> its keys and clients
+    # what the update in progress computed: (bar time, the value of each output), oldest first
+    rows: list[Row] = field(default_factory=list)
+
+
+Group = list[tuple[Shared, str, Chart]]
+"""Chart ids over one series held by the same clients (each chart's ``holders()`` is the same
+frozenset object), with their shared computations."""
+_NO_GROUPS: list[Group] = []
 
 
 @dataclass
@@ -87,19 +97,19 @@ class _Plan:
     """The shared computations over one series, by how an update computes them, and their
     chart ids grouped by the clients that hold them (the order of :meth:`on_bar`'s updates)."""
 
-    running: list[_Shared] = field(default_factory=list)  # running computations over it
-    on_tail: list[_Shared] = field(default_factory=list)  # recomputed over its tail
+    running: list[Shared] = field(default_factory=list)  # running computations over it
+    on_tail: list[Shared] = field(default_factory=list)  # recomputed over its tail
     size: int = 0  # the longest tail of ``on_tail``
-    others: list[_Shared] = field(default_factory=list)  # each the batch way (``step``)
-    groups: list[list[tuple[_Shared, str, _Chart]]] = field(default_factory=list)
+    others: list[Shared] = field(default_factory=list)  # each the batch way (``step``)
+    groups: list[Group] = field(default_factory=list)
 
 
 class LiveIndicators:
     """The indicator subscriptions of every client; one shared computation per key."""
 
     def __init__(self) -> None:
-        self._shared: dict[Key, _Shared] = {}
-        self._by_series: dict[SeriesId, dict[Key, _Shared]] = {}
+        self._shared: dict[Key, Shared] = {}
+        self._by_series: dict[SeriesId, dict[Key, Shared]] = {}
         self._by_client: dict[Hashable, dict[str, Key]] = {}
         self._plans: dict[SeriesId, _Plan] = {}  # made on the first update after a change
         # series whose running computations may have to open (all open: newest bars only)
@@ -118,13 +128,13 @@ class LiveIndicators:
         key: Key = bound.key
         shared = self._shared.get(key)
         if shared is None:
-            shared = self._shared[key] = _Shared(LiveComputation(bound, seed), {})
+            shared = self._shared[key] = Shared(LiveComputation(bound, seed), {})
             for series in bound.series:
                 self._by_series.setdefault(series, {})[key] = shared
         chart = shared.charts.get(chart_id)
         if chart is None:
             names = ("date", *(f"{chart_id}-{o.name}" for o in bound.indicator.outputs))
-            chart = shared.charts[chart_id] = _Chart(names)
+            chart = shared.charts[chart_id] = Chart(names)
         chart.add(client)
         self._by_client.setdefault(client, {})[chart_id] = key
         self._replan(bound.series)
@@ -184,20 +194,27 @@ class LiveIndicators:
         self, series: SeriesId, fetch: Fetch, since: int | None = None
     ) -> list[IndicatorUpdate]:
         """After a ``data_update`` of ``series``: one computation per key, one update per
-        chart id. A computation that fails is logged and skipped; the others still run.
-        The computations that read only a bounded tail of ``series`` share one fetch of the
-        longest tail and its columns; when the updates began at ``since``, a bar older than
-        the newest (it closed since: its last update was never computed), they also give
-        the row of the bar before the newest, first."""
+        chart id and row (see :meth:`compute`)."""
+        return [
+            update for group in self.compute(series, fetch, since) for update in updates_of(group)
+        ]
+
+    def compute(self, series: SeriesId, fetch: Fetch, since: int | None = None) -> list[Group]:
+        """After a ``data_update`` of ``series``: one computation per key, its rows in its
+        :attr:`Shared.rows`; returns the chart ids over ``series`` grouped by their holders
+        (the same list object until a subscription over ``series`` changes). A computation
+        that fails is logged and has no rows; the others still run. The computations that
+        read only a bounded tail of ``series`` share one fetch of the longest tail and its
+        columns; when the updates began at ``since``, a bar older than the newest (it
+        closed since: its last update was never computed), they also give the row of the
+        bar before the newest, first."""
         plan = self._plans.get(series)
         if plan is None:
             if series not in self._by_series:
-                return []
+                return _NO_GROUPS
             plan = self._plans[series] = self._plan(series)
-        for group in plan.groups:
-            for shared, _, _ in group:
-                shared.rows = _NO_ROWS
         for shared in plan.others:
+            shared.rows = _NO_ROWS
             self.computations += 1
             try:
                 newest = shared.computation.step(fetch)
@@ -205,16 +222,16 @@ class LiveIndicators:
                 _failed(shared, exc)
                 continue
             if newest is not None:
-                shared.rows = [_row(*newest)]
+                shared.rows = [newest]
         if plan.running:
             self._on_running(series, fetch, plan.running, since)
         if plan.on_tail:
             self._on_tail(series, fetch, plan.on_tail, plan.size, since)
-        return _updates(plan, series)
+        return plan.groups
 
     def _plan(self, series: SeriesId) -> _Plan:
         plan = _Plan()
-        groups: dict[frozenset[Hashable], list[tuple[_Shared, str, _Chart]]] = {}
+        groups: dict[frozenset[Hashable], list[tuple[Shared, str, Chart]]] = {}
         for shared in self._by_series[series].values():
             computation = shared.computation
             tail = computation.tail
@@ -237,7 +254,7 @@ class LiveIndicators:
         return plan
 
     def _on_running(
-        self, series: SeriesId, fetch: Fetch, running: list[_Shared], since: int | None
+        self, series: SeriesId, fetch: Fetch, running: list[Shared], since: int | None
     ) -> None:
         """The computations kept by a running computation share one read of the newest bars
         (of the longest tail any of them opens on, if one must open)."""
@@ -255,11 +272,11 @@ class LiveIndicators:
             recent = fetch(series, size)
         except IndicatorError as exc:
             for shared in running:
+                shared.rows = _NO_ROWS
                 _failed(shared, exc)
             return
         self.computations += len(running)
         tail = recent if opening else None
-        format_date = intervals.format_date
         for shared in running:
             computation = shared.computation
             try:
@@ -267,9 +284,10 @@ class LiveIndicators:
                 if rows is None:
                     rows = computation.batch_rows(fetch)
             except IndicatorError as exc:
+                shared.rows = _NO_ROWS
                 _failed(shared, exc)
                 continue
-            shared.rows = [(time, (format_date(time), *values)) for time, values in rows]
+            shared.rows = rows
         if opening and all(not shared.computation.opening[0] for shared in running):
             self._opening.discard(series)
 
@@ -277,10 +295,12 @@ class LiveIndicators:
         self,
         series: SeriesId,
         fetch: Fetch,
-        on_tail: list[_Shared],
+        on_tail: list[Shared],
         size: int,
         since: int | None,
     ) -> None:
+        for shared in on_tail:
+            shared.rows = []
         try:
             columns = Columns(fetch(series, size if since is None else size + 1))
         except IndicatorError as exc:
@@ -294,8 +314,6 @@ class LiveIndicators:
             closed = columns.before_last()
             if since <= closed.time:
                 tails.insert(0, closed)
-        for shared in on_tail:
-            shared.rows = []
         for tail in tails:
             time = tail.time
             for shared in on_tail:
@@ -305,7 +323,7 @@ class LiveIndicators:
                 except IndicatorError as exc:
                     _failed(shared, exc)
                     continue
-                shared.rows.append(_row(time, values))
+                shared.rows.append((time, values))
 
     def _forget(self, key: Key) -> None:
         shared = self._shared.pop(key)
@@ -319,24 +337,23 @@ class LiveIndicators:
                     self._opening.discard(series)
 
 
-def _failed(shared: _Shared, exc: IndicatorError) -> None:
+def _failed(shared: Shared, exc: IndicatorError) -> None:
     logger.warning("live indicator %s: %s", shared.computation.bound.indicator_id, exc.message)
 
 
-def _row(time: int, values: list[float | None]) -> Row:
-    return time, (intervals.format_date(time), *values)
-
-
-def _updates(plan: _Plan, series: SeriesId) -> list[IndicatorUpdate]:
-    """The rows computed, one update per chart id and row, the chart ids held by the same
-    clients next to each other (each with the same ``clients`` object)."""
+def updates_of(group: Group) -> list[IndicatorUpdate]:
+    """The rows computed for ``group``, one update per chart id and row (each with the same
+    ``clients`` object)."""
     updates = []
     new = tuple.__new__  # IndicatorUpdate(...) without the Python-level __new__
-    for group in plan.groups:
-        for shared, chart_id, chart in group:
-            holders = chart.holders()
-            reads = shared.computation.bound.series
-            for time, row in shared.rows:
-                update = (chart_id, chart.names, row, holders, reads, time)
-                updates.append(new(IndicatorUpdate, update))
+    dates: dict[int, str] = {}
+    for shared, chart_id, chart in group:
+        holders = chart.holders()
+        reads = shared.computation.bound.series
+        for time, values in shared.rows:
+            date = dates.get(time)
+            if date is None:
+                date = dates[time] = intervals.format_date(time)
+            update = (chart_id, chart.names, (date, *values), holders, reads, time)
+            updates.append(new(IndicatorUpdate, update))
     return updates
