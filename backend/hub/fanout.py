@@ -167,15 +167,22 @@ class Fanout:
             encoder = self._updates[key] = protocol.UpdateEncoder(key, wire)
         return encoder
 
-    def _push_update(self, key: SeriesId, bar: Bar) -> None:
+    def _update_frame(self, key: SeriesId, bar: Bar) -> tuple[bytes, int] | None:
+        """The data_update frame of ``bar`` and how many clients of ``key`` get it; None if
+        nobody does (or the key has no wire form yet)."""
         targets = self.deliver.get(key)
         if not targets:
-            return
+            return None
         encoder = self._encoder(key)
         if encoder is None:
-            return
-        self._push_frame(key, bar[0], encoder.frame(bar), targets)
-        self._delivered += len(targets)
+            return None
+        return encoder.frame(bar), len(targets)
+
+    def _push_update(self, key: SeriesId, bar: Bar) -> None:
+        update = self._update_frame(key, bar)
+        if update is not None:
+            self._push_frame(key, bar[0], update[0], self.deliver[key])
+            self._delivered += update[1]
 
     def _push_frame(
         self, key: SeriesId, bar_time: int, frame: bytes, targets: dict[int, Client]
@@ -188,17 +195,14 @@ class Fanout:
     def _hold_update(self, key: SeriesId, bar: Bar) -> None:
         """:meth:`_push_update` at the end of the batch (see ``hold_back``); a later update
         of the same bar in the batch replaces it, as it would in the outboxes."""
-        targets = self.deliver.get(key)
-        if not targets:
-            return
-        encoder = self._encoder(key)
-        if encoder is None:
+        update = self._update_frame(key, bar)
+        if update is None:
             return
         held = self._held.get(key)
         if held is None:
             held = self._held[key] = {}
-        held[bar[0]] = encoder.frame(bar)
-        self._delivered += len(targets)
+        held[bar[0]] = update[0]
+        self._delivered += update[1]
 
     def held(self, key: SeriesId) -> dict[int, bytes] | None:
         """The held data_update frames of ``key`` (bar time -> frame, oldest first)."""

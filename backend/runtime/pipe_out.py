@@ -127,7 +127,7 @@ class EventPipe:
             if woken:
                 continue  # another thread is writing; it wakes us if more is waiting
             if self._stopping and self.idle():
-                return  # everything was written; the process is exiting
+                return  # everything was written (a second after the stop); exiting
             if os.getppid() != self._parent:
                 logger.error("provider %s: the hub is gone; exiting", self.key)
                 os._exit(1)
