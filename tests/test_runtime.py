@@ -34,7 +34,7 @@ from backend.runtime.messages import (
     decode_batch,
     encode_batch,
 )
-from backend.runtime.runner import ProviderRunner
+from backend.runtime.runner import ProviderRunner, run_provider
 from backend.runtime.supervisor import ProviderProcess, ProviderState
 from backend.settings import Settings, load_settings
 from tests.harness import eventually, seconds, until
@@ -146,6 +146,40 @@ def test_what_exists_after_init_is_frozen_out_of_garbage_collection() -> None:
         assert gc.get_freeze_count() > 1000
     finally:
         h.stop()
+
+
+def test_a_provider_process_stops_on_a_storm_of_sigterms() -> None:
+    """A SIGTERM handler runs between two bytecodes of the main thread, maybe inside a lock
+    (a second SIGTERM inside the first's handler): the runner's only takes none twice. A
+    provider process whose hub was killed got SIGTERM twice and hung in ``Event.set``."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    commands = context.Queue()
+    process = context.Process(
+        target=run_provider, args=("scripted", PATH, settings(), commands, writer), daemon=True
+    )
+    process.start()
+    writer.close()
+    try:
+        until(
+            lambda: (
+                reader.poll(0.1)
+                and any(isinstance(e, Ready) for e in decode_batch(reader.recv_bytes()))
+            ),
+            what="Ready",
+        )
+        assert process.pid is not None
+        for _ in range(300):
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(seconds(20))
+        assert not process.is_alive()
+        # 0, or killed by a SIGTERM that came after the interpreter, exiting, gave the
+        # signal back its default action: either way it ended
+        assert process.exitcode in (0, -signal.SIGTERM)
+    finally:
+        if process.is_alive():
+            process.kill()
+        reader.close()
 
 
 def test_a_ping_is_answered_with_a_pong(harness: RunnerHarness) -> None:

@@ -75,7 +75,7 @@ def run_provider(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
     sys.setswitchinterval(_SWITCH_INTERVAL)
     runner = ProviderRunner(key, path, settings, commands, events)
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     sys.exit(runner.run())
 
 
@@ -113,6 +113,13 @@ class ProviderRunner:
     def stop(self) -> None:
         self.stopping.set()
         self.pipe.stop()
+        self.control.put(Shutdown())
+
+    def request_stop(self) -> None:
+        """Stop, from a signal handler: it runs on the main thread between two bytecodes,
+        perhaps while that thread holds a lock (inside ``threading.Event.set``, say, or a
+        second SIGTERM inside the handler of the first), so it only does what takes no lock
+        twice: ``SimpleQueue.put`` is reentrant. The control loop then calls :meth:`stop`."""
         self.control.put(Shutdown())
 
     def run(self) -> int:
@@ -184,7 +191,7 @@ class ProviderRunner:
                     logger.info("provider %s: no update on %s %s", self.key, symbol, interval)
                     provider.no_update(symbol, interval)
                 case Shutdown():
-                    self.stopping.set()
+                    self.stop()
         except Exception:  # a hook's bug must not stop the provider; the traceback is logged
             logger.exception("provider %s: hook failed for %r", self.key, command)
 
