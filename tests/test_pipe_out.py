@@ -55,6 +55,15 @@ def read_all(reader: Connection, until: int, timeout: float = 20.0) -> list[list
     return messages
 
 
+@pytest.fixture
+def running(pipe: tuple[Connection, Connection]) -> tuple[Connection, EventPipe]:
+    """The hub's end of the pipe and an EventPipe whose writer thread runs."""
+    reader, writer = pipe
+    out = make(writer)
+    start_writer(out)
+    return reader, out
+
+
 def make(writer: Connection) -> EventPipe:
     return EventPipe("test", writer, lambda: Heartbeat(0), os.getppid())
 
@@ -83,11 +92,9 @@ def test_an_idle_pipe_is_written_by_the_thread_that_hands_over_a_burst(
 
 
 def test_events_put_one_by_one_reach_the_hub_in_batches(
-    pipe: tuple[Connection, Connection],
+    running: tuple[Connection, EventPipe],
 ) -> None:
-    reader, writer = pipe
-    out = make(writer)
-    start_writer(out)
+    reader, out = running
     for n in range(2000):
         out.put(bar("B", n))
     messages = read_all(reader, 2000)
@@ -96,11 +103,9 @@ def test_events_put_one_by_one_reach_the_hub_in_batches(
 
 
 def test_many_threads_against_a_full_pipe_lose_nothing_and_keep_their_order(
-    pipe: tuple[Connection, Connection],
+    running: tuple[Connection, EventPipe],
 ) -> None:
-    reader, writer = pipe
-    out = make(writer)
-    start_writer(out)
+    reader, out = running
     threads, per_thread = 4, 3000
     publish_seconds: list[float] = []
 
@@ -137,10 +142,8 @@ def test_a_backlog_keeps_only_the_newest_state_of_a_forming_bar(
     assert batch == [tuple(forming[-1])]
 
 
-def test_an_idle_writer_sends_heartbeats(pipe: tuple[Connection, Connection]) -> None:
-    reader, writer = pipe
-    out = make(writer)
-    start_writer(out)
+def test_an_idle_writer_sends_heartbeats(running: tuple[Connection, EventPipe]) -> None:
+    reader, _ = running
     assert reader.poll(seconds(5))
     assert any(isinstance(e, Heartbeat) for e in decode_batch(reader.recv_bytes()))
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 
 from tests import bus_deploy
-from tests.harness import ROOT, base_env, seconds
+from tests.harness import ROOT, base_env, until
 
 STARTUP_FAILED = 3
 
@@ -34,26 +33,28 @@ def start_broken(env: dict[str, str], tmp: Path, *args: str) -> subprocess.Popen
 def ends_with_everything(proc: subprocess.Popen[bytes], tmp: Path) -> None:
     parent = psutil.Process(proc.pid)
     started: set[int] = set()
-    deadline = time.monotonic() + seconds(60)
-    code = None
-    while code is None and time.monotonic() < deadline:
+
+    def exited() -> bool:
         with contextlib.suppress(psutil.Error):  # every process it started, while it runs
-            started |= {child.pid for child in parent.children(recursive=True)}
-        code = proc.poll()
-        time.sleep(0.05)  # a polling interval, not a synchronisation
-    if code is None:
-        proc.kill()
+            started.update(child.pid for child in parent.children(recursive=True))
+        return proc.poll() is not None
+
+    try:
+        until(exited, timeout=60, what="the server's exit")
+    except AssertionError as exc:
+        tail = (tmp / "server.log").read_text(errors="replace")[-2000:]
+        raise AssertionError(f"{exc}; its log ends:\n{tail}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     text = (tmp / "server.log").read_text(errors="replace")
-    assert code == STARTUP_FAILED, text[-2000:]
+    assert proc.returncode == STARTUP_FAILED, text[-2000:]
     assert "the hub did not start" in text
 
-    def gone() -> bool:
-        return not [p for p in started if psutil.pid_exists(p) and not _zombie(p)]
+    def left() -> list[int]:
+        return [p for p in started if psutil.pid_exists(p) and not _zombie(p)]
 
-    deadline = time.monotonic() + seconds(20)
-    while not gone() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gone(), f"left running: {[p for p in started if psutil.pid_exists(p)]}"
+    until(lambda: not left(), timeout=20, what=f"the end of {sorted(started)}")
 
 
 def _zombie(pid: int) -> bool:
