@@ -181,12 +181,14 @@ class Fanout:
     def _push_update(self, key: SeriesId, bar: Bar) -> None:
         update = self._update_frame(key, bar)
         if update is not None:
-            self._push_frame(key, bar[0], update[0], self.deliver[key])
+            self.push_frame(key, bar[0], update[0], self.deliver[key])
             self._delivered += update[1]
 
-    def _push_frame(
+    def push_frame(
         self, key: SeriesId, bar_time: int, frame: bytes, targets: dict[int, Client]
     ) -> None:
+        """Queue ``frame`` (of ``key``'s bar ``bar_time``, in that data_update's slot: a later
+        update of the bar replaces it) to each of ``targets``."""
         slot = (key, bar_time)
         for client in list(targets.values()):
             if not client.outbox.push(frame, slot):
@@ -221,7 +223,7 @@ class Fanout:
         if held is None or not targets:
             return
         for bar_time, frame in held.items():
-            self._push_frame(key, bar_time, frame, targets)
+            self.push_frame(key, bar_time, frame, targets)
 
     def _store_live(
         self, series: Series, bar: Bar, newest: bool, previous: int | None, final: bool

@@ -350,11 +350,7 @@ class Indicating:
         if frame is None:
             return False
         fanout.take_held(key)
-        entry = frame + entry
-        slot = (key, bar_time)
-        for client in list(targets.values()):
-            if not client.outbox.push(entry, slot):
-                self.kick(client, "outbox hard limit reached")
+        fanout.push_frame(key, bar_time, frame + entry, targets)
         self.delivered += len(targets) * encoder.count
         return True
 
