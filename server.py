@@ -403,10 +403,9 @@ def main(argv: list[str] | None = None) -> int:
 def startup_failed(sock: socket.socket, workers: list[int]) -> NoReturn:
     """The app's startup failed (uvicorn logged why): exit now, non-zero. Leaving it to the
     interpreter would keep the process running, held by threads the startup had opened (the
-    database's), and
-    a hub worker would keep its listening socket, so the kernel would go on giving it its
-    share of new connections, which nobody answers. The provider processes it started exit
-    with it (they follow their parent)."""
+    database's), and a hub worker would keep its listening socket, so the kernel would go on
+    giving it its share of new connections, which nobody answers. The provider processes it
+    started exit with it (they follow their parent)."""
     logger.error("the hub did not start; exiting")
     sock.close()
     stop_workers(workers)
