@@ -27,7 +27,9 @@ ours through Binance, ours through the synthetic source (a provider process that
 by itself: no upstream socket, no parsing), and ``bench/ceiling.py`` (``websockets``
 broadcast, no provider process). Prints a table (p50/p99/max latency, CPU, and the
 share of the window the server's and its providers' threads waited for a CPU: on a shared
-core that waiting is part of the latency), then one JSON line. ``--paths`` runs only some of
+core that waiting is part of the latency; and how late a process that only sleeps 1 ms at a
+time woke on the server core and on the client core meanwhile, ``bench/jitter.py``: the
+machine's own floor under every path's max), then one JSON line. ``--paths`` runs only some of
 the three; ``--profile DIR`` adds, after each measured window, a second window at the same
 rate under py-spy (the server and its provider processes, every thread; raw collapsed
 stacks in ``DIR/<path>.txt``) or ``perf record -g`` (native and kernel frames, in
@@ -58,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     CLIENT_CORE,
+    SERVER_CORE,
     CeilingServer,
     LoadGen,
     OurServer,
@@ -75,6 +78,7 @@ from bench.common import (
     window,
 )
 from bench.hotspots import pyspy_binary
+from bench.jitter import JitterProbe
 from bench.synthetic import TICK_SECONDS, RateFile, Schedule, symbol_names
 from tests.fakes.binance import FakeBinance, SymbolSpec, _Conn
 
@@ -233,17 +237,22 @@ def measure(
     upstream: Upstream | None = None,
     profile: Path | None = None,
     profiler: str = "py-spy",
+    probe: JitterProbe | None = None,
 ) -> dict[str, Any]:
     """Latency at ``rate`` updates/s per key over one window of ``seconds``; with
-    ``profile``, then py-spy stacks of another window at the same rate in that file."""
+    ``profile``, then py-spy stacks of another window at the same rate in that file; with
+    ``probe``, how late a sleeping process woke on each core meanwhile (the machine's floor)."""
     target.set_rate(rate)
     time.sleep(2.0)
+    if probe is not None:
+        probe.reset()
     u0, s0 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
     w0 = run_queue_wait(target.pid)
     t0 = time.perf_counter()
     m = window(target, gen, seconds)
     elapsed = time.perf_counter() - t0
     w1 = run_queue_wait(target.pid)
+    late = probe.take() if probe is not None else [None, None]
     u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
     if profile is not None:
         record_stacks(target.pid, seconds, profile, profiler)
@@ -263,6 +272,9 @@ def measure(
         "server_wait": round((w1["main"] - w0["main"]) / elapsed, 2),
         "provider_wait": round((w1["children"] - w0["children"]) / elapsed, 2),
         "upstream_per_s": round((s1 - s0) / elapsed) if upstream else None,
+        # the worst oversleep of a 1 ms sleep on the server core and on the client core
+        "late_server_ms": late[0],
+        "late_client_ms": late[1],
         "loadavg": loadavg(),
     }
 
@@ -309,6 +321,7 @@ def windows_at(
     rates: dict[str, float],
     args: argparse.Namespace,
     profile: Callable[[str], Path | None] | None = None,
+    probe: JitterProbe | None = None,
 ) -> list[dict[str, Any]]:
     """``--windows`` windows of every path at its rate (updates/s per key), the routes
     alternating; per path the median of the windows' p50, p99 and max (one window's tail is
@@ -320,7 +333,14 @@ def windows_at(
             stacks = profile(r.name) if profile is not None and i == 0 else None
             measured[r.name].append(
                 measure(
-                    r.target, gen, rates[r.name], args.seconds, r.upstream, stacks, args.profiler
+                    r.target,
+                    gen,
+                    rates[r.name],
+                    args.seconds,
+                    r.upstream,
+                    stacks,
+                    args.profiler,
+                    probe,
                 )
             )
     return [{"path": r.label, **combine(measured[r.name])} for r in routes]
@@ -333,6 +353,9 @@ def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = dict(windows[-1])
     for key in ("delivered_per_s", "p50_ms", "p99_ms", "max_ms"):
         row[key] = statistics.median(w[key] for w in windows)
+    for key in ("late_server_ms", "late_client_ms"):
+        late = [w[key] for w in windows if w[key] is not None]
+        row[key] = statistics.median(late) if late else None
     for key in ("server_cpu", "provider_cpu", "client_cpu", "server_wait", "provider_wait"):
         row[key] = round(statistics.fmean(w[key] for w in windows), 2)
     row["delivered_per_s"] = round(row["delivered_per_s"])
@@ -340,6 +363,7 @@ def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     row["worst_max_ms"] = max(w["max_ms"] for w in windows)
     row["max_windows"] = [w["max_ms"] for w in windows]
     row["p99_windows"] = [w["p99_ms"] for w in windows]
+    row["late_windows"] = [(w["late_server_ms"], w["late_client_ms"]) for w in windows]
     row["below_half_cpu"] = all(w["server_cpu"] + w["provider_cpu"] < 0.5 for w in windows)
     return row
 
@@ -377,6 +401,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "windows": args.windows,
     }
     with LoadGen() as gen, contextlib.ExitStack() as stack:
+        probe = None
+        if SERVER_CORE is not None and CLIENT_CORE is not None:
+            probe = stack.enter_context(JitterProbe([SERVER_CORE, CLIENT_CORE]))
         routes: list[Route] = []
         names = symbol_names(args.keys)
         if "binance" in wanted:
@@ -403,13 +430,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ceiling = stack.enter_context(CeilingServer("broadcast", args.keys))
             connect(gen, ceiling, n, names, k, "synthetic")
             routes.append(Route("ceiling", ceiling))
-        figures["rows"] = windows_at(routes, gen, {r.name: rate for r in routes}, args, profile)
+        figures["rows"] = windows_at(
+            routes, gen, {r.name: rate for r in routes}, args, profile, probe
+        )
         if args.rates:
             figures["sweep"] = []
             for per_s in (float(r) for r in args.rates.split(",")):
                 log(f"  sweep: {per_s:,.0f} msg/s")
                 rows = windows_at(
-                    routes, gen, {r.name: per_s / subscriptions for r in routes}, args
+                    routes, gen, {r.name: per_s / subscriptions for r in routes}, args, None, probe
                 )
                 figures["sweep"] += [{"rate_per_s": per_s, **row} for row in rows]
         if args.saturation:
@@ -423,9 +452,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name, result in found.items()
             }
             log("  latency at half of each path's saturation")
+            half_rows = windows_at(routes, gen, half, args, None, probe)
             figures["half_saturation"] = [
                 {"saturation_per_s": found[r.name]["saturation_per_s"], **row}
-                for r, row in zip(routes, windows_at(routes, gen, half, args), strict=True)
+                for r, row in zip(routes, half_rows, strict=True)
             ]
         gen.call("close")
     figures["machine"] = machine()
@@ -445,6 +475,8 @@ COLUMNS = [
     ("upstream cpu", "upstream_cpu", ".2f"),
     ("hub waited", "server_wait", ".2f"),
     ("provider waited", "provider_wait", ".2f"),
+    ("hub core late ms", "late_server_ms", ".1f"),
+    ("client core late ms", "late_client_ms", ".1f"),
 ]
 
 
