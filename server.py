@@ -8,8 +8,9 @@ SIGINT/SIGTERM stop the hub and every provider process cleanly. ``--role`` (READ
 "Scale-out"): ``all`` (default) is the hub with its providers; with ``BUS_URL`` set,
 ``hub`` is a hub reaching provider nodes over Redis and ``providers`` a provider node
 (``/health`` and ``/metrics`` only). ``--workers N`` (``--role hub``) runs N hub processes
-on one port (``SO_REUSEPORT``): this process is worker 1 and forks the others
-(:func:`fork_workers`), which stop when it stops or dies.
+on one port (``SO_REUSEPORT``): this process is worker 1 and forks the others, starts
+again one that exits, and stops them when it stops; they stop when it dies
+(``backend.workers``).
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
 :class:`GcPauses`): rare young collections; a collection of the objects made since the
@@ -26,10 +27,8 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, NoReturn
@@ -40,6 +39,7 @@ from backend import logs
 from backend.access.frontdoor import AcceptErrors, guarded_http
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
+from backend.workers import WorkerKeeper, follow_parent, fork_workers, stop_workers, worker_of
 
 if TYPE_CHECKING:
     from backend.ws.entrance import Entrance
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="hub processes sharing the port (--role hub)"
     )
+    # A worker started again by worker 1 (backend.workers.WorkerKeeper): PARENT:INDEX.
+    parser.add_argument("--worker-of", type=worker_of, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -245,12 +247,12 @@ class HubServer(uvicorn.Server):
         config: uvicorn.Config,
         collector: Collector,
         pauses: GcPauses,
-        workers: list[int] | None = None,
+        keeper: WorkerKeeper | None = None,
     ) -> None:
         super().__init__(config)
         self.collector = collector
         self.pauses = pauses
-        self.workers = workers or []  # the other hub workers (--workers), stopped with us
+        self.keeper = keeper  # the other hub workers (--workers): kept running, stopped with us
         self._collecting: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -259,6 +261,8 @@ class HubServer(uvicorn.Server):
         await super().startup(sockets)
         self._collecting = asyncio.get_running_loop().create_task(self.collector.run())
         self._collecting.add_done_callback(_log_failure)
+        if self.keeper is not None:
+            self.keeper.run()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._collecting is not None:
@@ -266,64 +270,14 @@ class HubServer(uvicorn.Server):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collecting
         await super().shutdown(sockets)
-        await asyncio.to_thread(stop_workers, self.workers)
+        if self.keeper is not None:
+            await asyncio.to_thread(stop_workers, self.keeper.stop())
         logger.info("gc pauses: %s", self.pauses.summary())
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("the garbage collector task failed", exc_info=task.exception())
-
-
-def fork_workers(count: int) -> tuple[int | None, list[int], int]:
-    """Workers 2..N of ``--workers N``: forks of this process, made after the app's modules
-    were imported (so a worker starts in a moment) and before any thread or event loop.
-    Returns ``(parent, [], index)`` in a worker (``parent``: the pid to follow; ``index``:
-    2..N), ``(None, pids, 1)`` in the first. Each worker binds the port again with
-    ``SO_REUSEPORT``; they share the DB file (SQLite in WAL mode)."""
-    import backend.app  # noqa: F401 - imported once, before the forks
-
-    parent, pids = os.getpid(), []
-    for index in range(2, count + 1):
-        pid = os.fork()
-        if pid == 0:
-            return parent, [], index
-        pids.append(pid)
-    return None, pids, 1
-
-
-def stop_workers(pids: list[int], timeout: float = 10.0) -> None:
-    """SIGTERM to each worker, SIGKILL to those still running after ``timeout``."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    waiting = set(pids)
-    while waiting:
-        for pid in list(waiting):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            waiting.discard(pid)
-        if waiting and time.monotonic() > deadline:
-            for pid in waiting:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            deadline = float("inf")
-        elif waiting:
-            time.sleep(0.05)
-
-
-def follow_parent(parent: int) -> None:
-    """A worker stops (SIGTERM to itself) when the worker that started it is gone, even if
-    that one was killed with SIGKILL."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
 def serve_node(settings: Settings, sock: socket.socket) -> int:
@@ -372,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     host, port = sock.getsockname()[:2]
+    if args.worker_of is not None:  # a hub worker started again by worker 1
+        parent, index = args.worker_of
+        follow_parent(parent)
+        return serve_hub(settings, args, sock, index, None)
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if args.ssl_certfile else "http"
     print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
@@ -382,11 +340,26 @@ def main(argv: list[str] | None = None) -> int:
         sock.close()
         sock = bind(settings.HOST, port, reuse_port=True)
         follow_parent(parent)
+    keeper = None
+    if workers:
+        keeper = WorkerKeeper(workers, port, sys.argv[1:] if argv is None else argv)
+    return serve_hub(settings, args, sock, index, keeper)
+
+
+def serve_hub(
+    settings: Settings,
+    args: argparse.Namespace,
+    sock: socket.socket,
+    index: int,
+    keeper: WorkerKeeper | None,
+) -> int:
+    """Hub worker ``index`` (1 when there is one) on ``sock``; worker 1 keeps the others
+    running with ``keeper``."""
     entrance = make_entrance(settings, args.role, index, args.workers)
     pauses = GcPauses(settings.LOOP_STALL_LOG_MS / 1000)
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
     config = uvicorn_config(settings, entrance, **tls)
-    server = HubServer(config, Collector(entrance), pauses, workers)
+    server = HubServer(config, Collector(entrance), pauses, keeper)
     tune_gc()
     gc.callbacks.append(pauses)
     # The standard asyncio loop, deliberately: under uvloop the provider pipes read with
@@ -396,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:  # uvicorn's way to say the app's startup failed
         if server.started:
             raise
-        startup_failed(sock, workers)
+        startup_failed(sock, keeper.stop() if keeper is not None else [])
     return 0
 
 

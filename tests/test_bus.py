@@ -15,6 +15,7 @@ import calendar
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import time
 import urllib.request
@@ -195,6 +196,44 @@ def test_workers_serve_one_port_from_two_processes(deployment: Deployment) -> No
     finally:
         server.stop()
     harness.until(lambda: not any(psutil.pid_exists(p) for p in pids), 20, "both workers gone")
+
+
+def test_a_worker_that_dies_is_logged_and_started_again(deployment: Deployment) -> None:
+    """Worker 1 notices a worker that exits (here: SIGKILL), logs it and starts a new one on
+    the same port; stopping the server stops the new one too."""
+    server = bus_deploy.hub(
+        deployment.env("hubR"), deployment.tmp, "hubR", "--workers", "2", symbols=deployment.symbols
+    )
+    try:
+        assert server.proc is not None
+        first = server.proc.pid
+        seen: set[int] = set()
+
+        def answering() -> set[int]:
+            try:
+                with urllib.request.urlopen(server.url + "/health", timeout=5) as response:
+                    seen.add(json.loads(response.read())["pid"])
+            except OSError:  # a connection queued at the killed worker is reset: ask again
+                pass
+            return seen
+
+        harness.until(lambda: len(answering()) == 2, 20, "answers from two worker processes")
+        (doomed,) = seen - {first}
+        os.kill(doomed, signal.SIGKILL)
+        seen.clear()
+        harness.until(
+            lambda: len(answering() - {first, doomed}) == 1, 30, "answers from a new worker"
+        )
+        (restarted,) = seen - {first, doomed}
+        assert psutil.Process(restarted).ppid() == first
+        log = server.log_path.read_text()
+        assert f"hub worker 2 (pid {doomed}) exited (killed by SIGKILL)" in log
+        assert f"hub worker 2 started again (pid {restarted})" in log
+    finally:
+        server.stop()
+    harness.until(
+        lambda: not any(psutil.pid_exists(p) for p in (first, restarted)), 20, "every worker gone"
+    )
 
 
 def expected_close(t: int, name: str) -> float:
