@@ -213,14 +213,18 @@ async def failover(args: argparse.Namespace) -> dict[str, Any]:
             for round_ in range(args.failovers):
                 active = next(n for n in nodes if bus_deploy.holds_lease(n))
                 old = hub.get("/health")["providers"]["counting"]["node"]
+                assert active.proc is not None
                 active.proc.kill()
                 killed = time.monotonic()
+
+                def moved(old: str = old) -> bool:
+                    node = hub.get("/health")["providers"]["counting"]["node"]
+                    return node not in (old, None)
+
                 # Updates the killed node published just before it died may still arrive:
                 # count from the moment the hub knows the new holder (polled every 20 ms).
                 await eventually(
-                    lambda old=old: (
-                        hub.get("/health")["providers"]["counting"]["node"] not in (old, None)
-                    ),
+                    moved,
                     30,
                     "the hub to see the new holder",
                 )

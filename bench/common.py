@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -215,7 +215,8 @@ class WsClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         transport.write(self.handshake)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -616,7 +617,7 @@ class OurServer(Target):
         )
         self.server: Any = None
 
-    def __enter__(self) -> OurServer:
+    def __enter__(self) -> Self:
         from tests.harness import populate
 
         raise_nofile()  # inherited by the server
@@ -678,7 +679,7 @@ class CeilingServer(Target):
         self.keys = keys
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> CeilingServer:
+    def __enter__(self) -> Self:
         raise_nofile()
         command = [
             sys.executable,

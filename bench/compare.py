@@ -76,7 +76,7 @@ def windows(
 
 def summarise(label: str, n: int, per_s: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
     def med(key: str) -> float:
-        return round(statistics.median(r[key] for r in rows if r[key] is not None), 2)
+        return round(float(statistics.median(r[key] for r in rows if r[key] is not None)), 2)
 
     return {
         "server": label,

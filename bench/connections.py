@@ -279,8 +279,9 @@ class IdleClient(asyncio.Protocol):
         self._handshake = handshake
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self._handshake)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._handshake)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -466,7 +467,9 @@ class Generators:
     def __init__(self, count: int) -> None:
         self.gens = [LoadGen(IdleGenerator) for _ in range(count)]
 
-    def call_all(self, command: str, each: list[dict[str, Any]], timeout: float = 900):
+    def call_all(
+        self, command: str, each: list[dict[str, Any]], timeout: float = 900
+    ) -> list[dict[str, Any]]:
         for gen, kwargs in zip(self.gens, each, strict=True):
             gen.conn.send((command, kwargs))
         results = []

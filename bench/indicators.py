@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,8 @@ def main() -> None:
 
         live = LiveComputation(bound, compute(bound, {SERIES: bars}))
         init_us = p50_us(init, args.runs)
-        live_us = p50_us(lambda live=live: live.step(fetch), args.runs)
-        ref_us = p50_us(lambda reference=reference: reference(close), args.runs)
+        live_us = p50_us(partial(live.step, fetch), args.runs)
+        ref_us = p50_us(partial(reference, close), args.runs)
         print(f"{label:<12}{init_us:>14.0f}{live_us:>14.1f}{bound.tail_size():>11}{ref_us:>14.1f}")
         figures[label] = {"init_us": init_us, "live_us": live_us, "talib_batch_us": ref_us}
     print(json.dumps({"bench": "indicators", "bars": args.bars, "p50": figures}))

@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if result["connected"] != n or result["errors"]:
                 raise RuntimeError(f"{target.label}: {result}")
         searches = [Search(target, subs, args.start / subs, **search) for target in (plain, rich)]
-        found_plain, found_rich = interleave(searches, gen)  # type: ignore[arg-type]
+        found_plain, found_rich = interleave(searches, gen)
         best = (found_rich["best"] or {}).get("rate") or searches[1].rate
         work = indicator_rate(rich, gen, best, args.seconds)
         cost = cpu_cost((plain, rich), gen, best * args.cost_share, args.seconds, args.cost_rounds)

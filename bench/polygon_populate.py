@@ -241,7 +241,7 @@ def sqlite_ceiling(count: int, workdir: Path) -> dict[str, float]:
     batcher = writer._Batcher("bench", 1)
     batches = []
     rows = option_rows(count)
-    while chunk := list(itertools.islice(rows, 1000)):
+    while chunk := list[object](itertools.islice(rows, 1000)):
         batcher.add(chunk)
         if batcher.full():
             batches.append(batcher.take())
