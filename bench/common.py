@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -215,9 +215,9 @@ class WsClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.handshake)
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.handshake)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -593,6 +593,11 @@ class Target:
     def rss(self) -> int:
         return rss(self.pid)
 
+    def loop_stalls(self) -> dict[str, float] | None:
+        """The hub's event-loop stall counters (``candlewire_loop_stalls_total`` by
+        ``over_ms``); None for a server without them."""
+        return None
+
 
 class OurServer(Target):
     """``populate.py`` then the real ``server.py`` (tests/harness.py), on the server core."""
@@ -648,6 +653,15 @@ class OurServer(Target):
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.server.get("/health")
         return result
+
+    def loop_stalls(self) -> dict[str, float] | None:
+        prefix = 'candlewire_loop_stalls_total{over_ms="'
+        counts = {}
+        for line in str(self.server.get("/metrics")).splitlines():
+            if line.startswith(prefix):
+                over, _, value = line[len(prefix) :].partition('"} ')
+                counts[over] = float(value)
+        return counts
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -29,11 +29,12 @@ broadcast, no provider process). Prints a table (p50/p99/max latency, CPU, and t
 share of the window the server's and its providers' threads waited for a CPU: on a shared
 core that waiting is part of the latency; and how late a process that only sleeps 1 ms at a
 time woke on the server core and on the client core meanwhile, ``bench/jitter.py``: the
-machine's own floor under every path's max), then one JSON line. ``--paths`` runs only some of
-the three; ``--profile DIR`` adds, after each measured window, a second window at the same
-rate under py-spy (the server and its provider processes, every thread; raw collapsed
-stacks in ``DIR/<path>.txt``) or ``perf record -g`` (native and kernel frames, in
-``DIR/<path>.perf.data``; ``perf report -i``).
+machine's own floor under every path's max; and how many times the hub's own event loop
+stalled over 10 ms in the window, from its stall probe), then one JSON line. ``--paths``
+runs only some of the three; ``--profile DIR`` adds, after each measured window, a second
+window at the same rate under py-spy (the server and its provider processes, every thread;
+raw collapsed stacks in ``DIR/<path>.txt``) or ``perf record -g`` (native and kernel frames,
+in ``DIR/<path>.perf.data``; ``perf report -i``).
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ def measure(
     time.sleep(2.0)
     if probe is not None:
         probe.reset()
+    stalls_before = target.loop_stalls()
     u0, s0 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
     w0 = run_queue_wait(target.pid)
     t0 = time.perf_counter()
@@ -253,6 +255,10 @@ def measure(
     elapsed = time.perf_counter() - t0
     w1 = run_queue_wait(target.pid)
     late = probe.take() if probe is not None else [None, None]
+    stalls_after = target.loop_stalls()
+    stalls = None
+    if stalls_before is not None and stalls_after is not None:
+        stalls = round(stalls_after.get("10", 0.0) - stalls_before.get("10", 0.0))
     u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
     if profile is not None:
         record_stacks(target.pid, seconds, profile, profiler)
@@ -275,6 +281,8 @@ def measure(
         # the worst oversleep of a 1 ms sleep on the server core and on the client core
         "late_server_ms": late[0],
         "late_client_ms": late[1],
+        # the hub's own event-loop stalls over 10 ms in the window (its stall probe)
+        "hub_stalls_10ms": stalls,
         "loadavg": loadavg(),
     }
 
@@ -364,6 +372,8 @@ def combine(windows: list[dict[str, Any]]) -> dict[str, Any]:
     row["max_windows"] = [w["max_ms"] for w in windows]
     row["p99_windows"] = [w["p99_ms"] for w in windows]
     row["late_windows"] = [(w["late_server_ms"], w["late_client_ms"]) for w in windows]
+    stalls = [w["hub_stalls_10ms"] for w in windows if w["hub_stalls_10ms"] is not None]
+    row["hub_stalls_10ms"] = sum(stalls) if stalls else None
     row["below_half_cpu"] = all(w["server_cpu"] + w["provider_cpu"] < 0.5 for w in windows)
     return row
 
@@ -477,6 +487,7 @@ COLUMNS = [
     ("provider waited", "provider_wait", ".2f"),
     ("hub core late ms", "late_server_ms", ".1f"),
     ("client core late ms", "late_client_ms", ".1f"),
+    ("hub loop stalls > 10 ms", "hub_stalls_10ms", "d"),
 ]
 
 
