@@ -587,3 +587,43 @@ def test_rows_sharing_their_lists_are_stored_like_rows_with_lists_of_their_own(
     assert "s-O:SPY261200000017" not in by_id
     words = search_words("O:SPY261200000001 SPY 1 2026 Call")
     assert by_id["s-O:SPY261200000001"][5] == sorted(words)
+
+
+def word_rows(source: str) -> list[Any]:
+    """Rows with a word twice in one row, accented and non-ASCII labels, shared words."""
+    rows = [row(f"W{n}", f"Walrus {n % 7} Walrus Société", source=source) for n in range(500)]
+    rows += [row("GLE.PA", "Société Générale", source=source, source_label="XPAR")]
+    rows += [row(f"O:SPY{n}C", f"SPY {n} {n} Call", source=source) for n in range(300)]
+    return rows
+
+
+def expected_word_rows(rows: list[Any]) -> dict[str, int]:
+    """How many rows contain each search word of name and name_label."""
+    counts: dict[str, int] = {}
+    for raw in rows:
+        for word in set(search_words(f"{raw['name']} {raw['name_label']}")):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def source_word_rows(db: Path, source: str) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        sql = "SELECT word, rows FROM symbol_words WHERE source = ?"
+        return dict(conn.execute(sql, (source,)).fetchall())
+
+
+@pytest.mark.usefixtures("written_at_once")
+def test_word_counts_are_rows_alike_from_the_index_or_counted_alongside_other_sources(
+    tmp_path: Path,
+) -> None:
+    alone, shared = tmp_path / "alone.sqlite3", tmp_path / "shared.sqlite3"
+    replace_provider_rows(alone, "a", [row("OLD", "Narwhal", source="a")])
+    replace_provider_rows(alone, "a", word_rows("a"))  # the only source: from the index
+    replace_provider_rows(shared, "b", [row("KEEP", "Walrus Holdings", source="b")])
+    replace_provider_rows(shared, "a", word_rows("a"))  # beside b's rows: counted
+    expected = expected_word_rows(word_rows("a"))
+    assert expected["walrus"] == 500  # twice in each of them
+    assert expected["1"] == 72 + 1  # the labels of W1, W8 ... W498, and O:SPY1C
+    assert source_word_rows(alone, "a") == expected
+    assert source_word_rows(shared, "a") == expected
+    assert source_word_rows(shared, "b") == {"keep": 1, "walrus": 1, "holdings": 1}
