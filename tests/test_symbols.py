@@ -8,15 +8,16 @@ import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backend.errors import StorageError
-from backend.symbols import writer
+from backend.symbols import rows, writer
 from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
-from backend.symbols.rows import search_words
+from backend.symbols.rows import search_words, shape_tag
 from backend.symbols.writer import replace_provider_rows
 
 CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
@@ -235,6 +236,22 @@ def test_search_words_split_letters_from_digits_and_drop_accents() -> None:
     assert search_words("O:SPY251219C00450000") == ["o", "spy", "251219", "c", "00450000"]
     assert search_words("Société Générale") == ["societe", "generale"]
     assert search_words("macro__cpi BRK.B") == ["macro", "cpi", "brk", "b"]
+
+
+def test_a_tag_has_letters_and_digits_so_no_search_word_equals_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert shape_tag("test", "stocks") == "t" + blake2b(b"test\0stocks", digest_size=8).hexdigest()
+
+    class AllLetters:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def hexdigest(self) -> str:
+            return "abcdefabcdefabcd"
+
+    monkeypatch.setattr(rows.hashlib, "blake2b", AllLetters)
+    assert shape_tag("test", "stocks") == "t0abcdefabcdefabcd"
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -627,3 +644,25 @@ def test_word_counts_are_rows_alike_from_the_index_or_counted_alongside_other_so
     assert source_word_rows(alone, "a") == expected
     assert source_word_rows(shared, "a") == expected
     assert source_word_rows(shared, "b") == {"keep": 1, "walrus": 1, "holdings": 1}
+
+
+async def test_a_database_made_with_fts_columns_is_populated_and_searched_alike(
+    tmp_path: Path,
+) -> None:
+    old, new = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
+    schema = writer.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert "detail = none" in schema
+    with sqlite3.connect(old) as conn:
+        conn.executescript(schema.replace("detail = none", "detail = column"))
+    for db in (old, new):
+        replace_provider_rows(db, "test", main_rows())
+        replace_provider_rows(db, "other", OTHER_ROWS)
+        replace_provider_rows(db, "a", word_rows("a"))
+    for query in ("apple", "appl inc", "crypto", "xnas", "otherx apple", "walrus 3", "wal soc"):
+        found = await search(new, query, MAX_SEARCH_LIMIT)
+        assert found
+        assert await search(old, query, MAX_SEARCH_LIMIT) == found
+    assert source_word_rows(old, "test") == source_word_rows(new, "test")
+    with sqlite3.connect(old) as conn:
+        sql = "SELECT sql FROM sqlite_master WHERE name = 'symbols_fts'"
+        assert "detail = column" in conn.execute(sql).fetchone()[0]

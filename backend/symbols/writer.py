@@ -420,18 +420,20 @@ class _Session:
     def _record_indexed_words(self, conn: sqlite3.Connection, source: str) -> None:
         """Record the rows that contain each word from the full-text index's vocabulary.
 
-        Only right while the source's rows are the only rows: the index's ``words`` column
-        is then theirs, and FTS5 counts the rows that hold each of its terms.
+        Only right while the source's rows are the only rows: the index is then theirs, and
+        FTS5 counts the rows that hold each of its terms. The tags are terms too (a word
+        never equals one): they are left out.
         """
         if not self._alone:
             raise sqlite3.OperationalError("another populate wrote symbols meanwhile; run again")
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS temp.symbols_fts_terms"
-            " USING fts5vocab(main, symbols_fts, col)"
+            " USING fts5vocab(main, symbols_fts, row)"
         )
         conn.execute(
             "INSERT INTO symbol_words (word, source, rows)"
-            " SELECT term, ?, doc FROM temp.symbols_fts_terms WHERE col = 'words'",
+            " SELECT term, ?, doc FROM temp.symbols_fts_terms"
+            " WHERE term NOT IN (SELECT tag FROM symbol_tags)",
             (source,),
         )
 
