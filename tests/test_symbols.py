@@ -644,6 +644,11 @@ def test_word_counts_are_rows_alike_from_the_index_or_counted_alongside_other_so
     assert source_word_rows(alone, "a") == expected
     assert source_word_rows(shared, "a") == expected
     assert source_word_rows(shared, "b") == {"keep": 1, "walrus": 1, "holdings": 1}
+    inside = tmp_path / "inside.sqlite3"  # the ids of source "a-b" are in a's range
+    replace_provider_rows(inside, "a-b", [row("KEEP", "Walrus Holdings", source="a-b")])
+    replace_provider_rows(inside, "a", word_rows("a"))  # counted from the stored rows
+    assert source_word_rows(inside, "a") == expected
+    assert source_word_rows(inside, "a-b") == {"keep": 1, "walrus": 1, "holdings": 1}
 
 
 async def test_a_database_made_with_fts_columns_is_populated_and_searched_alike(

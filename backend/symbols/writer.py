@@ -270,14 +270,25 @@ def _first_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute(sql).fetchone()[0])
 
 
-def _only_source(conn: sqlite3.Connection, source: str) -> bool:
-    """Whether every stored symbol is ``source``'s (ids outside its range first: cheap)."""
-    low, high = id_range(source)
+def _ids_outside(conn: sqlite3.Connection, source: str) -> bool:
+    """Whether a stored symbol has an id outside ``source``'s range (cheap: two seeks)."""
     outside = "SELECT 1 FROM symbols WHERE id < ? OR id >= ? LIMIT 1"
-    if conn.execute(outside, (low, high)).fetchone() is not None:
+    return conn.execute(outside, id_range(source)).fetchone() is not None
+
+
+def _only_source(conn: sqlite3.Connection, source: str) -> bool:
+    """Whether every stored symbol is ``source``'s (reads all of its ids if so)."""
+    if _ids_outside(conn, source):
         return False
     inside = "SELECT 1 FROM symbols WHERE id >= ? AND id < ? AND source != ? LIMIT 1"
-    return conn.execute(inside, (low, high, source)).fetchone() is None
+    return conn.execute(inside, (*id_range(source), source)).fetchone() is None
+
+
+def _stored_words(conn: sqlite3.Connection, source: str) -> Counter[str]:
+    """How many of ``source``'s stored rows contain each word."""
+    sql = "SELECT words FROM symbols WHERE id >= ? AND id < ? AND source = ?"
+    rows = conn.execute(sql, (*id_range(source), source))
+    return Counter(chain.from_iterable(set(words.split()) for (words,) in rows))
 
 
 def _delete_all_symbols(conn: sqlite3.Connection) -> None:
@@ -325,9 +336,9 @@ class _Session:
             self._conn.close()
 
     def do_open(self, conn: sqlite3.Connection, source: str) -> tuple[int, bool]:
-        """The first free seq, and whether every stored row is ``source``'s (read before the
-        transaction starts: "begin" fails if another populate stored rows meanwhile)."""
-        return _first_seq(conn), _only_source(conn, source)
+        """The first free seq, and whether the source may be alone (no stored row has an id
+        outside its range; read before the transaction starts)."""
+        return _first_seq(conn), not _ids_outside(conn, source)
 
     def do_begin(self, conn: sqlite3.Connection, source: str, first_seq: int) -> None:
         """Start the transaction and delete the source's rows.
@@ -400,13 +411,16 @@ class _Session:
     ) -> None:
         """Index the last rows, record the source's words and row count, and commit.
 
-        ``words`` counts the rows that contain each word; ``None`` when the source's rows
-        are the only rows, whose counts the full-text index then gives.
+        ``words`` counts the rows that contain each word, or is ``None`` when the source
+        seemed alone: the full-text index then gives the counts if it is, and the stored
+        rows if another source's ids share its range.
         """
         self._index_words(conn)
-        if words is None:
+        if words is None and self._alone:
             self._record_indexed_words(conn, source)
         else:
+            if words is None:
+                words = _stored_words(conn, source)
             conn.executemany(
                 "INSERT INTO symbol_words (word, source, rows) VALUES (?, ?, ?)",
                 ((word, source, rows) for word, rows in words.items()),
@@ -424,8 +438,6 @@ class _Session:
         FTS5 counts the rows that hold each of its terms. The tags are terms too (a word
         never equals one): they are left out.
         """
-        if not self._alone:
-            raise sqlite3.OperationalError("another populate wrote symbols meanwhile; run again")
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS temp.symbols_fts_terms"
             " USING fts5vocab(main, symbols_fts, row)"
@@ -490,11 +502,11 @@ class _Writer:
         self._waiting: deque[str] = deque()
         self._held: list[tuple[list[Shape], Prepared]] | None = []
         self.first_seq = 0
-        self.alone = False  # only the source's rows were stored when it opened
+        self.alone = False  # no other source's ids were stored when it opened
         self.stored = 0
 
     def open(self) -> int:
-        """Apply the schema; return the first free seq (and learn whether it is alone)."""
+        """Apply the schema; return the first free seq (and learn whether it may be alone)."""
         self.first_seq, self.alone = self.call("open", self._source)
         return self.first_seq
 
