@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import sqlite3
 import threading
@@ -671,3 +672,23 @@ async def test_a_database_made_with_fts_columns_is_populated_and_searched_alike(
     with sqlite3.connect(old) as conn:
         sql = "SELECT sql FROM sqlite_master WHERE name = 'symbols_fts'"
         assert "detail = column" in conn.execute(sql).fetchone()[0]
+
+
+@pytest.mark.parametrize("young", [700, 0])
+def test_young_collections_are_rarer_while_rows_stream_and_the_thresholds_come_back(
+    fresh: Path, young: int
+) -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        seen.append(gc.get_threshold())
+        yield row("ONE", "One", source="a")
+
+    gc.set_threshold(young, *before[1:])
+    try:
+        replace_provider_rows(fresh, "a", rows())
+        assert gc.get_threshold() == (young, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(50_000 if young else 0, *before[1:])]
