@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backend.errors import StorageError
-from backend.symbols import writer
+from backend.symbols import rows, writer
 from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
-from backend.symbols.rows import search_words
+from backend.symbols.rows import search_words, shape_tag
 from backend.symbols.writer import replace_provider_rows
 
 CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
@@ -235,6 +237,22 @@ def test_search_words_split_letters_from_digits_and_drop_accents() -> None:
     assert search_words("O:SPY251219C00450000") == ["o", "spy", "251219", "c", "00450000"]
     assert search_words("Société Générale") == ["societe", "generale"]
     assert search_words("macro__cpi BRK.B") == ["macro", "cpi", "brk", "b"]
+
+
+def test_a_tag_has_letters_and_digits_so_no_search_word_equals_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert shape_tag("test", "stocks") == "t" + blake2b(b"test\0stocks", digest_size=8).hexdigest()
+
+    class AllLetters:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def hexdigest(self) -> str:
+            return "abcdefabcdefabcd"
+
+    monkeypatch.setattr(rows.hashlib, "blake2b", AllLetters)
+    assert shape_tag("test", "stocks") == "t0abcdefabcdefabcd"
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -587,3 +605,90 @@ def test_rows_sharing_their_lists_are_stored_like_rows_with_lists_of_their_own(
     assert "s-O:SPY261200000017" not in by_id
     words = search_words("O:SPY261200000001 SPY 1 2026 Call")
     assert by_id["s-O:SPY261200000001"][5] == sorted(words)
+
+
+def word_rows(source: str) -> list[Any]:
+    """Rows with a word twice in one row, accented and non-ASCII labels, shared words."""
+    rows = [row(f"W{n}", f"Walrus {n % 7} Walrus Société", source=source) for n in range(500)]
+    rows += [row("GLE.PA", "Société Générale", source=source, source_label="XPAR")]
+    rows += [row(f"O:SPY{n}C", f"SPY {n} {n} Call", source=source) for n in range(300)]
+    return rows
+
+
+def expected_word_rows(rows: list[Any]) -> dict[str, int]:
+    """How many rows contain each search word of name and name_label."""
+    counts: dict[str, int] = {}
+    for raw in rows:
+        for word in set(search_words(f"{raw['name']} {raw['name_label']}")):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def source_word_rows(db: Path, source: str) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        sql = "SELECT word, rows FROM symbol_words WHERE source = ?"
+        return dict(conn.execute(sql, (source,)).fetchall())
+
+
+@pytest.mark.usefixtures("written_at_once")
+def test_word_counts_are_rows_alike_from_the_index_or_counted_alongside_other_sources(
+    tmp_path: Path,
+) -> None:
+    alone, shared = tmp_path / "alone.sqlite3", tmp_path / "shared.sqlite3"
+    replace_provider_rows(alone, "a", [row("OLD", "Narwhal", source="a")])
+    replace_provider_rows(alone, "a", word_rows("a"))  # the only source: from the index
+    replace_provider_rows(shared, "b", [row("KEEP", "Walrus Holdings", source="b")])
+    replace_provider_rows(shared, "a", word_rows("a"))  # beside b's rows: counted
+    expected = expected_word_rows(word_rows("a"))
+    assert expected["walrus"] == 500  # twice in each of them
+    assert expected["1"] == 72 + 1  # the labels of W1, W8 ... W498, and O:SPY1C
+    assert source_word_rows(alone, "a") == expected
+    assert source_word_rows(shared, "a") == expected
+    assert source_word_rows(shared, "b") == {"keep": 1, "walrus": 1, "holdings": 1}
+    inside = tmp_path / "inside.sqlite3"  # the ids of source "a-b" are in a's range
+    replace_provider_rows(inside, "a-b", [row("KEEP", "Walrus Holdings", source="a-b")])
+    replace_provider_rows(inside, "a", word_rows("a"))  # counted from the stored rows
+    assert source_word_rows(inside, "a") == expected
+    assert source_word_rows(inside, "a-b") == {"keep": 1, "walrus": 1, "holdings": 1}
+
+
+async def test_a_database_made_with_fts_columns_is_populated_and_searched_alike(
+    tmp_path: Path,
+) -> None:
+    old, new = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
+    schema = writer.SCHEMA_PATH.read_text(encoding="utf-8")
+    assert "detail = none" in schema
+    with sqlite3.connect(old) as conn:
+        conn.executescript(schema.replace("detail = none", "detail = column"))
+    for db in (old, new):
+        replace_provider_rows(db, "test", main_rows())
+        replace_provider_rows(db, "other", OTHER_ROWS)
+        replace_provider_rows(db, "a", word_rows("a"))
+    for query in ("apple", "appl inc", "crypto", "xnas", "otherx apple", "walrus 3", "wal soc"):
+        found = await search(new, query, MAX_SEARCH_LIMIT)
+        assert found
+        assert await search(old, query, MAX_SEARCH_LIMIT) == found
+    assert source_word_rows(old, "test") == source_word_rows(new, "test")
+    with sqlite3.connect(old) as conn:
+        sql = "SELECT sql FROM sqlite_master WHERE name = 'symbols_fts'"
+        assert "detail = column" in conn.execute(sql).fetchone()[0]
+
+
+@pytest.mark.parametrize("young", [700, 0])
+def test_young_collections_are_rarer_while_rows_stream_and_the_thresholds_come_back(
+    fresh: Path, young: int
+) -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        seen.append(gc.get_threshold())
+        yield row("ONE", "One", source="a")
+
+    gc.set_threshold(young, *before[1:])
+    try:
+        replace_provider_rows(fresh, "a", rows())
+        assert gc.get_threshold() == (young, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(50_000 if young else 0, *before[1:])]

@@ -138,16 +138,18 @@ def _source_tags(conn: sqlite3.Connection, source: str) -> list[str]:
     return [tag for (tag,) in conn.execute(sql, (source,))]
 
 
-def _any_of(column: str, tokens: Iterable[str]) -> str:
-    return f"{{{column}}} : (" + " OR ".join(f'"{token}"' for token in tokens) + ")"
+def _any_of(tokens: Iterable[str]) -> str:
+    return "(" + " OR ".join(f'"{token}"' for token in tokens) + ")"
 
 
 def _word_clause(conn: sqlite3.Connection, word: str, prefix: bool) -> str:
-    """The FTS5 clause for one search word: in the row's words, or in its shape's words."""
+    """The FTS5 clause for one search word: in the row's words, or in its shape's words.
+
+    No column filter (the index keeps no columns): a word is letters only or digits only,
+    a tag has both, so neither ever matches the other.
+    """
     choices = [word, *_longer_words(conn, word)] if prefix else [word]
-    clause = _any_of("words", choices)
-    tags = _tags_with(conn, word, prefix)
-    return f"({clause} OR {_any_of('tag', tags)})" if tags else clause
+    return _any_of([*choices, *_tags_with(conn, word, prefix)])
 
 
 def _match_expression(conn: sqlite3.Connection, text: str, source: str | None) -> str | None:
@@ -162,7 +164,7 @@ def _match_expression(conn: sqlite3.Connection, text: str, source: str | None) -
         tags = _source_tags(conn, source)
         if not tags:
             return None
-        clauses.append(_any_of("tag", tags))
+        clauses.append(_any_of(tags))
     return " AND ".join(clauses)
 
 

@@ -53,7 +53,8 @@ def search_words(text: str) -> list[str]:
 def shape_tag(source: str, words: str) -> str:
     """The full-text token standing for a source and the words of a shape."""
     digest = hashlib.blake2b(f"{source}\0{words}".encode(), digest_size=8).hexdigest()
-    return "t" + digest
+    # Letters and digits: a search word has only one kind, so it never equals a tag.
+    return "t" + digest if not digest.isalpha() else "t0" + digest
 
 
 def id_range(source: str) -> tuple[str, str]:

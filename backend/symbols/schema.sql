@@ -54,10 +54,13 @@ CREATE TABLE IF NOT EXISTS symbol_tags (
 -- the same few words in every row; a search for those words or for one source becomes a
 -- search for tags). Contentless: backend.symbols adds rows in batches of ascending keys (a
 -- trigger would flush the index at every row); the trigger below removes them, with the
--- same words and tag (so a source's rows are deleted before its shapes).
+-- same words and tag (so a source's rows are deleted before its shapes). detail = none: the
+-- index only knows which rows hold a token, not in which column (cheaper to fill). A search
+-- needs no column: a word is letters only or digits only, and a tag has both. A database
+-- made with detail = column (before 2026-12-03) keeps it, and is searched alike.
 CREATE VIRTUAL TABLE IF NOT EXISTS symbols_fts USING fts5 (
     words, tag,
-    content = '', detail = column, columnsize = 0,
+    content = '', detail = none, columnsize = 0,
     tokenize = 'unicode61 remove_diacritics 2'
 );
 -- Merge 16 segments at a time rather than 4: populating writes about 20% less, and a query
