@@ -335,3 +335,24 @@ def test_the_frames_of_a_group_are_the_encoders_frames_byte_for_byte(
     for rows_now in ([], [(time, values[:1])] * 2, [(time + 60, values[:1])], [(time, [])]):
         first.rows = rows_now
         assert encoder.frames(lambda t: b'"d"', dates) is None
+
+
+def test_a_change_of_the_data_clients_alone_is_seen_by_the_joined_entries(
+    indicators: Indicators,
+) -> None:
+    """The check that a group's holders are the key's data_update clients is kept between
+    batches only while neither changes: a client that stops (or starts again) getting the
+    data_updates, holding the same chart ids, gets the indicator frames alone (or joined)."""
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    first, second = hub.client(1), hub.client(2)
+    for close, data in ((140.0, True), (141.0, False), (142.0, True)):
+        if data:
+            hub.fanout.start_delivery(second, KEY)
+        else:
+            hub.fanout.stop_delivery(second.id, KEY)
+        bars[-1] = forming(bars, close)
+        hub.send(bars[-1])
+        assert [m["type"] for m in messages_of(first)] == ["data_update", "indicator_update"]
+        expected = ["data_update", "indicator_update"] if data else ["indicator_update"]
+        assert [m["type"] for m in messages_of(second)] == expected
