@@ -9,17 +9,20 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backend.history.cache import BarCache
 from backend.hub.clients import Client, Replies
 from backend.hub.fanout import Fanout
 from backend.hub.indicating import Indicating
+from backend.hub.indicator_frames import GroupFrames
 from backend.hub.listeners import Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.subscriptions import Subscriptions
 from backend.indicators import messages
 from backend.indicators.engine import Binding, bind, compute
-from backend.indicators.live import IndicatorUpdate
+from backend.indicators.live import IndicatorUpdate, LiveIndicators
 from backend.indicators.registry import Indicators, build_indicators
 from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
@@ -29,6 +32,7 @@ from backend.wire.outbox import Outbox
 from tests.test_indicators_engine import make_bars
 
 KEY = SeriesId("csv", "BTCUSDT", "1h")
+_INDICATORS = build_indicators()  # for the property tests (a fixture is per test, not example)
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +270,89 @@ def test_the_data_update_and_the_indicator_frames_of_the_same_clients_go_as_one_
     assert data["type"] == "data_update" and data["data"]["csv-BTCUSDT-1h-close"] == 141.0
     assert update["data"]["ema-EMA"] == _expected(hub, "ema", hub.bound, bars)["data"]["ema-EMA"]
     assert hub.indicating.delivered == 2 * 3
+
+
+GROUP_CASES = [
+    ("talib.overlap.EMA", {"timeperiod": 5}),  # one output
+    ("talib.momentum.MACD", {}),  # three
+    ("talib.overlap.BBANDS", {"timeperiod": 20}),
+]
+VALUE = st.one_of(
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1e16, 2.5e-7, 1.0, 123456789.125]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chart_ids=st.lists(
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12),
+        min_size=3,
+        max_size=3,
+        unique=True,
+    ),
+    values=st.lists(VALUE, min_size=7, max_size=7),
+    time=st.integers(0, 2_000_000_000),
+    last_dates=st.dictionaries(st.text(max_size=8), st.text(max_size=24), max_size=3),
+    pad=st.sampled_from([0, 100, 65_500]),
+)
+def test_the_frames_of_a_group_are_the_encoders_frames_byte_for_byte(
+    chart_ids: list[str],
+    values: list[float | None],
+    time: int,
+    last_dates: dict[str, str],
+    pad: int,
+) -> None:
+    """:meth:`GroupFrames.frames`: each chart id's frame, back to back, byte for byte
+    ``text_frame(protocol.encode(messages.indicator_update(...)))`` (``None`` only when
+    one's length does not take 16 bits), and ``None`` for rows of different bars, a
+    computation with no row or two, or a row of the wrong length."""
+    live = LiveIndicators()
+    for chart_id, (indicator_id, inputs) in zip(chart_ids, GROUP_CASES, strict=True):
+        bound = bind(_INDICATORS, indicator_id, inputs, [Binding("close", KEY, "close")])
+        live.subscribe(1, chart_id, bound)
+    (group,) = live.compute(KEY, lambda series, n: [])  # no bars: no rows
+    encoder = GroupFrames(group)
+    if pad:
+        last_dates["x" * pad] = ""  # a frame of 16-bit length, or one too long for it
+    dates = orjson.dumps(last_dates)
+    rows = iter([values[:1], values[1:4], values[4:7]])
+    for shared, _, _ in group:
+        shared.rows = [(time, next(rows))]
+    made = encoder.frames(lambda t: orjson.dumps(protocol.intervals.format_date(t)), dates)
+    expected = []
+    for shared, chart_id, chart in group:
+        date = protocol.intervals.format_date(time)
+        row = dict(zip(chart.names, (date, *shared.rows[0][1]), strict=True))
+        message = messages.indicator_update(chart_id, row, last_dates)
+        expected.append(text_frame(protocol.encode(message)))
+    if all(len(frame) < 4 + (1 << 16) and frame[1] == 0x7E for frame in expected):
+        assert made == (time, b"".join(expected))
+    else:
+        assert made is None
+    first = group[0][0]
+    for rows_now in ([], [(time, values[:1])] * 2, [(time + 60, values[:1])], [(time, [])]):
+        first.rows = rows_now
+        assert encoder.frames(lambda t: b'"d"', dates) is None
+
+
+def test_a_change_of_the_data_clients_alone_is_seen_by_the_joined_entries(
+    indicators: Indicators,
+) -> None:
+    """The check that a group's holders are the key's data_update clients is kept between
+    batches only while neither changes: a client that stops (or starts again) getting the
+    data_updates, holding the same chart ids, gets the indicator frames alone (or joined)."""
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    first, second = hub.client(1), hub.client(2)
+    for close, data in ((140.0, True), (141.0, False), (142.0, True)):
+        if data:
+            hub.fanout.start_delivery(second, KEY)
+        else:
+            hub.fanout.stop_delivery(second.id, KEY)
+        bars[-1] = forming(bars, close)
+        hub.send(bars[-1])
+        assert [m["type"] for m in messages_of(first)] == ["data_update", "indicator_update"]
+        expected = ["data_update", "indicator_update"] if data else ["indicator_update"]
+        assert [m["type"] for m in messages_of(second)] == expected

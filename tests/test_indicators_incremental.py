@@ -5,13 +5,16 @@ opened again when closed bars change, and the batch way where a handle cannot an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backend.indicators.base import Memory
 from backend.indicators.engine import Binding, LiveComputation, bind, compute
-from backend.indicators.incremental import RECENT
+from backend.indicators.incremental import RECENT, peek_all
 from backend.indicators.live import LiveIndicators
 from backend.indicators.registry import Indicators, build_indicators
 from backend.model.bars import FIELDS, Bar, SeriesId
@@ -148,3 +151,64 @@ def test_running_totals_and_indicators_without_a_handle_keep_the_tail_computatio
     assert obv.indicator.memory is Memory.ADDITIVE  # type: ignore[attr-defined]
     assert LiveComputation(obv).running is None  # type: ignore[arg-type]
     assert LiveComputation(user).running is None  # type: ignore[arg-type]
+
+
+RUNNING_CASES = CASES[:5]  # every one with a bounded tail and a handle; SAR opens on all bars
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["tick", "tick", "tick", "bar", "closed", "nan", "since"]),
+            st.floats(-3.0, 3.0, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_the_usual_update_in_one_loop_gives_the_rows_of_each_computation_its_own_way(
+    steps: list[tuple[str, float]],
+) -> None:
+    """``peek_all`` (the steady state of every running computation over a series at once)
+    and its fallbacks give, update after update, the rows each computation gives alone
+    (the general path: ``Incremental.advance``), through ticks, bars that close within a
+    batch, corrected closed bars and forming bars that are not finite."""
+    indicators = build_indicators()
+    fast, alone = LiveIndicators(), LiveIndicators()
+    for live in (fast, alone):
+        for i, (indicator_id, inputs) in enumerate(RUNNING_CASES):
+            live.subscribe("a", f"c{i}", bound_of(indicators, indicator_id, inputs))  # type: ignore[arg-type]
+    bars = make_bars(400)
+    taken = []
+
+    def counted(*args: object) -> object:
+        rows = peek_all(*args)  # type: ignore[arg-type]
+        taken.append(rows is not None)
+        return rows
+
+    for n, (what, change) in enumerate([*steps, ("tick", 0.5), ("tick", -0.5)]):
+        t, o, h, low, c, v = bars[-1]
+        c = c if np.isfinite(c) else o
+        since = None
+        if what == "bar":
+            bars.append((t + 3600, c, c + 1, c - 1, c + change, 1.0))
+        elif what == "since":  # the forming bar's last update and the next bar, one batch
+            bars[-1] = (t, o, h, low, c + change, v)
+            bars.append((t + 3600, c, c + 1, c - 1, c - change, 1.0))
+            since = t
+        elif what == "closed":
+            bars[-2] = (*bars[-2][:4], bars[-2][4] + change, bars[-2][5])
+            for live in (fast, alone):
+                live.resync_series(BTC)
+        elif what == "nan":
+            bars[-1] = (t, o, h, low, float("nan") if change > 0 else float("inf"), v)
+        else:
+            bars[-1] = (t, o, h + 0.5, low - 0.1, c + change, v + 1)
+        fetch = Fetch(bars)
+        with mock.patch("backend.indicators.live.peek_all", counted):
+            got = fast.on_bar(BTC, fetch, since)
+        with mock.patch("backend.indicators.live.peek_all", lambda *args: None):
+            want = alone.on_bar(BTC, fetch, since)
+        assert got == want, (n, what)
+    assert taken[-1]  # the usual update after a plain one: in one loop

@@ -56,6 +56,9 @@ class Fanout:
         self.kick = kick
         self.providers: ProviderSet | None = None  # set by the hub once it has them
         self.deliver: dict[SeriesId, dict[int, Client]] = {}
+        # bumped by every change to ``deliver`` (only start_delivery and stop_delivery make
+        # them): what was derived from it holds while this stays the same
+        self.deliver_changes = 0
         self._wire: dict[SeriesId, WireKeys] = {}
         self._updates: dict[SeriesId, protocol.UpdateEncoder] = {}
         self._delivered = 0  # updates handed to outboxes in the current provider batch
@@ -77,10 +80,12 @@ class Fanout:
     def start_delivery(self, client: Client, key: SeriesId) -> None:
         """``client`` got its ``data_init`` of ``key``: from now on it gets the updates."""
         self.deliver.setdefault(key, {})[client.id] = client
+        self.deliver_changes += 1
 
     def stop_delivery(self, client_id: int, key: SeriesId) -> None:
         targets = self.deliver.get(key)
         if targets is not None:
+            self.deliver_changes += 1
             targets.pop(client_id, None)
             if not targets:
                 del self.deliver[key]

@@ -82,6 +82,9 @@ class Indicating:
         self._last_dates_encoded = {}
         # series -> its groups of chart ids (``LiveIndicators.compute``) and their encoders
         self._group_frames: dict[SeriesId, tuple[list[Group], list[GroupFrames]]] = {}
+        # key -> (holders, ``Fanout.deliver_changes``) when the holders were the key's
+        # data_update clients then (``_push_with_data``)
+        self._joinable: dict[SeriesId, tuple[frozenset[Hashable], int]] = {}
         self._register_gauges()
 
     @property
@@ -203,6 +206,8 @@ class Indicating:
             del self._marks[key]
         for key in [k for k in self._group_frames if not self.live.watches(k)]:
             del self._group_frames[key]
+        for key in [k for k in self._joinable if not self.live.watches(k)]:
+            del self._joinable[key]
 
     def reset_source(self, source: str) -> None:
         """A provider restarted: running totals are recomputed in full next time."""
@@ -340,8 +345,12 @@ class Indicating:
         targets = fanout.deliver.get(key)
         if held is None or len(held) != 1 or not targets:
             return False
-        if targets.keys() != encoder.group[0][2].holders():
-            return False
+        holders = encoder.group[0][2].holders()
+        known = self._joinable.get(key)
+        if known is None or known[0] is not holders or known[1] != fanout.deliver_changes:
+            if targets.keys() != holders:
+                return False
+            self._joinable[key] = (holders, fanout.deliver_changes)
         made = self._group_frames_of(encoder, dates)
         if made is None:
             return False
@@ -451,9 +460,13 @@ class Indicating:
     def _last_dates_json(self, series: tuple[SeriesId, ...]) -> bytes:
         """:meth:`_last_dates` encoded, again only when a newest bar time changed."""
         cache = self.hub.cache
-        newest = tuple(
-            None if (cached := cache.peek(key)) is None else cached.newest for key in series
-        )
+        if len(series) == 1:  # the usual update: its own key
+            cached = cache.peek(series[0])
+            newest: tuple[int | None, ...] = (None if cached is None else cached.newest,)
+        else:
+            newest = tuple(
+                None if (cached := cache.peek(key)) is None else cached.newest for key in series
+            )
         known = self._last_dates_encoded.get(series)
         if known is not None and known[0] == newest:
             return known[1]

@@ -5,9 +5,10 @@ Everything in an update's message but the date, the values and ``last_dates`` is
 for every update of a chart id, so each chart id's message is kept as a template with a
 ``%b`` per part that changes (:func:`chart_template`). :class:`GroupFrames` goes one step
 further for a group of chart ids held by the same clients (the usual case: one chart's
-indicators over one key): one template for the frames of all of them back to back, their
-values encoded in one call, so that an update of the group costs one formatting and one
-length per frame, not a message per chart id per client.
+indicators over one key): one template for the frames of all of them back to back, each
+row's values encoded in one call (whose length gives the frame's), so that an update of the
+group costs one formatting, and one encoding and one length per frame, not a message per
+chart id per client.
 
 Not: which clients get the frames and how (``indicating``), the values (``backend.indicators``).
 """
@@ -21,6 +22,8 @@ import orjson
 from backend.indicators.live import Group, Shared
 from backend.model.bars import SeriesId
 from backend.wire.frames import text_frame
+
+dumps = orjson.dumps
 
 LEN_16, LEN_64 = 126, 1 << 16  # payload sizes with a 16-bit length in the frame header
 
@@ -66,7 +69,8 @@ class GroupFrames:
             template = chart_template(chart_id, chart.names)
             values = len(chart.names) - 1
             fixed = len(template % ((b"",) * (values + 2)))  # the message without its parts
-            layout.append((fixed, values))
+            # less the brackets and commas of the values encoded as a list (``frames``)
+            layout.append((fixed - 2 - max(values - 1, 0), values))
             templates.append(b"\x81\x7e%b" + template)  # a 16-bit length (checked per frame)
         self.layout: tuple[tuple[int, int], ...] = tuple(layout)
         self.template = b"".join(templates)
@@ -77,10 +81,13 @@ class GroupFrames:
         """The bar time of the rows the group's computations hold now, and their frames
         (``date_of(time)``: the date encoded); ``None`` when they cannot be made this way:
         a computation with no row or two (failed; a bar that closed in the batch), rows of
-        different bars, or a frame whose length does not take 16 bits."""
-        values: list[object] = []
+        different bars, or a frame whose length does not take 16 bits. Each row is encoded
+        in one call, whose length gives the frame's."""
         time = None
-        for shared, (_, count) in zip(self.shared, self.layout, strict=True):
+        date = b""
+        extra = 0
+        parts: list[bytes] = []
+        for shared, (fixed, count) in zip(self.shared, self.layout, strict=True):
             rows = shared.rows
             if len(rows) != 1:
                 return None
@@ -89,24 +96,23 @@ class GroupFrames:
                 if time is not None:
                     return None
                 time = row_time
+                date = date_of(time)
+                extra = len(date) + len(last_dates)
             if len(row) != count:
                 return None
-            values += row
-        if time is None:
-            return None
-        encoded = orjson.dumps(values)[1:-1].split(b",")  # no comma in a number
-        if len(encoded) != len(values):
-            return None
-        date = date_of(time)
-        extra = len(date) + len(last_dates)
-        parts: list[bytes] = []
-        start = 0
-        for fixed, count in self.layout:
-            end = start + count
-            chart = encoded[start:end]
-            n = fixed + extra + sum(map(len, chart))
+            encoded = dumps(row)  # b"[v,v,...]": the values, a comma between two
+            n = fixed + extra + len(encoded)
             if not LEN_16 <= n < LEN_64:
                 return None
-            parts += (n.to_bytes(2, "big"), date, *chart, last_dates)
-            start = end
+            parts += (n.to_bytes(2, "big"), date)
+            if count == 1:
+                parts.append(encoded[1:-1])
+            elif count:
+                values = encoded[1:-1].split(b",")  # no comma in a number
+                if len(values) != count:
+                    return None
+                parts += values
+            parts.append(last_dates)
+        if time is None:
+            return None
         return time, self.template % tuple(parts)

@@ -8,7 +8,8 @@ bars on an update: it checks that the closed bar it fed last is still the one be
 bar that formed then (the same object, or equal), and otherwise opens again from the tail,
 as it does after :meth:`Incremental.reset` (the owner's call when older closed bars change).
 The values are those of the batch computation over the same bars, bit for bit: the bars
-since the opening tail, with the forming bar last.
+since the opening tail, with the forming bar last. :func:`peek_all` does the usual update
+(every computation over a series only peeks at the forming bar) of many in one loop.
 
 Sans-I/O: the caller passes the newest bars in, and a callable for the tail.
 """
@@ -190,6 +191,39 @@ class Incremental:
             value = float(out)
             return [value if math.isfinite(value) else None]
         return [float(v) if math.isfinite(v) else None for v in out]
+
+
+def peek_all(running: Sequence[Incremental], recent: Recent, since: int | None) -> list[Row] | None:
+    """The usual update of every computation of ``running`` (all over the series whose
+    newest bars are ``recent``) in one loop: the row of the forming bar of each, in order,
+    when each is open, its forming bar is the newest of ``recent`` and the bar it fed last
+    is the one before (the same object), and no bar closed since ``since``; ``None`` (no
+    row given) when any of them needs more: then :meth:`Incremental.advance` each. The rows
+    are those of :meth:`Incremental.advance`, value for value."""
+    if type(recent) is not list or len(recent) < 2:
+        return None
+    newest = recent[-1]
+    fed = recent[-2]
+    time = newest[0]
+    if since is not None and since <= fed[0]:
+        return None
+    rows: list[Row] = []
+    append = rows.append
+    try:
+        for one in running:
+            handle = one._handle
+            if handle is None or one._forming != time or one._fed is not fed:
+                return None
+            picked = one._pick(newest)
+            out = handle.peek(picked) if one._one_column else handle.peek(*picked)
+            if one._one_output:
+                value = float(out)
+                append((one._forming, [value if isfinite(value) else None]))
+            else:
+                append((one._forming, [float(v) if isfinite(v) else None for v in out]))
+    except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not finite:
+        return None  # each computation its own way (advance)
+    return rows
 
 
 def _same(bar: Bar, fed: Bar | None) -> bool:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from backend.errors import IndicatorError
 from backend.indicators.engine import BoundIndicator, Columns, Computed, Fetch, LiveComputation
-from backend.indicators.incremental import RECENT, Row
+from backend.indicators.incremental import RECENT, Incremental, Row, peek_all
 from backend.model import intervals
 from backend.model.bars import SeriesId
 
@@ -98,6 +98,7 @@ class _Plan:
     chart ids grouped by the clients that hold them (the order of :meth:`on_bar`'s updates)."""
 
     running: list[Shared] = field(default_factory=list)  # running computations over it
+    incrementals: list[Incremental] = field(default_factory=list)  # theirs, in that order
     on_tail: list[Shared] = field(default_factory=list)  # recomputed over its tail
     size: int = 0  # the longest tail of ``on_tail``
     others: list[Shared] = field(default_factory=list)  # each the batch way (``step``)
@@ -224,7 +225,7 @@ class LiveIndicators:
             if newest is not None:
                 shared.rows = [newest]
         if plan.running:
-            self._on_running(series, fetch, plan.running, since)
+            self._on_running(series, fetch, plan, since)
         if plan.on_tail:
             self._on_tail(series, fetch, plan.on_tail, plan.size, since)
         return plan.groups
@@ -235,8 +236,10 @@ class LiveIndicators:
         for shared in self._by_series[series].values():
             computation = shared.computation
             tail = computation.tail
-            if computation.running == series:
+            incremental = computation.incremental
+            if computation.running == series and incremental is not None:
                 plan.running.append(shared)
+                plan.incrementals.append(incremental)
             elif tail is not None and tail[0] == series:
                 plan.on_tail.append(shared)
                 plan.size = max(plan.size, tail[1])
@@ -253,11 +256,12 @@ class LiveIndicators:
         plan.groups = list(groups.values())
         return plan
 
-    def _on_running(
-        self, series: SeriesId, fetch: Fetch, running: list[Shared], since: int | None
-    ) -> None:
+    def _on_running(self, series: SeriesId, fetch: Fetch, plan: _Plan, since: int | None) -> None:
         """The computations kept by a running computation share one read of the newest bars
-        (of the longest tail any of them opens on, if one must open)."""
+        (of the longest tail any of them opens on, if one must open). The usual update (each
+        only peeks at the forming bar) goes in one loop (:func:`peek_all`), else each its
+        own way (:meth:`Incremental.advance`)."""
+        running = plan.running
         size: int | None = RECENT
         opening = False
         if series in self._opening:
@@ -276,13 +280,18 @@ class LiveIndicators:
                 _failed(shared, exc)
             return
         self.computations += len(running)
+        if not opening:
+            rows = peek_all(plan.incrementals, recent, since)
+            if rows is not None:
+                for shared, row in zip(running, rows, strict=True):
+                    shared.rows = [row]
+                return
         tail = recent if opening else None
-        for shared in running:
-            computation = shared.computation
+        for shared, incremental in zip(running, plan.incrementals, strict=True):
             try:
-                rows = computation.incremental.advance(recent, fetch, series, since, tail)  # type: ignore[union-attr]
+                rows = incremental.advance(recent, fetch, series, since, tail)
                 if rows is None:
-                    rows = computation.batch_rows(fetch)
+                    rows = shared.computation.batch_rows(fetch)
             except IndicatorError as exc:
                 shared.rows = _NO_ROWS
                 _failed(shared, exc)
