@@ -239,6 +239,37 @@ def test_search_words_split_letters_from_digits_and_drop_accents() -> None:
     assert search_words("macro__cpi BRK.B") == ["macro", "cpi", "brk", "b"]
 
 
+def test_every_search_word_is_one_token_to_the_full_text_index() -> None:
+    """A word the index's tokenizer would split is a phrase, which an index with
+    detail = none cannot match: search_words splits at every such character (rows.
+    FTS_SEPARATORS), found here again against the SQLite in use, all of Unicode."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE VIRTUAL TABLE f USING fts5 (words, content = '', detail = none,"
+        " tokenize = 'unicode61 remove_diacritics 2')"
+    )
+    split: set[int] = set()
+    for point in range(0x80, 0x110000):
+        text = f"a{chr(point)}b"
+        found = search_words(text)
+        if len(found) != 1:
+            continue
+        try:
+            conn.execute("SELECT rowid FROM f WHERE f MATCH ?", (f'"{found[0]}"',)).fetchall()
+        except sqlite3.OperationalError:
+            split.add(point)
+    conn.close()
+    assert split == set()
+    assert search_words("aᦰb") == ["a", "b"]  # New Tai Lue vowel sign AA: split, like the index
+
+
+async def test_a_name_with_a_character_the_index_splits_at_is_found(fresh: Path) -> None:
+    replace_provider_rows(fresh, "a", [row("LUEᦰKHUE", "ᦓᦱᦂᦰ Holdings", source="a")])
+    assert await search(fresh, "LUEᦰKHUE") == ["a-LUEᦰKHUE"]
+    assert await search(fresh, "ᦓᦱᦂᦰ") == ["a-LUEᦰKHUE"]
+    assert await search(fresh, "ᦓᦱ") == ["a-LUEᦰKHUE"]
+
+
 def test_a_tag_has_letters_and_digits_so_no_search_word_equals_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

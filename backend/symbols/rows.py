@@ -28,6 +28,13 @@ MAX_NAME_LENGTH = 256
 
 ASCII_WORD = re.compile(r"[a-z]+|[0-9]+")
 _WORD = re.compile(r"[^\W\d_]+|\d+")
+# Letters to Python's Unicode tables that the full-text index's tokenizer (SQLite's
+# unicode61, on older tables) takes for separators: New Tai Lue vowel signs (letters since
+# Unicode 8) and two Vedic signs. A word is split at them as the index splits it: an
+# unsplit one would be a phrase of two tokens, which an index with detail = none cannot
+# match (tests/test_symbols.py finds them all again against the SQLite in use).
+FTS_SEPARATORS = frozenset((*range(0x19B0, 0x19C1), 0x19C8, 0x19C9, 0x1CF2, 0x1CF3))
+_SPLIT_AT_SEPARATORS = dict.fromkeys(FTS_SEPARATORS, " ")
 _BAD_NAME_CHARACTER = re.compile(r"['\x00-\x1f]")
 
 # The fields of a dataset row that many rows repeat, stored once per shape (details order).
@@ -46,7 +53,7 @@ def search_words(text: str) -> list[str]:
     """The search words of ``text``: lower-cased runs of letters or of digits, no accents."""
     if text.isascii():
         return ASCII_WORD.findall(text.lower())
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", text).translate(_SPLIT_AT_SEPARATORS)
     return _WORD.findall("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
 
 
