@@ -53,6 +53,31 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.02)
 
 
+def matches_rest(fake: FakePolygon, live: dict[int, Bar], ticker: str, interval: str) -> bool:
+    """Whether the live bars of a key are the REST aggregates over the same span."""
+    return bool(live) and sorted(live.values()) == rest_bars(
+        fake, ticker, interval, min(live), max(live)
+    )
+
+
+def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll until ``predicate`` holds or ``timeout`` passed, without failing: the last
+    events of a frozen fake land meanwhile, and the assertions that follow say what is
+    wrong if they never do."""
+    deadline = time.monotonic() + seconds(timeout)
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+async def settled(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """:func:`settle` in the event loop (the client reads meanwhile)."""
+    deadline = time.monotonic() + seconds(timeout)
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+
+
 # ------------------------------------------------------------------------------------------
 # The provider on its own
 
@@ -267,7 +292,12 @@ def test_live_bars_of_every_interval_and_market_equal_the_rest_aggregates(
     tuesday.freeze(False)
     wait_until(lambda: tuesday.now_ms() >= TUESDAY.timestamp() * 1000 + 200_000, "3+ minutes")
     tuesday.freeze(True)
-    time.sleep(seconds(0.5))  # the last events and seeds land
+    settle(  # the last events and seeds land
+        lambda: all(
+            matches_rest(tuesday, direct.published(symbol, interval), symbol, interval)
+            for symbol, interval in keys
+        )
+    )
     for symbol, interval in keys:
         published = direct.published(symbol, interval)
         assert published, (symbol, interval)
@@ -574,7 +604,12 @@ async def test_live_bars_built_from_streamed_aggregates_equal_the_rest_aggregate
     start = running.now_ms()
     await asyncio.to_thread(wait_until, lambda: running.now_ms() > start + 200_000, "3 minutes")
     running.freeze(True)
-    await asyncio.sleep(seconds(0.8))
+    await settled(
+        lambda: all(
+            matches_rest(running, updates(client, name, interval), name, interval)
+            for name, interval in keys
+        )
+    )
     for name, interval in keys:
         live = updates(client, name, interval)
         assert live, (name, interval)
@@ -599,7 +634,9 @@ async def test_after_a_dropped_connection_the_missed_bars_are_published(
     resumed_at = running.now_ms() // 1000
     await asyncio.sleep(seconds(2))
     running.freeze(True)
-    await asyncio.sleep(seconds(0.8))
+    await settled(
+        lambda: matches_rest(running, updates(client, "X:LTCUSD", "1m"), "X:LTCUSD", "1m")
+    )
     live = updates(client, "X:LTCUSD", "1m")
     expected = rest_bars(running, "X:LTCUSD", "1m", min(live), max(live))
     assert resumed_at - dropped_at >= 60  # at least one whole bar formed while disconnected
