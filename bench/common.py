@@ -194,10 +194,13 @@ class Stats:
         self.measuring = False
         self.errors = 0
         self.error_samples: list[str] = []
+        self.counted = 0  # frames starting ``WsClient.counted`` (only counted)
 
 
 class WsClient(asyncio.Protocol):
     """One WebSocket client connection: handshake, frame parsing, ping answers."""
+
+    counted: bytes | None = None  # a payload prefix of frames only counted, not copied
 
     def __init__(self, stats: Stats, host: str, port: int, path: str) -> None:
         self.stats = stats
@@ -267,6 +270,7 @@ class WsClient(asyncio.Protocol):
             self.upgraded = True
             self.opened.set_result(None)
         stats = self.stats
+        counted = self.counted
         size = len(buf)
         pos = 0
         now = 0.0
@@ -294,6 +298,8 @@ class WsClient(asyncio.Protocol):
                         now = time.time()
                     i = buf.rfind(b":", start, stop)
                     stats.latencies.append(now - float(buf[i + 1 : stop - 2]))
+            elif counted is not None and buf.startswith(counted, start):
+                stats.counted += 1
             else:
                 self._other(buf[pos] & 0x0F, bytes(buf[start:stop]))
             pos = stop

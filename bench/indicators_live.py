@@ -7,9 +7,11 @@ The hub's own objects (:class:`~backend.hub.fanout.Fanout`, :class:`~backend.hub
 Indicating`, the bar cache, real client outboxes), no sockets: the provider batches of the
 synthetic source (one forming-bar update per key, a new bar every ``--bar-every`` updates)
 go through ``Fanout.on_provider_events`` as in the server, and the outboxes are drained after
-each block. Blocks with and without the indicators alternate (the same hub; the indicators
-are detached for the plain blocks), so both meet the same background load; each figure is
-the median of its blocks. The garbage collector is tuned as in the server (the bars frozen
+each block. Blocks with and without the indicators alternate in the same hub, so both meet
+the same background load: the plain blocks update ``--keys`` keys no indicator reads, the
+others as many keys on which every holder holds the four indicators (attached all along, as
+in the server: a key's running computations see every bar close); each figure is the median
+of its blocks. The garbage collector is tuned as in the server (the bars frozen
 out of collections, young collections every 20,000 allocations). What it leaves out
 (socket writes, the event loop) the plain run pays in full in the server, so the figures
 here are the indicator path's own cost, not a capacity ratio (``bench/indicators_fanout.py``
@@ -62,6 +64,7 @@ class Bench:
     """A hub's fan-out and indicator objects over ``keys`` series, ``holders`` clients each."""
 
     def __init__(self, keys: int, holders: int) -> None:
+        """``keys`` plain keys and ``keys`` keys with the indicators, ``holders`` each."""
         self.metrics = Metrics()
         self.cache = BarCache()
         self.clients: dict[int, Client] = {}
@@ -73,21 +76,27 @@ class Bench:
             self.cache, Subscriptions(), Listeners(), Clocks(), self.metrics, None, _kick
         )
         self.indicating = Indicating(hub, build_indicators(), _kick)
-        self.names = symbol_names(keys)
+        self.indicating.attach(self.fanout)
+        names = symbol_names(2 * keys)
+        self.names = {"plain": names[:keys], "indicators": names[keys:]}
         self.t0 = (int(time.time()) // 60 - HISTORY) * 60
-        self.minute = self.t0 + 60 * (HISTORY - 1)  # the forming bar
+        forming = self.t0 + 60 * (HISTORY - 1)
+        self.minute = dict.fromkeys(self.names, forming)  # the forming bar of each set
+        self.updated = dict.fromkeys(self.names, 0)  # key updates of each set so far
         self.price = 100.0
-        for name in self.names:
+        for name in names:
             key = SeriesId(SOURCE, name, "1m")
             series = self.cache.get(key)
             series.merge([history_bar(self.t0 + 60 * i) for i in range(HISTORY)])
             series.live = True
             self.fanout._wire[key] = WireKeys(key, "candlestick")
-        for i in range(keys * holders):
-            key = SeriesId(SOURCE, self.names[i % keys], "1m")
+        for i in range(2 * keys * holders):
+            key = SeriesId(SOURCE, names[i % (2 * keys)], "1m")
             client = Client(i, "bench", Outbox(10_000), _gone, Replies(8, "bench"))
             self.clients[i] = client
             self.fanout.start_delivery(client, key)
+            if key.name in self.names["plain"]:
+                continue
             for label, indicator_id, inputs in INDICATORS:
                 bound = bind(
                     self.indicating.indicators,
@@ -97,24 +106,19 @@ class Bench:
                 )
                 self.indicating.live.subscribe(i, f"{label}_{key.name}", bound)
 
-    def attach(self, on: bool) -> None:
-        """The indicators wired to the fan-out as the hub does, or detached."""
-        if on:
-            self.indicating.attach(self.fanout)
-            return
-        self.fanout.watches = lambda key: False
-        self.fanout.after_updates = None
-
-    def batch(self, updates: int, bar_every: int) -> list[WireEvent]:
-        """``updates`` forming-bar updates, round-robin over the keys."""
+    def batch(self, label: str, updates: int, bar_every: int) -> list[WireEvent]:
+        """``updates`` forming-bar updates of the ``label`` keys, round-robin; a new bar of
+        each every ``bar_every`` updates of it."""
+        names = self.names[label]
         events: list[WireEvent] = []
-        for i in range(updates):
-            if i % (len(self.names) * bar_every) == 0 and i:
-                self.minute += 60
+        for _ in range(updates):
+            i = self.updated[label]
+            self.updated[label] += 1
+            if i % (len(names) * bar_every) == 0 and i:
+                self.minute[label] += 60
             self.price += 0.01
-            name = self.names[i % len(self.names)]
-            bar = (self.minute, 100.0, self.price + 1, 99.0, self.price, 1.0)
-            events.append((name, "1m", bar, False))
+            bar = (self.minute[label], 100.0, self.price + 1, 99.0, self.price, 1.0)
+            events.append((names[i % len(names)], "1m", bar, False))
         return events
 
     def block(self, events: list[WireEvent], per_batch: int) -> float:
@@ -144,8 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     costs: dict[str, list[float]] = {"plain": [], "indicators": []}
     for i in range(args.blocks + 2):
         for label in ("plain", "indicators"):
-            bench.attach(label == "indicators")
-            events = bench.batch(args.updates, args.bar_every)
+            events = bench.batch(label, args.updates, args.bar_every)
             spent = bench.block(events, args.per_batch)
             if i >= 2:  # the first blocks warm up (tails, streams, caches)
                 costs[label].append(1e6 * spent / args.updates)
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=100, help="keys of each kind")
     parser.add_argument("--holders", type=int, default=10, help="clients per key")
     parser.add_argument("--blocks", type=int, default=40)
     parser.add_argument("--updates", type=int, default=2000, help="key updates per block")
