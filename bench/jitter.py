@@ -43,6 +43,14 @@ class JitterProbe:
             for core, worst in zip(cores, self._worst, strict=True)
         ]
 
+    def pids(self) -> dict[int, int]:
+        """Core -> the pid of its probe (once started)."""
+        return {
+            core: proc.pid
+            for core, proc in zip(self.cores, self._procs, strict=True)
+            if proc.pid is not None
+        }
+
     def __enter__(self) -> JitterProbe:
         for proc in self._procs:
             proc.start()

@@ -4,7 +4,7 @@ clients, beside the synthetic source and the ``websockets`` ceiling in the same 
     python bench/provider_path.py [--clients 1000] [--keys 100] [--keys-per-client 5]
                                   [--rate 50000] [--seconds 8]
                                   [--upstream-tick 0.005] [--paths binance,synthetic,ceiling]
-                                  [--profile DIR [--profiler py-spy|perf]]
+                                  [--profile DIR [--profiler py-spy|perf|sched]]
 
 The upstream is ``tests/fakes/binance.py`` (the real wire format: REST ``exchangeInfo`` and
 ``klines``, combined kline streams with live SUBSCRIBE frames) listing ``--keys`` symbols, in
@@ -33,8 +33,10 @@ machine's own floor under every path's max; and how many times the hub's own eve
 stalled over 10 ms in the window, from its stall probe), then one JSON line. ``--paths``
 runs only some of the three; ``--profile DIR`` adds, after each measured window, a second
 window at the same rate under py-spy (the server and its provider processes, every thread;
-raw collapsed stacks in ``DIR/<path>.txt``) or ``perf record -g`` (native and kernel frames,
-in ``DIR/<path>.perf.data``; ``perf report -i``).
+raw collapsed stacks in ``DIR/<path>.txt``), ``perf record -g`` (native and kernel frames,
+in ``DIR/<path>.perf.data``; ``perf report -i``) or ``perf sched record -a`` (every task on
+every core, ``bench/sched.py``: each task's longest run and longest wake-to-run delay on the
+server and client cores, ours named, printed and kept in ``DIR/<path>.sched.txt``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import sched
 from bench.common import (
     CLIENT_CORE,
     SERVER_CORE,
@@ -260,7 +263,9 @@ def measure(
     if stalls_before is not None and stalls_after is not None:
         stalls = round(stalls_after.get("10", 0.0) - stalls_before.get("10", 0.0))
     u1, s1 = (upstream.cpu(), upstream.sent()) if upstream else (0.0, 0)
-    if profile is not None:
+    if profile is not None and profiler == "sched":
+        record_sched(seconds, profile, ours(target, gen, upstream, probe))
+    elif profile is not None:
         record_stacks(target.pid, seconds, profile, profiler)
     drain(target, gen)
     return {
@@ -306,6 +311,37 @@ def record_stacks(pid: int, seconds: float, out: Path, profiler: str = "py-spy")
         command += ["--subprocesses", "--output", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     log(f"  profile: {out}" if done.returncode == 0 else f"  {profiler}: {done.stderr[-300:]}")
+
+
+def ours(
+    target: Target, gen: LoadGen, upstream: Upstream | None, probe: JitterProbe | None
+) -> dict[int, str]:
+    """The benchmark's processes by pid, named for :func:`record_sched`'s report."""
+    names = {target.pid: "<- hub"}
+    with contextlib.suppress(psutil.Error):
+        names |= {child.pid: "<- provider" for child in psutil.Process(target.pid).children()}
+    if gen.proc.pid is not None:
+        names[gen.proc.pid] = "<- load client"
+    if upstream is not None:
+        names[upstream.pid] = "<- fake exchange"
+    for core, pid in (probe.pids() if probe is not None else {}).items():
+        names[pid] = f"<- jitter probe (core {core})"
+    return names
+
+
+def record_sched(seconds: float, out: Path, names: dict[int, str]) -> None:
+    """Every core's scheduler events over one more window (``perf sched record -a``), and
+    per task on the server and client cores its longest run and wake-to-run delay
+    (``bench/sched.py``), printed and written next to ``out``."""
+    data = out.with_suffix(".data")
+    failed = sched.record(max(1.0, seconds), data)
+    if failed is not None:
+        log(f"  perf sched: {failed}")
+        return
+    cores = [core for core in (SERVER_CORE, CLIENT_CORE) if core is not None] or [0]
+    text = sched.report(data, cores, names)
+    out.write_text(text + "\n")
+    log(f"  scheduler events: {data}\n{text}")
 
 
 PATH_LABELS = {
@@ -397,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(args.profile) if args.profile else None
 
     def profile(name: str) -> Path | None:
-        suffix = "perf.data" if args.profiler == "perf" else "txt"
+        suffix = {"perf": "perf.data", "sched": "sched.txt"}.get(args.profiler, "txt")
         return folder / f"{name}.{suffix}" if folder is not None else None
 
     log(f"provider path: {n} clients x {k} keys of {args.keys}, {args.rate:,.0f} msg/s")
@@ -544,7 +580,7 @@ def main() -> None:
         help="also each path's saturation, then latency at half of it",
     )
     parser.add_argument("--profile", default="", help="a folder for profiles")
-    parser.add_argument("--profiler", choices=("py-spy", "perf"), default="py-spy")
+    parser.add_argument("--profiler", choices=("py-spy", "perf", "sched"), default="py-spy")
     args = parser.parse_args()
     figures = run(args)
     print_report(figures)
