@@ -41,7 +41,7 @@ async def _received(url: str, count: int, publish: asyncio.Future[None]) -> list
         message = await pubsub.get_message(timeout=0.5)
         if message is not None:
             got.append(message["data"])
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
     await client.aclose()
     return got
 

@@ -118,7 +118,7 @@ async def execute(pipe: Pipeline) -> list[Any]:
         return result
     finally:
         with contextlib.suppress(RedisError, OSError):
-            await pipe.reset()  # type: ignore[no-untyped-call]
+            await pipe.reset()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 class Publisher:
@@ -168,8 +168,8 @@ class Publisher:
             self._room.clear()
 
     async def _connect(self) -> aioredis.Connection:
-        connection: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        await connection.connect()  # type: ignore[no-untyped-call]
+        connection: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]
+        await connection.connect()  # type: ignore[no-untyped-call, unused-ignore]
         self._connection, self._unanswered, self._failed = connection, 0, None
         self._waiting.clear()
         self._room.set()

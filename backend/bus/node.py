@@ -366,7 +366,7 @@ class ProviderNode:
                 await asyncio.sleep(backoff.next())
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 with contextlib.suppress(RedisError, OSError):
                     await sub.aclose()
 
