@@ -2,13 +2,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser run populate test fuzz check format bench bench-profile clean
+.PHONY: setup browser run populate test fuzz check format bench bench-profile clean constraints
 
 setup: $(STAMP) node_modules/.installed
 
@@ -18,11 +18,14 @@ node_modules/.installed: package.json $(wildcard package-lock.json)
 	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 	touch $@
 
-$(STAMP): pyproject.toml
+# The versions in constraints.txt are those the suite last passed with (pyproject.toml keeps
+# the ranges that are allowed): a fresh machine gets the same set, not whatever came out
+# since. `make constraints` writes the current venv's versions back after an upgrade.
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -72,3 +75,7 @@ bench-profile: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# After `pip install -U ...` in the venv and a passing `make check test`: pin what passed.
+constraints: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^py-spy==' > constraints.txt
