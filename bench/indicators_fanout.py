@@ -180,9 +180,6 @@ class IndicatorGenerator(Generator):
         result["indicator_updates_per_s"] = received / result["elapsed"]
         return result
 
-    async def close(self) -> dict[str, Any]:
-        return await super().close()
-
     async def init_latency(self, url: str, name: str, bars: int, runs: int) -> dict[str, Any]:
         """``indicator_init`` of ``bars`` rows, ``runs`` times, after one warming request."""
         parts = urlsplit(url)
