@@ -316,13 +316,15 @@ class Indicating:
         if known is None or known[0] is not groups:
             known = self._group_frames[key] = (groups, [GroupFrames(group) for group in groups])
         encoders = known[1]
+        made_at = {0: self._group_frames_of(encoders[0], dates)} if len(encoders) == 1 else {}
         fanout = self.fanout
         if fanout is not None:
-            if len(encoders) == 1 and self._push_with_data(key, encoders[0], dates, fanout):
+            made = made_at.get(0)
+            if made is not None and self._push_with_data(key, encoders[0], made, fanout):
                 return
             fanout.release_held(key)
-        for encoder in encoders:
-            made = self._group_frames_of(encoder, dates)
+        for i, encoder in enumerate(encoders):
+            made = made_at[i] if i in made_at else self._group_frames_of(encoder, dates)
             if made is None:
                 self._push(key, updates_of(encoder.group), dates)
                 continue
@@ -331,16 +333,13 @@ class Indicating:
             self._queue(holders, key, bar_time, entry, encoder.count, encoder.chart_ids)
 
     def _push_with_data(
-        self,
-        key: SeriesId,
-        encoder: GroupFrames,
-        dates: dict[tuple[SeriesId, ...], bytes],
-        fanout: Fanout,
+        self, key: SeriesId, encoder: GroupFrames, made: tuple[int, bytes], fanout: Fanout
     ) -> bool:
-        """The held data_update of ``key`` and the frames of ``encoder``'s group, one entry
-        to each client (the data_update's slot: a later update of the bar replaces it all),
-        when the group's holders are the key's data_update clients and the held update and
-        the rows are of one bar; False (nothing done) otherwise."""
+        """The held data_update of ``key`` and ``made``, the frames of ``encoder``'s group
+        (:meth:`_group_frames_of`), one entry to each client (the data_update's slot: a
+        later update of the bar replaces it all), when the group's holders are the key's
+        data_update clients and the held update and the rows are of one bar; False (nothing
+        done) otherwise."""
         held = fanout.held(key)
         targets = fanout.deliver.get(key)
         if held is None or len(held) != 1 or not targets:
@@ -351,9 +350,6 @@ class Indicating:
             if targets.keys() != holders:
                 return False
             self._joinable[key] = (holders, fanout.deliver_changes)
-        made = self._group_frames_of(encoder, dates)
-        if made is None:
-            return False
         bar_time, entry = made
         frame = held.get(bar_time)
         if frame is None:
