@@ -1,6 +1,6 @@
 """Logging setup, once per process (the hub, every provider process, ``populate.py``).
 
-:func:`configure` installs one stderr handler on the root logger with two filters:
+:func:`configure` installs one stderr handler on the root logger with these filters:
 
 - :class:`RedactSecrets` replaces every configured secret value (the settings' ``SecretStr``
   fields, and environment variables named like keys, secrets, tokens and passwords) with
@@ -8,6 +8,8 @@
 - :class:`RateLimitTracebacks` lets a traceback from one place through at most once per
   interval and counts the repeats it held back, so a client that triggers a bug in a loop
   cannot flood the log;
+- :class:`EscapeControls` escapes control characters and line breaks in the message, so a
+  client's text quoted in a record (a symbol name with a newline, say) cannot forge a line;
 - :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
   logs a traceback for invalid UTF-8 in a text frame) into one INFO line.
 
@@ -47,6 +49,7 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
     handler.addFilter(ClientFaults())
     handler.addFilter(RateLimitTracebacks())
     handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
+    handler.addFilter(EscapeControls())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -114,6 +117,29 @@ class RedactSecrets(logging.Filter):
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+
+# C0 and C1 controls but the tab, DEL, and Unicode's line and paragraph separators
+_ESCAPES = {
+    code: repr(chr(code))[1:-1]
+    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
+    if code != 0x09
+}
+
+
+class EscapeControls(logging.Filter):
+    """One record, one line: the control characters of its message are escaped as Python
+    does (``\\n``, ``\\x1b``, ...). Its traceback is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # bad %-arguments: the handler reports those itself
+            return True
+        escaped = message.translate(_ESCAPES)
+        if escaped != message:
+            record.msg, record.args = escaped, None
+        return True
 
 
 class RateLimitTracebacks(logging.Filter):

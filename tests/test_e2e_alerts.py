@@ -112,14 +112,14 @@ async def test_an_alert_delivers_push_webhook_and_notification_and_again_after_a
     assert fired == sorted(set(fired)), "one webhook call per false -> true transition"
 
 
-def rsi_alert(message: str, indicator_id: str, **extra: Any) -> dict[str, Any]:
+def rsi_alert(message: str, indicator_id: str, period: int = 14, **extra: Any) -> dict[str, Any]:
     """``RSI(14) of the 1m closes > 0``: true on every bar once the warm-up is over."""
-    label = "RSI timeperiod=14"
+    label = f"RSI timeperiod={period}"
     config = {
         "type": "indicator",
         "id": "rsi-csv-1m",
         "indicator": {"id": indicator_id, "name": "RSI", "type": "indicator"},
-        "inputs": {"timeperiod": "14"},
+        "inputs": {"timeperiod": str(period)},
         "dataMap": {"close": {**SERIES, "value": "csv-BTCUSD-1m-close", "dataKey": "close"}},
     }
     rule = {
@@ -147,6 +147,11 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         fake.gone("dead")
         await client.send(rsi_alert("no such", "talib.nothing.NOPE"))
         await client.wait_for("error", lambda m: m.get("code") == "unknown_indicator")
+        # in range, but about 350,000 bars of warm-up: refused as `indicator` refuses it,
+        # never loaded and recomputed on every update
+        await client.send(rsi_alert("long", "talib.momentum.RSI", period=100_000))
+        long = await client.wait_for("error", lambda m: m.get("code") == "not_enough_history")
+        assert "at most 10000" in long["message"]
         await client.send(alert("short", fake.subscription("short"), owner="o2"))
         await client.send(alert("to a dead browser", fake.subscription("dead"), owner="o2"))
         await client.send(alert("deleted", None, owner="o2"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +180,63 @@ async def test_hostile_rules_get_an_error_and_an_ended_scan(
     await client.send({"type": "ping", "id": what})
     await client.wait_for("pong")
     assert len(json.dumps(error)) < 4096  # the echo is bounded
+
+
+def long_rsi_rule(period: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """A rule ``RSI(period) > 0`` and its ``indicators`` map."""
+    entry = rsi_entry()
+    entry["indicator"]["inputs"] = {"timeperiod": str(period)}
+    label = f"RSI timeperiod={period}"
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "indicator_interval1": "1h",
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    return rule, {label: entry}
+
+
+def server_log(server: ServerProcess) -> str:
+    return Path(server.log_path).read_text()
+
+
+UNSERVABLE: list[tuple[str, dict[str, str], str]] = [
+    (
+        "an unknown symbol",
+        close_rule(">", 0) | {"name1": "NOPE\nforged log line"},
+        "unknown_symbol",
+    ),
+    ("an unknown source", close_rule(">", 0) | {"source1": "nowhere"}, "unknown_source"),
+]
+
+
+@pytest.mark.parametrize(("what", "rule", "code"), UNSERVABLE, ids=[u[0] for u in UNSERVABLE])
+async def test_a_rule_on_a_series_that_cannot_be_served_is_refused_before_the_scan(
+    client: WsClient, server: ServerProcess, what: str, rule: dict[str, str], code: str
+) -> None:
+    """Not the template symbol (each symbol replaces that one): the same series for every
+    symbol, so no symbol could be scanned. Refused at once, no provider asked."""
+    await client.send(scan([close_rule(">", 0), rule]))
+    error = await client.wait_for("error")
+    assert error["code"] == code, error
+    done = await finished(client, timeout=5)
+    assert done["stopped"] and done["total"] == 0
+    assert client.of_type("scan_progress")[-1]["message"].startswith("Error: ")
+    assert "forged log line" not in server_log(server)
+
+
+async def test_a_rule_on_an_indicator_longer_than_a_request_may_load_is_refused(
+    client: WsClient,
+) -> None:
+    """RSI(100000) needs about 350,000 bars of warm-up: refused like ``indicator`` refuses
+    it, not loaded and computed for every symbol."""
+    rule, indicators = long_rsi_rule(100_000)
+    await client.send(scan([rule], indicators=indicators))
+    error = await client.wait_for("error")
+    assert error["code"] == "not_enough_history", error
+    assert "at most 10000" in error["message"]
+    done = await finished(client, timeout=5)
+    assert done["stopped"] and done["total"] == 0

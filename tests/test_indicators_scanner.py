@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from backend.errors import UnknownSymbol
+from backend.errors import IndicatorError, UnknownSymbol
 from backend.indicators.registry import Indicators, build_indicators
 from backend.indicators.rules import RuleSet, parse_rule_set
-from backend.indicators.scanner import ScanLimits, Symbol, run_scan
+from backend.indicators.scanner import ScanLimits, Symbol, bind_rules, run_scan
 from backend.model.bars import Bar, SeriesId
 from tests.harness import eventually
 from tests.test_indicators_engine import make_bars
@@ -114,6 +114,20 @@ async def test_an_indicator_rule_fetches_only_the_bounded_tail_it_needs(
     _, sent = await scan(rsi_rule(), universe(3), store, indicators)
     assert {n for _, n in store.asked} == {466}  # RSI(14) tail 465 + the previous bar
     assert sent[-1]["scanned"] == 3
+
+
+async def test_a_rule_reads_at_most_max_bars_and_refuses_an_indicator_that_needs_more(
+    indicators: Indicators,
+) -> None:
+    store = Store()
+    _, sent = await scan(rsi_rule(), universe(3), store, indicators, max_bars=100)
+    assert {n for _, n in store.asked} == {100}  # the tail of 466 cut to max_bars
+    assert sent[-1]["scanned"] == 3
+    assert bind_rules(rsi_rule(), indicators, 16)  # 14 bars of warm-up, the newest, one before
+    with pytest.raises(IndicatorError) as refused:
+        bind_rules(rsi_rule(), indicators, 15)
+    assert refused.value.code == "not_enough_history"
+    assert "needs more than 15 bars; a rule reads at most 15" in refused.value.message
 
 
 async def test_a_scan_runs_a_bounded_number_of_symbols_at_once(indicators: Indicators) -> None:

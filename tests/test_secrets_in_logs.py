@@ -63,6 +63,27 @@ def test_a_secret_is_masked_in_the_message_its_arguments_and_the_traceback() -> 
     assert "ValueError: rejected ***" in text
 
 
+def test_a_client_text_with_line_breaks_cannot_forge_a_log_line() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.EscapeControls())
+    logger = logging.getLogger(f"test.escape.{id(stream)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    forged = "X\n2026-01-01 00:00:00,000 ERROR   [hub] backend.app: forged\r\x1b[2K\u2028"
+    logger.warning("csv: unknown symbol %r", forged)
+    logger.warning("unknown symbol " + forged)  # in the message itself, too
+    try:
+        raise ValueError("two\nlines")
+    except ValueError:
+        logger.exception("failed: %s", "tab\tkept")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "csv: unknown symbol " + repr(forged)  # %r escapes already
+    assert lines[1].startswith("unknown symbol X\\n2026-01-01") and "\\x1b[2K\\u2028" in lines[1]
+    assert lines[2] == "failed: tab\tkept"
+    assert lines[-2:] == ["ValueError: two", "lines"]  # the traceback as it is
+
+
 def test_short_values_are_not_treated_as_secrets() -> None:
     logger, stream = capture(["k", "ab"])
     logger.info("keep a b k ab")

@@ -37,16 +37,14 @@ from backend.alerts.store import AlertStore, Row
 from backend.alerts.vapid import VapidKeys
 from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
 from backend.hub.clients import Client
-from backend.indicators.engine import bind
 from backend.indicators.rules import (
-    IndicatorOperand,
     Operand,
     Pair,
     RuleSet,
     evaluate,
     parse_rule_set,
 )
-from backend.indicators.scanner import symbol_values
+from backend.indicators.scanner import bind_rules, symbol_values
 from backend.model import intervals
 from backend.model.bars import FIELDS, Bar, SeriesId
 from backend.wire import protocol
@@ -301,7 +299,10 @@ class Alerting:
                 async with self._compute_limit:
                     try:
                         values = await symbol_values(
-                            alert.rule_set, self._fetch, self.hub.indicating.indicators
+                            alert.rule_set,
+                            self._fetch,
+                            self.hub.indicating.indicators,
+                            self.hub.settings.MAX_COUNT,
                         )
                     except (ProviderError, StorageError, IndicatorError) as exc:
                         logger.warning("alert %d: no values (%s)", alert.id, exc)
@@ -323,12 +324,9 @@ class Alerting:
         return list(answer.bars)
 
     def _bind(self, rule_set: RuleSet) -> None:
-        """Check the indicators an alert names (``IndicatorError`` with its code)."""
-        indicators = self.hub.indicating.indicators
-        for operand in rule_set.operands():
-            if isinstance(operand, IndicatorOperand):
-                config = operand.config
-                bind(indicators, config.indicator_id, config.inputs, config.bindings)
+        """Check the indicators an alert names (``IndicatorError`` with its code), also
+        that each needs at most ``MAX_COUNT`` bars."""
+        bind_rules(rule_set, self.hub.indicating.indicators, self.hub.settings.MAX_COUNT)
 
     async def _seed(self, key: SeriesId) -> None:
         """Evaluate ``key``'s alerts on its newest cached or stored bars (a new or resumed

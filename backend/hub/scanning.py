@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from backend import tasks
+from backend.alerts.model import series_of
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
 from backend.indicators import messages
-from backend.indicators.scanner import ScanLimits, Symbol, run_scan
+from backend.indicators.scanner import ScanLimits, Symbol, bind_rules, run_scan
 from backend.model.bars import Bar, SeriesId
 from backend.symbols.index import MAX_SEARCH_LIMIT
 from backend.wire import protocol
@@ -45,17 +46,23 @@ class Scanning:
         self.hub = hub
         self.indicating = indicating
         self.limit = asyncio.Semaphore(SYMBOLS_AT_ONCE)
-        self.limits = ScanLimits(per_scan=PER_SCAN)
+        self.limits = ScanLimits(per_scan=PER_SCAN, max_bars=hub.settings.MAX_COUNT)
         self.running: dict[int, asyncio.Event] = {}
         self._tasks: tasks.Tasks = set()
 
     async def start(self, client: Client, request: messages.ScanRequest, raw: Any) -> None:
         """Stop the client's running scan, then scan ``request.search``'s universe."""
         self.stop(client.id)
-        if len(self.running) >= MAX_SCANS:
-            error = ProtocolError("limit_reached", f"{MAX_SCANS} scans are running; try later")
-            self.indicating.refuse(client, raw, error)
+        try:
+            await self._check(request)
+            if len(self.running) >= MAX_SCANS:
+                raise ProtocolError("limit_reached", f"{MAX_SCANS} scans are running; try later")
+        except ProtocolError as exc:
+            if client.id in self.hub.clients:
+                self.indicating.refuse(client, raw, exc)
             return
+        if client.id not in self.hub.clients:
+            return  # gone while its rules were checked
         stop = asyncio.Event()
         self.running[client.id] = stop
         tasks.start_owned(
@@ -64,6 +71,16 @@ class Scanning:
             f"scan of client {client.id}",
             lambda error: self._failed(client),
         )
+
+    async def _check(self, request: messages.ScanRequest) -> None:
+        """Refuse a scan that would fail for every symbol: an indicator that cannot be
+        bound or reads more than ``MAX_COUNT`` bars, or a series its rules name for every
+        symbol (not the template's, which each symbol replaces) that cannot be served:
+        ``ProtocolError`` with its code, and no provider is asked for it."""
+        bind_rules(request.rules, self.indicating.indicators, self.limits.max_bars)
+        for key in series_of(request.rules):
+            if request.template is None or (key.source, key.name) != request.template:
+                await self.hub.requests.validate(key)
 
     def stop(self, client_id: int) -> None:
         """Stop the scan of ``client_id`` at once (``scan_stop``, a new scan, leaving)."""

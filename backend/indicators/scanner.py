@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.errors import CandlewireError
+from backend.errors import CandlewireError, IndicatorError
 from backend.indicators import messages
 from backend.indicators.engine import BoundIndicator, bind, compute
 from backend.indicators.registry import Indicators
@@ -40,6 +40,7 @@ AsyncFetch = Callable[[SeriesId, int], Awaitable[Sequence[Bar]]]
 """``fetch(series, n)``: the last ``n`` bars of ``series`` (fewer if there are not)."""
 Emit = Callable[[dict[str, Any]], None]
 FULL_HISTORY_BARS = 1000  # for indicators without a bounded tail (VWAP, SAR, ...)
+MAX_RULE_BARS = 10_000  # bars a rule reads per series at most (the hub passes its MAX_COUNT)
 _FIELD_INDEX = {name: index + 1 for index, name in enumerate(FIELDS)}
 
 
@@ -66,6 +67,7 @@ class ScanLimits:
     per_scan: int = 4
     symbol_timeout: float = 10.0
     max_symbols: int = 5000
+    max_bars: int = MAX_RULE_BARS  # per series and symbol (:func:`bind_rules`)
 
 
 async def run_scan(
@@ -140,7 +142,7 @@ async def _scan_symbol(
     bound = rules.rebound(template, (symbol.source, symbol.name)) if template else rules
     try:
         async with asyncio.timeout(limits.symbol_timeout):
-            values = await symbol_values(bound, fetch, indicators)
+            values = await symbol_values(bound, fetch, indicators, limits.max_bars)
     except (CandlewireError, TimeoutError) as exc:
         logger.debug("scan: skipped %s:%s: %s", symbol.source, symbol.name, exc)
         outcome.skipped.append(f"{symbol.source}:{symbol.name}")
@@ -153,18 +155,13 @@ async def _scan_symbol(
 
 
 async def symbol_values(
-    rules: RuleSet, fetch: AsyncFetch, indicators: Indicators
+    rules: RuleSet, fetch: AsyncFetch, indicators: Indicators, max_bars: int = MAX_RULE_BARS
 ) -> dict[int, Pair]:
     """(previous, newest) value of every operand of ``rules`` (by ``id(operand)``: operands
-    hold client dicts and are not hashable), from one fetch per series."""
-    bound = {
-        id(operand): bind(
-            indicators, operand.config.indicator_id, operand.config.inputs, operand.config.bindings
-        )
-        for operand in rules.operands()
-        if isinstance(operand, IndicatorOperand)
-    }
-    needed = _bars_needed(rules.operands(), bound)
+    hold client dicts and are not hashable), from one fetch per series of at most
+    ``max_bars`` bars."""
+    bound = bind_rules(rules, indicators, max_bars)
+    needed = _bars_needed(rules.operands(), bound, max_bars)
     bars = {series: await fetch(series, count) for series, count in needed.items()}
     values: dict[int, Pair] = {}
     for operand in rules.operands():
@@ -177,8 +174,32 @@ async def symbol_values(
     return values
 
 
+def bind_rules(
+    rules: RuleSet, indicators: Indicators, max_bars: int = MAX_RULE_BARS
+) -> dict[int, BoundIndicator]:
+    """Every indicator ``rules`` read, bound (by ``id(operand)``); ``IndicatorError`` for an
+    unknown one, bad inputs, or one whose warm-up and previous value need more than
+    ``max_bars`` bars (as ``indicator`` refuses one that needs more than it loads: a rule
+    must not make every update, or every symbol of a scan, load and compute a long
+    history)."""
+    bound: dict[int, BoundIndicator] = {}
+    for operand in rules.operands():
+        if not isinstance(operand, IndicatorOperand):
+            continue
+        config = operand.config
+        one = bind(indicators, config.indicator_id, config.inputs, config.bindings)
+        if one.lookback + 2 > max_bars:  # the newest value and the one before (crosses)
+            raise IndicatorError(
+                "not_enough_history",
+                f"{one.indicator.name} needs more than {one.lookback + 1} bars; "
+                f"a rule reads at most {max_bars}",
+            )
+        bound[id(operand)] = one
+    return bound
+
+
 def _bars_needed(
-    operands: Sequence[Operand], bound: Mapping[int, BoundIndicator]
+    operands: Sequence[Operand], bound: Mapping[int, BoundIndicator], max_bars: int
 ) -> dict[SeriesId, int]:
     needed: dict[SeriesId, int] = {}
     for operand in operands:
@@ -187,6 +208,7 @@ def _bars_needed(
         elif isinstance(operand, IndicatorOperand):
             indicator = bound[id(operand)]
             count = (indicator.tail_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
+            count = min(count, max_bars)
             for series in indicator.series:
                 needed[series] = max(needed.get(series, 0), count)
     return needed
