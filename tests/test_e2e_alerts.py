@@ -6,6 +6,7 @@ extensions (socket and ``/api/alerts``)."""
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,9 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         await client.wait_for("error", lambda m: m.get("code") == "not_found")
         await client.send({"type": "alert_delete", "id": created[0]["id"], "owner": "someone"})
         await client.wait_for("error", lambda m: m.get("code") == "not_found", after=0)
+        for huge in (2**63, 10**20, -(2**63) - 1, 0):  # past SQLite's integers: was a 500
+            status, body = _delete(server, f"/api/alerts/{huge}?owner=o2")
+            assert (status, body["error"]) == (404, "not_found"), (huge, status, body)
 
         await eventually(lambda: "Alert expired: short" in fake.titles("short"), 20, "expiry")
         assert _get(server, "/api/alerts?owner=o2")["alerts"] == []
@@ -244,6 +248,15 @@ async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
 def _get(server: ServerProcess, path: str) -> Any:
     with urllib.request.urlopen(server.url + path, timeout=10) as response:
         return json.loads(response.read())
+
+
+def _delete(server: ServerProcess, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(server.url + path, method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
 
 
 def _alert(server: ServerProcess, owner: str, alert_id: int) -> dict[str, Any]:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_ALERT_ID = 2**63 - 1  # SQLite's largest integer: no alert has a larger id
 OWNER = 0  # the subscriber id of the alerts (hub clients count from 1)
 LANE = ("alerts",)
 SWEEP_SECONDS = 1.0
@@ -183,7 +184,12 @@ class Alerting:
         """Remove the alert ``alert_id`` of that endpoint or owner (else ``not_found``),
         wherever it is evaluated."""
         missing = ProtocolError("not_found", f"no alert {str(alert_id)[:40]} of yours")
-        if not isinstance(alert_id, int) or not (endpoint or owner) or self.store is None:
+        if (
+            not isinstance(alert_id, int)
+            or not 0 < alert_id <= MAX_ALERT_ID
+            or not (endpoint or owner)
+            or self.store is None
+        ):
             raise missing
         alert = self.alerts.get(alert_id)
         elsewhere = alert is None and self.worker.count > 1  # another worker evaluates it
