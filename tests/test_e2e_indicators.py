@@ -332,6 +332,33 @@ async def test_unsubscribing_the_key_stops_its_indicator_updates(client: WsClien
     assert not [m for m in client.of_type("indicator_update", after) if m["id"] == chart_id]
 
 
+async def test_unsubscribing_stops_an_indicator_streamed_without_a_data_subscription(
+    client: WsClient, server: ServerProcess
+) -> None:
+    """The key streams for another client; this one holds only an indicator over it: its
+    ``unsubscribe`` stops the indicator (it was answered ``not_subscribed`` and the updates
+    went on)."""
+    other = await WsClient.open(server.ws_url)
+    try:
+        await other.send(data("CCC", "1m", count=10))
+        await other.wait_for("data_init", same_key("CCC", "1m"))
+        chart_id = "ema_only_CCC"
+        data_map = {"close": column("CCC", "1m")}
+        await client.send(indicator("talib.overlap.EMA", chart_id, {"timeperiod": 5}, data_map))
+        await client.wait_for("indicator_update", same_id(chart_id))
+        await client.send(
+            {"type": "unsubscribe", "source": "counting", "name": "CCC", "interval": "1m"}
+        )
+        gone = await client.wait_for("unsubscribed", same_key("CCC", "1m"))
+        after = next(i for i, m in enumerate(client.messages) if m is gone)
+        for _ in range(3):  # the key keeps streaming to the other client meanwhile
+            await other.wait_for("data_update", same_key("CCC", "1m"), after=len(other.messages))
+        assert not [m for m in client.of_type("indicator_update", after) if m["id"] == chart_id]
+        assert not [m for m in client.of_type("error", after) if m.get("code") == "not_subscribed"]
+    finally:
+        await other.close()
+
+
 async def test_indicators_resume_after_a_reconnect_and_resubscribe(server: ServerProcess) -> None:
     chart_id = "sma_again_AAA"
     requests = (

@@ -305,12 +305,16 @@ class Hub:
         return change
 
     def unsubscribe(self, client: Client, key: SeriesId) -> Change:
-        """Undo ``subscribe``; the upstream stops after the linger when nobody is left."""
+        """Undo ``subscribe``; the upstream stops after the linger when nobody is left. The
+        client's live indicators over ``key`` stop too, also those it streams without a
+        ``data`` subscription of ``key`` (then the change is ``REMOVED``, not ``ABSENT``)."""
         change = self.subs.remove(client.id, key)
         if change is not Change.ABSENT:
             self.fanout.stop_delivery(client.id, key)
             self.indicating.drop_series(client.id, key)
             self.upstream.sync(key, client.id)
+        elif self.indicating.drop_series(client.id, key):
+            return Change.REMOVED
         return change
 
     def watch(self, client: Client, key: SeriesId, listener: BarListener) -> None:

@@ -192,10 +192,12 @@ class Indicating:
         self.live.drop_client(client_id)
         self._prune()
 
-    def drop_series(self, client_id: int, key: SeriesId) -> None:
-        """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop."""
-        self.live.drop_series(client_id, key)
+    def drop_series(self, client_id: int, key: SeriesId) -> bool:
+        """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop; whether it
+        had any."""
+        dropped = self.live.drop_series(client_id, key)
         self._prune()
+        return dropped > 0
 
     def _prune(self) -> None:
         """Forget the tails and update times of series no indicator reads any more."""

@@ -166,11 +166,15 @@ class LiveIndicators:
         for chart_id in list(self._by_client.get(client, {})):
             self.unsubscribe(client, chart_id)
 
-    def drop_series(self, client: Hashable, series: SeriesId) -> None:
-        """Forget the indicators of ``client`` that read ``series`` (it unsubscribed)."""
+    def drop_series(self, client: Hashable, series: SeriesId) -> int:
+        """Forget the indicators of ``client`` that read ``series`` (it unsubscribed); how
+        many there were."""
+        dropped = 0
         for chart_id, key in list(self._by_client.get(client, {}).items()):
             if series in self._shared[key].computation.bound.series:
                 self.unsubscribe(client, chart_id)
+                dropped += 1
+        return dropped
 
     def held_by(self, client: Hashable) -> list[str]:
         return sorted(self._by_client.get(client, {}))
