@@ -276,3 +276,17 @@ async def test_oversized_headers_get_431_and_the_connection_closes(server: Serve
     answer = await raw_exchange(server, big, 10)
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
     assert http(server, "/health")[0] == 200
+
+
+async def test_a_body_or_pipelined_requests_read_with_a_head_do_not_count_as_head(
+    server: ServerProcess,
+) -> None:
+    """Both used to be 431: the whole read was counted as the head."""
+    body = b"x" * 100_000
+    head = b"POST /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    answer = await raw_exchange(server, head % len(body) + body, 10)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:80]  # /health takes no POST
+    one = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await raw_exchange(server, one * 1999 + last, 30)
+    assert answer.count(b"HTTP/1.1 200") == 2000, answer[:80]

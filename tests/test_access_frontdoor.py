@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.access.frontdoor import GuardedHttp
 from tests.harness import ServerProcess, base_env, eventually, populate, seconds
 
 FD_LIMIT = 160
@@ -88,3 +89,14 @@ def _healthy(server: ServerProcess) -> bool:
         return bool(server.get("/health")["status"] == "ok")
     except OSError:
         return False
+
+
+def test_the_head_ends_at_its_blank_line_also_when_it_straddles_two_reads() -> None:
+    guard = object.__new__(GuardedHttp)  # the counting alone, without a connection
+    guard._head_tail = b""
+    first = b"GET / HTTP/1.1\r\nHost: x\r\n\r"
+    assert guard._head_part(first) == len(first)  # no end yet
+    assert guard._head_part(b"\nbody bytes") == 1  # the head's last byte; then the body
+    guard._head_tail = b""
+    head = b"GET / HTTP/1.1\r\n\r\n"
+    assert guard._head_part(head + head + b"body") == len(head)  # the pipelined one is not

@@ -5,7 +5,8 @@ forever: a slowloris client holds a connection, and a few megabytes of header li
 kept in memory. :func:`guarded_http` makes uvicorn's protocol class with two limits: a
 request head (request line and headers) must be complete within ``header_timeout`` seconds
 of its first byte or of the connection (else the connection is closed), and may be at most
-``max_head_bytes`` long (else ``431 Request Header Fields Too Large`` and close). uvicorn
+``max_head_bytes`` long (else ``431 Request Header Fields Too Large`` and close; a body or
+pipelined requests read with it do not count). uvicorn
 itself provides the keep-alive timeout and ``limit_concurrency`` (``server.py``). After a
 WebSocket upgrade the HTTP protocol object is let go at once (see
 :meth:`GuardedHttp.handle_websocket_upgrade`).
@@ -46,6 +47,7 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = 0
+        self._head_tail = b""
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
 
@@ -53,11 +55,23 @@ class GuardedHttp(HttpToolsProtocol):
         if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm_head_timer()  # the next request on a kept-alive connection
         if self._head_timer is not None:
-            self._head_bytes += len(data)
+            self._head_bytes += self._head_part(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head()
                 return
         super().data_received(data)
+
+    def _head_part(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the request head being read: up to the blank
+        line that ends it (a body or pipelined requests may follow it in the same read),
+        found also when it straddles two reads."""
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = seen[-3:]
+            return len(data)
+        self._head_tail = b""
+        return max(0, end + 4 - (len(seen) - len(data)))
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
@@ -77,6 +91,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _arm_head_timer(self) -> None:
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far (its end may straddle)
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
@@ -84,6 +99,7 @@ class GuardedHttp(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         self._head_bytes = 0
+        self._head_tail = b""
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
