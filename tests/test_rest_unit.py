@@ -148,6 +148,7 @@ async def test_a_symbol_with_no_interval_list_offers_every_interval(
         (history(count=1001), 400, "count_out_of_range", "1..1000"),
         (history(count="many"), 400, "invalid_field", "'count' must be a number"),
         (history(count="nan"), 400, "invalid_field", "finite"),
+        (history(count="5.5"), 400, "invalid_field", "'count' must be an integer"),
         (history(end="yesterday"), 400, "invalid_field", "'yesterday'"),
         (history(format="xml"), 400, "invalid_field", "format"),
         ({"source": "csv", "name": "BTCUSD"}, 400, "missing_field", "'interval'"),

@@ -117,7 +117,7 @@ async def thumbnail_svg(theme: str) -> Response:
 @router.get(SYMBOL_OPTIONS_PATH)
 async def symbol_options(request: Request, query: str = "", source: str = "") -> Response:
     """``[{label, value}]`` from the symbol database, for the symbol dropdowns."""
-    limit, problem = int_param(request, "limit")
+    limit, problem = int_param(request, "limit", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     limit = max(1, min(limit or DEFAULT_OPTIONS, MAX_OPTIONS))
@@ -154,7 +154,7 @@ async def live_grid(request: Request) -> Response:
 async def bars_table(request: Request, symbol: str = "", interval: str = "1h") -> Response:
     """The last ``count`` bars (including the forming one) of one symbol and interval."""
     hub = _hub(request)
-    count, problem = int_param(request, "count")
+    count, problem = int_param(request, "count", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     count = DEFAULT_BARS if count is None else count

@@ -65,7 +65,7 @@ async def symbols(
     request: Request, q: str = "", source: str | None = None
 ) -> dict[str, Any] | Response:
     """Search the symbol database (the same search as ``search_data``)."""
-    limit, problem = int_param(request, "limit")
+    limit, problem = int_param(request, "limit", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     limit = DEFAULT_SYMBOLS if limit is None else limit
@@ -88,7 +88,7 @@ async def history(
     hub = _hub(request)
     if not (source and name and interval):
         return _error(400, "missing_field", "history needs 'source', 'name' and 'interval'")
-    count, problem = int_param(request, "count")
+    count, problem = int_param(request, "count", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     if format not in ("json", "csv"):

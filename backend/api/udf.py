@@ -395,8 +395,10 @@ async def symbol_types(hub: Hub) -> list[dict[str, str]]:
     ]
 
 
-def int_param(request: Request, name: str) -> tuple[int | None, str | None]:
-    """An optional integer query parameter: ``(value, None)`` or ``(None, problem)``."""
+def int_param(request: Request, name: str, whole: bool = False) -> tuple[int | None, str | None]:
+    """An optional integer query parameter: ``(value, None)`` or ``(None, problem)``. A
+    fraction is cut to its integer part (UDF clients may send times with one), or with
+    ``whole`` is a problem (a count, as ``/websocket/`` checks it: ``5.0`` is 5)."""
     raw = request.query_params.get(name)
     if raw is None or not raw.strip():
         return None, None
@@ -406,6 +408,8 @@ def int_param(request: Request, name: str) -> tuple[int | None, str | None]:
         return None, f"{name!r} must be a number, not {quote(raw)}"
     if not math.isfinite(number):
         return None, f"{name!r} must be a finite number"
+    if whole and not number.is_integer():
+        return None, f"{name!r} must be an integer"
     return int(number), None
 
 
