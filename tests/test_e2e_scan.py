@@ -61,6 +61,23 @@ def rsi_entry() -> dict[str, Any]:
     }
 
 
+def rsi_rule(period: int = 14) -> tuple[dict[str, str], dict[str, Any]]:
+    """A rule ``RSI(period) > 0`` on the template symbol, and its ``indicators`` map."""
+    entry = rsi_entry()
+    entry["indicator"]["inputs"] = {"timeperiod": str(period)}
+    label = f"RSI timeperiod={period}"
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "indicator_interval1": "1h",
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    return rule, {label: entry}
+
+
 def scan(
     rules: list[Any], search: str = "test", operators: list[str] | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -108,17 +125,8 @@ async def test_a_scan_without_matches_still_says_it_is_done(client: WsClient) ->
 
 
 async def test_a_scan_on_an_indicator_rule_rebinds_it_to_each_symbol(client: WsClient) -> None:
-    label = "RSI timeperiod=14"
-    rule = {
-        "type1": "indicator",
-        "indicator1": label,
-        "indicator_interval1": "1h",
-        "output1": "RSI",
-        "comparator": ">",
-        "type2": "value",
-        "value2": "0",
-    }
-    await client.send(scan([rule], indicators={label: rsi_entry()}))
+    rule, indicators = rsi_rule()
+    await client.send(scan([rule], indicators=indicators))
     done = await finished(client)
     assert done["matched"] == 3
     results = client.of_type("scan_result")
@@ -182,23 +190,6 @@ async def test_hostile_rules_get_an_error_and_an_ended_scan(
     assert len(json.dumps(error)) < 4096  # the echo is bounded
 
 
-def long_rsi_rule(period: int) -> tuple[dict[str, str], dict[str, Any]]:
-    """A rule ``RSI(period) > 0`` and its ``indicators`` map."""
-    entry = rsi_entry()
-    entry["indicator"]["inputs"] = {"timeperiod": str(period)}
-    label = f"RSI timeperiod={period}"
-    rule = {
-        "type1": "indicator",
-        "indicator1": label,
-        "indicator_interval1": "1h",
-        "output1": "RSI",
-        "comparator": ">",
-        "type2": "value",
-        "value2": "0",
-    }
-    return rule, {label: entry}
-
-
 def server_log(server: ServerProcess) -> str:
     return Path(server.log_path).read_text()
 
@@ -233,7 +224,7 @@ async def test_a_rule_on_an_indicator_longer_than_a_request_may_load_is_refused(
 ) -> None:
     """RSI(100000) needs about 350,000 bars of warm-up: refused like ``indicator`` refuses
     it, not loaded and computed for every symbol."""
-    rule, indicators = long_rsi_rule(100_000)
+    rule, indicators = rsi_rule(100_000)
     await client.send(scan([rule], indicators=indicators))
     error = await client.wait_for("error")
     assert error["code"] == "not_enough_history", error
