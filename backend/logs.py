@@ -5,9 +5,10 @@
 - :class:`RedactSecrets` replaces every configured secret value (the settings' ``SecretStr``
   fields, and environment variables named like keys, secrets, tokens and passwords) with
   ``***`` in the message, its arguments and its traceback, at every level;
-- :class:`RateLimitTracebacks` lets a traceback from one place through at most once per
-  interval and counts the repeats it held back, so a client that triggers a bug in a loop
-  cannot flood the log;
+- :class:`RateLimitRepeats` lets a traceback from one place through at most once per
+  interval, and a warning or error from one place at most ``WARNING_BURST`` times, and counts
+  the repeats it held back, so a client that triggers a bug in a loop, or an upstream that
+  sends garbage a thousand times a second, cannot flood the log;
 - :class:`EscapeControls` escapes control characters and line breaks in the message, so a
   client's text quoted in a record (a symbol name with a newline, say) cannot forge a line;
 - :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
@@ -20,6 +21,7 @@ every frame it sends at DEBUG, the Polygon auth frame among them) at INFO or abo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -36,6 +38,7 @@ SECRET_ENV_SUFFIXES = ("_KEY", "_KEYS", "_SECRET", "_TOKEN", "_PASSWORD")
 # Loggers that log frame or request payloads at DEBUG.
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
+WARNING_BURST = 10  # warnings and errors without a traceback from one place per interval
 # Records of libraries that log a client's fault with a traceback: (logger, message).
 CLIENT_FAULTS = frozenset({("uvicorn.error", "Invalid UTF-8 sequence received from client.")})
 
@@ -47,7 +50,7 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
         logging.Formatter(f"%(asctime)s %(levelname)-7s [{process_name}] %(name)s: %(message)s")
     )
     handler.addFilter(ClientFaults())
-    handler.addFilter(RateLimitTracebacks())
+    handler.addFilter(RateLimitRepeats())
     handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
     handler.addFilter(EscapeControls())
     root = logging.getLogger()
@@ -142,31 +145,39 @@ class EscapeControls(logging.Filter):
         return True
 
 
-class RateLimitTracebacks(logging.Filter):
-    """At most one record with a traceback per place (logger, file, line, message template,
-    exception type) per ``interval`` seconds; the next one that passes says how many were
-    held back. Records without a traceback always pass."""
+class RateLimitRepeats(logging.Filter):
+    """Per place (logger, file, line, message template, exception type) and ``interval``
+    seconds: at most one record with a traceback, and at most ``burst`` warnings or errors
+    without one; the first that passes in a later interval says how many were held back.
+    Records below WARNING always pass."""
 
-    def __init__(self, interval: float = TRACEBACK_INTERVAL) -> None:
+    def __init__(self, interval: float = TRACEBACK_INTERVAL, burst: int = WARNING_BURST) -> None:
         super().__init__()
         self.interval = interval
-        self._places: dict[tuple[Any, ...], tuple[float, int]] = {}
+        self.burst = burst
+        # place -> (start of its interval, records passed in it, records held back in it)
+        self._places: dict[tuple[Any, ...], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info:
+        if not record.exc_info and record.levelno < logging.WARNING:
             return True
-        exc_type = record.exc_info[0]
+        exc_type = record.exc_info[0] if record.exc_info else None
         place = (record.name, record.pathname, record.lineno, str(record.msg), exc_type)
+        allowed = 1 if record.exc_info else self.burst
         now = time.monotonic()
-        last, held = self._places.get(place, (-self.interval, 0))
-        if now - last < self.interval:
-            self._places[place] = (last, held + 1)
+        start, passed, held = self._places.get(place, (-math.inf, 0, 0))
+        note = ""
+        if now - start >= self.interval:
+            if held:
+                note = f" ({held} more like this in the last {now - start:.0f} s were not logged)"
+            if len(self._places) > 1000:
+                self._places.clear()
+            start, passed, held = now, 0, 0
+        if passed >= allowed:
+            self._places[place] = (start, passed, held + 1)
             return False
-        if len(self._places) > 1000:
-            self._places.clear()
-        self._places[place] = (now, 0)
-        if held:
-            note = f" ({held} more like this in the last {now - last:.0f} s were not logged)"
+        self._places[place] = (start, passed + 1, held)
+        if note:
             record.msg = str(record.msg) + note.replace("%", "%%")
         return True
 

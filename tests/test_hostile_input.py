@@ -4,7 +4,7 @@ Every frame in ``HOSTILE`` is sent to ``/websocket/`` and to the OpenBB live-gri
 afterwards the same socket still answers (a ping on ``/websocket/``, a params message on
 the grid), no reply is larger than about a kilobyte, and the server log has no traceback.
 Unit tests cover the pieces: frame decoding and depth (:mod:`backend.wire.protocol`), the
-bounded echo, and the traceback rate limit (:class:`backend.logs.RateLimitTracebacks`).
+bounded echo, and the traceback rate limit (:class:`backend.logs.RateLimitRepeats`).
 """
 
 from __future__ import annotations
@@ -174,7 +174,9 @@ def test_the_live_grid_reads_deep_or_broken_frames_as_no_params_message() -> Non
         assert openbb_grid.parse_params_message(text) is None
 
 
-def records(handler_filter: logging.Filter, count: int, line: int = 1) -> list[str]:
+def records(
+    handler_filter: logging.Filter, count: int, line: int = 1, traceback: bool = True
+) -> list[str]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(handler_filter)
@@ -184,12 +186,12 @@ def records(handler_filter: logging.Filter, count: int, line: int = 1) -> list[s
         except RuntimeError as exc:
             record = logging.LogRecord(
                 "x",
-                logging.ERROR,
+                logging.ERROR if traceback else logging.WARNING,
                 "f.py",
                 line,
                 "request failed: %r",
                 ("a",),
-                (RuntimeError, exc, None),
+                (RuntimeError, exc, None) if traceback else None,
             )
             handler.handle(record)
     return [line for line in stream.getvalue().splitlines() if "request failed" in line]
@@ -200,12 +202,30 @@ def test_repeated_tracebacks_from_one_place_are_logged_once_per_interval(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    limiter = logs.RateLimitTracebacks(interval=60)
+    limiter = logs.RateLimitRepeats(interval=60)
     assert len(records(limiter, 500)) == 1
     assert len(records(limiter, 1, line=2)) == 1  # another place is not held back
     now[0] += 61
     [line] = records(limiter, 1)
     assert "(499 more like this in the last 61 s were not logged)" in line
+
+
+def test_repeated_warnings_from_one_place_are_logged_a_few_times_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream that sends 3,000 unreadable frames gets 10 lines, not 3,000."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    limiter = logs.RateLimitRepeats(interval=60, burst=10)
+    assert len(records(limiter, 3000, traceback=False)) == 10
+    assert len(records(limiter, 5, line=2, traceback=False)) == 5
+    now[0] += 60
+    lines = records(limiter, 3, traceback=False)
+    assert len(lines) == 3
+    assert "(2990 more like this in the last 60 s were not logged)" in lines[0]
+    assert "not logged" not in lines[1]
+    info = logging.LogRecord("x", logging.INFO, "f.py", 3, "request failed: %r", ("a",), None)
+    assert all(limiter.filter(info) for _ in range(100))  # below WARNING: never held
 
 
 # ---------------------------------------------------------------- the real server
