@@ -29,9 +29,10 @@ def session_bar(t: int) -> Bar | None:
 
 
 class FakeProvider:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, future: bool = False) -> None:
         self.calls: list[tuple[int, int | None]] = []
         self.fail = fail
+        self.future = future  # every reply ends with a bar a year ahead (bad upstream data)
 
     async def fetch(self, key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
         self.calls.append((start, end))
@@ -43,6 +44,8 @@ class FakeProvider:
         if first < start:
             first += 3600
         bars = [session_bar(t) for t in range(first, stop + 1, 3600)]
+        if self.future:
+            bars.append((NOW + 365 * 86400, 9.0, 9.0, 9.0, 9.0, 9.0))
         return [bar for bar in bars if bar is not None]
 
 
@@ -60,6 +63,15 @@ async def test_latest_returns_exactly_count_bars_across_nights_and_weekends() ->
     assert times == sorted(times)
     assert times[-1] == intervals.parse_date("2026-03-06 15:00:00")
     assert all(session_bar(t) is not None for t in times)
+
+
+async def test_bars_past_the_providers_clock_are_dropped_from_history() -> None:
+    """A reply row a year ahead used to end the chart, and no live update followed it."""
+    answer = await planner(FakeProvider(future=True)).latest(KEY, 20, streaming=False)
+    times = [bar[0] for bar in answer.bars]
+    assert len(times) == 20
+    assert times[-1] == intervals.parse_date("2026-03-06 15:00:00")
+    assert answer.series.newest == times[-1]
 
 
 async def test_a_repeated_history_request_is_answered_from_the_cache() -> None:

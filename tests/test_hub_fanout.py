@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from backend.history.cache import BarCache
@@ -11,6 +12,7 @@ from backend.hub.metrics import Metrics
 from backend.hub.subscriptions import Subscriptions
 from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
+from backend.runtime.messages import Clock
 
 KEY = SeriesId("fake", "AAA", "1m")
 T = 1_700_000_040
@@ -72,3 +74,31 @@ def test_a_correction_of_an_older_bar_is_stored() -> None:
     fanout.on_provider_events("fake", [("AAA", "1m", bar(T + 60, 1.0), False)])
     fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 5.0), False)])
     assert store.bars == [bar(T, 5.0)]
+
+
+def test_a_bar_that_opens_past_its_providers_clock_is_dropped_and_later_bars_still_count() -> None:
+    """One kline dated ten years ahead used to become the newest bar: every real update
+    after it looked like a correction of an older bar and was never sent."""
+    fanout, store = fanout_with_a_loaded_series()
+    now = int(time.time()) // 60 * 60
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(now - 60, 1.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(now + 10 * 365 * 86400, 9.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(now, 2.0), False)])
+    series = fanout.cache.get(KEY)
+    assert series.newest == now and series.bars[-1] == bar(now, 2.0)
+    assert store.bars == [bar(now - 60, 1.0)]  # closed by the real next bar, not the future one
+    dropped = fanout.metrics.counters[
+        ("candlewire_future_bars_dropped_total", (("source", "fake"),))
+    ]
+    assert dropped == 1
+    # a bar a little ahead of the clock (clocks of two machines differ) is taken
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(now + 120, 3.0), False)])
+    assert series.newest == now + 120
+
+
+def test_a_replaying_provider_is_judged_by_its_own_clock() -> None:
+    fanout, _ = fanout_with_a_loaded_series()
+    ahead = int(time.time()) + 365 * 86400  # the replay runs a year ahead, at 60x
+    fanout.clocks.set("fake", Clock(None, time.time(), ahead, 60.0))
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(ahead // 60 * 60, 1.0), False)])
+    assert fanout.cache.get(KEY).newest == ahead // 60 * 60

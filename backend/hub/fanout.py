@@ -20,6 +20,7 @@ from backend.hub.handles import ProviderSet
 from backend.hub.listeners import Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.subscriptions import Subscriptions
+from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import Clock, Notice, Status, WireEvent
@@ -142,9 +143,12 @@ class Fanout:
                 return
             series = self.cache.get(key)
         previous = series.newest
+        t = bar[0]
+        if (previous is None or t > previous) and t > self.clocks.latest_open(key.source, key.name):
+            self._future_bar(key, t)
+            return
         newest = series.upsert(bar)
         series.live_seq += 1
-        t = bar[0]
         if (
             series.live
             and previous is not None
@@ -162,6 +166,19 @@ class Fanout:
                     self._hold_update(key, bar)
                     return
             self._push_update(key, bar)
+
+    def _future_bar(self, key: SeriesId, t: int) -> None:
+        """A new bar that opens later than its provider's clock allows: bad data (once it
+        were the newest bar, every real update would look like a correction of an older
+        bar and none would be sent). Dropped, counted and logged."""
+        self.metrics.inc("candlewire_future_bars_dropped_total", source=key.source)
+        logger.warning(
+            "%s sent a bar of %s opening at %s, past its clock (%s): dropped",
+            key.source,
+            key,
+            intervals.format_date(t),
+            intervals.format_date(self.clocks.now(key.source, key.name)),
+        )
 
     def _encoder(self, key: SeriesId) -> protocol.UpdateEncoder | None:
         encoder = self._updates.get(key)

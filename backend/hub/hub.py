@@ -404,6 +404,10 @@ class Hub:
             "clients closed with 1013 because they could not keep up",
         )
         m.describe("candlewire_bar_updates_total", "bar updates received from providers")
+        m.describe(
+            "candlewire_future_bars_dropped_total",
+            "bars dropped because they open later than their provider's clock allows",
+        )
         m.describe("candlewire_updates_delivered_total", "data_update frames queued to clients")
         m.describe("candlewire_history_fetches_total", "get_history calls made to providers")
         m.describe("candlewire_request_errors_total", "error messages sent, by code")

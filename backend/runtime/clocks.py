@@ -11,6 +11,10 @@ import time
 
 from backend.runtime.messages import Clock
 
+FUTURE_SLACK = 300.0
+"""Wall seconds a bar may open ahead of its provider's clock (clocks of two machines
+differ); a bar later than that is bad data (:meth:`Clocks.latest_open`)."""
+
 
 class Clocks:
     """The latest clock reported per (source, symbol), and per source as a default."""
@@ -28,3 +32,10 @@ class Clocks:
         if clock is None:
             return int(wall)
         return int(clock.origin_data + (wall - clock.origin_wall) * clock.speed)
+
+    def latest_open(self, source: str, symbol: str) -> int:
+        """The latest open time a bar of ``symbol`` can have now: the provider's clock plus
+        :data:`FUTURE_SLACK` (in its time: a replay at 60x gets 60 times as much)."""
+        clock = self._clocks.get((source, symbol)) or self._clocks.get((source, None))
+        speed = 1.0 if clock is None else max(clock.speed, 1.0)
+        return self.now(source, symbol) + int(FUTURE_SLACK * speed)
