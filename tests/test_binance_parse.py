@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from backend.data_providers.binance import rest
 from backend.data_providers.binance.parse import (
     ControlReply,
     ServerShutdown,
@@ -166,3 +168,23 @@ def test_hook_times_are_utc_and_now_means_no_end() -> None:
     assert parse_query_time("2025-03-05 10:00:00") == 1741168800
     with pytest.raises(ValueError):
         parse_query_time("yesterday")
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        ("0.5", 0.5),
+        ("-3", 0.0),
+        ("inf", 10.0),  # was obeyed: every REST call refused until a restart
+        ("nan", 10.0),
+        ("soon", 10.0),
+        ("1e10", rest.MAX_RETRY_AFTER),  # the recovery timer overflowed
+        (None, 10.0),
+    ],
+)
+def test_retry_after_is_a_finite_number_of_seconds_and_at_most_the_longest_ban(
+    header: str | None, seconds: float
+) -> None:
+    response = SimpleNamespace(headers={} if header is None else {"Retry-After": header})
+    assert rest._retry_after(response, 10.0) == seconds

@@ -21,6 +21,7 @@ gets its own client; the budget itself is shared under one lock. It does not own
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ MAX_PAGES = 500
 MAX_ATTEMPTS = 5
 REQUEST_TIMEOUT = 10.0
 DEFAULT_RETRY_AFTER = {429: 10.0, 418: 120.0}
+MAX_RETRY_AFTER = 3 * 86400.0  # Binance's longest IP ban: a longer (or infinite) one is not
 _STATE_OF = {429: "rate_limited", 418: "banned"}
 _POLL = 0.05
 
@@ -302,9 +304,14 @@ def _used_weight(headers: Any) -> int | None:
 
 
 def _retry_after(response: Any, default: float) -> float:
+    """The response's Retry-After in seconds: ``default`` when there is none or it is not
+    a number (``inf`` and ``nan`` included), at most :data:`MAX_RETRY_AFTER`."""
     headers = getattr(response, "headers", None)
     raw = headers.get("Retry-After") if headers is not None else None
     try:
-        return max(0.0, float(raw)) if raw is not None else default
+        seconds = float(raw) if raw is not None else default
     except ValueError:
         return default
+    if not math.isfinite(seconds):
+        return default
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
