@@ -337,10 +337,16 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[Any] = []
         self.resumed: list[list[str]] = []
+        self.refused: list[tuple[list[str], str]] = []
 
     def manager(self, fake: FakeBinance, **tuning: Any) -> StreamManager:
         manager = StreamManager(
-            fake.stream_url, self.events.append, self.resumed.append, None, StreamTuning(**tuning)
+            fake.stream_url,
+            self.events.append,
+            self.resumed.append,
+            None,
+            StreamTuning(**tuning),
+            on_refused=lambda names, error: self.refused.append((names, error)),
         )
         manager.start()
         return manager
@@ -364,6 +370,23 @@ def test_streams_beyond_the_per_connection_cap_go_to_another_connection() -> Non
             manager.unsubscribe(names[:4])
             assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [2])
         assert fake.violations == []
+
+
+def test_a_refused_subscribe_is_reported_and_sent_again_until_it_is_taken() -> None:
+    """It was taken as done: no data, no error, nothing sent again for minutes."""
+    with FakeBinance(push_interval=0.1) as fake:
+        fake.refuse_subscribes(2)
+        recorder = Recorder()
+        with running(recorder.manager(fake)) as manager:
+            manager.subscribe(["btcusdt@kline_1m"])
+            assert fake.wait_for(lambda: len(recorder.refused) == 2, timeout=10)
+            assert recorder.refused[0] == (
+                ["btcusdt@kline_1m"],
+                "2 Invalid request: temporarily refused",
+            )
+            assert fake.wait_for(lambda: fake.streams_per_connection() == {1: 1}, timeout=10)
+            assert fake.wait_for(lambda: len(recorder.events) > 0, timeout=5)
+            assert fake.connections_opened == 1  # the same connection asked again
 
 
 def test_a_silent_connection_is_replaced_and_its_streams_reported_as_resumed() -> None:

@@ -239,6 +239,7 @@ class FakeBinance:
         # faults
         self._injected: list[tuple[int, float]] = []  # (status, retry_after) per request
         self._silent_until = 0.0
+        self._refusals = 0  # SUBSCRIBE frames still to refuse
         self._cuts_ms: list[int] = []
         self._cuts_mono: list[float] = []
         # runtime
@@ -530,6 +531,12 @@ class FakeBinance:
     def drop_connections(self) -> int:
         """Abort every WebSocket's TCP connection without a close frame; returns how many."""
         return self._call(self._drop_all())
+
+    def refuse_subscribes(self, count: int) -> None:
+        """Answer the next ``count`` SUBSCRIBE frames with an error (code 2), subscribing
+        nothing, as Binance does for a request it will not serve."""
+        with self._lock:
+            self._refusals = count
 
     def go_silent(self, seconds: float) -> None:
         """Stop pushing events for ``seconds`` (sockets stay open, control frames answered)."""
@@ -892,6 +899,10 @@ class FakeBinance:
             if bad:
                 return error(2, f"Invalid request: invalid stream name {bad[0]!r}")
             if method == "SUBSCRIBE":
+                with self._lock:
+                    refuse, self._refusals = self._refusals > 0, max(0, self._refusals - 1)
+                if refuse:
+                    return error(2, "Invalid request: temporarily refused")
                 total = len(conn.streams.keys() | set(params))
                 if total > self.max_streams:
                     with self._lock:

@@ -90,6 +90,7 @@ class BinanceProvider(Provider):
             lambda state, detail: self._set_status("stream", state, detail),
             self.tuning,
             bursts=(self.hold_updates, self.release_updates),
+            on_refused=self._on_refused,
         )
         self._streams.start()
         self._set_status("stream", "ok", "")
@@ -180,6 +181,15 @@ class BinanceProvider(Provider):
         self.publish(key[0], key[1], update.bar, final=update.final)
 
     # ------------------------------------------------------------------ gaps
+
+    def _on_refused(self, streams: list[str], error: str) -> None:
+        """Binance refused to subscribe ``streams`` (stream thread): their clients get an
+        ``error`` while the stream is asked for again."""
+        with self._keys_lock:
+            keys = [(s, self._by_stream[s]) for s in streams if s in self._by_stream]
+        for stream, (symbol, interval) in keys:
+            message = f"Binance refused the {stream} stream ({error}); asking again"
+            self.notify(symbol, interval, "provider_unavailable", message)
 
     def _on_resume(self, streams: list[str]) -> None:
         """A connection came back (stream thread): hold its keys' updates, fill the gaps."""

@@ -37,6 +37,9 @@ __all__ = ["Connection", "Outcome", "Owner"]
 logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.05  # a burst of subscriptions becomes one frame
+REFUSAL_BACKOFF = 1.0  # a refused SUBSCRIBE is sent again after this, doubling ...
+REFUSAL_BACKOFF_MAX = 60.0  # ... up to this
+MAX_UNANSWERED = 256  # SUBSCRIBE frames kept waiting for their answer
 MAX_QUEUE = 1024
 
 
@@ -50,6 +53,7 @@ class Owner(Protocol):
 
     def deliver(self, data: Mapping[str, Any]) -> None: ...
     def resume(self, names: list[str]) -> None: ...
+    def refused(self, names: list[str], error: str) -> None: ...
     def state_changed(self) -> None: ...
 
 
@@ -69,6 +73,8 @@ class _Socket:
         self.ws = ws
         self.sent: set[str] = set()
         self.restart: set[str] = set()
+        # id -> the streams of a SUBSCRIBE not answered yet (a refusal sends them again)
+        self.subscribing: dict[int, list[str]] = {}
         self.limiter = RollingLimiter(tuning.messages, tuning.message_window)
         self.dirty = asyncio.Event()
         self.synced = asyncio.Event()
@@ -92,6 +98,7 @@ class Connection:
         self.sockets: list[_Socket] = []  # two while a renewal hands over
         self.up = self.was_up = False
         self.failures = 0
+        self.refusals = 0  # SUBSCRIBE frames refused in a row (the retry's backoff)
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
         self.task.add_done_callback(self._ended)
 
@@ -269,12 +276,33 @@ class Connection:
                 sock.got_data = True
                 if stream in self.wanted:
                     self.manager.deliver(data)
-            case parse.ControlReply(error=str() as error):
+            case parse.ControlReply(id=reply_id, error=str() as error):
                 logger.warning("binance stream #%d: control frame refused: %s", self.number, error)
+                names = sock.subscribing.pop(reply_id, None) if isinstance(reply_id, int) else None
+                if names:
+                    self._subscribe_refused(sock, names, error)
+            case parse.ControlReply(id=answered):
+                if isinstance(answered, int) and answered in sock.subscribing:
+                    del sock.subscribing[answered]
+                    self.refusals = 0
             case parse.ServerShutdown():
                 sock.end(Outcome.SHUTDOWN, "serverShutdown received")
             case _:
                 pass
+
+    def _subscribe_refused(self, sock: _Socket, names: list[str], error: str) -> None:
+        """Binance refused a SUBSCRIBE: its clients are told, and it is sent again after a
+        backoff (1 s, doubling to 60 s while refusals go on), for the streams still wanted."""
+        self.refusals += 1
+        self.manager.refused(names, error)
+        delay = min(REFUSAL_BACKOFF_MAX, REFUSAL_BACKOFF * 2 ** (self.refusals - 1))
+        asyncio.get_running_loop().call_later(delay, self._send_again, sock, names)
+
+    def _send_again(self, sock: _Socket, names: list[str]) -> None:
+        if sock.ended.done():
+            return  # its replacement subscribes everything wanted anyway
+        sock.sent.difference_update(names)
+        self._mark_dirty()
 
     async def _write(self, sock: _Socket) -> None:
         try:
@@ -297,7 +325,12 @@ class Connection:
                     break
                 sock.limiter.record()
                 method, params = frame
-                message = {"method": method, "params": params, "id": next(self.manager.ids)}
+                request_id = next(self.manager.ids)
+                message = {"method": method, "params": params, "id": request_id}
+                if method == "SUBSCRIBE":
+                    if len(sock.subscribing) >= MAX_UNANSWERED:
+                        sock.subscribing.clear()  # never answered: forget, do not grow
+                    sock.subscribing[request_id] = params
                 await sock.ws.send(json.dumps(message, separators=(",", ":")))
                 logger.debug("binance stream #%d: %s %d streams", self.number, method, len(params))
             if not sock.dirty.is_set():

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 EventSink = Callable[[Mapping[str, Any]], None]
 ResumeSink = Callable[[list[str]], None]
+RefusalSink = Callable[[list[str], str], None]
 StateSink = Callable[[str, str], None]
 
 
@@ -47,10 +48,12 @@ class StreamManager:
         on_state: StateSink | None = None,
         tuning: StreamTuning | None = None,
         bursts: tuple[Callable[[], None], Callable[[], None]] | None = None,
+        on_refused: RefusalSink | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/stream"
         self.tuning = tuning or StreamTuning()
         self.on_event, self.on_resume = on_event, on_resume
+        self.on_refused: RefusalSink = on_refused or (lambda names, error: None)
         self._on_state = on_state or (lambda state, detail: None)
         self._connections: list[Connection] = []
         self._owner: dict[str, Connection] = {}
@@ -168,6 +171,16 @@ class StreamManager:
             self.on_resume(names)
         except Exception:  # a handler bug must not stop the reconnect: log it, go on
             logger.exception("binance stream: resume handler failed for %d streams", len(names))
+
+    def refused(self, names: list[str], error: str) -> None:
+        """Binance refused to subscribe ``names`` (the connection sends them again)."""
+        wanted = [name for name in names if name in self._owner]
+        if not wanted:
+            return
+        try:
+            self.on_refused(wanted, error)
+        except Exception:  # a handler bug must not stop the retry: log it, go on
+            logger.exception("binance stream: refusal handler failed for %d streams", len(names))
 
     def state_changed(self) -> None:
         """Report ``reconnecting`` while a connection that was up, or failed, is down."""
