@@ -20,6 +20,7 @@ from polygon.rest.models import OptionsContract
 
 from backend import settings as config
 from backend.data_providers.polygon import PolygonProvider
+from backend.data_providers.polygon import stream as polygon_stream
 from backend.data_providers.polygon.bars import timespan
 from backend.data_providers.polygon.rest import dataset_row
 from backend.data_providers.polygon.stream import Backoff, combined_status
@@ -349,6 +350,20 @@ def test_a_connection_evicted_with_max_connections_backs_off_and_is_reported(
     wait_until(lambda: tuesday.auth_attempts == {"crypto": 2}, "the retry", timeout=10)
     assert time.monotonic() - evicted_at >= 3.5
     wait_until(lambda: direct.statuses()[-1].state == "ok", "ok again")
+
+
+def test_a_handshake_that_never_completes_is_given_up_on_and_tried_again(
+    tuesday: FakePolygon, direct: Direct, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server answering auth with status after status but no verdict: the handshake has
+    one deadline in all (each status used to restart its wait, so it never ended)."""
+    monkeypatch.setattr(polygon_stream, "HANDSHAKE_TIMEOUT", 1.0)
+    tuesday.set_always_open(True)
+    tuesday.stall_auth(every=0.3)
+    direct.subscribe("X:ETHUSD", "1m")
+    wait_until(lambda: tuesday.auth_attempts.get("crypto", 0) >= 2, "a second try", timeout=10)
+    tuesday.stall_auth(None)
+    wait_until(lambda: direct.statuses()[-1].state == "ok", "connected once auth is answered", 20)
 
 
 def test_rest_errors_become_candlewire_errors_without_sleeping_out_retry_after(

@@ -629,6 +629,8 @@ class FakePolygon:
         self._rest_lag_ms = 0
         self._rest_delay = 0.0
         self._auth_fails = False
+        self._auth_pending_every: float | None = None  # answer auth with endless auth_pending
+        self._pending_tasks: set[asyncio.Task[None]] = set()
         self._silent_until = 0.0
         self._conns: dict[int, _Conn] = {}
         self._by_key: dict[tuple[str, str], _Conn] = {}
@@ -781,6 +783,12 @@ class FakePolygon:
         """Make every WebSocket auth fail (``auth_failed``) until called with ``False``."""
         with self._lock:
             self._auth_fails = enabled
+
+    def stall_auth(self, every: float | None) -> None:
+        """Answer every WebSocket auth with an ``auth_pending`` status every ``every``
+        seconds and never a verdict (``None``: answer normally again)."""
+        with self._lock:
+            self._auth_pending_every = every
 
     def fail_rest(self, status: int = 500, times: int = 1, retry_after: int | None = None) -> None:
         """Answer the next ``times`` REST requests with ``status`` (urllib3 retries 429/5xx)."""
@@ -1002,6 +1010,13 @@ class FakePolygon:
     def _auth(self, conn: _Conn, key: str) -> None:
         with self._lock:
             self._auths[conn.market] += 1
+            every = self._auth_pending_every
+        if every is not None:
+            task = asyncio.get_running_loop().create_task(self._auth_pending(conn, every))
+            self._pending_tasks.add(task)
+            task.add_done_callback(self._pending_tasks.discard)
+            return
+        with self._lock:
             ok = not self._auth_fails and self._key_ok(key)
             old = self._by_key.get((conn.market, key)) if ok else None
             if ok:
@@ -1013,6 +1028,15 @@ class FakePolygon:
         if old is not None and old is not conn:
             self._evict(old)
         conn.status("auth_success", "authenticated")
+
+    async def _auth_pending(self, conn: _Conn, every: float) -> None:
+        """``auth_pending`` every ``every`` seconds while the connection is open."""
+        while True:
+            with self._lock:
+                if conn.id not in self._conns:
+                    return
+            conn.status("auth_pending", "authentication pending")
+            await asyncio.sleep(every)
 
     @staticmethod
     def _evict(conn: _Conn) -> None:

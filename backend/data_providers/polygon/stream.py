@@ -195,13 +195,16 @@ class ClusterConnection:
                 await writer
 
     async def _handshake(self, ws: ClientConnection) -> None:
-        """Wait for ``connected``, authenticate; raise :class:`Rejected` when refused."""
-        self._check(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT))
-        await ws.send(auth_message(self._key))
-        while True:
-            statuses = self._check(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT))
-            if any(s.status == "auth_success" for s in statuses):
-                return
+        """Wait for ``connected``, authenticate; raise :class:`Rejected` when refused, and
+        ``TimeoutError`` when it is not done within ``HANDSHAKE_TIMEOUT`` in all (a server
+        that keeps sending statuses but never ``auth_success`` is not waited on forever)."""
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            self._check(await ws.recv())
+            await ws.send(auth_message(self._key))
+            while True:
+                statuses = self._check(await ws.recv())
+                if any(s.status == "auth_success" for s in statuses):
+                    return
 
     def _check(self, frame: str | bytes) -> list[StatusEvent]:
         statuses, _ = parse_frame(self.cluster, frame)
