@@ -76,7 +76,7 @@ def test_a_correction_of_an_older_bar_is_stored() -> None:
     assert store.bars == [bar(T, 5.0)]
 
 
-def test_a_bar_that_opens_past_its_providers_clock_is_dropped_and_later_bars_still_count() -> None:
+def test_a_stray_bar_far_ahead_is_dropped_and_the_real_updates_still_count() -> None:
     """One kline dated ten years ahead used to become the newest bar: every real update
     after it looked like a correction of an older bar and was never sent."""
     fanout, store = fanout_with_a_loaded_series()
@@ -86,19 +86,37 @@ def test_a_bar_that_opens_past_its_providers_clock_is_dropped_and_later_bars_sti
     fanout.on_provider_events("fake", [("AAA", "1m", bar(now, 2.0), False)])
     series = fanout.cache.get(KEY)
     assert series.newest == now and series.bars[-1] == bar(now, 2.0)
-    assert store.bars == [bar(now - 60, 1.0)]  # closed by the real next bar, not the future one
+    assert store.bars == [bar(now - 60, 1.0)]  # closed by the real next bar, not the stray
     dropped = fanout.metrics.counters[
         ("candlewire_future_bars_dropped_total", (("source", "fake"),))
     ]
     assert dropped == 1
-    # a bar a little ahead of the clock (clocks of two machines differ) is taken
-    fanout.on_provider_events("fake", [("AAA", "1m", bar(now + 120, 3.0), False)])
-    assert series.newest == now + 120
+
+
+def test_a_stream_that_really_moved_far_ahead_is_followed_after_three_updates() -> None:
+    fanout, _ = fanout_with_a_loaded_series()
+    now = int(time.time()) // 60 * 60
+    ahead = now + 30 * 86400
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(now, 1.0), False)])
+    for i, t in enumerate((ahead, ahead, ahead + 60)):
+        fanout.on_provider_events("fake", [("AAA", "1m", bar(t, 2.0 + i), False)])
+    assert fanout.cache.get(KEY).newest == ahead + 60
+
+
+def test_a_fast_clock_moving_a_bar_at_a_time_is_followed_past_the_wall_clock() -> None:
+    """A fake exchange whose clock runs at 60x is hours ahead of ours after a few minutes:
+    its bars still come one after the other, and every one is taken."""
+    fanout, _ = fanout_with_a_loaded_series()
+    start = int(time.time()) // 60 * 60 + 5 * 86400  # already days ahead of the wall clock
+    for i in range(5):
+        fanout.on_provider_events("fake", [("AAA", "1m", bar(start + 60 * i, 1.0), False)])
+    assert fanout.cache.get(KEY).newest == start + 240
 
 
 def test_a_replaying_provider_is_judged_by_its_own_clock() -> None:
     fanout, _ = fanout_with_a_loaded_series()
     ahead = int(time.time()) + 365 * 86400  # the replay runs a year ahead, at 60x
     fanout.clocks.set("fake", Clock(None, time.time(), ahead, 60.0))
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])
     fanout.on_provider_events("fake", [("AAA", "1m", bar(ahead // 60 * 60, 1.0), False)])
-    assert fanout.cache.get(KEY).newest == ahead // 60 * 60
+    assert fanout.cache.get(KEY).newest == ahead // 60 * 60  # years after T, not past its clock

@@ -159,7 +159,7 @@ class HistoryPlanner:
         if closed_end is not None and closed_end + 1 > start:
             start = closed_end + 1
         epoch, seq = series.epoch, series.live_seq
-        bars = self._not_future(series.key, await self.fetch(series.key, start, None, count))
+        bars = self._not_future(series.key, await self.fetch(series.key, start, None, count), start)
         series.merge(bars, keep_newer_than_seq=seq)
         # The newest bar of a window that reaches "now" may still change: not covered.
         covered_to = bars[-1][0] - 1 if bars else now - step
@@ -199,7 +199,8 @@ class HistoryPlanner:
             lower = series.coverage.end_before(cursor)
             if lower is not None:
                 start = max(start, lower + 1)
-            bars = self._not_future(series.key, await self.fetch(series.key, start, cursor, need))
+            bars = await self.fetch(series.key, start, cursor, need)
+            bars = self._not_future(series.key, bars, cursor)
             fetches += 1
             series.merge(bars)
             # A window that reaches the present ends in a bar that may still change.
@@ -216,23 +217,22 @@ class HistoryPlanner:
                 empties = 0
             self._persist(series, bars)
 
-    def _not_future(self, key: SeriesId, bars: list[Bar]) -> list[Bar]:
-        """``bars`` without those that open later than the provider's clock allows (bad
-        data: the chart would end in it, and the live updates would look like corrections
-        of older bars); they are logged."""
-        if not bars:
-            return bars
-        latest = self.clocks.latest_open(key.source, key.name)
-        if max(bar[0] for bar in bars) <= latest:
-            return bars
-        kept = [bar for bar in bars if bar[0] <= latest]
-        logger.warning(
-            "%s: %d bars from the provider open past its clock (%s), the latest at %s: dropped",
-            key,
-            len(bars) - len(kept),
-            intervals.format_date(self.clocks.now(key.source, key.name)),
-            intervals.format_date(max(bar[0] for bar in bars)),
-        )
+    def _not_future(self, key: SeriesId, bars: list[Bar], asked: int) -> list[Bar]:
+        """``bars`` (oldest first) of a window asked up to ``asked`` (its end, or its start
+        when it ends now) without strays far ahead of it, of the bars before them and of the
+        provider's clock (:meth:`Clocks.far_ahead`: bad data; the chart would end in it and
+        the live updates would look like corrections of older bars); logged."""
+        kept: list[Bar] = []
+        for bar in bars:
+            if not self.clocks.far_ahead(key, bar[0], kept[-1][0] if kept else asked):
+                kept.append(bar)
+        if len(kept) < len(bars):
+            logger.warning(
+                "%s: %d bars from the provider far past the others and its clock (%s): dropped",
+                key,
+                len(bars) - len(kept),
+                intervals.format_date(self.clocks.now(key.source, key.name)),
+            )
         return kept
 
     def _persist(self, series: Series, bars: list[Bar], forming_t: int | None = None) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Kick = Callable[[Client, str], None]
+CONFIRMING_UPDATES = 3  # updates in a row that make a far-ahead bar the newest after all
 
 
 class Fanout:
@@ -75,6 +76,8 @@ class Fanout:
         # (``take_held``) or sends them first (``release_held``); the rest go out after it.
         self.hold_back = False
         self._held: dict[SeriesId, dict[int, bytes]] = {}
+        # key -> (time, updates in a row) of a far-ahead bar not taken yet (``_confirmed``)
+        self._suspects: dict[SeriesId, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ delivery
 
@@ -102,6 +105,7 @@ class Fanout:
         """``key`` left the cache: drop its names and encoder."""
         self._wire.pop(key, None)
         self._updates.pop(key, None)
+        self._suspects.pop(key, None)
 
     # ------------------------------------------------------------------ provider events
 
@@ -144,9 +148,12 @@ class Fanout:
             series = self.cache.get(key)
         previous = series.newest
         t = bar[0]
-        if (previous is None or t > previous) and t > self.clocks.latest_open(key.source, key.name):
-            self._future_bar(key, t)
-            return
+        if previous is not None and t > previous:
+            if self.clocks.far_ahead(key, t, previous) and not self._confirmed(key, t):
+                self._far_ahead(key, t)
+                return
+            if self._suspects:
+                self._suspects.pop(key, None)
         newest = series.upsert(bar)
         series.live_seq += 1
         if (
@@ -167,13 +174,25 @@ class Fanout:
                     return
             self._push_update(key, bar)
 
-    def _future_bar(self, key: SeriesId, t: int) -> None:
-        """A new bar that opens later than its provider's clock allows: bad data (once it
-        were the newest bar, every real update would look like a correction of an older
-        bar and none would be sent). Dropped, counted and logged."""
+    def _confirmed(self, key: SeriesId, t: int) -> bool:
+        """A far-ahead bar (:meth:`Clocks.far_ahead`) is taken once ``CONFIRMING_UPDATES``
+        updates in a row are of it or of the bar after it: then the stream did move there."""
+        step = intervals.nominal_seconds(key.interval)
+        suspect = self._suspects.get(key)
+        count = suspect[1] + 1 if suspect is not None and 0 <= t - suspect[0] <= step else 1
+        if count >= CONFIRMING_UPDATES:
+            self._suspects.pop(key, None)
+            return True
+        self._suspects[key] = (t, count)
+        return False
+
+    def _far_ahead(self, key: SeriesId, t: int) -> None:
+        """A stray bar far ahead of the stream and of its provider's clock: bad data (as
+        the newest bar, it would make every real update look like a correction of an older
+        bar, and none would be sent). Dropped, counted and logged."""
         self.metrics.inc("candlewire_future_bars_dropped_total", source=key.source)
         logger.warning(
-            "%s sent a bar of %s opening at %s, past its clock (%s): dropped",
+            "%s sent a bar of %s opening at %s, far past the stream and its clock (%s): dropped",
             key.source,
             key,
             intervals.format_date(t),

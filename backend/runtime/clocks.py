@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import time
 
+from backend.model import intervals
+from backend.model.bars import SeriesId
 from backend.runtime.messages import Clock
 
 FUTURE_SLACK = 300.0
 """Wall seconds a bar may open ahead of its provider's clock (clocks of two machines
-differ); a bar later than that is bad data (:meth:`Clocks.latest_open`)."""
+differ): :meth:`Clocks.latest_open`."""
+FAR_AHEAD_SECONDS = 86_400
+FAR_AHEAD_BARS = 100
+"""A bar past :meth:`Clocks.latest_open` that also opens more than this many seconds, or
+bars, after the bar before it is far ahead (:meth:`Clocks.far_ahead`)."""
 
 
 class Clocks:
@@ -39,3 +45,14 @@ class Clocks:
         clock = self._clocks.get((source, symbol)) or self._clocks.get((source, None))
         speed = 1.0 if clock is None else max(clock.speed, 1.0)
         return self.now(source, symbol) + int(FUTURE_SLACK * speed)
+
+    def far_ahead(self, key: SeriesId, t: int, before: int) -> bool:
+        """Whether a bar of ``key`` opening at ``t``, after one at ``before``, looks like bad
+        upstream data: past :meth:`latest_open` and more than ``FAR_AHEAD_SECONDS`` or
+        ``FAR_AHEAD_BARS`` bars after ``before`` (a date years ahead). Only both: an exchange
+        (or a fake of one) whose clock runs fast moves a bar at a time, and a weekend's gap
+        is not past the clock."""
+        step = intervals.nominal_seconds(key.interval)
+        if t - before <= max(FAR_AHEAD_SECONDS, FAR_AHEAD_BARS * step):
+            return False
+        return t > self.latest_open(key.source, key.name)
