@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from backend import settings as config
-from backend.data_providers.binance import BinanceProvider
+from backend.data_providers.binance import BinanceProvider, _Key
 from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
-from backend.data_providers.binance.parse import stream_name
+from backend.data_providers.binance.parse import KlineUpdate, stream_name
 from backend.data_providers.binance.rest import RestGate
 from backend.data_providers.binance.stream import StreamManager
 from backend.errors import RateLimited, UnknownSymbol
@@ -536,3 +536,19 @@ def test_the_events_of_one_loop_turn_are_delivered_between_one_hold_and_one_rele
             # the fake pushes all four streams at once: some turn reads several of them
             assert fake.wait_for(lambda: any(len(b) > 1 for b in bursts()), timeout=10)
     assert all(burst for burst in bursts())
+
+
+def test_a_stray_future_kline_does_not_move_where_the_gap_fill_starts() -> None:
+    """The hub drops such a kline; the provider used to take it as the newest bar seen, and
+    the next gap fill asked for the bars after it: none."""
+    provider = BinanceProvider()
+    settings = config.load_settings(PROVIDERS="binance")
+    published: list[Any] = []
+    provider._attach("binance", settings, published.append)
+    state = _Key("btcusdt@kline_1m", 0)
+    now = int(time.time()) // 60 * 60
+    for t in (now, now + 10 * 365 * 86400):
+        bar = (t, 1.0, 1.0, 1.0, 1.0, 1.0)
+        provider._publish_update(("BTCUSDT", "1m"), state, KlineUpdate("BTCUSDT", "1m", bar, False))
+    assert state.last_open_ms == now * 1000
+    assert len(published) == 2  # both still go to the hub, which judges them

@@ -46,6 +46,7 @@ MAX_HISTORY_WAIT = 20.0  # a history call never waits longer than this for the R
 GAP_MAX_WAIT = 120.0  # a gap fill after a reconnect may wait this long
 GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
 POPULATE_MAX_WAIT = 120.0
+MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
 _SEVERITY = {"ok": 0, "reconnecting": 1, "rate_limited": 2, "banned": 3}
 
 
@@ -176,8 +177,11 @@ class BinanceProvider(Provider):
             self._publish_update(key, state, update)
 
     def _publish_update(self, key: StreamKey, state: _Key, update: KlineUpdate) -> None:
+        """Publish ``update``; it moves the gap fill's start unless it is a stray kline far
+        in the future (bad data, which the hub drops)."""
         t_ms = update.bar[0] * 1000
-        state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
+        if t_ms <= time.time() * 1000 + MAX_AHEAD_MS:
+            state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
         self.publish(key[0], key[1], update.bar, final=update.final)
 
     # ------------------------------------------------------------------ gaps
