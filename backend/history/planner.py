@@ -222,6 +222,8 @@ class HistoryPlanner:
         when it ends now) without strays far ahead of it, of the bars before them and of the
         provider's clock (:meth:`Clocks.far_ahead`: bad data; the chart would end in it and
         the live updates would look like corrections of older bars); logged."""
+        if not bars or max(bar[0] for bar in bars) <= self.clocks.latest_open(key.source, key.name):
+            return bars  # the usual reply: nothing past the clock, nothing to look at
         kept: list[Bar] = []
         for bar in bars:
             if not self.clocks.far_ahead(key, bar[0], kept[-1][0] if kept else asked):

@@ -406,7 +406,7 @@ class Hub:
         m.describe("candlewire_bar_updates_total", "bar updates received from providers")
         m.describe(
             "candlewire_future_bars_dropped_total",
-            "bars dropped because they open later than their provider's clock allows",
+            "stray bars dropped: far after the bar before them and past their provider's clock",
         )
         m.describe("candlewire_updates_delivered_total", "data_update frames queued to clients")
         m.describe("candlewire_history_fetches_total", "get_history calls made to providers")

@@ -318,15 +318,14 @@ class Indicating:
         if known is None or known[0] is not groups:
             known = self._group_frames[key] = (groups, [GroupFrames(group) for group in groups])
         encoders = known[1]
-        made_at = {0: self._group_frames_of(encoders[0], dates)} if len(encoders) == 1 else {}
+        frames = [self._group_frames_of(encoder, dates) for encoder in encoders]
         fanout = self.fanout
         if fanout is not None:
-            made = made_at.get(0)
-            if made is not None and self._push_with_data(key, encoders[0], made, fanout):
+            first = frames[0] if len(frames) == 1 else None
+            if first is not None and self._push_with_data(key, encoders[0], first, fanout):
                 return
             fanout.release_held(key)
-        for i, encoder in enumerate(encoders):
-            made = made_at[i] if i in made_at else self._group_frames_of(encoder, dates)
+        for encoder, made in zip(encoders, frames, strict=True):
             if made is None:
                 self._push(key, updates_of(encoder.group), dates)
                 continue
