@@ -230,6 +230,30 @@ def test_epoch_milliseconds_and_rows_newest_first_are_understood(tmp_path: Path)
     assert bars[2] == (T0 + 120, 2.0, 3.0, 1.0, 2.0, 2.0)
 
 
+def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "EU.csv").write_text(
+        "\ufeffDate;Open;High;Low;Close;Volume\n"
+        + "".join(f"{fmt(T0 + 60 * i)};{i},5;{i + 1},5;{i},25;{i},75;1.00{i}\n" for i in range(3))
+    )
+    (tmp_path / "TAB.csv").write_text(
+        "date\tclose\n" + "".join(f"{fmt(T0 + 60 * i)}\t{i}.5\n" for i in range(3))
+    )
+    harness = Harness(tmp_path)
+    assert harness.history("EU", "1m")[2] == (T0 + 120, 2.5, 3.5, 2.25, 2.75, 1002.0)
+    assert [b[4] for b in harness.history("TAB__close", "1m")] == [0.5, 1.5, 2.5]
+
+
+def test_a_file_in_a_windows_code_page_is_read_not_skipped(tmp_path: Path) -> None:
+    text = "date,Kurs €,Öl\n" + "".join(f"{fmt(T0 + 60 * i)},{i},{i * 2}\n" for i in range(3))
+    (tmp_path / "WIN.csv").write_bytes(text.encode("cp1252"))
+    harness = Harness(tmp_path)
+    names = sorted(row["name"] for row in harness.provider.get_dataset())
+    assert names == ["WIN__Kurs €", "WIN__Öl"]
+    assert [b[4] for b in harness.history("WIN__Öl", "1m")] == [0.0, 2.0, 4.0]
+
+
 def test_a_second_file_with_the_same_name_is_skipped(tmp_path: Path) -> None:
     write_candles(tmp_path / "a" / "DUP.csv", 5)
     write_candles(tmp_path / "b" / "DUP.csv", 5)

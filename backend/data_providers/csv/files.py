@@ -4,6 +4,8 @@ This module owns the pure part of the CSV provider (``backend.data_providers.csv
 
 * :func:`scan` reads a file's header, a sample of its first rows and its last bytes: the
   columns (:class:`Layout`), the file's own interval and its first and last timestamps.
+  :func:`sniff` finds how the text is written (:class:`Dialect`: the field separator, the
+  decimal mark, UTF-8 or a Windows code page) from the first bytes.
 * :func:`load` reads the whole file once into one :class:`Rows` per symbol, logging every
   malformed row with its path and line.
 * :func:`aggregate` builds coarser bars (first open, max high, min low, last close, summed
@@ -41,6 +43,9 @@ CANDLE_NAMES = ("open", "high", "low", "close")
 VOLUME_NAMES = ("volume", "vol")
 SAMPLE_ROWS = 5_000
 TAIL_BYTES = 64 * 1024
+SNIFF_BYTES = 64 * 1024
+SEPARATORS = ",;\t|"
+_DECIMAL_COMMA = re.compile(r"\d,\d")
 STAGES = 4
 CACHE_ENTRIES = 64
 MAX_LOGGED_ROWS = 5
@@ -56,6 +61,16 @@ class CSVFormatError(Exception):
 
 
 @dataclass(frozen=True)
+class Dialect:
+    """How a file's text is written: what :func:`sniff` found in its first bytes."""
+
+    separator: str = ","
+    decimal: str = "."
+    thousands: str | None = None
+    encoding: str = "utf-8-sig"  # a byte order mark, if any, is not part of the first name
+
+
+@dataclass(frozen=True)
 class Layout:
     """What :func:`scan` learned about a file without reading all of it."""
 
@@ -67,6 +82,7 @@ class Layout:
     interval: str
     first: int
     last: int
+    dialect: Dialect = Dialect()
 
 
 @dataclass(frozen=True)
@@ -236,8 +252,38 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
     return Layout(Path(), date, candle, volume, lines, "", 0, 0)
 
 
+def sniff(path: Path) -> Dialect:
+    """The separator (``,`` ``;`` tab ``|``), decimal mark and encoding of ``path``.
+
+    Text that is not UTF-8 is read as Windows-1252, what spreadsheets on Windows write (a
+    byte that is not even that becomes U+FFFD). Files with ``;`` between fields often write
+    ``1,5`` for one and a half and ``1.000`` for a thousand: a ``;`` file whose sample holds
+    a digit, comma, digit gets the decimal comma and the thousands point.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    encoding = "utf-8-sig"
+    try:
+        text = head.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not merely a character cut by the end of the sample
+            encoding = "cp1252"
+        text = head.decode(encoding, "replace")
+    sample = "\n".join(text.splitlines()[:50])
+    try:
+        separator = csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except csv.Error:  # one column, or nothing the sniffer can tell apart
+        separator = ","
+    if separator == ";" and _DECIMAL_COMMA.search(sample):
+        return Dialect(separator, ",", ".", encoding)
+    return Dialect(separator, ".", None, encoding)
+
+
 def _read(
-    path: Path, nrows: int | None, bad_lines: Literal["error", "warn", "skip"]
+    path: Path,
+    nrows: int | None,
+    bad_lines: Literal["error", "warn", "skip"],
+    dialect: Dialect,
 ) -> pd.DataFrame:
     frame = pd.read_csv(
         path,
@@ -245,20 +291,25 @@ def _read(
         on_bad_lines=bad_lines,
         skip_blank_lines=False,
         skipinitialspace=True,
+        sep=dialect.separator,
+        decimal=dialect.decimal,
+        thousands=dialect.thousands,
+        encoding=dialect.encoding,
+        encoding_errors="replace",
     )
     frame.columns = pd.Index([str(name).strip() for name in frame.columns])
     return frame
 
 
-def _read_all(path: Path) -> tuple[pd.DataFrame, list[int]]:
+def _read_all(path: Path, dialect: Dialect) -> tuple[pd.DataFrame, list[int]]:
     """The whole file, and the line numbers of rows skipped for a wrong number of fields."""
     try:
-        return _read(path, None, "error"), []
+        return _read(path, None, "error", dialect), []
     except pd.errors.ParserError:
         pass
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
-        frame = _read(path, None, "warn")
+        frame = _read(path, None, "warn", dialect)
     found = re.findall(r"Skipping line (\d+)", " ".join(str(w.message) for w in caught))
     return frame, sorted(int(n) for n in found)
 
@@ -266,10 +317,11 @@ def _read_all(path: Path) -> tuple[pd.DataFrame, list[int]]:
 def scan(path: Path, date_column: str = "") -> Layout:
     """Columns, interval and time range of ``path`` from its head and tail only."""
     try:
-        head = _read(path, SAMPLE_ROWS, "skip")
+        dialect = sniff(path)
+        head = _read(path, SAMPLE_ROWS, "skip", dialect)
         layout = detect_columns(head, date_column)
         times, valid = parse_times(head[layout.date_column])
-        tail = _tail_times(path, list(head.columns).index(layout.date_column))
+        tail = _tail_times(path, list(head.columns).index(layout.date_column), dialect)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
     sample = np.sort(times[valid])
@@ -280,20 +332,22 @@ def scan(path: Path, date_column: str = "") -> Layout:
         raise CSVFormatError("rows are not spaced by a standard interval (1m ... 1M)")
     ends = np.concatenate([sample[[0, -1]], tail])
     candle, volume, lines = layout.candle, layout.volume, layout.lines
-    return Layout(path, layout.date_column, candle, volume, lines, interval, *_range(ends))
+    first, last = _range(ends)
+    return Layout(path, layout.date_column, candle, volume, lines, interval, first, last, dialect)
 
 
 def _range(times: IntArray) -> tuple[int, int]:
     return int(times.min()), int(times.max())
 
 
-def _tail_times(path: Path, date_index: int) -> IntArray:
+def _tail_times(path: Path, date_index: int, dialect: Dialect) -> IntArray:
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(max(0, size - TAIL_BYTES))
-        text = handle.read().decode("utf-8", "replace")
+        text = handle.read().decode(dialect.encoding, "replace")
     lines = text.splitlines()[1:]  # the header, or a line cut in the middle
-    values = [row[date_index] for row in csv.reader(lines) if len(row) > date_index]
+    rows = csv.reader(lines, delimiter=dialect.separator)
+    values = [row[date_index] for row in rows if len(row) > date_index]
     times, valid = parse_times(pd.Series(values, dtype=object))
     return times[valid]
 
@@ -302,7 +356,7 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     """Every symbol's rows (key ``""`` for the candlestick, the column for a line), and the
     first and last valid row time. Malformed rows are logged and skipped."""
     try:
-        frame, skipped = _read_all(layout.path)
+        frame, skipped = _read_all(layout.path, layout.dialect)
         problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
         times, valid = parse_times(frame[layout.date_column])
     except (OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
