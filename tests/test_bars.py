@@ -26,6 +26,12 @@ def test_a_kline_with_strings_is_converted_once() -> None:
     assert to_bar(kline) == (T, 1.5, 2.0, 0.5, 1.25, 10.0)
 
 
+@pytest.mark.parametrize("time", [str(T * 1000), str(T)])
+def test_an_epoch_time_written_as_a_string_of_digits(time: str) -> None:
+    assert to_bar([time, "1.5", "2", "0.5", "1.25", "10"]) == (T, 1.5, 2.0, 0.5, 1.25, 10.0)
+    assert to_bar({"date": time, "close": 1})[0] == T
+
+
 def test_a_kline_without_volume_and_with_a_date_string() -> None:
     assert to_bar(("2025-03-05 10:00:00", 1, 2, 0.5, 1.5)) == (T, 1.0, 2.0, 0.5, 1.5, None)
 

@@ -229,6 +229,15 @@ def test_history_is_sorted_deduplicated_and_converted(harness: RunnerHarness) ->
     assert reply.bars == [(T0, 9.0, 9.0, 9.0, 9.0, None), (T0 + 3600, 2.0, 3.0, 1.0, 2.5, 10.0)]
 
 
+def test_items_of_a_history_that_are_no_bars_are_skipped_and_logged(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.commands.put(GetHistory(6, "MIXED", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.error is None and reply.bars == [(T0 + 3600, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    assert "returned 3 item(s) that are not bars, skipped; the first: cannot read" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("symbol", "error_type"), [("GONE", UnknownSymbol), ("BOOM", ProviderUnavailable)]
 )

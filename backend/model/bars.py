@@ -99,9 +99,13 @@ def to_number(value: object) -> Value:
 
 
 def to_epoch(value: object) -> int:
-    """UTC seconds from a date string, a datetime, or epoch seconds/milliseconds."""
+    """UTC seconds from a date string, a datetime, or epoch seconds/milliseconds (also
+    written as a string of digits, as some APIs send them)."""
     if isinstance(value, str):
-        return intervals.parse_date(value)
+        if value.isdecimal():
+            value = int(value)
+        else:
+            return intervals.parse_date(value)
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return intervals.parse_date(value.strftime(intervals.DATE_FORMAT))

@@ -236,13 +236,28 @@ class ProviderRunner:
 
 
 def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
-    """Bars from what ``get_history`` returned, sorted by time with duplicates removed."""
+    """Bars from what ``get_history`` returned, sorted by time with duplicates removed (the
+    last one wins). An item that is no bar is skipped, and the call logged once with how
+    many and the first of them: one bad row of a vendor does not cost the client the rest."""
     if raw is None:
         return []
     if hasattr(raw, "to_dict"):  # a pandas DataFrame
         raw = raw.to_dict("records")
     by_time: dict[int, Bar] = {}
+    bad: list[str] = []
     for item in raw:
-        bar = to_bar(item, series)
+        try:
+            bar = to_bar(item, series)
+        except (ValueError, TypeError, OverflowError) as exc:
+            bad.append(str(exc))
+            continue
         by_time[bar[0]] = bar
+    if bad:
+        logger.warning(
+            "get_history(%s, %s) returned %d item(s) that are not bars, skipped; the first: %s",
+            series.name,
+            series.interval,
+            len(bad),
+            bad[0],
+        )
     return [by_time[t] for t in sorted(by_time)]
