@@ -275,6 +275,31 @@ async def test_live_bars_are_written_to_the_store_with_their_final_values(
     assert await eventually(lambda: stored() == expected), (stored(), expected)
 
 
+async def test_charts_stream_from_an_exchange_emulator_that_takes_no_subscribe(
+    tmp_path: Path,
+) -> None:
+    """End to end against a fake that reads streams only from the URL and ignores
+    SUBSCRIBE: both charts get their live bars, the second one's after a reopened socket."""
+    with FakeBinance(now_ms=frozen_ms(6), push_interval=0.2, control="ignore") as plain:
+        env = base_env(
+            tmp_path,
+            PROVIDERS="binance",
+            BINANCE_API_URL=plain.api_url,
+            BINANCE_STREAM_URL=plain.stream_url,
+        )
+        assert populate(env).returncode == 0
+        with ServerProcess(env, tmp_path / "server.log") as running:
+            client = await WsClient.open(running.ws_url)
+            try:
+                for name in ("BTCUSDT", "ETHUSDT"):
+                    await client.send(data(name, "1m", count=5))
+                    update = await client.wait_for("data_update", key_of(name, "1m"), timeout=20)
+                    assert [update["data"]] == points(plain.klines(name, "1m", limit=1), name, "1m")
+            finally:
+                await client.close()
+            assert "takes no live SUBSCRIBE" in running.log_path.read_text()
+
+
 # ------------------------------------------------------------------ rate limits
 
 
@@ -387,6 +412,38 @@ def test_a_refused_subscribe_is_reported_and_sent_again_until_it_is_taken() -> N
             assert fake.wait_for(lambda: fake.streams_per_connection() == {1: 1}, timeout=10)
             assert fake.wait_for(lambda: len(recorder.events) > 0, timeout=5)
             assert fake.connections_opened == 1  # the same connection asked again
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"control": "ignore"},  # never answers a SUBSCRIBE
+        {"control": "close"},  # closes the socket on one
+        {"control": "close", "url_streams_required": True},  # and refuses a bare /stream
+    ],
+    ids=["ignores", "closes", "closes-and-wants-streams-in-the-url"],
+)
+def test_a_server_without_live_subscribe_gets_the_streams_in_the_url(
+    server: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Relays and emulators of Binance that read streams only from the URL (the checklist
+    of an emulator asks for ``/ws/<stream>`` and ``/stream?streams=``, not SUBSCRIBE)."""
+
+    def streamed(name: str) -> bool:
+        symbol, interval = name.split("@kline_")
+        return any(e["s"].lower() == symbol and e["k"]["i"] == interval for e in recorder.events)
+
+    with FakeBinance(push_interval=0.1, **server) as fake:
+        recorder = Recorder()
+        with running(recorder.manager(fake, answer_timeout=1.0)) as manager:
+            manager.subscribe(["btcusdt@kline_1m"])
+            assert fake.wait_for(lambda: streamed("btcusdt@kline_1m"), timeout=15)
+            manager.subscribe(["ethusdt@kline_5m"])  # a new stream: a new socket names it
+            assert fake.wait_for(lambda: streamed("ethusdt@kline_5m"), timeout=15)
+            assert fake.wait_for(lambda: fake.open_connections == 1, timeout=15)
+            assert fake.streams_per_connection() == {fake.connections[-1].id: 2}
+            assert "takes no live SUBSCRIBE" in caplog.text
+        assert fake.violations == []
 
 
 def test_a_silent_connection_is_replaced_and_its_streams_reported_as_resumed() -> None:

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -198,6 +198,10 @@ class FakeBinance:
             second; one more closes the connection (code 1008) and records a violation.
         max_connection_age: close every WebSocket after this many seconds (Binance: 24 h).
         ping_interval: seconds between server pings (None disables them).
+        control: what the server does with a live control frame (SUBSCRIBE ...):
+            ``"answer"`` as Binance does, ``"ignore"`` it, or ``"close"`` the socket, as
+            simpler relays and emulators that only read streams from the URL do.
+        url_streams_required: refuse (HTTP 400) a ``/stream`` URL that names no stream.
     """
 
     def __init__(
@@ -213,6 +217,8 @@ class FakeBinance:
         max_messages_per_second: int = 5,
         max_connection_age: float | None = None,
         ping_interval: float | None = 20.0,
+        control: Literal["answer", "ignore", "close"] = "answer",
+        url_streams_required: bool = False,
     ) -> None:
         self.data = MarketData(tuple(symbols))
         self.host = host
@@ -223,6 +229,8 @@ class FakeBinance:
         self.max_connection_age = max_connection_age
         self._requested_port = port
         self._ping_interval = ping_interval
+        self.control = control
+        self.url_streams_required = url_streams_required
         self._lock = threading.RLock()
         # clock
         self._clock_base: int | None = now_ms
@@ -782,6 +790,8 @@ class FakeBinance:
         parsed = _parse_streams(target)
         assert parsed is not None
         _, names = parsed
+        if not names and self.url_streams_required:
+            return self._response(400, {"code": 2, "msg": "Invalid request: no stream"})
         bad = [n for n in names if not STREAM_NAME.match(n)]
         if bad:
             return self._response(
@@ -856,6 +866,12 @@ class FakeBinance:
                 )
             self._mark_closed(conn, "too many messages")
             await conn.ws.close(1008, "Too many requests")
+            return
+        if self.control == "ignore":
+            return
+        if self.control == "close":
+            self._mark_closed(conn, "control frames are not taken")
+            await conn.ws.close(1003, "unsupported")
             return
         reply = self._control(conn, text)
         self._sync_info(conn)

@@ -10,7 +10,12 @@ cannot send live SUBSCRIBE frames). It
   streams it resumed to its owner (``resume``) before reading the first event, so that the
   provider can fetch the bars it missed;
 * on ``serverShutdown`` and before Binance's 24-hour cut, opens the new socket and
-  subscribes it before closing the old one.
+  subscribes it before closing the old one;
+* falls back to naming its streams in the URL (``stream?streams=a/b``) for a server that
+  takes no live SUBSCRIBE (one that never answers it within ``answer_timeout``, closes the
+  socket right after it, or refuses a ``/stream`` URL without streams, as simpler relays and
+  emulators of Binance do): from then on a new stream reopens the socket with the new list,
+  the new socket first, as a renewal does.
 
 It runs on the owner's asyncio loop and does not know about bars, REST or other connections.
 """
@@ -27,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from backend.data_providers.binance import parse
 from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
@@ -64,6 +69,7 @@ class Outcome(enum.Enum):
     SILENT = "silent"
     SHUTDOWN = "serverShutdown"
     RENEW = "renewal"
+    URL = "new streams in the URL"  # a server without live SUBSCRIBE (see the module doc)
 
 
 class _Socket:
@@ -75,6 +81,7 @@ class _Socket:
         self.restart: set[str] = set()
         # id -> the streams of a SUBSCRIBE not answered yet (a refusal sends them again)
         self.subscribing: dict[int, list[str]] = {}
+        self.subscribed_at = 0.0  # when the last SUBSCRIBE was sent
         self.limiter = RollingLimiter(tuning.messages, tuning.message_window)
         self.dirty = asyncio.Event()
         self.synced = asyncio.Event()
@@ -99,6 +106,7 @@ class Connection:
         self.up = self.was_up = False
         self.failures = 0
         self.refusals = 0  # SUBSCRIBE frames refused in a row (the retry's backoff)
+        self.in_url = False  # the server takes no SUBSCRIBE: streams go in the socket's URL
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
         self.task.add_done_callback(self._ended)
 
@@ -149,8 +157,10 @@ class Connection:
     async def _cycle(self, sock: _Socket) -> _Socket:
         """Serve ``sock`` until it must be replaced; return its replacement."""
         outcome, detail = await self._watch(sock)
-        if outcome in (Outcome.RENEW, Outcome.SHUTDOWN):
-            new = await self._open_once(resume=outcome is Outcome.SHUTDOWN)
+        if outcome is Outcome.DROPPED and not self.in_url and self._unanswered(sock, 0.0):
+            self._use_url(f"the server closed the socket after a SUBSCRIBE ({detail})")
+        if outcome in (Outcome.RENEW, Outcome.SHUTDOWN, Outcome.URL):
+            new = await self._open_once(resume=outcome is not Outcome.RENEW)
             if new is not None:
                 logger.info("binance stream #%d: %s; new socket opened", self.number, detail)
                 await self._handover(sock, new)
@@ -158,6 +168,8 @@ class Connection:
             if outcome is Outcome.RENEW:
                 sock.renew_at = time.monotonic() + self.tuning.backoff_max
                 return sock
+            if outcome is Outcome.URL:  # keep what it carries; the next change tries again
+                return await self._keep(sock)
         self.failures = 0 if sock.got_data else self.failures + 1
         await self._close(sock)
         delay = backoff_delay(self.failures, self.tuning)
@@ -199,12 +211,29 @@ class Connection:
             self.failures += 1
             await asyncio.sleep(backoff_delay(self.failures, self.tuning))
 
+    async def _keep(self, sock: _Socket) -> _Socket:
+        """Go on reading ``sock`` after its replacement could not be opened; try again
+        after a backoff."""
+        loop = asyncio.get_running_loop()
+        sock.ended = loop.create_future()
+        if sock.tasks[0].done():  # it dropped meanwhile
+            sock.end(Outcome.DROPPED, "connection closed")
+        self.failures += 1
+        loop.call_later(backoff_delay(self.failures, self.tuning), sock.dirty.set)
+        return sock
+
+    def _url(self) -> str:
+        if not self.in_url or not self.wanted:
+            return self.manager.url
+        return self.manager.url + "?streams=" + "/".join(self.wanted)
+
     async def _open_once(self, resume: bool) -> _Socket | None:
         await self.manager.connect_limiter.wait()
         self.manager.connect_limiter.record()
+        url = self._url()
         try:
             ws = await connect(
-                self.manager.url,
+                url,
                 open_timeout=self.tuning.open_timeout,
                 ping_interval=None,  # Binance pings us; our pings would count as messages
                 close_timeout=2,
@@ -214,10 +243,17 @@ class Connection:
                 # pause and resume of reading costs the loop two epoll_ctl calls.
                 max_queue=MAX_QUEUE,
             )
+        except InvalidStatus as exc:
+            logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)
+            if not self.in_url and self.wanted and exc.response.status_code < 500:
+                self._use_url(f"a /stream URL without streams was refused ({exc})")
+            return None
         except (OSError, TimeoutError, WebSocketException) as exc:
             logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)
             return None
         sock = _Socket(ws, self.tuning)
+        if url != self.manager.url:
+            sock.sent.update(self.wanted)
         if resume and self.wanted:
             self.manager.resume(list(self.wanted))  # before the first event is read
         sock.tasks = [
@@ -227,10 +263,11 @@ class Connection:
         self.sockets.append(sock)
         sock.dirty.set()
         logger.info(
-            "binance stream #%d connected to %s (%d streams)",
+            "binance stream #%d connected to %s (%d streams%s)",
             self.number,
             self.manager.url,
             len(self.wanted),
+            " in the URL" if url != self.manager.url else "",
         )
         self._set_up(True)
         return sock
@@ -313,11 +350,40 @@ class Connection:
             logger.exception("binance stream #%d: writer failed", self.number)
             sock.end(Outcome.DROPPED, "writer failed")
 
+    def _unanswered(self, sock: _Socket, older_than: float) -> bool:
+        """A SUBSCRIBE of ``sock`` sent more than ``older_than`` s ago (and within the answer
+        timeout, for a socket that ended) is still unanswered."""
+        if not sock.subscribing:
+            return False
+        age = time.monotonic() - sock.subscribed_at
+        return older_than <= age and (older_than > 0 or age < self.tuning.answer_timeout)
+
+    def _check_answered(self, sock: _Socket) -> None:
+        timeout = self.tuning.answer_timeout
+        if not sock.ended.done() and not self.in_url and self._unanswered(sock, timeout):
+            self._use_url(f"no answer to a SUBSCRIBE within {timeout:g} s")
+            sock.end(Outcome.URL, "reopening with the streams in the URL")
+
+    def _use_url(self, why: str) -> None:
+        self.in_url = True
+        logger.warning(
+            "binance stream #%d: %s: this server takes no live SUBSCRIBE; the streams go in"
+            " the URL from now on, and a new stream reopens the socket",
+            self.number,
+            why,
+        )
+
     async def _write_forever(self, sock: _Socket) -> None:
         while True:
             await sock.dirty.wait()
             await asyncio.sleep(COALESCE_SECONDS)
             sock.dirty.clear()
+            if self.in_url:
+                if sock.restart or not sock.sent.issuperset(self.wanted):
+                    sock.end(Outcome.URL, "the streams changed")
+                else:
+                    sock.synced.set()
+                continue
             while self._pending(sock):
                 await sock.limiter.wait()
                 frame = self._take_frame(sock)
@@ -331,6 +397,10 @@ class Connection:
                     if len(sock.subscribing) >= MAX_UNANSWERED:
                         sock.subscribing.clear()  # never answered: forget, do not grow
                     sock.subscribing[request_id] = params
+                    sock.subscribed_at = time.monotonic()
+                    asyncio.get_running_loop().call_later(
+                        self.tuning.answer_timeout, self._check_answered, sock
+                    )
                 await sock.ws.send(json.dumps(message, separators=(",", ":")))
                 logger.debug("binance stream #%d: %s %d streams", self.number, method, len(params))
             if not sock.dirty.is_set():
