@@ -366,6 +366,20 @@ def test_a_handshake_that_never_completes_is_given_up_on_and_tried_again(
     wait_until(lambda: direct.statuses()[-1].state == "ok", "connected once auth is answered", 20)
 
 
+def test_a_server_that_sends_no_connected_status_is_sent_the_auth_anyway(
+    tuesday: FakePolygon, direct: Direct, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some relays and emulators wait for the auth before saying anything: the handshake
+    waited for a greeting until its deadline, then again, and never connected."""
+    monkeypatch.setattr(polygon_stream, "GREETING_WAIT", 0.3)
+    monkeypatch.setattr(tuesday, "greets", False)
+    tuesday.set_always_open(True)
+    direct.subscribe("X:ETHUSD", "1m")
+    wait_until(lambda: tuesday.auth_attempts == {"crypto": 1}, "the auth", 10)
+    wait_until(lambda: any(c.topics for c in tuesday.connections("crypto")), "a subscription", 10)
+    assert tuesday.auth_attempts == {"crypto": 1}  # at the first try
+
+
 def test_rest_errors_become_candlewire_errors_without_sleeping_out_retry_after(
     tuesday: FakePolygon, direct: Direct
 ) -> None:

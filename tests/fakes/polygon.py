@@ -613,8 +613,10 @@ class FakePolygon:
         count_minutes_for_days: bool = False,
         max_catchup_seconds: int = 3600,
         wildcard_limit: int = 50,
+        greets: bool = True,
     ) -> None:
         self._keys = None if api_keys is None else frozenset(api_keys)
+        self.greets = greets  # False: no ``connected`` status on accept, as some relays do
         self.host, self.port = host, port
         self.clock = Clock(None if now is None else to_ms(now), speed, frozen)
         self.engine = BarEngine(always_open, count_minutes_for_days)
@@ -946,7 +948,8 @@ class FakePolygon:
             self._conns[conn.id] = conn
             self._opened[path] += 1
         writer = asyncio.create_task(self._write(conn, send))
-        conn.status("connected", "Connected Successfully")
+        if self.greets:
+            conn.status("connected", "Connected Successfully")
         try:
             await self._read(conn, receive)
         finally:

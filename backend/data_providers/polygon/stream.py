@@ -52,6 +52,7 @@ from backend.data_providers.polygon.wire import (
 logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+GREETING_WAIT = 2.0  # a server that sends no ``connected`` status is sent the auth after this
 PING_INTERVAL = PING_TIMEOUT = 20.0
 STABLE_SECONDS = 60.0
 DROP_BACKOFF = (1.0, 60.0)  # first and longest delay after a dropped connection
@@ -197,9 +198,17 @@ class ClusterConnection:
     async def _handshake(self, ws: ClientConnection) -> None:
         """Wait for ``connected``, authenticate; raise :class:`Rejected` when refused, and
         ``TimeoutError`` when it is not done within ``HANDSHAKE_TIMEOUT`` in all (a server
-        that keeps sending statuses but never ``auth_success`` is not waited on forever)."""
+        that keeps sending statuses but never ``auth_success`` is not waited on forever).
+        A server that sends no greeting (some relays and emulators wait for the auth) gets
+        the auth after ``GREETING_WAIT``."""
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            self._check(await ws.recv())
+            try:
+                async with asyncio.timeout(GREETING_WAIT):
+                    greeting = await ws.recv()  # cancellation-safe: nothing is lost
+            except TimeoutError:
+                logger.info("polygon %s: no connected status; sending the auth", self.cluster)
+            else:
+                self._check(greeting)
             await ws.send(auth_message(self._key))
             while True:
                 statuses = self._check(await ws.recv())
