@@ -2,7 +2,8 @@
 
 ``ScriptedProvider`` records its hook calls on the instance and can be told, through the
 symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``, ``GONE`` is
-an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history.
+an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history, ``SLOW``
+answers after a second, ``KILLER`` exits the process from ``get_history``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class ScriptedProvider(Provider):
         if symbol == "HANG":
             self.hang.wait(60)
             return []
+        if symbol == "SLOW":
+            time.sleep(1)
+        if symbol == "KILLER":
+            os._exit(4)
         if symbol == "MIXED":  # a vendor's rows with a few that are no bars among them
             return [None, [T0 * 1000, "x"], {"close": 1.0}, (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
         # Out of order, with a duplicate, mixed shapes: the runner sorts and converts.

@@ -329,18 +329,34 @@ async def test_a_killed_process_is_restarted_and_reports_ready_again(
     assert proc.pid != old_pid and proc.restarts == 1
 
 
-async def test_a_process_that_exits_in_a_hook_fails_pending_history_and_restarts(
+async def test_history_in_hand_when_the_process_exits_is_asked_of_the_restarted_one(
+    process: tuple[ProviderProcess, Sinks],
+) -> None:
+    """It used to fail at once with ``provider_unavailable``, and a request made while the
+    process was restarting went into the dead process's queue and waited out its timeout."""
+    proc, sinks = process
+    pending = asyncio.ensure_future(
+        proc.get_history("SLOW", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
+    )
+    await asyncio.sleep(0.2)  # the request is in the process's hands when it dies
+    proc.send(StartStreaming(1, "DIE", "1h"))
+    await eventually(lambda: proc.state is ProviderState.BACKOFF, what="the backoff state")
+    during = asyncio.ensure_future(
+        proc.get_history("AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
+    )
+    assert [b[0] for b in await pending] == [T0, T0 + 3600]
+    assert [b[0] for b in await during] == [T0, T0 + 3600]
+    assert len(sinks.ready) == 2
+
+
+async def test_a_history_request_that_kills_its_process_is_asked_again_only_once(
     process: tuple[ProviderProcess, Sinks],
 ) -> None:
     proc, sinks = process
-    pending = asyncio.ensure_future(
-        proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
-    )
-    await asyncio.sleep(0)  # the request is queued before the process dies
-    proc.send(StartStreaming(1, "DIE", "1h"))
-    with pytest.raises(ProviderUnavailable):
-        await pending
-    await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
+    with pytest.raises(ProviderUnavailable, match="exited"):
+        await proc.get_history("KILLER", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
+    assert proc.restarts >= 1
+    await eventually(lambda: len(sinks.ready) == 3, timeout=30, what="the second restart")
 
 
 async def test_a_silent_process_is_killed_by_the_heartbeat_check(

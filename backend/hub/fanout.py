@@ -78,6 +78,9 @@ class Fanout:
         self._held: dict[SeriesId, dict[int, bytes]] = {}
         # key -> (time, updates in a row) of a far-ahead bar not taken yet (``_confirmed``)
         self._suspects: dict[SeriesId, tuple[int, int]] = {}
+        # Keys being refilled after a provider restart (``hub.refill``): their live bars
+        # wait here (bar time -> the newest (bar, final)) and follow the refilled ones.
+        self.refilling: dict[SeriesId, dict[int, tuple[Bar, bool]]] = {}
 
     # ------------------------------------------------------------------ delivery
 
@@ -112,16 +115,21 @@ class Fanout:
     def on_provider_events(self, source: str, events: list[WireEvent]) -> None:
         """Events from a provider process, in batches; the hot path of the hub."""
         bars = 0
+        refilling = self.refilling
         for event in events:
             if type(event) is tuple:  # a bar update (ipc.WireBar)
-                self._on_bar(SeriesId(source, event[0], event[1]), event[2], event[3])
+                key = SeriesId(source, event[0], event[1])
+                if refilling and key in refilling:
+                    refilling[key][event[2][0]] = (event[2], event[3])
+                    continue
+                self._on_bar(key, event[2], event[3])
                 bars += 1
                 continue
             match event:
                 case Clock():
                     self.clocks.set(source, event)
                 case Notice(symbol, interval, code, message):
-                    self._notify(SeriesId(source, symbol, interval), code, message)
+                    self.notify(SeriesId(source, symbol, interval), code, message)
                 case Status(state, detail):
                     logger.info("provider %s status: %s %s", source, state, detail)
         if bars:
@@ -286,7 +294,8 @@ class Fanout:
                     series.key, series.coverage.spans(), series.exhausted_before
                 )
 
-    def _notify(self, key: SeriesId, code: str, message: str) -> None:
+    def notify(self, key: SeriesId, code: str, message: str) -> None:
+        """Send an ``error`` with ``code`` and ``message`` about ``key`` to its clients."""
         frame = text_frame(
             protocol.error_message(
                 code, message, {"source": key.source, "name": key.name, "interval": key.interval}

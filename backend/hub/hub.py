@@ -32,6 +32,7 @@ from backend.hub.handles import ProviderSet, ProviderSetFactory, ReportsBus
 from backend.hub.indicating import Indicating
 from backend.hub.listeners import BarListener, Listeners
 from backend.hub.metrics import Metrics
+from backend.hub.refill import Refills
 from backend.hub.requests import Requests
 from backend.hub.scanning import Scanning
 from backend.hub.stalls import StallProbe, enable_debug
@@ -44,6 +45,7 @@ from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import WireEvent
 from backend.runtime.supervisor import Supervisor
+from backend.tasks import cancel_owned
 from backend.wire import protocol
 from backend.wire.frames import text_frame
 from backend.wire.outbox import Outbox
@@ -122,6 +124,7 @@ class Hub:
         self.admit_subscription: Callable[[int], str | None] | None = None
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
+        self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
         self.requests = Requests(self)
         if indicators is None:
             indicators = _indicators(tuple(settings.EXTRA_INDICATORS))
@@ -158,6 +161,7 @@ class Hub:
         self.stalls.start()
 
     async def stop(self) -> None:
+        await cancel_owned(self.refills.tasks)
         await self.scanning.stop_all()
         await self.alerting.close()
         await self.chatting.close()
@@ -352,15 +356,35 @@ class Hub:
             self.settings.HISTORY_TIMEOUT,
         )
 
+    async def _refetch(self, key: SeriesId, start: int, count: int) -> list[Bar]:
+        """The bars of ``key`` from ``start`` to now, for a refill (charged to no client)."""
+        provider = self.supervisor.get(key.source)
+        if provider is None:
+            raise ProviderUnavailable(f"provider {key.source!r} is not enabled")
+        self.metrics.inc("candlewire_history_fetches_total", source=key.source)
+        start_text = intervals.format_date(start)
+        timeout = self.settings.HISTORY_TIMEOUT
+        return await provider.get_history(
+            key.name, key.interval, start_text, "now UTC", count, timeout
+        )
+
     def on_provider_ready(self, source: str) -> None:
-        """A provider (re)started: replay every open subscription into it."""
+        """A provider (re)started: refill what its keys' clients missed meanwhile (held live
+        updates follow), and replay every open subscription into it."""
         for series in self.cache.for_source(source):
             series.live = False
             series.epoch += 1
         self.indicating.reset_source(source)
+        keys = {key for _, key in self.subs.pairs_for_source(source)}
+        refilling = self.refills.start(sorted(keys))
         replayed = self.upstream.replay(source)
         if replayed:
-            logger.info("provider %s: resubscribed %d client streams", source, replayed)
+            logger.info(
+                "provider %s: resubscribed %d client streams, refilling %d keys",
+                source,
+                replayed,
+                refilling,
+            )
 
     def on_provider_events(self, source: str, events: list[WireEvent]) -> None:
         """Events from a provider process (see ``Fanout.on_provider_events``)."""

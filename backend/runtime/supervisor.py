@@ -72,6 +72,10 @@ EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
 
 
+class _Exited(ProviderUnavailable):
+    """The process exited with the request in hand (asked again of its successor)."""
+
+
 class ProviderState(Enum):
     STARTING = "starting"
     RUNNING = "running"
@@ -204,12 +208,13 @@ class ProviderProcess:
         process.join(0)
         code = process.exitcode
         self._process = None
+        self._ready.clear()  # a history request waits for the next Ready, never a dead queue
         if self._commands is not None:
             self._commands.close()
             self._commands.cancel_join_thread()
             self._commands = None
         self._exited.set()
-        self._fail_pending(ProviderUnavailable(f"provider {self.key} exited (code {code})"))
+        self._fail_pending(_Exited(f"provider {self.key} exited (code {code})"))
         if self.state is ProviderState.STOPPING:
             return
         self.last_error = self.last_error or f"process exited with code {code}"
@@ -332,28 +337,43 @@ class ProviderProcess:
     async def get_history(
         self, symbol: str, interval: str, start: str, end: str, count: int, timeout: float
     ) -> list[Bar]:
-        """Ask the process for history; raises ``ProviderError`` on failure or timeout."""
+        """Ask the process for history; raises ``ProviderError`` on failure or timeout.
+
+        A request waits (within ``timeout``) for a process that is starting or restarting.
+        One the process took with it when it exited is asked again, once, of the restarted
+        process (twice would let one request that kills its provider do it again and again).
+        """
         deadline = time.monotonic() + timeout
-        if self.state is not ProviderState.RUNNING:
+        for attempt in range(2):
+            await self._until_ready(deadline)
+            request_id = next(self._ids)
+            future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            self.send(GetHistory(request_id, symbol, interval, start, end, count))
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise ProviderUnavailable(
-                    f"provider {self.key} is {self.state.value}; try again shortly"
+                    f"provider {self.key} did not answer history of {symbol} {interval} "
+                    f"within {timeout:g} s"
                 ) from None
-        request_id = next(self._ids)
-        future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        self.send(GetHistory(request_id, symbol, interval, start, end, count))
+            except _Exited:
+                if attempt or self.state is ProviderState.STOPPING:
+                    raise
+                logger.info("provider %s: asking the restarted process again", self.key)
+            finally:
+                self._pending.pop(request_id, None)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _until_ready(self, deadline: float) -> None:
+        if self._ready.is_set():
+            return
         try:
-            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise ProviderUnavailable(
-                f"provider {self.key} did not answer history of {symbol} {interval} "
-                f"within {timeout:g} s"
+                f"provider {self.key} is {self.state.value}; try again shortly"
             ) from None
-        finally:
-            self._pending.pop(request_id, None)
 
     def _resolve(self, request_id: int, bars: list[Bar], error: BaseException | None) -> None:
         future = self._pending.pop(request_id, None)

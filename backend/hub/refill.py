@@ -1,0 +1,112 @@
+"""Refill after a provider restart: the bars a key's clients missed while its provider was
+down reach them as ``data_update``s, in order, before any newer live update.
+
+A provider process that died (or was killed for silence) and a provider node that took over
+(scale-out) start streaming from where their upstream is now; the bars that closed in
+between would otherwise be missing from every open chart until it reloads, with nothing to
+say so. For each key that has subscribers and a newest bar, :class:`Refills` asks the
+provider for the bars from that newest bar on (the one the clients hold, since it may have
+closed with other values) and hands them to the fan-out as if the provider had sent them.
+Live updates of the key that arrive meanwhile are held (only the newest state of each bar)
+and follow the refill. If the history call fails, the key's clients get an ``error`` naming
+the window, and the held updates go out.
+
+Owned here: which keys are being refilled and their held updates (``Fanout.refilling`` is
+the same dict, read on the hot path). Not owned: the fetch (the hub's), the fan-out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from backend.errors import ProviderError
+from backend.history.cache import BarCache
+from backend.hub.fanout import Fanout
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from backend.runtime.messages import WireEvent
+from backend.tasks import Tasks, start_owned
+
+logger = logging.getLogger(__name__)
+
+MAX_PUSHED = 300  # missed bars sent to clients per key (the rest stay in history)
+
+Fetch = Callable[[SeriesId, int, int], Awaitable[list[Bar]]]
+
+
+class Refills:
+    """The refills in progress, one per key."""
+
+    def __init__(self, cache: BarCache, fanout: Fanout, fetch: Fetch, max_count: int) -> None:
+        self.cache = cache
+        self.fanout = fanout
+        self.fetch = fetch
+        self.max_count = max_count
+        self.tasks: Tasks = set()
+        self.held = fanout.refilling
+
+    def start(self, keys: list[SeriesId]) -> int:
+        """Refill each of ``keys`` that has a newest bar and is not being refilled; the
+        number started."""
+        started = 0
+        for key in keys:
+            series = self.cache.peek(key)
+            if series is None or series.newest is None or key in self.held:
+                continue
+            self.held[key] = {}
+            refill = self._refill(key, series.newest, series.epoch)
+            start_owned(self.tasks, refill, f"refill {key}")
+            started += 1
+        return started
+
+    async def _refill(self, key: SeriesId, since: int, epoch: int) -> None:
+        step = intervals.nominal_seconds(key.interval)
+        now = self.fanout.clocks.now(key.source, key.name)
+        count = max(2, min(self.max_count, (now - since) // step + 2))
+        bars: list[Bar] = []
+        try:
+            bars = [bar for bar in await self.fetch(key, since, count) if bar[0] >= since]
+        except ProviderError as exc:
+            logger.warning("%s: the bars since %s could not be refilled: %s", key, _at(since), exc)
+            self.fanout.notify(
+                key,
+                exc.code,
+                f"bars since {_at(since)} may be missing after the provider restarted: {exc}",
+            )
+        finally:
+            held = self.held.pop(key, {})
+        series = self.cache.peek(key)
+        if bars and series is not None and series.epoch == epoch:
+            series.live = True  # up to date again: its coverage grows with each bar below
+        if len(bars) > MAX_PUSHED:
+            logger.warning(
+                "%s: %d bars missed while the provider was down; the newest %d are sent, the"
+                " rest are in the history",
+                key,
+                len(bars),
+                MAX_PUSHED,
+            )
+            bars = bars[-MAX_PUSHED:]
+        events: list[WireEvent] = []
+        last = bars[-1][0] if bars else None
+        for bar in bars:
+            if bar[0] not in held:
+                events.append((key.name, key.interval, bar, bar[0] != last))
+        for t in sorted(held):
+            bar, final = held[t]
+            events.append((key.name, key.interval, bar, final))
+        events.sort(key=_bar_time)
+        if events:
+            self.fanout.on_provider_events(key.source, events)
+        if bars:
+            logger.info("%s: %d bars refilled after the provider restarted", key, len(bars))
+
+
+def _bar_time(event: WireEvent) -> int:
+    bar: Bar = event[2]  # type: ignore[index]
+    return bar[0]
+
+
+def _at(t: int) -> str:
+    return intervals.format_date(t)
