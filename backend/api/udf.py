@@ -90,6 +90,7 @@ LOOKUP_LIMIT = 20
 RECENT_BARS = 50  # bars read for pricescale and volume_precision
 TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
 TYPE_SAMPLE = 200  # rows per source sampled for /config's symbols_types
+NOW_TOLERANCE = 60  # s: a history 'to' this close to the wall clock means "until now"
 _DAY = 86_400
 
 
@@ -339,16 +340,21 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
-    """The dataset row for ``SOURCE:NAME`` or a bare name (exact match), or None."""
+    """The dataset row for ``SOURCE:NAME`` or a bare name (exact match, else the one match
+    that differs only in case), or None."""
     text = text.strip()
     if not text:
         return None
     enabled = _enabled(hub)
     source, sep, name = text.partition(":")
     if sep and name:
-        details: dict[str, Any] | None = await hub.symbols.details(
-            canonical_source(source, enabled), name
-        )
+        source = canonical_source(source, enabled)
+        details: dict[str, Any] | None = await hub.symbols.details(source, name)
+        if details is not None:
+            return details
+        results = await hub.symbols.search(name, LOOKUP_LIMIT)
+        mine = [r for r in results if (r.get("details") or {}).get("source") == source]
+        details = pick_exact(name, mine, enabled)
         if details is not None:
             return details
     # A bare name; it may contain ':' itself (Polygon's "X:BTCUSD").
@@ -483,6 +489,8 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         if problem is not None:
             return json_response(error(problem))
     start, to, countback = (params[name][0] for name in ("from", "to", "countback"))
+    if countback is not None and countback <= 0:
+        countback = None  # "no countback": 'from' must say where to start
     if to is None or (start is None and countback is None):
         return json_response(error("history needs 'to' and 'from' or 'countback'"))
     interval = to_interval(resolution)
@@ -498,9 +506,17 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     except ProtocolError as exc:
         return json_response(error(exc.message))
     end = to
+    wall = time.time()
+    if abs(to - wall) <= NOW_TOLERANCE:
+        # "Until now" (the first request, and the adapter's polling with the browser's
+        # clock): now as the key's provider sees it, which a replay (CSV) has far from the
+        # wall clock; otherwise the chart would show bars of the replay's past, never moving.
+        offset = hub.clocks.now(key.source, key.name) - int(wall)
+        end += offset
+        start = None if start is None else start + offset
     limit = hub.settings.MAX_COUNT
     since: int | None = None
-    if countback is not None and countback > 0:
+    if countback is not None:
         count = min(countback, limit)
     else:
         since = max(0, start or 0)
@@ -514,7 +530,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         return json_response(error(str(answer.error)))
     older: Bar | None = None
     if since:
-        probe = await hub.planner.before(key, since - 1, 1, streaming)
+        probe = await hub.planner.before(key, min(since, end) - 1, 1, streaming)
         older = probe.bars[-1] if probe.bars else None
     return json_response(no_data(older))
 
