@@ -17,6 +17,7 @@ the same dict, read on the hot path). Not owned: the fetch (the hub's), the fan-
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +32,7 @@ from backend.tasks import Tasks, start_owned
 logger = logging.getLogger(__name__)
 
 MAX_PUSHED = 300  # missed bars sent to clients per key (the rest stay in history)
+AT_ONCE = 8  # history calls of refills in flight (thousands of keys after a node took over)
 
 Fetch = Callable[[SeriesId, int, int], Awaitable[list[Bar]]]
 
@@ -45,6 +47,7 @@ class Refills:
         self.max_count = max_count
         self.tasks: Tasks = set()
         self.held = fanout.refilling
+        self._calls = asyncio.Semaphore(AT_ONCE)
 
     def start(self, keys: list[SeriesId]) -> int:
         """Refill each of ``keys`` that has a newest bar and is not being refilled; the
@@ -66,7 +69,9 @@ class Refills:
         count = max(2, min(self.max_count, (now - since) // step + 2))
         bars: list[Bar] = []
         try:
-            bars = [bar for bar in await self.fetch(key, since, count) if bar[0] >= since]
+            async with self._calls:  # the timeout of each call starts when it is made
+                fetched = await self.fetch(key, since, count)
+            bars = [bar for bar in fetched if bar[0] >= since]
         except ProviderError as exc:
             logger.warning("%s: the bars since %s could not be refilled: %s", key, _at(since), exc)
             self.fanout.notify(
