@@ -294,3 +294,48 @@ async def test_the_standby_takes_over_when_the_active_node_is_killed(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_hub_stalled_past_its_lease_counts_its_providers_as_restarted(
+    deployment: Deployment,
+) -> None:
+    """Its demand expired and the node stopped its keys; it resumed renewing as if nothing
+    had happened, so the bars that closed meanwhile were missing and the span was stored as
+    covered (a permanent hole). Now the lapse is a provider restart: demand replayed, what
+    was missed refilled from history. (Last in this module: it stops hub B for a while.)"""
+    stalled = deployment.hubs[1]
+    client = await WsClient.open(stalled.ws_url)
+    try:
+        await client.send(
+            {"type": "data", "source": "counting", "name": "BBB", "interval": "1m", "count": 5}
+        )
+        await client.wait_for("data_update", same_key("BBB", "1m"))
+        assert stalled.proc is not None
+
+        def stops() -> int:
+            return sum(line == "last BBB 1m" for n in deployment.nodes for line in log_of(n))
+
+        stopped = stops()
+        os.kill(stalled.proc.pid, signal.SIGSTOP)
+        try:
+            await harness.eventually(  # its demand expired: the node stopped the key
+                lambda: stops() > stopped,
+                LEASE + LINGER + 15,
+                "the key to stop upstream",
+            )
+        finally:
+            os.kill(stalled.proc.pid, signal.SIGCONT)
+        await harness.eventually(
+            lambda: "every provider counts as restarted" in stalled.log_path.read_text(),
+            10,
+            "the hub to notice its lapse",
+        )
+        await harness.eventually(
+            lambda: "bars refilled after the provider restarted" in stalled.log_path.read_text(),
+            10,
+            "the refill",
+        )
+        mark = len(client.messages)
+        await client.wait_for("data_update", same_key("BBB", "1m"), LEASE + 10, mark)
+    finally:
+        await client.close()

@@ -217,3 +217,53 @@ def test_which_window_joins_a_call_in_flight() -> None:
         ("csv", "AAA", "1m", "yesterday", "now UTC", 5),  # not a hub's window
     ):
         assert node._containing(other) is None, other
+
+
+async def test_history_a_dying_node_took_with_it_is_asked_of_the_node_that_takes_over(
+    tmp_path: Path,
+) -> None:
+    """The request waited out HISTORY_TIMEOUT and the chart got an error, though the
+    standby held the lease a lease later."""
+    names = Names(bus_deploy.new_prefix())
+    store = redis.Redis.from_url(SHARED_REDIS)
+    keys = [names.lease("counting"), names.active("counting"), names.history("counting")]
+    store.set(keys[0], "old-node", px=120_000)
+    store.set(keys[1], codec.encode(codec.Active("old-node", None, True, [])), px=120_000)
+    env = bus_deploy.bus_env(tmp_path, SHARED_REDIS, names.prefix, "hub")
+    env["HISTORY_TIMEOUT"] = "30"
+    assert harness.populate(env).returncode == 0
+    hub = ServerProcess(env, tmp_path / "hub.server.log", args=("--role", "hub"))
+    try:
+        hub.start()
+        await harness.eventually(
+            lambda: hub.get("/health")["providers"]["counting"]["node"] == "old-node",
+            10,
+            "the hub to see the old node",
+        )
+        client = await WsClient.open(hub.ws_url)
+        await client.send(latest("CCC"))
+        await harness.eventually(lambda: store.llen(keys[2]) >= 1, 10, "the request")
+        taken = codec.decode(store.lpop(keys[2]), "test")  # the old node took it, then died
+        assert isinstance(taken, codec.HistoryRequest)
+        new = codec.Active("new-node", None, True, [])
+        store.set(keys[0], "new-node", px=120_000)
+        store.set(keys[1], codec.encode(new), px=120_000)
+        store.publish(names.updates("counting"), codec.encode(new))
+        await harness.eventually(lambda: store.llen(keys[2]) >= 1, 10, "the request again")
+        again = codec.decode(store.lpop(keys[2]), "test")
+        assert again == taken
+        t = intervals.floor(int(time.time()), "1m")
+        bars = [(t - 60 * i, 1.0, 2.0, 0.5, 1.5, 3.0) for i in range(4, -1, -1)]
+        store.publish(
+            names.reply(taken.hub), codec.encode(codec.HistoryAnswer(taken.request_id, bars))
+        )
+        init = await client.wait_for("data_init", same_key("CCC", "1m"), 10)
+        assert [point["date"] for point in init["data"]] == [
+            intervals.format_date(bar[0]) for bar in bars
+        ]
+        assert client.of_type("error") == []
+        await client.close()
+    finally:
+        hub.stop()
+        store.delete(*keys)
+        store.close()

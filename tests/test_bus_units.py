@@ -10,7 +10,7 @@ from backend.bus import codec
 from backend.bus.hubside import BusProviderSet
 from backend.bus.names import demand_member, parse_member
 from backend.errors import ConfigError
-from backend.runtime.messages import NoUpdate, StartStreaming, StopStreaming
+from backend.runtime.messages import Clock, Notice, NoUpdate, StartStreaming, Status, StopStreaming
 from backend.settings import load_settings
 
 BUS = "redis://127.0.0.1:6379/0"
@@ -80,3 +80,31 @@ def test_a_key_is_one_demand_entry_whatever_its_clients() -> None:
     assert handle.health()["state"] == "unreachable"  # not started: no Redis yet
     assert handle.health()["node"] is None
     assert bus.bus_health()["state"] == "down"
+
+
+def test_a_batch_keeps_only_events_of_the_shapes_a_provider_writes() -> None:
+    """A clock of strings broke every later history request of the source; a short tuple
+    killed the hub's bus reader; a price of text reached clients as it was."""
+    good_bar = ("BTC", "1m", (60, 1.0, 2.0, 0.5, 1.5, None), False)
+    good = [good_bar, Clock(None, 1.0, 2.0, 60.0), Status("ok", ""), Notice("B", "1m", "c", "m")]
+    bad = [
+        ("BTC", "1m"),
+        ("BTC", "1m", ("x", 1.0, 2.0, 0.5, 1.5, None), False),
+        ("BTC", "1m", (60, "evil", 2.0, 0.5, 1.5, None), False),
+        ("BTC", "1m", (60, 1.0, 2.0, 0.5, 1.5), False),
+        Clock(None, "x", "y", "z"),  # type: ignore[arg-type]
+        Clock(None, 1.0, float("nan"), 1.0),
+        Status(["x"], ""),  # type: ignore[arg-type]
+        "text",
+        None,
+    ]
+    assert codec.well_formed([*bad[:3], *good, *bad[3:]]) == good
+
+
+def test_a_provider_no_node_holds_says_so_in_health() -> None:
+    settings = load_settings(PROVIDERS="csv", BUS_URL=BUS)
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    bus.up = True
+    health = bus.providers["csv"].health()
+    assert health["state"] == "no_node" and health["pid"] is None
+    assert health["last_error"] == "no provider node holds it"

@@ -10,12 +10,13 @@ trusted like the pipe (it carries pickles): keep it on a private network (README
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 from backend.model.bars import Bar
-from backend.runtime.messages import WireEvent
+from backend.runtime.messages import Clock, Notice, Status, WireEvent
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +79,41 @@ def decode(data: Any, where: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - unpickling foreign bytes raises any kind
         logger.warning("bus: dropped an undecodable message on %s: %s", where, exc)
         return None
+
+
+def well_formed(events: list[Any]) -> list[WireEvent]:
+    """The events of a batch that have the shapes a provider process writes: a bar update
+    ``(symbol, interval, (time, open, high, low, close, volume), final)`` with an int time
+    and float-or-None values, or a ``Clock``, ``Status`` or ``Notice`` with fields of their
+    types. Anything else (another program on the prefix) is dropped and logged: a clock of
+    strings would break every later history request of the source, a bar of strings would
+    reach clients as it is."""
+    kept = [event for event in events if _bar_ok(event) or _event_ok(event)]
+    if len(kept) < len(events):
+        logger.warning("bus: dropped %d malformed events of a batch", len(events) - len(kept))
+    return kept
+
+
+def _bar_ok(event: Any) -> bool:
+    if type(event) is not tuple or len(event) != 4:
+        return False
+    symbol, interval, bar, final = event
+    if type(symbol) is not str or type(interval) is not str or type(final) is not bool:
+        return False
+    if type(bar) is not tuple or len(bar) != 6 or type(bar[0]) is not int:
+        return False
+    return all(value is None or type(value) is float for value in bar[1:])
+
+
+def _event_ok(event: Any) -> bool:
+    match event:
+        case Clock(symbol, origin_wall, origin_data, speed):
+            numbers = (origin_wall, origin_data, speed)
+            return (symbol is None or type(symbol) is str) and all(
+                type(n) in (int, float) and math.isfinite(n) for n in numbers
+            )
+        case Status(state, detail):
+            return type(state) is str and type(detail) is str
+        case Notice(symbol, interval, code, message):
+            return all(type(text) is str for text in (symbol, interval, code, message))
+    return False

@@ -107,13 +107,16 @@ class BusHandle:
         # The hub's link to the provider: up whether or not a node holds it yet (``node``
         # says which does: a hub may start before any node).
         up = self.owner.up
+        state = "running" if self.holder is not None else "no_node"
         return {
-            "state": "running" if up else "unreachable",
+            "state": state if up else "unreachable",
             "node": self.holder,
-            "pid": self.pid,
+            "pid": self.pid if self.holder is not None else None,
             "restarts": 0,
             "last_update": self.last_update,
-            "last_error": None if up else self.owner.reason,
+            "last_error": self.owner.reason
+            if not up
+            else (None if self.holder is not None else "no provider node holds it"),
             "status": self.status.state,
             "status_detail": self.status.detail,
             "keys": len(self.clients),
@@ -144,6 +147,10 @@ class BusProviderSet:
         self._listening = asyncio.Event()  # subscribed to the updates and replies
         self._resync = True  # register everything at the first successful round
         self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
+        # request id -> (source, the encoded request): asked again of a node that takes
+        # over, since the one that died may have taken them from the queue with it
+        self._asked: dict[int, tuple[str, bytes]] = {}
+        self._again: list[tuple[str, bytes]] = []
         self._ids = itertools.count(1)
         self._tasks: Tasks = set()
         self._stopping = False
@@ -230,11 +237,23 @@ class BusProviderSet:
         backoff = link.Backoff()
         tick = self.lease / 3
         next_renew = 0.0
+        renewed_at: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_renew - time.monotonic()))
             self._wake.clear()
             renew = time.monotonic() >= next_renew or self._resync
+            if renew and renewed_at is not None and time.monotonic() - renewed_at > self.lease:
+                # This hub's demand expired meanwhile (its loop stalled, the process was
+                # stopped): the nodes may have stopped its keys and it missed their bars.
+                lapse = time.monotonic() - renewed_at
+                logger.warning(
+                    "bus: no demand renewed for %.1f s (lease %.1f s): every provider counts"
+                    " as restarted",
+                    lapse,
+                    self.lease,
+                )
+                self._resync = True
             try:
                 await self._write(renew)
             except link.BusDown as exc:
@@ -247,7 +266,8 @@ class BusProviderSet:
                 continue
             backoff.reset()
             if renew:
-                next_renew = time.monotonic() + tick
+                renewed_at = time.monotonic()
+                next_renew = renewed_at + tick
 
     async def _write(self, renew: bool) -> None:
         assert self._redis is not None and self._scripts is not None
@@ -277,6 +297,10 @@ class BusProviderSet:
             pipe.publish(self.names.demand_changed(source), b"")
         for source, command in forwards:
             pipe.publish(self.names.demand_changed(source), codec.encode(command))
+        again, self._again = self._again, []
+        for source, request in again:
+            pipe.rpush(self.names.history(source), request)
+            pipe.pexpire(self.names.history(source), int(self.settings.HISTORY_TIMEOUT * 2000))
         if renew:
             for source in self.providers:
                 pipe.get(self.names.active(source))
@@ -308,10 +332,15 @@ class BusProviderSet:
             if isinstance(event, Status):
                 handle.status = event
         if active.state:
-            self.on_events(source, list(active.state))
+            self.on_events(source, codec.well_formed(list(active.state)))
         handle.ready.set()
         if known != active.node:
             logger.info("bus: provider %s is on node %s (was %s)", source, active.node, known)
+            again = [asked for asked in self._asked.values() if asked[0] == source]
+            if known is not None and again:
+                logger.info("bus: %d history requests asked again of %s", len(again), active.node)
+                self._again += again
+                self._wake.set()
         self.on_ready(source)
 
     def _up(self) -> None:
@@ -389,6 +418,7 @@ class BusProviderSet:
             handle = self.providers[source]
             if type(data) is list:
                 handle.last_update = time.time()
+                data = codec.well_formed(data)
                 for event in data:
                     if type(event) is not tuple and isinstance(event, Status):
                         handle.status = event
@@ -438,9 +468,11 @@ class BusProviderSet:
             self.hub_id, request_id, symbol, interval, start, end, count, time.time() + timeout
         )
         queue = self.names.history(source)
+        encoded = codec.encode(request)
+        self._asked[request_id] = (source, encoded)
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.rpush(queue, codec.encode(request))
+            pipe.rpush(queue, encoded)
             pipe.pexpire(queue, int(timeout * 2000))
             await link.execute(pipe)
             return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
@@ -453,6 +485,7 @@ class BusProviderSet:
             ) from None
         finally:
             self._pending.pop(request_id, None)
+            self._asked.pop(request_id, None)
 
 
 def _safe(url: str) -> str:
