@@ -119,7 +119,10 @@ class Alerting:
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
         self.delivery = Delivery(
-            self.keys, settings.ALERT_CONTACT, backoff=settings.ALERT_RETRY_SECONDS
+            self.keys,
+            settings.ALERT_CONTACT,
+            backoff=settings.ALERT_RETRY_SECONDS,
+            public_only=settings.ALERT_PUSH_PUBLIC_ONLY,
         )
         rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
@@ -358,9 +361,11 @@ class Alerting:
             self.hub.send(creator, protocol.encode(note))
         self._deliver_push(alert, alert.message)
         body = _webhook_body(alert, key, bar)
-        for url in (self.hub.settings.ALERT_WEBHOOK_URL, alert.webhook):
-            if url:
-                self._start(self._webhook(url, body), f"alert {alert.id} webhook")
+        if self.hub.settings.ALERT_WEBHOOK_URL:
+            url = self.hub.settings.ALERT_WEBHOOK_URL
+            self._start(self._webhook(url, body, True), f"alert {alert.id} webhook")
+        if alert.webhook:
+            self._start(self._webhook(alert.webhook, body, False), f"alert {alert.id} webhook")
 
     # ------------------------------------------------------------------ delivery
 
@@ -377,10 +382,10 @@ class Alerting:
         if outcome is Outcome.GONE:
             await self._forget_endpoint(subscription.endpoint)
 
-    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+    async def _webhook(self, url: str, body: dict[str, Any], trusted: bool) -> None:
         if self.delivery is not None:
             async with self._limit:
-                await self.delivery.webhook(url, body)
+                await self.delivery.webhook(url, body, trusted)
 
     async def _forget_endpoint(self, endpoint: str) -> None:
         """A push service said the subscription is gone: no alert pushes to it again."""
