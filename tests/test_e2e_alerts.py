@@ -245,6 +245,45 @@ async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
     assert (fired["date"], fired["close"]) == (first_true["date"], first_true[prefix + "close"])
 
 
+def always_true_rule() -> dict[str, str]:
+    """``close > 0``: true at once, so an alert with it fires when it is made."""
+    return {**flip_rule(), "type2": "value", "value2": "0"}
+
+
+async def test_a_hanging_webhook_does_not_delay_another_users_push(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with FakePush() as hung:
+        hung.hang("/hook/hung")
+        env = base_env(
+            tmp_path,
+            PROVIDERS="csv",
+            CSV_FOLDER_PATH=str(ROOT / "data"),
+            ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
+            ALERT_RETRY_SECONDS="0.05",
+        )
+        assert populate(env).returncode == 0
+        with ServerProcess(env, tmp_path / "server.log") as server:
+            attacker = await WsClient.open(server.ws_url)
+            victim = await WsClient.open(server.ws_url)
+            try:
+                for n in range(40):
+                    await attacker.send({**alert(f"now {n}", None), "rules": [always_true_rule()]})
+                await eventually(
+                    lambda: len(attacker.of_type("alert_created")) == 40, 20, "40 alerts"
+                )
+                await eventually(lambda: len(hung.attempts) >= 4, 20, "webhook calls that hang")
+                await victim.send(alert("victim", fake.subscription("victim")))
+                await victim.wait_for("alert_created")
+                await eventually(
+                    lambda: "Alert added: victim" in fake.titles("victim"), 5, "the victim's push"
+                )
+                assert len(hung.attempts) <= 4  # one destination: at most 4 at once
+            finally:
+                await attacker.close()
+                await victim.close()
+
+
 def _get(server: ServerProcess, path: str) -> Any:
     with urllib.request.urlopen(server.url + path, timeout=10) as response:
         return json.loads(response.read())

@@ -4,8 +4,10 @@ evaluation of every live alert on the bars the hub receives.
 The alerts hold their series as hub subscriber :data:`OWNER` (client ids start at 1) with a
 bar listener, so a key nobody charts is streamed for them and a charted key is not streamed
 twice. Every update of a key's newest bar evaluates that key's alerts (spec 3.4); a firing
-sends a ``notification`` to the creating socket while it is connected and starts the Web
-Push and webhook deliveries as owned tasks, so no delivery ever delays streaming. Armed
+sends a ``notification`` to the creating socket while it is connected and queues the Web
+Push and webhook deliveries in a :class:`~backend.alerts.dispatch.Dispatcher` (owned tasks,
+bounded overall and per destination, a bounded backlog), so no delivery ever delays
+streaming and a hanging endpoint never delays the others. Armed
 state changes are written to SQLite by one writer task, in order.
 
 Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
@@ -22,6 +24,7 @@ Owns the live alerts, their subscriptions and delivery tasks. Not: parsing
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,8 +34,16 @@ from typing import TYPE_CHECKING, Any
 
 from backend import tasks
 from backend.alerts.delivery import Delivery, Outcome
+from backend.alerts.destinations import origin
+from backend.alerts.dispatch import Dispatcher, Job
 from backend.alerts.evaluate import LatestBars, Step, advance, step
-from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
+from backend.alerts.model import (
+    Alert,
+    Subscription,
+    parse_alert,
+    reads_indicators,
+    series_of,
+)
 from backend.alerts.store import AlertStore, Row
 from backend.alerts.vapid import VapidKeys
 from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
@@ -58,7 +69,6 @@ MAX_ALERT_ID = 2**63 - 1  # SQLite's largest integer: no alert has a larger id
 OWNER = 0  # the subscriber id of the alerts (hub clients count from 1)
 LANE = ("alerts",)
 SWEEP_SECONDS = 1.0
-DELIVERIES_AT_ONCE = 32
 COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
 MAX_LISTED = 1_000
 TOMBSTONE_SECONDS = 60.0  # a deletion note nobody took by then is dropped (its worker is gone)
@@ -105,7 +115,7 @@ class Alerting:
         self._tasks: tasks.Tasks = set()
         self._dirty: dict[int, tuple[bool, int]] = {}
         self._wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(DELIVERIES_AT_ONCE)
+        self.dispatcher = Dispatcher(self._start, self._dropped)
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
         self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 
@@ -142,6 +152,7 @@ class Alerting:
         )
 
     async def close(self) -> None:
+        self.dispatcher.close()
         await tasks.cancel_owned(self._tasks)
         if self.store is not None:
             self._write_dirty()
@@ -361,31 +372,43 @@ class Alerting:
             self.hub.send(creator, protocol.encode(note))
         self._deliver_push(alert, alert.message)
         body = _webhook_body(alert, key, bar)
-        if self.hub.settings.ALERT_WEBHOOK_URL:
-            url = self.hub.settings.ALERT_WEBHOOK_URL
-            self._start(self._webhook(url, body, True), f"alert {alert.id} webhook")
-        if alert.webhook:
-            self._start(self._webhook(alert.webhook, body, False), f"alert {alert.id} webhook")
+        for url, trusted in ((self.hub.settings.ALERT_WEBHOOK_URL, True), (alert.webhook, False)):
+            if url:
+                job = functools.partial(self._webhook, url, body, trusted)
+                self._send(url, f"alert {alert.id} webhook", job)
 
     # ------------------------------------------------------------------ delivery
 
     def _deliver_push(self, alert: Alert, title: str) -> None:
-        if alert.subscription is not None:
-            self._start(self._push(alert, title), f"alert {alert.id} push")
-
-    async def _push(self, alert: Alert, title: str) -> None:
         subscription = alert.subscription
-        if subscription is None or self.delivery is None:
+        if subscription is not None:
+            job = functools.partial(self._push, alert, subscription, title)
+            self._send(subscription.endpoint, f"alert {alert.id} push", job)
+
+    def _send(self, url: str, name: str, job: Job) -> None:
+        """Queue a delivery to ``url`` (``backend.alerts.dispatch``: bounded, fair)."""
+        self.dispatcher.submit(origin(url), name, job)
+
+    def _dropped(self, destination: str, name: str) -> None:
+        self.hub.metrics.inc("candlewire_alert_deliveries_dropped_total")
+        logger.warning(
+            "%s to %s dropped: %d deliveries wait already (the oldest of the busiest "
+            "destination goes first)",
+            name,
+            destination,
+            self.dispatcher.backlog,
+        )
+
+    async def _push(self, alert: Alert, subscription: Subscription, title: str) -> None:
+        if self.delivery is None:
             return
-        async with self._limit:
-            outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
+        outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
         if outcome is Outcome.GONE:
             await self._forget_endpoint(subscription.endpoint)
 
     async def _webhook(self, url: str, body: dict[str, Any], trusted: bool) -> None:
         if self.delivery is not None:
-            async with self._limit:
-                await self.delivery.webhook(url, body, trusted)
+            await self.delivery.webhook(url, body, trusted)
 
     async def _forget_endpoint(self, endpoint: str) -> None:
         """A push service said the subscription is gone: no alert pushes to it again."""
