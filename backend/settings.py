@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     LLM_MODEL: str = ""
     # Chat turns one client address may start per rolling hour (Tradiny's rule: 100).
     MAX_LLM_REQUESTS_PER_HOUR: int = Field(100, ge=0)
+    # Seconds one chat turn may take in all (the model's stream included); then it ends
+    # with an error and the end marker.
+    LLM_TIMEOUT_SECONDS: float = Field(120.0, gt=0, le=3600)
 
     # Access control and fair use (README, "Security"; backend/access).
     AUTH: str = "none"
