@@ -13,7 +13,7 @@ import pytest
 
 from backend.alerts.delivery import Delivery, Outcome
 from backend.alerts.destinations import PublicResolver, public_problem
-from backend.alerts.model import parse_subscription
+from backend.alerts.model import check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
 from tests.fakes.webpush import FakePush
 from tests.harness import seconds
@@ -33,7 +33,7 @@ async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
     fake: FakePush, tmp_path: Path
 ) -> None:
     sender = delivery(tmp_path)
-    subscription = parse_subscription(fake.subscription("ok"), strict=True)
+    subscription = check_subscription(fake.subscription("ok"))
     assert subscription is not None
     try:
         outcome = await sender.push(subscription, {"notification": {"title": "BTC above 90k"}})

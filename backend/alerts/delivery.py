@@ -28,8 +28,9 @@ from py_vapid import Vapid02
 from pywebpush import WebPusher
 
 from backend.alerts.destinations import PublicResolver, origin, public_problem
-from backend.alerts.model import Subscription
+from backend.alerts.model import Subscription, check_subscription
 from backend.alerts.vapid import VapidKeys
+from backend.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ class Delivery:
         """Encrypt ``payload`` (JSON) for the subscription and post it, VAPID-signed."""
         what = f"push to {origin(subscription.endpoint)}"
         if self._refused(what, subscription.endpoint, trusted=False):
+            return Outcome.FAILED
+        try:  # checked when the alert was made; one stored before that may be unusable
+            check_subscription(subscription.info())
+        except ProtocolError as exc:
+            logger.warning("%s: not sent, the subscription is unusable: %s", what, exc)
             return Outcome.FAILED
         pusher = WebPusher(subscription.info())
         body = pusher.encode(json.dumps(payload).encode(), "aes128gcm")["body"]

@@ -234,7 +234,9 @@ class Alerting:
         assert self.store is not None
         settings = self.hub.settings
         try:
-            spec, rule_set = parse_alert(raw, settings.MAX_RULES_PER_ALERT)
+            spec, rule_set = parse_alert(
+                raw, settings.MAX_RULES_PER_ALERT, settings.ALERT_PUSH_PUBLIC_ONLY
+            )
             if spec.get("webhook") and not settings.ALERT_CLIENT_WEBHOOKS:
                 raise ProtocolError(
                     "unsupported",
