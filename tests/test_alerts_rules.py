@@ -278,3 +278,10 @@ def test_an_indicator_alert_keeps_only_what_the_engine_reads() -> None:
             }
         }
     }
+
+
+def test_a_daily_quota_of_zero_allows_no_alert(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "db.sqlite3")
+    spec, _ = parse_alert(request(), 10)
+    assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=0) is None
+    store.close()

@@ -5,7 +5,10 @@ extensions (socket and ``/api/alerts``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +18,15 @@ from typing import Any
 import pytest
 
 from tests.fakes.webpush import FakePush
-from tests.harness import ROOT, ServerProcess, WsClient, base_env, eventually, populate
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    WsClient,
+    base_env,
+    eventually,
+    populate,
+    until,
+)
 
 SERIES = {"source": "csv", "name": "BTCUSD", "interval": "1m"}
 
@@ -243,6 +254,62 @@ async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
     first_true = next(b for b in seen if b[prefix + "close"] > b[prefix + "open"])
     fired = fake.hook_bodies("all")[before]["bar"]
     assert (fired["date"], fired["close"]) == (first_true["date"], first_true[prefix + "close"])
+
+
+async def test_after_a_410_the_alert_stays_listable_and_deletable_by_its_endpoint(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with ServerProcess(env_for(tmp_path, fake), tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            fake.gone("dropped")
+            subscription = fake.subscription("dropped")
+            endpoint = subscription["endpoint"]
+            await client.send(alert("no owner key", subscription))  # as the stock client does
+            created = await client.wait_for("alert_created")
+            await eventually(
+                lambda: ("/push/dropped", 410) in fake.attempts, 10, "the push answered 410"
+            )
+
+            async def listed() -> list[dict[str, Any]]:
+                mark = len(client.messages)
+                await client.send({"type": "alerts", "endpoint": endpoint})
+                return (await client.wait_for("alerts", after=mark))["alerts"]
+
+            for _ in range(100):  # the 410 is handled in a task of its own
+                [found] = await listed()
+                if not found["push"]:
+                    break
+            assert (found["id"], found["push"]) == (created["id"], False)
+            hooks = len(fake.hook_bodies("all"))
+            await client.send({"type": "alert_delete", "id": created["id"], "endpoint": endpoint})
+            await client.wait_for("alert_deleted")
+            assert await listed() == []
+            assert len(fake.hook_bodies("all")) <= hooks + 1  # it stopped firing
+        finally:
+            await client.close()
+
+
+async def test_an_alert_that_expired_while_the_server_was_down_is_pushed_and_deleted(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_EXPIRE_MINUTES="0.05")
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        client = await WsClient.open(server.ws_url)
+        await client.send(alert("short-lived", fake.subscription("offline")))
+        created = await client.wait_for("alert_created")
+        await client.close()
+        server.stop()
+        until(lambda: time.time() > created["expires_at"] + 1, 10, "the expiry to pass")
+        server.start()
+        await eventually(
+            lambda: "Alert expired: short-lived" in fake.titles("offline"), 10, "the expired push"
+        )
+        with contextlib.closing(sqlite3.connect(tmp_path / "candlewire.sqlite3")) as db:
+            assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
+    finally:
+        server.stop()
 
 
 def always_true_rule() -> dict[str, str]:

@@ -86,7 +86,20 @@ class Alert:
 
     @property
     def subscription(self) -> Subscription | None:
+        """Where to push: None without a subscription, or once its service said it is gone."""
         return parse_subscription(self.spec.get("subscription"))
+
+    @property
+    def endpoint(self) -> str | None:
+        """The push endpoint the alert was made with (its owner), even once it is gone."""
+        subscription = self.spec.get("subscription")
+        endpoint = subscription.get("endpoint") if isinstance(subscription, dict) else None
+        return endpoint if isinstance(endpoint, str) else None
+
+    def without_push(self) -> dict[str, Any]:
+        """The spec once the push service said the subscription is gone (404/410): its
+        keys go, its endpoint stays (it still identifies the owner)."""
+        return {**self.spec, "subscription": {"endpoint": self.endpoint, "keys": None}}
 
     @property
     def webhook(self) -> str | None:

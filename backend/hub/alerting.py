@@ -134,6 +134,7 @@ class Alerting:
             backoff=settings.ALERT_RETRY_SECONDS,
             public_only=settings.ALERT_PUSH_PUBLIC_ONLY,
         )
+        await self._expired_meanwhile()
         rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
             alert = self._from_row(row)
@@ -150,6 +151,19 @@ class Alerting:
             self.worker.index,
             self.worker.count,
         )
+
+    async def _expired_meanwhile(self) -> None:
+        """The alerts (of this worker's share) that expired while the server was down get
+        their "Alert expired" push and are deleted, as the sweeper does for live ones."""
+        assert self.store is not None
+        rows = await asyncio.to_thread(self.store.expired, time.time(), self.worker.share)
+        for row in rows:
+            alert = self._from_row(row)
+            if alert is not None:
+                self._deliver_push(alert, f"Alert expired: {alert.message}")
+            logger.info("alert %d expired while the server was down", row["id"])
+        if rows:
+            await asyncio.to_thread(self.store.delete, [row["id"] for row in rows])
 
     async def close(self) -> None:
         self.dispatcher.close()
@@ -417,7 +431,7 @@ class Alerting:
         for alert in list(self.alerts.values()):
             subscription = alert.subscription
             if subscription is not None and subscription.endpoint == endpoint:
-                alert.spec = {**alert.spec, "subscription": None}
+                alert.spec = alert.without_push()
                 if self.store is not None:
                     await asyncio.to_thread(self.store.drop_subscription, alert.id, alert.spec)
                 logger.info("alert %d: push subscription removed", alert.id)
@@ -528,8 +542,7 @@ def _by_operand(values: dict[int, Pair]) -> Callable[[Operand], Pair]:
 
 
 def _belongs(alert: Alert, endpoint: str | None, owner: str | None) -> bool:
-    subscription = alert.subscription
-    if endpoint and subscription is not None and subscription.endpoint == endpoint:
+    if endpoint and alert.endpoint == endpoint:
         return True
     return bool(owner) and alert.owner == owner
 
