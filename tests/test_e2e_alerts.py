@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.openai_chat import FakeChat
 from tests.fakes.webpush import FakePush
 from tests.harness import (
     ROOT,
@@ -310,6 +311,50 @@ async def test_an_alert_that_expired_while_the_server_was_down_is_pushed_and_del
             assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
     finally:
         server.stop()
+
+
+class KeyedServer(ServerProcess):
+    """The harness's server, its health checks carrying the first API key."""
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.url + path, headers={"X-API-Key": KEYS[0]})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+KEYS = ("key-of-alice-0001", "key-of-bob-0002")
+
+
+async def test_with_api_keys_the_alert_and_chat_quotas_are_per_key(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with FakeChat(["fine"]) as chat:
+        env = env_for(
+            tmp_path,
+            fake,
+            AUTH="token",
+            API_KEYS=",".join(KEYS),
+            MAX_ALERTS_PER_DAY="1",
+            MAX_LLM_REQUESTS_PER_HOUR="1",
+            LLM_BASE_URL=chat.base_url,
+            LLM_API_KEY="test-key",
+            LLM_MODEL="m1",
+        )
+        with KeyedServer(env, tmp_path / "server.log") as server:
+            for key in KEYS:  # from one address, as behind a reverse proxy
+                client = await WsClient.open(f"{server.ws_url}?token={key}")
+                try:
+                    await client.send(alert("mine", None))
+                    await client.wait_for("alert_created")
+                    await client.send({"type": "prompt", "conversation_id": "c", "prompt": "Hi?"})
+                    done = await client.wait_for("prompt_response", lambda m: bool(m.get("done")))
+                    assert client.of_type("error") == [], key
+                    assert done["response"] == ""
+                    await client.send(alert("one more", None))
+                    error = await client.wait_for("error")
+                    assert error["code"] == "limit_reached"
+                finally:
+                    await client.close()
 
 
 def always_true_rule() -> dict[str, str]:

@@ -266,7 +266,9 @@ class Alerting:
             self._refuse(client, raw, exc, notify=True)
             return
         expires = time.time() + settings.ALERT_EXPIRE_MINUTES * 60
-        peer = client.peer.rsplit(":", 1)[0]
+        # who pays the daily quota: the key's or token's client with AUTH on, else the address
+        credential = self.hub.credential_client
+        peer = f"client {credential()}" if credential else client.peer.rsplit(":", 1)[0]
         row = await asyncio.to_thread(
             self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
         )
