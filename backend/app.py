@@ -35,7 +35,7 @@ from starlette.routing import WebSocketRoute
 
 from backend import __version__
 from backend.access.guard import Access, AccessMiddleware
-from backend.access.identity import may_read
+from backend.access.identity import current_client, may_read
 from backend.api.cors import add_cors
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
@@ -103,6 +103,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
         hub.may_read = may_read
         hub.admit_frame = access.fair.frame_wait
         hub.admit_subscription = access.subscriptions.admit
+        hub.credential_client = current_client if settings.AUTH != "none" else None
         access.subscriptions.count = lambda connection: len(hub.subs.keys_of(connection))
         hub.metrics.gauge(
             "candlewire_upstream_refusals",

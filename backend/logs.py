@@ -3,7 +3,8 @@
 :func:`configure` installs one stderr handler on the root logger with these filters:
 
 - :class:`RedactSecrets` replaces every configured secret value (the settings' ``SecretStr``
-  fields, and environment variables named like keys, secrets, tokens and passwords) with
+  fields, environment variables named like keys, secrets, tokens and passwords, and the
+  userinfo of a URL in any setting or variable: ``http://bob:pw@host``) with
   ``***`` in the message, its arguments and its traceback, at every level;
 - :class:`RateLimitRepeats` lets a traceback from one place through at most once per
   interval, and a warning or error from one place at most ``WARNING_BURST`` times, and counts
@@ -23,8 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +38,8 @@ MASK = "***"
 MIN_SECRET_CHARS = 4
 # Environment variables whose values are secrets, by the end of their name.
 SECRET_ENV_SUFFIXES = ("_KEY", "_KEYS", "_SECRET", "_TOKEN", "_PASSWORD")
+# The userinfo of a URL: after "scheme://", before an "@" that comes before the host's end.
+URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*)@")
 # Loggers that log frame or request payloads at DEBUG.
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
@@ -62,22 +67,39 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
 
 
 def secrets_of(settings: Any) -> list[str]:
-    """The values of every ``SecretStr`` field of a settings object (comma lists split)."""
+    """The values of every ``SecretStr`` field of a settings object (comma lists split),
+    and the userinfo of every URL in its other text fields (``LLM_BASE_URL``)."""
     values: list[str] = []
     for name in type(settings).model_fields:
         value = getattr(settings, name, None)
         if isinstance(value, SecretStr):
             values.extend(_parts(value.get_secret_value()))
+        elif isinstance(value, str):
+            values.extend(url_secrets(value))
     return values
 
 
 def environment_secrets() -> list[str]:
-    """Values of environment variables named like secrets (``*_KEY``, ``*_TOKEN``, ...)."""
+    """Values of environment variables named like secrets (``*_KEY``, ``*_TOKEN``, ...),
+    and the userinfo of a URL in any environment variable."""
     values: list[str] = []
     for name, value in os.environ.items():
         if name.upper().endswith(SECRET_ENV_SUFFIXES):
             values.extend(_parts(value))
+        values.extend(url_secrets(value))
     return values
+
+
+def url_secrets(text: str) -> list[str]:
+    """The password and the whole userinfo (``user:password``) of each URL in ``text``
+    (``http://bob:pw@host/``, a comma list of them too); a user alone is no secret."""
+    found: list[str] = []
+    for match in URL_USERINFO.finditer(text):
+        userinfo = match.group(1)
+        password = userinfo.partition(":")[2]
+        if password:
+            found.extend([userinfo, password, urllib.parse.unquote(password)])
+    return [value for value in found if len(value) >= MIN_SECRET_CHARS]
 
 
 def _parts(value: str) -> list[str]:

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # A client may name its own webhook URL per alert (an extension). Off by default: the
     # server would POST wherever a client says, internal addresses included.
     ALERT_CLIENT_WEBHOOKS: bool = False
+    # Client-chosen URLs (push endpoints, client webhooks) must be https:// to public
+    # addresses. Off by default: a push service on loopback over http (tests, a local
+    # service) keeps working.
+    ALERT_PUSH_PUBLIC_ONLY: bool = False
     # The VAPID "sub" claim: a contact for push services (mailto: or https: URL).
     ALERT_CONTACT: str = "mailto:admin@localhost"
     # First delay between delivery attempts (doubled after each, five attempts in all).
@@ -137,6 +141,9 @@ class Settings(BaseSettings):
     LLM_MODEL: str = ""
     # Chat turns one client address may start per rolling hour (Tradiny's rule: 100).
     MAX_LLM_REQUESTS_PER_HOUR: int = Field(100, ge=0)
+    # Seconds one chat turn may take in all (the model's stream included); then it ends
+    # with an error and the end marker.
+    LLM_TIMEOUT_SECONDS: float = Field(120.0, gt=0, le=3600)
 
     # Access control and fair use (README, "Security"; backend/access).
     AUTH: str = "none"

@@ -1,7 +1,9 @@
-"""Alert delivery against the fake push service: decryptable pushes, retries, 410 and 404."""
+"""Alert delivery against the fake push service: decryptable pushes, retries, 410 and 404,
+bounded answers, no redirects, ``Retry-After``."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from backend.alerts.delivery import Delivery, Outcome
-from backend.alerts.model import parse_subscription
+from backend.alerts.destinations import PublicResolver, public_problem
+from backend.alerts.model import check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
 from tests.fakes.webpush import FakePush
+from tests.harness import seconds
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
     fake: FakePush, tmp_path: Path
 ) -> None:
     sender = delivery(tmp_path)
-    subscription = parse_subscription(fake.subscription("ok"), strict=True)
+    subscription = check_subscription(fake.subscription("ok"))
     assert subscription is not None
     try:
         outcome = await sender.push(subscription, {"notification": {"title": "BTC above 90k"}})
@@ -112,3 +116,92 @@ def test_hub_workers_starting_together_share_one_vapid_key(tmp_path: Path) -> No
             keys = list(pool.map(load, range(8)))
         assert len(set(keys)) == 1, keys
         assert [p.name for p in folder.iterdir()] == ["vapid_private_key.pem"]
+
+
+async def test_a_push_answered_with_an_endless_error_body_is_given_up_without_reading_it(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    # The endpoint is the client's: a 413 with a body of gigabytes must cost no memory.
+    sender = delivery(tmp_path)
+    subscription = parse_subscription(fake.subscription("huge"))
+    assert subscription is not None
+    fake.endless("/push/huge", 413)
+    try:
+        async with asyncio.timeout(seconds(5)):
+            outcome = await sender.push(subscription, {"notification": {"title": "x"}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.FAILED
+    assert [s for p, s in fake.attempts if p == "/push/huge"] == [413]
+
+
+async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    sender = delivery(tmp_path)
+    subscription = parse_subscription(fake.subscription("moved"))
+    assert subscription is not None
+    fake.script("/push/moved", [(307, {"Location": f"{fake.url}/hook/moved-push"})])
+    fake.script("/hook/moved", [(308, {"Location": f"{fake.url}/hook/moved-hook"})])
+    try:
+        pushed = await sender.push(subscription, {"notification": {"title": "x"}})
+        hooked = await sender.webhook(f"{fake.url}/hook/moved", {"n": 1})
+    finally:
+        await sender.close()
+    assert (pushed, hooked) == (Outcome.FAILED, Outcome.FAILED)
+    assert not fake.hook_bodies("moved-push") and not fake.hook_bodies("moved-hook")
+    assert [p for p, _ in fake.attempts if "moved" in p] == ["/push/moved", "/hook/moved"]
+
+
+async def test_a_429_retry_after_is_waited_for_and_one_too_long_is_given_up(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    sender = delivery(tmp_path)
+    fake.script("/hook/slow-down", [(429, {"Retry-After": "1"})])
+    fake.script("/hook/go-away", [(429, {"Retry-After": "86400"})])
+    try:
+        assert await sender.webhook(f"{fake.url}/hook/slow-down", {"n": 1}) is Outcome.SENT
+        assert await sender.webhook(f"{fake.url}/hook/go-away", {"n": 2}) is Outcome.FAILED
+    finally:
+        await sender.close()
+    first, second = [t for p, t in fake.times if p == "/hook/slow-down"]
+    assert second - first >= 0.95
+    assert [p for p, _ in fake.attempts].count("/hook/go-away") == 1
+
+
+async def test_a_webhook_that_hangs_is_given_up_after_the_timeout(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    sender = Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01, attempts=2, timeout=0.3)
+    fake.hang("/hook/hung")
+    try:
+        async with asyncio.timeout(seconds(5)):
+            assert await sender.webhook(f"{fake.url}/hook/hung", {}) is Outcome.FAILED
+    finally:
+        await sender.close()
+
+
+async def test_with_public_only_loopback_and_plain_http_destinations_are_refused(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    assert public_problem("http://push.example.com/x") is not None
+    assert public_problem("https://127.0.0.1/x") is not None
+    assert public_problem("https://[::1]/x") is not None
+    assert public_problem("https://10.1.2.3/x") is not None
+    assert public_problem("https://localhost/x") is not None
+    assert public_problem("https://fcm.googleapis.com/fcm/send/x") is None
+    with pytest.raises(OSError, match="no public address"):
+        await PublicResolver().resolve("localhost", 443)
+    sender = Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01, public_only=True)
+    subscription = parse_subscription(fake.subscription("private"))
+    assert subscription is not None
+    try:
+        assert await sender.push(subscription, {"notification": {"title": "x"}}) is Outcome.FAILED
+        assert await sender.webhook(f"{fake.url}/hook/private", {}, trusted=False) is (
+            Outcome.FAILED
+        )
+        # the operator's own ALERT_WEBHOOK_URL is trusted
+        assert await sender.webhook(f"{fake.url}/hook/private", {"n": 1}) is Outcome.SENT
+    finally:
+        await sender.close()
+    assert fake.titles("private") == [] and fake.hook_bodies("private") == [{"n": 1}]

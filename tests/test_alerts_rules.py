@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
 from backend.alerts.store import AlertStore
 from backend.errors import ProtocolError
 from backend.model.bars import SeriesId
+from tests.fakes.webpush import BrowserKeys, b64url
 
 KEY = SeriesId("csv", "BTCUSD", "1m")
 
@@ -173,4 +175,113 @@ def test_the_store_counts_alerts_per_address_per_day(tmp_path: Path) -> None:
     assert store.create(spec, "10.0.0.2", time.time() + 60, per_day=2) is not None
     store.delete([made[0]["id"]])  # type: ignore[index]
     assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=2) is None
+    store.close()
+
+
+def browser_subscription(**keys: str) -> dict[str, Any]:
+    """A subscription as a browser makes it (a real P-256 point, 16 random bytes)."""
+    made = BrowserKeys()
+    return {
+        "endpoint": "https://push.example.com/send/abc",
+        "expirationTime": None,
+        "keys": {"p256dh": made.p256dh(), "auth": b64url(made.auth), **keys},
+    }
+
+
+NOT_ON_THE_CURVE = b64url(b"\x04" + b"\x01" * 64)
+
+
+@pytest.mark.parametrize(
+    "subscription",
+    [
+        browser_subscription(p256dh=NOT_ON_THE_CURVE),
+        browser_subscription(p256dh="!!!***"),
+        browser_subscription(p256dh=b64url(b"\x04" + b"\x01" * 10)),
+        browser_subscription(auth=b64url(b"12345")),
+        browser_subscription(auth=""),
+        {**browser_subscription(), "endpoint": "http://"},
+        {**browser_subscription(), "endpoint": "https://:443/x"},
+    ],
+    ids=[
+        "not-a-point",
+        "not-base64",
+        "short-point",
+        "auth-5-bytes",
+        "auth-empty",
+        "no-host",
+        "port-only",
+    ],
+)
+def test_a_push_subscription_a_browser_cannot_have_made_is_refused(
+    subscription: dict[str, Any],
+) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_alert(request(subscription=subscription), max_rules=10)
+    assert caught.value.code == "invalid_field" and "subscription" in caught.value.message
+
+
+def test_a_browsers_subscription_is_accepted_over_http_and_loopback_by_default() -> None:
+    local = {**browser_subscription(), "endpoint": "http://127.0.0.1:8080/push/x"}
+    spec, _ = parse_alert(request(subscription=local), max_rules=10)
+    assert spec["subscription"]["endpoint"] == local["endpoint"]
+    with pytest.raises(ProtocolError, match="ALERT_PUSH_PUBLIC_ONLY"):
+        parse_alert(request(subscription=local), max_rules=10, public_only=True)
+    parse_alert(request(subscription=browser_subscription()), max_rules=10, public_only=True)
+
+
+def test_unknown_keys_of_rules_and_subscription_are_not_stored_and_the_size_is_bounded() -> None:
+    junk = "x" * 450_000
+    subscription = {**browser_subscription(), "junk": junk}
+    subscription["keys"] = {**subscription["keys"], "junk": junk}
+    raw = request(rules=[{**close_rule(">", 1), "junk": junk}], subscription=subscription)
+    spec, _ = parse_alert(raw, max_rules=10)
+    assert "junk" not in json.dumps(spec)
+    assert spec["rules"] == [close_rule(">", 1)]
+    assert set(spec["subscription"]) == {"endpoint", "keys"}
+    with pytest.raises(ProtocolError, match="too large"):
+        parse_alert(rsi_request({"length": "1" * 100_000}), max_rules=10)
+
+
+def rsi_request(inputs: dict[str, str]) -> dict[str, Any]:
+    label = "RSI"
+    indicator = {
+        "type": "indicator",
+        "id": "rsi-1",
+        "indicator": {"id": "talib.momentum.RSI", "name": "RSI", "details": {"junk": 1}},
+        "inputs": inputs,
+        "dataMap": {
+            "close": {"source": "csv", "name": "BTCUSD", "interval": "1m", "dataKey": "close"}
+        },
+        "render": {"paneIdx": 1},
+    }
+    rule = {**close_rule(">", 70), "type1": "indicator", "indicator1": label, "output1": "RSI"}
+    return request(rules=[rule], indicators={label: {"indicator": indicator}, "unused": {}})
+
+
+def test_an_indicator_alert_keeps_only_what_the_engine_reads() -> None:
+    spec, _ = parse_alert(rsi_request({"timeperiod": "14"}), max_rules=10)
+    assert spec["indicators"] == {
+        "RSI": {
+            "indicator": {
+                "type": "indicator",
+                "id": "rsi-1",
+                "indicator": {"id": "talib.momentum.RSI", "name": "RSI"},
+                "inputs": {"timeperiod": "14"},
+                "dataMap": {
+                    "close": {
+                        "source": "csv",
+                        "name": "BTCUSD",
+                        "interval": "1m",
+                        "dataKey": "close",
+                    }
+                },
+            }
+        }
+    }
+
+
+def test_a_daily_quota_of_zero_allows_no_alert(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "db.sqlite3")
+    spec, _ = parse_alert(request(), 10)
+    assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=0) is None
     store.close()

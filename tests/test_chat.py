@@ -1,10 +1,13 @@
 """AI chat end to end against a fake OpenAI-compatible server on loopback: streamed
-``prompt_response`` chunks with an end marker, conversations, a chart image up to the frame
-limit, other requests answered meanwhile, errors as chunks, and an unconfigured server."""
+``prompt_response`` chunks with an end marker, conversations (their caller's only), a chart
+image up to the frame limit, other requests answered meanwhile, errors as chunks (malformed
+streams and the turn deadline too), refused turns that keep nothing, and an unconfigured
+server."""
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.openai_chat import FakeChat
-from tests.harness import ServerProcess, WsClient, base_env
+from tests.harness import ServerProcess, WsClient, base_env, eventually
 
 CHUNKS = ["The 1h chart ", "shows higher lows", "; the uptrend holds."]
 
@@ -27,7 +30,12 @@ def fake() -> Iterator[FakeChat]:
 def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeChat) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("chat")
     env = base_env(
-        tmp, PROVIDERS="csv", LLM_BASE_URL=fake.base_url, LLM_API_KEY="test-key", LLM_MODEL="m1"
+        tmp,
+        PROVIDERS="csv",
+        LLM_BASE_URL=fake.base_url,
+        LLM_API_KEY="test-key",
+        LLM_MODEL="m1",
+        LLM_TIMEOUT_SECONDS="4",
     )
     with ServerProcess(env, tmp / "server.log") as running:
         yield running
@@ -35,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeChat) -> Iterator
 
 @pytest.fixture
 async def client(server: ServerProcess, fake: FakeChat) -> AsyncIterator[WsClient]:
-    fake.delay, fake.status = 0.0, 200
+    fake.delay, fake.status, fake.raw, fake.keepalive = 0.0, 200, None, False
     ws = await WsClient.open(server.ws_url)
     yield ws
     await ws.close()
@@ -156,3 +164,96 @@ async def test_chat_turns_per_address_are_limited_per_hour(tmp_path: Path, fake:
             assert "Too many requests" in text
         finally:
             await client.close()
+
+
+CHUNK = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m1"}
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [b'data: {"choices": [{"index": 0, "delta": {"content": "part1"}}]}\n\n', b"data: {no"],
+        [b"data: " + json.dumps({**CHUNK, "choices": None}).encode() + b"\n\n"],
+        [b'data: "just a string"\n\n'],
+    ],
+    ids=["not-json", "choices-null", "a-string"],
+)
+async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker(
+    client: WsClient, fake: FakeChat, events: list[bytes]
+) -> None:
+    fake.raw = [event if event.endswith(b"\n\n") else event + b"\n\n" for event in events]
+    await client.send(prompt("bad", "Malformed?"))
+    error = await client.wait_for("error")
+    assert error["code"] == "upstream_error" and "malformed" in error["message"]
+    text, _ = await answer(client)
+    assert "Error: " in text and "malformed" in text
+    await client.send({"type": "ping", "id": 2})
+    await client.wait_for("pong")
+
+
+async def test_a_stream_of_keep_alives_ends_at_the_turn_deadline_and_the_next_turn_runs(
+    client: WsClient, fake: FakeChat
+) -> None:
+    fake.keepalive = True
+    await client.send(prompt("forever", "Anyone?"), prompt("after", "And now?"))
+    error = await client.wait_for("error", timeout=15)
+    assert error["code"] == "upstream_error" and "within 4 s" in error["message"]
+    text, _ = await answer(client)
+    assert text.startswith("Error: ")
+    fake.keepalive = False
+    await eventually(lambda: fake.open_streams == 0, 10, "the upstream stream closed")
+    mark = next(i for i, m in enumerate(client.messages) if m.get("done")) + 1
+    text, _ = await answer(client, after=mark)
+    assert text == "".join(CHUNKS)
+
+
+async def test_another_socket_cannot_continue_or_read_a_conversation(
+    server: ServerProcess, client: WsClient, fake: FakeChat
+) -> None:
+    await client.send(prompt("private", "my position is 40 BTC long", description="d"))
+    await answer(client)
+    other = await WsClient.open(server.ws_url)
+    try:
+        before = len(fake.requests)
+        await other.send({"type": "prompt_reply", "conversation_id": "private", "prompt": "?"})
+        assert (await other.wait_for("error"))["code"] == "not_found"
+        await answer(other)
+        assert len(fake.requests) == before  # nothing of the conversation went anywhere
+    finally:
+        await other.close()
+    mark = len(client.messages)
+    await client.send({"type": "prompt_reply", "conversation_id": "private", "prompt": "ok?"})
+    text, _ = await answer(client, after=mark)
+    assert text == "".join(CHUNKS)
+
+
+async def test_refused_turns_keep_nothing_and_evict_no_other_conversation(
+    tmp_path: Path, fake: FakeChat
+) -> None:
+    env = base_env(
+        tmp_path,
+        PROVIDERS="csv",
+        LLM_BASE_URL=fake.base_url,
+        LLM_API_KEY="test-key",
+        LLM_MODEL="m1",
+        MAX_LLM_REQUESTS_PER_HOUR="1",
+    )
+    fake.delay, fake.status, fake.raw, fake.keepalive = 0.0, 200, None, False
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        alice = await WsClient.open(server.ws_url)
+        mallory = await WsClient.open(server.ws_url)
+        try:
+            await alice.send(prompt("alice", "Hello?"))
+            await answer(alice)
+            for frame in range(10):  # 1000 turns over the hourly limit
+                await mallory.send(*[prompt(f"m{frame}-{n}", "x") for n in range(100)])
+            await eventually(lambda: len(mallory.of_type("error")) == 1000, 30, "1000 refusals")
+            assert {m["code"] for m in mallory.of_type("error")} == {"rate_limited"}
+            mark = len(alice.messages)
+            await alice.send({"type": "prompt_reply", "conversation_id": "alice", "prompt": "?"})
+            # her conversation is still there: refused for the hour's budget, not unknown
+            error = await alice.wait_for("error", after=mark)
+            assert error["code"] == "rate_limited"
+        finally:
+            await alice.close()
+            await mallory.close()

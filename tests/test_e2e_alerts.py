@@ -5,7 +5,10 @@ extensions (socket and ``/api/alerts``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,8 +17,17 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.openai_chat import FakeChat
 from tests.fakes.webpush import FakePush
-from tests.harness import ROOT, ServerProcess, WsClient, base_env, eventually, populate
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    WsClient,
+    base_env,
+    eventually,
+    populate,
+    until,
+)
 
 SERIES = {"source": "csv", "name": "BTCUSD", "interval": "1m"}
 
@@ -243,6 +255,145 @@ async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
     first_true = next(b for b in seen if b[prefix + "close"] > b[prefix + "open"])
     fired = fake.hook_bodies("all")[before]["bar"]
     assert (fired["date"], fired["close"]) == (first_true["date"], first_true[prefix + "close"])
+
+
+async def test_after_a_410_the_alert_stays_listable_and_deletable_by_its_endpoint(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with ServerProcess(env_for(tmp_path, fake), tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            fake.gone("dropped")
+            subscription = fake.subscription("dropped")
+            endpoint = subscription["endpoint"]
+            await client.send(alert("no owner key", subscription))  # as the stock client does
+            created = await client.wait_for("alert_created")
+            await eventually(
+                lambda: ("/push/dropped", 410) in fake.attempts, 10, "the push answered 410"
+            )
+
+            async def listed() -> list[dict[str, Any]]:
+                mark = len(client.messages)
+                await client.send({"type": "alerts", "endpoint": endpoint})
+                return (await client.wait_for("alerts", after=mark))["alerts"]
+
+            for _ in range(100):  # the 410 is handled in a task of its own
+                [found] = await listed()
+                if not found["push"]:
+                    break
+            assert (found["id"], found["push"]) == (created["id"], False)
+            hooks = len(fake.hook_bodies("all"))
+            await client.send({"type": "alert_delete", "id": created["id"], "endpoint": endpoint})
+            await client.wait_for("alert_deleted")
+            assert await listed() == []
+            assert len(fake.hook_bodies("all")) <= hooks + 1  # it stopped firing
+        finally:
+            await client.close()
+
+
+async def test_an_alert_that_expired_while_the_server_was_down_is_pushed_and_deleted(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    env = env_for(tmp_path, fake, ALERT_EXPIRE_MINUTES="0.05")
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        client = await WsClient.open(server.ws_url)
+        await client.send(alert("short-lived", fake.subscription("offline")))
+        created = await client.wait_for("alert_created")
+        await client.close()
+        server.stop()
+        until(lambda: time.time() > created["expires_at"] + 1, 10, "the expiry to pass")
+        server.start()
+        await eventually(
+            lambda: "Alert expired: short-lived" in fake.titles("offline"), 10, "the expired push"
+        )
+        with contextlib.closing(sqlite3.connect(tmp_path / "candlewire.sqlite3")) as db:
+            assert db.execute("SELECT count(*) FROM alerts").fetchone() == (0,)
+    finally:
+        server.stop()
+
+
+class KeyedServer(ServerProcess):
+    """The harness's server, its health checks carrying the first API key."""
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.url + path, headers={"X-API-Key": KEYS[0]})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+KEYS = ("key-of-alice-0001", "key-of-bob-0002")
+
+
+async def test_with_api_keys_the_alert_and_chat_quotas_are_per_key(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with FakeChat(["fine"]) as chat:
+        env = env_for(
+            tmp_path,
+            fake,
+            AUTH="token",
+            API_KEYS=",".join(KEYS),
+            MAX_ALERTS_PER_DAY="1",
+            MAX_LLM_REQUESTS_PER_HOUR="1",
+            LLM_BASE_URL=chat.base_url,
+            LLM_API_KEY="test-key",
+            LLM_MODEL="m1",
+        )
+        with KeyedServer(env, tmp_path / "server.log") as server:
+            for key in KEYS:  # from one address, as behind a reverse proxy
+                client = await WsClient.open(f"{server.ws_url}?token={key}")
+                try:
+                    await client.send(alert("mine", None))
+                    await client.wait_for("alert_created")
+                    await client.send({"type": "prompt", "conversation_id": "c", "prompt": "Hi?"})
+                    done = await client.wait_for("prompt_response", lambda m: bool(m.get("done")))
+                    assert client.of_type("error") == [], key
+                    assert done["response"] == ""
+                    await client.send(alert("one more", None))
+                    error = await client.wait_for("error")
+                    assert error["code"] == "limit_reached"
+                finally:
+                    await client.close()
+
+
+def always_true_rule() -> dict[str, str]:
+    """``close > 0``: true at once, so an alert with it fires when it is made."""
+    return {**flip_rule(), "type2": "value", "value2": "0"}
+
+
+async def test_a_hanging_webhook_does_not_delay_another_users_push(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    with FakePush() as hung:
+        hung.hang("/hook/hung")
+        env = base_env(
+            tmp_path,
+            PROVIDERS="csv",
+            CSV_FOLDER_PATH=str(ROOT / "data"),
+            ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
+            ALERT_RETRY_SECONDS="0.05",
+        )
+        assert populate(env).returncode == 0
+        with ServerProcess(env, tmp_path / "server.log") as server:
+            attacker = await WsClient.open(server.ws_url)
+            victim = await WsClient.open(server.ws_url)
+            try:
+                for n in range(40):
+                    await attacker.send({**alert(f"now {n}", None), "rules": [always_true_rule()]})
+                await eventually(
+                    lambda: len(attacker.of_type("alert_created")) == 40, 20, "40 alerts"
+                )
+                await eventually(lambda: len(hung.attempts) >= 4, 20, "webhook calls that hang")
+                await victim.send(alert("victim", fake.subscription("victim")))
+                await victim.wait_for("alert_created")
+                await eventually(
+                    lambda: "Alert added: victim" in fake.titles("victim"), 5, "the victim's push"
+                )
+                assert len(hung.attempts) <= 4  # one destination: at most 4 at once
+            finally:
+                await attacker.close()
+                await victim.close()
 
 
 def _get(server: ServerProcess, path: str) -> Any:

@@ -181,3 +181,18 @@ async def test_no_key_appears_in_any_output_at_debug_level(
     assert " DEBUG " in text  # the processes did log at DEBUG
     for name, value in SECRETS.items():
         assert value not in text, f"{name} appears in the output"
+
+
+def test_a_password_in_a_url_setting_or_variable_is_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "http://bob:PASSWORD-in-url-77@127.0.0.1:41721/v1"
+    settings = load_settings(PROVIDERS="csv", LLM_BASE_URL=url)
+    monkeypatch.setenv("SOME_PROXY", "http://carol:p%40ss-word-9@proxy:3128")
+    logger, stream = capture([*logs.secrets_of(settings), *logs.environment_secrets()])
+    logger.info('HTTP Request: POST %s/chat/completions "HTTP/1.1 200 OK"', url)
+    logger.info("via http://carol:p@ss-word-9@proxy:3128 and http://user@host/")
+    text = stream.getvalue()
+    assert "PASSWORD-in-url-77" not in text and "p@ss-word-9" not in text, text
+    assert "http://***@127.0.0.1:41721/v1/chat/completions" in text
+    assert "http://user@host/" in text  # a user name alone is kept

@@ -58,3 +58,8 @@ current: contextvars.ContextVar[Identity] = contextvars.ContextVar(
 def may_read(key: SeriesId) -> bool:
     """Whether the current caller may read ``key`` (a ``Limits.may_read`` for validation)."""
     return current.get().allows(key.source, key.name)
+
+
+def current_client() -> str:
+    """The current caller's client: its key's or token's, else its address."""
+    return current.get().client

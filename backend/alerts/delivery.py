@@ -1,48 +1,69 @@
-"""Delivery of alert events: Web Push (``pywebpush``, RFC 8291/8292) and webhooks.
+"""Delivery of alert events: Web Push (RFC 8291 encryption and RFC 8292 VAPID headers built
+by ``pywebpush``) and webhooks, both sent here over one ``aiohttp`` session.
 
-Each call retries with exponential backoff on 5xx, 429 and network errors, gives up at once
-on other 4xx, and reports 404/410 from a push service as :attr:`Outcome.GONE` (the browser
-dropped the subscription; the caller forgets it). Every outcome is logged. Callers run
-these as their own tasks: nothing here is awaited by streaming.
+Every request has a timeout, follows no redirect (a 3xx is a failed delivery, logged) and
+reads at most :data:`MAX_BODY_BYTES` of the answer: the rest is never read, the connection
+is closed. Each call retries with exponential backoff on 5xx, 429 and network errors (a
+``Retry-After`` of at most ``max_retry_after`` seconds is honoured; a longer one is given
+up at once), gives up at once on other 4xx, and reports 404/410 from a push service as
+:attr:`Outcome.GONE` (the browser dropped the subscription; the caller stops pushing to
+it). Every outcome is logged with the destination's origin only. Callers run these as their
+own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from py_vapid import Vapid02
-from pywebpush import WebPushException, webpush_async
+from pywebpush import WebPusher
 
-from backend.alerts.model import Subscription
+from backend.alerts.destinations import PublicResolver, origin, public_problem
+from backend.alerts.model import Subscription, check_subscription
 from backend.alerts.vapid import VapidKeys
+from backend.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 5
 BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
 TIMEOUT_SECONDS = 10.0
+MAX_RETRY_AFTER = 600.0  # a push service asking for a longer pause is not waited for
+MAX_BODY_BYTES = 64 * 1024  # of an answer; more is never read
+LOGGED_BODY_CHARS = 200
 PUSH_TTL = 24 * 3600
+VAPID_SECONDS = 12 * 3600  # lifetime of the signed VAPID token
 CONTACT = "mailto:admin@localhost"
 
 
 class Outcome(enum.Enum):
     SENT = "sent"
-    GONE = "gone"  # 404/410: the subscription or hook no longer exists
+    GONE = "gone"  # a push service's 404/410: the subscription no longer exists
     FAILED = "failed"
 
 
-class _Retry(Exception):
-    """An attempt failed in a way worth retrying."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one attempt got: the HTTP status (0: no answer), the ``Retry-After`` asked for
+    (seconds) and a short description for the log."""
+
+    status: int
+    retry_after: float | None = None
+    detail: str = ""
 
 
 class Delivery:
-    """Sends pushes and webhook calls over one HTTP session."""
+    """Sends pushes and webhook calls; ``public_only``: client-chosen URLs must be https to
+    public addresses (``ALERT_PUSH_PUBLIC_ONLY``)."""
 
     def __init__(
         self,
@@ -50,81 +71,159 @@ class Delivery:
         contact: str = CONTACT,
         attempts: int = ATTEMPTS,
         backoff: float = BACKOFF_SECONDS,
+        public_only: bool = False,
+        timeout: float = TIMEOUT_SECONDS,
+        max_retry_after: float = MAX_RETRY_AFTER,
     ) -> None:
         self.vapid = Vapid02(private_key=keys.private_key)
         self.contact = contact
         self.attempts = attempts
         self.backoff = backoff
-        self._session: aiohttp.ClientSession | None = None
+        self.public_only = public_only
+        self.timeout = timeout
+        self.max_retry_after = max_retry_after
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
-            self._session = aiohttp.ClientSession(timeout=timeout)
-        return self._session
+    def _http(self, trusted: bool) -> aiohttp.ClientSession:
+        """The session for the operator's URLs (``trusted``) or for client-chosen ones."""
+        guarded = self.public_only and not trusted
+        session = self._sessions.get(guarded)
+        if session is None:
+            connector = aiohttp.TCPConnector(resolver=PublicResolver() if guarded else None)
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            )
+            self._sessions[guarded] = session
+        return session
 
     async def push(self, subscription: Subscription, payload: dict[str, Any]) -> Outcome:
         """Encrypt ``payload`` (JSON) for the subscription and post it, VAPID-signed."""
-        data = json.dumps(payload)
+        what = f"push to {origin(subscription.endpoint)}"
+        if self._refused(what, subscription.endpoint, trusted=False):
+            return Outcome.FAILED
+        try:  # checked when the alert was made; one stored before that may be unusable
+            check_subscription(subscription.info())
+        except ProtocolError as exc:
+            logger.warning("%s: not sent, the subscription is unusable: %s", what, exc)
+            return Outcome.FAILED
+        pusher = WebPusher(subscription.info())
+        body = pusher.encode(json.dumps(payload).encode(), "aes128gcm")["body"]
+        claims = {
+            "aud": origin(subscription.endpoint),
+            "sub": self.contact,
+            "exp": int(time.time()) + VAPID_SECONDS,
+        }
+        headers = {
+            **self.vapid.sign(claims),
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "TTL": str(PUSH_TTL),
+        }
+        session = self._http(trusted=False)
+        return await self._deliver(
+            what, lambda: _post(session, subscription.endpoint, body, headers), push=True
+        )
 
-        async def attempt() -> int:
-            try:
-                await webpush_async(
-                    subscription.info(),
-                    data,
-                    vapid_private_key=self.vapid,
-                    vapid_claims={"sub": self.contact},
-                    ttl=PUSH_TTL,
-                    timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS),
-                    aiohttp_session=self._http(),
-                )
-            except WebPushException as exc:
-                return exc.status_code or 0
-            return 201
+    async def webhook(self, url: str, body: dict[str, Any], trusted: bool = True) -> Outcome:
+        """POST ``body`` as JSON to ``url`` (``trusted``: the operator's ``ALERT_WEBHOOK_URL``,
+        else a client's, under the public-only policy)."""
+        what = f"webhook {origin(url)}"
+        if self._refused(what, url, trusted):
+            return Outcome.FAILED
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        session = self._http(trusted)
+        return await self._deliver(what, lambda: _post(session, url, data, headers), push=False)
 
-        return await self._deliver(f"push to {_origin(subscription.endpoint)}", attempt)
+    def _refused(self, what: str, url: str, trusted: bool) -> bool:
+        problem = None if trusted or not self.public_only else public_problem(url)
+        if problem is not None:
+            logger.warning("%s: refused, the URL %s (ALERT_PUSH_PUBLIC_ONLY)", what, problem)
+        return problem is not None
 
-    async def webhook(self, url: str, body: dict[str, Any]) -> Outcome:
-        """POST ``body`` as JSON to ``url``."""
-
-        async def attempt() -> int:
-            async with self._http().post(url, json=body) as response:
-                return response.status
-
-        return await self._deliver(f"webhook {_origin(url)}", attempt)
-
-    async def _deliver(self, what: str, attempt: Callable[[], Awaitable[int]]) -> Outcome:
+    async def _deliver(
+        self, what: str, attempt: Callable[[], Awaitable[Answer]], push: bool
+    ) -> Outcome:
         delay = self.backoff
         for number in range(1, self.attempts + 1):
             try:
-                status = await attempt()
+                answer = await attempt()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, why = 0, f"{type(exc).__name__}: {exc}"
-            else:
-                why = f"HTTP {status}"
+                answer = Answer(0, None, f"{type(exc).__name__}: {exc}")
+            why = answer.detail or f"HTTP {answer.status}"
+            status = answer.status
             if 200 <= status < 300:
                 logger.info("%s: delivered (attempt %d)", what, number)
                 return Outcome.SENT
-            if status in (404, 410):
+            if 300 <= status < 400:
+                logger.warning("%s: %s, a redirect (not followed): not delivered", what, why)
+                return Outcome.FAILED
+            if push and status in (404, 410):
                 logger.info("%s: %s, the subscription is gone", what, why)
                 return Outcome.GONE
             if 400 <= status < 500 and status != 429:
                 logger.warning("%s: %s, not retried", what, why)
                 return Outcome.FAILED
+            if answer.retry_after is not None and answer.retry_after > self.max_retry_after:
+                logger.warning(
+                    "%s: %s, asked to retry after %.0f s (more than %.0f s): given up",
+                    what,
+                    why,
+                    answer.retry_after,
+                    self.max_retry_after,
+                )
+                return Outcome.FAILED
             if number < self.attempts:
-                logger.warning("%s: %s, retrying in %.1f s", what, why, delay)
-                await asyncio.sleep(delay)
+                pause = max(delay, answer.retry_after or 0.0)
+                logger.warning("%s: %s, retrying in %.1f s", what, why, pause)
+                await asyncio.sleep(pause)
                 delay *= 2
         logger.warning("%s: %s, gave up after %d attempts", what, why, self.attempts)
         return Outcome.FAILED
 
 
-def _origin(url: str) -> str:
-    """Scheme and host of ``url``: push endpoints carry a secret token in the path."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
+async def _post(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str]
+) -> Answer:
+    """One POST: no redirect followed, at most :data:`MAX_BODY_BYTES` of the answer read."""
+    async with session.post(url, data=data, headers=headers, allow_redirects=False) as response:
+        status = response.status
+        body = b"" if 200 <= status < 300 else await _read_bounded(response.content)
+        detail = f"HTTP {status}"
+        text = body[:LOGGED_BODY_CHARS].decode("utf-8", "replace").strip()
+        if text:
+            detail = f"{detail} ({text})"
+        return Answer(status, retry_after(response.headers.get("Retry-After")), detail)
+
+
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int = MAX_BODY_BYTES) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await stream.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

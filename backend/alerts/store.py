@@ -82,7 +82,7 @@ class AlertStore:
             found = self._db.execute(
                 "SELECT count FROM alert_quota WHERE peer = ? AND day = ?", (peer, day)
             ).fetchone()
-            if found is not None and found[0] >= per_day:
+            if (found[0] if found is not None else 0) >= per_day:
                 return None
             self._db.execute(
                 "INSERT INTO alert_quota(peer, day, count) VALUES (?, ?, 1) "
@@ -114,6 +114,17 @@ class AlertStore:
             ).fetchall()
         return [_row(row) for row in rows]
 
+    def expired(self, now: float, share: tuple[int, int] = (0, 1)) -> list[Row]:
+        """The alerts that expired by ``now`` and are still stored (the server was down
+        when they expired), of ``share`` as in :meth:`active`, oldest first."""
+        remainder, modulus = share
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM alerts WHERE expires_at <= ? AND id % ? = ? ORDER BY id",
+                (now, modulus, remainder),
+            ).fetchall()
+        return [_row(row) for row in rows]
+
     def of(self, endpoint: str | None, owner: str | None, now: float, limit: int) -> list[Row]:
         """The unexpired alerts of a push endpoint or an owner key, oldest first."""
         with self._lock:
@@ -131,12 +142,12 @@ class AlertStore:
             )
 
     def drop_subscription(self, alert_id: int, spec: dict[str, Any]) -> None:
-        """The push service said the subscription is gone (404/410): forget it."""
-        spec = {**spec, "subscription": None}
+        """The push service said the subscription is gone (404/410): store ``spec``, whose
+        subscription has no keys left. The endpoint stays: it still names the alert's
+        owner (the browser lists and deletes its alerts by it)."""
         with self._lock:
             self._db.execute(
-                "UPDATE alerts SET spec = ?, endpoint = NULL WHERE id = ?",
-                (json.dumps(spec), alert_id),
+                "UPDATE alerts SET spec = ? WHERE id = ?", (json.dumps(spec), alert_id)
             )
 
     def delete(self, alert_ids: list[int]) -> None:

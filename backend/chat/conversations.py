@@ -1,16 +1,26 @@
-"""Chat conversations in memory, keyed by the client's ``conversation_id``.
+"""Chat conversations in memory, keyed by the caller and the client's ``conversation_id``.
 
-At most :data:`MAX_CONVERSATIONS` are kept (the oldest is evicted, as Tradiny) and at most
-:data:`MAX_TURNS` messages each; the chart image is kept only in the first user turn.
+The caller is who may continue a conversation (``backend.hub.chatting`` names it: the API
+key's or token's client with ``AUTH`` on, else the socket), so nobody else can read or
+continue one by its id. What is kept is bounded: at most :data:`MAX_TURNS` messages and
+:data:`MAX_CONVERSATION_BYTES` per conversation (older turns go first, then the chart
+image; the system prompt and the first question stay), :data:`MAX_PER_CALLER`
+conversations per caller (its oldest goes), and :data:`MAX_CONVERSATIONS` and
+:data:`MAX_BYTES` in all (the least recently used goes).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_CONVERSATIONS = 1_000
+MAX_PER_CALLER = 10
 MAX_TURNS = 40
+MAX_CONVERSATION_BYTES = 2 * 1024 * 1024
+MAX_BYTES = 256 * 1024 * 1024
+IMAGE_DROPPED = "(The chart image of this conversation is no longer available.)"
 SYSTEM = (
     "You are a technical analyst. The user shows you a price chart (an image and a text "
     "description of its series) and asks about it. Answer concisely, in Markdown, and say "
@@ -18,17 +28,44 @@ SYSTEM = (
 )
 
 Message = dict[str, Any]
+Key = tuple[str, str]  # (caller, conversation_id)
+
+
+@dataclass
+class _Conversation:
+    messages: list[Message]
+    size: int = field(default=0)
 
 
 class Conversations:
-    """``conversation_id`` -> the messages sent to the model so far."""
+    """``(caller, conversation_id)`` -> the messages sent to the model so far."""
 
-    def __init__(self, limit: int = MAX_CONVERSATIONS) -> None:
+    def __init__(
+        self,
+        limit: int = MAX_CONVERSATIONS,
+        per_caller: int = MAX_PER_CALLER,
+        max_bytes: int = MAX_BYTES,
+        conversation_bytes: int = MAX_CONVERSATION_BYTES,
+    ) -> None:
         self.limit = limit
-        self._turns: OrderedDict[str, list[Message]] = OrderedDict()
+        self.per_caller = per_caller
+        self.max_bytes = max_bytes
+        self.conversation_bytes = conversation_bytes
+        self.size = 0
+        self._all: OrderedDict[Key, _Conversation] = OrderedDict()
+        self._of: dict[str, OrderedDict[str, None]] = {}  # caller -> its ids, oldest first
 
-    def start(self, key: str, prompt: str, description: str, image: str | None) -> list[Message]:
-        """A new conversation (``prompt``); replaces one with the same id."""
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def has(self, caller: str, key: str) -> bool:
+        return (caller, key) in self._all
+
+    def start(
+        self, caller: str, key: str, prompt: str, description: str, image: str | None
+    ) -> list[Message]:
+        """A new conversation (``prompt``), replacing the caller's one with the same id;
+        returns the messages of this turn (the image included even if it is not kept)."""
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         if image:
             content.append({"type": "image_url", "image_url": {"url": image, "detail": "high"}})
@@ -36,28 +73,83 @@ class Conversations:
             {"role": "system", "content": f"{SYSTEM}\n\n{description}".strip()},
             {"role": "user", "content": content},
         ]
-        self._turns[key] = messages
-        self._turns.move_to_end(key)
-        while len(self._turns) > self.limit:
-            self._turns.popitem(last=False)
-        return list(messages)
+        turn = list(messages)
+        self._remove((caller, key))
+        self._put(caller, key, messages)
+        return turn
 
-    def reply(self, key: str, prompt: str) -> list[Message] | None:
+    def reply(self, caller: str, key: str, prompt: str) -> list[Message] | None:
         """The conversation with a new user turn (``prompt_reply``); None when unknown."""
-        messages = self._turns.get(key)
-        if messages is None:
+        found = self._all.get((caller, key))
+        if found is None:
             return None
-        messages.append({"role": "user", "content": prompt})
-        self._trim(messages)
-        self._turns.move_to_end(key)
-        return list(messages)
+        found.messages.append({"role": "user", "content": prompt})
+        self._resized((caller, key), found)
+        return list(found.messages) if (caller, key) in self._all else None
 
-    def answered(self, key: str, answer: str) -> None:
-        messages = self._turns.get(key)
-        if messages is not None and answer:
-            messages.append({"role": "assistant", "content": answer})
-            self._trim(messages)
+    def answered(self, caller: str, key: str, answer: str) -> None:
+        found = self._all.get((caller, key))
+        if found is not None and answer:
+            found.messages.append({"role": "assistant", "content": answer})
+            self._resized((caller, key), found)
 
-    def _trim(self, messages: list[Message]) -> None:
-        while len(messages) > MAX_TURNS:
-            del messages[2]  # keep the system prompt and the turn with the chart
+    def forget(self, caller: str) -> None:
+        """Every conversation of ``caller`` (its socket closed)."""
+        for key in list(self._of.get(caller, ())):
+            self._remove((caller, key))
+
+    def _put(self, caller: str, key: str, messages: list[Message]) -> None:
+        conversation = _Conversation(messages)
+        self._all[(caller, key)] = conversation
+        self._of.setdefault(caller, OrderedDict())[key] = None
+        self._resized((caller, key), conversation)
+        ids = self._of[caller]
+        while len(ids) > self.per_caller:
+            self._remove((caller, next(iter(ids))))
+
+    def _resized(self, full: Key, conversation: _Conversation) -> None:
+        """Trim ``conversation`` to its bounds, account its size, mark it recently used,
+        and evict the least recently used while the store is over its bounds."""
+        _trim(conversation.messages, self.conversation_bytes)
+        self.size -= conversation.size
+        conversation.size = _size(conversation.messages)
+        self.size += conversation.size
+        self._all.move_to_end(full)
+        self._of[full[0]].move_to_end(full[1])
+        while len(self._all) > self.limit or (self.size > self.max_bytes and self._all):
+            self._remove(next(iter(self._all)))
+
+    def _remove(self, full: Key) -> None:
+        conversation = self._all.pop(full, None)
+        if conversation is None:
+            return
+        self.size -= conversation.size
+        ids = self._of.get(full[0])
+        if ids is not None:
+            ids.pop(full[1], None)
+            if not ids:
+                del self._of[full[0]]
+
+
+def _trim(messages: list[Message], max_bytes: int) -> None:
+    """Drop the oldest turns after the first question (at most ``MAX_TURNS`` messages,
+    ``max_bytes``), then the chart image if that is still too much."""
+    while len(messages) > 2 and (len(messages) > MAX_TURNS or _size(messages) > max_bytes):
+        del messages[2]
+    first = messages[1] if len(messages) > 1 else None
+    if first is not None and isinstance(first["content"], list) and _size(messages) > max_bytes:
+        texts = [part for part in first["content"] if part.get("type") == "text"]
+        first["content"] = [*texts, {"type": "text", "text": IMAGE_DROPPED}]
+
+
+def _size(messages: list[Message]) -> int:
+    """About the bytes a conversation holds: the length of its texts and image URLs."""
+    total = 0
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            total += len(content)
+            continue
+        for part in content:
+            total += len(part.get("text", "")) + len(part.get("image_url", {}).get("url", ""))
+    return total

@@ -1,8 +1,10 @@
 """One streamed answer from an OpenAI-compatible Chat Completions endpoint (``openai``).
 
 Configured by ``LLM_BASE_URL``, ``LLM_API_KEY`` and ``LLM_MODEL``; :func:`configured` says
-whether chat is available at all. Upstream failures become :class:`ChatError` with a short
-text for the user (never the key).
+whether chat is available at all. Upstream failures, malformed events and chunks of another
+shape than a ``chat.completion.chunk`` become :class:`ChatError` with a short text for the
+user (never the key). The whole turn's deadline is the caller's (``backend.hub.chatting``);
+the stream is closed however the iteration ends.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ class ChatError(CandlewireError):
 class Llm:
     """A client for one endpoint and model."""
 
-    def __init__(self, base_url: str, api_key: str, model: str) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, model: str, timeout: float = TIMEOUT_SECONDS
+    ) -> None:
         self.model = model
         self._client = openai.AsyncOpenAI(
             base_url=base_url or None,
             api_key=api_key or "unused",
-            timeout=TIMEOUT_SECONDS,
+            timeout=timeout,
             max_retries=1,
         )
 
@@ -49,15 +53,32 @@ class Llm:
             )
             if not isinstance(chunks, openai.AsyncStream):
                 raise ChatError("the model endpoint did not stream its answer")
-            async for chunk in chunks:
-                for choice in chunk.choices:
-                    text = choice.delta.content if choice.delta is not None else None
-                    if text:
+            try:
+                async for chunk in chunks:
+                    for text in _texts(chunk):
                         yield text
+            finally:
+                await chunks.close()
         except openai.APIStatusError as exc:
             raise ChatError(f"the model endpoint answered HTTP {exc.status_code}") from exc
         except openai.APIError as exc:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
+        except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
+            raise ChatError("the model endpoint sent a malformed answer (not JSON)") from exc
+
+
+def _texts(chunk: object) -> list[str]:
+    """The non-empty content deltas of one chunk; ``ChatError`` when it is no chunk (a
+    string, or ``choices`` that is not a list)."""
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        raise ChatError("the model endpoint sent a malformed answer (a chunk without choices)")
+    texts = []
+    for choice in choices:
+        text = getattr(getattr(choice, "delta", None), "content", None)
+        if isinstance(text, str) and text:
+            texts.append(text)
+    return texts
 
 
 def configured(base_url: str, api_key: str, model: str) -> bool:

@@ -4,8 +4,10 @@ evaluation of every live alert on the bars the hub receives.
 The alerts hold their series as hub subscriber :data:`OWNER` (client ids start at 1) with a
 bar listener, so a key nobody charts is streamed for them and a charted key is not streamed
 twice. Every update of a key's newest bar evaluates that key's alerts (spec 3.4); a firing
-sends a ``notification`` to the creating socket while it is connected and starts the Web
-Push and webhook deliveries as owned tasks, so no delivery ever delays streaming. Armed
+sends a ``notification`` to the creating socket while it is connected and queues the Web
+Push and webhook deliveries in a :class:`~backend.alerts.dispatch.Dispatcher` (owned tasks,
+bounded overall and per destination, a bounded backlog), so no delivery ever delays
+streaming and a hanging endpoint never delays the others. Armed
 state changes are written to SQLite by one writer task, in order.
 
 Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
@@ -22,6 +24,7 @@ Owns the live alerts, their subscriptions and delivery tasks. Not: parsing
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -31,8 +34,16 @@ from typing import TYPE_CHECKING, Any
 
 from backend import tasks
 from backend.alerts.delivery import Delivery, Outcome
+from backend.alerts.destinations import origin
+from backend.alerts.dispatch import Dispatcher, Job
 from backend.alerts.evaluate import LatestBars, Step, advance, step
-from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
+from backend.alerts.model import (
+    Alert,
+    Subscription,
+    parse_alert,
+    reads_indicators,
+    series_of,
+)
 from backend.alerts.store import AlertStore, Row
 from backend.alerts.vapid import VapidKeys
 from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
@@ -58,7 +69,6 @@ MAX_ALERT_ID = 2**63 - 1  # SQLite's largest integer: no alert has a larger id
 OWNER = 0  # the subscriber id of the alerts (hub clients count from 1)
 LANE = ("alerts",)
 SWEEP_SECONDS = 1.0
-DELIVERIES_AT_ONCE = 32
 COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
 MAX_LISTED = 1_000
 TOMBSTONE_SECONDS = 60.0  # a deletion note nobody took by then is dropped (its worker is gone)
@@ -105,7 +115,7 @@ class Alerting:
         self._tasks: tasks.Tasks = set()
         self._dirty: dict[int, tuple[bool, int]] = {}
         self._wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(DELIVERIES_AT_ONCE)
+        self.dispatcher = Dispatcher(self._start, self._dropped)
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
         self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 
@@ -119,8 +129,12 @@ class Alerting:
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
         self.delivery = Delivery(
-            self.keys, settings.ALERT_CONTACT, backoff=settings.ALERT_RETRY_SECONDS
+            self.keys,
+            settings.ALERT_CONTACT,
+            backoff=settings.ALERT_RETRY_SECONDS,
+            public_only=settings.ALERT_PUSH_PUBLIC_ONLY,
         )
+        await self._expired_meanwhile()
         rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
             alert = self._from_row(row)
@@ -138,7 +152,21 @@ class Alerting:
             self.worker.count,
         )
 
+    async def _expired_meanwhile(self) -> None:
+        """The alerts (of this worker's share) that expired while the server was down get
+        their "Alert expired" push and are deleted, as the sweeper does for live ones."""
+        assert self.store is not None
+        rows = await asyncio.to_thread(self.store.expired, time.time(), self.worker.share)
+        for row in rows:
+            alert = self._from_row(row)
+            if alert is not None:
+                self._deliver_push(alert, f"Alert expired: {alert.message}")
+            logger.info("alert %d expired while the server was down", row["id"])
+        if rows:
+            await asyncio.to_thread(self.store.delete, [row["id"] for row in rows])
+
     async def close(self) -> None:
+        self.dispatcher.close()
         await tasks.cancel_owned(self._tasks)
         if self.store is not None:
             self._write_dirty()
@@ -220,7 +248,9 @@ class Alerting:
         assert self.store is not None
         settings = self.hub.settings
         try:
-            spec, rule_set = parse_alert(raw, settings.MAX_RULES_PER_ALERT)
+            spec, rule_set = parse_alert(
+                raw, settings.MAX_RULES_PER_ALERT, settings.ALERT_PUSH_PUBLIC_ONLY
+            )
             if spec.get("webhook") and not settings.ALERT_CLIENT_WEBHOOKS:
                 raise ProtocolError(
                     "unsupported",
@@ -236,7 +266,9 @@ class Alerting:
             self._refuse(client, raw, exc, notify=True)
             return
         expires = time.time() + settings.ALERT_EXPIRE_MINUTES * 60
-        peer = client.peer.rsplit(":", 1)[0]
+        # who pays the daily quota: the key's or token's client with AUTH on, else the address
+        credential = self.hub.credential_client
+        peer = f"client {credential()}" if credential else client.peer.rsplit(":", 1)[0]
         row = await asyncio.to_thread(
             self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
         )
@@ -358,36 +390,50 @@ class Alerting:
             self.hub.send(creator, protocol.encode(note))
         self._deliver_push(alert, alert.message)
         body = _webhook_body(alert, key, bar)
-        for url in (self.hub.settings.ALERT_WEBHOOK_URL, alert.webhook):
+        for url, trusted in ((self.hub.settings.ALERT_WEBHOOK_URL, True), (alert.webhook, False)):
             if url:
-                self._start(self._webhook(url, body), f"alert {alert.id} webhook")
+                job = functools.partial(self._webhook, url, body, trusted)
+                self._send(url, f"alert {alert.id} webhook", job)
 
     # ------------------------------------------------------------------ delivery
 
     def _deliver_push(self, alert: Alert, title: str) -> None:
-        if alert.subscription is not None:
-            self._start(self._push(alert, title), f"alert {alert.id} push")
-
-    async def _push(self, alert: Alert, title: str) -> None:
         subscription = alert.subscription
-        if subscription is None or self.delivery is None:
+        if subscription is not None:
+            job = functools.partial(self._push, alert, subscription, title)
+            self._send(subscription.endpoint, f"alert {alert.id} push", job)
+
+    def _send(self, url: str, name: str, job: Job) -> None:
+        """Queue a delivery to ``url`` (``backend.alerts.dispatch``: bounded, fair)."""
+        self.dispatcher.submit(origin(url), name, job)
+
+    def _dropped(self, destination: str, name: str) -> None:
+        self.hub.metrics.inc("candlewire_alert_deliveries_dropped_total")
+        logger.warning(
+            "%s to %s dropped: %d deliveries wait already (the oldest of the busiest "
+            "destination goes first)",
+            name,
+            destination,
+            self.dispatcher.backlog,
+        )
+
+    async def _push(self, alert: Alert, subscription: Subscription, title: str) -> None:
+        if self.delivery is None:
             return
-        async with self._limit:
-            outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
+        outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
         if outcome is Outcome.GONE:
             await self._forget_endpoint(subscription.endpoint)
 
-    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+    async def _webhook(self, url: str, body: dict[str, Any], trusted: bool) -> None:
         if self.delivery is not None:
-            async with self._limit:
-                await self.delivery.webhook(url, body)
+            await self.delivery.webhook(url, body, trusted)
 
     async def _forget_endpoint(self, endpoint: str) -> None:
         """A push service said the subscription is gone: no alert pushes to it again."""
         for alert in list(self.alerts.values()):
             subscription = alert.subscription
             if subscription is not None and subscription.endpoint == endpoint:
-                alert.spec = {**alert.spec, "subscription": None}
+                alert.spec = alert.without_push()
                 if self.store is not None:
                     await asyncio.to_thread(self.store.drop_subscription, alert.id, alert.spec)
                 logger.info("alert %d: push subscription removed", alert.id)
@@ -498,8 +544,7 @@ def _by_operand(values: dict[int, Pair]) -> Callable[[Operand], Pair]:
 
 
 def _belongs(alert: Alert, endpoint: str | None, owner: str | None) -> bool:
-    subscription = alert.subscription
-    if endpoint and subscription is not None and subscription.endpoint == endpoint:
+    if endpoint and alert.endpoint == endpoint:
         return True
     return bool(owner) and alert.owner == owner
 

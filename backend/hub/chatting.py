@@ -7,13 +7,22 @@ order. Every non-empty delta is one ``prompt_response`` chunk (spec 5.2); the tu
 client appends the empty text). Errors are an ``error`` message plus the text as a chunk,
 which is what the stock window shows. Without ``LLM_MODEL`` the answer says so at once.
 
+A turn is checked before anything of it is kept: its fields, then whether chat is on, the
+conversation exists (``prompt_reply``) and the caller's hourly budget allows it; a refused
+turn costs no memory. A whole turn has one deadline (``LLM_TIMEOUT_SECONDS``), so an
+endpoint that keeps its stream open without an answer ends in an error too, and the
+socket's next turn starts at the latest then. Conversations belong to their caller
+(:meth:`Chatting.caller`): another socket cannot continue or read one by its id.
+
 Owns the conversations of one hub and its model client. Not: the upstream call
 (``backend.chat.llm``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from limits import RateLimitItemPerHour
@@ -40,6 +49,36 @@ NOT_CONFIGURED = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A checked ``prompt`` (with ``description`` and ``image``) or ``prompt_reply``."""
+
+    reply: bool
+    conversation: str
+    prompt: str
+    description: str = ""
+    image: str | None = None
+
+
+def parse_turn(raw: dict[str, Any]) -> Turn:
+    """The turn a request asks for; ``ProtocolError`` names a bad field. Keeps nothing."""
+    key = raw.get("conversation_id")
+    prompt = raw.get("prompt")
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
+        raise ProtocolError("invalid_field", "'conversation_id' must be a short string")
+    if not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT:
+        raise ProtocolError("invalid_field", f"'prompt' must be 1 to {MAX_PROMPT} characters")
+    if raw.get("type") == "prompt_reply":
+        return Turn(True, key, prompt)
+    description = raw.get("description") or ""
+    image = raw.get("img")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise ProtocolError("invalid_field", "'description' must be a string")
+    if image is not None and not (isinstance(image, str) and image.startswith("data:image/")):
+        raise ProtocolError("invalid_field", "'img' must be a data:image/... URL")
+    return Turn(False, key, prompt, description, image or None)
+
+
 class Chatting:
     """The chat of one hub: conversations and the model client (None: not configured)."""
 
@@ -50,8 +89,9 @@ class Chatting:
         self._turns = MovingWindowRateLimiter(MemoryStorage())
         self._per_hour = RateLimitItemPerHour(s.MAX_LLM_REQUESTS_PER_HOUR)
         key = s.LLM_API_KEY.get_secret_value()
+        self.deadline = s.LLM_TIMEOUT_SECONDS
         self.llm = (
-            Llm(s.LLM_BASE_URL, key, s.LLM_MODEL)
+            Llm(s.LLM_BASE_URL, key, s.LLM_MODEL, s.LLM_TIMEOUT_SECONDS)
             if configured(s.LLM_BASE_URL, key, s.LLM_MODEL)
             else None
         )
@@ -64,53 +104,70 @@ class Chatting:
         """Queue one turn in the client's chat lane (the socket reads on meanwhile)."""
         await client.replies.submit(LANE, lambda: self._turn(client, raw))
 
+    def caller(self, client: Client) -> str:
+        """Whose conversations a turn continues: with ``AUTH`` on, the API key's or token's
+        client (over all its sockets); without, this socket (anybody may share its
+        address, a reverse proxy's above all, and a conversation lives in one chat window)."""
+        if self.hub.credential_client is not None:
+            return f"client {self.hub.credential_client()}"
+        return f"socket {client.id}"
+
+    def drop_client(self, client_id: int) -> None:
+        """A socket closed: its conversations go (with ``AUTH`` on they are the client's)."""
+        self.conversations.forget(f"socket {client_id}")
+
+    def _budget(self, client: Client) -> str:
+        """Whose ``MAX_LLM_REQUESTS_PER_HOUR`` a turn spends: the key or token's client
+        with ``AUTH`` on, else the client address (Tradiny's rule)."""
+        if self.hub.credential_client is not None:
+            return f"client {self.hub.credential_client()}"
+        return client.peer.rsplit(":", 1)[0]
+
     async def _turn(self, client: Client, raw: dict[str, Any]) -> None:
         try:
-            key, messages = self._messages(raw)
+            turn = parse_turn(raw)
         except ProtocolError as exc:
             self._fail(client, raw, exc.code, exc.message)
             return
         if self.llm is None:
             self._fail(client, raw, "unavailable", NOT_CONFIGURED)
             return
-        address = client.peer.rsplit(":", 1)[0]
-        if not self._turns.hit(self._per_hour, "chat", address):
+        caller = self.caller(client)
+        if turn.reply and not self.conversations.has(caller, turn.conversation):
+            self._fail(client, raw, "not_found", "unknown conversation; start a new chat")
+            return
+        if not self._turns.hit(self._per_hour, "chat", self._budget(client)):
             limit = self.hub.settings.MAX_LLM_REQUESTS_PER_HOUR
             self._fail(client, raw, "rate_limited", f"Too many requests: {limit} chats an hour")
             return
+        messages = self._messages(caller, turn)
         parts: list[str] = []
         try:
-            async for text in self.llm.stream(messages):
-                if client.id not in self.hub.clients:
-                    return
-                parts.append(text)
-                self._chunk(client, text)
+            async with asyncio.timeout(self.deadline):
+                async for text in self.llm.stream(messages):
+                    if client.id not in self.hub.clients:
+                        return
+                    parts.append(text)
+                    self._chunk(client, text)
         except ChatError as exc:
             logger.warning("client %d: chat failed: %s", client.id, exc)
             self._fail(client, raw, "upstream_error", str(exc))
             return
-        self.conversations.answered(key, "".join(parts))
+        except TimeoutError:
+            logger.warning("client %d: chat answer not finished in %g s", client.id, self.deadline)
+            late = f"the model endpoint did not finish its answer within {self.deadline:g} s"
+            self._fail(client, raw, "upstream_error", late)
+            return
+        self.conversations.answered(caller, turn.conversation, "".join(parts))
         self._chunk(client, "", done=True)
 
-    def _messages(self, raw: dict[str, Any]) -> tuple[str, list[Message]]:
-        key = raw.get("conversation_id")
-        prompt = raw.get("prompt")
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
-            raise ProtocolError("invalid_field", "'conversation_id' must be a short string")
-        if not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT:
-            raise ProtocolError("invalid_field", f"'prompt' must be 1 to {MAX_PROMPT} characters")
-        if raw.get("type") == "prompt_reply":
-            messages = self.conversations.reply(key, prompt)
-            if messages is None:
-                raise ProtocolError("not_found", "unknown conversation; start a new chat")
-            return key, messages
-        description = raw.get("description") or ""
-        image = raw.get("img")
-        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-            raise ProtocolError("invalid_field", "'description' must be a string")
-        if image is not None and not (isinstance(image, str) and image.startswith("data:image/")):
-            raise ProtocolError("invalid_field", "'img' must be a data:image/... URL")
-        return key, self.conversations.start(key, prompt, description, image)
+    def _messages(self, caller: str, turn: Turn) -> list[Message]:
+        """Keep the turn in its conversation; the messages to send (checked: it exists)."""
+        if turn.reply:
+            return self.conversations.reply(caller, turn.conversation, turn.prompt) or []
+        return self.conversations.start(
+            caller, turn.conversation, turn.prompt, turn.description, turn.image
+        )
 
     def _chunk(self, client: Client, text: str, done: bool = False) -> None:
         message: dict[str, Any] = {"type": "prompt_response", "response": text}

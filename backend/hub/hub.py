@@ -122,6 +122,10 @@ class Hub:
         # (0: now), and why the caller may not add a subscription (None: it may).
         self.admit_frame: Callable[[], float] | None = None
         self.admit_subscription: Callable[[int], str | None] | None = None
+        # Access control (backend/access), set only with AUTH on: the current caller's client
+        # (its API key's or token's). Alert quotas, chat budgets and conversations count per
+        # it; without credentials, per address (and per socket).
+        self.credential_client: Callable[[], str] | None = None
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
@@ -238,6 +242,7 @@ class Hub:
         self.listeners.drop(client.id)
         self.indicating.drop_client(client.id)
         self.scanning.stop(client.id)
+        self.chatting.drop_client(client.id)
         for key, _ in self.subs.drop_client(client.id):
             self.fanout.stop_delivery(client.id, key)
             self.upstream.sync(key, client.id)

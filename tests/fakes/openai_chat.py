@@ -3,7 +3,10 @@
 ``POST /v1/chat/completions`` with ``stream: true`` answers Server-Sent Events: one
 ``chat.completion.chunk`` per entry of :attr:`FakeChat.chunks` (``delay`` seconds apart),
 then ``data: [DONE]``. Requests are kept in :attr:`FakeChat.requests`; ``status`` makes it
-answer that HTTP error instead. The API key seen is checked against ``api_key``.
+answer that HTTP error instead. The API key seen is checked against ``api_key``. ``raw``
+(SSE event bytes) is streamed instead of the chunks, then ``[DONE]``; ``keepalive`` keeps
+the stream open with SSE comments only, until the client goes away (:attr:`open_streams`
+counts the streams not ended yet).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class FakeChat:
         self.delay = delay
         self.api_key = api_key
         self.status = 200
+        self.raw: list[bytes] | None = None
+        self.keepalive = False
+        self.open_streams = 0
         self.requests: list[dict[str, Any]] = []
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._complete)
@@ -48,6 +54,23 @@ class FakeChat:
             return web.json_response({"error": {"message": "failed"}}, status=self.status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        self.open_streams += 1
+        try:
+            await self._stream(response, body)
+        finally:
+            self.open_streams -= 1
+        return response
+
+    async def _stream(self, response: web.StreamResponse, body: dict[str, Any]) -> None:
+        while self.keepalive:  # until the client closes the connection
+            await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(0.2)
+        if self.raw is not None:
+            for event in self.raw:
+                await response.write(event)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return
         for index, text in enumerate(self.chunks):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -55,7 +78,6 @@ class FakeChat:
         await response.write(_event(body.get("model", "m"), len(self.chunks), {}, "stop"))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        return response
 
 
 def _event(model: str, index: int, delta: dict[str, Any], finish: str | None) -> bytes:

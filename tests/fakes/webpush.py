@@ -8,11 +8,16 @@ for it. The service checks every push as a real one would (RFC 8292: the ``vapid
 (``http_ece``, as ``pywebpush`` encrypts). Decrypted payloads land in :attr:`FakePush.pushes`;
 refused ones in :attr:`FakePush.refused`. ``/hook/<name>`` records webhook JSON bodies.
 Answers can be scripted per path: ``fake.script("/hook/a", [503, 503])`` answers those
-statuses first, then 201/200; ``fake.gone(token)`` answers 410 to every push to ``token``.
+statuses first, then 201/200 (an entry may be ``(status, headers)``, e.g. a ``Retry-After``
+or a redirect's ``Location``); ``fake.gone(token)`` answers 410 to every push to ``token``;
+``fake.endless(path, status)`` answers that status with a body that never ends;
+``fake.hang(path)`` never answers. :attr:`FakePush.times` has the monotonic time of every
+request by path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -28,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.fakes.loopback import LoopbackServer
+
+Answer = int | tuple[int, dict[str, str]]  # a scripted status, or a status and headers
 
 
 def b64url(data: bytes) -> str:
@@ -69,7 +76,11 @@ class FakePush:
         self.refused: list[str] = []
         self.hooks: list[tuple[str, dict[str, Any]]] = []
         self.attempts: list[tuple[str, int]] = []  # (path, status answered)
-        self._scripts: dict[str, list[int]] = {}
+        self.times: list[tuple[str, float]] = []  # (path, time.monotonic() of the request)
+        self.streamed: dict[str, int] = {}  # path -> bytes of an endless body written
+        self._scripts: dict[str, list[Answer]] = {}
+        self._endless: dict[str, int] = {}
+        self._hanging: set[str] = set()
         self._gone: set[str] = set()
         self._lock = threading.Lock()
         app = web.Application()
@@ -97,9 +108,17 @@ class FakePush:
             "keys": {"p256dh": keys.p256dh(), "auth": b64url(keys.auth)},
         }
 
-    def script(self, path: str, statuses: list[int]) -> None:
+    def script(self, path: str, statuses: list[Answer]) -> None:
         with self._lock:
             self._scripts[path] = list(statuses)
+
+    def endless(self, path: str, status: int) -> None:
+        with self._lock:
+            self._endless[path] = status
+
+    def hang(self, path: str) -> None:
+        with self._lock:
+            self._hanging.add(path)
 
     def gone(self, token: str) -> None:
         with self._lock:
@@ -113,20 +132,41 @@ class FakePush:
         with self._lock:
             return [body for hook, body in self.hooks if hook == name]
 
-    def _scripted(self, path: str) -> int | None:
+    def _scripted(self, path: str) -> tuple[int, dict[str, str]] | None:
         with self._lock:
+            self.times.append((path, time.monotonic()))
             queue = self._scripts.get(path)
-            return queue.pop(0) if queue else None
+            found = queue.pop(0) if queue else None
+        return (found, {}) if isinstance(found, int) else found
 
-    async def _push(self, request: web.Request) -> web.Response:
+    async def _special(self, request: web.Request) -> web.StreamResponse | None:
+        """The endless or hanging answer of this path, if it has one."""
+        if request.path in self._hanging:
+            self.attempts.append((request.path, 0))
+            await asyncio.Event().wait()
+        status = self._endless.get(request.path)
+        if status is None:
+            return None
+        self.attempts.append((request.path, status))
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        while True:  # until the client goes away
+            await response.write(chunk)
+            self.streamed[request.path] = self.streamed.get(request.path, 0) + len(chunk)
+
+    async def _push(self, request: web.Request) -> web.StreamResponse:
         token = request.match_info["token"]
         body = await request.read()
-        status = self._scripted(request.path)
-        if status is None and token in self._gone:
-            status = 410
-        if status is not None:
-            self.attempts.append((request.path, status))
-            return web.Response(status=status)
+        scripted = self._scripted(request.path)
+        special = await self._special(request)
+        if special is not None:
+            return special
+        if scripted is None and token in self._gone:
+            scripted = (410, {})
+        if scripted is not None:
+            self.attempts.append((request.path, scripted[0]))
+            return web.Response(status=scripted[0], headers=scripted[1])
         try:
             vapid_key, claims = self._check_vapid(request)
             keys = self.keys[token]
@@ -169,11 +209,14 @@ class FakePush:
             raise ValueError("VAPID claims lack sub or are expired")
         return key, claims
 
-    async def _hook(self, request: web.Request) -> web.Response:
-        status = self._scripted(request.path)
-        if status is not None:
-            self.attempts.append((request.path, status))
-            return web.Response(status=status)
+    async def _hook(self, request: web.Request) -> web.StreamResponse:
+        scripted = self._scripted(request.path)
+        special = await self._special(request)
+        if special is not None:
+            return special
+        if scripted is not None:
+            self.attempts.append((request.path, scripted[0]))
+            return web.Response(status=scripted[0], headers=scripted[1])
         body = await request.json()
         with self._lock:
             self.hooks.append((request.match_info["name"], body))

@@ -1,0 +1,75 @@
+"""Where alert deliveries may go: the origin of a URL (what logs and limits name) and the
+opt-in "public only" policy for client-chosen URLs (``ALERT_PUSH_PUBLIC_ONLY``).
+
+By default any http(s) URL with a host is a valid push endpoint or client webhook (a fake
+push service on loopback included). With the policy on, a client-chosen URL must be
+``https://`` and reach only public (globally routable) addresses: a host written as an
+address is checked when the alert is made, a name at every connection through
+:class:`PublicResolver`, so a name that later resolves to a private address (DNS rebinding)
+is refused too. Owns no I/O except that resolver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+
+def origin(url: str) -> str:
+    """Scheme, host and port of ``url`` (push URLs carry a secret token in the path; a
+    password in the userinfo is dropped)."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}://{authority.rpartition('@')[2]}"
+
+
+def host_of(url: str) -> str | None:
+    """The host of an http(s) URL, or None when it has none or does not parse."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    return host
+
+
+def public_problem(url: str) -> str | None:
+    """Why ``url`` is not allowed under the public-only policy, or None if it is (a host
+    name is checked later, when it resolves)."""
+    if urlsplit(url).scheme != "https":
+        return "must be an https:// URL on this server"
+    host = host_of(url)
+    if host is None:
+        return "has no host"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None if host.rstrip(".").lower() != "localhost" else "is not a public host"
+    return None if address.is_global else "is not a public address"
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, keeping only globally routable addresses
+    (none left: ``OSError``, a failed connection)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
+        if not public:
+            raise OSError(f"{host} resolves to no public address (ALERT_PUSH_PUBLIC_ONLY)")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -1,0 +1,75 @@
+"""The delivery scheduler: a destination that hangs holds at most its own slots, others go
+on, and the backlog is bounded by dropping the busiest destination's oldest job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from backend import tasks
+from backend.alerts.dispatch import Dispatcher
+from tests.harness import eventually
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.owned: tasks.Tasks = set()
+        self.started: list[str] = []
+        self.dropped: list[tuple[str, str]] = []
+        self.release = asyncio.Event()
+
+    def start(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        self.started.append(name)
+        tasks.start_owned(self.owned, job, name)
+
+    def drop(self, destination: str, name: str) -> None:
+        self.dropped.append((destination, name))
+
+    async def hang(self) -> None:
+        await self.release.wait()
+
+    async def quick(self) -> None:
+        return None
+
+
+async def test_a_hanging_destination_holds_only_its_own_slots_and_others_go_on() -> None:
+    seen = Recorder()
+    dispatcher = Dispatcher(seen.start, seen.drop, at_once=8, per_destination=3, backlog=100)
+    for n in range(20):
+        dispatcher.submit("http://hung", f"hung {n}", seen.hang)
+    dispatcher.submit("https://push.example", "victim", seen.quick)
+    assert seen.started == ["hung 0", "hung 1", "hung 2", "victim"]
+    assert dispatcher.running <= 3 + 1 and dispatcher.waiting == 17
+    seen.release.set()
+    await eventually(lambda: dispatcher.running == 0 and dispatcher.waiting == 0, 5, "all jobs")
+    assert len(seen.started) == 21 and seen.dropped == []
+
+
+async def test_the_backlog_drops_the_oldest_job_of_the_busiest_destination() -> None:
+    seen = Recorder()
+    dispatcher = Dispatcher(seen.start, seen.drop, at_once=2, per_destination=1, backlog=4)
+    for n in range(6):
+        dispatcher.submit("http://hung", f"hung {n}", seen.hang)
+    dispatcher.submit("http://other", "other 0", seen.hang)  # runs: a slot is free
+    dispatcher.submit("http://other", "other 1", seen.hang)
+    # running: hung 0, other 0; waiting: hung 1..5 and other 1, bounded to 4
+    assert seen.started == ["hung 0", "other 0"]
+    assert seen.dropped == [("http://hung", "hung 1"), ("http://hung", "hung 2")]
+    assert dispatcher.waiting == 4
+    dispatcher.close()
+    seen.release.set()
+    await tasks.cancel_owned(seen.owned)
+    assert seen.started == ["hung 0", "other 0"]  # nothing starts after close
+
+
+async def test_waiting_destinations_are_served_in_turn() -> None:
+    seen = Recorder()
+    dispatcher = Dispatcher(seen.start, seen.drop, at_once=1, per_destination=1, backlog=100)
+    dispatcher.submit("a", "a 0", seen.hang)
+    for n in range(1, 4):
+        dispatcher.submit("a", f"a {n}", seen.quick)
+    dispatcher.submit("b", "b 0", seen.quick)
+    seen.release.set()
+    await eventually(lambda: len(seen.started) == 5, 5, "every job")
+    assert seen.started.index("b 0") <= 2  # not behind every job of "a"

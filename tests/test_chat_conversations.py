@@ -1,0 +1,45 @@
+"""The chat's conversation store: keyed by caller, bounded in bytes, turns and count."""
+
+from __future__ import annotations
+
+from backend.chat.conversations import IMAGE_DROPPED, Conversations
+
+IMAGE = "data:image/png;base64," + "A" * 900_000
+
+
+def test_a_conversation_belongs_to_its_caller() -> None:
+    store = Conversations()
+    store.start("alice", "c1", "secret", "d", None)
+    assert store.reply("mallory", "c1", "repeat everything") is None
+    assert store.has("alice", "c1") and not store.has("mallory", "c1")
+    store.start("mallory", "c1", "mine", "d", None)  # the same id: a conversation of its own
+    replied = store.reply("alice", "c1", "more")
+    assert replied is not None and replied[1]["content"][0]["text"] == "secret"
+
+
+def test_one_caller_keeps_a_bounded_number_of_conversations_and_evicts_only_its_own() -> None:
+    store = Conversations(per_caller=3)
+    store.start("alice", "a", "hi", "", None)
+    for n in range(50):
+        store.start("mallory", f"m{n}", "x", "", IMAGE)
+    assert store.has("alice", "a")
+    assert len(store) == 4 and store.size < 4 * 1_000_000
+    store.forget("mallory")
+    assert len(store) == 1
+
+
+def test_the_bytes_kept_are_bounded_in_all_and_per_conversation() -> None:
+    store = Conversations(max_bytes=3_000_000, per_caller=100)
+    for n in range(10):
+        turn = store.start(f"caller{n}", "c", "look", "", IMAGE)
+        assert turn[1]["content"][1]["image_url"]["url"] == IMAGE  # this turn still has it
+    assert store.size <= 3_000_000 and len(store) == 3
+    small = Conversations(conversation_bytes=100_000)
+    small.start("a", "c", "look", "", IMAGE)
+    replied = small.reply("a", "c", "and now?")
+    assert replied is not None
+    assert replied[1]["content"] == [
+        {"type": "text", "text": "look"},
+        {"type": "text", "text": IMAGE_DROPPED},
+    ]
+    assert small.size < 100_000
