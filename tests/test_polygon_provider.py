@@ -337,6 +337,7 @@ def test_a_connection_evicted_with_max_connections_backs_off_and_is_reported(
     tuesday.set_always_open(True)
     direct.subscribe("X:ETHUSD", "1m")
     wait_until(lambda: len(tuesday.connections("crypto")) == 1, "the crypto connection")
+    wait_until(lambda: tuesday.auth_attempts == {"crypto": 1}, "the auth")  # then evicted
     tuesday.force_max_connections("crypto")
     wait_until(lambda: any(s.state == "max_connections" for s in direct.statuses()), "the status")
     evicted_at = time.monotonic()

@@ -161,9 +161,18 @@ class HubAgainstModel(RuleBasedStateMachine):
     @precondition(lambda self: self.provider.alive and not self.ready)
     @rule()
     def provider_is_ready(self) -> None:
-        self.hub.on_provider_ready(SOURCE)
+        async def ready_and_refilled() -> None:
+            self.hub.on_provider_ready(SOURCE)
+            await asyncio.gather(*self.hub.refills.tasks)  # what was missed, refilled
+
+        self.loop.run_until_complete(ready_and_refilled())
         self.ready = True
         self.linger_until.clear()  # a restarted process does not resume lingering keys
+        assert not self.hub.fanout.refilling  # no live update is held any more
+        for client_id in self.held:  # the refill reaches only the holders of a key
+            client = self.hub.clients[client_id]
+            refilled = {about(m) for m in taken(client) if m["type"] == "data_update"}
+            assert refilled <= self.held[client_id], f"client {client_id}"
 
     @rule()
     def bars_arrive(self) -> None:
