@@ -9,6 +9,7 @@ the viewport.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -267,6 +268,40 @@ def test_the_view_cannot_be_dragged_off_its_bars_and_jump_to_latest_returns(
         f"{ts}.getVisibleLogicalRange().to >= window.candlewire.charts[0].bars().length - 1"
     )
     jump.wait_for(state="hidden")
+    assert console == []
+
+
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a phone shows one chart
+def test_two_charts_of_one_symbol_each_take_only_their_own_older_bars(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=5m&layout=4&c2=csv:BTCUSD:5m", 2)
+    charts = "window.candlewire.charts"
+    for _ in range(2):  # chart 2 two pages further back than chart 1
+        count = js(page, f"{charts}[1].ownBars().length")
+        js(page, f"{charts}[1].chart.timeScale().scrollToPosition(-{count}, false)")
+        page.wait_for_function(
+            f"{charts}[1].ownBars().length > {count} && !{charts}[1].historyPending"
+        )
+    first = js(page, f"[0, 1].map(i => {charts}[i].ownBars()[0].time)")
+    # Both charts reach their left edge at once: chart 1 asks first, chart 2 right after.
+    js(
+        page,
+        f"""() => {{ for (const i of [0, 1]) {{
+            const ts = {charts}[i].chart.timeScale();
+            const r = ts.getVisibleLogicalRange();
+            ts.setVisibleLogicalRange({{ from: 2, to: 2 + r.to - r.from }}); }} }}""",
+    )
+    page.wait_for_function(
+        f"[0, 1].every(i => !{charts}[i].historyPending && ({charts}[i].historyDone"
+        f" || {charts}[i].ownBars()[0].time < {first}[i]))"
+    )
+    for chart in range(2):
+        assert js(page, f"{charts}[{chart}].historyDone") is False, f"chart {chart + 1} stopped"
+        times = js(page, f"{charts}[{chart}].ownBars().map(b => b.time)")
+        steps = {b - a for a, b in itertools.pairwise(times)}
+        assert steps == {300}, f"chart {chart + 1}: bars missing or repeated: {sorted(steps)}"
+    assert page.locator(".start-mark").evaluate_all("ms => ms.every(m => m.hidden)")
     assert console == []
 
 
