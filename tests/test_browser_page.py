@@ -476,6 +476,29 @@ def test_compare_draws_another_symbol_as_a_line_on_the_same_pane(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
+def test_a_compare_opened_from_the_url_is_on_the_percent_scale_unless_the_url_says_otherwise(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    readme = "?source=csv&s=BTCUSD&i=1h&ct=heikin&ps=log&layout=4&c2=csv:ACME:1d&cmp2=csv:BTCUSD"
+    chart = "window.candlewire.charts[1]"
+    mode = f"{chart}.chart.priceScale('right').options().mode"
+    open_page(page, server, f"{readme}&t=light&a=2", 2)
+    page.wait_for_function(f"{chart}.compare?.bars().length > 0")
+    assert js(page, f"{chart}.scale") == "percent"
+    assert js(page, mode) == 2
+    assert js(page, "window.candlewire.charts[0].scale") == "log"  # chart 1 keeps its own
+    assert "ps2=percent" in page.url
+    # The trader's own choice of scale beside a compare survives a reload.
+    page.locator("#price-scale").select_option("normal")
+    page.wait_for_function("location.search.includes('ps2=normal')")
+    page.reload()
+    page.wait_for_function(f"window.candlewire && {chart}.compare?.bars().length > 0")
+    assert js(page, f"{chart}.scale") == "normal"
+    assert js(page, mode) == 0
+    assert console == []
+
+
 # ------------------------------------------------------------------------------ touch and mouse
 
 
