@@ -181,3 +181,67 @@ def test_every_interval_is_reachable_on_a_phone(server: ServerProcess, phone: Pa
     assert assert_everything_reachable(phone, "phone") == "menu"
     pick(phone, "menu", "1d")
     assert errors == []
+
+
+ROWS = """() => {
+    const rows = new Map(); // top of the row -> the items on it
+    for (const el of document.querySelector('.toolbar').children) {
+        if (!el.checkVisibility() || el.classList.contains('row-break')) continue;
+        const r = el.getBoundingClientRect();
+        const row = [...rows.keys()].find((top) => Math.abs(top - (r.top + r.height / 2)) < 10);
+        const key = row ?? r.top + r.height / 2;
+        rows.set(key, [...(rows.get(key) || []), el.id || el.className]);
+    }
+    return [...rows.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
+}"""
+
+# Where an open box lies: inside the window, and below the whole toolbar (over no row of it).
+BOX = """(sel) => {
+    const r = document.querySelector(sel).getBoundingClientRect();
+    const bar = document.querySelector('.toolbar').getBoundingClientRect();
+    return { left: r.left, right: r.right, top: r.top, bottom: bar.bottom, inner: innerWidth,
+             scroll: document.scrollingElement.scrollWidth,
+             panned: visualViewport.pageLeft, shown: r.width > 0 && r.height > 0 };
+}"""
+
+
+def assert_box_on_screen(page: Page, selector: str, below_toolbar: bool) -> None:
+    box = js(page, BOX, selector)
+    assert box["shown"], f"{selector} is not open"
+    assert box["left"] >= 0 and box["right"] <= box["inner"], f"{selector} leaves the screen: {box}"
+    assert box["scroll"] <= box["inner"] and box["panned"] == 0, f"the page widens: {box}"
+    if below_toolbar:
+        assert box["top"] >= box["bottom"] - 0.5, f"{selector} covers the toolbar: {box}"
+
+
+@pytest.mark.parametrize("phone", sorted(PHONES), indirect=True)
+def test_a_phone_toolbar_has_two_rows_and_its_boxes_stay_on_the_screen(
+    server: ServerProcess, phone: Page
+) -> None:
+    errors = errors_of(phone)
+    open_page(phone, server, "?source=csv&s=BTCUSD&i=1h")
+    rows = js(phone, ROWS)
+    assert len(rows) == 2, f"toolbar rows: {rows}"
+    assert {"search", "theme", "watchlist-toggle", "badge"} <= set(rows[0]), rows
+    second = {"interval-menu", "chart-type", "price-scale", "compare", "alerts", "zone"}
+    assert second <= set(rows[1]), rows
+    search = phone.locator("#search-input")
+    search.tap()
+    search.press_sequentially("a", delay=20)
+    phone.locator("#search-results li[data-i]").first.wait_for()
+    next_frames(phone)
+    assert_box_on_screen(phone, "#search-results", below_toolbar=False)
+    browsing.shot(phone, f"toolbar-search-{phone.viewport_size['width']}")  # type: ignore[index]
+    search.press("Escape")
+    for button, box in (
+        ("#compare-button", "#compare-box"),
+        ("#indicator-button", "#indicator-box"),
+        ("#alert-button", "#alert-box"),
+    ):
+        phone.locator(button).tap()
+        phone.locator(box).wait_for()
+        next_frames(phone)
+        assert_box_on_screen(phone, box, below_toolbar=True)
+        phone.locator(button).tap()
+        phone.locator(box).wait_for(state="hidden")
+    assert errors == []
