@@ -97,7 +97,15 @@ export class Feed extends EventTarget {
     return asked && this.subs.get(key)?.consumers.has(asked.consumer) ? asked : null;
   }
 
-  /** Search the symbol database; resolves with the result rows. */
+  /** Whether requests go out now (else searches wait for the reconnect). */
+  get connected() {
+    return this.connection.isOpen;
+  }
+
+  /**
+   * Search the symbol database; resolves with the result rows. While disconnected the
+   * latest search waits for the reconnect (one it replaces resolves with null at once).
+   */
   search(text) {
     return new Promise((resolve) => {
       if (this.connection.send([{ type: "search_data", search: text }])) {
