@@ -476,6 +476,27 @@ def test_compare_draws_another_symbol_as_a_line_on_the_same_pane(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no screen-size matter
+def test_the_compare_line_reaches_back_as_far_as_the_chart_after_scroll_back(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    # ACME trades some hours of weekdays, BTCUSD all day: 300 of its hourly bars cover far
+    # less time than ACME's 300, so the compared line needs older bars from the start.
+    open_page(page, server, "?source=csv&s=ACME&i=1h&cmp=csv:BTCUSD")
+    chart = "window.candlewire.charts[0]"
+    covered = f"{chart}.compare?.bars()[0]?.time === {chart}.ownBars()[0].time"
+    page.wait_for_function(covered)
+    for _ in range(2):
+        count = bar_count(page)
+        js(page, f"{chart}.chart.timeScale().scrollToPosition(-{count}, false)")
+        page.wait_for_function(f"{chart}.ownBars().length > {count} && !{chart}.historyPending")
+        page.wait_for_function(covered)
+    # At each of the chart's bar times since the compared symbol's own first one, a point.
+    points, times = js(page, f"[{chart}.compare.bars().length, {chart}.ownBars().length]")
+    assert points == times
+    assert console == []
+
+
 @pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
 def test_a_compare_opened_from_the_url_is_on_the_percent_scale_unless_the_url_says_otherwise(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
