@@ -302,6 +302,32 @@ def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
     assert_ascending_unique(rows)
 
 
+def test_a_search_typed_while_the_server_is_down_says_so_at_once_then_lists_its_matches(
+    server: ServerProcess, page: Page
+) -> None:
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    wait_for_bars(page)
+    server.stop()
+    try:
+        page.wait_for_function("window.candlewire.connection === 'reconnecting'")
+        search = page.locator("#search-input")
+        search.click()
+        search.press_sequentially("BBB", delay=20)
+        note = page.locator("#search-results .sr-note")
+        note.wait_for(timeout=seconds(2) * MS)  # not after the reconnect (the backoff: seconds)
+        text_once(note, "Not connected")
+        assert page.evaluate("window.candlewire.connection") != "live"
+    finally:
+        server.start()
+    page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
+    page.wait_for_function(
+        "document.querySelector('#search-results .sr-symbol')?.textContent === 'BBB'"
+    )
+    assert page.locator("#search-results .sr-note").count() == 0
+    search.press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].name === 'BBB'")
+
+
 def test_latest_bars_continue_a_series_only_from_its_newest_bar_onwards(
     server: ServerProcess, page: Page
 ) -> None:

@@ -9,6 +9,7 @@ the viewport.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -270,6 +271,40 @@ def test_the_view_cannot_be_dragged_off_its_bars_and_jump_to_latest_returns(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a phone shows one chart
+def test_two_charts_of_one_symbol_each_take_only_their_own_older_bars(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=csv&s=BTCUSD&i=5m&layout=4&c2=csv:BTCUSD:5m", 2)
+    charts = "window.candlewire.charts"
+    for _ in range(2):  # chart 2 two pages further back than chart 1
+        count = js(page, f"{charts}[1].ownBars().length")
+        js(page, f"{charts}[1].chart.timeScale().scrollToPosition(-{count}, false)")
+        page.wait_for_function(
+            f"{charts}[1].ownBars().length > {count} && !{charts}[1].historyPending"
+        )
+    first = js(page, f"[0, 1].map(i => {charts}[i].ownBars()[0].time)")
+    # Both charts reach their left edge at once: chart 1 asks first, chart 2 right after.
+    js(
+        page,
+        f"""() => {{ for (const i of [0, 1]) {{
+            const ts = {charts}[i].chart.timeScale();
+            const r = ts.getVisibleLogicalRange();
+            ts.setVisibleLogicalRange({{ from: 2, to: 2 + r.to - r.from }}); }} }}""",
+    )
+    page.wait_for_function(
+        f"[0, 1].every(i => !{charts}[i].historyPending && ({charts}[i].historyDone"
+        f" || {charts}[i].ownBars()[0].time < {first}[i]))"
+    )
+    for chart in range(2):
+        assert js(page, f"{charts}[{chart}].historyDone") is False, f"chart {chart + 1} stopped"
+        times = js(page, f"{charts}[{chart}].ownBars().map(b => b.time)")
+        steps = {b - a for a, b in itertools.pairwise(times)}
+        assert steps == {300}, f"chart {chart + 1}: bars missing or repeated: {sorted(steps)}"
+    assert page.locator(".start-mark").evaluate_all("ms => ms.every(m => m.hidden)")
+    assert console == []
+
+
 @pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a phone has one layout
 def test_after_switching_layouts_the_charts_show_their_latest_bars(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
@@ -438,6 +473,50 @@ def test_compare_draws_another_symbol_as_a_line_on_the_same_pane(
     page.locator(".compare-remove").click()
     page.wait_for_function(f"{chart}.compare === null")
     assert "cmp=" not in page.url
+    assert console == []
+
+
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no screen-size matter
+def test_the_compare_line_reaches_back_as_far_as_the_chart_after_scroll_back(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    # ACME trades some hours of weekdays, BTCUSD all day: 300 of its hourly bars cover far
+    # less time than ACME's 300, so the compared line needs older bars from the start.
+    open_page(page, server, "?source=csv&s=ACME&i=1h&cmp=csv:BTCUSD")
+    chart = "window.candlewire.charts[0]"
+    covered = f"{chart}.compare?.bars()[0]?.time === {chart}.ownBars()[0].time"
+    page.wait_for_function(covered)
+    for _ in range(2):
+        count = bar_count(page)
+        js(page, f"{chart}.chart.timeScale().scrollToPosition(-{count}, false)")
+        page.wait_for_function(f"{chart}.ownBars().length > {count} && !{chart}.historyPending")
+        page.wait_for_function(covered)
+    # At each of the chart's bar times since the compared symbol's own first one, a point.
+    points, times = js(page, f"[{chart}.compare.bars().length, {chart}.ownBars().length]")
+    assert points == times
+    assert console == []
+
+
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
+def test_a_compare_opened_from_the_url_is_on_the_percent_scale_unless_the_url_says_otherwise(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    readme = "?source=csv&s=BTCUSD&i=1h&ct=heikin&ps=log&layout=4&c2=csv:ACME:1d&cmp2=csv:BTCUSD"
+    chart = "window.candlewire.charts[1]"
+    mode = f"{chart}.chart.priceScale('right').options().mode"
+    open_page(page, server, f"{readme}&t=light&a=2", 2)
+    page.wait_for_function(f"{chart}.compare?.bars().length > 0")
+    assert js(page, f"{chart}.scale") == "percent"
+    assert js(page, mode) == 2
+    assert js(page, "window.candlewire.charts[0].scale") == "log"  # chart 1 keeps its own
+    assert "ps2=percent" in page.url
+    # The trader's own choice of scale beside a compare survives a reload.
+    page.locator("#price-scale").select_option("normal")
+    page.wait_for_function("location.search.includes('ps2=normal')")
+    page.reload()
+    page.wait_for_function(f"window.candlewire && {chart}.compare?.bars().length > 0")
+    assert js(page, f"{chart}.scale") == "normal"
+    assert js(page, mode) == 0
     assert console == []
 
 

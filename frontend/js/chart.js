@@ -67,7 +67,7 @@ export class ChartPanel extends EventTarget {
     this.consumer = {
       onInit: (m) => this.onInit(m),
       onUpdate: (m) => this.onUpdate(m),
-      onHistory: (m) => this.onHistory(m),
+      onHistory: (m, request) => this.onHistory(m, request),
       onError: (m) => this.onError(m),
       onLost: () => { this.historyPending = false; },
     };
@@ -188,6 +188,7 @@ export class ChartPanel extends EventTarget {
     this.bars = [];
     this.historyPending = false;
     this.historyDone = false;
+    this.historyRequest = null; // the data_history request sent last
     this.errorText = null;
     this.updates = 0;
     this.quote = null;
@@ -294,8 +295,9 @@ export class ChartPanel extends EventTarget {
     this.emit("tick");
   }
 
-  onHistory(message) {
-    if (!this.historyPending || !this.bars.length) return;
+  /** The reply to `request` (this chart's own: the feed routes each reply to its asker). */
+  onHistory(message, request) {
+    if (!this.historyPending || !this.bars.length || request !== this.historyRequest) return;
     this.historyPending = false;
     const oldest = this.bars[0].time;
     const older = convertAll(message.data, this.convert()).filter((b) => b.time < oldest);
@@ -313,7 +315,10 @@ export class ChartPanel extends EventTarget {
     this.errorText = sentence(message.message || message.code);
     // A failed history request was answered with an empty data_history just before this
     // error: that was not the start of the data, so scrolling left may try again.
-    if (message.request?.type === "data_history") this.historyDone = false;
+    const failed = message.request;
+    if (failed?.type === "data_history" && failed.end === this.historyRequest?.end) {
+      this.historyDone = false;
+    }
     if (!this.bars.length && message.request?.type === "data") {
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
     }
@@ -395,7 +400,10 @@ export class ChartPanel extends EventTarget {
 
   requestHistory() {
     const end = formatDate(this.bars[0].time);
-    if (this.feed.history(this.source, this.name, this.interval, end, HISTORY_COUNT)) {
+    const request = this.feed.history(this.source, this.name, this.interval, end, HISTORY_COUNT,
+      this.consumer);
+    if (request) {
+      this.historyRequest = request;
       this.historyPending = true;
     }
   }

@@ -1,6 +1,8 @@
 // Feed: the hub protocol over one Connection, shared by every chart and the watchlist.
 // Consumers subscribe to a series key (source, name, interval); the feed sends `data`,
-// routes data_init / data_update / data_history / error to the consumers of that key,
+// routes data_init / data_update / error to the consumers of that key and each
+// data_history to the consumer that asked for it (two charts may show one key: the hub
+// answers the requests about one key in their order, so the feed keeps them in a queue),
 // unsubscribes when the last consumer leaves, and re-sends every subscription after a
 // reconnect (the hub answers with the latest bars, which the consumers merge, or show
 // instead of theirs when they do not continue them).
@@ -24,6 +26,7 @@ export class Feed extends EventTarget {
     this.searches = []; // FIFO of pending search callbacks (replies come in request order)
     this.indicatorSearches = []; // the same for search_indicators
     this.indicators = new Map(); // chart id -> {onInit, onUpdate, onHistory, onError}
+    this.histories = new Map(); // key -> queue of the pending data_history requests
     this.queuedSearch = null; // a search asked for while disconnected
     this.lastError = null;
     this.outgoing = []; // requests of this task, sent together in one frame
@@ -70,12 +73,39 @@ export class Feed extends EventTarget {
     this.enqueue({ type: "unsubscribe", source, name, interval });
   }
 
-  /** Ask for older bars; false when disconnected (the caller retries after the resubscribe). */
-  history(source, name, interval, end, count) {
-    return this.connection.send([{ type: "data_history", source, name, interval, end, count }]);
+  /**
+   * Ask for older bars for `consumer`: its onHistory(message, request) gets the reply with
+   * the request returned here. Null when disconnected (the caller retries after the
+   * resubscribe).
+   */
+  history(source, name, interval, end, count, consumer) {
+    const request = { type: "data_history", source, name, interval, end, count };
+    if (!this.connection.send([request])) return null;
+    const key = seriesKey(source, name, interval);
+    if (!this.histories.has(key)) this.histories.set(key, []);
+    this.histories.get(key).push({ request, consumer });
+    return request;
   }
 
-  /** Search the symbol database; resolves with the result rows. */
+  /** The consumer whose request `message` (a data_history) answers, and that request. */
+  historyAsker(message) {
+    const key = seriesKey(message.source, message.name, message.interval);
+    const queue = this.histories.get(key);
+    const asked = queue?.shift();
+    if (queue && !queue.length) this.histories.delete(key);
+    // A consumer that left the key since (a chart that changed symbol) gets nothing.
+    return asked && this.subs.get(key)?.consumers.has(asked.consumer) ? asked : null;
+  }
+
+  /** Whether requests go out now (else searches wait for the reconnect). */
+  get connected() {
+    return this.connection.isOpen;
+  }
+
+  /**
+   * Search the symbol database; resolves with the result rows. While disconnected the
+   * latest search waits for the reconnect (one it replaces resolves with null at once).
+   */
   search(text) {
     return new Promise((resolve) => {
       if (this.connection.send([{ type: "search_data", search: text }])) {
@@ -123,6 +153,7 @@ export class Feed extends EventTarget {
   }
 
   onClose() {
+    this.histories.clear(); // no reply comes any more; the consumers ask again (onLost)
     for (const resolve of this.searches.splice(0)) resolve(null);
     for (const resolve of this.indicatorSearches.splice(0)) resolve(null);
     for (const sub of this.subs.values()) {
@@ -143,9 +174,11 @@ export class Feed extends EventTarget {
       case "data_update":
         for (const c of this.consumersOf(message)) c.onUpdate?.(message);
         break;
-      case "data_history":
-        for (const c of this.consumersOf(message)) c.onHistory?.(message);
+      case "data_history": {
+        const asked = this.historyAsker(message);
+        asked?.consumer.onHistory?.(message, asked.request);
         break;
+      }
       case "search_data_done": {
         const resolve = this.searches.shift();
         if (resolve) resolve(Array.isArray(message.results) ? message.results : []);

@@ -71,6 +71,13 @@ export class SymbolSearch {
 
   async run(text) {
     const seq = ++this.seq;
+    if (!this.feed.connected && document.activeElement === this.input) {
+      // Say so now: the search waits for the reconnect, and its matches replace this note.
+      this.results = [];
+      this.shown = null;
+      this.selected = -1;
+      this.render(text.trim(), true);
+    }
     const results = await this.feed.search(text.trim());
     if (seq !== this.seq || document.activeElement !== this.input) return;
     this.results = results || [];

@@ -1,5 +1,5 @@
 // Toolbar controls: the interval picker (14 intervals, only the symbol's own enabled; a row
-// of buttons, and a menu on small screens), the chart type and price scale menus, and the
+// of buttons, or a menu where they do not all fit), the chart type and price scale menus, and the
 // connection badge. The layout, theme, time-zone and compare buttons are plain buttons in
 // index.html wired by main.js.
 
@@ -27,9 +27,15 @@ export class ChoiceMenu {
   }
 }
 
+// The buttons when they all fit in the toolbar's row, else the menu in their place (never a
+// clipped or scrolling strip): the toolbar gets .interval-fold. Checked again whenever the
+// window or a toolbar item resizes (the badge's text, the alert count), and after each show
+// (the current interval's button is bold). The observed sizes never depend on the fold, so
+// folding inside the observer's callback cannot loop.
 export class IntervalPicker {
   constructor(root, menu, onPick) {
     this.root = root;
+    this.toolbar = root.parentElement;
     this.menu = new ChoiceMenu(menu, Object.fromEntries(INTERVALS.map((iv) => [iv, label(iv)])),
       onPick);
     this.buttons = new Map();
@@ -45,6 +51,22 @@ export class IntervalPicker {
       this.buttons.set(iv, button);
       root.append(button);
     }
+    const observer = new ResizeObserver(() => this.fit());
+    observer.observe(document.documentElement);
+    for (const el of this.toolbar.querySelectorAll(":scope > .badge, :scope > .tool, .alerts")) {
+      observer.observe(el);
+    }
+  }
+
+  /** Fold the buttons into the menu when, with them, the toolbar's items need a second row. */
+  fit() {
+    const bar = this.toolbar;
+    bar.classList.remove("interval-fold");
+    if (!this.root.checkVisibility()) return; // phones show the menu anyway
+    const [first, ...rest] = [...bar.children].filter((el) => el.checkVisibility());
+    const rowEnd = first.getBoundingClientRect().bottom;
+    const wraps = rest.some((el) => el.getBoundingClientRect().top >= rowEnd);
+    bar.classList.toggle("interval-fold", wraps);
   }
 
   /** Mark `current` and enable only `offered` (all when the symbol is not known yet). */
@@ -58,6 +80,7 @@ export class IntervalPicker {
       button.setAttribute("aria-pressed", String(on));
     }
     this.menu.show(current || "", offered || null);
+    this.fit();
   }
 }
 

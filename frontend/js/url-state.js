@@ -3,7 +3,8 @@
 //   &layout=4&c2=csv:BTCUSD:1d     layout (1 or 4) and charts 2..4 as source:name:interval
 //   &a=2&t=light&tz=local          active chart, theme (dark|light), time zone (utc|local)
 //   &ct=heikin&ps=log&cmp=csv:ACME chart 1's chart type, price scale and compared symbol;
-//   &ct2=... &ps3=... &cmp4=...    the same for charts 2..4 (defaults are left out)
+//   &ct2=... &ps3=... &cmp4=...    the same for charts 2..4 (defaults are left out; a
+//                                  compare without `ps` is on the percent scale)
 //   &ind=talib.momentum.RSI:timeperiod:14&ind=talib.overlap.SMA:timeperiod:50
 //                                  chart 1's indicators (catalogue id, then input name:value
 //                                  pairs), one `ind` per indicator; ind2..ind4 for the others
@@ -88,7 +89,10 @@ export function readState(search = window.location.search) {
 
 function writeLook(q, chart, i) {
   if (chart.type && chart.type !== "candles") q.set(`ct${suffix(i)}`, chart.type);
-  if (chart.scale && chart.scale !== "normal") q.set(`ps${suffix(i)}`, chart.scale);
+  // Beside a compare (percent unless said otherwise) even the linear scale is written.
+  if (chart.scale && (chart.scale !== "normal" || chart.compare)) {
+    q.set(`ps${suffix(i)}`, chart.scale);
+  }
   if (chart.compare) q.set(`cmp${suffix(i)}`, `${chart.compare.source}:${chart.compare.name}`);
   for (const ind of chart.indicators || []) q.append(`ind${suffix(i)}`, encodeIndicator(ind));
 }

@@ -79,7 +79,9 @@ export class Workspace extends EventTarget {
     this.grid.append(panel.el);
     const wanted = this.wanted[index];
     if (wanted?.type) panel.chartType = wanted.type;
-    if (wanted?.scale) panel.setScale(wanted.scale);
+    // A compare without a scale of its own is on the percent scale, as when picked.
+    const scale = wanted?.scale || (wanted?.compare ? "percent" : null);
+    if (scale) panel.setScale(scale);
     if (wanted?.compare) panel.compareWanted = { ...wanted.compare, details: null };
     for (const ind of wanted?.indicators || []) panel.indicators.add(ind.id, ind.inputs);
     if (wanted && wanted.source && wanted.interval) {
