@@ -83,6 +83,22 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
 
 
+def _guard(hub: Hub, access: Access, settings: Settings) -> None:
+    """Connect the hub to access control (``backend.access``): budgets, limits, identity."""
+    hub.admit_fetch = access.fair.admit_fetch
+    hub.may_read = may_read
+    hub.admit_frame = access.fair.frame_wait
+    hub.admit_subscription = access.subscriptions.admit
+    hub.subscription_limit = access.subscriptions.limit
+    hub.credential_client = current_client if settings.AUTH != "none" else None
+    access.subscriptions.count = lambda connection: len(hub.subs.keys_of(connection))
+    hub.metrics.gauge(
+        "candlewire_upstream_refusals",
+        lambda: access.fair.refused,
+        "history calls refused by the fair-use budget since the start",
+    )
+
+
 def create_app(settings: Settings, role: str = "all", worker: Worker | None = None) -> FastAPI:
     """Build the hub's app (``role`` ``all`` or ``hub``; ``worker``: which of the hub
     workers of ``--workers N`` this is, for the alerts); nothing starts until the lifespan
@@ -99,17 +115,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
         logger.info("%d indicators", len(indicators))
         providers = bus_providers if bus else Supervisor
         hub = Hub(settings, symbols, Metrics(), store, indicators, providers=providers)
-        hub.admit_fetch = access.fair.admit_fetch
-        hub.may_read = may_read
-        hub.admit_frame = access.fair.frame_wait
-        hub.admit_subscription = access.subscriptions.admit
-        hub.credential_client = current_client if settings.AUTH != "none" else None
-        access.subscriptions.count = lambda connection: len(hub.subs.keys_of(connection))
-        hub.metrics.gauge(
-            "candlewire_upstream_refusals",
-            lambda: access.fair.refused,
-            "history calls refused by the fair-use budget since the start",
-        )
+        _guard(hub, access, settings)
         app.state.hub = hub
         await hub.start()
         await hub.alerting.open(settings.DB, worker)

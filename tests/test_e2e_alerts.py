@@ -357,6 +357,37 @@ async def test_with_api_keys_the_alert_and_chat_quotas_are_per_key(
                     await client.close()
 
 
+async def test_the_series_alerts_read_count_against_the_callers_subscription_limit(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """A client allowed 2 subscriptions made the hub stream 28 series through alerts."""
+
+    def on(name: str, interval: str) -> dict[str, Any]:
+        rule = flip_rule() | {"name1": name, "name2": name}
+        rule |= {"interval1": interval, "interval2": interval}
+        return alert(f"{name} {interval}", None, rules=[rule])
+
+    env = env_for(tmp_path, fake, AUTH="token", API_KEYS=",".join(KEYS))
+    env["MAX_SUBSCRIPTIONS_PER_CALLER"] = "2"
+    with KeyedServer(env, tmp_path / "server.log") as server:
+        alice = await WsClient.open(f"{server.ws_url}?token={KEYS[0]}")
+        bob = await WsClient.open(f"{server.ws_url}?token={KEYS[1]}")
+        try:
+            for series in (("BTCUSD", "1m"), ("ACME", "1m"), ("BTCUSD", "1m")):
+                mark = len(alice.messages)
+                await alice.send(on(*series))
+                await alice.wait_for("alert_created", after=mark)
+            mark = len(alice.messages)
+            await alice.send(on("BTCUSD", "5m"))  # a third series
+            error = await alice.wait_for("error", after=mark)
+            assert error["code"] == "limit_reached" and "2 series" in error["message"]
+            await bob.send(on("BTCUSD", "5m"))  # another client has its own limit
+            await bob.wait_for("alert_created")
+        finally:
+            await alice.close()
+            await bob.close()
+
+
 def always_true_rule() -> dict[str, str]:
     """``close > 0``: true at once, so an alert with it fires when it is made."""
     return {**flip_rule(), "type2": "value", "value2": "0"}

@@ -67,6 +67,14 @@ class SubscriptionQuota:
         self.bounds[client] = bound + 1
         return None
 
+    def limit(self) -> int | None:
+        """The current caller's limit of subscriptions (its tier's), or None for a caller
+        limited by address whose address is exempt (loopback)."""
+        caller = current.get()
+        if keyed_by_address(caller):
+            return None
+        return self.tiers.of(caller.tier).subscriptions
+
     def _forget_idle(self) -> None:
         for client, held in list(self.connections.items()):
             if not any(self.count(c) > 0 for c in held):

@@ -269,6 +269,10 @@ class Alerting:
         # who pays the daily quota: the key's or token's client with AUTH on, else the address
         credential = self.hub.credential_client
         peer = f"client {credential()}" if credential else client.peer.rsplit(":", 1)[0]
+        refusal = self._over_series_limit(peer, series)
+        if refusal is not None:
+            self._refuse(client, raw, refusal, notify=True)
+            return
         row = await asyncio.to_thread(
             self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
         )
@@ -286,6 +290,22 @@ class Alerting:
         self._deliver_push(alert, f"Alert added: {alert.message}")
         for key in alert.series:
             self._start(self._seed(key), f"alerts seed {key}")
+
+    def _over_series_limit(self, peer: str, series: tuple[SeriesId, ...]) -> ProtocolError | None:
+        """The alerts of one client stream their series as its subscriptions would: at most
+        its subscription limit (its tier's, ``MAX_SUBSCRIPTIONS_PER_CALLER``) of distinct
+        series, and never more than ``MAX_SUBSCRIPTIONS_PER_CLIENT``. (With ``--workers``,
+        each worker counts the alerts it evaluates.)"""
+        limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
+        caller_limit = self.hub.subscription_limit() if self.hub.subscription_limit else None
+        if caller_limit is not None:
+            limit = min(limit, caller_limit)
+        read = {key for alert in self.alerts.values() if alert.peer == peer for key in alert.series}
+        if len(read | set(series)) <= limit:
+            return None
+        return ProtocolError(
+            "limit_reached", f"the alerts of one client may read at most {limit} series"
+        )
 
     def _refuse(self, client: Client, raw: Any, error: ProtocolError, notify: bool = False) -> None:
         if client.id not in self.hub.clients:

@@ -126,6 +126,9 @@ class Hub:
         # (its API key's or token's). Alert quotas, chat budgets and conversations count per
         # it; without credentials, per address (and per socket).
         self.credential_client: Callable[[], str] | None = None
+        # Access control: the current caller's limit of subscriptions (None: none applies);
+        # also bounds the series its alerts read (``Alerting``).
+        self.subscription_limit: Callable[[], int | None] | None = None
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
