@@ -196,6 +196,10 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         for huge in (2**63, 10**20, -(2**63) - 1, 0):  # past SQLite's integers: was a 500
             status, body = _delete(server, f"/api/alerts/{huge}?owner=o2")
             assert (status, body["error"]) == (404, "not_found"), (huge, status, body)
+        mark = len(client.messages)
+        await client.send({"type": "alert_delete", "id": True, "owner": "o2"})  # not alert 1
+        await client.wait_for("error", lambda m: m.get("code") == "not_found", after=mark)
+        assert len(_get(server, "/api/alerts?owner=o2")["alerts"]) == 2
 
         await eventually(lambda: "Alert expired: short" in fake.titles("short"), 20, "expiry")
         assert _get(server, "/api/alerts?owner=o2")["alerts"] == []

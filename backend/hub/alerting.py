@@ -213,7 +213,7 @@ class Alerting:
         wherever it is evaluated."""
         missing = ProtocolError("not_found", f"no alert {str(alert_id)[:40]} of yours")
         if (
-            not isinstance(alert_id, int)
+            type(alert_id) is not int  # not a bool: ``true`` is no alert id
             or not 0 < alert_id <= MAX_ALERT_ID
             or not (endpoint or owner)
             or self.store is None
