@@ -191,6 +191,28 @@ async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker
     await client.wait_for("pong")
 
 
+async def test_an_answer_of_tool_calls_only_says_why_there_is_no_text(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """It came back empty, as if the model had nothing to say."""
+    call = {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                            "function": {"name": "chart", "arguments": "{}"}}]}  # fmt: skip
+    events = [
+        {**CHUNK, "choices": [{"index": 0, "delta": call, "finish_reason": None}]},
+        {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    fake.raw = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+    try:
+        mark = len(client.messages)
+        await client.send(prompt("tools", "Draw it?"))
+        error = await client.wait_for("error", after=mark)
+        assert error["code"] == "upstream_error" and "call tools" in error["message"]
+        text, _ = await answer(client, mark)
+        assert "Error: " in text
+    finally:
+        fake.raw = None
+
+
 async def test_a_stream_of_keep_alives_ends_at_the_turn_deadline_and_the_next_turn_runs(
     client: WsClient, fake: FakeChat
 ) -> None:

@@ -18,6 +18,13 @@ from backend.errors import CandlewireError
 
 TIMEOUT_SECONDS = 120.0
 MAX_TOKENS = 2_000
+# An answer with no text, by why the model stopped: said to the user instead of nothing.
+NO_TEXT = {
+    "tool_calls": "the model asked to call tools instead of answering; this chat offers none",
+    "function_call": "the model asked to call a function instead of answering",
+    "content_filter": "the model's answer was withheld by its content filter",
+    "length": "the model ran out of tokens before it wrote any text",
+}
 
 
 class ChatError(CandlewireError):
@@ -53,12 +60,17 @@ class Llm:
             )
             if not isinstance(chunks, openai.AsyncStream):
                 raise ChatError("the model endpoint did not stream its answer")
+            said, reason = False, None
             try:
                 async for chunk in chunks:
                     for text in _texts(chunk):
+                        said = True
                         yield text
+                    reason = _finish_reason(chunk) or reason
             finally:
                 await chunks.close()
+            if not said and reason in NO_TEXT:
+                raise ChatError(NO_TEXT[reason])
         except openai.APIStatusError as exc:
             raise ChatError(f"the model endpoint answered HTTP {exc.status_code}") from exc
         except openai.APIError as exc:
@@ -79,6 +91,14 @@ def _texts(chunk: object) -> list[str]:
         if isinstance(text, str) and text:
             texts.append(text)
     return texts
+
+
+def _finish_reason(chunk: object) -> str | None:
+    for choice in getattr(chunk, "choices", None) or ():
+        reason = getattr(choice, "finish_reason", None)
+        if isinstance(reason, str):
+            return reason
+    return None
 
 
 def configured(base_url: str, api_key: str, model: str) -> bool:
