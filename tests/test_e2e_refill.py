@@ -19,23 +19,20 @@ import pytest
 
 from backend.model import intervals
 from tests import harness
-from tests.harness import ROOT, ServerProcess, WsClient, base_env, populate, same_key
+from tests.harness import ROOT, ServerProcess, WsClient, populated_server, same_key
 
 KEY = {"type": "data", "source": "csv", "name": "BTCUSD", "interval": "1m"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("refill")
-    env = base_env(
-        tmp,
+    with populated_server(
+        tmp_path_factory.mktemp("refill"),
         PROVIDERS="csv",
         CSV_FOLDER_PATH=str(ROOT / "data"),
         CSV_REPLAY_SPEED="60",
         HEARTBEAT_TIMEOUT="3",
-    )
-    assert populate(env).returncode == 0
-    with ServerProcess(env, tmp / "server.log") as running:
+    ) as running:
         yield running
 
 

@@ -12,16 +12,17 @@ from typing import Any
 import pytest
 
 from backend.model import intervals
-from tests.harness import ROOT, ServerProcess, WsClient, base_env, populate, same_key
+from tests.harness import ROOT, ServerProcess, WsClient, populated_server, same_key
 from tests.test_udf import udf_get
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("udf-replay")
-    env = base_env(tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(ROOT / "data"), CSV_REPLAY_SPEED="60")
-    assert populate(env).returncode == 0
-    with ServerProcess(env, tmp / "server.log") as running:
+    data = str(ROOT / "data")
+    with populated_server(
+        tmp, PROVIDERS="csv", CSV_FOLDER_PATH=data, CSV_REPLAY_SPEED="60"
+    ) as running:
         yield running
 
 
