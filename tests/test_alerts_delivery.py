@@ -190,6 +190,15 @@ async def test_with_public_only_loopback_and_plain_http_destinations_are_refused
     assert public_problem("https://10.1.2.3/x") is not None
     assert public_problem("https://localhost/x") is not None
     assert public_problem("https://fcm.googleapis.com/fcm/send/x") is None
+    for embedded in (  # IPv6 addresses carrying a private IPv4 one, IPv4 shorthand
+        "https://[64:ff9b::a9fe:a9fe]/x",  # NAT64 of 169.254.169.254
+        "https://[2002:a9fe:a9fe::]/x",  # 6to4
+        "https://[::ffff:10.0.0.1]/x",
+        "https://127.1:8000/x",
+        "https://2130706433/x",
+    ):
+        assert public_problem(embedded) is not None, embedded
+    assert public_problem("https://[64:ff9b::808:808]/x") is None  # NAT64 of 8.8.8.8
     with pytest.raises(OSError, match="no public address"):
         await PublicResolver().resolve("localhost", 443)
     sender = Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01, public_only=True)

@@ -245,6 +245,14 @@ async def test_history_a_dying_node_took_with_it_is_asked_of_the_node_that_takes
         await harness.eventually(lambda: store.llen(keys[2]) >= 1, 10, "the request")
         taken = codec.decode(store.lpop(keys[2]), "test")  # the old node took it, then died
         assert isinstance(taken, codec.HistoryRequest)
+        store.delete(keys[0], keys[1])  # its lease and announcement expire: a gap, no holder
+        await harness.eventually(
+            lambda: hub.get("/health")["providers"]["counting"]["state"] == "no_node",
+            10,
+            "the hub to see no holder",
+        )
+        health = hub.get("/health")
+        assert health["status"] == "degraded" and "counting" in health["reason"]
         new = codec.Active("new-node", None, True, [])
         store.set(keys[0], "new-node", px=120_000)
         store.set(keys[1], codec.encode(new), px=120_000)

@@ -3,10 +3,13 @@ bytes, and the hub handle turning per-client commands into one demand entry per 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from backend.app import check_role
 from backend.bus import codec
+from backend.bus import node as node_module
 from backend.bus.hubside import BusProviderSet
 from backend.bus.names import demand_member, parse_member
 from backend.errors import ConfigError
@@ -108,3 +111,16 @@ def test_a_provider_no_node_holds_says_so_in_health() -> None:
     health = bus.providers["csv"].health()
     assert health["state"] == "no_node" and health["pid"] is None
     assert health["last_error"] == "no provider node holds it"
+
+
+def test_a_node_takes_only_history_requests_of_the_shapes_a_hub_writes() -> None:
+    """A request with the interval "7x" killed the node's history loop."""
+    good = codec.HistoryRequest("hub", 1, "AAA", "1m", "2026-01-01 00:00:00", "now UTC", 5, 1.0)
+    assert node_module._well_formed(good)
+    for bad in (
+        dataclasses.replace(good, interval="7x"),
+        dataclasses.replace(good, symbol=["x"]),  # type: ignore[arg-type]
+        dataclasses.replace(good, count="5"),  # type: ignore[arg-type]
+        dataclasses.replace(good, request_id=None),  # type: ignore[arg-type]
+    ):
+        assert not node_module._well_formed(bad), bad

@@ -51,8 +51,29 @@ def public_problem(url: str) -> str | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None if host.rstrip(".").lower() != "localhost" else "is not a public host"
-    return None if address.is_global else "is not a public address"
+        try:  # a shorthand IPv4 address ("127.1", "2130706433") the C library would take
+            address = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            return None if host.rstrip(".").lower() != "localhost" else "is not a public host"
+    return None if is_public(address) else "is not a public address"
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable, also the IPv4 address an IPv6 one carries (IPv4-mapped and
+    -compatible, 6to4, NAT64), which ``is_global`` alone lets through for some."""
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        packed = address.packed
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (address in NAT64 or packed[:12] == bytes(12)):
+            embedded = ipaddress.IPv4Address(packed[12:])
+        if embedded is not None and not embedded.is_global:
+            return False
+    return True
 
 
 class PublicResolver(AbstractResolver):
@@ -66,7 +87,7 @@ class PublicResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
+        public = [r for r in found if is_public(ipaddress.ip_address(r["host"]))]
         if not public:
             raise OSError(f"{host} resolves to no public address (ALERT_PUSH_PUBLIC_ONLY)")
         return public

@@ -66,6 +66,7 @@ class BusHandle:
         self.persist = True
         self.last_update: float | None = None
         self.holder: str | None = None
+        self.last_holder: str | None = None  # the latest holder, also while none holds it
         self.pid: int | None = None
         self.status = Status("unknown")
         self.clients: dict[tuple[str, str], set[int]] = {}
@@ -326,8 +327,9 @@ class BusProviderSet:
 
     def _activate(self, source: str, active: codec.Active) -> None:
         handle = self.providers[source]
-        known = handle.holder
+        known, before = handle.holder, handle.last_holder
         handle.holder, handle.pid, handle.persist = active.node, active.pid, active.persist
+        handle.last_holder = active.node
         for event in active.state:
             if isinstance(event, Status):
                 handle.status = event
@@ -337,7 +339,7 @@ class BusProviderSet:
         if known != active.node:
             logger.info("bus: provider %s is on node %s (was %s)", source, active.node, known)
             again = [asked for asked in self._asked.values() if asked[0] == source]
-            if known is not None and again:
+            if before not in (None, active.node) and again:  # also after a gap with none
                 logger.info("bus: %d history requests asked again of %s", len(again), active.node)
                 self._again += again
                 self._wake.set()

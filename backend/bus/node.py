@@ -374,6 +374,9 @@ class ProviderNode:
         lease = self.leases[source]
         if not isinstance(command, NoUpdate) or not lease.active:
             return
+        if type(command.symbol) is not str or type(command.interval) is not str:
+            logger.warning("bus: dropped a malformed NoUpdate for %s", source)
+            return
         process = self.supervisor.get(source)
         if (command.symbol, command.interval) in lease.streaming and process is not None:
             process.send(command)
@@ -457,8 +460,10 @@ class ProviderNode:
             if popped is None:
                 continue
             request = codec.decode(popped[1], queue)
-            if isinstance(request, codec.HistoryRequest):
+            if isinstance(request, codec.HistoryRequest) and _well_formed(request):
                 self._take_history(source, request)
+            else:
+                logger.warning("bus: dropped a malformed history request on %s", queue)
 
     def _take_history(self, source: str, request: codec.HistoryRequest) -> None:
         self.counters["history_requests"] += 1
@@ -575,3 +580,16 @@ class ProviderNode:
         for key, lease in self.leases.items():
             lines.append(f'candlewire_bus_streams{{source="{key}"}} {len(lease.streaming)}')
         return "\n".join(lines) + "\n"
+
+
+def _well_formed(request: codec.HistoryRequest) -> bool:
+    """A history request of the shapes a hub writes (another program on the prefix could
+    write anything: a bad interval killed the history loop)."""
+    texts = (request.hub, request.symbol, request.start, request.end)
+    return (
+        all(type(text) is str for text in texts)
+        and request.interval in intervals.INTERVALS
+        and type(request.request_id) is int
+        and type(request.count) is int
+        and type(request.deadline) in (int, float)
+    )

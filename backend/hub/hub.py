@@ -419,6 +419,11 @@ class Hub:
             if bus.get("state") != "up":
                 health["status"] = "degraded"
                 health["reason"] = f"bus: {bus.get('reason') or 'down'}"
+            else:
+                orphans = [k for k, p in health["providers"].items() if p["state"] == "no_node"]
+                if orphans:
+                    health["status"] = "degraded"
+                    health["reason"] = f"no provider node holds {', '.join(sorted(orphans))}"
         return health
 
     def _register_gauges(self) -> None:
