@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from backend import tasks
-from backend.alerts.dispatch import Dispatcher
+from backend.alerts.dispatch import Dispatcher, pause
 from tests.harness import eventually
 
 
@@ -73,3 +73,32 @@ async def test_waiting_destinations_are_served_in_turn() -> None:
     seen.release.set()
     await eventually(lambda: len(seen.started) == 5, 5, "every job")
     assert seen.started.index("b 0") <= 2  # not behind every job of "a"
+
+
+async def test_a_job_waiting_to_retry_gives_its_slot_to_the_next_and_then_goes_first() -> None:
+    """Retries kept their slots through their backoff: a client naming eight hanging
+    endpoints held all 32 slots and other pushes waited about a minute."""
+    seen = Recorder()
+    retried = asyncio.Event()
+    order: list[str] = []
+
+    async def failing_then_retrying() -> None:
+        order.append("attempt 1")
+        await pause(0.2)  # a retry's backoff, without the slot
+        order.append("attempt 2")
+        retried.set()
+
+    async def victim() -> None:
+        order.append("victim")
+
+    dispatcher = Dispatcher(seen.start, seen.drop, at_once=1, per_destination=1, backlog=100)
+    dispatcher.submit("http://attacker", "retrying", failing_then_retrying)
+    dispatcher.submit("https://push.example", "victim", victim)
+    await eventually(lambda: order[:2] == ["attempt 1", "victim"], 5, "the victim in the pause")
+    await asyncio.wait_for(retried.wait(), 5)
+    assert order == ["attempt 1", "victim", "attempt 2"]
+    await eventually(lambda: dispatcher.running == 0 and dispatcher.waiting == 0, 5, "all done")
+
+
+async def test_pause_outside_a_dispatched_job_is_a_plain_wait() -> None:
+    await pause(0.01)

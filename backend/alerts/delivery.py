@@ -13,7 +13,6 @@ own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import enum
 import json
@@ -27,6 +26,7 @@ import aiohttp
 from py_vapid import Vapid02
 from pywebpush import WebPusher
 
+from backend.alerts import dispatch
 from backend.alerts.destinations import PublicResolver, origin, public_problem
 from backend.alerts.model import Subscription, check_subscription
 from backend.alerts.vapid import VapidKeys
@@ -181,7 +181,7 @@ class Delivery:
             if number < self.attempts:
                 pause = max(delay, answer.retry_after or 0.0)
                 logger.warning("%s: %s, retrying in %.1f s", what, why, pause)
-                await asyncio.sleep(pause)
+                await dispatch.pause(pause)  # without its delivery slot
                 delay *= 2
         logger.warning("%s: %s, gave up after %d attempts", what, why, self.attempts)
         return Outcome.FAILED

@@ -8,20 +8,52 @@ jobs delays another's next job by at most one turn. At most ``backlog`` jobs wai
 beyond, the *oldest* waiting job of the destination with the most waiting jobs is dropped
 (a newer event says more about the alert's state than an older one, and the destination
 that causes the backlog pays for it), reported through ``on_drop`` (logged and counted by
-the owner). Nothing here touches the network: jobs are started through ``start`` (the
-owner's task set), so the policy is tested without any endpoint.
+the owner). A job holds its slot only while it works: a retry's wait (:func:`pause`) gives the
+slot to the next job and waits its turn again after (ahead of new jobs), so a client that
+names many hanging endpoints cannot keep the slots through its retries. Nothing here touches
+the network: jobs are started through ``start`` (the owner's task set), so the policy is
+tested without any endpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any
 
 Job = Callable[[], Coroutine[Any, Any, None]]
 AT_ONCE = 32
 PER_DESTINATION = 4
 BACKLOG = 1_000
+
+
+class _Slot:
+    """The slot a running job holds (``held``), and the way to wait without it."""
+
+    def __init__(self, dispatcher: Dispatcher, destination: str) -> None:
+        self.dispatcher, self.destination, self.held = dispatcher, destination, True
+
+    async def pause(self, seconds: float) -> None:
+        self.dispatcher._release(self.destination)
+        self.held = False
+        await asyncio.sleep(seconds)
+        await self.dispatcher._resume(self.destination)
+        self.held = True
+
+
+_SLOT: ContextVar[_Slot | None] = ContextVar("alert_delivery_slot", default=None)
+
+
+async def pause(seconds: float) -> None:
+    """Wait ``seconds`` (a retry's backoff) without holding a delivery slot, then wait for
+    one again; a plain sleep outside a dispatched job."""
+    slot = _SLOT.get()
+    if slot is None:
+        await asyncio.sleep(seconds)
+    else:
+        await slot.pause(seconds)
 
 
 class Dispatcher:
@@ -42,6 +74,8 @@ class Dispatcher:
         self.backlog = backlog
         self._waiting: dict[str, deque[tuple[str, Job]]] = {}  # insertion order: the turn
         self._running: dict[str, int] = {}
+        # jobs back from a pause, waiting for a slot of their destination (before new jobs)
+        self._resuming: dict[str, deque[asyncio.Future[None]]] = {}
         self._busy = 0
         self._queued = 0
         self._closed = False
@@ -69,6 +103,10 @@ class Dispatcher:
         self._closed = True
         self._waiting.clear()
         self._queued = 0
+        for futures in self._resuming.values():
+            for future in futures:
+                future.cancel()
+        self._resuming.clear()
 
     def _drop_one(self) -> None:
         destination = max(self._waiting, key=lambda d: len(self._waiting[d]))
@@ -81,6 +119,19 @@ class Dispatcher:
 
     def _pump(self) -> None:
         while self._busy < self.at_once and not self._closed:
+            back = next(
+                (d for d in self._resuming if self._running.get(d, 0) < self.per_destination),
+                None,
+            )
+            if back is not None:
+                futures = self._resuming[back]
+                future = futures.popleft()
+                if not futures:
+                    del self._resuming[back]
+                if not future.done():  # not cancelled meanwhile
+                    self._take(back)
+                    future.set_result(None)
+                continue
             destination = next(
                 (d for d in self._waiting if self._running.get(d, 0) < self.per_destination),
                 None,
@@ -92,18 +143,34 @@ class Dispatcher:
             if queue:
                 self._waiting[destination] = queue  # to the end of the turn
             self._queued -= 1
-            self._busy += 1
-            self._running[destination] = self._running.get(destination, 0) + 1
+            self._take(destination)
             self._start(self._run(destination, job), name)
 
+    def _take(self, destination: str) -> None:
+        self._busy += 1
+        self._running[destination] = self._running.get(destination, 0) + 1
+
+    def _release(self, destination: str) -> None:
+        self._busy -= 1
+        left = self._running[destination] - 1
+        if left:
+            self._running[destination] = left
+        else:
+            del self._running[destination]
+        self._pump()
+
+    async def _resume(self, destination: str) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resuming.setdefault(destination, deque()).append(future)
+        self._pump()
+        await future
+
     async def _run(self, destination: str, job: Job) -> None:
+        slot = _Slot(self, destination)
+        token = _SLOT.set(slot)
         try:
             await job()
         finally:
-            self._busy -= 1
-            left = self._running[destination] - 1
-            if left:
-                self._running[destination] = left
-            else:
-                del self._running[destination]
-            self._pump()
+            _SLOT.reset(token)
+            if slot.held:
+                self._release(destination)
