@@ -277,36 +277,10 @@ async def test_live_bars_are_written_to_the_store_with_their_final_values(
     assert await eventually(lambda: stored() == expected), (stored(), expected)
 
 
-async def test_charts_stream_from_an_exchange_emulator_that_takes_no_subscribe(
-    tmp_path: Path,
-) -> None:
-    """End to end against a fake that reads streams only from the URL and ignores
-    SUBSCRIBE: both charts get their live bars, the second one's after a reopened socket."""
-    with FakeBinance(now_ms=frozen_ms(6), push_interval=0.2, control="ignore") as plain:
-        env = base_env(
-            tmp_path,
-            PROVIDERS="binance",
-            BINANCE_API_URL=plain.api_url,
-            BINANCE_STREAM_URL=plain.stream_url,
-        )
-        assert populate(env).returncode == 0
-        with ServerProcess(env, tmp_path / "server.log") as running:
-            client = await WsClient.open(running.ws_url)
-            try:
-                for name in ("BTCUSDT", "ETHUSDT"):
-                    await client.send(data(name, "1m", count=5))
-                    update = await client.wait_for("data_update", key_of(name, "1m"), timeout=20)
-                    assert [update["data"]] == points(plain.klines(name, "1m", limit=1), name, "1m")
-            finally:
-                await client.close()
-            assert "takes no live SUBSCRIBE" in running.log_path.read_text()
-
-
-async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path: Path) -> None:
-    """The exchange trades on while the provider process is dead: the hub refills the bars
-    that closed meanwhile, in order, before the new process's live updates."""
-    name, interval = "ETHUSDT", "1m"
-    with FakeBinance(now_ms=frozen_ms(10), push_interval=0.2) as exchange:
+@contextlib.contextmanager
+def own_exchange(tmp_path: Path, **fake: Any) -> Iterator[tuple[FakeBinance, ServerProcess]]:
+    """A fake exchange (``fake``: its options) and a server on it, for one test."""
+    with FakeBinance(**fake) as exchange:
         env = base_env(
             tmp_path,
             PROVIDERS="binance",
@@ -315,33 +289,59 @@ async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path:
         )
         assert populate(env).returncode == 0
         with ServerProcess(env, tmp_path / "server.log") as running:
-            client = await WsClient.open(running.ws_url)
-            try:
-                await client.send(data(name, interval, count=5))
-                init = await client.wait_for("data_init", key_of(name, interval))
-                await client.wait_for("data_update", key_of(name, interval))
-                pid = running.get("/health")["providers"]["binance"]["pid"]
-                mark = len(client.messages)
-                os.kill(pid, signal.SIGKILL)
-                exchange.advance(5 * 60)  # five bars close while the process is dead
-                m0_ms = intervals.parse_date(init["data"][-1]["date"]) * 1000
-                rows = exchange.klines(name, interval, start_time=m0_ms, limit=6)
-                expected = points(rows, name, interval)
-                await client.wait_for(
-                    "data_update",
-                    lambda m: m["data"]["date"] == expected[-1]["date"],
-                    timeout=30,
-                    after=mark,
-                )
-                latest: dict[str, dict[str, Any]] = {}
-                for message in client.of_type("data_update", mark):
-                    latest[message["data"]["date"]] = message["data"]
-                assert [latest.get(p["date"]) for p in expected] == expected
-                dates = [m["data"]["date"] for m in client.of_type("data_update", mark)]
-                assert dates == sorted(dates)  # in order: no update went back in time
-                assert running.get("/health")["providers"]["binance"]["restarts"] == 1
-            finally:
-                await client.close()
+            yield exchange, running
+
+
+async def test_charts_stream_from_an_exchange_emulator_that_takes_no_subscribe(
+    tmp_path: Path,
+) -> None:
+    """End to end against a fake that reads streams only from the URL and ignores
+    SUBSCRIBE: both charts get their live bars, the second one's after a reopened socket."""
+    fake = {"now_ms": frozen_ms(6), "push_interval": 0.2, "control": "ignore"}
+    with own_exchange(tmp_path, **fake) as (plain, running):
+        client = await WsClient.open(running.ws_url)
+        try:
+            for name in ("BTCUSDT", "ETHUSDT"):
+                await client.send(data(name, "1m", count=5))
+                update = await client.wait_for("data_update", key_of(name, "1m"), timeout=20)
+                assert [update["data"]] == points(plain.klines(name, "1m", limit=1), name, "1m")
+        finally:
+            await client.close()
+        assert "takes no live SUBSCRIBE" in running.log_path.read_text()
+
+
+async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path: Path) -> None:
+    """The exchange trades on while the provider process is dead: the hub refills the bars
+    that closed meanwhile, in order, before the new process's live updates."""
+    name, interval = "ETHUSDT", "1m"
+    with own_exchange(tmp_path, now_ms=frozen_ms(10), push_interval=0.2) as (exchange, running):
+        client = await WsClient.open(running.ws_url)
+        try:
+            await client.send(data(name, interval, count=5))
+            init = await client.wait_for("data_init", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval))
+            pid = running.get("/health")["providers"]["binance"]["pid"]
+            mark = len(client.messages)
+            os.kill(pid, signal.SIGKILL)
+            exchange.advance(5 * 60)  # five bars close while the process is dead
+            m0_ms = intervals.parse_date(init["data"][-1]["date"]) * 1000
+            rows = exchange.klines(name, interval, start_time=m0_ms, limit=6)
+            expected = points(rows, name, interval)
+            await client.wait_for(
+                "data_update",
+                lambda m: m["data"]["date"] == expected[-1]["date"],
+                timeout=30,
+                after=mark,
+            )
+            latest: dict[str, dict[str, Any]] = {}
+            for message in client.of_type("data_update", mark):
+                latest[message["data"]["date"]] = message["data"]
+            assert [latest.get(p["date"]) for p in expected] == expected
+            dates = [m["data"]["date"] for m in client.of_type("data_update", mark)]
+            assert dates == sorted(dates)  # in order: no update went back in time
+            assert running.get("/health")["providers"]["binance"]["restarts"] == 1
+        finally:
+            await client.close()
 
 
 # ------------------------------------------------------------------ rate limits

@@ -8,7 +8,6 @@ seconds misses a few bars, which every client used to miss until it reloaded.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import signal
@@ -57,9 +56,8 @@ async def restart_provider(server: ServerProcess, hang_first: bool) -> None:
     pid = provider_pid(server)
     if hang_first:  # stopped, then killed by the heartbeat check
         os.kill(pid, signal.SIGSTOP)
-    else:
+    else:  # the restart's backoff (1 s) is a minute of the 60x replay: a bar closes meanwhile
         os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(2)  # the replay moves on while the process is gone (time passes)
     await harness.eventually(
         lambda: provider_pid(server) not in (0, pid), timeout=30, what="a new provider process"
     )

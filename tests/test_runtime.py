@@ -338,7 +338,7 @@ async def test_history_in_hand_when_the_process_exits_is_asked_of_the_restarted_
     pending = asyncio.ensure_future(
         proc.get_history("SLOW", "1h", "2023-01-01 00:00:00", "now UTC", 10, seconds(30))
     )
-    await asyncio.sleep(0.2)  # the request is in the process's hands when it dies
+    await eventually(lambda: proc._pending, what="the request on its way to the process")
     proc.send(StartStreaming(1, "DIE", "1h"))
     await eventually(lambda: proc.state is ProviderState.BACKOFF, what="the backoff state")
     during = asyncio.ensure_future(
