@@ -82,8 +82,10 @@ class Refills:
         finally:
             held = self.held.pop(key, {})
         series = self.cache.peek(key)
-        if bars and series is not None and series.epoch == epoch:
-            series.live = True  # up to date again: its coverage grows with each bar below
+        if 0 < len(bars) <= MAX_PUSHED and series is not None and series.epoch == epoch:
+            # Up to date again: its coverage grows with each bar below. Not when bars are
+            # left out: the span they would cover stays unknown, for history to fetch.
+            series.live = True
         if len(bars) > MAX_PUSHED:
             logger.warning(
                 "%s: %d bars missed while the provider was down; the newest %d are sent, the"
@@ -98,9 +100,7 @@ class Refills:
         for bar in bars:
             if bar[0] not in held:
                 events.append((key.name, key.interval, bar, bar[0] != last))
-        for t in sorted(held):
-            bar, final = held[t]
-            events.append((key.name, key.interval, bar, final))
+        events += [(key.name, key.interval, bar, final) for bar, final in held.values()]
         events.sort(key=_bar_time)
         if events:
             self.fanout.on_provider_events(key.source, events)

@@ -1,0 +1,79 @@
+"""The refill after a provider restart (``backend.hub.refill``), on a real hub over a fake
+provider: the missed bars reach the key's clients in order, live updates that arrive during
+the refill wait and follow, and a refill that leaves bars out (more than ``MAX_PUSHED``)
+does not mark their span as known."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from backend.hub.refill import MAX_PUSHED
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId
+from tests.harness import eventually
+from tests.hub_fakes import SOURCE, connect, make_hub, request, send, taken
+
+KEY = SeriesId(SOURCE, "AAA", "1m")
+T0 = intervals.floor(int(time.time()), "1m") - 1000 * 60  # far enough in the past
+
+
+def bars(first: int, n: int) -> list[Bar]:
+    return [(first + 60 * i, 1.0, 2.0, 0.5, 1.0 + i, 1.0) for i in range(n)]
+
+
+def updated(messages: list[dict[str, object]]) -> list[int]:
+    return [
+        intervals.parse_date(str(m["data"]["date"]))  # type: ignore[index]
+        for m in messages
+        if m["type"] == "data_update"
+    ]
+
+
+async def restarted_with(missed: int) -> tuple[list[int], object]:
+    hub, provider = make_hub()
+    provider.history = bars(T0 - 4 * 60, 5)
+    client = connect(hub)
+    await send(hub, client, request("data", KEY, count=5))
+    taken(client)
+    provider.die()
+    provider.spawn()
+    provider.history = bars(T0, missed + 1)  # the bar the clients hold, then the missed ones
+    hub.on_provider_ready(SOURCE)
+    await asyncio.gather(*hub.refills.tasks)
+    return updated(taken(client)), hub.cache.peek(KEY)
+
+
+async def test_the_missed_bars_reach_the_client_in_order_and_the_span_is_known() -> None:
+    got, series = await restarted_with(10)
+    assert got == [T0 + 60 * i for i in range(11)]
+    assert series is not None and series.live
+    assert series.coverage.span_at(T0 + 5 * 60) is not None
+
+
+async def test_bars_left_out_of_a_long_refill_leave_their_span_unknown() -> None:
+    """Marking it covered stored a hole: history would never have asked for those bars."""
+    got, series = await restarted_with(MAX_PUSHED + 100)
+    assert got == [T0 + 60 * i for i in range(101, MAX_PUSHED + 101)]
+    assert series is not None and not series.live
+    assert series.coverage.span_at(T0 + 50 * 60) is None
+
+
+async def test_live_updates_during_the_refill_wait_and_follow_it() -> None:
+    hub, provider = make_hub()
+    provider.history = bars(T0 - 4 * 60, 5)
+    client = connect(hub)
+    await send(hub, client, request("data", KEY, count=5))
+    taken(client)
+    provider.die()
+    provider.spawn()
+    provider.history = bars(T0, 4)
+    gate = provider.gates["AAA"] = asyncio.Event()
+    hub.on_provider_ready(SOURCE)
+    await eventually(lambda: provider.history_calls == 2, what="the refill's call at the gate")
+    live = (T0 + 4 * 60, 1.0, 2.0, 0.5, 9.0, 1.0)
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
+    assert updated(taken(client)) == []  # held while the refill runs
+    gate.set()
+    await asyncio.gather(*hub.refills.tasks)
+    assert updated(taken(client)) == [T0 + 60 * i for i in range(5)]
