@@ -93,6 +93,42 @@ def test_a_stray_bar_far_ahead_is_dropped_and_the_real_updates_still_count() -> 
     assert dropped == 1
 
 
+def dropped_as_bad(fanout: Fanout) -> float:
+    return fanout.metrics.counters.get(
+        ("candlewire_bad_bars_dropped_total", (("source", "fake"),)), 0
+    )
+
+
+def test_a_live_bar_decades_behind_the_newest_is_dropped_not_merged() -> None:
+    """A hostile provider's live bar dated 1969 used to be merged as a correction of an
+    older bar: it was stored and showed in every data_init of the key."""
+    fanout, store = fanout_with_a_loaded_series()
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(-86400, 7.0), False)])
+    series = fanout.cache.get(KEY)
+    assert series.times == [T] and store.bars == []
+    assert dropped_as_bad(fanout) == 1
+    # A correction of the bar that just closed, or of one an hour back, is still taken.
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T + 60, 2.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.5), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T - 3600, 0.5), False)])
+    assert series.times == [T - 3600, T, T + 60]
+    assert dropped_as_bad(fanout) == 1
+
+
+def test_a_live_bar_with_its_high_below_its_low_is_dropped() -> None:
+    fanout, store = fanout_with_a_loaded_series()
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", (T, 1.0, 0.5, 2.0, 1.5, 1.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", (T + 60, 1.0, 0.5, 2.0, 1.5, 1.0), False)])
+    series = fanout.cache.get(KEY)
+    assert series.bars == [bar(T, 1.0)] and store.bars == []
+    assert dropped_as_bad(fanout) == 2
+    # Open and close outside the range are not judged: some feeds move them alone.
+    fanout.on_provider_events("fake", [("AAA", "1m", (T, 3.0, 2.0, 1.0, 0.5, 1.0), False)])
+    assert series.bars == [(T, 3.0, 2.0, 1.0, 0.5, 1.0)]
+
+
 def test_a_stream_that_really_moved_far_ahead_is_followed_after_three_updates() -> None:
     fanout, _ = fanout_with_a_loaded_series()
     now = int(time.time()) // 60 * 60

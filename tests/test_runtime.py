@@ -238,6 +238,16 @@ def test_items_of_a_history_that_are_no_bars_are_skipped_and_logged(
     assert "returned 3 item(s) that are not bars, skipped; the first: cannot read" in caplog.text
 
 
+def test_a_history_bar_with_its_high_below_its_low_is_skipped_and_logged(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.commands.put(GetHistory(8, "SWAPPED", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.error is None and reply.bars == [(T0 + 3600, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    assert "returned 1 item(s) that are not bars" in caplog.text
+    assert "with high 0.5 below low 2.0" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("symbol", "error_type"), [("GONE", UnknownSymbol), ("BOOM", ProviderUnavailable)]
 )

@@ -21,8 +21,8 @@ from backend.hub.listeners import Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.subscriptions import Subscriptions
 from backend.model import intervals
-from backend.model.bars import Bar, SeriesId, WireKeys
-from backend.runtime.clocks import Clocks
+from backend.model.bars import Bar, SeriesId, WireKeys, flaw
+from backend.runtime.clocks import Clocks, far_behind
 from backend.runtime.messages import Clock, Notice, Status, WireEvent
 from backend.wire import protocol
 from backend.wire.frames import text_frame
@@ -162,6 +162,13 @@ class Fanout:
                 return
             if self._suspects:
                 self._suspects.pop(key, None)
+        elif previous is not None and t < previous and far_behind(key, t, previous):
+            self._drop(key, bar, "opening far before the newest bar")
+            return
+        problem = flaw(bar)
+        if problem is not None:
+            self._drop(key, bar, f"with {problem}")
+            return
         newest = series.upsert(bar)
         series.live_seq += 1
         if (
@@ -205,6 +212,18 @@ class Fanout:
             key,
             intervals.format_date(t),
             intervals.format_date(self.clocks.now(key.source, key.name)),
+        )
+
+    def _drop(self, key: SeriesId, bar: Bar, why: str) -> None:
+        """A live bar that cannot be real (:func:`far_behind`: as a correction it would
+        rewrite history decades back; :func:`flaw`): dropped, counted and logged."""
+        self.metrics.inc("candlewire_bad_bars_dropped_total", source=key.source)
+        logger.warning(
+            "%s sent a bar of %s at %s %s: dropped",
+            key.source,
+            key,
+            intervals.format_date(bar[0]),
+            why,
         )
 
     def _encoder(self, key: SeriesId) -> protocol.UpdateEncoder | None:

@@ -445,6 +445,11 @@ class Hub:
             "candlewire_future_bars_dropped_total",
             "stray bars dropped: far after the bar before them and past their provider's clock",
         )
+        m.describe(
+            "candlewire_bad_bars_dropped_total",
+            "live bars dropped: a high below the low, or opening a day and 100 bars before the"
+            " newest bar",
+        )
         m.describe("candlewire_updates_delivered_total", "data_update frames queued to clients")
         m.describe("candlewire_history_fetches_total", "get_history calls made to providers")
         m.describe("candlewire_request_errors_total", "error messages sent, by code")

@@ -179,6 +179,16 @@ def to_bar(value: object, series: SeriesId | None = None) -> Bar:
     raise ValueError(f"cannot read a bar from {value!r:.200}")
 
 
+def flaw(bar: Bar) -> str | None:
+    """What makes ``bar`` impossible, or ``None``: a high below its low (an upstream that
+    swapped the fields, or garbage). Open and close outside the range are left alone: some
+    feeds (Polygon's trade conditions) update them without the high and low."""
+    high, low = bar[2], bar[3]
+    if high is not None and low is not None and high < low:
+        return f"high {high} below low {low}"
+    return None
+
+
 def fold(current: Bar | None, t: int, update: Bar) -> Bar:
     """Fold ``update`` (a finer bar) into the bar opening at ``t``; ``current`` may be None."""
     _, o, h, lo, c, v = update

@@ -19,7 +19,8 @@ differ): :meth:`Clocks.latest_open`."""
 FAR_AHEAD_SECONDS = 86_400
 FAR_AHEAD_BARS = 100
 """A bar past :meth:`Clocks.latest_open` that also opens more than this many seconds, or
-bars, after the bar before it is far ahead (:meth:`Clocks.far_ahead`)."""
+bars, after the bar before it is far ahead (:meth:`Clocks.far_ahead`). A live bar that opens
+more than as much before the newest bar is far behind (:func:`far_behind`)."""
 
 
 class Clocks:
@@ -56,3 +57,12 @@ class Clocks:
         if t - before <= max(FAR_AHEAD_SECONDS, FAR_AHEAD_BARS * step):
             return False
         return t > self.latest_open(key.source, key.name)
+
+
+def far_behind(key: SeriesId, t: int, newest: int) -> bool:
+    """Whether a live bar of ``key`` opening at ``t``, when the newest bar opens at
+    ``newest``, looks like bad upstream data: more than ``FAR_AHEAD_SECONDS`` and
+    ``FAR_AHEAD_BARS`` bars before it (a date decades back). An exchange corrects the bar
+    that just closed, or one a few bars back, never one from a day and a hundred bars ago."""
+    step = intervals.nominal_seconds(key.interval)
+    return newest - t > max(FAR_AHEAD_SECONDS, FAR_AHEAD_BARS * step)

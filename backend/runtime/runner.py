@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from backend import logs
 from backend.errors import CandlewireError, ProviderUnavailable
-from backend.model.bars import Bar, SeriesId, to_bar
+from backend.model import intervals
+from backend.model.bars import Bar, SeriesId, flaw, to_bar
 from backend.runtime.messages import (
     Command,
     GetHistory,
@@ -237,8 +238,9 @@ class ProviderRunner:
 
 def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
     """Bars from what ``get_history`` returned, sorted by time with duplicates removed (the
-    last one wins). An item that is no bar is skipped, and the call logged once with how
-    many and the first of them: one bad row of a vendor does not cost the client the rest."""
+    last one wins). An item that is no bar, or an impossible one (:func:`flaw`), is skipped,
+    and the call logged once with how many and the first of them: one bad row of a vendor
+    does not cost the client the rest."""
     if raw is None:
         return []
     if hasattr(raw, "to_dict"):  # a pandas DataFrame
@@ -250,6 +252,10 @@ def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
             bar = to_bar(item, series)
         except (ValueError, TypeError, OverflowError) as exc:
             bad.append(str(exc))
+            continue
+        problem = flaw(bar)
+        if problem is not None:
+            bad.append(f"a bar at {intervals.format_date(bar[0])} with {problem}")
             continue
         by_time[bar[0]] = bar
     if bad:
