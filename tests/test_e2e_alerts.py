@@ -448,3 +448,32 @@ def _delete(server: ServerProcess, path: str) -> tuple[int, Any]:
 def _alert(server: ServerProcess, owner: str, alert_id: int) -> dict[str, Any]:
     found = [a for a in _get(server, f"/api/alerts?owner={owner}")["alerts"] if a["id"] == alert_id]
     return found[0] if found else {}
+
+
+async def test_an_alert_that_fires_again_and_again_logs_one_info_line_a_minute(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """A condition that flips with every tick fires as often (Tradiny has no cooldown): a
+    600x replay used to write 80,000 INFO lines in 100 s."""
+    env = env_for(tmp_path, fake)
+    log = tmp_path / "server.log"
+    with ServerProcess(env, log) as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            await client.send({"type": "data", **SERIES, "count": 5})
+            await client.wait_for("data_init")
+            await client.send(alert("flips", None))
+            created = await client.wait_for("alert_created")
+
+            def notified() -> int:
+                return sum(1 for m in client.messages if m["type"] == "notification")
+
+            await eventually(lambda: notified() >= 3, 30, "three firings")
+        finally:
+            await client.close()
+    fired = [
+        line
+        for line in log.read_text().splitlines()
+        if f"alert {created['id']} fired" in line and " INFO " in line
+    ]
+    assert len(fired) == 1, fired

@@ -158,7 +158,9 @@ class Delivery:
             why = answer.detail or f"HTTP {answer.status}"
             status = answer.status
             if 200 <= status < 300:
-                logger.info("%s: delivered (attempt %d)", what, number)
+                # at INFO when it took retries; the usual first try would flood the log
+                level = logging.INFO if number > 1 else logging.DEBUG
+                logger.log(level, "%s: delivered (attempt %d)", what, number)
                 return Outcome.SENT
             if 300 <= status < 400:
                 logger.warning("%s: %s, a redirect (not followed): not delivered", what, why)

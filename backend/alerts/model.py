@@ -74,6 +74,7 @@ class Alert:
     fired: int = 0
     creator: int | None = None  # the hub client that created it, while connected
     series: tuple[SeriesId, ...] = field(default=())
+    logged_at: float = float("-inf")  # monotonic time its firing was last logged at INFO
 
     @property
     def message(self) -> str:

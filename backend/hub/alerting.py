@@ -71,6 +71,7 @@ LANE = ("alerts",)
 SWEEP_SECONDS = 1.0
 COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot path)
 MAX_LISTED = 1_000
+FIRING_LOG_SECONDS = 60.0  # an alert's firings are logged at INFO at most once per this time
 TOMBSTONE_SECONDS = 60.0  # a deletion note nobody took by then is dropped (its worker is gone)
 
 
@@ -402,7 +403,12 @@ class Alerting:
         self._evaluate(key, answer.bars[-1])
 
     def _fire(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
-        logger.info("alert %d fired (%d times) on %s", alert.id, alert.fired, key)
+        now = time.monotonic()
+        if now - alert.logged_at >= FIRING_LOG_SECONDS:
+            alert.logged_at = now
+            logger.info("alert %d fired (%d times) on %s", alert.id, alert.fired, key)
+        else:  # a condition that flips on every tick fires as often: one line a minute
+            logger.debug("alert %d fired (%d times) on %s", alert.id, alert.fired, key)
         self.hub.metrics.inc("candlewire_alerts_fired_total")
         creator = self.hub.clients.get(alert.creator) if alert.creator is not None else None
         if creator is not None:
