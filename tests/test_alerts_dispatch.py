@@ -102,3 +102,51 @@ async def test_a_job_waiting_to_retry_gives_its_slot_to_the_next_and_then_goes_f
 
 async def test_pause_outside_a_dispatched_job_is_a_plain_wait() -> None:
     await pause(0.01)
+
+
+async def test_one_owner_naming_many_hanging_endpoints_holds_only_its_share() -> None:
+    """A client whose alerts named eight or more hanging endpoints (one host each) held all
+    the slots for a whole attempt: another user's push waited 10 s. Its jobs beyond its
+    share wait; other owners' jobs, and the operator's (no owner), pass them."""
+    seen = Recorder()
+    dispatcher = Dispatcher(
+        seen.start, seen.drop, at_once=8, per_destination=4, backlog=100, per_owner=3
+    )
+    for n in range(10):
+        dispatcher.submit(f"http://hung{n}", f"hung {n}", seen.hang, owner="attacker")
+    dispatcher.submit("http://hung0", "attacker again", seen.hang, owner="attacker")
+    dispatcher.submit("http://hung0", "victim", seen.quick, owner="victim")
+    dispatcher.submit("https://ops.example", "operator", seen.quick)
+    assert seen.started[:3] == ["hung 0", "hung 1", "hung 2"]
+    assert set(seen.started[3:]) == {"victim", "operator"}
+    await eventually(lambda: dispatcher.running == 3, 5, "the victim's and operator's jobs done")
+    assert dispatcher.waiting == 8  # the attacker's: they start as its own jobs end
+    seen.release.set()
+    await eventually(lambda: dispatcher.running == 0 and dispatcher.waiting == 0, 5, "all jobs")
+    assert len(seen.started) == 13 and seen.dropped == []
+
+
+async def test_a_paused_job_gives_back_its_owners_slot_and_waits_for_one() -> None:
+    seen = Recorder()
+    order: list[str] = []
+
+    async def retrying() -> None:
+        order.append("attempt 1")
+        await pause(0.2)
+        order.append("attempt 2")
+
+    async def second() -> None:
+        order.append("second")
+        await seen.hang()
+
+    dispatcher = Dispatcher(
+        seen.start, seen.drop, at_once=8, per_destination=4, backlog=100, per_owner=1
+    )
+    dispatcher.submit("http://a", "retrying", retrying, owner="one")
+    dispatcher.submit("http://b", "second", second, owner="one")
+    await eventually(lambda: order == ["attempt 1", "second"], 5, "the second in the pause")
+    await asyncio.sleep(0.4)  # time must pass: the retry may not run while "second" holds
+    assert order == ["attempt 1", "second"]  # the owner's one slot is taken
+    seen.release.set()
+    await eventually(lambda: order[-1:] == ["attempt 2"], 5, "the retry after the slot frees")
+    await eventually(lambda: dispatcher.running == 0 and dispatcher.waiting == 0, 5, "all done")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sqlite3
 import time
 import urllib.error
@@ -429,6 +430,52 @@ async def test_a_hanging_webhook_does_not_delay_another_users_push(
             finally:
                 await attacker.close()
                 await victim.close()
+
+
+@contextlib.contextmanager
+def hanging_endpoints(n: int) -> Iterator[list[str]]:
+    """``n`` push endpoints, each its own destination, whose servers never answer (the kernel
+    takes the connections; nobody reads them)."""
+    listeners = []
+    try:
+        for _ in range(n):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(64)
+            listeners.append(listener)
+        yield [f"http://127.0.0.1:{s.getsockname()[1]}/push/x" for s in listeners]
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+async def test_one_client_naming_many_hanging_endpoints_does_not_delay_another_users_push(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """Ten hanging push endpoints of one client used to hold all 32 delivery slots for a
+    whole attempt (10 s): another client's push waited for it."""
+    env = env_for(tmp_path, fake, AUTH="token", API_KEYS=",".join(KEYS))
+    with hanging_endpoints(10) as endpoints, KeyedServer(env, tmp_path / "server.log") as server:
+        attacker = await WsClient.open(f"{server.ws_url}?token={KEYS[0]}")
+        victim = await WsClient.open(f"{server.ws_url}?token={KEYS[1]}")
+        try:
+            for n in range(40):
+                subscription = fake.subscription(f"decoy{n}")
+                subscription["endpoint"] = endpoints[n % len(endpoints)]
+                await attacker.send(
+                    {**alert(f"now {n}", subscription), "rules": [always_true_rule()]}
+                )
+            await eventually(lambda: len(attacker.of_type("alert_created")) == 40, 20, "40 alerts")
+            started = time.monotonic()
+            await victim.send(alert("victim", fake.subscription("victim")))
+            await victim.wait_for("alert_created")
+            await eventually(
+                lambda: "Alert added: victim" in fake.titles("victim"), 8, "the victim's push"
+            )
+            assert time.monotonic() - started < 8  # not after the attacker's 10 s attempts
+        finally:
+            await attacker.close()
+            await victim.close()
 
 
 def _get(server: ServerProcess, path: str) -> Any:

@@ -1,18 +1,20 @@
 """Scheduling of alert deliveries: bounded concurrency overall and per destination, and a
 bounded backlog, so a hanging or slow endpoint never starves the others.
 
-A delivery is a job for one *destination* (the origin of its URL: scheme, host, port). At
-most ``at_once`` jobs run in all and ``per_destination`` per destination; the others wait,
-the destinations served in turn (round robin), so one destination with a thousand waiting
-jobs delays another's next job by at most one turn. At most ``backlog`` jobs wait in all:
-beyond, the *oldest* waiting job of the destination with the most waiting jobs is dropped
-(a newer event says more about the alert's state than an older one, and the destination
-that causes the backlog pays for it), reported through ``on_drop`` (logged and counted by
-the owner). A job holds its slot only while it works: a retry's wait (:func:`pause`) gives the
-slot to the next job and waits its turn again after (ahead of new jobs), so a client that
-names many hanging endpoints cannot keep the slots through its retries. Nothing here touches
-the network: jobs are started through ``start`` (the owner's task set), so the policy is
-tested without any endpoint.
+A delivery is a job for one *destination* (the origin of its URL: scheme, host, port) on
+behalf of an *owner* (who made the alert; ``None`` for the operator's own webhook). At most
+``at_once`` jobs run in all, ``per_destination`` per destination and ``per_owner`` per
+owner; the others wait, the destinations served in turn (round robin), so one destination
+with a thousand waiting jobs delays another's next job by at most one turn, and one client
+that names many hanging endpoints holds at most its own share of the slots. At most
+``backlog`` jobs wait in all: beyond, the *oldest* waiting job of the destination with the
+most waiting jobs is dropped (a newer event says more about the alert's state than an older
+one, and the destination that causes the backlog pays for it), reported through ``on_drop``
+(logged and counted by the caller). A job holds its slot only while it works: a retry's
+wait (:func:`pause`) gives the slot to the next job and waits its turn again after (ahead
+of new jobs), so a client that names many hanging endpoints cannot keep the slots through
+its retries. Nothing here touches the network: jobs are started through ``start`` (the
+caller's task set), so the policy is tested without any endpoint.
 """
 
 from __future__ import annotations
@@ -24,22 +26,25 @@ from contextvars import ContextVar
 from typing import Any
 
 Job = Callable[[], Coroutine[Any, Any, None]]
+Owner = str | None
 AT_ONCE = 32
 PER_DESTINATION = 4
+PER_OWNER = 8
 BACKLOG = 1_000
 
 
 class _Slot:
     """The slot a running job holds (``held``), and the way to wait without it."""
 
-    def __init__(self, dispatcher: Dispatcher, destination: str) -> None:
-        self.dispatcher, self.destination, self.held = dispatcher, destination, True
+    def __init__(self, dispatcher: Dispatcher, destination: str, owner: Owner) -> None:
+        self.dispatcher, self.destination, self.owner = dispatcher, destination, owner
+        self.held = True
 
     async def pause(self, seconds: float) -> None:
-        self.dispatcher._release(self.destination)
+        self.dispatcher._release(self.destination, self.owner)
         self.held = False
         await asyncio.sleep(seconds)
-        await self.dispatcher._resume(self.destination)
+        await self.dispatcher._resume(self.destination, self.owner)
         self.held = True
 
 
@@ -66,16 +71,20 @@ class Dispatcher:
         at_once: int = AT_ONCE,
         per_destination: int = PER_DESTINATION,
         backlog: int = BACKLOG,
+        per_owner: int = PER_OWNER,
     ) -> None:
         self._start = start
         self._on_drop = on_drop
         self.at_once = at_once
         self.per_destination = per_destination
+        self.per_owner = per_owner
         self.backlog = backlog
-        self._waiting: dict[str, deque[tuple[str, Job]]] = {}  # insertion order: the turn
+        # insertion order: the turn
+        self._waiting: dict[str, deque[tuple[str, Job, Owner]]] = {}
         self._running: dict[str, int] = {}
+        self._owners: dict[str, int] = {}  # running jobs per owner
         # jobs back from a pause, waiting for a slot of their destination (before new jobs)
-        self._resuming: dict[str, deque[asyncio.Future[None]]] = {}
+        self._resuming: dict[str, deque[tuple[asyncio.Future[None], Owner]]] = {}
         self._busy = 0
         self._queued = 0
         self._closed = False
@@ -88,11 +97,12 @@ class Dispatcher:
     def running(self) -> int:
         return self._busy
 
-    def submit(self, destination: str, name: str, job: Job) -> None:
-        """Run ``job`` (named ``name``) for ``destination`` when the limits allow."""
+    def submit(self, destination: str, name: str, job: Job, owner: Owner = None) -> None:
+        """Run ``job`` (named ``name``) for ``destination`` on behalf of ``owner`` when the
+        limits allow."""
         if self._closed:
             return
-        self._waiting.setdefault(destination, deque()).append((name, job))
+        self._waiting.setdefault(destination, deque()).append((name, job, owner))
         self._queued += 1
         if self._queued > self.backlog:
             self._drop_one()
@@ -104,14 +114,14 @@ class Dispatcher:
         self._waiting.clear()
         self._queued = 0
         for futures in self._resuming.values():
-            for future in futures:
+            for future, _ in futures:
                 future.cancel()
         self._resuming.clear()
 
     def _drop_one(self) -> None:
         destination = max(self._waiting, key=lambda d: len(self._waiting[d]))
         queue = self._waiting[destination]
-        name, _ = queue.popleft()
+        name, _, _ = queue.popleft()
         if not queue:
             del self._waiting[destination]
         self._queued -= 1
@@ -119,58 +129,88 @@ class Dispatcher:
 
     def _pump(self) -> None:
         while self._busy < self.at_once and not self._closed:
-            back = next(
-                (d for d in self._resuming if self._running.get(d, 0) < self.per_destination),
-                None,
-            )
-            if back is not None:
-                futures = self._resuming[back]
-                future = futures.popleft()
-                if not futures:
-                    del self._resuming[back]
-                if not future.done():  # not cancelled meanwhile
-                    self._take(back)
-                    future.set_result(None)
+            if self._wake_one():
                 continue
-            destination = next(
-                (d for d in self._waiting if self._running.get(d, 0) < self.per_destination),
-                None,
-            )
-            if destination is None:
+            found = self._next_waiting()
+            if found is None:
                 return
+            destination, i = found
             queue = self._waiting.pop(destination)
-            name, job = queue.popleft()
+            name, job, owner = queue[i]
+            del queue[i]
             if queue:
                 self._waiting[destination] = queue  # to the end of the turn
             self._queued -= 1
-            self._take(destination)
-            self._start(self._run(destination, job), name)
+            self._take(destination, owner)
+            self._start(self._run(destination, job, owner), name)
 
-    def _take(self, destination: str) -> None:
+    def _free(self, destination: str, owner: Owner) -> bool:
+        return self._running.get(destination, 0) < self.per_destination and (
+            owner is None or self._owners.get(owner, 0) < self.per_owner
+        )
+
+    def _wake_one(self) -> bool:
+        """Give a slot to a job back from a pause (they go before new jobs); False if none
+        can have one."""
+        for destination, futures in self._resuming.items():
+            for i, (future, owner) in enumerate(futures):
+                if future.done():  # cancelled meanwhile
+                    del futures[i]
+                elif not self._free(destination, owner):
+                    continue
+                else:
+                    del futures[i]
+                    self._take(destination, owner)
+                    future.set_result(None)
+                if not futures:
+                    del self._resuming[destination]
+                return True
+        return False
+
+    def _next_waiting(self) -> tuple[str, int] | None:
+        """The destination whose turn it is, and the first of its jobs whose owner has a
+        free slot (jobs of an owner at its limit wait, the others pass them)."""
+        for destination, queue in self._waiting.items():
+            if self._running.get(destination, 0) >= self.per_destination:
+                continue
+            for i, (_, _, owner) in enumerate(queue):
+                if owner is None or self._owners.get(owner, 0) < self.per_owner:
+                    return destination, i
+        return None
+
+    def _take(self, destination: str, owner: Owner) -> None:
         self._busy += 1
         self._running[destination] = self._running.get(destination, 0) + 1
+        if owner is not None:
+            self._owners[owner] = self._owners.get(owner, 0) + 1
 
-    def _release(self, destination: str) -> None:
+    def _release(self, destination: str, owner: Owner) -> None:
         self._busy -= 1
-        left = self._running[destination] - 1
-        if left:
-            self._running[destination] = left
-        else:
-            del self._running[destination]
+        _count_down(self._running, destination)
+        if owner is not None:
+            _count_down(self._owners, owner)
         self._pump()
 
-    async def _resume(self, destination: str) -> None:
+    async def _resume(self, destination: str, owner: Owner) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._resuming.setdefault(destination, deque()).append(future)
+        self._resuming.setdefault(destination, deque()).append((future, owner))
         self._pump()
         await future
 
-    async def _run(self, destination: str, job: Job) -> None:
-        slot = _Slot(self, destination)
+    async def _run(self, destination: str, job: Job, owner: Owner) -> None:
+        slot = _Slot(self, destination, owner)
         token = _SLOT.set(slot)
         try:
             await job()
         finally:
             _SLOT.reset(token)
             if slot.held:
-                self._release(destination)
+                self._release(destination, owner)
+
+
+def _count_down(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -419,7 +419,7 @@ class Alerting:
         for url, trusted in ((self.hub.settings.ALERT_WEBHOOK_URL, True), (alert.webhook, False)):
             if url:
                 job = functools.partial(self._webhook, url, body, trusted)
-                self._send(url, f"alert {alert.id} webhook", job)
+                self._send(url, f"alert {alert.id} webhook", job, None if trusted else alert.peer)
 
     # ------------------------------------------------------------------ delivery
 
@@ -427,11 +427,12 @@ class Alerting:
         subscription = alert.subscription
         if subscription is not None:
             job = functools.partial(self._push, alert, subscription, title)
-            self._send(subscription.endpoint, f"alert {alert.id} push", job)
+            self._send(subscription.endpoint, f"alert {alert.id} push", job, alert.peer)
 
-    def _send(self, url: str, name: str, job: Job) -> None:
-        """Queue a delivery to ``url`` (``backend.alerts.dispatch``: bounded, fair)."""
-        self.dispatcher.submit(origin(url), name, job)
+    def _send(self, url: str, name: str, job: Job, owner: str | None) -> None:
+        """Queue a delivery to ``url`` for ``owner`` (who pays the alert's quota; ``None``
+        for the operator's webhook) (``backend.alerts.dispatch``: bounded, fair)."""
+        self.dispatcher.submit(origin(url), name, job, owner)
 
     def _dropped(self, destination: str, name: str) -> None:
         self.hub.metrics.inc("candlewire_alert_deliveries_dropped_total")
