@@ -10,6 +10,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -30,11 +31,12 @@ from backend.runtime.messages import (
     Shutdown,
     StartStreaming,
     StopStreaming,
+    StreamUntil,
     WireEvent,
     decode_batch,
     encode_batch,
 )
-from backend.runtime.runner import ProviderRunner, run_provider
+from backend.runtime.runner import FENCED_EXIT, ProviderRunner, run_provider
 from backend.runtime.supervisor import ProviderProcess, ProviderState
 from backend.settings import Settings, load_settings
 from tests.harness import eventually, seconds, until
@@ -263,6 +265,37 @@ def test_a_hanging_history_call_does_not_hold_up_pings(harness: RunnerHarness) -
     harness.commands.put(GetHistory(1, "HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10))
     harness.commands.put(Ping(3))
     harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 3, "a Pong while history hangs")
+
+
+def test_past_its_stream_deadline_a_streaming_runner_stops_with_the_fenced_code(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bus node sends ``StreamUntil`` with every lease renewal; a frozen node sends no
+    more, and its provider process must not stream on beside the standby."""
+    harness.commands.put(StartStreaming(1, "AAA", "1h"))
+    until(lambda: "start 1 AAA 1h" in harness.provider.calls, what="the stream")
+    harness.commands.put(StreamUntil(time.monotonic() + 0.3))
+    assert harness.thread is not None
+    harness.thread.join(seconds(10))
+    assert harness.code == [FENCED_EXIT]
+    assert harness.provider.calls[-1] == "shutdown"
+    assert "renewed no lease" in caplog.text
+
+
+def test_a_stream_deadline_binds_only_while_streaming_and_none_lifts_it(
+    harness: RunnerHarness,
+) -> None:
+    harness.commands.put(StreamUntil(time.monotonic() - 1))  # streams nothing: no matter
+    harness.commands.put(Ping(1))
+    harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 1, "a Pong")
+    harness.commands.put(StreamUntil(None))  # the node gave the lease up: no limit
+    harness.commands.put(StartStreaming(1, "AAA", "1h"))
+    until(lambda: "start 1 AAA 1h" in harness.provider.calls, what="the stream")
+    harness.commands.put(Ping(2))
+    harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 2, "a Pong")
+    assert harness.thread is not None and harness.thread.is_alive()
+    harness.stop()
+    assert harness.code == [0]
 
 
 def test_shutdown_calls_the_hook_and_ends_with_code_zero(harness: RunnerHarness) -> None:

@@ -15,8 +15,10 @@ than one bar interval earlier, and gets its answer cut at its own start).
 
 A holder that cannot renew (Redis lost) stops its streams when its lease would have
 expired, so two nodes never stream one provider longer than one lease; a holder whose
-process dies gives the lease up so that a standby takes over. A new holder announces
-itself (``codec.Active``): hubs treat it as a provider restart.
+process dies gives the lease up so that a standby takes over. With each renewal the
+provider process learns until when the lease runs (``StreamUntil``): if this process
+freezes, the provider process stops itself then, before a standby can take over. A new
+holder announces itself (``codec.Active``): hubs treat it as a provider restart.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from backend.runtime.messages import (
     StartStreaming,
     Status,
     StopStreaming,
+    StreamUntil,
     WireEvent,
 )
 from backend.runtime.supervisor import ProviderState, Supervisor
@@ -223,8 +226,8 @@ class ProviderNode:
             return
         got = await link.call(self._redis.set(keys[0], self.node_id, nx=True, px=lease_ms))
         if got:
-            self._extend(lease, sent)
             lease.active = True
+            self._extend(lease, sent)
             lease.acquired += 1
             lease.streaming.clear()
             lease.announce = True
@@ -236,6 +239,7 @@ class ProviderNode:
         """A renewal sent at ``sent`` succeeded: the lease is ours until one lease later;
         past that, without another renewal, the streams stop by themselves."""
         lease.valid_until = sent + self.lease_seconds
+        self._fence(lease)
         if lease.expiry is not None:
             lease.expiry.cancel()
         lease.expiry = asyncio.get_running_loop().call_later(
@@ -265,6 +269,15 @@ class ProviderNode:
                 process.send(StopStreaming(NODE_CLIENT, symbol, interval))
         lease.streaming.clear()
         lease.desired.clear()
+        self._fence(lease)
+
+    def _fence(self, lease: Lease) -> None:
+        """Tell the provider process until when it may stream (``StreamUntil``): the end of
+        the lease while this node holds it, no limit while it streams nothing. A frozen node
+        renews nothing, and its process stops by itself at the end of the lease."""
+        process = self.supervisor.get(lease.source)
+        if process is not None:
+            process.send(StreamUntil(lease.valid_until if lease.active else None))
 
     # ------------------------------------------------------------------ demand
 
@@ -409,6 +422,7 @@ class ProviderNode:
         if lease is not None and lease.active:
             lease.streaming.clear()
             lease.announce = True
+            self._fence(lease)
             self._wake.set()
 
     async def _publish_loop(self) -> None:

@@ -66,7 +66,18 @@ class Shutdown:
     """Stop streaming, call the provider's ``shutdown`` hook and exit."""
 
 
-Command = StartStreaming | StopStreaming | NoUpdate | GetHistory | Ping | Shutdown
+@dataclass(frozen=True, slots=True)
+class StreamUntil:
+    """Stream no longer than ``deadline`` (``time.monotonic()``: one clock for every process
+    of a machine) unless another comes first; ``None``: no limit. A bus node sends one with
+    every renewal of its lease, so that a provider process whose node froze (a SIGSTOP, a
+    stalled event loop) stops streaming by itself when the lease runs out, before a standby
+    node starts the same streams."""
+
+    deadline: float | None
+
+
+Command = StartStreaming | StopStreaming | NoUpdate | GetHistory | Ping | Shutdown | StreamUntil
 
 # ---------------------------------------------------------------- provider -> hub events
 

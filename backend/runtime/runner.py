@@ -45,6 +45,7 @@ from backend.runtime.messages import (
     Shutdown,
     StartStreaming,
     StopStreaming,
+    StreamUntil,
 )
 from backend.runtime.pipe_out import EventPipe
 from backend.runtime.registry import load_provider_class
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 # write returns, not after CPython's default 5 ms, or a busy provider thread throttles it.
 _SWITCH_INTERVAL = 0.001
 _PR_SET_PDEATHSIG = 1
+FENCED_EXIT = 3  # the exit code of a process that stopped itself at its lease deadline
 
 
 def run_provider(
@@ -110,6 +112,8 @@ class ProviderRunner:
         self.pool = ThreadPoolExecutor(settings.HISTORY_THREADS, thread_name_prefix="history")
         self.busy_history = 0
         self.busy_lock = threading.Lock()
+        self.stream_until: float | None = None  # StreamUntil: set by the command thread
+        self.code = 0
 
     def stop(self) -> None:
         self.stopping.set()
@@ -147,7 +151,7 @@ class ProviderRunner:
         logger.info("provider %s ready (pid %d)", self.key, os.getpid())
         self._control_loop(provider)
         self._shutdown(provider)
-        return self._finish(0)
+        return self._finish(self.code)
 
     # ------------------------------------------------------------------ threads
 
@@ -168,18 +172,43 @@ class ProviderRunner:
                 case Shutdown():
                     self.stop()
                     return
+                case StreamUntil(deadline):
+                    self.stream_until = deadline
                 case _:
                     self.control.put(command)
 
     def _control_loop(self, provider: Provider) -> None:
         while not self.stopping.is_set():
+            until = self.stream_until
+            wait = 1.0 if until is None else min(1.0, max(0.0, until - time.monotonic()))
             try:
-                command = self.control.get(timeout=1.0)
+                command = self.control.get(timeout=wait)
             except queue.Empty:
-                self._check_staleness(provider)
-                continue
+                command = None
+            if self._fenced(provider):
+                return
             self._check_staleness(provider)
-            self._run_hook(provider, command)
+            if command is not None:
+                self._run_hook(provider, command)
+
+    def _fenced(self, provider: Provider) -> bool:
+        """Past the :class:`StreamUntil` deadline while streaming: the node that holds the
+        lease stopped renewing it (frozen, or its event loop stalled), and a standby may take
+        over now. Stop (exit code :data:`FENCED_EXIT`): the node restarts the process if it
+        still holds the lease once it runs again, and the new process streams only what it is
+        asked."""
+        until = self.stream_until
+        if until is None or time.monotonic() < until or not provider.streaming_keys():
+            return False
+        logger.error(
+            "provider %s: its node renewed no lease for %.1f s past the deadline (frozen or "
+            "stalled): stopping its streams and exiting, so that no two nodes stream it",
+            self.key,
+            time.monotonic() - until,
+        )
+        self.code = FENCED_EXIT
+        self.stop()
+        return True
 
     def _run_hook(self, provider: Provider, command: Command) -> None:
         try:
