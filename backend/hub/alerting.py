@@ -4,10 +4,10 @@ evaluation of every live alert on the bars the hub receives.
 The alerts hold their series as hub subscriber :data:`OWNER` (client ids start at 1) with a
 bar listener, so a key nobody charts is streamed for them and a charted key is not streamed
 twice. Every update of a key's newest bar evaluates that key's alerts (spec 3.4); a firing
-sends a ``notification`` to the creating socket while it is connected and queues the Web
-Push and webhook deliveries in a :class:`~backend.alerts.dispatch.Dispatcher` (owned tasks,
-bounded overall and per destination, a bounded backlog), so no delivery ever delays
-streaming and a hanging endpoint never delays the others. Armed
+sends a ``notification`` to the creating socket while it is connected and hands the Web
+Push and webhook deliveries to :mod:`.alert_sending` (owned tasks, bounded overall, per
+destination and per owner, a bounded backlog), so no delivery ever delays streaming and a
+hanging endpoint never delays the others. Armed
 state changes are written to SQLite by one writer task, in order.
 
 Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
@@ -17,14 +17,14 @@ one worker (:class:`Worker`): the one that created it, until the next start, whe
 and noted for the worker evaluating the alert, which drops it at its next sweep (within
 ``SWEEP_SECONDS``). The daily quota is counted in the store, so it holds across workers.
 
-Owns the live alerts, their subscriptions and delivery tasks. Not: parsing
-(``backend.alerts.model``), semantics (``backend.alerts.evaluate``), storage, delivery.
+Owns the live alerts, their subscriptions and the tasks of their deliveries. Not: parsing
+(``backend.alerts.model``), semantics (``backend.alerts.evaluate``), storage, how a
+delivery is queued and sent (:mod:`.alert_sending`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -33,13 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend import tasks
-from backend.alerts.delivery import Delivery, Outcome
-from backend.alerts.destinations import origin
-from backend.alerts.dispatch import Dispatcher, Job
 from backend.alerts.evaluate import LatestBars, Step, advance, step
 from backend.alerts.model import (
     Alert,
-    Subscription,
     parse_alert,
     reads_indicators,
     series_of,
@@ -47,6 +43,7 @@ from backend.alerts.model import (
 from backend.alerts.store import AlertStore, Row
 from backend.alerts.vapid import VapidKeys
 from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
+from backend.hub.alert_sending import AlertSending
 from backend.hub.clients import Client
 from backend.indicators.rules import (
     Operand,
@@ -56,8 +53,7 @@ from backend.indicators.rules import (
     parse_rule_set,
 )
 from backend.indicators.scanner import bind_rules, symbol_values
-from backend.model import intervals
-from backend.model.bars import FIELDS, Bar, SeriesId
+from backend.model.bars import Bar, SeriesId
 from backend.wire import protocol
 
 if TYPE_CHECKING:
@@ -110,13 +106,12 @@ class Alerting:
         self.bars = LatestBars()
         self.store: AlertStore | None = None
         self.keys: VapidKeys | None = None
-        self.delivery: Delivery | None = None
         self.worker = Worker()
         self._listener = _Listener(self)
         self._tasks: tasks.Tasks = set()
         self._dirty: dict[int, tuple[bool, int]] = {}
         self._wake = asyncio.Event()
-        self.dispatcher = Dispatcher(self._start, self._dropped)
+        self.sending = AlertSending(hub.settings, hub.metrics, self._start, self._forget_endpoint)
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
         self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 
@@ -125,16 +120,10 @@ class Alerting:
     async def open(self, db: Path, worker: Worker | None = None) -> None:
         """Load (or create) the VAPID keys and the store; resume every unexpired alert (of
         this ``worker``'s share)."""
-        settings = self.hub.settings
         self.worker = worker or Worker()
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
-        self.delivery = Delivery(
-            self.keys,
-            settings.ALERT_CONTACT,
-            backoff=settings.ALERT_RETRY_SECONDS,
-            public_only=settings.ALERT_PUSH_PUBLIC_ONLY,
-        )
+        self.sending.open(self.keys)
         await self._expired_meanwhile()
         rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
@@ -161,20 +150,18 @@ class Alerting:
         for row in rows:
             alert = self._from_row(row)
             if alert is not None:
-                self._deliver_push(alert, f"Alert expired: {alert.message}")
+                self.sending.push(alert, f"Alert expired: {alert.message}")
             logger.info("alert %d expired while the server was down", row["id"])
         if rows:
             await asyncio.to_thread(self.store.delete, [row["id"] for row in rows])
 
     async def close(self) -> None:
-        self.dispatcher.close()
+        await self.sending.close()
         await tasks.cancel_owned(self._tasks)
         if self.store is not None:
             self._write_dirty()
             self.store.close()
             self.store = None
-        if self.delivery is not None:
-            await self.delivery.close()
 
     # ------------------------------------------------------------------ requests
 
@@ -288,7 +275,7 @@ class Alerting:
         if client.id in self.hub.clients:
             message = {"type": "alert_created", "id": alert.id, "expires_at": int(expires)}
             self.hub.send(client, protocol.encode(message))
-        self._deliver_push(alert, f"Alert added: {alert.message}")
+        self.sending.push(alert, f"Alert added: {alert.message}")
         for key in alert.series:
             self._start(self._seed(key), f"alerts seed {key}")
 
@@ -414,46 +401,10 @@ class Alerting:
         if creator is not None:
             note = {"type": "notification", "message": alert.message, "alert_id": alert.id}
             self.hub.send(creator, protocol.encode(note))
-        self._deliver_push(alert, alert.message)
-        body = _webhook_body(alert, key, bar)
-        for url, trusted in ((self.hub.settings.ALERT_WEBHOOK_URL, True), (alert.webhook, False)):
-            if url:
-                job = functools.partial(self._webhook, url, body, trusted)
-                self._send(url, f"alert {alert.id} webhook", job, None if trusted else alert.peer)
+        self.sending.push(alert, alert.message)
+        self.sending.webhooks(alert, key, bar)
 
     # ------------------------------------------------------------------ delivery
-
-    def _deliver_push(self, alert: Alert, title: str) -> None:
-        subscription = alert.subscription
-        if subscription is not None:
-            job = functools.partial(self._push, alert, subscription, title)
-            self._send(subscription.endpoint, f"alert {alert.id} push", job, alert.peer)
-
-    def _send(self, url: str, name: str, job: Job, owner: str | None) -> None:
-        """Queue a delivery to ``url`` for ``owner`` (who pays the alert's quota; ``None``
-        for the operator's webhook) (``backend.alerts.dispatch``: bounded, fair)."""
-        self.dispatcher.submit(origin(url), name, job, owner)
-
-    def _dropped(self, destination: str, name: str) -> None:
-        self.hub.metrics.inc("candlewire_alert_deliveries_dropped_total")
-        logger.warning(
-            "%s to %s dropped: %d deliveries wait already (the oldest of the busiest "
-            "destination goes first)",
-            name,
-            destination,
-            self.dispatcher.backlog,
-        )
-
-    async def _push(self, alert: Alert, subscription: Subscription, title: str) -> None:
-        if self.delivery is None:
-            return
-        outcome = await self.delivery.push(subscription, {"notification": {"title": title}})
-        if outcome is Outcome.GONE:
-            await self._forget_endpoint(subscription.endpoint)
-
-    async def _webhook(self, url: str, body: dict[str, Any], trusted: bool) -> None:
-        if self.delivery is not None:
-            await self.delivery.webhook(url, body, trusted)
 
     async def _forget_endpoint(self, endpoint: str) -> None:
         """A push service said the subscription is gone: no alert pushes to it again."""
@@ -497,7 +448,7 @@ class Alerting:
             expired = [a for a in self.alerts.values() if a.expires_at <= now]
             for alert in expired:
                 self._remove(alert)
-                self._deliver_push(alert, f"Alert expired: {alert.message}")
+                self.sending.push(alert, f"Alert expired: {alert.message}")
                 logger.info("alert %d expired", alert.id)
             if expired and self.store is not None:
                 await asyncio.to_thread(self.store.delete, [a.id for a in expired])
@@ -578,16 +529,3 @@ def _belongs(alert: Alert, endpoint: str | None, owner: str | None) -> bool:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _webhook_body(alert: Alert, key: SeriesId, bar: Bar) -> dict[str, Any]:
-    """What a webhook receives: the alert, its rules, the bar that fired it, the time."""
-    return {
-        "alert": {"id": alert.id, "message": alert.message, "owner": alert.owner},
-        "rules": alert.spec["rules"],
-        "operators": alert.spec["operators"],
-        "series": {"source": key.source, "name": key.name, "interval": key.interval},
-        "bar": {"date": intervals.format_date(bar[0]), **dict(zip(FIELDS, bar[1:], strict=True))},
-        "fired": alert.fired,
-        "time": intervals.format_date(int(time.time())),
-    }
