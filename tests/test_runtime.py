@@ -282,6 +282,25 @@ def test_past_its_stream_deadline_a_streaming_runner_stops_with_the_fenced_code(
     assert "renewed no lease" in caplog.text
 
 
+def test_a_node_that_still_pings_is_not_fenced_past_the_deadline(
+    harness: RunnerHarness,
+) -> None:
+    """A node that runs but lost Redis stops its streams itself at the deadline (it keeps
+    pinging); its process must not race it by exiting (the hooks ``on_close`` and
+    ``on_last_subscriber`` would not run). Only when the pings stop too does it fence."""
+    harness.commands.put(StartStreaming(1, "AAA", "1h"))
+    until(lambda: "start 1 AAA 1h" in harness.provider.calls, what="the stream")
+    harness.commands.put(StreamUntil(time.monotonic() - 1))
+    assert harness.thread is not None
+    for seq in range(8):  # 2.4 s of pings, more than PARENT_SILENCE
+        harness.commands.put(Ping(seq))
+        harness.wait_for(lambda e, seq=seq: isinstance(e, Pong) and e.seq == seq, "a Pong")
+        harness.thread.join(0.3)  # time must pass between pings, as the supervisor's do
+        assert harness.thread.is_alive()
+    harness.thread.join(seconds(10))  # the pings stopped: fenced
+    assert harness.code == [FENCED_EXIT]
+
+
 def test_a_stream_deadline_binds_only_while_streaming_and_none_lifts_it(
     harness: RunnerHarness,
 ) -> None:

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 _SWITCH_INTERVAL = 0.001
 _PR_SET_PDEATHSIG = 1
 FENCED_EXIT = 3  # the exit code of a process that stopped itself at its lease deadline
+PARENT_SILENCE = 1.5  # seconds without a command (pings come every second): a frozen parent
 
 
 def run_provider(
@@ -113,6 +114,7 @@ class ProviderRunner:
         self.busy_history = 0
         self.busy_lock = threading.Lock()
         self.stream_until: float | None = None  # StreamUntil: set by the command thread
+        self.last_word = time.monotonic()  # when the last command came (set by that thread)
         self.code = 0
 
     def stop(self) -> None:
@@ -162,6 +164,7 @@ class ProviderRunner:
             except (EOFError, OSError):
                 self.stop()
                 return
+            self.last_word = time.monotonic()
             match command:
                 case Ping(seq):
                     self.pipe.put(Pong(seq))
@@ -180,7 +183,10 @@ class ProviderRunner:
     def _control_loop(self, provider: Provider) -> None:
         while not self.stopping.is_set():
             until = self.stream_until
-            wait = 1.0 if until is None else min(1.0, max(0.0, until - time.monotonic()))
+            wait = 1.0
+            if until is not None:  # wake when the fence could close
+                due = max(until, self.last_word + PARENT_SILENCE) - time.monotonic()
+                wait = min(1.0, max(0.05, due))
             try:
                 command = self.control.get(timeout=wait)
             except queue.Empty:
@@ -192,13 +198,20 @@ class ProviderRunner:
                 self._run_hook(provider, command)
 
     def _fenced(self, provider: Provider) -> bool:
-        """Past the :class:`StreamUntil` deadline while streaming: the node that holds the
-        lease stopped renewing it (frozen, or its event loop stalled), and a standby may take
-        over now. Stop (exit code :data:`FENCED_EXIT`): the node restarts the process if it
-        still holds the lease once it runs again, and the new process streams only what it is
-        asked."""
+        """Past the :class:`StreamUntil` deadline while streaming, with no word from the
+        node (not even its pings) for :data:`PARENT_SILENCE`: the node is frozen or its event
+        loop stalled, it renews no lease, and a standby may take over now. Stop (exit code
+        :data:`FENCED_EXIT`): the node restarts the process once it runs again, and the new
+        process streams only what it is asked. A node that runs but lost Redis keeps
+        pinging; it stops its streams itself at the same deadline."""
         until = self.stream_until
-        if until is None or time.monotonic() < until or not provider.streaming_keys():
+        now = time.monotonic()
+        if (
+            until is None
+            or now < until
+            or now - self.last_word < PARENT_SILENCE
+            or not provider.streaming_keys()
+        ):
             return False
         logger.error(
             "provider %s: its node renewed no lease for %.1f s past the deadline (frozen or "
