@@ -4,6 +4,7 @@ bounded answers, no redirects, ``Retry-After``."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from backend.alerts.destinations import PublicResolver, public_problem
 from backend.alerts.model import check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
 from tests.fakes.webpush import FakePush
-from tests.harness import seconds
+from tests.harness import ROOT, seconds
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,28 @@ def test_the_vapid_key_pair_is_created_once_and_kept(tmp_path: Path) -> None:
     assert first == again
     assert len(first) == 88 and first.endswith("=")  # 65 bytes, base64url with padding
     assert (tmp_path / "vapid_private_key.pem").stat().st_mode & 0o077 == 0
+
+
+def test_a_vapid_key_file_others_may_read_is_narrowed_to_the_owner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copied or checked-out key file (a clone once carried one, mode 0644) is a secret
+    anyone on the machine could read."""
+    first = VapidKeys.load_or_create(tmp_path).public_key()
+    path = tmp_path / "vapid_private_key.pem"
+    path.chmod(0o644)
+    assert VapidKeys.load_or_create(tmp_path).public_key() == first  # the same key, kept
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "was readable by others (mode 644): narrowed to 0600" in caplog.text
+
+
+def test_the_repository_carries_no_private_key() -> None:
+    """Every clone shared the VAPID key of one committed file; keys are made per install."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    keys = [name for name in tracked if name.endswith((".pem", ".key")) or "private" in name]
+    assert keys == []
 
 
 def test_hub_workers_starting_together_share_one_vapid_key(tmp_path: Path) -> None:

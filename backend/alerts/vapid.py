@@ -1,13 +1,17 @@
 """The server's VAPID key pair: created once on first start, stored as PEM, never rotated.
 
 Browsers keep their push subscriptions across visits; a new key would make every push to
-them fail, so the PEM file is the one source of the key (next to the ``DB`` file).
+them fail, so the PEM file is the one source of the key (next to the ``DB`` file). It is a
+secret: a file that others may read (copied, unpacked, checked out) is narrowed to 0600 when
+loaded, with a warning.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from backend.errors import ConfigError
 
 KEY_FILE = "vapid_private_key.pem"
+
+logger = logging.getLogger(__name__)
 
 
 class VapidKeys:
@@ -31,6 +37,7 @@ class VapidKeys:
         """The stored pair in ``folder``, or a new one stored there (mode 0600)."""
         path = folder / KEY_FILE
         if path.exists():
+            _narrow(path)
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)
             except ValueError as exc:
@@ -65,3 +72,17 @@ class VapidKeys:
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
         return base64.urlsafe_b64encode(point).decode()
+
+
+def _narrow(path: Path) -> None:
+    """Make the key file readable by its owner alone (a warning when it was not)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            path.chmod(0o600)
+        except OSError as exc:
+            logger.warning(
+                "%s is readable by others (mode %o) and cannot be narrowed: %s", path, mode, exc
+            )
+            return
+        logger.warning("%s was readable by others (mode %o): narrowed to 0600", path, mode)
