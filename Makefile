@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -33,7 +31,7 @@ populate: setup
 	$(BIN)/python populate.py
 
 run: populate
-	$(BIN)/python server.py --host $(HOST) --port $(PORT)
+	$(BIN)/python server.py $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # Browser tests drive Debian's chromium through Playwright (it cannot download browsers here).
 browser:

@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the Candlewire market-data server.")
     parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000; 0 = any free)")
-    parser.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM); uvicorn's")
+    parser.add_argument("--ssl-certfile", help="serve TLS with this certificate chain (PEM)")
     parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     parser.add_argument(
         "--role",
@@ -307,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
-        from backend.app import check_role
+        from backend.app import check_plugins, check_role
 
         check_role(settings, args.role)
+        check_plugins(settings, args.role)
     except ConfigError as exc:
         print(f"candlewire: {exc}", file=sys.stderr)
         return 2

@@ -48,6 +48,7 @@ from backend.hub.alerting import Worker
 from backend.hub.hub import Hub
 from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
+from backend.runtime.registry import load_provider_class
 from backend.runtime.supervisor import Supervisor
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
@@ -81,6 +82,30 @@ def check_role(settings: Settings, role: str) -> None:
     no_key = not settings.POLYGON_API_KEY.get_secret_value()
     if runs_providers and "polygon" in settings.PROVIDERS and no_key:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
+
+
+def check_plugins(settings: Settings, role: str) -> None:
+    """``ConfigError`` naming the variable when an ``EXTRA_PROVIDERS`` entry of an enabled
+    provider, or an ``EXTRA_INDICATORS`` entry (for a role that runs a hub), cannot be
+    loaded: the start stops with that message, instead of a provider process that fails and
+    restarts for ever, or a hub whose start-up fails with a traceback."""
+    registry = settings.provider_registry()
+    extra = {entry.partition("=")[0].strip() for entry in settings.EXTRA_PROVIDERS}
+    runs_providers = role in ("providers", "all")
+    for key in settings.PROVIDERS if runs_providers else ():
+        if key in extra:
+            try:
+                load_provider_class(registry[key])
+            except ConfigError as exc:
+                raise ConfigError(f"EXTRA_PROVIDERS: {key}: {exc}") from None
+    if role != "providers":
+        try:
+            build_indicators(settings.EXTRA_INDICATORS)
+        except ConfigError as exc:
+            message = str(exc)
+            if not message.startswith("EXTRA_INDICATORS"):
+                message = f"EXTRA_INDICATORS: {message}"
+            raise ConfigError(message) from None
 
 
 def _guard(hub: Hub, access: Access, settings: Settings) -> None:

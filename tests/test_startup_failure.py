@@ -72,3 +72,37 @@ def test_a_server_whose_startup_fails_exits_with_its_providers(tmp_path: Path) -
 def test_hub_workers_whose_startup_fails_all_exit(tmp_path: Path) -> None:
     env = bus_deploy.bus_env(tmp_path, bus_deploy.SHARED_REDIS, bus_deploy.new_prefix(), "hub")
     ends_with_everything(start_broken(env, tmp_path, "--role", "hub", "--workers", "2"), tmp_path)
+
+
+def test_a_broken_plugin_entry_stops_the_start_with_a_message_naming_its_variable(
+    tmp_path: Path,
+) -> None:
+    """A provider that cannot be imported used to start anyway, its process failing and
+    restarting for ever; an indicator that cannot be loaded failed the hub's start-up with
+    a traceback. Both now stop the start with exit code 2 and one line."""
+    for extra, expected in (
+        (
+            {"EXTRA_PROVIDERS": "x=nomod:Nope", "PROVIDERS": "csv,x"},
+            "candlewire: EXTRA_PROVIDERS: x: cannot import provider module 'nomod'",
+        ),
+        (
+            {"EXTRA_INDICATORS": "x.y=nomod:Nope"},
+            "candlewire: EXTRA_INDICATORS: cannot import indicator module 'nomod'",
+        ),
+        (
+            {"EXTRA_INDICATORS": "x.y=backend.indicators.base:Indicator"},
+            "candlewire: EXTRA_INDICATORS: 'backend.indicators.base:Indicator' must declare",
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, "server.py", "--port", "0"],
+            cwd=ROOT,
+            env=base_env(tmp_path, **extra),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert expected in done.stderr
+        assert "Traceback" not in done.stderr
