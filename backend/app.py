@@ -29,8 +29,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import WebSocketRoute
 
 from backend import __version__
@@ -170,6 +171,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     app.include_router(openbb_router)
     app.include_router(udf_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(AccessMiddleware, access=access)
     add_cors(app, settings)
     _warn_if_open(settings)
@@ -265,6 +267,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     message = "; ".join(problems) or "invalid request"
     return JSONResponse({"error": "invalid_field", "message": message}, status_code=400)
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (an unknown path, a wrong method) as the documented error,
+    ``{"error", "message"}`` (and FastAPI's ``detail``, which some clients read)."""
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    message = str(exc.detail)
+    body = {"error": HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")}
+    body |= {"message": message, "detail": message}
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _warn_if_open(settings: Settings) -> None:

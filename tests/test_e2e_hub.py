@@ -10,6 +10,8 @@ import re
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,21 @@ async def test_health_and_metrics_describe_the_running_server(server: ServerProc
 
 
 # ---------------------------------------------------------------- faults: own servers
+
+
+def test_an_unknown_path_or_method_gets_the_documented_json_error(server: ServerProcess) -> None:
+    """Starlette's own 404 and 405 were ``{"detail": "Not Found"}``, not the README's shape."""
+    for path, method, status, code in (
+        ("/nonexistent", "GET", 404, "not_found"),
+        ("/api/nope", "GET", 404, "not_found"),
+        ("/health", "POST", 405, "method_not_allowed"),
+    ):
+        request = urllib.request.Request(server.url + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        body = json.loads(refused.value.read())
+        assert refused.value.code == status
+        assert body["error"] == code and body["message"], body
 
 
 @pytest.fixture
