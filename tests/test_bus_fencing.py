@@ -6,6 +6,7 @@ holds the lease."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -105,5 +106,34 @@ async def test_a_frozen_node_stops_its_streams_when_its_lease_runs_out(
             await client.wait_for("data_update", same_key("CCC", "1m"), LEASE + 10, mark)
         assert bus_deploy.lines(frozen.env).count("first CCC 1m") == before
         assert bus_deploy.holds_lease(standby) and not bus_deploy.holds_lease(frozen)
+    finally:
+        await client.close()
+
+
+async def test_a_provider_process_paused_past_the_lease_does_not_fence_its_healthy_node(
+    deployment: list[ServerProcess],
+) -> None:
+    """Paused itself (swapped out, starved, a debugger), the provider process woke with an
+    old deadline while its node's renewals and pings waited unread, and exited: a healthy
+    node lost its lease to the standby."""
+    nodes, hub = deployment[:2], deployment[2]
+    client = await WsClient.open(hub.ws_url)
+    try:
+        await client.send(CCC)
+        await client.wait_for("data_update", same_key("CCC", "1m"))
+        holder = next(n for n in nodes if bus_deploy.holds_lease(n))
+        pid = provider_pid(holder)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(LEASE + 2)  # time must pass: longer than a lease, paused
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        mark = len(client.messages)
+        await client.wait_for("data_update", same_key("CCC", "1m"), LEASE + 10, mark)
+        await asyncio.sleep(2)  # time must pass: a fence would come within this
+        assert provider_pid(holder) == pid
+        assert bus_deploy.holds_lease(holder)
+        assert "renewed no lease" not in holder.log_path.read_text()
     finally:
         await client.close()

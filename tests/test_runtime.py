@@ -301,6 +301,34 @@ def test_a_node_that_still_pings_is_not_fenced_past_the_deadline(
     assert harness.code == [FENCED_EXIT]
 
 
+class _Streaming:
+    def streaming_keys(self) -> list[tuple[str, str]]:
+        return [("AAA", "1h")]
+
+
+def test_a_process_that_was_paused_reads_what_waits_before_it_fences() -> None:
+    """A provider process paused for longer than a lease (SIGSTOP, swapped out) woke with
+    an old deadline and an old last word while the node's renewals and pings waited unread
+    in the pipe, and fenced a healthy node (the lease moved to the standby). The runner's
+    two threads race on waking; here the command thread has not read yet."""
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    commands: queue.Queue[Any] = queue.Queue()
+    runner = ProviderRunner("scripted", PATH, settings(), commands, writer)  # type: ignore[arg-type]
+    try:
+        long_ago = time.monotonic() - 10
+        runner.stream_until, runner.last_word = long_ago, long_ago
+        commands.put(StreamUntil(time.monotonic() + 30))  # sent while it was paused, unread
+        assert not runner._fenced(_Streaming())  # type: ignore[arg-type]
+        commands.get()  # read now: nothing waits, and the node is silent
+        assert runner._fenced(_Streaming())  # type: ignore[arg-type]
+        assert runner.code == FENCED_EXIT
+    finally:
+        runner.pipe.stop()
+        runner.pool.shutdown()
+        reader.close()
+        writer.close()
+
+
 def test_a_stream_deadline_binds_only_while_streaming_and_none_lifts_it(
     harness: RunnerHarness,
 ) -> None:

@@ -64,6 +64,7 @@ _SWITCH_INTERVAL = 0.001
 _PR_SET_PDEATHSIG = 1
 FENCED_EXIT = 3  # the exit code of a process that stopped itself at its lease deadline
 PARENT_SILENCE = 1.5  # seconds without a command (pings come every second): a frozen parent
+FENCE_SETTLE = 0.25  # then this long for the command thread to read what waits, if anything
 
 
 def run_provider(
@@ -204,15 +205,15 @@ class ProviderRunner:
         :data:`FENCED_EXIT`): the node restarts the process once it runs again, and the new
         process streams only what it is asked. A node that runs but lost Redis keeps
         pinging; it stops its streams itself at the same deadline."""
-        until = self.stream_until
-        now = time.monotonic()
-        if (
-            until is None
-            or now < until
-            or now - self.last_word < PARENT_SILENCE
-            or not provider.streaming_keys()
-        ):
+        if not self._past_deadline(provider):
             return False
+        # This process may itself have been paused (SIGSTOP, swapped out, starved): what the
+        # node sent meanwhile may still wait unread. The command thread reads it first.
+        if self.stopping.wait(FENCE_SETTLE):
+            return False
+        if not self.commands.empty() or not self._past_deadline(provider):
+            return False
+        until = self.stream_until or 0.0
         logger.error(
             "provider %s: its node renewed no lease for %.1f s past the deadline (frozen or "
             "stalled): stopping its streams and exiting, so that no two nodes stream it",
@@ -222,6 +223,16 @@ class ProviderRunner:
         self.code = FENCED_EXIT
         self.stop()
         return True
+
+    def _past_deadline(self, provider: Provider) -> bool:
+        until = self.stream_until
+        now = time.monotonic()
+        return (
+            until is not None
+            and now >= until
+            and now - self.last_word >= PARENT_SILENCE
+            and bool(provider.streaming_keys())
+        )
 
     def _run_hook(self, provider: Provider, command: Command) -> None:
         try:
