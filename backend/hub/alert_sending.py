@@ -28,6 +28,11 @@ from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# Loopback owners are not limited, as every limit keyed by an address is not
+# (``backend.access.fairuse``): that is the local user, or a reverse proxy on this machine
+# through which every remote client comes.
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
 Start = Callable[[Coroutine[Any, Any, None], str], object]
 """Starts a delivery as an owned task (``hub.alerting`` owns them)."""
 Gone = Callable[[str], Awaitable[None]]
@@ -53,18 +58,24 @@ class AlertSending:
             public_only=settings.ALERT_PUSH_PUBLIC_ONLY,
         )
 
+    def stop(self) -> None:
+        """Start nothing more; the running deliveries are the owner's tasks to cancel (before
+        :meth:`close`, so that none fails on a closed session and blames its endpoint)."""
+        self.dispatcher.close()
+
     async def close(self) -> None:
-        """Start nothing more; the running deliveries are the owner's tasks to cancel."""
+        """Close the HTTP client, once the deliveries are cancelled."""
         self.dispatcher.close()
         if self.delivery is not None:
             await self.delivery.close()
+            self.delivery = None
 
     def push(self, alert: Alert, title: str) -> None:
         """A Web Push of ``title`` to the alert's subscription, if it has one."""
         subscription = alert.subscription
         if subscription is not None:
             job = functools.partial(self._push, subscription, title)
-            self._send(subscription.endpoint, f"alert {alert.id} push", job, alert.peer)
+            self._send(subscription.endpoint, f"alert {alert.id} push", job, _owner(alert))
 
     def webhooks(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
         """The webhook calls of a firing on ``key``'s ``bar``: the operator's and the
@@ -73,7 +84,7 @@ class AlertSending:
         for url, trusted in ((self.settings.ALERT_WEBHOOK_URL, True), (alert.webhook, False)):
             if url:
                 job = functools.partial(self._webhook, url, body, trusted)
-                owner = None if trusted else alert.peer
+                owner = None if trusted else _owner(alert)
                 self._send(url, f"alert {alert.id} webhook", job, owner)
 
     def _send(self, url: str, name: str, job: Job, owner: str | None) -> None:
@@ -101,6 +112,12 @@ class AlertSending:
     async def _webhook(self, url: str, body: dict[str, Any], trusted: bool) -> None:
         if self.delivery is not None:
             await self.delivery.webhook(url, body, trusted)
+
+
+def _owner(alert: Alert) -> str | None:
+    """Whose share of the delivery slots an alert's deliveries take: who pays its quota
+    (``"client <id>"`` with keys, else the address); ``None`` (no share) for loopback."""
+    return None if alert.peer in LOOPBACK else alert.peer
 
 
 def webhook_body(alert: Alert, key: SeriesId, bar: Bar) -> dict[str, Any]:

@@ -156,8 +156,9 @@ class Alerting:
             await asyncio.to_thread(self.store.delete, [row["id"] for row in rows])
 
     async def close(self) -> None:
-        await self.sending.close()
+        self.sending.stop()
         await tasks.cancel_owned(self._tasks)
+        await self.sending.close()
         if self.store is not None:
             self._write_dirty()
             self.store.close()
