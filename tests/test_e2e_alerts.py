@@ -528,3 +528,32 @@ async def test_an_alert_that_fires_again_and_again_logs_one_info_line_a_minute(
         if f"alert {created['id']} fired" in line and " INFO " in line
     ]
     assert len(fired) == 1, fired
+
+
+async def test_a_shutdown_cancels_deliveries_in_flight_without_blaming_their_endpoint(
+    tmp_path: Path,
+) -> None:
+    """The HTTP session was closed before the deliveries in flight were cancelled: each
+    logged its endpoint as failed ("Server disconnected, retrying") while the server
+    stopped."""
+    with FakePush() as hung:
+        hung.hang("/hook/hung")
+        env = base_env(
+            tmp_path,
+            PROVIDERS="csv",
+            CSV_FOLDER_PATH=str(ROOT / "data"),
+            ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
+        )
+        assert populate(env).returncode == 0
+        server = ServerProcess(env, tmp_path / "server.log").start()
+        try:
+            client = await WsClient.open(server.ws_url)
+            for n in range(6):
+                await client.send({**alert(f"now {n}", None), "rules": [always_true_rule()]})
+            await eventually(lambda: len(hung.attempts) >= 4, 20, "webhook calls that hang")
+            await client.close()
+        finally:
+            server.stop()
+    log = (tmp_path / "server.log").read_text()
+    stopping = log[log.index("Shutting down") :]
+    assert "webhook" not in stopping, stopping[:2000]
