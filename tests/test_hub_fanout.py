@@ -116,6 +116,21 @@ def test_a_live_bar_decades_behind_the_newest_is_dropped_not_merged() -> None:
     assert dropped_as_bad(fanout) == 1
 
 
+def test_a_provider_catching_up_after_a_long_outage_is_not_judged_far_behind() -> None:
+    """After an outage of more than a day, a provider publishes the bars since it stopped,
+    then re-sends them (a corrected close among them): those are within what the series
+    holds, not decades back, and were dropped as bad data."""
+    fanout, store = fanout_with_a_loaded_series()
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])
+    catch_up = [T + 60 * i for i in range(1, 3 * 1440)]  # three days of bars
+    for t in catch_up:
+        fanout.on_provider_events("fake", [("AAA", "1m", bar(t, 2.0), False)])
+    fanout.on_provider_events("fake", [("AAA", "1m", bar(catch_up[0], 3.0), True)])  # a fix
+    series = fanout.cache.get(KEY)
+    assert series.bars[1] == bar(catch_up[0], 3.0)
+    assert dropped_as_bad(fanout) == 0
+
+
 def test_a_live_bar_with_its_high_below_its_low_is_dropped() -> None:
     fanout, store = fanout_with_a_loaded_series()
     fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])

@@ -162,9 +162,10 @@ class Fanout:
                 return
             if self._suspects:
                 self._suspects.pop(key, None)
-        elif previous is not None and t < previous and far_behind(key, t, previous):
-            self._drop(key, bar, "opening far before the newest bar")
-            return
+        elif previous is not None and t < series.times[0] and far_behind(key, t, previous):
+            if series.coverage.span_at(t) is None:  # before all it holds, and unknown
+                self._drop(key, bar, "opening far before the bars of the stream")
+                return
         problem = flaw(bar)
         if problem is not None:
             self._drop(key, bar, f"with {problem}")
@@ -215,8 +216,9 @@ class Fanout:
         )
 
     def _drop(self, key: SeriesId, bar: Bar, why: str) -> None:
-        """A live bar that cannot be real (:func:`far_behind`: as a correction it would
-        rewrite history decades back; :func:`flaw`): dropped, counted and logged."""
+        """A live bar that cannot be real, dropped, counted and logged: :func:`flaw`, or
+        :func:`far_behind` and before every bar the series holds or knows of (as a
+        correction it would write a date decades back into the history)."""
         self.metrics.inc("candlewire_bad_bars_dropped_total", source=key.source)
         logger.warning(
             "%s sent a bar of %s at %s %s: dropped",
