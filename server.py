@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         from backend.app import check_plugins, check_role
 
         check_role(settings, args.role)
-        check_plugins(settings, args.role)
-    except ConfigError as exc:
-        print(f"candlewire: {exc}", file=sys.stderr)
+        check_plugins(settings, args.role, args.workers)
+    except ConfigError as exc:  # before logging is set up: redact here
+        redact = logs.RedactSecrets(logs.environment_secrets()).redact
+        print(f"candlewire: {redact(str(exc))}", file=sys.stderr)
         return 2
     if args.workers < 1 or (args.workers > 1 and args.role != "hub"):
         print("candlewire: --workers N (N >= 1) is for --role hub", file=sys.stderr)

@@ -49,7 +49,7 @@ from backend.hub.alerting import Worker
 from backend.hub.hub import Hub
 from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
-from backend.runtime.registry import load_provider_class
+from backend.plugins import locate_class
 from backend.runtime.supervisor import Supervisor
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
@@ -85,28 +85,37 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
 
 
-def check_plugins(settings: Settings, role: str) -> None:
+def check_plugins(settings: Settings, role: str, workers: int = 1) -> None:
     """``ConfigError`` naming the variable when an ``EXTRA_PROVIDERS`` entry of an enabled
     provider, or an ``EXTRA_INDICATORS`` entry (for a role that runs a hub), cannot be
     loaded: the start stops with that message, instead of a provider process that fails and
-    restarts for ever, or a hub whose start-up fails with a traceback."""
+    restarts for ever, or a hub whose start-up fails with a traceback.
+
+    Provider modules run in their own processes, never in this one: they are only located
+    (the module exists and defines the class; :func:`~backend.plugins.locate_class`).
+    Indicators are loaded here when this process is the hub; before ``--workers N`` forks
+    them they are only located too (each worker imports them itself)."""
     registry = settings.provider_registry()
     extra = {entry.partition("=")[0].strip() for entry in settings.EXTRA_PROVIDERS}
-    runs_providers = role in ("providers", "all")
-    for key in settings.PROVIDERS if runs_providers else ():
+    for key in settings.PROVIDERS if role in ("providers", "all") else ():
         if key in extra:
             try:
-                load_provider_class(registry[key])
+                locate_class(registry[key], "provider")
             except ConfigError as exc:
                 raise ConfigError(f"EXTRA_PROVIDERS: {key}: {exc}") from None
-    if role != "providers":
-        try:
+    if role == "providers":
+        return
+    try:
+        if workers > 1:
+            for entry in settings.EXTRA_INDICATORS:
+                locate_class(entry.partition("=")[2].strip(), "indicator")
+        else:
             build_indicators(settings.EXTRA_INDICATORS)
-        except ConfigError as exc:
-            message = str(exc)
-            if not message.startswith("EXTRA_INDICATORS"):
-                message = f"EXTRA_INDICATORS: {message}"
-            raise ConfigError(message) from None
+    except ConfigError as exc:
+        message = str(exc)
+        if not message.startswith("EXTRA_INDICATORS"):
+            message = f"EXTRA_INDICATORS: {message}"
+        raise ConfigError(message) from None
 
 
 def _guard(hub: Hub, access: Access, settings: Settings) -> None:

@@ -120,7 +120,7 @@ def test_a_provider_catching_up_after_a_long_outage_is_not_judged_far_behind() -
     """After an outage of more than a day, a provider publishes the bars since it stopped,
     then re-sends them (a corrected close among them): those are within what the series
     holds, not decades back, and were dropped as bad data."""
-    fanout, store = fanout_with_a_loaded_series()
+    fanout, _ = fanout_with_a_loaded_series()
     fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])
     catch_up = [T + 60 * i for i in range(1, 3 * 1440)]  # three days of bars
     for t in catch_up:

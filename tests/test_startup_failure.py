@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests import bus_deploy
+from tests import bus_deploy, harness
 from tests.harness import ROOT, base_env, until
 
 STARTUP_FAILED = 3
@@ -79,7 +79,9 @@ def test_a_broken_plugin_entry_stops_the_start_with_a_message_naming_its_variabl
 ) -> None:
     """A provider that cannot be imported used to start anyway, its process failing and
     restarting for ever; an indicator that cannot be loaded failed the hub's start-up with
-    a traceback. Both now stop the start with exit code 2 and one line."""
+    a traceback. Both now stop the start with exit code 2 and one line. A provider module is
+    only located (it runs in its own process, never in the hub's)."""
+    (tmp_path / "needs_env.py").write_text("import os\n\nSETTING = os.environ['MY_SETTING']\n")
     for extra, expected in (
         (
             {"EXTRA_PROVIDERS": "x=nomod:Nope", "PROVIDERS": "csv,x"},
@@ -92,6 +94,15 @@ def test_a_broken_plugin_entry_stops_the_start_with_a_message_naming_its_variabl
         (
             {"EXTRA_INDICATORS": "x.y=backend.indicators.base:Indicator"},
             "candlewire: EXTRA_INDICATORS: 'backend.indicators.base:Indicator' must declare",
+        ),
+        (
+            {"EXTRA_PROVIDERS": "x=tests.providers:Nope", "PROVIDERS": "csv,x"},
+            "candlewire: EXTRA_PROVIDERS: x: provider module 'tests.providers' defines no 'Nope'",
+        ),
+        (
+            {"EXTRA_INDICATORS": "x.y=needs_env:Nope", "PYTHONPATH": str(tmp_path)},
+            "candlewire: EXTRA_INDICATORS: indicator module 'needs_env' failed on import: "
+            "KeyError 'MY_SETTING'",
         ),
     ):
         done = subprocess.run(
@@ -106,3 +117,39 @@ def test_a_broken_plugin_entry_stops_the_start_with_a_message_naming_its_variabl
         assert done.returncode == 2, done.stderr[-2000:]
         assert expected in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_with_workers_each_worker_imports_the_plugins_itself(tmp_path: Path) -> None:
+    """The start-up check imported the indicator modules before ``--workers 2`` forked: the
+    second worker inherited them, with the threads a module had started at import gone."""
+    pids = tmp_path / "imported_by.txt"
+    (tmp_path / "recorded.py").write_text(
+        "import os\n"
+        "from backend.indicators.examples import PercentChange as Recorded\n"
+        f"with open({str(pids)!r}, 'a') as out:\n"
+        "    out.write(f'{os.getpid()}\\n')\n"
+    )
+    env = bus_deploy.bus_env(
+        tmp_path,
+        bus_deploy.SHARED_REDIS,
+        bus_deploy.new_prefix(),
+        "hub",
+        EXTRA_INDICATORS="mine.Recorded=recorded:Recorded",
+        PYTHONPATH=str(tmp_path),
+    )
+    symbols = tmp_path / "symbols.sqlite3"
+    filled = harness.populate({**env, "BUS_URL": "", "DB": str(symbols)})
+    assert filled.returncode == 0, filled.stderr
+    node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
+    try:
+        hub = bus_deploy.hub(env, tmp_path, "hub", "--workers", "2", symbols=symbols)
+        try:
+            until(
+                lambda: pids.exists() and len(set(pids.read_text().split())) >= 2,
+                timeout=60,
+                what="both workers importing the module",
+            )
+        finally:
+            hub.stop()
+    finally:
+        node.stop()

@@ -162,10 +162,14 @@ class Fanout:
                 return
             if self._suspects:
                 self._suspects.pop(key, None)
-        elif previous is not None and t < series.times[0] and far_behind(key, t, previous):
-            if series.coverage.span_at(t) is None:  # before all it holds, and unknown
-                self._drop(key, bar, "opening far before the bars of the stream")
-                return
+        elif (
+            previous is not None
+            and t < series.times[0]
+            and far_behind(key, t, previous)
+            and series.coverage.span_at(t) is None  # before all it holds, and unknown
+        ):
+            self._drop(key, bar, "opening far before the bars of the stream")
+            return
         problem = flaw(bar)
         if problem is not None:
             self._drop(key, bar, f"with {problem}")
