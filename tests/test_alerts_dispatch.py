@@ -150,3 +150,20 @@ async def test_a_paused_job_gives_back_its_owners_slot_and_waits_for_one() -> No
     seen.release.set()
     await eventually(lambda: order[-1:] == ["attempt 2"], 5, "the retry after the slot frees")
     await eventually(lambda: dispatcher.running == 0 and dispatcher.waiting == 0, 5, "all done")
+
+
+async def test_the_owners_of_one_destination_take_turns_and_the_busiest_loses_the_backlog() -> None:
+    seen = Recorder()
+    dispatcher = Dispatcher(
+        seen.start, seen.drop, at_once=1, per_destination=1, backlog=4, per_owner=1
+    )
+    dispatcher.submit("d", "x 0", seen.hang, owner="x")  # runs
+    for n in range(1, 4):
+        dispatcher.submit("d", f"x {n}", seen.quick, owner="x")
+    dispatcher.submit("d", "y 0", seen.quick, owner="y")
+    dispatcher.submit("d", "y 1", seen.quick, owner="y")  # over the backlog: x's oldest goes
+    assert seen.dropped == [("d", "x 1")]
+    seen.release.set()
+    await eventually(lambda: len(seen.started) == 5, 5, "every job left")
+    assert seen.started[1:3] in (["y 0", "x 2"], ["x 2", "y 0"])  # in turn, not all of x first
+    assert seen.started.index("y 0") < seen.started.index("x 3")

@@ -4,17 +4,18 @@ bounded backlog, so a hanging or slow endpoint never starves the others.
 A delivery is a job for one *destination* (the origin of its URL: scheme, host, port) on
 behalf of an *owner* (who made the alert; ``None`` for the operator's own webhook). At most
 ``at_once`` jobs run in all, ``per_destination`` per destination and ``per_owner`` per
-owner; the others wait, the destinations served in turn (round robin), so one destination
-with a thousand waiting jobs delays another's next job by at most one turn, and one client
-that names many hanging endpoints holds at most its own share of the slots. At most
-``backlog`` jobs wait in all: beyond, the *oldest* waiting job of the destination with the
-most waiting jobs is dropped (a newer event says more about the alert's state than an older
-one, and the destination that causes the backlog pays for it), reported through ``on_drop``
-(logged and counted by the caller). A job holds its slot only while it works: a retry's
-wait (:func:`pause`) gives the slot to the next job and waits its turn again after (ahead
-of new jobs), so a client that names many hanging endpoints cannot keep the slots through
-its retries. Nothing here touches the network: jobs are started through ``start`` (the
-caller's task set), so the policy is tested without any endpoint.
+owner; the others wait, the destinations served in turn (round robin), and the owners of
+one destination in turn, so one destination with a thousand waiting jobs delays another's
+next job by at most one turn, and one client that names many hanging endpoints holds at
+most its own share of the slots. At most ``backlog`` jobs wait in all: beyond, the *oldest*
+waiting job of the owner with the most waiting jobs at the destination with the most is
+dropped (a newer event says more about the alert's state than an older one, and who causes
+the backlog pays for it), reported through ``on_drop`` (logged and counted by the caller).
+A job holds its slot only while it works: a retry's wait (:func:`pause`) gives the slot to
+the next job and waits its turn again after (ahead of new jobs), so a client that names
+many hanging endpoints cannot keep the slots through its retries. Nothing here touches the
+network: jobs are started through ``start`` (the caller's task set), so the policy is
+tested without any endpoint.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class Dispatcher:
         self.per_destination = per_destination
         self.per_owner = per_owner
         self.backlog = backlog
-        # insertion order: the turn
-        self._waiting: dict[str, deque[tuple[str, Job, Owner]]] = {}
+        # destination -> owner -> jobs; the insertion orders are the turns (destinations in
+        # turn, and the owners of one destination in turn)
+        self._waiting: dict[str, dict[Owner, deque[tuple[str, Job]]]] = {}
+        self._counts: dict[str, int] = {}  # waiting jobs per destination
         self._running: dict[str, int] = {}
         self._owners: dict[str, int] = {}  # running jobs per owner
         # jobs back from a pause, waiting for a slot of their destination (before new jobs)
@@ -102,7 +105,8 @@ class Dispatcher:
         limits allow."""
         if self._closed:
             return
-        self._waiting.setdefault(destination, deque()).append((name, job, owner))
+        self._waiting.setdefault(destination, {}).setdefault(owner, deque()).append((name, job))
+        self._counts[destination] = self._counts.get(destination, 0) + 1
         self._queued += 1
         if self._queued > self.backlog:
             self._drop_one()
@@ -112,6 +116,7 @@ class Dispatcher:
         """Start nothing more (shutdown); running jobs are the owner's to cancel."""
         self._closed = True
         self._waiting.clear()
+        self._counts.clear()
         self._queued = 0
         for futures in self._resuming.values():
             for future, _ in futures:
@@ -119,12 +124,10 @@ class Dispatcher:
         self._resuming.clear()
 
     def _drop_one(self) -> None:
-        destination = max(self._waiting, key=lambda d: len(self._waiting[d]))
-        queue = self._waiting[destination]
-        name, _, _ = queue.popleft()
-        if not queue:
-            del self._waiting[destination]
-        self._queued -= 1
+        destination = max(self._counts, key=self._counts.__getitem__)
+        owners = self._waiting[destination]
+        owner = max(owners, key=lambda o: len(owners[o]))
+        name, _ = self._take_waiting(destination, owner, keep_turn=True)
         self._on_drop(destination, name)
 
     def _pump(self) -> None:
@@ -134,15 +137,32 @@ class Dispatcher:
             found = self._next_waiting()
             if found is None:
                 return
-            destination, i = found
-            queue = self._waiting.pop(destination)
-            name, job, owner = queue[i]
-            del queue[i]
-            if queue:
-                self._waiting[destination] = queue  # to the end of the turn
-            self._queued -= 1
+            destination, owner = found
+            name, job = self._take_waiting(destination, owner, keep_turn=False)
             self._take(destination, owner)
             self._start(self._run(destination, job, owner), name)
+
+    def _take_waiting(self, destination: str, owner: Owner, keep_turn: bool) -> tuple[str, Job]:
+        """The oldest waiting job of ``owner`` at ``destination``; unless ``keep_turn``, the
+        owner and the destination go to the end of their turns."""
+        owners = self._waiting[destination]
+        jobs = owners[owner]
+        taken = jobs.popleft()
+        if not jobs:
+            del owners[owner]
+        elif not keep_turn:
+            owners[owner] = owners.pop(owner)
+        if not owners:
+            del self._waiting[destination]
+        elif not keep_turn:
+            self._waiting[destination] = self._waiting.pop(destination)
+        left = self._counts[destination] - 1
+        if left:
+            self._counts[destination] = left
+        else:
+            del self._counts[destination]
+        self._queued -= 1
+        return taken
 
     def _free(self, destination: str, owner: Owner) -> bool:
         return self._running.get(destination, 0) < self.per_destination and (
@@ -167,15 +187,16 @@ class Dispatcher:
                 return True
         return False
 
-    def _next_waiting(self) -> tuple[str, int] | None:
-        """The destination whose turn it is, and the first of its jobs whose owner has a
-        free slot (jobs of an owner at its limit wait, the others pass them)."""
-        for destination, queue in self._waiting.items():
+    def _next_waiting(self) -> tuple[str, Owner] | None:
+        """The destination whose turn it is, and the owner whose turn it is there, among
+        those with a free slot (the jobs of an owner at its limit wait, the others pass
+        them): a look at each waiting destination and owner, not at each job."""
+        for destination, owners in self._waiting.items():
             if self._running.get(destination, 0) >= self.per_destination:
                 continue
-            for i, (_, _, owner) in enumerate(queue):
+            for owner in owners:
                 if owner is None or self._owners.get(owner, 0) < self.per_owner:
-                    return destination, i
+                    return destination, owner
         return None
 
     def _take(self, destination: str, owner: Owner) -> None:
