@@ -398,19 +398,25 @@ def always_true_rule() -> dict[str, str]:
     return {**flip_rule(), "type2": "value", "value2": "0"}
 
 
+def hung_webhook_env(tmp: Path, hung: FakePush, **extra: str) -> dict[str, str]:
+    """A populated CSV server's environment whose operator webhook never answers."""
+    hung.hang("/hook/hung")
+    env = base_env(
+        tmp,
+        PROVIDERS="csv",
+        CSV_FOLDER_PATH=str(ROOT / "data"),
+        ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
+        **extra,
+    )
+    assert populate(env).returncode == 0
+    return env
+
+
 async def test_a_hanging_webhook_does_not_delay_another_users_push(
     tmp_path: Path, fake: FakePush
 ) -> None:
     with FakePush() as hung:
-        hung.hang("/hook/hung")
-        env = base_env(
-            tmp_path,
-            PROVIDERS="csv",
-            CSV_FOLDER_PATH=str(ROOT / "data"),
-            ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
-            ALERT_RETRY_SECONDS="0.05",
-        )
-        assert populate(env).returncode == 0
+        env = hung_webhook_env(tmp_path, hung, ALERT_RETRY_SECONDS="0.05")
         with ServerProcess(env, tmp_path / "server.log") as server:
             attacker = await WsClient.open(server.ws_url)
             victim = await WsClient.open(server.ws_url)
@@ -537,14 +543,7 @@ async def test_a_shutdown_cancels_deliveries_in_flight_without_blaming_their_end
     logged its endpoint as failed ("Server disconnected, retrying") while the server
     stopped."""
     with FakePush() as hung:
-        hung.hang("/hook/hung")
-        env = base_env(
-            tmp_path,
-            PROVIDERS="csv",
-            CSV_FOLDER_PATH=str(ROOT / "data"),
-            ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
-        )
-        assert populate(env).returncode == 0
+        env = hung_webhook_env(tmp_path, hung)
         server = ServerProcess(env, tmp_path / "server.log").start()
         try:
             client = await WsClient.open(server.ws_url)
