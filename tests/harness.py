@@ -145,7 +145,11 @@ class ServerProcess:
         if not self.url:
             self.stop()
             raise RuntimeError(f"server did not start; log:\n{self.log_path.read_text()}")
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:  # not healthy: stop it, or it outlives the failed test
+            self.stop()
+            raise
         return self
 
     @property
