@@ -7,6 +7,7 @@ and names them in ``__all__``; one browser runs per module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -70,19 +71,27 @@ def viewport(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture
-def page(browser: Browser, viewport: str) -> Iterator[Page]:
-    phone = viewport == "phone"
-    size = VIEWPORTS[viewport]
+@contextlib.contextmanager
+def sized_page(browser: Browser, width: int, height: int, phone: bool) -> Iterator[Page]:
+    """A page in a context of its own at ``width`` x ``height`` (a phone: touch, mobile)."""
     context = browser.new_context(
-        viewport={"width": size["width"], "height": size["height"]},
+        viewport={"width": width, "height": height},
         is_mobile=phone,
         has_touch=phone,
         device_scale_factor=1,
     )
     context.set_default_timeout(seconds(10) * MS)
-    yield context.new_page()
-    context.close()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Browser, viewport: str) -> Iterator[Page]:
+    size = VIEWPORTS[viewport]
+    with sized_page(browser, size["width"], size["height"], viewport == "phone") as opened:
+        yield opened
 
 
 @pytest.fixture

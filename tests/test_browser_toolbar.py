@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests import browsing
-from tests.browsing import MS, browser, free_port, js, open_page
-from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
+from tests.browsing import MS, browser, js, open_page, sized_page
+from tests.harness import ROOT, ServerProcess, populated_server, seconds, until
 
 __all__ = ["browser"]  # the shared fixture
 
@@ -45,27 +45,18 @@ CONTROLS = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser-toolbar")
-    env = base_env(tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(ROOT / "data"), CSV_REPLAY_SPEED="60")
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    with populated_server(
+        tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(ROOT / "data"), CSV_REPLAY_SPEED="60"
+    ) as running:
+        yield running
 
 
 @pytest.fixture
 def phone(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A page on the phone named by the test's ``phone`` parameter (touch, isMobile)."""
     width, height = PHONES[request.param]
-    context = browser.new_context(
-        viewport={"width": width, "height": height},
-        is_mobile=True,
-        has_touch=True,
-        device_scale_factor=1,
-    )
-    context.set_default_timeout(seconds(10) * MS)
-    yield context.new_page()
-    context.close()
+    with sized_page(browser, width, height, phone=True) as opened:
+        yield opened
 
 
 @pytest.fixture

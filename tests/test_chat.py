@@ -53,6 +53,18 @@ def prompt(conversation: str, text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "prompt", "conversation_id": conversation, "prompt": text, **extra}
 
 
+async def refused(
+    client: WsClient, *requests: dict[str, Any], timeout: float = 10
+) -> tuple[dict[str, Any], str]:
+    """Send ``requests``; the ``error`` that follows and the text of the (first) turn,
+    which a refusal ends with its chunk and end marker too."""
+    mark = len(client.messages)
+    await client.send(*requests)
+    error = await client.wait_for("error", after=mark, timeout=timeout)
+    text, _ = await answer(client, mark)
+    return error, text
+
+
 async def answer(client: WsClient, after: int = 0) -> tuple[str, list[dict[str, Any]]]:
     """The text of the next turn (until its end marker) and its chunks."""
     await client.wait_for("prompt_response", lambda m: m.get("done") is True, after=after)
@@ -108,10 +120,9 @@ async def test_a_slow_chat_does_not_hold_up_the_sockets_other_requests(
 async def test_an_unknown_conversation_and_an_upstream_failure_answer_an_error_chunk(
     client: WsClient, fake: FakeChat
 ) -> None:
-    await client.send({"type": "prompt_reply", "conversation_id": "nope", "prompt": "?"})
-    error = await client.wait_for("error")
+    request = {"type": "prompt_reply", "conversation_id": "nope", "prompt": "?"}
+    error, text = await refused(client, request)
     assert error["code"] == "not_found"
-    text, _ = await answer(client)
     assert text.startswith("Error: ")
     fake.status = 500
     mark = len(client.messages)
@@ -127,11 +138,11 @@ async def test_without_a_configured_model_the_chat_says_so_and_the_socket_stays(
     env = base_env(tmp_path, PROVIDERS="csv")
     with ServerProcess(env, tmp_path / "server.log") as server:
         client = await WsClient.open(server.ws_url)
-        await client.send(prompt("c5", "Hello?", img="data:image/png;base64,AAAA"))
-        error = await client.wait_for("error")
+        error, text = await refused(
+            client, prompt("c5", "Hello?", img="data:image/png;base64,AAAA")
+        )
         assert error["code"] == "unavailable" and "LLM_MODEL" in error["message"]
         assert "img" not in error["request"]
-        text, _ = await answer(client)
         assert "not configured" in text
         await client.send({"type": "ping", "id": 1})
         await client.wait_for("pong")
@@ -156,11 +167,8 @@ async def test_chat_turns_per_address_are_limited_per_hour(tmp_path: Path, fake:
                 await client.send(prompt(f"limit{n}", "Hello?"))
                 text, _ = await answer(client, mark)
                 assert "Error" not in text
-            mark = len(client.messages)
-            await client.send(prompt("limit3", "Once more?"))
-            error = await client.wait_for("error", after=mark)
+            error, text = await refused(client, prompt("limit3", "Once more?"))
             assert error["code"] == "rate_limited" and "2 chats an hour" in error["message"]
-            text, _ = await answer(client, mark)
             assert "Too many requests" in text
         finally:
             await client.close()
@@ -182,10 +190,8 @@ async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker
     client: WsClient, fake: FakeChat, events: list[bytes]
 ) -> None:
     fake.raw = [event if event.endswith(b"\n\n") else event + b"\n\n" for event in events]
-    await client.send(prompt("bad", "Malformed?"))
-    error = await client.wait_for("error")
+    error, text = await refused(client, prompt("bad", "Malformed?"))
     assert error["code"] == "upstream_error" and "malformed" in error["message"]
-    text, _ = await answer(client)
     assert "Error: " in text and "malformed" in text
     await client.send({"type": "ping", "id": 2})
     await client.wait_for("pong")
@@ -203,11 +209,8 @@ async def test_an_answer_of_tool_calls_only_says_why_there_is_no_text(
     ]
     fake.raw = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
     try:
-        mark = len(client.messages)
-        await client.send(prompt("tools", "Draw it?"))
-        error = await client.wait_for("error", after=mark)
+        error, text = await refused(client, prompt("tools", "Draw it?"))
         assert error["code"] == "upstream_error" and "call tools" in error["message"]
-        text, _ = await answer(client, mark)
         assert "Error: " in text
     finally:
         fake.raw = None
@@ -217,10 +220,10 @@ async def test_a_stream_of_keep_alives_ends_at_the_turn_deadline_and_the_next_tu
     client: WsClient, fake: FakeChat
 ) -> None:
     fake.keepalive = True
-    await client.send(prompt("forever", "Anyone?"), prompt("after", "And now?"))
-    error = await client.wait_for("error", timeout=15)
+    error, text = await refused(
+        client, prompt("forever", "Anyone?"), prompt("after", "And now?"), timeout=15
+    )
     assert error["code"] == "upstream_error" and "within 4 s" in error["message"]
-    text, _ = await answer(client)
     assert text.startswith("Error: ")
     fake.keepalive = False
     await eventually(lambda: fake.open_streams == 0, 10, "the upstream stream closed")

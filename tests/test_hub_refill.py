@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from backend.hub.clients import Client
+from backend.hub.hub import Hub
 from backend.hub.refill import MAX_PUSHED
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from tests.harness import eventually
-from tests.hub_fakes import SOURCE, connect, make_hub, request, send, taken
+from tests.hub_fakes import SOURCE, FakeProvider, connect, make_hub, request, send, taken
 
 KEY = SeriesId(SOURCE, "AAA", "1m")
 T0 = intervals.floor(int(time.time()), "1m") - 1000 * 60  # far enough in the past
@@ -30,7 +32,9 @@ def updated(messages: list[dict[str, object]]) -> list[int]:
     ]
 
 
-async def restarted_with(missed: int) -> tuple[list[int], object]:
+async def charted_then_restarted(missed: int) -> tuple[Hub, FakeProvider, Client]:
+    """A hub with a client charting 5 bars up to ``T0``, its provider restarted with
+    ``missed`` more bars in its history: (hub, provider, client), before ``Ready``."""
     hub, provider = make_hub()
     provider.history = bars(T0 - 4 * 60, 5)
     client = connect(hub)
@@ -39,6 +43,11 @@ async def restarted_with(missed: int) -> tuple[list[int], object]:
     provider.die()
     provider.spawn()
     provider.history = bars(T0, missed + 1)  # the bar the clients hold, then the missed ones
+    return hub, provider, client
+
+
+async def restarted_with(missed: int) -> tuple[list[int], object]:
+    hub, _, client = await charted_then_restarted(missed)
     hub.on_provider_ready(SOURCE)
     await asyncio.gather(*hub.refills.tasks)
     return updated(taken(client)), hub.cache.peek(KEY)
@@ -60,14 +69,7 @@ async def test_bars_left_out_of_a_long_refill_leave_their_span_unknown() -> None
 
 
 async def test_live_updates_during_the_refill_wait_and_follow_it() -> None:
-    hub, provider = make_hub()
-    provider.history = bars(T0 - 4 * 60, 5)
-    client = connect(hub)
-    await send(hub, client, request("data", KEY, count=5))
-    taken(client)
-    provider.die()
-    provider.spawn()
-    provider.history = bars(T0, 4)
+    hub, provider, client = await charted_then_restarted(3)
     gate = provider.gates["AAA"] = asyncio.Event()
     hub.on_provider_ready(SOURCE)
     await eventually(lambda: provider.history_calls == 2, what="the refill's call at the gate")
