@@ -266,6 +266,8 @@ class Indicating:
         for key, since in keys:
             try:
                 self._check_closed_bars(key)
+                if self._usual(key, since, dates):
+                    continue
                 groups = self.live.compute(key, self._tail, since)
             except Exception:  # a bug in one computation must not stop the fan-out
                 logger.exception("live indicators of %s failed", key)
@@ -274,6 +276,45 @@ class Indicating:
             if groups:
                 self._push_groups(key, groups, dates)
         self.seconds += time.perf_counter() - started
+
+    def _usual(
+        self, key: SeriesId, since: int | None, dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> bool:
+        """The usual update of ``key`` (no bar closed since ``since``, and each computation
+        over it peeks at the forming bar; one group of chart ids, encoded already for these
+        computations) in one pass,
+        :meth:`GroupFrames.usual`, queued as :meth:`_push_groups` would; False (nothing
+        done) when it is not the usual update: then :meth:`LiveIndicators.compute`."""
+        plan = self.live.usual(key)
+        if plan is None or len(plan.groups) != 1:
+            return False
+        known = self._group_frames.get(key)
+        cached = self.hub.cache.peek(key)
+        if known is None or known[0] is not plan.groups or cached is None:
+            return False
+        bars = cached.bars
+        if since is not None and (len(bars) < 2 or since <= bars[-2][0]):
+            return False
+        encoder = known[1][0]
+        reads = encoder.reads
+        if reads is None:
+            return False
+        last_dates = dates.get(reads)
+        if last_dates is None:
+            last_dates = dates[reads] = self._last_dates_json(reads)
+        made = encoder.usual(bars, self._date, last_dates)
+        if made is None:
+            return False
+        self.live.computations += len(plan.running)
+        fanout = self.fanout
+        if fanout is not None:
+            if self._push_with_data(key, encoder, made, fanout):
+                return True
+            fanout.release_held(key)
+        bar_time, entry = made
+        holders = encoder.group[0][2].holders()
+        self._queue(holders, key, bar_time, entry, encoder.count, encoder.chart_ids)
+        return True
 
     def _check_closed_bars(self, key: SeriesId) -> None:
         """Running computations of ``key`` open again, and its tail table is rebuilt, when

@@ -9,7 +9,8 @@ bar that formed then (the same object, or equal), and otherwise opens again from
 as it does after :meth:`Incremental.reset` (the owner's call when older closed bars change).
 The values are those of the batch computation over the same bars, bit for bit: the bars
 since the opening tail, with the forming bar last. :func:`peek_all` does the usual update
-(every computation over a series only peeks at the forming bar) of many in one loop.
+(every computation over a series only peeks at the forming bar) of many in one loop;
+:meth:`Incremental.peek_json` does it for one, its values encoded as they come.
 
 Sans-I/O: the caller passes the newest bars in, and a callable for the tail.
 """
@@ -22,12 +23,14 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import orjson
 
 from backend.errors import IndicatorError
 from backend.indicators.base import FloatArray, Open, Running
 from backend.model.bars import Bar, SeriesId
 
 isfinite = math.isfinite
+dumps = orjson.dumps  # NaN and infinities as null, as the rows' None
 
 RECENT = 3
 """Newest bars an update reads: the forming bar, the one that may have closed since, and the
@@ -47,6 +50,7 @@ class Incremental:
         "_failed_at",
         "_fed",
         "_fields",
+        "_floats",
         "_forming",
         "_handle",
         "_one_column",
@@ -67,6 +71,9 @@ class Incremental:
         self._fed: Bar | None = None  # the last closed bar the handle holds
         self._forming = 0  # the time of the bar after it
         self._failed_at: int | None = None  # forming bar time of the last failed opening
+        # whether the handle's values are Python floats (a float, or a tuple of floats for
+        # several outputs), which :meth:`peek_json` encodes as they come; None: not seen yet
+        self._floats: bool | None = None
 
     def reset(self) -> None:
         """Open again at the next update (closed bars changed)."""
@@ -129,6 +136,26 @@ class Incremental:
                 return None
         return self._rows(handle, newest, since)
 
+    def peek_json(self, newest: Bar, fed: Bar) -> bytes | None:
+        """The usual update (:func:`peek_all`) alone, its values encoded: when it is open,
+        ``newest`` is its forming bar and ``fed`` (the bar before it) the bar it fed last (the
+        same object), the values at ``newest`` as JSON, a number or, for several outputs, an
+        array (not finite: ``null``), the bytes that encoding the row's values gives; else
+        ``None`` (so also for a handle whose values are not all Python floats, as TA-Lib's
+        integer outputs): the caller computes the usual way."""
+        handle = self._handle
+        if handle is None or self._forming != newest[0] or self._fed is not fed:
+            return None
+        picked = self._pick(newest)
+        try:
+            out = handle.peek(picked) if self._one_column else handle.peek(*picked)
+            floats = self._floats
+            if floats is None:
+                floats = self._floats = _all_floats(out, self._one_output)
+            return dumps(out) if floats else None
+        except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not
+            return None  # finite, or a value orjson does not take: the usual way says which
+
     def _rows(self, handle: Running, newest: Bar, since: int | None) -> list[Row] | None:
         picked = self._pick(newest)
         try:
@@ -177,7 +204,7 @@ class Incremental:
             return None
         last = history[-1]
         fed = bars[-2] if len(bars) > 1 and int(bars[-2][0]) == int(last[0]) else None
-        self._handle, self._failed_at = handle, None
+        self._handle, self._failed_at, self._floats = handle, None, None
         self._fed = fed if fed is not None else tuple(last.tolist())
         self._forming = time
         return handle
@@ -224,6 +251,15 @@ def peek_all(running: Sequence[Incremental], recent: Recent, since: int | None) 
     except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not finite:
         return None  # each computation its own way (advance)
     return rows
+
+
+def _all_floats(out: Any, one_output: bool) -> bool:
+    """Whether ``out``, what a handle's ``peek`` gave, is a float (one output) or a tuple of
+    floats: what :meth:`Incremental.peek_json` may encode as it comes (an ``int`` would be
+    ``1`` there and ``1.0`` in a row)."""
+    if one_output:
+        return type(out) is float
+    return type(out) is tuple and all(type(value) is float for value in out)
 
 
 def _same(bar: Bar, fed: Bar | None) -> bool:

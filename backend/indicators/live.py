@@ -93,9 +93,10 @@ _NO_GROUPS: list[Group] = []
 
 
 @dataclass
-class _Plan:
+class Plan:
     """The shared computations over one series, by how an update computes them, and their
-    chart ids grouped by the clients that hold them (the order of :meth:`on_bar`'s updates)."""
+    chart ids grouped by the clients that hold them (the order of :meth:`LiveIndicators.
+    on_bar`'s updates)."""
 
     running: list[Shared] = field(default_factory=list)  # running computations over it
     incrementals: list[Incremental] = field(default_factory=list)  # theirs, in that order
@@ -112,7 +113,7 @@ class LiveIndicators:
         self._shared: dict[Key, Shared] = {}
         self._by_series: dict[SeriesId, dict[Key, Shared]] = {}
         self._by_client: dict[Hashable, dict[str, Key]] = {}
-        self._plans: dict[SeriesId, _Plan] = {}  # made on the first update after a change
+        self._plans: dict[SeriesId, Plan] = {}  # made on the first update after a change
         # series whose running computations may have to open (all open: newest bars only)
         self._opening: set[SeriesId] = set()
         self.computations = 0  # shared computations run by on_bar (for the metrics)
@@ -234,8 +235,20 @@ class LiveIndicators:
             self._on_tail(series, fetch, plan.on_tail, plan.size, since)
         return plan.groups
 
-    def _plan(self, series: SeriesId) -> _Plan:
-        plan = _Plan()
+    def usual(self, series: SeriesId) -> Plan | None:
+        """The plan of ``series`` when each computation over it is a running computation
+        that need not open: its usual update (each peeks at the forming bar) may then be
+        made from them directly, as ``GroupFrames.usual`` does, the caller adding
+        ``len(plan.running)`` to :attr:`computations`. ``None`` when :meth:`compute` must
+        run: the first update after a subscription changed, a computation that must open,
+        or one computed another way."""
+        plan = self._plans.get(series)
+        if plan is None or plan.others or plan.on_tail or series in self._opening:
+            return None
+        return plan
+
+    def _plan(self, series: SeriesId) -> Plan:
+        plan = Plan()
         groups: dict[frozenset[Hashable], list[tuple[Shared, str, Chart]]] = {}
         for shared in self._by_series[series].values():
             computation = shared.computation
@@ -260,7 +273,7 @@ class LiveIndicators:
         plan.groups = list(groups.values())
         return plan
 
-    def _on_running(self, series: SeriesId, fetch: Fetch, plan: _Plan, since: int | None) -> None:
+    def _on_running(self, series: SeriesId, fetch: Fetch, plan: Plan, since: int | None) -> None:
         """The computations kept by a running computation share one read of the newest bars
         (of the longest tail any of them opens on, if one must open). The usual update (each
         only peeks at the forming bar) goes in one loop (:func:`peek_all`), else each its
