@@ -111,7 +111,7 @@ def test_an_update_frame_is_the_encoders_frame_byte_for_byte(
     update = IndicatorUpdate(
         chart_id, names, ("2023-11-14 22:00:00", *values), frozenset(), (KEY,), 1
     )
-    frame = hub.indicating._frame(update, {})
+    frame = hub.indicating.encoded.frame(update, {})
     dates = {"csv-BTCUSDT-1h": protocol.intervals.format_date(py_bars(50)[-1][0])}
     expected = protocol.encode(messages.indicator_update(chart_id, update.row, dates))
     assert frame == text_frame(expected)

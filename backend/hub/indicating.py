@@ -22,12 +22,10 @@ import time
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
 from backend.hub.fanout import Fanout, Kick
-from backend.hub.indicator_frames import GroupFrames, chart_template, frame_of
+from backend.hub.indicator_frames import Encoded, GroupFrames
 from backend.indicators import messages
 from backend.indicators.engine import (
     Bars,
@@ -54,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
 MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
-MAX_ENCODED = 10_000  # chart templates and dates kept encoded (all dropped past that)
 
 
 class Indicating:
@@ -74,12 +71,7 @@ class Indicating:
         self._waiting: set[SeriesId] = set()  # keys with an update not computed yet
         # (version, bars, newest time) of each key's cache at its last computation
         self._marks: dict[SeriesId, tuple[int, int, int | None]] = {}
-        # chart id -> (its row keys, its update message with a %b per value: ``chart_template``)
-        self._templates: dict[str, tuple[tuple[str, ...], bytes]] = {}
-        self._dates: dict[int, bytes] = {}  # bar time -> its date as a JSON string
-        # series an update read -> (their newest bar times, ``last_dates`` encoded)
-        self._last_dates_encoded: dict[tuple[SeriesId, ...], tuple[tuple[int | None, ...], bytes]]
-        self._last_dates_encoded = {}
+        self.encoded = Encoded(hub.cache)  # the parts of the frames, encoded once
         # series -> its groups of chart ids (``LiveIndicators.compute``) and their encoders
         self._group_frames: dict[SeriesId, tuple[list[Group], list[GroupFrames]]] = {}
         # key -> (holders, ``Fanout.deliver_changes``) when the holders were the key's
@@ -301,8 +293,8 @@ class Indicating:
             return False
         last_dates = dates.get(reads)
         if last_dates is None:
-            last_dates = dates[reads] = self._last_dates_json(reads)
-        made = encoder.usual(bars, self._date, last_dates)
+            last_dates = dates[reads] = self.encoded.last_dates(reads)
+        made = encoder.usual(bars, self.encoded.date, last_dates)
         if made is None:
             return False
         self.live.computations += len(plan.running)
@@ -410,8 +402,8 @@ class Indicating:
             return None
         last_dates = dates.get(reads)
         if last_dates is None:
-            last_dates = dates[reads] = self._last_dates_json(reads)
-        return encoder.frames(self._date, last_dates)
+            last_dates = dates[reads] = self.encoded.last_dates(reads)
+        return encoder.frames(self.encoded.date, last_dates)
 
     def _push(
         self,
@@ -427,7 +419,7 @@ class Indicating:
         for update in updates:
             groups.setdefault(update.clients, []).append(update)
         for holders, held in groups.items():
-            frames = [self._frame(update, dates) for update in held]
+            frames = [self.encoded.frame(update, dates) for update in held]
             for bar_time in dict.fromkeys(update.time for update in held):  # a closed bar first
                 part = [i for i, update in enumerate(held) if update.time == bar_time]
                 entry = b"".join(frames[i] for i in part)
@@ -463,67 +455,6 @@ class Indicating:
             else:
                 self.kick(client, "outbox hard limit reached")
         self.delivered += queued * frames
-
-    def _date(self, time: int) -> bytes:
-        """The date of bar ``time`` as a JSON string."""
-        date = self._dates.get(time)
-        if date is None:
-            if len(self._dates) >= MAX_ENCODED:
-                self._dates.clear()
-            date = self._dates[time] = orjson.dumps(intervals.format_date(time))
-        return date
-
-    def _frame(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
-        """The text frame of ``protocol.encode(messages.indicator_update(...))``, from parts
-        encoded once: the bytes around the values are the same for every update of a chart
-        id, and the values (floats or None) are encoded in one call."""
-        last_dates = dates.get(update.series)
-        if last_dates is None:
-            last_dates = dates[update.series] = self._last_dates_json(update.series)
-        template = self._templates.get(update.chart_id)
-        if template is None or template[0] is not update.names:
-            if len(self._templates) >= MAX_ENCODED:
-                self._templates.clear()
-            template = (update.names, chart_template(update.chart_id, update.names))
-            self._templates[update.chart_id] = template
-        values = update.values
-        date = self._dates.get(update.time)
-        if date is None:
-            if len(self._dates) >= MAX_ENCODED:
-                self._dates.clear()
-            date = self._dates[update.time] = orjson.dumps(values[0])
-        encoded = orjson.dumps(values[1:])[1:-1].split(b",")  # no comma in a number
-        return frame_of(template[1] % (date, *encoded, last_dates))
-
-    def _last_dates_json(self, series: tuple[SeriesId, ...]) -> bytes:
-        """:meth:`_last_dates` encoded, again only when a newest bar time changed."""
-        cache = self.hub.cache
-        if len(series) == 1:  # the usual update: its own key
-            cached = cache.peek(series[0])
-            newest: tuple[int | None, ...] = (None if cached is None else cached.newest,)
-        else:
-            newest = tuple(
-                None if (cached := cache.peek(key)) is None else cached.newest for key in series
-            )
-        known = self._last_dates_encoded.get(series)
-        if known is not None and known[0] == newest:
-            return known[1]
-        if len(self._last_dates_encoded) >= MAX_ENCODED:
-            self._last_dates_encoded.clear()
-        encoded = orjson.dumps(self._last_dates(series))
-        self._last_dates_encoded[series] = (newest, encoded)
-        return encoded
-
-    def _last_dates(self, series: tuple[SeriesId, ...]) -> dict[str, str]:
-        """``{"<source>-<name>-<interval>": newest bar date}`` of what an update read."""
-        dates = {}
-        for key in series:
-            cached = self.hub.cache.peek(key)
-            if cached is not None and cached.newest is not None:
-                dates[f"{key.source}-{key.name}-{key.interval}"] = intervals.format_date(
-                    cached.newest
-                )
-        return dates
 
     def _register_gauges(self) -> None:
         m = self.hub.metrics

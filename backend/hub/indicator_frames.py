@@ -11,6 +11,8 @@ group costs one formatting, and one encoding and one length per frame, not a mes
 chart id per client. For the usual update of a group whose computations all run over the
 one series it reads, :meth:`GroupFrames.usual` peeks at the forming bar and formats in the
 same loop, with no row in between (the hub's most frequent path; the same bytes).
+:class:`Encoded` keeps what every frame shares encoded once: the chart templates, the bar
+dates and each series' ``last_dates``.
 
 Not: which clients get the frames and how (``indicating``), the values (``backend.indicators``).
 """
@@ -21,14 +23,17 @@ from collections.abc import Callable
 
 import orjson
 
+from backend.history.cache import BarCache
 from backend.indicators.incremental import Incremental
-from backend.indicators.live import Group, Shared
+from backend.indicators.live import Group, IndicatorUpdate, Shared
+from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.wire.frames import text_frame
 
 dumps = orjson.dumps
 
 LEN_16, LEN_64 = 126, 1 << 16  # payload sizes with a 16-bit length in the frame header
+MAX_ENCODED = 10_000  # chart templates and dates kept encoded (all dropped past that)
 
 
 def chart_template(chart_id: str, names: tuple[str, ...]) -> bytes:
@@ -174,3 +179,74 @@ class GroupFrames:
             parts += values
             parts.append(last_dates)
         return time, self.template % tuple(parts)
+
+
+class Encoded:
+    """The parts of the ``indicator_update`` frames that many frames share, encoded once
+    and kept (at most :data:`MAX_ENCODED` of each kind, all dropped past that): each chart
+    id's template, each bar time's date, and each series' ``last_dates`` while its newest
+    bar time stays (from ``cache``)."""
+
+    def __init__(self, cache: BarCache) -> None:
+        self.cache = cache
+        # chart id -> (its row keys, its update message with a %b per value: ``chart_template``)
+        self._templates: dict[str, tuple[tuple[str, ...], bytes]] = {}
+        self._dates: dict[int, bytes] = {}  # bar time -> its date as a JSON string
+        # series an update read -> (their newest bar times, ``last_dates`` encoded)
+        self._last_dates: dict[tuple[SeriesId, ...], tuple[tuple[int | None, ...], bytes]] = {}
+
+    def date(self, time: int) -> bytes:
+        """The date of bar ``time`` as a JSON string."""
+        date = self._dates.get(time)
+        if date is None:
+            if len(self._dates) >= MAX_ENCODED:
+                self._dates.clear()
+            date = self._dates[time] = orjson.dumps(intervals.format_date(time))
+        return date
+
+    def frame(self, update: IndicatorUpdate, dates: dict[tuple[SeriesId, ...], bytes]) -> bytes:
+        """The text frame of ``protocol.encode(messages.indicator_update(...))``, from parts
+        encoded once: the bytes around the values are the same for every update of a chart
+        id, and the values (floats or None) are encoded in one call. ``dates``: the
+        ``last_dates`` of the batch by series, filled here."""
+        last_dates = dates.get(update.series)
+        if last_dates is None:
+            last_dates = dates[update.series] = self.last_dates(update.series)
+        template = self._templates.get(update.chart_id)
+        if template is None or template[0] is not update.names:
+            if len(self._templates) >= MAX_ENCODED:
+                self._templates.clear()
+            template = (update.names, chart_template(update.chart_id, update.names))
+            self._templates[update.chart_id] = template
+        values = update.values
+        date = self._dates.get(update.time)
+        if date is None:
+            if len(self._dates) >= MAX_ENCODED:
+                self._dates.clear()
+            date = self._dates[update.time] = orjson.dumps(values[0])
+        encoded = orjson.dumps(values[1:])[1:-1].split(b",")  # no comma in a number
+        return frame_of(template[1] % (date, *encoded, last_dates))
+
+    def last_dates(self, series: tuple[SeriesId, ...]) -> bytes:
+        """``{"<source>-<name>-<interval>": newest bar date}`` of what an update read,
+        encoded, again only when a newest bar time changed."""
+        cache = self.cache
+        if len(series) == 1:  # the usual update: its own key
+            cached = cache.peek(series[0])
+            newest: tuple[int | None, ...] = (None if cached is None else cached.newest,)
+        else:
+            newest = tuple(
+                None if (cached := cache.peek(key)) is None else cached.newest for key in series
+            )
+        known = self._last_dates.get(series)
+        if known is not None and known[0] == newest:
+            return known[1]
+        if len(self._last_dates) >= MAX_ENCODED:
+            self._last_dates.clear()
+        dates = {}
+        for key, time in zip(series, newest, strict=True):
+            if time is not None:
+                dates[f"{key.source}-{key.name}-{key.interval}"] = intervals.format_date(time)
+        encoded = orjson.dumps(dates)
+        self._last_dates[series] = (newest, encoded)
+        return encoded
