@@ -44,6 +44,8 @@ import psutil
 from backend.data_providers.polygon.rest import OUTPUTS
 from backend.model import intervals
 from backend.symbols import writer
+from backend.symbols.batches import Batcher
+from backend.symbols.session import Session
 from tests.fakes.polygon import FakePolygon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,7 +240,7 @@ def from_memory(count: int, workdir: Path) -> dict[str, float]:
 
 def sqlite_ceiling(count: int, workdir: Path) -> dict[str, float]:
     """Prepared rows inserted by the writer's statements alone, in one transaction."""
-    batcher = writer._Batcher("bench", 1)
+    batcher = Batcher("bench", 1)
     batches = []
     rows = option_rows(count)
     while chunk := list[object](itertools.islice(rows, 1000)):
@@ -246,7 +248,7 @@ def sqlite_ceiling(count: int, workdir: Path) -> dict[str, float]:
         if batcher.full():
             batches.append(batcher.take())
     batches.append(batcher.take())
-    session = writer._Session(workdir / "sqlite-bench.sqlite3")
+    session = Session(workdir / "sqlite-bench.sqlite3")
     try:
         started = time.monotonic()
         for command, args in (

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from backend.errors import StorageError
-from backend.symbols import rows, writer
+from backend.symbols import rows, session, writer
 from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
 from backend.symbols.rows import search_words, shape_tag
 from backend.symbols.writer import replace_provider_rows
@@ -372,7 +372,7 @@ def test_invalid_rows_are_logged_and_skipped(fresh: Path, caplog: pytest.LogCapt
         row("OUT2", "Bad output", source="a", outputs=[{"name": "x"}]),
         row("EXTRA", "Unstorable extra", source="a", extra=object()),
     ]
-    with caplog.at_level(logging.WARNING, logger="backend.symbols.writer"):
+    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
         stored = replace_provider_rows(fresh, "a", [good, *bad, good])
     assert stored == 1
     assert "12 invalid rows skipped" in caplog.text
@@ -687,7 +687,7 @@ async def test_a_database_made_with_fts_columns_is_populated_and_searched_alike(
     tmp_path: Path,
 ) -> None:
     old, new = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
-    schema = writer.SCHEMA_PATH.read_text(encoding="utf-8")
+    schema = session.SCHEMA_PATH.read_text(encoding="utf-8")
     assert "detail = none" in schema
     with sqlite3.connect(old) as conn:
         conn.executescript(schema.replace("detail = none", "detail = column"))

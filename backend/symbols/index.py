@@ -2,7 +2,8 @@
 
 :class:`SymbolIndex` (asyncio): ``search``, ``details`` and ``count`` run on a small pool of
 threads, one SQLite connection each, so the event loop never waits on SQLite. The tables are
-those of ``schema.sql``; :mod:`.writer` fills them and :mod:`.rows` checks the rows.
+those of ``schema.sql``; :mod:`.writer` fills them (:mod:`.batches` prepares the rows,
+:mod:`.session` runs the SQL) and :mod:`.rows` checks the rows.
 
 Search ranks an exact symbol first (ignoring case), then symbols that start with the query
 (shortest first), then full-text matches (shortest symbol first): every term must match the
