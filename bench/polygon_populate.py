@@ -252,7 +252,7 @@ def sqlite_ceiling(count: int, workdir: Path) -> dict[str, float]:
     try:
         started = time.monotonic()
         for command, args in (
-            ("first_seq", ()),
+            ("open", ("bench",)),
             ("begin", ("bench", 1)),
             *(("insert", batch) for batch in batches),
             ("commit", ("bench", batcher.words, 1, batcher.next_seq - 1)),

@@ -25,7 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -41,8 +41,6 @@ _CHUNK_ROWS = 1_000
 _CHUNKS_AHEAD = 8
 _SPAWN = multiprocessing.get_context("spawn")
 _GC_YOUNG_THRESHOLD = 50_000  # net allocations between young collections while populating
-
-T = TypeVar("T")
 
 
 class _Writer:
