@@ -288,12 +288,9 @@ class Indicating:
         if since is not None and (len(bars) < 2 or since <= bars[-2][0]):
             return False
         encoder = known[1][0]
-        reads = encoder.reads
-        if reads is None:
-            return False
-        last_dates = dates.get(reads)
+        last_dates = self._last_dates_of(encoder, dates)
         if last_dates is None:
-            last_dates = dates[reads] = self.encoded.last_dates(reads)
+            return False
         made = encoder.usual(bars, self.encoded.date, last_dates)
         if made is None:
             return False
@@ -397,13 +394,23 @@ class Indicating:
         self, encoder: GroupFrames, dates: dict[tuple[SeriesId, ...], bytes]
     ) -> tuple[int, bytes] | None:
         """:meth:`GroupFrames.frames` with the ``last_dates`` of what the group reads."""
+        last_dates = self._last_dates_of(encoder, dates)
+        if last_dates is None:
+            return None
+        return encoder.frames(self.encoded.date, last_dates)
+
+    def _last_dates_of(
+        self, encoder: GroupFrames, dates: dict[tuple[SeriesId, ...], bytes]
+    ) -> bytes | None:
+        """The ``last_dates`` of what ``encoder``'s group reads, encoded once per batch
+        (``dates``); ``None`` when its chart ids read different series."""
         reads = encoder.reads
         if reads is None:
             return None
         last_dates = dates.get(reads)
         if last_dates is None:
             last_dates = dates[reads] = self.encoded.last_dates(reads)
-        return encoder.frames(self.encoded.date, last_dates)
+        return last_dates
 
     def _push(
         self,
