@@ -96,8 +96,12 @@ export class ChartPanel extends EventTarget {
     this.done = on;
     this.chart?.applyOptions({ timeScale: { fixLeftEdge: on } });
     this.placeEdges();
-    // fixLeftEdge moves the view on the chart's next frame, not always with a range event.
-    requestAnimationFrame(() => this.placeEdges());
+    // fixLeftEdge moves the view on one of the chart's next frames, not always with a range
+    // event: place the marks again after the next frame and the one after it.
+    requestAnimationFrame(() => {
+      this.placeEdges();
+      requestAnimationFrame(() => this.placeEdges());
+    });
   }
 
   build() {
