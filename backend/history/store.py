@@ -124,6 +124,12 @@ class BarStore:
                     "bar store: flush of %d series failed, will retry: %s", len(batch), exc
                 )
                 raise StorageError(f"bar store write failed: {exc}") from exc
+            except asyncio.CancelledError:
+                # close() cancelled the flush loop mid-flush: the batch goes back to the
+                # queue, which close() writes next (what this flush wrote already is in the
+                # same open transaction, and writing it again replaces it).
+                self._requeue(batch)
+                raise
 
     def _requeue(self, batch: dict[SeriesId, _Pending]) -> None:
         """Put a failed batch back under what was queued meanwhile (newer writes win)."""
