@@ -23,6 +23,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import ProtocolError
+from backend.history.cache import Series
 from backend.hub.clients import Client
 from backend.hub.fanout import Fanout, Kick
 from backend.hub.indicator_frames import Encoded, GroupFrames
@@ -257,8 +258,8 @@ class Indicating:
         dates: dict[tuple[SeriesId, ...], bytes] = {}  # last_dates, once per batch
         for key, since in keys:
             try:
-                self._check_closed_bars(key)
-                if self._usual(key, since, dates):
+                cached = self._check_closed_bars(key)
+                if cached is not None and self._usual(key, cached, since, dates):
                     continue
                 groups = self.live.compute(key, self._tail, since)
             except Exception:  # a bug in one computation must not stop the fan-out
@@ -270,9 +271,14 @@ class Indicating:
         self.seconds += time.perf_counter() - started
 
     def _usual(
-        self, key: SeriesId, since: int | None, dates: dict[tuple[SeriesId, ...], bytes]
+        self,
+        key: SeriesId,
+        cached: Series,
+        since: int | None,
+        dates: dict[tuple[SeriesId, ...], bytes],
     ) -> bool:
-        """The usual update of ``key`` (no bar closed since ``since``, and each computation
+        """The usual update of ``key`` (its cached series ``cached``; no bar closed since
+        ``since``, and each computation
         over it peeks at the forming bar; one group of chart ids, encoded already for these
         computations) in one pass, :meth:`GroupFrames.usual`, queued as :meth:`_push_groups`
         would; False (nothing done) when it is not the usual update: then
@@ -281,8 +287,7 @@ class Indicating:
         if plan is None or len(plan.groups) != 1:
             return False
         known = self._group_frames.get(key)
-        cached = self.hub.cache.peek(key)
-        if known is None or known[0] is not plan.groups or cached is None:
+        if known is None or known[0] is not plan.groups:
             return False
         bars = cached.bars
         if since is not None and (len(bars) < 2 or since <= bars[-2][0]):
@@ -305,13 +310,14 @@ class Indicating:
         self._queue(holders, key, bar_time, entry, encoder.count, encoder.chart_ids)
         return True
 
-    def _check_closed_bars(self, key: SeriesId) -> None:
+    def _check_closed_bars(self, key: SeriesId) -> Series | None:
         """Running computations of ``key`` open again, and its tail table is rebuilt, when
         its closed bars changed since its last computation other than by bars appended (the
-        cache's ``version`` counts every change but an update of the newest bar in place)."""
+        cache's ``version`` counts every change but an update of the newest bar in place).
+        Returns the key's cached series (None: not cached)."""
         cached = self.hub.cache.peek(key)
         if cached is None:
-            return
+            return None
         times, version = cached.times, cached.version
         n = len(times)
         mark = self._marks.get(key)
@@ -322,6 +328,7 @@ class Indicating:
                 self.tails.drop(key)
                 self.live.resync_series(key)
         self._marks[key] = (version, n, times[-1] if n else None)
+        return cached
 
     def _tail(self, series: SeriesId, count: int | None) -> Bars:
         """The last ``count`` cached bars (all for None): the newest few as they are, a
