@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from backend.errors import StorageError
+from backend.symbols import index as symbol_index
 from backend.symbols import rows, session, writer
 from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
 from backend.symbols.rows import search_words, shape_tag
@@ -582,12 +583,25 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
     ],
 )
 async def test_search_on_a_bulk_populated_chain_answers_like_a_row_by_row_model(
-    chain: tuple[Path, list[Any]], query: str
+    chain: tuple[Path, list[Any]], query: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What search finds, not how fast: on a loaded machine the full-text stage of "spy call"
+    # (12,500 matches) once ran past the 0.25 s budget, which answers [] by design (below).
+    monkeypatch.setattr(symbol_index, "SEARCH_BUDGET_SECONDS", 30.0)
     db, rows = chain
     expected = expected_search(rows, query)
     assert expected
     assert await search(db, query, MAX_SEARCH_LIMIT) == expected
+
+
+async def test_a_full_text_search_past_its_time_budget_stops_with_a_warning_not_a_hang(
+    chain: tuple[Path, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(symbol_index, "SEARCH_BUDGET_SECONDS", 0.0)
+    db, _ = chain
+    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+        assert await search(db, "spy call", MAX_SEARCH_LIMIT) == []
+    assert "full-text search for 'spy call' stopped: interrupted" in caplog.text
 
 
 def shared_list_rows() -> list[Any]:
