@@ -46,3 +46,9 @@ class LoopbackServer:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        # A handler still running past the shutdown timeout is cancelled and awaited here,
+        # not destroyed pending with the loop ("Task was destroyed but it is pending!").
+        rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
