@@ -5,16 +5,20 @@ whether chat is available at all. Upstream failures, malformed events and chunks
 shape than a ``chat.completion.chunk`` become :class:`ChatError` with a short text for the
 user (never the key). The whole turn's deadline is the caller's (``backend.hub.chatting``);
 the stream is closed however the iteration ends.
+
+``openai`` (about 0.6 s of imports) is imported when the first client is made: a hub
+without chat, and every provider process, never pays for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import CandlewireError
+
+if TYPE_CHECKING:
+    import openai
 
 TIMEOUT_SECONDS = 120.0
 MAX_TOKENS = 2_000
@@ -37,8 +41,10 @@ class Llm:
     def __init__(
         self, base_url: str, api_key: str, model: str, timeout: float = TIMEOUT_SECONDS
     ) -> None:
+        import openai  # deferred: see the module docstring
+
         self.model = model
-        self._client = openai.AsyncOpenAI(
+        self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
             base_url=base_url or None,
             api_key=api_key or "unused",
             timeout=timeout,
@@ -50,6 +56,8 @@ class Llm:
 
     async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:
         """The answer's non-empty content deltas, in order."""
+        import openai  # imported by __init__ already: a lookup
+
         try:
             chunks = await self._client.chat.completions.create(
                 model=self.model,

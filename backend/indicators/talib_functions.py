@@ -17,9 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
-import talib
-import talib.abstract
-from talib import _ta_lib
 
 from backend.errors import IndicatorError
 from backend.indicators.base import (
@@ -32,6 +29,7 @@ from backend.indicators.base import (
     Output,
     Running,
 )
+from backend.indicators.talib_loader import _ta_lib, talib
 
 CATEGORIES = {
     "Overlap Studies": "overlap",
