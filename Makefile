@@ -40,9 +40,10 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install chromium (e.g. sudo apt-get install chromium) for the browser tests"; fi; }
 
-# Two test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
-# most tests wait on real servers and sockets, so two workers halve the wall time on 2 cores.
-TEST_WORKERS ?= 2
+# Three test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
+# most tests wait on real servers and sockets, so on 2 cores three workers keep both busier
+# (about 6.5 minutes against 7.5 with two, measured 2026-12-06).
+TEST_WORKERS ?= 3
 
 test: setup browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15

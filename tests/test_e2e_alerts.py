@@ -6,81 +6,39 @@ extensions (socket and ``/api/alerts``)."""
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.alerts_e2e import (
+    KEYS,
+    SERIES,
+    KeyedServer,
+    alert,
+    delete_json,
+    env_for,
+    flip_rule,
+    get_json,
+    listed_alert,
+)
 from tests.fakes.openai_chat import FakeChat
 from tests.fakes.webpush import FakePush
 from tests.harness import (
-    ROOT,
     ServerProcess,
     WsClient,
-    base_env,
     eventually,
-    populate,
     until,
 )
-
-SERIES = {"source": "csv", "name": "BTCUSD", "interval": "1m"}
-
-
-def flip_rule() -> dict[str, str]:
-    """``close > open`` of the forming 1m bar: true and false in turn as the replay runs."""
-    return {
-        "type1": "data",
-        "source1": "csv",
-        "name1": "BTCUSD",
-        "interval1": "1m",
-        "key1": "close",
-        "comparator": ">",
-        "type2": "data",
-        "source2": "csv",
-        "name2": "BTCUSD",
-        "interval2": "1m",
-        "key2": "open",
-    }
-
-
-def alert(message: str, subscription: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "alert",
-        "message": message,
-        "rules": [flip_rule()],
-        "operators": [],
-        "indicators": {},
-        "dataProviderConfig": {"full_url": "wss://elsewhere.invalid/websocket/", "data": []},
-        "subscription": subscription,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakePush]:
     with FakePush() as running:
         yield running
-
-
-def env_for(tmp: Path, fake: FakePush, **extra: str) -> dict[str, str]:
-    env = base_env(
-        tmp,
-        PROVIDERS="csv",
-        CSV_FOLDER_PATH=str(ROOT / "data"),
-        CSV_REPLAY_SPEED="60",
-        ALERT_WEBHOOK_URL=f"{fake.url}/hook/all",
-        ALERT_RETRY_SECONDS="0.05",
-        **{"ALERT_CLIENT_WEBHOOKS": "true", **extra},
-    )
-    assert populate(env).returncode == 0
-    return env
 
 
 async def test_an_alert_delivers_push_webhook_and_notification_and_again_after_a_restart(
@@ -182,11 +140,11 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         note = await client.wait_for("notification", lambda m: "Max alerts" in m["message"])
         assert note["message"] == "Error: Max alerts reached"
 
-        listing = _get(server, "/api/alerts?owner=o2")
+        listing = get_json(server, "/api/alerts?owner=o2")
         assert len(listing["alerts"]) == 3
         dead = next(a for a in listing["alerts"] if a["message"] == "to a dead browser")
         await eventually(
-            lambda: not _alert(server, "o2", dead["id"]).get("push", True), 20, "410 removal"
+            lambda: not listed_alert(server, "o2", dead["id"]).get("push", True), 20, "410 removal"
         )
         await client.send({"type": "alert_delete", "id": created[2]["id"], "owner": "o2"})
         await client.wait_for("alert_deleted")
@@ -195,15 +153,15 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         await client.send({"type": "alert_delete", "id": created[0]["id"], "owner": "someone"})
         await client.wait_for("error", lambda m: m.get("code") == "not_found", after=0)
         for huge in (2**63, 10**20, -(2**63) - 1, 0):  # past SQLite's integers: was a 500
-            status, body = _delete(server, f"/api/alerts/{huge}?owner=o2")
+            status, body = delete_json(server, f"/api/alerts/{huge}?owner=o2")
             assert (status, body["error"]) == (404, "not_found"), (huge, status, body)
         mark = len(client.messages)
         await client.send({"type": "alert_delete", "id": True, "owner": "o2"})  # not alert 1
         await client.wait_for("error", lambda m: m.get("code") == "not_found", after=mark)
-        assert len(_get(server, "/api/alerts?owner=o2")["alerts"]) == 2
+        assert len(get_json(server, "/api/alerts?owner=o2")["alerts"]) == 2
 
         await eventually(lambda: "Alert expired: short" in fake.titles("short"), 20, "expiry")
-        assert _get(server, "/api/alerts?owner=o2")["alerts"] == []
+        assert get_json(server, "/api/alerts?owner=o2")["alerts"] == []
         await client.send({"type": "optimize_indicator_params"})
         unsupported = await client.wait_for("error", lambda m: m.get("code") == "unsupported")
         assert "optimize_indicator_params" in unsupported["message"]
@@ -318,18 +276,6 @@ async def test_an_alert_that_expired_while_the_server_was_down_is_pushed_and_del
         server.stop()
 
 
-class KeyedServer(ServerProcess):
-    """The harness's server, its health checks carrying the first API key."""
-
-    def get(self, path: str) -> Any:
-        request = urllib.request.Request(self.url + path, headers={"X-API-Key": KEYS[0]})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-
-KEYS = ("key-of-alice-0001", "key-of-bob-0002")
-
-
 async def test_with_api_keys_the_alert_and_chat_quotas_are_per_key(
     tmp_path: Path, fake: FakePush
 ) -> None:
@@ -391,168 +337,3 @@ async def test_the_series_alerts_read_count_against_the_callers_subscription_lim
         finally:
             await alice.close()
             await bob.close()
-
-
-def always_true_rule() -> dict[str, str]:
-    """``close > 0``: true at once, so an alert with it fires when it is made."""
-    return {**flip_rule(), "type2": "value", "value2": "0"}
-
-
-def hung_webhook_env(tmp: Path, hung: FakePush, **extra: str) -> dict[str, str]:
-    """A populated CSV server's environment whose operator webhook never answers."""
-    hung.hang("/hook/hung")
-    env = base_env(
-        tmp,
-        PROVIDERS="csv",
-        CSV_FOLDER_PATH=str(ROOT / "data"),
-        ALERT_WEBHOOK_URL=f"{hung.url}/hook/hung",
-        **extra,
-    )
-    assert populate(env).returncode == 0
-    return env
-
-
-async def test_a_hanging_webhook_does_not_delay_another_users_push(
-    tmp_path: Path, fake: FakePush
-) -> None:
-    with FakePush() as hung:
-        env = hung_webhook_env(tmp_path, hung, ALERT_RETRY_SECONDS="0.05")
-        with ServerProcess(env, tmp_path / "server.log") as server:
-            attacker = await WsClient.open(server.ws_url)
-            victim = await WsClient.open(server.ws_url)
-            try:
-                for n in range(40):
-                    await attacker.send({**alert(f"now {n}", None), "rules": [always_true_rule()]})
-                await eventually(
-                    lambda: len(attacker.of_type("alert_created")) == 40, 20, "40 alerts"
-                )
-                await eventually(lambda: len(hung.attempts) >= 4, 20, "webhook calls that hang")
-                await victim.send(alert("victim", fake.subscription("victim")))
-                await victim.wait_for("alert_created")
-                await eventually(
-                    lambda: "Alert added: victim" in fake.titles("victim"), 5, "the victim's push"
-                )
-                assert len(hung.attempts) <= 4  # one destination: at most 4 at once
-            finally:
-                await attacker.close()
-                await victim.close()
-
-
-@contextlib.contextmanager
-def hanging_endpoints(n: int) -> Iterator[list[str]]:
-    """``n`` push endpoints, each its own destination, whose servers never answer (the kernel
-    takes the connections; nobody reads them)."""
-    listeners = []
-    try:
-        for _ in range(n):
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(64)
-            listeners.append(listener)
-        yield [f"http://127.0.0.1:{s.getsockname()[1]}/push/x" for s in listeners]
-    finally:
-        for listener in listeners:
-            listener.close()
-
-
-@pytest.mark.parametrize("keys", [True, False], ids=["with keys", "loopback without keys"])
-async def test_one_client_naming_many_hanging_endpoints_does_not_delay_another_users_push(
-    tmp_path: Path, fake: FakePush, keys: bool
-) -> None:
-    """Ten hanging push endpoints of one client used to hold all 32 delivery slots for a
-    whole attempt (10 s): another client's push waited for it. Without keys, clients on
-    loopback (a local proxy's users) are not one owner: they shared 8 slots at first."""
-    extra = {"AUTH": "token", "API_KEYS": ",".join(KEYS)} if keys else {}
-    env = env_for(tmp_path, fake, **extra)
-    with hanging_endpoints(10) as endpoints, KeyedServer(env, tmp_path / "server.log") as server:
-        tokens = [f"?token={key}" for key in KEYS] if keys else ["", ""]
-        attacker = await WsClient.open(f"{server.ws_url}{tokens[0]}")
-        victim = await WsClient.open(f"{server.ws_url}{tokens[1]}")
-        try:
-            for n in range(40):
-                subscription = fake.subscription(f"decoy{n}")
-                subscription["endpoint"] = endpoints[n % len(endpoints)]
-                await attacker.send(
-                    {**alert(f"now {n}", subscription), "rules": [always_true_rule()]}
-                )
-            await eventually(lambda: len(attacker.of_type("alert_created")) == 40, 20, "40 alerts")
-            started = time.monotonic()
-            await victim.send(alert("victim", fake.subscription("victim")))
-            await victim.wait_for("alert_created")
-            await eventually(
-                lambda: "Alert added: victim" in fake.titles("victim"), 8, "the victim's push"
-            )
-            assert time.monotonic() - started < 8  # not after the attacker's 10 s attempts
-        finally:
-            await attacker.close()
-            await victim.close()
-
-
-def _get(server: ServerProcess, path: str) -> Any:
-    with urllib.request.urlopen(server.url + path, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _delete(server: ServerProcess, path: str) -> tuple[int, Any]:
-    request = urllib.request.Request(server.url + path, method="DELETE")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
-
-
-def _alert(server: ServerProcess, owner: str, alert_id: int) -> dict[str, Any]:
-    found = [a for a in _get(server, f"/api/alerts?owner={owner}")["alerts"] if a["id"] == alert_id]
-    return found[0] if found else {}
-
-
-async def test_an_alert_that_fires_again_and_again_logs_one_info_line_a_minute(
-    tmp_path: Path, fake: FakePush
-) -> None:
-    """A condition that flips with every tick fires as often (Tradiny has no cooldown): a
-    600x replay used to write 80,000 INFO lines in 100 s."""
-    env = env_for(tmp_path, fake)
-    log = tmp_path / "server.log"
-    with ServerProcess(env, log) as server:
-        client = await WsClient.open(server.ws_url)
-        try:
-            await client.send({"type": "data", **SERIES, "count": 5})
-            await client.wait_for("data_init")
-            await client.send(alert("flips", None))
-            created = await client.wait_for("alert_created")
-
-            def notified() -> int:
-                return sum(1 for m in client.messages if m["type"] == "notification")
-
-            await eventually(lambda: notified() >= 3, 30, "three firings")
-        finally:
-            await client.close()
-    fired = [
-        line
-        for line in log.read_text().splitlines()
-        if f"alert {created['id']} fired" in line and " INFO " in line
-    ]
-    assert len(fired) == 1, fired
-
-
-async def test_a_shutdown_cancels_deliveries_in_flight_without_blaming_their_endpoint(
-    tmp_path: Path,
-) -> None:
-    """The HTTP session was closed before the deliveries in flight were cancelled: each
-    logged its endpoint as failed ("Server disconnected, retrying") while the server
-    stopped."""
-    with FakePush() as hung:
-        env = hung_webhook_env(tmp_path, hung)
-        server = ServerProcess(env, tmp_path / "server.log").start()
-        try:
-            client = await WsClient.open(server.ws_url)
-            for n in range(6):
-                await client.send({**alert(f"now {n}", None), "rules": [always_true_rule()]})
-            await eventually(lambda: len(hung.attempts) >= 4, 20, "webhook calls that hang")
-            await client.close()
-        finally:
-            server.stop()
-    log = (tmp_path / "server.log").read_text()
-    stopping = log[log.index("Shutting down") :]
-    assert "webhook" not in stopping, stopping[:2000]

@@ -1,7 +1,9 @@
 """The Polygon provider against the fake Polygon (``tests/fakes/polygon.py``).
 
-Two layers: the provider instantiated directly (its events recorded), and end to end: the
-real ``populate.py`` and ``server.py`` (``PROVIDERS=polygon``) with a real WebSocket client.
+Two layers: the provider instantiated directly (its events recorded, ``tests/polygon_direct``),
+and end to end: the real ``populate.py`` and ``server.py`` (``PROVIDERS=polygon``) with a real
+WebSocket client. The live bars' race with REST is in ``test_polygon_races.py``, populate at
+scale in ``test_polygon_populate.py``.
 Every expectation comes from the fake's own REST aggregates (``FakePolygon.aggregates``).
 """
 
@@ -12,46 +14,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from polygon.rest.models import OptionsContract
 
-from backend import settings as config
-from backend.data_providers.polygon import PolygonProvider
 from backend.data_providers.polygon import stream as polygon_stream
-from backend.data_providers.polygon.bars import timespan
 from backend.data_providers.polygon.rest import dataset_row
 from backend.data_providers.polygon.stream import Backoff, combined_status
 from backend.errors import AuthFailed, RateLimited
 from backend.model import intervals
 from backend.model.bars import Bar
-from backend.runtime.messages import BarUpdate, Event, Notice, Status
-from bench.polygon_populate import measure
+from backend.runtime.messages import Notice
 from tests.fakes.polygon import FakePolygon
 from tests.fakes.polygon_data import contract_row, minute_bar
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
+from tests.polygon_direct import ALL_MARKETS, Direct, rest_bars, wait_until
 
 FIELDS = ("open", "high", "low", "close", "volume")
-ALL_MARKETS = "stocks,crypto,fx,indices,options"
 #: Tuesday 2026-03-10 15:58:30 UTC: New York is open (EDT); the next hour is 90 s away.
 TUESDAY = datetime(2026, 3, 10, 15, 58, 30, tzinfo=UTC)
-
-
-def rest_bars(fake: FakePolygon, ticker: str, interval: str, first: int, last: int) -> list[Bar]:
-    """The fake's REST aggregates of ``interval`` opening in ``[first, last]`` as bars."""
-    multiplier, span = timespan(interval)
-    rows = fake.aggregates(ticker, multiplier, span, first * 1000, last * 1000)
-    return [(r["t"] // 1000, r["o"], r["h"], r["l"], r["c"], float(r["v"])) for r in rows]
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds(timeout)
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def matches_rest(fake: FakePolygon, live: dict[int, Bar], ticker: str, interval: str) -> bool:
@@ -81,45 +63,6 @@ async def settled(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 # ------------------------------------------------------------------------------------------
 # The provider on its own
-
-
-class Direct:
-    """A PolygonProvider on ``fake``, recording its events."""
-
-    def __init__(self, fake: FakePolygon, markets: str = ALL_MARKETS) -> None:
-        self.fake = fake
-        self.events: list[Event] = []
-        settings = config.load_settings(
-            PROVIDERS="polygon",
-            POLYGON_API_KEY="k",
-            POLYGON_API_URL=fake.base_url,
-            POLYGON_WS_URL=f"ws://{fake.ws_feed}",
-            POLYGON_MARKETS=markets,
-        )
-        self.provider = PolygonProvider()
-        self.provider._attach("polygon", settings, self.events.append)
-        self.provider.init()
-
-    def subscribe(self, symbol: str, *intervals_: str) -> None:
-        for interval in intervals_:
-            self.provider._subscribe(1, symbol, interval)
-
-    def published(self, symbol: str, interval: str) -> dict[int, Bar]:
-        """The last bar published for each open time of ``(symbol, interval)``."""
-        found: dict[int, Bar] = {}
-        for event in list(self.events):
-            if isinstance(event, BarUpdate) and (event.symbol, event.interval) == (
-                symbol,
-                interval,
-            ):
-                found[event.bar[0]] = event.bar
-        return found
-
-    def statuses(self) -> list[Status]:
-        return [e for e in list(self.events) if isinstance(e, Status)]
-
-    def close(self) -> None:
-        self.provider.shutdown()
 
 
 @pytest.fixture
@@ -445,87 +388,6 @@ def test_the_provider_status_is_the_worst_cluster_state() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Live bars against a REST that races the stream
-
-#: 12 s into a minute; the clock runs at FIDELITY_SPEED, so a minute lasts 6 s of real time.
-MID_MINUTE = datetime(2026, 3, 10, 15, 58, 12, tzinfo=UTC)
-FIDELITY_SPEED = 10
-FAULTS = {
-    "REST trails the stream by 4 s": lambda fake: fake.lag_rest(4),
-    "REST answers 0.3 s late": lambda fake: fake.delay_rest(0.3),
-}
-
-
-def wait_for_second(fake: FakePolygon, second: int) -> int:
-    """Wait until the fake clock reaches ``second`` of a minute; the minute's open time."""
-    wait_until(lambda: fake.now_ms() // 1000 % 60 >= second, f"second {second} of the minute")
-    now = fake.now_ms() // 1000
-    return now - now % 60
-
-
-def assert_closed_minutes_equal_rest(direct: Direct, symbol: str, first: int, last: int) -> None:
-    """The last 1m bar published for each minute ``first..last`` is REST's bar, exactly."""
-    fake = direct.fake
-    expected = rest_bars(fake, symbol, "1m", first, last)
-
-    def published() -> list[Bar]:
-        return [bar for t, bar in sorted(direct.published(symbol, "1m").items()) if t <= last]
-
-    with_timeout = 5.0  # corrections that are still in flight land within this
-    deadline = time.monotonic() + seconds(with_timeout)
-    while published()[-len(expected) :] != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    got = published()
-    assert [b[0] for b in expected] == list(range(first, last + 1, 60)), "REST has every minute"
-    assert got[-len(expected) :] == expected, symbol
-
-
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_a_subscription_landing_mid_minute_forms_the_rest_bar_exactly(fault: str) -> None:
-    with FakePolygon(now=MID_MINUTE, speed=FIDELITY_SPEED, always_open=True) as fake:
-        FAULTS[fault](fake)
-        direct = Direct(fake, markets="stocks,crypto")
-        try:
-            subscribed: dict[str, int] = {}
-            for symbol, second in (("AAPL", 20), ("MSFT", 35), ("X:BTCUSD", 50)):
-                subscribed[symbol] = wait_for_second(fake, second)
-                direct.subscribe(symbol, "1m")
-            last = max(subscribed.values()) + 60  # the minute after the last subscription's
-            wait_until(lambda: fake.now_ms() >= (last + 65) * 1000, "two more minutes", 60)
-            fake.freeze(True)
-            for symbol, minute in subscribed.items():
-                assert_closed_minutes_equal_rest(direct, symbol, minute, last)
-        finally:
-            direct.close()
-
-
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_the_bar_spanning_a_stream_drop_mid_minute_is_the_rest_bar(fault: str) -> None:
-    with FakePolygon(now=MID_MINUTE, speed=FIDELITY_SPEED, always_open=True) as fake:
-        FAULTS[fault](fake)
-        direct = Direct(fake, markets="stocks,crypto")
-        try:
-            symbols = ("AAPL", "MSFT", "X:ETHUSD", "X:BTCUSD")
-            for symbol in symbols:
-                direct.subscribe(symbol, "1m")
-            wait_until(lambda: len(fake.connections()) == 2, "both clusters connected")
-            first = wait_for_second(fake, 59) + 60  # the first whole minute streamed
-            opened = dict(fake.connections_opened)
-            wait_until(lambda: fake.now_ms() >= (first + 30) * 1000, "mid-way into the minute")
-            fake.drop_connections()
-            wait_until(
-                lambda: all(fake.connections_opened[m] > opened[m] for m in opened), "reconnects"
-            )
-            last = first + 60
-            wait_until(lambda: fake.now_ms() >= (last + 65) * 1000, "the next minute", 60)
-            fake.freeze(True)
-            for symbol in symbols:
-                assert_closed_minutes_equal_rest(direct, symbol, first, last)
-        finally:
-            direct.close()
-
-
-# ------------------------------------------------------------------------------------------
 # End to end: populate.py and server.py
 
 
@@ -695,24 +557,3 @@ async def test_auth_failed_is_reported_to_clients_and_health_and_retried_with_ba
     after = len(client.messages)
     await client.wait_for("data_update", key_of("C:GBPUSD", "1m"), timeout=10, after=after)
     assert server.get("/health")["providers"]["polygon"]["status"] == "ok"
-
-
-# ------------------------------------------------------------------------------------------
-# Populate at scale
-
-POPULATE_TICKERS = 1_000_000
-POPULATE_SECONDS = 180.0  # measured: about 60 s on 2 cores (fake, populate and writer)
-POPULATE_PEAK_MB = 400.0  # measured: populate.py about 60 MB, its SQLite writer about 200 MB
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_million_option_contracts_populate_in_minutes_within_bounded_memory(
-    tmp_path: Path,
-) -> None:
-    figures = measure(POPULATE_TICKERS, tmp_path)
-    assert figures.exit_code == 0, figures.output
-    assert figures.rows == POPULATE_TICKERS
-    assert figures.requests == {"/v3/reference/options/contracts": POPULATE_TICKERS // 1000}
-    assert figures.seconds < POPULATE_SECONDS, figures
-    assert figures.peak_rss_mb < POPULATE_PEAK_MB, figures
