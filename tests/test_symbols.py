@@ -585,8 +585,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
 async def test_search_on_a_bulk_populated_chain_answers_like_a_row_by_row_model(
     chain: tuple[Path, list[Any]], query: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What search finds, not how fast: on a loaded machine the full-text stage of "spy call"
-    # (12,500 matches) once ran past the 0.25 s budget, which answers [] by design (below).
+    # What search finds, not how fast: with three test workers on two cores, the full-text
+    # stage of "spy call" once ran past the 0.25 s budget, which answers [] by design (below).
     monkeypatch.setattr(symbol_index, "SEARCH_BUDGET_SECONDS", 30.0)
     db, rows = chain
     expected = expected_search(rows, query)
