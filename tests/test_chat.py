@@ -197,6 +197,22 @@ async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker
     await client.wait_for("pong")
 
 
+async def test_an_answer_cut_off_mid_stream_ends_with_an_error_after_the_text_it_had(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """The endpoint drops the connection inside its answer: what came is shown, then why it
+    stopped, then the end marker; the socket goes on."""
+    fake.cut = True
+    try:
+        error, text = await refused(client, prompt("cut", "Cut short?"))
+    finally:
+        fake.cut = False
+    assert error["code"] == "upstream_error" and "failed" in error["message"]
+    assert text.startswith("".join(CHUNKS)) and "Error: " in text
+    await client.send({"type": "ping", "id": 3})
+    await client.wait_for("pong")
+
+
 async def test_an_answer_of_tool_calls_only_says_why_there_is_no_text(
     client: WsClient, fake: FakeChat
 ) -> None:

@@ -6,7 +6,8 @@ then ``data: [DONE]``. Requests are kept in :attr:`FakeChat.requests`; ``status`
 answer that HTTP error instead. The API key seen is checked against ``api_key``. ``raw``
 (SSE event bytes) is streamed instead of the chunks, then ``[DONE]``; ``keepalive`` keeps
 the stream open with SSE comments only, until the client goes away (:attr:`open_streams`
-counts the streams not ended yet).
+counts the streams not ended yet); ``cut`` sends the chunks, then drops the connection inside
+the chunked body (no ``finish_reason``, no ``[DONE]``, no terminating chunk).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class FakeChat:
         self.status = 200
         self.raw: list[bytes] | None = None
         self.keepalive = False
+        self.cut = False
         self.open_streams = 0
         self.requests: list[dict[str, Any]] = []
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -56,6 +58,13 @@ class FakeChat:
         await response.prepare(request)
         self.open_streams += 1
         try:
+            if self.cut and request.transport is not None:
+                for index, text in enumerate(self.chunks):
+                    await response.write(
+                        _event(body.get("model", "m"), index, {"content": text}, None)
+                    )
+                request.transport.abort()
+                return response
             await self._stream(response, body)
         finally:
             self.open_streams -= 1
