@@ -278,11 +278,10 @@ class Indicating:
         dates: dict[tuple[SeriesId, ...], bytes],
     ) -> bool:
         """The usual update of ``key`` (its cached series ``cached``; no bar closed since
-        ``since``, and each computation
-        over it peeks at the forming bar; one group of chart ids, encoded already for these
-        computations) in one pass, :meth:`GroupFrames.usual`, queued as :meth:`_push_groups`
-        would; False (nothing done) when it is not the usual update: then
-        :meth:`LiveIndicators.compute`."""
+        ``since``, each computation over it peeks at the forming bar, one group of chart ids
+        encoded already for these computations) in one pass, :meth:`GroupFrames.usual`,
+        queued as :meth:`_push_groups` would; False (nothing done) when it is not the usual
+        update: then :meth:`LiveIndicators.compute`."""
         plan = self.live.usual(key)
         if plan is None or len(plan.groups) != 1:
             return False
