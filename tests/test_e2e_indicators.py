@@ -11,6 +11,7 @@ import math
 import string
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         STREAM_LINGER_SECONDS="0.5",
         EXTRA_INDICATORS="mine.Midpoint=my_indicators:Midpoint",
         PYTHONPATH=str(tmp),
+        CANDLEWIRE_TEST_LOG=str(tmp / "calls.log"),
     ) as running:
         yield running
+
+
+def history_calls(server: ServerProcess) -> list[str]:
+    """The counting provider's ``history NAME INTERVAL`` lines so far."""
+    path = Path(server.env["CANDLEWIRE_TEST_LOG"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if line.startswith("history ")]
 
 
 def data(name: str, interval: str = "1h", **extra: object) -> dict[str, Any]:
@@ -435,7 +444,92 @@ async def test_a_failing_indicator_request_gets_an_error_and_the_empty_reply(
     await client.wait_for("pong")
 
 
-# ---------------------------------------------------------------- INDICATOR_UPDATE_SECONDS
+def _column_of(source: str, name: str, interval: str) -> dict[str, dict[str, str]]:
+    key = f"{source}-{name}-{interval}"
+    return {
+        "close": {
+            "source": source,
+            "name": name,
+            "interval": interval,
+            "value": f"{key}-close",
+            "dataKey": "close",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("data_map", "code"),
+    [
+        (_column_of("counting", "NOPE", "1h"), "unknown_symbol"),
+        (_column_of("nowhere", "AAA", "1h"), "unknown_source"),
+        (_column_of("counting", "AAA", "7m"), "unknown_interval"),
+    ],
+)
+async def test_an_indicator_over_a_series_that_cannot_be_served_is_refused_like_data(
+    server: ServerProcess, client: WsClient, data_map: dict[str, Any], code: str
+) -> None:
+    """The same checks and codes as ``data``, before any provider is asked."""
+    before = history_calls(server)
+    chart_id = f"bad-{code}"
+    await client.send(indicator("talib.overlap.SMA", chart_id, data_map=data_map))
+    error = await client.wait_for("error", lambda m: m.get("code") == code)
+    assert error["request"]["id"] == chart_id
+    empty = await client.wait_for("indicator_init", same_id(chart_id))
+    assert empty["data"] == []
+    await client.send({"type": "ping", "id": 2})
+    await client.wait_for("pong")
+    assert history_calls(server) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind", "code"),
+    [
+        ({"count": 10_001}, "indicator", "count_out_of_range"),
+        (
+            {"range": ["2026-01-01 00:00:00"], "end": "garbage"},
+            "indicator_history",
+            "invalid_field",
+        ),
+        ({"range": ["2026-01-01 00:00:00"], "end": 7}, "indicator_history", "invalid_field"),
+        (
+            {"range": ["2026-01-02 00:00:00"], "end": "2026-01-01 00:00:00"},
+            "indicator_history",
+            "invalid_field",
+        ),
+    ],
+)
+async def test_a_count_past_max_count_or_an_unreadable_end_is_refused(
+    client: WsClient, extra: dict[str, Any], kind: str, code: str
+) -> None:
+    chart_id = f"bad-{kind}-{len(str(extra))}"
+    await client.send(indicator("talib.overlap.SMA", chart_id, kind=kind, **extra))
+    error = await client.wait_for("error", lambda m: m.get("request", {}).get("id") == chart_id)
+    assert error["code"] == code, error
+    reply = "indicator_init" if kind == "indicator" else kind
+    empty = await client.wait_for(reply, same_id(chart_id))
+    assert empty["data"] == []
+
+
+async def test_a_count_of_max_count_has_a_value_in_every_row_past_the_warm_up_it_loaded(
+    client: WsClient,
+) -> None:
+    """The warm-up is loaded on top of ``count`` rows (the counting source's 1m history is
+    long enough), so no row of the answer is a warm-up ``null``."""
+    chart_id = "sma30-full"
+    await client.send(
+        indicator(
+            "talib.overlap.SMA",
+            chart_id,
+            {"timeperiod": 30},
+            {"close": column("AAA", "1m")},
+            count=10_000,
+            stream=False,
+        )
+    )
+    reply = await client.wait_for("indicator_init", same_id(chart_id), timeout=30)
+    got = values(reply, "SMA")
+    assert len(got) == 10_000
+    assert all(value is not None for value in got.values())
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,59 @@ async def test_a_scan_on_an_indicator_rule_rebinds_it_to_each_symbol(client: WsC
     assert len(set(values)) == 3  # each symbol its own RSI, not the template's
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"data": [{"source": "counting", "name": "AAA", "interval": "1h"}]},  # no "type"
+        None,  # no dataProviderConfig: the one symbol the rules read is the template
+    ],
+    ids=["items without a type", "no dataProviderConfig"],
+)
+async def test_a_scan_finds_its_template_without_typed_items(
+    client: WsClient, config: dict[str, Any] | None
+) -> None:
+    rule, indicators = rsi_rule()
+    request = scan([rule], indicators=indicators)
+    if config is None:
+        del request["dataProviderConfig"]
+    else:
+        request["dataProviderConfig"] = config
+    await client.send(request)
+    done = await finished(client)
+    assert done["matched"] == 3
+    values = [next(iter(r["data_values"].values())) for r in client.of_type("scan_result")]
+    assert len(set(values)) == 3  # each symbol its own RSI, not the template's
+
+
+async def test_a_scan_of_rules_over_several_symbols_needs_the_template_named(
+    client: WsClient,
+) -> None:
+    other = close_rule(">", 0) | {"name1": "BBB"}
+    request = scan([close_rule(">", 0), other])
+    del request["dataProviderConfig"]
+    await client.send(request)
+    error = await client.wait_for("error")
+    assert error["code"] == "bad_rule" and "dataProviderConfig" in error["message"]
+    done = await finished(client, timeout=5)
+    assert done["stopped"] and done["total"] == 0
+
+
+async def test_two_scans_in_one_frame_end_one_after_the_other(client: WsClient) -> None:
+    """The first scan's last messages ("Stopped: ...", scan_done) come before any of the
+    second's, so a client reading up to scan_done reads one scan."""
+    await client.send(scan([close_rule(">", 0)]), scan([close_rule(">", 0)], search="aaa"))
+    await client.wait_for("scan_done", lambda m: not m["stopped"])
+    kinds = [m for m in client.messages if m.get("type") in ("scan_progress", "scan_done")]
+    ends = [i for i, m in enumerate(kinds) if m["type"] == "scan_done"]
+    assert len(ends) == 2
+    first, second = kinds[: ends[0] + 1], kinds[ends[0] + 1 :]
+    assert first[-1]["stopped"] is True
+    assert [m["message"] for m in second if m["type"] == "scan_progress"] == [
+        "Scanning 1/1",
+        "Done: 1 of 1 matched",
+    ]
+
+
 async def test_scan_stop_ends_the_scan_at_once(client: WsClient) -> None:
     # HANG alone: its history never comes, so the scan is still running when stopped.
     await client.send(scan([close_rule(">", 0)], search="hang"))

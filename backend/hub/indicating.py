@@ -45,6 +45,7 @@ from backend.indicators.tails import Tails
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.wire import protocol
+from backend.wire.requests import check_count
 
 if TYPE_CHECKING:
     from backend.hub.hub import Hub
@@ -110,6 +111,9 @@ class Indicating:
                 request.config.inputs,
                 request.config.bindings,
             )
+            limit = hub.settings.MAX_COUNT
+            if request.since is None:
+                check_count(request.count, limit)
             bars = await self._bars(bound, request)
             computed = compute_history(bound, bars)
         except ProtocolError as exc:
@@ -118,7 +122,8 @@ class Indicating:
             return
         if client.id not in hub.clients:
             return
-        count = None if request.since is not None else request.count
+        # from range[0] to the end (at most MAX_COUNT rows, the newest), else the last count
+        count = limit if request.since is not None else request.count
         data = rows(
             computed, output_keys(bound, request.chart_id), request.since, count, request.until
         )
@@ -154,11 +159,15 @@ class Indicating:
     async def _bars(
         self, bound: BoundIndicator, request: messages.IndicatorRequest
     ) -> dict[SeriesId, list[Bar]]:
-        """The bars of every series of ``bound``: the rows asked for plus the warm-up."""
+        """The bars of every series of ``bound``: the rows asked for plus the warm-up. Each
+        series is checked first as ``data`` checks it (``unknown_source``, ``unknown_symbol``,
+        ``unknown_interval``, ``forbidden``), so no provider is asked for one it lacks."""
         hub = self.hub
+        for series in bound.series:
+            await hub.requests.validate(series)
         bars: dict[SeriesId, list[Bar]] = {}
         for series in bound.series:
-            count = min(self._bars_needed(bound, series, request), hub.settings.MAX_COUNT)
+            count = self._bars_needed(bound, series, request)
             answer = await hub.planner.before(series, request.until, count, hub.subs.has(series))
             if answer.error is not None and not answer.bars:
                 raise ProtocolError(
@@ -170,14 +179,18 @@ class Indicating:
     def _bars_needed(
         self, bound: BoundIndicator, series: SeriesId, request: messages.IndicatorRequest
     ) -> int:
-        warmup = bound.tail_size() or FULL_WARMUP_BARS
+        """The rows asked for (at most ``MAX_COUNT``) plus the warm-up (at most
+        ``MAX_COUNT`` too: an indicator that needs more is ``not_enough_history``), so that
+        every row but those before the first bar of the series has its value."""
+        limit = self.hub.settings.MAX_COUNT
+        warmup = min(bound.tail_size() or FULL_WARMUP_BARS, limit)
         if request.since is None:
-            return request.count + warmup
+            return min(request.count, limit) + warmup
         end = request.until
         if end is None:
             end = self.hub.clocks.now(series.source, series.name)
         span = max(0, end - request.since) // intervals.nominal_seconds(series.interval) + 1
-        return span + warmup
+        return min(span, limit) + warmup
 
     # ------------------------------------------------------------------ clients
 

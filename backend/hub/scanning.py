@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_SCANS = 8  # scans running at once on the server (one per client at most)
 SYMBOLS_AT_ONCE = 8  # symbols evaluated at once by all scans together
 PER_SCAN = 4  # symbols one scan evaluates at once
+STOP_WAIT_SECONDS = 5.0  # a new scan waits at most this long for the end of the previous
 
 
 class Scanning:
@@ -49,10 +50,17 @@ class Scanning:
         self.limits = ScanLimits(per_scan=PER_SCAN, max_bars=hub.settings.MAX_COUNT)
         self.running: dict[int, asyncio.Event] = {}
         self._tasks: tasks.Tasks = set()
+        self._scans: dict[int, asyncio.Task[Any]] = {}  # each client's last scan task
 
     async def start(self, client: Client, request: messages.ScanRequest, raw: Any) -> None:
-        """Stop the client's running scan, then scan ``request.search``'s universe."""
+        """Stop the client's running scan and wait for its last messages ("Stopped: ...",
+        ``scan_done``), then scan ``request.search``'s universe: a client never gets the
+        end of one scan among the messages of the next."""
         self.stop(client.id)
+        previous = self._scans.pop(client.id, None)
+        if previous is not None and not previous.done():
+            # the scan stops at once (its workers are cancelled); bounded all the same
+            await asyncio.wait([previous], timeout=STOP_WAIT_SECONDS)
         try:
             await self._check(request)
             if len(self.running) >= MAX_SCANS:
@@ -65,7 +73,7 @@ class Scanning:
             return  # gone while its rules were checked
         stop = asyncio.Event()
         self.running[client.id] = stop
-        tasks.start_owned(
+        self._scans[client.id] = tasks.start_owned(
             self._tasks,
             self._run(client, request, stop),
             f"scan of client {client.id}",
@@ -121,6 +129,8 @@ class Scanning:
         finally:
             if self.running.get(client.id) is stop:
                 del self.running[client.id]
+            if self._scans.get(client.id) is asyncio.current_task():
+                del self._scans[client.id]
 
     async def _universe(self, search: str) -> list[Symbol]:
         found = await self.hub.symbols.search(search, MAX_SEARCH_LIMIT)

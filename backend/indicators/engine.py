@@ -199,13 +199,13 @@ def rows(
     until: int | None = None,
 ) -> list[dict[str, object]]:
     """Wire rows from ``since`` (a bar time) to ``until`` (inclusive; None: the end), else
-    the last ``count`` rows up to ``until``."""
+    the last ``count`` rows up to ``until``; with both, the last ``count`` rows of those
+    from ``since``."""
     n = len(computed.times)
     stop = n if until is None else int(np.searchsorted(computed.times, until, side="right"))
+    start = max(0, stop - count) if count is not None else 0
     if since is not None:
-        start = int(np.searchsorted(computed.times, since))
-    else:
-        start = max(0, stop - count) if count is not None else 0
+        start = max(start, int(np.searchsorted(computed.times, since)))
     start = min(start, stop)
     out: list[dict[str, object]] = [
         {"date": intervals.format_date(t)} for t in computed.times[start:stop].tolist()

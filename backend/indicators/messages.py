@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.errors import ProtocolError
+from backend.errors import ProtocolError, RuleError
 from backend.indicators.config import IndicatorConfig, parse_indicator_config
 from backend.indicators.rules import RuleSet, parse_rule_set
 from backend.model import intervals
@@ -81,19 +81,27 @@ def _indicator(item: Mapping[str, Any], history: bool) -> IndicatorRequest:
     config = parse_indicator_config(item)
     stream = item.get("stream", True) is not False and not history
     until = _until(item) if history else None
-    return IndicatorRequest(config, history, _since(item), _count(item), stream, until)
+    since = _since(item)
+    if since is not None and until is not None and since > until:
+        raise ProtocolError("invalid_field", "'range' starts after 'end'")
+    return IndicatorRequest(config, history, since, _count(item), stream, until)
 
 
 def _until(item: Mapping[str, Any]) -> int | None:
     """``indicator_history``'s ``end``: the oldest row the chart already holds a value for,
-    so the page ends there (like ``data_history``). Unreadable or absent: up to the latest."""
+    so the page ends there (like ``data_history``). Absent, null or empty: up to the
+    latest (as Tradiny); anything but a date is ``invalid_field``, as for ``data_history``."""
     end = item.get("end")
-    if not isinstance(end, str):
+    if end is None or end == "":
         return None
+    if not isinstance(end, str):
+        raise ProtocolError("invalid_field", "'end' must be a date string YYYY-MM-DD HH:MM:SS")
     try:
         return intervals.parse_date(end[:64])
     except ValueError:
-        return None
+        raise ProtocolError(
+            "invalid_field", f"'end' {end[:64]!r} is not YYYY-MM-DD HH:MM:SS"
+        ) from None
 
 
 def _since(item: Mapping[str, Any]) -> int | None:
@@ -124,15 +132,27 @@ def _scan(item: Mapping[str, Any]) -> ScanRequest:
     if not isinstance(search, str) or not search.strip():
         raise ProtocolError("invalid_field", "'search' must be a non-empty string")
     rules = parse_rule_set(item.get("rules"), item.get("operators"), item.get("indicators"))
-    return ScanRequest(search.strip()[:200], rules, _template(item.get("dataProviderConfig")))
+    template = _template(item.get("dataProviderConfig"))
+    if template is None:
+        read = rules.symbols()
+        if len(read) > 1:
+            raise RuleError(
+                "bad_rule",
+                "the rules read several symbols: 'dataProviderConfig.data' must name the one "
+                "they are rebound from for each symbol scanned (its last data item)",
+            )
+        template = read[0] if read else None
+    return ScanRequest(search.strip()[:200], rules, template)
 
 
 def _template(config: object) -> tuple[str, str] | None:
-    """The last ``data`` item of ``dataProviderConfig.data`` (spec 4.2)."""
+    """The last data item of ``dataProviderConfig.data`` (spec 4.2): ``"type": "data"``, or
+    no ``type`` at all (a script's plain ``{source, name, interval}``); other types, such as
+    the chart's indicator items, are skipped."""
     items = config.get("data") if isinstance(config, dict) else None
     found = None
     for entry in items if isinstance(items, list) else ():
-        if isinstance(entry, dict) and entry.get("type") == "data":
+        if isinstance(entry, dict) and entry.get("type", "data") in ("data", None):
             source, name = entry.get("source"), entry.get("name")
             if isinstance(source, str) and isinstance(name, str):
                 found = (source, name)

@@ -84,6 +84,18 @@ class RuleSet:
     def operands(self) -> list[Operand]:
         return [operand for rule in self.rules for operand in (rule.left, rule.right)]
 
+    def symbols(self) -> list[tuple[str, str]]:
+        """The (source, name) of every series the rules read, data operands and indicators'
+        ``dataMap`` alike, each once, in order."""
+        found: dict[tuple[str, str], None] = {}
+        for operand in self.operands():
+            if isinstance(operand, DataOperand):
+                found[(operand.series.source, operand.series.name)] = None
+            elif isinstance(operand, IndicatorOperand):
+                for binding in operand.config.bindings:
+                    found[(binding.series.source, binding.series.name)] = None
+        return list(found)
+
     def rebound(self, old: tuple[str, str], new: tuple[str, str]) -> RuleSet:
         """The same rules over ``new`` (source, name) wherever they read ``old``."""
         return replace(self, rules=tuple(_rebound_rule(rule, old, new) for rule in self.rules))
