@@ -350,3 +350,27 @@ async def test_an_oversize_frame_closes_with_1009_and_others_go_on(
 def test_the_whole_run_left_no_traceback_in_the_server_log(server: ServerProcess) -> None:
     text = Path(server.log_path).read_text(errors="replace")
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("kind", ["data", "data_history"])
+@pytest.mark.parametrize(
+    ("field", "value"), [("name", ""), ("name", None), ("interval", 5), ("source", "x" * 300)]
+)
+async def test_a_request_with_an_unusable_series_field_still_gets_its_empty_reply(
+    server: ServerProcess, kind: str, field: str, value: Any
+) -> None:
+    """The error, then the empty data_init / data_history the client waits for, the fields
+    echoed when they are strings (clipped) and null otherwise."""
+    client = await WsClient.open(server.ws_url)
+    try:
+        await client.send(request(kind, **{field: value}))
+        error = await client.wait_for("error")
+        assert error["code"] in ("missing_field", "invalid_field"), error
+        reply_type = "data_init" if kind == "data" else "data_history"
+        reply = await client.wait_for(reply_type)
+        assert reply["data"] == [] and reply["metadata"] is None
+        echoed = value[:200] if isinstance(value, str) else None
+        assert reply[field] == echoed
+        assert reply["name" if field != "name" else "source"] in ("AAA", "counting")
+    finally:
+        await client.close()

@@ -300,8 +300,12 @@ class Requests:
     def _bad_request(self, client: Client, bad: protocol.BadRequest) -> None:
         self.hub.metrics.inc("candlewire_request_errors_total", code=bad.code)
         self.hub.send(client, protocol.error_message(bad.code, bad.message, bad.raw))
-        if bad.series is not None and bad.reply_type is not None:
+        if bad.reply_type is None:
+            return
+        if bad.series is not None:
             self.hub.send(client, protocol.series_message(bad.reply_type, bad.series, []))
+        elif isinstance(bad.raw, dict):
+            self.hub.send(client, protocol.empty_reply(bad.reply_type, bad.raw))
 
     def _provider_error(
         self, client: Client, error: ProviderError | StorageError, raw: Any

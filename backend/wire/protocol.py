@@ -12,7 +12,7 @@ invalid JSON and nesting deeper than :data:`MAX_DEPTH` into a :class:`ProtocolEr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ MAX_DEPTH = 32
 ECHO_LIMIT = 1024
 MESSAGE_LIMIT = 400
 MAX_ID_CHARS = 256
+MAX_FIELD_CHARS = 200  # of a source, name or interval
 MAX_TYPE_ECHO = 32  # characters of an unknown type quoted back (the known list is long)
 # Request types of the indicators and the scanner (backend.indicators.messages.TYPES).
 INDICATOR_TYPES = ("search_indicators", "indicator", "indicator_history", "scan", "scan_stop")
@@ -219,7 +220,7 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
     try:
         series = _series(item)
     except ProtocolError as exc:
-        return BadRequest(exc.code, exc.message, item)
+        return BadRequest(exc.code, exc.message, item, reply_type="data_init")
     try:
         count = _count(item, max_count)
         stream = item.get("stream", True)
@@ -237,7 +238,7 @@ def _parse_history(item: dict[str, Any], max_count: int) -> Request:
     try:
         series = _series(item)
     except ProtocolError as exc:
-        return BadRequest(exc.code, exc.message, item)
+        return BadRequest(exc.code, exc.message, item, reply_type="data_history")
     try:
         count = _count(item, max_count)
         check_interval(series)
@@ -323,8 +324,10 @@ def _series(item: dict[str, Any]) -> SeriesId:
         value = item.get(field)
         if value is None:
             raise ProtocolError("missing_field", f"request needs {field!r}")
-        if not isinstance(value, str) or not value or len(value) > 200:
-            raise ProtocolError("invalid_field", f"{field!r} must be a non-empty string")
+        if not isinstance(value, str) or not value or len(value) > MAX_FIELD_CHARS:
+            raise ProtocolError(
+                "invalid_field", f"{field!r} must be a string of 1 to {MAX_FIELD_CHARS} characters"
+            )
         values.append(value)
     return SeriesId(*values)
 
@@ -347,6 +350,18 @@ def _count(item: dict[str, Any], max_count: int) -> int:
 def encode(message: dict[str, Any]) -> bytes:
     """One server message as UTF-8 JSON (the payload of one text frame)."""
     return orjson.dumps(message)
+
+
+def empty_reply(kind: str, item: Mapping[str, Any]) -> bytes:
+    """The empty ``data_init`` / ``data_history`` of a request whose source, name or
+    interval is not a usable string: each echoed when a string (clipped to
+    :data:`MAX_FIELD_CHARS`), else null, so that a client waiting for the reply of that
+    request gets one."""
+    echoed = {}
+    for field in ("source", "name", "interval"):
+        value = item.get(field)
+        echoed[field] = value[:MAX_FIELD_CHARS] if isinstance(value, str) else None
+    return encode({"type": kind, **echoed, "metadata": None, "data": []})
 
 
 def series_message(
