@@ -38,6 +38,7 @@ from backend import __version__
 from backend.access.guard import Access, AccessMiddleware
 from backend.access.identity import current_client, may_read
 from backend.api.cors import add_cors
+from backend.api.head import HeadAsGet
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
 from backend.api.udf import router as udf_router
@@ -181,6 +182,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     app.include_router(udf_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(HeadAsGet)  # innermost: the routes see a GET
     app.add_middleware(AccessMiddleware, access=access)
     add_cors(app, settings)
     _warn_if_open(settings)
@@ -238,10 +240,11 @@ def create_node_app(settings: Settings) -> FastAPI:
     )
     # The hub's rules (README "Security"): /health is a public liveness answer whose
     # details need a key, /metrics needs one unless METRICS_PUBLIC, requests are rate-limited.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(AccessMiddleware, access=Access(settings))
     _warn_if_open(settings)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
         node: ProviderNode = request.app.state.node
         detail = {"version": __version__, **node.health()}

@@ -4,8 +4,9 @@
 
 - :class:`RedactSecrets` replaces every configured secret value (the settings' ``SecretStr``
   fields, environment variables named like keys, secrets, tokens and passwords, and the
-  userinfo of a URL in any setting or variable: ``http://bob:pw@host``) with
-  ``***`` in the message, its arguments and its traceback, at every level;
+  userinfo of a URL in any setting or variable: ``http://bob:pw@host``), and the value of
+  a credential in a URL's query (``?token=``, ``&apiKey=``, valid or not), with ``***`` in
+  the message, its arguments and its traceback, at every level;
 - :class:`RateLimitRepeats` lets a traceback from one place through at most once per
   interval, and a warning or error from one place at most ``WARNING_BURST`` times, and counts
   the repeats it held back, so a client that triggers a bug in a loop, or an upstream that
@@ -40,6 +41,10 @@ MIN_SECRET_CHARS = 4
 SECRET_ENV_SUFFIXES = ("_KEY", "_KEYS", "_SECRET", "_TOKEN", "_PASSWORD")
 # The userinfo of a URL: after "scheme://", before an "@" that comes before the host's end.
 URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*)@")
+# A credential in a URL's query (``/websocket/?token=...``, as uvicorn's access log shows it).
+QUERY_CREDENTIAL = re.compile(
+    r"([?&](?:token|access_token|api_key|apikey|apiKey|key)=)[^&\s\"'#]+", re.IGNORECASE
+)
 # Loggers that log frame or request payloads at DEBUG.
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
@@ -119,8 +124,6 @@ class RedactSecrets(logging.Filter):
         self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # bad %-arguments: the handler reports those itself
@@ -141,6 +144,8 @@ class RedactSecrets(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if "=" in text:  # a credential in a query string, valid or not (a near miss is one)
+            text = QUERY_CREDENTIAL.sub(r"\1" + MASK, text)
         return text
 
 

@@ -177,6 +177,31 @@ async def test_a_jwt_limited_to_some_symbols_cannot_read_others_anywhere(
     assert (status, body["error"]) == (403, "forbidden")
 
 
+async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
+    server: ServerProcess,
+) -> None:
+    """OpenBB's live grid, over REST and its socket: a forbidden symbol is an error row and
+    never streams."""
+    limited = bearer("grid", symbols=["AAA"])
+    status, rows, _ = http(server, "/openbb/live_grid?symbol=AAA,BBB", **limited)
+    assert status == 200
+    by_symbol = {row["symbol"]: row for row in rows}
+    assert by_symbol["AAA"].get("price") is not None
+    assert by_symbol["BBB"].get("price") is None
+    assert "no permission" in json.dumps(by_symbol["BBB"])
+    status, rows, _ = http(server, "/openbb/live_grid?symbol=BBB", **bearer("src", sources=["x"]))
+    assert status == 200 and rows[0].get("price") is None
+    url = server.ws_url.replace("/websocket/", "/openbb/live_grid_ws")
+    grid = await WsClient.open(f"{url}?token={token('grid', symbols=['AAA'])}")
+    try:
+        await grid.send_raw(json.dumps({"params": {"symbol": "AAA,BBB"}}))
+        await eventually(lambda: sum(1 for m in grid.messages if m.get("symbol") == "AAA") >= 3)
+        rows_of_bbb = [m for m in grid.messages if m.get("symbol") == "BBB"]
+        assert len(rows_of_bbb) == 1 and rows_of_bbb[0].get("price") is None
+    finally:
+        await grid.close()
+
+
 # ---------------------------------------------------------------------- HTTP
 
 
@@ -198,6 +223,25 @@ def test_health_is_a_public_liveness_answer_and_details_need_a_key(server: Serve
     _, detail, _ = http(server, "/health", **bearer())
     assert detail["providers"]["counting"]["pid"] > 0
     assert http(server, "/health", method="HEAD")[0] == 200
+
+
+def test_head_answers_every_get_route_with_its_headers_and_no_body(server: ServerProcess) -> None:
+    for path in ("/metrics", "/udf/config", "/widgets.json", "/api/symbols?q=AAA", "/"):
+        got, _, headers = http(server, path, **bearer())
+        status, empty, head_headers = http(server, path, method="HEAD", **bearer())
+        assert (status, empty) == (got, ""), path
+        assert head_headers["Content-Type"] == headers["Content-Type"], path
+    assert http(server, "/udf/config", method="HEAD")[0] == 401
+
+
+def test_a_udf_refusal_carries_the_datafeed_error_shape_too(server: ServerProcess) -> None:
+    """The Charting Library's adapter reads the body, not the status."""
+    status, body, _ = http(server, "/udf/symbols?symbol=AAA")
+    assert status == 401
+    assert body["s"] == "error" and body["errmsg"] == body["message"]
+    assert body["error"] == "unauthorized"
+    status, body, _ = http(server, "/api/symbols?q=A")
+    assert status == 401 and "s" not in body
 
 
 def test_the_web_page_itself_needs_no_token(server: ServerProcess) -> None:

@@ -175,6 +175,29 @@ def test_the_upstream_budget_refuses_with_a_retry_time_and_logs_once(
     fair.admit_fetch(KEY)  # another caller has its own budget
 
 
+@pytest.mark.parametrize("connection", ["", "127.0.0.1/7"], ids=["http", "socket"])
+def test_the_local_user_has_no_upstream_budget_but_counts_in_the_providers_share(
+    connection: str,
+) -> None:
+    """README "Security": limits keyed by an address do not apply to loopback; the
+    provider's own budget (its fair shares) still does."""
+    fair = FairUse(
+        settings(UPSTREAM_CALLS_PER_SECOND=1, UPSTREAM_BURST=3, PROVIDER_CALLS_PER_SECOND=4)
+    )
+    local = Identity(client="127.0.0.1", address="127.0.0.1", connection=connection)
+    token = current.set(local)
+    try:
+        for _ in range(15):  # five times the burst: the provider's 4/s x 5 s window is 20
+            fair.admit_fetch(KEY)
+        for _ in range(5):
+            fair.admit_fetch(KEY)
+        with pytest.raises(RateLimited) as refused:
+            fair.admit_fetch(KEY)
+        assert "retry after" in str(refused.value)
+    finally:
+        current.reset(token)
+
+
 def test_a_tier_sets_the_limits_it_names_and_keeps_the_global_ones_it_leaves_out() -> None:
     tiers = Tiers(
         settings(

@@ -63,6 +63,18 @@ def test_a_secret_is_masked_in_the_message_its_arguments_and_the_traceback() -> 
     assert "ValueError: rejected ***" in text
 
 
+def test_a_credential_in_a_query_string_is_masked_even_when_it_is_not_configured() -> None:
+    """uvicorn's access log shows the query: a refused token may be a near miss of a real
+    one, so every ``token=`` / ``apiKey=`` value is masked, valid or not."""
+    logger, stream = capture([])
+    logger.info('%s - "%s %s HTTP/1.1" %d', "127.0.0.1:5", "GET", "/websocket/?token=abc.def", 403)
+    logger.info("GET /v2/aggs?limit=5&apiKey=POLY-123#x and /udf/history?symbol=A&to=1")
+    text = stream.getvalue()
+    assert "abc.def" not in text and "POLY-123" not in text
+    assert "/websocket/?token=*** HTTP/1.1" in text and "&apiKey=***#x" in text
+    assert "?symbol=A&to=1" in text
+
+
 def test_a_client_text_with_line_breaks_cannot_forge_a_log_line() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -167,17 +167,22 @@ class FairUse:
             wait = self.request_wait(identity)
 
     def admit_fetch(self, key: SeriesId) -> None:
-        """Charge one upstream history call to the current caller, or raise ``RateLimited``."""
+        """Charge one upstream history call to the current caller, or raise ``RateLimited``.
+        A caller known only by a loopback address has no budget of its own (as for every
+        limit keyed by an address), but its calls still count in the provider's fair
+        shares."""
         caller = current.get()
         upstream = self.tiers.of(caller.tier).upstream
-        if not self.limiter.test(upstream, caller.budget_key):
+        budgeted = not keyed_by_address(caller)
+        if budgeted and not self.limiter.test(upstream, caller.budget_key):
             wait = self._reset_in(upstream, caller.budget_key)
             self._refuse(caller, key, wait, "its upstream budget")
         share = self.shares.setdefault(key.source, ProviderShare(self.provider_rate))
         wait_share = share.admit(caller.budget_key, self.clock())
         if wait_share is not None:
             self._refuse(caller, key, wait_share, f"its fair share of {key.source}")
-        self.limiter.hit(upstream, caller.budget_key)
+        if budgeted:
+            self.limiter.hit(upstream, caller.budget_key)
 
     def _refuse(self, caller: Identity, key: SeriesId, wait: float, what: str) -> None:
         self.refused += 1

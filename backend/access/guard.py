@@ -191,8 +191,18 @@ async def deny_socket(scope: Scope, send: Send, denied: AccessDenied) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-async def deny_http(send: Send, status: int, message: str, retry_after: float = 0.0) -> None:
-    extra = {"retry_after": retry_after} if retry_after else {}
+UDF_PATH = "/udf"  # backend.api.udf.PREFIX (the access layer does not import the routes)
+
+
+async def deny_http(
+    send: Send, status: int, message: str, retry_after: float = 0.0, path: str = ""
+) -> None:
+    """The refusal of an HTTP request. Under ``/udf`` the body also carries the datafeed's
+    error shape, ``"s": "error"`` and ``"errmsg"``: the Charting Library's adapter reads
+    bodies, not status codes, and would take any other JSON for an answer."""
+    extra: dict[str, Any] = {"retry_after": retry_after} if retry_after else {}
+    if path == UDF_PATH or path.startswith(UDF_PATH + "/"):
+        extra.update(s="error", errmsg=message)
     body = error_body(status, message, **extra)
     headers = _error_headers(status, len(body))
     if retry_after:
@@ -229,12 +239,14 @@ class AccessMiddleware:
             identity = access.identify(scope)
         except AccessDenied as denied:
             if not access.public(scope):
-                await deny_http(send, denied.status, denied.message)
+                await deny_http(send, denied.status, denied.message, path=scope["path"])
                 return
             identity = ANONYMOUS
         wait = access.fair.request_wait(identity)
         if wait > 0 and not access.public(scope):
-            await deny_http(send, 429, f"too many requests; retry after {wait:.1f} s", wait)
+            await deny_http(
+                send, 429, f"too many requests; retry after {wait:.1f} s", wait, scope["path"]
+            )
             return
         scope.setdefault("state", {})["identity"] = identity
         token = current.set(identity)

@@ -18,6 +18,7 @@ import orjson
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from backend.access.identity import may_read
 from backend.api.udf import full_name, resolve_symbol
 from backend.errors import CandlewireError, ProtocolError
 from backend.model import intervals
@@ -291,7 +292,10 @@ async def resolve_grid_symbol(hub: Hub, symbol: str) -> GridSymbol:
     source = str(details["source"])
     if hub.supervisor.get(source) is None:
         return GridSymbol(symbol, label=label, error=f"provider {source!r} is not enabled")
-    return GridSymbol(symbol, SeriesId(source, str(details["name"]), interval), label)
+    key = SeriesId(source, str(details["name"]), interval)
+    if not may_read(key):  # the caller's token limits its sources or symbols
+        return GridSymbol(symbol, label=label, error=f"no permission to read {symbol}")
+    return GridSymbol(symbol, key, label)
 
 
 async def grid_row(hub: Hub, item: GridSymbol) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Liveness for anyone; for an authenticated caller (anyone with ``AUTH=none``) also the
     process state per provider (pid, restarts, last update), clients and cache figures."""
