@@ -356,3 +356,27 @@ def test_polling_sees_the_forming_bar_move(server: ServerProcess) -> None:
             assert after["v"][-1] > before["v"][-1]
         else:  # a new bar opened
             assert after["t"][-1] == before["t"][-1] + step
+
+
+@pytest.mark.parametrize(
+    ("prices", "scale"),
+    [([102.595, 102.6, 101.0], 1000), ([4.5, 4.25], 100), ([4.5], 100), ([4500.0, 4510.0], 100),
+     ([-0.891, 0.5], 1000), ([0.00001234], 10**8), ([None, 62_094.14], 100)],
+)  # fmt: skip
+def test_pricescale_is_ten_to_the_decimals_the_prices_are_written_with(
+    prices: list[float | None], scale: int
+) -> None:
+    assert udf.pricescale(1.0, prices) == scale
+
+
+def test_pricescale_of_computed_prices_keeps_about_six_significant_digits() -> None:
+    assert udf.pricescale(99.1032, [99.10320910305694, 100.0]) == 1000
+    assert udf.pricescale(84_000.0, [1 / 3]) == 100
+
+
+def test_symbol_info_reads_the_closed_bars_not_a_partial_forming_one() -> None:
+    closed = [(0, 102.5, 102.595, 102.4, 102.59, 1000.0), (60, 102.59, 102.6, 102.5, 102.55, 7.0)]
+    forming = (120, 102.55, 102.56, 102.5, 102.5531234567, 4232.5)  # a replay's partial bar
+    info = udf.symbol_info(ROW, [*closed, forming])
+    assert info["pricescale"] == 1000
+    assert info["volume_precision"] == 0

@@ -84,8 +84,10 @@ UDF_RESOLUTION: dict[str, str] = {
 }
 SUPPORTED_RESOLUTIONS = [UDF_RESOLUTION[i] for i in intervals.INTERVALS]
 DAY_OR_LONGER = frozenset({"1d", "1w", "1M"})
+SEARCH_LIMIT = 30  # /search without a limit
 SEARCH_LIMIT_MAX = 100
 DEFAULT_PRICESCALE = 10_000
+MAX_PRICE_DECIMALS = 8
 LOOKUP_LIMIT = 20
 RECENT_BARS = 50  # bars read for pricescale and volume_precision
 TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
@@ -156,12 +158,39 @@ def range_count(start: int, end: int, interval: str, limit: int) -> int:
     return max(1, min(limit, math.ceil((end - start) / step) + 1))
 
 
-def pricescale(price: float | None) -> int:
-    """``10 ** decimals`` for a price: at least 2 decimals, about 6 significant digits."""
+def pricescale(price: float | None, prices: Iterable[float | None] = ()) -> int:
+    """``10 ** decimals`` (protocols.md 3.2): the decimals ``prices`` (the closed bars' open,
+    high, low and close) are written with, at least 2 (a few whole or one-decimal prices do
+    not show that the instrument has none) and at most :data:`MAX_PRICE_DECIMALS` (102.595
+    -> 1000, 4.5 -> 100); when they need more (computed prices) or there are none, about 6
+    significant digits of ``price`` (the newest close), at least 2 decimals."""
+    decimals = 2
+    seen = False
+    for value in prices:
+        if value is None or not math.isfinite(value):
+            continue
+        used = decimals_of(value, MAX_PRICE_DECIMALS)
+        if used is None:
+            seen = False
+            break
+        seen = True
+        decimals = max(decimals, used)
+    if seen:
+        return int(10**decimals)
     if price is None or not math.isfinite(price) or price == 0:
         return DEFAULT_PRICESCALE
     decimals = max(2, min(10, 4 - math.floor(math.log10(abs(price)))))
     return int(10**decimals)
+
+
+def decimals_of(value: float, most: int) -> int | None:
+    """The decimals ``value`` is written with (``4.5`` -> 1, ``3e6`` -> 0), within float
+    noise; ``None`` when more than ``most``."""
+    tolerance = 1e-12 * max(1.0, abs(value))  # float noise of decimal fractions
+    for decimals in range(most + 1):
+        if abs(round(value, decimals) - value) <= tolerance:
+            return decimals
+    return None
 
 
 # Category words of the dataset rows -> the Charting Library's instrument ``type``.
@@ -222,11 +251,8 @@ def volume_precision(volumes: Iterable[float | None]) -> int:
     for volume in volumes:
         if volume is None or not math.isfinite(volume):
             continue
-        tolerance = 1e-12 * max(1.0, abs(volume))  # float noise of decimal fractions
-        while precision < MAX_VOLUME_PRECISION:
-            if abs(round(volume, precision) - volume) <= tolerance:
-                break
-            precision += 1
+        used = decimals_of(volume, MAX_VOLUME_PRECISION)
+        precision = max(precision, MAX_VOLUME_PRECISION if used is None else used)
     return precision
 
 
@@ -236,8 +262,10 @@ def full_name(details: dict[str, Any]) -> str:
 
 def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any]:
     """A LibrarySymbolInfo for one dataset row; its ``recent`` bars set ``pricescale`` and
-    ``volume_precision``."""
+    ``volume_precision``: the closed ones where there are (a forming bar's figures may be
+    partial, as a replay's volume so far), else the newest."""
     price = recent[-1][4] if recent else None
+    closed = recent[:-1] if len(recent) > 1 else recent
     offered = set(details.get("intervals") or intervals.INTERVALS)
     resolutions = resolutions_of(details)
     intraday = [UDF_RESOLUTION[i] for i in intervals.INTERVALS[:11] if i in offered]
@@ -254,7 +282,7 @@ def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any
         "exchange": exchange,
         "listed_exchange": exchange,
         "format": "price",
-        "pricescale": pricescale(price),
+        "pricescale": pricescale(price, (v for bar in closed for v in bar[1:5])),
         "minmov": 1,
         "has_intraday": bool(intraday),
         "intraday_multipliers": intraday,
@@ -266,7 +294,7 @@ def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any
         "monthly_multipliers": ["1"],
         "has_empty_bars": False,
         "visible_plots_set": "c" if details.get("type") == LINE else "ohlcv",
-        "volume_precision": volume_precision(bar[5] for bar in recent),
+        "volume_precision": volume_precision(bar[5] for bar in closed),
         "data_status": "streaming",
         "supported_resolutions": resolutions,
     }
@@ -453,12 +481,13 @@ async def symbols(request: Request, symbol: str = "") -> Response:
 
 @router.get("/search")
 async def search(request: Request, query: str = "", type: str = "", exchange: str = "") -> Response:
-    """Up to ``limit`` symbols; the adapter upper-cases ``query``, so matching ignores case."""
+    """Up to ``limit`` symbols (none, 0 or less: the default); the adapter upper-cases
+    ``query``, so matching ignores case."""
     hub = _hub(request)
     limit, problem = int_param(request, "limit")
     if problem is not None:
         return json_response(error(problem))
-    limit = max(1, min(limit or 30, SEARCH_LIMIT_MAX))
+    limit = min(limit if limit is not None and limit > 0 else SEARCH_LIMIT, SEARCH_LIMIT_MAX)
     enabled = _enabled(hub)
     source = canonical_source(exchange, enabled) if exchange else None
     prefix, sep, rest = query.partition(":")
