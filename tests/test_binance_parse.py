@@ -108,6 +108,23 @@ def test_combined_stream_frames_are_classified() -> None:
     assert stream_message({"unexpected": True}) is None
 
 
+def test_a_refusal_in_the_nested_error_form_is_a_refusal_too() -> None:
+    """Binance's stream server answers a bad SUBSCRIBE with ``{"error": {...}, "id"}``; the
+    docs' table shows the flat ``{"code", "msg", "id"}``: both are refusals."""
+    nested = {"error": {"code": 2, "msg": "Invalid request: unknown stream"}, "id": 7}
+    assert stream_message(nested) == ControlReply(7, "2 Invalid request: unknown stream")
+    flat = {"code": 2, "msg": "Invalid request", "id": 8}
+    assert stream_message(flat) == ControlReply(8, "2 Invalid request")
+
+
+def test_a_kline_event_without_the_combined_wrapper_is_still_its_streams_data() -> None:
+    wrapped = load("stream_kline_forming.json")
+    bare = stream_message(wrapped["data"])
+    assert isinstance(bare, StreamData)
+    assert bare.stream == "btcusdt@kline_1m" and bare.data == wrapped["data"]
+    assert stream_message({"e": "kline", "k": {"s": 5}}) is None
+
+
 def test_stream_names_are_lower_case_symbols_and_keep_the_month_interval_upper_case() -> None:
     assert stream_name("BTCUSDT", "1m") == "btcusdt@kline_1m"
     assert stream_name("BTCUSDT", "1M") == "btcusdt@kline_1M"

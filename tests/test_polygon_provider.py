@@ -22,7 +22,7 @@ from polygon.rest.models import OptionsContract
 from backend.data_providers.polygon import stream as polygon_stream
 from backend.data_providers.polygon.rest import dataset_row
 from backend.data_providers.polygon.stream import Backoff, combined_status
-from backend.errors import AuthFailed, RateLimited
+from backend.errors import AuthFailed, ProviderUnavailable, RateLimited
 from backend.model import intervals
 from backend.model.bars import Bar
 from backend.runtime.messages import Notice
@@ -346,6 +346,18 @@ def test_rest_errors_become_candlewire_errors_without_sleeping_out_retry_after(
                 stranger.provider.get_history("AAPL", "1d", "2026-03-01 00:00:00", "now UTC", 5)
         finally:
             stranger.close()
+
+
+@pytest.mark.parametrize("status", ["ERROR", "NOT_AUTHORIZED"])
+def test_a_200_answer_whose_status_is_an_error_is_an_error_not_a_range_without_bars(
+    tuesday: FakePolygon, direct: Direct, status: str
+) -> None:
+    """The client library reads such a page as one without results: an empty chart, and
+    a year of "no bars" remembered."""
+    tuesday.fail_rest(200, times=1, body_status=status)
+    with pytest.raises((ProviderUnavailable, AuthFailed), match="injected 200"):
+        direct.provider.get_history("AAPL", "1d", "2026-03-01 00:00:00", "now UTC", 5)
+    assert direct.provider.get_history("AAPL", "1d", "2026-03-01 00:00:00", "now UTC", 5)
 
 
 def test_shutdown_leaves_no_polygon_thread_behind(tuesday: FakePolygon) -> None:

@@ -792,10 +792,18 @@ class FakePolygon:
         with self._lock:
             self._auth_pending_every = every
 
-    def fail_rest(self, status: int = 500, times: int = 1, retry_after: int | None = None) -> None:
-        """Answer the next ``times`` REST requests with ``status`` (urllib3 retries 429/5xx)."""
+    def fail_rest(
+        self,
+        status: int = 500,
+        times: int = 1,
+        retry_after: int | None = None,
+        body_status: str = "ERROR",
+    ) -> None:
+        """Answer the next ``times`` REST requests with ``status`` (urllib3 retries 429/5xx)
+        and a body whose ``status`` is ``body_status`` (Polygon answers some failures with
+        200 and ``"status": "ERROR"``)."""
         headers = [] if retry_after is None else [(b"retry-after", str(retry_after).encode())]
-        body = {"status": "ERROR", "request_id": _rid(), "error": f"injected {status}"}
+        body = {"status": body_status, "request_id": _rid(), "error": f"injected {status}"}
         with self._lock:
             self._rest_failures.extend([(status, body, headers)] * times)
 

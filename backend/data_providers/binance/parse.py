@@ -217,8 +217,17 @@ def stream_message(message: object) -> StreamMessage | None:
         return StreamData(message["stream"], data)
     if "result" in message and "id" in message:
         return ControlReply(message["id"])
-    if "code" in message:
+    error = message.get("error")
+    if isinstance(error, Mapping):  # {"error": {"code": 2, "msg": "Invalid request"}, "id": 1}
+        return ControlReply(message.get("id"), f"{error.get('code')} {error.get('msg')}")
+    if "code" in message:  # the flat form of the docs' error table
         return ControlReply(message.get("id"), f"{message.get('code')} {message.get('msg')}")
+    kline = payload.get("k")
+    if payload.get("e") == "kline" and isinstance(kline, Mapping):
+        # a kline event without the combined stream's wrapper (a raw /ws stream, a relay)
+        symbol, interval = kline.get("s"), kline.get("i")
+        if isinstance(symbol, str) and isinstance(interval, str):
+            return StreamData(stream_name(symbol, interval), payload)
     return None
 
 

@@ -55,6 +55,7 @@ OUTPUTS = [
     for name in ("open", "high", "low", "close", "volume")
 ]
 _RATE_STATUSES = frozenset((413, 429, 503))
+_FAILED = frozenset(("ERROR", "NOT_AUTHORIZED"))  # a body's status that is a failure
 _AUTH_WORDS = ("api key", "not_authorized", "not authorized", "unauthorized", "entitle")
 
 
@@ -93,12 +94,29 @@ class _Retry(Retry):
         return retry
 
 
+class _CheckedClient(RESTClient):  # type: ignore[misc]
+    """polygon-api-client's ``RESTClient``, but a 200 answer that says ``"status": "ERROR"``
+    (or ``NOT_AUTHORIZED``) or is not JSON raises ``BadResponse`` like a non-200 one: the
+    client library reads both as a page without results, which would make a failure look
+    like a range without bars, and be remembered as one."""
+
+    def _decode(self, resp: Any) -> Any:
+        text = resp.data.decode("utf-8", errors="replace")
+        try:
+            decoded = self.json.loads(text)
+        except ValueError:
+            raise BadResponse(text[:200] or "an empty answer") from None
+        if isinstance(decoded, dict) and str(decoded.get("status", "")).upper() in _FAILED:
+            raise BadResponse(text)
+        return decoded
+
+
 class PolygonRest:
     """Tickers and aggregates from ``base_url`` with ``api_key``; thread-safe."""
 
     def __init__(self, api_key: str, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client: Any = RESTClient(api_key=api_key, base=self.base_url, retries=RETRIES)
+        self._client: Any = _CheckedClient(api_key=api_key, base=self.base_url, retries=RETRIES)
         self._client.client = urllib3.PoolManager(
             num_pools=4,
             maxsize=POOL_SIZE,
