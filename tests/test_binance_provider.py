@@ -28,7 +28,7 @@ from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, 
 from backend.data_providers.binance.parse import KlineUpdate, stream_name
 from backend.data_providers.binance.rest import RestGate
 from backend.data_providers.binance.stream import StreamManager
-from backend.errors import RateLimited, UnknownSymbol
+from backend.errors import ProviderUnavailable, RateLimited, UnknownSymbol
 from backend.model import intervals
 from tests.fakes.binance import FakeBinance, thread_event_loop
 from tests.fakes.binance_data import DEFAULT_LISTED_AT
@@ -578,6 +578,52 @@ def test_history_pages_are_exact_across_the_thousand_row_limit() -> None:
         assert [r[0] for r in rows] == [start + i * MINUTE_MS for i in range(2501)]
         assert rows[-1] == fake.klines("ETHUSDT", "1m", limit=1)[0]
         assert [r.params["limit"] for r in fake.requests] == ["1000"] * 3
+
+
+def test_a_server_that_pages_by_fewer_rows_is_asked_again_not_taken_as_the_end() -> None:
+    """A relay or an emulator may cap pages below ``limit``: a short page that stops before
+    the range's end is not its end (the rest would be remembered as a range without
+    bars); the usual last page (the forming bar) ends it without another request."""
+    now = frozen_ms(0)
+    with FakeBinance(now_ms=now) as fake, thread_event_loop():
+        fake.max_klines = 500
+        gate = RestGate(fake.api_url)
+        try:
+            start = now - now % MINUTE_MS - 2500 * MINUTE_MS
+            rows = gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+            asked = len(fake.requests)
+            ended = gate.klines(
+                "ETHUSDT", "1m", start, start + 299 * MINUTE_MS, time.monotonic() + 10
+            )
+        finally:
+            gate.close()
+        assert [r[0] for r in rows] == [start + i * MINUTE_MS for i in range(2501)]
+        assert asked == 6  # five pages of 500, then the forming bar alone
+        assert len(ended) == 300 and len(fake.requests) == asked + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(502, "<html><body>502 Bad Gateway</body></html>"), (503, ""), (200, "not json")],
+)
+def test_a_transient_failure_is_retried_within_the_deadline(status: int, body: str) -> None:
+    now = frozen_ms(0)
+    with FakeBinance(now_ms=now) as fake, thread_event_loop():
+        gate = RestGate(fake.api_url)
+        try:
+            fake.fail_next(status, count=2, body=body)
+            start = now - now % MINUTE_MS - 9 * MINUTE_MS
+            rows = gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+            assert len(rows) == 10
+            assert [r.status for r in fake.requests] == [status, status, 200]
+            fake.fail_next(status, count=3, body=body)
+            with pytest.raises(ProviderUnavailable):
+                gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+            fake.fail_next(500, count=1)
+            with pytest.raises(ProviderUnavailable):  # no time left for a retry
+                gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 0.5)
+        finally:
+            gate.close()
 
 
 def test_provider_history_is_empty_before_the_listing_and_names_unknown_symbols() -> None:

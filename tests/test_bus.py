@@ -125,17 +125,21 @@ async def test_two_hubs_get_identical_updates_from_one_upstream_stream(
             what="updates on both hubs",
         )
         seen_a, seen_b = updates(a, "AAA"), updates(b, "AAA")
-        # Both saw the same stream: the states of the bar in the same order, and every
-        # state that neither hub saw at the start or end of its window reached both hubs
-        # as many times (each batch crossed Redis once, to both).
+        # Both saw the same stream: the states of the bar in the same order, and the states
+        # that neither hub saw at the start or end of its window reached both hubs about as
+        # many times (each batch crossed Redis once, to both). Not exactly as many: a hub
+        # whose client's outbox still holds an unsent update of the bar replaces it with the
+        # next (forming-bar conflation), so on a loaded machine one hub may deliver a
+        # repeated state fewer times; a batch delivered twice would double the count.
         states_a, states_b = distinct(seen_a), distinct(seen_b)
         common = [s for s in states_a if s in states_b]
         assert common == [s for s in states_b if s in states_a]
         assert len(common) >= 2
         ends = {seen_a[0], seen_a[-1], seen_b[0], seen_b[-1]}
-        for state in common:
-            if state not in ends:
-                assert seen_a.count(state) == seen_b.count(state)
+        interior = [state for state in common if state not in ends]
+        count_a = sum(seen_a.count(state) for state in interior)
+        count_b = sum(seen_b.count(state) for state in interior)
+        assert count_a < 2 * count_b and count_b < 2 * count_a, (count_a, count_b)
         active = deployment.active()
         standby = next(n for n in deployment.nodes if n is not active)
         assert log_of(active).count("first AAA 1m") == 1

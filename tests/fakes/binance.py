@@ -246,6 +246,8 @@ class FakeBinance:
         self._tasks: set[asyncio.Task[None]] = set()
         # faults
         self._injected: list[tuple[int, float]] = []  # (status, retry_after) per request
+        self._failures: list[tuple[int, str]] = []  # (status, raw body) per request
+        self.max_klines: int | None = None  # a page size of its own, below ``limit``
         self._silent_until = 0.0
         self._refusals = 0  # SUBSCRIBE frames still to refuse
         self._cuts_ms: list[int] = []
@@ -536,6 +538,13 @@ class FakeBinance:
         with self._lock:
             self._injected.extend([(status, retry_after)] * count)
 
+    def fail_next(self, status: int, count: int = 1, body: str = "") -> None:
+        """Answer the next ``count`` REST requests with ``status`` and ``body`` as it is
+        (a proxy's HTML 502, say; empty: Binance's -1000 JSON), charging no weight."""
+        raw = body or json.dumps({"code": -1000, "msg": "An unknown error occurred."})
+        with self._lock:
+            self._failures.extend([(status, raw)] * count)
+
     def drop_connections(self) -> int:
         """Abort every WebSocket's TCP connection without a close frame; returns how many."""
         return self._call(self._drop_all())
@@ -651,14 +660,24 @@ class FakeBinance:
         weight = WEIGHTS.get(endpoint, 1)
         headers: dict[str, str] = {}
         with self._lock:
-            injected = self._injected.pop(0) if self._injected else None
-            if injected is None:
+            failure = self._failures.pop(0) if self._failures else None
+            injected = self._injected.pop(0) if self._injected and failure is None else None
+            if failure is not None:
+                self._requests.append(RestRequest(target.path, params, wall, mono, failure[0], 0))
+            elif injected is None:
                 used = self._used_weight(mono)
                 if used + weight > self.weight_limit:
                     wait = self._weights[0][0] + 60 - mono if self._weights else 1.0
                     injected = (429, max(1, int(wait + 0.999)))
                 else:
                     self._weights.append((mono, weight))
+        if failure is not None:
+            h = Headers()
+            h["Content-Type"] = "application/json" if failure[1][:1] == "{" else "text/html"
+            h["Content-Length"] = str(len(failure[1].encode()))
+            h["Connection"] = "close"
+            phrase = http.HTTPStatus(failure[0]).phrase
+            return Response(failure[0], phrase, h, failure[1].encode())
         if injected is not None:
             status, retry_after = injected
             weight = 0
@@ -778,7 +797,7 @@ class FakeBinance:
                 params["interval"],
                 self._int_param(params, "startTime"),
                 self._int_param(params, "endTime"),
-                DEFAULT_KLINES if limit is None else limit,
+                min(DEFAULT_KLINES if limit is None else limit, self.max_klines or 10**9),
                 now=self.now_ms(),
             )
         except KlineQueryError as exc:

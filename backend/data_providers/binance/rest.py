@@ -39,6 +39,7 @@ from backend.errors import (
     RateLimited,
     UnknownSymbol,
 )
+from backend.model import intervals
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ EXCHANGE_INFO_WEIGHT = 20
 PAGE_LIMIT = 1000
 MAX_PAGES = 500
 MAX_ATTEMPTS = 5
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 10.0  # a request without a deadline (populate's exchangeInfo)
+MAX_REQUEST_TIMEOUT = 30.0
+TRANSIENT_RETRIES = 2  # after a 5xx, an answer that is not JSON, a failed connection
+RETRY_PAUSE = 0.5  # seconds before the first such retry, then twice that
 DEFAULT_RETRY_AFTER = {429: 10.0, 418: 120.0}
 MAX_RETRY_AFTER = 3 * 86400.0  # Binance's longest IP ban: a longer (or infinite) one is not
 _STATE_OF = {429: "rate_limited", 418: "banned"}
@@ -113,13 +117,24 @@ class RestGate:
                 )
             page = self._page(symbol, interval, cursor, end_ms, deadline)
             rows.extend(page)
-            if len(page) < PAGE_LIMIT:
+            if not page or (len(page) < PAGE_LIMIT and self._reached(page, interval, end_ms)):
                 return rows
             cursor = int(page[-1][0]) + 1
             if end_ms is not None and cursor > end_ms:
                 return rows
         logger.warning("binance: %s %s: stopped after %d pages", symbol, interval, MAX_PAGES)
         return rows
+
+    def _reached(self, page: list[list[Any]], interval: str, end_ms: int | None) -> bool:
+        """Whether a page shorter than asked ends the klines: no bar can open after its last
+        row by ``end_ms`` (or by now, for ``None``: the last row is the forming bar).
+        Binance fills every page but the last; a server that pages by a smaller size of its
+        own (a relay, an emulator) is asked again from after the last row rather than
+        leaving the rest of the range empty, and remembered so. A clock a little ahead of
+        the exchange's costs one more request, which comes back empty."""
+        step = intervals.nominal_seconds(interval) * 1000 if intervals.is_interval(interval) else 0
+        target = end_ms if end_ms is not None else int(self._wall() * 1000)
+        return int(page[-1][0]) + step > target
 
     def close(self) -> None:
         """Close the HTTP sessions of every client."""
@@ -161,26 +176,56 @@ class RestGate:
         request: Callable[[Any], T],
         symbol: str = "",
     ) -> T:
-        """Run ``request(client)`` once the budget allows; retry after a 429/418."""
-        for _ in range(MAX_ATTEMPTS):
+        """Run ``request(client)`` once the budget allows; retry after a 429/418, and up to
+        :data:`TRANSIENT_RETRIES` times after a 5xx, an answer that is not JSON or a failed
+        connection (Binance: a 5xx "does not necessarily mean failure"; these are reads),
+        when ``deadline`` leaves the time."""
+        transient = 0
+        for _ in range(MAX_ATTEMPTS + TRANSIENT_RETRIES):
             client = self._client()
             self._admit(weight, deadline, what)
             client.response = None
+            client._requests_params = {"timeout": self._timeout(deadline)}  # per call
             try:
                 return request(client)
             except BinanceAPIException as exc:
-                if exc.status_code not in (429, 418):
-                    raise translate(exc, what, symbol) from exc
-                self._limited(exc.status_code, exc.response, what)
+                if exc.status_code in (429, 418):
+                    self._limited(exc.status_code, exc.response, what)
+                    continue
+                error: ProviderError = translate(exc, what, symbol)
+                if exc.status_code < 500 or not self._may_retry(transient, deadline):
+                    raise error from exc
+                last: BaseException = exc
             except BinanceRequestException as exc:
-                raise ProviderUnavailable(f"binance: {what}: invalid response") from exc
+                if not self._may_retry(transient, deadline):
+                    raise ProviderUnavailable(f"binance: {what}: invalid response") from exc
+                last = exc
             except requests.RequestException as exc:
-                raise ProviderUnavailable(  # no URL: this text reaches clients
-                    f"binance: {what}: upstream unreachable ({type(exc).__name__})"
-                ) from exc
+                if not self._may_retry(transient, deadline):
+                    raise ProviderUnavailable(  # no URL: this text reaches clients
+                        f"binance: {what}: upstream unreachable ({type(exc).__name__})"
+                    ) from exc
+                last = exc
             finally:
                 self._settle(client, weight)
+            transient += 1
+            logger.info("binance: %s: %s; retrying (%d)", what, _brief(last), transient)
+            time.sleep(RETRY_PAUSE * transient)
         raise RateLimited(f"binance: {what}: still rate limited after {MAX_ATTEMPTS} tries")
+
+    def _may_retry(self, done: int, deadline: float | None) -> bool:
+        """Whether a transient failure may be retried: retries left, and the pause and a
+        request's worth of time before ``deadline``."""
+        if done >= TRANSIENT_RETRIES:
+            return False
+        return deadline is None or self._clock() + RETRY_PAUSE * (done + 1) + 1.0 < deadline
+
+    def _timeout(self, deadline: float | None) -> float:
+        """A request's timeout: what ``deadline`` leaves (``HISTORY_TIMEOUT``), 1 to
+        :data:`MAX_REQUEST_TIMEOUT` s; :data:`REQUEST_TIMEOUT` without one."""
+        if deadline is None:
+            return REQUEST_TIMEOUT
+        return max(1.0, min(MAX_REQUEST_TIMEOUT, deadline - self._clock()))
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -315,3 +360,9 @@ def _retry_after(response: Any, default: float) -> float:
     if not math.isfinite(seconds):
         return default
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _brief(error: BaseException) -> str:
+    """A failure in a few words, for the log: no URL (requests' texts carry one)."""
+    status = getattr(error, "status_code", None)
+    return f"HTTP {status}" if isinstance(status, int) else type(error).__name__
