@@ -186,6 +186,29 @@ async def test_a_client_chosen_webhook_is_refused_unless_the_operator_allows_it(
             await client.close()
 
 
+async def test_an_alert_named_by_nothing_gets_an_owner_key_that_lists_and_deletes_it(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """Without a push subscription or an owner, nothing would name the alert: the server
+    makes it an owner key and says it in ``alert_created``."""
+    with ServerProcess(env_for(tmp_path, fake), tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            await client.send(alert("no push", None), alert("with a key", None, owner="mine"))
+            await eventually(lambda: len(client.of_type("alert_created")) == 2, 10, "two alerts")
+            made, chosen = client.of_type("alert_created")
+            assert chosen["owner"] == "mine"
+            key = made["owner"]
+            assert isinstance(key, str) and len(key) >= 20 and key != "mine"
+            assert listed_alert(server, key, made["id"])["owner"] == key
+            await client.send({"type": "alert_delete", "id": made["id"], "owner": key})
+            deleted = await client.wait_for("alert_deleted")
+            assert deleted["id"] == made["id"]
+            assert listed_alert(server, key, made["id"]) == {}
+        finally:
+            await client.close()
+
+
 async def test_an_alert_fires_on_the_first_update_that_makes_its_rule_true(
     tmp_path: Path, fake: FakePush
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from backend.model.bars import SeriesId
 MAX_MESSAGE = 1_000
 MAX_URL = 2_000
 MAX_OWNER = 200
+OWNER_KEY_BYTES = 16  # an owner key the server makes (22 characters)
 MAX_KEY = 200  # characters of a subscription key (p256dh: 87, auth: 22)
 MAX_SPEC_BYTES = 64 * 1024  # the stored alert as JSON
 P256DH_BYTES = 65  # an uncompressed P-256 point
@@ -146,6 +148,10 @@ def parse_alert(
     owner = raw.get("owner")
     if owner is not None and (not isinstance(owner, str) or not 0 < len(owner) <= MAX_OWNER):
         raise ProtocolError("invalid_field", f"'owner' must be 1 to {MAX_OWNER} characters")
+    if owner is None and subscription is None:
+        # Nothing else would name it: an owner key of its own, sent back in alert_created,
+        # so that whoever made it can list and delete it.
+        owner = secrets.token_urlsafe(OWNER_KEY_BYTES)
     spec = {
         "message": message,
         "rules": [{k: v for k, v in rule.items() if k in RULE_KEYS} for rule in rules],

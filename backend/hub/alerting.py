@@ -275,6 +275,8 @@ class Alerting:
         logger.info("alert %d created by client %d on %s", alert.id, client.id, alert.series)
         if client.id in self.hub.clients:
             message = {"type": "alert_created", "id": alert.id, "expires_at": int(expires)}
+            if alert.owner is not None:
+                message["owner"] = alert.owner  # the key that lists and deletes it
             self.hub.send(client, protocol.encode(message))
         self.sending.push(alert, f"Alert added: {alert.message}")
         for key in alert.series:
