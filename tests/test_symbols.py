@@ -128,6 +128,16 @@ async def test_every_term_must_match(index: SymbolIndex) -> None:
     assert await names(index, "hathaway") == ["BRK.A", "BRK.B"]
 
 
+async def test_a_word_found_nowhere_else_is_looked_for_inside_the_symbols(
+    index: SymbolIndex,
+) -> None:
+    assert await names(index, "usdt") == ["ETHUSDT"]  # no word starts with it: inside
+    assert await names(index, "tcus") == ["X:BTCUSD"]
+    assert await names(index, "sdt", source="test") == []  # the source filter holds
+    assert await names(index, "usd") != ["ETHUSDT", "X:BTCUSD"]  # words start with "usd"
+    assert await names(index, "zzzq") == [] and await names(index, "tc us") == []
+
+
 async def test_categories_source_and_source_label_words_match(index: SymbolIndex) -> None:
     assert await names(index, "crypto") == ["ETHUSDT", "X:BTCUSD"]  # shortest first
     assert await names(index, "xnas") == ["AAL", "AAPL", "AAPB"]  # then in populate order

@@ -10,7 +10,9 @@ Search ranks an exact symbol first (ignoring case), then symbols that start with
 symbol or the words of ``name_label``, ``categories``, ``source`` or ``source_label``, its
 last word as a prefix. Search words are lower-cased runs of letters or of digits without
 accents, so ``O:SPY251219C00450000`` is also found by ``spy 251219`` and ``BRK.B`` by
-``brk b``. User text reaches the FTS5 query syntax only as such words, quoted.
+``brk b``. User text reaches the FTS5 query syntax only as such words, quoted. A one-word
+query none of these find is looked for inside the symbols (``usd`` finds ``BTCUSD``), in a
+table of at most 200,000 symbols.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _MAX_QUERY_WORDS = 12
 _PREFIX_MIN_LENGTH = 2
 _PREFIX_WORDS = 24
 _PREFIX_SCAN = 2000
+_CONTAINED_MAX_ROWS = 200_000
 _POPULATE_HINT = "run `python populate.py` to fill it"
 Found = tuple[int, str, str, str, str | None, str]
 
@@ -114,6 +117,31 @@ def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: str | Non
         if len(found) >= limit:
             break
     return found
+
+
+def _contained(conn: sqlite3.Connection, text: str, limit: int, source: str | None) -> list[Found]:
+    """Rows whose symbol contains ``text`` ignoring case (``usd`` finds ``BTCUSD``), shortest
+    first: for a one-word query the other stages found nothing for, in a symbol table small
+    enough to scan (at most :data:`_CONTAINED_MAX_ROWS`; a million option contracts are
+    not scanned on every keystroke)."""
+    lower = text.lower()
+    if " " in lower or len(lower) < _PREFIX_MIN_LENGTH:
+        return []
+    bounded = "SELECT count(*) FROM (SELECT 1 FROM symbols LIMIT ?)"  # stops counting past it
+    rows = conn.execute(bounded, (_CONTAINED_MAX_ROWS + 1,)).fetchone()[0]
+    if rows > _CONTAINED_MAX_ROWS:
+        return []
+    sql, params = _with_source(
+        f"{_SELECT} WHERE instr(s.name_lower, ?) > 0 {{source}} ORDER BY s.nlen, s.name_lower"
+        " LIMIT ?",
+        source,
+        (lower,),
+    )
+    try:
+        return conn.execute(sql, (*params, limit)).fetchall()
+    except sqlite3.OperationalError as exc:  # past the search's time budget
+        logger.warning("substring search for %r stopped: %s", text, exc)
+        return []
 
 
 def _longer_words(conn: sqlite3.Connection, word: str) -> list[str]:
@@ -212,6 +240,8 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: str | None
             found.setdefault(row[0], row)
         if len(found) >= limit:
             break
+    if not found:
+        return _contained(conn, text, limit, source)
     return list(found.values())[:limit]
 
 
