@@ -135,6 +135,19 @@ def test_an_indicator_over_two_symbols_aligns_them_on_common_dates(
     np.testing.assert_array_equal(computed.values[0], expected)
 
 
+def test_two_series_without_a_common_date_say_so_not_that_nothing_is_cached(
+    indicators: Indicators,
+) -> None:
+    btc, eth = make_bars(50, seed=1), make_bars(50, seed=2, start=T0 + 3600 * 100)
+    bindings = [Binding("high", BTC, "close"), Binding("low", ETH, "close")]
+    bound = bind(indicators, "talib.statistics.CORREL", {"timeperiod": 10}, bindings)
+    with pytest.raises(IndicatorError, match="have no bar date in common") as caught:
+        compute_history(bound, {BTC: btc, ETH: eth})
+    assert caught.value.code == "no_data"
+    with pytest.raises(IndicatorError, match="no bars cached"):
+        compute_history(bound, {BTC: btc, ETH: []})
+
+
 def _live_matches_batch(indicators: Indicators, indicator_id: str) -> None:
     indicator = indicators.get(indicator_id)
     bindings = [Binding(c, BTC, c if c in FIELDS else "close") for c in indicator.columns]

@@ -176,6 +176,10 @@ def compute_history(bound: BoundIndicator, bars: Mapping[SeriesId, Sequence[Bar]
     computed = compute(bound, bars)
     if len(computed.times) == 0:
         names = ", ".join(str(series) for series in bound.series)
+        if len(bound.series) > 1 and all(bars.get(series) for series in bound.series):
+            raise IndicatorError(
+                "no_data", f"{bound.indicator.name}: {names} have no bar date in common"
+            )
         raise IndicatorError("no_data", f"{bound.indicator.name}: no bars cached for {names}")
     if len(computed.times) <= bound.lookback:
         raise IndicatorError(

@@ -153,7 +153,9 @@ class ClusterConnection:
             await self._session()
         except Rejected as exc:
             return str(exc), self._rejects
-        except (OSError, TimeoutError, WebSocketException, ValueError) as exc:
+        except TimeoutError:  # its text is empty: say which wait ran out
+            return f"no handshake within {HANDSHAKE_TIMEOUT:g} s (TimeoutError)", self._drops
+        except (OSError, WebSocketException, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}", self._drops
         except Exception as exc:  # the task's top: log the traceback, reconnect later
             logger.exception("polygon %s: the stream failed", self.cluster)
