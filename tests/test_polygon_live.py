@@ -12,6 +12,7 @@ from typing import Any
 from backend.data_providers.polygon.bars import fold_bars
 from backend.data_providers.polygon.live import MAX_RECHECKS, RECHECK_SECONDS, LiveBars
 from backend.data_providers.polygon.wire import LiveAgg
+from backend.errors import ProviderUnavailable
 from backend.model.bars import Bar
 
 MINUTE = 1_773_158_280  # a minute's open time (2026-03-10 15:58 UTC)
@@ -156,3 +157,37 @@ def test_a_rest_that_never_catches_up_is_given_up_on_after_the_last_recheck() ->
         setup.stream(t, t)
         runs += setup.jobs.run()
     assert runs == MAX_RECHECKS + 1
+
+
+class NoSeconds(Rest):
+    """A REST server that refuses the ``second`` timespan (an emulator or relay)."""
+
+    def __call__(
+        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+    ) -> list[Bar]:
+        if timespan == "second":
+            raise ProviderUnavailable("polygon: 1 second aggregates of AAPL: invalid timespan")
+        return super().__call__(ticker, multiplier, timespan, start, end)
+
+
+def test_a_rest_without_second_aggregates_still_gives_live_bars() -> None:
+    """The seed is the minutes REST has; the stream's seconds fold on top from the first
+    one; the key trails, then goes live after its rechecks: live bars, never a seed that
+    fails forever."""
+    setup = Setup(horizon=MINUTE + 60 + 40)
+    setup.rest = setup.live._fetch = NoSeconds(setup.rest.horizon)  # type: ignore[assignment]
+    setup.stream(MINUTE + 70, MINUTE + 72)
+    assert setup.jobs.run() == 1
+    minute = MINUTE + 60
+    assert setup.bar(minute) == fold_bars(
+        minute, [second(t) for t in range(minute + 10, minute + 13)]
+    )
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)  # a closed minute
+    runs = 0
+    for t in range(minute + 13, minute + 13 + 2 * MAX_RECHECKS):
+        setup.now += RECHECK_SECONDS
+        setup.stream(t, t)
+        runs += setup.jobs.run()
+    assert runs == MAX_RECHECKS
+    last = minute + 12 + 2 * MAX_RECHECKS
+    assert setup.bar(last - last % 60)[4] == second(last)[4]  # live: the newest second shows

@@ -61,7 +61,7 @@ from backend.data_providers.polygon.bars import (
     timespan,
 )
 from backend.data_providers.polygon.wire import LiveAgg
-from backend.errors import CandlewireError
+from backend.errors import CandlewireError, ProviderUnavailable, UnknownSymbol
 from backend.model.bars import Bar
 
 logger = logging.getLogger(__name__)
@@ -265,10 +265,27 @@ class LiveBars:
                      key.state.value, seed.cut)  # fmt: skip
 
     def _fetch_seed(self, key: _Key, first: int) -> _Seed:
-        """REST's part of the key's bars: everything up to the last second REST has."""
-        recent = self._fetch(
-            key.ticker, 1, "second", first - first % 60, max(int(self._wall()), first) + OPEN_END
-        )
+        """REST's part of the key's bars: everything up to the last second REST has. A REST
+        server that serves no second aggregates (an emulator or relay that refuses the
+        timespan) is taken as one that has none yet: the key trails, its bars are the
+        minutes REST has plus the stream, and it goes live after its rechecks."""
+        try:
+            recent = self._fetch(
+                key.ticker,
+                1,
+                "second",
+                first - first % 60,
+                max(int(self._wall()), first) + OPEN_END,
+            )
+        except (ProviderUnavailable, UnknownSymbol) as exc:
+            if key.rechecks == 0:
+                logger.warning(
+                    "polygon: no second aggregates of %s (%s); its live bar starts from the"
+                    " minutes REST has",
+                    key.ticker,
+                    exc,
+                )
+            recent = []
         caught_up = bool(recent) and recent[-1][0] >= first
         cut = recent[-1][0] if caught_up else first  # REST's last second may be forming
         return _Seed(cut, caught_up, self._missed(key, cut), self._seed_bar(key, cut, recent))
