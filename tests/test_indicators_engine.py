@@ -14,6 +14,7 @@ from backend.errors import IndicatorError
 from backend.indicators.base import Memory
 from backend.indicators.engine import (
     Binding,
+    BoundIndicator,
     LiveComputation,
     bind,
     compute,
@@ -121,12 +122,17 @@ def test_non_finite_values_are_null_on_the_wire(indicators: Indicators) -> None:
     assert [row["p"] for row in wire] == [None] * 5
 
 
+def correl_of_btc_and_eth(indicators: Indicators) -> BoundIndicator:
+    """CORREL(10) of BTC's and ETH's closes (two series, joined on their dates)."""
+    bindings = [Binding("high", BTC, "close"), Binding("low", ETH, "close")]
+    return bind(indicators, "talib.statistics.CORREL", {"timeperiod": 10}, bindings)
+
+
 def test_an_indicator_over_two_symbols_aligns_them_on_common_dates(
     indicators: Indicators,
 ) -> None:
     btc, eth = make_bars(300, seed=1), make_bars(300, seed=2, start=T0 + 3600 * 100)
-    bindings = [Binding("high", BTC, "close"), Binding("low", ETH, "close")]
-    bound = bind(indicators, "talib.statistics.CORREL", {"timeperiod": 10}, bindings)
+    bound = correl_of_btc_and_eth(indicators)
     computed = compute_history(bound, {BTC: btc, ETH: eth})
     assert list(computed.times) == [bar[0] for bar in btc[100:]]
     expected = talib.CORREL(
@@ -139,8 +145,7 @@ def test_two_series_without_a_common_date_say_so_not_that_nothing_is_cached(
     indicators: Indicators,
 ) -> None:
     btc, eth = make_bars(50, seed=1), make_bars(50, seed=2, start=T0 + 3600 * 100)
-    bindings = [Binding("high", BTC, "close"), Binding("low", ETH, "close")]
-    bound = bind(indicators, "talib.statistics.CORREL", {"timeperiod": 10}, bindings)
+    bound = correl_of_btc_and_eth(indicators)
     with pytest.raises(IndicatorError, match="have no bar date in common") as caught:
         compute_history(bound, {BTC: btc, ETH: eth})
     assert caught.value.code == "no_data"
