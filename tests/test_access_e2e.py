@@ -202,6 +202,35 @@ async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
         await grid.close()
 
 
+async def test_a_jwt_limited_to_some_symbols_neither_finds_nor_scans_the_others(
+    server: ServerProcess,
+) -> None:
+    """Search, the scanner's universe and UDF's symbol info: what the token may not read is
+    not there (a scan would otherwise send the others' closes in its data_values)."""
+    client = await open_socket(server, "finder", symbols=["AAA"])
+    try:
+        await client.send({"type": "search_data", "search": ""})
+        found = await client.wait_for("search_data_done")
+        assert [row["name"] for row in found["results"]] == ["AAA"]
+        rule = {
+            "type1": "data", "source1": "counting", "name1": "AAA", "interval1": "1h",
+            "key1": "close", "comparator": ">", "type2": "value", "value2": "0",
+        }  # fmt: skip
+        await client.send({"type": "scan", "search": "counting", "rules": [rule]})
+        done = await client.wait_for("scan_done", timeout=20)
+        assert done["total"] == 1
+        assert [r["data"]["name"] for r in client.of_type("scan_result")] == ["AAA"]
+    finally:
+        await client.close()
+    limited = bearer("finder", symbols=["AAA"])
+    _, body, _ = http(server, "/api/symbols?q=", **limited)
+    assert [row["name"] for row in body["results"]] == ["AAA"]
+    _, info, _ = http(server, "/udf/symbols?symbol=BBB", **limited)
+    assert info["s"] == "error" and "no permission" in info["errmsg"]
+    _, found, _ = http(server, "/udf/search?query=&limit=30", **limited)
+    assert [item["symbol"] for item in found] == ["AAA"]
+
+
 # ---------------------------------------------------------------------- HTTP
 
 

@@ -121,7 +121,7 @@ async def symbol_options(request: Request, query: str = "", source: str = "") ->
     if problem is not None:
         return _error(400, "invalid_field", problem)
     limit = max(1, min(limit or DEFAULT_OPTIONS, MAX_OPTIONS))
-    results = await _hub(request).symbols.search(query, limit, source or None)
+    results = await _hub(request).search_symbols(query, limit, source or None)
     return json_response(
         [option(r["details"]) for r in results if isinstance(r.get("details"), dict)]
     )

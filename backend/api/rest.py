@@ -71,7 +71,7 @@ async def symbols(
     limit = DEFAULT_SYMBOLS if limit is None else limit
     if not 1 <= limit <= MAX_SYMBOLS:
         return _error(400, "invalid_field", f"'limit' {limit} out of range 1..{MAX_SYMBOLS}")
-    results = await _hub(request).symbols.search(q, limit, source)
+    results = await _hub(request).search_symbols(q, limit, source)
     return {"query": q, "results": results}
 
 

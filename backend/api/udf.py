@@ -476,6 +476,8 @@ async def symbols(request: Request, symbol: str = "") -> Response:
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return json_response(error(f"unknown symbol {quote(symbol)}"))
+    if not may_read(SeriesId(str(details["source"]), str(details["name"]), "")):
+        return json_response(error(f"no permission to read {full_name(details)}"))
     return json_response(symbol_info(details, await recent_bars(hub, details)))
 
 
@@ -495,7 +497,7 @@ async def search(request: Request, query: str = "", type: str = "", exchange: st
         source, query = canonical_source(prefix, enabled), rest
     # A type filter drops rows after the search, so it searches deeper.
     depth = TYPE_SEARCH_DEPTH if type else SEARCH_LIMIT_MAX
-    results = await hub.symbols.search(query.strip(), depth, source)
+    results = await hub.search_symbols(query.strip(), depth, source)
     items = []
     for result in results:
         details = result.get("details")

@@ -251,6 +251,18 @@ class Hub:
             self.upstream.sync(key, client.id)
         logger.info("client %d disconnected (%d clients)", client.id, len(self.clients))
 
+    async def search_symbols(
+        self, query: str, limit: int, source: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The symbol search (:meth:`SymbolIndex.search`) less the rows the current caller
+        may not read (a token's ``sources`` / ``symbols``; every row without access
+        control): what a restricted token sees of the others, it may not have."""
+        results = await self.symbols.search(query, limit, source)
+        may_read = self.may_read
+        if may_read is None:
+            return results
+        return [row for row in results if may_read(_series_of_row(row))]
+
     def send(self, client: Client, message: bytes, slot: Any = None) -> None:
         """Queue one encoded message (``protocol.*``) for ``client``."""
         if not client.outbox.push(text_frame(message), slot):
@@ -453,3 +465,10 @@ class Hub:
         m.describe("candlewire_updates_delivered_total", "data_update frames queued to clients")
         m.describe("candlewire_history_fetches_total", "get_history calls made to providers")
         m.describe("candlewire_request_errors_total", "error messages sent, by code")
+
+
+def _series_of_row(row: dict[str, Any]) -> SeriesId:
+    """The series of a search row as :func:`may_read` reads it (its source and name)."""
+    details = row.get("details")
+    details = details if isinstance(details, dict) else {}
+    return SeriesId(str(details.get("source", "")), str(details.get("name", "")), "")

@@ -238,7 +238,7 @@ class Requests:
         return frame
 
     async def _search(self, client: Client, search: str) -> None:
-        results = await self.hub.symbols.search(search, SEARCH_LIMIT)
+        results = await self.hub.search_symbols(search, SEARCH_LIMIT)
         self.hub.send(client, protocol.search_done(search, results))
 
     # ------------------------------------------------------------------ indicators, scans

@@ -133,7 +133,7 @@ class Scanning:
                 del self._scans[client.id]
 
     async def _universe(self, search: str) -> list[Symbol]:
-        found = await self.hub.symbols.search(search, MAX_SEARCH_LIMIT)
+        found = await self.hub.search_symbols(search, MAX_SEARCH_LIMIT)
         return [
             Symbol(row["details"]["source"], row["details"]["name"], row)
             for row in found
