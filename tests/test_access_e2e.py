@@ -220,6 +220,20 @@ async def test_a_jwt_limited_to_some_symbols_neither_finds_nor_scans_the_others(
         done = await client.wait_for("scan_done", timeout=20)
         assert done["total"] == 1
         assert [r["data"]["name"] for r in client.of_type("scan_result")] == ["AAA"]
+        column = {"source": "counting", "name": "BBB", "interval": "1h", "value": "x"}
+        await client.send(
+            {
+                "type": "indicator",
+                "id": "sma-of-bbb",
+                "indicator": {"id": "talib.overlap.SMA"},
+                "inputs": {"timeperiod": 1},
+                "dataMap": {"close": column | {"dataKey": "close"}},
+            }
+        )
+        refused = await client.wait_for("error", lambda m: m.get("code") == "forbidden")
+        assert "counting:BBB" in refused["message"]
+        empty = await client.wait_for("indicator_init")
+        assert empty["data"] == []
     finally:
         await client.close()
     limited = bearer("finder", symbols=["AAA"])
