@@ -444,6 +444,22 @@ async def test_a_failing_indicator_request_gets_an_error_and_the_empty_reply(
     await client.wait_for("pong")
 
 
+async def test_an_indicator_sent_before_its_data_in_a_frame_is_answered_after_it(
+    client: WsClient,
+) -> None:
+    """Tradiny answers every data item of a frame first: the front end merges the
+    indicator's rows into the data table that data_init creates."""
+    chart_id = "sma-before-data"
+    mark = len(client.messages)
+    await client.send(
+        indicator("talib.overlap.SMA", chart_id, {"timeperiod": 5}, stream=False),
+        data("AAA", stream=False),
+    )
+    await client.wait_for("indicator_init", same_id(chart_id), after=mark)
+    kinds = [m["type"] for m in client.messages[mark:]]
+    assert kinds.index("data_init") < kinds.index("indicator_init"), kinds
+
+
 def _column_of(source: str, name: str, interval: str) -> dict[str, dict[str, str]]:
     key = f"{source}-{name}-{interval}"
     return {

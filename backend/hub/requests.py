@@ -70,12 +70,12 @@ class Requests:
         )
 
     async def take_frame(self, client: Client, text: str | bytes) -> None:
-        """Apply one frame's requests in order; their I/O replies follow as jobs."""
+        """Apply one frame's requests in order, the extensions' (indicators, scans, alerts,
+        chat) after the others (:func:`core_first`); their I/O replies follow as jobs."""
         settings = self.hub.settings
         wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
-        for request in protocol.parse_frame(
-            text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT
-        ):
+        requests = protocol.parse_frame(text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT)
+        for request in core_first(requests):
             if client.id not in self.hub.clients:
                 return
             if wait > 0:  # over the caller's request rate: refused, the socket stays open
@@ -356,3 +356,19 @@ class Requests:
     def _over_subscription_limit(self, client: Client, key: SeriesId) -> bool:
         keys = self.hub.subs.keys_of(client.id)
         return key not in keys and len(keys) >= self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
+
+
+_EXTENSIONS = (protocol.IndicatorsRequest, protocol.AlertRequest, protocol.ChatRequest)
+
+
+def core_first(requests: list[protocol.Request]) -> list[protocol.Request]:
+    """A frame's requests with the extensions' (indicators, scans, alerts, chat) moved after
+    the others, each group in its order: Tradiny answers every ``data`` item of a frame
+    first (protocols.md 1.12), so an ``indicator`` sent before the ``data`` of its series
+    comes after that ``data_init``. The core requests (``data``, ``data_history``,
+    ``unsubscribe``, ...) keep their order among themselves, and so the subscriptions
+    that order gives."""
+    if not any(isinstance(request, _EXTENSIONS) for request in requests):
+        return requests
+    core = [r for r in requests if not isinstance(r, _EXTENSIONS)]
+    return core + [r for r in requests if isinstance(r, _EXTENSIONS)]
