@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.alerts.delivery import Delivery, Outcome
+from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
 from backend.alerts.destinations import PublicResolver, public_problem
 from backend.alerts.model import check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
@@ -44,6 +44,31 @@ async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
     assert fake.titles("ok") == ["BTC above 90k"]
     push = next(p for p in fake.pushes if p.token == "ok")
     assert push.vapid_key.rstrip("=") == VapidKeys.load_or_create(tmp_path).public_key().rstrip("=")
+
+
+@pytest.mark.parametrize("letter", ["a", "ü", "😀"])
+async def test_a_long_title_is_cut_to_fit_one_push_record(
+    fake: FakePush, tmp_path: Path, letter: str
+) -> None:
+    """RFC 8291 asks for one record and services take 4096 bytes: 1000 emoji as JSON
+    escapes were 12 KB, three records, and a 413 that is not retried."""
+    sender = delivery(tmp_path)
+    subscription = check_subscription(fake.subscription(f"long-{letter}"))
+    assert subscription is not None
+    title = "Alert added: " + letter * 1000
+    try:
+        outcome = await sender.push(subscription, {"notification": {"title": title}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.SENT
+    (got,) = fake.titles(f"long-{letter}")
+    assert title.startswith(got.removesuffix("…"))
+    if letter == "😀":  # 4 bytes each: 4,000 do not fit
+        assert got.endswith("…") and len(got) > 500
+    else:  # 1 and 2 bytes each, unescaped: they fit whole
+        assert got == title
+    plain = push_plaintext({"notification": {"title": title}})
+    assert plain is not None and len(plain) <= MAX_PUSH_PLAINTEXT
 
 
 async def test_a_push_is_retried_on_5xx_then_delivered(fake: FakePush, tmp_path: Path) -> None:

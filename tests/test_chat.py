@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeChat) -> Iterator
 
 @pytest.fixture
 async def client(server: ServerProcess, fake: FakeChat) -> AsyncIterator[WsClient]:
-    fake.delay, fake.status, fake.raw, fake.keepalive = 0.0, 200, None, False
+    fake.delay, fake.status, fake.raw, fake.keepalive, fake.whole = 0.0, 200, None, False, None
     ws = await WsClient.open(server.ws_url)
     yield ws
     await ws.close()
@@ -208,7 +208,7 @@ async def test_an_answer_cut_off_mid_stream_ends_with_an_error_after_the_text_it
     finally:
         fake.cut = False
     assert error["code"] == "upstream_error" and "failed" in error["message"]
-    assert text.startswith("".join(CHUNKS)) and "Error: " in text
+    assert text.startswith("".join(CHUNKS) + "\n\nError: ")
     await client.send({"type": "ping", "id": 3})
     await client.wait_for("pong")
 
@@ -230,6 +230,71 @@ async def test_an_answer_of_tool_calls_only_says_why_there_is_no_text(
         assert "Error: " in text
     finally:
         fake.raw = None
+
+
+async def test_the_request_sets_no_temperature_or_token_limit(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """OpenAI's reasoning models refuse ``max_tokens`` and ``temperature: 0``."""
+    mark = len(client.messages)
+    await client.send(prompt("plain", "Params?"))
+    await answer(client, mark)
+    sent = fake.requests[-1]
+    assert sent["stream"] is True and sent["model"] == "m1"
+    assert not {"temperature", "max_tokens", "max_completion_tokens"} & set(sent)
+
+
+async def test_a_whole_answer_where_a_stream_was_asked_for_is_read_as_the_answer(
+    client: WsClient, fake: FakeChat
+) -> None:
+    whole = {"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "All at once."},
+         "finish_reason": "stop"}]}  # fmt: skip
+    fake.whole = ("application/json", json.dumps(whole).encode())
+    try:
+        mark = len(client.messages)
+        await client.send(prompt("whole", "At once?"))
+        text, _ = await answer(client, mark)
+        assert text == "All at once."
+        fake.whole = ("text/html", b"<html><body>Gateway</body></html>")
+        error, text = await refused(client, prompt("html", "Html?"))
+        assert error["code"] == "upstream_error" and "not a chat answer" in error["message"]
+        fake.whole = ("application/json", b'{"error": {"message": "model m1 is not loaded"}}')
+        error, _ = await refused(client, prompt("err200", "Error?"))
+        assert "model m1 is not loaded" in error["message"]
+    finally:
+        fake.whole = None
+
+
+async def test_an_answer_without_text_is_an_error_and_the_next_reply_joins_the_turn(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """It stopped at once: an error, not an empty answer; the turn's user message stays and
+    the next reply joins it (no two user messages in a row)."""
+    fake.raw = [
+        b"data: " + json.dumps(
+            {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        ).encode() + b"\n\n"
+    ]  # fmt: skip
+    try:
+        error, text = await refused(client, prompt("empty", "Anything?"))
+        assert error["code"] == "upstream_error" and "no text" in error["message"]
+    finally:
+        fake.raw = None
+    mark = len(client.messages)
+    await client.send({"type": "prompt_reply", "conversation_id": "empty", "prompt": "Now?"})
+    text, _ = await answer(client, mark)
+    assert text == "".join(CHUNKS)
+    roles = [m["role"] for m in fake.requests[-1]["messages"]]
+    assert roles == ["system", "user"]
+
+
+async def test_an_endpoint_error_says_what_the_endpoint_said(
+    client: WsClient, fake: FakeChat
+) -> None:
+    fake.status = 400
+    error, text = await refused(client, prompt("said", "Why?"))
+    assert "HTTP 400: failed with 400" in error["message"] and "failed with 400" in text
 
 
 async def test_a_stream_of_keep_alives_ends_at_the_turn_deadline_and_the_next_turn_runs(
@@ -279,7 +344,7 @@ async def test_refused_turns_keep_nothing_and_evict_no_other_conversation(
         LLM_MODEL="m1",
         MAX_LLM_REQUESTS_PER_HOUR="1",
     )
-    fake.delay, fake.status, fake.raw, fake.keepalive = 0.0, 200, None, False
+    fake.delay, fake.status, fake.raw, fake.keepalive, fake.whole = 0.0, 200, None, False, None
     with ServerProcess(env, tmp_path / "server.log") as server:
         alice = await WsClient.open(server.ws_url)
         mallory = await WsClient.open(server.ws_url)

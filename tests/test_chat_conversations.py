@@ -36,6 +36,7 @@ def test_the_bytes_kept_are_bounded_in_all_and_per_conversation() -> None:
     assert store.size <= 3_000_000 and len(store) == 3
     small = Conversations(conversation_bytes=100_000)
     small.start("a", "c", "look", "", IMAGE)
+    small.answered("a", "c", "I see a chart")
     replied = small.reply("a", "c", "and now?")
     assert replied is not None
     assert replied[1]["content"] == [
@@ -43,3 +44,20 @@ def test_the_bytes_kept_are_bounded_in_all_and_per_conversation() -> None:
         {"type": "text", "text": IMAGE_DROPPED},
     ]
     assert small.size < 100_000
+
+
+def test_a_reply_to_a_turn_that_got_no_answer_joins_it_so_the_roles_alternate() -> None:
+    """A failed turn (or one whose socket went) keeps its user message; the next one joins
+    it instead of following it: strict chat templates refuse two user messages in a row."""
+    store = Conversations()
+    store.start("a", "c", "look", "", IMAGE)
+    replied = store.reply("a", "c", "and now?")
+    assert replied is not None
+    assert [m["role"] for m in replied] == ["system", "user"]
+    assert replied[1]["content"][0] == {"type": "text", "text": "look"}
+    assert replied[1]["content"][-1] == {"type": "text", "text": "and now?"}
+    store.answered("a", "c", "an answer")
+    again = store.reply("a", "c", "thanks")
+    assert again is not None
+    assert [m["role"] for m in again] == ["system", "user", "assistant", "user"]
+    assert again[-1]["content"] == "thanks"

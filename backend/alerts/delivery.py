@@ -34,6 +34,10 @@ from backend.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
 
+# The plaintext of one push: a 4096-byte body less the aes128gcm header (salt 16, record
+# size 4, key id length 1, the 65-byte key) and the record's tag (16) and delimiter (1).
+MAX_PUSH_PLAINTEXT = 4096 - 86 - 17
+
 ATTEMPTS = 5
 BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
 TIMEOUT_SECONDS = 10.0
@@ -111,8 +115,12 @@ class Delivery:
         except ProtocolError as exc:
             logger.warning("%s: not sent, the subscription is unusable: %s", what, exc)
             return Outcome.FAILED
+        plaintext = push_plaintext(payload)
+        if plaintext is None:
+            logger.warning("%s: not sent, the message does not fit one push record", what)
+            return Outcome.FAILED
         pusher = WebPusher(subscription.info())
-        body = pusher.encode(json.dumps(payload).encode(), "aes128gcm")["body"]
+        body = pusher.encode(plaintext, "aes128gcm")["body"]
         claims = {
             "aud": origin(subscription.endpoint),
             "sub": self.contact,
@@ -229,3 +237,37 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def push_plaintext(payload: dict[str, Any]) -> bytes | None:
+    """``payload`` as compact UTF-8 JSON that fits one aes128gcm record of a 4096-byte push
+    (RFC 8291 section 4: one record; RFC 8030 section 7.2: services need take no more):
+    at most :data:`MAX_PUSH_PLAINTEXT` bytes. A longer ``notification.title`` is cut (at a
+    character, with an ellipsis); ``None`` when it still does not fit."""
+    data = _compact(payload)
+    if len(data) <= MAX_PUSH_PLAINTEXT:
+        return data
+    notification = payload.get("notification")
+    title = notification.get("title") if isinstance(notification, dict) else None
+    if not isinstance(title, str):
+        return None
+
+    def cut(length: int) -> bytes:
+        assert isinstance(notification, dict)
+        return _compact(
+            {**payload, "notification": {**notification, "title": title[:length] + "…"}}
+        )
+
+    low, high = 0, len(title)  # the longest cut that fits: cut(low) fits, or nothing does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(cut(middle)) <= MAX_PUSH_PLAINTEXT:
+            low = middle
+        else:
+            high = middle - 1
+    data = cut(low)
+    return data if len(data) <= MAX_PUSH_PLAINTEXT else None
+
+
+def _compact(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

@@ -83,7 +83,13 @@ class Conversations:
         found = self._all.get((caller, key))
         if found is None:
             return None
-        found.messages.append({"role": "user", "content": prompt})
+        last = found.messages[-1] if found.messages else None
+        if last is not None and last.get("role") == "user":
+            # the turn before got no answer (it failed, or its socket went): one user
+            # message of both, as chat templates that want the roles to alternate require
+            last["content"] = [*_parts(last.get("content")), {"type": "text", "text": prompt}]
+        else:
+            found.messages.append({"role": "user", "content": prompt})
         self._resized((caller, key), found)
         return list(found.messages) if (caller, key) in self._all else None
 
@@ -129,6 +135,13 @@ class Conversations:
             ids.pop(full[1], None)
             if not ids:
                 del self._of[full[0]]
+
+
+def _parts(content: object) -> list[Any]:
+    """A message's content as a list of parts (a bare string is one text part)."""
+    if isinstance(content, list):
+        return list(content)
+    return [{"type": "text", "text": content if isinstance(content, str) else ""}]
 
 
 def _trim(messages: list[Message], max_bytes: int) -> None:

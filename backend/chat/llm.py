@@ -12,6 +12,7 @@ without chat, and every provider process, never pays for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     import openai
 
 TIMEOUT_SECONDS = 120.0
-MAX_TOKENS = 2_000
+MAX_UPSTREAM_MESSAGE = 200  # characters of an endpoint's error message told to the user
 # An answer with no text, by why the model stopped: said to the user instead of nothing.
 NO_TEXT = {
     "tool_calls": "the model asked to call tools instead of answering; this chat offers none",
@@ -59,17 +60,24 @@ class Llm:
         import openai  # imported by __init__ already: a lookup
 
         try:
+            # No temperature or token limit: OpenAI's reasoning models refuse both as Tradiny
+            # sets them (max_tokens, temperature 0), every endpoint takes a request without;
+            # the turn's deadline bounds the answer.
             chunks = await self._client.chat.completions.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
-                temperature=0,
-                max_tokens=MAX_TOKENS,
             )
             if not isinstance(chunks, openai.AsyncStream):
                 raise ChatError("the model endpoint did not stream its answer")
             said, reason = False, None
             try:
+                kind = chunks.response.headers.get("content-type", "").lower()
+                if "json" in kind or "html" in kind:  # answered, but not as a stream
+                    text = _whole_answer(await chunks.response.aread(), self._client.api_key)
+                    said = True
+                    yield text
+                    return
                 async for chunk in chunks:
                     for text in _texts(chunk):
                         said = True
@@ -77,14 +85,49 @@ class Llm:
                     reason = _finish_reason(chunk) or reason
             finally:
                 await chunks.close()
-            if not said and reason in NO_TEXT:
-                raise ChatError(NO_TEXT[reason])
+            if not said:
+                raise ChatError(NO_TEXT.get(reason or "", "the model's answer has no text"))
         except openai.APIStatusError as exc:
-            raise ChatError(f"the model endpoint answered HTTP {exc.status_code}") from exc
+            said_why = _upstream_message(exc.body, self._client.api_key)
+            raise ChatError(
+                f"the model endpoint answered HTTP {exc.status_code}{said_why}"
+            ) from exc
         except openai.APIError as exc:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
         except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
             raise ChatError("the model endpoint sent a malformed answer (not JSON)") from exc
+
+
+def _whole_answer(body: bytes, key: str) -> str:
+    """The text of a ``chat.completion`` sent whole where a stream was asked for (some
+    endpoints ignore ``stream``); ``ChatError`` for anything else (an error, HTML, an empty
+    body)."""
+    try:
+        answer = json.loads(body)
+        if isinstance(answer, dict) and "error" in answer:
+            said_why = _upstream_message(answer, key)
+            raise ChatError(f"the model endpoint answered an error{said_why}")
+        message = answer["choices"][0]["message"]
+        text = message["content"] if isinstance(message, dict) else None
+    except (ValueError, LookupError, TypeError):
+        raise ChatError("the model endpoint sent something that is not a chat answer") from None
+    if not isinstance(text, str) or not text:
+        raise ChatError("the model's answer has no text")
+    return text
+
+
+def _upstream_message(body: object, key: str) -> str:
+    """``: <what the endpoint said>`` from an OpenAI-shaped error body, clipped and without
+    the key (a 400's reason is what an operator needs: an unknown model, a parameter it
+    refuses); else ``""``."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message.strip():
+        return ""
+    text = " ".join(message.split())
+    if len(key) >= 4:
+        text = text.replace(key, "***")
+    return f": {text[:MAX_UPSTREAM_MESSAGE]}"
 
 
 def _texts(chunk: object) -> list[str]:

@@ -151,12 +151,12 @@ class Chatting:
                     self._chunk(client, text)
         except ChatError as exc:
             logger.warning("client %d: chat failed: %s", client.id, exc)
-            self._fail(client, raw, "upstream_error", str(exc))
+            self._fail(client, raw, "upstream_error", str(exc), after_text=bool(parts))
             return
         except TimeoutError:
             logger.warning("client %d: chat answer not finished in %g s", client.id, self.deadline)
             late = f"the model endpoint did not finish its answer within {self.deadline:g} s"
-            self._fail(client, raw, "upstream_error", late)
+            self._fail(client, raw, "upstream_error", late, after_text=bool(parts))
             return
         self.conversations.answered(caller, turn.conversation, "".join(parts))
         self._chunk(client, "", done=True)
@@ -175,11 +175,15 @@ class Chatting:
             message["done"] = True
         self.hub.send(client, protocol.encode(message))
 
-    def _fail(self, client: Client, raw: dict[str, Any], code: str, text: str) -> None:
+    def _fail(
+        self, client: Client, raw: dict[str, Any], code: str, text: str, after_text: bool = False
+    ) -> None:
+        """The ``error``, then ``Error: ...`` as a chunk (after the part of an answer already
+        sent, on a paragraph of its own) and the end marker."""
         if client.id not in self.hub.clients:
             return
         self.hub.metrics.inc("candlewire_request_errors_total", code=code)
         echo = {k: v for k, v in raw.items() if k != "img"}
         self.hub.send(client, protocol.error_message(code, text, echo))
-        self._chunk(client, f"Error: {text}")
+        self._chunk(client, f"{chr(10) * 2 if after_text else ''}Error: {text}")
         self._chunk(client, "", done=True)

@@ -7,7 +7,9 @@ answer that HTTP error instead. The API key seen is checked against ``api_key``.
 (SSE event bytes) is streamed instead of the chunks, then ``[DONE]``; ``keepalive`` keeps
 the stream open with SSE comments only, until the client goes away (:attr:`open_streams`
 counts the streams not ended yet); ``cut`` sends the chunks, then drops the connection inside
-the chunked body (no ``finish_reason``, no ``[DONE]``, no terminating chunk).
+the chunked body (no ``finish_reason``, no ``[DONE]``, no terminating chunk); ``whole``
+(a content type and a body) answers that instead of a stream, as endpoints that ignore
+``stream`` do.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class FakeChat:
         self.raw: list[bytes] | None = None
         self.keepalive = False
         self.cut = False
+        self.whole: tuple[str, bytes] | None = None  # (content type, body) instead of a stream
         self.open_streams = 0
         self.requests: list[dict[str, Any]] = []
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -53,7 +56,11 @@ class FakeChat:
         body = await request.json()
         self.requests.append(body)
         if self.status != 200:
-            return web.json_response({"error": {"message": "failed"}}, status=self.status)
+            message = f"failed with {self.status}"
+            return web.json_response({"error": {"message": message}}, status=self.status)
+        if self.whole is not None:
+            kind, data = self.whole
+            return web.Response(body=data, headers={"Content-Type": kind})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         self.open_streams += 1

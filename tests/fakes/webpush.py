@@ -59,6 +59,9 @@ class BrowserKeys:
         return b64url(point)
 
 
+MAX_BODY = 4096  # a push service need take no larger body
+
+
 @dataclass
 class Push:
     token: str
@@ -167,6 +170,9 @@ class FakePush:
         if scripted is not None:
             self.attempts.append((request.path, scripted[0]))
             return web.Response(status=scripted[0], headers=scripted[1])
+        if len(body) > MAX_BODY:  # as real push services do (RFC 8030 section 7.2)
+            self.attempts.append((request.path, 413))
+            return web.Response(status=413, text=f"payload of {len(body)} bytes")
         try:
             vapid_key, claims = self._check_vapid(request)
             keys = self.keys[token]
