@@ -165,3 +165,44 @@ def test_indicators_survive_a_reload_and_are_asked_again_after_a_server_restart(
     assert live_point(page, 0, "RSI")["value"] is not None
     errors = [e for e in console if "WebSocket" not in e]  # the refused reconnect attempts
     assert errors == []
+
+
+def scale_modes(page: Page) -> list[int]:
+    """The price scale mode of each pane's right scale (0 linear, 1 log, 2 percent)."""
+    modes: list[int] = page.evaluate(
+        """() => {
+          const chart = window.candlewire.charts[0].chart;
+          return chart.panes().map((_, i) => chart.priceScale("right", i).options().mode);
+        }"""
+    )
+    return modes
+
+
+def test_an_oscillator_pane_keeps_a_linear_scale_whatever_the_price_pane_uses(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A new pane's scale starts from the chart's last "right" options: a log or percent
+    price pane made the RSI pane log or percent (MACD's negative values collapsed)."""
+    open_page(page, server, f"?source=counting&s=AAA&i=1m&ps=log&ind={RSI}:timeperiod:14")
+    drawn(page, 1)
+    assert scale_modes(page) == [1, 0]
+    add(page, "macd")
+    drawn(page, 2)
+    assert scale_modes(page) == [1, 0, 0]
+    shot(page, "log-price-linear-oscillators", viewport)
+    assert console == []
+
+
+def test_an_indicator_the_server_refuses_keeps_its_chip_but_leaves_no_blank_pane(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(
+        page, server, f"?source=counting&s=BBB&i=1m&ind={RSI}:timeperiod:-5&ind={SMA}:timeperiod:5"
+    )
+    until(lambda: indicators(page)[0]["error"], what="the RSI refused")
+    until(lambda: indicators(page)[1]["outputs"], what="the SMA drawn")
+    assert panes(page) == 1  # no pane for the refused oscillator
+    assert page.locator(".indicator-chip.failed").count() == 1
+    shot(page, "refused", viewport)
+    errors = [e for e in console if "timeperiod" not in e]  # the refusal, if logged
+    assert errors == []

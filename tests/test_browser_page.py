@@ -166,6 +166,11 @@ def test_the_watchlist_opens_and_closes(
         toggle.click()
         until(lambda: on_screen(page, ".watchlist"), what="the watchlist to come back")
         shot(page, "watchlist-open", viewport)
+        # a row opens from the keyboard too: Tab to it, Enter
+        open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+        page.locator(row).focus()
+        page.keyboard.press("Enter")
+        until(lambda: js(page, "window.candlewire.charts[0].name") == "ACME", what="ACME by key")
     assert_no_horizontal_scroll(page)
     assert console == []
 

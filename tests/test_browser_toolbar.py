@@ -222,6 +222,18 @@ def test_a_phone_toolbar_has_two_rows_and_its_boxes_stay_on_the_screen(
     phone.locator("#search-results li[data-i]").first.wait_for()
     next_frames(phone)
     assert_box_on_screen(phone, "#search-results", below_toolbar=False)
+    # the open list is on top: a tap where the indicator button lies under it picks a row
+    on_top = js(
+        phone,
+        """() => {
+        const r = document.querySelector('#indicator-button').getBoundingClientRect();
+        const list = document.querySelector('#search-results').getBoundingClientRect();
+        if (r.bottom <= list.top || r.top >= list.bottom) return true;  // not under it
+        const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        return document.querySelector('#search-results').contains(hit);
+    }""",
+    )
+    assert on_top, "the indicator button shows through the symbol list"
     browsing.shot(phone, f"toolbar-search-{phone.viewport_size['width']}")  # type: ignore[index]
     search.press("Escape")
     for button, box in (

@@ -158,10 +158,16 @@ export class IndicatorLayer {
   stop(instance) {
     if (instance.key) this.feed.dropIndicator(instance.key);
     instance.key = null;
+    this.removeSeries(instance);
+  }
+
+  /** Take the instance's lines off the chart (a failed one keeps its chip, not a pane). */
+  removeSeries(instance) {
     for (const series of instance.series.values()) this.chart.removeSeries(series);
     instance.series.clear();
     instance.points.clear();
     this.dropEmptyPanes();
+    this.sizePanes();
   }
 
   dropEmptyPanes() {
@@ -249,6 +255,7 @@ export class IndicatorLayer {
       onError: (m) => {
         if (!current()) return;
         instance.error = m.message || m.code;
+        this.removeSeries(instance);
         this.renderChips();
       },
     };
@@ -290,6 +297,11 @@ export class IndicatorLayer {
       crosshairMarkerVisible: false,
       title: overlay ? "" : output,
     }, pane);
+    if (!overlay) {
+      // A new pane's scale starts from the chart's last "right" scale options, which the
+      // price pane's log or percent mode and volume margin set: an oscillator's is linear.
+      series.priceScale().applyOptions({ mode: 0, scaleMargins: { top: 0.1, bottom: 0.1 } });
+    }
     instance.series.set(output, series);
     return series;
   }
@@ -304,6 +316,13 @@ export class IndicatorLayer {
   onInit(instance, message) {
     instance.received += 1;
     const rows = Array.isArray(message.data) ? message.data : [];
+    if (!rows.length && instance.error) {
+      // the empty reply of a refusal (its error came first): no blank pane for it
+      this.removeSeries(instance);
+      this.renderChips();
+      this.onChange();
+      return;
+    }
     this.outputNames(instance, rows).forEach((output, i) => {
       const points = this.pointsOf(instance, rows, output);
       instance.points.set(output, points);

@@ -19,6 +19,7 @@ export class Watchlist {
     this.entries = new Map();
     this.current = null;
     list.addEventListener("click", (e) => this.onClick(e));
+    list.addEventListener("keydown", (e) => this.onKey(e));
     quotes.addEventListener("quote", (e) => {
       const entry = this.entries.get(e.detail);
       if (entry) this.renderEntry(entry);
@@ -82,6 +83,15 @@ export class Watchlist {
     }
   }
 
+  /** Enter or Space on a focused row opens it, as a click does. */
+  onKey(event) {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    const row = event.target.closest("li[data-id]");
+    if (!row || event.target !== row) return; // the remove button handles its own keys
+    event.preventDefault();
+    row.click();
+  }
+
   onClick(event) {
     const row = event.target.closest("li[data-id]");
     if (!row) return;
@@ -99,6 +109,7 @@ export class Watchlist {
     const rows = [...this.entries.values()].map((entry) => {
       const li = document.createElement("li");
       li.dataset.id = entry.id;
+      li.tabIndex = 0; // reachable with Tab; Enter or Space opens it (onKey)
       const label = entry.details?.name_label || "";
       const source = entry.details?.source_label || entry.source;
       li.title = [entry.name, label, source].filter(Boolean).join(" · ");
