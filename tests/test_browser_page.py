@@ -175,6 +175,31 @@ def test_the_watchlist_opens_and_closes(
     assert console == []
 
 
+def test_grid_charts_hidden_at_load_show_their_newest_bars_when_they_come_into_view(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A phone shows one chart of a grid link; rotated (or a window widened) it shows all:
+    the hidden ones had no width, took every bar for "visible" and loaded page after page
+    of history, then showed 900 bars zoomed out, off the newest."""
+    if viewport == "desktop":
+        page.set_viewport_size({"width": 500, "height": 800})
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h&layout=4&c2=csv:ACME:1d&a=2", 2)
+    page.set_viewport_size({"width": 1280 if viewport == "desktop" else 844, "height": 390})
+    views = """() => window.candlewire.charts.map((c) => {
+        const r = c.chart.timeScale().getVisibleLogicalRange();
+        return { bars: c.bars().length, from: r ? r.from : null, to: r ? r.to : null,
+                 shown: c.chart.timeScale().width() > 0 };
+    })"""
+    until(lambda: all(v["shown"] and v["bars"] for v in js(page, views)), what="four charts")
+    next_frames = "new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+    page.evaluate(next_frames)
+    for view in js(page, views):
+        assert view["bars"] <= 600, view  # no page after page of history while hidden
+        assert view["to"] >= view["bars"] - 1, view  # the newest bar in view
+        assert view["to"] - view["from"] <= 200, view  # the usual zoom, not every bar
+    assert console == []
+
+
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -141,7 +141,8 @@ export class ChartPanel extends EventTarget {
       },
     });
     this.chart.timeScale().subscribeVisibleLogicalRangeChange(() => this.onRange());
-    this.chart.timeScale().subscribeSizeChange(() => this.placeEdges());
+    this.viewPending = false; // the first view waits for a width (initialView)
+    this.chart.timeScale().subscribeSizeChange((width) => this.onResize(width));
     this.chart.subscribeCrosshairMove((param) => this.onCrosshair(param));
     this.edges = new ViewEdges(area, this.chart, () => this.toLatest());
     this.el.addEventListener("pointerdown", () => this.emit("activate"), { capture: true });
@@ -368,16 +369,33 @@ export class ChartPanel extends EventTarget {
   }
 
   initialView() {
+    if (!this.host.clientWidth) {
+      // hidden: a range set now would squeeze every bar into no width (the least bar
+      // spacing), and show hundreds of bars zoomed out once visible; it waits (onResize)
+      this.viewPending = true;
+      return;
+    }
+    this.viewPending = false;
     const n = this.bars.length;
     const ts = this.chart.timeScale();
     if (n <= INITIAL_BARS) ts.fitContent();
     else ts.setVisibleLogicalRange({ from: n - INITIAL_BARS, to: n - 1 + 6 });
   }
 
+  /** A chart that comes into view (a grid cell shown by a wider window or a rotated phone)
+   * gets the first view it could not have while hidden: its newest bars at the usual zoom. */
+  onResize(width) {
+    if (width > 0 && this.viewPending && this.bars.length) this.initialView();
+    this.placeEdges();
+  }
+
   onRange() {
     if (this.clampView()) return; // the clamped range comes back here
     this.placeEdges();
     if (this.historyPending || this.historyDone || !this.bars.length) return;
+    // hidden (a grid cell a phone does not show): no width, every bar "visible"; scroll-back
+    // history is for what the user sees
+    if (!this.host.clientWidth) return;
     const range = this.chart.timeScale().getVisibleLogicalRange();
     if (range && range.from < EDGE) this.requestHistory();
   }
