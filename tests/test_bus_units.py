@@ -58,6 +58,25 @@ def test_demand_members_round_trip_and_garbage_is_none() -> None:
         assert parse_member(garbage) is None
 
 
+def test_a_demand_entry_with_an_interval_or_symbol_no_hub_writes_is_none() -> None:
+    """``AAA zz`` reached the provider's stream thread and killed it (every key stopped)."""
+    assert parse_member(demand_member("evil", "AAA", "zz")) is None
+    assert parse_member(demand_member("evil", "A" * 201, "1m")) is None
+    assert parse_member(demand_member("hub", "A" * 200, "1M")) == ("hub", "A" * 200, "1M")
+
+
+def test_holder_announcements_and_history_answers_of_other_shapes_are_refused() -> None:
+    """A holder announcement with a state of 5 failed the hub's bus writer; an answer of bars
+    ``[("x", "y")]`` got the client an internal error instead of its data_history."""
+    assert codec.active_ok(codec.Active("node-1", 42, True, [Status("ok", "")]))
+    assert not codec.active_ok(codec.Active("evil", None, True, state=5))  # type: ignore[arg-type]
+    assert not codec.active_ok(codec.Active(["n"], None, True))  # type: ignore[arg-type]
+    assert codec.answer_ok(codec.HistoryAnswer(1, [(60, 1.0, 2.0, 0.5, 1.5, None)]))
+    assert codec.answer_ok(codec.HistoryAnswer(1, [], ValueError("no")))
+    assert not codec.answer_ok(codec.HistoryAnswer(1, [("x", "y")]))  # type: ignore[list-item]
+    assert not codec.answer_ok(codec.HistoryAnswer(1, [], "text"))  # type: ignore[arg-type]
+
+
 def test_foreign_bytes_decode_to_none() -> None:
     assert codec.decode(b"\x80\x05not a pickle", "test") is None
     assert codec.decode("text", "test") is None

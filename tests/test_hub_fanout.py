@@ -131,6 +131,22 @@ def test_a_provider_catching_up_after_a_long_outage_is_not_judged_far_behind() -
     assert dropped_as_bad(fanout) == 0
 
 
+def test_a_bar_timed_in_milliseconds_or_beyond_any_date_is_dropped_and_the_batch_goes_on() -> None:
+    """Its date could not be written: the far-ahead log line raised, the hub's reader of the
+    batch failed, and the batch's later events were lost."""
+    fanout, _ = fanout_with_a_loaded_series()
+    fanout.on_provider_events(
+        "fake",
+        [
+            ("AAA", "1m", bar(T * 1000, 5.0), False),
+            ("AAA", "1m", bar(10**20, 6.0), False),
+            ("AAA", "1m", bar(T, 1.0), False),
+        ],
+    )
+    assert fanout.cache.get(KEY).times == [T]
+    assert dropped_as_bad(fanout) == 2
+
+
 def test_a_live_bar_with_its_high_below_its_low_is_dropped() -> None:
     fanout, store = fanout_with_a_loaded_series()
     fanout.on_provider_events("fake", [("AAA", "1m", bar(T, 1.0), False)])

@@ -94,15 +94,41 @@ def well_formed(events: list[Any]) -> list[WireEvent]:
     return kept
 
 
+def active_ok(active: Active) -> bool:
+    """Whether a holder announcement has the field types a node writes (one that another
+    program wrote would fail the hub's bus task that reads it)."""
+    return (
+        type(active.node) is str
+        and (active.pid is None or type(active.pid) is int)
+        and type(active.persist) is bool
+        and type(active.state) is list
+    )
+
+
+def answer_ok(answer: HistoryAnswer) -> bool:
+    """Whether a history answer has the shapes a node writes: its bars as a provider's
+    (int time, float-or-None values), its error an exception or None."""
+    return (
+        type(answer.bars) is list
+        and all(bar_ok(bar) for bar in answer.bars)
+        and (answer.error is None or isinstance(answer.error, BaseException))
+    )
+
+
+def bar_ok(bar: Any) -> bool:
+    """``(time, open, high, low, close, volume)``: an int time, float-or-None values."""
+    if type(bar) is not tuple or len(bar) != 6 or type(bar[0]) is not int:
+        return False
+    return all(value is None or type(value) is float for value in bar[1:])
+
+
 def _bar_ok(event: Any) -> bool:
     if type(event) is not tuple or len(event) != 4:
         return False
     symbol, interval, bar, final = event
     if type(symbol) is not str or type(interval) is not str or type(final) is not bool:
         return False
-    if type(bar) is not tuple or len(bar) != 6 or type(bar[0]) is not int:
-        return False
-    return all(value is None or type(value) is float for value in bar[1:])
+    return bar_ok(bar)
 
 
 def _event_ok(event: Any) -> bool:

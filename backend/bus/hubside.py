@@ -316,6 +316,9 @@ class BusProviderSet:
         """What the holder announcement says; a new holder (or a return of Redis) is a
         provider restart for the hub."""
         handle = self.providers[source]
+        if isinstance(active, codec.Active) and not codec.active_ok(active):
+            logger.warning("bus: dropped a malformed holder announcement of %s", source)
+            active = None
         if not isinstance(active, codec.Active):
             if handle.holder is not None:
                 logger.warning("bus: provider %s has no active node", source)
@@ -425,13 +428,20 @@ class BusProviderSet:
                     if type(event) is not tuple and isinstance(event, Status):
                         handle.status = event
                 return source, data
-            if isinstance(data, codec.Active):
+            if isinstance(data, codec.Active) and codec.active_ok(data):
                 self._activate(source, data)
+            elif data is not None:  # None: undecodable, logged by decode
+                logger.warning("bus: dropped a message on %s that no node writes", name)
         elif isinstance(data, codec.HistoryAnswer):
-            future = self._pending.get(data.request_id)
+            future = self._pending.get(data.request_id) if type(data.request_id) is int else None
             if future is None or future.done():
                 return None
-            if data.error is None:
+            if not codec.answer_ok(data):
+                logger.warning("bus: a malformed answer to history request %d", data.request_id)
+                future.set_exception(
+                    ProviderUnavailable("the provider node's answer was malformed")
+                )
+            elif data.error is None:
                 future.set_result(data.bars)
             elif isinstance(data.error, ProviderUnavailable) or not isinstance(
                 data.error, Exception

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.model import intervals
+
 SEPARATOR = "\x1f"
+MAX_SYMBOL_CHARS = 200  # what a request may name (backend.wire.protocol.MAX_FIELD_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,14 @@ def demand_member(hub: str, symbol: str, interval: str) -> str:
 
 
 def parse_member(member: bytes | str) -> tuple[str, str, str] | None:
-    """``(hub, symbol, interval)`` of a demand member; None for anything else."""
+    """``(hub, symbol, interval)`` of a demand member; None for anything else: not three
+    parts, a symbol longer than a request may name, or an interval that is not one of the
+    14 (a provider's stream thread need not survive ``AAA zz``)."""
     text = member.decode("utf-8", "replace") if isinstance(member, bytes) else member
     parts = text.split(SEPARATOR)
     if len(parts) != 3 or not all(parts):
         return None
-    return parts[0], parts[1], parts[2]
+    hub, symbol, interval = parts
+    if len(symbol) > MAX_SYMBOL_CHARS or not intervals.is_interval(interval):
+        return None
+    return hub, symbol, interval

@@ -306,7 +306,14 @@ class ProviderNode:
         live, expired = await link.call(self._scripts.read_demand(keys=[self.names.demand(source)]))
         if not lease.active:
             return  # lost while we waited
-        desired = {parsed[1:] for m in live if (parsed := parse_member(m)) is not None}
+        parsed_live = [parse_member(m) for m in live]
+        if None in parsed_live:  # another program wrote them: a hub writes none
+            logger.warning(
+                "%s: %d demand entries that no hub writes ignored (a bad symbol or interval)",
+                source,
+                parsed_live.count(None),
+            )
+        desired = {parsed[1:] for parsed in parsed_live if parsed is not None}
         died = {parsed[1:] for m in expired if (parsed := parse_member(m)) is not None}
         lease.desired = desired
         process = self.supervisor.get(source)

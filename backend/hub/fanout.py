@@ -21,7 +21,7 @@ from backend.hub.listeners import Listeners
 from backend.hub.metrics import Metrics
 from backend.hub.subscriptions import Subscriptions
 from backend.model import intervals
-from backend.model.bars import Bar, SeriesId, WireKeys, flaw
+from backend.model.bars import MAX_TIME, MIN_TIME, Bar, SeriesId, WireKeys, flaw
 from backend.runtime.clocks import Clocks, far_behind
 from backend.runtime.messages import Clock, Notice, Status, WireEvent
 from backend.wire import protocol
@@ -154,6 +154,10 @@ class Fanout:
             if not self.subs.has(key):
                 return
             series = self.cache.get(key)
+        problem = flaw(bar)  # first: the checks after it write the bar's date in the log
+        if problem is not None:
+            self._drop(key, bar, f"with {problem}")
+            return
         previous = series.newest
         t = bar[0]
         if previous is not None and t > previous:
@@ -169,10 +173,6 @@ class Fanout:
             and series.coverage.span_at(t) is None  # before all it holds, and unknown
         ):
             self._drop(key, bar, "opening far before the bars of the stream")
-            return
-        problem = flaw(bar)
-        if problem is not None:
-            self._drop(key, bar, f"with {problem}")
             return
         newest = series.upsert(bar)
         series.live_seq += 1
@@ -224,11 +224,12 @@ class Fanout:
         :func:`far_behind` and before every bar the series holds or knows of (as a
         correction it would write a date decades back into the history)."""
         self.metrics.inc("candlewire_bad_bars_dropped_total", source=key.source)
+        at = bar[0]
         logger.warning(
             "%s sent a bar of %s at %s %s: dropped",
             key.source,
             key,
-            intervals.format_date(bar[0]),
+            intervals.format_date(at) if MIN_TIME <= at <= MAX_TIME else at,
             why,
         )
 

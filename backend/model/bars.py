@@ -180,13 +180,21 @@ def to_bar(value: object, series: SeriesId | None = None) -> Bar:
 
 
 def flaw(bar: Bar) -> str | None:
-    """What makes ``bar`` impossible, or ``None``: a high below its low (an upstream that
-    swapped the fields, or garbage). Open and close outside the range are left alone: some
-    feeds (Polygon's trade conditions) update them without the high and low."""
+    """What makes ``bar`` impossible, or ``None``: an open time outside 1970-9999 (one in
+    milliseconds, or garbage: no date can be written for it) or a high below its low (an
+    upstream that swapped the fields, or garbage). Open and close outside the range are left
+    alone: some feeds (Polygon's trade conditions) update them without the high and low."""
+    t = bar[0]
+    if not MIN_TIME <= t <= MAX_TIME:
+        return f"an open time of {t} s, not between 1970 and 9999 (milliseconds?)"
     high, low = bar[2], bar[3]
     if high is not None and low is not None and high < low:
         return f"high {high} below low {low}"
     return None
+
+
+MIN_TIME = 0  # 1970-01-01 00:00:00 UTC
+MAX_TIME = 253_402_300_799  # 9999-12-31 23:59:59 UTC: the last date the wire format writes
 
 
 def fold(current: Bar | None, t: int, update: Bar) -> Bar:
