@@ -87,6 +87,13 @@ class FakeHub:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "providers": {}}
 
+    async def search_symbols(
+        self, query: str, limit: int, source: str | None = None
+    ) -> list[dict[str, Any]]:
+        """As ``Hub.search_symbols`` without access control: the index's answer."""
+        found: list[dict[str, Any]] = await self.symbols.search(query, limit, source)
+        return found
+
 
 @pytest.fixture
 def hub() -> FakeHub:
