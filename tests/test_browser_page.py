@@ -200,6 +200,23 @@ def test_grid_charts_hidden_at_load_show_their_newest_bars_when_they_come_into_v
     assert console == []
 
 
+def test_a_link_with_the_interval_as_the_buttons_say_it_or_an_overlong_symbol_answers(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """``i=1D`` is the daily chart (the button says 1D); a 20,000-letter symbol gets its
+    error shown, not "Loading..." for ever (the server's answer names it clipped)."""
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1D")
+    assert js(page, "window.candlewire.charts[0].interval") == "1d"
+    page.goto(f"{server.url}/?source=csv&s={'A' * 20_000}&i=1h")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    until(
+        lambda: "nknown symbol" in (js(page, "window.candlewire.charts[0].message") or ""),
+        what="the unknown symbol said",
+    )
+    errors = [e for e in console if "unknown symbol" not in e.lower()]
+    assert errors == []
+
+
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -10,20 +10,30 @@
 //                                  pairs), one `ind` per indicator; ind2..ind4 for the others
 
 import { isChartType, isPriceScale } from "./chart-types.js";
+import { INTERVALS } from "./intervals.js";
 
 export const MAX_CHARTS = 4;
 
 const suffix = (i) => (i === 0 ? "" : String(i + 1));
+
+const MAX_NAME = 200; // the longest source or symbol the server takes
+
+/** An interval as written in a link: as the buttons say it too (`1D`, `1W`, `1H`); `1M`
+ * stays a month. */
+function readInterval(text) {
+  if (!text || INTERVALS.includes(text)) return text || null;
+  return /^\d+[DWH]$/.test(text) ? text.toLowerCase() : text;
+}
 
 function parseChart(text) {
   if (!text) return null;
   const first = text.indexOf(":");
   const last = text.lastIndexOf(":");
   if (first < 0 || last === first) return null;
-  const source = text.slice(0, first);
-  const name = text.slice(first + 1, last);
-  const interval = text.slice(last + 1);
-  return source && name ? { source, name, interval: interval || null } : null;
+  const source = text.slice(0, first).slice(0, MAX_NAME);
+  const name = text.slice(first + 1, last).slice(0, MAX_NAME);
+  const interval = readInterval(text.slice(last + 1));
+  return source && name ? { source, name, interval } : null;
 }
 
 function parseSymbol(text) {
@@ -68,7 +78,11 @@ export function readState(search = window.location.search) {
   const q = new URLSearchParams(search);
   const charts = Array.from({ length: MAX_CHARTS }, () => null);
   if (q.get("s")) {
-    charts[0] = { source: q.get("source") || null, name: q.get("s"), interval: q.get("i") };
+    charts[0] = {
+      source: q.get("source")?.slice(0, MAX_NAME) || null,
+      name: q.get("s").slice(0, MAX_NAME), // longer, the server's answer would not match it
+      interval: readInterval(q.get("i")),
+    };
   }
   for (let i = 1; i < MAX_CHARTS; i += 1) charts[i] = parseChart(q.get(`c${i + 1}`));
   for (let i = 0; i < MAX_CHARTS; i += 1) {
