@@ -209,6 +209,33 @@ def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
         assert f"{path}:{line}:" not in messages
 
 
+def test_a_row_dated_years_from_every_other_is_a_stray_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A date typed wrong (2030 or 1970 in a file of 2026) stood alone years from the data
+    and hid it: data_init answered that one bar, or none."""
+    body = "".join(f"{fmt(T0 + 60 * i)},1,2,0,1,5\n" for i in range(200))
+    later = intervals.parse_date("2030-01-06 00:00:00")
+    path = tmp_path / "S.csv"
+    path.write_text(f"{HEADER}\n{fmt(0)},1,2,0,1,5\n{body}{fmt(later)},1,2,0,1,5\n")
+    harness = Harness(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        bars = harness.history("S", "1m")
+    assert [b[0] for b in bars] == [T0 + 60 * i for i in range(200)]
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert f"{path}:2:" in messages and f"{path}:203:" in messages
+    assert "a date far from every other row" in messages
+
+
+def test_a_real_gap_between_two_runs_of_rows_is_kept(tmp_path: Path) -> None:
+    first = "".join(f"{fmt(T0 + 60 * i)},1,2,0,1,5\n" for i in range(5))
+    later = T0 + 400 * 86400
+    second = "".join(f"{fmt(later + 60 * i)},1,2,0,1,5\n" for i in range(50))
+    (tmp_path / "G.csv").write_text(f"{HEADER}\n{first}{second}")
+    bars = Harness(tmp_path).history("G", "1m")
+    assert len(bars) == 55
+
+
 def test_the_date_column_can_be_named_by_csv_date_column(tmp_path: Path) -> None:
     (tmp_path / "W.csv").write_text(
         "When,close\n" + "".join(f"{fmt(T0 + 60 * i)},{i}\n" for i in range(3))

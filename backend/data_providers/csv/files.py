@@ -49,6 +49,8 @@ _DECIMAL_COMMA = re.compile(r"\d,\d")
 STAGES = 4
 CACHE_ENTRIES = 64
 MAX_LOGGED_ROWS = 5
+STRAY_ROWS = 3  # at most this many rows at either edge of a file may be strays
+STRAY_STEPS = 1_000  # and their gap to the rest is longer than this many of its steps
 DECIMALS = 9  # summed volumes are rounded to hide float noise
 _DAY = 86_400
 _WEEK = 7 * _DAY
@@ -330,10 +332,51 @@ def scan(path: Path, date_column: str = "") -> Layout:
     interval = infer_interval(sample)
     if interval is None:
         raise CSVFormatError("rows are not spaced by a standard interval (1m ... 1M)")
-    ends = np.concatenate([sample[[0, -1]], tail])
+    ends = np.concatenate([sample, tail])
+    ends = ends[~strays(ends)]
     candle, volume, lines = layout.candle, layout.volume, layout.lines
     first, last = _range(ends)
     return Layout(path, layout.date_column, candle, volume, lines, interval, first, last, dialect)
+
+
+def strays(times: IntArray) -> BoolArray:
+    """Where ``times`` holds a stray: one of at most :data:`STRAY_ROWS` rows at either end
+    of the file's time range whose gap to the rest is longer than all the rest spans and
+    than :data:`STRAY_STEPS` of the file's usual step: a date typed wrong (2030 or 1970 in a
+    file of 2025), whose bar would stand alone years from the data and hide it from every
+    chart. A real gap (a listing that paused for a year) has rows on both sides."""
+    n = len(times)
+    found = np.zeros(n, dtype=bool)
+    if n < 2 * STRAY_ROWS + 2:
+        return found
+    order = np.argsort(times, kind="stable")
+    t = times[order]
+    gaps = np.diff(t)
+    steps = gaps[gaps > 0]
+    least = STRAY_STEPS * (float(np.median(steps)) if len(steps) else 0.0)
+    lo, hi = 0, n  # the rows kept: t[lo:hi]; a stray at one end must not widen the other's
+    for _ in range(2):  # "rest" (a 1970 row and a 2030 row in one file)
+        if lo == 0:
+            lo = next(
+                (
+                    k
+                    for k in range(1, STRAY_ROWS + 1)
+                    if t[k] - t[k - 1] > max(least, t[hi - 1] - t[k])
+                ),
+                0,
+            )
+        if hi == n:
+            hi = n - next(
+                (
+                    k
+                    for k in range(1, STRAY_ROWS + 1)
+                    if t[hi - k] - t[hi - k - 1] > max(least, t[hi - k - 1] - t[lo])
+                ),
+                0,
+            )
+    found[order[:lo]] = True
+    found[order[hi:]] = True
+    return found
 
 
 def _range(times: IntArray) -> tuple[int, int]:
@@ -362,6 +405,9 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     except (OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
         raise CSVFormatError(f"cannot read: {exc!r}") from exc
     problems.add(~valid, "unreadable date")
+    stray = np.zeros(len(valid), dtype=bool)
+    stray[np.flatnonzero(valid)] = strays(times[valid])
+    valid = valid & ~problems.add(stray, "a date far from every other row")
     columns = {name: _column(frame, name, valid, problems) for name in _names(layout)}
     out: dict[str, Rows] = {}
     if layout.candle:
