@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import string
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ USER_INDICATOR = textwrap.dedent(
 
         def calc(self, data, **inputs):
             return [(data["high"] + data["low"]) / 2 * inputs["scale"]]
+
+
+    class Slow(Midpoint):
+        name = "Slow Midpoint"
+
+        def calc(self, data, **inputs):
+            import time
+            time.sleep(0.6)
+            return super().calc(data, **inputs)
     """
 )
 
@@ -47,7 +57,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         PROVIDERS="counting",
         HISTORY_TIMEOUT="3",
         STREAM_LINGER_SECONDS="0.5",
-        EXTRA_INDICATORS="mine.Midpoint=my_indicators:Midpoint",
+        EXTRA_INDICATORS="mine.Midpoint=my_indicators:Midpoint,mine.Slow=my_indicators:Slow",
         PYTHONPATH=str(tmp),
         CANDLEWIRE_TEST_LOG=str(tmp / "calls.log"),
     ) as running:
@@ -458,6 +468,37 @@ async def test_an_indicator_sent_before_its_data_in_a_frame_is_answered_after_it
     await client.wait_for("indicator_init", same_id(chart_id), after=mark)
     kinds = [m["type"] for m in client.messages[mark:]]
     assert kinds.index("data_init") < kinds.index("indicator_init"), kinds
+
+
+async def test_a_slow_user_indicator_is_answered_off_the_loop_and_not_streamed(
+    server: ServerProcess, client: WsClient
+) -> None:
+    """Its calc ran on the hub's loop: one of 8 s froze every client for good. Its answer
+    is computed on a thread (the hub answers others meanwhile); a live update over the
+    budget stops its live updates (and one whose live updates would surely take as long is
+    not streamed at all): ``indicator_failed`` says so."""
+    other = await WsClient.open(server.ws_url)
+    try:
+        chart_id = "slow-mid"
+        bars = {"high": column("AAA", "1h", "high"), "low": column("AAA", "1h", "low")}
+        await client.send(data("AAA"), indicator("mine.Slow", chart_id, data_map=bars))
+        started = time.monotonic()
+        await other.send({"type": "ping", "id": "during"})
+        await other.wait_for("pong")
+        assert time.monotonic() - started < 0.5  # not behind the 0.6 s calc
+        init = await client.wait_for("indicator_init", same_id(chart_id))
+        assert init["data"]
+        # its first live update (about 0.6 s, a bounded tail) runs over the budget: stopped
+        refused = await client.wait_for("error", lambda m: m.get("code") == "indicator_failed")
+        assert "stopped" in refused["message"] or "not streamed" in refused["message"]
+        assert refused["request"]["id"] == chart_id
+        mark = len(client.messages)
+        await client.wait_for("data_update", after=mark)  # the chart streams on
+        await client.wait_for("data_update", after=len(client.messages))
+        updates = [m for m in client.messages[mark:] if m.get("type") == "indicator_update"]
+        assert not [m for m in updates if m.get("id") == chart_id]
+    finally:
+        await other.close()
 
 
 def _column_of(source: str, name: str, interval: str) -> dict[str, dict[str, str]]:

@@ -90,6 +90,34 @@ def test_a_failing_calc_is_a_typed_error_for_that_request() -> None:
     assert caught.value.code == "indicator_failed"
 
 
+class FlatList(Spread):
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        return list(data["high"])  # type: ignore[return-value]  # one array expected
+
+
+class NoneOut(Spread):
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        return None  # type: ignore[return-value]
+
+
+class Words(Spread):
+    def calc(self, data: Mapping[str, FloatArray], **inputs: float) -> Sequence[FloatArray]:
+        return [np.array(["x"] * len(data["high"]), dtype=object)]
+
+
+@pytest.mark.parametrize("name", ["FlatList", "NoneOut", "Words"])
+def test_a_calc_returning_something_else_than_arrays_is_a_typed_error(name: str) -> None:
+    """The check of its output raised a TypeError itself: the client got internal_error and
+    no indicator_init, and the pane span for ever."""
+    indicators = build_indicators([f"my.{name}=tests.test_indicators_user:{name}"])
+    bound = bind(indicators, f"my.{name}", {}, [Binding("high", BTC, "high"),
+                                                 Binding("low", BTC, "low")])  # fmt: skip
+    with pytest.raises(IndicatorError) as caught:
+        compute_history(bound, {BTC: make_bars(10)})
+    assert caught.value.code == "indicator_failed"
+    assert "calc must return 1 arrays of 10 numbers" in caught.value.message
+
+
 def test_the_setting_reads_a_comma_list_and_checks_its_shape() -> None:
     settings = load_settings(EXTRA_INDICATORS="a.B=m:C, d.E=n:F")
     assert settings.EXTRA_INDICATORS == ("a.B=m:C", "d.E=n:F")

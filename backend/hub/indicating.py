@@ -39,7 +39,13 @@ from backend.indicators.engine import (
     rows,
 )
 from backend.indicators.incremental import RECENT
-from backend.indicators.live import Group, IndicatorUpdate, LiveIndicators, updates_of
+from backend.indicators.live import (
+    LIVE_BUDGET_SECONDS,
+    Group,
+    IndicatorUpdate,
+    LiveIndicators,
+    updates_of,
+)
 from backend.indicators.registry import Indicators
 from backend.indicators.tails import Tails
 from backend.model import intervals
@@ -115,7 +121,12 @@ class Indicating:
             if request.since is None:
                 check_count(request.count, limit)
             bars = await self._bars(bound, request)
-            computed = compute_history(bound, bars)
+            # on a thread: a user indicator's calc may be slow, and the loop serves everyone
+            # (the bars copied: the cache's lists may grow meanwhile)
+            started = time.perf_counter()
+            copied = {series: list(rows) for series, rows in bars.items()}
+            computed = await asyncio.to_thread(compute_history, bound, copied)
+            spent = time.perf_counter() - started
         except ProtocolError as exc:
             if client.id in hub.clients:
                 self.refuse(client, raw, exc)
@@ -129,7 +140,16 @@ class Indicating:
         )
         reply = messages.indicator_rows(request, data, last_dates(bars))
         hub.send(client, protocol.encode(reply))
-        if request.stream:
+        if request.stream and _live_cost(spent, bound, copied) > LIVE_BUDGET_SECONDS:
+            # each live update would take about as long, on the hub's loop: not streamed
+            message = (
+                f"{bound.indicator.name}: computing it took {spent:.2f} s (a live update may "
+                f"take at most {LIVE_BUDGET_SECONDS:g} s); answered, not streamed"
+            )
+            hub.metrics.inc("candlewire_request_errors_total", code="indicator_failed")
+            echo = {"type": "indicator", "id": request.chart_id}
+            hub.send(client, protocol.error_message("indicator_failed", message, echo))
+        elif request.stream:
             self._stream(client, request, bound, computed, raw)
 
     def _stream(
@@ -281,7 +301,33 @@ class Indicating:
                 continue
             if groups:
                 self._push_groups(key, groups, dates)
+        self._stop_too_slow()
         self.seconds += time.perf_counter() - started
+
+    def _stop_too_slow(self) -> None:
+        """Stop the live updates of a computation that took longer than its budget (a user
+        indicator's slow ``calc``: it runs on the hub's loop, and every client waits): its
+        holders get ``indicator_failed`` naming the time; the rest streams on."""
+        for shared, spent in self.live.take_too_slow():
+            name = shared.computation.bound.indicator_id
+            message = (
+                f"{name}: a live update took {spent:.2f} s (at most {LIVE_BUDGET_SECONDS:g} s: "
+                "it runs in the hub); its live updates stopped"
+            )
+            logger.warning("%s", message)
+            for chart_id, chart in list(shared.charts.items()):
+                for client_id in list(chart.clients):
+                    self.live.unsubscribe(client_id, chart_id)
+                    client = self.hub.clients.get(client_id)  # type: ignore[call-overload]
+                    if client is not None:
+                        self.hub.metrics.inc(
+                            "candlewire_request_errors_total", code="indicator_failed"
+                        )
+                        echo = {"type": "indicator", "id": chart_id}
+                        self.hub.send(
+                            client, protocol.error_message("indicator_failed", message, echo)
+                        )
+            self._prune()
 
     def _usual(
         self,
@@ -503,3 +549,13 @@ class Indicating:
             "seconds spent computing and queueing live indicator updates since start",
         )
         m.gauge("candlewire_indicator_shared", lambda: len(self.live), "shared live computations")
+
+
+def _live_cost(spent: float, bound: BoundIndicator, bars: Mapping[SeriesId, list[Bar]]) -> float:
+    """What a live update of ``bound`` may cost, from ``spent`` on ``bars``: the same over
+    its bounded tail's share of the bars (all of them without one)."""
+    tail = bound.tail_size()
+    loaded = max((len(rows) for rows in bars.values()), default=0)
+    if tail is None or loaded <= tail:
+        return spent
+    return spent * tail / loaded

@@ -157,8 +157,7 @@ def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Bars]) -> Computed:
     """Every output of ``bound`` over ``bars``; NaN during warm-up."""
     times, data = align(bound, bars)
     values = _run(bound, Indicator.prepare(bound.indicator, dict(bound.inputs)), data)
-    _check_outputs(bound, values, len(times))
-    return Computed(times, [np.asarray(v, dtype=np.float64) for v in values])
+    return Computed(times, _checked_outputs(bound, values, len(times)))
 
 
 def _run(bound: BoundIndicator, calc: Calc, data: Mapping[str, FloatArray]) -> Sequence[FloatArray]:
@@ -327,8 +326,7 @@ class LiveComputation:
         series, at least as long as its own): the values of :func:`compute`, bit for bit."""
         n = len(columns) if self._size is None else min(self._size, len(columns))
         data = {column: columns.field(index)[-n:] for column, index in self._columns}
-        values = _run(self.bound, self._calc, data)
-        _check_outputs(self.bound, values, n)
+        values = _checked_outputs(self.bound, _run(self.bound, self._calc, data), n)
         newest: list[float | None] = []
         for output in values:
             value = float(output[-1])
@@ -438,16 +436,31 @@ def _nullable(values: FloatArray) -> list[float | None]:
     return column
 
 
-def _check_outputs(bound: BoundIndicator, values: Sequence[FloatArray], n: int) -> None:
+def _checked_outputs(bound: BoundIndicator, values: object, n: int) -> list[FloatArray]:
+    """``values`` (what a ``calc`` returned) as one float array of ``n`` per output; else
+    ``indicator_failed`` saying what came instead (a user's calc may return anything: a
+    flat list, ``None``, strings)."""
     expected = len(bound.indicator.outputs)
-    if len(values) == expected:
-        for v in values:
-            if len(v) != n:
+    arrays: list[FloatArray] = []
+    problem = ""
+    if not isinstance(values, list | tuple | np.ndarray) or len(values) != expected:
+        got = len(values) if isinstance(values, list | tuple | np.ndarray) else None
+        problem = f"{type(values).__name__}" + ("" if got is None else f" of {got} items")
+    else:
+        for value in values:
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                problem = f"an output of {type(value).__name__} that is not numbers"
                 break
-        else:
-            return
-    raise IndicatorError(
-        "indicator_failed",
-        f"{bound.indicator.name}: calc returned {len(values)} arrays of lengths "
-        f"{[len(v) for v in values]}; expected {expected} of {n}",
-    )
+            if array.ndim != 1 or len(array) != n:
+                problem = f"an output of shape {array.shape}"
+                break
+            arrays.append(array)
+    if problem:
+        raise IndicatorError(
+            "indicator_failed",
+            f"{bound.indicator.name}: calc must return {expected} arrays of {n} numbers; "
+            f"it returned {problem}",
+        )
+    return arrays

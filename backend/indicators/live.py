@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import NamedTuple
 
 from backend.errors import IndicatorError
@@ -25,6 +26,9 @@ from backend.model import intervals
 from backend.model.bars import SeriesId
 
 logger = logging.getLogger(__name__)
+
+LIVE_BUDGET_SECONDS = 0.25  # a live computation that takes longer stops (it blocks the hub)
+_clock = perf_counter
 
 Key = tuple[object, ...]
 
@@ -117,6 +121,7 @@ class LiveIndicators:
         # series whose running computations may have to open (all open: newest bars only)
         self._opening: set[SeriesId] = set()
         self.computations = 0  # shared computations run by on_bar (for the metrics)
+        self._too_slow: list[tuple[Shared, float]] = []  # over LIVE_BUDGET_SECONDS
 
     def __len__(self) -> int:
         """The number of shared computations."""
@@ -222,11 +227,14 @@ class LiveIndicators:
         for shared in plan.others:
             shared.rows = _NO_ROWS
             self.computations += 1
+            started = _clock()
             try:
                 newest = shared.computation.step(fetch)
             except IndicatorError as exc:
                 _failed(shared, exc)
                 continue
+            finally:
+                self._timed(shared, started)
             if newest is not None:
                 shared.rows = [newest]
         if plan.running:
@@ -344,12 +352,27 @@ class LiveIndicators:
             time = tail.time
             for shared in on_tail:
                 self.computations += 1
+                started = _clock()
                 try:
                     values = shared.computation.newest(tail)
                 except IndicatorError as exc:
                     _failed(shared, exc)
                     continue
+                finally:
+                    self._timed(shared, started)
                 shared.rows.append((time, values))
+
+    def _timed(self, shared: Shared, started: float) -> None:
+        """Note a computation that took longer than :data:`LIVE_BUDGET_SECONDS` (its owner
+        stops it: :meth:`take_too_slow`); it runs on the event loop, between two batches."""
+        spent = _clock() - started
+        if spent > LIVE_BUDGET_SECONDS:
+            self._too_slow.append((shared, spent))
+
+    def take_too_slow(self) -> list[tuple[Shared, float]]:
+        """The computations that ran over their budget since the last call, and how long."""
+        found, self._too_slow = self._too_slow, []
+        return found
 
     def _forget(self, key: Key) -> None:
         shared = self._shared.pop(key)
