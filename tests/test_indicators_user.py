@@ -35,6 +35,18 @@ class Broken(Spread):
         raise ZeroDivisionError("oops")
 
 
+class NaNDefault(Spread):
+    inputs = (Input("scale", default=float("nan"), min=0.0, max=10.0),)
+
+
+class DefaultOutside(Spread):
+    inputs = (Input("scale", default=500, min=1, max=10),)
+
+
+class HalfInteger(Spread):
+    inputs = (Input("scale", default=2.5, min=1, max=10),)
+
+
 class NoCalc(Indicator):
     name = "Nothing"
     outputs = (Output("x", "x"),)
@@ -74,6 +86,9 @@ def test_the_shipped_example_is_registered_like_a_user_indicator() -> None:
         "my.X=tests.test_indicators_user:Binding",
         "my'X=tests.test_indicators_user:Spread",
         "my.X=justamodule",
+        "my.X=tests.test_indicators_user:NaNDefault",
+        "my.X=tests.test_indicators_user:DefaultOutside",
+        "my.X=tests.test_indicators_user:HalfInteger",
     ],
 )
 def test_a_broken_entry_fails_at_startup(entry: str) -> None:

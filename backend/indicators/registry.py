@@ -9,6 +9,7 @@ imported, is not an :class:`~.base.Indicator`, or declares nothing is a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from backend.errors import ConfigError, IndicatorError
@@ -67,4 +68,15 @@ def load_indicator_class(path: str) -> type[Indicator]:
         raise ConfigError(f"{path!r} must declare name, columns and outputs")
     if cls.calc is Indicator.calc:
         raise ConfigError(f"{path!r} does not implement calc")
+    for spec in cls.inputs:
+        numbers = (spec.default, spec.min, spec.max)
+        if not all(isinstance(n, int | float) and math.isfinite(n) for n in numbers):
+            raise ConfigError(f"{path!r}: input {spec.name!r} needs finite default, min and max")
+        if spec.integer and not float(spec.default).is_integer():
+            raise ConfigError(f"{path!r}: input {spec.name!r} is an integer; its default is not")
+        if not spec.min <= spec.default <= spec.max:
+            raise ConfigError(
+                f"{path!r}: input {spec.name!r} has its default {spec.default} outside "
+                f"{spec.min}..{spec.max}"
+            )
     return cls
