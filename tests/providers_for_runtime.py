@@ -3,7 +3,8 @@
 ``ScriptedProvider`` records its hook calls on the instance and can be told, through the
 symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``, ``GONE`` is
 an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history, ``SLOW``
-answers after a second, ``KILLER`` exits the process from ``get_history``.
+answers after a second, ``KILLER`` exits the process from ``get_history``, ``STUCK``
+blocks its first-subscriber hook until ``hang`` is set.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ScriptedProvider(Provider):
             raise RuntimeError("a hook failed on purpose")
         if symbol == "DIE":
             os._exit(3)
+        if symbol == "STUCK":  # a hook that does not return (until the test lets it)
+            self.hang.wait(30)
 
     def start_streaming(self, ws_client: int, symbol: str, interval: str) -> None:
         self.calls.append(f"start {ws_client} {symbol} {interval}")

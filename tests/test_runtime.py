@@ -25,11 +25,13 @@ from backend.runtime.messages import (
     Command,
     GetHistory,
     HistoryReply,
+    Notice,
     Ping,
     Pong,
     Ready,
     Shutdown,
     StartStreaming,
+    Status,
     StopStreaming,
     StreamUntil,
     WireEvent,
@@ -221,6 +223,30 @@ def test_a_failing_hook_is_logged_and_the_runner_carries_on(
     assert "hook failed" in caplog.text
     harness.commands.put(Ping(7))
     harness.wait_for(lambda e: isinstance(e, Pong) and e.seq == 7, "a Pong after the failure")
+
+
+def test_a_hook_that_does_not_return_is_reported_and_cleared_when_it_does(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start_streaming that blocked held up every later subscription while pings went
+    on: nothing said so. Past HEARTBEAT_TIMEOUT it is logged, /health's status says
+    ``stuck`` and the key's clients get an error; when it returns the status is ok."""
+    assert harness.runner is not None
+    harness.runner.settings = settings(HEARTBEAT_TIMEOUT=1)
+    harness.commands.put(StartStreaming(1, "STUCK", "1h"))
+    seq = iter(range(100, 1000))
+
+    def reported() -> bool:
+        harness.commands.put(Ping(next(seq)))
+        events = harness.collect()
+        return any(isinstance(e, Status) and e.state == "stuck" for e in events)
+
+    until(reported, what="the stuck hook reported")
+    notice = harness.wait_for(lambda e: isinstance(e, Notice), "the clients told")
+    assert (notice.symbol, notice.code) == ("STUCK", "provider_unavailable")
+    assert "has not returned" in caplog.text
+    harness.provider.hang.set()
+    harness.wait_for(lambda e: isinstance(e, Status) and e.state == "ok", "the status cleared")
 
 
 def test_history_is_sorted_deduplicated_and_converted(harness: RunnerHarness) -> None:

@@ -117,6 +117,9 @@ class ProviderRunner:
         self.stream_until: float | None = None  # StreamUntil: set by the command thread
         self.last_word = time.monotonic()  # when the last command came (set by that thread)
         self.code = 0
+        # the control hook running now and since when (set by the control thread)
+        self.hook: tuple[float, Command] | None = None
+        self.hook_reported = False  # it ran past HEARTBEAT_TIMEOUT and was reported
 
     def stop(self) -> None:
         self.stopping.set()
@@ -169,6 +172,7 @@ class ProviderRunner:
             match command:
                 case Ping(seq):
                     self.pipe.put(Pong(seq))
+                    self._watch_hook(provider)
                 case GetHistory():
                     with self.busy_lock:
                         self.busy_history += 1
@@ -234,7 +238,44 @@ class ProviderRunner:
             and bool(provider.streaming_keys())
         )
 
+    def _watch_hook(self, provider: Provider) -> None:
+        """A control hook (``start_streaming``, ``on_close``, ``no_update``) that has not
+        returned within ``HEARTBEAT_TIMEOUT`` holds up every later subscription and
+        unsubscription of the provider, while its other threads (and pings) go on: it is
+        logged once, ``/health`` shows the provider ``stuck``, and the clients of the key it
+        was starting get an ``error``."""
+        hook = self.hook
+        if hook is None or self.hook_reported:
+            return
+        started, command = hook
+        stuck = time.monotonic() - started
+        if stuck < self.settings.HEARTBEAT_TIMEOUT:
+            return
+        self.hook_reported = True
+        what = _hook_name(command)
+        detail = f"{what} has not returned for {stuck:.0f} s; later subscriptions wait behind it"
+        logger.error("provider %s: %s", self.key, detail)
+        provider.report_status("stuck", detail)
+        if isinstance(command, StartStreaming):
+            message = f"{self.key}: {what} has not returned; no live updates"
+            provider.notify(command.symbol, command.interval, "provider_unavailable", message)
+
     def _run_hook(self, provider: Provider, command: Command) -> None:
+        self.hook = (time.monotonic(), command)
+        try:
+            self._call_hook(provider, command)
+        finally:
+            started = self.hook[0]
+            self.hook = None
+            if self.hook_reported:
+                self.hook_reported = False
+                took = time.monotonic() - started
+                logger.warning(
+                    "provider %s: %s returned after %.0f s", self.key, _hook_name(command), took
+                )
+                provider.report_status("ok", "")
+
+    def _call_hook(self, provider: Provider, command: Command) -> None:
         try:
             match command:
                 case StartStreaming(client, symbol, interval):
@@ -320,3 +361,15 @@ def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
             bad[0],
         )
     return [by_time[t] for t in sorted(by_time)]
+
+
+def _hook_name(command: Command) -> str:
+    """The hook a control command runs, for the log: ``start_streaming('AAA', '1m')``."""
+    match command:
+        case StartStreaming(_, symbol, interval):
+            return f"start_streaming({symbol!r}, {interval!r})"
+        case StopStreaming(_, symbol, interval):
+            return f"on_close({symbol!r}, {interval!r})"
+        case NoUpdate(symbol, interval):
+            return f"no_update({symbol!r}, {interval!r})"
+    return type(command).__name__
