@@ -389,4 +389,7 @@ def startup_failed(sock: socket.socket, workers: list[int]) -> NoReturn:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl+C: the shutdown ran; uvicorn re-raises the signal after
+        sys.exit(130)  # it (128 + SIGINT, as a shell reports it), without a traceback

@@ -5,6 +5,7 @@ its share of the port, not the provider processes it had started."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,16 @@ def test_with_workers_each_worker_imports_the_plugins_itself(tmp_path: Path) -> 
             hub.stop()
     finally:
         node.stop()
+
+
+def test_ctrl_c_stops_the_server_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    """uvicorn re-raises SIGINT after its shutdown: every Ctrl+C of ``make run`` ended in a
+    KeyboardInterrupt traceback."""
+    with harness.populated_server(tmp_path, PROVIDERS="counting") as server:
+        assert server.proc is not None
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(harness.seconds(20)) == 130
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    until(lambda: not any(child.is_running() for child in children), what="providers gone")
