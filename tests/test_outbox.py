@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from backend.wire.outbox import HARD_LIMIT_FACTOR, Outbox
 
 
@@ -63,7 +65,7 @@ def test_the_byte_limit_counts_frames_and_what_the_socket_still_holds() -> None:
     assert outbox.pending_bytes() == 600
     assert outbox.push(b"y" * 500)  # 1,100 bytes pending: over the soft limit
     assert outbox.over_limit_since is not None
-    assert outbox.stalled_for(outbox.over_limit_since + 3) == 3
+    assert outbox.stalled_for(outbox.over_limit_since + 3) == pytest.approx(3)  # a float sum
     in_socket[0] = 0  # the client read it all
     assert outbox.stalled_for(1e12) == 0.0
 
