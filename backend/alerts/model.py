@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from backend.alerts.destinations import host_of, public_problem
 from backend.errors import ProtocolError
-from backend.indicators.rules import DataOperand, IndicatorOperand, RuleSet, parse_rule_set
+from backend.indicators.rules import IndicatorOperand, RuleSet, parse_rule_set
 from backend.model.bars import SeriesId
 
 MAX_MESSAGE = 1_000
@@ -198,13 +198,7 @@ def _config_read(config: dict[str, Any]) -> dict[str, Any]:
 
 def series_of(rule_set: RuleSet) -> tuple[SeriesId, ...]:
     """The series keys the rules read (indicators: their ``dataMap``), in order, once each."""
-    keys: list[SeriesId] = []
-    for operand in rule_set.operands():
-        if isinstance(operand, DataOperand):
-            keys.append(operand.series)
-        elif isinstance(operand, IndicatorOperand):
-            keys.extend(binding.series for binding in operand.config.bindings)
-    return tuple(dict.fromkeys(keys))
+    return rule_set.series()
 
 
 def reads_indicators(rule_set: RuleSet) -> bool:

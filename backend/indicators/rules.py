@@ -84,17 +84,19 @@ class RuleSet:
     def operands(self) -> list[Operand]:
         return [operand for rule in self.rules for operand in (rule.left, rule.right)]
 
-    def symbols(self) -> list[tuple[str, str]]:
-        """The (source, name) of every series the rules read, data operands and indicators'
-        ``dataMap`` alike, each once, in order."""
-        found: dict[tuple[str, str], None] = {}
+    def series(self) -> tuple[SeriesId, ...]:
+        """The series the rules read (indicators: their ``dataMap``), in order, once each."""
+        keys: list[SeriesId] = []
         for operand in self.operands():
             if isinstance(operand, DataOperand):
-                found[(operand.series.source, operand.series.name)] = None
+                keys.append(operand.series)
             elif isinstance(operand, IndicatorOperand):
-                for binding in operand.config.bindings:
-                    found[(binding.series.source, binding.series.name)] = None
-        return list(found)
+                keys.extend(binding.series for binding in operand.config.bindings)
+        return tuple(dict.fromkeys(keys))
+
+    def symbols(self) -> list[tuple[str, str]]:
+        """The (source, name) of every series the rules read, each once, in order."""
+        return list(dict.fromkeys((key.source, key.name) for key in self.series()))
 
     def rebound(self, old: tuple[str, str], new: tuple[str, str]) -> RuleSet:
         """The same rules over ``new`` (source, name) wherever they read ``old``."""
