@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,8 @@ def _guard(hub: Hub, access: Access, settings: Settings) -> None:
     hub.subscription_limit = access.subscriptions.limit
     hub.credential_client = current_client if settings.AUTH != "none" else None
     access.subscriptions.count = lambda connection: len(hub.subs.keys_of(connection))
-    hub.metrics.gauge(
-        "candlewire_upstream_refusals",
+    hub.metrics.counter(
+        "candlewire_upstream_refusals_total",
         lambda: access.fair.refused,
         "history calls refused by the fair-use budget since the start",
     )
@@ -222,6 +223,7 @@ def create_node_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         node = ProviderNode(settings)
         app.state.node = node
+        app.state.metrics = _node_metrics(node)
         await node.start()
         logger.info("provider node started with providers: %s", ", ".join(settings.PROVIDERS))
         try:
@@ -252,10 +254,45 @@ def create_node_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
-        node: ProviderNode = request.app.state.node
-        return PlainTextResponse(node.metrics(), media_type="text/plain; version=0.0.4")
+        metrics: Metrics = request.app.state.metrics
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+_NODE_COUNTERS = {
+    "batches_published": "messages of provider events published to the bus",
+    "batches_dropped": "messages of provider events lost because the bus was down",
+    "events_dropped": "provider events shed because the bus was not keeping up",
+    "history_requests": "history requests the node took from the bus",
+    "history_calls": "get_history calls made to the node's providers",
+    "leases_acquired": "provider leases this node acquired",
+    "leases_lost": "provider leases this node lost",
+}
+
+
+def _node_metrics(node: ProviderNode) -> Metrics:
+    """A provider node's figures: its counters, the bus state, each provider's lease and
+    streamed keys."""
+    metrics = Metrics()
+    for name, help_text in _NODE_COUNTERS.items():
+        metrics.counter(
+            f"candlewire_bus_{name}_total", partial(node.counters.__getitem__, name), help_text
+        )
+    metrics.gauge("candlewire_bus_up", lambda: float(node.up), "1 while the bus is reachable")
+    metrics.gauge_by(
+        "candlewire_bus_lease_held",
+        "source",
+        lambda: {key: float(lease.active) for key, lease in node.leases.items()},
+        "1 while this node holds the provider's lease",
+    )
+    metrics.gauge_by(
+        "candlewire_bus_streams",
+        "source",
+        lambda: {key: float(len(lease.streaming)) for key, lease in node.leases.items()},
+        "keys the provider streams for the hubs",
+    )
+    return metrics
 
 
 def _authenticated(request: Request) -> bool:

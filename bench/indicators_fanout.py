@@ -239,9 +239,9 @@ def server(keys: int, clients: int, label: str, **env: str) -> OurServer:
 def counters(target: OurServer) -> dict[str, float]:
     text = target.server.get("/metrics")
     wanted = (
-        "candlewire_indicator_computations",
-        "candlewire_indicator_updates_delivered",
-        "candlewire_indicator_seconds",
+        "candlewire_indicator_computations_total",
+        "candlewire_indicator_updates_delivered_total",
+        "candlewire_indicator_seconds_total",
     )
     out = {}
     for line in text.splitlines():
@@ -261,13 +261,16 @@ def indicator_rate(target: OurServer, gen: LoadGen, rate: float, seconds: float)
     target.set_rate(0)
     gen.call("quiet", idle=0.3, timeout=20)
     computed = (
-        after["candlewire_indicator_computations"] - before["candlewire_indicator_computations"]
+        after["candlewire_indicator_computations_total"]
+        - before["candlewire_indicator_computations_total"]
     )
     delivered = (
-        after["candlewire_indicator_updates_delivered"]
-        - before["candlewire_indicator_updates_delivered"]
+        after["candlewire_indicator_updates_delivered_total"]
+        - before["candlewire_indicator_updates_delivered_total"]
     )
-    spent = after["candlewire_indicator_seconds"] - before["candlewire_indicator_seconds"]
+    spent = (
+        after["candlewire_indicator_seconds_total"] - before["candlewire_indicator_seconds_total"]
+    )
     return {
         "rate": round(rate, 3),
         "data_updates_per_s": round(m["per_s"]),

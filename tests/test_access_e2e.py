@@ -322,7 +322,7 @@ async def test_one_client_exhausting_its_upstream_budget_does_not_starve_a_secon
     caused = fetches(server, "AAA", "1m") - before
     assert caused <= UPSTREAM_BURST + UPSTREAM_RATE * elapsed + 2, (caused, elapsed)
     _, metrics, _ = http(server, "/metrics", **bearer())
-    assert "candlewire_upstream_refusals" in metrics
+    assert "candlewire_upstream_refusals_total" in metrics
     await bob.close()
     await mallory.close()
 

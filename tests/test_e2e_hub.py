@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from backend.model import intervals
@@ -242,6 +244,32 @@ async def test_health_and_metrics_describe_the_running_server(server: ServerProc
     metrics = server.get("/metrics")
     assert "candlewire_clients" in metrics
     assert "candlewire_loop_stall_max_seconds" in metrics  # the stall probe runs by default
+
+
+async def test_metrics_parse_as_prometheus_text_with_counters_named_total(
+    server: ServerProcess,
+) -> None:
+    """Every family parses with Prometheus' own parser; a counter (a running total, such as
+    the live indicator computations, was typed a gauge) is a counter named ``..._total``;
+    the process's memory and open files are there."""
+    ws = await WsClient.open(server.ws_url)
+    try:
+        await ws.send(data("AAA"))
+        await ws.wait_for("data_init", same_key("AAA"))
+        families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics"))}
+    finally:
+        await ws.close()
+    counters = {name for name, f in families.items() if f.type == "counter"}
+    assert {"candlewire_connections_total", "candlewire_indicator_computations_total"} <= {
+        name + "_total" for name in counters
+    }
+    for family in families.values():
+        for sample in family.samples:
+            if family.type == "gauge":
+                assert not sample.name.endswith("_total"), sample.name
+            assert math.isfinite(sample.value), sample
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert families["candlewire_clients"].samples[0].value >= 1
 
 
 # ---------------------------------------------------------------- faults: own servers

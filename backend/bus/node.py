@@ -587,21 +587,6 @@ class ProviderNode:
             "providers": providers,
         }
 
-    def metrics(self) -> str:
-        """Prometheus text of the node's counters and gauges."""
-        lines = []
-        for name, value in self.counters.items():
-            metric = f"candlewire_bus_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-        lines += ["# TYPE candlewire_bus_up gauge", f"candlewire_bus_up {int(self.up)}"]
-        lines.append("# TYPE candlewire_bus_lease_held gauge")
-        for key, lease in self.leases.items():
-            lines.append(f'candlewire_bus_lease_held{{source="{key}"}} {int(lease.active)}')
-        lines.append("# TYPE candlewire_bus_streams gauge")
-        for key, lease in self.leases.items():
-            lines.append(f'candlewire_bus_streams{{source="{key}"}} {len(lease.streaming)}')
-        return "\n".join(lines) + "\n"
-
 
 def _well_formed(request: codec.HistoryRequest) -> bool:
     """A history request of the shapes a hub writes (another program on the prefix could

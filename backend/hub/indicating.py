@@ -533,18 +533,18 @@ class Indicating:
         m.gauge(
             "candlewire_indicators", lambda: len(self.indicators), "indicators in the catalogue"
         )
-        m.gauge(
-            "candlewire_indicator_computations",
+        m.counter(
+            "candlewire_indicator_computations_total",
             lambda: self.computed,
             "live indicator computations run since start (one per shared indicator per update)",
         )
-        m.gauge(
-            "candlewire_indicator_updates_delivered",
+        m.counter(
+            "candlewire_indicator_updates_delivered_total",
             lambda: self.delivered,
             "indicator_update frames queued to clients since start",
         )
-        m.gauge(
-            "candlewire_indicator_seconds",
+        m.counter(
+            "candlewire_indicator_seconds_total",
             lambda: self.seconds,
             "seconds spent computing and queueing live indicator updates since start",
         )
