@@ -196,6 +196,55 @@ async def test_a_node_that_never_answers_gets_the_hub_an_error_within_history_ti
         store.close()
 
 
+async def test_with_no_node_at_all_a_chart_gets_its_error_within_one_history_timeout(
+    tmp_path: Path,
+) -> None:
+    """No node holds the provider: the hub waited HISTORY_TIMEOUT for one to be ready, then
+    as long again for the answer, so the chart's error came after twice the timeout."""
+    names = Names(bus_deploy.new_prefix())
+    env = bus_deploy.bus_env(tmp_path, SHARED_REDIS, names.prefix, "hub")
+    env["HISTORY_TIMEOUT"] = str(TIMEOUT)
+    assert harness.populate(env).returncode == 0
+    hub = ServerProcess(env, tmp_path / "hub.server.log", args=("--role", "hub"))
+    store = redis.Redis.from_url(SHARED_REDIS)
+    try:
+        hub.start(healthy=False)
+        assert hub.get("/health")["providers"]["counting"]["state"] == "no_node"
+        client = await WsClient.open(hub.ws_url)
+        asked = time.monotonic()
+        await client.send(latest("CCC"))
+        init = await client.wait_for("data_init", same_key("CCC", "1m"), 2 * TIMEOUT + 10)
+        took = time.monotonic() - asked
+        error = await client.wait_for("error", timeout=1)
+        assert init["data"] == [] and error["code"] == "provider_unavailable"
+        assert took < TIMEOUT + harness.seconds(1.5), took
+        # Known unready: the next chart does not wait again.
+        asked = time.monotonic()
+        await client.send(latest("AAA"))
+        await client.wait_for("data_init", same_key("AAA", "1m"), TIMEOUT + 10)
+        assert time.monotonic() - asked < harness.seconds(1.5)
+        # A node comes: the provider is ready again and history flows.
+        node = bus_deploy.node(env | {"DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
+        try:
+            await harness.eventually(
+                lambda: hub.get("/health")["providers"]["counting"]["state"] == "running",
+                harness.seconds(15),
+                "the node to take the provider",
+            )
+            mark = len(client.messages)
+            await client.send(latest("BBB"))
+            init = await client.wait_for("data_init", same_key("BBB", "1m"), 20, after=mark)
+            assert len(init["data"]) == 5
+        finally:
+            node.stop()
+        await client.close()
+    finally:
+        hub.stop()
+        for key in store.scan_iter(names.prefix + "*"):
+            store.delete(key)
+        store.close()
+
+
 def test_which_window_joins_a_call_in_flight() -> None:
     """The rule on its own: same series, both ending now, same count, a start at most one
     bar interval later; identical windows always share."""

@@ -10,6 +10,7 @@ takes the lease again, the hub registers its demand again and the client updates
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,17 @@ async def test_a_redis_restart_degrades_then_everything_resumes(
         )
         init = await client.wait_for("data_init", same_key("AAA", "1m"), after=mark)
         assert len(init["data"]) == 3
+        # A miss is answered at once: the hub knows the bus is down (it waited HISTORY_TIMEOUT).
+        mark = len(client.messages)
+        asked = time.monotonic()
+        await client.send(
+            {"type": "data", "source": "counting", "name": "CCC", "interval": "1m", "count": 3}
+        )
+        init = await client.wait_for("data_init", same_key("CCC", "1m"), 15, after=mark)
+        error = await client.wait_for("error", after=mark)
+        assert init["data"] == [] and error["code"] == "provider_unavailable"
+        assert "bus is down" in error["message"]
+        assert time.monotonic() - asked < harness.seconds(2), "waited for the bus"
         private_redis.start()
         await harness.eventually(lambda: status(server) == "ok", LEASE + 15, "health ok again")
         mark = len(client.messages)

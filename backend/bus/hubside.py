@@ -464,9 +464,12 @@ class BusProviderSet:
         timeout: float,
     ) -> list[Bar]:
         """Ask the active node; ``ProviderUnavailable`` when the bus is down or the answer
-        does not come within ``timeout`` (end to end)."""
+        does not come within ``timeout`` (end to end). Once the bus is known down (not
+        merely connecting at start-up), a request fails at once instead of waiting for it."""
         if self._redis is None:
             raise ProviderUnavailable(f"provider {source}: the bus is not started")
+        if not self._listening.is_set() and not self.up and self.reason != "connecting":
+            raise ProviderUnavailable(f"provider {source}: the bus is down ({self.reason})")
         deadline = time.monotonic() + timeout
         try:  # an answer needs this hub's reply channel subscribed
             await asyncio.wait_for(self._listening.wait(), timeout)

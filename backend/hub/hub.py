@@ -129,6 +129,7 @@ class Hub:
         # Access control: the current caller's limit of subscriptions (None: none applies);
         # also bounds the series its alerts read (``Alerting``).
         self.subscription_limit: Callable[[], int | None] | None = None
+        self._unready: set[str] = set()  # providers not ready within HISTORY_TIMEOUT (_persists)
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
@@ -210,11 +211,30 @@ class Hub:
                 logger.info("retention: removed %d bars older than their interval's limit", removed)
 
     async def _persists(self, source: str) -> bool:
+        """Whether ``source`` keeps its bars in the store, once it is ready. A provider not
+        ready within ``HISTORY_TIMEOUT`` (starting, restarting, no node holds it) is marked
+        unready until it is: its history calls then fail at once (:meth:`_fetch`), so a
+        chart gets what the store has and its error after one timeout, not two, and the
+        next requests do not wait again."""
         provider = self.supervisor.get(source)
         if provider is None:
             return False
-        await provider.wait_ready(self.settings.HISTORY_TIMEOUT)
+        timeout = self.settings.HISTORY_TIMEOUT
+        if source not in self._unready and not await provider.wait_ready(timeout):
+            self._unready.add(source)
+            logger.warning(
+                "provider %s was not ready within %g s: its history calls fail at once until it is",
+                source,
+                timeout,
+            )
         return provider.persist
+
+    def _check_ready(self, source: str) -> None:
+        if source in self._unready:
+            raise ProviderUnavailable(
+                f"provider {source!r} is not ready (it was not within "
+                f"{self.settings.HISTORY_TIMEOUT:g} s)"
+            )
 
     # ------------------------------------------------------------------ clients
 
@@ -363,6 +383,7 @@ class Hub:
         provider = self.supervisor.get(key.source)
         if provider is None:
             raise ProviderUnavailable(f"provider {key.source!r} is not enabled")
+        self._check_ready(key.source)
         if self.admit_fetch is not None:
             self.admit_fetch(key)
         self.metrics.inc("candlewire_history_fetches_total", source=key.source)
@@ -381,6 +402,7 @@ class Hub:
         provider = self.supervisor.get(key.source)
         if provider is None:
             raise ProviderUnavailable(f"provider {key.source!r} is not enabled")
+        self._check_ready(key.source)
         self.metrics.inc("candlewire_history_fetches_total", source=key.source)
         start_text = intervals.format_date(start)
         timeout = self.settings.HISTORY_TIMEOUT
@@ -391,6 +413,7 @@ class Hub:
     def on_provider_ready(self, source: str) -> None:
         """A provider (re)started: refill what its keys' clients missed meanwhile (held live
         updates follow), and replay every open subscription into it."""
+        self._unready.discard(source)
         for series in self.cache.for_source(source):
             series.live = False
             series.epoch += 1
