@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     MAX_CLIENTS: int = Field(10_000, ge=1)
     MAX_SUBSCRIPTIONS_PER_CLIENT: int = Field(500, ge=1)
     MAX_REQUESTS_PER_FRAME: int = Field(100, ge=1)
-    MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
+    # A chat prompt carries the chart as a PNG data URL: about 1.2 MB from a 1920x1080 window
+    # and 1.6 MB from 2560x1440 (Tradiny renders it at three times the size).
+    MAX_FRAME_BYTES: int = Field(8 * 1024 * 1024, ge=1024)
     OUTBOX_MAX_MESSAGES: int = Field(1_000, ge=10)
     # Bytes a client may have pending (outbox plus socket buffer) before it counts as slow;
     # 4x this at any moment closes it at once (DESIGN section 4; backend/wire/outbox.py).

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from backend.model import intervals
+from backend.settings import Settings
 from tests import harness
 from tests.harness import ServerProcess, WsClient, base_env, populate, populated_server, seconds
 
@@ -196,11 +197,12 @@ async def test_bad_input_is_answered_with_an_error_and_the_socket_stays_usable(
     assert server.get("/health")["status"] == "ok"
 
 
-async def test_a_frame_over_one_mebibyte_closes_only_that_socket(
+async def test_a_frame_over_max_frame_bytes_closes_only_that_socket(
     server: ServerProcess, client: WsClient
 ) -> None:
+    limit = Settings.model_fields["MAX_FRAME_BYTES"].default
     with contextlib.suppress(ConnectionClosed):
-        await client.send_raw("[" + " " * (1024 * 1024 + 10) + "]")
+        await client.send_raw("[" + " " * (limit + 10) + "]")
     await asyncio.wait_for(client.connection.wait_closed(), seconds(10))
     assert client.connection.close_code == 1009
     other = await WsClient.open(server.ws_url)

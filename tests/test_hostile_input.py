@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from backend import logs
 from backend.api import openbb_grid, openbb_widgets
 from backend.errors import ProtocolError
+from backend.settings import Settings
 from backend.wire import protocol
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 
@@ -337,7 +338,8 @@ async def test_an_oversize_frame_closes_with_1009_and_others_go_on(
     log = LogMark(server)
     client = await WsClient.open(url_of(server, endpoint), max_size=None)
     with contextlib.suppress(ConnectionClosed):
-        await client.send_raw(json.dumps({"params": {"symbol": "x" * (2 << 20)}}))
+        oversize = Settings.model_fields["MAX_FRAME_BYTES"].default + 1
+        await client.send_raw(json.dumps({"params": {"symbol": "x" * oversize}}))
     await asyncio.wait_for(client.connection.wait_closed(), seconds(10))
     assert client.connection.close_code == 1009
     await client.close()
