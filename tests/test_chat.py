@@ -93,6 +93,25 @@ async def test_a_prompt_with_a_chart_image_streams_chunks_then_an_end_marker(
     assert sent["messages"][1]["content"][1]["image_url"]["url"] == image
 
 
+async def test_a_prompt_with_a_large_screens_chart_image_is_taken_and_the_socket_stays(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """Tradiny sends the chart at three times its size: 1.2 MB from a 1920x1080 window,
+    1.6 MB from 2560x1440. Over the old 1 MiB frame limit the socket was closed (1009),
+    and Tradiny, seeing a clean close, never reconnected: the chart stopped for good."""
+    png = b"\x89PNG" + bytes(range(256)) * (1_600_000 // 256)
+    image = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert len(image) > 2 * 1024 * 1024
+    before = len(fake.requests)
+    await client.send(prompt("big", "Where is support?", description="1m chart", img=image))
+    text, _ = await answer(client)
+    assert text == "".join(CHUNKS)
+    assert fake.requests[before]["messages"][1]["content"][1]["image_url"]["url"] == image
+    mark = len(client.messages)
+    await client.send({"type": "ping"})
+    await client.wait_for("pong", after=mark)
+
+
 async def test_a_prompt_reply_continues_the_conversation(client: WsClient, fake: FakeChat) -> None:
     await client.send(prompt("c2", "First?", description="d"))
     await answer(client)

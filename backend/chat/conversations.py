@@ -18,7 +18,7 @@ from typing import Any
 MAX_CONVERSATIONS = 1_000
 MAX_PER_CALLER = 10
 MAX_TURNS = 40
-MAX_CONVERSATION_BYTES = 2 * 1024 * 1024
+MAX_CONVERSATION_BYTES = 8 * 1024 * 1024  # a large screen's chart image is 1-3 MB
 MAX_BYTES = 256 * 1024 * 1024
 IMAGE_DROPPED = "(The chart image of this conversation is no longer available.)"
 SYSTEM = (
@@ -73,7 +73,7 @@ class Conversations:
             {"role": "system", "content": f"{SYSTEM}\n\n{description}".strip()},
             {"role": "user", "content": content},
         ]
-        turn = list(messages)
+        turn = [dict(message) for message in messages]  # trimming the kept one spares it
         self._remove((caller, key))
         self._put(caller, key, messages)
         return turn
