@@ -284,3 +284,24 @@ async def test_a_rule_on_an_indicator_longer_than_a_request_may_load_is_refused(
     assert "at most 10000" in error["message"]
     done = await finished(client, timeout=5)
     assert done["stopped"] and done["total"] == 0
+
+
+async def test_a_universe_over_the_providers_history_budget_is_scanned_at_its_pace(
+    tmp_path: Path,
+) -> None:
+    """The Tradiny Filters window over more symbols than one window of the provider's
+    history budget (here 2 calls per 5 s): the symbols refused for the rate are tried again
+    when the budget allows, not skipped (400 Binance pairs scanned 100, "Done: 0 of 400
+    matched" while most matched). HANG never answers and is skipped after HISTORY_TIMEOUT."""
+    with populated_server(
+        tmp_path, PROVIDERS="counting", HISTORY_TIMEOUT="2", PROVIDER_CALLS_PER_SECOND="0.4"
+    ) as running:
+        client = await WsClient.open(running.ws_url)
+        try:
+            await client.send(scan([close_rule(">", 0)]))
+            done = await finished(client, timeout=40)
+        finally:
+            await client.close()
+    assert done == {"type": "scan_done", "scanned": 3, "matched": 3, "total": 4, "stopped": False}
+    assert sorted(r["data"]["name"] for r in client.of_type("scan_result")) == ["AAA", "BBB", "CCC"]
+    assert client.of_type("scan_progress")[-1]["message"] == "Done: 3 of 4 matched"

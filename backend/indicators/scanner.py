@@ -7,7 +7,11 @@ for the rest), computes the indicators, evaluates, and emits ``scan_progress`` b
 symbol, ``scan_result`` per match, a final ``scan_progress`` ("Done: 3 of 412 matched") and
 ``scan_done``. At most ``per_scan`` symbols run at once, and each holds the server-wide
 ``limit`` semaphore while it runs. A symbol that fails (no data, provider error, timeout) is
-skipped, never the whole scan. Setting ``stop`` cancels the symbols in flight at once.
+skipped, never the whole scan. A symbol whose bars were refused for the rate (the client's
+fair share of the provider's history budget, or the upstream's own limit) is tried again
+after the time the refusal names, outside the semaphore, for up to ``ScanLimits.rate_wait``
+seconds: a universe larger than one budget window is scanned at the rate the budget allows,
+not mostly skipped. Setting ``stop`` cancels the symbols in flight at once, waits included.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.errors import CandlewireError, IndicatorError
+from backend.errors import CandlewireError, IndicatorError, RateLimited
 from backend.indicators import messages
 from backend.indicators.engine import BoundIndicator, bind, compute
 from backend.indicators.registry import Indicators
@@ -68,6 +72,7 @@ class ScanLimits:
     symbol_timeout: float = 10.0
     max_symbols: int = 5000
     max_bars: int = MAX_RULE_BARS  # per series and symbol (:func:`bind_rules`)
+    rate_wait: float = 60.0  # seconds one symbol may wait in all for rate-limited bars
 
 
 async def run_scan(
@@ -92,10 +97,24 @@ async def run_scan(
             if stop.is_set():
                 return
             emit(messages.scan_progress(f"Scanning {index:0{width}d}/{len(universe)}"))
-            async with limit:
-                await _scan_symbol(
-                    rules, template, symbol, fetch, indicators, emit, outcome, limits
-                )
+            waited = 0.0
+            while True:
+                async with limit:
+                    wait = await _scan_symbol(
+                        rules,
+                        template,
+                        symbol,
+                        fetch,
+                        indicators,
+                        emit,
+                        outcome,
+                        limits,
+                        limits.rate_wait - waited,
+                    )
+                if wait is None:
+                    break
+                await asyncio.sleep(wait)  # holds no slot: other symbols and scans go on
+                waited += wait
 
     workers = [
         asyncio.create_task(worker()) for _ in range(max(1, min(limits.per_scan, len(universe))))
@@ -138,20 +157,30 @@ async def _scan_symbol(
     emit: Emit,
     outcome: ScanOutcome,
     limits: ScanLimits,
-) -> None:
+    may_wait: float = 0.0,
+) -> float | None:
+    """Evaluate ``symbol`` (or skip it); the seconds to wait before trying it again when its
+    bars were refused for the rate and the refusal's wait fits in ``may_wait``, else None."""
     bound = rules.rebound(template, (symbol.source, symbol.name)) if template else rules
     try:
         async with asyncio.timeout(limits.symbol_timeout):
             values = await symbol_values(bound, fetch, indicators, limits.max_bars)
+    except RateLimited as exc:
+        if exc.retry_after is not None and 0 <= exc.retry_after <= may_wait:
+            return max(exc.retry_after, 0.05)
+        logger.debug("scan: skipped %s:%s: %s", symbol.source, symbol.name, exc)
+        outcome.skipped.append(f"{symbol.source}:{symbol.name}")
+        return None
     except (CandlewireError, TimeoutError) as exc:
         logger.debug("scan: skipped %s:%s: %s", symbol.source, symbol.name, exc)
         outcome.skipped.append(f"{symbol.source}:{symbol.name}")
-        return
+        return None
     outcome.scanned += 1
     verdict = evaluate(bound, lambda operand: values.get(id(operand), (None, None)))
     if verdict.matched:
         outcome.matched += 1
         emit(messages.scan_result(symbol.row, verdict.values))
+    return None
 
 
 async def symbol_values(
