@@ -48,6 +48,7 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.persist = False
+        self.budgeted = True
         self.last_update: float | None = None
         self.alive = True
         self.inner = RecordingProvider()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +141,42 @@ async def test_rest_history_as_json_and_csv_agree(server: ServerProcess) -> None
     assert len(lines) == 6
     assert [line.split(",")[0] for line in lines[1:]] == [b["date"] for b in body["data"]]
     assert float(lines[-1].split(",")[4]) == body["data"][-1]["csv-BTCUSD-1h-close"]
+
+
+async def test_forty_charts_of_short_files_from_one_client_are_never_rate_limited(
+    tmp_path: Path,
+) -> None:
+    """Local files cost no upstream: the CSV provider's history calls are outside the
+    fair-use budgets. Each chart of a 200-row file costs several provider calls (the planner
+    walks back to find the start of the data), so 20 charts at once used up the provider's
+    budget (100 calls in 5 s) and the rest got ``rate_limited``; a scan was throttled so."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(40):
+        rows = ["date,open,high,low,close,volume"]
+        day = datetime(2026, 1, 1)
+        for k in range(200):
+            rows.append(
+                f"{day + timedelta(days=k):%Y-%m-%d},{100 + k},{101 + k},{99 + k},{100 + k},1"
+            )
+        (folder / f"S{i:02d}.csv").write_text("\n".join(rows) + "\n")
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as server:
+        ws = await WsClient.open(server.ws_url)
+        try:
+            names = [f"S{i:02d}" for i in range(40)]
+            await ws.send(
+                *(
+                    {"type": "data", "source": "csv", "name": n, "interval": "1d", "count": 300}
+                    for n in names
+                )
+            )
+            for name in names:
+                init = await ws.wait_for("data_init", key(name, "1d"), 60)
+                assert len(init["data"]) == 200
+            assert ws.of_type("error") == []
+            metrics = server.get("/metrics")
+            assert "candlewire_upstream_refusals_total 0.0" in metrics
+        finally:
+            await ws.close()

@@ -31,6 +31,7 @@ class Active:
     pid: int | None
     persist: bool
     state: list[WireEvent] = field(default_factory=list)
+    budgeted: bool = True  # the provider's history calls count against fair-use budgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ def active_ok(active: Active) -> bool:
         and (active.pid is None or type(active.pid) is int)
         and type(active.persist) is bool
         and type(active.state) is list
+        and type(getattr(active, "budgeted", True)) is bool  # a node of an older version
     )
 
 

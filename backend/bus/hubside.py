@@ -64,6 +64,7 @@ class BusHandle:
         self.source = source
         self.owner = owner
         self.persist = True
+        self.budgeted = True
         self.last_update: float | None = None
         self.holder: str | None = None
         self.last_holder: str | None = None  # the latest holder, also while none holds it
@@ -332,6 +333,7 @@ class BusProviderSet:
         handle = self.providers[source]
         known, before = handle.holder, handle.last_holder
         handle.holder, handle.pid, handle.persist = active.node, active.pid, active.persist
+        handle.budgeted = getattr(active, "budgeted", True)  # a node of an older version
         handle.last_holder = active.node
         for event in active.state:
             if isinstance(event, Status):

@@ -352,6 +352,7 @@ class ProviderNode:
             process.pid if process is not None else None,
             process.persist if process is not None else True,
             list(lease.state.values()),
+            process.budgeted if process is not None else True,
         )
         data = codec.encode(active)
         pipe = self._redis.pipeline(transaction=False)

@@ -21,6 +21,7 @@ class ProviderHandle(Protocol):
     """One provider process as the hub uses it."""
 
     persist: bool
+    budgeted: bool  # its history calls count against the fair-use budgets
     last_update: float | None
 
     def send(self, command: Command) -> None:

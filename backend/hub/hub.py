@@ -384,7 +384,7 @@ class Hub:
         if provider is None:
             raise ProviderUnavailable(f"provider {key.source!r} is not enabled")
         self._check_ready(key.source)
-        if self.admit_fetch is not None:
+        if self.admit_fetch is not None and provider.budgeted:
             self.admit_fetch(key)
         self.metrics.inc("candlewire_history_fetches_total", source=key.source)
         end_text = "now UTC" if end is None else intervals.format_date(end)

@@ -87,11 +87,13 @@ class Ready:
     """The provider process finished ``init()`` and accepts commands.
 
     ``persist`` is the provider's ``persist_history``: whether the hub keeps its bars in the
-    store (a provider that reads local files need not).
+    store (a provider that reads local files need not); ``budgeted`` its ``history_budget``:
+    whether its history calls count against the fair-use budgets.
     """
 
     pid: int
     persist: bool = True
+    budgeted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

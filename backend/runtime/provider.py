@@ -49,6 +49,10 @@ class Provider:
     #: Whether the hub keeps this provider's bars in its SQLite store across restarts.
     #: A provider that reads local files (CSV) sets it to False.
     persist_history: bool = True
+    #: Whether its history calls count against the fair-use budgets (the provider's
+    #: ``PROVIDER_CALLS_PER_SECOND`` and each client's upstream budget): calls that cost an
+    #: upstream API's rate limit. A provider that reads local files (CSV) sets it to False.
+    history_budget: bool = True
 
     def __init__(self) -> None:
         self._settings: Settings | None = None

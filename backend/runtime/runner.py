@@ -153,7 +153,9 @@ class ProviderRunner:
         # exchange client and websockets (57,000 objects) took 65-72 ms here (load 12), every
         # update it carries waiting; after the freeze, one scans only what came since.
         gc.freeze()
-        self.pipe.put(Ready(os.getpid(), bool(getattr(provider, "persist_history", True))))
+        persist = bool(getattr(provider, "persist_history", True))
+        budgeted = bool(getattr(provider, "history_budget", True))
+        self.pipe.put(Ready(os.getpid(), persist, budgeted))
         logger.info("provider %s ready (pid %d)", self.key, os.getpid())
         self._control_loop(provider)
         self._shutdown(provider)

@@ -107,6 +107,7 @@ class ProviderProcess:
         self.last_error: str | None = None
         self.status = Status("unknown")
         self.persist = True
+        self.budgeted = True  # its history calls count against the fair-use budgets
         self.started_at = 0.0
         self.last_seen = 0.0
         self._ctx = multiprocessing.get_context("spawn")
@@ -309,9 +310,10 @@ class ProviderProcess:
                     self._resolve(request_id, bars, error)
                 case Heartbeat() | Pong():
                     pass
-                case Ready(pid, persist):
+                case Ready(pid, persist, budgeted):
                     self.pid = pid
                     self.persist = persist
+                    self.budgeted = budgeted
                     self.last_error = None
                     self._transition(ProviderState.RUNNING)
                     self._ready.set()

@@ -68,6 +68,7 @@ class CSVProvider(Provider):
     """Serves the CSV files of ``CSV_FOLDER_PATH`` (source key ``csv``)."""
 
     persist_history = False  # the files are the store
+    history_budget = False  # reading them costs no upstream
 
     def __init__(self) -> None:
         super().__init__()
