@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
-from backend.alerts.destinations import PublicResolver, public_problem
+from backend.alerts.destinations import PublicResolver, origin, public_problem
 from backend.alerts.model import check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
 from tests.fakes.webpush import FakePush
@@ -44,6 +44,31 @@ async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
     assert fake.titles("ok") == ["BTC above 90k"]
     push = next(p for p in fake.pushes if p.token == "ok")
     assert push.vapid_key.rstrip("=") == VapidKeys.load_or_create(tmp_path).public_key().rstrip("=")
+
+
+async def test_the_vapid_audience_is_the_endpoints_origin_as_rfc_6454_writes_it(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    """A push service checks ``aud`` against its origin exactly: an endpoint written with
+    an upper-case scheme or the default port signed ``aud`` as written and was refused."""
+    sender = delivery(tmp_path)
+    raw = fake.subscription("case")
+    raw["endpoint"] = raw["endpoint"].replace("http://", "HTTP://", 1)
+    subscription = check_subscription(raw)
+    assert subscription is not None
+    try:
+        outcome = await sender.push(subscription, {"notification": {"title": "case"}})
+    finally:
+        await sender.close()
+    assert outcome is Outcome.SENT
+    assert next(p for p in fake.pushes if p.token == "case").claims["aud"] == fake.url
+
+
+def test_an_origin_is_lower_case_without_the_default_port_path_or_userinfo() -> None:
+    assert origin("https://FCM.GoogleAPIs.com/fcm/send/abc") == "https://fcm.googleapis.com"
+    assert origin("HTTPS://push.example:443/wpush/v2/x") == "https://push.example"
+    assert origin("http://user:pw@127.0.0.1:8080/p?q#f") == "http://127.0.0.1:8080"
+    assert origin("http://[::1]:9000/x") == "http://[::1]:9000"
 
 
 @pytest.mark.parametrize("letter", ["a", "ü", "😀"])

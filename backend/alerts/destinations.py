@@ -18,13 +18,28 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 def origin(url: str) -> str:
-    """Scheme, host and port of ``url`` (push URLs carry a secret token in the path; a
-    password in the userinfo is dropped)."""
+    """The origin of ``url`` as RFC 6454 writes it: scheme and host in lower case, the port
+    only when it is not the scheme's default (VAPID's ``aud`` must be exactly this, RFC 8292
+    section 2). Push URLs carry a secret token in the path; userinfo is dropped too."""
     scheme, _, rest = url.partition("://")
-    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}://{authority.rpartition('@')[2]}"
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    scheme = scheme.lower()
+    try:
+        parts = urlsplit(f"{scheme}://{authority}")
+        host, port = parts.hostname, parts.port
+    except ValueError:  # not a URL we can take apart: as written, without the path
+        return f"{scheme}://{authority}"
+    if host is None:
+        return f"{scheme}://{authority}"
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def host_of(url: str) -> str | None:
