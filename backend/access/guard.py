@@ -192,6 +192,8 @@ async def deny_socket(scope: Scope, send: Send, denied: AccessDenied) -> None:
 
 
 UDF_PATH = "/udf"  # backend.api.udf.PREFIX (the access layer does not import the routes)
+# What a refused ``/udf/config`` adds so that the adapter can still get ready (see deny_http).
+UDF_REFUSED_CONFIG: dict[str, Any] = {"supports_search": True, "supports_group_request": False}
 
 
 async def deny_http(
@@ -199,10 +201,18 @@ async def deny_http(
 ) -> None:
     """The refusal of an HTTP request. Under ``/udf`` the body also carries the datafeed's
     error shape, ``"s": "error"`` and ``"errmsg"``: the Charting Library's adapter reads
-    bodies, not status codes, and would take any other JSON for an answer."""
+    bodies, not status codes, and would take any other JSON for an answer.
+
+    The adapter takes the body of ``/udf/config`` for its configuration, whatever it is, and
+    throws (its ``onReady`` never calls back: a blank chart, no error) unless it names search
+    or group requests. So that refusal also says ``supports_search`` and nothing else about
+    the server: the chart gets ready, and the refusals of ``symbols`` and ``history`` then
+    reach the library as errors ("unknown_symbol", the ``errmsg``)."""
     extra: dict[str, Any] = {"retry_after": retry_after} if retry_after else {}
     if path == UDF_PATH or path.startswith(UDF_PATH + "/"):
         extra.update(s="error", errmsg=message)
+        if path.rstrip("/") == UDF_PATH + "/config":
+            extra.update(UDF_REFUSED_CONFIG)
     body = error_body(status, message, **extra)
     headers = _error_headers(status, len(body))
     if retry_after:

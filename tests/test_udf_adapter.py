@@ -1,0 +1,178 @@
+"""The Charting Library's UDF adapter (``UDFCompatibleDatafeed``) against the real server,
+reproduced request by request in Python: its URLs, its parameters, and what it makes of each
+body (it never looks at the HTTP status). Its code is TradingView's and stays out of this
+repository; :class:`Adapter` does what it does, no more.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import ServerProcess, base_env, populate, seconds
+
+KEY = "udf-adapter-test-key"
+
+
+class Unusable(Exception):
+    """What the adapter throws or rejects with."""
+
+
+class Adapter:
+    """``UDFCompatibleDatafeed(datafeedURL, updateFrequency)``, optionally with the headers
+    of its ``Requester`` (the only way it sends a key)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = headers or {}
+        self.requests: list[tuple[str, int]] = []
+
+    def send(self, path: str, params: dict[str, object] | None = None) -> Any:
+        """``Requester.sendRequest``: ``fetch(url + "/" + path + "?" + params)``, then
+        ``JSON.parse(await response.text())`` whatever the status."""
+        if params:
+            path += "?" + "&".join(
+                f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(str(v), safe='')}"
+                for k, v in params.items()
+            )
+        request = urllib.request.Request(f"{self.url}/{path}", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=seconds(30)) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        self.requests.append((path, status))
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise Unusable(f"not JSON: {body[:80]!r}") from exc
+
+    def on_ready(self) -> dict[str, Any]:
+        """``onReady``: the body of ``config`` is the configuration (an unreachable server
+        gives the defaults); ``_setupWithConfiguration`` throws, and ``onReady`` never calls
+        back, unless it supports search or group requests."""
+        config: dict[str, Any] = self.send("config")
+        if not config.get("supports_search") and not config.get("supports_group_request"):
+            raise Unusable("Unsupported datafeed configuration: onReady never calls back")
+        self.config = config
+        return config
+
+    def resolve_symbol(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self.send("symbols", {"symbol": name})
+        if "s" in body:
+            raise Unusable("unknown_symbol")
+        return body
+
+    def search_symbols(self, text: str, exchange: str = "", kind: str = "") -> list[Any]:
+        body = self.send(
+            "search", {"limit": 30, "query": text.upper(), "type": kind, "exchange": exchange}
+        )
+        return [] if isinstance(body, dict) and "s" in body else list(body)
+
+    def get_bars(
+        self, ticker: str, resolution: str, start: int, to: int, count: int | None
+    ) -> tuple[list[dict[str, float]], dict[str, Any]]:
+        """``HistoryProvider.getBars``: bars in ms, ``meta`` with ``noData``/``nextTime``."""
+        params: dict[str, object] = {
+            "symbol": ticker,
+            "resolution": resolution,
+            "from": start,
+            "to": to,
+        }
+        if count is not None:
+            params["countback"] = count
+        body = self.send("history", params)
+        if body.get("s") not in ("ok", "no_data"):
+            raise Unusable(str(body.get("errmsg")))
+        if body["s"] == "no_data":
+            return [], {"noData": True, "nextTime": body.get("nextTime")}
+        bars = []
+        for i, t in enumerate(body["t"]):
+            bar = {"time": t * 1000, "close": float(body["c"][i])}
+            for key, name in (("o", "open"), ("h", "high"), ("l", "low"), ("v", "volume")):
+                bar[name] = float(body[key][i]) if key in body else bar["close"]
+            bars.append(bar)
+        return bars, {"noData": False}
+
+    def server_time(self) -> int | None:
+        value = self.send("time")
+        return int(value) if isinstance(value, (int, float, str)) else None
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``AUTH=token`` with one key, and a request rate that a few requests exhaust."""
+    tmp = tmp_path_factory.mktemp("udf-adapter-keyed")
+    env = base_env(
+        tmp, PROVIDERS="counting", AUTH="token", API_KEYS=KEY,
+        REQUESTS_PER_SECOND="0.2", REQUESTS_BURST="40",
+    )  # fmt: skip
+    assert populate(env).returncode == 0
+    with KeyedServer(env, tmp / "server.log") as running:
+        yield running
+
+
+class KeyedServer(ServerProcess):
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.url + path, headers={"X-API-Key": KEY})
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            return json.loads(response.read())
+
+
+def test_a_refused_config_still_lets_the_adapter_get_ready_and_fail_visibly(
+    keyed: ServerProcess,
+) -> None:
+    """Without a key, ``/udf/config`` was a bare refusal: the adapter took it for its
+    configuration, threw "Unsupported datafeed configuration", and ``onReady`` never called
+    back: the chart stayed blank with no error. Now it gets ready, and the refusals of
+    ``symbols`` and ``history`` reach the library as errors."""
+    adapter = Adapter(keyed.url + "/udf")
+    config = adapter.on_ready()
+    assert adapter.requests == [("config", 401)]
+    assert config["s"] == "error" and config["errmsg"]
+    assert config["supports_search"] is True and config["supports_group_request"] is False
+    assert "exchanges" not in config and "symbols_types" not in config  # nothing leaks
+    with pytest.raises(Unusable, match="unknown_symbol"):
+        adapter.resolve_symbol("counting:AAA")
+    assert adapter.search_symbols("AAA") == []
+    with pytest.raises(Unusable, match="authentication required"):
+        adapter.get_bars("counting:AAA", "60", 0, int(time.time()), 10)
+    wrong = Adapter(keyed.url + "/udf", {"X-API-Key": "not-the-key"})
+    assert wrong.on_ready()["supports_search"] is True
+    assert wrong.requests == [("config", 401)]
+
+
+def test_the_adapter_with_its_key_in_the_requesters_headers(keyed: ServerProcess) -> None:
+    adapter = Adapter(keyed.url + "/udf", {"Authorization": f"Bearer {KEY}"})
+    config = adapter.on_ready()
+    assert (
+        "s" not in config
+        and {"value": "counting", "name": "counting", "desc": "counting"} in (config["exchanges"])
+    )
+    info = adapter.resolve_symbol("counting:AAA")
+    now = int(time.time())
+    bars, meta = adapter.get_bars(info["ticker"], "60", now - 300 * 3600, now, 300)
+    assert len(bars) == 300 and meta == {"noData": False}
+    assert abs((adapter.server_time() or 0) - now) < 5
+
+
+def test_a_config_over_the_request_rate_still_lets_the_adapter_get_ready(
+    keyed: ServerProcess,
+) -> None:
+    """A chart reloaded by a client over its request rate: the 429 of ``config`` must not
+    leave ``onReady`` hanging either."""
+    adapter = Adapter(keyed.url + "/udf", {"X-API-Key": KEY})
+    statuses: list[int] = []
+    while not statuses or statuses[-1] != 429:
+        adapter.on_ready()
+        statuses.append(adapter.requests[-1][1])
+        assert len(statuses) < 200, "the request rate was never reached"
+    assert adapter.config["s"] == "error" and "retry" in adapter.config["errmsg"]
+    assert adapter.config["supports_search"] is True
