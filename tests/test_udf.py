@@ -380,3 +380,17 @@ def test_symbol_info_reads_the_closed_bars_not_a_partial_forming_one() -> None:
     info = udf.symbol_info(ROW, [*closed, forming])
     assert info["pricescale"] == 1000
     assert info["volume_precision"] == 0
+
+
+def test_symbols_of_a_provider_that_does_not_answer_history_is_prompt(
+    server: ServerProcess,
+) -> None:
+    """resolveSymbol waited HISTORY_TIMEOUT (30 s by default) when the provider did not
+    answer the daily bars read for pricescale: a blank chart for that long before getBars
+    was even asked. The symbol's identity does not wait on its provider for long."""
+    started = time.monotonic()
+    info = udf_get(server, "symbols", symbol="counting:HANG")
+    took = time.monotonic() - started
+    assert info["ticker"] == "counting:HANG"
+    assert info["pricescale"] == udf.DEFAULT_PRICESCALE
+    assert took < udf.SYMBOL_INFO_WAIT + seconds(1.5), took

@@ -93,6 +93,10 @@ RECENT_BARS = 50  # bars read for pricescale and volume_precision
 TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
 TYPE_SAMPLE = 200  # rows per source sampled for /config's symbols_types
 NOW_TOLERANCE = 60  # s: a history 'to' this close to the wall clock means "until now"
+# s: how long /symbols waits for the bars that set pricescale and volume_precision. The
+# adapter's resolveSymbol comes before every getBars: a provider that is slow to answer
+# history (or does not) must not keep the chart blank for HISTORY_TIMEOUT first.
+SYMBOL_INFO_WAIT = 2.0
 _DAY = 86_400
 
 
@@ -392,7 +396,8 @@ async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
 
 async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
     """The symbol's newest bars (up to :data:`RECENT_BARS`): from the cache, else fetched
-    from its daily (or coarsest) interval."""
+    from its daily (or coarsest) interval, waiting at most :data:`SYMBOL_INFO_WAIT` (then
+    none: the defaults; the fetch goes on and fills the cache for the next time)."""
     source, name = str(details["source"]), str(details["name"])
     offered = [i for i in intervals.INTERVALS if i in (details.get("intervals") or ())]
     for interval in offered:
@@ -402,8 +407,19 @@ async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
     if not offered or hub.supervisor.get(source) is None:
         return []
     key = SeriesId(source, name, "1d" if "1d" in offered else offered[-1])
-    answer = await hub.planner.latest(key, RECENT_BARS, hub.subs.has(key))
+    fetch = asyncio.ensure_future(hub.planner.latest(key, RECENT_BARS, hub.subs.has(key)))
+    fetch.add_done_callback(_consume)
+    try:
+        answer = await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
+    except TimeoutError:
+        return []
     return list(answer.bars)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a fetch nobody may wait for any more (no "never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def latest_close(hub: Hub, details: dict[str, Any]) -> float | None:
