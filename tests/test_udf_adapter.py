@@ -6,6 +6,7 @@ repository; :class:`Adapter` does what it does, no more.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import urllib.error
@@ -176,3 +177,61 @@ def test_a_config_over_the_request_rate_still_lets_the_adapter_get_ready(
         assert len(statuses) < 200, "the request rate was never reached"
     assert adapter.config["s"] == "error" and "retry" in adapter.config["errmsg"]
     assert adapter.config["supports_search"] is True
+
+
+# ---------------------------------------------------------------- without access control
+
+STEP = {"5": 300, "60": 3600, "1D": 86_400, "D": 86_400}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("udf-adapter")
+    env = base_env(tmp, PROVIDERS="counting", HISTORY_TIMEOUT="5")
+    assert populate(env).returncode == 0
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
+
+
+@pytest.mark.parametrize(("resolution", "count"), [("5", 2000), ("60", 300), ("1D", 300), ("D", 7)])
+def test_the_library_pages_back_until_no_data(
+    plain: ServerProcess, resolution: str, count: int
+) -> None:
+    """``getBars`` with ``firstDataRequest``, then ``to`` = the oldest bar so far, each
+    time ``countBack`` bars, until ``noData``: ascending, no duplicate and no gap across
+    pages, times in ms, and the end of the data (30 days ago for this provider) stops it."""
+    adapter = Adapter(plain.url + "/udf")
+    assert adapter.on_ready()["supports_search"] is True
+    found = adapter.search_symbols("aaa", exchange="counting")
+    info = adapter.resolve_symbol(found[0]["ticker"])
+    step = STEP[resolution]
+    to = int(time.time())
+    received: list[float] = []
+    for _ in range(20):
+        bars, meta = adapter.get_bars(info["ticker"], resolution, to - count * step, to, count)
+        if meta["noData"]:
+            assert bars == [] and meta.get("nextTime") is None
+            break
+        times = [bar["time"] for bar in bars]
+        assert times == sorted(set(times)) and times[-1] < to * 1000
+        assert all(bar["low"] <= bar["close"] <= bar["high"] for bar in bars)
+        received = times + received
+        to = int(times[0] // 1000)
+    else:
+        pytest.fail("paging never reached noData")
+    gaps = {b - a for a, b in itertools.pairwise(received)}
+    assert gaps == {step * 1000}, "a duplicate or a gap between pages"
+    listed = (int(time.time()) // 86_400 - 30) * 86_400  # the counting provider's first bar
+    assert received[0] == listed * 1000
+
+
+def test_the_pulse_request_sees_the_forming_bar(plain: ServerProcess) -> None:
+    """``DataPulseProvider``: ``to`` = the browser's clock, ``from`` = 10 bars before,
+    ``countBack`` 2; a new bar needs the one before it too."""
+    adapter = Adapter(plain.url + "/udf")
+    now = int(time.time())
+    bars, _ = adapter.get_bars("counting:BBB", "5", now - 10 * 300, now, 2)
+    assert [bar["time"] for bar in bars] == [
+        (now - now % 300 - 300) * 1000,
+        (now - now % 300) * 1000,
+    ]
