@@ -88,6 +88,17 @@ def test_no_data_names_the_next_older_bar_in_milliseconds() -> None:
     }
 
 
+def test_next_time_names_the_older_bar_as_history_stamps_it() -> None:
+    """A New York daily bar opens at 04:00 UTC and ``history`` stamps it 00:00 UTC of its
+    day; ``nextTime`` named 04:00, a time no bar of the answer ever has."""
+    new_york_day = 20_000 * DAY + 4 * 3600
+    body = udf.no_data((new_york_day, 1.0, 1.0, 1.0, 1.0, 1.0), "1d")
+    assert body == {"s": "no_data", "nextTime": 20_000 * DAY * 1000}
+    assert udf.no_data((new_york_day, 1.0, 1.0, 1.0, 1.0, 1.0), "1h")["nextTime"] == (
+        new_york_day * 1000
+    )
+
+
 def test_range_count_covers_the_range_within_limits() -> None:
     assert udf.range_count(0, 3600, "1m", 10_000) == 61
     assert udf.range_count(0, 10 * DAY, "1m", 500) == 500

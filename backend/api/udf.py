@@ -142,11 +142,12 @@ def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any
     return body
 
 
-def no_data(older: Bar | None) -> dict[str, Any]:
-    """``no_data``; ``nextTime`` (ms) names the newest older bar when there is one."""
+def no_data(older: Bar | None, interval: str = "") -> dict[str, Any]:
+    """``no_data``; ``nextTime`` (ms) names the newest older bar when there is one, at the
+    time ``history`` gives that bar (:func:`align_time`)."""
     body: dict[str, Any] = {"s": "no_data"}
     if older is not None:
-        body["nextTime"] = older[0] * 1000
+        body["nextTime"] = align_time(older[0], interval) * 1000
     return body
 
 
@@ -579,7 +580,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     if since:
         probe = await hub.planner.before(key, min(since, end) - 1, 1, streaming)
         older = probe.bars[-1] if probe.bars else None
-    return json_response(no_data(older))
+    return json_response(no_data(older, interval))
 
 
 @router.get("/time")
