@@ -37,6 +37,7 @@ from backend.access.identity import may_read
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import LINE, Bar, SeriesId
+from backend.tasks import Tasks, start_owned
 from backend.wire.requests import Limits, known, quote, validate_series
 
 if TYPE_CHECKING:
@@ -97,6 +98,9 @@ NOW_TOLERANCE = 60  # s: a history 'to' this close to the wall clock means "unti
 # adapter's resolveSymbol comes before every getBars: a provider that is slow to answer
 # history (or does not) must not keep the chart blank for HISTORY_TIMEOUT first.
 SYMBOL_INFO_WAIT = 2.0
+# The fetches behind pricescale that outlived their /symbols request: owned here until their
+# history call ends (bounded by HISTORY_TIMEOUT; the planner answers a failure, never raises).
+_INFO_FETCHES: Tasks = set()
 _DAY = 86_400
 
 
@@ -408,19 +412,13 @@ async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
     if not offered or hub.supervisor.get(source) is None:
         return []
     key = SeriesId(source, name, "1d" if "1d" in offered else offered[-1])
-    fetch = asyncio.ensure_future(hub.planner.latest(key, RECENT_BARS, hub.subs.has(key)))
-    fetch.add_done_callback(_consume)
+    latest = hub.planner.latest(key, RECENT_BARS, hub.subs.has(key))
+    fetch = start_owned(_INFO_FETCHES, latest, f"udf symbol info {key}")
     try:
         answer = await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
     except TimeoutError:
         return []
     return list(answer.bars)
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Collect the outcome of a fetch nobody may wait for any more (no "never retrieved")."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def latest_close(hub: Hub, details: dict[str, Any]) -> float | None:
