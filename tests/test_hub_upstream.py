@@ -215,3 +215,32 @@ async def test_many_clients_on_one_key_each_cost_one_comparison_not_a_copy_of_al
     held = {c.id for c in clients[1::2]} - {c.id for c in clients[1::4]}
     assert provider.believes(K1) == held == set(hub.subs.subscribers(K1))
     assert len([c for c in provider.commands if isinstance(c, StartStreaming)]) == 300
+
+
+async def test_a_polled_key_streams_for_a_while_after_each_poll_and_then_stops() -> None:
+    """``Hub.watches`` (the UDF adapter's polls until now): each touch keeps the key
+    streamed ``WATCH_SECONDS`` more; then the usual linger; a client's own subscription
+    is not disturbed; past the limit a poll is not watched."""
+    clock = FakeClock()
+    hub, provider = make_hub(clock, STREAM_LINGER_SECONDS=2.0)
+    watches = hub.watches
+    assert watches.touch(K1)
+    assert provider.streaming() == {K1}
+    clock.advance(watches.seconds - 1)
+    assert watches.touch(K1)  # polled again: another full period
+    clock.advance(watches.seconds - 1)
+    assert provider.streaming() == {K1}
+    client = connect(hub)
+    await send(hub, client, request("data", K1))
+    clock.advance(2 + 2.1)  # the watch ends; the client still holds the key
+    assert provider.streaming() == {K1}
+    await send(hub, client, request("unsubscribe", K1))
+    clock.advance(2.1)  # the linger
+    assert provider.streaming() == set()
+    assert len(watches) == 0
+    watches.limit = 1
+    assert watches.touch(K1)
+    assert not watches.touch(K2)
+    assert provider.streaming() == {K1}
+    watches.stop()
+    assert len(watches) == 0

@@ -235,3 +235,33 @@ def test_the_pulse_request_sees_the_forming_bar(plain: ServerProcess) -> None:
         (now - now % 300 - 300) * 1000,
         (now - now % 300) * 1000,
     ]
+
+
+def history_fetches(server: ServerProcess) -> float:
+    text = str(server.get("/metrics"))
+    for line in text.splitlines():
+        if line.startswith('candlewire_history_fetches_total{source="counting"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_polls_until_now_are_answered_from_the_stream_not_a_history_call_each(
+    plain: ServerProcess,
+) -> None:
+    """The pulse polls a key nobody subscribes to: each poll past the planner's one-second
+    freshness was a provider history call (an upstream's budget spent on polls). A poll
+    until now keeps the key streamed for a minute, so the next polls read the live cache."""
+    adapter = Adapter(plain.url + "/udf")
+    now = int(time.time())
+    first, _ = adapter.get_bars("counting:CCC", "1", now - 600, now, 2)
+    assert len(first) == 2
+    before = history_fetches(plain)
+    closes = []
+    for _ in range(4):
+        time.sleep(1.2)  # time must pass: past the planner's one-second tail freshness
+        now = int(time.time())
+        bars, _ = adapter.get_bars("counting:CCC", "1", now - 600, now, 2)
+        assert len(bars) == 2
+        closes.append((bars[-1]["time"], bars[-1]["volume"]))  # grows every second
+    assert history_fetches(plain) - before <= 1  # a minute may turn: one tail call at most
+    assert len(set(closes)) > 1, closes  # the forming bar moved with the stream

@@ -560,6 +560,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         offset = hub.clocks.now(key.source, key.name) - int(wall)
         end += offset
         start = None if start is None else start + offset
+        hub.watches.touch(key)  # the adapter polls so: stream the key, answer from the cache
     limit = hub.settings.MAX_COUNT
     since: int | None = None
     if countback is not None:

@@ -39,6 +39,7 @@ from backend.hub.stalls import StallProbe, enable_debug
 from backend.hub.subscriptions import Change, Subscriptions
 from backend.hub.upkeep import TICK_SECONDS, Upkeep
 from backend.hub.upstream import CallLater, Upstream, loop_call_later
+from backend.hub.watches import Watches
 from backend.indicators.registry import Indicators, build_indicators
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
@@ -114,6 +115,8 @@ class Hub:
             call_later,
             self._stream_stopped,
         )
+        # Keys polled "until now" (UDF) streamed for a while, so the polls read a live cache.
+        self.watches = Watches(self.subs, self.upstream, call_later=call_later)
         # Access control (backend.access, set by the app): charge a history call that reaches
         # a provider to the current caller (raises RateLimited), and may it read a key.
         self.admit_fetch: Callable[[SeriesId], None] | None = None
@@ -175,6 +178,7 @@ class Hub:
         await self.chatting.close()
         await self.upkeep.stop()
         await self.stalls.stop()
+        self.watches.stop()
         self.upstream.stop()
         for client in self.clients.values():
             client.replies.cancel()
