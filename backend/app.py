@@ -329,6 +329,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = str(exc.detail)
     body = {"error": HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")}
     body |= {"message": message, "detail": message}
+    if request.url.path.startswith("/udf/"):  # the datafeed adapter reads errmsg, not status
+        body |= {"s": "error", "errmsg": f"{message}: {request.url.path}"}
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -265,3 +265,15 @@ def test_polls_until_now_are_answered_from_the_stream_not_a_history_call_each(
         closes.append((bars[-1]["time"], bars[-1]["volume"]))  # grows every second
     assert history_fetches(plain) - before <= 1  # a minute may turn: one tail call at most
     assert len(set(closes)) > 1, closes  # the forming bar moved with the stream
+
+
+def test_an_endpoint_the_server_lacks_answers_in_the_datafeeds_error_shape(
+    plain: ServerProcess,
+) -> None:
+    """``getQuotes`` (and ``marks``) reject with the body's ``errmsg``: a bare 404 made the
+    adapter reject with "undefined"."""
+    adapter = Adapter(plain.url + "/udf")
+    body = adapter.send("quotes", {"symbols": "counting:AAA"})
+    assert body["s"] == "error" and "quotes" in body["errmsg"]
+    assert body["error"] == "not_found"
+    assert adapter.requests[-1][1] == 404
