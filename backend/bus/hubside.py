@@ -471,12 +471,14 @@ class BusProviderSet:
         if self._redis is None:
             raise ProviderUnavailable(f"provider {source}: the bus is not started")
         if not self._listening.is_set() and not self.up and self.reason != "connecting":
-            raise ProviderUnavailable(f"provider {source}: the bus is down ({self.reason})")
+            # Known down: answer now (the caller serves what it has) rather than wait out
+            # the timeout for a node this hub cannot reach.
+            raise ProviderUnavailable(f"provider {source}: the bus is down ({_kind(self.reason)})")
         deadline = time.monotonic() + timeout
         try:  # an answer needs this hub's reply channel subscribed
             await asyncio.wait_for(self._listening.wait(), timeout)
         except TimeoutError:
-            why = self.reason or "not subscribed"
+            why = _kind(self.reason) if self.reason else "not subscribed"
             raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
         request_id = next(self._ids)
         future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
@@ -494,7 +496,8 @@ class BusProviderSet:
             await link.execute(pipe)
             return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
         except link.BusDown as exc:
-            raise ProviderUnavailable(f"provider {source}: the bus is down ({exc})") from None
+            why = _kind(str(exc))
+            raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
         except TimeoutError:
             raise ProviderUnavailable(
                 f"provider {source} did not answer history of {symbol} {interval} "
@@ -503,6 +506,12 @@ class BusProviderSet:
         finally:
             self._pending.pop(request_id, None)
             self._asked.pop(request_id, None)
+
+
+def _kind(reason: str) -> str:
+    """The kind of a bus failure (``ConnectionError``) without its text, which names the
+    Redis host and port: what a client is told; the log and ``/health`` keep the rest."""
+    return reason.split(":", 1)[0].strip() or "unavailable"
 
 
 def _safe(url: str) -> str:
