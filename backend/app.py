@@ -146,7 +146,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         node = await _start_node(settings) if bus and role == "all" else None
-        symbols = await SymbolIndex.open(settings.DB)
+        symbols = await SymbolIndex.open(settings.DB, sources=settings.PROVIDERS)
         store = await BarStore.open(settings.DB)
         indicators = build_indicators(settings.EXTRA_INDICATORS)
         logger.info("%d indicators", len(indicators))

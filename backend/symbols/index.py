@@ -56,6 +56,8 @@ _PREFIX_SCAN = 2000
 _CONTAINED_MAX_ROWS = 200_000
 _POPULATE_HINT = "run `python populate.py` to fill it"
 Found = tuple[int, str, str, str, str | None, str]
+#: What a search is limited to: one source, several (the enabled ones), or every row.
+Scope = str | tuple[str, ...] | None
 
 T = TypeVar("T")
 
@@ -73,23 +75,29 @@ _SELECT = (
 )
 
 
-def _with_source(
-    sql: str, source: str | None, params: tuple[Any, ...]
-) -> tuple[str, tuple[Any, ...]]:
-    """Fill the ``{source}`` slot of ``sql``: ``AND s.source = ?`` when a source is given."""
+def _with_source(sql: str, source: Scope, params: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """Fill the ``{source}`` slot of ``sql``: ``AND s.source = ?`` when a source is given,
+    ``AND s.source IN (...)`` for several."""
     if source is None:
         return sql.replace(" {source}", ""), params
+    if isinstance(source, tuple):
+        marks = ", ".join("?" * len(source))
+        return sql.replace(" {source}", f" AND s.source IN ({marks})"), (*params, *source)
     return sql.replace(" {source}", " AND s.source = ?"), (*params, source)
 
 
-def _listing(conn: sqlite3.Connection, limit: int, source: str | None) -> list[Found]:
+def _listing(conn: sqlite3.Connection, limit: int, source: Scope) -> list[Found]:
     if source is None:
         return conn.execute(f"{_SELECT} ORDER BY s.id LIMIT ?", (limit,)).fetchall()
+    if isinstance(source, tuple):
+        listing = f"{_SELECT} WHERE 1 {{source}} ORDER BY s.id LIMIT ?"
+        sql, params = _with_source(listing, source, ())
+        return conn.execute(sql, (*params, limit)).fetchall()
     sql = f"{_SELECT} WHERE s.id >= ? AND s.id < ? AND s.source = ? ORDER BY s.id LIMIT ?"
     return conn.execute(sql, (*id_range(source), source, limit)).fetchall()
 
 
-def _exact(conn: sqlite3.Connection, text: str, limit: int, source: str | None) -> list[Found]:
+def _exact(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
     """Rows whose symbol is ``text`` ignoring case; the same case first."""
     lower = text.lower()
     sql, params = _with_source(
@@ -101,7 +109,7 @@ def _exact(conn: sqlite3.Connection, text: str, limit: int, source: str | None) 
     return conn.execute(sql, (*params, text, limit)).fetchall()
 
 
-def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: str | None) -> list[Found]:
+def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
     """Rows whose symbol starts with ``text`` ignoring case: shortest, then alphabetical."""
     lower = text.lower()
     longest = conn.execute("SELECT max(nlen) FROM symbols").fetchone()[0] or 0
@@ -119,7 +127,7 @@ def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: str | Non
     return found
 
 
-def _contained(conn: sqlite3.Connection, text: str, limit: int, source: str | None) -> list[Found]:
+def _contained(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
     """Rows whose symbol contains ``text`` ignoring case (``usd`` finds ``BTCUSD``), shortest
     first: for a one-word query the other stages found nothing for, in a symbol table small
     enough to scan (at most :data:`_CONTAINED_MAX_ROWS`; a million option contracts are
@@ -181,7 +189,7 @@ def _word_clause(conn: sqlite3.Connection, word: str, prefix: bool) -> str:
     return _any_of([*choices, *_tags_with(conn, word, prefix)])
 
 
-def _match_expression(conn: sqlite3.Connection, text: str, source: str | None) -> str | None:
+def _match_expression(conn: sqlite3.Connection, text: str, source: Scope) -> str | None:
     """The FTS5 query for ``text``, or ``None`` when nothing can match."""
     clauses: list[str] = []
     for term in text.split():
@@ -190,14 +198,15 @@ def _match_expression(conn: sqlite3.Connection, text: str, source: str | None) -
     if not clauses:
         return None
     if source is not None:
-        tags = _source_tags(conn, source)
+        sources = source if isinstance(source, tuple) else (source,)
+        tags = [tag for one in sources for tag in _source_tags(conn, one)]
         if not tags:
             return None
         clauses.append(_any_of(tags))
     return " AND ".join(clauses)
 
 
-def _matched(conn: sqlite3.Connection, text: str, limit: int, source: str | None) -> list[Found]:
+def _matched(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
     """Full-text matches, shortest symbol first (the rowid order); [] past the time budget."""
     expression = _match_expression(conn, text, source)
     if expression is None:
@@ -227,11 +236,13 @@ def _deadline(conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
         conn.set_progress_handler(None, 0)
 
 
-def _search(conn: sqlite3.Connection, query: str, limit: int, source: str | None) -> list[Found]:
+def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> list[Found]:
     """The ranked rows for ``query`` (see the module docstring)."""
     text = " ".join(query.split())[:MAX_QUERY_LENGTH]
     if limit <= 0:
         return []
+    if isinstance(source, tuple) and _sources_in(conn) <= set(source):
+        source = None  # the usual case: every stored source is in scope, no filter needed
     if not text:
         return _listing(conn, limit, source)
     found: dict[int, Found] = {}
@@ -245,8 +256,13 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: str | None
     return list(found.values())[:limit]
 
 
+def _sources_in(conn: sqlite3.Connection) -> set[str]:
+    """The sources the database holds rows of."""
+    return {source for (source,) in conn.execute("SELECT source FROM symbol_sources")}
+
+
 def _search_results(
-    conn: sqlite3.Connection, query: str, limit: int, source: str | None
+    conn: sqlite3.Connection, query: str, limit: int, source: Scope
 ) -> list[dict[str, Any]]:
     return [_result(row) for row in _search(conn, query, limit, source)]
 
@@ -293,8 +309,13 @@ class SymbolIndex:
     to run populate); the index sees the rows as soon as populate has committed them.
     """
 
-    def __init__(self, db_path: Path, threads: int = 2) -> None:
+    def __init__(
+        self, db_path: Path, threads: int = 2, sources: Iterable[str] | None = None
+    ) -> None:
         self.db_path = db_path
+        # The enabled providers: rows of others (populated once, since disabled) are
+        # neither found nor resolved, as the server cannot chart them. None: every row.
+        self.sources = None if sources is None else tuple(sorted(set(sources)))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="symbols")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -302,9 +323,12 @@ class SymbolIndex:
         self._hinted = False
 
     @classmethod
-    async def open(cls, db_path: str | Path, threads: int = 2) -> SymbolIndex:
-        """Open the index of ``db_path``; the file need not exist yet."""
-        index = cls(Path(db_path), threads)
+    async def open(
+        cls, db_path: str | Path, threads: int = 2, sources: Iterable[str] | None = None
+    ) -> SymbolIndex:
+        """Open the index of ``db_path``; the file need not exist yet. ``sources``: the
+        enabled providers, the only ones searched (``None``: all)."""
+        index = cls(Path(db_path), threads, sources)
         count = await index.count()
         logger.info("symbol database %s: %d symbols", index.db_path, count)
         return index
@@ -318,10 +342,18 @@ class SymbolIndex:
         ``MAX_SEARCH_LIMIT``; ``source`` keeps only that source's rows.
         """
         limit = min(max(limit, 0), MAX_SEARCH_LIMIT)
-        return await self._run(_search_results, [], query, limit, source)
+        scope: Scope = source
+        if self.sources is not None:
+            if source is not None and source not in self.sources:
+                return []
+            scope = self.sources if source is None else source
+        return await self._run(_search_results, [], query, limit, scope)
 
     async def details(self, source: str, name: str) -> dict[str, Any] | None:
-        """The dataset row of ``(source, name)``, or ``None`` if there is none."""
+        """The dataset row of ``(source, name)``, or ``None`` if there is none (or its
+        source is not enabled)."""
+        if self.sources is not None and source not in self.sources:
+            return None
         found = await self._run(_details, [], source, name)
         return found[0] if found else None
 
