@@ -151,13 +151,22 @@ class Provider:
         self._emit(BarUpdate(symbol, interval, parsed, final))
 
     def send_from(self, message: Mapping[str, Any] | Event) -> None:
-        """Send a message to the hub: a typed event, or the seed's ``write_message`` dict."""
+        """Send a message to the hub: a typed event, or the seed's ``write_message`` dict.
+
+        Tradiny's ``update_in_cache`` message is accepted and needs nothing: the bars of the
+        ``write_message`` that follows it reach the hub's cache too.
+        """
         if not isinstance(message, Mapping):
             self._emit(message)
             return
         action = message.get("action")
         if action == "write_message":
             self._write_message(message)
+        elif action == "update_in_cache":
+            # Tradiny's providers send each live bar to the cache with this and then to the
+            # clients with write_message; here every published bar is merged into the cache,
+            # so the write_message does both and this one has nothing left to do.
+            pass
         else:
             logger.error("%s: send_from() got an unknown action %r; ignored", self.source, action)
 
