@@ -440,6 +440,9 @@ async def test_a_killed_process_is_restarted_and_reports_ready_again(
     assert old_pid is not None
     os.kill(old_pid, signal.SIGKILL)
     await eventually(lambda: proc.state is ProviderState.BACKOFF, what="the backoff state")
+    # The status of the kill, not "exit code None" (the sentinel closes before the status
+    # can be collected).
+    assert proc.last_error == f"process exited with code {-signal.SIGKILL}"
     await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
     assert proc.state is ProviderState.RUNNING
     assert proc.pid != old_pid and proc.restarts == 1

@@ -52,6 +52,7 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 STARTUP_TIMEOUT = 60.0
+EXIT_STATUS_WAIT = 0.5  # s: at most, for the exit status once the sentinel closed (_on_exit)
 PING_EVERY = 1.0
 # Per wakeup of the pipe reader, at most this many events are taken from the pipe; then
 # the client writers get their turn.
@@ -206,7 +207,9 @@ class ProviderProcess:
             self._events.close()
             self._events = None
             self._waiting = None
-        process.join(0)
+        # The sentinel closes with the child's files, a moment before the exit status can be
+        # collected: a join(0) then found no status ("exit code None" after a kill -9).
+        process.join(EXIT_STATUS_WAIT)
         code = process.exitcode
         self._process = None
         self._ready.clear()  # a history request waits for the next Ready, never a dead queue
