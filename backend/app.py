@@ -134,6 +134,11 @@ def _guard(hub: Hub, access: Access, settings: Settings) -> None:
         lambda: access.fair.refused,
         "history calls refused by the fair-use budget since the start",
     )
+    hub.metrics.gauge(
+        "candlewire_rate_limited_clients",
+        access.fair.memory.keys,
+        "clients with requests or upstream calls inside their rate-limit window",
+    )
 
 
 def create_app(settings: Settings, role: str = "all", worker: Worker | None = None) -> FastAPI:

@@ -377,3 +377,30 @@ async def test_a_body_or_pipelined_requests_read_with_a_head_do_not_count_as_hea
     last = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = await raw_exchange(server, one * 1999 + last, 30)
     assert answer.count(b"HTTP/1.1 200") == 2000, answer[:80]
+
+
+def gauge(server: ServerProcess, name: str) -> float:
+    status, text, _ = http(server, "/metrics", **bearer("metrics-reader"))
+    if status != 200:  # polled fast: over its own request rate, read again
+        return float("inf")
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_the_rate_limit_memory_of_clients_that_went_away_is_freed(
+    server: ServerProcess,
+) -> None:
+    """Every token subject (or address) that made one request kept an entry in the
+    rate limiter's memory for the life of the process: a server running for weeks grew
+    with every client it had ever seen. Once their window has passed they are forgotten."""
+    for i in range(40):
+        status, _, _ = http(server, "/udf/time", **bearer(f"passer-by-{i}"))
+        assert status == 200
+    assert gauge(server, "candlewire_rate_limited_clients") >= 40
+    await eventually(
+        lambda: gauge(server, "candlewire_rate_limited_clients") <= 3,
+        30,
+        "the clients that went away forgotten by the rate limiter",
+    )
+    status, _, _ = http(server, "/udf/time", **bearer("passer-by-0"))  # served as new
+    assert status == 200

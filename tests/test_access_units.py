@@ -30,6 +30,7 @@ from backend.data_providers.polygon.rest import translated
 from backend.errors import AccessDenied, ConfigError, ProviderUnavailable, RateLimited
 from backend.model.bars import SeriesId
 from backend.settings import Settings, load_settings
+from tests.harness import until
 
 SECRET = "unit-test-secret-long-enough-for-hs256!"
 KEY = SeriesId("counting", "AAA", "1m")
@@ -301,3 +302,25 @@ async def test_validation_errors_use_the_documented_shape_and_docs_can_be_turned
         assert bad.json()["error"] == "invalid_field" and "n" in bad.json()["message"]
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert (await http.get(path)).status_code == 404, path
+
+
+def test_the_rate_limits_forget_the_clients_whose_window_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``limits``' memory kept an empty entry for every client it ever saw (every address
+    or token subject that made one request), for the life of the process."""
+    monkeypatch.setattr("backend.ratelimits.PRUNE_SECONDS", 0.1)
+    fair = FairUse(settings(REQUESTS_PER_SECOND=10, REQUESTS_BURST=10))  # a 1 s window
+    events = fair.limiter.storage.events  # type: ignore[attr-defined]
+    for i in range(300):
+        assert fair.request_wait(Identity(client=f"sub-{i}", address=f"10.1.{i // 200}.{i}")) == 0
+    assert len(events) == 300
+    probe = Identity(client="sub-probe", address="10.2.0.1")
+
+    def only_the_probe_left() -> bool:
+        fair.request_wait(probe)
+        return len(events) <= 1
+
+    until(only_the_probe_left, 10, "the idle clients forgotten")
+    busy = Identity(client="sub-busy", address="10.2.0.2")  # the limit still holds
+    assert [fair.request_wait(busy) == 0 for _ in range(11)] == [True] * 10 + [False]

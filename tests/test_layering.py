@@ -15,13 +15,14 @@ import pytest
 
 BACKEND = Path(__file__).resolve().parent.parent / "backend"
 
-BASE = {"errors", "logs", "tasks", "plugins"}
+BASE = {"errors", "logs", "tasks", "plugins", "ratelimits"}
 # What each part of ``backend`` may import (besides itself and BASE).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "logs": set(),
     "tasks": set(),
     "plugins": set(),
+    "ratelimits": set(),
     "model": set(),
     "runtime": {"model"},
     "wire": {"model"},

@@ -30,13 +30,13 @@ from collections import deque
 from collections.abc import Callable
 
 from limits import RateLimitItem
-from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from backend.access.identity import Identity, current
 from backend.access.tiers import Tiers
 from backend.errors import AccessDenied, RateLimited
 from backend.model.bars import SeriesId
+from backend.ratelimits import PrunedMemoryStorage
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class FairUse:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        # per client: its request rate and upstream budget (idle clients are forgotten)
+        self.memory = PrunedMemoryStorage()
+        self.limiter = MovingWindowRateLimiter(self.memory)
         self.tiers = Tiers(settings)
         self.provider_rate = settings.PROVIDER_CALLS_PER_SECOND
         self.shares: dict[str, ProviderShare] = {}

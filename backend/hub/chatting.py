@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from limits import RateLimitItemPerHour
-from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from backend.chat.conversations import Conversations, Message
 from backend.chat.llm import ChatError, Llm, configured
 from backend.errors import ProtocolError
 from backend.hub.clients import Client
+from backend.ratelimits import PrunedMemoryStorage
 from backend.wire import protocol
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class Chatting:
         self.hub = hub
         self.conversations = Conversations()
         s = hub.settings
-        self._turns = MovingWindowRateLimiter(MemoryStorage())
+        self.budgets = PrunedMemoryStorage()  # per caller: its turns of the last hour
+        self._turns = MovingWindowRateLimiter(self.budgets)
         self._per_hour = RateLimitItemPerHour(s.MAX_LLM_REQUESTS_PER_HOUR)
         key = s.LLM_API_KEY.get_secret_value()
         self.deadline = s.LLM_TIMEOUT_SECONDS

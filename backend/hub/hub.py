@@ -475,6 +475,11 @@ class Hub:
             lambda: sum(len(c.outbox) for c in self.clients.values()),
             "frames waiting in client outboxes",
         )
+        m.gauge(
+            "candlewire_chat_budget_callers",
+            self.chatting.budgets.keys,
+            "callers with chat turns in the last hour (MAX_LLM_REQUESTS_PER_HOUR)",
+        )
         m.describe(
             "candlewire_slow_client_disconnects_total",
             "clients closed with 1013 because they could not keep up",
