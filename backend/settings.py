@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     # Seconds one chat turn may take in all (the model's stream included); then it ends
     # with an error and the end marker.
     LLM_TIMEOUT_SECONDS: float = Field(120.0, gt=0, le=3600)
+    # With AUTH on, seconds a client's conversations outlive its last socket that chatted
+    # (a reconnecting page continues them); without AUTH they go with their socket.
+    LLM_CONVERSATION_GRACE_SECONDS: float = Field(3600.0, ge=0, le=7 * 86400)
 
     # Access control and fair use (README, "Security"; backend/access).
     AUTH: str = "none"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -382,3 +383,67 @@ async def test_refused_turns_keep_nothing_and_evict_no_other_conversation(
         finally:
             await alice.close()
             await mallory.close()
+
+
+async def test_with_auth_a_clients_conversations_go_after_the_grace_once_it_left(
+    tmp_path: Path, fake: FakeChat
+) -> None:
+    """With ``AUTH`` on a conversation is the client's, over its sockets: a reconnecting
+    page continues it. They were kept after the client left for good too, chart images
+    included, until the store's bounds pushed them out: a server running for days held
+    every departed client's conversations. They now go ``LLM_CONVERSATION_GRACE_SECONDS``
+    after its last socket that chatted closed."""
+    key = "chat-key-1"
+    env = base_env(
+        tmp_path,
+        PROVIDERS="csv",
+        AUTH="token",
+        API_KEYS=key,
+        LLM_BASE_URL=fake.base_url,
+        LLM_API_KEY="test-key",
+        LLM_MODEL="m1",
+        LLM_CONVERSATION_GRACE_SECONDS="2",
+    )
+    fake.delay, fake.status, fake.raw, fake.keepalive, fake.whole = 0.0, 200, None, False, None
+
+    def conversations() -> float:
+        request = urllib.request.Request(
+            server.url + "/metrics", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        line = next(x for x in text.splitlines() if x.startswith("candlewire_chat_conversations "))
+        return float(line.split()[1])
+
+    class Keyed(ServerProcess):
+        def get(self, path: str) -> Any:
+            request = urllib.request.Request(
+                self.url + path, headers={"Authorization": f"Bearer {key}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+
+    with Keyed(env, tmp_path / "server.log") as server:
+        url = f"{server.ws_url}?token={key}"
+        first = await WsClient.open(url)
+        await first.send(prompt("kept", "Hello?"))
+        await answer(first)
+        await first.close()
+        again = await WsClient.open(url)  # a reconnect within the grace continues it
+        try:
+            await again.send({"type": "prompt_reply", "conversation_id": "kept", "prompt": "?"})
+            text, _ = await answer(again)
+            assert text == "".join(CHUNKS)
+            assert conversations() == 1
+        finally:
+            await again.close()
+        await eventually(lambda: conversations() == 0, 15, "the departed client's chat forgotten")
+        late = await WsClient.open(url)
+        try:
+            error, _ = await refused(
+                late, {"type": "prompt_reply", "conversation_id": "kept", "prompt": "?"}
+            )
+            assert error["code"] == "not_found"
+        finally:
+            await late.close()
+    assert "chat: forgot 1 conversations of 1 clients" in (tmp_path / "server.log").read_text()

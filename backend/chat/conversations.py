@@ -99,8 +99,12 @@ class Conversations:
             found.messages.append({"role": "assistant", "content": answer})
             self._resized((caller, key), found)
 
+    def count(self, caller: str) -> int:
+        """How many conversations ``caller`` has."""
+        return len(self._of.get(caller, ()))
+
     def forget(self, caller: str) -> None:
-        """Every conversation of ``caller`` (its socket closed)."""
+        """Every conversation of ``caller`` (its socket closed, or it left for good)."""
         for key in list(self._of.get(caller, ())):
             self._remove((caller, key))
 

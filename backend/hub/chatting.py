@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,11 @@ class Chatting:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.conversations = Conversations()
+        # With AUTH on (conversations are the client's): the socket each chatted through,
+        # each client's such sockets, and when the last of them closed (oldest first).
+        self._callers: dict[int, str] = {}
+        self._sockets: dict[str, set[int]] = {}
+        self._departed: dict[str, float] = {}
         s = hub.settings
         self.budgets = PrunedMemoryStorage()  # per caller: its turns of the last hour
         self._turns = MovingWindowRateLimiter(self.budgets)
@@ -114,8 +120,50 @@ class Chatting:
         return f"socket {client.id}"
 
     def drop_client(self, client_id: int) -> None:
-        """A socket closed: its conversations go (with ``AUTH`` on they are the client's)."""
+        """A socket closed: its conversations go. With ``AUTH`` on they are the client's:
+        when this was its last socket that chatted, they go after
+        ``LLM_CONVERSATION_GRACE_SECONDS`` unless it chats again (:meth:`forget_departed`)."""
         self.conversations.forget(f"socket {client_id}")
+        caller = self._callers.pop(client_id, None)
+        sockets = self._sockets.get(caller) if caller is not None else None
+        if caller is None or sockets is None:
+            return
+        sockets.discard(client_id)
+        if not sockets:
+            del self._sockets[caller]
+            self._departed[caller] = time.monotonic()
+
+    def forget_departed(self) -> None:
+        """Forget the conversations of the clients whose last socket that chatted closed
+        ``LLM_CONVERSATION_GRACE_SECONDS`` ago (a hub upkeep step). Without it a server
+        with ``AUTH`` on kept every departed client's conversations, chart images included,
+        until the store's bounds (1000, 256 MiB) pushed them out."""
+        cutoff = time.monotonic() - self.hub.settings.LLM_CONVERSATION_GRACE_SECONDS
+        callers = conversations = 0
+        while self._departed:
+            caller, left = next(iter(self._departed.items()))
+            if left > cutoff:
+                break
+            del self._departed[caller]
+            callers += 1
+            conversations += self.conversations.count(caller)
+            self.conversations.forget(caller)
+        if conversations:
+            logger.info(
+                "chat: forgot %d conversations of %d clients gone for %g s",
+                conversations,
+                callers,
+                self.hub.settings.LLM_CONVERSATION_GRACE_SECONDS,
+            )
+
+    def _present(self, client: Client, caller: str) -> None:
+        """With ``AUTH`` on: ``caller`` keeps a conversation through this socket; its
+        conversations stay while it has such a socket (and the grace after the last)."""
+        if self.hub.credential_client is None or client.id not in self.hub.clients:
+            return
+        self._departed.pop(caller, None)
+        self._callers[client.id] = caller
+        self._sockets.setdefault(caller, set()).add(client.id)
 
     def _budget(self, client: Client) -> str:
         """Whose ``MAX_LLM_REQUESTS_PER_HOUR`` a turn spends: the key or token's client
@@ -141,6 +189,7 @@ class Chatting:
             limit = self.hub.settings.MAX_LLM_REQUESTS_PER_HOUR
             self._fail(client, raw, "rate_limited", f"Too many requests: {limit} chats an hour")
             return
+        self._present(client, caller)
         messages = self._messages(caller, turn)
         parts: list[str] = []
         try:

@@ -145,7 +145,7 @@ class Hub:
         self.chatting = Chatting(self)
         self.indicating.attach(self.fanout)
         self.upkeep = Upkeep(
-            [self._close_slow_clients, self._bound_cache],
+            [self._close_slow_clients, self._bound_cache, self.chatting.forget_departed],
             [self._apply_retention],
             tick_seconds,
             lambda: metrics.inc("candlewire_internal_errors_total"),
@@ -474,6 +474,11 @@ class Hub:
             "candlewire_outbox_frames",
             lambda: sum(len(c.outbox) for c in self.clients.values()),
             "frames waiting in client outboxes",
+        )
+        m.gauge(
+            "candlewire_chat_conversations",
+            lambda: len(self.chatting.conversations),
+            "AI chat conversations kept in memory",
         )
         m.gauge(
             "candlewire_chat_budget_callers",
