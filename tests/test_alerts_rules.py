@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backend.alerts import store as alert_store
 from backend.alerts.evaluate import LatestBars, Step, step
 from backend.alerts.model import Alert, parse_alert, reads_indicators, series_of
 from backend.alerts.store import AlertStore
-from backend.errors import ProtocolError
+from backend.errors import ProtocolError, StorageError
 from backend.model.bars import SeriesId
 from tests.fakes.webpush import BrowserKeys, b64url
 
@@ -176,6 +179,35 @@ def test_the_store_counts_alerts_per_address_per_day(tmp_path: Path) -> None:
     store.delete([made[0]["id"]])  # type: ignore[index]
     assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=2) is None
     store.close()
+
+
+def test_a_create_waits_for_another_writer_and_a_lock_past_its_wait_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bar store's flush holds the database's write lock across many statements; a
+    stalled event loop stretched it past the alert store's 5 s wait, and the create failed
+    with a raw ``sqlite3.OperationalError`` (an ``internal_error`` and a traceback)."""
+    db = tmp_path / "db.sqlite3"
+    AlertStore(db).close()  # the tables
+    monkeypatch.setattr(alert_store, "BUSY_TIMEOUT_MS", 2_000)
+    store = AlertStore(db)
+    spec, _ = parse_alert(request(), 10)
+    writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    releasing = threading.Timer(0.3, writer.commit)
+    releasing.start()
+    assert store.create(spec, "10.0.0.1", time.time() + 60, per_day=5) is not None
+    releasing.join()
+    monkeypatch.setattr(alert_store, "BUSY_TIMEOUT_MS", 100)
+    impatient = AlertStore(db)
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StorageError, match="locked"):
+        impatient.create(spec, "10.0.0.1", time.time() + 60, per_day=5)
+    writer.rollback()
+    assert impatient.create(spec, "10.0.0.1", time.time() + 60, per_day=5) is not None
+    for opened in (store, impatient):
+        opened.close()
+    writer.close()
 
 
 def browser_subscription(**keys: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS alert_quota (
 """
 
 Row = dict[str, Any]
+BUSY_TIMEOUT_MS = 30_000  # a write waits this long for the database lock (see __init__)
 
 
 class AlertStore:
@@ -58,7 +59,9 @@ class AlertStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 5000")
+            # Every call runs on a worker thread, so it may wait for the bar store's flush (a
+            # transaction of many statements) however long a stalled event loop makes it.
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"alert store {path}: {exc}") from exc
@@ -72,7 +75,16 @@ class AlertStore:
     def create(
         self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int
     ) -> Row | None:
-        """Store a new alert; None when ``peer`` created ``per_day`` alerts today (UTC)."""
+        """Store a new alert; None when ``peer`` created ``per_day`` alerts today (UTC);
+        ``StorageError`` when the database cannot take it now (locked, full, read-only)."""
+        try:
+            return self._create(spec, peer, expires_at, per_day)
+        except sqlite3.Error as exc:
+            raise StorageError(f"alert store: {exc}") from exc
+
+    def _create(
+        self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int
+    ) -> Row | None:
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         subscription = spec.get("subscription")

@@ -262,9 +262,15 @@ class Alerting:
         if refusal is not None:
             self._refuse(client, raw, refusal, notify=True)
             return
-        row = await asyncio.to_thread(
-            self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
-        )
+        try:
+            row = await asyncio.to_thread(
+                self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
+            )
+        except StorageError as exc:
+            logger.warning("alert of client %d not stored: %s", client.id, exc)
+            failed = ProtocolError("storage_error", "The alert could not be stored now; try again")
+            self._refuse(client, raw, failed, notify=True)
+            return
         if row is None:
             error = ProtocolError("limit_reached", "Max alerts reached")
             self._refuse(client, raw, error, notify=True)
