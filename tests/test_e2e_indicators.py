@@ -501,6 +501,39 @@ async def test_a_slow_user_indicator_is_answered_off_the_loop_and_not_streamed(
         await other.close()
 
 
+async def test_an_indicator_queued_behind_slow_ones_is_still_streamed(
+    server: ServerProcess, client: WsClient
+) -> None:
+    """Whether an answer shows that live updates would be too slow was judged from the
+    wall time of the whole answer, its wait for a free worker thread included: under load
+    (a soak: 83 of them) an RSI was answered but not streamed. Only the computation's own
+    time counts now."""
+    bars = {"high": column("BBB", "1h", "high"), "low": column("BBB", "1h", "low")}
+    others = [await WsClient.open(server.ws_url) for _ in range(12)]
+    try:
+        await client.send(data("BBB"))
+        await client.wait_for("data_init", same_key("BBB", "1h"))
+        for i, other in enumerate(others):  # each socket's answers run at once: 12 threads
+            await other.send(indicator("mine.Slow", f"q{i}", data_map=bars, stream=False))
+        chart_id = "queued-rsi"
+        close = {"close": column("BBB", "1h")}
+        await client.send(
+            indicator("talib.momentum.RSI", chart_id, {"timeperiod": 14}, close, count=10)
+        )
+        await client.wait_for("indicator_init", same_id(chart_id), timeout=30)
+        mark = len(client.messages)
+        await client.wait_for("indicator_update", same_id(chart_id), timeout=30, after=mark)
+        refused = [
+            m
+            for m in client.messages
+            if m.get("type") == "error" and (m.get("request") or {}).get("id") == chart_id
+        ]
+        assert refused == []
+    finally:
+        for other in others:
+            await other.close()
+
+
 def _column_of(source: str, name: str, interval: str) -> dict[str, dict[str, str]]:
     key = f"{source}-{name}-{interval}"
     return {
