@@ -180,3 +180,36 @@ async def test_forty_charts_of_short_files_from_one_client_are_never_rate_limite
             assert "candlewire_upstream_refusals_total 0.0" in metrics
         finally:
             await ws.close()
+
+
+async def test_a_scan_skips_symbols_without_its_interval_without_asking_the_provider(
+    server: ServerProcess, client: WsClient
+) -> None:
+    """The macro line series serve 1h and up: a 15m scan asked the CSV provider for each
+    (a warning per symbol per scan); they are now skipped as a ``data`` request would be
+    refused."""
+    before = server.log_path.read_text().count("not '15m'")
+    rule = {
+        "type1": "data",
+        "source1": "csv",
+        "name1": "BTCUSD",
+        "interval1": "15m",
+        "key1": "close",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    template = {"data": [{"type": "data", "source": "csv", "name": "BTCUSD", "interval": "15m"}]}
+    await client.send(
+        {
+            "type": "scan",
+            "search": "macro",
+            "rules": [rule],
+            "operators": [],
+            "indicators": {},
+            "dataProviderConfig": template,
+        }
+    )
+    done = await client.wait_for("scan_done", timeout=30)
+    assert done["total"] == 3 and done["scanned"] == 0
+    assert server.log_path.read_text().count("not '15m'") == before

@@ -141,8 +141,11 @@ class Scanning:
         ]
 
     async def _fetch(self, series: SeriesId, count: int) -> Sequence[Bar]:
-        """The last ``count`` bars of ``series``: cache, store, then the provider."""
+        """The last ``count`` bars of ``series``: cache, store, then the provider; checked
+        as a ``data`` request is first (``ProtocolError``, the symbol skipped: a symbol that
+        does not offer the scan's interval is never asked of its provider)."""
         hub = self.hub
+        await hub.requests.validate(series)
         await asyncio.sleep(0)  # cached bars never wait: give streaming its turn anyway
         answer = await hub.planner.latest(series, count, hub.subs.has(series))
         if answer.error is not None and not answer.bars:
