@@ -191,6 +191,11 @@ async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
     assert "no permission" in json.dumps(by_symbol["BBB"])
     status, rows, _ = http(server, "/openbb/live_grid?symbol=BBB", **bearer("src", sources=["x"]))
     assert status == 200 and rows[0].get("price") is None
+    # nor does the UDF configuration name the sources such a token may not read
+    status, config, _ = http(server, "/udf/config", **bearer("src", sources=["x"]))
+    assert status == 200 and [e["value"] for e in config["exchanges"]] == [""]
+    status, config, _ = http(server, "/udf/config", **bearer("all"))
+    assert "counting" in [e["value"] for e in config["exchanges"]]
     url = server.ws_url.replace("/websocket/", "/openbb/live_grid_ws")
     grid = await WsClient.open(f"{url}?token={token('grid', symbols=['AAA'])}")
     try:

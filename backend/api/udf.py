@@ -33,7 +33,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from backend.access.identity import may_read
+from backend.access.identity import current, may_read
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import LINE, Bar, SeriesId
@@ -467,9 +467,13 @@ def int_param(request: Request, name: str, whole: bool = False) -> tuple[int | N
 
 @router.get("/config")
 async def config(request: Request) -> Response:
-    """DatafeedConfiguration: search on, group requests off, server time on."""
+    """DatafeedConfiguration: search on, group requests off, server time on; the
+    exchanges are the enabled sources the caller may read (a token limited to some sources
+    does not learn the others)."""
     exchanges = [{"value": "", "name": "All Exchanges", "desc": ""}]
-    exchanges += [{"value": s, "name": s, "desc": s} for s in _enabled(_hub(request))]
+    allowed = current.get().sources
+    readable = [s for s in _enabled(_hub(request)) if allowed is None or s in allowed]
+    exchanges += [{"value": s, "name": s, "desc": s} for s in readable]
     return json_response(
         {
             "supported_resolutions": SUPPORTED_RESOLUTIONS,
