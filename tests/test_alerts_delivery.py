@@ -14,7 +14,7 @@ import pytest
 
 from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
 from backend.alerts.destinations import PublicResolver, origin, public_problem
-from backend.alerts.model import check_subscription, parse_subscription
+from backend.alerts.model import Subscription, check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
 from tests.fakes.webpush import FakePush
 from tests.harness import ROOT, seconds
@@ -30,16 +30,21 @@ def delivery(tmp_path: Path) -> Delivery:
     return Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01)
 
 
+async def push_once(tmp_path: Path, subscription: Subscription, title: str) -> Outcome:
+    """One notification pushed by a new ``Delivery`` (closed after it)."""
+    sender = delivery(tmp_path)
+    try:
+        return await sender.push(subscription, {"notification": {"title": title}})
+    finally:
+        await sender.close()
+
+
 async def test_a_push_is_vapid_signed_and_decrypts_with_the_browsers_key(
     fake: FakePush, tmp_path: Path
 ) -> None:
-    sender = delivery(tmp_path)
     subscription = check_subscription(fake.subscription("ok"))
     assert subscription is not None
-    try:
-        outcome = await sender.push(subscription, {"notification": {"title": "BTC above 90k"}})
-    finally:
-        await sender.close()
+    outcome = await push_once(tmp_path, subscription, "BTC above 90k")
     assert outcome is Outcome.SENT
     assert fake.titles("ok") == ["BTC above 90k"]
     push = next(p for p in fake.pushes if p.token == "ok")
@@ -51,15 +56,11 @@ async def test_the_vapid_audience_is_the_endpoints_origin_as_rfc_6454_writes_it(
 ) -> None:
     """A push service checks ``aud`` against its origin exactly: an endpoint written with
     an upper-case scheme or the default port signed ``aud`` as written and was refused."""
-    sender = delivery(tmp_path)
     raw = fake.subscription("case")
     raw["endpoint"] = raw["endpoint"].replace("http://", "HTTP://", 1)
     subscription = check_subscription(raw)
     assert subscription is not None
-    try:
-        outcome = await sender.push(subscription, {"notification": {"title": "case"}})
-    finally:
-        await sender.close()
+    outcome = await push_once(tmp_path, subscription, "case")
     assert outcome is Outcome.SENT
     assert next(p for p in fake.pushes if p.token == "case").claims["aud"] == fake.url
 
@@ -77,14 +78,10 @@ async def test_a_long_title_is_cut_to_fit_one_push_record(
 ) -> None:
     """RFC 8291 asks for one record and services take 4096 bytes: 1000 emoji as JSON
     escapes were 12 KB, three records, and a 413 that is not retried."""
-    sender = delivery(tmp_path)
     subscription = check_subscription(fake.subscription(f"long-{letter}"))
     assert subscription is not None
     title = "Alert added: " + letter * 1000
-    try:
-        outcome = await sender.push(subscription, {"notification": {"title": title}})
-    finally:
-        await sender.close()
+    outcome = await push_once(tmp_path, subscription, title)
     assert outcome is Outcome.SENT
     (got,) = fake.titles(f"long-{letter}")
     assert title.startswith(got.removesuffix("…"))
@@ -97,14 +94,10 @@ async def test_a_long_title_is_cut_to_fit_one_push_record(
 
 
 async def test_a_push_is_retried_on_5xx_then_delivered(fake: FakePush, tmp_path: Path) -> None:
-    sender = delivery(tmp_path)
     subscription = parse_subscription(fake.subscription("flaky"))
     assert subscription is not None
     fake.script("/push/flaky", [503, 500])
-    try:
-        outcome = await sender.push(subscription, {"notification": {"title": "again"}})
-    finally:
-        await sender.close()
+    outcome = await push_once(tmp_path, subscription, "again")
     assert outcome is Outcome.SENT
     assert [s for p, s in fake.attempts if p == "/push/flaky"] == [503, 500, 201]
     assert fake.titles("flaky") == ["again"]
@@ -114,15 +107,11 @@ async def test_a_push_is_retried_on_5xx_then_delivered(fake: FakePush, tmp_path:
 async def test_a_push_to_a_removed_subscription_gives_up_at_once(
     fake: FakePush, tmp_path: Path, status: int
 ) -> None:
-    sender = delivery(tmp_path)
     token = f"gone{status}"
     subscription = parse_subscription(fake.subscription(token))
     assert subscription is not None
     fake.script(f"/push/{token}", [status] * 5)
-    try:
-        outcome = await sender.push(subscription, {"notification": {"title": "x"}})
-    finally:
-        await sender.close()
+    outcome = await push_once(tmp_path, subscription, "x")
     assert outcome is Outcome.GONE
     assert len([p for p, _ in fake.attempts if p == f"/push/{token}"]) == 1
 
