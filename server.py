@@ -40,6 +40,7 @@ from backend.access.frontdoor import AcceptErrors, guarded_http
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
 from backend.workers import WorkerKeeper, follow_parent, fork_workers, stop_workers, worker_of
+from backend.ws.writers import drop_open_sockets
 
 if TYPE_CHECKING:
     from backend.ws.entrance import Entrance
@@ -265,6 +266,9 @@ class HubServer(uvicorn.Server):
             self.keeper.run()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        dropped = drop_open_sockets(list(self.server_state.connections))
+        if dropped:
+            logger.info("dropped %d WebSocket connections for their clients to reconnect", dropped)
         if self._collecting is not None:
             self._collecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -394,6 +394,28 @@ async def test_a_client_that_never_reads_does_not_delay_a_fast_one(
     await fast.close()
 
 
+async def test_a_stopping_server_drops_its_sockets_so_that_clients_reconnect(
+    tmp_path: Path,
+) -> None:
+    """uvicorn closed every socket cleanly (1012) as it stopped, and Tradiny's front end
+    reconnects only after an unclean close (``if (!event.wasClean)``): after a restart its
+    pages stayed dead until reloaded. The sockets are now dropped without a close frame
+    (1006 for the client), and the server still stops cleanly."""
+    env = base_env(tmp_path, PROVIDERS="counting")
+    assert populate(env).returncode == 0
+    running = ServerProcess(env, tmp_path / "server.log").start()
+    client = await WsClient.open(running.ws_url)
+    await client.send(data("AAA"))
+    await client.wait_for("data_init", same_key("AAA"))
+    assert running.stop() in (0, -signal.SIGTERM)
+    await asyncio.wait_for(client.connection.wait_closed(), seconds(10))
+    assert client.connection.protocol.close_rcvd is None  # no close frame: not clean
+    assert client.connection.close_code == 1006
+    await client.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "dropped 1 WebSocket connections" in log and "hub stopped" in log
+
+
 async def test_sigterm_stops_the_server_and_every_provider_process(tmp_path: Path) -> None:
     env = base_env(tmp_path, PROVIDERS="counting,my_provider")
     assert populate(env).returncode == 0
