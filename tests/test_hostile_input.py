@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,62 @@ def parse(text: str | bytes) -> list[protocol.Request]:
     return protocol.parse_frame(text, MAX_REQUESTS, MAX_COUNT)
 
 
-@pytest.mark.parametrize("depth", [33, 300, 1100, 100_000])
+@pytest.mark.parametrize("depth", [33, 300, 1100, 15_000])
 def test_nesting_deeper_than_the_limit_is_a_bad_request(depth: int) -> None:
     [bad] = parse('[{"type":"ping","id":' + nested(depth) + "}]")
     assert isinstance(bad, protocol.BadRequest)
     assert (bad.code, bad.raw) == ("bad_request", None)
     assert "nested deeper than 32" in bad.message
+
+
+EIGHT_MIB = 8 * 1024 * 1024
+
+
+def empty_objects(size: int) -> str:
+    """A frame of ``size`` bytes: an array of empty objects (2.8 million in 8 MiB)."""
+    return "[" + ",".join(["{}"] * ((size - 2) // 3)) + "]"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        empty_objects(EIGHT_MIB),
+        '[{"type":"ping","x":' + empty_objects(EIGHT_MIB - 40) + "}]",
+        "[" + ",".join(['{"":""}'] * (EIGHT_MIB // 8)) + "]",
+        "[" + ",".join(['""'] * (EIGHT_MIB // 3)) + "]",
+        nested(100_000),
+    ],
+    ids=["empty objects", "inside one request", "small objects", "empty strings", "deep"],
+)
+def test_a_frame_of_millions_of_values_is_refused_before_it_is_decoded(
+    frame: str, as_bytes: bool
+) -> None:
+    """An 8 MiB frame (the default MAX_FRAME_BYTES) of small values decoded to millions of
+    objects: 350 MB and seconds of the event loop's time per frame. It is refused first."""
+    tracemalloc.start()
+    try:
+        [bad] = parse(frame.encode() if as_bytes else frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(bad, protocol.BadRequest)
+    assert bad.code == "limit_reached" and bad.raw is None
+    assert f"more than {protocol.MAX_VALUES} JSON values" in bad.message
+    assert peak < 3 * len(frame) + 2**20, f"decoding took {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_separators_inside_strings_are_not_values(as_bytes: bool) -> None:
+    """A large frame whose size is a string (a chat prompt's image, a pasted text with
+    commas, brackets and escaped quotes) is decoded as before."""
+    text = '[,{"\\"' * (EIGHT_MIB // 10)
+    frame = json.dumps([{"type": "prompt", "prompt": text, "img": "data:image/png;base64,AAAA"}])
+    [chat] = parse(frame.encode() if as_bytes else frame)
+    assert isinstance(chat, protocol.ChatRequest) and chat.raw["prompt"] == text
+    many = json.dumps([{"type": "ping", "id": 1, "x": list(range(protocol.MAX_VALUES - 10))}])
+    [ping] = parse(many.encode() if as_bytes else many)
+    assert isinstance(ping, protocol.PingRequest)
 
 
 def test_nesting_up_to_the_limit_and_brackets_inside_strings_are_fine() -> None:
@@ -347,6 +398,35 @@ async def test_an_oversize_frame_closes_with_1009_and_others_go_on(
     await answers(other, endpoint, "other")
     await other.close()
     assert "Traceback" not in log.since()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident memory of process ``pid`` (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_an_8_mib_frame_of_empty_objects_costs_the_hub_little_memory(
+    server: ServerProcess,
+) -> None:
+    """Three frames of 2.8 million empty objects took the hub's peak memory up by 400 MB
+    and held its event loop for seconds; now each is refused before it is decoded."""
+    assert server.proc is not None
+    before = peak_rss_mib(server.proc.pid)
+    client = await WsClient.open(server.ws_url, max_size=None)
+    try:
+        frame = empty_objects(EIGHT_MIB)
+        for _ in range(3):
+            await client.send_raw(frame)
+        await client.wait_for("error", timeout=60, after=2)
+        assert {m["code"] for m in client.messages} == {"limit_reached"}
+        await answers(client, "hub", "after")
+    finally:
+        await client.close()
+    grown = peak_rss_mib(server.proc.pid) - before
+    assert grown < 100, f"the hub's peak memory grew by {grown:.0f} MiB"
 
 
 def test_the_whole_run_left_no_traceback_in_the_server_log(server: ServerProcess) -> None:

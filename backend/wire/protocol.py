@@ -6,12 +6,14 @@ request names a series, the empty ``data_init``/``data_history`` the protocol re
 Server messages are encoded with orjson, which writes NaN and infinities as ``null``.
 
 Hostile input is bounded here: :func:`load_frame` (shared by every socket endpoint) turns
-invalid JSON and nesting deeper than :data:`MAX_DEPTH` into a :class:`ProtocolError`, and an
-``error`` reply never echoes more than about :data:`ECHO_LIMIT` bytes of the request.
+invalid JSON, frames of more than :data:`MAX_VALUES` values and nesting deeper than
+:data:`MAX_DEPTH` into a :class:`ProtocolError`, and an ``error`` reply never echoes more
+than about :data:`ECHO_LIMIT` bytes of the request.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,12 @@ from backend.wire.requests import check_count, check_interval, clip, quote
 DEFAULT_COUNT = 300
 # Deepest JSON nesting accepted in a frame (the frame's array counts as one level).
 MAX_DEPTH = 32
+# Most JSON values (arrays, objects and their items) in a frame, counted before it is decoded:
+# an 8 MiB frame of empty objects decodes to 2.8 million dicts (about 350 MB, and seconds of
+# the event loop's time); real frames hold at most a few thousand (their size is in strings).
+MAX_VALUES = 20_000
+_STRING = re.compile(r'"[^"]*"')
+_STRING_BYTES = re.compile(rb'"[^"]*"')
 # Most bytes of a request echoed in an ``error`` reply, and characters of its message.
 ECHO_LIMIT = 1024
 MESSAGE_LIMIT = 400
@@ -128,8 +136,14 @@ def load_frame(text: str | bytes) -> Any:
     """The JSON value of one client frame, for every socket endpoint.
 
     Raises :class:`ProtocolError`: ``bad_json`` for anything that is not JSON (invalid
-    UTF-8, NaN, infinities included), ``bad_request`` for nesting deeper than ``MAX_DEPTH``.
+    UTF-8, NaN, infinities included), ``bad_request`` for nesting deeper than ``MAX_DEPTH``,
+    ``limit_reached`` for more than ``MAX_VALUES`` values (before decoding them).
     """
+    if len(text) > MAX_VALUES and _values_over(text, MAX_VALUES):
+        raise ProtocolError(
+            "limit_reached",
+            f"frame holds more than {MAX_VALUES} JSON values (arrays, objects and their items)",
+        )
     try:
         payload = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -141,6 +155,29 @@ def load_frame(text: str | bytes) -> Any:
     if _bracket_count(text) > MAX_DEPTH and nesting_exceeds(payload, MAX_DEPTH):
         raise _too_deep()
     return payload
+
+
+def _values_over(text: str | bytes, limit: int) -> bool:
+    """Whether the JSON ``text`` holds more than about ``limit`` values, read at C speed
+    without decoding it: outside strings, every ``[`` and ``{`` opens a value and every
+    ``,`` comes before one. They are counted in the whole text first (enough for a frame
+    whose size is a string: a chat prompt's image), then outside its strings. For invalid
+    JSON the count bounds what the decoder builds before it stops at the first error."""
+    if isinstance(text, bytes):
+        if text.count(b",") + text.count(b"[") + text.count(b"{") <= limit:
+            return False
+        bare = text.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes never end a string
+        if bare.count(b'"') > 2 * limit:  # that many strings are that many values (or keys)
+            return True
+        bare = _STRING_BYTES.sub(b"", bare)
+        return bare.count(b",") + bare.count(b"[") + bare.count(b"{") > limit
+    if text.count(",") + text.count("[") + text.count("{") <= limit:
+        return False
+    plain = text.replace("\\\\", "").replace('\\"', "")
+    if plain.count('"') > 2 * limit:
+        return True
+    plain = _STRING.sub("", plain)
+    return plain.count(",") + plain.count("[") + plain.count("{") > limit
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
