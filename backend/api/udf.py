@@ -33,7 +33,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from backend.access.identity import current, may_read
+from backend.access.identity import current, current_client, may_read
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import LINE, Bar, SeriesId
@@ -557,6 +557,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         return json_response(error(exc.message))
     end = to
     wall = time.time()
+    started = False  # this poll started the key's watch
     if abs(to - wall) <= NOW_TOLERANCE:
         # "Until now" (the first request, and the adapter's polling with the browser's
         # clock): now as the key's provider sees it, which a replay (CSV) has far from the
@@ -564,7 +565,10 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         offset = hub.clocks.now(key.source, key.name) - int(wall)
         end += offset
         start = None if start is None else start + offset
-        hub.watches.touch(key)  # the adapter polls so: stream the key, answer from the cache
+        # The adapter polls so: the key is streamed and the polls read the live cache.
+        if not hub.watches.renew(key):
+            caller_limit = hub.subscription_limit() if hub.subscription_limit else None
+            started = hub.watches.touch(key, current_client(), caller_limit)
     limit = hub.settings.MAX_COUNT
     since: int | None = None
     if countback is not None:
@@ -574,6 +578,8 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
         count = range_count(since, end, interval, limit)
     streaming = hub.subs.has(key)
     answer = await hub.planner.before(key, end - 1, count, streaming)
+    if started and answer.error is not None:
+        hub.watches.drop(key)  # refused (fair use) or failed: the poll keeps no stream
     bars = [bar for bar in answer.bars if since is None or bar[0] >= since]
     if bars:
         return json_response(history_body(bars, interval, str(details.get("type"))))
