@@ -302,6 +302,30 @@ def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
     assert_ascending_unique(rows)
 
 
+def test_a_network_drop_the_socket_outlives_shows_offline_then_live_again(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    """A short Wi-Fi drop: the browser says offline, then online, and the open WebSocket
+    carries on (Chromium holds its frames meanwhile). The badge must not stay "Offline"."""
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    wait_for_bars(page)
+    badge = page.locator("#badge")
+    page.context.set_offline(True)
+    page.wait_for_function("window.candlewire.connection === 'offline'")
+    text_once(badge, "Offline")
+    page.context.set_offline(False)
+    page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(8) * MS)
+    text_once(badge, "Live")
+    last = bars(page)[-1]
+    page.wait_for_function(
+        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
+        " return b.time !== last.time || b.close !== last.close; }",
+        arg=last,
+    )
+    assert_ascending_unique(bars(page))
+    assert console == []
+
+
 def test_a_search_typed_while_the_server_is_down_says_so_at_once_then_lists_its_matches(
     server: ServerProcess, page: Page
 ) -> None:

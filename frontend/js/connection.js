@@ -5,6 +5,7 @@
 const PING_EVERY_MS = 15000;
 const SILENCE_LIMIT_MS = 40000; // no frame at all (not even a pong) for this long: reconnect
 const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
+const PROBE_MS = 5000; // back online with the socket still open: a frame within this, or reconnect
 
 export function hubUrl(loc = window.location) {
   // With AUTH=token or jwt the page is opened as /?token=...: browsers cannot set headers
@@ -28,7 +29,8 @@ export class Connection extends EventTarget {
     this.retryAt = 0;
     this.lastFrameAt = 0;
     this.keepalive = null;
-    window.addEventListener("online", () => this.reconnectNow());
+    this.probe = null;
+    window.addEventListener("online", () => this.onOnline());
     window.addEventListener("offline", () => this.setState("offline"));
   }
 
@@ -77,6 +79,10 @@ export class Connection extends EventTarget {
 
   receive(text) {
     this.lastFrameAt = Date.now();
+    // The socket outlived a network drop (the browser said "offline"): frames flow again.
+    if (this.state !== "live" && this.ws !== null && this.ws.readyState === WebSocket.OPEN) {
+      this.setState("live");
+    }
     let frame;
     try {
       frame = JSON.parse(text);
@@ -107,6 +113,29 @@ export class Connection extends EventTarget {
     this.retryTimer = null;
     this.delay = this.minDelay;
     if (this.ws === null) this.open();
+  }
+
+  /**
+   * The network is back. A socket that closed meanwhile is opened again at once; one that is
+   * still open may have outlived the drop (frames flow again: receive() says "live") or be
+   * half-open after a network change (no frame: it is dropped and opened again).
+   */
+  onOnline() {
+    if (!this.isOpen) {
+      this.reconnectNow();
+      return;
+    }
+    const ws = this.ws;
+    const asked = Date.now();
+    this.send([{ type: "ping" }]);
+    clearTimeout(this.probe);
+    this.probe = setTimeout(() => {
+      if (this.ws !== ws || this.lastFrameAt >= asked) return;
+      this.ws = null;
+      ws.close();
+      this.dispatchEvent(new Event("close"));
+      this.scheduleRetry();
+    }, PROBE_MS);
   }
 
   checkAlive() {
