@@ -175,6 +175,32 @@ def test_the_watchlist_opens_and_closes(
     assert console == []
 
 
+def test_a_watchlist_row_is_removed_by_touch_on_a_phone_and_by_keyboard_on_a_desktop(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The remove button of a row showed on mouse hover only: a phone (no hover) and the
+    keyboard (Tab skips what is not visible) could not remove a symbol from the watchlist."""
+    open_page(page, server, "?source=csv&s=ACME&i=1h")
+    page.locator(".wl-items li[data-id='csv:ACME']").wait_for(state="attached")
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    page.locator(".wl-items li[data-id='csv:BTCUSD']").wait_for(state="attached")
+    remove = page.locator(".wl-items li[data-id='csv:ACME'] .wl-remove")
+    if viewport == "phone":
+        page.locator("#watchlist-toggle").click()
+        until(lambda: on_screen(page, ".watchlist"), what="the drawer to open")
+        remove.tap(timeout=seconds(3) * MS)
+    else:
+        page.locator(".wl-items li[data-id='csv:ACME']").focus()
+        page.keyboard.press("Tab")
+        focused = js(page, "document.activeElement.className")
+        assert focused == "wl-remove", "Tab reaches the remove button"
+        page.keyboard.press("Enter")
+    page.locator(".wl-items li[data-id='csv:ACME']").wait_for(state="detached")
+    assert js(page, "window.candlewire.charts[0].name") == "BTCUSD", "no symbol was opened"
+    assert [row["name"] for row in js(page, "window.candlewire.watchlist")] == ["BTCUSD"]
+    assert console == []
+
+
 def test_grid_charts_hidden_at_load_show_their_newest_bars_when_they_come_into_view(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
