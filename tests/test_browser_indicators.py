@@ -122,6 +122,46 @@ def test_indicators_from_the_catalogue_overlay_the_price_or_get_their_own_pane(
     assert console == []
 
 
+def test_the_indicator_and_compare_boxes_hand_the_keyboard_back_to_their_buttons(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Keyboard only: after a pick with Enter or a close with Escape, focus was left on the
+    page's body, so the next Tab started again from the top of the page."""
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    focused = "document.activeElement.id"
+    page.locator("#indicator-button").focus()
+    page.keyboard.press("Enter")
+    until(lambda: page.evaluate(focused) == "indicator-input", what="focus in the box")
+    page.keyboard.type("RSI")
+    page.wait_for_function(
+        "document.querySelector('#indicator-results li.selected .sr-symbol')?.textContent === 'RSI'"
+    )
+    page.keyboard.press("Enter")
+    until(lambda: len(indicators(page)) == 1, what="RSI added")
+    assert page.evaluate(focused) == "indicator-button"
+    page.keyboard.press("Enter")
+    until(lambda: page.evaluate(focused) == "indicator-input", what="the box open again")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.querySelector('#indicator-box').hidden")
+    assert page.evaluate(focused) == "indicator-button"
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == "compare-button"
+    page.keyboard.press("Enter")
+    until(lambda: page.evaluate(focused) == "compare-input", what="focus in the compare box")
+    page.keyboard.type("BBB")
+    page.wait_for_function(
+        "document.querySelector('#compare-results li.selected .sr-symbol')?.textContent === 'BBB'"
+    )
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].compare?.name === 'BBB'")
+    assert page.evaluate(focused) == "compare-button"
+    page.keyboard.press("Enter")
+    until(lambda: page.evaluate(focused) == "compare-input", what="the compare box again")
+    page.keyboard.press("Escape")
+    assert page.evaluate(focused) == "compare-button"
+    assert console == []
+
+
 def test_inputs_are_edited_in_a_dialog_and_an_indicator_is_removed_with_its_chip(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

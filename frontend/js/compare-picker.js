@@ -19,6 +19,11 @@ export class ComparePicker {
         onPick(row);
       },
     });
+    // Enter (a pick) and Escape blur the input: the keyboard carries on from the button, not
+    // from the top of the page. (A click on a result keeps the mouse's focus as it is.)
+    input.addEventListener("keydown", (e) => {
+      if ((e.key === "Enter" && this.box.hidden) || e.key === "Escape") button.focus();
+    });
     button.addEventListener("click", () => (this.box.hidden ? this.open() : this.close()));
     input.addEventListener("blur", () => setTimeout(() => this.close(), CLOSE_DELAY_MS));
   }

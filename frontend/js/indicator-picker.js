@@ -85,9 +85,13 @@ export class IndicatorPicker {
       this.render(false);
     } else if (event.key === "Enter") {
       event.preventDefault();
-      if (n) this.pick(this.selected);
+      if (n) {
+        this.pick(this.selected);
+        this.button.focus(); // the keyboard carries on from the button, not from the page top
+      }
     } else if (event.key === "Escape") {
       this.close();
+      this.button.focus();
     }
   }
 
