@@ -344,6 +344,46 @@ def test_the_view_cannot_be_dragged_off_its_bars_and_jump_to_latest_returns(
     assert console == []
 
 
+def test_a_chart_streaming_for_hours_keeps_a_bounded_number_of_bars_and_indicator_values(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A 1m chart of the 60x replay gains 3,600 bars an hour, each with its indicator values:
+    the page kept them all. Past BAR_LIMITS.max (lowered here so that the test takes seconds)
+    the oldest go, while the view is on the newest bars; scrolling back loads them again."""
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1m&ind=talib.momentum.RSI:timeperiod:14")
+    page.wait_for_function("window.candlewire.charts[0].indicators[0]?.outputs.RSI > 0")
+    held = bar_count(page)
+    limit, keep = held + 2, held - 50
+    js(
+        page,
+        """async ([max, keep]) => {
+            const { BAR_LIMITS } = await import("/js/chart.js");
+            Object.assign(BAR_LIMITS, { max, keep });
+        }""",
+        [limit, keep],
+    )
+    first = js(page, "window.candlewire.charts[0].bars()[0].time")
+    until(
+        lambda: js(page, "window.candlewire.charts[0].bars()[0].time") > first,
+        timeout=15,
+        what="the oldest bars to be dropped",
+    )
+    until(lambda: bar_count(page) > keep + 2, what="more live bars after the drop")
+    times = [b["time"] for b in js(page, "window.candlewire.charts[0].bars()")]
+    assert len(times) <= limit and times == sorted(set(times)), "bounded, ascending, unique"
+    assert js(page, "window.candlewire.charts[0].ownBars().length") == len(times)
+    indicator = js(page, "window.candlewire.charts[0].indicators[0]")
+    assert indicator["outputs"]["RSI"] <= limit, indicator
+    assert indicator["last"]["RSI"]["time"] == times[-1], "the indicator follows the bars"
+    assert not js(page, "window.candlewire.charts[0].historyDone")
+    js(page, "(async () => (await import('/js/chart.js')).BAR_LIMITS.max = 1e9)()")
+    scroll_back(page, 200)
+    until(lambda: bar_count(page) > limit + 100, what="the dropped bars to load again")
+    times = [b["time"] for b in js(page, "window.candlewire.charts[0].bars()")]
+    assert times[0] < first + 60 * 60 and times == sorted(set(times))
+    assert console == []
+
+
 @pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a phone shows one chart
 def test_two_charts_of_one_symbol_each_take_only_their_own_older_bars(
     server: ServerProcess, page: Page, viewport: str, console: list[str]

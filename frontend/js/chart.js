@@ -34,6 +34,11 @@ const INIT_COUNT = 300;
 const HISTORY_COUNT = 300;
 const EDGE = 10; // request older bars when fewer than this many are left of the view
 const INITIAL_BARS = 150; // bars shown after the first load
+// A chart left streaming for hours (a 1m chart of a 60x replay gains 3,600 bars an hour)
+// keeps at most `max` bars: past it, while the view is on the newest `keep` bars, the oldest
+// are dropped (with their indicator values) and scrolling back loads them again. Exported,
+// and mutable, for the browser tests.
+export const BAR_LIMITS = { max: 5000, keep: 4000 };
 
 export class ChartPanel extends EventTarget {
   constructor({ index, feed, quotes, theme, zone }) {
@@ -294,6 +299,7 @@ export class ChartPanel extends EventTarget {
     if (this.volume) this.volume.update(this.volumeBar(bar));
     if (appended) this.compare?.follow(this.bars);
     this.updates += 1;
+    if (appended && this.bars.length > BAR_LIMITS.max) this.dropOldest();
     const close = bar.close ?? bar.value;
     if (close !== undefined && decimalsOf(close) > this.precision) this.applyPrecision();
     this.refreshText();
@@ -366,6 +372,18 @@ export class ChartPanel extends EventTarget {
       shift = indexOfTime(merged, old[anchor].time) - anchor;
     }
     ts.setVisibleLogicalRange({ from: range.from + shift, to: range.to + shift });
+  }
+
+  /** Keep the newest BAR_LIMITS.keep bars, unless the view shows older ones (then later). */
+  dropOldest() {
+    const range = this.chart.timeScale().getVisibleLogicalRange();
+    const first = this.bars.length - BAR_LIMITS.keep;
+    if (!range || range.from < first) return; // the user looks at bars that would go
+    this.replaceBars(this.bars.slice(first));
+    this.historyPending = false; // a reply about the old left edge is not wanted any more
+    this.historyRequest = null;
+    this.historyDone = false; // scrolling back loads them again
+    this.indicators.dropBefore(this.bars[0].time);
   }
 
   initialView() {

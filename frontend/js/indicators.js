@@ -364,6 +364,19 @@ export class IndicatorLayer {
     }
   }
 
+  /** Drop the values older than `time` (the chart dropped its bars before it). */
+  dropBefore(time) {
+    for (const instance of this.list) {
+      for (const [output, series] of instance.series) {
+        const points = instance.points.get(output) || [];
+        const kept = points.filter((p) => p.time >= time);
+        if (kept.length === points.length) continue;
+        instance.points.set(output, kept);
+        series.setData(kept);
+      }
+    }
+  }
+
   /** Oscillator panes a quarter of the price pane's height each. */
   sizePanes() {
     const panes = this.chart.panes();
