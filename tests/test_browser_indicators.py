@@ -122,7 +122,7 @@ def test_indicators_from_the_catalogue_overlay_the_price_or_get_their_own_pane(
     assert console == []
 
 
-def test_the_indicator_and_compare_boxes_hand_the_keyboard_back_to_their_buttons(
+def test_the_indicator_compare_and_alert_boxes_hand_the_keyboard_back_to_their_buttons(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
     """Keyboard only: after a pick with Enter or a close with Escape, focus was left on the
@@ -159,6 +159,13 @@ def test_the_indicator_and_compare_boxes_hand_the_keyboard_back_to_their_buttons
     until(lambda: page.evaluate(focused) == "compare-input", what="the compare box again")
     page.keyboard.press("Escape")
     assert page.evaluate(focused) == "compare-button"
+    page.locator("#alert-button").focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    assert page.evaluate(focused) == "alert-level"
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.querySelector('#alert-box').hidden")
+    assert page.evaluate(focused) == "alert-button"
     assert console == []
 
 

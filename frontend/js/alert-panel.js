@@ -25,7 +25,10 @@ export class AlertPanel {
       if (!box.hidden && !box.parentElement.contains(event.target)) this.close();
     });
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && !box.hidden) this.close();
+      if (event.key !== "Escape" || box.hidden) return;
+      const inside = box.contains(document.activeElement);
+      this.close();
+      if (inside) button.focus(); // the keyboard carries on from the bell, not the page top
     });
     book.addEventListener("change", () => this.render());
     this.render();
