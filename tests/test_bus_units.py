@@ -3,6 +3,8 @@ bytes, and the hub handle turning per-client commands into one demand entry per 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 
 import pytest
@@ -15,6 +17,7 @@ from backend.bus.names import demand_member, parse_member
 from backend.errors import ConfigError
 from backend.runtime.messages import Clock, Notice, NoUpdate, StartStreaming, Status, StopStreaming
 from backend.settings import load_settings
+from tests.harness import eventually
 
 BUS = "redis://127.0.0.1:6379/0"
 
@@ -143,3 +146,30 @@ def test_a_node_takes_only_history_requests_of_the_shapes_a_hub_writes() -> None
         dataclasses.replace(good, request_id=None),  # type: ignore[arg-type]
     ):
         assert not node_module._well_formed(bad), bad
+
+
+async def test_a_hub_stopped_while_a_renewal_was_in_flight_still_sees_its_lapse(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The renewal was timed from when its answer came back: a hub stopped (SIGSTOP, a
+    stall) with one in flight resumed as if it had just renewed, never counted its providers
+    as restarted, and kept the hole its expired demand left (a flaky end-to-end test,
+    ``test_bus.py::test_a_hub_stalled_past_its_lease_counts_its_providers_as_restarted``)."""
+    settings = load_settings(PROVIDERS="csv", BUS_URL=BUS, BUS_LEASE_SECONDS=1.5)
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    writes: list[bool] = []
+
+    async def write(renew: bool) -> None:
+        writes.append(renew)
+        if len(writes) == 2:  # in flight past a whole lease, as if the process stopped
+            await asyncio.sleep(bus.lease * 1.5)
+
+    bus._write = write  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop().create_task(bus._write_loop())
+    try:
+        await eventually(lambda: "counts as restarted" in caplog.text, 10, "the lapse seen")
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert len(writes) >= 3

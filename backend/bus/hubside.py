@@ -256,6 +256,9 @@ class BusProviderSet:
                     self.lease,
                 )
                 self._resync = True
+            # A renewal counts from when it was sent: a hub stopped while one was in flight
+            # (SIGSTOP, a long stall) must still see the lapse once it runs again.
+            sent = time.monotonic()
             try:
                 await self._write(renew)
             except link.BusDown as exc:
@@ -268,7 +271,7 @@ class BusProviderSet:
                 continue
             backoff.reset()
             if renew:
-                renewed_at = time.monotonic()
+                renewed_at = sent
                 next_renew = renewed_at + tick
 
     async def _write(self, renew: bool) -> None:
