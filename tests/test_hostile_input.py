@@ -137,7 +137,7 @@ def empty_objects(size: int) -> str:
         '[{"type":"ping","x":' + empty_objects(EIGHT_MIB - 40) + "}]",
         "[" + ",".join(['{"":""}'] * (EIGHT_MIB // 8)) + "]",
         "[" + ",".join(['""'] * (EIGHT_MIB // 3)) + "]",
-        nested(100_000),
+        nested(4 * protocol.MAX_VALUES),
     ],
     ids=["empty objects", "inside one request", "small objects", "empty strings", "deep"],
 )
