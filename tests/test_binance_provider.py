@@ -613,15 +613,18 @@ def test_a_transient_failure_is_retried_within_the_deadline(status: int, body: s
         try:
             fake.fail_next(status, count=2, body=body)
             start = now - now % MINUTE_MS - 9 * MINUTE_MS
-            rows = gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+            # an end, not "until now": with the exchange's clock frozen, a wall clock that
+            # turned a minute meanwhile would ask once more (rest.py ``_reached``), legitimately
+            end = start + 9 * MINUTE_MS
+            rows = gate.klines("ETHUSDT", "1m", start, end, time.monotonic() + 10)
             assert len(rows) == 10
             assert [r.status for r in fake.requests] == [status, status, 200]
             fake.fail_next(status, count=3, body=body)
             with pytest.raises(ProviderUnavailable):
-                gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+                gate.klines("ETHUSDT", "1m", start, end, time.monotonic() + 10)
             fake.fail_next(500, count=1)
             with pytest.raises(ProviderUnavailable):  # no time left for a retry
-                gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 0.5)
+                gate.klines("ETHUSDT", "1m", start, end, time.monotonic() + 0.5)
         finally:
             gate.close()
 
