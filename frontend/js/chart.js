@@ -102,11 +102,13 @@ export class ChartPanel extends EventTarget {
     this.chart?.applyOptions({ timeScale: { fixLeftEdge: on } });
     this.placeEdges();
     // fixLeftEdge moves the view on one of the chart's next frames, not always with a range
-    // event: place the marks again after the next frame and the one after it.
+    // event: place the marks again after the next frame and the one after it, and once more
+    // a little later (a loaded machine draws late).
     requestAnimationFrame(() => {
       this.placeEdges();
       requestAnimationFrame(() => this.placeEdges());
     });
+    setTimeout(() => this.placeEdges(), 300);
   }
 
   build() {
@@ -214,6 +216,7 @@ export class ChartPanel extends EventTarget {
   }
 
   destroy() {
+    this.destroyed = true; // late callbacks (placeEdges) leave the removed chart alone
     this.unsubscribe();
     this.compare?.destroy();
     this.indicators.destroy();
@@ -428,6 +431,7 @@ export class ChartPanel extends EventTarget {
   }
 
   placeEdges() {
+    if (this.destroyed) return;
     this.edges?.place(this.bars.length, this.historyDone);
   }
 

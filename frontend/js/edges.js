@@ -60,10 +60,11 @@ export class ViewEdges {
     this.jump.hidden = !range || !count || range.to >= count - 1;
     const x = count && startKnown ? ts.logicalToCoordinate(0) : null;
     const width = ts.width();
-    const visible = x !== null && x >= 0 && x <= width;
+    const spacing = x === null ? 0 : (ts.logicalToCoordinate(1) ?? x + 6) - x;
+    // the first bar in view, also when its middle sits a little left of the edge
+    const visible = x !== null && x >= -spacing && x <= width;
     this.start.hidden = !visible;
     if (!visible) return;
-    const spacing = (ts.logicalToCoordinate(1) ?? x + 6) - x;
     this.start.style.left = `${Math.max(0, x - spacing / 2)}px`;
   }
 }
