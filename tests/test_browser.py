@@ -117,6 +117,19 @@ def wait_for_bars(page: Page, chart: int = 0, more_than: int = 0) -> None:
     page.wait_for_function(f"window.candlewire.charts[{chart}].bars().length > {more_than}")
 
 
+def wait_for_the_last_bar_to_move(page: Page, timeout: float | None = None) -> dict[str, Any]:
+    """Until chart 1's newest bar changes (a live update arrived after this call); the bar
+    it was before."""
+    last = bars(page)[-1]
+    page.wait_for_function(
+        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
+        " return b.time !== last.time || b.close !== last.close; }",
+        arg=last,
+        **({} if timeout is None else {"timeout": timeout}),
+    )
+    return last
+
+
 def assert_ascending_unique(rows: list[dict[str, Any]]) -> None:
     times = [row["time"] for row in rows]
     assert times == sorted(times)
@@ -160,13 +173,7 @@ def test_a_live_update_changes_the_last_bar_within_3_seconds(
 ) -> None:
     open_page(page, server, "?source=counting&s=BBB&i=1m")
     wait_for_bars(page)
-    last = bars(page)[-1]
-    page.wait_for_function(
-        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
-        " return b.time !== last.time || b.close !== last.close; }",
-        arg=last,
-        timeout=seconds(3) * MS,
-    )
+    last = wait_for_the_last_bar_to_move(page, seconds(3) * MS)
     rows = bars(page)
     assert rows[-1]["time"] >= last["time"]
     assert_ascending_unique(rows)
@@ -289,13 +296,7 @@ def test_a_server_restart_reconnects_and_the_chart_keeps_updating(
     server.start()
     page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
     text_once(badge, "Live")
-    last = bars(page)[-1]
-    page.wait_for_function(
-        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
-        " return b.time !== last.time || b.close !== last.close; }",
-        arg=last,
-        timeout=seconds(5) * MS,
-    )
+    wait_for_the_last_bar_to_move(page, seconds(5) * MS)
     assert page.evaluate("window.notReloaded") is True
     rows = bars(page)
     assert len(rows) >= count
@@ -316,12 +317,7 @@ def test_a_network_drop_the_socket_outlives_shows_offline_then_live_again(
     page.context.set_offline(False)
     page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(8) * MS)
     text_once(badge, "Live")
-    last = bars(page)[-1]
-    page.wait_for_function(
-        "last => { const b = window.candlewire.charts[0].bars().at(-1);"
-        " return b.time !== last.time || b.close !== last.close; }",
-        arg=last,
-    )
+    wait_for_the_last_bar_to_move(page)
     assert_ascending_unique(bars(page))
     assert console == []
 
