@@ -49,6 +49,7 @@ from backend.errors import ConfigError
 from backend.history.store import BarStore
 from backend.hub.alerting import Worker
 from backend.hub.hub import Hub
+from backend.hub.metrics import CONTENT_TYPE as METRICS_TYPE
 from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
 from backend.plugins import locate_class
@@ -260,7 +261,7 @@ def create_node_app(settings: Settings) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         metrics: Metrics = request.app.state.metrics
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=METRICS_TYPE)
 
     return app
 

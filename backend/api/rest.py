@@ -22,6 +22,7 @@ from backend.access.identity import may_read
 from backend.api.udf import int_param
 from backend.errors import ProtocolError
 from backend.hub.hub import Hub
+from backend.hub.metrics import CONTENT_TYPE as METRICS_TYPE
 from backend.model import intervals
 from backend.model.bars import FIELDS, LINE, SeriesId
 from backend.wire.protocol import DEFAULT_COUNT
@@ -57,7 +58,7 @@ async def health(request: Request) -> dict[str, Any]:
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text format."""
     text = _hub(request).metrics.render()
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(text, media_type=METRICS_TYPE)
 
 
 @router.get("/api/symbols", response_model=None)

@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 
 from backend.errors import ConfigError
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of /metrics (hub and node)
 _Labels = tuple[tuple[str, str], ...]
 
 
