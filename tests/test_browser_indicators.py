@@ -169,6 +169,39 @@ def test_the_indicator_compare_and_alert_boxes_hand_the_keyboard_back_to_their_b
     assert console == []
 
 
+# Reads whether a picker's box is still open, and where focus is, once the 150 ms close
+# delay that a blur of its input starts has run out.
+AFTER_THE_CLOSE_DELAY = """(box) => new Promise((done) => setTimeout(() => done({
+  open: !document.querySelector(box).hidden,
+  focused: document.activeElement?.id,
+}), 400))"""
+
+
+@pytest.mark.parametrize("picker", ["indicator", "compare"])
+def test_a_box_opened_again_at_once_after_a_pick_stays_open_with_the_keyboard_in_it(
+    server: ServerProcess, page: Page, picker: str, console: list[str]
+) -> None:
+    """A pick blurs the box's input, which closes the box 150 ms later; the compare box ran
+    that late close even when the box had been opened again meanwhile, so the reopened box
+    vanished under the keyboard (focus fell to the page body; a CI run met it)."""
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    focused = "document.activeElement.id"
+    page.locator(f"#{picker}-button").focus()
+    page.keyboard.press("Enter")
+    until(lambda: page.evaluate(focused) == f"{picker}-input", what="focus in the box")
+    name = "RSI" if picker == "indicator" else "BBB"
+    page.keyboard.type(name)
+    page.wait_for_function(
+        f"document.querySelector('#{picker}-results li.selected .sr-symbol')?.textContent"
+        f" === '{name}'"
+    )
+    page.keyboard.press("Enter")  # the pick: focus back on the button, the late close pending
+    page.keyboard.press("Enter")  # the box again, before that close has run
+    after = page.evaluate(AFTER_THE_CLOSE_DELAY, f"#{picker}-box")
+    assert after == {"open": True, "focused": f"{picker}-input"}
+    assert console == []
+
+
 def test_inputs_are_edited_in_a_dialog_and_an_indicator_is_removed_with_its_chip(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -25,7 +25,9 @@ export class ComparePicker {
       if ((e.key === "Enter" && this.box.hidden) || e.key === "Escape") button.focus();
     });
     button.addEventListener("click", () => (this.box.hidden ? this.open() : this.close()));
-    input.addEventListener("blur", () => setTimeout(() => this.close(), CLOSE_DELAY_MS));
+    input.addEventListener("blur", () => setTimeout(() => {
+      if (document.activeElement !== input) this.close(); // not when it was opened again
+    }, CLOSE_DELAY_MS));
   }
 
   open() {

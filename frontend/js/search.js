@@ -51,7 +51,9 @@ export class SymbolSearch {
     list.setAttribute("role", "listbox");
     input.addEventListener("input", () => this.schedule());
     input.addEventListener("focus", () => { input.select(); this.run(input.value); });
-    input.addEventListener("blur", () => setTimeout(() => this.close(), 120));
+    input.addEventListener("blur", () => setTimeout(() => {
+      if (document.activeElement !== input) this.close(); // not when it was focused again
+    }, 120));
     input.addEventListener("keydown", (e) => this.onKey(e));
     list.addEventListener("mousedown", (e) => e.preventDefault()); // keep focus in the input
     list.addEventListener("click", (e) => {
