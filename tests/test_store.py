@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -89,8 +91,8 @@ async def test_a_close_during_a_flush_writes_the_batch_that_flush_had_taken(
     writing, release = asyncio.Event(), asyncio.Event()
     write = store._write
 
-    async def slow_write(key: SeriesId, pending: Any) -> None:
-        await write(key, pending)
+    async def slow_write(batch: dict[SeriesId, Any]) -> None:
+        await write(batch)
         writing.set()
         await release.wait()  # the flush loop is held here, mid-flush, until cancelled
 
@@ -208,3 +210,59 @@ async def test_a_locked_file_keeps_writes_queued_and_readable(
     await store.flush()
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM bars").fetchone() == (2,)
+
+
+async def test_a_flush_of_many_series_holds_the_write_lock_a_few_round_trips_not_per_series(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    """A flush wrote series by series, each a few awaits inside one write transaction; with
+    the event loop slowed by load, the lock was held for seconds and another writer of the
+    file (the alert store) gave up with "database is locked" (seen in a soak). Here the loop
+    turns once per 20 ms, 300 series are flushed, and another connection that waits at most
+    2 s for the lock writes meanwhile."""
+    store = await open_store()
+    for i in range(300):
+        series = SeriesId("x", f"S{i}", "1m")
+        store.put_bars(series, [bar(60), bar(120)])
+        store.put_coverage(series, [(0, 179)], exhausted_before=None)
+    await store.flush()  # the series ids made; the next flush is the usual one
+    for i in range(300):
+        store.put_bars(SeriesId("x", f"S{i}", "1m"), [bar(180), bar(240)], forming_t=240)
+        store.put_coverage(SeriesId("x", f"S{i}", "1m"), [(0, 299)], exhausted_before=None)
+    stop = asyncio.Event()
+
+    async def load() -> None:  # a busy loop: each turn blocks it for 20 ms
+        while not stop.is_set():
+            time.sleep(0.02)  # noqa: ASYNC251 - the point: a loop slowed by load
+            await asyncio.sleep(0)
+
+    other = sqlite3.connect(tmp_path / "db.sqlite3", timeout=2.0, check_same_thread=False)
+    other.execute("CREATE TABLE IF NOT EXISTS other (n INTEGER)")
+    wrote: list[str] = []
+
+    flushed = threading.Event()
+
+    def write_meanwhile() -> None:  # until the flush is over
+        try:
+            while not flushed.is_set():
+                other.execute("INSERT INTO other VALUES (?)", (len(wrote),))
+                other.commit()
+                wrote.append("ok")
+        except sqlite3.OperationalError as exc:
+            wrote.append(str(exc))
+
+    busy = asyncio.create_task(load())
+    try:
+        writer = asyncio.create_task(asyncio.to_thread(write_meanwhile))
+        await store.flush()
+        flushed.set()
+        await writer
+    finally:
+        flushed.set()
+        stop.set()
+        await busy
+        other.close()
+    assert wrote and set(wrote) == {"ok"}
+    snapshot = await store.load(SeriesId("x", "S299", "1m"), 10)
+    assert [b[0] for b in snapshot.bars] == [60, 120, 180, 240]
+    assert snapshot.coverage == [(0, 299)]

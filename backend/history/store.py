@@ -112,8 +112,7 @@ class BarStore:
                 return
             batch, self._pending = self._pending, {}
             try:
-                for key, pending in batch.items():
-                    await self._write(key, pending)
+                await self._write(batch)
                 await self._db.commit()
                 self.flushes += 1
             except aiosqlite.Error as exc:
@@ -155,38 +154,58 @@ class BarStore:
             except StorageError:
                 await asyncio.sleep(1.0)  # logged in flush(); try again, never spin
 
-    async def _write(self, key: SeriesId, pending: _Pending) -> None:
-        series = await self._series_id(key)
-        if pending.bars:
+    async def _write(self, batch: dict[SeriesId, _Pending]) -> None:
+        """The batch in a handful of statements, whatever its number of series: the write
+        transaction lasts a few round trips to the database thread, not a few per series
+        (a loop slowed by load stretched it, and other writers of the file waited)."""
+        ids = await self._series_ids(list(batch))
+        bars = [
+            (ids[key], *bar, int(forming))
+            for key, pending in batch.items()
+            for bar, forming in pending.bars.values()
+        ]
+        if bars:
             await self._db.executemany(
                 "INSERT OR REPLACE INTO bars (series, t, o, h, l, c, v, forming) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(series, *bar, int(forming)) for bar, forming in pending.bars.values()],
+                bars,
             )
-        if pending.coverage is not None:
-            await self._db.execute("DELETE FROM bar_coverage WHERE series = ?", (series,))
-            await self._db.executemany(
-                "INSERT INTO bar_coverage (series, a, b) VALUES (?, ?, ?)",
-                [(series, a, b) for a, b in pending.coverage],
-            )
-            await self._db.execute(
-                "UPDATE bar_series SET exhausted_before = ? WHERE id = ?",
-                (pending.exhausted_before, series),
-            )
+        covered = [
+            (ids[key], pending) for key, pending in batch.items() if pending.coverage is not None
+        ]
+        if not covered:
+            return
+        await self._db.executemany(
+            "DELETE FROM bar_coverage WHERE series = ?", [(series,) for series, _ in covered]
+        )
+        await self._db.executemany(
+            "INSERT INTO bar_coverage (series, a, b) VALUES (?, ?, ?)",
+            [(series, a, b) for series, pending in covered for a, b in pending.coverage or ()],
+        )
+        await self._db.executemany(
+            "UPDATE bar_series SET exhausted_before = ? WHERE id = ?",
+            [(pending.exhausted_before, series) for series, pending in covered],
+        )
 
-    async def _series_id(self, key: SeriesId) -> int:
-        series = self._ids.get(key)
-        if series is None:
-            await self._db.execute(
-                "INSERT OR IGNORE INTO bar_series (source, name, interval) VALUES (?, ?, ?)", key
+    async def _series_ids(self, keys: list[SeriesId]) -> dict[SeriesId, int]:
+        """The row id of each series; those not known yet are made in one statement, read
+        back and committed (a series is new once in the life of the file)."""
+        new = [key for key in keys if key not in self._ids]
+        if new:
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO bar_series (source, name, interval) VALUES (?, ?, ?)", new
             )
-            async with self._db.execute(
-                "SELECT id FROM bar_series WHERE source = ? AND name = ? AND interval = ?", key
-            ) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
-            series = self._ids[key] = int(row[0])
-        return series
+            for key in new:
+                async with self._db.execute(
+                    "SELECT id FROM bar_series WHERE source = ? AND name = ? AND interval = ?",
+                    key,
+                ) as cursor:
+                    row = await cursor.fetchone()
+                assert row is not None
+                self._ids[key] = int(row[0])
+            # committed apart: a batch rolled back later must not leave ids that are not there
+            await self._db.commit()
+        return {key: self._ids[key] for key in keys}
 
     # ------------------------------------------------------------------ reads
 
