@@ -43,6 +43,7 @@ from backend.api.head import HeadAsGet
 from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
 from backend.api.udf import router as udf_router
+from backend.api.udf_quotes import router as udf_quotes_router
 from backend.bus.hubside import factory as bus_providers
 from backend.bus.node import ProviderNode
 from backend.errors import ConfigError
@@ -187,6 +188,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     app.include_router(router)
     app.include_router(openbb_router)
     app.include_router(udf_router)
+    app.include_router(udf_quotes_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(HeadAsGet)  # innermost: the routes see a GET

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backend.api import udf
+from backend.api import udf, udf_quotes
 from backend.model.bars import Bar
 from tests.harness import ServerProcess, base_env, populate, seconds
 
@@ -28,6 +28,29 @@ ROW = {
 }
 
 # ---------------------------------------------------------------- pure helpers
+
+
+def test_a_quote_is_the_days_figures_moved_by_a_fresher_streamed_bar() -> None:
+    yesterday: Bar = (0, 10.0, 11.0, 9.0, 10.0, 500.0)
+    today: Bar = (DAY, 10.0, 10.5, 9.9, 10.2, 120.0)
+    values = udf_quotes.quote_values(ROW, [yesterday, today])
+    assert values is not None
+    assert values["lp"] == 10.2 and values["prev_close_price"] == 10.0
+    assert values["ch"] == 0.2 and values["chp"] == 2.0  # rounded to the prices' decimals
+    assert (values["open_price"], values["high_price"], values["low_price"]) == (10.0, 10.5, 9.9)
+    assert values["volume"] == 120.0
+    assert values["original_name"] == "binance:BTCUSDT"
+    live: Bar = (DAY + 3600, 10.6, 10.7, 10.6, 10.7, 3.0)  # a streamed hour, newer than the day
+    moved = udf_quotes.quote_values(ROW, [yesterday, today], live)
+    assert moved is not None
+    assert moved["lp"] == 10.7 and moved["high_price"] == 10.7 and moved["low_price"] == 9.9
+    assert moved["ch"] == 0.7 and moved["chp"] == 7.0
+    stale: Bar = (0, 1.0, 1.0, 1.0, 1.0, 1.0)  # a bar of an older day moves nothing
+    assert udf_quotes.quote_values(ROW, [yesterday, today], stale) == values
+    first_day = udf_quotes.quote_values(ROW, [today])
+    assert first_day is not None and "ch" not in first_day and "prev_close_price" not in first_day
+    assert udf_quotes.quote_values(ROW, []) is None
+    assert udf_quotes.quote_values(ROW, [(DAY, None, None, None, None, None)]) is None
 
 
 @pytest.mark.parametrize(

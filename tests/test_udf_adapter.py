@@ -102,6 +102,14 @@ class Adapter:
             bars.append(bar)
         return bars, {"noData": False}
 
+    def get_quotes(self, symbols: list[str]) -> list[dict[str, Any]]:
+        """``QuotesProvider.getQuotes``: ``symbols`` joined by ``toString()`` (commas); the
+        body's ``d`` when its ``s`` is "ok", else it rejects with ``errmsg``."""
+        body = self.send("quotes", {"symbols": ",".join(symbols)})
+        if body.get("s") != "ok":
+            raise Unusable(str(body.get("errmsg")))
+        return list(body["d"])
+
     def server_time(self) -> int | None:
         value = self.send("time")
         return int(value) if isinstance(value, (int, float, str)) else None
@@ -145,6 +153,8 @@ def test_a_refused_config_still_lets_the_adapter_get_ready_and_fail_visibly(
     assert adapter.search_symbols("AAA") == []
     with pytest.raises(Unusable, match="authentication required"):
         adapter.get_bars("counting:AAA", "60", 0, int(time.time()), 10)
+    with pytest.raises(Unusable, match="authentication required"):
+        adapter.get_quotes(["counting:AAA"])
     wrong = Adapter(keyed.url + "/udf", {"X-API-Key": "not-the-key"})
     assert wrong.on_ready()["supports_search"] is True
     assert wrong.requests == [("config", 401)]
@@ -162,6 +172,7 @@ def test_the_adapter_with_its_key_in_the_requesters_headers(keyed: ServerProcess
     bars, meta = adapter.get_bars(info["ticker"], "60", now - 300 * 3600, now, 300)
     assert len(bars) == 300 and meta == {"noData": False}
     assert abs((adapter.server_time() or 0) - now) < 5
+    assert [quote["s"] for quote in adapter.get_quotes(["counting:AAA"])] == ["ok"]
 
 
 def test_a_config_over_the_request_rate_still_lets_the_adapter_get_ready(
@@ -270,10 +281,41 @@ def test_polls_until_now_are_answered_from_the_stream_not_a_history_call_each(
 def test_an_endpoint_the_server_lacks_answers_in_the_datafeeds_error_shape(
     plain: ServerProcess,
 ) -> None:
-    """``getQuotes`` (and ``marks``) reject with the body's ``errmsg``: a bare 404 made the
-    adapter reject with "undefined"."""
+    """``getMarks`` (and any path not served) reject with the body's ``errmsg``: a bare 404
+    made the adapter reject with "undefined". (This asked for ``quotes`` until the server
+    served them.)"""
     adapter = Adapter(plain.url + "/udf")
-    body = adapter.send("quotes", {"symbols": "counting:AAA"})
-    assert body["s"] == "error" and "quotes" in body["errmsg"]
+    body = adapter.send("marks", {"symbol": "counting:AAA", "from": 0, "to": 60})
+    assert body["s"] == "error" and "marks" in body["errmsg"]
     assert body["error"] == "not_found"
     assert adapter.requests[-1][1] == 404
+
+
+def test_the_watchlists_quotes_name_each_symbol_as_asked_with_the_days_change(
+    plain: ServerProcess,
+) -> None:
+    """``getQuotes`` (the Trading Platform's watchlist and details, polled): one entry per
+    symbol in the order asked, ``n`` exactly as asked (the library matches by it), the last
+    price and the change from the previous daily close; an unknown symbol is an entry with
+    ``s: error``, not a failed request."""
+    adapter = Adapter(plain.url + "/udf")
+    asked = ["counting:AAA", "BBB", "counting:NOPE", "counting:AAA"]
+    quotes = adapter.get_quotes(asked)
+    assert [q["n"] for q in quotes] == asked
+    assert [q["s"] for q in quotes] == ["ok", "ok", "error", "ok"]
+    assert quotes[2]["v"] == {} and "NOPE" in quotes[2]["errmsg"]
+    now = int(time.time())
+    days, _ = adapter.get_bars("counting:AAA", "1D", now - 10 * 86_400, now + 1, 2)
+    values = quotes[0]["v"]
+    assert values["short_name"] == "AAA" and values["exchange"] == "counting"
+    assert values["original_name"] == "counting:AAA"
+    assert values["prev_close_price"] == days[-2]["close"]
+    assert values["open_price"] == days[-1]["open"]
+    assert values["low_price"] <= values["lp"] <= values["high_price"]
+    assert values["ch"] == pytest.approx(values["lp"] - values["prev_close_price"], abs=1e-9)
+    assert values["chp"] == round(values["ch"] / values["prev_close_price"] * 100, 2)
+    assert quotes[1]["v"]["short_name"] == "BBB"
+    with pytest.raises(Unusable, match="symbols"):
+        adapter.get_quotes([])
+    with pytest.raises(Unusable, match="at most"):
+        adapter.get_quotes([f"counting:S{i}" for i in range(101)])

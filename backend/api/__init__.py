@@ -1,6 +1,7 @@
 """The HTTP surfaces: our REST endpoints, the TradingView UDF datafeed and OpenBB Workspace.
 
-Owns: ``rest`` (``/health``, ``/metrics``, ``/api/...``), ``udf`` (``/udf/...``), ``openbb``
+Owns: ``rest`` (``/health``, ``/metrics``, ``/api/...``), ``udf`` (``/udf/...``),
+``udf_quotes`` (``/udf/quotes``), ``openbb``
 (the Workspace endpoints), ``openbb_widgets`` (what ``/widgets.json`` and ``/apps.json``
 say), ``openbb_grid`` (the live grid's rows and socket) and ``cors`` (the app's CORS policy).
 May import: ``hub``, ``ws`` (shared frame parsing), ``access``, ``history``, ``symbols``,

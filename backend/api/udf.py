@@ -1,8 +1,9 @@
 """TradingView UDF under ``/udf``: the HTTP datafeed of the Charting Library (DESIGN 5.3).
 
 ``config``, ``symbols``, ``search``, ``history`` and ``time``, answered from the same symbol
-database and bar cache as ``/websocket/``. The adapter never looks at HTTP status codes, so
-every answer is a JSON body (``{"s": "error", "errmsg": ...}`` for errors, with status 200).
+database and bar cache as ``/websocket/`` (``quotes``: :mod:`backend.api.udf_quotes`). The
+adapter never looks at HTTP status codes, so every answer is a JSON body
+(``{"s": "error", "errmsg": ...}`` for errors, with status 200).
 
 - Symbols are ``SOURCE:NAME`` (our ``ticker`` and ``full_name``) or a bare name, resolved
   through the database (exact name, providers that are enabled first).
@@ -100,7 +101,7 @@ NOW_TOLERANCE = 60  # s: a history 'to' this close to the wall clock means "unti
 SYMBOL_INFO_WAIT = 2.0
 # The fetches behind pricescale that outlived their /symbols request: owned here until their
 # history call ends (bounded by HISTORY_TIMEOUT; the planner answers a failure, never raises).
-_INFO_FETCHES: Tasks = set()
+INFO_FETCHES: Tasks = set()
 _DAY = 86_400
 
 
@@ -132,7 +133,7 @@ def align_time(t: int, interval: str) -> int:
 
 def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any]:
     """The ``s: ok`` answer, column-wise and ascending; bars without a close are skipped."""
-    rows = [bar for bar in bars if _finite(bar[4])]
+    rows = [bar for bar in bars if finite(bar[4])]
     body: dict[str, Any] = {
         "s": "ok",
         "t": [align_time(bar[0], interval) for bar in rows],
@@ -141,8 +142,8 @@ def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any
         "l": [_or(bar[3], bar[4]) for bar in rows],
         "c": [bar[4] for bar in rows],
     }
-    if kind != LINE and any(_finite(bar[5]) for bar in rows):
-        body["v"] = [bar[5] if _finite(bar[5]) else 0.0 for bar in rows]
+    if kind != LINE and any(finite(bar[5]) for bar in rows):
+        body["v"] = [bar[5] if finite(bar[5]) else 0.0 for bar in rows]
     return body
 
 
@@ -351,18 +352,18 @@ def canonical_source(text: str, enabled: Iterable[str]) -> str:
     return text.strip()
 
 
-def _finite(value: float | None) -> bool:
+def finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
 def _or(value: float | None, default: float | None) -> float | None:
-    return value if _finite(value) else default
+    return value if finite(value) else default
 
 
 # ---------------------------------------------------------------- hub-backed helpers
 
 
-def _hub(request: Request) -> Hub:
+def hub_of(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 
@@ -413,7 +414,7 @@ async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
         return []
     key = SeriesId(source, name, "1d" if "1d" in offered else offered[-1])
     latest = hub.planner.latest(key, RECENT_BARS, hub.subs.has(key))
-    fetch = start_owned(_INFO_FETCHES, latest, f"udf symbol info {key}")
+    fetch = start_owned(INFO_FETCHES, latest, f"udf symbol info {key}")
     try:
         answer = await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
     except TimeoutError:
@@ -472,7 +473,7 @@ async def config(request: Request) -> Response:
     does not learn the others)."""
     exchanges = [{"value": "", "name": "All Exchanges", "desc": ""}]
     allowed = current.get().sources
-    readable = [s for s in _enabled(_hub(request)) if allowed is None or s in allowed]
+    readable = [s for s in _enabled(hub_of(request)) if allowed is None or s in allowed]
     exchanges += [{"value": s, "name": s, "desc": s} for s in readable]
     return json_response(
         {
@@ -483,7 +484,7 @@ async def config(request: Request) -> Response:
             "supports_timescale_marks": False,
             "supports_time": True,
             "exchanges": exchanges,
-            "symbols_types": await symbol_types(_hub(request)),
+            "symbols_types": await symbol_types(hub_of(request)),
         }
     )
 
@@ -491,7 +492,7 @@ async def config(request: Request) -> Response:
 @router.get("/symbols")
 async def symbols(request: Request, symbol: str = "") -> Response:
     """LibrarySymbolInfo for ``SOURCE:NAME`` or a bare name."""
-    hub = _hub(request)
+    hub = hub_of(request)
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return json_response(error(f"unknown symbol {quote(symbol)}"))
@@ -504,7 +505,7 @@ async def symbols(request: Request, symbol: str = "") -> Response:
 async def search(request: Request, query: str = "", type: str = "", exchange: str = "") -> Response:
     """Up to ``limit`` symbols (none, 0 or less: the default); the adapter upper-cases
     ``query``, so matching ignores case."""
-    hub = _hub(request)
+    hub = hub_of(request)
     limit, problem = int_param(request, "limit")
     if problem is not None:
         return json_response(error(problem))
@@ -533,7 +534,7 @@ async def search(request: Request, query: str = "", type: str = "", exchange: st
 @router.get("/history")
 async def history(request: Request, symbol: str = "", resolution: str = "") -> Response:
     """Bars with ``from <= t < to`` (or the ``countback`` bars before ``to``), ascending."""
-    hub = _hub(request)
+    hub = hub_of(request)
     params = {name: int_param(request, name) for name in ("from", "to", "countback")}
     for _, problem in params.values():
         if problem is not None:
