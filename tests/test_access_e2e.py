@@ -207,6 +207,18 @@ async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
         await grid.close()
 
 
+def test_a_refusal_says_why_in_the_detail_workspace_shows(server: ServerProcess) -> None:
+    """OpenBB Workspace shows a failed widget's ``detail`` (its error-handling docs): a
+    missing or wrong key is explained there, as every other error of the app is."""
+    for path, headers in (
+        ("/openbb/live_grid?symbol=AAA", {}),
+        ("/widgets.json", {"X-API-Key": "not-a-jwt"}),
+    ):
+        status, body, _ = http(server, path, Origin="https://pro.openbb.co", **headers)
+        assert status == 401, path
+        assert body["error"] == "unauthorized" and body["detail"] == body["message"], path
+
+
 async def test_a_jwt_limited_to_some_symbols_neither_finds_nor_scans_the_others(
     server: ServerProcess,
 ) -> None:

@@ -170,8 +170,11 @@ def _address(scope: Scope) -> str:
 
 
 def error_body(status: int, message: str, **extra: Any) -> bytes:
-    """The documented error shape: ``{"error": code, "message": text}``."""
-    return orjson.dumps({"error": ERROR_CODES.get(status, "error"), "message": message, **extra})
+    """The documented error shape: ``{"error": code, "message": text}``, plus ``detail``
+    (the same text), which OpenBB Workspace shows in a widget whose request failed, as on
+    the app's other errors."""
+    body = {"error": ERROR_CODES.get(status, "error"), "message": message, "detail": message}
+    return orjson.dumps(body | extra)
 
 
 async def deny_socket(scope: Scope, send: Send, denied: AccessDenied) -> None:
