@@ -219,6 +219,26 @@ def test_a_refusal_says_why_in_the_detail_workspace_shows(server: ServerProcess)
         assert body["error"] == "unauthorized" and body["detail"] == body["message"], path
 
 
+async def test_workspace_opens_the_live_grid_socket_from_widgets_json_alone(
+    server: ServerProcess,
+) -> None:
+    """Workspace sends its connection's key with every HTTP request, but opens the live
+    grid's socket at ``{backend}/{wsEndpoint}`` with ``http`` replaced by ``ws``: no header,
+    no query parameter. The wsEndpoint ``widgets.json`` gives a caller with a key must open
+    without one."""
+    key = {"X-API-Key": token("workspace")}
+    status, widgets, got = http(server, "/widgets.json", Origin="https://pro.openbb.co", **key)
+    assert status == 200 and "no-store" in got.get("Cache-Control", "")
+    endpoint = widgets["candlewire_live_grid"]["wsEndpoint"]
+    url = f"{server.url}/{endpoint}".replace("http", "ws", 1)
+    grid = await WsClient.open(url, origin="https://pro.openbb.co")
+    try:
+        await grid.send_raw(json.dumps({"type": "params", "params": {"symbol": "AAA"}}))
+        await eventually(lambda: any(m.get("symbol") == "AAA" for m in grid.messages))
+    finally:
+        await grid.close()
+
+
 async def test_a_jwt_limited_to_some_symbols_neither_finds_nor_scans_the_others(
     server: ServerProcess,
 ) -> None:

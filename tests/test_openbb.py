@@ -184,6 +184,18 @@ def test_the_app_lays_out_existing_widgets() -> None:
     assert ids == set(openbb_widgets.widgets(openbb_widgets.Defaults()))
 
 
+def test_the_grid_socket_url_carries_a_key_only_when_given_one() -> None:
+    """Workspace appends ``wsEndpoint`` to the backend URL as it is (no headers, no query
+    parameters of its connection): a key travels in it, quoted, or not at all."""
+    plain = openbb_widgets.widgets(openbb_widgets.Defaults())[openbb_widgets.LIVE_GRID]
+    assert plain["wsEndpoint"] == "openbb/live_grid_ws"
+    keyed = openbb_widgets.widgets(openbb_widgets.Defaults(), "a/b+c=&d")
+    endpoint = keyed[openbb_widgets.LIVE_GRID]["wsEndpoint"]
+    path, _, query = endpoint.partition("?")
+    assert path == "openbb/live_grid_ws" and "/" not in query
+    assert urllib.parse.parse_qs(query) == {"token": ["a/b+c=&d"]}
+
+
 def test_defaults_skip_providers_that_are_not_enabled() -> None:
     assert openbb_widgets.pick_defaults([ROW], {"csv"}) == openbb_widgets.Defaults()
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
 
+from backend.access.credentials import token_of
 from backend.access.identity import may_read
 from backend.api.openbb_grid import (
     LiveGridSession,
@@ -93,11 +94,20 @@ def _error(status: int, code: str, message: str) -> Response:
 
 @router.get("/widgets.json")
 async def widgets_json(request: Request) -> Response:
-    """Widget definitions; default parameters come from the symbol database."""
+    """Widget definitions; default parameters come from the symbol database. With ``AUTH``
+    on, the live grid's socket URL carries the caller's own key (Workspace opens that socket
+    without its connection's headers or query parameters), and the answer is not stored."""
     hub = _hub(request)
     results = await hub.symbols.search("", 50)
     rows = [r["details"] for r in results if isinstance(r.get("details"), dict)]
-    return json_response(widgets(pick_defaults(rows, set(hub.supervisor.providers))))
+    defaults = pick_defaults(rows, set(hub.supervisor.providers))
+    key = None
+    if hub.settings.AUTH != "none":
+        key = token_of(request.scope.get("headers", ()), request.scope.get("query_string", b""))
+    response = json_response(widgets(defaults, key))
+    if key is not None:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/apps.json")

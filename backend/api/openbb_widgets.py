@@ -9,6 +9,7 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from backend.api.udf import PREFIX as UDF_PREFIX
 from backend.api.udf import full_name
@@ -66,8 +67,20 @@ def _symbol_param(value: Any, multi: bool) -> dict[str, Any]:
     }
 
 
-def widgets(defaults: Defaults) -> dict[str, dict[str, Any]]:
-    """The ``widgets.json`` object, keyed by widget id."""
+def grid_ws_endpoint(token: str | None = None) -> str:
+    """The live grid's ``wsEndpoint``, carrying ``token`` as its ``token`` query parameter.
+
+    Workspace sends its connection's key (header or query parameter) with every HTTP
+    request, but opens the grid's socket at ``{backend}/{wsEndpoint}`` with ``http``
+    replaced by ``ws`` and nothing added; with ``AUTH`` on, the socket needs the key in the
+    URL Workspace is given."""
+    path = GRID_WS_PATH.lstrip("/")
+    return f"{path}?token={quote(token, safe='')}" if token else path
+
+
+def widgets(defaults: Defaults, ws_token: str | None = None) -> dict[str, dict[str, Any]]:
+    """The ``widgets.json`` object, keyed by widget id; ``ws_token`` goes into the live
+    grid's ``wsEndpoint`` (:func:`grid_ws_endpoint`)."""
     number = {"cellDataType": "number"}
     text = {"cellDataType": "text"}
     return {
@@ -77,7 +90,7 @@ def widgets(defaults: Defaults) -> dict[str, dict[str, Any]]:
             "category": "Candlewire",
             "type": "live_grid",
             "endpoint": GRID_PATH.lstrip("/"),
-            "wsEndpoint": GRID_WS_PATH.lstrip("/"),
+            "wsEndpoint": grid_ws_endpoint(ws_token),
             "gridData": {"w": 16, "h": 12},
             "data": {
                 "wsRowIdColumn": "symbol",
