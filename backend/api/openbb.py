@@ -51,6 +51,7 @@ from backend.api.openbb_grid import (
 from backend.api.openbb_widgets import (
     BARS_PATH,
     DEFAULT_BARS,
+    DEFAULT_INTERVAL,
     DEFAULT_OPTIONS,
     GRID_PATH,
     GRID_WS_PATH,
@@ -161,13 +162,16 @@ async def live_grid(request: Request) -> Response:
 
 
 @router.get(BARS_PATH)
-async def bars_table(request: Request, symbol: str = "", interval: str = "1h") -> Response:
+async def bars_table(
+    request: Request, symbol: str = "", interval: str = DEFAULT_INTERVAL
+) -> Response:
     """The last ``count`` bars (including the forming one) of one symbol and interval."""
     hub = _hub(request)
     count, problem = int_param(request, "count", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     count = DEFAULT_BARS if count is None else count
+    interval = interval.strip() or DEFAULT_INTERVAL  # Workspace may send a cleared field empty
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")

@@ -268,7 +268,9 @@ class LiveGridSession:
         if series is None or not series.bars:
             return None
         row = build_row(symbol, item.label, series.bars[-2:])
-        return orjson.dumps(update_of(row)).decode()
+        # The row's bars came, so an error the rows endpoint gave it (a provider that failed
+        # then) is over: Workspace keeps a cell until an update names it, null included.
+        return orjson.dumps({**update_of(row), "error": None}).decode()
 
     async def close(self, code: int, reason: str) -> None:
         self.closing = True

@@ -33,6 +33,7 @@ THUMBNAIL_PATH = "/openbb/thumbnail-{theme}.svg"
 
 DEFAULT_GRID_SYMBOLS = 3
 DEFAULT_BARS = 100
+DEFAULT_INTERVAL = "1h"  # the bars widget's, when a symbol offers it
 DEFAULT_OPTIONS = 1000
 MAX_OPTIONS = 1000  # the symbol index caps a search at 1000 rows
 CHART_UPDATE_MS = 5000
@@ -47,7 +48,7 @@ class Defaults:
 
     grid_symbols: tuple[str, ...] = ()
     symbol: str = ""
-    interval: str = "1h"
+    interval: str = DEFAULT_INTERVAL
 
 
 def _column(field: str, header: str, live: bool, **extra: Any) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def pick_defaults(rows: Sequence[dict[str, Any]], enabled: Collection[str]) -> D
         return Defaults()
     first = usable[0]
     offered = list(first.get("intervals") or intervals.INTERVALS)
-    interval = "1h" if "1h" in offered else offered[0] if offered else "1h"
+    interval = DEFAULT_INTERVAL if DEFAULT_INTERVAL in offered or not offered else offered[0]
     return Defaults(
         grid_symbols=tuple(full_name(row) for row in usable[:DEFAULT_GRID_SYMBOLS]),
         symbol=full_name(first),
