@@ -194,6 +194,32 @@ async def test_bars_evicted_from_memory_are_read_back_from_the_store(
     await store.close()
 
 
+async def test_an_older_read_back_leaves_no_hole_in_the_newer_stored_bars(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    """After a restart a series holds only the newest stored bars its first request loaded.
+    An older request answered from the store (a span below them, apart from theirs) used to
+    mark everything down to its bars as in memory, so the next request for the newest
+    bars skipped the stored ones in between: a hole in ``data_init`` until the hub restarted
+    (found with a hub restarted under the Redis bus: a data of 20, a page of old history,
+    then a data of 200)."""
+    store = await open_store()
+    old_end = intervals.parse_date("2026-02-02 12:00:00")
+    first = planner_over(store, FakeProvider())
+    latest = await first.latest(KEY, 100, streaming=False)
+    old = await first.before(KEY, old_end, 20)
+    assert len(latest.bars) == 100 and len(old.bars) == 20
+    assert old.bars[-1][0] < latest.bars[0][0]
+    await store.close()
+    store = await open_store()
+    plan = planner_over(store, FakeProvider())
+    assert (await plan.latest(KEY, 10, streaming=False)).bars == latest.bars[-10:]
+    assert (await plan.before(KEY, old_end, 20)).bars == old.bars
+    again = await plan.latest(KEY, 100, streaming=False)
+    assert again.bars == latest.bars
+    await store.close()
+
+
 async def test_a_locked_file_keeps_writes_queued_and_readable(
     tmp_path: Path, open_store: Opener
 ) -> None:

@@ -131,7 +131,11 @@ class HistoryPlanner:
         top = min(cursor, series.floor - 1)
         bars = await self.store.read(series.key, low, top, need)
         series.merge(bars, keep_existing=True)
-        series.floor = bars[0][0] if len(bars) == need else low
+        if top == series.floor - 1:
+            # Only a read that reached the floor joins the bars in memory: one of an older
+            # span (``cursor`` below the floor) leaves the stored bars between unread, and
+            # lowering the floor past them would count them as in memory (a hole).
+            series.floor = bars[0][0] if len(bars) == need else low
 
     # ------------------------------------------------------------------ the tail
 
