@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from backend.app import check_role
-from backend.bus import codec
+from backend.bus import codec, link
 from backend.bus import node as node_module
 from backend.bus.hubside import BusProviderSet
 from backend.bus.names import demand_member, parse_member
@@ -173,3 +173,30 @@ async def test_a_hub_stopped_while_a_renewal_was_in_flight_still_sees_its_lapse(
         with contextlib.suppress(asyncio.CancelledError):
             await loop
     assert len(writes) >= 3
+
+
+async def test_a_redis_outage_logs_the_lapse_of_the_demand_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every retry of the demand writer during an outage logged "no demand renewed for N s
+    ... counts as restarted" again (every 5 s per hub process once the backoff reached its
+    ceiling), where the README promises one warning per outage."""
+    settings = load_settings(PROVIDERS="csv", BUS_URL=BUS, BUS_LEASE_SECONDS=1.5)
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    writes: list[bool] = []
+
+    async def write(renew: bool) -> None:
+        writes.append(renew)
+        if len(writes) > 1:
+            raise link.BusDown("ConnectionError: refused")
+
+    bus._write = write  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop().create_task(bus._write_loop())
+    try:  # retries at about 0.7, 1.1, 1.9 and 3.5 s: the last two past the lease
+        await eventually(lambda: len(writes) >= 6, 15, "retries well past the lease")
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert caplog.text.count("counts as restarted") == 1
+    assert bus._resync

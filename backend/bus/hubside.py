@@ -240,6 +240,7 @@ class BusProviderSet:
         tick = self.lease / 3
         next_renew = 0.0
         renewed_at: float | None = None
+        lapse_told = False  # one warning per lapse (an outage retries many times)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_renew - time.monotonic()))
@@ -248,13 +249,14 @@ class BusProviderSet:
             if renew and renewed_at is not None and time.monotonic() - renewed_at > self.lease:
                 # This hub's demand expired meanwhile (its loop stalled, the process was
                 # stopped): the nodes may have stopped its keys and it missed their bars.
-                lapse = time.monotonic() - renewed_at
-                logger.warning(
-                    "bus: no demand renewed for %.1f s (lease %.1f s): every provider counts"
-                    " as restarted",
-                    lapse,
-                    self.lease,
-                )
+                if not lapse_told:
+                    logger.warning(
+                        "bus: no demand renewed for %.1f s (lease %.1f s): every provider"
+                        " counts as restarted",
+                        time.monotonic() - renewed_at,
+                        self.lease,
+                    )
+                    lapse_told = True
                 self._resync = True
             # A renewal counts from when it was sent: a hub stopped while one was in flight
             # (SIGSTOP, a long stall) must still see the lapse once it runs again.
@@ -273,6 +275,7 @@ class BusProviderSet:
             if renew:
                 renewed_at = sent
                 next_renew = renewed_at + tick
+                lapse_told = False
 
     async def _write(self, renew: bool) -> None:
         assert self._redis is not None and self._scripts is not None
