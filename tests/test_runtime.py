@@ -332,6 +332,25 @@ class _Streaming:
         return [("AAA", "1h")]
 
 
+def test_a_frozen_nodes_process_fences_before_the_deadline_not_after_it() -> None:
+    """The deadline is the earliest moment the standby may take the lease; a process that
+    only began to fence then (and settled a quarter second) streamed on beside the standby
+    for about 0.25 s (seen with a node under SIGSTOP)."""
+    _reader, writer = multiprocessing.Pipe(duplex=False)
+    commands: queue.Queue[Any] = queue.Queue()
+    runner = ProviderRunner("scripted", PATH, settings(), commands, writer)  # type: ignore[arg-type]
+    try:
+        runner.last_word = time.monotonic() - 10  # the node has been silent
+        runner.stream_until = time.monotonic() + 0.45  # its lease has not run out yet
+        assert runner._fenced(_Streaming())  # type: ignore[arg-type]
+        assert time.monotonic() < runner.stream_until  # stopped before the standby can start
+        assert runner.code == FENCED_EXIT
+        runner.stream_until = time.monotonic() + 5  # a lease renewed long before its end
+        assert not runner._past_deadline(_Streaming())  # type: ignore[arg-type]
+    finally:
+        runner.pipe.stop()
+
+
 def test_a_process_that_was_paused_reads_what_waits_before_it_fences() -> None:
     """A provider process paused for longer than a lease (SIGSTOP, swapped out) woke with
     an old deadline and an old last word while the node's renewals and pings waited unread

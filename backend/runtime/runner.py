@@ -65,6 +65,10 @@ _PR_SET_PDEATHSIG = 1
 FENCED_EXIT = 3  # the exit code of a process that stopped itself at its lease deadline
 PARENT_SILENCE = 1.5  # seconds without a command (pings come every second): a frozen parent
 FENCE_SETTLE = 0.25  # then this long for the command thread to read what waits, if anything
+# The fence closes this long before the deadline (its settle and a late wake-up included):
+# the deadline is the earliest moment a standby may take the lease, and from then on the
+# two must not stream side by side. A running node renews and pings long before it.
+FENCE_LEAD = 0.5
 
 
 def run_provider(
@@ -192,7 +196,7 @@ class ProviderRunner:
             until = self.stream_until
             wait = 1.0
             if until is not None:  # wake when the fence could close
-                due = max(until, self.last_word + PARENT_SILENCE) - time.monotonic()
+                due = max(until - FENCE_LEAD, self.last_word + PARENT_SILENCE) - time.monotonic()
                 wait = min(1.0, max(0.05, due))
             try:
                 command = self.control.get(timeout=wait)
@@ -205,9 +209,10 @@ class ProviderRunner:
                 self._run_hook(provider, command)
 
     def _fenced(self, provider: Provider) -> bool:
-        """Past the :class:`StreamUntil` deadline while streaming, with no word from the
-        node (not even its pings) for :data:`PARENT_SILENCE`: the node is frozen or its event
-        loop stalled, it renews no lease, and a standby may take over now. Stop (exit code
+        """Within :data:`FENCE_LEAD` of the :class:`StreamUntil` deadline while streaming,
+        with no word from the node (not even its pings) for :data:`PARENT_SILENCE`: the node
+        is frozen or its event loop stalled, it renews no lease, and a standby may take over
+        at the deadline. Stop (exit code
         :data:`FENCED_EXIT`): the node restarts the process once it runs again, and the new
         process streams only what it is asked. A node that runs but lost Redis keeps
         pinging; it stops its streams itself at the same deadline."""
@@ -221,10 +226,10 @@ class ProviderRunner:
             return False
         until = self.stream_until or 0.0
         logger.error(
-            "provider %s: its node renewed no lease for %.1f s past the deadline (frozen or "
+            "provider %s: its node renewed no lease and the lease ends in %.1f s (frozen or "
             "stalled): stopping its streams and exiting, so that no two nodes stream it",
             self.key,
-            time.monotonic() - until,
+            max(0.0, until - time.monotonic()),
         )
         self.code = FENCED_EXIT
         self.stop()
@@ -235,7 +240,7 @@ class ProviderRunner:
         now = time.monotonic()
         return (
             until is not None
-            and now >= until
+            and now >= until - FENCE_LEAD
             and now - self.last_word >= PARENT_SILENCE
             and bool(provider.streaming_keys())
         )
