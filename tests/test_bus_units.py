@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 
 import pytest
 
@@ -200,3 +201,26 @@ async def test_a_redis_outage_logs_the_lapse_of_the_demand_once(
             await loop
     assert caplog.text.count("counts as restarted") == 1
     assert bus._resync
+
+
+async def test_a_node_with_no_provider_running_says_redis_is_down_while_it_is() -> None:
+    """A round of the lease loop with no provider process running sends Redis nothing, and
+    counted as a round that reached it: a node started before Redis (or a standby whose
+    processes are all down) showed ``bus.state: up`` while Redis was unreachable."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    node = node_module.ProviderNode(load_settings(PROVIDERS="csv", BUS_URL=url))
+    node._redis = link.client(url, 0.2)
+    node._scripts = link.Scripts(node._redis)
+    assert not node._healthy("csv")  # its provider process never started
+    loop = asyncio.create_task(node._lease_loop())
+    try:
+        await eventually(lambda: node.reason != "connecting", 10, "the first round")
+        assert not node.up
+        assert node.health()["bus"]["state"] == "down"
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        await node._redis.aclose()

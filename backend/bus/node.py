@@ -188,8 +188,12 @@ class ProviderNode:
         tick = self.lease_seconds / 3
         while True:
             try:
+                reached = False
                 for lease in self.leases.values():
-                    await self._lease_tick(lease)
+                    reached = await self._lease_tick(lease) or reached
+                if not reached:  # no lease to renew or take (no provider running): ask Redis
+                    assert self._redis is not None
+                    await link.call(self._redis.ping())
             except link.BusDown as exc:
                 self._down(str(exc))
                 await asyncio.sleep(min(tick, backoff.next()))
@@ -198,7 +202,9 @@ class ProviderNode:
             self._up()
             await asyncio.sleep(tick)
 
-    async def _lease_tick(self, lease: Lease) -> None:
+    async def _lease_tick(self, lease: Lease) -> bool:
+        """Renew, take or give up ``lease`` as its provider process's health says; whether
+        that asked Redis anything (a standby whose process is down asks nothing)."""
         assert self._redis is not None and self._scripts is not None
         lease_ms = int(self.lease_seconds * 1000)
         keys = [self.names.lease(lease.source), self.names.active(lease.source)]
@@ -206,14 +212,14 @@ class ProviderNode:
         if lease.active and not self._healthy(lease.source):
             self._deactivate(lease, "its provider process is not running")
             await link.call(self._release(lease.source))
-            return
+            return True
         if lease.active:
             renewed = await link.call(
                 self._scripts.renew_lease(keys=keys, args=[self.node_id, lease_ms])
             )
             if renewed:
                 self._extend(lease, sent)
-                return
+                return True
             # Not ours any more: taken by another node, or Redis lost it (restarted empty).
             if await link.call(self._redis.set(keys[0], self.node_id, nx=True, px=lease_ms)):
                 self._extend(lease, sent)  # nobody held it: keep streaming, tell the hubs
@@ -221,9 +227,9 @@ class ProviderNode:
                 self._wake.set()
             else:
                 self._deactivate(lease, "another node holds the lease")
-            return
+            return True
         if not self._healthy(lease.source):
-            return
+            return False
         got = await link.call(self._redis.set(keys[0], self.node_id, nx=True, px=lease_ms))
         if got:
             lease.active = True
@@ -234,6 +240,7 @@ class ProviderNode:
             self.counters["leases_acquired"] += 1
             logger.info("bus: node %s holds the lease of %s", self.node_id, lease.source)
             self._wake.set()
+        return True
 
     def _extend(self, lease: Lease, sent: float) -> None:
         """A renewal sent at ``sent`` succeeded: the lease is ours until one lease later;
