@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from backend.bus import link
 from backend.bus.link import BusDown, Publisher
 from tests import harness
 from tests.bus_deploy import PrivateRedis
@@ -93,3 +94,21 @@ async def test_a_dead_redis_raises_bus_down_and_a_restarted_one_is_used_again(
         assert await receiving == [b"after"]
     finally:
         await publisher.close()
+
+
+async def test_a_burst_of_commands_opens_at_most_the_pools_connections(
+    private_redis: PrivateRedis,
+) -> None:
+    """redis-py's default pool opens a connection per concurrent command and keeps them all:
+    after a burst of history requests, a hub process held tens of idle connections."""
+    client = link.client(private_redis.url, 2.0)
+    counter = aioredis.Redis.from_url(private_redis.url)
+    try:
+        before = len(await counter.client_list())
+        await asyncio.gather(*(client.set(f"cwtest:burst:{i}", i) for i in range(200)))
+        assert await client.dbsize() == 200  # every command ran, each waiting for its turn
+        opened = len(await counter.client_list()) - before
+        assert 1 <= opened <= link.MAX_CONNECTIONS
+    finally:
+        await client.aclose()
+        await counter.aclose()

@@ -26,6 +26,7 @@ from backend.errors import CandlewireError
 from backend.tasks import Tasks, cancel_owned, start_owned
 
 CONNECT_TIMEOUT = 2.0
+MAX_CONNECTIONS = 16  # per client (a process has a few); commands take milliseconds
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 5.0
 
@@ -79,14 +80,21 @@ def new_id(role: str) -> str:
 
 def client(url: str, timeout: float | None) -> aioredis.Redis:
     """A client that fails fast (``timeout`` per command, no retries of its own): the
-    callers own the backoff."""
-    return aioredis.Redis.from_url(
+    callers own the backoff. Its pool holds at most :data:`MAX_CONNECTIONS`; a command
+    waits for a free one (as long as a command may take, then :class:`BusDown`). redis-py's
+    default pool opens one per concurrent command and keeps them all: a burst of history
+    requests left tens of idle connections per hub process, towards Redis's ``maxclients``
+    across many hubs."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=CONNECT_TIMEOUT if timeout is None else max(timeout, CONNECT_TIMEOUT),
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class Scripts:
