@@ -249,6 +249,14 @@ def test_a_hook_that_does_not_return_is_reported_and_cleared_when_it_does(
     harness.wait_for(lambda e: isinstance(e, Status) and e.state == "ok", "the status cleared")
 
 
+def test_a_start_streaming_that_raises_tells_the_key_s_clients(harness: RunnerHarness) -> None:
+    """The failure was only logged: the chart waited for live updates in silence."""
+    harness.commands.put(StartStreaming(1, "BOOM", "1h"))
+    notice = harness.wait_for(lambda e: isinstance(e, Notice), "the clients told")
+    assert (notice.symbol, notice.interval, notice.code) == ("BOOM", "1h", "provider_error")
+    assert "start_streaming('BOOM', '1h') failed (RuntimeError)" in notice.message
+
+
 def test_history_is_sorted_deduplicated_and_converted(harness: RunnerHarness) -> None:
     harness.commands.put(GetHistory(5, "AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10))
     reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")

@@ -294,8 +294,14 @@ class ProviderRunner:
                     provider.no_update(symbol, interval)
                 case Shutdown():
                     self.stop()
-        except Exception:  # a hook's bug must not stop the provider; the traceback is logged
+        except Exception as exc:  # a hook's bug must not stop the provider; it is logged
             logger.exception("provider %s: hook failed for %r", self.key, command)
+            if isinstance(command, StartStreaming):  # the chart would wait in silence
+                message = (
+                    f"{self.key}: {_hook_name(command)} failed ({type(exc).__name__}); "
+                    "live updates may not come"
+                )
+                provider.notify(command.symbol, command.interval, "provider_error", message)
 
     def _check_staleness(self, provider: Provider) -> None:
         for symbol, interval in provider._stale_keys(time.monotonic()):
