@@ -3,13 +3,14 @@
 ``ScriptedProvider`` records its hook calls on the instance and can be told, through the
 symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``, ``GONE`` is
 an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history, ``SLOW``
-answers after a second, ``KILLER`` exits the process from ``get_history``, ``STUCK``
-blocks its first-subscriber hook until ``hang`` is set.
+answers after a second, ``KILLER`` exits the process from ``get_history``, ``EXIT`` calls
+``sys.exit`` there, ``STUCK`` blocks its first-subscriber hook until ``hang`` is set.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -58,6 +59,8 @@ class ScriptedProvider(Provider):
             time.sleep(1)
         if symbol == "KILLER":
             os._exit(4)
+        if symbol == "EXIT":  # a vendor library that gives up with sys.exit
+            sys.exit(5)
         if symbol == "MIXED":  # a vendor's rows with a few that are no bars among them
             return [None, [T0 * 1000, "x"], {"close": 1.0}, (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
         if symbol == "SWAPPED":  # one row with its high and low swapped: impossible

@@ -257,6 +257,43 @@ def test_a_start_streaming_that_raises_tells_the_key_s_clients(harness: RunnerHa
     assert "start_streaming('BOOM', '1h') failed (RuntimeError)" in notice.message
 
 
+def test_a_history_call_past_its_timeout_is_reported_and_cleared_when_it_returns(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A get_history that never returned held one of the HISTORY_THREADS for good; with all
+    of them held every later history call of the provider timed out, while the log and
+    /health said nothing (the pings went on)."""
+    assert harness.runner is not None
+    harness.runner.settings = settings(HISTORY_TIMEOUT=0.5)
+    harness.commands.put(GetHistory(11, "HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    seq = iter(range(100, 1000))
+
+    def reported() -> bool:
+        harness.commands.put(Ping(next(seq)))
+        return any(isinstance(e, Status) and e.state == "stuck" for e in harness.collect())
+
+    until(reported, what="the stuck history call reported")
+    status = next(e for e in harness.events if isinstance(e, Status) and e.state == "stuck")
+    assert "1 get_history call(s) past HISTORY_TIMEOUT (HANG 1h)" in status.detail
+    assert "get_history('HANG', '1h') has not returned" in caplog.text
+    harness.provider.hang.set()
+    harness.wait_for(lambda e: isinstance(e, HistoryReply), "the late reply")
+    harness.wait_for(lambda e: isinstance(e, Status) and e.state == "ok", "the status cleared")
+    assert "get_history('HANG', '1h') returned after" in caplog.text
+
+
+def test_a_history_call_that_calls_sys_exit_is_answered_with_an_error(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SystemExit on a pool thread ended the call and nothing else: no reply, no log, and
+    the client waited out HISTORY_TIMEOUT."""
+    harness.commands.put(GetHistory(12, "EXIT", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.bars == [] and isinstance(reply.error, ProviderUnavailable)
+    assert "history failed (SystemExit)" in str(reply.error)
+    assert "get_history failed" in caplog.text
+
+
 def test_history_is_sorted_deduplicated_and_converted(harness: RunnerHarness) -> None:
     harness.commands.put(GetHistory(5, "AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10))
     reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
@@ -457,6 +494,15 @@ async def test_a_history_call_that_never_answers_times_out(
     proc, _ = process
     with pytest.raises(ProviderUnavailable, match="did not answer"):
         await proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, 0.3)
+
+
+async def test_a_history_timeout_is_logged_by_the_hub(
+    process: tuple[ProviderProcess, Sinks], caplog: pytest.LogCaptureFixture
+) -> None:
+    proc, _ = process
+    with pytest.raises(ProviderUnavailable):
+        await proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, 0.3)
+    assert "provider scripted did not answer history of HANG 1h within 0.3 s" in caplog.text
 
 
 async def test_a_killed_process_is_restarted_and_reports_ready_again(

@@ -124,6 +124,12 @@ class ProviderRunner:
         # the control hook running now and since when (set by the control thread)
         self.hook: tuple[float, Command] | None = None
         self.hook_reported = False  # it ran past HEARTBEAT_TIMEOUT and was reported
+        # get_history calls running now: request id -> (since when, request); those that ran
+        # past HISTORY_TIMEOUT and were reported (guarded by busy_lock)
+        self.history_calls: dict[int, tuple[float, GetHistory]] = {}
+        self.history_reported: set[int] = set()
+        self.stuck_reported = False  # the last status sent was "stuck" (under status_lock)
+        self.status_lock = threading.Lock()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -251,6 +257,7 @@ class ProviderRunner:
         unsubscription of the provider, while its other threads (and pings) go on: it is
         logged once, ``/health`` shows the provider ``stuck``, and the clients of the key it
         was starting get an ``error``."""
+        self._watch_history(provider)
         hook = self.hook
         if hook is None or self.hook_reported:
             return
@@ -262,10 +269,63 @@ class ProviderRunner:
         what = _hook_name(command)
         detail = f"{what} has not returned for {stuck:.0f} s; later subscriptions wait behind it"
         logger.error("provider %s: %s", self.key, detail)
-        provider.report_status("stuck", detail)
+        self._report_stuck(provider)
         if isinstance(command, StartStreaming):
             message = f"{self.key}: {what} has not returned; no live updates"
             provider.notify(command.symbol, command.interval, "provider_unavailable", message)
+
+    def _watch_history(self, provider: Provider) -> None:
+        """A ``get_history`` call that has not returned within ``HISTORY_TIMEOUT`` (its
+        client already got an error) holds one of the ``HISTORY_THREADS`` for good, and
+        when all are held every later history call of the provider times out: it is
+        logged once, and ``/health`` shows the provider ``stuck`` until it returns."""
+        now = time.monotonic()
+        limit = self.settings.HISTORY_TIMEOUT
+        with self.busy_lock:
+            late = [
+                (request_id, now - started, request)
+                for request_id, (started, request) in self.history_calls.items()
+                if request_id not in self.history_reported and now - started >= limit
+            ]
+            self.history_reported.update(request_id for request_id, _, _ in late)
+            held = len(self.history_calls)
+        for _, took, request in late:
+            logger.error(
+                "provider %s: get_history(%r, %r) has not returned for %.0f s; %d of %d "
+                "history threads are busy",
+                self.key,
+                request.symbol,
+                request.interval,
+                took,
+                held,
+                self.settings.HISTORY_THREADS,
+            )
+        if late:
+            self._report_stuck(provider)
+
+    def _report_stuck(self, provider: Provider) -> None:
+        """Send the provider's status from what is stuck now: a control hook and the
+        history calls past their timeout (``stuck``), or nothing any more (``ok``)."""
+        with self.status_lock:
+            parts = []
+            hook = self.hook
+            if hook is not None and self.hook_reported:
+                parts.append(f"{_hook_name(hook[1])} has not returned; later subscriptions wait")
+            with self.busy_lock:
+                late = [self.history_calls[i][1] for i in self.history_reported]
+                threads = len(self.history_calls)
+            if late:
+                names = ", ".join(f"{r.symbol} {r.interval}" for r in late[:3])
+                parts.append(
+                    f"{len(late)} get_history call(s) past HISTORY_TIMEOUT ({names}); "
+                    f"{threads} of {self.settings.HISTORY_THREADS} history threads busy"
+                )
+            if parts:
+                self.stuck_reported = True
+                provider.report_status("stuck", "; ".join(parts))
+            elif self.stuck_reported:
+                self.stuck_reported = False
+                provider.report_status("ok", "")
 
     def _run_hook(self, provider: Provider, command: Command) -> None:
         self.hook = (time.monotonic(), command)
@@ -280,7 +340,7 @@ class ProviderRunner:
                 logger.warning(
                     "provider %s: %s returned after %.0f s", self.key, _hook_name(command), took
                 )
-                provider.report_status("ok", "")
+                self._report_stuck(provider)
 
     def _call_hook(self, provider: Provider, command: Command) -> None:
         try:
@@ -308,6 +368,8 @@ class ProviderRunner:
             self._run_hook(provider, NoUpdate(symbol, interval))
 
     def _answer_history(self, provider: Provider, request: GetHistory) -> None:
+        with self.busy_lock:
+            self.history_calls[request.request_id] = (time.monotonic(), request)
         try:
             raw = provider.get_history(
                 request.symbol, request.interval, request.start, request.end, request.count
@@ -317,7 +379,10 @@ class ProviderRunner:
         except CandlewireError as exc:
             logger.warning("provider %s: get_history(%s): %s", self.key, request.symbol, exc)
             reply = HistoryReply(request.request_id, error=exc)
-        except Exception as exc:  # vendor errors: log the traceback, send a picklable error
+        # Vendor errors: log the traceback, send a picklable error. SystemExit too: on a
+        # pool thread it would end nothing but this call, and the client would wait out
+        # HISTORY_TIMEOUT for a reply that never comes.
+        except BaseException as exc:
             logger.exception("provider %s: get_history failed for %r", self.key, request)
             # The vendor's text may carry internal URLs and hosts: it stays in the log above.
             error = ProviderUnavailable(f"{self.key}: history failed ({type(exc).__name__})")
@@ -325,7 +390,19 @@ class ProviderRunner:
         finally:
             with self.busy_lock:
                 self.busy_history -= 1
+                started, _ = self.history_calls.pop(request.request_id)
+                was_reported = request.request_id in self.history_reported
+                self.history_reported.discard(request.request_id)
         self.pipe.put(reply)
+        if was_reported:
+            logger.warning(
+                "provider %s: get_history(%r, %r) returned after %.0f s",
+                self.key,
+                request.symbol,
+                request.interval,
+                time.monotonic() - started,
+            )
+            self._report_stuck(provider)
 
     # ------------------------------------------------------------------ stopping
 

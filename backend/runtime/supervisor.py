@@ -358,10 +358,12 @@ class ProviderProcess:
             try:
                 return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise ProviderUnavailable(
+                message = (
                     f"provider {self.key} did not answer history of {symbol} {interval} "
                     f"within {timeout:g} s"
-                ) from None
+                )
+                logger.warning("%s", message)  # the client's error alone left no trace here
+                raise ProviderUnavailable(message) from None
             except _Exited:
                 if attempt or self.state is ProviderState.STOPPING:
                     raise
