@@ -5,6 +5,8 @@ symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``,
 an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history, ``SLOW``
 answers after a second, ``KILLER`` exits the process from ``get_history``, ``EXIT`` calls
 ``sys.exit`` there, ``STUCK`` blocks its first-subscriber hook until ``hang`` is set.
+``CANDLEWIRE_TEST_INIT_FAILS`` makes ``init`` raise, ``CANDLEWIRE_TEST_INIT_EXITS`` makes it
+call ``sys.exit(7)``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ScriptedProvider(Provider):
         self.hang = threading.Event()
         if os.environ.get("CANDLEWIRE_TEST_INIT_FAILS"):
             raise RuntimeError("init failed on purpose")
+        if os.environ.get("CANDLEWIRE_TEST_INIT_EXITS"):
+            sys.exit(7)
 
     def on_first_subscriber(self, symbol: str, interval: str) -> None:
         self.calls.append(f"first {symbol} {interval}")

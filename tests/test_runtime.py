@@ -505,6 +505,43 @@ async def test_a_history_timeout_is_logged_by_the_hub(
     assert "provider scripted did not answer history of HANG 1h within 0.3 s" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("variable", "why"),
+    [
+        ("CANDLEWIRE_TEST_INIT_FAILS", "init() failed: RuntimeError: init failed on purpose"),
+        ("CANDLEWIRE_TEST_INIT_EXITS", "init() called sys.exit(7)"),
+    ],
+)
+async def test_health_says_why_a_provider_could_not_start_until_it_starts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, why: str
+) -> None:
+    """/health said only "process exited with code 1" (the reason was in the log alone),
+    and for sys.exit in init() not even the log said what happened."""
+    monkeypatch.setattr(supervisor_module, "BACKOFF_INITIAL", 0.2)
+    monkeypatch.setenv(variable, "1")
+    sinks = Sinks()
+    proc = ProviderProcess(
+        "scripted",
+        PATH,
+        settings(),
+        lambda key, events: sinks.events.append((key, events)),
+        sinks.ready.append,
+    )
+    proc._backoff = 0.2
+    await proc.start()
+    try:
+        await eventually(lambda: proc.last_error is not None, timeout=30, what="the failure")
+        health = proc.health()
+        assert health["last_error"].startswith(why) and "(exit code" in health["last_error"]
+        assert (health["status"], health["status_detail"]) == ("failed", why)
+        monkeypatch.delenv(variable)  # fixed: the next restart comes up
+        assert await proc.wait_ready(seconds(60))
+        health = proc.health()
+        assert (health["last_error"], health["status"]) == (None, "unknown")
+    finally:
+        await proc.stop()
+
+
 async def test_a_killed_process_is_restarted_and_reports_ready_again(
     process: tuple[ProviderProcess, Sinks],
 ) -> None:

@@ -44,6 +44,7 @@ from backend.runtime.messages import (
     Ready,
     Shutdown,
     StartStreaming,
+    Status,
     StopStreaming,
     StreamUntil,
 )
@@ -149,15 +150,19 @@ class ProviderRunner:
         try:
             provider = load_provider_class(self.path)()
             provider._attach(self.key, self.settings, self.pipe.put, self.pipe.put_many)
-        except CandlewireError:
+        except CandlewireError as exc:
             logger.exception("provider %s could not be loaded", self.key)
-            return self._finish(1)
+            return self._fail(f"could not be loaded: {exc}", 1)
         threading.Thread(target=self._command_loop, args=(provider,), daemon=True).start()
         try:
             provider.init()
-        except Exception:  # a broken init() must restart the process, with its traceback
+        except SystemExit as exc:  # init() gave up: say so, or only "exit code N" is known
+            code = exc.code if isinstance(exc.code, int) else 1
+            logger.error("provider %s: init() called sys.exit(%r)", self.key, exc.code)
+            return self._fail(f"init() called sys.exit({exc.code!r})", code)
+        except Exception as exc:  # a broken init() must restart the process, with its traceback
             logger.exception("provider %s: init() failed", self.key)
-            return self._finish(1)
+            return self._fail(f"init() failed: {_describe(exc)}", 1)
         # What exists now (modules, the provider's clients and tables) is frozen out of
         # garbage collection: a full collection of a provider process that imported an
         # exchange client and websockets (57,000 objects) took 65-72 ms here (load 12), every
@@ -413,6 +418,13 @@ class ProviderRunner:
             logger.exception("provider %s: shutdown() failed", self.key)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def _fail(self, why: str, code: int) -> int:
+        """Exit a process that could not start, after telling the hub why (``/health``
+        shows it as the provider's ``failed`` status and its ``last_error``)."""
+        secrets = [*logs.secrets_of(self.settings), *logs.environment_secrets()]
+        self.pipe.put(Status("failed", logs.RedactSecrets(secrets).redact(why)))
+        return self._finish(code)
+
     def _finish(self, code: int) -> int:
         deadline = time.monotonic() + 2.0
         while not self.pipe.idle() and time.monotonic() < deadline:
@@ -451,6 +463,12 @@ def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
             bad[0],
         )
     return [by_time[t] for t in sorted(by_time)]
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for ``/health``: its type and the first line of its text, clipped."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _hook_name(command: Command) -> str:

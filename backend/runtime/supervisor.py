@@ -221,6 +221,8 @@ class ProviderProcess:
         self._fail_pending(_Exited(f"provider {self.key} exited (code {code})"))
         if self.state is ProviderState.STOPPING:
             return
+        if self.status.state == "failed":  # the process said why it could not start
+            self.last_error = f"{self.status.detail} (exit code {code})"
         self.last_error = self.last_error or f"process exited with code {code}"
         self._schedule_restart(code)
 
@@ -318,6 +320,8 @@ class ProviderProcess:
                     self.persist = persist
                     self.budgeted = budgeted
                     self.last_error = None
+                    if self.status.state == "failed":  # a failed start's, not this one's
+                        self.status = Status("unknown")
                     self._transition(ProviderState.RUNNING)
                     self._ready.set()
                     self.on_ready(self.key)
