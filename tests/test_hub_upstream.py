@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from backend.model.bars import Bar, SeriesId
-from backend.runtime.messages import StartStreaming, StopStreaming, WireBar
+from backend.runtime.messages import Notice, StartStreaming, StopStreaming, WireBar
 from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, request, send, taken
 
 K1 = SeriesId(SOURCE, "AAA", "1m")
@@ -244,3 +244,27 @@ async def test_a_polled_key_streams_for_a_while_after_each_poll_and_then_stops()
     assert provider.streaming() == {K1}
     watches.stop()
     assert len(watches) == 0
+
+
+async def test_a_provider_error_sent_before_the_data_init_reaches_the_client() -> None:
+    """A provider's ``notify`` (a start_streaming that raised, say) comes while the
+    client's data_init is still on its way: it went only to the clients already receiving
+    updates, so that client never heard of it."""
+    hub, provider = make_hub(FakeClock())
+    provider.gates["AAA"] = asyncio.Event()
+    client = connect(hub)
+    await send(hub, client, request("data", K1), settle=False)
+    for _ in range(100):
+        if provider.history_calls:
+            break
+        await asyncio.sleep(0)
+    assert provider.believes(K1) == {client.id}
+    notice = Notice("AAA", K1.interval, "provider_error", "fake: start_streaming failed")
+    hub.fanout.on_provider_events(SOURCE, [notice])
+    provider.gates["AAA"].set()
+    await client.replies.idle()
+    errors = [m for m in taken(client) if m["type"] == "error"]
+    assert [(m["code"], m["message"]) for m in errors] == [
+        ("provider_error", "fake: start_streaming failed")
+    ]
+    assert errors[0]["request"] == {"source": SOURCE, "name": "AAA", "interval": K1.interval}

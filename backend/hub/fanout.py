@@ -68,6 +68,7 @@ class Fanout:
         # the time of the first such bar; the hub's ``after_updates`` computes their
         # indicators once, after the data_updates (and the bar that closed meanwhile, if any).
         self.watches: Callable[[SeriesId], bool] = lambda key: False
+        self.client_of: Callable[[int], Client | None] = lambda client_id: None  # the hub's
         self.after_updates: Callable[[dict[SeriesId, int]], None] | None = None
         self._touched: dict[SeriesId, int] = {}
         # With ``hold_back`` (set with ``after_updates``), the data_update frames of those
@@ -327,6 +328,14 @@ class Fanout:
                 code, message, {"source": key.source, "name": key.name, "interval": key.interval}
             )
         )
-        for client in list(self.deliver.get(key, {}).values()):
+        targets = dict(self.deliver.get(key, {}))
+        # Subscribed clients whose data_init is still on its way get it too: a provider's
+        # error about starting the stream comes just then (a start_streaming that raised).
+        # Not the listeners (an OpenBB live grid): their sockets speak another protocol.
+        for client_id in self.subs.subscribers(key) - targets.keys():
+            client = self.client_of(client_id)
+            if client is not None and key not in self.listeners.keys_of(client_id):
+                targets[client_id] = client
+        for client in targets.values():
             if not client.outbox.push(frame):
                 self.kick(client, "outbox hard limit reached")

@@ -108,6 +108,7 @@ class Hub:
             settings, self.fanout.on_provider_events, self.on_provider_ready
         )
         self.fanout.providers = self.supervisor
+        self.fanout.client_of = self.clients.get
         self.upstream = Upstream(
             self.subs,
             self.supervisor.get,
