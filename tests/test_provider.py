@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from backend.model.bars import flaw, to_bar
 from backend.runtime.messages import BarUpdate, Event
 from backend.runtime.provider import Provider
 from backend.settings import load_settings
@@ -127,3 +128,26 @@ def test_an_unknown_action_is_ignored_with_a_log(
     p.send_from({"action": "dance"})
     assert events == []
     assert "unknown action" in caplog.text
+
+
+def test_a_bar_without_a_price_is_impossible_so_the_hub_drops_it() -> None:
+    """A kline of garbage fields became a bar of nulls, which replaced the good forming bar
+    history had given (data_init then showed nulls)."""
+    garbage = to_bar([1772370000000, "a", "b", "c", "d", "e"])
+    assert garbage == (1772370000, None, None, None, None, None)
+    assert flaw(garbage) == "no price (open, high, low and close missing or not numbers)"
+    assert flaw((1772370000, None, None, None, 1.5, None)) is None  # a close alone is a price
+
+
+def test_a_bad_point_of_a_write_message_is_skipped_and_the_others_published(
+    provider: tuple[Recorder, list[Event]], caplog: pytest.LogCaptureFixture
+) -> None:
+    p, events = provider
+    good = p.format_datapoint("BTC", "1m", [1772370060000, 1, 2, 0.5, 1.5, 3])
+    bad = {"date": "not a date", "rec-BTC-1m-close": 1.0}
+    update = {"type": "data_update", "name": "BTC", "interval": "1m", "data": [bad, good]}
+    p.send_from({"action": "write_message", "name": "BTC", "interval": "1m", "args": [update]})
+    assert [e.bar for e in events if isinstance(e, BarUpdate)] == [
+        (1772370060, 1.0, 2.0, 0.5, 1.5, 3.0)
+    ]
+    assert "not a date" in caplog.text

@@ -181,12 +181,16 @@ def to_bar(value: object, series: SeriesId | None = None) -> Bar:
 
 def flaw(bar: Bar) -> str | None:
     """What makes ``bar`` impossible, or ``None``: an open time outside 1970-9999 (one in
-    milliseconds, or garbage: no date can be written for it) or a high below its low (an
-    upstream that swapped the fields, or garbage). Open and close outside the range are left
-    alone: some feeds (Polygon's trade conditions) update them without the high and low."""
+    milliseconds, or garbage: no date can be written for it), no price at all (open, high,
+    low and close all missing: fields that are no numbers, which would blank a real bar) or
+    a high below its low (an upstream that swapped the fields, or garbage). Open and close
+    outside the range are left alone: some feeds (Polygon's trade conditions) update them
+    without the high and low."""
     t = bar[0]
     if not MIN_TIME <= t <= MAX_TIME:
         return f"an open time of {t} s, not between 1970 and 9999 (milliseconds?)"
+    if bar[1] is None and bar[2] is None and bar[3] is None and bar[4] is None:
+        return "no price (open, high, low and close missing or not numbers)"
     high, low = bar[2], bar[3]
     if high is not None and low is not None and high < low:
         return f"high {high} below low {low}"

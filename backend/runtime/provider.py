@@ -143,7 +143,9 @@ class Provider:
 
         ``bar`` is a bar tuple ``(t, open, high, low, close, volume)`` (``t`` in UTC seconds
         or milliseconds), a datapoint dict, or a kline-like sequence. ``final`` marks a bar
-        that will not change any more.
+        that will not change any more. Raises ``ValueError`` for an item that is no bar; an
+        impossible one (:func:`~backend.model.bars.flaw`: no price, a high below the low, a
+        time outside 1970-9999) is dropped by the hub and logged there.
         """
         parsed = to_bar(bar, SeriesId(self.source, symbol, interval))
         with self._bookkeeping:
@@ -324,9 +326,13 @@ class Provider:
             data = payload.get("data")
             points = data if isinstance(data, list) else [data]
             for point in points:
-                if isinstance(point, Mapping):
+                if not isinstance(point, Mapping):
+                    continue
+                try:
                     self.publish(
                         str(payload.get("name", symbol)),
                         str(payload.get("interval", interval)),
                         point,
                     )
+                except ValueError as exc:  # one bad point: the others of the message go on
+                    logger.warning("%s: write_message: %s", self.source, exc)
