@@ -67,6 +67,8 @@ class ScriptedProvider(Provider):
             sys.exit(5)
         if symbol == "MIXED":  # a vendor's rows with a few that are no bars among them
             return [None, [T0 * 1000, "x"], {"close": 1.0}, (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
+        if symbol == "EVERYTHING":  # its whole data set, whatever the window: 50,000 hours
+            return [(T0 + 3600 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(50_000)]
         if symbol == "SWAPPED":  # one row with its high and low swapped: impossible
             return [(T0, 1.0, 0.5, 2.0, 1.5, 3.0), (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
         # Out of order, with a duplicate, mixed shapes: the runner sorts and converts.

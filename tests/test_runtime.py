@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from backend.errors import ProviderUnavailable, UnknownSymbol
+from backend.model.intervals import format_date
 from backend.runtime import supervisor as supervisor_module
 from backend.runtime.messages import (
     Command,
@@ -309,6 +310,27 @@ def test_items_of_a_history_that_are_no_bars_are_skipped_and_logged(
     reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
     assert reply.error is None and reply.bars == [(T0 + 3600, 1.0, 2.0, 0.5, 1.5, 3.0)]
     assert "returned 3 item(s) that are not bars, skipped; the first: cannot read" in caplog.text
+
+
+def test_a_history_reply_far_larger_than_asked_is_cut_to_its_window(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider that returns its whole data set on every call sent it all to the hub (a
+    million bars stalled the hub for seconds and filled its store with bars nobody asked
+    for); the hub gets the window asked, newest first kept."""
+    start, end = T0 + 3600 * 40_000, T0 + 3600 * 40_299
+    harness.commands.put(
+        GetHistory(12, "EVERYTHING", "1h", format_date(start), format_date(end), 300)
+    )
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.error is None
+    assert [bar[0] for bar in reply.bars] == list(range(start, end + 1, 3600))
+    assert "returned 50000 bars: kept the 300 of the window asked" in caplog.text
+    harness.commands.put(GetHistory(13, "EVERYTHING", "1h", format_date(start), "now UTC", 20))
+    reply = harness.wait_for(
+        lambda e: isinstance(e, HistoryReply) and e.request_id == 13, "the second reply"
+    )
+    assert len(reply.bars) == 10_000 and reply.bars[0][0] == start  # from the window's start
 
 
 def test_a_history_bar_with_its_high_below_its_low_is_skipped_and_logged(

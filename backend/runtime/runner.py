@@ -70,6 +70,9 @@ FENCE_SETTLE = 0.25  # then this long for the command thread to read what waits,
 # the deadline is the earliest moment a standby may take the lease, and from then on the
 # two must not stream side by side. A running node renews and pings long before it.
 FENCE_LEAD = 0.5
+# A history reply over this many times its count and EXCESS_BARS more is cut to its window.
+EXCESS_FACTOR = 4
+EXCESS_BARS = 10_000
 
 
 def run_provider(
@@ -380,7 +383,7 @@ class ProviderRunner:
                 request.symbol, request.interval, request.start, request.end, request.count
             )
             bars = _to_bars(raw, SeriesId(provider.source, request.symbol, request.interval))
-            reply = HistoryReply(request.request_id, bars)
+            reply = HistoryReply(request.request_id, _within(bars, request, self.key))
         except CandlewireError as exc:
             logger.warning("provider %s: get_history(%s): %s", self.key, request.symbol, exc)
             reply = HistoryReply(request.request_id, error=exc)
@@ -430,6 +433,37 @@ class ProviderRunner:
         while not self.pipe.idle() and time.monotonic() < deadline:
             time.sleep(0.01)
         return code
+
+
+def _within(bars: list[Bar], request: GetHistory, key: str) -> list[Bar]:
+    """``bars`` (sorted) as sent to the hub: a reply far larger than asked (a provider that
+    returns its whole data set whatever the window) keeps the bars of the window asked,
+    logged; a million bars stalled the hub for seconds and filled the store and the cache
+    with bars nobody asked for. Every bar of the window stays (the hub counts the window as
+    known), and a usual reply, even with a few bars either side of it, is kept whole."""
+    if len(bars) <= max(EXCESS_FACTOR * request.count, request.count + EXCESS_BARS):
+        return bars
+    try:
+        start = intervals.parse_query_time(request.start)
+        end = intervals.parse_query_time(request.end)
+    except ValueError:
+        return bars
+    kept = [
+        bar for bar in bars if (start is None or bar[0] >= start) and (end is None or bar[0] <= end)
+    ]
+    logger.warning(
+        "provider %s: get_history(%r, %r, %s, %s, count %d) returned %d bars: kept the %d "
+        "of the window asked",
+        key,
+        request.symbol,
+        request.interval,
+        request.start,
+        request.end,
+        request.count,
+        len(bars),
+        len(kept),
+    )
+    return kept
 
 
 def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
