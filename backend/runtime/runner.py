@@ -33,6 +33,7 @@ from backend import logs
 from backend.errors import CandlewireError, ProviderUnavailable
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, flaw, to_bar
+from backend.runtime import output
 from backend.runtime.messages import (
     Command,
     GetHistory,
@@ -84,6 +85,7 @@ def run_provider(
 ) -> None:
     """Entry point of a provider process (target of ``multiprocessing.Process``)."""
     logs.configure(settings.LOG_LEVEL, f"provider:{key}", logs.secrets_of(settings))
+    output.capture()  # print() and stderr writes of the provider: log lines, prefixed
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the hub stops us; Ctrl+C is for the hub
     sys.setswitchinterval(_SWITCH_INTERVAL)
