@@ -279,3 +279,11 @@ class SlowHistoryProvider(CountingProvider):
         self.log(f"window {symbol} {interval} {start_time_query}|{end_time_query}|{count}")
         self.stop.wait(float(os.environ.get("CANDLEWIRE_TEST_HISTORY_DELAY", "0")))
         return super().get_history(symbol, interval, start_time_query, end_time_query, count)
+
+
+class IntradayOnlyProvider(CountingProvider):
+    """A counting provider whose symbols offer only ``1m`` and ``1h`` (a futures feed, say):
+    no daily series."""
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [{**dataset_row("intraday", name), "intervals": ["1m", "1h"]} for name in ("AAA",)]

@@ -683,3 +683,31 @@ def test_the_chart_pans_and_zooms_by_touch_on_a_phone_and_by_mouse_on_a_desktop(
     assert panned["to"] - panned["from"] == pytest.approx(before["to"] - before["from"], rel=0.05)
     shot(page, "zoomed", viewport)
     assert console == []
+
+
+@pytest.fixture(scope="module")
+def intraday_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("browser-page-intraday")
+    env = base_env(
+        tmp,
+        PROVIDERS="intraday",
+        EXTRA_PROVIDERS="intraday=tests.providers:IntradayOnlyProvider",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+def test_a_link_to_a_symbol_without_daily_bars_quotes_it_from_its_longest_interval(
+    intraday_server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Opened from a link (its intervals not known yet), the header's quote asked for a 1d
+    series the symbol does not offer: "Unknown interval" as a toast, and no change shown."""
+    open_page(page, intraday_server, "?source=intraday&s=AAA&i=1m")
+    page.wait_for_function("document.querySelector('.panel .quote-change')?.textContent")
+    assert js(page, "window.candlewire.errors") == []
+    assert page.locator(".toast").count() == 0
+    assert console == []

@@ -261,6 +261,7 @@ export class ChartPanel extends EventTarget {
   onInit(message) {
     if (message.metadata && typeof message.metadata === "object") {
       this.details = message.metadata;
+      this.quotes.learn(this.source, this.name, this.details);
       this.renderHead();
     }
     const incoming = convertAll(message.data, this.convert());
