@@ -217,6 +217,33 @@ async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker
     await client.wait_for("pong")
 
 
+async def test_an_emoji_whose_utf16_halves_come_in_two_chunks_reaches_the_client_whole(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """JSON escapes UTF-16: an endpoint that cuts its text by UTF-16 units sends the halves
+    of an emoji in two chunks (each valid JSON). They are joined, a lone half is U+FFFD;
+    the turn used to die unanswered (no end marker: the halves are no UTF-8)."""
+    deltas = [r'"A \ud83d"', r'"\ude80 B"', r'"\udc00!"', r'" \ud83d"']
+    fake.raw = [
+        b'data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m1", '
+        b'"choices": [{"index": 0, "delta": {"content": ' + delta.encode() + b"}}]}\n\n"
+        for delta in deltas
+    ]
+    try:
+        mark = len(client.messages)
+        await client.send(prompt("halves", "Rocket?"))
+        text, _ = await answer(client, mark)
+    finally:
+        fake.raw = None
+    assert text == "A \U0001f680 B\ufffd! \ufffd"
+    assert not client.of_type("error", mark)
+    mark = len(client.messages)
+    await client.send({"type": "prompt_reply", "conversation_id": "halves", "prompt": "And?"})
+    text, _ = await answer(client, mark)
+    assert text == "".join(CHUNKS)
+    assert fake.requests[-1]["messages"][-2]["content"] == "A \U0001f680 B\ufffd! \ufffd"
+
+
 async def test_an_answer_cut_off_mid_stream_ends_with_an_error_after_the_text_it_had(
     client: WsClient, fake: FakeChat
 ) -> None:

@@ -70,19 +70,24 @@ class Llm:
             )
             if not isinstance(chunks, openai.AsyncStream):
                 raise ChatError("the model endpoint did not stream its answer")
-            said, reason = False, None
+            said, reason, held = False, None, ""
             try:
                 kind = chunks.response.headers.get("content-type", "").lower()
                 if "json" in kind or "html" in kind:  # answered, but not as a stream
                     text = _whole_answer(await chunks.response.aread(), self._client.api_key)
                     said = True
-                    yield text
+                    yield _unicode(text)
                     return
                 async for chunk in chunks:
-                    for text in _texts(chunk):
-                        said = True
-                        yield text
+                    for delta in _texts(chunk):
+                        text, held = _held_back(held + delta)
+                        if text:
+                            said = True
+                            yield text
                     reason = _finish_reason(chunk) or reason
+                if held:  # a high surrogate whose low half never came
+                    said = True
+                    yield _unicode(held)
             finally:
                 await chunks.close()
             if not said:
@@ -96,6 +101,22 @@ class Llm:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
         except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
             raise ChatError("the model endpoint sent a malformed answer (not JSON)") from exc
+
+
+def _unicode(text: str) -> str:
+    """``text`` with its surrogate pairs joined into characters and lone surrogates as
+    U+FFFD. JSON escapes UTF-16 (``"\\ud83d\\ude80"``), and an endpoint that cuts its text
+    by UTF-16 units sends the halves of an emoji in two chunks: the halves cannot be sent
+    to a client as UTF-8, and the turn died without its end marker."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _held_back(text: str) -> tuple[str, str]:
+    """``text`` to send now (see :func:`_unicode`) and a high surrogate that ends it, held
+    back for the low half that the next delta starts with."""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        return _unicode(text[:-1]), text[-1]
+    return _unicode(text), ""
 
 
 def _whole_answer(body: bytes, key: str) -> str:
@@ -124,7 +145,7 @@ def _upstream_message(body: object, key: str) -> str:
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(message, str) or not message.strip():
         return ""
-    text = " ".join(message.split())
+    text = _unicode(" ".join(message.split()))
     if len(key) >= 4:
         text = text.replace(key, "***")
     return f": {text[:MAX_UPSTREAM_MESSAGE]}"
