@@ -217,6 +217,61 @@ async def test_a_malformed_stream_ends_the_turn_with_an_error_and_the_end_marker
     await client.wait_for("pong")
 
 
+def text_event(text: str) -> bytes:
+    delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    return b"data: " + json.dumps({**CHUNK, "choices": [delta]}).encode() + b"\n\n"
+
+
+async def test_sse_events_without_data_are_skipped_as_the_sse_standard_reads_them(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """Comments, ``event:`` lines without data (a ping), ``retry:`` and ``id:`` alone and a
+    blank ``data:`` carry no chunk: ``openai`` handed the last four to its JSON parser and
+    the answer ended in 'malformed answer (not JSON)'."""
+    fake.raw = [
+        b": OPENROUTER PROCESSING\n\n",
+        b"event: ping\n\n",
+        b"retry: 3000\r\n\r\n",
+        text_event("Higher "),
+        b"id: 7\n\n",
+        b"data:\n\n",
+        b"event: message\nid: 8\n" + text_event("lows."),
+    ]
+    try:
+        mark = len(client.messages)
+        await client.send(prompt("pings", "Trend?"))
+        text, _ = await answer(client, mark)
+    finally:
+        fake.raw = None
+    assert text == "Higher lows."
+    assert not client.of_type("error", mark)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n',
+        b'event: error\ndata: {"error": {"message": "The server had an error"}}\n\n',
+        b'error: {"code": 500, "message": "The server had an error", "type": "server_error"}\n\n',
+    ],
+    ids=["data-error", "error-event", "llama-cpp-error-field"],
+)
+async def test_an_error_inside_the_stream_says_what_the_endpoint_said(
+    client: WsClient, fake: FakeChat, failure: bytes
+) -> None:
+    """OpenAI, OpenRouter and vLLM send ``{"error": ...}`` as an event when an answer fails
+    after it began (llama.cpp of 2025 as an ``error:`` field): the user reads its message
+    after the text that came, not 'APIError' (or, for llama.cpp, 'no text')."""
+    fake.raw = [text_event("Partly "), failure]
+    try:
+        error, text = await refused(client, prompt("midway", "Trend?"))
+    finally:
+        fake.raw = None
+    assert error["code"] == "upstream_error"
+    assert error["message"] == "the model endpoint failed: The server had an error"
+    assert text == "Partly \n\nError: the model endpoint failed: The server had an error"
+
+
 async def test_an_emoji_whose_utf16_halves_come_in_two_chunks_reaches_the_client_whole(
     client: WsClient, fake: FakeChat
 ) -> None:

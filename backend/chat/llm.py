@@ -3,8 +3,10 @@
 Configured by ``LLM_BASE_URL``, ``LLM_API_KEY`` and ``LLM_MODEL``; :func:`configured` says
 whether chat is available at all. Upstream failures, malformed events and chunks of another
 shape than a ``chat.completion.chunk`` become :class:`ChatError` with a short text for the
-user (never the key). The whole turn's deadline is the caller's (``backend.hub.chatting``);
-the stream is closed however the iteration ends.
+user (never the key). ``openai`` makes the request (retries, HTTP errors); the events of
+the stream are read here, by the SSE standard's rules (:func:`_events`). The whole turn's
+deadline is the caller's (``backend.hub.chatting``); the stream is closed however the
+iteration ends.
 
 ``openai`` (about 0.6 s of imports) is imported when the first client is made: a hub
 without chat, and every provider process, never pays for it.
@@ -78,7 +80,13 @@ class Llm:
                     said = True
                     yield _unicode(text)
                     return
-                async for chunk in chunks:
+                # The events are read here, not by ``openai``: it hands an event without
+                # data (``event: ping``, ``retry: 3000``, a lone ``data:``) to the JSON
+                # parser, and drops llama.cpp's ``error:`` lines unread.
+                async for event, data in _events(_lines(chunks.response)):
+                    if data.startswith("[DONE]"):
+                        break
+                    chunk = _chunk(data, self._client.api_key, failed=event == "error")
                     for delta in _texts(chunk):
                         text, held = _held_back(held + delta)
                         if text:
@@ -151,23 +159,80 @@ def _upstream_message(body: object, key: str) -> str:
     return f": {text[:MAX_UPSTREAM_MESSAGE]}"
 
 
+async def _lines(response: Any) -> AsyncIterator[str]:
+    """The lines of a streamed body; ``ChatError`` when reading it fails (the connection
+    dropped, a read timed out): whatever the HTTP client ``openai`` uses raises."""
+    try:
+        async for line in response.aiter_lines():
+            yield line
+    except Exception as exc:  # the HTTP client's errors, named to the user
+        raise ChatError(
+            f"the model endpoint failed: its answer broke off ({type(exc).__name__})"
+        ) from exc
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """Each server-sent event's type and data (its ``data:`` lines joined), as the SSE
+    standard reads a stream: comments (``: OPENROUTER PROCESSING``), ``id:``, ``retry:``
+    and unknown fields are no data, and an event without data (or blank data) is none.
+    One exception: llama.cpp servers of 2025 send a failure as an ``error:`` field (then
+    ``data: [DONE]``), which is read as ``event: error`` with that data."""
+    event, data = "", list[str]()
+    async for line in lines:  # split at CRLF, LF or CR
+        if not line:
+            if "".join(data).strip():
+                yield event, "\n".join(data)
+            event, data = "", []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+        elif field == "error":
+            event, data = "error", [value]
+    if "".join(data).strip():  # the last event, without its blank line
+        yield event, "\n".join(data)
+
+
+def _chunk(data: str, key: str, failed: bool = False) -> object:
+    """One event's JSON; ``ChatError`` when it is no JSON, and with what the endpoint said
+    when it is an error (``{"error": {"message": ...}}``, sent by OpenAI, OpenRouter,
+    vLLM and llama.cpp when an answer fails after it began, or an ``error`` event)."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ChatError("the model endpoint sent a malformed answer (not JSON)") from None
+    if failed or (isinstance(chunk, dict) and chunk.get("error")):
+        raise ChatError(f"the model endpoint failed{_upstream_message(chunk, key)}")
+    return chunk
+
+
+def _choices(chunk: object) -> list[dict[str, Any]]:
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return []
+    return [choice for choice in choices if isinstance(choice, dict)]
+
+
 def _texts(chunk: object) -> list[str]:
     """The non-empty content deltas of one chunk; ``ChatError`` when it is no chunk (a
     string, or ``choices`` that is not a list)."""
-    choices = getattr(chunk, "choices", None)
-    if not isinstance(choices, list):
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
         raise ChatError("the model endpoint sent a malformed answer (a chunk without choices)")
     texts = []
-    for choice in choices:
-        text = getattr(getattr(choice, "delta", None), "content", None)
+    for choice in _choices(chunk):
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(text, str) and text:
             texts.append(text)
     return texts
 
 
 def _finish_reason(chunk: object) -> str | None:
-    for choice in getattr(chunk, "choices", None) or ():
-        reason = getattr(choice, "finish_reason", None)
+    for choice in _choices(chunk):
+        reason = choice.get("finish_reason")
         if isinstance(reason, str):
             return reason
     return None
