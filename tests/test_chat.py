@@ -247,6 +247,28 @@ async def test_sse_events_without_data_are_skipped_as_the_sse_standard_reads_the
     assert not client.of_type("error", mark)
 
 
+async def test_a_usage_chunk_with_null_or_no_choices_ends_the_answer_cleanly(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """OpenAI's usage chunk has ``"choices": []``; some compatible servers send it with
+    ``null`` or without the key. The answer is whole: it ended in 'a chunk without
+    choices' after all its text."""
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+    fake.raw = [
+        text_event("Higher lows."),
+        b"data: " + json.dumps({**CHUNK, "choices": None, "usage": usage}).encode() + b"\n\n",
+        b"data: " + json.dumps({**CHUNK, "usage": usage}).encode() + b"\n\n",
+    ]
+    try:
+        mark = len(client.messages)
+        await client.send(prompt("usage", "Trend?"))
+        text, _ = await answer(client, mark)
+    finally:
+        fake.raw = None
+    assert text == "Higher lows."
+    assert not client.of_type("error", mark)
+
+
 @pytest.mark.parametrize(
     "failure",
     [

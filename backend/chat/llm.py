@@ -218,8 +218,12 @@ def _choices(chunk: object) -> list[dict[str, Any]]:
 
 def _texts(chunk: object) -> list[str]:
     """The non-empty content deltas of one chunk; ``ChatError`` when it is no chunk (a
-    string, or ``choices`` that is not a list)."""
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+    string, or ``choices`` that is not a list, unless it is the usage chunk)."""
+    if not isinstance(chunk, dict):
+        raise ChatError("the model endpoint sent a malformed answer (a chunk without choices)")
+    if not isinstance(chunk.get("choices"), list):
+        if isinstance(chunk.get("usage"), dict):  # the token count at the end: some send
+            return []  # it with "choices": null or none (OpenAI: [])
         raise ChatError("the model endpoint sent a malformed answer (a chunk without choices)")
     texts = []
     for choice in _choices(chunk):
