@@ -152,6 +152,40 @@ async def test_an_unknown_conversation_and_an_upstream_failure_answer_an_error_c
     await client.wait_for("error", lambda m: m["code"] == "upstream_error", after=mark)
 
 
+async def test_a_socket_has_at_most_two_turns_pending_and_a_third_is_refused_at_once(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """A queued turn keeps its chart image until it runs: a socket may have one turn
+    answering and one waiting; a third is answered ``limit_reached`` at once (keeping
+    nothing), and the two run to their ends."""
+    fake.delay = 0.3
+    image = "data:image/png;base64," + "A" * 100_000
+    mark = len(client.messages)
+    await client.send(*(prompt(f"q{n}", f"Question {n}?", img=image) for n in range(3)))
+    error = await client.wait_for("error", after=mark)
+    assert error["code"] == "limit_reached" and error["request"]["conversation_id"] == "q2"
+    assert "img" not in error["request"]
+
+    def ended() -> list[str]:
+        texts, text = [], ""
+        for message in client.of_type("prompt_response", mark):
+            text += message["response"]
+            if message.get("done"):
+                texts.append(text)
+                text = ""
+        return texts
+
+    await eventually(lambda: len(ended()) == 3, what="three turn ends")
+    refusal, *answers = ended()
+    assert refusal.startswith("Error: wait for the answer")
+    assert answers == ["".join(CHUNKS)] * 2
+    fake.delay = 0.0
+    mark = len(client.messages)
+    await client.send(prompt("q3", "A fourth, after them?"))
+    text, _ = await answer(client, mark)
+    assert text == "".join(CHUNKS)
+
+
 async def test_without_a_configured_model_the_chat_says_so_and_the_socket_stays(
     tmp_path: Path,
 ) -> None:

@@ -45,6 +45,10 @@ LANE = ("chat",)
 MAX_PROMPT = 20_000
 MAX_DESCRIPTION = 20_000
 MAX_ID = 100
+# Turns one socket may have pending: the one answering and one waiting. A queued turn keeps
+# its request, chart image included (up to MAX_FRAME_BYTES), until it runs: 8 queued 7 MiB
+# prompts on each of 10 sockets pinned 900 MiB while a slow endpoint answered the first.
+MAX_PENDING_TURNS = 2
 NOT_CONFIGURED = (
     "The AI chat is not configured on this server (set LLM_MODEL, and LLM_API_KEY or LLM_BASE_URL)."
 )
@@ -91,6 +95,7 @@ class Chatting:
         self._callers: dict[int, str] = {}
         self._sockets: dict[str, set[int]] = {}
         self._departed: dict[str, float] = {}
+        self._pending: dict[int, int] = {}  # socket -> its turns queued or running
         s = hub.settings
         self.budgets = PrunedMemoryStorage()  # per caller: its turns of the last hour
         self._turns = MovingWindowRateLimiter(self.budgets)
@@ -108,8 +113,26 @@ class Chatting:
             await self.llm.close()
 
     async def take(self, client: Client, raw: dict[str, Any]) -> None:
-        """Queue one turn in the client's chat lane (the socket reads on meanwhile)."""
-        await client.replies.submit(LANE, lambda: self._turn(client, raw))
+        """Queue one turn in the client's chat lane (the socket reads on meanwhile); with
+        :data:`MAX_PENDING_TURNS` pending already, answer ``limit_reached`` at once."""
+        pending = self._pending.get(client.id, 0)
+        if pending >= MAX_PENDING_TURNS:  # refused either way; over the hour's budget first
+            if not self._turns.test(self._per_hour, "chat", self._budget(client)):
+                self._rate_limited(client, raw)
+            else:
+                why = f"wait for the answer: at most {MAX_PENDING_TURNS} chat turns at a time"
+                self._fail(client, raw, "limit_reached", why)
+            return
+        self._pending[client.id] = pending + 1
+        await client.replies.submit(LANE, lambda: self._pending_turn(client, raw))
+
+    async def _pending_turn(self, client: Client, raw: dict[str, Any]) -> None:
+        try:
+            await self._turn(client, raw)
+        finally:
+            left = self._pending.pop(client.id, 1) - 1
+            if left > 0:
+                self._pending[client.id] = left
 
     def caller(self, client: Client) -> str:
         """Whose conversations a turn continues: with ``AUTH`` on, the API key's or token's
@@ -124,6 +147,7 @@ class Chatting:
         when this was its last socket that chatted, they go after
         ``LLM_CONVERSATION_GRACE_SECONDS`` unless it chats again (:meth:`forget_departed`)."""
         self.conversations.forget(f"socket {client_id}")
+        self._pending.pop(client_id, None)
         caller = self._callers.pop(client_id, None)
         sockets = self._sockets.get(caller) if caller is not None else None
         if caller is None or sockets is None:
@@ -186,8 +210,7 @@ class Chatting:
             self._fail(client, raw, "not_found", "unknown conversation; start a new chat")
             return
         if not self._turns.hit(self._per_hour, "chat", self._budget(client)):
-            limit = self.hub.settings.MAX_LLM_REQUESTS_PER_HOUR
-            self._fail(client, raw, "rate_limited", f"Too many requests: {limit} chats an hour")
+            self._rate_limited(client, raw)
             return
         self._present(client, caller)
         messages = self._messages(caller, turn)
@@ -210,6 +233,10 @@ class Chatting:
             return
         self.conversations.answered(caller, turn.conversation, "".join(parts))
         self._chunk(client, "", done=True)
+
+    def _rate_limited(self, client: Client, raw: dict[str, Any]) -> None:
+        limit = self.hub.settings.MAX_LLM_REQUESTS_PER_HOUR
+        self._fail(client, raw, "rate_limited", f"Too many requests: {limit} chats an hour")
 
     def _messages(self, caller: str, turn: Turn) -> list[Message]:
         """Keep the turn in its conversation; the messages to send (checked: it exists)."""
