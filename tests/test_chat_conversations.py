@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
 from backend.chat.conversations import IMAGE_DROPPED, Conversations
+from backend.hub.clients import Client
+from tests.harness import eventually
+from tests.hub_fakes import connect, make_hub, taken
 
 IMAGE = "data:image/png;base64," + "A" * 900_000
 
@@ -61,3 +69,32 @@ def test_a_reply_to_a_turn_that_got_no_answer_joins_it_so_the_roles_alternate() 
     assert again is not None
     assert [m["role"] for m in again] == ["system", "user", "assistant", "user"]
     assert again[-1]["content"] == "thanks"
+
+
+async def test_a_turn_that_fails_unexpectedly_still_ends_the_chat_window() -> None:
+    """A bug inside a turn (here, the model client raising what it never should) was
+    reported by the lane as internal_error with no request and no end marker: the chat
+    window said "Loading..." for good."""
+    hub, _ = make_hub(LLM_MODEL="m", LLM_BASE_URL="http://127.0.0.1:9/v1")
+    assert hub.chatting.llm is not None
+
+    async def broken(messages: list[dict[str, Any]]) -> AsyncIterator[str]:
+        yield "Half an "
+        raise RuntimeError("a bug")
+
+    hub.chatting.llm.stream = broken  # type: ignore[method-assign]
+    client = connect(hub)
+    received: list[dict[str, Any]] = []
+
+    def sent(client: Client) -> list[dict[str, Any]]:
+        received.extend(taken(client))
+        return received
+
+    prompt = {"type": "prompt", "prompt": "why?", "description": "", "conversation_id": "c1"}
+    await hub.handle_frame(client, orjson.dumps(prompt))
+    await eventually(lambda: any(m.get("done") for m in sent(client)), 10, "the end marker")
+    replies = sent(client)
+    error = next(m for m in replies if m.get("type") == "error")
+    assert error["code"] == "internal_error" and error["request"]["type"] == "prompt"
+    assert replies[-1] == {"type": "prompt_response", "response": "", "done": True}
+    await hub.chatting.close()

@@ -52,6 +52,7 @@ MAX_PENDING_TURNS = 2
 NOT_CONFIGURED = (
     "The AI chat is not configured on this server (set LLM_MODEL, and LLM_API_KEY or LLM_BASE_URL)."
 )
+INTERNAL = "the chat failed on the server (logged there); try again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,11 @@ class Chatting:
             logger.warning("client %d: chat answer not finished in %g s", client.id, self.deadline)
             late = f"the model endpoint did not finish its answer within {self.deadline:g} s"
             self._fail(client, raw, "upstream_error", late, after_text=bool(parts))
+            return
+        except Exception:  # a bug: logged and counted; the chat window still gets its end
+            logger.exception("client %d: chat turn failed", client.id)
+            self.hub.metrics.inc("candlewire_internal_errors_total")
+            self._fail(client, raw, "internal_error", INTERNAL, after_text=bool(parts))
             return
         self.conversations.answered(caller, turn.conversation, "".join(parts))
         self._chunk(client, "", done=True)
