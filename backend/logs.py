@@ -14,7 +14,10 @@
 - :class:`EscapeControls` escapes control characters and line breaks in the message, so a
   client's text quoted in a record (a symbol name with a newline, say) cannot forge a line;
 - :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
-  logs a traceback for invalid UTF-8 in a text frame) into one INFO line.
+  logs a traceback for invalid UTF-8 in a text frame) into one INFO line;
+- :class:`NoSocketPayloads` drops the DEBUG records in which the ``websockets`` protocol,
+  logging through ``uvicorn.error``, dumps every frame (chat prompts and answers) and the
+  upgrade request's headers (an ``Authorization: Bearer`` token).
 
 It also keeps third-party loggers that dump whole frames or requests (``websockets`` logs
 every frame it sends at DEBUG, the Polygon auth frame among them) at INFO or above.
@@ -49,6 +52,9 @@ QUERY_CREDENTIAL = re.compile(
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
 WARNING_BURST = 10  # warnings and errors without a traceback from one place per interval
+# The logger uvicorn gives the websockets protocol, and the templates of its payload dumps.
+UVICORN_ERROR = "uvicorn.error"
+PAYLOAD_DUMPS = ("< ", "> ")
 # Records of libraries that log a client's fault with a traceback: (logger, message).
 CLIENT_FAULTS = frozenset({("uvicorn.error", "Invalid UTF-8 sequence received from client.")})
 
@@ -59,6 +65,7 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s %(levelname)-7s [{process_name}] %(name)s: %(message)s")
     )
+    handler.addFilter(NoSocketPayloads())
     handler.addFilter(ClientFaults())
     handler.addFilter(RateLimitRepeats())
     handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
@@ -207,6 +214,20 @@ class RateLimitRepeats(logging.Filter):
         if note:
             record.msg = str(record.msg) + note.replace("%", "%%")
         return True
+
+
+class NoSocketPayloads(logging.Filter):
+    """Drop ``websockets``' DEBUG dumps of frames and headers (``< %s``, ``> %s: %s``) that
+    uvicorn routes to ``uvicorn.error``, whose other records (and its own DEBUG ones) stay;
+    the ``websockets`` loggers themselves are kept at INFO (``NOISY_LOGGERS``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.DEBUG
+            and record.name == UVICORN_ERROR
+            and isinstance(record.msg, str)
+            and record.msg.startswith(PAYLOAD_DUMPS)
+        )
 
 
 class ClientFaults(logging.Filter):

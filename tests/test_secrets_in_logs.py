@@ -120,12 +120,18 @@ def test_configure_masks_secrets_for_every_logger_and_quiets_frame_dumps(
     try:
         logs.configure("DEBUG", "test", ["configured-secret"])
         logging.getLogger("websockets.client").debug("> TEXT configured-secret")
+        # uvicorn hands the websockets protocol its own logger: frames and upgrade headers
+        logging.getLogger("uvicorn.error").debug("< %s", "TEXT 'my chat prompt' [15 bytes]")
+        logging.getLogger("uvicorn.error").debug("< %s: %s", "Authorization", "Bearer eyJ.x.y")
+        logging.getLogger("uvicorn.error").debug("= connection is %s", "OPEN")
         logging.getLogger("backend.x").debug("a configured-secret and tok-from-the-environment")
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("websockets").setLevel(saved[2])
     err = capsys.readouterr().err
     assert "> TEXT" not in err  # websockets' frame dump stays below its INFO floor
+    assert "my chat prompt" not in err and "eyJ.x.y" not in err
+    assert "connection is OPEN" in err  # what carries no payload stays
     assert "a *** and ***" in err
     assert "configured-secret" not in err and "tok-from-the-environment" not in err
 
