@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -331,6 +332,18 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
+
+    @field_validator("ALERT_CONTACT")
+    @classmethod
+    def _contact(cls, value: str) -> str:
+        # RFC 8292 section 2.1: push services may use it to reach the operator
+        value = value.strip()
+        scheme, _, rest = value.partition(":")
+        if scheme.lower() == "mailto" and "@" in rest.strip("@"):
+            return value
+        if scheme.lower() == "https" and urlsplit(value).hostname:
+            return value
+        raise ValueError(f"{value!r} must be a mailto: address or an https:// URL")
 
     @model_validator(mode="after")
     def _provider_requirements(self) -> Settings:

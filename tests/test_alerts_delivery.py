@@ -4,6 +4,7 @@ bounded answers, no redirects, ``Retry-After``."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -11,13 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
 from backend.alerts.destinations import PublicResolver, origin, public_problem
 from backend.alerts.model import Subscription, check_subscription, parse_subscription
 from backend.alerts.vapid import VapidKeys
+from backend.settings import Settings
 from tests.fakes.webpush import FakePush
 from tests.harness import ROOT, seconds
+from tests.rfc_push import RfcPush
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +280,48 @@ async def test_with_public_only_loopback_and_plain_http_destinations_are_refused
     finally:
         await sender.close()
     assert fake.titles("private") == [] and fake.hook_bodies("private") == [{"n": 1}]
+
+
+async def test_a_push_to_an_ipv6_literal_endpoint_is_signed_for_its_bracketed_origin(
+    tmp_path: Path,
+) -> None:
+    """``aud`` of ``http://[::1]:port/...`` is ``http://[::1]:port`` (RFC 6454); py_vapid's
+    own check refused it, so a push to an IPv6 address failed with a traceback."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        service = RfcPush("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with service:
+        subscription = check_subscription(service.subscription("v6"))
+        assert await push_once(tmp_path, subscription, "over IPv6") is Outcome.SENT
+    assert service.refused == []
+    [push] = service.pushes
+    assert push.payload == {"notification": {"title": "over IPv6"}}
+    assert push.claims["aud"] == service.url and service.url.startswith("http://[::1]:")
+
+
+@pytest.mark.parametrize(
+    "contact", ["https://example.org/contact", "mailto:ops@example", "https://example.org/"]
+)
+async def test_a_contact_push_services_accept_signs_every_push(
+    tmp_path: Path, contact: str
+) -> None:
+    """RFC 8292 asks for a ``mailto:`` or ``https:`` URI as ``sub``; py_vapid's stricter
+    pattern refused these, and every push failed with a traceback."""
+    with RfcPush() as service:
+        subscription = check_subscription(service.subscription("c"))
+        sender = Delivery(VapidKeys.load_or_create(tmp_path), contact=contact, backoff=0.01)
+        try:
+            outcome = await sender.push(subscription, {"notification": {"title": "hi"}})
+        finally:
+            await sender.close()
+    assert outcome is Outcome.SENT and service.refused == []
+    assert service.pushes[0].claims["sub"] == contact
+
+
+@pytest.mark.parametrize("contact", ["admin@example.org", "http://example.org", "mailto:", ""])
+def test_a_contact_that_is_no_mailto_or_https_uri_stops_the_start(contact: str) -> None:
+    with pytest.raises(ValidationError, match="ALERT_CONTACT"):
+        Settings(ALERT_CONTACT=contact)
