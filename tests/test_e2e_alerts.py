@@ -6,6 +6,7 @@ extensions (socket and ``/api/alerts``)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -30,7 +31,9 @@ from tests.fakes.webpush import FakePush
 from tests.harness import (
     ServerProcess,
     WsClient,
+    base_env,
     eventually,
+    populate,
     until,
 )
 
@@ -360,3 +363,65 @@ async def test_the_series_alerts_read_count_against_the_callers_subscription_lim
         finally:
             await alice.close()
             await bob.close()
+
+
+async def test_a_fired_alert_is_not_rearmed_by_the_stale_forming_bar_stored_before_a_restart(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """The store keeps the forming bar as it was when the tail was fetched (not every
+    update): after a restart within that bar, the alert's first evaluation read that stale
+    bar, found the condition false, re-armed the fired alert, and the next live update fired
+    it again while the price had stayed above the level all along."""
+    price = tmp_path / "price"
+
+    def steer(value: float) -> None:
+        price.with_suffix(".partial").write_text(str(value))
+        os.replace(price.with_suffix(".partial"), price)
+
+    steer(10.0)
+    env = base_env(
+        tmp_path,
+        PROVIDERS="counting",
+        EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
+        CANDLEWIRE_TEST_PRICE=str(price),
+        ALERT_WEBHOOK_URL=f"{fake.url}/hook/steered",
+    )
+    assert populate(env).returncode == 0
+    rule = {
+        "type1": "data",
+        "source1": "counting",
+        "name1": "AAA",
+        "interval1": "1d",  # one forming bar for the whole test
+        "key1": "close",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "50",
+    }
+    if time.time() % 86400 > 86400 - 300:
+        pytest.skip("too close to the end of the UTC day: the forming bar would change")
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        client = await WsClient.open(server.ws_url)
+        chart = {"type": "data", "source": "counting", "name": "AAA", "interval": "1d"}
+        await client.send(chart)  # the tail is fetched (and stored) while the price is 10
+        await client.wait_for("data_update", lambda m: m["data"]["counting-AAA-1d-close"] == 10)
+        await client.send({**alert("above 50", None, owner="o"), "rules": [rule]})
+        await client.wait_for("alert_created")
+        steer(100.0)
+        await eventually(lambda: fake.hook_bodies("steered"), 20, "the firing")
+        await client.close()
+        server.stop()
+        with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+            assert db.execute("SELECT armed, fired FROM alerts").fetchall() == [(0, 1)]
+        server.start()
+        client = await WsClient.open(server.ws_url)
+        await client.send(chart)
+        await client.wait_for("data_update", lambda m: m["data"]["counting-AAA-1d-close"] == 100)
+        await client.wait_for("data_update", after=len(client.messages))  # one more update
+        await client.send({"type": "alerts", "owner": "o"})
+        [listed] = (await client.wait_for("alerts"))["alerts"]
+        await client.close()
+    finally:
+        server.stop()
+    assert [body["fired"] for body in fake.hook_bodies("steered")] == [1]
+    assert (listed["armed"], listed["fired"]) == (False, 1)

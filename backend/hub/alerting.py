@@ -321,12 +321,16 @@ class Alerting:
             return
         self._evaluate(key, bar)
 
-    def _evaluate(self, key: SeriesId, bar: Bar) -> None:
+    def _evaluate(self, key: SeriesId, bar: Bar, armed_only: bool = False) -> None:
+        """Evaluate ``key``'s alerts on ``bar``; ``armed_only``: those that may fire (a
+        seed's bars may be older than a disarmed alert's state: see :meth:`_seed`)."""
         now = time.time()
         for alert_id in list(self.by_key.get(key, ())):
             alert = self.alerts[alert_id]
             if alert.expires_at <= now:
                 continue  # the sweeper removes it and says so
+            if armed_only and not alert.armed:
+                continue
             if reads_indicators(alert.rule_set):
                 self._compute(alert, key, bar)
             else:
@@ -384,19 +388,22 @@ class Alerting:
         bind_rules(rule_set, self.hub.indicating.indicators, self.hub.settings.MAX_COUNT)
 
     async def _seed(self, key: SeriesId) -> None:
-        """Evaluate ``key``'s alerts on its newest cached or stored bars (a new or resumed
-        alert whose condition is true already fires at once, as in Tradiny)."""
+        """Evaluate ``key``'s armed alerts on its newest cached or stored bars (a new or
+        resumed alert whose condition is true already fires at once, as in Tradiny). A
+        disarmed one waits for a live update to re-arm: the store keeps a forming bar as
+        it was fetched, not as it last changed, so after a restart within that bar it may
+        predate the firing, and re-arming on it fired the alert again."""
         hub = self.hub
         answer = await hub.planner.latest(key, 2, True)
         if key not in self.by_key or not answer.bars:
             return
         newest = self.bars.newest(key)
         if newest is not None and newest[0] >= answer.bars[-1][0]:
-            self._evaluate(key, newest)
+            self._evaluate(key, newest, armed_only=True)
             return
         for bar in answer.bars:
             self.bars.update(key, bar)
-        self._evaluate(key, answer.bars[-1])
+        self._evaluate(key, answer.bars[-1], armed_only=True)
 
     def _fire(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
         now = time.monotonic()
