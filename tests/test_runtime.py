@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -676,3 +677,32 @@ async def test_a_wakeup_takes_at_most_its_limit_of_events_from_the_pipe() -> Non
     finally:
         reader.close()
         writer.close()
+
+
+SLOW_START = """
+import os, sys, time
+if "--multiprocessing-fork" in sys.argv:  # a spawned child: Python starts slowly (load)
+    time.sleep(float(os.environ.get("CANDLEWIRE_TEST_SLOW_START", "0")))
+"""
+
+
+async def test_a_process_slow_to_start_python_is_not_killed_before_its_first_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine (load average 20) starting the interpreter and its imports took
+    longer than HEARTBEAT_TIMEOUT: every provider was killed before its first heartbeat,
+    started again and killed again, and nothing came up."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_START)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("CANDLEWIRE_TEST_SLOW_START", "3")
+    proc = ProviderProcess("scripted", PATH, settings(), lambda key, events: None, lambda k: None)
+    await proc.start()
+    try:
+        started = proc.pid
+        await asyncio.sleep(1.5)  # time must pass: longer than the heartbeat timeout below
+        proc.check(1.0)  # the supervisor's check, with a 1 s HEARTBEAT_TIMEOUT
+        assert proc.last_error is None and proc.pid == started
+        assert await proc.wait_ready(seconds(60))
+        assert proc.pid == started
+    finally:
+        await proc.stop()

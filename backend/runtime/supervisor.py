@@ -111,6 +111,7 @@ class ProviderProcess:
         self.budgeted = True  # its history calls count against the fair-use budgets
         self.started_at = 0.0
         self.last_seen = 0.0
+        self.heard = False  # a sign of life came from the process started last
         self._ctx = multiprocessing.get_context("spawn")
         self._process: SpawnProcess | None = None
         self._commands: Queue[Command] | None = None
@@ -155,6 +156,7 @@ class ProviderProcess:
         self._waiting.register(reader.fileno(), select.POLLIN)
         self.pid = process.pid
         self.started_at = self.last_seen = time.monotonic()
+        self.heard = False
         loop.add_reader(reader.fileno(), self._on_readable)
         loop.add_reader(process.sentinel, self._on_exit)
 
@@ -188,7 +190,10 @@ class ProviderProcess:
         if self.state not in (ProviderState.STARTING, ProviderState.RUNNING):
             return
         now = time.monotonic()
-        if now - self.last_seen > heartbeat_timeout:
+        # Before its first sign of life a new process is still starting Python and importing
+        # (a loaded machine takes long): it has STARTUP_TIMEOUT for that, as for init().
+        limit = heartbeat_timeout if self.heard else max(heartbeat_timeout, STARTUP_TIMEOUT)
+        if now - self.last_seen > limit:
             self.kill(f"no heartbeat for {now - self.last_seen:.0f} s")
         elif self.state is ProviderState.STARTING and now - self.started_at > STARTUP_TIMEOUT:
             self.kill(f"init() did not finish within {STARTUP_TIMEOUT:.0f} s")
@@ -305,6 +310,7 @@ class ProviderProcess:
 
     def _dispatch(self, batch: list[WireEvent]) -> None:
         self.last_seen = time.monotonic()
+        self.heard = True
         forward: list[WireEvent] = []
         for event in batch:
             if type(event) is tuple:  # a bar update: most of the traffic, straight through
