@@ -37,6 +37,8 @@ def load_class(path: str, base: type[T], what: str) -> type[T]:
             f"{what} module {module_name!r} failed on import: {type(exc).__name__} {first}"
         ) from exc
     cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"{what} module {module_name!r} defines no {class_name!r}")
     if not isinstance(cls, type) or not issubclass(cls, base):
         raise ConfigError(f"{path!r} is not a {base.__name__} subclass")
     return cls

@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
+from backend import plugins
+from backend.errors import ConfigError
+from backend.provider import Provider
 from tests import bus_deploy, harness
 from tests.harness import ROOT, base_env, until
 
@@ -167,3 +171,12 @@ def test_ctrl_c_stops_the_server_cleanly_without_a_traceback(tmp_path: Path) -> 
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
     until(lambda: not any(child.is_running() for child in children), what="providers gone")
+
+
+def test_loading_a_class_a_module_lacks_says_so_and_not_that_it_is_no_subclass() -> None:
+    """populate.py loads providers with ``load_class``: a class name the module lacks was
+    reported as "'m:Nope' is not a Provider subclass", where the server said "defines no"."""
+    with pytest.raises(ConfigError, match=r"provider module 'tests\.providers' defines no 'Nope'"):
+        plugins.load_class("tests.providers:Nope", Provider, "provider")
+    with pytest.raises(ConfigError, match=r"'tests\.providers:dataset_row' is not a Provider"):
+        plugins.load_class("tests.providers:dataset_row", Provider, "provider")
