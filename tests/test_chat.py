@@ -390,6 +390,29 @@ async def test_an_answer_of_tool_calls_only_says_why_there_is_no_text(
         fake.raw = None
 
 
+@pytest.mark.parametrize(
+    ("reason", "said"), [("length", "cut short"), ("content_filter", "withheld")]
+)
+async def test_an_answer_cut_short_by_the_model_says_so_after_its_text(
+    client: WsClient, fake: FakeChat, reason: str, said: str
+) -> None:
+    """The text simply stopped mid-sentence, as if that were the whole answer."""
+    text_delta = {"index": 0, "delta": {"content": "The trend is"}, "finish_reason": None}
+    events = [
+        {**CHUNK, "choices": [text_delta]},
+        {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]},
+    ]
+    fake.raw = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+    try:
+        mark = len(client.messages)
+        await client.send(prompt(f"cut-{reason}", "Trend?"))
+        text, _ = await answer(client, mark)
+    finally:
+        fake.raw = None
+    assert text.startswith("The trend is\n\n(") and said in text
+    assert not client.of_type("error", mark)
+
+
 async def test_the_request_sets_no_temperature_or_token_limit(
     client: WsClient, fake: FakeChat
 ) -> None:

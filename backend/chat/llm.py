@@ -32,6 +32,11 @@ NO_TEXT = {
     "content_filter": "the model's answer was withheld by its content filter",
     "length": "the model ran out of tokens before it wrote any text",
 }
+# An answer cut short, by why the model stopped: said after its text, on a line of its own.
+CUT_SHORT = {
+    "length": "(The answer was cut short: the model ran out of tokens.)",
+    "content_filter": "(The rest of the answer was withheld by the model's content filter.)",
+}
 
 
 class ChatError(CandlewireError):
@@ -100,6 +105,8 @@ class Llm:
                 await chunks.close()
             if not said:
                 raise ChatError(NO_TEXT.get(reason or "", "the model's answer has no text"))
+            if reason in CUT_SHORT:
+                yield f"\n\n{CUT_SHORT[reason]}"
         except openai.APIStatusError as exc:
             said_why = _upstream_message(exc.body, self._client.api_key)
             raise ChatError(
