@@ -160,6 +160,8 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
         providers = bus_providers if bus else Supervisor
         hub = Hub(settings, symbols, Metrics(), store, indicators, providers=providers)
         _guard(hub, access, settings)
+        if isinstance(hub.supervisor, Supervisor):  # the provider processes are this hub's
+            _process_metrics(hub.metrics, hub.supervisor)
         app.state.hub = hub
         await hub.start()
         await hub.alerting.open(settings.DB, worker)
@@ -279,6 +281,23 @@ _NODE_COUNTERS = {
 }
 
 
+def _process_metrics(metrics: Metrics, supervisor: Supervisor) -> None:
+    """Each provider process's resident memory and threads (its own leaks and thread
+    pools, which the hub process's figures do not show)."""
+    metrics.gauge_by(
+        "candlewire_provider_memory_bytes",
+        "source",
+        lambda: {key: float(rss) for key, (rss, _) in supervisor.resources().items()},
+        "resident memory of each provider process",
+    )
+    metrics.gauge_by(
+        "candlewire_provider_threads",
+        "source",
+        lambda: {key: float(n) for key, (_, n) in supervisor.resources().items()},
+        "threads of each provider process",
+    )
+
+
 def _node_metrics(node: ProviderNode) -> Metrics:
     """A provider node's figures: its counters, the bus state, each provider's lease and
     streamed keys."""
@@ -300,6 +319,7 @@ def _node_metrics(node: ProviderNode) -> Metrics:
         lambda: {key: float(len(lease.streaming)) for key, lease in node.leases.items()},
         "keys the provider streams for the hubs",
     )
+    _process_metrics(metrics, node.supervisor)
     return metrics
 
 

@@ -272,6 +272,14 @@ async def test_metrics_parse_as_prometheus_text_with_counters_named_total(
             assert math.isfinite(sample.value), sample
     assert families["process_resident_memory_bytes"].samples[0].value > 0
     assert families["candlewire_clients"].samples[0].value >= 1
+    # each provider process's own memory and threads (its leaks and pools are not the hub's)
+    memory = {
+        m.labels["source"]: m.value for m in families["candlewire_provider_memory_bytes"].samples
+    }
+    threads = {m.labels["source"]: m.value for m in families["candlewire_provider_threads"].samples}
+    assert memory["counting"] > 10_000_000 and threads["counting"] >= 2
+    provider = server.get("/health")["providers"]["counting"]
+    assert provider["memory_bytes"] > 10_000_000 and provider["threads"] >= 2
 
 
 # ---------------------------------------------------------------- faults: own servers

@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from backend.errors import ProviderError, ProviderUnavailable
 from backend.model.bars import Bar
 from backend.runtime.messages import (
@@ -409,7 +411,20 @@ class ProviderProcess:
                 future.set_exception(error)
         self._pending.clear()
 
+    def resources(self) -> tuple[int, int] | None:
+        """The process's resident memory (bytes) and threads now; ``None`` when it is not
+        running (or just went)."""
+        if self._process is None or self.pid is None or not self._process.is_alive():
+            return None
+        try:
+            process = psutil.Process(self.pid)
+            with process.oneshot():
+                return process.memory_info().rss, process.num_threads()
+        except psutil.Error:
+            return None
+
     def health(self) -> dict[str, Any]:
+        resources = self.resources()
         return {
             "state": self.state.value,
             "pid": self.pid if self._process is not None else None,
@@ -418,11 +433,18 @@ class ProviderProcess:
             "last_error": self.last_error,
             "status": self.status.state,
             "status_detail": self.status.detail,
+            "memory_bytes": resources[0] if resources else None,
+            "threads": resources[1] if resources else None,
         }
 
 
 class Supervisor:
     """All provider processes of the hub."""
+
+    def resources(self) -> dict[str, tuple[int, int]]:
+        """Each running provider process's memory (bytes) and threads, by provider key."""
+        found = {key: process.resources() for key, process in self.providers.items()}
+        return {key: figures for key, figures in found.items() if figures is not None}
 
     def __init__(self, settings: Settings, on_events: EventSink, on_ready: ReadySink) -> None:
         self.settings = settings
