@@ -256,13 +256,28 @@ def text_event(text: str) -> bytes:
     return b"data: " + json.dumps({**CHUNK, "choices": [delta]}).encode() + b"\n\n"
 
 
+async def answer_to_raw(
+    client: WsClient, fake: FakeChat, raw: list[bytes], conversation: str
+) -> tuple[str, int]:
+    """The text the client gets for a new prompt that the endpoint answers with the body
+    parts ``raw``, and the index of the first message of the turn."""
+    fake.raw = raw
+    try:
+        mark = len(client.messages)
+        await client.send(prompt(conversation, "Trend?"))
+        text, _ = await answer(client, mark)
+    finally:
+        fake.raw = None
+    return text, mark
+
+
 async def test_sse_events_without_data_are_skipped_as_the_sse_standard_reads_them(
     client: WsClient, fake: FakeChat
 ) -> None:
     """Comments, ``event:`` lines without data (a ping), ``retry:`` and ``id:`` alone and a
     blank ``data:`` carry no chunk: ``openai`` handed the last four to its JSON parser and
     the answer ended in 'malformed answer (not JSON)'."""
-    fake.raw = [
+    raw = [
         b": OPENROUTER PROCESSING\n\n",
         b"event: ping\n\n",
         b"retry: 3000\r\n\r\n",
@@ -271,12 +286,7 @@ async def test_sse_events_without_data_are_skipped_as_the_sse_standard_reads_the
         b"data:\n\n",
         b"event: message\nid: 8\n" + text_event("lows."),
     ]
-    try:
-        mark = len(client.messages)
-        await client.send(prompt("pings", "Trend?"))
-        text, _ = await answer(client, mark)
-    finally:
-        fake.raw = None
+    text, mark = await answer_to_raw(client, fake, raw, "pings")
     assert text == "Higher lows."
     assert not client.of_type("error", mark)
 
@@ -288,17 +298,12 @@ async def test_a_usage_chunk_with_null_or_no_choices_ends_the_answer_cleanly(
     ``null`` or without the key. The answer is whole: it ended in 'a chunk without
     choices' after all its text."""
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
-    fake.raw = [
+    raw = [
         text_event("Higher lows."),
         b"data: " + json.dumps({**CHUNK, "choices": None, "usage": usage}).encode() + b"\n\n",
         b"data: " + json.dumps({**CHUNK, "usage": usage}).encode() + b"\n\n",
     ]
-    try:
-        mark = len(client.messages)
-        await client.send(prompt("usage", "Trend?"))
-        text, _ = await answer(client, mark)
-    finally:
-        fake.raw = None
+    text, mark = await answer_to_raw(client, fake, raw, "usage")
     assert text == "Higher lows."
     assert not client.of_type("error", mark)
 
@@ -335,17 +340,12 @@ async def test_an_emoji_whose_utf16_halves_come_in_two_chunks_reaches_the_client
     of an emoji in two chunks (each valid JSON). They are joined, a lone half is U+FFFD;
     the turn used to die unanswered (no end marker: the halves are no UTF-8)."""
     deltas = [r'"A \ud83d"', r'"\ude80 B"', r'"\udc00!"', r'" \ud83d"']
-    fake.raw = [
+    raw = [
         b'data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m1", '
         b'"choices": [{"index": 0, "delta": {"content": ' + delta.encode() + b"}}]}\n\n"
         for delta in deltas
     ]
-    try:
-        mark = len(client.messages)
-        await client.send(prompt("halves", "Rocket?"))
-        text, _ = await answer(client, mark)
-    finally:
-        fake.raw = None
+    text, mark = await answer_to_raw(client, fake, raw, "halves")
     assert text == "A \U0001f680 B\ufffd! \ufffd"
     assert not client.of_type("error", mark)
     mark = len(client.messages)
@@ -402,13 +402,8 @@ async def test_an_answer_cut_short_by_the_model_says_so_after_its_text(
         {**CHUNK, "choices": [text_delta]},
         {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]},
     ]
-    fake.raw = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
-    try:
-        mark = len(client.messages)
-        await client.send(prompt(f"cut-{reason}", "Trend?"))
-        text, _ = await answer(client, mark)
-    finally:
-        fake.raw = None
+    raw = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+    text, mark = await answer_to_raw(client, fake, raw, f"cut-{reason}")
     assert text.startswith("The trend is\n\n(") and said in text
     assert not client.of_type("error", mark)
 
