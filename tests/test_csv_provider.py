@@ -325,6 +325,28 @@ def test_weeks_open_on_monday_and_months_on_the_first(tmp_path: Path) -> None:
     assert months == ["2026-01-01 00:00:00", "2026-02-01 00:00:00", "2026-03-01 00:00:00"]
 
 
+def test_a_file_added_while_running_is_served_once_its_symbol_is_asked_for(
+    minutes: Path,
+) -> None:
+    """A user drops a file in and runs populate.py while the server runs: the hub then knows
+    the symbol, and the provider must find the file rather than answer unknown_symbol."""
+    (minutes / "BROKEN.csv").write_text("no dates here\n1\n")
+    harness = Harness(minutes)
+    harness.events.clear()
+    write_candles(minutes / "new" / "LATE.csv", 30)
+    bars = harness.history("LATE", "1m")
+    assert [b[0] for b in bars] == [T0 + 60 * i for i in range(30)]
+    assert bars[0][1:] == candle(0)
+    assert "LATE" in harness.clocks()  # the hub learns its replay clock too
+    assert len(harness.history("LATE", "5m")) == 6
+    # a file that could not be read at the start is read again once it changed
+    write_candles(minutes / "BROKEN.csv", 10)
+    harness.provider._rescanned = -float("inf")
+    assert len(harness.history("BROKEN", "1m")) == 10
+    with pytest.raises(UnknownSymbol):
+        harness.provider.get_history("NOPE", "1m", "", "now UTC", 0)
+
+
 def test_unknown_symbols_and_unservable_intervals_raise_unknown_symbol(tmp_path: Path) -> None:
     write_candles(tmp_path / "H.csv", 10, step=3 * 60)
     harness = Harness(tmp_path)

@@ -5,6 +5,8 @@ Every ``*.csv`` file under the folder (searched recursively) is scanned cheaply 
 symbol named after the file; every other numeric column is the line symbol
 ``{file}__{column}``. A file is read in full once, on its first history request or stream,
 and kept as numpy arrays (:mod:`backend.data_providers.csv.files`).
+A symbol the provider does not know (a file added since the start, then populated) makes
+it look for new files, at most once per :data:`RESCAN_SECONDS`.
 
 Each file has a replay clock (``CSV_REPLAY_SPEED`` data seconds per wall second) that stood at
 its midpoint at a fixed wall time (:data:`.replay.REPLAY_EPOCH`), so every process, started
@@ -16,6 +18,7 @@ since its last tick. Speed 0 freezes the clock at the last row.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -35,6 +38,7 @@ from backend.runtime.provider import Provider, StreamKey
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
+RESCAN_SECONDS = 1.0  # an unknown symbol looks for new files at most this often
 MAX_FINAL_BARS_PER_TICK = 1_000
 _EARLIEST = -(2**53)
 
@@ -76,6 +80,8 @@ class CSVProvider(Provider):
         self._symbols: dict[str, tuple[_File, str]] = {}  # symbol -> (file, column key)
         self._scan_lock = threading.Lock()
         self._scanned = False
+        self._rescanned = -math.inf  # monotonic time of the last look for new files
+        self._skipped: dict[Path, int] = {}  # unreadable files: tried again once changed
         self._streams: dict[StreamKey, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,9 +94,7 @@ class CSVProvider(Provider):
         self._scan()
         # The clocks are anchored to a fixed wall time, not to the hub's start: a restarted
         # server continues every replay where the previous one was.
-        for symbol, (file, _) in self._symbols.items():
-            clock = file.clock
-            self.set_clock(symbol, clock.origin_data, clock.speed, origin_wall=clock.origin_wall)
+        self._set_clocks(self._symbols)
         self.report_status("ready", f"{len(self._symbols)} symbols in {len(self._files)} files")
 
     def get_dataset(self) -> Iterable[Mapping[str, Any]]:
@@ -185,18 +189,57 @@ class CSVProvider(Provider):
             if not folder.is_dir():
                 logger.error("CSV_FOLDER_PATH %s is not a folder: no CSV symbols", folder)
                 return
-            paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".csv")
-            for path in paths:
-                if path.is_file():
-                    self._add_file(path, folder)
+            self._add_files(folder)
+
+    def _add_files(self, folder: Path) -> list[str]:
+        """Add the files of ``folder`` not added yet; the symbols they brought."""
+        known = {file.layout.path for file in self._files}
+        before = set(self._symbols)
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".csv")
+        for path in paths:
+            if path not in known and path.is_file() and not self._unchanged(path):
+                self._add_file(path, folder)
+        return [symbol for symbol in self._symbols if symbol not in before]
+
+    def _unchanged(self, path: Path) -> bool:
+        """Whether ``path`` was skipped as unreadable and has not changed since."""
+        try:
+            return self._skipped.get(path) == path.stat().st_mtime_ns
+        except OSError:
+            return True
+
+    def _skip(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            self._skipped[path] = path.stat().st_mtime_ns
+
+    def _rescan(self) -> None:
+        """Look for files added to the folder since the start (a user dropped one in and ran
+        populate.py, so the hub knows its symbol): at most once per ``RESCAN_SECONDS``."""
+        with self._scan_lock:
+            now = time.monotonic()
+            if now - self._rescanned < RESCAN_SECONDS:
+                return
+            self._rescanned = now
+            folder = Path(self.settings.CSV_FOLDER_PATH)
+            added = self._add_files(folder) if folder.is_dir() else []
+        if added:
+            logger.info("csv: %d symbols from files added since the start", len(added))
+            self._set_clocks(added)
+
+    def _set_clocks(self, symbols: Iterable[str]) -> None:
+        for symbol in symbols:
+            clock = self._symbols[symbol][0].clock
+            self.set_clock(symbol, clock.origin_data, clock.speed, origin_wall=clock.origin_wall)
 
     def _add_file(self, path: Path, folder: Path) -> None:
         try:
             layout = scan(path, self.settings.CSV_DATE_COLUMN)
         except CSVFormatError as exc:
+            self._skip(path)
             logger.warning("%s: skipped: %s", path, exc)
             return
         except Exception:  # one broken file must never stop the others
+            self._skip(path)
             logger.exception("%s: skipped: unexpected error while scanning", path)
             return
         speed = self.settings.CSV_REPLAY_SPEED
@@ -217,6 +260,9 @@ class CSVProvider(Provider):
     def _lookup(self, symbol: str, interval: str) -> _File:
         self._scan()
         entry = self._symbols.get(symbol)
+        if entry is None:
+            self._rescan()
+            entry = self._symbols.get(symbol)
         if entry is None:
             raise UnknownSymbol(f"csv: unknown symbol {symbol!r}")
         file = entry[0]
