@@ -347,6 +347,34 @@ def test_a_file_added_while_running_is_served_once_its_symbol_is_asked_for(
         harness.provider.get_history("NOPE", "1m", "", "now UTC", 0)
 
 
+def test_daily_rows_written_in_local_time_keep_their_dates(tmp_path: Path) -> None:
+    """pandas writes a Europe/Berlin daily index as ``2026-03-02 00:00:00+01:00``: that is the
+    day 2026-03-02, not 23:00 UTC the day before, whose bar would open every week on a Sunday
+    and every month on the last day of the previous one (and move an hour with DST)."""
+    start = intervals.parse_date("2026-02-23 00:00:00")  # a Monday
+    lines = [HEADER]
+    for i in range(40):  # across the switch to summer time on 2026-03-29
+        day = fmt(start + i * 86_400)[:10]
+        offset = "+01:00" if day < "2026-03-29" else "+02:00"
+        lines.append(f"{day} 00:00:00{offset},{i},{i + 1},{i},{i},1")
+    (tmp_path / "DAX.csv").write_text("\n".join(lines) + "\n")
+    intraday = [HEADER] + [f"2026-03-02T0{h}:00:00-05:00,1,2,0,1,1" for h in range(10)]
+    (tmp_path / "NY.csv").write_text("\n".join(intraday) + "\n")
+    harness = Harness(tmp_path)
+    days = harness.history("DAX", "1d")
+    assert [b[0] for b in days] == [start + i * 86_400 for i in range(40)]
+    weeks = harness.history("DAX", "1w")
+    assert [(fmt(b[0])[:10], b[1]) for b in weeks[:2]] == [("2026-02-23", 0), ("2026-03-02", 7)]
+    months = harness.history("DAX", "1M")
+    assert [(fmt(b[0])[:10], b[1]) for b in months] == [
+        ("2026-02-01", 0),
+        ("2026-03-01", 6),
+        ("2026-04-01", 37),
+    ]
+    hours = harness.history("NY", "1h")  # intraday rows still convert to UTC
+    assert fmt(hours[0][0]) == "2026-03-02 05:00:00"
+
+
 def test_unknown_symbols_and_unservable_intervals_raise_unknown_symbol(tmp_path: Path) -> None:
     write_candles(tmp_path / "H.csv", 10, step=3 * 60)
     harness = Harness(tmp_path)

@@ -46,6 +46,9 @@ TAIL_BYTES = 64 * 1024
 SNIFF_BYTES = 64 * 1024
 SEPARATORS = ",;\t|"
 _DECIMAL_COMMA = re.compile(r"\d,\d")
+# the UTC offset after an ISO-8601 time (group 1 is the date and time without it)
+_UTC_OFFSET = r"^(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+CALENDAR = ("1d", "1w", "1M")  # intervals whose bars are calendar dates
 STAGES = 4
 CACHE_ENTRIES = 64
 MAX_LOGGED_ROWS = 5
@@ -85,6 +88,7 @@ class Layout:
     first: int
     last: int
     dialect: Dialect = Dialect()
+    calendar: bool = False  # rows of days or longer whose dates carry a UTC offset: dropped
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,15 @@ def partial(t: int, row: tuple[float, float, float, float, float], fraction: flo
 # ---------------------------------------------------------------------------- reading
 
 
-def parse_times(values: pd.Series) -> tuple[IntArray, BoolArray]:
-    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity."""
+def parse_times(values: pd.Series, calendar: bool = False) -> tuple[IntArray, BoolArray]:
+    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity.
+
+    With ``calendar`` a UTC offset is dropped: ``2026-03-02T00:00:00+01:00`` is the day
+    2026-03-02 (00:00 UTC), not 23:00 the day before, so that a daily file written in local
+    time keeps its dates (and its Mondays and firsts of the month in the right week and month).
+    """
+    if calendar:
+        values = values.astype(str).str.strip().str.replace(_UTC_OFFSET, r"\1", regex=True)
     present = values.notna().to_numpy()
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     if present.any() and np.isfinite(numeric[present]).mean() >= 0.9:
@@ -322,21 +333,35 @@ def scan(path: Path, date_column: str = "") -> Layout:
         dialect = sniff(path)
         head = _read(path, SAMPLE_ROWS, "skip", dialect)
         layout = detect_columns(head, date_column)
-        times, valid = parse_times(head[layout.date_column])
-        tail = _tail_times(path, list(head.columns).index(layout.date_column), dialect)
+        dates = head[layout.date_column]
+        times, valid = parse_times(dates)
+        local, local_valid = parse_times(dates, calendar=True)
+        sample = np.sort(times[valid])
+        interval = infer_interval(sample)
+        shifted = len(local) == len(times) and bool(np.any((local != times) & local_valid))
+        if shifted and interval in (None, *CALENDAR):  # days written in local time
+            days = infer_interval(np.sort(local[local_valid]))  # 2026-03-02T00:00:00+01:00
+            calendar = days in CALENDAR
+        else:
+            calendar = False
+        if calendar:
+            times, valid, sample = local, local_valid, np.sort(local[local_valid])
+            interval = infer_interval(sample)
+        column = list(head.columns).index(layout.date_column)
+        tail = _tail_times(path, column, dialect, calendar)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
-    sample = np.sort(times[valid])
     if not len(sample):
         raise CSVFormatError("no readable date in the first rows")
-    interval = infer_interval(sample)
     if interval is None:
         raise CSVFormatError("rows are not spaced by a standard interval (1m ... 1M)")
     ends = np.concatenate([sample, tail])
     ends = ends[~strays(ends)]
     candle, volume, lines = layout.candle, layout.volume, layout.lines
     first, last = _range(ends)
-    return Layout(path, layout.date_column, candle, volume, lines, interval, first, last, dialect)
+    return Layout(
+        path, layout.date_column, candle, volume, lines, interval, first, last, dialect, calendar
+    )
 
 
 def strays(times: IntArray) -> BoolArray:
@@ -383,7 +408,7 @@ def _range(times: IntArray) -> tuple[int, int]:
     return int(times.min()), int(times.max())
 
 
-def _tail_times(path: Path, date_index: int, dialect: Dialect) -> IntArray:
+def _tail_times(path: Path, date_index: int, dialect: Dialect, calendar: bool) -> IntArray:
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(max(0, size - TAIL_BYTES))
@@ -391,7 +416,7 @@ def _tail_times(path: Path, date_index: int, dialect: Dialect) -> IntArray:
     lines = text.splitlines()[1:]  # the header, or a line cut in the middle
     rows = csv.reader(lines, delimiter=dialect.separator)
     values = [row[date_index] for row in rows if len(row) > date_index]
-    times, valid = parse_times(pd.Series(values, dtype=object))
+    times, valid = parse_times(pd.Series(values, dtype=object), calendar)
     return times[valid]
 
 
@@ -401,7 +426,7 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     try:
         frame, skipped = _read_all(layout.path, layout.dialect)
         problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
-        times, valid = parse_times(frame[layout.date_column])
+        times, valid = parse_times(frame[layout.date_column], layout.calendar)
     except (OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
         raise CSVFormatError(f"cannot read: {exc!r}") from exc
     problems.add(~valid, "unreadable date")
