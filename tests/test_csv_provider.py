@@ -182,6 +182,26 @@ def test_broken_files_are_logged_and_skipped_without_harming_the_others(
     assert len(harness.history("GOOD", "1m")) == 10
 
 
+def test_a_skipped_file_is_logged_with_what_was_found_and_what_is_expected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spreadsheet export with dates as 01/05/2026 or a German header gets a message that
+    says what was found and what would do, not only that something was not found."""
+    (tmp_path / "us.csv").write_text(
+        HEADER + "\n1/5/2026 9:30,1,2,0,1,5\n1/5/2026 9:31,1,2,0,1,5\n"
+    )
+    (tmp_path / "de.csv").write_text("Datum;Schluss\n05.01.2026;1,5\n06.01.2026;1,6\n")
+    write_candles(tmp_path / "one.csv", 1)
+    with caplog.at_level(logging.WARNING):
+        Harness(tmp_path)
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    assert "column 'date' (such as '1/5/2026 9:30')" in messages
+    assert "YYYY-MM-DD HH:MM:SS" in messages
+    assert "the columns are 'Datum', 'Schluss'): name it with CSV_DATE_COLUMN" in messages
+    assert "one.csv: skipped: rows are not spaced by a standard interval" in messages
+    assert "a single date in the first rows" in messages
+
+
 def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -250,7 +250,11 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
     wanted = (date_column.lower(), *DATE_NAMES) if date_column else DATE_NAMES
     date = next((by_lower[n] for n in wanted if n in by_lower), None)
     if date is None:
-        raise CSVFormatError(f"no date column (looked for {', '.join(wanted)})")
+        found = ", ".join(repr(str(name)) for name in frame.columns[:8])
+        raise CSVFormatError(
+            f"no date column (looked for {', '.join(wanted)}; the columns are {found}):"
+            " name it with CSV_DATE_COLUMN"
+        )
     numeric = _numeric_columns(frame, date)
     lower = {name.lower(): name for name in numeric}
     candle = None
@@ -352,9 +356,16 @@ def scan(path: Path, date_column: str = "") -> Layout:
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
     if not len(sample):
-        raise CSVFormatError("no readable date in the first rows")
+        example = next((str(v).strip() for v in dates if str(v).strip()), "")
+        raise CSVFormatError(
+            f"no readable date in the first rows of column {layout.date_column!r} (such as"
+            f" {example[:40]!r}): dates must be ISO-8601 (2026-03-02T09:30:00+01:00),"
+            " YYYY-MM-DD HH:MM:SS or epoch seconds or milliseconds"
+        )
     if interval is None:
-        raise CSVFormatError("rows are not spaced by a standard interval (1m ... 1M)")
+        raise CSVFormatError(
+            f"rows are not spaced by a standard interval (1m ... 1M): {_spacing(sample)}"
+        )
     ends = np.concatenate([sample, tail])
     ends = ends[~strays(ends)]
     candle, volume, lines = layout.candle, layout.volume, layout.lines
@@ -362,6 +373,16 @@ def scan(path: Path, date_column: str = "") -> Layout:
     return Layout(
         path, layout.date_column, candle, volume, lines, interval, first, last, dialect, calendar
     )
+
+
+def _spacing(sample: IntArray) -> str:
+    """How the rows of ``sample`` (sorted seconds) are spaced, for a message."""
+    steps = np.diff(np.unique(sample))
+    if not len(steps):
+        return "a single date in the first rows"
+    values, counts = np.unique(steps, return_counts=True)
+    step = int(values[int(np.argmax(counts))])
+    return f"most are {step} second{'' if step == 1 else 's'} apart"
 
 
 def strays(times: IntArray) -> BoolArray:
