@@ -202,6 +202,22 @@ def test_a_skipped_file_is_logged_with_what_was_found_and_what_is_expected(
     assert "a single date in the first rows" in messages
 
 
+def test_a_price_or_volume_column_that_is_not_numeric_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A comma file whose volumes are quoted with thousands separators ("1,234"), or a tab
+    file with decimal commas, lost its volume or its candle without a word."""
+    rows = [f'{fmt(T0 + 60 * i)},1,2,0,1,"1,{i:03d}"' for i in range(5)]
+    (tmp_path / "US.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    (tmp_path / "HEADER.csv").write_text(HEADER + "\n")
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    assert "US.csv: column 'volume' is not served: its values are not numbers (such as" in messages
+    assert "HEADER.csv: skipped: no rows under the header" in messages
+    assert harness.history("US", "1m")[0][1:] == (1.0, 2.0, 0.0, 1.0, None)
+
+
 def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -336,7 +336,10 @@ def scan(path: Path, date_column: str = "") -> Layout:
     try:
         dialect = sniff(path)
         head = _read(path, SAMPLE_ROWS, "skip", dialect)
+        if head.dropna(how="all").empty:
+            raise CSVFormatError("no rows under the header")
         layout = detect_columns(head, date_column)
+        _warn_unread(path, head, layout)
         dates = head[layout.date_column]
         times, valid = parse_times(dates)
         local, local_valid = parse_times(dates, calendar=True)
@@ -373,6 +376,21 @@ def scan(path: Path, date_column: str = "") -> Layout:
     return Layout(
         path, layout.date_column, candle, volume, lines, interval, first, last, dialect, calendar
     )
+
+
+def _warn_unread(path: Path, head: pd.DataFrame, layout: Layout) -> None:
+    """Log the open/high/low/close/volume columns that are not served because their values
+    are not numbers (such as ``1,234`` in a file separated by commas or tabs)."""
+    used = {*(layout.candle or ()), layout.volume, *layout.lines}
+    for name in head.columns:
+        if name not in used and str(name).lower() in (*CANDLE_NAMES, *VOLUME_NAMES):
+            example = next((str(v) for v in head[name] if isinstance(v, str) and v.strip()), "")
+            logger.warning(
+                "%s: column %r is not served: its values are not numbers (such as %r)",
+                path,
+                name,
+                example[:40],
+            )
 
 
 def _spacing(sample: IntArray) -> str:
