@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from backend.api import rest
-from backend.errors import ProviderUnavailable
+from backend.errors import ProviderUnavailable, UnknownSymbol
 from backend.history.planner import Answer
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
@@ -192,6 +192,18 @@ async def test_a_provider_failure_without_bars_is_503_with_its_code(
     response = await http.get("/api/history", params=history())
     assert response.status_code == 503
     assert response.json() == {"error": "provider_unavailable", "message": "provider 'csv' is down"}
+
+
+async def test_a_symbol_the_provider_does_not_know_is_404_not_503(
+    http: httpx.AsyncClient, hub: FakeHub
+) -> None:
+    hub.planner.answer = Answer([], UnknownSymbol("csv: unknown symbol 'BTCUSD'"))
+    response = await http.get("/api/history", params=history())
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": "unknown_symbol",
+        "message": "csv: unknown symbol 'BTCUSD'",
+    }
 
 
 async def test_a_provider_failure_with_cached_bars_answers_them_and_names_the_error(

@@ -107,7 +107,10 @@ async def history(
         return _error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
     answer = await hub.planner.before(key, end_t, count)
     if answer.error is not None and not answer.bars:
-        return _error(503, getattr(answer.error, "code", "provider_error"), str(answer.error))
+        code = getattr(answer.error, "code", "provider_error")
+        # the provider does not know the symbol (its file was removed since populate.py):
+        # 404 as when the database does not, not 503 (which says "try again later")
+        return _error(404 if code == "unknown_symbol" else 503, code, str(answer.error))
     if format == "csv":
         return _csv_response(key, str(details.get("type", "candlestick")), answer.bars)
     body: dict[str, Any] = {
