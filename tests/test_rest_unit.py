@@ -157,6 +157,7 @@ async def test_a_symbol_with_no_interval_list_offers_every_interval(
         (history(count="nan"), 400, "invalid_field", "finite"),
         (history(count="5.5"), 400, "invalid_field", "'count' must be an integer"),
         (history(end="yesterday"), 400, "invalid_field", "'yesterday'"),
+        (history(end="2026-03-01 00:00:00 01:00"), 400, "invalid_field", "write its '+' as %2B"),
         (history(format="xml"), 400, "invalid_field", "format"),
         ({"source": "csv", "name": "BTCUSD"}, 400, "missing_field", "'interval'"),
         ({}, 400, "missing_field", "'source'"),

@@ -97,7 +97,12 @@ async def history(
     try:
         end_t = intervals.parse_date(end) if end else None
     except ValueError:
-        return _error(400, "invalid_field", f"end {quote(end)} is not YYYY-MM-DD HH:MM:SS")
+        return _error(
+            400,
+            "invalid_field",
+            f"end {quote(end)} is no date: YYYY-MM-DD HH:MM:SS (UTC) or ISO 8601 with an offset"
+            " (in a URL, write its '+' as %2B)",
+        )
     key = SeriesId(source, name, interval)
     count = DEFAULT_COUNT if count is None else count
     limits = Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, may_read)
