@@ -299,11 +299,14 @@ def test_the_watchlists_quotes_name_each_symbol_as_asked_with_the_days_change(
     price and the change from the previous daily close; an unknown symbol is an entry with
     ``s: error``, not a failed request."""
     adapter = Adapter(plain.url + "/udf")
-    asked = ["counting:AAA", "BBB", "counting:NOPE", "counting:AAA"]
+    asked = ["counting:AAA", "BBB", "counting:NOPE", "counting:AAA", "counting:HANG"]
+    started = time.monotonic()
     quotes = adapter.get_quotes(asked)
+    assert time.monotonic() - started < seconds(10)  # HANG's provider never answers
     assert [q["n"] for q in quotes] == asked
-    assert [q["s"] for q in quotes] == ["ok", "ok", "error", "ok"]
+    assert [q["s"] for q in quotes] == ["ok", "ok", "error", "ok", "error"]
     assert quotes[2]["v"] == {} and "NOPE" in quotes[2]["errmsg"]
+    assert "ask again" in quotes[4]["errmsg"]
     now = int(time.time())
     days, _ = adapter.get_bars("counting:AAA", "1D", now - 10 * 86_400, now + 1, 2)
     values = quotes[0]["v"]
