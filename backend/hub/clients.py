@@ -6,7 +6,8 @@ lane (one series key, or the searches) run one after another, so replies of one 
 in the order of their requests, while other lanes go on (a slow history of one key does not
 hold up another chart). At most ``limit`` jobs are pending per client; submitting more waits,
 which stops reading that client's frames until one finishes. A job that fails is logged and
-reported through ``on_failure``; removing the client cancels its jobs.
+reported through ``on_failure``; removing the client cancels its jobs (and drops later ones:
+the client may leave while its reader waits for a slot).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ Job = Callable[[], Awaitable[None]]
 class Replies:
     """The pending reply jobs of one client: ordered per lane, bounded, owned."""
 
-    __slots__ = ("_slots", "_tails", "_tasks", "on_failure", "owner")
+    __slots__ = ("_cancelled", "_slots", "_tails", "_tasks", "on_failure", "owner")
 
     def __init__(
         self, limit: int, owner: str, on_failure: Callable[[BaseException], None] | None = None
@@ -37,10 +38,15 @@ class Replies:
         self._tails: dict[Hashable, asyncio.Task[None]] = {}
         # a dict used as a set: 64 bytes empty (a set is 216), and every idle client has one
         self._tasks: dict[asyncio.Task[None], None] = {}
+        self._cancelled = False
 
     async def submit(self, lane: Hashable, job: Job) -> None:
-        """Run ``job`` after the jobs already in ``lane``; waits while ``limit`` are pending."""
+        """Run ``job`` after the jobs already in ``lane``; waits while ``limit`` are pending.
+        After :meth:`cancel` (the client is gone), ``job`` is dropped."""
         await self._slots.acquire()
+        if self._cancelled:
+            self._slots.release()
+            return
         previous = self._tails.get(lane)
         task = asyncio.get_running_loop().create_task(self._run(previous, job))
         self._tails[lane] = task
@@ -56,6 +62,8 @@ class Replies:
             await asyncio.wait(set(self._tasks))
 
     def cancel(self) -> None:
+        """Cancel the pending jobs and drop those submitted later."""
+        self._cancelled = True
         for task in self._tasks:
             task.cancel()
 

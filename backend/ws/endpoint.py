@@ -20,7 +20,7 @@ from starlette.types import Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from backend.wire import protocol
-from backend.ws.writers import SCOPE_KEY, SocketWriter, writer_for
+from backend.ws.writers import SCOPE_KEY, SocketWriter, on_connection_lost, writer_for
 
 if TYPE_CHECKING:
     from backend.hub.hub import Client, Hub
@@ -50,14 +50,25 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
     connection.client = client
     connection.writer = writer_for(websocket, client.outbox, f"client {client.id}")
     compact_attributes(websocket.scope.get(SCOPE_KEY))
+    # A client that left is let go at once, not when the reader reaches the end behind
+    # the frames still queued: the reader may wait for a reply slot (its earlier requests'
+    # histories) for minutes, holding the client's subscriptions and its connection slot.
+    # Removed, its reply jobs are cancelled and the rest of its requests are not served.
+    loop = asyncio.get_running_loop()
+
+    def lost() -> None:
+        loop.call_soon(hub.remove_client, client)
+
+    on_connection_lost(websocket, lost)
     try:
         # The read loop is here, not in a method: one coroutine frame less per connection.
         async for text in frames(websocket, hub.settings.MAX_FRAME_BYTES, connection.close):
             await connection.handle(text)
             del text  # an idle connection keeps no request
-            if connection.closing:
+            if connection.closing or client.id not in hub.clients:
                 return
     finally:
+        on_connection_lost(websocket, None)
         hub.remove_client(client)
         connection.stop()
 

@@ -48,7 +48,7 @@ import functools
 import importlib
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as Interface
 
@@ -198,16 +198,21 @@ def release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
 class LeanQueue:
     """An unbounded FIFO with uvicorn's use of ``asyncio.Queue``: ``put_nowait``, ``await
     get()``, ``empty()``, ``qsize()``; one reader at a time (the connection's receive).
-    Empty and idle, it is two slots and an empty list instead of four deques and an
-    event."""
+    Empty and idle, it is three slots and an empty list instead of four deques and an
+    event. ``on_disconnect``, when set, is called (once) as uvicorn queues the connection's
+    end, ahead of the frames still queued before it (:func:`on_connection_lost`)."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "on_disconnect")
 
     def __init__(self) -> None:
         self._items: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.on_disconnect: Callable[[], None] | None = None
 
     def put_nowait(self, item: Any) -> None:
+        if self.on_disconnect is not None and item.get("type") == "websocket.disconnect":
+            callback, self.on_disconnect = self.on_disconnect, None
+            callback()
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -232,6 +237,20 @@ class LeanQueue:
 
     def qsize(self) -> int:
         return len(self._items)
+
+
+def on_connection_lost(websocket: WebSocket, callback: Callable[[], None] | None) -> bool:
+    """Call ``callback`` when the connection is lost or closed, as soon as uvicorn knows it:
+    the frames it read before are still queued for the reader then, which may be busy
+    with an earlier one (waiting for a reply slot) for a long time. None forgets the
+    callback. False when this connection cannot tell (not uvicorn's sansio protocol with
+    a :class:`LeanQueue`: the reader learns of the end when it reaches it)."""
+    protocol = websocket.scope.get(SCOPE_KEY)
+    queue = getattr(protocol, "queue", None)
+    if not isinstance(queue, LeanQueue):
+        return False
+    queue.on_disconnect = callback
+    return True
 
 
 class LeanEvent:
