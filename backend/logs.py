@@ -8,9 +8,11 @@
   a credential in a URL's query (``?token=``, ``&apiKey=``, valid or not), with ``***`` in
   the message, its arguments and its traceback, at every level;
 - :class:`RateLimitRepeats` lets a traceback from one place through at most once per
-  interval, and a warning or error from one place at most ``WARNING_BURST`` times, and counts
-  the repeats it held back, so a client that triggers a bug in a loop, or an upstream that
-  sends garbage a thousand times a second, cannot flood the log;
+  interval, a warning or error from one place at most ``WARNING_BURST`` times, and a line
+  per connection (uvicorn's upgrade lines, the hub's "connected"/"disconnected") at most
+  ``CONNECTION_BURST`` times, and counts the repeats it held back, so a client that
+  triggers a bug in a loop, an upstream that sends garbage a thousand times a second, or
+  a flood of connections (refused or not) cannot flood the log;
 - :class:`EscapeControls` escapes control characters and line breaks in the message, so a
   client's text quoted in a record (a symbol name with a newline, say) cannot forge a line;
 - :class:`ClientFaults` turns the records in which a library blames the client (uvicorn
@@ -52,6 +54,21 @@ QUERY_CREDENTIAL = re.compile(
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
 WARNING_BURST = 10  # warnings and errors without a traceback from one place per interval
+# INFO lines written once per connection, by (logger, message template): at most
+# CONNECTION_BURST from one place per interval (2,000 refused upgrades a second wrote 4,000
+# lines a second).
+CONNECTION_BURST = 300
+CONNECTION_LINES = frozenset(
+    {
+        ("uvicorn.error", '%s - "WebSocket %s" [accepted]'),
+        ("uvicorn.error", '%s - "WebSocket %s" 403'),
+        ("uvicorn.error", '%s - "WebSocket %s" %d'),
+        ("uvicorn.error", "connection open"),
+        ("uvicorn.error", "connection closed"),
+        ("backend.hub.hub", "client %d connected from %s (%d clients)"),
+        ("backend.hub.hub", "client %d disconnected (%d clients)"),
+    }
+)
 # The logger uvicorn gives the websockets protocol, and the templates of its payload dumps.
 UVICORN_ERROR = "uvicorn.error"
 PAYLOAD_DUMPS = ("< ", "> ")
@@ -181,9 +198,10 @@ class EscapeControls(logging.Filter):
 
 class RateLimitRepeats(logging.Filter):
     """Per place (logger, file, line, message template, exception type) and ``interval``
-    seconds: at most one record with a traceback, and at most ``burst`` warnings or errors
-    without one; the first that passes in a later interval says how many were held back.
-    Records below WARNING always pass."""
+    seconds: at most one record with a traceback, at most ``burst`` warnings or errors
+    without one, and at most :data:`CONNECTION_BURST` of a line written per connection
+    (:data:`CONNECTION_LINES`); the first that passes in a later interval says how many
+    were held back. Other records below WARNING always pass."""
 
     def __init__(self, interval: float = TRACEBACK_INTERVAL, burst: int = WARNING_BURST) -> None:
         super().__init__()
@@ -193,11 +211,13 @@ class RateLimitRepeats(logging.Filter):
         self._places: dict[tuple[Any, ...], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info and record.levelno < logging.WARNING:
+        per_connection = (record.name, record.msg) in CONNECTION_LINES
+        if not record.exc_info and record.levelno < logging.WARNING and not per_connection:
             return True
         exc_type = record.exc_info[0] if record.exc_info else None
         place = (record.name, record.pathname, record.lineno, str(record.msg), exc_type)
-        allowed = 1 if record.exc_info else self.burst
+        limit = CONNECTION_BURST if per_connection else self.burst
+        allowed = 1 if record.exc_info else limit
         now = time.monotonic()
         start, passed, held = self._places.get(place, (-math.inf, 0, 0))
         note = ""

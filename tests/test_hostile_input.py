@@ -280,6 +280,31 @@ def test_repeated_warnings_from_one_place_are_logged_a_few_times_per_interval(
     assert all(limiter.filter(info) for _ in range(100))  # below WARNING: never held
 
 
+def test_a_flood_of_connections_writes_a_bounded_number_of_lines_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each WebSocket upgrade wrote INFO lines (uvicorn's, and the hub's "connected" and
+    "disconnected"): 2,000 refused upgrades a second wrote 4,000 log lines a second."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    limiter = logs.RateLimitRepeats(interval=60)
+
+    def refused_upgrade() -> logging.LogRecord:
+        args = ("203.0.113.9:4000", "/websocket/", 401)
+        return logging.LogRecord(
+            "uvicorn.error", logging.INFO, "impl.py", 486, '%s - "WebSocket %s" %d', args, None
+        )
+
+    passed = [limiter.filter(refused_upgrade()) for _ in range(2000)]
+    assert passed.count(True) == logs.CONNECTION_BURST
+    other = logging.LogRecord("uvicorn.error", logging.INFO, "s.py", 1, "started", None, None)
+    assert all(limiter.filter(other) for _ in range(1000))  # other INFO lines: never held
+    now[0] += 60
+    line = refused_upgrade()
+    assert limiter.filter(line)
+    assert "(1700 more like this in the last 60 s were not logged)" in line.getMessage()
+
+
 # ---------------------------------------------------------------- the real server
 
 
