@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from backend.api import openbb_widgets
 from backend.hub.clients import Replies
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 
@@ -115,3 +116,27 @@ async def test_jobs_submitted_after_the_replies_are_cancelled_are_dropped() -> N
     await asyncio.wait_for(waiting, seconds(5))
     await replies.idle()
     assert ran == ["first"] and len(replies) == 0
+
+
+async def test_a_live_grid_socket_that_leaves_while_a_symbol_set_loads_is_let_go_at_once(
+    server: ServerProcess,
+) -> None:
+    """The OpenBB live grid's socket applies one params message at a time, each waiting for
+    its symbols' rows (up to HISTORY_TIMEOUT for a provider that does not answer); one
+    that left stayed counted, its symbols streaming, until the queued messages were done."""
+    base = server.url.replace("http://", "ws://")
+    grid = await WsClient.open(f"{base}{openbb_widgets.GRID_WS_PATH}?token={KEY}")
+    before = history_calls(server, "HANG")
+    for _ in range(3):
+        await grid.send_raw(json.dumps({"params": {"symbol": "counting:HANG"}}))
+    deadline = time.monotonic() + seconds(10)
+    while history_calls(server, "HANG") == before:  # the first set waits for HANG's rows
+        assert time.monotonic() < deadline, "the provider was never asked for HANG"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # time must pass: the hub's reader is inside the first set
+    grid.connection.transport.abort()  # gone, without a close frame
+    await grid.close()
+    started = time.monotonic()
+    while server.get("/health")["clients"] != 0:
+        assert time.monotonic() - started < seconds(10), "the departed grid is still held"
+        await asyncio.sleep(0.2)

@@ -172,6 +172,8 @@ class LiveGridSession:
         self.pending: dict[str, None] = {}
         self.wake = asyncio.Event()
         self.closing = False
+        self.wanted: list[str] | None = None  # the newest set not applied yet
+        self.new_set = asyncio.Event()
 
     # -- hub side (BarListener)
 
@@ -194,15 +196,34 @@ class LiveGridSession:
     # -- socket side
 
     async def read_loop(self) -> None:
+        """Read params messages until the socket ends. Each replaces the whole set, so only
+        the newest waits while one is applied (:meth:`_apply_loop`): reading never waits
+        for a set's rows, and a client that leaves is noticed at once, not after the sets
+        it had sent were loaded (up to ``HISTORY_TIMEOUT`` each)."""
         limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
-        async for text in frames(self.websocket, self.hub.settings.MAX_FRAME_BYTES, self.close):
-            if self.closing:
-                return
-            wanted = parse_params_message(text, limit)
-            if wanted is None:
-                logger.debug("live grid: ignored a message that is not params: %.200r", text)
-                continue
-            await self.apply_logged(wanted)
+        applier = asyncio.get_running_loop().create_task(self._apply_loop())
+        try:
+            async for text in frames(self.websocket, self.hub.settings.MAX_FRAME_BYTES, self.close):
+                if self.closing:
+                    return
+                wanted = parse_params_message(text, limit)
+                if wanted is None:
+                    logger.debug("live grid: ignored a message that is not params: %.200r", text)
+                    continue
+                self.wanted = wanted
+                self.new_set.set()
+        finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self.new_set.wait()
+            self.new_set.clear()
+            wanted, self.wanted = self.wanted, None
+            if wanted is not None:
+                await self.apply_logged(wanted)
 
     async def apply_logged(self, wanted: list[str]) -> None:
         """:meth:`apply`; a failure costs this message, never the socket."""
@@ -218,6 +239,8 @@ class LiveGridSession:
         """Replace the symbol set: watch new keys, unwatch dropped ones, send fresh rows."""
         assert self.client is not None
         items = await asyncio.gather(*(resolve_grid_symbol(self.hub, s) for s in wanted))
+        if self.client.id not in self.hub.clients:  # it left meanwhile: nothing to watch
+            return
         by_key: dict[SeriesId, set[str]] = {}
         for item in items:
             if item.key is not None:
