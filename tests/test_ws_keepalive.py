@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from backend.settings import load_settings
 from tests.harness import populated_server, seconds
@@ -76,3 +79,53 @@ def test_ws_ping_settings_become_uvicorns_keepalive(
             monkeypatch.setenv(name, value)
     config = entry.uvicorn_config(load_settings())
     assert (config.ws_ping_interval, config.ws_ping_timeout) == expected
+
+
+async def waits_for_slow_replies(url: str, requests: int) -> tuple[int, int | None]:
+    """Ask ``requests`` histories of a symbol whose provider never answers (more than the
+    client's reply slots), then send a ping frame, and read until every one is answered or
+    the socket closes; the library answers the hub's pings. Returns the answers read and
+    the close code."""
+    answered = 0
+    async with connect(url) as ws:
+        await ws.send(
+            json.dumps(
+                [
+                    {
+                        "type": "data_history",
+                        "source": "counting",
+                        "name": "HANG",
+                        "interval": "1m",
+                        "end": f"2026-11-{1 + i:02d} 00:00:00",
+                        "count": 10,
+                    }
+                    for i in range(requests)
+                ]
+            )
+        )
+        await ws.send(json.dumps([{"type": "ping"}]))  # a frame the hub reads after those
+        try:
+            while answered < requests:
+                message = json.loads(await asyncio.wait_for(ws.recv(), seconds(60)))
+                answered += message["type"] == "data_history"
+        except ConnectionClosed:
+            pass
+        return answered, ws.close_code
+
+
+def test_a_socket_whose_requests_wait_for_reply_slots_is_not_closed_as_unresponsive(
+    tmp_path: Path,
+) -> None:
+    """While the hub waits for a reply slot it does not read the socket, so the client's
+    pongs wait behind its requests: that wait must not close it with 1011 "keepalive ping
+    timeout" (it did, after one ping interval and timeout, whatever the client did)."""
+    with populated_server(
+        tmp_path,
+        PROVIDERS="counting",
+        LOG_LEVEL="WARNING",
+        WS_PING_INTERVAL="0.5",
+        WS_PING_TIMEOUT="0.5",
+        HISTORY_TIMEOUT="2",
+    ) as server:
+        answered, code = asyncio.run(waits_for_slow_replies(server.ws_url, 12))
+    assert (answered, code) == (12, None)

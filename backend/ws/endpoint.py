@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -73,6 +73,34 @@ async def serve_connection(websocket: WebSocket, hub: Hub) -> None:
         connection.stop()
 
 
+def hold_keepalive(websocket: WebSocket) -> Any:
+    """Stop uvicorn's keep-alive pings of this socket while the hub handles one of its
+    frames, and return the protocol object whose ``start_keepalive`` restarts them (None
+    when there is nothing to stop). The hub may wait a long time for a reply slot there
+    (histories of a slow provider, up to ``HISTORY_TIMEOUT`` each), and meanwhile the next
+    frame pauses uvicorn's reading of the socket, so the client's pongs stay unread behind
+    it: the keep-alive closed a client that answered every ping with 1011 "keepalive ping
+    timeout" after one ping interval and timeout. A client whose frame is being handled
+    has just shown it is there; a lost connection still ends it at once."""
+    protocol = websocket.scope.get(SCOPE_KEY)
+    if protocol is None or getattr(protocol, "ping_interval", None) is None:
+        return None
+    stop = getattr(protocol, "stop_keepalive", None)
+    if stop is None or not hasattr(protocol, "start_keepalive"):
+        return None
+    stop()
+    return protocol
+
+
+def resume_keepalive(protocol: Any) -> None:
+    """Restart the pings :func:`hold_keepalive` stopped, unless the connection is ending
+    (its timer would keep the protocol object for a ping interval)."""
+    transport = getattr(protocol, "transport", None)
+    if getattr(protocol, "close_sent", False) or transport is None or transport.is_closing():
+        return
+    protocol.start_keepalive()
+
+
 def compact_attributes(owner: object) -> None:
     """Copy the attribute dict of uvicorn's protocol object once it is set up: it grew to
     hold its 37 attributes in a table of 1.6 KB, and a copy sized to fit is 0.8 KB (the
@@ -104,6 +132,7 @@ class _Connection:
     async def handle(self, text: str | bytes) -> None:
         """Hand one frame to the hub; a failure costs this answer, not the connection."""
         assert self.client is not None
+        keepalive = hold_keepalive(self.websocket)
         try:
             await self.hub.handle_frame(self.client, text)
         except Exception:  # a bug must cost one answer, not the connection: log, tell, go on
@@ -115,6 +144,9 @@ class _Connection:
                     "internal_error", "the server failed to answer this request; it was logged"
                 ),
             )
+        finally:
+            if keepalive is not None:
+                resume_keepalive(keepalive)
 
     def kick(self, code: int, reason: str) -> None:
         """Close this client from the hub (it could not keep up)."""
