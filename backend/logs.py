@@ -54,7 +54,7 @@ QUERY_CREDENTIAL = re.compile(
 NOISY_LOGGERS = ("websockets", "websocket", "urllib3", "httpcore", "httpx", "hpack")
 TRACEBACK_INTERVAL = 60.0
 WARNING_BURST = 10  # warnings and errors without a traceback from one place per interval
-# INFO lines written once per connection, by (logger, message template): at most
+# INFO lines written once per connection (or per scan), by (logger, message template): at most
 # CONNECTION_BURST from one place per interval (2,000 refused upgrades a second wrote 4,000
 # lines a second).
 CONNECTION_BURST = 300
@@ -67,6 +67,8 @@ CONNECTION_LINES = frozenset(
         ("uvicorn.error", "connection closed"),
         ("backend.hub.hub", "client %d connected from %s (%d clients)"),
         ("backend.hub.hub", "client %d disconnected (%d clients)"),
+        # one a scan, also a stopped one: a scan / scan_stop churn wrote 60 lines a second
+        ("backend.hub.scanning", "client %d: scan %r: %d of %d matched (%d skipped%s)"),
     }
 )
 # The logger uvicorn gives the websockets protocol, and the templates of its payload dumps.

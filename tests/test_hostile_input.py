@@ -305,6 +305,27 @@ def test_a_flood_of_connections_writes_a_bounded_number_of_lines_per_interval(
     assert "(1700 more like this in the last 60 s were not logged)" in line.getMessage()
 
 
+def test_a_scan_and_scan_stop_churn_writes_a_bounded_number_of_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each scan, stopped or not, ends with an INFO line: 200 scan / scan_stop pairs a
+    socket (loopback has no frame rate limit) wrote 800 lines in 13 s from four sockets."""
+    from backend.hub import scanning
+
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
+    limiter = logs.RateLimitRepeats(interval=60)
+    args = (7, "SYM", 0, 400, 0, ", stopped")
+    passed = [
+        limiter.filter(
+            logging.LogRecord(
+                scanning.logger.name, logging.INFO, "s.py", 120, scanning.SCAN_DONE_LINE, args, None
+            )
+        )
+        for _ in range(2000)
+    ]
+    assert passed.count(True) == logs.CONNECTION_BURST
+
+
 # ---------------------------------------------------------------- the real server
 
 

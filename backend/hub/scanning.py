@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from backend.hub.indicating import Indicating
 
 logger = logging.getLogger(__name__)
+# The line each scan ends with (bounded like the per-connection lines: backend.logs)
+SCAN_DONE_LINE = "client %d: scan %r: %d of %d matched (%d skipped%s)"
 
 MAX_SCANS = 8  # scans running at once on the server (one per client at most)
 SYMBOLS_AT_ONCE = 8  # symbols evaluated at once by all scans together
@@ -118,7 +120,7 @@ class Scanning:
                 self.limits,
             )
             logger.info(
-                "client %d: scan %r: %d of %d matched (%d skipped%s)",
+                SCAN_DONE_LINE,
                 client.id,
                 request.search,
                 outcome.matched,
