@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.model.intervals import INTERVALS
 from backend.settings import load_settings
 from tests.harness import populated_server, seconds
 
@@ -83,7 +84,8 @@ def test_ws_ping_settings_become_uvicorns_keepalive(
 
 async def waits_for_slow_replies(url: str, requests: int) -> tuple[int, int | None]:
     """Ask ``requests`` histories of a symbol whose provider never answers (more than the
-    client's reply slots), then send a ping frame, and read until every one is answered or
+    client's reply slots; each of another interval, so that they wait side by side, not
+    one after another), then send a ping frame, and read until every one is answered or
     the socket closes; the library answers the hub's pings. Returns the answers read and
     the close code."""
     answered = 0
@@ -95,8 +97,8 @@ async def waits_for_slow_replies(url: str, requests: int) -> tuple[int, int | No
                         "type": "data_history",
                         "source": "counting",
                         "name": "HANG",
-                        "interval": "1m",
-                        "end": f"2026-11-{1 + i:02d} 00:00:00",
+                        "interval": INTERVALS[i],
+                        "end": "2026-11-01 00:00:00",
                         "count": 10,
                     }
                     for i in range(requests)
