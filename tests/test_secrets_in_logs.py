@@ -116,9 +116,12 @@ def test_configure_masks_secrets_for_every_logger_and_quiets_frame_dumps(
 ) -> None:
     monkeypatch.setenv("SOME_SERVICE_TOKEN", "tok-from-the-environment")
     root = logging.getLogger()
+    uvicorn_error = logging.getLogger("uvicorn.error")  # another test may have set its level
     saved = (root.handlers[:], root.level, logging.getLogger("websockets").level)
+    saved_uvicorn = uvicorn_error.level
     try:
         logs.configure("DEBUG", "test", ["configured-secret"])
+        uvicorn_error.setLevel(logging.NOTSET)  # it follows the root, as in the server
         logging.getLogger("websockets.client").debug("> TEXT configured-secret")
         # uvicorn hands the websockets protocol its own logger: frames and upgrade headers
         logging.getLogger("uvicorn.error").debug("< %s", "TEXT 'my chat prompt' [15 bytes]")
@@ -128,6 +131,7 @@ def test_configure_masks_secrets_for_every_logger_and_quiets_frame_dumps(
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("websockets").setLevel(saved[2])
+        uvicorn_error.setLevel(saved_uvicorn)
     err = capsys.readouterr().err
     assert "> TEXT" not in err  # websockets' frame dump stays below its INFO floor
     assert "my chat prompt" not in err and "eyJ.x.y" not in err
