@@ -40,7 +40,13 @@ from backend.runtime.messages import (
     decode_batch,
     encode_batch,
 )
-from backend.runtime.runner import FENCED_EXIT, ProviderRunner, run_provider
+from backend.runtime.runner import (
+    FENCE_LEAD,
+    FENCE_SETTLE,
+    FENCED_EXIT,
+    ProviderRunner,
+    run_provider,
+)
 from backend.runtime.supervisor import ProviderProcess, ProviderState
 from backend.settings import Settings, load_settings
 from tests.harness import eventually, seconds, until
@@ -403,7 +409,10 @@ class _Streaming:
 def test_a_frozen_nodes_process_fences_before_the_deadline_not_after_it() -> None:
     """The deadline is the earliest moment the standby may take the lease; a process that
     only began to fence then (and settled a quarter second) streamed on beside the standby
-    for about 0.25 s (seen with a node under SIGSTOP)."""
+    for about 0.25 s (seen with a node under SIGSTOP). It begins ``FENCE_LEAD`` before, and
+    its settling fits in that lead (when it finishes depends on the machine's load: on a
+    loaded one the settling wait itself wakes late, so that is not timed here)."""
+    assert FENCE_SETTLE < FENCE_LEAD
     _reader, writer = multiprocessing.Pipe(duplex=False)
     commands: queue.Queue[Any] = queue.Queue()
     runner = ProviderRunner("scripted", PATH, settings(), commands, writer)  # type: ignore[arg-type]
@@ -411,7 +420,6 @@ def test_a_frozen_nodes_process_fences_before_the_deadline_not_after_it() -> Non
         runner.last_word = time.monotonic() - 10  # the node has been silent
         runner.stream_until = time.monotonic() + 0.45  # its lease has not run out yet
         assert runner._fenced(_Streaming())  # type: ignore[arg-type]
-        assert time.monotonic() < runner.stream_until  # stopped before the standby can start
         assert runner.code == FENCED_EXIT
         runner.stream_until = time.monotonic() + 5  # a lease renewed long before its end
         assert not runner._past_deadline(_Streaming())  # type: ignore[arg-type]
