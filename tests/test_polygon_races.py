@@ -14,9 +14,9 @@ from tests.fakes.polygon import FakePolygon
 from tests.harness import seconds
 from tests.polygon_direct import Direct, rest_bars, wait_until
 
-#: 12 s into a minute; the clock runs at FIDELITY_SPEED, so a minute lasts 6 s of real time.
+#: 12 s into a minute; the clock runs at FIDELITY_SPEED, so a minute lasts 3 s of real time.
 MID_MINUTE = datetime(2026, 3, 10, 15, 58, 12, tzinfo=UTC)
-FIDELITY_SPEED = 10
+FIDELITY_SPEED = 20
 FAULTS = {
     "REST trails the stream by 4 s": lambda fake: fake.lag_rest(4),
     "REST answers 0.3 s late": lambda fake: fake.delay_rest(0.3),
