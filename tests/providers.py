@@ -287,3 +287,49 @@ class IntradayOnlyProvider(CountingProvider):
 
     def get_dataset(self) -> list[dict[str, object]]:
         return [{**dataset_row("intraday", name), "intervals": ["1m", "1h"]} for name in ("AAA",)]
+
+
+class LateStreamProvider(CountingProvider):
+    """A counting provider whose stream starts just after a bar closed: its history answers
+    the forming bar half made (close 1.0; closed bars are flat at 2.0), and its stream,
+    ``CANDLEWIRE_TEST_STREAM_DELAY`` seconds after the first subscriber, publishes only the
+    next bar (flat at 3.0), never the one history gave as forming. Once it streams, history
+    has that bar's final values (2.0), as an exchange's would after the bar closed."""
+
+    def init(self) -> None:
+        self.delay = float(os.environ.get("CANDLEWIRE_TEST_STREAM_DELAY", "0.5"))
+        self.since: dict[tuple[str, str], float] = {}
+        self.moved_on = threading.Event()
+        super().init()
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("late", "AAA")]
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        with self.lock:
+            self.since[(symbol, interval)] = time.monotonic()
+        super().on_first_subscriber(symbol, interval)
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
+        now = int(time.time())
+        forming = now - now % STEP[interval]
+        out = []
+        for k in bars:
+            price = 1.0 if k[0] == forming * 1000 and not self.moved_on.is_set() else 2.0
+            out.append([k[0], 2.0, 2.0, min(price, 2.0), price, k[5]])
+        return out
+
+    def stream(self) -> None:
+        while not self.stop.wait(self.period):
+            now = int(time.time())
+            with self.lock:
+                keys = [k for k, t in self.since.items() if k in self.streams]
+                ready = [k for k in keys if time.monotonic() - self.since[k] >= self.delay]
+            for symbol, interval in ready:
+                self.moved_on.set()
+                step = STEP[interval]
+                t = now - now % step + step
+                self.publish(symbol, interval, (t * 1000, 3.0, 3.0, 3.0, 3.0, 1.0))

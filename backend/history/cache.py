@@ -38,6 +38,7 @@ class Series:
     live: bool = False
     epoch: int = 0  # bumped whenever the stream may have missed bars (restart, stop)
     live_seq: int = 0  # bumped by every live update
+    live_t: int | None = None  # open time of the newest bar a live update set (or refilled)
     tail_fetched_at: float = 0.0
     exhausted_before: int | None = None  # nothing older than this exists upstream
     last_used: float = field(default_factory=time.monotonic)

@@ -82,6 +82,9 @@ class Fanout:
         # Keys being refilled after a provider restart (``hub.refill``): their live bars
         # wait here (bar time -> the newest (bar, final)) and follow the refilled ones.
         self.refilling: dict[SeriesId, dict[int, tuple[Bar, bool]]] = {}
+        # Starts the refill of a key from its newest bar (the hub's ``Refills.start``); True
+        # if one started. See ``_on_bar``: a bar that closed unseen by the stream.
+        self.refill: Callable[[SeriesId], bool] = lambda key: False
 
     # ------------------------------------------------------------------ delivery
 
@@ -175,8 +178,20 @@ class Fanout:
         ):
             self._drop(key, bar, "opening far before the bars of the stream")
             return
+        if previous is not None and t > previous and series.live_t != previous:
+            # The stream opens a newer bar, but the bar before it was never updated by the
+            # stream: it came from a history answer or the store while it was forming (a
+            # data_init just before the bar closed, a stream that started just after), so
+            # its final values never came. Its clients and the cache would keep the partial
+            # bar as closed for good: refill from it (this update waits and follows it).
+            series.live_t = previous  # once, also when the refill's history call fails
+            if self.refill(key):
+                self.refilling[key][t] = (bar, final)
+                return
         newest = series.upsert(bar)
         series.live_seq += 1
+        if newest:
+            series.live_t = t
         if (
             series.live
             and previous is not None

@@ -137,6 +137,7 @@ class Hub:
         self.planner = HistoryPlanner(self.cache, self._fetch, self.clocks, store, self._persists)
         self.planner.after_request = self.enforce_memory
         self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
+        self.fanout.refill = lambda key: self.refills.start([key], restart=False) == 1
         self.requests = Requests(self)
         if indicators is None:
             indicators = _indicators(tuple(settings.EXTRA_INDICATORS))

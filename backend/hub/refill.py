@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 MAX_PUSHED = 300  # missed bars sent to clients per key (the rest stay in history)
 AT_ONCE = 8  # history calls of refills in flight (thousands of keys after a node took over)
 
+UNSEEN = "(a bar closed before the stream saw it)"
+
 Fetch = Callable[[SeriesId, int, int], Awaitable[list[Bar]]]
 
 
@@ -49,21 +51,24 @@ class Refills:
         self.held = fanout.refilling
         self._calls = asyncio.Semaphore(AT_ONCE)
 
-    def start(self, keys: list[SeriesId]) -> int:
+    def start(self, keys: list[SeriesId], restart: bool = True) -> int:
         """Refill each of ``keys`` that has a newest bar and is not being refilled; the
-        number started."""
+        number started. ``restart``: after a provider restart (else: the stream opened a new
+        bar before it ever updated the one before, ``Fanout._on_bar``; only the log and the
+        error text differ)."""
         started = 0
         for key in keys:
             series = self.cache.peek(key)
             if series is None or series.newest is None or key in self.held:
                 continue
             self.held[key] = {}
-            refill = self._refill(key, series.newest, series.epoch)
+            why = "after the provider restarted" if restart else UNSEEN
+            refill = self._refill(key, series.newest, series.epoch, why)
             start_owned(self.tasks, refill, f"refill {key}")
             started += 1
         return started
 
-    async def _refill(self, key: SeriesId, since: int, epoch: int) -> None:
+    async def _refill(self, key: SeriesId, since: int, epoch: int, why: str) -> None:
         step = intervals.nominal_seconds(key.interval)
         now = self.fanout.clocks.now(key.source, key.name)
         count = max(2, min(self.max_count, (now - since) // step + 2))
@@ -77,7 +82,7 @@ class Refills:
             self.fanout.notify(
                 key,
                 exc.code,
-                f"bars since {_at(since)} may be missing after the provider restarted: {exc}",
+                f"bars since {_at(since)} may be missing {why}: {exc}",
             )
         finally:
             held = self.held.pop(key, {})
@@ -105,7 +110,7 @@ class Refills:
         if events:
             self.fanout.on_provider_events(key.source, events)
         if bars:
-            logger.info("%s: %d bars refilled after the provider restarted", key, len(bars))
+            logger.info("%s: %d bars refilled %s", key, len(bars), why)
 
 
 def _bar_time(event: WireEvent) -> int:
