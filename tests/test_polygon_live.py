@@ -191,3 +191,20 @@ def test_a_rest_without_second_aggregates_still_gives_live_bars() -> None:
     assert runs == MAX_RECHECKS
     last = minute + 12 + 2 * MAX_RECHECKS
     assert setup.bar(last - last % 60)[4] == second(last)[4]  # live: the newest second shows
+
+
+def test_a_frame_with_seconds_out_of_order_or_repeated_folds_each_second_once_in_order() -> None:
+    """One frame (a JSON array) may carry a ticker's seconds out of order, or a second twice
+    (Polygon batches several seconds per frame): the bar is still the true one, with the
+    close of its last second and every second's volume counted once."""
+    setup = Setup(horizon=MINUTE + 15)
+    setup.stream(MINUTE + 10, MINUTE + 10)
+    setup.jobs.run()
+    setup.stream(MINUTE + 11, MINUTE + 27)
+    frame = [second(t) for t in (MINUTE + 30, MINUTE + 29, MINUTE + 30, MINUTE + 28)]
+    setup.live.on_aggregates(LiveAgg("AAPL", bar) for bar in frame)
+    setup.stream(MINUTE + 31, MINUTE + 58)
+    frame = [second(t) for t in (MINUTE + 60, MINUTE + 59, MINUTE + 59)]
+    setup.live.on_aggregates(LiveAgg("AAPL", bar) for bar in frame)
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
+    assert setup.bar(MINUTE + 60) == truth(MINUTE + 60, MINUTE + 60)

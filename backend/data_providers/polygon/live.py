@@ -220,7 +220,7 @@ class LiveBars:
             case _State.SEEDING:
                 key.buffer.extend(bars)
             case _State.PENDING if self._clock() >= key.retry_at:
-                key.first, key.buffer, key.rechecks = bars[0][0], list(bars), 0
+                key.first, key.buffer, key.rechecks = min(map(_start, bars)), list(bars), 0
                 self._start_seed(key)
 
     def _start_seed(self, key: _Key) -> None:
@@ -229,8 +229,19 @@ class LiveBars:
         self._executor.submit(self._seed, key, key.generation, key.first)
 
     def _fold(self, key: _Key, bars: list[Bar]) -> None:
-        """Fold the streamed seconds after the last one folded; publish what changed."""
-        fresh = [bar for bar in bars if key.folded is None or bar[0] > key.folded]
+        """Fold the streamed seconds after the last one folded; publish what changed.
+
+        The seconds are folded in time order, each once: one frame (a JSON array) may carry
+        a ticker's seconds out of order, or the same second twice, and folding them as they
+        came would give the bar the close (or open) of an earlier second, or count a
+        second's volume twice. A second that repeats one already folded keeps the first.
+        """
+        fresh: list[Bar] = []
+        last = key.folded
+        for second in sorted(bars, key=_start):
+            if last is None or second[0] > last:
+                fresh.append(second)
+                last = second[0]
         if not fresh:
             return
         closed, bar = advance(key.market, key.interval, key.bar, fresh)
@@ -372,3 +383,8 @@ class LiveBars:
             for bar in bars[:-1]:
                 self._sink.publish_bar(key.ticker, key.interval, bar, True)
             self._sink.publish_bar(key.ticker, key.interval, bars[-1], False)
+
+
+def _start(bar: Bar) -> int:
+    """A bar's open time (the sort key of streamed seconds)."""
+    return bar[0]
