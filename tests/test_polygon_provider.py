@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from polygon.rest.models import OptionsContract
 
@@ -379,6 +380,32 @@ def test_reconnect_delays_double_with_jitter_up_to_their_ceiling() -> None:
     backoff.reset()
     low, high = Backoff(1.0, 60.0, rng=lambda: 0.0), Backoff(1.0, 60.0, rng=lambda: 1.0)
     assert (low.next(), high.next()) == (0.8, pytest.approx(1.2))
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "refused"),
+    [
+        ("auth_failed", "authentication failed", "auth_failed"),
+        ("error", "authentication failed", "auth_failed"),  # as some servers spell it
+        ("error", "Not authorized", "auth_failed"),
+        ("max_connections", "Maximum number of connections exceeded.", "max_connections"),
+        ("error", "internal server error", None),  # not about the auth: not a refusal
+        ("auth_pending", "waiting", None),
+    ],
+)
+def test_a_refused_auth_in_either_spelling_is_a_rejection(
+    status: str, message: str, refused: str | None
+) -> None:
+    """An ``error`` status about the auth during the handshake was an ordinary drop: no
+    ``error`` to clients, ``reconnecting`` in ``/health`` and the 1-60 s reconnect delays."""
+    connection = polygon_stream.ClusterConnection("stocks", "ws://127.0.0.1:9", "key", None)  # type: ignore[arg-type]
+    frame = orjson.dumps([{"ev": "status", "status": status, "message": message}])
+    if refused is None:
+        assert [s.status for s in connection._check(frame)] == [status]
+        return
+    with pytest.raises(polygon_stream.Rejected) as caught:
+        connection._check(frame)
+    assert caught.value.status == refused and message in str(caught.value)
 
 
 def test_the_provider_status_is_the_worst_cluster_state() -> None:

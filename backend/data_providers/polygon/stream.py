@@ -218,10 +218,17 @@ class ClusterConnection:
                     return
 
     def _check(self, frame: str | bytes) -> list[StatusEvent]:
+        """The statuses of a handshake frame; raise :class:`Rejected` on a refusal. Polygon
+        documents ``auth_failed``; an ``error`` status about the auth before
+        ``auth_success`` (``"authentication failed"``, as some servers and relays send) is
+        the same refusal, retried with the auth backoff and reported as ``auth_failed``."""
         statuses, _ = parse_frame(self.cluster, frame)
         for status in statuses:
-            if status.status in REJECTIONS:
-                self._rejection = Rejected(status.status, status.message)
+            refused = status.status
+            if refused == "error" and "auth" in status.message.lower():
+                refused = ClusterState.AUTH_FAILED
+            if refused in REJECTIONS:
+                self._rejection = Rejected(refused, status.message)
                 raise self._rejection
         return statuses
 
