@@ -118,7 +118,7 @@ class Indicating:
                 request.config.bindings,
             )
             limit = hub.settings.MAX_COUNT
-            if request.since is None:
+            if request.since is None:  # with a range, count is ignored (as Tradiny does)
                 check_count(request.count, limit)
             bars = await self._bars(bound, request)
             # on a thread: a user indicator's calc may be slow, and the loop serves everyone

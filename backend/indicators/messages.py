@@ -20,7 +20,6 @@ from backend.indicators.rules import RuleSet, parse_rule_set
 from backend.model import intervals
 
 DEFAULT_COUNT = 300
-MAX_COUNT = 50_000
 SCAN_DONE = "scan_done"
 """Our extension: the last message of every scan (Tradiny sends none, spec 4.6.2)."""
 
@@ -117,13 +116,14 @@ def _since(item: Mapping[str, Any]) -> int | None:
 
 
 def _count(item: Mapping[str, Any]) -> int:
+    """The ``count``, a whole number; its range (1 to the server's ``MAX_COUNT``) is checked
+    where that setting is known, by the hub, as for ``data`` (only without a ``range``:
+    beside one the count is ignored)."""
     count = item.get("count", DEFAULT_COUNT)
     if count is None:
         return DEFAULT_COUNT
     if isinstance(count, bool) or not isinstance(count, int | float) or count != int(count):
         raise ProtocolError("invalid_field", "'count' must be an integer")
-    if not 1 <= count <= MAX_COUNT:
-        raise ProtocolError("count_out_of_range", f"'count' {count} out of range 1..{MAX_COUNT}")
     return int(count)
 
 
