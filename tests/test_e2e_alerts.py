@@ -171,6 +171,25 @@ async def test_expiry_limits_removal_on_410_delete_and_indicator_rules(
         await client.close()
 
 
+async def test_an_alert_on_an_output_its_indicator_does_not_have_is_refused(
+    tmp_path: Path, fake: FakePush
+) -> None:
+    """Such an alert could never fire; it was stored and answered ``alert_created``."""
+    with ServerProcess(env_for(tmp_path, fake), tmp_path / "server.log") as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            request = rsi_alert("never", "talib.momentum.RSI", owner="o3")
+            request["rules"][0]["output1"] = "rsi_value"
+            await client.send(request)
+            error = await client.wait_for("error")
+            assert error["code"] == "bad_rule", error
+            assert "'rsi_value'" in error["message"]
+            assert client.of_type("alert_created") == []
+            assert get_json(server, "/api/alerts?owner=o3")["alerts"] == []
+        finally:
+            await client.close()
+
+
 async def test_a_client_chosen_webhook_is_refused_unless_the_operator_allows_it(
     tmp_path: Path, fake: FakePush
 ) -> None:

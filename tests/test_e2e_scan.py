@@ -286,6 +286,21 @@ async def test_a_rule_on_an_indicator_longer_than_a_request_may_load_is_refused(
     assert done["stopped"] and done["total"] == 0
 
 
+async def test_a_rule_on_an_output_its_indicator_does_not_have_is_refused(
+    client: WsClient,
+) -> None:
+    """RSI has one output, "RSI": a rule on "macd" has a value for no symbol. It was
+    scanned, silently matching nothing; now it is a ``bad_rule`` naming the outputs."""
+    rule, indicators = rsi_rule()
+    await client.send(scan([rule | {"output1": "macd"}], indicators=indicators))
+    error = await client.wait_for("error")
+    assert error["code"] == "bad_rule", error
+    assert "'macd'" in error["message"] and "RSI" in error["message"]
+    done = await finished(client, timeout=5)
+    assert done["stopped"] and done["total"] == 0
+    assert client.of_type("scan_result") == []
+
+
 async def test_a_universe_over_the_providers_history_budget_is_scanned_at_its_pace(
     tmp_path: Path,
 ) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.errors import CandlewireError, IndicatorError, RateLimited
+from backend.errors import CandlewireError, IndicatorError, RateLimited, RuleError
 from backend.indicators import messages
 from backend.indicators.engine import BoundIndicator, bind, compute
 from backend.indicators.registry import Indicators
@@ -210,13 +210,22 @@ def bind_rules(
     unknown one, bad inputs, or one whose warm-up and previous value need more than
     ``max_bars`` bars (as ``indicator`` refuses one that needs more than it loads: a rule
     must not make every update, or every symbol of a scan, load and compute a long
-    history)."""
+    history). ``RuleError`` ``bad_rule`` for an output the indicator does not have: such a
+    rule has no value for any symbol or update, so a scan of it would match nothing and an
+    alert on it never fire, without a word."""
     bound: dict[int, BoundIndicator] = {}
     for operand in rules.operands():
         if not isinstance(operand, IndicatorOperand):
             continue
         config = operand.config
         one = bind(indicators, config.indicator_id, config.inputs, config.bindings)
+        names = [output.name for output in one.indicator.outputs]
+        if operand.output not in names:
+            raise RuleError(
+                "bad_rule",
+                f"{one.indicator.name} has no output {operand.output[:100]!r}; "
+                f"outputs: {', '.join(names)}",
+            )
         if one.lookback + 2 > max_bars:  # the newest value and the one before (crosses)
             raise IndicatorError(
                 "not_enough_history",
