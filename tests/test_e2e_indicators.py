@@ -547,6 +547,32 @@ def _column_of(source: str, name: str, interval: str) -> dict[str, dict[str, str
     }
 
 
+@pytest.mark.parametrize("name", ["rsi", "macd", "adx", "sum"])
+async def test_the_smallest_input_the_catalogue_offers_is_computed(
+    client: WsClient, name: str
+) -> None:
+    """The catalogue's ``min`` is the range the server checks: a value it offers must not be
+    refused by TA-Lib (period 1 was offered, and refused with TA-Lib's "out of range")."""
+    mark = len(client.messages)
+    await client.send({"type": "search_indicators", "search": name})
+    row = (await client.wait_for("search_indicators_done", after=mark))["results"][0]
+    specs = [spec for spec in row["details"]["inputs"] if spec["type"] == "int"]
+    inputs = {spec["name"]: spec["min"] for spec in specs}
+    data_map = {c: column("AAA", "1h", c) for c in row["details"]["columns"]}
+    chart_id = f"smallest-{name}"
+    mark = len(client.messages)
+    await client.send(indicator(row["id"], chart_id, inputs, data_map, count=5, stream=False))
+    reply = await client.wait_for("indicator_init", same_id(chart_id), after=mark)
+    assert reply["data"], [m for m in client.messages[mark:] if m["type"] == "error"]
+    # a period of 1, under the offered range: refused by our own check, which names it
+    period = specs[0]["name"]
+    below = f"{chart_id}-below"
+    await client.send(indicator(row["id"], below, {**inputs, period: 1}, data_map, count=5))
+    error = await client.wait_for("error", lambda m: m["request"]["id"] == below, after=mark)
+    assert error["code"] == "bad_input", error
+    assert f"{period!r}: 1 is out of range [2, 100000]" in error["message"], error
+
+
 @pytest.mark.parametrize(
     ("data_map", "code"),
     [

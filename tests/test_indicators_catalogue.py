@@ -52,7 +52,7 @@ def test_overlays_go_on_the_price_axis_and_oscillators_get_their_own(
     assert rsi["inputs"][0] == {  # type: ignore[index]
         "name": "timeperiod",
         "default": [14],
-        "min": 1,
+        "min": 2,  # TA-Lib refuses an RSI of period 1
         "max": 100_000,
         "type": "int",
     }

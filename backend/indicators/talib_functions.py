@@ -201,8 +201,25 @@ def _input(function_name: str, index: int, talib_name: str) -> Input:
         choices = MA_TYPES if talib_name == "matype" else ()
         return Input(_wire_name(talib_name), default, 0, len(MA_TYPES) - 1, True, choices)
     if info["type"] == _INTEGER_TYPE:
-        return Input(talib_name, default, 1 if default >= 1 else -INT_MAX, INT_MAX, True)
+        low = _smallest_period(function_name, talib_name, int(default)) if default >= 1 else None
+        return Input(talib_name, default, -INT_MAX if low is None else low, INT_MAX, True)
     return Input(talib_name, default, -REAL_LIMIT, REAL_LIMIT, False)
+
+
+def _smallest_period(function_name: str, talib_name: str, default: int) -> int:
+    """The smallest value from 1 up that TA-Lib takes for ``talib_name`` (the other inputs
+    at their defaults): 2 for most periods (RSI, SMA, ADX, ...), which TA-Lib refuses at 1.
+    The catalogue's ``min`` is the range ``Input.read`` enforces, so it must not offer a
+    value the function itself refuses (answered only by TA-Lib's bare "out of range")."""
+    function = talib.abstract.Function(function_name)
+    for value in range(1, default):
+        try:
+            function.parameters = {talib_name: value}
+            if int(function.lookback) >= 0:
+                return value
+        except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bad parameter
+            continue
+    return default
 
 
 def _outputs(function_name: str, info: Mapping[str, Any]) -> tuple[Output, ...]:
