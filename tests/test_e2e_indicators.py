@@ -573,6 +573,16 @@ async def test_the_smallest_input_the_catalogue_offers_is_computed(
     assert f"{period!r}: 1 is out of range [2, 100000]" in error["message"], error
 
 
+async def test_a_chart_id_too_long_is_refused_with_the_limit_named(client: WsClient) -> None:
+    """A 1001-character id was refused as "'id' must be a non-empty string", which it is."""
+    chart_id = "i" * 1001
+    await client.send(indicator("talib.overlap.SMA", chart_id, count=5))
+    error = await client.wait_for("error", lambda m: m.get("code") == "invalid_field")
+    assert "at most 1000 characters" in error["message"], error
+    empty = await client.wait_for("indicator_init", same_id(chart_id))
+    assert empty["data"] == []
+
+
 @pytest.mark.parametrize(
     ("data_map", "code"),
     [

@@ -59,7 +59,9 @@ def parse_indicator_config(item: Mapping[str, Any]) -> IndicatorConfig:
 def text(item: Mapping[str, Any], name: str) -> str:
     value = item.get(name)
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
-        raise IndicatorError("invalid_field", f"{name!r} must be a non-empty string")
+        raise IndicatorError(
+            "invalid_field", f"{name!r} must be a non-empty string of at most {MAX_TEXT} characters"
+        )
     return value
 
 
