@@ -213,13 +213,18 @@ def _smallest_period(function_name: str, talib_name: str, default: int) -> int:
     value the function itself refuses (answered only by TA-Lib's bare "out of range")."""
     function = talib.abstract.Function(function_name)
     for value in range(1, default):
-        try:
-            function.parameters = {talib_name: value}
-            if int(function.lookback) >= 0:
-                return value
-        except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bad parameter
-            continue
+        if _takes(function, talib_name, value):
+            return value
     return default
+
+
+def _takes(function: Any, talib_name: str, value: int) -> bool:
+    """Whether TA-Lib's ``function`` takes ``value`` for ``talib_name``."""
+    try:
+        function.parameters = {talib_name: value}
+        return int(function.lookback) >= 0
+    except Exception:  # noqa: BLE001 - TA-Lib raises a bare Exception for a value it refuses
+        return False
 
 
 def _outputs(function_name: str, info: Mapping[str, Any]) -> tuple[Output, ...]:
