@@ -560,6 +560,18 @@ class FakeBinance:
         with self._lock:
             self._silent_until = time.monotonic() + seconds
 
+    def go_deaf(self, seconds: float) -> None:
+        """Stop pushing events and reading the open sockets for ``seconds``: pings get no
+        pong, as on a half-open connection."""
+        self.go_silent(seconds)
+        self._call(self._pause_reading(seconds))
+
+    async def _pause_reading(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        for conn in self._open_conns():
+            conn.ws.transport.pause_reading()
+            loop.call_later(seconds, conn.ws.transport.resume_reading)
+
     def cut_at(self, timestamp_ms: int) -> None:
         """Close every WebSocket (code 1001) once the exchange clock reaches
         ``timestamp_ms``, like Binance's 24-hour cut."""

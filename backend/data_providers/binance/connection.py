@@ -6,9 +6,9 @@ cannot send live SUBSCRIBE frames). It
 
 * sends SUBSCRIBE/UNSUBSCRIBE frames with many streams each, paced by a rolling-window
   limiter (Binance closes a connection that receives more than 5 messages in a second);
-* reconnects after a drop or a silence with exponential backoff and jitter, and hands the
-  streams it resumed to its owner (``resume``) before reading the first event, so that the
-  provider can fetch the bars it missed;
+* reconnects after a drop, or a silence that a ping of its own gets no pong for, with
+  exponential backoff and jitter, and hands the streams it resumed to its owner (``resume``)
+  before reading the first event, so that the provider can fetch the bars it missed;
 * on ``serverShutdown`` and before Binance's 24-hour cut, opens the new socket and
   subscribes it before closing the old one;
 * falls back to naming its streams in the URL (``stream?streams=a/b``) for a server that
@@ -190,11 +190,41 @@ class Connection:
                 return Outcome.RENEW, f"renewal after {now - sock.opened:.0f} s"
             quiet = now - sock.last_message
             if sock.sent and quiet >= self.tuning.silence:
-                return Outcome.SILENT, f"no message for {quiet:.0f} s"
+                answered = await self._probe(sock)
+                if sock.ended.done():
+                    return sock.ended.result()
+                if not answered:
+                    return Outcome.SILENT, f"no message for {quiet:.0f} s and no pong"
+                sock.last_message = time.monotonic()  # alive: its streams are just quiet
+                continue
             timeout = min(sock.renew_at - now, self.tuning.silence - quiet)
             await asyncio.wait({sock.ended}, timeout=max(0.05, timeout))
             if sock.ended.done():
                 return sock.ended.result()
+
+    async def _probe(self, sock: _Socket) -> bool:
+        """Whether ``sock`` answers a ping within ``ping_timeout`` (or until it ends).
+
+        Binance sends a kline event only when its kline changed, so the streams of a quiet
+        symbol (a 1h kline of a thinly traded pair) can say nothing for many minutes on a
+        healthy socket. Silence alone is no reason to reconnect: that cost a reconnect and a
+        REST gap fill of every stream of the connection every ``silence`` seconds, and
+        ``/health`` flapped to ``reconnecting``. A socket that answers the ping is kept; one
+        that does not (a half-open connection) is replaced. The ping counts as one of the
+        connection's incoming messages at Binance, so it waits for the limiter too."""
+        await sock.limiter.wait()
+        sock.limiter.record()
+        try:  # sending waits while the socket's buffer is full: a half-open one stays full
+            ping = await asyncio.wait_for(sock.ws.ping(), self.tuning.ping_timeout)
+        except (WebSocketException, TimeoutError):  # ConnectionClosed included
+            return False
+        pong = asyncio.ensure_future(ping)
+        waiters: set[asyncio.Future[Any]] = {sock.ended, pong}
+        await asyncio.wait(waiters, timeout=self.tuning.ping_timeout)
+        if not pong.done():
+            pong.cancel()  # websockets skips a done waiter when the pong comes after all
+            return False
+        return not pong.cancelled() and pong.exception() is None
 
     async def _handover(self, old: _Socket, new: _Socket) -> None:
         """Close ``old`` once ``new`` carries every stream (or after a timeout)."""

@@ -28,7 +28,8 @@ class StreamTuning:
     batch: int = 200  # streams per SUBSCRIBE/UNSUBSCRIBE frame
     messages: int = 4  # control frames per rolling window (Binance: 5 per second)
     message_window: float = 1.1
-    silence: float = 30.0  # reconnect after this long without any message
+    silence: float = 30.0  # ping after this long without any message; no pong: reconnect
+    ping_timeout: float = 10.0  # how long that ping waits for its pong
     renew_after: float = 23 * 3600.0  # Binance cuts connections at 24 h
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
