@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -720,3 +721,58 @@ def test_a_stray_future_kline_does_not_move_where_the_gap_fill_starts() -> None:
         provider._publish_update(("BTCUSDT", "1m"), state, KlineUpdate("BTCUSDT", "1m", bar, False))
     assert state.last_open_ms == now * 1000
     assert len(published) == 2  # both still go to the hub, which judges them
+
+
+class _Klines:
+    """A stand-in for the REST gate: ``klines`` answers the rows of ``rows`` at the time."""
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows = rows
+        self.calls: list[int] = []
+
+    def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int | None, deadline: float
+    ) -> list[list[Any]]:
+        self.calls.append(start_ms)
+        return [row for row in self.rows if row[0] >= start_ms]
+
+
+def _row(open_ms: int, high: str, close: str, volume: str) -> list[Any]:
+    return [open_ms, "1", high, "0.5", close, volume, open_ms + 59_999, "0", 1, "0", "0", "0"]
+
+
+def test_a_bar_that_closed_before_the_resumed_stream_was_live_gets_its_final_values() -> None:
+    """The gap fill's REST answer came while the bar was forming; it closed before the new
+    subscription was live, so its final kline never came, and the next bar's first kline
+    made the hub store the partial bar as closed: wrong for good."""
+    provider = BinanceProvider()
+    provider._attach("binance", config.load_settings(PROVIDERS="binance"), lambda e: None)
+    published: list[tuple[Any, bool]] = []
+
+    def publish(symbol: str, interval: str, bar: Any, *, final: bool = False) -> None:
+        published.append((tuple(bar), final))
+
+    provider.publish = publish  # type: ignore[method-assign]
+    key, name = ("BTCUSDT", "1m"), "btcusdt@kline_1m"
+    now_ms = int(time.time()) // 60 * 60_000 + 60_000  # forming for a minute at least
+    rest = _Klines([_row(now_ms, "2", "1.5", "10")])  # the forming bar
+    provider._rest = rest  # type: ignore[assignment]
+    provider._gaps = ThreadPoolExecutor(1)
+    state = _Key(name, now_ms, last_open_ms=now_ms)
+    provider._keys[key], provider._by_stream[name] = state, key
+    try:
+        provider._on_resume([name])
+        assert provider._gaps.submit(lambda: None).result(5) is None  # the gap fill is done
+        # the bar closes and the next one opens before the subscription is live
+        rest.rows = [_row(now_ms, "3", "2.5", "15"), _row(now_ms + 60_000, "2.6", "2.55", "1")]
+        next_bar = (now_ms // 1000 + 60, 2.5, 2.7, 2.4, 2.65, 2.0)
+        kline = {"t": now_ms + 60_000, "s": "BTCUSDT", "i": "1m", "x": False}
+        kline.update(o="2.5", h="2.7", l="2.4", c="2.65", v="2")
+        provider._on_event({"e": "kline", "k": kline})
+        assert provider._gaps.submit(lambda: None).result(5) is None  # the refetch is done
+    finally:
+        provider._gaps.shutdown(wait=True)
+    closed = (now_ms // 1000, 1.0, 3.0, 0.5, 2.5, 15.0)
+    assert (closed, True) in published, published
+    assert published.index((closed, True)) < published.index((next_bar, False))
+    assert len(rest.calls) == 2 and not state.resuming

@@ -58,6 +58,8 @@ class _Key:
     subscribed_ms: int
     last_open_ms: int | None = None  # open time of the newest bar seen
     resuming: bool = False  # a gap fill is running: live updates wait in ``pending``
+    # open time of the bar a gap fill left forming: its final values are still owed
+    unsettled_ms: int | None = None
     pending: dict[int, KlineUpdate] = field(default_factory=dict)  # by open time
 
 
@@ -174,12 +176,25 @@ class BinanceProvider(Provider):
                 if held is None or not held.final:
                     state.pending[update.bar[0]] = update
                 return
-            self._publish_update(key, state, update)
+            if _owes_close(state, update.bar[0]):
+                # The bar the gap fill left forming closed before the new subscription was
+                # live: its final kline never came. Fetch it again before this newer one.
+                state.unsettled_ms = None
+                state.resuming = True
+                state.pending[update.bar[0]] = update
+                refetch = True
+            else:
+                self._publish_update(key, state, update)
+                refetch = False
+        if refetch and self._gaps is not None:
+            self._gaps.submit(self._fill_gap, key, False)
 
     def _publish_update(self, key: StreamKey, state: _Key, update: KlineUpdate) -> None:
         """Publish ``update``; it moves the gap fill's start unless it is a stray kline far
         in the future (bad data, which the hub drops)."""
         t_ms = update.bar[0] * 1000
+        if update.final and t_ms == state.unsettled_ms:
+            state.unsettled_ms = None
         if t_ms <= time.time() * 1000 + MAX_AHEAD_MS:
             state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
         self.publish(key[0], key[1], update.bar, final=update.final)
@@ -213,14 +228,19 @@ class BinanceProvider(Provider):
             if self._gaps is not None:
                 self._gaps.submit(self._fill_gap, key)
 
-    def _fill_gap(self, key: StreamKey) -> None:
-        """Gap thread: fetch and publish what ``key`` missed, then release its updates."""
+    def _fill_gap(self, key: StreamKey, watch_close: bool = True) -> None:
+        """Gap thread: fetch and publish what ``key`` missed, then release its updates.
+
+        With ``watch_close``, the last bar fetched, if still forming, is remembered as
+        unsettled: the subscription may go live only after that bar closed (the REST answer
+        came first), and then its final kline never comes; the first live kline of a newer
+        bar fetches it again (once: that fetch runs on a live subscription)."""
         try:
             rows = self._missed_rows(key)
         except Exception:  # never leave a key holding its updates: log and release it
             logger.exception("binance: gap fill of %s %s failed", *key)
             rows = []
-        self._finish_gap(key, rows)
+        self._finish_gap(key, rows, watch_close)
 
     def _missed_rows(self, key: StreamKey) -> list[list[Any]]:
         symbol, interval = key
@@ -244,23 +264,35 @@ class BinanceProvider(Provider):
         )
         return rows
 
-    def _finish_gap(self, key: StreamKey, rows: list[list[Any]]) -> None:
+    def _finish_gap(self, key: StreamKey, rows: list[list[Any]], watch_close: bool = True) -> None:
         """Publish the fetched bars, then the live updates held meanwhile; release the key."""
         now_ms = time.time() * 1000
         with self._keys_lock:
             state = self._keys.get(key)
             if state is None:
                 return
+            state.unsettled_ms = None
             for i, row in enumerate(rows):
                 final = i < len(rows) - 1 or int(row[6]) < now_ms
                 self.publish(key[0], key[1], row_to_bar(row), final=final)
                 state.last_open_ms = max(state.last_open_ms or 0, int(row[0]))
+                if watch_close and not final:
+                    state.unsettled_ms = int(row[0])
             newest = state.last_open_ms
-            for t in sorted(state.pending):
-                if newest is None or t * 1000 >= newest:
-                    self._publish_update(key, state, state.pending[t])
-            state.pending.clear()
-            state.resuming = False
+            held = sorted(t for t in state.pending if newest is None or t * 1000 >= newest)
+            refetch = False
+            for n, t in enumerate(held):
+                if _owes_close(state, t):
+                    refetch = True  # the updates from this one on stay held
+                    state.unsettled_ms = None
+                    state.pending = {u: state.pending[u] for u in held[n:]}
+                    break
+                self._publish_update(key, state, state.pending[t])
+            else:
+                state.pending.clear()
+                state.resuming = False
+        if refetch and self._gaps is not None:
+            self._gaps.submit(self._fill_gap, key, False)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -293,6 +325,12 @@ class BinanceProvider(Provider):
                 return
             self._reported = worst
         self.report_status(*worst)
+
+
+def _owes_close(state: _Key, t: int) -> bool:
+    """Whether a live kline opening at ``t`` (UTC seconds) is newer than the bar a gap fill
+    left forming whose final kline has not come (see ``BinanceProvider._fill_gap``)."""
+    return state.unsettled_ms is not None and t * 1000 > state.unsettled_ms
 
 
 def _time(text: str) -> int | None:
