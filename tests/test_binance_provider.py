@@ -491,6 +491,28 @@ def test_a_server_without_live_subscribe_gets_the_streams_in_the_url(
         assert fake.violations == []
 
 
+def test_a_new_stream_in_the_url_resumes_only_itself_not_every_stream_carried() -> None:
+    """Each new stream reopens a URL-mode socket, the old one delivering until the new one
+    is up; every stream of the connection was reported as resumed, so the provider fetched
+    the klines of all of them by REST for each chart opened (1024 calls for a full one)."""
+
+    def streamed(name: str) -> bool:
+        symbol, interval = name.split("@kline_")
+        return any(e["s"].lower() == symbol and e["k"]["i"] == interval for e in recorder.events)
+
+    first = ["btcusdt@kline_1m", "ethusdt@kline_1m", "ethbtc@kline_1m"]
+    with FakeBinance(push_interval=0.1, control="close", url_streams_required=True) as fake:
+        recorder = Recorder()
+        with running(recorder.manager(fake, answer_timeout=1.0)) as manager:
+            manager.subscribe(first)
+            assert fake.wait_for(lambda: all(streamed(n) for n in first), timeout=15)
+            resumed = len(recorder.resumed)
+            manager.subscribe(["bnbusdt@kline_5m"])
+            assert fake.wait_for(lambda: streamed("bnbusdt@kline_5m"), timeout=15)
+            assert recorder.resumed[resumed:] == [["bnbusdt@kline_5m"]]
+        assert fake.violations == []
+
+
 def test_a_silent_connection_is_replaced_and_its_streams_reported_as_resumed() -> None:
     with FakeBinance(push_interval=0.1) as fake:
         recorder = Recorder()

@@ -89,6 +89,7 @@ class _Socket:
         self.opened = self.last_message = time.monotonic()
         self.renew_at = self.opened + tuning.renew_after
         self.got_data = False
+        self.url_streams: frozenset[str] = frozenset()  # the streams named in its URL
         self.tasks: list[asyncio.Task[None]] = []
 
     def end(self, outcome: Outcome, detail: str) -> None:
@@ -160,7 +161,11 @@ class Connection:
         if outcome is Outcome.DROPPED and not self.in_url and self._unanswered(sock, 0.0):
             self._use_url(f"the server closed the socket after a SUBSCRIBE ({detail})")
         if outcome in (Outcome.RENEW, Outcome.SHUTDOWN, Outcome.URL):
-            new = await self._open_once(resume=outcome is not Outcome.RENEW)
+            # The old socket goes on delivering until the new one carries every stream: only
+            # what it did not carry (a new stream; all after serverShutdown, to be safe) may
+            # have missed bars. A renewal misses none.
+            carried = sock.url_streams if outcome is Outcome.URL else frozenset()
+            new = await self._open_once(resume=outcome is not Outcome.RENEW, carried=carried)
             if new is not None:
                 logger.info("binance stream #%d: %s; new socket opened", self.number, detail)
                 await self._handover(sock, new)
@@ -257,7 +262,12 @@ class Connection:
             return self.manager.url
         return self.manager.url + "?streams=" + "/".join(self.wanted)
 
-    async def _open_once(self, resume: bool) -> _Socket | None:
+    async def _open_once(
+        self, resume: bool, carried: frozenset[str] = frozenset()
+    ) -> _Socket | None:
+        """A new socket, or ``None`` if it cannot open. With ``resume``, the streams it
+        carries but ``carried`` does not (streams a socket still open delivers) are handed
+        to the owner to fetch what they missed."""
         await self.manager.connect_limiter.wait()
         self.manager.connect_limiter.record()
         url = self._url()
@@ -284,8 +294,10 @@ class Connection:
         sock = _Socket(ws, self.tuning)
         if url != self.manager.url:
             sock.sent.update(self.wanted)
-        if resume and self.wanted:
-            self.manager.resume(list(self.wanted))  # before the first event is read
+            sock.url_streams = frozenset(self.wanted)
+        missed = [name for name in self.wanted if name not in carried]
+        if resume and missed:
+            self.manager.resume(missed)  # before the first event is read
         sock.tasks = [
             asyncio.create_task(self._read(sock)),
             asyncio.create_task(self._write(sock)),
