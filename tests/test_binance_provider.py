@@ -491,6 +491,27 @@ def test_a_server_without_live_subscribe_gets_the_streams_in_the_url(
         assert fake.violations == []
 
 
+def test_a_drop_while_a_subscribe_awaits_its_answer_does_not_give_up_live_subscribe(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One network drop between a SUBSCRIBE and Binance's answer was taken as a server that
+    takes no SUBSCRIBE: the connection put its streams in the URL for good, and every new
+    stream reopened the socket."""
+    with FakeBinance(push_interval=0.1) as fake:
+        fake.answer_delay = 0.5
+        recorder = Recorder()
+        with running(recorder.manager(fake)) as manager:
+            manager.subscribe(["btcusdt@kline_1m"])
+            assert fake.wait_for(lambda: fake.ws_frames != [])
+            assert fake.drop_connections() == 1  # the answer was on its way
+            fake.answer_delay = 0.0
+            assert fake.wait_for(lambda: len(recorder.events) > 0, timeout=10)
+            manager.subscribe(["ethusdt@kline_1m"])
+            assert fake.wait_for(lambda: fake.streams_per_connection() == {2: 2}, timeout=10)
+        assert [c.path for c in fake.connections] == ["/stream", "/stream"]
+        assert "takes no live SUBSCRIBE" not in caplog.text
+
+
 def test_a_new_stream_in_the_url_resumes_only_itself_not_every_stream_carried() -> None:
     """Each new stream reopens a URL-mode socket, the old one delivering until the new one
     is up; every stream of the connection was reported as resumed, so the provider fetched

@@ -248,6 +248,7 @@ class FakeBinance:
         self._injected: list[tuple[int, float]] = []  # (status, retry_after) per request
         self._failures: list[tuple[int, str]] = []  # (status, raw body) per request
         self.max_klines: int | None = None  # a page size of its own, below ``limit``
+        self.answer_delay = 0.0  # seconds before a control frame is answered (and done)
         self._silent_until = 0.0
         self._refusals = 0  # SUBSCRIBE frames still to refuse
         self._cuts_ms: list[int] = []
@@ -904,6 +905,8 @@ class FakeBinance:
             self._mark_closed(conn, "control frames are not taken")
             await conn.ws.close(1003, "unsupported")
             return
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         reply = self._control(conn, text)
         self._sync_info(conn)
         await conn.ws.send(json.dumps(reply, separators=(",", ":")))

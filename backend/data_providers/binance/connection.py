@@ -13,9 +13,9 @@ cannot send live SUBSCRIBE frames). It
   subscribes it before closing the old one;
 * falls back to naming its streams in the URL (``stream?streams=a/b``) for a server that
   takes no live SUBSCRIBE (one that never answers it within ``answer_timeout``, closes the
-  socket right after it, or refuses a ``/stream`` URL without streams, as simpler relays and
-  emulators of Binance do): from then on a new stream reopens the socket with the new list,
-  the new socket first, as a renewal does.
+  socket right after it on two sockets in a row, or refuses a ``/stream`` URL without
+  streams, as simpler relays and emulators of Binance do): from then on a new stream
+  reopens the socket with the new list, the new socket first, as a renewal does.
 
 It runs on the owner's asyncio loop and does not know about bars, REST or other connections.
 """
@@ -108,6 +108,7 @@ class Connection:
         self.failures = 0
         self.refusals = 0  # SUBSCRIBE frames refused in a row (the retry's backoff)
         self.in_url = False  # the server takes no SUBSCRIBE: streams go in the socket's URL
+        self.closed_on_subscribe = 0  # sockets closed in a row with a SUBSCRIBE unanswered
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
         self.task.add_done_callback(self._ended)
 
@@ -159,7 +160,11 @@ class Connection:
         """Serve ``sock`` until it must be replaced; return its replacement."""
         outcome, detail = await self._watch(sock)
         if outcome is Outcome.DROPPED and not self.in_url and self._unanswered(sock, 0.0):
-            self._use_url(f"the server closed the socket after a SUBSCRIBE ({detail})")
+            # Twice in a row, not once: a network drop while Binance's answer is on its way
+            # would otherwise send every stream of this connection to the URL for good.
+            self.closed_on_subscribe += 1
+            if self.closed_on_subscribe >= 2:
+                self._use_url(f"the server closed the socket after a SUBSCRIBE ({detail})")
         if outcome in (Outcome.RENEW, Outcome.SHUTDOWN, Outcome.URL):
             # The old socket goes on delivering until the new one carries every stream: only
             # what it did not carry (a new stream; all after serverShutdown, to be safe) may
@@ -359,11 +364,12 @@ class Connection:
                 logger.warning("binance stream #%d: control frame refused: %s", self.number, error)
                 names = sock.subscribing.pop(reply_id, None) if isinstance(reply_id, int) else None
                 if names:
+                    self.closed_on_subscribe = 0  # an answer: the server takes SUBSCRIBE
                     self._subscribe_refused(sock, names, error)
             case parse.ControlReply(id=answered):
                 if isinstance(answered, int) and answered in sock.subscribing:
                     del sock.subscribing[answered]
-                    self.refusals = 0
+                    self.refusals = self.closed_on_subscribe = 0
             case parse.ServerShutdown():
                 sock.end(Outcome.SHUTDOWN, "serverShutdown received")
             case _:
