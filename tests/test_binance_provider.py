@@ -663,6 +663,22 @@ def test_a_server_that_pages_by_fewer_rows_is_asked_again_not_taken_as_the_end()
         assert len(ended) == 300 and len(fake.requests) == asked + 1
 
 
+def test_a_server_that_ignores_start_time_is_not_asked_for_five_hundred_pages() -> None:
+    """A relay answering the newest rows whatever startTime says: every page ended past the
+    cursor's last move, and the loop asked 500 times (1000 weight) for one history."""
+    now = frozen_ms(0)
+    with FakeBinance(now_ms=now) as fake, thread_event_loop():
+        fake.ignore_window = True
+        gate = RestGate(fake.api_url)
+        try:
+            start = now - now % MINUTE_MS - 3000 * MINUTE_MS
+            rows = gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 10)
+        finally:
+            gate.close()
+        assert len(fake.requests) == 2  # the second page had nothing new
+        assert rows[-1][0] == now - now % MINUTE_MS
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [(502, "<html><body>502 Bad Gateway</body></html>"), (503, ""), (200, "not json")],

@@ -248,6 +248,7 @@ class FakeBinance:
         self._injected: list[tuple[int, float]] = []  # (status, retry_after) per request
         self._failures: list[tuple[int, str]] = []  # (status, raw body) per request
         self.max_klines: int | None = None  # a page size of its own, below ``limit``
+        self.ignore_window = False  # klines answers the newest rows, whatever the window
         self.answer_delay = 0.0  # seconds before a control frame is answered (and done)
         self._silent_until = 0.0
         self._refusals = 0  # SUBSCRIBE frames still to refuse
@@ -804,12 +805,14 @@ class FakeBinance:
         if params.get("timeZone", "0") not in ("0", "+0", "-0", "0:00", "+00:00"):
             raise _HttpError(400, -1130, "Data sent for parameter 'timeZone' is not valid.")
         limit = self._int_param(params, "limit")
+        window = (None, None)
+        if not self.ignore_window:
+            window = (self._int_param(params, "startTime"), self._int_param(params, "endTime"))
         try:
             return self.data.klines(
                 params["symbol"],
                 params["interval"],
-                self._int_param(params, "startTime"),
-                self._int_param(params, "endTime"),
+                *window,
                 min(DEFAULT_KLINES if limit is None else limit, self.max_klines or 10**9),
                 now=self.now_ms(),
             )

@@ -119,7 +119,17 @@ class RestGate:
             rows.extend(page)
             if not page or (len(page) < PAGE_LIMIT and self._reached(page, interval, end_ms)):
                 return rows
-            cursor = int(page[-1][0]) + 1
+            newest = int(page[-1][0])
+            if newest < cursor:  # Binance answers rows from startTime on; this one did not
+                logger.warning(
+                    "binance: %s %s: klines answered no row from startTime %d on; a server"
+                    " that ignores startTime is not paged further",
+                    symbol,
+                    interval,
+                    cursor,
+                )
+                return rows
+            cursor = newest + 1
             if end_ms is not None and cursor > end_ms:
                 return rows
         logger.warning("binance: %s %s: stopped after %d pages", symbol, interval, MAX_PAGES)
