@@ -766,6 +766,16 @@ def test_the_events_of_one_loop_turn_are_delivered_between_one_hold_and_one_rele
     assert all(burst for burst in bursts())
 
 
+def test_a_quiet_key_is_not_restarted_every_two_minutes() -> None:
+    """Binance is silent on a kline that does not change: the hub's default staleness (120
+    s) restarted every quiet key every 2 minutes with a REST gap fill and two log lines
+    (an independent fake: 100 quiet 1h keys, 200 klines calls and 400 lines in 250 s).
+    A real wait would take a quarter of an hour, so the limit itself is checked."""
+    provider = BinanceProvider()
+    limits = {i: provider.staleness_limit("BTCUSDT", i) for i in ("1m", "1h", "1d")}
+    assert limits == {"1m": 900.0, "1h": 7200.0, "1d": 172_800.0}
+
+
 def test_a_stray_future_kline_does_not_move_where_the_gap_fill_starts() -> None:
     """The hub drops such a kline; the provider used to take it as the newest bar seen, and
     the next gap fill asked for the bars after it: none."""

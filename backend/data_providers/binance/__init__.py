@@ -47,6 +47,7 @@ GAP_MAX_WAIT = 120.0  # a gap fill after a reconnect may wait this long
 GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
 POPULATE_MAX_WAIT = 120.0
 MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
+QUIET_RESTART = 900.0  # a key without an event is restarted after this (or two bars)
 _SEVERITY = {"ok": 0, "reconnecting": 1, "rate_limited": 2, "banned": 3}
 
 
@@ -150,6 +151,16 @@ class BinanceProvider(Provider):
             return
         self._stream_manager().restart([key.stream])
         self._start_gap_fill([(symbol, interval)])
+
+    def staleness_limit(self, symbol: str, interval: str) -> float | None:
+        """15 minutes or two bars without an event, whichever is longer.
+
+        Binance sends a kline event only when the kline changed: a thinly traded pair is
+        quiet for long stretches on a healthy stream, and a dead socket is found by its
+        connection's ping. The default (120 s) restarted every quiet key every 2 minutes,
+        each time an UNSUBSCRIBE/SUBSCRIBE, a REST gap fill and two log lines: 100 quiet
+        keys cost 100 klines calls and 200 lines every 2 minutes."""
+        return max(QUIET_RESTART, 2.0 * intervals.nominal_seconds(interval))
 
     def shutdown(self) -> None:
         if self._streams is not None:
