@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -241,6 +242,22 @@ def test_a_link_with_the_interval_as_the_buttons_say_it_or_an_overlong_symbol_an
     )
     errors = [e for e in console if "unknown symbol" not in e.lower()]
     assert errors == []
+
+
+def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offers(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The macro line series start at 1h: a link (or a grid chart) asking for their 1m chart
+    opens 1h, as picking the symbol from the search box at 1m does, not an error that says
+    to pick another symbol."""
+    grid = "&layout=4&c2=csv:macro__policy_rate:5m&c3=csv:ACME:1d&c4=csv:BTCUSD:1h"
+    open_page(page, server, f"?source=csv&s=macro__dollar_index&i=1m{grid}", charts=4)
+    assert js(page, "window.candlewire.charts.map(c => c.interval)") == ["1h", "1h", "1d", "1h"]
+    assert js(page, "window.candlewire.charts[0].message") in (None, "")
+    until(lambda: "i=1h" in page.url, what="the URL names the interval shown")
+    assert "macro__policy_rate:1h" in urllib.parse.unquote(page.url)
+    shot(page, "nearest-interval", viewport)
+    assert console == []
 
 
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(

@@ -24,7 +24,7 @@ import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
 import { ViewEdges, clampRange } from "./edges.js";
 import { decimalsOf, formatTime, precisionFor, sentence, tickMark } from "./format.js";
-import { isIntraday, seconds as intervalSeconds } from "./intervals.js";
+import { isIntraday, nearest, seconds as intervalSeconds } from "./intervals.js";
 import { renderLegend } from "./legend.js";
 import { PanelHead } from "./panel-head.js";
 import { quoteId } from "./quotes.js";
@@ -335,7 +335,32 @@ export class ChartPanel extends EventTarget {
       this.historyDone = false;
     }
     if (!this.bars.length && message.request?.type === "data") {
+      if (message.code === "unknown_interval" && message.request.interval === this.interval) {
+        this.openNearestInterval();
+        return;
+      }
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
+    }
+  }
+
+  /**
+   * A link (the URL, a grid chart) named an interval this symbol does not offer: open the
+   * offered interval closest to it, as a pick from the search box does, rather than an
+   * error telling the user to pick another symbol. Only a link gets here (a pick knows the
+   * symbol's intervals), so they are looked up by searching for the symbol's name.
+   */
+  async openNearestInterval() {
+    const { source, name, interval } = this;
+    const rows = this.details?.intervals
+      ? [{ details: this.details }] : await this.feed.search(name);
+    if (this.destroyed || source !== this.source || name !== this.name
+      || interval !== this.interval || this.bars.length) return; // moved on meanwhile
+    const row = (rows || []).find((r) => r.details?.source === source && r.details?.name === name);
+    const offered = row?.details?.intervals;
+    if (offered?.length && !offered.includes(interval)) {
+      this.open(source, name, nearest(interval, offered), row.details);
+    } else {
+      this.showMessage(this.errorText, "error", "Pick another interval or symbol.");
     }
   }
 
