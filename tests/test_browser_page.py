@@ -260,6 +260,31 @@ def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offer
     assert console == []
 
 
+def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """An unknown symbol in a link is refused (one toast says so); picking another symbol
+    then unsubscribes the refused one, which the server answers ``not_subscribed``: that
+    answer to the page's own bookkeeping is no news to the user and shows no toast."""
+    page.goto(f"{server.url}/?source=csv&s=NOPE&i=1h")
+    page.wait_for_function("window.candlewire && window.candlewire.connection === 'live'")
+    until(
+        lambda: "nknown symbol" in (js(page, "window.candlewire.charts[0].message") or ""),
+        what="the unknown symbol said",
+    )
+    page.locator("#search-input").fill("ACME")
+    page.locator("#search-input").press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].bars().length > 0")
+    until(
+        lambda: (js(page, "window.candlewire.lastError") or {}).get("code") == "not_subscribed",
+        what="the server's answer to the unsubscribe",
+    )
+    toasts = js(page, "document.querySelector('#toasts').innerText")
+    assert "nknown symbol" in toasts
+    assert "subscribed" not in toasts.lower()
+    assert [e for e in console if "unknown symbol" not in e.lower()] == []
+
+
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

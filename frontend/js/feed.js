@@ -219,6 +219,9 @@ export class Feed extends EventTarget {
     if (request && typeof request.id === "string" && /^indicator/.test(request.type)) {
       this.indicators.get(request.id)?.onError?.(message);
     }
+    // Leaving a key the hub never held (its `data` was refused: unknown symbol or interval,
+    // a limit) is answered not_subscribed: bookkeeping, not news for the user (no toast).
+    if (message.code === "not_subscribed" && request?.type === "unsubscribe") return;
     this.dispatchEvent(new CustomEvent("error", { detail: message }));
   }
 }
