@@ -10,7 +10,9 @@ the viewport.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -283,6 +285,54 @@ def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
     assert "nknown symbol" in toasts
     assert "subscribed" not in toasts.lower()
     assert [e for e in console if "unknown symbol" not in e.lower()] == []
+
+
+COUNT_SOCKETS = """(() => {
+  const Native = window.WebSocket;
+  window.sockets = 0;
+  window.frames = 0;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.sockets += 1;
+      this.addEventListener("message", () => { window.frames += 1; });
+    }
+  };
+})()"""
+
+
+def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Chrome wakes a hidden tab's repeating timers once a minute (intensive throttling): the
+    15 s keep-alive then runs a minute after its last ping, whose pong came long ago. That
+    healthy socket must be kept, not replaced at every wake-up as one silent for 40 s.
+    The page's clock is Playwright's: each minute is jumped at once, as a throttled tab
+    sees it, and the test waits (in real time) for a frame after the ping it sent."""
+    page.add_init_script(COUNT_SOCKETS)
+    page.clock.install()
+    open_page(page, server, "?source=csv&s=macro__policy_rate&i=1M")
+    for _ in range(3):
+        frames = js(page, "window.frames")
+        page.clock.fast_forward(60 * MS)  # fires the keep-alive (and any due timer) once
+        page.clock.run_for(MS)  # a reconnect's first retry is 0.5 s away
+        page.wait_for_function(f"window.frames > {frames}")
+    assert js(page, "window.sockets") == 1
+    assert js(page, "window.candlewire.connection") == "live"
+    # A hung server (its pongs never come) is still left for a new socket.
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(5):  # frames already on their way may answer one ping
+            page.clock.fast_forward(60 * MS)
+            page.clock.run_for(MS)
+            if js(page, "window.sockets") > 1:
+                break
+        assert js(page, "window.sockets") == 2
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    page.wait_for_function("window.candlewire.connection === 'live'")
+    assert console == []
 
 
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(

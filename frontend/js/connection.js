@@ -3,7 +3,7 @@
 // "state" events; Feed (feed.js) decides what to send.
 
 const PING_EVERY_MS = 15000;
-const SILENCE_LIMIT_MS = 40000; // no frame at all (not even a pong) for this long: reconnect
+const SILENCE_LIMIT_MS = 40000; // a ping unanswered (no frame at all) for this long: reconnect
 const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
 const PROBE_MS = 5000; // back online with the socket still open: a frame within this, or reconnect
 
@@ -28,6 +28,7 @@ export class Connection extends EventTarget {
     this.retryTimer = null;
     this.retryAt = 0;
     this.lastFrameAt = 0;
+    this.pingAt = 0; // when the oldest ping still unanswered (no frame since) was sent
     this.keepalive = null;
     this.probe = null;
     window.addEventListener("online", () => this.onOnline());
@@ -138,9 +139,18 @@ export class Connection extends EventTarget {
     }, PROBE_MS);
   }
 
+  /**
+   * Every PING_EVERY_MS: ping, and drop a socket whose ping went unanswered (no frame at all
+   * since) for SILENCE_LIMIT_MS. The silence is counted from the unanswered ping, not from
+   * the last frame: a background tab's timers may wake only once a minute (Chrome's
+   * intensive throttling), and a quiet series (a market closed) sends nothing between two
+   * pings, so "no frame for 40 s" would drop a healthy socket at each wake-up.
+   */
   checkAlive() {
     if (!this.isOpen) return;
-    if (Date.now() - this.lastFrameAt > SILENCE_LIMIT_MS) {
+    const now = Date.now();
+    const waiting = this.pingAt > this.lastFrameAt; // the last ping is not answered yet
+    if (waiting && now - this.pingAt > SILENCE_LIMIT_MS) {
       // A half-open socket may take minutes to report its close: drop it now.
       const ws = this.ws;
       this.ws = null;
@@ -149,6 +159,7 @@ export class Connection extends EventTarget {
       this.scheduleRetry();
       return;
     }
+    if (!waiting) this.pingAt = now;
     this.send([{ type: "ping" }]);
   }
 
