@@ -335,6 +335,33 @@ def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
     assert console == []
 
 
+SMALL_BUTTONS = """() => [...document.querySelectorAll("button")]
+  .filter((b) => b.checkVisibility({ visibilityProperty: true }))
+  .map((b) => [b.className || b.id, b.getBoundingClientRect()])
+  .filter(([, r]) => r.width < 24 || r.height < 24)
+  .map(([name, r]) => `${name} ${Math.round(r.width)}x${Math.round(r.height)}`)"""
+
+
+def test_on_a_touch_screen_every_button_is_at_least_24_px_square(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The x of the compare, the edit and x of an indicator chip and the x of a watchlist
+    row are tapped with a finger on a phone: each at least 24x24 CSS px (WCAG 2.5.8), not a
+    14-16 px glyph. A desktop (a mouse) keeps them small."""
+    query = "?source=csv&s=BTCUSD&i=1h&cmp=csv:ACME&ind=talib.momentum.RSI:timeperiod:14"
+    open_page(page, server, query)
+    page.locator(".indicator-remove").wait_for()
+    page.locator(".compare-remove").wait_for()
+    if viewport == "phone":
+        page.locator("#watchlist-toggle").tap()
+        page.locator(".wl-remove").first.wait_for()
+        assert js(page, SMALL_BUTTONS) == []
+    assert on_screen(page, ".compare-remove")
+    assert on_screen(page, ".indicator-remove")
+    shot(page, "touch-targets", viewport)
+    assert console == []
+
+
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
