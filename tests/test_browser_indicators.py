@@ -226,6 +226,35 @@ def test_inputs_are_edited_in_a_dialog_and_an_indicator_is_removed_with_its_chip
     assert console == []
 
 
+FOCUSED = "document.activeElement.getAttribute('aria-label') || document.activeElement.id"
+
+
+def test_the_keyboard_stays_on_the_chips_after_an_edit_or_a_removal(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Enter on a chip's x removes it and the keyboard moves to the next chip's x (the last
+    one gone: to the Indicators button); applying an edit keeps it on the chip's edit. It
+    must not fall back to the page's start, where the next Tab begins again from the top."""
+    query = f"?source=counting&s=BBB&i=1m&ind={SMA}:timeperiod:5&ind={RSI}:timeperiod:14"
+    open_page(page, server, query)
+    drawn(page, 2)
+    page.locator(".indicator-chip[data-id='talib.momentum.RSI'] .indicator-edit").focus()
+    page.keyboard.press("Enter")
+    page.locator("#indicator-dialog input[name='timeperiod']").fill("7")
+    page.locator("#indicator-dialog-ok").focus()
+    page.keyboard.press("Enter")
+    until(lambda: indicators(page)[1]["inputs"] == {"timeperiod": 7}, what="the new inputs")
+    assert page.evaluate(FOCUSED) == "Edit RSI 7"
+    page.locator(".indicator-chip[data-id='talib.overlap.SMA'] .indicator-remove").focus()
+    page.keyboard.press("Enter")
+    until(lambda: len(indicators(page)) == 1, what="the SMA removed")
+    assert page.evaluate(FOCUSED) == "Remove RSI 7"
+    page.keyboard.press("Enter")
+    until(lambda: not indicators(page), what="the RSI removed")
+    assert page.evaluate(FOCUSED) == "indicator-button"
+    assert console == []
+
+
 def test_indicators_survive_a_reload_and_are_asked_again_after_a_server_restart(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

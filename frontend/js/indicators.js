@@ -388,9 +388,18 @@ export class IndicatorLayer {
   // ---------------------------------------------------------------- chips
 
   renderChips() {
+    const before = [...this.chipsEl.querySelectorAll("button")];
+    const at = before.indexOf(document.activeElement);
     const chips = this.list.map((instance) => this.chip(instance));
     this.chipsEl.replaceChildren(...chips);
     this.chipsEl.hidden = !chips.length;
+    if (at < 0) return;
+    // The keyboard was on a chip's button, now replaced: keep it there (the same button
+    // after an edit, the next chip's after a removal, the last one's when the last went),
+    // or on the Indicators button once no chip is left, not on the page's start.
+    const after = [...this.chipsEl.querySelectorAll("button")];
+    (after[Math.min(at, after.length - 1)] || document.getElementById("indicator-button"))
+      ?.focus();
   }
 
   chip(instance) {
