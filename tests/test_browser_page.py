@@ -362,6 +362,60 @@ def test_on_a_touch_screen_every_button_is_at_least_24_px_square(
     assert console == []
 
 
+FOCUSED = "document.activeElement.getAttribute('aria-label') || document.activeElement.id"
+
+
+def test_the_keyboard_stays_in_place_after_removing_a_compare_a_watchlist_row_or_an_alert(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Enter on an x removes its item and rebuilds the list: the keyboard goes on to the
+    next x (the watchlist's, the alerts'), or to the toolbar's Compare button, not to the
+    page's start, where the next Tab begins again at the top of the toolbar."""
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    open_page(page, server, "?source=csv&s=ACME&i=1h&cmp=csv:BTCUSD")
+    page.locator(".compare-remove").focus()
+    page.keyboard.press("Enter")
+    until(lambda: js(page, "window.candlewire.charts[0].compare") is None, what="no compare")
+    assert js(page, FOCUSED) == "compare-button"
+    if viewport == "phone":
+        page.locator("#watchlist-toggle").tap()
+    page.locator(".wl-items li[data-id]").first.wait_for()  # the drawer slid in (phone)
+    page.locator(".wl-items li[data-id]").first.focus()
+    page.keyboard.press("Tab")  # to its x, shown on the focused row
+    page.keyboard.press("Enter")
+    until(
+        lambda: js(page, "document.querySelectorAll('.wl-items li[data-id]').length") == 1,
+        what="one row left",
+    )
+    assert js(page, "document.activeElement.dataset.id") == "csv:ACME"  # the next row
+    if viewport == "phone":
+        page.keyboard.press("Escape")
+    page.locator("#alert-button").click()
+    for level in ("1", "2"):
+        page.locator("#alert-level").fill(level)
+        page.locator("#alert-level").press("Enter")
+        count = int(level)
+        until(
+            lambda n=count: js(page, "window.candlewire.alerts.items.length") == n,
+            what=f"{count} alerts",
+        )
+    page.locator(".alert-delete").first.focus()
+    page.keyboard.press("Enter")
+    until(lambda: js(page, "window.candlewire.alerts.items.length") == 1, what="one alert left")
+    until(
+        lambda: js(page, "document.querySelectorAll('.alert-item').length") == 1,
+        what="one alert listed",
+    )
+    assert (js(page, FOCUSED) or "").startswith("Delete alert")
+    page.keyboard.press("Enter")
+    until(
+        lambda: js(page, "document.querySelectorAll('.alert-item').length") == 0,
+        what="no alert listed",
+    )
+    assert js(page, FOCUSED) == "Alert level"
+    assert console == []
+
+
 def test_the_grid_fills_new_charts_with_other_symbols_and_legends_leave_candles_free(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -4,7 +4,7 @@
 // one-item menu "Alert when price crosses <level at the pointer>".
 
 import { crossLevel } from "./alerts.js";
-import { element } from "./dom.js";
+import { element, keepFocus } from "./dom.js";
 import { displayName } from "./format.js";
 
 function describe(alert) {
@@ -65,6 +65,12 @@ export class AlertPanel {
   }
 
   render() {
+    // A × used from the keyboard (or any refresh, e.g. after a firing, while one has focus):
+    // it stays on the list (keepFocus), or goes to the level once no alert is left.
+    keepFocus(this.list, ".alert-delete", () => this.renderItems(), this.level);
+  }
+
+  renderItems() {
     const items = this.book.items;
     this.count.textContent = items.length ? String(items.length) : "";
     this.count.hidden = !items.length;

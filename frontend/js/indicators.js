@@ -8,7 +8,7 @@
 
 import { LineSeries } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { formatDate, parseDate } from "./bars.js";
-import { element } from "./dom.js";
+import { element, keepFocus } from "./dom.js";
 
 const COLORS = ["#2962ff", "#e91e63", "#00bcd4", "#ff9800", "#9c27b0", "#4caf50", "#795548"];
 const INIT_COUNT = 300;
@@ -388,18 +388,13 @@ export class IndicatorLayer {
   // ---------------------------------------------------------------- chips
 
   renderChips() {
-    const before = [...this.chipsEl.querySelectorAll("button")];
-    const at = before.indexOf(document.activeElement);
-    const chips = this.list.map((instance) => this.chip(instance));
-    this.chipsEl.replaceChildren(...chips);
-    this.chipsEl.hidden = !chips.length;
-    if (at < 0) return;
-    // The keyboard was on a chip's button, now replaced: keep it there (the same button
-    // after an edit, the next chip's after a removal, the last one's when the last went),
-    // or on the Indicators button once no chip is left, not on the page's start.
-    const after = [...this.chipsEl.querySelectorAll("button")];
-    (after[Math.min(at, after.length - 1)] || document.getElementById("indicator-button"))
-      ?.focus();
+    // A chip's ✎ or × used from the keyboard: it stays on the chips (keepFocus), or goes
+    // to the Indicators button once no chip is left.
+    keepFocus(this.chipsEl, "button", () => {
+      const chips = this.list.map((instance) => this.chip(instance));
+      this.chipsEl.replaceChildren(...chips);
+      this.chipsEl.hidden = !chips.length;
+    }, document.getElementById("indicator-button"));
   }
 
   chip(instance) {

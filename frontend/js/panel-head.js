@@ -2,7 +2,7 @@
 // exchange/source, the compared symbol with its remove button, the countdown to the bar
 // close, and the quote (last price and change vs the previous daily close). DOM only.
 
-import { element } from "./dom.js";
+import { element, keepFocus } from "./dom.js";
 import { displayName } from "./format.js";
 import { label as intervalLabel } from "./intervals.js";
 import { renderQuote } from "./legend.js";
@@ -50,6 +50,12 @@ export class PanelHead {
 
   /** The compared symbol ({name, details}) with a remove button, or nothing. */
   showCompare(target, onRemove) {
+    // Its × used from the keyboard: it goes on to the toolbar's Compare button (keepFocus).
+    keepFocus(this.compareEl, "button", () => this.renderCompare(target, onRemove),
+      document.getElementById("compare-button"));
+  }
+
+  renderCompare(target, onRemove) {
     if (!target) {
       this.compareEl.replaceChildren();
       return;

@@ -2,7 +2,7 @@
 // and its change vs the previous daily close, updating live from the shared Quotes (the same
 // figures as the chart headers). Clicking a row opens the symbol in the active chart.
 
-import { span } from "./dom.js";
+import { keepFocus, span } from "./dom.js";
 import { displayName } from "./format.js";
 import { quoteId } from "./quotes.js";
 
@@ -106,6 +106,13 @@ export class Watchlist {
   }
 
   render() {
+    // A row or its × used from the keyboard: it stays on the rows (keepFocus; a row, as its
+    // × is hidden until its row has focus).
+    keepFocus(this.list, "li[data-id]", () => this.renderRows(),
+      document.getElementById("watchlist-toggle"));
+  }
+
+  renderRows() {
     const rows = [...this.entries.values()].map((entry) => {
       const li = document.createElement("li");
       li.dataset.id = entry.id;
