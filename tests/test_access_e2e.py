@@ -128,6 +128,27 @@ async def test_a_socket_without_or_with_a_wrong_token_is_refused_with_401_before
     assert await refused_status(server.ws_url + "?token=" + wrong_audience) == 401
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [{"sources": 5}, {"symbols": True}, {"symbols": {"AAA": 1}}, {"exp": 10**400}],
+    ids=["sources-number", "symbols-true", "symbols-object", "exp-beyond-any-date"],
+)
+async def test_a_signed_token_with_a_claim_of_the_wrong_shape_is_a_401_not_a_500(
+    server: ServerProcess, claims: dict[str, Any]
+) -> None:
+    """A mistake of the identity provider (a claim it cannot mean) is refused like any bad
+    token, in the documented shape, on HTTP and on the socket; it was a bare 500
+    ``Internal Server Error`` with a traceback on every route."""
+    payload = {"sub": "shapes", "aud": AUDIENCE, "exp": int(time.time() + 60), **claims}
+    odd = jwt.encode(payload, SECRET, algorithm="HS256")
+    for path in ("/api/symbols?q=AAA", "/udf/history?symbol=AAA&resolution=60&to=1&countback=1"):
+        status, body, _ = http(server, path, Authorization=f"Bearer {odd}")
+        assert status == 401, (path, body)
+        assert body["error"] == "unauthorized" and "invalid token" in body["message"]
+    assert await refused_status(server.ws_url + "?token=" + odd) == 401
+    assert "Traceback" not in server.log_path.read_text()
+
+
 async def test_a_socket_from_a_foreign_origin_is_refused_with_403_even_with_a_token(
     server: ServerProcess,
 ) -> None:

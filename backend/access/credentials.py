@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -122,25 +123,46 @@ class JwtVerifier:
 
 
 def identity_of(claims: Mapping[str, Any], address: str) -> Identity:
-    """The identity a verified token's claims describe."""
+    """The identity a verified token's claims describe; raise ``AccessDenied`` (401) for a
+    claim of a shape it cannot have (``sources: 5``, ``symbols: true``, an ``exp`` beyond
+    any date). A token is signed by the identity provider, but a mistake there must cost
+    the request a documented refusal, not a 500 and a traceback on every route."""
     return Identity(
         client=f"sub-{claims.get('sub', 'anonymous')}",
         address=address,
         tier=str(claims.get("tier", "default")),
         sources=_claim_set(claims, "sources"),
         symbols=_claim_set(claims, "symbols"),
-        expires_at=float(claims["exp"]),
+        expires_at=_expiry(claims),
         authenticated=True,
     )
 
 
 def _claim_set(claims: Mapping[str, Any], name: str) -> frozenset[str] | None:
+    """A list claim: a list of names (strings or numbers), or one comma-separated string."""
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, str):
         value = value.split(",")
+    if not isinstance(value, list) or not all(_is_name(item) for item in value):
+        raise AccessDenied(UNAUTHORIZED, f"invalid token (claim {name!r} is not a list of names)")
     return frozenset(str(item).strip() for item in value if str(item).strip())
+
+
+def _is_name(item: object) -> bool:
+    return isinstance(item, str | int | float) and not isinstance(item, bool)
+
+
+def _expiry(claims: Mapping[str, Any]) -> float:
+    """``exp`` as seconds (PyJWT checked that it is a number of some size)."""
+    try:
+        expires = float(claims["exp"])
+    except (TypeError, ValueError, OverflowError):
+        raise AccessDenied(UNAUTHORIZED, "invalid token (claim 'exp' is out of range)") from None
+    if not math.isfinite(expires):
+        raise AccessDenied(UNAUTHORIZED, "invalid token (claim 'exp' is out of range)")
+    return expires
 
 
 def _public_keys(value: str) -> dict[str | None, Any]:
