@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +193,45 @@ async def test_subscriptions_are_limited_per_client_across_its_connections(
     assert not limit_errors(second, mark)
     for client in (first, second, other):
         await client.close()
+
+
+def http_get(server: ServerProcess, path: str, sub: str, **claims: Any) -> Any:
+    """(status, decoded JSON body, headers) of one GET with a token of ``sub``."""
+    headers = {"Authorization": f"Bearer {token(sub, **claims)}"}
+    request = urllib.request.Request(server.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def test_an_http_request_over_the_upstream_budget_is_429_with_retry_after(
+    server: ServerProcess,
+) -> None:
+    """A fair-use refusal of ``/api/history`` and ``/openbb/bars`` is 429 with the wait in
+    ``Retry-After`` and the body, as the request-rate limit answers; it was a 503 ("the
+    server is down") without ``Retry-After``. A refused quote says why, not "no data" (this
+    test comes before the tier tests, which leave the daily bars of CCC cached)."""
+    answers = []
+    for hours in range(40, 44):  # windows nobody asked for: each costs an upstream call
+        t = int(time.time()) // 3600 * 3600 - hours * 3600
+        end = urllib.parse.quote(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)))
+        path = f"/api/history?source=counting&name=AAA&interval=5m&count=1&end={end}"
+        answers.append(http_get(server, path, "meagre-http", tier="meagre"))
+    assert [status for status, _, _ in answers[:MEAGRE_BURST]] == [200] * MEAGRE_BURST
+    status, body, headers = answers[-1]
+    assert status == 429, body
+    assert body["error"] == "rate_limited" and "retry after" in body["message"]
+    assert body["retry_after"] > 0 and int(headers["Retry-After"]) >= 1
+    status, body, headers = http_get(
+        server, "/openbb/bars?symbol=counting:BBB&interval=3m&count=1", "meagre-http", tier="meagre"
+    )
+    assert status == 429 and body["error"] == "rate_limited", body
+    assert int(headers["Retry-After"]) >= 1 and body["detail"] == body["message"]
+    quote_path = "/udf/quotes?symbols=counting:CCC"
+    _, quotes, _ = http_get(server, quote_path, "meagre-http", tier="meagre")
+    assert quotes["d"][0]["s"] == "error" and "retry after" in quotes["d"][0]["errmsg"], quotes
 
 
 # ---------------------------------------------------------------------- tiers

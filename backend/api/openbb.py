@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
@@ -186,8 +186,14 @@ async def bars_table(
         return _error(status, code, exc.message)
     answer = await hub.planner.latest(key, count, hub.subs.has(key))
     if answer.error is not None and not answer.bars:
-        code = getattr(answer.error, "code", "provider_error")
-        return _error(503, str(code), str(answer.error))
+        failed = requests.failure(answer.error)  # 404, 429 with Retry-After, or 503
+        message = str(answer.error)
+        body: dict[str, Any] = {"error": failed.code, "message": message, "detail": message}
+        if failed.retry_after is not None:
+            body["retry_after"] = failed.retry_after
+        response = json_response(body, failed.status)
+        response.headers.update(failed.headers)
+        return response
     return json_response([bar_row(bar) for bar in answer.bars])
 
 

@@ -26,7 +26,7 @@ from backend.hub.metrics import CONTENT_TYPE as METRICS_TYPE
 from backend.model import intervals
 from backend.model.bars import FIELDS, LINE, SeriesId
 from backend.wire.protocol import DEFAULT_COUNT
-from backend.wire.requests import HTTP_STATUS, Limits, quote, validate_series
+from backend.wire.requests import HTTP_STATUS, Limits, failure, quote, validate_series
 
 router = APIRouter()
 
@@ -112,13 +112,16 @@ async def history(
         return _error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
     answer = await hub.planner.before(key, end_t, count)
     if answer.error is not None and not answer.bars:
-        code = getattr(answer.error, "code", "provider_error")
-        # the provider does not know the symbol (its file was removed since populate.py):
-        # 404 as when the database does not, not 503 (which says "try again later")
-        return _error(404 if code == "unknown_symbol" else 503, code, str(answer.error))
+        # 404 for a symbol the provider does not know (its file was removed since
+        # populate.py), 429 with Retry-After for a refusal, 503 for a failure
+        failed = failure(answer.error)
+        body: dict[str, Any] = {"error": failed.code, "message": str(answer.error)}
+        if failed.retry_after is not None:
+            body["retry_after"] = failed.retry_after
+        return JSONResponse(body, status_code=failed.status, headers=failed.headers)
     if format == "csv":
         return _csv_response(key, str(details.get("type", "candlestick")), answer.bars)
-    body: dict[str, Any] = {
+    body = {
         "source": source,
         "name": name,
         "interval": interval,

@@ -43,6 +43,7 @@ from backend.tasks import start_owned
 from backend.wire.requests import quote
 
 if TYPE_CHECKING:
+    from backend.history.planner import Answer
     from backend.hub.hub import Hub
 
 router = APIRouter(prefix=PREFIX, tags=["udf"])
@@ -110,16 +111,16 @@ def streamed_bar(hub: Hub, details: dict[str, Any]) -> Bar | None:
     return None
 
 
-async def daily_bars(hub: Hub, key: SeriesId) -> list[Bar] | None:
-    """The newest :data:`DAYS` bars of ``key``, waiting at most ``SYMBOL_INFO_WAIT`` (then
-    ``None``; the fetch goes on, owned, and fills the cache for the next poll)."""
+async def daily_bars(hub: Hub, key: SeriesId) -> Answer | None:
+    """The newest :data:`DAYS` bars of ``key`` (and the error of a fetch that failed),
+    waiting at most ``SYMBOL_INFO_WAIT`` (then ``None``; the fetch goes on, owned, and fills
+    the cache for the next poll)."""
     latest = hub.planner.latest(key, DAYS, hub.subs.has(key))
     fetch = start_owned(INFO_FETCHES, latest, f"udf quote {key}")
     try:
-        answer = await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
+        return await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
     except TimeoutError:
         return None
-    return list(answer.bars)
 
 
 async def quote_of(hub: Hub, symbol: str) -> dict[str, Any]:
@@ -133,10 +134,13 @@ async def quote_of(hub: Hub, symbol: str) -> dict[str, Any]:
     interval = daily_interval(details)
     if interval is None or hub.supervisor.get(source) is None:
         return _failed(symbol, f"no data for {full_name(details)}")
-    days = await daily_bars(hub, SeriesId(source, name, interval))
-    if days is None:
+    answer = await daily_bars(hub, SeriesId(source, name, interval))
+    if answer is None:
         return _failed(symbol, f"no quote for {full_name(details)} yet, ask again")
-    values = quote_values(details, days, streamed_bar(hub, details))
+    if not answer.bars and answer.error is not None:
+        # why: a refusal says "retry after N s", a failure names the provider's trouble
+        return _failed(symbol, str(answer.error))
+    values = quote_values(details, list(answer.bars), streamed_bar(hub, details))
     if values is None:
         return _failed(symbol, f"no data for {full_name(details)}")
     return {"s": "ok", "n": symbol, "v": values}

@@ -14,6 +14,7 @@ resolve bare names first can hand over the row they found (:func:`known`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,37 @@ HTTP_STATUS = {
     "invalid_field": 400,
     "forbidden": 403,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The HTTP answer to a history call that failed without bars (REST and OpenBB)."""
+
+    status: int
+    code: str
+    retry_after: float | None = None  # seconds, for ``rate_limited``
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds (at least 1) when the wait is known."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+def failure(error: BaseException) -> Failure:
+    """A provider's ``unknown_symbol`` is 404 (as when the database does not know it); a
+    ``rate_limited`` refusal (the caller's upstream budget or fair share, or the upstream
+    asking to slow down) is 429 with its wait, as the request-rate limit answers; any other
+    failure is 503. The refusal was a 503 without ``Retry-After``: "the server is down"
+    rather than "this client, wait N s", so HTTP clients retried at once, or gave up."""
+    code = str(getattr(error, "code", "provider_error"))
+    if code == "unknown_symbol":
+        return Failure(404, code)
+    if code == "rate_limited":
+        wait = getattr(error, "retry_after", None)
+        return Failure(429, code, float(wait) if isinstance(wait, int | float) else None)
+    return Failure(503, code)
 
 
 @dataclass(frozen=True, slots=True)
