@@ -234,6 +234,35 @@ def test_an_http_request_over_the_upstream_budget_is_429_with_retry_after(
     assert quotes["d"][0]["s"] == "error" and "retry after" in quotes["d"][0]["errmsg"], quotes
 
 
+def test_requests_refused_for_their_credentials_count_against_the_address(
+    server: ServerProcess,
+) -> None:
+    """A caller from one address (here behind the local proxy, ``X-Forwarded-For``)
+    guessing tokens gets 429 with ``Retry-After`` past the request burst, like any client;
+    every refusal was a 401, however many, so key guessing and 401 floods were unlimited.
+    A valid token from the same address keeps its own budget."""
+    remote = {"X-Forwarded-For": "198.51.100.7"}
+    statuses, last = [], None
+    for n in range(REQUESTS_BURST + 3):
+        request = urllib.request.Request(
+            server.url + f"/api/symbols?q=AAA&token=guess-{n}", headers=remote
+        )
+        try:
+            urllib.request.urlopen(request, timeout=seconds(10)).close()
+        except urllib.error.HTTPError as error:
+            statuses.append(error.code)
+            last = (json.loads(error.read()), error.headers)
+    assert statuses[:REQUESTS_BURST] == [401] * REQUESTS_BURST, statuses
+    assert statuses[-1] == 429, statuses
+    assert last is not None
+    body, headers = last
+    assert body["error"] == "rate_limited" and int(headers["Retry-After"]) >= 1
+    valid = {**remote, "Authorization": f"Bearer {token('same-address')}"}
+    request = urllib.request.Request(server.url + "/api/symbols?q=AAA", headers=valid)
+    with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+        assert response.status == 200
+
+
 # ---------------------------------------------------------------------- tiers
 
 

@@ -252,7 +252,15 @@ class AccessMiddleware:
             identity = access.identify(scope)
         except AccessDenied as denied:
             if not access.public(scope):
-                await deny_http(send, denied.status, denied.message, path=scope["path"])
+                # Refusals count against the caller's address (loopback exempt), as every
+                # request does with AUTH=none: key guessing and floods of 401s get 429 too.
+                address = _address(scope)
+                wait = access.fair.request_wait(Identity(client=address, address=address))
+                if wait > 0:
+                    message = f"too many requests; retry after {wait:.1f} s"
+                    await deny_http(send, 429, message, wait, scope["path"])
+                else:
+                    await deny_http(send, denied.status, denied.message, path=scope["path"])
                 return
             identity = ANONYMOUS
         wait = access.fair.request_wait(identity)
