@@ -193,6 +193,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     app.include_router(udf_quotes_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(HeadAsGet)  # innermost: the routes see a GET
     app.add_middleware(AccessMiddleware, access=access)
     add_cors(app, settings)
@@ -362,6 +363,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+INTERNAL = "internal error; the server's log has the details"
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug in a route answers as every other error does, ``{"error", "message"}`` (and the
+    datafeed's ``s``/``errmsg`` under ``/udf/``), not a bare text 500 that clients cannot
+    read. Starlette sends this, then raises ``exc`` on: the server logs its traceback."""
+    body = {"error": "internal_error", "message": INTERNAL, "detail": INTERNAL}
+    if request.url.path.startswith("/udf/"):
+        body |= {"s": "error", "errmsg": INTERNAL}
+    return JSONResponse(body, status_code=500)
 
 
 def _warn_if_open(settings: Settings) -> None:

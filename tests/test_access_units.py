@@ -304,6 +304,27 @@ async def test_validation_errors_use_the_documented_shape_and_docs_can_be_turned
             assert (await http.get(path)).status_code == 404, path
 
 
+async def test_a_failure_inside_a_route_is_a_json_500_in_the_documented_shape() -> None:
+    """A bug in a route answered a bare text/plain "Internal Server Error", which neither
+    scripts (``{"error", "message"}``) nor the UDF adapter (``s``/``errmsg``) can read."""
+    app = create_app(settings())
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    for path in ("/api/broken", "/udf/broken"):
+        app.add_api_route(path, broken)
+        app.router.routes.insert(0, app.router.routes.pop())  # before the web page's mount
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        rest = await http.get("/api/broken")
+        assert rest.status_code == 500
+        assert rest.json()["error"] == "internal_error" and "a bug" not in rest.text
+        udf = await http.get("/udf/broken")
+        assert udf.status_code == 500
+        assert udf.json()["s"] == "error" and udf.json()["errmsg"]
+
+
 def test_the_rate_limits_forget_the_clients_whose_window_has_passed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
