@@ -295,7 +295,10 @@ COUNT_SOCKETS = """(() => {
     constructor(...args) {
       super(...args);
       window.sockets += 1;
-      this.addEventListener("message", () => { window.frames += 1; });
+      this.addEventListener("message", () => {
+        window.frames += 1;
+        window.lastFrame = performance.now();
+      });
     }
   };
 })()"""
@@ -329,6 +332,28 @@ def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
             if js(page, "window.sockets") > 1:
                 break
         assert js(page, "window.sockets") == 2
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    page.wait_for_function("window.candlewire.connection === 'live'")
+    assert console == []
+
+
+def test_a_tab_shown_again_checks_its_socket_and_leaves_a_hung_server_within_seconds(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The user comes back to the tab of a server that hung meanwhile: the badge said Live
+    over a frozen chart until the keep-alive noticed, 40-55 s later. Shown again, the page
+    asks its socket for a frame, as after a network drop, and leaves it within 5 s."""
+    page.add_init_script(COUNT_SOCKETS)
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        # the frames sent before the hang are read first (the user comes back minutes later)
+        page.wait_for_function("performance.now() - window.lastFrame > 1000")
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # shown again
+        page.wait_for_function("window.sockets > 1", timeout=seconds(12) * MS)
+        assert js(page, "window.candlewire.connection") != "live"
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
     page.wait_for_function("window.candlewire.connection === 'live'")
