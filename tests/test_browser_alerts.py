@@ -129,6 +129,42 @@ def test_the_page_asks_for_the_vapid_key_and_creates_an_alert_without_push_permi
     assert console == []
 
 
+def test_alerts_added_in_quick_succession_are_created_in_the_order_they_were_added(
+    page: Page, server: ServerProcess, console: list[str], viewport: str
+) -> None:
+    """Each alert asked for the push subscription on its own, and was sent when its own
+    answer came (the service worker registered, then a subscription asked for, three
+    times): three added in a row were created 1, 3, 2. They now wait for one request."""
+    page.context.grant_permissions(["notifications"], origin=server.url)
+    page.add_init_script(COUNT_REGISTRATIONS)
+    open_page(page, server)
+    last = js(page, "window.candlewire.charts[0].ownBars().at(-1).close")
+    levels = [round(last * factor, 2) for factor in (1.5, 1.6, 1.7)]  # far: none fires
+    page.locator("#alert-button").click()
+    page.evaluate(ADD_AT_ONCE, levels)  # three in one go, as fast as a user can tap
+    until(lambda: len(alerts(page)) == 3, timeout=20, what="the three alerts")
+    created = sorted(alerts(page), key=lambda alert: alert["id"])
+    assert [float(alert["rules"][0]["value2"]) for alert in created] == levels
+    assert js(page, "window.registrations") == 1
+    # Chromium's own warning: a Playwright context is incognito, where push is unsupported
+    assert [line for line in console if "Push API in incognito" not in line] == []
+
+
+ADD_AT_ONCE = """(levels) => {
+  for (const level of levels) {
+    document.querySelector("#alert-level").value = String(level);
+    document.querySelector("#alert-add").click();
+  }
+}"""
+COUNT_REGISTRATIONS = """(() => {
+  window.registrations = 0;
+  const container = navigator.serviceWorker;
+  if (!container) return;
+  const register = container.register.bind(container);
+  container.register = (...args) => { window.registrations += 1; return register(...args); };
+})()"""
+
+
 def test_an_alert_made_by_right_click_is_listed_with_its_line_and_deleted_from_the_list(
     page: Page, server: ServerProcess, console: list[str], viewport: str
 ) -> None:

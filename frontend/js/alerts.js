@@ -50,6 +50,7 @@ export class AlertBook extends EventTarget {
     this.vapidAsked = false;
     this.keyWaiters = [];
     this.subscription = undefined; // undefined: not tried yet; null: no push
+    this.asking = undefined; // the promise of the subscription, once asked for
     connection.addEventListener("open", () => this.refresh());
     connection.addEventListener("message", (e) => this.onMessage(e.detail));
   }
@@ -72,12 +73,21 @@ export class AlertBook extends EventTarget {
     });
   }
 
-  /** This browser's push subscription, asked for once (null without push). */
-  async push() {
-    if (this.subscription === undefined) {
-      this.subscription = await pushSubscription(await this.publicKey());
+  /**
+   * This browser's push subscription, asked for once (null without push). Alerts added
+   * while it is being asked for wait for that one request, so they are created in the order
+   * they were added (each asked on its own, and the answers came in any order).
+   */
+  push() {
+    if (this.asking === undefined) {
+      this.asking = this.publicKey()
+        .then((key) => pushSubscription(key))
+        .then((subscription) => {
+          this.subscription = subscription;
+          return subscription;
+        });
     }
-    return this.subscription;
+    return this.asking;
   }
 
   /** Create an alert "close of `name` crosses `level`"; false when disconnected. */
