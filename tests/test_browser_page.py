@@ -262,6 +262,18 @@ def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offer
     assert console == []
 
 
+def test_a_link_naming_the_symbol_in_another_case_opens_it(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """``?s=btcusd`` said "Unknown symbol" although search finds BTCUSD ignoring case (and
+    the UDF endpoints take any case): the chart opens the symbol so spelled in that source."""
+    open_page(page, server, "?source=csv&s=btcusd&i=1h")
+    assert js(page, "window.candlewire.charts[0].name") == "BTCUSD"
+    assert js(page, "window.candlewire.charts[0].message") in (None, "")
+    until(lambda: "s=BTCUSD" in page.url, what="the URL names the symbol shown")
+    assert console == []
+
+
 def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

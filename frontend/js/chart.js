@@ -339,6 +339,10 @@ export class ChartPanel extends EventTarget {
         this.openNearestInterval();
         return;
       }
+      if (message.code === "unknown_symbol" && message.request.name === this.name) {
+        this.openOtherCase();
+        return;
+      }
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
     }
   }
@@ -361,6 +365,28 @@ export class ChartPanel extends EventTarget {
       this.open(source, name, nearest(interval, offered), row.details);
     } else {
       this.showMessage(this.errorText, "error", "Pick another interval or symbol.");
+    }
+  }
+
+  /**
+   * A link named the symbol in another case (`?s=btcusd`): symbols are exact on the wire, but
+   * search finds the symbol ignoring case, so open the one spelled so in the same source (at
+   * the nearest interval it offers), as the search box would; else the refusal stands.
+   */
+  async openOtherCase() {
+    const { source, name, interval } = this;
+    const rows = await this.feed.search(name);
+    if (this.destroyed || source !== this.source || name !== this.name
+      || interval !== this.interval || this.bars.length) return; // moved on meanwhile
+    const wanted = name.toLowerCase();
+    const row = (rows || []).find((r) => r.details?.source === source
+      && r.details?.name !== name && String(r.details?.name).toLowerCase() === wanted);
+    const offered = row?.details?.intervals;
+    if (row) {
+      const at = !offered?.length || offered.includes(interval) ? interval : nearest(interval, offered);
+      this.open(source, row.details.name, at, row.details);
+    } else {
+      this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
     }
   }
 
