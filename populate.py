@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         keys = _chosen_keys(settings, args.provider)
+        if "csv" in keys and not args.from_bus:
+            settings.check_csv_folder()  # or the csv rows would be replaced by none
     except ConfigError as exc:
         print(f"populate: {exc}", file=sys.stderr)
         return 2

@@ -311,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
-        from backend.app import check_plugins, check_role
+        from backend.app import check_database, check_plugins, check_role
 
         check_role(settings, args.role)
+        check_database(settings, args.role)
         check_plugins(settings, args.role, args.workers)
     except ConfigError as exc:  # before logging is set up: redact here
         redact = logs.RedactSecrets(logs.environment_secrets()).redact

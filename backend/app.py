@@ -46,8 +46,8 @@ from backend.api.udf import router as udf_router
 from backend.api.udf_quotes import router as udf_quotes_router
 from backend.bus.hubside import factory as bus_providers
 from backend.bus.node import ProviderNode
-from backend.errors import ConfigError
-from backend.history.store import BarStore
+from backend.errors import ConfigError, StorageError
+from backend.history.store import BarStore, check_openable
 from backend.hub.alerting import Worker
 from backend.hub.hub import Hub
 from backend.hub.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -83,10 +83,24 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError(f"--role {role!r}: must be one of {', '.join(ROLES)}")
     if role != "all" and not settings.BUS_URL:
         raise ConfigError(f"--role {role} needs BUS_URL (redis://host:port/db)")
+    if role in ("all", "providers"):  # the providers run in this process tree
+        settings.check_csv_folder()
     runs_providers = role == "providers" or (role == "all" and bool(settings.BUS_URL))
     no_key = not settings.POLYGON_API_KEY.get_secret_value()
     if runs_providers and "polygon" in settings.PROVIDERS and no_key:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
+
+
+def check_database(settings: Settings, role: str) -> None:
+    """``ConfigError`` naming ``DB`` when a role that runs a hub cannot open it (a folder, a
+    file that is not SQLite, a folder that cannot be made): the start stops with that line
+    instead of a traceback from the app's startup."""
+    if role == "providers":
+        return  # a provider node keeps no bars
+    try:
+        check_openable(settings.DB)
+    except StorageError as exc:
+        raise ConfigError(f"DB: {exc}") from None
 
 
 def check_plugins(settings: Settings, role: str, workers: int = 1) -> None:

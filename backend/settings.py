@@ -255,6 +255,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{entry!r} must look like 'key=module:Class'")
         return value
 
+    @field_validator("DB", "CSV_FOLDER_PATH", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        # An empty value would be Path(""), the current folder: never what was meant (the
+        # CSV provider searched the whole working tree, .venv included, for files).
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (it would be the current folder)")
+        return value
+
+    def check_csv_folder(self) -> None:
+        """``ConfigError`` when the csv provider is enabled and ``CSV_FOLDER_PATH`` is not a
+        folder: the server and ``populate.py`` stop with that line. A server started anyway
+        served no CSV symbol (one error line in its log), and populate.py stored none in
+        place of the last ones, with exit status 0."""
+        folder = self.CSV_FOLDER_PATH
+        if "csv" in self.PROVIDERS and not folder.is_dir():
+            what = "does not exist" if not folder.exists() else "is not a folder"
+            raise ConfigError(f"CSV_FOLDER_PATH: {str(folder)!r} {what}")
+
     @field_validator("CSV_REPLAY_EPOCH")
     @classmethod
     def _replay_epoch(cls, value: str) -> str:

@@ -132,3 +132,29 @@ def test_the_command_line_logs_to_stderr_and_prints_the_summary_to_stdout(
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("tiny: 3 rows in ")
     assert "tiny: 3 symbols stored" in result.stderr  # a log line, not a live progress bar
+
+
+@pytest.mark.parametrize("folder", ["missing", "a file", ""])
+async def test_a_csv_folder_that_is_not_a_folder_stops_populate_and_keeps_the_rows(
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    folder: str,
+) -> None:
+    """A mistyped ``CSV_FOLDER_PATH`` stored no csv symbol in place of the last ones, exit
+    status 0 (and an empty one searched the working folder, .venv and all)."""
+    data = tmp_path / "csv"
+    data.mkdir()
+    (data / "ONE.csv").write_text("date,close\n2026-01-01 00:00:00,1\n2026-01-01 00:01:00,2\n")
+    monkeypatch.setenv("PROVIDERS", "csv")
+    monkeypatch.setenv("CSV_FOLDER_PATH", str(data))
+    assert populate.main([]) == 0
+    assert await ids(env) == ["csv-ONE__close"]
+    capsys.readouterr()
+    value = {"missing": str(tmp_path / "nope"), "a file": str(data / "ONE.csv"), "": ""}[folder]
+    monkeypatch.setenv("CSV_FOLDER_PATH", value)
+    assert populate.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("populate:") and err.count("\n") == 1 and "CSV_FOLDER_PATH" in err
+    assert await ids(env) == ["csv-ONE__close"]

@@ -180,3 +180,56 @@ def test_loading_a_class_a_module_lacks_says_so_and_not_that_it_is_no_subclass()
         plugins.load_class("tests.providers:Nope", Provider, "provider")
     with pytest.raises(ConfigError, match=r"'tests\.providers:dataset_row' is not a Provider"):
         plugins.load_class("tests.providers:dataset_row", Provider, "provider")
+
+
+@pytest.mark.parametrize("kind", ["a folder", "not sqlite", "empty", "under a file"])
+def test_a_database_that_cannot_be_opened_stops_the_start_with_one_line_naming_db(
+    tmp_path: Path, kind: str
+) -> None:
+    """``DB`` naming a folder, a file that is not SQLite, nothing, or a path under a file
+    failed the hub's startup with a traceback (exit 3); now the start stops before it
+    listens, with exit code 2 and one line naming ``DB``."""
+    (tmp_path / "notes.txt").write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    db = {
+        "a folder": str(tmp_path / "folder"),
+        "not sqlite": str(tmp_path / "notes.txt"),
+        "empty": "",
+        "under a file": str(tmp_path / "notes.txt" / "candlewire.sqlite3"),
+    }[kind]
+    done = subprocess.run(
+        [sys.executable, "server.py", "--port", "0"],
+        cwd=ROOT,
+        env=base_env(tmp_path, DB=db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
+    assert "DB:" in done.stderr and "Traceback" not in done.stderr
+    assert "listening" not in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file", "empty"])
+def test_a_csv_folder_that_is_not_a_folder_stops_the_start_with_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    """With the csv provider enabled, a ``CSV_FOLDER_PATH`` that does not exist (or is a
+    file) started a server with no CSV symbol, one error line in its log; an empty one made
+    it search the working folder. Now the start stops with exit code 2 and one line."""
+    (tmp_path / "prices.csv").write_text("date,close\n")
+    folder = {"missing": str(tmp_path / "nope"), "a file": str(tmp_path / "prices.csv")}
+    done = subprocess.run(
+        [sys.executable, "server.py", "--port", "0"],
+        cwd=ROOT,
+        env=base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=folder.get(kind, "")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
+    assert "CSV_FOLDER_PATH" in done.stderr and "listening" not in done.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,19 @@ class _Pending:
     exhausted_before: int | None = None
 
 
+def check_openable(path: Path) -> None:
+    """Raise ``StorageError`` when ``path`` cannot be the bar store: its folder cannot be
+    made, or it is a folder, a file that is not SQLite, or not readable. The server checks
+    it before it starts (``DB`` named in one line), instead of a startup that fails with a
+    traceback. A file that does not exist yet is created empty, as opening the store would."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open {path}: {exc}") from exc
+
+
 class BarStore:
     """Persistence of bars and coverage for every series, in one SQLite file."""
 
@@ -61,8 +75,8 @@ class BarStore:
 
     @classmethod
     async def open(cls, path: Path) -> BarStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(path)
             for pragma in PRAGMAS:
                 await db.execute(f"PRAGMA {pragma}")
