@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
 
     CSV_FOLDER_PATH: Path = Path("data")
-    CSV_REPLAY_SPEED: float = Field(60.0, ge=0)
+    CSV_REPLAY_SPEED: float = Field(60.0, ge=0, allow_inf_nan=False)  # inf: every history failed
     # The wall time at which every CSV file's replay stood at its midpoint (UTC). Fixed, so
     # that a restarted server continues the replay; move it to start the replay afresh.
     CSV_REPLAY_EPOCH: str = "2026-12-01 00:00:00"

@@ -233,3 +233,20 @@ def test_a_csv_folder_that_is_not_a_folder_stops_the_start_with_one_line(
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
     assert "CSV_FOLDER_PATH" in done.stderr and "listening" not in done.stdout
+
+
+def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    """``CSV_REPLAY_SPEED=inf`` passed the check (>= 0) and started a server whose every CSV
+    history answer was ``provider_error`` (an OverflowError in the replay clock)."""
+    done = subprocess.run(
+        [sys.executable, "server.py", "--port", "0"],
+        cwd=ROOT,
+        env=base_env(tmp_path, PROVIDERS="csv", CSV_REPLAY_SPEED="inf"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and "CSV_REPLAY_SPEED" in done.stderr, done.stderr
+    assert "listening" not in done.stdout
