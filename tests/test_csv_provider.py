@@ -245,6 +245,29 @@ def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
         assert f"{path}:{line}:" not in messages
 
 
+def test_rows_of_a_duplicate_date_are_logged_and_the_last_one_is_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of rows sharing a date the last was served and the others dropped without a word:
+    they are now logged with their path and line, as every other row skipped."""
+    path = tmp_path / "X.csv"
+    path.write_text(
+        f"{HEADER}\n"  # line 1
+        f"{fmt(T0 + 60)},1,2,0,1,5\n"  # 2: same date as line 5, skipped
+        f"{fmt(T0)},1,2,0,1,5\n"  # 3
+        f"{fmt(T0 + 120)},1,2,0,1,5\n"  # 4
+        f"{fmt(T0 + 60)},7,8,6,7,9\n"  # 5: served
+    )
+    harness = Harness(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        bars = harness.history("X", "1m")
+    assert bars == [(T0, 1, 2, 0, 1, 5), (T0 + 60, 7, 8, 6, 7, 9), (T0 + 120, 1, 2, 0, 1, 5)]
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert f"{path}:2: malformed row skipped (duplicate date" in messages
+    for line in (3, 4, 5):
+        assert f"{path}:{line}:" not in messages
+
+
 def test_a_row_dated_years_from_every_other_is_a_stray_logged_and_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

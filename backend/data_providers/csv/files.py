@@ -472,6 +472,8 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     stray = np.zeros(len(valid), dtype=bool)
     stray[np.flatnonzero(valid)] = strays(times[valid])
     valid = valid & ~problems.add(stray, "a date far from every other row")
+    duplicates = _earlier_duplicates(times, valid)
+    valid = valid & ~problems.add(duplicates, "duplicate date; the later row is kept")
     columns = {name: _column(frame, name, valid, problems) for name in _names(layout)}
     out: dict[str, Rows] = {}
     if layout.candle:
@@ -492,6 +494,19 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
         raise CSVFormatError("no valid row")
     first, last = _range(np.concatenate(used))
     return out, first, last
+
+
+def _earlier_duplicates(times: IntArray, valid: BoolArray) -> BoolArray:
+    """The valid rows whose date a later valid row of the file has too: the last row of a
+    date is the one served, and the others are logged as skipped, not dropped silently (a
+    file written in local time repeats an hour when the clocks go back)."""
+    index = np.flatnonzero(valid)
+    # sorted by date, file order kept within a date: every row but the last of its date
+    index = index[np.argsort(times[index], kind="stable")]
+    t = times[index]
+    found = np.zeros(len(times), dtype=bool)
+    found[index[:-1][t[1:] == t[:-1]]] = True
+    return found
 
 
 def _names(layout: Layout) -> list[str]:
