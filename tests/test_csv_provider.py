@@ -340,11 +340,17 @@ def test_a_file_in_a_windows_code_page_is_read_not_skipped(tmp_path: Path) -> No
     assert [b[4] for b in harness.history("WIN__Öl", "1m")] == [0.0, 2.0, 4.0]
 
 
-def test_a_second_file_with_the_same_name_is_skipped(tmp_path: Path) -> None:
+def test_a_second_file_with_the_same_name_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_candles(tmp_path / "a" / "DUP.csv", 5)
     write_candles(tmp_path / "b" / "DUP.csv", 5)
-    rows = list(Harness(tmp_path).provider.get_dataset())
+    with caplog.at_level(logging.INFO):
+        rows = list(Harness(tmp_path).provider.get_dataset())
     assert [(row["name"], row["path"]) for row in rows] == [("DUP", "a/DUP.csv")]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("DUP.csv: symbol DUP already comes from a/DUP.csv; skipped" in m for m in messages)
+    assert "b/DUP.csv: 1m rows, 0 symbols" in messages  # it said "1 symbols" after skipping it
 
 
 # ---------------------------------------------------------------------------- history

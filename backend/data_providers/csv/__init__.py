@@ -247,6 +247,7 @@ class CSVProvider(Provider):
         clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed, epoch)
         file = _File(layout, path.relative_to(folder).as_posix(), clock)
         keys = ([""] if layout.candle else []) + list(layout.lines)
+        added = 0
         for key in keys:
             symbol = f"{path.stem}__{key}" if key else path.stem
             if symbol in self._symbols:
@@ -254,8 +255,9 @@ class CSVProvider(Provider):
                 logger.warning("%s: symbol %s already comes from %s; skipped", path, symbol, other)
                 continue
             self._symbols[symbol] = (file, key)
-        self._files.append(file)
-        logger.info("%s: %s rows, %d symbols", file.relative, layout.interval, len(keys))
+            added += 1
+        self._files.append(file)  # known, even with no symbol: not scanned again
+        logger.info("%s: %s rows, %d symbols", file.relative, layout.interval, added)
 
     def _lookup(self, symbol: str, interval: str) -> _File:
         self._scan()
