@@ -340,6 +340,22 @@ def test_a_file_in_a_windows_code_page_is_read_not_skipped(tmp_path: Path) -> No
     assert [b[4] for b in harness.history("WIN__Öl", "1m")] == [0.0, 2.0, 4.0]
 
 
+def test_a_file_missing_when_first_read_is_read_once_it_is_back(minutes: Path) -> None:
+    """A file that could not be read on its first request (saved by renaming a new one
+    over it, replaced by a sync tool) answered "could not be read" until the provider
+    restarted; it is read again once it is back or changed."""
+    harness = Harness(minutes)
+    path = minutes / "ACME.csv"
+    path.rename(minutes / "ACME.bak")
+    with pytest.raises(UnknownSymbol, match="could not be read"):
+        harness.history("ACME", "1m")
+    with pytest.raises(UnknownSymbol, match="could not be read"):
+        harness.history("ACME", "5m")
+    (minutes / "ACME.bak").rename(path)
+    assert len(harness.history("ACME", "1m")) == 60
+    assert len(harness.history("ACME", "5m")) == 12
+
+
 def test_a_second_file_with_the_same_name_is_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

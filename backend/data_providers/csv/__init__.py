@@ -53,6 +53,7 @@ class _File:
     lock: threading.Lock = field(default_factory=threading.Lock)
     series: dict[str, ReplaySeries] | None = None
     error: str = ""
+    error_mtime: int | None = None  # the file's st_mtime_ns when it failed (None: missing)
     data_time: float = -math.inf  # the replay thread's last clock (never goes back)
 
     def served(self) -> list[str]:
@@ -277,6 +278,11 @@ class CSVProvider(Provider):
         """The file and series of ``symbol``, loading the file once (thread-safe)."""
         file = self._lookup(symbol, interval)
         with file.lock:
+            if file.error and _mtime(file.layout.path) != file.error_mtime:
+                # Changed or back since it failed (a file saved by renaming a new one over
+                # it was missing for a moment): read it again, not "could not be read"
+                # until the provider restarts.
+                file.error = ""
             if file.series is None and not file.error:
                 self._load(file)
         if file.series is None or self._symbols[symbol][1] not in file.series:
@@ -288,7 +294,7 @@ class CSVProvider(Provider):
         try:
             rows, first, last = load(file.layout)
         except CSVFormatError as exc:
-            file.error = str(exc)
+            file.error, file.error_mtime = str(exc), _mtime(file.layout.path)
             logger.warning("%s: skipped: %s", file.layout.path, exc)
             return
         base = file.layout.interval
@@ -353,6 +359,14 @@ class CSVProvider(Provider):
         if last is None or forming[0] > last[0] or (forming[0] == last[0] and not state.final):
             self.publish(symbol, interval, forming)
             state.last, state.final = forming, False
+
+
+def _mtime(path: Path) -> int | None:
+    """When ``path`` last changed (``st_mtime_ns``); None when it cannot be read."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _parse_time(text: str | None) -> int | None:
