@@ -218,6 +218,20 @@ def test_a_price_or_volume_column_that_is_not_numeric_is_named_in_the_log(
     assert harness.history("US", "1m")[0][1:] == (1.0, 2.0, 0.0, 1.0, None)
 
 
+def test_a_file_with_no_numeric_column_is_logged_with_what_its_columns_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every price quoted with a thousands separator: the file was skipped with "no numeric
+    column" alone, not saying what its open/high/low/close columns held."""
+    rows = [f'{fmt(T0 + 60 * i)},"1,100","1,200","1,000","1,150"' for i in range(5)]
+    (tmp_path / "K.csv").write_text("date,open,high,low,close\n" + "\n".join(rows) + "\n")
+    write_candles(tmp_path / "OK.csv", 5)
+    with caplog.at_level(logging.WARNING):
+        Harness(tmp_path)
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    assert "K.csv: skipped: no numeric column: the values of 'open' are such as '1,100'" in messages
+
+
 def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

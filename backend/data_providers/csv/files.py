@@ -265,8 +265,21 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
     used = {*(candle or ()), volume}
     lines = tuple(name for name in numeric if name not in used)
     if candle is None and not lines:
-        raise CSVFormatError("no numeric column")
+        raise CSVFormatError(f"no numeric column{_example_values(frame, date)}")
     return Layout(Path(), date, candle, volume, lines, "", 0, 0)
+
+
+def _example_values(frame: pd.DataFrame, date: str) -> str:
+    """``": the values of 'open' are such as '1,234.5'"``: what the first column other
+    than the date holds, for a file whose columns hold no numbers (a thousands separator,
+    a currency sign), or ``""`` when there is no such column."""
+    for name in frame.columns:
+        if name == date:
+            continue
+        value = next((str(v).strip() for v in frame[name] if str(v).strip()), "")
+        if value and value != "nan":
+            return f": the values of {str(name)!r} are such as {value[:40]!r}"
+    return ""
 
 
 def sniff(path: Path) -> Dialect:
