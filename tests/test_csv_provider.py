@@ -160,6 +160,20 @@ def test_a_bad_csv_replay_epoch_is_a_configuration_error() -> None:
         config.load_settings(CSV_REPLAY_EPOCH="yesterday")
 
 
+def test_a_replay_that_has_not_reached_the_first_row_is_logged(
+    minutes: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CSV_REPLAY_EPOCH ahead of the wall clock: the charts were empty with no word of why."""
+    with caplog.at_level(logging.WARNING):
+        Harness(minutes, speed=60, now=WALL)
+    assert "has not reached their first row" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        early = Harness(minutes, speed=60, now=WALL - 60)  # the file's middle an hour ahead
+    assert early.history("ACME", "1m") == []
+    assert "the replay of 1 of 1 files has not reached their first row" in caplog.text
+    assert f"(the first at {fmt(int(WALL) - 29)} UTC)" in caplog.text  # 29 rows at 60x
+
+
 def test_with_zero_speed_the_clock_is_frozen_at_the_last_row(minutes: Path) -> None:
     clock = Harness(minutes, speed=0).clocks()["ACME"]
     assert (clock.origin_data, clock.speed) == (T0 + 59 * 60, 0.0)

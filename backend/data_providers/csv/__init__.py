@@ -96,7 +96,31 @@ class CSVProvider(Provider):
         # The clocks are anchored to a fixed wall time, not to the hub's start: a restarted
         # server continues every replay where the previous one was.
         self._set_clocks(self._symbols)
+        self._warn_not_started()
         self.report_status("ready", f"{len(self._symbols)} symbols in {len(self._files)} files")
+
+    def _warn_not_started(self) -> None:
+        """Log the files whose replay clock has not reached their first row yet: with a
+        ``CSV_REPLAY_EPOCH`` ahead of the wall clock their charts were empty, with no update
+        and no word of why, until it does."""
+        wall = self._wall()
+        waiting = [
+            f for f in self._files if f.clock.speed > 0 and f.clock.at(wall) < f.layout.first
+        ]
+        if not waiting:
+            return
+        starts = min(
+            f.clock.origin_wall + (f.layout.first - f.clock.origin_data) / f.clock.speed
+            for f in waiting
+        )
+        logger.warning(
+            "csv: the replay of %d of %d files has not reached their first row (CSV_REPLAY_EPOCH"
+            " %s is ahead of the wall clock): they have no bars until then (the first at %s UTC)",
+            len(waiting),
+            len(self._files),
+            self.settings.CSV_REPLAY_EPOCH,
+            intervals.format_date(math.ceil(starts)),
+        )
 
     def get_dataset(self) -> Iterable[Mapping[str, Any]]:
         self._scan()
