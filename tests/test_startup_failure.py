@@ -62,6 +62,21 @@ def ends_with_everything(proc: subprocess.Popen[bytes], tmp: Path) -> None:
     until(lambda: not left(), timeout=20, what=f"the end of {sorted(started)}")
 
 
+def refused_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``server.py`` run with ``env``, expected to refuse to start (exit code 2)."""
+    done = subprocess.run(
+        [sys.executable, "server.py", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    return done
+
+
 def _zombie(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -110,16 +125,7 @@ def test_a_broken_plugin_entry_stops_the_start_with_a_message_naming_its_variabl
             "KeyError 'MY_SETTING'",
         ),
     ):
-        done = subprocess.run(
-            [sys.executable, "server.py", "--port", "0"],
-            cwd=ROOT,
-            env=base_env(tmp_path, **extra),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 2, done.stderr[-2000:]
+        done = refused_start(base_env(tmp_path, **extra))
         assert expected in done.stderr
         assert "Traceback" not in done.stderr
 
@@ -197,16 +203,7 @@ def test_a_database_that_cannot_be_opened_stops_the_start_with_one_line_naming_d
         "empty": "",
         "under a file": str(tmp_path / "notes.txt" / "candlewire.sqlite3"),
     }[kind]
-    done = subprocess.run(
-        [sys.executable, "server.py", "--port", "0"],
-        cwd=ROOT,
-        env=base_env(tmp_path, DB=db),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
+    done = refused_start(base_env(tmp_path, DB=db))
     assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
     assert "DB:" in done.stderr and "Traceback" not in done.stderr
     assert "listening" not in done.stdout
@@ -221,16 +218,7 @@ def test_a_csv_folder_that_is_not_a_folder_stops_the_start_with_one_line(
     it search the working folder. Now the start stops with exit code 2 and one line."""
     (tmp_path / "prices.csv").write_text("date,close\n")
     folder = {"missing": str(tmp_path / "nope"), "a file": str(tmp_path / "prices.csv")}
-    done = subprocess.run(
-        [sys.executable, "server.py", "--port", "0"],
-        cwd=ROOT,
-        env=base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=folder.get(kind, "")),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
+    done = refused_start(base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=folder.get(kind, "")))
     assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
     assert "CSV_FOLDER_PATH" in done.stderr and "listening" not in done.stdout
 
@@ -238,15 +226,6 @@ def test_a_csv_folder_that_is_not_a_folder_stops_the_start_with_one_line(
 def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Path) -> None:
     """``CSV_REPLAY_SPEED=inf`` passed the check (>= 0) and started a server whose every CSV
     history answer was ``provider_error`` (an OverflowError in the replay clock)."""
-    done = subprocess.run(
-        [sys.executable, "server.py", "--port", "0"],
-        cwd=ROOT,
-        env=base_env(tmp_path, PROVIDERS="csv", CSV_REPLAY_SPEED="inf"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
+    done = refused_start(base_env(tmp_path, PROVIDERS="csv", CSV_REPLAY_SPEED="inf"))
     assert done.stderr.count("\n") == 1 and "CSV_REPLAY_SPEED" in done.stderr, done.stderr
     assert "listening" not in done.stdout
