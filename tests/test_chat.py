@@ -186,6 +186,43 @@ async def test_a_socket_has_at_most_two_turns_pending_and_a_third_is_refused_at_
     assert text == "".join(CHUNKS)
 
 
+async def test_the_turns_pending_over_all_sockets_are_bounded_in_bytes(
+    server: ServerProcess, fake: FakeChat
+) -> None:
+    """Two turns per socket bounded one socket only: 50 sockets of one address, each with
+    two 7.5 MB chart images for a slow endpoint, took the hub to 1.8 GB. Past 64 MiB of
+    pending turns over the hub a turn is refused with ``limit_reached`` at once; once the
+    pending turns ended, a new one is answered."""
+    fake.delay = 1.0  # 3 chunks: each turn answers for about 3 s
+    image = "data:image/png;base64," + "A" * 7_000_000
+    sockets = [await WsClient.open(server.ws_url) for _ in range(5)]
+    try:
+        for n, ws in enumerate(sockets):
+            for k in range(2):
+                await ws.send(prompt(f"big{n}-{k}", "Where is support?", img=image))
+        await eventually(
+            lambda: any(e for ws in sockets for e in ws.of_type("error")), what="a refusal"
+        )
+        errors = [e for ws in sockets for e in ws.of_type("error")]
+        assert {e["code"] for e in errors} == {"limit_reached"}
+        assert all("too many chat turns" in e["message"] for e in errors)
+        fake.delay = 0.0
+        for ws in sockets:
+            await eventually(
+                lambda ws=ws: len([m for m in ws.of_type("prompt_response") if m.get("done")]) == 2,
+                timeout=15,
+                what="both turns of a socket end",
+            )
+        mark = len(sockets[0].messages)
+        await sockets[0].send(prompt("after", "And now?", img=image))
+        text, _ = await answer(sockets[0], mark)
+        assert text == "".join(CHUNKS)
+    finally:
+        fake.delay = 0.0
+        for ws in sockets:
+            await ws.close()
+
+
 async def test_without_a_configured_model_the_chat_says_so_and_the_socket_stays(
     tmp_path: Path,
 ) -> None:

@@ -49,6 +49,12 @@ MAX_ID = 100
 # its request, chart image included (up to MAX_FRAME_BYTES), until it runs: 8 queued 7 MiB
 # prompts on each of 10 sockets pinned 900 MiB while a slow endpoint answered the first.
 MAX_PENDING_TURNS = 2
+# Bytes of the requests (prompt, description, chart image) of every turn pending on the hub,
+# answering or waiting, over all sockets. MAX_PENDING_TURNS bounds one socket only: 50
+# sockets from one address, each with two 7.5 MB prompts for a slow endpoint, took the
+# hub to 1.8 GB (and stalled its event loop for 8 s); past this budget a turn is refused
+# with ``limit_reached`` at once, keeping nothing.
+MAX_PENDING_CHAT_BYTES = 64 * 1024 * 1024
 NOT_CONFIGURED = (
     "The AI chat is not configured on this server (set LLM_MODEL, and LLM_API_KEY or LLM_BASE_URL)."
 )
@@ -85,6 +91,11 @@ def parse_turn(raw: dict[str, Any]) -> Turn:
     return Turn(False, key, prompt, description, image or None)
 
 
+def turn_size(raw: dict[str, Any]) -> int:
+    """About the bytes a pending turn holds: its text fields (the chart image above all)."""
+    return sum(len(value) for value in raw.values() if isinstance(value, str))
+
+
 class Chatting:
     """The chat of one hub: conversations and the model client (None: not configured)."""
 
@@ -97,6 +108,7 @@ class Chatting:
         self._sockets: dict[str, set[int]] = {}
         self._departed: dict[str, float] = {}
         self._pending: dict[int, int] = {}  # socket -> its turns queued or running
+        self._pending_bytes: dict[int, int] = {}  # socket -> the size of those turns
         s = hub.settings
         self.budgets = PrunedMemoryStorage()  # per caller: its turns of the last hour
         self._turns = MovingWindowRateLimiter(self.budgets)
@@ -124,16 +136,25 @@ class Chatting:
                 why = f"wait for the answer: at most {MAX_PENDING_TURNS} chat turns at a time"
                 self._fail(client, raw, "limit_reached", why)
             return
+        size = turn_size(raw)
+        if sum(self._pending_bytes.values()) + size > MAX_PENDING_CHAT_BYTES:
+            why = "the server is answering too many chat turns now; try again in a minute"
+            self._fail(client, raw, "limit_reached", why)
+            return
         self._pending[client.id] = pending + 1
-        await client.replies.submit(LANE, lambda: self._pending_turn(client, raw))
+        self._pending_bytes[client.id] = self._pending_bytes.get(client.id, 0) + size
+        await client.replies.submit(LANE, lambda: self._pending_turn(client, raw, size))
 
-    async def _pending_turn(self, client: Client, raw: dict[str, Any]) -> None:
+    async def _pending_turn(self, client: Client, raw: dict[str, Any], size: int) -> None:
         try:
             await self._turn(client, raw)
         finally:
             left = self._pending.pop(client.id, 1) - 1
             if left > 0:
                 self._pending[client.id] = left
+            held = self._pending_bytes.pop(client.id, size) - size
+            if held > 0 and left > 0:
+                self._pending_bytes[client.id] = held
 
     def caller(self, client: Client) -> str:
         """Whose conversations a turn continues: with ``AUTH`` on, the API key's or token's
@@ -149,6 +170,7 @@ class Chatting:
         ``LLM_CONVERSATION_GRACE_SECONDS`` unless it chats again (:meth:`forget_departed`)."""
         self.conversations.forget(f"socket {client_id}")
         self._pending.pop(client_id, None)
+        self._pending_bytes.pop(client_id, None)
         caller = self._callers.pop(client_id, None)
         sockets = self._sockets.get(caller) if caller is not None else None
         if caller is None or sockets is None:
