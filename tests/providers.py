@@ -344,3 +344,20 @@ class SlowStartCSVProvider(CSVProvider):
     def init(self) -> None:
         time.sleep(float(os.environ.get("CANDLEWIRE_TEST_INIT_DELAY", "0")))
         super().init()
+
+
+class StuckHistoryProvider(CountingProvider):
+    """A counting provider whose ``get_history`` never returns (for every symbol) while the
+    file ``CANDLEWIRE_TEST_STUCK`` exists; its stream goes on (a vendor whose REST API hangs
+    while its socket streams)."""
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("stuckhist", name) for name in ("AAA", "BBB", "CCC")]
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        if os.path.exists(os.environ.get("CANDLEWIRE_TEST_STUCK", "")):
+            self.stop.wait(3600)
+            return []
+        return super().get_history(symbol, interval, start_time_query, end_time_query, count)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from backend.errors import ProviderError
+from backend.errors import ProviderError, ProviderUnavailable
 from backend.history.cache import BarCache
 from backend.hub.fanout import Fanout
 from backend.model import intervals
@@ -50,6 +51,8 @@ class Refills:
         self.tasks: Tasks = set()
         self.held = fanout.refilling
         self._calls = asyncio.Semaphore(AT_ONCE)
+        # When a refill's call of each source last failed as unavailable (monotonic time).
+        self._unavailable: dict[str, tuple[float, ProviderUnavailable]] = {}
 
     def start(self, keys: list[SeriesId], restart: bool = True) -> int:
         """Refill each of ``keys`` that has a newest bar and is not being refilled; the
@@ -73,9 +76,15 @@ class Refills:
         now = self.fanout.clocks.now(key.source, key.name)
         count = max(2, min(self.max_count, (now - since) // step + 2))
         bars: list[Bar] = []
+        queued = time.monotonic()
         try:
             async with self._calls:  # the timeout of each call starts when it is made
-                fetched = await self.fetch(key, since, count)
+                self._skip_if_unavailable(key.source, queued)
+                try:
+                    fetched = await self.fetch(key, since, count)
+                except ProviderUnavailable as exc:
+                    self._unavailable[key.source] = (time.monotonic(), exc)
+                    raise
             bars = [bar for bar in fetched if bar[0] >= since]
         except ProviderError as exc:
             logger.warning("%s: the bars since %s could not be refilled: %s", key, _at(since), exc)
@@ -111,6 +120,16 @@ class Refills:
             self.fanout.on_provider_events(key.source, events)
         if bars:
             logger.info("%s: %d bars refilled %s", key, len(bars), why)
+
+    def _skip_if_unavailable(self, source: str, queued: float) -> None:
+        """Raise the failure of a refill call of ``source`` that ended after this refill was
+        queued: it would most likely wait out the same timeout (a provider, or the node that
+        took over, that answers no history), and the keys behind the first ``AT_ONCE`` held
+        their live updates for one more ``HISTORY_TIMEOUT`` per ``AT_ONCE`` keys (an hour for
+        1,000 keys at 30 s). A refill queued after the failure calls again."""
+        failed = self._unavailable.get(source)
+        if failed is not None and failed[0] > queued:
+            raise ProviderUnavailable(f"not asked: {failed[1]}")
 
 
 def _bar_time(event: WireEvent) -> int:
