@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from backend.errors import RateLimited
+from backend.hub import refill
 from backend.hub.clients import Client
 from backend.hub.hub import Hub
 from backend.hub.refill import MAX_PUSHED
@@ -79,3 +83,34 @@ async def test_live_updates_during_the_refill_wait_and_follow_it() -> None:
     gate.set()
     await asyncio.gather(*hub.refills.tasks)
     assert updated(taken(client)) == [T0 + 60 * i for i in range(5)]
+
+
+async def test_a_rate_limited_refill_does_not_skip_the_refills_queued_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refills queued behind a call that found the provider unavailable answer its error at
+    once (a provider that answers no history would hold each for a timeout); a call refused
+    for the pace (``RateLimited``, a 429) says nothing of the next ones: they are made, or
+    their clients' charts kept a hole the history has bars for."""
+    monkeypatch.setattr(refill, "AT_ONCE", 2)  # three keys: one waits for a turn
+    hub, provider = make_hub()
+    provider.history = bars(T0 - 4 * 60, 5)
+    client = connect(hub)
+    keys = [SeriesId(SOURCE, name, "1m") for name in ("AAA", "BBB", "CCC")]
+    for key in keys:
+        await send(hub, client, request("data", key, count=5))
+    taken(client)
+    provider.die()
+    provider.spawn()
+    calls: list[str] = []
+
+    async def fetch(key: SeriesId, since: int, count: int) -> list[Bar]:
+        calls.append(key.name)
+        if key.name == "AAA":
+            raise RateLimited("slow down", retry_after=0.1)
+        return bars(since, 2)
+
+    hub.refills.fetch = fetch
+    hub.on_provider_ready(SOURCE)
+    await asyncio.gather(*hub.refills.tasks)
+    assert sorted(calls) == ["AAA", "BBB", "CCC"]

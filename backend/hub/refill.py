@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from backend.errors import ProviderError, ProviderUnavailable
+from backend.errors import ProviderError, ProviderUnavailable, RateLimited
 from backend.history.cache import BarCache
 from backend.hub.fanout import Fanout
 from backend.model import intervals
@@ -82,6 +82,8 @@ class Refills:
                 self._skip_if_unavailable(key.source, queued)
                 try:
                     fetched = await self.fetch(key, since, count)
+                except RateLimited:
+                    raise  # the provider's pace: the refills behind it wait their turn
                 except ProviderUnavailable as exc:
                     self._unavailable[key.source] = (time.monotonic(), exc)
                     raise
