@@ -103,14 +103,18 @@ async def test_a_rate_limited_refill_does_not_skip_the_refills_queued_behind_it(
     provider.die()
     provider.spawn()
     calls: list[str] = []
+    gate = asyncio.Event()
 
     async def fetch(key: SeriesId, since: int, count: int) -> list[Bar]:
         calls.append(key.name)
+        await gate.wait()
         if key.name == "AAA":
             raise RateLimited("slow down", retry_after=0.1)
         return bars(since, 2)
 
     hub.refills.fetch = fetch
     hub.on_provider_ready(SOURCE)
+    await eventually(lambda: calls == ["AAA", "BBB"], what="two calls, the third waiting")
+    gate.set()
     await asyncio.gather(*hub.refills.tasks)
     assert sorted(calls) == ["AAA", "BBB", "CCC"]
