@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from backend.model import intervals
-from tests.harness import ROOT, ServerProcess, WsClient, populated_server, same_key
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    WsClient,
+    base_env,
+    populate,
+    populated_server,
+    same_key,
+)
 
 FIRST_BTCUSD_ROW = (ROOT / "data" / "BTCUSD.csv").read_text().splitlines()[1].split(",")[0]
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -213,3 +221,45 @@ async def test_a_scan_skips_symbols_without_its_interval_without_asking_the_prov
     done = await client.wait_for("scan_done", timeout=30)
     assert done["total"] == 3 and done["scanned"] == 0
     assert server.log_path.read_text().count("not '15m'") == before
+
+
+async def test_a_file_dropped_in_while_running_is_served_at_its_first_request(
+    tmp_path: Path,
+) -> None:
+    """README, "The CSV provider": a file dropped in while the server runs is served once
+    populate.py stored its symbols. Its replay clock reaches the hub only with the provider's
+    first answer for it, so the planner walked back from the wall clock, months past the
+    file's last row (``CSV_REPLAY_SPEED=0``), found only empty windows, marked the series as
+    having nothing older, and every chart of it stayed empty until the series left the cache.
+    """
+    folder = tmp_path / "files"
+    folder.mkdir()
+
+    def write(name: str) -> None:
+        rows = ["date,open,high,low,close,volume"]
+        start = datetime(2026, 1, 5)
+        rows += [
+            f"{start + timedelta(minutes=k):%Y-%m-%d %H:%M:%S},{10 + k},{11 + k},{9 + k},{10 + k},1"
+            for k in range(300)
+        ]
+        (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+
+    write("FIRST")
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as server:
+        write("LATE")
+        result = populate(base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder)))
+        assert result.returncode == 0, result.stderr
+        ws = await WsClient.open(server.ws_url)
+        try:
+            for name in ("FIRST", "LATE", "LATE"):
+                await ws.send(
+                    {"type": "data", "source": "csv", "name": name, "interval": "1m", "count": 5}
+                )
+                init = await ws.wait_for("data_init", same_key(name, "1m"), 10)
+                assert [row["date"] for row in init["data"]][-1] == "2026-01-05 04:59:00", name
+                assert len(init["data"]) == 5
+                ws.messages.clear()
+        finally:
+            await ws.close()

@@ -103,6 +103,12 @@ class HistoryPlanner:
                     series.touch()
                     if self._needs_tail(series, now, end_t, streaming):
                         await self._fetch_tail(series, now, count, streaming)
+                        # A replaying provider reports the clock of a file it found only
+                        # now (dropped in while running) with its first answer for it: walk
+                        # back from that clock, not from the wall time, which may be months
+                        # past the file's rows (every window empty: "nothing older").
+                        now = self.clocks.now(key.source, key.name)
+                        end_t = now if end is None else end
                     await self._fill_back(series, min(end_t, now), count, now)
                 except (ProviderError, StorageError) as exc:
                     error = exc
