@@ -263,3 +263,35 @@ async def test_a_file_dropped_in_while_running_is_served_at_its_first_request(
                 ws.messages.clear()
         finally:
             await ws.close()
+
+
+async def test_a_file_dropped_in_while_replaying_fetches_only_the_bars_asked_for(
+    tmp_path: Path,
+) -> None:
+    """At ``CSV_REPLAY_SPEED=60`` a file's replay clock runs months ahead of the wall clock.
+    The first ``data_init`` of a file dropped in while the server ran was planned from the
+    wall time (its clock comes with the provider's first answer for it), so its tail was
+    fetched from the wall time to the clock: 400,000 bars for a chart of 3."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    source = (ROOT / "data" / "BTCUSD.csv").read_text()
+    (folder / "FIRST.csv").write_text(source)
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="60"
+    ) as server:
+        (folder / "LATE.csv").write_text(source)
+        result = populate(base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder)))
+        assert result.returncode == 0, result.stderr
+        ws = await WsClient.open(server.ws_url)
+        try:
+            await ws.send(
+                {"type": "data", "source": "csv", "name": "LATE", "interval": "1m", "count": 3}
+            )
+            init = await ws.wait_for("data_init", same_key("LATE", "1m"), 10)
+            assert len(init["data"]) == 3
+            metrics = server.get("/metrics")
+            cached = re.search(r"^candlewire_cached_bars (\S+)$", metrics, re.M)
+            assert cached is not None
+            assert float(cached.group(1)) < 1000, cached.group(0)
+        finally:
+            await ws.close()

@@ -28,9 +28,20 @@ class Clocks:
 
     def __init__(self) -> None:
         self._clocks: dict[tuple[str, str | None], Clock] = {}
+        self._per_symbol: set[str] = set()  # sources that report a clock per symbol
 
     def set(self, source: str, clock: Clock) -> None:
         self._clocks[(source, clock.symbol)] = clock
+        if clock.symbol is not None:
+            self._per_symbol.add(source)
+
+    def missing(self, source: str, symbol: str) -> bool:
+        """Whether ``source`` runs a clock per symbol (a replay) but has reported none for
+        ``symbol`` yet, nor one for the whole source: a file its provider has not read yet
+        (dropped in while the server runs), whose clock comes with its first answer."""
+        return source in self._per_symbol and not (
+            (source, symbol) in self._clocks or (source, None) in self._clocks
+        )
 
     def now(self, source: str, symbol: str) -> int:
         """The provider's current time for ``symbol`` in UTC seconds."""
