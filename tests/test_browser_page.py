@@ -274,6 +274,19 @@ def test_a_link_naming_the_symbol_in_another_case_opens_it(
     assert console == []
 
 
+def test_a_bare_link_naming_the_symbol_in_another_case_opens_it(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """``?s=btcusd`` without a source (README, "The web page") said "Unknown symbol btcusd":
+    the page looked for a search result spelled exactly so, although search finds BTCUSD
+    ignoring case. It opens the symbol so spelled, as a link that names the source does."""
+    open_page(page, server, "?s=btcusd&i=1h")
+    assert js(page, "window.candlewire.charts[0].name") == "BTCUSD"
+    assert js(page, "window.candlewire.charts[0].message") in (None, "")
+    until(lambda: "s=BTCUSD" in page.url, what="the URL names the symbol shown")
+    assert console == []
+
+
 def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -134,8 +134,12 @@ async function fillEmptyPanels() {
     const wanted = workspace.wanted[panel.index];
     const rows = await feed.search(wanted.name);
     if (rows === null || panel.source) continue;
-    const row = rows.find((r) => r.name === wanted.name
-      && (!wanted.source || r.details?.source === wanted.source));
+    // The exact name first, else the name in another case (`?s=btcusd`): search finds
+    // symbols ignoring case and ranks the exact spelling first.
+    const inSource = (r) => !wanted.source || r.details?.source === wanted.source;
+    const lower = wanted.name.toLowerCase();
+    const row = rows.find((r) => r.name === wanted.name && inSource(r))
+      || rows.find((r) => String(r.name).toLowerCase() === lower && inSource(r));
     if (row) {
       const iv = nearest(wanted.interval || DEFAULT_INTERVAL, row.details?.intervals);
       panel.open(row.details.source, row.details.name, iv, row.details);
