@@ -287,6 +287,28 @@ def test_a_bare_link_naming_the_symbol_in_another_case_opens_it(
     assert console == []
 
 
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("?source=csv&s=btcusd&i=1h", "csv:BTCUSD:1h"),
+        ("?source=csv&s=macro__dollar_index&i=1m", "csv:macro__dollar_index:1h"),
+    ],
+    ids=["case", "interval"],
+)
+def test_a_link_the_page_corrects_shows_no_error_toast(
+    server: ServerProcess, page: Page, viewport: str, console: list[str], query: str, shown: str
+) -> None:
+    """A link naming the symbol in another case, or an interval the symbol lacks, opens the
+    symbol so spelled at its nearest interval; the server's refusal of the link's own
+    request ("Unknown symbol csv:btcusd", "unknown interval '1m'") showed as an error toast
+    beside the chart that opened fine. The refusal is the page's business, not news."""
+    open_page(page, server, query)
+    chart = "window.candlewire.charts[0]"
+    assert js(page, f"[{chart}.source, {chart}.name, {chart}.interval].join(':')") == shown
+    assert js(page, "document.querySelector('#toasts').innerText").strip() == ""
+    assert console == []
+
+
 def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

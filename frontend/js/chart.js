@@ -335,13 +335,14 @@ export class ChartPanel extends EventTarget {
       this.historyDone = false;
     }
     if (!this.bars.length && message.request?.type === "data") {
+      // Taken in hand (no toast): the chart reopens at what the link meant, or says why not.
       if (message.code === "unknown_interval" && message.request.interval === this.interval) {
-        this.openNearestInterval();
-        return;
+        this.openNearestInterval(message);
+        return true;
       }
       if (message.code === "unknown_symbol" && message.request.name === this.name) {
-        this.openOtherCase();
-        return;
+        this.openOtherCase(message);
+        return true;
       }
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
     }
@@ -353,7 +354,7 @@ export class ChartPanel extends EventTarget {
    * error telling the user to pick another symbol. Only a link gets here (a pick knows the
    * symbol's intervals), so they are looked up by searching for the symbol's name.
    */
-  async openNearestInterval() {
+  async openNearestInterval(refusal) {
     const { source, name, interval } = this;
     const rows = this.details?.intervals
       ? [{ details: this.details }] : await this.feed.search(name);
@@ -365,6 +366,7 @@ export class ChartPanel extends EventTarget {
       this.open(source, name, nearest(interval, offered), row.details);
     } else {
       this.showMessage(this.errorText, "error", "Pick another interval or symbol.");
+      this.feed.announce(refusal); // the refusal stands: its toast too
     }
   }
 
@@ -373,7 +375,7 @@ export class ChartPanel extends EventTarget {
    * search finds the symbol ignoring case, so open the one spelled so in the same source (at
    * the nearest interval it offers), as the search box would; else the refusal stands.
    */
-  async openOtherCase() {
+  async openOtherCase(refusal) {
     const { source, name, interval } = this;
     const rows = await this.feed.search(name);
     if (this.destroyed || source !== this.source || name !== this.name
@@ -387,6 +389,7 @@ export class ChartPanel extends EventTarget {
       this.open(source, row.details.name, at, row.details);
     } else {
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
+      this.feed.announce(refusal); // the refusal stands: its toast too
     }
   }
 

@@ -209,8 +209,11 @@ export class Feed extends EventTarget {
   onError(message) {
     this.lastError = message;
     const request = message.request;
+    // A consumer returns true when it takes the refusal in hand (a chart that reopens a link
+    // at the symbol's own spelling or nearest interval): then no toast either.
+    let handled = false;
     if (request && typeof request === "object" && !Array.isArray(request) && request.name) {
-      for (const c of this.consumersOf(request)) c.onError?.(message);
+      for (const c of this.consumersOf(request)) handled = c.onError?.(message) === true || handled;
     }
     if (request && request.type === "search_data") {
       const resolve = this.searches.shift(); // a refused search gets no search_data_done
@@ -222,6 +225,13 @@ export class Feed extends EventTarget {
     // Leaving a key the hub never held (its `data` was refused: unknown symbol or interval,
     // a limit) is answered not_subscribed: bookkeeping, not news for the user (no toast).
     if (message.code === "not_subscribed" && request?.type === "unsubscribe") return;
+    if (handled) return;
+    this.announce(message);
+  }
+
+  /** Tell the page about a server error (a toast); also a refusal a consumer took in hand
+   * and could not get round. */
+  announce(message) {
     this.dispatchEvent(new CustomEvent("error", { detail: message }));
   }
 }
