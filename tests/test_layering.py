@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,19 @@ def test_every_backend_part_is_listed_in_the_layers() -> None:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(BACKEND)))
 def test_a_module_imports_only_its_own_or_lower_layers(path: Path) -> None:
     assert _violations(path) == []
+
+
+def test_the_readme_provider_example_may_live_where_it_says() -> None:
+    """README, "Write your own provider": the example is ``backend/data_providers/
+    my_provider.py`` and imported ``backend.provider``, which that layer may not import: a
+    user who saved it there, as told, got this module's test failing under ``make test``."""
+    readme = (BACKEND.parent / "README.md").read_text(encoding="utf-8")
+    first = "# backend/data_providers/my_provider.py\n"
+    found = re.search(rf"```python\n({re.escape(first)}.*?)```", readme, re.S)
+    assert found is not None, "the README's provider example"
+    allowed = ALLOWED["data_providers"] | BASE | {"data_providers"}
+    imports = _runtime_imports(ast.parse(found.group(1)))
+    assert imports and [name for name in imports if _part(name) not in allowed] == []
 
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
