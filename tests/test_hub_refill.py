@@ -118,3 +118,26 @@ async def test_a_rate_limited_refill_does_not_skip_the_refills_queued_behind_it(
     gate.set()
     await asyncio.gather(*hub.refills.tasks)
     assert sorted(calls) == ["AAA", "BBB", "CCC"]
+
+
+async def test_live_updates_held_during_a_refill_that_fails_unexpectedly_still_go_out() -> None:
+    """A refill whose fetch raised something other than a provider's error dropped the live
+    updates held meanwhile (the key's clients missed them until the next one)."""
+    hub, _, client = await charted_then_restarted(3)
+    gate = asyncio.Event()
+
+    async def fetch(key: SeriesId, since: int, count: int) -> list[Bar]:
+        await gate.wait()
+        raise RuntimeError("a bug")
+
+    hub.refills.fetch = fetch
+    hub.on_provider_ready(SOURCE)
+    await eventually(lambda: KEY in hub.refills.held, what="the refill under way")
+    live = (T0 + 4 * 60, 1.0, 2.0, 0.5, 9.0, 1.0)
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
+    assert updated(taken(client)) == []  # held while the refill runs
+    gate.set()
+    await asyncio.gather(*hub.refills.tasks)
+    messages = taken(client)
+    assert updated(messages) == [T0 + 4 * 60]
+    assert any(m["type"] == "error" and m.get("code") == "internal_error" for m in messages)

@@ -95,6 +95,11 @@ class Refills:
                 exc.code,
                 f"bars since {_at(since)} may be missing {why}: {exc}",
             )
+        except Exception:  # a bug: said, and the live updates held meanwhile still go out
+            logger.exception("%s: the refill since %s failed", key, _at(since))
+            self.fanout.notify(
+                key, "internal_error", f"bars since {_at(since)} may be missing {why}"
+            )
         finally:
             held = self.held.pop(key, {})
         series = self.cache.peek(key)
