@@ -45,7 +45,7 @@ from backend.api.openbb_grid import (
     bar_row,
     grid_row,
     option,
-    resolve_grid_symbol,
+    resolve_grid_symbols,
     split_symbols,
 )
 from backend.api.openbb_widgets import (
@@ -156,7 +156,7 @@ async def live_grid(request: Request) -> Response:
     hub = _hub(request)
     given = request.query_params.getlist("symbol")
     wanted = split_symbols(given, hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT)
-    items = await asyncio.gather(*(resolve_grid_symbol(hub, s) for s in wanted))
+    items = await resolve_grid_symbols(hub, wanted)
     rows = await asyncio.gather(*(grid_row(hub, item) for item in items))
     return json_response(list(rows))
 

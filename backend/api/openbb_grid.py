@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_SYMBOL_CHARS = 200
+# A name with commas in it arrives cut at them (see resolve_grid_symbols); this many pieces
+# at most are put back together.
+MAX_JOINED_PIECES = 4
 CLOSE_TIMEOUT = 2.0
 # Fields of a row that never change over the socket.
 STATIC_FIELDS = frozenset({"symbol", "name", "error"})
@@ -238,7 +241,7 @@ class LiveGridSession:
     async def apply(self, wanted: list[str]) -> None:
         """Replace the symbol set: watch new keys, unwatch dropped ones, send fresh rows."""
         assert self.client is not None
-        items = await asyncio.gather(*(resolve_grid_symbol(self.hub, s) for s in wanted))
+        items = await resolve_grid_symbols(self.hub, wanted)
         if self.client.id not in self.hub.clients:  # it left meanwhile: nothing to watch
             return
         by_key: dict[SeriesId, set[str]] = {}
@@ -321,6 +324,35 @@ async def resolve_grid_symbol(hub: Hub, symbol: str) -> GridSymbol:
     if not may_read(key):  # the caller's token limits its sources or symbols
         return GridSymbol(symbol, label=label, error=f"no permission to read {symbol}")
     return GridSymbol(symbol, key, label)
+
+
+def _unknown(item: GridSymbol) -> bool:
+    return item.key is None and item.label is None
+
+
+async def resolve_grid_symbols(hub: Hub, pieces: Sequence[str]) -> list[GridSymbol]:
+    """The rows of the pieces :func:`split_symbols` cut a symbol list into, in order.
+
+    Workspace joins a multi-select's values with commas, so a name that has a comma in it
+    (a CSV file ``A,B.csv`` is ``csv:A,B``, offered by the symbol dropdown like any other)
+    arrives as the pieces ``csv:A`` and ``B``. A piece that names no symbol is tried with
+    the ones after it joined back by commas (up to :data:`MAX_JOINED_PIECES` pieces); the
+    first join that names a symbol is one row, whose id is that joined text. A piece that is
+    a symbol by itself stays one."""
+    items = list(await asyncio.gather(*(resolve_grid_symbol(hub, s) for s in pieces)))
+    rows: dict[str, GridSymbol] = {}
+    i = 0
+    while i < len(items):
+        item, used = items[i], 1
+        if _unknown(item):
+            for count in range(2, min(MAX_JOINED_PIECES, len(items) - i) + 1):
+                joined = await resolve_grid_symbol(hub, ",".join(pieces[i : i + count]))
+                if not _unknown(joined):
+                    item, used = joined, count
+                    break
+        rows.setdefault(item.symbol, item)
+        i += used
+    return list(rows.values())
 
 
 async def grid_row(hub: Hub, item: GridSymbol) -> dict[str, Any]:
