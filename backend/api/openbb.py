@@ -162,19 +162,21 @@ async def live_grid(request: Request) -> Response:
 
 
 @router.get(BARS_PATH)
-async def bars_table(
-    request: Request, symbol: str = "", interval: str = DEFAULT_INTERVAL
-) -> Response:
-    """The last ``count`` bars (including the forming one) of one symbol and interval."""
+async def bars_table(request: Request, symbol: str = "", interval: str = "") -> Response:
+    """The last ``count`` bars (including the forming one) of one symbol and interval.
+
+    Without an interval (Workspace may send a cleared field empty) it is ``1h``, or the
+    symbol's finest interval if it has no ``1h`` (:func:`_default_interval`): a daily-only
+    symbol shows its daily bars, not an error about an interval nobody asked for."""
     hub = _hub(request)
     count, problem = int_param(request, "count", whole=True)
     if problem is not None:
         return _error(400, "invalid_field", problem)
     count = DEFAULT_BARS if count is None else count
-    interval = interval.strip() or DEFAULT_INTERVAL  # Workspace may send a cleared field empty
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")
+    interval = interval.strip() or _default_interval(details)
     key = SeriesId(str(details["source"]), str(details["name"]), interval)
     limits = requests.Limits(hub.supervisor.providers, hub.settings.MAX_COUNT, may_read)
     try:
@@ -195,6 +197,12 @@ async def bars_table(
         response.headers.update(failed.headers)
         return response
     return json_response([bar_row(bar) for bar in answer.bars])
+
+
+def _default_interval(details: dict[str, Any]) -> str:
+    """``1h`` if the symbol offers it (or lists no intervals), else its finest interval."""
+    offered = [i for i in intervals.INTERVALS if i in (details.get("intervals") or ())]
+    return DEFAULT_INTERVAL if DEFAULT_INTERVAL in offered or not offered else offered[0]
 
 
 @router.websocket(GRID_WS_PATH)
