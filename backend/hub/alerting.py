@@ -366,6 +366,8 @@ class Alerting:
                     except (ProviderError, StorageError, IndicatorError) as exc:
                         logger.warning("alert %d: no values (%s)", alert.id, exc)
                         return
+                if self.alerts.get(alert.id) is not alert or alert.expires_at <= time.time():
+                    return  # deleted (or expired) while its bars were fetched: it fires no more
                 verdict = evaluate(alert.rule_set, _by_operand(values))
                 self._moved(alert, advance(alert, verdict), key, bar)
                 pending = self._computing.get(alert.id)

@@ -1,0 +1,80 @@
+"""Nothing of a deleted alert fires later: an alert on indicators whose computation is in
+flight when it is deleted (its bars still being fetched) does not fire when the
+computation ends (the real hub and alerts, a fake provider whose history waits)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from backend.model.bars import SeriesId
+from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
+
+KEY = SeriesId(SOURCE, "AAA", "1m")
+T0 = 1_700_000_040  # a whole minute
+
+
+def rsi_above_zero() -> dict[str, Any]:
+    """``RSI(14) of AAA 1m > 0``: true as soon as it is computed on rising closes."""
+    label = "RSI 14"
+    series = {"source": SOURCE, "name": "AAA", "interval": "1m"}
+    config = {
+        "id": "rsi",
+        "indicator": {"id": "talib.momentum.RSI"},
+        "inputs": {"timeperiod": 14},
+        "dataMap": {"close": {**series, "value": "fake-AAA-1m-close", "dataKey": "close"}},
+    }
+    rule = {
+        "type1": "indicator",
+        "indicator1": label,
+        "indicator_interval1": "1m",
+        "output1": "RSI",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "0",
+    }
+    return {
+        "type": "alert",
+        "message": "deleted before its computation ended",
+        "rules": [rule],
+        "operators": [],
+        "indicators": {label: {"indicator": config, "outputs": [{"name": "RSI"}]}},
+        "subscription": None,
+        "owner": "owner-of-the-deleted-alert",
+    }
+
+
+async def settle(condition: Any, what: str, rounds: int = 2000) -> None:
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_an_alert_deleted_while_its_indicators_compute_never_fires(tmp_path: Path) -> None:
+    hub, provider = make_hub(FakeClock())
+    bars = [(T0 + 60 * i, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 10.0) for i in range(60)]
+    provider.history = bars
+    gate = provider.gates["AAA"] = asyncio.Event()
+    alerting = hub.alerting
+    await alerting.open(tmp_path / "candlewire.db")
+    try:
+        client = connect(hub)
+        await send(hub, client, rsi_above_zero())
+        created = next(m for m in taken(client) if m["type"] == "alert_created")
+        alert = alerting.alerts[created["id"]]
+        alerting.on_bar(KEY, bars[-1])  # a live update: the computation waits for the history
+        await settle(lambda: provider.history_calls > 0, "the history fetch")
+        await send(hub, client, {"type": "alert_delete", "id": alert.id, "owner": alert.owner})
+        assert [m["type"] for m in taken(client)] == ["alert_deleted"]
+        gate.set()
+        await settle(lambda: not alerting._computing, "the computation to end")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert alert.fired == 0
+        assert hub.metrics.value("candlewire_alerts_fired_total") == 0
+        assert [m for m in taken(client) if m["type"] == "notification"] == []
+    finally:
+        await alerting.close()
