@@ -1,13 +1,16 @@
-"""Nothing of a deleted alert fires later: an alert on indicators whose computation is in
-flight when it is deleted (its bars still being fetched) does not fire when the
-computation ends (the real hub and alerts, a fake provider whose history waits)."""
+"""Nothing of a deleted alert fires later, and a fired alert is not fired again after a
+restart (the real hub and alerts, a fake provider whose history waits): an alert on
+indicators whose computation is in flight when it is deleted does not fire when the
+computation ends; the armed states being written when the server stops are all kept."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+from backend.alerts.store import AlertStore
 from backend.model.bars import SeriesId
 from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
 
@@ -78,3 +81,55 @@ async def test_an_alert_deleted_while_its_indicators_compute_never_fires(tmp_pat
         assert [m for m in taken(client) if m["type"] == "notification"] == []
     finally:
         await alerting.close()
+
+
+async def test_a_stop_while_armed_states_are_written_keeps_every_state(tmp_path: Path) -> None:
+    """The writer's batch still being written when the server stops is finished before the
+    store closes: the stop cancelled the writer while its thread went on, the store closed
+    under it and the rest of the batch was lost, so an alert that had fired resumed armed
+    and fired again for the same crossing after the restart."""
+    hub, provider = make_hub(FakeClock())
+    provider.history = [(T0 + 60 * i, 100.0, 101.0, 99.0, 100.5, 10.0) for i in range(3)]
+    alerting = hub.alerting
+    db = tmp_path / "candlewire.db"
+    await alerting.open(db)
+    client = connect(hub)
+    rule = {
+        "type1": "data",
+        "source1": SOURCE,
+        "name1": "AAA",
+        "interval1": "1m",
+        "key1": "close",
+        "comparator": ">",
+        "type2": "value",
+        "value2": "1000",
+    }
+    base = {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+    await send(
+        hub,
+        client,
+        *({**base, "message": f"m{n}", "subscription": None, "owner": "o"} for n in range(2)),
+    )
+    ids = [m["id"] for m in taken(client) if m["type"] == "alert_created"]
+    assert len(ids) == 2
+    store = alerting.store
+    assert store is not None
+    writing = threading.Event()
+    release = threading.Event()
+    save_state = store.save_state
+
+    def slow_save_state(alert_id: int, armed: bool, fired: int) -> None:
+        writing.set()
+        release.wait(5)
+        save_state(alert_id, armed, fired)
+
+    store.save_state = slow_save_state  # type: ignore[method-assign]
+    alerting.on_bar(KEY, (T0 + 180, 100.0, 2000.0, 99.0, 1500.0, 10.0))  # both fire
+    assert all(alerting.alerts[i].fired == 1 for i in ids)
+    await settle(writing.is_set, "the writer's batch to start")
+    closing = asyncio.ensure_future(alerting.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    await closing
+    rows = AlertStore(db).active(0.0)
+    assert [(row["armed"], row["fired"]) for row in rows] == [(False, 1), (False, 1)]

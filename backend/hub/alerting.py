@@ -110,6 +110,7 @@ class Alerting:
         self._listener = _Listener(self)
         self._tasks: tasks.Tasks = set()
         self._dirty: dict[int, tuple[bool, int]] = {}
+        self._writing: asyncio.Future[None] | None = None  # the batch being written, if any
         self._wake = asyncio.Event()
         self.sending = AlertSending(hub.settings, hub.metrics, self._start, self._forget_endpoint)
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
@@ -158,6 +159,8 @@ class Alerting:
     async def close(self) -> None:
         self.sending.stop()
         await tasks.cancel_owned(self._tasks)
+        if self._writing is not None:  # the cancelled writer's thread still writes its batch
+            await asyncio.gather(self._writing, return_exceptions=True)
         await self.sending.close()
         if self.store is not None:
             self._write_dirty()
@@ -443,11 +446,15 @@ class Alerting:
     # ------------------------------------------------------------------ background
 
     async def _writer(self) -> None:
-        """Write armed-state changes, in order, off the event loop."""
+        """Write armed-state changes, in order, off the event loop. A batch goes on in its
+        thread when this task is cancelled (a stop): :meth:`close` waits for it (``_writing``)
+        before it closes the store, or the rest of the batch was lost and an alert that had
+        fired resumed armed after the restart, and fired again for the same crossing."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.to_thread(self._write_dirty)
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_dirty))
+            await asyncio.shield(self._writing)
 
     def _write_dirty(self) -> None:
         dirty, self._dirty = self._dirty, {}
