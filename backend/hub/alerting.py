@@ -453,11 +453,16 @@ class Alerting:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_dirty))
+            dirty, self._dirty = self._dirty, {}  # taken on the loop, which writes to it
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, dirty))
             await asyncio.shield(self._writing)
 
     def _write_dirty(self) -> None:
+        """Write the changes not written yet, here (the last ones, at a stop)."""
         dirty, self._dirty = self._dirty, {}
+        self._write(dirty)
+
+    def _write(self, dirty: dict[int, tuple[bool, int]]) -> None:
         if self.store is not None:
             for alert_id, (armed, fired) in dirty.items():
                 self.store.save_state(alert_id, armed, fired)
