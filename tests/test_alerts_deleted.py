@@ -12,6 +12,7 @@ from typing import Any
 
 from backend.alerts.store import AlertStore
 from backend.model.bars import SeriesId
+from tests.harness import eventually
 from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
 
 KEY = SeriesId(SOURCE, "AAA", "1m")
@@ -48,14 +49,6 @@ def rsi_above_zero() -> dict[str, Any]:
     }
 
 
-async def settle(condition: Any, what: str, rounds: int = 2000) -> None:
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_an_alert_deleted_while_its_indicators_compute_never_fires(tmp_path: Path) -> None:
     hub, provider = make_hub(FakeClock())
     bars = [(T0 + 60 * i, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 10.0) for i in range(60)]
@@ -69,11 +62,11 @@ async def test_an_alert_deleted_while_its_indicators_compute_never_fires(tmp_pat
         created = next(m for m in taken(client) if m["type"] == "alert_created")
         alert = alerting.alerts[created["id"]]
         alerting.on_bar(KEY, bars[-1])  # a live update: the computation waits for the history
-        await settle(lambda: provider.history_calls > 0, "the history fetch")
+        await eventually(lambda: provider.history_calls > 0, what="the history fetch")
         await send(hub, client, {"type": "alert_delete", "id": alert.id, "owner": alert.owner})
         assert [m["type"] for m in taken(client)] == ["alert_deleted"]
         gate.set()
-        await settle(lambda: not alerting._computing, "the computation to end")
+        await eventually(lambda: not alerting._computing, what="the computation to end")
         for _ in range(20):
             await asyncio.sleep(0)
         assert alert.fired == 0
@@ -126,9 +119,9 @@ async def test_a_stop_while_armed_states_are_written_keeps_every_state(tmp_path:
     store.save_state = slow_save_state  # type: ignore[method-assign]
     alerting.on_bar(KEY, (T0 + 180, 100.0, 2000.0, 99.0, 1500.0, 10.0))  # both fire
     assert all(alerting.alerts[i].fired == 1 for i in ids)
-    await settle(writing.is_set, "the writer's batch to start")
+    await eventually(writing.is_set, what="the writer's batch to start")
     closing = asyncio.ensure_future(alerting.close())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time must pass: a stop that does not wait closes the store
     release.set()
     await closing
     rows = AlertStore(db).active(0.0)
