@@ -22,6 +22,7 @@ from typing import Any
 
 import jwt
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
 
@@ -261,6 +262,45 @@ def test_requests_refused_for_their_credentials_count_against_the_address(
     request = urllib.request.Request(server.url + "/api/symbols?q=AAA", headers=valid)
     with urllib.request.urlopen(request, timeout=seconds(10)) as response:
         assert response.status == 200
+
+
+async def upgrade_status(url: str, **headers: str) -> tuple[int, Any]:
+    """The status and headers of a socket upgrade's refusal (0 if the socket opened)."""
+    try:
+        client = await WsClient.open(url, additional_headers=headers)
+    except InvalidStatus as refused:
+        return refused.response.status_code, refused.response.headers
+    await client.close()
+    return 0, None
+
+
+async def test_socket_upgrades_refused_for_their_credentials_count_against_the_address(
+    server: ServerProcess,
+) -> None:
+    """Upgrades with wrong tokens from one remote address count against it as HTTP
+    refusals do (one budget per address, over every socket route and HTTP): past the
+    request burst, 429 with ``Retry-After`` before the socket opens. Every one was a 401,
+    however many (300 guesses in 0.3 s from one address, all 401). Loopback stays exempt,
+    and a valid token from the same address still opens its socket."""
+    remote = {"X-Forwarded-For": "198.51.100.8"}
+    grid_url = server.ws_url.replace("/websocket/", "/openbb/live_grid_ws")
+    refusals = []
+    for n in range(REQUESTS_BURST + 3):
+        url = server.ws_url if n % 2 else grid_url
+        refusals.append(await upgrade_status(f"{url}?token=guess-{n}", **remote))
+    statuses = [status for status, _ in refusals]
+    assert statuses[:REQUESTS_BURST] == [401] * REQUESTS_BURST, statuses
+    assert statuses[-2:] == [429, 429], statuses
+    assert int(refusals[-1][1]["Retry-After"]) >= 1
+    # the same budget as the address's HTTP refusals
+    request = urllib.request.Request(server.url + "/api/symbols?token=guess", headers=remote)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, request, timeout=seconds(10))
+    assert refused.value.code == 429
+    valid = await upgrade_status(f"{server.ws_url}?token={token('socket-guesser')}", **remote)
+    assert valid == (0, None)
+    local = [await upgrade_status(f"{server.ws_url}?token=l-{n}") for n in range(12)]
+    assert [status for status, _ in local] == [401] * 12
 
 
 # ---------------------------------------------------------------------- tiers

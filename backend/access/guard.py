@@ -3,7 +3,9 @@
 
 A socket upgrade is checked before the WebSocket opens: a foreign ``Origin`` gets 403, a
 missing or bad token 401, a client over its connection limit 429 (ASGI's WebSocket denial
-response). An accepted socket whose token expires is closed with 1008 (policy violation)
+response). Refusals for credentials, of upgrades and HTTP requests alike, count against the
+caller's address (loopback exempt): past the request rate they are 429 with ``Retry-After``.
+An accepted socket whose token expires is closed with 1008 (policy violation)
 ``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out; over the request rate, its frames are
 answered ``error rate_limited`` (the Tradiny socket, by the hub) or read more slowly (the
 others). An HTTP request is authenticated unless it is public (the web
@@ -36,7 +38,9 @@ from backend.settings import Settings
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY_VIOLATION = 1008
+UNAUTHORIZED = 401
 FORBIDDEN = 403
+TOO_MANY = 429
 STATIC_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".map", ".woff2")
 ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
 
@@ -85,6 +89,20 @@ class Access:
     def socket_closed(self, identity: Identity) -> None:
         self.fair.connections.close(identity)
 
+    def counted(self, scope: Scope, denied: AccessDenied) -> tuple[AccessDenied, float]:
+        """A refusal for credentials (401), counted against the caller's address as every
+        request is with ``AUTH=none`` (loopback exempt): past the request rate it becomes
+        429 and the seconds to wait, so keys cannot be guessed, nor 401s flooded, at full
+        speed over HTTP or socket upgrades (one budget per address for both). Other
+        refusals are returned as they are, with no wait."""
+        if denied.status != UNAUTHORIZED:
+            return denied, 0.0
+        address = _address(scope)
+        wait = self.fair.request_wait(Identity(client=address, address=address))
+        if wait <= 0:
+            return denied, 0.0
+        return AccessDenied(TOO_MANY, f"too many requests; retry after {wait:.1f} s"), wait
+
     def public(self, scope: Scope) -> bool:
         path: str = scope["path"]
         if scope.get("method") == "OPTIONS" or path in {"/health", "/"}:
@@ -116,10 +134,11 @@ class Access:
         try:
             identity = self.check_socket(scope)
         except AccessDenied as denied:
+            refusal, wait = self.counted(scope, denied)
             self.fair.log.report(
-                "denied:" + _address(scope), "socket from %s refused: %s", _address(scope), denied
+                "denied:" + _address(scope), "socket from %s refused: %s", _address(scope), refusal
             )
-            await deny_socket(scope, send, denied)
+            await deny_socket(scope, send, refusal, wait)
             return None
         self.sockets += 1
         token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
@@ -177,18 +196,22 @@ def error_body(status: int, message: str, **extra: Any) -> bytes:
     return orjson.dumps(body | extra)
 
 
-async def deny_socket(scope: Scope, send: Send, denied: AccessDenied) -> None:
-    """Refuse an upgrade with ``denied.status`` before the WebSocket opens (or 403 where
-    the server lacks ASGI's denial-response extension)."""
+async def deny_socket(
+    scope: Scope, send: Send, denied: AccessDenied, retry_after: float = 0.0
+) -> None:
+    """Refuse an upgrade with ``denied.status`` (and ``Retry-After`` when ``retry_after``)
+    before the WebSocket opens (or 403 where the server lacks ASGI's denial-response
+    extension)."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION})
         return
-    body = error_body(denied.status, denied.message)
+    extra: dict[str, Any] = {"retry_after": retry_after} if retry_after else {}
+    body = error_body(denied.status, denied.message, **extra)
     await send(
         {
             "type": "websocket.http.response.start",
             "status": denied.status,
-            "headers": _error_headers(denied.status, len(body)),
+            "headers": _error_headers(denied.status, len(body), retry_after),
         }
     )
     await send({"type": "websocket.http.response.body", "body": body})
@@ -217,17 +240,17 @@ async def deny_http(
         if path.rstrip("/") == UDF_PATH + "/config":
             extra.update(UDF_REFUSED_CONFIG)
     body = error_body(status, message, **extra)
-    headers = _error_headers(status, len(body))
-    if retry_after:
-        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+    headers = _error_headers(status, len(body), retry_after)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def _error_headers(status: int, length: int) -> list[tuple[bytes, bytes]]:
+def _error_headers(status: int, length: int, retry_after: float = 0.0) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
-    if status == 401:
+    if status == UNAUTHORIZED:
         headers.append((b"www-authenticate", b'Bearer realm="candlewire"'))
+    if retry_after:
+        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
     return headers
 
 
@@ -252,21 +275,14 @@ class AccessMiddleware:
             identity = access.identify(scope)
         except AccessDenied as denied:
             if not access.public(scope):
-                # Refusals count against the caller's address (loopback exempt), as every
-                # request does with AUTH=none: key guessing and floods of 401s get 429 too.
-                address = _address(scope)
-                wait = access.fair.request_wait(Identity(client=address, address=address))
-                if wait > 0:
-                    message = f"too many requests; retry after {wait:.1f} s"
-                    await deny_http(send, 429, message, wait, scope["path"])
-                else:
-                    await deny_http(send, denied.status, denied.message, path=scope["path"])
+                refusal, wait = access.counted(scope, denied)
+                await deny_http(send, refusal.status, refusal.message, wait, scope["path"])
                 return
             identity = ANONYMOUS
         wait = access.fair.request_wait(identity)
         if wait > 0 and not access.public(scope):
             await deny_http(
-                send, 429, f"too many requests; retry after {wait:.1f} s", wait, scope["path"]
+                send, TOO_MANY, f"too many requests; retry after {wait:.1f} s", wait, scope["path"]
             )
             return
         scope.setdefault("state", {})["identity"] = identity

@@ -10,8 +10,9 @@ handling), so this small dispatcher serves it directly. It also sees the server'
 FastAPI app still routes ``/websocket/`` itself, for use under another entry point.
 
 Access control comes first (:class:`backend.access.guard.Access`): an upgrade from a foreign
-``Origin`` is refused with 403, one without valid credentials with 401, one over its
-connection limit with 429, all before the WebSocket opens; an accepted socket runs as its
+``Origin`` is refused with 403, one without valid credentials with 401 (429 once its
+address made too many such attempts), one over its connection limit with 429, all before
+the WebSocket opens; an accepted socket runs as its
 caller (the upstream budget and the subscriptions of its client), a frame over the request
 rate is answered ``error rate_limited`` by the hub (``admit_frame``) instead of being read
 more slowly, and it is closed with 1008 when its token expired (after the grace period).
