@@ -198,6 +198,23 @@ async def test_a_jwt_limited_to_some_symbols_cannot_read_others_anywhere(
     assert (status, body["error"]) == (403, "forbidden")
 
 
+def test_a_jwt_limited_to_some_symbols_gets_no_interval_options_of_the_others(
+    server: ServerProcess,
+) -> None:
+    """OpenBB's interval options of a symbol the token may not read are refused as its bars
+    are (403 ``forbidden``); they were listed, telling the caller what it may not read."""
+    limited = bearer("intervals", symbols=["AAA"])
+    status, body, _ = http(server, "/openbb/interval_options?symbol=counting:BBB", **limited)
+    assert (status, body["error"]) == (403, "forbidden"), body
+    assert body["detail"] == body["message"] and "counting:BBB" in body["message"]
+    status, body, _ = http(server, "/openbb/interval_options?symbol=BBB", **limited)
+    assert status == 403, body
+    status, offered, _ = http(server, "/openbb/interval_options?symbol=AAA", **limited)
+    assert status == 200 and offered[-1]["value"] == "1d"
+    status, body, _ = http(server, "/openbb/bars?symbol=counting:BBB&count=1", **limited)
+    assert (status, body["error"]) == (403, "forbidden")
+
+
 async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
     server: ServerProcess,
 ) -> None:

@@ -355,6 +355,18 @@ def test_symbol_options_come_from_the_database(server: ServerProcess) -> None:
     assert "1w" not in [o["value"] for o in offered]
 
 
+@pytest.mark.parametrize("source", ["counting", "COUNTING", " Counting "])
+def test_the_symbol_options_source_ignores_case_as_symbols_do(
+    server: ServerProcess, source: str
+) -> None:
+    """``source=COUNTING`` lists the counting symbols, as ``COUNTING:aaa`` names one in every
+    OpenBB (and UDF) symbol field; it listed nothing."""
+    _, _, options = call(server, "/openbb/symbol_options", source=source, limit=2)
+    assert [o["value"] for o in options] == ["counting:AAA", "counting:BBB"]
+    _, _, none = call(server, "/openbb/symbol_options", source="nope")
+    assert none == []
+
+
 def test_live_grid_rows_one_per_symbol_with_row_errors(server: ServerProcess) -> None:
     status, _, rows = call(server, "/openbb/live_grid", symbol="AAA,counting:BBB,ZZZ,nope:CCC")
     assert status == 200

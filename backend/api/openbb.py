@@ -64,7 +64,7 @@ from backend.api.openbb_widgets import (
     thumbnail,
     widgets,
 )
-from backend.api.udf import int_param, json_response, resolve_symbol
+from backend.api.udf import canonical_source, full_name, int_param, json_response, resolve_symbol
 from backend.errors import ProtocolError
 from backend.model import intervals
 from backend.model.bars import SeriesId
@@ -132,7 +132,10 @@ async def symbol_options(request: Request, query: str = "", source: str = "") ->
     if problem is not None:
         return _error(400, "invalid_field", problem)
     limit = max(1, min(limit or DEFAULT_OPTIONS, MAX_OPTIONS))
-    results = await _hub(request).search_symbols(query, limit, source or None)
+    hub = _hub(request)
+    # in any case, as the source of a symbol field (``COUNTING:aaa``) and UDF's ``exchange``
+    scope = canonical_source(source, hub.supervisor.providers) if source.strip() else None
+    results = await hub.search_symbols(query, limit, scope)
     return json_response(
         [option(r["details"]) for r in results if isinstance(r.get("details"), dict)]
     )
@@ -140,11 +143,15 @@ async def symbol_options(request: Request, query: str = "", source: str = "") ->
 
 @router.get(INTERVAL_OPTIONS_PATH)
 async def interval_options(request: Request, symbol: str = "") -> Response:
-    """``[{label, value}]`` of the intervals a symbol offers (all of them without one)."""
+    """``[{label, value}]`` of the intervals a symbol offers (all of them without one, or
+    an unknown one); 403 ``forbidden`` for a symbol the caller may not read, as its bars."""
     offered: Collection[str] = intervals.INTERVALS
     if symbol.strip():
         details = await resolve_symbol(_hub(request), symbol)
         if details is not None:
+            key = SeriesId(str(details["source"]), str(details["name"]), "")
+            if not may_read(key):
+                return _error(403, "forbidden", f"no permission to read {full_name(details)}")
             offered = details.get("intervals") or intervals.INTERVALS
     return json_response([{"label": i, "value": i} for i in intervals.INTERVALS if i in offered])
 
