@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     # Origins allowed on every socket route; empty: the page's own origin plus localhost.
     WS_ALLOWED_ORIGINS: CommaList = ()
     METRICS_PUBLIC: bool = False  # with AUTH on, /metrics needs a key unless this is true
+    # Where clients reach the server (behind a proxy): the base of the URLs apps.json names.
+    PUBLIC_URL: str = ""
     API_DOCS: bool = True
     # Fair use, per client (a key's subject, else the address) and per address.
     MAX_CONNECTIONS_PER_ADDRESS: int = Field(50, ge=1)
@@ -351,6 +353,19 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
+
+    @field_validator("PUBLIC_URL")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} must be an http(s) URL such as https://host[:port][/path]")
+        if parts.query or parts.fragment or parts.username is not None:
+            raise ValueError(f"{value!r}: a base URL has no query, fragment or user")
+        return value.rstrip("/")
 
     @field_validator("ALERT_CONTACT")
     @classmethod

@@ -27,6 +27,7 @@ AUDIENCE = "candlewire-tests"
 UPSTREAM_RATE, UPSTREAM_BURST = 2, 4
 HEADER_TIMEOUT = 1.0
 MAX_HEADER_BYTES = 8192
+PUBLIC_URL = "https://candles.example.org/md"  # behind a proxy, under a path
 
 
 class KeyedServer(ServerProcess):
@@ -55,6 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         HTTP_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         HTTP_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         CANDLEWIRE_TEST_PERIOD="0.5",
+        PUBLIC_URL=PUBLIC_URL + "/",
     )
     assert populate(env).returncode == 0
     with KeyedServer(env, tmp / "server.log") as running:
@@ -243,6 +245,17 @@ async def test_a_jwt_limited_to_some_symbols_gets_no_others_from_the_live_grid(
         assert len(rows_of_bbb) == 1 and rows_of_bbb[0].get("price") is None
     finally:
         await grid.close()
+
+
+def test_apps_json_names_the_public_url_whatever_the_host_header(server: ServerProcess) -> None:
+    """Behind a proxy, ``PUBLIC_URL`` is where Workspace's browser finds the thumbnails;
+    a hostile ``Host`` changes nothing (it made the URLs ``http://<Host>/...``)."""
+    for host in ("evil.example", None):
+        headers = bearer("apps") | ({"Host": host} if host else {})
+        status, apps, _ = http(server, "/apps.json", **headers)
+        assert status == 200
+        assert apps[0]["img_dark"] == PUBLIC_URL + "/openbb/thumbnail-dark.svg"
+        assert apps[0]["img_light"] == PUBLIC_URL + "/openbb/thumbnail-light.svg"
 
 
 def test_a_refusal_says_why_in_the_detail_workspace_shows(server: ServerProcess) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from backend.api import cors, openbb_grid, openbb_widgets
 from backend.hub.listeners import Listeners
 from backend.model.bars import Bar, SeriesId
+from backend.settings import Settings
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
 
 WORKSPACE = "https://pro.openbb.co"
@@ -177,6 +179,20 @@ def test_the_app_carries_its_thumbnails_for_both_themes() -> None:
     assert openbb_widgets.thumbnail("pink") is None
 
 
+def test_without_a_base_url_the_app_names_no_thumbnails() -> None:
+    (app,) = openbb_widgets.apps()
+    assert not {"img", "img_dark", "img_light"} & set(app)
+
+
+@pytest.mark.parametrize(
+    "value", ["candles.example.org", "ftp://h/", "https://", "https://h/?x=1", "https://u@h/"]
+)
+def test_a_public_url_that_is_no_http_base_url_stops_the_start(value: str) -> None:
+    with pytest.raises(ValidationError, match="PUBLIC_URL"):
+        Settings(PUBLIC_URL=value)
+    assert Settings(PUBLIC_URL=" https://h:8443/md/ ").PUBLIC_URL == "https://h:8443/md"
+
+
 def test_the_app_lays_out_existing_widgets() -> None:
     (app,) = openbb_widgets.apps()
     assert app["name"] == "Candlewire"
@@ -317,6 +333,24 @@ def test_workspace_reads_widgets_and_apps_with_cors(server: ServerProcess) -> No
         with urllib.request.urlopen(apps[0][key], timeout=seconds(30)) as response:
             assert response.headers["content-type"] == "image/svg+xml"
             assert response.read().startswith(b"<svg")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example"])
+def test_apps_json_names_no_url_of_a_host_header_it_does_not_know(
+    server: ServerProcess, host: str
+) -> None:
+    """Without ``PUBLIC_URL``, a ``Host`` other than this machine's (loopback, or the address
+    the server listens on) puts no URL into ``apps.json``: the thumbnails are left out. They
+    were ``http://<Host>/openbb/...``, whatever the caller wrote, for a cache or a proxy to
+    hand on to others."""
+    status, _, apps = call(server, "/apps.json", headers={"Host": host})
+    assert status == 200 and apps[0]["name"] == "Candlewire"
+    assert "evil" not in json.dumps(apps)
+    assert not {"img", "img_dark", "img_light"} & set(apps[0])
+    port = server.url.rsplit(":", 1)[1]
+    for local in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.2"):
+        _, _, apps = call(server, "/apps.json", headers={"Host": local})
+        assert apps[0]["img_dark"] == f"http://{local}/openbb/thumbnail-dark.svg"
 
 
 def test_preflight_with_a_custom_header_succeeds(server: ServerProcess) -> None:

@@ -15,7 +15,9 @@ string. Three widgets are offered:
 
 ``change_percent`` is in percent and shown with a ``%`` sign (``formatterFn: "percent"``);
 columns use only the fields of the ``columnsDefs`` reference. ``apps.json`` names its
-thumbnails (``img``, ``img_dark``, ``img_light``), served as SVG under ``/openbb/``. The live
+thumbnails (``img``, ``img_dark``, ``img_light``), served as SVG under ``/openbb/``, by
+absolute URLs under ``PUBLIC_URL`` or a ``Host`` that names this machine (:func:`public_base`);
+under any other ``Host`` it names none. The live
 grid's ``symbol`` may come comma-joined or as repeated ``symbol=`` parameters; on the socket,
 a symbol that cannot be streamed gets its row with ``error`` once, like in the snapshot.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -113,7 +116,29 @@ async def widgets_json(request: Request) -> Response:
 
 @router.get("/apps.json")
 async def apps_json(request: Request) -> Response:
-    return json_response(apps(str(request.base_url)))
+    return json_response(apps(public_base(request)))
+
+
+def public_base(request: Request) -> str | None:
+    """The base of the URLs ``apps.json`` names: ``PUBLIC_URL``, else this request's own base
+    URL if its ``Host`` names this machine (a loopback name or address, or the address the
+    server listens on); else None, and the document names no URL. Any other ``Host`` is the
+    caller's to choose: its URLs would reach whoever a cache or proxy hands the answer on to."""
+    settings = _hub(request).settings
+    if settings.PUBLIC_URL:
+        return settings.PUBLIC_URL
+    host = (request.url.hostname or "").lower()
+    return str(request.base_url) if _local(host) or host == settings.HOST.lower() else None
+
+
+def _local(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (``localhost``, ``127.x``, ``::1``)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @router.get(THUMBNAIL_PATH)

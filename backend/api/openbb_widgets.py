@@ -203,22 +203,25 @@ def thumbnail(theme: str) -> str | None:
     )
 
 
-def apps(base_url: str = "") -> list[dict[str, Any]]:
+def apps(base_url: str | None = None) -> list[dict[str, Any]]:
     """The ``apps.json`` array: one "Candlewire" app laying out the three widgets; its
-    thumbnails are absolute URLs under ``base_url``."""
-    base = base_url.rstrip("/")
+    thumbnails are absolute URLs under ``base_url`` (Workspace's browser fetches them from
+    its own page), and left out without one."""
     layout = [
         {"i": LIVE_GRID, "x": 0, "y": 2, "w": 16, "h": 12, "groups": []},
         {"i": CHART, "x": 16, "y": 2, "w": 24, "h": 24, "groups": []},
         {"i": BARS_TABLE, "x": 0, "y": 14, "w": 16, "h": 12, "groups": []},
     ]
+    images = {}
+    if base_url is not None:
+        base = base_url.rstrip("/")
+        dark, light = (base + THUMBNAIL_PATH.format(theme=t) for t in ("dark", "light"))
+        images = {"img": dark, "img_dark": dark, "img_light": light}
     return [
         {
             "name": "Candlewire",
             "description": "Live prices, a TradingView chart and recent bars from Candlewire.",
-            "img": base + THUMBNAIL_PATH.format(theme="dark"),
-            "img_dark": base + THUMBNAIL_PATH.format(theme="dark"),
-            "img_light": base + THUMBNAIL_PATH.format(theme="light"),
+            **images,
             "allowCustomization": True,
             "tabs": {"markets": {"id": "markets", "name": "Markets", "layout": layout}},
             "groups": [],
