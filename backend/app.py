@@ -7,7 +7,8 @@ them in order on shutdown.
 
 Access control (``backend.access``) wraps every route: :class:`AccessMiddleware` inside the
 CORS policy (so a refusal still carries CORS headers), the hub's hooks charge upstream
-history calls to their caller and check what a caller may read. FastAPI's validation
+history calls to their caller and check what a caller may read. Large answers are gzipped
+for clients that accept it (:mod:`backend.api.compression`). FastAPI's validation
 errors get the documented shape (400 ``{"error", "message"}``); ``API_DOCS=false`` turns
 off ``/docs``, ``/redoc`` and ``/openapi.json``.
 
@@ -38,6 +39,7 @@ from starlette.routing import WebSocketRoute
 from backend import __version__
 from backend.access.guard import Access, AccessMiddleware
 from backend.access.identity import current_client, may_read
+from backend.api.compression import Compression
 from backend.api.cors import add_cors
 from backend.api.head import HeadAsGet
 from backend.api.openbb import router as openbb_router
@@ -208,9 +210,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(HeadAsGet)  # innermost: the routes see a GET
-    app.add_middleware(AccessMiddleware, access=access)
-    add_cors(app, settings)
+    _add_middleware(app, access, settings)
     _warn_if_open(settings)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -230,6 +230,16 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     if (FRONTEND / "index.html").exists():
         app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
     return app
+
+
+def _add_middleware(app: FastAPI, access: Access, settings: Settings) -> None:
+    """The hub app's middleware, from the routes out: gzip (inside HEAD-as-GET, so a HEAD
+    gets the headers of its GET), HEAD as GET (the routes see a GET), access control, CORS
+    (outermost, so a refusal still carries CORS headers)."""
+    app.add_middleware(Compression)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(AccessMiddleware, access=access)
+    add_cors(app, settings)
 
 
 async def _start_node(settings: Settings) -> ProviderNode:
