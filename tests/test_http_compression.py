@@ -86,6 +86,12 @@ def test_head_has_the_headers_of_the_get_and_no_body(server: ServerProcess) -> N
     assert int(headers["Content-Length"]) > 500_000
 
 
+@pytest.mark.parametrize("refusal", ["gzip;q=0", "br, GZIP ; q=0.0, identity", "x-gzip;q=0"])
+def test_a_client_that_refuses_gzip_gets_it_plain(server: ServerProcess, refusal: str) -> None:
+    headers, body = get(server, HISTORY, **{"Accept-Encoding": refusal})
+    assert headers.get("Content-Encoding") is None and json.loads(body)
+
+
 def test_small_answers_and_metrics_are_sent_as_they_are(server: ServerProcess) -> None:
     for path in ("/health", "/udf/time", "/api/symbols?q=NOPE", "/metrics"):
         headers, body = get(server, path, **GZIP)

@@ -8,7 +8,8 @@ bytes, so a client cannot resume a compressed download with ``Range`` / ``If-Ran
 splice plain bytes into it; ``If-None-Match`` still matches it.
 
 Left alone: WebSockets (not HTTP), event streams and already-compressed types (the
-middleware's own list), partial (206) and already-encoded answers, answers under
+middleware's own list), partial (206) and already-encoded answers, clients that refuse gzip
+(``gzip;q=0``), answers under
 :data:`MINIMUM_BYTES` (one TCP segment either way), and :data:`UNCOMPRESSED_PATHS`
 (``/metrics``, which monitors scrape as text). Installed inside :class:`~.head.HeadAsGet`,
 so that a HEAD request gets the headers its GET would get.
@@ -36,7 +37,7 @@ class Compression:
         self.gzip = GZipMiddleware(app, minimum_size=MINIMUM_BYTES, compresslevel=LEVEL)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNCOMPRESSED_PATHS:
+        if scope["type"] != "http" or scope["path"] in UNCOMPRESSED_PATHS or _refused(scope):
             await self.app(scope, receive, send)
             return
 
@@ -49,3 +50,27 @@ class Compression:
             await send(message)
 
         await self.gzip(scope, receive, weak_etag)
+
+
+def _refused(scope: Scope) -> bool:
+    """Whether the client's ``Accept-Encoding`` names gzip with ``q=0`` (RFC 9110 12.5.3:
+    not acceptable), which the middleware, looking for the word, would take for a yes."""
+    for name, value in scope.get("headers", ()):
+        if name != b"accept-encoding":
+            continue
+        for item in value.decode("latin-1").lower().split(","):
+            coding, _, params = item.partition(";")
+            if coding.strip() in ("gzip", "x-gzip") and _zero_quality(params):
+                return True
+    return False
+
+
+def _zero_quality(params: str) -> bool:
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip() == "q":
+            try:
+                return float(value) == 0
+            except ValueError:
+                return False
+    return False
