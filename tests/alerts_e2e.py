@@ -1,12 +1,17 @@
 """What the end-to-end alert tests share: a CSV server streaming BTCUSD 1m at 60x with the
-fake push service as its operator webhook, Tradiny ``alert`` requests over its bars, and the
-``/api/alerts`` calls (``test_e2e_alerts.py``, ``test_e2e_alert_deliveries.py``)."""
+fake push service as its operator webhook, Tradiny ``alert`` requests over its bars, the
+``/api/alerts`` calls (``test_e2e_alerts.py``, ``test_e2e_alert_deliveries.py``), and a
+webhook receiver that can be down (:class:`Hooks`: ``test_alerts_durable.py``,
+``test_bus_alerts.py``)."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,51 @@ def listed_alert(server: ServerProcess, owner: str, alert_id: int) -> dict[str, 
         a for a in get_json(server, f"/api/alerts?owner={owner}")["alerts"] if a["id"] == alert_id
     ]
     return found[0] if found else {}
+
+
+class Hooks:
+    """A webhook receiver on 127.0.0.1 (``http.server`` in a thread) whose port is taken at
+    once but refuses connections until :meth:`up` (a receiver that is down); each POST's
+    JSON body lands in :attr:`bodies`, answered 200."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/hook"
+        self._server: ThreadingHTTPServer | None = None
+
+    def up(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        server = ThreadingHTTPServer(self._socket.getsockname(), Handler, False)
+        server.socket.close()
+        server.socket = self._socket
+        server.server_activate()  # listen() on the port taken from the start
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def fired(self) -> list[int]:
+        """The ``fired`` count of each call, in order of arrival."""
+        return [body["fired"] for body in self.bodies]
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        else:
+            self._socket.close()

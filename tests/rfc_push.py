@@ -4,7 +4,9 @@ one record, the 0x02 delimiter) with ``cryptography`` and verifies RFC 8292's
 ``Authorization: vapid t=<JWT>, k=<key>`` (ES256 signature by ``k``, ``aud`` the origin the
 receiver listens at, ``exp`` within 24 hours). It listens on any loopback address, IPv6
 included (``http.server`` in a thread); each push lands in :attr:`RfcPush.pushes`, each
-refusal (with the reason) in :attr:`RfcPush.refused`.
+refusal (with the reason) in :attr:`RfcPush.refused`. While :attr:`RfcPush.unavailable` is
+set it answers every push 503 Service Unavailable without looking at it (a service down
+for a while; the sender retries), counted in :attr:`RfcPush.turned_away`.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class RfcPush:
         self.browsers: dict[str, Browser] = {}
         self.pushes: list[Received] = []
         self.refused: list[str] = []
+        self.unavailable = False
+        self.turned_away = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -158,6 +162,9 @@ class RfcPush:
         }
 
     def take(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        if self.unavailable:
+            self.turned_away += 1
+            return 503
         token = path.rsplit("/", 1)[-1]
         try:
             if "TTL" not in headers or headers.get("Content-Encoding") != "aes128gcm":

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from backend.alerts.store import AlertStore
+from backend.alerts.store import AlertStore, Batch, Dropped
 from backend.model.bars import SeriesId
 from tests.harness import eventually
 from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
@@ -109,14 +109,14 @@ async def test_a_stop_while_armed_states_are_written_keeps_every_state(tmp_path:
     assert store is not None
     writing = threading.Event()
     release = threading.Event()
-    save_state = store.save_state
+    commit = store.commit
 
-    def slow_save_state(alert_id: int, armed: bool, fired: int) -> None:
+    def slow_commit(batch: Batch, worker: int, cap: int) -> list[Dropped]:
         writing.set()
         release.wait(5)
-        save_state(alert_id, armed, fired)
+        return commit(batch, worker, cap)
 
-    store.save_state = slow_save_state  # type: ignore[method-assign]
+    store.commit = slow_commit  # type: ignore[method-assign]
     alerting.on_bar(KEY, (T0 + 180, 100.0, 2000.0, 99.0, 1500.0, 10.0))  # both fire
     assert all(alerting.alerts[i].fired == 1 for i in ids)
     await eventually(writing.is_set, what="the writer's batch to start")

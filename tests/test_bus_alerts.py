@@ -6,14 +6,17 @@ worker process (found by the connection's owner). Alerts made on both workers ar
 alike from either worker and from ``/api/alerts``, one worker deletes an alert another
 evaluates, the daily quota holds across workers, and after a restart of the hub every
 stored alert fires exactly once per false -> true transition (one webhook call, whichever
-worker resumed it), and one deleted through the other worker never fires again. The
-store's share, listing and deletion notes are also checked on their own.
+worker resumed it), and one deleted through the other worker never fires again. A worker
+killed alone resumes the deliveries it stored, not the other's. The store's share, listing
+and deletion notes are also checked on their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ import pytest
 from backend.alerts.store import AlertStore
 from backend.hub.alerting import Worker
 from tests import bus_deploy, harness
+from tests.alerts_e2e import Hooks
 from tests.bus_deploy import SHARED_REDIS
 from tests.fakes.webpush import FakePush
 from tests.harness import ServerProcess, WsClient
@@ -286,3 +290,66 @@ def test_the_store_gives_each_worker_its_share_and_notes_deletions_for_the_other
     assert store.tombstones() == []
     assert [r["id"] for r in store.of(None, "o", 0, 10)] == [1, 2, 5]
     store.close()
+
+
+async def test_a_worker_killed_alone_resumes_its_own_pending_deliveries_only(
+    tmp_path: Path,
+) -> None:
+    """Each worker's alert fires while the webhook refuses connections; worker 2 is killed
+    (SIGKILL) and started again by worker 1 while worker 1 goes on retrying its own
+    delivery; the webhook comes back: each alert's call arrives once. The killed worker's
+    delivery was lost (kept in memory only); resumed by alert id instead of by the worker
+    that stored it, worker 2 would also have sent worker 1's, which worker 1 still sends."""
+    with Hooks() as hooks:
+        env = bus_deploy.bus_env(
+            tmp_path,
+            SHARED_REDIS,
+            bus_deploy.new_prefix(),
+            "hub",
+            EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
+            CANDLEWIRE_TEST_PRICE=str(tmp_path / "price"),
+            CANDLEWIRE_TEST_PERIOD="0.1",
+            ALERT_WEBHOOK_URL=hooks.url,
+            ALERT_RETRY_SECONDS="3",  # attempts 3, 9, 21 and 45 s after the first
+        )
+        steer(env, LOW)
+        assert harness.populate(env).returncode == 0
+        node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
+        args = ("--role", "hub", "--workers", "2")
+        hub = ServerProcess(env, tmp_path / "hub.server.log", bus_deploy.free_port(), args)
+        try:
+            hub.start()
+            clients = await one_client_per_worker(hub)
+            main = hub.proc.pid if hub.proc is not None else 0
+            child = next(pid for pid in clients if pid != main)
+            ids = {await made(clients[main], "on worker 1"), await made(clients[child], "on 2")}
+            await close_all(clients)
+            steer(env, HIGH)
+
+            def refused() -> int:
+                return hub.log_path.read_text().count("ClientConnectorError")
+
+            await harness.eventually(lambda: refused() >= 2, 20, "both calls refused")
+            os.kill(child, signal.SIGKILL)
+            started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
+            await harness.eventually(
+                lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
+            )
+            hooks.up()
+            await harness.eventually(lambda: len(hooks.bodies) >= 2, 60, "both calls")
+            await harness.eventually(lambda: pending(env) == 0, 60, "the deliveries done")
+        finally:
+            hub.stop()
+            node.stop()
+    calls: dict[int, list[int]] = {}
+    for body in hooks.bodies:
+        calls.setdefault(body["alert"]["id"], []).append(body["fired"])
+    assert calls == {alert_id: [1] for alert_id in ids}, calls
+
+
+def pending(env: dict[str, str]) -> int:
+    with contextlib.closing(sqlite3.connect(env["DB"], timeout=10)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM alert_deliveries").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0

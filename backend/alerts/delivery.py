@@ -8,7 +8,9 @@ is closed. Each call retries with exponential backoff on 5xx, 429 and network er
 up at once), gives up at once on other 4xx, and reports 404/410 from a push service as
 :attr:`Outcome.GONE` (the browser dropped the subscription; the caller stops pushing to
 it). Every outcome is logged with the destination's origin only. Callers run these as their
-own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming.
+own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming. A delivery
+resumed after a restart goes on from where it was (:class:`Progress`: the attempts made,
+the backoff they reached), and its caller hears of each failed attempt (to store it).
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ class Answer:
     detail: str = ""
 
 
+@dataclass(slots=True)
+class Progress:
+    """Where one delivery stands: ``made`` attempts so far (the next is ``made + 1``, after
+    a backoff doubled ``made`` times); ``retrying(made, pause)`` is told of each failed
+    attempt that will be retried, and ``wanted()`` is asked before each retry (False: it
+    was given up elsewhere, e.g. the store's bound took it)."""
+
+    made: int = 0
+    retrying: Callable[[int, float], None] | None = None
+    wanted: Callable[[], bool] | None = None
+
+
 class Delivery:
     """Sends pushes and webhook calls; ``public_only``: client-chosen URLs must be https to
     public addresses (``ALERT_PUSH_PUBLIC_ONLY``)."""
@@ -111,7 +125,9 @@ class Delivery:
             self._sessions[guarded] = session
         return session
 
-    async def push(self, subscription: Subscription, payload: dict[str, Any]) -> Outcome:
+    async def push(
+        self, subscription: Subscription, payload: dict[str, Any], progress: Progress | None = None
+    ) -> Outcome:
         """Encrypt ``payload`` (JSON) for the subscription and post it, VAPID-signed."""
         what = f"push to {origin(subscription.endpoint)}"
         if self._refused(what, subscription.endpoint, trusted=False):
@@ -140,10 +156,16 @@ class Delivery:
         }
         session = self._http(trusted=False)
         return await self._deliver(
-            what, lambda: _post(session, subscription.endpoint, body, headers), push=True
+            what, lambda: _post(session, subscription.endpoint, body, headers), True, progress
         )
 
-    async def webhook(self, url: str, body: dict[str, Any], trusted: bool = True) -> Outcome:
+    async def webhook(
+        self,
+        url: str,
+        body: dict[str, Any],
+        trusted: bool = True,
+        progress: Progress | None = None,
+    ) -> Outcome:
         """POST ``body`` as JSON to ``url`` (``trusted``: the operator's ``ALERT_WEBHOOK_URL``,
         else a client's, under the public-only policy)."""
         what = f"webhook {origin(url)}"
@@ -152,7 +174,9 @@ class Delivery:
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         session = self._http(trusted)
-        return await self._deliver(what, lambda: _post(session, url, data, headers), push=False)
+        return await self._deliver(
+            what, lambda: _post(session, url, data, headers), False, progress
+        )
 
     def _vapid(self, claims: dict[str, Any]) -> str:
         """RFC 8292's ``Authorization`` value: the ES256 token and our public key. Signed
@@ -168,10 +192,18 @@ class Delivery:
         return problem is not None
 
     async def _deliver(
-        self, what: str, attempt: Callable[[], Awaitable[Answer]], push: bool
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[Answer]],
+        push: bool,
+        progress: Progress | None = None,
     ) -> Outcome:
-        delay = self.backoff
-        for number in range(1, self.attempts + 1):
+        progress = progress or Progress()
+        delay = self.backoff * 2**progress.made
+        why = "no attempt left"
+        for number in range(progress.made + 1, self.attempts + 1):
+            if number > progress.made + 1 and progress.wanted is not None and not progress.wanted():
+                return Outcome.FAILED  # given up by its owner, who said so
             try:
                 answer = await attempt()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -204,6 +236,8 @@ class Delivery:
             if number < self.attempts:
                 pause = max(delay, answer.retry_after or 0.0)
                 logger.warning("%s: %s, retrying in %.1f s", what, why, pause)
+                if progress.retrying is not None:
+                    progress.retrying(number, pause)
                 await dispatch.pause(pause)  # without its delivery slot
                 delay *= 2
         logger.warning("%s: %s, gave up after %d attempts", what, why, self.attempts)

@@ -1,9 +1,19 @@
-"""Alerts in SQLite (the ``DB`` file): they survive a restart with their armed state.
+"""Alerts in SQLite (the ``DB`` file): they survive a restart with their armed state, and
+so do their pending deliveries.
 
 A small synchronous store (one connection, a lock); the hub calls it through
 ``asyncio.to_thread`` so no query runs on the event loop. ``alert_quota`` counts the alerts
 each client address created per UTC day (``MAX_ALERTS_PER_DAY``); deleting an alert does
 not give its slot back.
+
+``alert_deliveries`` holds each push and webhook call from the firing (or creation, or
+expiry) that made it until it is sent or given up, with the attempts made and the time
+the next may start: :meth:`AlertStore.commit` writes a :class:`Batch` (armed states, expired
+alerts, new deliveries, their progress) in one transaction, so a firing's state and its
+deliveries are stored together or not at all. Each row names the hub worker that wrote it,
+the one that resumes it after a restart (:meth:`AlertStore.take_deliveries`). The table is
+bounded: a worker keeps at most ``cap`` rows (the oldest go first) and none older than
+``older_than``; what goes is returned, for the caller to log and count.
 
 Hub workers (``--workers N``) share the file, each with its own connection: the quota is
 counted in one transaction, listing and deletion read and write the table, and
@@ -17,6 +27,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +57,89 @@ CREATE TABLE IF NOT EXISTS alert_quota (
     count INTEGER NOT NULL,
     PRIMARY KEY (peer, day)
 );
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id INTEGER NOT NULL,
+    worker INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    url TEXT NOT NULL,
+    trusted INTEGER NOT NULL,
+    owner TEXT,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_worker ON alert_deliveries(worker, id);
 """
 
 Row = dict[str, Any]
 BUSY_TIMEOUT_MS = 30_000  # a write waits this long for the database lock (see __init__)
 
 
+@dataclass(slots=True)
+class PendingDelivery:
+    """One push (``kind`` "push": ``body`` is ``{"subscription", "payload"}``) or webhook
+    call (``body`` is the JSON posted) of alert ``alert_id``, until it is sent or given up.
+    ``trusted``: the operator's ``ALERT_WEBHOOK_URL``; ``owner``: whose share of the delivery
+    slots it takes; ``attempts`` made so far, the next not before ``next_at`` (epoch
+    seconds); ``id`` is the row's, 0 until it is written."""
+
+    alert_id: int
+    kind: str
+    url: str
+    trusted: bool
+    owner: str | None
+    body: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    next_at: float = 0.0
+    id: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes: armed states (alert id -> ``(armed, fired)``), alerts to
+    delete, new deliveries, the progress of those retrying (delivery id -> ``(attempts,
+    next_at)``), the deliveries done (sent or given up), and ``older_than``: drop this
+    worker's deliveries made before that time (0: none)."""
+
+    states: dict[int, tuple[bool, int]] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+    new: list[PendingDelivery] = field(default_factory=list)
+    retries: dict[int, tuple[int, float]] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+    older_than: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.states or self.deleted or self.new or self.retries or self.done or self.older_than
+        )
+
+    def after(self, earlier: Batch) -> Batch:
+        """One batch of ``earlier`` followed by this one (a batch that could not be written
+        goes again with the next)."""
+        return Batch(
+            {**earlier.states, **self.states},
+            earlier.deleted | self.deleted,
+            earlier.new + self.new,
+            {**earlier.retries, **self.retries},
+            earlier.done | self.done,
+            max(earlier.older_than, self.older_than),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Deliveries the bound took away: ``ids`` of their rows (0 for one dropped before it
+    was written), and why ("too_old", "table_full")."""
+
+    ids: tuple[int, ...]
+    reason: str
+
+
 class AlertStore:
-    """The ``alerts`` and ``alert_quota`` tables."""
+    """The ``alerts``, ``alert_quota``, ``alert_deleted`` and ``alert_deliveries`` tables."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -152,6 +238,100 @@ class AlertStore:
             self._db.execute(
                 "UPDATE alerts SET armed = ?, fired = ? WHERE id = ?", (int(armed), fired, alert_id)
             )
+
+    def commit(self, batch: Batch, worker: int, cap: int) -> list[Dropped]:
+        """Write ``batch`` in one transaction, as hub worker ``worker``; each new delivery
+        gets its row's ``id``. Then at most ``cap`` deliveries of this worker are kept (the
+        oldest go) and none made before ``batch.older_than``: what went is returned.
+        ``StorageError`` when the database cannot take it now (nothing of it is written)."""
+        try:
+            with self._lock, self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                return self._commit(batch, worker, cap)
+        except sqlite3.Error as exc:
+            for delivery in batch.new:
+                delivery.id = 0
+            raise StorageError(f"alert store: {exc}") from exc
+
+    def _commit(self, batch: Batch, worker: int, cap: int) -> list[Dropped]:
+        db = self._db
+        db.executemany(
+            "UPDATE alerts SET armed = ?, fired = ? WHERE id = ?",
+            [(int(armed), fired, i) for i, (armed, fired) in batch.states.items()],
+        )
+        db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in batch.deleted])
+        for delivery in batch.new:
+            cursor = db.execute(
+                "INSERT INTO alert_deliveries(alert_id, worker, kind, url, trusted, owner, "
+                "body, attempts, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.alert_id,
+                    worker,
+                    delivery.kind,
+                    delivery.url,
+                    int(delivery.trusted),
+                    delivery.owner,
+                    json.dumps(delivery.body),
+                    delivery.attempts,
+                    delivery.next_at,
+                    delivery.created_at,
+                ),
+            )
+            delivery.id = int(cursor.lastrowid or 0)
+        db.executemany(
+            "UPDATE alert_deliveries SET attempts = ?, next_at = ? WHERE id = ?",
+            [(made, next_at, i) for i, (made, next_at) in batch.retries.items()],
+        )
+        db.executemany("DELETE FROM alert_deliveries WHERE id = ?", [(i,) for i in batch.done])
+        dropped = []
+        if batch.older_than:
+            old = db.execute(
+                "DELETE FROM alert_deliveries WHERE worker = ? AND created_at < ? RETURNING id",
+                (worker, batch.older_than),
+            ).fetchall()
+            if old:
+                dropped.append(Dropped(tuple(row[0] for row in old), "too_old"))
+        if batch.new:
+            over = db.execute(
+                "DELETE FROM alert_deliveries WHERE worker = ? AND id <= (SELECT id FROM "
+                "alert_deliveries WHERE worker = ? ORDER BY id DESC LIMIT 1 OFFSET ?) "
+                "RETURNING id",
+                (worker, worker, cap),
+            ).fetchall()
+            if over:
+                dropped.append(Dropped(tuple(row[0] for row in over), "table_full"))
+        return dropped
+
+    def take_deliveries(self, worker: int, workers: int) -> list[PendingDelivery]:
+        """The pending deliveries hub worker ``worker`` of ``workers`` resumes at its start:
+        those it wrote before (its previous process is gone: it is the one starting), and
+        for worker 1 also those of workers beyond ``workers`` (a hub now run with fewer),
+        which become its own. Oldest first."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if worker == 1:
+                self._db.execute(
+                    "UPDATE alert_deliveries SET worker = 1 WHERE worker > ? OR worker < 1",
+                    (workers,),
+                )
+            rows = self._db.execute(
+                "SELECT * FROM alert_deliveries WHERE worker = ? ORDER BY id", (worker,)
+            ).fetchall()
+        return [
+            PendingDelivery(
+                row["alert_id"],
+                row["kind"],
+                row["url"],
+                bool(row["trusted"]),
+                row["owner"],
+                json.loads(row["body"]),
+                row["created_at"],
+                row["attempts"],
+                row["next_at"],
+                row["id"],
+            )
+            for row in rows
+        ]
 
     def drop_subscription(self, alert_id: int, spec: dict[str, Any]) -> None:
         """The push service said the subscription is gone (404/410): store ``spec``, whose

@@ -7,12 +7,15 @@ twice. Every update of a key's newest bar evaluates that key's alerts (spec 3.4)
 sends a ``notification`` to the creating socket while it is connected and hands the Web
 Push and webhook deliveries to :mod:`.alert_sending` (owned tasks, bounded overall, per
 destination and per owner, a bounded backlog), so no delivery ever delays streaming and a
-hanging endpoint never delays the others. Armed
-state changes are written to SQLite by one writer task, in order.
+hanging endpoint never delays the others. Armed state changes, expired alerts and the
+deliveries are written to SQLite by one writer (:mod:`.alert_journal`), in order, a
+firing's state and its deliveries in one transaction before any of them is attempted; at a
+start the stored deliveries of this worker resume.
 
 Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
 one worker (:class:`Worker`): the one that created it, until the next start, when worker
-``k`` resumes the stored alerts with ``id % N == k - 1``. With N > 1, ``alerts`` and
+``k`` resumes the stored alerts with ``id % N == k - 1``; a stored delivery is resumed by
+the worker that stored it (its process is the one starting again). With N > 1, ``alerts`` and
 ``/api/alerts`` read the store, and a deletion answered by one worker is done in the store
 and noted for the worker evaluating the alert, which drops it at its next sweep (within
 ``SWEEP_SECONDS``). The daily quota is counted in the store, so it holds across workers.
@@ -40,10 +43,10 @@ from backend.alerts.model import (
     reads_indicators,
     series_of,
 )
-from backend.alerts.store import AlertStore, Row
+from backend.alerts.store import AlertStore, Batch, Row
 from backend.alerts.vapid import VapidKeys
 from backend.errors import IndicatorError, ProtocolError, ProviderError, StorageError
-from backend.hub.alert_sending import AlertSending
+from backend.hub.alert_sending import PENDING_SECONDS, AlertSending
 from backend.hub.clients import Client
 from backend.indicators.rules import (
     Operand,
@@ -69,6 +72,7 @@ COMPUTES_AT_ONCE = 4  # alerts on indicators computing at once (CPU, off the hot
 MAX_LISTED = 1_000
 FIRING_LOG_SECONDS = 60.0  # an alert's firings are logged at INFO at most once per this time
 TOMBSTONE_SECONDS = 60.0  # a deletion note nobody took by then is dropped (its worker is gone)
+PRUNE_SECONDS = 60.0  # how often deliveries older than PENDING_SECONDS are looked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +113,8 @@ class Alerting:
         self.worker = Worker()
         self._listener = _Listener(self)
         self._tasks: tasks.Tasks = set()
-        self._dirty: dict[int, tuple[bool, int]] = {}
-        self._writing: asyncio.Future[None] | None = None  # the batch being written, if any
-        self._wake = asyncio.Event()
         self.sending = AlertSending(hub.settings, hub.metrics, self._start, self._forget_endpoint)
+        self.journal = self.sending.journal
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
         self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 
@@ -120,25 +122,32 @@ class Alerting:
 
     async def open(self, db: Path, worker: Worker | None = None) -> None:
         """Load (or create) the VAPID keys and the store; resume every unexpired alert (of
-        this ``worker``'s share)."""
+        this ``worker``'s share) and the deliveries this worker stored before."""
         self.worker = worker or Worker()
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
         self.sending.open(self.keys)
+        self.journal.open(self.store, self.worker.index)
+        await self.journal.write_now(Batch(older_than=time.time() - PENDING_SECONDS))
+        pending = await asyncio.to_thread(
+            self.store.take_deliveries, self.worker.index, self.worker.count
+        )
+        self.sending.resume(pending)
         await self._expired_meanwhile()
         rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
         for row in rows:
             alert = self._from_row(row)
             if alert is not None:
                 self._add(alert)
-        for name, job in (("writer", self._writer()), ("expiry", self._sweeper())):
+        for name, job in (("writer", self.journal.run()), ("expiry", self._sweeper())):
             tasks.start_owned(self._tasks, job, f"alerts {name}", self._failed)
         for key in list(self.by_key):
             self._start(self._seed(key), f"alerts seed {key}")
         logger.info(
-            "alerts: %d resumed on %d series (worker %d of %d)",
+            "alerts: %d resumed on %d series, %d deliveries resumed (worker %d of %d)",
             len(self.alerts),
             len(self.by_key),
+            len(pending),
             self.worker.index,
             self.worker.count,
         )
@@ -153,17 +162,17 @@ class Alerting:
             if alert is not None:
                 self.sending.push(alert, f"Alert expired: {alert.message}")
             logger.info("alert %d expired while the server was down", row["id"])
-        if rows:
-            await asyncio.to_thread(self.store.delete, [row["id"] for row in rows])
+        if rows:  # with its push, in one transaction
+            self.journal.delete([row["id"] for row in rows])
 
     async def close(self) -> None:
+        """Stop the deliveries (those not done stay stored), wait for the batch being
+        written and write the rest, then close the store."""
         self.sending.stop()
         await tasks.cancel_owned(self._tasks)
-        if self._writing is not None:  # the cancelled writer's thread still writes its batch
-            await asyncio.gather(self._writing, return_exceptions=True)
         await self.sending.close()
         if self.store is not None:
-            self._write_dirty()
+            await self.journal.close()
             self.store.close()
             self.store = None
 
@@ -342,9 +351,8 @@ class Alerting:
     def _moved(self, alert: Alert, moved: Step, key: SeriesId, bar: Bar) -> None:
         if moved is Step.FIRED:
             self._fire(alert, key, bar)
-        if moved is not Step.NONE:
-            self._dirty[alert.id] = (alert.armed, alert.fired)
-            self._wake.set()
+        if moved is not Step.NONE:  # stored with the firing's deliveries, before them
+            self.journal.state(alert.id, alert.armed, alert.fired)
 
     def _compute(self, alert: Alert, key: SeriesId, bar: Bar) -> None:
         """An alert on indicators is computed in a task of its own, one at a time per alert:
@@ -445,31 +453,11 @@ class Alerting:
 
     # ------------------------------------------------------------------ background
 
-    async def _writer(self) -> None:
-        """Write armed-state changes, in order, off the event loop. A batch goes on in its
-        thread when this task is cancelled (a stop): :meth:`close` waits for it (``_writing``)
-        before it closes the store, or the rest of the batch was lost and an alert that had
-        fired resumed armed after the restart, and fired again for the same crossing."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            dirty, self._dirty = self._dirty, {}  # taken on the loop, which writes to it
-            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, dirty))
-            await asyncio.shield(self._writing)
-
-    def _write_dirty(self) -> None:
-        """Write the changes not written yet, here (the last ones, at a stop)."""
-        dirty, self._dirty = self._dirty, {}
-        self._write(dirty)
-
-    def _write(self, dirty: dict[int, tuple[bool, int]]) -> None:
-        if self.store is not None:
-            for alert_id, (armed, fired) in dirty.items():
-                self.store.save_state(alert_id, armed, fired)
-
     async def _sweeper(self) -> None:
         """Remove expired alerts (with the "Alert expired" push) once a second; with several
-        workers, first those another worker deleted."""
+        workers, first those another worker deleted. Once a minute, drop the stored
+        deliveries older than ``PENDING_SECONDS``."""
+        pruned = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             if self.worker.count > 1:
@@ -480,8 +468,11 @@ class Alerting:
                 self._remove(alert)
                 self.sending.push(alert, f"Alert expired: {alert.message}")
                 logger.info("alert %d expired", alert.id)
-            if expired and self.store is not None:
-                await asyncio.to_thread(self.store.delete, [a.id for a in expired])
+            if expired:  # with their pushes, in one transaction
+                self.journal.delete([a.id for a in expired])
+            if time.monotonic() - pruned >= PRUNE_SECONDS:
+                pruned = time.monotonic()
+                self.journal.prune(now - PENDING_SECONDS)
 
     async def _drop_deleted_elsewhere(self) -> None:
         """Drop the alerts of this worker that another one deleted (``alert_deleted``); a
