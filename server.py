@@ -39,7 +39,14 @@ from backend import logs
 from backend.access.frontdoor import AcceptErrors, guarded_http
 from backend.errors import ConfigError
 from backend.settings import Settings, load_settings
-from backend.workers import WorkerKeeper, follow_parent, fork_workers, stop_workers, worker_of
+from backend.workers import (
+    WorkerKeeper,
+    follow_parent,
+    fork_workers,
+    hub_run,
+    stop_workers,
+    worker_of,
+)
 from backend.ws.writers import drop_open_sockets
 
 if TYPE_CHECKING:
@@ -135,15 +142,20 @@ def uvicorn_config(
 
 
 def make_entrance(
-    settings: Settings, role: str = "all", worker: int = 1, workers: int = 1
+    settings: Settings,
+    role: str = "all",
+    worker: int = 1,
+    workers: int = 1,
+    run: str | None = None,
 ) -> Entrance:
     """The hub's ASGI app; ``worker`` of ``workers``: which hub process of ``--workers`` this
-    is (each evaluates its share of the stored alerts)."""
+    is (each evaluates its share of the stored alerts), in ``run`` (``hub_run``)."""
     from backend.app import create_app
     from backend.hub.alerting import Worker
     from backend.ws.entrance import Entrance
 
-    return Entrance(create_app(settings, role, Worker(worker, workers)))
+    which = Worker(worker, workers) if run is None else Worker(worker, workers, run)
+    return Entrance(create_app(settings, role, which))
 
 
 def tune_gc() -> None:
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_of is not None:  # a hub worker started again by worker 1
         parent, index = args.worker_of
         follow_parent(parent)
-        return serve_hub(settings, args, sock, index, None)
+        return serve_hub(settings, args, sock, index, None, hub_run(parent))
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if args.ssl_certfile else "http"
     print(f"Candlewire listening on {scheme}://{shown}:{port}", flush=True)
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     keeper = None
     if workers:
         keeper = WorkerKeeper(workers, port, sys.argv[1:] if argv is None else argv)
-    return serve_hub(settings, args, sock, index, keeper)
+    return serve_hub(settings, args, sock, index, keeper, hub_run(parent or os.getpid()))
 
 
 def serve_hub(
@@ -359,10 +371,11 @@ def serve_hub(
     sock: socket.socket,
     index: int,
     keeper: WorkerKeeper | None,
+    run: str,
 ) -> int:
-    """Hub worker ``index`` (1 when there is one) on ``sock``; worker 1 keeps the others
-    running with ``keeper``."""
-    entrance = make_entrance(settings, args.role, index, args.workers)
+    """Hub worker ``index`` (1 when there is one) of the hub's ``run`` on ``sock``; worker
+    1 keeps the others running with ``keeper``."""
+    entrance = make_entrance(settings, args.role, index, args.workers, run)
     pauses = GcPauses(settings.LOOP_STALL_LOG_MS / 1000)
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
     config = uvicorn_config(settings, entrance, **tls)

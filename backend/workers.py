@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 logger = logging.getLogger("candlewire.workers")
 
 POLL_SECONDS = 0.5
@@ -81,6 +83,17 @@ def follow_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def hub_run(first: int) -> str:
+    """The run of the hub whose worker 1 is process ``first`` (what its workers, those
+    started again alone included, share: the alerts note it): that pid and the time it
+    started, as a pid alone may come back in a later run."""
+    try:
+        started = psutil.Process(first).create_time()
+    except psutil.Error:
+        started = 0.0
+    return f"{first}@{started:.2f}"
 
 
 def worker_of(text: str) -> tuple[int, int]:

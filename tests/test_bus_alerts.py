@@ -7,8 +7,9 @@ alike from either worker and from ``/api/alerts``, one worker deletes an alert a
 evaluates, the daily quota holds across workers, and after a restart of the hub every
 stored alert fires exactly once per false -> true transition (one webhook call, whichever
 worker resumed it), and one deleted through the other worker never fires again. A worker
-killed alone resumes the deliveries it stored, not the other's. The store's share, listing
-and deletion notes are also checked on their own.
+killed alone and started again resumes the deliveries it stored and evaluates the alerts
+its previous process did, not the other's. The store's share, notes of worker and run,
+listing and deletion notes are also checked on their own.
 """
 
 from __future__ import annotations
@@ -353,3 +354,73 @@ def pending(env: dict[str, str]) -> int:
             return int(db.execute("SELECT count(*) FROM alert_deliveries").fetchone()[0])
         except sqlite3.OperationalError:
             return 0
+
+
+async def test_a_worker_killed_alone_evaluates_again_its_own_alerts_only(tmp_path: Path) -> None:
+    """Four alerts made on the two workers in turn (each worker evaluates those it made);
+    worker 2 is killed and started again alone; the rule turns true: each alert fires once.
+    The new worker 2 took its share (odd ids) back: the odd ones worker 1 made fired twice
+    (both workers evaluated them), the even ones worker 2 had made never fired (nobody did)."""
+    with Hooks() as hooks:
+        hooks.up()
+        env = bus_deploy.bus_env(
+            tmp_path,
+            SHARED_REDIS,
+            bus_deploy.new_prefix(),
+            "hub",
+            EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
+            CANDLEWIRE_TEST_PRICE=str(tmp_path / "price"),
+            CANDLEWIRE_TEST_PERIOD="0.1",
+            ALERT_WEBHOOK_URL=hooks.url,
+            ALERT_RETRY_SECONDS="0.05",
+        )
+        steer(env, LOW)
+        assert harness.populate(env).returncode == 0
+        node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
+        args = ("--role", "hub", "--workers", "2")
+        hub = ServerProcess(env, tmp_path / "hub.server.log", bus_deploy.free_port(), args)
+        try:
+            hub.start()
+            clients = await one_client_per_worker(hub)
+            main = hub.proc.pid if hub.proc is not None else 0
+            child = next(pid for pid in clients if pid != main)
+            ids = set()
+            for n in range(2):
+                ids.add(await made(clients[main], f"on worker 1, {n}"))
+                ids.add(await made(clients[child], f"on worker 2, {n}"))
+            await close_all(clients)
+            os.kill(child, signal.SIGKILL)
+            started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
+            await harness.eventually(
+                lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
+            )
+            steer(env, HIGH)
+            await harness.eventually(
+                lambda: {body["alert"]["id"] for body in hooks.bodies} == ids, 30, "4 firings"
+            )
+            await harness.eventually(lambda: pending(env) == 0, 20, "the deliveries done")
+        finally:
+            hub.stop()
+            node.stop()
+    calls: dict[int, list[int]] = {}
+    for body in hooks.bodies:
+        calls.setdefault(body["alert"]["id"], []).append(body["fired"])
+    assert calls == {alert_id: [1] for alert_id in ids}, calls
+
+
+def test_the_store_notes_the_worker_and_run_of_each_alert(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "alerts.sqlite3")
+    spec = {"message": "m", "rules": [], "operators": [], "owner": "o", "subscription": None}
+    made_by = [(1, "old"), (2, "old"), (1, "run"), (2, "run")]  # two before this run
+    for mine in made_by:
+        store.create(spec, "peer", 2e9, 10, mine)
+    first, second = Worker(1, 2, "run"), Worker(2, 2, "run")
+    store.claim(first.share, first.mine)  # ids 2 (and 4, made in this run: stays worker 2's)
+    assert [r["id"] for r in store.active(0, mine=first.mine)] == [2, 3]
+    assert [r["id"] for r in store.active(0, mine=second.mine)] == [4]  # 1 not claimed yet
+    store.claim(second.share, second.mine)
+    assert [r["id"] for r in store.active(0, mine=second.mine)] == [1, 4]
+    store.claim(second.share, second.mine)  # worker 2 again alone: nothing moves
+    assert [r["id"] for r in store.active(0, mine=first.mine)] == [2, 3]
+    assert [r["id"] for r in store.active(0, mine=second.mine)] == [1, 4]
+    store.close()

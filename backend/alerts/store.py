@@ -18,7 +18,11 @@ bounded: a worker keeps at most ``cap`` rows (the oldest go first) and none olde
 Hub workers (``--workers N``) share the file, each with its own connection: the quota is
 counted in one transaction, listing and deletion read and write the table, and
 ``alert_deleted`` holds, for a few seconds, the ids one worker deleted while another
-evaluates them (that worker drops them at its next sweep).
+evaluates them (that worker drops them at its next sweep). Each alert notes the worker
+that evaluates it and the hub's *run* (one start of the hub, all its workers): a worker
+takes the alerts of its share not yet taken in this run (:meth:`AlertStore.claim`), and
+evaluates those noted as its own in this run, so one started again alone takes back what
+its previous process evaluated, and nothing another worker does.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ CREATE INDEX IF NOT EXISTS alert_deliveries_worker ON alert_deliveries(worker, i
 
 Row = dict[str, Any]
 BUSY_TIMEOUT_MS = 30_000  # a write waits this long for the database lock (see __init__)
+ADDED_COLUMNS = (("alerts", "worker", "INTEGER"), ("alerts", "run", "TEXT"))
+Mine = tuple[int, str]
+"""``(worker, run)``: the alerts a hub worker evaluates in this run of the hub."""
 
 
 @dataclass(slots=True)
@@ -149,27 +156,47 @@ class AlertStore:
             # transaction of many statements) however long a stalled event loop makes it.
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StorageError(f"alert store {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Add the columns a database made by an older version lacks (workers starting
+        together may race to add one: the loser finds it there)."""
+        for table, column, kind in ADDED_COLUMNS:
+            found = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in found:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def create(
-        self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int
+        self,
+        spec: dict[str, Any],
+        peer: str,
+        expires_at: float,
+        per_day: int,
+        mine: Mine = (1, ""),
     ) -> Row | None:
-        """Store a new alert; None when ``peer`` created ``per_day`` alerts today (UTC);
-        ``StorageError`` when the database cannot take it now (locked, full, read-only)."""
+        """Store a new alert, evaluated by ``mine`` (the creating worker, this run); None
+        when ``peer`` created ``per_day`` alerts today (UTC); ``StorageError`` when the
+        database cannot take it now (locked, full, read-only)."""
         try:
-            return self._create(spec, peer, expires_at, per_day)
+            return self._create(spec, peer, expires_at, per_day, mine)
         except sqlite3.Error as exc:
             raise StorageError(f"alert store: {exc}") from exc
 
     def _create(
-        self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int
+        self, spec: dict[str, Any], peer: str, expires_at: float, per_day: int, mine: Mine
     ) -> Row | None:
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -189,9 +216,9 @@ class AlertStore:
             )
             self._db.execute("DELETE FROM alert_quota WHERE day < ?", (day,))
             cursor = self._db.execute(
-                "INSERT INTO alerts(spec, peer, endpoint, owner, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (json.dumps(spec), peer, endpoint, spec.get("owner"), now, expires_at),
+                "INSERT INTO alerts(spec, peer, endpoint, owner, created_at, expires_at, "
+                "worker, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (json.dumps(spec), peer, endpoint, spec.get("owner"), now, expires_at, *mine),
             )
             alert_id = cursor.lastrowid
         return self.get(int(alert_id or 0))
@@ -201,25 +228,45 @@ class AlertStore:
             row = self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
         return None if row is None else _row(row)
 
-    def active(self, now: float, share: tuple[int, int] = (0, 1)) -> list[Row]:
-        """Every alert that has not expired, oldest first; ``share`` ``(k, n)``: only those
-        whose ``id % n == k`` (the share of hub worker ``k + 1`` of ``n``)."""
+    def claim(self, share: tuple[int, int], mine: Mine) -> None:
+        """Note the alerts of ``share`` (as in :meth:`active`) as ``mine`` (a worker, this
+        run), but for those already noted in this run: made by a worker since the run
+        began, or taken by this worker's previous process."""
         remainder, modulus = share
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM alerts WHERE expires_at > ? AND id % ? = ? ORDER BY id",
-                (now, modulus, remainder),
-            ).fetchall()
-        return [_row(row) for row in rows]
+        worker, run = mine
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE alerts SET worker = ?, run = ? WHERE id % ? = ? AND run IS NOT ?",
+                (worker, run, modulus, remainder, run),
+            )
 
-    def expired(self, now: float, share: tuple[int, int] = (0, 1)) -> list[Row]:
+    def active(
+        self, now: float, share: tuple[int, int] = (0, 1), mine: Mine | None = None
+    ) -> list[Row]:
+        """Every alert that has not expired, oldest first; ``share`` ``(k, n)``: only those
+        whose ``id % n == k`` (the share of hub worker ``k + 1`` of ``n``); ``mine``: only
+        those noted as a worker's in a run (:meth:`claim`), whatever their share."""
+        return self._select("expires_at > ?", now, share, mine)
+
+    def expired(
+        self, now: float, share: tuple[int, int] = (0, 1), mine: Mine | None = None
+    ) -> list[Row]:
         """The alerts that expired by ``now`` and are still stored (the server was down
-        when they expired), of ``share`` as in :meth:`active`, oldest first."""
+        when they expired), of ``share`` or ``mine`` as in :meth:`active`, oldest first."""
+        return self._select("expires_at <= ?", now, share, mine)
+
+    def _select(
+        self, when: str, now: float, share: tuple[int, int], mine: Mine | None
+    ) -> list[Row]:
         remainder, modulus = share
+        values: tuple[object, ...]
+        which, values = "id % ? = ?", (modulus, remainder)
+        if mine is not None:
+            which, values = "worker = ? AND run = ?", mine
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM alerts WHERE expires_at <= ? AND id % ? = ? ORDER BY id",
-                (now, modulus, remainder),
+                f"SELECT * FROM alerts WHERE {when} AND {which} ORDER BY id", (now, *values)
             ).fetchall()
         return [_row(row) for row in rows]
 

@@ -13,12 +13,15 @@ firing's state and its deliveries in one transaction before any of them is attem
 start the stored deliveries of this worker resume.
 
 Hub workers (``--workers N``, one ``DB`` file): each stored alert is evaluated by exactly
-one worker (:class:`Worker`): the one that created it, until the next start, when worker
-``k`` resumes the stored alerts with ``id % N == k - 1``; a stored delivery is resumed by
-the worker that stored it (its process is the one starting again). With N > 1, ``alerts`` and
-``/api/alerts`` read the store, and a deletion answered by one worker is done in the store
-and noted for the worker evaluating the alert, which drops it at its next sweep (within
-``SWEEP_SECONDS``). The daily quota is counted in the store, so it holds across workers.
+one worker (:class:`Worker`): the one that created it, until the next start of the hub,
+when worker ``k`` resumes the stored alerts with ``id % N == k - 1``. A worker started
+again alone (the others running) resumes the alerts its previous process evaluated, and
+no other: each alert notes its worker and the hub's run (``AlertStore.claim``). A stored
+delivery is resumed by the worker that stored it (its process is the one starting again).
+With N > 1, ``alerts`` and ``/api/alerts`` read the store, and a deletion answered by one
+worker is done in the store and noted for the worker evaluating the alert, which drops it
+at its next sweep (within ``SWEEP_SECONDS``). The daily quota is counted in the store, so
+it holds across workers.
 
 Owns the live alerts, their subscriptions and the tasks of their deliveries. Not: parsing
 (``backend.alerts.model``), semantics (``backend.alerts.evaluate``), storage, how a
@@ -30,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +81,13 @@ PRUNE_SECONDS = 60.0  # how often deliveries older than PENDING_SECONDS are look
 
 @dataclass(frozen=True, slots=True)
 class Worker:
-    """Which hub worker this process is: ``index`` (1..``count``) of ``count``."""
+    """Which hub worker this process is: ``index`` (1..``count``) of ``count``, in ``run``
+    (one start of the hub: its workers share it, and so does a worker started again alone;
+    by default a run of its own)."""
 
     index: int = 1
     count: int = 1
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def resumes(self, alert_id: int) -> bool:
         """Whether this worker evaluates the stored alert ``alert_id`` after a start."""
@@ -90,6 +97,11 @@ class Worker:
     def share(self) -> tuple[int, int]:
         """``(remainder, modulus)`` of the ids this worker resumes (``AlertStore.active``)."""
         return self.index - 1, self.count
+
+    @property
+    def mine(self) -> tuple[int, str]:
+        """How the store notes the alerts this worker evaluates in this run."""
+        return self.index, self.run
 
 
 class _Listener:
@@ -121,8 +133,9 @@ class Alerting:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self, db: Path, worker: Worker | None = None) -> None:
-        """Load (or create) the VAPID keys and the store; resume every unexpired alert (of
-        this ``worker``'s share) and the deliveries this worker stored before."""
+        """Load (or create) the VAPID keys and the store; resume every unexpired alert of
+        this ``worker`` (its share, less those other workers made in this run, and those
+        its previous process evaluated in this run) and the deliveries it stored before."""
         self.worker = worker or Worker()
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
@@ -133,8 +146,9 @@ class Alerting:
             self.store.take_deliveries, self.worker.index, self.worker.count
         )
         self.sending.resume(pending)
+        await asyncio.to_thread(self.store.claim, self.worker.share, self.worker.mine)
         await self._expired_meanwhile()
-        rows = await asyncio.to_thread(self.store.active, time.time(), self.worker.share)
+        rows = await asyncio.to_thread(self.store.active, time.time(), mine=self.worker.mine)
         for row in rows:
             alert = self._from_row(row)
             if alert is not None:
@@ -153,10 +167,10 @@ class Alerting:
         )
 
     async def _expired_meanwhile(self) -> None:
-        """The alerts (of this worker's share) that expired while the server was down get
-        their "Alert expired" push and are deleted, as the sweeper does for live ones."""
+        """The alerts (of this worker) that expired while the server was down get their
+        "Alert expired" push and are deleted, as the sweeper does for live ones."""
         assert self.store is not None
-        rows = await asyncio.to_thread(self.store.expired, time.time(), self.worker.share)
+        rows = await asyncio.to_thread(self.store.expired, time.time(), mine=self.worker.mine)
         for row in rows:
             alert = self._from_row(row)
             if alert is not None:
@@ -276,7 +290,12 @@ class Alerting:
             return
         try:
             row = await asyncio.to_thread(
-                self.store.create, spec, peer, expires, settings.MAX_ALERTS_PER_DAY
+                self.store.create,
+                spec,
+                peer,
+                expires,
+                settings.MAX_ALERTS_PER_DAY,
+                self.worker.mine,
             )
         except StorageError as exc:
             logger.warning("alert of client %d not stored: %s", client.id, exc)
