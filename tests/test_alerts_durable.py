@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from backend.alerts.store import AlertStore, Batch, Dropped
+from backend.errors import StorageError
 from backend.model.bars import SeriesId
 from tests.alerts_e2e import Hooks
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate
@@ -294,3 +296,54 @@ async def test_the_pending_deliveries_kept_are_bounded_by_count_and_age(
             await alerting.close()
     finally:
         refusing.close()
+
+
+async def test_a_batch_the_store_refuses_is_written_with_the_next(tmp_path: Path) -> None:
+    """The store refuses the firing's batch once (locked past its wait, a full disk): the
+    writer tries it again (the writer's task ended on the error before, and no state was
+    stored after it for the life of the process); the delivery goes out once written."""
+    db = tmp_path / "candlewire.db"
+    with Hooks() as hooks:
+        hooks.up()
+        hub, provider = make_hub(FakeClock(), ALERT_WEBHOOK_URL=hooks.url)
+        provider.history = [(T0 + 60 * i, 100.0, 101.0, 99.0, 100.0, 10.0) for i in range(3)]
+        alerting = hub.alerting
+        await alerting.open(db)
+        store = alerting.store
+        assert store is not None
+        commit = store.commit
+        refused: list[int] = []
+
+        def refuse_once(batch: Batch, worker: int, cap: int) -> list[Dropped]:
+            if batch.new and not refused:
+                refused.append(len(batch.new))
+                raise StorageError("alert store: database is locked")
+            return commit(batch, worker, cap)
+
+        store.commit = refuse_once  # type: ignore[method-assign]
+        try:
+            client = connect(hub)
+            rule = {
+                "type1": "data",
+                "source1": SOURCE,
+                "name1": "AAA",
+                "interval1": "1m",
+                "key1": "close",
+                "comparator": ">",
+                "type2": "value",
+                "value2": "1000",
+            }
+            request = {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+            await send(hub, client, {**request, "message": "m", "owner": "o"})
+            [created] = [m for m in taken(client) if m["type"] == "alert_created"]
+            alerting.on_bar(
+                SeriesId(SOURCE, "AAA", "1m"), (T0 + 180, 100.0, 2e3, 99.0, 1500.0, 1.0)
+            )
+            await eventually(lambda: hooks.bodies, 10, "the webhook call")
+            assert refused == [1]
+            await eventually(lambda: not alerting.sending.live, 10, "the delivery done")
+        finally:
+            await alerting.close()
+        rows = AlertStore(db).active(0.0)
+    assert [(r["id"], r["armed"], r["fired"]) for r in rows] == [(created["id"], False, 1)]
+    assert hooks.fired() == [1]
