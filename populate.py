@@ -10,7 +10,8 @@ Owns the populate command: for each provider it imports the registered class, ca
 (which replaces that provider's rows atomically) and calls ``shutdown()``. Progress goes to
 stderr (a live line on a terminal, log lines otherwise); a summary per provider goes to
 stdout. One provider failing does not stop the others. Exit status: 0 when every provider
-was stored, 1 when one failed, 2 for a configuration or usage error, 130 when interrupted.
+was stored, 1 when one failed, 2 for a configuration or usage error (a ``DB`` that cannot
+be written among them), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from backend import logs
 from backend.bus.datasets import fetch_dataset
-from backend.errors import ConfigError
+from backend.errors import ConfigError, StorageError
+from backend.history.store import check_openable
 from backend.runtime.registry import load_provider_class
 from backend.settings import Settings, load_settings
 from backend.symbols.writer import replace_provider_rows
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"populate: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.LOG_LEVEL, "populate", logs.secrets_of(settings))
-    if not _database_folder(settings):
-        return 1
+    if problem := _check_database(settings):
+        print(f"populate: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.from_bus and not settings.BUS_URL:
             raise ConfigError("--from-bus needs BUS_URL (redis://host:port/db)")
@@ -107,14 +110,15 @@ def _chosen_keys(settings: Settings, key: str | None) -> list[str]:
     return [key]
 
 
-def _database_folder(settings: Settings) -> bool:
-    """Create the database's folder if it is missing; False (and a message) if impossible."""
+def _check_database(settings: Settings) -> str:
+    """Why ``DB`` cannot be written (a folder, a file that is not SQLite, a read-only file,
+    a folder that cannot be made), or ``""``: one line before any provider runs, as the
+    server's start-up check says it, instead of a traceback per provider."""
     try:
-        settings.DB.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"populate: cannot create the folder of DB={settings.DB}: {exc}", file=sys.stderr)
-        return False
-    return True
+        check_openable(settings.DB, writable=True)
+    except StorageError as exc:
+        return f"DB: {exc}"
+    return ""
 
 
 def _populate(settings: Settings, key: str, from_bus: bool = False) -> Outcome:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -158,3 +161,38 @@ async def test_a_csv_folder_that_is_not_a_folder_stops_populate_and_keeps_the_ro
     err = capsys.readouterr().err
     assert err.startswith("populate:") and err.count("\n") == 1 and "CSV_FOLDER_PATH" in err
     assert await ids(env) == ["csv-ONE__close"]
+
+
+@pytest.mark.parametrize("kind", ["a folder", "not sqlite", "under a file", "read-only"])
+def test_a_database_that_cannot_be_written_stops_populate_with_one_line_naming_db(
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """``DB`` naming a folder, a file that is not SQLite, a path under a file or a read-only
+    file printed a traceback per provider, then ``FAILED`` summaries (exit 1); now populate
+    stops before any provider runs with one line naming ``DB`` (exit 2), as the server's
+    start-up check does."""
+    if kind == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    readonly = tmp_path / "readonly.sqlite3"
+    with contextlib.closing(sqlite3.connect(readonly)) as db:
+        db.execute("CREATE TABLE t (x)")
+    readonly.chmod(0o444)
+    db_path = {
+        "a folder": tmp_path,
+        "not sqlite": notes,
+        "under a file": notes / "candlewire.sqlite3",
+        "read-only": readonly,
+    }[kind]
+    monkeypatch.setenv("DB", str(db_path))
+    assert populate.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("populate: DB: ") and captured.err.count("\n") == 1, captured.err
+    assert str(db_path) in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # no summary: no provider ran
+    assert not (tmp_path / "hooks.log").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,11 @@ class _Pending:
     exhausted_before: int | None = None
 
 
-def check_openable(path: Path) -> None:
+def check_openable(path: Path, writable: bool = False) -> None:
     """Raise ``StorageError`` when ``path`` cannot be the bar store: its folder cannot be
-    made, or it is a folder, a file that is not SQLite, or not readable. The server checks
-    it before it starts (``DB`` named in one line), instead of a startup that fails with a
+    made, or it is a folder, a file that is not SQLite, or not readable (or, ``writable``,
+    not writable: the file, or its folder, where SQLite writes its journal). The server and
+    ``populate.py`` check it before they start (``DB`` named in one line), instead of a
     traceback. A file that does not exist yet is created empty, as opening the store would."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,11 @@ def check_openable(path: Path) -> None:
             db.execute("PRAGMA schema_version").fetchone()
     except (OSError, sqlite3.Error) as exc:
         raise StorageError(f"cannot open {path}: {exc}") from exc
+    if not writable:
+        return
+    for target, what in ((path, "the file"), (path.parent, "its folder")):
+        if not os.access(target, os.W_OK):
+            raise StorageError(f"cannot write {path}: {what} is not writable")
 
 
 class BarStore:
