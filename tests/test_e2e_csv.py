@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.harness import (
     ServerProcess,
     WsClient,
     base_env,
+    eventually,
     populate,
     populated_server,
     same_key,
@@ -85,6 +87,24 @@ async def test_the_replay_streams_forming_bars_within_two_seconds(client: WsClie
     mark = len(client.messages)
     update = await client.wait_for("data_update", key("ACME", "1m"), timeout=2, after=mark)
     assert update["data"]["date"] >= init["data"][-1]["date"]
+
+
+async def test_no_update_repeats_the_one_before_it(client: WsClient) -> None:
+    """The replay sent every bar's close twice (the forming bar shown whole, then the same
+    values as final): one data_update in five on a 1-minute chart changed nothing."""
+    await client.send(
+        {"type": "data", "source": "csv", "name": "ACME", "interval": "1m", "count": 2}
+    )
+    await client.wait_for("data_init", key("ACME", "1m"))
+    mark = len(client.messages)
+
+    def dates() -> set[str]:
+        return {m["data"]["date"] for m in client.of_type("data_update", mark)}
+
+    await eventually(lambda: len(dates()) >= 5, 15, "five bars streamed")
+    updates = [m["data"] for m in client.of_type("data_update", mark) if same_key("ACME", "1m")(m)]
+    repeats = [a for a, b in pairwise(updates) if a == b]
+    assert repeats == [], f"{len(repeats)} of {len(updates)} updates repeat the one before"
 
 
 async def test_line_series_use_the_bare_key(client: WsClient) -> None:

@@ -13,7 +13,8 @@ its midpoint at a fixed wall time (:data:`.replay.REPLAY_EPOCH`), so every proce
 whenever, agrees on the data time and a restart continues the replay; it is reported to the
 hub with ``set_clock``. Past the last row the file repeats, shifted by its span. One
 background thread publishes the forming bar of every streamed key and the bars that closed
-since its last tick. Speed 0 freezes the clock at the last row.
+since its last tick; a bar that closes as its forming state last showed it is not sent
+again (its close was in that update). Speed 0 freezes the clock at the last row.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ class CSVProvider(Provider):
             lo = state.last[0] + (1 if state.final else 0)
             closed = series.complete(interval, lo, until - 1, math.floor(clock)).bars()
             for bar in closed[-MAX_FINAL_BARS_PER_TICK:]:
-                self.publish(symbol, interval, bar, final=True)
+                if bar != state.last:  # not a forming bar already shown whole: no repeat
+                    self.publish(symbol, interval, bar, final=True)
                 state.last, state.final = bar, True
         forming = series.forming(interval, clock)
         if forming is None or forming == state.last:
