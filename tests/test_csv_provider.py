@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
@@ -200,17 +201,18 @@ def test_broken_files_are_logged_and_skipped_without_harming_the_others(
 def test_a_skipped_file_is_logged_with_what_was_found_and_what_is_expected(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A spreadsheet export with dates as 01/05/2026 or a German header gets a message that
-    says what was found and what would do, not only that something was not found."""
+    """A file with dates written in a way not read (5 Jan. 2026 9h30) or a German header
+    gets a message that says what was found and what would do, not only that something was
+    not found. (Dates as 1/5/2026 9:30 are read now.)"""
     (tmp_path / "us.csv").write_text(
-        HEADER + "\n1/5/2026 9:30,1,2,0,1,5\n1/5/2026 9:31,1,2,0,1,5\n"
+        HEADER + "\n5 Jan. 2026 9h30,1,2,0,1,5\n5 Jan. 2026 9h31,1,2,0,1,5\n"
     )
     (tmp_path / "de.csv").write_text("Datum;Schluss\n05.01.2026;1,5\n06.01.2026;1,6\n")
     write_candles(tmp_path / "one.csv", 1)
     with caplog.at_level(logging.WARNING):
         Harness(tmp_path)
     messages = "\n".join(record.getMessage() for record in caplog.records)
-    assert "column 'date' (such as '1/5/2026 9:30')" in messages
+    assert "column 'date' (such as '5 Jan. 2026 9h30')" in messages
     assert "YYYY-MM-DD HH:MM:SS" in messages
     assert "the columns are 'Datum', 'Schluss'): name it with CSV_DATE_COLUMN" in messages
     assert "one.csv: skipped: rows are not spaced by a standard interval" in messages
@@ -343,6 +345,84 @@ def test_epoch_milliseconds_and_rows_newest_first_are_understood(tmp_path: Path)
     bars = Harness(tmp_path).history("MS", "1m")
     assert [b[0] for b in bars] == [T0 + 60 * i for i in range(5)]
     assert bars[2] == (T0 + 120, 2.0, 3.0, 1.0, 2.0, 2.0)
+
+
+def _stamp(t: int, pattern: str) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime(pattern)
+
+
+# (header, how a row's date and time are written, separator): exports of common tools
+DATE_AND_TIME = {
+    "MetaTrader 4": ("Date,Time,Open,High,Low,Close,Volume", "%Y.%m.%d,%H:%M", ","),
+    "MetaTrader 5": (
+        "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>",
+        "%Y.%m.%d\t%H:%M:%S",
+        "\t",
+    ),
+    "digits": ("Date,Time,Open,High,Low,Close,Volume", "%Y%m%d,%H%M%S", ","),
+    "Stooq": (
+        "<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>,<OPENINT>",
+        "X.US,15,%Y%m%d,%H%M%S",
+        ",",
+    ),
+    "US": ("Date,Time,Open,High,Low,Close,Volume", "%m/%d/%Y,%H:%M:%S", ","),
+    "US 12-hour": ("Date,Time,Open,High,Low,Close,Volume", "%m/%d/%Y,%I:%M %p", ","),
+    "UK": ("Date,Time,Open,High,Low,Close,Volume", "%d/%m/%Y,%H:%M", ","),
+    "one column, US": ("Date,Open,High,Low,Close,Volume", "%m/%d/%Y %H:%M", ","),
+    "one column, German": ("Date;Open;High;Low;Close;Volume", "%d.%m.%Y %H:%M", ";"),
+}
+
+
+@pytest.mark.parametrize("export", DATE_AND_TIME)
+def test_a_date_and_a_time_of_day_in_columns_of_their_own_are_one_timestamp(
+    tmp_path: Path, export: str
+) -> None:
+    """Exports of MetaTrader, Stooq or NinjaTrader write the date and the time of day apart
+    (``2024.01.02,13:45``, ``20240102,134500``, ``01/02/2024,13:45:00``), or dates as
+    01/02/2024: every one of them was skipped ("a single date in the first rows", "no date
+    column", "no readable date"). 300 quarter-hours from 09:00 on the 2nd of a month: its
+    first rows are a single day, which 02/01 is as much as 01/02 read either way."""
+    header, pattern, sep = DATE_AND_TIME[export]
+    start = intervals.parse_date("2024-01-02 09:00:00")
+    lines, n = [header], header.count(sep) + 1
+    for i in range(300):
+        t = start + 900 * i
+        o, h, lo, c, v = candle(i)
+        values = [str(x) for x in (o, h, lo, c, v, v)][: n - pattern.count(sep) - 1]
+        lines.append(sep.join([_stamp(t, pattern), *values]))
+    (tmp_path / "X.csv").write_text("\n".join(lines) + "\n")
+    harness = Harness(tmp_path)
+    assert harness.provider._symbols["X"][0].layout.interval == "15m"
+    assert "X__PER" not in harness.provider._symbols  # Stooq's interval column
+    bars = harness.history("X", "15m")
+    assert [b[0] for b in bars] == [start + 900 * i for i in range(300)]
+    assert bars[-1][1:5] == candle(299)[:4]
+    assert [b[0] for b in harness.history("X", "1d")] == [
+        start - 9 * 3600 + 86_400 * d for d in range(4)
+    ]
+
+
+def test_metatrader_volume_is_the_tick_volume_when_the_real_one_is_zero(tmp_path: Path) -> None:
+    """MetaTrader 5 writes <VOL> 0 for currencies (no exchange volume) and the tick count
+    in <TICKVOL>: the candles' volume is the one that counts something."""
+    (tmp_path / "EURUSD.csv").write_text(
+        "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>\n"
+        + "".join(f"2024.01.02\t10:0{i}:00\t1.1\t1.2\t1.0\t1.1\t{50 + i}\t0\t3\n" for i in range(5))
+    )
+    harness = Harness(tmp_path)
+    assert [b[5] for b in harness.history("EURUSD", "1m")] == [50.0, 51.0, 52.0, 53.0, 54.0]
+
+
+def test_dates_written_as_numbers_are_dates_not_epoch_seconds(tmp_path: Path) -> None:
+    """A daily file with dates as 20240102 (Stooq, many data vendors) was read as epoch
+    seconds of 1970 one second apart, and skipped as not spaced by a standard interval."""
+    days = [intervals.parse_date("2024-01-01 00:00:00") + 86_400 * d for d in range(40)]
+    (tmp_path / "D.csv").write_text(
+        "Date,Open,High,Low,Close\n"
+        + "".join(f"{_stamp(t, '%Y%m%d')},{i},{i + 1},{i - 1},{i}\n" for i, t in enumerate(days))
+    )
+    bars = Harness(tmp_path).history("D", "1d")
+    assert [b[0] for b in bars] == days
 
 
 def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(

@@ -10,9 +10,11 @@ from backend.data_providers.csv.files import (
     Rows,
     aggregate,
     bucket,
+    date_format,
     infer_interval,
     parse_times,
     partial,
+    time_of_day,
 )
 from backend.data_providers.csv.replay import ReplayClock, ReplaySeries
 from backend.model import intervals
@@ -38,6 +40,31 @@ def test_times_are_read_from_iso_8601_plain_and_epoch_seconds_or_milliseconds() 
     epoch, valid = parse_times(pd.Series([expected, expected * 1000]))
     assert valid.all()
     assert epoch.tolist() == [expected, expected]
+
+
+def test_times_of_day_are_read_with_colons_twelve_hours_or_digits() -> None:
+    texts = ["13:45", "9:30:00", "13:45:00.250", "1:45 PM", "12:05 am", "1345", "093000", "x"]
+    seconds, valid = time_of_day(pd.Series(texts))
+    assert valid.tolist() == [True] * 7 + [False]
+    hm = [(13, 45), (9, 30), (13, 45), (13, 45), (0, 5), (13, 45), (9, 30)]
+    assert seconds[:7].tolist() == [h * 3600 + m * 60 for h, m in hm]
+    # read as numbers, 093000 lost its zero: HHMMSS since a value is above 2359
+    seconds, valid = time_of_day(pd.Series([93000, 134500, None]))
+    assert seconds[:2].tolist() == [9 * 3600 + 1800, 13 * 3600 + 45 * 60] and not valid[2]
+    assert time_of_day(pd.Series([930, 1345]))[0].tolist() == [9 * 3600 + 1800, 13 * 3600 + 2700]
+    assert not time_of_day(pd.Series(["24:00", "12:60", "2460", "13:45 PM"]))[1].any()
+
+
+def test_the_date_format_is_the_one_that_reads_the_dates_closest_together() -> None:
+    assert date_format(pd.Series(["2026-01-02 03:04:05"])) == ""
+    assert date_format(pd.Series([T0, T0 + 60])) == ""  # epoch seconds
+    assert date_format(pd.Series([20260102, 20260105])) == "%Y%m%d"
+    days = pd.Series([f"{d:02}/01/2026" for d in range(2, 9)])  # 2 to 8 January, day first
+    assert date_format(days) == "%d/%m/%Y"
+    assert date_format(pd.Series([f"01/{d:02}/2026" for d in range(2, 9)])) == "%m/%d/%Y"
+    assert date_format(pd.Series(["01/13/2026", "01/14/2026"])) == "%m/%d/%Y"
+    assert date_format(pd.Series(["Jan 02, 2026", "Jan 05, 2026"])) == "%b %d, %Y"
+    assert date_format(pd.Series(["yesterday", "today"])) is None
 
 
 def test_unreadable_times_are_marked_invalid_without_raising() -> None:

@@ -315,3 +315,39 @@ async def test_a_file_dropped_in_while_replaying_fetches_only_the_bars_asked_for
             assert float(cached.group(1)) < 1000, cached.group(0)
         finally:
             await ws.close()
+
+
+async def test_exports_with_the_date_and_the_time_of_day_apart_are_served(tmp_path: Path) -> None:
+    """README, "The CSV provider": a MetaTrader export (``2024.01.02,13:45``) and a Stooq
+    one (``<DATE>,<TIME>`` as ``20240102,093000``) were skipped at the scan and their
+    symbols never stored; they are served with their rows' dates and times."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    start = datetime(2024, 1, 2, 9, 0)
+    times = [start + timedelta(minutes=5 * k) for k in range(200)]
+    (folder / "MT.csv").write_text(
+        "Date,Time,Open,High,Low,Close,Volume\n"
+        + "".join(f"{t:%Y.%m.%d},{t:%H:%M},{k},{k + 1},{k},{k},1\n" for k, t in enumerate(times))
+    )
+    (folder / "STQ.csv").write_text(
+        "<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>,<OPENINT>\n"
+        + "".join(
+            f"STQ.US,5,{t:%Y%m%d},{t:%H%M%S},{k},{k + 1},{k},{k},1,0\n" for k, t in enumerate(times)
+        )
+    )
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as server:
+        ws = await WsClient.open(server.ws_url)
+        try:
+            for name in ("MT", "STQ"):
+                await ws.send(
+                    {"type": "data", "source": "csv", "name": name, "interval": "5m", "count": 3}
+                )
+                init = await ws.wait_for("data_init", same_key(name, "5m"), 10)
+                assert [row["date"] for row in init["data"]] == [
+                    f"{t:%Y-%m-%d %H:%M:%S}" for t in times[-3:]
+                ], name
+                assert init["data"][-1][f"csv-{name}-5m-close"] == 199
+        finally:
+            await ws.close()

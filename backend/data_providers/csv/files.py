@@ -3,7 +3,9 @@
 This module owns the pure part of the CSV provider (``backend.data_providers.csv``):
 
 * :func:`scan` reads a file's header, a sample of its first rows and its last bytes: the
-  columns (:class:`Layout`), the file's own interval and its first and last timestamps.
+  columns (:class:`Layout`), how its dates are written (:func:`date_format`; a date column
+  and a time-of-day column are read as one, :func:`row_times`), the file's own interval
+  and its first and last timestamps.
   :func:`sniff` finds how the text is written (:class:`Dialect`: the field separator, the
   decimal mark, UTF-8 or a Windows code page) from the first bytes.
 * :func:`load` reads the whole file once into one :class:`Rows` per symbol, logging every
@@ -15,12 +17,14 @@ Replaying a file at a clock lives in :mod:`backend.data_providers.csv.replay`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import re
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,8 +43,10 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 DATE_NAMES = ("date", "timestamp", "time", "datetime")
+TIME_NAMES = ("time",)  # a time of day beside a date column (MetaTrader, Stooq, NinjaTrader)
 CANDLE_NAMES = ("open", "high", "low", "close")
-VOLUME_NAMES = ("volume", "vol")
+VOLUME_NAMES = ("volume", "vol", "tickvol")  # MetaTrader: VOL (0 for currencies), TICKVOL
+IGNORED_NAMES = ("per",)  # Stooq's <PER>: the interval of the file, not a series
 SAMPLE_ROWS = 5_000
 TAIL_BYTES = 64 * 1024
 SNIFF_BYTES = 64 * 1024
@@ -48,6 +54,21 @@ SEPARATORS = ",;\t|"
 _DECIMAL_COMMA = re.compile(r"\d,\d")
 # the UTC offset after an ISO-8601 time (group 1 is the date and time without it)
 _UTC_OFFSET = r"^(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+# a time of day: 13:45, 9:30:00, 13:45:00.250, 1:45 PM (digits are read apart: 1345, 134500)
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d*)?)?(?:\s*([AaPp])\.?[Mm]\.?)?")
+# Dates that ISO-8601 does not cover, tried in this order (MM/DD before DD/MM); a time of day
+# may follow each. Of those that read the first rows, the one whose dates are closest
+# together wins: 01/02/2024, 01/03/2024 ... is two days as MM/DD, two months as DD/MM.
+DATE_FORMATS = (
+    "%m/%d/%Y", "%d/%m/%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%Y", "%d.%m.%y",
+    "%m-%d-%Y", "%d-%m-%Y", "%Y.%m.%d", "%Y/%m/%d", "%Y%m%d",
+    "%b %d, %Y", "%d %b %Y", "%d-%b-%Y", "%d-%b-%y", "%Y-%b-%d",
+)  # fmt: skip
+TIME_FORMATS = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", " %I:%M %p", " %I:%M:%S %p")
+# dates written as numbers: 20240102, 202401021345, 20240102134500 (never epoch seconds of 1970)
+NUMERIC_DATE_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+FORMAT_SAMPLE = 500  # values of the first rows tried with each format
+READABLE = 0.9  # a format must read this share of the dates of the first rows
 CALENDAR = ("1d", "1w", "1M")  # intervals whose bars are calendar dates
 STAGES = 4
 CACHE_ENTRIES = 64
@@ -89,6 +110,8 @@ class Layout:
     last: int
     dialect: Dialect = Dialect()
     calendar: bool = False  # rows of days or longer whose dates carry a UTC offset: dropped
+    time_column: str | None = None  # the time of day of the date column, if apart
+    date_format: str = ""  # strptime format of the dates ("": ISO-8601 or epoch numbers)
 
 
 @dataclass(frozen=True)
@@ -211,13 +234,19 @@ def partial(t: int, row: tuple[float, float, float, float, float], fraction: flo
 # ---------------------------------------------------------------------------- reading
 
 
-def parse_times(values: pd.Series, calendar: bool = False) -> tuple[IntArray, BoolArray]:
-    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity.
+def parse_times(
+    values: pd.Series, calendar: bool = False, date_format: str = ""
+) -> tuple[IntArray, BoolArray]:
+    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity;
+    with a ``date_format`` (:func:`date_format`), of dates written that way, taken as UTC.
 
     With ``calendar`` a UTC offset is dropped: ``2026-03-02T00:00:00+01:00`` is the day
     2026-03-02 (00:00 UTC), not 23:00 the day before, so that a daily file written in local
     time keeps its dates (and its Mondays and firsts of the month in the right week and month).
+    Dates in a format are parsed once each (a date column beside a time column repeats them).
     """
+    if date_format:
+        return _by_value(values, lambda texts: _stamps(_text(texts).str.strip(), date_format))
     if calendar:
         values = values.astype(str).str.strip().str.replace(_UTC_OFFSET, r"\1", regex=True)
     present = values.notna().to_numpy()
@@ -226,16 +255,140 @@ def parse_times(values: pd.Series, calendar: bool = False) -> tuple[IntArray, Bo
         secs = np.where(np.abs(numeric) >= 1e11, numeric / 1000, numeric)
         valid = np.isfinite(secs)
         return np.floor(np.where(valid, secs, 0)).astype(np.int64), valid
-    stamps = pd.to_datetime(values.astype(str), utc=True, format="ISO8601", errors="coerce")
+    return _stamps(values.astype(str), "ISO8601")
+
+
+def _stamps(texts: pd.Series, fmt: str) -> tuple[IntArray, BoolArray]:
+    stamps = pd.to_datetime(texts, utc=True, format=fmt, errors="coerce")
     raw = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[s]")
     valid = ~np.isnat(raw)
     return np.where(valid, raw.astype(np.int64), 0), valid
 
 
-def _numeric_columns(frame: pd.DataFrame, skip: str) -> list[str]:
+def _by_value(
+    values: pd.Series, parse: Callable[[pd.Series], tuple[IntArray, BoolArray]]
+) -> tuple[IntArray, BoolArray]:
+    """``parse`` applied to each distinct value once (missing ones are invalid)."""
+    codes, uniques = pd.factorize(values)
+    times, valid = parse(pd.Series(uniques, dtype=values.dtype))
+    return np.append(times, 0)[codes], np.append(valid, False)[codes]
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """``values`` as text; whole numbers without a decimal part (pandas reads a column of
+    ``20240102`` with a blank cell as floats: ``20240102.0``), missing ones as ``NA``."""
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        with contextlib.suppress(TypeError, ValueError):  # not whole numbers: as they are
+            return values.astype("Int64").astype("string")
+    return values.astype("string")
+
+
+def time_of_day(values: pd.Series) -> tuple[IntArray, BoolArray]:
+    """Seconds since midnight of times of day (``13:45``, ``9:30:00``, ``1:45 PM``, or
+    digits: ``1345``, ``134500``), and validity.
+
+    Digits are ``HHMM`` up to four of them, ``HHMMSS`` above. A column read as numbers lost
+    the zero in front (``093000`` is ``93000``): there they are ``HHMM`` when no value of the
+    column is above 2359, so ``930`` is 09:30 and ``93000`` 09:30:00.
+    """
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        n = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(n) & (n >= 0) & (n == np.floor(n)) & (n < 1e6)
+        v = np.where(whole, n, 0).astype(np.int64)
+        if v.max(initial=0) <= 2359:
+            h, m, sec = v // 100, v % 100, np.zeros_like(v)
+        else:
+            h, m, sec = v // 10_000, v // 100 % 100, v % 100
+        valid = whole & (h < 24) & (m < 60) & (sec < 60)
+        return np.where(valid, h * 3600 + m * 60 + sec, 0), valid
+
+    def parse(texts: pd.Series) -> tuple[IntArray, BoolArray]:
+        secs = np.array([_clock(str(text).strip()) for text in texts], dtype=np.int64)
+        return np.maximum(secs, 0), secs >= 0
+
+    return _by_value(values, parse)
+
+
+def _clock(text: str) -> int:
+    """Seconds since midnight of one time of day (:func:`time_of_day`), or -1."""
+    if text.isdigit() and len(text) <= 6:
+        text = text.zfill(4 if len(text) <= 4 else 6)
+        h, m, sec = int(text[:2]), int(text[2:4]), int(text[4:] or 0)
+    elif match := _CLOCK.fullmatch(text):
+        h, m, sec = (int(g or 0) for g in match.group(1, 2, 3))
+        if match.group(4):  # 12-hour: 12:05 AM is 00:05, 12:05 PM is 12:05
+            if not 1 <= h <= 12:
+                return -1
+            h = h % 12 + (12 if match.group(4) in "Pp" else 0)
+    else:
+        return -1
+    return h * 3600 + m * 60 + sec if h < 24 and m < 60 and sec < 60 else -1
+
+
+def row_times(
+    dates: pd.Series, times: pd.Series | None, calendar: bool = False, date_format: str = ""
+) -> tuple[IntArray, BoolArray]:
+    """UTC seconds of the rows (:func:`parse_times`), plus the time of day of a column of
+    its own (:func:`time_of_day`), and validity."""
+    found, valid = parse_times(dates, calendar, date_format)
+    if times is None:
+        return found, valid
+    seconds, clock_valid = time_of_day(times)
+    return found + seconds, valid & clock_valid
+
+
+def _time_column(frame: pd.DataFrame, date: str) -> str | None:
+    """The column of the time of day of ``date``'s dates, if they are apart: a column named
+    ``time`` that holds times of day, beside dates that hold none."""
+    by_lower = {name.lower(): name for name in frame.columns if name != date}
+    name = next((by_lower[n] for n in TIME_NAMES if n in by_lower), None)
+    if name is None:
+        return None
+    present = frame[name].notna().to_numpy(dtype=bool)
+    if not present.any() or time_of_day(frame[name])[1][present].mean() < READABLE:
+        return None
+    dates = _text(frame[date]).dropna()
+    if len(dates) and dates.str.contains(":").mean() >= READABLE:
+        return None  # the dates have their time already
+    return name
+
+
+def date_format(values: pd.Series) -> str | None:
+    """How the dates of the first rows are written: ``""`` for what :func:`parse_times`
+    reads by default (ISO-8601, epoch seconds or milliseconds), a ``strptime`` format (of
+    :data:`NUMERIC_DATE_FORMATS`, or of :data:`DATE_FORMATS` with :data:`TIME_FORMATS`), or
+    ``None`` when none reads :data:`READABLE` of them."""
+    present = values.dropna()
+    if not len(present):
+        return ""
+    # spread over the rows: the first rows alone may hold a single day, which 01/02/2024
+    # is as MM/DD as much as DD/MM
+    sample = present.iloc[np.linspace(0, len(present) - 1, FORMAT_SAMPLE).astype(int)]
+    numeric = pd.to_numeric(sample, errors="coerce")
+    if numeric.notna().mean() >= READABLE:
+        whole = numeric.dropna()
+        lengths = set(whole.abs().astype("int64").astype(str).str.len()) if len(whole) else set()
+        if len(lengths) == 1 and (whole == whole.round()).all():
+            fmt = NUMERIC_DATE_FORMATS.get(lengths.pop())
+            if fmt is not None and parse_times(sample, date_format=fmt)[1].mean() >= READABLE:
+                return fmt
+        return ""
+    if parse_times(sample)[1].mean() >= READABLE:
+        return ""
+    best: tuple[float, int, str] | None = None
+    for fmt in (d + t for d in DATE_FORMATS for t in TIME_FORMATS):
+        times, valid = parse_times(sample, date_format=fmt)
+        if valid.mean() >= READABLE:
+            span = int(times[valid].max() - times[valid].min())
+            if best is None or (-valid.mean(), span) < best[:2]:
+                best = (-valid.mean(), span, fmt)
+    return None if best is None else best[2]
+
+
+def _numeric_columns(frame: pd.DataFrame, skip: set[str]) -> list[str]:
     found = []
     for name in frame.columns:
-        if name == skip or str(name).startswith("Unnamed:"):
+        if name in skip or str(name).startswith("Unnamed:") or name.lower() in IGNORED_NAMES:
             continue
         raw = frame[name]
         parsed = pd.to_numeric(raw, errors="coerce")
@@ -255,18 +408,22 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
             f"no date column (looked for {', '.join(wanted)}; the columns are {found}):"
             " name it with CSV_DATE_COLUMN"
         )
-    numeric = _numeric_columns(frame, date)
+    time = _time_column(frame, date)
+    numeric = _numeric_columns(frame, {date, time} if time else {date})
     lower = {name.lower(): name for name in numeric}
     candle = None
     if all(n in lower for n in CANDLE_NAMES):
         o, h, lo, c = (lower[n] for n in CANDLE_NAMES)
         candle = (o, h, lo, c)
-    volume = next((lower[n] for n in VOLUME_NAMES if n in lower), None) if candle else None
+    volumes = [lower[n] for n in VOLUME_NAMES if n in lower] if candle else []
+    # the first that is not all zeros (MetaTrader writes VOL 0 for currencies, TICKVOL not)
+    counted = [name for name in volumes if pd.to_numeric(frame[name], errors="coerce").any()]
+    volume = next(iter(counted or volumes), None)
     used = {*(candle or ()), volume}
     lines = tuple(name for name in numeric if name not in used)
     if candle is None and not lines:
         raise CSVFormatError(f"no numeric column{_example_values(frame, date)}")
-    return Layout(Path(), date, candle, volume, lines, "", 0, 0)
+    return Layout(Path(), date, candle, volume, lines, "", 0, 0, time_column=time)
 
 
 def _example_values(frame: pd.DataFrame, date: str) -> str:
@@ -327,8 +484,17 @@ def _read(
         encoding=dialect.encoding,
         encoding_errors="replace",
     )
-    frame.columns = pd.Index([str(name).strip() for name in frame.columns])
+    frame.columns = pd.Index([_column_name(name) for name in frame.columns])
     return frame
+
+
+def _column_name(name: object) -> str:
+    """A header name without spaces around it nor the angle brackets of MetaTrader's and
+    Stooq's exports (``<DATE>`` is ``DATE``)."""
+    text = str(name).strip()
+    if len(text) > 2 and text.startswith("<") and text.endswith(">"):
+        return text[1:-1].strip()
+    return text
 
 
 def _read_all(path: Path, dialect: Dialect) -> tuple[pd.DataFrame, list[int]]:
@@ -353,12 +519,18 @@ def scan(path: Path, date_column: str = "") -> Layout:
             raise CSVFormatError("no rows under the header")
         layout = detect_columns(head, date_column)
         _warn_unread(path, head, layout)
+        time_column = layout.time_column
         dates = head[layout.date_column]
-        times, valid = parse_times(dates)
-        local, local_valid = parse_times(dates, calendar=True)
+        clock = head[time_column] if time_column else None
+        columns = list(head.columns)
+        indexes = [columns.index(name) for name in (layout.date_column, time_column) if name]
+        tail_dates, tail_clock = _tail_dates(path, indexes, dialect)
+        fmt = date_format(pd.concat([_text(dates), tail_dates], ignore_index=True))
+        times, valid = row_times(dates, clock, date_format=fmt or "")
+        local, local_valid = row_times(dates, clock, calendar=True)
         sample = np.sort(times[valid])
         interval = infer_interval(sample)
-        shifted = len(local) == len(times) and bool(np.any((local != times) & local_valid))
+        shifted = not fmt and bool(np.any((local != times) & local_valid))
         if shifted and interval in (None, *CALENDAR):  # days written in local time
             days = infer_interval(np.sort(local[local_valid]))  # 2026-03-02T00:00:00+01:00
             calendar = days in CALENDAR
@@ -367,16 +539,21 @@ def scan(path: Path, date_column: str = "") -> Layout:
         if calendar:
             times, valid, sample = local, local_valid, np.sort(local[local_valid])
             interval = infer_interval(sample)
-        column = list(head.columns).index(layout.date_column)
-        tail = _tail_times(path, column, dialect, calendar)
+        tail, tail_valid = row_times(tail_dates, tail_clock, calendar, fmt or "")
+        tail = tail[tail_valid]
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
     if not len(sample):
         example = next((str(v).strip() for v in dates if str(v).strip()), "")
+        where = f"column {layout.date_column!r}"
+        if time_column:
+            where = f"columns {layout.date_column!r} and {time_column!r}"
         raise CSVFormatError(
-            f"no readable date in the first rows of column {layout.date_column!r} (such as"
-            f" {example[:40]!r}): dates must be ISO-8601 (2026-03-02T09:30:00+01:00),"
-            " YYYY-MM-DD HH:MM:SS or epoch seconds or milliseconds"
+            f"no readable date in the first rows of {where} (such as {example[:40]!r}):"
+            " dates must be ISO-8601 (2026-03-02T09:30:00+01:00), YYYY-MM-DD HH:MM:SS,"
+            " YYYY.MM.DD, YYYYMMDD, MM/DD/YYYY, DD/MM/YYYY, DD.MM.YYYY, Jan 02, 2024 or"
+            " epoch seconds or milliseconds, the time of day after the date or in a column"
+            " 'Time'"
         )
     if interval is None:
         raise CSVFormatError(
@@ -387,7 +564,18 @@ def scan(path: Path, date_column: str = "") -> Layout:
     candle, volume, lines = layout.candle, layout.volume, layout.lines
     first, last = _range(ends)
     return Layout(
-        path, layout.date_column, candle, volume, lines, interval, first, last, dialect, calendar
+        path,
+        layout.date_column,
+        candle,
+        volume,
+        lines,
+        interval,
+        first,
+        last,
+        dialect,
+        calendar,
+        time_column,
+        fmt or "",
     )
 
 
@@ -460,16 +648,22 @@ def _range(times: IntArray) -> tuple[int, int]:
     return int(times.min()), int(times.max())
 
 
-def _tail_times(path: Path, date_index: int, dialect: Dialect, calendar: bool) -> IntArray:
+def _tail_dates(
+    path: Path, indexes: list[int], dialect: Dialect
+) -> tuple[pd.Series, pd.Series | None]:
+    """The dates of the last rows, and their times of day when in a column of their own:
+    ``indexes`` are the date column's and the time of day's."""
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(max(0, size - TAIL_BYTES))
         text = handle.read().decode(dialect.encoding, "replace")
     lines = text.splitlines()[1:]  # the header, or a line cut in the middle
-    rows = csv.reader(lines, delimiter=dialect.separator)
-    values = [row[date_index] for row in rows if len(row) > date_index]
-    times, valid = parse_times(pd.Series(values, dtype=object), calendar)
-    return times[valid]
+    rows = [
+        row for row in csv.reader(lines, delimiter=dialect.separator) if len(row) > max(indexes)
+    ]
+    dates = pd.Series([row[indexes[0]] for row in rows], dtype="string")
+    times = pd.Series([row[indexes[1]] for row in rows], dtype=object) if len(indexes) > 1 else None
+    return dates, times
 
 
 def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
@@ -478,7 +672,9 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     try:
         frame, skipped = _read_all(layout.path, layout.dialect)
         problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
-        times, valid = parse_times(frame[layout.date_column], layout.calendar)
+        clock = frame[layout.time_column] if layout.time_column else None
+        dates = frame[layout.date_column]
+        times, valid = row_times(dates, clock, layout.calendar, layout.date_format)
     except (OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
         raise CSVFormatError(f"cannot read: {exc!r}") from exc
     problems.add(~valid, "unreadable date")
