@@ -16,7 +16,15 @@ from backend.bus import node as node_module
 from backend.bus.hubside import BusProviderSet
 from backend.bus.names import demand_member, parse_member
 from backend.errors import ConfigError
-from backend.runtime.messages import Clock, Notice, NoUpdate, StartStreaming, Status, StopStreaming
+from backend.runtime.messages import (
+    Changed,
+    Clock,
+    Notice,
+    NoUpdate,
+    StartStreaming,
+    Status,
+    StopStreaming,
+)
 from backend.settings import load_settings
 from tests.harness import eventually
 
@@ -125,6 +133,12 @@ def test_a_batch_keeps_only_events_of_the_shapes_a_provider_writes() -> None:
         None,
     ]
     assert codec.well_formed([*bad[:3], *good, *bad[3:]]) == good
+
+
+def test_a_changed_symbol_crosses_the_bus_when_it_names_a_symbol() -> None:
+    """``Changed`` (a provider's bars of a symbol changed: a rewritten CSV file) reaches
+    the hubs of a scale-out like the other events; one of another shape is dropped."""
+    assert codec.well_formed([Changed("B"), Changed(["x"])]) == [Changed("B")]  # type: ignore[arg-type]
 
 
 def test_a_provider_no_node_holds_says_so_in_health() -> None:

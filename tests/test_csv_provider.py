@@ -7,6 +7,7 @@ The replay is driven by hand: the provider's wall clock is a list the test moves
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from backend.data_providers.csv.replay import REPLAY_EPOCH
 from backend.errors import ConfigError, UnknownSymbol
 from backend.model import intervals
 from backend.model.bars import Bar
-from backend.runtime.messages import BarUpdate, Clock, Event
+from backend.runtime.messages import BarUpdate, Changed, Clock, Event
 
 T0 = intervals.parse_date("2026-03-02 00:00:00")  # a Monday
 WALL = float(REPLAY_EPOCH)  # where every replay stands at its file's midpoint
@@ -606,6 +607,137 @@ def test_after_the_last_row_the_file_repeats_with_later_dates(minutes: Path) -> 
     assert bars[1][1:] == candle(0) and bars[2][1:] == candle(1)
     assert bars[-1][0] == T0 + 3 * 3600
     assert harness.history("ACME", "1m", "", fmt(T0 - 1)) == []
+
+
+# ---------------------------------------------------------------------------- changed files
+
+
+def append_candles(path: Path, rows: range, step: int = 60, start: int = T0) -> None:
+    with path.open("a") as handle:
+        for i in rows:
+            o, h, lo, c, v = candle(i)
+            handle.write(f"{fmt(start + i * step)},{o},{h},{lo},{c},{v}\n")
+
+
+def look_now(harness: Harness) -> None:
+    """Let the next request look at the files again (as after CHECK_SECONDS)."""
+    for file in harness.provider._files:
+        file.checked = -math.inf
+
+
+def changed(harness: Harness) -> list[str]:
+    found = [e.symbol for e in harness.events if isinstance(e, Changed)]
+    harness.events[:] = [e for e in harness.events if not isinstance(e, Changed)]
+    return found
+
+
+def test_rows_appended_to_a_file_are_served_and_streamed_with_a_frozen_clock(
+    minutes: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user who appended today's bars to a file saw nothing new until a restart: the
+    file was read once, and with CSV_REPLAY_SPEED=0 history ended at the last row read and
+    nothing streamed. Now the new rows are history, the clock moves to the new last row,
+    and a streamed key gets them as new bars; the hub is not told to forget anything."""
+    harness = Harness(minutes, speed=0)
+    harness.provider._subscribe(1, "ACME", "1m")
+    harness.provider._subscribe(1, "ACME", "5m")
+    assert harness.history("ACME", "1m")[-1][0] == T0 + 59 * 60
+    harness.provider._tick()
+    assert harness.updates() == []  # nothing changed: nothing sent
+    append_candles(minutes / "ACME.csv", range(60, 63))
+    harness.provider._tick()
+    assert harness.updates() == []  # not looked at again before CHECK_SECONDS
+    look_now(harness)
+    harness.events.clear()
+    with caplog.at_level(logging.INFO):
+        harness.provider._tick()
+        harness.provider._tick()
+    assert harness.clocks()["ACME"].origin_data == T0 + 62 * 60
+    updates = [(u.interval, u.bar, u.final) for u in harness.updates()]
+    assert updates == [
+        ("1m", (T0 + 60 * 60, *candle(60)), True),
+        ("1m", (T0 + 61 * 60, *candle(61)), True),
+        ("1m", (T0 + 62 * 60, *candle(62)), False),
+        ("5m", (T0 + 60 * 60, 160.0, 164.0, 159.0, 163.0, 70.0 + 71.0 + 72.0), False),
+    ]
+    assert changed(harness) == []
+    assert [b[0] for b in harness.history("ACME", "1m")[-3:]] == [T0 + 60 * k for k in (60, 61, 62)]
+    assert [r.getMessage() for r in caplog.records].count(
+        "ACME.csv: changed: read again, 1m rows up to 2026-03-02 01:02:00"
+    ) == 1
+
+
+def test_a_rewritten_file_serves_its_new_rows_and_tells_the_hub(minutes: Path) -> None:
+    """Rows served before that changed: history after the change is the new content, and
+    the hub is told to forget what it holds of the file's symbols."""
+    (minutes / "ACME.csv").write_text(
+        (minutes / "ACME.csv").read_text().replace(",110.0,112.0,109.0,111.0,20.0", ",1,2,0,1,5")
+    )
+    harness = Harness(minutes, speed=0)
+    assert harness.history("ACME", "1m")[10][1:] == (1.0, 2.0, 0.0, 1.0, 5.0)
+    write_candles(minutes / "ACME.csv", 60)
+    look_now(harness)
+    assert harness.history("ACME", "1m")[10][1:] == candle(10)
+    assert changed(harness) == ["ACME"]
+
+
+def test_a_file_is_looked_at_once_per_check_seconds_whatever_the_requests(
+    minutes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness = Harness(minutes, speed=60)
+    harness.history("ACME", "1m")
+    looks = []
+    real = csv_module._stat
+    monkeypatch.setattr(csv_module, "_stat", lambda path: looks.append(path) or real(path))
+    harness.provider._subscribe(1, "ACME", "1m")
+    for _ in range(100):
+        harness.history("ACME", "1m")
+        harness.provider._tick()
+    assert len(looks) <= 1
+
+
+def test_a_changed_file_that_cannot_be_read_keeps_serving_what_it_held(
+    minutes: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file caught while it is written anew (only its header yet) is not served as
+    empty: what it held is served, logged once, until it changes again."""
+    harness = Harness(minutes, speed=0)
+    assert len(harness.history("ACME", "1m")) == 60
+    (minutes / "ACME.csv").write_text(HEADER + "\n")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            look_now(harness)
+            assert len(harness.history("ACME", "1m")) == 60
+    assert sum("changed, but cannot be read" in r.getMessage() for r in caplog.records) == 1
+    write_candles(minutes / "ACME.csv", 70)
+    look_now(harness)
+    assert len(harness.history("ACME", "1m")) == 70
+
+
+def test_rows_appended_ahead_of_a_running_replay_are_replayed_when_it_gets_there(
+    minutes: Path,
+) -> None:
+    harness = Harness(minutes, speed=60, now=WALL - 20)  # at row 9 of 60, a row a second
+    harness.history("ACME", "1m")  # the file is read
+    append_candles(minutes / "ACME.csv", range(60, 90))
+    look_now(harness)
+    harness.history("ACME", "1m")  # read again: the replay has not reached the rows added
+    assert changed(harness) == []
+    harness.now = WALL + 45  # row 74: past the rows read at the start, within those added
+    bars = harness.history("ACME", "1m", fmt(T0 + 58 * 60))
+    assert [b[1:] for b in bars[:-1]] == [candle(i) for i in range(58, 74)]
+    assert bars[-1][0] == T0 + 74 * 60  # forming
+
+
+def test_a_replay_past_the_rows_of_a_file_that_grew_tells_the_hub(minutes: Path) -> None:
+    """Past its last row the replay repeats the file; a file that grew repeats later, so
+    the repeated bars served before moved: the hub is told to forget them."""
+    harness = Harness(minutes, speed=60, now=WALL + 40)  # row 69: row 9 repeated
+    assert harness.history("ACME", "1m")[-2][1:] == candle(8)
+    append_candles(minutes / "ACME.csv", range(60, 90))
+    look_now(harness)
+    assert harness.history("ACME", "1m")[-2][1:] == candle(68)
+    assert changed(harness) == ["ACME"]
 
 
 # ---------------------------------------------------------------------------- streaming

@@ -156,6 +156,21 @@ class Series:
             self.exhausted_before = None
         self.floor = max(self.floor, cutoff)
 
+    def reset(self) -> None:
+        """Forget every bar and what is known of them (the provider's bars changed): the
+        next request asks the provider again. A stream that goes on adds its new bars."""
+        self.ledger.bars -= len(self.times)
+        self.times, self.bars = [], []
+        self.coverage = Coverage()
+        self.exhausted_before = None
+        self.floor = MIN_TIME
+        self.live = False
+        self.epoch += 1
+        self.live_t = None
+        self.tail_fetched_at = 0.0
+        self.version += 1
+        self.encoded.clear()
+
     def trim(self, keep: int) -> int:
         """Keep only the newest ``keep`` bars; returns how many were dropped."""
         drop = len(self.times) - keep
@@ -223,6 +238,12 @@ class BarCache:
                 self._evict(series.key)
                 evicted.append(series.key)
         return evicted
+
+    def drop(self, keys: list[SeriesId]) -> None:
+        """Evict these series (those cached)."""
+        for key in keys:
+            if key in self._series:
+                self._evict(key)
 
     def _evict(self, key: SeriesId) -> None:
         series = self._series.pop(key)

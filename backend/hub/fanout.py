@@ -23,7 +23,7 @@ from backend.hub.subscriptions import Subscriptions
 from backend.model import intervals
 from backend.model.bars import MAX_TIME, MIN_TIME, Bar, SeriesId, WireKeys, flaw
 from backend.runtime.clocks import Clocks, far_behind
-from backend.runtime.messages import Clock, Notice, Status, WireEvent
+from backend.runtime.messages import Changed, Clock, Notice, Status, WireEvent
 from backend.wire import protocol
 from backend.wire.frames import text_frame
 
@@ -85,6 +85,9 @@ class Fanout:
         # Starts the refill of a key from its newest bar (the hub's ``Refills.start``); True
         # if one started. See ``_on_bar``: a bar that closed unseen by the stream.
         self.refill: Callable[[SeriesId], bool] = lambda key: False
+        # Forgets what the cache holds of a symbol whose provider says its bars changed
+        # (the hub's ``history_changed``): source, symbol.
+        self.history_changed: Callable[[str, str], None] = lambda source, symbol: None
 
     # ------------------------------------------------------------------ delivery
 
@@ -136,6 +139,8 @@ class Fanout:
                     self.notify(SeriesId(source, symbol, interval), code, message)
                 case Status(state, detail):
                     logger.info("provider %s status: %s %s", source, state, detail)
+                case Changed(symbol):
+                    self.history_changed(source, symbol)
         if bars:
             self.metrics.inc("candlewire_bar_updates_total", bars, source=source)
             self.metrics.inc("candlewire_updates_delivered_total", self._delivered)

@@ -138,6 +138,7 @@ class Hub:
         self.planner.after_request = self.enforce_memory
         self.refills = Refills(self.cache, self.fanout, self._refetch, settings.MAX_COUNT)
         self.fanout.refill = lambda key: self.refills.start([key], restart=False) == 1
+        self.fanout.history_changed = self.history_changed
         self.requests = Requests(self)
         if indicators is None:
             indicators = _indicators(tuple(settings.EXTRA_INDICATORS))
@@ -433,6 +434,29 @@ class Hub:
                 source,
                 replayed,
                 refilling,
+            )
+
+    def history_changed(self, source: str, symbol: str) -> None:
+        """``source`` says the bars of ``symbol`` it served before changed (a rewritten
+        file): what the cache holds of the symbol, at every interval, is forgotten, so the
+        next request of it asks the provider. A streamed series keeps its stream (its new
+        bars come in) and its clients' charts keep the bars they have."""
+        streamed = set(self.subs.keys())
+        keys = [s.key for s in self.cache.for_source(source) if s.key.name == symbol]
+        for key in keys:
+            if key in streamed:
+                series = self.cache.get(key)
+                series.reset()
+                self.indicating.live.reset_series(key)
+        dropped = [key for key in keys if key not in streamed]
+        self.cache.drop(dropped)
+        self._forget(dropped)
+        if keys:
+            logger.info(
+                "provider %s: the bars of %s changed: %d series forgotten",
+                source,
+                symbol,
+                len(keys),
             )
 
     def on_provider_events(self, source: str, events: list[WireEvent]) -> None:

@@ -161,7 +161,16 @@ class Notice:
     message: str
 
 
-Event = Ready | Pong | Heartbeat | BarUpdate | HistoryReply | Clock | Status | Notice
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """Bars of ``symbol`` the provider served before are not what it serves now (a file
+    rewritten under a local provider): the hub forgets what it holds of the symbol, at every
+    interval, and asks the provider again at the next request."""
+
+    symbol: str
+
+
+Event = Ready | Pong | Heartbeat | BarUpdate | HistoryReply | Clock | Status | Notice | Changed
 
 # A BarUpdate as it crosses the pipe.
 WireBar = tuple[str, str, Bar, bool]

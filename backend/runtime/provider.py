@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import ConfigError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, to_bar, to_epoch, to_number
-from backend.runtime.messages import BarUpdate, Clock, Event, Notice, Status
+from backend.runtime.messages import BarUpdate, Changed, Clock, Event, Notice, Status
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -194,6 +194,12 @@ class Provider:
     def notify(self, symbol: str, interval: str, code: str, message: str) -> None:
         """Send an ``error`` message to the clients subscribed to ``(symbol, interval)``."""
         self._emit(Notice(symbol, interval, code, message))
+
+    def history_changed(self, symbol: str) -> None:
+        """Say that bars of ``symbol`` served before changed (a local file rewritten): the
+        hub drops what it holds of the symbol and asks again at the next request. Charts
+        open meanwhile keep the bars they have until they load them again."""
+        self._emit(Changed(symbol))
 
     def hold_updates(self) -> None:
         """Hold what this thread publishes until it calls :meth:`release_updates`.

@@ -8,13 +8,22 @@ and kept as numpy arrays (:mod:`backend.data_providers.csv.files`).
 A symbol the provider does not know (a file added since the start, then populated) makes
 it look for new files, at most once per :data:`RESCAN_SECONDS`.
 
+A file changed since it was read (rows appended, or rewritten) is read again at the next
+request or replay step that uses it: a loaded file is looked at (``stat``) at most once per
+:data:`CHECK_SECONDS`. Rows added after the ones read are new bars; when rows read before
+changed, the hub is told (``history_changed``) and forgets what it held of the file's
+symbols. A changed file that cannot be read (written at that moment) keeps serving what it
+held, and is tried again once it changes again. With speed 0 the clock moves to the new
+last row and the new bars are published to the keys streamed.
+
 Each file has a replay clock (``CSV_REPLAY_SPEED`` data seconds per wall second) that stood at
 its midpoint at a fixed wall time (:data:`.replay.REPLAY_EPOCH`), so every process, started
 whenever, agrees on the data time and a restart continues the replay; it is reported to the
 hub with ``set_clock``. Past the last row the file repeats, shifted by its span. One
 background thread publishes the forming bar of every streamed key and the bars that closed
 since its last tick; a bar that closes as its forming state last showed it is not sent
-again (its close was in that update). Speed 0 freezes the clock at the last row.
+again (its close was in that update). Speed 0 freezes the clock at the last row: the thread
+then publishes only the bars that a change of the file brought.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.data_providers.csv.files import CSVFormatError, Layout, load, scan
+import numpy as np
+import numpy.typing as npt
+
+from backend.data_providers.csv.files import CSVFormatError, Layout, Rows, load, scan
 from backend.data_providers.csv.replay import ReplayClock, ReplaySeries
 from backend.errors import ProtocolError, UnknownSymbol
 from backend.model import intervals
@@ -40,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
 RESCAN_SECONDS = 1.0  # an unknown symbol looks for new files at most this often
+CHECK_SECONDS = 2.0  # a loaded file is looked at for changes at most this often
 MAX_FINAL_BARS_PER_TICK = 1_000
 _EARLIEST = -(2**53)
 
@@ -56,6 +69,11 @@ class _File:
     error: str = ""
     error_mtime: int | None = None  # the file's st_mtime_ns when it failed (None: missing)
     data_time: float = -math.inf  # the replay thread's last clock (never goes back)
+    stat: tuple[int, int] | None = None  # (st_mtime_ns, st_size) of what was read
+    checked: float = -math.inf  # monotonic time of the last look for a change
+    unreadable: tuple[int, int] | None = None  # a change that could not be read
+    version: int = 0  # bumped by every read (the streams of a frozen clock follow it)
+    malformed: int = -1  # malformed rows logged at the last read
 
     def served(self) -> list[str]:
         base = self.layout.interval
@@ -68,6 +86,7 @@ class _Stream:
 
     last: Bar | None = None
     final: bool = False
+    version: int = -1  # the file's version last looked at (speed 0)
 
 
 class CSVProvider(Provider):
@@ -174,15 +193,17 @@ class CSVProvider(Provider):
             span *= 4
 
     def on_first_subscriber(self, symbol: str, interval: str) -> None:
-        if self.settings.CSV_REPLAY_SPEED <= 0:
-            return  # a frozen clock: nothing ever changes
+        # Also with a frozen clock (speed 0): rows added to the file are new bars.
         try:
             self._lookup(symbol, interval)
         except UnknownSymbol as exc:
             self.notify(symbol, interval, exc.code, str(exc))
             return
+        stream = _Stream()
+        if self.settings.CSV_REPLAY_SPEED <= 0:
+            self._baseline(symbol, interval, stream)
         with self._streams_lock:
-            self._streams[(symbol, interval)] = _Stream()
+            self._streams[(symbol, interval)] = stream
         self._start_replay()
 
     def on_last_subscriber(self, symbol: str, interval: str) -> None:
@@ -272,18 +293,30 @@ class CSVProvider(Provider):
         epoch = self.settings.replay_epoch()
         clock = ReplayClock.for_file(layout.first, layout.last, layout.interval, speed, epoch)
         file = _File(layout, path.relative_to(folder).as_posix(), clock)
-        keys = ([""] if layout.candle else []) + list(layout.lines)
-        added = 0
-        for key in keys:
+        added = self._register(file)
+        self._files.append(file)  # known, even with no symbol: not scanned again
+        logger.info("%s: %s rows, %d symbols", file.relative, layout.interval, len(added))
+
+    def _register(self, file: _File) -> list[str]:
+        """Map the symbols of ``file``'s columns not mapped yet to it; those it got."""
+        path, layout = file.layout.path, file.layout
+        added = []
+        for key in ([""] if layout.candle else []) + list(layout.lines):
             symbol = f"{path.stem}__{key}" if key else path.stem
-            if symbol in self._symbols:
-                other = self._symbols[symbol][0].relative
-                logger.warning("%s: symbol %s already comes from %s; skipped", path, symbol, other)
+            entry = self._symbols.get(symbol)
+            if entry is not None:
+                if entry[0] is not file:
+                    other = entry[0].relative
+                    logger.warning(
+                        "%s: symbol %s already comes from %s; skipped", path, symbol, other
+                    )
                 continue
             self._symbols[symbol] = (file, key)
-            added += 1
-        self._files.append(file)  # known, even with no symbol: not scanned again
-        logger.info("%s: %s rows, %d symbols", file.relative, layout.interval, added)
+            added.append(symbol)
+        return added
+
+    def _symbols_of(self, file: _File) -> list[str]:
+        return [symbol for symbol, (f, _) in list(self._symbols.items()) if f is file]
 
     def _lookup(self, symbol: str, interval: str) -> _File:
         self._scan()
@@ -310,20 +343,25 @@ class CSVProvider(Provider):
                 file.error = ""
             if file.series is None and not file.error:
                 self._load(file)
+            elif file.series is not None:
+                self._read_if_changed(file)
         if file.series is None or self._symbols[symbol][1] not in file.series:
             raise UnknownSymbol(f"csv: {symbol} could not be read: {file.error or 'no rows'}")
         return file, file.series[self._symbols[symbol][1]]
 
     def _load(self, file: _File) -> None:
         started = time.perf_counter()
+        stat = _stat(file.layout.path)  # before reading: a change meanwhile is seen next
         try:
-            rows, first, last = load(file.layout)
+            rows, first, last, file.malformed = load(file.layout)
         except CSVFormatError as exc:
             file.error, file.error_mtime = str(exc), _mtime(file.layout.path)
             logger.warning("%s: skipped: %s", file.layout.path, exc)
             return
         base = file.layout.interval
         file.series = {key: ReplaySeries(r, base, first, last) for key, r in rows.items()}
+        file.stat, file.checked = stat, time.monotonic()
+        file.version += 1
         if (first, last) != (file.layout.first, file.layout.last):
             logger.warning(
                 "%s: valid rows span %s .. %s, not %s .. %s as scanned (unsorted or malformed"
@@ -335,6 +373,63 @@ class CSVProvider(Provider):
                 ),
             )
         logger.info("%s: loaded in %.2f s", file.relative, time.perf_counter() - started)
+
+    def _read_if_changed(self, file: _File) -> None:
+        """Read ``file`` again if it changed since it was read (looked at once per
+        :data:`CHECK_SECONDS` at most; called with its lock held)."""
+        now = time.monotonic()
+        if now - file.checked < CHECK_SECONDS:
+            return
+        file.checked = now
+        stat = _stat(file.layout.path)
+        # missing: saved by renaming a new file over it, back in a moment
+        if stat is not None and stat not in (file.stat, file.unreadable):
+            self._read_again(file, stat)
+
+    def _read_again(self, file: _File, stat: tuple[int, int]) -> None:
+        """Replace the rows of a changed file; tell the hub when rows it served changed."""
+        path, before = file.layout.path, file.series or {}
+        try:
+            layout = scan(path, self.settings.CSV_DATE_COLUMN)
+            rows, first, last, malformed = load(layout, logged=file.malformed)
+        except CSVFormatError as exc:
+            file.unreadable = stat
+            logger.warning("%s: changed, but cannot be read: %s; what it held is served", path, exc)
+            return
+        wall = self._wall()
+        added = _appended(before, rows) and not self._repeated(file, wall)
+        old_clock = file.clock
+        if old_clock.speed == 0:  # frozen at the last row: now the new one
+            epoch = self.settings.replay_epoch()
+            file.clock = ReplayClock.for_file(first, last, layout.interval, 0, epoch)
+        file.layout, file.stat, file.unreadable, file.malformed = layout, stat, None, malformed
+        file.series = {
+            key: ReplaySeries(r, layout.interval, first, last) for key, r in rows.items()
+        }
+        file.version += 1
+        with self._scan_lock:
+            self._register(file)
+            symbols = self._symbols_of(file)
+        if file.clock != old_clock:
+            self._set_clocks(symbols)
+        if not added:
+            for symbol in symbols:
+                self.history_changed(symbol)
+        logger.info(
+            "%s: changed: read again, %s rows up to %s%s",
+            file.relative,
+            layout.interval,
+            intervals.format_date(last),
+            "" if added else "; rows served before changed: the hub forgets them",
+        )
+
+    def _repeated(self, file: _File, wall: float) -> bool:
+        """Whether the replay of ``file`` is past its rows (in a repeat, whose bars a new
+        length of the file moves)."""
+        if file.clock.speed == 0 or not file.series:
+            return False
+        series = next(iter(file.series.values()))
+        return file.clock.at(wall) >= series.first + series.period
 
     # ------------------------------------------------------------------ replay thread
 
@@ -363,7 +458,10 @@ class CSVProvider(Provider):
                 continue
             file.data_time = max(file.data_time, file.clock.at(wall))
             try:
-                self._advance(symbol, interval, series, state, file.data_time)
+                if file.clock.speed == 0:
+                    self._follow(symbol, interval, series, state, file)
+                else:
+                    self._advance(symbol, interval, series, state, file.data_time)
             except Exception:  # a bug on one key must not stop the others
                 logger.exception("csv: replay of %s %s failed", symbol, interval)
 
@@ -385,6 +483,76 @@ class CSVProvider(Provider):
         if last is None or forming[0] > last[0] or (forming[0] == last[0] and not state.final):
             self.publish(symbol, interval, forming)
             state.last, state.final = forming, False
+
+    def _follow(
+        self, symbol: str, interval: str, series: ReplaySeries, state: _Stream, file: _File
+    ) -> None:
+        """With a frozen clock: publish the bars a new read of the file brought (the newest
+        bar changed, new ones after it), once per read."""
+        if state.version == file.version:
+            return
+        now = math.floor(file.clock.at(self._wall()))
+        if state.version < 0 or state.last is None or now < state.last[0]:
+            # the first look (the client has the bars from history), or a shorter file
+            state.last, state.version = _newest(series, interval, now), file.version
+            return
+        bars = series.complete(interval, state.last[0], now, now).bars()
+        for i, bar in enumerate(bars):
+            if bar != state.last:
+                self.publish(symbol, interval, bar, final=i < len(bars) - 1)
+        if bars:
+            state.last = bars[-1]
+        state.version = file.version
+
+    def _baseline(self, symbol: str, interval: str, stream: _Stream) -> None:
+        """With a frozen clock: the bars ``stream`` starts from are those of the file as
+        read now (its client's history came from them; a read after this brings updates)."""
+        entry = self._symbols.get(symbol)
+        if entry is None:
+            return
+        file = entry[0]
+        with file.lock:
+            series = (file.series or {}).get(entry[1])
+            if series is not None:
+                now = math.floor(file.clock.at(self._wall()))
+                stream.last, stream.version = _newest(series, interval, now), file.version
+
+
+def _newest(series: ReplaySeries, interval: str, now: int) -> Bar | None:
+    """The newest bar of ``series`` at ``now``, whole (a frozen clock)."""
+    t = series.last_row(now)
+    if t is None:
+        return None
+    bars = series.complete(interval, intervals.floor(t, interval), now, now).bars()
+    return bars[-1] if bars else None
+
+
+def _appended(before: Mapping[str, ReplaySeries], rows: Mapping[str, Rows]) -> bool:
+    """Whether ``rows`` only add rows to those ``before`` (the last row read may have
+    changed: a bar written while it formed)."""
+    for key, series in before.items():
+        old, new = series.rows, rows.get(key)
+        keep = len(old) - 1
+        if new is None or len(new) < len(old) or (old.volume is None) != (new.volume is None):
+            return False
+        pairs = zip(_arrays(old), _arrays(new), strict=True)
+        if not all(np.array_equal(a[:keep], b[:keep], equal_nan=True) for a, b in pairs):
+            return False
+    return True
+
+
+def _arrays(rows: Rows) -> list[npt.NDArray[Any]]:
+    values = [rows.times, rows.open, rows.high, rows.low, rows.close]
+    return values if rows.volume is None else [*values, rows.volume]
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    """``(st_mtime_ns, st_size)`` of ``path``; None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _mtime(path: Path) -> int | None:

@@ -666,9 +666,10 @@ def _tail_dates(
     return dates, times
 
 
-def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
-    """Every symbol's rows (key ``""`` for the candlestick, the column for a line), and the
-    first and last valid row time. Malformed rows are logged and skipped."""
+def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, int]:
+    """Every symbol's rows (key ``""`` for the candlestick, the column for a line), the
+    first and last valid row time, and how many malformed rows were skipped. Malformed rows
+    are logged, unless ``logged`` of them were when the file was read before."""
     try:
         frame, skipped = _read_all(layout.path, layout.dialect)
         problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
@@ -697,12 +698,14 @@ def load(layout: Layout) -> tuple[dict[str, Rows], int, int]:
     for name in layout.lines:
         value = columns[name][0]
         out[name] = _rows(times, valid & np.isfinite(value), (value,) * 4, None, line=True)
-    problems.log()
+    malformed = problems.count()
+    if malformed != logged:
+        problems.log()
     used = [rows.times for rows in out.values() if len(rows)]
     if not used:
         raise CSVFormatError("no valid row")
     first, last = _range(np.concatenate(used))
-    return out, first, last
+    return out, first, last, malformed
 
 
 def _earlier_duplicates(times: IntArray, valid: BoolArray) -> BoolArray:
@@ -762,6 +765,10 @@ class _Problems:
         for skipped in self.skipped:  # rows pandas dropped do not count in the index
             line += skipped <= line
         return line
+
+    def count(self) -> int:
+        bad = np.logical_or.reduce([mask for _, mask in self.masks])
+        return len(self.skipped) + int(bad.sum())
 
     def log(self) -> None:
         bad = np.logical_or.reduce([mask for _, mask in self.masks])

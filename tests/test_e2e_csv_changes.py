@@ -1,0 +1,127 @@
+"""End to end: a CSV file changed while the server runs (rows appended, or rewritten)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    ServerProcess,
+    WsClient,
+    eventually,
+    populated_server,
+    same_key,
+    seconds,
+)
+
+START = datetime(2026, 1, 5)
+ROWS = 300
+
+
+def row(k: int, close: float | None = None) -> str:
+    t = START + timedelta(minutes=k)
+    c = 10 + k if close is None else close
+    return f"{t:%Y-%m-%d %H:%M:%S},{10 + k},{11 + k},{9 + k},{c},1\n"
+
+
+def date(k: int) -> str:
+    return f"{START + timedelta(minutes=k):%Y-%m-%d %H:%M:%S}"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "LIVE.csv").write_text(
+        "date,open,high,low,close,volume\n" + "".join(row(k) for k in range(ROWS))
+    )
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path: Path, folder: Path) -> Iterator[ServerProcess]:
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as running:
+        yield running
+
+
+async def data_init(server: ServerProcess, interval: str, count: int) -> list[dict[str, object]]:
+    """A new client's ``data_init`` of LIVE (not streamed)."""
+    ws = await WsClient.open(server.ws_url)
+    try:
+        await ws.send(
+            {
+                "type": "data",
+                "source": "csv",
+                "name": "LIVE",
+                "interval": interval,
+                "count": count,
+                "stream": False,
+            }
+        )
+        init = await ws.wait_for("data_init", same_key("LIVE", interval), 10)
+        return list(init["data"])
+    finally:
+        await ws.close()
+
+
+async def test_rows_appended_to_a_file_reach_open_charts_and_history(
+    server: ServerProcess, folder: Path, client: WsClient
+) -> None:
+    """A user who appended today's bars to a file saw nothing new while the server ran:
+    the file was read once (and with CSV_REPLAY_SPEED=0 nothing streamed). The new rows
+    now reach an open chart as new bars, and every data_init after them."""
+    await client.send(
+        {"type": "data", "source": "csv", "name": "LIVE", "interval": "1m", "count": 5}
+    )
+    init = await client.wait_for("data_init", same_key("LIVE", "1m"))
+    assert init["data"][-1]["date"] == date(ROWS - 1)
+    with (folder / "LIVE.csv").open("a") as handle:
+        handle.write(row(ROWS) + row(ROWS + 1))
+
+    def streamed() -> set[object]:
+        return {m["data"]["date"] for m in client.of_type("data_update")}
+
+    await eventually(lambda: date(ROWS + 1) in streamed(), 15, "the appended bars streamed")
+    assert date(ROWS) in streamed()
+    bars = await data_init(server, "1m", 3)
+    assert [bar["date"] for bar in bars] == [date(ROWS - 1), date(ROWS), date(ROWS + 1)]
+    log = server.log_path.read_text()
+    assert log.count("LIVE.csv: changed: read again") == 1, log
+
+
+async def test_history_after_a_file_is_rewritten_is_its_new_content(
+    server: ServerProcess, folder: Path, client: WsClient
+) -> None:
+    """Rows served before that a user corrected in the file: the hub kept serving the bars
+    it had cached (a streamed series for good, another one until it was idle for 30
+    minutes). After the change every data_init is the new content."""
+    await client.send(
+        {"type": "data", "source": "csv", "name": "LIVE", "interval": "1m", "count": 300}
+    )
+    await client.wait_for("data_init", same_key("LIVE", "1m"))
+    before = await data_init(server, "1h", 5)  # cached, not streamed
+    assert before[1]["csv-LIVE-1h-close"] == 10 + 119
+    lines = (folder / "LIVE.csv").read_text().splitlines(keepends=True)
+    lines[1 + 119] = row(119, close=5.5)  # the close of the second hour
+    (folder / "LIVE.csv").write_text("".join(lines))
+
+    async def closes() -> tuple[object, object]:
+        minutes = await data_init(server, "1m", 300)
+        hours = await data_init(server, "1h", 5)
+        return minutes[119]["csv-LIVE-1m-close"], hours[1]["csv-LIVE-1h-close"]
+
+    # the provider looks at the file every 2 s at most: poll until the change was seen
+    deadline = time.monotonic() + seconds(15)
+    seen = await closes()
+    while seen != (5.5, 5.5) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        seen = await closes()
+    assert seen == (5.5, 5.5)
+    assert "LIVE.csv: changed: read again" in server.log_path.read_text()
