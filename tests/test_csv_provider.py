@@ -426,6 +426,68 @@ def test_dates_written_as_numbers_are_dates_not_epoch_seconds(tmp_path: Path) ->
     assert [b[0] for b in bars] == days
 
 
+def _kline(t: int, unit: int, step: int, i: int) -> str:
+    o, h, lo, c, v = candle(i)
+    opened, closed = t * unit, (t + step) * unit - 1
+    return f"{opened},{o},{h},{lo},{c},{v},{closed},{v * o},{10 + i},{v / 2},{v * o / 2},0\n"
+
+
+@pytest.mark.parametrize(
+    ("unit", "header"),
+    [(1000, ""), (1_000_000, ""), (1000, ",".join(csvdata.BINANCE_KLINE) + "\n")],
+    ids=["milliseconds", "microseconds", "with a header"],
+)
+def test_binance_kline_files_without_a_header_are_read(
+    tmp_path: Path, unit: int, header: str
+) -> None:
+    """data.binance.vision's kline files have no header line and twelve columns, open and
+    close times in epoch milliseconds (microseconds for spot data since 2025): the first row
+    was taken for the header and the file skipped ('no date column; the columns are
+    '1704153600000', ...'). With a header (open_time, ...) it had no date column either."""
+    (tmp_path / "BTCUSDT-1h.csv").write_text(
+        header + "".join(_kline(T0 + 3600 * i, unit, 3600, i) for i in range(30))
+    )
+    harness = Harness(tmp_path)
+    names = sorted(row["name"] for row in harness.provider.get_dataset())
+    assert names == [
+        "BTCUSDT-1h",
+        "BTCUSDT-1h__count",
+        "BTCUSDT-1h__quote_volume",
+        "BTCUSDT-1h__taker_buy_quote_volume",
+        "BTCUSDT-1h__taker_buy_volume",
+    ]  # not the close time nor the "ignore" column
+    bars = harness.history("BTCUSDT-1h", "1h")
+    assert [b[0] for b in bars] == [T0 + 3600 * i for i in range(30)]
+    assert bars[0][1:] == candle(0)
+    assert harness.history("BTCUSDT-1h__count", "1h")[2][4] == 12.0
+
+
+def test_a_file_without_a_header_is_read_by_the_place_of_its_columns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MetaTrader's history export (2024.01.02,13:45,open,high,low,close,volume) and other
+    files with no header line: date (and time), then open, high, low, close and volume when
+    they are prices, else a value. A malformed row is logged with its own line number."""
+    mt = [
+        f"{_stamp(T0 + 60 * i, '%Y.%m.%d,%H:%M')},{','.join(map(str, candle(i)))}"
+        for i in range(10)
+    ]
+    mt[4] = mt[4].replace(",104.0,", ",x,", 1)
+    (tmp_path / "EURUSD1.csv").write_text("\n".join(mt) + "\n")
+    (tmp_path / "rate.csv").write_text(
+        "".join(f"{fmt(T0 + 86_400 * d)},{d / 10}\n" for d in range(5))
+    )
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+        bars = harness.history("EURUSD1", "1m")
+    assert [b[1:] for b in bars] == [candle(i) for i in range(10) if i != 4]
+    assert [b[4] for b in harness.history("rate__value", "1d")] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert any(
+        r.getMessage().endswith("EURUSD1.csv:5: malformed row skipped (bad value in 'open')")
+        for r in caplog.records
+    )
+
+
 def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(
     tmp_path: Path,
 ) -> None:

@@ -42,11 +42,20 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-DATE_NAMES = ("date", "timestamp", "time", "datetime")
+DATE_NAMES = ("date", "timestamp", "time", "datetime", "open_time")
 TIME_NAMES = ("time",)  # a time of day beside a date column (MetaTrader, Stooq, NinjaTrader)
 CANDLE_NAMES = ("open", "high", "low", "close")
 VOLUME_NAMES = ("volume", "vol", "tickvol")  # MetaTrader: VOL (0 for currencies), TICKVOL
-IGNORED_NAMES = ("per",)  # Stooq's <PER>: the interval of the file, not a series
+# not series: Stooq's <PER> (the interval of the file), Binance's close time and "ignore"
+IGNORED_NAMES = ("per", "close_time", "ignore")
+# the columns of Binance's kline files (data.binance.vision), which have no header line
+BINANCE_KLINE = (
+    "open_time", "open", "high", "low", "close", "volume", "close_time",
+    "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore",
+)  # fmt: skip
+# letters in a field of the first line make it a header (not the T and Z of ISO dates)
+_LETTER = re.compile(r"[A-Za-z]")
+_ISO_LETTERS = re.compile(r"(?<=\d)T(?=\d)|(?<=\d)Z$")
 SAMPLE_ROWS = 5_000
 TAIL_BYTES = 64 * 1024
 SNIFF_BYTES = 64 * 1024
@@ -94,6 +103,7 @@ class Dialect:
     decimal: str = "."
     thousands: str | None = None
     encoding: str = "utf-8-sig"  # a byte order mark, if any, is not part of the first name
+    header: bool = True  # the first line names the columns (else they are named by place)
 
 
 @dataclass(frozen=True)
@@ -237,7 +247,8 @@ def partial(t: int, row: tuple[float, float, float, float, float], fraction: flo
 def parse_times(
     values: pd.Series, calendar: bool = False, date_format: str = ""
 ) -> tuple[IntArray, BoolArray]:
-    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s or ms values, and validity;
+    """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s, ms, µs or ns values, and
+    validity;
     with a ``date_format`` (:func:`date_format`), of dates written that way, taken as UTC.
 
     With ``calendar`` a UTC offset is dropped: ``2026-03-02T00:00:00+01:00`` is the day
@@ -252,7 +263,13 @@ def parse_times(
     present = values.notna().to_numpy()
     numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     if present.any() and np.isfinite(numeric[present]).mean() >= 0.9:
-        secs = np.where(np.abs(numeric) >= 1e11, numeric / 1000, numeric)
+        # seconds up to 1e11 (the year 5138), then milli-, micro- (Binance's files since
+        # 2025), nanoseconds (Polygon's flat files)
+        magnitude = np.abs(numeric)
+        unit = np.select(
+            [magnitude >= 1e17, magnitude >= 1e14, magnitude >= 1e11], [1e9, 1e6, 1e3], 1
+        )
+        secs = numeric / unit
         valid = np.isfinite(secs)
         return np.floor(np.where(valid, secs, 0)).astype(np.int64), valid
     return _stamps(values.astype(str), "ISO8601")
@@ -461,9 +478,20 @@ def sniff(path: Path) -> Dialect:
         separator = csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
     except csv.Error:  # one column, or nothing the sniffer can tell apart
         separator = ","
+    header = _is_header(sample, separator)
     if separator == ";" and _DECIMAL_COMMA.search(sample):
-        return Dialect(separator, ",", ".", encoding)
-    return Dialect(separator, ".", None, encoding)
+        return Dialect(separator, ",", ".", encoding, header)
+    return Dialect(separator, ".", None, encoding, header)
+
+
+def _is_header(sample: str, separator: str) -> bool:
+    """Whether the first line names the columns: a field of it has a letter (not the T or
+    Z of an ISO-8601 date). Binance's kline files and MetaTrader's history exports have no
+    header: their first line is a row of numbers and dates."""
+    line = next((line for line in sample.splitlines() if line.strip()), "")
+    fields = next(csv.reader([line], delimiter=separator), [])
+    texts = [_ISO_LETTERS.sub("", field.strip()) for field in fields]
+    return len(texts) < 2 or any(_LETTER.search(t) for t in texts) or not any(texts)
 
 
 def _read(
@@ -474,6 +502,7 @@ def _read(
 ) -> pd.DataFrame:
     frame = pd.read_csv(
         path,
+        header=0 if dialect.header else None,
         nrows=nrows,
         on_bad_lines=bad_lines,
         skip_blank_lines=False,
@@ -484,8 +513,47 @@ def _read(
         encoding=dialect.encoding,
         encoding_errors="replace",
     )
-    frame.columns = pd.Index([_column_name(name) for name in frame.columns])
+    if dialect.header:
+        frame.columns = pd.Index([_column_name(name) for name in frame.columns])
+    else:
+        frame.columns = pd.Index(_names_by_place(frame.head(SAMPLE_ROWS)))
     return frame
+
+
+def _names_by_place(frame: pd.DataFrame) -> list[str]:
+    """Names for the columns of a file without a header line: Binance's kline columns
+    (:data:`BINANCE_KLINE`, twelve with open and close times in epoch milli- or
+    microseconds), else ``date`` (and ``time`` when the second column is a time of day),
+    then ``open``, ``high``, ``low``, ``close`` and ``volume`` when the next four are prices
+    (high at or above open and close, low at or below), and ``value`` or ``column N``."""
+    columns = [frame[c] for c in frame.columns]
+    n = len(columns)
+    if n == len(BINANCE_KLINE):
+        opens, closes = (pd.to_numeric(columns[i], errors="coerce") for i in (0, 6))
+        if (opens >= 1e11).mean() >= READABLE and (closes > opens).mean() >= READABLE:
+            return list(BINANCE_KLINE)
+    names = ["date"]
+    if n > 2 and not _text(columns[0]).str.contains(":").any():
+        present = columns[1].notna().to_numpy(dtype=bool)
+        if present.any() and time_of_day(columns[1])[1][present].mean() >= READABLE:
+            names.append("time")
+    if n - len(names) >= 4 and _prices(columns[len(names) : len(names) + 4]):
+        names += ["open", "high", "low", "close"]
+        if n > len(names):
+            names.append("volume")
+    if n == len(names) + 1:
+        return [*names, "value"]
+    return names + [f"column {k + 1}" for k in range(len(names), n)]
+
+
+def _prices(columns: list[pd.Series]) -> bool:
+    """Whether four columns read as open, high, low and close prices."""
+    o, h, lo, c = (pd.to_numeric(col, errors="coerce") for col in columns)
+    rows = o.notna() & h.notna() & lo.notna() & c.notna()
+    if not rows.any():
+        return False
+    ok = (h >= o) & (h >= c) & (lo <= o) & (lo <= c) & rows
+    return bool(ok.sum() >= READABLE * rows.sum())
 
 
 def _column_name(name: object) -> str:
@@ -672,7 +740,8 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
     are logged, unless ``logged`` of them were when the file was read before."""
     try:
         frame, skipped = _read_all(layout.path, layout.dialect)
-        problems = _Problems(layout.path, skipped, frame.isna().all(axis=1).to_numpy())
+        blank = frame.isna().all(axis=1).to_numpy()
+        problems = _Problems(layout.path, skipped, blank, 2 if layout.dialect.header else 1)
         clock = frame[layout.time_column] if layout.time_column else None
         dates = frame[layout.date_column]
         times, valid = row_times(dates, clock, layout.calendar, layout.date_format)
@@ -750,8 +819,9 @@ def _rows(
 class _Problems:
     """Malformed rows of one file, logged (the first few) with their path and line."""
 
-    def __init__(self, path: Path, skipped: list[int], blank: BoolArray) -> None:
+    def __init__(self, path: Path, skipped: list[int], blank: BoolArray, first: int) -> None:
         self.path, self.skipped, self.blank = path, skipped, blank
+        self.first = first  # the line of the first row (2 under a header line)
         self.masks: list[tuple[str, BoolArray]] = []
 
     def add(self, mask: BoolArray, reason: str) -> BoolArray:
@@ -761,7 +831,7 @@ class _Problems:
         return mask
 
     def _line(self, index: int) -> int:
-        line = index + 2  # the header is line 1
+        line = index + self.first
         for skipped in self.skipped:  # rows pandas dropped do not count in the index
             line += skipped <= line
         return line
