@@ -462,6 +462,46 @@ def test_binance_kline_files_without_a_header_are_read(
     assert harness.history("BTCUSDT-1h__count", "1h")[2][4] == 12.0
 
 
+POLYGON_HEADER = "ticker,volume,open,close,high,low,window_start,transactions\n"
+
+
+def _aggregate(ticker: str, t: int, i: int) -> str:
+    o, h, lo, c, v = candle(i)
+    return f"{ticker},{v},{o},{c},{h},{lo},{t * 1_000_000_000},{i}\n"
+
+
+def test_polygon_flat_file_rows_of_one_ticker_are_read(tmp_path: Path) -> None:
+    """Polygon's flat files (minute_aggs_v1, day_aggs_v1) date their rows by window_start
+    in epoch nanoseconds: 'no date column'."""
+    (tmp_path / "AAPL.csv").write_text(
+        POLYGON_HEADER + "".join(_aggregate("AAPL", T0 + 60 * i, i) for i in range(20))
+    )
+    bars = Harness(tmp_path).history("AAPL", "1m")
+    assert [b[0] for b in bars] == [T0 + 60 * i for i in range(20)]
+    assert bars[3][1:] == candle(3)
+
+
+def test_a_file_of_several_tickers_is_skipped_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flat file holds every ticker of a day: it was skipped for 'no date column', and
+    once that was found it would have been one symbol whose every date repeats."""
+    rows = [
+        _aggregate(ticker, T0 + 60 * i, i)
+        for i in range(20)
+        for ticker in ("A", "AA", "AAPL", "MSFT")
+    ]
+    (tmp_path / "2026-03-02.csv").write_text(POLYGON_HEADER + "".join(rows))
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+    assert list(harness.provider.get_dataset()) == []
+    assert any(
+        "skipped: the rows are of 4 tickers (column 'ticker': A, AA, AAPL, ...): a file is one"
+        " symbol; write each ticker's rows to a file of its own" in r.getMessage()
+        for r in caplog.records
+    )
+
+
 def test_a_file_without_a_header_is_read_by_the_place_of_its_columns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

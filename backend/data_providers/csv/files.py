@@ -42,7 +42,8 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-DATE_NAMES = ("date", "timestamp", "time", "datetime", "open_time")
+DATE_NAMES = ("date", "timestamp", "time", "datetime", "open_time", "window_start")
+TICKER_NAMES = ("ticker", "symbol")  # a column naming the instrument of each row
 TIME_NAMES = ("time",)  # a time of day beside a date column (MetaTrader, Stooq, NinjaTrader)
 CANDLE_NAMES = ("open", "high", "low", "close")
 VOLUME_NAMES = ("volume", "vol", "tickvol")  # MetaTrader: VOL (0 for currencies), TICKVOL
@@ -425,6 +426,7 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
             f"no date column (looked for {', '.join(wanted)}; the columns are {found}):"
             " name it with CSV_DATE_COLUMN"
         )
+    _one_ticker(frame)
     time = _time_column(frame, date)
     numeric = _numeric_columns(frame, {date, time} if time else {date})
     lower = {name.lower(): name for name in numeric}
@@ -441,6 +443,21 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
     if candle is None and not lines:
         raise CSVFormatError(f"no numeric column{_example_values(frame, date)}")
     return Layout(Path(), date, candle, volume, lines, "", 0, 0, time_column=time)
+
+
+def _one_ticker(frame: pd.DataFrame) -> None:
+    """``CSVFormatError`` for rows of several instruments in one file (a column ``ticker``
+    or ``symbol`` with more than one value: Polygon's flat files hold every ticker of a
+    day), which would be served as one symbol whose rows repeat every date."""
+    by_lower = {name.lower(): name for name in frame.columns}
+    for name in (by_lower[n] for n in TICKER_NAMES if n in by_lower):
+        tickers = frame[name].dropna().unique()
+        if len(tickers) > 1:
+            shown = ", ".join(str(t) for t in tickers[:3]) + (", ..." if len(tickers) > 3 else "")
+            raise CSVFormatError(
+                f"the rows are of {len(tickers)} tickers (column {name!r}: {shown}):"
+                " a file is one symbol; write each ticker's rows to a file of its own"
+            )
 
 
 def _example_values(frame: pd.DataFrame, date: str) -> str:
@@ -740,6 +757,7 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
     are logged, unless ``logged`` of them were when the file was read before."""
     try:
         frame, skipped = _read_all(layout.path, layout.dialect)
+        _one_ticker(frame)
         blank = frame.isna().all(axis=1).to_numpy()
         problems = _Problems(layout.path, skipped, blank, 2 if layout.dialect.header else 1)
         clock = frame[layout.time_column] if layout.time_column else None
