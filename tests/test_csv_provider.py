@@ -223,9 +223,10 @@ def test_a_skipped_file_is_logged_with_what_was_found_and_what_is_expected(
 def test_a_price_or_volume_column_that_is_not_numeric_is_named_in_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A comma file whose volumes are quoted with thousands separators ("1,234"), or a tab
-    file with decimal commas, lost its volume or its candle without a word."""
-    rows = [f'{fmt(T0 + 60 * i)},1,2,0,1,"1,{i:03d}"' for i in range(5)]
+    """A comma file whose volumes are written with spaces between the thousands ("1 234";
+    "1,234" is read now), or a tab file with decimal commas, lost its volume or its candle
+    without a word."""
+    rows = [f'{fmt(T0 + 60 * i)},1,2,0,1,"1 {i:03d}"' for i in range(5)]
     (tmp_path / "US.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     (tmp_path / "HEADER.csv").write_text(HEADER + "\n")
     with caplog.at_level(logging.WARNING):
@@ -239,15 +240,15 @@ def test_a_price_or_volume_column_that_is_not_numeric_is_named_in_the_log(
 def test_a_file_with_no_numeric_column_is_logged_with_what_its_columns_hold(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Every price quoted with a thousands separator: the file was skipped with "no numeric
-    column" alone, not saying what its open/high/low/close columns held."""
-    rows = [f'{fmt(T0 + 60 * i)},"1,100","1,200","1,000","1,150"' for i in range(5)]
+    """Every price written with a space between the thousands ("1,100" is read now): the
+    file was skipped with "no numeric column" alone, not saying what its columns held."""
+    rows = [f'{fmt(T0 + 60 * i)},"1 100","1 200","1 000","1 150"' for i in range(5)]
     (tmp_path / "K.csv").write_text("date,open,high,low,close\n" + "\n".join(rows) + "\n")
     write_candles(tmp_path / "OK.csv", 5)
     with caplog.at_level(logging.WARNING):
         Harness(tmp_path)
     messages = "\n".join(record.getMessage() for record in caplog.records)
-    assert "K.csv: skipped: no numeric column: the values of 'open' are such as '1,100'" in messages
+    assert "K.csv: skipped: no numeric column: the values of 'open' are such as '1 100'" in messages
 
 
 def test_malformed_rows_are_logged_with_path_and_line_and_skipped(
@@ -500,6 +501,28 @@ def test_a_file_of_several_tickers_is_skipped_saying_so(
         " symbol; write each ticker's rows to a file of its own" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_an_investing_com_export_is_read(tmp_path: Path) -> None:
+    """Investing.com writes the close as Price, numbers with thousands separators in quotes
+    ("42,123.5"), volumes as 1.23M or 456.70K ("-" when there is none) and dates as
+    MM/DD/YYYY, newest first: the file was skipped for 'no numeric column'."""
+    days = [T0 + 86_400 * d for d in range(12)]
+    lines = ['"Date","Price","Open","High","Low","Vol.","Change %"']
+    for d, t in reversed(list(enumerate(days))):
+        vol = "-" if d == 3 else (f"{1.5 + d}M" if d % 2 else f"{450.5 + d:.2f}K")
+        p = 42_000 + 13.5 * d
+        lines.append(
+            f'"{_stamp(t, "%m/%d/%Y")}","{p:,.1f}","{p - 100:,.1f}","{p + 300:,.1f}",'
+            f'"{p - 400:,.1f}","{vol}","0.12%"'
+        )
+    (tmp_path / "BTC.csv").write_text("\n".join(lines) + "\n")
+    harness = Harness(tmp_path)
+    assert [row["name"] for row in harness.provider.get_dataset()] == ["BTC"]
+    bars = harness.history("BTC", "1d")
+    assert [b[0] for b in bars] == days
+    assert bars[1] == (days[1], 41_913.5, 42_313.5, 41_613.5, 42_013.5, 2_500_000.0)
+    assert bars[2][5] == 452_500.0 and bars[3][5] is None
 
 
 def test_a_file_without_a_header_is_read_by_the_place_of_its_columns(

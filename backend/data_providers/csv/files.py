@@ -46,6 +46,7 @@ DATE_NAMES = ("date", "timestamp", "time", "datetime", "open_time", "window_star
 TICKER_NAMES = ("ticker", "symbol")  # a column naming the instrument of each row
 TIME_NAMES = ("time",)  # a time of day beside a date column (MetaTrader, Stooq, NinjaTrader)
 CANDLE_NAMES = ("open", "high", "low", "close")
+CLOSE_NAMES = ("close", "price", "last")  # Investing.com calls the close Price
 VOLUME_NAMES = ("volume", "vol", "tickvol")  # MetaTrader: VOL (0 for currencies), TICKVOL
 # not series: Stooq's <PER> (the interval of the file), Binance's close time and "ignore"
 IGNORED_NAMES = ("per", "close_time", "ignore")
@@ -62,6 +63,10 @@ TAIL_BYTES = 64 * 1024
 SNIFF_BYTES = 64 * 1024
 SEPARATORS = ",;\t|"
 _DECIMAL_COMMA = re.compile(r"\d,\d")
+# a number written with thousands separators or a K, M or B after it (Investing.com:
+# "42,123.5", "1.23M"): {t} and {d} are the thousands and the decimal mark
+_WRITTEN_NUMBER = r"([+-]?(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)(?:{d}\d+)?)\s*([KMBkmb]?)"
+_MULTIPLIERS = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9}
 # the UTC offset after an ISO-8601 time (group 1 is the date and time without it)
 _UTC_OFFSET = r"^(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 # a time of day: 13:45, 9:30:00, 13:45:00.250, 1:45 PM (digits are read apart: 1345, 134500)
@@ -403,19 +408,41 @@ def date_format(values: pd.Series) -> str | None:
     return None if best is None else best[2]
 
 
-def _numeric_columns(frame: pd.DataFrame, skip: set[str]) -> list[str]:
+def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
+    """The numbers of a column (NaN where there is none), also those written with thousands
+    separators or a K, M or B for thousands, millions, billions (``"42,123.5"`` in a file
+    separated by commas, ``1.23M``, ``456.7K``; ``1.234,5`` with the decimal comma)."""
+    values = pd.to_numeric(raw, errors="coerce")
+    if pd.api.types.is_numeric_dtype(raw.dtype):
+        return values
+    failed = values.isna() & raw.notna()
+    if not failed.any():
+        return values
+    thousands, decimal = (".", ",") if dialect.decimal == "," else (",", ".")
+    pattern = _WRITTEN_NUMBER.format(t=re.escape(thousands), d=re.escape(decimal))
+    found = raw[failed].astype(str).str.strip().str.extract(f"^{pattern}$")  # NaN: no match
+    digits = found[0].str.replace(thousands, "", regex=False).str.replace(decimal, ".")
+    scale = found[1].str.lower().map(_MULTIPLIERS)
+    values = values.astype(np.float64)
+    values[failed] = pd.to_numeric(digits, errors="coerce") * scale
+    return values
+
+
+def _numeric_columns(frame: pd.DataFrame, skip: set[str], dialect: Dialect) -> list[str]:
     found = []
     for name in frame.columns:
         if name in skip or str(name).startswith("Unnamed:") or name.lower() in IGNORED_NAMES:
             continue
         raw = frame[name]
-        parsed = pd.to_numeric(raw, errors="coerce")
+        parsed = numbers(raw, dialect)
         if parsed.notna().any() and parsed.notna().sum() >= 0.5 * raw.notna().sum():
             found.append(name)
     return found
 
 
-def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
+def detect_columns(
+    frame: pd.DataFrame, date_column: str = "", dialect: Dialect = Dialect()
+) -> Layout:
     """The date, candle, volume and line columns of a sample (interval and times unset)."""
     by_lower = {name.lower(): name for name in frame.columns}
     wanted = (date_column.lower(), *DATE_NAMES) if date_column else DATE_NAMES
@@ -428,15 +455,16 @@ def detect_columns(frame: pd.DataFrame, date_column: str = "") -> Layout:
         )
     _one_ticker(frame)
     time = _time_column(frame, date)
-    numeric = _numeric_columns(frame, {date, time} if time else {date})
-    lower = {name.lower(): name for name in numeric}
+    numeric = _numeric_columns(frame, {date, time} if time else {date}, dialect)
+    lower = {name.lower().rstrip("."): name for name in numeric}  # Investing.com: "Vol."
     candle = None
-    if all(n in lower for n in CANDLE_NAMES):
-        o, h, lo, c = (lower[n] for n in CANDLE_NAMES)
-        candle = (o, h, lo, c)
+    close = next((lower[n] for n in CLOSE_NAMES if n in lower), None)
+    if close is not None and all(n in lower for n in CANDLE_NAMES[:3]):
+        o, h, lo = (lower[n] for n in CANDLE_NAMES[:3])
+        candle = (o, h, lo, close)
     volumes = [lower[n] for n in VOLUME_NAMES if n in lower] if candle else []
     # the first that is not all zeros (MetaTrader writes VOL 0 for currencies, TICKVOL not)
-    counted = [name for name in volumes if pd.to_numeric(frame[name], errors="coerce").any()]
+    counted = [name for name in volumes if numbers(frame[name], dialect).any()]
     volume = next(iter(counted or volumes), None)
     used = {*(candle or ()), volume}
     lines = tuple(name for name in numeric if name not in used)
@@ -529,6 +557,7 @@ def _read(
         thousands=dialect.thousands,
         encoding=dialect.encoding,
         encoding_errors="replace",
+        na_values=["-"],  # Investing.com's missing volume
     )
     if dialect.header:
         frame.columns = pd.Index([_column_name(name) for name in frame.columns])
@@ -602,7 +631,7 @@ def scan(path: Path, date_column: str = "") -> Layout:
         head = _read(path, SAMPLE_ROWS, "skip", dialect)
         if head.dropna(how="all").empty:
             raise CSVFormatError("no rows under the header")
-        layout = detect_columns(head, date_column)
+        layout = detect_columns(head, date_column, dialect)
         _warn_unread(path, head, layout)
         time_column = layout.time_column
         dates = head[layout.date_column]
@@ -771,7 +800,9 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
     valid = valid & ~problems.add(stray, "a date far from every other row")
     duplicates = _earlier_duplicates(times, valid)
     valid = valid & ~problems.add(duplicates, "duplicate date; the later row is kept")
-    columns = {name: _column(frame, name, valid, problems) for name in _names(layout)}
+    columns = {
+        name: _column(frame, name, valid, problems, layout.dialect) for name in _names(layout)
+    }
     out: dict[str, Rows] = {}
     if layout.candle:
         o, h, lo, c = (columns[name][0] for name in layout.candle)
@@ -813,11 +844,11 @@ def _names(layout: Layout) -> list[str]:
 
 
 def _column(
-    frame: pd.DataFrame, name: str, valid: BoolArray, problems: _Problems
+    frame: pd.DataFrame, name: str, valid: BoolArray, problems: _Problems, dialect: Dialect
 ) -> tuple[FloatArray, BoolArray]:
     """A column's numbers (NaN where missing), and where it held something else."""
     raw = frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = numbers(raw, dialect).to_numpy(dtype=np.float64, na_value=np.nan)
     bad = valid & raw.notna().to_numpy() & ~np.isfinite(values)
     return values, problems.add(bad, f"bad value in {name!r}")
 
