@@ -525,6 +525,35 @@ def test_an_investing_com_export_is_read(tmp_path: Path) -> None:
     assert bars[2][5] == 452_500.0 and bars[3][5] is None
 
 
+def test_a_yfinance_to_csv_file_is_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``yf.download(...).to_csv()`` writes two header lines more (``Ticker,MSFT,...`` and
+    ``Date,,,,,``; its columns have two levels): the file was skipped for 'no date column
+    (... the columns are 'Price', 'Close', ...)'. A download of several tickers is skipped,
+    saying why."""
+    lines = ["Price,Close,High,Low,Open,Volume", "Ticker,MSFT,MSFT,MSFT,MSFT,MSFT", "Datetime,,,,,"]
+    for i in range(30):
+        o, h, lo, c, v = candle(i)
+        lines.append(f"{_stamp(T0 + 3600 * i, '%Y-%m-%d %H:%M:%S+00:00')},{c},{h},{lo},{o},{v:.0f}")
+    lines[10] = lines[10].replace(",107.0,", ",x,")  # row 7, on line 11 of the file
+    (tmp_path / "MSFT.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "TWO.csv").write_text(
+        "Price,Close,Close\nTicker,AAPL,MSFT\nDate,,\n2026-03-02,1,2\n2026-03-03,1,2\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+        bars = harness.history("MSFT", "1h")
+    assert [b[0] for b in bars] == [T0 + 3600 * i for i in range(30) if i != 7]
+    assert bars[0][1:] == candle(0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.endswith("MSFT.csv:11: malformed row skipped (bad value in 'Open')") for m in messages
+    )
+    assert any(
+        "TWO.csv: skipped: the columns are of 2 tickers (AAPL, MSFT): a file is one symbol" in m
+        for m in messages
+    )
+
+
 def test_a_file_without_a_header_is_read_by_the_place_of_its_columns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

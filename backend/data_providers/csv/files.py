@@ -110,6 +110,15 @@ class Dialect:
     thousands: str | None = None
     encoding: str = "utf-8-sig"  # a byte order mark, if any, is not part of the first name
     header: bool = True  # the first line names the columns (else they are named by place)
+    # lines under the header that are no rows, and the first column's name written there
+    # (yfinance writes "Price,Close,...", "Ticker,MSFT,...", "Date,,...", then the rows)
+    skip: tuple[int, ...] = ()
+    first_name: str = ""
+
+    @property
+    def first_line(self) -> int:
+        """The line number of the first row."""
+        return 1 + self.header + len(self.skip)
 
 
 @dataclass(frozen=True)
@@ -524,9 +533,31 @@ def sniff(path: Path) -> Dialect:
     except csv.Error:  # one column, or nothing the sniffer can tell apart
         separator = ","
     header = _is_header(sample, separator)
+    skip, first_name = _yfinance_lines(sample, separator) if header else ((), "")
     if separator == ";" and _DECIMAL_COMMA.search(sample):
-        return Dialect(separator, ",", ".", encoding, header)
-    return Dialect(separator, ".", None, encoding, header)
+        return Dialect(separator, ",", ".", encoding, header, skip, first_name)
+    return Dialect(separator, ".", None, encoding, header, skip, first_name)
+
+
+def _yfinance_lines(sample: str, separator: str) -> tuple[tuple[int, ...], str]:
+    """The lines under the header that yfinance's ``to_csv`` writes (``Ticker,MSFT,...``
+    and ``Date,,,...``: its columns have two levels, the date is the index), and the name
+    of the date column written on the second; ``((), "")`` for any other file.
+    ``CSVFormatError`` for a download of several tickers (one column per price and ticker).
+    """
+    lines = [next(csv.reader([line], delimiter=separator), []) for line in sample.splitlines()[1:3]]
+    if len(lines) < 2 or not lines[0] or not lines[1] or lines[0][0].strip().lower() != "ticker":
+        return (), ""
+    if not lines[1][0].strip() or any(field.strip() for field in lines[1][1:]):
+        return (), ""
+    tickers = sorted({field.strip() for field in lines[0][1:] if field.strip()})
+    if len(tickers) > 1:
+        raise CSVFormatError(
+            f"the columns are of {len(tickers)} tickers ({', '.join(tickers[:3])}"
+            f"{', ...' if len(tickers) > 3 else ''}): a file is one symbol; download or"
+            " write each ticker to a file of its own"
+        )
+    return (1, 2), lines[1][0].strip()
 
 
 def _is_header(sample: str, separator: str) -> bool:
@@ -548,6 +579,7 @@ def _read(
     frame = pd.read_csv(
         path,
         header=0 if dialect.header else None,
+        skiprows=list(dialect.skip) or None,
         nrows=nrows,
         on_bad_lines=bad_lines,
         skip_blank_lines=False,
@@ -560,7 +592,10 @@ def _read(
         na_values=["-"],  # Investing.com's missing volume
     )
     if dialect.header:
-        frame.columns = pd.Index([_column_name(name) for name in frame.columns])
+        names = [_column_name(name) for name in frame.columns]
+        if dialect.first_name and names:
+            names[0] = dialect.first_name
+        frame.columns = pd.Index(names)
     else:
         frame.columns = pd.Index(_names_by_place(frame.head(SAMPLE_ROWS)))
     return frame
@@ -788,7 +823,7 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
         frame, skipped = _read_all(layout.path, layout.dialect)
         _one_ticker(frame)
         blank = frame.isna().all(axis=1).to_numpy()
-        problems = _Problems(layout.path, skipped, blank, 2 if layout.dialect.header else 1)
+        problems = _Problems(layout.path, skipped, blank, layout.dialect.first_line)
         clock = frame[layout.time_column] if layout.time_column else None
         dates = frame[layout.date_column]
         times, valid = row_times(dates, clock, layout.calendar, layout.date_format)
