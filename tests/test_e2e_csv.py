@@ -351,3 +351,54 @@ async def test_exports_with_the_date_and_the_time_of_day_apart_are_served(tmp_pa
                 assert init["data"][-1][f"csv-{name}-5m-close"] == 199
         finally:
             await ws.close()
+
+
+async def test_downloads_of_common_tools_are_served(tmp_path: Path) -> None:
+    """A Binance kline file (no header, epoch milliseconds), an Investing.com export
+    ("42,000.0", 1.5M, MM/DD/YYYY, newest first), a yfinance to_csv file (three header
+    lines) and a Polygon flat file of one ticker (window_start in nanoseconds) were all
+    skipped at the scan; populate now stores them and the server serves their rows."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    days = [datetime(2026, 1, 5) + timedelta(days=k) for k in range(20)]
+    epoch = [int((d - datetime(1970, 1, 1)).total_seconds()) for d in days]
+    (folder / "BTCUSDT-1d.csv").write_text(
+        "".join(
+            f"{t * 1000},{k},{k + 2},{k - 1},{k + 1},5,{(t + 86_400) * 1000 - 1},50,7,2,20,0\n"
+            for k, t in enumerate(epoch)
+        )
+    )
+    (folder / "INV.csv").write_text(
+        '"Date","Price","Open","High","Low","Vol.","Change %"\n'
+        + "".join(
+            f'"{d:%m/%d/%Y}","{1000 + k:,.1f}","{999 + k:,.1f}","{1002 + k:,.1f}",'
+            f'"{998 + k:,.1f}","1.5M","0.10%"\n'
+            for k, d in reversed(list(enumerate(days)))
+        )
+    )
+    (folder / "YF.csv").write_text(
+        "Price,Close,High,Low,Open,Volume\nTicker,YF,YF,YF,YF,YF\nDate,,,,,\n"
+        + "".join(f"{d:%Y-%m-%d},{k + 1},{k + 2},{k - 1},{k},9\n" for k, d in enumerate(days))
+    )
+    (folder / "POLY.csv").write_text(
+        "ticker,volume,open,close,high,low,window_start,transactions\n"
+        + "".join(
+            f"POLY,9,{k},{k + 1},{k + 2},{k - 1},{t * 10**9},3\n" for k, t in enumerate(epoch)
+        )
+    )
+    last = f"{days[-1]:%Y-%m-%d %H:%M:%S}"
+    expected = {"BTCUSDT-1d": 20.0, "INV": 1019.0, "YF": 20.0, "POLY": 20.0}
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as server:
+        ws = await WsClient.open(server.ws_url)
+        try:
+            for name, close in expected.items():
+                await ws.send(
+                    {"type": "data", "source": "csv", "name": name, "interval": "1d", "count": 2}
+                )
+                init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
+                assert [row["date"] for row in init["data"]][-1] == last, name
+                assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
+        finally:
+            await ws.close()
