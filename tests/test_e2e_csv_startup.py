@@ -26,7 +26,8 @@ async def test_a_data_init_sent_before_the_replay_clock_is_known_fetches_only_it
     """The file's replay clock runs two months ahead of the wall clock. The request reaches
     the hub before the provider is ready: its tail must be fetched back from the replay
     clock, not from the wall time (which fetched the 21,600 rows between them)."""
-    now = int(time.time()) // 60 * 60
+    started = int(time.time())
+    now = started // 60 * 60  # the rows are whole minutes
     folder = tmp_path / "csv"
     folder.mkdir()
     _write_minutes(folder / "AHEAD.csv", now + 60 * 86_400)
@@ -36,7 +37,8 @@ async def test_a_data_init_sent_before_the_replay_clock_is_known_fetches_only_it
         EXTRA_PROVIDERS="slowcsv=tests.providers:SlowStartCSVProvider",
         CSV_FOLDER_PATH=str(folder),
         CSV_REPLAY_SPEED="60",
-        CSV_REPLAY_EPOCH=intervals.format_date(now),
+        # the start itself, not its minute: up to 59 s earlier is 3,540 s of data at 60x
+        CSV_REPLAY_EPOCH=intervals.format_date(started),
     )
     assert populate(env).returncode == 0
     env["CANDLEWIRE_TEST_INIT_DELAY"] = "1.5"
