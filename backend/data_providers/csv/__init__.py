@@ -3,8 +3,8 @@
 Every ``*.csv`` file under the folder (searched recursively) is scanned cheaply at start
 (header, first rows, last bytes). A file with open/high/low/close columns is the candlestick
 symbol named after the file; every other numeric column is the line symbol
-``{file}__{column}``. A file is read in full once, on its first history request or stream,
-and kept as numpy arrays (:mod:`backend.data_providers.csv.files`).
+``{file}__{column}``. A file is read in full on its first history request or stream, and
+kept as numpy arrays (:mod:`backend.data_providers.csv.files`), until it changes.
 A symbol the provider does not know (a file added since the start, then populated) makes
 it look for new files, at most once per :data:`RESCAN_SECONDS`.
 
