@@ -868,6 +868,23 @@ def test_a_changed_file_that_cannot_be_read_keeps_serving_what_it_held(
     assert len(harness.history("ACME", "1m")) == 70
 
 
+def test_a_row_being_appended_is_not_read_before_its_line_ends(minutes: Path) -> None:
+    """A file read while a row was being appended served the cut row ("...,160.0,16" for a
+    close of 161.0) until the next look: a change of under a second ago whose last line has
+    no line end waits for the next look."""
+    harness = Harness(minutes, speed=0)
+    assert len(harness.history("ACME", "1m")) == 60
+    o, h, lo, c, v = candle(60)
+    with (minutes / "ACME.csv").open("a") as handle:
+        handle.write(f"{fmt(T0 + 3600)},{o},{h},{lo},{str(c)[:2]}")
+    look_now(harness)
+    assert len(harness.history("ACME", "1m")) == 60
+    with (minutes / "ACME.csv").open("a") as handle:
+        handle.write(f"{str(c)[2:]},{v}\n")
+    look_now(harness)
+    assert harness.history("ACME", "1m")[-1] == (T0 + 3600, *candle(60))
+
+
 def test_rows_appended_ahead_of_a_running_replay_are_replayed_when_it_gets_there(
     minutes: Path,
 ) -> None:

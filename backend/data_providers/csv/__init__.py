@@ -13,8 +13,10 @@ request or replay step that uses it: a loaded file is looked at (``stat``) at mo
 :data:`CHECK_SECONDS`. Rows added after the ones read are new bars; when rows read before
 changed, the hub is told (``history_changed``) and forgets what it held of the file's
 symbols. A changed file that cannot be read (written at that moment) keeps serving what it
-held, and is tried again once it changes again. With speed 0 the clock moves to the new
-last row and the new bars are published to the keys streamed.
+held, and is tried again once it changes again; one that changed within
+:data:`SETTLE_SECONDS` and whose last line has no line end yet is read at the next look.
+With speed 0 the clock moves to the new last row and the new bars are published to the
+keys streamed.
 
 Each file has a replay clock (``CSV_REPLAY_SPEED`` data seconds per wall second) that stood at
 its midpoint at a fixed wall time (:data:`.replay.REPLAY_EPOCH`), so every process, started
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 RESCAN_SECONDS = 1.0  # an unknown symbol looks for new files at most this often
 CHECK_SECONDS = 2.0  # a loaded file is looked at for changes at most this often
+SETTLE_SECONDS = 1.0  # a change this recent with a last line not ended is not read yet
 MAX_FINAL_BARS_PER_TICK = 1_000
 _EARLIEST = -(2**53)
 
@@ -383,8 +386,11 @@ class CSVProvider(Provider):
         file.checked = now
         stat = _stat(file.layout.path)
         # missing: saved by renaming a new file over it, back in a moment
-        if stat is not None and stat not in (file.stat, file.unreadable):
-            self._read_again(file, stat)
+        if stat is None or stat in (file.stat, file.unreadable):
+            return
+        if _being_written(file.layout.path, stat):
+            return  # its last line may be cut: read at the next look
+        self._read_again(file, stat)
 
     def _read_again(self, file: _File, stat: tuple[int, int]) -> None:
         """Replace the rows of a changed file; tell the hub when rows it served changed."""
@@ -544,6 +550,20 @@ def _appended(before: Mapping[str, ReplaySeries], rows: Mapping[str, Rows]) -> b
 def _arrays(rows: Rows) -> list[npt.NDArray[Any]]:
     values = [rows.times, rows.open, rows.high, rows.low, rows.close]
     return values if rows.volume is None else [*values, rows.volume]
+
+
+def _being_written(path: Path, stat: tuple[int, int]) -> bool:
+    """Whether ``path`` changed less than :data:`SETTLE_SECONDS` ago and its last line has
+    no line end yet: a row being appended, whose cut number (a close of 31 for 310.5) would
+    be served until the next look."""
+    if time.time() - stat[0] / 1e9 >= SETTLE_SECONDS or stat[1] == 0:
+        return False
+    try:
+        with path.open("rb") as handle:
+            handle.seek(stat[1] - 1)
+            return handle.read(1) not in (b"\n", b"\r")
+    except OSError:
+        return False
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
