@@ -595,6 +595,23 @@ def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(
     assert [b[4] for b in harness.history("TAB__close", "1m")] == [0.5, 1.5, 2.5]
 
 
+def test_a_metatrader_5_export_in_utf_16_is_read(tmp_path: Path) -> None:
+    """MetaTrader writes text files in UTF-16 unless told otherwise (a byte order mark, CR LF
+    line ends): the file was read as Windows-1252 and skipped for 'no date column (... the
+    columns are 'ÿþ<\\x00D\\x00A\\x00T\\x00E...'"""
+    lines = ["<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"]
+    for i in range(3000):  # past the bytes the scan reads at the end
+        o, h, lo, c, v = candle(i)
+        lines.append(
+            f"{_stamp(T0 + 60 * i, '%Y.%m.%d%t%H:%M:%S')}\t{o}\t{h}\t{lo}\t{c}\t{v:.0f}\t0\t2"
+        )
+    (tmp_path / "EURUSD.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-16")
+    harness = Harness(tmp_path)
+    assert harness.provider._symbols["EURUSD"][0].layout.last == T0 + 60 * 2999
+    bars = harness.history("EURUSD", "1m")
+    assert len(bars) == 3000 and bars[-1] == (T0 + 60 * 2999, *candle(2999))
+
+
 def test_a_file_in_a_windows_code_page_is_read_not_skipped(tmp_path: Path) -> None:
     text = "date,Kurs €,Öl\n" + "".join(f"{fmt(T0 + 60 * i)},{i},{i * 2}\n" for i in range(3))
     (tmp_path / "WIN.csv").write_bytes(text.encode("cp1252"))

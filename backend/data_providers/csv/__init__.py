@@ -560,8 +560,8 @@ def _being_written(path: Path, stat: tuple[int, int]) -> bool:
         return False
     try:
         with path.open("rb") as handle:
-            handle.seek(stat[1] - 1)
-            return handle.read(1) not in (b"\n", b"\r")
+            handle.seek(max(0, stat[1] - 2))
+            return not handle.read(2).endswith((b"\n", b"\r", b"\n\x00", b"\r\x00"))  # UTF-16
     except OSError:
         return False
 

@@ -514,7 +514,8 @@ def sniff(path: Path) -> Dialect:
     """The separator (``,`` ``;`` tab ``|``), decimal mark and encoding of ``path``.
 
     Text that is not UTF-8 is read as Windows-1252, what spreadsheets on Windows write (a
-    byte that is not even that becomes U+FFFD). Files with ``;`` between fields often write
+    byte that is not even that becomes U+FFFD), or as UTF-16 after its byte order mark
+    (what MetaTrader writes unless told otherwise). Files with ``;`` between fields often write
     ``1,5`` for one and a half and ``1.000`` for a thousand: a ``;`` file whose sample holds
     a digit, comma, digit gets the decimal comma and the thousands point.
     """
@@ -522,7 +523,11 @@ def sniff(path: Path) -> Dialect:
         head = handle.read(SNIFF_BYTES)
     encoding = "utf-8-sig"
     try:
-        text = head.decode(encoding)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            encoding = "utf-16"
+            text = head[: len(head) // 2 * 2].decode(encoding, "replace")
+        else:
+            text = head.decode(encoding)
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:  # not merely a character cut by the end of the sample
             encoding = "cp1252"
@@ -803,9 +808,12 @@ def _tail_dates(
     """The dates of the last rows, and their times of day when in a column of their own:
     ``indexes`` are the date column's and the time of day's."""
     with path.open("rb") as handle:
+        encoding = dialect.encoding
+        if encoding == "utf-16":  # the byte order is in the mark at the start only
+            encoding = "utf-16-be" if handle.read(2) == b"\xfe\xff" else "utf-16-le"
         size = handle.seek(0, 2)
-        handle.seek(max(0, size - TAIL_BYTES))
-        text = handle.read().decode(dialect.encoding, "replace")
+        handle.seek(max(0, size - TAIL_BYTES) // 2 * 2)
+        text = handle.read().decode(encoding, "replace")
     lines = text.splitlines()[1:]  # the header, or a line cut in the middle
     rows = [
         row for row in csv.reader(lines, delimiter=dialect.separator) if len(row) > max(indexes)
