@@ -82,6 +82,8 @@ async def test_rows_appended_to_a_file_reach_open_charts_and_history(
     )
     init = await client.wait_for("data_init", same_key("LIVE", "1m"))
     assert init["data"][-1]["date"] == date(ROWS - 1)
+    hours = await data_init(server, "1h", 2)  # cached, not streamed
+    assert [bar["date"] for bar in hours] == [date(180), date(240)]
     with (folder / "LIVE.csv").open("a") as handle:
         handle.write(row(ROWS) + row(ROWS + 1))
 
@@ -92,6 +94,9 @@ async def test_rows_appended_to_a_file_reach_open_charts_and_history(
     assert date(ROWS) in streamed()
     bars = await data_init(server, "1m", 3)
     assert [bar["date"] for bar in bars] == [date(ROWS - 1), date(ROWS), date(ROWS + 1)]
+    hours = await data_init(server, "1h", 2)
+    assert [bar["date"] for bar in hours] == [date(240), date(ROWS)]
+    assert hours[-1]["csv-LIVE-1h-close"] == 10 + ROWS + 1
     log = server.log_path.read_text()
     assert log.count("LIVE.csv: changed: read again") == 1, log
 
