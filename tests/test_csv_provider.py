@@ -602,9 +602,8 @@ def test_a_metatrader_5_export_in_utf_16_is_read(tmp_path: Path) -> None:
     lines = ["<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>"]
     for i in range(3000):  # past the bytes the scan reads at the end
         o, h, lo, c, v = candle(i)
-        lines.append(
-            f"{_stamp(T0 + 60 * i, '%Y.%m.%d%t%H:%M:%S')}\t{o}\t{h}\t{lo}\t{c}\t{v:.0f}\t0\t2"
-        )
+        stamp = _stamp(T0 + 60 * i, "%Y.%m.%d\t%H:%M:%S")
+        lines.append(f"{stamp}\t{o}\t{h}\t{lo}\t{c}\t{v:.0f}\t0\t2")
     (tmp_path / "EURUSD.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-16")
     harness = Harness(tmp_path)
     assert harness.provider._symbols["EURUSD"][0].layout.last == T0 + 60 * 2999
