@@ -361,3 +361,27 @@ class StuckHistoryProvider(CountingProvider):
             self.stop.wait(3600)
             return []
         return super().get_history(symbol, interval, start_time_query, end_time_query, count)
+
+
+class PolledProvider(CountingProvider):
+    """A counting provider without a stream (a vendor polled over REST): prices come only
+    from history, which holds the closed bars (the last stays the same for a whole bar).
+    ``get_history`` fails (``ConnectionError``) while the file ``CANDLEWIRE_TEST_DOWN``
+    exists (the vendor is down), and the symbol ``NONE`` never has a bar."""
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("polled", name) for name in ("AAA", "BBB", "NONE")]
+
+    def stream(self) -> None:
+        self.stop.wait()
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        if symbol == "NONE":
+            return []
+        if os.path.exists(os.environ.get("CANDLEWIRE_TEST_DOWN", "")):
+            raise ConnectionError("the vendor does not answer")
+        bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
+        closed = time.time() - STEP[interval]
+        return [b for b in bars if b[0] / 1000 <= closed]

@@ -18,7 +18,7 @@ import {
 import {
   addTypeSeries, drawnType, lastPointOf, pointsOf, scaleMode, typeOptions,
 } from "./chart-types.js";
-import { CompareLine } from "./compare.js";
+import { CompareLine, compareNote } from "./compare.js";
 import { IndicatorLayer } from "./indicators.js";
 import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
@@ -639,19 +639,26 @@ export class ChartPanel extends EventTarget {
   }
 
   openCompare() {
+    const c = this.compareWanted;
+    // What the last line learnt of the symbol (its intervals) serves the next one.
+    const learnt = this.compare?.details;
+    if (c && !c.details && learnt && this.compare.source === c.source
+      && this.compare.name === c.name) c.details = learnt;
     this.compare?.destroy();
     this.compare = null;
-    const c = this.compareWanted;
+    if (c && this.source && this.interval) {
+      this.compare = new CompareLine({
+        chart: this.chart, feed: this.feed, source: c.source, name: c.name, details: c.details,
+        interval: this.interval, count: INIT_COUNT,
+        onState: () => this.renderCompareChip(),
+      });
+      this.compare.follow(this.bars);
+    }
     this.renderCompareChip();
-    if (!c || !this.source || !this.interval) return;
-    this.compare = new CompareLine({
-      chart: this.chart, feed: this.feed, source: c.source, name: c.name, details: c.details,
-      interval: this.interval, count: INIT_COUNT,
-    });
-    this.compare.follow(this.bars);
   }
 
   renderCompareChip() {
-    this.head.showCompare(this.compareWanted, () => this.setCompare(null));
+    this.head.showCompare(this.compareWanted, () => this.setCompare(null),
+      compareNote(this.compare));
   }
 }

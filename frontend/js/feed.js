@@ -210,10 +210,13 @@ export class Feed extends EventTarget {
     this.lastError = message;
     const request = message.request;
     // A consumer returns true when it takes the refusal in hand (a chart that reopens a link
-    // at the symbol's own spelling or nearest interval): then no toast either.
+    // at the symbol's own spelling or nearest interval, a watchlist row or a compare that
+    // shows it): when every consumer of the key did, no toast either.
     let handled = false;
     if (request && typeof request === "object" && !Array.isArray(request) && request.name) {
-      for (const c of this.consumersOf(request)) handled = c.onError?.(message) === true || handled;
+      const consumers = this.consumersOf(request);
+      handled = consumers.length > 0;
+      for (const c of consumers) handled = c.onError?.(message) === true && handled;
     }
     if (request && request.type === "search_data") {
       const resolve = this.searches.shift(); // a refused search gets no search_data_done

@@ -111,3 +111,21 @@ export function tickMark(seconds, type, zone, intervalSeconds) {
 export function displayName(name, details) {
   return details?.type === "line" && details.name_label ? details.name_label : name;
 }
+
+// What a refused or failed request means for one row or line, in a word or two (the
+// server's own message goes in its tooltip).
+const UNSERVED = {
+  unknown_symbol: "not found",
+  unknown_source: "not found",
+  unknown_interval: "not offered",
+  forbidden: "no access",
+  auth_failed: "unavailable",
+  provider_unavailable: "unavailable",
+  provider_error: "unavailable",
+  provider_fatal: "unavailable",
+  rate_limited: "busy, retrying",
+  limit_reached: "limit reached",
+};
+
+/** The short state shown for a symbol the server did not serve (error `code`). */
+export const unservedText = (code) => UNSERVED[code] || "unavailable";

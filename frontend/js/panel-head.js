@@ -1,6 +1,7 @@
 // PanelHead: the header line of a chart: symbol (readable name), interval, description and
-// exchange/source, the compared symbol with its remove button, the countdown to the bar
-// close, and the quote (last price and change vs the previous daily close). DOM only.
+// exchange/source, the compared symbol with its remove button (and the interval it is drawn
+// at when not the chart's, or why nothing is drawn), the countdown to the bar close, and the
+// quote (last price and change vs the previous daily close). DOM only.
 
 import { element, keepFocus } from "./dom.js";
 import { displayName } from "./format.js";
@@ -48,14 +49,15 @@ export class PanelHead {
     if (this.countdownEl.textContent !== text) this.countdownEl.textContent = text;
   }
 
-  /** The compared symbol ({name, details}) with a remove button, or nothing. */
-  showCompare(target, onRemove) {
+  /** The compared symbol ({name, details}) with a remove button, or nothing; `note`
+   * ({text, title, problem}, or null) says at which interval it is drawn, or why not. */
+  showCompare(target, onRemove, note = null) {
     // Its × used from the keyboard: it goes on to the toolbar's Compare button (keepFocus).
-    keepFocus(this.compareEl, "button", () => this.renderCompare(target, onRemove),
+    keepFocus(this.compareEl, "button", () => this.renderCompare(target, onRemove, note),
       document.getElementById("compare-button"));
   }
 
-  renderCompare(target, onRemove) {
+  renderCompare(target, onRemove, note) {
     if (!target) {
       this.compareEl.replaceChildren();
       return;
@@ -69,8 +71,16 @@ export class PanelHead {
       onRemove();
     });
     const text = `vs ${displayName(target.name, target.details)}`;
-    this.compareEl.replaceChildren(element("span", "compare-swatch"),
-      element("span", "compare-name", null, text), remove);
+    const parts = [element("span", "compare-swatch"), element("span", "compare-name", null, text)];
+    if (note) {
+      const noteEl = element("span", `compare-note${note.problem ? " problem" : ""}`, null,
+        note.text);
+      noteEl.title = note.title;
+      parts.push(noteEl);
+    }
+    this.compareEl.classList.toggle("problem", Boolean(note?.problem));
+    this.compareEl.title = note?.title || "";
+    this.compareEl.replaceChildren(...parts, remove);
   }
 
   clear() {

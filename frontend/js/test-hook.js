@@ -4,7 +4,8 @@
 //   candlewire.charts[i].chart     the lightweight-charts IChartApi (e.g. timeScale())
 //   candlewire.charts[i].ownBars() the panel's own bars (real OHLC whatever the chart type)
 //   candlewire.charts[i].type      the chart type drawn; .scale the price scale;
-//                                  .compare {name, bars()} of the compared symbol or null
+//                                  .compare {source, name, interval (drawn at), state
+//                                  (compare.js), bars()} of the compared symbol or null
 //   candlewire.charts[i].indicators [{id, key, label, inputs, overlay, pane, error, received,
 //                                  outputs: {name: points()}}]; .panes the chart's pane count
 //   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
@@ -35,8 +36,13 @@ function chartView(panel) {
     get scale() { return panel.scale; },
     get compare() {
       const c = panel.compare;
-      return c ? { source: c.source, name: c.name, bars: () => c.series.data().map((b) => ({ ...b })) }
-        : null;
+      return c ? {
+        source: c.source,
+        name: c.name,
+        interval: c.interval,
+        state: c.state,
+        bars: () => c.series.data().map((b) => ({ ...b })),
+      } : null;
     },
     get panes() { return panel.chart.panes().length; },
     get indicators() {
