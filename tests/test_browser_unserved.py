@@ -210,3 +210,67 @@ def test_a_compare_that_cannot_be_drawn_says_why_on_its_chip(
     assert toasts(page) == []
     browsing.shot(page, f"unserved-compare-{name}-{viewport}")
     assert console == []
+
+
+ROWS = "window.candlewire.watchlist"
+
+
+def row_text(page: Page, name: str) -> dict[str, str]:
+    found: dict[str, str] = js(
+        page,
+        """name => { const li = [...document.querySelectorAll('#watchlist-items li')]
+              .find(l => l.querySelector('.wl-symbol')?.textContent === name);
+            return li ? {last: li.querySelector('.wl-last').textContent,
+                         title: li.title, state: li.dataset.state} : null; }""",
+        name,
+    )
+    return found
+
+
+def test_watchlist_rows_without_a_price_say_why_and_a_source_back_up_fills_its_row(
+    server: ServerProcess, page: Page, viewport: str, console: list[str], down_flag: Path
+) -> None:
+    """Rows of a symbol gone since (after a repopulate), one the token may not read, one
+    with no bars and one of a source that is down showed "n/a" (or "…" forever, for the
+    symbol without bars), each with an error toast on every load, and the row of the source
+    that came back stayed "n/a" until a reload. Each row now says why, in a word and in its
+    tooltip, without a toast, and the row of the source fills once the source answers."""
+    polled = "AAA" if viewport == "desktop" else "BBB"  # not in the server's cache yet
+    details = {"intervals": ["1m", "1h", "1d"], "type": "candlestick"}
+    saved = [
+        {"source": source, "name": name, "details": {"source": source, "name": name, **details}}
+        for source, name in [
+            ("csv", "GONE"),
+            ("csv", "SECRET"),
+            ("polled", "NONE"),
+            ("polled", polled),
+        ]
+    ]
+    page.context.add_init_script(
+        f"localStorage.setItem('candlewire.watchlist', {json.dumps(json.dumps(saved))})"
+    )
+    down_flag.touch()
+    try:
+        open_page(page, server, "source=csv&s=MINUTE&i=1m")
+        if viewport == "phone":
+            page.locator("#watchlist-toggle").tap()
+        expected = {
+            "GONE": ("not found", "Unknown symbol csv:GONE"),
+            "SECRET": ("no access", "No permission to read csv:SECRET"),
+            "NONE": ("no data", ""),
+            polled: ("unavailable", "ConnectionError"),
+        }
+        for name, (text, why) in expected.items():
+            until(lambda n=name, t=text: (row_text(page, n) or {}).get("last") == t, what=name)
+            assert why in row_text(page, name)["title"], row_text(page, name)
+        browsing.shot(page, f"unserved-watchlist-{viewport}")
+        assert toasts(page) == []
+    finally:
+        down_flag.unlink()
+    # The source is back: the row is asked again and shows the price /api/history gives.
+    until(lambda: row_text(page, polled)["state"] == "ok", timeout=20, what="the price")
+    quote = next(r["quote"] for r in js(page, ROWS) if r["name"] == polled)
+    daily = closes(server, "polled", polled, "1d")
+    assert quote["value"] == daily[max(daily)]
+    assert row_text(page, "GONE")["last"] == "not found", "a refusal is not asked again"
+    assert console == []

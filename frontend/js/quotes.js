@@ -6,6 +6,10 @@
 // A symbol watched before its intervals are known (a chart opened from a link) waits for
 // them (`learn`, from the chart's data_init) rather than asking for a 1d series it may not
 // offer (the server's refusal showed as a toast); after GUESS_AFTER_MS it asks for 1d.
+// A quote's `state` says what there is to show: "loading" (no answer yet), "ok" (a price),
+// "nodata" (the source has no bars) or "failed" (`problem`: the server refused or could not
+// serve it: unknown symbol, no access, source unavailable). The refusal is the row's to show
+// (no toast). What may pass (a source down, a budget spent) is asked again after a while.
 
 import { closeOf, convertAll, converter } from "./bars.js";
 import { change, formatPrice, precisionFor } from "./format.js";
@@ -16,6 +20,15 @@ export const quoteId = (source, name) => `${source}:${name}`;
 export const REFERENCE_TEXT = "Change vs the previous daily close";
 
 const GUESS_AFTER_MS = 5000;
+// Refusals that say the symbol is not served at all (a price held from before is stale).
+const REFUSED = new Set(["unknown_symbol", "unknown_source", "unknown_interval", "forbidden"]);
+// Failures that may pass: asked again after RETRY_MS, doubling up to RETRY_MAX_MS (a
+// rate_limited refusal says when itself).
+const PASSING = new Set([
+  "provider_unavailable", "provider_error", "internal_error", "rate_limited", "max_connections",
+]);
+const RETRY_MS = 5000;
+const RETRY_MAX_MS = 300000;
 
 export class Quotes extends EventTarget {
   constructor(feed) {
@@ -34,13 +47,13 @@ export class Quotes extends EventTarget {
       return;
     }
     const entry = {
-      id, source, name, details: null, interval: null, bars: [], users: 1, unavailable: false,
-      convert: null, timer: null,
+      id, source, name, details: null, interval: null, bars: [], users: 1, problem: null,
+      answered: false, convert: null, timer: null, retryTimer: null, retries: 0,
     };
     entry.consumer = {
       onInit: (m) => this.onInit(entry, m),
       onUpdate: (m) => this.onUpdate(entry, m),
-      onError: () => { entry.unavailable = true; this.emit(entry); },
+      onError: (m) => this.onError(entry, m),
     };
     this.entries.set(id, entry);
     if (details) this.learn(source, name, details);
@@ -66,7 +79,8 @@ export class Quotes extends EventTarget {
     }
     entry.interval = interval;
     entry.bars = [];
-    entry.unavailable = false;
+    this.settle(entry);
+    entry.answered = false;
     entry.convert = converter(entry.source, entry.name, interval,
       entry.details?.type || "candlestick");
     this.feed.subscribe(entry.source, entry.name, interval, entry.consumer, 2);
@@ -79,21 +93,31 @@ export class Quotes extends EventTarget {
     if (entry.users > 0) return;
     this.entries.delete(entry.id);
     clearTimeout(entry.timer);
+    clearTimeout(entry.retryTimer);
     if (entry.interval) {
       this.feed.unsubscribe(entry.source, entry.name, entry.interval, entry.consumer);
     }
   }
 
-  /** {price, value, change: {text, pct, direction}, unavailable} of a symbol, or null. */
+  /**
+   * {state, problem, price, value, change: {text, pct, direction}} of a symbol, or null;
+   * without a price (price null) the state says why. `problem` ({code, message}) may stand
+   * beside a price held from before (the last request failed).
+   */
   get(source, name) {
     const entry = this.entries.get(quoteId(source, name));
     if (!entry) return null;
     const last = entry.bars[entry.bars.length - 1];
-    if (entry.unavailable || !last) return { unavailable: entry.unavailable, price: null };
+    const { problem } = entry;
+    if (!last) {
+      const state = problem ? "failed" : entry.answered ? "nodata" : "loading";
+      return { state, problem, price: null };
+    }
     const base = entry.bars.length > 1 ? closeOf(entry.bars[0]) : last.open ?? null;
     const precision = precisionFor(entry.details, entry.bars);
     return {
-      unavailable: false,
+      state: "ok",
+      problem,
       value: closeOf(last),
       price: formatPrice(closeOf(last), precision),
       change: change(closeOf(last), base, precision),
@@ -108,10 +132,54 @@ export class Quotes extends EventTarget {
         entry.details.type || "candlestick");
     }
     const bars = convertAll(message.data, entry.convert).filter((b) => closeOf(b) !== null);
-    if (!bars.length) return;
-    entry.unavailable = false;
+    const first = !entry.answered;
+    entry.answered = true;
+    if (!bars.length) {
+      if (first) this.emit(entry); // "nodata", unless a refusal says more (it comes next)
+      return;
+    }
+    this.settle(entry);
     entry.bars = bars.slice(-2);
     this.emit(entry);
+  }
+
+  /**
+   * The server did not serve the quote's series: the row says why (true: taken in hand, no
+   * toast). Only refusals of its own `data` request: a chart's scroll-back on the same
+   * series failing says nothing about the quote.
+   */
+  onError(entry, message) {
+    const request = message.request;
+    if (request?.type !== "data" || request.interval !== entry.interval) return false;
+    const code = message.code || "error";
+    entry.problem = { code, message: message.message || code };
+    if (REFUSED.has(code)) entry.bars = [];
+    clearTimeout(entry.retryTimer);
+    entry.retryTimer = null;
+    if (PASSING.has(code)) {
+      const wait = code === "rate_limited" && Number.isFinite(message.retry_after)
+        ? Math.max(message.retry_after * 1000, 1000)
+        : Math.min(RETRY_MS * 2 ** entry.retries, RETRY_MAX_MS);
+      entry.retryTimer = setTimeout(() => this.retry(entry), wait);
+    }
+    this.emit(entry);
+    return true;
+  }
+
+  /** Ask again for a series whose request failed in a way that may pass. */
+  retry(entry) {
+    entry.retryTimer = null;
+    if (this.entries.get(entry.id) !== entry || !entry.problem || !entry.interval) return;
+    entry.retries += 1;
+    this.feed.subscribe(entry.source, entry.name, entry.interval, entry.consumer, 2);
+  }
+
+  /** Bars came: whatever failed before is over. */
+  settle(entry) {
+    entry.problem = null;
+    entry.retries = 0;
+    clearTimeout(entry.retryTimer);
+    entry.retryTimer = null;
   }
 
   onUpdate(entry, message) {
@@ -119,7 +187,7 @@ export class Quotes extends EventTarget {
     const bar = entry.convert(message.data);
     const last = entry.bars[entry.bars.length - 1];
     if (!bar || closeOf(bar) === null || (last && bar.time < last.time)) return;
-    entry.unavailable = false;
+    this.settle(entry);
     if (last && bar.time === last.time) entry.bars[entry.bars.length - 1] = bar;
     else entry.bars = [...entry.bars, bar].slice(-2);
     this.emit(entry);

@@ -1,9 +1,10 @@
 // Watchlist: the symbols opened in any chart (kept in localStorage), each with its last price
 // and its change vs the previous daily close, updating live from the shared Quotes (the same
-// figures as the chart headers). Clicking a row opens the symbol in the active chart.
+// figures as the chart headers), or what stands in their way (a symbol gone, a source down,
+// one the token may not read, no bars). Clicking a row opens the symbol in the active chart.
 
 import { keepFocus, span } from "./dom.js";
-import { displayName } from "./format.js";
+import { displayName, sentence, unservedText } from "./format.js";
 import { quoteId } from "./quotes.js";
 
 const STORAGE_KEY = "candlewire.watchlist";
@@ -119,7 +120,8 @@ export class Watchlist {
       li.tabIndex = 0; // reachable with Tab; Enter or Space opens it (onKey)
       const label = entry.details?.name_label || "";
       const source = entry.details?.source_label || entry.source;
-      li.title = [entry.name, label, source].filter(Boolean).join(" · ");
+      entry.title = [entry.name, label, source].filter(Boolean).join(" · ");
+      li.title = entry.title;
       entry.lastEl = span("wl-last");
       entry.changeEl = span("wl-change");
       const remove = document.createElement("button");
@@ -151,11 +153,20 @@ export class Watchlist {
     if (!entry.el) return;
     const { lastEl, changeEl } = entry;
     const quote = this.quotes.get(entry.source, entry.name);
-    if (!quote || quote.price === null) {
-      lastEl.textContent = quote?.unavailable ? "n/a" : "…";
+    // A failed request is said in the row's tooltip, and instead of the price when there is
+    // none (not found, no access, unavailable, no data); "…" only while the answer is due.
+    const problem = quote?.problem ? sentence(quote.problem.message) : "";
+    entry.el.title = [entry.title, problem].filter(Boolean).join("\n");
+    const state = quote?.price === null || !quote ? quote?.state || "loading" : "ok";
+    entry.el.dataset.state = state;
+    if (state !== "ok") {
+      lastEl.textContent = { failed: unservedText(quote?.problem?.code), nodata: "no data" }[state]
+        || "…";
+      lastEl.title = state === "loading" ? "Waiting for the server" : problem || "No bars";
       changeEl.textContent = "";
       return;
     }
+    lastEl.title = "";
     if (entry.shown !== null && entry.shown !== quote.value) {
       const flash = quote.value > entry.shown ? "flash-up" : "flash-down";
       entry.el.classList.remove("flash-up", "flash-down");
