@@ -9,7 +9,7 @@ from __future__ import annotations
 from playwright.sync_api import Browser
 
 from tests.browsing import browser
-from tests.harness import ServerProcess
+from tests.harness import ServerProcess, until
 from tests.test_access_e2e import server, token
 from tests.test_browser import wait_for_bars
 
@@ -28,11 +28,51 @@ def test_the_page_opened_with_a_token_streams_and_without_one_cannot(
         badge = page.locator("#badge")
         badge.wait_for()
         page.wait_for_function("document.querySelector('#badge').textContent.includes('Live')")
-        refused = context.new_page()
-        refused.goto(f"{server.url}/?source=counting&s=AAA&i=1m")
-        refused.wait_for_function(  # the upgrade was refused: the page retries
+        # Another browser (this one keeps the token it was given, for a reload).
+        elsewhere = browser.new_context(viewport={"width": 1200, "height": 800})
+        try:
+            refused = elsewhere.new_page()
+            refused.goto(f"{server.url}/?source=counting&s=AAA&i=1m")
+            refused.wait_for_function(  # the upgrade was refused: the page retries
+                "/Reconnecting|Offline/.test(document.querySelector('#badge').textContent)"
+            )
+            assert refused.evaluate("window.candlewire.charts[0].bars().length") == 0
+        finally:
+            elsewhere.close()
+    finally:
+        context.close()
+
+
+def test_the_page_opened_with_a_token_opens_again_on_a_reload_and_from_a_bookmark(
+    server: ServerProcess, browser: Browser
+) -> None:
+    """The page rewrites its URL with the view only (a shared link must not carry the key),
+    which dropped the token: a reload, or the address bar bookmarked, left the page
+    "Reconnecting" with an empty chart for good. The page keeps the token for the next
+    load."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/?token={token('browser')}&source=counting&s=AAA&i=1m")
+        wait_for_bars(page)
+        until(lambda: "token=" not in page.url, what="the view's URL")
+        bookmark = page.url
+        assert "s=AAA" in bookmark
+        page.reload()
+        wait_for_bars(page)
+        page.wait_for_function("window.candlewire.connection === 'live'")
+        other = context.new_page()
+        other.goto(bookmark)
+        wait_for_bars(other)
+        # A new token in a link replaces the kept one: an expired one is not kept for good.
+        page.goto(f"{server.url}/?token={token('browser', seconds_left=-60)}&s=AAA")
+        page.wait_for_function(
             "/Reconnecting|Offline/.test(document.querySelector('#badge').textContent)"
         )
-        assert refused.evaluate("window.candlewire.charts[0].bars().length") == 0
+        page.goto(bookmark)
+        page.wait_for_function(
+            "/Reconnecting|Offline/.test(document.querySelector('#badge').textContent)"
+        )
+        assert page.evaluate("window.candlewire.charts[0].bars().length") == 0
     finally:
         context.close()

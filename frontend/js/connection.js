@@ -1,16 +1,35 @@
-// The WebSocket to the hub: connect, reconnect with backoff, keep alive, report the state.
-// It knows nothing about charts: it emits "open", "message" (one parsed server frame) and
-// "state" events; Feed (feed.js) decides what to send.
+// The WebSocket to the hub: connect (with the page's access token, kept in localStorage),
+// reconnect with backoff, keep alive, report the state. It knows nothing about charts: it
+// emits "open", "message" (one parsed server frame) and "state" events; Feed (feed.js)
+// decides what to send.
 
 const PING_EVERY_MS = 15000;
 const SILENCE_LIMIT_MS = 40000; // a ping unanswered (no frame at all) for this long: reconnect
 const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
 const PROBE_MS = 5000; // back online with the socket still open: a frame within this, or reconnect
 
+const TOKEN_KEY = "candlewire.token";
+
+/**
+ * The page's access token (AUTH=token or jwt): the `token` of the page's URL, kept in
+ * localStorage, else the one kept from before. The address bar loses it with the first
+ * rewrite of the URL (url-state.js writes the view only, so a shared link does not carry
+ * the key): a reload, a bookmark or another tab of the page then uses the kept one.
+ */
+export function pageToken(loc = window.location, storage = window.localStorage) {
+  const given = new URLSearchParams(loc.search).get("token");
+  try {
+    if (given) storage.setItem(TOKEN_KEY, given);
+    return given || storage.getItem(TOKEN_KEY);
+  } catch {
+    return given; // storage refused (private mode): only a token in the URL counts
+  }
+}
+
 export function hubUrl(loc = window.location) {
   // With AUTH=token or jwt the page is opened as /?token=...: browsers cannot set headers
   // on a WebSocket, so the token goes with the upgrade as a query parameter.
-  const token = new URLSearchParams(loc.search).get("token");
+  const token = pageToken(loc);
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
   return (loc.protocol === "https:" ? "wss:" : "ws:") + "//" + loc.host + "/websocket/" + query;
 }
