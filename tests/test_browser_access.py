@@ -76,3 +76,28 @@ def test_the_page_opened_with_a_token_opens_again_on_a_reload_and_from_a_bookmar
         assert page.evaluate("window.candlewire.charts[0].bars().length") == 0
     finally:
         context.close()
+
+
+def test_a_page_the_server_refuses_says_so_and_connects_once_given_a_token(
+    server: ServerProcess, browser: Browser
+) -> None:
+    """Opened without a token (or with a wrong or expired one), the page said
+    "Reconnecting", then "Offline", over a chart "Loading…" for good, though the network
+    and the server were up. It now says the server refuses it and how to open it; given a
+    token in another tab, it connects with it at its next attempt."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/?source=counting&s=AAA&i=1m")
+        page.wait_for_function("window.candlewire.connection === 'refused'")
+        assert page.locator("#badge").inner_text().strip() == "Refused"
+        message = page.locator(".panel-message").inner_text()
+        assert "refuses this page's connection" in message and "/?token=" in message, message
+        other = context.new_page()
+        other.goto(f"{server.url}/?token={token('browser')}&source=counting&s=BBB&i=1m")
+        wait_for_bars(other)
+        page.wait_for_function("window.candlewire.connection === 'live'", timeout=30_000)
+        wait_for_bars(page)
+        assert page.locator(".panel-message").is_hidden()
+    finally:
+        context.close()

@@ -7,6 +7,8 @@ const PING_EVERY_MS = 15000;
 const SILENCE_LIMIT_MS = 40000; // a ping unanswered (no frame at all) for this long: reconnect
 const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badge says offline
 const PROBE_MS = 5000; // back online with the socket still open: a frame within this, or reconnect
+const REFUSED_AFTER = 2; // sockets in a row that never opened before /health is asked
+const PROBE_EVERY = 5; // then every this many, while /health does not answer
 
 const TOKEN_KEY = "candlewire.token";
 
@@ -42,6 +44,9 @@ export class Connection extends EventTarget {
     this.maxDelay = maxDelay;
     this.delay = minDelay;
     this.failures = 0;
+    this.unopened = 0; // sockets in a row that never opened
+    this.suspect = false; // /health answered after the last of them that was checked
+    this.refused = false;
     this.state = "connecting";
     this.ws = null;
     this.retryTimer = null;
@@ -80,13 +85,18 @@ export class Connection extends EventTarget {
     this.retryTimer = null;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(typeof this.url === "function" ? this.url() : this.url);
     } catch (err) {
       this.scheduleRetry();
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
+      this.unopened = 0;
+      this.suspect = false;
+      this.refused = false;
       this.delay = this.minDelay;
       this.failures = 0;
       this.lastFrameAt = Date.now();
@@ -98,9 +108,34 @@ export class Connection extends EventTarget {
       if (this.ws !== ws) return;
       this.ws = null;
       this.dispatchEvent(new Event("close"));
+      if (!opened) this.checkRefusal();
       this.scheduleRetry();
     };
     ws.onerror = () => {}; // onclose follows and handles it
+  }
+
+  /**
+   * A socket that never opened: the server down (restarting), the network gone, or the
+   * server refusing the upgrade (an access token missing, wrong or expired; the browser
+   * does not tell which). The page asks `/health` at the REFUSED_AFTER-th such attempt in a
+   * row and every PROBE_EVERY-th after it (each failed ask is a console line while the
+   * server is down), and at the attempt after one it answered: when it answered both, the
+   * server is up and refuses this page, and the state is "refused", not "reconnecting" or
+   * "offline" (attempts go on: a token may be given in another tab).
+   */
+  checkRefusal() {
+    this.unopened += 1;
+    const due = this.suspect || this.unopened === REFUSED_AFTER
+      || (this.unopened > REFUSED_AFTER && (this.unopened - REFUSED_AFTER) % PROBE_EVERY === 0);
+    if (!due) return;
+    fetch(new URL("/health", window.location.href), { cache: "no-store" })
+      .then((r) => r.ok, () => false)
+      .then((up) => {
+        if (this.isOpen) return;
+        this.refused = up && this.suspect;
+        this.suspect = up;
+        if (this.refused && navigator.onLine) this.setState("refused");
+      });
   }
 
   receive(text) {
@@ -125,8 +160,8 @@ export class Connection extends EventTarget {
   scheduleRetry() {
     if (this.retryTimer !== null) return;
     this.failures += 1;
-    const offline = !navigator.onLine || this.failures > OFFLINE_AFTER_FAILURES;
-    this.setState(offline ? "offline" : "reconnecting");
+    const offline = !navigator.onLine || (this.failures > OFFLINE_AFTER_FAILURES && !this.refused);
+    this.setState(offline ? "offline" : this.refused ? "refused" : "reconnecting");
     const wait = this.delay;
     this.delay = Math.min(this.delay * 2, this.maxDelay);
     this.retryAt = Date.now() + wait;

@@ -9,7 +9,7 @@ import { AlertMenu, AlertPanel } from "./alert-panel.js";
 import { AlertBook } from "./alerts.js";
 import { CHART_TYPES, PRICE_SCALES, drawnType, typesFor } from "./chart-types.js";
 import { ComparePicker } from "./compare-picker.js";
-import { Connection, hubUrl } from "./connection.js";
+import { Connection, hubUrl, pageToken } from "./connection.js";
 import { WatchlistPanel } from "./drawer.js";
 import { Feed } from "./feed.js";
 import { displayName, sentence } from "./format.js";
@@ -20,7 +20,7 @@ import { SymbolSearch } from "./search.js";
 import { installTestHook } from "./test-hook.js";
 import { applyPageTheme } from "./theme.js";
 import { Toasts } from "./toast.js";
-import { Badge, ChoiceMenu, IntervalPicker } from "./toolbar.js";
+import { Badge, ChoiceMenu, IntervalPicker, REFUSED_TEXT } from "./toolbar.js";
 import { readState, writeState } from "./url-state.js";
 import { Watchlist } from "./watchlist.js";
 import { Workspace } from "./workspace.js";
@@ -31,7 +31,8 @@ const $ = (selector) => document.querySelector(selector);
 const state = readState();
 applyPageTheme(state.theme);
 
-const connection = new Connection(hubUrl());
+pageToken(); // keep the URL's token before the URL is rewritten (saveUrl)
+const connection = new Connection(() => hubUrl()); // each attempt: the token kept now
 const feed = new Feed(connection);
 const quotes = new Quotes(feed);
 const toasts = new Toasts($("#toasts"));
@@ -263,7 +264,15 @@ document.addEventListener("keydown", (event) => {
 
 // ------------------------------------------------------------------ connection
 
-connection.addEventListener("state", (e) => badge.show(e.detail, connection));
+connection.addEventListener("state", (e) => {
+  badge.show(e.detail, connection);
+  if (e.detail !== "refused") return;
+  // Charts still waiting for their first bars say why they wait (the badge alone said
+  // "Reconnecting", then "Offline", over "Loading…").
+  for (const panel of workspace.panels) {
+    if (!panel.bars.length) panel.showMessage("Not allowed to connect", "error", REFUSED_TEXT);
+  }
+});
 connection.addEventListener("open", () => fillEmptyPanels());
 feed.addEventListener("error", (e) => {
   const m = e.detail;

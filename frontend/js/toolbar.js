@@ -89,7 +89,11 @@ const BADGE_TEXT = {
   live: "Live",
   reconnecting: "Reconnecting",
   offline: "Offline",
+  refused: "Refused",
 };
+
+export const REFUSED_TEXT = "The server refuses this page's connection: its access token is"
+  + " missing, wrong or expired. Open the page as `/?token=<key>`.";
 
 export class Badge {
   constructor(el) {
@@ -102,6 +106,8 @@ export class Badge {
     this.textEl.textContent = BADGE_TEXT[state] || state;
     if (state === "live") {
       this.el.title = "Connected to the server; charts update live";
+    } else if (state === "refused") {
+      this.el.title = REFUSED_TEXT.replaceAll("`", "");
     } else if (connection && connection.retryAt) {
       const secs = Math.max(0, Math.round((connection.retryAt - Date.now()) / 1000));
       this.el.title = `Connection lost; next attempt in ${secs} s (charts resume by themselves)`;
