@@ -169,6 +169,26 @@ def test_the_indicator_compare_and_alert_boxes_hand_the_keyboard_back_to_their_b
     assert console == []
 
 
+def test_an_indicator_typed_and_entered_at_once_is_the_one_typed(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Typing "macd" and Enter at once (before the debounced search of "macd" answered)
+    added the first row of the list still shown, the catalogue's first entries for the
+    empty box (RSI): the symbol search waits for the typed text's results, the indicator
+    box did not."""
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    page.locator("#indicator-button").click()
+    page.wait_for_function("document.querySelectorAll('#indicator-results li[data-i]').length")
+    first = page.evaluate("document.querySelector('#indicator-results li .sr-symbol').textContent")
+    assert first != "MACD", "the empty box lists another entry first"
+    page.keyboard.type("macd")
+    page.keyboard.press("Enter")
+    until(lambda: len(indicators(page)) == 1, what="an indicator added")
+    assert indicators(page)[0]["id"].endswith(".MACD"), indicators(page)
+    assert page.evaluate("document.activeElement.id") == "indicator-button"
+    assert console == []
+
+
 # Reads whether a picker's box is still open, and where focus is, once the 150 ms close
 # delay that a blur of its input starts has run out.
 AFTER_THE_CLOSE_DELAY = """(box) => new Promise((done) => setTimeout(() => done({

@@ -20,6 +20,7 @@ export class IndicatorPicker {
     this.selected = 0;
     this.seq = 0;
     this.timer = null;
+    this.shown = null; // the text whose results are listed
     button.addEventListener("click", () => (box.hidden ? this.open() : this.close()));
     input.addEventListener("input", () => {
       clearTimeout(this.timer);
@@ -46,15 +47,20 @@ export class IndicatorPicker {
   }
 
   close() {
+    clearTimeout(this.timer);
+    this.seq += 1; // drop replies still on their way
+    this.shown = null;
     this.box.hidden = true;
     this.button.setAttribute("aria-expanded", "false");
   }
 
   async run() {
     const seq = ++this.seq;
-    const rows = await this.feed.searchIndicators(this.input.value.trim());
+    const text = this.input.value.trim();
+    const rows = await this.feed.searchIndicators(text);
     if (seq !== this.seq) return;
     this.results = rows || [];
+    this.shown = text;
     this.selected = 0;
     this.render(rows === null);
   }
@@ -85,7 +91,18 @@ export class IndicatorPicker {
       this.render(false);
     } else if (event.key === "Enter") {
       event.preventDefault();
-      if (n) {
+      if (this.input.value.trim() !== this.shown) {
+        // Enter before the results of what was typed arrived (typed fast, or within the
+        // debounce): the list is still the one of the text before, so search now, then pick.
+        clearTimeout(this.timer);
+        const seq = this.seq + 1;
+        this.run().then(() => {
+          if (seq === this.seq && !this.box.hidden && this.results.length) {
+            this.pick(0);
+            this.button.focus();
+          }
+        });
+      } else if (n) {
         this.pick(this.selected);
         this.button.focus(); // the keyboard carries on from the button, not from the page top
       }
