@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests import browsing
-from tests.browsing import browser, console, free_port, js, page, viewport
+from tests.browsing import MS, browser, console, free_port, js, page, viewport
 from tests.harness import ServerProcess, base_env, populate, seconds, until
 from tests.test_access_e2e import AUDIENCE, SECRET, token
 
@@ -274,3 +274,37 @@ def test_watchlist_rows_without_a_price_say_why_and_a_source_back_up_fills_its_r
     assert quote["value"] == daily[max(daily)]
     assert row_text(page, "GONE")["last"] == "not found", "a refusal is not asked again"
     assert console == []
+
+
+def test_a_chart_and_a_row_of_a_symbol_gone_after_a_repopulate_say_so_after_the_restart(
+    tmp_path: Path, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A symbol removed (its file deleted, populate.py run, the server restarted) while a
+    page showed it: on the reconnect the chart kept its old bars under a Live badge (only a
+    toast said "Unknown symbol", for six seconds); now the chart says it is no longer
+    served, and so does its watchlist row ("not found")."""
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    write_csv(folder / "GONE.csv", days(datetime(2026, 2, 1, tzinfo=UTC), 31, 50))
+    write_csv(folder / "KEPT.csv", days(datetime(2026, 2, 1, tzinfo=UTC), 31, 70))
+    env = base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0")
+    assert populate(env).returncode == 0
+    running = ServerProcess(env, tmp_path / "server.log", free_port()).start()
+    try:
+        browsing.open_page(page, running, "?source=csv&s=GONE&i=1d")
+        page.wait_for_function("window.candlewire.watchlist[0]?.quote?.state === 'ok'")
+        running.stop()
+        page.wait_for_function("window.candlewire.connection !== 'live'")
+        (folder / "GONE.csv").unlink()
+        assert populate(env).returncode == 0
+        running.start()
+        page.wait_for_function("window.candlewire.charts[0].message", timeout=seconds(20) * MS)
+        message = page.locator(".panel-message").inner_text()
+        assert "GONE is no longer served" in message and "Unknown symbol csv:GONE" in message
+        until(lambda: row_text(page, "GONE")["last"] == "not found", what="the row")
+        assert toasts(page) == []
+        browsing.shot(page, f"unserved-gone-after-repopulate-{viewport}")
+    finally:
+        running.stop()
+    errors = [e for e in console if "WebSocket" not in e and "ERR_CONNECTION_REFUSED" not in e]
+    assert errors == []  # but the refused reconnect attempts while the server was down

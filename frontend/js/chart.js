@@ -23,7 +23,9 @@ import { IndicatorLayer } from "./indicators.js";
 import { formatLeft, secondsLeft } from "./countdown.js";
 import { element, richText } from "./dom.js";
 import { ViewEdges, clampRange } from "./edges.js";
-import { decimalsOf, formatTime, precisionFor, sentence, tickMark } from "./format.js";
+import {
+  NOT_SERVED, decimalsOf, formatTime, precisionFor, sentence, tickMark,
+} from "./format.js";
 import { isIntraday, nearest, seconds as intervalSeconds } from "./intervals.js";
 import { renderLegend } from "./legend.js";
 import { PanelHead } from "./panel-head.js";
@@ -346,6 +348,15 @@ export class ChartPanel extends EventTarget {
       }
       this.showMessage(this.errorText, "error", "Pick another symbol with the search box above.");
     }
+    if (this.bars.length && failed?.type === "data" && failed.name === this.name
+      && failed.interval === this.interval && NOT_SERVED.has(message.code)) {
+      // Its bars held from before (a reconnect after a repopulate without the symbol, a
+      // token that may no longer read it) are not the symbol's any more: say so over them.
+      this.showMessage(`${this.name} is no longer served here`, "error",
+        `${this.errorText}. Pick another symbol with the search box above.`);
+      return true; // said on the chart: no toast
+    }
+    return false;
   }
 
   /**

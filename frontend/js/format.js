@@ -127,5 +127,10 @@ const UNSERVED = {
   limit_reached: "limit reached",
 };
 
+/** Refusals that say the symbol is not served at all (not found, or not for this token): a
+ * price or bars held from before are stale. */
+export const NOT_SERVED = new Set(["unknown_symbol", "unknown_source", "unknown_interval",
+  "forbidden"]);
+
 /** The short state shown for a symbol the server did not serve (error `code`). */
 export const unservedText = (code) => UNSERVED[code] || "unavailable";

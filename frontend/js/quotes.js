@@ -12,7 +12,7 @@
 // (no toast). What may pass (a source down, a budget spent) is asked again after a while.
 
 import { closeOf, convertAll, converter } from "./bars.js";
-import { change, formatPrice, precisionFor } from "./format.js";
+import { NOT_SERVED, change, formatPrice, precisionFor } from "./format.js";
 import { nearest } from "./intervals.js";
 
 export const quoteId = (source, name) => `${source}:${name}`;
@@ -20,8 +20,6 @@ export const quoteId = (source, name) => `${source}:${name}`;
 export const REFERENCE_TEXT = "Change vs the previous daily close";
 
 const GUESS_AFTER_MS = 5000;
-// Refusals that say the symbol is not served at all (a price held from before is stale).
-const REFUSED = new Set(["unknown_symbol", "unknown_source", "unknown_interval", "forbidden"]);
 // Failures that may pass: asked again after RETRY_MS, doubling up to RETRY_MAX_MS (a
 // rate_limited refusal says when itself).
 const PASSING = new Set([
@@ -153,7 +151,7 @@ export class Quotes extends EventTarget {
     if (request?.type !== "data" || request.interval !== entry.interval) return false;
     const code = message.code || "error";
     entry.problem = { code, message: message.message || code };
-    if (REFUSED.has(code)) entry.bars = [];
+    if (NOT_SERVED.has(code)) entry.bars = []; // stale
     clearTimeout(entry.retryTimer);
     entry.retryTimer = null;
     if (PASSING.has(code)) {
