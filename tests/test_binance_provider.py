@@ -512,6 +512,33 @@ def test_a_drop_while_a_subscribe_awaits_its_answer_does_not_give_up_live_subscr
         assert "takes no live SUBSCRIBE" not in caplog.text
 
 
+def test_one_slow_answer_to_a_subscribe_does_not_put_the_streams_in_the_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A loaded Binance answered one SUBSCRIBE later than ``answer_timeout``: the connection
+    took it for a server without live SUBSCRIBE and named its streams in the URL for good,
+    so every later chart reopened the socket (and fetched its gap by REST). Now the streams
+    are sent again once; the late answer shows the server takes SUBSCRIBE."""
+
+    def streamed(name: str) -> bool:
+        symbol, interval = name.split("@kline_")
+        return any(e["s"].lower() == symbol and e["k"]["i"] == interval for e in recorder.events)
+
+    with FakeBinance(push_interval=0.1) as fake:
+        fake.answer_delay = 1.5  # the answer (and the subscription) come after 1.5 s
+        recorder = Recorder()
+        with running(recorder.manager(fake, answer_timeout=1.0)) as manager:
+            manager.subscribe(["btcusdt@kline_1m"])
+            assert fake.wait_for(lambda: streamed("btcusdt@kline_1m"), timeout=10)
+            fake.answer_delay = 0.0
+            manager.subscribe(["ethusdt@kline_1m"])
+            assert fake.wait_for(lambda: streamed("ethusdt@kline_1m"), timeout=10)
+            assert fake.streams_per_connection() == {1: 2}
+        assert [c.path for c in fake.connections] == ["/stream"]
+        assert "takes no live SUBSCRIBE" not in caplog.text
+        assert fake.violations == []
+
+
 def test_a_new_stream_in_the_url_resumes_only_itself_not_every_stream_carried() -> None:
     """Each new stream reopens a URL-mode socket, the old one delivering until the new one
     is up; every stream of the connection was reported as resumed, so the provider fetched

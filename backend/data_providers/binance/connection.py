@@ -12,10 +12,13 @@ cannot send live SUBSCRIBE frames). It
 * on ``serverShutdown`` and before Binance's 24-hour cut, opens the new socket and
   subscribes it before closing the old one;
 * falls back to naming its streams in the URL (``stream?streams=a/b``) for a server that
-  takes no live SUBSCRIBE (one that never answers it within ``answer_timeout``, closes the
-  socket right after it on two sockets in a row, or refuses a ``/stream`` URL without
-  streams, as simpler relays and emulators of Binance do): from then on a new stream
-  reopens the socket with the new list, the new socket first, as a renewal does.
+  takes no live SUBSCRIBE (one that never answers it: two SUBSCRIBE frames in a row, the
+  second sent again after the first went ``answer_timeout`` without an answer; one that
+  closes the socket right after it on two sockets in a row; or one that refuses a
+  ``/stream`` URL without streams, as simpler relays and emulators of Binance do): from
+  then on a new stream reopens the socket with the new list, the new socket first, as a
+  renewal does. A server that has answered a SUBSCRIBE of the connection once takes them:
+  a slow answer later (a loaded server) is waited for, never a reason to switch.
 
 It runs on the owner's asyncio loop and does not know about bars, REST or other connections.
 """
@@ -45,6 +48,7 @@ COALESCE_SECONDS = 0.05  # a burst of subscriptions becomes one frame
 REFUSAL_BACKOFF = 1.0  # a refused SUBSCRIBE is sent again after this, doubling ...
 REFUSAL_BACKOFF_MAX = 60.0  # ... up to this
 MAX_UNANSWERED = 256  # SUBSCRIBE frames kept waiting for their answer
+URL_AFTER_TIMEOUTS = 2  # unanswered SUBSCRIBE frames in a row before the streams go in the URL
 MAX_QUEUE = 1024
 
 
@@ -82,6 +86,7 @@ class _Socket:
         # id -> the streams of a SUBSCRIBE not answered yet (a refusal sends them again)
         self.subscribing: dict[int, list[str]] = {}
         self.subscribed_at = 0.0  # when the last SUBSCRIBE was sent
+        self.sent_at: dict[int, float] = {}  # when each SUBSCRIBE of ``subscribing`` was sent
         self.limiter = RollingLimiter(tuning.messages, tuning.message_window)
         self.dirty = asyncio.Event()
         self.synced = asyncio.Event()
@@ -109,6 +114,9 @@ class Connection:
         self.refusals = 0  # SUBSCRIBE frames refused in a row (the retry's backoff)
         self.in_url = False  # the server takes no SUBSCRIBE: streams go in the socket's URL
         self.closed_on_subscribe = 0  # sockets closed in a row with a SUBSCRIBE unanswered
+        self.answered = False  # the server answered a SUBSCRIBE of this connection: it takes them
+        self.timeouts = 0  # SUBSCRIBE frames in a row (each sent after the last one timed out)
+        self.timed_out_at = 0.0  # when the last of them timed out
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
         self.task.add_done_callback(self._ended)
 
@@ -159,7 +167,12 @@ class Connection:
     async def _cycle(self, sock: _Socket) -> _Socket:
         """Serve ``sock`` until it must be replaced; return its replacement."""
         outcome, detail = await self._watch(sock)
-        if outcome is Outcome.DROPPED and not self.in_url and self._unanswered(sock, 0.0):
+        if (
+            outcome is Outcome.DROPPED
+            and not self.in_url
+            and not self.answered
+            and self._unanswered(sock, 0.0)
+        ):
             # Twice in a row, not once: a network drop while Binance's answer is on its way
             # would otherwise send every stream of this connection to the URL for good.
             self.closed_on_subscribe += 1
@@ -362,18 +375,24 @@ class Connection:
                     self.manager.deliver(data)
             case parse.ControlReply(id=reply_id, error=str() as error):
                 logger.warning("binance stream #%d: control frame refused: %s", self.number, error)
-                names = sock.subscribing.pop(reply_id, None) if isinstance(reply_id, int) else None
-                if names:
-                    self.closed_on_subscribe = 0  # an answer: the server takes SUBSCRIBE
+                if isinstance(reply_id, int) and reply_id in sock.subscribing:
+                    names = sock.subscribing.pop(reply_id)
+                    self._answered(sock, reply_id)  # an answer: the server takes SUBSCRIBE
                     self._subscribe_refused(sock, names, error)
             case parse.ControlReply(id=answered):
                 if isinstance(answered, int) and answered in sock.subscribing:
                     del sock.subscribing[answered]
-                    self.refusals = self.closed_on_subscribe = 0
+                    self._answered(sock, answered)
+                    self.refusals = 0
             case parse.ServerShutdown():
                 sock.end(Outcome.SHUTDOWN, "serverShutdown received")
             case _:
                 pass
+
+    def _answered(self, sock: _Socket, request_id: int) -> None:
+        sock.sent_at.pop(request_id, None)
+        self.answered = True
+        self.closed_on_subscribe = self.timeouts = 0
 
     def _subscribe_refused(self, sock: _Socket, names: list[str], error: str) -> None:
         """Binance refused a SUBSCRIBE: its clients are told, and it is sent again after a
@@ -406,11 +425,46 @@ class Connection:
         age = time.monotonic() - sock.subscribed_at
         return older_than <= age and (older_than > 0 or age < self.tuning.answer_timeout)
 
-    def _check_answered(self, sock: _Socket) -> None:
+    def _check_answered(self, sock: _Socket, request_id: int) -> None:
+        """SUBSCRIBE ``request_id`` was sent ``answer_timeout`` ago: if it is unanswered
+        and no SUBSCRIBE of this connection ever was, send its streams again; a second
+        frame in a row without an answer makes the connection name its streams in the URL.
+
+        One slow answer is no proof: a loaded Binance can take longer than
+        ``answer_timeout``, and the URL mode is kept for good (every new stream then
+        reopens the socket). A server that answered once takes SUBSCRIBE: its slow answers
+        are waited for (a dead socket is found by the ping of ``_watch``)."""
+        sent = sock.sent_at.get(request_id)
+        if sent is None or request_id not in sock.subscribing:
+            return  # answered (or forgotten: see MAX_UNANSWERED)
+        if sock.ended.done() or self.in_url:
+            return
         timeout = self.tuning.answer_timeout
-        if not sock.ended.done() and not self.in_url and self._unanswered(sock, timeout):
-            self._use_url(f"no answer to a SUBSCRIBE within {timeout:g} s")
+        if self.answered:
+            logger.info(
+                "binance stream #%d: SUBSCRIBE %d unanswered after %g s; the server answered"
+                " before, so it is waited for",
+                self.number,
+                request_id,
+                timeout,
+            )
+            return
+        if sent < self.timed_out_at:
+            return  # sent before the last timeout: its streams went again with that one's
+        self.timeouts += 1
+        self.timed_out_at = time.monotonic()
+        if self.timeouts >= URL_AFTER_TIMEOUTS:
+            self._use_url(f"no answer to {self.timeouts} SUBSCRIBE frames in a row")
             sock.end(Outcome.URL, "reopening with the streams in the URL")
+            return
+        logger.warning(
+            "binance stream #%d: no answer to a SUBSCRIBE within %g s; sending it again",
+            self.number,
+            timeout,
+        )
+        unanswered = {name for names in sock.subscribing.values() for name in names}
+        sock.sent.difference_update(unanswered)  # the id stays: a late answer still counts
+        self._mark_dirty()
 
     def _use_url(self, why: str) -> None:
         self.in_url = True
@@ -444,10 +498,11 @@ class Connection:
                 if method == "SUBSCRIBE":
                     if len(sock.subscribing) >= MAX_UNANSWERED:
                         sock.subscribing.clear()  # never answered: forget, do not grow
+                        sock.sent_at.clear()
                     sock.subscribing[request_id] = params
-                    sock.subscribed_at = time.monotonic()
+                    sock.subscribed_at = sock.sent_at[request_id] = time.monotonic()
                     asyncio.get_running_loop().call_later(
-                        self.tuning.answer_timeout, self._check_answered, sock
+                        self.tuning.answer_timeout, self._check_answered, sock, request_id
                     )
                 await sock.ws.send(json.dumps(message, separators=(",", ":")))
                 logger.debug("binance stream #%d: %s %d streams", self.number, method, len(params))

@@ -37,7 +37,7 @@ class StreamTuning:
     connect_window: float = 300.0
     open_timeout: float = 10.0
     handover_timeout: float = 30.0
-    answer_timeout: float = 3.0  # a SUBSCRIBE unanswered this long: the server takes none
+    answer_timeout: float = 3.0  # a SUBSCRIBE unanswered this long is sent again (see connection)
 
 
 class RollingLimiter:
