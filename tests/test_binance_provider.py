@@ -345,6 +345,69 @@ async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path:
             await client.close()
 
 
+def stored_bars(db: str, name: str, interval: str) -> dict[int, tuple[Any, ...]]:
+    """The bars of ``binance`` ``(name, interval)`` in the store: time -> (o, h, l, c, v,
+    forming)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT t, o, h, l, c, v, forming FROM bars JOIN bar_series s ON s.id = bars.series"
+            " WHERE s.source = 'binance' AND s.name = ? AND s.interval = ?",
+            (name, interval),
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap_later(
+    tmp_path: Path,
+) -> None:
+    """A 429 on the REST fetch of the bars missed during a reconnect held every live update
+    of the key for the whole Retry-After (and past 120 s the missed bars were never
+    fetched). Now the live updates go on at once, the clients are told, and the missed
+    bars reach the store with their final values once Binance allows."""
+    name, interval, limit = "ETHUSDT", "1m", 10.0
+    with own_exchange(tmp_path, now_ms=frozen_ms(10), push_interval=0.2) as (exchange, running):
+        client = await WsClient.open(running.ws_url)
+        try:
+            await client.send(data(name, interval, count=5))
+            init = await client.wait_for("data_init", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval))
+            m0 = init["data"][-1]["date"]  # forming when the connection drops
+            mark = len(client.messages)
+            exchange.rate_limit(429, retry_after=limit)
+            assert exchange.drop_connections() == 1
+            exchange.advance(3 * 60)  # three bars close while we are away
+            dropped = time.monotonic()
+            newer = await client.wait_for(
+                "data_update", lambda m: m["data"]["date"] > m0, after=mark, timeout=limit
+            )
+            assert time.monotonic() - dropped < limit / 2  # not held for the Retry-After
+            assert newer["data"]["date"] == intervals.format_date(
+                exchange.klines(name, interval, limit=1)[0][0] // 1000
+            )
+            error = await client.wait_for("error", after=mark)
+            assert error["code"] == "rate_limited"
+            assert m0 in error["message"]
+            rows = exchange.klines(
+                name, interval, start_time=intervals.parse_date(m0) * 1000, limit=3
+            )
+            missed = {row[0] // 1000: (*(float(v) for v in row[1:6]), 0) for row in rows}
+            db = str(tmp_path / "candlewire.sqlite3")
+
+            def filled() -> bool:
+                bars = stored_bars(db, name, interval)
+                return all(bars.get(t) == bar for t, bar in missed.items())
+
+            assert await eventually(filled, timeout=limit + seconds(10)), (
+                stored_bars(db, name, interval),
+                missed,
+            )
+            dates = [m["data"]["date"] for m in client.of_type("data_update", mark)]
+            assert dates == sorted(dates)  # no live update went back in time
+        finally:
+            await client.close()
+        assert exchange.violations == []
+
+
 # ------------------------------------------------------------------ rate limits
 
 

@@ -9,7 +9,11 @@ frames, so this is a deliberate departure from "python-binance for streams".
 This module ties the two together. It remembers the last bar seen on every streamed key;
 after a reconnect it fetches the bars missed since then by REST and publishes them (closed
 ones with ``final=True``, oldest first) before any newer live update of that key, so that
-neither the store nor a chart misses a bar. Configuration: ``BINANCE_API_URL``,
+neither the store nor a chart misses a bar. Live updates wait for that fetch at most
+:data:`GAP_HOLD` seconds of REST waiting: when Binance rate-limits (or REST fails), they go
+on and the fetch is put off (:class:`.later.Later`) until it is allowed, then asks only for
+the bars before the first live one published meanwhile, all closed, so that no REST
+snapshot overwrites a newer live bar. Configuration: ``BINANCE_API_URL``,
 ``BINANCE_STREAM_URL``, optional ``BINANCE_API_KEY``/``BINANCE_API_SECRET``.
 """
 
@@ -23,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.data_providers.binance.later import Later
 from backend.data_providers.binance.pacing import StreamTuning
 from backend.data_providers.binance.parse import (
     KlineUpdate,
@@ -35,7 +40,13 @@ from backend.data_providers.binance.parse import (
 )
 from backend.data_providers.binance.rest import RestGate
 from backend.data_providers.binance.stream import StreamManager
-from backend.errors import ProviderError, ProviderFatal, UnknownSymbol
+from backend.errors import (
+    ProviderError,
+    ProviderFatal,
+    ProviderUnavailable,
+    RateLimited,
+    UnknownSymbol,
+)
 from backend.model import intervals
 from backend.model.bars import Bar
 from backend.runtime.provider import Provider, StreamKey
@@ -43,7 +54,9 @@ from backend.runtime.provider import Provider, StreamKey
 logger = logging.getLogger(__name__)
 
 MAX_HISTORY_WAIT = 20.0  # a history call never waits longer than this for the REST budget
-GAP_MAX_WAIT = 120.0  # a gap fill after a reconnect may wait this long
+GAP_HOLD = 5.0  # live updates wait this long at most for a gap fill's REST turn
+GAP_RETRY = 5.0  # a gap fill put off by a REST failure is tried again after this, doubling
+GAP_RETRY_MAX = 300.0  # ... up to this (a rate limit: after its Retry-After)
 GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
 POPULATE_MAX_WAIT = 120.0
 MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
@@ -62,6 +75,11 @@ class _Key:
     # open time of the bar a gap fill left forming: its final values are still owed
     unsettled_ms: int | None = None
     pending: dict[int, KlineUpdate] = field(default_factory=dict)  # by open time
+    # A gap fill put off (REST rate limited or failing) while live updates went on: the open
+    # time of its first bar, and of the first live bar published after it (its end).
+    gap_from_ms: int | None = None
+    gap_to_ms: int | None = None
+    gap_failures: int = 0
 
 
 class BinanceProvider(Provider):
@@ -74,6 +92,7 @@ class BinanceProvider(Provider):
         self._rest_lock = threading.Lock()
         self._streams: StreamManager | None = None
         self._gaps: ThreadPoolExecutor | None = None
+        self._later: Later | None = None
         self._keys: dict[StreamKey, _Key] = {}
         self._by_stream: dict[str, StreamKey] = {}
         self._keys_lock = threading.Lock()  # guards _keys and orders every publish
@@ -87,6 +106,7 @@ class BinanceProvider(Provider):
         settings = self.settings
         self._gate()
         self._gaps = ThreadPoolExecutor(GAP_THREADS, thread_name_prefix="binance-gaps")
+        self._later = Later("binance-later")
         self._streams = StreamManager(
             settings.BINANCE_STREAM_URL,
             self._on_event,
@@ -165,6 +185,8 @@ class BinanceProvider(Provider):
     def shutdown(self) -> None:
         if self._streams is not None:
             self._streams.stop()
+        if self._later is not None:
+            self._later.stop()
         if self._gaps is not None:
             self._gaps.shutdown(wait=False, cancel_futures=True)
         if self._rest is not None:
@@ -206,6 +228,8 @@ class BinanceProvider(Provider):
         t_ms = update.bar[0] * 1000
         if update.final and t_ms == state.unsettled_ms:
             state.unsettled_ms = None
+        if state.gap_from_ms is not None and state.gap_to_ms is None:
+            state.gap_to_ms = t_ms  # the put-off gap fill stops before this bar
         if t_ms <= time.time() * 1000 + MAX_AHEAD_MS:
             state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
         self.publish(key[0], key[1], update.bar, final=update.final)
@@ -245,27 +269,39 @@ class BinanceProvider(Provider):
         With ``watch_close``, the last bar fetched, if still forming, is remembered as
         unsettled: the subscription may go live only after that bar closed (the REST answer
         came first), and then its final kline never comes; the first live kline of a newer
-        bar fetches it again (once: that fetch runs on a live subscription)."""
+        bar fetches it again (once: that fetch runs on a live subscription).
+
+        The REST call waits at most :data:`GAP_HOLD` for its turn (the key's live updates
+        wait meanwhile); one that would wait longer (a 429/418 Retry-After, the weight
+        budget) or fails for now is put off (:meth:`_put_off`) and the updates go on."""
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None:
+                return
+            since = state.gap_from_ms
+            if since is None:
+                since = state.last_open_ms
+            if since is None:
+                since = intervals.floor(state.subscribed_ms // 1000, key[1]) * 1000
         try:
-            rows = self._missed_rows(key)
+            rows = self._missed_rows(key, since, None)
+        except ProviderUnavailable as exc:
+            self._put_off(key, since, exc)
+            return
         except Exception:  # never leave a key holding its updates: log and release it
             logger.exception("binance: gap fill of %s %s failed", *key)
             rows = []
         self._finish_gap(key, rows, watch_close)
 
-    def _missed_rows(self, key: StreamKey) -> list[list[Any]]:
+    def _missed_rows(self, key: StreamKey, since: int, end: int | None) -> list[list[Any]]:
+        """The kline rows of ``key`` from ``since`` (to ``end``); ``ProviderUnavailable``
+        when REST cannot answer within :data:`GAP_HOLD`. Other errors are told to the
+        key's clients and give no rows."""
         symbol, interval = key
-        with self._keys_lock:
-            state = self._keys.get(key)
-            if state is None:
-                return []
-            since = state.last_open_ms
-            if since is None:
-                since = intervals.floor(state.subscribed_ms // 1000, interval) * 1000
         try:
-            rows = self._gate().klines(
-                symbol, interval, since, None, time.monotonic() + GAP_MAX_WAIT
-            )
+            rows = self._gate().klines(symbol, interval, since, end, time.monotonic() + GAP_HOLD)
+        except ProviderUnavailable:
+            raise
         except ProviderError as exc:
             logger.warning("binance: bars missed on %s %s not fetched: %s", symbol, interval, exc)
             self.notify(symbol, interval, exc.code, f"bars missed during a reconnect: {exc}")
@@ -275,6 +311,82 @@ class BinanceProvider(Provider):
         )
         return rows
 
+    def _put_off(self, key: StreamKey, since: int, exc: ProviderUnavailable) -> None:
+        """REST cannot fetch ``key``'s gap now: release the live updates held for it (the
+        put-off fill ends before the first of them) and try again when allowed."""
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None:
+                return
+            told = state.gap_from_ms is not None
+            state.gap_from_ms = since
+            state.gap_failures += 1
+            failures = state.gap_failures
+            state.unsettled_ms = None
+            self._release_held(key, state)
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            delay = exc.retry_after + 0.5
+        else:
+            delay = min(GAP_RETRY_MAX, GAP_RETRY * 2 ** (failures - 1))
+        at = intervals.format_date(since // 1000)
+        logger.log(
+            logging.INFO if told else logging.WARNING,
+            "binance: bars of %s %s since %s not fetched yet (%s); live updates go on, the"
+            " gap is fetched in %.0f s",
+            *key,
+            at,
+            exc,
+            delay,
+        )
+        if not told:
+            self.notify(
+                *key,
+                exc.code,
+                f"bars since {at} missed during a reconnect are fetched when Binance allows"
+                f" (in {delay:.0f} s); live updates go on meanwhile: {exc}",
+            )
+        if self._later is not None:
+            self._later.at(time.monotonic() + delay, ("gap", key), lambda: self._retry_gap(key))
+
+    def _retry_gap(self, key: StreamKey) -> None:
+        """The timer: fetch a put-off gap. Bounded by the first live bar published since,
+        it holds no live update; without one (a quiet key) it is an ordinary gap fill."""
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None or state.gap_from_ms is None or state.resuming:
+                return  # gone, or a fill running now fetches from gap_from_ms anyway
+            start, end = state.gap_from_ms, state.gap_to_ms
+            if end is not None and end <= start:
+                state.gap_from_ms = state.gap_to_ms = None  # the stream had it all
+                state.gap_failures = 0
+                return
+            if end is None:
+                state.resuming = True
+        if self._gaps is None:
+            return
+        if end is None:
+            self._gaps.submit(self._fill_gap, key)
+        else:
+            self._gaps.submit(self._fill_bounded_gap, key, start, end)
+
+    def _fill_bounded_gap(self, key: StreamKey, start: int, end: int) -> None:
+        """Gap thread: the bars of a put-off gap, all older than the live ones published
+        since (``end``, exclusive): published as closed, without holding live updates."""
+        try:
+            rows = self._missed_rows(key, start, end - 1)
+        except ProviderUnavailable as exc:
+            self._put_off(key, start, exc)
+            return
+        with self._keys_lock:
+            state = self._keys.get(key)
+            if state is None or state.gap_from_ms != start:
+                return
+            for row in rows:
+                if int(row[0]) < end:
+                    self.publish(key[0], key[1], row_to_bar(row), final=True)
+            state.gap_from_ms = state.gap_to_ms = None
+            state.gap_failures = 0
+
     def _finish_gap(self, key: StreamKey, rows: list[list[Any]], watch_close: bool = True) -> None:
         """Publish the fetched bars, then the live updates held meanwhile; release the key."""
         now_ms = time.time() * 1000
@@ -283,27 +395,33 @@ class BinanceProvider(Provider):
             if state is None:
                 return
             state.unsettled_ms = None
+            state.gap_from_ms = state.gap_to_ms = None
+            state.gap_failures = 0
             for i, row in enumerate(rows):
                 final = i < len(rows) - 1 or int(row[6]) < now_ms
                 self.publish(key[0], key[1], row_to_bar(row), final=final)
                 state.last_open_ms = max(state.last_open_ms or 0, int(row[0]))
                 if watch_close and not final:
                     state.unsettled_ms = int(row[0])
-            newest = state.last_open_ms
-            held = sorted(t for t in state.pending if newest is None or t * 1000 >= newest)
-            refetch = False
-            for n, t in enumerate(held):
-                if _owes_close(state, t):
-                    refetch = True  # the updates from this one on stay held
-                    state.unsettled_ms = None
-                    state.pending = {u: state.pending[u] for u in held[n:]}
-                    break
-                self._publish_update(key, state, state.pending[t])
-            else:
-                state.pending.clear()
-                state.resuming = False
+            refetch = self._release_held(key, state)
         if refetch and self._gaps is not None:
             self._gaps.submit(self._fill_gap, key, False)
+
+    def _release_held(self, key: StreamKey, state: _Key) -> bool:
+        """Publish the live updates held for ``key`` (lock held), oldest first, from the
+        newest bar seen on; True if one of them owes a refetch (it and the later ones stay
+        held for it, ``_owes_close``)."""
+        newest = state.last_open_ms
+        held = sorted(t for t in state.pending if newest is None or t * 1000 >= newest)
+        for n, t in enumerate(held):
+            if _owes_close(state, t):
+                state.unsettled_ms = None
+                state.pending = {u: state.pending[u] for u in held[n:]}
+                return True
+            self._publish_update(key, state, state.pending[t])
+        state.pending.clear()
+        state.resuming = False
+        return False
 
     # ------------------------------------------------------------------ plumbing
 
