@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from backend import settings as config
+from backend.data_providers import binance as binance_provider
 from backend.data_providers.binance import BinanceProvider, _Key
 from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
 from backend.data_providers.binance.parse import KlineUpdate, stream_name
@@ -31,6 +33,7 @@ from backend.data_providers.binance.rest import RestGate
 from backend.data_providers.binance.stream import StreamManager
 from backend.errors import ProviderUnavailable, RateLimited, UnknownSymbol
 from backend.model import intervals
+from backend.runtime.messages import BarUpdate, Notice
 from tests.fakes.binance import FakeBinance, thread_event_loop
 from tests.fakes.binance_data import DEFAULT_LISTED_AT
 from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
@@ -343,6 +346,86 @@ async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path:
             assert running.get("/health")["providers"]["binance"]["restarts"] == 1
         finally:
             await client.close()
+
+
+async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_relist_works(
+    tmp_path: Path,
+) -> None:
+    """Binance answers -1121 for a symbol gone from exchangeInfo and sends nothing on its
+    streams: the streams stayed subscribed upstream for good and their clients got nothing.
+    Now a -1121 (here: another client's history) drops them and tells their clients; once
+    the symbol is listed again (and populate run), a new client streams it."""
+    name = "ETHBTC"
+    with own_exchange(tmp_path, now_ms=frozen_ms(10), push_interval=0.2) as (exchange, running):
+        chart, other = await WsClient.open(running.ws_url), await WsClient.open(running.ws_url)
+        try:
+            await chart.send(data(name, "1m", count=5))
+            await chart.wait_for("data_update", key_of(name, "1m"))
+            assert exchange.streams_per_connection() == {1: 1}
+            spec = exchange.data.symbols.pop(name)  # delisted: gone from exchangeInfo
+            await other.send(data(name, "1h", count=5, stream=False))
+            await other.wait_for("data_init", key_of(name, "1h"))
+            told = await chart.wait_for("error")
+            assert told["code"] == "unknown_symbol"
+            assert f"{name} is not traded on Binance" in told["message"]
+            assert told["request"] == {"source": "binance", "name": name, "interval": "1m"}
+            assert await eventually(lambda: exchange.open_connections == 0)  # dropped upstream
+            exchange.data.symbols[name] = spec  # listed again
+            assert populate(running.env).returncode == 0
+            again = await WsClient.open(running.ws_url)
+            try:
+                await again.send(data(name, "5m", count=5))
+                update = await again.wait_for("data_update", key_of(name, "5m"), timeout=40)
+                assert [update["data"]] == points(exchange.klines(name, "5m", limit=1), name, "5m")
+            finally:
+                await again.close()
+        finally:
+            await chart.close()
+            await other.close()
+        assert exchange.violations == []
+
+
+def test_a_symbol_that_stops_trading_is_found_by_the_listing_check_and_resumed_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A symbol in BREAK or HALT stays in exchangeInfo (its history still answers) but its
+    streams send nothing: the periodic listing check drops them and tells the clients, and
+    resumes them when the symbol trades again."""
+    monkeypatch.setattr(binance_provider, "LISTING_EVERY", 0.5, raising=False)
+    monkeypatch.setattr(binance_provider, "LISTING_MIN_GAP", 0.2, raising=False)
+    events: list[Any] = []
+    with FakeBinance(now_ms=frozen_ms(10), push_interval=0.1) as fake:
+        provider = BinanceProvider()
+        settings = config.load_settings(
+            PROVIDERS="binance", BINANCE_API_URL=fake.api_url, BINANCE_STREAM_URL=fake.stream_url
+        )
+        provider._attach("binance", settings, events.append)
+        provider.init()
+        try:
+            provider._subscribe(1, "BNBUSDT", "1m")
+            provider._subscribe(1, "BTCUSDT", "1m")
+            assert fake.wait_for(lambda: sorted(fake.streams_per_connection().values()) == [2])
+            spec = fake.data.symbols["BNBUSDT"]
+            fake.data.symbols["BNBUSDT"] = dataclasses.replace(spec, status="HALT")
+            assert fake.wait_for(lambda: any(isinstance(e, Notice) for e in events), timeout=10)
+            notices = [e for e in events if isinstance(e, Notice)]
+            assert [(n.symbol, n.interval, n.code) for n in notices] == [
+                ("BNBUSDT", "1m", "unknown_symbol")
+            ]
+            assert "status HALT" in notices[0].message
+            assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [1])
+            fake.data.symbols["BNBUSDT"] = spec  # trading again
+            assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [2])
+            mark = len(events)
+            assert fake.wait_for(
+                lambda: any(
+                    isinstance(e, BarUpdate) and e.symbol == "BNBUSDT" for e in events[mark:]
+                ),
+                timeout=10,
+            )
+        finally:
+            provider.shutdown()
+        assert fake.violations == []
 
 
 def stored_bars(db: str, name: str, interval: str) -> dict[int, tuple[Any, ...]]:

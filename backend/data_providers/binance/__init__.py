@@ -13,7 +13,15 @@ neither the store nor a chart misses a bar. Live updates wait for that fetch at 
 :data:`GAP_HOLD` seconds of REST waiting: when Binance rate-limits (or REST fails), they go
 on and the fetch is put off (:class:`.later.Later`) until it is allowed, then asks only for
 the bars before the first live one published meanwhile, all closed, so that no REST
-snapshot overwrites a newer live bar. Configuration: ``BINANCE_API_URL``,
+snapshot overwrites a newer live bar.
+
+It also follows which symbols trade. A delisted symbol (``status`` ``BREAK``/``HALT``, or
+gone from ``exchangeInfo``, where REST answers ``-1121 Invalid symbol.``) still takes a
+SUBSCRIBE but sends nothing: its streams are dropped upstream and its clients get an
+``error`` ``unknown_symbol``. It is found by a ``-1121`` answer and by a check of
+``exchangeInfo`` every :data:`LISTING_EVERY` seconds; the same check resumes the streams of a
+symbol that trades again, and a new client of a delisted symbol has it checked first.
+Configuration: ``BINANCE_API_URL``,
 ``BINANCE_STREAM_URL``, optional ``BINANCE_API_KEY``/``BINANCE_API_SECRET``.
 """
 
@@ -33,12 +41,13 @@ from backend.data_providers.binance.parse import (
     KlineUpdate,
     dataset_row,
     kline_update,
+    not_trading,
     parse_query_time,
     row_to_bar,
     rows_to_bars,
     stream_name,
 )
-from backend.data_providers.binance.rest import RestGate
+from backend.data_providers.binance.rest import NotListed, RestGate
 from backend.data_providers.binance.stream import StreamManager
 from backend.errors import (
     ProviderError,
@@ -61,6 +70,9 @@ GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within th
 POPULATE_MAX_WAIT = 120.0
 MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
 QUIET_RESTART = 900.0  # a key without an event is restarted after this (or two bars)
+LISTING_EVERY = 600.0  # the streamed symbols are checked in exchangeInfo this often
+LISTING_SOON = 2.0  # a check asked for (a new client of a delisted symbol) waits this long,
+LISTING_MIN_GAP = 30.0  # ... and comes this long after the last check at the earliest
 _SEVERITY = {"ok": 0, "reconnecting": 1, "rate_limited": 2, "banned": 3}
 
 
@@ -80,6 +92,8 @@ class _Key:
     gap_from_ms: int | None = None
     gap_to_ms: int | None = None
     gap_failures: int = 0
+    upstream: bool = True  # subscribed at Binance (False: its symbol does not trade)
+    told: bool = False  # its clients were told that its symbol does not trade
 
 
 class BinanceProvider(Provider):
@@ -96,6 +110,10 @@ class BinanceProvider(Provider):
         self._keys: dict[StreamKey, _Key] = {}
         self._by_stream: dict[str, StreamKey] = {}
         self._keys_lock = threading.Lock()  # guards _keys and orders every publish
+        # Symbols that do not trade: why, and when that was learnt (monotonic).
+        self._not_trading: dict[str, tuple[str, float]] = {}
+        self._to_check: set[str] = set()  # symbols the next listing check must include
+        self._checked_at = -LISTING_MIN_GAP  # when the last listing check ran (monotonic)
         self._status = {"rest": ("ok", ""), "stream": ("ok", "")}
         self._reported = ("", "")
         self._status_lock = threading.Lock()
@@ -118,6 +136,7 @@ class BinanceProvider(Provider):
         )
         self._streams.start()
         self._set_status("stream", "ok", "")
+        self._later.at(time.monotonic() + LISTING_EVERY, "listing", self._listing_due)
 
     def get_dataset(self) -> Iterable[Mapping[str, Any]]:
         info = self._gate().exchange_info(deadline=time.monotonic() + POPULATE_MAX_WAIT)
@@ -145,30 +164,46 @@ class BinanceProvider(Provider):
             return []
         deadline = time.monotonic() + self._max_wait()
         end_ms = None if end is None else end * 1000
-        rows = self._gate().klines(symbol, interval, start * 1000, end_ms, deadline)
+        try:
+            rows = self._gate().klines(symbol, interval, start * 1000, end_ms, deadline)
+        except NotListed as exc:
+            self._not_listed(symbol, "-1121 Invalid symbol.")
+            raise UnknownSymbol(str(exc)) from exc  # the hub's class, not this package's
         return rows_to_bars(rows, start, end)
 
     def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        """Subscribe the key's stream. For a symbol known not to trade, have it checked
+        again (it may be listed again); its clients are told at once if that was learnt
+        less than :data:`LISTING_MIN_GAP` ago, else by the check."""
         name = stream_name(symbol, interval)
         with self._keys_lock:
-            self._keys[(symbol, interval)] = _Key(name, int(time.time() * 1000))
+            known = self._not_trading.get(symbol)
+            state = _Key(name, int(time.time() * 1000), upstream=known is None)
+            self._keys[(symbol, interval)] = state
             self._by_stream[name] = (symbol, interval)
-        self._stream_manager().subscribe([name])
+            fresh = known is not None and time.monotonic() - known[1] < LISTING_MIN_GAP
+            state.told = fresh
+        if known is None:
+            self._stream_manager().subscribe([name])
+            return
+        if fresh:
+            self.notify(symbol, interval, "unknown_symbol", _not_trading_text(symbol, known[0]))
+        self._check_listing(symbol)  # it may trade again (relisted)
 
     def on_last_subscriber(self, symbol: str, interval: str) -> None:
         with self._keys_lock:
             key = self._keys.pop((symbol, interval), None)
             if key is not None:
                 self._by_stream.pop(key.stream, None)
-        if key is not None:
+        if key is not None and key.upstream:
             self._stream_manager().unsubscribe([key.stream])
 
     def no_update(self, symbol: str, interval: str) -> None:
         """Restart the quiet stream and fetch what it may have missed."""
         with self._keys_lock:
             key = self._keys.get((symbol, interval))
-        if key is None:
-            return
+        if key is None or not key.upstream:
+            return  # a symbol that does not trade: the listing check follows it
         self._stream_manager().restart([key.stream])
         self._start_gap_fill([(symbol, interval)])
 
@@ -202,7 +237,7 @@ class BinanceProvider(Provider):
         with self._keys_lock:
             key = self._by_stream.get(stream_name(update.symbol, update.interval))
             state = self._keys.get(key) if key is not None else None
-            if key is None or state is None:
+            if key is None or state is None or not state.upstream:
                 return
             if state.resuming:
                 held = state.pending.get(update.bar[0])
@@ -276,7 +311,7 @@ class BinanceProvider(Provider):
         budget) or fails for now is put off (:meth:`_put_off`) and the updates go on."""
         with self._keys_lock:
             state = self._keys.get(key)
-            if state is None:
+            if state is None or not state.upstream:
                 return
             since = state.gap_from_ms
             if since is None:
@@ -302,6 +337,9 @@ class BinanceProvider(Provider):
             rows = self._gate().klines(symbol, interval, since, end, time.monotonic() + GAP_HOLD)
         except ProviderUnavailable:
             raise
+        except NotListed:
+            self._not_listed(symbol, "-1121 Invalid symbol.")
+            return []
         except ProviderError as exc:
             logger.warning("binance: bars missed on %s %s not fetched: %s", symbol, interval, exc)
             self.notify(symbol, interval, exc.code, f"bars missed during a reconnect: {exc}")
@@ -353,7 +391,7 @@ class BinanceProvider(Provider):
         it holds no live update; without one (a quiet key) it is an ordinary gap fill."""
         with self._keys_lock:
             state = self._keys.get(key)
-            if state is None or state.gap_from_ms is None or state.resuming:
+            if state is None or state.gap_from_ms is None or state.resuming or not state.upstream:
                 return  # gone, or a fill running now fetches from gap_from_ms anyway
             start, end = state.gap_from_ms, state.gap_to_ms
             if end is not None and end <= start:
@@ -423,6 +461,101 @@ class BinanceProvider(Provider):
         state.resuming = False
         return False
 
+    # ------------------------------------------------------------------ listing
+
+    def _check_listing(self, symbol: str) -> None:
+        """Have ``symbol`` checked soon (with the others due), at most every
+        :data:`LISTING_MIN_GAP` seconds."""
+        with self._keys_lock:
+            self._to_check.add(symbol)
+            when = max(time.monotonic() + LISTING_SOON, self._checked_at + LISTING_MIN_GAP)
+        if self._later is not None:
+            self._later.at(when, "listing", self._listing_due)
+
+    def _listing_due(self) -> None:
+        """The timer: run the listing check on a gap thread."""
+        if self._gaps is not None:
+            self._gaps.submit(self._listing_check)
+
+    def _listing_check(self) -> None:
+        """Gap thread: which symbols of the keys (and those asked for) trade; drop the
+        streams of those that do not, resume those that trade again. Then the next check
+        is due in :data:`LISTING_EVERY` seconds."""
+        with self._keys_lock:
+            symbols = sorted({key[0] for key in self._keys} | self._to_check)
+            self._to_check.clear()
+            self._checked_at = time.monotonic()
+        try:
+            found = self._listing(symbols) if symbols else {}
+        except ProviderError as exc:
+            logger.info("binance: listing check of %d symbols not done: %s", len(symbols), exc)
+            with self._keys_lock:
+                self._to_check.update(symbols)
+            found = {}
+        finally:
+            if self._later is not None:
+                self._later.at(time.monotonic() + LISTING_EVERY, "listing", self._listing_due)
+        for symbol, why in found.items():
+            if why is None:
+                self._listed(symbol)
+            else:
+                self._not_listed(symbol, why)
+
+    def _listing(self, symbols: list[str]) -> dict[str, str | None]:
+        """Why each of ``symbols`` does not trade (``None``: it does), from one
+        ``exchangeInfo`` request (weight 20): of the symbol alone, or of all."""
+        deadline = time.monotonic() + GAP_HOLD
+        if len(symbols) == 1:
+            try:
+                info = self._gate().exchange_info(deadline, symbol=symbols[0])
+            except NotListed:
+                return {symbols[0]: "-1121 Invalid symbol."}
+        else:
+            info = self._gate().exchange_info(deadline)
+        rows = {
+            row.get("symbol"): row for row in info.get("symbols") or () if isinstance(row, Mapping)
+        }
+        return {symbol: not_trading(rows.get(symbol)) for symbol in symbols}
+
+    def _not_listed(self, symbol: str, why: str) -> None:
+        """``symbol`` does not trade: drop its streams upstream, tell its keys' clients."""
+        with self._keys_lock:
+            new = symbol not in self._not_trading
+            self._not_trading[symbol] = (why, time.monotonic())
+            stopped, tell = [], []
+            for key, state in self._keys.items():
+                if key[0] != symbol:
+                    continue
+                if state.upstream:
+                    state.upstream = state.resuming = False
+                    state.pending.clear()
+                    state.gap_from_ms = state.gap_to_ms = state.unsettled_ms = None
+                    stopped.append(state.stream)
+                if not state.told:
+                    state.told = True
+                    tell.append(key)
+        if new:
+            logger.warning("binance: %s does not trade (%s); its streams stop", symbol, why)
+        if stopped:
+            self._stream_manager().unsubscribe(stopped)
+        for key in tell:
+            self.notify(*key, "unknown_symbol", _not_trading_text(symbol, why))
+
+    def _listed(self, symbol: str) -> None:
+        """``symbol`` trades: resume the streams of its keys if it did not."""
+        with self._keys_lock:
+            if self._not_trading.pop(symbol, None) is None:
+                return
+            resumed = []
+            for key, state in self._keys.items():
+                if key[0] == symbol and not state.upstream:
+                    state.upstream, state.told = True, False
+                    resumed.append((key, state.stream))
+        logger.warning("binance: %s trades again; %d streams resume", symbol, len(resumed))
+        if resumed:
+            self._stream_manager().subscribe([name for _, name in resumed])
+            self._start_gap_fill([key for key, _ in resumed])
+
     # ------------------------------------------------------------------ plumbing
 
     def _gate(self) -> RestGate:
@@ -454,6 +587,10 @@ class BinanceProvider(Provider):
                 return
             self._reported = worst
         self.report_status(*worst)
+
+
+def _not_trading_text(symbol: str, why: str) -> str:
+    return f"binance: {symbol} is not traded on Binance now ({why}); no live updates"
 
 
 def _owes_close(state: _Key, t: int) -> bool:

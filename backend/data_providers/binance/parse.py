@@ -27,6 +27,7 @@ __all__ = [
     "asset_name",
     "dataset_row",
     "kline_update",
+    "not_trading",
     "parse_query_time",
     "parse_stream_name",
     "price_precision",
@@ -93,9 +94,21 @@ def price_precision(tick_size: object) -> int | None:
     return max(0, -exponent) if isinstance(exponent, int) else None
 
 
+def not_trading(info: Mapping[str, Any] | None) -> str | None:
+    """Why an ``exchangeInfo`` symbol (``None``: absent) does not trade on spot now, or
+    ``None`` if it does."""
+    if info is None:
+        return "no longer in exchangeInfo"
+    if info.get("status") != "TRADING":
+        return f"status {info.get('status')}"
+    if info.get("isSpotTradingAllowed") is False:
+        return "no spot trading"
+    return None
+
+
 def dataset_row(info: Mapping[str, Any], source: str = "binance") -> dict[str, Any] | None:
     """The dataset row of one ``exchangeInfo`` symbol; ``None`` unless it trades on spot."""
-    if info.get("status") != "TRADING" or info.get("isSpotTradingAllowed") is False:
+    if not_trading(info) is not None:
         return None
     symbol, base, quote = info.get("symbol"), info.get("baseAsset"), info.get("quoteAsset")
     if not (isinstance(symbol, str) and isinstance(base, str) and isinstance(quote, str)):

@@ -15,11 +15,15 @@ one :class:`RestGate`. It owns:
   ``get_historical_klines`` sleeps between pages and breaks on empty answers).
 
 python-binance's sync ``Client`` keeps the last response on the instance, so each thread
-gets its own client; the budget itself is shared under one lock. It does not own sockets.
+gets its own client; the budget itself is shared under one lock. The ``Client`` also creates
+an asyncio loop in a thread that has none, never runs and never closes it: on the provider's
+own threads the gate creates that loop itself and closes it with the sessions. It does not
+own sockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -91,14 +95,27 @@ class RestGate:
         self._state = "ok"
         self._local = threading.local()
         self._clients: list[Any] = []
+        self._loops: list[asyncio.AbstractEventLoop] = []  # made for python-binance (see above)
 
     # ------------------------------------------------------------------ public calls
 
-    def exchange_info(self, deadline: float | None = None) -> dict[str, Any]:
-        """``GET /api/v3/exchangeInfo`` (weight 20)."""
-        info = self._call(
-            "exchangeInfo", EXCHANGE_INFO_WEIGHT, deadline, lambda c: c.get_exchange_info()
-        )
+    def exchange_info(
+        self, deadline: float | None = None, symbol: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /api/v3/exchangeInfo`` (weight 20), of every symbol or of ``symbol`` only
+        (:class:`NotListed` if Binance does not know it)."""
+        if symbol is None:
+            info = self._call(
+                "exchangeInfo", EXCHANGE_INFO_WEIGHT, deadline, lambda c: c.get_exchange_info()
+            )
+        else:
+            info = self._call(
+                f"exchangeInfo of {symbol!r}",
+                EXCHANGE_INFO_WEIGHT,
+                deadline,
+                lambda c: c._get("exchangeInfo", data={"symbol": symbol}),
+                symbol,
+            )
         if not isinstance(info, dict):
             raise ProviderUnavailable(f"binance: exchangeInfo answered {type(info).__name__}")
         return info
@@ -147,11 +164,14 @@ class RestGate:
         return int(page[-1][0]) + step > target
 
     def close(self) -> None:
-        """Close the HTTP sessions of every client."""
+        """Close the HTTP sessions of every client, and the loops made for them."""
         with self._cond:
             clients, self._clients = self._clients, []
+            loops, self._loops = self._loops, []
         for client in clients:
             client.close_connection()
+        for loop in loops:
+            loop.close()
 
     @property
     def state(self) -> str:
@@ -240,6 +260,8 @@ class RestGate:
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
+            if threading.current_thread() is not threading.main_thread():
+                self._give_loop()
             client = Client(
                 self._key, self._secret, requests_params={"timeout": REQUEST_TIMEOUT}, ping=False
             )
@@ -248,6 +270,17 @@ class RestGate:
             with self._cond:
                 self._clients.append(client)
         return client
+
+    def _give_loop(self) -> None:
+        """Give this (non-main) thread the loop python-binance would make, unless it has
+        one, so that :meth:`close` closes it."""
+        try:
+            asyncio.get_event_loop()
+        except RuntimeError:  # none in this thread (the main thread's is not touched)
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            with self._cond:
+                self._loops.append(loop)
 
     # ------------------------------------------------------------------ the budget
 
@@ -331,12 +364,18 @@ class RestGate:
             self._report("ok", "")
 
 
+class NotListed(UnknownSymbol):
+    """Binance does not know the symbol (``-1121 Invalid symbol.``): never listed, or
+    delisted and gone from ``exchangeInfo``. (An unknown interval is a plain
+    :class:`UnknownSymbol`.)"""
+
+
 def translate(exc: Any, what: str, symbol: str = "") -> ProviderError:
     """The Candlewire error for a ``BinanceAPIException`` (not a 429/418)."""
     code, message, status = exc.code, exc.message, exc.status_code
     detail = f"({code} {message})"
     if code == -1121:
-        return UnknownSymbol(f"binance: unknown symbol {symbol!r} {detail}")
+        return NotListed(f"binance: unknown symbol {symbol!r} {detail}")
     if code == -1120:
         return UnknownSymbol(f"binance: unknown interval in {what} {detail}")
     if status == 401 or code in (-2014, -2015):
