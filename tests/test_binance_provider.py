@@ -1018,3 +1018,41 @@ def test_a_bar_that_closed_before_the_resumed_stream_was_live_gets_its_final_val
     assert (closed, True) in published, published
     assert published.index((closed, True)) < published.index((next_bar, False))
     assert len(rest.calls) == 2 and not state.resuming
+
+
+def test_late_klines_of_a_replaced_socket_do_not_take_a_bar_back() -> None:
+    """A renewal (or serverShutdown) hands over from a socket that delivers until the new
+    one carries every stream: a late kline of the old socket came after newer ones of the
+    new socket and was published, so the forming bar's values went back and a closed bar
+    was corrected to (and stored with) its values from before it closed."""
+    provider = BinanceProvider()
+    provider._attach("binance", config.load_settings(PROVIDERS="binance"), lambda e: None)
+    published: list[tuple[Any, bool]] = []
+
+    def publish(symbol: str, interval: str, bar: Any, *, final: bool = False) -> None:
+        published.append((tuple(bar), final))
+
+    provider.publish = publish  # type: ignore[method-assign]
+    key, name = ("BTCUSDT", "1m"), "btcusdt@kline_1m"
+    t = int(time.time()) // 60 * 60 - 60  # the bar that closes during the handover
+    provider._keys[key], provider._by_stream[name] = _Key(name, t * 1000), key
+
+    def kline(open_s: int, close: str, volume: str, final: bool, event_ms: int) -> None:
+        k = {"t": open_s * 1000, "s": "BTCUSDT", "i": "1m", "x": final}
+        k.update(o="1", h="3", l="0.5", c=close, v=volume)
+        provider._on_event({"e": "kline", "E": event_ms, "s": "BTCUSDT", "k": k})
+
+    e0 = t * 1000 + 59_000
+    kline(t, "2", "10", False, e0)  # both sockets carry the stream
+    kline(t, "2.5", "12", True, e0 + 1_000)  # the new socket: the bar closes ...
+    kline(t + 60, "2.6", "1", False, e0 + 2_000)  # ... and the next one opens
+    kline(t, "2", "10", False, e0)  # the old socket, late: the closed bar as it was
+    kline(t + 60, "2.6", "0.5", False, e0 + 1_500)  # an older state of the forming bar
+    kline(t, "2.5", "12", True, e0 + 1_000)  # its copy of the close: a duplicate
+    kline(t + 60, "2.7", "2", False, e0 + 3_000)  # the new socket goes on
+    assert published == [
+        ((t, 1.0, 3.0, 0.5, 2.0, 10.0), False),
+        ((t, 1.0, 3.0, 0.5, 2.5, 12.0), True),
+        ((t + 60, 1.0, 3.0, 0.5, 2.6, 1.0), False),
+        ((t + 60, 1.0, 3.0, 0.5, 2.7, 2.0), False),
+    ]

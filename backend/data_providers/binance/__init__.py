@@ -93,6 +93,8 @@ class _Key:
     gap_to_ms: int | None = None
     gap_failures: int = 0
     upstream: bool = True  # subscribed at Binance (False: its symbol does not trade)
+    closed_ms: int | None = None  # open time of the newest bar a live kline closed (x=true)
+    event_ms: int = 0  # event time (E) of the newest live kline published
     told: bool = False  # its clients were told that its symbol does not trade
 
 
@@ -241,8 +243,10 @@ class BinanceProvider(Provider):
                 return
             if state.resuming:
                 held = state.pending.get(update.bar[0])
-                if held is None or not held.final:
+                if held is None or not (held.final or update.event_ms < held.event_ms):
                     state.pending[update.bar[0]] = update
+                return
+            if _stale(state, update):
                 return
             if _owes_close(state, update.bar[0]):
                 # The bar the gap fill left forming closed before the new subscription was
@@ -265,6 +269,9 @@ class BinanceProvider(Provider):
             state.unsettled_ms = None
         if state.gap_from_ms is not None and state.gap_to_ms is None:
             state.gap_to_ms = t_ms  # the put-off gap fill stops before this bar
+        state.event_ms = max(state.event_ms, update.event_ms)
+        if update.final:
+            state.closed_ms = max(state.closed_ms or t_ms, t_ms)
         if t_ms <= time.time() * 1000 + MAX_AHEAD_MS:
             state.last_open_ms = max(state.last_open_ms or t_ms, t_ms)
         self.publish(key[0], key[1], update.bar, final=update.final)
@@ -587,6 +594,22 @@ class BinanceProvider(Provider):
                 return
             self._reported = worst
         self.report_status(*worst)
+
+
+def _stale(state: _Key, update: KlineUpdate) -> bool:
+    """Whether a live kline is older than what was published of its key: one whose event
+    time is before the last one's, and a forming one of a bar older than the newest or of a
+    bar that a kline closed already. Binance sends a stream's klines in order, but a renewal
+    or ``serverShutdown`` hands over from a socket that delivers until the new one carries
+    every stream, and a late kline of the old one came after newer ones: a forming bar's
+    values went back, and a closed bar was stored again with values from before it closed."""
+    t_ms = update.bar[0] * 1000
+    if update.event_ms and update.event_ms < state.event_ms:
+        return not update.final or (state.closed_ms is not None and t_ms <= state.closed_ms)
+    if update.final:
+        return False
+    older = state.last_open_ms is not None and t_ms < state.last_open_ms
+    return older or (state.closed_ms is not None and t_ms <= state.closed_ms)
 
 
 def _not_trading_text(symbol: str, why: str) -> str:

@@ -161,12 +161,14 @@ def rows_to_bars(rows: Sequence[Sequence[Any]], start: int, end: int | None) -> 
 
 @dataclass(frozen=True, slots=True)
 class KlineUpdate:
-    """One kline event: the bar of ``(symbol, interval)`` and whether it has closed."""
+    """One kline event: the bar of ``(symbol, interval)``, whether it has closed, and the
+    event's time at Binance (``E``, in ms; 0 when it has none)."""
 
     symbol: str
     interval: str
     bar: Bar
     final: bool
+    event_ms: int = 0
 
 
 def kline_update(event: Mapping[str, Any]) -> KlineUpdate | None:
@@ -183,7 +185,9 @@ def kline_update(event: Mapping[str, Any]) -> KlineUpdate | None:
             to_number(k["c"]),
             to_number(k["v"]),
         )
-        return KlineUpdate(str(k["s"]), str(k["i"]), bar, k.get("x") is True)
+        at = event.get("E")
+        event_ms = at if isinstance(at, int) and not isinstance(at, bool) else 0
+        return KlineUpdate(str(k["s"]), str(k["i"]), bar, k.get("x") is True, event_ms)
     except (KeyError, TypeError, ValueError):
         return None
 
