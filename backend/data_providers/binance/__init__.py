@@ -64,9 +64,11 @@ logger = logging.getLogger(__name__)
 
 MAX_HISTORY_WAIT = 20.0  # a history call never waits longer than this for the REST budget
 GAP_HOLD = 5.0  # live updates wait this long at most for a gap fill's REST turn
+QUIET_WAIT = 30.0  # REST calls that hold no update (a put-off gap, a listing check) wait this
 GAP_RETRY = 5.0  # a gap fill put off by a REST failure is tried again after this, doubling
 GAP_RETRY_MAX = 300.0  # ... up to this (a rate limit: after its Retry-After)
 GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
+QUIET_THREADS = 2
 POPULATE_MAX_WAIT = 120.0
 MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
 QUIET_RESTART = 900.0  # a key without an event is restarted after this (or two bars)
@@ -108,6 +110,9 @@ class BinanceProvider(Provider):
         self._rest_lock = threading.Lock()
         self._streams: StreamManager | None = None
         self._gaps: ThreadPoolExecutor | None = None
+        # REST work that holds no live update (a put-off gap, a listing check): it may wait
+        # longer, on threads of its own, so that no gap fill holding updates queues behind it.
+        self._quiet: ThreadPoolExecutor | None = None
         self._later: Later | None = None
         self._keys: dict[StreamKey, _Key] = {}
         self._by_stream: dict[str, StreamKey] = {}
@@ -126,6 +131,7 @@ class BinanceProvider(Provider):
         settings = self.settings
         self._gate()
         self._gaps = ThreadPoolExecutor(GAP_THREADS, thread_name_prefix="binance-gaps")
+        self._quiet = ThreadPoolExecutor(QUIET_THREADS, thread_name_prefix="binance-quiet")
         self._later = Later("binance-later")
         self._streams = StreamManager(
             settings.BINANCE_STREAM_URL,
@@ -224,8 +230,9 @@ class BinanceProvider(Provider):
             self._streams.stop()
         if self._later is not None:
             self._later.stop()
-        if self._gaps is not None:
-            self._gaps.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._gaps, self._quiet):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         if self._rest is not None:
             self._rest.close()
 
@@ -335,13 +342,15 @@ class BinanceProvider(Provider):
             rows = []
         self._finish_gap(key, rows, watch_close)
 
-    def _missed_rows(self, key: StreamKey, since: int, end: int | None) -> list[list[Any]]:
+    def _missed_rows(
+        self, key: StreamKey, since: int, end: int | None, wait: float = GAP_HOLD
+    ) -> list[list[Any]]:
         """The kline rows of ``key`` from ``since`` (to ``end``); ``ProviderUnavailable``
-        when REST cannot answer within :data:`GAP_HOLD`. Other errors are told to the
-        key's clients and give no rows."""
+        when REST cannot answer within ``wait`` seconds. Other errors are told to the key's
+        clients and give no rows."""
         symbol, interval = key
         try:
-            rows = self._gate().klines(symbol, interval, since, end, time.monotonic() + GAP_HOLD)
+            rows = self._gate().klines(symbol, interval, since, end, time.monotonic() + wait)
         except ProviderUnavailable:
             raise
         except NotListed:
@@ -407,18 +416,17 @@ class BinanceProvider(Provider):
                 return
             if end is None:
                 state.resuming = True
-        if self._gaps is None:
-            return
         if end is None:
-            self._gaps.submit(self._fill_gap, key)
-        else:
-            self._gaps.submit(self._fill_bounded_gap, key, start, end)
+            if self._gaps is not None:
+                self._gaps.submit(self._fill_gap, key)
+        elif self._quiet is not None:
+            self._quiet.submit(self._fill_bounded_gap, key, start, end)
 
     def _fill_bounded_gap(self, key: StreamKey, start: int, end: int) -> None:
-        """Gap thread: the bars of a put-off gap, all older than the live ones published
+        """Quiet thread: the bars of a put-off gap, all older than the live ones published
         since (``end``, exclusive): published as closed, without holding live updates."""
         try:
-            rows = self._missed_rows(key, start, end - 1)
+            rows = self._missed_rows(key, start, end - 1, QUIET_WAIT)
         except ProviderUnavailable as exc:
             self._put_off(key, start, exc)
             return
@@ -480,12 +488,12 @@ class BinanceProvider(Provider):
             self._later.at(when, "listing", self._listing_due)
 
     def _listing_due(self) -> None:
-        """The timer: run the listing check on a gap thread."""
-        if self._gaps is not None:
-            self._gaps.submit(self._listing_check)
+        """The timer: run the listing check on a quiet thread."""
+        if self._quiet is not None:
+            self._quiet.submit(self._listing_check)
 
     def _listing_check(self) -> None:
-        """Gap thread: which symbols of the keys (and those asked for) trade; drop the
+        """Quiet thread: which symbols of the keys (and those asked for) trade; drop the
         streams of those that do not, resume those that trade again. Then the next check
         is due in :data:`LISTING_EVERY` seconds."""
         with self._keys_lock:
@@ -511,7 +519,7 @@ class BinanceProvider(Provider):
     def _listing(self, symbols: list[str]) -> dict[str, str | None]:
         """Why each of ``symbols`` does not trade (``None``: it does), from one
         ``exchangeInfo`` request (weight 20): of the symbol alone, or of all."""
-        deadline = time.monotonic() + GAP_HOLD
+        deadline = time.monotonic() + QUIET_WAIT  # exchangeInfo of all: megabytes
         if len(symbols) == 1:
             try:
                 info = self._gate().exchange_info(deadline, symbol=symbols[0])
