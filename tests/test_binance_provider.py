@@ -1056,3 +1056,49 @@ def test_late_klines_of_a_replaced_socket_do_not_take_a_bar_back() -> None:
         ((t + 60, 1.0, 3.0, 0.5, 2.6, 1.0), False),
         ((t + 60, 1.0, 3.0, 0.5, 2.7, 2.0), False),
     ]
+
+
+def test_rest_that_fails_after_its_retries_shows_unavailable_until_it_answers() -> None:
+    """A REST outage (5xx after the retries) left /health at ok while every history request
+    failed, and a proxy's HTML error page reached the clients in the error text."""
+    now = frozen_ms(0)
+    reports: list[tuple[str, str]] = []
+    with FakeBinance(now_ms=now) as fake, thread_event_loop():
+        gate = RestGate(fake.api_url, report=lambda state, detail: reports.append((state, detail)))
+        try:
+            start = now - now % MINUTE_MS - 9 * MINUTE_MS
+            end = start + 9 * MINUTE_MS
+            fake.fail_next(502, count=3, body="<html><body>502 Bad Gateway</body></html>")
+            with pytest.raises(ProviderUnavailable) as failed:
+                gate.klines("ETHUSDT", "1m", start, end, time.monotonic() + 10)
+            assert str(failed.value) == "binance: klines of 'ETHUSDT' 1m: server error HTTP 502"
+            assert reports == [("unavailable", str(failed.value))]
+            assert gate.state == "unavailable"
+            assert len(gate.klines("ETHUSDT", "1m", start, end, time.monotonic() + 10)) == 10
+            assert reports[-1] == ("ok", "")
+        finally:
+            gate.close()
+
+
+def test_a_shorter_429_during_a_418_ban_neither_ends_nor_understates_the_ban() -> None:
+    """Requests in flight when a ban begins come back 429 with a shorter Retry-After: the
+    status turned from banned to rate_limited, and its detail named the shorter wait."""
+    now = [100.0]
+    reports: list[tuple[str, str]] = []
+    gate = RestGate(
+        "http://127.0.0.1:9", report=lambda s, d: reports.append((s, d)), clock=lambda: now[0]
+    )
+
+    class Answer:
+        def __init__(self, seconds: int) -> None:
+            self.headers = {"Retry-After": str(seconds)}
+
+    gate._limited(418, Answer(3600), "klines of 'BTCUSDT' 1m")
+    now[0] += 1.0
+    gate._limited(429, Answer(10), "klines of 'ETHUSDT' 1m")
+    assert gate.state == "banned"
+    assert reports[-1] == (
+        "banned",
+        "HTTP 429 on klines of 'ETHUSDT' 1m; no REST request for 3599 s",
+    )
+    gate.close()

@@ -75,7 +75,7 @@ QUIET_RESTART = 900.0  # a key without an event is restarted after this (or two 
 LISTING_EVERY = 600.0  # the streamed symbols are checked in exchangeInfo this often
 LISTING_SOON = 2.0  # a check asked for (a new client of a delisted symbol) waits this long,
 LISTING_MIN_GAP = 30.0  # ... and comes this long after the last check at the earliest
-_SEVERITY = {"ok": 0, "reconnecting": 1, "rate_limited": 2, "banned": 3}
+_SEVERITY = {"ok": 0, "reconnecting": 1, "unavailable": 2, "rate_limited": 3, "banned": 4}
 
 
 @dataclass

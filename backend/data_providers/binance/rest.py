@@ -8,6 +8,9 @@ one :class:`RestGate`. It owns:
   callers wait for the minute to roll instead of sending;
 * **Retry-After**: a 429 (``rate_limited``) or 418 (``banned``) stops every REST request
   until the time Binance named has passed, then the status goes back to ``ok``;
+* **availability**: a call that still fails after its retries (5xx, an answer that is not
+  JSON, no connection, Binance's firewall) makes the status ``unavailable`` until the next
+  answer;
 * **deadlines**: a caller that would have to wait past its deadline gets
   :class:`RateLimited` with ``retry_after`` at once, instead of hanging;
 * **error translation**: python-binance exceptions become Candlewire errors, chained;
@@ -175,7 +178,7 @@ class RestGate:
 
     @property
     def state(self) -> str:
-        """``ok``, ``rate_limited`` or ``banned``."""
+        """``ok``, ``unavailable``, ``rate_limited`` or ``banned``."""
         with self._cond:
             return self._state
 
@@ -224,17 +227,19 @@ class RestGate:
                     continue
                 error: ProviderError = translate(exc, what, symbol)
                 if exc.status_code < 500 or not self._may_retry(transient, deadline):
-                    raise error from exc
+                    raise self._failed(error) from exc
                 last: BaseException = exc
             except BinanceRequestException as exc:
                 if not self._may_retry(transient, deadline):
-                    raise ProviderUnavailable(f"binance: {what}: invalid response") from exc
+                    error = ProviderUnavailable(f"binance: {what}: invalid response")
+                    raise self._failed(error) from exc
                 last = exc
             except requests.RequestException as exc:
                 if not self._may_retry(transient, deadline):
-                    raise ProviderUnavailable(  # no URL: this text reaches clients
+                    error = ProviderUnavailable(  # no URL: this text reaches clients
                         f"binance: {what}: upstream unreachable ({type(exc).__name__})"
-                    ) from exc
+                    )
+                    raise self._failed(error) from exc
                 last = exc
             finally:
                 self._settle(client, weight)
@@ -242,6 +247,20 @@ class RestGate:
             logger.info("binance: %s: %s; retrying (%d)", what, _brief(last), transient)
             time.sleep(RETRY_PAUSE * transient)
         raise RateLimited(f"binance: {what}: still rate limited after {MAX_ATTEMPTS} tries")
+
+    def _failed(self, error: ProviderError) -> ProviderError:
+        """``error`` ends a call: one that says REST is unavailable makes the status
+        ``unavailable`` (unless a rate limit's is shown) until the next answer."""
+        if not isinstance(error, ProviderUnavailable) or isinstance(error, RateLimited):
+            return error
+        with self._cond:
+            changed = self._state == "ok"
+            if changed:
+                self._state = "unavailable"
+        if changed:
+            logger.warning("binance: REST unavailable: %s", error)
+            self._report("unavailable", str(error))
+        return error
 
     def _may_retry(self, done: int, deadline: float | None) -> bool:
         """Whether a transient failure may be retried: retries left, and the pause and a
@@ -329,20 +348,24 @@ class RestGate:
                 self._window_end = now + 60.0 - self._wall() % 60.0 + 0.5
                 if used > self.budget:
                     logger.warning("binance: request weight %d of %d used", used, WEIGHT_LIMIT)
-            if response is not None and response.status_code < 400 and self._recover(now):
+            if response is not None and _answered(response.status_code) and self._recover(now):
                 recovered = True
             self._cond.notify_all()
         if recovered:
             self._report("ok", "")
 
     def _limited(self, status: int, response: Any, what: str) -> None:
+        """A 429/418: no request until its Retry-After has passed. A shorter one (a request
+        that was in flight) neither shortens a block nor turns a ban into a rate limit."""
         retry_after = _retry_after(response, DEFAULT_RETRY_AFTER[status])
-        state = _STATE_OF[status]
-        detail = f"HTTP {status} on {what}; no REST request for {retry_after:g} s"
         with self._cond:
-            self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
-            self._state = state
+            now = self._clock()
+            if self._state != "banned" or now >= self._blocked_until or status == 418:
+                self._state = _STATE_OF[status]
+            self._blocked_until = max(self._blocked_until, now + retry_after)
+            state, blocked = self._state, self._blocked_until - now
             self._cond.notify_all()
+        detail = f"HTTP {status} on {what}; no REST request for {blocked:.0f} s"
         logger.warning("binance: %s", detail)
         self._report(state, detail)
         timer = threading.Timer(retry_after, self._recover_later)
@@ -353,8 +376,11 @@ class RestGate:
         """Back to ``ok`` once the Retry-After has passed (lock held); True if it changed."""
         if self._state == "ok" or now < self._blocked_until:
             return False
-        self._state = "ok"
-        logger.info("binance: REST rate limit over; requests resumed")
+        was, self._state = self._state, "ok"
+        if was == "unavailable":
+            logger.info("binance: REST answers again")
+        else:
+            logger.info("binance: REST rate limit over; requests resumed")
         return True
 
     def _recover_later(self) -> None:
@@ -382,11 +408,18 @@ def translate(exc: Any, what: str, symbol: str = "") -> ProviderError:
         return AuthFailed(
             f"binance: API key rejected {detail}; check BINANCE_API_KEY and BINANCE_API_SECRET"
         )
-    if status >= 500:
-        return ProviderUnavailable(f"binance: {what}: server error HTTP {status} {detail}")
+    if status >= 500:  # python-binance's code 0 carries the body (a proxy's HTML): left out
+        why = f" {detail}" if code else ""
+        return ProviderUnavailable(f"binance: {what}: server error HTTP {status}{why}")
     if status == 403:
         return ProviderUnavailable(f"binance: {what}: blocked by Binance's firewall (HTTP 403)")
     return ProviderFatal(f"binance: {what} rejected: HTTP {status} {detail}")
+
+
+def _answered(status: int) -> bool:
+    """Whether an HTTP status shows REST serving again: not a rate limit, a ban, Binance's
+    firewall (403) or a server error."""
+    return status < 500 and status not in (403, 418, 429)
 
 
 def _used_weight(headers: Any) -> int | None:
