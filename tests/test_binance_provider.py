@@ -1049,7 +1049,8 @@ def test_late_klines_of_a_replaced_socket_do_not_take_a_bar_back() -> None:
     kline(t, "2", "10", False, e0)  # the old socket, late: the closed bar as it was
     kline(t + 60, "2.6", "0.5", False, e0 + 1_500)  # an older state of the forming bar
     kline(t, "2.5", "12", True, e0 + 1_000)  # its copy of the close: a duplicate
-    kline(t + 60, "2.7", "2", False, e0 + 3_000)  # the new socket goes on
+    kline(t + 60, "2.7", "2", False, e0 + 3_000)  # the new socket goes on ...
+    kline(t + 60, "2.7", "2", False, e0 + 3_000)  # ... and the old one sends the same
     assert published == [
         ((t, 1.0, 3.0, 0.5, 2.0, 10.0), False),
         ((t, 1.0, 3.0, 0.5, 2.5, 12.0), True),

@@ -97,6 +97,7 @@ class _Key:
     upstream: bool = True  # subscribed at Binance (False: its symbol does not trade)
     closed_ms: int | None = None  # open time of the newest bar a live kline closed (x=true)
     event_ms: int = 0  # event time (E) of the newest live kline published
+    last: KlineUpdate | None = None  # the live kline published last
     told: bool = False  # its clients were told that its symbol does not trade
 
 
@@ -277,6 +278,7 @@ class BinanceProvider(Provider):
         if state.gap_from_ms is not None and state.gap_to_ms is None:
             state.gap_to_ms = t_ms  # the put-off gap fill stops before this bar
         state.event_ms = max(state.event_ms, update.event_ms)
+        state.last = update
         if update.final:
             state.closed_ms = max(state.closed_ms or t_ms, t_ms)
         if t_ms <= time.time() * 1000 + MAX_AHEAD_MS:
@@ -605,12 +607,15 @@ class BinanceProvider(Provider):
 
 
 def _stale(state: _Key, update: KlineUpdate) -> bool:
-    """Whether a live kline is older than what was published of its key: one whose event
-    time is before the last one's, and a forming one of a bar older than the newest or of a
-    bar that a kline closed already. Binance sends a stream's klines in order, but a renewal
-    or ``serverShutdown`` hands over from a socket that delivers until the new one carries
-    every stream, and a late kline of the old one came after newer ones: a forming bar's
-    values went back, and a closed bar was stored again with values from before it closed."""
+    """Whether a live kline is older than what was published of its key, or the same: one
+    equal to the last one, one whose event time is before the last one's, and a forming one
+    of a bar older than the newest or of a bar that a kline closed already. Binance sends a
+    stream's klines in order, but a renewal or ``serverShutdown`` hands over from a socket
+    that delivers until the new one carries every stream, and a late kline of the old one
+    came after newer ones: a forming bar's values went back, and a closed bar was stored
+    again with values from before it closed."""
+    if update == state.last:
+        return True  # the same kline again (both sockets of a handover; a repeated close)
     t_ms = update.bar[0] * 1000
     if update.event_ms and update.event_ms < state.event_ms:
         return not update.final or (state.closed_ms is not None and t_ms <= state.closed_ms)
