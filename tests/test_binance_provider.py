@@ -414,9 +414,9 @@ def test_a_symbol_that_stops_trading_is_found_by_the_listing_check_and_resumed_a
             ]
             assert "status HALT" in notices[0].message
             assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [1])
+            mark = len(events)
             fake.data.symbols["BNBUSDT"] = spec  # trading again
             assert fake.wait_for(lambda: list(fake.streams_per_connection().values()) == [2])
-            mark = len(events)
             assert fake.wait_for(
                 lambda: any(
                     isinstance(e, BarUpdate) and e.symbol == "BNBUSDT" for e in events[mark:]

@@ -452,6 +452,8 @@ class BinanceProvider(Provider):
             state.unsettled_ms = None
             state.gap_from_ms = state.gap_to_ms = None
             state.gap_failures = 0
+            if rows:
+                state.last = None  # a REST bar came after it: the same kline is news again
             for i, row in enumerate(rows):
                 final = i < len(rows) - 1 or int(row[6]) < now_ms
                 self.publish(key[0], key[1], row_to_bar(row), final=final)
