@@ -13,7 +13,8 @@ neither the store nor a chart misses a bar. Live updates wait for that fetch at 
 :data:`GAP_HOLD` seconds of REST waiting: when Binance rate-limits (or REST fails), they go
 on and the fetch is put off (:class:`.later.Later`) until it is allowed, then asks only for
 the bars before the first live one published meanwhile, all closed, so that no REST
-snapshot overwrites a newer live bar.
+snapshot overwrites a newer live bar. A live kline older than what was published of its
+key (a late one of the socket a renewal replaces) or equal to the last one is dropped.
 
 It also follows which symbols trade. A delisted symbol (``status`` ``BREAK``/``HALT``, or
 gone from ``exchangeInfo``, where REST answers ``-1121 Invalid symbol.``) still takes a
@@ -21,8 +22,9 @@ SUBSCRIBE but sends nothing: its streams are dropped upstream and its clients ge
 ``error`` ``unknown_symbol``. It is found by a ``-1121`` answer and by a check of
 ``exchangeInfo`` every :data:`LISTING_EVERY` seconds; the same check resumes the streams of a
 symbol that trades again, and a new client of a delisted symbol has it checked first.
-Configuration: ``BINANCE_API_URL``,
-``BINANCE_STREAM_URL``, optional ``BINANCE_API_KEY``/``BINANCE_API_SECRET``.
+
+Configuration: ``BINANCE_API_URL``, ``BINANCE_STREAM_URL``, optional
+``BINANCE_API_KEY``/``BINANCE_API_SECRET``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ QUIET_WAIT = 30.0  # REST calls that hold no update (a put-off gap, a listing ch
 GAP_RETRY = 5.0  # a gap fill put off by a REST failure is tried again after this, doubling
 GAP_RETRY_MAX = 300.0  # ... up to this (a rate limit: after its Retry-After)
 GAP_THREADS = 4  # gap fills run in parallel; the REST gate keeps them within the budget
-QUIET_THREADS = 2
+QUIET_THREADS = 2  # threads for them
 POPULATE_MAX_WAIT = 120.0
 MAX_AHEAD_MS = 86_400_000  # a kline opening later than this after now is not Binance's
 QUIET_RESTART = 900.0  # a key without an event is restarted after this (or two bars)
