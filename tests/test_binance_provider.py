@@ -16,6 +16,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1103,3 +1104,27 @@ def test_a_shorter_429_during_a_418_ban_neither_ends_nor_understates_the_ban() -
         "HTTP 429 on klines of 'ETHUSDT' 1m; no REST request for 3599 s",
     )
     gate.close()
+
+
+def test_a_rest_call_after_the_gate_closed_fails_instead_of_opening_a_new_client() -> None:
+    """At shutdown a gap or listing thread could still call REST after close(): it made a
+    new client (and an asyncio loop nobody closed, a ResourceWarning in a later test)."""
+    now = frozen_ms(0)
+    outcome: list[BaseException | int] = []
+    with FakeBinance(now_ms=now) as fake:
+        gate = RestGate(fake.api_url)
+        gate.close()
+
+        def late_call() -> None:
+            start = now - now % MINUTE_MS - 9 * MINUTE_MS
+            try:
+                outcome.append(len(gate.klines("ETHUSDT", "1m", start, None, time.monotonic() + 5)))
+            except ProviderUnavailable as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=late_call)
+        thread.start()
+        thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], ProviderUnavailable)
+        assert fake.requests == []
+        gate.close()

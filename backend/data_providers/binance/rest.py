@@ -99,6 +99,7 @@ class RestGate:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._loops: list[asyncio.AbstractEventLoop] = []  # made for python-binance (see above)
+        self._closed = False
 
     # ------------------------------------------------------------------ public calls
 
@@ -167,8 +168,10 @@ class RestGate:
         return int(page[-1][0]) + step > target
 
     def close(self) -> None:
-        """Close the HTTP sessions of every client, and the loops made for them."""
+        """Close the HTTP sessions of every client, and the loops made for them. A call
+        after this (a provider thread still running at shutdown) fails as unavailable."""
         with self._cond:
+            self._closed = True
             clients, self._clients = self._clients, []
             loops, self._loops = self._loops, []
         for client in clients:
@@ -277,6 +280,8 @@ class RestGate:
         return max(1.0, min(MAX_REQUEST_TIMEOUT, deadline - self._clock()))
 
     def _client(self) -> Any:
+        if self._closed:
+            raise ProviderUnavailable("binance: REST is closed (the provider is stopping)")
         client = getattr(self._local, "client", None)
         if client is None:
             if threading.current_thread() is not threading.main_thread():
