@@ -162,7 +162,7 @@ async def test_accents_and_case_do_not_matter(index: SymbolIndex) -> None:
         ("macro__cpi", "macro__cpi"),
         ("^GSPC", "^GSPC"),
         ("EUR/USD", "EUR/USD"),
-        ("s&p 500", "SPY"),
+        ("s&p 500", "^GSPC"),  # "S&P 500 Index" starts with it
     ],
 )
 async def test_symbols_with_punctuation_are_found(

@@ -5,12 +5,17 @@ threads, one SQLite connection each, so the event loop never waits on SQLite. Th
 those of ``schema.sql``; :mod:`.writer` fills them (:mod:`.batches` prepares the rows,
 :mod:`.session` runs the SQL) and :mod:`.rows` checks the rows.
 
-Search ranks an exact symbol first (ignoring case), then symbols that start with the query
-(shortest first), then full-text matches (shortest symbol first): every term must match the
-symbol or the words of ``name_label``, ``categories``, ``source`` or ``source_label``, its
-last word as a prefix. Search words are lower-cased runs of letters or of digits without
-accents, so ``O:SPY251219C00450000`` is also found by ``spy 251219`` and ``BRK.B`` by
-``brk b``. User text reaches the FTS5 query syntax only as such words, quoted. A one-word
+Search finds the symbol itself, the symbols that start with the query, and full-text
+matches: every term must match the symbol or the words of ``name_label``, ``categories``,
+``source`` or ``source_label``, its last word as a prefix. Search words are lower-cased runs
+of letters or of digits without accents, so ``O:SPY251219C00450000`` is also found by ``spy
+251219`` and ``BRK.B`` by ``brk b``. User text reaches the FTS5 query syntax only as such
+words, quoted. It ranks them as a trader means them, ignoring case (:func:`_rank`): the
+exact symbol, the symbol less a market prefix (``X:BTCUSD`` for ``btcusd``), the query
+followed by a quote currency by the quote's popularity (``btc``: ``BTCUSDT`` ... ``BTCEUR``),
+other symbols that start with the query (shortest first), rows whose label starts with the
+query (``bitcoin``: "Bitcoin / TetherUS" before "Bitcoin Cash / TetherUS"), then the other
+full-text matches (shortest symbol first, so "Ethereum / Bitcoin" comes last). A one-word
 query none of these find is looked for inside the symbols (``usd`` finds ``BTCUSD``), in a
 table of at most 200,000 symbols.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -27,6 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -51,6 +59,9 @@ _TABLES = (
 )
 _MAX_QUERY_WORDS = 12
 _PREFIX_MIN_LENGTH = 2
+# The fewest candidates a stage gathers, whatever the limit: the first rows of a ranking do
+# not depend on how many are asked for (a dropdown's 2 and a search box's 100 agree).
+_WINDOW = 100
 _PREFIX_WORDS = 24
 _PREFIX_SCAN = 2000
 _CONTAINED_MAX_ROWS = 200_000
@@ -97,16 +108,20 @@ def _listing(conn: sqlite3.Connection, limit: int, source: Scope) -> list[Found]
     return conn.execute(sql, (*id_range(source), source, limit)).fetchall()
 
 
-def _exact(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
-    """Rows whose symbol is ``text`` ignoring case; the same case first."""
-    lower = text.lower()
+def _named(conn: sqlite3.Connection, query: _Query, limit: int, source: Scope) -> list[Found]:
+    """Rows whose symbol is the query ignoring case, or the query followed by a quote
+    currency (``btc``: ``BTCUSDT``, ``BTCEUR``; one index lookup per name)."""
+    names = [query.lower]
+    if " " not in query.lower:
+        names += [query.lower + quote for quote in QUOTES]
     sql, params = _with_source(
-        f"{_SELECT} WHERE s.nlen = ? AND s.name_lower = ? {{source}}"
-        " ORDER BY s.name = ? DESC, s.id LIMIT ?",
+        "SELECT s.key, s.id, s.name, s.name_label, s.extra, h.details FROM json_each(?) AS j"
+        " CROSS JOIN symbols AS s ON s.nlen = length(j.value) AND s.name_lower = j.value"
+        " CROSS JOIN symbol_shapes AS h ON h.shape = s.shape WHERE 1 {source} LIMIT ?",
         source,
-        (len(lower), lower),
+        (orjson.dumps(names).decode(),),
     )
-    return conn.execute(sql, (*params, text, limit)).fetchall()
+    return conn.execute(sql, (*params, limit)).fetchall()
 
 
 def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
@@ -236,8 +251,152 @@ def _deadline(conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
         conn.set_progress_handler(None, 0)
 
 
+# --------------------------------------------------------------------------- reader: ranking
+
+#: Quote currencies, the most traded first. A symbol that is the query followed by one of
+#: them ranks by it (``btc``: ``BTCUSDT`` ... ``BTCEUR``, then ``BTCDOMUSDT``); where other
+#: ties remain, a symbol that ends with one ranks by it.
+QUOTES = (
+    "usd", "usdt", "usdc", "fdusd", "btc", "eth", "eur", "bnb", "gbp", "jpy", "tusd", "dai",
+    "try", "brl", "aud", "cad", "chf",
+)  # fmt: skip
+_QUOTE_RANK = {quote: rank for rank, quote in enumerate(QUOTES)}
+_NO_QUOTE = len(QUOTES)
+_QUOTE_SIZES = sorted({len(quote) for quote in QUOTES}, reverse=True)  # longest first
+_JOINERS = " -/_.:"  # may stand between a symbol's base and its quote (EUR/USD)
+# Where the leading name of a label ends: "Bitcoin / TetherUS", "Euro - United States
+# Dollar", "Apple Hospitality REIT, Inc." (a dash or slash between spaces, a comma, a "(").
+_NAME_END = re.compile(r"\s[-/|\u2013\u2014]\s|[,(]")
+#: How a row ranks, least first: its tier, then the tier's tie-breaks (see :func:`_rank`).
+Rank = tuple[int, int, int, int, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A search text: as typed (spaces collapsed), lower-cased, and its search words, each
+    with whether it matches as a prefix (the last word of each space-separated term).
+
+    ``starts``: for ASCII words, a regular expression that matches an ASCII text that begins
+    with them (:func:`_rank` runs it instead of splitting every label into words).
+    """
+
+    text: str
+    lower: str
+    words: tuple[tuple[str, bool], ...]
+    starts: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, text: str) -> _Query:
+        words: list[tuple[str, bool]] = []
+        for term in text.split():
+            found = search_words(term)[: _MAX_QUERY_WORDS - len(words)]
+            words += [(word, n == len(found) - 1) for n, word in enumerate(found)]
+        starts = None
+        if words and all(word.isascii() for word, _ in words):
+            starts = re.compile(_starts_pattern(words), re.ASCII | re.IGNORECASE)
+        return cls(text, text.lower(), tuple(words), starts)
+
+
+def _starts_pattern(words: list[tuple[str, bool]]) -> str:
+    """A pattern for ASCII text whose first search words are ``words`` (see :func:`_Query`):
+    a word is a run of letters or of digits, so two words of one kind have something else
+    between them, a prefix word may go on with its kind, and a whole word may not."""
+    pattern, kind = "[^a-z0-9]*", ""
+    for n, (word, prefix) in enumerate(words):
+        before, kind = kind, "a-z" if word.isalpha() else "0-9"
+        if n:
+            pattern += "[^a-z0-9]+" if kind == before else "[^a-z0-9]*"
+        pattern += re.escape(word)
+        if not prefix:
+            pattern += f"(?![{kind}])"
+        elif n < len(words) - 1:
+            pattern += f"[{kind}]*"
+    return pattern
+
+
+def _rank(query: _Query, row: Found) -> Rank | None:
+    """How ``row`` ranks for ``query``: tiers, then tie-breaks, ignoring case throughout;
+    ``None`` for the last tier.
+
+    0. the symbol is the query (the same case first);
+    1. the symbol less a market prefix (``X:`` of ``X:BTCUSD``) is the query;
+    2. the symbol (or it less its market prefix) is the query then a quote currency
+       (``btc``: ``BTCUSDT``), by the quote's rank in :data:`QUOTES`;
+    3. the symbol starts with the query: shortest, then alphabetical;
+    4. the label starts with the query's words (``bitcoin``: "Bitcoin / TetherUS", "Bitcoin
+       Cash / TetherUS"): fewest other words in the label's leading name ("Bitcoin" before
+       "Bitcoin Cash"), then the symbol's quote currency, the shorter label, the shorter
+       symbol;
+    5. every other match, shortest symbol first (the full-text order, which needs no rank).
+
+    Last of all, the populate order (the key).
+    """
+    key, name, label = row[0], row[2], row[3]
+    lower = name.lower()
+    if lower == query.lower:
+        return (0, int(name != query.text), 0, 0, 0, "", key)
+    core = lower.rpartition(":")[2]
+    if core == query.lower:
+        return (1, _quote_rank(core), len(lower), 0, 0, "", key)
+    rest = _rest_after(query.lower, lower, core)
+    if rest is not None:
+        quote = _QUOTE_RANK.get(rest.lstrip(_JOINERS), _NO_QUOTE)
+        if quote < _NO_QUOTE:
+            return (2, quote, len(lower), 0, 0, "", key)
+        return (3, len(lower), 0, 0, 0, lower, key)
+    if query.starts is not None and label.isascii():
+        starts = query.starts.match(label) is not None
+    else:
+        starts = _starts_with(search_words(label), query.words)
+    if starts:
+        end = _NAME_END.search(label)
+        others = len(search_words(label if end is None else label[: end.start()]))
+        others = max(others - len(query.words), 0)
+        return (4, others, _quote_rank(core), len(label), len(lower), "", key)
+    return None
+
+
+def _rest_after(prefix: str, lower: str, core: str) -> str | None:
+    """What follows ``prefix`` in the symbol or in it less its market prefix, or None."""
+    if lower.startswith(prefix):
+        return lower[len(prefix) :]
+    if core.startswith(prefix):
+        return core[len(prefix) :]
+    return None
+
+
+def _quote_rank(symbol: str) -> int:
+    """The rank of the quote currency ``symbol`` ends with (the longest that fits)."""
+    for size in _QUOTE_SIZES:
+        if len(symbol) > size:
+            rank = _QUOTE_RANK.get(symbol[-size:])
+            if rank is not None:
+                return rank
+    return _NO_QUOTE
+
+
+def _starts_with(words: list[str], wanted: tuple[tuple[str, bool], ...]) -> bool:
+    """Whether ``words`` begin with the ``wanted`` words (those marked prefix as prefixes)."""
+    if len(words) < len(wanted) or not wanted:
+        return False
+    for have, (want, prefix) in zip(words, wanted, strict=False):
+        if have != want and not (prefix and have.startswith(want)):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- reader: search
+
+
 def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> list[Found]:
-    """The ranked rows for ``query`` (see the module docstring)."""
+    """The ranked rows for ``query`` (see the module docstring and :func:`_rank`).
+
+    The stages gather candidates, each only while the tiers it serves have fewer than
+    :data:`_WINDOW` rows (or ``limit``, if more): the symbol and it followed by a quote
+    currency (tiers 0-2), the symbols that start with the query (shortest first, tier 3),
+    then the full-text matches (shortest symbol first, any tier). Each gathers that many
+    rows more than those found before; the full-text matches past them are not ranked.
+    """
     text = " ".join(query.split())[:MAX_QUERY_LENGTH]
     if limit <= 0:
         return []
@@ -245,15 +404,31 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
         source = None  # the usual case: every stored source is in scope, no filter needed
     if not text:
         return _listing(conn, limit, source)
-    found: dict[int, Found] = {}
-    for stage in (_exact, _prefixed, _matched):
-        for row in stage(conn, text, limit + len(found), source):
-            found.setdefault(row[0], row)
-        if len(found) >= limit:
-            break
-    if not found:
+    wanted, window = _Query.of(text), max(limit, _WINDOW)
+    ranked: dict[int, tuple[Rank, Found]] = {}
+    last: dict[int, Found] = {}  # the last tier, in the full-text order
+
+    def gather(rows: list[Found]) -> None:
+        for row in rows:
+            if row[0] not in ranked and row[0] not in last:
+                rank = _rank(wanted, row)
+                if rank is None:
+                    last[row[0]] = row
+                else:
+                    ranked[row[0]] = (rank, row)
+
+    def enough(tier: int) -> bool:
+        return sum(1 for rank, _ in ranked.values() if rank[0] <= tier) >= window
+
+    gather(_named(conn, wanted, window, source))
+    if not enough(2):
+        gather(_prefixed(conn, text, window + len(ranked), source))
+        if not enough(3):
+            gather(_matched(conn, text, window + len(ranked), source))
+    if not ranked and not last:
         return _contained(conn, text, limit, source)
-    return list(found.values())[:limit]
+    best = [row for _, row in sorted(ranked.values(), key=itemgetter(0))]
+    return [*best, *last.values()][:limit]
 
 
 def _sources_in(conn: sqlite3.Connection) -> set[str]:
