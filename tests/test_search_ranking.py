@@ -205,6 +205,29 @@ async def test_forex_pairs_rank_the_pair_written_as_typed_first(
     assert (await names(index, query))[: len(first)] == first
 
 
+def binance_sized_listing() -> list[tuple[str, str, str]]:
+    """As many BTC-quoted pairs as Binance lists (about 300), most of them 6 characters and
+    listed before BTCUSDT: more than a search ranks in the full-text order."""
+    alts = [f"{a}{b}{c}" for a in "KQVXZ" for b in "KQVXZ" for c in "KQVXZ" + "ABCDEFGHIJ"]
+    return [(f"{alt}BTC", alt, "BTC") for alt in alts] + BINANCE
+
+
+async def test_a_label_that_starts_with_the_query_is_ranked_beyond_the_shortest_matches(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "binance.sqlite3"
+    listing = binance_sized_listing()
+    assert sum(quote == "BTC" for _, _, quote in listing) > 300
+    replace_provider_rows(path, "binance", binance_rows(listing))
+    index = await SymbolIndex.open(path)
+    try:
+        assert (await names(index, "bitcoin"))[:3] == ["BTCUSDT", "BTCUSDC", "BTCFDUSD"]
+        assert (await names(index, "Bitc"))[:3] == ["BTCUSDT", "BTCUSDC", "BTCFDUSD"]
+        assert (await names(index, "bitcoin tether"))[:1] == ["BTCUSDT"]
+    finally:
+        await index.close()
+
+
 # ----------------------------------------------------------------------------- properties
 
 ALL_NAMES = sorted({row["name"] for row in binance_rows(BINANCE) + polygon_rows() + forex_rows()})

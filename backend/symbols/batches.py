@@ -28,6 +28,7 @@ from backend.symbols.rows import (
     InvalidRow,
     check_shared,
     extra_json,
+    lead_token,
     name_and_label,
     search_words,
     shape_tag,
@@ -52,19 +53,22 @@ ROW_VALUES = 7
 Prepared = list[int | str | None]
 Shape = tuple[int, str, str, str, str]
 # A batch being gathered, one list per field: key, name, name_lower, name_label, shape,
-# extra, and the text of the search words ("name name_label").
-_Columns = tuple[list[int], list[str], list[str], list[str], list[int], list[str | None], list[str]]
+# extra, the text of the search words ("name name_label") and the lead token.
+_Columns = tuple[
+    list[int], list[str], list[str], list[str], list[int], list[str | None], list[str], list[str]
+]
 
 
 class Batcher:
     """Turns provider rows into prepared rows and shapes, in batches; may count the words.
 
     Rows are checked as they come (a chunk at a time); their search words are found for the
-    whole batch at once (:func:`_batch_words`). A shape is checked once: a row whose shared
+    whole batch at once (:func:`_batch_words`), and each row's lead token
+    (:func:`.rows.lead_token`) follows its words. A shape is checked once: a row whose shared
     fields serialize like a known shape's only has its name and name_label checked. A new
     shape takes the next seq, so shape ids and row keys never collide. ``words`` counts the
-    rows that contain each word, unless ``count_words`` is false (the writer then counts
-    them from the full-text index).
+    rows that contain each word (a lead token is no word), unless ``count_words`` is false
+    (the writer then counts them from the full-text index).
     """
 
     def __init__(self, source: str, first_seq: int, count_words: bool = True) -> None:
@@ -79,7 +83,7 @@ class Batcher:
         self._new_shapes: list[Shape] = []
         self._last_parts: tuple[object, ...] = (_NOTHING,) * 6
         self._last_shape = 0
-        self._columns: _Columns = ([], [], [], [], [], [], [])
+        self._columns: _Columns = ([], [], [], [], [], [], [], [])
 
     def add(self, rows: list[object]) -> None:
         """Check provider rows and keep them for the batch; log and skip the invalid ones.
@@ -93,7 +97,7 @@ class Batcher:
         last, shape = self._last_parts, self._last_shape
         c = self._columns
         keys, names, lowers, labels = c[0].append, c[1].append, c[2].append, c[3].append
-        row_shapes, extras, texts = c[4].append, c[5].append, c[6].append
+        row_shapes, extras, texts, leads = c[4].append, c[5].append, c[6].append, c[7].append
         for raw in rows:
             try:
                 if not isinstance(raw, _MAPPINGS):
@@ -126,6 +130,7 @@ class Batcher:
             row_shapes(shape)
             extras(extra)
             texts(f"{name} {label}")
+            leads(lead_token(label))
 
     def _shape(self, parts: tuple[object, ...], raw: Mapping[str, Any]) -> int:
         """The shape of a row's shared fields (checked if new); they become the last parts."""
@@ -167,11 +172,14 @@ class Batcher:
     def take(self) -> tuple[list[Shape], Prepared]:
         """The new shapes and the rows of the batch, in ascending keys (by length, then seq)."""
         shapes, self._new_shapes = self._new_shapes, []
-        keys, names, lowers, labels, row_shapes, extras, texts = self._columns
-        words = _batch_words(texts, self.words)
+        keys, names, lowers, labels, row_shapes, extras, texts, leads = self._columns
+        words = [
+            f"{found} {lead}" if found and lead else found or lead
+            for found, lead in zip(_batch_words(texts, self.words), leads, strict=True)
+        ]  # the lead token is not a word: not counted
         rows = list(zip(keys, names, lowers, labels, row_shapes, words, extras, strict=True))
         rows.sort()  # the keys are unique: only they are compared
-        self._columns = ([], [], [], [], [], [], [])
+        self._columns = ([], [], [], [], [], [], [], [])
         return shapes, list(chain.from_iterable(rows))
 
 

@@ -42,7 +42,7 @@ from urllib.parse import quote
 import orjson
 
 from backend.errors import StorageError
-from backend.symbols.rows import id_range, search_words
+from backend.symbols.rows import LEAD_MARK, id_range, search_words
 
 logger = logging.getLogger(__name__)
 
@@ -194,22 +194,29 @@ def _any_of(tokens: Iterable[str]) -> str:
     return "(" + " OR ".join(f'"{token}"' for token in tokens) + ")"
 
 
-def _word_clause(conn: sqlite3.Connection, word: str, prefix: bool) -> str:
-    """The FTS5 clause for one search word: in the row's words, or in its shape's words.
+def _word_choices(conn: sqlite3.Connection, word: str, prefix: bool) -> list[str]:
+    """The indexed words one search word stands for: itself, and for a prefix the most
+    frequent longer ones."""
+    return [word, *_longer_words(conn, word)] if prefix else [word]
+
+
+def _match_expressions(
+    conn: sqlite3.Connection, query: _Query, source: Scope
+) -> tuple[str, str] | None:
+    """The FTS5 queries for ``query``, or ``None`` when nothing can match: every word in the
+    row's words or in its shape's words; and the same with the first word as the row's lead
+    token (the labels that start with it).
 
     No column filter (the index keeps no columns): a word is letters only or digits only,
-    a tag has both, so neither ever matches the other.
+    a tag and a lead token have both, so none ever matches another.
     """
-    choices = [word, *_longer_words(conn, word)] if prefix else [word]
-    return _any_of([*choices, *_tags_with(conn, word, prefix)])
-
-
-def _match_expression(conn: sqlite3.Connection, text: str, source: Scope) -> str | None:
-    """The FTS5 query for ``text``, or ``None`` when nothing can match."""
     clauses: list[str] = []
-    for term in text.split():
-        words = search_words(term)[: _MAX_QUERY_WORDS - len(clauses)]
-        clauses += [_word_clause(conn, w, i == len(words) - 1) for i, w in enumerate(words)]
+    lead = ""
+    for word, prefix in query.words:
+        choices = _word_choices(conn, word, prefix)
+        if not clauses:
+            lead = _any_of(LEAD_MARK + choice for choice in choices)
+        clauses.append(_any_of([*choices, *_tags_with(conn, word, prefix)]))
     if not clauses:
         return None
     if source is not None:
@@ -218,14 +225,11 @@ def _match_expression(conn: sqlite3.Connection, text: str, source: Scope) -> str
         if not tags:
             return None
         clauses.append(_any_of(tags))
-    return " AND ".join(clauses)
+    return " AND ".join(clauses), " AND ".join([lead, *clauses[1:]])
 
 
-def _matched(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
+def _matched(conn: sqlite3.Connection, expression: str, text: str, limit: int) -> list[Found]:
     """Full-text matches, shortest symbol first (the rowid order); [] past the time budget."""
-    expression = _match_expression(conn, text, source)
-    if expression is None:
-        return []
     sql = (
         "SELECT s.key, s.id, s.name, s.name_label, s.extra, h.details FROM symbols_fts AS f"
         " CROSS JOIN symbols AS s ON s.key = f.rowid"
@@ -395,7 +399,9 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     :data:`_WINDOW` rows (or ``limit``, if more): the symbol and it followed by a quote
     currency (tiers 0-2), the symbols that start with the query (shortest first, tier 3),
     then the full-text matches (shortest symbol first, any tier). Each gathers that many
-    rows more than those found before; the full-text matches past them are not ranked.
+    rows more than those found before; when there are more full-text matches, those whose
+    label starts with the first word (by its lead token, tier 4) are gathered as well. The
+    other full-text matches past them are not ranked.
     """
     text = " ".join(query.split())[:MAX_QUERY_LENGTH]
     if limit <= 0:
@@ -423,8 +429,14 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     gather(_named(conn, wanted, window, source))
     if not enough(2):
         gather(_prefixed(conn, text, window + len(ranked), source))
-        if not enough(3):
-            gather(_matched(conn, text, window + len(ranked), source))
+    expressions = None if enough(3) else _match_expressions(conn, wanted, source)
+    if expressions is not None:
+        every, lead = expressions
+        wanted_rows = window + len(ranked)
+        matched = _matched(conn, every, text, wanted_rows)
+        gather(matched)
+        if len(matched) == wanted_rows and not enough(4):  # more matches than ranked
+            gather(_matched(conn, lead, text, window + len(ranked) + len(last)))
     if not ranked and not last:
         return _contained(conn, text, limit, source)
     best = [row for _, row in sorted(ranked.values(), key=itemgetter(0))]

@@ -27,6 +27,11 @@ MAX_NAME_LENGTH = 256
 
 
 ASCII_WORD = re.compile(r"[a-z]+|[0-9]+")
+_FIRST_ASCII_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
+#: The start of a row's lead token: the full-text token of the first search word of its label
+#: ("0abitcoin" for "Bitcoin / TetherUS"), which finds the labels that start with a word. A
+#: digit then a letter: no search word (letters only or digits only) nor tag ("t...") is one.
+LEAD_MARK = "0a"
 _WORD = re.compile(r"[^\W\d_]+|\d+")
 # Letters to Python's Unicode tables that the full-text index's tokenizer (SQLite's
 # unicode61, on older tables) takes for separators: New Tai Lue vowel signs (letters since
@@ -55,6 +60,15 @@ def search_words(text: str) -> list[str]:
         return ASCII_WORD.findall(text.lower())
     decomposed = unicodedata.normalize("NFKD", text).translate(_SPLIT_AT_SEPARATORS)
     return _WORD.findall("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
+
+
+def lead_token(label: str) -> str:
+    """The lead token of ``label`` (:data:`LEAD_MARK` and its first search word), or ""."""
+    if label.isascii():
+        found = _FIRST_ASCII_WORD.search(label)
+        return LEAD_MARK + found.group().lower() if found else ""
+    words = search_words(label)
+    return LEAD_MARK + words[0] if words else ""
 
 
 def shape_tag(source: str, words: str) -> str:

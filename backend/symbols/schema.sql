@@ -14,7 +14,10 @@
 --   id          "source-name", unique: the Tradiny search row id and the listing order
 --   name_lower  the symbol lower-cased, for exact and prefix lookups (nlen is its length)
 --   words       the search words of name and name_label, as indexed in symbols_fts (a
---               batch of ASCII rows lists the letter words, then the digit words)
+--               batch of ASCII rows lists the letter words, then the digit words), then
+--               the lead token: "0a" and the label's first word ("0abitcoin" for "Bitcoin /
+--               TetherUS"), which finds the labels that start with a word (a row populated
+--               before 2026-12-06 has none: search then ranks them among fewer matches)
 --   extra       the row's keys beyond DESIGN 5.4 as a JSON object (a CSV row's path), or NULL
 CREATE TABLE IF NOT EXISTS symbols (
     key        INTEGER PRIMARY KEY,
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS symbol_tags (
 -- trigger would flush the index at every row); the trigger below removes them, with the
 -- same words and tag (so a source's rows are deleted before its shapes). detail = none: the
 -- index only knows which rows hold a token, not in which column (cheaper to fill). A search
--- needs no column: a word is letters only or digits only, and a tag has both. A database
+-- needs no column: a word is letters only or digits only, and a tag has both, as a lead
+-- token does (a tag starts with "t", a lead token with "0a"). A database
 -- made with detail = column (before 2026-12-03) keeps it, and is searched alike.
 CREATE VIRTUAL TABLE IF NOT EXISTS symbols_fts USING fts5 (
     words, tag,
@@ -75,9 +79,9 @@ CREATE TRIGGER IF NOT EXISTS symbols_fts_delete AFTER DELETE ON symbols BEGIN
     );
 END;
 
--- How many rows of each source contain each search word of name and name_label: the last
--- word of a search term is expanded to the most frequent words that start with it (an FTS5
--- prefix query over a common prefix would read every matching row).
+-- How many rows of each source contain each search word of name and name_label (not the
+-- lead tokens): the last word of a search term is expanded to the most frequent words that
+-- start with it (an FTS5 prefix query over a common prefix would read every matching row).
 CREATE TABLE IF NOT EXISTS symbol_words (
     word   TEXT    NOT NULL,
     source TEXT    NOT NULL,

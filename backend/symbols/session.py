@@ -27,7 +27,7 @@ from typing import Any, cast
 import orjson
 
 from backend.symbols.batches import ROW_VALUES, SEQ_BITS, Prepared, Shape
-from backend.symbols.rows import id_range
+from backend.symbols.rows import LEAD_MARK, id_range
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.sql"
 FTS_ROWS = 100_000  # rows added to the full-text index per statement
@@ -97,10 +97,11 @@ def _only_source(conn: sqlite3.Connection, source: str) -> bool:
 
 
 def _stored_words(conn: sqlite3.Connection, source: str) -> Counter[str]:
-    """How many of ``source``'s stored rows contain each word."""
+    """How many of ``source``'s stored rows contain each word (lead tokens are no words)."""
     sql = "SELECT words FROM symbols WHERE id >= ? AND id < ? AND source = ?"
     rows = conn.execute(sql, (*id_range(source), source))
-    return Counter(chain.from_iterable(set(words.split()) for (words,) in rows))
+    counts = Counter(chain.from_iterable(set(words.split()) for (words,) in rows))
+    return Counter({word: n for word, n in counts.items() if not word.startswith(LEAD_MARK)})
 
 
 def _delete_all_symbols(conn: sqlite3.Connection) -> None:
@@ -247,8 +248,8 @@ class Session:
         """Record the rows that contain each word from the full-text index's vocabulary.
 
         Only right while the source's rows are the only rows: the index is then theirs, and
-        FTS5 counts the rows that hold each of its terms. The tags are terms too (a word
-        never equals one): they are left out.
+        FTS5 counts the rows that hold each of its terms. The tags and the lead tokens are
+        terms too (a word never equals one): they are left out.
         """
         conn.execute(
             "CREATE VIRTUAL TABLE IF NOT EXISTS temp.symbols_fts_terms"
@@ -257,8 +258,8 @@ class Session:
         conn.execute(
             "INSERT INTO symbol_words (word, source, rows)"
             " SELECT term, ?, doc FROM temp.symbols_fts_terms"
-            " WHERE term NOT IN (SELECT tag FROM symbol_tags)",
-            (source,),
+            " WHERE term NOT IN (SELECT tag FROM symbol_tags) AND term NOT GLOB ?",
+            (source, LEAD_MARK + "*"),
         )
 
     def do_checkpoint(self, conn: sqlite3.Connection) -> None:
