@@ -205,6 +205,27 @@ async def test_forex_pairs_rank_the_pair_written_as_typed_first(
     assert (await names(index, query))[: len(first)] == first
 
 
+@pytest.mark.parametrize(
+    ("query", "source", "first"),
+    [
+        ("btc usdt", "binance", ["BTCUSDT"]),
+        ("btc/usdt", "binance", ["BTCUSDT"]),
+        ("BTC-USDT", "binance", ["BTCUSDT"]),
+        ("btc_usdt", "binance", ["BTCUSDT"]),
+        ("eth btc", "binance", ["ETHBTC"]),
+        ("eth/bt", "binance", ["ETHBTC"]),
+        ("eur usd", None, ["EURUSD", "EUR/USD", "C:EURUSD"]),
+        ("EUR USD", None, ["EURUSD", "EUR/USD", "C:EURUSD"]),
+        ("btc/usd", None, ["X:BTCUSD"]),
+        ("gbp-usd", None, ["GBP/USD", "C:GBPUSD"]),
+    ],
+)
+async def test_a_pair_written_with_a_separator_finds_the_pair_first(
+    index: SymbolIndex, query: str, source: str | None, first: list[str]
+) -> None:
+    assert (await names(index, query, source))[: len(first)] == first
+
+
 def binance_sized_listing() -> list[tuple[str, str, str]]:
     """As many BTC-quoted pairs as Binance lists (about 300), most of them 6 characters and
     listed before BTCUSDT: more than a search ranks in the full-text order."""

@@ -109,11 +109,14 @@ def _listing(conn: sqlite3.Connection, limit: int, source: Scope) -> list[Found]
 
 
 def _named(conn: sqlite3.Connection, query: _Query, limit: int, source: Scope) -> list[Found]:
-    """Rows whose symbol is the query ignoring case, or the query followed by a quote
-    currency (``btc``: ``BTCUSDT``, ``BTCEUR``; one index lookup per name)."""
+    """Rows whose symbol is the query ignoring case (or its words together), or the query
+    followed by a quote currency (``btc``: ``BTCUSDT``, ``BTCEUR``; one index lookup per
+    name)."""
     names = [query.lower]
     if " " not in query.lower:
         names += [query.lower + quote for quote in QUOTES]
+    if query.joined and query.joined != query.lower:
+        names.append(query.joined)
     sql, params = _with_source(
         "SELECT s.key, s.id, s.name, s.name_label, s.extra, h.details FROM json_each(?) AS j"
         " CROSS JOIN symbols AS s ON s.nlen = length(j.value) AND s.name_lower = j.value"
@@ -204,8 +207,9 @@ def _match_expressions(
     conn: sqlite3.Connection, query: _Query, source: Scope
 ) -> tuple[str, str] | None:
     """The FTS5 queries for ``query``, or ``None`` when nothing can match: every word in the
-    row's words or in its shape's words; and the same with the first word as the row's lead
-    token (the labels that start with it).
+    row's words or in its shape's words (or, for several words, them written together as
+    one: ``eur usd`` finds ``C:EURUSD``, whose word is ``eurusd``); and the same with the
+    first word as the row's lead token (the labels that start with it).
 
     No column filter (the index keeps no columns): a word is letters only or digits only,
     a tag and a lead token have both, so none ever matches another.
@@ -219,13 +223,17 @@ def _match_expressions(
         clauses.append(_any_of([*choices, *_tags_with(conn, word, prefix)]))
     if not clauses:
         return None
+    every, lead = " AND ".join(clauses), " AND ".join([lead, *clauses[1:]])
+    joined = query.joined
+    if joined.isalpha() or joined.isdigit():  # a word, so it may be one of the index's
+        every = f"({every}) OR {_any_of(_word_choices(conn, joined, True))}"
     if source is not None:
         sources = source if isinstance(source, tuple) else (source,)
         tags = [tag for one in sources for tag in _source_tags(conn, one)]
         if not tags:
             return None
-        clauses.append(_any_of(tags))
-    return " AND ".join(clauses), " AND ".join([lead, *clauses[1:]])
+        every, lead = f"({every}) AND {_any_of(tags)}", f"{lead} AND {_any_of(tags)}"
+    return every, lead
 
 
 def _matched(conn: sqlite3.Connection, expression: str, text: str, limit: int) -> list[Found]:
@@ -280,13 +288,17 @@ class _Query:
     """A search text: as typed (spaces collapsed), lower-cased, and its search words, each
     with whether it matches as a prefix (the last word of each space-separated term).
 
-    ``starts``: for ASCII words, a regular expression that matches an ASCII text that begins
-    with them (:func:`_rank` runs it instead of splitting every label into words).
+    ``joined``: its words written together when it has several (``btcusdt`` for ``btc/usdt``
+    or ``btc usdt``, ``eurusd`` for ``eur usd``), else "": a pair typed with a separator is
+    looked for as the symbol that has none. ``starts``: for ASCII words, a regular expression
+    that matches an ASCII text that begins with them (:func:`_rank` runs it instead of
+    splitting every label into words).
     """
 
     text: str
     lower: str
     words: tuple[tuple[str, bool], ...]
+    joined: str
     starts: re.Pattern[str] | None
 
     @classmethod
@@ -295,10 +307,11 @@ class _Query:
         for term in text.split():
             found = search_words(term)[: _MAX_QUERY_WORDS - len(words)]
             words += [(word, n == len(found) - 1) for n, word in enumerate(found)]
+        joined = "".join(word for word, _ in words) if len(words) > 1 else ""
         starts = None
         if words and all(word.isascii() for word, _ in words):
             starts = re.compile(_starts_pattern(words), re.ASCII | re.IGNORECASE)
-        return cls(text, text.lower(), tuple(words), starts)
+        return cls(text, text.lower(), tuple(words), joined, starts)
 
 
 def _starts_pattern(words: list[tuple[str, bool]]) -> str:
@@ -323,10 +336,13 @@ def _rank(query: _Query, row: Found) -> Rank | None:
     ``None`` for the last tier.
 
     0. the symbol is the query (the same case first);
-    1. the symbol less a market prefix (``X:`` of ``X:BTCUSD``) is the query;
-    2. the symbol (or it less its market prefix) is the query then a quote currency
-       (``btc``: ``BTCUSDT``), by the quote's rank in :data:`QUOTES`;
-    3. the symbol starts with the query: shortest, then alphabetical;
+    1. the symbol less a market prefix (``X:`` of ``X:BTCUSD``) is the query, or its words
+       written together are the query's (``eur usd``: ``EURUSD``, ``EUR/USD``, ``C:EURUSD``):
+       by quote currency, then shortest;
+    2. the symbol (or it less its market prefix, or its words together) is the query (or
+       its words together) then a quote currency (``btc``: ``BTCUSDT``), by the quote's rank
+       in :data:`QUOTES`;
+    3. the symbol starts so otherwise: shortest, then alphabetical;
     4. the label starts with the query's words (``bitcoin``: "Bitcoin / TetherUS", "Bitcoin
        Cash / TetherUS"): fewest other words in the label's leading name ("Bitcoin" before
        "Bitcoin Cash"), then the symbol's quote currency, the shorter label, the shorter
@@ -340,9 +356,12 @@ def _rank(query: _Query, row: Found) -> Rank | None:
     if lower == query.lower:
         return (0, int(name != query.text), 0, 0, 0, "", key)
     core = lower.rpartition(":")[2]
-    if core == query.lower:
+    joined = _joined(core) if query.joined else ""
+    if core == query.lower or (joined and joined == query.joined):
         return (1, _quote_rank(core), len(lower), 0, 0, "", key)
     rest = _rest_after(query.lower, lower, core)
+    if rest is None and joined.startswith(query.joined) and joined:
+        rest = joined[len(query.joined) :]
     if rest is not None:
         quote = _QUOTE_RANK.get(rest.lstrip(_JOINERS), _NO_QUOTE)
         if quote < _NO_QUOTE:
@@ -358,6 +377,11 @@ def _rank(query: _Query, row: Found) -> Rank | None:
         others = max(others - len(query.words), 0)
         return (4, others, _quote_rank(core), len(label), len(lower), "", key)
     return None
+
+
+def _joined(symbol: str) -> str:
+    """The search words of ``symbol`` written together (``eurusd`` for ``eur/usd``)."""
+    return symbol if symbol.isascii() and symbol.isalnum() else "".join(search_words(symbol))
 
 
 def _rest_after(prefix: str, lower: str, core: str) -> str | None:
@@ -429,6 +453,8 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     gather(_named(conn, wanted, window, source))
     if not enough(2):
         gather(_prefixed(conn, text, window + len(ranked), source))
+    if wanted.joined and wanted.joined != wanted.lower and not enough(3):
+        gather(_prefixed(conn, wanted.joined, window + len(ranked), source))
     expressions = None if enough(3) else _match_expressions(conn, wanted, source)
     if expressions is not None:
         every, lead = expressions
