@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backend.data_providers.binance.parse import dataset_row as binance_row
@@ -286,6 +286,7 @@ def test_an_exact_symbol_in_any_case_is_always_the_first_result(
 
 @PROPERTIES
 @given(prefix_of=st.sampled_from(ALL_NAMES), cut=st.integers(1, 6))
+@example(prefix_of="EUR/USD", cut=5)  # EUR/USD before EURUSD
 def test_symbols_that_start_with_the_text_come_before_those_that_do_not(
     db: Path, prefix_of: str, cut: int
 ) -> None:

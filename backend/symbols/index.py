@@ -341,8 +341,9 @@ def _rank(query: _Query, row: Found) -> Rank | None:
        by quote currency, then shortest;
     2. the symbol (or it less its market prefix, or its words together) is the query (or
        its words together) then a quote currency (``btc``: ``BTCUSDT``), by the quote's rank
-       in :data:`QUOTES`;
-    3. the symbol starts so otherwise: shortest, then alphabetical;
+       in :data:`QUOTES`, then those that start with the query as typed, then shortest;
+    3. the symbol starts so otherwise: as typed first (``EUR/U``: ``EUR/USD``, then
+       ``EURUSD``), then shortest, then alphabetical;
     4. the label starts with the query's words (``bitcoin``: "Bitcoin / TetherUS", "Bitcoin
        Cash / TetherUS"): fewest other words in the label's leading name ("Bitcoin" before
        "Bitcoin Cash"), then the symbol's quote currency, the shorter label, the shorter
@@ -359,14 +360,14 @@ def _rank(query: _Query, row: Found) -> Rank | None:
     joined = _joined(core) if query.joined else ""
     if core == query.lower or (joined and joined == query.joined):
         return (1, _quote_rank(core), len(lower), 0, 0, "", key)
-    rest = _rest_after(query.lower, lower, core)
+    rest, typed = _rest_after(query.lower, lower, core), 0
     if rest is None and joined.startswith(query.joined) and joined:
-        rest = joined[len(query.joined) :]
+        rest, typed = joined[len(query.joined) :], 1
     if rest is not None:
         quote = _QUOTE_RANK.get(rest.lstrip(_JOINERS), _NO_QUOTE)
         if quote < _NO_QUOTE:
-            return (2, quote, len(lower), 0, 0, "", key)
-        return (3, len(lower), 0, 0, 0, lower, key)
+            return (2, quote, typed, len(lower), 0, "", key)
+        return (3, typed, len(lower), 0, 0, lower, key)
     if query.starts is not None and label.isascii():
         starts = query.starts.match(label) is not None
     else:
