@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from backend.data_providers.binance.parse import dataset_row as binance_row
 from backend.data_providers.polygon.rest import dataset_row as polygon_row
 from backend.symbols.index import SymbolIndex
+from backend.symbols.rows import search_words
 from backend.symbols.writer import replace_provider_rows
 from tests.fakes.binance import FakeBinance, SymbolSpec
 from tests.harness import ServerProcess, WsClient, base_env, populate
@@ -51,6 +52,7 @@ POLYGON = [
     ("stocks", "APP", "AppLovin Corporation", "XNAS"),
     ("stocks", "BITO", "ProShares Bitcoin Strategy ETF", "ARCX"),
     ("stocks", "BTCS", "BTCS Inc.", "XNAS"),
+    ("stocks", "BRK.B", "Berkshire Hathaway Inc. Class B", "XNYS"),
     ("crypto", "X:BTCUSD", "Bitcoin - United States dollar", None),
     ("crypto", "X:ETHUSD", "Ethereum - United States dollar", None),
     ("fx", "C:EURUSD", "Euro - United States Dollar", None),
@@ -194,8 +196,6 @@ async def test_stocks_rank_the_ticker_then_the_company_name(
     [
         ("EUR/USD", ["EUR/USD"]),
         ("eur/usd", ["EUR/USD"]),
-        ("eurusd", ["EURUSD", "C:EURUSD"]),
-        ("EURUSD", ["EURUSD", "C:EURUSD"]),
         ("euro", ["EUR/USD", "C:EURUSD", "EURUSDT"]),
     ],
 )
@@ -224,6 +224,24 @@ async def test_a_pair_written_with_a_separator_finds_the_pair_first(
     index: SymbolIndex, query: str, source: str | None, first: list[str]
 ) -> None:
     assert (await names(index, query, source))[: len(first)] == first
+
+
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("eurusd", ["EURUSD", "EUR/USD", "C:EURUSD"]),
+        ("EURUSD", ["EURUSD", "EUR/USD", "C:EURUSD"]),
+        ("gbpusd", ["GBP/USD", "C:GBPUSD"]),
+        ("usdjpy", ["USD/JPY"]),
+        ("brkb", ["BRK.B"]),
+    ],
+)
+async def test_a_symbol_written_with_a_separator_is_found_without_it(
+    index: SymbolIndex, query: str, first: list[str]
+) -> None:
+    assert (await names(index, query))[: len(first)] == first
+    found = await names(index, "eurus")  # a prefix: as typed first, EUR/USD among them
+    assert found[0] == "EURUSD" and "EUR/USD" in found[:5]
 
 
 def binance_sized_listing() -> list[tuple[str, str, str]]:
@@ -292,8 +310,11 @@ def test_symbols_that_start_with_the_text_come_before_those_that_do_not(
 ) -> None:
     text = prefix_of[:cut]
     found = [row["name"].lower() for row in search_now(db, text)]
+    joined = "".join(search_words(text))  # the same symbol written without separators too
     starts = [
-        name.startswith(text.lower()) or name.rpartition(":")[2].startswith(text.lower())
+        name.startswith(text.lower())
+        or name.rpartition(":")[2].startswith(text.lower())
+        or "".join(search_words(name.rpartition(":")[2])) == joined != ""
         for name in found
     ]
     assert starts == sorted(starts, reverse=True), (text, found)

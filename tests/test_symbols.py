@@ -19,7 +19,7 @@ from backend.errors import StorageError
 from backend.symbols import index as symbol_index
 from backend.symbols import rows, session, writer
 from backend.symbols.index import MAX_SEARCH_LIMIT, SymbolIndex
-from backend.symbols.rows import search_words, shape_tag
+from backend.symbols.rows import joined_word, search_words, shape_tag
 from backend.symbols.writer import replace_provider_rows
 
 CANDLE = [{"name": n, "y_axis": "price"} for n in ("open", "high", "low", "close")] + [
@@ -671,10 +671,12 @@ def word_rows(source: str) -> list[Any]:
 
 
 def expected_word_rows(rows: list[Any]) -> dict[str, int]:
-    """How many rows contain each search word of name and name_label."""
+    """How many rows contain each search word of name and name_label, or the name's words
+    written together (rows.joined_word: "glepa" for GLE.PA)."""
     counts: dict[str, int] = {}
     for raw in rows:
-        for word in set(search_words(f"{raw['name']} {raw['name_label']}")):
+        text = f"{raw['name']} {raw['name_label']} {joined_word(raw['name'])}"
+        for word in set(search_words(text)):
             counts[word] = counts.get(word, 0) + 1
     return counts
 

@@ -28,6 +28,7 @@ from backend.symbols.rows import (
     InvalidRow,
     check_shared,
     extra_json,
+    joined_word,
     lead_token,
     name_and_label,
     search_words,
@@ -62,7 +63,8 @@ _Columns = tuple[
 class Batcher:
     """Turns provider rows into prepared rows and shapes, in batches; may count the words.
 
-    Rows are checked as they come (a chunk at a time); their search words are found for the
+    Rows are checked as they come (a chunk at a time); their search words (those of name and
+    name_label, and the symbol's joined word, :func:`.rows.joined_word`) are found for the
     whole batch at once (:func:`_batch_words`), and each row's lead token
     (:func:`.rows.lead_token`) follows its words. A shape is checked once: a row whose shared
     fields serialize like a known shape's only has its name and name_label checked. A new
@@ -129,7 +131,8 @@ class Batcher:
             labels(label)
             row_shapes(shape)
             extras(extra)
-            texts(f"{name} {label}")
+            joined = joined_word(name)
+            texts(f"{name} {label} {joined}" if joined else f"{name} {label}")
             leads(lead_token(label))
 
     def _shape(self, parts: tuple[object, ...], raw: Mapping[str, Any]) -> int:

@@ -225,7 +225,7 @@ def _match_expressions(
         return None
     every, lead = " AND ".join(clauses), " AND ".join([lead, *clauses[1:]])
     joined = query.joined
-    if joined.isalpha() or joined.isdigit():  # a word, so it may be one of the index's
+    if len(query.words) > 1 and (joined.isalpha() or joined.isdigit()):  # may be a word
         every = f"({every}) OR {_any_of(_word_choices(conn, joined, True))}"
     if source is not None:
         sources = source if isinstance(source, tuple) else (source,)
@@ -288,9 +288,10 @@ class _Query:
     """A search text: as typed (spaces collapsed), lower-cased, and its search words, each
     with whether it matches as a prefix (the last word of each space-separated term).
 
-    ``joined``: its words written together when it has several (``btcusdt`` for ``btc/usdt``
-    or ``btc usdt``, ``eurusd`` for ``eur usd``), else "": a pair typed with a separator is
-    looked for as the symbol that has none. ``starts``: for ASCII words, a regular expression
+    ``joined``: its words written together (``btcusdt`` for ``btc/usdt`` or ``btc usdt``,
+    ``eurusd`` for ``eur usd``): a pair typed with a separator is looked for as the symbol
+    that has none, and a symbol's words written together are compared with it (``eurusd``
+    finds ``EUR/USD``). ``starts``: for ASCII words, a regular expression
     that matches an ASCII text that begins with them (:func:`_rank` runs it instead of
     splitting every label into words).
     """
@@ -307,7 +308,7 @@ class _Query:
         for term in text.split():
             found = search_words(term)[: _MAX_QUERY_WORDS - len(words)]
             words += [(word, n == len(found) - 1) for n, word in enumerate(found)]
-        joined = "".join(word for word, _ in words) if len(words) > 1 else ""
+        joined = "".join(word for word, _ in words)
         starts = None
         if words and all(word.isascii() for word, _ in words):
             starts = re.compile(_starts_pattern(words), re.ASCII | re.IGNORECASE)
@@ -357,7 +358,7 @@ def _rank(query: _Query, row: Found) -> Rank | None:
     if lower == query.lower:
         return (0, int(name != query.text), 0, 0, 0, "", key)
     core = lower.rpartition(":")[2]
-    joined = _joined(core) if query.joined else ""
+    joined = _joined(core)
     if core == query.lower or (joined and joined == query.joined):
         return (1, _quote_rank(core), len(lower), 0, 0, "", key)
     rest, typed = _rest_after(query.lower, lower, core), 0

@@ -71,6 +71,19 @@ def lead_token(label: str) -> str:
     return LEAD_MARK + words[0] if words else ""
 
 
+def joined_word(name: str) -> str:
+    """The search words of a symbol less its market prefix (``X:``) written together, when
+    there are several of one kind: ``EUR/USD`` -> ``eurusd``, ``BRK.B`` -> ``brkb``; else ""
+    (``BTCUSDT`` is one word already, ``O:SPY251219C00450000`` has letters and digits). A
+    row's words include it, so the symbol is found as written without its separators."""
+    core = name.rpartition(":")[2]
+    if core.isalnum():
+        return ""
+    words = search_words(core)
+    joined = "".join(words)
+    return joined if len(words) > 1 and (joined.isalpha() or joined.isdigit()) else ""
+
+
 def shape_tag(source: str, words: str) -> str:
     """The full-text token standing for a source and the words of a shape."""
     digest = hashlib.blake2b(f"{source}\0{words}".encode(), digest_size=8).hexdigest()
