@@ -418,6 +418,12 @@ def _starts_with(words: list[str], wanted: tuple[tuple[str, bool], ...]) -> bool
 # --------------------------------------------------------------------------- reader: search
 
 
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (a lone surrogate, which a JSON ``\\ud800`` escape
+    gives) replaced by "?": SQLite and orjson refuse it."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> list[Found]:
     """The ranked rows for ``query`` (see the module docstring and :func:`_rank`).
 
@@ -429,7 +435,7 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     label starts with the first word (by its lead token, tier 4) are gathered as well. The
     other full-text matches past them are not ranked.
     """
-    text = " ".join(query.split())[:MAX_QUERY_LENGTH]
+    text = _encodable(" ".join(query.split())[:MAX_QUERY_LENGTH])
     if limit <= 0:
         return []
     if isinstance(source, tuple) and _sources_in(conn) <= set(source):
@@ -483,6 +489,8 @@ def _search_results(
 
 
 def _details(conn: sqlite3.Connection, source: str, name: str) -> list[dict[str, Any]]:
+    if _encodable(source) != source or _encodable(name) != name:
+        return []  # no stored row has what UTF-8 cannot hold
     sql = f"{_SELECT} WHERE s.id = ? AND s.source = ? AND s.name = ?"
     rows = conn.execute(sql, (f"{source}-{name}", source, name)).fetchall()
     return [_details_of(row) for row in rows]
