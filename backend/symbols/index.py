@@ -42,7 +42,7 @@ from urllib.parse import quote
 import orjson
 
 from backend.errors import StorageError
-from backend.symbols.rows import LEAD_MARK, id_range, search_words
+from backend.symbols.rows import LEAD_MARK, first_word, id_range, search_words
 
 logger = logging.getLogger(__name__)
 
@@ -128,21 +128,23 @@ def _named(conn: sqlite3.Connection, query: _Query, limit: int, source: Scope) -
 
 
 def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
-    """Rows whose symbol starts with ``text`` ignoring case: shortest, then alphabetical."""
+    """Rows whose symbol starts with ``text`` ignoring case: shortest, then alphabetical.
+
+    One statement: for each length from the shortest longer than ``text`` (a recursive
+    CTE, read in the order it counts), the index range of that length (in index order), so
+    ``LIMIT`` stops at the first ``limit`` rows of that order without sorting any.
+    """
     lower = text.lower()
-    longest = conn.execute("SELECT max(nlen) FROM symbols").fetchone()[0] or 0
     sql, params = _with_source(
-        f"{_SELECT} WHERE s.nlen = ? AND s.name_lower > ? AND s.name_lower < ? {{source}}"
-        " ORDER BY s.name_lower LIMIT ?",
+        "WITH RECURSIVE n(nlen) AS (SELECT ? UNION ALL SELECT nlen + 1 FROM n"
+        " WHERE nlen < (SELECT max(nlen) FROM symbols))"
+        " SELECT s.key, s.id, s.name, s.name_label, s.extra, h.details FROM n"
+        " CROSS JOIN symbols AS s ON s.nlen = n.nlen AND s.name_lower > ? AND s.name_lower < ?"
+        " CROSS JOIN symbol_shapes AS h ON h.shape = s.shape WHERE 1 {source} LIMIT ?",
         source,
-        (lower, _prefix_end(lower)),
+        (len(lower) + 1, lower, _prefix_end(lower)),
     )
-    found: list[Found] = []
-    for nlen in range(len(lower) + 1, longest + 1):
-        found += conn.execute(sql, (nlen, *params, limit - len(found))).fetchall()
-        if len(found) >= limit:
-            break
-    return found
+    return conn.execute(sql, (*params, limit)).fetchall()
 
 
 def _contained(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
@@ -291,16 +293,13 @@ class _Query:
     ``joined``: its words written together (``btcusdt`` for ``btc/usdt`` or ``btc usdt``,
     ``eurusd`` for ``eur usd``): a pair typed with a separator is looked for as the symbol
     that has none, and a symbol's words written together are compared with it (``eurusd``
-    finds ``EUR/USD``). ``starts``: for ASCII words, a regular expression
-    that matches an ASCII text that begins with them (:func:`_rank` runs it instead of
-    splitting every label into words).
+    finds ``EUR/USD``).
     """
 
     text: str
     lower: str
     words: tuple[tuple[str, bool], ...]
     joined: str
-    starts: re.Pattern[str] | None
 
     @classmethod
     def of(cls, text: str) -> _Query:
@@ -309,27 +308,7 @@ class _Query:
             found = search_words(term)[: _MAX_QUERY_WORDS - len(words)]
             words += [(word, n == len(found) - 1) for n, word in enumerate(found)]
         joined = "".join(word for word, _ in words)
-        starts = None
-        if words and all(word.isascii() for word, _ in words):
-            starts = re.compile(_starts_pattern(words), re.ASCII | re.IGNORECASE)
-        return cls(text, text.lower(), tuple(words), joined, starts)
-
-
-def _starts_pattern(words: list[tuple[str, bool]]) -> str:
-    """A pattern for ASCII text whose first search words are ``words`` (see :func:`_Query`):
-    a word is a run of letters or of digits, so two words of one kind have something else
-    between them, a prefix word may go on with its kind, and a whole word may not."""
-    pattern, kind = "[^a-z0-9]*", ""
-    for n, (word, prefix) in enumerate(words):
-        before, kind = kind, "a-z" if word.isalpha() else "0-9"
-        if n:
-            pattern += "[^a-z0-9]+" if kind == before else "[^a-z0-9]*"
-        pattern += re.escape(word)
-        if not prefix:
-            pattern += f"(?![{kind}])"
-        elif n < len(words) - 1:
-            pattern += f"[{kind}]*"
-    return pattern
+        return cls(text, text.lower(), tuple(words), joined)
 
 
 def _rank(query: _Query, row: Found) -> Rank | None:
@@ -346,9 +325,9 @@ def _rank(query: _Query, row: Found) -> Rank | None:
     3. the symbol starts so otherwise: as typed first (``EUR/U``: ``EUR/USD``, then
        ``EURUSD``), then shortest, then alphabetical;
     4. the label starts with the query's words (``bitcoin``: "Bitcoin / TetherUS", "Bitcoin
-       Cash / TetherUS"): fewest other words in the label's leading name ("Bitcoin" before
-       "Bitcoin Cash"), then the symbol's quote currency, the shorter label, the shorter
-       symbol;
+       Cash / TetherUS"): the shorter leading name of the label ("Bitcoin" before "Bitcoin
+       Cash", "Apple Inc." before "Apple Hospitality REIT"), then the symbol's quote
+       currency, the shorter label, the shorter symbol;
     5. every other match, shortest symbol first (the full-text order, which needs no rank).
 
     Last of all, the populate order (the key).
@@ -369,15 +348,10 @@ def _rank(query: _Query, row: Found) -> Rank | None:
         if quote < _NO_QUOTE:
             return (2, quote, typed, len(lower), 0, "", key)
         return (3, typed, len(lower), 0, 0, lower, key)
-    if query.starts is not None and label.isascii():
-        starts = query.starts.match(label) is not None
-    else:
-        starts = _starts_with(search_words(label), query.words)
-    if starts:
+    if _label_starts(label, query.words):
         end = _NAME_END.search(label)
-        others = len(search_words(label if end is None else label[: end.start()]))
-        others = max(others - len(query.words), 0)
-        return (4, others, _quote_rank(core), len(label), len(lower), "", key)
+        lead = len(label) if end is None else end.start()
+        return (4, lead, _quote_rank(core), len(label), len(lower), "", key)
     return None
 
 
@@ -405,6 +379,17 @@ def _quote_rank(symbol: str) -> int:
     return _NO_QUOTE
 
 
+def _label_starts(label: str, wanted: tuple[tuple[str, bool], ...]) -> bool:
+    """Whether the search words of ``label`` begin with the ``wanted`` words (the first word
+    alone is compared first: most labels differ there)."""
+    if not wanted:
+        return False
+    first, (want, prefix) = first_word(label), wanted[0]
+    if first != want and not (prefix and first.startswith(want)):
+        return False
+    return len(wanted) == 1 or _starts_with(search_words(label), wanted)
+
+
 def _starts_with(words: list[str], wanted: tuple[tuple[str, bool], ...]) -> bool:
     """Whether ``words`` begin with the ``wanted`` words (those marked prefix as prefixes)."""
     if len(words) < len(wanted) or not wanted:
@@ -430,10 +415,12 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     The stages gather candidates, each only while the tiers it serves have fewer than
     :data:`_WINDOW` rows (or ``limit``, if more): the symbol and it followed by a quote
     currency (tiers 0-2), the symbols that start with the query (shortest first, tier 3),
-    then the full-text matches (shortest symbol first, any tier). Each gathers that many
-    rows more than those found before; when there are more full-text matches, those whose
-    label starts with the first word (by its lead token, tier 4) are gathered as well. The
-    other full-text matches past them are not ranked.
+    the full-text matches (shortest symbol first, any tier), and those whose label starts
+    with the first word (by its lead token, shortest symbol first: tier 4 when the others
+    follow). Each gathers that many rows more than those found before; the full-text
+    matches past them are not ranked. The label stage comes first for a one-word query (it
+    reads one token's rows), and for several words only when there are more full-text
+    matches than gathered (with the other words' clauses, FTS5 reads theirs as well).
     """
     text = _encodable(" ".join(query.split())[:MAX_QUERY_LENGTH])
     if limit <= 0:
@@ -466,11 +453,15 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     expressions = None if enough(3) else _match_expressions(conn, wanted, source)
     if expressions is not None:
         every, lead = expressions
-        wanted_rows = window + len(ranked)
-        matched = _matched(conn, every, text, wanted_rows)
-        gather(matched)
-        if len(matched) == wanted_rows and not enough(4):  # more matches than ranked
-            gather(_matched(conn, lead, text, window + len(ranked) + len(last)))
+        alone = len(wanted.words) == 1  # the lead query is then that of one token
+        if alone:
+            gather(_matched(conn, lead, text, window + len(ranked)))
+        if not enough(4):
+            size = window + len(ranked) + len(last)
+            matched = _matched(conn, every, text, size)
+            gather(matched)
+            if not alone and len(matched) == size and not enough(4):  # more than ranked
+                gather(_matched(conn, lead, text, window + len(ranked)))
     if not ranked and not last:
         return _contained(conn, text, limit, source)
     best = [row for _, row in sorted(ranked.values(), key=itemgetter(0))]

@@ -62,13 +62,19 @@ def search_words(text: str) -> list[str]:
     return _WORD.findall("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
 
 
+def first_word(text: str) -> str:
+    """The first search word of ``text``, or ""."""
+    if text.isascii():
+        found = _FIRST_ASCII_WORD.search(text)
+        return found.group().lower() if found else ""
+    words = search_words(text)
+    return words[0] if words else ""
+
+
 def lead_token(label: str) -> str:
     """The lead token of ``label`` (:data:`LEAD_MARK` and its first search word), or ""."""
-    if label.isascii():
-        found = _FIRST_ASCII_WORD.search(label)
-        return LEAD_MARK + found.group().lower() if found else ""
-    words = search_words(label)
-    return LEAD_MARK + words[0] if words else ""
+    word = first_word(label)
+    return LEAD_MARK + word if word else ""
 
 
 def joined_word(name: str) -> str:
