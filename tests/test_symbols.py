@@ -340,6 +340,23 @@ async def test_replacing_the_only_source_empties_it_at_once_and_keeps_the_delete
     assert await search(fresh, "") == ["a-OTTER", "b-KEEP"]
 
 
+def fts_segments(db: Path) -> int:
+    """How many segments the full-text index has (each has rows in its ``_idx`` table)."""
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(DISTINCT segid) FROM symbols_fts_idx").fetchone()[0])
+
+
+async def test_each_populate_leaves_the_full_text_index_in_one_segment(fresh: Path) -> None:
+    """A search reads every segment of its tokens' doclists: at 1.5M symbols the 8 segments
+    populate left cost 0.22-0.25 ms per full-text query, one segment 0.09-0.1 ms."""
+    replace_provider_rows(fresh, "a", [row(f"A{n}", "Walrus", source="a") for n in range(50)])
+    replace_provider_rows(fresh, "b", [row(f"B{n}", "Narwhal", source="b") for n in range(50)])
+    replace_provider_rows(fresh, "a", [row(f"C{n}", "Otter", source="a") for n in range(50)])
+    assert fts_segments(fresh) == 1
+    assert await search(fresh, "walrus") == []
+    assert len(await search(fresh, "otter")) == len(await search(fresh, "narwhal")) == 50
+
+
 def failing_rows(source: str, count: int) -> Iterator[dict[str, Any]]:
     for n in range(count):
         yield row(f"NEW{n}", "Narwhal Holdings", source=source)

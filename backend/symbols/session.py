@@ -4,8 +4,8 @@
 replace: it reads the requests (JSON, ``orjson``) and runs each on a :class:`Session`, one
 method per request, and replies to each. The one transaction deletes the source's rows,
 inserts the batches prepared by :class:`.batches.Batcher` a hundred rows per statement
-(:func:`_insert_sql`), adds them to the full-text index, records the source's words and
-commits.
+(:func:`_insert_sql`), adds them to the full-text index, records the source's words,
+merges the full-text index into one segment and commits.
 
 Owns the connection, the SQL and the transaction. Not the row checks nor the batches
 (:mod:`.batches`), nor the process's start, the order of the requests and what holds them
@@ -222,7 +222,8 @@ class Session:
         seq_first: int,
         seq_last: int,
     ) -> None:
-        """Index the last rows, record the source's words and row count, and commit.
+        """Index the last rows, record the source's words and row count, merge the full-text
+        index into one segment, and commit.
 
         ``words`` counts the rows that contain each word, or is ``None`` when the source
         seemed alone: the full-text index then gives the counts if it is, and the stored
@@ -242,6 +243,9 @@ class Session:
             "INSERT OR REPLACE INTO symbol_sources VALUES (?, ?, ?, ?, ?)",
             (source, self.stored, seq_first, seq_last, datetime.now(UTC).isoformat()),
         )
+        # One segment: a search reads each segment's part of its tokens' doclists (8
+        # segments at 1.5M symbols made a query 2.5 times slower); about 0.5 s there.
+        conn.execute("INSERT INTO symbols_fts (symbols_fts) VALUES ('optimize')")
         conn.execute("COMMIT")
 
     def _record_indexed_words(self, conn: sqlite3.Connection, source: str) -> None:
