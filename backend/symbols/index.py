@@ -311,9 +311,10 @@ class _Query:
         return cls(text, text.lower(), tuple(words), joined)
 
 
-def _rank(query: _Query, row: Found) -> Rank | None:
+def _rank(query: _Query, row: Found, led: bool = False) -> Rank | None:
     """How ``row`` ranks for ``query``: tiers, then tie-breaks, ignoring case throughout;
-    ``None`` for the last tier.
+    ``None`` for the last tier. ``led``: the label is known to start with the query's words
+    (a row of the label stage for a one-word query).
 
     0. the symbol is the query (the same case first);
     1. the symbol less a market prefix (``X:`` of ``X:BTCUSD``) is the query, or its words
@@ -348,7 +349,7 @@ def _rank(query: _Query, row: Found) -> Rank | None:
         if quote < _NO_QUOTE:
             return (2, quote, typed, len(lower), 0, "", key)
         return (3, typed, len(lower), 0, 0, lower, key)
-    if _label_starts(label, query.words):
+    if led or _label_starts(label, query.words):
         end = _NAME_END.search(label)
         lead = len(label) if end is None else end.start()
         return (4, lead, _quote_rank(core), len(label), len(lower), "", key)
@@ -433,10 +434,10 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     ranked: dict[int, tuple[Rank, Found]] = {}
     last: dict[int, Found] = {}  # the last tier, in the full-text order
 
-    def gather(rows: list[Found]) -> None:
+    def gather(rows: list[Found], led: bool = False) -> None:
         for row in rows:
             if row[0] not in ranked and row[0] not in last:
-                rank = _rank(wanted, row)
+                rank = _rank(wanted, row, led)
                 if rank is None:
                     last[row[0]] = row
                 else:
@@ -454,8 +455,8 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     if expressions is not None:
         every, lead = expressions
         alone = len(wanted.words) == 1  # the lead query is then that of one token
-        if alone:
-            gather(_matched(conn, lead, text, window + len(ranked)))
+        if alone:  # its rows' labels start with the word: no need to look
+            gather(_matched(conn, lead, text, window + len(ranked)), led=True)
         if not enough(4):
             size = window + len(ranked) + len(last)
             matched = _matched(conn, every, text, size)
