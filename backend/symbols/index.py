@@ -150,14 +150,12 @@ def _prefixed(conn: sqlite3.Connection, text: str, limit: int, source: Scope) ->
 def _contained(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -> list[Found]:
     """Rows whose symbol contains ``text`` ignoring case (``usd`` finds ``BTCUSD``), shortest
     first: for a one-word query the other stages found nothing for, in a symbol table small
-    enough to scan (at most :data:`_CONTAINED_MAX_ROWS`; a million option contracts are
-    not scanned on every keystroke)."""
+    enough to scan (at most :data:`_CONTAINED_MAX_ROWS`, by the row counts populate keeps;
+    a million option contracts are not scanned on every keystroke)."""
     lower = text.lower()
     if " " in lower or len(lower) < _PREFIX_MIN_LENGTH:
         return []
-    bounded = "SELECT count(*) FROM (SELECT 1 FROM symbols LIMIT ?)"  # stops counting past it
-    rows = conn.execute(bounded, (_CONTAINED_MAX_ROWS + 1,)).fetchone()[0]
-    if rows > _CONTAINED_MAX_ROWS:
+    if _count(conn)[0][0] > _CONTAINED_MAX_ROWS:
         return []
     sql, params = _with_source(
         f"{_SELECT} WHERE instr(s.name_lower, ?) > 0 {{source}} ORDER BY s.nlen, s.name_lower"
