@@ -159,6 +159,15 @@ def test_a_table_too_large_to_scan_is_known_so_without_reading_its_rows(
     assert steps[0] < 5  # counting 1,001 rows took about 60
 
 
+async def test_a_substring_scan_past_its_time_budget_stops_with_a_warning(
+    index: SymbolIndex, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(symbol_index, "SEARCH_BUDGET_SECONDS", 0.0)
+    with caplog.at_level(logging.WARNING, logger="backend.symbols"):
+        assert await names(index, "zzzq") == []
+    assert "substring search for 'zzzq' stopped: interrupted" in caplog.text
+
+
 async def test_categories_source_and_source_label_words_match(index: SymbolIndex) -> None:
     assert await names(index, "crypto") == ["ETHUSDT", "X:BTCUSD"]  # shortest first
     assert await names(index, "xnas") == ["AAL", "AAPL", "AAPB"]  # then in populate order

@@ -151,7 +151,8 @@ def _contained(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -
     """Rows whose symbol contains ``text`` ignoring case (``usd`` finds ``BTCUSD``), shortest
     first: for a one-word query the other stages found nothing for, in a symbol table small
     enough to scan (at most :data:`_CONTAINED_MAX_ROWS`, by the row counts populate keeps;
-    a million option contracts are not scanned on every keystroke)."""
+    a million option contracts are not scanned on every keystroke), within the search's
+    time budget."""
     lower = text.lower()
     if " " in lower or len(lower) < _PREFIX_MIN_LENGTH:
         return []
@@ -164,7 +165,8 @@ def _contained(conn: sqlite3.Connection, text: str, limit: int, source: Scope) -
         (lower,),
     )
     try:
-        return conn.execute(sql, (*params, limit)).fetchall()
+        with _deadline(conn, SEARCH_BUDGET_SECONDS):
+            return conn.execute(sql, (*params, limit)).fetchall()
     except sqlite3.OperationalError as exc:  # past the search's time budget
         logger.warning("substring search for %r stopped: %s", text, exc)
         return []
