@@ -333,6 +333,18 @@ async def test_a_jwt_limited_to_some_symbols_neither_finds_nor_scans_the_others(
     assert [item["symbol"] for item in found] == ["AAA"]
 
 
+def test_a_jwt_limited_to_some_symbols_finds_them_past_the_limit_of_the_others(
+    server: ServerProcess,
+) -> None:
+    """The rows a token may read are found even when the rows before them, which it may not
+    read, fill the limit asked: the search does not stop at the first ``limit`` rows."""
+    limited = bearer("finder", symbols=["HANG"])  # listed last of the four
+    _, body, _ = http(server, "/api/symbols?q=&limit=1", **limited)
+    assert [row["name"] for row in body["results"]] == ["HANG"]
+    _, found, _ = http(server, "/udf/search?query=&limit=2", **limited)
+    assert [item["symbol"] for item in found] == ["HANG"]
+
+
 # ---------------------------------------------------------------------- HTTP
 
 

@@ -46,6 +46,7 @@ from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import WireEvent
 from backend.runtime.supervisor import Supervisor
+from backend.symbols.index import MAX_SEARCH_LIMIT
 from backend.tasks import cancel_owned
 from backend.wire import protocol
 from backend.wire.frames import text_frame
@@ -283,12 +284,20 @@ class Hub:
     ) -> list[dict[str, Any]]:
         """The symbol search (:meth:`SymbolIndex.search`) less the rows the current caller
         may not read (a token's ``sources`` / ``symbols``; every row without access
-        control): what a restricted token sees of the others, it may not have."""
+        control): what a restricted token sees of the others, it may not have. When rows it
+        may not read fill ``limit``, more are asked for (four times as many each round, up
+        to ``MAX_SEARCH_LIMIT``), so the rows it may read are found past them."""
         results = await self.symbols.search(query, limit, source)
         may_read = self.may_read
         if may_read is None:
             return results
-        return [row for row in results if may_read(_series_of_row(row))]
+        asked = min(max(limit, 0), MAX_SEARCH_LIMIT)
+        while True:
+            readable = [row for row in results if may_read(_series_of_row(row))]
+            if len(readable) >= limit or len(results) < asked or asked >= MAX_SEARCH_LIMIT:
+                return readable[: max(limit, 0)]
+            asked = min(asked * 4, MAX_SEARCH_LIMIT)
+            results = await self.symbols.search(query, asked, source)
 
     def send(self, client: Client, message: bytes, slot: Any = None) -> None:
         """Queue one encoded message (``protocol.*``) for ``client``."""
