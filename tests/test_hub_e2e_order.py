@@ -129,6 +129,27 @@ async def test_an_unsubscribe_then_data_in_one_frame_leaves_the_key_subscribed(
     await health_counts(server, 1)
 
 
+async def test_the_data_items_of_a_frame_are_answered_before_its_other_items(
+    client: WsClient,
+) -> None:
+    """protocols.md 1.12 (4), through the real server: a search, a ping and a history page
+    sent before a ``data`` (of a key nobody holds yet: its history comes from the provider
+    process) in one frame answer after that ``data_init``."""
+    mark = len(client.messages)
+    await client.send(
+        {"type": "search_data", "search": ""},
+        {"type": "ping", "id": "p"},
+        req("data_history", "BBB", "1h", end="2030-01-01 00:00:00", count=3),
+        req("data", "CCC", "4h", count=5),
+    )
+    await client.wait_for("search_data_done", after=mark)
+    await client.wait_for("pong", after=mark)
+    await client.wait_for("data_history", key("BBB", "1h"), after=mark)
+    kinds = [m["type"] for m in client.messages[mark:] if m["type"] != "data_update"]
+    assert kinds[0] == "data_init", kinds
+    assert sorted(kinds[1:]) == ["data_history", "pong", "search_data_done"], kinds
+
+
 async def test_search_replies_come_in_the_order_sent_and_name_their_search(
     client: WsClient,
 ) -> None:

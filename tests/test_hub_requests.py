@@ -94,18 +94,80 @@ async def test_search_replies_come_in_order_and_echo_their_search() -> None:
 
 
 async def test_a_slow_history_of_one_key_lets_other_keys_and_pings_through() -> None:
+    """(The ping is a frame of its own: one in the data items' frame comes after their
+    replies, protocols.md 1.12 (4), as the next test shows.)"""
     hub, provider = make_hub(FakeClock())
     provider.gates["AAA"] = asyncio.Event()
     client = connect(hub)
-    await send(
-        hub, client, request("data", K1), request("data", K2), {"type": "ping"}, settle=False
-    )
+    await send(hub, client, request("data", K1), request("data", K2), settle=False)
+    await send(hub, client, {"type": "ping"}, settle=False)
     for _ in range(100):
         await asyncio.sleep(0)
     assert [(m["type"], about(m)) for m in taken(client)] == [
         ("pong", None),
         ("data_init", K2),
     ]
+    provider.gates["AAA"].set()
+    await client.replies.idle()
+    assert [(m["type"], about(m)) for m in taken(client)] == [("data_init", K1)]
+
+
+async def test_the_data_items_of_a_frame_are_answered_before_its_other_items() -> None:
+    """protocols.md 1.12 (4): "process all data items of one frame before the other items
+    of that frame". A search, a ping, a bad item, a history page of another key and an
+    indicator search sent before a slow ``data`` in one frame answer after its
+    ``data_init``; what the requests change still follows the order sent."""
+    hub, provider = make_hub(FakeClock())
+    gate = provider.gates["AAA"] = asyncio.Event()
+    symbols = hub.symbols
+    assert isinstance(symbols, FakeSymbols)
+    client = connect(hub)
+    await send(hub, client, request("data", K2))
+    taken(client)
+    frame = [
+        {"type": "search_data", "search": "B"},
+        {"type": "ping", "id": 7},
+        {"type": "nonsense"},
+        request("data_history", K2, end="2024-01-01 00:00:00", count=5),
+        request("unsubscribe", K2),
+        {"type": "search_indicators", "search": "rsi"},  # an extension: taken after
+        request("data", K1),
+    ]
+    loop = asyncio.get_running_loop()
+    intake = loop.create_task(hub.handle_frame(client, orjson.dumps(frame)))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert taken(client) == []  # everything waits for the data item's reply
+    assert hub.subs.keys_of(client.id) == {K1}  # the effects did not wait
+    gate.set()
+    await intake
+    await client.replies.idle()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    kinds = [m["type"] for m in taken(client)]
+    assert kinds[0] == "data_init", kinds
+    assert sorted(kinds[1:]) == sorted(
+        [
+            "search_data_done",
+            "pong",
+            "error",
+            "data_history",
+            "unsubscribed",
+            "search_indicators_done",
+        ]
+    ), kinds
+
+
+async def test_a_frame_of_data_items_alone_or_of_other_items_alone_is_not_held() -> None:
+    hub, provider = make_hub(FakeClock())
+    provider.gates["AAA"] = asyncio.Event()
+    client = connect(hub)
+    await send(hub, client, request("data", K1), request("data", K2), settle=False)
+    await send(hub, client, {"type": "search_data", "search": "B"}, {"type": "ping"}, settle=False)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    kinds = [m["type"] for m in taken(client)]
+    assert sorted(kinds) == ["data_init", "pong", "search_data_done"], kinds
     provider.gates["AAA"].set()
     await client.replies.idle()
     assert [(m["type"], about(m)) for m in taken(client)] == [("data_init", K1)]

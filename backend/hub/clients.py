@@ -8,6 +8,12 @@ hold up another chart). At most ``limit`` jobs are pending per client; submittin
 which stops reading that client's frames until one finishes. A job that fails is logged and
 reported through ``on_failure``; removing the client cancels its jobs (and drops later ones:
 the client may leave while its reader waits for a slot).
+
+A frame that mixes ``data`` requests with others has its replies ordered as protocols.md
+1.12 (4) says, "all data items of one frame before the other items": while it is taken the
+jobs are held (:meth:`Replies.defer`), those of its ``data`` items marked ``first``, then
+:meth:`Replies.flush` starts the first ones (with what their key's requests before them
+asked: a key's replies keep their order) and every other one behind them.
 """
 
 from __future__ import annotations
@@ -27,7 +33,16 @@ Job = Callable[[], Awaitable[None]]
 class Replies:
     """The pending reply jobs of one client: ordered per lane, bounded, owned."""
 
-    __slots__ = ("_cancelled", "_slots", "_tails", "_tasks", "on_failure", "owner")
+    __slots__ = (
+        "_cancelled",
+        "_deferred",
+        "_slots",
+        "_tails",
+        "_tasks",
+        "first",
+        "on_failure",
+        "owner",
+    )
 
     def __init__(
         self, limit: int, owner: str, on_failure: Callable[[BaseException], None] | None = None
@@ -39,19 +54,64 @@ class Replies:
         # a dict used as a set: 64 bytes empty (a set is 216), and every idle client has one
         self._tasks: dict[asyncio.Task[None], None] = {}
         self._cancelled = False
+        # while a mixed frame is taken: its jobs, each with whether it is a ``data`` item's
+        self._deferred: list[tuple[Hashable, Job, bool]] | None = None
+        self.first = False  # whether jobs submitted now are a ``data`` item's (deferred)
+
+    @property
+    def deferring(self) -> bool:
+        return self._deferred is not None
+
+    def defer(self) -> None:
+        """Hold the jobs submitted from now until :meth:`flush`, each marked :attr:`first`
+        as it is then."""
+        self._deferred = []
+        self.first = False
+
+    async def flush(self) -> list[asyncio.Task[None]]:
+        """Start the jobs held since :meth:`defer`: first, in their order, the ``first``
+        ones and, in the lane of each, the jobs held before it (so a key's replies keep
+        the order of its requests); then the others, each in its lane and after all of
+        those. Returns the tasks started first."""
+        held, self._deferred = self._deferred or [], None
+        self.first = False
+        last: dict[Hashable, int] = {}  # lane -> the index of its last first job
+        for index, (lane, _, first) in enumerate(held):
+            if first:
+                last[lane] = index
+        leading: list[asyncio.Task[None]] = []
+        later: list[tuple[Hashable, Job]] = []
+        for index, (lane, job, _) in enumerate(held):
+            if index <= last.get(lane, -1):
+                task = await self._start(lane, job)
+                if task is not None:
+                    leading.append(task)
+            else:
+                later.append((lane, job))
+        for lane, job in later:
+            await self._start(lane, functools.partial(_after, leading, job))
+        return leading
 
     async def submit(self, lane: Hashable, job: Job) -> None:
         """Run ``job`` after the jobs already in ``lane``; waits while ``limit`` are pending.
-        After :meth:`cancel` (the client is gone), ``job`` is dropped."""
+        After :meth:`cancel` (the client is gone), ``job`` is dropped. While deferring
+        (:meth:`defer`), ``job`` is held until :meth:`flush`."""
+        if self._deferred is not None:
+            self._deferred.append((lane, job, self.first))
+            return
+        await self._start(lane, job)
+
+    async def _start(self, lane: Hashable, job: Job) -> asyncio.Task[None] | None:
         await self._slots.acquire()
         if self._cancelled:
             self._slots.release()
-            return
+            return None
         previous = self._tails.get(lane)
         task = asyncio.get_running_loop().create_task(self._run(previous, job))
         self._tails[lane] = task
         self._tasks[task] = None
         task.add_done_callback(functools.partial(self._done, lane))
+        return task
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -92,6 +152,14 @@ class Replies:
             logger.error("%s: a reply failed", self.owner, exc_info=error)
             if self.on_failure is not None:
                 self.on_failure(error)
+
+
+async def _after(firsts: list[asyncio.Task[None]], job: Job) -> None:
+    """``job`` once every task of ``firsts`` has ended (their outcomes are their own)."""
+    pending = [task for task in firsts if not task.done()]
+    if pending:
+        await asyncio.wait(pending)
+    await job()
 
 
 class Client:

@@ -18,7 +18,9 @@ Owns request semantics. Not: who is subscribed (``subscriptions``), the provider
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import ProtocolError, ProviderError, StorageError
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 SEARCH_LIMIT = 100
 SEARCH_LANE = ("search",)
+FRAME_LANE = ("frame",)  # replies sent at once, but held behind a frame's data items
 DETAILS_CACHE_SIZE = 10_000
 FRAMES_METRIC = "candlewire_history_frames_total"
 
@@ -71,17 +74,56 @@ class Requests:
 
     async def take_frame(self, client: Client, text: str | bytes) -> None:
         """Apply one frame's requests in order, the extensions' (indicators, scans, alerts,
-        chat) after the others (:func:`core_first`); their I/O replies follow as jobs."""
+        chat) after the others (:func:`core_first`); their I/O replies follow as jobs. In a
+        frame that mixes ``data`` items with others, every reply of a ``data`` item comes
+        before the replies of the others (protocols.md 1.12 (4)), while what each request
+        changes (subscriptions) still follows the order sent: the core requests' replies are
+        held and started ``data`` first (:meth:`Replies.defer`), and the extensions are
+        taken once the ``data`` items are answered."""
         settings = self.hub.settings
         wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
         requests = protocol.parse_frame(text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT)
-        for request in core_first(requests):
+        ordered = core_first(requests)
+        if not _mixed(ordered):
+            await self._take_all(client, ordered, wait)
+            return
+        extensions = [r for r in ordered if isinstance(r, _EXTENSIONS)]
+        replies = client.replies
+        replies.defer()
+        try:
+            for request in ordered[: len(ordered) - len(extensions)]:
+                replies.first = isinstance(request, protocol.DataRequest)
+                await self._take_all(client, [request], wait)
+        finally:
+            firsts = await replies.flush()
+        if extensions:
+            pending = [task for task in firsts if not task.done()]
+            if pending:
+                await asyncio.wait(pending)
+            await self._take_all(client, extensions, wait)
+
+    async def _take_all(
+        self, client: Client, requests: Sequence[protocol.Request], wait: float
+    ) -> None:
+        for request in requests:
             if client.id not in self.hub.clients:
                 return
             if wait > 0:  # over the caller's request rate: refused, the socket stays open
                 await self._over_rate(client, request, wait)
             else:
                 await self._take(client, request)
+
+    async def _now(self, client: Client, send: Callable[[], None]) -> None:
+        """``send()`` now, or in its turn when the client's replies are held (a frame that
+        mixes ``data`` items with others: after theirs)."""
+        if not client.replies.deferring:
+            send()
+            return
+
+        async def reply() -> None:
+            send()
+
+        await client.replies.submit(FRAME_LANE, reply)
 
     async def _over_rate(self, client: Client, request: protocol.Request, wait: float) -> None:
         """Answer ``rate_limited`` (and the empty reply a series request asked for) in the
@@ -90,13 +132,16 @@ class Requests:
         reply_type = EMPTY_REPLIES.get(type(request), getattr(request, "reply_type", None))
         self.hub.metrics.inc("candlewire_request_errors_total", code="rate_limited")
 
-        async def reply() -> None:
+        def send() -> None:
             self.hub.send(client, protocol.rate_limited_message(wait, request.raw))
             if series is not None and reply_type is not None:
                 self.hub.send(client, protocol.series_message(reply_type, series, []))
 
+        async def reply() -> None:
+            send()
+
         if series is None:
-            await reply()
+            await self._now(client, send)
         else:
             await client.replies.submit(key_lane(series), reply)
 
@@ -119,7 +164,8 @@ class Requests:
                 reply = self._unsubscribe(client, key, raw)
                 await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
             case protocol.PingRequest(raw):
-                hub.send(client, protocol.encode({"type": "pong", "id": raw.get("id")}))
+                pong = protocol.encode({"type": "pong", "id": raw.get("id")})
+                await self._now(client, lambda: hub.send(client, pong))
             case protocol.BadRequest():
                 await self._refuse(client, request)
 
@@ -289,7 +335,7 @@ class Requests:
     async def _refuse(self, client: Client, bad: protocol.BadRequest) -> None:
         """Answer a bad request: at once, or in its key's turn when it names a key."""
         if bad.series is None:
-            self._bad_request(client, bad)
+            await self._now(client, lambda: self._bad_request(client, bad))
             return
 
         async def reply() -> None:
@@ -359,6 +405,12 @@ class Requests:
 
 
 _EXTENSIONS = (protocol.IndicatorsRequest, protocol.AlertRequest, protocol.ChatRequest)
+
+
+def _mixed(requests: list[protocol.Request]) -> bool:
+    """Whether a frame has ``data`` items and others (whose replies then come after)."""
+    data = sum(isinstance(request, protocol.DataRequest) for request in requests)
+    return 0 < data < len(requests)
 
 
 def core_first(requests: list[protocol.Request]) -> list[protocol.Request]:
