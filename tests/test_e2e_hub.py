@@ -282,6 +282,31 @@ async def test_metrics_parse_as_prometheus_text_with_counters_named_total(
     assert provider["memory_bytes"] > 10_000_000 and provider["threads"] >= 2
 
 
+async def test_the_hubs_event_counters_are_exposed_described_before_the_first_event(
+    server: ServerProcess,
+) -> None:
+    """DESIGN 2: a slow client's close "is logged and counted". Its counter (and the other
+    event counters without labels) was missing from /metrics until the first event, so a
+    scrape or an alert rule could not tell "none yet" from "not exported"; the connections
+    counter had an empty HELP."""
+    families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics"))}
+    for name in (
+        "candlewire_slow_client_disconnects",
+        "candlewire_connections",
+        "candlewire_clients_rejected",
+        "candlewire_internal_errors",
+        "candlewire_alerts_fired",
+        "candlewire_alert_deliveries_dropped",
+    ):
+        family = families.get(name)
+        assert family is not None, f"{name}_total is not in /metrics"
+        assert family.type == "counter" and family.samples, name
+        assert family.samples[0].value >= 0
+    for family in families.values():
+        if family.name.startswith("candlewire_"):
+            assert family.documentation, f"{family.name} has no HELP text"
+
+
 # ---------------------------------------------------------------- faults: own servers
 
 

@@ -65,6 +65,13 @@ class AlertSending:
         self.settings = settings
         self.metrics = metrics
         self.start = start
+        metrics.describe(
+            "candlewire_alert_deliveries_dropped_total",
+            "alert deliveries dropped, by reason: backlog (too many waited already), "
+            "table_full, too_old (the pending deliveries' table)",
+        )
+        for reason in ("backlog", "table_full", "too_old"):
+            metrics.inc("candlewire_alert_deliveries_dropped_total", 0, reason=reason)
         self.gone = gone
         self.dispatcher = Dispatcher(start, self._dropped)
         self.delivery: Delivery | None = None

@@ -127,6 +127,8 @@ class Alerting:
         self._tasks: tasks.Tasks = set()
         self.sending = AlertSending(hub.settings, hub.metrics, self._start, self._forget_endpoint)
         self.journal = self.sending.journal
+        hub.metrics.describe("candlewire_alerts_fired_total", "alerts that fired since the start")
+        hub.metrics.inc("candlewire_alerts_fired_total", 0)
         self._compute_limit = asyncio.Semaphore(COMPUTES_AT_ONCE)
         self._computing: dict[int, tuple[SeriesId, Bar] | None] = {}  # id -> update pending
 

@@ -520,10 +520,19 @@ class Hub:
             self.chatting.budgets.keys,
             "callers with chat turns in the last hour (MAX_LLM_REQUESTS_PER_HOUR)",
         )
-        m.describe(
-            "candlewire_slow_client_disconnects_total",
-            "clients closed with 1013 because they could not keep up",
-        )
+        # Event counters without labels are exported from the start (at 0), so a scrape tells
+        # "none yet" from "not exported" (Prometheus' advice for metrics known in advance).
+        for name, help_text in (
+            (
+                "candlewire_slow_client_disconnects_total",
+                "clients closed with 1013 because they could not keep up",
+            ),
+            ("candlewire_connections_total", "WebSocket clients accepted since the start"),
+            ("candlewire_clients_rejected_total", "WebSocket clients refused at MAX_CLIENTS"),
+            ("candlewire_internal_errors_total", "failures of the server's own code, logged"),
+        ):
+            m.describe(name, help_text)
+            m.inc(name, 0)
         m.describe("candlewire_bar_updates_total", "bar updates received from providers")
         m.describe(
             "candlewire_future_bars_dropped_total",
