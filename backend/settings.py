@@ -7,12 +7,14 @@ masked in ``repr`` and logs. The names are those of DESIGN section 4, plus the h
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from backend.errors import ConfigError
 from backend.runtime.registry import PROVIDER_REGISTRY
@@ -205,6 +207,40 @@ class Settings(BaseSettings):
     def _api_keys(cls, value: Any) -> Any:
         return _split_commas(value)
 
+    @field_validator("API_KEYS_FILE", mode="before")
+    @classmethod
+    def _no_keys_file(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("API_KEYS_FILE")
+    @classmethod
+    def _keys_file(cls, value: Path | None) -> Path | None:
+        # Read whatever AUTH is: server.py masks its keys in the logs (it raised there).
+        if value is not None:
+            _read_text(value)
+        return value
+
+    @field_validator("JWT_PUBLIC_KEY")
+    @classmethod
+    def _jwt_public_key(cls, value: str) -> str:
+        if value.strip():
+            jwt_public_keys(value)  # a key that is none made every token fail (401)
+        return value
+
+    @field_validator("JWT_ALGORITHMS")
+    @classmethod
+    def _jwt_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from jwt.algorithms import get_default_algorithms
+
+        known = sorted(set(get_default_algorithms()) - {"none"})
+        for name in value:
+            if name not in known:
+                never = "never 'none'" if name.lower() == "none" else f"unknown {name!r}"
+                raise ValueError(f"{never}; known: {', '.join(known)}")
+        if not value:
+            raise ValueError(f"needs at least one of {', '.join(known)}")
+        return value
+
     @model_validator(mode="after")
     def _auth_requirements(self) -> Settings:
         if self.AUTH == "token" and not self.api_keys():
@@ -218,9 +254,9 @@ class Settings(BaseSettings):
         keys = [key.get_secret_value() for key in self.API_KEYS]
         if self.API_KEYS_FILE is not None:
             try:
-                text = self.API_KEYS_FILE.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"API_KEYS_FILE: cannot read it ({exc.strerror})") from None
+                text = _read_text(self.API_KEYS_FILE)
+            except ValueError as exc:
+                raise ValueError(f"API_KEYS_FILE: {exc}") from None
             keys += [line.split("#")[0].strip() for line in text.splitlines()]
         return tuple(key for key in keys if key)
 
@@ -354,6 +390,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
 
+    @field_validator("BINANCE_API_URL", "POLYGON_API_URL")
+    @classmethod
+    def _rest_base(cls, value: str) -> str:
+        return _base_url(value, ("http", "https"))
+
+    @field_validator("BINANCE_STREAM_URL", "POLYGON_WS_URL")
+    @classmethod
+    def _stream_base(cls, value: str) -> str:
+        return _base_url(value, ("ws", "wss"))
+
     @field_validator("PUBLIC_URL")
     @classmethod
     def _public_url(cls, value: str) -> str:
@@ -390,6 +436,53 @@ class Settings(BaseSettings):
         return self
 
 
+def _base_url(value: str, schemes: tuple[str, ...]) -> str:
+    """An upstream's base URL: one of ``schemes`` and a host (a provider failed on every call
+    with one that had neither)."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        shown = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"{value!r} must start with {shown} and name a host")
+    return value
+
+
+def _read_text(path: Path) -> str:
+    """A settings file's text (UTF-8); ``ValueError`` saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
+
+
+def jwt_public_keys(value: str) -> dict[str | None, Any]:
+    """``JWT_PUBLIC_KEY``'s verification keys by ``kid``: a PEM text, or the path of a PEM
+    file or of a JWKS file (``{"keys": [...]}``). ``ValueError`` saying what is wrong."""
+    import jwt
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_pem_public_key,
+    )
+
+    text = value if value.lstrip().startswith("-----") else _read_text(Path(value.strip()))
+    if text.lstrip().startswith("{"):
+        try:
+            jwks = jwt.PyJWKSet.from_dict(json.loads(text))
+        except (ValueError, TypeError, KeyError, jwt.PyJWTError) as exc:
+            raise ValueError(f"not a JWKS ({type(exc).__name__}: {exc})") from None
+        return {key.key_id: key.key for key in jwks.keys}
+    try:
+        load_pem_public_key(text.encode())
+    except (ValueError, TypeError):
+        try:  # PyJWT verifies with a private key too
+            load_pem_private_key(text.encode(), password=None)
+        except (ValueError, TypeError):
+            raise ValueError("not a PEM public key, nor a PEM or JWKS file") from None
+    return {None: text}
+
+
 def parse_retention(value: str) -> dict[str, float]:
     """``"30"`` -> 30 days for every interval; ``"1m=30,1h=365"`` -> per interval."""
     from backend.model.intervals import INTERVALS
@@ -422,6 +515,11 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the environment (and ``.env``) once; raise ``ConfigError`` naming a bad variable."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a value pydantic-settings could not decode (JSON)
+        field = re.search(r'field "([^"]+)"', str(exc))
+        why = exc.__cause__ if exc.__cause__ is not None else exc
+        where = field.group(1) if field else "settings"
+        raise ConfigError(f"invalid configuration: {where}: not valid JSON ({why})") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -229,3 +229,35 @@ def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Pa
     done = refused_start(base_env(tmp_path, PROVIDERS="csv", CSV_REPLAY_SPEED="inf"))
     assert done.stderr.count("\n") == 1 and "CSV_REPLAY_SPEED" in done.stderr, done.stderr
     assert "listening" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"ACCESS_TIERS": "{bad"}, "ACCESS_TIERS"),
+        ({"API_KEYS_FILE": "nope/keys"}, "API_KEYS_FILE"),
+        ({"AUTH": "jwt", "JWT_PUBLIC_KEY": "nope/jwks.json"}, "JWT_PUBLIC_KEY"),
+        ({"AUTH": "jwt", "JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nx\n"}, "JWT_PUBLIC_KEY"),
+        ({"AUTH": "jwt", "JWT_PUBLIC_KEY": "{jwks}"}, "JWT_PUBLIC_KEY"),
+        ({"AUTH": "jwt", "JWT_SECRET": "s" * 32, "JWT_ALGORITHMS": "none"}, "JWT_ALGORITHMS"),
+        ({"AUTH": "jwt", "JWT_SECRET": "s" * 32, "JWT_ALGORITHMS": "HS999"}, "JWT_ALGORITHMS"),
+        ({"BINANCE_API_URL": "api.binance.com/api"}, "BINANCE_API_URL"),
+        ({"BINANCE_STREAM_URL": "https://stream.binance.com"}, "BINANCE_STREAM_URL"),
+        ({"POLYGON_API_URL": "ftp://api.polygon.io"}, "POLYGON_API_URL"),
+        ({"POLYGON_WS_URL": "delayed.polygon.io"}, "POLYGON_WS_URL"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "-".join(value.values())[:40],
+)
+def test_a_bad_setting_stops_the_start_with_one_line_naming_it(
+    tmp_path: Path, settings: dict[str, str], variable: str
+) -> None:
+    """DESIGN 4: settings are validated once at startup and an error names the variable.
+    ``ACCESS_TIERS`` that is not JSON, an ``API_KEYS_FILE`` that cannot be read (with
+    ``AUTH=none``) and a ``JWT_PUBLIC_KEY`` file that cannot be read ended the start with a
+    traceback; a ``JWT_PUBLIC_KEY`` that is no key, ``JWT_ALGORITHMS=none`` (the README says
+    never ``none``) or an algorithm PyJWT lacks, and upstream URLs without their scheme
+    started a server that refused every token, or whose provider failed on every call."""
+    done = refused_start(base_env(tmp_path, **settings))
+    assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
+    assert f"{variable}:" in done.stderr and "Traceback" not in done.stderr
+    assert "listening" not in done.stdout

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,7 +25,7 @@ import jwt
 
 from backend.access.identity import Identity
 from backend.errors import AccessDenied
-from backend.settings import Settings
+from backend.settings import Settings, jwt_public_keys
 
 UNAUTHORIZED = 401
 
@@ -91,7 +89,7 @@ class JwtVerifier:
         self.audience = settings.JWT_AUDIENCE or None
         self.issuer = settings.JWT_ISSUER or None
         self.secret = settings.JWT_SECRET.get_secret_value()
-        self.keys = _public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else {}
+        self.keys = jwt_public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else {}
 
     def identify(self, token: str, address: str) -> Identity:
         try:
@@ -163,17 +161,6 @@ def _expiry(claims: Mapping[str, Any]) -> float:
     if not math.isfinite(expires):
         raise AccessDenied(UNAUTHORIZED, "invalid token (claim 'exp' is out of range)")
     return expires
-
-
-def _public_keys(value: str) -> dict[str | None, Any]:
-    """Verification keys by ``kid``: a PEM text, a PEM file, or a JWKS file (``keys``)."""
-    text = value
-    if not value.lstrip().startswith("-----"):
-        text = Path(value).read_text(encoding="utf-8")
-    if text.lstrip().startswith("{"):
-        jwks = jwt.PyJWKSet.from_dict(json.loads(text))
-        return {key.key_id: key.key for key in jwks.keys}
-    return {None: text}
 
 
 def expired(identity: Identity, grace: float, now: float | None = None) -> bool:
