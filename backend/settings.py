@@ -390,6 +390,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must be an http(s) URL")
         return value
 
+    @field_validator("CORS_ORIGINS", "UDF_CORS_ORIGINS", "WS_ALLOWED_ORIGINS")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # An origin is scheme://host[:port], as a browser sends it: "charts.example.com"
+        # never matched one, so every page was refused (403) without a word why.
+        for origin in value:
+            parts = urlsplit(origin)
+            bare = not (parts.path.strip("/") or parts.query or parts.fragment)
+            if origin not in ("*", "null") and not (parts.scheme and parts.netloc and bare):
+                raise ValueError(
+                    f"{origin!r} is not an origin like https://charts.example.com[:port] (or *)"
+                )
+        return value
+
     @field_validator("BINANCE_API_URL", "POLYGON_API_URL")
     @classmethod
     def _rest_base(cls, value: str) -> str:

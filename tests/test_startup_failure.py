@@ -245,6 +245,8 @@ def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Pa
         ({"BINANCE_STREAM_URL": "https://stream.binance.com"}, "BINANCE_STREAM_URL"),
         ({"POLYGON_API_URL": "ftp://api.polygon.io"}, "POLYGON_API_URL"),
         ({"POLYGON_WS_URL": "delayed.polygon.io"}, "POLYGON_WS_URL"),
+        ({"WS_ALLOWED_ORIGINS": "charts.example.com"}, "WS_ALLOWED_ORIGINS"),
+        ({"CORS_ORIGINS": "https://pro.openbb.co/app"}, "CORS_ORIGINS"),
     ],
     ids=lambda value: value if isinstance(value, str) else "-".join(value.values())[:40],
 )
@@ -256,7 +258,8 @@ def test_a_bad_setting_stops_the_start_with_one_line_naming_it(
     ``AUTH=none``) and a ``JWT_PUBLIC_KEY`` file that cannot be read ended the start with a
     traceback; a ``JWT_PUBLIC_KEY`` that is no key, ``JWT_ALGORITHMS=none`` (the README says
     never ``none``) or an algorithm PyJWT lacks, and upstream URLs without their scheme
-    started a server that refused every token, or whose provider failed on every call."""
+    started a server that refused every token, or whose provider failed on every call; an
+    origin without its scheme (or with a path) matched no browser's ``Origin``."""
     done = refused_start(base_env(tmp_path, **settings))
     assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
     assert f"{variable}:" in done.stderr and "Traceback" not in done.stderr
