@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from backend.errors import ConfigError
@@ -33,7 +41,10 @@ def _split_commas(value: Any) -> Any:
 
 class AccessTier(BaseModel):
     """One quota tier of ``ACCESS_TIERS`` (a JWT's ``tier`` claim picks it); a field left
-    out keeps the global setting of the same name."""
+    out keeps the global setting of the same name; any other field is an error (a misspelt
+    one was ignored, and the tier kept the global setting without a word)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     upstream_calls_per_second: float | None = Field(default=None, gt=0)
     upstream_burst: int | None = Field(default=None, ge=1)

@@ -5,6 +5,7 @@ its share of the port, not the provider processes it had started."""
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -235,6 +236,7 @@ def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Pa
     ("settings", "variable"),
     [
         ({"ACCESS_TIERS": "{bad"}, "ACCESS_TIERS"),
+        ({"ACCESS_TIERS": '{"free": {"upstream_call_per_second": 1}}'}, "ACCESS_TIERS"),
         ({"API_KEYS_FILE": "nope/keys"}, "API_KEYS_FILE"),
         ({"AUTH": "jwt", "JWT_PUBLIC_KEY": "nope/jwks.json"}, "JWT_PUBLIC_KEY"),
         ({"AUTH": "jwt", "JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nx\n"}, "JWT_PUBLIC_KEY"),
@@ -259,8 +261,9 @@ def test_a_bad_setting_stops_the_start_with_one_line_naming_it(
     traceback; a ``JWT_PUBLIC_KEY`` that is no key, ``JWT_ALGORITHMS=none`` (the README says
     never ``none``) or an algorithm PyJWT lacks, and upstream URLs without their scheme
     started a server that refused every token, or whose provider failed on every call; an
-    origin without its scheme (or with a path) matched no browser's ``Origin``."""
+    origin without its scheme (or with a path) matched no browser's ``Origin``; a misspelt
+    field of an access tier was ignored."""
     done = refused_start(base_env(tmp_path, **settings))
     assert done.stderr.startswith("candlewire:") and done.stderr.count("\n") == 1, done.stderr
-    assert f"{variable}:" in done.stderr and "Traceback" not in done.stderr
+    assert re.search(rf" {variable}[:.]", done.stderr) and "Traceback" not in done.stderr
     assert "listening" not in done.stdout
