@@ -444,6 +444,12 @@ def test_bars_table_and_its_json_errors(server: ServerProcess) -> None:
         status, _, body = call(server, "/openbb/bars", **params)
         assert status == code, (params, body)
         assert body["detail"] and body["error"], body
+    # No symbol is a request that lacks a field (400, as /api/history says), not a symbol
+    # named '' that is unknown (404 "unknown symbol ''").
+    for params in ({}, {"symbol": " ", "interval": "1h"}):
+        status, _, body = call(server, "/openbb/bars", **params)
+        assert (status, body["error"]) == (400, "missing_field"), body
+        assert "symbol" in body["detail"], body
 
 
 @pytest.fixture

@@ -205,6 +205,8 @@ async def bars_table(request: Request, symbol: str = "", interval: str = "") -> 
     if problem is not None:
         return _error(400, "invalid_field", problem)
     count = DEFAULT_BARS if count is None else count
+    if not symbol.strip():
+        return _error(400, "missing_field", "bars needs 'symbol' (source:name, or a name)")
     details = await resolve_symbol(hub, symbol)
     if details is None:
         return _error(404, "unknown_symbol", f"unknown symbol {requests.quote(symbol)}")
