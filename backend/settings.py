@@ -1,8 +1,10 @@
 """Candlewire settings: environment variables and ``.env``, validated once at startup.
 
 ``load_settings()`` builds one frozen :class:`Settings`. A bad value raises
-:class:`backend.errors.ConfigError` naming the variable; secrets are ``SecretStr`` and are
-masked in ``repr`` and logs. The names are those of DESIGN section 4, plus the hub's limits.
+:class:`backend.errors.ConfigError` naming the variable (the files ``API_KEYS_FILE`` and
+``JWT_PUBLIC_KEY`` name are read to check them; :func:`jwt_public_keys` loads the JWT keys
+for the access layer); secrets are ``SecretStr`` and are masked in ``repr`` and logs. The
+names are those of DESIGN section 4, plus the hub's limits.
 """
 
 from __future__ import annotations
