@@ -21,6 +21,7 @@ import pytest
 from polygon.rest.models import OptionsContract
 
 from backend.data_providers.polygon import stream as polygon_stream
+from backend.data_providers.polygon.pace import Pace
 from backend.data_providers.polygon.rest import dataset_row
 from backend.data_providers.polygon.stream import Backoff, combined_status
 from backend.errors import AuthFailed, ProviderUnavailable, RateLimited
@@ -336,6 +337,10 @@ def test_rest_errors_become_candlewire_errors_without_sleeping_out_retry_after(
     assert limited.value.retry_after == 30
     assert time.monotonic() - started < 5
     assert [r.status for r in tuesday.rest_requests] == [429]  # handed back, not slept out
+    with pytest.raises(RateLimited):  # the wait holds for the process: nothing is sent
+        direct.provider.get_history("AAPL", "1d", "2026-03-01 00:00:00", "now UTC", 5)
+    assert [r.status for r in tuesday.rest_requests] == [429]
+    direct.provider._rest_client().pace = Pace()  # as if the 30 s had passed
     tuesday.clear_logs()
     tuesday.fail_rest(503, times=2, retry_after=0)
     assert direct.provider.get_history("AAPL", "1d", "2026-03-09 00:00:00", "now UTC", 5)
@@ -347,6 +352,44 @@ def test_rest_errors_become_candlewire_errors_without_sleeping_out_retry_after(
                 stranger.provider.get_history("AAPL", "1d", "2026-03-01 00:00:00", "now UTC", 5)
         finally:
             stranger.close()
+
+
+def test_populate_waits_out_polygon_s_per_minute_limit_in_the_middle_of_the_pages(
+    tuesday: FakePolygon, direct: Direct
+) -> None:
+    """Polygon's free plan allows 5 requests a minute and answers 429 (no Retry-After) past
+    it: the page refused is asked again when the pace allows, and populate finishes with
+    every row once (it failed with RateLimited, the page iterator dead)."""
+    expected = [row["name"] for row in direct.provider.get_dataset()]
+    rows = direct.provider.get_dataset()
+    first = next(rows)  # the first page of stocks is read
+    tuesday.clear_logs()
+    tuesday.fail_rest(429, times=4)
+    names = [first["name"]] + [row["name"] for row in rows]
+    assert names == expected
+    requests = tuesday.rest_requests
+    assert [r.status for r in requests[:5]] == [429, 429, 429, 429, 200]
+    assert len({(r.path, tuple(sorted(r.query.items()))) for r in requests[:5]}) == 1
+    assert "cursor" in requests[0].query  # the second page of stocks, asked again
+
+
+def test_the_pace_after_429_doubles_holds_every_request_and_tells_a_deadline_at_once() -> None:
+    now = [100.0]
+    pace = Pace(clock=lambda: now[0])
+    assert pace.admit("x", None) == 100.0  # nothing refused yet: at once
+    assert [pace.refused(now[0], None) for _ in range(3)] == [0.5, 1.0, 2.0]
+    assert pace.refused(now[0] - 1, None) == 2.0  # sent before this wait: a burst, not longer
+    with pytest.raises(RateLimited) as limited:
+        pace.admit("1 hour aggregates of X:BTCUSD", now[0] + 1.0)
+    assert limited.value.retry_after == 2.0
+    assert "rate limited by Polygon (HTTP 429)" in str(limited.value)
+    now[0] += 2.0
+    assert pace.admit("x", now[0]) == 102.0
+    pace.answered()
+    assert pace.refused(now[0], None) == 0.5  # a new run
+    assert pace.refused(now[0], 30.0) == 30.0  # Retry-After when the server names one
+    longest = Pace(clock=lambda: 0.0)
+    assert max(longest.refused(0.0, None) for _ in range(12)) == 60.0
 
 
 @pytest.mark.parametrize("status", ["ERROR", "NOT_AUTHORIZED"])
@@ -573,6 +616,23 @@ async def test_after_a_dropped_connection_the_missed_bars_are_published(
     assert resumed_at - dropped_at >= 60  # at least one whole bar formed while disconnected
     assert sorted(live.values()) == expected
     assert server.get("/health")["providers"]["polygon"]["status"] == "ok"
+
+
+async def test_history_past_polygon_s_per_minute_limit_waits_its_turn(
+    client: WsClient, fake: FakePolygon
+) -> None:
+    """Four 429s in a row without Retry-After (Polygon's free plan past 5 requests a
+    minute): the history request waits them out within the hub's wait and is answered (the
+    client got error rate_limited after urllib3's three quick retries)."""
+    fake.clear_logs()
+    fake.fail_rest(429, times=4)
+    await client.send(request("KO", "1h", count=20, stream=False))
+    init = await client.wait_for("data_init", key_of("KO", "1h"), timeout=30)
+    bars = [wire_bar(point, "KO", "1h") for point in init["data"]]
+    assert len(bars) == 20
+    assert bars == rest_bars(fake, "KO", "1h", bars[0][0], bars[-1][0])
+    assert client.of_type("error") == []
+    assert [r.status for r in fake.rest_requests[:5]] == [429, 429, 429, 429, 200]
 
 
 async def test_auth_failed_is_reported_to_clients_and_health_and_retried_with_backoff(

@@ -36,6 +36,7 @@ from backend.runtime.provider import Provider
 logger = logging.getLogger(__name__)
 
 SEED_THREADS = 4
+SEED_WAIT = 60.0  # seconds a live seed's REST request may wait out Polygon's 429s
 
 
 class PolygonProvider(Provider):
@@ -56,7 +57,7 @@ class PolygonProvider(Provider):
         self._rest = PolygonRest(key, self.settings.POLYGON_API_URL)
         self._streams = PolygonStreams(self.settings.POLYGON_WS_URL, key, self)
         self._executor = ThreadPoolExecutor(SEED_THREADS, thread_name_prefix="polygon-seed")
-        self._live = LiveBars(self._rest.aggregates, self, self._streams, self._executor)
+        self._live = LiveBars(self._seed_fetch, self, self._streams, self._executor)
         self.report_status("ok", f"REST {self._rest.base_url}; stream {self._streams.ws_base}")
 
     def get_dataset(self) -> Iterator[dict[str, Any]]:
@@ -99,7 +100,10 @@ class PolygonProvider(Provider):
             start = anchor - intervals.nominal_seconds(interval) * 2 * max(count, 1)
         last = int(time.time()) + OPEN_END if end is None else end
         first = bucket_start(market, interval, start)
-        bars = self._rest_client().aggregates(symbol, multiplier, span, first, last)
+        # Past Polygon's per-minute limit the request waits its turn, within the time the
+        # hub waits for the answer (then the client hears rate_limited with retry_after).
+        deadline = time.monotonic() + self.settings.HISTORY_TIMEOUT * 2 / 3
+        bars = self._rest_client().aggregates(symbol, multiplier, span, first, last, deadline)
         bars = [bar for bar in bars if bar[0] >= start]
         if intervals.parse_query_time(start_time_query) is None and count > 0:
             bars = bars[-count:]
@@ -147,6 +151,13 @@ class PolygonProvider(Provider):
                 self.notify(ticker, interval, state, f"polygon {cluster}: {detail}")
 
     # ------------------------------------------------------------------ internals
+
+    def _seed_fetch(
+        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+    ) -> list[Bar]:
+        """REST aggregates for a live seed, waiting out 429s for :data:`SEED_WAIT` s."""
+        deadline = time.monotonic() + SEED_WAIT
+        return self._rest_client().aggregates(ticker, multiplier, timespan, start, end, deadline)
 
     def _rest_client(self) -> PolygonRest:
         if self._rest is None:

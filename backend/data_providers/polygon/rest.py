@@ -14,7 +14,11 @@ Polygon lists the tickers of stocks, crypto, fx and indices with ``/v3/reference
 
 The client's own pool sends no timeouts and would sleep out any ``Retry-After`` inside a
 request; it is replaced by one with timeouts whose retries give up (as :class:`RateLimited`)
-when the server asks to wait longer than :data:`MAX_INLINE_WAIT` seconds.
+when the server asks to wait longer than :data:`MAX_INLINE_WAIT` seconds, and at once on a
+429. Pages are requested one at a time here (the client library's page iterators end for
+good on an error): a page answered 429 is asked again once :class:`.pace.Pace` allows, so
+populate finishes on a plan of 5 requests a minute and history waits its turn within its
+deadline.
 """
 
 from __future__ import annotations
@@ -23,20 +27,23 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, cast
+from urllib.parse import urlsplit
 
 import certifi
 import urllib3
 from polygon import RESTClient
 from polygon.exceptions import AuthError, BadResponse
+from polygon.rest.models import Agg, OptionsContract, Ticker
 from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from backend.data_providers.polygon.bars import CATEGORIES, Market, agg_bar
+from backend.data_providers.polygon.pace import Pace
 from backend.errors import AuthFailed, ProviderUnavailable, RateLimited, UnknownSymbol
 from backend.model.bars import Bar
 from backend.model.intervals import INTERVALS
@@ -50,6 +57,7 @@ READ_TIMEOUT = 30.0
 RETRIES = 3
 MAX_INLINE_WAIT = 2.0  # seconds of Retry-After still waited inside a request
 POOL_SIZE = 8
+PAGE_PATIENCE = 600.0  # seconds a page of tickers may wait out 429s before populate fails
 OUTPUTS = [
     {"name": name, "y_axis": "volume" if name == "volume" else "price"}
     for name in ("open", "high", "low", "close", "volume")
@@ -60,13 +68,19 @@ _AUTH_WORDS = ("api key", "not_authorized", "not authorized", "unauthorized", "e
 
 
 class RetryLater(MaxRetryError):
-    """The server asked us to wait ``retry_after`` seconds (``None``: it did not say)."""
+    """The server (HTTP ``status``) asked us to wait ``retry_after`` seconds (``None``: it
+    did not say)."""
 
     def __init__(
-        self, pool: ConnectionPool | None, url: str | None, retry_after: float | None
+        self,
+        pool: ConnectionPool | None,
+        url: str | None,
+        retry_after: float | None,
+        status: int = 0,
     ) -> None:
         super().__init__(cast("ConnectionPool", pool), url or "", None)
         self.retry_after = retry_after
+        self.status = status
 
 
 class _Retry(Retry):
@@ -81,16 +95,19 @@ class _Retry(Retry):
         _pool: ConnectionPool | None = None,
         _stacktrace: TracebackType | None = None,
     ) -> Self:
-        rate_limited = response is not None and response.status in _RATE_STATUSES
+        status = response.status if response is not None else 0
+        rate_limited = response is not None and status in _RATE_STATUSES
         wait = self.get_retry_after(response) if response is not None and rate_limited else None
+        if status == 429:  # a per-minute limit: the caller's Pace waits, not this thread
+            raise RetryLater(_pool, url, wait, status)
         try:
             retry = super().increment(method, url, response, error, _pool, _stacktrace)
         except MaxRetryError as exc:
             if rate_limited:
-                raise RetryLater(_pool, url, wait) from exc
+                raise RetryLater(_pool, url, wait, status) from exc
             raise
         if wait is not None and wait > MAX_INLINE_WAIT:
-            raise RetryLater(_pool, url, wait)
+            raise RetryLater(_pool, url, wait, status)
         return retry
 
 
@@ -116,6 +133,7 @@ class PolygonRest:
 
     def __init__(self, api_key: str, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
+        self.pace = Pace()
         self._client: Any = _CheckedClient(api_key=api_key, base=self.base_url, retries=RETRIES)
         self._client.client = urllib3.PoolManager(
             num_pools=4,
@@ -133,36 +151,100 @@ class PolygonRest:
 
     def tickers(self, market: Market) -> Iterator[Any]:
         """Every active ticker of ``market``, page by page: ``polygon.rest.models.Ticker``, or
-        for options every unexpired contract (``polygon.rest.models.OptionsContract``)."""
+        for options every unexpired contract (``polygon.rest.models.OptionsContract``). A
+        page refused with 429 is asked again when the pace allows (up to
+        :data:`PAGE_PATIENCE` seconds a page)."""
         if market == "options":
-            with translated("option contracts"):
-                yield from self._client.list_options_contracts(
-                    expired=False, limit=PAGE_LIMIT, sort="ticker", order="asc"
-                )
-            return
-        with translated(f"tickers of {market}"):
-            yield from self._client.list_tickers(market=market, active=True, limit=PAGE_LIMIT)
+            params: dict[str, Any] = {
+                "expired": "false",
+                "limit": PAGE_LIMIT,
+                "sort": "ticker",
+                "order": "asc",
+            }
+            path, what = "/v3/reference/options/contracts", "option contracts"
+            parse = OptionsContract.from_dict
+        else:
+            params = {
+                "market": market,
+                "active": "true",
+                "limit": PAGE_LIMIT,
+                "sort": "ticker",
+                "order": "asc",
+            }
+            path, what = "/v3/reference/tickers", f"tickers of {market}"
+            parse = Ticker.from_dict
+        yield from self._rows(what, path, params, parse, None)
 
     def aggregates(
-        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+        self,
+        ticker: str,
+        multiplier: int,
+        timespan: str,
+        start: int,
+        end: int,
+        deadline: float | None = None,
     ) -> list[Bar]:
         """Bars of ``multiplier``/``timespan`` opening in ``[start, end]`` (UTC seconds),
-        oldest first, every page. A ticker Polygon does not know has no bars."""
+        oldest first, every page. A ticker Polygon does not know has no bars. Pages refused
+        with 429 are asked again when the pace allows, until ``deadline`` (``time.monotonic``
+        seconds; ``None``: no limit)."""
         what = f"{multiplier} {timespan} aggregates of {ticker}"
-        with translated(what):
-            aggs = self._client.list_aggs(
-                ticker,
-                multiplier,
-                timespan,
-                start * 1000,
-                end * 1000 + 999,
-                adjusted=True,
-                sort="asc",
-                limit=AGGS_LIMIT,
-            )
-            bars = [bar for agg in aggs if (bar := agg_bar(agg)) is not None]
+        window = f"{start * 1000}/{end * 1000 + 999}"
+        path = f"/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{window}"
+        params: dict[str, Any] = {"adjusted": "true", "sort": "asc", "limit": AGGS_LIMIT}
+        rows = self._rows(what, path, params, Agg.from_dict, deadline)
+        bars = [bar for agg in rows if (bar := agg_bar(agg)) is not None]
         logger.debug("polygon: %s from %d to %d: %d bars", what, start, end, len(bars))
         return [bar for bar in bars if start <= bar[0] <= end]
+
+    def _rows(
+        self,
+        what: str,
+        path: str,
+        params: dict[str, Any],
+        parse: Callable[[Any], Any],
+        deadline: float | None,
+    ) -> Iterator[Any]:
+        """The ``results`` of every page, following ``next_url`` (its path and query; the key
+        goes in the client's header); without a deadline each page may wait
+        :data:`PAGE_PATIENCE` seconds."""
+        while True:
+            patience = self.pace.clock() + PAGE_PATIENCE if deadline is None else deadline
+            page = self._page(what, path, params, patience)
+            results = page.get("results") or []
+            if not isinstance(results, list):
+                raise ProviderUnavailable(f"polygon: {what}: results that are not a list")
+            for row in results:
+                yield parse(row)
+            next_url = page.get("next_url")
+            if not next_url:
+                return
+            parts = urlsplit(str(next_url))
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            params = {}
+
+    def _page(
+        self, what: str, path: str, params: dict[str, Any], deadline: float
+    ) -> dict[str, Any]:
+        """One page's decoded body; a 429 waits (:class:`.pace.Pace`) and asks again."""
+        while True:
+            sent = self.pace.admit(what, deadline)
+            try:
+                with translated(what):
+                    response = self._client._get(path=path, params=params, raw=True)
+                    decoded = self._client._decode(response)
+            except RateLimited as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, RetryLater) or cause.status != 429:
+                    raise
+                wait = self.pace.refused(sent, exc.retry_after)
+                logger.warning("polygon: %s: rate limited (HTTP 429); asking again in %.0f s",
+                               what, wait)  # fmt: skip
+                continue
+            self.pace.answered()
+            if not isinstance(decoded, dict):
+                raise ProviderUnavailable(f"polygon: {what}: an answer that is not an object")
+            return decoded
 
     def close(self) -> None:
         """Close the pooled HTTP connections."""
