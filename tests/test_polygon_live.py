@@ -208,3 +208,34 @@ def test_a_frame_with_seconds_out_of_order_or_repeated_folds_each_second_once_in
     setup.live.on_aggregates(LiveAgg("AAPL", bar) for bar in frame)
     assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
     assert setup.bar(MINUTE + 60) == truth(MINUTE + 60, MINUTE + 60)
+
+
+def test_a_second_arriving_a_frame_after_a_newer_one_is_folded_in_at_its_place() -> None:
+    """Seconds that come a frame late (after a newer second of their ticker) belong to the
+    bar still forming, or to the one that just closed: each bar is the true one, with the
+    open of its first second, the close of its last and every second's volume once; a late
+    second sent again, or one before the REST seed, is not counted."""
+    setup = Setup(horizon=MINUTE + 15)
+    setup.stream(MINUTE + 10, MINUTE + 10)
+    setup.jobs.run()
+    setup.stream(MINUTE + 11, MINUTE + 20)
+    for late, newer in ((MINUTE + 22, MINUTE + 23), (MINUTE + 21, MINUTE + 24)):
+        setup.live.on_aggregates([LiveAgg("AAPL", second(newer))])
+        setup.live.on_aggregates([LiveAgg("AAPL", second(late))])  # a frame late
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 24)
+    setup.live.on_aggregates([LiveAgg("AAPL", second(MINUTE + 22))])  # sent again
+    setup.live.on_aggregates([LiveAgg("AAPL", second(MINUTE + 12))])  # REST had it (seed)
+    setup.live.on_aggregates([LiveAgg("AAPL", second(MINUTE + 5))])
+    assert setup.bar(MINUTE) == truth(MINUTE, MINUTE + 24)
+    setup.stream(MINUTE + 25, MINUTE + 58)
+    setup.stream(MINUTE + 60, MINUTE + 61)  # the minute closes without its last second
+    setup.live.on_aggregates([LiveAgg("AAPL", second(MINUTE + 59))])  # which comes late
+    assert setup.sink.bars[MINUTE] == (truth(MINUTE, MINUTE + 59), True)
+    setup.stream(MINUTE + 63, MINUTE + 64)
+    setup.live.on_aggregates([LiveAgg("AAPL", second(MINUTE + 62))])
+    assert setup.bar(MINUTE + 60) == truth(MINUTE + 60, MINUTE + 64)
+    first = MINUTE + 120  # a bar whose first streamed second comes late: its open
+    setup.stream(first + 1, first + 1)
+    setup.live.on_aggregates([LiveAgg("AAPL", second(first))])
+    setup.stream(first + 2, first + 2)
+    assert setup.bar(first) == truth(first, first + 2)

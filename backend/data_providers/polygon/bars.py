@@ -3,7 +3,8 @@
 Owns the mapping of the 14 intervals to Polygon's ``(multiplier, timespan)``, the bucket (bar
 open time) of an instant computed exactly as Polygon's REST aggregation does, the REST
 requests whose results fold into the part of a bucket before a given second (the seed of a
-live bar), folding per-second aggregates into the forming bar, and reading REST aggregates.
+live bar), folding per-second aggregates into the forming bar (in order, or one arriving
+late at its place), and reading REST aggregates.
 Owns no sockets, clients, clocks or threads; times are UTC epoch seconds.
 
 Polygon's buckets (checked against REST): minute and hour spans sit on UTC epoch multiples of
@@ -186,6 +187,21 @@ def advance(
             current = None
         current = fold(current, start, update)
     return closed, current
+
+
+def fold_late(bar: Bar, first: int, last: int, second: Bar) -> Bar:
+    """``bar``, made of the seconds ``first`` to ``last`` (not every one between), with
+    ``second`` folded in at its place in time: its high, low and volume always; its open
+    when it is earlier than ``first``, its close when it is later than ``last``. The caller
+    makes sure ``bar`` does not hold ``second`` already."""
+    at, o, h, lo, c, v = second
+    folded = fold(bar, bar[0], (at, None, h, lo, None, v))
+    t, fo, fh, flo, fc, fv = folded
+    if at < first and o is not None:
+        fo = o
+    if at > last and c is not None:
+        fc = c
+    return (t, fo, fh, flo, fc, fv)
 
 
 def agg_bar(agg: AggLike) -> Bar | None:

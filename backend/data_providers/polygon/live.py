@@ -18,7 +18,10 @@ REST (whole days, minutes and seconds: :func:`.bars.seed_pieces` of ``r``, and t
 bars since the key's resume point). Second ``r`` itself may still be forming in REST's
 answer, and the stream has it whole (``r >= x``), so the buffered aggregates from ``r`` on
 are folded on top, and every later aggregate folds in as it comes. An aggregate at or before
-the last second folded is dropped: REST or the stream has counted it already.
+the last second folded is late (a frame after a newer second of its ticker): it is folded in
+at its place in time when it is one the bars lack (not REST's, before ``r``, nor one the
+stream gave already, within :data:`LATE_SECONDS`) and its bar is the forming one (published
+again) or the bar that closed last (published again, final); otherwise it is dropped.
 
 REST may trail the stream (its index catches up a moment after the feed). When REST has not
 reached ``x`` yet, the seconds between ``r`` and ``x`` are missing from both, so the key is
@@ -55,6 +58,7 @@ from backend.data_providers.polygon.bars import (
     advance,
     bucket_start,
     fold_bars,
+    fold_late,
     market_of,
     previous_bucket,
     seed_pieces,
@@ -70,6 +74,7 @@ OPEN_END = 7 * 86_400  # "up to now": REST windows end this far past the wall cl
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0  # seconds between failed seeds of one key
 RECHECK_SECONDS = 1.0  # between seeds of a key while REST trails the stream
 MAX_RECHECKS = 30  # then the key goes live with what REST has
+LATE_SECONDS = 120  # a streamed second this far behind the newest one folded is dropped
 
 
 class Fetch(Protocol):
@@ -110,6 +115,13 @@ class _Key:
     generation: int = 0  # bumped whenever in-flight work about this key must be dropped
     bar: Bar | None = None
     folded: int | None = None  # the last second folded into the bars
+    # Late seconds: the first second not from REST (`cut`), the streamed seconds folded
+    # within LATE_SECONDS, the first and last second in `bar`, and the bar closed last
+    # with its first and last second.
+    floor: int | None = None
+    seen: set[int] = field(default_factory=set)
+    span: tuple[int, int] | None = None
+    closed: tuple[Bar, int, int] | None = None
     resume_from: int | None = None
     first: int | None = None  # the first streamed second REST has not been seen to cover
     buffer: list[Bar] = field(default_factory=list)  # streamed seconds from `first` on
@@ -205,6 +217,7 @@ class LiveBars:
                 key.generation += 1
                 key.state, key.bar, key.folded, key.retry_at = _State.PENDING, None, None, 0.0
                 key.first, key.buffer = None, []
+                key.floor, key.seen, key.span, key.closed = None, set(), None, None
                 if key.resume_from is not None:
                     self._executor.submit(self._refresh, key, key.generation)
 
@@ -235,6 +248,7 @@ class LiveBars:
         a ticker's seconds out of order, or the same second twice, and folding them as they
         came would give the bar the close (or open) of an earlier second, or count a
         second's volume twice. A second that repeats one already folded keeps the first.
+        A second older than the last one folded is late (:meth:`_fold_late`).
         """
         fresh: list[Bar] = []
         last = key.folded
@@ -242,10 +256,29 @@ class LiveBars:
             if last is None or second[0] > last:
                 fresh.append(second)
                 last = second[0]
+            elif key.folded is not None and second[0] <= key.folded:
+                self._fold_late(key, second)
         if not fresh:
             return
+        open_at = None if key.bar is None else key.bar[0]
+        span, ended = key.span, None  # of the forming bar; of the bar closed last on the way
+        for second in fresh:
+            start = bucket_start(key.market, key.interval, second[0])
+            if open_at is not None and start < open_at:
+                continue
+            if open_at is None or start > open_at:
+                ended = None if open_at is None or span is None else (open_at, span)
+                open_at, span = start, (second[0], second[0])
+            else:
+                span = (second[0] if span is None else span[0], second[0])
         closed, bar = advance(key.market, key.interval, key.bar, fresh)
+        if closed and ended is not None and closed[-1][0] == ended[0]:
+            key.closed = (closed[-1], *ended[1])
+        key.span = span
         key.folded = fresh[-1][0]
+        key.seen.update(second[0] for second in fresh)
+        if len(key.seen) > 2 * LATE_SECONDS:
+            key.seen = {t for t in key.seen if t > key.folded - LATE_SECONDS}
         self._publish(key, closed, bar)
 
     def _publish(self, key: _Key, closed: list[Bar], bar: Bar | None) -> None:
@@ -254,6 +287,34 @@ class LiveBars:
         if bar is not None and bar != key.bar:
             self._sink.publish_bar(key.ticker, key.interval, bar, False)
         key.bar = bar
+
+    def _fold_late(self, key: _Key, second: Bar) -> None:
+        """Fold a late second (older than the last one folded) in at its place: into the
+        forming bar (published again) or the bar closed last (published again, final). One
+        before the seed's cut (REST's), one the stream gave already, or one further back is
+        dropped."""
+        at = second[0]
+        assert key.folded is not None
+        if key.floor is None or at < key.floor or at in key.seen:
+            return
+        if at <= key.folded - LATE_SECONDS:
+            logger.debug("polygon: %s %s: second %d came too late", key.ticker, key.interval, at)
+            return
+        start = bucket_start(key.market, key.interval, at)
+        if key.bar is not None and key.span is not None and start == key.bar[0]:
+            bar = fold_late(key.bar, *key.span, second)
+            key.span = (min(key.span[0], at), max(key.span[1], at))
+            self._publish(key, [], bar)
+        elif key.closed is not None and start == key.closed[0][0]:
+            done, first, last = key.closed
+            done = fold_late(done, first, last, second)
+            key.closed = (done, min(first, at), max(last, at))
+            self._sink.publish_bar(key.ticker, key.interval, done, True)
+        else:
+            logger.debug("polygon: %s %s: second %d came after its bar", key.ticker,
+                         key.interval, at)  # fmt: skip
+            return
+        key.seen.add(at)
 
     # ------------------------------------------------------------------ workers
 
@@ -330,6 +391,8 @@ class LiveBars:
         for done in seed.missed:
             self._sink.publish_bar(key.ticker, key.interval, done, True)
         key.bar, key.folded, key.failures = None, seed.cut - 1, 0
+        key.floor, key.seen, key.closed = seed.cut, set(), None
+        key.span = None if seed.bar is None else (seed.bar[0], seed.cut - 1)
         self._publish(key, [], seed.bar)
         self._fold(key, key.buffer)
         if seed.caught_up or key.rechecks >= MAX_RECHECKS:
