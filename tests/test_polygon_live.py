@@ -12,7 +12,7 @@ from typing import Any
 from backend.data_providers.polygon.bars import fold_bars
 from backend.data_providers.polygon.live import MAX_RECHECKS, RECHECK_SECONDS, LiveBars
 from backend.data_providers.polygon.wire import LiveAgg
-from backend.errors import ProviderUnavailable
+from backend.errors import AuthFailed, ProviderUnavailable
 from backend.model.bars import Bar
 
 MINUTE = 1_773_158_280  # a minute's open time (2026-03-10 15:58 UTC)
@@ -239,3 +239,67 @@ def test_a_second_arriving_a_frame_after_a_newer_one_is_folded_in_at_its_place()
     setup.live.on_aggregates([LiveAgg("AAPL", second(first))])
     setup.stream(first + 2, first + 2)
     assert setup.bar(first) == truth(first, first + 2)
+
+
+class Refusing(Rest):
+    """REST that refuses (``error``) until ``error`` is None."""
+
+    def __init__(self, horizon: int) -> None:
+        super().__init__(horizon)
+        self.error: Exception | None = AuthFailed(
+            "polygon: 1 second aggregates of AAPL: You are not entitled to this data"
+        )
+
+    def __call__(
+        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
+    ) -> list[Bar]:
+        if self.error is not None:
+            raise self.error
+        return super().__call__(ticker, multiplier, timespan, start, end)
+
+
+class Noting(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notices: list[str] = []
+
+    def notify(self, symbol: str, interval: str, code: str, message: str) -> None:
+        self.notices.append(code)
+
+
+def test_seeds_refused_again_and_again_tell_clients_once_a_run_not_at_every_retry() -> None:
+    """A plan without the market's aggregates refuses every seed (403 NOT_AUTHORIZED): the
+    key retries (2 s doubling to 60 s) but its clients hear the refusal once, not once a
+    minute for as long as they watch; a different error, or one after a recovery, is told."""
+    rest, jobs, sink, now = Refusing(MINUTE + 15), Jobs(), Noting(), [0.0]
+    live = LiveBars(
+        rest,
+        sink,
+        sink,
+        jobs,  # type: ignore[arg-type]
+        wall=lambda: MINUTE + 60.0,
+        clock=lambda: now[0],
+    )
+    live.add("AAPL", "1m")
+    t = MINUTE + 10
+    for _ in range(6):
+        live.on_aggregates([LiveAgg("AAPL", second(t))])
+        assert jobs.run() == 1
+        now[0], t = now[0] + 61, t + 1
+    assert sink.notices == ["auth_failed"]
+    rest.error = ProviderUnavailable("polygon: 1 second aggregates of AAPL: upstream unreachable")
+    live.on_aggregates([LiveAgg("AAPL", second(t))])
+    jobs.run()
+    assert sink.notices == ["auth_failed", "provider_unavailable"]
+    rest.error = None
+    now[0], t = now[0] + 61, t + 1
+    live.on_aggregates([LiveAgg("AAPL", second(t))])
+    jobs.run()
+    assert sink.bars  # seeded: the run of failures is over
+    rest.error = AuthFailed("polygon: refused again")
+    live.on_reconnected("stocks")
+    jobs.run()
+    now[0], t = now[0] + 61, t + 1
+    live.on_aggregates([LiveAgg("AAPL", second(t))])
+    jobs.run()
+    assert sink.notices == ["auth_failed", "provider_unavailable", "auth_failed"]

@@ -37,6 +37,10 @@ see the gap filled), and the next seed fetches them again and replaces the bar i
 with REST's once REST has caught up with the stream; closed bars are published
 ``final=True``.
 
+A seed that fails puts its key back to PENDING, seeded again on an aggregate after 2 s,
+doubling to 60 s; its clients are notified at the first failure of a run (and when the
+error changes), not at every retry.
+
 Also counts keys per ticker: the first key of a ticker watches it on the stream, the last one
 unwatches it. Thread-safe: hooks (control thread), aggregates (stream thread) and workers
 share one lock; REST calls run outside it. Owns no sockets.
@@ -127,6 +131,7 @@ class _Key:
     buffer: list[Bar] = field(default_factory=list)  # streamed seconds from `first` on
     rechecks: int = 0
     failures: int = 0
+    told: str = ""  # the error code clients were told of in this run of failed seeds
     retry_at: float = 0.0
 
 
@@ -390,7 +395,7 @@ class LiveBars:
         assert key.first is not None
         for done in seed.missed:
             self._sink.publish_bar(key.ticker, key.interval, done, True)
-        key.bar, key.folded, key.failures = None, seed.cut - 1, 0
+        key.bar, key.folded, key.failures, key.told = None, seed.cut - 1, 0, ""
         key.floor, key.seen, key.closed = seed.cut, set(), None
         key.span = None if seed.bar is None else (seed.bar[0], seed.cut - 1)
         self._publish(key, [], seed.bar)
@@ -420,8 +425,11 @@ class LiveBars:
             wait = min(RETRY_MAX, RETRY_FIRST * 2 ** (key.failures - 1))
             key.state, key.retry_at = _State.PENDING, self._clock() + wait
             key.buffer, key.first = [], None
+            code = str(getattr(exc, "code", "provider_unavailable"))
+            told, key.told = key.told, code
         logger.warning("polygon: cannot seed %s %s: %s", key.ticker, key.interval, exc)
-        code = getattr(exc, "code", "provider_unavailable")
+        if code == told:  # clients heard it at the first failure of this run
+            return
         message = f"polygon: live bars of {key.ticker} {key.interval} are late: {exc}"
         self._sink.notify(key.ticker, key.interval, code, f"{message}; retrying in {wait:g} s")
 
