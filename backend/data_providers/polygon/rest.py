@@ -238,7 +238,7 @@ class PolygonRest:
                 if not isinstance(cause, RetryLater) or cause.status != 429:
                     raise
                 wait = self.pace.refused(sent, exc.retry_after)
-                logger.warning("polygon: %s: rate limited (HTTP 429); asking again in %.0f s",
+                logger.warning("polygon: %s: rate limited (HTTP 429); asking again in %.1f s",
                                what, wait)  # fmt: skip
                 continue
             self.pace.answered()
