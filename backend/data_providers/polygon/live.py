@@ -51,6 +51,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -103,6 +104,22 @@ class Watcher(Protocol):
     def unwatch(self, ticker: str) -> None: ...
 
 
+class _Seen:
+    """Which of the last :data:`LATE_SECONDS` seconds were folded: a ring of seconds, each
+    in the slot of its remainder (a slot holding a second is the proof), in fixed memory."""
+
+    __slots__ = ("_ring",)
+
+    def __init__(self) -> None:
+        self._ring = array("q", [-1]) * LATE_SECONDS
+
+    def add(self, second: int) -> None:
+        self._ring[second % LATE_SECONDS] = second
+
+    def has(self, second: int) -> bool:
+        return self._ring[second % LATE_SECONDS] == second
+
+
 class _State(enum.Enum):
     PENDING = "pending"
     SEEDING = "seeding"
@@ -123,7 +140,7 @@ class _Key:
     # within LATE_SECONDS, the first and last second in `bar`, and the bar closed last
     # with its first and last second.
     floor: int | None = None
-    seen: set[int] = field(default_factory=set)
+    seen: _Seen = field(default_factory=_Seen)
     span: tuple[int, int] | None = None
     closed: tuple[Bar, int, int] | None = None
     resume_from: int | None = None
@@ -222,7 +239,7 @@ class LiveBars:
                 key.generation += 1
                 key.state, key.bar, key.folded, key.retry_at = _State.PENDING, None, None, 0.0
                 key.first, key.buffer = None, []
-                key.floor, key.seen, key.span, key.closed = None, set(), None, None
+                key.floor, key.seen, key.span, key.closed = None, _Seen(), None, None
                 if key.resume_from is not None:
                     self._executor.submit(self._refresh, key, key.generation)
 
@@ -281,9 +298,8 @@ class LiveBars:
             key.closed = (closed[-1], *ended[1])
         key.span = span
         key.folded = fresh[-1][0]
-        key.seen.update(second[0] for second in fresh)
-        if len(key.seen) > 2 * LATE_SECONDS:
-            key.seen = {t for t in key.seen if t > key.folded - LATE_SECONDS}
+        for second in fresh:
+            key.seen.add(second[0])
         self._publish(key, closed, bar)
 
     def _publish(self, key: _Key, closed: list[Bar], bar: Bar | None) -> None:
@@ -300,7 +316,7 @@ class LiveBars:
         dropped."""
         at = second[0]
         assert key.folded is not None
-        if key.floor is None or at < key.floor or at in key.seen:
+        if key.floor is None or at < key.floor or key.seen.has(at):
             return
         if at <= key.folded - LATE_SECONDS:
             logger.debug("polygon: %s %s: second %d came too late", key.ticker, key.interval, at)
@@ -396,7 +412,7 @@ class LiveBars:
         for done in seed.missed:
             self._sink.publish_bar(key.ticker, key.interval, done, True)
         key.bar, key.folded, key.failures, key.told = None, seed.cut - 1, 0, ""
-        key.floor, key.seen, key.closed = seed.cut, set(), None
+        key.floor, key.seen, key.closed = seed.cut, _Seen(), None
         key.span = None if seed.bar is None else (seed.bar[0], seed.cut - 1)
         self._publish(key, [], seed.bar)
         self._fold(key, key.buffer)
