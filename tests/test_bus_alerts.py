@@ -293,6 +293,39 @@ def test_the_store_gives_each_worker_its_share_and_notes_deletions_for_the_other
     store.close()
 
 
+@contextlib.contextmanager
+def two_workers(
+    tmp_path: Path, hooks: Hooks, retry_seconds: str, up: bool = False
+) -> Iterator[tuple[dict[str, str], ServerProcess]]:
+    """A ``--workers 2`` hub over a node of the steered counting source (its price low),
+    alerts calling ``hooks`` (up first with ``up``) and retrying every ``retry_seconds``:
+    its settings and the hub, stopped after."""
+    if up:
+        hooks.up()
+    env = bus_deploy.bus_env(
+        tmp_path,
+        SHARED_REDIS,
+        bus_deploy.new_prefix(),
+        "hub",
+        EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
+        CANDLEWIRE_TEST_PRICE=str(tmp_path / "price"),
+        CANDLEWIRE_TEST_PERIOD="0.1",
+        ALERT_WEBHOOK_URL=hooks.url,
+        ALERT_RETRY_SECONDS=retry_seconds,
+    )
+    steer(env, LOW)
+    assert harness.populate(env).returncode == 0
+    node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
+    args = ("--role", "hub", "--workers", "2")
+    hub = ServerProcess(env, tmp_path / "hub.server.log", bus_deploy.free_port(), args)
+    try:
+        hub.start()
+        yield env, hub
+    finally:
+        hub.stop()
+        node.stop()
+
+
 async def test_a_worker_killed_alone_resumes_its_own_pending_deliveries_only(
     tmp_path: Path,
 ) -> None:
@@ -301,47 +334,27 @@ async def test_a_worker_killed_alone_resumes_its_own_pending_deliveries_only(
     delivery; the webhook comes back: each alert's call arrives once. The killed worker's
     delivery was lost (kept in memory only); resumed by alert id instead of by the worker
     that stored it, worker 2 would also have sent worker 1's, which worker 1 still sends."""
-    with Hooks() as hooks:
-        env = bus_deploy.bus_env(
-            tmp_path,
-            SHARED_REDIS,
-            bus_deploy.new_prefix(),
-            "hub",
-            EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
-            CANDLEWIRE_TEST_PRICE=str(tmp_path / "price"),
-            CANDLEWIRE_TEST_PERIOD="0.1",
-            ALERT_WEBHOOK_URL=hooks.url,
-            ALERT_RETRY_SECONDS="3",  # attempts 3, 9, 21 and 45 s after the first
+    with Hooks() as hooks, two_workers(tmp_path, hooks, "3") as (env, hub):
+        # ALERT_RETRY_SECONDS 3: attempts 3, 9, 21 and 45 s after the first
+        clients = await one_client_per_worker(hub)
+        main = hub.proc.pid if hub.proc is not None else 0
+        child = next(pid for pid in clients if pid != main)
+        ids = {await made(clients[main], "on worker 1"), await made(clients[child], "on 2")}
+        await close_all(clients)
+        steer(env, HIGH)
+
+        def refused() -> int:
+            return hub.log_path.read_text().count("ClientConnectorError")
+
+        await harness.eventually(lambda: refused() >= 2, 20, "both calls refused")
+        os.kill(child, signal.SIGKILL)
+        started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
+        await harness.eventually(
+            lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
         )
-        steer(env, LOW)
-        assert harness.populate(env).returncode == 0
-        node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
-        args = ("--role", "hub", "--workers", "2")
-        hub = ServerProcess(env, tmp_path / "hub.server.log", bus_deploy.free_port(), args)
-        try:
-            hub.start()
-            clients = await one_client_per_worker(hub)
-            main = hub.proc.pid if hub.proc is not None else 0
-            child = next(pid for pid in clients if pid != main)
-            ids = {await made(clients[main], "on worker 1"), await made(clients[child], "on 2")}
-            await close_all(clients)
-            steer(env, HIGH)
-
-            def refused() -> int:
-                return hub.log_path.read_text().count("ClientConnectorError")
-
-            await harness.eventually(lambda: refused() >= 2, 20, "both calls refused")
-            os.kill(child, signal.SIGKILL)
-            started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
-            await harness.eventually(
-                lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
-            )
-            hooks.up()
-            await harness.eventually(lambda: len(hooks.bodies) >= 2, 60, "both calls")
-            await harness.eventually(lambda: pending(env) == 0, 60, "the deliveries done")
-        finally:
-            hub.stop()
-            node.stop()
+        hooks.up()
+        await harness.eventually(lambda: len(hooks.bodies) >= 2, 60, "both calls")
+        await harness.eventually(lambda: pending(env) == 0, 60, "the deliveries done")
     calls: dict[int, list[int]] = {}
     for body in hooks.bodies:
         calls.setdefault(body["alert"]["id"], []).append(body["fired"])
@@ -361,47 +374,25 @@ async def test_a_worker_killed_alone_evaluates_again_its_own_alerts_only(tmp_pat
     worker 2 is killed and started again alone; the rule turns true: each alert fires once.
     The new worker 2 took its share (odd ids) back: the odd ones worker 1 made fired twice
     (both workers evaluated them), the even ones worker 2 had made never fired (nobody did)."""
-    with Hooks() as hooks:
-        hooks.up()
-        env = bus_deploy.bus_env(
-            tmp_path,
-            SHARED_REDIS,
-            bus_deploy.new_prefix(),
-            "hub",
-            EXTRA_PROVIDERS="counting=tests.providers:SteeredProvider",
-            CANDLEWIRE_TEST_PRICE=str(tmp_path / "price"),
-            CANDLEWIRE_TEST_PERIOD="0.1",
-            ALERT_WEBHOOK_URL=hooks.url,
-            ALERT_RETRY_SECONDS="0.05",
+    with Hooks() as hooks, two_workers(tmp_path, hooks, "0.05", up=True) as (env, hub):
+        clients = await one_client_per_worker(hub)
+        main = hub.proc.pid if hub.proc is not None else 0
+        child = next(pid for pid in clients if pid != main)
+        ids = set()
+        for n in range(2):
+            ids.add(await made(clients[main], f"on worker 1, {n}"))
+            ids.add(await made(clients[child], f"on worker 2, {n}"))
+        await close_all(clients)
+        os.kill(child, signal.SIGKILL)
+        started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
+        await harness.eventually(
+            lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
         )
-        steer(env, LOW)
-        assert harness.populate(env).returncode == 0
-        node = bus_deploy.node({**env, "DB": str(tmp_path / "node.sqlite3")}, tmp_path, "node")
-        args = ("--role", "hub", "--workers", "2")
-        hub = ServerProcess(env, tmp_path / "hub.server.log", bus_deploy.free_port(), args)
-        try:
-            hub.start()
-            clients = await one_client_per_worker(hub)
-            main = hub.proc.pid if hub.proc is not None else 0
-            child = next(pid for pid in clients if pid != main)
-            ids = set()
-            for n in range(2):
-                ids.add(await made(clients[main], f"on worker 1, {n}"))
-                ids.add(await made(clients[child], f"on worker 2, {n}"))
-            await close_all(clients)
-            os.kill(child, signal.SIGKILL)
-            started = "(worker 2 of 2)"  # the line of its alerts and deliveries resumed
-            await harness.eventually(
-                lambda: hub.log_path.read_text().count(started) == 2, 30, "worker 2 again"
-            )
-            steer(env, HIGH)
-            await harness.eventually(
-                lambda: {body["alert"]["id"] for body in hooks.bodies} == ids, 30, "4 firings"
-            )
-            await harness.eventually(lambda: pending(env) == 0, 20, "the deliveries done")
-        finally:
-            hub.stop()
-            node.stop()
+        steer(env, HIGH)
+        await harness.eventually(
+            lambda: {body["alert"]["id"] for body in hooks.bodies} == ids, 30, "4 firings"
+        )
+        await harness.eventually(lambda: pending(env) == 0, 20, "the deliveries done")
     calls: dict[int, list[int]] = {}
     for body in hooks.bodies:
         calls.setdefault(body["alert"]["id"], []).append(body["fired"])
