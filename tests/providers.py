@@ -385,3 +385,25 @@ class PolledProvider(CountingProvider):
         bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
         closed = time.time() - STEP[interval]
         return [b for b in bars if b[0] / 1000 <= closed]
+
+
+class BannedProvider(CountingProvider):
+    """A counting provider whose upstream has banned it: it reports its own status
+    ``banned`` (as the Binance provider does under a 418) at init, and its ``get_history``
+    does not return while the file ``CANDLEWIRE_TEST_STUCK`` exists (it answers once the
+    file is gone: a call stuck past ``HISTORY_TIMEOUT`` that returns later)."""
+
+    def init(self) -> None:
+        super().init()
+        self.report_status("banned", "HTTP 418: banned until the test ends")
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("banned", name) for name in ("AAA", "BBB")]
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        stuck = os.environ.get("CANDLEWIRE_TEST_STUCK", "")
+        while stuck and os.path.exists(stuck) and not self.stop.wait(0.05):
+            pass
+        return super().get_history(symbol, interval, start_time_query, end_time_query, count)

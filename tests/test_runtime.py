@@ -257,6 +257,40 @@ def test_a_hook_that_does_not_return_is_reported_and_cleared_when_it_does(
     harness.wait_for(lambda e: isinstance(e, Status) and e.state == "ok", "the status cleared")
 
 
+def test_a_stuck_hook_that_returns_gives_back_the_provider_s_own_last_status(
+    harness: RunnerHarness,
+) -> None:
+    """The runner reported ``ok`` when a stuck hook returned, over the provider's own
+    status: a provider banned upstream showed ``ok`` until it reported again. A status the
+    provider reports while stuck does not hide ``stuck`` either; it is named in its detail
+    and is the one shown once the hook returns."""
+    assert harness.runner is not None
+    harness.runner.settings = settings(HEARTBEAT_TIMEOUT=1)
+    harness.provider.report_status("banned", "418 for 3 days")
+    harness.wait_for(lambda e: isinstance(e, Status) and e.state == "banned", "banned")
+    harness.commands.put(StartStreaming(1, "STUCK", "1h"))
+    seq = iter(range(100, 1000))
+
+    def reported() -> bool:
+        harness.commands.put(Ping(next(seq)))
+        return any(isinstance(e, Status) and e.state == "stuck" for e in harness.collect())
+
+    until(reported, what="the stuck hook reported")
+    mark = len(harness.collect())
+    harness.provider.report_status("reconnecting", "stream down")
+    status = harness.wait_for(
+        lambda e: isinstance(e, Status) and harness.events.index(e) >= mark, "a new status"
+    )
+    assert status.state == "stuck"
+    assert "its own status: reconnecting: stream down" in status.detail
+    harness.provider.hang.set()
+    cleared = harness.wait_for(
+        lambda e: isinstance(e, Status) and e.state != "stuck" and harness.events.index(e) > mark,
+        "the status cleared",
+    )
+    assert (cleared.state, cleared.detail) == ("reconnecting", "stream down")
+
+
 def test_a_start_streaming_that_raises_tells_the_key_s_clients(harness: RunnerHarness) -> None:
     """The failure was only logged: the chart waited for live updates in silence."""
     harness.commands.put(StartStreaming(1, "BOOM", "1h"))

@@ -58,6 +58,9 @@ class Provider:
         self._settings: Settings | None = None
         self._emitter: Callable[[Event], None] | None = None
         self._emit_many: Callable[[list[Event]], None] | None = None
+        # Where the provider's own statuses go (the runner's, which keeps the last one);
+        # None: with the other events.
+        self._status_sink: Callable[[Status], None] | None = None
         # What the thread that called hold_updates() published since (see there).
         self._holder: int | None = None
         self._held: list[Event] = []
@@ -158,6 +161,9 @@ class Provider:
         Tradiny's ``update_in_cache`` message is accepted and needs nothing: the bars of the
         ``write_message`` that follows it reach the hub's cache too.
         """
+        if isinstance(message, Status):
+            self.report_status(message.state, message.detail)
+            return
         if not isinstance(message, Mapping):
             self._emit(message)
             return
@@ -188,8 +194,14 @@ class Provider:
         }
 
     def report_status(self, state: str, detail: str = "") -> None:
-        """Tell the hub about the provider's own state (shown in ``/health``)."""
-        self._emit(Status(state, detail))
+        """Tell the hub about the provider's own state (shown in ``/health``). The last one
+        stays the provider's status: while a hook or history call of the provider is stuck
+        ``/health`` shows ``stuck`` (naming this one), and this one again once it returns."""
+        status = Status(state, detail)
+        if self._status_sink is not None:
+            self._status_sink(status)
+        else:
+            self._emit(status)
 
     def notify(self, symbol: str, interval: str, code: str, message: str) -> None:
         """Send an ``error`` message to the clients subscribed to ``(symbol, interval)``."""
@@ -265,12 +277,14 @@ class Provider:
         settings: Settings,
         emit: Callable[[Event], None],
         emit_many: Callable[[list[Event]], None] | None = None,
+        status: Callable[[Status], None] | None = None,
     ) -> None:
         if not self.source:
             self.source = source
         self._settings = settings
         self._emitter = emit
         self._emit_many = emit_many
+        self._status_sink = status
 
     def _emit(self, event: Event) -> None:
         if self._holder is not None and self._holder == threading.get_ident():

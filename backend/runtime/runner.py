@@ -135,6 +135,8 @@ class ProviderRunner:
         self.history_calls: dict[int, tuple[float, GetHistory]] = {}
         self.history_reported: set[int] = set()
         self.stuck_reported = False  # the last status sent was "stuck" (under status_lock)
+        # the provider's own last status (report_status), shown again when nothing is stuck
+        self.own_status: Status | None = None
         self.status_lock = threading.Lock()
 
     def stop(self) -> None:
@@ -154,7 +156,9 @@ class ProviderRunner:
         threading.Thread(target=self.pipe.write_loop, name="writer", daemon=True).start()
         try:
             provider = load_provider_class(self.path)()
-            provider._attach(self.key, self.settings, self.pipe.put, self.pipe.put_many)
+            provider._attach(
+                self.key, self.settings, self.pipe.put, self.pipe.put_many, self._own_status
+            )
         except CandlewireError as exc:
             logger.exception("provider %s could not be loaded", self.key)
             return self._fail(f"could not be loaded: {exc}", 1)
@@ -279,7 +283,7 @@ class ProviderRunner:
         what = _hook_name(command)
         detail = f"{what} has not returned for {stuck:.0f} s; later subscriptions wait behind it"
         logger.error("provider %s: %s", self.key, detail)
-        self._report_stuck(provider)
+        self._report_stuck()
         if isinstance(command, StartStreaming):
             message = f"{self.key}: {what} has not returned; no live updates"
             provider.notify(command.symbol, command.interval, "provider_unavailable", message)
@@ -311,31 +315,57 @@ class ProviderRunner:
                 self.settings.HISTORY_THREADS,
             )
         if late:
-            self._report_stuck(provider)
+            self._report_stuck()
 
-    def _report_stuck(self, provider: Provider) -> None:
+    def _report_stuck(self) -> None:
         """Send the provider's status from what is stuck now: a control hook and the
-        history calls past their timeout (``stuck``), or nothing any more (``ok``)."""
+        history calls past their timeout (``stuck``, naming the provider's own status), or,
+        when nothing is any more, the provider's own last status again (``ok`` if it never
+        reported one): a ``banned`` provider whose history call returned is still banned."""
         with self.status_lock:
-            parts = []
-            hook = self.hook
-            if hook is not None and self.hook_reported:
-                parts.append(f"{_hook_name(hook[1])} has not returned; later subscriptions wait")
-            with self.busy_lock:
-                late = [self.history_calls[i][1] for i in self.history_reported]
-                threads = len(self.history_calls)
-            if late:
-                names = ", ".join(f"{r.symbol} {r.interval}" for r in late[:3])
-                parts.append(
-                    f"{len(late)} get_history call(s) past HISTORY_TIMEOUT ({names}); "
-                    f"{threads} of {self.settings.HISTORY_THREADS} history threads busy"
-                )
+            parts = self._stuck_parts()
             if parts:
                 self.stuck_reported = True
-                provider.report_status("stuck", "; ".join(parts))
+                self.pipe.put(Status("stuck", self._stuck_detail(parts)))
             elif self.stuck_reported:
                 self.stuck_reported = False
-                provider.report_status("ok", "")
+                self.pipe.put(self.own_status or Status("ok", ""))
+
+    def _own_status(self, status: Status) -> None:
+        """The provider reported its own state (any thread): sent as it is, or, while
+        something is stuck, kept for when it returns and named in the ``stuck`` detail."""
+        with self.status_lock:
+            self.own_status = status
+            parts = self._stuck_parts() if self.stuck_reported else []
+            if parts:
+                self.pipe.put(Status("stuck", self._stuck_detail(parts)))
+            else:  # (what was stuck may have returned a moment ago: nothing is now)
+                self.stuck_reported = False
+                self.pipe.put(status)
+
+    def _stuck_parts(self) -> list[str]:
+        """What is stuck now, one phrase each (under ``status_lock``)."""
+        parts = []
+        hook = self.hook
+        if hook is not None and self.hook_reported:
+            parts.append(f"{_hook_name(hook[1])} has not returned; later subscriptions wait")
+        with self.busy_lock:
+            late = [self.history_calls[i][1] for i in self.history_reported]
+            threads = len(self.history_calls)
+        if late:
+            names = ", ".join(f"{r.symbol} {r.interval}" for r in late[:3])
+            parts.append(
+                f"{len(late)} get_history call(s) past HISTORY_TIMEOUT ({names}); "
+                f"{threads} of {self.settings.HISTORY_THREADS} history threads busy"
+            )
+        return parts
+
+    def _stuck_detail(self, parts: list[str]) -> str:
+        own = self.own_status
+        if own is not None:
+            said = f"{own.state}: {own.detail}" if own.detail else own.state
+            parts = [*parts, f"its own status: {said}"]
+        return "; ".join(parts)
 
     def _run_hook(self, provider: Provider, command: Command) -> None:
         self.hook = (time.monotonic(), command)
@@ -350,7 +380,7 @@ class ProviderRunner:
                 logger.warning(
                     "provider %s: %s returned after %.0f s", self.key, _hook_name(command), took
                 )
-                self._report_stuck(provider)
+                self._report_stuck()
 
     def _call_hook(self, provider: Provider, command: Command) -> None:
         try:
@@ -412,7 +442,7 @@ class ProviderRunner:
                 request.interval,
                 time.monotonic() - started,
             )
-            self._report_stuck(provider)
+            self._report_stuck()
 
     # ------------------------------------------------------------------ stopping
 
