@@ -492,6 +492,73 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
         assert exchange.violations == []
 
 
+def stored_coverage(db: str, name: str, interval: str) -> list[tuple[int, int]]:
+    """The spans of ``binance`` ``(name, interval)`` the store counts as known."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT a, b FROM bar_coverage JOIN bar_series s ON s.id = bar_coverage.series"
+            " WHERE s.source = 'binance' AND s.name = ? AND s.interval = ? ORDER BY a",
+            (name, interval),
+        ).fetchall()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+async def test_a_gap_put_off_is_not_stored_as_known_when_the_provider_dies_before_the_fill(
+    tmp_path: Path,
+) -> None:
+    """A reconnect's gap fill put off by a 429: the hub took the first live bar after the
+    gap as the end of a span it knew, and stored the bar forming at the drop with its
+    partial values as closed. The provider process killed (kill -9) before the fill landed,
+    the hole and the partial bar stayed for good: a data_init, in the same run or after a
+    restart, answered the history without the missed bars. Now the provider says the bars
+    since the drop were missed; nothing stored counts them as known, and the next request
+    fetches them."""
+    name, interval = "ETHUSDT", "1m"
+    with own_exchange(tmp_path, now_ms=frozen_ms(10), push_interval=0.2) as (exchange, running):
+        db = running.env["DB"]
+        client = await WsClient.open(running.ws_url)
+        try:
+            await client.send(data(name, interval, count=5))
+            init = await client.wait_for("data_init", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval))
+            m0 = intervals.parse_date(init["data"][-1]["date"])  # forming when it drops
+            mark = len(client.messages)
+            exchange.rate_limit(429, retry_after=600)  # the fill is not allowed in this test
+            assert exchange.drop_connections() == 1
+            exchange.advance(3 * 60 + 5)  # two bars close unseen, a third opens
+            await client.wait_for(
+                "data_update", lambda m: intervals.parse_date(m["data"]["date"]) > m0, after=mark
+            )
+            assert (await client.wait_for("error", after=mark))["code"] == "rate_limited"
+            # The bar forming at the drop is stored once the next one opened (partial).
+            assert await eventually(lambda: m0 in stored_bars(db, name, interval))
+            pid = running.get("/health")["providers"]["binance"]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            assert await eventually(
+                lambda: running.get("/health")["providers"]["binance"]["pid"] not in (None, pid),
+                timeout=seconds(30),
+            )
+        finally:
+            await client.close()
+        running.stop()  # the server stops too: what it stored is all that is left
+        # What the store counts as known is what the exchange has.
+        closed = {row[0] // 1000: row for row in exchange.klines(name, interval, limit=20)[:-1]}
+        bars = stored_bars(db, name, interval)
+        for a, b in stored_coverage(db, name, interval):
+            for t in (t for t in closed if a <= t <= b):
+                assert bars.get(t) == (*(float(v) for v in closed[t][1:6]), 0), t
+        with ServerProcess(running.env, tmp_path / "again.log") as again:
+            later = await WsClient.open(again.ws_url)
+            try:
+                await later.send(data(name, interval, count=8, stream=False))
+                answer = await later.wait_for("data_init", key_of(name, interval))
+                assert answer["data"] == points(
+                    exchange.klines(name, interval, limit=8), name, interval
+                )
+            finally:
+                await later.close()
+
+
 # ------------------------------------------------------------------ rate limits
 
 

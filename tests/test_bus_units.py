@@ -19,6 +19,7 @@ from backend.errors import ConfigError
 from backend.runtime.messages import (
     Changed,
     Clock,
+    Missed,
     Notice,
     NoUpdate,
     StartStreaming,
@@ -139,6 +140,14 @@ def test_a_changed_symbol_crosses_the_bus_when_it_names_a_symbol() -> None:
     """``Changed`` (a provider's bars of a symbol changed: a rewritten CSV file) reaches
     the hubs of a scale-out like the other events; one of another shape is dropped."""
     assert codec.well_formed([Changed("B"), Changed(["x"])]) == [Changed("B")]  # type: ignore[arg-type]
+
+
+def test_a_missed_span_crosses_the_bus_when_it_names_a_key_and_a_time() -> None:
+    """``Missed`` (a provider's stream missed bars it could not fetch yet) reaches the hubs
+    of a scale-out, or they would take the gap as known; one of another shape is dropped."""
+    good = Missed("B", "1m", 60)
+    bad = [Missed("B", "1m", "60"), Missed("B", None, 60)]  # type: ignore[arg-type]
+    assert codec.well_formed([*bad, good]) == [good]
 
 
 def test_a_provider_no_node_holds_says_so_in_health() -> None:

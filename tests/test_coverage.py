@@ -26,3 +26,15 @@ def test_remove_before_trims_a_span() -> None:
     cov = Coverage([(10, 20), (40, 50)])
     cov.remove_before(45)
     assert cov.spans() == [(45, 50)]
+
+
+def test_remove_from_forgets_every_span_from_a_time_on() -> None:
+    cov = Coverage([(10, 20), (40, 50), (60, 70)])
+    cov.remove_from(45)
+    assert cov.spans() == [(10, 20), (40, 44)]
+    cov.remove_from(40)
+    assert cov.spans() == [(10, 20)]
+    cov.remove_from(21)
+    assert cov.spans() == [(10, 20)]
+    cov.remove_from(0)
+    assert cov.spans() == []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.model.bars import Bar
-from backend.runtime.messages import Changed, Clock, Notice, Status, WireEvent
+from backend.runtime.messages import Changed, Clock, Missed, Notice, Status, WireEvent
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,10 @@ def decode(data: Any, where: str) -> Any:
 def well_formed(events: list[Any]) -> list[WireEvent]:
     """The events of a batch that have the shapes a provider process writes: a bar update
     ``(symbol, interval, (time, open, high, low, close, volume), final)`` with an int time
-    and float-or-None values, or a ``Clock``, ``Status``, ``Notice`` or ``Changed`` with
-    fields of their types. Anything else (another program on the prefix) is dropped and
-    logged: a clock of strings would break every later history request of the source, a bar
-    of strings would reach clients as it is."""
+    and float-or-None values, or a ``Clock``, ``Status``, ``Notice``, ``Changed`` or
+    ``Missed`` with fields of their types. Anything else (another program on the prefix) is
+    dropped and logged: a clock of strings would break every later history request of the
+    source, a bar of strings would reach clients as it is."""
     kept = [event for event in events if _bar_ok(event) or _event_ok(event)]
     if len(kept) < len(events):
         logger.warning("bus: dropped %d malformed events of a batch", len(events) - len(kept))
@@ -146,4 +146,6 @@ def _event_ok(event: Any) -> bool:
             return all(type(text) is str for text in (symbol, interval, code, message))
         case Changed(symbol):
             return type(symbol) is str
+        case Missed(symbol, interval, since):
+            return type(symbol) is str and type(interval) is str and type(since) is int
     return False

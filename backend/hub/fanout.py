@@ -23,7 +23,7 @@ from backend.hub.subscriptions import Subscriptions
 from backend.model import intervals
 from backend.model.bars import MAX_TIME, MIN_TIME, Bar, SeriesId, WireKeys, flaw
 from backend.runtime.clocks import Clocks, far_behind
-from backend.runtime.messages import Changed, Clock, Notice, Status, WireEvent
+from backend.runtime.messages import Changed, Clock, Missed, Notice, Status, WireEvent
 from backend.wire import protocol
 from backend.wire.frames import text_frame
 
@@ -141,6 +141,8 @@ class Fanout:
                     logger.info("provider %s status: %s %s", source, state, detail)
                 case Changed(symbol):
                     self.history_changed(source, symbol)
+                case Missed(symbol, interval, since):
+                    self.missed(SeriesId(source, symbol, interval), since)
         if bars:
             self.metrics.inc("candlewire_bar_updates_total", bars, source=source)
             self.metrics.inc("candlewire_updates_delivered_total", self._delivered)
@@ -214,6 +216,29 @@ class Fanout:
                     self._hold_update(key, bar)
                     return
             self._push_update(key, bar)
+
+    def missed(self, key: SeriesId, since: int) -> None:
+        """The provider's stream of ``key`` missed the bars from ``since`` on, not fetched
+        (a reconnect's gap fill put off): nothing from ``since`` on counts as known any more,
+        in memory and in the store, and the series is no longer live, so the live bars that
+        follow the gap do not mark it known (the bar forming at the drop, stored with its
+        partial values when the next one opens, is outside what is known too). The next
+        request of that span (a ``data_init``, a history request, after a restart as well)
+        asks the provider for it, and its answer makes the series live again."""
+        series = self.cache.peek(key)
+        if series is None:
+            return
+        logger.log(
+            logging.INFO if series.live else logging.DEBUG,  # once, not at each retry
+            "%s: the stream missed the bars since %s; they are fetched again when asked for",
+            key,
+            intervals.format_date(since) if MIN_TIME <= since <= MAX_TIME else since,
+        )
+        series.live = False
+        series.epoch += 1  # a tail fetch in flight does not make it live again either
+        series.coverage.remove_from(since)
+        if series.loaded and series.persist and self.store is not None:
+            self.store.put_coverage(key, series.coverage.spans(), series.exhausted_before)
 
     def _confirmed(self, key: SeriesId, t: int) -> bool:
         """A far-ahead bar (:meth:`Clocks.far_ahead`) is taken once ``CONFIRMING_UPDATES``

@@ -52,6 +52,13 @@ class Coverage:
         if self._starts and self._starts[0] < t:
             self._starts[0] = t
 
+    def remove_from(self, t: int) -> None:
+        """Forget everything from ``t`` on (bars a stream missed there)."""
+        while self._starts and self._starts[-1] >= t:
+            del self._starts[-1], self._ends[-1]
+        if self._ends and self._ends[-1] >= t:
+            self._ends[-1] = t - 1
+
     def spans(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 

@@ -170,7 +170,23 @@ class Changed:
     symbol: str
 
 
-Event = Ready | Pong | Heartbeat | BarUpdate | HistoryReply | Clock | Status | Notice | Changed
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """The stream of ``(symbol, interval)`` missed bars from ``since`` on (UTC seconds: the
+    open time of the first bar that may be missing, or partial) and they were not fetched
+    (a reconnect's gap fill put off or failed): the hub no longer counts that span as known,
+    nor what the stream sends after it, so the next ``data_init`` or history request of it
+    asks the provider again. Sent before the live bars that follow the gap. The provider may
+    still publish the missed bars later (closed, older than the live ones)."""
+
+    symbol: str
+    interval: str
+    since: int
+
+
+Event = (
+    Ready | Pong | Heartbeat | BarUpdate | HistoryReply | Clock | Status | Notice | Changed | Missed
+)
 
 # A BarUpdate as it crosses the pipe.
 WireBar = tuple[str, str, Bar, bool]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import ConfigError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, to_bar, to_epoch, to_number
-from backend.runtime.messages import BarUpdate, Changed, Clock, Event, Notice, Status
+from backend.runtime.messages import BarUpdate, Changed, Clock, Event, Missed, Notice, Status
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -212,6 +212,17 @@ class Provider:
         hub drops what it holds of the symbol and asks again at the next request. Charts
         open meanwhile keep the bars they have until they load them again."""
         self._emit(Changed(symbol))
+
+    def missed(self, symbol: str, interval: str, since: object) -> None:
+        """Say that the stream of ``(symbol, interval)`` missed the bars from ``since`` on (a
+        time as :meth:`publish` takes it: the open time of the first bar that may be missing
+        or partial) and that they were not fetched: a reconnect whose gap could not be
+        filled now. Call it before publishing the live bars after the gap. The hub then
+        counts nothing of the key from ``since`` on as known (neither the gap nor the bars
+        the stream sends after it) until a history answer covers it: the next ``data_init``
+        or history request asks ``get_history`` for it, also after a restart. Publishing the
+        missed bars later (``final=True``) is still right: they reach the cache and store."""
+        self._emit(Missed(symbol, interval, to_epoch(since)))
 
     def hold_updates(self) -> None:
         """Hold what this thread publishes until it calls :meth:`release_updates`.

@@ -13,8 +13,11 @@ neither the store nor a chart misses a bar. Live updates wait for that fetch at 
 :data:`GAP_HOLD` seconds of REST waiting: when Binance rate-limits (or REST fails), they go
 on and the fetch is put off (:class:`.later.Later`) until it is allowed, then asks only for
 the bars before the first live one published meanwhile, all closed, so that no REST
-snapshot overwrites a newer live bar. A live kline older than what was published of its
-key (a late one of the socket a renewal replaces) or equal to the last one is dropped.
+snapshot overwrites a newer live bar. The hub is told first (``missed``) that the bars since
+the gap are not known, so that it does not take the live bars after it as the end of a
+known span: if this process stops before the fill lands, the next request fetches the gap.
+A live kline older than what was published of its key (a late one of the socket a renewal
+replaces) or equal to the last one is dropped.
 
 It also follows which symbols trade. A delisted symbol (``status`` ``BREAK``/``HALT``, or
 gone from ``exchangeInfo``, where REST answers ``-1121 Invalid symbol.``) still takes a
@@ -343,6 +346,7 @@ class BinanceProvider(Provider):
             return
         except Exception:  # never leave a key holding its updates: log and release it
             logger.exception("binance: gap fill of %s %s failed", *key)
+            self.missed(*key, since // 1000)
             rows = []
         self._finish_gap(key, rows, watch_close)
 
@@ -362,6 +366,7 @@ class BinanceProvider(Provider):
             return []
         except ProviderError as exc:
             logger.warning("binance: bars missed on %s %s not fetched: %s", symbol, interval, exc)
+            self.missed(symbol, interval, since // 1000)  # given up: the hub asks when needed
             self.notify(symbol, interval, exc.code, f"bars missed during a reconnect: {exc}")
             return []
         logger.info(
@@ -381,6 +386,12 @@ class BinanceProvider(Provider):
             state.gap_failures += 1
             failures = state.gap_failures
             state.unsettled_ms = None
+            # Before the live updates past the gap: the hub must not take them as the end
+            # of a span it knows (the gap would be a hole in the store for good, and the bar
+            # forming at the drop stored with partial values, if this process or the server
+            # stopped before the fill lands). At each put-off: a request may have made the
+            # hub's copy whole meanwhile, and a second drop may have made a new gap.
+            self.missed(*key, since // 1000)
             self._release_held(key, state)
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             delay = exc.retry_after + 0.5
