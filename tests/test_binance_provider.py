@@ -386,6 +386,39 @@ async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_
         assert exchange.violations == []
 
 
+async def test_a_data_request_of_a_delisted_symbol_gets_one_error(tmp_path: Path) -> None:
+    """A chart of a symbol gone from Binance got two ``unknown_symbol`` errors for one
+    ``data`` request: its history call's, and the provider's word to the key's clients
+    (the same -1121 stops the stream). A chart of it at another interval, asked while the
+    provider knows it is gone, got two as well. Each request now gets one; a chart that
+    streamed the symbol before is still told."""
+    name = "ETHBTC"
+    with own_exchange(tmp_path, now_ms=frozen_ms(10), push_interval=0.2) as (exchange, running):
+        chart = await WsClient.open(running.ws_url)
+        try:
+            await chart.send(data(name, "1m", count=5))
+            await chart.wait_for("data_update", key_of(name, "1m"))
+            del exchange.data.symbols[name]  # delisted: gone from exchangeInfo, -1121
+            for interval in ("15m", "1h"):
+                client = await WsClient.open(running.ws_url)
+                try:
+                    await client.send(data(name, interval, count=5))
+                    init = await client.wait_for("data_init", key_of(name, interval))
+                    assert init["data"] == []
+                    await client.send({"type": "ping", "id": 1})
+                    pong = await client.wait_for("pong")  # after every frame queued before
+                    errors = client.of_type("error")
+                    assert client.messages.index(pong) > client.messages.index(errors[-1])
+                    assert [e["code"] for e in errors] == ["unknown_symbol"], errors
+                finally:
+                    await client.close()
+            told = await chart.wait_for("error")
+            assert (told["code"], told["request"]["interval"]) == ("unknown_symbol", "1m")
+            assert len(chart.of_type("error")) == 1
+        finally:
+            await chart.close()
+
+
 def test_a_symbol_that_stops_trading_is_found_by_the_listing_check_and_resumed_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -2,9 +2,10 @@
 once, and push it into the outbox of every client it is delivered to.
 
 Owns the delivery map (which clients get ``data_update`` frames of a key: a subscriber
-starts getting them once its ``data_init`` was sent) and the per-key wire names and update
-encoders. Never awaits a client's socket. Not owned: who is subscribed (``subscriptions``),
-the processes (``runtime.supervisor``), the cache itself (``history.cache``).
+starts getting them once its ``data_init`` was sent), the provider errors that wait for a
+subscriber's ``data_init``, and the per-key wire names and update encoders. Never awaits a
+client's socket. Not owned: who is subscribed (``subscriptions``), the processes
+(``runtime.supervisor``), the cache itself (``history.cache``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 Kick = Callable[[Client, str], None]
 CONFIRMING_UPDATES = 3  # updates in a row that make a far-ahead bar the newest after all
+# A provider's error about a key that comes this long after a client's data_init of the key
+# carried an error of the same code says the same again (the -1121 of a delisted symbol
+# both fails its history call and stops its stream): not sent to that client.
+REPEAT_SECONDS = 10.0
 
 
 class Fanout:
@@ -85,6 +90,12 @@ class Fanout:
         # Starts the refill of a key from its newest bar (the hub's ``Refills.start``); True
         # if one started. See ``_on_bar``: a bar that closed unseen by the stream.
         self.refill: Callable[[SeriesId], bool] = lambda key: False
+        # The provider errors about a key for a subscribed client whose data_init is on its
+        # way: (client id, key) -> [(code, frame)], sent after the data_init (``init_sent``)
+        # unless they repeat its own error. And the code of the error a data_init carried,
+        # with when: (client id, key) -> (code, monotonic time).
+        self._waiting_notices: dict[tuple[int, SeriesId], list[tuple[str, bytes]]] = {}
+        self._answered: dict[tuple[int, SeriesId], tuple[str, float]] = {}
         # Forgets what the cache holds of a symbol whose provider says its bars changed
         # (the hub's ``history_changed``): source, symbol.
         self.history_changed: Callable[[str, str], None] = lambda source, symbol: None
@@ -97,6 +108,8 @@ class Fanout:
         self.deliver_changes += 1
 
     def stop_delivery(self, client_id: int, key: SeriesId) -> None:
+        self._waiting_notices.pop((client_id, key), None)
+        self._answered.pop((client_id, key), None)
         targets = self.deliver.get(key)
         if targets is not None:
             self.deliver_changes += 1
@@ -367,20 +380,41 @@ class Fanout:
                 )
 
     def notify(self, key: SeriesId, code: str, message: str) -> None:
-        """Send an ``error`` with ``code`` and ``message`` about ``key`` to its clients."""
+        """Send an ``error`` with ``code`` and ``message`` about ``key`` to its clients.
+
+        A subscribed client whose data_init is still on its way gets it after that
+        data_init (:meth:`init_sent`): a provider's error about starting the stream comes
+        just then (a start_streaming that raised). Not when the data_init carried an error
+        of the same code, or did within :data:`REPEAT_SECONDS` before: one error per
+        request (a delisted symbol's history call fails with ``unknown_symbol``, and its
+        provider tells the key's clients the same). Not the listeners (an OpenBB live grid):
+        their sockets speak another protocol."""
         frame = text_frame(
             protocol.error_message(
                 code, message, {"source": key.source, "name": key.name, "interval": key.interval}
             )
         )
-        targets = dict(self.deliver.get(key, {}))
-        # Subscribed clients whose data_init is still on its way get it too: a provider's
-        # error about starting the stream comes just then (a start_streaming that raised).
-        # Not the listeners (an OpenBB live grid): their sockets speak another protocol.
-        for client_id in self.subs.subscribers(key) - targets.keys():
-            client = self.client_of(client_id)
-            if client is not None and key not in self.listeners.keys_of(client_id):
-                targets[client_id] = client
-        for client in targets.values():
+        targets = self.deliver.get(key, {})
+        now = time.monotonic()
+        for client in list(targets.values()):
+            answered = self._answered.get((client.id, key))
+            if answered is not None and answered[0] == code and now - answered[1] < REPEAT_SECONDS:
+                continue
             if not client.outbox.push(frame):
                 self.kick(client, "outbox hard limit reached")
+        for client_id in self.subs.subscribers(key) - targets.keys():
+            pending = self.client_of(client_id)
+            if pending is not None and key not in self.listeners.keys_of(client_id):
+                self._waiting_notices.setdefault((client_id, key), []).append((code, frame))
+
+    def init_sent(self, client: Client, key: SeriesId, code: str | None) -> None:
+        """``client``'s data_init of ``key`` went out, with an error of ``code`` (or none):
+        send the provider errors about ``key`` that came for it meanwhile, less those of
+        the same code (the client was just told)."""
+        waiting = self._waiting_notices.pop((client.id, key), ())
+        if code is not None:
+            self._answered[(client.id, key)] = (code, time.monotonic())
+        for notice_code, frame in waiting:
+            if notice_code != code and not client.outbox.push(frame):
+                self.kick(client, "outbox hard limit reached")
+                return
