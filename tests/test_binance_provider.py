@@ -520,6 +520,25 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
             )
             dates = [m["data"]["date"] for m in client.of_type("data_update", mark)]
             assert dates == sorted(dates)  # no live update went back in time
+            # The open chart got only the newer live bars; a chart that loads now, and a
+            # scroll back over the gap, get the missed bars with their final values.
+            later = await WsClient.open(running.ws_url)
+            try:
+                await later.send(data(name, interval, count=8, stream=False))
+                init = await later.wait_for("data_init", key_of(name, interval))
+                assert init["data"] == points(
+                    exchange.klines(name, interval, limit=8), name, interval
+                )
+                last_missed = intervals.format_date(rows[-1][0] // 1000)
+                await later.send(
+                    {**data(name, interval, count=4), "type": "data_history", "end": last_missed}
+                )
+                older = await later.wait_for("data_history", key_of(name, interval))
+                expected = exchange.klines(name, interval, end_time=rows[-1][0], limit=4)
+                assert older["data"] == points(expected, name, interval)
+                assert later.of_type("error") == []
+            finally:
+                await later.close()
         finally:
             await client.close()
         assert exchange.violations == []
@@ -565,6 +584,15 @@ async def test_a_gap_put_off_is_not_stored_as_known_when_the_provider_dies_befor
             assert (await client.wait_for("error", after=mark))["code"] == "rate_limited"
             # The bar forming at the drop is stored once the next one opened (partial).
             assert await eventually(lambda: m0 in stored_bars(db, name, interval))
+            # A chart loaded meanwhile is told the bars it gets are not all there is (it was
+            # answered the hole as the whole history, without a word).
+            other = await WsClient.open(running.ws_url)
+            try:
+                await other.send(data(name, interval, count=8, stream=False))
+                await other.wait_for("data_init", key_of(name, interval))
+                assert (await other.wait_for("error"))["code"] == "rate_limited"
+            finally:
+                await other.close()
             pid = running.get("/health")["providers"]["binance"]["pid"]
             os.kill(pid, signal.SIGKILL)
             assert await eventually(
