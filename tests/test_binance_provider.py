@@ -611,11 +611,17 @@ async def test_a_gap_put_off_is_not_stored_as_known_when_the_provider_dies_befor
         with ServerProcess(running.env, tmp_path / "again.log") as again:
             later = await WsClient.open(again.ws_url)
             try:
-                await later.send(data(name, interval, count=8, stream=False))
-                answer = await later.wait_for("data_init", key_of(name, interval))
-                assert answer["data"] == points(
-                    exchange.klines(name, interval, limit=8), name, interval
-                )
+                # 2 bars: the window of the last 2 minutes of the server's clock is past the
+                # exchange's frozen one and empty, and was taken as "nothing after the
+                # newest bar held" (the one forming at the drop); 8 bars reach back to it.
+                for count in (2, 8):
+                    mark = len(later.messages)
+                    await later.send(data(name, interval, count=count, stream=False))
+                    answer = await later.wait_for("data_init", key_of(name, interval), after=mark)
+                    assert answer["data"] == points(
+                        exchange.klines(name, interval, limit=count), name, interval
+                    )
+                assert later.of_type("error") == []
             finally:
                 await later.close()
 

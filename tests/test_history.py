@@ -33,13 +33,14 @@ class FakeProvider:
         self.calls: list[tuple[int, int | None]] = []
         self.fail = fail
         self.future = future  # every reply ends with a bar a year ahead (bad upstream data)
+        self.now = NOW  # the upstream's present: no bar opens after it
 
     async def fetch(self, key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
         self.calls.append((start, end))
         await asyncio.sleep(0.01)
         if self.fail:
             raise ProviderUnavailable("upstream down")
-        stop = NOW if end is None else min(end, NOW)
+        stop = self.now if end is None else min(end, self.now)
         first = intervals.floor(start, "1h")
         if first < start:
             first += 3600
@@ -132,3 +133,30 @@ async def test_a_failing_provider_gives_an_error_and_what_the_cache_has() -> Non
 async def test_counts_are_exact_for_any_size(count: int) -> None:
     answer = await planner(FakeProvider()).latest(KEY, count, streaming=False)
     assert len(answer.bars) == count
+
+
+async def test_a_quiet_stretch_after_the_newest_bar_held_does_not_hide_the_bars_before_it() -> None:
+    """A series held up to Friday 10:00 (the bar then forming) and asked for again on
+    Saturday: the tail of the last 3 hours is empty (the weekend), and the planner took that
+    fresh tail as saying nothing opened after 10:00 either. It answered 08:00-10:00, the
+    10:00 bar as it was while forming, and the bars of Friday afternoon were never fetched
+    (a gap a stream missed, or a server stopped in a session, looked the same)."""
+    provider = FakeProvider()
+    clocks = Clocks()
+    plan = HistoryPlanner(BarCache(), provider.fetch, clocks)
+    friday = intervals.parse_date("2026-03-06 10:30:00")
+    provider.now = friday
+    clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=friday, speed=0.0))
+    first = await plan.latest(KEY, 5, streaming=False)
+    assert first.bars[-1][0] == intervals.parse_date("2026-03-06 10:00:00")
+    assert first.series is not None
+    first.series.tail_fetched_at = 0.0  # later: that tail is not fresh any more
+    saturday = intervals.parse_date("2026-03-07 12:00:00")
+    provider.now = saturday
+    clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=saturday, speed=0.0))
+    answer = await plan.latest(KEY, 3, streaming=False)
+    assert [intervals.format_date(bar[0]) for bar in answer.bars] == [
+        "2026-03-06 14:00:00",
+        "2026-03-06 15:00:00",
+        "2026-03-06 16:00:00",
+    ]

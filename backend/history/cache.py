@@ -40,6 +40,7 @@ class Series:
     live_seq: int = 0  # bumped by every live update
     live_t: int | None = None  # open time of the newest bar a live update set (or refilled)
     tail_fetched_at: float = 0.0
+    tail_from: int = MIN_TIME  # where the window of the last tail fetch started
     exhausted_before: int | None = None  # nothing older than this exists upstream
     last_used: float = field(default_factory=time.monotonic)
     loaded: bool = False  # coverage and newest bars were read from the store
@@ -168,6 +169,7 @@ class Series:
         self.epoch += 1
         self.live_t = None
         self.tail_fetched_at = 0.0
+        self.tail_from = MIN_TIME
         self.version += 1
         self.encoded.clear()
 

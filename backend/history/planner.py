@@ -197,6 +197,7 @@ class HistoryPlanner:
         covered_to = bars[-1][0] - 1 if bars else now - step
         series.coverage.add(start, covered_to)
         series.tail_fetched_at = time.monotonic()
+        series.tail_from = start
         series.live = streaming and series.epoch == epoch
         self._persist(series, bars, forming_t=bars[-1][0] if bars else None)
 
@@ -209,9 +210,14 @@ class HistoryPlanner:
             if series.exhausted_before is not None and cursor < series.exhausted_before:
                 return
             newest = series.newest
-            if newest is not None and cursor >= newest and _fresh(series):
-                collected += series.count_between(newest, cursor)
-                cursor = newest - 1
+            # Nothing opened after the newest bar: the fresh tail (or the stream since) says
+            # so. Not when the tail's window started after it and found nothing (a quiet
+            # stretch at the end: a market closed, a gap a stream missed): only that window
+            # is known empty, and the bars before it are walked back to.
+            known_from = None if newest is None else max(newest, series.tail_from)
+            if known_from is not None and cursor >= known_from and _fresh(series):
+                collected += series.count_between(known_from, cursor)
+                cursor = known_from - 1
                 continue
             span = series.coverage.span_at(cursor)
             if span is not None:
