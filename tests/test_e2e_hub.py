@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -133,6 +134,35 @@ async def test_history_pages_back_with_exact_counts_and_ends_empty(client: WsCli
     )
     empty = await client.wait_for("data_history", same_key("CCC", "1h"), timeout=30, after=after)
     assert empty["data"] == []
+
+
+async def test_history_past_max_count_pages_back_the_newest_max_count_bars(
+    server: ServerProcess,
+) -> None:
+    """Tradiny's front end asks ``data_history`` for as far past the chart's left edge as
+    the view reaches (its oldest row's index + |domain[0]|): zoomed out on a 1m chart it
+    asked 20,742 bars, then 43,681. Those got ``count_out_of_range`` and ``[]``, so the
+    chart stopped paging back with history left. The newest ``MAX_COUNT`` bars up to
+    ``end`` let it page on."""
+    limit = Settings.model_fields["MAX_COUNT"].default
+    client = await WsClient.open(server.ws_url, max_size=None)  # 10,000 bars: 1.8 MB
+    try:
+        await client.send(data("CCC", "1m", count=300, stream=False))
+        init = await client.wait_for("data_init", same_key("CCC"))
+        end = init["data"][0]["date"]
+        for count in (20_742, limit + 1):
+            after = len(client.messages)
+            request = {"type": "data_history", "source": "counting", "name": "CCC"}
+            await client.send({**request, "interval": "1m", "end": end, "count": count})
+            page = await client.wait_for("data_history", same_key("CCC"), timeout=30, after=after)
+            assert not client.of_type("error", after)
+            dates = [bar["date"] for bar in page["data"]]
+            assert len(dates) == limit
+            assert dates[-1] == end  # inclusive end: the client de-duplicates
+            times = [intervals.parse_date(d) for d in dates]
+            assert all(b - a == 60 for a, b in itertools.pairwise(times))
+    finally:
+        await client.close()
 
 
 async def test_unsubscribe_stops_updates(client: WsClient) -> None:

@@ -279,7 +279,10 @@ def _parse_history(item: dict[str, Any], max_count: int) -> Request:
     except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, reply_type="data_history")
     try:
-        count = _count(item, max_count)
+        # How far back to page is how far past its left edge the front end's view reaches
+        # (Tradiny: the oldest row's index + |domain[0]|), unbounded when zoomed out: more
+        # than MAX_COUNT gets the newest MAX_COUNT bars up to ``end``, and paging goes on.
+        count = _count(item, max_count, at_most=True)
         check_interval(series)
         end = item.get("end")
         if end is None or end == "":
@@ -371,7 +374,9 @@ def _series(item: dict[str, Any]) -> SeriesId:
     return SeriesId(*values)
 
 
-def _count(item: dict[str, Any], max_count: int) -> int:
+def _count(item: dict[str, Any], max_count: int, *, at_most: bool = False) -> int:
+    """The request's ``count`` (default 300): ``count_out_of_range`` outside
+    1..``max_count``, or with ``at_most``, ``max_count`` for a larger one."""
     count = item.get("count", DEFAULT_COUNT)
     if count is None:
         return DEFAULT_COUNT
@@ -379,6 +384,8 @@ def _count(item: dict[str, Any], max_count: int) -> int:
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool):
         raise ProtocolError("invalid_field", "'count' must be an integer")
+    if at_most and count > max_count:
+        return max_count
     check_count(count, max_count)
     return count
 
