@@ -53,7 +53,7 @@ def test_unknown_type_and_missing_type_are_named() -> None:
 
 
 def test_count_out_of_range_still_names_the_series_for_an_empty_reply() -> None:
-    for count in (-1, 0, 10**9):
+    for count in (-1, 0):
         frame = orjson.dumps(
             [{"type": "data", "source": "csv", "name": "X", "interval": "1m", "count": count}]
         )
@@ -62,6 +62,29 @@ def test_count_out_of_range_still_names_the_series_for_an_empty_reply() -> None:
         assert bad.code == "count_out_of_range"
         assert bad.reply_type == "data_init"
         assert bad.series == SeriesId("csv", "X", "1m")
+
+
+def test_a_count_past_max_count_is_served_as_max_count() -> None:
+    """Tradiny asks as many bars as its chart holds (``data``) or as far back as its view
+    reaches (``data_history``): past MAX_COUNT, the newest MAX_COUNT, not a refusal."""
+    frame = orjson.dumps(
+        [
+            {"type": "data", "source": "csv", "name": "X", "interval": "1m", "count": 10**9},
+            {
+                "type": "data_history",
+                "source": "csv",
+                "name": "X",
+                "interval": "1m",
+                "end": "2026-01-01 00:00:00",
+                "count": 20_742,
+            },
+        ]
+    )
+    data, history = parse(frame)
+    assert isinstance(data, protocol.DataRequest)
+    assert data.count == MAX_COUNT
+    assert isinstance(history, protocol.HistoryRequest)
+    assert history.count == MAX_COUNT
 
 
 def test_wrong_field_types_are_invalid_fields() -> None:

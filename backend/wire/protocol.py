@@ -261,7 +261,10 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
     except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, reply_type="data_init")
     try:
-        count = _count(item, max_count)
+        # A series added to a Tradiny chart asks for as many bars as the chart holds, more
+        # than MAX_COUNT after a long scroll back: it gets the latest MAX_COUNT (the rest
+        # pages in with data_history), not an empty data_init that drops its pane.
+        count = _count(item, max_count, at_most=True)
         stream = item.get("stream", True)
         if stream is None:
             stream = True
