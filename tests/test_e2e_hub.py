@@ -143,7 +143,7 @@ async def test_history_past_max_count_pages_back_the_newest_max_count_bars(
     the view reaches (its oldest row's index + |domain[0]|): zoomed out on a 1m chart it
     asked 20,742 bars, then 43,681. Those got ``count_out_of_range`` and ``[]``, so the
     chart stopped paging back with history left. The newest ``MAX_COUNT`` bars up to
-    ``end`` let it page on."""
+    ``end`` let it page on (an ``error`` ``count_out_of_range`` says the count was cut)."""
     limit = Settings.model_fields["MAX_COUNT"].default
     client = await WsClient.open(server.ws_url, max_size=None)  # 10,000 bars: 1.8 MB
     try:
@@ -155,7 +155,10 @@ async def test_history_past_max_count_pages_back_the_newest_max_count_bars(
             request = {"type": "data_history", "source": "counting", "name": "CCC"}
             await client.send({**request, "interval": "1m", "end": end, "count": count})
             page = await client.wait_for("data_history", same_key("CCC"), timeout=30, after=after)
-            assert not client.of_type("error", after)
+            errors = client.of_type("error", after)  # said, before the page
+            assert [e["code"] for e in errors] == ["count_out_of_range"], errors
+            assert f"at most {limit}" in errors[0]["message"]
+            assert errors[0]["request"]["count"] == count
             dates = [bar["date"] for bar in page["data"]]
             assert len(dates) == limit
             assert dates[-1] == end  # inclusive end: the client de-duplicates
@@ -171,13 +174,15 @@ async def test_data_past_max_count_gets_the_latest_max_count_bars_and_streams(
     """A series added to a Tradiny chart asks for as many bars as the chart holds
     (``count: this.data.length``): 18,046 after scrolling a 1m chart back. That got
     ``count_out_of_range`` and an empty ``data_init``, on which the front end drops the
-    new pane (and throws). The latest ``MAX_COUNT`` bars, streamed, add the series."""
+    new pane (and throws). The latest ``MAX_COUNT`` bars, streamed, add the series; the
+    ``count_out_of_range`` error still says the count was cut."""
     limit = Settings.model_fields["MAX_COUNT"].default
     client = await WsClient.open(server.ws_url, max_size=None)  # 10,000 bars: 1.8 MB
     try:
         await client.send(data("BBB", "1m", count=18_046))  # as Tradiny's addData() sends it
         init = await client.wait_for("data_init", same_key("BBB"), timeout=30)
-        assert not client.of_type("error")
+        errors = client.of_type("error")  # said, before the data_init (a stock client ignores it)
+        assert [e["code"] for e in errors] == ["count_out_of_range"], errors
         dates = [bar["date"] for bar in init["data"]]
         assert len(dates) == limit
         times = [intervals.parse_date(d) for d in dates]

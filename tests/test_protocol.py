@@ -82,9 +82,11 @@ def test_a_count_past_max_count_is_served_as_max_count() -> None:
     )
     data, history = parse(frame)
     assert isinstance(data, protocol.DataRequest)
-    assert data.count == MAX_COUNT
+    assert data.count == MAX_COUNT and data.capped
     assert isinstance(history, protocol.HistoryRequest)
-    assert history.count == MAX_COUNT
+    assert history.count == MAX_COUNT and history.capped
+    (within,) = parse(orjson.dumps([{**orjson.loads(frame)[0], "count": MAX_COUNT}]))
+    assert isinstance(within, protocol.DataRequest) and not within.capped
 
 
 def test_wrong_field_types_are_invalid_fields() -> None:

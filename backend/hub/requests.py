@@ -180,6 +180,8 @@ class Requests:
             await self._refuse(client, found)
             return
         notes: list[bytes] = []
+        if request.capped:
+            notes.append(protocol.capped_message(self.hub.settings.MAX_COUNT, request.raw))
         if request.stream and self._over_subscription_limit(client, key):
             limit = self.hub.settings.MAX_SUBSCRIPTIONS_PER_CLIENT
             notes.append(
@@ -230,6 +232,8 @@ class Requests:
         if isinstance(found, protocol.BadRequest):
             self._bad_request(client, found)
             return
+        if request.capped:
+            hub.send(client, protocol.capped_message(hub.settings.MAX_COUNT, request.raw))
         answer = await hub.planner.before(key, request.end, request.count)
         if client.id not in hub.clients:
             return

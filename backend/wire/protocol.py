@@ -58,6 +58,7 @@ class DataRequest:
     count: int
     stream: bool
     raw: dict[str, Any]
+    capped: bool = False  # it asked for more than MAX_COUNT bars: ``count`` is MAX_COUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class HistoryRequest:
     end: int
     count: int
     raw: dict[str, Any]
+    capped: bool = False  # it asked for more than MAX_COUNT bars: ``count`` is MAX_COUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +266,7 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
         # A series added to a Tradiny chart asks for as many bars as the chart holds, more
         # than MAX_COUNT after a long scroll back: it gets the latest MAX_COUNT (the rest
         # pages in with data_history), not an empty data_init that drops its pane.
-        count = _count(item, max_count, at_most=True)
+        count, capped = _count(item, max_count)
         stream = item.get("stream", True)
         if stream is None:
             stream = True
@@ -273,7 +275,7 @@ def _parse_data(item: dict[str, Any], max_count: int) -> Request:
         check_interval(series)
     except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, series, "data_init")
-    return DataRequest(series, count, stream, item)
+    return DataRequest(series, count, stream, item, capped)
 
 
 def _parse_history(item: dict[str, Any], max_count: int) -> Request:
@@ -285,7 +287,7 @@ def _parse_history(item: dict[str, Any], max_count: int) -> Request:
         # How far back to page is how far past its left edge the front end's view reaches
         # (Tradiny: the oldest row's index + |domain[0]|), unbounded when zoomed out: more
         # than MAX_COUNT gets the newest MAX_COUNT bars up to ``end``, and paging goes on.
-        count = _count(item, max_count, at_most=True)
+        count, capped = _count(item, max_count)
         check_interval(series)
         end = item.get("end")
         if end is None or end == "":
@@ -300,7 +302,7 @@ def _parse_history(item: dict[str, Any], max_count: int) -> Request:
             ) from None
     except ProtocolError as exc:
         return BadRequest(exc.code, exc.message, item, series, "data_history")
-    return HistoryRequest(series, end_t, count, item)
+    return HistoryRequest(series, end_t, count, item, capped)
 
 
 def _parse_search(item: dict[str, Any], max_count: int) -> Request:
@@ -377,20 +379,29 @@ def _series(item: dict[str, Any]) -> SeriesId:
     return SeriesId(*values)
 
 
-def _count(item: dict[str, Any], max_count: int, *, at_most: bool = False) -> int:
-    """The request's ``count`` (default 300): ``count_out_of_range`` outside
-    1..``max_count``, or with ``at_most``, ``max_count`` for a larger one."""
+def _count(item: dict[str, Any], max_count: int) -> tuple[int, bool]:
+    """The request's ``count`` (default 300), and whether it asked for more than
+    ``max_count`` (then ``max_count``: :func:`capped_message` says so); below 1 is
+    ``count_out_of_range``."""
     count = item.get("count", DEFAULT_COUNT)
     if count is None:
-        return DEFAULT_COUNT
+        return DEFAULT_COUNT, False
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool):
         raise ProtocolError("invalid_field", "'count' must be an integer")
-    if at_most and count > max_count:
-        return max_count
+    if count > max_count:
+        return max_count, True
     check_count(count, max_count)
-    return count
+    return count, False
+
+
+def capped_message(max_count: int, request: Any) -> bytes:
+    """The ``error`` ``count_out_of_range`` of a ``data`` / ``data_history`` that asked for
+    more than ``max_count`` bars and is answered with ``max_count`` of them (a Tradiny chart
+    zoomed out or scrolled far back asks for more; it pages on from the oldest)."""
+    message = f"count is at most {max_count}: the newest {max_count} bars are sent"
+    return error_message("count_out_of_range", message, request)
 
 
 # ---------------------------------------------------------------- server messages
