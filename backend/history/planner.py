@@ -197,7 +197,10 @@ class HistoryPlanner:
         covered_to = bars[-1][0] - 1 if bars else now - step
         series.coverage.add(start, covered_to)
         series.tail_fetched_at = time.monotonic()
-        series.tail_from = start
+        # Known empty after the newest bar from here: the window's start, or the newest bar
+        # of an answer that ends before it (a provider that answers the last ``count`` bars
+        # whatever the start: nothing opened after them)
+        series.tail_from = min(start, bars[-1][0]) if bars else start
         series.live = streaming and series.epoch == epoch
         self._persist(series, bars, forming_t=bars[-1][0] if bars else None)
 
