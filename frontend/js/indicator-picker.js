@@ -61,6 +61,7 @@ export class IndicatorPicker {
     if (seq !== this.seq) return;
     this.results = rows || [];
     this.shown = text;
+    this.list.dataset.text = text; // what the list shows the results of (tests read it)
     this.selected = 0;
     this.render(rows === null);
   }
