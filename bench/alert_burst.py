@@ -37,7 +37,7 @@ from backend.hub.stalls import RunQueueClock
 from backend.model.bars import SeriesId
 from server import tune_gc
 from tests.harness import eventually
-from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
+from tests.hub_fakes import SOURCE, FakeClock, close_above_alert, connect, make_hub, send, taken
 
 KEY = SeriesId(SOURCE, "AAA", "1m")
 T0 = 1_700_000_040
@@ -83,17 +83,7 @@ async def one_run(url: str, alerts: int, folder: Path) -> dict[str, float]:
     http = aiohttp.ClientSession()
     try:
         client = connect(hub)
-        rule = {
-            "type1": "data",
-            "source1": SOURCE,
-            "name1": "AAA",
-            "interval1": "1m",
-            "key1": "close",
-            "comparator": ">",
-            "type2": "value",
-            "value2": "1000",
-        }
-        base = {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+        base = close_above_alert()
         for first in range(0, alerts, 100):
             batch = [
                 {**base, "message": f"m{n}", "subscription": None, "owner": "o"}

@@ -226,3 +226,19 @@ def about(message: dict[str, Any]) -> SeriesId | None:
     if not isinstance(body, dict) or "name" not in body:
         return None
     return SeriesId(body["source"], body["name"], body["interval"])
+
+
+def close_above_alert(level: float = 1000, name: str = "AAA") -> dict[str, Any]:
+    """An ``alert`` request (no message, owner or subscription yet) whose one rule is
+    ``close > level`` of ``name`` 1m of the fake source."""
+    rule = {
+        "type1": "data",
+        "source1": SOURCE,
+        "name1": name,
+        "interval1": "1m",
+        "key1": "close",
+        "comparator": ">",
+        "type2": "value",
+        "value2": f"{level:g}",
+    }
+    return {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}

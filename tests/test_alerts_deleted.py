@@ -13,7 +13,7 @@ from typing import Any
 from backend.alerts.store import AlertStore, Batch, Dropped
 from backend.model.bars import SeriesId
 from tests.harness import eventually
-from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
+from tests.hub_fakes import SOURCE, FakeClock, close_above_alert, connect, make_hub, send, taken
 
 KEY = SeriesId(SOURCE, "AAA", "1m")
 T0 = 1_700_000_040  # a whole minute
@@ -87,17 +87,7 @@ async def test_a_stop_while_armed_states_are_written_keeps_every_state(tmp_path:
     db = tmp_path / "candlewire.db"
     await alerting.open(db)
     client = connect(hub)
-    rule = {
-        "type1": "data",
-        "source1": SOURCE,
-        "name1": "AAA",
-        "interval1": "1m",
-        "key1": "close",
-        "comparator": ">",
-        "type2": "value",
-        "value2": "1000",
-    }
-    base = {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+    base = close_above_alert()
     await send(
         hub,
         client,

@@ -33,7 +33,7 @@ from backend.errors import StorageError
 from backend.model.bars import SeriesId
 from tests.alerts_e2e import Hooks
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate
-from tests.hub_fakes import SOURCE, FakeClock, connect, make_hub, send, taken
+from tests.hub_fakes import SOURCE, FakeClock, close_above_alert, connect, make_hub, send, taken
 from tests.rfc_push import RfcPush
 from tests.test_e2e_alerts import until_day_turned
 
@@ -242,17 +242,7 @@ async def test_the_pending_deliveries_kept_are_bounded_by_count_and_age(
     dropped = "candlewire_alert_deliveries_dropped_total"
 
     def above(name: str) -> dict[str, Any]:
-        rule = {
-            "type1": "data",
-            "source1": SOURCE,
-            "name1": name,
-            "interval1": "1m",
-            "key1": "close",
-            "comparator": ">",
-            "type2": "value",
-            "value2": "1000",
-        }
-        return {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+        return close_above_alert(name=name)
 
     rising = (T0 + 180, 100.0, 2000.0, 99.0, 1500.0, 10.0)
     try:
@@ -323,17 +313,7 @@ async def test_a_batch_the_store_refuses_is_written_with_the_next(tmp_path: Path
         store.commit = refuse_once  # type: ignore[method-assign]
         try:
             client = connect(hub)
-            rule = {
-                "type1": "data",
-                "source1": SOURCE,
-                "name1": "AAA",
-                "interval1": "1m",
-                "key1": "close",
-                "comparator": ">",
-                "type2": "value",
-                "value2": "1000",
-            }
-            request = {"type": "alert", "rules": [rule], "operators": [], "indicators": {}}
+            request = close_above_alert()
             await send(hub, client, {**request, "message": "m", "owner": "o"})
             [created] = [m for m in taken(client) if m["type"] == "alert_created"]
             alerting.on_bar(
