@@ -9,6 +9,7 @@ import logging
 import orjson
 import pytest
 
+from backend.errors import ProviderUnavailable
 from backend.model.bars import SeriesId
 from tests.hub_fakes import (
     SOURCE,
@@ -171,6 +172,25 @@ async def test_a_frame_of_data_items_alone_or_of_other_items_alone_is_not_held()
     provider.gates["AAA"].set()
     await client.replies.idle()
     assert [(m["type"], about(m)) for m in taken(client)] == [("data_init", K1)]
+
+
+async def test_failed_data_inits_of_keys_a_client_does_not_hold_leave_nothing_behind() -> None:
+    """The hub remembers a data_init's error code per (client, key) to send a provider's
+    repeat of it once, and forgets it when the client lets the key go: a data_init of a key
+    the client does not hold (``stream: false``) left it there for good, one entry per key
+    asked, however many."""
+    hub, provider = make_hub(FakeClock())
+
+    async def failing(*args: object) -> list[tuple[int, float, float, float, float, float]]:
+        raise ProviderUnavailable("down")
+
+    provider.get_history = failing  # type: ignore[method-assign]
+    client = connect(hub)
+    await send(hub, client, request("data", K1, stream=False), request("data", K2, stream=False))
+    assert [m.get("code") for m in taken(client) if m["type"] == "error"] == [
+        "provider_unavailable"
+    ] * 2
+    assert hub.fanout._answered == {}
 
 
 async def test_history_requests_in_flight_per_client_are_bounded_and_none_is_dropped() -> None:

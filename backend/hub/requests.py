@@ -216,13 +216,13 @@ class Requests:
             hub.send_frame(client, self.series_frame("data_init", answer, wire, details, key))
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
-        # The provider's errors about the key that came meanwhile (not one that repeats
-        # the answer's own error: one error per request).
-        error = answer.error
-        hub.fanout.init_sent(
-            client, key, None if error is None else getattr(error, "code", "provider_error")
-        )
         if hub.subs.holds(client.id, key):
+            # The provider's errors about the key that came meanwhile (not one that repeats
+            # the answer's own error: one error per request). Only for a holder: what it
+            # keeps per (client, key) goes when the client lets the key go.
+            error = answer.error
+            code = None if error is None else getattr(error, "code", "provider_error")
+            hub.fanout.init_sent(client, key, code)
             hub.fanout.start_delivery(client, key)
 
     async def _history(self, client: Client, request: protocol.HistoryRequest) -> None:
