@@ -7,6 +7,11 @@ the chat's hourly turns each key by it). On a server that runs for weeks, every 
 ever made one request stayed in memory. :class:`PrunedMemoryStorage` drops, at most every
 ``every`` seconds and on the next hit, every key whose newest hit has expired: a key with
 no hit in its window limits nothing, and a missing key reads exactly as an empty one.
+
+:class:`WorkBudget` is the other primitive: a token bucket that may go into debt, for work
+whose size is known only once it is done (the bars of a history answer). ``limits``'
+strategies refuse a hit larger than what is left and record nothing then; here the work is
+charged in full after it is done, and the next piece waits until the debt is paid back.
 """
 
 from __future__ import annotations
@@ -54,3 +59,32 @@ class PrunedMemoryStorage(MemoryStorage):
     def keys(self) -> int:
         """Clients (keys) with hits in memory."""
         return len(self.events)
+
+
+class WorkBudget:
+    """``rate`` units of work per second, ``burst`` at once; charged after the work, so its
+    level may go below zero (a debt that the next piece waits out: :meth:`wait`)."""
+
+    __slots__ = ("_at", "_level", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._level = burst
+        self._at = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until the debt is paid back (0: the next piece may start now)."""
+        self._refill(now)
+        return 0.0 if self._level >= 0 else -self._level / self.rate
+
+    def charge(self, amount: float, now: float) -> None:
+        """Take ``amount`` units of work just done (give back, when negative: never past
+        the burst)."""
+        self._refill(now)
+        self._level = min(self.burst, self._level - amount)
+
+    def _refill(self, now: float) -> None:
+        if now > self._at:
+            self._level = min(self.burst, self._level + (now - self._at) * self.rate)
+            self._at = now

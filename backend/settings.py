@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     MAX_CLIENTS: int = Field(10_000, ge=1)
     MAX_SUBSCRIPTIONS_PER_CLIENT: int = Field(500, ge=1)
     MAX_REQUESTS_PER_FRAME: int = Field(100, ge=1)
+    # History bars encoded for one connection per second (data_init, data_history; a frame
+    # sent from the encoded cache is free), with a burst: past them its next history reply
+    # waits until it is back under (0: no limit).
+    HISTORY_BARS_PER_SECOND: float = Field(100_000.0, ge=0)
+    HISTORY_BARS_BURST: int = Field(1_000_000, ge=1)
     # A chat prompt carries the chart as a PNG data URL: about 1.2 MB from a 1920x1080 window
     # and 1.6 MB from 2560x1440 (Tradiny renders it at three times the size).
     MAX_FRAME_BYTES: int = Field(8 * 1024 * 1024, ge=1024)

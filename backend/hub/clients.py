@@ -23,6 +23,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
+from backend.ratelimits import WorkBudget
 from backend.wire.outbox import Outbox
 
 logger = logging.getLogger(__name__)
@@ -163,9 +164,10 @@ async def _after(firsts: list[asyncio.Task[None]], job: Job) -> None:
 
 
 class Client:
-    """One connected client: its outbox, how to close it, and its pending replies."""
+    """One connected client: its outbox, how to close it, its pending replies and its
+    history budget."""
 
-    __slots__ = ("id", "kick", "outbox", "peer", "replies")
+    __slots__ = ("budget", "id", "kick", "outbox", "peer", "replies")
 
     def __init__(
         self,
@@ -180,3 +182,5 @@ class Client:
         self.outbox = outbox
         self.kick = kick
         self.replies = replies
+        # the history bars it was sent lately (``requests``; made at its first large reply)
+        self.budget: WorkBudget | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from backend.hub.clients import Client
 from backend.hub.subscriptions import Change
 from backend.indicators import messages
 from backend.model.bars import SeriesId, WireKeys
+from backend.ratelimits import WorkBudget
 from backend.wire import protocol, requests
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ SEARCH_LANE = ("search",)
 FRAME_LANE = ("frame",)  # replies sent at once, but held behind a frame's data items
 DETAILS_CACHE_SIZE = 10_000
 FRAMES_METRIC = "candlewire_history_frames_total"
+BUDGET_FROM = 100  # bars: a connection keeps a history budget from its first such request
 
 Details = dict[str, Any]
 # The empty reply a refused request still gets.
@@ -65,6 +68,13 @@ class Requests:
             FRAMES_METRIC,
             "data_init/data_history frames: cached (sent as built), spliced (cached closed "
             "bars, newest bar encoded) or encoded (built from the bars)",
+        )
+        self.paced = 0  # history replies that waited for their client's budget
+        hub.metrics.counter(
+            "candlewire_history_paced_total",
+            lambda: self.paced,
+            "history replies (data_init, data_history) that waited because their connection "
+            "was over HISTORY_BARS_PER_SECOND",
         )
         hub.metrics.gauge(
             "candlewire_history_frame_bytes",
@@ -206,6 +216,7 @@ class Requests:
         key = request.series
         for note in notes:
             hub.send(client, note)
+        await self._paced(client, request.count)
         answer = await hub.planner.latest(key, request.count, hub.subs.has(key))
         if client.id not in hub.clients:
             return
@@ -213,7 +224,9 @@ class Requests:
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
-            hub.send_frame(client, self.series_frame("data_init", answer, wire, details, key))
+            frame, encoded = self.encoded_frame("data_init", answer, wire, details, key)
+            hub.send_frame(client, frame)
+        self._charge(client, encoded - request.count)
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
         if hub.subs.holds(client.id, key):
@@ -234,6 +247,7 @@ class Requests:
             return
         if request.capped:
             hub.send(client, protocol.capped_message(hub.settings.MAX_COUNT, request.raw))
+        await self._paced(client, request.count)
         answer = await hub.planner.before(key, request.end, request.count)
         if client.id not in hub.clients:
             return
@@ -241,11 +255,47 @@ class Requests:
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
-            hub.send_frame(
-                client, self.series_frame("data_history", answer, wire, None, key, request.end)
+            frame, encoded = self.encoded_frame(
+                "data_history", answer, wire, None, key, request.end
             )
+            hub.send_frame(client, frame)
+        self._charge(client, encoded - request.count)
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
+
+    async def _paced(self, client: Client, count: int) -> None:
+        """Wait while ``client`` is over its history budget (``HISTORY_BARS_PER_SECOND``,
+        ``HISTORY_BARS_BURST``), then charge it the ``count`` bars asked for (the reply
+        settles the difference: :meth:`_charge`). One connection asking for all the history
+        it can read would hold the hub's loop, and every other client would wait on it.
+        Only this client's history replies wait (each in its lane, so its pings, its
+        streaming and its other replies go on); nothing is refused. A connection whose
+        requests are all small (under :data:`BUDGET_FROM` bars) keeps no budget."""
+        settings = self.hub.settings
+        rate = settings.HISTORY_BARS_PER_SECOND
+        budget = client.budget
+        if rate <= 0 or (budget is None and count < BUDGET_FROM):
+            return
+        if budget is None:
+            budget = client.budget = WorkBudget(rate, settings.HISTORY_BARS_BURST, time.monotonic())
+        wait = budget.wait(time.monotonic())
+        if wait > 0:
+            self.paced += 1
+            logger.warning(
+                "client %d (%s) is over its history budget (%g bars/s): its history replies wait",
+                client.id,
+                client.peer,
+                rate,
+            )
+        while wait > 0 and client.id in self.hub.clients:
+            await asyncio.sleep(wait)
+            wait = budget.wait(time.monotonic())
+        budget.charge(count, time.monotonic())
+
+    def _charge(self, client: Client, bars: int) -> None:
+        """Settle ``bars`` more (fewer, when negative) than :meth:`_paced` charged."""
+        if client.budget is not None and bars:
+            client.budget.charge(bars, time.monotonic())
 
     def series_frame(
         self,
@@ -257,9 +307,23 @@ class Requests:
         end: int | None = None,
     ) -> bytes:
         """The frame of ``protocol.series_message(kind, key, bars, metadata)`` for the
-        answer's bars: the cached frame of the same window when the series has not changed
-        since it was built, the cached closed bars with the newest bar spliced in when only
-        that bar changed, else built and cached (:mod:`backend.history.encoded`)."""
+        answer's bars (:meth:`encoded_frame`)."""
+        return self.encoded_frame(kind, answer, wire, metadata, key, end)[0]
+
+    def encoded_frame(
+        self,
+        kind: str,
+        answer: Answer,
+        wire: WireKeys,
+        metadata: Details | None,
+        key: SeriesId,
+        end: int | None = None,
+    ) -> tuple[bytes, int]:
+        """The frame of ``protocol.series_message(kind, key, bars, metadata)`` for the
+        answer's bars, and how many bars had to be encoded for it: the cached frame of the
+        same window when the series has not changed since it was built (none), the cached
+        closed bars with the newest bar spliced in when only that bar changed (one), else
+        built and cached (all of them; :mod:`backend.history.encoded`)."""
         bars, series = answer.bars, answer.series
         head = protocol.series_head(kind, key, metadata)
         window = (head, wire.kind, len(bars), end)
@@ -267,14 +331,14 @@ class Requests:
         metrics = self.hub.metrics
         if entry is not None and (not bars or entry.last == bars[-1]):
             metrics.inc(FRAMES_METRIC, frame="cached")
-            return entry.frame
+            return entry.frame, 0
         last = protocol.datapoints_json(wire, bars[-1:])
         if entry is not None and series is not None:
             start = memoryview(entry.frame)[entry.body_start : entry.closed_stop]
             frame = protocol.series_frame((start,), len(bars) > 1, last)[0]
             series.encoded.replace_frame(window, entry, bars[-1], frame)
             metrics.inc(FRAMES_METRIC, frame="spliced")
-            return frame
+            return frame, 1
         metrics.inc(FRAMES_METRIC, frame="encoded")
         closed = protocol.datapoints_json(wire, bars[:-1])
         frame, body_start, closed_stop = protocol.series_frame((head, closed), len(bars) > 1, last)
@@ -291,7 +355,7 @@ class Requests:
             )
             series.encoded.put(window, built)
             self.hub.enforce_memory()
-        return frame
+        return frame, len(bars)
 
     async def _search(self, client: Client, search: str) -> None:
         results = await self.hub.search_symbols(search, SEARCH_LIMIT)
