@@ -544,6 +544,59 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
         assert exchange.violations == []
 
 
+async def test_a_second_drop_while_a_gap_fill_is_put_off_gets_its_bars_fetched_too(
+    tmp_path: Path,
+) -> None:
+    """A reconnect's gap fill put off by a 429, then a second drop and reconnect before
+    Binance allowed REST again: the put-off fill kept the end it had from the first
+    reconnect, so it fetched only the bars before the first live one after it. The bar
+    forming at the second drop stayed in the store with the partial values it had then
+    (stored as closed), and the bars missed during the second drop were never fetched. Now
+    the fill reaches the first live bar after the second reconnect."""
+    name, interval, limit = "ETHUSDT", "1m", 10.0
+    with own_exchange(tmp_path, now_ms=frozen_ms(12), push_interval=0.2) as (exchange, running):
+        client = await WsClient.open(running.ws_url)
+        try:
+            await client.send(data(name, interval, count=5))
+            init = await client.wait_for("data_init", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval))
+            m0 = init["data"][-1]["date"]  # forming when the connection first drops
+            seen = m0
+            exchange.rate_limit(429, retry_after=limit)
+            for _ in range(2):  # the second within the Retry-After: its fill is put off too
+                mark = len(client.messages)
+                assert exchange.drop_connections() == 1
+                exchange.advance(3 * 60)
+                newer = await client.wait_for(
+                    "data_update",
+                    lambda m, after=seen: m["data"]["date"] > after,  # type: ignore[misc]
+                    after=mark,
+                    timeout=limit,
+                )
+                seen = newer["data"]["date"]
+            start, end = intervals.parse_date(m0), intervals.parse_date(seen)
+            rows = exchange.klines(name, interval, start_time=start * 1000, limit=20)
+            missed = {
+                row[0] // 1000: (*(float(v) for v in row[1:6]), 0)
+                for row in rows
+                if row[0] // 1000 < end
+            }
+            assert len(missed) == 6
+            db = str(tmp_path / "candlewire.sqlite3")
+
+            def filled() -> bool:
+                bars = stored_bars(db, name, interval)
+                return all(bars.get(t) == bar for t, bar in missed.items())
+
+            assert await eventually(filled, timeout=limit + seconds(10)), (
+                stored_bars(db, name, interval),
+                missed,
+            )
+        finally:
+            await client.close()
+        assert exchange.violations == []
+
+
 def stored_coverage(db: str, name: str, interval: str) -> list[tuple[int, int]]:
     """The spans of ``binance`` ``(name, interval)`` the store counts as known."""
     with contextlib.closing(sqlite3.connect(db)) as conn:

@@ -374,15 +374,23 @@ class BinanceProvider(Provider):
         )
         return rows
 
-    def _put_off(self, key: StreamKey, since: int, exc: ProviderUnavailable) -> None:
+    def _put_off(
+        self, key: StreamKey, since: int, exc: ProviderUnavailable, bounded: bool = False
+    ) -> None:
         """REST cannot fetch ``key``'s gap now: release the live updates held for it (the
-        put-off fill ends before the first of them) and try again when allowed."""
+        put-off fill ends before the first of them) and try again when allowed.
+        ``bounded``: the fill that failed was a put-off one, which keeps its end; any other
+        (a reconnect's) fetched up to now, so its end is the first live bar published after
+        this, not one before (the bars between a second drop and its reconnect, and the
+        bar forming at that drop, were never fetched, and stayed with partial values)."""
         with self._keys_lock:
             state = self._keys.get(key)
             if state is None:
                 return
             told = state.gap_from_ms is not None
             state.gap_from_ms = since
+            if not bounded:
+                state.gap_to_ms = None
             state.gap_failures += 1
             failures = state.gap_failures
             state.unsettled_ms = None
@@ -443,7 +451,7 @@ class BinanceProvider(Provider):
         try:
             rows = self._missed_rows(key, start, end - 1, QUIET_WAIT)
         except ProviderUnavailable as exc:
-            self._put_off(key, start, exc)
+            self._put_off(key, start, exc, bounded=True)
             return
         with self._keys_lock:
             state = self._keys.get(key)
