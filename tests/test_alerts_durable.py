@@ -327,3 +327,36 @@ async def test_a_batch_the_store_refuses_is_written_with_the_next(tmp_path: Path
         rows = AlertStore(db).active(0.0)
     assert [(r["id"], r["armed"], r["fired"]) for r in rows] == [(created["id"], False, 1)]
     assert hooks.fired() == [1]
+
+
+@pytest.mark.parametrize("now_set", ["another", "none"])
+async def test_an_operator_webhook_call_resumed_after_a_restart_goes_where_the_setting_says_now(
+    tmp_path: Path, now_set: str
+) -> None:
+    """The operator's ALERT_WEBHOOK_URL refuses connections when the alert fires; the
+    server is stopped and started again with ALERT_WEBHOOK_URL set to another receiver (or
+    to none). The pending call went on to the old address (the operator's trust, never
+    restricted, kept by a URL that is no longer the setting) for up to a day. Now it goes to
+    the webhook set now, or is given up when there is none."""
+    with steered(tmp_path) as deployment, Hooks() as current:
+        old = deployment.hooks
+        client = await WsClient.open(deployment.server.ws_url)
+        alert_id = await deployment.create(client, subscription=False)
+        deployment.steer(100.0)
+        await client.wait_for("notification", lambda m: m.get("alert_id") == alert_id, 20)
+        await client.close()
+        refused = f"webhook {old.url.removesuffix('/hook')}: ClientConnectorError"
+        await eventually(lambda: refused in deployment.log(), 10, "the call refused")
+        deployment.server.stop()
+        assert deployment.pending() == 1
+        old.up()
+        current.up()
+        url = current.url if now_set == "another" else ""
+        env = {**deployment.env, "ALERT_WEBHOOK_URL": url}
+        with ServerProcess(env, tmp_path / "again.log"):
+            if now_set == "another":
+                await eventually(lambda: current.bodies, 30, "the call to the webhook set now")
+            await eventually(lambda: deployment.pending() == 0, 30, "the delivery done")
+        assert deployment.stored(alert_id) == (0, 1)
+    assert old.bodies == []
+    assert current.fired() == ([1] if now_set == "another" else [])

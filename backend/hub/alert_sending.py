@@ -141,15 +141,42 @@ class AlertSending:
 
     def resume(self, deliveries: list[PendingDelivery]) -> None:
         """The deliveries stored before this start: each goes on when its next attempt is
-        due (those waiting for it hold no place in the dispatcher's backlog meanwhile)."""
+        due (those waiting for it hold no place in the dispatcher's backlog meanwhile). A
+        call to the operator's webhook goes to the ``ALERT_WEBHOOK_URL`` set now
+        (:meth:`_retarget`)."""
         now = time.time()
-        for delivery in deliveries:
+        for delivery in self._retarget(deliveries):
             wait = delivery.next_at - now
             if wait > 0:
                 self.live[delivery.id] = delivery
                 self.start(self._later(delivery, wait), f"{_name(delivery)} resumes")
             else:
                 self._send(delivery)
+
+    def _retarget(self, deliveries: list[PendingDelivery]) -> list[PendingDelivery]:
+        """The stored deliveries, those to the operator's webhook (``trusted``: never
+        restricted) sent to the ``ALERT_WEBHOOK_URL`` of this start, or given up where none
+        is set: the address they were stored with is no longer trusted once the setting
+        changed."""
+        url = self.settings.ALERT_WEBHOOK_URL
+        kept, moved, dropped = [], 0, 0
+        for delivery in deliveries:
+            if delivery.kind == "webhook" and delivery.trusted and delivery.url != url:
+                if not url:
+                    self.journal.done(delivery.id)
+                    dropped += 1
+                    continue
+                delivery.url = url
+                moved += 1
+            kept.append(delivery)
+        if moved or dropped:
+            logger.info(
+                "alerts: ALERT_WEBHOOK_URL changed since the last run: %d pending calls go to"
+                " the one set now, %d given up (none set)",
+                moved,
+                dropped,
+            )
+        return kept
 
     async def _later(self, delivery: PendingDelivery, wait: float) -> None:
         await asyncio.sleep(wait)
