@@ -223,6 +223,7 @@ def test_origins_come_from_a_comma_list_or_a_sequence() -> None:
     )
     assert cors.origins_of(("https://a.example",)) == ("https://a.example",)
     assert cors.origins_of(None) == ()
+    assert cors.origins_of("https://A.Example:8443/") == ("https://a.example:8443",)
 
 
 # ---------------------------------------------------------------- the listener registry
@@ -370,6 +371,26 @@ def test_preflight_with_a_custom_header_succeeds(server: ServerProcess) -> None:
     assert "x-api-key" in headers["access-control-allow-headers"].lower()
     assert "GET" in headers["access-control-allow-methods"]
     assert headers["access-control-allow-private-network"] == "true"
+
+
+def test_an_origin_set_with_capitals_gets_cors_as_the_browser_writes_it(
+    tmp_path: Path,
+) -> None:
+    """``CORS_ORIGINS=https://Charts.Example.com`` passes the settings' check (it is an
+    origin), and its socket upgrades were let in (compared without case), but HTTP CORS
+    compared it with the browser's ``Origin``, always lower case, as it was written: every
+    preflight was refused (400 "Disallowed CORS origin") and no answer carried CORS."""
+    env = base_env(tmp_path, PROVIDERS="counting", CORS_ORIGINS="https://Charts.Example.com/")
+    assert populate(env).returncode == 0
+    origin = "https://charts.example.com"
+    with ServerProcess(env, tmp_path / "server.log") as running:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+        status, headers, _ = call(running, "/widgets.json", method="OPTIONS", headers=preflight)
+        assert status == 200
+        assert headers["access-control-allow-origin"] == origin
+        status, headers, _ = call(running, "/widgets.json", headers={"Origin": origin})
+        assert status == 200
+        assert headers["access-control-allow-origin"] == origin
 
 
 def test_other_origins_get_no_cors_outside_udf(server: ServerProcess) -> None:

@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 
 
 def origins_of(value: object) -> tuple[str, ...]:
-    """An origin list from a setting: a comma-separated string or a sequence of strings."""
+    """An origin list from a setting: a comma-separated string or a sequence of strings,
+    each as a browser writes it in ``Origin`` (lower case, no trailing slash), which the
+    CORS middleware compares it with as it is."""
     if isinstance(value, str):
         items: Iterable[object] = value.split(",")
     elif isinstance(value, Iterable):
         items = value
     else:
         return ()
-    return tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    return tuple(str(item).strip().rstrip("/").lower() for item in items if str(item).strip())
 
 
 class ScopedCORS:
