@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from backend.alerts.store import AlertStore, Batch, Dropped
+from backend.alerts.store import AlertStore, Batch, Dropped, PendingDelivery
 from backend.errors import StorageError
 from backend.model.bars import SeriesId
 from tests.alerts_e2e import Hooks
@@ -360,3 +360,35 @@ async def test_an_operator_webhook_call_resumed_after_a_restart_goes_where_the_s
         assert deployment.stored(alert_id) == (0, 1)
     assert old.bodies == []
     assert current.fired() == ([1] if now_set == "another" else [])
+
+
+async def test_a_day_old_delivery_of_a_worker_gone_is_dropped_not_sent_at_the_start(
+    tmp_path: Path,
+) -> None:
+    """A hub that ran two workers starts again with one: worker 1 takes the pending
+    deliveries of worker 2. Those were looked at for age (24 h) before they became its
+    own, so one made more than a day before was resumed and sent, past its push's TTL, at
+    once (the minute's prune came after). Now it is dropped as too old, as worker 1's own."""
+    db = tmp_path / "candlewire.db"
+    dropped = "candlewire_alert_deliveries_dropped_total"
+    with Hooks() as hooks:
+        hooks.up()
+        store = AlertStore(db)
+        try:
+            old = time.time() - 25 * 3600
+            for worker in (1, 2):
+                delivery = PendingDelivery(7, "webhook", hooks.url, True, None, {"n": 1}, old)
+                store.commit(Batch(new=[delivery]), worker, 10)
+        finally:
+            store.close()
+        hub, _ = make_hub(FakeClock(), ALERT_WEBHOOK_URL=hooks.url)
+        alerting = hub.alerting
+        await alerting.open(db)
+        try:
+            assert hub.metrics.value(dropped, reason="too_old") == 2
+            assert alerting.sending.live == {}
+        finally:
+            await alerting.close()
+        with contextlib.closing(sqlite3.connect(db)) as raw:
+            assert raw.execute("SELECT count(*) FROM alert_deliveries").fetchone()[0] == 0
+    assert hooks.bodies == []

@@ -143,10 +143,14 @@ class Alerting:
         self.store = await asyncio.to_thread(AlertStore, db)
         self.sending.open(self.keys)
         self.journal.open(self.store, self.worker.index)
-        await self.journal.write_now(Batch(older_than=time.time() - PENDING_SECONDS))
+        # Taken first: worker 1 adopts those of workers gone (a hub now run with fewer),
+        # then the too old go, the adopted too (they were resumed and sent, past a day).
+        cutoff = time.time() - PENDING_SECONDS
         pending = await asyncio.to_thread(
             self.store.take_deliveries, self.worker.index, self.worker.count
         )
+        await self.journal.write_now(Batch(older_than=cutoff))
+        pending = [delivery for delivery in pending if delivery.created_at >= cutoff]
         self.sending.resume(pending)
         await asyncio.to_thread(self.store.claim, self.worker.share, self.worker.mine)
         await self._expired_meanwhile()
