@@ -137,3 +137,30 @@ def test_a_static_file_is_gzipped_with_a_weak_etag_that_still_revalidates(
         urllib.request.urlopen(request, timeout=seconds(30))
     not_modified.value.close()
     assert not_modified.value.code == 304
+
+
+def test_a_304_to_a_gzipped_static_file_keeps_its_weak_etag_and_vary(
+    server: ServerProcess,
+) -> None:
+    """Revalidating the gzipped script with its weak ``ETag`` got a 304 with the file's
+    strong one and no ``Vary: Accept-Encoding``: a browser updates the headers it keeps
+    with a 304's, so the gzipped body it held got the strong tag that an ``If-Range``
+    resume with plain bytes matches (what the weak tag is for)."""
+    headers, _ = get(server, "/js/chart.js", **GZIP)
+    request = urllib.request.Request(
+        server.url + "/js/chart.js", headers={**GZIP, "If-None-Match": headers["ETag"]}
+    )
+    with pytest.raises(urllib.error.HTTPError) as not_modified:
+        urllib.request.urlopen(request, timeout=seconds(30))
+    not_modified.value.close()
+    assert not_modified.value.code == 304
+    assert not_modified.value.headers["ETag"] == headers["ETag"]
+    assert "accept-encoding" in not_modified.value.headers["Vary"].lower()
+    plain_headers, _ = get(server, "/js/chart.js")
+    plain = urllib.request.Request(
+        server.url + "/js/chart.js", headers={"If-None-Match": plain_headers["ETag"]}
+    )
+    with pytest.raises(urllib.error.HTTPError) as plain_not_modified:
+        urllib.request.urlopen(plain, timeout=seconds(30))
+    plain_not_modified.value.close()
+    assert plain_not_modified.value.headers["ETag"] == plain_headers["ETag"]  # strong

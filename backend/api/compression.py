@@ -5,7 +5,8 @@ compressed ``Content-Length``), at level :data:`LEVEL`, in a worker thread from 
 (zlib lets go of the GIL), so a 5,000-bar history does not hold the event loop. The ``ETag``
 of a compressed answer (the static files') is made weak: it names the file, not these
 bytes, so a client cannot resume a compressed download with ``Range`` / ``If-Range`` and
-splice plain bytes into it; ``If-None-Match`` still matches it.
+splice plain bytes into it; ``If-None-Match`` still matches it, and the 304 says the weak
+tag and ``Vary`` again (the client updates the headers it keeps with them).
 
 Left alone: WebSockets (not HTTP), event streams and already-compressed types (the
 middleware's own list), partial (206) and already-encoded answers, clients that refuse gzip
@@ -45,11 +46,27 @@ class Compression:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(raw=message["headers"])
                 etag = headers.get("etag")
-                if etag and etag.startswith('"') and "content-encoding" in headers:
-                    headers["etag"] = "W/" + etag
+                if etag and etag.startswith('"'):
+                    if "content-encoding" in headers:
+                        headers["etag"] = "W/" + etag
+                    elif message["status"] == 304 and _revalidates_weak(scope, etag):
+                        # what the compressed 200 said (RFC 9110 15.4.5): the client
+                        # keeps these headers for the gzipped body it holds
+                        headers["etag"] = "W/" + etag
+                        headers.add_vary_header("Accept-Encoding")
             await send(message)
 
         await self.gzip(scope, receive, weak_etag)
+
+
+def _revalidates_weak(scope: Scope, etag: str) -> bool:
+    """Whether the request's ``If-None-Match`` names ``etag`` made weak: the client holds
+    the compressed answer, whose 304 must say so (not the file's strong tag, which would
+    let it resume that body with plain bytes)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"if-none-match" and ("W/" + etag) in value.decode("latin-1"):
+            return True
+    return False
 
 
 def _refused(scope: Scope) -> bool:
