@@ -11,16 +11,19 @@ then beside ``--greedy`` clients that each send frames of ``--per-frame`` ``data
 requests at ``MAX_COUNT`` bars, every one a window not asked before (a new end time: the
 encoded-frame cache cannot answer it), as fast as they read the replies. Prints the
 bystander's ping p50 / p99 / max and the age of its ``data_update``s (p50 / p99), beside the
-ceiling, and the bars per second the greedy clients got.
+ceiling, and the bars per second the greedy clients got: once with no history budget
+(``HISTORY_BARS_PER_SECOND=0``), once with the default one (README, "Security").
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ from bench.common import OurServer, emit, log, machine, summary
 from bench.synthetic import RateFile, symbol_names
 
 PING_SECONDS = 0.02
-WARM_UP = 3.0  # seconds: HISTORY_BARS_BURST (1,000,000 bars) is spent in one or two
+WARM_UP = 2.0  # seconds
+ENGAGE_POLLS = 120  # half seconds for the greedy ones to spend HISTORY_BARS_BURST
 MAX_COUNT = 10_000
 VOLUME = "synthetic-SYN00000-1m-volume"
 
@@ -129,8 +133,15 @@ async def greedy(
 
 
 async def run(
-    url: str, seconds: float, greedy_clients: int, per_frame: int, symbols: int = 200
+    url: str,
+    seconds: float,
+    greedy_clients: int,
+    per_frame: int,
+    symbols: int = 200,
+    engaged: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
+    """The bystander alone, then beside the greedy clients once they are under way (and,
+    with ``engaged``, once it says their budget holds them back: past their burst)."""
     alone = await bystander(url, seconds)
     stop = asyncio.Event()
     bars = [0]
@@ -138,7 +149,11 @@ async def run(
         asyncio.create_task(greedy(url, per_frame, stop, bars, symbols))
         for _ in range(greedy_clients)
     ]
-    await asyncio.sleep(WARM_UP)  # the greedy ones under way, past their burst
+    await asyncio.sleep(WARM_UP)  # the greedy ones under way
+    for _ in range(ENGAGE_POLLS):  # a poll of /metrics: the server is another process
+        if engaged is None or engaged():
+            break
+        await asyncio.sleep(0.5)
     started, before = time.perf_counter(), bars[0]
     beside = await bystander(url, seconds)
     got = (bars[0] - before) / (time.perf_counter() - started)
@@ -157,21 +172,48 @@ def main() -> None:
         "--symbols", type=int, default=200, help="symbols the greedy ones ask (few: from memory)"
     )
     args = parser.parse_args()
-    with OurServer("synthetic,history", BENCH_KEYS="10", BENCH_HISTORY_SYMBOLS="200") as server:
-        RateFile.write(server.rate_file, args.rate)
-        result = asyncio.run(
-            run(server.ws_url, args.seconds, args.greedy, args.per_frame, args.symbols)
-        )
-        result["stalls"] = server.loop_stalls()
-    log("bystander ping / data_update age, ms   p50     p99     max")
-    for label, part in (("alone (ceiling)", "alone"), ("beside greedy", "beside_greedy")):
-        ping, age = result[part]["ping"], result[part]["update_age"]
+    results = {}
+    for budget, env in (("off", {"HISTORY_BARS_PER_SECOND": "0"}), ("default", {})):
+        with OurServer(
+            "synthetic,history", BENCH_KEYS="10", BENCH_HISTORY_SYMBOLS="200", **env
+        ) as server:
+            RateFile.write(server.rate_file, args.rate)
+            engaged = None if env else functools.partial(_paced, server)
+            result = asyncio.run(
+                run(
+                    server.ws_url,
+                    args.seconds,
+                    args.greedy,
+                    args.per_frame,
+                    args.symbols,
+                    engaged,
+                )
+            )
+            result["stalls"] = server.loop_stalls()
+        results[budget] = result
+    log("bystander, ms                      ping p50     p99     max   update age p50    p99")
+    rows = (
+        ("alone (ceiling)", results["default"]["alone"]),
+        ("beside greedy, no budget", results["off"]["beside_greedy"]),
+        ("beside greedy, default budget", results["default"]["beside_greedy"]),
+    )
+    for label, part in rows:
+        ping, age = part["ping"], part["update_age"]
         log(
-            f"{label:>20} ping {_ms(ping, 'p50')} {_ms(ping, 'p99')} {_ms(ping, 'max')}"
-            f"   age {_ms(age, 'p50')} {_ms(age, 'p99')}"
+            f"{label:>30} {_ms(ping, 'p50')} {_ms(ping, 'p99')} {_ms(ping, 'max')}"
+            f"        {_ms(age, 'p50')} {_ms(age, 'p99')}"
         )
-    log(f"greedy clients got {result['greedy_bars_per_s']:,} bars/s")
-    emit("greedy_history", {"machine": machine(), **vars(args), **result})
+    for budget in ("off", "default"):
+        log(f"greedy clients got {results[budget]['greedy_bars_per_s']:,} bars/s (budget {budget})")
+    emit("greedy_history", {"machine": machine(), **vars(args), **results})
+
+
+def _paced(server: OurServer) -> bool:
+    """Whether the server has held a history reply back for its client's budget."""
+    for line in str(server.server.get("/metrics")).splitlines():
+        if line.startswith("candlewire_history_paced_total "):
+            return float(line.split()[1]) > 0
+    return False
 
 
 def _ms(figures: dict[str, Any], name: str) -> str:
