@@ -159,6 +159,30 @@ async def test_the_data_items_of_a_frame_are_answered_before_its_other_items() -
     ), kinds
 
 
+async def test_a_data_item_that_is_refused_is_still_answered_before_the_other_items() -> None:
+    """A ``data`` item the parser refuses (a count of 0, a ``stream`` that is not a
+    boolean, an interval nobody has, no ``name``) is still a data item of its frame: its
+    ``error`` and empty ``data_init`` come before the frame's other replies (1.12 (4)).
+    They came after the ``pong`` and ``search_indicators_done`` of the same frame (found
+    by tests/test_model_protocol_frames.py)."""
+    hub, _ = make_hub(FakeClock())
+    client = connect(hub)
+    no_name = {"type": "data", "source": SOURCE, "interval": "1m"}
+    for bad in (
+        request("data", K1, count=0),
+        request("data", K1, stream="yes"),
+        request("data", SeriesId(SOURCE, "AAA", "7m")),
+        no_name,
+    ):
+        for other in ({"type": "ping", "id": 1}, {"type": "search_indicators", "search": ""}):
+            await send(hub, client, other, bad)
+            kinds = [m["type"] for m in taken(client)]
+            assert kinds[:2] == ["error", "data_init"], (bad, kinds)
+        await send(hub, client, {"type": "ping", "id": 1}, request("data", K2), bad)
+        kinds = [m["type"] for m in taken(client)]
+        assert kinds[-1] == "pong", (bad, kinds)
+
+
 async def test_a_frame_of_data_items_alone_or_of_other_items_alone_is_not_held() -> None:
     hub, provider = make_hub(FakeClock())
     provider.gates["AAA"] = asyncio.Event()

@@ -102,7 +102,7 @@ class Requests:
         replies.defer()
         try:
             for request in ordered[: len(ordered) - len(extensions)]:
-                replies.first = isinstance(request, protocol.DataRequest)
+                replies.first = _data_item(request)
                 await self._take_all(client, [request], wait)
         finally:
             firsts = await replies.flush()
@@ -125,8 +125,9 @@ class Requests:
 
     async def _now(self, client: Client, send: Callable[[], None]) -> None:
         """``send()`` now, or in its turn when the client's replies are held (a frame that
-        mixes ``data`` items with others: after theirs)."""
-        if not client.replies.deferring:
+        mixes ``data`` items with others: after theirs). A ``data`` item's (refused before
+        it named a key) is sent at once: the others of its frame are held."""
+        if not client.replies.deferring or client.replies.first:
             send()
             return
 
@@ -481,9 +482,18 @@ class Requests:
 _EXTENSIONS = (protocol.IndicatorsRequest, protocol.AlertRequest, protocol.ChatRequest)
 
 
+def _data_item(request: protocol.Request) -> bool:
+    """Whether ``request`` is a ``data`` item, also one refused as it was parsed (a bad
+    ``count`` or ``stream``, an unknown interval, no ``name``): its ``error`` and empty
+    ``data_init`` are its answer, which comes before the frame's other replies too."""
+    if isinstance(request, protocol.BadRequest):
+        return request.reply_type == "data_init"
+    return isinstance(request, protocol.DataRequest)
+
+
 def _mixed(requests: list[protocol.Request]) -> bool:
     """Whether a frame has ``data`` items and others (whose replies then come after)."""
-    data = sum(isinstance(request, protocol.DataRequest) for request in requests)
+    data = sum(_data_item(request) for request in requests)
     return 0 < data < len(requests)
 
 
