@@ -64,6 +64,19 @@ def test_count_out_of_range_still_names_the_series_for_an_empty_reply() -> None:
         assert bad.series == SeriesId("csv", "X", "1m")
 
 
+@pytest.mark.parametrize("count", ["", ',"count":null'])
+def test_no_count_is_the_default_300_or_max_count_when_that_is_smaller(count: str) -> None:
+    """An omitted or null ``count`` asks for nothing in particular: the default, never more
+    than ``MAX_COUNT`` and never with a ``count_out_of_range`` note (a null one used to get
+    300 bars past a smaller ``MAX_COUNT``; an omitted one got the note it never asked for)."""
+    for max_count, expected in ((MAX_COUNT, 300), (40, 40)):
+        for kind, extra in (("data", ""), ("data_history", ',"end":"2026-01-01 00:00:00"')):
+            text = f'{{"type":"{kind}","source":"csv","name":"X","interval":"1m"{extra}{count}}}'
+            [request] = protocol.parse_frame(text, MAX_REQUESTS, max_count)
+            assert isinstance(request, protocol.DataRequest | protocol.HistoryRequest)
+            assert (request.count, request.capped) == (expected, False)
+
+
 def test_a_count_past_max_count_is_served_as_max_count() -> None:
     """Tradiny asks as many bars as its chart holds (``data``) or as far back as its view
     reaches (``data_history``): past MAX_COUNT, the newest MAX_COUNT, not a refusal."""

@@ -380,12 +380,12 @@ def _series(item: dict[str, Any]) -> SeriesId:
 
 
 def _count(item: dict[str, Any], max_count: int) -> tuple[int, bool]:
-    """The request's ``count`` (default 300), and whether it asked for more than
-    ``max_count`` (then ``max_count``: :func:`capped_message` says so); below 1 is
-    ``count_out_of_range``."""
-    count = item.get("count", DEFAULT_COUNT)
+    """The request's ``count`` (none or null: 300, or ``max_count`` if that is smaller),
+    and whether it asked for more than ``max_count`` (then ``max_count``:
+    :func:`capped_message` says so); below 1 is ``count_out_of_range``."""
+    count = item.get("count")
     if count is None:
-        return DEFAULT_COUNT, False
+        return min(DEFAULT_COUNT, max_count), False
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool):
