@@ -256,3 +256,45 @@ async def test_a_failing_reply_costs_one_answer_not_the_connection(
     ]
     assert hub.metrics.value("candlewire_internal_errors_total") == 1
     assert "index exploded" in caplog.text
+
+
+def _sma(chart_id: str, key: SeriesId) -> dict[str, object]:
+    column = {"source": key.source, "name": key.name, "interval": key.interval}
+    return {
+        "type": "indicator",
+        "id": chart_id,
+        "indicator": {"id": "talib.overlap.SMA", "type": "indicator"},
+        "inputs": {"timeperiod": 3},
+        "dataMap": {"close": column | {"value": f"{key}-close", "dataKey": "close"}},
+        "count": 5,
+        "stream": True,
+    }
+
+
+async def test_an_unsubscribe_sent_while_a_streamed_indicator_waits_for_its_bars_wins() -> None:
+    """Effects follow the order sent: ``[indicator K]`` then ``[unsubscribe K]`` before the
+    indicator was answered (its history still on its way) is answered ``unsubscribed`` and
+    leaves nothing streaming. The indicator registered itself as live only when its answer
+    ran, after the unsubscribe: ``not_subscribed``, and it streamed on (found by the
+    protocol model test)."""
+    hub, provider = make_hub(FakeClock())
+    provider.history = [(60 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(1, 40)]
+    provider.gates["AAA"] = asyncio.Event()
+    client = connect(hub)
+    await send(hub, client, _sma("sma-AAA", K1), settle=False)
+    await send(hub, client, request("unsubscribe", K1), settle=False)
+    provider.gates["AAA"].set()
+    await client.replies.idle()
+    kinds = [m["type"] for m in taken(client)]
+    assert kinds == ["indicator_init", "unsubscribed"], kinds
+    assert hub.indicating.live.held_by(client.id) == []
+    assert not hub.indicating.live.watches(K1)
+    assert not hub.indicating._pending  # nothing kept for the request
+
+    # a streamed indicator answered before the unsubscribe streams until it
+    await send(hub, client, _sma("sma-AAA", K1))
+    assert hub.indicating.live.held_by(client.id) == ["sma-AAA"]
+    assert not hub.indicating._pending
+    await send(hub, client, request("unsubscribe", K1))
+    assert [m["type"] for m in taken(client)] == ["indicator_init", "unsubscribed"]
+    assert hub.indicating.live.held_by(client.id) == []

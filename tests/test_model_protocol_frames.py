@@ -118,6 +118,9 @@ class Slot:
     or_code: str | None = None  # an ``error`` of this code instead (a known race, below)
 
 
+UNTAGGED = 1_000_000  # bad items that are no object: this plus a tag, to tell them apart
+
+
 @dataclass
 class Expect:
     """What one request must get, in order, and how it counts for the frame's order."""
@@ -131,6 +134,7 @@ class Expect:
     subscribes: bool = False  # its data_init starts the key's updates
     unsubscribes: bool = False  # its ``unsubscribed`` stops the key's (and indicators') updates
     key: tuple[str, str, str] | None = None
+    echo: Any = None  # an untagged bad item: its ``error`` echoes it (frames tell them apart)
     search: str | None = None
     max_bars: int | None = None
     indicators_stopped: frozenset[str] = frozenset()  # ids its ``unsubscribed`` stops
@@ -148,6 +152,9 @@ class Peer:
     indicators: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # live ids
     live: set[tuple[str, str, str]] = field(default_factory=set)  # as the client receives
     dead_indicators: set[str] = field(default_factory=set)
+    # keys of streamed indicator requests that will fail: until answered (when is not known
+    # here) an unsubscribe of the key takes them back (``unsubscribed``), after it finds none
+    failing: set[tuple[str, str, str]] = field(default_factory=set)
     sent: list[str] = field(default_factory=list)  # the frames, for a failure's message
 
     def pending(self) -> int:
@@ -242,8 +249,8 @@ def render(frame: list[Any], shape: str, repeat: bool) -> str:
         first = frame[0]
         decoy = "ping" if first["type"] != "ping" else "data"
         parts[0] = f'{{"type": "{decoy}", ' + parts[0][1:]
-    if shape == "bare" and len(frame) == 1:
-        return parts[0]
+    if shape == "bare" and len(frame) == 1 and not isinstance(frame[0], list):
+        return parts[0]  # (a list sent bare would be a frame of its items)
     return "[" + ", ".join(parts) + "]"
 
 
@@ -259,10 +266,8 @@ def _key_of(item: dict[str, Any]) -> tuple[str, str, str] | None:
 
 def _count_problem(item: dict[str, Any], limit: int) -> tuple[str | None, bool]:
     """(the error code of the count, or None; whether it is capped)."""
-    count = item.get("count", 300)
-    if count is None:
-        # As the server parses it (backend/wire/protocol.py ``_count``): a null count is the
-        # default 300 and, unlike an omitted one, is not capped at MAX_COUNT (left alone).
+    count = item.get("count")
+    if count is None:  # omitted or null: the default 300, or MAX_COUNT if that is smaller
         return None, False
     if isinstance(count, float) and count.is_integer():
         count = int(count)
@@ -277,7 +282,9 @@ def _count_problem(item: dict[str, Any], limit: int) -> tuple[str | None, bool]:
 
 def _bars_asked(item: dict[str, Any], capped: bool) -> int:
     count = item.get("count")
-    return MAX_COUNT if capped else int(count) if isinstance(count, int | float) else 300
+    if capped:
+        return MAX_COUNT
+    return int(count) if isinstance(count, int | float) else min(300, MAX_COUNT)
 
 
 def _served(key: tuple[str, str, str]) -> bool:
@@ -346,7 +353,7 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         tag = item.get("tag", 0) if isinstance(item, dict) else 0
         kind = item.get("type") if isinstance(item, dict) else None
         if not isinstance(item, dict) or kind not in _TYPES:
-            return Expect(tag, frame, (NOW, frame), deque([Slot("error")]))
+            return Expect(tag, frame, (NOW, frame), deque([Slot("error")]), echo=item)
         handler = getattr(self, "_expect_" + kind)
         result: Expect = handler(peer, item, tag, frame)
         return result
@@ -407,11 +414,13 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         if key is None:
             return Expect(tag, frame, (NOW, frame), deque([Slot("error")]))
         stopped = frozenset(peer.indicators.pop(key, set()))
-        if key in peer.held or stopped:
-            # Left alone (reported): an ``indicator`` goes live when its reply job runs, not
-            # when it is taken, so an ``unsubscribe`` of its series sent right after it may
-            # find nothing to stop (``not_subscribed``) and the indicator stays live.
-            race = None if key in peer.held else "not_subscribed"
+        failing = key in peer.failing
+        peer.failing.discard(key)
+        if key in peer.held or stopped or failing:
+            # A streamed ``indicator`` is live, or waits for its answer and is taken back:
+            # ``unsubscribed`` either way. One that fails was either still waiting or is
+            # answered already, with nothing live (``not_subscribed``): the model cannot tell.
+            race = "not_subscribed" if failing and not (key in peer.held or stopped) else None
             peer.held.discard(key)
             slots = deque([Slot("unsubscribed", or_code=race)])
             return Expect(
@@ -449,6 +458,8 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         slots = deque([Slot("indicator_init")] if ok else [Slot("error"), Slot("indicator_init")])
         if ok and item["stream"]:
             peer.indicators.setdefault(key, set()).add(item["id"])
+        elif item["stream"]:  # refused, as it is parsed or when it is answered
+            peer.failing.add(key)
         if key[2] not in ("1m", "5m", "1w"):  # refused as parsed, naming no usable key
             return Expect(tag, frame, EXT, slots)
         return Expect(tag, frame, ("key", key), slots, key=key)
@@ -497,6 +508,8 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
             return False
         if kind == "error":
             tag = tag_of(message.get("request"))
+            if tag is None and expect.echo is not None:
+                return bool(message.get("request") == expect.echo)
             return tag == expect.tag or (tag is None and expect.tag == 0)
         if kind in ("data_init", "data_history", "unsubscribed") and expect.key is not None:
             return (message.get("source"), message.get("name"), message.get("interval")) == (
@@ -577,13 +590,18 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         self.check(peer)
 
     def _tagged(self, item: Any) -> Any:
-        """``item`` with its ``tag`` (and the indicator's or the ping's id made of it)."""
-        if not isinstance(item, dict) or "type" not in item:
+        """``item`` with its ``tag`` (and the indicator's or the ping's id made of it); a
+        bad item that cannot carry one made unique, so that its ``error``'s echo names it."""
+        if isinstance(item, int) and not isinstance(item, bool):
+            return UNTAGGED + next(self.tags)
+        if isinstance(item, list):
+            return [UNTAGGED + next(self.tags)]
+        if not isinstance(item, dict):
             return item
         tagged = {**item, "tag": next(self.tags)}
-        if tagged["type"] == "indicator":
+        if tagged.get("type") == "indicator":
             tagged["id"] = f"ind{tagged['tag']}"
-        elif tagged["type"] == "ping" and "id" not in tagged:
+        elif tagged.get("type") == "ping" and "id" not in tagged:
             tagged["id"] = tagged["tag"]
         return tagged
 

@@ -85,6 +85,9 @@ class Indicating:
         # key -> (holders, ``Fanout.deliver_changes``) when the holders were the key's
         # data_update clients then (``_push_with_data``)
         self._joinable: dict[SeriesId, tuple[frozenset[Hashable], int]] = {}
+        # client id -> the streamed indicator requests taken and not answered yet (a ticket
+        # each, with the series it reads): an unsubscribe taken meanwhile takes one back
+        self._pending: dict[int, dict[object, frozenset[SeriesId]]] = {}
         self._register_gauges()
 
     @property
@@ -107,8 +110,44 @@ class Indicating:
         found = self.indicators.catalogue.search(text)
         return protocol.encode(messages.search_indicators_done(found))
 
-    async def answer(self, client: Client, request: messages.IndicatorRequest, raw: Any) -> None:
-        """``indicator_init`` / ``indicator_history``, or the error and the empty reply."""
+    def expect_stream(self, client_id: int, request: messages.IndicatorRequest) -> object | None:
+        """A streamed ``indicator`` request taken now, answered later in its lane: its ticket
+        (for :meth:`answer`), which an ``unsubscribe`` of a series it reads, taken before the
+        answer, takes back (:meth:`drop_series`): effects follow the order sent, so the
+        indicator is then answered and not streamed. None for a request that does not
+        stream."""
+        if not request.stream:
+            return None
+        ticket = object()
+        series = frozenset(binding.series for binding in request.config.bindings)
+        self._pending.setdefault(client_id, {})[ticket] = series
+        return ticket
+
+    async def answer(
+        self,
+        client: Client,
+        request: messages.IndicatorRequest,
+        raw: Any,
+        ticket: object | None = None,
+    ) -> None:
+        """``indicator_init`` / ``indicator_history``, or the error and the empty reply; then
+        streamed if it asked to be and its ticket (:meth:`expect_stream`) still stands."""
+        try:
+            await self._answer(client, request, raw, ticket)
+        finally:
+            pending = self._pending.get(client.id)
+            if pending is not None and ticket is not None:
+                pending.pop(ticket, None)
+                if not pending:
+                    del self._pending[client.id]
+
+    async def _answer(
+        self,
+        client: Client,
+        request: messages.IndicatorRequest,
+        raw: Any,
+        ticket: object | None,
+    ) -> None:
         hub = self.hub
         try:
             bound = bind(
@@ -147,8 +186,12 @@ class Indicating:
             hub.metrics.inc("candlewire_request_errors_total", code="indicator_failed")
             echo = {"type": "indicator", "id": request.chart_id}
             hub.send(client, protocol.error_message("indicator_failed", message, echo))
-        elif request.stream:
+        elif request.stream and self._still_expected(client.id, ticket):
             self._stream(client, request, bound, computed, raw)
+
+    def _still_expected(self, client_id: int, ticket: object | None) -> bool:
+        """Whether no ``unsubscribe`` took the request's ticket back."""
+        return ticket is None or ticket in self._pending.get(client_id, {})
 
     def _stream(
         self,
@@ -214,14 +257,19 @@ class Indicating:
 
     def drop_client(self, client_id: int) -> None:
         self.live.drop_client(client_id)
+        self._pending.pop(client_id, None)
         self._prune()
 
     def drop_series(self, client_id: int, key: SeriesId) -> bool:
-        """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop; whether it
-        had any."""
+        """``client_id`` unsubscribed ``key``: its indicators over ``key`` stop, those not
+        answered yet too (they will not stream); whether it had any."""
         dropped = self.live.drop_series(client_id, key)
+        pending = self._pending.get(client_id, {})
+        withdrawn = [ticket for ticket, series in pending.items() if key in series]
+        for ticket in withdrawn:
+            del pending[ticket]
         self._prune()
-        return dropped > 0
+        return dropped > 0 or bool(withdrawn)
 
     def _prune(self) -> None:
         """Forget the tails and update times of series no indicator reads any more."""

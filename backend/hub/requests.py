@@ -379,8 +379,9 @@ class Requests:
                 hub.send(client, hub.indicating.search(search))
             case messages.IndicatorRequest():
                 lane = key_lane(request.config.bindings[0].series)
+                ticket = hub.indicating.expect_stream(client.id, request)
                 await client.replies.submit(
-                    lane, lambda: hub.indicating.answer(client, request, raw)
+                    lane, lambda: hub.indicating.answer(client, request, raw, ticket)
                 )
             case messages.ScanRequest():
                 await hub.scanning.start(client, request, raw)
