@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -65,17 +66,20 @@ def client_frame(payload: bytes) -> bytes:
     return header + b"\x00\x00\x00\x00" + payload
 
 
-def never_reading_client(server: ServerProcess) -> socket.socket:
-    """A raw WebSocket client with a 4 KiB receive buffer that reads only the handshake."""
+def never_reading_client(server: ServerProcess, deflate: bool = False) -> socket.socket:
+    """A raw WebSocket client with a 4 KiB receive buffer that reads only the handshake;
+    with ``deflate``, one that negotiated permessage-deflate (as browsers do)."""
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
-    sock.sendall(HANDSHAKE)
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b""
+    sock.sendall(HANDSHAKE[:-2] + offer + b"\r\n")
     head = b""
     while not head.endswith(b"\r\n\r\n"):
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
+    assert (b"permessage-deflate" in head.lower()) == deflate, head
     return sock
 
 
@@ -98,14 +102,16 @@ def read_to_the_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
     return bytes(received), False
 
 
-def server_frames(data: bytes) -> list[Frame]:
-    """The complete server frames at the start of ``data``, parsed by websockets."""
+def server_frames(data: bytes, deflate: bool = False) -> list[Frame]:
+    """The complete server frames at the start of ``data``, parsed (and with ``deflate``,
+    decompressed) by websockets."""
     reader = StreamReader()
     reader.feed_data(data)
     reader.feed_eof()
     frames = []
+    extensions = [PerMessageDeflate(False, False, 15, 15)] if deflate else None
     while True:
-        parse = Frame.parse(reader.read_exact, mask=False)
+        parse = Frame.parse(reader.read_exact, mask=False, extensions=extensions)
         try:
             next(parse)
         except StopIteration as done:
@@ -130,8 +136,9 @@ async def wait_until(predicate: Any, timeout: float) -> bool:
     return bool(predicate())
 
 
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
 async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_streaming(
-    server: ServerProcess,
+    server: ServerProcess, deflate: bool
 ) -> None:
     hub = psutil.Process(server.proc.pid)  # type: ignore[union-attr]
     warm = await WsClient.open(server.ws_url, max_size=None)  # the bars in the cache first
@@ -145,7 +152,7 @@ async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_st
     rss_before = hub.memory_info().rss
     kicked_before = slow_disconnects(server)
 
-    stalled = never_reading_client(server)
+    stalled = never_reading_client(server, deflate)
     # Subscribed to the fast client's key, then 90 replies of about 1 MB each: 90 MB if the
     # hub queued them all.
     request = [data("AAA", "1m", 10_000, stream=True)]
@@ -165,7 +172,7 @@ async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_st
 
     received, closed = await asyncio.to_thread(read_to_the_end, stalled, seconds(10))
     stalled.close()
-    frames = server_frames(received)
+    frames = server_frames(received, deflate)
     assert closed, "the hub did not end the connection"
     assert frames, "nothing received"
     assert frames[-1].opcode is Opcode.CLOSE
