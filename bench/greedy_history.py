@@ -1,7 +1,8 @@
 """What one greedy history client costs everyone else: a bystander's ping round trip and
 ``data_update`` delivery while another socket asks for as much history as it can read.
 
-    python bench/greedy_history.py [--seconds 8] [--greedy 1] [--per-frame 100]
+    python bench/greedy_history.py [--seconds 8] [--greedy 1] [--per-frame 100] [--plain]
+        [--same-windows --symbols 10]
 
 One real server (``populate.py`` + ``server.py``, on the server core) with the synthetic
 source streaming 10 keys at ``--rate`` updates/s each and the deterministic ``history``
@@ -12,7 +13,15 @@ requests at ``MAX_COUNT`` bars, every one a window not asked before (a new end t
 encoded-frame cache cannot answer it), as fast as they read the replies. Prints the
 bystander's ping p50 / p99 / max and the age of its ``data_update``s (p50 / p99), beside the
 ceiling, and the bars per second the greedy clients got: once with no history budget
-(``HISTORY_BARS_PER_SECOND=0``), once with the default one (README, "Security").
+(``HISTORY_BARS_PER_SECOND=0``), once with the default one (README, "Security"), and
+the hub's event-loop stalls (``candlewire_loop_stalls_total``) counted while the bystander
+ran beside them.
+
+The greedy clients negotiate permessage-deflate, as browsers do (the hub compresses every
+reply for them); ``--plain`` makes them ask for no compression, the reference. With
+``--same-windows`` they ask the same window of each symbol every time: after the first round
+every reply comes from the encoded-frame cache, so what the hub's loop still does per reply
+is writing it, and compressing it for a deflate client.
 """
 
 from __future__ import annotations
@@ -106,11 +115,13 @@ async def greedy(
     bars: list[int],
     symbols: int = 200,
     deflate: bool = True,
+    same_windows: bool = False,
 ) -> None:
-    """Frames of ``per_frame`` data_history requests for windows not asked before, the next
-    frame once the last one's replies are in, until ``stop``."""
+    """Frames of ``per_frame`` data_history requests for windows not asked before (with
+    ``same_windows``, the same window of each symbol every time), the next frame once the
+    last one's replies are in, until ``stop``."""
     names = symbol_names(symbols, "HIS")
-    ends = itertools.count()
+    ends = itertools.repeat(0) if same_windows else itertools.count()
     now = int(time.time()) // 60 * 60
     compression = "deflate" if deflate else None
     async with websockets.connect(url, max_size=None, compression=compression) as ws:
@@ -139,6 +150,9 @@ async def run(
     per_frame: int,
     symbols: int = 200,
     engaged: Callable[[], bool] | None = None,
+    deflate: bool = True,
+    stalls: Callable[[], dict[str, float] | None] = lambda: None,
+    same_windows: bool = False,
 ) -> dict[str, Any]:
     """The bystander alone, then beside the greedy clients once they are under way (and,
     with ``engaged``, once it says their budget holds them back: past their burst)."""
@@ -146,7 +160,7 @@ async def run(
     stop = asyncio.Event()
     bars = [0]
     tasks = [
-        asyncio.create_task(greedy(url, per_frame, stop, bars, symbols))
+        asyncio.create_task(greedy(url, per_frame, stop, bars, symbols, deflate, same_windows))
         for _ in range(greedy_clients)
     ]
     await asyncio.sleep(WARM_UP)  # the greedy ones under way
@@ -154,12 +168,20 @@ async def run(
         if engaged is None or engaged():
             break
         await asyncio.sleep(0.5)
-    started, before = time.perf_counter(), bars[0]
+    started, before, stalls_before = time.perf_counter(), bars[0], stalls() or {}
     beside = await bystander(url, seconds)
     got = (bars[0] - before) / (time.perf_counter() - started)
+    stalls_after = stalls() or {}
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"alone": alone, "beside_greedy": beside, "greedy_bars_per_s": round(got)}
+    return {
+        "alone": alone,
+        "beside_greedy": beside,
+        "greedy_bars_per_s": round(got),
+        "stalls_beside": {
+            over: count - stalls_before.get(over, 0.0) for over, count in stalls_after.items()
+        },
+    }
 
 
 def main() -> None:
@@ -170,6 +192,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="updates/s per streamed key")
     parser.add_argument(
         "--symbols", type=int, default=200, help="symbols the greedy ones ask (few: from memory)"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="greedy clients without permessage-deflate"
+    )
+    parser.add_argument(
+        "--same-windows",
+        action="store_true",
+        help="ask each symbol's same window every time: answered from the encoded-frame "
+        "cache, what is left per reply is writing it (and compressing it, with deflate)",
     )
     args = parser.parse_args()
     results = {}
@@ -187,6 +218,9 @@ def main() -> None:
                     args.per_frame,
                     args.symbols,
                     engaged,
+                    deflate=not args.plain,
+                    stalls=server.loop_stalls,
+                    same_windows=args.same_windows,
                 )
             )
             result["stalls"] = server.loop_stalls()
@@ -204,7 +238,12 @@ def main() -> None:
             f"        {_ms(age, 'p50')} {_ms(age, 'p99')}"
         )
     for budget in ("off", "default"):
-        log(f"greedy clients got {results[budget]['greedy_bars_per_s']:,} bars/s (budget {budget})")
+        result = results[budget]
+        beside = ", ".join(f">{over} ms: {n:g}" for over, n in result["stalls_beside"].items())
+        log(
+            f"budget {budget}: greedy clients got {result['greedy_bars_per_s']:,} bars/s; "
+            f"loop stalls beside them: {beside}"
+        )
     emit("greedy_history", {"machine": machine(), **vars(args), **results})
 
 
