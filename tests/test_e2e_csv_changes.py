@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -51,21 +52,23 @@ def server(tmp_path: Path, folder: Path) -> Iterator[ServerProcess]:
         yield running
 
 
-async def data_init(server: ServerProcess, interval: str, count: int) -> list[dict[str, object]]:
-    """A new client's ``data_init`` of LIVE (not streamed)."""
+async def data_init(
+    server: ServerProcess, interval: str, count: int, name: str = "LIVE"
+) -> list[dict[str, object]]:
+    """A new client's ``data_init`` of ``name`` (not streamed)."""
     ws = await WsClient.open(server.ws_url)
     try:
         await ws.send(
             {
                 "type": "data",
                 "source": "csv",
-                "name": "LIVE",
+                "name": name,
                 "interval": interval,
                 "count": count,
                 "stream": False,
             }
         )
-        init = await ws.wait_for("data_init", same_key("LIVE", interval), 10)
+        init = await ws.wait_for("data_init", same_key(name, interval), 10)
         return list(init["data"])
     finally:
         await ws.close()
@@ -130,3 +133,47 @@ async def test_history_after_a_file_is_rewritten_is_its_new_content(
         seen = await closes()
     assert seen == (5.5, 5.5)
     assert "LIVE.csv: changed: read again" in server.log_path.read_text()
+
+
+BIG = 300_000
+
+
+async def test_rows_appended_to_a_big_streamed_file_are_read_alone(tmp_path: Path) -> None:
+    """A recorder appending bars to a CSV file of 300,000 rows that Candlewire streams: every
+    look at the grown file (every 2 s) parsed all of it again, on the replay thread and with
+    the file's lock held (0.3-0.4 s a look for a million rows). Now only the lines appended
+    are parsed (the provider logs how many): the new bars reach the open chart as updates
+    and every data_init after them, as before."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    path = folder / "BIG.csv"
+    path.write_text("date,open,high,low,close,volume\n" + "".join(row(k) for k in range(BIG)))
+    env = {"PROVIDERS": "csv", "CSV_FOLDER_PATH": str(folder), "CSV_REPLAY_SPEED": "0"}
+    with populated_server(tmp_path, **env) as server:
+        client = await WsClient.open(server.ws_url)
+        try:
+            await client.send(
+                {"type": "data", "source": "csv", "name": "BIG", "interval": "1m", "count": 5}
+            )
+            init = await client.wait_for("data_init", same_key("BIG", "1m"), seconds(30))
+            assert init["data"][-1]["date"] == date(BIG - 1)
+
+            def streamed() -> set[object]:
+                return {m["data"]["date"] for m in client.of_type("data_update")}
+
+            for added in (range(BIG, BIG + 2), range(BIG + 2, BIG + 3)):
+                with path.open("a") as handle:
+                    handle.write("".join(row(k) for k in added))
+                last = date(added[-1])
+                await eventually(lambda last=last: last in streamed(), 15, f"{last} streamed")
+            assert {date(k) for k in range(BIG, BIG + 3)} <= streamed()
+            bars = await data_init(server, "1m", 4, "BIG")
+            assert [bar["date"] for bar in bars] == [date(k) for k in range(BIG - 1, BIG + 3)]
+            assert bars[-1]["csv-BIG-1m-close"] == 10 + BIG + 2
+        finally:
+            await client.close()
+        log = server.log_path.read_text()
+    # each look parsed the lines appended, not the file's 300,000 rows
+    parsed = re.findall(r"BIG\.csv: (\d+) appended lines read from byte", log)
+    assert parsed == ["2", "1"], log[-3000:]
+    assert log.count("BIG.csv: changed: read again") == 2

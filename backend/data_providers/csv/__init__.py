@@ -12,9 +12,12 @@ A file changed since it was read (rows appended, or rewritten) is read again at 
 request or replay step that uses it: a loaded file is looked at (``stat``) at most once per
 :data:`CHECK_SECONDS`. Rows added after the ones read are new bars; when rows read before
 changed, the hub is told (``history_changed``) and forgets what it held of the file's
-symbols. A changed file that cannot be read (written at that moment) keeps serving what it
-held, and is tried again once it changes again; one that changed within
-:data:`SETTLE_SECONDS` and whose last line has no line end yet is read at the next look.
+symbols. A file that only grew (:mod:`.growth`) has only its lines added parsed
+(:func:`.files.read_appended`), unless they are not rows a whole read would serve as
+they are (out of order, malformed): then, and for every other change, it is read whole.
+A changed file that cannot be read (written at that moment) keeps serving what it held,
+and is tried again once it changes again; one that changed within :data:`SETTLE_SECONDS`
+and whose last line has no line end yet is read at the next look.
 With speed 0 the clock moves to the new last row and the new bars are published to the
 keys streamed.
 
@@ -36,14 +39,23 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from backend.data_providers.csv.files import CSVFormatError, Layout, Rows, load, scan
+from backend.data_providers.csv import growth
+from backend.data_providers.csv.files import (
+    CSVFormatError,
+    Layout,
+    Rows,
+    extended,
+    load,
+    read_appended,
+    scan,
+)
 from backend.data_providers.csv.replay import ReplayClock, ReplaySeries
 from backend.errors import ProtocolError, UnknownSymbol
 from backend.model import intervals
@@ -77,6 +89,7 @@ class _File:
     unreadable: tuple[int, int] | None = None  # a change that could not be read
     version: int = 0  # bumped by every read (the streams of a frozen clock follow it)
     malformed: int = -1  # malformed rows logged at the last read
+    mark: growth.Mark | None = None  # what was read, to tell rows appended from a change
 
     def served(self) -> list[str]:
         base = self.layout.interval
@@ -355,6 +368,7 @@ class CSVProvider(Provider):
     def _load(self, file: _File) -> None:
         started = time.perf_counter()
         stat = _stat(file.layout.path)  # before reading: a change meanwhile is seen next
+        mark = _mark(file.layout.path, stat)
         try:
             rows, first, last, file.malformed = load(file.layout)
         except CSVFormatError as exc:
@@ -363,7 +377,7 @@ class CSVProvider(Provider):
             return
         base = file.layout.interval
         file.series = {key: ReplaySeries(r, base, first, last) for key, r in rows.items()}
-        file.stat, file.checked = stat, time.monotonic()
+        file.stat, file.checked, file.mark = stat, time.monotonic(), mark
         file.version += 1
         if (first, last) != (file.layout.first, file.layout.last):
             logger.warning(
@@ -386,15 +400,68 @@ class CSVProvider(Provider):
         file.checked = now
         stat = _stat(file.layout.path)
         # missing: saved by renaming a new file over it, back in a moment
-        if stat is None or stat in (file.stat, file.unreadable):
+        if stat is None:
             return
-        if _being_written(file.layout.path, stat):
-            return  # its last line may be cut: read at the next look
-        self._read_again(file, stat)
+        self._verify(file, now)
+        if stat in (file.stat, file.unreadable):
+            return
+        # its last line may be cut: only the lines before it now, the rest at the next look
+        writing = _being_written(file.layout.path, stat)
+        if not self._read_appended(file, stat, writing) and not writing:
+            self._read_again(file, stat)
+
+    def _verify(self, file: _File, now: float) -> None:
+        """Compare all the bytes read before the rows read by :meth:`_read_appended` with
+        the file (at most once per ``growth.VERIFY_SECONDS``): a row changed far from both
+        ends along with an append is not seen by the parts of the file compared for it.
+        A difference makes the file read in full at this look."""
+        mark = file.mark
+        if mark is None or not growth.due(mark, now):
+            return
+        if growth.verify(file.layout.path, mark):
+            file.mark = replace(mark, verified=now, pending=False)
+            return
+        logger.info("%s: rows read before changed along with rows appended", file.relative)
+        file.mark, file.stat = None, None
+
+    def _read_appended(self, file: _File, stat: tuple[int, int], writing: bool) -> bool:
+        """Read only the lines added to ``file`` if it only grew and they are rows read as
+        a whole read would serve them (:func:`.files.read_appended`); only the lines ended
+        when its last line is being ``writing``. False when the whole file is to be read
+        (or, ``writing``, to be looked at again)."""
+        path, before = file.layout.path, file.series
+        mark = file.mark
+        found = None if mark is None else growth.grown(path, mark, stat[1], writing)
+        if found is None or not before:
+            return False
+        rows = {key: series.rows for key, series in before.items()}
+        lines = found.data.count(b"\n") + (found.data[-1:] not in (b"", b"\n"))
+        if found.data.strip():
+            read = read_appended(file.layout, found.data)
+            more = None if read is None else extended(rows, *read, file.layout.interval)
+            if more is None:
+                return False
+            rows = more
+        ends = [(int(r.times[0]), int(r.times[-1])) for r in rows.values() if len(r)]
+        first, last = min(t for t, _ in ends), max(t for _, t in ends)
+        layout = replace(file.layout, last=max(file.layout.last, last))
+        added = not self._repeated(file, self._wall())
+        # the size read: a line being written makes the next look read on
+        seen = (stat[0], found.mark.size)
+        self._install(file, layout, rows, (first, last), seen, file.malformed, added)
+        file.mark = found.mark
+        logger.info(
+            "%s: %d appended lines read from byte %d, not the whole file",
+            file.relative,
+            lines,
+            found.start,
+        )
+        return True
 
     def _read_again(self, file: _File, stat: tuple[int, int]) -> None:
         """Replace the rows of a changed file; tell the hub when rows it served changed."""
         path, before = file.layout.path, file.series or {}
+        mark = _mark(path, stat)
         try:
             layout = scan(path, self.settings.CSV_DATE_COLUMN)
             rows, first, last, malformed = load(layout, logged=file.malformed)
@@ -402,8 +469,23 @@ class CSVProvider(Provider):
             file.unreadable = stat
             logger.warning("%s: changed, but cannot be read: %s; what it held is served", path, exc)
             return
-        wall = self._wall()
-        added = _appended(before, rows) and not self._repeated(file, wall)
+        added = _appended(before, rows) and not self._repeated(file, self._wall())
+        self._install(file, layout, rows, (first, last), stat, malformed, added)
+        file.mark = mark
+
+    def _install(
+        self,
+        file: _File,
+        layout: Layout,
+        rows: Mapping[str, Rows],
+        span: tuple[int, int],
+        stat: tuple[int, int],
+        malformed: int,
+        added: bool,
+    ) -> None:
+        """Serve ``rows`` (of ``layout``, from ``span[0]`` to ``span[1]``) as the file's;
+        tell the hub when rows it served changed (not only ``added``)."""
+        first, last = span
         old_clock = file.clock
         if old_clock.speed == 0:  # frozen at the last row: now the new one
             epoch = self.settings.replay_epoch()
@@ -564,6 +646,11 @@ def _being_written(path: Path, stat: tuple[int, int]) -> bool:
             return not handle.read(2).endswith((b"\n", b"\r", b"\n\x00", b"\r\x00"))  # UTF-16
     except OSError:
         return False
+
+
+def _mark(path: Path, stat: tuple[int, int] | None) -> growth.Mark | None:
+    """The mark of the first ``stat[1]`` bytes of ``path``, read in full now."""
+    return None if stat is None else growth.mark(path, stat[1], time.monotonic())
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -9,7 +9,8 @@ This module owns the pure part of the CSV provider (``backend.data_providers.csv
   :func:`sniff` finds how the text is written (:class:`Dialect`: the field separator, the
   decimal mark, UTF-8 or a Windows code page) from the first bytes.
 * :func:`load` reads the whole file once into one :class:`Rows` per symbol, logging every
-  malformed row with its path and line.
+  malformed row with its path and line; :func:`read_appended` reads lines appended to it
+  since, the same way (:mod:`backend.data_providers.csv.growth` finds them).
 * :func:`aggregate` builds coarser bars (first open, max high, min low, last close, summed
   volume; the last value for lines); :func:`bucket` aligns times with ``intervals.floor``.
 Replaying a file at a clock lives in :mod:`backend.data_providers.csv.replay`.
@@ -19,15 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +90,7 @@ CALENDAR = ("1d", "1w", "1M")  # intervals whose bars are calendar dates
 STAGES = 4
 CACHE_ENTRIES = 64
 MAX_LOGGED_ROWS = 5
+DUPLICATE = "duplicate date; the later row is kept"
 STRAY_ROWS = 3  # at most this many rows at either edge of a file may be strays
 STRAY_STEPS = 1_000  # and their gap to the rest is longer than this many of its steps
 DECIMALS = 9  # summed volumes are rounded to hide float noise
@@ -137,6 +140,11 @@ class Layout:
     calendar: bool = False  # rows of days or longer whose dates carry a UTC offset: dropped
     time_column: str | None = None  # the time of day of the date column, if apart
     date_format: str = ""  # strptime format of the dates ("": ISO-8601 or epoch numbers)
+    # the columns as read (lines appended are read with them; () when they cannot be: the
+    # first column was taken as the index), and whether a time of day read as a number
+    # (93000) is HHMMSS since the first rows hold one above 2359
+    names: tuple[str, ...] = ()
+    hhmmss: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,19 +323,20 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype("string")
 
 
-def time_of_day(values: pd.Series) -> tuple[IntArray, BoolArray]:
+def time_of_day(values: pd.Series, hhmmss: bool = False) -> tuple[IntArray, BoolArray]:
     """Seconds since midnight of times of day (``13:45``, ``9:30:00``, ``1:45 PM``, or
     digits: ``1345``, ``134500``), and validity.
 
     Digits are ``HHMM`` up to four of them, ``HHMMSS`` above. A column read as numbers lost
     the zero in front (``093000`` is ``93000``): there they are ``HHMM`` when no value of the
-    column is above 2359, so ``930`` is 09:30 and ``93000`` 09:30:00.
+    column is above 2359 (and not ``hhmmss``: rows appended to a file whose first rows had
+    one), so ``930`` is 09:30 and ``93000`` 09:30:00.
     """
     if pd.api.types.is_numeric_dtype(values.dtype):
         n = values.to_numpy(dtype=np.float64, na_value=np.nan)
         whole = np.isfinite(n) & (n >= 0) & (n == np.floor(n)) & (n < 1e6)
         v = np.where(whole, n, 0).astype(np.int64)
-        if v.max(initial=0) <= 2359:
+        if v.max(initial=0) <= 2359 and not hhmmss:
             h, m, sec = v // 100, v % 100, np.zeros_like(v)
         else:
             h, m, sec = v // 10_000, v // 100 % 100, v % 100
@@ -358,14 +367,18 @@ def _clock(text: str) -> int:
 
 
 def row_times(
-    dates: pd.Series, times: pd.Series | None, calendar: bool = False, date_format: str = ""
+    dates: pd.Series,
+    times: pd.Series | None,
+    calendar: bool = False,
+    date_format: str = "",
+    hhmmss: bool = False,
 ) -> tuple[IntArray, BoolArray]:
     """UTC seconds of the rows (:func:`parse_times`), plus the time of day of a column of
     its own (:func:`time_of_day`), and validity."""
     found, valid = parse_times(dates, calendar, date_format)
     if times is None:
         return found, valid
-    seconds, clock_valid = time_of_day(times)
+    seconds, clock_valid = time_of_day(times, hhmmss)
     return found + seconds, valid & clock_valid
 
 
@@ -575,26 +588,33 @@ def _is_header(sample: str, separator: str) -> bool:
     return len(texts) < 2 or any(_LETTER.search(t) for t in texts) or not any(texts)
 
 
+def _options(dialect: Dialect) -> dict[str, Any]:
+    """``pandas.read_csv`` arguments of every read of a file written as ``dialect``."""
+    return {
+        "skip_blank_lines": False,
+        "skipinitialspace": True,
+        "sep": dialect.separator,
+        "decimal": dialect.decimal,
+        "thousands": dialect.thousands,
+        "encoding": dialect.encoding,
+        "encoding_errors": "replace",
+        "na_values": ["-"],  # Investing.com's missing volume
+    }
+
+
 def _read(
     path: Path,
     nrows: int | None,
     bad_lines: Literal["error", "warn", "skip"],
     dialect: Dialect,
 ) -> pd.DataFrame:
-    frame = pd.read_csv(
+    frame: pd.DataFrame = pd.read_csv(
         path,
         header=0 if dialect.header else None,
         skiprows=list(dialect.skip) or None,
         nrows=nrows,
         on_bad_lines=bad_lines,
-        skip_blank_lines=False,
-        skipinitialspace=True,
-        sep=dialect.separator,
-        decimal=dialect.decimal,
-        thousands=dialect.thousands,
-        encoding=dialect.encoding,
-        encoding_errors="replace",
-        na_values=["-"],  # Investing.com's missing volume
+        **_options(dialect),
     )
     if dialect.header:
         names = [_column_name(name) for name in frame.columns]
@@ -695,6 +715,8 @@ def scan(path: Path, date_column: str = "") -> Layout:
             interval = infer_interval(sample)
         tail, tail_valid = row_times(tail_dates, tail_clock, calendar, fmt or "")
         tail = tail[tail_valid]
+        names = tuple(head.columns) if isinstance(head.index, pd.RangeIndex) else ()
+        hhmmss = clock is not None and _hhmmss(clock)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
     if not len(sample):
@@ -730,7 +752,17 @@ def scan(path: Path, date_column: str = "") -> Layout:
         calendar,
         time_column,
         fmt or "",
+        names,
+        hhmmss,
     )
+
+
+def _hhmmss(clock: pd.Series) -> bool:
+    """Whether times of day read as numbers hold one above 2359 (so digits are HHMMSS)."""
+    if not pd.api.types.is_numeric_dtype(clock.dtype):
+        return False
+    n = clock.to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.nanmax(n, initial=0) > 2359)
 
 
 def _warn_unread(path: Path, head: pd.DataFrame, layout: Layout) -> None:
@@ -841,8 +873,23 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
     stray = np.zeros(len(valid), dtype=bool)
     stray[np.flatnonzero(valid)] = strays(times[valid])
     valid = valid & ~problems.add(stray, "a date far from every other row")
+    out = _symbol_rows(frame, layout, times, valid, problems)
+    malformed = problems.count()
+    if malformed != logged:
+        problems.log()
+    used = [rows.times for rows in out.values() if len(rows)]
+    if not used:
+        raise CSVFormatError("no valid row")
+    first, last = _range(np.concatenate(used))
+    return out, first, last, malformed
+
+
+def _symbol_rows(
+    frame: pd.DataFrame, layout: Layout, times: IntArray, valid: BoolArray, problems: _Problems
+) -> dict[str, Rows]:
+    """Every symbol's rows of ``frame`` (of the rows ``valid`` so far), sorted by time."""
     duplicates = _earlier_duplicates(times, valid)
-    valid = valid & ~problems.add(duplicates, "duplicate date; the later row is kept")
+    valid = valid & ~problems.add(duplicates, DUPLICATE)
     columns = {
         name: _column(frame, name, valid, problems, layout.dialect) for name in _names(layout)
     }
@@ -859,14 +906,73 @@ def load(layout: Layout, logged: int = -1) -> tuple[dict[str, Rows], int, int, i
     for name in layout.lines:
         value = columns[name][0]
         out[name] = _rows(times, valid & np.isfinite(value), (value,) * 4, None, line=True)
-    malformed = problems.count()
-    if malformed != logged:
-        problems.log()
-    used = [rows.times for rows in out.values() if len(rows)]
-    if not used:
-        raise CSVFormatError("no valid row")
-    first, last = _range(np.concatenate(used))
-    return out, first, last, malformed
+    return out
+
+
+def read_appended(layout: Layout, data: bytes) -> tuple[dict[str, Rows], IntArray] | None:
+    """The rows of ``data``, lines appended to ``layout``'s file, read as :func:`load` reads
+    the file (its columns, dates and numbers as its first rows are written), and the times of
+    the rows with a date, in file order. ``None`` when they are not rows such a read would
+    serve as they are: a line of another number of fields, a malformed row (an unreadable
+    date, a bad value, a missing price), another ticker, a file in UTF-16 (whose bytes are
+    not cut at line ends by :mod:`.growth`): the caller then reads the whole file, which
+    logs them with their line. A date repeated among them is no problem (the later row
+    is kept, as :func:`load` keeps it)."""
+    if not layout.names or layout.dialect.encoding == "utf-16":
+        return None
+    names = list(layout.names)
+    try:
+        frame: pd.DataFrame = pd.read_csv(
+            io.BytesIO(data),
+            header=None,
+            names=names,
+            on_bad_lines="error",
+            **_options(layout.dialect),
+        )
+        if not isinstance(frame.index, pd.RangeIndex) or list(frame.columns) != names:
+            return None  # a field more on every line: pandas took the first as an index
+        _one_ticker(frame)
+        blank = frame.isna().all(axis=1).to_numpy()
+        problems = _Problems(layout.path, [], blank, 1)
+        clock = frame[layout.time_column] if layout.time_column else None
+        dates = frame[layout.date_column]
+        fmt = layout.date_format
+        times, valid = row_times(dates, clock, layout.calendar, fmt, layout.hhmmss)
+    except (ValueError, UnicodeDecodeError, KeyError, CSVFormatError):  # ParserError too
+        return None
+    problems.add(~valid, "unreadable date")
+    out = _symbol_rows(frame, layout, times, valid, problems)
+    if problems.found(but=DUPLICATE):
+        return None
+    return out, times[valid]
+
+
+def extended(
+    before: Mapping[str, Rows], added: Mapping[str, Rows], times: IntArray, interval: str
+) -> dict[str, Rows] | None:
+    """The rows ``before`` with those ``added`` after them (:func:`read_appended`, whose
+    rows with a date are at ``times``): a row at the time of a symbol's last row replaces it
+    (a bar written again while it formed). None when a whole read of the file could serve
+    other rows: a row earlier than the last one (out of order, or a date repeated), or a gap
+    after the last row that could make it a stray (:func:`strays`)."""
+    held = [rows for rows in before.values() if len(rows)]
+    if not held:
+        return None
+    first = min(int(rows.times[0]) for rows in held)
+    last = max(int(rows.times[-1]) for rows in held)
+    steps = np.diff(np.r_[last, times])
+    longest = max(STRAY_STEPS * intervals.nominal_seconds(interval), last - first)
+    if len(steps) and (steps.min() < 0 or steps.max() > longest):
+        return None
+    out: dict[str, Rows] = {}
+    for key, rows in before.items():
+        new, kept = added.get(key), len(rows)
+        if new is None or (rows.volume is None) != (new.volume is None):
+            return None
+        if len(new) and kept and new.times[0] == rows.times[-1]:
+            kept -= 1
+        out[key] = concat([part for part in (rows.take(0, kept), new) if len(part)], rows)
+    return out
 
 
 def _earlier_duplicates(times: IntArray, valid: BoolArray) -> BoolArray:
@@ -927,6 +1033,10 @@ class _Problems:
         for skipped in self.skipped:  # rows pandas dropped do not count in the index
             line += skipped <= line
         return line
+
+    def found(self, but: str) -> bool:
+        """Whether a row was found malformed for a reason other than ``but``."""
+        return any(mask.any() for reason, mask in self.masks if reason != but)
 
     def count(self) -> int:
         bad = np.logical_or.reduce([mask for _, mask in self.masks])
