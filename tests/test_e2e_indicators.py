@@ -129,6 +129,10 @@ async def test_the_catalogue_lists_over_150_indicators_and_finds_the_common_ones
         {"type": "ping", "id": "catalogue"},
     )
     await client.wait_for("pong", lambda m: m.get("id") == "catalogue")
+    # (a frame's extensions are taken after its core items: the pong may come first, and
+    # the 29 replies, large, may come in more than one write)
+    while len(client.of_type("search_indicators_done")) < len(queries):
+        await client.wait_for("search_indicators_done", after=len(client.messages))
     replies = client.of_type("search_indicators_done")
     assert len(replies) == 29
     ids: set[str] = set()
