@@ -173,7 +173,7 @@ def test_the_pieces_make_the_same_bytes_as_the_uncached_encoder() -> None:
 
 
 class Frames:
-    """Frames of one series through ``Requests.series_frame`` (a real hub, fake provider)."""
+    """Frames of one series through ``Requests.encoded_frame`` (a real hub, fake provider)."""
 
     def __init__(self, series: Series) -> None:
         self.hub, _ = make_hub(FakeClock())
@@ -186,7 +186,7 @@ class Frames:
 
     def frame(self, answer: Answer, kind: str = "data_init", end: int | None = None) -> bytes:
         metadata = DETAILS if kind == "data_init" else None
-        got = self.hub.requests.series_frame(kind, answer, self.wire, metadata, KEY, end)
+        got, _ = self.hub.requests.encoded_frame(kind, answer, self.wire, metadata, KEY, end)
         assert got == uncached(kind, answer.bars, self.wire, metadata)
         return got
 

@@ -298,19 +298,6 @@ class Requests:
         if client.budget is not None and bars:
             client.budget.charge(bars, time.monotonic())
 
-    def series_frame(
-        self,
-        kind: str,
-        answer: Answer,
-        wire: WireKeys,
-        metadata: Details | None,
-        key: SeriesId,
-        end: int | None = None,
-    ) -> bytes:
-        """The frame of ``protocol.series_message(kind, key, bars, metadata)`` for the
-        answer's bars (:meth:`encoded_frame`)."""
-        return self.encoded_frame(kind, answer, wire, metadata, key, end)[0]
-
     def encoded_frame(
         self,
         kind: str,
