@@ -201,11 +201,12 @@ async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
         mark = len(fake.ws_frames)
         for name, interval in keys:  # one client frame each: a burst of subscriptions
             await burst.send(data(name, interval, count=2))
-        for name, interval in keys:
-            await burst.wait_for("data_update", key_of(name, interval))
+        for name, interval in keys:  # (a generous wait: the subscriptions are paced)
+            await burst.wait_for("data_update", key_of(name, interval), timeout=30)
         await burst.close()  # after the linger: a burst of unsubscriptions
         assert await eventually(lambda: list(fake.streams_per_connection().values()) == [1])
     finally:
+        await burst.close()  # (again, if the test failed before: no socket left open)
         await holder.close()
     frames = [json.loads(f.text) for f in fake.ws_frames[mark:]]
     subscribed = [p for f in frames if f["method"] == "SUBSCRIBE" for p in f["params"]]
