@@ -135,3 +135,33 @@ async def test_without_a_history_budget_nothing_waits(tmp_path: Path) -> None:
             assert paced_total(running) == 0
         finally:
             await client.close()
+
+
+async def test_requests_under_100_bars_each_count_once_they_add_up(
+    server: ServerProcess,
+) -> None:
+    """Requests under 100 bars were never counted on a socket that asked for nothing
+    larger: one asking 99-bar windows got them as fast as the hub encoded them (69,000
+    bars/s here against a budget of 2,000), never paced."""
+    warmer = await WsClient.open(server.ws_url)
+    greedy = await WsClient.open(server.ws_url)
+    try:
+        await warmer.send(history("BBB", 300))  # the bars of the windows below, stored
+        await warmer.wait_for("data_history", timeout=30)
+        before = paced_total(server)
+        # 40 windows of 99 bars, each a new one (a minute apart): 3,960 bars, twice the
+        # burst and a second's rate more
+        windows = [history("BBB", 300, count=99) for _ in range(40)]
+        for minutes, window in enumerate(windows):
+            stamp = time.gmtime(time.time() - 300 * 3600 - 60 * (minutes + 1))
+            window["end"] = time.strftime("%Y-%m-%d %H:%M:%S", stamp)
+        await greedy.send(*windows)
+        deadline = time.monotonic() + 60
+        while len(greedy.of_type("data_history")) < len(windows):
+            assert time.monotonic() < deadline, greedy.of_type("data_history")
+            await greedy.wait_for("data_history", after=len(greedy.messages), timeout=30)
+        assert [len(m["data"]) for m in greedy.of_type("data_history")] == [99] * len(windows)
+        assert paced_total(server) > before
+    finally:
+        await warmer.close()
+        await greedy.close()

@@ -167,7 +167,7 @@ class Client:
     """One connected client: its outbox, how to close it, its pending replies and its
     history budget."""
 
-    __slots__ = ("budget", "id", "kick", "outbox", "peer", "replies")
+    __slots__ = ("budget", "id", "kick", "outbox", "peer", "replies", "small_bars")
 
     def __init__(
         self,
@@ -182,5 +182,7 @@ class Client:
         self.outbox = outbox
         self.kick = kick
         self.replies = replies
-        # the history bars it was sent lately (``requests``; made at its first large reply)
+        # the history bars it was sent lately (``requests``; made once it asked for
+        # ``BUDGET_FROM`` bars in all), and the bars it asked for before that
         self.budget: WorkBudget | None = None
+        self.small_bars = 0

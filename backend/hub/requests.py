@@ -44,7 +44,7 @@ SEARCH_LANE = ("search",)
 FRAME_LANE = ("frame",)  # replies sent at once, but held behind a frame's data items
 DETAILS_CACHE_SIZE = 10_000
 FRAMES_METRIC = "candlewire_history_frames_total"
-BUDGET_FROM = 100  # bars: a connection keeps a history budget from its first such request
+BUDGET_FROM = 100  # bars: a connection keeps a history budget once it asked for as many
 
 Details = dict[str, Any]
 # The empty reply a refused request still gets.
@@ -270,14 +270,18 @@ class Requests:
         settles the difference: :meth:`_charge`). One connection asking for all the history
         it can read would hold the hub's loop, and every other client would wait on it.
         Only this client's history replies wait (each in its lane, so its pings, its
-        streaming and its other replies go on); nothing is refused. A connection whose
-        requests are all small (under :data:`BUDGET_FROM` bars) keeps no budget."""
+        streaming and its other replies go on); nothing is refused. A connection that
+        asked for fewer than :data:`BUDGET_FROM` bars in all keeps no budget (a live grid's
+        one-bar requests); its small requests are counted until they add up to it."""
         settings = self.hub.settings
         rate = settings.HISTORY_BARS_PER_SECOND
         budget = client.budget
-        if rate <= 0 or (budget is None and count < BUDGET_FROM):
+        if rate <= 0:
             return
         if budget is None:
+            client.small_bars += count
+            if client.small_bars < BUDGET_FROM:
+                return
             budget = client.budget = WorkBudget(rate, settings.HISTORY_BARS_BURST, time.monotonic())
         wait = budget.wait(time.monotonic())
         if wait > 0:
