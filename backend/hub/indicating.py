@@ -159,6 +159,12 @@ class Indicating:
             limit = hub.settings.MAX_COUNT
             if request.since is None:  # with a range, count is ignored (as Tradiny does)
                 check_count(request.count, limit)
+            # from range[0] to the end (at most MAX_COUNT rows, the newest), else the last count
+            count = limit if request.since is not None else request.count
+            # history to the socket's budget, as data_history (rows, as bars)
+            await hub.requests.pace(client, count)
+            if client.id not in hub.clients:
+                return
             bars = await self._bars(bound, request)
             # on a thread: a user indicator's calc may be slow, and the loop serves everyone
             # (the bars copied: the cache's lists may grow meanwhile)
@@ -170,13 +176,12 @@ class Indicating:
             return
         if client.id not in hub.clients:
             return
-        # from range[0] to the end (at most MAX_COUNT rows, the newest), else the last count
-        count = limit if request.since is not None else request.count
         data = rows(
             computed, output_keys(bound, request.chart_id), request.since, count, request.until
         )
         reply = messages.indicator_rows(request, data, last_dates(bars))
         hub.send(client, protocol.encode(reply))
+        hub.requests.settle(client, len(data) - count)
         if request.stream and _live_cost(spent, bound, copied) > LIVE_BUDGET_SECONDS:
             # each live update would take about as long, on the hub's loop: not streamed
             message = (

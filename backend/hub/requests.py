@@ -73,8 +73,8 @@ class Requests:
         hub.metrics.counter(
             "candlewire_history_paced_total",
             lambda: self.paced,
-            "history replies (data_init, data_history) that waited because their connection "
-            "was over HISTORY_BARS_PER_SECOND",
+            "history replies (data_init, data_history, indicator_init, indicator_history) that "
+            "waited because their connection was over HISTORY_BARS_PER_SECOND",
         )
         hub.metrics.gauge(
             "candlewire_history_frame_bytes",
@@ -217,7 +217,7 @@ class Requests:
         key = request.series
         for note in notes:
             hub.send(client, note)
-        await self._paced(client, request.count)
+        await self.pace(client, request.count)
         answer = await hub.planner.latest(key, request.count, hub.subs.has(key))
         if client.id not in hub.clients:
             return
@@ -227,7 +227,7 @@ class Requests:
                 return
             frame, encoded = self.encoded_frame("data_init", answer, wire, details, key)
             hub.send_frame(client, frame)
-        self._charge(client, encoded - request.count)
+        self.settle(client, encoded - request.count)
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
         if hub.subs.holds(client.id, key):
@@ -248,7 +248,7 @@ class Requests:
             return
         if request.capped:
             hub.send(client, protocol.capped_message(hub.settings.MAX_COUNT, request.raw))
-        await self._paced(client, request.count)
+        await self.pace(client, request.count)
         answer = await hub.planner.before(key, request.end, request.count)
         if client.id not in hub.clients:
             return
@@ -260,14 +260,15 @@ class Requests:
                 "data_history", answer, wire, None, key, request.end
             )
             hub.send_frame(client, frame)
-        self._charge(client, encoded - request.count)
+        self.settle(client, encoded - request.count)
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
 
-    async def _paced(self, client: Client, count: int) -> None:
+    async def pace(self, client: Client, count: int) -> None:
         """Wait while ``client`` is over its history budget (``HISTORY_BARS_PER_SECOND``,
         ``HISTORY_BARS_BURST``), then charge it the ``count`` bars asked for (the reply
-        settles the difference: :meth:`_charge`). One connection asking for all the history
+        settles the difference: :meth:`settle`). ``indicating`` paces its answers
+        the same way, by their rows. One connection asking for all the history
         it can read would hold the hub's loop, and every other client would wait on it.
         Only this client's history replies wait (each in its lane, so its pings, its
         streaming and its other replies go on); nothing is refused. A connection that
@@ -297,8 +298,8 @@ class Requests:
             wait = budget.wait(time.monotonic())
         budget.charge(count, time.monotonic())
 
-    def _charge(self, client: Client, bars: int) -> None:
-        """Settle ``bars`` more (fewer, when negative) than :meth:`_paced` charged."""
+    def settle(self, client: Client, bars: int) -> None:
+        """Charge ``bars`` more (fewer, when negative) than :meth:`pace` did."""
         if client.budget is not None and bars:
             client.budget.charge(bars, time.monotonic())
 
