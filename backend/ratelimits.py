@@ -65,13 +65,14 @@ class WorkBudget:
     """``rate`` units of work per second, ``burst`` at once; charged after the work, so its
     level may go below zero (a debt that the next piece waits out: :meth:`wait`)."""
 
-    __slots__ = ("_at", "_level", "burst", "rate")
+    __slots__ = ("_at", "_level", "burst", "rate", "waits")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
         self._level = burst
         self._at = now
+        self.waits = 0  # pieces that had to wait (counted by the caller)
 
     def wait(self, now: float) -> float:
         """Seconds until the debt is paid back (0: the next piece may start now)."""

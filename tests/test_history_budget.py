@@ -204,3 +204,35 @@ async def test_indicator_rows_count_as_history_bars(server: ServerProcess) -> No
     finally:
         await warmer.close()
         await greedy.close()
+
+
+async def test_each_paced_socket_is_named_once_in_the_log(server: ServerProcess) -> None:
+    """The warning came at every wait: the first greedy socket's filled the log's ten lines
+    a minute for that place within half a second, and a second greedy socket was never
+    named. It comes once per socket now, at its first wait."""
+    log = server.log_path
+    sockets = [await WsClient.open(server.ws_url) for _ in range(2)]
+    try:
+        for index, client in enumerate(sockets):
+            # the first socket waits more than ten times, the second a few times
+            asked = 24 if index == 0 else 8
+            requests = [
+                history(KEYS[i % 3], 200 + 4 * i + 80 * index, count=200) for i in range(asked)
+            ]
+            await client.send(*requests)
+            deadline = time.monotonic() + 60
+            while len(client.of_type("data_history")) < len(requests):
+                assert time.monotonic() < deadline
+                await client.wait_for("data_history", after=len(client.messages), timeout=30)
+            assert [len(m["data"]) for m in client.of_type("data_history")] == [200] * asked
+        peers = [client.connection.local_address for client in sockets]
+
+        def named(peer: tuple[str, int]) -> int:
+            text = log.read_text()
+            mark = f"({peer[0]}:{peer[1]}) is over its history budget"
+            return text.count(mark)
+
+        assert [named(peer) for peer in peers] == [1, 1]
+    finally:
+        for client in sockets:
+            await client.close()

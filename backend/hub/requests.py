@@ -287,12 +287,15 @@ class Requests:
         wait = budget.wait(time.monotonic())
         if wait > 0:
             self.paced += 1
-            logger.warning(
-                "client %d (%s) is over its history budget (%g bars/s): its history replies wait",
-                client.id,
-                client.peer,
-                rate,
-            )
+            budget.waits += 1
+            if budget.waits == 1:  # once a socket: each wait is counted, not logged
+                logger.warning(
+                    "client %d (%s) is over its history budget (%g bars/s): its history "
+                    "replies wait",
+                    client.id,
+                    client.peer,
+                    rate,
+                )
         while wait > 0 and client.id in self.hub.clients:
             await asyncio.sleep(wait)
             wait = budget.wait(time.monotonic())
