@@ -271,7 +271,9 @@ class Requests:
         the same way, by their rows. One connection asking for all the history
         it can read would hold the hub's loop, and every other client would wait on it.
         Only this client's history replies wait (each in its lane, so its pings, its
-        streaming and its other replies go on); nothing is refused. A connection that
+        streaming and its other replies go on, as long as the reader gets a reply slot:
+        behind ``MAX_REPLIES_IN_FLIGHT`` waiting replies its next frames wait too); nothing
+        is refused. A connection that
         asked for fewer than :data:`BUDGET_FROM` bars in all keeps no budget (a live grid's
         one-bar requests); its small requests are counted until they add up to it."""
         settings = self.hub.settings
