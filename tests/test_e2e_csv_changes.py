@@ -177,3 +177,29 @@ async def test_rows_appended_to_a_big_streamed_file_are_read_alone(tmp_path: Pat
     parsed = re.findall(r"BIG\.csv: (\d+) appended lines read from byte", log)
     assert parsed == ["2", "1"], log[-3000:]
     assert log.count("BIG.csv: changed: read again") == 2
+
+
+async def test_a_last_row_with_a_bad_price_is_skipped_not_a_bar_of_the_first_rows_values(
+    tmp_path: Path,
+) -> None:
+    """A file whose last line has a date but a price that is not a number, served with
+    CSV_REPLAY_SPEED=0 from a fresh start: the clock stood frozen at that line's date (the
+    scan reads dates only), one step past the last valid row, where the file's repeat
+    begins: history ended with a bar at that date carrying row 0's values. The row is
+    skipped (and logged) and history ends at the last valid row."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    bad = f"{date(ROWS)},x,{11 + ROWS},{9 + ROWS},{10 + ROWS},1\n"
+    (folder / "LIVE.csv").write_text(
+        "date,open,high,low,close,volume\n" + "".join(row(k) for k in range(ROWS)) + bad
+    )
+    env = {"PROVIDERS": "csv", "CSV_FOLDER_PATH": str(folder), "CSV_REPLAY_SPEED": "0"}
+    with populated_server(tmp_path, **env) as server:
+        bars = await data_init(server, "1m", 3)
+        hours = await data_init(server, "1h", 2)
+        log = server.log_path.read_text()
+    assert [bar["date"] for bar in bars] == [date(k) for k in range(ROWS - 3, ROWS)]
+    assert bars[-1]["csv-LIVE-1m-open"] == 10 + ROWS - 1
+    assert [bar["date"] for bar in hours] == [date(180), date(240)]
+    assert hours[-1]["csv-LIVE-1h-close"] == 10 + ROWS - 1
+    assert log.count(f"LIVE.csv:{ROWS + 2}: malformed row skipped (bad value in 'open')") == 1

@@ -382,14 +382,31 @@ class CSVProvider(Provider):
         if (first, last) != (file.layout.first, file.layout.last):
             logger.warning(
                 "%s: valid rows span %s .. %s, not %s .. %s as scanned (unsorted or malformed"
-                " rows); the replay clock keeps the scanned range",
+                " rows); %s",
                 file.layout.path,
                 *(
                     intervals.format_date(t)
                     for t in (first, last, file.layout.first, file.layout.last)
                 ),
+                "the replay clock keeps the scanned range"
+                if file.clock.speed
+                else "the clock stands at the last valid row",
             )
+            self._freeze_at(file, first, last)
         logger.info("%s: loaded in %.2f s", file.relative, time.perf_counter() - started)
+
+    def _freeze_at(self, file: _File, first: int, last: int) -> None:
+        """With speed 0, stand ``file``'s clock at its last valid row ``last``: it was
+        frozen at the last date the scan read (dates only), such as that of a last row with
+        a bad price, one step past the rows, where their repeat begins: history showed a
+        bar there with the first row's values."""
+        if file.clock.speed != 0 or file.clock.origin_data == last:
+            return
+        epoch = self.settings.replay_epoch()
+        file.clock = ReplayClock.for_file(first, last, file.layout.interval, 0, epoch)
+        with self._scan_lock:
+            symbols = self._symbols_of(file)
+        self._set_clocks(symbols)
 
     def _read_if_changed(self, file: _File) -> None:
         """Read ``file`` again if it changed since it was read (looked at once per
