@@ -368,3 +368,82 @@ def test_other_changes_are_read_in_full(
     bars = harness.history("X", "15m")
     assert whole_reads == [path]
     assert len(bars) == (200 if change == "truncated" else 301)
+
+
+def test_an_appended_row_of_another_ticker_is_not_served_as_the_files(tmp_path: Path) -> None:
+    """A file of one ticker (a `ticker` column, as Polygon's files have) that got a row of
+    another ticker appended: read alone, that row was one ticker (the lines appended were
+    checked, not the file) and was served as the file's next bar, BBB's price on AAA's
+    chart; a whole read finds two tickers and keeps serving what it held (a restart
+    skips the file)."""
+    path = tmp_path / "X.csv"
+    write(path, ["ticker," + HEADER, *("AAA," + _iso(i) for i in range(300))], "\n")
+    harness = Harness(tmp_path)
+    harness.history("X", "15m")
+    append(path, "BBB," + _iso(300) + "\n")
+    look_now(harness)
+    bars = harness.history("X", "15m")
+    assert [b[1:] for b in bars] == [candle(i) for i in range(300)]
+
+
+def test_rows_appended_with_the_same_ticker_are_read_alone(
+    tmp_path: Path, whole_reads: list[Path]
+) -> None:
+    path = tmp_path / "X.csv"
+    write(path, ["ticker," + HEADER, *("AAA," + _iso(i) for i in range(300))], "\n")
+    harness = Harness(tmp_path)
+    harness.history("X", "15m")
+    whole_reads.clear()
+    append(path, "AAA," + _iso(300) + "\n")
+    look_now(harness)
+    assert harness.history("X", "15m")[-1][1:] == candle(300)
+    assert whole_reads == []
+
+
+@pytest.mark.parametrize("epoch", [False, True], ids=["ISO file", "epoch file"])
+def test_appended_dates_of_the_other_kind_are_read_as_a_whole_read_reads_them(
+    tmp_path: Path, epoch: bool, whole_reads: list[Path]
+) -> None:
+    """Whether the dates are epoch numbers or text is decided for the whole column (nine
+    in ten numbers): an epoch date appended to a file of ISO dates (or an ISO date to a
+    file of epoch seconds), read alone, was a column of its own kind and served as a bar;
+    a whole read of the file (at a restart, or any other change) does not read it."""
+
+    def stamp(i: int) -> str:
+        return str(START + STEP * i) if epoch else fmt(START + STEP * i)
+
+    def line(i: int, when: str = "") -> str:
+        return f"{when or stamp(i)},{','.join(map(str, candle(i)))}"
+
+    path = tmp_path / "X.csv"
+    write(path, [HEADER, *(line(i) for i in range(300))], "\n")
+    harness = Harness(tmp_path)
+    harness.history("X", "15m")
+    whole_reads.clear()
+    other = fmt(START + STEP * 300) if epoch else str(START + STEP * 300)
+    append(path, line(300, other) + "\n")
+    look_now(harness)
+    bars = harness.history("X", "15m")
+    assert bars == Harness(tmp_path).history("X", "15m")
+    assert [b[1:] for b in bars] == [candle(i) for i in range(300)]
+    append(path, line(301) + "\n")  # and the file goes on as it was written
+    look_now(harness)
+    assert harness.history("X", "15m") == Harness(tmp_path).history("X", "15m")
+
+
+def test_an_appended_row_starting_with_a_byte_order_mark_is_read_as_a_whole_read_reads_it(
+    tmp_path: Path,
+) -> None:
+    """Exports concatenated (``cat part.csv >> X.csv``), the part written with a byte order
+    mark: read alone, the mark at the start of the lines appended was dropped by the
+    parser (as at the start of a file) and the row served; in the middle of the file a
+    whole read does not read its date."""
+    path = tmp_path / "X.csv"
+    write(path, [HEADER, *(_iso(i) for i in range(300))], "\n")
+    harness = Harness(tmp_path)
+    harness.history("X", "15m")
+    append(path, "\ufeff" + _iso(300) + "\n")
+    look_now(harness)
+    bars = harness.history("X", "15m")
+    assert bars == Harness(tmp_path).history("X", "15m")
+    assert len(bars) == 300

@@ -18,6 +18,7 @@ Replaying a file at a clock lives in :mod:`backend.data_providers.csv.replay`.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -145,6 +146,10 @@ class Layout:
     # (93000) is HHMMSS since the first rows hold one above 2359
     names: tuple[str, ...] = ()
     hhmmss: bool = False
+    # what a whole read decides for the whole file, as its first rows have it: dates as
+    # epoch numbers (not text), and the one ticker of a `ticker` column ("" when none)
+    epoch: bool = False
+    ticker: str = ""
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ def partial(t: int, row: tuple[float, float, float, float, float], fraction: flo
 
 
 def parse_times(
-    values: pd.Series, calendar: bool = False, date_format: str = ""
+    values: pd.Series, calendar: bool = False, date_format: str = "", epoch: bool | None = None
 ) -> tuple[IntArray, BoolArray]:
     """UTC seconds of ISO-8601 / ``YYYY-MM-DD HH:MM:SS`` / epoch s, ms, µs or ns values, and
     validity;
@@ -278,14 +283,15 @@ def parse_times(
     2026-03-02 (00:00 UTC), not 23:00 the day before, so that a daily file written in local
     time keeps its dates (and its Mondays and firsts of the month in the right week and month).
     Dates in a format are parsed once each (a date column beside a time column repeats them).
+    Whether they are epoch numbers or text is decided for all of them (nine in ten
+    numbers), or given (``epoch``: as a whole read of their file decided, for lines added).
     """
     if date_format:
         return _by_value(values, lambda texts: _stamps(_text(texts).str.strip(), date_format))
     if calendar:
         values = values.astype(str).str.strip().str.replace(_UTC_OFFSET, r"\1", regex=True)
-    present = values.notna().to_numpy()
-    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if present.any() and np.isfinite(numeric[present]).mean() >= 0.9:
+    numeric = _epoch_numbers(values, epoch)
+    if numeric is not None:
         # seconds up to 1e11 (the year 5138), then milli-, micro- (Binance's files since
         # 2025), nanoseconds (Polygon's flat files)
         magnitude = np.abs(numeric)
@@ -296,6 +302,27 @@ def parse_times(
         valid = np.isfinite(secs)
         return np.floor(np.where(valid, secs, 0)).astype(np.int64), valid
     return _stamps(values.astype(str), "ISO8601")
+
+
+def _epoch_numbers(values: pd.Series, epoch: bool | None = None) -> npt.NDArray[np.float64] | None:
+    """``values`` as numbers when they are epoch numbers (``epoch``; when None, when nine in
+    ten of those present are numbers), else None (text dates)."""
+    if epoch is False:
+        return None
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if epoch is None:
+        present = values.notna().to_numpy()
+        epoch = bool(present.any() and np.isfinite(numeric[present]).mean() >= 0.9)
+    return numeric if epoch else None
+
+
+def _epoch(values: pd.Series, calendar: bool, date_format: str) -> bool:
+    """Whether :func:`parse_times` reads ``values`` as epoch numbers."""
+    if date_format:
+        return False
+    if calendar:
+        values = values.astype(str).str.strip().str.replace(_UTC_OFFSET, r"\1", regex=True)
+    return _epoch_numbers(values) is not None
 
 
 def _stamps(texts: pd.Series, fmt: str) -> tuple[IntArray, BoolArray]:
@@ -372,10 +399,11 @@ def row_times(
     calendar: bool = False,
     date_format: str = "",
     hhmmss: bool = False,
+    epoch: bool | None = None,
 ) -> tuple[IntArray, BoolArray]:
     """UTC seconds of the rows (:func:`parse_times`), plus the time of day of a column of
     its own (:func:`time_of_day`), and validity."""
-    found, valid = parse_times(dates, calendar, date_format)
+    found, valid = parse_times(dates, calendar, date_format, epoch)
     if times is None:
         return found, valid
     seconds, clock_valid = time_of_day(times, hhmmss)
@@ -495,11 +523,13 @@ def detect_columns(
     return Layout(Path(), date, candle, volume, lines, "", 0, 0, time_column=time)
 
 
-def _one_ticker(frame: pd.DataFrame) -> None:
-    """``CSVFormatError`` for rows of several instruments in one file (a column ``ticker``
-    or ``symbol`` with more than one value: Polygon's flat files hold every ticker of a
-    day), which would be served as one symbol whose rows repeat every date."""
+def _one_ticker(frame: pd.DataFrame) -> str:
+    """The ticker of the rows (``""`` when no column ``ticker`` or ``symbol`` names one);
+    ``CSVFormatError`` for rows of several instruments in one file (such a column with more
+    than one value: Polygon's flat files hold every ticker of a day), which would be served
+    as one symbol whose rows repeat every date."""
     by_lower = {name.lower(): name for name in frame.columns}
+    found = ""
     for name in (by_lower[n] for n in TICKER_NAMES if n in by_lower):
         tickers = frame[name].dropna().unique()
         if len(tickers) > 1:
@@ -508,6 +538,8 @@ def _one_ticker(frame: pd.DataFrame) -> None:
                 f"the rows are of {len(tickers)} tickers (column {name!r}: {shown}):"
                 " a file is one symbol; write each ticker's rows to a file of its own"
             )
+        found = found or "".join(str(t) for t in tickers)
+    return found
 
 
 def _example_values(frame: pd.DataFrame, date: str) -> str:
@@ -717,6 +749,8 @@ def scan(path: Path, date_column: str = "") -> Layout:
         tail = tail[tail_valid]
         names = tuple(head.columns) if isinstance(head.index, pd.RangeIndex) else ()
         hhmmss = clock is not None and _hhmmss(clock)
+        epoch = _epoch(dates, calendar, fmt or "")
+        ticker = _one_ticker(head)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise CSVFormatError(f"cannot read: {exc}") from exc
     if not len(sample):
@@ -754,6 +788,8 @@ def scan(path: Path, date_column: str = "") -> Layout:
         fmt or "",
         names,
         hhmmss,
+        epoch,
+        ticker,
     )
 
 
@@ -917,8 +953,12 @@ def read_appended(layout: Layout, data: bytes) -> tuple[dict[str, Rows], IntArra
     date, a bad value, a missing price), another ticker, a file in UTF-16 (whose bytes are
     not cut at line ends by :mod:`.growth`): the caller then reads the whole file, which
     logs them with their line. A date repeated among them is no problem (the later row
-    is kept, as :func:`load` keeps it)."""
-    if not layout.names or layout.dialect.encoding == "utf-16":
+    is kept, as :func:`load` keeps it). What a whole read decides for the whole file is
+    taken from the file's first read, not from the lines alone: their dates are epoch
+    numbers or text as the file's are (a date of the other kind is unreadable), their
+    ticker is the file's; a byte order mark at their start (which the parser drops there,
+    not in the middle of a file) makes a whole read too."""
+    if not layout.names or layout.dialect.encoding == "utf-16" or data.startswith(codecs.BOM_UTF8):
         return None
     names = list(layout.names)
     try:
@@ -931,13 +971,14 @@ def read_appended(layout: Layout, data: bytes) -> tuple[dict[str, Rows], IntArra
         )
         if not isinstance(frame.index, pd.RangeIndex) or list(frame.columns) != names:
             return None  # a field more on every line: pandas took the first as an index
-        _one_ticker(frame)
+        if _one_ticker(frame) not in ("", layout.ticker):
+            return None
         blank = frame.isna().all(axis=1).to_numpy()
         problems = _Problems(layout.path, [], blank, 1)
         clock = frame[layout.time_column] if layout.time_column else None
         dates = frame[layout.date_column]
-        fmt = layout.date_format
-        times, valid = row_times(dates, clock, layout.calendar, fmt, layout.hhmmss)
+        fmt, epoch = layout.date_format, layout.epoch
+        times, valid = row_times(dates, clock, layout.calendar, fmt, layout.hhmmss, epoch)
     except (ValueError, UnicodeDecodeError, KeyError, CSVFormatError):  # ParserError too
         return None
     problems.add(~valid, "unreadable date")
