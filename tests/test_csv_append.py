@@ -447,3 +447,26 @@ def test_an_appended_row_starting_with_a_byte_order_mark_is_read_as_a_whole_read
     bars = harness.history("X", "15m")
     assert bars == Harness(tmp_path).history("X", "15m")
     assert len(bars) == 300
+
+
+def test_an_appended_row_of_the_last_time_without_a_line_value_drops_that_value(
+    tmp_path: Path, whole_reads: list[Path]
+) -> None:
+    """The last row written again (a correction) with a line column left empty: read
+    alone, the line kept the value of the row replaced; a whole read keeps the later row
+    of a date, with no value of the line there (and the line changed at the next whole
+    read, after a restart)."""
+    path = tmp_path / "X.csv"
+    write(path, [HEADER + ",vwap", *(f"{_iso(i)},{i}" for i in range(300))], "\n")
+    harness = Harness(tmp_path)
+    harness.history("X__vwap", "15m")
+    whole_reads.clear()
+    append(path, f"{fmt(START + STEP * 299)},1.0,2.0,0.5,1.5,7.0,\n")
+    look_now(harness)
+    candles, line = harness.history("X", "15m"), harness.history("X__vwap", "15m")
+    assert whole_reads == [] and changed(harness) == []
+    fresh = Harness(tmp_path)
+    assert candles == fresh.history("X", "15m")
+    assert candles[-1] == (START + STEP * 299, 1.0, 2.0, 0.5, 1.5, 7.0)
+    assert line == fresh.history("X__vwap", "15m")
+    assert line[-1][0] == START + STEP * 298

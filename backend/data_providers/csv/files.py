@@ -992,10 +992,12 @@ def extended(
     before: Mapping[str, Rows], added: Mapping[str, Rows], times: IntArray, interval: str
 ) -> dict[str, Rows] | None:
     """The rows ``before`` with those ``added`` after them (:func:`read_appended`, whose
-    rows with a date are at ``times``): a row at the time of a symbol's last row replaces it
-    (a bar written again while it formed). None when a whole read of the file could serve
-    other rows: a row earlier than the last one (out of order, or a date repeated), or a gap
-    after the last row that could make it a stray (:func:`strays`)."""
+    rows with a date are at ``times``): a row at the time of the last row replaces it
+    (a bar written again while it formed), for every symbol, as a whole read keeps only the
+    later row of a date (a line column left empty in it has no value there). None when a
+    whole read of the file could serve other rows: a row earlier than the last one (out of
+    order, or a date repeated), or a gap after the last row that could make it a stray
+    (:func:`strays`)."""
     held = [rows for rows in before.values() if len(rows)]
     if not held:
         return None
@@ -1010,7 +1012,7 @@ def extended(
         new, kept = added.get(key), len(rows)
         if new is None or (rows.volume is None) != (new.volume is None):
             return None
-        if len(new) and kept and new.times[0] == rows.times[-1]:
+        if kept and len(times) and times[0] == rows.times[-1]:
             kept -= 1
         out[key] = concat([part for part in (rows.take(0, kept), new) if len(part)], rows)
     return out
