@@ -298,3 +298,26 @@ async def test_an_unsubscribe_sent_while_a_streamed_indicator_waits_for_its_bars
     await send(hub, client, request("unsubscribe", K1))
     assert [m["type"] for m in taken(client)] == ["indicator_init", "unsubscribed"]
     assert hub.indicating.live.held_by(client.id) == []
+
+
+async def test_an_unsubscribe_after_a_streamed_indicator_in_its_frame_takes_it_back() -> None:
+    """``[indicator K, unsubscribe K]`` in one frame: in the order sent the indicator starts
+    and is stopped. A frame's extensions are taken after its other items, so the unsubscribe
+    found nothing (``not_subscribed``) and the indicator then streamed on. Now it is
+    answered without streaming, and the unsubscribe is ``unsubscribed``. The other order
+    (``[unsubscribe K, indicator K]``) still streams."""
+    hub, provider = make_hub(FakeClock())
+    provider.history = [(60 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(1, 40)]
+    client = connect(hub)
+    await send(hub, client, _sma("sma-AAA", K1), request("unsubscribe", K1))
+    assert [m["type"] for m in taken(client)] == ["unsubscribed", "indicator_init"]
+    assert hub.indicating.live.held_by(client.id) == []
+    assert not hub.requests._taken_back  # nothing kept past the frame
+
+    await send(hub, client, request("unsubscribe", K1), _sma("sma-AAA", K1))
+    replies = taken(client)
+    assert [(m["type"], m.get("code")) for m in replies] == [
+        ("error", "not_subscribed"),
+        ("indicator_init", None),
+    ]
+    assert hub.indicating.live.held_by(client.id) == ["sma-AAA"]

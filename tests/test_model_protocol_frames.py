@@ -298,6 +298,7 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.tags = itertools.count(1)
         self.frames = itertools.count(1)
+        self.taken_back: dict[int, str] = {}  # of the frame being sent: ``_taken_back``
         self.peers: dict[int, Peer | None] = {0: None, 1: None}
         for slot in self.peers:
             self.peers[slot] = self.run(self._open())
@@ -339,6 +340,7 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         """The replies ``frame`` must get, from what the client held before it."""
         core = [i for i in frame if not _extension(i)]
         ordered = core + [i for i in frame if _extension(i)]
+        self.taken_back = _taken_back(frame)
         expects = [self._expect(peer, item, number) for item in ordered]
         data_lanes = [e.lane for e in expects if e.data_item]
         if data_lanes and len(data_lanes) < len(expects):
@@ -416,6 +418,11 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         stopped = frozenset(peer.indicators.pop(key, set()))
         failing = key in peer.failing
         peer.failing.discard(key)
+        # a streamed indicator before it in its frame, taken after it: taken back by it
+        in_frame = self.taken_back.get(id(item))
+        if in_frame == "live":
+            stopped = stopped | {"in-frame"}
+        failing = failing or in_frame == "failing"
         if key in peer.held or stopped or failing:
             # A streamed ``indicator`` is live, or waits for its answer and is taken back:
             # ``unsubscribed`` either way. One that fails was either still waiting or is
@@ -456,7 +463,9 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
         key = (binding["source"], binding["name"], binding["interval"])
         ok = _served(key) and item["count"] >= 1 and item["indicator"]["id"] != "no.such"
         slots = deque([Slot("indicator_init")] if ok else [Slot("error"), Slot("indicator_init")])
-        if ok and item["stream"]:
+        if ok and item["stream"] and id(item) in self.taken_back:
+            peer.dead_indicators.add(item["id"])  # an unsubscribe after it in its frame
+        elif ok and item["stream"]:
             peer.indicators.setdefault(key, set()).add(item["id"])
         elif item["stream"]:  # refused, as it is parsed or when it is answered
             peer.failing.add(key)
@@ -651,6 +660,29 @@ class ProtocolAgainstModel(RuleBasedStateMachine):
 _TYPES = {"data", "data_history", "unsubscribe", "search_data", "ping", "search_indicators"} | {
     "indicator"
 }
+
+
+def _taken_back(frame: list[Any]) -> dict[int, str]:
+    """As the server takes a frame's items back (``requests._taken_back_in_frame``): the
+    streamed ``indicator`` items whose series an ``unsubscribe`` after them names, and those
+    unsubscribes, by ``id``: "live" for an unsubscribe that stops one that would stream,
+    "failing" for one that stops only ones refused when answered."""
+    streamed: list[tuple[int, tuple[str, str, str], bool]] = []
+    taken: dict[int, str] = {}
+    for item in frame:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "indicator" and item.get("stream"):
+            binding = item["dataMap"]["close"]
+            key = (binding["source"], binding["name"], binding["interval"])
+            ok = _served(key) and item["count"] >= 1 and item["indicator"]["id"] != "no.such"
+            streamed.append((id(item), key, ok))
+        elif item.get("type") == "unsubscribe" and _key_of(item) is not None:
+            stopped = [(i, ok) for i, key, ok in streamed if key == _key_of(item)]
+            if stopped:
+                taken.update((i, "item") for i, _ in stopped)
+                taken[id(item)] = "live" if any(ok for _, ok in stopped) else "failing"
+    return taken
 
 
 def _extension(item: Any) -> bool:

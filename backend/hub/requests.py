@@ -19,6 +19,7 @@ Owns request semantics. Not: who is subscribed (``subscriptions``), the provider
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,9 @@ class Requests:
             "bars, newest bar encoded) or encoded (built from the bars)",
         )
         self.paced = 0  # history replies that waited for their client's budget
+        # ids of the requests of the frames being taken that an item after them undoes
+        # (:func:`_taken_back_in_frame`)
+        self._taken_back: set[int] = set()
         hub.metrics.counter(
             "candlewire_history_paced_total",
             lambda: self.paced,
@@ -94,6 +98,16 @@ class Requests:
         wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
         requests = protocol.parse_frame(text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT)
         ordered = core_first(requests)
+        taken_back = _taken_back_in_frame(requests) if ordered is not requests else set()
+        self._taken_back.update(taken_back)
+        try:
+            await self._take_ordered(client, ordered, wait)
+        finally:
+            self._taken_back.difference_update(taken_back)
+
+    async def _take_ordered(
+        self, client: Client, ordered: list[protocol.Request], wait: float
+    ) -> None:
         if not _mixed(ordered):
             await self._take_all(client, ordered, wait)
             return
@@ -166,13 +180,13 @@ class Requests:
             case protocol.SearchRequest(search):
                 await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
             case protocol.IndicatorsRequest(raw):
-                await self._indicators(client, raw)
+                await self._indicators(client, raw, id(request) in self._taken_back)
             case protocol.AlertRequest(raw):
                 await hub.alerting.take(client, raw)
             case protocol.ChatRequest(raw):
                 await hub.chatting.take(client, raw)
             case protocol.UnsubscribeRequest(key, raw):
-                reply = self._unsubscribe(client, key, raw)
+                reply = self._unsubscribe(client, key, raw, id(request) in self._taken_back)
                 await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
             case protocol.PingRequest(raw):
                 pong = protocol.encode({"type": "pong", "id": raw.get("id")})
@@ -361,10 +375,14 @@ class Requests:
 
     # ------------------------------------------------------------------ indicators, scans
 
-    async def _indicators(self, client: Client, raw: dict[str, Any]) -> None:
+    async def _indicators(
+        self, client: Client, raw: dict[str, Any], taken_back: bool = False
+    ) -> None:
         """``search_indicators`` at once; ``indicator`` and ``indicator_history`` in the lane
-        of their first series (after that key's ``data_init`` / ``data_history``); ``scan``
-        and ``scan_stop`` at once (a scan runs as its own task)."""
+        of their first series (after that key's ``data_init`` / ``data_history``), not
+        streamed when ``taken_back`` (an ``unsubscribe`` of its series after it in its frame:
+        :func:`_taken_back_in_frame`); ``scan`` and ``scan_stop`` at once (a scan runs as its
+        own task)."""
         hub = self.hub
         try:
             request = messages.parse_request(raw)
@@ -375,6 +393,8 @@ class Requests:
             case messages.SearchIndicators(search):
                 hub.send(client, hub.indicating.search(search))
             case messages.IndicatorRequest():
+                if taken_back:
+                    request = dataclasses.replace(request, stream=False)
                 lane = key_lane(request.config.bindings[0].series)
                 ticket = hub.indicating.expect_stream(client.id, request)
                 await client.replies.submit(
@@ -387,9 +407,13 @@ class Requests:
 
     # ------------------------------------------------------------------ unsubscribe
 
-    def _unsubscribe(self, client: Client, key: SeriesId, raw: Any) -> bytes:
-        """Unsubscribe now; returns the reply to send in the key's turn."""
-        if self.hub.unsubscribe(client, key) is Change.ABSENT:
+    def _unsubscribe(
+        self, client: Client, key: SeriesId, raw: Any, took_back: bool = False
+    ) -> bytes:
+        """Unsubscribe now; returns the reply to send in the key's turn (``unsubscribed``
+        also when all it stops is a streamed ``indicator`` before it in its frame, which is
+        taken after it: ``took_back``)."""
+        if self.hub.unsubscribe(client, key) is Change.ABSENT and not took_back:
             return protocol.error_message("not_subscribed", f"not subscribed to {key}", raw)
         return protocol.encode(
             {
@@ -493,6 +517,30 @@ def _mixed(requests: list[protocol.Request]) -> bool:
     """Whether a frame has ``data`` items and others (whose replies then come after)."""
     data = sum(_data_item(request) for request in requests)
     return 0 < data < len(requests)
+
+
+def _taken_back_in_frame(requests: list[protocol.Request]) -> set[int]:
+    """The ids of a frame's streamed ``indicator`` items whose series an ``unsubscribe``
+    later in the frame names, and of those unsubscribes. A frame's extensions are taken after
+    its other items (:func:`core_first`), so the unsubscribe would find nothing to stop and
+    the indicator would stream on; in the order sent, it subscribed and then was stopped."""
+    streamed: list[tuple[int, frozenset[SeriesId]]] = []
+    taken_back: set[int] = set()
+    for request in requests:
+        if isinstance(request, protocol.IndicatorsRequest):
+            try:
+                parsed = messages.parse_request(request.raw)
+            except ProtocolError:
+                continue
+            if isinstance(parsed, messages.IndicatorRequest) and parsed.stream:
+                series = frozenset(binding.series for binding in parsed.config.bindings)
+                streamed.append((id(request), series))
+        elif isinstance(request, protocol.UnsubscribeRequest):
+            stopped = [item for item, series in streamed if request.series in series]
+            if stopped:
+                taken_back.update(stopped)
+                taken_back.add(id(request))
+    return taken_back
 
 
 def core_first(requests: list[protocol.Request]) -> list[protocol.Request]:
