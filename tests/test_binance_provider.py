@@ -475,6 +475,20 @@ def stored_bars(db: str, name: str, interval: str) -> dict[int, tuple[Any, ...]]
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
+async def until_stored(
+    tmp_path: Path, name: str, interval: str, missed: dict[int, tuple[Any, ...]], timeout: float
+) -> None:
+    """Poll the store of the server in ``tmp_path`` until it holds every bar of ``missed``
+    (time -> (o, h, l, c, v, forming)) with those values."""
+    db = str(tmp_path / "candlewire.sqlite3")
+
+    def filled() -> bool:
+        bars = stored_bars(db, name, interval)
+        return all(bars.get(t) == bar for t, bar in missed.items())
+
+    assert await eventually(filled, timeout=timeout), (stored_bars(db, name, interval), missed)
+
+
 async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap_later(
     tmp_path: Path,
 ) -> None:
@@ -509,16 +523,7 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
                 name, interval, start_time=intervals.parse_date(m0) * 1000, limit=3
             )
             missed = {row[0] // 1000: (*(float(v) for v in row[1:6]), 0) for row in rows}
-            db = str(tmp_path / "candlewire.sqlite3")
-
-            def filled() -> bool:
-                bars = stored_bars(db, name, interval)
-                return all(bars.get(t) == bar for t, bar in missed.items())
-
-            assert await eventually(filled, timeout=limit + seconds(10)), (
-                stored_bars(db, name, interval),
-                missed,
-            )
+            await until_stored(tmp_path, name, interval, missed, limit + seconds(10))
             dates = [m["data"]["date"] for m in client.of_type("data_update", mark)]
             assert dates == sorted(dates)  # no live update went back in time
             # The open chart got only the newer live bars; a chart that loads now, and a
@@ -583,16 +588,7 @@ async def test_a_second_drop_while_a_gap_fill_is_put_off_gets_its_bars_fetched_t
                 if row[0] // 1000 < end
             }
             assert len(missed) == 6
-            db = str(tmp_path / "candlewire.sqlite3")
-
-            def filled() -> bool:
-                bars = stored_bars(db, name, interval)
-                return all(bars.get(t) == bar for t, bar in missed.items())
-
-            assert await eventually(filled, timeout=limit + seconds(10)), (
-                stored_bars(db, name, interval),
-                missed,
-            )
+            await until_stored(tmp_path, name, interval, missed, limit + seconds(10))
         finally:
             await client.close()
         assert exchange.violations == []

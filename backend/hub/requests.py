@@ -526,6 +526,8 @@ def _taken_back_in_frame(requests: list[protocol.Request]) -> set[int]:
     the indicator would stream on; in the order sent, it subscribed and then was stopped."""
     streamed: list[tuple[int, frozenset[SeriesId]]] = []
     taken_back: set[int] = set()
+    if not any(isinstance(request, protocol.UnsubscribeRequest) for request in requests):
+        return taken_back  # (the usual frame: its indicators are not parsed twice)
     for request in requests:
         if isinstance(request, protocol.IndicatorsRequest):
             try:
