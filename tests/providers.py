@@ -15,7 +15,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from backend.data_providers.csv import CSVProvider
 from backend.runtime.provider import Provider
 
 INTERVALS = ["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d"]
@@ -334,16 +333,6 @@ class LateStreamProvider(CountingProvider):
                 step = STEP[interval]
                 t = now - now % step + step
                 self.publish(symbol, interval, (t * 1000, 3.0, 3.0, 3.0, 3.0, 1.0))
-
-
-class SlowStartCSVProvider(CSVProvider):
-    """The CSV provider, ready only ``CANDLEWIRE_TEST_INIT_DELAY`` seconds after its process
-    starts: a request sent while the server starts arrives before its replay clocks are
-    known to the hub (a page reconnecting to a restarted server)."""
-
-    def init(self) -> None:
-        time.sleep(float(os.environ.get("CANDLEWIRE_TEST_INIT_DELAY", "0")))
-        super().init()
 
 
 class StuckHistoryProvider(CountingProvider):

@@ -34,7 +34,7 @@ async def test_a_data_init_sent_before_the_replay_clock_is_known_fetches_only_it
     env = base_env(
         tmp_path,
         PROVIDERS="slowcsv",
-        EXTRA_PROVIDERS="slowcsv=tests.providers:SlowStartCSVProvider",
+        EXTRA_PROVIDERS="slowcsv=tests.providers_csv:SlowStartCSVProvider",
         CSV_FOLDER_PATH=str(folder),
         CSV_REPLAY_SPEED="60",
         # the start itself, not its minute: up to 59 s earlier is 3,540 s of data at 60x
