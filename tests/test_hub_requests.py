@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
 import pytest
 
 from backend.errors import ProviderUnavailable
+from backend.hub.clients import Client
+from backend.hub.hub import Hub
 from backend.model.bars import SeriesId
 from tests.hub_fakes import (
     SOURCE,
@@ -321,3 +324,100 @@ async def test_an_unsubscribe_after_a_streamed_indicator_in_its_frame_takes_it_b
         ("indicator_init", None),
     ]
     assert hub.indicating.live.held_by(client.id) == ["sma-AAA"]
+
+
+NEWEST = (60 * 39, 1.0, 2.0, 0.5, 1.7, 11.0)  # an update of the newest bar of the history
+
+
+def _history_hub(**overrides: Any) -> tuple[Hub, Client]:
+    hub, provider = make_hub(FakeClock(), **overrides)
+    provider.history = [(60 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(1, 40)]
+    return hub, connect(hub)
+
+
+def _update(hub: Hub) -> None:
+    """A provider batch with an update of ``AAA`` 1m."""
+    hub.fanout.on_provider_events(SOURCE, [("AAA", "1m", NEWEST, False)])
+
+
+def _update_after(hub: Hub, kind: bytes) -> None:
+    """:func:`_update` right after the first reply of ``kind`` (``b"data_init"``, ...) is
+    queued, before the key's next reply job runs: a provider batch that lands between
+    two replies of the key."""
+    send, send_frame = hub.send, hub.send_frame
+    marker = b'"type":"' + kind + b'"'
+    came: list[bool] = []
+
+    def after(message: bytes) -> None:
+        if marker in message and not came:
+            came.append(True)
+            asyncio.get_running_loop().call_soon(_update, hub)
+
+    def spy_send(client: Client, message: bytes, slot: Any = None) -> None:
+        send(client, message, slot)
+        after(message)
+
+    def spy_send_frame(client: Client, frame: bytes) -> None:
+        send_frame(client, frame)
+        after(bytes(frame))
+
+    hub.send = spy_send  # type: ignore[method-assign]
+    hub.send_frame = spy_send_frame  # type: ignore[method-assign]
+
+
+async def _replies(hub: Hub, client: Client, *requests: dict[str, Any]) -> list[Any]:
+    """The replies to one frame of ``requests`` and what a provider batch after them
+    brings, (type, code) each."""
+    await send(hub, client, *requests)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    replies = taken(client)
+    _update(hub)
+    replies += taken(client)
+    return [(m["type"], m.get("code")) for m in replies]
+
+
+async def test_a_data_update_waits_for_the_data_init_of_the_request_that_subscribed() -> None:
+    """``[data K stream:false, data K]``: the second item subscribes. The first one's
+    data_init, sent when the second had subscribed already, started the key's updates (the
+    reply asked whether the client held the key as it was sent, not whether its own request
+    subscribed): a bar arriving between the two data_inits came as a ``data_update`` before
+    the data_init of the request that subscribed (README "Order of requests", protocols.md
+    1.12 (5); found by tests/test_model_protocol_frames.py on a loaded machine). The same
+    after a ``data`` refused with ``limit_reached``."""
+    hub, client = _history_hub()
+    _update_after(hub, b"data_init")
+    replies = await _replies(hub, client, request("data", K1, stream=False), request("data", K1))
+    assert replies == [("data_init", None), ("data_init", None), ("data_update", None)]
+
+    hub, client = _history_hub(MAX_SUBSCRIPTIONS_PER_CLIENT=1)
+    await send(hub, client, request("data", K2))
+    taken(client)
+    _update_after(hub, b"data_init")
+    refused, unsubscribe = request("data", K1), request("unsubscribe", K2)
+    replies = await _replies(hub, client, refused, unsubscribe, request("data", K1))
+    assert replies == [
+        ("error", "limit_reached"),
+        ("data_init", None),
+        ("data_init", None),
+        ("unsubscribed", None),
+        ("data_update", None),
+    ]
+
+
+async def test_no_data_update_between_the_unsubscribed_and_the_next_subscribing_data_init() -> None:
+    """``[data K, unsubscribe K, data K]``: the key's updates stop when the unsubscribe is
+    applied and start again with the third item's data_init. The first item's data_init,
+    sent after the third had subscribed again, started them: a bar arriving after the
+    ``unsubscribed`` came as a ``data_update`` before the data_init that subscribed
+    again."""
+    hub, client = _history_hub()
+    _update_after(hub, b"unsubscribed")
+    frame = (request("data", K1), request("unsubscribe", K1), request("data", K1))
+    replies = await _replies(hub, client, *frame)
+    assert replies == [
+        ("data_init", None),
+        ("unsubscribed", None),
+        ("data_init", None),
+        ("data_update", None),
+    ]

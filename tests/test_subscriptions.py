@@ -51,3 +51,23 @@ def test_pairs_for_a_source_are_what_a_restarted_provider_needs() -> None:
     subs.add(1, BTC)
     subs.add(2, SeriesId("binance", "BTCUSDT", "1m"))
     assert subs.pairs_for_source("csv") == [(1, BTC)]
+
+
+def test_a_subscription_keeps_its_stamp_until_it_ends_and_a_new_one_gets_another() -> None:
+    """``since`` tells a reply whether the subscription its request made is the one the
+    client holds now (``requests._data_init`` starts the updates only then)."""
+    subs = Subscriptions()
+    assert subs.since(1, BTC) is None
+    subs.add(1, BTC)
+    first = subs.since(1, BTC)
+    assert first is not None
+    subs.add(1, BTC)  # already held: the same subscription
+    subs.add(2, BTC)
+    subs.add(1, ETH)
+    assert subs.since(1, BTC) == first
+    subs.remove(1, BTC)
+    assert subs.since(1, BTC) is None
+    subs.add(1, BTC)
+    assert subs.since(1, BTC) not in (None, first)
+    subs.drop_client(1)
+    assert subs.since(1, BTC) is None and subs.keys_of(1) == frozenset()

@@ -205,6 +205,7 @@ class Requests:
             await self._refuse(client, found)
             return
         notes: list[bytes] = []
+        subscribed: int | None = None
         if request.capped:
             notes.append(protocol.capped_message(self.hub.settings.MAX_COUNT, request.raw))
         if request.stream and self._over_subscription_limit(client, key):
@@ -220,13 +221,28 @@ class Requests:
             notes.append(protocol.error_message("limit_reached", refusal, request.raw))
         elif request.stream:
             self.hub.subscribe(client, key)
+            subscribed = self.hub.subs.since(client.id, key)
         await client.replies.submit(
-            key_lane(key), lambda: self._data_init(client, request, found, notes)
+            key_lane(key), lambda: self._data_init(client, request, found, notes, subscribed)
         )
 
     async def _data_init(
-        self, client: Client, request: protocol.DataRequest, details: Details, notes: list[bytes]
+        self,
+        client: Client,
+        request: protocol.DataRequest,
+        details: Details,
+        notes: list[bytes],
+        subscribed: int | None,
     ) -> None:
+        """Send the ``data_init``; its updates start with it when ``request`` subscribed
+        (``subscribed``: the stamp of the subscription it made or found,
+        :meth:`Subscriptions.since`) and the client still holds the key by that
+        subscription. Not when the client holds the key only by a later request (a
+        ``stream: false`` or ``limit_reached`` item followed by a ``data`` of the key, or one
+        that subscribed, was unsubscribed and subscribed again): that request's own
+        ``data_init``, still to come in the key's lane, starts them, and a ``data_update``
+        between the two would come before the reply of the request that subscribed (or
+        after the ``unsubscribed`` that stopped the key)."""
         hub = self.hub
         key = request.series
         for note in notes:
@@ -251,7 +267,8 @@ class Requests:
             error = answer.error
             code = None if error is None else getattr(error, "code", "provider_error")
             hub.fanout.init_sent(client, key, code)
-            hub.fanout.start_delivery(client, key)
+            if subscribed is not None and hub.subs.since(client.id, key) == subscribed:
+                hub.fanout.start_delivery(client, key)
 
     async def _history(self, client: Client, request: protocol.HistoryRequest) -> None:
         hub = self.hub

@@ -6,6 +6,7 @@ awaiting anything or touching a socket; the hub turns its answers into provider 
 
 from __future__ import annotations
 
+import itertools
 from enum import Enum
 
 from backend.model.bars import SeriesId
@@ -25,7 +26,9 @@ class Subscriptions:
 
     def __init__(self) -> None:
         self._by_key: dict[SeriesId, set[int]] = {}
-        self._by_client: dict[int, set[SeriesId]] = {}
+        # client -> its keys, each with the stamp of the ``add`` that made it hold the key
+        self._by_client: dict[int, dict[SeriesId, int]] = {}
+        self._stamps = itertools.count(1)
 
     def add(self, client: int, key: SeriesId) -> Change:
         clients = self._by_key.setdefault(key, set())
@@ -33,8 +36,15 @@ class Subscriptions:
             return Change.ALREADY
         first = not clients
         clients.add(client)
-        self._by_client.setdefault(client, set()).add(key)
+        self._by_client.setdefault(client, {})[key] = next(self._stamps)
         return Change.FIRST if first else Change.ADDED
+
+    def since(self, client: int, key: SeriesId) -> int | None:
+        """The stamp of the subscription by which ``client`` holds ``key`` (None: it does
+        not): the same from the ``add`` that made it hold the key until the ``remove`` that
+        lets it go, and never the same again after that (a later ``add`` gets a new one)."""
+        keys = self._by_client.get(client)
+        return None if keys is None else keys.get(key)
 
     def remove(self, client: int, key: SeriesId) -> Change:
         clients = self._by_key.get(key)
@@ -43,7 +53,7 @@ class Subscriptions:
         clients.discard(client)
         keys = self._by_client.get(client)
         if keys is not None:
-            keys.discard(key)
+            keys.pop(key, None)
             if not keys:
                 del self._by_client[client]
         if clients:
