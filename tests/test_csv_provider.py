@@ -965,6 +965,27 @@ def test_streamed_bars_match_history_at_the_same_clock(minutes: Path) -> None:
         assert all(last[b[0]] == b for b in history if b[0] in last)
 
 
+def test_the_first_tick_publishes_the_bar_at_the_clock_after_the_file_is_read(
+    minutes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tick of a new process reads the file, which took seconds on a loaded
+    machine: with the clock read before it, the stream's first update was a state of a bar
+    seconds old, which history (waiting for the same read) had already served closed."""
+    harness = Harness(minutes, speed=60, now=WALL + 0.01)
+    load = harness.provider._load
+
+    def slow_load(file: csv_module._File) -> None:
+        load(file)
+        harness.now += 2.5  # two and a half bars at speed 60
+
+    monkeypatch.setattr(harness.provider, "_load", slow_load)
+    harness.provider._subscribe(1, "ACME", "1m")
+    harness.provider._tick()
+    [update] = harness.updates()
+    assert (update.bar, update.final) == (harness.history("ACME", "1m")[-1], False)
+    assert (update.bar[0] - T0) // 60 == 31
+
+
 def test_bars_skipped_between_ticks_are_published_as_final(minutes: Path) -> None:
     harness = Harness(minutes, speed=60)
     harness.provider._subscribe(1, "ACME", "1m")

@@ -95,9 +95,11 @@ async def test_an_open_chart_gets_every_bar_that_closed_while_its_provider_was_d
             | {"end": end, "count": 8}
         )
         history = await client.wait_for("data_history", same_key("BTCUSD", "1m"))
+        updates = [m["data"] for m in client.of_type("data_update")]
         for point in history["data"]:  # every closed bar the client got has the final values
             if point["date"] in last:
-                assert last[point["date"]] == point
+                sent = [u for u in updates if u["date"] == point["date"]]
+                assert last[point["date"]] == point, f"the bar's updates: {sent}"
     finally:
         await client.close()
 

@@ -17,6 +17,7 @@ from backend.hub.hub import Hub
 from backend.hub.refill import MAX_PUSHED
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
+from tests import harness
 from tests.harness import eventually
 from tests.hub_fakes import SOURCE, FakeProvider, connect, make_hub, request, send, taken
 
@@ -34,6 +35,12 @@ def updated(messages: list[dict[str, object]]) -> list[int]:
         for m in messages
         if m["type"] == "data_update"
     ]
+
+
+async def refills_done(hub: Hub) -> None:
+    """Wait for the refills under way and those they started."""
+    while hub.refills.tasks:
+        await asyncio.gather(*hub.refills.tasks)
 
 
 async def charted_then_restarted(missed: int) -> tuple[Hub, FakeProvider, Client]:
@@ -81,7 +88,7 @@ async def test_live_updates_during_the_refill_wait_and_follow_it() -> None:
     hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
     assert updated(taken(client)) == []  # held while the refill runs
     gate.set()
-    await asyncio.gather(*hub.refills.tasks)
+    await refills_done(hub)  # the stream passed the answer's forming bar: refilled again
     assert updated(taken(client)) == [T0 + 60 * i for i in range(5)]
 
 
@@ -141,3 +148,117 @@ async def test_live_updates_held_during_a_refill_that_fails_unexpectedly_still_g
     messages = taken(client)
     assert updated(messages) == [T0 + 4 * 60]
     assert any(m["type"] == "error" and m.get("code") == "internal_error" for m in messages)
+
+
+# A restarted provider's stream and its answer to the refill race each other: the stream
+# may send a state of a bar read before the answer (a replay whose first tick read its clock
+# before loading its file), or start only after the answer's forming bar closed. Each test
+# makes one such interleaving happen on purpose.
+
+
+def forming(t: int) -> Bar:
+    """A state of the bar at ``t`` read while it formed: its close is not ``bars``'s."""
+    return (t, 1.0, 1.5, 0.9, 1.2, 0.5)
+
+
+def sent_last(messages: list[dict[str, object]]) -> dict[int, dict[str, object]]:
+    """The last data_update of each bar time (what the client's chart shows)."""
+    last: dict[int, dict[str, object]] = {}
+    for message in messages:
+        if message["type"] == "data_update":
+            data = message["data"]
+            assert isinstance(data, dict)
+            last[intervals.parse_date(str(data["date"]))] = data
+    return last
+
+
+async def answered(hub: Hub, client: Client, end: int, count: int) -> list[dict[str, object]]:
+    await send(
+        hub, client, request("data_history", KEY, end=intervals.format_date(end), count=count)
+    )
+    [history] = [m for m in taken(client) if m["type"] == "data_history"]
+    data = history["data"]
+    assert isinstance(data, list)
+    return data
+
+
+async def test_a_late_state_of_a_bar_the_refill_closed_changes_neither_the_chart_nor_history() -> (
+    None
+):
+    """The stream's state of a bar read before the refill's answer came after it: it went
+    into the cache as a correction of an older bar (not sent), and history served the bar
+    half made while the client showed it closed (test_e2e_refill under load)."""
+    hub, provider, client = await charted_then_restarted(3)
+    hub.on_provider_ready(SOURCE)
+    await asyncio.gather(*hub.refills.tasks)
+    refilled = sent_last(taken(client))
+    assert sorted(refilled) == [T0 + 60 * i for i in range(4)]
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, forming(T0 + 60), False)])
+    assert taken(client) == []
+    provider.history_calls = 0
+    history = await answered(hub, client, T0 + 2 * 60, 3)
+    assert provider.history_calls == 0  # from the cache the refill filled
+    assert [refilled[intervals.parse_date(str(p["date"]))] for p in history] == history
+    caught_up = (T0 + 3 * 60, 1.0, 2.0, 0.5, 4.5, 2.0)  # the stream reaches the answer's bar
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, caught_up, False)])
+    assert KEY not in hub.fanout.catching_up
+    assert updated(taken(client)) == [T0 + 3 * 60]
+
+
+async def test_a_held_state_of_a_bar_the_refill_answer_closed_does_not_replace_it() -> None:
+    """A state of a bar read before the refill's answer (which has the bar closed) came
+    while the refill ran: it went out after the answer's bars in place of the closed one,
+    and the bar's final values only reached the cache (a correction of an older bar)."""
+    hub, provider, client = await charted_then_restarted(3)
+    gate = provider.gates["AAA"] = asyncio.Event()
+    calls = provider.history_calls
+    hub.on_provider_ready(SOURCE)
+    await eventually(lambda: provider.history_calls == calls + 1, what="the refill's call")
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, forming(T0 + 60), False)])
+    gate.set()
+    await asyncio.gather(*hub.refills.tasks)
+    got = sent_last(taken(client))
+    assert sorted(got) == [T0 + 60 * i for i in range(4)]
+    history = await answered(hub, client, T0 + 2 * 60, 3)
+    assert [got[intervals.parse_date(str(p["date"]))] for p in history] == history
+    assert history[1]["fake-AAA-1m-close"] == 2.0  # bars(T0, 4)[1], not the held state
+
+
+async def test_a_stream_that_starts_after_the_refilled_forming_bar_closed_refills_it() -> None:
+    """The refill's answer ends in the bar forming then; the new stream's first update was
+    of the next bar: the refilled bar counted as one the stream had shown, so its clients
+    and the cache kept it half made (and any bar between was a hole)."""
+    hub, provider, client = await charted_then_restarted(3)
+    hub.on_provider_ready(SOURCE)
+    await asyncio.gather(*hub.refills.tasks)
+    taken(client)
+    closed = (T0 + 3 * 60, 1.0, 2.0, 0.5, 7.0, 3.0)  # the forming bar's final values
+    provider.history = [closed, *bars(T0 + 4 * 60, 2)]
+    first = (T0 + 5 * 60, 1.0, 2.0, 0.5, 2.0, 1.0)  # two bars on: one closed between
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, first, False)])
+    await asyncio.gather(*hub.refills.tasks)
+    got = sent_last(taken(client))
+    assert sorted(got) == [T0 + 3 * 60, T0 + 4 * 60, T0 + 5 * 60]
+    assert got[T0 + 3 * 60]["fake-AAA-1m-close"] == 7.0
+
+
+async def test_a_provider_whose_history_lags_its_stream_is_refilled_once_more_not_forever() -> None:
+    """The stream passed the answer's newest bar before the refill was done: refilled once
+    more from that bar (it may have closed unseen), and no more when that answer lags the
+    stream again (a provider whose history has no forming bar would be asked at every bar)."""
+    hub, provider, client = await charted_then_restarted(3)
+    gate = provider.gates["AAA"] = asyncio.Event()
+    calls = provider.history_calls
+    hub.on_provider_ready(SOURCE)
+    await eventually(lambda: provider.history_calls == calls + 1, what="the refill's call")
+    for n in (4, 5):
+        live = (T0 + n * 60, 1.0, 2.0, 0.5, 9.0, 1.0)
+        hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
+    gate.set()
+    await asyncio.wait_for(refills_done(hub), harness.seconds(10))
+    assert provider.history_calls == calls + 2
+    assert updated(taken(client)) == [T0 + 60 * i for i in range(6)]
+    live = (T0 + 6 * 60, 1.0, 2.0, 0.5, 9.0, 1.0)
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
+    assert not hub.refills.tasks
+    assert updated(taken(client)) == [T0 + 6 * 60]

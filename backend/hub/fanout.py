@@ -87,6 +87,10 @@ class Fanout:
         # Keys being refilled after a provider restart (``hub.refill``): their live bars
         # wait here (bar time -> the newest (bar, final)) and follow the refilled ones.
         self.refilling: dict[SeriesId, dict[int, tuple[Bar, bool]]] = {}
+        # Keys refilled whose stream has not reached the refill's newest bar yet: key -> its
+        # time. The stream's forming states of older bars meanwhile were read before the
+        # refill's answer, which has those bars closed: dropped (``_on_bar``).
+        self.catching_up: dict[SeriesId, int] = {}
         # Starts the refill of a key from its newest bar (the hub's ``Refills.start``); True
         # if one started. See ``_on_bar``: a bar that closed unseen by the stream.
         self.refill: Callable[[SeriesId], bool] = lambda key: False
@@ -129,6 +133,7 @@ class Fanout:
         self._wire.pop(key, None)
         self._updates.pop(key, None)
         self._suspects.pop(key, None)
+        self.catching_up.pop(key, None)
 
     # ------------------------------------------------------------------ provider events
 
@@ -182,8 +187,10 @@ class Fanout:
         if problem is not None:
             self._drop(key, bar, f"with {problem}")
             return
-        previous = series.newest
         t = bar[0]
+        if self.catching_up and not self._caught_up(key, t, final):
+            return
+        previous = series.newest
         if previous is not None and t > previous:
             if self.clocks.far_ahead(key, t, previous) and not self._confirmed(key, t):
                 self._far_ahead(key, t)
@@ -229,6 +236,27 @@ class Fanout:
                     self._hold_update(key, bar)
                     return
             self._push_update(key, bar)
+
+    def _caught_up(self, key: SeriesId, t: int, final: bool) -> bool:
+        """False for a forming state of a bar older than the newest bar of ``key``'s refill
+        while its stream has not reached that bar (:attr:`catching_up`): read before the
+        refill's answer, which has the bar closed (a replay's first tick, a state in flight
+        when the answer was read), it would replace the closed bar in the cache and the
+        store, unsent to the clients, and history would serve it half made."""
+        behind = self.catching_up.get(key)
+        if behind is None:
+            return True
+        if t >= behind:
+            del self.catching_up[key]
+            return True
+        if final:
+            return True  # the stream's final word on an older bar: a correction
+        logger.debug(
+            "%s: a forming state of %s, read before the refill that closed it: dropped",
+            key,
+            intervals.format_date(t),
+        )
+        return False
 
     def missed(self, key: SeriesId, since: int) -> None:
         """The provider's stream of ``key`` missed the bars from ``since`` on, not fetched

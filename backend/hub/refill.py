@@ -11,6 +11,14 @@ Live updates of the key that arrive meanwhile are held (only the newest state of
 and follow the refill. If the history call fails, the key's clients get an ``error`` naming
 the window, and the held updates go out.
 
+The new stream and the answer race: the stream may send a state of a bar read before the
+answer (a replay's first tick), during the refill or after it, or start only after the
+answer's forming bar closed. A held forming state of a bar the answer has closed gives way
+to the closed bar; until the stream reaches the answer's newest bar, its forming states of
+older bars are dropped (``Fanout.catching_up``); and after a restart, a first live update
+newer than the answer's forming bar refills that bar once more (its final values never
+came from the stream).
+
 Owned here: which keys are being refilled and their held updates (``Fanout.refilling`` is
 the same dict, read on the hot path). Not owned: the fetch (the hub's), the fan-out.
 """
@@ -65,13 +73,14 @@ class Refills:
             if series is None or series.newest is None or key in self.held:
                 continue
             self.held[key] = {}
-            why = "after the provider restarted" if restart else UNSEEN
-            refill = self._refill(key, series.newest, series.epoch, why)
+            self.fanout.catching_up.pop(key, None)
+            refill = self._refill(key, series.newest, series.epoch, restart)
             start_owned(self.tasks, refill, f"refill {key}")
             started += 1
         return started
 
-    async def _refill(self, key: SeriesId, since: int, epoch: int, why: str) -> None:
+    async def _refill(self, key: SeriesId, since: int, epoch: int, restart: bool) -> None:
+        why = "after the provider restarted" if restart else UNSEEN
         step = intervals.nominal_seconds(key.interval)
         now = self.fanout.clocks.now(key.source, key.name)
         count = max(2, min(self.max_count, (now - since) // step + 2))
@@ -116,17 +125,48 @@ class Refills:
                 MAX_PUSHED,
             )
             bars = bars[-MAX_PUSHED:]
+        self._send(key, bars, held, restart)
+        if bars:
+            logger.info("%s: %d bars refilled %s", key, len(bars), why)
+
+    def _send(
+        self, key: SeriesId, bars: list[Bar], held: dict[int, tuple[Bar, bool]], restart: bool
+    ) -> None:
+        """Hand the answer's ``bars`` and the live updates ``held`` meanwhile to the
+        fan-out, in time order: the held state of a bar goes out in place of the answer's,
+        unless it is a forming state of a bar the answer has closed (it was read before the
+        answer: the replay's first tick after a restart, read while its file loaded)."""
         events: list[WireEvent] = []
         last = bars[-1][0] if bars else None
         for bar in bars:
-            if bar[0] not in held:
-                events.append((key.name, key.interval, bar, bar[0] != last))
+            seen = held.get(bar[0])
+            if seen is not None and (seen[1] or bar[0] == last):
+                continue  # the stream's own: a final bar, or a state of the forming one
+            held.pop(bar[0], None)
+            events.append((key.name, key.interval, bar, bar[0] != last))
         events += [(key.name, key.interval, bar, final) for bar, final in held.values()]
         events.sort(key=_bar_time)
-        if events:
-            self.fanout.on_provider_events(key.source, events)
-        if bars:
-            logger.info("%s: %d bars refilled %s", key, len(bars), why)
+        upto = events if last is None else [e for e in events if _bar_time(e) <= last]
+        if upto:
+            self.fanout.on_provider_events(key.source, upto)
+        series = self.cache.peek(key)
+        if last is not None and last not in held and key not in self.held and series is not None:
+            # The stream has not shown the answer's newest bar, forming when it was read.
+            if restart and series.newest == last:
+                # Should the new stream's first update be of a newer bar, this one closed
+                # unseen: that update refills it (``Fanout._on_bar``), or it would stay
+                # half made, and any bar between would be missing. Not after that refill
+                # (``restart`` False): its stream was running, and a provider whose history
+                # lags its stream by a bar would be refilled again at every bar.
+                series.live_t = None
+            if len(upto) == len(events):
+                # Until the stream reaches it, the forming states it sends of older bars
+                # were read before the answer, which has those bars closed: they would
+                # replace the closed bars in the cache (not sent: older than the newest),
+                # and history would serve them half made. ``Fanout._on_bar`` drops them.
+                self.fanout.catching_up[key] = last
+        if len(upto) < len(events):
+            self.fanout.on_provider_events(key.source, events[len(upto) :])
 
     def _skip_if_unavailable(self, source: str, queued: float) -> None:
         """Raise the failure of a refill call of ``source`` that ended after this refill was

@@ -553,7 +553,6 @@ class CSVProvider(Provider):
         """Publish what changed on every streamed key since the last tick."""
         with self._streams_lock:
             streams = list(self._streams.items())
-        wall = self._wall()
         for (symbol, interval), state in streams:
             try:
                 file, series = self._series(symbol, interval)
@@ -561,7 +560,11 @@ class CSVProvider(Provider):
                 self.notify(symbol, interval, exc.code, str(exc))
                 self.on_last_subscriber(symbol, interval)
                 continue
-            file.data_time = max(file.data_time, file.clock.at(wall))
+            # The clock is read once the file is loaded: its first read takes seconds on a
+            # loaded machine (a restarted process), and a clock read before it published
+            # the forming bar of seconds ago, after history (waiting for the same read) had
+            # served that bar closed: the hub took that older state as the bar's last.
+            file.data_time = max(file.data_time, file.clock.at(self._wall()))
             try:
                 if file.clock.speed == 0:
                     self._follow(symbol, interval, series, state, file)
