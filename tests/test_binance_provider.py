@@ -42,6 +42,9 @@ from tests.harness import ServerProcess, WsClient, base_env, populate, seconds
 FIELDS = ("open", "high", "low", "close", "volume")
 MINUTE_MS = 60_000
 HISTORY_TIMEOUT = 6.0  # so the provider's longest REST wait is 4 s
+# A fresh server's first live bar: its provider process starts, connects and subscribes
+# (a SUBSCRIBE unanswered for 3 s is sent again): more than 10 s on a loaded machine.
+FIRST_UPDATE = 30.0
 
 
 def frozen_ms(minutes_ago: int) -> int:
@@ -174,7 +177,9 @@ async def test_live_updates_reach_every_client_over_one_upstream_connection(
         await second.send(*(data(n, i, count=5) for n, i in keys[1:]))
         for ws, wanted in ((first, keys), (second, keys[1:])):
             for name, interval in wanted:
-                update = await ws.wait_for("data_update", key_of(name, interval))
+                update = await ws.wait_for(
+                    "data_update", key_of(name, interval), timeout=FIRST_UPDATE
+                )
                 assert [update["data"]] == points(
                     fake.klines(name, interval, limit=1), *(name, interval)
                 )
@@ -197,7 +202,7 @@ async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
     holder, burst = await WsClient.open(server.ws_url), await WsClient.open(server.ws_url)
     try:
         await holder.send(data("BTCUSDT", "12h", count=2))  # keeps the connection open
-        await holder.wait_for("data_update", key_of("BTCUSDT", "12h"))
+        await holder.wait_for("data_update", key_of("BTCUSDT", "12h"), timeout=FIRST_UPDATE)
         mark = len(fake.ws_frames)
         for name, interval in keys:  # one client frame each: a burst of subscriptions
             await burst.send(data(name, interval, count=2))
@@ -228,7 +233,7 @@ async def test_a_dropped_connection_is_refilled_so_store_and_client_have_every_b
     await client.send(data(name, interval, count=5))
     init = await client.wait_for("data_init", key_of(name, interval))
     m0 = init["data"][-1]["date"]
-    await client.wait_for("data_update", key_of(name, interval))
+    await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
     opened = fake.connections_opened
     mark = len(client.messages)
     assert fake.drop_connections() == 1
@@ -261,7 +266,7 @@ async def test_live_bars_are_written_to_the_store_with_their_final_values(
     await client.send(data(name, interval, count=3))
     init = await client.wait_for("data_init", key_of(name, interval))
     forming = init["data"][-1]["date"]  # stored as forming by the history answer
-    await client.wait_for("data_update", key_of(name, interval))
+    await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
     fake.advance(45)  # the forming bar closes on the live stream
     await client.wait_for(
         "data_update", lambda m: key_of(name, interval)(m) and m["data"]["date"] > forming
@@ -325,7 +330,7 @@ async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path:
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
             pid = running.get("/health")["providers"]["binance"]["pid"]
             mark = len(client.messages)
             os.kill(pid, signal.SIGKILL)
@@ -362,7 +367,7 @@ async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_
         chart, other = await WsClient.open(running.ws_url), await WsClient.open(running.ws_url)
         try:
             await chart.send(data(name, "1m", count=5))
-            await chart.wait_for("data_update", key_of(name, "1m"))
+            await chart.wait_for("data_update", key_of(name, "1m"), timeout=FIRST_UPDATE)
             assert exchange.streams_per_connection() == {1: 1}
             spec = exchange.data.symbols.pop(name)  # delisted: gone from exchangeInfo
             await other.send(data(name, "1h", count=5, stream=False))
@@ -398,7 +403,7 @@ async def test_a_data_request_of_a_delisted_symbol_gets_one_error(tmp_path: Path
         chart = await WsClient.open(running.ws_url)
         try:
             await chart.send(data(name, "1m", count=5))
-            await chart.wait_for("data_update", key_of(name, "1m"))
+            await chart.wait_for("data_update", key_of(name, "1m"), timeout=FIRST_UPDATE)
             del exchange.data.symbols[name]  # delisted: gone from exchangeInfo, -1121
             for interval in ("15m", "1h"):
                 client = await WsClient.open(running.ws_url)
@@ -502,7 +507,7 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
             m0 = init["data"][-1]["date"]  # forming when the connection drops
             mark = len(client.messages)
             exchange.rate_limit(429, retry_after=limit)
@@ -565,7 +570,7 @@ async def test_a_second_drop_while_a_gap_fill_is_put_off_gets_its_bars_fetched_t
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
             m0 = init["data"][-1]["date"]  # forming when the connection first drops
             seen = m0
             exchange.rate_limit(429, retry_after=limit)
@@ -622,7 +627,7 @@ async def test_a_gap_put_off_is_not_stored_as_known_when_the_provider_dies_befor
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval))
+            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
             m0 = intervals.parse_date(init["data"][-1]["date"])  # forming when it drops
             mark = len(client.messages)
             exchange.rate_limit(429, retry_after=600)  # the fill is not allowed in this test
