@@ -207,7 +207,17 @@ async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
         for name, interval in keys:  # one client frame each: a burst of subscriptions
             await burst.send(data(name, interval, count=2))
         for name, interval in keys:  # (a generous wait: the subscriptions are paced)
-            await burst.wait_for("data_update", key_of(name, interval), timeout=30)
+            try:
+                await burst.wait_for("data_update", key_of(name, interval), timeout=30)
+            except AssertionError as missing:  # what the exchange was asked, what came back
+                sent = [f.text for f in fake.ws_frames[mark:]]
+                got = sorted(
+                    {(m["type"], m.get("name"), m.get("interval")) for m in burst.messages}
+                )
+                raise AssertionError(
+                    f"{name} {interval}: {missing}; frames to the exchange: {sent}; streams "
+                    f"per connection: {fake.streams_per_connection()}; received: {got}"
+                ) from None
         await burst.close()  # after the linger: a burst of unsubscriptions
         assert await eventually(lambda: list(fake.streams_per_connection().values()) == [1])
     finally:
