@@ -71,9 +71,6 @@ class Requests:
             "bars, newest bar encoded) or encoded (built from the bars)",
         )
         self.paced = 0  # history replies that waited for their client's budget
-        # ids of the requests of the frames being taken that an item after them undoes
-        # (:func:`_taken_back_in_frame`)
-        self._taken_back: set[int] = set()
         hub.metrics.counter(
             "candlewire_history_paced_total",
             lambda: self.paced,
@@ -98,18 +95,10 @@ class Requests:
         wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
         requests = protocol.parse_frame(text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT)
         ordered = core_first(requests)
+        # the ids of the requests that an item after them in the frame undoes
         taken_back = _taken_back_in_frame(requests) if ordered is not requests else set()
-        self._taken_back.update(taken_back)
-        try:
-            await self._take_ordered(client, ordered, wait)
-        finally:
-            self._taken_back.difference_update(taken_back)
-
-    async def _take_ordered(
-        self, client: Client, ordered: list[protocol.Request], wait: float
-    ) -> None:
         if not _mixed(ordered):
-            await self._take_all(client, ordered, wait)
+            await self._take_all(client, ordered, wait, taken_back)
             return
         extensions = [r for r in ordered if isinstance(r, _EXTENSIONS)]
         replies = client.replies
@@ -117,17 +106,21 @@ class Requests:
         try:
             for request in ordered[: len(ordered) - len(extensions)]:
                 replies.first = _data_item(request)
-                await self._take_all(client, [request], wait)
+                await self._take_all(client, [request], wait, taken_back)
         finally:
             firsts = await replies.flush()
         if extensions:
             pending = [task for task in firsts if not task.done()]
             if pending:
                 await asyncio.wait(pending)
-            await self._take_all(client, extensions, wait)
+            await self._take_all(client, extensions, wait, taken_back)
 
     async def _take_all(
-        self, client: Client, requests: Sequence[protocol.Request], wait: float
+        self,
+        client: Client,
+        requests: Sequence[protocol.Request],
+        wait: float,
+        taken_back: set[int],
     ) -> None:
         for request in requests:
             if client.id not in self.hub.clients:
@@ -135,7 +128,7 @@ class Requests:
             if wait > 0:  # over the caller's request rate: refused, the socket stays open
                 await self._over_rate(client, request, wait)
             else:
-                await self._take(client, request)
+                await self._take(client, request, id(request) in taken_back)
 
     async def _now(self, client: Client, send: Callable[[], None]) -> None:
         """``send()`` now, or in its turn when the client's replies are held (a frame that
@@ -170,7 +163,7 @@ class Requests:
         else:
             await client.replies.submit(key_lane(series), reply)
 
-    async def _take(self, client: Client, request: protocol.Request) -> None:
+    async def _take(self, client: Client, request: protocol.Request, taken_back: bool) -> None:
         hub = self.hub
         match request:
             case protocol.DataRequest():
@@ -180,13 +173,13 @@ class Requests:
             case protocol.SearchRequest(search):
                 await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
             case protocol.IndicatorsRequest(raw):
-                await self._indicators(client, raw, id(request) in self._taken_back)
+                await self._indicators(client, raw, taken_back)
             case protocol.AlertRequest(raw):
                 await hub.alerting.take(client, raw)
             case protocol.ChatRequest(raw):
                 await hub.chatting.take(client, raw)
             case protocol.UnsubscribeRequest(key, raw):
-                reply = self._unsubscribe(client, key, raw, id(request) in self._taken_back)
+                reply = self._unsubscribe(client, key, raw, taken_back)
                 await client.replies.submit(key_lane(key), lambda: self._send(client, reply))
             case protocol.PingRequest(raw):
                 pong = protocol.encode({"type": "pong", "id": raw.get("id")})
