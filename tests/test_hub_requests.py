@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -420,3 +421,40 @@ async def test_no_data_update_between_the_unsubscribed_and_the_next_subscribing_
         ("data_init", None),
         ("data_update", None),
     ]
+
+
+@pytest.mark.parametrize("newer", [False, True], ids=["forming bar changed", "bar closed"])
+async def test_a_data_init_waiting_for_a_slow_clients_room_carries_the_updates_of_meanwhile(
+    newer: bool,
+) -> None:
+    """A data_init that waits for its client's room (the client reads slowly) is sent with
+    the bars as they are when it goes out. It starts the client's updates only then: it went
+    with the bars taken before the wait, and the live updates merged meanwhile reached the
+    cache alone. The client kept the forming bar's older values, and a bar that closed
+    meanwhile partial for good (the next update is of the newer bar)."""
+    hub, provider = make_hub(FakeClock())
+    t = int(time.time()) // 60 * 60
+    provider.history = [(t - 60, 1.0, 1.0, 1.0, 1.0, 1.0), (t, 2.0, 2.0, 2.0, 2.0, 1.0)]
+    client = connect(hub)
+    room = asyncio.Event()
+
+    async def until_below(limit: int) -> None:
+        await room.wait()
+
+    client.outbox.set_wake(None, buffered=lambda: 1 << 30, until_below=until_below)
+    await send(hub, client, request("data", K1, count=5), settle=False)
+    for _ in range(1000):
+        if client.outbox.waiting_since is not None:
+            break
+        await asyncio.sleep(0)
+    assert client.outbox.waiting_since is not None
+    late = [("AAA", "1m", (t, 2.0, 3.0, 2.0, 3.0, 5.0), newer)]
+    if newer:
+        late.append(("AAA", "1m", (t + 60, 3.0, 3.0, 3.0, 3.0, 1.0), False))
+    hub.fanout.on_provider_events(SOURCE, late)
+    client.outbox.set_wake(None)
+    room.set()
+    await client.replies.idle()
+    [init] = [m for m in taken(client) if m["type"] == "data_init"]
+    closes = [point[f"{SOURCE}-AAA-1m-close"] for point in init["data"]]
+    assert closes == ([1.0, 3.0, 3.0] if newer else [1.0, 3.0])

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from backend.errors import ProviderError, StorageError
 from backend.history.cache import MIN_TIME, BarCache, Series
@@ -48,6 +48,31 @@ class Answer:
     error: ProviderError | StorageError | None = None
     series: Series | None = None
     version: int = 0
+    live_seq: int = 0  # the series' live updates when the bars were taken
+    latest: bool = False  # the newest ``count`` bars (a data_init), not those before a time
+    count: int = 0
+
+    def as_of_now(self) -> Answer:
+        """The newest bars of the series as they are now, for an answer of the latest bars
+        taken before an await: a data_init waiting for its client's room (a slow reader)
+        starts that client's updates only once it is sent, and the live updates merged
+        meanwhile reached only the cache. Sent as taken, the client missed them: a forming
+        bar kept older values until its next update, and a bar that closed meanwhile kept
+        its partial values for good."""
+        series = self.series
+        if series is None or not self.latest:
+            return self
+        if series.version == self.version and series.live_seq == self.live_seq:
+            return self
+        newest = series.newest  # the answer's end was "now or the newest bar, if later"
+        if newest is None:
+            return self
+        return replace(
+            self,
+            bars=series.last_before(newest, self.count),
+            version=series.version,
+            live_seq=series.live_seq,
+        )
 
 
 class HistoryPlanner:
@@ -117,7 +142,9 @@ class HistoryPlanner:
                     error = exc
             # "now" includes a bar the provider already opened a little ahead of our clock.
             limit = max(now, series.newest or now) if end is None else end_t
-            return Answer(series.last_before(limit, count), error, series, series.version)
+            bars = series.last_before(limit, count)
+            seq = series.live_seq
+            return Answer(bars, error, series, series.version, seq, end is None, count)
 
     async def _probe_clock(self, key: SeriesId) -> None:
         """Ask the provider for the bar at the wall time and drop the answer: a replaying

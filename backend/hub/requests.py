@@ -248,6 +248,7 @@ class Requests:
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
+            answer = answer.as_of_now()  # the updates merged while it waited for room
             frame, encoded = self.encoded_frame("data_init", answer, wire, details, key)
             hub.send_frame(client, frame)
         self.settle(client, encoded - request.count)
