@@ -61,7 +61,7 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
     env.update(
         {
             "DB": str(tmp / "candlewire.sqlite3"),
-            "LOG_LEVEL": "INFO",
+            "LOG_LEVEL": os.environ.get("CANDLEWIRE_TEST_LOG_LEVEL", "INFO"),
             "PYTHONUNBUFFERED": "1",
             "EXTRA_PROVIDERS": "my_provider=tests.providers:SeedProvider,"
             "counting=tests.providers:CountingProvider",

@@ -52,6 +52,22 @@ def frozen_ms(minutes_ago: int) -> int:
     return (int(time.time()) // 60 - minutes_ago) * MINUTE_MS + 20_000
 
 
+async def first_update(
+    client: WsClient, exchange: FakeBinance, name: str, interval: str
+) -> dict[str, Any]:
+    """The key's first ``data_update`` after its ``data_init`` (both waited for here).
+
+    The exchange's clock is frozen, so a stream sends one kline and then the same kline
+    again and again, which the provider drops as repeats. On a loaded machine that one kline
+    can reach the hub before the history answer behind the ``data_init``: it is then in the
+    ``data_init`` (as it should be), and no ``data_update`` ever follows. Moving the clock
+    on by a millisecond once the ``data_init`` came (its updates start with it) makes the
+    next kline a new one."""
+    await client.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
+    exchange.advance(0.001)
+    return await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBinance]:
     with FakeBinance(now_ms=frozen_ms(6), push_interval=0.2) as exchange:
@@ -175,6 +191,10 @@ async def test_live_updates_reach_every_client_over_one_upstream_connection(
     try:
         await first.send(*(data(n, i, count=5) for n, i in keys))
         await second.send(*(data(n, i, count=5) for n, i in keys[1:]))
+        for ws, wanted in ((first, keys), (second, keys[1:])):  # (see first_update)
+            for name, interval in wanted:
+                await ws.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
+        fake.advance(0.001)
         for ws, wanted in ((first, keys), (second, keys[1:])):
             for name, interval in wanted:
                 update = await ws.wait_for(
@@ -202,10 +222,13 @@ async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
     holder, burst = await WsClient.open(server.ws_url), await WsClient.open(server.ws_url)
     try:
         await holder.send(data("BTCUSDT", "12h", count=2))  # keeps the connection open
-        await holder.wait_for("data_update", key_of("BTCUSDT", "12h"), timeout=FIRST_UPDATE)
+        await first_update(holder, fake, "BTCUSDT", "12h")
         mark = len(fake.ws_frames)
         for name, interval in keys:  # one client frame each: a burst of subscriptions
             await burst.send(data(name, interval, count=2))
+        for name, interval in keys:  # (see first_update)
+            await burst.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
+        fake.advance(0.001)
         for name, interval in keys:  # (a generous wait: the subscriptions are paced)
             try:
                 await burst.wait_for("data_update", key_of(name, interval), timeout=30)
@@ -243,7 +266,7 @@ async def test_a_dropped_connection_is_refilled_so_store_and_client_have_every_b
     await client.send(data(name, interval, count=5))
     init = await client.wait_for("data_init", key_of(name, interval))
     m0 = init["data"][-1]["date"]
-    await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+    await first_update(client, fake, name, interval)
     opened = fake.connections_opened
     mark = len(client.messages)
     assert fake.drop_connections() == 1
@@ -276,7 +299,7 @@ async def test_live_bars_are_written_to_the_store_with_their_final_values(
     await client.send(data(name, interval, count=3))
     init = await client.wait_for("data_init", key_of(name, interval))
     forming = init["data"][-1]["date"]  # stored as forming by the history answer
-    await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+    await first_update(client, fake, name, interval)
     fake.advance(45)  # the forming bar closes on the live stream
     await client.wait_for(
         "data_update", lambda m: key_of(name, interval)(m) and m["data"]["date"] > forming
@@ -324,7 +347,7 @@ async def test_charts_stream_from_an_exchange_emulator_that_takes_no_subscribe(
         try:
             for name in ("BTCUSDT", "ETHUSDT"):
                 await client.send(data(name, "1m", count=5))
-                update = await client.wait_for("data_update", key_of(name, "1m"), timeout=20)
+                update = await first_update(client, plain, name, "1m")
                 assert [update["data"]] == points(plain.klines(name, "1m", limit=1), name, "1m")
         finally:
             await client.close()
@@ -340,7 +363,7 @@ async def test_a_killed_provider_process_loses_no_bar_of_an_open_chart(tmp_path:
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+            await first_update(client, exchange, name, interval)
             pid = running.get("/health")["providers"]["binance"]["pid"]
             mark = len(client.messages)
             os.kill(pid, signal.SIGKILL)
@@ -377,7 +400,7 @@ async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_
         chart, other = await WsClient.open(running.ws_url), await WsClient.open(running.ws_url)
         try:
             await chart.send(data(name, "1m", count=5))
-            await chart.wait_for("data_update", key_of(name, "1m"), timeout=FIRST_UPDATE)
+            await first_update(chart, exchange, name, "1m")
             assert exchange.streams_per_connection() == {1: 1}
             spec = exchange.data.symbols.pop(name)  # delisted: gone from exchangeInfo
             await other.send(data(name, "1h", count=5, stream=False))
@@ -392,7 +415,7 @@ async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_
             again = await WsClient.open(running.ws_url)
             try:
                 await again.send(data(name, "5m", count=5))
-                update = await again.wait_for("data_update", key_of(name, "5m"), timeout=40)
+                update = await first_update(again, exchange, name, "5m")
                 assert [update["data"]] == points(exchange.klines(name, "5m", limit=1), name, "5m")
             finally:
                 await again.close()
@@ -413,7 +436,7 @@ async def test_a_data_request_of_a_delisted_symbol_gets_one_error(tmp_path: Path
         chart = await WsClient.open(running.ws_url)
         try:
             await chart.send(data(name, "1m", count=5))
-            await chart.wait_for("data_update", key_of(name, "1m"), timeout=FIRST_UPDATE)
+            await first_update(chart, exchange, name, "1m")
             del exchange.data.symbols[name]  # delisted: gone from exchangeInfo, -1121
             for interval in ("15m", "1h"):
                 client = await WsClient.open(running.ws_url)
@@ -517,7 +540,7 @@ async def test_a_rate_limited_gap_fill_lets_live_updates_go_on_and_fills_the_gap
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+            await first_update(client, exchange, name, interval)
             m0 = init["data"][-1]["date"]  # forming when the connection drops
             mark = len(client.messages)
             exchange.rate_limit(429, retry_after=limit)
@@ -580,7 +603,7 @@ async def test_a_second_drop_while_a_gap_fill_is_put_off_gets_its_bars_fetched_t
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+            await first_update(client, exchange, name, interval)
             m0 = init["data"][-1]["date"]  # forming when the connection first drops
             seen = m0
             exchange.rate_limit(429, retry_after=limit)
@@ -637,7 +660,7 @@ async def test_a_gap_put_off_is_not_stored_as_known_when_the_provider_dies_befor
         try:
             await client.send(data(name, interval, count=5))
             init = await client.wait_for("data_init", key_of(name, interval))
-            await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+            await first_update(client, exchange, name, interval)
             m0 = intervals.parse_date(init["data"][-1]["date"])  # forming when it drops
             mark = len(client.messages)
             exchange.rate_limit(429, retry_after=600)  # the fill is not allowed in this test
