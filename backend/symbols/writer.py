@@ -7,7 +7,9 @@ search words of a whole batch are found at once), while a child process runs the
 transaction (:class:`_Writer`, the parent's end of :func:`.session.serve`), so both processes
 use a core and a provider waiting on its upstream does not hold up the checks. Requests reach
 the writer as JSON (``orjson``: a batch's values are one flat list, cheaper to encode and
-decode than pickled rows); a batch is inserted a hundred rows per statement.
+decode than pickled rows); a batch is inserted a hundred rows per statement. A provider with
+fewer than ``ROWS_BEFORE_BEGIN`` rows is written by the same session in this process: the
+writer process would cost more to start than its write.
 
 Owns the writer process's parent end (its start, the requests and their replies, its close),
 the preparer thread and the course of one replace (garbage collections, progress, abort,
@@ -24,6 +26,8 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ import orjson
 
 from backend.errors import StorageError
 from backend.symbols.batches import BATCH_ROWS, ROW_VALUES, Batcher, Prepared, Shape
-from backend.symbols.session import serve
+from backend.symbols.session import Session, serve
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +48,25 @@ _GC_YOUNG_THRESHOLD = 50_000  # net allocations between young collections while 
 
 
 class _Writer:
-    """The parent's end of the writer process, for one source.
+    """The parent's end of the writer, for one source.
 
-    Requests go out through a sender thread (so that preparing the next batch never waits
-    on the pipe), one reply per request. The first batches are held back until there are
-    ``ROWS_BEFORE_BEGIN`` rows: a provider that has fewer takes the database's write lock
-    only for the time of its final write.
+    The first batches are held back until there are ``ROWS_BEFORE_BEGIN`` rows: a provider
+    that has fewer takes the database's write lock only for the time of its final write, and
+    that write runs in this process (:class:`.session.Session` here: starting the writer
+    process costs about half a second of CPU, more than such a write). From that many rows
+    on, the writer process takes over: requests go out through a sender thread (so that
+    preparing the next batch never waits on the pipe), one reply per request.
     """
 
     def __init__(self, db_path: Path, source: str) -> None:
         self._path = db_path
         self._source = source
-        requests_in, self._requests = _SPAWN.Pipe(duplex=False)
-        self._replies, replies_out = _SPAWN.Pipe(duplex=False)
-        self._process = _SPAWN.Process(
-            target=serve, args=(requests_in, replies_out, db_path), daemon=True
-        )
-        self._process.start()
-        requests_in.close()
-        replies_out.close()
+        self._here = Session(db_path)  # runs the requests until the writer process starts
+        self._process: BaseProcess | None = None
+        self._requests: Connection | None = None
+        self._replies: Connection | None = None
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._sender = threading.Thread(target=self._send_all, name="symbols-sender")
-        self._sender.start()
+        self._sender: threading.Thread | None = None
         self._waiting: deque[str] = deque()
         self._held: list[tuple[list[Shape], Prepared]] | None = []
         self.first_seq = 0
@@ -83,9 +84,10 @@ class _Writer:
             self._held.append((shapes, rows))
             if sum(len(held) for _, held in self._held) < ROWS_BEFORE_BEGIN * ROW_VALUES:
                 return
+            self._start_process()
             self._begin()
         elif rows or shapes:
-            self._request("insert", shapes, rows)
+            self._send("insert", shapes, rows)
         self._wait(_BATCHES_IN_FLIGHT)
 
     def commit(self, words: Counter[str] | None, seqs: range) -> None:
@@ -113,6 +115,9 @@ class _Writer:
 
     def close(self) -> None:
         """Stop the writer process (a transaction still open is rolled back)."""
+        self._here.close()  # (in the thread that opened it; a transaction open is rolled back)
+        if self._process is None or self._sender is None:
+            return
         self._outbox.put(orjson.dumps(("close", ())))
         self._outbox.put(None)
         self._sender.join()
@@ -120,27 +125,47 @@ class _Writer:
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
-        self._requests.close()
-        self._replies.close()
+        for end in (self._requests, self._replies):
+            if end is not None:
+                end.close()
 
     def call(self, command: str, *args: Any) -> Any:
-        """Send a request and wait for its reply (and for those of earlier requests)."""
-        self._request(command, *args)
-        return self._wait(0)
+        """Run a request and return its reply (after those of earlier requests)."""
+        value = self._send(command, *args)
+        return value if self._process is None else self._wait(0)
+
+    def _start_process(self) -> None:
+        """Hand over to a writer process: the rows are many."""
+        requests_in, self._requests = _SPAWN.Pipe(duplex=False)
+        self._replies, replies_out = _SPAWN.Pipe(duplex=False)
+        self._process = _SPAWN.Process(
+            target=serve, args=(requests_in, replies_out, self._path), daemon=True
+        )
+        self._process.start()
+        requests_in.close()
+        replies_out.close()
+        self._sender = threading.Thread(target=self._send_all, name="symbols-sender")
+        self._sender.start()
 
     def _begin(self) -> None:
         held, self._held = self._held or [], None
-        self._request("begin", self._source, self.first_seq)
+        self._send("begin", self._source, self.first_seq)
         for shapes, rows in held:
-            self._request("insert", shapes, rows)
+            self._send("insert", shapes, rows)
 
-    def _request(self, command: str, *args: Any) -> None:
+    def _send(self, command: str, *args: Any) -> Any:
+        """Run the request here (its reply), or send it to the writer process (None)."""
         try:
             request = orjson.dumps((command, args))
         except orjson.JSONEncodeError as exc:  # text that is not valid UTF-8 (a surrogate)
             raise StorageError(f"symbol database {self._path}: {command}: {exc}") from exc
+        if self._process is None:
+            # Decoded as the writer process would: the same values, the same checks.
+            status, value = self._here.run(*orjson.loads(request))
+            return self._answer(command, status, value)
         self._outbox.put(request)
         self._waiting.append(command)
+        return None
 
     def _wait(self, in_flight: int) -> Any:
         value = None
@@ -155,12 +180,16 @@ class _Writer:
             logger.debug("ignored while aborting: %s", exc)
 
     def _reply(self) -> Any:
+        if self._replies is None:
+            raise StorageError(f"symbol database {self._path}: no writer process")
         try:
             status, value = self._replies.recv()
         except (EOFError, OSError) as exc:
             self._waiting.clear()
             raise StorageError(f"symbol database {self._path}: the writer stopped") from exc
-        command = self._waiting.popleft()
+        return self._answer(self._waiting.popleft(), status, value)
+
+    def _answer(self, command: str, status: str, value: Any) -> Any:
         if status == "error":
             raise StorageError(f"symbol database {self._path}: {value}")
         if command == "insert":
@@ -170,7 +199,8 @@ class _Writer:
     def _send_all(self) -> None:
         while (data := self._outbox.get()) is not None:
             try:
-                self._requests.send_bytes(data)
+                if self._requests is not None:
+                    self._requests.send_bytes(data)
             except OSError as exc:
                 logger.debug("symbol writer is gone: %s", exc)
 
@@ -191,8 +221,8 @@ def replace_provider_rows(
     allocations (the process's thresholds are set back at the end).
     Raises :class:`StorageError` when SQLite fails.
 
-    The transaction runs in a child process (``spawn``), so a script that calls this must
-    do so under ``if __name__ == "__main__":``.
+    From ``ROWS_BEFORE_BEGIN`` rows on, the transaction runs in a child process (``spawn``),
+    so a script that calls this must do so under ``if __name__ == "__main__":``.
     """
     writer = _Writer(Path(db_path).absolute(), source)
     try:
