@@ -1,4 +1,9 @@
-"""Start Candlewire: the provider processes and the FastAPI WebSocket hub (uvicorn).
+"""What ``server.py`` runs: the provider processes and the FastAPI WebSocket hub (uvicorn).
+
+``server.py`` is only the command (and re-exports these names): the provider processes are
+started with ``spawn``, which imports the script that started the server in every one of
+them, and this module's imports (uvicorn, the hub's front door, the workers) cost each
+provider process about 0.2 s of CPU it never used.
 
     python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
                      [--role all|hub|providers] [--workers N]
@@ -406,8 +411,9 @@ def startup_failed(sock: socket.socket, workers: list[int]) -> NoReturn:
     os._exit(STARTUP_FAILED)
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """``python server.py``: :func:`main`, and 130 after Ctrl+C."""
     try:
-        sys.exit(main())
+        return main()
     except KeyboardInterrupt:  # Ctrl+C: the shutdown ran; uvicorn re-raises the signal after
-        sys.exit(130)  # it (128 + SIGINT, as a shell reports it), without a traceback
+        return 130  # it (128 + SIGINT, as a shell reports it), without a traceback

@@ -59,8 +59,9 @@ ALLOWED: dict[str, set[str]] = {
     # Compatibility re-exports of moved public names.
     "provider": {"runtime"},
 }
-# May import anything (``workers`` imports the app before it forks the hub workers).
-TOP = {"app", "__init__", "workers"}
+# May import anything (``workers`` imports the app before it forks the hub workers;
+# ``serving`` is what server.py runs).
+TOP = {"app", "__init__", "workers", "serving"}
 
 
 def _part(module: str) -> str:
