@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -46,11 +46,10 @@ from backend.api.openbb import router as openbb_router
 from backend.api.rest import router
 from backend.api.udf import router as udf_router
 from backend.api.udf_quotes import router as udf_quotes_router
-from backend.bus.hubside import factory as bus_providers
-from backend.bus.node import ProviderNode
 from backend.errors import ConfigError, StorageError
 from backend.history.store import BarStore, check_openable
 from backend.hub.alerting import Worker
+from backend.hub.handles import ProviderSetFactory
 from backend.hub.hub import Hub
 from backend.hub.metrics import CONTENT_TYPE as METRICS_TYPE
 from backend.hub.metrics import Metrics
@@ -60,6 +59,9 @@ from backend.runtime.supervisor import Supervisor
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
 from backend.ws.endpoint import serve_connection
+
+if TYPE_CHECKING:  # the bus (and redis-py) is imported only by a server that uses it
+    from backend.bus.node import ProviderNode
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
         store = await BarStore.open(settings.DB)
         indicators = build_indicators(settings.EXTRA_INDICATORS)
         logger.info("%d indicators", len(indicators))
-        providers = bus_providers if bus else Supervisor
+        providers = _bus_providers() if bus else Supervisor
         hub = Hub(settings, symbols, Metrics(), store, indicators, providers=providers)
         _guard(hub, access, settings)
         if isinstance(hub.supervisor, Supervisor):  # the provider processes are this hub's
@@ -242,8 +244,18 @@ def _add_middleware(app: FastAPI, access: Access, settings: Settings) -> None:
     add_cors(app, settings)
 
 
+def _bus_providers() -> ProviderSetFactory:
+    """The hub's providers over Redis (``BUS_URL``): :func:`backend.bus.hubside.factory`.
+    Imported here, with the bus and redis-py, only by a server that uses them."""
+    from backend.bus.hubside import factory
+
+    return factory
+
+
 async def _start_node(settings: Settings) -> ProviderNode:
     """The provider node of ``--role all`` with ``BUS_URL``: it runs beside the hub."""
+    from backend.bus.node import ProviderNode
+
     node = ProviderNode(settings)
     await node.start()
     return node
@@ -256,6 +268,8 @@ def create_node_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from backend.bus.node import ProviderNode
+
         node = ProviderNode(settings)
         app.state.node = node
         app.state.metrics = _node_metrics(node)
