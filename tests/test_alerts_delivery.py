@@ -15,8 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
-from backend.alerts.destinations import PublicResolver, origin, public_problem
+from backend.alerts.destinations import origin, public_problem
 from backend.alerts.model import Subscription, check_subscription, parse_subscription
+from backend.alerts.resolver import PublicResolver
 from backend.alerts.vapid import VapidKeys
 from backend.settings import Settings
 from tests.fakes.webpush import FakePush

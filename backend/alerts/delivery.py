@@ -23,18 +23,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from cryptography.hazmat.primitives import serialization
 from py_vapid.jwt import sign as sign_jwt
-from pywebpush import WebPusher
 
 from backend.alerts import dispatch
-from backend.alerts.destinations import PublicResolver, origin, public_problem
+from backend.alerts.destinations import origin, public_problem
 from backend.alerts.model import Subscription, check_subscription
 from backend.alerts.vapid import VapidKeys
 from backend.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,12 @@ class Delivery:
         guarded = self.public_only and not trusted
         session = self._sessions.get(guarded)
         if session is None:
+            # aiohttp and pywebpush (with requests) are imported with the first delivery:
+            # a server start that delivers nothing does not pay their 0.25 s of CPU.
+            import aiohttp
+
+            from backend.alerts.resolver import PublicResolver
+
             connector = aiohttp.TCPConnector(resolver=PublicResolver() if guarded else None)
             session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
@@ -141,6 +148,8 @@ class Delivery:
         if plaintext is None:
             logger.warning("%s: not sent, the message does not fit one push record", what)
             return Outcome.FAILED
+        from pywebpush import WebPusher  # (see _http)
+
         pusher = WebPusher(subscription.info())
         body = pusher.encode(plaintext, "aes128gcm")["body"]
         claims = {
@@ -198,6 +207,8 @@ class Delivery:
         push: bool,
         progress: Progress | None = None,
     ) -> Outcome:
+        import aiohttp  # (see _http)
+
         progress = progress or Progress()
         delay = self.backoff * 2**progress.made
         why = "no attempt left"

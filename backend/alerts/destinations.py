@@ -5,8 +5,9 @@ By default any http(s) URL with a host is a valid push endpoint or client webhoo
 push service on loopback included). With the policy on, a client-chosen URL must be
 ``https://`` and reach only public (globally routable) addresses: a host written as an
 address is checked when the alert is made, a name at every connection through
-:class:`PublicResolver`, so a name that later resolves to a private address (DNS rebinding)
-is refused too. Owns no I/O except that resolver.
+:class:`backend.alerts.resolver.PublicResolver`, so a name that later resolves to a private
+address (DNS rebinding) is refused too. Owns no I/O (the resolver, which imports aiohttp, is
+imported only by the delivery's HTTP client).
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -89,23 +87,3 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if embedded is not None and not embedded.is_global:
             return False
     return True
-
-
-class PublicResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, keeping only globally routable addresses
-    (none left: ``OSError``, a failed connection)."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        public = [r for r in found if is_public(ipaddress.ip_address(r["host"]))]
-        if not public:
-            raise OSError(f"{host} resolves to no public address (ALERT_PUSH_PUBLIC_ONLY)")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
