@@ -40,10 +40,11 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install chromium (e.g. sudo apt-get install chromium) for the browser tests"; fi; }
 
-# Three test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
-# most tests wait on real servers and sockets, so on 2 cores three workers keep both busier
-# (about 6.5 minutes against 7.5 with two, measured 2026-12-06).
-TEST_WORKERS ?= 3
+# Four test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
+# most tests wait on real servers and sockets, so on 2 cores four workers keep both busy
+# (one commit, 2026-12-06: 563 s with four, 589 s and 603 s with three; the machine was 95 %
+# busy with four).
+TEST_WORKERS ?= 4
 
 # The suite starts some 300 Python processes (servers, provider processes, populate): with
 # PYTHONDONTWRITEBYTECODE set (as on this machine) each compiled the project's

@@ -24,11 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from backend import logs
-from backend.bus.datasets import fetch_dataset
 from backend.errors import ConfigError, StorageError
 from backend.history.store import check_openable
 from backend.runtime.registry import load_provider_class
@@ -127,6 +123,8 @@ def _populate(settings: Settings, key: str, from_bus: bool = False) -> Outcome:
     try:
         with _progress(key) as progress:
             if from_bus:
+                from backend.bus.datasets import fetch_dataset  # (redis-py: only for this)
+
                 rows = replace_provider_rows(
                     settings.DB, key, fetch_dataset(settings, key, BUS_TIMEOUT_SECONDS), progress
                 )
@@ -165,6 +163,9 @@ def _progress(key: str) -> Iterator[ProgressCallback]:
 
 @contextmanager
 def _live_progress(key: str) -> Iterator[ProgressCallback]:
+    from rich.console import Console  # (only on a terminal)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
