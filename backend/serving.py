@@ -5,17 +5,9 @@ started with ``spawn``, which imports the script that started the server in ever
 them, and this module's imports (uvicorn, the hub's front door, the workers) cost each
 provider process about 0.2 s of CPU it never used.
 
-    python server.py [--host HOST] [--port PORT] [--ssl-certfile CERT --ssl-keyfile KEY]
-                     [--role all|hub|providers] [--workers N]
-
-``--port 0`` picks a free port; the URL actually listened on is printed either way.
-SIGINT/SIGTERM stop the hub and every provider process cleanly. ``--role`` (README,
-"Scale-out"): ``all`` (default) is the hub with its providers; with ``BUS_URL`` set,
-``hub`` is a hub reaching provider nodes over Redis and ``providers`` a provider node
-(``/health`` and ``/metrics`` only). ``--workers N`` (``--role hub``) runs N hub processes
-on one port (``SO_REUSEPORT``): this process is worker 1 and forks the others, starts
-again one that exits, and stops them when it stops; they stop when it dies
-(``backend.workers``).
+The command line is server.py's. ``--workers N`` (``--role hub``): this process is worker
+1 and forks the others, starts again one that exits, and stops them when it stops; they
+stop when it dies (``backend.workers``).
 
 It also owns the hub's garbage-collection policy (:func:`tune_gc`, :class:`Collector`,
 :class:`GcPauses`): rare young collections; a collection of the objects made since the
