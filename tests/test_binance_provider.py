@@ -52,20 +52,33 @@ def frozen_ms(minutes_ago: int) -> int:
     return (int(time.time()) // 60 - minutes_ago) * MINUTE_MS + 20_000
 
 
-async def first_update(
-    client: WsClient, exchange: FakeBinance, name: str, interval: str
-) -> dict[str, Any]:
-    """The key's first ``data_update`` after its ``data_init`` (both waited for here).
+async def inits_then_a_new_kline(
+    exchange: FakeBinance, *charts: tuple[WsClient, list[tuple[str, str]]]
+) -> None:
+    """Wait for the ``data_init`` of each chart's keys, then move the exchange's clock on by
+    a millisecond, so that the next kline of every stream is a new one.
 
     The exchange's clock is frozen, so a stream sends one kline and then the same kline
     again and again, which the provider drops as repeats. On a loaded machine that one kline
     can reach the hub before the history answer behind the ``data_init``: it is then in the
-    ``data_init`` (as it should be), and no ``data_update`` ever follows. Moving the clock
-    on by a millisecond once the ``data_init`` came (its updates start with it) makes the
-    next kline a new one."""
-    await client.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
+    ``data_init`` (as it should be), and no ``data_update`` ever follows. A kline made after
+    the ``data_init`` came (its updates start with it) reaches the client."""
+    for client, keys in charts:
+        for name, interval in keys:
+            await client.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
     exchange.advance(0.001)
-    return await client.wait_for("data_update", key_of(name, interval), timeout=FIRST_UPDATE)
+
+
+async def first_update(
+    client: WsClient,
+    exchange: FakeBinance,
+    name: str,
+    interval: str,
+    timeout: float = FIRST_UPDATE,
+) -> dict[str, Any]:
+    """The key's first ``data_update`` after its ``data_init`` (see inits_then_a_new_kline)."""
+    await inits_then_a_new_kline(exchange, (client, [(name, interval)]))
+    return await client.wait_for("data_update", key_of(name, interval), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +204,7 @@ async def test_live_updates_reach_every_client_over_one_upstream_connection(
     try:
         await first.send(*(data(n, i, count=5) for n, i in keys))
         await second.send(*(data(n, i, count=5) for n, i in keys[1:]))
-        for ws, wanted in ((first, keys), (second, keys[1:])):  # (see first_update)
-            for name, interval in wanted:
-                await ws.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
-        fake.advance(0.001)
+        await inits_then_a_new_kline(fake, (first, keys), (second, keys[1:]))
         for ws, wanted in ((first, keys), (second, keys[1:])):
             for name, interval in wanted:
                 update = await ws.wait_for(
@@ -226,9 +236,7 @@ async def test_bursts_of_subscribes_and_unsubscribes_are_batched_and_paced(
         mark = len(fake.ws_frames)
         for name, interval in keys:  # one client frame each: a burst of subscriptions
             await burst.send(data(name, interval, count=2))
-        for name, interval in keys:  # (see first_update)
-            await burst.wait_for("data_init", key_of(name, interval), timeout=FIRST_UPDATE)
-        fake.advance(0.001)
+        await inits_then_a_new_kline(fake, (burst, keys))
         for name, interval in keys:  # (a generous wait: the subscriptions are paced)
             try:
                 await burst.wait_for("data_update", key_of(name, interval), timeout=30)
@@ -347,7 +355,7 @@ async def test_charts_stream_from_an_exchange_emulator_that_takes_no_subscribe(
         try:
             for name in ("BTCUSDT", "ETHUSDT"):
                 await client.send(data(name, "1m", count=5))
-                update = await first_update(client, plain, name, "1m")
+                update = await first_update(client, plain, name, "1m", timeout=20)
                 assert [update["data"]] == points(plain.klines(name, "1m", limit=1), name, "1m")
         finally:
             await client.close()
@@ -415,7 +423,8 @@ async def test_a_delisted_symbol_is_dropped_upstream_its_clients_are_told_and_a_
             again = await WsClient.open(running.ws_url)
             try:
                 await again.send(data(name, "5m", count=5))
-                update = await first_update(again, exchange, name, "5m")
+                # (the symbol's listing check comes at most 30 s after the last one)
+                update = await first_update(again, exchange, name, "5m", timeout=40)
                 assert [update["data"]] == points(exchange.klines(name, "5m", limit=1), name, "5m")
             finally:
                 await again.close()
