@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -400,5 +400,43 @@ async def test_downloads_of_common_tools_are_served(tmp_path: Path) -> None:
                 init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
                 assert [row["date"] for row in init["data"]][-1] == last, name
                 assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
+        finally:
+            await ws.close()
+
+
+async def test_paging_back_one_bar_into_a_long_pause_of_a_file_finds_the_rows_before_it(
+    tmp_path: Path,
+) -> None:
+    """A minute file with two sessions 11 days apart. A ``data_history`` of 1 bar ending in
+    the pause (a short Tradiny page, or the UDF ``nextTime`` probe) walked back windows sized
+    by its count and gave up after 3.8 days of them: it got ``[]``, and the file's first
+    session stayed hidden from every later request (``data_history``, UDF)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    rows = ["date,open,high,low,close,volume"]
+    first = datetime(2026, 1, 5)
+    for start in (first, first + timedelta(days=11)):
+        for k in range(120):
+            rows.append(f"{start + timedelta(minutes=k):%Y-%m-%d %H:%M:%S},100,101,99,100.5,1")
+    (folder / "PAUSE.csv").write_text("\n".join(rows) + "\n")
+    last_before = first + timedelta(minutes=119)
+    with populated_server(
+        tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
+    ) as server:
+        ws = await WsClient.open(server.ws_url)
+        try:
+            ask = {"type": "data_history", "source": "csv", "name": "PAUSE", "interval": "1m"}
+            await ws.send(
+                {**ask, "end": f"{first + timedelta(days=10):%Y-%m-%d %H:%M:%S}", "count": 1}
+            )
+            page = await ws.wait_for("data_history")
+            assert [bar["date"] for bar in page["data"]] == [f"{last_before:%Y-%m-%d %H:%M:%S}"]
+            seen = len(ws.messages)
+            await ws.send({**ask, "end": f"{last_before:%Y-%m-%d %H:%M:%S}", "count": 300})
+            page = await ws.wait_for("data_history", after=seen)
+            assert len(page["data"]) == 120
+            t0 = int(first.replace(tzinfo=UTC).timestamp())
+            udf = server.get(f"/udf/history?symbol=csv:PAUSE&resolution=1&from={t0}&to={t0 + 600}")
+            assert udf["s"] == "ok" and udf["t"] == list(range(t0, t0 + 600, 60))
         finally:
             await ws.close()

@@ -160,3 +160,24 @@ async def test_a_quiet_stretch_after_the_newest_bar_held_does_not_hide_the_bars_
         "2026-03-06 15:00:00",
         "2026-03-06 16:00:00",
     ]
+
+
+async def test_a_small_count_does_not_end_the_history_at_a_pause_of_a_few_days() -> None:
+    """A ``data_history`` of 1 minute bar (as the UDF ``nextTime`` probe asks) ending 11 days
+    into a pause of the data: the empty windows walked back were sized by the count (1 to
+    4,096 minutes: 3.8 days in all), and after 7 of them the series was marked as having
+    nothing older for good: this and every later request before the pause, of any count,
+    got no bars."""
+    key = SeriesId("fake", "ACME", "1m")
+    session = range(LISTED + 9 * 3600, LISTED + 16 * 3600, 60)  # one day of minutes, then none
+
+    async def minutes(key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
+        stop = NOW if end is None else min(end, NOW)
+        return [(t, 1.0, 2.0, 0.5, 1.5, 1.0) for t in session if start <= t <= stop]
+
+    plan = planner(FakeProvider())
+    plan.fetch = minutes
+    in_the_pause = LISTED + 11 * 86400
+    assert [bar[0] for bar in (await plan.before(key, in_the_pause, 1)).bars] == [session[-1]]
+    answer = await plan.before(key, in_the_pause, 300)
+    assert [bar[0] for bar in answer.bars] == list(session[-300:])

@@ -36,6 +36,11 @@ Persists = Callable[[str], Awaitable[bool]]
 TAIL_FRESH_SECONDS = 1.0
 MAX_EMPTY_WINDOWS = 7
 WIDEN_FACTOR = 4
+# Bars a window walked back holds at least, whatever the count asked: the empty windows
+# before "nothing older" reach MIN_WINDOW_BARS * 5,461 bars back (3 years of minutes). Sized
+# by a count of 1 (the UDF nextTime probe, a short data_history), they reached 3.8 days of
+# minute bars, and a pause of the data longer than that ended the history for good.
+MIN_WINDOW_BARS = 300
 MAX_FETCHES_PER_REQUEST = 16
 
 
@@ -262,12 +267,14 @@ class HistoryPlanner:
             if fetches >= MAX_FETCHES_PER_REQUEST:
                 logger.warning("%s: gave up after %d history fetches", series.key, fetches)
                 return
-            need = count - collected
-            start = max(0, cursor - step * need * widen + 1)
+            window = max(count - collected, MIN_WINDOW_BARS) * widen  # bars it can hold
+            start = max(0, cursor - step * window + 1)
             lower = series.coverage.end_before(cursor)
             if lower is not None:
                 start = max(start, lower + 1)
-            bars = await self.fetch(series.key, start, cursor, need)
+            # The window's size as the count: a provider that keeps at most ``count`` bars
+            # (README's example) answers all of it, which is then recorded as covered.
+            bars = await self.fetch(series.key, start, cursor, window)
             bars = self._not_future(series.key, bars, cursor)
             fetches += 1
             series.merge(bars)
