@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from backend.errors import ProviderUnavailable
 from backend.history.cache import BarCache
-from backend.history.planner import HistoryPlanner
+from backend.history.planner import Fetch, HistoryPlanner
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
@@ -181,3 +182,70 @@ async def test_a_small_count_does_not_end_the_history_at_a_pause_of_a_few_days()
     assert [bar[0] for bar in (await plan.before(key, in_the_pause, 1)).bars] == [session[-1]]
     answer = await plan.before(key, in_the_pause, 300)
     assert [bar[0] for bar in answer.bars] == list(session[-300:])
+
+
+def month_fetch(now: list[int]) -> Fetch:
+    """Month bars up to ``now[0]``, the forming one with the hours traded so far as volume."""
+
+    async def months(key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
+        stop = now[0] if end is None else min(end, now[0])
+        bars: list[Bar] = []
+        t = intervals.floor(start, "1M")
+        t = t if t >= start else intervals.next_open(t, "1M")
+        while t <= stop:
+            hours = (min(intervals.next_open(t, "1M"), now[0]) - t) / 3600
+            bars.append((t, 1.0, 2.0, 0.5, 1.5, hours))
+            t = intervals.next_open(t, "1M")
+        return bars
+
+    return months
+
+
+def month_planner(now: list[int]) -> tuple[HistoryPlanner, Callable[[str], None]]:
+    """A planner of month bars, and a function that moves its clock (and the upstream's)."""
+    clocks = Clocks()
+
+    def at(text: str) -> None:
+        now[0] = intervals.parse_date(text)
+        clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=now[0], speed=0.0))
+
+    return HistoryPlanner(BarCache(), month_fetch(now), clocks), at
+
+
+async def test_a_month_bar_is_not_taken_as_forming_in_the_first_days_of_the_next_month() -> None:
+    """A month counted as 43,800 minutes (30.4 days): a streamed data_init on 2 March, whose
+    newest bar held was February's (fetched forming on 27 February), took February's bar as
+    the forming one until 3 March 10:00 and answered it with its values of the 27th and
+    without March's bar."""
+    key = SeriesId("fake", "ACME", "1M")
+    plan, at = month_planner([0])
+    at("2026-02-27 12:00:00")
+    first = await plan.latest(key, 3, streaming=False)
+    assert first.series is not None
+    first.series.tail_fetched_at = 0.0  # later: that tail is not fresh any more
+    at("2026-03-02 12:00:00")
+    answer = await plan.latest(key, 3, streaming=True)
+    assert [(intervals.format_date(bar[0]), bar[5]) for bar in answer.bars] == [
+        ("2026-01-01 00:00:00", 31 * 24.0),
+        ("2026-02-01 00:00:00", 28 * 24.0),
+        ("2026-03-01 00:00:00", 36.0),
+    ]
+
+
+async def test_a_month_bar_forming_late_in_a_long_month_is_not_stored_as_closed() -> None:
+    """On 31 March 20:00 a page ending 1 March 05:00 was not taken as reaching the present
+    (``now - 30.4 days`` is 1 March 10:00): March's bar, forming, was counted as known, and
+    in April the tail was fetched from after it: March kept its values of the 31st."""
+    key = SeriesId("fake", "ACME", "1M")
+    plan, at = month_planner([0])
+    at("2026-03-31 20:00:00")
+    page = await plan.before(key, intervals.parse_date("2026-03-01 05:00:00"), 1)
+    assert [bar[5] for bar in page.bars] == [30 * 24 + 20.0]
+    assert page.series is not None
+    page.series.tail_fetched_at = 0.0
+    at("2026-04-02 00:00:00")
+    answer = await plan.latest(key, 2, streaming=False)
+    assert [(intervals.format_date(bar[0]), bar[5]) for bar in answer.bars] == [
+        ("2026-03-01 00:00:00", 31 * 24.0),
+        ("2026-04-01 00:00:00", 24.0),
+    ]

@@ -41,6 +41,7 @@ WIDEN_FACTOR = 4
 # by a count of 1 (the UDF nextTime probe, a short data_history), they reached 3.8 days of
 # minute bars, and a pause of the data longer than that ended the history for good.
 MIN_WINDOW_BARS = 300
+LONGEST_MONTH = 32 * 86_400  # 31 days, and a daylight saving hour of a local calendar
 MAX_FETCHES_PER_REQUEST = 16
 
 
@@ -201,13 +202,13 @@ class HistoryPlanner:
 
     def _needs_tail(self, series: Series, now: int, end_t: int, streaming: bool) -> bool:
         step = intervals.nominal_seconds(series.key.interval)
-        if end_t < now - step or _fresh(series):
+        if end_t < now - _longest(series.key.interval) or _fresh(series):
             return False
         newest = series.newest
         if (
             streaming
             and newest is not None
-            and newest + step > now
+            and _next_open(newest, series.key.interval, step) > now
             and series.coverage.span_at(newest - 1) is not None
         ):
             # The stored newest bar is still the current one and the stream that starts now
@@ -226,7 +227,7 @@ class HistoryPlanner:
         bars = self._not_future(series.key, await self.fetch(series.key, start, None, count), start)
         series.merge(bars, keep_newer_than_seq=seq)
         # The newest bar of a window that reaches "now" may still change: not covered.
-        covered_to = bars[-1][0] - 1 if bars else now - step
+        covered_to = bars[-1][0] - 1 if bars else now - _longest(series.key.interval)
         series.coverage.add(start, covered_to)
         series.tail_fetched_at = time.monotonic()
         # Known empty after the newest bar from here: the window's start, or the newest bar
@@ -279,7 +280,7 @@ class HistoryPlanner:
             fetches += 1
             series.merge(bars)
             # A window that reaches the present ends in a bar that may still change.
-            reaches_now = cursor > now - step and bool(bars)
+            reaches_now = cursor > now - _longest(series.key.interval) and bool(bars)
             series.coverage.add(start, bars[-1][0] - 1 if reaches_now else cursor)
             if series.count_between(start, cursor) == 0:
                 empties += 1
@@ -317,6 +318,24 @@ class HistoryPlanner:
             return
         self.store.put_bars(series.key, bars, forming_t)
         self.store.put_coverage(series.key, series.coverage.spans(), series.exhausted_before)
+
+
+def _longest(interval: str) -> int:
+    """The longest a bar of ``interval`` lasts: the bar forming now opened less than this
+    before now. A month's nominal 30.4 days fall short of a month of 31: on 31 March 20:00
+    a window ending 1 March 05:00 did not count as reaching the forming bar, which was then
+    recorded as known (and stored) with its values of that moment."""
+    return LONGEST_MONTH if interval == "1M" else intervals.nominal_seconds(interval)
+
+
+def _next_open(t: int, interval: str, step: int) -> int:
+    """When the bar after the one opening at ``t`` opens, at the latest: a month is not
+    ``step`` (30.4 days) long, and on the first days of a month after a shorter one (into 3
+    March 10:00 after February) ``t + step`` took the month before as still forming. The 1st
+    at 00:00 UTC is no later than a month an upstream opens at local midnight west of UTC."""
+    if interval == "1M":
+        return min(t + step, intervals.next_open(t, interval))
+    return t + step
 
 
 def _fresh(series: Series) -> bool:
