@@ -201,15 +201,24 @@ def month_fetch(now: list[int]) -> Fetch:
     return months
 
 
-def month_planner(now: list[int]) -> tuple[HistoryPlanner, Callable[[str], None]]:
-    """A planner of month bars, and a function that moves its clock (and the upstream's)."""
+def month_planner(
+    now: list[int], calls: list[int] | None = None
+) -> tuple[HistoryPlanner, Callable[[str], None]]:
+    """A planner of month bars, and a function that moves its clock (and the upstream's);
+    the start of every provider call goes to ``calls``."""
     clocks = Clocks()
+    months = month_fetch(now)
+
+    async def fetch(key: SeriesId, start: int, end: int | None, count: int) -> list[Bar]:
+        if calls is not None:
+            calls.append(start)
+        return await months(key, start, end, count)
 
     def at(text: str) -> None:
         now[0] = intervals.parse_date(text)
         clocks.set("fake", Clock(None, origin_wall=0.0, origin_data=now[0], speed=0.0))
 
-    return HistoryPlanner(BarCache(), month_fetch(now), clocks), at
+    return HistoryPlanner(BarCache(), fetch, clocks), at
 
 
 async def test_a_month_bar_is_not_taken_as_forming_in_the_first_days_of_the_next_month() -> None:
@@ -249,3 +258,20 @@ async def test_a_month_bar_forming_late_in_a_long_month_is_not_stored_as_closed(
         ("2026-03-01 00:00:00", 31 * 24.0),
         ("2026-04-01 00:00:00", 24.0),
     ]
+
+
+async def test_a_page_ending_in_the_last_month_before_the_forming_one_asks_the_provider_twice() -> (
+    None
+):
+    """On 31 March 20:00 a page ending 28 February (in the last 32 days: it may hold the
+    forming bar) ends in a bar not counted as known: the walk went on from the page's end,
+    still not known, and asked the provider for that month 16 times over."""
+    calls: list[int] = []
+    plan, at = month_planner([0], calls)
+    at("2026-03-31 20:00:00")
+    key = SeriesId("fake", "ACME", "1M")
+    page = await plan.before(key, intervals.parse_date("2026-02-28 12:00:00"), 1)
+    assert [(intervals.format_date(bar[0]), bar[5]) for bar in page.bars] == [
+        ("2026-02-01 00:00:00", 28 * 24.0)
+    ]
+    assert len(calls) <= 2  # the tail, and the window of the page

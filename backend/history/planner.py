@@ -292,6 +292,11 @@ class HistoryPlanner:
             else:
                 empties = 0
             self._persist(series, bars)
+            if reaches_now:
+                # Its last bar is counted but not covered: walk on from before it (or the
+                # cursor, still not covered, was asked for again up to 16 times).
+                collected += series.count_between(bars[-1][0], cursor)
+                cursor = bars[-1][0] - 1
 
     def _not_future(self, key: SeriesId, bars: list[Bar], asked: int) -> list[Bar]:
         """``bars`` (oldest first) of a window asked up to ``asked`` (its end, or its start
