@@ -280,6 +280,32 @@ async def test_indicator_history_pages_back_like_data_history(client: WsClient) 
     assert got[first] == pytest.approx(values(shown, "SMA")[first], rel=1e-12)
 
 
+async def test_a_running_total_is_the_same_line_on_every_page(client: WsClient) -> None:
+    # OBV adds each bar to the value before it: a page computed from its own first bars
+    # starts a new total there, and the line jumps where two pages meet on the chart.
+    chart_id = "obv_AAA_1h"
+    data_map = {"close": column("AAA", "1h"), "volume": column("AAA", "1h", "volume")}
+    await client.send(data("AAA", count=5000, stream=False))
+    bars = await client.wait_for("data_init", same_key("AAA", "1h"))
+    price, volume = closes(bars, "counting-AAA-1h"), closes(bars, "counting-AAA-1h", "volume")
+    dates = sorted(price)
+    assert 700 <= len(dates) < 5000  # the whole series fits the warm-up
+    await client.send(indicator("talib.volume.OBV", chart_id, {}, data_map, count=100))
+    shown = await client.wait_for("indicator_init", same_id(chart_id))
+    first = shown["data"][0]["date"]
+    start = dates[dates.index(first) - 100]
+    page = indicator("talib.volume.OBV", chart_id, {}, data_map, "indicator_history")
+    await client.send(page | {"range": [start, dates[-1]], "end": first})
+    reply = await client.wait_for("indicator_history", same_id(chart_id))
+    older = values(reply, "OBV")
+    assert older[first] == values(shown, "OBV")[first]  # the pages meet without a jump
+    batch = talib.OBV(np.array([price[d] for d in dates]), np.array([volume[d] for d in dates]))
+    want = dict(zip(dates, batch.tolist(), strict=True))
+    got = older | values(shown, "OBV")
+    for date in sorted(got)[:-1]:  # the forming bar moves
+        assert got[date] == pytest.approx(want[date], rel=1e-9)
+
+
 # ---------------------------------------------------------------- live
 
 

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded tail (VWAP, SAR, ...)
+FULL_WARMUP_BARS = 5000  # warm-up of indicators without a bounded one (VWAP, SAR, OBV, ...)
 MAX_LIVE_PER_CLIENT = 200  # streamed indicator instances per connection
 
 
@@ -249,7 +249,7 @@ class Indicating:
         ``MAX_COUNT`` too: an indicator that needs more is ``not_enough_history``), so that
         every row but those before the first bar of the series has its value."""
         limit = self.hub.settings.MAX_COUNT
-        warmup = min(bound.tail_size() or FULL_WARMUP_BARS, limit)
+        warmup = min(bound.warmup_size() or FULL_WARMUP_BARS, limit)
         if request.since is None:
             return min(request.count, limit) + warmup
         end = request.until

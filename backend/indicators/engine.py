@@ -89,6 +89,16 @@ class BoundIndicator:
             return self.lookback + margin + 1
         return self.lookback + WINDOW_MARGIN + 1
 
+    def warmup_size(self) -> int | None:
+        """Bars before a history reply's first row that give its rows their values over the
+        whole series; ``None``: the whole history. A running total (``ADDITIVE``) has no
+        bounded warm-up: summed from a page's own first bars, each page of a chart would
+        start a new total, and the line would jump where two pages meet. (Live, a short
+        tail shifted onto a known value suffices: :class:`LiveComputation`.)"""
+        if self.indicator.memory_for(dict(self.inputs)) is Memory.ADDITIVE:
+            return None
+        return self.tail_size()
+
 
 @dataclass
 class Computed:
