@@ -116,6 +116,26 @@ async def test_an_indicator_rule_fetches_only_the_bounded_tail_it_needs(
     assert sent[-1]["scanned"] == 3
 
 
+async def test_a_running_total_rule_reads_as_much_history_as_a_path_dependent_one(
+    indicators: Indicators,
+) -> None:
+    # OBV's level is summed over the bars read: over its 4-bar live tail, a rule "OBV > x"
+    # compared a level of its own with x, not the one the chart shows.
+    label = "OBV"
+    series = {"source": "csv", "name": "T", "interval": "1h"}
+    data_map = {"close": series | {"value": "csv-T-1h-close"},
+                "volume": series | {"value": "csv-T-1h-volume"}}  # fmt: skip
+    obv = {"id": "talib.volume.OBV", "name": "OBV"}
+    config = {"indicator": {"id": "obv", "indicator": obv, "inputs": {}, "dataMap": data_map}}
+    rule = {"type1": "indicator", "indicator1": label, "output1": "OBV",
+            "comparator": ">", "type2": "value", "value2": "0"}  # fmt: skip
+    store = Store()
+    rules = parse_rule_set([rule], [], {label: config})
+    _, sent = await scan(rules, universe(2), store, indicators)
+    assert {n for _, n in store.asked} == {1001}  # FULL_HISTORY_BARS + the previous bar
+    assert sent[-1]["scanned"] == 2
+
+
 async def test_a_rule_reads_at_most_max_bars_and_refuses_an_indicator_that_needs_more(
     indicators: Indicators,
 ) -> None:

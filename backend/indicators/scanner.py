@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 AsyncFetch = Callable[[SeriesId, int], Awaitable[Sequence[Bar]]]
 """``fetch(series, n)``: the last ``n`` bars of ``series`` (fewer if there are not)."""
 Emit = Callable[[dict[str, Any]], None]
-FULL_HISTORY_BARS = 1000  # for indicators without a bounded tail (VWAP, SAR, ...)
+FULL_HISTORY_BARS = 1000  # for indicators without a bounded warm-up (VWAP, SAR, OBV, ...)
 MAX_RULE_BARS = 10_000  # bars a rule reads per series at most (the hub passes its MAX_COUNT)
 _FIELD_INDEX = {name: index + 1 for index, name in enumerate(FIELDS)}
 
@@ -245,7 +245,9 @@ def _bars_needed(
             needed[operand.series] = max(needed.get(operand.series, 0), 2)
         elif isinstance(operand, IndicatorOperand):
             indicator = bound[id(operand)]
-            count = (indicator.tail_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
+            # a running total's level (OBV, AD) is summed over what is read: as much as a
+            # path-dependent one's (its short live tail would give a level of its own)
+            count = (indicator.warmup_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
             count = min(count, max_bars)
             for series in indicator.series:
                 needed[series] = max(needed.get(series, 0), count)
