@@ -7,17 +7,30 @@ new stream's first update was of the next bar, and the partial bar became a clos
 the cache, of every later ``data_init`` and of ``/api/history``, with values no history of
 the provider has. The hub now refills from that bar (as after a provider restart): its
 clients get its final values as a ``data_update`` before the next bar's.
+
+The same when a stream had updated the bar and stopped (its last chart closed), and a new
+chart got the bar half made just before it closed: the new stream's first kline was of the
+next bar, and the hub took the bar as one its stream had updated (Binance, end to end).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests import harness
-from tests.harness import ServerProcess, WsClient, populated_server, same_key
+from tests.fakes.binance import FakeBinance
+from tests.harness import (
+    ServerProcess,
+    WsClient,
+    base_env,
+    populate,
+    populated_server,
+    same_key,
+)
 
 AAA = {"type": "data", "source": "late", "name": "AAA", "interval": "1m", "count": 5}
 
@@ -62,3 +75,49 @@ async def test_a_forming_bar_closed_unseen_by_the_stream_gets_its_final_values(
         assert not client.of_type("error")
     finally:
         await client.close()
+
+
+async def test_a_bar_a_stopped_stream_had_updated_gets_its_final_values(tmp_path: Path) -> None:
+    minute = (int(time.time()) // 60 - 6) * 60  # the exchange's clock: frozen, behind ours
+    with FakeBinance(now_ms=minute * 1000 + 20_000, push_interval=0.2) as exchange:
+        env = base_env(
+            tmp_path,
+            PROVIDERS="binance",
+            BINANCE_API_URL=exchange.api_url,
+            BINANCE_STREAM_URL=exchange.stream_url,
+            STREAM_LINGER_SECONDS="0.3",
+        )
+        assert populate(env).returncode == 0
+        with ServerProcess(env, tmp_path / "server.log") as server:
+            btc = {"type": "data", "source": "binance", "name": "BTCUSDT", "interval": "1m"}
+            date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(minute))
+            first = await WsClient.open(server.ws_url)
+            await first.send(btc | {"count": 3})
+            await first.wait_for("data_init", timeout=30)
+            exchange.advance(0.001)  # a kline the stream has not sent yet
+            await first.wait_for("data_update", lambda m: m["data"]["date"] == date, timeout=30)
+            await first.close()  # the stream stops: its last update of the bar is as of :20
+            harness.until(lambda: exchange.open_connections == 0, what="the stream stopped")
+            exchange.advance(30)
+            exchange.go_silent(5)  # the new stream's first kline comes after the bar closed
+            chart = await WsClient.open(server.ws_url)
+            try:
+                await chart.send(btc | {"count": 3})
+                init = await chart.wait_for("data_init", timeout=30)
+                assert init["data"][-1]["date"] == date  # forming, as of :50
+                exchange.advance(30)  # it closes; the next bar forms
+                rows = exchange.klines("BTCUSDT", "1m", start_time=minute * 1000, limit=2)
+                fields = ("open", "high", "low", "close", "volume")
+                final = {"date": date} | {
+                    f"binance-BTCUSDT-1m-{f}": float(v)
+                    for f, v in zip(fields, rows[0][1:6], strict=True)
+                }
+                assert final != init["data"][-1]
+                after = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(minute + 60))
+                await chart.wait_for("data_update", lambda m: m["data"]["date"] == after)
+                updates = [m["data"] for m in chart.of_type("data_update")]
+                assert updates[0] == final  # before the next bar's
+                history = server.get("/api/history?source=binance&name=BTCUSDT&interval=1m&count=3")
+                assert final in history["data"]
+            finally:
+                await chart.close()

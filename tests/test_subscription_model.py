@@ -181,7 +181,14 @@ class HubAgainstModel(RuleBasedStateMachine):
         events: list[WireEvent] = [
             (k.name, k.interval, (t, 1.0, 2.0, 0.5, 1.5, 10.0), False) for k in KEYS
         ]
-        self.hub.on_provider_events(SOURCE, events)
+
+        async def arrive() -> None:
+            self.hub.on_provider_events(SOURCE, events)
+            # A key whose stream stopped and started again opens a bar newer than the one
+            # it left forming: that one is refilled first (and the new bar follows).
+            await asyncio.gather(*self.hub.refills.tasks)
+
+        self.loop.run_until_complete(arrive())
         for client_id in self.held:
             client = self.hub.clients[client_id]
             updated = {about(m) for m in taken(client) if m["type"] == "data_update"}

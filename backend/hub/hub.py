@@ -392,6 +392,10 @@ class Hub:
         if series is not None:
             series.live = False
             series.epoch += 1
+            # What the stopped stream updated says nothing of the next stream: a bar it
+            # left forming may close before the next one's first kline (``Fanout._on_bar``
+            # refills it then, instead of keeping it half made).
+            series.live_t = None
 
     # ------------------------------------------------------------------ providers
 
