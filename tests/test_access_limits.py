@@ -215,7 +215,9 @@ def test_an_http_request_over_the_upstream_budget_is_429_with_retry_after(
     server is down") without ``Retry-After``. A refused quote says why, not "no data" (this
     test comes before the tier tests, which leave the daily bars of CCC cached)."""
     answers = []
-    for hours in range(40, 44):  # windows nobody asked for: each costs an upstream call
+    # windows nobody asked for: each costs an upstream call (a window the planner fetches
+    # holds at least 300 bars, 25 hours of 5m: they are 30 hours apart)
+    for hours in range(40, 160, 30):
         t = int(time.time()) // 3600 * 3600 - hours * 3600
         end = urllib.parse.quote(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)))
         path = f"/api/history?source=counting&name=AAA&interval=5m&count=1&end={end}"
@@ -325,12 +327,13 @@ async def test_the_jwt_tier_claim_sets_the_request_rate_and_subscription_limit(
 
 async def test_the_jwt_tier_claim_sets_the_upstream_budget(server: ServerProcess) -> None:
     meagre = await open_socket(server, "meagre-client", tier="meagre")
-    before = fetches(server, "CCC", "15m")
+    before = fetches(server, "CCC", "3m")
     started = time.monotonic()
-    await meagre.send(*(history("CCC", "15m", hours) for hours in range(10, 30)))
+    # 20 windows nobody asked for (the planner's hold at least 300 bars, 15 hours of 3m)
+    await meagre.send(*(history("CCC", "3m", hours) for hours in range(10, 330, 16)))
     await eventually(lambda: len(meagre.of_type("data_history")) == 20, 20, "every answer")
     elapsed = time.monotonic() - started
-    caused = fetches(server, "CCC", "15m") - before
+    caused = fetches(server, "CCC", "3m") - before
     assert caused <= MEAGRE_BURST + MEAGRE_RATE * elapsed + 2, (caused, elapsed)
     assert rate_errors(meagre)
     # The default tier's budget (200 at once) serves the same kind of burst in full.
