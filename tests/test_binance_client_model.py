@@ -163,9 +163,7 @@ async def test_every_chart_holds_the_exchange_klines_through_faults(tmp_path: Pa
         exchange.set_time(int(time.time() * 1000), frozen=False)  # it runs with the wall clock
         env = base_env(
             tmp_path,
-            PROVIDERS="binance",
-            BINANCE_API_URL=exchange.api_url,
-            BINANCE_STREAM_URL=exchange.stream_url,
+            **exchange.settings,
             HISTORY_TIMEOUT="6",
             STREAM_LINGER_SECONDS="0.3",
         )

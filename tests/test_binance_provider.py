@@ -93,9 +93,7 @@ def fake() -> Iterator[FakeBinance]:
 def env(fake: FakeBinance, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return base_env(
         tmp_path_factory.mktemp("binance"),
-        PROVIDERS="binance",
-        BINANCE_API_URL=fake.api_url,
-        BINANCE_STREAM_URL=fake.stream_url,
+        **fake.settings,
         HISTORY_TIMEOUT=str(HISTORY_TIMEOUT),
         STREAM_LINGER_SECONDS="0.3",
     )
@@ -335,9 +333,7 @@ def own_exchange(tmp_path: Path, **fake: Any) -> Iterator[tuple[FakeBinance, Ser
     with FakeBinance(**fake) as exchange:
         env = base_env(
             tmp_path,
-            PROVIDERS="binance",
-            BINANCE_API_URL=exchange.api_url,
-            BINANCE_STREAM_URL=exchange.stream_url,
+            **exchange.settings,
         )
         assert populate(env).returncode == 0
         with ServerProcess(env, tmp_path / "server.log") as running:
@@ -478,9 +474,7 @@ def test_a_symbol_that_stops_trading_is_found_by_the_listing_check_and_resumed_a
     events: list[Any] = []
     with FakeBinance(now_ms=frozen_ms(10), push_interval=0.1) as fake:
         provider = BinanceProvider()
-        settings = config.load_settings(
-            PROVIDERS="binance", BINANCE_API_URL=fake.api_url, BINANCE_STREAM_URL=fake.stream_url
-        )
+        settings = config.load_settings(**fake.settings)
         provider._attach("binance", settings, events.append)
         provider.init()
         try:
@@ -1114,9 +1108,7 @@ def test_a_transient_failure_is_retried_within_the_deadline(status: int, body: s
 def test_provider_history_is_empty_before_the_listing_and_names_unknown_symbols() -> None:
     with FakeBinance(now_ms=frozen_ms(0)) as fake, thread_event_loop():
         provider = BinanceProvider()
-        settings = config.load_settings(
-            PROVIDERS="binance", BINANCE_API_URL=fake.api_url, BINANCE_STREAM_URL=fake.stream_url
-        )
+        settings = config.load_settings(**fake.settings)
         provider._attach("binance", settings, lambda event: None)
         listed = intervals.format_date(DEFAULT_LISTED_AT // 1000)
         try:

@@ -82,9 +82,7 @@ async def test_a_bar_a_stopped_stream_had_updated_gets_its_final_values(tmp_path
     with FakeBinance(now_ms=minute * 1000 + 20_000, push_interval=0.2) as exchange:
         env = base_env(
             tmp_path,
-            PROVIDERS="binance",
-            BINANCE_API_URL=exchange.api_url,
-            BINANCE_STREAM_URL=exchange.stream_url,
+            **exchange.settings,
             STREAM_LINGER_SECONDS="0.3",
         )
         assert populate(env).returncode == 0

@@ -42,9 +42,7 @@ def fake() -> Iterator[FakeBinance]:
 def server(fake: FakeBinance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = base_env(
         tmp_path_factory.mktemp("frames"),
-        PROVIDERS="binance",
-        BINANCE_API_URL=fake.api_url,
-        BINANCE_STREAM_URL=fake.stream_url,
+        **fake.settings,
         HISTORY_TIMEOUT="6",
         STREAM_LINGER_SECONDS="0.3",
     )

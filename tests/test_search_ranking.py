@@ -376,9 +376,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with FakeBinance([spec(*listed) for listed in BINANCE], push_interval=0.5) as fake:
         env = base_env(
             tmp,
-            PROVIDERS="binance",
-            BINANCE_API_URL=fake.api_url,
-            BINANCE_STREAM_URL=fake.stream_url,
+            **fake.settings,
         )
         result = populate(env)
         assert result.returncode == 0, result.stderr

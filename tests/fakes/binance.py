@@ -277,6 +277,16 @@ class FakeBinance:
         """Value for ``binance.ws.streams.BinanceSocketManager.STREAM_URL``."""
         return f"ws://{self.host}:{self.port}/"
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The settings of a server (or provider) whose only provider is Binance on this
+        fake: ``PROVIDERS``, ``BINANCE_API_URL`` and ``BINANCE_STREAM_URL``."""
+        return {
+            "PROVIDERS": "binance",
+            "BINANCE_API_URL": self.api_url,
+            "BINANCE_STREAM_URL": self.stream_url,
+        }
+
     def start(self) -> Self:
         """Bind the port and start serving in a background thread."""
         if self._thread is not None:
