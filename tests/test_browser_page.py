@@ -73,17 +73,16 @@ def bar_count(page: Page, chart: int = 0) -> int:
     return count
 
 
+ON_SCREEN = """sel => { const el = document.querySelector(sel);
+    if (!el || !el.checkVisibility()) return false;
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && r.left >= 0 && r.top >= 0
+        && r.right <= innerWidth && r.bottom <= innerHeight; }"""
+
+
 def on_screen(page: Page, selector: str) -> bool:
     """The element is displayed and lies entirely inside the viewport."""
-    inside: bool = js(
-        page,
-        """sel => { const el = document.querySelector(sel);
-            if (!el || !el.checkVisibility()) return false;
-            const r = el.getBoundingClientRect();
-            return r.width > 0 && r.left >= 0 && r.top >= 0
-                && r.right <= innerWidth && r.bottom <= innerHeight; }""",
-        selector,
-    )
+    inside: bool = js(page, ON_SCREEN, selector)
     return inside
 
 
@@ -750,7 +749,8 @@ def test_the_header_shows_a_countdown_the_source_and_the_description(
         timeout=seconds(5) * MS,
     )
     browsing.text_once(page.locator(".panel-label"), "AAA test instrument", "counting")
-    assert on_screen(page, ".panel .countdown")
+    # on screen; from a bar's close until the next bar comes it is empty (of no width)
+    page.wait_for_function(ON_SCREEN, arg=".panel .countdown", timeout=seconds(5) * MS)
     shot(page, "countdown", viewport)
     open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
     browsing.text_once(page.locator(".panel-label"), "csv")
