@@ -79,9 +79,14 @@ class BoundIndicator:
     def series(self) -> tuple[SeriesId, ...]:
         return tuple(dict.fromkeys(binding.series for binding in self.bindings))
 
+    @functools.cached_property
+    def memory(self) -> Memory:
+        """How far back its values depend on the bars, with these inputs."""
+        return self.indicator.memory_for(dict(self.inputs))
+
     def tail_size(self) -> int | None:
         """Bars per series that the live value needs; ``None``: the whole history."""
-        memory = self.indicator.memory_for(dict(self.inputs))
+        memory = self.memory
         if memory is Memory.FULL:
             return None
         if memory is Memory.DECAYING:
@@ -95,7 +100,7 @@ class BoundIndicator:
         bounded warm-up: summed from a page's own first bars, each page of a chart would
         start a new total, and the line would jump where two pages meet. (Live, a short
         tail shifted onto a known value suffices: :class:`LiveComputation`.)"""
-        if self.indicator.memory_for(dict(self.inputs)) is Memory.ADDITIVE:
+        if self.memory is Memory.ADDITIVE:
             return None
         return self.tail_size()
 
