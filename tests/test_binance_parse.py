@@ -20,8 +20,10 @@ from backend.data_providers.binance.parse import (
     parse_query_time,
     parse_stream_name,
     price_precision,
+    rest_base,
     row_to_bar,
     rows_to_bars,
+    stream_base,
     stream_message,
     stream_name,
 )
@@ -205,3 +207,34 @@ def test_retry_after_is_a_finite_number_of_seconds_and_at_most_the_longest_ban(
 ) -> None:
     response = SimpleNamespace(headers={} if header is None else {"Retry-After": header})
     assert rest._retry_after(response, 10.0) == seconds
+
+
+@pytest.mark.parametrize(
+    ("given", "rest"),
+    [
+        ("https://api.binance.com/api", "https://api.binance.com/api"),
+        ("https://api.binance.com/api/", "https://api.binance.com/api"),
+        ("https://api.binance.com", "https://api.binance.com/api"),
+        ("https://api.binance.com/", "https://api.binance.com/api"),
+        ("https://api.binance.com/api/v3", "https://api.binance.com/api"),
+        ("http://127.0.0.1:8080/relay/binance/api", "http://127.0.0.1:8080/relay/binance/api"),
+    ],
+)
+def test_the_rest_base_is_taken_in_our_form_and_in_binances(given: str, rest: str) -> None:
+    assert rest_base(given) == rest
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("wss://stream.binance.com:9443/", "wss://stream.binance.com:9443"),
+        ("wss://stream.binance.com:9443", "wss://stream.binance.com:9443"),
+        ("wss://stream.binance.com:9443/ws", "wss://stream.binance.com:9443"),
+        ("wss://stream.binance.com:9443/ws/", "wss://stream.binance.com:9443"),
+        ("wss://stream.binance.com:9443/stream", "wss://stream.binance.com:9443"),
+        ("wss://data-stream.binance.vision/stream?streams=", "wss://data-stream.binance.vision"),
+        ("ws://127.0.0.1:9000/relay/", "ws://127.0.0.1:9000/relay"),
+    ],
+)
+def test_the_stream_base_drops_a_ws_or_stream_path(given: str, base: str) -> None:
+    assert stream_base(given) == base

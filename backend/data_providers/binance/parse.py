@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from backend.model import intervals
 from backend.model.bars import Bar, to_number
@@ -31,8 +32,10 @@ __all__ = [
     "parse_query_time",
     "parse_stream_name",
     "price_precision",
+    "rest_base",
     "row_to_bar",
     "rows_to_bars",
+    "stream_base",
     "stream_message",
     "stream_name",
 ]
@@ -72,6 +75,42 @@ ASSET_NAMES: dict[str, str] = {
     "AUD": "Australian Dollar", "ZAR": "South African Rand", "PLN": "Polish Zloty",
     "ARS": "Argentine Peso", "MXN": "Mexican Peso", "UAH": "Ukrainian Hryvnia",
 }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- base URLs
+
+
+def rest_base(url: str) -> str:
+    """The REST base python-binance appends ``/v3/klines`` to, from ``BINANCE_API_URL``.
+
+    Our default names the ``/api`` path (``https://api.binance.com/api``, python-binance's
+    own form); Binance's documents name the host alone as the base endpoint
+    (``https://api.binance.com``) and the endpoints as ``/api/v3/...``. Either is taken:
+    a URL without a path gets ``/api``, one ending in ``/api/v3`` loses the ``/v3``.
+    Any other path (a relay's prefix) is kept as it is."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/api"
+    elif path.endswith("/api/v3"):
+        path = path.removesuffix("/v3")
+    return urlunsplit(parts._replace(path=path))
+
+
+def stream_base(url: str) -> str:
+    """The base of the stream URLs, from ``BINANCE_STREAM_URL``, without a trailing slash.
+
+    Our default is the host (``wss://stream.binance.com:9443/``) and ``/stream`` is appended
+    to it; Binance's documents show streams at ``/ws/...`` and ``/stream?streams=...``, so a
+    URL that ends in ``/ws`` or ``/stream`` (a stream URL, not a base) loses that part:
+    ``.../stream/stream`` is no Binance endpoint."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    for suffix in ("/ws", "/stream"):
+        if path.endswith(suffix):
+            path = path.removesuffix(suffix)
+            break
+    return urlunsplit(parts._replace(path=path, query="", fragment="")).rstrip("/")
 
 
 # ---------------------------------------------------------------------------- symbols

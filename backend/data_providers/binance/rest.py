@@ -38,6 +38,7 @@ import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
+from backend.data_providers.binance.parse import rest_base
 from backend.errors import (
     AuthFailed,
     ProviderError,
@@ -84,7 +85,7 @@ class RestGate:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.api_url = api_url.rstrip("/")
+        self.api_url = rest_base(api_url)
         self._key, self._secret = api_key or None, api_secret or None
         self._report = report or (lambda state, detail: None)
         self.budget = budget

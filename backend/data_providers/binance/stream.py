@@ -26,6 +26,7 @@ from typing import Any
 
 from backend.data_providers.binance.connection import Connection
 from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning
+from backend.data_providers.binance.parse import stream_base
 
 __all__ = ["StreamManager"]
 
@@ -50,7 +51,7 @@ class StreamManager:
         bursts: tuple[Callable[[], None], Callable[[], None]] | None = None,
         on_refused: RefusalSink | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/stream"
+        self.url = stream_base(base_url) + "/stream"
         self.tuning = tuning or StreamTuning()
         self.on_event, self.on_resume = on_event, on_resume
         self.on_refused: RefusalSink = on_refused or (lambda names, error: None)
