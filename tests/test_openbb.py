@@ -53,10 +53,21 @@ def test_both_message_shapes_and_both_value_forms_give_the_set(message: dict[str
 def test_params_without_symbols_empty_the_set() -> None:
     assert openbb_grid.parse_params_message('{"params": {}}') == []
     assert openbb_grid.parse_params_message('{"type": "params", "params": {"symbol": ""}}') == []
+    assert openbb_grid.parse_params_message('{"params": {"symbol": null}}') == []
 
 
 @pytest.mark.parametrize(
-    "text", ["not json", "[1, 2]", '"params"', '{"type": "ping"}', '{"params": "AAA"}']
+    "text",
+    [
+        "not json",
+        "[1, 2]",
+        '"params"',
+        '{"type": "ping"}',
+        '{"params": "AAA"}',
+        '{"params": {"symbol": {"a": 1}}}',
+        '{"type": "params", "params": {"symbol": 5}}',
+        '{"params": {"symbol": true}}',
+    ],
 )
 def test_other_messages_are_not_params(text: str) -> None:
     assert openbb_grid.parse_params_message(text) is None

@@ -78,9 +78,12 @@ def parse_params_message(text: str | bytes, limit: int | None = None) -> list[st
     """The symbol set of a Workspace params message, or None if it is not one.
 
     Both shapes are accepted: ``{"params": {...}}`` and ``{"type": "params", "params":
-    {...}}``. A params message without symbols yields ``[]`` (the set becomes empty).
-    Frames are decoded as on ``/websocket/`` (:func:`backend.wire.protocol.load_frame`), so
-    invalid UTF-8 or deep nesting is just not a params message.
+    {...}}``. A params message without symbols (no ``symbol``, or ``null``) yields ``[]``
+    (the set becomes empty). A ``symbol`` that is neither text nor a list (an object, a
+    number, a boolean) is not one of Workspace's messages, which carry the multi-select's
+    string or list: ignored, like any other junk, instead of emptying the set. Frames are
+    decoded as on ``/websocket/`` (:func:`backend.wire.protocol.load_frame`), so invalid
+    UTF-8 or deep nesting is just not a params message.
     """
     try:
         message = protocol.load_frame(text)
@@ -93,7 +96,10 @@ def parse_params_message(text: str | bytes, limit: int | None = None) -> list[st
     params = message.get("params")
     if not isinstance(params, dict):
         return None
-    return split_symbols(params.get("symbol"), limit)
+    symbol = params.get("symbol")
+    if symbol is not None and not isinstance(symbol, str | list):
+        return None
+    return split_symbols(symbol, limit)
 
 
 def grid_interval(details: dict[str, Any]) -> str | None:
