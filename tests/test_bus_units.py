@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -247,3 +249,73 @@ async def test_a_node_with_no_provider_running_says_redis_is_down_while_it_is() 
         with contextlib.suppress(asyncio.CancelledError):
             await loop
         await node._redis.aclose()
+
+
+class _Pipeline:
+    """A Redis pipeline that takes every command and answers at once."""
+
+    def __getattr__(self, command: str) -> object:
+        return lambda *args, **kwargs: None
+
+    async def execute(self) -> list[object]:
+        return []
+
+    async def reset(self) -> None:
+        pass
+
+
+class _Redis:
+    def pipeline(self, transaction: bool = True) -> _Pipeline:
+        return _Pipeline()
+
+
+async def _ends_cancelled(task: asyncio.Task[None]) -> bool:
+    """Whether ``task`` ends cancelled (it was cancelled) rather than going on."""
+    try:
+        await asyncio.wait({task}, timeout=5)
+        return task.cancelled()
+    finally:
+        task.cancel()
+
+
+async def _cancelled_as_it_is_set(
+    wait: Coroutine[Any, Any, None], event: asyncio.Event, turns: int
+) -> bool:
+    """Whether ``wait``, cancelled ``turns`` turns of the loop after ``event`` it waits for
+    was set, ends cancelled."""
+    task = asyncio.create_task(wait)
+    await asyncio.sleep(0)  # waiting for the event
+    event.set()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    return await _ends_cancelled(task)
+
+
+async def _ready_then_wait(bus: BusProviderSet) -> None:
+    await bus.providers["csv"].wait_ready(30)
+    await asyncio.sleep(30)  # the history call after it
+
+
+async def _history(bus: BusProviderSet) -> None:
+    await bus.history("csv", "AAA", "1m", "2026-01-01 00:00:00", "now UTC", 5, 30)
+
+
+async def test_a_cancel_as_what_a_history_call_waits_for_comes_is_not_lost() -> None:
+    """On Python 3.11 ``asyncio.wait_for`` dropped a cancel that came in the turns between
+    what it waited for (the provider's node ready, this hub's reply channel subscribed, the
+    answer) and its return: the cancelled caller (the history planner of a stopped scan)
+    went on to its next wait, up to HISTORY_TIMEOUT (as ``ProviderProcess``'s, in
+    test_runtime.py)."""
+    settings = load_settings(PROVIDERS="csv", BUS_URL=BUS)
+    for turns in range(4):
+        bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+        bus._redis = _Redis()  # type: ignore[assignment]
+        ready = bus.providers["csv"].ready
+        assert await _cancelled_as_it_is_set(_ready_then_wait(bus), ready, turns), turns
+        assert await _cancelled_as_it_is_set(_history(bus), bus._listening, turns), turns
+        task = asyncio.create_task(_history(bus))
+        await asyncio.sleep(0)  # asked: the reply channel is subscribed
+        next(iter(bus._pending.values())).set_result([])  # the answer comes with the cancel
+        task.cancel()
+        assert await _ends_cancelled(task), turns

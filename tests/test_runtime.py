@@ -665,6 +665,63 @@ async def test_a_silent_process_is_killed_by_the_heartbeat_check(
     assert proc.last_error is None and proc.restarts == 1
 
 
+async def _ends_cancelled(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` ends cancelled (it was cancelled) rather than going on."""
+    try:
+        await asyncio.wait({task}, timeout=seconds(5))
+        return task.cancelled()
+    finally:
+        task.cancel()
+
+
+async def test_a_cancel_as_the_process_gets_ready_is_not_lost() -> None:
+    """A scan stopped while its history call waited for its provider to be ready: on Python
+    3.11 ``asyncio.wait_for`` returned (True) when the cancel came in the turns between
+    ``Ready`` and its return, and the cancelled caller went on to its history call, which
+    waited out HISTORY_TIMEOUT (``test_e2e_scan.py::test_scan_stop_ends_the_scan_at_once``,
+    under load)."""
+    for turns in range(4):
+        proc = ProviderProcess("p", PATH, settings(), lambda key, events: None, lambda k: None)
+        proc.send = lambda command: None  # type: ignore[method-assign]
+
+        async def ready_then_wait(proc: ProviderProcess = proc) -> None:
+            await proc.wait_ready(30)
+            await asyncio.sleep(30)  # the history call after it
+
+        async def history_of_a_process_not_ready(proc: ProviderProcess = proc) -> None:
+            await proc.get_history("HANG", "1h", "2023-01-01 00:00:00", "now UTC", 10, 30)
+
+        for caller in (ready_then_wait, history_of_a_process_not_ready):
+            proc._ready.clear()
+            task = asyncio.create_task(caller())
+            await asyncio.sleep(0)  # waiting for Ready
+            proc._ready.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            assert await _ends_cancelled(task), (caller.__name__, turns)
+
+
+async def test_a_cancel_as_the_history_answer_comes_is_not_lost() -> None:
+    """On 3.11 ``wait_for`` returned the bars of an answer that came with the cancel, and
+    the cancelled caller (the history planner of a stopped scan) asked for the next window."""
+    proc = ProviderProcess("p", PATH, settings(), lambda key, events: None, lambda k: None)
+    asked: list[GetHistory] = []
+    proc.send = asked.append  # type: ignore[method-assign,assignment]
+    proc._ready.set()
+
+    async def two_calls() -> None:
+        await proc.get_history("AAA", "1h", "2023-01-01 00:00:00", "now UTC", 10, 30)
+        await proc.get_history("AAA", "1h", "2022-01-01 00:00:00", "now UTC", 10, 30)
+
+    task = asyncio.create_task(two_calls())
+    await eventually(lambda: asked, what="the first call")
+    proc._resolve(asked[0].request_id, [(T0, 1.0, 1.0, 1.0, 1.0, 1.0)], None)
+    task.cancel()
+    assert await _ends_cancelled(task)
+    assert len(asked) == 1
+
+
 # --------------------------------------------------------------------------- the pipe reader
 
 

@@ -94,8 +94,9 @@ class BusHandle:
                 pass  # pings and shutdowns are the node's business
 
     async def wait_ready(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
+        try:  # not wait_for: it may drop a cancel on 3.11 (ProviderProcess.get_history)
+            async with asyncio.timeout(timeout):
+                await self.ready.wait()
         except TimeoutError:
             return False
         return True
@@ -481,8 +482,11 @@ class BusProviderSet:
             # the timeout for a node this hub cannot reach.
             raise ProviderUnavailable(f"provider {source}: the bus is down ({_kind(self.reason)})")
         deadline = time.monotonic() + timeout
+        # asyncio.timeout, not wait_for: on 3.11 wait_for may drop a cancel that comes as
+        # what it waits for is done, and the cancelled caller goes on (a stopped scan)
         try:  # an answer needs this hub's reply channel subscribed
-            await asyncio.wait_for(self._listening.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._listening.wait()
         except TimeoutError:
             why = _kind(self.reason) if self.reason else "not subscribed"
             raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
@@ -500,7 +504,8 @@ class BusProviderSet:
             pipe.rpush(queue, encoded)
             pipe.pexpire(queue, int(timeout * 2000))
             await link.execute(pipe)
-            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await future
         except link.BusDown as exc:
             why = _kind(str(exc))
             raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None

@@ -342,9 +342,11 @@ class ProviderProcess:
             self.on_events(self.key, forward)
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Wait until the process reported ``Ready``; False on timeout."""
+        """Wait until the process reported ``Ready``; False on timeout. A cancel is never
+        lost (:func:`asyncio.timeout`, not ``wait_for``: see :meth:`get_history`)."""
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -359,6 +361,11 @@ class ProviderProcess:
         A request waits (within ``timeout``) for a process that is starting or restarting.
         One the process took with it when it exited is asked again, once, of the restarted
         process (twice would let one request that kills its provider do it again and again).
+
+        Its waits are :func:`asyncio.timeout` blocks, not ``asyncio.wait_for``: on Python
+        3.11 ``wait_for`` drops a cancel that comes as what it waits for is done (the answer
+        just came, the process just got ready) and returns it, and the cancelled caller
+        went on (a stopped scan waited out its next history call, up to ``timeout``).
         """
         deadline = time.monotonic() + timeout
         for attempt in range(2):
@@ -368,7 +375,8 @@ class ProviderProcess:
             self._pending[request_id] = future
             self.send(GetHistory(request_id, symbol, interval, start, end, count))
             try:
-                return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return await future
             except TimeoutError:
                 message = (
                     f"provider {self.key} did not answer history of {symbol} {interval} "
@@ -388,7 +396,8 @@ class ProviderProcess:
         if self._ready.is_set():
             return
         try:
-            await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._ready.wait()
         except TimeoutError:
             raise ProviderUnavailable(
                 f"provider {self.key} is {self.state.value}; try again shortly"
