@@ -4,6 +4,7 @@ match, one symbol's failure never aborts the scan, bounded concurrency, stop at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,3 +165,39 @@ async def test_scan_stop_ends_the_scan_at_once(indicators: Indicators) -> None:
     outcome, sent = await asyncio.wait_for(task, timeout=5)
     assert outcome.stopped and sent[-1]["stopped"] is True and store.running == 0
     assert sent[-2]["message"] == "Stopped: 0 of 100 matched"
+
+
+async def test_scan_stop_ends_the_scan_at_once_whatever_its_symbols_wait_for(
+    indicators: Indicators,
+) -> None:
+    """A symbol whose bars do not stop coming at its cancel (a wait that drops the cancel,
+    as Python 3.11's ``asyncio.wait_for`` did in the provider's history call) held the
+    scan's "Stopped: ..." and ``scan_done`` until its fetch ended (HISTORY_TIMEOUT); once
+    they are out, nothing more of the scan is sent, not its match either."""
+    release, asked = asyncio.Event(), asyncio.Event()
+
+    async def fetch(series: SeriesId, n: int) -> Sequence[Bar]:
+        asked.set()
+        with contextlib.suppress(asyncio.CancelledError):  # dropped
+            await asyncio.sleep(30)
+        await release.wait()
+        return [(t, 5.0, 5.0, 5.0, 5.0, 1.0) for t, *_ in make_bars(n)]
+
+    sent: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_scan(close_above(0), ("csv", "T"), universe(1), fetch, indicators, sent.append,
+                 stop, asyncio.Semaphore(8), ScanLimits())
+    )  # fmt: skip
+    await asked.wait()
+    stop.set()
+    await eventually(lambda: sent[-1]["type"] == "scan_done", 5, "scan_done while it waits")
+    assert sent[-2:] == [
+        {"type": "scan_progress", "message": "Stopped: 0 of 1 matched"},
+        {"type": "scan_done", "scanned": 0, "matched": 0, "total": 1, "stopped": True},
+    ]
+    release.set()
+    outcome = await asyncio.wait_for(task, timeout=5)
+    assert outcome.stopped
+    assert sent[-1]["type"] == "scan_done"  # the symbol matched meanwhile: not sent
+    assert [m["type"] for m in sent].count("scan_result") == 0

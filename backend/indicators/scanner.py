@@ -11,7 +11,9 @@ skipped, never the whole scan. A symbol whose bars were refused for the rate (th
 fair share of the provider's history budget, or the upstream's own limit) is tried again
 after the time the refusal names, outside the semaphore, for up to ``ScanLimits.rate_wait``
 seconds: a universe larger than one budget window is scanned at the rate the budget allows,
-not mostly skipped. Setting ``stop`` cancels the symbols in flight at once, waits included.
+not mostly skipped. Setting ``stop`` cancels the symbols in flight at once, waits included,
+and sends the final messages without waiting for them to end (a wait may not end at its
+cancel); nothing of the scan is sent after its ``scan_done``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backend.errors import CandlewireError, IndicatorError, RateLimited, RuleError
@@ -91,12 +93,17 @@ async def run_scan(
     outcome = ScanOutcome(total=len(universe))
     queue = iter(enumerate(universe, start=1))
     width = len(str(len(universe)))
+    ended = False  # the final messages went out: the workers' later ones are dropped
+
+    def send(message: dict[str, Any]) -> None:
+        if not ended:
+            emit(message)
 
     async def worker() -> None:
         for index, symbol in queue:
             if stop.is_set():
                 return
-            emit(messages.scan_progress(f"Scanning {index:0{width}d}/{len(universe)}"))
+            send(messages.scan_progress(f"Scanning {index:0{width}d}/{len(universe)}"))
             waited = 0.0
             while True:
                 async with limit:
@@ -106,7 +113,7 @@ async def run_scan(
                         symbol,
                         fetch,
                         indicators,
-                        emit,
+                        send,
                         outcome,
                         limits,
                         limits.rate_wait - waited,
@@ -127,12 +134,17 @@ async def run_scan(
         outcome.stopped = stop.is_set()
         for task in (*workers, stopper):
             task.cancel()
-        await asyncio.gather(*workers, stopper, return_exceptions=True)
+        # Now, not once the workers ended: a wait that drops its cancel (Python 3.11's
+        # wait_for did, in the provider's history call) held scan_done for HISTORY_TIMEOUT.
+        # The workers are still waited for: a client's next scan starts after them.
         _finish(emit, outcome)
+        ended = True
+        reported = replace(outcome, skipped=list(outcome.skipped))
+        await asyncio.gather(*workers, stopper, return_exceptions=True)
     failure = _failure(everyone)
     if failure is not None:
         raise failure  # a bug, not a symbol's failure: the task that owns the scan logs it
-    return outcome
+    return reported
 
 
 def _failure(everyone: asyncio.Future[Any]) -> BaseException | None:
