@@ -307,7 +307,8 @@ class LiveGridSession:
     async def close(self, code: int, reason: str) -> None:
         self.closing = True
         with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
-            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.websocket.close(code, reason)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

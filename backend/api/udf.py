@@ -416,7 +416,8 @@ async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
     latest = hub.planner.latest(key, RECENT_BARS, hub.subs.has(key))
     fetch = start_owned(INFO_FETCHES, latest, f"udf symbol info {key}")
     try:
-        answer = await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
+        async with asyncio.timeout(SYMBOL_INFO_WAIT):
+            answer = await asyncio.shield(fetch)
     except TimeoutError:
         return []
     return list(answer.bars)

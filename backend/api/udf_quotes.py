@@ -118,7 +118,8 @@ async def daily_bars(hub: Hub, key: SeriesId) -> Answer | None:
     latest = hub.planner.latest(key, DAYS, hub.subs.has(key))
     fetch = start_owned(INFO_FETCHES, latest, f"udf quote {key}")
     try:
-        return await asyncio.wait_for(asyncio.shield(fetch), SYMBOL_INFO_WAIT)
+        async with asyncio.timeout(SYMBOL_INFO_WAIT):
+            return await asyncio.shield(fetch)
     except TimeoutError:
         return None
 

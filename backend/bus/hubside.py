@@ -244,7 +244,8 @@ class BusProviderSet:
         lapse_told = False  # one warning per lapse (an outage retries many times)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_renew - time.monotonic()))
+                async with asyncio.timeout(max(0.0, next_renew - time.monotonic())):
+                    await self._wake.wait()
             self._wake.clear()
             renew = time.monotonic() >= next_renew or self._resync
             if renew and renewed_at is not None and time.monotonic() - renewed_at > self.lease:

@@ -162,7 +162,8 @@ class Publisher:
             if connection is None:
                 connection = await self._connect()
             if not self._room.is_set():
-                await asyncio.wait_for(self._room.wait(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await self._room.wait()
             command = connection.pack_command("PUBLISH", channel, data)
             await connection.send_packed_command(command, check_health=False)
         except BaseException as exc:  # cancelled too: a command may be half written

@@ -293,7 +293,8 @@ class ProviderNode:
         tick = self.lease_seconds / 3
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 for lease in self.leases.values():

@@ -176,7 +176,8 @@ class ProviderProcess:
             if signal_it is not None:
                 signal_it()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._exited.wait(), timeout / 2)
+                async with asyncio.timeout(timeout / 2):
+                    await self._exited.wait()
                 break
         self._transition(ProviderState.STOPPED)
 

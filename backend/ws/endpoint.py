@@ -162,7 +162,8 @@ class _Connection:
     async def close(self, code: int, reason: str) -> None:
         self.closing = True
         with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
-            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.websocket.close(code, reason)
 
     def stop(self) -> None:
         """The connection ended (its reply jobs were cancelled by ``hub.remove_client``)."""

@@ -619,7 +619,8 @@ class AsgiWriter:
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
-            await asyncio.wait_for(self._websocket.close(code, reason), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._websocket.close(code, reason)
 
     def _closed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -238,7 +238,8 @@ class Connection:
         await sock.limiter.wait()
         sock.limiter.record()
         try:  # sending waits while the socket's buffer is full: a half-open one stays full
-            ping = await asyncio.wait_for(sock.ws.ping(), self.tuning.ping_timeout)
+            async with asyncio.timeout(self.tuning.ping_timeout):
+                ping = await sock.ws.ping()
         except (WebSocketException, TimeoutError):  # ConnectionClosed included
             return False
         pong = asyncio.ensure_future(ping)
@@ -252,7 +253,8 @@ class Connection:
     async def _handover(self, old: _Socket, new: _Socket) -> None:
         """Close ``old`` once ``new`` carries every stream (or after a timeout)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(new.synced.wait(), self.tuning.handover_timeout)
+            async with asyncio.timeout(self.tuning.handover_timeout):
+                await new.synced.wait()
         await self._close(old)
 
     async def _open(self, resume: bool) -> _Socket:
@@ -339,7 +341,8 @@ class Connection:
             task.cancel()
         await asyncio.gather(*sock.tasks, return_exceptions=True)
         with contextlib.suppress(OSError, WebSocketException, TimeoutError):
-            await asyncio.wait_for(sock.ws.close(), 3)
+            async with asyncio.timeout(3):
+                await sock.ws.close()
 
     def _set_up(self, up: bool) -> None:
         if self.up != up:
