@@ -16,8 +16,8 @@ import pytest
 from backend.model import intervals
 from tests.fakes.binance_docs import MINUTE, DocsBinance, Fault, Symbol
 from tests.harness import ServerProcess, WsClient, base_env, populate
+from tests.test_binance_provider import data, key_of, points
 
-FIELDS = ("open", "high", "low", "close", "volume")
 HISTORY_TIMEOUT = 6.0
 FIRST = 30.0
 
@@ -26,21 +26,15 @@ def frozen(minutes_ago: int) -> int:
     return (int(time.time()) // 60 - minutes_ago) * MINUTE + 20_000
 
 
-def data(name: str, interval: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "data", "source": "binance", "name": name, "interval": interval, **extra}
-
-
-def key_of(name: str, interval: str) -> Any:
-    return lambda m: m.get("name") == name and m.get("interval") == interval
-
-
-def points(rows: list[list[Any]], name: str, interval: str) -> list[dict[str, Any]]:
-    base = f"binance-{name}-{interval}"
-    return [
-        {"date": intervals.format_date(row[0] // 1000)}
-        | {f"{base}-{f}": float(v) for f, v in zip(FIELDS, row[1:6], strict=True)}
-        for row in rows
-    ]
+def serve(fake: DocsBinance, tmp: Path) -> Iterator[ServerProcess]:
+    """A populated server on ``fake``."""
+    env = base_env(
+        tmp, **fake.settings, HISTORY_TIMEOUT=str(HISTORY_TIMEOUT), STREAM_LINGER_SECONDS="0.3"
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(env, tmp / "server.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +53,7 @@ def exchange() -> Iterator[DocsBinance]:
 def server(
     exchange: DocsBinance, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("binance-docs")
-    env = base_env(
-        tmp, **exchange.settings, HISTORY_TIMEOUT=str(HISTORY_TIMEOUT), STREAM_LINGER_SECONDS="0.3"
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
-        yield running
+    yield from serve(exchange, tmp_path_factory.mktemp("binance-docs"))
 
 
 @pytest.fixture
@@ -240,14 +227,7 @@ def live() -> Iterator[DocsBinance]:
 def live_server(
     live: DocsBinance, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("binance-docs-live")
-    env = base_env(
-        tmp, **live.settings, HISTORY_TIMEOUT=str(HISTORY_TIMEOUT), STREAM_LINGER_SECONDS="0.3"
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
-        yield running
+    yield from serve(live, tmp_path_factory.mktemp("binance-docs-live"))
 
 
 @pytest.fixture

@@ -546,19 +546,7 @@ def test_the_udf_datafeed_under_the_chart_widget_base(
     status, _, bad = workspace.request(base + "/symbols", {"symbol": "NOPE"})
     assert bad["s"] == "error"
     for path in ("/config", "/history", "/symbols"):
-        status, headers, _ = workspace.request(
-            base + path,
-            method="OPTIONS",
-            headers={
-                "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "x-api-key,content-type",
-                "Access-Control-Request-Private-Network": "true",
-            },
-        )
-        assert status in (200, 204), (path, headers)
-        assert headers["access-control-allow-origin"] == ORIGIN
-        assert headers["access-control-allow-credentials"] == "true"
-        assert headers["access-control-allow-private-network"] == "true"
+        headers = preflight(workspace, base + path, "x-api-key,content-type")
         assert "x-api-key" in headers["access-control-allow-headers"].lower()
 
 
@@ -572,16 +560,23 @@ def test_preflights_of_every_widget_endpoint_allow_credentials_and_private_netwo
             p["optionsEndpoint"] for p in widget.get("params") or [] if p.get("optionsEndpoint")
         )
     for endpoint in sorted(endpoints):
-        status, headers, _ = workspace.request(
-            workspace.url(endpoint),
-            method="OPTIONS",
-            headers={
-                "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "authorization",
-                "Access-Control-Request-Private-Network": "true",
-            },
-        )
-        assert status in (200, 204), (endpoint, status)
-        assert headers["access-control-allow-origin"] == ORIGIN, endpoint
-        assert headers["access-control-allow-credentials"] == "true", endpoint
-        assert headers["access-control-allow-private-network"] == "true", endpoint
+        preflight(workspace, workspace.url(endpoint), "authorization")
+
+
+def preflight(workspace: Workspace, url: str, asked_headers: str) -> dict[str, str]:
+    """Workspace's CORS preflight of a GET of ``url`` from a private-network backend: allowed
+    for its origin, with credentials and private network; the answer's headers."""
+    status, headers, _ = workspace.request(
+        url,
+        method="OPTIONS",
+        headers={
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": asked_headers,
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert status in (200, 204), (url, status)
+    assert headers["access-control-allow-origin"] == ORIGIN, url
+    assert headers["access-control-allow-credentials"] == "true", url
+    assert headers["access-control-allow-private-network"] == "true", url
+    return headers
