@@ -125,6 +125,54 @@ async def test_a_prompt_reply_continues_the_conversation(client: WsClient, fake:
     assert fake.requests[-1]["messages"][2]["content"] == "".join(CHUNKS)
 
 
+async def test_a_first_prompt_without_text_asks_about_the_chart_image_alone(
+    client: WsClient, fake: FakeChat
+) -> None:
+    """Tradiny's chat window sends what its box holds: Submit on an empty box is a
+    ``prompt`` with ``"prompt": ""`` and the chart image (the chart is the question). It
+    was refused (``'prompt' must be 1 to 20000 characters``) and, no conversation made,
+    every later question of that window got ``unknown conversation``."""
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * 1000).decode()
+    before = len(fake.requests)
+    mark = len(client.messages)
+    await client.send(
+        {
+            "type": "prompt",
+            "conversation_id": "3f0c9a7e-5b1d-4c2e-9a51-0d6f2b7c8e14",
+            "description": "The chart is on a 1m interval.\n",
+            "prompt": "",
+            "img": image,
+        }
+    )
+    text, _ = await answer(client, mark)
+    assert text == "".join(CHUNKS)
+    assert not client.of_type("error", mark)
+    content = fake.requests[before]["messages"][1]["content"]
+    assert content == [{"type": "image_url", "image_url": {"url": image, "detail": "high"}}]
+    mark = len(client.messages)
+    await client.send(
+        {
+            "type": "prompt_reply",
+            "conversation_id": "3f0c9a7e-5b1d-4c2e-9a51-0d6f2b7c8e14",
+            "prompt": "Is it trending?",
+        }
+    )
+    text, _ = await answer(client, mark)
+    assert text == "".join(CHUNKS)
+    assert [m["role"] for m in fake.requests[-1]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+    # nothing to ask: no text and no chart, or an empty reply
+    error, _ = await refused(client, prompt("no-chart", "", description="d"))
+    assert error["code"] == "invalid_field"
+    reply = {"type": "prompt_reply", "conversation_id": "3f0c9a7e-5b1d-4c2e-9a51-0d6f2b7c8e14"}
+    error, _ = await refused(client, {**reply, "prompt": ""})
+    assert error["code"] == "invalid_field"
+
+
 async def test_a_slow_chat_does_not_hold_up_the_sockets_other_requests(
     client: WsClient, fake: FakeChat
 ) -> None:

@@ -66,7 +66,9 @@ class Conversations:
     ) -> list[Message]:
         """A new conversation (``prompt``), replacing the caller's one with the same id;
         returns the messages of this turn (the image included even if it is not kept)."""
-        content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+        # no empty text part: a question of only the chart image (Tradiny's Submit on an
+        # empty box) is the image alone, which every vision endpoint takes
+        content: list[dict[str, Any]] = [{"type": "text", "text": prompt}] if prompt else []
         if image:
             content.append({"type": "image_url", "image_url": {"url": image, "detail": "high"}})
         messages: list[Message] = [

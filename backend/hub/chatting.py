@@ -78,9 +78,11 @@ def parse_turn(raw: dict[str, Any]) -> Turn:
     prompt = raw.get("prompt")
     if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
         raise ProtocolError("invalid_field", "'conversation_id' must be a short string")
-    if not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT:
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
         raise ProtocolError("invalid_field", f"'prompt' must be 1 to {MAX_PROMPT} characters")
     if raw.get("type") == "prompt_reply":
+        if not prompt:
+            raise ProtocolError("invalid_field", f"'prompt' must be 1 to {MAX_PROMPT} characters")
         return Turn(True, key, prompt)
     description = raw.get("description") or ""
     image = raw.get("img")
@@ -88,6 +90,9 @@ def parse_turn(raw: dict[str, Any]) -> Turn:
         raise ProtocolError("invalid_field", "'description' must be a string")
     if image is not None and not (isinstance(image, str) and image.startswith("data:image/")):
         raise ProtocolError("invalid_field", "'img' must be a data:image/... URL")
+    if not prompt and not image:
+        # Tradiny's Submit on an empty box asks about the chart: the image is the question
+        raise ProtocolError("invalid_field", "'prompt' must not be empty without a chart 'img'")
     return Turn(False, key, prompt, description, image or None)
 
 
