@@ -82,16 +82,28 @@ class Authenticator:
 
 
 class JwtVerifier:
-    """JWT checks with PyJWT: signature, ``exp`` (required), ``aud`` and ``iss`` when set."""
+    """JWT checks with PyJWT: signature, ``exp`` (required), ``aud`` and ``iss`` when set.
+
+    Only the algorithms of ``JWT_ALGORITHMS`` that fit the configured key are accepted: the
+    HMAC ones (``HS*``) with ``JWT_SECRET``, the others with ``JWT_PUBLIC_KEY``. A token is
+    the caller's text, and its header names the algorithm: PyJWT, given the secret for an
+    ``ES256`` header (the default list has it), tries to load the secret as a PEM key and
+    raises ``ValueError``; given a JWKS key object for an ``HS256`` header (the algorithm
+    confusion attack) or a key of another type, ``TypeError``. Those are not PyJWT errors:
+    every route answered 500 (``/health`` too) with a traceback in the log, to anyone."""
 
     def __init__(self, settings: Settings) -> None:
-        self.algorithms = list(settings.JWT_ALGORITHMS)
         self.audience = settings.JWT_AUDIENCE or None
         self.issuer = settings.JWT_ISSUER or None
         self.secret = settings.JWT_SECRET.get_secret_value()
         self.keys = jwt_public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else {}
+        hmac_family = [name for name in settings.JWT_ALGORITHMS if name.startswith("HS")]
+        key_family = [name for name in settings.JWT_ALGORITHMS if not name.startswith("HS")]
+        self.algorithms = key_family if self.keys else hmac_family
 
     def identify(self, token: str, address: str) -> Identity:
+        if not self.algorithms:
+            raise AccessDenied(UNAUTHORIZED, "invalid token (no algorithm fits the key)")
         try:
             claims = jwt.decode(
                 token,
@@ -105,6 +117,9 @@ class JwtVerifier:
             raise AccessDenied(UNAUTHORIZED, "token expired") from None
         except jwt.PyJWTError as exc:
             raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
+        except (ValueError, TypeError):
+            # the header's algorithm does not fit the key (a JWKS of RSA and EC keys)
+            raise AccessDenied(UNAUTHORIZED, "invalid token (its algorithm fits no key)") from None
         return identity_of(claims, address)
 
     def _key_for(self, token: str) -> Any:
