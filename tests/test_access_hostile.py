@@ -10,6 +10,7 @@ Each test names its own token subject, so budgets do not mix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -371,3 +372,43 @@ async def test_only_the_listed_origin_and_non_browsers_open_either_socket(
         assert await upgrade(server, path + auth, origin=ALLOWED_ORIGIN) == 101, path
         assert await upgrade(server, path + auth) == 101, path  # no Origin: not a browser
         assert await upgrade(server, path, origin=ALLOWED_ORIGIN) == 401, path
+
+
+# ---------------------------------------------------------------------- limits
+
+
+async def test_the_live_grid_counts_against_the_callers_subscription_limit(
+    server: ServerProcess,
+) -> None:
+    """``MAX_SUBSCRIPTIONS_PER_CALLER`` (here a tier's ``max_subscriptions``) is "streamed
+    series per client over all its sockets": the live grid's rows are streamed series too.
+    They were never counted: a token of the free tier (2) streamed every symbol of a grid
+    (up to 500 a socket, 20 sockets), and its /websocket/ subscriptions did not see them."""
+    free = token("free-grid", tier="free")
+    grid_url = server.ws_url.replace("/websocket/", "/openbb/live_grid_ws")
+    grid = await WsClient.open(f"{grid_url}?token={free}")
+    await grid.send_raw(json.dumps({"params": {"symbol": ["AAA", "BBB", "CCC"]}}))
+    await eventually(lambda: len({m.get("symbol") for m in grid.messages}) >= 3, 15, "3 rows")
+    await asyncio.sleep(seconds(1))  # several updates of each streamed row
+    by_symbol: dict[str, list[dict[str, Any]]] = {}
+    for message in grid.messages:
+        by_symbol.setdefault(message["symbol"], []).append(message)
+    refused = [s for s, rows in by_symbol.items() if any(r.get("error") for r in rows)]
+    assert len(refused) == 1, by_symbol
+    assert "subscriptions" in by_symbol[refused[0]][0]["error"]
+    assert all(r.get("price") is None for r in by_symbol[refused[0]])
+
+    chart = await WsClient.open(f"{server.ws_url}?token={free}")
+    await chart.send({"type": "data", "source": "counting", "name": "AAA", "interval": "5m"})
+    error = await chart.wait_for("error")
+    assert error["code"] == "limit_reached"
+    await grid.send_raw(
+        json.dumps({"params": {"symbol": []}})
+    )  # the grid lets its rows go: slots free up
+    await asyncio.sleep(seconds(0.5))
+    await chart.send({"type": "data", "source": "counting", "name": "BBB", "interval": "5m"})
+    await chart.wait_for("data_init", lambda m: m["name"] == "BBB")
+    await asyncio.sleep(seconds(0.5))
+    assert len(chart.of_type("error")) == 1
+    await chart.close()
+    await grid.close()

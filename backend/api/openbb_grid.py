@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -254,11 +255,19 @@ class LiveGridSession:
         for item in items:
             if item.key is not None:
                 by_key.setdefault(item.key, set()).add(item.symbol)
-        added = [key for key in by_key if key not in self.by_key]
         for key in [key for key in self.by_key if key not in by_key]:
             self.hub.unwatch(self.client, key)
-        for key in added:
-            self.hub.watch(self.client, key, self)
+        added = [key for key in by_key if key not in self.by_key]
+        refused = self._watch(added)
+        if refused:
+            items = [
+                dataclasses.replace(item, key=None, error=refused[item.key])
+                if item.key in refused
+                else item
+                for item in items
+            ]
+            by_key = {key: symbols for key, symbols in by_key.items() if key not in refused}
+            added = [key for key in added if key not in refused]
         self.symbols = {item.symbol: item for item in items}
         self.by_key = by_key
         self.pending = {s: None for s in self.pending if s in self.symbols}
@@ -274,6 +283,23 @@ class LiveGridSession:
             self.pending.update(dict.fromkeys(symbols))
         self.pending.update(dict.fromkeys(i.symbol for i in items if i.key is None))
         self.wake.set()
+
+    def _watch(self, keys: list[SeriesId]) -> dict[SeriesId, str]:
+        """Stream ``keys`` to this grid, each as its caller may: a grid's rows are streamed
+        series of its client, counted against its limit over all its sockets
+        (``MAX_SUBSCRIPTIONS_PER_CALLER`` or its tier's) as ``data`` subscriptions are; they
+        were not counted, so one token streamed 500 series a grid socket whatever its tier.
+        Returns the keys refused, with why. Called in the socket's task (its caller)."""
+        admit = self.hub.admit_subscription
+        assert self.client is not None
+        refused: dict[SeriesId, str] = {}
+        for key in keys:
+            why = admit(self.client.id) if admit is not None else None
+            if why is None:
+                self.hub.watch(self.client, key, self)
+            else:
+                refused[key] = why
+        return refused
 
     async def write_loop(self) -> None:
         try:
