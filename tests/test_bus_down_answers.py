@@ -4,7 +4,8 @@
 While the hub knows the bus is down, a history request it cannot serve from its own store
 gets its empty ``data_init`` and ``error provider_unavailable`` right away, rather than
 after waiting out ``HISTORY_TIMEOUT`` for a node it cannot reach; the message names the
-kind of failure, never the Redis host and port. Redis is a private ``redis-server`` of
+kind of failure, never the Redis host and port; so does a hub started while Redis is
+unreachable (it has never seen a node). Redis is a private ``redis-server`` of
 this test (the shared one is never touched).
 """
 
@@ -69,3 +70,50 @@ async def test_an_uncached_request_is_answered_at_once_while_redis_is_down(
         assert status == 503 and body["error"] == "provider_unavailable"
         assert port not in body["message"]
         await client.close()
+
+
+async def test_a_hub_started_while_redis_is_down_answers_at_once(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """It had never seen a holder, so it waited out ``HISTORY_TIMEOUT`` for a node to take
+    the provider and then said "not ready", although it knew the bus was down."""
+    prefix = bus_deploy.new_prefix()
+    env = bus_deploy.bus_env(tmp_path, private_redis.url, prefix, "hub")
+    env["HISTORY_TIMEOUT"] = "30"
+    assert harness.populate(env).returncode == 0
+    private_redis.stop()
+    server = ServerProcess(env, tmp_path / "hub.server.log", args=("--role", "hub"))
+    server.start(healthy=False)
+    try:
+        await harness.eventually(
+            lambda: server.get("/health")["providers"]["counting"]["state"] == "unreachable",
+            10,
+            "the hub to know the bus is down",
+        )
+        client = await WsClient.open(server.ws_url)
+        started = time.monotonic()
+        await client.send(
+            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
+        )
+        init = await client.wait_for("data_init", same_key("AAA", "1m"), 20)
+        assert time.monotonic() - started < harness.seconds(5)
+        error = await client.wait_for("error", lambda m: m["request"]["name"] == "AAA", 1)
+        assert init["data"] == []
+        assert error["code"] == "provider_unavailable"
+        assert "bus is down" in error["message"]
+        # Once Redis is up, the provider is asked as usual (not refused as "not ready").
+        private_redis.start()
+        node_env = bus_deploy.bus_env(tmp_path, private_redis.url, prefix, "node")
+        node = bus_deploy.node(node_env, tmp_path, "node")
+        try:
+            mark = len(client.messages)
+            await client.send(
+                {"type": "data", "source": "counting", "name": "BBB", "interval": "1m", "count": 5}
+            )
+            init = await client.wait_for("data_init", same_key("BBB", "1m"), 20, mark)
+            assert len(init["data"]) == 5, client.of_type("error", mark)
+        finally:
+            node.stop()
+        await client.close()
+    finally:
+        server.stop()

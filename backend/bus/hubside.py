@@ -94,11 +94,24 @@ class BusHandle:
                 pass  # pings and shutdowns are the node's business
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Until a node holds the provider, or the bus is known down: then the history call
+        answers at once that it is down (what a hub that never reached Redis has not, it
+        cannot get), instead of the hub waiting ``timeout`` for a holder it cannot learn of
+        and calling the provider "not ready"."""
+        if self.ready.is_set() or self.owner.down.is_set():
+            return True
+        waits = [
+            asyncio.ensure_future(self.ready.wait()),
+            asyncio.ensure_future(self.owner.down.wait()),
+        ]
         try:  # not wait_for: it may drop a cancel on 3.11 (ProviderProcess.get_history)
             async with asyncio.timeout(timeout):
-                await self.ready.wait()
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             return False
+        finally:
+            for wait in waits:
+                wait.cancel()
         return True
 
     async def get_history(
@@ -141,6 +154,7 @@ class BusProviderSet:
         }
         self.up = False
         self.reason = "connecting"
+        self.down = asyncio.Event()  # set while Redis is known unreachable (not at start-up)
         self._redis: aioredis.Redis | None = None
         self._scripts: link.Scripts | None = None
         self._added: dict[str, set[tuple[str, str]]] = {}
@@ -362,11 +376,13 @@ class BusProviderSet:
         if not self.up:
             logger.info("bus: connected")
         self.up, self.reason = True, ""
+        self.down.clear()
 
     def _down(self, reason: str) -> None:
         if self.up or self.reason == "connecting":
             logger.warning("bus: Redis unavailable (%s); serving from caches, retrying", reason)
         self.up, self.reason = False, reason
+        self.down.set()
 
     # ------------------------------------------------------------------ updates and replies
 
