@@ -5,12 +5,14 @@ While the hub knows the bus is down, a history request it cannot serve from its 
 gets its empty ``data_init`` and ``error provider_unavailable`` right away, rather than
 after waiting out ``HISTORY_TIMEOUT`` for a node it cannot reach; the message names the
 kind of failure, never the Redis host and port; so does a hub started while Redis is
-unreachable (it has never seen a node). Redis is a private ``redis-server`` of
-this test (the shared one is never touched).
+unreachable (it has never seen a node). A history request in flight when Redis restarts
+is asked again once the hub's reply channel is back, not left to ``HISTORY_TIMEOUT``.
+Redis is a private ``redis-server`` of this test (the shared one is never touched).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -117,3 +119,43 @@ async def test_a_hub_started_while_redis_is_down_answers_at_once(
         await client.close()
     finally:
         server.stop()
+
+
+async def test_history_in_flight_across_a_redis_restart_is_asked_again(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """The node's answer was published while Redis was down (lost), or the request went
+    with an emptied Redis: the hub waited out ``HISTORY_TIMEOUT`` for it and answered
+    ``provider_unavailable``. Now the requests it waits for are asked again once its reply
+    channel is subscribed again."""
+    delay = 2.0
+    env = bus_deploy.bus_env(
+        tmp_path,
+        private_redis.url,
+        bus_deploy.new_prefix(),
+        "all",
+        EXTRA_PROVIDERS="counting=tests.providers:SlowHistoryProvider",
+        CANDLEWIRE_TEST_HISTORY_DELAY=str(delay),
+    )
+    env["HISTORY_TIMEOUT"] = "30"
+    assert harness.populate(env).returncode == 0
+    with ServerProcess(env, tmp_path / "all.server.log", args=("--role", "all")) as server:
+        client = await WsClient.open(server.ws_url)
+        started = time.monotonic()
+        await client.send(
+            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
+        )
+        await harness.eventually(
+            lambda: any(line.startswith("window AAA 1m") for line in bus_deploy.lines(env)),
+            10,
+            "the provider's history call",
+        )
+        private_redis.stop()
+        await asyncio.sleep(delay + 0.5)  # the call answered meanwhile: its reply is lost
+        private_redis.start()
+        init = await client.wait_for("data_init", same_key("AAA", "1m"), 40)
+        took = time.monotonic() - started
+        assert len(init["data"]) == 5, client.of_type("error")
+        assert not client.of_type("error")
+        assert took < harness.seconds(15), f"answered after {took:.1f} s"
+        await client.close()

@@ -388,11 +388,22 @@ class BusProviderSet:
 
     async def _read_loop(self) -> None:
         backoff = link.Backoff()
+        subscribed = False
         while True:
             sub = link.client(self.settings.BUS_URL, None)
             pubsub: PubSub = sub.pubsub(ignore_subscribe_messages=True)
             try:
                 await link.call(pubsub.subscribe(*self._updates, self._reply))
+                if subscribed and self._asked:
+                    # An answer published while this hub was not subscribed is lost, and a
+                    # restarted Redis lost the queued requests: ask again (a node that
+                    # answers twice: the second answer is ignored).
+                    logger.info(
+                        "bus: %d history requests asked again after the bus came back",
+                        len(self._asked),
+                    )
+                    self._again += self._asked.values()
+                subscribed = True
                 self._listening.set()
                 self._resync = True  # missed updates: every provider counts as restarted
                 self._wake.set()
