@@ -6,7 +6,8 @@ gets its empty ``data_init`` and ``error provider_unavailable`` right away, rath
 after waiting out ``HISTORY_TIMEOUT`` for a node it cannot reach; the message names the
 kind of failure, never the Redis host and port; so does a hub started while Redis is
 unreachable (it has never seen a node). A history request in flight when Redis restarts
-is asked again once the hub's reply channel is back, not left to ``HISTORY_TIMEOUT``.
+is asked again once the hub's reply channel is back, not left to ``HISTORY_TIMEOUT``; one
+whose timeout passes while Redis stays away is told the bus is down.
 Redis is a private ``redis-server`` of this test (the shared one is never touched).
 """
 
@@ -158,4 +159,38 @@ async def test_history_in_flight_across_a_redis_restart_is_asked_again(
         assert len(init["data"]) == 5, client.of_type("error")
         assert not client.of_type("error")
         assert took < harness.seconds(15), f"answered after {took:.1f} s"
+        await client.close()
+
+
+async def test_history_in_flight_while_redis_stays_down_says_the_bus_is_down(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """A request the hub waited for when Redis went away got "provider ... did not answer",
+    blaming the provider for what the bus did; it still waits ``HISTORY_TIMEOUT`` (Redis may
+    come back, and the request is asked again) and then names the bus."""
+    env = bus_deploy.bus_env(
+        tmp_path,
+        private_redis.url,
+        bus_deploy.new_prefix(),
+        "all",
+        EXTRA_PROVIDERS="counting=tests.providers:SlowHistoryProvider",
+        CANDLEWIRE_TEST_HISTORY_DELAY="2",
+    )
+    env["HISTORY_TIMEOUT"] = "4"
+    assert harness.populate(env).returncode == 0
+    with ServerProcess(env, tmp_path / "all.server.log", args=("--role", "all")) as server:
+        client = await WsClient.open(server.ws_url)
+        await client.send(
+            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
+        )
+        await harness.eventually(
+            lambda: any(line.startswith("window AAA 1m") for line in bus_deploy.lines(env)),
+            10,
+            "the provider's history call",
+        )
+        private_redis.stop()
+        error = await client.wait_for("error", lambda m: m["request"]["name"] == "AAA", 10)
+        assert error["code"] == "provider_unavailable"
+        assert "the bus is down" in error["message"], error["message"]
+        assert "127.0.0.1" not in error["message"]
         await client.close()

@@ -538,6 +538,9 @@ class BusProviderSet:
             why = _kind(str(exc))
             raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
         except TimeoutError:
+            if self.down.is_set() or not self._listening.is_set():  # not the provider's doing
+                why = _kind(self.reason) if self.reason else "not subscribed"
+                raise ProviderUnavailable(f"provider {source}: the bus is down ({why})") from None
             raise ProviderUnavailable(
                 f"provider {source} did not answer history of {symbol} {interval} "
                 f"within {timeout:g} s"
