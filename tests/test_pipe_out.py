@@ -185,3 +185,19 @@ def test_a_held_burst_reaches_the_pipe_as_one_message_in_order(
     provider.release_updates()  # nothing held: nothing sent
     provider.publish("H", "1m", (600, 1, 2, 0.5, 1.5, 7))
     assert [e[0] for b in read_all(reader, 1) for e in b] == ["H"]
+
+
+def test_an_event_that_cannot_be_pickled_is_dropped_and_the_writer_goes_on(
+    running: tuple[Connection, EventPipe], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A provider's unpicklable object on the pipe raised in the writer thread, which died:
+    no event and no heartbeat left the process until the hub killed it."""
+    reader, out = running
+    out.put(bar("A", 1))
+    out.put(Heartbeat(lambda: 0))  # type: ignore[arg-type]
+    out.put(bar("A", 2))
+    messages = read_all(reader, 2)
+    assert [e for m in messages for e in m] == [tuple(bar("A", 1)), tuple(bar("A", 2))]
+    out.put(bar("A", 3))
+    assert read_all(reader, 1) == [[tuple(bar("A", 3))]]
+    assert "could not be sent" in caplog.text

@@ -151,3 +151,58 @@ def test_a_bad_point_of_a_write_message_is_skipped_and_the_others_published(
         (1772370060, 1.0, 2.0, 0.5, 1.5, 3.0)
     ]
     assert "not a date" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "hello",
+        None,
+        42,
+        (1, 2, 3),  # a tuple crossed the pipe as a bar update and raised in the hub's loop
+        ("BTC", "1m", "bar", False),
+        (1772370000, 1.0, 2.0, 0.5, 1.5, 3.0),
+        [1772370000000, 1, 2, 0.5, 1.5, 3],
+        lambda: None,  # unpicklable: it killed the process's writer thread
+        BarUpdate("BTC", "1m", "junk", False),  # type: ignore[arg-type]
+    ],
+)
+def test_junk_sent_with_send_from_is_logged_and_never_reaches_the_hub(
+    provider: tuple[Recorder, list[Event]], caplog: pytest.LogCaptureFixture, junk: object
+) -> None:
+    p, events = provider
+    p.send_from(junk)  # type: ignore[arg-type]
+    assert events == []
+    assert "send_from()" in caplog.text
+
+
+def test_a_typed_bar_update_sent_with_send_from_is_published(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, events = provider
+    p.send_from(BarUpdate("BTC", "1m", (1772370000, 1.0, 2.0, 0.5, 1.5, 3.0), True))
+    assert events == [BarUpdate("BTC", "1m", (1772370000, 1.0, 2.0, 0.5, 1.5, 3.0), True)]
+
+
+@pytest.mark.parametrize("args", [["{not json"], "{not json", [b"\xff"], 7, [None]])
+def test_a_write_message_whose_args_are_no_json_is_logged_and_skipped(
+    provider: tuple[Recorder, list[Event]], caplog: pytest.LogCaptureFixture, args: object
+) -> None:
+    """It raised JSONDecodeError (or TypeError) in the provider's thread, which ended a
+    stream thread that did not expect the seed's message to raise."""
+    p, events = provider
+    p.send_from({"action": "write_message", "name": "BTC", "interval": "1m", "args": args})
+    assert events == []
+    assert "write_message" in caplog.text
+
+
+def test_a_write_message_whose_args_is_one_string_is_read_as_one_argument(
+    provider: tuple[Recorder, list[Event]],
+) -> None:
+    p, events = provider
+    point = p.format_datapoint("BTC", "1m", [1772370060000, 1, 2, 0.5, 1.5, 3])
+    update = json.dumps({"type": "data_update", "name": "BTC", "interval": "1m", "data": point})
+    p.send_from({"action": "write_message", "name": "BTC", "interval": "1m", "args": update})
+    assert [e.bar for e in events if isinstance(e, BarUpdate)] == [
+        (1772370060, 1.0, 2.0, 0.5, 1.5, 3.0)
+    ]

@@ -87,7 +87,7 @@ class EventPipe:
                 return
             self._writing = True
         try:
-            payload = encode_batch(events)
+            payload = self._encode(events)
             if self._room() >= len(payload) + _HEADER:
                 self._send(payload)
                 return
@@ -147,7 +147,30 @@ class EventPipe:
             )
             self._conflated, self._reported = 0, time.monotonic()
         for start in range(0, len(events), BATCH_MAX):
-            self._send(encode_batch(events[start : start + BATCH_MAX]))
+            self._send(self._encode(events[start : start + BATCH_MAX]))
+
+    def _encode(self, events: list[Event]) -> bytes:
+        """``events`` as one pipe message; one that cannot be pickled (a provider's object
+        in an event's field) is dropped and logged, not raised: it ended the writer thread,
+        and with it every later event and heartbeat of the process."""
+        try:
+            return encode_batch(events)
+        except Exception:  # noqa: BLE001 - pickling raises many kinds; find the bad ones
+            kept = []
+            for event in events:
+                try:
+                    encode_batch([event])
+                except Exception as exc:  # noqa: BLE001
+                    logger.error(
+                        "provider %s: an event could not be sent (%s: %s); dropped: %.200r",
+                        self.key,
+                        type(exc).__name__,
+                        exc,
+                        event,
+                    )
+                else:
+                    kept.append(event)
+            return encode_batch(kept)
 
     # ------------------------------------------------------------------ helpers
 

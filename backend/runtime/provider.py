@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import ConfigError
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, to_bar, to_epoch, to_number
-from backend.runtime.messages import BarUpdate, Changed, Clock, Event, Missed, Notice, Status
+from backend.runtime.messages import (
+    BarUpdate,
+    Changed,
+    Clock,
+    Event,
+    Missed,
+    Notice,
+    Status,
+)
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -32,6 +40,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Datapoint = dict[str, Any]
+# The events send_from() passes on as they are: those of the helpers below (a BarUpdate is
+# checked as publish() checks its bar; a Status goes through report_status). The runner's
+# own (Ready, Pong, Heartbeat, HistoryReply) are not a provider's to send.
+_EVENTS = (Clock, Notice, Changed, Missed)
 StreamKey = tuple[str, str]  # (symbol, interval)
 
 
@@ -158,14 +170,32 @@ class Provider:
     def send_from(self, message: Mapping[str, Any] | Event) -> None:
         """Send a message to the hub: a typed event, or the seed's ``write_message`` dict.
 
-        Tradiny's ``update_in_cache`` message is accepted and needs nothing: the bars of the
-        ``write_message`` that follows it reach the hub's cache too.
+        Anything else (a string, a bare kline, an object) is logged and ignored, and so is an
+        argument of a ``write_message`` that is no JSON: it never raises into the caller's
+        stream thread. Tradiny's ``update_in_cache`` message is accepted and needs nothing:
+        the bars of the ``write_message`` that follows it reach the hub's cache too.
         """
         if isinstance(message, Status):
             self.report_status(message.state, message.detail)
             return
-        if not isinstance(message, Mapping):
+        if isinstance(message, BarUpdate):  # checked as publish() checks its bar
+            try:
+                self.publish(message.symbol, message.interval, message.bar, final=message.final)
+            except (ValueError, TypeError) as exc:
+                logger.error("%s: send_from() got a BarUpdate that is no bar: %s", self.source, exc)
+            return
+        if isinstance(message, _EVENTS):
             self._emit(message)
+            return
+        if not isinstance(message, Mapping):
+            # A tuple went to the hub as a bar update and raised in its event loop; an
+            # object that cannot be pickled stopped the process's writer thread.
+            logger.error(
+                "%s: send_from() takes a message dict or an event, not %s %.200r; ignored",
+                self.source,
+                type(message).__name__,
+                message,
+            )
             return
         action = message.get("action")
         if action == "write_message":
@@ -349,8 +379,15 @@ class Provider:
     def _write_message(self, message: Mapping[str, Any]) -> None:
         symbol = str(message.get("name", ""))
         interval = str(message.get("interval", ""))
-        for raw in message.get("args") or ():
-            payload = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        args = message.get("args") or ()
+        if isinstance(args, str | bytes | Mapping) or not isinstance(args, Iterable):
+            args = [args]  # one argument given bare, not in a list
+        for raw in args:
+            try:
+                payload = json.loads(raw) if isinstance(raw, str | bytes) else raw
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                logger.warning("%s: write_message: no JSON (%s): %.200r", self.source, exc, raw)
+                continue
             if not isinstance(payload, Mapping) or payload.get("type") != "data_update":
                 logger.warning("%s: write_message without a data_update: %.200r", self.source, raw)
                 continue
