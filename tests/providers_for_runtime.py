@@ -4,7 +4,8 @@
 symbol it is asked for, to fail: ``BOOM`` raises from a hook or ``get_history``, ``GONE`` is
 an unknown symbol, ``DIE`` exits the process, ``HANG`` never answers history, ``SLOW``
 answers after a second, ``KILLER`` exits the process from ``get_history``, ``EXIT`` calls
-``sys.exit`` there, ``STUCK`` blocks its first-subscriber hook until ``hang`` is set.
+``sys.exit`` there, ``NOBARS`` returns no bar at all, ``STUCK`` blocks its first-subscriber
+hook until ``hang`` is set.
 ``CANDLEWIRE_TEST_INIT_FAILS`` makes ``init`` raise, ``CANDLEWIRE_TEST_INIT_EXITS`` makes it
 call ``sys.exit(7)``.
 """
@@ -69,6 +70,8 @@ class ScriptedProvider(Provider):
             return [None, [T0 * 1000, "x"], {"close": 1.0}, (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
         if symbol == "EVERYTHING":  # its whole data set, whatever the window: 50,000 hours
             return [(T0 + 3600 * i, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(50_000)]
+        if symbol == "NOBARS":  # a reply none of whose items is a bar: a provider's bug
+            return [{"date": "2023-01-01 00:00:00", "other-NOBARS-1h-close": 1.0}, None]
         if symbol == "SWAPPED":  # one row with its high and low swapped: impossible
             return [(T0, 1.0, 0.5, 2.0, 1.5, 3.0), (T0 + 3600, 1, 2, 0.5, 1.5, 3)]
         # Out of order, with a duplicate, mixed shapes: the runner sorts and converts.

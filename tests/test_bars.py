@@ -60,6 +60,19 @@ def test_a_datapoint_dict_with_wire_keys() -> None:
     assert to_bar(point, series) == (T, 1.0, 2.0, 0.5, 1.5, 7.0)
 
 
+def test_a_datapoint_whose_keys_name_another_series_says_so() -> None:
+    """A provider copied from the seed and registered under another key keeps the seed's
+    ``my_provider-...`` keys: the bar read as one without a price, and the log said only
+    "no price" (every bar of history and stream was dropped)."""
+    series = SeriesId("myfeed", "BTC", "1h")
+    point = {"date": "2025-03-05 10:00:00", "my_provider-BTC-1h-close": 1.5}
+    with pytest.raises(ValueError, match="'my_provider-BTC-1h-close' is not of myfeed-BTC-1h"):
+        to_bar(point, series)
+    assert to_bar({**point, "myfeed-BTC-1h-close": 2.0}, series) == (T, 2.0, 2.0, 2.0, 2.0, None)
+    assert to_bar({**point, "close": 2.0}, series)[4] == 2.0  # bare names are its own
+    assert to_bar({"date": point["date"], "adj-volume": 3}, series)[1:] == (None,) * 5
+
+
 def test_a_datetime_time_is_read_as_utc() -> None:
     assert to_bar([datetime(2025, 3, 5, 10, tzinfo=UTC), 1, 1, 1, 1, 1])[0] == T
 

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from backend.errors import ProviderUnavailable, UnknownSymbol
+from backend.errors import ProviderError, ProviderUnavailable, UnknownSymbol
 from backend.model.intervals import format_date
 from backend.runtime import supervisor as supervisor_module
 from backend.runtime.messages import (
@@ -351,6 +351,19 @@ def test_items_of_a_history_that_are_no_bars_are_skipped_and_logged(
     reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
     assert reply.error is None and reply.bars == [(T0 + 3600, 1.0, 2.0, 0.5, 1.5, 3.0)]
     assert "returned 3 item(s) that are not bars, skipped; the first: cannot read" in caplog.text
+
+
+def test_a_history_reply_none_of_whose_items_is_a_bar_is_an_error(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was an empty answer: the hub took the window for one without bars and walked
+    back through six more, each four times larger (a provider that builds its bars made
+    1.2 million datapoints), and the chart got an empty data_init and no word why."""
+    harness.commands.put(GetHistory(14, "NOBARS", "1h", "2023-01-01 00:00:00", "now UTC", 10))
+    reply = harness.wait_for(lambda e: isinstance(e, HistoryReply), "a history reply")
+    assert reply.bars == [] and isinstance(reply.error, ProviderError)
+    assert "none of the 2 items get_history returned is a bar" in str(reply.error)
+    assert "returned 2 item(s) that are not bars, skipped; the first: datapoint key" in caplog.text
 
 
 def test_a_history_reply_far_larger_than_asked_is_cut_to_its_window(

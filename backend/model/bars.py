@@ -143,6 +143,8 @@ def from_datapoint(point: Mapping[str, Any], series: SeriesId | None = None) -> 
             line_value, line_seen = to_number(raw), True
     if not found and line_seen:
         return (t, line_value, line_value, line_value, line_value, None)
+    if base is not None and not found.keys() - {"volume"}:
+        _check_prefix(point, base)
     close = found.get("close")
     return (
         t,
@@ -152,6 +154,19 @@ def from_datapoint(point: Mapping[str, Any], series: SeriesId | None = None) -> 
         close,
         found.get("volume"),
     )
+
+
+def _check_prefix(point: Mapping[str, Any], base: str) -> None:
+    """Raise ``ValueError`` for a datapoint without a price whose keys name a price of
+    another series (a provider copied from the seed and registered under another key keeps
+    its ``my_provider-...`` keys): say which key, instead of "no price"."""
+    for key in point:
+        if isinstance(key, str) and "-" in key and key.rsplit("-", 1)[1] in FIELDS[:4]:
+            field = key.rsplit("-", 1)[1]
+            raise ValueError(
+                f"datapoint key {key!r} is not of {base}: name it {base + '-' + field!r} "
+                f"or {field!r}"
+            )
 
 
 def to_bar(value: object, series: SeriesId | None = None) -> Bar:

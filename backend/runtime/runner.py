@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from backend import logs
-from backend.errors import CandlewireError, ProviderUnavailable
+from backend.errors import CandlewireError, ProviderError, ProviderUnavailable
 from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, flaw, to_bar
 from backend.runtime import output
@@ -414,7 +414,9 @@ class ProviderRunner:
             raw = provider.get_history(
                 request.symbol, request.interval, request.start, request.end, request.count
             )
-            bars = _to_bars(raw, SeriesId(provider.source, request.symbol, request.interval))
+            bars = _to_bars(
+                raw, SeriesId(provider.source, request.symbol, request.interval), self.key
+            )
             reply = HistoryReply(request.request_id, _within(bars, request, self.key))
         except CandlewireError as exc:
             logger.warning("provider %s: get_history(%s): %s", self.key, request.symbol, exc)
@@ -498,11 +500,13 @@ def _within(bars: list[Bar], request: GetHistory, key: str) -> list[Bar]:
     return kept
 
 
-def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
+def _to_bars(raw: Any, series: SeriesId, key: str) -> list[Bar]:
     """Bars from what ``get_history`` returned, sorted by time with duplicates removed (the
     last one wins). An item that is no bar, or an impossible one (:func:`flaw`), is skipped,
     and the call logged once with how many and the first of them: one bad row of a vendor
-    does not cost the client the rest."""
+    does not cost the client the rest. When no item at all is a bar, the provider's code is
+    wrong, not the window empty: raises :class:`ProviderError` saying so (the client gets
+    it, and the hub does not take the window for one without bars)."""
     if raw is None:
         return []
     if hasattr(raw, "to_dict"):  # a pandas DataFrame
@@ -528,6 +532,10 @@ def _to_bars(raw: Any, series: SeriesId) -> list[Bar]:
             len(bad),
             bad[0],
         )
+        if not by_time:
+            raise ProviderError(  # its first item stays in the log line above
+                f"{key}: none of the {len(bad)} items get_history returned is a bar"
+            )
     return [by_time[t] for t in sorted(by_time)]
 
 
