@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import multiprocessing
 import os
 import queue
@@ -634,6 +635,23 @@ async def test_a_killed_process_is_restarted_and_reports_ready_again(
     await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
     assert proc.state is ProviderState.RUNNING
     assert proc.pid != old_pid and proc.restarts == 1
+
+
+async def test_a_process_that_exits_by_itself_is_logged_as_an_error_naming_it(
+    process: tuple[ProviderProcess, Sinks], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was an INFO line of the state change only ("running -> backoff (exit code 7 ...)"):
+    a provider that crashed mid-stream left nothing above INFO in the log."""
+    proc, sinks = process
+    old_pid = proc.pid
+    proc.send(StartStreaming(1, "DIE", "1h"))
+    await eventually(lambda: proc.state is ProviderState.BACKOFF, what="the backoff state")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(
+        "provider scripted" in m and f"pid {old_pid}" in m and "exited" in m and "code" in m
+        for m in errors
+    ), errors
+    await eventually(lambda: len(sinks.ready) == 2, timeout=30, what="the restarted process")
 
 
 async def test_history_in_hand_when_the_process_exits_is_asked_of_the_restarted_one(

@@ -229,9 +229,20 @@ class ProviderProcess:
         self._fail_pending(_Exited(f"provider {self.key} exited (code {code})"))
         if self.state is ProviderState.STOPPING:
             return
+        why = self.last_error  # a kill's reason, if it was killed
         if self.status.state == "failed":  # the process said why it could not start
             self.last_error = f"{self.status.detail} (exit code {code})"
+            why = self.status.detail
         self.last_error = self.last_error or f"process exited with code {code}"
+        # The state change below is an INFO line: a provider that crashed (os._exit, a
+        # segfault, the OOM killer) must leave more than that in the log.
+        logger.error(
+            "provider %s (pid %s) exited with code %s%s; restarting it",
+            self.key,
+            process.pid,
+            code,
+            f" ({why})" if why else "",
+        )
         self._schedule_restart(code)
 
     def _schedule_restart(self, code: int | None) -> None:
