@@ -206,3 +206,26 @@ def test_a_write_message_whose_args_is_one_string_is_read_as_one_argument(
     assert [e.bar for e in events if isinstance(e, BarUpdate)] == [
         (1772370060, 1.0, 2.0, 0.5, 1.5, 3.0)
     ]
+
+
+class OwnInit(Provider):
+    """A provider that sets itself up in ``__init__`` and forgets ``super().__init__()``."""
+
+    def __init__(self) -> None:  # no super().__init__(): as plain classes are written
+        self.seen: list[str] = []
+
+    def on_first_subscriber(self, symbol: str, interval: str) -> None:
+        self.seen.append(f"first {symbol} {interval}")
+
+
+def test_a_subclass_init_without_super_still_gets_the_bookkeeping() -> None:
+    """Its process died with AttributeError ``_bookkeeping`` a second after it was ready (the
+    staleness check), and again after every restart."""
+    events: list[Event] = []
+    p = OwnInit()
+    p._attach("own", load_settings(PROVIDERS="csv"), events.append)
+    assert p._stale_keys(time.monotonic()) == []
+    p._subscribe(1, "BTC", "1m")
+    assert p.seen == ["first BTC 1m"] and p.streaming_keys() == [("BTC", "1m")]
+    p.publish("BTC", "1m", (1772370000, 1.0, 2.0, 0.5, 1.5, 3.0))
+    assert len(events) == 1

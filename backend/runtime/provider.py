@@ -320,6 +320,10 @@ class Provider:
         emit_many: Callable[[list[Event]], None] | None = None,
         status: Callable[[Status], None] | None = None,
     ) -> None:
+        if "_bookkeeping" not in vars(self):
+            # The subclass's own __init__ did not call super().__init__() (as plain classes
+            # are written): its process died on the first use of the bookkeeping.
+            Provider.__init__(self)
         if not self.source:
             self.source = source
         self._settings = settings
