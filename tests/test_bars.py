@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -71,6 +71,18 @@ def test_a_datapoint_whose_keys_name_another_series_says_so() -> None:
     assert to_bar({**point, "myfeed-BTC-1h-close": 2.0}, series) == (T, 2.0, 2.0, 2.0, 2.0, None)
     assert to_bar({**point, "close": 2.0}, series)[4] == 2.0  # bare names are its own
     assert to_bar({"date": point["date"], "adj-volume": 3}, series)[1:] == (None,) * 5
+
+
+def test_a_date_and_numpy_times_are_read() -> None:
+    """A vendor's daily bars dated with ``datetime.date`` and rows read from a numpy array
+    (``numpy.int64`` times) were skipped as "no bar": the chart of such a provider stayed
+    empty."""
+    numpy = pytest.importorskip("numpy")
+    day = 1741132800  # 2025-03-05 00:00:00 UTC
+    assert to_bar([date(2025, 3, 5), 1, 2, 0.5, 1.5, 3])[0] == day
+    assert to_bar([numpy.int64(T * 1000), 1, 2, 0.5, 1.5, 3])[0] == T
+    assert to_bar([numpy.int64(T), 1, 2, 0.5, 1.5, 3])[0] == T
+    assert to_bar({"date": date(2025, 3, 5), "close": 1.5})[0] == day
 
 
 def test_a_datetime_time_is_read_as_utc() -> None:

@@ -11,9 +11,11 @@ A *datapoint* is the wire form (DESIGN 5.1): ``{"date": "YYYY-MM-DD HH:MM:SS",
 
 from __future__ import annotations
 
+import calendar
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from backend.model import intervals
@@ -99,8 +101,8 @@ def to_number(value: object) -> Value:
 
 
 def to_epoch(value: object) -> int:
-    """UTC seconds from a date string, a datetime, or epoch seconds/milliseconds (also
-    written as a string of digits, as some APIs send them)."""
+    """UTC seconds from a date string, a datetime or date, or epoch seconds/milliseconds (also
+    written as a string of digits, as some APIs send them, or as a numpy number)."""
     if isinstance(value, str):
         if value.isdecimal():
             value = int(value)
@@ -113,6 +115,10 @@ def to_epoch(value: object) -> int:
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = int(value)
         return number // 1000 if abs(number) >= 100_000_000_000 else number
+    if isinstance(value, date):  # a day, as vendors date daily bars: its midnight UTC
+        return calendar.timegm(value.timetuple())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy's numbers
+        return to_epoch(float(value))
     raise ValueError(f"cannot read a bar time from {value!r}")
 
 
