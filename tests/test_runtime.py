@@ -292,6 +292,16 @@ def test_a_stuck_hook_that_returns_gives_back_the_provider_s_own_last_status(
     assert (cleared.state, cleared.detail) == ("reconnecting", "stream down")
 
 
+def test_a_failing_hook_s_log_line_names_the_hook_not_the_command(
+    harness: RunnerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It named the runner's command (``StartStreaming(client=1, ...)``, ``StopStreaming``
+    for ``on_close``), not the hook the provider's author wrote."""
+    harness.commands.put(StartStreaming(1, "BOOM", "1h"))
+    harness.wait_for(lambda e: isinstance(e, Notice), "the clients told")
+    assert "provider scripted: hook failed: start_streaming('BOOM', '1h')" in caplog.text
+
+
 def test_a_start_streaming_that_raises_tells_the_key_s_clients(harness: RunnerHarness) -> None:
     """The failure was only logged: the chart waited for live updates in silence."""
     harness.commands.put(StartStreaming(1, "BOOM", "1h"))

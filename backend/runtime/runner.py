@@ -395,7 +395,7 @@ class ProviderRunner:
                 case Shutdown():
                     self.stop()
         except Exception as exc:  # a hook's bug must not stop the provider; it is logged
-            logger.exception("provider %s: hook failed for %r", self.key, command)
+            logger.exception("provider %s: hook failed: %s", self.key, _hook_name(command))
             if isinstance(command, StartStreaming):  # the chart would wait in silence
                 message = (
                     f"{self.key}: {_hook_name(command)} failed ({type(exc).__name__}); "
