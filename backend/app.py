@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -47,7 +47,7 @@ from backend.api.rest import router
 from backend.api.udf import router as udf_router
 from backend.api.udf_quotes import router as udf_quotes_router
 from backend.errors import ConfigError, StorageError
-from backend.history.store import BarStore, check_openable
+from backend.history.store import BarStore, check_openable, hold_exclusive
 from backend.hub.alerting import Worker
 from backend.hub.handles import ProviderSetFactory
 from backend.hub.hub import Hub
@@ -103,6 +103,25 @@ def check_database(settings: Settings, role: str) -> None:
         return  # a provider node keeps no bars
     try:
         check_openable(settings.DB)
+    except StorageError as exc:
+        raise ConfigError(f"DB: {exc}") from None
+
+
+# A server stopped a moment ago may still hold the DB: its hub workers stop within a poll
+# and a graceful shutdown (5 s) of their parent's death.
+LOCK_WAIT_SECONDS = 10.0
+
+
+def lock_database(settings: Settings, role: str) -> TextIO | None:
+    """Hold ``DB`` for this server's hub (``<DB>.lock``, see
+    :func:`~backend.history.store.hold_exclusive`); ``ConfigError`` naming ``DB`` when
+    another server holds it. Two servers on one file each evaluated every stored alert (a
+    crossing fired twice: two webhook calls, two pushes) and each resumed the other's
+    pending deliveries. A provider node keeps no bars: None. Keep the file open."""
+    if role == "providers":
+        return None
+    try:
+        return hold_exclusive(settings.DB, LOCK_WAIT_SECONDS)
     except StorageError as exc:
         raise ConfigError(f"DB: {exc}") from None
 

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("candlewire.server")
 
 STARTUP_FAILED = 3  # the exit code of a server whose app did not start
+HELD: list[object] = []  # open for the process's life: the DB's lock file (lock_database)
 GC_YOUNG_THRESHOLD = 20_000
 GC_CHECK_SECONDS = 1.0
 # What survives a collection is frozen (gc.freeze) out of later ones: the bar cache alone is
@@ -320,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
-        from backend.app import check_database, check_plugins, check_role
+        from backend.app import check_database, check_plugins, check_role, lock_database
 
         check_role(settings, args.role)
         check_database(settings, args.role)
         check_plugins(settings, args.role, args.workers)
+        if args.worker_of is None:  # a worker started again alone is of the run holding it
+            HELD.append(lock_database(settings, args.role))
     except ConfigError as exc:  # before logging is set up: redact here
         redact = logs.RedactSecrets(logs.environment_secrets()).redact
         print(f"candlewire: {redact(str(exc))}", file=sys.stderr)

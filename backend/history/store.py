@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import aiosqlite
 
@@ -66,6 +69,39 @@ def check_openable(path: Path, writable: bool = False) -> None:
     for target, what in ((path, "the file"), (path.parent, "its folder")):
         if not os.access(target, os.W_OK):
             raise StorageError(f"cannot write {path}: {what} is not writable")
+
+
+def hold_exclusive(path: Path, wait: float) -> TextIO:
+    """Take the lock file ``<path>.lock`` for this server, waiting up to ``wait`` seconds
+    for another holder to go; ``StorageError`` naming the holder when it does not. The
+    lock (``flock``) lasts while the returned file is open in this process or a process
+    forked from it (hub workers), and goes with them, even after a SIGKILL; processes
+    started with ``spawn`` (providers) do not hold it. It notes this process's pid."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+    except OSError as exc:
+        raise StorageError(f"cannot open the lock file {lock}: {exc}") from exc
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise StorageError(
+                    f"{path} is in use by another server ({holder}, {lock} is locked);"
+                    " each server needs a DB of its own (hub workers of --workers N share one)"
+                ) from None
+            time.sleep(0.1)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 class BarStore:
