@@ -713,12 +713,16 @@ async def test_indicator_update_seconds_bounds_the_update_rate_per_series(
         start = len(ws.messages)
         await ws.wait_for("indicator_update", same_id(chart_id), after=start)
         first = len(ws.messages)
-        # About 2 s of updates (20/s): at most one indicator_update per 0.5 s, plus edges.
+        began = time.monotonic()
+        # About 2 s of updates (20/s) on an idle machine, longer on a loaded one: at most one
+        # indicator_update per 0.5 s of the time they took, plus edges.
         for _ in range(40):
             await ws.wait_for("data_update", same_key("AAA", "1m"), after=len(ws.messages))
+        took = time.monotonic() - began
         data_updates = len(ws.of_type("data_update", first))
         indicator_updates = len(ws.of_type("indicator_update", first))
         assert data_updates >= 40
-        assert 1 <= indicator_updates <= 7, (data_updates, indicator_updates)
+        most = int(took / 0.5) + 3
+        assert 1 <= indicator_updates <= most, (data_updates, indicator_updates, took)
     finally:
         await ws.close()
