@@ -117,8 +117,10 @@ def lock_database(settings: Settings, role: str) -> TextIO | None:
     :func:`~backend.history.store.hold_exclusive`); ``ConfigError`` naming ``DB`` when
     another server holds it. Two servers on one file each evaluated every stored alert (a
     crossing fired twice: two webhook calls, two pushes) and each resumed the other's
-    pending deliveries. A provider node keeps no bars: None. Keep the file open."""
-    if role == "providers":
+    pending deliveries. A provider node keeps no bars, and the hubs of a deployment over
+    the bus (``BUS_URL``) are left as they were (several on one machine may have been
+    started on one file): None. Keep the file open."""
+    if role == "providers" or settings.BUS_URL:
         return None
     try:
         return hold_exclusive(settings.DB, LOCK_WAIT_SECONDS)

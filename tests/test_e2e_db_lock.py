@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.app import LOCK_WAIT_SECONDS
 from tests.harness import ServerProcess, base_env, populate
 
 
@@ -36,4 +37,15 @@ def test_a_second_server_on_the_same_db_stops_with_a_clear_error(tmp_path: Path)
     started = time.monotonic()
     with ServerProcess(env, tmp_path / "again.log") as again:  # no wait for a dead holder
         assert again.get("/health")["status"] == "ok"
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < LOCK_WAIT_SECONDS  # it did not wait out the lock
+
+
+def test_the_hubs_of_a_bus_deployment_take_no_lock(tmp_path: Path) -> None:
+    """Several hubs on one machine over the bus may have been started on one file: they
+    are left as they were (each should have a DB of its own, README)."""
+    from backend.app import lock_database
+    from backend.settings import load_settings
+
+    settings = load_settings(DB=str(tmp_path / "hub.sqlite3"), BUS_URL="redis://127.0.0.1:6379/0")
+    assert lock_database(settings, "hub") is None
+    assert not (tmp_path / "hub.sqlite3.lock").exists()
