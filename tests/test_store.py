@@ -21,7 +21,7 @@ from backend.model.bars import Bar, SeriesId
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import Clock
 from tests.harness import eventually
-from tests.test_history import KEY, NOW, FakeProvider, session_bar
+from tests.test_history import KEY, NOW, FakeProvider, planner, session_bar
 
 BTC = SeriesId("x", "BTC", "1m")
 
@@ -292,3 +292,32 @@ async def test_a_flush_of_many_series_holds_the_write_lock_a_few_round_trips_not
     snapshot = await store.load(SeriesId("x", "S299", "1m"), 10)
     assert [b[0] for b in snapshot.bars] == [60, 120, 180, 240]
     assert snapshot.coverage == [(0, 299)]
+
+
+async def test_a_store_that_cannot_be_read_costs_the_series_its_store_not_its_data(
+    tmp_path: Path, open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged file ("database disk image is malformed" on read): the request is served
+    from the provider, no error, and the series is neither read from nor written to the
+    store again while it is cached. Each request failed with the store's error before."""
+    store = await open_store()
+
+    async def damaged(key: SeriesId, limit: int) -> Any:
+        raise StorageError(
+            f"cannot read {key} from the bar store: database disk image is malformed"
+        )
+
+    monkeypatch.setattr(store, "load", damaged)
+    provider = FakeProvider()
+    plan = planner_over(store, provider)
+    end = intervals.parse_date("2026-02-20 12:00:00")
+    answer = await plan.before(KEY, end, 50)
+    assert answer.error is None
+    assert (
+        len(answer.bars) == 50
+        and answer.bars == (await planner(FakeProvider()).before(KEY, end, 50)).bars
+    )
+    assert answer.series is not None and not answer.series.persist
+    again = await plan.before(KEY, end, 50)
+    assert again.error is None and again.bars == answer.bars
+    await store.close()

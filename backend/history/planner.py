@@ -177,7 +177,17 @@ class HistoryPlanner:
             self.persists is None or await self.persists(series.key.source)
         )
         if self.store is not None and series.persist:
-            snapshot = await self.store.load(series.key, count)
+            try:
+                snapshot = await self.store.load(series.key, count)
+            except StorageError as exc:
+                # A damaged or unreadable store must not cost the series its data: it is
+                # served from its provider, in memory only (never read from or written to
+                # the store again while it is cached), and said once in the log. Failing
+                # the request instead failed every later one the same way.
+                logger.error("%s; served from its provider without the bar store", exc)
+                series.persist = False
+                series.loaded = True
+                return
             series.coverage = Coverage(snapshot.coverage)
             series.exhausted_before = snapshot.exhausted_before
             series.merge(snapshot.bars, keep_existing=True)
