@@ -35,6 +35,24 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+async def refused_at_once(client: WsClient) -> dict[str, str]:
+    """Ask for AAA 1m while the bus is down: an empty ``data_init`` within seconds and its
+    ``error`` saying so (returned)."""
+    started = time.monotonic()
+    await client.send(
+        {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
+    )
+    init = await client.wait_for("data_init", same_key("AAA", "1m"), 20)
+    assert time.monotonic() - started < harness.seconds(5)
+    error: dict[str, str] = await client.wait_for(
+        "error", lambda m: m["request"]["name"] == "AAA", 1
+    )
+    assert init["data"] == []
+    assert error["code"] == "provider_unavailable"
+    assert "bus is down" in error["message"]
+    return error
+
+
 def _get(server: ServerProcess, path: str) -> tuple[int, dict[str, str]]:
     try:
         with urllib.request.urlopen(server.url + path, timeout=harness.seconds(10)) as reply:
@@ -56,16 +74,7 @@ async def test_an_uncached_request_is_answered_at_once_while_redis_is_down(
             lambda: server.get("/health")["status"] == "degraded", 10, "degraded health"
         )
         client = await WsClient.open(server.ws_url)
-        started = time.monotonic()
-        await client.send(
-            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
-        )
-        init = await client.wait_for("data_init", same_key("AAA", "1m"), 20)
-        assert time.monotonic() - started < harness.seconds(5)
-        error = await client.wait_for("error", lambda m: m["request"]["name"] == "AAA", 1)
-        assert init["data"] == []
-        assert error["code"] == "provider_unavailable"
-        assert "bus is down" in error["message"]
+        error = await refused_at_once(client)
         assert port not in error["message"] and "127.0.0.1" not in error["message"]
         started = time.monotonic()
         status, body = _get(server, "/api/history?source=counting&name=BBB&interval=1h&count=3")
@@ -94,16 +103,7 @@ async def test_a_hub_started_while_redis_is_down_answers_at_once(
             "the hub to know the bus is down",
         )
         client = await WsClient.open(server.ws_url)
-        started = time.monotonic()
-        await client.send(
-            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
-        )
-        init = await client.wait_for("data_init", same_key("AAA", "1m"), 20)
-        assert time.monotonic() - started < harness.seconds(5)
-        error = await client.wait_for("error", lambda m: m["request"]["name"] == "AAA", 1)
-        assert init["data"] == []
-        assert error["code"] == "provider_unavailable"
-        assert "bus is down" in error["message"]
+        await refused_at_once(client)
         # Once Redis is up, the provider is asked as usual (not refused as "not ready").
         private_redis.start()
         node_env = bus_deploy.bus_env(tmp_path, private_redis.url, prefix, "node")

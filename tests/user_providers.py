@@ -56,6 +56,18 @@ def kline(t, seed=0):
     return [t * 1000, p, p + 1, p - 1, p + 0.5, 10.0]
 
 
+def publish_forever(provider):
+    """The stream thread of the providers below that publish: the forming kline of each key
+    in ``provider.keys`` (under ``provider.lock``), five times a second."""
+    while True:
+        with provider.lock:
+            keys = list(provider.keys)
+        for symbol, interval in keys:
+            now = int(time.time())
+            provider.publish(symbol, interval, kline(now - now % SECONDS[interval]))
+        time.sleep(0.2)
+
+
 class SeedPortProvider(Provider):
     """The seed's how-to, followed to the letter: it keeps its own ``ws_clients`` and sends
     ``write_message`` with a pre-encoded ``data_update``; times are parsed with strptime."""
@@ -172,13 +184,7 @@ class TypedProvider(Provider):
         return [kline(t) for t in range(now - now % step - (count - 1) * step, now + 1, step)]
 
     def pump(self):
-        while True:
-            with self.lock:
-                keys = list(self.keys)
-            for symbol, interval in keys:
-                now = int(time.time())
-                self.publish(symbol, interval, kline(now - now % SECONDS[interval]))
-            time.sleep(0.2)
+        publish_forever(self)
 
 
 class SloppyProvider(Provider):
@@ -412,13 +418,7 @@ class CrashingProvider(Provider):
             self.keys.discard((symbol, interval))
 
     def pump(self):
-        while True:
-            with self.lock:
-                keys = list(self.keys)
-            for symbol, interval in keys:
-                now = int(time.time())
-                self.publish(symbol, interval, kline(now - now % SECONDS[interval]))
-            time.sleep(0.2)
+        publish_forever(self)
 
 
 class BadInitProvider(Provider):
@@ -467,10 +467,4 @@ class OwnInitProvider(Provider):
             self.keys.discard((symbol, interval))
 
     def pump(self):
-        while True:
-            with self.lock:
-                keys = list(self.keys)
-            for symbol, interval in keys:
-                now = int(time.time())
-                self.publish(symbol, interval, kline(now - now % SECONDS[interval]))
-            time.sleep(0.2)
+        publish_forever(self)
