@@ -245,6 +245,25 @@ def test_a_link_with_the_interval_as_the_buttons_say_it_or_an_overlong_symbol_an
     assert errors == []
 
 
+def test_a_link_with_overlong_names_or_interval_opens_a_chart_on_the_screen(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A 300-letter interval was sent as it was (the server refused it as malformed and the
+    chart stayed empty): it is an unknown one, so the symbol's own opens. Names of 200
+    letters (the longest the server takes) widened the page past the screen: the header and
+    the "Unknown symbol" message drew them on one line."""
+    open_page(page, server, f"?source=csv&s=BTCUSD&i={'h' * 300}")
+    assert js(page, "window.candlewire.charts[0].message") in (None, "")
+    page.goto(f"{server.url}/?source=csv&s={'A' * 200}&i=1h&layout=4&c2=csv:{'B' * 200}:1h")
+    until(
+        lambda: "nknown symbol" in (js(page, "window.candlewire.charts[1].message") or ""),
+        what="the unknown symbol said",
+    )
+    assert_no_horizontal_scroll(page)
+    shot(page, "overlong-names", viewport)
+    assert [e for e in console if "unknown symbol" not in e.lower()] == []
+
+
 def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offers(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

@@ -25,7 +25,7 @@ export class PanelHead {
   show({ source, name, interval, details }) {
     const shown = displayName(name, details);
     this.symbolEl.textContent = shown || "No symbol";
-    this.symbolEl.title = shown !== name ? name : "";
+    this.symbolEl.title = name || ""; // in full: the header cuts a long one
     const description = details?.name_label && details.name_label !== name
       && details.name_label !== shown ? details.name_label : null;
     const exchange = details?.source_label || source;

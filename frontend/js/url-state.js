@@ -22,6 +22,10 @@ const MAX_NAME = 200; // the longest source or symbol the server takes
  * stays a month. */
 function readInterval(text) {
   if (!text || INTERVALS.includes(text)) return text || null;
+  // Longer, the server refuses the request as malformed ("'interval' must be a string of 1
+  // to 200 characters") and the chart stays empty; as an unknown interval it is replaced by
+  // the symbol's nearest one, as any interval the symbol lacks.
+  if (text.length > MAX_NAME) return text.slice(0, MAX_NAME);
   return /^\d+[DWH]$/.test(text) ? text.toLowerCase() : text;
 }
 
