@@ -403,12 +403,15 @@ def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
     assert console == []
 
 
+@pytest.mark.parametrize("event", ["visibilitychange", "resume"])
 def test_a_tab_shown_again_checks_its_socket_and_leaves_a_hung_server_within_seconds(
-    server: ServerProcess, page: Page, viewport: str, console: list[str]
+    server: ServerProcess, page: Page, viewport: str, console: list[str], event: str
 ) -> None:
     """The user comes back to the tab of a server that hung meanwhile: the badge said Live
     over a frozen chart until the keep-alive noticed, 40-55 s later. Shown again, the page
-    asks its socket for a frame, as after a network drop, and leaves it within 5 s."""
+    asks its socket for a frame, as after a network drop, and leaves it within 5 s. So does
+    a page the browser froze (no script ran) when it is resumed, shown or not: only the
+    keep-alive noticed, 40-55 s after the resume."""
     page.add_init_script(COUNT_SOCKETS)
     open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
     assert server.proc is not None
@@ -416,7 +419,7 @@ def test_a_tab_shown_again_checks_its_socket_and_leaves_a_hung_server_within_sec
     try:
         # the frames sent before the hang are read first (the user comes back minutes later)
         page.wait_for_function("performance.now() - window.lastFrame > 1000")
-        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # shown again
+        page.evaluate(f"document.dispatchEvent(new Event('{event}'))")  # shown again
         page.wait_for_function("window.sockets > 1", timeout=seconds(12) * MS)
         assert js(page, "window.candlewire.connection") != "live"
     finally:

@@ -63,6 +63,11 @@ export class Connection extends EventTarget {
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && this.keepalive !== null) this.onOnline();
     });
+    // Likewise a page the browser froze (a background tab, no script ran) and now resumes,
+    // visible or not: its socket may have died meanwhile without a word.
+    document.addEventListener("resume", () => {
+      if (this.keepalive !== null) this.onOnline();
+    });
   }
 
   start() {
