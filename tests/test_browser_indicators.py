@@ -340,3 +340,18 @@ def test_an_indicator_the_server_refuses_keeps_its_chip_but_leaves_no_blank_pane
     shot(page, "refused", viewport)
     errors = [e for e in console if "timeperiod" not in e]  # the refusal, if logged
     assert errors == []
+
+
+def test_an_indicator_with_an_overlong_input_says_why_it_is_refused_on_a_chip_on_the_screen(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """A link's input of 1,200 digits went into the request's id: the server refused an id
+    over 1,000 characters, and quoted it clipped, so the error reached no chip (empty and
+    silent), whose label widened the page to some 10,000 px. The id is kept short (cut, and
+    its hash), the input's own refusal marks the chip, and the label is cut."""
+    open_page(page, server, f"?source=counting&s=BBB&i=1m&ind={RSI}:timeperiod:{'9' * 1200}")
+    until(lambda: "timeperiod" in (indicators(page)[0]["error"] or ""), what="the RSI refused")
+    assert page.locator(".indicator-chip.failed").count() == 1
+    sizes = browsing.js(page, "[document.scrollingElement.scrollWidth, innerWidth]")
+    assert sizes[0] <= sizes[1], f"the page is {sizes[0]} px wide in a {sizes[1]} px window"
+    assert [e for e in console if "timeperiod" not in e and "'id'" not in e] == []

@@ -13,6 +13,22 @@ import { element, keepFocus } from "./dom.js";
 const COLORS = ["#2962ff", "#e91e63", "#00bcd4", "#ff9800", "#9c27b0", "#4caf50", "#795548"];
 const INIT_COUNT = 300;
 
+const MAX_KEY = 96; // an indicator's request id: the server quotes no longer one whole
+
+/** A 53-bit hash of `text` in hex (at most 14 characters; cyrb53). */
+function hash(text) {
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(16);
+}
+
 const numberOrNull = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
 /** The defaults of a catalogue entry's inputs: {name: value}. */
@@ -200,8 +216,12 @@ export class IndicatorLayer {
     const { source, name, interval } = this.panel;
     const inputs = Object.entries(instance.inputs).map(([k, v]) => `${k}-${v}`).join("_");
     // The chart's index keeps two charts of the grid with the same indicator apart.
-    return `${instance.id.replace(/\./g, "-")}_${inputs}_${source}-${name}-${interval}`
+    const key = `${instance.id.replace(/\./g, "-")}_${inputs}_${source}-${name}-${interval}`
       + `_chart-${this.panel.index + 1}`;
+    // A long one (long inputs or names) is cut and made unique by its hash: the server
+    // refuses an id over 1,000 characters, and quotes one over 96 clipped in an error, which
+    // then reached no chip (it stayed empty without a word).
+    return key.length <= MAX_KEY ? key : `${key.slice(0, MAX_KEY - 15)}~${hash(key)}`;
   }
 
   request(instance) {
