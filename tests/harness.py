@@ -99,16 +99,29 @@ def same_key(name: str, interval: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m.get("name") == name and m.get("interval") == interval
 
 
+# ``python -c IGNORING_SIGINT server.py ...``: server.py started with SIGINT ignored
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 class ServerProcess:
     """The real server in a child process."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, port: int = 0, args: tuple[str, ...] = ()
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        port: int = 0,
+        args: tuple[str, ...] = (),
+        ignore_sigint: bool = False,
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.port = port  # 0: any free port; a fixed port lets a restarted server keep its URL
         self.args = args  # more command-line arguments (``--role hub``, ``--workers 2``)
+        self.ignore_sigint = ignore_sigint  # start it with SIGINT ignored, as some launchers do
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
 
@@ -118,16 +131,11 @@ class ServerProcess:
         log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self._log = log
         self.url = ""
+        command = ["server.py", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        if self.ignore_sigint:  # SIG_IGN survives exec
+            command = ["-c", IGNORING_SIGINT, *command]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "server.py",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *self.args,
-            ],
+            [sys.executable, *command],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,

@@ -180,6 +180,20 @@ def test_ctrl_c_stops_the_server_cleanly_without_a_traceback(tmp_path: Path) -> 
     until(lambda: not any(child.is_running() for child in children), what="providers gone")
 
 
+def test_ctrl_c_exits_130_also_when_the_server_started_with_sigint_ignored(
+    tmp_path: Path,
+) -> None:
+    """uvicorn re-raises the SIGINT that stopped it through the handler it found at its
+    start; a process started with SIGINT ignored (as some launchers start children) exited
+    0 after a Ctrl+C."""
+    env = base_env(tmp_path, PROVIDERS="counting")
+    assert harness.populate(env).returncode == 0
+    with harness.ServerProcess(env, tmp_path / "server.log", ignore_sigint=True) as server:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(harness.seconds(20)) == 130
+
+
 def test_loading_a_class_a_module_lacks_says_so_and_not_that_it_is_no_subclass() -> None:
     """populate.py loads providers with ``load_class``: a class name the module lacks was
     reported as "'m:Nope' is not a Provider subclass", where the server said "defines no"."""
