@@ -15,7 +15,7 @@ import pytest
 
 from backend.model import intervals
 from tests.fakes.binance_docs import MINUTE, DocsBinance, Fault, Symbol
-from tests.harness import ServerProcess, WsClient, base_env, populate
+from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
 from tests.test_binance_provider import data, key_of, points
 
 HISTORY_TIMEOUT = 6.0
@@ -172,6 +172,17 @@ async def first_init(client: WsClient, name: str, interval: str, **extra: Any) -
     return await client.wait_for("data_init", key_of(name, interval), FIRST, after=mark)
 
 
+async def served_again(client: WsClient, name: str, interval: str, count: int) -> dict[str, Any]:
+    """Ask for the bars again (``stream: false``) until an answer holds some: the upstream's
+    refusal or slow call is over (each answer until then an error, at once)."""
+    deadline = time.monotonic() + seconds(30)
+    while True:
+        init = await first_init(client, name, interval, count=count, stream=False)
+        if init["data"] or time.monotonic() > deadline:
+            return init
+        await asyncio.sleep(0.25)  # the pace of asking, not a wait for anything
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -212,8 +223,7 @@ async def test_a_ban_gives_an_error_at_once_and_history_after_it(
     init = await first_init(client, "BTCUSDT", "4h", count=20, stream=False)
     errors = client.of_type("error")
     assert init["data"] == [] and errors, client.messages[-3:]
-    await asyncio.sleep(6.5)
-    init = await first_init(client, "BTCUSDT", "4h", count=20, stream=False)
+    init = await served_again(client, "BTCUSDT", "4h", 20)  # once the ban (6 s) is over
     assert init["data"] == points(exchange.klines("BTCUSDT", "4h", None, None, 20), "BTCUSDT", "4h")
 
 
@@ -242,9 +252,9 @@ async def test_server_pings_get_their_payload_back(live: DocsBinance, viewer: Ws
     live.advance(0.5)
     await viewer.wait_for("data_update", key_of("BTCUSDT", "1m"), FIRST)
     conn = live.open_conns()[0]
-    await asyncio.sleep(4.5)
+    await eventually(lambda: len(conn.pongs) >= 3, 15, "three pings answered")
     assert conn.closed is None and not conn.ws.closed
-    assert len(conn.pongs) >= 3 and not conn.pings
+    assert not conn.pings
 
 
 async def test_a_plain_close_loses_no_bar(live: DocsBinance, viewer: WsClient) -> None:
@@ -288,7 +298,7 @@ async def test_a_message_too_big_for_the_client_costs_one_reconnect(
     await viewer.wait_for("data_update", key_of("BTCUSDT", "15m"), FIRST)
     opened = len(live.conns)
     live.send_raw(json.dumps({"stream": "x", "data": {"pad": "x" * 5_000_000}}))
-    await asyncio.sleep(3)
+    await eventually(lambda: len(live.conns) > opened, 15, "a reconnect after the message")
     live.advance(0.5)
     mark = len(viewer.messages)
     await viewer.wait_for("data_update", key_of("BTCUSDT", "15m"), FIRST, after=mark)
@@ -351,8 +361,7 @@ async def test_a_history_answer_slower_than_the_timeout_is_an_error_in_time(
     init = await first_init(client, "BTCUSDT", "8h", count=10, stream=False)
     assert time.monotonic() - started < HISTORY_TIMEOUT + 1
     assert init["data"] == [] and client.of_type("error"), client.messages[-3:]
-    await asyncio.sleep(5)
-    init = await first_init(client, "BTCUSDT", "8h", count=10, stream=False)
+    init = await served_again(client, "BTCUSDT", "8h", 10)  # once the slow call is over
     assert init["data"] == points(exchange.klines("BTCUSDT", "8h", None, None, 10), "BTCUSDT", "8h")
 
 

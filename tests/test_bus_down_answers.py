@@ -53,6 +53,18 @@ async def refused_at_once(client: WsClient) -> dict[str, str]:
     return error
 
 
+async def ask_as_the_provider_calls(client: WsClient, env: dict[str, str]) -> None:
+    """Ask for AAA 1m; back once the provider's history call for it has begun."""
+    await client.send(
+        {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
+    )
+    await harness.eventually(
+        lambda: any(line.startswith("window AAA 1m") for line in bus_deploy.lines(env)),
+        10,
+        "the provider's history call",
+    )
+
+
 def _get(server: ServerProcess, path: str) -> tuple[int, dict[str, str]]:
     try:
         with urllib.request.urlopen(server.url + path, timeout=harness.seconds(10)) as reply:
@@ -143,14 +155,7 @@ async def test_history_in_flight_across_a_redis_restart_is_asked_again(
     with ServerProcess(env, tmp_path / "all.server.log", args=("--role", "all")) as server:
         client = await WsClient.open(server.ws_url)
         started = time.monotonic()
-        await client.send(
-            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
-        )
-        await harness.eventually(
-            lambda: any(line.startswith("window AAA 1m") for line in bus_deploy.lines(env)),
-            10,
-            "the provider's history call",
-        )
+        await ask_as_the_provider_calls(client, env)
         private_redis.stop()
         await asyncio.sleep(delay + 0.5)  # the call answered meanwhile: its reply is lost
         private_redis.start()
@@ -180,14 +185,7 @@ async def test_history_in_flight_while_redis_stays_down_says_the_bus_is_down(
     assert harness.populate(env).returncode == 0
     with ServerProcess(env, tmp_path / "all.server.log", args=("--role", "all")) as server:
         client = await WsClient.open(server.ws_url)
-        await client.send(
-            {"type": "data", "source": "counting", "name": "AAA", "interval": "1m", "count": 5}
-        )
-        await harness.eventually(
-            lambda: any(line.startswith("window AAA 1m") for line in bus_deploy.lines(env)),
-            10,
-            "the provider's history call",
-        )
+        await ask_as_the_provider_calls(client, env)
         private_redis.stop()
         error = await client.wait_for("error", lambda m: m["request"]["name"] == "AAA", 10)
         assert error["code"] == "provider_unavailable"

@@ -393,12 +393,11 @@ async def test_a_flood_is_bounded_and_other_clients_keep_up(run: Run) -> None:
         await calm.send(data("typed", "AAA", "1h", 5))
         await calm.wait_for("data_update", of_source("typed", "AAA", "1h"))
         n = len(calm.of_type("data_update"))
-        began = time.monotonic()
-        await asyncio.sleep(3)
+        await eventually(
+            lambda: len(calm.of_type("data_update")) >= n + 5, 6, "the calm client's updates"
+        )
         await calm.send({"type": "ping"})
         await calm.wait_for("pong", timeout=2)
-        assert len(calm.of_type("data_update")) >= n + 5
-        assert time.monotonic() - began < harness.seconds(6)
     finally:
         await flood.close()
         await calm.close()
