@@ -245,7 +245,8 @@ class SloppyProvider(Provider):
 
 class BuggyProvider(Provider):
     """Each symbol has a bug: RAISE and BLOCK in get_history, STARTRAISE in start_streaming,
-    CLOSERAISE and CLOSEBLOCK (5 s) in on_close, GHOST publishes forever after on_close (and
+    CLOSERAISE and CLOSEBLOCK (until the test writes ``<CANDLEWIRE_TEST_LOG>.release``)
+    in on_close, GHOST publishes forever after on_close (and
     keys nobody asked for), JUNK sends junk."""
 
     def init(self):
@@ -322,8 +323,11 @@ class BuggyProvider(Provider):
         log(f"buggy on_close {symbol} {interval}")
         if symbol == "CLOSERAISE":
             raise RuntimeError("on_close broke")
-        if symbol == "CLOSEBLOCK":
-            time.sleep(5)
+        if symbol == "CLOSEBLOCK":  # until the test has seen it reported stuck (30 s at most)
+            release = os.environ.get("CANDLEWIRE_TEST_LOG", "") + ".release"
+            deadline = time.monotonic() + 30
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 class BlockingStartProvider(Provider):
