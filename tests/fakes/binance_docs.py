@@ -178,6 +178,8 @@ class DocsBinance:
         self.weight: list[tuple[float, int]] = []
         self.silent = False  # no kline pushes
         self.refuse = 0  # SUBSCRIBE frames still to answer with an error
+        # only those naming this stream (None: any; another test's stream may be resubscribed)
+        self.refuse_stream: str | None = None
         rest, ws = web.Application(), web.Application()
         rest.router.add_get("/api/v3/{endpoint}", self._rest)
         ws.router.add_get("/ws", self._ws)
@@ -438,7 +440,8 @@ class DocsBinance:
         if not isinstance(msg, dict) or not isinstance(msg.get("params", []), list):
             return {"code": 2, "msg": "Invalid request", "id": rid}
         method, params = msg.get("method"), msg.get("params", [])
-        if method == "SUBSCRIBE" and self.refuse > 0:
+        named = self.refuse_stream is None or self.refuse_stream in params
+        if method == "SUBSCRIBE" and self.refuse > 0 and named:
             self.refuse -= 1
             return {"code": 2, "msg": "Invalid request: temporarily unavailable", "id": rid}
         if method == "SUBSCRIBE":
