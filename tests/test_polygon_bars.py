@@ -339,6 +339,16 @@ def test_stream_urls_keep_scheme_host_and_path_and_append_the_cluster() -> None:
     assert stream_url("wss://proxy.example/polygon/", "crypto") == (
         "wss://proxy.example/polygon/crypto"
     )
+    # the documents' form names a cluster: it is replaced, not doubled
+    assert stream_url("wss://socket.polygon.io/stocks", "crypto") == (
+        "wss://socket.polygon.io/crypto"
+    )
+    assert stream_url("wss://delayed.massive.com/stocks/", "stocks") == (
+        "wss://delayed.massive.com/stocks"
+    )
+    assert stream_url("wss://proxy.example/polygon/forex", "options") == (
+        "wss://proxy.example/polygon/options"
+    )
     for bad in ("https://api.polygon.io", "delayed.polygon.io", "wss://"):
         with pytest.raises(ConfigError, match="POLYGON_WS_URL"):
             stream_url(bad, "stocks")

@@ -278,8 +278,8 @@ async def test_populate_with_a_rejected_key_fails_clearly(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("rest", "stream"),
-    [("{rest}/", "{ws}/")],
-    ids=["trailing-slashes"],
+    [("{rest}/", "{ws}/"), ("{rest}", "{ws}/crypto")],
+    ids=["trailing-slashes", "stream-url-with-its-cluster"],
 )
 async def test_base_urls_as_polygon_documents_them(tmp_path: Path, rest: str, stream: str) -> None:
     """Polygon's documents give the REST base as ``https://api.polygon.io`` (Massive:

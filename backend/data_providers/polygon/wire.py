@@ -40,6 +40,7 @@ SECOND_EVENTS: dict[str, str] = {
     "crypto": "XAS",
     "forex": "CAS",
 }
+_CLUSTER_PATHS = frozenset(CLUSTERS.values())
 _FOUR_LETTER_QUOTES = ("USDT", "USDC")
 _TOPICS_PER_MESSAGE = 500
 
@@ -63,14 +64,21 @@ class LiveAgg:
 def stream_url(base: str, cluster: str) -> str:
     """``POLYGON_WS_URL`` plus the cluster path: ``wss://delayed.polygon.io/stocks``.
 
-    Raises :class:`ConfigError` for a URL that is not ``ws://`` or ``wss://`` with a host.
+    The base may be given as Polygon's (and Massive's) documents write stream URLs, with a
+    cluster: ``wss://socket.polygon.io/stocks`` is the base ``wss://socket.polygon.io``, so
+    every cluster is reached on that host (not ``/stocks/stocks``). Raises
+    :class:`ConfigError` for a URL that is not ``ws://`` or ``wss://`` with a host.
     """
     parts = urlsplit(base.strip())
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
         raise ConfigError(
             f"POLYGON_WS_URL: {base!r} must look like wss://delayed.polygon.io (ws:// or wss://)"
         )
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/{cluster}"
+    path = parts.path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    if last in _CLUSTER_PATHS:
+        path = head
+    return f"{parts.scheme}://{parts.netloc}{path}/{cluster}"
 
 
 def topic(cluster: str, ticker: str) -> str:
