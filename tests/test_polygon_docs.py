@@ -239,6 +239,10 @@ async def test_a_cluster_outside_the_plan_is_told_to_clients_health_and_log(
         await eventually(
             lambda: "websocket access" in server.log_path.read_text(), 10, "the log line"
         )
+        # a chart opened while the refusal lasts hears it too, not silence
+        await first_init(client, "MSFT", "3m", count=5)
+        error = await client.wait_for("error", about("MSFT", "3m"), FIRST)
+        assert error["code"] == "auth_failed" and "websocket access" in error["message"], error
         tried = len([c for c in fake.conns if c.cluster == "stocks"])
         started = time.monotonic()
         await eventually(lambda: time.monotonic() - started > 2.5, 5, "2.5 s")

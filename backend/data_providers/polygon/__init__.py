@@ -111,6 +111,12 @@ class PolygonProvider(Provider):
 
     def on_first_subscriber(self, symbol: str, interval: str) -> None:
         self._live_bars().add(symbol, interval)
+        # A cluster refused already (auth_failed, max_connections) tells its clients only when
+        # its state changes: a chart opened while the refusal lasts hears it now.
+        cluster = CLUSTERS[market_of(symbol)]
+        state, detail = self._clusters.get(cluster, ("", ""))
+        if state in REJECTIONS:
+            self.notify(symbol, interval, state, f"polygon {cluster}: {detail}")
 
     def on_last_subscriber(self, symbol: str, interval: str) -> None:
         self._live_bars().remove(symbol, interval)
