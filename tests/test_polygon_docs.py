@@ -23,6 +23,7 @@ CRYPTO += [Ticker("X:BTCUSD", "Bitcoin - United States dollar", "crypto")]
 CRYPTO += [Ticker("X:ETHUSD", "Ethereum - United States dollar", "crypto")]
 CRYPTO += [Ticker("X:OLDUSD", "Delisted", "crypto", active=False)]
 STOCKS = [Ticker("AAPL", "Apple Inc.", "stocks", "XNAS"), Ticker("MSFT", "Microsoft", "stocks")]
+FX = [Ticker("C:EURUSD", "Euro - United States dollar", "fx")]
 
 
 def data(name: str, interval: str, **extra: Any) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def serve(fake: DocsPolygon, tmp: Path, **extra: str) -> Iterator[ServerProcess]
 @pytest.fixture(scope="module")
 def fake() -> Iterator[DocsPolygon]:
     with DocsPolygon(
-        CRYPTO + STOCKS, page_size=3, aggs_page=120, delayed_markets={"stocks"}
+        CRYPTO + STOCKS + FX, page_size=3, aggs_page=120, delayed_markets={"stocks"}
     ) as polygon:
         # populate's second page of crypto is refused once, as past the free plan's 5 a minute
         polygon.fault(Fault(429, {"status": "ERROR", "error": RATE_LIMITED}, path="cursor="))
@@ -108,7 +109,7 @@ async def test_populate_follows_next_url_as_documented(fake: DocsPolygon, client
     """Every page of tickers is read (3 a page here), through ``next_url`` links that carry
     no ``apiKey``: each following page is asked with the key and the cursor alone; the page
     refused with 429 is asked again."""
-    for ticker in CRYPTO + STOCKS:
+    for ticker in CRYPTO + STOCKS + FX:
         names = await search(client, ticker.ticker)
         assert (ticker.ticker in names) is ticker.active, (ticker.ticker, names[:5])
     pages = [(q, form) for path, q, form in fake.requests if path == "/v3/reference/tickers"]
@@ -116,8 +117,8 @@ async def test_populate_follows_next_url_as_documented(fake: DocsPolygon, client
     assert all(form != "none" for _, form in pages), pages
     follow = [q for q, _ in pages if "cursor" in q]
     assert follow and all(set(q) <= {"cursor", "apiKey"} for q in follow), follow
-    # crypto: 9 active in pages of 3 (and one asked again after the 429); stocks: 1 page
-    assert len(pages) == 3 + 1 + 1, pages
+    # crypto: 9 active in pages of 3 (and one asked again after the 429); stocks, fx: 1 page
+    assert len(pages) == 3 + 1 + 1 + 1, pages
 
 
 @pytest.mark.parametrize(
@@ -249,6 +250,25 @@ async def test_a_cluster_outside_the_plan_is_told_to_clients_health_and_log(
         assert len([c for c in fake.conns if c.cluster == "stocks"]) <= tried + 1
     finally:
         fake.ws_plan.add("stocks")
+
+
+async def test_a_plan_refusal_after_auth_success_is_told_too(
+    fake: DocsPolygon, client: WsClient, server: ServerProcess
+) -> None:
+    """The same refusal as the answer to a subscribe, after ``auth_success``, on a socket
+    Polygon leaves open: told to the chart and /health, and the socket is not kept as if
+    it streamed (its retry waits seconds)."""
+    fake.refuse_on_subscribe.add("forex")
+    try:
+        opened = len(fake.conns)
+        await first_init(client, "C:EURUSD", "1m", count=5)
+        error = await client.wait_for("error", about("C:EURUSD", "1m"), FIRST)
+        assert error["code"] == "auth_failed" and "websocket access" in error["message"], error
+        assert "forex: auth_failed" in str(server.get("/health")["providers"]["polygon"])
+        await eventually(lambda: not fake.open_conns("forex"), 5, "the refused socket closed")
+        assert len(fake.conns) == opened + 1
+    finally:
+        fake.refuse_on_subscribe.discard("forex")
 
 
 async def test_an_eviction_by_max_connections_is_told_and_retried_later(

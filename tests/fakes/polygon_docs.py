@@ -29,10 +29,12 @@ What the documents say, and this fake does:
   ``auth_success`` or ``auth_failed`` (a wrong key: "authentication failed"; a plan
   without that cluster: "Your plan doesn't include websocket access...", then a close);
   ``subscribe``/``unsubscribe`` with comma-separated ``EV.SYMBOL`` params acknowledged with
-  ``success`` statuses; one connection per cluster and key (a new one evicts the old with
-  ``max_connections`` and close 1008). Events: ``A``/``AM`` (``sym``) for stocks, options
-  and indices, ``XAS``/``XA`` (``pair`` ``BTC-USD``) for crypto, ``CAS``/``CA`` (``pair``
-  ``EUR/USD``) for forex, with ``o h l c v vw s e`` (ms).
+  ``success`` statuses (or, with :attr:`DocsPolygon.refuse_on_subscribe`, the plan
+  refusal after ``auth_success``, as one real account saw it); one connection per cluster
+  and key (a new one evicts the old with ``max_connections`` and close 1008). Events:
+  ``A``/``AM`` (``sym``) for stocks, options and indices, ``XAS``/``XA`` (``pair``
+  ``BTC-USD``) for crypto, ``CAS``/``CA`` (``pair`` ``EUR/USD``) for forex, with
+  ``o h l c v vw s e`` (ms).
 
 Run alone: ``python -m tests.fakes.polygon_docs --port 8766``.
 """
@@ -185,6 +187,9 @@ class DocsPolygon:
         self.delayed_markets = set(delayed_markets)
         self.rest_plan = set(rest_plan)
         self.ws_plan = set(ws_plan)
+        # clusters whose plan refusal comes after ``auth_success``, as the answer to the first
+        # subscribe (one report of a real account), the socket left open
+        self.refuse_on_subscribe: set[str] = set()
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, dict[str, str], str]] = []  # (path, query, auth form)
         self.conns: list[Conn] = []
@@ -443,6 +448,9 @@ class DocsPolygon:
                 conn.topics.update(topics)
             else:
                 conn.topics.difference_update(topics)
+            if kind == "subscribe" and conn.cluster in self.refuse_on_subscribe:
+                await _send(conn.ws, [_status("auth_failed", NO_WEBSOCKETS)])
+                return
             verb = "subscribed to" if kind == "subscribe" else "unsubscribed to"
             await _send(conn.ws, [_status("success", f"{verb}: {t}") for t in topics])
         else:

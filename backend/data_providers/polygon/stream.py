@@ -11,7 +11,8 @@ one :class:`ClusterConnection`, opened when its first ticker is watched and kept
   subscribed again and the handler hears ``on_connected(reconnect=True)`` to refetch the gap.
 * ``auth_failed`` and ``max_connections`` are reported (``on_state``) and retried after 5 s,
   doubling to 5 min: never a tight loop, nor a quick eviction war with another program that
-  uses the same key.
+  uses the same key. A refusal after ``auth_success`` (a plan without the cluster, answered
+  to the first subscribe on a socket Polygon leaves open) closes the socket and is the same.
 * Delays reset once a connection has stayed up for :data:`STABLE_SECONDS`.
 
 Uses the ``websockets`` library directly, not polygon-api-client's ``WebSocketClient``: that
@@ -189,6 +190,8 @@ class ClusterConnection:
         try:
             async for frame in ws:
                 self._on_frame(frame)
+                if self._rejection is not None:  # refused after auth_success: no data will
+                    break  # come on this socket (Polygon may leave it open); retry later
         except ConnectionClosed:
             if self._rejection is None:
                 raise
