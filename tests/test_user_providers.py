@@ -454,7 +454,10 @@ async def test_a_blocking_on_close_is_reported_stuck_and_clears(run: Run) -> Non
     await ws.wait_for("data_init", of_source("buggy", "CLOSEBLOCK"))
     await ws.close()
     stuck = "provider buggy: on_close('CLOSEBLOCK', '1m') has not returned"
-    await eventually(lambda: stuck in run.log.read_text(), 8, "the stuck hook logged")
+    # reported some 4.3 to 5.3 s after the close (the linger, HEARTBEAT_TIMEOUT=4, which
+    # ``seconds`` does not scale, and the ping that sees it), later on a loaded machine:
+    # 8 s left under 3 s to spare
+    await eventually(lambda: stuck in run.log.read_text(), 15, "the stuck hook logged")
     buggy = run.health()["providers"]["buggy"]
     assert buggy["status"] == "stuck" and "on_close" in buggy["status_detail"], buggy
     run.hooks.with_name(run.hooks.name + ".release").write_text("")
