@@ -13,7 +13,6 @@ Redis is a private ``redis-server`` of this test (the shared one is never touche
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.error
@@ -157,7 +156,13 @@ async def test_history_in_flight_across_a_redis_restart_is_asked_again(
         started = time.monotonic()
         await ask_as_the_provider_calls(client, env)
         private_redis.stop()
-        await asyncio.sleep(delay + 0.5)  # the call answered meanwhile: its reply is lost
+        # the call answers while Redis is down (the provider logs ``history`` as it returns
+        # its bars): its reply is lost
+        await harness.eventually(
+            lambda: any(line.startswith("history AAA 1m") for line in bus_deploy.lines(env)),
+            delay + 10,
+            "the provider's answer",
+        )
         private_redis.start()
         init = await client.wait_for("data_init", same_key("AAA", "1m"), 40)
         took = time.monotonic() - started
