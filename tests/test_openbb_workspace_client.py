@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -37,7 +38,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import ServerProcess, base_env, populate, seconds
+from tests.harness import ServerProcess, base_env, eventually, populate, seconds
 
 ORIGIN = "https://pro.openbb.co"
 
@@ -321,6 +322,14 @@ class Feed:
             await self.reader
 
 
+def subscriptions(server: ServerProcess) -> float:
+    """The server's ``candlewire_subscriptions`` (client subscriptions, the live grids'
+    series included) from ``/metrics``."""
+    text = str(server.get("/metrics"))
+    (value,) = re.findall(r"^candlewire_subscriptions (\S+)$", text, re.M)
+    return float(value)
+
+
 def ws_url_of(backend: str, ws_endpoint: str) -> str:
     """The socket URL as Workspace builds it: ``wsEndpoint`` resolved against the backend
     URL, then ``http`` replaced by ``ws`` (so ``https`` gives ``wss``)."""
@@ -510,8 +519,13 @@ async def test_the_live_grid_socket_as_workspace_drives_it(
         await feed.updated(set(first))
         # every parameter emptied: Workspace closes the socket, but a server must also take
         # an empty set without streaming on
+        assert subscriptions(server) > 0  # the grid's rows stream
         await feed.params({**params, "symbol": []})
-        await asyncio.sleep(seconds(0.5))
+        # once it is applied (the grid's series unsubscribed: a fixed 0.5 s for it was a
+        # window a loaded server could miss) and the rows sent before it are read (the
+        # pong of a ping comes after them), no row follows
+        await eventually(lambda: subscriptions(server) == 0, 10, "the empty set applied")
+        await (await feed.connection.ping())
         mark = len(again.updates)
         await asyncio.sleep(seconds(1))
         assert again.updates[mark:] == []
