@@ -11,6 +11,7 @@ import time
 import pytest
 
 from backend.errors import RateLimited
+from backend.history import planner
 from backend.hub import refill
 from backend.hub.clients import Client
 from backend.hub.hub import Hub
@@ -262,3 +263,44 @@ async def test_a_provider_whose_history_lags_its_stream_is_refilled_once_more_no
     hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, live, False)])
     assert not hub.refills.tasks
     assert updated(taken(client)) == [T0 + 6 * 60]
+
+
+async def test_a_bar_closed_by_another_clients_data_init_during_the_refill_reaches_the_chart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client charts the bar forming when the provider died. After the restart, another
+    client's data_init fetched the tail before the refill answered: the bar closed and the
+    next one went into the cache unsent, the refill's final values of the bar (no longer
+    the newest) were not sent either, and the first chart kept the bar half made for good
+    (test_binance_client_model under load: one bar of a chart differed from the exchange's
+    kline after the provider was killed just before it closed)."""
+    monkeypatch.setattr(planner, "TAIL_FRESH_SECONDS", 0.0)  # its tail is not fresh any more
+    hub, provider = make_hub()
+    provider.history = bars(T0 - 4 * 60, 5)
+    client = connect(hub)
+    await send(hub, client, request("data", KEY, count=5))
+    hub.on_provider_events(SOURCE, [(KEY.name, KEY.interval, forming(T0), False)])
+    assert updated(taken(client)) == [T0]
+    provider.die()
+    provider.spawn()
+    provider.history = bars(T0, 2)  # T0 closed meanwhile (close 1.0), T0 + 60 forming
+    gate = asyncio.Event()
+    answer = hub.refills.fetch
+
+    async def fetch(key: SeriesId, since: int, count: int) -> list[Bar]:
+        await gate.wait()
+        return await answer(key, since, count)
+
+    hub.refills.fetch = fetch
+    hub.on_provider_ready(SOURCE)
+    other = connect(hub)
+    await send(hub, other, request("data", KEY, count=5))
+    [init] = [m["data"] for m in taken(other) if m["type"] == "data_init"]
+    assert isinstance(init, list)
+    assert [intervals.parse_date(str(b["date"])) for b in init[-2:]] == [T0, T0 + 60]
+    gate.set()
+    await refills_done(hub)
+    got = sent_last(taken(client))
+    assert sorted(got) == [T0, T0 + 60]
+    assert got[T0]["fake-AAA-1m-close"] == 1.0  # bars(T0, 2)[0], not forming(T0)'s 1.2
+    assert updated(taken(other)) == [T0 + 60]  # its chart ends later: nothing to go back to

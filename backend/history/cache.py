@@ -39,6 +39,7 @@ class Series:
     epoch: int = 0  # bumped whenever the stream may have missed bars (restart, stop)
     live_seq: int = 0  # bumped by every live update
     live_t: int | None = None  # open time of the newest bar a live update set (or refilled)
+    sent_t: int | None = None  # open time of the newest bar its clients got as an update
     tail_fetched_at: float = 0.0
     tail_from: int = MIN_TIME  # where the window of the last tail fetch started
     exhausted_before: int | None = None  # nothing older than this exists upstream

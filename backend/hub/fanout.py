@@ -63,6 +63,9 @@ class Fanout:
         self.kick = kick
         self.providers: ProviderSet | None = None  # set by the hub once it has them
         self.deliver: dict[SeriesId, dict[int, Client]] = {}
+        # The open time of the newest bar of each delivered client's data_init (key -> client
+        # id -> time; none: it had no bar): with ``Series.sent_t``, where its chart ends.
+        self._init_newest: dict[SeriesId, dict[int, int]] = {}
         # bumped by every change to ``deliver`` (only start_delivery and stop_delivery make
         # them): what was derived from it holds while this stays the same
         self.deliver_changes = 0
@@ -106,14 +109,24 @@ class Fanout:
 
     # ------------------------------------------------------------------ delivery
 
-    def start_delivery(self, client: Client, key: SeriesId) -> None:
-        """``client`` got its ``data_init`` of ``key``: from now on it gets the updates."""
+    def start_delivery(self, client: Client, key: SeriesId, newest: int | None = None) -> None:
+        """``client`` got its ``data_init`` of ``key``, whose newest bar opened at ``newest``
+        (None: it had none): from now on it gets the updates."""
         self.deliver.setdefault(key, {})[client.id] = client
         self.deliver_changes += 1
+        if newest is not None:
+            self._init_newest.setdefault(key, {})[client.id] = newest
+        elif key in self._init_newest:
+            self._init_newest[key].pop(client.id, None)
 
     def stop_delivery(self, client_id: int, key: SeriesId) -> None:
         self._waiting_notices.pop((client_id, key), None)
         self._answered.pop((client_id, key), None)
+        inits = self._init_newest.get(key)
+        if inits is not None:
+            inits.pop(client_id, None)
+            if not inits:
+                del self._init_newest[key]
         targets = self.deliver.get(key)
         if targets is not None:
             self.deliver_changes += 1
@@ -218,7 +231,7 @@ class Fanout:
         newest = series.upsert(bar)
         series.live_seq += 1
         if newest:
-            series.live_t = t
+            series.live_t = series.sent_t = t
         if (
             series.live
             and previous is not None
@@ -236,6 +249,28 @@ class Fanout:
                     self._hold_update(key, bar)
                     return
             self._push_update(key, bar)
+        elif series.sent_t is None or t >= series.sent_t:
+            self._push_behind(key, bar)
+
+    def _push_behind(self, key: SeriesId, bar: Bar) -> None:
+        """Send an update of a bar older than the newest in the cache, but not older than
+        the newest bar the key's clients got as an update, to those whose chart ends at it
+        or before it. A history answer (another client's ``data_init`` after a provider
+        restart, while the refill of the key was under way) merged the bar closed and a newer
+        one into the cache, unsent: the refill's final values of the bar, no longer the
+        newest, were not sent either, and the charts that ended in it kept it half made for
+        good. An update of a bar before the end of a chart is not sent (the front end looks
+        for its date among its last bars, else appends it)."""
+        targets = self.deliver.get(key)
+        encoder = self._encoder(key) if targets else None
+        if not targets or encoder is None:
+            return
+        t = bar[0]
+        inits = self._init_newest.get(key, {})
+        behind = {n: c for n, c in targets.items() if inits.get(n, t) <= t}
+        if behind:
+            self.push_frame(key, t, encoder.frame(bar), behind)
+            self._delivered += len(behind)
 
     def _caught_up(self, key: SeriesId, t: int, final: bool) -> bool:
         """False for a forming state of a bar older than the newest bar of ``key``'s refill

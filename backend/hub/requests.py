@@ -262,7 +262,8 @@ class Requests:
             code = None if error is None else getattr(error, "code", "provider_error")
             hub.fanout.init_sent(client, key, code)
             if subscribed is not None and hub.subs.since(client.id, key) == subscribed:
-                hub.fanout.start_delivery(client, key)
+                newest = answer.bars[-1][0] if answer.bars else None
+                hub.fanout.start_delivery(client, key, newest)
 
     async def _history(self, client: Client, request: protocol.HistoryRequest) -> None:
         hub = self.hub
