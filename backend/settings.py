@@ -457,6 +457,17 @@ class Settings(BaseSettings):
             return value
         raise ValueError(f"{value!r} must be a mailto: address or an https:// URL")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _contact_of_public_url(cls, data: Any) -> Any:
+        # Not set: the server's own https address is a contact every push service takes
+        # (Apple's refuses the placeholder at localhost), as RFC 8292 section 2.1 allows.
+        if isinstance(data, dict) and not data.get("ALERT_CONTACT"):
+            parts = urlsplit(str(data.get("PUBLIC_URL") or "").strip())
+            if parts.scheme == "https" and parts.hostname and "ALERT_CONTACT" not in data:
+                return {**data, "ALERT_CONTACT": f"https://{parts.netloc}"}
+        return data
+
     @model_validator(mode="after")
     def _provider_requirements(self) -> Settings:
         # A hub on the bus (--role hub) holds no provider credentials; the provider nodes

@@ -6,7 +6,9 @@ receiver listens at, ``exp`` within 24 hours). It listens on any loopback addres
 included (``http.server`` in a thread); each push lands in :attr:`RfcPush.pushes`, each
 refusal (with the reason) in :attr:`RfcPush.refused`. While :attr:`RfcPush.unavailable` is
 set it answers every push 503 Service Unavailable without looking at it (a service down
-for a while; the sender retries), counted in :attr:`RfcPush.turned_away`.
+for a while; the sender retries), counted in :attr:`RfcPush.turned_away`. With
+:attr:`RfcPush.apple` set it also refuses as Apple's push service does a token whose ``sub``
+is at ``localhost``: 403 ``{"reason":"BadJwtToken"}`` (web-push-libs/web-push#947).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class RfcPush:
         self.refused: list[str] = []
         self.unavailable = False
         self.turned_away = 0
+        self.apple = False
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -134,9 +137,11 @@ class RfcPush:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status = receiver.take(self.path, dict(self.headers.items()), body)
+                answer = b'{"reason":"BadJwtToken"}' if status == 403 else b""
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family})
@@ -170,6 +175,9 @@ class RfcPush:
             if "TTL" not in headers or headers.get("Content-Encoding") != "aes128gcm":
                 raise ValueError("no TTL, or not aes128gcm")
             key, claims = verify_vapid(headers.get("Authorization", ""), self.url, time.time())
+            if self.apple and str(claims["sub"]).split("@")[-1].split("/")[-1] == "localhost":
+                self.refused.append(f"BadJwtToken: sub {claims['sub']!r}")
+                return 403
             payload = json.loads(self.browsers[token].decrypt(body))
         except (ValueError, KeyError, InvalidSignature, InvalidTag) as exc:
             self.refused.append(f"{type(exc).__name__}: {exc}")

@@ -4,21 +4,31 @@ bounded answers, no redirects, ``Retry-After``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from backend.alerts.delivery import MAX_PUSH_PLAINTEXT, Delivery, Outcome, push_plaintext
+from backend.alerts.delivery import (
+    MAX_PUSH_PLAINTEXT,
+    Delivery,
+    Outcome,
+    contact_problem,
+    push_plaintext,
+)
 from backend.alerts.destinations import origin, public_problem
 from backend.alerts.model import Subscription, check_subscription, parse_subscription
 from backend.alerts.resolver import PublicResolver
 from backend.alerts.vapid import VapidKeys
+from backend.hub.alert_sending import AlertSending
+from backend.hub.metrics import Metrics
 from backend.settings import Settings
 from tests.fakes.webpush import FakePush
 from tests.harness import ROOT, seconds
@@ -327,3 +337,91 @@ async def test_a_contact_push_services_accept_signs_every_push(
 def test_a_contact_that_is_no_mailto_or_https_uri_stops_the_start(contact: str) -> None:
     with pytest.raises(ValidationError, match="ALERT_CONTACT"):
         Settings(ALERT_CONTACT=contact)
+
+
+@pytest.mark.parametrize(
+    ("contact", "problem"),
+    [
+        ("mailto:admin@localhost", True),
+        ("https://localhost:8000/", True),
+        ("mailto:ops@box.local", True),
+        ("mailto:ops@intranet", True),
+        ("mailto:ops@10.1.2.3", True),
+        ("https://[::1]/", True),
+        ("mailto:ops@example.org", False),
+        ("https://charts.example.com/contact", False),
+        ("mailto:ops@example.org?subject=push", False),
+    ],
+)
+def test_a_contact_at_a_host_off_the_internet_is_named_a_problem(
+    contact: str, problem: bool
+) -> None:
+    assert (contact_problem(contact) is not None) is problem
+
+
+async def test_a_push_refused_for_its_contact_names_alert_contact_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Apple's push service answers a token whose ``sub`` is at localhost (the default
+    contact) 403 BadJwtToken, where others take it: the line says which setting to fix."""
+    with RfcPush() as service:
+        service.apple = True
+        subscription = check_subscription(service.subscription("safari"))
+        assert subscription is not None
+        sender = Delivery(VapidKeys.load_or_create(tmp_path), backoff=0.01)
+        try:
+            with caplog.at_level(logging.WARNING, logger="backend.alerts.delivery"):
+                outcome = await sender.push(subscription, {"notification": {"title": "hi"}})
+        finally:
+            await sender.close()
+    assert outcome is Outcome.FAILED and len(service.refused) == 1
+    line = caplog.text
+    assert "BadJwtToken" in line and "ALERT_CONTACT 'mailto:admin@localhost'" in line, line
+    assert "not a public name" in line and "not retried" in line
+
+
+def test_without_alert_contact_an_https_public_url_is_the_contact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ALERT_CONTACT", raising=False)
+    monkeypatch.delenv("PUBLIC_URL", raising=False)
+    assert Settings().ALERT_CONTACT == "mailto:admin@localhost"
+    assert Settings(PUBLIC_URL="https://charts.example.com/app").ALERT_CONTACT == (
+        "https://charts.example.com"
+    )
+    assert Settings(PUBLIC_URL="http://charts.example.com").ALERT_CONTACT == (
+        "mailto:admin@localhost"
+    )
+    chosen = Settings(PUBLIC_URL="https://charts.example.com", ALERT_CONTACT="mailto:a@b.org")
+    assert chosen.ALERT_CONTACT == "mailto:a@b.org"
+
+
+@pytest.mark.parametrize(
+    ("contact", "first", "warned"),
+    [
+        ("mailto:admin@localhost", True, True),
+        ("mailto:admin@localhost", False, False),  # one line per start, not per worker
+        ("mailto:ops@example.org", True, False),
+    ],
+)
+async def test_the_first_worker_says_at_start_that_apple_refuses_the_contact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, contact: str, first: bool, warned: bool
+) -> None:
+    sending = AlertSending(Settings(ALERT_CONTACT=contact), Metrics(), _never, _nothing_gone)
+    with caplog.at_level(logging.WARNING, logger="backend.hub.alert_sending"):
+        sending.open(VapidKeys.load_or_create(tmp_path), first_worker=first)
+    assert sending.delivery is not None
+    await sending.delivery.close()
+    said = [r.getMessage() for r in caplog.records if "ALERT_CONTACT" in r.getMessage()]
+    assert bool(said) is warned, said
+    if warned:
+        assert "403 BadJwtToken" in said[0] and contact in said[0], said
+
+
+def _never(coroutine: Coroutine[Any, Any, None], name: str) -> object:
+    coroutine.close()
+    return None
+
+
+async def _nothing_gone(endpoint: str) -> None:
+    return None

@@ -18,12 +18,14 @@ from __future__ import annotations
 import base64
 import email.utils
 import enum
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from py_vapid.jwt import sign as sign_jwt
@@ -52,6 +54,30 @@ LOGGED_BODY_CHARS = 200
 PUSH_TTL = 24 * 3600
 VAPID_SECONDS = 12 * 3600  # lifetime of the signed VAPID token
 CONTACT = "mailto:admin@localhost"
+# Hosts no push service can reach: Apple's (Safari, iOS home-screen apps) refuses a VAPID
+# token whose ``sub`` names one with 403 {"reason":"BadJwtToken"}, where others accept it.
+_UNREACHABLE_SUFFIXES: tuple[str, ...] = (".localhost", ".local", ".internal", ".lan")
+_UNREACHABLE_SUFFIXES += (".home.arpa", ".test", ".invalid", ".example")
+
+
+def contact_problem(contact: str) -> str | None:
+    """Why push services may refuse VAPID tokens with ``contact`` as their ``sub`` claim
+    (``ALERT_CONTACT``), or None: a contact at a host that is not on the internet
+    (``localhost``, a name without a dot, ``.local``, a private address). Apple's push
+    service answers every push signed so with 403 ``BadJwtToken``."""
+    scheme, _, rest = contact.strip().partition(":")
+    if scheme.lower() == "mailto":
+        host = rest.rpartition("@")[2].split("?")[0]
+    else:
+        host = urlsplit(contact.strip()).hostname or ""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host == "localhost" or "." not in host or host.endswith(_UNREACHABLE_SUFFIXES):
+            return f"its host {host!r} is not a public name"
+        return None
+    return None if address.is_global else f"its host {host} is not a public address"
 
 
 class Outcome(enum.Enum):
@@ -233,6 +259,9 @@ class Delivery:
                 logger.info("%s: %s, the subscription is gone", what, why)
                 return Outcome.GONE
             if 400 <= status < 500 and status != 429:
+                refused = push and status in (401, 403) and contact_problem(self.contact)
+                if refused:  # the likely cause, named where the operator looks
+                    why = f"{why}; ALERT_CONTACT {self.contact!r}: {refused}"
                 logger.warning("%s: %s, not retried", what, why)
                 return Outcome.FAILED
             if answer.retry_after is not None and answer.retry_after > self.max_retry_after:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from backend.alerts.delivery import Delivery, Outcome, Progress
+from backend.alerts.delivery import Delivery, Outcome, Progress, contact_problem
 from backend.alerts.destinations import origin
 from backend.alerts.dispatch import Dispatcher
 from backend.alerts.model import Alert, parse_subscription
@@ -84,8 +84,19 @@ class AlertSending:
             "alert deliveries stored and not yet sent or given up (this worker)",
         )
 
-    def open(self, keys: VapidKeys) -> None:
+    def open(self, keys: VapidKeys, first_worker: bool = True) -> None:
+        """Sign pushes with ``keys``; the first worker says at start if the contact will not
+        do for every push service."""
         settings = self.settings
+        problem = contact_problem(settings.ALERT_CONTACT)
+        if problem is not None and first_worker:
+            logger.warning(
+                "ALERT_CONTACT %r: %s; Apple's push service (Safari, iOS home-screen apps) "
+                "refuses every push signed with it (403 BadJwtToken): set ALERT_CONTACT to a "
+                "real mailto: address or https: URL",
+                settings.ALERT_CONTACT,
+                problem,
+            )
         self.delivery = Delivery(
             keys,
             settings.ALERT_CONTACT,

@@ -141,7 +141,7 @@ class Alerting:
         self.worker = worker or Worker()
         self.keys = await asyncio.to_thread(VapidKeys.load_or_create, db.parent)
         self.store = await asyncio.to_thread(AlertStore, db)
-        self.sending.open(self.keys)
+        self.sending.open(self.keys, first_worker=self.worker.index == 1)
         self.journal.open(self.store, self.worker.index)
         # Taken first: worker 1 adopts those of workers gone (a hub now run with fewer),
         # then the too old go, the adopted too (they were resumed and sent, past a day).
