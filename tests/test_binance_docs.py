@@ -227,6 +227,29 @@ async def test_a_ban_gives_an_error_at_once_and_history_after_it(
     assert init["data"] == points(exchange.klines("BTCUSDT", "4h", None, None, 20), "BTCUSDT", "4h")
 
 
+async def test_a_refusal_by_location_names_the_binance_us_settings(
+    exchange: DocsBinance, client: WsClient
+) -> None:
+    """Binance.com answers an address in a country it does not serve (the US) HTTP 451; the
+    error says where the same API is served there."""
+    exchange.fault(
+        Fault(
+            451,
+            '{"code":0,"msg":"Service unavailable from a restricted location according to '
+            "'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer "
+            'service if you believe you received this message in error."}',
+            path="klines",
+        )
+    )
+    init = await first_init(client, "BTCUSDT", "8h", count=20, stream=False)
+    errors = client.of_type("error")
+    assert init["data"] == [] and errors, client.messages[-3:]
+    message = errors[-1]["message"]
+    assert "restricted location" in message and "HTTP 451" in message, message
+    assert "BINANCE_API_URL=https://api.binance.us" in message, message
+    assert exchange.faults == []
+
+
 @pytest.fixture(scope="module")
 def live() -> Iterator[DocsBinance]:
     with DocsBinance(now_ms=frozen(30), ping_interval=1.0, pong_timeout=3.0) as fake:

@@ -419,6 +419,12 @@ def translate(exc: Any, what: str, symbol: str = "") -> ProviderError:
         return ProviderUnavailable(f"binance: {what}: server error HTTP {status}{why}")
     if status == 403:
         return ProviderUnavailable(f"binance: {what}: blocked by Binance's firewall (HTTP 403)")
+    if status == 451:  # Binance.com's answer to an address in a country it does not serve
+        return ProviderFatal(
+            f"binance: {what}: refused from this location (HTTP 451 {detail}); in the US, "
+            f"Binance.US serves the same API: BINANCE_API_URL=https://api.binance.us and "
+            f"BINANCE_STREAM_URL=wss://stream.binance.us:9443"
+        )
     return ProviderFatal(f"binance: {what} rejected: HTTP {status} {detail}")
 
 
