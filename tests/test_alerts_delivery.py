@@ -108,6 +108,37 @@ async def test_a_long_title_is_cut_to_fit_one_push_record(
     assert plain is not None and len(plain) <= MAX_PUSH_PLAINTEXT
 
 
+async def test_a_long_title_fits_firefox_for_android(fake: FakePush, tmp_path: Path) -> None:
+    """Mozilla's service takes at most 3070 bytes for Firefox for Android (relayed through
+    FCM; webpush-go#23, mozilla-services/autopush#748): a 1000-character alert in Chinese
+    was a 3133-byte push, refused 413 and not retried, where the desktop took it."""
+    fake.constrained("android")
+    subscription = check_subscription(fake.subscription("android"))
+    assert subscription is not None
+    title = "警报" * 500
+    outcome = await push_once(tmp_path, subscription, title)
+    assert outcome is Outcome.SENT
+    (got,) = fake.titles("android")
+    assert got.endswith("…") and title.startswith(got.removesuffix("…")) and len(got) > 900
+
+
+async def test_a_wns_406_with_retry_after_is_retried_as_a_429(
+    fake: FakePush, tmp_path: Path
+) -> None:
+    """Windows' push service (Edge) says 'throttled' with 406 and a Retry-After, not 429
+    (microsoft/microsoft-ui-xaml#8091): it was given up at once as a refusal."""
+    subscription = parse_subscription(fake.subscription("throttled"))
+    assert subscription is not None
+    fake.script("/push/throttled", [(406, {"Retry-After": "0", "X-WNS-STATUS": "appthrottled"})])
+    fake.script("/push/unacceptable", [406])
+    refused = parse_subscription(fake.subscription("unacceptable"))
+    assert refused is not None
+    assert await push_once(tmp_path, subscription, "later") is Outcome.SENT
+    assert [s for p, s in fake.attempts if p == "/push/throttled"] == [406, 201]
+    assert await push_once(tmp_path, refused, "no") is Outcome.FAILED  # no Retry-After
+    assert [s for p, s in fake.attempts if p == "/push/unacceptable"] == [406]
+
+
 async def test_a_push_is_retried_on_5xx_then_delivered(fake: FakePush, tmp_path: Path) -> None:
     subscription = parse_subscription(fake.subscription("flaky"))
     assert subscription is not None

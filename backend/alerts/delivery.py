@@ -7,8 +7,9 @@ is closed. Each call retries with exponential backoff on 5xx, 429 and network er
 ``Retry-After`` of at most ``max_retry_after`` seconds is honoured; a longer one is given
 up at once), gives up at once on other 4xx, and reports 404/410 from a push service as
 :attr:`Outcome.GONE` (the browser dropped the subscription; the caller stops pushing to
-it). Every outcome is logged with the destination's origin only. Callers run these as their
-own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming. A delivery
+it); a push service's 406 with a ``Retry-After`` is retried as a 429 (Windows throttles
+so). Every outcome is logged with the destination's origin only. Callers run these as
+their own tasks (``backend.alerts.dispatch``): nothing here is awaited by streaming. A delivery
 resumed after a restart goes on from where it was (:class:`Progress`: the attempts made,
 the backoff they reached), and its caller hears of each failed attempt (to store it).
 """
@@ -41,9 +42,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The plaintext of one push: a 4096-byte body less the aes128gcm header (salt 16, record
-# size 4, key id length 1, the 65-byte key) and the record's tag (16) and delimiter (1).
-MAX_PUSH_PLAINTEXT = 4096 - 86 - 17
+# The largest push body every push service takes: Mozilla's relays a push for Firefox for
+# Android through FCM and refuses one over 3070 bytes (413, errno 104, "intended for a
+# constrained device"), where RFC 8030 section 7.2 and the others take 4096.
+MAX_PUSH_BODY = 3070
+# The plaintext of one push: the body less the aes128gcm header (salt 16, record size 4,
+# key id length 1, the 65-byte key) and the record's tag (16) and delimiter (1).
+MAX_PUSH_PLAINTEXT = MAX_PUSH_BODY - 86 - 17
 
 ATTEMPTS = 5
 BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
@@ -258,7 +263,10 @@ class Delivery:
             if push and status in (404, 410):
                 logger.info("%s: %s, the subscription is gone", what, why)
                 return Outcome.GONE
-            if 400 <= status < 500 and status != 429:
+            # Windows' push service (Edge) answers a throttled push 406 with a Retry-After
+            # where others answer 429 (microsoft/microsoft-ui-xaml#8091): retried as one
+            throttled = status == 429 or (push and status == 406 and answer.retry_after is not None)
+            if 400 <= status < 500 and not throttled:
                 refused = push and status in (401, 403) and contact_problem(self.contact)
                 if refused:  # the likely cause, named where the operator looks
                     why = f"{why}; ALERT_CONTACT {self.contact!r}: {refused}"
@@ -327,9 +335,9 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 
 def push_plaintext(payload: dict[str, Any]) -> bytes | None:
-    """``payload`` as compact UTF-8 JSON that fits one aes128gcm record of a 4096-byte push
-    (RFC 8291 section 4: one record; RFC 8030 section 7.2: services need take no more):
-    at most :data:`MAX_PUSH_PLAINTEXT` bytes. A longer ``notification.title`` is cut (at a
+    """``payload`` as compact UTF-8 JSON that fits one aes128gcm record of a push every
+    service takes (RFC 8291 section 4: one record; :data:`MAX_PUSH_BODY`): at most
+    :data:`MAX_PUSH_PLAINTEXT` bytes. A longer ``notification.title`` is cut (at a
     character, with an ellipsis); ``None`` when it still does not fit."""
     data = _compact(payload)
     if len(data) <= MAX_PUSH_PLAINTEXT:

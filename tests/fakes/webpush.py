@@ -11,8 +11,9 @@ Answers can be scripted per path: ``fake.script("/hook/a", [503, 503])`` answers
 statuses first, then 201/200 (an entry may be ``(status, headers)``, e.g. a ``Retry-After``
 or a redirect's ``Location``); ``fake.gone(token)`` answers 410 to every push to ``token``;
 ``fake.endless(path, status)`` answers that status with a body that never ends;
-``fake.hang(path)`` never answers. :attr:`FakePush.times` has the monotonic time of every
-request by path.
+``fake.hang(path)`` never answers; ``fake.constrained(token)`` refuses a push to ``token``
+larger than :data:`CONSTRAINED_BODY` with Mozilla's 413, as autopush does for Firefox for
+Android. :attr:`FakePush.times` has the monotonic time of every request by path.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class BrowserKeys:
 
 
 MAX_BODY = 4096  # a push service need take no larger body
+# Mozilla's push service relays a push for Firefox for Android through FCM and takes no
+# more than this (413, errno 104: "intended for a constrained device"; webpush-go#23)
+CONSTRAINED_BODY = 3070
 
 
 @dataclass
@@ -85,6 +89,7 @@ class FakePush:
         self._endless: dict[str, int] = {}
         self._hanging: set[str] = set()
         self._gone: set[str] = set()
+        self._constrained: set[str] = set()
         self._lock = threading.Lock()
         app = web.Application()
         app.router.add_post("/push/{token}", self._push)
@@ -126,6 +131,10 @@ class FakePush:
     def gone(self, token: str) -> None:
         with self._lock:
             self._gone.add(token)
+
+    def constrained(self, token: str) -> None:
+        with self._lock:
+            self._constrained.add(token)
 
     def titles(self, token: str) -> list[str]:
         with self._lock:
@@ -173,6 +182,12 @@ class FakePush:
         if len(body) > MAX_BODY:  # as real push services do (RFC 8030 section 7.2)
             self.attempts.append((request.path, 413))
             return web.Response(status=413, text=f"payload of {len(body)} bytes")
+        if token in self._constrained and len(body) > CONSTRAINED_BODY:
+            self.attempts.append((request.path, 413))
+            too_long = f"too long by {len(body) - CONSTRAINED_BODY} bytes"
+            message = f"This message is intended for a constrained device and is {too_long}"
+            answer = {"code": 413, "errno": 104, "error": "Payload Too Large", "message": message}
+            return web.json_response(answer, status=413)
         try:
             vapid_key, claims = self._check_vapid(request)
             keys = self.keys[token]
