@@ -8,20 +8,30 @@ the stream are read here, by the SSE standard's rules (:func:`_events`). The who
 deadline is the caller's (``backend.hub.chatting``); the stream is closed however the
 iteration ends.
 
+A model that cannot see images (Ollama's text models, say) refuses the chart image (400 "this
+model does not support image input"): the turn is asked again with a line in its place, the
+answer says the image was left out, and the client leaves images out from then on. A 404
+that is no JSON error says to check ``LLM_BASE_URL`` (it usually ends in ``/v1``).
+
 ``openai`` (about 0.6 s of imports) is imported when the first client is made: a hub
 without chat, and every provider process, never pays for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import CandlewireError
 
 if TYPE_CHECKING:
     import openai
+
+logger = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 120.0
 MAX_UPSTREAM_MESSAGE = 200  # characters of an endpoint's error message told to the user
@@ -39,8 +49,33 @@ CUT_SHORT = {
 }
 
 
+# How endpoints refuse an image for a model without vision: Ollama "this model does not
+# support image input", LM Studio "Model does not support images", OpenAI "image_url is only
+# supported by certain models", vLLM "... is not a multimodal model", llama.cpp "image input
+# is not supported (... mmproj)", OpenRouter "No endpoints found that support image input".
+NO_IMAGES = re.compile(
+    r"(image|vision|multi-?modal).*(not|n't|only) supported"
+    r"|(not|n't) support.*(image|vision|multi-?modal)"
+    r"|not an? multi-?modal|mmproj|no endpoints found that support image",
+    re.IGNORECASE,
+)
+IMAGE_LEFT_OUT = "(A chart image was attached here; this model cannot see images.)"
+ANSWERED_WITHOUT_IMAGE = (
+    "(This model cannot see images: the chart image was left out, and the answer is from the "
+    "chart's description.)"
+)
+NO_V1 = (
+    " (check LLM_BASE_URL: an OpenAI-compatible API's base usually ends in /v1, "
+    "as Ollama's http://localhost:11434/v1 does)"
+)
+
+
 class ChatError(CandlewireError):
     """The model could not answer; the message is safe to show."""
+
+
+class ImagesRefused(ChatError):
+    """The endpoint refused the request for its image: the model cannot see images."""
 
 
 class Llm:
@@ -52,6 +87,7 @@ class Llm:
         import openai  # deferred: see the module docstring
 
         self.model = model
+        self.takes_images = True  # until the endpoint refuses one
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
             base_url=base_url or None,
             api_key=api_key or "unused",
@@ -63,7 +99,29 @@ class Llm:
         await self._client.close()
 
     async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:
-        """The answer's non-empty content deltas, in order."""
+        """The answer's non-empty content deltas, in order; without the images when the
+        model cannot see them (then a line after the answer of a turn that brought one)."""
+        try:
+            sent = messages if self.takes_images else _without_images(messages)
+            async with contextlib.aclosing(self._answer(sent)) as texts:
+                async for text in texts:
+                    yield text
+        except ImagesRefused as exc:
+            if not self.takes_images or not _has_images(messages):
+                raise
+            self.takes_images = False
+            logger.warning(
+                "LLM_MODEL %r cannot see images (%s): chart images are left out of its requests",
+                self.model,
+                exc,
+            )
+            async with contextlib.aclosing(self._answer(_without_images(messages))) as texts:
+                async for text in texts:
+                    yield text
+        if not self.takes_images and _has_images(messages[-1:]):
+            yield f"\n\n{ANSWERED_WITHOUT_IMAGE}"
+
+    async def _answer(self, messages: list[dict[str, Any]]) -> AsyncGenerator[str]:
         import openai  # imported by __init__ already: a lookup
 
         try:
@@ -109,9 +167,12 @@ class Llm:
                 yield f"\n\n{CUT_SHORT[reason]}"
         except openai.APIStatusError as exc:
             said_why = _upstream_message(exc.body, self._client.api_key)
-            raise ChatError(
-                f"the model endpoint answered HTTP {exc.status_code}{said_why}"
-            ) from exc
+            text = f"the model endpoint answered HTTP {exc.status_code}{said_why}"
+            if NO_IMAGES.search(said_why) and _has_images(messages):
+                raise ImagesRefused(text) from exc
+            if exc.status_code == 404 and not isinstance(exc.body, dict):  # no API's answer
+                text += NO_V1
+            raise ChatError(text) from exc
         except openai.APIError as exc:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
         except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
@@ -155,9 +216,12 @@ def _whole_answer(body: bytes, key: str) -> str:
 def _upstream_message(body: object, key: str) -> str:
     """``: <what the endpoint said>`` from an OpenAI-shaped error body, clipped and without
     the key (a 400's reason is what an operator needs: an unknown model, a parameter it
-    refuses); else ``""``."""
-    error = body.get("error", body) if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
+    refuses), or from a bare text (``{"error": "<text>"}`` as Ollama's cloud answers, which
+    ``openai`` hands on as the text, or a plain-text body; not HTML); else ``""``."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message") if isinstance(error, dict) else error
+    if isinstance(message, str) and message.lstrip().startswith("<"):
+        return ""  # an HTML page: a proxy's, not the endpoint's words
     if not isinstance(message, str) or not message.strip():
         return ""
     text = _unicode(" ".join(message.split()))
@@ -252,3 +316,30 @@ def _finish_reason(chunk: object) -> str | None:
 def configured(base_url: str, api_key: str, model: str) -> bool:
     """Chat needs a model and either a key or a custom (e.g. local) endpoint."""
     return bool(model) and bool(api_key or base_url)
+
+
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def _without_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each image part replaced by a text part that says one was there."""
+    changed = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            changed.append(message)
+            continue
+        parts = [
+            {"type": "text", "text": IMAGE_LEFT_OUT}
+            if isinstance(part, dict) and part.get("type") == "image_url"
+            else part
+            for part in content
+        ]
+        changed.append({**message, "content": parts})
+    return changed

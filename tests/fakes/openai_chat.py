@@ -9,7 +9,9 @@ the stream open with SSE comments only, until the client goes away (:attr:`open_
 counts the streams not ended yet); ``cut`` sends the chunks, then drops the connection inside
 the chunked body (no ``finish_reason``, no ``[DONE]``, no terminating chunk); ``whole``
 (a content type and a body) answers that instead of a stream, as endpoints that ignore
-``stream`` do.
+``stream`` do. ``text_only`` (an error text) refuses a request with an ``image_url`` part
+with 400 ``{"error": <text>}``, as Ollama answers for a model without vision; ``url`` is the
+server's root (no ``/v1``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FakeChat:
         self.keepalive = False
         self.cut = False
         self.whole: tuple[str, bytes] | None = None  # (content type, body) instead of a stream
+        self.text_only: str | None = None
         self.open_streams = 0
         self.requests: list[dict[str, Any]] = []
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -47,6 +50,10 @@ class FakeChat:
         self._server.__exit__(*exc)
 
     @property
+    def url(self) -> str:
+        return self._server.url
+
+    @property
     def base_url(self) -> str:
         return f"{self._server.url}/v1"
 
@@ -58,6 +65,8 @@ class FakeChat:
         if self.status != 200:
             message = f"failed with {self.status}"
             return web.json_response({"error": {"message": message}}, status=self.status)
+        if self.text_only is not None and _has_image(body):
+            return web.json_response({"error": self.text_only}, status=400)
         if self.whole is not None:
             kind, data = self.whole
             return web.Response(body=data, headers={"Content-Type": kind})
@@ -105,3 +114,11 @@ def _event(model: str, index: int, delta: dict[str, Any], finish: str | None) ->
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def _has_image(body: dict[str, Any]) -> bool:
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            return True
+    return False

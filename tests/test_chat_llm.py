@@ -1,0 +1,108 @@
+"""The model client (``backend.chat.llm``) against the fake OpenAI-compatible endpoint, in
+process: what an operator's setup mistakes and a model without vision come to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from backend.chat.llm import ChatError, Llm
+from tests.fakes.openai_chat import FakeChat
+
+CHUNKS = ["Higher lows", " on the 1h chart."]
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeChat]:
+    with FakeChat(CHUNKS) as running:
+        yield running
+
+
+def first_turn(prompt: str = "Trend?") -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": "You are a technical analyst.\n\nBTCUSDT 1h candles"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": IMAGE, "detail": "high"}},
+            ],
+        },
+    ]
+
+
+async def answer(llm: Llm, messages: list[dict[str, Any]]) -> str:
+    return "".join([text async for text in llm.stream(messages)])
+
+
+def images(request: dict[str, Any]) -> int:
+    return sum(
+        1
+        for message in request["messages"]
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    )
+
+
+async def test_a_base_url_without_v1_is_named_in_the_404(fake: FakeChat) -> None:
+    """``LLM_BASE_URL=http://localhost:11434`` (Ollama's address, without ``/v1``) posts to
+    ``/chat/completions``, which answers a bare 404 (NousResearch/hermes-agent#7516): the
+    chat said only 'HTTP 404', not what to change."""
+    llm = Llm(fake.url, "test-key", "m1")
+    try:
+        with pytest.raises(ChatError) as caught:
+            await answer(llm, first_turn())
+    finally:
+        await llm.close()
+    text = str(caught.value)
+    assert "HTTP 404" in text and "LLM_BASE_URL" in text and "/v1" in text
+
+
+async def test_an_error_given_as_a_bare_string_is_told(fake: FakeChat) -> None:
+    """Ollama's cloud answers ``{"error": "<text>"}``, not ``{"error": {"message": ...}}``
+    (OpenCoworkAI/open-cowork#251): its text was dropped."""
+    fake.text_only = "model 'glm' is overloaded"  # no word of images: not asked again
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        with pytest.raises(ChatError) as caught:
+            await answer(llm, first_turn())
+    finally:
+        await llm.close()
+    assert str(caught.value) == "the model endpoint answered HTTP 400: model 'glm' is overloaded"
+    assert len(fake.requests) == 1
+
+
+async def test_a_model_without_vision_answers_from_the_description(fake: FakeChat) -> None:
+    """A text-only model (Ollama's llama3, deepseek-r1, ...) refuses the chart image with
+    400 'this model does not support image input' (ollama/ollama#17301): every chat of such
+    a setup failed. The turn is asked again without the image, the answer says so, and
+    later requests leave images out from the start."""
+    fake.text_only = "this model does not support image input"
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        text = await answer(llm, first_turn())
+        assert text.startswith("".join(CHUNKS))
+        assert "image" in text.removeprefix("".join(CHUNKS))  # the note after the answer
+        assert [images(r) for r in fake.requests] == [1, 0]
+        assert fake.requests[1]["messages"][1]["content"][0]["text"] == "Trend?"
+        later = [*first_turn(), {"role": "assistant", "content": "Up."}]
+        later.append({"role": "user", "content": "And the volume?"})
+        assert await answer(llm, later) == "".join(CHUNKS)  # no note: no new image
+        assert [images(r) for r in fake.requests] == [1, 0, 0]
+    finally:
+        await llm.close()
+
+
+async def test_another_400_is_not_asked_again(fake: FakeChat) -> None:
+    fake.status = 400
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        with pytest.raises(ChatError, match="failed with 400"):
+            await answer(llm, first_turn())
+    finally:
+        await llm.close()
+    assert len(fake.requests) == 1
