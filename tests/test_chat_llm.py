@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend.chat.llm import ChatError, Llm
+from backend.chat.llm import IMAGE_LEFT_OUT, ChatError, Llm
 from tests.fakes.openai_chat import FakeChat
 
 CHUNKS = ["Higher lows", " on the 1h chart."]
@@ -76,19 +76,36 @@ async def test_an_error_given_as_a_bare_string_is_told(fake: FakeChat) -> None:
     assert len(fake.requests) == 1
 
 
-async def test_a_model_without_vision_answers_from_the_description(fake: FakeChat) -> None:
-    """A text-only model (Ollama's llama3, deepseek-r1, ...) refuses the chart image with
-    400 'this model does not support image input' (ollama/ollama#17301): every chat of such
-    a setup failed. The turn is asked again without the image, the answer says so, and
+REFUSALS = [
+    "this model does not support image input",  # Ollama (ollama/ollama#17301)
+    "Model does not support images. Please use a model that does.",  # LM Studio
+    "Invalid content type. image_url is only supported by certain models.",  # OpenAI
+    "The model `Qwen/Qwen2.5-7B-Instruct` is not a multimodal model",  # vLLM
+    "image input is not supported - hint: you may need to provide the mmproj",  # llama.cpp
+    "No endpoints found that support image input",  # OpenRouter
+    # DeepSeek's API (jxxghp/MoviePilot#5863); Groq (vercel/ai#2837)
+    "Failed to deserialize the JSON body into the target type: messages[1]: unknown variant "
+    "`image_url`, expected `text` at line 1 column 679",
+    "messages[1].content must be a string",
+]
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+async def test_a_model_without_vision_answers_from_the_description(
+    fake: FakeChat, refusal: str
+) -> None:
+    """A text-only model (Ollama's llama3, DeepSeek's API, Groq's llama-3.1, ...) refuses
+    the chart image (400): every chat of such a setup failed. The turn is asked again
+    without the image (the texts as one string, as Groq requires), the answer says so, and
     later requests leave images out from the start."""
-    fake.text_only = "this model does not support image input"
+    fake.text_only = refusal
     llm = Llm(fake.base_url, "test-key", "m1")
     try:
         text = await answer(llm, first_turn())
         assert text.startswith("".join(CHUNKS))
         assert "image" in text.removeprefix("".join(CHUNKS))  # the note after the answer
         assert [images(r) for r in fake.requests] == [1, 0]
-        assert fake.requests[1]["messages"][1]["content"][0]["text"] == "Trend?"
+        assert fake.requests[1]["messages"][1]["content"] == f"Trend?\n\n{IMAGE_LEFT_OUT}"
         later = [*first_turn(), {"role": "assistant", "content": "Up."}]
         later.append({"role": "user", "content": "And the volume?"})
         assert await answer(llm, later) == "".join(CHUNKS)  # no note: no new image

@@ -52,11 +52,14 @@ CUT_SHORT = {
 # How endpoints refuse an image for a model without vision: Ollama "this model does not
 # support image input", LM Studio "Model does not support images", OpenAI "image_url is only
 # supported by certain models", vLLM "... is not a multimodal model", llama.cpp "image input
-# is not supported (... mmproj)", OpenRouter "No endpoints found that support image input".
+# is not supported (... mmproj)", OpenRouter "No endpoints found that support image input",
+# DeepSeek "unknown variant `image_url`, expected `text`", Groq "messages[1].content must
+# be a string".
 NO_IMAGES = re.compile(
     r"(image|vision|multi-?modal).*(not|n't|only) supported"
     r"|(not|n't) support.*(image|vision|multi-?modal)"
-    r"|not an? multi-?modal|mmproj|no endpoints found that support image",
+    r"|not an? multi-?modal|mmproj|no endpoints found that support image"
+    r"|unknown variant .?image_url|content[^a-z]*(value )?must be a string",
     re.IGNORECASE,
 )
 IMAGE_LEFT_OUT = "(A chart image was attached here; this model cannot see images.)"
@@ -328,18 +331,37 @@ def _has_images(messages: list[dict[str, Any]]) -> bool:
 
 
 def _without_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``messages`` with each image part replaced by a text part that says one was there."""
+    """``messages`` with each image replaced by a line that says one was there, and the text
+    parts of a message joined into one string (text-only endpoints such as Groq's take
+    nothing else)."""
     changed = []
     for message in messages:
         content = message.get("content")
         if not isinstance(content, list):
             changed.append(message)
             continue
-        parts = [
-            {"type": "text", "text": IMAGE_LEFT_OUT}
-            if isinstance(part, dict) and part.get("type") == "image_url"
-            else part
-            for part in content
-        ]
-        changed.append({**message, "content": parts})
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image_url":
+                texts.append(IMAGE_LEFT_OUT)
+            elif kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:  # a part of another kind: kept, so the message stays a list
+                texts = []
+                break
+        if texts:
+            changed.append({**message, "content": "\n\n".join(t for t in texts if t)})
+        else:
+            changed.append(
+                {
+                    **message,
+                    "content": [
+                        {"type": "text", "text": IMAGE_LEFT_OUT}
+                        if isinstance(part, dict) and part.get("type") == "image_url"
+                        else part
+                        for part in content
+                    ],
+                }
+            )
     return changed
