@@ -3,6 +3,7 @@ process: what an operator's setup mistakes and a model without vision come to.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,3 +124,65 @@ async def test_another_400_is_not_asked_again(fake: FakeChat) -> None:
     finally:
         await llm.close()
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["<think>\nLows at 91k, 92k.\n</think>\n\n", "Higher lows."],
+        ["<thi", "nk>Lows at 91k", ", 92k.</th", "ink>", "\n\n", "Higher", " lows."],
+        ["\n<think></think>\n\nHigher lows."],  # DeepSeek-R1 on Ollama with nothing to think
+    ],
+)
+async def test_a_reasoning_block_in_the_text_is_not_the_answer(
+    fake: FakeChat, chunks: list[str]
+) -> None:
+    """DeepSeek-R1 or Qwen3 served without a reasoning parser (Ollama before 0.9, vLLM
+    without --reasoning-parser, llama.cpp with --reasoning-format none) writes its reasoning
+    into the answer in a <think> block (ollama/ollama#8837): the chat showed it as the
+    answer, and kept it in the conversation."""
+    fake.chunks = chunks
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        assert await answer(llm, first_turn()) == "Higher lows."
+    finally:
+        await llm.close()
+
+
+async def test_a_think_tag_later_in_the_answer_is_text(fake: FakeChat) -> None:
+    fake.chunks = ["Models such as R1 write ", "<think>...</think>", " blocks."]
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        assert await answer(llm, first_turn()) == "".join(fake.chunks)
+        fake.chunks = ["<think>", "Lows at 91k"]  # stopped while it thought
+        with pytest.raises(ChatError, match="has no text"):
+            await answer(llm, first_turn())
+    finally:
+        await llm.close()
+
+
+async def test_a_reasoning_block_in_a_whole_answer_is_not_the_answer(fake: FakeChat) -> None:
+    """An endpoint that ignores ``stream`` sends the answer whole, with its block too."""
+    text = "<think>\nLows at 91k, 92k.\n</think>\n\nHigher lows."
+    answered = {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
+    fake.whole = ("application/json", json.dumps(answered).encode())
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        assert await answer(llm, first_turn()) == "Higher lows."
+    finally:
+        await llm.close()
+
+
+async def test_a_reasoning_sent_apart_is_not_shown(fake: FakeChat) -> None:
+    """DeepSeek's API and vLLM send it as ``reasoning_content``, OpenRouter as
+    ``reasoning``: only ``content`` is the answer."""
+    deltas = [{"reasoning_content": "Lows at 91k."}, {"reasoning": "92k."}]
+    deltas += [{"content": "Higher lows.", "reasoning_content": None}]
+    fake.raw = [
+        f"data: {json.dumps({'choices': [{'index': 0, 'delta': d}]})}\n\n".encode() for d in deltas
+    ]
+    llm = Llm(fake.base_url, "test-key", "m1")
+    try:
+        assert await answer(llm, first_turn()) == "Higher lows."
+    finally:
+        await llm.close()

@@ -8,10 +8,12 @@ the stream are read here, by the SSE standard's rules (:func:`_events`). The who
 deadline is the caller's (``backend.hub.chatting``); the stream is closed however the
 iteration ends.
 
-A model that cannot see images (Ollama's text models, say) refuses the chart image (400 "this
-model does not support image input"): the turn is asked again with a line in its place, the
-answer says the image was left out, and the client leaves images out from then on. A 404
-that is no JSON error says to check ``LLM_BASE_URL`` (it usually ends in ``/v1``).
+A reasoning block that starts the text (``<think>...</think>``, from a server that does
+not parse it out) is not part of the answer. A model that cannot see images (Ollama's text
+models, say) refuses the chart image (400 "this model does not support image input"): the
+turn is asked again with a line in its place, the answer says the image was left out, and
+the client leaves images out from then on. A 404 that is no JSON error says to check
+``LLM_BASE_URL`` (it usually ends in ``/v1``).
 
 ``openai`` (about 0.6 s of imports) is imported when the first client is made: a hub
 without chat, and every provider process, never pays for it.
@@ -143,9 +145,14 @@ class Llm:
                 kind = chunks.response.headers.get("content-type", "").lower()
                 if "json" in kind or "html" in kind:  # answered, but not as a stream
                     text = _whole_answer(await chunks.response.aread(), self._client.api_key)
+                    thinking = Reasoning()
+                    text = thinking.feed(_unicode(text)) + thinking.end()
+                    if not text:
+                        raise ChatError("the model's answer has no text")
                     said = True
-                    yield _unicode(text)
+                    yield text
                     return
+                thinking = Reasoning()
                 # The events are read here, not by ``openai``: it hands an event without
                 # data (``event: ping``, ``retry: 3000``, a lone ``data:``) to the JSON
                 # parser, and drops llama.cpp's ``error:`` lines unread.
@@ -155,13 +162,16 @@ class Llm:
                     chunk = _chunk(data, self._client.api_key, failed=event == "error")
                     for delta in _texts(chunk):
                         text, held = _held_back(held + delta)
+                        text = thinking.feed(text)
                         if text:
                             said = True
                             yield text
                     reason = _finish_reason(chunk) or reason
-                if held:  # a high surrogate whose low half never came
+                # a high surrogate whose low half never came; a held-back "<thi"
+                text = thinking.feed(_unicode(held)) + thinking.end()
+                if text:
                     said = True
-                    yield _unicode(held)
+                    yield text
             finally:
                 await chunks.close()
             if not said:
@@ -180,6 +190,52 @@ class Llm:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
         except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
             raise ChatError("the model endpoint sent a malformed answer (not JSON)") from exc
+
+
+class Reasoning:
+    """Leaves out a reasoning block that starts the answer's text (``<think>...</think>``):
+    DeepSeek-R1, Qwen3 and QwQ write one where the server does not parse it out (Ollama
+    before 0.9, vLLM without ``--reasoning-parser``, llama.cpp with ``--reasoning-format
+    none``). Fed the text in pieces (a tag may be cut anywhere); a ``<think>`` later in the
+    answer is text."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.state = "start"  # start, thinking, after (the block's end: spaces skipped), text
+        self.kept = ""
+
+    def feed(self, text: str) -> str:
+        """What of the text so far is answer, not said yet."""
+        self.kept += text
+        if self.state == "start":
+            head = self.kept.lstrip()
+            if not head or (len(head) < len(self.OPEN) and self.OPEN.startswith(head)):
+                return ""  # nothing yet, or maybe the tag's beginning
+            if not head.startswith(self.OPEN):
+                self.state = "text"
+                return self._take()
+            self.state, self.kept = "thinking", head[len(self.OPEN) :]
+        if self.state == "thinking":
+            end = self.kept.find(self.CLOSE)
+            if end < 0:
+                self.kept = self.kept[-(len(self.CLOSE) - 1) :]  # maybe the tag's beginning
+                return ""
+            self.state, self.kept = "after", self.kept[end + len(self.CLOSE) :]
+        if self.state == "after":
+            self.kept = self.kept.lstrip()
+            if not self.kept:
+                return ""
+            self.state = "text"
+        return self._take()
+
+    def end(self) -> str:
+        """The rest at the end of the answer: text that only looked like a tag's start."""
+        return self._take() if self.state == "start" else ""
+
+    def _take(self) -> str:
+        text, self.kept = self.kept, ""
+        return text
 
 
 def _unicode(text: str) -> str:
