@@ -186,3 +186,25 @@ async def test_a_reasoning_sent_apart_is_not_shown(fake: FakeChat) -> None:
         assert await answer(llm, first_turn()) == "Higher lows."
     finally:
         await llm.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/deployments/gpt-4o?api-version=2024-10-21",
+        # the portal's "Target URI", pasted whole
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2025-01-01-preview",
+    ],
+)
+async def test_an_azure_deployment_url_is_called_as_azure_wants(fake: FakeChat, path: str) -> None:
+    """Azure OpenAI's deployment URL carries ``?api-version=``: ``openai`` appended
+    ``chat/completions`` to the query (404 'Resource not found', OpenBMB/ChatDev#191), or
+    after the pasted ``/chat/completions`` (andrewyng/aisuite#194); and Azure takes its key
+    in an ``api-key`` header, not as a bearer token."""
+    llm = Llm(fake.url + path, "test-key", "gpt-4o")
+    try:
+        assert await answer(llm, first_turn()) == "".join(CHUNKS)
+    finally:
+        await llm.close()
+    (headers,) = fake.headers
+    assert headers["api-key"] == "test-key" and "Authorization" not in headers

@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from backend.errors import CandlewireError
 
@@ -93,11 +94,17 @@ class Llm:
 
         self.model = model
         self.takes_images = True  # until the endpoint refuses one
+        base, query, azure = _endpoint(base_url)
+        # Azure OpenAI takes its key in an "api-key" header, as its own client sends it
+        self._headers: dict[str, Any] = {}
+        if azure and api_key:  # (per request: a default "Authorization" cannot be omitted)
+            self._headers = {"api-key": api_key, "Authorization": openai.omit}
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
-            base_url=base_url or None,
+            base_url=base or None,
             api_key=api_key or "unused",
             timeout=timeout,
             max_retries=1,
+            default_query=query or None,
         )
 
     async def close(self) -> None:
@@ -137,6 +144,7 @@ class Llm:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
+                extra_headers=self._headers or None,
             )
             if not isinstance(chunks, openai.AsyncStream):
                 raise ChatError("the model endpoint did not stream its answer")
@@ -190,6 +198,25 @@ class Llm:
             raise ChatError(f"the model endpoint failed: {type(exc).__name__}") from exc
         except ValueError as exc:  # an event that is no JSON (json.JSONDecodeError)
             raise ChatError("the model endpoint sent a malformed answer (not JSON)") from exc
+
+
+AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+
+
+def _endpoint(base_url: str) -> tuple[str, dict[str, str], bool]:
+    """``LLM_BASE_URL`` as ``openai`` needs it: the base without its query (Azure OpenAI's
+    deployment URL carries ``?api-version=``, to which ``openai`` appended the path), the
+    query, sent with every request, and whether it is Azure OpenAI's (its host, or a
+    deployment path). A pasted endpoint (``.../chat/completions``) is cut to its base."""
+    if not base_url:
+        return "", {}, False
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/chat/completions")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    host = (parts.hostname or "").lower()
+    azure = host.endswith(AZURE_HOSTS) or "/openai/deployments/" in f"{path}/"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")), query, azure
 
 
 class Reasoning:

@@ -11,7 +11,9 @@ the chunked body (no ``finish_reason``, no ``[DONE]``, no terminating chunk); ``
 (a content type and a body) answers that instead of a stream, as endpoints that ignore
 ``stream`` do. ``text_only`` (an error text) refuses a request with an ``image_url`` part
 with 400 ``{"error": <text>}``, as Ollama answers for a model without vision; ``url`` is the
-server's root (no ``/v1``).
+server's root (no ``/v1``). ``POST /openai/deployments/<name>/chat/completions`` answers as
+Azure OpenAI's classic endpoint does: 404 "Resource not found" without an ``api-version``
+query, 401 without the key in an ``api-key`` header (the deployment is the model).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ class FakeChat:
         self.text_only: str | None = None
         self.open_streams = 0
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # of the requests to the Azure route
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/openai/deployments/{name}/chat/completions", self._azure)
         self._server = LoopbackServer(app)
 
     def __enter__(self) -> FakeChat:
@@ -57,8 +61,18 @@ class FakeChat:
     def base_url(self) -> str:
         return f"{self._server.url}/v1"
 
-    async def _complete(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+    async def _azure(self, request: web.Request) -> web.StreamResponse:
+        self.headers.append(dict(request.headers))
+        if "api-version" not in request.query:
+            error = {"code": "404", "message": "Resource not found"}
+            return web.json_response({"error": error}, status=404)
+        if request.headers.get("api-key") != self.api_key:
+            message = "Access denied due to invalid subscription key or wrong API endpoint."
+            return web.json_response({"error": {"code": "401", "message": message}}, status=401)
+        return await self._complete(request, checked=True)
+
+    async def _complete(self, request: web.Request, checked: bool = False) -> web.StreamResponse:
+        if not checked and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         body = await request.json()
         self.requests.append(body)
