@@ -72,6 +72,7 @@ class Push:
     payload: dict[str, Any]
     vapid_key: str  # the server's public key from the Authorization header
     claims: dict[str, Any]
+    urgency: str | None = None  # the Urgency header (RFC 8030 section 5.3), if sent
 
 
 class FakePush:
@@ -193,6 +194,9 @@ class FakePush:
             keys = self.keys[token]
             if request.headers.get("Content-Encoding") != "aes128gcm":
                 raise ValueError("Content-Encoding is not aes128gcm")
+            urgency = request.headers.get("Urgency")
+            if urgency not in (None, "very-low", "low", "normal", "high"):
+                raise ValueError(f"BadUrgency: {urgency!r}")  # as Apple's service says
             plain = http_ece.decrypt(
                 body, private_key=keys.private_key, auth_secret=keys.auth, version="aes128gcm"
             )
@@ -203,7 +207,7 @@ class FakePush:
             self.attempts.append((request.path, 400))
             return web.Response(status=400, text=str(exc))
         with self._lock:
-            self.pushes.append(Push(token, payload, vapid_key, claims))
+            self.pushes.append(Push(token, payload, vapid_key, claims, urgency))
         self.attempts.append((request.path, 201))
         return web.Response(status=201)
 
