@@ -5,8 +5,9 @@ database and bar cache as ``/websocket/`` (``quotes``: :mod:`backend.api.udf_quo
 adapter never looks at HTTP status codes, so every answer is a JSON body
 (``{"s": "error", "errmsg": ...}`` for errors, with status 200).
 
-- Symbols are ``SOURCE:NAME`` (our ``ticker`` and ``full_name``) or a bare name, resolved
-  through the database (exact name, providers that are enabled first).
+- Symbols are ``SOURCE:NAME`` (our ``ticker`` and ``full_name``), ``EXCHANGE:NAME`` with
+  the ``exchange`` the symbol info names, or a bare name, resolved through the database
+  (exact name, providers that are enabled first).
 - Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``.
 - The forming bar is included, so the adapter's polling (``DataPulseProvider``) sees it
   move; daily and longer bars are stamped at 00:00 UTC of their trading day.
@@ -378,8 +379,9 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
-    """The dataset row for ``SOURCE:NAME`` or a bare name (exact match, else the one match
-    that differs only in case), or None."""
+    """The dataset row for ``SOURCE:NAME``, ``EXCHANGE:NAME`` (the ``exchange`` a symbol
+    info names, our ``source_label``) or a bare name (exact match, else the one match that
+    differs only in case), or None."""
     text = text.strip()
     if not text:
         return None
@@ -395,9 +397,21 @@ async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
         details = pick_exact(name, mine, enabled)
         if details is not None:
             return details
+        # EXCHANGE:NAME with the exchange the symbol info names (``exchange``, our
+        # ``source_label``): TradingView's own notation, "XNAS:AAPL" for polygon:AAPL.
+        listed = [r for r in results if _label_of(r).casefold() == source.casefold()]
+        details = pick_exact(name, listed, enabled)
+        if details is not None:
+            return details
     # A bare name; it may contain ':' itself (Polygon's "X:BTCUSD").
     results = await hub.symbols.search(text, LOOKUP_LIMIT)
     return pick_exact(text, results, enabled)
+
+
+def _label_of(result: dict[str, Any]) -> str:
+    """The ``source_label`` of a search result's dataset row ("" without one)."""
+    details = result.get("details")
+    return str(details.get("source_label") or "") if isinstance(details, dict) else ""
 
 
 async def recent_bars(hub: Hub, details: dict[str, Any]) -> list[Bar]:
