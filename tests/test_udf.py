@@ -428,3 +428,17 @@ def test_symbols_of_a_provider_that_does_not_answer_history_is_prompt(
     assert info["ticker"] == "counting:HANG"
     assert info["pricescale"] == udf.DEFAULT_PRICESCALE
     assert took < udf.SYMBOL_INFO_WAIT + seconds(1.5), took
+
+
+def test_a_quote_of_a_value_below_zero_keeps_the_sign_of_its_change() -> None:
+    """chp divided by a negative previous close showed a fall as a rise (+267% for -8.15
+    after -2.22, a CSV rate; pandas-dev/pandas#56618): it is over the close's absolute
+    value, as the OpenBB live grid's change_percent."""
+    rate = dict(ROW, type="line")
+    before: Bar = (0, None, None, None, -2.22, None)
+    fell: Bar = (DAY, None, None, None, -8.15, None)
+    values = udf_quotes.quote_values(rate, [before, fell])
+    assert values is not None
+    assert values["ch"] == -5.93 and values["chp"] == -267.12
+    rose = udf_quotes.quote_values(rate, [fell, before])
+    assert rose is not None and rose["ch"] == 5.93 and rose["chp"] == 72.76

@@ -6,9 +6,10 @@ in the order asked, named ``n`` exactly as asked (the library matches quotes by 
 ``{"s": "ok", "n": ..., "v": {...}}``, or ``{"s": "error", "n": ..., "v": {}, "errmsg": ...}``
 for a symbol that is unknown, not readable, or has no daily data. The values come from the
 symbol's daily bars (:func:`quote_values`): the last price, the change and change percent
-from the previous day's close, the day's open, high, low and volume. A finer interval of the
-symbol that is streaming gives a fresher last price than a daily bar nobody streams. There is
-no order book, so neither ``bid`` nor ``ask``.
+from the previous day's close (the percent over its absolute value, so that a value below
+zero that falls has a negative one), the day's open, high, low and volume. A finer interval
+of the symbol that is streaming gives a fresher last price than a daily bar nobody streams.
+There is no order book, so neither ``bid`` nor ``ask``.
 
 Daily bars come from the cache, else the provider's history through the planner (and its
 fair-use budgets), waited for at most :data:`~backend.api.udf.SYMBOL_INFO_WAIT` per request;
@@ -86,7 +87,9 @@ def quote_values(
         change = round(last - previous, decimals)
         values["prev_close_price"] = previous
         values["ch"] = change
-        values["chp"] = round(change / previous * 100, 2) if previous else 0.0
+        # over |previous|: a value below zero (a rate, a spread, oil in April 2020) that
+        # falls must not show a rise (the live grid's change_percent does the same)
+        values["chp"] = round(change / abs(previous) * 100, 2) if previous else 0.0
     return values
 
 
