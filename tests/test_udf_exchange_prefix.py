@@ -24,6 +24,7 @@ ROWS = [
     row("polygon", "IBM", "XNYS"),
     row("binance", "BTCUSDT", "Binance"),
     row("polygon", "X:BTCUSD", "crypto"),
+    row("csv", "ACME"),  # no exchange named
 ]
 
 
@@ -61,3 +62,5 @@ async def test_an_exchange_prefix_names_no_row_of_another_exchange() -> None:
     assert await resolved("XNYS:AAPL") is None  # AAPL is listed on XNAS
     assert await resolved("XNAS:AAP") is None  # no loose match on the name
     assert await resolved("X:BTCUSD") == ("polygon", "X:BTCUSD")  # a name with a colon
+    assert await resolved(":ACME") is None  # an empty prefix is no exchange
+    assert await resolved("ACME") == ("csv", "ACME")

@@ -399,7 +399,7 @@ async def resolve_symbol(hub: Hub, text: str) -> dict[str, Any] | None:
             return details
         # EXCHANGE:NAME with the exchange the symbol info names (``exchange``, our
         # ``source_label``): TradingView's own notation, "XNAS:AAPL" for polygon:AAPL.
-        listed = [r for r in results if _label_of(r).casefold() == source.casefold()]
+        listed = [r for r in results if source and _label_of(r).casefold() == source.casefold()]
         details = pick_exact(name, listed, enabled)
         if details is not None:
             return details
