@@ -28,6 +28,7 @@ import pytest
 from backend import settings as config
 from backend.data_providers import binance as binance_provider
 from backend.data_providers.binance import BinanceProvider, _Key
+from backend.data_providers.binance import rest as rest_module
 from backend.data_providers.binance.pacing import RollingLimiter, StreamTuning, backoff_delay
 from backend.data_providers.binance.parse import KlineUpdate, stream_name
 from backend.data_providers.binance.rest import RestGate
@@ -1023,6 +1024,63 @@ def test_the_rest_gate_translates_unknown_symbols_and_stops_at_its_weight_budget
             assert 8 <= fake.used_weight() <= 10
         finally:
             gate.close()
+
+
+def test_the_rest_gate_keeps_to_the_weight_limit_exchange_info_states() -> None:
+    """Binance.US and other servers of Binance's API allow less than Binance.com's 6000
+    weight a minute: a budget of 80 % of 6000 ran into a 429 every minute there (which
+    Binance turns into an IP ban). ``rateLimits`` of ``exchangeInfo`` states the limit."""
+    with FakeBinance(weight_limit=60) as fake, thread_event_loop():
+        gate = RestGate(fake.api_url, wall=lambda: 1_800_000_000.0)  # no minute rolls
+        try:
+            gate.exchange_info(time.monotonic() + 5)  # weight 20
+            recent = int(time.time() * 1000) - 10 * 3_600_000
+            with pytest.raises(RateLimited):
+                for _ in range(30):  # 2 per request: 14 fit in the 48
+                    gate.klines("BTCUSDT", "1h", recent, None, time.monotonic() + 1)
+        finally:
+            gate.close()
+        assert [r.status for r in fake.requests] == [200] * 15, fake.requests[-1]
+        assert fake.used_weight() == 48
+        assert (gate.limit, gate.budget) == (60, 48)
+
+
+def test_a_429_that_names_the_weight_limit_lowers_the_budget_to_it() -> None:
+    """A server's -1003 answer names its limit ("current limit of IP(...) is 10 requests per
+    minute"): the budget follows it, so the next minute stays under it."""
+    with FakeBinance(weight_limit=10) as fake, thread_event_loop():
+        gate = RestGate(fake.api_url, wall=lambda: 1_800_000_000.0)
+        try:
+            recent = int(time.time() * 1000) - 10 * 3_600_000
+            with pytest.raises(RateLimited):
+                for _ in range(10):
+                    gate.klines("BTCUSDT", "1h", recent, None, time.monotonic() + 1)
+            assert [r.status for r in fake.requests] == [200] * 5 + [429]
+            assert (gate.limit, gate.budget) == (10, 8)
+        finally:
+            gate.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("Too much request weight used; current limit is 1200 request weight per 1 MINUTE."
+         " Please use WebSocket Streams for live updates to avoid polling the API.", 1200),
+        ("Too many requests; current limit of IP(203.0.113.7) is 6000 requests per minute."
+         " Please use the websocket for live updates to avoid polling the API.", 6000),
+        ("Way too much request weight used; IP banned until 1700000000000.", None),
+        ("Connection throttled, current limit of IP(1.2.3.4) is 61000 requests per 5 MINUTE.",
+         None),
+    ],
+)  # fmt: skip
+def test_the_weight_limit_is_read_from_binance_texts(text: str, limit: int | None) -> None:
+    assert rest_module._limit_in_text(text) == limit
+    info = {"rateLimits": [{"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE",
+                            "intervalNum": 5, "limit": 61000},
+                           {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
+                            "intervalNum": 1, "limit": 1200}]}  # fmt: skip
+    assert rest_module.stated_limit(info) == 1200
+    assert rest_module.stated_limit({"rateLimits": "n/a"}) is None
 
 
 def test_history_pages_are_exact_across_the_thousand_row_limit() -> None:

@@ -4,8 +4,12 @@ Every REST call of the Binance provider (history threads, gap fills, populate) g
 one :class:`RestGate`. It owns:
 
 * the **weight budget**: ``X-MBX-USED-WEIGHT-1M`` is read after every call; once the weight
-  used plus the weight in flight would pass the budget (80 % of Binance's 6000 per minute),
-  callers wait for the minute to roll instead of sending;
+  used plus the weight in flight would pass the budget (80 % of the exchange's limit per
+  minute), callers wait for the minute to roll instead of sending. The limit is 6000 until
+  the exchange states its own: ``rateLimits`` in every ``exchangeInfo`` answer, or the text
+  of a ``-1003`` 429 ("current limit is 1200 request weight per 1 MINUTE"): Binance.US and
+  other servers of this API allow less, and a budget above their limit would run into a 429
+  every minute, which Binance turns into an IP ban (418);
 * **Retry-After**: a 429 (``rate_limited``) or 418 (``banned``) stops every REST request
   until the time Binance named has passed, then the status goes back to ``ok``;
 * **availability**: a call that still fails after its retries (5xx, an answer that is not
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +59,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 StatusSink = Callable[[str, str], None]
 
-WEIGHT_LIMIT = 6000  # Binance REQUEST_WEIGHT per minute
-BUDGET = int(WEIGHT_LIMIT * 0.8)
+WEIGHT_LIMIT = 6000  # Binance REQUEST_WEIGHT per minute (until the exchange states its own)
+BUDGET_SHARE = 0.8
+BUDGET = int(WEIGHT_LIMIT * BUDGET_SHARE)
 KLINES_WEIGHT = 2
 EXCHANGE_INFO_WEIGHT = 20
 PAGE_LIMIT = 1000
@@ -89,6 +95,7 @@ class RestGate:
         self._key, self._secret = api_key or None, api_secret or None
         self._report = report or (lambda state, detail: None)
         self.budget = budget
+        self.limit = WEIGHT_LIMIT  # REQUEST_WEIGHT per minute, as the exchange last stated it
         self._clock, self._wall = clock, wall
         self._cond = threading.Condition()
         self._used = 0  # X-MBX-USED-WEIGHT-1M last seen
@@ -123,7 +130,28 @@ class RestGate:
             )
         if not isinstance(info, dict):
             raise ProviderUnavailable(f"binance: exchangeInfo answered {type(info).__name__}")
+        limit = stated_limit(info)
+        if limit is not None:
+            self.learn_limit(limit, "exchangeInfo")
         return info
+
+    def learn_limit(self, limit: int, source: str) -> None:
+        """The exchange allows ``limit`` REQUEST_WEIGHT per minute: keep the budget at
+        :data:`BUDGET_SHARE` of it. Only ever lowers the budget (one given to the
+        constructor, a test's, stays when it is lower already)."""
+        budget = max(1, int(limit * BUDGET_SHARE))
+        with self._cond:
+            changed = limit != self.limit or budget < self.budget
+            self.limit = limit
+            self.budget = min(self.budget, budget)
+            self._cond.notify_all()
+        if changed:
+            logger.warning(
+                "binance: the exchange allows %d request weight per minute (%s); REST keeps to %d",
+                limit,
+                source,
+                self.budget,
+            )
 
     def klines(
         self, symbol: str, interval: str, start_ms: int, end_ms: int | None, deadline: float
@@ -227,6 +255,9 @@ class RestGate:
                 return request(client)
             except BinanceAPIException as exc:
                 if exc.status_code in (429, 418):
+                    limit = _limit_in_text(exc.message)
+                    if limit is not None:
+                        self.learn_limit(limit, f"HTTP {exc.status_code} on {what}")
                     self._limited(exc.status_code, exc.response, what)
                     continue
                 error: ProviderError = translate(exc, what, symbol)
@@ -353,7 +384,7 @@ class RestGate:
                 self._used, self._known = used, True
                 self._window_end = now + 60.0 - self._wall() % 60.0 + 0.5
                 if used > self.budget:
-                    logger.warning("binance: request weight %d of %d used", used, WEIGHT_LIMIT)
+                    logger.warning("binance: request weight %d of %d used", used, self.limit)
             if response is not None and _answered(response.status_code) and self._recover(now):
                 recovered = True
             self._cond.notify_all()
@@ -432,6 +463,39 @@ def _answered(status: int) -> bool:
     """Whether an HTTP status shows REST serving again: not a rate limit, a ban, Binance's
     firewall (403) or a server error."""
     return status < 500 and status not in (403, 418, 429)
+
+
+def stated_limit(info: Any) -> int | None:
+    """The REQUEST_WEIGHT limit per minute in an ``exchangeInfo`` answer's ``rateLimits``
+    (``{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+    "limit": 6000}``), or ``None``."""
+    limits = info.get("rateLimits") if isinstance(info, dict) else None
+    for item in limits if isinstance(limits, list) else ():
+        if (
+            isinstance(item, dict)
+            and item.get("rateLimitType") == "REQUEST_WEIGHT"
+            and item.get("interval") == "MINUTE"
+            and item.get("intervalNum") == 1
+        ):
+            limit = item.get("limit")
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                return limit
+    return None
+
+
+#: Binance's -1003 texts: "Too much request weight used; current limit is 1200 request weight
+#: per 1 MINUTE." and "Too many requests; current limit of IP(1.2.3.4) is 6000 requests per
+#: minute."
+_LIMIT_TEXT = re.compile(
+    r"current limit (?:of IP\([^)]*\) )?is (\d+) requests?(?: weight)? per (?:1 )?minute",
+    re.IGNORECASE,
+)
+
+
+def _limit_in_text(message: object) -> int | None:
+    """The per-minute limit a 429's message names, or ``None``."""
+    match = _LIMIT_TEXT.search(message) if isinstance(message, str) else None
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
 def _used_weight(headers: Any) -> int | None:
