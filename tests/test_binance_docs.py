@@ -315,6 +315,42 @@ async def test_a_refused_subscribe_is_told_and_asked_again(
     await viewer.wait_for("data_update", key_of("BTCUSDT", "3m"), FIRST)
 
 
+LOCATION_BODY = (
+    '{"code":0,"msg":"Service unavailable from a restricted location according to '
+    "'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer "
+    'service if you believe you received this message in error."}'
+)
+
+
+async def test_a_stream_refused_by_location_names_the_binance_us_url(
+    live: DocsBinance, viewer: WsClient
+) -> None:
+    """stream.binance.com refuses the handshake of a US address with HTTP 451
+    (binance/binance-connector-python#201). That was taken for a relay that wants the
+    streams in the URL (a warning saying so, the streams moved there) and the chart heard
+    nothing; it hears why and which URL serves it now, and the stream comes back when the
+    refusals end."""
+    await first_init(viewer, "ETHUSDT", "30m", count=5)
+    live.advance(0.5)
+    await viewer.wait_for("data_update", key_of("ETHUSDT", "30m"), FIRST)
+    live.refuse_handshake = (451, LOCATION_BODY)
+    try:
+        opened = len(live.conns)
+        live.close_all(1000)
+        error = await viewer.wait_for(
+            "error", lambda m: "451" in m.get("message", ""), timeout=FIRST
+        )
+        assert "BINANCE_STREAM_URL=wss://stream.binance.us:9443" in error["message"], error
+        assert live.handshakes_refused >= 1
+    finally:
+        live.refuse_handshake = None
+    live.advance(0.5)
+    mark = len(viewer.messages)
+    await viewer.wait_for("data_update", key_of("ETHUSDT", "30m"), FIRST, after=mark)
+    assert len(live.conns) == opened + 1
+    assert "streams=" not in live.conns[-1].path, live.conns[-1].path  # not moved to the URL
+
+
 async def test_a_message_too_big_for_the_client_costs_one_reconnect(
     live: DocsBinance, viewer: WsClient
 ) -> None:

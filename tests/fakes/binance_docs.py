@@ -16,7 +16,8 @@ differ the provider must still hold. It runs REST and the streams on two aiohttp
   with a payload every ``ping_interval`` seconds and a close when its pong (with that payload)
   does not come within ``pong_timeout``; at most 5 incoming messages a second (pings, pongs
   and JSON frames count); kline events every ``push_interval`` seconds, the closing one with
-  ``"x": true``; anything else a test sends with :meth:`DocsBinance.send_raw`.
+  ``"x": true``; anything else a test sends with :meth:`DocsBinance.send_raw`; handshakes
+  refused with a status (``refuse_handshake``: Binance.com's 451 to a US address).
 
 Prices are a pure function of symbol, interval and open time; a forming bar grows towards
 its final values with the exchange clock (:meth:`DocsBinance.set_time`, :meth:`advance`).
@@ -180,6 +181,9 @@ class DocsBinance:
         self.refuse = 0  # SUBSCRIBE frames still to answer with an error
         # only those naming this stream (None: any; another test's stream may be resubscribed)
         self.refuse_stream: str | None = None
+        # answer stream handshakes with this status and body instead (451: a US address)
+        self.refuse_handshake: tuple[int, str] | None = None
+        self.handshakes_refused = 0
         rest, ws = web.Application(), web.Application()
         rest.router.add_get("/api/v3/{endpoint}", self._rest)
         ws.router.add_get("/ws", self._ws)
@@ -397,6 +401,10 @@ class DocsBinance:
             request.query.get("streams", "") if combined else request.match_info.get("streams", "")
         )
         names = [s for s in raw.split("/") if s]
+        if self.refuse_handshake is not None:
+            self.handshakes_refused += 1
+            status, body = self.refuse_handshake
+            return web.Response(status=status, text=body, content_type="application/json")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=0)
         await ws.prepare(request)
         conn = Conn(ws, request.path_qs, combined, dict.fromkeys(names))

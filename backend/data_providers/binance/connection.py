@@ -50,6 +50,18 @@ REFUSAL_BACKOFF_MAX = 60.0  # ... up to this
 MAX_UNANSWERED = 256  # SUBSCRIBE frames kept waiting for their answer
 URL_AFTER_TIMEOUTS = 2  # unanswered SUBSCRIBE frames in a row before the streams go in the URL
 MAX_QUEUE = 1024
+#: Handshake refusals that say nothing about the URL naming no stream (so are no reason to
+#: name the streams in the URL): Binance.com's 451 for a country it does not serve (the US),
+#: its firewall's 403, a rate limit's 429 or a ban's 418. Each stream's clients hear it once
+#: per run of refusals.
+_REFUSALS = {
+    451: "Binance.com refuses connections from this location (HTTP 451); in the US,"
+    " Binance.US serves the same streams: BINANCE_STREAM_URL=wss://stream.binance.us:9443"
+    " (and BINANCE_API_URL=https://api.binance.us)",
+    403: "the stream connection was blocked by Binance's firewall (HTTP 403)",
+    429: "the stream connection was rate limited by Binance (HTTP 429)",
+    418: "the stream connection was refused by Binance's IP ban (HTTP 418)",
+}
 
 
 class Owner(Protocol):
@@ -117,6 +129,7 @@ class Connection:
         self.answered = False  # the server answered a SUBSCRIBE of this connection: it takes them
         self.timeouts = 0  # SUBSCRIBE frames in a row (each sent after the last one timed out)
         self.timed_out_at = 0.0  # when the last of them timed out
+        self.told_refusal: set[str] = set()  # streams told of the current handshake refusals
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"binance-{number}")
         self.task.add_done_callback(self._ended)
 
@@ -304,14 +317,20 @@ class Connection:
                 max_queue=MAX_QUEUE,
             )
         except InvalidStatus as exc:
-            logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)
-            if not self.in_url and self.wanted and exc.response.status_code < 500:
+            status = exc.response.status_code
+            refusal = _REFUSALS.get(status)
+            logger.warning("binance stream #%d: cannot connect: %r%s", self.number, exc,
+                           f"; {refusal}" if refusal else "")  # fmt: skip
+            if refusal is not None:
+                self._tell_refusal(refusal)
+            elif not self.in_url and self.wanted and status < 500:
                 self._use_url(f"a /stream URL without streams was refused ({exc})")
             return None
         except (OSError, TimeoutError, WebSocketException) as exc:
             logger.warning("binance stream #%d: cannot connect: %r", self.number, exc)
             return None
         sock = _Socket(ws, self.tuning)
+        self.told_refusal.clear()
         if url != self.manager.url:
             sock.sent.update(self.wanted)
             sock.url_streams = frozenset(self.wanted)
@@ -468,6 +487,14 @@ class Connection:
         unanswered = {name for names in sock.subscribing.values() for name in names}
         sock.sent.difference_update(unanswered)  # the id stays: a late answer still counts
         self._mark_dirty()
+
+    def _tell_refusal(self, refusal: str) -> None:
+        """The server refused the handshake (:data:`_REFUSALS`): the clients of the streams
+        not told yet in this run of refusals hear why; the connection keeps retrying."""
+        new = [name for name in self.wanted if name not in self.told_refusal]
+        self.told_refusal.update(new)
+        if new:
+            self.manager.refused(new, refusal)
 
     def _use_url(self, why: str) -> None:
         self.in_url = True
