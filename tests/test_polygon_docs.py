@@ -4,6 +4,7 @@ when Polygon does what its documents allow and the suite's own fake does not."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from backend.data_providers.polygon.rest import PolygonRest
 from backend.model import intervals
 from tests.fakes.polygon_docs import RATE_LIMITED, DocsPolygon, Fault, Ticker
 from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
@@ -327,3 +329,19 @@ async def test_base_urls_as_polygon_documents_them(tmp_path: Path, rest: str, st
                 assert {c.path for c in polygon.conns} == {"/crypto"}
             finally:
                 await ws.close()
+
+
+def test_a_next_url_that_loops_back_ends_the_pages() -> None:
+    """Polygon's next_url was seen to loop back to a page already read
+    (polygon-io/issues#289): the pages were followed forever, so populate never ended. A
+    next_url already followed ends them; every ticker is listed once."""
+    tickers = [Ticker(f"T{n}", f"Ticker {n}", "stocks", "XNYS") for n in range(5)]
+    with DocsPolygon(tickers, page_size=2) as fake:
+        fake.loop_next_url = True
+        rest = PolygonRest(fake.key, fake.rest_url)
+        try:
+            listed = [t.ticker for t in itertools.islice(rest.tickers("stocks"), 50)]
+        finally:
+            rest.close()
+        assert listed == [t.ticker for t in tickers]
+        assert len(fake.requests) == 3

@@ -190,6 +190,9 @@ class DocsPolygon:
         # clusters whose plan refusal comes after ``auth_success``, as the answer to the first
         # subscribe (one report of a real account), the socket left open
         self.refuse_on_subscribe: set[str] = set()
+        # the last page of tickers names itself as next_url, as Polygon's cursors were seen
+        # to loop back (polygon-io/issues#289)
+        self.loop_next_url = False
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, dict[str, str], str]] = []  # (path, query, auth form)
         self.conns: list[Conn] = []
@@ -346,9 +349,12 @@ class DocsPolygon:
         page = rows[offset : offset + size]
         body: dict[str, Any] = {"results": page, "status": "OK", "count": len(page)}
         body["request_id"] = uuid.uuid4().hex
+        following = {k: v for k, v in query.items() if k not in ("apiKey", "cursor")}
         if offset + size < len(rows):
-            following = {k: v for k, v in query.items() if k not in ("apiKey", "cursor")}
             cursor = _encode(following | {"offset": offset + size})
+            body["next_url"] = f"{self.rest_url}/v3/reference/tickers?cursor={cursor}"
+        elif self.loop_next_url and offset:
+            cursor = _encode(following | {"offset": offset})
             body["next_url"] = f"{self.rest_url}/v3/reference/tickers?cursor={cursor}"
         return web.json_response(body)
 

@@ -207,7 +207,10 @@ class PolygonRest:
     ) -> Iterator[Any]:
         """The ``results`` of every page, following ``next_url`` (its path and query; the key
         goes in the client's header); without a deadline each page may wait
-        :data:`PAGE_PATIENCE` seconds."""
+        :data:`PAGE_PATIENCE` seconds. A ``next_url`` already followed ends the pages, with a
+        warning: Polygon's cursors were seen to loop back (polygon-io/issues#289), which
+        would have asked for the same pages forever (populate never ending)."""
+        followed: set[str] = set()
         while True:
             patience = self.pace.clock() + PAGE_PATIENCE if deadline is None else deadline
             page = self._page(what, path, params, patience)
@@ -221,6 +224,14 @@ class PolygonRest:
                 return
             parts = urlsplit(str(next_url))
             path = parts.path + (f"?{parts.query}" if parts.query else "")
+            if path in followed:
+                logger.warning(
+                    "polygon: %s: next_url repeats a page already read (%d pages); stopping there",
+                    what,
+                    len(followed) + 1,
+                )
+                return
+            followed.add(path)
             params = {}
 
     def _page(
