@@ -345,3 +345,34 @@ def test_a_next_url_that_loops_back_ends_the_pages() -> None:
             rest.close()
         assert listed == [t.ticker for t in tickers]
         assert len(fake.requests) == 3
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["old-first", "new-first"])
+async def test_a_ticker_listed_twice_is_stored_with_its_current_record(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    """Polygon has listed some tickers twice, an outdated record next to the current one
+    (polygon-io/issues#165: CASY with its old upper-case name first); the database kept the
+    first, so search showed the outdated name."""
+    old = Ticker(
+        "CASY", "CASEYS GENERAL STORES INC", "stocks", "XNAS", updated="2011-05-10T00:00:00Z"
+    )
+    new = Ticker(
+        "CASY", "Casey's General Stores Inc", "stocks", "XNAS", updated="2021-10-07T00:00:00Z"
+    )
+    pair = [new, old] if newest_first else [old, new]
+    with DocsPolygon([Ticker("AAPL", "Apple Inc.", "stocks", "XNAS"), *pair], page_size=2) as fake:
+        env = base_env(tmp_path, **(fake.settings | {"POLYGON_MARKETS": "stocks"}))
+        result = populate(env)
+        assert result.returncode == 0, result.stderr
+        with ServerProcess(env, tmp_path / "server.log") as server:
+            client = await WsClient.open(server.ws_url)
+            try:
+                await client.send({"type": "search_data", "search": "CASY"})
+                reply = await client.wait_for("search_data_done", lambda m: m["search"] == "CASY")
+            finally:
+                await client.close()
+    labels = [
+        r["details"]["name_label"] for r in reply["results"] if r["details"]["name"] == "CASY"
+    ]
+    assert labels == ["Casey's General Stores Inc"], labels

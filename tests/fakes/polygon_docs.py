@@ -95,6 +95,7 @@ class Ticker:
     market: str  # stocks, crypto, fx, indices (Polygon's market names)
     primary_exchange: str | None = None
     active: bool = True
+    updated: str = "2026-12-01T00:00:00Z"  # last_updated_utc
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -103,7 +104,7 @@ class Ticker:
             "market": self.market,
             "locale": "us" if self.market in ("stocks", "indices") else "global",
             "active": self.active,
-            "last_updated_utc": "2026-12-01T00:00:00Z",
+            "last_updated_utc": self.updated,
         }
         if self.primary_exchange:
             row |= {"primary_exchange": self.primary_exchange, "type": "CS"}

@@ -173,6 +173,8 @@ class PolygonRest:
             }
             path, what = "/v3/reference/tickers", f"tickers of {market}"
             parse = Ticker.from_dict
+            yield from newest_of_each(self._rows(what, path, params, parse, None))
+            return
         yield from self._rows(what, path, params, parse, None)
 
     def aggregates(
@@ -260,6 +262,27 @@ class PolygonRest:
     def close(self) -> None:
         """Close the pooled HTTP connections."""
         self._client.client.clear()
+
+
+def newest_of_each(tickers: Iterator[Any]) -> Iterator[Any]:
+    """One ``Ticker`` per symbol from pages sorted by ticker: of records that repeat a
+    ticker (Polygon has listed some twice, an outdated or wrong record next to the current
+    one: polygon-io/issues#165, #310), the one updated last (``last_updated_utc``; on a tie
+    the later one). The database keeps the first row of a symbol, so the outdated name
+    would have been the one shown."""
+    held: Any = None
+    for ticker in tickers:
+        if held is not None and getattr(ticker, "ticker", None) == getattr(held, "ticker", None):
+            if str(getattr(ticker, "last_updated_utc", None) or "") >= str(
+                getattr(held, "last_updated_utc", None) or ""
+            ):
+                held = ticker
+            continue
+        if held is not None:
+            yield held
+        held = ticker
+    if held is not None:
+        yield held
 
 
 @contextlib.contextmanager
