@@ -158,6 +158,13 @@ async def test_a_socket_from_a_foreign_origin_is_refused_with_403_even_with_a_to
     assert await refused_status(url, origin="https://evil.example") == 403
     grid = url.replace("/websocket/", "/openbb/live_grid_ws")
     assert await refused_status(grid, origin="https://evil.example") == 403
+    # the refusal names the Origin and the setting; null is a page opened from a file
+    for origin, more in (("https://evil.example", ""), ("null", "file://")):
+        with pytest.raises(InvalidStatus) as refused:
+            await WsClient.open(url, origin=origin)
+        message = json.loads(refused.value.response.body)["message"]
+        assert repr(origin) in message and "WS_ALLOWED_ORIGINS" in message, message
+        assert more in message, message
     local = await WsClient.open(url, origin="http://localhost:5173")
     await local.send({"type": "ping", "id": 1})
     assert (await local.wait_for("pong"))["id"] == 1

@@ -77,11 +77,9 @@ class Access:
         headers = dict(scope.get("headers", ()))
         origin = headers.get(b"origin")
         host = headers.get(b"host")
-        if not self.origins.allows(
-            None if origin is None else origin.decode("latin-1"),
-            None if host is None else host.decode("latin-1"),
-        ):
-            raise AccessDenied(FORBIDDEN, "this Origin may not open sockets here")
+        sent = None if origin is None else origin.decode("latin-1")
+        if not self.origins.allows(sent, None if host is None else host.decode("latin-1")):
+            raise AccessDenied(FORBIDDEN, _refused_origin(sent))
         identity = self.identify(scope)
         self.fair.connections.open(identity)
         return identity
@@ -291,3 +289,13 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
         finally:
             current.reset(token)
+
+
+def _refused_origin(origin: str | None) -> str:
+    """The refusal of a socket's ``Origin``, naming it (cut to 100 characters) and the
+    setting that allows it; ``null`` is a page opened from a ``file://`` URL."""
+    shown = repr(origin[:100]) if origin is not None else "(none)"
+    why = f"the Origin {shown} may not open sockets here (WS_ALLOWED_ORIGINS)"
+    if origin == "null":
+        why += "; 'null' is a page opened from a file:// URL or a sandboxed frame"
+    return why
