@@ -15,7 +15,15 @@ import pytest
 
 from backend.model import intervals
 from tests.fakes.binance_docs import MINUTE, DocsBinance, Fault, Symbol
-from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
+from tests.harness import (
+    ServerProcess,
+    WsClient,
+    base_env,
+    eventually,
+    populate,
+    populated_server,
+    seconds,
+)
 from tests.test_binance_provider import data, key_of, points
 
 HISTORY_TIMEOUT = 6.0
@@ -28,12 +36,9 @@ def frozen(minutes_ago: int) -> int:
 
 def serve(fake: DocsBinance, tmp: Path) -> Iterator[ServerProcess]:
     """A populated server on ``fake``."""
-    env = base_env(
+    with populated_server(
         tmp, **fake.settings, HISTORY_TIMEOUT=str(HISTORY_TIMEOUT), STREAM_LINGER_SECONDS="0.3"
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
+    ) as running:
         yield running
 
 

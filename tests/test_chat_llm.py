@@ -3,8 +3,9 @@ process: what an operator's setup mistakes and a model without vision come to.""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -35,6 +36,16 @@ def first_turn(prompt: str = "Trend?") -> list[dict[str, Any]]:
     ]
 
 
+@contextlib.asynccontextmanager
+async def model(base_url: str, name: str) -> AsyncIterator[Llm]:
+    """The client of ``name`` at ``base_url`` (with a test key), closed after."""
+    llm = Llm(base_url, "test-key", name)
+    try:
+        yield llm
+    finally:
+        await llm.close()
+
+
 async def answer(llm: Llm, messages: list[dict[str, Any]]) -> str:
     return "".join([text async for text in llm.stream(messages)])
 
@@ -53,12 +64,9 @@ async def test_a_base_url_without_v1_is_named_in_the_404(fake: FakeChat) -> None
     """``LLM_BASE_URL=http://localhost:11434`` (Ollama's address, without ``/v1``) posts to
     ``/chat/completions``, which answers a bare 404 (NousResearch/hermes-agent#7516): the
     chat said only 'HTTP 404', not what to change."""
-    llm = Llm(fake.url, "test-key", "m1")
-    try:
+    async with model(fake.url, "m1") as llm:
         with pytest.raises(ChatError) as caught:
             await answer(llm, first_turn())
-    finally:
-        await llm.close()
     text = str(caught.value)
     assert "HTTP 404" in text and "LLM_BASE_URL" in text and "/v1" in text
 
@@ -67,12 +75,9 @@ async def test_an_error_given_as_a_bare_string_is_told(fake: FakeChat) -> None:
     """Ollama's cloud answers ``{"error": "<text>"}``, not ``{"error": {"message": ...}}``
     (OpenCoworkAI/open-cowork#251): its text was dropped."""
     fake.text_only = "model 'glm' is overloaded"  # no word of images: not asked again
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         with pytest.raises(ChatError) as caught:
             await answer(llm, first_turn())
-    finally:
-        await llm.close()
     assert str(caught.value) == "the model endpoint answered HTTP 400: model 'glm' is overloaded"
     assert len(fake.requests) == 1
 
@@ -100,8 +105,7 @@ async def test_a_model_without_vision_answers_from_the_description(
     without the image (the texts as one string, as Groq requires), the answer says so, and
     later requests leave images out from the start."""
     fake.text_only = refusal
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         text = await answer(llm, first_turn())
         assert text.startswith("".join(CHUNKS))
         assert "image" in text.removeprefix("".join(CHUNKS))  # the note after the answer
@@ -111,18 +115,13 @@ async def test_a_model_without_vision_answers_from_the_description(
         later.append({"role": "user", "content": "And the volume?"})
         assert await answer(llm, later) == "".join(CHUNKS)  # no note: no new image
         assert [images(r) for r in fake.requests] == [1, 0, 0]
-    finally:
-        await llm.close()
 
 
 async def test_another_400_is_not_asked_again(fake: FakeChat) -> None:
     fake.status = 400
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         with pytest.raises(ChatError, match="failed with 400"):
             await answer(llm, first_turn())
-    finally:
-        await llm.close()
     assert len(fake.requests) == 1
 
 
@@ -142,23 +141,17 @@ async def test_a_reasoning_block_in_the_text_is_not_the_answer(
     into the answer in a <think> block (ollama/ollama#8837): the chat showed it as the
     answer, and kept it in the conversation."""
     fake.chunks = chunks
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         assert await answer(llm, first_turn()) == "Higher lows."
-    finally:
-        await llm.close()
 
 
 async def test_a_think_tag_later_in_the_answer_is_text(fake: FakeChat) -> None:
     fake.chunks = ["Models such as R1 write ", "<think>...</think>", " blocks."]
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         assert await answer(llm, first_turn()) == "".join(fake.chunks)
         fake.chunks = ["<think>", "Lows at 91k"]  # stopped while it thought
         with pytest.raises(ChatError, match="has no text"):
             await answer(llm, first_turn())
-    finally:
-        await llm.close()
 
 
 async def test_a_reasoning_block_in_a_whole_answer_is_not_the_answer(fake: FakeChat) -> None:
@@ -166,11 +159,8 @@ async def test_a_reasoning_block_in_a_whole_answer_is_not_the_answer(fake: FakeC
     text = "<think>\nLows at 91k, 92k.\n</think>\n\nHigher lows."
     answered = {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
     fake.whole = ("application/json", json.dumps(answered).encode())
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         assert await answer(llm, first_turn()) == "Higher lows."
-    finally:
-        await llm.close()
 
 
 async def test_a_reasoning_sent_apart_is_not_shown(fake: FakeChat) -> None:
@@ -181,11 +171,8 @@ async def test_a_reasoning_sent_apart_is_not_shown(fake: FakeChat) -> None:
     fake.raw = [
         f"data: {json.dumps({'choices': [{'index': 0, 'delta': d}]})}\n\n".encode() for d in deltas
     ]
-    llm = Llm(fake.base_url, "test-key", "m1")
-    try:
+    async with model(fake.base_url, "m1") as llm:
         assert await answer(llm, first_turn()) == "Higher lows."
-    finally:
-        await llm.close()
 
 
 @pytest.mark.parametrize(
@@ -201,10 +188,7 @@ async def test_an_azure_deployment_url_is_called_as_azure_wants(fake: FakeChat, 
     ``chat/completions`` to the query (404 'Resource not found', OpenBMB/ChatDev#191), or
     after the pasted ``/chat/completions`` (andrewyng/aisuite#194); and Azure takes its key
     in an ``api-key`` header, not as a bearer token."""
-    llm = Llm(fake.url + path, "test-key", "gpt-4o")
-    try:
+    async with model(fake.url + path, "gpt-4o") as llm:
         assert await answer(llm, first_turn()) == "".join(CHUNKS)
-    finally:
-        await llm.close()
     (headers,) = fake.headers
     assert headers["api-key"] == "test-key" and "Authorization" not in headers

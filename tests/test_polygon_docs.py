@@ -15,7 +15,15 @@ import pytest
 from backend.data_providers.polygon.rest import PolygonRest
 from backend.model import intervals
 from tests.fakes.polygon_docs import RATE_LIMITED, DocsPolygon, Fault, Ticker
-from tests.harness import ServerProcess, WsClient, base_env, eventually, populate, seconds
+from tests.harness import (
+    ServerProcess,
+    WsClient,
+    base_env,
+    eventually,
+    populate,
+    populated_server,
+    seconds,
+)
 
 HISTORY_TIMEOUT = 8.0
 FIRST = 20.0
@@ -61,15 +69,12 @@ def expected(fake: DocsPolygon, name: str, multiplier: int, span: str, count: in
 
 
 def serve(fake: DocsPolygon, tmp: Path, **extra: str) -> Iterator[ServerProcess]:
-    env = base_env(
+    with populated_server(
         tmp,
         **(fake.settings | extra),
         HISTORY_TIMEOUT=str(HISTORY_TIMEOUT),
         STREAM_LINGER_SECONDS="0.2",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    with ServerProcess(env, tmp / "server.log") as running:
+    ) as running:
         yield running
 
 
