@@ -10,6 +10,7 @@ import logging
 import math
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -593,6 +594,111 @@ def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(
     harness = Harness(tmp_path)
     assert harness.history("EU", "1m")[2] == (T0 + 120, 2.5, 3.5, 2.25, 2.75, 1002.0)
     assert [b[4] for b in harness.history("TAB__close", "1m")] == [0.5, 1.5, 2.5]
+
+
+def test_an_excel_sep_line_above_the_header_names_the_separator(tmp_path: Path) -> None:
+    """Excel reads and writes ``sep=;`` as the first line (the separator for Excel): the
+    file was skipped for 'no date column (... the columns are 'sep=;')', as if
+    CSV_DATE_COLUMN would help. Rows written after it are appended as usual."""
+    rows = "".join(f"{fmt(T0 + 60 * i)};1.23{i},5;1.240,5;1.220,5;1.235,5;7\r\n" for i in range(3))
+    (tmp_path / "XL.csv").write_text("sep=;\r\nDate;Open;High;Low;Close;Volume\r\n" + rows)
+    harness = Harness(tmp_path)
+    assert [row["name"] for row in harness.provider.get_dataset()] == ["XL"]
+    assert harness.history("XL", "1m")[2] == (T0 + 120, 1232.5, 1240.5, 1220.5, 1235.5, 7.0)
+    with (tmp_path / "XL.csv").open("a") as handle:
+        handle.write(f"{fmt(T0 + 180)};1.233,5;1.240,5;1.220,5;1.236,5;8\r\n")
+    look_now(harness)
+    assert harness.history("XL", "1m")[-1] == (T0 + 180, 1233.5, 1240.5, 1220.5, 1236.5, 8.0)
+
+
+def test_a_cryptodatadownload_file_with_its_address_above_the_header_is_read(
+    tmp_path: Path,
+) -> None:
+    """CryptoDataDownload writes its address on the first line, then ``unix,date,symbol,
+    open,high,low,close,Volume BTC,Volume USDT,tradecount``, newest first: the file was
+    skipped for 'no date column (... the columns are 'https://www.CryptoDataDownload.com')'.
+    The base volume is the volume; the epoch column ``unix`` is no line series."""
+    lines = [
+        "https://www.CryptoDataDownload.com",
+        "unix,date,symbol,open,high,low,close,Volume BTC,Volume USDT,tradecount",
+    ]
+    for i in reversed(range(4)):
+        t = T0 + 3600 * i
+        lines.append(
+            f"{t * 1000},{fmt(t)},BTC/USDT,{100 + i},{102 + i},{99 + i},{101 + i},"
+            f"{10 + i},{1000 + i},{50 + i}"
+        )
+    (tmp_path / "Binance_BTCUSDT_1h.csv").write_text("\n".join(lines) + "\n")
+    harness = Harness(tmp_path)
+    names = sorted(row["name"] for row in harness.provider.get_dataset())
+    assert names == [
+        "Binance_BTCUSDT_1h",
+        "Binance_BTCUSDT_1h__Volume USDT",
+        "Binance_BTCUSDT_1h__tradecount",
+    ]
+    bars = harness.history("Binance_BTCUSDT_1h", "1h")
+    assert bars[1] == (T0 + 3600, 101.0, 103.0, 100.0, 102.0, 11.0) and len(bars) == 4
+
+
+def test_a_dukascopy_export_dated_by_gmt_time_is_read(tmp_path: Path) -> None:
+    """Dukascopy's downloads name the date column ``Gmt time`` (``02.03.2026 09:00:00.000``,
+    day first): the file was skipped for 'no date column'."""
+    (tmp_path / "EURUSD.csv").write_text(
+        "Gmt time,Open,High,Low,Close,Volume\n"
+        + "".join(
+            f"{_stamp(T0 + 3600 * h, '%d.%m.%Y %H:%M:%S')}.000,1.1,1.2,1.0,1.15,5.5\n"
+            for h in range(3)
+        )
+    )
+    bars = Harness(tmp_path).history("EURUSD", "1h")
+    assert [b[0] for b in bars] == [T0, T0 + 3600, T0 + 7200] and bars[0][5] == 5.5
+
+
+def test_a_nasdaq_com_download_with_dollar_signs_is_read(tmp_path: Path) -> None:
+    """Nasdaq.com's historical data download writes ``Date,Close/Last,Volume,Open,High,Low``
+    and prices as ``$185.64``: only ``{file}__Volume`` was served, no candlestick."""
+    lines = ["Date,Close/Last,Volume,Open,High,Low"]
+    for d in reversed(range(3)):
+        lines.append(
+            f"{_stamp(T0 + 86_400 * d, '%m/%d/%Y')},$18{d}.64,8248867{d},$18{d}.15,"
+            f"$18{d + 1}.44,$17{d}.885"
+        )
+    (tmp_path / "AAPL.csv").write_text("\n".join(lines) + "\n")
+    harness = Harness(tmp_path)
+    assert [row["name"] for row in harness.provider.get_dataset()] == ["AAPL"]
+    bar = harness.history("AAPL", "1d")[1]
+    assert bar == (T0 + 86_400, 181.15, 182.44, 171.885, 181.64, 82_488_671.0)
+
+
+def test_a_pandas_file_whose_date_index_had_no_name_is_read(tmp_path: Path) -> None:
+    """``df.to_csv()`` of a frame indexed by unnamed dates writes ``,open,high,low,close``:
+    the file was skipped for 'no date column (... the columns are 'Unnamed: 0', ...)'."""
+    (tmp_path / "IDX.csv").write_text(
+        ",open,high,low,close\n" + "".join(f"{fmt(T0 + 60 * i)},1,2,0.5,1.{i}\n" for i in range(3))
+    )
+    harness = Harness(tmp_path)
+    assert [b[4] for b in harness.history("IDX", "1m")] == [1.0, 1.1, 1.2]
+
+
+def test_a_file_name_written_decomposed_is_served_under_its_composed_name(
+    tmp_path: Path,
+) -> None:
+    """A file named on macOS (HFS+ stores ``é`` as ``e`` and a combining accent, NFD; zip
+    and rsync keep it) was served as that NFD name: ``Nestlé`` typed or linked (NFC) was
+    an unknown symbol, and so was its column's line series."""
+    stem = unicodedata.normalize("NFD", "Nestlé")
+    assert stem != "Nestlé"
+    write_candles(tmp_path / f"{stem}.csv", 3)
+    (tmp_path / f"{stem} Zürich.csv").write_text(
+        f"date,{unicodedata.normalize('NFD', 'Kurs Zürich')}\n" + f"{fmt(T0)},1\n{fmt(T0 + 60)},2\n"
+    )
+    harness = Harness(tmp_path)
+    rows = {row["name"]: row for row in harness.provider.get_dataset()}
+    line = "Nestlé Zürich__Kurs Zürich"
+    assert sorted(rows) == ["Nestlé", line]
+    assert rows[line]["name_label"] == "Nestlé Zürich Kurs Zürich"
+    assert len(harness.history("Nestlé", "1m")) == 3
+    assert [b[4] for b in harness.history(line, "1m")] == [1.0, 2.0]
 
 
 def test_a_metatrader_5_export_in_utf_16_is_read(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import logging
 import math
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -173,7 +174,7 @@ class CSVProvider(Provider):
                 {
                     "source": self.source,
                     "name": symbol,
-                    "name_label": symbol if candle else f"{file.layout.path.stem} {column}",
+                    "name_label": symbol if candle else _label(file.layout.path, column),
                     "type": "candlestick" if candle else "line",
                     "categories": ["CSV"],
                     "intervals": file.served(),
@@ -318,7 +319,7 @@ class CSVProvider(Provider):
         path, layout = file.layout.path, file.layout
         added = []
         for key in ([""] if layout.candle else []) + list(layout.lines):
-            symbol = f"{path.stem}__{key}" if key else path.stem
+            symbol = _symbol_name(path, key)
             entry = self._symbols.get(symbol)
             if entry is not None:
                 if entry[0] is not file:
@@ -624,6 +625,19 @@ class CSVProvider(Provider):
             if series is not None:
                 now = math.floor(file.clock.at(self._wall()))
                 stream.last, stream.version = _newest(series, interval, now), file.version
+
+
+def _symbol_name(path: Path, column: str) -> str:
+    """The symbol of a file's candles (``column`` "") or of one of its columns, in Unicode's
+    composed form (NFC): a name written decomposed (NFD, as macOS's HFS+ stores ``é``, kept
+    by the archives and copies made there) is served under the name users type and link."""
+    name = f"{path.stem}__{column}" if column else path.stem
+    return unicodedata.normalize("NFC", name)
+
+
+def _label(path: Path, column: str) -> str:
+    """The name shown for a column's line series: the file's name and the column's."""
+    return unicodedata.normalize("NFC", f"{path.stem} {column}")
 
 
 def _newest(series: ReplaySeries, interval: str, now: int) -> Bar | None:

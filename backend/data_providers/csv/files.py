@@ -45,11 +45,15 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-DATE_NAMES = ("date", "timestamp", "time", "datetime", "open_time", "window_start")
+# (CryptoDataDownload writes "unix" beside "date": neither is a series; Dukascopy: Gmt time)
+DATE_NAMES = (
+    "date", "timestamp", "time", "datetime", "open_time", "window_start", "unix", "gmt time",
+)  # fmt: skip
 TICKER_NAMES = ("ticker", "symbol")  # a column naming the instrument of each row
 TIME_NAMES = ("time",)  # a time of day beside a date column (MetaTrader, Stooq, NinjaTrader)
 CANDLE_NAMES = ("open", "high", "low", "close")
-CLOSE_NAMES = ("close", "price", "last")  # Investing.com calls the close Price
+# the close: Investing.com calls it Price, Nasdaq.com's downloads Close/Last
+CLOSE_NAMES = ("close", "price", "last", "close/last")
 VOLUME_NAMES = ("volume", "vol", "tickvol")  # MetaTrader: VOL (0 for currencies), TICKVOL
 # not series: Stooq's <PER> (the interval of the file), Binance's close time and "ignore"
 IGNORED_NAMES = ("per", "close_time", "ignore")
@@ -461,7 +465,8 @@ def date_format(values: pd.Series) -> str | None:
 def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
     """The numbers of a column (NaN where there is none), also those written with thousands
     separators or a K, M or B for thousands, millions, billions (``"42,123.5"`` in a file
-    separated by commas, ``1.23M``, ``456.7K``; ``1.234,5`` with the decimal comma)."""
+    separated by commas, ``1.23M``, ``456.7K``; ``1.234,5`` with the decimal comma), or
+    after a ``$``, ``€`` or ``£`` (``$185.64``)."""
     values = pd.to_numeric(raw, errors="coerce")
     if pd.api.types.is_numeric_dtype(raw.dtype):
         return values
@@ -470,7 +475,8 @@ def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
         return values
     thousands, decimal = (".", ",") if dialect.decimal == "," else (",", ".")
     pattern = _WRITTEN_NUMBER.format(t=re.escape(thousands), d=re.escape(decimal))
-    found = raw[failed].astype(str).str.strip().str.extract(f"^{pattern}$")  # NaN: no match
+    # a currency sign before it: Nasdaq.com's downloads write $185.64
+    found = raw[failed].astype(str).str.strip().str.extract(f"^[$€£]?\\s*{pattern}$")
     digits = found[0].str.replace(thousands, "", regex=False).str.replace(decimal, ".")
     scale = found[1].str.lower().map(_MULTIPLIERS)
     values = values.astype(np.float64)
@@ -481,7 +487,8 @@ def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
 def _numeric_columns(frame: pd.DataFrame, skip: set[str], dialect: Dialect) -> list[str]:
     found = []
     for name in frame.columns:
-        if name in skip or str(name).startswith("Unnamed:") or name.lower() in IGNORED_NAMES:
+        lower = str(name).lower()
+        if name in skip or lower.startswith("unnamed:") or lower in (*IGNORED_NAMES, *DATE_NAMES):
             continue
         raw = frame[name]
         parsed = numbers(raw, dialect)
@@ -497,6 +504,8 @@ def detect_columns(
     by_lower = {name.lower(): name for name in frame.columns}
     wanted = (date_column.lower(), *DATE_NAMES) if date_column else DATE_NAMES
     date = next((by_lower[n] for n in wanted if n in by_lower), None)
+    if date is None and len(frame.columns) and str(frame.columns[0]) == "Unnamed: 0":
+        date = frame.columns[0]  # pandas' to_csv() of a date index without a name: ",Open,..."
     if date is None:
         found = ", ".join(repr(str(name)) for name in frame.columns[:8])
         raise CSVFormatError(
@@ -513,6 +522,8 @@ def detect_columns(
         o, h, lo = (lower[n] for n in CANDLE_NAMES[:3])
         candle = (o, h, lo, close)
     volumes = [lower[n] for n in VOLUME_NAMES if n in lower] if candle else []
+    if candle and not volumes:  # CryptoDataDownload: "Volume BTC" (the base), "Volume USDT"
+        volumes = [name for low, name in lower.items() if low.startswith("volume ")][:1]
     # the first that is not all zeros (MetaTrader writes VOL 0 for currencies, TICKVOL not)
     counted = [name for name in volumes if numbers(frame[name], dialect).any()]
     volume = next(iter(counted or volumes), None)
@@ -577,16 +588,37 @@ def sniff(path: Path) -> Dialect:
         if exc.start < len(head) - 3:  # not merely a character cut by the end of the sample
             encoding = "cp1252"
         text = head.decode(encoding, "replace")
-    sample = "\n".join(text.splitlines()[:50])
-    try:
-        separator = csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
-    except csv.Error:  # one column, or nothing the sniffer can tell apart
-        separator = ","
+    lines = text.splitlines()
+    preamble, separator = _preamble(lines[:2])
+    sample = "\n".join(lines[preamble : preamble + 50])
+    if not separator:
+        try:
+            separator = csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+        except csv.Error:  # one column, or nothing the sniffer can tell apart
+            separator = ","
     header = _is_header(sample, separator)
     skip, first_name = _yfinance_lines(sample, separator) if header else ((), "")
+    skip = (*range(preamble), *(line + preamble for line in skip))
     if separator == ";" and _DECIMAL_COMMA.search(sample):
         return Dialect(separator, ",", ".", encoding, header, skip, first_name)
     return Dialect(separator, ".", None, encoding, header, skip, first_name)
+
+
+def _preamble(lines: list[str]) -> tuple[int, str]:
+    """How many lines before the header are no part of the table (0 or 1), and the
+    separator that line names ("" when none): Excel's ``sep=;`` (the separator of the file
+    for Excel), or a single field over a table of several, such as the address that
+    CryptoDataDownload writes above its header (``https://www.CryptoDataDownload.com``)."""
+    if not lines:
+        return 0, ""
+    first = lines[0].strip()
+    named = re.fullmatch(r"sep=(.)", lines[0].rstrip("\r\n"), re.IGNORECASE)
+    if named and named.group(1) in SEPARATORS:
+        return 1, named.group(1)
+    fields = sum(lines[1].count(c) for c in SEPARATORS) if len(lines) > 1 else 0
+    if first and fields >= 2 and not any(c in first for c in SEPARATORS):
+        return 1, ""
+    return 0, ""
 
 
 def _yfinance_lines(sample: str, separator: str) -> tuple[tuple[int, ...], str]:
