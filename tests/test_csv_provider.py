@@ -221,6 +221,44 @@ def test_a_skipped_file_is_logged_with_what_was_found_and_what_is_expected(
     assert "a single date in the first rows" in messages
 
 
+def test_files_of_bars_not_ending_in_csv_are_logged_once_with_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stooq's bulk files end in .txt, data.binance.vision's come zipped: dropped in the
+    folder they were passed over without a word, their symbols missing."""
+    (tmp_path / "us").mkdir()
+    (tmp_path / "us" / "aapl.us.txt").write_text("<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>\n")
+    (tmp_path / "BTCUSDT-1m-2026-03.zip").write_bytes(b"PK\x03\x04")
+    (tmp_path / "notes.md").write_text("not data")
+    write_candles(tmp_path / "ACME.csv", 3)
+    with caplog.at_level(logging.WARNING):
+        harness = Harness(tmp_path)
+        with pytest.raises(UnknownSymbol):
+            harness.history("aapl.us", "1d")  # looks for new files again
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        f"{tmp_path / 'BTCUSDT-1m-2026-03.zip'}: not read: only files ending in .csv are;"
+        " unzip it into the folder",
+        f"{tmp_path / 'us' / 'aapl.us.txt'}: not read: only files ending in .csv are;"
+        " rename it to .csv",
+    ]
+
+
+def test_a_file_whose_lines_are_each_one_quoted_field_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file a spreadsheet read as one column and saved again has each line in quotes
+    (``"date,open,high,low,close"``): it was skipped for 'no date column ... name it with
+    CSV_DATE_COLUMN', which does not help."""
+    lines = ['"date,open,high,low,close"'] + [f'"{fmt(T0 + 60 * i)},1,2,0.5,1.5"' for i in range(3)]
+    (tmp_path / "Q.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        Harness(tmp_path)
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Q.csv: skipped: each line is one quoted field ('date,open,high,low,close')" in messages
+    assert "without quotes around whole lines" in messages
+
+
 def test_a_price_or_volume_column_that_is_not_numeric_is_named_in_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -70,6 +70,16 @@ RESCAN_SECONDS = 1.0  # an unknown symbol looks for new files at most this often
 CHECK_SECONDS = 2.0  # a loaded file is looked at for changes at most this often
 SETTLE_SECONDS = 1.0  # a change this recent with a last line not ended is not read yet
 MAX_FINAL_BARS_PER_TICK = 1_000
+# files of bars that are not read until made .csv: Stooq's bulk files (.txt), tab files,
+# data.binance.vision's and other archives, spreadsheets; each is logged once
+NOT_CSV = {
+    ".txt": "rename it to .csv",
+    ".tsv": "rename it to .csv",
+    ".zip": "unzip it into the folder",
+    ".gz": "unpack it into the folder (gunzip)",
+    ".xlsx": "save it as CSV",
+    ".xls": "save it as CSV",
+}
 _EARLIEST = -(2**53)
 
 
@@ -120,6 +130,7 @@ class CSVProvider(Provider):
         self._scanned = False
         self._rescanned = -math.inf  # monotonic time of the last look for new files
         self._skipped: dict[Path, int] = {}  # unreadable files: tried again once changed
+        self._not_csv: set[Path] = set()  # files of NOT_CSV already logged
         self._streams: dict[StreamKey, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._stop = threading.Event()
@@ -259,11 +270,23 @@ class CSVProvider(Provider):
         """Add the files of ``folder`` not added yet; the symbols they brought."""
         known = {file.layout.path for file in self._files}
         before = set(self._symbols)
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".csv")
+        found = sorted(folder.rglob("*"))
+        paths = [p for p in found if p.suffix.lower() == ".csv"]
+        self._log_not_csv(p for p in found if p.suffix.lower() in NOT_CSV)
         for path in paths:
             if path not in known and path.is_file() and not self._unchanged(path):
                 self._add_file(path, folder)
         return [symbol for symbol in self._symbols if symbol not in before]
+
+    def _log_not_csv(self, paths: Iterable[Path]) -> None:
+        """Say once per file that a file of :data:`NOT_CSV` is not read, and what to do: it
+        was passed over without a word, its symbol missing."""
+        for path in paths:
+            if path in self._not_csv or not path.is_file():
+                continue
+            self._not_csv.add(path)
+            what = NOT_CSV[path.suffix.lower()]
+            logger.warning("%s: not read: only files ending in .csv are; %s", path, what)
 
     def _unchanged(self, path: Path) -> bool:
         """Whether ``path`` was skipped as unreadable and has not changed since."""

@@ -70,6 +70,7 @@ TAIL_BYTES = 64 * 1024
 SNIFF_BYTES = 64 * 1024
 SEPARATORS = ",;\t|"
 _DECIMAL_COMMA = re.compile(r"\d,\d")
+_LISTED = re.compile(r"[A-Za-z]\s*[,;\t|]\s*[A-Za-z]")  # names in one field: "date,open"
 # a number written with thousands separators or a K, M or B after it (Investing.com:
 # "42,123.5", "1.23M"): {t} and {d} are the thousands and the decimal mark
 _WRITTEN_NUMBER = r"([+-]?(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)(?:{d}\d+)?)\s*([KMBkmb]?)"
@@ -506,6 +507,12 @@ def detect_columns(
     date = next((by_lower[n] for n in wanted if n in by_lower), None)
     if date is None and len(frame.columns) and str(frame.columns[0]) == "Unnamed: 0":
         date = frame.columns[0]  # pandas' to_csv() of a date index without a name: ",Open,..."
+    if date is None and len(frame.columns) == 1 and _LISTED.search(str(frame.columns[0])):
+        raise CSVFormatError(
+            f"each line is one quoted field ({str(frame.columns[0])[:60]!r}): save the file"
+            " again without quotes around whole lines (a spreadsheet that read the file"
+            " as one column wrote it so)"
+        )
     if date is None:
         found = ", ".join(repr(str(name)) for name in frame.columns[:8])
         raise CSVFormatError(
