@@ -634,6 +634,34 @@ def test_spreadsheet_exports_with_semicolons_decimal_commas_or_tabs_are_read(
     assert [b[4] for b in harness.history("TAB__close", "1m")] == [0.5, 1.5, 2.5]
 
 
+def test_a_european_export_of_days_with_the_decimal_comma_is_read(tmp_path: Path) -> None:
+    """A spreadsheet export with ``;``, ``1.005,5`` and dates ``05.01.2026`` (Germany and
+    much of Europe): the thousands point made pandas read each date as a number (5012026),
+    and the file was skipped for 'rows ... most are 1000000 seconds apart'. Rows appended
+    are read the same way."""
+    days = [T0 + 86_400 * d for d in range(4)]
+    rows = "".join(
+        f"{_stamp(t, '%d.%m.%Y')};1.00{d},5;1.010,5;990,5;1.00{d},25;7\r\n"
+        for d, t in enumerate(days)
+    )
+    (tmp_path / "DAX.csv").write_text("Datum;Open;High;Low;Close;Volume\r\n" + rows)
+    harness = Harness(tmp_path, date_column="Datum")
+    bars = harness.history("DAX", "1d")
+    assert [b[0] for b in bars] == days
+    assert bars[2] == (days[2], 1002.5, 1010.5, 990.5, 1002.25, 7.0)
+    with (tmp_path / "DAX.csv").open("a") as handle:
+        handle.write(f"{_stamp(T0 + 4 * 86_400, '%d.%m.%Y')};1.004,5;1.010,5;990,5;1.004,25;8\r\n")
+    look_now(harness)
+    assert harness.history("DAX", "1d")[-1] == (
+        T0 + 4 * 86_400,
+        1004.5,
+        1010.5,
+        990.5,
+        1004.25,
+        8.0,
+    )
+
+
 def test_an_excel_sep_line_above_the_header_names_the_separator(tmp_path: Path) -> None:
     """Excel reads and writes ``sep=;`` as the first line (the separator for Excel): the
     file was skipped for 'no date column (... the columns are 'sep=;')', as if

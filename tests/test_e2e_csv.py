@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -391,6 +392,64 @@ async def test_downloads_of_common_tools_are_served(tmp_path: Path) -> None:
     with populated_server(
         tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
     ) as server:
+        ws = await WsClient.open(server.ws_url)
+        try:
+            for name, close in expected.items():
+                await ws.send(
+                    {"type": "data", "source": "csv", "name": name, "interval": "1d", "count": 2}
+                )
+                init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
+                assert [row["date"] for row in init["data"]][-1] == last, name
+                assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
+        finally:
+            await ws.close()
+
+
+async def test_spreadsheet_and_website_exports_are_served(tmp_path: Path) -> None:
+    """Excel's ``sep=;`` line (with a byte order mark, CR LF, decimal commas and dates
+    DD.MM.YYYY, which the thousands point made numbers), the address
+    line above CryptoDataDownload's header, Nasdaq.com's ``$`` prices and ``Close/Last``,
+    and a file named in decomposed Unicode (macOS) were skipped, served without candles or
+    under a name nobody types; a .zip beside them was passed over without a word."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    days = [datetime(2026, 1, 5) + timedelta(days=k) for k in range(20)]
+    (folder / "XL.csv").write_bytes(
+        (
+            "\ufeffsep=;\r\nDate;Open;High;Low;Close;Volume\r\n"
+            + "".join(
+                f"{d:%d.%m.%Y};1.00{k % 10},5;1.010,5;990,5;1.00{k % 10},25;7\r\n"
+                for k, d in enumerate(days)
+            )
+        ).encode()
+    )
+    (folder / "CDD.csv").write_text(
+        "https://www.CryptoDataDownload.com\n"
+        "unix,date,symbol,open,high,low,close,Volume BTC,Volume USDT,tradecount\n"
+        + "".join(
+            f"0,{d:%Y-%m-%d},BTC/USDT,{k},{k + 2},{k - 1},{k + 1},5,50,3\n"
+            for k, d in reversed(list(enumerate(days)))
+        )
+    )
+    (folder / "NDQ.csv").write_text(
+        "Date,Close/Last,Volume,Open,High,Low\n"
+        + "".join(
+            f"{d:%m/%d/%Y},${k + 1}.5,100,${k}.5,${k + 2}.5,${k - 1}.5\n"
+            for k, d in reversed(list(enumerate(days)))
+        )
+    )
+    (folder / f"{unicodedata.normalize('NFD', 'Nestlé')}.csv").write_text(
+        "date,open,high,low,close\n"
+        + "".join(f"{d:%Y-%m-%d},1,3,0.5,{k}\n" for k, d in enumerate(days))
+    )
+    (folder / "BTCUSDT-1d-2026-01.zip").write_bytes(b"PK\x03\x04")
+    env = base_env(tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0")
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    assert "BTCUSDT-1d-2026-01.zip: not read: only files ending in .csv are" in result.stderr
+    last = f"{days[-1]:%Y-%m-%d %H:%M:%S}"
+    expected = {"XL": 1009.25, "CDD": 20.0, "NDQ": 20.5, "Nestlé": 19.0}
+    with ServerProcess(env, tmp_path / "server.log") as server:
         ws = await WsClient.open(server.ws_url)
         try:
             for name, close in expected.items():

@@ -28,7 +28,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,6 +123,9 @@ class Dialect:
     # (yfinance writes "Price,Close,...", "Ticker,MSFT,...", "Date,,...", then the rows)
     skip: tuple[int, ...] = ()
     first_name: str = ""
+    # the places of columns read as text: a date column of a file with the thousands point,
+    # where pandas reads 05.01.2026 as the number 5012026
+    text: tuple[int, ...] = ()
 
     @property
     def first_line(self) -> int:
@@ -670,6 +673,7 @@ def _options(dialect: Dialect) -> dict[str, Any]:
         "encoding": dialect.encoding,
         "encoding_errors": "replace",
         "na_values": ["-"],  # Investing.com's missing volume
+        "dtype": dict.fromkeys(dialect.text, str) or None,
     }
 
 
@@ -755,14 +759,26 @@ def _read_all(path: Path, dialect: Dialect) -> tuple[pd.DataFrame, list[int]]:
     return frame, sorted(int(n) for n in found)
 
 
+def _head(path: Path, date_column: str) -> tuple[Dialect, pd.DataFrame, Layout]:
+    """The dialect, first rows and columns of ``path``. In a file with the thousands point
+    the date column is read as text: pandas read ``05.01.2026`` as the number 5012026, so
+    a spreadsheet's export (``;``, ``1.005,5``, ``DD.MM.YYYY``) was skipped for rows 1,000,000
+    seconds apart."""
+    dialect = sniff(path)
+    head = _read(path, SAMPLE_ROWS, "skip", dialect)
+    if head.dropna(how="all").empty:
+        raise CSVFormatError("no rows under the header")
+    layout = detect_columns(head, date_column, dialect)
+    if dialect.thousands and pd.api.types.is_numeric_dtype(head[layout.date_column].dtype):
+        dialect = replace(dialect, text=(list(head.columns).index(layout.date_column),))
+        head = _read(path, SAMPLE_ROWS, "skip", dialect)
+    return dialect, head, layout
+
+
 def scan(path: Path, date_column: str = "") -> Layout:
     """Columns, interval and time range of ``path`` from its head and tail only."""
     try:
-        dialect = sniff(path)
-        head = _read(path, SAMPLE_ROWS, "skip", dialect)
-        if head.dropna(how="all").empty:
-            raise CSVFormatError("no rows under the header")
-        layout = detect_columns(head, date_column, dialect)
+        dialect, head, layout = _head(path, date_column)
         _warn_unread(path, head, layout)
         time_column = layout.time_column
         dates = head[layout.date_column]
