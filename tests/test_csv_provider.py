@@ -662,6 +662,35 @@ def test_a_european_export_of_days_with_the_decimal_comma_is_read(tmp_path: Path
     )
 
 
+def test_thousands_grouped_by_spaces_or_apostrophes_are_read(tmp_path: Path) -> None:
+    """French spreadsheets group thousands with a (narrow) no-break space, ``1\u202f005,5``,
+    Swiss ones with an apostrophe, ``1'005.50``: the price columns were 'not numbers', the
+    candlestick missing and only ``{file}__Low`` served."""
+    for name, sep in (("FR", "\u202f"), ("FR2", "\u00a0"), ("FR3", " ")):
+        (tmp_path / f"{name}.csv").write_text(
+            "Date;Open;High;Low;Close;Volume\n"
+            + "".join(
+                f"{fmt(T0 + 60 * i)};1{sep}005,5;1{sep}010,5;990,5;1{sep}002,25;12{sep}345\n"
+                for i in range(3)
+            )
+        )
+    (tmp_path / "CH.csv").write_text(
+        "Date;Open;High;Low;Close;Volume\n"
+        + "".join(
+            f"{fmt(T0 + 60 * i)};1'005.50;1'010.50;990.50;1'002.25;12'345\n" for i in range(3)
+        )
+    )
+    harness = Harness(tmp_path)
+    assert sorted(row["name"] for row in harness.provider.get_dataset()) == [
+        "CH",
+        "FR",
+        "FR2",
+        "FR3",
+    ]
+    for name in ("CH", "FR", "FR2", "FR3"):
+        assert harness.history(name, "1m")[2] == (T0 + 120, 1005.5, 1010.5, 990.5, 1002.25, 12345.0)
+
+
 def test_an_excel_sep_line_above_the_header_names_the_separator(tmp_path: Path) -> None:
     """Excel reads and writes ``sep=;`` as the first line (the separator for Excel): the
     file was skipped for 'no date column (... the columns are 'sep=;')', as if

@@ -74,6 +74,7 @@ _LISTED = re.compile(r"[A-Za-z]\s*[,;\t|]\s*[A-Za-z]")  # names in one field: "d
 # a number written with thousands separators or a K, M or B after it (Investing.com:
 # "42,123.5", "1.23M"): {t} and {d} are the thousands and the decimal mark
 _WRITTEN_NUMBER = r"([+-]?(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)(?:{d}\d+)?)\s*([KMBkmb]?)"
+_GROUPING = " \u00a0\u202f'"  # thousands separators of every locale: spaces, apostrophe
 _MULTIPLIERS = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9}
 # the UTC offset after an ISO-8601 time (group 1 is the date and time without it)
 _UTC_OFFSET = r"^(.*[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
@@ -469,7 +470,8 @@ def date_format(values: pd.Series) -> str | None:
 def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
     """The numbers of a column (NaN where there is none), also those written with thousands
     separators or a K, M or B for thousands, millions, billions (``"42,123.5"`` in a file
-    separated by commas, ``1.23M``, ``456.7K``; ``1.234,5`` with the decimal comma), or
+    separated by commas, ``1.23M``, ``456.7K``; ``1.234,5`` with the decimal comma, and
+    there ``1 234,5`` with a space or no-break space; ``1'234.5`` with an apostrophe), or
     after a ``$``, ``€`` or ``£`` (``$185.64``)."""
     values = pd.to_numeric(raw, errors="coerce")
     if pd.api.types.is_numeric_dtype(raw.dtype):
@@ -478,10 +480,14 @@ def numbers(raw: pd.Series, dialect: Dialect = Dialect()) -> pd.Series:
     if not failed.any():
         return values
     thousands, decimal = (".", ",") if dialect.decimal == "," else (",", ".")
-    pattern = _WRITTEN_NUMBER.format(t=re.escape(thousands), d=re.escape(decimal))
+    # or an apostrophe (Swiss: 1'005.50), and with the decimal comma a space (no-break in
+    # French spreadsheets: 1\u202f005,5)
+    grouping = _GROUPING if dialect.decimal == "," else "'"
+    thousands = f"[{re.escape(thousands)}{grouping}]"
+    pattern = _WRITTEN_NUMBER.format(t=thousands, d=re.escape(decimal))
     # a currency sign before it: Nasdaq.com's downloads write $185.64
     found = raw[failed].astype(str).str.strip().str.extract(f"^[$€£]?\\s*{pattern}$")
-    digits = found[0].str.replace(thousands, "", regex=False).str.replace(decimal, ".")
+    digits = found[0].str.replace(thousands, "", regex=True).str.replace(decimal, ".")
     scale = found[1].str.lower().map(_MULTIPLIERS)
     values = values.astype(np.float64)
     values[failed] = pd.to_numeric(digits, errors="coerce") * scale
