@@ -408,7 +408,8 @@ class BusProviderSet:
                 self._resync = True  # missed updates: every provider counts as restarted
                 self._wake.set()
                 backoff.reset()
-                await self._read(pubsub)
+                # A silent subscription is taken for down after one command timeout.
+                await self._read(link.Listener(pubsub, self.lease / 3, max(0.5, self.lease / 2)))
             except link.BusDown as exc:
                 self._listening.clear()
                 self._down(str(exc))
@@ -419,7 +420,7 @@ class BusProviderSet:
                 with contextlib.suppress(RedisError, OSError):
                     await sub.aclose()
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _read(self, listener: link.Listener) -> None:
         """Dispatch what arrives, as the pipe reader does: a node's batch (everything that
         came while its previous publish was in flight: large once the hub is behind) goes to
         the fan-out ``DISPATCH_SLICE`` events at a time, and after ``DISPATCH_BUDGET`` of
@@ -427,7 +428,7 @@ class BusProviderSet:
         already buffered message does not suspend, so the budget is the only yield then."""
         deadline = time.perf_counter() + DISPATCH_BUDGET
         while True:
-            message = await link.call(pubsub.get_message(timeout=1.0))
+            message = await listener.get()
             if message is None:
                 deadline = time.perf_counter() + DISPATCH_BUDGET
                 continue

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -207,6 +208,47 @@ class Publisher:
                 await connection.disconnect()
         with contextlib.suppress(RedisError, OSError):
             await self._pool.disconnect()
+
+
+class Listener:
+    """Messages of a subscription that cannot go deaf unnoticed. A pub/sub connection that
+    died without a word (a NAT or firewall that forgot it, a network blip, a failover that
+    moved Redis's address: no FIN, no RST) never raises: ``get_message`` keeps answering
+    "nothing yet" while the rest of the process, on new connections, works. So after
+    ``quiet`` seconds without a message it sends ``PING`` on the subscription, and when
+    neither the answer nor anything else comes within ``answer`` seconds it raises
+    ``BusDown``: the caller subscribes again on a new connection (and resyncs)."""
+
+    def __init__(self, pubsub: PubSub, quiet: float, answer: float) -> None:
+        self.pubsub = pubsub
+        self.quiet = quiet
+        self.answer = answer
+        self._heard = time.monotonic()
+        self._pinged: float | None = None
+
+    async def get(self) -> dict[str, Any] | None:
+        """The next message; None when nothing came within a second (or a pong came)."""
+        message: dict[str, Any] | None = await call(
+            self.pubsub.get_message(timeout=min(1.0, self.quiet))
+        )
+        now = time.monotonic()
+        if message is not None:
+            self._heard, self._pinged = now, None
+            return None if message.get("type") == "pong" else message
+        if self._pinged is not None:
+            if now - self._pinged >= self.answer:
+                raise BusDown(
+                    f"TimeoutError: the subscription went silent (no answer to PING within "
+                    f"{self.answer:g} s)"
+                )
+        elif now - self._heard >= self.quiet:
+            try:  # a send on a dead socket can block once its buffer is full
+                async with asyncio.timeout(self.answer):
+                    await call(self.pubsub.ping())
+            except TimeoutError as exc:
+                raise BusDown(f"TimeoutError: PING on the subscription: {exc}") from exc
+            self._pinged = now
+        return None
 
 
 def as_str(values: Sequence[Any]) -> list[str]:

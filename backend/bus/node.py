@@ -379,8 +379,10 @@ class ProviderNode:
             try:
                 await link.call(pubsub.subscribe(*channels))
                 backoff.reset()
+                tick = self.lease_seconds / 3
+                listener = link.Listener(pubsub, tick, max(0.2, tick))
                 while True:
-                    message = await link.call(pubsub.get_message(timeout=1.0))
+                    message = await listener.get()
                     if message is None:
                         continue
                     channel = message.get("channel")

@@ -1,0 +1,160 @@
+"""Redis pitfalls that users of redis-py's asyncio pub/sub meet in production, against the
+shared Redis (under a prefix of this test, left empty) through a TCP relay of the test.
+
+A subscription whose TCP connection dies silently (a NAT or firewall that forgot it, a
+network blip, a failover that moved the address: no FIN, no RST) is never noticed by a
+reader that only waits for messages: ``get_message`` keeps answering "nothing yet" while the
+rest of the process, on new connections, is fine (redis/redis-py#2417; celery/kombu#2590:
+redis-py's own pub/sub health check only sends its PING, which a dead socket swallows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from backend.bus import codec
+from backend.bus.hubside import BusProviderSet
+from backend.bus.node import ProviderNode
+from backend.runtime.messages import NoUpdate
+from backend.settings import load_settings
+from tests import bus_deploy, harness
+
+SHARED = ("127.0.0.1", 6379)
+
+
+class Relay:
+    """A TCP relay to the shared Redis. ``blackhole`` makes every connection open now
+    silently dead (what passes is dropped, nothing is closed), as a NAT that lost its
+    state does; connections opened later pass."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.dead: set[int] = set()
+        self.open: set[int] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self._ids = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    def blackhole(self) -> int:
+        self.dead |= self.open
+        return len(self.open)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._ids += 1
+        ident = self._ids
+        self.open.add(ident)
+        up_reader, up_writer = await asyncio.open_connection(*SHARED)
+        self.writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    if ident not in self.dead:
+                        dst.write(data)
+                        await dst.drain()
+            if ident not in self.dead:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self.open.discard(ident)
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    relay = Relay()
+    yield relay
+    await relay.close()
+
+
+async def _publish_until(
+    shared: aioredis.Redis, channel: str, data: bytes, heard: Callable[[], object], what: str
+) -> None:
+    """Publish ``data`` every 0.1 s until ``heard()`` (polling, scaled by ``seconds``)."""
+    deadline = time.monotonic() + harness.seconds(8)
+    while not heard():
+        assert time.monotonic() < deadline, f"{what} did not happen within 8 s"
+        await shared.publish(channel, data)
+        await asyncio.sleep(0.1)
+
+
+async def _subscribed(shared: aioredis.Redis, channel: str) -> bool:
+    counts = await shared.pubsub_numsub(channel)
+    return bool(counts and counts[0][1])
+
+
+async def _clear(prefix: str) -> None:
+    shared = aioredis.Redis(host=SHARED[0], port=SHARED[1])
+    keys = [key async for key in shared.scan_iter(f"{prefix}:*")]
+    if keys:
+        await shared.delete(*keys)
+    await shared.aclose()
+
+
+async def test_a_hub_whose_subscription_died_silently_subscribes_again(relay: Relay) -> None:
+    """The hub's reader waited for messages on a connection that had died without a word:
+    it never heard another update while ``/health`` said the bus was up (its writer, on new
+    connections, was fine). It now pings a quiet subscription and takes one whose answer
+    does not come within the command timeout for down: it subscribes again."""
+    url = await relay.start()
+    prefix = bus_deploy.new_prefix()
+    settings = load_settings(PROVIDERS="csv", BUS_URL=url, BUS_PREFIX=prefix, BUS_LEASE_SECONDS=1.5)
+    readies: list[str] = []
+    bus = BusProviderSet(settings, lambda source, events: None, readies.append)
+    shared = aioredis.Redis(host=SHARED[0], port=SHARED[1])
+    await bus.start()
+    try:
+        await harness.eventually(lambda: bus._listening.is_set() and bus.up, 10, "listening")
+        channel = bus.names.updates("csv")
+        assert await _subscribed(shared, channel)
+        assert relay.blackhole() > 0
+        announcement = codec.encode(codec.Active("node-x", 1, True, [], True))
+        # lease 1.5 s: quiet for 0.5 s, then 0.75 s for the pong; before: never heard
+        await _publish_until(shared, channel, announcement, lambda: readies, "an update")
+    finally:
+        await bus.stop()
+        await shared.aclose()
+        await _clear(prefix)
+
+
+async def test_a_node_whose_subscription_died_silently_subscribes_again(relay: Relay) -> None:
+    """The node's "demand changed" subscription (and the ``NoUpdate`` forwards it carries)
+    went deaf the same way; the node reacted only at its next tick and lost every forward."""
+    url = await relay.start()
+    prefix = bus_deploy.new_prefix()
+    settings = load_settings(PROVIDERS="csv", BUS_URL=url, BUS_PREFIX=prefix, BUS_LEASE_SECONDS=1.5)
+    node = ProviderNode(settings)
+    forwarded: list[object] = []
+    node._forward = lambda source, command: forwarded.append(command)  # type: ignore[method-assign]
+    shared = aioredis.Redis(host=SHARED[0], port=SHARED[1])
+    loop = asyncio.create_task(node._notify_loop())
+    channel = node.names.demand_changed("csv")
+    try:
+        deadline = time.monotonic() + harness.seconds(10)
+        while not await _subscribed(shared, channel):
+            assert time.monotonic() < deadline, "the node did not subscribe"
+            await asyncio.sleep(0.05)
+        assert relay.blackhole() > 0
+        forward = codec.encode(NoUpdate("AAA", "1m"))
+        await _publish_until(shared, channel, forward, lambda: forwarded, "a forward")
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        await shared.aclose()
+        await _clear(prefix)
