@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -398,7 +398,12 @@ class Settings(BaseSettings):
     def _bus_url(cls, value: str) -> str:
         value = value.strip()
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{value!r} must be a redis://host:port/db URL (or empty)")
+            raise ValueError(
+                f"{_no_password(value)!r} must be a redis://host:port/db URL (or empty)"
+            )
+        problem = _bus_url_problem(value) if value else None
+        if problem is not None:  # never the URL itself: it may hold the password
+            raise ValueError(f"{problem} (README, Scale-out)")
         return value
 
     @field_validator("ALERT_WEBHOOK_URL", "LLM_BASE_URL")
@@ -477,6 +482,57 @@ class Settings(BaseSettings):
         if "polygon" in self.PROVIDERS and not self.POLYGON_API_KEY.get_secret_value():
             raise ValueError("POLYGON_API_KEY is required when the polygon provider is enabled")
         return self
+
+
+def _no_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if at else url
+
+
+def _bus_url_problem(url: str) -> str | None:
+    """What redis-py would misread in ``BUS_URL``: a ``#``, ``/`` or ``?`` in the user or
+    password ends the host part (redis-py then dials a host named after the password's
+    rest), a database that is no number (read as database 0), a port out of range, a query
+    argument no connection takes (every connection failed with a ``TypeError``)."""
+    import inspect
+
+    from redis.asyncio import connection
+
+    scheme, rest = url.split("://", 1)
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if "@" in rest[cut:] and scheme != "unix":
+        char = rest[cut]
+        return (
+            f"a {char!r} in the user name or password of BUS_URL must be written "
+            f"{quote(char, safe='')} (percent-encode them; redis-py decodes them)"
+        )
+    parts = urlsplit(url)
+    if scheme == "unix":
+        if not parts.path:
+            return "BUS_URL names no socket path: unix:///path/to/redis.sock?db=0"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises for a port that is no number or out of range
+        except ValueError:
+            return "the port of BUS_URL must be a number from 1 to 65535"
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            return "the database of BUS_URL (after the host: /0) must be a number"
+    classes: tuple[type, ...] = (connection.Connection, connection.SSLConnection)
+    if scheme == "unix":
+        classes = (connection.UnixDomainSocketConnection,)
+    known = set(connection.URL_QUERY_ARGUMENT_PARSERS)
+    for cls in classes:
+        for base in cls.__mro__:
+            if "__init__" in vars(base):
+                known |= set(inspect.signature(vars(base)["__init__"]).parameters)
+    unknown = sorted({name for name, _ in parse_qsl(parts.query)} - known)
+    if unknown:
+        return f"BUS_URL names query arguments redis-py does not know: {', '.join(unknown)}"
+    try:
+        connection.parse_url(url)
+    except ValueError as exc:
+        return f"redis-py cannot read BUS_URL: {exc}"
+    return None
 
 
 def _base_url(value: str, schemes: tuple[str, ...]) -> str:

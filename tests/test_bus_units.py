@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from backend.app import check_role
-from backend.bus import codec, link
+from backend.bus import codec, hubside, link
 from backend.bus import node as node_module
 from backend.bus.hubside import BusProviderSet
 from backend.bus.names import demand_member, parse_member
@@ -58,6 +58,53 @@ def test_a_hub_needs_no_provider_credentials_but_a_node_does() -> None:
 def test_a_bus_url_must_be_a_redis_url(url: str) -> None:
     with pytest.raises(ConfigError, match="BUS_URL"):
         load_settings(BUS_URL=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        # a '#', '/' or '?' in a password cuts the URL: redis-py dialled host "2"
+        ("redis://:hunter@2#x@127.0.0.1:6379/0", "%23"),
+        ("redis://:hunter/2x@127.0.0.1:6379/0", "%2F"),
+        ("redis://:hunter?2x@127.0.0.1:6379/0", "%3F"),
+        ("redis://127.0.0.1:6379/zero", "database"),  # was database 0, silently
+        ("redis://127.0.0.1:99999/0", "port"),
+        ("redis://127.0.0.1:6379/0?sslcertreqs=none", "sslcertreqs"),  # a TypeError loop
+        ("unix://", "socket"),
+    ],
+)
+def test_a_bus_url_redis_would_misread_is_refused_without_its_password(url: str, said: str) -> None:
+    """redis-py reads a password with an unencoded ``#``, ``/`` or ``?`` as part of the host
+    (redis/redis-py#1171, #579): the bus retried "Name or service not known" for ever; an
+    unknown query argument failed every connection with a ``TypeError`` (the loops died and
+    started again every second); a database that is no number was database 0."""
+    with pytest.raises(ConfigError, match="BUS_URL") as refused:
+        load_settings(BUS_URL=url)
+    assert said in str(refused.value)
+    assert "hunter" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://10.0.0.5:6379/0",
+        "redis://cw:p%23ss%2Fw%3Frd@10.0.0.5:6379/2",
+        "redis://:a@b@10.0.0.5",  # an '@' in a password is read right
+        "rediss://redis.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem",
+        "unix:///run/redis/redis.sock?db=1",
+        "redis://10.0.0.5:6379?db=3&socket_keepalive=true",
+    ],
+)
+def test_bus_urls_redis_reads_are_taken(url: str) -> None:
+    assert url == load_settings(BUS_URL=url).BUS_URL
+
+
+def test_the_logged_bus_url_hides_the_password_also_in_the_query() -> None:
+    """redis-py takes ``?password=`` too; the hub logged that URL as it was."""
+    assert hubside._safe("redis://cw:hunter2@h:6379/0") == "redis://***@h:6379/0"
+    assert hubside._safe("redis://h:6379/0?db=1&password=hunter2") == (
+        "redis://h:6379/0?db=1&password=***"
+    )
 
 
 def test_bad_prefix_and_lease_are_refused() -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -558,9 +559,10 @@ def _kind(reason: str) -> str:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
+    """The URL without its password (in the user part or as ``?password=``), for logs."""
     head, at, tail = url.rpartition("@")
-    return f"{head.split('//')[0]}//***@{tail}" if at else url
+    url = f"{head.split('//')[0]}//***@{tail}" if at else url
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def factory(settings: Settings, on_events: EventSink, on_ready: ReadySink) -> BusProviderSet:
