@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from backend.bus import codec
+from backend.bus import codec, link
 from backend.bus.hubside import BusProviderSet
 from backend.bus.node import ProviderNode
-from backend.runtime.messages import NoUpdate
+from backend.runtime.messages import NoUpdate, StartStreaming
 from backend.settings import load_settings
 from tests import bus_deploy, harness
+from tests.bus_deploy import PrivateRedis
 
 SHARED = ("127.0.0.1", 6379)
 
@@ -158,3 +160,79 @@ async def test_a_node_whose_subscription_died_silently_subscribes_again(relay: R
             await loop
         await shared.aclose()
         await _clear(prefix)
+
+
+# The README's ACL for a deployment whose BUS_PREFIX is cw (README, Scale-out, "Redis ACL").
+README_ACL = (
+    "resetchannels ~cw:* &cw:* -@all +ping +get +set +del +pexpire +zadd +zrem +zrange"
+    " +zrangebyscore +zremrangebyscore +rpush +blpop +publish +subscribe +unsubscribe"
+    " +evalsha +eval +script|load +script|exists +time"
+)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
+async def _hub_on(url: str) -> BusProviderSet:
+    settings = load_settings(PROVIDERS="csv", BUS_URL=url, BUS_PREFIX="cw", BUS_LEASE_SECONDS=1.5)
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    await bus.start()
+    bus.providers["csv"].send(StartStreaming(1, "AAA", "1m"))
+    return bus
+
+
+async def test_a_redis_user_without_channel_rights_is_told_what_to_grant(
+    private_redis: PrivateRedis,
+) -> None:
+    """Redis 7 gives a new ACL user no pub/sub channel (``acl-pubsub-default
+    resetchannels``; redis/redis#12418): the hub said "Redis unavailable (NoPermissionError:
+    ... one of the channels used as arguments); retrying", which no retry mends. The reason
+    now names the missing ACL right and where the README lists the ACL."""
+    admin = aioredis.Redis(port=private_redis.port)
+    await admin.execute_command("ACL", "SETUSER", "cw", "on", ">pw", "~cw:*", "+@all")
+    bus = await _hub_on(f"redis://cw:pw@127.0.0.1:{private_redis.port}/0")
+    try:
+        await harness.eventually(lambda: "NoPermissionError" in bus.reason, 10, "refused")
+        assert "&{prefix}:*" in bus.reason and "README" in bus.reason
+        assert not bus.up
+    finally:
+        await bus.stop()
+        await admin.aclose()
+
+
+async def test_the_readme_acl_is_enough_for_a_hub_and_a_node(private_redis: PrivateRedis) -> None:
+    """A hub and a node's commands under exactly the README's ACL line."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"ACL SETUSER candlewire on >PASSWORD {README_ACL}" in readme
+    admin = aioredis.Redis(port=private_redis.port)
+    await admin.execute_command("ACL", "SETUSER", "candlewire", "on", ">pw", *README_ACL.split())
+    url = f"redis://candlewire:pw@127.0.0.1:{private_redis.port}/0"
+    bus = await _hub_on(url)
+    node = ProviderNode(load_settings(PROVIDERS="csv", BUS_URL=url, BUS_PREFIX="cw"))
+    node._redis = link.client(url, 1.0)
+    node._blocking = link.client(url, 3.0)
+    node._publisher = link.Publisher(url, 1.0)
+    node._scripts = link.Scripts(node._redis)
+    lease = node.leases["csv"]
+    try:
+        await harness.eventually(lambda: bus.up and bus._listening.is_set(), 10, "hub up")
+        node._healthy = lambda source: True  # type: ignore[method-assign]
+        assert await node._lease_tick(lease) and lease.active  # SET NX PX
+        assert await node._lease_tick(lease) and lease.active  # the renewal script
+        await node._demand_round(lease)  # the demand script, the announcement
+        assert lease.desired == {("AAA", "1m")}
+        await harness.eventually(lambda: bus.providers["csv"].holder == node.node_id, 10, "held")
+        await node._publisher.publish(node.names.updates("csv"), codec.encode([]))
+        await node._publisher.publish(node.names.updates("csv"), codec.encode([]))
+        assert await link.call(node._blocking.blpop([node.names.history("csv")], 0.1)) is None
+        assert await link.call(node._release("csv")) == 1
+    finally:
+        await bus.stop()
+        await node._publisher.close()
+        await node._redis.aclose()
+        await node._blocking.aclose()
+        await admin.aclose()

@@ -112,3 +112,39 @@ async def test_a_burst_of_commands_opens_at_most_the_pools_connections(
     finally:
         await client.aclose()
         await counter.aclose()
+
+
+async def test_a_connection_redis_closed_while_idle_loses_no_batch(
+    private_redis: PrivateRedis,
+) -> None:
+    """Redis's ``timeout`` (managed Redis sets one; ``CLIENT KILL`` and proxies do the same)
+    closes a connection that sent nothing for that long. A node whose provider was quiet
+    (a market closed) wrote its next batch into the closed socket, where it was lost, and
+    the one after raised ``BusDown`` and was dropped: two batches gone. The publisher now
+    looks at an idle connection before it writes, and connects again when Redis closed it."""
+    admin = aioredis.Redis.from_url(private_redis.url)
+    await admin.config_set("timeout", 1)
+    publisher = Publisher(private_redis.url, timeout=harness.seconds(2))
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    try:
+        await publisher.publish(CHANNEL, b"before")
+
+        async def publishers() -> int:
+            clients = await admin.client_list()
+            return sum(client["cmd"] == "publish" for client in clients)
+
+        deadline = time.monotonic() + harness.seconds(15)
+        while await publishers():  # Redis closes it within a second or so of the timeout
+            assert time.monotonic() < deadline, "Redis did not close the idle connection"
+            await asyncio.sleep(0.1)
+        receiving = asyncio.create_task(_received(private_redis.url, 2, ready))
+        await ready
+        await publisher.publish(CHANNEL, b"after 1")  # before: lost in the closed socket
+        await harness.eventually(  # answered (before: the answers task saw the close)
+            lambda: publisher._unanswered == 0 or publisher._failed is not None, 5, "answer"
+        )
+        await publisher.publish(CHANNEL, b"after 2")  # before: BusDown, dropped
+        assert await receiving == [b"after 1", b"after 2"]
+    finally:
+        await publisher.close()
+        await admin.aclose()

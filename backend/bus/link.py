@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from backend.errors import CandlewireError
 from backend.tasks import Tasks, cancel_owned, start_owned
@@ -116,8 +116,17 @@ async def call(awaitable: Any) -> Any:
         raise BusDown(_why(exc)) from exc
 
 
+ACL_HINT = (
+    "the Redis user of BUS_URL lacks a right: it needs the ACL of README, Scale-out, "
+    "'Redis setup' (channels too: &{prefix}:*, which Redis 7 grants no new user)"
+)
+
+
 def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The failure as ``/health`` and the log show it; a missing ACL right says which fix
+    (retrying never helps, and "unavailable" alone sent users looking at the network)."""
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{why} ({ACL_HINT})" if isinstance(exc, NoPermissionError) else why
 
 
 async def execute(pipe: Pipeline) -> list[Any]:
@@ -140,6 +149,7 @@ class Publisher:
     wrapper per message: a third of the CPU of ``Redis.publish``."""
 
     MAX_UNANSWERED = 64
+    IDLE_CHECK = 1.0  # a connection quiet this long is looked at before a write
 
     def __init__(self, url: str, timeout: float) -> None:
         self._pool = aioredis.ConnectionPool.from_url(
@@ -152,6 +162,7 @@ class Publisher:
         self._room = asyncio.Event()  # set while fewer than MAX_UNANSWERED are
         self._failed: BaseException | None = None
         self._tasks: Tasks = set()
+        self._sent = 0.0  # monotonic time of the last write
 
     async def publish(self, channel: str, data: bytes) -> None:
         if self._failed is not None:
@@ -160,6 +171,9 @@ class Publisher:
             raise BusDown(_why(failed))
         connection = self._connection
         try:
+            if connection is not None and await self._closed_while_idle(connection):
+                await self.close()
+                connection = None
             if connection is None:
                 connection = await self._connect()
             if not self._room.is_set():
@@ -172,10 +186,22 @@ class Publisher:
             if isinstance(exc, RedisError | OSError | TimeoutError):
                 raise BusDown(_why(exc)) from exc
             raise
+        self._sent = time.monotonic()
         self._unanswered += 1
         self._waiting.set()
         if self._unanswered >= self.MAX_UNANSWERED:
             self._room.clear()
+
+    async def _closed_while_idle(self, connection: aioredis.Connection) -> bool:
+        """Whether Redis closed a connection that has been quiet (nothing unanswered, nothing
+        sent for ``IDLE_CHECK``): its ``timeout`` setting, ``CLIENT KILL``, a proxy's idle
+        limit. A batch written into such a socket was lost, and the next one raised."""
+        if self._unanswered or time.monotonic() - self._sent < self.IDLE_CHECK:
+            return False
+        try:
+            return bool(await connection.can_read())  # stray bytes; EOF raises
+        except (RedisError, OSError):
+            return True
 
     async def _connect(self) -> aioredis.Connection:
         connection: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]
