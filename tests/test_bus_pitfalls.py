@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from backend.bus import codec, link
 from backend.bus.hubside import BusProviderSet
+from backend.bus.link import Publisher
 from backend.bus.node import ProviderNode
 from backend.runtime.messages import NoUpdate, StartStreaming
 from backend.settings import load_settings
@@ -236,3 +237,38 @@ async def test_the_readme_acl_is_enough_for_a_hub_and_a_node(private_redis: Priv
         await node._redis.aclose()
         await node._blocking.aclose()
         await admin.aclose()
+
+
+async def test_a_batch_after_a_quiet_spell_on_a_silently_dropped_connection_arrives(
+    relay: Relay,
+) -> None:
+    """A NAT or firewall forgets an idle connection in minutes (a quiet provider: a market
+    closed), without a word: the node's next batch went into the void, its publish returned
+    as if it had been sent, and the hubs never got it. A connection quiet for ``IDLE_PING``
+    must now answer a ``PING`` first; one that does not is replaced."""
+    url = await relay.start()
+    publisher = Publisher(url, timeout=harness.seconds(1))
+    publisher.IDLE_PING = 0.5
+    channel = f"{bus_deploy.new_prefix()}:updates:csv"
+    shared = aioredis.Redis(host=SHARED[0], port=SHARED[1])
+    pubsub = shared.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    try:
+        await publisher.publish(channel, b"before")
+        await harness.eventually(lambda: publisher._unanswered == 0, 5, "the answer")
+        assert relay.blackhole() > 0
+        await harness.eventually(  # the quiet spell itself (what the test is about)
+            lambda: time.monotonic() - publisher._sent >= max(Publisher.IDLE_CHECK, 0.5), 5, "quiet"
+        )
+        await publisher.publish(channel, b"after")  # before: into the void, no error
+        got: list[bytes] = []
+        deadline = time.monotonic() + harness.seconds(5)
+        while b"after" not in got and time.monotonic() < deadline:
+            message = await pubsub.get_message(timeout=0.2)
+            if message is not None:
+                got.append(message["data"])
+        assert got == [b"before", b"after"]
+    finally:
+        await publisher.close()
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+        await shared.aclose()

@@ -150,6 +150,7 @@ class Publisher:
 
     MAX_UNANSWERED = 64
     IDLE_CHECK = 1.0  # a connection quiet this long is looked at before a write
+    IDLE_PING = 30.0  # and one quiet this long must answer a PING (NATs forget in minutes)
 
     def __init__(self, url: str, timeout: float) -> None:
         self._pool = aioredis.ConnectionPool.from_url(
@@ -193,15 +194,24 @@ class Publisher:
             self._room.clear()
 
     async def _closed_while_idle(self, connection: aioredis.Connection) -> bool:
-        """Whether Redis closed a connection that has been quiet (nothing unanswered, nothing
-        sent for ``IDLE_CHECK``): its ``timeout`` setting, ``CLIENT KILL``, a proxy's idle
-        limit. A batch written into such a socket was lost, and the next one raised."""
-        if self._unanswered or time.monotonic() - self._sent < self.IDLE_CHECK:
+        """Whether a connection that has been quiet (nothing unanswered, nothing sent for
+        ``IDLE_CHECK``) is gone: Redis closed it (its ``timeout``, ``CLIENT KILL``, a proxy's
+        idle limit), or, quiet for ``IDLE_PING``, it does not answer a ``PING`` within the
+        timeout (a NAT or firewall dropped it without a word). A batch written into such a
+        socket was lost, and the next one raised."""
+        idle = time.monotonic() - self._sent
+        if self._unanswered or idle < self.IDLE_CHECK:
             return False
         try:
-            return bool(await connection.can_read())  # stray bytes; EOF raises
-        except (RedisError, OSError):
+            if await connection.can_read():  # stray bytes; EOF raises
+                return True
+            if idle < self.IDLE_PING:
+                return False
+            await connection.send_command("PING", check_health=False)
+            answer = await connection.read_response(timeout=self._timeout)
+        except (RedisError, OSError, TimeoutError):
             return True
+        return answer not in (b"PONG", "PONG")
 
     async def _connect(self) -> aioredis.Connection:
         connection: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]
