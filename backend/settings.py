@@ -489,6 +489,25 @@ def _no_password(url: str) -> str:
     return f"{head.split('//')[0]}//***@{tail}" if at else url
 
 
+# What the bus sets on its Redis clients itself (backend.bus.link), which a query argument
+# of BUS_URL would override.
+_BUS_OWNS = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "timeout",
+        "max_connections",
+        "retry",
+        "retry_on_timeout",
+        "retry_on_error",
+        "health_check_interval",
+        "single_connection_client",
+        "protocol",
+        "decode_responses",
+    }
+)
+
+
 def _bus_url_problem(url: str) -> str | None:
     """What redis-py would misread in ``BUS_URL``: a ``#``, ``/`` or ``?`` in the user or
     password ends the host part (redis-py then dials a host named after the password's
@@ -525,9 +544,16 @@ def _bus_url_problem(url: str) -> str | None:
         for base in cls.__mro__:
             if "__init__" in vars(base):
                 known |= set(inspect.signature(vars(base)["__init__"]).parameters)
-    unknown = sorted({name for name, _ in parse_qsl(parts.query)} - known)
+    given = {name for name, _ in parse_qsl(parts.query)}
+    unknown = sorted(given - known)
     if unknown:
         return f"BUS_URL names query arguments redis-py does not know: {', '.join(unknown)}"
+    owned = sorted(given & _BUS_OWNS)
+    if owned:  # redis-py lets the URL override them: ?socket_timeout=0.5 failed every BLPOP
+        return (
+            f"BUS_URL may not set {', '.join(owned)}: the bus sets its own timeouts, pool "
+            "and retries (BUS_LEASE_SECONDS scales them)"
+        )
     try:
         connection.parse_url(url)
     except ValueError as exc:

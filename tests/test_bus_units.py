@@ -71,6 +71,11 @@ def test_a_bus_url_must_be_a_redis_url(url: str) -> None:
         ("redis://127.0.0.1:99999/0", "port"),
         ("redis://127.0.0.1:6379/0?sslcertreqs=none", "sslcertreqs"),  # a TypeError loop
         ("unix://", "socket"),
+        # redis-py lets the URL override the bus's own: every 1 s BLPOP timed out at 0.5 s
+        ("redis://127.0.0.1:6379/0?socket_timeout=0.5", "socket_timeout"),
+        ("redis://127.0.0.1:6379/0?db=1&max_connections=1000", "max_connections"),
+        ("unix:///run/redis.sock?retry_on_timeout=true", "retry_on_timeout"),
+        ("redis://127.0.0.1:6379/0?decode_responses=true", "decode_responses"),
     ],
 )
 def test_a_bus_url_redis_would_misread_is_refused_without_its_password(url: str, said: str) -> None:
