@@ -15,11 +15,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from backend.bus import codec, link
+from backend.bus import node as node_module
 from backend.bus.hubside import BusProviderSet
 from backend.bus.link import Publisher
 from backend.bus.node import ProviderNode
@@ -272,3 +274,68 @@ async def test_a_batch_after_a_quiet_spell_on_a_silently_dropped_connection_arri
         await publisher.close()
         await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await shared.aclose()
+
+
+class _SkewedTime:
+    """The ``time`` module as a machine whose wall clock is ``skew`` seconds ahead sees it."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class _Process:
+    pid = 1
+    persist = True
+    budgeted = True
+
+    async def get_history(self, *args: object) -> list[object]:
+        return []
+
+
+async def test_history_is_served_by_a_node_whose_clock_is_a_minute_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A history request carried its hub's wall-clock deadline, which the node compared with
+    its own clock: a node a minute ahead (no NTP on its machine) dropped every request as
+    given up already, without a word, and the hub answered "did not answer" after
+    ``HISTORY_TIMEOUT``. Deadlines are now in Redis's clock (each side learns its offset
+    from ``TIME``), as the demand's already were."""
+    prefix = bus_deploy.new_prefix()
+    settings = load_settings(
+        PROVIDERS="csv", BUS_URL=bus_deploy.SHARED_REDIS, BUS_PREFIX=prefix, BUS_LEASE_SECONDS=1.5
+    )
+    bus = BusProviderSet(settings, lambda source, events: None, lambda source: None)
+    monkeypatch.setattr(node_module, "time", _SkewedTime(60.0))
+    node = ProviderNode(settings)
+    node._redis = link.client(settings.BUS_URL, 1.0)
+    node._blocking = link.client(settings.BUS_URL, 3.0)
+    node._scripts = link.Scripts(node._redis)
+    node.supervisor.get = lambda source: _Process()  # type: ignore[assignment, method-assign, return-value]
+    node.leases["csv"].active = True
+    await bus.start()
+    tasks = [
+        asyncio.create_task(node._history_loop("csv")),
+        asyncio.create_task(node._clock_loop()),
+    ]
+    try:
+        await harness.eventually(lambda: bus.up and bus._listening.is_set(), 10, "hub up")
+        await harness.eventually(lambda: node._clock.known, 10, "the node's offset")
+        assert 59 < node._clock.now() - node._clock.offset - time.time() < 61  # skewed
+        bars = await bus.history("csv", "AAA", "1m", "2024-01-01", "now UTC", 5, 4.0)
+        assert bars == []
+        assert node.counters["history_calls"] == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await bus.stop()
+        await node._redis.aclose()
+        await node._blocking.aclose()
+        await _clear(prefix)

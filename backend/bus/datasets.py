@@ -64,7 +64,7 @@ async def serve(node: ProviderNode) -> None:
             continue
         queue = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
         request = codec.decode(popped[1], queue)
-        if not isinstance(request, codec.DatasetRequest) or request.deadline < time.time():
+        if not isinstance(request, codec.DatasetRequest) or request.deadline < node._clock.now():
             continue
         key = queues[queue]
         reply = names.dataset(request.request)
@@ -97,7 +97,9 @@ def fetch_dataset(settings: Settings, key: str, timeout: float) -> Iterator[Mapp
     )
     try:
         queue = names.datasets(key)
-        client.rpush(queue, codec.encode(codec.DatasetRequest(request, time.time() + timeout)))
+        seconds, micros = client.time()  # the deadline in Redis's clock, as the node reads it
+        until = seconds + micros / 1e6 + timeout
+        client.rpush(queue, codec.encode(codec.DatasetRequest(request, until)))
         client.pexpire(queue, int(timeout * 1000))
         deadline = time.monotonic() + timeout
         while True:

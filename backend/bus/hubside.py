@@ -158,6 +158,7 @@ class BusProviderSet:
         self.down = asyncio.Event()  # set while Redis is known unreachable (not at start-up)
         self._redis: aioredis.Redis | None = None
         self._scripts: link.Scripts | None = None
+        self._clock = link.RedisClock()  # history deadlines are in Redis's clock
         self._added: dict[str, set[tuple[str, str]]] = {}
         self._removed: dict[str, set[tuple[str, str]]] = {}
         self._forwards: list[tuple[str, NoUpdate]] = []
@@ -327,10 +328,13 @@ class BusProviderSet:
             pipe.rpush(self.names.history(source), request)
             pipe.pexpire(self.names.history(source), int(self.settings.HISTORY_TIMEOUT * 2000))
         if renew:
+            pipe.time()  # Redis's clock, for the deadlines of history requests
             for source in self.providers:
                 pipe.get(self.names.active(source))
+        before = self._clock.wall()
         results = await link.execute(pipe)
         if renew:
+            self._clock.learn(before, results[-len(self.providers) - 1], self._clock.wall())
             announcements = results[-len(self.providers) :]
             for source, raw in zip(self.providers, announcements, strict=True):
                 self._learn(source, codec.decode(raw, "active") if raw else None, resync)
@@ -524,7 +528,14 @@ class BusProviderSet:
         future: asyncio.Future[list[Bar]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         request = codec.HistoryRequest(
-            self.hub_id, request_id, symbol, interval, start, end, count, time.time() + timeout
+            self.hub_id,
+            request_id,
+            symbol,
+            interval,
+            start,
+            end,
+            count,
+            self._clock.now() + timeout,
         )
         queue = self.names.history(source)
         encoded = codec.encode(request)

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -285,6 +285,37 @@ class Listener:
                 raise BusDown(f"TimeoutError: PING on the subscription: {exc}") from exc
             self._pinged = now
         return None
+
+
+class RedisClock:
+    """This machine's wall clock set to Redis's (``TIME``): the deadlines that cross the bus
+    (history and dataset requests) are in Redis's clock, so a node whose clock is ahead of
+    its hubs' does not drop their requests as given up (as the demand's expiry, whose
+    scripts read ``TIME`` themselves). Until the first ``sync`` it is the machine's clock."""
+
+    RESYNC = 60.0  # seconds between syncs once known
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.offset = 0.0
+        self.known = False
+
+    def now(self) -> float:
+        return self.wall() + self.offset
+
+    async def sync(self, redis: aioredis.Redis) -> None:
+        """Learn the offset (``BusDown`` when Redis does not answer)."""
+        before = self.wall()
+        answer = await call(redis.time())
+        self.learn(before, answer, self.wall())
+
+    def learn(self, before: float, answer: Sequence[int], after: float) -> None:
+        """The offset from ``TIME``'s ``answer`` (seconds, microseconds), asked between
+        ``before`` and ``after``: half the round trip is the error, which a deadline of
+        seconds does not notice."""
+        seconds, micros = answer
+        self.offset = seconds + micros / 1e6 - (before + after) / 2
+        self.known = True
 
 
 def as_str(values: Sequence[Any]) -> list[str]:

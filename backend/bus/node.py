@@ -111,6 +111,8 @@ class ProviderNode:
         self._blocking: aioredis.Redis | None = None
         self._scripts: link.Scripts | None = None
         self._publisher: link.Publisher | None = None
+        # history and dataset deadlines are in Redis's clock (this machine's may be off)
+        self._clock = link.RedisClock(time.time)
         self._out: dict[str, list[WireEvent]] = {}  # channel -> events not yet published
         self._out_ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -135,6 +137,7 @@ class ProviderNode:
             "lease": self._lease_loop,
             "demand": self._demand_loop,
             "notify": self._notify_loop,
+            "clock": self._clock_loop,
             "publish": self._publish_loop,
             "datasets": lambda: datasets.serve(self),
         }
@@ -287,6 +290,19 @@ class ProviderNode:
             process.send(StreamUntil(lease.valid_until if lease.active else None))
 
     # ------------------------------------------------------------------ demand
+
+    async def _clock_loop(self) -> None:
+        """Keep :attr:`_clock` set to Redis's (every ``RESYNC`` seconds; sooner until known)."""
+        backoff = link.Backoff()
+        while True:
+            assert self._redis is not None
+            try:
+                await self._clock.sync(self._redis)
+            except link.BusDown:
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            await asyncio.sleep(self._clock.RESYNC)
 
     async def _demand_loop(self) -> None:
         backoff = link.Backoff()
@@ -499,7 +515,7 @@ class ProviderNode:
 
     def _take_history(self, source: str, request: codec.HistoryRequest) -> None:
         self.counters["history_requests"] += 1
-        if request.deadline <= time.time():
+        if request.deadline <= self._clock.now():
             return  # the hub gave up on it already
         key = (source, request.symbol, request.interval, request.start, request.end, request.count)
         waiters = self._inflight.get(key)
@@ -545,7 +561,7 @@ class ProviderNode:
         try:
             if process is None:
                 raise ProviderError(f"provider {source} is not enabled on this node")
-            timeout = max(0.1, request.deadline - time.time())
+            timeout = max(0.1, request.deadline - self._clock.now())
             bars = await process.get_history(
                 request.symbol, request.interval, request.start, request.end, request.count, timeout
             )
