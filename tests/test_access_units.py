@@ -21,7 +21,7 @@ from backend.access.credentials import Authenticator, token_of
 from backend.access.fairuse import FairUse, ProviderShare, ThrottledLog
 from backend.access.frontdoor import AcceptErrors
 from backend.access.identity import Identity, current
-from backend.access.origins import OriginPolicy
+from backend.access.origins import OriginPolicy, origin_of
 from backend.access.subscriptions import SubscriptionQuota
 from backend.access.tiers import Tiers
 from backend.api.rest import content_disposition
@@ -137,6 +137,14 @@ def test_the_default_origin_policy_allows_the_own_origin_and_localhost_only() ->
     workspace = OriginPolicy((), ("https://pro.openbb.co",))
     assert workspace.allows("https://pro.openbb.co", "x:1")
     assert workspace.allows("http://localhost:5173", "x:1")
+
+
+def test_the_origin_of_the_public_url_is_what_a_browser_sends() -> None:
+    assert origin_of("https://Charts.example.com:443/candlewire") == ["https://charts.example.com"]
+    assert origin_of("http://example.com:80") == ["http://example.com"]
+    assert origin_of("https://example.com:8443/x") == ["https://example.com:8443"]
+    assert origin_of("http://[::1]:8000") == ["http://[::1]:8000"]
+    assert origin_of("") == []
 
 
 # ---------------------------------------------------------------------- fair use

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.access.credentials import Authenticator, token_of
 from backend.access.fairuse import FairUse
 from backend.access.identity import ANONYMOUS, Identity, current
-from backend.access.origins import OriginPolicy
+from backend.access.origins import OriginPolicy, origin_of
 from backend.access.subscriptions import SubscriptionQuota
 from backend.errors import AccessDenied
 from backend.settings import Settings
@@ -59,7 +59,9 @@ class Access:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.auth = Authenticator(settings)
-        self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, settings.CORS_ORIGINS)
+        # the page at PUBLIC_URL is the server's own, whatever Host a proxy sends
+        trusted = [*settings.CORS_ORIGINS, *origin_of(settings.PUBLIC_URL)]
+        self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, trusted)
         self.fair = FairUse(settings)
         self.subscriptions = SubscriptionQuota(self.fair.tiers)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS

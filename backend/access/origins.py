@@ -4,7 +4,10 @@ Browsers send the page's ``Origin`` on a WebSocket upgrade and let any page open
 anywhere, so without this check every web page a user visits could read the hub. The
 default allows the server's own origin (the ``Origin`` host equals the ``Host`` header) and
 pages on localhost, and the OpenBB Workspace origins trusted for CORS (``CORS_ORIGINS``,
-whose live grid opens a socket here); a list allows the server's own origin, the Workspace
+whose live grid opens a socket here), and the origin of ``PUBLIC_URL`` (:func:`origin_of`):
+a reverse proxy or tunnel may send the server another ``Host`` than the page's (nginx's
+default ``Host`` is ``proxy_pass``'s, ``127.0.0.1:8000``), and the page's own socket was
+refused. A list allows the server's own origin, the Workspace
 origins and those listed (localhost then only when listed); ``*`` allows every origin. A
 request without ``Origin`` is not from a browser page and is allowed (authentication still
 applies).
@@ -39,6 +42,18 @@ class OriginPolicy:
         if host is not None and parts.netloc == host.strip().lower():
             return True  # the server's own pages
         return not self.explicit and parts.hostname in LOCAL_HOSTS
+
+
+def origin_of(url: str) -> list[str]:
+    """The ``Origin`` a browser sends from a page at ``url`` (``scheme://host[:port]``, the
+    scheme's default port left out), as a list: empty for no URL."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.hostname:
+        return []
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    port = f":{parts.port}" if parts.port is not None and parts.port != default else ""
+    return [f"{parts.scheme.lower()}://{host}{port}"]
 
 
 def _normal(origin: str) -> str:
