@@ -26,6 +26,6 @@ self.addEventListener("notificationclick", (event) => {
     const pages = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
     const open = pages.find((c) => new URL(c.url).origin === self.location.origin);
     if (open) return open.focus();
-    return self.clients.openWindow("/");
+    return self.clients.openWindow(self.registration.scope);
   })());
 });

@@ -3,7 +3,7 @@
 // main series; when the chart makes a new series (new symbol, chart type, reload), the
 // lines are drawn again on it.
 
-import { LineStyle } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
+import { LineStyle } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { crossLevel } from "./alerts.js";
 
 const COLOR = "#f5a524";

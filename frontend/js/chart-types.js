@@ -4,7 +4,7 @@
 
 import {
   AreaSeries, BarSeries, CandlestickSeries, LineSeries,
-} from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
+} from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { isWhitespace } from "./bars.js";
 import { PALETTES, candleOptions, lineOptions } from "./theme.js";
 

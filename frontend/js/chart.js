@@ -10,7 +10,7 @@
 
 import {
   HistogramSeries, createChart,
-} from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
+} from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import {
   continues, convertAll, converter, formatDate, indexOfTime, isWhitespace, mergeBars,
   previousReal,

@@ -13,7 +13,7 @@
 // "ready", "nodata" (the source has no bars), "outside" (none at the times the chart
 // shows) or "failed" (`problem`: the server's refusal).
 
-import { LineSeries } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
+import { LineSeries } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import {
   closeOf, convertAll, converter, formatDate, indexOfTime, mergeBars,
 } from "./bars.js";

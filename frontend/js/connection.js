@@ -33,7 +33,10 @@ export function hubUrl(loc = window.location) {
   // on a WebSocket, so the token goes with the upgrade as a query parameter.
   const token = pageToken(loc);
   const query = token ? `?token=${encodeURIComponent(token)}` : "";
-  return (loc.protocol === "https:" ? "wss:" : "ws:") + "//" + loc.host + "/websocket/" + query;
+  // Relative to the page, so that a page behind a proxy under a path prefix
+  // (https://example.com/candlewire/) reaches its socket under that prefix too.
+  const url = new URL("websocket/", loc.href);
+  return (url.protocol === "https:" ? "wss:" : "ws:") + "//" + url.host + url.pathname + query;
 }
 
 export class Connection extends EventTarget {
@@ -133,7 +136,7 @@ export class Connection extends EventTarget {
     const due = this.suspect || this.unopened === REFUSED_AFTER
       || (this.unopened > REFUSED_AFTER && (this.unopened - REFUSED_AFTER) % PROBE_EVERY === 0);
     if (!due) return;
-    fetch(new URL("/health", window.location.href), { cache: "no-store" })
+    fetch(new URL("health", window.location.href), { cache: "no-store" })
       .then((r) => r.ok, () => false)
       .then((up) => {
         if (this.isOpen) return;

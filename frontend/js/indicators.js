@@ -6,7 +6,7 @@
 // range of the chart's bars; scroll-back asks `indicator_history` for the older page. The
 // chips above the chart name each indicator and edit or remove it.
 
-import { LineSeries } from "/vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
+import { LineSeries } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { formatDate, parseDate } from "./bars.js";
 import { element, keepFocus } from "./dom.js";
 

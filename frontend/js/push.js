@@ -24,7 +24,7 @@ function withTimeout(promise, ms) {
 export async function registerWorker() {
   if (!pushSupported()) return null;
   try {
-    await navigator.serviceWorker.register("/service-worker.js", { scope: "/" });
+    await navigator.serviceWorker.register("service-worker.js", { scope: "./" });
     return await withTimeout(navigator.serviceWorker.ready, READY_TIMEOUT_MS);
   } catch (err) {
     console.warn("service worker not registered:", err?.message || err);
