@@ -136,6 +136,7 @@ def uvicorn_config(
         # X-Forwarded-* from FORWARDED_ALLOW_IPS (uvicorn's default: 127.0.0.1) are applied
         # by the entrance, with uvicorn's own code but no coroutine kept per connection.
         proxy_headers=False,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS or None,
         **tls,  # type: ignore[arg-type]
     )
     entrance.trust_proxies(config.forwarded_allow_ips)

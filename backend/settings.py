@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     METRICS_PUBLIC: bool = False  # with AUTH on, /metrics needs a key unless this is true
     # Where clients reach the server (behind a proxy): the base of the URLs apps.json names.
     PUBLIC_URL: str = ""
+    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's setting; "" = uvicorn's
+    # default, 127.0.0.1): a field so that a line in .env counts too, not only the environment.
+    FORWARDED_ALLOW_IPS: str = ""
     API_DOCS: bool = True
     # Fair use, per client (a key's subject, else the address) and per address.
     MAX_CONNECTIONS_PER_ADDRESS: int = Field(50, ge=1)

@@ -8,10 +8,13 @@ every test; each test uses its own forwarded addresses, so the limits do not mix
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from backend.serving import uvicorn_config
+from backend.settings import load_settings
 from tests.harness import ServerProcess, WsClient, base_env, populate
 
 PUBLIC_URL = "https://charts.example.com:443/candlewire/"
@@ -80,3 +83,18 @@ async def test_forwarded_for_from_the_local_proxy_is_the_address_limits_count(
     await pong(other, 2)
     for client in (*opened, other):
         await client.close()
+
+
+def test_forwarded_allow_ips_in_dot_env_reaches_uvicorn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn reads ``FORWARDED_ALLOW_IPS`` from the process's environment only: a line in
+    ``.env`` (where the README puts every setting) was ignored, and a proxy in a container
+    was not believed. It is a setting now, handed to uvicorn."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSV_FOLDER_PATH", str(tmp_path))
+    assert "172.17.0.1" not in uvicorn_config(load_settings()).forwarded_allow_ips
+    (tmp_path / ".env").write_text("FORWARDED_ALLOW_IPS=172.17.0.1,10.0.0.0/8\n")
+    trusted = uvicorn_config(load_settings()).forwarded_allow_ips
+    assert "172.17.0.1" in trusted and "10.0.0.0/8" in trusted, trusted
