@@ -392,17 +392,7 @@ async def test_downloads_of_common_tools_are_served(tmp_path: Path) -> None:
     with populated_server(
         tmp_path, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
     ) as server:
-        ws = await WsClient.open(server.ws_url)
-        try:
-            for name, close in expected.items():
-                await ws.send(
-                    {"type": "data", "source": "csv", "name": name, "interval": "1d", "count": 2}
-                )
-                init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
-                assert [row["date"] for row in init["data"]][-1] == last, name
-                assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
-        finally:
-            await ws.close()
+        await last_daily_closes(server, last, expected)
 
 
 async def test_spreadsheet_and_website_exports_are_served(tmp_path: Path) -> None:
@@ -450,17 +440,7 @@ async def test_spreadsheet_and_website_exports_are_served(tmp_path: Path) -> Non
     last = f"{days[-1]:%Y-%m-%d %H:%M:%S}"
     expected = {"XL": 1009.25, "CDD": 20.0, "NDQ": 20.5, "Nestlé": 19.0}
     with ServerProcess(env, tmp_path / "server.log") as server:
-        ws = await WsClient.open(server.ws_url)
-        try:
-            for name, close in expected.items():
-                await ws.send(
-                    {"type": "data", "source": "csv", "name": name, "interval": "1d", "count": 2}
-                )
-                init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
-                assert [row["date"] for row in init["data"]][-1] == last, name
-                assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
-        finally:
-            await ws.close()
+        await last_daily_closes(server, last, expected)
 
 
 async def test_paging_back_one_bar_into_a_long_pause_of_a_file_finds_the_rows_before_it(
@@ -499,3 +479,18 @@ async def test_paging_back_one_bar_into_a_long_pause_of_a_file_finds_the_rows_be
             assert udf["s"] == "ok" and udf["t"] == list(range(t0, t0 + 600, 60))
         finally:
             await ws.close()
+
+
+async def last_daily_closes(server: ServerProcess, last: str, expected: dict[str, float]) -> None:
+    """Each daily series of ``expected`` ends at ``last`` with the close given."""
+    ws = await WsClient.open(server.ws_url)
+    try:
+        for name, close in expected.items():
+            await ws.send(
+                {"type": "data", "source": "csv", "name": name, "interval": "1d", "count": 2}
+            )
+            init = await ws.wait_for("data_init", same_key(name, "1d"), 10)
+            assert [row["date"] for row in init["data"]][-1] == last, name
+            assert init["data"][-1][f"csv-{name}-1d-close"] == close, name
+    finally:
+        await ws.close()
