@@ -58,6 +58,7 @@ from backend.plugins import locate_class
 from backend.runtime.supervisor import Supervisor
 from backend.settings import Settings
 from backend.symbols.index import SymbolIndex
+from backend.ws import reading
 from backend.ws.endpoint import serve_connection
 
 if TYPE_CHECKING:  # the bus (and redis-py) is imported only by a server that uses it
@@ -199,6 +200,12 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
         providers = _bus_providers() if bus else Supervisor
         hub = Hub(settings, symbols, Metrics(), store, indicators, providers=providers)
         _guard(hub, access, settings)
+        hub.metrics.counter(
+            "candlewire_read_pauses_total",
+            lambda: reading.pauses.pauses,
+            "times a client's socket stopped being read until its reader caught up "
+            "(a message waiting and another arriving, or a large one)",
+        )
         if isinstance(hub.supervisor, Supervisor):  # the provider processes are this hub's
             _process_metrics(hub.metrics, hub.supervisor)
         app.state.hub = hub

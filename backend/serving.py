@@ -45,6 +45,7 @@ from backend.workers import (
     stop_workers,
     worker_of,
 )
+from backend.ws import reading
 from backend.ws.writers import drop_open_sockets
 
 if TYPE_CHECKING:
@@ -115,7 +116,9 @@ def uvicorn_config(
     config = uvicorn.Config(
         entrance,
         loop="auto",
-        ws="websockets-sansio",  # backend/ws/writers.py writes to it directly
+        # uvicorn's websockets-sansio protocol (backend/ws/writers.py writes to it directly),
+        # reading on while each connection's reader keeps up (backend/ws/reading.py)
+        ws=reading.protocol_class() or "websockets-sansio",
         ws_max_size=settings.MAX_FRAME_BYTES,
         # Keep-alive pings cost the hub CPU per socket: at 100,000 sockets the 20 s default
         # is 5,000 pings (and pongs) a second (README, "Connections per hub").

@@ -35,7 +35,8 @@ Any other ASGI server gets the :class:`AsgiWriter`: one task per client awaiting
 ``send_text`` per frame, the portable path. :func:`expose_protocol`, called by the ASGI
 entry point (``backend.ws.entrance``), lets the endpoint find uvicorn's protocol object.
 
-This module is the only one that knows uvicorn's internals. It imports uvicorn's protocol
+This module and ``backend.ws.reading`` (how connections read) are the only ones that
+know uvicorn's internals. It imports uvicorn's protocol
 module lazily, the first time a connection is exposed, and guarded: without that module,
 or with a protocol object that lacks what the direct writer uses, every connection gets
 the portable writer and the server works as before, only slower.
