@@ -396,3 +396,13 @@ class BannedProvider(CountingProvider):
         while stuck and os.path.exists(stuck) and not self.stop.wait(0.05):
             pass
         return super().get_history(symbol, interval, start_time_query, end_time_query, count)
+
+
+class NamedProvider(CountingProvider):
+    """A counting provider whose symbols are those of ``CANDLEWIRE_TEST_NAMES``: a JSON list
+    of ``[name, name_label]`` pairs (JSON escapes carry what a provider may read from
+    elsewhere, as a lone surrogate of a file name that is not UTF-8)."""
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        pairs = json.loads(os.environ.get("CANDLEWIRE_TEST_NAMES", "[]"))
+        return [dataset_row(self.source, name) | {"name_label": label} for name, label in pairs]

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROW_TYPES = ("candlestick", "line")
-MAX_NAME_LENGTH = 256
+# The longest name a request may name (backend.wire.protocol.MAX_FIELD_CHARS, and the bus's
+# and the page's limit): a longer one would be found by every search, and then refused.
+MAX_NAME_LENGTH = 200
 
 
 ASCII_WORD = re.compile(r"[a-z]+|[0-9]+")
@@ -146,7 +148,9 @@ def _check_name(name: object) -> str:
             return name
         raise InvalidRow(f"name {name!r} contains a quote or a control character")
     if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
-        raise InvalidRow(f"name is longer than {MAX_NAME_LENGTH} characters")
+        raise InvalidRow(
+            f"name is longer than {MAX_NAME_LENGTH} characters, the most a request may name"
+        )
     raise InvalidRow(f"name must be a non-empty string, not {name!r}")
 
 
