@@ -1,5 +1,5 @@
 """End to end: the symbols populate stores are those the server can serve, whatever their
-names: a name longer than a request may name."""
+names: a name longer than a request may name, and text UTF-8 cannot hold."""
 
 from __future__ import annotations
 
@@ -62,3 +62,24 @@ async def test_every_symbol_search_offers_can_be_charted_over_the_websocket(
     assert "longer than 200 characters" in log
     assert rows.MAX_NAME_LENGTH == protocol.MAX_FIELD_CHARS
 
+
+def test_a_row_with_text_utf8_cannot_hold_is_skipped_not_the_whole_provider(
+    tmp_path: Path,
+) -> None:
+    """A lone surrogate (what Python makes of a file name that is not UTF-8, or of a JSON
+    ``\\udce9`` escape) in a row's name or name_label passed the row checks, and SQLite
+    refused it: ``FAILED ... StorageError: ... surrogates not allowed``, none of the
+    provider's symbols stored. Now such a name skips its row, with the others' warning,
+    and such a label is stored with "?" in its place."""
+    pairs = [("GOOD", "Good Inc"), ("BAD\udce9", "Bad"), ("LBL", "Soci\udce9t\udce9 Inc")]
+    env = named_env(tmp_path, pairs)
+    result = populate(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "named: 2 rows" in result.stdout
+    assert "skipped invalid row 'BAD\\udce9'" in result.stderr
+    with ServerProcess(env, tmp_path / "server.log") as server:
+        assert names(server, "good") == ["GOOD"]
+        found = server.get("/api/symbols?q=LBL")["results"]
+        assert [row["details"]["name_label"] for row in found] == ["Soci?t? Inc"]
+        assert names(server, "soci") == ["LBL"]
+        assert names(server, "bad") == []

@@ -144,9 +144,14 @@ def check_shared(shared: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _check_name(name: object) -> str:
     if type(name) is str and name.strip() and len(name) <= MAX_NAME_LENGTH:
-        if _BAD_NAME_CHARACTER.search(name) is None:
-            return name
-        raise InvalidRow(f"name {name!r} contains a quote or a control character")
+        if _BAD_NAME_CHARACTER.search(name) is not None:
+            raise InvalidRow(f"name {name!r} contains a quote or a control character")
+        if not _utf8(name):
+            raise InvalidRow(
+                f"name {name!r} holds text UTF-8 cannot (a lone surrogate: a file name that"
+                " is not UTF-8?)"
+            )
+        return name
     if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
         raise InvalidRow(
             f"name is longer than {MAX_NAME_LENGTH} characters, the most a request may name"
@@ -163,15 +168,29 @@ def name_and_label(row: Mapping[str, Any]) -> tuple[str, str]:
         and 0 < len(name) <= MAX_NAME_LENGTH
         and name.strip()
         and _BAD_NAME_CHARACTER.search(name) is None
+        and name.isascii()
+        and label.isascii()
     ):
         return name, label
     return _check_name(name), _check_label(label)
 
 
 def _check_label(label: object) -> str:
+    """The label, with "?" for what UTF-8 cannot hold (a lone surrogate; SQLite refuses it)."""
     if not isinstance(label, str):
         raise InvalidRow(f"name_label must be a string, not {label!r}")
-    return label
+    return label if _utf8(label) else label.encode("utf-8", "replace").decode("utf-8")
+
+
+def _utf8(text: str) -> bool:
+    """Whether UTF-8 can hold ``text`` (no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _string_list(value: object, field: str) -> list[str]:
