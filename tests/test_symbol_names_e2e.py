@@ -1,5 +1,6 @@
 """End to end: the symbols populate stores are those the server can serve, whatever their
-names: a name longer than a request may name, and text UTF-8 cannot hold."""
+names: a name longer than a request may name, text UTF-8 cannot hold, and a ``source:name``
+of the OpenBB live grid as long as its two parts may be."""
 
 from __future__ import annotations
 
@@ -83,3 +84,16 @@ def test_a_row_with_text_utf8_cannot_hold_is_skipped_not_the_whole_provider(
         assert [row["details"]["name_label"] for row in found] == ["Soci?t? Inc"]
         assert names(server, "soci") == ["LBL"]
         assert names(server, "bad") == []
+
+
+def test_the_openbb_live_grid_takes_a_source_and_name_as_long_as_they_may_be(
+    long_names: tuple[ServerProcess, str],
+) -> None:
+    """The grid cut each ``symbol`` to 200 characters, a ``source:name`` with it: the row
+    of a name of 195 to 200 characters said ``unknown symbol`` under a clipped id, which
+    matched no symbol Workspace asked for."""
+    server, _ = long_names
+    wanted = f"named:{FITS}"
+    rows_ = server.get(f"/openbb/live_grid?symbol={urllib.parse.quote(wanted)}")
+    assert [(row["symbol"], row["error"]) for row in rows_] == [(wanted, None)]
+    assert rows_[0]["price"] is not None

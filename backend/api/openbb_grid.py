@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_SYMBOL_CHARS = 200
+# A grid symbol is ``source:name``: each part as long as a request may name, and the colon.
+MAX_SYMBOL_CHARS = 2 * protocol.MAX_FIELD_CHARS + 1
 # A name with commas in it arrives cut at them (see resolve_grid_symbols); this many pieces
 # at most are put back together.
 MAX_JOINED_PIECES = 4
