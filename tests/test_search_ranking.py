@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from backend.data_providers.binance.parse import dataset_row as binance_row
 from backend.data_providers.polygon.rest import dataset_row as polygon_row
+from backend.symbols import index as symbol_index
 from backend.symbols.index import SymbolIndex
 from backend.symbols.rows import search_words
 from backend.symbols.writer import replace_provider_rows
@@ -242,6 +243,45 @@ async def test_a_symbol_written_with_a_separator_is_found_without_it(
     assert (await names(index, query))[: len(first)] == first
     found = await names(index, "eurus")  # a prefix: as typed first, EUR/USD among them
     assert found[0] == "EURUSD" and "EUR/USD" in found[:5]
+
+
+def option_chain_rows() -> list[dict[str, Any]]:
+    """Polygon option contracts as populate stores them: a few underlyings, expiries and
+    the strikes from 400 to 700 by 5, calls and puts."""
+    rows = []
+    for underlying in ("SPY", "QQQ", "SPXW", "IWM"):
+        for expiry in ("260116", "260320", "261218"):
+            for strike in range(400, 705, 5):
+                for kind in "CP":
+                    ticker = f"O:{underlying}{expiry}{kind}{strike * 1000:08d}"
+                    rows.append(polygon_row("polygon", "options", SimpleNamespace(ticker=ticker)))
+    return [row for row in rows if row is not None]
+
+
+async def test_an_option_typed_without_its_market_prefix_is_found_at_every_keystroke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SPY261218C00600000`` as brokers and TradingView write it, typed a key at a time:
+    with more symbols than the substring scan reads (options are millions), ``SPY261218C0``
+    to ``SPY261218C0060000`` found nothing or none of the contracts typed (the last word, a
+    strike's first digits, matched none of the most frequent words it starts), though
+    ``O:SPY261218C0`` found them all in symbol order."""
+    path = tmp_path / "options.sqlite3"
+    chain = option_chain_rows()
+    replace_provider_rows(path, "polygon", chain)
+    monkeypatch.setattr(symbol_index, "_CONTAINED_MAX_ROWS", len(chain) - 1)  # not scanned
+    wanted = "SPY261218C00600000"
+    index = await SymbolIndex.open(path)
+    try:
+        for end in range(len("SPY261"), len(wanted) + 1):
+            typed = wanted[:end]
+            found = [row["name"] for row in await index.search(typed, 5)]
+            assert found, typed
+            assert all(name.startswith(f"O:{typed}") for name in found), (typed, found)
+            assert found == [row["name"] for row in await index.search(f"O:{typed}", 5)]
+    finally:
+        await index.close()
+    assert found[0] == f"O:{wanted}"
 
 
 def binance_sized_listing() -> list[tuple[str, str, str]]:

@@ -13,11 +13,12 @@ of letters or of digits without accents, so ``O:SPY251219C00450000`` is also fou
 words, quoted. It ranks them as a trader means them, ignoring case (:func:`_rank`): the
 exact symbol, the symbol less a market prefix (``X:BTCUSD`` for ``btcusd``), the query
 followed by a quote currency by the quote's popularity (``btc``: ``BTCUSDT`` ... ``BTCEUR``),
-other symbols that start with the query (shortest first), rows whose label starts with the
-query (``bitcoin``: "Bitcoin / TetherUS" before "Bitcoin Cash / TetherUS"), then the other
-full-text matches (shortest symbol first, so "Ethereum / Bitcoin" comes last). A one-word
-query none of these find is looked for inside the symbols (``usd`` finds ``BTCUSD``), in a
-table of at most 200,000 symbols.
+other symbols that start with the query, also after a market prefix (shortest first; an index
+range each, so ``spy2612`` finds ``O:SPY261218C00600000`` among millions of contracts), rows
+whose label starts with the query (``bitcoin``: "Bitcoin / TetherUS" before "Bitcoin Cash /
+TetherUS"), then the other full-text matches (shortest symbol first, so "Ethereum /
+Bitcoin" comes last). A one-word query none of these find is looked for inside the symbols
+(``usd`` finds ``BTCUSD``), in a table of at most 200,000 symbols.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ _PREFIX_WORDS = 24
 _PREFIX_SCAN = 2000
 _CONTAINED_MAX_ROWS = 200_000
 _POPULATE_HINT = "run `python populate.py` to fill it"
+#: Market prefixes (Polygon's: options, crypto, forex, indices): the symbols that start
+#: with the query after one of them are looked up as those that start with it
+#: (``spy2612`` finds ``O:SPY261218C00600000``), not only by the full-text words.
+MARKET_PREFIXES = ("o:", "x:", "c:", "i:")
 Found = tuple[int, str, str, str, str | None, str]
 #: What a search is limited to: one source, several (the enabled ones), or every row.
 Scope = str | tuple[str, ...] | None
@@ -415,7 +420,8 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
 
     The stages gather candidates, each only while the tiers it serves have fewer than
     :data:`_WINDOW` rows (or ``limit``, if more): the symbol and it followed by a quote
-    currency (tiers 0-2), the symbols that start with the query (shortest first, tier 3),
+    currency (tiers 0-2), the symbols that start with the query, also after one of the
+    :data:`MARKET_PREFIXES` (shortest first, tier 3),
     the full-text matches (shortest symbol first, any tier), and those whose label starts
     with the first word (by its lead token, shortest symbol first: tier 4 when the others
     follow). Each gathers that many rows more than those found before; the full-text
@@ -449,6 +455,10 @@ def _search(conn: sqlite3.Connection, query: str, limit: int, source: Scope) -> 
     gather(_named(conn, wanted, window, source))
     if not enough(2):
         gather(_prefixed(conn, text, window + len(ranked), source))
+    if ":" not in text and len(text) >= _PREFIX_MIN_LENGTH:
+        for market in MARKET_PREFIXES:  # the symbols less their market prefix, as typed
+            if not enough(3):
+                gather(_prefixed(conn, market + text, window + len(ranked), source))
     if wanted.joined and wanted.joined != wanted.lower and not enough(3):
         gather(_prefixed(conn, wanted.joined, window + len(ranked), source))
     expressions = None if enough(3) else _match_expressions(conn, wanted, source)
