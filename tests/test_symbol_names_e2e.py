@@ -1,6 +1,7 @@
 """End to end: the symbols populate stores are those the server can serve, whatever their
-names: a name longer than a request may name, text UTF-8 cannot hold, and a ``source:name``
-of the OpenBB live grid as long as its two parts may be."""
+names: a name longer than a request may name, text UTF-8 cannot hold, a ``source:name`` of
+the OpenBB live grid as long as its two parts may be, and labels in scripts written without
+spaces between words."""
 
 from __future__ import annotations
 
@@ -97,3 +98,37 @@ def test_the_openbb_live_grid_takes_a_source_and_name_as_long_as_they_may_be(
     rows_ = server.get(f"/openbb/live_grid?symbol={urllib.parse.quote(wanted)}")
     assert [(row["symbol"], row["error"]) for row in rows_] == [(wanted, None)]
     assert rows_[0]["price"] is not None
+
+
+CJK = [
+    ("600519.SS", "贵州茅台"),  # Kweichow Moutai: "茅台" to everyone
+    ("7203.T", "トヨタ自動車"),  # Toyota Motor: "自動車" is "motor car"
+    ("005930.KS", "삼성전자"),  # Samsung Electronics: "전자" is "electronics"
+    ("2330.TW", "台灣積體電路製造"),  # TSMC
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [("茅台", "600519.SS"), ("自動車", "7203.T"), ("전자", "005930.KS"), ("積體電路", "2330.TW"),
+     ("贵州", "600519.SS"), ("トヨタ", "7203.T")],
+)  # fmt: skip
+def test_a_word_inside_a_label_in_chinese_japanese_or_korean_finds_it(
+    cjk_server: ServerProcess, query: str, first: str
+) -> None:
+    """These scripts write words without spaces between them: the full-text index took a
+    whole label for one word, so only its beginning was found ("贵州" found Kweichow
+    Moutai, "茅台", its name to everyone, found nothing)."""
+    assert names(cjk_server, query)[:1] == [first]
+    found = cjk_server.get(f"/udf/search?query={urllib.parse.quote(query)}")
+    assert [item["symbol"] for item in found][:1] == [first]
+
+
+@pytest.fixture(scope="module")
+def cjk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("cjk")
+    env = named_env(tmp, CJK)
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    with ServerProcess(env, tmp / "server.log") as server:
+        yield server

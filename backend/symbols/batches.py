@@ -28,6 +28,7 @@ from backend.symbols.rows import (
     InvalidRow,
     check_shared,
     extra_json,
+    indexed_words,
     joined_word,
     lead_token,
     name_and_label,
@@ -187,7 +188,9 @@ class Batcher:
 
 
 def _batch_words(texts: list[str], counts: Counter[str] | None) -> list[str]:
-    """The search words of each text, space-separated; ``counts`` counts the texts with each.
+    """The indexed words of each text (:func:`.rows.indexed_words`: its search words, and
+    the suffixes of a word written without spaces), space-separated; ``counts`` counts the
+    texts with each.
 
     An ASCII batch is read whole: one copy keeps only its letters, another only its digits
     (each word is a run in one of them), and each text's words are its letter words then
@@ -198,7 +201,7 @@ def _batch_words(texts: list[str], counts: Counter[str] | None) -> list[str]:
         return []
     joined = "\n".join(texts).lower()
     if not joined.isascii() or joined.count("\n") != len(texts) - 1:
-        found = [" ".join(search_words(text)) for text in texts]
+        found = [" ".join(indexed_words(text)) for text in texts]
     else:
         letters, digits = joined.translate(_LETTERS_ONLY), joined.translate(_DIGITS_ONLY)
         found = [

@@ -43,6 +43,15 @@ _WORD = re.compile(r"[^\W\d_]+|\d+")
 FTS_SEPARATORS = frozenset((*range(0x19B0, 0x19C1), 0x19C8, 0x19C9, 0x1CF2, 0x1CF3))
 _SPLIT_AT_SEPARATORS = dict.fromkeys(FTS_SEPARATORS, " ")
 _BAD_NAME_CHARACTER = re.compile(r"['\x00-\x1f]")
+# Scripts written without spaces between words, as search words have them (decomposed:
+# Hangul as its conjoining jamo): Thai, Lao, Myanmar, Khmer, Hangul, kana, bopomofo, Han.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1100-\u11ff\u1780-\u17ff\u3040-\u318f"
+    "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+    "\U00020000-\U0003134f]"
+)
+# The longest such word whose suffixes are indexed (a label, not a paragraph).
+MAX_UNSPACED_WORD = 64
 
 # The fields of a dataset row that many rows repeat, stored once per shape (details order).
 _SHARED_FIELDS = ("source", "type", "categories", "intervals", "outputs", "source_label")
@@ -62,6 +71,23 @@ def search_words(text: str) -> list[str]:
         return ASCII_WORD.findall(text.lower())
     decomposed = unicodedata.normalize("NFKD", text).translate(_SPLIT_AT_SEPARATORS)
     return _WORD.findall("".join(c for c in decomposed if not unicodedata.combining(c)).lower())
+
+
+def indexed_words(text: str) -> list[str]:
+    """The words ``text`` is indexed under: its search words and, for a word of a script
+    written without spaces between words (Chinese, Japanese, Korean, Thai ...: the index's
+    tokenizer takes a whole run for one word), each of its suffixes, so that a word inside
+    it is found as a search finds words, by their start ("茅台" in "贵州茅台")."""
+    words = search_words(text)
+    if text.isascii():
+        return words
+    suffixes = [
+        word[start:]
+        for word in words
+        if 1 < len(word) <= MAX_UNSPACED_WORD and _UNSPACED.search(word)
+        for start in range(1, len(word))
+    ]
+    return words + suffixes if suffixes else words
 
 
 def first_word(text: str) -> str:

@@ -15,7 +15,8 @@
 --   name_lower  the symbol lower-cased, for exact and prefix lookups (nlen is its length)
 --   words       the search words of name and name_label, as indexed in symbols_fts (a
 --               batch of ASCII rows lists the letter words, then the digit words; with
---               them the symbol's words written together, "eurusd" for "EUR/USD"), then
+--               them the symbol's words written together, "eurusd" for "EUR/USD", and
+--               the suffixes of a word of a script written without spaces), then
 --               the lead token: "0a" and the label's first word ("0abitcoin" for "Bitcoin /
 --               TetherUS"), which finds the labels that start with a word (a row populated
 --               before 2026-12-06 has none: search then ranks them among fewer matches)
