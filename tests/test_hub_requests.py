@@ -254,12 +254,35 @@ async def test_a_failing_reply_costs_one_answer_not_the_connection(
     client = connect(hub)
     with caplog.at_level(logging.ERROR):
         await send(hub, client, {"type": "search_data", "search": "A"}, {"type": "ping"})
-    assert [(m["type"], m.get("code")) for m in taken(client)] == [
+    messages = taken(client)
+    assert [(m["type"], m.get("code")) for m in messages] == [
         ("pong", None),
         ("error", "internal_error"),
+        ("search_data_done", None),  # the empty answer a search waits for
     ]
+    assert messages[1]["request"] == {"type": "search_data", "search": "A"}
+    assert messages[2]["search"] == "A" and messages[2]["results"] == []
     assert hub.metrics.value("candlewire_internal_errors_total") == 1
     assert "index exploded" in caplog.text
+
+
+async def test_a_failing_history_reply_is_an_error_that_echoes_its_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub, _ = make_hub(FakeClock())
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("planner exploded")
+
+    hub.planner.before = broken  # type: ignore[method-assign]
+    client = connect(hub)
+    page = request("data_history", K1, end="2024-01-01 00:00:00", count=10)
+    with caplog.at_level(logging.ERROR):
+        await send(hub, client, page)
+    [error] = taken(client)
+    assert error["type"] == "error" and error["code"] == "internal_error"
+    assert error["request"] == page  # a client matching answers to requests can tell which
+    assert "planner exploded" in caplog.text
 
 
 def _sma(chart_id: str, key: SeriesId) -> dict[str, object]:

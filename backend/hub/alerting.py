@@ -207,11 +207,11 @@ class Alerting:
             key = {"publicKey": self.keys.public_key()}
             self.hub.send(client, protocol.encode({"type": kind, "vapid_public_key": key}))
         elif kind == "alert":
-            await client.replies.submit(LANE, lambda: self._create(client, raw))
+            await client.replies.submit(LANE, lambda: self._create(client, raw), raw)
         elif kind == "alerts":
-            await client.replies.submit(LANE, lambda: self._list_request(client, raw))
+            await client.replies.submit(LANE, lambda: self._list_request(client, raw), raw)
         elif kind == "alert_delete":
-            await client.replies.submit(LANE, lambda: self._delete_request(client, raw))
+            await client.replies.submit(LANE, lambda: self._delete_request(client, raw), raw)
 
     async def listed(self, endpoint: str | None, owner: str | None) -> list[dict[str, Any]]:
         """The live alerts of a push endpoint or an owner key (``alerts``, ``/api/alerts``):

@@ -148,7 +148,7 @@ class Chatting:
             return
         self._pending[client.id] = pending + 1
         self._pending_bytes[client.id] = self._pending_bytes.get(client.id, 0) + size
-        await client.replies.submit(LANE, lambda: self._pending_turn(client, raw, size))
+        await client.replies.submit(LANE, lambda: self._pending_turn(client, raw, size), raw)
 
     async def _pending_turn(self, client: Client, raw: dict[str, Any], size: int) -> None:
         try:

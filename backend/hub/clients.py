@@ -6,7 +6,8 @@ lane (one series key, or the searches) run one after another, so replies of one 
 in the order of their requests, while other lanes go on (a slow history of one key does not
 hold up another chart). At most ``limit`` jobs are pending per client; submitting more waits,
 which stops reading that client's frames until one finishes. A job that fails is logged and
-reported through ``on_failure``; removing the client cancels its jobs (and drops later ones:
+reported through ``on_failure`` with the request it answered (so the client still gets an
+answer to it, an error echoing it); removing the client cancels its jobs (and drops later ones:
 the client may leave while its reader waits for a slot).
 
 A frame that mixes ``data`` requests with others has its replies ordered as protocols.md
@@ -22,6 +23,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 from backend.ratelimits import WorkBudget
 from backend.wire.outbox import Outbox
@@ -46,7 +48,10 @@ class Replies:
     )
 
     def __init__(
-        self, limit: int, owner: str, on_failure: Callable[[BaseException], None] | None = None
+        self,
+        limit: int,
+        owner: str,
+        on_failure: Callable[[BaseException, Any], None] | None = None,
     ) -> None:
         self.owner = owner
         self.on_failure = on_failure
@@ -56,7 +61,7 @@ class Replies:
         self._tasks: dict[asyncio.Task[None], None] = {}
         self._cancelled = False
         # while a mixed frame is taken: its jobs, each with whether it is a ``data`` item's
-        self._deferred: list[tuple[Hashable, Job, bool]] | None = None
+        self._deferred: list[tuple[Hashable, Job, bool, Any]] | None = None
         self.first = False  # whether jobs submitted now are a ``data`` item's (deferred)
 
     @property
@@ -77,32 +82,35 @@ class Replies:
         held, self._deferred = self._deferred or [], None
         self.first = False
         last: dict[Hashable, int] = {}  # lane -> the index of its last first job
-        for index, (lane, _, first) in enumerate(held):
+        for index, (lane, _, first, _) in enumerate(held):
             if first:
                 last[lane] = index
         leading: list[asyncio.Task[None]] = []
-        later: list[tuple[Hashable, Job]] = []
-        for index, (lane, job, _) in enumerate(held):
+        later: list[tuple[Hashable, Job, Any]] = []
+        for index, (lane, job, _, request) in enumerate(held):
             if index <= last.get(lane, -1):
-                task = await self._start(lane, job)
+                task = await self._start(lane, job, request)
                 if task is not None:
                     leading.append(task)
             else:
-                later.append((lane, job))
-        for lane, job in later:
-            await self._start(lane, functools.partial(_after, leading, job))
+                later.append((lane, job, request))
+        for lane, job, request in later:
+            await self._start(lane, functools.partial(_after, leading, job), request)
         return leading
 
-    async def submit(self, lane: Hashable, job: Job) -> None:
-        """Run ``job`` after the jobs already in ``lane``; waits while ``limit`` are pending.
-        After :meth:`cancel` (the client is gone), ``job`` is dropped. While deferring
+    async def submit(self, lane: Hashable, job: Job, request: Any = None) -> None:
+        """Run ``job`` (the answer to ``request``, which ``on_failure`` gets if it raises)
+        after the jobs already in ``lane``; waits while ``limit`` are pending. After
+        :meth:`cancel` (the client is gone), ``job`` is dropped. While deferring
         (:meth:`defer`), ``job`` is held until :meth:`flush`."""
         if self._deferred is not None:
-            self._deferred.append((lane, job, self.first))
+            self._deferred.append((lane, job, self.first, request))
             return
-        await self._start(lane, job)
+        await self._start(lane, job, request)
 
-    async def _start(self, lane: Hashable, job: Job) -> asyncio.Task[None] | None:
+    async def _start(
+        self, lane: Hashable, job: Job, request: Any = None
+    ) -> asyncio.Task[None] | None:
         await self._slots.acquire()
         if self._cancelled:
             self._slots.release()
@@ -111,7 +119,7 @@ class Replies:
         task = asyncio.get_running_loop().create_task(self._run(previous, job))
         self._tails[lane] = task
         self._tasks[task] = None
-        task.add_done_callback(functools.partial(self._done, lane))
+        task.add_done_callback(functools.partial(self._done, lane, request))
         return task
 
     def __len__(self) -> int:
@@ -136,7 +144,7 @@ class Replies:
         finally:
             self._slots.release()
 
-    def _done(self, lane: Hashable, task: asyncio.Task[None]) -> None:
+    def _done(self, lane: Hashable, request: Any, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         if self._tails.get(lane) is task:
             del self._tails[lane]
@@ -152,7 +160,7 @@ class Replies:
         if error is not None:
             logger.error("%s: a reply failed", self.owner, exc_info=error)
             if self.on_failure is not None:
-                self.on_failure(error)
+                self.on_failure(error, request)
 
 
 async def _after(firsts: list[asyncio.Task[None]], job: Job) -> None:

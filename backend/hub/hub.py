@@ -255,7 +255,7 @@ class Hub:
         replies = Replies(MAX_REPLIES_IN_FLIGHT, f"client {client_id}")
         outbox = Outbox(self.settings.OUTBOX_MAX_MESSAGES, max_bytes=self.settings.OUTBOX_MAX_BYTES)
         client = Client(client_id, peer, outbox, kick, replies)
-        replies.on_failure = lambda error: self._reply_failed(client)
+        replies.on_failure = lambda error, request: self._reply_failed(client, request)
         self.clients[client.id] = client
         self.metrics.inc("candlewire_connections_total")
         logger.info("client %d connected from %s (%d clients)", client.id, peer, len(self.clients))
@@ -309,16 +309,20 @@ class Hub:
         if not client.outbox.push(frame):
             self._kick(client, "outbox hard limit reached")
 
-    def _reply_failed(self, client: Client) -> None:
-        """A reply job raised (a bug): it costs one answer, not the connection."""
+    def _reply_failed(self, client: Client, request: Any) -> None:
+        """A reply job raised (a bug): it costs one answer, not the connection. The error
+        echoes the request (a parsed one or its raw dict), so that a client that matches
+        answers to requests (the page's queue of searches) does not fall one behind; a
+        search also gets its empty ``search_data_done``, which is sent last, so was not."""
         self.metrics.inc("candlewire_internal_errors_total")
-        if client.id in self.clients:
-            self.send(
-                client,
-                protocol.error_message(
-                    "internal_error", "the server failed to answer this request; it was logged"
-                ),
-            )
+        if client.id not in self.clients:
+            return
+        raw = getattr(request, "raw", request)
+        message = "the server failed to answer this request; it was logged"
+        echo = raw if isinstance(raw, dict) else None
+        self.send(client, protocol.error_message("internal_error", message, echo))
+        if isinstance(request, protocol.SearchRequest):
+            self.send(client, protocol.search_done(request.search, []))
 
     def _kick(self, client: Client, why: str) -> None:
         if client.id not in self.clients:

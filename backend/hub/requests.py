@@ -169,9 +169,13 @@ class Requests:
             case protocol.DataRequest():
                 await self._data(client, request)
             case protocol.HistoryRequest(key):
-                await client.replies.submit(key_lane(key), lambda: self._history(client, request))
+                await client.replies.submit(
+                    key_lane(key), lambda: self._history(client, request), request
+                )
             case protocol.SearchRequest(search):
-                await client.replies.submit(SEARCH_LANE, lambda: self._search(client, search))
+                await client.replies.submit(
+                    SEARCH_LANE, lambda: self._search(client, search), request
+                )
             case protocol.IndicatorsRequest(raw):
                 await self._indicators(client, raw, taken_back)
             case protocol.AlertRequest(raw):
@@ -216,7 +220,9 @@ class Requests:
             self.hub.subscribe(client, key)
             subscribed = self.hub.subs.since(client.id, key)
         await client.replies.submit(
-            key_lane(key), lambda: self._data_init(client, request, found, notes, subscribed)
+            key_lane(key),
+            lambda: self._data_init(client, request, found, notes, subscribed),
+            request,
         )
 
     async def _data_init(
@@ -410,7 +416,7 @@ class Requests:
                 lane = key_lane(request.config.bindings[0].series)
                 ticket = hub.indicating.expect_stream(client.id, request)
                 await client.replies.submit(
-                    lane, lambda: hub.indicating.answer(client, request, raw, ticket)
+                    lane, lambda: hub.indicating.answer(client, request, raw, ticket), raw
                 )
             case messages.ScanRequest():
                 await hub.scanning.start(client, request, raw)
