@@ -57,6 +57,16 @@ CONVERGENT_PATHS = {"ADOSC"}
 # window averages (SMA, WMA, TRIMA) for all of them, a value depends on a window of bars only.
 WINDOW_WITH_WINDOW_AVERAGES = {"APO", "BBANDS", "MA", "MACDEXT", "PPO", "STOCH", "STOCHF"}
 WINDOW_MA_TYPES = {0, 2, 5}  # talib.MA_Type.SMA, WMA, TRIMA
+# Adaptive: how fast they forget is set by the bars, not by the lookback. KAMA's slowest
+# constant is (2/31)**2 whatever its period, MAMA's slow limit is its input, and the Hilbert
+# transform's cycle estimate carries its own state: over a ranging market (a stablecoin at
+# the tick, a bid/ask bounce) a tail of 30 lookbacks still differed from the whole series
+# (MAMA by 2e-4 of the price). No bounded tail is exact for them: computed like SAR.
+ADAPTIVE = {
+    "KAMA", "MAMA", "HT_DCPERIOD", "HT_DCPHASE", "HT_PHASOR", "HT_SINE", "HT_TRENDLINE",
+    "HT_TRENDMODE",
+}  # fmt: skip
+ADAPTIVE_MA_TYPES = {6, 7}  # talib.MA_Type.KAMA, MAMA
 # TA-Lib's own MA_Type labels, in index order (the option value of the mamode select).
 MA_TYPES: tuple[str, ...] = tuple(talib.MA_Type[index] for index in range(14))
 MAMODE = "mamode"
@@ -133,10 +143,15 @@ class TalibIndicator(Indicator):
         return open_running
 
     def memory_for(self, inputs: Mapping[str, float]) -> Memory:
-        if self.function_name in WINDOW_WITH_WINDOW_AVERAGES and all(
-            int(inputs[spec.name]) in WINDOW_MA_TYPES
+        types = [
+            int(inputs[spec.name])
             for spec in self.inputs
             if spec.name == MAMODE or spec.name.endswith("matype")
+        ]
+        if ADAPTIVE_MA_TYPES.intersection(types):
+            return Memory.FULL
+        if self.function_name in WINDOW_WITH_WINDOW_AVERAGES and all(
+            kind in WINDOW_MA_TYPES for kind in types
         ):
             return Memory.WINDOW
         return self.memory
@@ -245,6 +260,8 @@ def _memory(function_name: str, flags: Sequence[str]) -> Memory:
     # function that is not a running total or path-dependent gets the long, safe tail.
     if function_name in ADDITIVE:
         return Memory.ADDITIVE
+    if function_name in ADAPTIVE:
+        return Memory.FULL
     if "Output is path-dependent" in flags and function_name not in CONVERGENT_PATHS:
         return Memory.FULL
     return Memory.DECAYING
