@@ -343,3 +343,41 @@ def test_adaptive_averages_live_equal_their_batch_value_over_a_ranging_market(
         got = [np.nan if v is None else v for v in values]
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True)
     assert bound.warmup_size() is None  # pages meet without a jump: warmed up like SAR
+
+
+def without_volume_at(bars: list[Bar], *indexes: int) -> list[Bar]:
+    """``bars`` with the volume of the bars at ``indexes`` missing (``None``: a CSV row whose
+    volume cell is empty, an aggregate without one)."""
+    out = list(bars)
+    for index in indexes:
+        t, o, h, low, c, _ = out[index]
+        out[index] = (t, o, h, low, c, None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "indicator_id",
+    ["talib.momentum.MFI", "talib.overlap.VWMA", "talib.volume.PVO", "talib.volume.EFI",
+     "talib.volume.OBV"],
+)  # fmt: skip
+def test_a_bar_without_volume_leaves_only_its_own_row_empty(
+    indicators: Indicators, indicator_id: str
+) -> None:
+    """TA-Lib carries a NaN input into every later value: one bar without volume ended the
+    line of every indicator that reads volume at that bar, while its live value, from a
+    shorter tail, went on. Such a bar is left out of them: its row is null, the others are
+    TA-Lib's values over the bars that have every field it reads, live ones too."""
+    missing = 2500
+    bars = without_volume_at(make_bars(3000), missing)
+    indicator = indicators.get(indicator_id)
+    bound = bind(indicators, indicator_id, {}, on(BTC, *indicator.columns))
+    function = getattr(talib, indicator_id.rsplit(".", 1)[1])
+    kept = bars[:missing] + bars[missing + 1 :]
+    columns = [np.array([bar[FIELDS.index(c) + 1] for bar in kept]) for c in indicator.columns]
+    reference = function(*columns)
+    expected = np.insert(np.asarray(reference, dtype=np.float64), missing, np.nan)
+    computed = compute(bound, {BTC: bars}).values[0]
+    np.testing.assert_allclose(computed, expected, rtol=1e-12, equal_nan=True)
+    live = LiveComputation(bound, compute(bound, {BTC: bars[:-1]}))
+    _, values = live.step(Tail({BTC: bars})) or (0, [])
+    assert values == pytest.approx([expected[-1]], rel=1e-9)

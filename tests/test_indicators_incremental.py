@@ -212,3 +212,31 @@ def test_the_usual_update_in_one_loop_gives_the_rows_of_each_computation_its_own
             want = alone.on_bar(BTC, fetch, since)
         assert got == want, (n, what)
     assert taken[-1]  # the usual update after a plain one: in one loop
+
+
+def test_a_bar_that_closes_without_volume_is_left_out_as_the_batch_leaves_it_out(
+    indicators: Indicators,
+) -> None:
+    """A forming bar without volume (``None``) that closes so: its row is null, and the
+    running computation opens again without it, the values those of the batch way."""
+    bound = bound_of(indicators, "talib.momentum.MFI", {})
+    live = LiveComputation(bound)  # type: ignore[arg-type]
+    bars = make_bars(2000)
+    rows: list[tuple[int, list[float | None]]] = []
+    for step in range(8):
+        t, o, h, low, c, v = bars[-1]
+        if step == 1:  # the forming bar's volume is missing...
+            bars[-1] = (t, o, h, low, c + 0.5, None)
+        elif step in (3, 6):  # ...and it closes so; a bar with volume opens, and later one more
+            bars.append((t + 3600, c, c + 1, c - 1, c + 0.2, 5.0))
+        else:
+            bars[-1] = (t, o, h + 0.5, low, c - 0.25, None if v is None else v + 1)
+        since = bars[-1][0] if step not in (3, 6) else bars[-2][0]
+        rows = live.advance(bars[-RECENT:], Fetch(bars), since)
+        expected = batch_newest(bound, bars)
+        assert rows[-1][1] == (pytest.approx(expected, rel=1e-9) if expected[0] else [None])
+        assert expected[0] is not None or step in (1, 2)  # only the bar without volume
+        if step == 3:  # the bar without volume closed: its final row is null
+            assert [row[0] for row in rows] == [bars[-2][0], bars[-1][0]]
+            assert rows[0][1] == [None]
+    assert live.running == BTC

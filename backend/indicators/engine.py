@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from backend.errors import IndicatorError
 from backend.indicators.base import Calc, FloatArray, Indicator, Memory
-from backend.indicators.incremental import RECENT, Incremental, Row
+from backend.indicators.incremental import RECENT, Incremental, Row, complete_rows
 from backend.indicators.registry import Indicators
 from backend.model import intervals
 from backend.model.bars import FIELDS, Bar, SeriesId
@@ -169,10 +169,37 @@ def _columns(bound: BoundIndicator, bars: Sequence[Bar]) -> tuple[TimeArray, dic
 
 
 def compute(bound: BoundIndicator, bars: Mapping[SeriesId, Bars]) -> Computed:
-    """Every output of ``bound`` over ``bars``; NaN during warm-up."""
+    """Every output of ``bound`` over ``bars``; NaN during warm-up and at a bar that lacks a
+    field it reads (:func:`over_complete_bars`)."""
     times, data = align(bound, bars)
-    values = _run(bound, Indicator.prepare(bound.indicator, dict(bound.inputs)), data)
-    return Computed(times, _checked_outputs(bound, values, len(times)))
+    calc = Indicator.prepare(bound.indicator, dict(bound.inputs))
+    return Computed(times, over_complete_bars(bound, calc, data, len(times)))
+
+
+def over_complete_bars(
+    bound: BoundIndicator, calc: Calc, data: Mapping[str, FloatArray], n: int
+) -> list[FloatArray]:
+    """``calc`` over the bars of ``data`` (``n`` of them) that have every column it reads,
+    its outputs NaN at the others. A bar lacks a field when it has none (``None``, read as
+    NaN: a volume a CSV row leaves empty, an index's volume): TA-Lib would carry the NaN
+    into every later value (a running sum, a smoothing), so one such bar would end the
+    line there, while a live value from a shorter tail without it went on."""
+    keep = complete_rows(data.values())
+    if keep is None:
+        return _checked_outputs(bound, _run(bound, calc, data), n)
+    kept = int(np.count_nonzero(keep))
+    outputs = len(bound.indicator.outputs)
+    values = [np.full(n, np.nan) for _ in range(outputs)]
+    if kept:
+        part = {
+            column: np.ascontiguousarray(column_values[keep])
+            for column, column_values in data.items()
+        }
+        for whole, computed in zip(
+            values, _checked_outputs(bound, _run(bound, calc, part), kept), strict=True
+        ):
+            whole[keep] = computed
+    return values
 
 
 def _run(bound: BoundIndicator, calc: Calc, data: Mapping[str, FloatArray]) -> Sequence[FloatArray]:
@@ -341,7 +368,7 @@ class LiveComputation:
         series, at least as long as its own): the values of :func:`compute`, bit for bit."""
         n = len(columns) if self._size is None else min(self._size, len(columns))
         data = {column: columns.field(index)[-n:] for column, index in self._columns}
-        values = _checked_outputs(self.bound, _run(self.bound, self._calc, data), n)
+        values = over_complete_bars(self.bound, self._calc, data, n)
         newest: list[float | None] = []
         for output in values:
             value = float(output[-1])

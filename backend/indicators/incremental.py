@@ -18,11 +18,12 @@ Sans-I/O: the caller passes the newest bars in, and a callable for the tail.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from backend.errors import IndicatorError
@@ -56,6 +57,7 @@ class Incremental:
         "_one_column",
         "_one_output",
         "_open",
+        "_outputs",
         "_pick",
         "_size",
     )
@@ -66,6 +68,7 @@ class Incremental:
         self._pick = itemgetter(*self._fields)  # a bare value for one field, else a tuple
         self._one_column = len(self._fields) == 1
         self._one_output = outputs == 1
+        self._outputs = outputs
         self._size = size  # bars to open on, the forming one included; None: all of them
         self._handle: Running | None = None
         self._fed: Bar | None = None  # the last closed bar the handle holds
@@ -163,9 +166,13 @@ class Incremental:
         except Exception:  # noqa: BLE001 - TA-Lib's bare Exception for a bar that is not
             return None  # finite: the batch way gives its NaN
         row = (self._forming, self._values(out))
-        if since is None or since > self._fed[0]:  # type: ignore[index]
+        fed = self._fed
+        assert fed is not None  # open
+        if since is None or since > fed[0]:
             return [row]
-        return [(int(self._fed[0]), self._values(handle.value)), row]  # type: ignore[index]
+        if all(isinstance(value, float) and isfinite(value) for value in self._columns(fed)):
+            return [(int(fed[0]), self._values(handle.value)), row]
+        return [(int(fed[0]), [None] * self._outputs), row]  # left out: not fed (_reopen)
 
     def _catch_up(self, handle: Running, bars: list[Bar], time: int) -> Running | None:
         """Feed the bar that closed since the last update, if one did; ``None`` when what
@@ -197,8 +204,12 @@ class Incremental:
         if len(table) < 2 or int(table[-1, 0]) != time:
             return None
         history = table[:-1]
+        columns = [history[:, i] for i in self._fields]
+        complete = complete_rows(columns)
+        if complete is not None:  # a bar without a field it reads is left out, as the batch
+            columns = [column[complete] for column in columns]  # way leaves it out
         try:
-            handle = self._open([history[:, i] for i in self._fields])
+            handle = self._open(columns)
         except IndicatorError:
             self._failed_at = time
             return None
@@ -260,6 +271,17 @@ def _all_floats(out: Any, one_output: bool) -> bool:
     if one_output:
         return type(out) is float
     return type(out) is tuple and all(type(value) is float for value in out)
+
+
+def complete_rows(columns: Iterable[FloatArray]) -> npt.NDArray[np.bool_] | None:
+    """The rows where every column is a number (a bar's field it lacks is NaN in a column);
+    ``None`` when every row is (the usual)."""
+    keep: npt.NDArray[np.bool_] | None = None
+    for column in columns:
+        finite = np.isfinite(column)
+        if not finite.all():
+            keep = finite if keep is None else keep & finite
+    return keep
 
 
 def _same(bar: Bar, fed: Bar | None) -> bool:
