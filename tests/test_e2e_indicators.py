@@ -603,6 +603,26 @@ async def test_the_smallest_input_the_catalogue_offers_is_computed(
     assert f"{period!r}: 1 is out of range [2, 100000]" in error["message"], error
 
 
+async def test_an_indicator_without_a_bounded_warm_up_loads_past_a_long_period(
+    client: WsClient,
+) -> None:
+    """KAMA depends on every bar before (its warm-up is up to 5,000 bars, like SAR's), and its
+    period may be longer: the warm-up then reaches past the period, as an EMA's does, and
+    the rows have values (with 5,000 bars it was not_enough_history, on 1m bars enough)."""
+    chart_id = "kama5500_AAA_1m"
+    data_map = {"close": column("AAA", "1m")}
+    mark = len(client.messages)
+    await client.send(
+        indicator("talib.overlap.KAMA", chart_id, {"timeperiod": 5500}, data_map, count=10,
+                  stream=False)
+    )  # fmt: skip
+    reply = await client.wait_for("indicator_init", same_id(chart_id), after=mark, timeout=20)
+    errors = [m for m in client.messages[mark:] if m["type"] == "error"]
+    assert not errors, errors
+    assert len(reply["data"]) == 10
+    assert all(value is not None for value in values(reply, "KAMA").values())
+
+
 async def test_a_chart_id_too_long_is_refused_with_the_limit_named(client: WsClient) -> None:
     """A 1001-character id was refused as "'id' must be a non-empty string", which it is."""
     chart_id = "i" * 1001

@@ -201,3 +201,29 @@ async def test_scan_stop_ends_the_scan_at_once_whatever_its_symbols_wait_for(
     assert outcome.stopped
     assert sent[-1]["type"] == "scan_done"  # the symbol matched meanwhile: not sent
     assert [m["type"] for m in sent].count("scan_result") == 0
+
+
+@pytest.mark.parametrize(
+    ("indicator_id", "output", "columns"),
+    [("talib.overlap.KAMA", "KAMA", ("close",)),
+     ("talib.overlap.SUPERTREND", "supertrend", ("high", "low", "close"))],
+)  # fmt: skip
+async def test_a_rule_on_an_indicator_without_a_bounded_tail_reads_past_its_lookback(
+    indicators: Indicators, indicator_id: str, output: str, columns: tuple[str, ...]
+) -> None:
+    """KAMA and SUPERTREND depend on every bar (FULL) and may have a period longer than the
+    1,000 bars such a rule reads: it then read 1,001 bars, had no value, and never matched,
+    without a word."""
+    label = f"{output} timeperiod=1500"
+    series = {"source": "csv", "name": "T", "interval": "1h"}
+    data_map = {column: series | {"value": f"csv-T-1h-{column}"} for column in columns}
+    config = {"indicator": {"id": "it", "indicator": {"id": indicator_id, "name": output},
+                            "inputs": {"timeperiod": 1500}, "dataMap": data_map}}  # fmt: skip
+    rule = {"type1": "indicator", "indicator1": label, "output1": output,
+            "comparator": ">", "type2": "value", "value2": "0.5"}  # fmt: skip
+    store = Store()
+    _, sent = await scan(
+        parse_rule_set([rule], [], {label: config}), universe(3), store, indicators
+    )
+    assert {n for _, n in store.asked} == {1502}  # the lookback, the newest, the one before
+    assert sent[-1]["matched"] == 2  # S1 and S2: over a flat close, the close

@@ -249,7 +249,8 @@ class Indicating:
         ``MAX_COUNT`` too: an indicator that needs more is ``not_enough_history``), so that
         every row but those before the first bar of the series has its value."""
         limit = self.hub.settings.MAX_COUNT
-        warmup = min(bound.warmup_size() or FULL_WARMUP_BARS, limit)
+        # without a bounded warm-up, still past the lookback (KAMA's period may be longer)
+        warmup = min(bound.warmup_size() or max(FULL_WARMUP_BARS, bound.lookback + 1), limit)
         if request.since is None:
             return min(request.count, limit) + warmup
         end = request.until

@@ -258,8 +258,10 @@ def _bars_needed(
         elif isinstance(operand, IndicatorOperand):
             indicator = bound[id(operand)]
             # a running total's level (OBV, AD) is summed over what is read: as much as a
-            # path-dependent one's (its short live tail would give a level of its own)
-            count = (indicator.warmup_size() or FULL_HISTORY_BARS) + 1  # + the previous bar
+            # path-dependent one's (its short live tail would give a level of its own); and
+            # past the lookback (KAMA's period may be longer), or it never has a value
+            full = max(FULL_HISTORY_BARS, indicator.lookback + 1)
+            count = (indicator.warmup_size() or full) + 1  # + the previous bar
             count = min(count, max_bars)
             for series in indicator.series:
                 needed[series] = max(needed.get(series, 0), count)
