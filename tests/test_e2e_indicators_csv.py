@@ -20,22 +20,24 @@ import talib
 
 from backend.model import intervals
 from backend.model.bars import Bar
-from tests.harness import ServerProcess, WsClient, populated_server, same_key
+from tests.harness import ServerProcess, WsClient, eventually, populated_server, same_key
 from tests.test_e2e_indicators import closes, same_id, values
 from tests.test_indicators_engine import make_bars, ranging_at_the_tick, without_volume_at
 
 BARS = 3000
 KEY = "csv-USDCUSDT-1h"
 GAP = BARS - 100  # the row of ACME.csv whose volume cell is empty
+FOLDER: list[Path] = [Path()]  # the server's CSV folder
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("indicators_csv")
-    folder = tmp / "csv"
+    folder = FOLDER[0] = tmp / "csv"
     folder.mkdir()
     write(folder / "USDCUSDT.csv", ranging_at_the_tick(BARS))
     write(folder / "ACME.csv", without_volume_at(make_bars(BARS, seed=7), GAP))
+    write(folder / "FEED.csv", make_bars(BARS + 2, seed=8)[:BARS])  # the test appends 2
     # no replay: the whole file is history
     with populated_server(
         tmp, PROVIDERS="csv", CSV_FOLDER_PATH=str(folder), CSV_REPLAY_SPEED="0"
@@ -43,13 +45,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
-def write(path: Path, bars: list[Bar]) -> None:
-    """``bars`` as a CSV file; a missing value is an empty cell."""
-    lines = ["date,open,high,low,close,volume"]
+def write(path: Path, bars: list[Bar], mode: str = "w") -> None:
+    """``bars`` as a CSV file (appended to it with ``mode`` "a"); a missing value is an empty
+    cell."""
+    lines = [] if mode == "a" else ["date,open,high,low,close,volume"]
     for t, *fields in bars:
         cells = ["" if value is None else repr(float(value)) for value in fields]
         lines.append(",".join([intervals.format_date(t), *cells]))
-    path.write_text("\n".join(lines) + "\n")
+    with path.open(mode) as out:
+        out.write("\n".join(lines) + "\n")
 
 
 def request(
@@ -127,3 +131,32 @@ async def test_a_bar_without_volume_leaves_only_its_own_row_empty(
     assert got.pop(gap) is None  # its own row only
     for date, value in got.items():
         assert value == pytest.approx(float(batch[date]), rel=1e-9), date
+
+
+async def test_a_bar_streamed_without_volume_leaves_only_its_own_update_empty(
+    client: WsClient,
+) -> None:
+    """Live: a row without volume and one after it appended to a streamed file. The running
+    computation opened again with that bar in its tail, and every later value was null."""
+    chart_id = "mfi_FEED"
+    columns = ("high", "low", "close", "volume")
+    await client.send(
+        all_bars("FEED") | {"stream": True},
+        request("talib.momentum.MFI", chart_id, {}, "FEED", columns) | {"stream": True},
+    )
+    await client.wait_for("indicator_init", same_id(chart_id), timeout=20)
+    bars = make_bars(BARS + 2, seed=8)
+    appended = without_volume_at(bars, BARS)[BARS:]
+    write(FOLDER[0] / "FEED.csv", appended, "a")
+    last = intervals.format_date(appended[-1][0])
+    key = f"{chart_id}-MFI"
+
+    def updates(date: str) -> list[float | None]:
+        return [m["data"][key] for m in client.of_type("indicator_update")
+                if m["id"] == chart_id and m["data"]["date"] == date]  # fmt: skip
+
+    await eventually(lambda: updates(last), 15, "the update of the bar after the gap")
+    assert set(updates(intervals.format_date(appended[0][0]))) <= {None}
+    kept = bars[:BARS] + bars[BARS + 1 :]
+    arrays = [np.array([bar[1 + ("open", *columns).index(c)] for bar in kept]) for c in columns]
+    assert updates(last)[-1] == pytest.approx(float(talib.MFI(*arrays)[-1]), rel=1e-9)
