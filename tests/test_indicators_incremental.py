@@ -9,7 +9,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backend.indicators.base import Memory
@@ -29,6 +29,12 @@ CASES = [
     ("talib.volatility.ATR", {}),
     ("talib.overlap.SAR", {}),  # path-dependent: opened on every bar
     ("talib.pattern.CDLENGULFING", {}),  # integer outputs
+    # reported by users as different from the batch values in the old talib.stream
+    # (TA-Lib/ta-lib-python#441, #503): CMO smooths like RSI, HT_PHASOR carries the Hilbert
+    # transform's state (opened on every bar, as KAMA)
+    ("talib.momentum.CMO", {"timeperiod": 14}),
+    ("talib.cycle.HT_PHASOR", {}),
+    ("talib.overlap.KAMA", {"timeperiod": 10}),
 ]
 
 
@@ -167,6 +173,8 @@ RUNNING_CASES = CASES[:5]  # every one with a bounded tail and a handle; SAR ope
         max_size=25,
     )
 )
+# two closed bars that are not finite in BBANDS(20)'s 22-bar tail: it must still open
+@example(steps=[("nan", 0.0), ("bar", 0.0), ("nan", 0.0), ("bar", 0.0)])
 def test_the_usual_update_in_one_loop_gives_the_rows_of_each_computation_its_own_way(
     steps: list[tuple[str, float]],
 ) -> None:

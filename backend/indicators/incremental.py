@@ -134,7 +134,7 @@ class Incremental:
         if handle is None:
             if tail is None:
                 tail = fetch(series, self._size) if self._failed_at != time else ()
-            handle = self._reopen(tail, bars, time)
+            handle = self._reopen(tail, bars, time, lambda n: fetch(series, n))
             if handle is None:
                 return None
         return self._rows(handle, newest, since)
@@ -196,18 +196,16 @@ class Incremental:
         self._fed, self._forming = closing, time
         return handle
 
-    def _reopen(self, tail: Recent, bars: list[Bar], time: int) -> Running | None:
+    def _reopen(
+        self, tail: Recent, bars: list[Bar], time: int, longer: Callable[[int], Recent]
+    ) -> Running | None:
         self._handle = None
         if self._failed_at == time:  # too little history for this bar already
             return None
-        table = _table(tail if self._size is None else tail[-self._size :])
+        table, columns = self._opening(tail, longer)
         if len(table) < 2 or int(table[-1, 0]) != time:
             return None
         history = table[:-1]
-        columns = [history[:, i] for i in self._fields]
-        complete = complete_rows(columns)
-        if complete is not None:  # a bar without a field it reads is left out, as the batch
-            columns = [column[complete] for column in columns]  # way leaves it out
         try:
             handle = self._open(columns)
         except IndicatorError:
@@ -219,6 +217,28 @@ class Incremental:
         self._fed = fed if fed is not None else tuple(last.tolist())
         self._forming = time
         return handle
+
+    def _opening(
+        self, tail: Recent, longer: Callable[[int], Recent]
+    ) -> tuple[FloatArray, list[FloatArray]]:
+        """The bars to open on (:attr:`size` of ``tail``, the forming one last) and the
+        columns of those closed that have every field it reads: a bar without one is left
+        out, as the batch way leaves it out, and one bar more is read in its place (from
+        ``tail``, else ``longer(n)``: the last ``n`` bars), as long as there are more."""
+        size = n = self._size
+        while True:
+            table = _table(tail if n is None else tail[-n:])
+            history = table[:-1]
+            columns = [history[:, i] for i in self._fields]
+            complete = complete_rows(columns)
+            if complete is None:
+                return table, columns
+            columns = [column[complete] for column in columns]
+            if size is None or n is None or len(columns[0]) >= size - 1 or len(table) < n:
+                return table, columns  # enough, or no bars before these
+            n = size + len(history) - len(columns[0])  # a bar more for each left out
+            if len(tail) < n:
+                tail = longer(n)
 
     def _columns(self, bar: Bar) -> tuple[Any, ...]:
         picked = self._pick(bar)
