@@ -603,6 +603,30 @@ async def test_the_smallest_input_the_catalogue_offers_is_computed(
     assert f"{period!r}: 1 is out of range [2, 100000]" in error["message"], error
 
 
+@pytest.mark.parametrize(("name", "real"), [("MAMA", "fastlimit"), ("T3", "vfactor")])
+async def test_the_range_of_a_real_input_is_the_one_talib_takes(
+    client: WsClient, name: str, real: str
+) -> None:
+    """MAMA's limits must be within 0.01 and 0.99, T3's volume factor within 0 and 1: the
+    catalogue offered -1e9 to 1e9, and a value TA-Lib refused got its bare "MAMA: inputs
+    {...} out of range", naming neither the input nor its range."""
+    mark = len(client.messages)
+    await client.send({"type": "search_indicators", "search": name})
+    row = (await client.wait_for("search_indicators_done", after=mark))["results"][0]
+    spec = next(spec for spec in row["details"]["inputs"] if spec["name"] == real)
+    for end in ("min", "max"):
+        chart_id = f"{name}-{real}-{end}"
+        await client.send(indicator(row["id"], chart_id, {real: spec[end]}, count=5, stream=False))
+        reply = await client.wait_for("indicator_init", same_id(chart_id), after=mark)
+        assert reply["data"], [m for m in client.messages[mark:] if m["type"] == "error"]
+    past = f"{name}-{real}-past"
+    await client.send(indicator(row["id"], past, {real: spec["max"] + 0.5}, count=5))
+    error = await client.wait_for("error", lambda m: m["request"]["id"] == past, after=mark)
+    assert error["code"] == "bad_input", error
+    assert f"input {real!r}: " in error["message"], error
+    assert f"out of range [{spec['min']:g}, {spec['max']:g}]" in error["message"], error
+
+
 async def test_an_indicator_without_a_bounded_warm_up_loads_past_a_long_period(
     client: WsClient,
 ) -> None:

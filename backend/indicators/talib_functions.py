@@ -218,7 +218,7 @@ def _input(function_name: str, index: int, talib_name: str) -> Input:
     if info["type"] == _INTEGER_TYPE:
         low = _smallest_period(function_name, talib_name, int(default)) if default >= 1 else None
         return Input(talib_name, default, -INT_MAX if low is None else low, INT_MAX, True)
-    return Input(talib_name, default, -REAL_LIMIT, REAL_LIMIT, False)
+    return Input(talib_name, default, *_real_range(function_name, talib_name, default), False)
 
 
 def _smallest_period(function_name: str, talib_name: str, default: int) -> int:
@@ -233,7 +233,50 @@ def _smallest_period(function_name: str, talib_name: str, default: int) -> int:
     return default
 
 
-def _takes(function: Any, talib_name: str, value: int) -> bool:
+def _real_range(function_name: str, talib_name: str, default: float) -> tuple[float, float]:
+    """The range TA-Lib takes for the real input ``talib_name`` (the other inputs at their
+    defaults), within +-``REAL_LIMIT``: MAMA's limits 0.01 to 0.99, T3's volume factor 0 to
+    1, SAR's acceleration from 0. As for periods (:func:`_smallest_period`), the catalogue
+    must not offer a value TA-Lib refuses with its bare "out of range"."""
+    function = talib.abstract.Function(function_name)
+    return (
+        _bound(function, talib_name, default, -REAL_LIMIT),
+        _bound(function, talib_name, default, REAL_LIMIT),
+    )
+
+
+_ROUND_BOUNDS = (0.0, 0.01, 0.99, 1.0, 100.0)
+_BISECTIONS = 200
+
+
+def _bound(function: Any, talib_name: str, taken: float, limit: float) -> float:
+    """The last value from ``taken`` (which TA-Lib takes) towards ``limit`` that it takes:
+    ``limit`` itself, a round value that it takes and the next double past which it refuses
+    (TA-Lib's checks compare with such constants), else the one bisection finds."""
+    if _takes(function, talib_name, limit):
+        return limit
+    for value in _ROUND_BOUNDS:
+        between = taken <= value < limit or limit < value <= taken
+        past = float(np.nextafter(value, limit))
+        if (
+            between
+            and _takes(function, talib_name, value)
+            and not _takes(function, talib_name, past)
+        ):
+            return value
+    refused = limit
+    for _ in range(_BISECTIONS):  # to adjacent doubles; inside the range when cut short
+        middle = (taken + refused) / 2
+        if middle in (taken, refused):
+            break
+        if _takes(function, talib_name, middle):
+            taken = middle
+        else:
+            refused = middle
+    return taken
+
+
+def _takes(function: Any, talib_name: str, value: float) -> bool:
     """Whether TA-Lib's ``function`` takes ``value`` for ``talib_name``."""
     try:
         function.parameters = {talib_name: value}
