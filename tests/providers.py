@@ -13,7 +13,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from backend.runtime.provider import Provider
 
@@ -406,3 +408,32 @@ class NamedProvider(CountingProvider):
     def get_dataset(self) -> list[dict[str, object]]:
         pairs = json.loads(os.environ.get("CANDLEWIRE_TEST_NAMES", "[]"))
         return [dataset_row(self.source, name) | {"name_label": label} for name, label in pairs]
+
+
+class TinyPriceProvider(CountingProvider):
+    """``counting`` at prices a hundred-billionth of its own (about 0.000000001, as a meme
+    token or a pair quoted in BTC trades): symbol ``PEPE`` of source ``tiny``."""
+
+    SCALE = 1e-11
+
+    def get_dataset(self) -> list[dict[str, object]]:
+        return [dataset_row("tiny", "PEPE")]
+
+    def scaled(self, k: Sequence[float]) -> list[float]:
+        return [k[0], *(p * self.SCALE for p in k[1:5]), k[5]]
+
+    def get_history(
+        self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
+    ) -> list[list[float]]:
+        bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
+        return [self.scaled(k) for k in bars]
+
+    def publish(
+        self,
+        symbol: str,
+        interval: str,
+        bar: Any,
+        *,
+        final: bool = False,
+    ) -> None:
+        super().publish(symbol, interval, tuple(self.scaled(bar)), final=final)

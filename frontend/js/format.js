@@ -2,16 +2,30 @@
 // changes, and the time formatters for UTC or local display. Bar times are UTC seconds.
 
 const MAX_DECIMALS = 8;
+// A price far below 1 (a meme token's 0.000000001234, a pair quoted in BTC) keeps this many
+// significant digits past the 8 decimals, which would show it as 0.00000000, up to the
+// decimals a double still holds.
+const SIGNIFICANT = 4;
+const MOST_DECIMALS = 15;
 
-/** Decimals needed to show `value` exactly (up to 8), ignoring float noise. */
+/** The most decimals `decimalsOf` gives a value of magnitude `abs`. */
+function mostDecimals(abs) {
+  if (!(abs > 0 && abs < 1)) return MAX_DECIMALS;
+  const wanted = SIGNIFICANT - 1 - Math.floor(Math.log10(abs));
+  return Math.min(Math.max(MAX_DECIMALS, wanted), MOST_DECIMALS);
+}
+
+/** Decimals needed to show `value` exactly (up to 8, or 4 significant digits of a tiny
+ * value), ignoring float noise. */
 export function decimalsOf(value) {
   if (!Number.isFinite(value)) return 0;
   const abs = Math.abs(value);
-  for (let d = 0; d < MAX_DECIMALS; d += 1) {
+  const most = mostDecimals(abs);
+  for (let d = 0; d < most; d += 1) {
     const scaled = abs * 10 ** d;
     if (Math.abs(scaled - Math.round(scaled)) < 1e-9 * Math.max(1, scaled)) return d;
   }
-  return MAX_DECIMALS;
+  return most;
 }
 
 /** The symbol's precision: `details.precision`, `details.pricescale`, or from the bars. */

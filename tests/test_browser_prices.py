@@ -1,0 +1,77 @@
+"""Prices far from the usual ones on the web page, in headless Chromium at desktop and phone
+size: a symbol trading near 0.000000001 (a meme token, a pair quoted in BTC) must read as
+its digits in the legend, the header, the price axis and the alert box, not as zeros.
+
+The server runs ``TinyPriceProvider`` (tests/providers.py): the ``counting`` bars scaled
+by 1e-11. Every test fails on a console error and keeps a screenshot in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.browsing import browser, console, free_port, js, open_page, page, shot, viewport
+from tests.harness import ServerProcess, base_env, populate
+
+__all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp: Path = tmp_path_factory.mktemp("browser-prices")
+    env = base_env(
+        tmp,
+        PROVIDERS="tiny",
+        EXTRA_PROVIDERS="tiny=tests.providers:TinyPriceProvider",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+        STREAM_LINGER_SECONDS="0.5",
+    )
+    result = populate(env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(env, tmp / "server.log", free_port()).start()
+    yield running
+    running.stop()
+
+
+def significant(text: str) -> str:
+    """The digits of a price as shown, without its leading zeros, point and separators."""
+    return text.replace(",", "").replace(".", "").lstrip("0")
+
+
+LEGEND_CLOSE = """[...document.querySelectorAll('.panel .legend .lg-item')]
+    .find((item) => item.querySelector('.lg-label')?.textContent === 'C')
+    .querySelector('.lg-value').textContent"""
+
+
+def test_a_price_near_a_billionth_shows_its_digits_not_zeros(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    open_page(page, server, "?source=tiny&s=PEPE&i=1m")
+    close = js(page, "window.candlewire.charts[0].ownBars().at(-1).close")
+    assert 1e-10 < close < 1e-8
+    shown = {
+        "axis": js(
+            page, "c => window.candlewire.charts[0].series.priceFormatter().format(c)", close
+        ),
+        "legend": js(page, LEGEND_CLOSE),
+        "header": page.locator(".panel .quote-price").inner_text(),
+    }
+    for where, text in shown.items():
+        assert len(significant(text)) >= 3, f"the {where} shows {close} as {text}"
+        assert abs(float(text.replace(",", "")) - close) <= close * 0.01, (where, text, close)
+    page.locator("#alert-button").click()
+    level = float(page.locator("#alert-level").input_value())
+    assert abs(level - close) <= close * 0.01, f"the alert box offers {level} for {close}"
+    sizes = js(page, "[document.scrollingElement.scrollWidth, innerWidth]")
+    assert sizes[0] <= sizes[1], f"the page is {sizes[0]} px wide in a {sizes[1]} px window"
+    shot(page, f"prices-tiny-{viewport}")
+    assert console == []
