@@ -14,6 +14,7 @@ it these tests are skipped, except under ``CI=true`` where they fail.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -410,4 +411,49 @@ def test_a_restarted_source_with_older_bars_replaces_the_chart_and_keeps_it_upda
         )
         assert page.evaluate("window.candlewire.charts[0].bars().at(-1).time") < held
     finally:
+        server.stop()
+
+
+COUNT_SOCKETS = """(() => {
+  const Original = window.WebSocket;
+  window.socketsOpened = [];
+  window.WebSocket = class extends Original {
+    constructor(...args) { super(...args); window.socketsOpened.push(performance.now()); }
+  };
+})()"""
+
+
+def test_a_full_server_is_asked_again_less_and_less_often_until_a_place_frees(
+    tmp_path: Path, browser: Browser, page: Page
+) -> None:
+    """A server at MAX_CLIENTS accepts the socket, says "Max simultaneous connections
+    reached" and closes it with 1013. The backoff was reset by every open, so the page asked
+    again twice a second for as long as it stayed open; its delay now grows until a socket
+    stays open, and it gets in once a place frees."""
+    env = base_env(
+        tmp_path,
+        PROVIDERS="counting",
+        CANDLEWIRE_TEST_PERIOD="0.25",
+        STREAM_LINGER_SECONDS="0.5",
+        MAX_CLIENTS="1",
+    )
+    assert populate(env).returncode == 0
+    server = ServerProcess(env, tmp_path / "server.log", free_port()).start()
+    holder = browser.new_context(viewport={"width": 1400, "height": 820})
+    try:
+        open_page(holder.new_page(), server, "?source=counting&s=AAA&i=1m")
+        page.add_init_script(COUNT_SOCKETS)
+        page.goto(f"{server.url}/?source=counting&s=BBB&i=1m")
+        page.wait_for_function(
+            "window.socketsOpened.length >= 5", timeout=seconds(30) * MS, polling=100
+        )
+        opened = page.evaluate("window.socketsOpened")
+        gaps = [b - a for a, b in itertools.pairwise(opened)]
+        assert gaps[3] >= 2000, f"sockets {[round(g) for g in gaps]} ms apart"
+        assert page.evaluate("window.candlewire.connection") != "live"
+        holder.close()  # its place frees
+        page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
+        wait_for_bars(page)
+    finally:
+        holder.close()
         server.stop()

@@ -9,6 +9,10 @@ const OFFLINE_AFTER_FAILURES = 5; // consecutive failed attempts before the badg
 const PROBE_MS = 5000; // back online with the socket still open: a frame within this, or reconnect
 const REFUSED_AFTER = 2; // sockets in a row that never opened before /health is asked
 const PROBE_EVERY = 5; // then every this many, while /health does not answer
+// A socket open this long resets the backoff. One closed sooner (a full server's 1013, a
+// proxy that accepts then drops) keeps it growing: reset at each open, a full server was
+// asked again twice a second for as long as the page stayed open.
+const STABLE_MS = 10000;
 
 const TOKEN_KEY = "candlewire.token";
 
@@ -46,6 +50,7 @@ export class Connection extends EventTarget {
     this.minDelay = minDelay;
     this.maxDelay = maxDelay;
     this.delay = minDelay;
+    this.openedAt = 0; // when the current socket opened (0: none open)
     this.failures = 0;
     this.unopened = 0; // sockets in a row that never opened
     this.suspect = false; // /health answered after the last of them that was checked
@@ -105,7 +110,7 @@ export class Connection extends EventTarget {
       this.unopened = 0;
       this.suspect = false;
       this.refused = false;
-      this.delay = this.minDelay;
+      this.openedAt = Date.now();
       this.failures = 0;
       this.lastFrameAt = Date.now();
       this.setState("live");
@@ -167,6 +172,8 @@ export class Connection extends EventTarget {
 
   scheduleRetry() {
     if (this.retryTimer !== null) return;
+    if (this.openedAt && Date.now() - this.openedAt >= STABLE_MS) this.delay = this.minDelay;
+    this.openedAt = 0;
     this.failures += 1;
     const offline = !navigator.onLine || (this.failures > OFFLINE_AFTER_FAILURES && !this.refused);
     this.setState(offline ? "offline" : this.refused ? "refused" : "reconnecting");
