@@ -72,13 +72,17 @@ def viewport(request: pytest.FixtureRequest) -> str:
 
 
 @contextlib.contextmanager
-def sized_page(browser: Browser, width: int, height: int, phone: bool) -> Iterator[Page]:
-    """A page in a context of its own at ``width`` x ``height`` (a phone: touch, mobile)."""
+def sized_page(
+    browser: Browser, width: int, height: int, phone: bool, timezone: str | None = None
+) -> Iterator[Page]:
+    """A page in a context of its own at ``width`` x ``height`` (a phone: touch, mobile),
+    in the browser time zone ``timezone`` (an IANA name; None: the machine's)."""
     context = browser.new_context(
         viewport={"width": width, "height": height},
         is_mobile=phone,
         has_touch=phone,
         device_scale_factor=1,
+        **({} if timezone is None else {"timezone_id": timezone}),
     )
     context.set_default_timeout(seconds(10) * MS)
     try:

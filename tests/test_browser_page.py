@@ -26,7 +26,7 @@ from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, unti
 __all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
 
@@ -898,6 +898,93 @@ def test_a_compare_opened_from_the_url_is_on_the_percent_scale_unless_the_url_sa
     assert js(page, f"{chart}.scale") == "normal"
     assert js(page, mode) == 0
     assert console == []
+
+
+# ------------------------------------------------------------------------------ time zones
+
+# Every tick mark the chart draws from now on, as {time, type, label, day, before}: `day` is
+# the browser's local date of the bar the tick sits on, `before` that of the bar before it.
+SPY_TICKS = """() => {
+    const view = window.candlewire.charts[0];
+    const format = view.chart.options().timeScale.tickMarkFormatter;
+    const day = (bar) => bar && new Date(bar.time * 1000).toDateString();
+    window.ticks = [];
+    view.chart.applyOptions({ timeScale: { tickMarkFormatter: (time, type) => {
+        const label = format(time, type);
+        const index = view.chart.timeScale().timeToIndex(time, false);
+        const bars = view.ownBars();
+        if (index !== null && index > 0) {
+            window.ticks.push({ time, type, label, day: day(bars[index]),
+                before: day(bars[index - 1]) });
+        }
+        return label;
+    } } });
+}"""
+DAY_TICK = 2  # lightweight-charts TickMarkType.DayOfMonth (Year 0 and Month 1 start a day too)
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Chatham"])
+def test_in_local_time_the_day_marks_of_an_intraday_chart_sit_where_local_days_begin(
+    server: ServerProcess, browser: Browser, viewport: str, zone: str
+) -> None:
+    """The chart places its day, month and year marks at UTC midnights; labelled in local
+    time, New York's read the day before (and "Oct" where November began) five hours before
+    the day they stood for, so the axis said 2 under a legend saying Wed 3 Nov."""
+    size = VIEWPORTS[viewport]
+    with browsing.sized_page(
+        browser, size["width"], size["height"], viewport == "phone", timezone=zone
+    ) as page:
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+        open_page(page, server, "?source=csv&s=BTCUSD&i=1h&tz=local")
+        js(page, SPY_TICKS)
+        page.set_viewport_size({"width": size["width"] - 1, "height": size["height"]})
+        page.wait_for_function("window.ticks.some((t) => t.type <= 2)")
+        days = [t for t in js(page, "window.ticks") if t["type"] <= DAY_TICK]
+        for tick in days:
+            assert tick["day"] != tick["before"], f"a day mark within a local day: {tick}"
+            if tick["type"] == DAY_TICK:
+                assert tick["day"].split()[2].lstrip("0") == tick["label"], tick
+        shot(page, f"zone-{zone.replace('/', '-')}", viewport)
+        assert errors == []
+
+
+# The chart times of every `step`-second bar from `from` for `hours` hours (UTC seconds), and
+# each one's local wall clock read as UTC (Date.UTC of the local fields).
+WALL_CLOCK = """async ([from, hours, step]) => {
+    const { localWallClock } = await import("/js/wall-clock.js");
+    const out = [];
+    for (let t = from; t < from + hours * 3600; t += step) {
+        const d = new Date(t * 1000);
+        const wall = Date.UTC(d.getFullYear(), d.getMonth(), d.getDate(), d.getHours(),
+            d.getMinutes(), d.getSeconds()) / 1000;
+        out.push([t, localWallClock(t), wall]);
+    }
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no layout involved
+@pytest.mark.parametrize("zone", ["America/New_York", "Australia/Lord_Howe"])
+def test_local_chart_times_stay_ascending_where_clocks_go_back(
+    server: ServerProcess, browser: Browser, viewport: str, zone: str
+) -> None:
+    """Where summer time ends the local clock repeats an hour (half an hour at Lord Howe):
+    local times given as they are would repeat, which lightweight-charts draws wrongly.
+    The two real hours around the change share the local hour; elsewhere a chart time is
+    the local wall clock."""
+    with browsing.sized_page(browser, 1440, 900, False, timezone=zone) as page:
+        open_page(page, server)
+        # New York: 2027-11-07 06:00 UTC; Lord Howe: 2027-04-03 15:00 UTC (02:00 local)
+        start = 1825567200 - 6 * 3600 if zone == "America/New_York" else 1806764400 - 6 * 3600
+        for step in (60, 3600):
+            rows = js(page, WALL_CLOCK, [start, 12, step])
+            times = [chart for _, chart, _ in rows]
+            assert all(a < b for a, b in itertools.pairwise(times)), f"{step} s bars: {times}"
+            exact = [t for t, chart, wall in rows if chart == wall]
+            assert len(exact) >= len(rows) - 2 * 3600 // step, "the wall clock elsewhere"
+            assert rows[0][1] == rows[0][2] and rows[-1][1] == rows[-1][2]
 
 
 # ------------------------------------------------------------------------------ touch and mouse

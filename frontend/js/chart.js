@@ -31,6 +31,7 @@ import { renderLegend } from "./legend.js";
 import { PanelHead } from "./panel-head.js";
 import { quoteId } from "./quotes.js";
 import { chartOptions, volumeColor } from "./theme.js";
+import { chartClock } from "./wall-clock.js";
 
 const INIT_COUNT = 300;
 const HISTORY_COUNT = 300;
@@ -139,14 +140,14 @@ export class ChartPanel extends EventTarget {
         mouseWheel: true, pressedMouseMove: true, horzTouchDrag: true, vertTouchDrag: false,
       },
       handleScale: { mouseWheel: true, pinch: true, axisPressedMouseMove: true },
-      localization: { timeFormatter: (t) => this.timeText(t) },
+      localization: { timeFormatter: (t) => this.chartTimeText(t) },
       timeScale: {
         ...chartOptions(this.theme).timeScale,
         rightOffset: 6,
         maxBarSpacing: 40,
         timeVisible: true,
         secondsVisible: false,
-        tickMarkFormatter: (t, type) => tickMark(t, type, this.zone, this.step()),
+        tickMarkFormatter: (t, type) => this.tickText(t, type),
       },
     });
     this.chart.timeScale().subscribeVisibleLogicalRangeChange(() => this.onRange());
@@ -163,6 +164,48 @@ export class ChartPanel extends EventTarget {
 
   timeText(t) {
     return formatTime(t, this.zone, this.step());
+  }
+
+  /** The map from bar times to the times the series are given (wall-clock.js). */
+  get clock() {
+    return chartClock(this.zone, this.step());
+  }
+
+  /** `point` (or each of `points`) at its chart time. */
+  toChart(point) {
+    const clock = this.clock;
+    return { ...point, time: clock(point.time) };
+  }
+
+  toChartAll(points) {
+    const clock = this.clock;
+    return points.map((p) => ({ ...p, time: clock(p.time) }));
+  }
+
+  /** The bar time of a time the series were given (that of a bar), or null. */
+  realTime(chartTime) {
+    const clock = this.clock;
+    let lo = 0;
+    let hi = this.bars.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const t = clock(this.bars[mid].time);
+      if (t === chartTime) return this.bars[mid].time;
+      if (t < chartTime) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return null;
+  }
+
+  /** The crosshair's time label: the bar's own time in the chosen zone. */
+  chartTimeText(chartTime) {
+    const real = this.realTime(chartTime);
+    return real === null ? formatTime(chartTime, "utc", this.step()) : this.timeText(real);
+  }
+
+  /** A time-axis mark: chart times are the wall-clock times of the zone already. */
+  tickText(chartTime, type) {
+    return tickMark(chartTime, type, "utc", this.step());
   }
 
   get kind() {
@@ -247,12 +290,12 @@ export class ChartPanel extends EventTarget {
   }
 
   volumeBar(bar) {
-    if (isWhitespace(bar)) return { time: bar.time };
-    return { time: bar.time, value: bar.volume, color: volumeColor(bar, this.theme) };
+    if (isWhitespace(bar)) return this.toChart({ time: bar.time });
+    return this.toChart({ time: bar.time, value: bar.volume, color: volumeColor(bar, this.theme) });
   }
 
   setSeriesData() {
-    this.series.setData(pointsOf(this.bars, this.drawn));
+    this.series.setData(this.toChartAll(pointsOf(this.bars, this.drawn)));
     if (this.volume) this.volume.setData(this.bars.map((b) => this.volumeBar(b)));
     this.compare?.follow(this.bars);
     this.placeEdges();
@@ -301,7 +344,7 @@ export class ChartPanel extends EventTarget {
     const appended = bar.time !== last.time;
     if (appended) this.bars.push(bar);
     else this.bars[this.bars.length - 1] = bar;
-    this.series.update(lastPointOf(this.bars, this.drawn));
+    this.series.update(this.toChart(lastPointOf(this.bars, this.drawn)));
     if (this.volume) this.volume.update(this.volumeBar(bar));
     if (appended) this.compare?.follow(this.bars);
     this.updates += 1;
@@ -531,8 +574,9 @@ export class ChartPanel extends EventTarget {
   }
 
   onCrosshair(param) {
-    const idx = param && param.time !== undefined && param.point
-      ? indexOfTime(this.bars, param.time) : -1;
+    const real = param && param.time !== undefined && param.point
+      ? this.realTime(param.time) : null;
+    const idx = real === null ? -1 : indexOfTime(this.bars, real);
     this.hovering = idx >= 0;
     this.renderLegendAt(idx >= 0 ? idx : this.bars.length - 1);
   }
@@ -611,9 +655,16 @@ export class ChartPanel extends EventTarget {
   setZone(zone) {
     this.zone = zone;
     this.chart.applyOptions({
-      localization: { timeFormatter: (t) => this.timeText(t) },
-      timeScale: { tickMarkFormatter: (t, type) => tickMark(t, type, this.zone, this.step()) },
+      localization: { timeFormatter: (t) => this.chartTimeText(t) },
+      timeScale: { tickMarkFormatter: (t, type) => this.tickText(t, type) },
     });
+    if (this.series) {
+      // the series' times are the zone's wall-clock times: given again, keeping the view
+      const range = this.chart.timeScale().getVisibleLogicalRange();
+      this.setSeriesData();
+      this.indicators.redraw();
+      if (range) this.chart.timeScale().setVisibleLogicalRange(range);
+    }
     this.refreshText();
   }
 
@@ -660,7 +711,7 @@ export class ChartPanel extends EventTarget {
     if (c && this.source && this.interval) {
       this.compare = new CompareLine({
         chart: this.chart, feed: this.feed, source: c.source, name: c.name, details: c.details,
-        interval: this.interval, count: INIT_COUNT,
+        interval: this.interval, count: INIT_COUNT, toChart: (points) => this.toChartAll(points),
         onState: () => this.renderCompareChip(),
       });
       this.compare.follow(this.bars);

@@ -46,8 +46,12 @@ export function pointsAt(times, bars, chartStep, step) {
 }
 
 export class CompareLine {
-  constructor({ chart, feed, source, name, details, interval, count, onState = () => {} }) {
+  constructor({
+    chart, feed, source, name, details, interval, count, onState = () => {},
+    toChart = (points) => points,
+  }) {
     this.chart = chart;
+    this.toChart = toChart; // points at the chart's own times (its zone's wall clock)
     this.feed = feed;
     this.source = source;
     this.name = name;
@@ -205,7 +209,7 @@ export class CompareLine {
     // new amid the chart's bars (the chart ran ahead) is drawn with the rest.
     const [point] = pointsAt([last], this.bars, this.chartStep, this.step);
     if (point && (this.lastShown === null || point.time >= this.lastShown)) {
-      this.series.update(point);
+      this.series.update(this.toChart([point])[0]);
       this.lastShown = point.time;
       this.drawn = Math.max(this.drawn, 1);
     } else if (!known && bar.time < last) {
@@ -233,7 +237,7 @@ export class CompareLine {
 
   render() {
     const points = pointsAt(this.times, this.bars, this.chartStep, this.step);
-    this.series.setData(points);
+    this.series.setData(this.toChart(points));
     this.lastShown = points.length ? points[points.length - 1].time : null;
     this.drawn = points.length;
   }

@@ -346,7 +346,7 @@ export class IndicatorLayer {
     this.outputNames(instance, rows).forEach((output, i) => {
       const points = this.pointsOf(instance, rows, output);
       instance.points.set(output, points);
-      this.ensureSeries(instance, output, i).setData(points);
+      this.ensureSeries(instance, output, i).setData(this.panel.toChartAll(points));
     });
     this.sizePanes();
     this.renderChips();
@@ -366,7 +366,7 @@ export class IndicatorLayer {
       const point = value === null ? { time } : { time, value };
       if (last && last.time === time) points[points.length - 1] = point;
       else points.push(point);
-      series.update(point);
+      series.update(this.panel.toChart(point));
     }
   }
 
@@ -380,7 +380,7 @@ export class IndicatorLayer {
       if (!older.length) continue;
       const merged = older.concat(points);
       instance.points.set(output, merged);
-      series.setData(merged);
+      series.setData(this.panel.toChartAll(merged));
     }
   }
 
@@ -392,7 +392,16 @@ export class IndicatorLayer {
         const kept = points.filter((p) => p.time >= time);
         if (kept.length === points.length) continue;
         instance.points.set(output, kept);
-        series.setData(kept);
+        series.setData(this.panel.toChartAll(kept));
+      }
+    }
+  }
+
+  /** Give every series its points again (the chart's times changed: another zone). */
+  redraw() {
+    for (const instance of this.list) {
+      for (const [output, series] of instance.series) {
+        series.setData(this.panel.toChartAll(instance.points.get(output) || []));
       }
     }
   }

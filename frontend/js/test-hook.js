@@ -1,6 +1,7 @@
 // window.candlewire: a read-only view of the page for browser tests and the console.
 //   candlewire.charts[i].bars()   bars in chart i's series: {time, open, high, low, close}
-//                                  ({time, value} for a line series)
+//                                  ({time, value} for a line series), at their UTC times
+//                                  (in local time the series hold wall-clock-as-UTC ones)
 //   candlewire.charts[i].chart     the lightweight-charts IChartApi (e.g. timeScale())
 //   candlewire.charts[i].ownBars() the panel's own bars (real OHLC whatever the chart type)
 //   candlewire.charts[i].type      the chart type drawn; .scale the price scale;
@@ -18,6 +19,8 @@
 import { isOverlay } from "./indicators.js";
 
 function chartView(panel) {
+  // the series hold the chart's times (a local zone's wall clock): shown as the bars' own
+  const real = (t) => panel.realTime(t) ?? t;
   return {
     get source() { return panel.source; },
     get name() { return panel.name; },
@@ -41,7 +44,7 @@ function chartView(panel) {
         name: c.name,
         interval: c.interval,
         state: c.state,
-        bars: () => c.series.data().map((b) => ({ ...b })),
+        bars: () => c.series.data().map((b) => ({ ...b, time: real(b.time) })),
       } : null;
     },
     get panes() { return panel.chart.panes().length; },
@@ -58,7 +61,8 @@ function chartView(panel) {
         outputs: Object.fromEntries([...ind.series].map(([name, s]) => [name, s.data().length])),
         last: Object.fromEntries([...ind.series].map(([name, s]) => {
           const data = s.data();
-          return [name, data.length ? { ...data[data.length - 1] } : null];
+          const point = data[data.length - 1];
+          return [name, point ? { ...point, time: real(point.time) } : null];
         })),
       }));
     },
@@ -66,7 +70,7 @@ function chartView(panel) {
       return panel.bars.map((b) => ({ ...b }));
     },
     bars() {
-      return panel.series ? panel.series.data().map((b) => ({ ...b })) : [];
+      return panel.series ? panel.series.data().map((b) => ({ ...b, time: real(b.time) })) : [];
     },
   };
 }
