@@ -650,6 +650,38 @@ def test_a_chart_streaming_for_hours_keeps_a_bounded_number_of_bars_and_indicato
     assert console == []
 
 
+def test_a_compare_line_streaming_for_hours_keeps_a_bounded_number_of_bars(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The chart drops its oldest bars past BAR_LIMITS.max (lowered here), but its compare
+    line kept every bar of the compared symbol it ever got, drawn or not, and copied them
+    all at each update."""
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1m&cmp=csv:ACME")
+    page.wait_for_function("window.candlewire.charts[0].compare?.state === 'ready'")
+    held = bar_count(page)
+    limit, keep = held + 2, held - 50
+    js(
+        page,
+        """async ([max, keep]) => {
+            const { BAR_LIMITS } = await import("/js/chart.js");
+            Object.assign(BAR_LIMITS, { max, keep });
+        }""",
+        [limit, keep],
+    )
+    first = js(page, "window.candlewire.charts[0].bars()[0].time")
+    until(
+        lambda: js(page, "window.candlewire.charts[0].bars()[0].time") > first,
+        timeout=15,
+        what="the oldest bars to be dropped",
+    )
+    until(lambda: bar_count(page) > keep + 5, what="more live bars after the drop")
+    compare = js(page, "window.candlewire.charts[0].compare")
+    assert compare["held"] <= bar_count(page) + 1, f"{compare['held']} compared bars kept"
+    drawn = js(page, "window.candlewire.charts[0].compare.bars()")
+    assert drawn and drawn[-1]["time"] == js(page, "window.candlewire.charts[0].bars().at(-1).time")
+    assert console == []
+
+
 @pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a phone shows one chart
 def test_two_charts_of_one_symbol_each_take_only_their_own_older_bars(
     server: ServerProcess, page: Page, viewport: str, console: list[str]

@@ -230,9 +230,22 @@ export class CompareLine {
   follow(bars) {
     this.times = bars.map((b) => b.time);
     this.reachBack = bars.length ? bars[0].time : null;
+    this.dropBefore(this.reachBack);
     this.render();
     this.extend();
     this.updateState();
+  }
+
+  /**
+   * Forget the compared bars no chart bar needs: those before the one covering `time` (the
+   * chart's first bar, which moves on as a chart left streaming drops its oldest bars).
+   * Scrolling back asks for them again (extend).
+   */
+  dropBefore(time) {
+    if (time === null) return;
+    let first = 0; // the last bar opening at or before `time` is kept
+    while (first + 1 < this.bars.length && this.bars[first + 1].time <= time) first += 1;
+    if (first > 0) this.bars = this.bars.slice(first);
   }
 
   render() {

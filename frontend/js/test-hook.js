@@ -6,7 +6,8 @@
 //   candlewire.charts[i].ownBars() the panel's own bars (real OHLC whatever the chart type)
 //   candlewire.charts[i].type      the chart type drawn; .scale the price scale;
 //                                  .compare {source, name, interval (drawn at), state
-//                                  (compare.js), bars()} of the compared symbol or null
+//                                  (compare.js), held (its bars kept), bars()} of the
+//                                  compared symbol or null
 //   candlewire.charts[i].indicators [{id, key, label, inputs, overlay, pane, error, received,
 //                                  outputs: {name: points()}}]; .panes the chart's pane count
 //   candlewire.connection          "connecting" | "live" | "reconnecting" | "offline"
@@ -44,6 +45,7 @@ function chartView(panel) {
         name: c.name,
         interval: c.interval,
         state: c.state,
+        held: c.bars.length, // the compared bars kept (drawn or not)
         bars: () => c.series.data().map((b) => ({ ...b, time: real(b.time) })),
       } : null;
     },
