@@ -410,23 +410,27 @@ class NamedProvider(CountingProvider):
         return [dataset_row(self.source, name) | {"name_label": label} for name, label in pairs]
 
 
-class TinyPriceProvider(CountingProvider):
-    """``counting`` at prices a hundred-billionth of its own (about 0.000000001, as a meme
-    token or a pair quoted in BTC trades): symbol ``PEPE`` of source ``tiny``."""
+class OddPriceProvider(CountingProvider):
+    """``counting`` at odd prices, source ``odd``: ``PEPE`` a hundred-billionth of its own
+    (about 0.000000001, a meme token), ``SATS`` at about 0.000000015 (a pair quoted in BTC),
+    and ``WEI`` at its own prices but with ``precision`` 18 in its dataset row (the decimals
+    of an ERC-20 token, which a provider may take for its price precision)."""
 
-    SCALE = 1e-11
+    SCALES = {"PEPE": 1e-11, "SATS": 1.5e-10, "WEI": 1.0}
 
     def get_dataset(self) -> list[dict[str, object]]:
-        return [dataset_row("tiny", "PEPE")]
+        rows = [dataset_row("odd", name) for name in self.SCALES]
+        rows[-1]["precision"] = 18
+        return rows
 
-    def scaled(self, k: Sequence[float]) -> list[float]:
-        return [k[0], *(p * self.SCALE for p in k[1:5]), k[5]]
+    def scaled(self, symbol: str, k: Sequence[float]) -> list[float]:
+        return [k[0], *(p * self.SCALES[symbol] for p in k[1:5]), k[5]]
 
     def get_history(
         self, symbol: str, interval: str, start_time_query: str, end_time_query: str, count: int
     ) -> list[list[float]]:
         bars = super().get_history(symbol, interval, start_time_query, end_time_query, count)
-        return [self.scaled(k) for k in bars]
+        return [self.scaled(symbol, k) for k in bars]
 
     def publish(
         self,
@@ -436,4 +440,4 @@ class TinyPriceProvider(CountingProvider):
         *,
         final: bool = False,
     ) -> None:
-        super().publish(symbol, interval, tuple(self.scaled(bar)), final=final)
+        super().publish(symbol, interval, tuple(self.scaled(symbol, bar)), final=final)

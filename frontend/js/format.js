@@ -28,11 +28,22 @@ export function decimalsOf(value) {
   return most;
 }
 
+// lightweight-charts 5.2.1 formats every price wrongly at precision 11 (100.5 as
+// "100.99999.99804", 0.000000015 as "0.99999999998") and throws at every frame from 17 on
+// ("invalid length", "unexpected base"), drawing nothing; toLocaleString throws below 0.
+const MOST_PRECISION = 16;
+
+/** `precision` as one the chart library and the page draw: 0 to 16, never 11. */
+export function drawablePrecision(precision) {
+  const p = Math.min(Math.max(Math.round(precision), 0), MOST_PRECISION);
+  return p === 11 ? 12 : p;
+}
+
 /** The symbol's precision: `details.precision`, `details.pricescale`, or from the bars. */
 export function precisionFor(details, bars) {
-  if (details && Number.isInteger(details.precision)) return details.precision;
+  if (details && Number.isInteger(details.precision)) return drawablePrecision(details.precision);
   if (details && Number.isFinite(details.pricescale) && details.pricescale > 0) {
-    return Math.round(Math.log10(details.pricescale));
+    return drawablePrecision(Math.log10(details.pricescale));
   }
   let decimals = 0;
   for (let i = Math.max(0, bars.length - 500); i < bars.length; i += 1) {
@@ -41,7 +52,7 @@ export function precisionFor(details, bars) {
       if (v !== undefined) decimals = Math.max(decimals, decimalsOf(v));
     }
   }
-  return decimals;
+  return drawablePrecision(decimals);
 }
 
 /** A server message as a sentence: "unknown symbol x" -> "Unknown symbol x". */
