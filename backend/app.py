@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import WebSocketRoute
 
@@ -43,6 +42,7 @@ from backend.api.compression import Compression
 from backend.api.cors import add_cors
 from backend.api.head import HeadAsGet
 from backend.api.openbb import router as openbb_router
+from backend.api.page_files import PageFiles
 from backend.api.rest import router
 from backend.api.udf import router as udf_router
 from backend.api.udf_quotes import router as udf_quotes_router
@@ -254,11 +254,11 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     if CHARTS_DIST.is_dir():
         app.mount(
             "/vendor/lightweight-charts",
-            StaticFiles(directory=CHARTS_DIST),
+            PageFiles(directory=CHARTS_DIST),
             name="lightweight-charts",
         )
     if (FRONTEND / "index.html").exists():
-        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+        app.mount("/", PageFiles(directory=FRONTEND, html=True), name="frontend")
     return app
 
 

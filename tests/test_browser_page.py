@@ -932,6 +932,44 @@ def test_a_compare_opened_from_the_url_is_on_the_percent_scale_unless_the_url_sa
     assert console == []
 
 
+# ------------------------------------------------------------------------------ upgrades
+
+
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no layout involved
+def test_a_page_opened_again_asks_the_server_for_its_scripts(
+    server: ServerProcess, page: Page, viewport: str
+) -> None:
+    """The page's files had no Cache-Control: a browser kept using its copies for a tenth of
+    their age (Chromium's heuristic freshness; a release 30 days old: 3 days) without asking,
+    so after an upgrade a user ran the old scripts against the new server, reload or not, or
+    old and new modules mixed. Each file is now revalidated (a 304 when unchanged)."""
+    files = [f for f in (ROOT / "frontend").rglob("*") if f.is_file()]
+    times = {f: f.stat().st_mtime for f in files}
+    released = times[files[0]] - 30 * 86400  # a release deployed 30 days ago
+    cached: list[str] = []
+    try:
+        for f in files:
+            os.utime(f, (released, released))
+        open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+        cdp = page.context.new_cdp_session(page)
+        urls: dict[str, str] = {}
+        cdp.on(
+            "Network.requestWillBeSent",
+            lambda e: urls.update({e["requestId"]: e["request"]["url"]}),
+        )
+        cdp.on(
+            "Network.requestServedFromCache", lambda e: cached.append(urls.get(e["requestId"], "?"))
+        )
+        cdp.send("Network.enable")
+        page.goto(f"{server.url}/health")
+        open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    finally:
+        for f, mtime in times.items():
+            os.utime(f, (mtime, mtime))
+    scripts = [url for url in cached if "/js/" in url or "/vendor/" in url]
+    assert scripts == [], f"{len(scripts)} scripts taken from the cache unasked: {scripts[:3]}"
+
+
 # ------------------------------------------------------------------------------ time zones
 
 # Every tick mark the chart draws from now on, as {time, type, label, day, before}: `day` is
