@@ -993,7 +993,7 @@ SPY_TICKS = """() => {
 DAY_TICK = 2  # lightweight-charts TickMarkType.DayOfMonth (Year 0 and Month 1 start a day too)
 
 
-@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Chatham"])
+@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Chatham", "Europe/Berlin"])
 def test_in_local_time_the_day_marks_of_an_intraday_chart_sit_where_local_days_begin(
     server: ServerProcess, browser: Browser, viewport: str, zone: str
 ) -> None:
