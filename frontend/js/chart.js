@@ -171,12 +171,13 @@ export class ChartPanel extends EventTarget {
     return chartClock(this.zone, this.step());
   }
 
-  /** `point` (or each of `points`) at its chart time. */
+  /** `point` at its chart time (the time its series is given). */
   toChart(point) {
     const clock = this.clock;
     return { ...point, time: clock(point.time) };
   }
 
+  /** Each of `points` at its chart time. */
   toChartAll(points) {
     const clock = this.clock;
     return points.map((p) => ({ ...p, time: clock(p.time) }));

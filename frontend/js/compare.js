@@ -51,7 +51,7 @@ export class CompareLine {
     toChart = (points) => points,
   }) {
     this.chart = chart;
-    this.toChart = toChart; // points at the chart's own times (its zone's wall clock)
+    this.toChart = toChart; // [points] at the chart's own times (its zone's wall clock)
     this.feed = feed;
     this.source = source;
     this.name = name;
