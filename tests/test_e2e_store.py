@@ -1,10 +1,13 @@
-"""End to end: the bar store across server restarts, crashes and a small memory bound."""
+"""End to end: the bar store across server restarts, crashes, a small memory bound and a
+disk that fills up while the server runs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import resource
 import signal
 import sqlite3
 from pathlib import Path
@@ -169,3 +172,72 @@ async def test_kill_9_of_the_server_loses_no_answered_bar(tmp_path: Path) -> Non
             assert stored[date][3] == bar["counting-BBB-1m-close"]
     if forming == init["data"][-1]["date"]:
         assert forming in stored
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """The value of an unlabelled metric (0 when it is not exported)."""
+    found = re.search(rf"^{name} (\S+)$", server.get("/metrics"), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def stored_dates(env: dict[str, str], name: str, interval: str) -> set[str]:
+    with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+        rows = db.execute(
+            "SELECT datetime(t, 'unixepoch') FROM bars JOIN bar_series s ON s.id = bars.series "
+            "WHERE s.name = ? AND s.interval = ?",
+            (name, interval),
+        ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+# The server may write no file past this size (RLIMIT_FSIZE): a disk with no room left. Its
+# log (started a few KB long) has room; the database and its WAL have none.
+FULL_AT = 16384
+
+
+async def test_a_full_disk_keeps_the_server_answering_says_so_and_stores_all_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    env = setup(tmp_path, CANDLEWIRE_TEST_PERIOD="0.05")
+    log = tmp_path / "server.log"
+    with ServerProcess(env, log) as server:
+        assert server.proc is not None
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("BBB", "1m", 50))
+        await ws.wait_for("data_init", same_key("BBB", "1m"))
+        await eventually(lambda: len(stored_dates(env, "BBB", "1m")) >= 49, what="BBB stored")
+        assert log.stat().st_size < FULL_AT // 2
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (FULL_AT, resource.RLIM_INFINITY))
+        await ws.send(data("AAA", "1h", 300))
+        init = await ws.wait_for("data_init", same_key("AAA", "1h"))
+        assert len(init["data"]) == 300  # answered (from the provider, kept in memory)
+        await eventually(
+            lambda: metric(server, "candlewire_store_write_failures_total") >= 4,
+            what="four failed writes counted",
+        )
+        health = server.get("/health")
+        assert health["status"] == "degraded"
+        assert health["reason"].startswith("bar store cannot write DB")
+        assert health["store"]["state"] == "failing"
+        assert health["store"]["queued_bars"] >= 300
+        assert metric(server, "candlewire_store_failing") == 1
+        mark = len(ws.messages)
+        await eventually(
+            lambda: len(ws.of_type("data_update", after=mark)) >= 10, what="streaming goes on"
+        )
+        store_lines = [line for line in log.read_text().splitlines() if "bar store:" in line]
+        assert len(store_lines) == 1, store_lines  # not one line per failed write
+        assert f"cannot write DB {env['DB']}" in store_lines[0]
+        resource.prlimit(
+            server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        await eventually(lambda: server.get("/health")["status"] == "ok", what="health ok again")
+        assert metric(server, "candlewire_store_failing") == 0
+        answered = {bar["date"] for bar in init["data"][:-1]}
+        assert answered <= stored_dates(env, "AAA", "1h")  # every closed bar answered
+        await ws.close()
+    lines = log.read_text().splitlines()
+    assert sum("bar store:" in line for line in lines) == 2
+    assert any(f"writing DB {env['DB']} again" in line for line in lines)
+    with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -33,6 +33,9 @@ FLUSH_SECONDS = 0.25
 # A populate may hold the file's write lock for a while: wait a little, then keep the batch
 # queued and try again at the next flush (reads never wait for writes in WAL mode).
 PRAGMAS = ("journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 1000")
+# While writes fail (a full disk, a read-only file, a lock held by another process) the log
+# says so once, then at most once per this many seconds, and once more when writing resumes.
+REPORT_SECONDS = 300.0
 
 
 @dataclass(slots=True)
@@ -107,14 +110,19 @@ def hold_exclusive(path: Path, wait: float) -> TextIO:
 class BarStore:
     """Persistence of bars and coverage for every series, in one SQLite file."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
         self._db = db
+        self.path = path
         self._ids: dict[SeriesId, int] = {}
         self._pending: dict[SeriesId, _Pending] = {}
         self._tasks: Tasks = set()
         self._lock = asyncio.Lock()
         self._closed = False
         self.flushes = 0
+        self.write_failures = 0  # failed flushes since the start
+        self.error: str | None = None  # the last write error while writes fail, else None
+        self.failing_since: float | None = None  # wall clock of the first failure of a run
+        self._next_report = 0.0  # monotonic: when a "still failing" line may be logged
 
     @classmethod
     async def open(cls, path: Path) -> BarStore:
@@ -127,7 +135,7 @@ class BarStore:
             await db.commit()
         except (aiosqlite.Error, OSError) as exc:
             raise StorageError(f"cannot open the bar store {path}: {exc}") from exc
-        store = cls(db)
+        store = cls(db, path)
         start_owned(store._tasks, store._flush_loop(), "bar-store-flush", store._flusher_died)
         return store
 
@@ -137,8 +145,17 @@ class BarStore:
             return
         self._closed = True
         await cancel_owned(self._tasks)
-        await self.flush()
-        await self._db.close()
+        try:
+            await self.flush()
+        except StorageError as exc:  # still failing at the stop: say what is not stored
+            logger.error(
+                "bar store: %d bars could not be written to DB %s before the stop: %s",
+                self.queued_bars,
+                self.path,
+                exc,
+            )
+        finally:
+            await self._db.close()
 
     # ------------------------------------------------------------------ writes (queued)
 
@@ -176,9 +193,7 @@ class BarStore:
                 with contextlib.suppress(aiosqlite.Error):
                     await self._db.rollback()
                 self._requeue(batch)
-                logger.warning(
-                    "bar store: flush of %d series failed, will retry: %s", len(batch), exc
-                )
+                self._report_failure(exc)
                 raise StorageError(f"bar store write failed: {exc}") from exc
             except asyncio.CancelledError:
                 # close() cancelled the flush loop mid-flush: the batch goes back to the
@@ -186,6 +201,66 @@ class BarStore:
                 # same open transaction, and writing it again replaces it).
                 self._requeue(batch)
                 raise
+            self._report_recovery()
+
+    @property
+    def queued_bars(self) -> int:
+        """Bars waiting to be written (kept in memory, and readable, until they are)."""
+        return sum(len(pending.bars) for pending in self._pending.values())
+
+    def health(self) -> dict[str, object]:
+        """The store's part of ``/health``: whether writes succeed, and since when not."""
+        if self.error is None:
+            return {"state": "ok", "queued_bars": self.queued_bars}
+        return {
+            "state": "failing",
+            "error": self.error,
+            "failing_since": self.failing_since,
+            "failed_writes": self.write_failures,
+            "queued_bars": self.queued_bars,
+        }
+
+    def _report_failure(self, exc: BaseException) -> None:
+        """Count a failed flush and log it: the first of a run, then at most one line per
+        ``REPORT_SECONDS`` (a full disk must not write a line per bar, or per flush)."""
+        self.write_failures += 1
+        now = time.monotonic()
+        first = self.error is None
+        self.error = str(exc)
+        if first:
+            self.failing_since = time.time()
+            self._next_report = now + REPORT_SECONDS
+            logger.error(
+                "bar store: cannot write DB %s: %s; bars stay in memory (and are answered) and"
+                " are written when it can be written again (free disk space, make the file and"
+                " its folder writable, or stop the process holding its write lock)",
+                self.path,
+                exc,
+            )
+        elif now >= self._next_report:
+            self._next_report = now + REPORT_SECONDS
+            assert self.failing_since is not None
+            logger.error(
+                "bar store: still cannot write DB %s after %.0f s (%d attempts, %d bars"
+                " queued): %s",
+                self.path,
+                time.time() - self.failing_since,
+                self.write_failures,
+                self.queued_bars,
+                exc,
+            )
+
+    def _report_recovery(self) -> None:
+        if self.error is None:
+            return
+        assert self.failing_since is not None
+        logger.warning(
+            "bar store: writing DB %s again after %.0f s; the queued bars are stored",
+            self.path,
+            time.time() - self.failing_since,
+        )
+        self.error = None
+        self.failing_since = None
 
     def _requeue(self, batch: dict[SeriesId, _Pending]) -> None:
         """Put a failed batch back under what was queued meanwhile (newer writes win)."""
@@ -248,20 +323,26 @@ class BarStore:
         """The row id of each series; those not known yet are made in one statement, read
         back and committed (a series is new once in the life of the file)."""
         new = [key for key in keys if key not in self._ids]
-        if new:
-            await self._db.executemany(
-                "INSERT OR IGNORE INTO bar_series (source, name, interval) VALUES (?, ?, ?)", new
-            )
-            for key in new:
-                async with self._db.execute(
-                    "SELECT id FROM bar_series WHERE source = ? AND name = ? AND interval = ?",
-                    key,
-                ) as cursor:
-                    row = await cursor.fetchone()
-                assert row is not None
-                self._ids[key] = int(row[0])
-            # committed apart: a batch rolled back later must not leave ids that are not there
-            await self._db.commit()
+        if not new:
+            return {key: self._ids[key] for key in keys}
+        made: dict[SeriesId, int] = {}
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO bar_series (source, name, interval) VALUES (?, ?, ?)", new
+        )
+        for key in new:
+            async with self._db.execute(
+                "SELECT id FROM bar_series WHERE source = ? AND name = ? AND interval = ?",
+                key,
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            made[key] = int(row[0])
+        # Committed apart: a batch rolled back later must not leave ids that are not there.
+        # The ids are kept only once committed: a commit that fails (a full disk) rolls the
+        # rows back, and bars written later under their ids belonged to no series (lost to
+        # every read, and taken by the next series made, which got the same id).
+        await self._db.commit()
+        self._ids.update(made)
         return {key: self._ids[key] for key in keys}
 
     # ------------------------------------------------------------------ reads

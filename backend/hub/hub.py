@@ -506,6 +506,11 @@ class Hub:
                 if orphans:
                     health["status"] = "degraded"
                     health["reason"] = f"no provider node holds {', '.join(sorted(orphans))}"
+        if self.store is not None:
+            store = health["store"] = self.store.health()
+            if store["state"] != "ok" and health["status"] == "ok":
+                health["status"] = "degraded"
+                health["reason"] = f"bar store cannot write DB: {store['error']}"
         return health
 
     def _register_gauges(self) -> None:
@@ -528,6 +533,23 @@ class Hub:
             self.chatting.budgets.keys,
             "callers with chat turns in the last hour (MAX_LLM_REQUESTS_PER_HOUR)",
         )
+        store = self.store
+        if store is not None:
+            m.gauge(
+                "candlewire_store_failing",
+                lambda: float(store.error is not None),
+                "1 while writes to the bar store (DB) fail, bars kept in memory; else 0",
+            )
+            m.gauge(
+                "candlewire_store_queued_bars",
+                lambda: store.queued_bars,
+                "bars waiting to be written to the bar store",
+            )
+            m.counter(
+                "candlewire_store_write_failures_total",
+                lambda: store.write_failures,
+                "failed writes (flushes) of the bar store since the start",
+            )
         # Event counters without labels are exported from the start (at 0), so a scrape tells
         # "none yet" from "not exported" (Prometheus' advice for metrics known in advance).
         for name, help_text in (
