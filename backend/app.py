@@ -108,6 +108,36 @@ def check_database(settings: Settings, role: str) -> None:
         raise ConfigError(f"DB: {exc}") from None
 
 
+DAMAGED_ADVICE = (
+    "stop the server and restore the file from a backup, or rescue what can be read"
+    " (sqlite3 OLD '.recover' | sqlite3 NEW, then DB=NEW), or move it away and run"
+    " populate.py (the stored bars and alerts are then lost)"
+)
+
+
+async def _open_database(settings: Settings) -> tuple[SymbolIndex, BarStore]:
+    """The symbol index and the bar store of ``DB``; ``ConfigError`` naming ``DB`` and what
+    to do when it opens but cannot be read (a damaged file, "database disk image is
+    malformed", found by the first reads: :func:`check_database` only opens it), so the
+    start stops with that line (``backend.logs.StartupRefusals``), not a traceback."""
+    try:
+        symbols = await SymbolIndex.open(settings.DB, sources=settings.PROVIDERS)
+    except StorageError as exc:
+        raise _unreadable(settings, exc) from None
+    try:
+        store = await BarStore.open(settings.DB)
+    except StorageError as exc:
+        await symbols.close()
+        raise _unreadable(settings, exc) from None
+    return symbols, store
+
+
+def _unreadable(settings: Settings, exc: StorageError) -> ConfigError:
+    return ConfigError(
+        f"DB: {settings.DB} cannot be read ({exc.__cause__ or exc}): {DAMAGED_ADVICE}"
+    )
+
+
 # A server stopped a moment ago may still hold the DB: its hub workers stop within a poll
 # and a graceful shutdown (5 s) of their parent's death.
 LOCK_WAIT_SECONDS = 10.0
@@ -193,8 +223,7 @@ def create_app(settings: Settings, role: str = "all", worker: Worker | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         node = await _start_node(settings) if bus and role == "all" else None
-        symbols = await SymbolIndex.open(settings.DB, sources=settings.PROVIDERS)
-        store = await BarStore.open(settings.DB)
+        symbols, store = await _open_database(settings)
         indicators = build_indicators(settings.EXTRA_INDICATORS)
         logger.info("%d indicators", len(indicators))
         providers = _bus_providers() if bus else Supervisor

@@ -39,6 +39,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from backend.errors import ConfigError
+
 MASK = "***"
 # Secrets shorter than this are not redacted: replacing every "1" or "ab" would garble logs.
 MIN_SECRET_CHARS = 4
@@ -85,6 +87,7 @@ def configure(level: str, process_name: str = "hub", secrets: Iterable[str] = ()
         logging.Formatter(f"%(asctime)s %(levelname)-7s [{process_name}] %(name)s: %(message)s")
     )
     handler.addFilter(NoSocketPayloads())
+    handler.addFilter(StartupRefusals())
     handler.addFilter(ClientFaults())
     handler.addFilter(RateLimitRepeats())
     handler.addFilter(RedactSecrets([*secrets, *environment_secrets()]))
@@ -259,4 +262,21 @@ class ClientFaults(logging.Filter):
         if (record.name, record.msg) in CLIENT_FAULTS:
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+class StartupRefusals(logging.Filter):
+    """The app's startup refused with a ``ConfigError`` (a damaged ``DB``): Starlette hands
+    uvicorn the traceback's text, logged as one ERROR; the user gets its last line only, the
+    message naming the setting and what to do (the code that refused is known: no stack)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != UVICORN_ERROR or not isinstance(record.msg, str):
+            return True
+        if not record.msg.startswith("Traceback"):
+            return True
+        last = record.msg.rstrip().rpartition("\n")[2]
+        prefix = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
+        if last.startswith(prefix):
+            record.msg, record.args = f"candlewire: {last[len(prefix) :]}", None
         return True

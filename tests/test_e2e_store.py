@@ -10,17 +10,21 @@ import re
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 
 from tests.harness import (
+    ROOT,
     ServerProcess,
     WsClient,
     base_env,
     eventually,
     populate,
     same_key,
+    seconds,
 )
 
 
@@ -241,3 +245,35 @@ async def test_a_full_disk_keeps_the_server_answering_says_so_and_stores_all_whe
     assert any(f"writing DB {env['DB']} again" in line for line in lines)
     with contextlib.closing(sqlite3.connect(env["DB"])) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def damage(db_path: Path) -> None:
+    """Overwrite the start of every page after the first two (a disk that lost sectors):
+    the file still opens as SQLite, and reading its tables says it is malformed."""
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db_path.read_bytes())
+    for page in range(2 * 4096, len(data), 4096):
+        data[page : page + 100] = b"\xff" * 100
+    db_path.write_bytes(bytes(data))
+
+
+def test_a_damaged_db_stops_the_start_with_one_line_naming_db_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = setup(tmp_path)
+    damage(Path(env["DB"]))
+    result = subprocess.run(
+        [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds(60),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    line = next(line for line in result.stderr.splitlines() if f"DB: {env['DB']}" in line)
+    assert f"candlewire: DB: {env['DB']} cannot be read (database disk image is malformed)" in line
+    assert "populate.py" in line and "backup" in line  # what to do
