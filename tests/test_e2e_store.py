@@ -277,3 +277,41 @@ def test_a_damaged_db_stops_the_start_with_one_line_naming_db_and_what_to_do(
     line = next(line for line in result.stderr.splitlines() if f"DB: {env['DB']}" in line)
     assert f"candlewire: DB: {env['DB']} cannot be read (database disk image is malformed)" in line
     assert "populate.py" in line and "backup" in line  # what to do
+
+
+async def test_a_db_replaced_while_the_server_runs_is_reported_and_left_untouched(
+    tmp_path: Path,
+) -> None:
+    """A database moved in place of ``DB`` (a backup restored, a new one populated apart)
+    while the server runs: the server still holds the old file, but its journal
+    (``DB-wal``) is found by name, so the new file got the server's pages."""
+    env = setup(tmp_path, CANDLEWIRE_TEST_PERIOD="0.05")
+    log = tmp_path / "server.log"
+    other = dict(env, DB=str(tmp_path / "other.sqlite3"), PROVIDERS="my_provider")
+    assert populate(other).returncode == 0
+    with ServerProcess(env, log) as server:
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("BBB", "1m", 50))
+        await ws.wait_for("data_init", same_key("BBB", "1m"))
+        await eventually(lambda: len(stored_dates(env, "BBB", "1m")) >= 49, what="BBB stored")
+        os.replace(other["DB"], env["DB"])
+        await ws.send(data("AAA", "1h", 300))
+        init = await ws.wait_for("data_init", same_key("AAA", "1h"))
+        assert len(init["data"]) == 300  # answered from memory
+        await eventually(
+            lambda: server.get("/health")["status"] == "degraded", what="health degraded"
+        )
+        assert "was deleted or replaced" in server.get("/health")["reason"]
+        mark = len(ws.messages)
+        await eventually(
+            lambda: len(ws.of_type("data_update", after=mark)) >= 10, what="streaming goes on"
+        )
+        await ws.close()
+    lines = [line for line in log.read_text().splitlines() if "bar store:" in line]
+    assert len(lines) == 2, lines  # the replacement, then the bars not written at the stop
+    assert f"DB {env['DB']} was deleted or replaced" in lines[0]
+    with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "bar_series" not in tables  # populate makes none: none of the server's pages
+        assert db.execute("SELECT DISTINCT source FROM symbols").fetchall() == [("my_provider",)]

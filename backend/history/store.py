@@ -74,6 +74,15 @@ def check_openable(path: Path, writable: bool = False) -> None:
             raise StorageError(f"cannot write {path}: {what} is not writable")
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode); None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
 def hold_exclusive(path: Path, wait: float) -> TextIO:
     """Take the lock file ``<path>.lock`` for this server, waiting up to ``wait`` seconds
     for another holder to go; ``StorageError`` naming the holder when it does not. The
@@ -113,6 +122,8 @@ class BarStore:
     def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
         self._db = db
         self.path = path
+        self._file = file_id(path) if path is not None else None  # the file opened
+        self._moved = False  # DB was deleted or replaced since: never written again
         self._ids: dict[SeriesId, int] = {}
         self._pending: dict[SeriesId, _Pending] = {}
         self._tasks: Tasks = set()
@@ -184,6 +195,7 @@ class BarStore:
         async with self._lock:
             if not self._pending:
                 return
+            await self._check_file()
             batch, self._pending = self._pending, {}
             try:
                 await self._write(batch)
@@ -202,6 +214,29 @@ class BarStore:
                 self._requeue(batch)
                 raise
             self._report_recovery()
+
+    async def _check_file(self) -> None:
+        """``StorageError`` when the file at ``DB`` is no longer the one opened (deleted, or
+        replaced: a backup copied in, a new database moved there). The connections keep the
+        old file, whose bars no restart would see, while the journal (``DB-wal``, found by
+        name) is shared with whoever opens the new one: a process opening it would copy this
+        server's pages into a file of another layout. So once seen the store writes no more
+        and empties its journal into the old file (checkpoint, truncate)."""
+        if self.path is None or self._file is None:
+            return
+        if not self._moved:
+            now = file_id(self.path)
+            if now == self._file:
+                return
+            self._moved = True
+            with contextlib.suppress(aiosqlite.Error):
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        error = StorageError(
+            f"{self.path} was deleted or replaced while the server ran (it still holds the"
+            " file it opened): restart the server to use the file there now"
+        )
+        self._report_failure(error)
+        raise error
 
     @property
     def queued_bars(self) -> int:
@@ -230,6 +265,9 @@ class BarStore:
         if first:
             self.failing_since = time.time()
             self._next_report = now + REPORT_SECONDS
+            if self._moved:
+                logger.error("bar store: DB %s; bars are kept in memory only", exc)
+                return
             logger.error(
                 "bar store: cannot write DB %s: %s; bars stay in memory (and are answered) and"
                 " are written when it can be written again (free disk space, make the file and"
