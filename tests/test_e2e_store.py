@@ -12,10 +12,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 
+from backend.history.store import SCHEMA as STORE_SCHEMA
+from backend.history.store import WAL_LIMIT
 from tests.harness import (
     ROOT,
     ServerProcess,
@@ -315,3 +318,52 @@ async def test_a_db_replaced_while_the_server_runs_is_reported_and_left_untouche
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "bar_series" not in tables  # populate makes none: none of the server's pages
         assert db.execute("SELECT DISTINCT source FROM symbols").fetchall() == [("my_provider",)]
+
+
+def add_old_bars(env: dict[str, str], count: int, days_old: int) -> None:
+    """``count`` minute bars of 20 series, all older than ``days_old`` days."""
+    newest = int(time.time()) // 60 * 60 - days_old * 86400 - 60
+    with contextlib.closing(sqlite3.connect(env["DB"])) as db:
+        db.executescript(STORE_SCHEMA.read_text())
+        for k in range(20):
+            series = db.execute(
+                "INSERT INTO bar_series (source, name, interval) VALUES ('counting', ?, '1m')",
+                (f"OLD{k}",),
+            ).lastrowid
+            db.executemany(
+                "INSERT INTO bars VALUES (?, ?, 1, 1, 1, 1, 1, 0)",
+                ((series, newest - 60 * j) for j in range(count // 20)),
+            )
+        db.commit()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def wal_size(env: dict[str, str]) -> int:
+    wal = Path(env["DB"] + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_a_large_retention_leaves_no_large_journal_behind(tmp_path: Path) -> None:
+    """The first retention pass over a store that kept everything deletes millions of bars
+    in one transaction, all of it in the journal (``DB-wal``); SQLite reuses that file from
+    its start after a checkpoint but never shrinks it: it stayed as large as the deleted
+    bars for as long as the server ran, on a disk that retention was meant to relieve."""
+    env = setup(tmp_path, BAR_RETENTION_DAYS="1m=7")
+    add_old_bars(env, 1_500_000, days_old=8)
+    log = tmp_path / "server.log"
+    with ServerProcess(env, log) as server:
+        await eventually(
+            lambda: "retention: removed 1500000 bars" in log.read_text(),
+            timeout=60,
+            what="the retention pass",
+        )
+        assert wal_size(env) > 2 * WAL_LIMIT  # the deletion went through the journal
+        ws = await WsClient.open(server.ws_url)
+        for interval in ("1h", "4h", "1d", "15m"):  # new series: writes after the pass
+            mark = len(ws.messages)
+            await ws.send(data("AAA", interval, 100, stream=False))
+            await ws.wait_for("data_init", same_key("AAA", interval), after=mark)
+        await eventually(
+            lambda: wal_size(env) <= WAL_LIMIT, what=f"DB-wal back to {WAL_LIMIT} bytes"
+        )
+        await ws.close()

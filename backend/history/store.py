@@ -30,9 +30,20 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = Path(__file__).resolve().parent / "bars.sql"
 FLUSH_SECONDS = 0.25
-# A populate may hold the file's write lock for a while: wait a little, then keep the batch
-# queued and try again at the next flush (reads never wait for writes in WAL mode).
-PRAGMAS = ("journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 1000")
+# The journal (DB-wal) is reused from its start after each checkpoint but never shrunk: one
+# large transaction (a retention pass deleting millions of bars) left it that large for the
+# rest of the run. SQLite truncates it to this size when it starts it again (live writes
+# cycle it at about 4 MB: 1000 pages, SQLite's automatic checkpoint).
+WAL_LIMIT = 16 * 2**20
+# A populate may hold the file's write lock for a while: wait a little (busy_timeout), then
+# keep the batch queued and try again at the next flush (reads never wait for writes in WAL
+# mode).
+PRAGMAS = (
+    "journal_mode = WAL",
+    "synchronous = NORMAL",
+    "busy_timeout = 1000",
+    f"journal_size_limit = {WAL_LIMIT}",
+)
 # While writes fail (a full disk, a read-only file, a lock held by another process) the log
 # says so once, then at most once per this many seconds, and once more when writing resumes.
 REPORT_SECONDS = 300.0
