@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -392,3 +393,51 @@ async def test_a_day_old_delivery_of_a_worker_gone_is_dropped_not_sent_at_the_st
         with contextlib.closing(sqlite3.connect(db)) as raw:
             assert raw.execute("SELECT count(*) FROM alert_deliveries").fetchone()[0] == 0
     assert hooks.bodies == []
+
+
+# The server may write no file past this size (RLIMIT_FSIZE): a disk with no room left. Its
+# log (a few KB) has room; the database and its journal have none.
+FULL_AT = 16384
+
+
+async def test_an_alert_firing_on_a_full_disk_is_reported_and_delivered_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    """Deliveries are stored before they are attempted (README), so while the disk is full
+    a firing's push and webhook call wait: the socket's notification goes at once, /health
+    says the alert store cannot write (it said ok, and the log had a warning a second),
+    and both arrive once when space returns."""
+    with steered(tmp_path, retry_seconds="0.2") as deployment:
+        push, hooks, server = deployment.push, deployment.hooks, deployment.server
+        assert server.proc is not None
+        hooks.up()
+        client = await WsClient.open(server.ws_url)
+        alert_id = await deployment.create(client)
+        await eventually(lambda: len(push.pushes) == 1, 10, "the creation's push")
+        assert server.log_path.stat().st_size < FULL_AT // 2
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (FULL_AT, resource.RLIM_INFINITY))
+        deployment.steer(100.0)
+        await client.wait_for("notification", lambda m: m.get("alert_id") == alert_id, 20)
+        await eventually(
+            lambda: server.get("/health")["alert_store"].get("failed_writes", 0) >= 3,
+            10,
+            "three failed writes of the alert store",
+        )
+        health = server.get("/health")
+        assert health["status"] == "degraded"
+        assert health["alert_store"]["state"] == "failing"
+        assert not hooks.bodies and len(push.pushes) == 1  # not sent before it is stored
+        lines = [line for line in deployment.log().splitlines() if "alert store:" in line]
+        assert len(lines) == 1, lines
+        assert f"alert store: cannot write DB {deployment.env['DB']}" in lines[0]
+        resource.prlimit(
+            server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        await eventually(lambda: hooks.bodies and len(push.pushes) == 2, 30, "the deliveries")
+        await eventually(lambda: server.get("/health")["status"] == "ok", 10, "health ok")
+        await client.close()
+        assert deployment.stored(alert_id) == (0, 1)
+    assert hooks.fired() == [1]
+    assert deployment.titles() == [f"Alert added: {MESSAGE}", MESSAGE]
+    lines = [line for line in deployment.log().splitlines() if "alert store:" in line]
+    assert len(lines) == 2 and "writing DB" in lines[1], lines

@@ -312,7 +312,7 @@ async def test_a_db_replaced_while_the_server_runs_is_reported_and_left_untouche
         await ws.close()
     lines = [line for line in log.read_text().splitlines() if "bar store:" in line]
     assert len(lines) == 2, lines  # the replacement, then the bars not written at the stop
-    assert f"DB {env['DB']} was deleted or replaced" in lines[0]
+    assert f"cannot write DB {env['DB']}: it was deleted or replaced" in lines[0]
     with contextlib.closing(sqlite3.connect(env["DB"])) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}

@@ -149,6 +149,7 @@ class AlertStore:
     """The ``alerts``, ``alert_quota``, ``alert_deleted`` and ``alert_deliveries`` tables."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

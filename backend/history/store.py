@@ -25,6 +25,7 @@ import aiosqlite
 from backend.errors import StorageError
 from backend.model.bars import Bar, SeriesId
 from backend.tasks import Tasks, cancel_owned, start_owned
+from backend.write_health import WriteHealth
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ PRAGMAS = (
     "busy_timeout = 1000",
     f"journal_size_limit = {WAL_LIMIT}",
 )
-# While writes fail (a full disk, a read-only file, a lock held by another process) the log
-# says so once, then at most once per this many seconds, and once more when writing resumes.
-REPORT_SECONDS = 300.0
 
 
 @dataclass(slots=True)
@@ -141,10 +139,9 @@ class BarStore:
         self._lock = asyncio.Lock()
         self._closed = False
         self.flushes = 0
-        self.write_failures = 0  # failed flushes since the start
-        self.error: str | None = None  # the last write error while writes fail, else None
-        self.failing_since: float | None = None  # wall clock of the first failure of a run
-        self._next_report = 0.0  # monotonic: when a "still failing" line may be logged
+        self.writes = WriteHealth(
+            "bar store", "bars stay in memory (and are answered)", logger, path
+        )
 
     @classmethod
     async def open(cls, path: Path) -> BarStore:
@@ -216,7 +213,7 @@ class BarStore:
                 with contextlib.suppress(aiosqlite.Error):
                     await self._db.rollback()
                 self._requeue(batch)
-                self._report_failure(exc)
+                self.writes.failed(exc, self._queued_text)
                 raise StorageError(f"bar store write failed: {exc}") from exc
             except asyncio.CancelledError:
                 # close() cancelled the flush loop mid-flush: the batch goes back to the
@@ -224,7 +221,7 @@ class BarStore:
                 # same open transaction, and writing it again replaces it).
                 self._requeue(batch)
                 raise
-            self._report_recovery()
+            self.writes.succeeded()
 
     async def _check_file(self) -> None:
         """``StorageError`` when the file at ``DB`` is no longer the one opened (deleted, or
@@ -243,11 +240,14 @@ class BarStore:
             with contextlib.suppress(aiosqlite.Error):
                 await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         error = StorageError(
-            f"{self.path} was deleted or replaced while the server ran (it still holds the"
-            " file it opened): restart the server to use the file there now"
+            "it was deleted or replaced while the server ran (the server still holds the file"
+            " it opened, and writes no more)"
         )
-        self._report_failure(error)
+        self.writes.failed(error, self._queued_text, "restart the server to use the file there")
         raise error
+
+    def _queued_text(self) -> str:
+        return f"{self.queued_bars} bars queued"
 
     @property
     def queued_bars(self) -> int:
@@ -256,60 +256,7 @@ class BarStore:
 
     def health(self) -> dict[str, object]:
         """The store's part of ``/health``: whether writes succeed, and since when not."""
-        if self.error is None:
-            return {"state": "ok", "queued_bars": self.queued_bars}
-        return {
-            "state": "failing",
-            "error": self.error,
-            "failing_since": self.failing_since,
-            "failed_writes": self.write_failures,
-            "queued_bars": self.queued_bars,
-        }
-
-    def _report_failure(self, exc: BaseException) -> None:
-        """Count a failed flush and log it: the first of a run, then at most one line per
-        ``REPORT_SECONDS`` (a full disk must not write a line per bar, or per flush)."""
-        self.write_failures += 1
-        now = time.monotonic()
-        first = self.error is None
-        self.error = str(exc)
-        if first:
-            self.failing_since = time.time()
-            self._next_report = now + REPORT_SECONDS
-            if self._moved:
-                logger.error("bar store: DB %s; bars are kept in memory only", exc)
-                return
-            logger.error(
-                "bar store: cannot write DB %s: %s; bars stay in memory (and are answered) and"
-                " are written when it can be written again (free disk space, make the file and"
-                " its folder writable, or stop the process holding its write lock)",
-                self.path,
-                exc,
-            )
-        elif now >= self._next_report:
-            self._next_report = now + REPORT_SECONDS
-            assert self.failing_since is not None
-            logger.error(
-                "bar store: still cannot write DB %s after %.0f s (%d attempts, %d bars"
-                " queued): %s",
-                self.path,
-                time.time() - self.failing_since,
-                self.write_failures,
-                self.queued_bars,
-                exc,
-            )
-
-    def _report_recovery(self) -> None:
-        if self.error is None:
-            return
-        assert self.failing_since is not None
-        logger.warning(
-            "bar store: writing DB %s again after %.0f s; the queued bars are stored",
-            self.path,
-            time.time() - self.failing_since,
-        )
-        self.error = None
-        self.failing_since = None
+        return {**self.writes.health(), "queued_bars": self.queued_bars}
 
     def _requeue(self, batch: dict[SeriesId, _Pending]) -> None:
         """Put a failed batch back under what was queued meanwhile (newer writes win)."""

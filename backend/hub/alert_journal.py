@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from backend.alerts.store import AlertStore, Batch, Dropped, PendingDelivery
 from backend.errors import StorageError
+from backend.write_health import WriteHealth
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,17 @@ class AlertJournal:
         self._wake = asyncio.Event()
         # the batch being written and its thread's future, if any
         self._writing: tuple[Batch, asyncio.Future[list[Dropped]]] | None = None
+        self.writes = WriteHealth(
+            "alert store",
+            "alert changes wait in memory, and a firing's pushes and webhook calls go out once"
+            " it is stored (its socket notification went at once)",
+            logger,
+        )
 
     def open(self, store: AlertStore, worker: int) -> None:
         self.store = store
         self.worker = worker
+        self.writes.path = store.path
 
     # ------------------------------------------------------------------ changes (the loop)
 
@@ -104,11 +112,14 @@ class AlertJournal:
             except StorageError as exc:
                 self._writing = None
                 self._batch = self._batch.after(batch)
-                logger.warning("alerts: changes not stored (%s); trying again", exc)
+                self.writes.failed(
+                    exc.__cause__ or exc, lambda: f"{len(self._batch.new)} deliveries waiting"
+                )
                 await asyncio.sleep(RETRY_SECONDS)
                 self._wake.set()
                 continue
             self._writing = None
+            self.writes.succeeded()
             self._written(batch, dropped)
 
     def _commit(self, batch: Batch) -> list[Dropped]:

@@ -506,11 +506,15 @@ class Hub:
                 if orphans:
                     health["status"] = "degraded"
                     health["reason"] = f"no provider node holds {', '.join(sorted(orphans))}"
-        if self.store is not None:
-            store = health["store"] = self.store.health()
-            if store["state"] != "ok" and health["status"] == "ok":
+        parts = [("store", "bar store", self.store.health() if self.store else None)]
+        parts.append(("alert_store", "alert store", self.alerting.journal.writes.health()))
+        for key, what, part in parts:
+            if part is None:
+                continue
+            health[key] = part
+            if part["state"] != "ok" and health["status"] == "ok":
                 health["status"] = "degraded"
-                health["reason"] = f"bar store cannot write DB: {store['error']}"
+                health["reason"] = f"{what} cannot write DB: {part['error']}"
         return health
 
     def _register_gauges(self) -> None:
@@ -537,7 +541,7 @@ class Hub:
         if store is not None:
             m.gauge(
                 "candlewire_store_failing",
-                lambda: float(store.error is not None),
+                lambda: float(store.writes.error is not None),
                 "1 while writes to the bar store (DB) fail, bars kept in memory; else 0",
             )
             m.gauge(
@@ -547,9 +551,15 @@ class Hub:
             )
             m.counter(
                 "candlewire_store_write_failures_total",
-                lambda: store.write_failures,
+                lambda: store.writes.failures,
                 "failed writes (flushes) of the bar store since the start",
             )
+        journal = self.alerting.journal
+        m.gauge(
+            "candlewire_alert_store_failing",
+            lambda: float(journal.writes.error is not None),
+            "1 while writes of alerts and their deliveries to DB fail (deliveries wait); else 0",
+        )
         # Event counters without labels are exported from the start (at 0), so a scrape tells
         # "none yet" from "not exported" (Prometheus' advice for metrics known in advance).
         for name, help_text in (
