@@ -130,6 +130,9 @@ def _populate(settings: Settings, key: str, from_bus: bool = False) -> Outcome:
                 )
             else:
                 rows = _store(settings, key, progress)
+    except StorageError as exc:  # the database's, not a bug: no traceback (a full disk)
+        logger.error("%s: populate failed: DB %s: %s", key, settings.DB, exc.__cause__ or exc)
+        return Outcome(key, 0, time.monotonic() - started, f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # a provider's own code may raise anything; the others go on
         logger.exception("%s: populate failed", key)
         return Outcome(key, 0, time.monotonic() - started, f"{type(exc).__name__}: {exc}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -187,3 +190,41 @@ def test_a_database_that_cannot_be_written_stops_populate_with_one_line_naming_d
     assert str(db_path) in captured.err and "Traceback" not in captured.err
     assert captured.out == ""  # no summary: no provider ran
     assert not (tmp_path / "hooks.log").exists()
+
+
+# ``python -c FULL_DISK populate.py``: populate.py with no file of it growing past 32 KB
+FULL_DISK = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (32768, resource.RLIM_INFINITY)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+async def test_a_full_disk_fails_each_provider_in_one_line_and_keeps_the_rows(
+    env: Path, tmp_path: Path
+) -> None:
+    """A disk with no room left (RLIMIT_FSIZE on the populate process: no file of it may
+    grow past 32 KB): each provider's failure was a 20-line traceback of the writer's
+    internals for an error that is no bug; now one line naming ``DB`` and the error, the
+    summary says FAILED (exit 1), and the rows stored before are kept."""
+    assert populate.main([]) == 0
+    before = await ids(env)
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", FULL_DISK, str(ROOT / "populate.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    for key in ("tiny", "tiny2"):
+        [line] = [line for line in result.stderr.splitlines() if f"{key}: populate failed" in line]
+        assert f"DB {env}" in line and "disk I/O error" in line
+        assert f"{key}: FAILED after " in result.stdout
+    assert await ids(env) == before
+    with contextlib.closing(sqlite3.connect(env)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
