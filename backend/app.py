@@ -125,7 +125,7 @@ async def _open_database(settings: Settings) -> tuple[SymbolIndex, BarStore]:
     except StorageError as exc:
         raise _unreadable(settings, exc) from None
     try:
-        store = await BarStore.open(settings.DB)
+        store = await BarStore.open(settings.DB, max_queued=settings.CACHE_MAX_BARS)
     except StorageError as exc:
         await symbols.close()
         raise _unreadable(settings, exc) from None

@@ -367,3 +367,51 @@ async def test_a_large_retention_leaves_no_large_journal_behind(tmp_path: Path) 
             lambda: wal_size(env) <= WAL_LIMIT, what=f"DB-wal back to {WAL_LIMIT} bytes"
         )
         await ws.close()
+
+
+async def test_a_long_outage_keeps_the_write_queue_bounded_and_the_store_consistent(
+    tmp_path: Path,
+) -> None:
+    """While the disk is full every answered bar waited in the store's queue, outside the
+    memory bound (``CACHE_MAX_BARS``), for as long as the outage lasted. The queue now
+    holds at most that many bars: the series queued first are given up (counted, logged)
+    and their coverage is not stored for the rest of the run, so what the file says is
+    complete stays true; after a restart each answer is what it was."""
+    env = setup(tmp_path, CACHE_MAX_BARS="500")
+    log = tmp_path / "server.log"
+    keys = [("AAA", "1h"), ("AAA", "30m"), ("CCC", "1h"), ("CCC", "30m")]
+    answers = {}
+    with ServerProcess(env, log) as server:
+        assert server.proc is not None
+        ws = await WsClient.open(server.ws_url)
+        await ws.send(data("BBB", "1m", 50, stream=False))
+        await ws.wait_for("data_init", same_key("BBB", "1m"))
+        await eventually(lambda: len(stored_dates(env, "BBB", "1m")) >= 49, what="BBB stored")
+        resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (FULL_AT, resource.RLIM_INFINITY))
+        for name, interval in keys:
+            mark = len(ws.messages)
+            await ws.send(data(name, interval, 300, stream=False))
+            init = await ws.wait_for("data_init", same_key(name, interval), after=mark)
+            answers[(name, interval)] = [bar["date"] for bar in init["data"]]
+            assert len(answers[(name, interval)]) == 300
+            await eventually(
+                lambda: server.get("/health")["store"]["state"] == "failing", what="failing"
+            )
+        health = server.get("/health")
+        assert health["store"]["queued_bars"] <= 500
+        assert metric(server, "candlewire_store_given_up_bars_total") >= 600
+        resource.prlimit(
+            server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        await eventually(lambda: server.get("/health")["status"] == "ok", what="health ok again")
+        await ws.close()
+    with ServerProcess(env, log) as server:
+        ws = await WsClient.open(server.ws_url)
+        for name, interval in keys:
+            mark = len(ws.messages)
+            await ws.send(data(name, interval, 300, stream=False))
+            init = await ws.wait_for("data_init", same_key(name, interval), after=mark)
+            assert [bar["date"] for bar in init["data"]] == answers[(name, interval)]
+        await ws.close()
+    given_up = [line for line in log.read_text().splitlines() if "given up" in line]
+    assert given_up and len(given_up) <= 3, given_up

@@ -128,9 +128,16 @@ def hold_exclusive(path: Path, wait: float) -> TextIO:
 class BarStore:
     """Persistence of bars and coverage for every series, in one SQLite file."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path | None = None) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path | None = None, max_queued: int = 0
+    ) -> None:
         self._db = db
         self.path = path
+        # While writes fail, at most this many bars wait (0: no bound); see _bound().
+        self.max_queued = max_queued
+        self.given_up = 0  # queued bars given up (writes failing, the queue full)
+        # Series whose queued bars were given up: their coverage is not stored this run.
+        self._untrusted: set[SeriesId] = set()
         self._file = file_id(path) if path is not None else None  # the file opened
         self._moved = False  # DB was deleted or replaced since: never written again
         self._ids: dict[SeriesId, int] = {}
@@ -144,7 +151,7 @@ class BarStore:
         )
 
     @classmethod
-    async def open(cls, path: Path) -> BarStore:
+    async def open(cls, path: Path, max_queued: int = 0) -> BarStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(path)
@@ -154,7 +161,7 @@ class BarStore:
             await db.commit()
         except (aiosqlite.Error, OSError) as exc:
             raise StorageError(f"cannot open the bar store {path}: {exc}") from exc
-        store = cls(db, path)
+        store = cls(db, path, max_queued)
         start_owned(store._tasks, store._flush_loop(), "bar-store-flush", store._flusher_died)
         return store
 
@@ -183,6 +190,38 @@ class BarStore:
         pending = self._pending_of(key)
         for bar in bars:
             pending.bars[bar[0]] = (bar, bar[0] == forming_t)
+        self._bound()
+
+    def _bound(self) -> None:
+        """While writes fail, keep at most ``max_queued`` bars waiting: give up the series
+        queued first (their bars stay answered from memory while cached, and are fetched
+        again when asked). Their coverage is no longer stored this run (the cache's would
+        claim the bars given up), so the file's coverage stays true of its bars."""
+        if not self.max_queued or self.writes.error is None:
+            return
+        queued = self.queued_bars
+        if queued <= self.max_queued:
+            return
+        keep = self.max_queued * 9 // 10  # a margin: not one give-up per bar
+        dropped: list[SeriesId] = []
+        for key in list(self._pending):
+            if queued <= keep:
+                break
+            count = len(self._pending.pop(key).bars)
+            queued -= count
+            self.given_up += count
+            self._untrusted.add(key)
+            dropped.append(key)
+        logger.error(
+            "bar store: %d series given up (%s...): their queued bars are not stored; at"
+            " most %d bars (CACHE_MAX_BARS) wait while DB %s cannot be written; %d given up"
+            " since the start",
+            len(dropped),
+            ", ".join(":".join(key) for key in dropped[:3]),
+            self.max_queued,
+            self.path,
+            self.given_up,
+        )
 
     def put_coverage(
         self, key: SeriesId, spans: list[tuple[int, int]], exhausted_before: int | None
@@ -299,7 +338,9 @@ class BarStore:
                 bars,
             )
         covered = [
-            (ids[key], pending) for key, pending in batch.items() if pending.coverage is not None
+            (ids[key], pending)
+            for key, pending in batch.items()
+            if pending.coverage is not None and key not in self._untrusted
         ]
         if not covered:
             return

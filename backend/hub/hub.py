@@ -550,6 +550,11 @@ class Hub:
                 "bars waiting to be written to the bar store",
             )
             m.counter(
+                "candlewire_store_given_up_bars_total",
+                lambda: store.given_up,
+                "queued bars not stored: writes failing and the queue at CACHE_MAX_BARS",
+            )
+            m.counter(
                 "candlewire_store_write_failures_total",
                 lambda: store.writes.failures,
                 "failed writes (flushes) of the bar store since the start",
