@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -134,6 +136,29 @@ async def test_retention_prunes_bars_and_coverage_together(
     assert snapshot.coverage == [(330, 600)]
     assert snapshot.exhausted_before is None
     await store.close()
+
+
+async def test_retention_writes_nothing_once_the_file_was_replaced(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    """A database moved in place of the store's file: the hourly retention pass deleted
+    in the old file through the journal found by name (``DB-wal``), so whoever opened the
+    new file next got those pages copied into it."""
+    store = await open_store()
+    store.put_bars(BTC, [bar(60 * i) for i in range(1, 11)])
+    await store.flush()
+    other = tmp_path / "other.sqlite3"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes VALUES ('the new file')")
+        db.commit()
+    os.replace(other, tmp_path / "db.sqlite3")
+    assert await store.apply_retention({"1m": 330}) == 0  # nothing queued: not a flush
+    with contextlib.closing(sqlite3.connect(tmp_path / "db.sqlite3")) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert tables == {"notes"}
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert store.health()["state"] == "failing"
 
 
 def planner_over(store: BarStore, provider: FakeProvider) -> HistoryPlanner:

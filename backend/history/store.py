@@ -454,6 +454,10 @@ class BarStore:
         """Delete bars and coverage older than each interval's cutoff; returns bars deleted."""
         with contextlib.suppress(StorageError):
             await self.flush()  # a locked file: the queue stays, retention runs anyway
+        with contextlib.suppress(StorageError):
+            await self._check_file()  # also when nothing was queued
+        if self._moved:  # DB deleted or replaced (logged, in /health): write nothing more
+            return 0
         removed = 0
         async with self._lock:
             try:
