@@ -441,3 +441,33 @@ async def test_an_alert_firing_on_a_full_disk_is_reported_and_delivered_once_spa
     assert deployment.titles() == [f"Alert added: {MESSAGE}", MESSAGE]
     lines = [line for line in deployment.log().splitlines() if "alert store:" in line]
     assert len(lines) == 2 and "writing DB" in lines[1], lines
+
+
+async def test_an_alert_firing_after_the_db_was_replaced_leaves_the_new_file_untouched(
+    tmp_path: Path,
+) -> None:
+    """A database moved in place of ``DB`` while the server runs: the alert store went on
+    writing (the firing, its deliveries) through the journal found by name (``DB-wal``),
+    whose pages the next process to open the new file copied into it (the new database
+    got the server's alerts)."""
+    with steered(tmp_path) as deployment:
+        server = deployment.server
+        deployment.hooks.up()
+        client = await WsClient.open(server.ws_url)
+        alert_id = await deployment.create(client)
+        other = dict(deployment.env, DB=str(tmp_path / "other.sqlite3"))
+        assert populate(other).returncode == 0
+        os.replace(other["DB"], deployment.env["DB"])
+        deployment.steer(100.0)
+        await client.wait_for("notification", lambda m: m.get("alert_id") == alert_id, 20)
+        await eventually(
+            lambda: server.get("/health")["alert_store"]["state"] == "failing",
+            10,
+            "the alert store failing",
+        )
+        assert "deleted or replaced" in server.get("/health")["alert_store"]["error"]
+        with deployment.db() as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "alerts" not in tables and "symbols" in tables
+        await client.close()
+    assert not deployment.hooks.bodies  # never stored, so never sent (the socket was told)

@@ -27,6 +27,7 @@ its previous process evaluated, and nothing another worker does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.dbfile import file_id
 from backend.errors import StorageError
 
 SCHEMA = """
@@ -150,6 +152,7 @@ class AlertStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._moved = False  # DB was deleted or replaced since it was opened
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -162,6 +165,24 @@ class AlertStore:
             raise StorageError(f"alert store {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._file = file_id(path)
+
+    def _check_file(self) -> None:
+        """Before a write (under the lock): ``sqlite3.OperationalError`` when the file at
+        ``DB`` is no longer the one opened (deleted, or replaced while the server runs).
+        The connection keeps the old file, but the journal (``DB-wal``) is found by name:
+        whoever opens the new file would copy this server's pages into it. So nothing is
+        written any more, and the journal is emptied into the old file once."""
+        if not self._moved:
+            if file_id(self.path) == self._file:
+                return
+            self._moved = True
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raise sqlite3.OperationalError(
+            "it was deleted or replaced while the server ran (the server still holds the file"
+            " it opened, and writes no more)"
+        )
 
     def _migrate(self) -> None:
         """Add the columns a database made by an older version lacks (workers starting
@@ -204,6 +225,7 @@ class AlertStore:
         subscription = spec.get("subscription")
         endpoint = subscription.get("endpoint") if isinstance(subscription, dict) else None
         with self._lock, self._db:
+            self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             found = self._db.execute(
                 "SELECT count FROM alert_quota WHERE peer = ? AND day = ?", (peer, day)
@@ -236,6 +258,7 @@ class AlertStore:
         remainder, modulus = share
         worker, run = mine
         with self._lock, self._db:
+            self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE alerts SET worker = ?, run = ? WHERE id % ? = ? AND run IS NOT ?",
@@ -283,6 +306,7 @@ class AlertStore:
 
     def save_state(self, alert_id: int, armed: bool, fired: int) -> None:
         with self._lock:
+            self._check_file()
             self._db.execute(
                 "UPDATE alerts SET armed = ?, fired = ? WHERE id = ?", (int(armed), fired, alert_id)
             )
@@ -294,6 +318,7 @@ class AlertStore:
         ``StorageError`` when the database cannot take it now (nothing of it is written)."""
         try:
             with self._lock, self._db:
+                self._check_file()
                 self._db.execute("BEGIN IMMEDIATE")
                 return self._commit(batch, worker, cap)
         except sqlite3.Error as exc:
@@ -356,6 +381,7 @@ class AlertStore:
         for worker 1 also those of workers beyond ``workers`` (a hub now run with fewer),
         which become its own. Oldest first."""
         with self._lock, self._db:
+            self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             if worker == 1:
                 self._db.execute(
@@ -386,12 +412,14 @@ class AlertStore:
         subscription has no keys left. The endpoint stays: it still names the alert's
         owner (the browser lists and deletes its alerts by it)."""
         with self._lock:
+            self._check_file()
             self._db.execute(
                 "UPDATE alerts SET spec = ? WHERE id = ?", (json.dumps(spec), alert_id)
             )
 
     def delete(self, alert_ids: list[int]) -> None:
         with self._lock:
+            self._check_file()
             self._db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in alert_ids])
 
     def delete_of(
@@ -400,6 +428,7 @@ class AlertStore:
         """Delete ``alert_id`` if it belongs to that endpoint or owner; ``tombstone``: note
         it in ``alert_deleted`` for the worker that evaluates it. False: no such alert."""
         with self._lock, self._db:
+            self._check_file()
             self._db.execute("BEGIN IMMEDIATE")
             deleted = self._db.execute(
                 "DELETE FROM alerts WHERE id = ? AND (endpoint = ? OR owner = ?)",
@@ -426,6 +455,7 @@ class AlertStore:
         ids = [(alert_id,) for alert_id in alert_ids]
         try:
             with self._lock, self._db:
+                self._check_file()
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("DELETE FROM alert_deleted WHERE id = ?", ids)
                 self._db.execute("DELETE FROM alert_deleted WHERE deleted_at < ?", (older_than,))

@@ -22,6 +22,7 @@ from typing import TextIO
 
 import aiosqlite
 
+from backend.dbfile import file_id
 from backend.errors import StorageError
 from backend.model.bars import Bar, SeriesId
 from backend.tasks import Tasks, cancel_owned, start_owned
@@ -81,15 +82,6 @@ def check_openable(path: Path, writable: bool = False) -> None:
     for target, what in ((path, "the file"), (path.parent, "its folder")):
         if not os.access(target, os.W_OK):
             raise StorageError(f"cannot write {path}: {what} is not writable")
-
-
-def file_id(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` names now (device, inode); None when there is none."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino)
 
 
 def hold_exclusive(path: Path, wait: float) -> TextIO:
