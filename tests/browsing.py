@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness import ROOT, seconds
+from tests.harness import ROOT, ServerProcess, base_env, populate, seconds
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
-    from tests.harness import ServerProcess
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,6 +46,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def page_server(tmp: Path, **env: str) -> Iterator[ServerProcess]:
+    """``populate.py`` then ``server.py`` with ``base_env(tmp, **env)`` on a free port
+    of its own (fixed for the server's life, as a page reconnects to its URL); stopped at
+    the end."""
+    full_env = base_env(tmp, **env)
+    result = populate(full_env)
+    assert result.returncode == 0, result.stderr
+    running = ServerProcess(full_env, tmp / "server.log", free_port()).start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="module")

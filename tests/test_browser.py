@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browsing import ARTIFACTS, MS, browser, console, free_port, text_once
+from tests.browsing import ARTIFACTS, MS, browser, console, free_port, page_server, text_once
 from tests.harness import ServerProcess, base_env, populate, seconds
 from tests.providers import STEP, CountingProvider, bar, parse
 
@@ -82,18 +82,14 @@ class ShiftedProvider(TickingProvider):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser")
-    env = base_env(
+    with page_server(
         tmp,
         PROVIDERS="counting",
         EXTRA_PROVIDERS="counting=tests.test_browser:TickingProvider",
         CANDLEWIRE_TEST_PERIOD="0.25",
         STREAM_LINGER_SECONDS="0.5",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests import browsing
-from tests.browsing import MS, browser, console, free_port, js, page, viewport
-from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
+from tests.browsing import MS, browser, console, js, page, page_server, viewport
+from tests.harness import ROOT, ServerProcess, seconds, until
 
 __all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
@@ -39,18 +39,14 @@ QUERY = "?source=csv&s=BTCUSD&i=1h"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser-alerts")
-    env = base_env(
+    with page_server(
         tmp,
         PROVIDERS="csv",
         CSV_FOLDER_PATH=str(ROOT / "data"),
         CSV_REPLAY_SPEED="60",
         STREAM_LINGER_SECONDS="0.5",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 # ------------------------------------------------------------------------------ helpers

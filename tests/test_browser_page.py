@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests import browsing
-from tests.browsing import MS, browser, console, free_port, js, open_page, page, viewport
-from tests.harness import ROOT, ServerProcess, base_env, populate, seconds, until
+from tests.browsing import (
+    MS,
+    browser,
+    console,
+    js,
+    open_page,
+    page,
+    page_server,
+    viewport,
+)
+from tests.harness import ROOT, ServerProcess, seconds, until
 
 __all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
@@ -39,19 +48,15 @@ VIEWPORTS = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser-page")
-    env = base_env(
+    with page_server(
         tmp,
         PROVIDERS="csv,counting",
         CSV_FOLDER_PATH=str(ROOT / "data"),
         CSV_REPLAY_SPEED="60",
         CANDLEWIRE_TEST_PERIOD="0.25",
         STREAM_LINGER_SECONDS="0.5",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -71,6 +76,29 @@ def visible_range(page: Page, chart: int = 0) -> dict[str, float]:
 def bar_count(page: Page, chart: int = 0) -> int:
     count: int = js(page, f"window.candlewire.charts[{chart}].bars().length")
     return count
+
+
+def lower_bar_limit_until_dropped(page: Page) -> tuple[int, int, int]:
+    """Lower the chart's BAR_LIMITS to just above the bars it holds (so that a test takes
+    seconds) and wait until its oldest bars go: the limit, the bars kept at a drop and the
+    time of the first bar before it."""
+    held = bar_count(page)
+    limit, keep = held + 2, held - 50
+    js(
+        page,
+        """async ([max, keep]) => {
+            const { BAR_LIMITS } = await import("/js/chart.js");
+            Object.assign(BAR_LIMITS, { max, keep });
+        }""",
+        [limit, keep],
+    )
+    first = js(page, "window.candlewire.charts[0].bars()[0].time")
+    until(
+        lambda: js(page, "window.candlewire.charts[0].bars()[0].time") > first,
+        timeout=15,
+        what="the oldest bars to be dropped",
+    )
+    return limit, keep, first
 
 
 ON_SCREEN = """sel => { const el = document.querySelector(sel);
@@ -618,22 +646,7 @@ def test_a_chart_streaming_for_hours_keeps_a_bounded_number_of_bars_and_indicato
     the oldest go, while the view is on the newest bars; scrolling back loads them again."""
     open_page(page, server, "?source=csv&s=BTCUSD&i=1m&ind=talib.momentum.RSI:timeperiod:14")
     page.wait_for_function("window.candlewire.charts[0].indicators[0]?.outputs.RSI > 0")
-    held = bar_count(page)
-    limit, keep = held + 2, held - 50
-    js(
-        page,
-        """async ([max, keep]) => {
-            const { BAR_LIMITS } = await import("/js/chart.js");
-            Object.assign(BAR_LIMITS, { max, keep });
-        }""",
-        [limit, keep],
-    )
-    first = js(page, "window.candlewire.charts[0].bars()[0].time")
-    until(
-        lambda: js(page, "window.candlewire.charts[0].bars()[0].time") > first,
-        timeout=15,
-        what="the oldest bars to be dropped",
-    )
+    limit, keep, first = lower_bar_limit_until_dropped(page)
     until(lambda: bar_count(page) > keep + 2, what="more live bars after the drop")
     times = [b["time"] for b in js(page, "window.candlewire.charts[0].bars()")]
     assert len(times) <= limit and times == sorted(set(times)), "bounded, ascending, unique"
@@ -658,22 +671,7 @@ def test_a_compare_line_streaming_for_hours_keeps_a_bounded_number_of_bars(
     all at each update."""
     open_page(page, server, "?source=csv&s=BTCUSD&i=1m&cmp=csv:ACME")
     page.wait_for_function("window.candlewire.charts[0].compare?.state === 'ready'")
-    held = bar_count(page)
-    limit, keep = held + 2, held - 50
-    js(
-        page,
-        """async ([max, keep]) => {
-            const { BAR_LIMITS } = await import("/js/chart.js");
-            Object.assign(BAR_LIMITS, { max, keep });
-        }""",
-        [limit, keep],
-    )
-    first = js(page, "window.candlewire.charts[0].bars()[0].time")
-    until(
-        lambda: js(page, "window.candlewire.charts[0].bars()[0].time") > first,
-        timeout=15,
-        what="the oldest bars to be dropped",
-    )
+    _, keep, _ = lower_bar_limit_until_dropped(page)
     until(lambda: bar_count(page) > keep + 5, what="more live bars after the drop")
     compare = js(page, "window.candlewire.charts[0].compare")
     assert compare["held"] <= bar_count(page) + 1, f"{compare['held']} compared bars kept"
@@ -1112,17 +1110,13 @@ def test_the_chart_pans_and_zooms_by_touch_on_a_phone_and_by_mouse_on_a_desktop(
 @pytest.fixture(scope="module")
 def intraday_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("browser-page-intraday")
-    env = base_env(
+    with page_server(
         tmp,
         PROVIDERS="intraday",
         EXTRA_PROVIDERS="intraday=tests.providers:IntradayOnlyProvider",
         CANDLEWIRE_TEST_PERIOD="0.25",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 def test_a_link_to_a_symbol_without_daily_bars_quotes_it_from_its_longest_interval(

@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.browsing import browser, console, free_port, js, open_page, page, shot, viewport
-from tests.harness import ServerProcess, base_env, populate
+from tests.browsing import (
+    browser,
+    console,
+    js,
+    open_page,
+    page,
+    page_server,
+    shot,
+    viewport,
+)
+from tests.harness import ServerProcess
 
 __all__ = ["browser", "console", "page", "viewport"]  # the shared fixtures
 
@@ -30,18 +39,14 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp: Path = tmp_path_factory.mktemp("browser-prices")
-    env = base_env(
+    with page_server(
         tmp,
         PROVIDERS="odd",
         EXTRA_PROVIDERS="odd=tests.providers:OddPriceProvider",
         CANDLEWIRE_TEST_PERIOD="0.25",
         STREAM_LINGER_SECONDS="0.5",
-    )
-    result = populate(env)
-    assert result.returncode == 0, result.stderr
-    running = ServerProcess(env, tmp / "server.log", free_port()).start()
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 def significant(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +42,22 @@ def pongs_in(data: bytes) -> list[int | str]:
     ]
 
 
+def pongs_after(sock: socket.socket, data: bytes, count: int) -> list[int | str]:
+    """Send ``data`` and read until ``count`` pongs came (or 10 s): their ids, in order."""
+    sock.sendall(data)
+    sock.settimeout(seconds(10))
+    received = b""
+    while len(pongs_in(received)) < count:
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return pongs_in(received)
+
+
 async def test_a_client_that_waits_for_each_answer_never_pauses_the_read(
     server: ServerProcess,
 ) -> None:
@@ -65,18 +82,8 @@ def test_requests_sent_at_once_are_held_back_and_all_answered_in_order(
         frames = b"".join(
             client_frame(json.dumps([{"type": "ping", "id": i}]).encode()) for i in range(count)
         )
-        sock.sendall(frames)  # one write: the hub reads them all at once
-        sock.settimeout(seconds(10))
-        received = b""
-        while len(pongs_in(received)) < count:
-            try:
-                chunk = sock.recv(1 << 16)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        assert pongs_in(received) == list(range(count))
+        # one write: the hub reads them all at once
+        assert pongs_after(sock, frames, count) == list(range(count))
     finally:
         sock.close()
     assert pauses(server) > before  # the reader fell behind: the socket waited for it
@@ -88,18 +95,8 @@ def test_a_large_message_pauses_the_read_until_it_is_taken(server: ServerProcess
     try:
         # one frame of 100 padded pings (about 75 KB): over LARGE_MESSAGE
         requests = [{"type": "ping", "id": i, "pad": "x" * 700} for i in range(100)]
-        sock.sendall(client_frame(json.dumps(requests).encode()))
-        sock.settimeout(seconds(10))
-        received = b""
-        while len(pongs_in(received)) < len(requests):
-            try:
-                chunk = sock.recv(1 << 16)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        assert pongs_in(received) == [request["id"] for request in requests]
+        frame = client_frame(json.dumps(requests).encode())
+        assert pongs_after(sock, frame, len(requests)) == [r["id"] for r in requests]
     finally:
         sock.close()
     assert pauses(server) == before + 1

@@ -15,20 +15,21 @@ arrives while an earlier one still waits for the reader, or when the message is 
 read that brought them), and the reader's pace still holds a flooding client back.
 :data:`pauses` counts the pauses (``/metrics``).
 
-Like ``backend.ws.writers``, this module knows uvicorn's internals; without uvicorn's
-sansio module :func:`protocol_class` is None and the server names the protocol as before.
+Like ``backend.ws.writers`` (whose import of uvicorn's protocol class it uses), this module
+knows uvicorn's internals; without uvicorn's sansio module :func:`protocol_class` is None
+and the server names the protocol as before.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from typing import Any
 
+from backend.ws.writers import sansio_protocol_class
+
 logger = logging.getLogger(__name__)
 
-UVICORN_PROTOCOL_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
 LARGE_MESSAGE = 64 * 1024  # bytes: a message this large pauses reading at once
 
 
@@ -49,12 +50,10 @@ pauses = _Counter()
 def protocol_class() -> type[Any] | None:
     """The hub's protocol class for uvicorn's ``ws`` setting; None (logged) when uvicorn's
     websockets-sansio protocol, or what the class relies on, is not there."""
-    try:
-        module = importlib.import_module(UVICORN_PROTOCOL_MODULE)
-        base: type[Any] = module.WebSocketsSansIOProtocol
-    except (ImportError, AttributeError) as exc:
-        logger.info("uvicorn's websockets-sansio protocol unavailable (%r)", exc)
+    found = sansio_protocol_class()  # logs why when there is none
+    if found is None:
         return None
+    base: type[Any] = found
     if not callable(getattr(base, "send_receive_event_to_app", None)):
         logger.info("uvicorn's websockets-sansio protocol has changed: reading as it does")
         return None
