@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 
 REPORT_SECONDS = 300.0
+# A write lock held by another process (``populate.py`` writing its rows) is a wait, not a
+# fault: such a failure is a warning, and ``/health`` says failing only once it has lasted this
+LOCK_GRACE_SECONDS = 30.0
 ADVICE = (
     "free disk space, make the file and its folder writable, or stop the process holding"
     " its write lock"
@@ -41,10 +44,12 @@ class WriteHealth:
         now = time.monotonic()
         first = self.error is None
         self.error = str(error)
+        level = logging.WARNING if _locked(self.error) else logging.ERROR
         if first:
             self.since = time.time()
             self._next_report = now + REPORT_SECONDS
-            self.log.error(
+            self.log.log(
+                level,
                 "%s: cannot write DB %s: %s; %s (%s)",
                 self.what,
                 self.path,
@@ -54,7 +59,8 @@ class WriteHealth:
             )
         elif now >= self._next_report:
             self._next_report = now + REPORT_SECONDS
-            self.log.error(
+            self.log.log(
+                level,
                 "%s: still cannot write DB %s after %.0f s (%d attempts, %s): %s",
                 self.what,
                 self.path,
@@ -81,9 +87,17 @@ class WriteHealth:
         """The writer's part of ``/health``."""
         if self.error is None:
             return {"state": "ok"}
+        lasted = time.time() - (self.since or time.time())
+        if _locked(self.error) and lasted < LOCK_GRACE_SECONDS:
+            return {"state": "ok", "waiting_for_lock": self.error}
         return {
             "state": "failing",
             "error": self.error,
             "failing_since": self.since,
             "failed_writes": self.failures,
         }
+
+
+def _locked(error: str) -> bool:
+    """Whether ``error`` is SQLite's wait for another connection's write lock."""
+    return "database is locked" in error or "database table is locked" in error
