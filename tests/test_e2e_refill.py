@@ -8,6 +8,7 @@ seconds misses a few bars, which every client used to miss until it reloaded.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -121,5 +122,42 @@ async def test_history_asked_while_the_provider_restarts_is_answered_by_the_new_
         init = await client.wait_for("data_init", same_key("BTCUSD", "30m"), timeout=20)
         assert len(init["data"]) == 300
         assert client.of_type("error") == []
+    finally:
+        await client.close()
+
+
+async def test_a_frozen_hub_does_not_kill_the_providers_it_did_not_read(
+    server: ServerProcess,
+) -> None:
+    """The server itself stopped (SIGSTOP, a debugger, a swapped-out or suspended VM) for
+    longer than HEARTBEAT_TIMEOUT: its providers kept writing, their heartbeats waited unread
+    in the pipes. The watchdog's first tick after the resume measured that silence and killed
+    every provider ("no heartbeat for 5 s", an ERROR and a restart each, upstreams
+    reconnected), though none of them had stopped."""
+    client = await WsClient.open(server.ws_url)
+    try:
+        await client.send(KEY | {"count": 5})
+        await client.wait_for("data_update", same_key("BTCUSD", "1m"))
+        before = server.get("/health")["providers"]["csv"]
+        assert server.proc is not None
+        for _ in range(3):  # the loop stops at any point of its turn: a few times
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(5)  # the freeze itself (HEARTBEAT_TIMEOUT is 3 s)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            resumed = max(times(client.messages))
+            await client.wait_for(  # two wall seconds of live bars: two watchdog ticks
+                "data_update",
+                lambda m, since=resumed: (
+                    same_key("BTCUSD", "1m")(m)
+                    and intervals.parse_date(m["data"]["date"]) >= since + 2 * 60
+                ),
+                timeout=30,
+            )
+        after = server.get("/health")["providers"]["csv"]
+        assert (after["pid"], after["restarts"]) == (before["pid"], before["restarts"]), after
+        got = times(client.messages)
+        assert got == sorted(got), "an update went back in time"
     finally:
         await client.close()

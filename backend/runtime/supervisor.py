@@ -188,6 +188,16 @@ class ProviderProcess:
             self.last_error = why
             self._process.kill()
 
+    def excuse(self, stalled: float) -> None:
+        """The hub did not run for ``stalled`` seconds (SIGSTOP, a suspended VM, a blocked
+        event loop): whatever the process wrote meanwhile waits unread in its pipe, so that
+        time is not its silence (its heartbeat and startup clocks move on by it, to now at
+        most). Killing it for it restarted every healthy provider after each such pause."""
+        now = time.monotonic()
+        self.last_seen = min(self.last_seen + stalled, now)
+        if self.state is ProviderState.STARTING:
+            self.started_at = min(self.started_at + stalled, now)
+
     def check(self, heartbeat_timeout: float) -> None:
         """Called every second by the supervisor: ping, and kill if unresponsive."""
         if self.state not in (ProviderState.STARTING, ProviderState.RUNNING):
@@ -496,8 +506,19 @@ class Supervisor:
         return self.providers.get(key)
 
     async def _watch(self) -> None:
+        ticked = time.monotonic()
         while True:
             await asyncio.sleep(PING_EVERY)
+            now = time.monotonic()
+            late, ticked = now - ticked - PING_EVERY, now
+            if late > PING_EVERY:  # the hub itself did not run: its providers were not heard
+                logger.warning(
+                    "the hub did not run for %.0f s (stopped, suspended or blocked): its"
+                    " providers' heartbeat silence is counted from now",
+                    late,
+                )
+                for provider in self.providers.values():
+                    provider.excuse(late)
             for provider in self.providers.values():
                 try:
                     provider.check(self.settings.HEARTBEAT_TIMEOUT)
