@@ -514,7 +514,7 @@ class Supervisor:
             if late > PING_EVERY:  # the hub itself did not run: its providers were not heard
                 logger.warning(
                     "the hub did not run for %.0f s (stopped, suspended or blocked): its"
-                    " providers' heartbeat silence is counted from now",
+                    " providers' heartbeat clocks skip the pause",
                     late,
                 )
                 for provider in self.providers.values():
