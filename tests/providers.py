@@ -413,15 +413,17 @@ class NamedProvider(CountingProvider):
 class OddPriceProvider(CountingProvider):
     """``counting`` at odd prices, source ``odd``: ``PEPE`` a hundred-billionth of its own
     (about 0.000000001, a meme token), ``SATS`` at about 0.000000015 (a pair quoted in BTC),
-    and ``WEI`` at its own prices but with ``precision`` 18 in its dataset row (the decimals
-    of an ERC-20 token, which a provider may take for its price precision)."""
+    ``WEI`` at its own prices but with ``precision`` 18 in its dataset row (the decimals
+    of an ERC-20 token, which a provider may take for its price precision), and ``TICK`` at
+    its own prices with ``price_precision`` 5 (a tick size of 0.00001, as the Binance
+    provider states it)."""
 
-    SCALES = {"PEPE": 1e-11, "SATS": 1.5e-10, "WEI": 1.0}
+    SCALES = {"PEPE": 1e-11, "SATS": 1.5e-10, "WEI": 1.0, "TICK": 1.0}
+    # dataset row fields: WEI's precision, TICK's tick size as Binance rows state it
+    EXTRA: dict[str, dict[str, object]] = {"WEI": {"precision": 18}, "TICK": {"price_precision": 5}}
 
     def get_dataset(self) -> list[dict[str, object]]:
-        rows = [dataset_row("odd", name) for name in self.SCALES]
-        rows[-1]["precision"] = 18
-        return rows
+        return [dataset_row("odd", name) | self.EXTRA.get(name, {}) for name in self.SCALES]
 
     def scaled(self, symbol: str, k: Sequence[float]) -> list[float]:
         return [k[0], *(p * self.SCALES[symbol] for p in k[1:5]), k[5]]

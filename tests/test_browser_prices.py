@@ -108,3 +108,16 @@ def test_a_precision_the_chart_library_cannot_draw_leaves_the_chart_drawn(
     )
     shot(page, f"prices-WEI-{viewport}")
     assert console == []
+
+
+def test_the_tick_size_a_binance_row_states_sets_the_decimals_shown(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """The Binance provider's rows state the exchange's tick size as ``price_precision``
+    (0.00001: 5 decimals); the page read only ``precision`` and ``pricescale`` and guessed
+    from the bars, which show fewer decimals when their prices end in zeros."""
+    open_page(page, server, "?source=odd&s=TICK&i=1m")
+    close = js(page, "window.candlewire.charts[0].ownBars().at(-1).close")
+    for where, text in shown_prices(page, close).items():
+        assert len(text.rpartition(".")[2]) == 5, f"the {where} shows {close} as {text}"
+    assert console == []

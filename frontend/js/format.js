@@ -39,9 +39,15 @@ export function drawablePrecision(precision) {
   return p === 11 ? 12 : p;
 }
 
-/** The symbol's precision: `details.precision`, `details.pricescale`, or from the bars. */
+/**
+ * The symbol's precision: `details.precision`, the tick size's decimals a Binance row states
+ * (`price_precision`), `details.pricescale`, or from the bars.
+ */
 export function precisionFor(details, bars) {
   if (details && Number.isInteger(details.precision)) return drawablePrecision(details.precision);
+  if (details && Number.isInteger(details.price_precision)) {
+    return drawablePrecision(details.price_precision);
+  }
   if (details && Number.isFinite(details.pricescale) && details.pricescale > 0) {
     return drawablePrecision(Math.log10(details.pricescale));
   }
