@@ -87,3 +87,20 @@ def test_a_reversed_range_names_a_next_time_before_it(server: ServerProcess) -> 
     )
     assert body["s"] == "no_data"
     assert body["nextTime"] < t * 1000
+
+
+@pytest.mark.parametrize(("resolution", "step"), [("60", 3600), ("1D", 86_400)])
+async def test_the_librarys_first_request_up_to_the_next_bar_is_until_now(
+    server: ServerProcess, resolution: str, step: int
+) -> None:
+    """The library's first ``getBars`` asks up to the end of the bar that holds now (the
+    next hour, the next UTC midnight), not the clock itself; a 'to' within one bar ahead
+    must mean "until now" too, or the chart opens on the wall clock's date, months in the
+    replay's past."""
+    newest = await newest_on_the_websocket(server)
+    now = int(udf_get(server, "time"))
+    to = now - now % step + step  # the end of the current bar, up to one bar ahead
+    body = udf_get(server, "history", symbol="csv:BTCUSD", resolution=resolution, to=to,
+                   countback=3)  # fmt: skip
+    assert body["s"] == "ok" and len(body["t"]) == 3
+    assert body["t"][-1] >= newest - step - 10 * 60  # the replay's newest bar, give or take

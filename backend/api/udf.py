@@ -8,7 +8,9 @@ adapter never looks at HTTP status codes, so every answer is a JSON body
 - Symbols are ``SOURCE:NAME`` (our ``ticker`` and ``full_name``), ``EXCHANGE:NAME`` with
   the ``exchange`` the symbol info names, or a bare name, resolved through the database
   (exact name, providers that are enabled first).
-- Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``.
+- Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``. A ``to``
+  near the wall clock, or up to one bar ahead of it (the library's first request), means
+  "until now" as the symbol's provider sees it (:func:`until_now`).
 - The forming bar is included, so the adapter's polling (``DataPulseProvider``) sees it
   move; daily and longer bars are stamped at 00:00 UTC of their trading day.
 - ``no_data`` carries ``nextTime`` only when older data exists, in milliseconds: the unit of
@@ -95,7 +97,9 @@ LOOKUP_LIMIT = 20
 RECENT_BARS = 50  # bars read for pricescale and volume_precision
 TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
 TYPE_SAMPLE = 200  # rows per source sampled for /config's symbols_types
-NOW_TOLERANCE = 60  # s: a history 'to' this close to the wall clock means "until now"
+# s: a history 'to' this close to the wall clock, or ahead of it by at most one bar (the
+# library's first request asks up to the end of the bar that holds now), means "until now"
+NOW_TOLERANCE = 60
 # s: how long /symbols waits for the bars that set pricescale and volume_precision. The
 # adapter's resolveSymbol comes before every getBars: a provider that is slow to answer
 # history (or does not) must not keep the chart blank for HISTORY_TIMEOUT first.
@@ -130,6 +134,14 @@ def align_time(t: int, interval: str) -> int:
     if interval not in DAY_OR_LONGER:
         return t
     return (t + _DAY // 2) // _DAY * _DAY
+
+
+def until_now(to: int, wall: float, interval: str) -> bool:
+    """Whether a history ``to`` means "until now": within :data:`NOW_TOLERANCE` of the wall
+    clock, or ahead of it by at most one bar, as the library's first request asks up to the
+    end of the bar that holds now (the next hour, the next UTC midnight)."""
+    ahead = to - wall
+    return -NOW_TOLERANCE <= ahead <= intervals.nominal_seconds(interval) + NOW_TOLERANCE
 
 
 def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any]:
@@ -574,7 +586,7 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     end = to
     wall = time.time()
     started = False  # this poll started the key's watch
-    if abs(to - wall) <= NOW_TOLERANCE:
+    if until_now(to, wall, interval):
         # "Until now" (the first request, and the adapter's polling with the browser's
         # clock): now as the key's provider sees it, which a replay (CSV) has far from the
         # wall clock; otherwise the chart would show bars of the replay's past, never moving.
