@@ -293,7 +293,10 @@ def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any
     resolutions = resolutions_of(details)
     intraday = [UDF_RESOLUTION[i] for i in intervals.INTERVALS[:11] if i in offered]
     exchange = str(details.get("source_label") or details["source"])
-    weekly_and_monthly = "1w" in offered and "1M" in offered
+    # False makes the library build weeks and months from daily bars: right unless the
+    # symbol has none (a CSV of weekly or monthly rows), when it must ask for its own.
+    calendar = [i for i in ("1w", "1M") if i in offered]
+    weekly_and_monthly = len(calendar) == 2 or (bool(calendar) and "1d" not in offered)
     return {
         "name": details["name"],
         "ticker": full_name(details),
@@ -311,10 +314,10 @@ def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any
         "intraday_multipliers": intraday,
         "has_seconds": False,
         "has_daily": "1d" in offered,
-        "daily_multipliers": ["1"],
+        "daily_multipliers": ["1"] if "1d" in offered else [],
         "has_weekly_and_monthly": weekly_and_monthly,
-        "weekly_multipliers": ["1"],
-        "monthly_multipliers": ["1"],
+        "weekly_multipliers": ["1"] if "1w" in offered else [],
+        "monthly_multipliers": ["1"] if "1M" in offered else [],
         "has_empty_bars": False,
         "visible_plots_set": "c" if details.get("type") == LINE else "ohlcv",
         "volume_precision": volume_precision(bar[5] for bar in closed),
