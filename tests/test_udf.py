@@ -122,6 +122,18 @@ def test_next_time_names_the_older_bar_as_history_stamps_it() -> None:
     )
 
 
+def test_until_now_reaches_the_end_of_the_bar_that_holds_now() -> None:
+    """The library's first request asks up to the end of the current bar; January has 31
+    days, longer than a nominal month."""
+    new_year = 1_798_761_600  # 2027-01-01 00:00 UTC
+    wall = new_year + 30
+    assert udf.until_now(new_year + 31 * DAY, wall, "1M")  # 2027-02-01
+    assert udf.until_now(new_year + DAY, wall, "1d")
+    assert udf.until_now(new_year + 3600, wall, "1h") and udf.until_now(wall - 60, wall, "1h")
+    assert not udf.until_now(new_year + 2 * 3600, wall, "1h")  # two bars ahead: a range
+    assert not udf.until_now(wall - 3600, wall, "1h")  # scrolling back
+
+
 def test_range_count_covers_the_range_within_limits() -> None:
     assert udf.range_count(0, 3600, "1m", 10_000) == 61
     assert udf.range_count(0, 10 * DAY, "1m", 500) == 500

@@ -9,8 +9,8 @@ adapter never looks at HTTP status codes, so every answer is a JSON body
   the ``exchange`` the symbol info names, or a bare name, resolved through the database
   (exact name, providers that are enabled first).
 - Times are UTC seconds; ``to`` is exclusive and ``countback`` wins over ``from``. A ``to``
-  near the wall clock, or up to one bar ahead of it (the library's first request), means
-  "until now" as the symbol's provider sees it (:func:`until_now`).
+  near the wall clock, or up to the end of the bar that holds now (the library's first
+  request), means "until now" as the symbol's provider sees it (:func:`until_now`).
 - The forming bar is included, so the adapter's polling (``DataPulseProvider``) sees it
   move; daily and longer bars are stamped at 00:00 UTC of their trading day.
 - ``no_data`` carries ``nextTime`` only when older data exists, in milliseconds: the unit of
@@ -97,8 +97,8 @@ LOOKUP_LIMIT = 20
 RECENT_BARS = 50  # bars read for pricescale and volume_precision
 TYPE_SEARCH_DEPTH = 1000  # the symbol index's own cap
 TYPE_SAMPLE = 200  # rows per source sampled for /config's symbols_types
-# s: a history 'to' this close to the wall clock, or ahead of it by at most one bar (the
-# library's first request asks up to the end of the bar that holds now), means "until now"
+# s: a history 'to' this close to the wall clock, or to the end of the bar that holds now
+# (the library's first request asks that far), means "until now"
 NOW_TOLERANCE = 60
 # s: how long /symbols waits for the bars that set pricescale and volume_precision. The
 # adapter's resolveSymbol comes before every getBars: a provider that is slow to answer
@@ -138,10 +138,11 @@ def align_time(t: int, interval: str) -> int:
 
 def until_now(to: int, wall: float, interval: str) -> bool:
     """Whether a history ``to`` means "until now": within :data:`NOW_TOLERANCE` of the wall
-    clock, or ahead of it by at most one bar, as the library's first request asks up to the
-    end of the bar that holds now (the next hour, the next UTC midnight)."""
-    ahead = to - wall
-    return -NOW_TOLERANCE <= ahead <= intervals.nominal_seconds(interval) + NOW_TOLERANCE
+    clock, or ahead of it up to the end of the bar that holds now (the next hour, the next
+    UTC midnight, the first of next month: a calendar month, not the nominal one), as the
+    library's first request asks."""
+    bar_end = intervals.next_open(int(wall), interval)
+    return wall - NOW_TOLERANCE <= to <= max(wall, bar_end) + NOW_TOLERANCE
 
 
 def history_body(bars: Iterable[Bar], interval: str, kind: str) -> dict[str, Any]:
