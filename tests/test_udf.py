@@ -147,6 +147,16 @@ def test_pricescale_keeps_about_six_significant_digits() -> None:
     assert udf.pricescale(None) == udf.DEFAULT_PRICESCALE
 
 
+def test_the_precision_a_row_states_sets_the_pricescale() -> None:
+    """A Binance row states its tick size's decimals (``price_precision``): 104.9 quoted to
+    0.00001 is pricescale 100000, not the 100 its bars' decimals would give."""
+    bar = (0, 104.9, 105.0, 104.8, 104.9, 12.5)
+    assert udf.symbol_info(ROW | {"price_precision": 5}, [bar])["pricescale"] == 100_000
+    assert udf.symbol_info(ROW | {"precision": 3}, [bar])["pricescale"] == 1_000
+    assert udf.symbol_info(ROW | {"precision": 18}, [bar])["pricescale"] == 10**16
+    assert udf.symbol_info(ROW, [bar])["pricescale"] == 100  # none stated: the bars
+
+
 def test_symbol_info_describes_the_row() -> None:
     info = udf.symbol_info(ROW, [(0, 83_000.0, 84_500.0, 82_000.0, 84_000.0, 12.5)])
     assert info["ticker"] == "binance:BTCUSDT"

@@ -207,6 +207,17 @@ def pricescale(price: float | None, prices: Iterable[float | None] = ()) -> int:
     return int(10**decimals)
 
 
+def stated_pricescale(details: dict[str, Any]) -> int | None:
+    """``10 ** decimals`` of the precision a dataset row states (``precision``, or the tick
+    size's decimals that a Binance row gives as ``price_precision``), within 0 to 16; None
+    when it states none (then the bars tell: :func:`pricescale`)."""
+    for field in ("precision", "price_precision"):
+        stated = details.get(field)
+        if isinstance(stated, int) and not isinstance(stated, bool):
+            return int(10 ** min(max(stated, 0), 16))
+    return None
+
+
 def decimals_of(value: float, most: int) -> int | None:
     """The decimals ``value`` is written with (``4.5`` -> 1, ``3e6`` -> 0), within float
     noise; ``None`` when more than ``most``."""
@@ -309,7 +320,8 @@ def symbol_info(details: dict[str, Any], recent: Sequence[Bar]) -> dict[str, Any
         "exchange": exchange,
         "listed_exchange": exchange,
         "format": "price",
-        "pricescale": pricescale(price, (v for bar in closed for v in bar[1:5])),
+        "pricescale": stated_pricescale(details)
+        or pricescale(price, (v for bar in closed for v in bar[1:5])),
         "minmov": 1,
         "has_intraday": bool(intraday),
         "intraday_multipliers": intraday,
