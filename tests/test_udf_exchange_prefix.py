@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.requests import Request
 
 from backend.api import udf
 
@@ -40,9 +44,28 @@ class Symbols:
         return [{"details": r} for r in found[:limit]]
 
 
+async def search_symbols(text: str, limit: int, source: str | None = None) -> list[dict[str, Any]]:
+    found = await Symbols().search(text, limit)
+    return [r for r in found if source is None or r["details"]["source"] == source]
+
+
 HUB: Any = SimpleNamespace(
-    symbols=Symbols(), supervisor=SimpleNamespace(providers={"polygon": 1, "binance": 1})
+    symbols=Symbols(),
+    supervisor=SimpleNamespace(providers={"polygon": 1, "binance": 1}),
+    search_symbols=search_symbols,
 )
+
+
+async def searched(query: str) -> list[str]:
+    """The ``ticker`` of each ``/udf/search`` result for ``query``."""
+    scope = {
+        "type": "http",
+        "query_string": urlencode({"query": query}).encode(),
+        "headers": [],
+        "app": SimpleNamespace(state=SimpleNamespace(hub=HUB)),
+    }
+    response = await udf.search(Request(scope), query=query)
+    return [item["ticker"] for item in orjson.loads(response.body)]
 
 
 async def resolved(text: str) -> tuple[str, str] | None:
@@ -64,3 +87,12 @@ async def test_an_exchange_prefix_names_no_row_of_another_exchange() -> None:
     assert await resolved("X:BTCUSD") == ("polygon", "X:BTCUSD")  # a name with a colon
     assert await resolved(":ACME") is None  # an empty prefix is no exchange
     assert await resolved("ACME") == ("csv", "ACME")
+
+
+async def test_search_takes_the_exchange_the_symbol_info_names() -> None:
+    """/udf/symbols resolved XNAS:AAPL, but /udf/search found nothing for it: users type what
+    the chart shows."""
+    assert await searched("XNAS:AAPL") == ["polygon:AAPL", "polygon:AAPLW"]
+    assert await searched("xnys:AAPL") == []  # AAPL is listed on XNAS
+    assert await searched("polygon:AAPL") == ["polygon:AAPL", "polygon:AAPLW"]
+    assert await searched("X:BTC") == ["polygon:X:BTCUSD"]  # a name with a colon

@@ -556,11 +556,17 @@ async def search(request: Request, query: str = "", type: str = "", exchange: st
     enabled = _enabled(hub)
     source = canonical_source(exchange, enabled) if exchange else None
     prefix, sep, rest = query.partition(":")
+    listed_on = None  # TradingView's EXCHANGE:NAME ("XNAS:AAPL"), as for /symbols
     if sep and rest and canonical_source(prefix, enabled) in enabled:
         source, query = canonical_source(prefix, enabled), rest
+    elif sep and rest and prefix.strip():
+        listed_on = prefix.strip().casefold()
     # A type filter drops rows after the search, so it searches deeper.
     depth = TYPE_SEARCH_DEPTH if type else SEARCH_LIMIT_MAX
     results = await hub.search_symbols(query.strip(), depth, source)
+    if not results and listed_on is not None:  # not a name with a colon (Polygon's X:BTCUSD)
+        found = await hub.search_symbols(rest.strip(), depth, source)
+        results = [r for r in found if _label_of(r).casefold() == listed_on]
     items = []
     for result in results:
         details = result.get("details")
