@@ -181,6 +181,7 @@ class Settings(BaseSettings):
     JWT_AUDIENCE: str = ""
     JWT_ISSUER: str = ""
     TOKEN_EXPIRY_GRACE_SECONDS: float = Field(30.0, ge=0)
+    JWT_LEEWAY_SECONDS: float = Field(30.0, ge=0, le=3600)  # clock skew for exp, nbf, iat
     # Origins allowed on every socket route; empty: the page's own origin plus localhost.
     WS_ALLOWED_ORIGINS: CommaList = ()
     METRICS_PUBLIC: bool = False  # with AUTH on, /metrics needs a key unless this is true
@@ -585,22 +586,27 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
 
 
-def jwt_public_keys(value: str) -> dict[str | None, Any]:
-    """``JWT_PUBLIC_KEY``'s verification keys by ``kid``: a PEM text, or the path of a PEM
-    file or of a JWKS file (``{"keys": [...]}``). ``ValueError`` saying what is wrong."""
+def jwt_public_keys(value: str) -> list[tuple[str | None, Any]]:
+    """``JWT_PUBLIC_KEY``'s verification keys and their ``kid`` (None without one): a PEM
+    text (a one-line PEM's literal ``\\n``, as env files and CI secrets carry it, read as line
+    breaks), or the path of a PEM file or of a JWKS file (``{"keys": [...]}``).
+    ``ValueError`` saying what is wrong."""
     import jwt
     from cryptography.hazmat.primitives.serialization import (
         load_pem_private_key,
         load_pem_public_key,
     )
 
-    text = value if value.lstrip().startswith("-----") else _read_text(Path(value.strip()))
+    if value.lstrip().startswith("-----"):
+        text = value.strip().replace("\\r\\n", "\n").replace("\\n", "\n")
+    else:
+        text = _read_text(Path(value.strip()))
     if text.lstrip().startswith("{"):
         try:
             jwks = jwt.PyJWKSet.from_dict(json.loads(text))
         except (ValueError, TypeError, KeyError, jwt.PyJWTError) as exc:
             raise ValueError(f"not a JWKS ({type(exc).__name__}: {exc})") from None
-        return {key.key_id: key.key for key in jwks.keys}
+        return [(key.key_id, key.key) for key in jwks.keys]
     try:
         load_pem_public_key(text.encode())
     except (ValueError, TypeError):
@@ -608,7 +614,7 @@ def jwt_public_keys(value: str) -> dict[str | None, Any]:
             load_pem_private_key(text.encode(), password=None)
         except (ValueError, TypeError):
             raise ValueError("not a PEM public key, nor a PEM or JWKS file") from None
-    return {None: text}
+    return [(None, text)]
 
 
 def parse_retention(value: str) -> dict[str, float]:

@@ -252,6 +252,19 @@ async def test_tokens_that_must_not_pass_are_a_401_on_every_route(
     assert await refused_everywhere(server, forged) == []
 
 
+async def test_a_token_issued_by_a_clock_a_few_seconds_ahead_is_accepted(
+    server: ServerProcess,
+) -> None:
+    """An identity provider's clock runs a few seconds ahead of the server's: its fresh
+    token says ``iat`` / ``nbf`` "in 5 s". PyJWT, without leeway, refused it (401
+    ``ImmatureSignatureError``) until the clocks agreed: every login failed for seconds."""
+    ahead = int(time.time()) + 5
+    fresh = token("skewed", iat=ahead, nbf=ahead)
+    status, body = http(server, HISTORY, Authorization=f"Bearer {fresh}")
+    assert status == 200, body
+    assert await upgrade(server, f"/websocket/?token={fresh}") == 101
+
+
 def test_a_megabyte_token_is_refused_by_size_before_it_is_read(server: ServerProcess) -> None:
     huge = token("huge", padding="x" * 1_000_000)
     status, _ = http(server, HISTORY, Authorization=f"Bearer {huge}")

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from backend.access.credentials import Authenticator, token_of
@@ -119,6 +120,36 @@ def test_a_jwt_signed_by_an_identity_provider_is_verified_with_its_jwks(tmp_path
     unknown = jwt.encode(claims(), private, algorithm="RS256", headers={"kid": "k2"})
     with pytest.raises(AccessDenied):
         auth.identify(unknown, "a")
+
+
+def test_a_pem_key_with_literal_backslash_n_from_an_env_file_is_read(tmp_path: Path) -> None:
+    """``JWT_PUBLIC_KEY="-----BEGIN PUBLIC KEY-----\\nMIIB...\\n-----END..."``: a PEM put on
+    one line of an env file, Docker's ``env_file`` or a CI secret, arrives with literal
+    ``\\n``. It stopped the start with "not a PEM public key"."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    one_line = pem.decode().strip().replace("\n", "\\n")
+    auth = Authenticator(settings(AUTH="jwt", JWT_PUBLIC_KEY=one_line))
+    assert auth.identify(jwt.encode(claims(), private, algorithm="ES256"), "a").authenticated
+
+
+def test_a_token_without_kid_is_checked_against_every_key_of_the_jwks(tmp_path: Path) -> None:
+    """A JWKS of several keys (a rotation: the old key and the new one) and a token whose
+    header names no ``kid`` (some issuers omit it): the server found no key for it (401),
+    and of several keys without ``kid`` it kept only the last."""
+    old, new = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "on")
+    keys = [json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())) for k in (old, new)]
+    for with_kids in (True, False):
+        listed = [{**key, "kid": f"k{i}"} if with_kids else key for i, key in enumerate(keys)]
+        jwks = tmp_path / "jwks.json"
+        jwks.write_text(json.dumps({"keys": listed}))
+        auth = Authenticator(settings(AUTH="jwt", JWT_PUBLIC_KEY=str(jwks)))
+        for private in (old, new):
+            token = jwt.encode(claims(), private, algorithm="RS256")
+            assert auth.identify(token, "a").client == "sub-alice", with_kids
+        stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        with pytest.raises(AccessDenied):
+            auth.identify(jwt.encode(claims(), stranger, algorithm="RS256"), "a")
 
 
 # ---------------------------------------------------------------------- Origins

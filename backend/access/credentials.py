@@ -3,8 +3,10 @@
 ``AUTH=none``: everyone is an anonymous caller keyed by address. ``AUTH=token``: a key of
 ``API_KEYS`` / ``API_KEYS_FILE``, compared in constant time with every key. ``AUTH=jwt``: a
 token signed with ``JWT_SECRET`` (HMAC) or ``JWT_PUBLIC_KEY`` (a PEM, or a JWKS file picked by
-``kid``), with expiry, and audience / issuer when set (PyJWT). Claims: ``sub`` (the client),
-``sources`` and ``symbols`` (lists: what it may read), ``tier`` (its quota tier).
+``kid``, every key tried for a token naming none), with expiry (``nbf`` / ``iat`` allowed
+``JWT_LEEWAY_SECONDS`` of clock skew), and audience / issuer when set (PyJWT). Claims:
+``sub`` (the client), ``sources`` and ``symbols`` (lists: what it may read), ``tier`` (its
+quota tier).
 
 A token comes as ``Authorization: Bearer``, an ``X-API-Key`` header (OpenBB Workspace), or
 a ``token`` query parameter (browsers cannot set headers on a WebSocket). Tokens are never
@@ -95,8 +97,9 @@ class JwtVerifier:
     def __init__(self, settings: Settings) -> None:
         self.audience = settings.JWT_AUDIENCE or None
         self.issuer = settings.JWT_ISSUER or None
+        self.leeway = settings.JWT_LEEWAY_SECONDS
         self.secret = settings.JWT_SECRET.get_secret_value()
-        self.keys = jwt_public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else {}
+        self.keys = jwt_public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else []
         hmac_family = [name for name in settings.JWT_ALGORITHMS if name.startswith("HS")]
         key_family = [name for name in settings.JWT_ALGORITHMS if not name.startswith("HS")]
         self.algorithms = key_family if self.keys else hmac_family
@@ -104,35 +107,58 @@ class JwtVerifier:
     def identify(self, token: str, address: str) -> Identity:
         if not self.algorithms:
             raise AccessDenied(UNAUTHORIZED, "invalid token (no algorithm fits the key)")
+        refusal = "token signed with an unknown key id"
+        for key in self._keys_for(token):
+            claims = self._decode(token, key)
+            if isinstance(claims, str):
+                refusal = claims  # a token without kid: the next key of the JWKS may be its
+                continue
+            identity = identity_of(claims, address)
+            # The leeway is for an issuer's clock ahead of ours (nbf, iat "in the future");
+            # exp stays exact: an open socket has TOKEN_EXPIRY_GRACE_SECONDS after it.
+            if expired(identity, 0.0):
+                raise AccessDenied(UNAUTHORIZED, "token expired")
+            return identity
+        raise AccessDenied(UNAUTHORIZED, refusal)
+
+    def _decode(self, token: str, key: Any) -> dict[str, Any] | str:
+        """The claims of ``token`` checked with ``key``, or the refusal when ``key`` does not
+        fit it (another key may); raise ``AccessDenied`` for any other fault."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
-                self._key_for(token),
+                key,
                 algorithms=self.algorithms,
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=self.leeway,
                 options={"require": ["exp"]},
             )
         except jwt.ExpiredSignatureError:
             raise AccessDenied(UNAUTHORIZED, "token expired") from None
+        except jwt.InvalidSignatureError:
+            return "invalid token (InvalidSignatureError)"
         except jwt.PyJWTError as exc:
             raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
         except (ValueError, TypeError):
             # the header's algorithm does not fit the key (a JWKS of RSA and EC keys)
-            raise AccessDenied(UNAUTHORIZED, "invalid token (its algorithm fits no key)") from None
-        return identity_of(claims, address)
+            return "invalid token (its algorithm fits no key)"
+        return claims
 
-    def _key_for(self, token: str) -> Any:
+    def _keys_for(self, token: str) -> list[Any]:
+        """The keys that may have signed ``token``: the secret; the JWKS key its ``kid``
+        names (else a key without ``kid``); every key when it names none (a rotation's old
+        and new key, and issuers that leave ``kid`` out)."""
         if not self.keys:
-            return self.secret
+            return [self.secret]
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
             raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
-        key = self.keys.get(kid) or self.keys.get(None)
-        if key is None:
-            raise AccessDenied(UNAUTHORIZED, "token signed with an unknown key id")
-        return key
+        if kid is None:
+            return [key for _, key in self.keys]
+        named = [key for key_id, key in self.keys if key_id == kid]
+        return named or [key for key_id, key in self.keys if key_id is None]
 
 
 def identity_of(claims: Mapping[str, Any], address: str) -> Identity:
