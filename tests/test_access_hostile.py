@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -263,6 +264,28 @@ async def test_a_token_issued_by_a_clock_a_few_seconds_ahead_is_accepted(
     status, body = http(server, HISTORY, Authorization=f"Bearer {fresh}")
     assert status == 200, body
     assert await upgrade(server, f"/websocket/?token={fresh}") == 101
+
+
+async def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """``API_KEYS_FILE`` was read once at the start: a key revoked from the file (leaked)
+    kept working, and a key added to it was refused, until the server restarted."""
+    keys = tmp_path / "keys.txt"
+    old, new = "old-key-0123456789abcdef", "new-key-0123456789abcdefgh"
+    keys.write_text(f"# clients\n{old}\n")
+    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS_FILE=str(keys))
+    assert populate(env).returncode == 0
+    running = KeyedServer(env, tmp_path / "server.log")
+    running.signer = lambda sub: old
+    with running:
+        assert http(running, HISTORY, Authorization=f"Bearer {old}")[0] == 200
+        keys.write_text(f"# clients\n{new}\n")  # old revoked, new added
+        assert http(running, HISTORY, Authorization=f"Bearer {new}")[0] == 200
+        assert http(running, HISTORY, Authorization=f"Bearer {old}")[0] == 401
+        assert await upgrade(running, f"/websocket/?token={new}") == 101
+        keys.unlink()  # a file gone (being replaced): the keys read before stay
+        assert http(running, HISTORY, Authorization=f"Bearer {new}")[0] == 200
 
 
 def test_a_megabyte_token_is_refused_by_size_before_it_is_read(server: ServerProcess) -> None:

@@ -1,12 +1,12 @@
 """Credentials: find the token a caller sent and turn it into an :class:`Identity`.
 
 ``AUTH=none``: everyone is an anonymous caller keyed by address. ``AUTH=token``: a key of
-``API_KEYS`` / ``API_KEYS_FILE``, compared in constant time with every key. ``AUTH=jwt``: a
-token signed with ``JWT_SECRET`` (HMAC) or ``JWT_PUBLIC_KEY`` (a PEM, or a JWKS file picked by
-``kid``, every key tried for a token naming none), with expiry (``nbf`` / ``iat`` allowed
-``JWT_LEEWAY_SECONDS`` of clock skew), and audience / issuer when set (PyJWT). Claims:
-``sub`` (the client), ``sources`` and ``symbols`` (lists: what it may read), ``tier`` (its
-quota tier).
+``API_KEYS`` / ``API_KEYS_FILE`` (read again when it changes), compared in constant time
+with every key. ``AUTH=jwt``: a token signed with ``JWT_SECRET`` (HMAC) or
+``JWT_PUBLIC_KEY`` (a PEM, or a JWKS file picked by ``kid``, every key tried for a token
+naming none), with expiry (``nbf`` / ``iat`` allowed ``JWT_LEEWAY_SECONDS`` of clock skew),
+and audience / issuer when set (PyJWT). Claims: ``sub`` (the client), ``sources`` and
+``symbols`` (lists: what it may read), ``tier`` (its quota tier).
 
 A token comes as ``Authorization: Bearer``, an ``X-API-Key`` header (OpenBB Workspace), or
 a ``token`` query parameter (browsers cannot set headers on a WebSocket). Tokens are never
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,6 +30,8 @@ import jwt
 from backend.access.identity import Identity
 from backend.errors import AccessDenied
 from backend.settings import Settings, jwt_public_keys
+
+logger = logging.getLogger(__name__)
 
 UNAUTHORIZED = 401
 
@@ -53,6 +57,9 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.AUTH
+        self._settings = settings
+        self._keys_file = settings.API_KEYS_FILE if self.mode == "token" else None
+        self._keys_stamp = _stamp(self._keys_file)
         self._keys = [key.encode() for key in settings.api_keys()]
         self._jwt = JwtVerifier(settings) if self.mode == "jwt" else None
 
@@ -73,7 +80,7 @@ class Authenticator:
     def _key_identity(self, token: str, address: str) -> Identity:
         given = token.encode()
         matched = b""
-        for key in self._keys:  # every key is compared: the time says nothing about which
+        for key in self._current_keys():  # every key is compared: the time says nothing about which
             if hmac.compare_digest(given, key):
                 matched = key
         if not matched:
@@ -81,6 +88,32 @@ class Authenticator:
         # The client is named by a digest: a key must not show up in logs or metrics.
         client = "key-" + hashlib.sha256(matched).hexdigest()[:12]
         return Identity(client=client, address=address, authenticated=True)
+
+    def _current_keys(self) -> list[bytes]:
+        """The keys, ``API_KEYS_FILE`` read again once it changed (a key added or revoked
+        while the server runs); a file that cannot be read keeps the keys read before."""
+        stamp = _stamp(self._keys_file)
+        if stamp is None or stamp == self._keys_stamp:
+            return self._keys
+        self._keys_stamp = stamp
+        try:
+            self._keys = [key.encode() for key in self._settings.api_keys()]
+        except ValueError as exc:
+            logger.warning("%s; the keys read before stay in use", exc)
+        else:
+            logger.info("API_KEYS_FILE changed: %d keys in use", len(self._keys))
+        return self._keys
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells that a file changed (modified, resized or replaced), or None."""
+    if path is None:
+        return None
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size, found.st_ino
 
 
 class JwtVerifier:
