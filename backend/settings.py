@@ -599,6 +599,12 @@ def jwt_public_keys(value: str) -> list[tuple[str | None, Any]]:
 
     if value.lstrip().startswith("-----"):
         text = value.strip().replace("\\r\\n", "\n").replace("\\n", "\n")
+    elif "://" in value:
+        raise ValueError(
+            f"{value.strip()!r} is a URL, which is not fetched: save the JWKS to a file "
+            "(curl -o jwks.json URL, again when the issuer rotates its keys: the file is read "
+            "again when it changes) and name the file"
+        )
     else:
         text = _read_text(Path(value.strip()))
     if text.lstrip().startswith("{"):

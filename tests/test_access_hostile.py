@@ -288,6 +288,36 @@ async def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_res
         assert http(running, HISTORY, Authorization=f"Bearer {new}")[0] == 200
 
 
+async def test_a_jwks_file_rotated_while_the_server_runs_is_read_again(tmp_path: Path) -> None:
+    """Identity providers rotate keys (Auth0, Okta, Keycloak, Cognito publish a JWKS that a
+    cron job copies to a file): the file was read once, so tokens of the new ``kid`` were a
+    401 until a restart. A file that cannot be read then keeps the keys read before."""
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(*pairs: tuple[str, Any]) -> str:
+        keys = [{**json.loads(RSAAlgorithm.to_jwk(k.public_key())), "kid": n} for n, k in pairs]
+        return json.dumps({"keys": keys})
+
+    def signed(kid: str, key: Any) -> str:
+        return jwt.encode(claims("rotated"), key, algorithm="RS256", headers={"kid": kid})
+
+    path = tmp_path / "jwks.json"
+    path.write_text(jwks(("old", RSA_KEY)))
+    env = base_env(
+        tmp_path, PROVIDERS="counting", AUTH="jwt", JWT_PUBLIC_KEY=str(path), JWT_AUDIENCE=AUDIENCE
+    )
+    assert populate(env).returncode == 0
+    running = KeyedServer(env, tmp_path / "server.log")
+    running.signer = lambda sub: signed("old", RSA_KEY)
+    with running:
+        assert http(running, HISTORY, Authorization=f"Bearer {signed('new', new_key)}")[0] == 401
+        path.write_text(jwks(("old", RSA_KEY), ("new", new_key)))
+        assert http(running, HISTORY, Authorization=f"Bearer {signed('new', new_key)}")[0] == 200
+        assert await upgrade(running, f"/websocket/?token={signed('new', new_key)}") == 101
+        path.write_text("{not json")  # half written: the keys read before stay
+        assert http(running, HISTORY, Authorization=f"Bearer {signed('new', new_key)}")[0] == 200
+
+
 def test_a_megabyte_token_is_refused_by_size_before_it_is_read(server: ServerProcess) -> None:
     huge = token("huge", padding="x" * 1_000_000)
     status, _ = http(server, HISTORY, Authorization=f"Bearer {huge}")

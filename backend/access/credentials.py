@@ -132,7 +132,11 @@ class JwtVerifier:
         self.issuer = settings.JWT_ISSUER or None
         self.leeway = settings.JWT_LEEWAY_SECONDS
         self.secret = settings.JWT_SECRET.get_secret_value()
-        self.keys = jwt_public_keys(settings.JWT_PUBLIC_KEY) if settings.JWT_PUBLIC_KEY else []
+        self.public_key = settings.JWT_PUBLIC_KEY
+        self.keys = jwt_public_keys(self.public_key) if self.public_key else []
+        # a PEM or JWKS file, read again when it changes (a key rotation copied to it)
+        self.key_file = _key_file(self.public_key)
+        self.key_stamp = _stamp(self.key_file)
         hmac_family = [name for name in settings.JWT_ALGORITHMS if name.startswith("HS")]
         key_family = [name for name in settings.JWT_ALGORITHMS if not name.startswith("HS")]
         self.algorithms = key_family if self.keys else hmac_family
@@ -184,6 +188,7 @@ class JwtVerifier:
         and new key, and issuers that leave ``kid`` out)."""
         if not self.keys:
             return [self.secret]
+        self._reload_keys()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -192,6 +197,27 @@ class JwtVerifier:
             return [key for _, key in self.keys]
         named = [key for key_id, key in self.keys if key_id == kid]
         return named or [key for key_id, key in self.keys if key_id is None]
+
+    def _reload_keys(self) -> None:
+        """Read ``JWT_PUBLIC_KEY``'s file again once it changed; a file that cannot be read
+        or is no key (half written) keeps the keys read before."""
+        stamp = _stamp(self.key_file)
+        if stamp is None or stamp == self.key_stamp:
+            return
+        self.key_stamp = stamp
+        try:
+            self.keys = jwt_public_keys(self.public_key)
+        except ValueError as exc:
+            logger.warning("JWT_PUBLIC_KEY: %s; the keys read before stay in use", exc)
+        else:
+            logger.info("JWT_PUBLIC_KEY changed: %d keys in use", len(self.keys))
+
+
+def _key_file(public_key: str) -> Path | None:
+    """The file ``JWT_PUBLIC_KEY`` names, or None for a PEM text or no key."""
+    if not public_key or public_key.lstrip().startswith("-----"):
+        return None
+    return Path(public_key.strip())
 
 
 def identity_of(claims: Mapping[str, Any], address: str) -> Identity:
