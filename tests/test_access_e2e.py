@@ -186,6 +186,7 @@ async def test_a_token_that_expires_on_an_open_socket_closes_it_with_1008_after_
     await client.wait_for("pong")
     await eventually(lambda: client.connection.close_code is not None, 10, "the close")
     assert client.connection.close_code == 1008
+    assert client.connection.close_reason == "token expired"  # what the client is told
     await client.close()
 
 
