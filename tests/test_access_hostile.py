@@ -266,6 +266,22 @@ async def test_a_token_issued_by_a_clock_a_few_seconds_ahead_is_accepted(
     assert await upgrade(server, f"/websocket/?token={fresh}") == 101
 
 
+async def test_a_token_whose_subject_or_id_is_a_number_is_accepted(
+    server: ServerProcess,
+) -> None:
+    """Issuers that put a numeric user id in ``sub`` (Django's simplejwt, MediaWiki OAuth)
+    or ``jti``: PyJWT 2.10 refuses them ("Subject must be a string"), and every such login
+    was a 401. The number names the client; a ``sub`` of another shape is still a 401."""
+    numeric = jwt.encode({**claims("ignored"), "sub": 12345, "jti": 987}, SECRET)
+    status, body = http(server, HISTORY, Authorization=f"Bearer {numeric}")
+    assert status == 200, body
+    assert await upgrade(server, f"/websocket/?token={numeric}") == 101
+    for bad in ({"id": 1}, [1], True):
+        shaped = jwt.encode({**claims("ignored"), "sub": bad}, SECRET)
+        status, body = http(server, HISTORY, Authorization=f"Bearer {shaped}")
+        assert (status, body.get("error")) == (401, "unauthorized"), bad
+
+
 async def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_restart(
     tmp_path: Path,
 ) -> None:

@@ -169,7 +169,8 @@ class JwtVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp"]},
+                # a numeric sub or jti (a user id) is common: identity_of checks sub
+                options={"require": ["exp"], "verify_sub": False, "verify_jti": False},
             )
         except jwt.ExpiredSignatureError:
             raise AccessDenied(UNAUTHORIZED, "token expired") from None
@@ -223,10 +224,15 @@ def _key_file(public_key: str) -> Path | None:
 def identity_of(claims: Mapping[str, Any], address: str) -> Identity:
     """The identity a verified token's claims describe; raise ``AccessDenied`` (401) for a
     claim of a shape it cannot have (``sources: 5``, ``symbols: true``, an ``exp`` beyond
-    any date). A token is signed by the identity provider, but a mistake there must cost
-    the request a documented refusal, not a 500 and a traceback on every route."""
+    any date, a ``sub`` neither a string nor a whole number). A token is signed by the
+    identity provider, but a mistake there must cost the request a documented refusal, not
+    a 500 and a traceback on every route. A numeric ``sub`` (a user id) names its client as
+    the same text would (PyJWT 2.10 refuses it: its check is off)."""
+    subject = claims.get("sub", "anonymous")
+    if not isinstance(subject, str | int) or isinstance(subject, bool):
+        raise AccessDenied(UNAUTHORIZED, "invalid token (claim 'sub' is not a string)")
     return Identity(
-        client=f"sub-{claims.get('sub', 'anonymous')}",
+        client=f"sub-{subject}",
         address=address,
         tier=str(claims.get("tier", "default")),
         sources=_claim_set(claims, "sources"),
