@@ -17,6 +17,7 @@ import hmac
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,6 +281,26 @@ async def test_a_token_whose_subject_or_id_is_a_number_is_accepted(
         shaped = jwt.encode({**claims("ignored"), "sub": bad}, SECRET)
         status, body = http(server, HISTORY, Authorization=f"Bearer {shaped}")
         assert (status, body.get("error")) == (401, "unauthorized"), bad
+
+
+async def test_a_base64_api_key_pasted_raw_into_the_query_is_accepted(tmp_path: Path) -> None:
+    """``openssl rand -base64 32`` makes keys with ``+``, ``/`` and ``=``; pasted into
+    ``?token=`` without encoding (the README's ``ws://host:8000/websocket/?token=<token>``),
+    its ``+`` was read as a space (form decoding) and the key was a 401. An encoded key
+    (``%2B``) is read the same."""
+    key = "q+Zx/9Kf2w+0lJ1uVb6T7nA8sD3eR4yH5gU2iO1pLkM="
+    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS=key)
+    assert populate(env).returncode == 0
+    running = KeyedServer(env, tmp_path / "server.log")
+    running.signer = lambda sub: key
+    with running:
+        assert http(running, f"{HISTORY}&token={key}")[0] == 200
+        assert await upgrade(running, f"/websocket/?token={key}") == 101
+        encoded = urllib.parse.quote(key, safe="")
+        assert http(running, f"{HISTORY}&token={encoded}")[0] == 200
+        assert await upgrade(running, f"/openbb/live_grid_ws?token={encoded}") == 101
+        spaced = key.replace("+", "%20")  # a space is not a plus
+        assert http(running, f"{HISTORY}&token={spaced}")[0] == 401
 
 
 async def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_restart(

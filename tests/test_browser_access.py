@@ -6,10 +6,15 @@ asyncio tests of ``test_access_e2e``.
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
 from playwright.sync_api import Browser
 
 from tests.browsing import browser
-from tests.harness import ServerProcess, until
+from tests.harness import ServerProcess, base_env, populate, seconds, until
 from tests.test_access_e2e import server, token
 from tests.test_browser import wait_for_bars
 
@@ -101,3 +106,34 @@ def test_a_page_the_server_refuses_says_so_and_connects_once_given_a_token(
         assert page.locator(".panel-message").is_hidden()
     finally:
         context.close()
+
+
+BASE64_KEY = "q+Zx/9Kf2w+0lJ1uVb6T7nA8sD3eR4yH5gU2iO1pLkM="
+
+
+class KeyedServer(ServerProcess):
+    """The harness's server, its health checks carrying the key."""
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(self.url + path, headers={"X-API-Key": BASE64_KEY})
+        with urllib.request.urlopen(request, timeout=seconds(10)) as response:
+            return json.loads(response.read())
+
+
+def test_the_page_opened_with_a_base64_key_keeps_its_plus_signs(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """``AUTH=token`` with a key made by ``openssl rand -base64``: the page opened as
+    ``/?token=<key>`` read it with ``URLSearchParams``, which makes each ``+`` a space, so
+    its socket sent another key and was refused for good ("Reconnecting")."""
+    key = BASE64_KEY
+    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS=key)
+    assert populate(env).returncode == 0
+    with KeyedServer(env, tmp_path / "server.log") as running:
+        context = browser.new_context(viewport={"width": 1200, "height": 800})
+        try:
+            page = context.new_page()
+            page.goto(f"{running.url}/?token={key}&source=counting&s=AAA&i=1m")
+            wait_for_bars(page)
+        finally:
+            context.close()

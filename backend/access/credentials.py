@@ -46,7 +46,10 @@ def token_of(headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> str
         elif name == b"x-api-key" and value.strip():
             return value.decode("latin-1").strip()
     if b"token=" in query_string:
-        values = parse_qs(query_string.decode("latin-1")).get("token")
+        # "+" is a plus: keys in base64 (``openssl rand -base64``) are pasted into URLs as
+        # they are, and no key has a space (form decoding made each "+" one: a 401)
+        query = query_string.decode("latin-1").replace("+", "%2B")
+        values = parse_qs(query).get("token")
         if values and values[0]:
             return values[0]
     return None

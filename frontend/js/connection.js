@@ -23,7 +23,9 @@ const TOKEN_KEY = "candlewire.token";
  * the key): a reload, a bookmark or another tab of the page then uses the kept one.
  */
 export function pageToken(loc = window.location, storage = window.localStorage) {
-  const given = new URLSearchParams(loc.search).get("token");
+  // "+" is a plus, as the server reads it: a base64 key (`openssl rand -base64`) pasted
+  // into the address bar keeps its "+" (URLSearchParams alone makes each one a space).
+  const given = new URLSearchParams(loc.search.replace(/\+/g, "%2B")).get("token");
   try {
     if (given) storage.setItem(TOKEN_KEY, given);
     return given || storage.getItem(TOKEN_KEY);
