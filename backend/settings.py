@@ -577,9 +577,10 @@ def _base_url(value: str, schemes: tuple[str, ...]) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """A settings file's text (UTF-8); ``ValueError`` saying why it cannot be read."""
+    """A settings file's text (UTF-8, without the byte order mark Windows editors write);
+    ``ValueError`` saying why it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ValueError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
     except UnicodeDecodeError:

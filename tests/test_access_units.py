@@ -70,6 +70,24 @@ def test_api_keys_come_from_the_setting_and_the_file_and_a_wrong_key_is_401(
     assert "env-key" not in auth.identify("env-key-1", "x").client  # a digest, not the key
 
 
+def test_key_files_saved_with_a_byte_order_mark_and_crlf_are_read(tmp_path: Path) -> None:
+    """Windows Notepad saves "UTF-8" with a byte order mark and CRLF line ends: the first key
+    of ``API_KEYS_FILE`` kept the mark and never matched (401), and a JWKS file so saved
+    stopped the start ("not a JWKS: Unexpected UTF-8 BOM")."""
+    keys = tmp_path / "keys.txt"
+    keys.write_bytes("\ufefffirst-key-123\r\nsecond-key-456\r\n".encode())
+    auth = Authenticator(settings(AUTH="token", API_KEYS_FILE=keys))
+    assert auth.identify("first-key-123", "a").authenticated
+    assert auth.identify("second-key-456", "a").authenticated
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(("\ufeff" + json.dumps({"keys": [{**jwk, "kid": "k1"}]})).encode())
+    auth = Authenticator(settings(AUTH="jwt", JWT_PUBLIC_KEY=str(jwks)))
+    token = jwt.encode(claims(), private, algorithm="RS256", headers={"kid": "k1"})
+    assert auth.identify(token, "a").client == "sub-alice"
+
+
 def test_auth_token_without_keys_and_jwt_without_a_key_fail_at_startup() -> None:
     with pytest.raises(ConfigError, match="API_KEYS"):
         settings(AUTH="token")
