@@ -267,6 +267,18 @@ async def test_a_token_issued_by_a_clock_a_few_seconds_ahead_is_accepted(
     assert await upgrade(server, f"/websocket/?token={fresh}") == 101
 
 
+def test_the_issuer_matches_with_or_without_a_trailing_slash(server: ServerProcess) -> None:
+    """Auth0 (and Authentik) issue ``iss: "https://tenant.auth0.com/"``, with a slash that
+    their dashboards do not show: ``JWT_ISSUER`` set without it (or the other way round)
+    refused every token with ``InvalidIssuerError``. Another issuer is still a 401."""
+    for iss in (ISSUER + "/", ISSUER):
+        status, body = http(server, HISTORY, Authorization=f"Bearer {token('slash', iss=iss)}")
+        assert status == 200, (iss, body)
+    for other in (ISSUER + "//", ISSUER + "/x", ISSUER + ".evil", ISSUER[:-1]):
+        status, _ = http(server, HISTORY, Authorization=f"Bearer {token('slash', iss=other)}")
+        assert status == 401, other
+
+
 async def test_a_token_whose_subject_or_id_is_a_number_is_accepted(
     server: ServerProcess,
 ) -> None:

@@ -132,7 +132,7 @@ class JwtVerifier:
 
     def __init__(self, settings: Settings) -> None:
         self.audience = settings.JWT_AUDIENCE or None
-        self.issuer = settings.JWT_ISSUER or None
+        self.issuer = _issuers(settings.JWT_ISSUER)
         self.leeway = settings.JWT_LEEWAY_SECONDS
         self.secret = settings.JWT_SECRET.get_secret_value()
         self.public_key = settings.JWT_PUBLIC_KEY
@@ -215,6 +215,15 @@ class JwtVerifier:
             logger.warning("JWT_PUBLIC_KEY: %s; the keys read before stay in use", exc)
         else:
             logger.info("JWT_PUBLIC_KEY changed: %d keys in use", len(self.keys))
+
+
+def _issuers(issuer: str) -> frozenset[str] | None:
+    """The ``iss`` values ``JWT_ISSUER`` accepts: itself, with or without one trailing
+    slash (Auth0 issues ``https://tenant.auth0.com/`` and its dashboard shows no slash)."""
+    if not issuer:
+        return None
+    bare = issuer[:-1] if issuer.endswith("/") else issuer
+    return frozenset({bare, bare + "/"})
 
 
 def _key_file(public_key: str) -> Path | None:
