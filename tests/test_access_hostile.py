@@ -367,6 +367,37 @@ async def test_a_jwks_file_rotated_while_the_server_runs_is_read_again(tmp_path:
         assert http(running, HISTORY, Authorization=f"Bearer {signed('new', new_key)}")[0] == 200
 
 
+async def test_an_open_socket_of_a_revoked_key_is_closed(tmp_path: Path) -> None:
+    """A leaked key removed from ``API_KEYS_FILE``: new requests with it are refused, but
+    the sockets it had opened kept streaming to whoever held it, for good. They are closed
+    with 1008 "API key revoked"; a socket of a key still listed stays open."""
+    keys = tmp_path / "keys.txt"
+    leaked, kept = "leaked-key-0123456789abcdef", "kept-key-0123456789abcdef"
+    keys.write_text(f"{leaked}\n{kept}\n")
+    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS_FILE=str(keys))
+    assert populate(env).returncode == 0
+    running = KeyedServer(env, tmp_path / "server.log")
+    running.signer = lambda sub: kept
+    with running:
+        url = running.ws_url
+        sockets = {
+            "leaked": await WsClient.open(url, additional_headers={"X-API-Key": leaked}),
+            "kept": await WsClient.open(url, additional_headers={"X-API-Key": kept}),
+            "grid": await WsClient.open(
+                url.replace("/websocket/", "/openbb/live_grid_ws") + f"?token={leaked}"
+            ),
+        }
+        keys.write_text(f"{kept}\n")
+        for name in ("leaked", "grid"):
+            closed = sockets[name].connection
+            await eventually(lambda c=closed: c.close_code is not None, 10, f"{name} closed")
+            assert (closed.close_code, closed.close_reason) == (1008, "API key revoked"), name
+        await sockets["kept"].send({"type": "ping", "id": 1})
+        await sockets["kept"].wait_for("pong")
+        for client in sockets.values():
+            await client.close()
+
+
 def test_a_megabyte_token_is_refused_by_size_before_it_is_read(server: ServerProcess) -> None:
     huge = token("huge", padding="x" * 1_000_000)
     status, _ = http(server, HISTORY, Authorization=f"Bearer {huge}")

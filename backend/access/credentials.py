@@ -64,6 +64,7 @@ class Authenticator:
         self._keys_file = settings.API_KEYS_FILE if self.mode == "token" else None
         self._keys_stamp = _stamp(self._keys_file)
         self._keys = [key.encode() for key in settings.api_keys()]
+        self._clients: tuple[list[bytes], frozenset[str]] = ([], frozenset())  # of _keys
         self._jwt = JwtVerifier(settings) if self.mode == "jwt" else None
 
     @property
@@ -88,9 +89,21 @@ class Authenticator:
                 matched = key
         if not matched:
             raise AccessDenied(UNAUTHORIZED, "invalid API key")
-        # The client is named by a digest: a key must not show up in logs or metrics.
-        client = "key-" + hashlib.sha256(matched).hexdigest()[:12]
-        return Identity(client=client, address=address, authenticated=True)
+        return Identity(client=_key_client(matched), address=address, authenticated=True)
+
+    @property
+    def revocable(self) -> bool:
+        """Whether a key may be revoked while the server runs (``API_KEYS_FILE``)."""
+        return self._keys_file is not None
+
+    def revoked(self, identity: Identity) -> bool:
+        """Whether ``identity``'s API key is no longer listed (``API_KEYS_FILE`` changed)."""
+        if not self.revocable or not identity.client.startswith("key-"):
+            return False
+        keys = self._current_keys()
+        if self._clients[0] is not keys:
+            self._clients = (keys, frozenset(_key_client(key) for key in keys))
+        return identity.client not in self._clients[1]
 
     def _current_keys(self) -> list[bytes]:
         """The keys, ``API_KEYS_FILE`` read again once it changed (a key added or revoked
@@ -106,6 +119,11 @@ class Authenticator:
         else:
             logger.info("API_KEYS_FILE changed: %d keys in use", len(self._keys))
         return self._keys
+
+
+def _key_client(key: bytes) -> str:
+    """The client a key names: a digest, as a key must not show up in logs or metrics."""
+    return "key-" + hashlib.sha256(key).hexdigest()[:12]
 
 
 def _stamp(path: Path | None) -> tuple[int, int, int] | None:

@@ -6,7 +6,8 @@ missing or bad token 401, a client over its connection limit 429 (ASGI's WebSock
 response). Refusals for credentials, of upgrades and HTTP requests alike, count against the
 caller's address (loopback exempt): past the request rate they are 429 with ``Retry-After``.
 An accepted socket whose token expires is closed with 1008 (policy violation)
-``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out; over the request rate, its frames are
+``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out, one whose API key was removed from
+``API_KEYS_FILE`` within ``KEY_RECHECK_SECONDS``; over the request rate, its frames are
 answered ``error rate_limited`` (the Tradiny socket, by the hub) or read more slowly (the
 others). An HTTP request is authenticated unless it is public (the web
 page's static files, ``/health`` liveness, CORS preflights) and counted against the request
@@ -38,6 +39,7 @@ from backend.settings import Settings
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY_VIOLATION = 1008
+KEY_RECHECK_SECONDS = 2.0  # how soon an open socket of a revoked API key is closed
 UNAUTHORIZED = 401
 FORBIDDEN = 403
 TOO_MANY = 429
@@ -46,11 +48,13 @@ ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
 
 
 class Admitted(NamedTuple):
-    """An accepted socket's caller, what restores the caller before it, and its expiry."""
+    """An accepted socket's caller, what restores the caller before it, its expiry, and
+    how to close it (when its API key is revoked)."""
 
     identity: Identity
     token: contextvars.Token[Identity]
     expiry: asyncio.Task[None] | None
+    send: Send | None = None
 
 
 class Access:
@@ -66,6 +70,9 @@ class Access:
         self.subscriptions = SubscriptionQuota(self.fair.tiers)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
         self.sockets = 0  # sockets accepted so far (names each one's upstream budget)
+        # Open sockets of API keys, and the task closing those whose key is revoked.
+        self.keyed: dict[Send, Identity] = {}
+        self._revocations: asyncio.Task[None] | None = None
 
     def identify(self, scope: Scope) -> Identity:
         """The caller of ``scope``; raise ``AccessDenied`` (401) without valid credentials."""
@@ -142,14 +149,34 @@ class Access:
             return None
         self.sockets += 1
         token = current.set(replace(identity, connection=f"{identity.address}/{self.sockets}"))
-        return Admitted(identity, token, self._watch_expiry(identity, send))
+        if not self.auth.revocable:
+            return Admitted(identity, token, self._watch_expiry(identity, send))
+        self.keyed[send] = identity
+        if self._revocations is None or self._revocations.done():
+            self._revocations = asyncio.get_running_loop().create_task(self._close_revoked())
+            self._revocations.add_done_callback(_log_failure)
+        return Admitted(identity, token, None, send)
 
     def release_socket(self, admitted: Admitted) -> None:
         """The socket of :meth:`admit_socket` ended (call it in the task that admitted it)."""
         if admitted.expiry is not None:
             admitted.expiry.cancel()
+        if admitted.send is not None:
+            self.keyed.pop(admitted.send, None)
         current.reset(admitted.token)
         self.socket_closed(admitted.identity)
+
+    async def _close_revoked(self) -> None:
+        """While API-key sockets are open, every ``KEY_RECHECK_SECONDS``: close with 1008
+        those whose key ``API_KEYS_FILE`` no longer lists (a leaked key, revoked, must not
+        keep streaming to whoever holds it)."""
+        while self.keyed:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            for send, identity in list(self.keyed.items()):
+                if self.keyed.get(send) is identity and self.auth.revoked(identity):
+                    del self.keyed[send]
+                    logger.info("closing a socket whose API key was revoked")
+                    await _close(send, "API key revoked")
 
     def _paced(self, identity: Identity, receive: Receive) -> Receive:
         async def paced() -> Message:
@@ -172,10 +199,13 @@ class Access:
 async def _close_later(delay: float, send: Send) -> None:
     await asyncio.sleep(delay)
     logger.info("closing a socket whose token expired")
+    await _close(send, "token expired")
+
+
+async def _close(send: Send, reason: str) -> None:
+    """Close an accepted socket with 1008 and ``reason`` (it may be closing already)."""
     with contextlib.suppress(RuntimeError, OSError):
-        await send(
-            {"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": "token expired"}
-        )
+        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": reason})
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
