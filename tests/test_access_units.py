@@ -151,6 +151,16 @@ def test_a_pem_key_with_literal_backslash_n_from_an_env_file_is_read(tmp_path: P
     assert auth.identify(jwt.encode(claims(), private, algorithm="ES256"), "a").authenticated
 
 
+def test_a_pem_key_whose_line_breaks_became_spaces_is_read() -> None:
+    """Some hosting dashboards keep one line per variable and turn a pasted PEM's line
+    breaks into spaces: the start stopped with "not a PEM public key"."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    spaced = " ".join(pem.decode().split())
+    auth = Authenticator(settings(AUTH="jwt", JWT_PUBLIC_KEY=spaced))
+    assert auth.identify(jwt.encode(claims(), private, algorithm="ES256"), "a").authenticated
+
+
 def test_a_token_without_kid_is_checked_against_every_key_of_the_jwks(tmp_path: Path) -> None:
     """A JWKS of several keys (a rotation: the old key and the new one) and a token whose
     header names no ``kid`` (some issuers omit it): the server found no key for it (401),
