@@ -70,6 +70,22 @@ def test_api_keys_come_from_the_setting_and_the_file_and_a_wrong_key_is_401(
     assert "env-key" not in auth.identify("env-key-1", "x").client  # a digest, not the key
 
 
+def test_a_keys_file_caught_empty_while_an_editor_rewrites_it_keeps_its_keys(
+    tmp_path: Path,
+) -> None:
+    """Editors that save in place truncate the file before writing it: read at that
+    instant, every key of ``API_KEYS_FILE`` was revoked (401, open sockets closed). An
+    empty file keeps the keys read before; the written file then counts."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("first-key-123\n")
+    auth = Authenticator(settings(AUTH="token", API_KEYS_FILE=keys))
+    identity = auth.identify("first-key-123", "a")
+    keys.write_text("")
+    assert auth.identify("first-key-123", "a").authenticated and not auth.revoked(identity)
+    keys.write_text("second-key-456\n")
+    assert auth.revoked(identity) and auth.identify("second-key-456", "a").authenticated
+
+
 def test_key_files_saved_with_a_byte_order_mark_and_crlf_are_read(tmp_path: Path) -> None:
     """Windows Notepad saves "UTF-8" with a byte order mark and CRLF line ends: the first key
     of ``API_KEYS_FILE`` kept the mark and never matched (401), and a JWKS file so saved

@@ -107,9 +107,10 @@ class Authenticator:
 
     def _current_keys(self) -> list[bytes]:
         """The keys, ``API_KEYS_FILE`` read again once it changed (a key added or revoked
-        while the server runs); a file that cannot be read keeps the keys read before."""
+        while the server runs); a file that cannot be read keeps the keys read before, and
+        so does an empty one (an editor saving in place truncates it first)."""
         stamp = _stamp(self._keys_file)
-        if stamp is None or stamp == self._keys_stamp:
+        if stamp is None or stamp == self._keys_stamp or stamp[1] == 0:
             return self._keys
         self._keys_stamp = stamp
         try:
@@ -127,7 +128,7 @@ def _key_client(key: bytes) -> str:
 
 
 def _stamp(path: Path | None) -> tuple[int, int, int] | None:
-    """What tells that a file changed (modified, resized or replaced), or None."""
+    """What tells that a file changed (modified, size, replaced), or None."""
     if path is None:
         return None
     try:
