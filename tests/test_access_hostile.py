@@ -315,18 +315,25 @@ async def test_a_base64_api_key_pasted_raw_into_the_query_is_accepted(tmp_path: 
         assert http(running, f"{HISTORY}&token={spaced}")[0] == 401
 
 
+def keys_file_server(tmp_path: Path, text: str, key: str) -> tuple[Path, KeyedServer]:
+    """A server (not started) with ``AUTH=token`` and ``API_KEYS_FILE`` holding ``text``,
+    whose own requests (health checks) use ``key``; and the file."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text(text)
+    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS_FILE=str(keys))
+    assert populate(env).returncode == 0
+    running = KeyedServer(env, tmp_path / "server.log")
+    running.signer = lambda sub: key
+    return keys, running
+
+
 async def test_a_key_added_to_or_revoked_from_the_keys_file_counts_without_a_restart(
     tmp_path: Path,
 ) -> None:
     """``API_KEYS_FILE`` was read once at the start: a key revoked from the file (leaked)
     kept working, and a key added to it was refused, until the server restarted."""
-    keys = tmp_path / "keys.txt"
     old, new = "old-key-0123456789abcdef", "new-key-0123456789abcdefgh"
-    keys.write_text(f"# clients\n{old}\n")
-    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS_FILE=str(keys))
-    assert populate(env).returncode == 0
-    running = KeyedServer(env, tmp_path / "server.log")
-    running.signer = lambda sub: old
+    keys, running = keys_file_server(tmp_path, f"# clients\n{old}\n", old)
     with running:
         assert http(running, HISTORY, Authorization=f"Bearer {old}")[0] == 200
         keys.write_text(f"# clients\n{new}\n")  # old revoked, new added
@@ -371,13 +378,8 @@ async def test_an_open_socket_of_a_revoked_key_is_closed(tmp_path: Path) -> None
     """A leaked key removed from ``API_KEYS_FILE``: new requests with it are refused, but
     the sockets it had opened kept streaming to whoever held it, for good. They are closed
     with 1008 "API key revoked"; a socket of a key still listed stays open."""
-    keys = tmp_path / "keys.txt"
     leaked, kept = "leaked-key-0123456789abcdef", "kept-key-0123456789abcdef"
-    keys.write_text(f"{leaked}\n{kept}\n")
-    env = base_env(tmp_path, PROVIDERS="counting", AUTH="token", API_KEYS_FILE=str(keys))
-    assert populate(env).returncode == 0
-    running = KeyedServer(env, tmp_path / "server.log")
-    running.signer = lambda sub: kept
+    keys, running = keys_file_server(tmp_path, f"{leaked}\n{kept}\n", kept)
     with running:
         url = running.ws_url
         sockets = {
