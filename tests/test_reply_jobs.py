@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from backend.hub.clients import Replies
+from tests.harness import eventually
 
 
 async def test_a_lane_keeps_its_order_while_other_lanes_go_on() -> None:
@@ -27,8 +28,7 @@ async def test_a_lane_keeps_its_order_while_other_lanes_go_on() -> None:
     await replies.submit("lane", slow)
     await replies.submit("lane", lambda: quick("after slow"))  # same lane: waits for it
     await replies.submit("other", lambda: quick("other lane"))  # another lane: goes on
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await eventually(lambda: "other lane" in done, what="the other lane's job to run")
     assert done == ["slow started", "other lane"] and len(replies) == 2
     gate.set()
     await replies.idle()
@@ -39,16 +39,18 @@ async def test_cancel_reaches_a_job_that_waits_and_frees_its_slot() -> None:
     replies = Replies(1, "client 1")
     cleaned: list[str] = []
 
+    waiting = asyncio.Event()
+
     async def waits_for_ever() -> None:
         try:
+            waiting.set()
             await asyncio.Event().wait()
         finally:
             cleaned.append("finally ran")
 
     await replies.submit("lane", waits_for_ever)
     [task] = list(replies._tasks)
-    for _ in range(10):
-        await asyncio.sleep(0)  # it waits inside the job
+    await asyncio.wait_for(waiting.wait(), 5)  # it waits inside the job
     replies.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
