@@ -68,6 +68,39 @@ async def test_bars_and_coverage_survive_a_reopen(tmp_path: Path, open_store: Op
         ]
 
 
+async def test_a_read_during_a_flush_sees_the_bars_and_coverage_being_written(
+    open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush writes a batch in several statements, each awaited, on the connection the
+    reads use: a read between the coverage's DELETE and its INSERT found no coverage (and
+    the batch was no longer queued), so the planner fetched again from the provider what
+    it had just stored (failed once under load: six provider calls instead of three)."""
+    store = await open_store()
+    store.put_bars(BTC, [bar(60), bar(120)], forming_t=120)
+    store.put_coverage(BTC, [(0, 119)], exhausted_before=0)
+    deleted, release = asyncio.Event(), asyncio.Event()
+    executemany = store._db.executemany
+
+    async def held(sql: str, rows: Any) -> Any:
+        if sql.startswith("INSERT INTO bar_coverage"):
+            deleted.set()  # the old coverage is gone, the new one not written yet
+            await release.wait()
+        return await executemany(sql, rows)
+
+    monkeypatch.setattr(store._db, "executemany", held)
+    flushing = asyncio.ensure_future(store.flush())
+    await asyncio.wait_for(deleted.wait(), 10)
+    snapshot = await store.load(BTC, 10)
+    read = await store.read(BTC, 0, 200, 10)
+    release.set()
+    await flushing
+    assert snapshot.coverage == [(0, 119)]
+    assert snapshot.exhausted_before == 0
+    assert snapshot.bars == [bar(60), bar(120)]
+    assert read == [bar(60), bar(120)]
+    assert await store.load(BTC, 10) == snapshot
+
+
 async def test_a_queued_bar_reaches_disk_within_a_second(
     tmp_path: Path, open_store: Opener
 ) -> None:

@@ -134,6 +134,11 @@ class BarStore:
         self._moved = False  # DB was deleted or replaced since: never written again
         self._ids: dict[SeriesId, int] = {}
         self._pending: dict[SeriesId, _Pending] = {}
+        # The batch a flush is writing, until it is committed: still read as queued. The
+        # flush writes it in several statements, each awaited, on the connection the reads
+        # use, and a read between them (the coverage deleted, the new one not written yet)
+        # found neither it in the file nor it queued.
+        self._writing: dict[SeriesId, _Pending] = {}
         self._tasks: Tasks = set()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -236,6 +241,7 @@ class BarStore:
                 return
             await self._check_file()
             batch, self._pending = self._pending, {}
+            self._writing = batch
             try:
                 await self._write(batch)
                 await self._db.commit()
@@ -252,6 +258,8 @@ class BarStore:
                 # same open transaction, and writing it again replaces it).
                 self._requeue(batch)
                 raise
+            finally:
+                self._writing = {}
             self.writes.succeeded()
 
     async def _check_file(self) -> None:
@@ -412,21 +420,34 @@ class BarStore:
                 stored = await self._select(series, a, b, limit)
             except aiosqlite.Error as exc:
                 raise StorageError(f"cannot read {key} from the bar store: {exc}") from exc
-        pending = self._pending.get(key)
-        if pending is None:
-            return stored
-        queued = [bar for bar, _ in pending.bars.values() if a <= bar[0] <= b]
-        return _merge(stored, queued)[-limit:]
+        queued = [bar for bar in self._queued_bars(key) if a <= bar[0] <= b]
+        return _merge(stored, queued)[-limit:] if queued else stored
+
+    def _queued(self, key: SeriesId) -> list[_Pending]:
+        """What is queued for ``key`` and not committed yet: the batch being written, then
+        what was queued since (newer)."""
+        return [
+            pending
+            for pending in (self._writing.get(key), self._pending.get(key))
+            if pending is not None
+        ]
+
+    def _queued_bars(self, key: SeriesId) -> list[Bar]:
+        """The bars of :meth:`_queued`, ascending, a newer one of a time replacing the older."""
+        queued = self._queued(key)
+        if len(queued) == 1:
+            return [bar for bar, _ in queued[0].bars.values()]
+        return _merge(*([bar for bar, _ in p.bars.values()] for p in queued))
 
     def _overlay(self, key: SeriesId, snapshot: Snapshot, limit: int) -> Snapshot:
-        pending = self._pending.get(key)
-        if pending is None:
+        queued = self._queued(key)
+        if not queued:
             return snapshot
-        if pending.coverage is not None:
-            snapshot.coverage = list(pending.coverage)
-            snapshot.exhausted_before = pending.exhausted_before
-        queued = [bar for bar, _ in pending.bars.values()]
-        merged = _merge(snapshot.bars, queued)
+        for pending in queued:
+            if pending.coverage is not None:
+                snapshot.coverage = list(pending.coverage)
+                snapshot.exhausted_before = pending.exhausted_before
+        merged = _merge(snapshot.bars, self._queued_bars(key))
         snapshot.complete = snapshot.complete and len(merged) <= limit
         snapshot.bars = merged[-limit:] if limit else []
         return snapshot
