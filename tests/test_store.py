@@ -98,7 +98,8 @@ async def test_a_read_during_a_flush_sees_the_bars_and_coverage_being_written(
     assert snapshot.exhausted_before == 0
     assert snapshot.bars == [bar(60), bar(120)]
     assert read == [bar(60), bar(120)]
-    assert await store.load(BTC, 10) == snapshot
+    assert await store.load(BTC, 10) == snapshot  # written: nothing queued any more
+    assert await store.read(BTC, 0, 200, 10) == read
 
 
 async def test_a_queued_bar_reaches_disk_within_a_second(
