@@ -18,11 +18,13 @@ loopback + WebSocket + client for that message, and every row of that count is c
 with it. Both servers run at once (a load generator process each, on the client core) and
 the throughput windows alternate, ours then the ceiling's, ``--rounds`` times: the row
 shows the median of each and the median of the rounds' ratios (target >= 0.5, issue 17).
-``CACHE_MAX_BARS`` is raised so that the warm keys stay in memory. Every answer is checked
-to hold exactly ``count`` bars. The provider's ``get_history`` calls are counted per phase
-(a request whose newest bars are not known to be current also asks the provider for the
-tail). Prints a table, then one JSON line. ``--profile S`` records the server with py-spy for
-S seconds while 100 clients ask for 300 bars (``--profile-count 5000``: 5,000).
+The ceiling runs on uvloop; ``--ceiling-loop asyncio`` runs it on the standard library's
+loop, the one the hub runs on. ``CACHE_MAX_BARS`` is raised so that the warm keys stay in
+memory. Every answer is checked to hold exactly ``count`` bars. The provider's
+``get_history`` calls are counted per phase (a request whose newest bars are not known to
+be current also asks the provider for the tail). Prints a table, then one JSON line.
+``--profile S`` records the server with py-spy for S seconds while 100 clients ask for 300
+bars (``--profile-count 5000``: 5,000).
 """
 
 from __future__ import annotations
@@ -154,7 +156,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server.env["BENCH_HISTORY_LOG"] = str(call_log.path)
     # Both servers run side by side (the idle one costs nothing) so that the throughput
     # windows alternate: on a shared machine, each ratio compares figures seconds apart.
-    with LoadGen() as gen, LoadGen() as cgen, server, CeilingServer("broadcast") as target:
+    with (
+        LoadGen() as gen,
+        LoadGen() as cgen,
+        server,
+        CeilingServer("broadcast", loop=args.ceiling_loop) as target,
+    ):
         connect(gen, server, args.clients)
         connect(cgen, target, args.clients)
         for count in COUNTS:
@@ -252,6 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "ours": ours,
         "ceiling": ceiling,
+        "ceiling_loop": args.ceiling_loop,
         "provider_calls": calls,
         "profile": profile,
         "machine": machine(),
@@ -286,6 +294,12 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds (0: off)")
     parser.add_argument("--profile-count", type=int, default=300, choices=COUNTS)
+    parser.add_argument(
+        "--ceiling-loop",
+        default="uvloop",
+        choices=("uvloop", "asyncio"),
+        help="the ceiling's event loop (the hub runs on asyncio's own: README, Performance)",
+    )
     args = parser.parse_args()
     figures = run(args)
     print(

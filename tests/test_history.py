@@ -275,3 +275,24 @@ async def test_a_page_ending_in_the_last_month_before_the_forming_one_asks_the_p
         ("2026-02-01 00:00:00", 28 * 24.0)
     ]
     assert len(calls) <= 2  # the tail, and the window of the page
+
+
+async def test_an_answer_held_in_memory_is_given_at_once_and_equals_the_awaited_one() -> None:
+    """``answer_now``: None while the series needs its provider (not loaded, its tail no
+    longer fresh, more bars than memory holds), else ``latest()``'s answer, no call made."""
+    provider = FakeProvider()
+    plan = planner(provider)
+    assert plan.answer_now(KEY, 100, streaming=False) is None  # not loaded
+    awaited = await plan.latest(KEY, 100, streaming=False)
+    calls = len(provider.calls)
+    now = plan.answer_now(KEY, 100, streaming=False)
+    assert now is not None
+    assert (now.bars, now.version, now.latest) == (awaited.bars, awaited.version, True)
+    fewer = plan.answer_now(KEY, 60, streaming=False)
+    assert fewer is not None and fewer.bars == awaited.bars[-60:]
+    assert plan.answer_now(KEY, 5000, streaming=False) is None  # older bars to fetch
+    series = plan.cache.peek(KEY)
+    assert series is not None
+    series.tail_fetched_at -= 60  # the tail is stale: to be fetched again first
+    assert plan.answer_now(KEY, 100, streaming=False) is None
+    assert len(provider.calls) == calls

@@ -481,3 +481,42 @@ async def test_a_data_init_waiting_for_a_slow_clients_room_carries_the_updates_o
     [init] = [m for m in taken(client) if m["type"] == "data_init"]
     closes = [point[f"{SOURCE}-AAA-1m-close"] for point in init["data"]]
     assert closes == ([1.0, 3.0, 3.0] if newer else [1.0, 3.0])
+
+
+async def test_a_data_init_of_a_series_in_memory_is_sent_as_its_request_is_taken() -> None:
+    """A page-load storm of a cached series: each ``data_init`` is answered while its frame
+    is taken, with no reply job, and holds the bars a reply job sends."""
+    hub, provider = make_hub(FakeClock())
+    minute = int(time.time()) // 60 * 60
+    provider.history = [(minute - 60 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(99, -1, -1)]
+    first, second = connect(hub), connect(hub)
+    await send(hub, first, request("data", K1, count=50))  # loads K1 and streams it
+    by_job = taken(first)
+    await send(hub, second, request("data", K1, count=50), settle=False)
+    assert len(second.replies) == 0
+    at_once = taken(second)
+    assert [m["type"] for m in at_once] == ["data_init"]
+    assert at_once[0]["data"] == by_job[0]["data"]
+    assert len(at_once[0]["data"]) == 50
+
+
+async def test_a_data_init_waits_its_turn_behind_a_reply_of_its_client_still_pending() -> None:
+    """Not at once when the client has a reply pending (it may be before it in the key's
+    lane): a ``data_history`` still fetching, then a ``data_init`` of the same key in memory,
+    are answered in the order asked."""
+    hub, provider = make_hub(FakeClock())
+    client = connect(hub)
+    await send(hub, client, request("data", K1, count=50))
+    taken(client)
+    provider.gates[K1.name] = gate = asyncio.Event()
+    await send(
+        hub,
+        client,
+        request("data_history", K1, end="2000-01-01 00:00:00", count=10),
+        request("data", K1, count=50, stream=False),
+        settle=False,
+    )
+    assert len(client.replies) >= 1
+    gate.set()
+    await client.replies.idle()
+    assert [m["type"] for m in taken(client)] == ["data_history", "data_init"]

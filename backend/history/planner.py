@@ -45,6 +45,36 @@ LONGEST_MONTH = 32 * 86_400  # 31 days, and a daylight saving hour of a local ca
 MAX_FETCHES_PER_REQUEST = 16
 
 
+@dataclass(slots=True)
+class _Walk:
+    """Where a walk back through a series stands (:meth:`HistoryPlanner._walk`)."""
+
+    cursor: int  # the next bar time to account for, walking back
+    count: int  # the bars wanted
+    now: int
+    collected: int = 0
+    widen: int = 1  # how many times wider than the bars missing the next window is
+    empties: int = 0  # empty windows in a row
+    fetches: int = 0
+    read_at: int | None = None  # the cursor whose span was last read back from the store
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadBack:
+    """Read the newest ``bars`` stored bars of the span from ``low`` back to memory."""
+
+    low: int
+    bars: int
+
+
+@dataclass(frozen=True, slots=True)
+class _FetchWindow:
+    """Ask the provider for ``[start, cursor]``, at most ``window`` bars."""
+
+    start: int
+    window: int
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """The bars of a request; ``series`` and its ``version`` when they were taken, so the
@@ -152,6 +182,30 @@ class HistoryPlanner:
             seq = series.live_seq
             return Answer(bars, error, series, series.version, seq, end is None, count)
 
+    def answer_now(self, key: SeriesId, count: int, streaming: bool) -> Answer | None:
+        """:meth:`latest`'s answer when memory holds all of it and no other request on the
+        key is under way: at once, without a wait (a storm of ``data_init`` of a cached
+        series costs no task each). None when :meth:`latest` must be awaited: the series to
+        load, the provider's clock to learn, a tail or a window to fetch, stored bars to
+        read back."""
+        series = self.cache.peek(key)
+        lock = self._locks.get(key)
+        if series is None or not series.loaded or (lock is not None and lock.locked()):
+            return None
+        if self.clocks.missing(key.source, key.name):
+            return None
+        now = self.clocks.now(key.source, key.name)
+        if self._needs_tail(series, now, now, streaming):
+            return None
+        if self._walk(series, _Walk(now, count, now)) is not None:
+            return None
+        series.touch()
+        bars = series.last_before(max(now, series.newest or now), count)
+        answer = Answer(bars, None, series, series.version, series.live_seq, True, count)
+        if self.after_request is not None:
+            self.after_request()
+        return answer
+
     async def _probe_clock(self, key: SeriesId) -> None:
         """Ask the provider for the bar at the wall time and drop the answer: a replaying
         provider reports the clock of a file it finds now with it. Planned from the wall
@@ -250,11 +304,27 @@ class HistoryPlanner:
     # ------------------------------------------------------------------ walking back
 
     async def _fill_back(self, series: Series, cursor: int, count: int, now: int) -> None:
-        step = intervals.nominal_seconds(series.key.interval)
-        collected, widen, empties, fetches = 0, 1, 0, 0
-        while collected < count and cursor >= 0:
-            if series.exhausted_before is not None and cursor < series.exhausted_before:
+        """Walk back from ``cursor`` until ``count`` bars are known or nothing older is,
+        reading stored bars back and fetching the windows missing as :meth:`_walk` asks."""
+        walk = _Walk(cursor, count, now)
+        while (need := self._walk(series, walk)) is not None:
+            if isinstance(need, _ReadBack):
+                await self._read_back(series, need.low, walk.cursor, need.bars)
+                continue
+            bars = await self.fetch(series.key, need.start, walk.cursor, need.window)
+            if not self._took(series, walk, need.start, bars):
                 return
+
+    def _walk(self, series: Series, walk: _Walk) -> _ReadBack | _FetchWindow | None:
+        """Walk back through what memory holds, from ``walk.cursor``, until ``walk.count``
+        bars are collected or nothing older is (None), or until the walk needs stored bars
+        read back or a window fetched: then that (the caller does it and walks on)."""
+        step = intervals.nominal_seconds(series.key.interval)
+        count = walk.count
+        while walk.collected < count and walk.cursor >= 0:
+            cursor = walk.cursor
+            if series.exhausted_before is not None and cursor < series.exhausted_before:
+                return None
             newest = series.newest
             # Nothing opened after the newest bar: the fresh tail (or the stream since) says
             # so. Not when the tail's window started after it and found nothing (a quiet
@@ -262,51 +332,61 @@ class HistoryPlanner:
             # is known empty, and the bars before it are walked back to.
             known_from = None if newest is None else max(newest, series.tail_from)
             if known_from is not None and cursor >= known_from and _fresh(series):
-                collected += series.count_between(known_from, cursor)
-                cursor = known_from - 1
+                walk.collected += series.count_between(known_from, cursor)
+                walk.cursor = known_from - 1
                 continue
             span = series.coverage.span_at(cursor)
             if span is not None:
-                if span[0] < series.floor:
+                if span[0] < series.floor and walk.read_at != cursor:
                     in_memory = series.count_between(max(span[0], series.floor), cursor)
-                    await self._read_back(series, span[0], cursor, count - collected - in_memory)
-                collected += series.count_between(span[0], cursor)
+                    missing = count - walk.collected - in_memory
+                    if self.store is not None and missing > 0:
+                        walk.read_at = cursor  # once per span, then counted as it is
+                        return _ReadBack(span[0], missing)
+                walk.collected += series.count_between(span[0], cursor)
                 if series.exhausted_before is not None and span[0] <= series.exhausted_before:
-                    return
-                cursor = span[0] - 1
+                    return None
+                walk.cursor = span[0] - 1
                 continue
-            if fetches >= MAX_FETCHES_PER_REQUEST:
-                logger.warning("%s: gave up after %d history fetches", series.key, fetches)
-                return
-            window = max(count - collected, MIN_WINDOW_BARS) * widen  # bars it can hold
+            if walk.fetches >= MAX_FETCHES_PER_REQUEST:
+                logger.warning("%s: gave up after %d history fetches", series.key, walk.fetches)
+                return None
+            window = max(count - walk.collected, MIN_WINDOW_BARS) * walk.widen  # bars it can hold
             start = max(0, cursor - step * window + 1)
             lower = series.coverage.end_before(cursor)
             if lower is not None:
                 start = max(start, lower + 1)
             # The window's size as the count: a provider that keeps at most ``count`` bars
             # (README's example) answers all of it, which is then recorded as covered.
-            bars = await self.fetch(series.key, start, cursor, window)
-            bars = self._not_future(series.key, bars, cursor)
-            fetches += 1
-            series.merge(bars)
-            # A window that reaches the present ends in a bar that may still change.
-            reaches_now = cursor > now - _longest(series.key.interval) and bool(bars)
-            series.coverage.add(start, bars[-1][0] - 1 if reaches_now else cursor)
-            if series.count_between(start, cursor) == 0:
-                empties += 1
-                widen *= WIDEN_FACTOR
-                if empties >= MAX_EMPTY_WINDOWS or start == 0:
-                    series.exhausted_before = start
-                    self._persist(series, [])
-                    return
-            else:
-                empties = 0
-            self._persist(series, bars)
-            if reaches_now:
-                # Its last bar is counted but not covered: walk on from before it (or the
-                # cursor, still not covered, was asked for again up to 16 times).
-                collected += series.count_between(bars[-1][0], cursor)
-                cursor = bars[-1][0] - 1
+            return _FetchWindow(start, window)
+        return None
+
+    def _took(self, series: Series, walk: _Walk, start: int, fetched: list[Bar]) -> bool:
+        """Record the window ``[start, walk.cursor]`` the provider answered with ``fetched``;
+        False when it says nothing older is there (the walk ends)."""
+        cursor = walk.cursor
+        bars = self._not_future(series.key, fetched, cursor)
+        walk.fetches += 1
+        series.merge(bars)
+        # A window that reaches the present ends in a bar that may still change.
+        reaches_now = cursor > walk.now - _longest(series.key.interval) and bool(bars)
+        series.coverage.add(start, bars[-1][0] - 1 if reaches_now else cursor)
+        if series.count_between(start, cursor) == 0:
+            walk.empties += 1
+            walk.widen *= WIDEN_FACTOR
+            if walk.empties >= MAX_EMPTY_WINDOWS or start == 0:
+                series.exhausted_before = start
+                self._persist(series, [])
+                return False
+        else:
+            walk.empties = 0
+        self._persist(series, bars)
+        if reaches_now:
+            # Its last bar is counted but not covered: walk on from before it (or the
+            # cursor, still not covered, was asked for again up to 16 times).
+            walk.collected += series.count_between(bars[-1][0], cursor)
+            walk.cursor = bars[-1][0] - 1
+        return True
 
     def _not_future(self, key: SeriesId, bars: list[Bar], asked: int) -> list[Bar]:
         """``bars`` (oldest first) of a window asked up to ``asked`` (its end, or its start

@@ -158,9 +158,13 @@ class Replies:
             return
         error = task.exception()
         if error is not None:
-            logger.error("%s: a reply failed", self.owner, exc_info=error)
-            if self.on_failure is not None:
-                self.on_failure(error, request)
+            self.failed(error, request)
+
+    def failed(self, error: BaseException, request: Any) -> None:
+        """The reply to ``request`` raised ``error``: logged, and ``on_failure`` told."""
+        logger.error("%s: a reply failed", self.owner, exc_info=error)
+        if self.on_failure is not None:
+            self.on_failure(error, request)
 
 
 async def _after(firsts: list[asyncio.Task[None]], job: Job) -> None:

@@ -219,6 +219,8 @@ class Requests:
         elif request.stream:
             self.hub.subscribe(client, key)
             subscribed = self.hub.subs.since(client.id, key)
+        if not notes and self._data_init_now(client, request, found, subscribed):
+            return
         await client.replies.submit(
             key_lane(key),
             lambda: self._data_init(client, request, found, notes, subscribed),
@@ -250,13 +252,55 @@ class Requests:
         answer = await hub.planner.latest(key, request.count, hub.subs.has(key))
         if client.id not in hub.clients:
             return
-        wire = hub.fanout.wire_keys(key, details)
         async with client.outbox.room():  # paced by the client's reading
             if client.id not in hub.clients:
                 return
             answer = answer.as_of_now()  # the updates merged while it waited for room
-            frame, encoded = self.encoded_frame("data_init", answer, wire, details, key)
-            hub.send_frame(client, frame)
+            self._send_data_init(client, request, details, answer, subscribed)
+
+    def _data_init_now(
+        self,
+        client: Client,
+        request: protocol.DataRequest,
+        details: Details,
+        subscribed: int | None,
+    ) -> bool:
+        """Send the ``data_init`` now, without a reply job, when nothing would make
+        :meth:`_data_init` wait: no reply of the client pending (none before it in the key's
+        lane, none holding the outbox), the bars in memory (:meth:`HistoryPlanner.answer_now`),
+        the outbox under half its limit and the client within its history budget. A
+        page-load storm of cached series then costs no task per request. False: not sent."""
+        hub = self.hub
+        replies = client.replies
+        if len(replies) or replies.deferring or not client.outbox.room_now():
+            return False
+        if not self._within_budget(client, request.count):
+            return False
+        key = request.series
+        answer = hub.planner.answer_now(key, request.count, hub.subs.has(key))
+        if answer is None:
+            return False
+        self._charge(client, request.count)
+        try:
+            self._send_data_init(client, request, details, answer, subscribed)
+        except Exception as error:  # noqa: BLE001 - as a failed reply job: logged, answered
+            replies.failed(error, request)
+        return True
+
+    def _send_data_init(
+        self,
+        client: Client,
+        request: protocol.DataRequest,
+        details: Details,
+        answer: Answer,
+        subscribed: int | None,
+    ) -> None:
+        """Send the ``data_init`` of ``answer`` and start the key's updates (:meth:`_data_init`)."""
+        hub = self.hub
+        key = request.series
+        wire = hub.fanout.wire_keys(key, details)
+        frame, encoded = self.encoded_frame("data_init", answer, wire, details, key)
+        hub.send_frame(client, frame)
         self.settle(client, encoded - request.count)
         if answer.error is not None:
             self._provider_error(client, answer.error, request.raw)
@@ -310,13 +354,12 @@ class Requests:
         one-bar requests); its small requests are counted until they add up to it."""
         settings = self.hub.settings
         rate = settings.HISTORY_BARS_PER_SECOND
-        budget = client.budget
-        if rate <= 0:
+        if rate <= 0 or (client.budget is None and client.small_bars + count < BUDGET_FROM):
+            self._charge(client, count)
             return
+        budget = client.budget
         if budget is None:
             client.small_bars += count
-            if client.small_bars < BUDGET_FROM:
-                return
             budget = client.budget = WorkBudget(rate, settings.HISTORY_BARS_BURST, time.monotonic())
         wait = budget.wait(time.monotonic())
         if wait > 0:
@@ -334,6 +377,25 @@ class Requests:
             await asyncio.sleep(wait)
             wait = budget.wait(time.monotonic())
         budget.charge(count, time.monotonic())
+
+    def _within_budget(self, client: Client, count: int) -> bool:
+        """Whether :meth:`pace` would let a reply of ``count`` bars go at once."""
+        rate = self.hub.settings.HISTORY_BARS_PER_SECOND
+        budget = client.budget
+        if rate <= 0:
+            return True
+        if budget is None:
+            return client.small_bars + count < BUDGET_FROM
+        return budget.wait(time.monotonic()) <= 0
+
+    def _charge(self, client: Client, count: int) -> None:
+        """Charge a reply of ``count`` bars that :meth:`_within_budget` let go at once."""
+        if self.hub.settings.HISTORY_BARS_PER_SECOND <= 0:
+            return
+        if client.budget is None:
+            client.small_bars += count
+        else:
+            client.budget.charge(count, time.monotonic())
 
     def settle(self, client: Client, bars: int) -> None:
         """Charge ``bars`` more (fewer, when negative) than :meth:`pace` did."""

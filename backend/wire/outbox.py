@@ -124,6 +124,10 @@ class Outbox:
                     self.waiting_since = None
             yield
 
+    def room_now(self) -> bool:
+        """Whether :meth:`room` would be had at once, when no reply holds or awaits it."""
+        return self.pending_bytes() <= self.max_bytes // 2
+
     def pending_bytes(self) -> int:
         """Bytes the client has yet to receive: this outbox plus the writer's buffer."""
         return self._bytes + self._refresh_in_transport()
