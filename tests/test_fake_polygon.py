@@ -652,11 +652,16 @@ async def test_a_silent_server_sends_no_events_until_the_silence_ends() -> None:
         client = ws_client(fp, subscriptions=["A.AAPL"])
         task = asyncio.create_task(client.connect(collector(events)))
         await until(lambda: bool(events), "the first event")
-        fp.go_silent(0.5)
-        await asyncio.sleep(0.1)
+        # A silence long beside the waits, which a loaded machine stretches: with 0.5 s of
+        # silence and 0.4 s of waits, the events after it had come by the second look (CI).
+        silence = 3.0
+        fp.go_silent(silence)
+        started = time.monotonic()
+        await asyncio.sleep(0.5)  # events already on their way arrive
         count = len(events)
-        await asyncio.sleep(0.3)
-        assert len(events) == count
+        await asyncio.sleep(1.0)
+        looked = time.monotonic() - started
+        assert looked >= silence or len(events) == count
         await until(lambda: len(events) > count, "events after the silence")
         await client.close()
         await task
