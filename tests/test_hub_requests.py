@@ -520,3 +520,25 @@ async def test_a_data_init_waits_its_turn_behind_a_reply_of_its_client_still_pen
     gate.set()
     await client.replies.idle()
     assert [m["type"] for m in taken(client)] == ["data_history", "data_init"]
+
+
+async def test_once_a_frame_held_the_loop_long_enough_its_data_inits_wait_their_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answering at once is bounded per frame (``AT_ONCE_SECONDS``): past it, a
+    ``data_init`` of a series in memory goes through a reply job, with the same bars."""
+    from backend.hub import requests as requests_module
+
+    hub, provider = make_hub(FakeClock())
+    minute = int(time.time()) // 60 * 60
+    provider.history = [(minute - 60 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(99, -1, -1)]
+    first, second = connect(hub), connect(hub)
+    await send(hub, first, request("data", K1, count=50))
+    loaded = taken(first)
+    monkeypatch.setattr(requests_module, "AT_ONCE_SECONDS", 0.0)
+    await send(hub, second, request("data", K1, count=50), settle=False)
+    assert len(second.replies) == 1
+    await second.replies.idle()
+    by_job = taken(second)
+    assert [m["type"] for m in by_job] == ["data_init"]
+    assert by_job[0]["data"] == loaded[0]["data"]

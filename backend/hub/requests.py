@@ -46,6 +46,9 @@ FRAME_LANE = ("frame",)  # replies sent at once, but held behind a frame's data 
 DETAILS_CACHE_SIZE = 10_000
 FRAMES_METRIC = "candlewire_history_frames_total"
 BUDGET_FROM = 100  # bars: a connection keeps a history budget once it asked for as many
+# The longest the data_init answered at once may hold the loop in one go (a frame of 100
+# requests of series in memory, none of their frames encoded yet): then reply jobs again.
+AT_ONCE_SECONDS = 0.002
 
 Details = dict[str, Any]
 # The empty reply a refused request still gets.
@@ -71,6 +74,7 @@ class Requests:
             "bars, newest bar encoded) or encoded (built from the bars)",
         )
         self.paced = 0  # history replies that waited for their client's budget
+        self._taken_at = 0.0  # when the frame being taken was (perf_counter)
         hub.metrics.counter(
             "candlewire_history_paced_total",
             lambda: self.paced,
@@ -92,6 +96,7 @@ class Requests:
         held and started ``data`` first (:meth:`Replies.defer`), and the extensions are
         taken once the ``data`` items are answered."""
         settings = self.hub.settings
+        self._taken_at = time.perf_counter()
         wait = self.hub.admit_frame() if self.hub.admit_frame is not None else 0.0
         requests = protocol.parse_frame(text, settings.MAX_REQUESTS_PER_FRAME, settings.MAX_COUNT)
         ordered = core_first(requests)
@@ -269,11 +274,14 @@ class Requests:
         :meth:`_data_init` wait: no reply of the client pending (none before it in the key's
         lane, none holding the outbox), the bars in memory (:meth:`HistoryPlanner.answer_now`),
         the outbox under half its limit and the client within its history budget. A
-        page-load storm of cached series then costs no task per request. False: not sent."""
+        page-load storm of cached series then costs no task per request. Not once the frame
+        has held the loop for ``AT_ONCE_SECONDS``. False: not sent."""
         hub = self.hub
         replies = client.replies
         if len(replies) or replies.deferring or not client.outbox.room_now():
             return False
+        if time.perf_counter() - self._taken_at > AT_ONCE_SECONDS:
+            return False  # the loop was held long enough: the others' turn (a reply job)
         if not self._within_budget(client, request.count):
             return False
         key = request.series
