@@ -84,6 +84,22 @@ def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+def refused_start(env: dict[str, str], code: int = 2) -> subprocess.CompletedProcess[str]:
+    """``server.py`` run with ``env``, expected to refuse to start: exit code ``code`` (2: a
+    setting or the command line refused; 3: the hub's startup failed)."""
+    done = subprocess.run(
+        [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds(60),
+        check=False,
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+    return done
+
+
 @contextlib.contextmanager
 def populated_server(tmp: Path, **env: str) -> Iterator[ServerProcess]:
     """``populate.py`` then ``server.py`` with ``base_env(tmp, **env)``; stopped at the end."""

@@ -14,6 +14,7 @@ it these tests are skipped, except under ``CI=true`` where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browsing import ARTIFACTS, MS, browser, console, free_port, page_server, text_once
-from tests.harness import ServerProcess, base_env, populate, seconds
+from tests.browsing import ARTIFACTS, MS, browser, console, page_server, text_once
+from tests.harness import ServerProcess, base_env, seconds
 from tests.providers import STEP, CountingProvider, bar, parse
 
 __all__ = ["browser", "console"]  # the shared fixtures
@@ -383,16 +384,13 @@ SHIFT = 7200  # after the restart the source is two hours behind the bars the pa
 def test_a_restarted_source_with_older_bars_replaces_the_chart_and_keeps_it_updating(
     tmp_path: Path, page: Page
 ) -> None:
-    env = base_env(
+    with page_server(
         tmp_path,
         PROVIDERS="counting",
         EXTRA_PROVIDERS="counting=tests.test_browser:ShiftedProvider",
         CANDLEWIRE_TEST_PERIOD="0.25",
         STREAM_LINGER_SECONDS="0.5",
-    )
-    assert populate(env).returncode == 0
-    server = ServerProcess(env, tmp_path / "server.log", free_port()).start()
-    try:
+    ) as server:
         open_page(page, server, "?source=counting&s=AAA&i=1m")
         wait_for_bars(page)
         held = bars(page)[-1]["time"]
@@ -419,8 +417,6 @@ def test_a_restarted_source_with_older_bars_replaces_the_chart_and_keeps_it_upda
             timeout=seconds(5) * MS,
         )
         assert page.evaluate("window.candlewire.charts[0].bars().at(-1).time") < held
-    finally:
-        server.stop()
 
 
 COUNT_SOCKETS = """(() => {
@@ -439,17 +435,16 @@ def test_a_full_server_is_asked_again_less_and_less_often_until_a_place_frees(
     reached" and closes it with 1013. The backoff was reset by every open, so the page asked
     again twice a second for as long as it stayed open; its delay now grows until a socket
     stays open, and it gets in once a place frees."""
-    env = base_env(
-        tmp_path,
-        PROVIDERS="counting",
-        CANDLEWIRE_TEST_PERIOD="0.25",
-        STREAM_LINGER_SECONDS="0.5",
-        MAX_CLIENTS="1",
-    )
-    assert populate(env).returncode == 0
-    server = ServerProcess(env, tmp_path / "server.log", free_port()).start()
-    holder = browser.new_context(viewport={"width": 1400, "height": 820})
-    try:
+    with (
+        page_server(
+            tmp_path,
+            PROVIDERS="counting",
+            CANDLEWIRE_TEST_PERIOD="0.25",
+            STREAM_LINGER_SECONDS="0.5",
+            MAX_CLIENTS="1",
+        ) as server,
+        contextlib.closing(browser.new_context(viewport={"width": 1400, "height": 820})) as holder,
+    ):
         open_page(holder.new_page(), server, "?source=counting&s=AAA&i=1m")
         page.add_init_script(COUNT_SOCKETS)
         page.goto(f"{server.url}/?source=counting&s=BBB&i=1m")
@@ -463,6 +458,3 @@ def test_a_full_server_is_asked_again_less_and_less_often_until_a_place_frees(
         holder.close()  # its place frees
         page.wait_for_function("window.candlewire.connection === 'live'", timeout=seconds(20) * MS)
         wait_for_bars(page)
-    finally:
-        holder.close()
-        server.stop()

@@ -10,8 +10,6 @@ import re
 import resource
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +17,15 @@ import psutil
 
 from backend.history.store import SCHEMA as STORE_SCHEMA
 from backend.history.store import WAL_LIMIT
+from backend.serving import STARTUP_FAILED
 from tests.harness import (
-    ROOT,
     ServerProcess,
     WsClient,
     base_env,
     eventually,
     populate,
+    refused_start,
     same_key,
-    seconds,
 )
 
 
@@ -266,16 +264,7 @@ def test_a_damaged_db_stops_the_start_with_one_line_naming_db_and_what_to_do(
 ) -> None:
     env = setup(tmp_path)
     damage(Path(env["DB"]))
-    result = subprocess.run(
-        [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds(60),
-        check=False,
-    )
-    assert result.returncode != 0
+    result = refused_start(env, code=STARTUP_FAILED)
     assert "Traceback" not in result.stderr, result.stderr
     line = next(line for line in result.stderr.splitlines() if f"DB: {env['DB']}" in line)
     assert f"candlewire: DB: {env['DB']} cannot be read (database disk image is malformed)" in line

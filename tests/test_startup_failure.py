@@ -18,7 +18,7 @@ from backend import plugins
 from backend.errors import ConfigError
 from backend.provider import Provider
 from tests import bus_deploy, harness
-from tests.harness import ROOT, base_env, until
+from tests.harness import ROOT, base_env, refused_start, until
 
 STARTUP_FAILED = 3
 
@@ -61,21 +61,6 @@ def ends_with_everything(proc: subprocess.Popen[bytes], tmp: Path) -> None:
         return [p for p in started if psutil.pid_exists(p) and not _zombie(p)]
 
     until(lambda: not left(), timeout=20, what=f"the end of {sorted(started)}")
-
-
-def refused_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``server.py`` run with ``env``, expected to refuse to start (exit code 2)."""
-    done = subprocess.run(
-        [sys.executable, "server.py", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    return done
 
 
 def _zombie(pid: int) -> bool:
