@@ -434,13 +434,10 @@ class BarStore:
 
     def _queued_bars(self, key: SeriesId) -> list[Bar]:
         """The bars of :meth:`_queued`, ascending, a newer one of a time replacing the older."""
-        writing, pending = self._writing.get(key), self._pending.get(key)
-        if writing is None or pending is None:
-            only = writing or pending
-            return [] if only is None else [bar for bar, _ in only.bars.values()]
-        return _merge(
-            [bar for bar, _ in writing.bars.values()], [bar for bar, _ in pending.bars.values()]
-        )
+        lists = [[bar for bar, _ in pending.bars.values()] for pending in self._queued(key)]
+        if len(lists) == 2:
+            return _merge(*lists)
+        return lists[0] if lists else []
 
     def _overlay(self, key: SeriesId, snapshot: Snapshot, limit: int) -> Snapshot:
         queued = self._queued(key)
