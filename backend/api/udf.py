@@ -630,6 +630,11 @@ async def history(request: Request, symbol: str = "", resolution: str = "") -> R
     answer = await hub.planner.before(key, end - 1, count, streaming)
     if started and answer.error is not None:
         hub.watches.drop(key)  # refused (fair use) or failed: the poll keeps no stream
+        if len(answer.bars) < count:
+            # What it holds came from the stream this poll just started (its forming bar
+            # can land before the refused fetch): a short history would pass for the whole
+            # of it; the error says to ask again.
+            return json_response(error(str(answer.error)))
     bars = [bar for bar in answer.bars if since is None or bar[0] >= since]
     if bars:
         return json_response(history_body(bars, interval, str(details.get("type"))))
