@@ -189,6 +189,24 @@ def test_an_indicator_typed_and_entered_at_once_is_the_one_typed(
     assert console == []
 
 
+def test_a_compare_typed_and_entered_at_once_is_the_one_typed_and_the_keyboard_stays(
+    server: ServerProcess, page: Page, viewport: str, console: list[str]
+) -> None:
+    """Typing "bbb" and Enter at once: the compare box searches "bbb" and picks when its
+    results arrive. That late pick left focus on the page's body (the Enter had found the
+    box still open), so the next Tab started again from the top of the page."""
+    open_page(page, server, "?source=counting&s=AAA&i=1m")
+    page.locator("#compare-button").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#compare-results').dataset.text === ''")
+    page.keyboard.type("bbb")
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.candlewire.charts[0].compare?.name === 'BBB'")
+    until(lambda: page.evaluate("document.activeElement.id") == "compare-button", what="focus")
+    assert page.evaluate("document.querySelector('#compare-box').hidden")
+    assert console == []
+
+
 # Reads whether a picker's box is still open, and where focus is, once the 150 ms close
 # delay that a blur of its input starts has run out.
 AFTER_THE_CLOSE_DELAY = """(box) => new Promise((done) => setTimeout(() => done({
@@ -215,10 +233,11 @@ def test_a_box_opened_again_at_once_after_a_pick_stays_open_with_the_keyboard_in
         f"document.querySelector('#{picker}-results li.selected .sr-symbol')?.textContent"
         f" === '{name}'"
     )
-    if picker == "indicator":  # RSI also heads the list of the empty box: wait for "RSI"'s
-        page.wait_for_function(
-            f"document.querySelector('#{picker}-results').dataset.text === '{name}'"
-        )
+    # RSI also heads the list of the empty box, BBB that of "B": wait for the list of the
+    # whole name (an Enter before it searches first and picks when the results arrive).
+    page.wait_for_function(
+        f"document.querySelector('#{picker}-results').dataset.text === '{name}'"
+    )
     page.keyboard.press("Enter")  # the pick: focus back on the button, the late close pending
     page.keyboard.press("Enter")  # the box again, before that close has run
     after = page.evaluate(AFTER_THE_CLOSE_DELAY, f"#{picker}-box")

@@ -14,15 +14,17 @@ export class ComparePicker {
       input,
       list,
       feed,
-      onPick: (row) => {
+      // A pick with Enter (also one made once the results of what was typed arrived, after
+      // the key) and Escape blur the input: the keyboard carries on from the button, not
+      // from the top of the page. (A click on a result keeps the mouse's focus as it is.)
+      onPick: (row, byKey) => {
         this.close();
+        if (byKey) button.focus();
         onPick(row);
       },
     });
-    // Enter (a pick) and Escape blur the input: the keyboard carries on from the button, not
-    // from the top of the page. (A click on a result keeps the mouse's focus as it is.)
     input.addEventListener("keydown", (e) => {
-      if ((e.key === "Enter" && this.box.hidden) || e.key === "Escape") button.focus();
+      if (e.key === "Escape") button.focus();
     });
     button.addEventListener("click", () => (this.box.hidden ? this.open() : this.close()));
     input.addEventListener("blur", () => setTimeout(() => {

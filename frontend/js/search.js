@@ -100,6 +100,7 @@ export class SymbolSearch {
       items.push(this.note(`Showing the first ${LIMIT} matches; type more to narrow`));
     }
     this.list.replaceChildren(...items);
+    this.list.dataset.text = text; // what the list shows the results of (tests read it)
     this.list.hidden = false;
     this.input.setAttribute("aria-expanded", "true");
     this.highlight();
@@ -155,10 +156,10 @@ export class SymbolSearch {
         if (this.input.value.trim() !== this.shown) {
           // Enter before the results of what was typed arrived: search now, then open.
           clearTimeout(this.timer);
-          this.run(this.input.value).then(() => this.pick(this.selected));
+          this.run(this.input.value).then(() => this.pick(this.selected, true));
           return;
         }
-        this.pick(this.selected);
+        this.pick(this.selected, true);
         return;
       case "Escape":
         event.preventDefault();
@@ -171,13 +172,14 @@ export class SymbolSearch {
     this.highlight();
   }
 
-  pick(i) {
+  /** `byKey`: picked with Enter (onPick may move the keyboard on), not with the mouse. */
+  pick(i, byKey = false) {
     const row = this.results[i];
     if (!row) return;
     this.close();
     this.input.value = "";
     this.input.blur();
-    this.onPick(row);
+    this.onPick(row, byKey);
   }
 
   close() {
