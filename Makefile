@@ -40,7 +40,8 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install chromium (e.g. sudo apt-get install chromium) for the browser tests"; fi; }
 
-# Four test files at a time (pytest-xdist; a file's tests stay together, sharing its server):
+# Four test files at a time (pytest-xdist; a file's tests stay together, sharing its server;
+# the slowest files first, as tests/conftest.py orders them, not xdist's most-tests-first):
 # most tests wait on real servers and sockets, so on 2 cores four workers keep both busy
 # (one commit, 2026-12-06: 563 s with four, 589 s and 603 s with three; the machine was 95 %
 # busy with four).
@@ -51,7 +52,7 @@ TEST_WORKERS ?= 4
 # modules from source again. Their bytecode is cached under .venv instead (not the checkout).
 test: setup browser
 	PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache \
-	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The subscription model with many more random interleavings than `make test` runs.
 fuzz: setup

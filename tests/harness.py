@@ -8,13 +8,17 @@ real WebSocket client that keeps every message and waits for the ones a test exp
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -73,7 +77,17 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """``populate.py *args`` with ``env``. A first populate into a new database whose
+    settings name nothing of the test's own (no temporary path, no port of a fake: the
+    project's sample files and the test providers) is run once per test process: later
+    ones get a copy of the database it wrote, and its output."""
+    key = _reusable_populate(env, args)
+    made = _POPULATED.get(key) if key else None
+    db = Path(env["DB"]) if "DB" in env else None
+    if made is not None and db is not None:
+        shutil.copyfile(made[0], db)
+        return made[1]
+    result = subprocess.run(
         [sys.executable, "populate.py", *args],
         cwd=ROOT,
         env=env,
@@ -82,6 +96,40 @@ def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         timeout=seconds(120),
         check=False,
     )
+    if key and db is not None and result.returncode == 0 and _settled(db):
+        copy = Path(tempfile.mkdtemp(prefix="populated-", dir=_populate_cache())) / db.name
+        shutil.copyfile(db, copy)
+        _POPULATED[key] = (copy, result)
+    return result
+
+
+_POPULATED: dict[str, tuple[Path, subprocess.CompletedProcess[str]]] = {}
+_OWN_VARIABLES = ("DB", "CANDLEWIRE_TEST_LOG")  # per test, and not read by populate itself
+
+
+def _reusable_populate(env: dict[str, str], args: tuple[str, ...]) -> str:
+    """The cache key of a populate that reads only what every test shares, or ''."""
+    db = env.get("DB")
+    if args or not db or Path(db).exists() or not _settled(Path(db)):
+        return ""
+    given = {k: v for k, v in env.items() if os.environ.get(k) != v and k not in _OWN_VARIABLES}
+    shared = ("/tmp", tempfile.gettempdir(), str(Path(db).parent), "127.0.0.1", "localhost")
+    if any(place in value for value in given.values() for place in shared):
+        return ""
+    return json.dumps(sorted(given.items()))
+
+
+def _settled(db: Path) -> bool:
+    """No write-ahead log or journal beside ``db``: the file alone is the database."""
+    return not any(db.with_name(db.name + end).exists() for end in ("-wal", "-shm", "-journal"))
+
+
+@functools.cache
+def _populate_cache() -> Path:
+    """This process's directory of populated databases, removed when it exits."""
+    made = Path(tempfile.mkdtemp(prefix="candlewire-populated-"))
+    atexit.register(shutil.rmtree, made, True)
+    return made
 
 
 def refused_start(env: dict[str, str], code: int = 2) -> subprocess.CompletedProcess[str]:
