@@ -125,6 +125,7 @@ def test_the_page_asks_for_the_vapid_key_and_creates_an_alert_without_push_permi
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the order only
 def test_alerts_added_in_quick_succession_are_created_in_the_order_they_were_added(
     page: Page, server: ServerProcess, console: list[str], viewport: str
 ) -> None:

@@ -122,6 +122,7 @@ def test_indicators_from_the_catalogue_overlay_the_price_or_get_their_own_pane(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a keyboard
 def test_the_indicator_compare_and_alert_boxes_hand_the_keyboard_back_to_their_buttons(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -169,6 +170,7 @@ def test_the_indicator_compare_and_alert_boxes_hand_the_keyboard_back_to_their_b
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a keyboard
 def test_an_indicator_typed_and_entered_at_once_is_the_one_typed(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -189,6 +191,7 @@ def test_an_indicator_typed_and_entered_at_once_is_the_one_typed(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a keyboard
 def test_a_compare_typed_and_entered_at_once_is_the_one_typed_and_the_keyboard_stays(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -216,6 +219,7 @@ AFTER_THE_CLOSE_DELAY = """(box) => new Promise((done) => setTimeout(() => done(
 
 
 @pytest.mark.parametrize("picker", ["indicator", "compare"])
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a keyboard
 def test_a_box_opened_again_at_once_after_a_pick_stays_open_with_the_keyboard_in_it(
     server: ServerProcess, page: Page, picker: str, console: list[str]
 ) -> None:
@@ -235,9 +239,7 @@ def test_a_box_opened_again_at_once_after_a_pick_stays_open_with_the_keyboard_in
     )
     # RSI also heads the list of the empty box, BBB that of "B": wait for the list of the
     # whole name (an Enter before it searches first and picks when the results arrive).
-    page.wait_for_function(
-        f"document.querySelector('#{picker}-results').dataset.text === '{name}'"
-    )
+    page.wait_for_function(f"document.querySelector('#{picker}-results').dataset.text === '{name}'")
     page.keyboard.press("Enter")  # the pick: focus back on the button, the late close pending
     page.keyboard.press("Enter")  # the box again, before that close has run
     after = page.evaluate(AFTER_THE_CLOSE_DELAY, f"#{picker}-box")
@@ -272,6 +274,7 @@ def test_inputs_are_edited_in_a_dialog_and_an_indicator_is_removed_with_its_chip
 FOCUSED = "document.activeElement.getAttribute('aria-label') || document.activeElement.id"
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # a keyboard
 def test_the_keyboard_stays_on_the_chips_after_an_edit_or_a_removal(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -298,6 +301,7 @@ def test_the_keyboard_stays_on_the_chips_after_an_edit_or_a_removal(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no layout involved
 def test_indicators_survive_a_reload_and_are_asked_again_after_a_server_restart(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:

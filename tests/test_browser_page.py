@@ -292,6 +292,7 @@ def test_a_link_with_overlong_names_or_interval_opens_a_chart_on_the_screen(
     assert [e for e in console if "unknown symbol" not in e.lower()] == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
 def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offers(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -308,6 +309,7 @@ def test_a_link_with_an_interval_the_symbol_lacks_opens_the_nearest_one_it_offer
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
 def test_a_link_naming_the_symbol_in_another_case_opens_it(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -320,6 +322,7 @@ def test_a_link_naming_the_symbol_in_another_case_opens_it(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
 def test_a_bare_link_naming_the_symbol_in_another_case_opens_it(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -341,6 +344,7 @@ def test_a_bare_link_naming_the_symbol_in_another_case_opens_it(
     ],
     ids=["case", "interval"],
 )
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL, not the screen
 def test_a_link_the_page_corrects_shows_no_error_toast(
     server: ServerProcess, page: Page, viewport: str, console: list[str], query: str, shown: str
 ) -> None:
@@ -355,6 +359,7 @@ def test_a_link_the_page_corrects_shows_no_error_toast(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # no layout involved
 def test_leaving_a_symbol_the_server_refused_shows_no_second_error(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -397,6 +402,7 @@ COUNT_SOCKETS = """(() => {
 })()"""
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the socket only
 def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -431,7 +437,12 @@ def test_a_background_tab_whose_timers_wake_once_a_minute_keeps_its_socket(
     assert console == []
 
 
-@pytest.mark.parametrize("event", ["visibilitychange", "resume"])
+# Each event at one size: what the page does with its socket does not depend on the screen.
+@pytest.mark.parametrize(
+    ("viewport", "event"),
+    [("desktop", "visibilitychange"), ("phone", "resume")],
+    indirect=["viewport"],
+)
 def test_a_tab_shown_again_checks_its_socket_and_leaves_a_hung_server_within_seconds(
     server: ServerProcess, page: Page, viewport: str, console: list[str], event: str
 ) -> None:
@@ -638,6 +649,7 @@ def test_the_view_cannot_be_dragged_off_its_bars_and_jump_to_latest_returns(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # memory
 def test_a_chart_streaming_for_hours_keeps_a_bounded_number_of_bars_and_indicator_values(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -663,6 +675,7 @@ def test_a_chart_streaming_for_hours_keeps_a_bounded_number_of_bars_and_indicato
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # memory
 def test_a_compare_line_streaming_for_hours_keeps_a_bounded_number_of_bars(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -822,6 +835,7 @@ SERIES_TYPE = {
 }
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL
 def test_chart_types_and_price_scales_live_in_the_url_and_survive_a_reload(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
@@ -1119,6 +1133,7 @@ def intraday_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         yield running
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # the URL
 def test_a_link_to_a_symbol_without_daily_bars_quotes_it_from_its_longest_interval(
     intraday_server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
