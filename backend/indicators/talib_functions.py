@@ -166,6 +166,13 @@ class TalibIndicator(Indicator):
 
 def talib_indicators() -> dict[str, TalibIndicator]:
     """Every TA-Lib function, keyed by its registry id ``talib.<category>.<NAME>``."""
+    return dict(_talib_catalogue())
+
+
+@functools.cache
+def _talib_catalogue() -> dict[str, TalibIndicator]:
+    """Built once per process (some 70 ms: a hub's start checks the registry, then builds
+    the one it serves): TA-Lib's functions do not change, and an instance holds no state."""
     found: dict[str, TalibIndicator] = {}
     for function_name in talib.get_functions():
         if function_name in EXCLUDED:
