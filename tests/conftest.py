@@ -46,7 +46,6 @@ MODULE_SECONDS = {
     "test_bus_history.py": 27,
     "test_access_hostile.py": 27,
     "test_bus_down_answers.py": 24,
-    "test_polygon_populate.py": 22,
     "test_e2e_csv_changes.py": 22,
     "test_bus.py": 22,
     "test_access_e2e.py": 22,
