@@ -64,11 +64,20 @@ export function precisionFor(details, bars) {
 /** A server message as a sentence: "unknown symbol x" -> "Unknown symbol x". */
 export const sentence = (text) => String(text).charAt(0).toUpperCase() + String(text).slice(1);
 
+// One formatter per precision: toLocaleString with options builds a new one on every call,
+// and legends, headers and watchlist rows format prices on every update.
+const PRICE_FORMATS = new Map();
+
 export function formatPrice(value, precision) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "—";
-  return value.toLocaleString("en-US", {
-    minimumFractionDigits: precision, maximumFractionDigits: precision,
-  });
+  let format = PRICE_FORMATS.get(precision);
+  if (format === undefined) {
+    format = new Intl.NumberFormat("en-US", {
+      minimumFractionDigits: precision, maximumFractionDigits: precision,
+    });
+    PRICE_FORMATS.set(precision, format);
+  }
+  return format.format(value);
 }
 
 export function formatVolume(value) {
