@@ -66,10 +66,12 @@ def sample(seen: Seen, started_after: float) -> None:
                 continue
             cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
             key = (int(entry), start)
-            if key not in seen:
+            if key in seen:
+                kind = seen[key][0]
+            else:
                 command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-                seen[key] = (kind_of(command.decode(errors="replace")), cpu)
-            seen[key] = (seen[key][0], cpu)
+                kind = kind_of(command.decode(errors="replace"))
+            seen[key] = (kind, cpu)
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
 

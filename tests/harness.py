@@ -82,25 +82,31 @@ def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     project's sample files and the test providers) is run once per test process: later
     ones get a copy of the database it wrote, and its output."""
     key = _reusable_populate(env, args)
-    made = _POPULATED.get(key) if key else None
-    db = Path(env["DB"]) if "DB" in env else None
-    if made is not None and db is not None:
-        shutil.copyfile(made[0], db)
-        return made[1]
-    result = subprocess.run(
-        [sys.executable, "populate.py", *args],
+    if key in _POPULATED:
+        copy, result = _POPULATED[key]
+        shutil.copyfile(copy, env["DB"])
+        return result
+    result = _run_script(["populate.py", *args], env, seconds(120))
+    if key and result.returncode == 0 and _settled(Path(env["DB"])):
+        copy = _populate_cache() / f"{len(_POPULATED)}.sqlite3"
+        shutil.copyfile(env["DB"], copy)
+        _POPULATED[key] = (copy, result)
+    return result
+
+
+def _run_script(
+    argv: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """One of the project's scripts run to its end with ``env``, its output captured."""
+    return subprocess.run(
+        [sys.executable, *argv],
         cwd=ROOT,
         env=env,
         text=True,
         capture_output=True,
-        timeout=seconds(120),
+        timeout=timeout,
         check=False,
     )
-    if key and db is not None and result.returncode == 0 and _settled(db):
-        copy = Path(tempfile.mkdtemp(prefix="populated-", dir=_populate_cache())) / db.name
-        shutil.copyfile(db, copy)
-        _POPULATED[key] = (copy, result)
-    return result
 
 
 _POPULATED: dict[str, tuple[Path, subprocess.CompletedProcess[str]]] = {}
@@ -135,15 +141,7 @@ def _populate_cache() -> Path:
 def refused_start(env: dict[str, str], code: int = 2) -> subprocess.CompletedProcess[str]:
     """``server.py`` run with ``env``, expected to refuse to start: exit code ``code`` (2: a
     setting or the command line refused; 3: the hub's startup failed)."""
-    done = subprocess.run(
-        [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds(60),
-        check=False,
-    )
+    done = _run_script(["server.py", "--host", "127.0.0.1", "--port", "0"], env, seconds(60))
     assert done.returncode == code, done.stderr[-2000:]
     return done
 
