@@ -411,6 +411,11 @@ async def test_killing_a_provider_resumes_updates_without_resubscribing(
     health = fault_server.get("/health")["providers"]["counting"]
     assert health["restarts"] == 1
     assert health["pid"] != pid
+    # the hub's own status is back to ok once the provider runs again (degraded meanwhile)
+    await harness.eventually(
+        lambda: fault_server.get("/health")["status"] == "ok", what="health ok again"
+    )
+    assert "reason" not in fault_server.get("/health")
     await ws.close()
 
 

@@ -146,6 +146,11 @@ def test_health_shows_the_broken_init_as_failed_and_the_others_running(run: Run)
         time.sleep(0.2)
     bad = providers["badinit"]
     assert "ConnectionRefusedError" in (bad["last_error"] or bad["status_detail"]), bad
+    # the hub is up but does not serve all it should: so says the status a monitor reads
+    health = run.health()
+    assert health["status"] == "degraded", health
+    assert health["reason"].startswith("provider badinit "), health["reason"]
+    assert "ConnectionRefusedError" in health["reason"], health["reason"]
     text = run.log.read_text()
     assert "provider badinit: init() failed" in text
 
