@@ -48,7 +48,7 @@ from backend.runtime.runner import (
     ProviderRunner,
     run_provider,
 )
-from backend.runtime.supervisor import ProviderProcess, ProviderState
+from backend.runtime.supervisor import ProviderProcess, ProviderState, unserved
 from backend.settings import Settings, load_settings
 from tests.harness import eventually, seconds, until
 from tests.providers_for_runtime import T0, ScriptedProvider
@@ -623,12 +623,39 @@ async def test_health_says_why_a_provider_could_not_start_until_it_starts(
         health = proc.health()
         assert health["last_error"].startswith(why) and "(exit code" in health["last_error"]
         assert (health["status"], health["status_detail"]) == ("failed", why)
+        assert unserved({"scripted": health}) == [f"provider scripted failed: {why}"]
         monkeypatch.delenv(variable)  # fixed: the next restart comes up
         assert await proc.wait_ready(seconds(60))
         health = proc.health()
         assert (health["last_error"], health["status"]) == (None, "unknown")
+        assert unserved({"scripted": health}) == []
     finally:
         await proc.stop()
+
+
+def test_unserved_names_each_provider_that_serves_nothing_and_why() -> None:
+    """What makes /health degraded: a process waiting to restart or stopped, or a status
+    of failed or stuck; a provider's own other statuses (banned, reconnecting) do not."""
+
+    def provider(
+        state: str, status: str, detail: str = "", error: str | None = None
+    ) -> dict[str, Any]:
+        return {"state": state, "status": status, "status_detail": detail, "last_error": error}
+
+    providers = {
+        "b": provider("backoff", "unknown", error="process exited with code -9"),
+        "a": provider("running", "stuck", "get_history running for 31 s"),
+        "c": provider("running", "ok"),
+        "d": provider("starting", "unknown"),
+        "e": provider("running", "banned", "HTTP 418 until 12:00"),
+        "f": provider("stopped", "unknown"),
+    }
+    assert unserved(providers) == [
+        "provider a stuck: get_history running for 31 s",
+        "provider b backoff: process exited with code -9",
+        "provider f stopped",
+    ]
+    assert unserved({"c": providers["c"], "d": providers["d"]}) == []
 
 
 async def test_a_killed_process_is_restarted_and_reports_ready_again(

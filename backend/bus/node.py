@@ -48,7 +48,7 @@ from backend.runtime.messages import (
     StreamUntil,
     WireEvent,
 )
-from backend.runtime.supervisor import ProviderState, Supervisor
+from backend.runtime.supervisor import ProviderState, Supervisor, unserved
 from backend.tasks import Tasks, cancel_owned, start_owned
 
 if TYPE_CHECKING:
@@ -599,9 +599,10 @@ class ProviderNode:
                 "lease": "active" if lease.active else "standby",
                 "streams": sorted(f"{symbol} {interval}" for symbol, interval in lease.streaming),
             }
+        troubled = unserved(providers)
         return {
-            "status": "ok" if self.up else "degraded",
-            "reason": "" if self.up else self.reason,
+            "status": "ok" if self.up and not troubled else "degraded",
+            "reason": self.reason if not self.up else "; ".join(troubled),
             "role": "providers",
             "node": self.node_id,
             "bus": {

@@ -45,7 +45,7 @@ from backend.model import intervals
 from backend.model.bars import Bar, SeriesId, WireKeys
 from backend.runtime.clocks import Clocks
 from backend.runtime.messages import WireEvent
-from backend.runtime.supervisor import Supervisor
+from backend.runtime.supervisor import Supervisor, unserved
 from backend.symbols.index import MAX_SEARCH_LIMIT
 from backend.tasks import cancel_owned
 from backend.wire import protocol
@@ -506,7 +506,7 @@ class Hub:
                 if orphans:
                     health["status"] = "degraded"
                     health["reason"] = f"no provider node holds {', '.join(sorted(orphans))}"
-        troubled = _troubled(health["providers"])
+        troubled = unserved(health["providers"])
         if troubled and health["status"] == "ok":
             health["status"] = "degraded"
             health["reason"] = "; ".join(troubled)
@@ -602,26 +602,3 @@ def _series_of_row(row: dict[str, Any]) -> SeriesId:
     details = row.get("details")
     details = details if isinstance(details, dict) else {}
     return SeriesId(str(details.get("source", "")), str(details.get("name", "")), "")
-
-
-UNSERVED_STATES = frozenset({"backoff", "stopped"})
-"""Provider process states in which it serves nothing (crashed or failed to start and waiting
-to be started again; stopped)."""
-UNSERVED_STATUSES = frozenset({"failed", "stuck"})
-"""Provider statuses in which it serves nothing now: its start failed, or a hook of it has run
-past ``HEARTBEAT_TIMEOUT``."""
-
-
-def _troubled(providers: dict[str, dict[str, Any]]) -> list[str]:
-    """Why each provider of ``/health``'s ``providers`` that serves nothing now does not, in
-    key order: what makes the hub's status ``degraded`` (the liveness answer, all a monitor
-    without a key sees, would otherwise say ``ok`` with every provider down)."""
-    troubled = []
-    for key in sorted(providers):
-        provider = providers[key]
-        state, status = provider.get("state"), provider.get("status")
-        if state in UNSERVED_STATES or status in UNSERVED_STATUSES:
-            detail = provider.get("status_detail") or provider.get("last_error") or ""
-            what = state if state in UNSERVED_STATES else status
-            troubled.append(f"provider {key} {what}" + (f": {detail}" if detail else ""))
-    return troubled

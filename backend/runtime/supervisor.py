@@ -524,3 +524,26 @@ class Supervisor:
                     provider.check(self.settings.HEARTBEAT_TIMEOUT)
                 except OSError:  # the pipe or the process went away under us
                     logger.exception("provider %s: watchdog check failed", provider.key)
+
+
+UNSERVED_STATES = frozenset({"backoff", "stopped"})
+"""Provider process states in which it serves nothing (crashed or failed to start and waiting
+to be started again; stopped)."""
+UNSERVED_STATUSES = frozenset({"failed", "stuck"})
+"""Provider statuses in which it serves nothing now: its start failed, or a hook of it has run
+past ``HEARTBEAT_TIMEOUT``."""
+
+
+def unserved(providers: dict[str, dict[str, Any]]) -> list[str]:
+    """Why each provider of ``/health``'s ``providers`` that serves nothing now does not, in
+    key order: what makes the hub's status ``degraded`` (the liveness answer, all a monitor
+    without a key sees, would otherwise say ``ok`` with every provider down)."""
+    troubled = []
+    for key in sorted(providers):
+        provider = providers[key]
+        state, status = provider.get("state"), provider.get("status")
+        if state in UNSERVED_STATES or status in UNSERVED_STATUSES:
+            detail = provider.get("status_detail") or provider.get("last_error") or ""
+            what = status if status in UNSERVED_STATUSES else state  # failed says more
+            troubled.append(f"provider {key} {what}" + (f": {detail}" if detail else ""))
+    return troubled
