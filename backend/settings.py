@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     METRICS_PUBLIC: bool = False  # with AUTH on, /metrics needs a key unless this is true
     # Where clients reach the server (behind a proxy): the base of the URLs apps.json names.
     PUBLIC_URL: str = ""
+    # Host headers served besides this machine's names and addresses (and PUBLIC_URL's):
+    # checked with AUTH=none, or whenever set (backend/access/hosts.py: DNS rebinding).
+    ALLOWED_HOSTS: CommaList = ()
     # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's setting; "" = uvicorn's
     # default, 127.0.0.1): a field so that a line in .env counts too, not only the environment.
     FORWARDED_ALLOW_IPS: str = ""
@@ -290,6 +293,7 @@ class Settings(BaseSettings):
         "CORS_ORIGINS",
         "UDF_CORS_ORIGINS",
         "WS_ALLOWED_ORIGINS",
+        "ALLOWED_HOSTS",
         "JWT_ALGORITHMS",
         mode="before",
     )
@@ -428,6 +432,18 @@ class Settings(BaseSettings):
             if origin not in ("*", "null") and not (parts.scheme and parts.netloc and bare):
                 raise ValueError(
                     f"{origin!r} is not an origin like https://charts.example.com[:port] (or *)"
+                )
+        return value
+
+    @field_validator("ALLOWED_HOSTS")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # a Host header's name, as a browser sends it: no scheme, path or port
+        for entry in value:
+            name = entry.removeprefix("*.") if entry != "*" else "x"
+            if not name or any(c in name for c in "/:@ ") or name.startswith("*"):
+                raise ValueError(
+                    f"{entry!r} is not a host name like charts.example.com, *.example.com or *"
                 )
         return value
 

@@ -171,6 +171,17 @@ async def test_a_socket_from_a_foreign_origin_is_refused_with_403_even_with_a_to
     await local.close()
 
 
+def test_with_keys_any_host_is_served_to_a_key_and_refused_without_one(
+    server: ServerProcess,
+) -> None:
+    """The Host check against DNS rebinding is for AUTH=none (ALLOWED_HOSTS unset): here a
+    rebound page has no key, and a proxy or tunnel may send any public name."""
+    path = "/api/symbols?q=AAA"
+    status, body, _ = http(server, path, Host="candles.tunnel.example", **bearer("hosts"))
+    assert status == 200 and body["results"], body
+    assert http(server, path, Host="candles.tunnel.example")[0] == 401
+
+
 async def test_a_bearer_header_on_the_upgrade_is_accepted(server: ServerProcess) -> None:
     client = await WsClient.open(server.ws_url, additional_headers=bearer("header"))
     await client.send({"type": "ping", "id": 2})

@@ -37,6 +37,9 @@ SECRET = "unit-test-secret-long-enough-for-hs256!"
 KEY = SeriesId("counting", "AAA", "1m")
 
 
+LOCAL = "http://localhost"  # a Host of this machine: served with AUTH=none (ALLOWED_HOSTS)
+
+
 def settings(**values: Any) -> Settings:
     return load_settings(**values)
 
@@ -388,7 +391,7 @@ async def test_validation_errors_use_the_documented_shape_and_docs_can_be_turned
     app.router.routes.insert(0, app.router.routes.pop())  # before the web page's mount
 
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as http:
         bad = await http.get("/probe?n=abc")
         assert bad.status_code == 400
         assert bad.json()["error"] == "invalid_field" and "n" in bad.json()["message"]
@@ -408,7 +411,7 @@ async def test_a_failure_inside_a_route_is_a_json_500_in_the_documented_shape() 
         app.add_api_route(path, broken)
         app.router.routes.insert(0, app.router.routes.pop())  # before the web page's mount
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as http:
         rest = await http.get("/api/broken")
         assert rest.status_code == 500
         assert rest.json()["error"] == "internal_error" and "a bug" not in rest.text
@@ -437,3 +440,11 @@ def test_the_rate_limits_forget_the_clients_whose_window_has_passed(
     until(only_the_probe_left, 10, "the idle clients forgotten")
     busy = Identity(client="sub-busy", address="10.2.0.2")  # the limit still holds
     assert [fair.request_wait(busy) == 0 for _ in range(11)] == [True] * 10 + [False]
+
+
+@pytest.mark.parametrize("value", ["https://charts.example.com", "charts.example.com:8000", "*x"])
+def test_allowed_hosts_takes_names_as_a_host_header_sends_them(value: str) -> None:
+    with pytest.raises(ConfigError, match="ALLOWED_HOSTS"):
+        settings(ALLOWED_HOSTS=value)
+    names = settings(ALLOWED_HOSTS="charts.lan, *.tailnet.example,*").ALLOWED_HOSTS
+    assert names == ("charts.lan", "*.tailnet.example", "*")

@@ -248,6 +248,8 @@ def test_an_infinite_csv_replay_speed_stops_the_start_with_one_line(tmp_path: Pa
         ({"POLYGON_WS_URL": "delayed.polygon.io"}, "POLYGON_WS_URL"),
         ({"WS_ALLOWED_ORIGINS": "charts.example.com"}, "WS_ALLOWED_ORIGINS"),
         ({"CORS_ORIGINS": "https://pro.openbb.co/app"}, "CORS_ORIGINS"),
+        ({"ALLOWED_HOSTS": "https://charts.example.com"}, "ALLOWED_HOSTS"),
+        ({"ALLOWED_HOSTS": "charts.example.com:8000"}, "ALLOWED_HOSTS"),
     ],
     ids=lambda value: value if isinstance(value, str) else "-".join(value.values())[:40],
 )

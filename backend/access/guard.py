@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.access.credentials import Authenticator, token_of
 from backend.access.fairuse import FairUse
+from backend.access.hosts import HostPolicy, refused_host
 from backend.access.identity import ANONYMOUS, Identity, current
 from backend.access.origins import OriginPolicy, origin_of
 from backend.access.subscriptions import SubscriptionQuota
@@ -66,6 +67,8 @@ class Access:
         # the page at PUBLIC_URL is the server's own, whatever Host a proxy sends
         trusted = [*settings.CORS_ORIGINS, *origin_of(settings.PUBLIC_URL)]
         self.origins = OriginPolicy(settings.WS_ALLOWED_ORIGINS, trusted)
+        open_to_all = settings.AUTH == "none"  # where credentials do not stop a rebound page
+        self.hosts = HostPolicy(settings.ALLOWED_HOSTS, settings.PUBLIC_URL, open_to_all)
         self.fair = FairUse(settings)
         self.subscriptions = SubscriptionQuota(self.fair.tiers)
         self.grace = settings.TOKEN_EXPIRY_GRACE_SECONDS
@@ -85,13 +88,20 @@ class Access:
         ``socket_closed`` when it ends)."""
         headers = dict(scope.get("headers", ()))
         origin = headers.get(b"origin")
-        host = headers.get(b"host")
+        host = _host(scope)
+        self.check_host(host)
         sent = None if origin is None else origin.decode("latin-1")
-        if not self.origins.allows(sent, None if host is None else host.decode("latin-1")):
+        if not self.origins.allows(sent, host):
             raise AccessDenied(FORBIDDEN, _refused_origin(sent))
         identity = self.identify(scope)
         self.fair.connections.open(identity)
         return identity
+
+    def check_host(self, host: str | None) -> None:
+        """Raise ``AccessDenied`` (403) for a ``Host`` that is not this server's
+        (:class:`~backend.access.hosts.HostPolicy`)."""
+        if not self.hosts.allows(host):
+            raise AccessDenied(FORBIDDEN, refused_host(host or ""))
 
     def socket_closed(self, identity: Identity) -> None:
         self.fair.connections.close(identity)
@@ -213,6 +223,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("closing an expired socket failed", exc_info=task.exception())
 
 
+def _host(scope: Scope) -> str | None:
+    """The request's ``Host`` header, as sent; ``None`` without one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def _address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "?"
@@ -301,6 +319,14 @@ class AccessMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         access = self.access
+        try:
+            access.check_host(_host(scope))
+        except AccessDenied as denied:
+            access.fair.log.report(
+                "host:" + _address(scope), "request from %s refused: %s", _address(scope), denied
+            )
+            await deny_http(send, denied.status, denied.message, 0.0, scope["path"])
+            return
         try:
             identity = access.identify(scope)
         except AccessDenied as denied:
