@@ -8,11 +8,14 @@ origin, so that page could read every answer and open the hub's socket (alerts w
 webhooks, AI chat on the operator's LLM key). What still names the page's site is the
 ``Host`` header, which is the name the browser resolved.
 
-:class:`HostPolicy` serves a request only when its ``Host`` names this server: an IP address
-(no DNS, nothing to rebind), ``localhost`` or a name under ``.localhost``, this machine's
-host name (also with ``.local``), ``PUBLIC_URL``'s host, or one of ``ALLOWED_HOSTS``
-(``*.example.com``: its subdomains; ``*``: every host). A request without ``Host`` (HTTP/1.0,
-no browser sends one) is served. The check applies with ``AUTH=none``, where nothing else
+:class:`HostPolicy` refuses a request whose ``Host`` is a name under a domain (a dot in it)
+that is not this server's, which is what a rebinding page sends: the page's site needs a
+name in a public domain it controls. Served are an IP address (no DNS, nothing to rebind),
+``localhost`` and names under ``.localhost``, this machine's host name (also with
+``.local``), ``PUBLIC_URL``'s host, one of ``ALLOWED_HOSTS`` (``*.example.com``: its
+subdomains; ``*``: every host), and a single-label name (``mybox``, or the ``x`` a script
+writes: no web site can make one resolve for a browser). A request without ``Host``
+(HTTP/1.0, no browser sends one) is served. The check applies with ``AUTH=none``, where nothing else
 stops such a page, or wherever ``ALLOWED_HOSTS`` is set.
 """
 
@@ -83,7 +86,8 @@ class HostPolicy:
         if name is None:
             return False
         return (
-            name in self.names
+            "." not in name
+            or name in self.names
             or name.endswith(".localhost")
             or name.endswith(self.suffixes)
             or is_address(name)
