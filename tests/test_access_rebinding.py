@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backend.access.hosts import HostPolicy, host_name
+from backend.access.hosts import PRIVATE_SUFFIXES, HostPolicy, host_name
 from tests.harness import ServerProcess, base_env, populate, seconds
 
 REBOUND = "rebind.attacker.example"
@@ -113,6 +113,10 @@ def test_a_rebound_page_cannot_open_a_socket(server: ServerProcess, path: str) -
         "127.0.0.1",
         "[::1]",
         "charts.localhost",
+        "mybox.local",  # mDNS
+        "mybox.lan",
+        "hub.default.svc.cluster.local",  # Kubernetes' service names
+        "db.internal",
         "LOCALHOST.",
         socket.gethostname(),
         "192.168.1.20",  # the machine's LAN address (HOST=0.0.0.0): an address is no DNS name
@@ -173,7 +177,7 @@ def test_the_policy_decides_any_header_without_failing(header: str) -> None:
         and (
             "." not in name
             or name in policy.names
-            or name.endswith((".localhost", ".example.com"))
+            or name.endswith((*PRIVATE_SUFFIXES, ".example.com"))
             or is_ip(name)
         )
     )

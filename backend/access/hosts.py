@@ -11,10 +11,11 @@ webhooks, AI chat on the operator's LLM key). What still names the page's site i
 :class:`HostPolicy` refuses a request whose ``Host`` is a name under a domain (a dot in it)
 that is not this server's, which is what a rebinding page sends: the page's site needs a
 name in a public domain it controls. Served are an IP address (no DNS, nothing to rebind),
-``localhost`` and names under ``.localhost``, this machine's host name (also with
-``.local``), ``PUBLIC_URL``'s host, one of ``ALLOWED_HOSTS`` (``*.example.com``: its
-subdomains; ``*``: every host), and a single-label name (``mybox``, or the ``x`` a script
-writes: no web site can make one resolve for a browser). A request without ``Host``
+``localhost``, a name in a domain no public DNS delegates (:data:`PRIVATE_SUFFIXES`:
+``.localhost``, ``.local``, ``.internal``, ``.lan``, ...), this machine's host name,
+``PUBLIC_URL``'s host, one of ``ALLOWED_HOSTS`` (``*.example.com``: its subdomains; ``*``:
+every host), and a single-label name (``mybox``, or the ``x`` a script writes: no web site
+can make one resolve for a browser). A request without ``Host``
 (HTTP/1.0, no browser sends one) is served. The check applies with ``AUTH=none``, where nothing else
 stops such a page, or wherever ``ALLOWED_HOSTS`` is set.
 """
@@ -27,6 +28,19 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 LOCAL_NAMES = frozenset({"localhost"})
+PRIVATE_SUFFIXES = (
+    ".localhost",
+    ".local",
+    ".internal",
+    ".lan",
+    ".home.arpa",
+    ".localdomain",
+    ".home",
+    ".corp",
+)
+"""Domains no public DNS delegates (special-use names, ICANN's ``.internal`` for private
+networks, and those blocked from delegation): a web site cannot own a name in them, so a
+name there (``mybox.lan``, ``hub.default.svc.cluster.local``) is served."""
 
 
 def host_name(header: str) -> str | None:
@@ -59,10 +73,9 @@ def is_address(name: str) -> bool:
 
 
 def machine_names() -> frozenset[str]:
-    """This machine's own name (``socket.gethostname``, no name service asked), also with
-    ``.local`` (mDNS)."""
+    """This machine's own name (``socket.gethostname``, no name service asked)."""
     found = host_name(socket.gethostname())
-    return frozenset({found, f"{found.split('.')[0]}.local"}) if found else frozenset()
+    return frozenset({found}) if found else frozenset()
 
 
 class HostPolicy:
@@ -88,7 +101,7 @@ class HostPolicy:
         return (
             "." not in name
             or name in self.names
-            or name.endswith(".localhost")
+            or name.endswith(PRIVATE_SUFFIXES)
             or name.endswith(self.suffixes)
             or is_address(name)
         )
