@@ -63,8 +63,10 @@ def page_server(tmp: Path, **env: str) -> Iterator[ServerProcess]:
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def chromium(*extra_args: str) -> Iterator[Browser]:
+    """Headless Chromium with :data:`CHROMIUM_ARGS` and ``extra_args``; the test is skipped
+    (failed under CI) where it is not installed."""
     if not Path(CHROMIUM).exists():
         message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
         if os.environ.get("CI") == "true":
@@ -73,9 +75,16 @@ def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        args = [*CHROMIUM_ARGS, *extra_args]
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(params=sorted(VIEWPORTS))

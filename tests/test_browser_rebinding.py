@@ -7,14 +7,13 @@ keep the page working.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.browsing import CHROMIUM, CHROMIUM_ARGS, MS, page_server
+from tests.browsing import MS, chromium, page_server
 from tests.harness import ServerProcess, seconds
 
 if TYPE_CHECKING:
@@ -40,20 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        message = f"chromium not found at {CHROMIUM}; install it with `make browser`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    rules = f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, rules]
-        )
+    with chromium(f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1") as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
