@@ -96,6 +96,21 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("POLYGON_API_KEY is required when the polygon provider is enabled")
 
 
+def check_access(settings: Settings) -> None:
+    """``ConfigError`` naming ``JWT_PUBLIC_KEY`` when it is a JWKS URL that gives no key
+    now (cannot be reached, an HTTP error, not a JWKS): found at the start, not at the first
+    login. The app fetches again when a token needs it (``backend.access.jwks``)."""
+    url = settings.JWT_PUBLIC_KEY.strip()
+    if settings.AUTH != "jwt" or "://" not in url:
+        return
+    from backend.access.jwks import fetch_keys
+
+    try:
+        fetch_keys(url)
+    except ValueError as exc:
+        raise ConfigError(f"JWT_PUBLIC_KEY: {exc}") from None
+
+
 def check_database(settings: Settings, role: str) -> None:
     """``ConfigError`` naming ``DB`` when a role that runs a hub cannot open it (a folder, a
     file that is not SQLite, a folder that cannot be made): the start stops with that line

@@ -334,9 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("HOST", args.host), ("PORT", args.port)) if v is not None}
     try:
         settings = load_settings(**overrides)
-        from backend.app import check_database, check_plugins, check_role, lock_database
+        from backend.app import (
+            check_access,
+            check_database,
+            check_plugins,
+            check_role,
+            lock_database,
+        )
 
         check_role(settings, args.role)
+        check_access(settings)
         check_database(settings, args.role)
         check_plugins(settings, args.role, args.workers)
         if args.worker_of is None:  # a worker started again alone is of the run holding it

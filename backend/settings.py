@@ -181,6 +181,8 @@ class Settings(BaseSettings):
     JWT_AUDIENCE: str = ""
     JWT_ISSUER: str = ""
     TOKEN_EXPIRY_GRACE_SECONDS: float = Field(30.0, ge=0)
+    # JWT_PUBLIC_KEY a JWKS URL: its keys fetched again after this age (backend/access/jwks.py)
+    JWKS_REFRESH_SECONDS: float = Field(300.0, ge=1, le=86400)
     JWT_LEEWAY_SECONDS: float = Field(30.0, ge=0, le=3600)  # clock skew for exp, nbf, iat
     # Origins allowed on every socket route; empty: the page's own origin plus localhost.
     WS_ALLOWED_ORIGINS: CommaList = ()
@@ -248,7 +250,11 @@ class Settings(BaseSettings):
     @field_validator("JWT_PUBLIC_KEY")
     @classmethod
     def _jwt_public_key(cls, value: str) -> str:
-        if value.strip():
+        if "://" in value:  # a JWKS URL: fetched by the server's start (check_access)
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{value.strip()!r}: a JWKS URL is http(s)://host/path")
+        elif value.strip():
             jwt_public_keys(value)  # a key that is none made every token fail (401)
         return value
 
@@ -617,11 +623,7 @@ def jwt_public_keys(value: str) -> list[tuple[str | None, Any]]:
     if value.lstrip().startswith("-----"):
         text = value.strip().replace("\\r\\n", "\n").replace("\\n", "\n")
     elif "://" in value:
-        raise ValueError(
-            f"{value.strip()!r} is a URL, which is not fetched: save the JWKS to a file "
-            "(curl -o jwks.json URL, again when the issuer rotates its keys: the file is read "
-            "again when it changes) and name the file"
-        )
+        raise ValueError(f"{value.strip()!r} is a URL: its keys are fetched (backend.access.jwks)")
     else:
         text = _read_text(Path(value.strip()))
     if text.lstrip().startswith("{"):

@@ -28,12 +28,14 @@ from urllib.parse import parse_qs
 import jwt
 
 from backend.access.identity import Identity
+from backend.access.jwks import FetchWanted, JwksKeys
 from backend.errors import AccessDenied
 from backend.settings import Settings, jwt_public_keys
 
 logger = logging.getLogger(__name__)
 
 UNAUTHORIZED = 401
+UNAVAILABLE = 503  # the identity provider's keys could not be fetched (a JWKS URL)
 
 
 def token_of(headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> str | None:
@@ -90,6 +92,11 @@ class Authenticator:
         if not matched:
             raise AccessDenied(UNAUTHORIZED, "invalid API key")
         return Identity(client=_key_client(matched), address=address, authenticated=True)
+
+    async def fetch_keys(self, wanted: FetchWanted) -> None:
+        """Wait for the identity provider's keys a token asked for."""
+        if self._jwt is not None:
+            await self._jwt.fetch_keys(wanted)
 
     @property
     def revocable(self) -> bool:
@@ -155,13 +162,16 @@ class JwtVerifier:
         self.leeway = settings.JWT_LEEWAY_SECONDS
         self.secret = settings.JWT_SECRET.get_secret_value()
         self.public_key = settings.JWT_PUBLIC_KEY
-        self.keys = jwt_public_keys(self.public_key) if self.public_key else []
+        # a JWKS URL: its keys fetched when needed (backend.access.jwks)
+        url = self.public_key.strip() if "://" in self.public_key else ""
+        self.jwks = JwksKeys(url, settings.JWKS_REFRESH_SECONDS) if url else None
+        self.keys = jwt_public_keys(self.public_key) if self.public_key and not url else []
         # a PEM or JWKS file, read again when it changes (a key rotation copied to it)
         self.key_file = _key_file(self.public_key)
         self.key_stamp = _stamp(self.key_file)
         hmac_family = [name for name in settings.JWT_ALGORITHMS if name.startswith("HS")]
         key_family = [name for name in settings.JWT_ALGORITHMS if not name.startswith("HS")]
-        self.algorithms = key_family if self.keys else hmac_family
+        self.algorithms = key_family if self.keys or self.jwks else hmac_family
 
     def identify(self, token: str, address: str) -> Identity:
         if not self.algorithms:
@@ -209,24 +219,43 @@ class JwtVerifier:
         """The keys that may have signed ``token``: the secret; the JWKS key its ``kid``
         names (else a key without ``kid``); every key when it names none (a rotation's old
         and new key, and issuers that leave ``kid`` out)."""
-        if not self.keys:
+        if not self.keys and self.jwks is None:
             return [self.secret]
-        self._reload_keys()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
             raise AccessDenied(UNAUTHORIZED, f"invalid token ({type(exc).__name__})") from None
+        keys = self._fetched_keys(kid) if self.jwks is not None else self._reload_keys()
         if kid is None:
-            return [key for _, key in self.keys]
-        named = [key for key_id, key in self.keys if key_id == kid]
-        return named or [key for key_id, key in self.keys if key_id is None]
+            return [key for _, key in keys]
+        named = [key for key_id, key in keys if key_id == kid]
+        return named or [key for key_id, key in keys if key_id is None]
 
-    def _reload_keys(self) -> None:
-        """Read ``JWT_PUBLIC_KEY``'s file again once it changed; a file that cannot be read
-        or is no key (half written) keeps the keys read before."""
+    def _fetched_keys(self, kid: object) -> list[tuple[str | None, Any]]:
+        """The JWKS URL's keys for a token naming ``kid``; raise ``FetchWanted`` when the
+        token should wait for a fetch (a ``kid`` not known yet), ``AccessDenied`` (503) while
+        no fetch has given keys."""
+        jwks = self.jwks
+        assert jwks is not None
+        if jwks.wants_fetch(kid if isinstance(kid, str) else None):
+            raise FetchWanted(kid if isinstance(kid, str) else None)
+        if jwks.stale() and jwks.keys:
+            jwks.refresh()  # in the background: this request goes on with the keys it has
+        if not jwks.keys:
+            raise AccessDenied(UNAVAILABLE, f"the identity provider's keys: {jwks.failure}")
+        return jwks.keys
+
+    async def fetch_keys(self, wanted: FetchWanted) -> None:
+        """Wait for a fetch of the JWKS URL's keys a token asked for."""
+        if self.jwks is not None:
+            await self.jwks.fetch(wanted.kid)
+
+    def _reload_keys(self) -> list[tuple[str | None, Any]]:
+        """The keys, ``JWT_PUBLIC_KEY``'s file read again once it changed; a file that
+        cannot be read or is no key (half written) keeps the keys read before."""
         stamp = _stamp(self.key_file)
         if stamp is None or stamp == self.key_stamp:
-            return
+            return self.keys
         self.key_stamp = stamp
         try:
             self.keys = jwt_public_keys(self.public_key)
@@ -234,6 +263,7 @@ class JwtVerifier:
             logger.warning("JWT_PUBLIC_KEY: %s; the keys read before stay in use", exc)
         else:
             logger.info("JWT_PUBLIC_KEY changed: %d keys in use", len(self.keys))
+        return self.keys
 
 
 def _issuers(issuer: str) -> frozenset[str] | None:
@@ -247,7 +277,7 @@ def _issuers(issuer: str) -> frozenset[str] | None:
 
 def _key_file(public_key: str) -> Path | None:
     """The file ``JWT_PUBLIC_KEY`` names, or None for a PEM text or no key."""
-    if not public_key or public_key.lstrip().startswith("-----"):
+    if not public_key or public_key.lstrip().startswith("-----") or "://" in public_key:
         return None
     return Path(public_key.strip())
 

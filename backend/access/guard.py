@@ -32,6 +32,7 @@ from backend.access.credentials import Authenticator, token_of
 from backend.access.fairuse import FairUse
 from backend.access.hosts import HostPolicy, refused_host
 from backend.access.identity import ANONYMOUS, Identity, current
+from backend.access.jwks import FetchWanted
 from backend.access.origins import OriginPolicy, origin_of
 from backend.access.subscriptions import SubscriptionQuota
 from backend.errors import AccessDenied
@@ -45,7 +46,7 @@ UNAUTHORIZED = 401
 FORBIDDEN = 403
 TOO_MANY = 429
 STATIC_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".ico", ".map", ".woff2")
-ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}
+ERROR_CODES = {401: "unauthorized", 403: "forbidden", 429: "rate_limited", 503: "unavailable"}
 
 
 class Admitted(NamedTuple):
@@ -96,6 +97,23 @@ class Access:
         identity = self.identify(scope)
         self.fair.connections.open(identity)
         return identity
+
+    async def authenticate(self, scope: Scope) -> Identity:
+        """:meth:`identify`, after fetching the identity provider's keys when the token
+        names one not fetched yet (``JWT_PUBLIC_KEY`` a JWKS URL: a key rotation)."""
+        try:
+            return self.identify(scope)
+        except FetchWanted as wanted:
+            await self.auth.fetch_keys(wanted)
+        return self.identify(scope)
+
+    async def check_socket_fetching(self, scope: Scope) -> Identity:
+        """:meth:`check_socket`, fetching keys first as :meth:`authenticate` does."""
+        try:
+            return self.check_socket(scope)
+        except FetchWanted as wanted:
+            await self.auth.fetch_keys(wanted)
+        return self.check_socket(scope)
 
     def check_host(self, host: str | None) -> None:
         """Raise ``AccessDenied`` (403) for a ``Host`` that is not this server's
@@ -149,7 +167,7 @@ class Access:
         entrance calls this pair itself, so that no coroutine of the guard stays
         suspended for the connection's life (one frame per idle connection)."""
         try:
-            identity = self.check_socket(scope)
+            identity = await self.check_socket_fetching(scope)
         except AccessDenied as denied:
             refusal, wait = self.counted(scope, denied)
             self.fair.log.report(
@@ -328,7 +346,7 @@ class AccessMiddleware:
             await deny_http(send, denied.status, denied.message, 0.0, scope["path"])
             return
         try:
-            identity = access.identify(scope)
+            identity = await access.authenticate(scope)
         except AccessDenied as denied:
             if not access.public(scope):
                 refusal, wait = access.counted(scope, denied)
