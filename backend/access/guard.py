@@ -1,9 +1,12 @@
 """Where access control is applied: :class:`Access` (the checks, built once per app) and
 :class:`AccessMiddleware` (every HTTP request and socket route of the FastAPI app).
 
-A socket upgrade is checked before the WebSocket opens: a foreign ``Origin`` gets 403, a
-missing or bad token 401, a client over its connection limit 429 (ASGI's WebSocket denial
-response). Refusals for credentials, of upgrades and HTTP requests alike, count against the
+Every request and socket upgrade whose ``Host`` is not this server's gets 403 where that
+is checked (``AUTH=none`` or ``ALLOWED_HOSTS``: :mod:`.hosts`, DNS rebinding). A socket
+upgrade is checked before the WebSocket opens: a foreign ``Origin`` gets 403, a missing or
+bad token 401, a client over its connection limit 429 (ASGI's WebSocket denial response).
+A token signed with a key of a JWKS URL not fetched yet waits for the fetch
+(:mod:`.jwks`). Refusals for credentials, of upgrades and HTTP requests alike, count against the
 caller's address (loopback exempt): past the request rate they are 429 with ``Retry-After``.
 An accepted socket whose token expires is closed with 1008 (policy violation)
 ``TOKEN_EXPIRY_GRACE_SECONDS`` after it ran out, one whose API key was removed from
