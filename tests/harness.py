@@ -70,6 +70,10 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
             "EXTRA_PROVIDERS": "my_provider=tests.providers:SeedProvider,"
             "counting=tests.providers:CountingProvider",
             "CANDLEWIRE_TEST_LOG": str(tmp / "provider.log"),
+            # The stall probe's 10 ms timer costs an idle hub about 2% of a core on this
+            # kind of machine (a wake-up is about 0.2 ms here); a few hubs live at any time
+            # of a run, so the suite slows it tenfold (test_loop_stalls tests the probe).
+            "LOOP_PROBE_SECONDS": "0.1",
         }
     )
     env.update(extra)

@@ -299,7 +299,7 @@ async def test_health_and_metrics_describe_the_running_server(server: ServerProc
     assert "version" in health
     metrics = server.get("/metrics")
     assert "candlewire_clients" in metrics
-    assert "candlewire_loop_stall_max_seconds" in metrics  # the stall probe runs by default
+    assert "candlewire_loop_stall_max_seconds" in metrics  # the stall probe runs
 
 
 async def test_metrics_parse_as_prometheus_text_with_counters_named_total(
