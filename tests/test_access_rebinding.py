@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from backend.access.hosts import PRIVATE_SUFFIXES, HostPolicy, host_name
 from tests.harness import ServerProcess, base_env, populate, seconds
 
-REBOUND = "rebind.attacker.example"
+REBOUND = "rebind.attacker-site.net"  # a name in a public domain, as a rebinding site has
 ROUTES = (
     "/",
     "/health",
@@ -47,7 +47,9 @@ SOCKETS = ("/websocket/", "/openbb/live_grid_ws")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("rebinding")
-    env = base_env(tmp, PROVIDERS="counting", ALLOWED_HOSTS="charts.lan,*.tailnet.example")
+    env = base_env(
+        tmp, PROVIDERS="counting", ALLOWED_HOSTS="charts.mycompany.com,*.tail1234.ts.net"
+    )
     assert populate(env).returncode == 0
     with ServerProcess(env, tmp / "server.log") as running:
         yield running
@@ -121,8 +123,9 @@ def test_a_rebound_page_cannot_open_a_socket(server: ServerProcess, path: str) -
         socket.gethostname(),
         "192.168.1.20",  # the machine's LAN address (HOST=0.0.0.0): an address is no DNS name
         "x",  # a single label (no web site can make one resolve), as scripts write
-        "charts.lan",  # ALLOWED_HOSTS
-        "mybox.tailnet.example",  # ALLOWED_HOSTS' *.tailnet.example
+        "candlewire.test",  # RFC 6761's .test
+        "charts.mycompany.com",  # ALLOWED_HOSTS
+        "mybox.tail1234.ts.net",  # ALLOWED_HOSTS' *.tail1234.ts.net
     ],
 )
 def test_this_machines_names_and_addresses_are_served(server: ServerProcess, host: str) -> None:

@@ -19,7 +19,7 @@ from tests.harness import ServerProcess, seconds
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-REBOUND = "rebind.attacker.example"
+REBOUND = "rebind.attacker-site.net"  # a name in a public domain, as a rebinding site has
 READ = """async (url) => {
     const reply = await fetch(url);
     return [reply.status, await reply.text()];

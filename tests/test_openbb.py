@@ -283,15 +283,7 @@ def test_listeners_are_called_per_key_and_dropped_with_their_owner(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("openbb")
-    env = base_env(
-        tmp,
-        PROVIDERS="counting",
-        HISTORY_TIMEOUT="5",
-        STREAM_LINGER_SECONDS="0.5",
-        # every Host served, so that those of the apps.json test reach it (with AUTH=none a
-        # foreign Host is refused before any route: test_access_rebinding)
-        ALLOWED_HOSTS="*",
-    )
+    env = base_env(tmp, PROVIDERS="counting", HISTORY_TIMEOUT="5", STREAM_LINGER_SECONDS="0.5")
     result = populate(env)
     assert result.returncode == 0, result.stderr
     with ServerProcess(env, tmp / "server.log") as running:

@@ -12,7 +12,7 @@ webhooks, AI chat on the operator's LLM key). What still names the page's site i
 that is not this server's, which is what a rebinding page sends: the page's site needs a
 name in a public domain it controls. Served are an IP address (no DNS, nothing to rebind),
 ``localhost``, a name in a domain no public DNS delegates (:data:`PRIVATE_SUFFIXES`:
-``.localhost``, ``.local``, ``.internal``, ``.lan``, ...), this machine's host name,
+``.localhost``, ``.local``, ``.internal``, ``.lan``, ``.test``, ...), this machine's host name,
 ``PUBLIC_URL``'s host, one of ``ALLOWED_HOSTS`` (``*.example.com``: its subdomains; ``*``:
 every host), and a single-label name (``mybox``, or the ``x`` a script writes: no web site
 can make one resolve for a browser). A request without ``Host``
@@ -37,10 +37,14 @@ PRIVATE_SUFFIXES = (
     ".localdomain",
     ".home",
     ".corp",
+    ".test",
+    ".example",
+    ".invalid",
 )
-"""Domains no public DNS delegates (special-use names, ICANN's ``.internal`` for private
-networks, and those blocked from delegation): a web site cannot own a name in them, so a
-name there (``mybox.lan``, ``hub.default.svc.cluster.local``) is served."""
+"""Domains no public DNS delegates (special-use names: RFC 6761's ``.localhost``,
+``.local``, ``.test``, ``.example`` and ``.invalid``; ICANN's ``.internal`` for private
+networks; and those kept from delegation): a web site cannot own a name in them, so a name
+there (``mybox.lan``, ``hub.default.svc.cluster.local``, ``candlewire.test``) is served."""
 
 
 def host_name(header: str) -> str | None:
