@@ -56,7 +56,7 @@ from backend.hub.metrics import Metrics
 from backend.indicators.registry import build_indicators
 from backend.plugins import locate_class
 from backend.runtime.supervisor import Supervisor
-from backend.settings import Settings
+from backend.settings import Settings, jwks_url
 from backend.symbols.index import SymbolIndex
 from backend.ws import reading
 from backend.ws.endpoint import serve_connection
@@ -100,8 +100,8 @@ def check_access(settings: Settings) -> None:
     """``ConfigError`` naming ``JWT_PUBLIC_KEY`` when it is a JWKS URL that gives no key
     now (cannot be reached, an HTTP error, not a JWKS): found at the start, not at the first
     login. The app fetches again when a token needs it (``backend.access.jwks``)."""
-    url = settings.JWT_PUBLIC_KEY.strip()
-    if settings.AUTH != "jwt" or "://" not in url:
+    url = jwks_url(settings.JWT_PUBLIC_KEY)
+    if settings.AUTH != "jwt" or not url:
         return
     from backend.access.jwks import fetch_keys
 

@@ -250,8 +250,8 @@ class Settings(BaseSettings):
     @field_validator("JWT_PUBLIC_KEY")
     @classmethod
     def _jwt_public_key(cls, value: str) -> str:
-        if "://" in value:  # a JWKS URL: fetched by the server's start (check_access)
-            parts = urlsplit(value.strip())
+        if jwks_url(value):  # fetched by the server's start (check_access)
+            parts = urlsplit(jwks_url(value))
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"{value.strip()!r}: a JWKS URL is http(s)://host/path")
         elif value.strip():
@@ -609,6 +609,12 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
 
 
+def jwks_url(value: str) -> str:
+    """The JWKS URL ``JWT_PUBLIC_KEY`` names (fetched: ``backend.access.jwks``), or ``""``
+    for a PEM text, a file or no key."""
+    return value.strip() if "://" in value else ""
+
+
 def jwt_public_keys(value: str) -> list[tuple[str | None, Any]]:
     """``JWT_PUBLIC_KEY``'s verification keys and their ``kid`` (None without one): a PEM
     text (a one-line PEM's literal ``\\n``, as env files and CI secrets carry it, read as line
@@ -622,7 +628,7 @@ def jwt_public_keys(value: str) -> list[tuple[str | None, Any]]:
 
     if value.lstrip().startswith("-----"):
         text = value.strip().replace("\\r\\n", "\n").replace("\\n", "\n")
-    elif "://" in value:
+    elif jwks_url(value):
         raise ValueError(f"{value.strip()!r} is a URL: its keys are fetched (backend.access.jwks)")
     else:
         text = _read_text(Path(value.strip()))

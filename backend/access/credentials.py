@@ -30,7 +30,7 @@ import jwt
 from backend.access.identity import Identity
 from backend.access.jwks import FetchWanted, JwksKeys
 from backend.errors import AccessDenied
-from backend.settings import Settings, jwt_public_keys
+from backend.settings import Settings, jwks_url, jwt_public_keys
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class JwtVerifier:
         self.secret = settings.JWT_SECRET.get_secret_value()
         self.public_key = settings.JWT_PUBLIC_KEY
         # a JWKS URL: its keys fetched when needed (backend.access.jwks)
-        url = self.public_key.strip() if "://" in self.public_key else ""
+        url = jwks_url(self.public_key)
         self.jwks = JwksKeys(url, settings.JWKS_REFRESH_SECONDS) if url else None
         self.keys = jwt_public_keys(self.public_key) if self.public_key and not url else []
         # a PEM or JWKS file, read again when it changes (a key rotation copied to it)
@@ -237,8 +237,9 @@ class JwtVerifier:
         no fetch has given keys."""
         jwks = self.jwks
         assert jwks is not None
-        if jwks.wants_fetch(kid if isinstance(kid, str) else None):
-            raise FetchWanted(kid if isinstance(kid, str) else None)
+        named = kid if isinstance(kid, str) else None
+        if jwks.wants_fetch(named):
+            raise FetchWanted(named)
         if jwks.stale() and jwks.keys:
             jwks.refresh()  # in the background: this request goes on with the keys it has
         if not jwks.keys:
@@ -276,8 +277,8 @@ def _issuers(issuer: str) -> frozenset[str] | None:
 
 
 def _key_file(public_key: str) -> Path | None:
-    """The file ``JWT_PUBLIC_KEY`` names, or None for a PEM text or no key."""
-    if not public_key or public_key.lstrip().startswith("-----") or "://" in public_key:
+    """The file ``JWT_PUBLIC_KEY`` names, or None for a PEM text, a URL or no key."""
+    if not public_key or public_key.lstrip().startswith("-----") or jwks_url(public_key):
         return None
     return Path(public_key.strip())
 

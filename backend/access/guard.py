@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -101,22 +102,18 @@ class Access:
         self.fair.connections.open(identity)
         return identity
 
-    async def authenticate(self, scope: Scope) -> Identity:
-        """:meth:`identify`, after fetching the identity provider's keys when the token
-        names one not fetched yet (``JWT_PUBLIC_KEY`` a JWKS URL: a key rotation)."""
+    async def authenticate(
+        self, scope: Scope, check: Callable[[Scope], Identity] | None = None
+    ) -> Identity:
+        """``check`` (:meth:`identify` when None; :meth:`check_socket` for an upgrade) after
+        fetching the identity provider's keys when the token names one not fetched yet
+        (``JWT_PUBLIC_KEY`` a JWKS URL: a key rotation)."""
+        check = check or self.identify
         try:
-            return self.identify(scope)
+            return check(scope)
         except FetchWanted as wanted:
             await self.auth.fetch_keys(wanted)
-        return self.identify(scope)
-
-    async def check_socket_fetching(self, scope: Scope) -> Identity:
-        """:meth:`check_socket`, fetching keys first as :meth:`authenticate` does."""
-        try:
-            return self.check_socket(scope)
-        except FetchWanted as wanted:
-            await self.auth.fetch_keys(wanted)
-        return self.check_socket(scope)
+        return check(scope)
 
     def check_host(self, host: str | None) -> None:
         """Raise ``AccessDenied`` (403) for a ``Host`` that is not this server's
@@ -170,7 +167,7 @@ class Access:
         entrance calls this pair itself, so that no coroutine of the guard stays
         suspended for the connection's life (one frame per idle connection)."""
         try:
-            identity = await self.check_socket_fetching(scope)
+            identity = await self.authenticate(scope, self.check_socket)
         except AccessDenied as denied:
             refusal, wait = self.counted(scope, denied)
             self.fair.log.report(
