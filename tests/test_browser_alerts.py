@@ -116,7 +116,9 @@ def test_the_page_asks_for_the_vapid_key_and_creates_an_alert_without_push_permi
             "key1": "close",
             "comparator": "crosses",
             "type2": "value",
-            "value2": str(level),
+            # the level as the page writes a number (JavaScript's String: 98514, not
+            # Python's 98514.0 for a level that rounds to a whole number)
+            "value2": js(page, "(level) => String(level)", level),
         }
     ]
     assert created["owner"] == js(page, "window.candlewire.alerts.owner")
