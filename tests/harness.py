@@ -14,16 +14,20 @@ import functools
 import json
 import os
 import re
+import resource
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -90,7 +94,7 @@ def populate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         copy, result = _POPULATED[key]
         shutil.copyfile(copy, env["DB"])
         return result
-    result = _run_script(["populate.py", *args], env, seconds(120))
+    result = _run_forked("populate.py", list(args), env, seconds(120))
     if key and result.returncode == 0 and _settled(Path(env["DB"])):
         copy = _populate_cache() / f"{len(_POPULATED)}.sqlite3"
         shutil.copyfile(env["DB"], copy)
@@ -111,6 +115,42 @@ def _run_script(
         timeout=timeout,
         check=False,
     )
+
+
+def _run_forked(
+    script: str, argv: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """:func:`_run_script`, the script forked by the :class:`Launcher`."""
+    if os.environ.get("CANDLEWIRE_TEST_EXEC") == "1":
+        return _run_script([script, *argv], env, timeout)
+    pipes = [os.pipe(), os.pipe()]
+    try:
+        child = Forked(script, argv, env, pipes[0][1], pipes[1][1])
+    finally:
+        for _, write in pipes:
+            os.close(write)
+    deadline = time.monotonic() + timeout
+    output = {read: bytearray() for read, _ in pipes}
+    with selectors.DefaultSelector() as selector:
+        for read in output:
+            selector.register(read, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                child.kill()
+                for read in output:
+                    os.close(read)
+                raise subprocess.TimeoutExpired([script, *argv], timeout)
+            for key, _ in selector.select(min(left, 1.0)):
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    output[key.fd] += chunk
+                else:
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+    code = child.wait(timeout)
+    out, err = (bytes(output[read]).decode() for read, _ in pipes)
+    return subprocess.CompletedProcess([script, *argv], code, out, err)
 
 
 _POPULATED: dict[str, tuple[Path, subprocess.CompletedProcess[str]]] = {}
@@ -172,6 +212,95 @@ IGNORING_SIGINT = (
 )
 
 
+class Launcher:
+    """This test process's ``tests/zygote.py``: servers forked from a process that has
+    imported them already (started on first use, gone with this process)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "zygote.py"), str(theirs.fileno())],
+            cwd=ROOT,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._control = ours
+        self._answers = ours.makefile("rb")
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Let the launcher go (it exits when this end closes) and reap it."""
+        self._answers.close()
+        self._control.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def ask(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        with self._lock:
+            socket.send_fds(self._control, [json.dumps(request).encode() + b"\n"], fds or [])
+            line = self._answers.readline()
+        if not line:
+            raise RuntimeError(f"the server launcher exited ({self._process.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
+@functools.cache
+def launcher() -> Launcher:
+    return Launcher()
+
+
+class Forked:
+    """``python SCRIPT ARGV`` forked by the :class:`Launcher`, writing to the descriptors
+    ``stdout`` and ``stderr``, with the part of :class:`subprocess.Popen`'s interface the
+    tests use (``stdout``: the reading end the caller gives it, if any)."""
+
+    def __init__(
+        self, script: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int
+    ) -> None:
+        request = {
+            "op": "start",
+            "script": script,
+            "argv": argv,
+            "env": env,
+            "cwd": str(ROOT),
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),  # a child's is its parent's
+        }
+        self.script = script
+        self.pid: int = launcher().ask(request, [stdout, stderr])["pid"]
+        self.stdout: IO[str] | None = None
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = launcher().ask({"op": "status", "pid": self.pid})["returncode"]
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired([self.script], timeout or 0.0)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:  # never a signal to a reused pid
+            os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class ServerProcess:
     """The real server in a child process."""
 
@@ -189,7 +318,7 @@ class ServerProcess:
         self.args = args  # more command-line arguments (``--role hub``, ``--workers 2``)
         self.ignore_sigint = ignore_sigint  # start it with SIGINT ignored, as some launchers do
         self.url = ""
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[str] | Forked | None = None
 
     def start(self, timeout: float = 30.0, healthy: bool = True) -> ServerProcess:
         """Start it and wait until every provider runs (``healthy``) or, with ``healthy``
@@ -200,14 +329,22 @@ class ServerProcess:
         command = ["server.py", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         if self.ignore_sigint:  # SIG_IGN survives exec
             command = ["-c", IGNORING_SIGINT, *command]
-        self.proc = subprocess.Popen(
-            [sys.executable, *command],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
+        if self.ignore_sigint or os.environ.get("CANDLEWIRE_TEST_EXEC") == "1":
+            self.proc = subprocess.Popen(
+                [sys.executable, *command],
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        else:
+            read, write = os.pipe()
+            try:
+                self.proc = Forked("server.py", command[1:], self.env, write, log.fileno())
+            finally:
+                os.close(write)
+            self.proc.stdout = open(read, encoding="utf-8")  # noqa: SIM115 - closed in stop()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + seconds(timeout)
         while time.monotonic() < deadline:
