@@ -765,6 +765,29 @@ def test_the_header_and_the_watchlist_show_the_same_change_for_a_symbol(
     assert console == []
 
 
+@pytest.mark.parametrize("viewport", ["desktop"], indirect=True)  # not about the screen
+def test_a_watchlist_price_that_moves_takes_its_colour_for_a_moment_without_an_animation(
+    server: ServerProcess, page: Page, console: list[str]
+) -> None:
+    """The flash of a moved price is a class set and removed, not a CSS animation: one
+    restyled and repainted the page at every frame it ran, a fifth of a core for a
+    watchlist ticking a few times a second."""
+    open_page(page, server, "?source=csv&s=BTCUSD&i=1h")
+    js(
+        page,
+        """() => { window.flashes = [];
+            const row = document.querySelector(".wl-items li[data-id='csv:BTCUSD']");
+            new MutationObserver(() => window.flashes.push(row.className))
+                .observe(row, { attributes: true, attributeFilter: ['class'] }); }""",
+    )
+    page.wait_for_function("window.flashes.some(c => /flash-(up|down)/.test(c))")
+    assert js(page, "document.getAnimations().length") == 0
+    # each flash ends: the class goes again (the rows tick about every 0.3 s, so wait for a
+    # moment without one rather than for a fixed time)
+    page.wait_for_function("window.flashes.some(c => !/flash-/.test(c))")
+    assert console == []
+
+
 def test_search_rows_say_each_thing_once_and_line_series_have_readable_names(
     server: ServerProcess, page: Page, viewport: str, console: list[str]
 ) -> None:
