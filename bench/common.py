@@ -42,6 +42,9 @@ import psutil
 from bench.synthetic import RateFile
 
 ROOT = Path(__file__).resolve().parent.parent
+# The servers measured are started as users start them, ``python server.py``, not forked
+# from the test suite's pre-imported launcher (``tests/zygote.py``).
+os.environ["CANDLEWIRE_TEST_EXEC"] = "1"
 
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 SERVER_CORE = CORES[0] if len(CORES) > 1 else None

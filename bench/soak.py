@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import random
 import re
 import socket
@@ -44,6 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jwt
 import psutil
+
+# Measured as users start it, ``python server.py``, not forked by the test launcher.
+os.environ["CANDLEWIRE_TEST_EXEC"] = "1"
 
 SECRET = "soak-secret-that-is-long-enough-for-hs256"
 GAUGE = re.compile(r"^(candlewire_\w+)(\{[^}]*\})? (\S+)$", re.M)

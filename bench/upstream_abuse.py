@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.harness import ServerProcess, WsClient, base_env, populate
+
+# Measured as users start it, ``python server.py``, not forked by the test launcher.
+os.environ["CANDLEWIRE_TEST_EXEC"] = "1"
 
 NAMES = ("AAA", "BBB", "CCC")
 

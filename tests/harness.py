@@ -286,9 +286,17 @@ class Forked:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired([self.script], timeout or 0.0)
+                raise subprocess.TimeoutExpired([self.script, self._state()], timeout or 0.0)
             time.sleep(0.02)
         return code
+
+    def _state(self) -> str:
+        """What the kernel says of the process, for a wait that timed out."""
+        try:
+            with open(f"/proc/{self.pid}/stat", encoding="ascii") as stat:
+                return f"pid {self.pid} state {stat.read().rsplit(')', 1)[1].split()[0]}"
+        except OSError as exc:
+            return f"pid {self.pid}: {exc.strerror}"
 
     def send_signal(self, number: int) -> None:
         if self.poll() is None:  # never a signal to a reused pid
