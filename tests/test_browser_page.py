@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests import browsing
 from tests.browsing import (
@@ -130,6 +131,14 @@ def scroll_back(page: Page, bars: int) -> None:
     """Scroll chart 1 `bars` bars back in time (the chart applies it on its next frame)."""
     js(page, f"window.candlewire.charts[0].chart.timeScale().scrollToPosition(-{bars}, false)")
     until(lambda: visible_range(page)["to"] < bar_count(page) - 1, what="the scroll back")
+
+
+# What places chart 1's start mark (ViewEdges.place), for a failure message
+EDGE_STATE = """() => { const c = window.candlewire.charts[0]; const ts = c.chart.timeScale();
+    return { done: c.historyDone, pending: c.historyPending, bars: c.bars().length,
+             message: c.message, range: ts.getVisibleLogicalRange(), width: ts.width(),
+             first: ts.logicalToCoordinate(0), second: ts.logicalToCoordinate(1),
+             hidden: document.querySelector('.start-mark').hidden }; }"""
 
 
 def scroll_to_start(page: Page) -> None:
@@ -605,7 +614,10 @@ def test_scroll_back_shows_loading_then_the_start_of_data_and_stops_at_it(
     assert js(page, "window.sawLoading"), "no loading indicator while history loaded"
     page.locator(".history-loading").wait_for(state="hidden")
     mark = page.locator(".start-mark")
-    mark.wait_for()
+    try:
+        mark.wait_for()
+    except PlaywrightTimeout as exc:  # seen once under load, not reproduced: say the state
+        raise AssertionError(f"no start mark: {js(page, EDGE_STATE)}") from exc
     browsing.text_once(mark, "Start of data")
     # The first bar stays at the left edge: dragging further shows no empty space.
     box = page.locator(".chart-area").bounding_box()
