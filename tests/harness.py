@@ -224,6 +224,7 @@ class Launcher:
             env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # its own says nothing; each child gets the test's
         )
         theirs.close()
         self._control = ours
