@@ -15,7 +15,6 @@ import json
 import os
 import re
 import resource
-import selectors
 import shutil
 import signal
 import socket
@@ -120,37 +119,29 @@ def _run_script(
 def _run_forked(
     script: str, argv: list[str], env: dict[str, str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """:func:`_run_script`, the script forked by the :class:`Launcher`."""
-    if os.environ.get("CANDLEWIRE_TEST_EXEC") == "1":
+    """:func:`_run_script`, the script forked by the :class:`Launcher` (its output kept in
+    temporary files, read once it has exited)."""
+    if not forking():
         return _run_script([script, *argv], env, timeout)
-    pipes = [os.pipe(), os.pipe()]
-    try:
-        child = Forked(script, argv, env, pipes[0][1], pipes[1][1])
-    finally:
-        for _, write in pipes:
-            os.close(write)
-    deadline = time.monotonic() + timeout
-    output = {read: bytearray() for read, _ in pipes}
-    with selectors.DefaultSelector() as selector:
-        for read in output:
-            selector.register(read, selectors.EVENT_READ)
-        while selector.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                child.kill()
-                for read in output:
-                    os.close(read)
-                raise subprocess.TimeoutExpired([script, *argv], timeout)
-            for key, _ in selector.select(min(left, 1.0)):
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    output[key.fd] += chunk
-                else:
-                    selector.unregister(key.fd)
-                    os.close(key.fd)
-    code = child.wait(timeout)
-    out, err = (bytes(output[read]).decode() for read, _ in pipes)
-    return subprocess.CompletedProcess([script, *argv], code, out, err)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = Forked(script, argv, env, out.fileno(), err.fileno())
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(seconds(5))
+            raise
+        texts = []
+        for file in (out, err):
+            file.seek(0)
+            texts.append(file.read().decode())
+    return subprocess.CompletedProcess([script, *argv], code, *texts)
+
+
+def forking() -> bool:
+    """Whether scripts are forked by the :class:`Launcher` (not with
+    ``CANDLEWIRE_TEST_EXEC=1``: started with exec, as the benchmarks do)."""
+    return os.environ.get("CANDLEWIRE_TEST_EXEC") != "1"
 
 
 _POPULATED: dict[str, tuple[Path, subprocess.CompletedProcess[str]]] = {}
@@ -252,9 +243,16 @@ class Launcher:
         return answer
 
 
-@functools.cache
+_LAUNCHER: list[Launcher] = []
+_LAUNCHING = threading.Lock()
+
+
 def launcher() -> Launcher:
-    return Launcher()
+    """This process's launcher, started on first use (by one thread only)."""
+    with _LAUNCHING:
+        if not _LAUNCHER:
+            _LAUNCHER.append(Launcher())
+        return _LAUNCHER[0]
 
 
 class Forked:
@@ -338,7 +336,7 @@ class ServerProcess:
         command = ["server.py", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         if self.ignore_sigint:  # SIG_IGN survives exec
             command = ["-c", IGNORING_SIGINT, *command]
-        if self.ignore_sigint or os.environ.get("CANDLEWIRE_TEST_EXEC") == "1":
+        if self.ignore_sigint or not forking():
             self.proc = subprocess.Popen(
                 [sys.executable, *command],
                 cwd=ROOT,

@@ -89,3 +89,10 @@ def test_a_signal_gives_the_negative_code_and_a_wait_times_out_like_popen(
     assert child.poll() == -signal.SIGTERM
     child.kill()  # gone: no signal to a pid that may be another process's by now
     assert child.returncode == -signal.SIGTERM
+
+
+def test_a_script_over_its_time_is_killed_and_the_timeout_raised(tmp_path: Path) -> None:
+    script = tmp_path / "hangs.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run_forked(str(script), [], {"PATH": os.environ["PATH"]}, 0.5)
