@@ -346,6 +346,7 @@ async def test_the_hubs_event_counters_are_exposed_described_before_the_first_ev
     families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics"))}
     for name in (
         "candlewire_slow_client_disconnects",
+        "candlewire_updates_conflated",
         "candlewire_connections",
         "candlewire_clients_rejected",
         "candlewire_internal_errors",

@@ -30,6 +30,7 @@ HANDSHAKE = (
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
 SLOW = re.compile(r"^candlewire_slow_client_disconnects_total (\S+)$", re.M)
+CONFLATED = re.compile(r"^candlewire_updates_conflated_total (\S+)$", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,12 @@ def slow_disconnects(server: ServerProcess) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def conflated(server: ServerProcess) -> float:
+    match = CONFLATED.search(server.get("/metrics"))
+    assert match, "candlewire_updates_conflated_total is not in /metrics"
+    return float(match.group(1))
+
+
 async def wait_until(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + seconds(timeout)
     while time.monotonic() < deadline:
@@ -151,6 +158,7 @@ async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_st
     await fast.wait_for("data_update", same_key("AAA", "1m"))
     rss_before = hub.memory_info().rss
     kicked_before = slow_disconnects(server)
+    conflated_before = conflated(server)
 
     stalled = never_reading_client(server, deflate)
     # Subscribed to the fast client's key, then 90 replies of about 1 MB each: 90 MB if the
@@ -182,6 +190,9 @@ async def test_a_never_reading_client_is_closed_with_1013_while_another_keeps_st
     assert max(gaps) < seconds(1.0)
     # Bounded by the byte limit (1 MiB here) and one reply being built, not by the 90 MB.
     assert peak_rss - rss_before < 40 * MIB
+    # While it was stalled, each update of AAA 1m (every 0.1 s) took the place of the last
+    # in its outbox; they are counted, and still are once it was closed.
+    assert conflated(server) >= conflated_before + 5
     mark = len(fast.messages)
     await fast.wait_for("data_update", same_key("AAA", "1m"), after=mark)
     await fast.close()

@@ -158,6 +158,8 @@ class Hub:
         self.stalls.register(metrics)
         self.started_at = time.time()
         self._ids = itertools.count(1)
+        # updates replaced in the outboxes of clients that left (``conflated``)
+        self._departed_conflations = 0
         self._register_gauges()
 
     @property
@@ -268,6 +270,7 @@ class Hub:
         client.replies.on_failure = None  # its closure refers to the client
         # What it had not received is dropped now, and the client's objects no longer refer
         # to each other (outbox <-> writer, client <-> connection): they are freed at once.
+        self._departed_conflations += client.outbox.conflations
         client.outbox.close()
         client.kick = _departed
         self.listeners.drop(client.id)
@@ -521,6 +524,12 @@ class Hub:
                 health["reason"] = f"{what} cannot write DB: {part['error']}"
         return health
 
+    def conflated(self) -> int:
+        """Forming-bar updates replaced in a client's outbox by a newer state of the same
+        bar before they were written, since the start (those of clients that left too)."""
+        live = sum(client.outbox.conflations for client in self.clients.values())
+        return self._departed_conflations + live
+
     def _register_gauges(self) -> None:
         m = self.metrics
         m.gauge("candlewire_clients", lambda: len(self.clients), "connected WebSocket clients")
@@ -530,6 +539,12 @@ class Hub:
             "candlewire_outbox_frames",
             lambda: sum(len(c.outbox) for c in self.clients.values()),
             "frames waiting in client outboxes",
+        )
+        m.counter(
+            "candlewire_updates_conflated_total",
+            self.conflated,
+            "unsent forming-bar updates (a data_update, with the indicator_updates sent with it)"
+            " replaced by a newer state of the same bar: their client, or the hub, was behind",
         )
         m.gauge(
             "candlewire_chat_conversations",
