@@ -394,7 +394,8 @@ _NODE_COUNTERS = {
 
 def _process_metrics(metrics: Metrics, supervisor: Supervisor) -> None:
     """Each provider process's resident memory and threads (its own leaks and thread
-    pools, which the hub process's figures do not show)."""
+    pools, which the hub process's figures do not show), and the bar states it merged
+    while its reader was behind."""
     metrics.gauge_by(
         "candlewire_provider_memory_bytes",
         "source",
@@ -406,6 +407,13 @@ def _process_metrics(metrics: Metrics, supervisor: Supervisor) -> None:
         "source",
         lambda: {key: float(n) for key, (_, n) in supervisor.resources().items()},
         "threads of each provider process",
+    )
+    metrics.counter_by(
+        "candlewire_provider_updates_merged_total",
+        "source",
+        lambda: {key: float(n) for key, n in supervisor.merged().items()},
+        "superseded forming-bar states a provider process merged before sending: the process"
+        " reading its events was behind",
     )
 
 

@@ -443,3 +443,29 @@ class OddPriceProvider(CountingProvider):
         final: bool = False,
     ) -> None:
         super().publish(symbol, interval, tuple(self.scaled(symbol, bar)), final=final)
+
+
+class BurstProvider(CountingProvider):
+    """A counting provider that, on the first tick of each streamed key, publishes
+    ``BURST`` states of its forming bar in one held burst (``hold_updates``), the volume
+    counting up to ``BURST``: more than a pipe batch, so its process merges the superseded
+    ones before sending. It publishes nothing else."""
+
+    BURST = 2000
+
+    def init(self) -> None:
+        self.burst: set[tuple[str, str]] = set()
+        super().init()
+
+    def stream(self) -> None:
+        while not self.stop.wait(self.period):
+            now = int(time.time())
+            with self.lock:
+                keys = [key for key in self.streams if key not in self.burst]
+            for symbol, interval in keys:
+                self.burst.add((symbol, interval))
+                k = bar(now - now % STEP[interval], interval, now)
+                self.hold_updates()
+                for n in range(1, self.BURST + 1):
+                    self.publish(symbol, interval, (*k[:5], float(n)))
+                self.release_updates()

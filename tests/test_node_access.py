@@ -89,6 +89,7 @@ def test_node_metrics_need_a_key_and_refuse_in_the_documented_shape(node: Server
     status, text, _ = http(node, f"/metrics?token={KEY}")
     assert status == 200 and "candlewire_bus_lease_held" in text
     assert "candlewire_provider_memory_bytes{source=" in text  # its provider processes
+    assert "candlewire_provider_updates_merged_total{source=" in text
 
 
 def test_node_metrics_are_public_when_the_operator_says_so(tmp_path: Path) -> None:

@@ -142,6 +142,25 @@ def test_a_backlog_keeps_only_the_newest_state_of_a_forming_bar(
     assert batch == [tuple(forming[-1])]
 
 
+def test_a_merge_is_followed_by_a_heartbeat_that_counts_the_states_merged(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    """The hub counts what the provider's process merged ahead of it (``/metrics``)."""
+    reader, writer = pipe
+    out = make(writer)
+    forming = [BarUpdate("F", "1m", (60, 1.0, 2.0, 0.5, float(n), 1.0), False) for n in range(5)]
+    closed = [bar("C", n) for n in range(BATCH_MAX)]  # all kept: distinct final bars
+    out.put_many(forming * 100 + closed)
+    start_writer(out)
+    sent = []
+    while sum(isinstance(e, tuple) for e in sent) < 1 + BATCH_MAX:
+        assert reader.poll(seconds(10))
+        sent += decode_batch(reader.recv_bytes())
+    assert sent[0] == tuple(forming[-1])
+    merges = [e.merged for e in sent if isinstance(e, Heartbeat) and e.merged]
+    assert merges == [5 * 100 - 1]
+
+
 def test_an_idle_writer_sends_heartbeats(running: tuple[Connection, EventPipe]) -> None:
     reader, _ = running
     assert reader.poll(seconds(5))

@@ -7,6 +7,7 @@ Python's garbage collections). The hub's own figures stay where they are kept:
 
 * ``inc`` counts an event where it happens (with labels, e.g. ``code`` or ``source``);
 * ``counter`` reads a running total its owner keeps (indicator computations, refusals);
+  ``counter_by`` one per value of a label (e.g. per ``source``);
 * ``gauge`` reads a level (clients, cached bars) when scraped; ``gauge_by`` one level per
   value of a label (e.g. per ``source``).
 
@@ -39,6 +40,7 @@ class Metrics:
     def __init__(self) -> None:
         self.counters: Counter[tuple[str, _Labels]] = Counter()
         self.totals: dict[str, Callable[[], float]] = {}
+        self.totals_by: dict[str, tuple[str, Callable[[], Mapping[str, float]]]] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
         self.labelled: dict[str, tuple[str, Callable[[], Mapping[str, float]]]] = {}
         self.help: dict[str, str] = {}
@@ -56,6 +58,15 @@ class Metrics:
         """A counter whose running total ``read`` returns (its owner keeps it)."""
         _check_total(name)
         self.totals[name] = read
+        self.help[name] = help_text
+
+    def counter_by(
+        self, name: str, label: str, read: Callable[[], Mapping[str, float]], help_text: str
+    ) -> None:
+        """One running total per value of ``label``, which ``read`` maps each value to (its
+        owner keeps them)."""
+        _check_total(name)
+        self.totals_by[name] = (label, read)
         self.help[name] = help_text
 
     def gauge(self, name: str, read: Callable[[], float], help_text: str = "") -> None:
@@ -90,6 +101,9 @@ class Metrics:
             samples.setdefault(name, []).append((labels, float(count)))
         for name, read in self.totals.items():
             samples.setdefault(name, []).append(((), read()))
+        for name, (label, read_by) in self.totals_by.items():
+            found = samples.setdefault(name, [])
+            found += [(((label, value),), total) for value, total in sorted(read_by().items())]
         for name, values in sorted(samples.items()):
             _check_total(name)
             family = Metric(name.removesuffix("_total"), self.help.get(name, ""), "counter")

@@ -103,9 +103,12 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Sent every second by the provider's writer thread; ``busy`` counts hooks in flight."""
+    """Sent every second by the provider's idle writer thread; ``busy_history`` counts
+    history hooks in flight. Also sent right after a batch from which the writer merged
+    ``merged`` superseded states of forming bars (the hub was behind)."""
 
     busy_history: int
+    merged: int = 0
 
 
 class BarUpdate(NamedTuple):

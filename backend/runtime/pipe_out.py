@@ -26,9 +26,10 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 
-from backend.runtime.messages import Event, conflate, encode_batch
+from backend.runtime.messages import Event, Heartbeat, conflate, encode_batch
 
 __all__ = ["EventPipe"]
 
@@ -45,11 +46,12 @@ class EventPipe:
     """Sends a provider process's events to the hub over ``conn`` (the write end of a pipe).
 
     ``put``/``put_many`` may be called from any thread. ``heartbeat`` makes the idle
-    writer's message (it says how many history requests are in progress).
+    writer's message (it says how many history requests are in progress), also sent with
+    the count of the bar states merged from a backlog.
     """
 
     def __init__(
-        self, key: str, conn: Connection, heartbeat: Callable[[], Event], parent: int
+        self, key: str, conn: Connection, heartbeat: Callable[[], Heartbeat], parent: int
     ) -> None:
         self.key = key
         self._conn = conn
@@ -138,7 +140,11 @@ class EventPipe:
         if len(events) > BATCH_MAX:  # the hub is behind: only the newest state of a bar
             before = len(events)
             events = conflate(events)
-            self._conflated += before - len(events)
+            merged = before - len(events)
+            if merged:
+                self._conflated += merged
+                # counted by the hub (candlewire_provider_updates_merged_total)
+                events.append(replace(self._heartbeat(), merged=merged))
         if self._conflated and time.monotonic() - self._reported > REPORT_EVERY:
             logger.warning(
                 "provider %s: the hub fell behind; %d superseded bar updates merged",

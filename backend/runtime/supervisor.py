@@ -106,6 +106,8 @@ class ProviderProcess:
         self.state = ProviderState.STOPPED
         self.pid: int | None = None
         self.restarts = 0
+        # superseded forming-bar states its process merged because the hub was behind
+        self.merged = 0
         self.last_update: float | None = None
         self.last_error: str | None = None
         self.status = Status("unknown")
@@ -343,7 +345,9 @@ class ProviderProcess:
             match event:
                 case HistoryReply(request_id, bars, error):
                     self._resolve(request_id, bars, error)
-                case Heartbeat() | Pong():
+                case Heartbeat(merged=merged):
+                    self.merged += merged
+                case Pong():
                     pass
                 case Ready(pid, persist, budgeted):
                     self.pid = pid
@@ -471,6 +475,11 @@ class ProviderProcess:
 
 class Supervisor:
     """All provider processes of the hub."""
+
+    def merged(self) -> dict[str, int]:
+        """The superseded bar states each provider's process merged since the hub started
+        (:attr:`ProviderProcess.merged`), by provider key."""
+        return {key: process.merged for key, process in self.providers.items()}
 
     def resources(self) -> dict[str, tuple[int, int]]:
         """Each running provider process's memory (bytes) and threads, by provider key."""
