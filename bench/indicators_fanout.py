@@ -242,6 +242,7 @@ def counters(target: OurServer) -> dict[str, float]:
         "candlewire_indicator_computations_total",
         "candlewire_indicator_updates_delivered_total",
         "candlewire_indicator_seconds_total",
+        "candlewire_updates_conflated_total",
     )
     out = {}
     for line in text.splitlines():
@@ -271,6 +272,9 @@ def indicator_rate(target: OurServer, gen: LoadGen, rate: float, seconds: float)
     spent = (
         after["candlewire_indicator_seconds_total"] - before["candlewire_indicator_seconds_total"]
     )
+    replaced = (
+        after["candlewire_updates_conflated_total"] - before["candlewire_updates_conflated_total"]
+    )
     return {
         "rate": round(rate, 3),
         "data_updates_per_s": round(m["per_s"]),
@@ -280,6 +284,9 @@ def indicator_rate(target: OurServer, gen: LoadGen, rate: float, seconds: float)
         "us_per_computation": round(1e6 * spent / computed, 1) if computed else None,
         "us_per_frame_queued": round(1e6 * spent / delivered, 2) if delivered else None,
         "hub_share": round(spent / elapsed, 3),
+        # unsent updates replaced in outboxes by the next state of their bar: at the knee,
+        # what the clients do not receive
+        "replaced_per_s": round(replaced / elapsed),
     }
 
 
@@ -406,7 +413,8 @@ def print_report(f: dict[str, Any]) -> None:
         f"at {w['rate']}/s per key: {w['data_updates_per_s']:,} data_update/s, indicator updates "
         f"computed {w['computed_per_s']:,}/s, queued {w['queued_per_s']:,}/s, received "
         f"{w['received_per_s']:,}/s; {w['us_per_computation']} us per computation "
-        f"(incl. encode + queue), {w['hub_share']:.1%} of the hub's time"
+        f"(incl. encode + queue), {w['hub_share']:.1%} of the hub's time; "
+        f"{w['replaced_per_s']:,} unsent updates/s replaced in outboxes by a newer state"
     )
     print("\nindicator_init from the cache (ms):")
     init_rows = [{"indicator": label, **v} for label, v in f["init"].items()]
