@@ -130,12 +130,17 @@ def test_many_threads_against_a_full_pipe_lose_nothing_and_keep_their_order(
         assert mine == [float(n) for n in range(per_thread)]
 
 
+def forming_states() -> list[BarUpdate]:
+    """Five states of one forming bar, its close counting up."""
+    return [BarUpdate("F", "1m", (60, 1.0, 2.0, 0.5, float(n), 1.0), False) for n in range(5)]
+
+
 def test_a_backlog_keeps_only_the_newest_state_of_a_forming_bar(
     pipe: tuple[Connection, Connection],
 ) -> None:
     reader, writer = pipe
     out = make(writer)
-    forming = [BarUpdate("F", "1m", (60, 1.0, 2.0, 0.5, float(n), 1.0), False) for n in range(5)]
+    forming = forming_states()
     out.put_many(forming * (BATCH_MAX // 5 + 1))  # more than a batch: queued, then merged
     start_writer(out)
     (batch,) = read_all(reader, 1)
@@ -148,7 +153,7 @@ def test_a_merge_is_followed_by_a_heartbeat_that_counts_the_states_merged(
     """The hub counts what the provider's process merged ahead of it (``/metrics``)."""
     reader, writer = pipe
     out = make(writer)
-    forming = [BarUpdate("F", "1m", (60, 1.0, 2.0, 0.5, float(n), 1.0), False) for n in range(5)]
+    forming = forming_states()
     closed = [bar("C", n) for n in range(BATCH_MAX)]  # all kept: distinct final bars
     out.put_many(forming * 100 + closed)
     start_writer(out)
