@@ -356,3 +356,72 @@ def test_a_change_of_the_data_clients_alone_is_seen_by_the_joined_entries(
         assert [m["type"] for m in messages_of(first)] == ["data_update", "indicator_update"]
         expected = ["data_update", "indicator_update"] if data else ["indicator_update"]
         assert [m["type"] for m in messages_of(second)] == expected
+
+
+def test_a_key_updated_in_several_slices_of_one_wakeup_is_computed_and_pushed_once(
+    indicators: Indicators,
+) -> None:
+    """Between ``begin_wakeup`` and ``end_wakeup`` (one loop callback of a provider's pipe
+    reader, where nothing is written to a socket) the indicators of a key are computed once,
+    from its newest bar, and each client gets one entry: the work for the states replaced
+    before the flush was spent for nothing (at a hub's saturation it made it fall behind
+    faster)."""
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    client = hub.client(1)
+    before = hub.indicating.computed
+    hub.fanout.begin_wakeup()
+    for close in (150.0, 151.0, 152.0):  # three slices
+        bars[-1] = forming(bars, close)
+        hub.send(bars[-1])
+        assert len(client.outbox) == 0  # held to the end of the wakeup
+    hub.fanout.end_wakeup(KEY.source)
+    assert hub.indicating.computed - before == 1
+    data, update = messages_of(client)
+    assert data["type"] == "data_update" and data["data"]["csv-BTCUSDT-1h-close"] == 152.0
+    ema = compute(hub.bound, {KEY: bars[-hub.bound.tail_size() :]}).values[0][-1]
+    assert update["type"] == "indicator_update" and update["data"]["ema-EMA"] == ema
+    # outside a wakeup (a refill's replay, the bus), each call settles at once
+    bars[-1] = forming(bars, 153.0)
+    hub.send(bars[-1])
+    assert [m["type"] for m in messages_of(client)] == ["data_update", "indicator_update"]
+
+
+def test_a_bar_that_closed_between_two_slices_of_a_wakeup_still_gets_its_final_row(
+    indicators: Indicators,
+) -> None:
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    client = hub.client(1)
+    hub.send(bars[-1])
+    client.outbox.drain()
+    hub.fanout.begin_wakeup()
+    bars[-1] = forming(bars, 120.0)
+    hub.send(bars[-1])  # the bar's last state, in one slice
+    bars.append((bars[-1][0] + 3600, 120.0, 121.0, 119.0, 120.5, 1.0))
+    hub.send(bars[-1])  # the next bar's first, in the next
+    hub.fanout.end_wakeup(KEY.source)
+    got = [(m["type"], m["data"]["date"]) for m in messages_of(client)]
+    closed, newest = (protocol.intervals.format_date(b[0]) for b in bars[-2:])
+    assert got == [
+        ("data_update", closed),
+        ("indicator_update", closed),
+        ("data_update", newest),
+        ("indicator_update", newest),
+    ]
+
+
+def test_a_wakeup_settles_early_once_it_holds_settle_keys_keys(
+    indicators: Indicators, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work left for the end of a wakeup is bounded (``SETTLE_KEYS``)."""
+    monkeypatch.setattr("backend.hub.fanout.SETTLE_KEYS", 1)
+    bars = py_bars(300)
+    hub = Hub(indicators, bars)
+    client = hub.client(1)
+    hub.fanout.begin_wakeup()
+    bars[-1] = forming(bars, 150.0)
+    hub.send(bars[-1])
+    assert [m["type"] for m in messages_of(client)] == ["data_update", "indicator_update"]
+    hub.fanout.end_wakeup(KEY.source)
+    assert messages_of(client) == []

@@ -846,6 +846,43 @@ async def test_a_wakeup_takes_at_most_its_limit_of_events_from_the_pipe() -> Non
         writer.close()
 
 
+async def test_each_wakeup_of_the_pipe_reader_is_bracketed_by_the_hooks() -> None:
+    """The hub defers each key's indicators to the end of a wakeup (``Fanout.begin_wakeup``
+    / ``end_wakeup``): the end comes after the wakeup's last slice, also when a wakeup stops
+    at its limit with more waiting (then the next wakeup has its own pair), and when a
+    slice's dispatch raised."""
+    log: list[object] = []
+    proc = ProviderProcess(
+        "p", PATH, settings(), lambda key, events: log.append(len(events)), lambda key: None
+    )
+    proc.wakeup = (lambda: log.append("begin"), lambda key: log.append(("end", key)))
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    proc._events = reader
+    try:
+        for t in range(0, 300, 100):
+            writer.send_bytes(encode_batch([_bar_update(t + i) for i in range(100)]))  # type: ignore[misc]
+        proc._drain(limit=150, budget=float("inf"))
+        assert log == ["begin", 50, 50, 50, 50, ("end", "p")]
+        await eventually(
+            lambda: log[-1] == ("end", "p") and sum(n for n in log if isinstance(n, int)) == 300,
+            what="the next wakeup",
+        )
+        assert log[6:] == ["begin", 50, 50, ("end", "p")]
+        log.clear()
+
+        def fail(key: str, events: list[WireEvent]) -> None:
+            raise RuntimeError("a bug in a slice")
+
+        proc.on_events = fail
+        writer.send_bytes(encode_batch([_bar_update(1)]))  # type: ignore[list-item]
+        with pytest.raises(RuntimeError):
+            proc._drain()
+        assert log == ["begin", ("end", "p")]
+    finally:
+        reader.close()
+        writer.close()
+
+
 SLOW_START = """
 import os, sys, time
 if "--multiprocessing-fork" in sys.argv:  # a spawned child: Python starts slowly (load)

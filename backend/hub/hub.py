@@ -109,6 +109,8 @@ class Hub:
             settings, self.fanout.on_provider_events, self.on_provider_ready
         )
         self.fanout.providers = self.supervisor
+        if isinstance(self.supervisor, Supervisor):  # its processes' pipes are read here
+            self.supervisor.on_wakeup(self.fanout.begin_wakeup, self.fanout.end_wakeup)
         self.fanout.client_of = self.clients.get
         self.upstream = Upstream(
             self.subs,

@@ -73,6 +73,9 @@ DISPATCH_SLICE = 50
 
 EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
+# Called around each wakeup of a pipe reader (:meth:`ProviderProcess._drain`): before its
+# first slice, and with the provider key after its last (also when one raised).
+WakeupHooks = tuple[Callable[[], None], Callable[[str], None]]
 
 
 class _Exited(ProviderUnavailable):
@@ -124,6 +127,7 @@ class ProviderProcess:
         # time); one ``poll`` object registered once answers the same question.
         self._waiting: select.poll | None = None
         self._pending: dict[int, asyncio.Future[list[Bar]]] = {}
+        self.wakeup: WakeupHooks | None = None  # see WakeupHooks (Supervisor.on_wakeup)
         self._backlog: list[WireEvent] = []  # the undispatched rest of the current batch
         self._next = 0  # its first undispatched event
         self._ids = itertools.count(1)
@@ -292,6 +296,20 @@ class ProviderProcess:
         self._drain()
 
     def _drain(self, limit: int = MAX_EVENTS_PER_WAKEUP, budget: float = DISPATCH_BUDGET) -> None:
+        """Dispatch what waits in the pipe, a slice at a time, within ``limit`` events and
+        ``budget`` seconds; between the :attr:`wakeup` hooks, if set. Nothing reaches a
+        client's socket before this returns (the writers flush in a later callback)."""
+        hooks = self.wakeup
+        if hooks is None:
+            self._dispatch_waiting(limit, budget)
+            return
+        hooks[0]()
+        try:
+            self._dispatch_waiting(limit, budget)
+        finally:
+            hooks[1](self.key)
+
+    def _dispatch_waiting(self, limit: int, budget: float) -> None:
         events = self._events
         if events is None:
             return
@@ -495,6 +513,12 @@ class Supervisor:
         }
         self._tasks: Tasks = set()
         self._stopping = False
+
+    def on_wakeup(self, begin: Callable[[], None], end: Callable[[str], None]) -> None:
+        """Call ``begin()`` before and ``end(key)`` after each wakeup of a provider's pipe
+        reader (the slices of its events dispatched in one loop callback)."""
+        for process in self.providers.values():
+            process.wakeup = (begin, end)
 
     async def start(self) -> None:
         await asyncio.gather(*(p.start() for p in self.providers.values()))
