@@ -139,15 +139,31 @@ def test_indicator_frames_follow_the_data_update_in_its_entry_or_come_alone(
 def test_a_bar_that_closed_in_the_batch_gets_its_row_in_its_own_entry(
     indicators: Indicators,
 ) -> None:
+    bars, hub, client = streaming(indicators)
+    bars[-1] = forming(bars, 120.0)  # its last update and the next bar's first, one batch
+    bars.append(next_bar(bars))
+    hub.send(bars[-2], bars[-1])
+    assert len(client.outbox) == 2
+    assert_closed_then_newest(client, bars)
+
+
+def streaming(indicators: Indicators) -> tuple[list[Bar], Hub, Client]:
+    """300 bars, and a client that got the update of the newest and holds EMA(5) on it."""
     bars = py_bars(300)
     hub = Hub(indicators, bars)
     client = hub.client(1)
     hub.send(bars[-1])
     client.outbox.drain()
-    bars[-1] = forming(bars, 120.0)  # its last update and the next bar's first, one batch
-    bars.append((bars[-1][0] + 3600, 120.0, 121.0, 119.0, 120.5, 1.0))
-    hub.send(bars[-2], bars[-1])
-    assert len(client.outbox) == 2
+    return bars, hub, client
+
+
+def next_bar(bars: list[Bar]) -> Bar:
+    return (bars[-1][0] + 3600, 120.0, 121.0, 119.0, 120.5, 1.0)
+
+
+def assert_closed_then_newest(client: Client, bars: list[Bar]) -> None:
+    """The client got the data_update and the indicator_update of the bar before the newest
+    (its final row), then those of the newest."""
     got = [(m["type"], m["data"]["date"]) for m in messages_of(client)]
     closed, newest = (protocol.intervals.format_date(b[0]) for b in bars[-2:])
     assert got == [
@@ -390,25 +406,14 @@ def test_a_key_updated_in_several_slices_of_one_wakeup_is_computed_and_pushed_on
 def test_a_bar_that_closed_between_two_slices_of_a_wakeup_still_gets_its_final_row(
     indicators: Indicators,
 ) -> None:
-    bars = py_bars(300)
-    hub = Hub(indicators, bars)
-    client = hub.client(1)
-    hub.send(bars[-1])
-    client.outbox.drain()
+    bars, hub, client = streaming(indicators)
     hub.fanout.begin_wakeup()
     bars[-1] = forming(bars, 120.0)
     hub.send(bars[-1])  # the bar's last state, in one slice
-    bars.append((bars[-1][0] + 3600, 120.0, 121.0, 119.0, 120.5, 1.0))
+    bars.append(next_bar(bars))
     hub.send(bars[-1])  # the next bar's first, in the next
     hub.fanout.end_wakeup(KEY.source)
-    got = [(m["type"], m["data"]["date"]) for m in messages_of(client)]
-    closed, newest = (protocol.intervals.format_date(b[0]) for b in bars[-2:])
-    assert got == [
-        ("data_update", closed),
-        ("indicator_update", closed),
-        ("data_update", newest),
-        ("indicator_update", newest),
-    ]
+    assert_closed_then_newest(client, bars)
 
 
 def test_a_wakeup_settles_early_once_it_holds_settle_keys_keys(

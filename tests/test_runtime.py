@@ -826,6 +826,11 @@ async def test_updates_written_one_per_message_while_the_hub_was_busy_are_dispat
     assert [e[2][0] for c in calls for e in c] == list(range(1, 121))  # type: ignore[index]
 
 
+def three_messages_of_100_updates(writer: Connection) -> None:
+    for t in range(0, 300, 100):
+        writer.send_bytes(encode_batch([_bar_update(t + i) for i in range(100)]))  # type: ignore[misc]
+
+
 async def test_a_wakeup_takes_at_most_its_limit_of_events_from_the_pipe() -> None:
     calls: list[list[WireEvent]] = []
     proc = ProviderProcess(
@@ -834,8 +839,7 @@ async def test_a_wakeup_takes_at_most_its_limit_of_events_from_the_pipe() -> Non
     reader, writer = multiprocessing.Pipe(duplex=False)
     proc._events = reader
     try:
-        for t in range(0, 300, 100):
-            writer.send_bytes(encode_batch([_bar_update(t + i) for i in range(100)]))  # type: ignore[misc]
+        three_messages_of_100_updates(writer)
         proc._drain(limit=150, budget=float("inf"))
         # whole messages are read, a slice's worth at a time: 100, then (still under the
         # limit) 100 more; the third waits for the next wakeup
@@ -859,8 +863,7 @@ async def test_each_wakeup_of_the_pipe_reader_is_bracketed_by_the_hooks() -> Non
     reader, writer = multiprocessing.Pipe(duplex=False)
     proc._events = reader
     try:
-        for t in range(0, 300, 100):
-            writer.send_bytes(encode_batch([_bar_update(t + i) for i in range(100)]))  # type: ignore[misc]
+        three_messages_of_100_updates(writer)
         proc._drain(limit=150, budget=float("inf"))
         assert log == ["begin", 50, 50, 50, 50, ("end", "p")]
         await eventually(
