@@ -84,8 +84,9 @@ class Fanout:
         self._touched: dict[SeriesId, int] = {}
         # With ``hold_back`` (set with ``after_updates``), the data_update frames of those
         # keys wait for the end of the batch, or of the provider's wakeup (``begin_wakeup``)
-        # (key -> bar time -> the newest frame of that bar): ``after_updates`` takes those it sends together with the indicator frames
-        # (``take_held``) or sends them first (``release_held``); the rest go out after it.
+        # (key -> bar time -> the newest frame of that bar): ``after_updates`` takes those
+        # it sends together with the indicator frames (``take_held``) or sends them first
+        # (``release_held``); the rest go out after it.
         self.hold_back = False
         self._held: dict[SeriesId, dict[int, bytes]] = {}
         self._in_wakeup = False  # between begin_wakeup and end_wakeup
