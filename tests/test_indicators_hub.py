@@ -391,7 +391,7 @@ def test_a_key_updated_in_several_slices_of_one_wakeup_is_computed_and_pushed_on
         bars[-1] = forming(bars, close)
         hub.send(bars[-1])
         assert len(client.outbox) == 0  # held to the end of the wakeup
-    hub.fanout.end_wakeup(KEY.source)
+    hub.fanout.end_wakeup()
     assert hub.indicating.computed - before == 1
     data, update = messages_of(client)
     assert data["type"] == "data_update" and data["data"]["csv-BTCUSDT-1h-close"] == 152.0
@@ -412,7 +412,7 @@ def test_a_bar_that_closed_between_two_slices_of_a_wakeup_still_gets_its_final_r
     hub.send(bars[-1])  # the bar's last state, in one slice
     bars.append(next_bar(bars))
     hub.send(bars[-1])  # the next bar's first, in the next
-    hub.fanout.end_wakeup(KEY.source)
+    hub.fanout.end_wakeup()
     assert_closed_then_newest(client, bars)
 
 
@@ -428,5 +428,5 @@ def test_a_wakeup_settles_early_once_it_holds_settle_keys_keys(
     bars[-1] = forming(bars, 150.0)
     hub.send(bars[-1])
     assert [m["type"] for m in messages_of(client)] == ["data_update", "indicator_update"]
-    hub.fanout.end_wakeup(KEY.source)
+    hub.fanout.end_wakeup()
     assert messages_of(client) == []

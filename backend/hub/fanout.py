@@ -197,7 +197,7 @@ class Fanout:
         socket before the wakeup ends anyway. At most :data:`SETTLE_KEYS` keys wait."""
         self._in_wakeup = True
 
-    def end_wakeup(self, source: str) -> None:
+    def end_wakeup(self) -> None:
         """The wakeup begun by :meth:`begin_wakeup` ended: settle what waits."""
         self._in_wakeup = False
         self.settle()

@@ -74,8 +74,8 @@ DISPATCH_SLICE = 50
 EventSink = Callable[[str, list[WireEvent]], None]
 ReadySink = Callable[[str], None]
 # Called around each wakeup of a pipe reader (:meth:`ProviderProcess._drain`): before its
-# first slice, and with the provider key after its last (also when one raised).
-WakeupHooks = tuple[Callable[[], None], Callable[[str], None]]
+# first slice, and after its last (also when one raised).
+WakeupHooks = tuple[Callable[[], None], Callable[[], None]]
 
 
 class _Exited(ProviderUnavailable):
@@ -307,7 +307,7 @@ class ProviderProcess:
         try:
             self._dispatch_waiting(limit, budget)
         finally:
-            hooks[1](self.key)
+            hooks[1]()
 
     def _dispatch_waiting(self, limit: int, budget: float) -> None:
         events = self._events
@@ -514,8 +514,8 @@ class Supervisor:
         self._tasks: Tasks = set()
         self._stopping = False
 
-    def on_wakeup(self, begin: Callable[[], None], end: Callable[[str], None]) -> None:
-        """Call ``begin()`` before and ``end(key)`` after each wakeup of a provider's pipe
+    def on_wakeup(self, begin: Callable[[], None], end: Callable[[], None]) -> None:
+        """Call ``begin()`` before and ``end()`` after each wakeup of a provider's pipe
         reader (the slices of its events dispatched in one loop callback)."""
         for process in self.providers.values():
             process.wakeup = (begin, end)
